@@ -1,0 +1,321 @@
+"""Entry point of the `exchange` command: keys, federation, node, users, post, inbox, read, peers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from exchange.cli.client import Target, call
+from exchange.config import FederationConfig, NodeConfig
+from exchange.errors import ExchangeError
+from exchange.keystore import NodeKeyFiles
+from exchange.model import BULLETIN_KINDS
+from exchange.node.app import RunningNode, start_node
+from exchange.node.users import ROLES, add_user, list_users, rotate_token
+from exchange.provision import init_federation
+from exchange.store import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console()
+err_console = Console(stderr=True)
+
+
+def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coro)
+
+
+def user_errors(fn: F) -> F:
+    """Print an ExchangeError as one line and exit 1, instead of a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ExchangeError as exc:
+            err_console.print(f"[red]error:[/red] {exc.detail}", highlight=False)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        render(data)
+
+
+node_file = click.option(
+    "--node", "node_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+    help="The node's file, e.g. nodes/nl-customs.toml.",
+)
+as_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+user_opt = click.option("--user", default="officer", show_default=True, help="Local user whose token file to use.")
+token_opt = click.option("--token", envvar="EXCHANGE_TOKEN", default=None, help="API token (else the user's token file).")
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+def cli(verbose: bool) -> None:
+    """exchange: signed, end-to-end encrypted bulletins between customs and aviation-security nodes."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format='{"at":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
+    )
+
+
+# -- keys -----------------------------------------------------------------------------------
+
+
+@cli.group()
+def keys() -> None:
+    """Node key material."""
+
+
+@keys.command("generate")
+@click.argument("node_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace existing keys.")
+@user_errors
+def keys_generate(node_path: Path, force: bool) -> None:
+    """Create a node's signing, HPKE and TLS keys under keys/<node>/ (private files 0600)."""
+    cfg = NodeConfig.load(node_path)
+    keys_ = NodeKeyFiles(cfg.keys_dir).generate(cfg.id, force=force)
+    click.echo(f"{cfg.id}: signing {keys_.signing.kid}, encryption {keys_.decryption.kid}, in {cfg.keys_dir}")
+
+
+# -- federation -----------------------------------------------------------------------------
+
+
+@cli.group()
+def federation() -> None:
+    """The sample federation: provision it, run it."""
+
+
+@federation.command("init")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@user_errors
+def federation_init(folder: Path) -> None:
+    """Create the authority key, node keys, signed roster, channels and sample users; idempotent."""
+    report = run_async(init_federation(folder))
+    if not report.created:
+        click.echo("federation already initialised; nothing to do")
+    for line in report.created:
+        click.echo(f"created {line}")
+
+
+async def _serve(configs: list[NodeConfig]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    running: list[RunningNode] = []
+    try:
+        for cfg in configs:
+            running.append(await start_node(cfg))
+            click.echo(f"{cfg.id:<12} {cfg.endpoint}  ({cfg.name})")
+        click.echo("ready; Ctrl-C to stop", err=True)
+        await stop.wait()
+    finally:
+        for node in reversed(running):
+            with contextlib.suppress(Exception):
+                await node.stop()
+        click.echo("stopped", err=True)
+
+
+@federation.command("up")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@user_errors
+def federation_up(folder: Path) -> None:
+    """Run every node of the federation in this process (initialising it first if needed)."""
+    run_async(init_federation(folder))
+    fed = FederationConfig.load(folder)
+    run_async(_serve([NodeConfig.load(p) for p in fed.nodes]))
+
+
+@cli.group()
+def node() -> None:
+    """One node."""
+
+
+@node.command("run")
+@click.argument("node_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@user_errors
+def node_run(node_path: Path) -> None:
+    """Run one node until Ctrl-C or SIGTERM."""
+    run_async(_serve([NodeConfig.load(node_path)]))
+
+
+# -- users ----------------------------------------------------------------------------------
+
+
+@cli.group()
+def users() -> None:
+    """Local users and their API tokens (run on the node's machine)."""
+
+
+async def _with_store(cfg: NodeConfig, fn: Callable[[Store], Coroutine[Any, Any, Any]]) -> Any:
+    store = await Store.open(cfg.database_url)
+    try:
+        return await fn(store)
+    finally:
+        await store.close()
+
+
+@users.command("add")
+@node_file
+@click.argument("name")
+@click.option("--role", type=click.Choice(ROLES), required=True)
+@user_errors
+def users_add(node_path: Path, name: str, role: str) -> None:
+    """Create a user and print its token once."""
+    cfg = NodeConfig.load(node_path)
+    token = run_async(_with_store(cfg, lambda s: add_user(s, name, role)))
+    click.echo(token)
+
+
+@users.command("token")
+@node_file
+@click.argument("name")
+@user_errors
+def users_token(node_path: Path, name: str) -> None:
+    """Replace a user's token and print the new one."""
+    cfg = NodeConfig.load(node_path)
+    click.echo(run_async(_with_store(cfg, lambda s: rotate_token(s, name))))
+
+
+@users.command("list")
+@node_file
+@as_json
+@user_errors
+def users_list(node_path: Path, as_json: bool) -> None:
+    cfg = NodeConfig.load(node_path)
+    found = run_async(_with_store(cfg, list_users))
+    emit([{"name": u.name, "role": u.role} for u in found], as_json, lambda d: [click.echo(f"{u['name']}\t{u['role']}") for u in d])
+
+
+# -- contact point commands -----------------------------------------------------------------
+
+
+@cli.command()
+@node_file
+@user_opt
+@token_opt
+@click.option("--channel", required=True)
+@click.option("--kind", type=click.Choice(BULLETIN_KINDS), default="alert", show_default=True)
+@click.option("--tlp", type=click.Choice(["CLEAR", "GREEN", "AMBER", "AMBER+STRICT", "RED"]), default=None,
+              help="Default: the channel's default handling.")
+@click.option("--no-onward-sharing", is_flag=True)
+@click.option("--title", required=True)
+@click.option("--body", default="", help="Text, or @file to read it from a file.")
+@click.option("--awb", multiple=True, help="Air waybill number, e.g. 176-12345675.")
+@click.option("--hs", multiple=True, help="HS code.")
+@click.option("--airport", multiple=True, help="IATA airport code.")
+@click.option("--flight", multiple=True, help="Flight number.")
+@click.option("--company", multiple=True)
+@click.option("--ref", multiple=True, help="Id of a bulletin this one refers to.")
+@click.option("--language", default="en", show_default=True)
+@click.option("--expires", default=None, help="YYYY-MM-DD")
+@as_json
+@user_errors
+def post(node_path: Path, user: str, token: str | None, channel: str, kind: str, tlp: str | None,
+         no_onward_sharing: bool, title: str, body: str, awb: tuple[str, ...], hs: tuple[str, ...],
+         airport: tuple[str, ...], flight: tuple[str, ...], company: tuple[str, ...], ref: tuple[str, ...],
+         language: str, expires: str | None, as_json: bool) -> None:
+    """Post a bulletin to a channel."""
+    if body.startswith("@"):
+        body = Path(body[1:]).read_text()
+    bulletin: dict[str, Any] = {
+        "kind": kind, "title": title, "body": body, "language": language, "expires": expires,
+        "references": list(ref),
+        "indicators": {"air_waybills": list(awb), "hs_codes": list(hs), "airports": list(airport),
+                       "flights": list(flight), "companies": list(company)},
+    }
+    if tlp is not None:
+        bulletin["handling"] = {"tlp": tlp, "no_onward_sharing": no_onward_sharing}
+    target = Target.from_node(node_path, user, token)
+    result = run_async(call(target, "POST", f"/api/v1/channels/{channel}/bulletins", bulletin))
+    emit(result, as_json, lambda r: click.echo(f"posted {r['id']} (seq {r['seq']}) to {', '.join(r['recipients']) or 'no one else'}"))
+
+
+@cli.command()
+@node_file
+@user_opt
+@token_opt
+@click.option("--channel", default=None)
+@click.option("--after", default=0, type=int, help="Cursor from a previous page.")
+@click.option("--limit", default=50, type=int)
+@as_json
+@user_errors
+def inbox(node_path: Path, user: str, token: str | None, channel: str | None, after: int, limit: int, as_json: bool) -> None:
+    """List bulletins this node holds."""
+    query = f"?after={after}&limit={limit}" + (f"&channel={channel}" if channel else "")
+    result = run_async(call(Target.from_node(node_path, user, token), "GET", "/api/v1/bulletins" + query))
+
+    def render(data: Any) -> None:
+        table = Table("id", "channel", "from", "kind", "TLP", "title", "created")
+        for item in data["items"]:
+            table.add_row(item["id"][:16], item["channel"], item["author"], item["kind"], item["tlp"], item["title"], item["created"])
+        console.print(table)
+
+    emit(result, as_json, render)
+
+
+@cli.command()
+@node_file
+@user_opt
+@token_opt
+@click.argument("bulletin_id")
+@as_json
+@user_errors
+def read(node_path: Path, user: str, token: str | None, bulletin_id: str, as_json: bool) -> None:
+    """Show one bulletin (the open is audited and receipted)."""
+    result = run_async(call(Target.from_node(node_path, user, token), "GET", f"/api/v1/bulletins/{bulletin_id}"))
+
+    def render(r: Any) -> None:
+        b = r["bulletin"]
+        console.print(f"[bold]TLP:{b['handling']['tlp']}[/bold]  {b['kind']}  from {r['author_name']} ({r['author']}), signature verified")
+        console.print(f"[bold]{b['title']}[/bold]", highlight=False)
+        console.print(b["body"], highlight=False)
+        for key, values in b["indicators"].items():
+            if values:
+                console.print(f"  {key}: {', '.join(values)}", highlight=False)
+        for rc in r["receipts"]:
+            console.print(f"  receipt: {rc['node']} {rc['status']} at {rc['at']}")
+
+    emit(result, as_json, render)
+
+
+@cli.command()
+@node_file
+@user_opt
+@token_opt
+@as_json
+@user_errors
+def peers(node_path: Path, user: str, token: str | None, as_json: bool) -> None:
+    """Sync status per partner node."""
+    result = run_async(call(Target.from_node(node_path, user, token), "GET", "/api/v1/peers"))
+
+    def render(data: Any) -> None:
+        table = Table("peer", "queued", "in flight", "delivered", "last success", "last error", "backoff until")
+        for p in data:
+            table.add_row(p["peer"], str(p["queued"]), str(p["in_flight"]), str(p["delivered"]),
+                          p["last_success"] or "-", p["last_error"] or "-", p["backoff_until"] or "-")
+        console.print(table)
+
+    emit(result, as_json, render)
+
+
+def main() -> None:
+    cli()

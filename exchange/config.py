@@ -1,0 +1,151 @@
+"""Node configuration: one frozen object read from the node's TOML file; the only reader of os.environ."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from exchange.errors import ConfigError
+from exchange.model import AgencyKind, NodeIdStr, Right
+
+ENV_PREFIX = "EXCHANGE_"
+
+
+class ChannelSpec(BaseModel):
+    """A channel that the sample federation's provisioning creates, signed by its owner."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str
+    owner: str
+    title: str
+    purpose: str = ""
+    agencies: list[AgencyKind]
+    tlp: str = "AMBER"
+    members: dict[str, list[Right]]
+
+
+class FederationConfig(BaseModel):
+    """The federation file: where shared key material lives and which channels exist at start."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    path: Path
+    keys_dir: Path
+    data_dir: Path
+    nodes: list[Path]
+    channels: list[ChannelSpec] = []
+
+    @property
+    def roster_path(self) -> Path:
+        return self.keys_dir / "roster.json"
+
+    @property
+    def authority_dir(self) -> Path:
+        return self.keys_dir / "federation"
+
+    @property
+    def channels_dir(self) -> Path:
+        return self.keys_dir / "channels"
+
+    @classmethod
+    def load(cls, path: Path) -> FederationConfig:
+        """Read `federation.toml` (or the folder that holds it)."""
+        if path.is_dir():
+            path = path / "federation.toml"
+        raw = _read_toml(path)
+        base = path.parent
+        fed = raw.get("federation", {})
+        try:
+            return cls(
+                name=fed.get("name", "exchange"),
+                path=path.resolve(),
+                keys_dir=(base / fed.get("keys_dir", "../keys")).resolve(),
+                data_dir=(base / fed.get("data_dir", "../var")).resolve(),
+                nodes=sorted(p.resolve() for p in base.glob("*.toml") if p.name != path.name),
+                channels=raw.get("channel", []),
+            )
+        except ValidationError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+
+
+class NodeConfig(BaseModel):
+    """Everything one node needs to run. Paths are absolute once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: NodeIdStr
+    name: str
+    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
+    agency: AgencyKind
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)]
+    public_host: str = "127.0.0.1"
+    keys_dir: Path
+    roster_path: Path
+    authority_key_path: Path
+    channels_dir: Path
+    database_url: str
+    batch_size: Annotated[int, Field(ge=1, le=1000)] = 100
+    retry_base_seconds: float = 0.5
+    retry_max_seconds: float = 60.0
+    request_timeout_seconds: float = 30.0
+
+    @property
+    def endpoint(self) -> str:
+        return f"https://{self.public_host}:{self.port}"
+
+    @classmethod
+    def load(cls, path: Path, environ: dict[str, str] | None = None) -> NodeConfig:
+        """Read a node file; EXCHANGE_* environment variables override its values."""
+        raw = _read_toml(path).get("node", {})
+        fed = FederationConfig.load(path.parent / raw.pop("federation", "federation.toml"))
+        values: dict[str, Any] = {
+            "keys_dir": fed.keys_dir / str(raw.get("id", "")),
+            "roster_path": fed.roster_path,
+            "authority_key_path": fed.authority_dir / "authority.pub",
+            "channels_dir": fed.channels_dir,
+            "database_url": f"sqlite+aiosqlite:///{fed.data_dir / (str(raw.get('id', 'node')) + '.db')}",
+            **raw,
+        }
+        env = os.environ if environ is None else environ
+        for name in cls.model_fields:
+            key = ENV_PREFIX + name.upper()
+            if key in env:
+                values[name] = env[key]
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+
+    @classmethod
+    def for_tests(cls, tmp_path: Path, node_id: str, **overrides: Any) -> NodeConfig:
+        """A node whose files all live under `tmp_path`, on an ephemeral port."""
+        values: dict[str, Any] = {
+            "id": node_id,
+            "name": f"Test administration {node_id}",
+            "country": "NL",
+            "agency": "customs",
+            "port": 0,
+            "keys_dir": tmp_path / "keys" / node_id,
+            "roster_path": tmp_path / "keys" / "roster.json",
+            "authority_key_path": tmp_path / "keys" / "federation" / "authority.pub",
+            "channels_dir": tmp_path / "keys" / "channels",
+            "database_url": f"sqlite+aiosqlite:///{tmp_path / (node_id + '.db')}",
+            "retry_base_seconds": 0.05,
+            "retry_max_seconds": 1.0,
+            **overrides,
+        }
+        return cls.model_validate(values)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"no such file: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

@@ -1,0 +1,91 @@
+"""The one exception hierarchy of exchange; the web layer maps it to problem+json.
+
+    ExchangeError
+     ├── ConfigError            bad or missing configuration, key files, roster files
+     ├── InvalidInput           a request or file that does not parse or fails validation
+     │    └── InvalidEnvelope   an envelope that breaks a protocol rule
+     │         ├── BadSignature     a signature that does not verify
+     │         ├── DecryptionFailed one message for every decryption failure (no oracle)
+     │         └── Equivocation     one author, one (channel, seq), two different bulletins
+     ├── Unauthorized           no or unknown credentials
+     ├── Forbidden              authenticated, but without the right
+     │    ├── UnknownPeer       a TLS peer or signer that is not in the roster
+     │    └── NotAMember        a node or user outside the channel
+     ├── NotFound               no such bulletin, channel or user
+     ├── Conflict               a request that clashes with stored state (already exists)
+     ├── AuditTampered          the audit log does not verify
+     └── PeerError              a partner node answered with an error or not at all
+"""
+
+from __future__ import annotations
+
+
+class ExchangeError(Exception):
+    """Root of every error that exchange raises on purpose."""
+
+    title = "Exchange error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ConfigError(ExchangeError):
+    title = "Configuration error"
+
+
+class InvalidInput(ExchangeError):
+    title = "Invalid input"
+
+
+class InvalidEnvelope(InvalidInput):
+    title = "Invalid envelope"
+
+
+class BadSignature(InvalidEnvelope):
+    title = "Bad signature"
+
+
+class DecryptionFailed(InvalidEnvelope):
+    """Raised for every decryption failure, whatever the cause, so no oracle is offered."""
+
+    title = "Decryption failed"
+
+    def __init__(self, detail: str = "the envelope could not be decrypted") -> None:
+        super().__init__(detail)
+
+
+class Equivocation(InvalidEnvelope):
+    title = "Equivocation"
+
+
+class Unauthorized(ExchangeError):
+    title = "Unauthorized"
+
+
+class Forbidden(ExchangeError):
+    title = "Forbidden"
+
+
+class UnknownPeer(Forbidden):
+    title = "Unknown peer"
+
+
+class NotAMember(Forbidden):
+    title = "Not a member"
+
+
+class NotFound(ExchangeError):
+    title = "Not found"
+
+
+class Conflict(ExchangeError):
+    title = "Conflict"
+
+
+class AuditTampered(ExchangeError):
+    title = "Audit log tampered"
+
+
+class PeerError(ExchangeError):
+    title = "Peer error"

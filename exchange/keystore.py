@@ -1,0 +1,112 @@
+"""Key files on disk: private files are written 0600 and never overwritten without force."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from exchange.clock import utc_now
+from exchange.crypto import (
+    DecryptionKey,
+    NodeKeys,
+    SigningKey,
+    VerifyKey,
+    b64d,
+    b64e,
+    generate_tls_identity,
+    spki_pin,
+)
+from exchange.errors import ConfigError, Conflict, InvalidInput
+
+SIGNING = "signing.key"
+ENCRYPTION = "encryption.key"
+TLS_KEY = "tls.key"
+TLS_CERT = "tls.crt"
+PUBLIC = "public.json"
+
+
+def write_private(path: Path, data: bytes, *, force: bool = False) -> None:
+    """Create `path` with mode 0600; refuse to replace an existing file unless `force`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError as exc:
+        raise Conflict(f"{path} exists; use --force to replace it") from exc
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(path, 0o600)
+
+
+def write_public(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"missing key file {path}; run `exchange keys generate` first") from exc
+
+
+@dataclass(frozen=True)
+class NodeKeyFiles:
+    """The key folder of one node: keys/<node>/."""
+
+    folder: Path
+
+    @property
+    def tls_key(self) -> Path:
+        return self.folder / TLS_KEY
+
+    @property
+    def tls_cert(self) -> Path:
+        return self.folder / TLS_CERT
+
+    def exists(self) -> bool:
+        return (self.folder / SIGNING).exists()
+
+    def generate(self, node_id: str, *, force: bool = False) -> NodeKeys:
+        """Create all key material of a node. Existing keys are kept unless `force`."""
+        if self.exists() and not force:
+            raise Conflict(f"keys already exist in {self.folder}; use --force to replace them")
+        keys = NodeKeys.generate()
+        tls_key, tls_cert = generate_tls_identity(f"exchange node {node_id}", utc_now())
+        write_private(self.folder / SIGNING, b64e(keys.signing.private_bytes()).encode() + b"\n", force=force)
+        write_private(
+            self.folder / ENCRYPTION, b64e(keys.decryption.private_bytes()).encode() + b"\n", force=force
+        )
+        write_private(self.tls_key, tls_key, force=force)
+        write_public(self.tls_cert, tls_cert)
+        public = {
+            "node": node_id,
+            "signing_key": b64e(keys.signing.verify_key.raw),
+            "signing_kid": keys.signing.kid,
+            "encryption_key": b64e(keys.decryption.public.raw),
+            "encryption_kid": keys.decryption.kid,
+            "tls_pin": spki_pin(tls_cert),
+        }
+        write_public(self.folder / PUBLIC, json.dumps(public, indent=2).encode() + b"\n")
+        return keys
+
+    def load(self) -> NodeKeys:
+        try:
+            return NodeKeys(
+                SigningKey(b64d(read_file(self.folder / SIGNING).decode().strip())),
+                DecryptionKey(b64d(read_file(self.folder / ENCRYPTION).decode().strip())),
+            )
+        except (InvalidInput, UnicodeDecodeError) as exc:
+            raise ConfigError(f"unreadable key file in {self.folder}") from exc
+
+    def tls_cert_pem(self) -> str:
+        return read_file(self.tls_cert).decode("ascii")
+
+
+def load_authority_public(path: Path) -> VerifyKey:
+    try:
+        return VerifyKey(b64d(read_file(path).decode().strip()))
+    except (InvalidInput, UnicodeDecodeError) as exc:
+        raise ConfigError(f"unreadable authority key {path}") from exc

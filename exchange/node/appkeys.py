@@ -1,0 +1,16 @@
+"""Typed keys for aiohttp application and request state."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from exchange.node.outbox import PeerSender
+    from exchange.node.service import NodeService
+
+SERVICE: web.AppKey[NodeService] = web.AppKey("service")
+SENDERS: web.AppKey[dict[str, PeerSender]] = web.AppKey("senders")
+PEER = "exchange.peer"  # request key: the authenticated partner node
+USER = "exchange.user"  # request key: the authenticated local user

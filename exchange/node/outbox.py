@@ -1,0 +1,141 @@
+"""Push delivery: one sender task per destination, draining a durable outbox in batches.
+
+A sender retries with capped exponential backoff and jitter; any request from the peer wakes it
+at once. Each sender has its own connection, so a slow or dead peer delays nobody else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import random
+from dataclasses import asdict, dataclass
+
+import aiohttp
+
+from exchange.clock import timestamp, utc_now
+from exchange.errors import ExchangeError, PeerError
+from exchange.model import RosterNode
+from exchange.node.service import NodeService
+from exchange.node.tls import peer_context
+
+log = logging.getLogger("exchange.outbox")
+
+FED_ENVELOPES = "/fed/v1/envelopes"
+
+
+@dataclass
+class PeerStatus:
+    """What `exchange peers` and the API show about one destination."""
+
+    peer: str
+    queued: int = 0
+    in_flight: int = 0
+    delivered: int = 0
+    last_success: str | None = None
+    last_error: str | None = None
+    failures: int = 0
+    backoff_until: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def transaction_id(bulletin_ids: list[str]) -> str:
+    """The same batch always gets the same id, so a retried transaction is recognisable."""
+    return hashlib.sha256("\n".join(bulletin_ids).encode()).hexdigest()[:32]
+
+
+class PeerSender:
+    """Delivers everything queued for one destination, in order, until told to stop."""
+
+    def __init__(self, service: NodeService, peer: RosterNode) -> None:
+        self.service = service
+        self.peer = peer
+        self.status = PeerStatus(peer.id)
+        self._work = asyncio.Event()
+        self._contact = asyncio.Event()
+        self._single = False
+        cfg = service.config
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                ssl=peer_context(peer, cfg.keys_dir / "tls.crt", cfg.keys_dir / "tls.key"), limit=2
+            ),
+            timeout=aiohttp.ClientTimeout(total=cfg.request_timeout_seconds),
+        )
+
+    def wake(self) -> None:
+        """New work is queued."""
+        self._work.set()
+
+    def peer_seen(self) -> None:
+        """The peer just talked to us, so it is up: retry now rather than after the backoff."""
+        self._contact.set()
+        self._work.set()
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def run(self) -> None:
+        cfg = self.service.config
+        while True:
+            self._work.clear()
+            batch = await self.service.pending(self.peer.id, 1 if self._single else cfg.batch_size)
+            if not batch:
+                self.status.queued = 0
+                await self._work.wait()
+                continue
+            try:
+                await self._send(batch)
+            except (ExchangeError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                self.status.failures += 1
+                self.status.last_error = f"{timestamp()} {type(exc).__name__}: {exc}"
+                delay = min(cfg.retry_max_seconds, cfg.retry_base_seconds * 2 ** min(self.status.failures, 30))
+                delay *= random.uniform(0.5, 1.0)
+                self.status.backoff_until = timestamp(utc_now() + dt.timedelta(seconds=delay))
+                log.warning("send to %s failed (%s); retry in %.2fs", self.peer.id, exc, delay)
+                self._contact.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._contact.wait(), delay)
+                self.status.backoff_until = None
+            finally:
+                self.status.in_flight = 0
+
+    async def _send(self, batch: list[tuple[str, bytes]]) -> None:
+        ids = [bid for bid, _ in batch]
+        body = (
+            b'{"txn":"' + transaction_id(ids).encode() + b'","envelopes":[' + b",".join(e for _, e in batch) + b"]}"
+        )
+        self.status.in_flight = len(batch)
+        async with self._session.post(
+            self.peer.endpoint + FED_ENVELOPES, data=body, headers={"Content-Type": "application/json"}
+        ) as resp:
+            payload = await resp.read()
+            if resp.status == 200:
+                answer = json.loads(payload)
+                delivered = await self.service.accept_receipts(self.peer.id, ids, answer["receipts"])
+                self.status.delivered += delivered
+                self.status.failures = 0
+                self.status.last_success = timestamp()
+                self._single = False
+                return
+            detail = _problem_detail(payload, resp.status)
+            if 400 <= resp.status < 500 and resp.status not in (401, 403, 408, 429):
+                if len(batch) > 1:
+                    # Find the envelope it refuses by sending one at a time; the rest still go.
+                    self._single = True
+                    raise PeerError(f"{self.peer.id} refused a batch: {detail}")
+                await self.service.reject_queued(self.peer.id, ids[0], detail)
+                return
+            raise PeerError(f"{self.peer.id} answered {resp.status}: {detail}")
+
+
+def _problem_detail(payload: bytes, status: int) -> str:
+    try:
+        return str(json.loads(payload).get("detail", status))
+    except (ValueError, AttributeError):
+        return f"HTTP {status}"

@@ -1,0 +1,54 @@
+"""SSL contexts for mutual TLS 1.3: servers trust exactly the roster's certificates, clients pin one peer."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+from exchange.crypto import spki_pin
+from exchange.errors import UnknownPeer
+from exchange.model import RosterNode
+from exchange.protocol.roster import Federation
+
+
+def server_context(cert: Path, key: Path, fed: Federation) -> ssl.SSLContext:
+    """Ask every client for a certificate; one that is not in the roster fails the handshake.
+
+    Clients without a certificate (people using the API or console) are let through TLS; the
+    federation routes then refuse them because they have no roster identity.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(cert, key)
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    ctx.load_verify_locations(cadata="".join(n.tls_cert for n in fed.roster.nodes))
+    return ctx
+
+
+def peer_context(peer: RosterNode, cert: Path | None, key: Path | None) -> ssl.SSLContext:
+    """Trust only `peer`'s roster certificate, and present ours if given."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False  # the certificate itself is pinned, whatever name it carries
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=peer.tls_cert)
+    if cert is not None and key is not None:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def client_context(server_cert_pem: str) -> ssl.SSLContext:
+    """For the CLI: trust one node's certificate, present none."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cadata=server_cert_pem)
+    return ctx
+
+
+def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, fed: Federation) -> RosterNode:
+    """The roster node behind a TLS connection, by the pin of the certificate it presented."""
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:
+        raise UnknownPeer("a roster client certificate is required")
+    return fed.node_by_pin(spki_pin(der))

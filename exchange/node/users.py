@@ -1,0 +1,79 @@
+"""Local users of a node and their roles; API tokens are stored only as hashes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from exchange.clock import timestamp
+from exchange.crypto import hash_token, new_token
+from exchange.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from exchange.store import AuditBuffer, Store, users
+
+Role = Literal["contact-point", "auditor", "admin"]
+ROLES: tuple[str, ...] = get_args(Role)
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+
+    def require(self, *roles: Role) -> None:
+        """Return None if this user has one of `roles`, else raise Forbidden."""
+        if self.role not in roles:
+            raise Forbidden(f"user {self.name!r} ({self.role}) may not do this")
+
+
+async def add_user(store: Store, name: str, role: str, *, actor: str = "cli") -> str:
+    """Create a user and return its new token (shown once, stored hashed)."""
+    if role not in ROLES:
+        raise InvalidInput(f"role must be one of {', '.join(ROLES)}")
+    token = new_token()
+
+    async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+        exists = await conn.scalar(sa.select(users.c.name).where(users.c.name == name))
+        if exists:
+            raise Conflict(f"user {name!r} already exists")
+        await conn.execute(
+            sa.insert(users).values(name=name, role=role, token_hash=hash_token(token), created=timestamp())
+        )
+        audit.add({"event": "user.created", "at": timestamp(), "user": name, "role": role, "actor": actor})
+
+    await store.write(job)
+    return token
+
+
+async def rotate_token(store: Store, name: str, *, actor: str = "cli") -> str:
+    token = new_token()
+
+    async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+        result = await conn.execute(sa.update(users).where(users.c.name == name).values(token_hash=hash_token(token)))
+        if result.rowcount != 1:
+            raise NotFound(f"no user {name!r}")
+        audit.add({"event": "user.token_rotated", "at": timestamp(), "user": name, "actor": actor})
+
+    await store.write(job)
+    return token
+
+
+async def list_users(store: Store) -> list[User]:
+    async with store.read() as conn:
+        rows = await conn.execute(sa.select(users.c.name, users.c.role).order_by(users.c.name))
+        return [User(r.name, r.role) for r in rows]
+
+
+async def authenticate(store: Store, token: str | None) -> User:
+    """The user a bearer token belongs to; Unauthorized if none."""
+    if not token:
+        raise Unauthorized("a bearer token is required")
+    async with store.read() as conn:
+        row = (
+            await conn.execute(sa.select(users.c.name, users.c.role).where(users.c.token_hash == hash_token(token)))
+        ).first()
+    if row is None:
+        raise Unauthorized("unknown token")
+    return User(row.name, row.role)

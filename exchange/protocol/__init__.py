@@ -1,0 +1,1 @@
+"""Protocol rules, sans I/O: envelope build and verify, receipts, rosters, channel state."""

@@ -1,0 +1,187 @@
+"""Build, verify and open bulletin envelopes: the rules every node applies to every bulletin.
+
+Receivers verify the author's signature first, always: any reader could re-encrypt altered
+content for the others, and only that signature stops it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from exchange.crypto import (
+    DecryptionKey,
+    EncryptionKey,
+    SealedContent,
+    SigningKey,
+    b64d,
+    b64e,
+    canonical_json,
+    open_content,
+    sha256,
+    strict_loads,
+)
+from exchange.crypto.content import Random
+from exchange.errors import DecryptionFailed, InvalidEnvelope, InvalidInput
+from exchange.model import Bulletin, BulletinId, Envelope, EnvelopeHeader, NodeId
+from exchange.protocol.channel import ChannelState
+from exchange.protocol.roster import Federation
+from exchange.protocol.signing import signing_input
+
+DOMAIN = "envelope"
+SUITE = "x25519-hkdfsha256-aes256gcm"
+MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
+
+
+def bulletin_id(header: EnvelopeHeader) -> BulletinId:
+    """The content-hash id: hex SHA-256 of the canonical header (which commits to the ciphertext)."""
+    return BulletinId(sha256(canonical_json(header.model_dump(mode="json"))).hex())
+
+
+def wrap_info(bid: str, kid: str) -> bytes:
+    """HPKE `info` that binds a wrapped key to one bulletin and one reader key."""
+    return b"exchange-v1/wrap\x00" + bytes.fromhex(bid) + b"\x00" + kid.encode("ascii")
+
+
+def _signed_body(header: EnvelopeHeader, wraps: Sequence[str]) -> dict[str, Any]:
+    return {"header": header.model_dump(mode="json"), "wraps": list(wraps)}
+
+
+def sign_envelope(
+    header: EnvelopeHeader, wraps: Sequence[str], ciphertext: bytes, key: SigningKey
+) -> Envelope:
+    """Sign the header and the wrapped keys; the header already commits to the ciphertext."""
+    signature = key.sign(signing_input(DOMAIN, _signed_body(header, wraps)))
+    return Envelope(
+        header=header, wraps=list(wraps), ciphertext=b64e(ciphertext), signature=b64e(signature)
+    )
+
+
+def build_envelope(
+    bulletin: Bulletin,
+    *,
+    state: ChannelState,
+    author: NodeId,
+    key: SigningKey,
+    seq: int,
+    readers: Sequence[tuple[NodeId, EncryptionKey]],
+    created: str,
+    rng: Random = os.urandom,
+) -> Envelope:
+    """Encrypt `bulletin` for exactly `readers` and sign it as `author`.
+
+    The caller passes the readers of `state`; the sender-side right checks live in the node.
+    """
+    ordered = sorted(readers, key=lambda r: r[0])
+    sealed = SealedContent(canonical_json(bulletin.payload()), rng)
+    header = EnvelopeHeader(
+        v=1,
+        suite=SUITE,
+        channel=state.channel,
+        author=author,
+        signer=key.kid,
+        seq=seq,
+        state={"pos": state.pos, "hash": state.hash},  # type: ignore[arg-type]
+        recipients=[{"node": n, "kid": k.kid} for n, k in ordered],  # type: ignore[misc]
+        handling=bulletin.handling,
+        created=created,
+        nonce=b64e(sealed.nonce),
+        key_commitment=b64e(sealed.key_commitment),
+        ciphertext_sha256=b64e(sha256(sealed.ciphertext)),
+    )
+    bid = bulletin_id(header)
+    wraps = [b64e(sealed.wrap(k, wrap_info(bid, k.kid))) for _, k in ordered]
+    return sign_envelope(header, wraps, sealed.ciphertext, key)
+
+
+def parse_envelope(data: bytes | dict[str, Any]) -> Envelope:
+    """Parse wire bytes (or an already strictly-parsed object) into an Envelope."""
+    if isinstance(data, bytes | bytearray):
+        if len(data) > MAX_ENVELOPE_BYTES:
+            raise InvalidEnvelope("envelope too large")
+        try:
+            data = strict_loads(data)
+        except InvalidInput as exc:
+            raise InvalidEnvelope(exc.detail) from exc
+    try:
+        return Envelope.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidEnvelope(f"envelope does not match the schema: {_first_error(exc)}") from exc
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg']}"
+
+
+def verify_envelope(env: Envelope, fed: Federation, state: ChannelState) -> BulletinId:
+    """Check every rule a receiver can check without decrypting; return the bulletin id.
+
+    `state` must be the channel state the header cites (the caller looks it up by position).
+    """
+    h = env.header
+    author = fed.node(h.author)
+    # Signature first: nothing else in the envelope is trusted before it verifies.
+    if h.signer != author.signing_kid:
+        raise InvalidEnvelope("envelope is not signed with the author's roster key")
+    fed.verify_key(h.author).verify(_b64(env.signature), signing_input(DOMAIN, _signed_body(h, env.wraps)))
+    if h.channel != state.channel or h.state.pos != state.pos or h.state.hash != state.hash:
+        raise InvalidEnvelope("envelope cites a channel state other than the one checked")
+    if author.agency not in state.policy.agencies:
+        raise InvalidEnvelope(f"channel policy excludes the author's agency ({author.agency})")
+    if "post" not in state.members.get(NodeId(h.author), frozenset()):
+        raise InvalidEnvelope("the author lacks the post right in the cited channel state")
+    if [r.node for r in h.recipients] != state.readers:
+        raise InvalidEnvelope("the recipients differ from the readers of the cited channel state")
+    for r in h.recipients:
+        if fed.node(r.node).encryption_kid != r.kid:
+            raise InvalidEnvelope(f"recipient key of {r.node} is not its roster key")
+    if len(env.wraps) != len(h.recipients):
+        raise InvalidEnvelope("one wrapped key per recipient is required")
+    if any(len(_b64(w)) != 80 for w in env.wraps):
+        raise InvalidEnvelope("malformed wrapped key")
+    if len(_b64(h.nonce)) != 12 or len(_b64(h.key_commitment)) != 32:
+        raise InvalidEnvelope("malformed nonce or key commitment")
+    if not hmac.compare_digest(sha256(_b64(env.ciphertext)), _b64(h.ciphertext_sha256)):
+        raise InvalidEnvelope("ciphertext does not match its hash in the header")
+    return bulletin_id(h)
+
+
+def open_envelope(env: Envelope, bid: str, me: NodeId, key: DecryptionKey) -> Bulletin:
+    """Decrypt this node's copy. Call only after verify_envelope. One error for every failure."""
+    h = env.header
+    index = next((i for i, r in enumerate(h.recipients) if r.node == me), None)
+    if index is None or h.recipients[index].kid != key.kid:
+        raise DecryptionFailed()
+    try:
+        plaintext = open_content(
+            wrapped_key=_b64(env.wraps[index]),
+            info=wrap_info(bid, key.kid),
+            reader=key,
+            key_commitment_=_b64(h.key_commitment),
+            nonce=_b64(h.nonce),
+            ciphertext=_b64(env.ciphertext),
+        )
+        payload = strict_loads(plaintext)
+        if not isinstance(payload, dict) or "handling" in payload:
+            raise DecryptionFailed()
+        return Bulletin.model_validate({**payload, "handling": h.handling.model_dump()})
+    except (InvalidInput, ValidationError) as exc:
+        raise DecryptionFailed() from exc
+
+
+def _b64(text: str) -> bytes:
+    try:
+        return b64d(text)
+    except InvalidInput as exc:
+        raise InvalidEnvelope("malformed base64url field") from exc
+
+
+def envelope_bytes(env: Envelope) -> bytes:
+    """The canonical wire form of an envelope."""
+    return canonical_json(env.model_dump(mode="json"))

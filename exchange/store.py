@@ -1,0 +1,237 @@
+"""The node's database: SQLAlchemy Core tables and a group-commit writer.
+
+Every write goes through `Store.write`, which gathers the jobs that arrive within a few
+milliseconds and commits them in one transaction. The writer is also the only place that gives
+audit entries their index, so the audit log has no gaps and no races within one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from exchange.crypto import canonical_json
+from exchange.errors import ConfigError, ExchangeError
+from exchange.merkle import leaf_hash
+
+metadata = sa.MetaData()
+
+bulletins = sa.Table(
+    "bulletins",
+    metadata,
+    sa.Column("n", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("channel", sa.String(64), nullable=False),
+    sa.Column("author", sa.String(64), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("state_pos", sa.Integer, nullable=False),
+    sa.Column("tlp", sa.String(16), nullable=False),
+    sa.Column("created", sa.String(32), nullable=False),
+    sa.Column("stored_at", sa.String(32), nullable=False),
+    sa.Column("envelope", sa.LargeBinary, nullable=False),
+    sa.Column("content", sa.Text, nullable=True),
+    sa.UniqueConstraint("author", "channel", "seq", name="uq_bulletin_stream"),
+    sa.Index("ix_bulletins_channel", "channel", "n"),
+)
+
+receipts = sa.Table(
+    "receipts",
+    metadata,
+    sa.Column("bulletin_id", sa.String(64), primary_key=True),
+    sa.Column("node", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(16), primary_key=True),
+    sa.Column("at", sa.String(32), nullable=False),
+    sa.Column("receipt", sa.Text, nullable=False),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("n", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dest", sa.String(64), nullable=False),
+    sa.Column("bulletin_id", sa.String(64), nullable=False),
+    # queued until the destination's signed receipt is stored; rejected if it refused it (4xx)
+    sa.Column("state", sa.String(16), nullable=False, default="queued"),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.UniqueConstraint("dest", "bulletin_id", name="uq_outbox_dest_bulletin"),
+    sa.Index("ix_outbox_pending", "dest", "state", "n"),
+)
+
+channel_events = sa.Table(
+    "channel_events",
+    metadata,
+    sa.Column("channel", sa.String(64), primary_key=True),
+    sa.Column("pos", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("event", sa.Text, nullable=False),
+)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("role", sa.String(32), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created", sa.String(32), nullable=False),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("idx", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("entry", sa.LargeBinary, nullable=False),
+    sa.Column("leaf_hash", sa.LargeBinary, nullable=False),
+)
+
+T = TypeVar("T")
+
+
+@dataclass
+class AuditBuffer:
+    """Audit entries added by the jobs of one transaction, indexed when it commits."""
+
+    next_idx: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, entry: dict[str, Any]) -> None:
+        body = canonical_json({"idx": self.next_idx + len(self.rows), **entry})
+        self.rows.append({"idx": self.next_idx + len(self.rows), "entry": body, "leaf_hash": leaf_hash(body)})
+
+
+Job = Callable[[AsyncConnection, AuditBuffer], Awaitable[T]]
+
+
+@dataclass
+class _Pending:
+    job: Job[Any]
+    future: asyncio.Future[Any]
+
+
+class Store:
+    """One node's database, shared by the HTTP handlers, the outbox senders and the CLI."""
+
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = 500, linger: float = 0.002) -> None:
+        self.engine = engine
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._max_batch = max_batch
+        self._linger = linger
+        self._audit_size = 0
+        self.audit_appended = asyncio.Event()
+
+    @classmethod
+    async def open(cls, url: str) -> Store:
+        """Connect and create the schema if it is missing."""
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 30}
+        try:
+            engine = create_async_engine(url, **kwargs)
+        except (sa.exc.ArgumentError, ImportError) as exc:
+            raise ConfigError(f"bad database URL: {exc}") from exc
+        if url.startswith("sqlite"):
+            sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+            size = (await conn.execute(sa.select(sa.func.count()).select_from(audit_log))).scalar_one()
+        store = cls(engine)
+        store._audit_size = int(size)
+        return store
+
+    @property
+    def audit_size(self) -> int:
+        return self._audit_size
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        await self.engine.dispose()
+
+    async def write(self, job: Job[T]) -> T:
+        """Run `job` inside a group-committed transaction and return its result once durable."""
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(job, future))
+        return await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            if self._linger:
+                await asyncio.sleep(self._linger)
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._commit(batch)
+            except Exception:
+                # One job spoiled the batch: run each alone so the others still commit.
+                for pending in batch:
+                    if not pending.future.done():
+                        try:
+                            await self._commit([pending])
+                        except Exception as exc:  # the job's own error goes to its caller
+                            pending.future.set_exception(exc)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        buffer = AuditBuffer(self._audit_size)
+        results: list[Any] = []
+        async with self.engine.begin() as conn:
+            for pending in batch:
+                results.append(await pending.job(conn, buffer))
+            if buffer.rows:
+                await conn.execute(sa.insert(audit_log), buffer.rows)
+        self._audit_size += len(buffer.rows)
+        if buffer.rows:
+            self.audit_appended.set()
+            self.audit_appended = asyncio.Event()
+        for pending, result in zip(batch, results, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(result)
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            yield conn
+
+    async def audit(self, entry: dict[str, Any]) -> None:
+        """Append one audit entry on its own (for events that store nothing else)."""
+
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+            audit.add(entry)
+
+        await self.write(job)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def is_unique_violation(exc: BaseException) -> bool:
+    return isinstance(exc, sa.exc.IntegrityError)
+
+
+__all__ = [
+    "AuditBuffer",
+    "ExchangeError",
+    "Store",
+    "audit_log",
+    "bulletins",
+    "channel_events",
+    "outbox",
+    "receipts",
+    "users",
+]
