@@ -52,6 +52,9 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise
         response = problem(exc.status, exc.reason, exc.text or exc.reason)
         reason = exc.reason
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem(500, "Internal error", "the node could not handle this request")
     if 400 <= response.status < 500:
         entry = {
             "method": request.method,
@@ -128,11 +131,11 @@ class RunningNode:
 async def start_node(config: NodeConfig) -> RunningNode:
     """Start one node on its configured host and port, over TLS 1.3 with client certificates."""
     app = build_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     fed = app[SERVICE].fed
     ssl_ctx = server_context(config.keys_dir / "tls.crt", config.keys_dir / "tls.key", fed)
-    site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_ctx, shutdown_timeout=1.0)
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_ctx)
     await site.start()
     log.info("node %s listening on %s", config.id, config.endpoint)
     return RunningNode(config, app, runner)

@@ -12,5 +12,5 @@ if TYPE_CHECKING:
 
 SERVICE: web.AppKey[NodeService] = web.AppKey("service")
 SENDERS: web.AppKey[dict[str, PeerSender]] = web.AppKey("senders")
-PEER = "exchange.peer"  # request key: the authenticated partner node
-USER = "exchange.user"  # request key: the authenticated local user
+PEER: web.RequestKey[str] = web.RequestKey("peer")  # the authenticated partner node
+USER: web.RequestKey[str] = web.RequestKey("user")  # the authenticated local user

@@ -1,0 +1,200 @@
+"""Shared fixtures: real federations of real nodes on loopback, over mutual TLS, on SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from exchange.config import NodeConfig
+from exchange.keystore import read_file
+from exchange.node.app import RunningNode, start_node
+from exchange.node.tls import client_context, peer_context
+from exchange.provision import init_federation
+
+PG_ADMIN_URL = "postgresql://root@127.0.0.1:5432/test"
+REQUIRE_PG = os.environ.get("EXCHANGE_REQUIRE_POSTGRES") == "1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _pg_available() -> str | None:
+    try:
+        import asyncpg
+
+        conn = await asyncio.wait_for(asyncpg.connect(PG_ADMIN_URL), 5)
+        await conn.close()
+        return None
+    except Exception as exc:  # any failure means: no usable server here
+        return f"PostgreSQL not reachable at 127.0.0.1:5432 ({type(exc).__name__}: {exc})"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[str], Awaitable[str]]]:
+    """A factory of fresh, empty databases of the parametrised kind, dropped afterwards."""
+    created: list[str] = []
+    if request.param == "postgres":
+        reason = await _pg_available()
+        if reason:
+            if REQUIRE_PG:
+                pytest.fail(reason + " and EXCHANGE_REQUIRE_POSTGRES=1")
+            pytest.skip(reason)
+    import asyncpg
+
+    async def make(name: str) -> str:
+        if request.param == "sqlite":
+            return ""
+        db = f"ex_{name.replace('-', '_')}_{uuid.uuid4().hex[:10]}"
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        await conn.execute(f'CREATE DATABASE "{db}"')
+        await conn.close()
+        created.append(db)
+        return f"postgresql+asyncpg://root@127.0.0.1:5432/{db}"
+
+    yield make
+    if created:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        for db in created:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        await conn.close()
+
+
+@dataclass
+class Member:
+    """One running node of a test federation, with its people's tokens."""
+
+    config: NodeConfig
+    node: RunningNode | None
+    tokens: dict[str, str]
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    @property
+    def service(self) -> Any:
+        assert self.node is not None
+        return self.node.service
+
+    async def api(self, method: str, path: str, *, user: str = "officer", body: Any = None,
+                  token: str | None = None) -> tuple[int, Any, str]:
+        """Call the client API as a local user; returns (status, JSON body, content type)."""
+        ctx = client_context(read_file(self.config.keys_dir / "tls.crt").decode())
+        headers = {}
+        if user:
+            headers["Authorization"] = f"Bearer {token or self.tokens[user]}"
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
+            async with session.request(method, self.config.endpoint + path, json=body, headers=headers) as resp:
+                raw = await resp.read()
+                return resp.status, json.loads(raw) if raw else None, resp.content_type
+
+    async def fed_post(self, sender: Member, body: bytes, path: str = "/fed/v1/envelopes") -> tuple[int, Any, str]:
+        """Call this node's federation API as `sender` does: with `sender`'s roster certificate."""
+        roster_node = self.service.fed.node(self.id)
+        ctx = peer_context(roster_node, sender.config.keys_dir / "tls.crt", sender.config.keys_dir / "tls.key")
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
+            async with session.post(self.config.endpoint + path, data=body,
+                                    headers={"Content-Type": "application/json"}) as resp:
+                raw = await resp.read()
+                return resp.status, json.loads(raw) if raw else None, resp.content_type
+
+
+@dataclass
+class TestFederation:
+    folder: Path
+    members: dict[str, Member] = field(default_factory=dict)
+
+    def __getitem__(self, node_id: str) -> Member:
+        return self.members[node_id]
+
+    async def start(self, node_id: str) -> None:
+        member = self.members[node_id]
+        member.node = await start_node(member.config)
+
+    async def stop(self, node_id: str) -> None:
+        member = self.members[node_id]
+        if member.node is not None:
+            await member.node.stop()
+            member.node = None
+
+
+DEFAULT_NODES = {"nl-customs": ("NL", "customs"), "ke-customs": ("KE", "customs"),
+                 "gb-avsec": ("GB", "aviation-security"), "wco-rilo": ("BE", "international")}
+
+
+def write_federation(folder: Path, nodes: dict[str, tuple[str, str]], channels: list[dict[str, Any]],
+                     db_urls: dict[str, str]) -> None:
+    """Write a federation folder the way an operator would, with free loopback ports."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ['[federation]', 'name = "test federation"', 'keys_dir = "../keys"', 'data_dir = "../var"', ""]
+    for ch in channels:
+        members = ", ".join(f'"{n}" = {json.dumps(r)}' for n, r in ch["members"].items())
+        lines += ["[[channel]]", f'id = "{ch["id"]}"', f'owner = "{ch["owner"]}"', f'title = "{ch["id"]}"',
+                  f'agencies = {json.dumps(ch["agencies"])}', f'tlp = "{ch.get("tlp", "AMBER")}"',
+                  f"members = {{ {members} }}", ""]
+    (folder / "federation.toml").write_text("\n".join(lines))
+    for node_id, (country, agency) in nodes.items():
+        extra = f'database_url = "{db_urls[node_id]}"\n' if db_urls.get(node_id) else ""
+        (folder / f"{node_id}.toml").write_text(
+            f'[node]\nid = "{node_id}"\nname = "Test {node_id}"\ncountry = "{country}"\nagency = "{agency}"\n'
+            f"port = {free_port()}\nretry_base_seconds = 0.05\nretry_max_seconds = 0.5\n"
+            f"request_timeout_seconds = 5\n{extra}"
+        )
+
+
+MakeFederation = Callable[..., Awaitable[TestFederation]]
+
+
+@pytest.fixture
+async def make_federation(tmp_path: Path, database: Callable[[str], Awaitable[str]]) -> AsyncIterator[MakeFederation]:
+    """make_federation(nodes=..., channels=..., start=True) provisions and starts a federation."""
+    feds: list[TestFederation] = []
+
+    async def make(nodes: dict[str, tuple[str, str]] | None = None,
+                   channels: list[dict[str, Any]] | None = None, start: bool = True) -> TestFederation:
+        nodes = nodes or {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs")}
+        if channels is None:
+            channels = [{"id": "c2c", "owner": next(iter(nodes)), "agencies": ["customs"],
+                         "members": {n: ["read", "post"] + (["admin"] if i == 0 else [])
+                                     for i, n in enumerate(nodes) if nodes[n][1] == "customs"}}]
+        folder = tmp_path / f"fed{len(feds)}" / "nodes"
+        db_urls = {n: await database(n) for n in nodes}
+        write_federation(folder, nodes, channels, db_urls)
+        await init_federation(folder)
+        fed = TestFederation(folder)
+        for node_id in nodes:
+            cfg = NodeConfig.load(folder / f"{node_id}.toml", environ={})
+            tokens = {p.name: p.read_text().strip() for p in (cfg.keys_dir / "tokens").iterdir()}
+            fed.members[node_id] = Member(cfg, None, tokens)
+        feds.append(fed)
+        if start:
+            for node_id in nodes:
+                await fed.start(node_id)
+        return fed
+
+    yield make
+    for fed in feds:
+        for node_id in list(fed.members):
+            await fed.stop(node_id)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll `check` until it is true or the deadline passes (no fixed sleeps in tests)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)

@@ -1,0 +1,57 @@
+"""Must-show 1 of the first slice: two real nodes over mutual TLS deliver a bulletin and a receipt."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from exchange.model import Receipt
+from exchange.protocol.receipt import verify_receipt
+from exchange.store import bulletins, receipts
+from tests.conftest import MakeFederation, eventually
+
+BULLETIN = {
+    "kind": "threat-bulletin",
+    "handling": {"tlp": "AMBER", "no_onward_sharing": True},
+    "title": "Undervalued lithium batteries declared as toys",
+    "body": "Shipper XYZ Trading routes via AMS; batteries mis-declared under HS 9503.",
+    "indicators": {"air_waybills": ["176-12345675"], "hs_codes": ["8507.60"], "airports": ["AMS", "NBO"],
+                   "flights": ["KL565"], "companies": ["XYZ Trading Ltd"], "risk_indicators": ["undervaluation"]},
+    "references": [],
+    "language": "en",
+    "expires": "2027-01-31",
+}
+
+
+async def count(member, table) -> int:  # type: ignore[no-untyped-def]
+    async with member.service.store.read() as conn:
+        return int((await conn.execute(sa.select(sa.func.count()).select_from(table))).scalar_one())
+
+
+async def test_post_at_a_is_readable_at_b_and_a_holds_bs_receipt(make_federation: MakeFederation) -> None:
+    fed = await make_federation()
+    a, b = fed["nl-customs"], fed["ke-customs"]
+
+    status, posted, _ = await a.api("POST", "/api/v1/channels/c2c/bulletins", body=BULLETIN)
+    assert status == 201, posted
+    bid = posted["id"]
+
+    async def at_b() -> bool:
+        status, page, _ = await b.api("GET", "/api/v1/bulletins")
+        return status == 200 and any(item["id"] == bid for item in page["items"])
+
+    await eventually(at_b, what="the bulletin to reach B")
+    status, shown, _ = await b.api("GET", f"/api/v1/bulletins/{bid}")
+    assert status == 200
+    assert shown["bulletin"] == BULLETIN
+    assert shown["author"] == "nl-customs" and shown["signature_verified"] is True
+
+    async def receipt_at_a() -> bool:
+        return await count(a, receipts) >= 1
+
+    await eventually(receipt_at_a, what="B's receipt at A")
+    async with a.service.store.read() as conn:
+        raw = (await conn.execute(sa.select(receipts.c.receipt).where(receipts.c.node == "ke-customs"))).scalar_one()
+    receipt = Receipt.model_validate_json(raw)
+    assert receipt.bulletin == bid and receipt.status == "received"
+    verify_receipt(receipt, a.service.fed)  # signed by B's roster key
+    assert await count(b, bulletins) == 1

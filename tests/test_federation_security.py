@@ -1,0 +1,201 @@
+"""Attacks on the federation endpoint, over real mutual TLS: every one is refused and stores nothing."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from typing import Any
+
+import aiohttp
+import pytest
+import sqlalchemy as sa
+
+from exchange.clock import timestamp, utc_now
+from exchange.crypto import b64d, b64e, generate_tls_identity
+from exchange.model import Bulletin, Envelope, NodeId
+from exchange.node.tls import peer_context
+from exchange.protocol.envelope import build_envelope, envelope_bytes
+from exchange.store import audit_log, bulletins
+from tests.conftest import DEFAULT_NODES, Member, MakeFederation
+
+THREE = {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs", "wco-rilo")}
+BULLETIN = Bulletin.model_validate(
+    {"kind": "alert", "handling": {"tlp": "AMBER"}, "title": "Test alert", "body": "body text"}
+)
+
+
+def envelope_from(member: Member, channel: str = "c2c", seq: int = 1) -> Envelope:
+    """An envelope exactly as `member` would author it, without posting it."""
+    svc = member.service
+    state = svc.channel(channel)
+    readers = [(NodeId(n), svc.fed.encryption_key(n)) for n in state.readers]
+    return build_envelope(BULLETIN, state=state, author=svc.me, key=svc.keys.signing, seq=seq,
+                          readers=readers, created=timestamp())
+
+
+def batch(*envs: bytes) -> bytes:
+    return b'{"txn":"t1","envelopes":[' + b",".join(envs) + b"]}"
+
+
+async def stored(member: Member) -> int:
+    async with member.service.store.read() as conn:
+        return int((await conn.execute(sa.select(sa.func.count()).select_from(bulletins))).scalar_one())
+
+
+async def rejections(member: Member) -> int:
+    async with member.service.store.read() as conn:
+        rows = (await conn.execute(sa.select(audit_log.c.entry))).scalars().all()
+    return sum(json.loads(r)["event"] == "request.rejected" for r in rows)
+
+
+def flip_b64(value: str, index: int = 0) -> str:
+    raw = bytearray(b64d(value))
+    raw[index % len(raw)] ^= 0x01
+    return b64e(bytes(raw))
+
+
+def tampered_variants(env: Envelope) -> dict[str, dict[str, Any]]:
+    """One single-byte change in each part of the envelope, re-encoded so it reaches verification."""
+    good = env.model_dump(mode="json")
+    out: dict[str, dict[str, Any]] = {}
+
+    def variant(name: str, change: Any) -> None:
+        doc = json.loads(json.dumps(good))
+        change(doc)
+        out[name] = doc
+
+    variant("signature", lambda d: d.update(signature=flip_b64(d["signature"], 5)))
+    variant("signature-last-byte", lambda d: d.update(signature=flip_b64(d["signature"], -1)))
+    variant("ciphertext", lambda d: d.update(ciphertext=flip_b64(d["ciphertext"], 3)))
+    for i in range(len(good["wraps"])):
+        variant(f"wrap-{i}-enc", lambda d, i=i: d["wraps"].__setitem__(i, flip_b64(d["wraps"][i], 0)))
+        variant(f"wrap-{i}-body", lambda d, i=i: d["wraps"].__setitem__(i, flip_b64(d["wraps"][i], 50)))
+    variant("header-nonce", lambda d: d["header"].update(nonce=flip_b64(d["header"]["nonce"])))
+    variant("header-key-commitment", lambda d: d["header"].update(key_commitment=flip_b64(d["header"]["key_commitment"])))
+    variant("header-ciphertext-hash", lambda d: d["header"].update(ciphertext_sha256=flip_b64(d["header"]["ciphertext_sha256"])))
+    variant("header-seq", lambda d: d["header"].update(seq=d["header"]["seq"] + 1))
+    variant("header-tlp", lambda d: d["header"]["handling"].update(tlp="GREEN"))
+    variant("header-created", lambda d: d["header"].update(created=d["header"]["created"].replace("2", "3", 1)))
+    variant("header-recipient-kid", lambda d: d["header"]["recipients"][0].update(
+        kid="0" + d["header"]["recipients"][0]["kid"][1:] if d["header"]["recipients"][0]["kid"][0] != "0"
+        else "1" + d["header"]["recipients"][0]["kid"][1:]))
+    variant("wrap-dropped", lambda d: d["wraps"].pop())
+    return out
+
+
+async def test_every_tampered_part_is_refused_with_problem_json_and_nothing_stored(
+    make_federation: MakeFederation,
+) -> None:
+    fed = await make_federation()
+    a, b = fed["nl-customs"], fed["ke-customs"]
+    env = envelope_from(a)
+    variants = tampered_variants(env)
+    assert len(variants) >= 14
+    for name, doc in variants.items():
+        status, body, ctype = await b.fed_post(a, batch(json.dumps(doc).encode()))
+        assert 400 <= status < 500, (name, status, body)
+        assert ctype == "application/problem+json", name
+        assert body["status"] == status and body["detail"], name
+    # Raw single-byte flips across the whole wire form, header to ciphertext.
+    wire = envelope_bytes(env)
+    for pos in range(0, len(wire), max(1, len(wire) // 40)):
+        broken = bytearray(wire)
+        broken[pos] ^= 0x01
+        status, body, ctype = await b.fed_post(a, batch(bytes(broken)))
+        assert 400 <= status < 500 and ctype == "application/problem+json", (pos, status, body)
+    assert await stored(b) == 0
+    assert await rejections(b) >= len(variants) + 40
+    # The untouched envelope is accepted: the test above could have failed.
+    status, body, _ = await b.fed_post(a, batch(wire))
+    assert status == 200, body
+    assert await stored(b) == 1
+
+
+async def test_duplicate_delivery_stores_once_and_returns_the_same_receipt(make_federation: MakeFederation) -> None:
+    fed = await make_federation()
+    a, b = fed["nl-customs"], fed["ke-customs"]
+    wire = envelope_bytes(envelope_from(a))
+    first = await b.fed_post(a, batch(wire))
+    second = await b.fed_post(a, batch(wire))
+    both = await b.fed_post(a, batch(wire, wire))
+    assert first[0] == second[0] == both[0] == 200
+    assert first[1]["receipts"] == second[1]["receipts"] == both[1]["receipts"][:1]
+    assert await stored(b) == 1
+
+
+async def test_same_sequence_number_for_two_bulletins_is_refused_as_equivocation(
+    make_federation: MakeFederation,
+) -> None:
+    fed = await make_federation()
+    a, b = fed["nl-customs"], fed["ke-customs"]
+    assert (await b.fed_post(a, batch(envelope_bytes(envelope_from(a, seq=1)))))[0] == 200
+    status, body, _ = await b.fed_post(a, batch(envelope_bytes(envelope_from(a, seq=1))))
+    assert status == 409 and body["type"].endswith("Equivocation")
+    assert await stored(b) == 1
+
+
+async def test_certificate_not_in_roster_is_refused_before_any_envelope_is_read(
+    make_federation: MakeFederation, tmp_path: Any
+) -> None:
+    fed = await make_federation()
+    a, b = fed["nl-customs"], fed["ke-customs"]
+    key_pem, cert_pem = generate_tls_identity("rogue", utc_now())
+    (tmp_path / "rogue.key").write_bytes(key_pem)
+    (tmp_path / "rogue.crt").write_bytes(cert_pem)
+    ctx = peer_context(b.service.fed.node(b.id), tmp_path / "rogue.crt", tmp_path / "rogue.key")
+    refused = False
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
+            async with session.post(b.config.endpoint + "/fed/v1/envelopes",
+                                    data=batch(envelope_bytes(envelope_from(a)))) as resp:
+                refused = resp.status == 403
+    except (aiohttp.ClientError, ssl.SSLError, ConnectionError):
+        refused = True  # the TLS handshake failed: the server never read the body
+    assert refused
+    assert await stored(b) == 0
+
+
+async def test_client_without_certificate_gets_403_problem_json(make_federation: MakeFederation) -> None:
+    fed = await make_federation()
+    a, b = fed["nl-customs"], fed["ke-customs"]
+    status, body, ctype = await b.api("POST", "/fed/v1/envelopes", user="",
+                                      body=json.loads(batch(envelope_bytes(envelope_from(a)))))
+    assert status == 403 and ctype == "application/problem+json"
+    assert body["type"].endswith("UnknownPeer")
+    assert await stored(b) == 0 and await rejections(b) == 1
+
+
+@pytest.mark.parametrize("make", ["relay-of-another-author", "non-member-author"])
+async def test_roster_node_outside_the_channel_is_refused(make_federation: MakeFederation, make: str) -> None:
+    fed = await make_federation(nodes=THREE, channels=[
+        {"id": "c2c", "owner": "nl-customs", "agencies": ["customs"],
+         "members": {"nl-customs": ["read", "post", "admin"], "ke-customs": ["read", "post"]}}])
+    a, b, outsider = fed["nl-customs"], fed["ke-customs"], fed["wco-rilo"]
+    if make == "relay-of-another-author":
+        wire = envelope_bytes(envelope_from(a))  # genuine, but pushed by someone else
+    else:
+        svc = outsider.service
+        state = svc.channel("c2c")
+        readers = [(NodeId(n), svc.fed.encryption_key(n)) for n in state.readers]
+        wire = envelope_bytes(build_envelope(BULLETIN, state=state, author=svc.me, key=svc.keys.signing, seq=1,
+                                             readers=readers, created=timestamp()))
+    status, body, ctype = await b.fed_post(outsider, batch(wire))
+    assert status == 422 and ctype == "application/problem+json", body
+    assert await stored(b) == 0
+
+
+async def test_a_non_recipient_cannot_decrypt(make_federation: MakeFederation) -> None:
+    from exchange.errors import DecryptionFailed
+    from exchange.protocol.envelope import bulletin_id, open_envelope
+
+    fed = await make_federation(nodes=THREE, channels=[
+        {"id": "c2c", "owner": "nl-customs", "agencies": ["customs"],
+         "members": {"nl-customs": ["read", "post", "admin"], "ke-customs": ["read", "post"]}}])
+    a, outsider = fed["nl-customs"], fed["wco-rilo"]
+    env = envelope_from(a)
+    bid = bulletin_id(env.header)
+    with pytest.raises(DecryptionFailed):
+        open_envelope(env, bid, outsider.service.me, outsider.service.keys.decryption)
+    # Even claiming a recipient's slot with its own key gets nowhere.
+    with pytest.raises(DecryptionFailed):
+        open_envelope(env, bid, NodeId("ke-customs"), outsider.service.keys.decryption)
