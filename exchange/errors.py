@@ -1,20 +1,20 @@
 """The one exception hierarchy of exchange; the web layer maps it to problem+json.
 
-    ExchangeError
-     ├── ConfigError            bad or missing configuration, key files, roster files
-     ├── InvalidInput           a request or file that does not parse or fails validation
-     │    └── InvalidEnvelope   an envelope that breaks a protocol rule
-     │         ├── BadSignature     a signature that does not verify
-     │         ├── DecryptionFailed one message for every decryption failure (no oracle)
-     │         └── Equivocation     one author, one (channel, seq), two different bulletins
-     ├── Unauthorized           no or unknown credentials
-     ├── Forbidden              authenticated, but without the right
-     │    ├── UnknownPeer       a TLS peer or signer that is not in the roster
-     │    └── NotAMember        a node or user outside the channel
-     ├── NotFound               no such bulletin, channel or user
-     ├── Conflict               a request that clashes with stored state (already exists)
-     ├── AuditTampered          the audit log does not verify
-     └── PeerError              a partner node answered with an error or not at all
+ExchangeError
+ ├── ConfigError            bad or missing configuration, key files, roster files
+ ├── InvalidInput           a request or file that does not parse or fails validation
+ │    └── InvalidEnvelope   an envelope that breaks a protocol rule
+ │         ├── BadSignature     a signature that does not verify
+ │         ├── DecryptionFailed one message for every decryption failure (no oracle)
+ │         └── Equivocation     one author, one (channel, seq), two different bulletins
+ ├── Unauthorized           no or unknown credentials
+ ├── Forbidden              authenticated, but without the right
+ │    ├── UnknownPeer       a TLS peer or signer that is not in the roster
+ │    └── NotAMember        a node or user outside the channel
+ ├── NotFound               no such bulletin, channel or user
+ ├── Conflict               a request that clashes with stored state (already exists)
+ ├── AuditTampered          the audit log does not verify
+ └── PeerError              a partner node answered with an error or not at all
 """
 
 from __future__ import annotations

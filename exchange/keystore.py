@@ -76,9 +76,7 @@ class NodeKeyFiles:
         keys = NodeKeys.generate()
         tls_key, tls_cert = generate_tls_identity(f"exchange node {node_id}", utc_now())
         write_private(self.folder / SIGNING, b64e(keys.signing.private_bytes()).encode() + b"\n", force=force)
-        write_private(
-            self.folder / ENCRYPTION, b64e(keys.decryption.private_bytes()).encode() + b"\n", force=force
-        )
+        write_private(self.folder / ENCRYPTION, b64e(keys.decryption.private_bytes()).encode() + b"\n", force=force)
         write_private(self.tls_key, tls_key, force=force)
         write_public(self.tls_cert, tls_cert)
         public = {

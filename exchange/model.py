@@ -32,9 +32,7 @@ ChannelIdStr = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,6
 Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Kid = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
 B64 = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]*$", max_length=16_000_000)]
-Timestamp = Annotated[
-    str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
-]
+Timestamp = Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")]
 IsoDate = Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")]
 Short = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
 

@@ -60,17 +60,28 @@ def roster_entry(cfg: NodeConfig) -> dict[str, object]:
     }
 
 
-def write_roster(fed: FederationConfig, nodes: list[NodeConfig], authority: SigningKey, report: InitReport) -> Federation:
+def write_roster(
+    fed: FederationConfig, nodes: list[NodeConfig], authority: SigningKey, report: InitReport
+) -> Federation:
     """Sign a new roster version if the node list or any key changed; else keep the current one."""
     entries = [roster_entry(cfg) for cfg in sorted(nodes, key=lambda c: c.id)]
     version = 1
     if fed.roster_path.exists():
         current = SignedRoster.model_validate(strict_loads(read_file(fed.roster_path)))
-        if [n.model_dump(mode="json") for n in current.roster.nodes] == entries and current.roster.federation == fed.name:
+        if [
+            n.model_dump(mode="json") for n in current.roster.nodes
+        ] == entries and current.roster.federation == fed.name:
             return Federation.verify(current, authority.verify_key)
         version = current.roster.version + 1
     roster = Roster.model_validate(
-        {"v": 1, "federation": fed.name, "version": version, "issued": timestamp(), "authority_kid": authority.kid, "nodes": entries}
+        {
+            "v": 1,
+            "federation": fed.name,
+            "version": version,
+            "issued": timestamp(),
+            "authority_kid": authority.kid,
+            "nodes": entries,
+        }
     )
     signed = sign_roster(roster, authority)
     write_public(fed.roster_path, json.dumps(signed.model_dump(mode="json"), indent=2).encode() + b"\n")
@@ -78,7 +89,9 @@ def write_roster(fed: FederationConfig, nodes: list[NodeConfig], authority: Sign
     return Federation.verify(signed, authority.verify_key)
 
 
-def write_channels(fed_cfg: FederationConfig, fed: Federation, nodes: dict[str, NodeConfig], report: InitReport) -> None:
+def write_channels(
+    fed_cfg: FederationConfig, fed: Federation, nodes: dict[str, NodeConfig], report: InitReport
+) -> None:
     for spec in fed_cfg.channels:
         path = fed_cfg.channels_dir / f"{spec.id}.json"
         if path.exists():

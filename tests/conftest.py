@@ -89,27 +89,31 @@ class Member:
         assert self.node is not None
         return self.node.service
 
-    async def api(self, method: str, path: str, *, user: str = "officer", body: Any = None,
-                  token: str | None = None) -> tuple[int, Any, str]:
+    async def api(
+        self, method: str, path: str, *, user: str = "officer", body: Any = None, token: str | None = None
+    ) -> tuple[int, Any, str]:
         """Call the client API as a local user; returns (status, JSON body, content type)."""
         ctx = client_context(read_file(self.config.keys_dir / "tls.crt").decode())
         headers = {}
         if user:
             headers["Authorization"] = f"Bearer {token or self.tokens[user]}"
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
-            async with session.request(method, self.config.endpoint + path, json=body, headers=headers) as resp:
-                raw = await resp.read()
-                return resp.status, json.loads(raw) if raw else None, resp.content_type
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session,
+            session.request(method, self.config.endpoint + path, json=body, headers=headers) as resp,
+        ):
+            raw = await resp.read()
+            return resp.status, json.loads(raw) if raw else None, resp.content_type
 
     async def fed_post(self, sender: Member, body: bytes, path: str = "/fed/v1/envelopes") -> tuple[int, Any, str]:
         """Call this node's federation API as `sender` does: with `sender`'s roster certificate."""
         roster_node = self.service.fed.node(self.id)
         ctx = peer_context(roster_node, sender.config.keys_dir / "tls.crt", sender.config.keys_dir / "tls.key")
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
-            async with session.post(self.config.endpoint + path, data=body,
-                                    headers={"Content-Type": "application/json"}) as resp:
-                raw = await resp.read()
-                return resp.status, json.loads(raw) if raw else None, resp.content_type
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session,
+            session.post(self.config.endpoint + path, data=body, headers={"Content-Type": "application/json"}) as resp,
+        ):
+            raw = await resp.read()
+            return resp.status, json.loads(raw) if raw else None, resp.content_type
 
 
 @dataclass
@@ -131,20 +135,32 @@ class TestFederation:
             member.node = None
 
 
-DEFAULT_NODES = {"nl-customs": ("NL", "customs"), "ke-customs": ("KE", "customs"),
-                 "gb-avsec": ("GB", "aviation-security"), "wco-rilo": ("BE", "international")}
+DEFAULT_NODES = {
+    "nl-customs": ("NL", "customs"),
+    "ke-customs": ("KE", "customs"),
+    "gb-avsec": ("GB", "aviation-security"),
+    "wco-rilo": ("BE", "international"),
+}
 
 
-def write_federation(folder: Path, nodes: dict[str, tuple[str, str]], channels: list[dict[str, Any]],
-                     db_urls: dict[str, str]) -> None:
+def write_federation(
+    folder: Path, nodes: dict[str, tuple[str, str]], channels: list[dict[str, Any]], db_urls: dict[str, str]
+) -> None:
     """Write a federation folder the way an operator would, with free loopback ports."""
     folder.mkdir(parents=True, exist_ok=True)
-    lines = ['[federation]', 'name = "test federation"', 'keys_dir = "../keys"', 'data_dir = "../var"', ""]
+    lines = ["[federation]", 'name = "test federation"', 'keys_dir = "../keys"', 'data_dir = "../var"', ""]
     for ch in channels:
         members = ", ".join(f'"{n}" = {json.dumps(r)}' for n, r in ch["members"].items())
-        lines += ["[[channel]]", f'id = "{ch["id"]}"', f'owner = "{ch["owner"]}"', f'title = "{ch["id"]}"',
-                  f'agencies = {json.dumps(ch["agencies"])}', f'tlp = "{ch.get("tlp", "AMBER")}"',
-                  f"members = {{ {members} }}", ""]
+        lines += [
+            "[[channel]]",
+            f'id = "{ch["id"]}"',
+            f'owner = "{ch["owner"]}"',
+            f'title = "{ch["id"]}"',
+            f"agencies = {json.dumps(ch['agencies'])}",
+            f'tlp = "{ch.get("tlp", "AMBER")}"',
+            f"members = {{ {members} }}",
+            "",
+        ]
     (folder / "federation.toml").write_text("\n".join(lines))
     for node_id, (country, agency) in nodes.items():
         extra = f'database_url = "{db_urls[node_id]}"\n' if db_urls.get(node_id) else ""
@@ -163,13 +179,25 @@ async def make_federation(tmp_path: Path, database: Callable[[str], Awaitable[st
     """make_federation(nodes=..., channels=..., start=True) provisions and starts a federation."""
     feds: list[TestFederation] = []
 
-    async def make(nodes: dict[str, tuple[str, str]] | None = None,
-                   channels: list[dict[str, Any]] | None = None, start: bool = True) -> TestFederation:
+    async def make(
+        nodes: dict[str, tuple[str, str]] | None = None,
+        channels: list[dict[str, Any]] | None = None,
+        start: bool = True,
+    ) -> TestFederation:
         nodes = nodes or {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs")}
         if channels is None:
-            channels = [{"id": "c2c", "owner": next(iter(nodes)), "agencies": ["customs"],
-                         "members": {n: ["read", "post"] + (["admin"] if i == 0 else [])
-                                     for i, n in enumerate(nodes) if nodes[n][1] == "customs"}}]
+            channels = [
+                {
+                    "id": "c2c",
+                    "owner": next(iter(nodes)),
+                    "agencies": ["customs"],
+                    "members": {
+                        n: ["read", "post"] + (["admin"] if i == 0 else [])
+                        for i, n in enumerate(nodes)
+                        if nodes[n][1] == "customs"
+                    },
+                }
+            ]
         folder = tmp_path / f"fed{len(feds)}" / "nodes"
         db_urls = {n: await database(n) for n in nodes}
         write_federation(folder, nodes, channels, db_urls)

@@ -16,7 +16,7 @@ from exchange.model import Bulletin, Envelope, NodeId
 from exchange.node.tls import peer_context
 from exchange.protocol.envelope import build_envelope, envelope_bytes
 from exchange.store import audit_log, bulletins
-from tests.conftest import DEFAULT_NODES, Member, MakeFederation
+from tests.conftest import DEFAULT_NODES, MakeFederation, Member
 
 THREE = {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs", "wco-rilo")}
 BULLETIN = Bulletin.model_validate(
@@ -29,8 +29,9 @@ def envelope_from(member: Member, channel: str = "c2c", seq: int = 1) -> Envelop
     svc = member.service
     state = svc.channel(channel)
     readers = [(NodeId(n), svc.fed.encryption_key(n)) for n in state.readers]
-    return build_envelope(BULLETIN, state=state, author=svc.me, key=svc.keys.signing, seq=seq,
-                          readers=readers, created=timestamp())
+    return build_envelope(
+        BULLETIN, state=state, author=svc.me, key=svc.keys.signing, seq=seq, readers=readers, created=timestamp()
+    )
 
 
 def batch(*envs: bytes) -> bytes:
@@ -71,14 +72,24 @@ def tampered_variants(env: Envelope) -> dict[str, dict[str, Any]]:
         variant(f"wrap-{i}-enc", lambda d, i=i: d["wraps"].__setitem__(i, flip_b64(d["wraps"][i], 0)))
         variant(f"wrap-{i}-body", lambda d, i=i: d["wraps"].__setitem__(i, flip_b64(d["wraps"][i], 50)))
     variant("header-nonce", lambda d: d["header"].update(nonce=flip_b64(d["header"]["nonce"])))
-    variant("header-key-commitment", lambda d: d["header"].update(key_commitment=flip_b64(d["header"]["key_commitment"])))
-    variant("header-ciphertext-hash", lambda d: d["header"].update(ciphertext_sha256=flip_b64(d["header"]["ciphertext_sha256"])))
+    variant(
+        "header-key-commitment", lambda d: d["header"].update(key_commitment=flip_b64(d["header"]["key_commitment"]))
+    )
+    variant(
+        "header-ciphertext-hash",
+        lambda d: d["header"].update(ciphertext_sha256=flip_b64(d["header"]["ciphertext_sha256"])),
+    )
     variant("header-seq", lambda d: d["header"].update(seq=d["header"]["seq"] + 1))
     variant("header-tlp", lambda d: d["header"]["handling"].update(tlp="GREEN"))
     variant("header-created", lambda d: d["header"].update(created=d["header"]["created"].replace("2", "3", 1)))
-    variant("header-recipient-kid", lambda d: d["header"]["recipients"][0].update(
-        kid="0" + d["header"]["recipients"][0]["kid"][1:] if d["header"]["recipients"][0]["kid"][0] != "0"
-        else "1" + d["header"]["recipients"][0]["kid"][1:]))
+    variant(
+        "header-recipient-kid",
+        lambda d: d["header"]["recipients"][0].update(
+            kid="0" + d["header"]["recipients"][0]["kid"][1:]
+            if d["header"]["recipients"][0]["kid"][0] != "0"
+            else "1" + d["header"]["recipients"][0]["kid"][1:]
+        ),
+    )
     variant("wrap-dropped", lambda d: d["wraps"].pop())
     return out
 
@@ -145,10 +156,10 @@ async def test_certificate_not_in_roster_is_refused_before_any_envelope_is_read(
     ctx = peer_context(b.service.fed.node(b.id), tmp_path / "rogue.crt", tmp_path / "rogue.key")
     refused = False
     try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
-            async with session.post(b.config.endpoint + "/fed/v1/envelopes",
-                                    data=batch(envelope_bytes(envelope_from(a)))) as resp:
-                refused = resp.status == 403
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session, session.post(
+            b.config.endpoint + "/fed/v1/envelopes", data=batch(envelope_bytes(envelope_from(a)))
+        ) as resp:
+            refused = resp.status == 403
     except (aiohttp.ClientError, ssl.SSLError, ConnectionError):
         refused = True  # the TLS handshake failed: the server never read the body
     assert refused
@@ -158,8 +169,9 @@ async def test_certificate_not_in_roster_is_refused_before_any_envelope_is_read(
 async def test_client_without_certificate_gets_403_problem_json(make_federation: MakeFederation) -> None:
     fed = await make_federation()
     a, b = fed["nl-customs"], fed["ke-customs"]
-    status, body, ctype = await b.api("POST", "/fed/v1/envelopes", user="",
-                                      body=json.loads(batch(envelope_bytes(envelope_from(a)))))
+    status, body, ctype = await b.api(
+        "POST", "/fed/v1/envelopes", user="", body=json.loads(batch(envelope_bytes(envelope_from(a))))
+    )
     assert status == 403 and ctype == "application/problem+json"
     assert body["type"].endswith("UnknownPeer")
     assert await stored(b) == 0 and await rejections(b) == 1
@@ -167,9 +179,17 @@ async def test_client_without_certificate_gets_403_problem_json(make_federation:
 
 @pytest.mark.parametrize("make", ["relay-of-another-author", "non-member-author"])
 async def test_roster_node_outside_the_channel_is_refused(make_federation: MakeFederation, make: str) -> None:
-    fed = await make_federation(nodes=THREE, channels=[
-        {"id": "c2c", "owner": "nl-customs", "agencies": ["customs"],
-         "members": {"nl-customs": ["read", "post", "admin"], "ke-customs": ["read", "post"]}}])
+    fed = await make_federation(
+        nodes=THREE,
+        channels=[
+            {
+                "id": "c2c",
+                "owner": "nl-customs",
+                "agencies": ["customs"],
+                "members": {"nl-customs": ["read", "post", "admin"], "ke-customs": ["read", "post"]},
+            }
+        ],
+    )
     a, b, outsider = fed["nl-customs"], fed["ke-customs"], fed["wco-rilo"]
     if make == "relay-of-another-author":
         wire = envelope_bytes(envelope_from(a))  # genuine, but pushed by someone else
@@ -177,8 +197,11 @@ async def test_roster_node_outside_the_channel_is_refused(make_federation: MakeF
         svc = outsider.service
         state = svc.channel("c2c")
         readers = [(NodeId(n), svc.fed.encryption_key(n)) for n in state.readers]
-        wire = envelope_bytes(build_envelope(BULLETIN, state=state, author=svc.me, key=svc.keys.signing, seq=1,
-                                             readers=readers, created=timestamp()))
+        wire = envelope_bytes(
+            build_envelope(
+                BULLETIN, state=state, author=svc.me, key=svc.keys.signing, seq=1, readers=readers, created=timestamp()
+            )
+        )
     status, body, ctype = await b.fed_post(outsider, batch(wire))
     assert status == 422 and ctype == "application/problem+json", body
     assert await stored(b) == 0
@@ -188,9 +211,17 @@ async def test_a_non_recipient_cannot_decrypt(make_federation: MakeFederation) -
     from exchange.errors import DecryptionFailed
     from exchange.protocol.envelope import bulletin_id, open_envelope
 
-    fed = await make_federation(nodes=THREE, channels=[
-        {"id": "c2c", "owner": "nl-customs", "agencies": ["customs"],
-         "members": {"nl-customs": ["read", "post", "admin"], "ke-customs": ["read", "post"]}}])
+    fed = await make_federation(
+        nodes=THREE,
+        channels=[
+            {
+                "id": "c2c",
+                "owner": "nl-customs",
+                "agencies": ["customs"],
+                "members": {"nl-customs": ["read", "post", "admin"], "ke-customs": ["read", "post"]},
+            }
+        ],
+    )
     a, outsider = fed["nl-customs"], fed["wco-rilo"]
     env = envelope_from(a)
     bid = bulletin_id(env.header)

@@ -47,16 +47,19 @@ async def call(target: Target, method: str, path: str, body: Any = None) -> Any:
     """One API request; a problem+json answer becomes ApiError."""
     connector = aiohttp.TCPConnector(ssl=client_context(target.server_cert))
     headers = {"Authorization": f"Bearer {target.token}"}
+    timeout = aiohttp.ClientTimeout(total=30)
     try:
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
-            async with session.request(method, target.url + path, json=body, headers=headers) as resp:
-                payload = await resp.read()
-                if resp.status >= 400:
-                    try:
-                        detail = json.loads(payload).get("detail", resp.reason)
-                    except ValueError:
-                        detail = resp.reason or "error"
-                    raise ApiError(resp.status, str(detail))
-                return json.loads(payload)
+        async with (
+            aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+            session.request(method, target.url + path, json=body, headers=headers) as resp,
+        ):
+            payload = await resp.read()
+            if resp.status >= 400:
+                try:
+                    detail = json.loads(payload).get("detail", resp.reason)
+                except ValueError:
+                    detail = resp.reason or "error"
+                raise ApiError(resp.status, str(detail))
+            return json.loads(payload)
     except aiohttp.ClientError as exc:
         raise PeerError(f"cannot reach {target.url}: {exc}") from exc

@@ -28,7 +28,8 @@ from exchange.provision import init_federation
 from exchange.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
-console = Console()
+# Piped output keeps whole ids and names rather than folding them to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
 
@@ -58,12 +59,17 @@ def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
 
 
 node_file = click.option(
-    "--node", "node_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+    "--node",
+    "node_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
     help="The node's file, e.g. nodes/nl-customs.toml.",
 )
 as_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 user_opt = click.option("--user", default="officer", show_default=True, help="Local user whose token file to use.")
-token_opt = click.option("--token", envvar="EXCHANGE_TOKEN", default=None, help="API token (else the user's token file).")
+token_opt = click.option(
+    "--token", envvar="EXCHANGE_TOKEN", default=None, help="API token (else the user's token file)."
+)
 
 
 @click.group()
@@ -200,9 +206,15 @@ def users_token(node_path: Path, name: str) -> None:
 @as_json
 @user_errors
 def users_list(node_path: Path, as_json: bool) -> None:
+    """List local users and their roles."""
     cfg = NodeConfig.load(node_path)
     found = run_async(_with_store(cfg, list_users))
-    emit([{"name": u.name, "role": u.role} for u in found], as_json, lambda d: [click.echo(f"{u['name']}\t{u['role']}") for u in d])
+
+    def render(data: Any) -> None:
+        for u in data:
+            click.echo(f"{u['name']}\t{u['role']}")
+
+    emit([{"name": u.name, "role": u.role} for u in found], as_json, render)
 
 
 # -- contact point commands -----------------------------------------------------------------
@@ -214,8 +226,12 @@ def users_list(node_path: Path, as_json: bool) -> None:
 @token_opt
 @click.option("--channel", required=True)
 @click.option("--kind", type=click.Choice(BULLETIN_KINDS), default="alert", show_default=True)
-@click.option("--tlp", type=click.Choice(["CLEAR", "GREEN", "AMBER", "AMBER+STRICT", "RED"]), default=None,
-              help="Default: the channel's default handling.")
+@click.option(
+    "--tlp",
+    type=click.Choice(["CLEAR", "GREEN", "AMBER", "AMBER+STRICT", "RED"]),
+    default=None,
+    help="Default: the channel's default handling.",
+)
 @click.option("--no-onward-sharing", is_flag=True)
 @click.option("--title", required=True)
 @click.option("--body", default="", help="Text, or @file to read it from a file.")
@@ -229,24 +245,53 @@ def users_list(node_path: Path, as_json: bool) -> None:
 @click.option("--expires", default=None, help="YYYY-MM-DD")
 @as_json
 @user_errors
-def post(node_path: Path, user: str, token: str | None, channel: str, kind: str, tlp: str | None,
-         no_onward_sharing: bool, title: str, body: str, awb: tuple[str, ...], hs: tuple[str, ...],
-         airport: tuple[str, ...], flight: tuple[str, ...], company: tuple[str, ...], ref: tuple[str, ...],
-         language: str, expires: str | None, as_json: bool) -> None:
+def post(
+    node_path: Path,
+    user: str,
+    token: str | None,
+    channel: str,
+    kind: str,
+    tlp: str | None,
+    no_onward_sharing: bool,
+    title: str,
+    body: str,
+    awb: tuple[str, ...],
+    hs: tuple[str, ...],
+    airport: tuple[str, ...],
+    flight: tuple[str, ...],
+    company: tuple[str, ...],
+    ref: tuple[str, ...],
+    language: str,
+    expires: str | None,
+    as_json: bool,
+) -> None:
     """Post a bulletin to a channel."""
     if body.startswith("@"):
         body = Path(body[1:]).read_text()
     bulletin: dict[str, Any] = {
-        "kind": kind, "title": title, "body": body, "language": language, "expires": expires,
+        "kind": kind,
+        "title": title,
+        "body": body,
+        "language": language,
+        "expires": expires,
         "references": list(ref),
-        "indicators": {"air_waybills": list(awb), "hs_codes": list(hs), "airports": list(airport),
-                       "flights": list(flight), "companies": list(company)},
+        "indicators": {
+            "air_waybills": list(awb),
+            "hs_codes": list(hs),
+            "airports": list(airport),
+            "flights": list(flight),
+            "companies": list(company),
+        },
     }
     if tlp is not None:
         bulletin["handling"] = {"tlp": tlp, "no_onward_sharing": no_onward_sharing}
     target = Target.from_node(node_path, user, token)
     result = run_async(call(target, "POST", f"/api/v1/channels/{channel}/bulletins", bulletin))
-    emit(result, as_json, lambda r: click.echo(f"posted {r['id']} (seq {r['seq']}) to {', '.join(r['recipients']) or 'no one else'}"))
+    emit(
+        result,
+        as_json,
+        lambda r: click.echo(f"posted {r['id']} (seq {r['seq']}) to {', '.join(r['recipients']) or 'no one else'}"),
+    )
 
 
 @cli.command()
@@ -258,7 +303,9 @@ def post(node_path: Path, user: str, token: str | None, channel: str, kind: str,
 @click.option("--limit", default=50, type=int)
 @as_json
 @user_errors
-def inbox(node_path: Path, user: str, token: str | None, channel: str | None, after: int, limit: int, as_json: bool) -> None:
+def inbox(
+    node_path: Path, user: str, token: str | None, channel: str | None, after: int, limit: int, as_json: bool
+) -> None:
     """List bulletins this node holds."""
     query = f"?after={after}&limit={limit}" + (f"&channel={channel}" if channel else "")
     result = run_async(call(Target.from_node(node_path, user, token), "GET", "/api/v1/bulletins" + query))
@@ -266,7 +313,15 @@ def inbox(node_path: Path, user: str, token: str | None, channel: str | None, af
     def render(data: Any) -> None:
         table = Table("id", "channel", "from", "kind", "TLP", "title", "created")
         for item in data["items"]:
-            table.add_row(item["id"][:16], item["channel"], item["author"], item["kind"], item["tlp"], item["title"], item["created"])
+            table.add_row(
+                item["id"][:16],
+                item["channel"],
+                item["author"],
+                item["kind"],
+                item["tlp"],
+                item["title"],
+                item["created"],
+            )
         console.print(table)
 
     emit(result, as_json, render)
@@ -285,7 +340,10 @@ def read(node_path: Path, user: str, token: str | None, bulletin_id: str, as_jso
 
     def render(r: Any) -> None:
         b = r["bulletin"]
-        console.print(f"[bold]TLP:{b['handling']['tlp']}[/bold]  {b['kind']}  from {r['author_name']} ({r['author']}), signature verified")
+        console.print(
+            f"[bold]TLP:{b['handling']['tlp']}[/bold]  {b['kind']}  "
+            f"from {r['author_name']} ({r['author']}), signature verified"
+        )
         console.print(f"[bold]{b['title']}[/bold]", highlight=False)
         console.print(b["body"], highlight=False)
         for key, values in b["indicators"].items():
@@ -310,8 +368,15 @@ def peers(node_path: Path, user: str, token: str | None, as_json: bool) -> None:
     def render(data: Any) -> None:
         table = Table("peer", "queued", "in flight", "delivered", "last success", "last error", "backoff until")
         for p in data:
-            table.add_row(p["peer"], str(p["queued"]), str(p["in_flight"]), str(p["delivered"]),
-                          p["last_success"] or "-", p["last_error"] or "-", p["backoff_until"] or "-")
+            table.add_row(
+                p["peer"],
+                str(p["queued"]),
+                str(p["in_flight"]),
+                str(p["delivered"]),
+                p["last_success"] or "-",
+                p["last_error"] or "-",
+                p["backoff_until"] or "-",
+            )
         console.print(table)
 
     emit(result, as_json, render)

@@ -20,6 +20,7 @@ from exchange.crypto.keys import DecryptionKey, EncryptionKey
 from exchange.errors import DecryptionFailed
 
 Random = Callable[[int], bytes]
+os_random: Random = os.urandom
 
 KEY_SIZE = 32
 NONCE_SIZE = 12
@@ -35,7 +36,7 @@ def key_commitment(content_key: bytes) -> bytes:
 class SealedContent:
     """Ciphertext of one bulletin body; it holds the content key only to wrap it for readers."""
 
-    def __init__(self, plaintext: bytes, rng: Random = os.urandom) -> None:
+    def __init__(self, plaintext: bytes, rng: Random = os_random) -> None:
         self._key = rng(KEY_SIZE)
         self.nonce = rng(NONCE_SIZE)
         self.ciphertext = AESGCM(self._key).encrypt(self.nonce, plaintext, BODY_AAD)
@@ -58,9 +59,7 @@ def open_content(
     """Unwrap this reader's content key and decrypt the body; any failure is DecryptionFailed."""
     try:
         content_key = _SUITE.decrypt(wrapped_key, reader.key, info=info)
-        if len(content_key) != KEY_SIZE or not hmac.compare_digest(
-            key_commitment(content_key), key_commitment_
-        ):
+        if len(content_key) != KEY_SIZE or not hmac.compare_digest(key_commitment(content_key), key_commitment_):
             raise DecryptionFailed()
         return AESGCM(content_key).decrypt(nonce, ciphertext, BODY_AAD)
     except (InvalidTag, ValueError) as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -85,8 +85,18 @@ def build_app(config: NodeConfig) -> web.Application:
         service = NodeService(config, store, fed, keys)
         await service.load_channels()
         senders = {n.id: PeerSender(service, n) for n in fed.roster.nodes if n.id != config.id}
-        service.on_queued = lambda dests: [senders[d].wake() for d in dests if d in senders] and None
-        service.on_peer_seen = lambda peer: senders[peer].peer_seen() if peer in senders else None
+
+        def wake(dests: Sequence[str]) -> None:
+            for dest in dests:
+                if dest in senders:
+                    senders[dest].wake()
+
+        def peer_seen(peer: str) -> None:
+            if peer in senders:
+                senders[peer].peer_seen()
+
+        service.on_queued = wake
+        service.on_peer_seen = peer_seen
         app[SERVICE] = service
         app[SENDERS] = senders
         tasks = [asyncio.create_task(s.run(), name=f"sender-{p}") for p, s in senders.items()]

@@ -6,7 +6,10 @@ from typing import Any
 
 from exchange.model import Bulletin, Envelope, Receipt
 
-PROBLEM = {"description": "Error", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+PROBLEM = {
+    "description": "Error",
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
 
 
 def _op(summary: str, ok: str = "200", body: str | None = None, auth: bool = True) -> dict[str, Any]:
@@ -15,7 +18,10 @@ def _op(summary: str, ok: str = "200", body: str | None = None, auth: bool = Tru
         "responses": {ok: {"description": "OK"}, "4XX": PROBLEM},
     }
     if body:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}}}
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}},
+        }
     if auth:
         op["security"] = [{"bearer": []}]
     return op

@@ -91,7 +91,7 @@ class PeerSender:
                 continue
             try:
                 await self._send(batch)
-            except (ExchangeError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, ExchangeError, aiohttp.ClientError, OSError) as exc:
                 self.status.failures += 1
                 self.status.last_error = f"{timestamp()} {type(exc).__name__}: {exc}"
                 delay = min(cfg.retry_max_seconds, cfg.retry_base_seconds * 2 ** min(self.status.failures, 30))
@@ -107,9 +107,7 @@ class PeerSender:
 
     async def _send(self, batch: list[tuple[str, bytes]]) -> None:
         ids = [bid for bid, _ in batch]
-        body = (
-            b'{"txn":"' + transaction_id(ids).encode() + b'","envelopes":[' + b",".join(e for _, e in batch) + b"]}"
-        )
+        body = b'{"txn":"' + transaction_id(ids).encode() + b'","envelopes":[' + b",".join(e for _, e in batch) + b"]}"
         self.status.in_flight = len(batch)
         async with self._session.post(
             self.peer.endpoint + FED_ENVELOPES, data=body, headers={"Content-Type": "application/json"}

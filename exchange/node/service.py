@@ -63,7 +63,9 @@ class NodeService:
     async def load_channels(self) -> None:
         """Rebuild channel states from the database, then import provisioned channel files."""
         async with self.store.read() as conn:
-            rows = await conn.execute(sa.select(channel_events.c.event).order_by(channel_events.c.channel, channel_events.c.pos))
+            rows = await conn.execute(
+                sa.select(channel_events.c.event).order_by(channel_events.c.channel, channel_events.c.pos)
+            )
             for (raw,) in rows:
                 self._apply(ChannelEvent.model_validate(strict_loads(raw)))
         folder = self.config.channels_dir
@@ -174,7 +176,9 @@ class NodeService:
             )
             dests = [n for n in state.readers if n != self.me]
             if dests:
-                await conn.execute(sa.insert(outbox), [{"dest": d, "bulletin_id": bid, "state": "queued"} for d in dests])
+                await conn.execute(
+                    sa.insert(outbox), [{"dest": d, "bulletin_id": bid, "state": "queued"} for d in dests]
+                )
             audit.add(
                 {
                     "event": "bulletin.posted",
@@ -235,7 +239,16 @@ class NodeService:
                 r.id: r.receipt
                 for r in await conn.execute(
                     sa.select(bulletins.c.id, receipts.c.receipt)
-                    .select_from(bulletins.outerjoin(receipts, sa.and_(receipts.c.bulletin_id == bulletins.c.id, receipts.c.node == self.me, receipts.c.status == "received")))
+                    .select_from(
+                        bulletins.outerjoin(
+                            receipts,
+                            sa.and_(
+                                receipts.c.bulletin_id == bulletins.c.id,
+                                receipts.c.node == self.me,
+                                receipts.c.status == "received",
+                            ),
+                        )
+                    )
                     .where(bulletins.c.id.in_(ids))
                 )
             }
@@ -321,10 +334,20 @@ class NodeService:
             if fresh:
                 await conn.execute(sa.insert(receipts), [_receipt_row(r) for r in fresh])
             await conn.execute(
-                sa.update(outbox).where(outbox.c.dest == dest, outbox.c.bulletin_id.in_(list(got))).values(state="delivered")
+                sa.update(outbox)
+                .where(outbox.c.dest == dest, outbox.c.bulletin_id.in_(list(got)))
+                .values(state="delivered")
             )
             for r in fresh:
-                audit.add({"event": "bulletin.delivered", "at": timestamp(), "bulletin": r.bulletin, "to": dest, "receipt_at": r.at})
+                audit.add(
+                    {
+                        "event": "bulletin.delivered",
+                        "at": timestamp(),
+                        "bulletin": r.bulletin,
+                        "to": dest,
+                        "receipt_at": r.at,
+                    }
+                )
             return len(fresh)
 
         return await self.store.write(job)
@@ -369,8 +392,16 @@ class NodeService:
         """Bulletins visible to a contact point, in the order this node stored them."""
         user.require("contact-point")
         query = (
-            sa.select(bulletins.c.n, bulletins.c.id, bulletins.c.channel, bulletins.c.author, bulletins.c.seq,
-                      bulletins.c.tlp, bulletins.c.created, bulletins.c.content)
+            sa.select(
+                bulletins.c.n,
+                bulletins.c.id,
+                bulletins.c.channel,
+                bulletins.c.author,
+                bulletins.c.seq,
+                bulletins.c.tlp,
+                bulletins.c.created,
+                bulletins.c.content,
+            )
             .where(bulletins.c.n > after)
             .order_by(bulletins.c.n)
             .limit(max(1, min(limit, 500)))
@@ -383,10 +414,19 @@ class NodeService:
         out = []
         for r in rows:
             content = json.loads(r.content)
-            out.append({
-                "cursor": r.n, "id": r.id, "channel": r.channel, "author": r.author, "seq": r.seq,
-                "tlp": r.tlp, "created": r.created, "kind": content["kind"], "title": content["title"],
-            })
+            out.append(
+                {
+                    "cursor": r.n,
+                    "id": r.id,
+                    "channel": r.channel,
+                    "author": r.author,
+                    "seq": r.seq,
+                    "tlp": r.tlp,
+                    "created": r.created,
+                    "kind": content["kind"],
+                    "title": content["title"],
+                }
+            )
         return out
 
     async def read(self, user: User, bid: str) -> dict[str, Any]:
@@ -403,9 +443,13 @@ class NodeService:
         opened = make_receipt(bid, self.me, "opened", now, self.keys.signing)
 
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
-            audit.add({"event": "bulletin.opened", "at": now, "bulletin": bid, "channel": row.channel, "user": user.name})
+            audit.add(
+                {"event": "bulletin.opened", "at": now, "bulletin": bid, "channel": row.channel, "user": user.name}
+            )
             exists = await conn.scalar(
-                sa.select(receipts.c.node).where(receipts.c.bulletin_id == bid, receipts.c.node == self.me, receipts.c.status == "opened")
+                sa.select(receipts.c.node).where(
+                    receipts.c.bulletin_id == bid, receipts.c.node == self.me, receipts.c.status == "opened"
+                )
             )
             if exists is None:
                 await conn.execute(sa.insert(receipts).values(**_receipt_row(opened)))

@@ -61,8 +61,8 @@ def apply_event(state: ChannelState | None, event: ChannelEvent, fed: Federation
             raise InvalidInput("channel event belongs to another channel or owner")
         if event.pos != state.pos + 1 or event.prev != state.hash:
             raise InvalidInput("channel event does not extend the log it claims to")
-    members = {NodeId(n): frozenset(r) for n, r in event.members.items()}
-    if "admin" not in members.get(event.owner, frozenset()):
+    members: dict[NodeId, frozenset[Right]] = {NodeId(n): frozenset(r) for n, r in event.members.items()}
+    if "admin" not in members.get(NodeId(event.owner), frozenset()):
         raise InvalidInput("the owner must hold the admin right")
     for node in members:
         agency = fed.node(node).agency

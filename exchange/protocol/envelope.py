@@ -7,7 +7,6 @@ content for the others, and only that signature stops it.
 from __future__ import annotations
 
 import hmac
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,9 +24,9 @@ from exchange.crypto import (
     sha256,
     strict_loads,
 )
-from exchange.crypto.content import Random
+from exchange.crypto.content import Random, os_random
 from exchange.errors import DecryptionFailed, InvalidEnvelope, InvalidInput
-from exchange.model import Bulletin, BulletinId, Envelope, EnvelopeHeader, NodeId
+from exchange.model import Bulletin, BulletinId, Envelope, EnvelopeHeader, NodeId, Recipient, StateRef
 from exchange.protocol.channel import ChannelState
 from exchange.protocol.roster import Federation
 from exchange.protocol.signing import signing_input
@@ -51,14 +50,10 @@ def _signed_body(header: EnvelopeHeader, wraps: Sequence[str]) -> dict[str, Any]
     return {"header": header.model_dump(mode="json"), "wraps": list(wraps)}
 
 
-def sign_envelope(
-    header: EnvelopeHeader, wraps: Sequence[str], ciphertext: bytes, key: SigningKey
-) -> Envelope:
+def sign_envelope(header: EnvelopeHeader, wraps: Sequence[str], ciphertext: bytes, key: SigningKey) -> Envelope:
     """Sign the header and the wrapped keys; the header already commits to the ciphertext."""
     signature = key.sign(signing_input(DOMAIN, _signed_body(header, wraps)))
-    return Envelope(
-        header=header, wraps=list(wraps), ciphertext=b64e(ciphertext), signature=b64e(signature)
-    )
+    return Envelope(header=header, wraps=list(wraps), ciphertext=b64e(ciphertext), signature=b64e(signature))
 
 
 def build_envelope(
@@ -70,14 +65,14 @@ def build_envelope(
     seq: int,
     readers: Sequence[tuple[NodeId, EncryptionKey]],
     created: str,
-    rng: Random = os.urandom,
+    rng: Random | None = None,
 ) -> Envelope:
     """Encrypt `bulletin` for exactly `readers` and sign it as `author`.
 
     The caller passes the readers of `state`; the sender-side right checks live in the node.
     """
     ordered = sorted(readers, key=lambda r: r[0])
-    sealed = SealedContent(canonical_json(bulletin.payload()), rng)
+    sealed = SealedContent(canonical_json(bulletin.payload()), rng or os_random)
     header = EnvelopeHeader(
         v=1,
         suite=SUITE,
@@ -85,8 +80,8 @@ def build_envelope(
         author=author,
         signer=key.kid,
         seq=seq,
-        state={"pos": state.pos, "hash": state.hash},  # type: ignore[arg-type]
-        recipients=[{"node": n, "kid": k.kid} for n, k in ordered],  # type: ignore[misc]
+        state=StateRef(pos=state.pos, hash=state.hash),
+        recipients=[Recipient(node=n, kid=k.kid) for n, k in ordered],
         handling=bulletin.handling,
         created=created,
         nonce=b64e(sealed.nonce),

@@ -13,9 +13,7 @@ from exchange.protocol.signing import sign, verify
 DOMAIN = "receipt"
 
 
-def make_receipt(
-    bid: str, node: NodeId, status: Literal["received", "opened"], at: str, key: SigningKey
-) -> Receipt:
+def make_receipt(bid: str, node: NodeId, status: Literal["received", "opened"], at: str, key: SigningKey) -> Receipt:
     body = {"v": 1, "bulletin": bid, "node": node, "status": status, "at": at, "signer": key.kid}
     return Receipt.model_validate({**body, "signature": sign(DOMAIN, body, key)})
 
