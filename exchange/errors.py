@@ -89,3 +89,9 @@ class AuditTampered(ExchangeError):
 
 class PeerError(ExchangeError):
     title = "Peer error"
+
+
+class StateUnavailable(PeerError):
+    """Retryable: a sender should try again once the channel's owner is reachable."""
+
+    title = "Channel state unavailable"

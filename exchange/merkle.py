@@ -38,9 +38,7 @@ def root_from_leaf_hashes(leaves: Sequence[bytes]) -> bytes:
     if not level:
         return EMPTY_ROOT
     while len(level) > 1:
-        paired = [
-            node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)
-        ]
+        paired = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
         if len(level) % 2:
             paired.append(level[-1])
         level = paired
@@ -59,9 +57,7 @@ class Frontier:
     def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
         """Restore a frontier from a stored `size` and its subtree roots `hashes`."""
         if size < 0 or len(hashes) != size.bit_count():
-            raise ValueError(
-                f"a frontier of size {size} needs {max(size, 0).bit_count()} hashes"
-            )
+            raise ValueError(f"a frontier of size {size} needs {max(size, 0).bit_count()} hashes")
         if any(len(h) != HASH_SIZE for h in hashes):
             raise ValueError("frontier hashes must be 32 bytes")
         self._size = size
@@ -134,9 +130,7 @@ def consistency_proof(leaves: Sequence[bytes], old_size: int) -> list[bytes]:
     Requires 0 < old_size <= len(leaves); the proof is empty when the sizes are equal.
     """
     if not 0 < old_size <= len(leaves):
-        raise ValueError(
-            f"old_size {old_size} out of range for tree size {len(leaves)}"
-        )
+        raise ValueError(f"old_size {old_size} out of range for tree size {len(leaves)}")
     proof: list[bytes] = []
     lo, hi, m, complete = 0, len(leaves), old_size, True
     while m != hi - lo:
@@ -158,9 +152,7 @@ def _check_proof_hashes(proof: Sequence[bytes]) -> None:
         raise ProofError("proof elements must be 32 bytes")
 
 
-def root_from_inclusion(
-    leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes]
-) -> bytes:
+def root_from_inclusion(leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes]) -> bytes:
     """Return the root an inclusion proof leads to (RFC 9162 §2.1.3.2 steps 1-4)."""
     if not 0 <= index < size:
         raise ProofError(f"leaf index {index} is not below tree size {size}")
@@ -183,17 +175,13 @@ def root_from_inclusion(
     return r
 
 
-def verify_inclusion(
-    leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes
-) -> None:
+def verify_inclusion(leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes) -> None:
     """Check leaf_hash is at index in the tree (size, root); else raise ProofError."""
     if root_from_inclusion(leaf_hash, index, size, proof) != root:
         raise ProofError("inclusion proof does not lead to the expected root")
 
 
-def verify_consistency(
-    size1: int, size2: int, proof: Sequence[bytes], root1: bytes, root2: bytes
-) -> None:
+def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: bytes, root2: bytes) -> None:
     """Check that root2 extends root1 (RFC 9162 §2.1.4.2); raise ProofError if not.
 
     Equal sizes need an empty proof and equal roots (compared as given, whatever their

@@ -78,9 +78,10 @@ class Bulletin(BaseModel):
 
 
 class StateRef(BaseModel):
-    """The channel state a bulletin was authorised under: log position and event hash."""
+    """The channel state a bulletin was authorised under: owner, log position and event hash."""
 
     model_config = _WIRE
+    owner: NodeIdStr
     pos: Annotated[int, Field(ge=0)]
     hash: Hex64
 
@@ -189,21 +190,86 @@ class ChannelPolicy(BaseModel):
     agencies: Annotated[list[AgencyKind], Field(min_length=1)]
 
 
-class ChannelEvent(BaseModel):
-    """One entry of a channel's linear, owner-signed membership log."""
+Rights = Annotated[list[Right], Field(min_length=1, max_length=3)]
+
+
+class Create(BaseModel):
+    """Position 0 of every channel log: the owner alone is a member, with every right."""
 
     model_config = _WIRE
-    v: Literal[1]
-    channel: ChannelIdStr
-    pos: Annotated[int, Field(ge=0)]
-    prev: Hex64 | None
     type: Literal["create"]
-    owner: NodeIdStr
     title: Short
     purpose: Annotated[str, StringConstraints(max_length=2000)] = ""
     policy: ChannelPolicy
     default_handling: Handling
     ends: IsoDate | None = None
-    members: dict[NodeIdStr, list[Right]]
+
+
+class Invite(BaseModel):
+    model_config = _WIRE
+    type: Literal["invite"]
+    node: NodeIdStr
+    rights: Rights
+
+
+class Acceptance(BaseModel):
+    """An invited node's own signed consent, which the owner embeds in the log."""
+
+    model_config = _WIRE
+    channel: ChannelIdStr
+    node: NodeIdStr
+    invite: Hex64
+    signer: Kid
+    signature: B64
+
+
+class Accept(BaseModel):
+    model_config = _WIRE
+    type: Literal["accept"]
+    acceptance: Acceptance
+
+
+class SetRights(BaseModel):
+    model_config = _WIRE
+    type: Literal["set-rights"]
+    node: NodeIdStr
+    rights: Rights
+
+
+class Remove(BaseModel):
+    """Remove a member, or withdraw an invitation."""
+
+    model_config = _WIRE
+    type: Literal["remove"]
+    node: NodeIdStr
+
+
+class GrantHistory(BaseModel):
+    """An administrator's explicit, audited grant of earlier bulletins to a member that joined later."""
+
+    model_config = _WIRE
+    type: Literal["grant-history"]
+    node: NodeIdStr
+
+
+class Close(BaseModel):
+    model_config = _WIRE
+    type: Literal["close"]
+
+
+Change = Annotated[Create | Invite | Accept | SetRights | Remove | GrantHistory | Close, Field(discriminator="type")]
+
+
+class ChannelEvent(BaseModel):
+    """One entry of a channel's linear membership log, ordered and signed by the owner node."""
+
+    model_config = _WIRE
+    v: Literal[1]
+    channel: ChannelIdStr
+    owner: NodeIdStr
+    pos: Annotated[int, Field(ge=0)]
+    prev: Hex64 | None
+    at: Timestamp
+    change: Change
     signer: Kid
     signature: B64

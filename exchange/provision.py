@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from exchange.clock import timestamp
-from exchange.config import FederationConfig, NodeConfig
+from exchange.config import ChannelSpec, FederationConfig, NodeConfig
 from exchange.crypto import SigningKey, b64d, b64e, canonical_json, strict_loads
 from exchange.errors import ConfigError
 from exchange.keystore import NodeKeyFiles, read_file, write_private, write_public
-from exchange.model import Roster, SignedRoster
-from exchange.node.users import add_user, list_users
-from exchange.protocol.channel import apply_event, sign_event
+from exchange.model import ChannelEvent, NodeId, Roster, SignedRoster
+from exchange.node.users import add_user, assign, list_users
+from exchange.protocol.channel import ChannelState, apply_event, sign_acceptance, sign_event
 from exchange.protocol.roster import Federation, sign_roster
 from exchange.store import Store
 
@@ -101,31 +101,55 @@ def write_channels(
             raise ConfigError(f"channel {spec.id}: owner {spec.owner} is not a node of this federation")
         for member in spec.members:
             fed.node(member)
-        key = NodeKeyFiles(owner.keys_dir).load().signing
+        events = channel_log(spec, fed, {n: NodeKeyFiles(c.keys_dir).load().signing for n, c in nodes.items()})
+        write_public(path, canonical_json([e.model_dump(mode="json") for e in events]) + b"\n")
+        report.add(f"channel {spec.id} owned by {spec.owner} with {len(spec.members)} members")
+
+
+def channel_log(spec: ChannelSpec, fed: Federation, keys: dict[str, SigningKey]) -> list[ChannelEvent]:
+    """The log a real owner would build: create, then an invitation and a signed acceptance per member.
+
+    Every event is checked as a receiver would, so a channel that breaks its own policy is refused.
+    """
+    owner_key = keys[spec.owner]
+    events: list[ChannelEvent] = []
+    state: ChannelState | None = None
+
+    def add(change: dict[str, object]) -> ChannelState:
         event = sign_event(
-            {
-                "v": 1,
-                "channel": spec.id,
-                "pos": 0,
-                "prev": None,
-                "type": "create",
-                "owner": spec.owner,
-                "title": spec.title,
-                "purpose": spec.purpose,
-                "policy": {"agencies": spec.agencies},
-                "default_handling": {"tlp": spec.tlp, "no_onward_sharing": False},
-                "ends": None,
-                "members": spec.members,
-            },
-            key,
+            channel=spec.id,
+            owner=spec.owner,
+            pos=len(events),
+            prev=state.hash if state else None,
+            at=timestamp(),
+            change=change,
+            key=owner_key,
         )
-        apply_event(None, event, fed)  # refuse to write a channel that breaks its own policy
-        write_public(path, canonical_json(event.model_dump(mode="json")) + b"\n")
-        report.add(f"channel {spec.id} owned by {spec.owner}")
+        events.append(event)
+        return apply_event(state, event, fed)
+
+    state = add(
+        {
+            "type": "create",
+            "title": spec.title,
+            "purpose": spec.purpose,
+            "policy": {"agencies": spec.agencies},
+            "default_handling": {"tlp": spec.tlp, "no_onward_sharing": False},
+            "ends": None,
+        }
+    )
+    for node, rights in spec.members.items():
+        if node == spec.owner:
+            continue
+        state = add({"type": "invite", "node": node, "rights": rights})
+        acceptance = sign_acceptance(spec.id, node, state.invited[NodeId(node)][1], keys[node])
+        state = add({"type": "accept", "acceptance": acceptance.model_dump(mode="json")})
+    return events
 
 
-async def sample_users(cfg: NodeConfig, report: InitReport) -> None:
-    """A contact point, an auditor and an administrator, each with a token file (0600)."""
+async def sample_users(cfg: NodeConfig, channels: list[str], report: InitReport) -> None:
+    """A contact point (working in every channel of the node), an auditor and an administrator,
+    each with a token file (0600)."""
     store = await Store.open(cfg.database_url)
     try:
         existing = {u.name for u in await list_users(store)}
@@ -135,6 +159,9 @@ async def sample_users(cfg: NodeConfig, report: InitReport) -> None:
             token = await add_user(store, name, role, actor="federation-init")
             write_private(cfg.keys_dir / "tokens" / name, token.encode() + b"\n", force=True)
             report.add(f"user {name} ({role}) at {cfg.id}")
+            if role == "contact-point":
+                for channel in channels:
+                    await assign(store, name, channel, assigned=True, actor="federation-init")
     finally:
         await store.close()
 
@@ -157,5 +184,6 @@ async def init_federation(path: Path, *, with_users: bool = True) -> InitReport:
     fed_cfg.data_dir.mkdir(parents=True, exist_ok=True)
     if with_users:
         for cfg in nodes:
-            await sample_users(cfg, report)
+            mine = [c.id for c in fed_cfg.channels if cfg.id in c.members]
+            await sample_users(cfg, mine, report)
     return report

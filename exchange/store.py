@@ -55,11 +55,13 @@ outbox = sa.Table(
     metadata,
     sa.Column("n", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("dest", sa.String(64), nullable=False),
-    sa.Column("bulletin_id", sa.String(64), nullable=False),
+    # what to send: a bulletin's envelope (ref = bulletin id) or a channel event (ref = channel:pos)
+    sa.Column("kind", sa.String(16), nullable=False, default="envelope"),
+    sa.Column("ref", sa.String(140), nullable=False),
     # queued until the destination's signed receipt is stored; rejected if it refused it (4xx)
     sa.Column("state", sa.String(16), nullable=False, default="queued"),
     sa.Column("detail", sa.Text, nullable=True),
-    sa.UniqueConstraint("dest", "bulletin_id", name="uq_outbox_dest_bulletin"),
+    sa.UniqueConstraint("dest", "kind", "ref", name="uq_outbox_item"),
     sa.Index("ix_outbox_pending", "dest", "state", "n"),
 )
 
@@ -70,6 +72,13 @@ channel_events = sa.Table(
     sa.Column("pos", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("hash", sa.String(64), nullable=False),
     sa.Column("event", sa.Text, nullable=False),
+)
+
+user_channels = sa.Table(
+    "user_channels",
+    metadata,
+    sa.Column("user", sa.String(64), primary_key=True),
+    sa.Column("channel", sa.String(64), primary_key=True),
 )
 
 users = sa.Table(
@@ -233,5 +242,6 @@ __all__ = [
     "channel_events",
     "outbox",
     "receipts",
+    "user_channels",
     "users",
 ]

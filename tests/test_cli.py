@@ -107,7 +107,7 @@ def test_sample_federation_post_at_one_node_shows_in_inbox_at_another(sample: Pa
             cwd=sample,
             check=False,
         )
-        assert wrong_channel.returncode == 1 and "not a member" in wrong_channel.stderr
+        assert wrong_channel.returncode == 1 and "not assigned" in wrong_channel.stderr
     finally:
         up.send_signal(signal.SIGTERM)
         _, err = up.communicate(timeout=30)

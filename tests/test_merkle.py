@@ -24,12 +24,7 @@ from exchange.merkle import (
     verify_inclusion,
 )
 
-VECTORS = (
-    Path(__file__).resolve().parents[1].parent
-    / "shared"
-    / "vectors"
-    / "transparency-dev-merkle"
-)
+VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "transparency-dev-merkle"
 # Only inclusion/ and consistency/ hold RFC 9162 proofs; subtreeinclusion/ and
 # subtreeconsistency/ hold (start, end) subtree proofs of a scheme not implemented here.
 KINDS = ("inclusion", "consistency")
@@ -37,14 +32,8 @@ KINDS = ("inclusion", "consistency")
 
 def _vector_params() -> list[Any]:
     if not VECTORS.is_dir():
-        reason = (
-            f"transparency-dev vectors not found at {VECTORS}; need shared/ beside repo"
-        )
-        return [
-            pytest.param(
-                None, id="vectors-missing", marks=pytest.mark.skip(reason=reason)
-            )
-        ]
+        reason = f"transparency-dev vectors not found at {VECTORS}; need shared/ beside repo"
+        return [pytest.param(None, id="vectors-missing", marks=pytest.mark.skip(reason=reason))]
     files = sorted(f for kind in KINDS for f in (VECTORS / kind).rglob("*.json"))
     return [pytest.param(f, id=f.relative_to(VECTORS).as_posix()) for f in files]
 
@@ -123,10 +112,7 @@ RFC6962_LEAVES = [leaf_hash(bytes.fromhex(x)) for x in RFC6962_INPUTS]
 
 
 def test_empty_root() -> None:
-    assert (
-        EMPTY_ROOT.hex()
-        == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-    )
+    assert EMPTY_ROOT.hex() == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     assert root_from_leaf_hashes([]) == EMPTY_ROOT
     assert Frontier().root() == EMPTY_ROOT
 
@@ -191,9 +177,7 @@ def test_generated_inclusion_proofs(size: int) -> None:
 def test_generated_consistency_proofs(size: int) -> None:
     leaves = _leaves(size)
     root2 = root_from_leaf_hashes(leaves)
-    old_sizes = (
-        range(1, size + 1) if size <= 64 else [1, 2, 3, size // 2, size - 1, size]
-    )
+    old_sizes = range(1, size + 1) if size <= 64 else [1, 2, 3, size // 2, size - 1, size]
     for old in old_sizes:
         root1 = root_from_leaf_hashes(leaves[:old])
         proof = consistency_proof(leaves, old)
@@ -272,6 +256,7 @@ def test_frontier_rejects_bad_state() -> None:
         Frontier().append(b"short")
 
 
+@pytest.mark.slow
 def test_million_leaves_streaming() -> None:
     n = 1_000_000
     leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(n)]

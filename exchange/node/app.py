@@ -7,14 +7,16 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from exchange.config import NodeConfig
 from exchange.crypto import strict_loads
-from exchange.errors import ExchangeError, InvalidInput
+from exchange.errors import ExchangeError, InvalidInput, PeerError
 from exchange.keystore import NodeKeyFiles, load_authority_public, read_file
-from exchange.model import SignedRoster
+from exchange.model import ChannelEvent, SignedRoster
 from exchange.node import client_api, federation_api
 from exchange.node.appkeys import PEER, SENDERS, SERVICE, USER
 from exchange.node.outbox import PeerSender
@@ -68,6 +70,24 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     return response
 
 
+def read_provisioned_channels(folder: Path) -> list[list[ChannelEvent]]:
+    """Channels set up by `federation init`: each file holds a whole owner-signed log."""
+    if not folder.is_dir():
+        return []
+    return [
+        [ChannelEvent.model_validate(e) for e in strict_loads(path.read_bytes())]
+        for path in sorted(folder.glob("*.json"))
+    ]
+
+
+async def import_provisioned_channels(service: NodeService, folder: Path) -> None:
+    for events in read_provisioned_channels(folder):
+        named = {e.owner for e in events} | {getattr(e.change, "node", None) for e in events}
+        named |= {e.change.acceptance.node for e in events if e.change.type == "accept"}
+        if service.me in named:
+            await service.channels.import_events(events)
+
+
 def build_app(config: NodeConfig) -> web.Application:
     """The node as an aiohttp application; its resources open and close with the app."""
     app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_REQUEST_BYTES)
@@ -83,8 +103,23 @@ def build_app(config: NodeConfig) -> web.Application:
             raise ExchangeError(f"the keys in {config.keys_dir} are not the ones the roster lists for {config.id}")
         store = await Store.open(config.database_url)
         service = NodeService(config, store, fed, keys)
-        await service.load_channels()
+        await service.channels.load()
+        await import_provisioned_channels(service, config.channels_dir)
         senders = {n.id: PeerSender(service, n) for n in fed.roster.nodes if n.id != config.id}
+
+        def partner(node: str) -> PeerSender:
+            if node not in senders:
+                raise PeerError(f"{node!r} is not a partner node")
+            return senders[node]
+
+        async def fetch(node: str, path: str) -> Any:
+            return await partner(node).get_json(path)
+
+        async def send(node: str, path: str, body: Any) -> Any:
+            return await partner(node).post_json(path, body)
+
+        service.channels.fetch = fetch
+        service.channels.send = send
 
         def wake(dests: Sequence[str]) -> None:
             for dest in dests:

@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from exchange.crypto import strict_loads
 from exchange.errors import InvalidInput
-from exchange.model import Bulletin
+from exchange.model import Bulletin, ChannelIdStr, Create, NodeIdStr, Rights
 from exchange.node.appkeys import SENDERS, SERVICE, USER
 from exchange.node.openapi import openapi_document
-from exchange.node.users import User, authenticate
+from exchange.node.users import User, assign, authenticate
+from exchange.protocol.channel import ChannelState
 
 
 async def current_user(request: web.Request) -> User:
@@ -27,51 +28,148 @@ def _int_param(request: web.Request, name: str, default: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit():
-        raise InvalidInput(f"query parameter {name} must be a non-negative integer")
+    if not raw.lstrip("-").isdigit():
+        raise InvalidInput(f"query parameter {name} must be an integer")
     return int(raw)
+
+
+async def _body(request: web.Request) -> Any:
+    return strict_loads(await request.read())
+
+
+def _validate(model: type[BaseModel], raw: Any) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise InvalidInput(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from exc
+
+
+def channel_view(s: ChannelState) -> dict[str, Any]:
+    return {
+        "id": s.channel,
+        "title": s.title,
+        "purpose": s.purpose,
+        "owner": s.owner,
+        "pos": s.pos,
+        "hash": s.hash,
+        "agencies": list(s.policy.agencies),
+        "default_handling": s.default_handling.model_dump(),
+        "ends": s.ends,
+        "closed": s.closed,
+        "members": {n: sorted(r) for n, r in sorted(s.members.items())},
+        "invited": {n: sorted(r) for n, (r, _) in sorted(s.invited.items())},
+        "history_grants": sorted(s.history_grants),
+    }
 
 
 async def whoami(request: web.Request) -> web.Response:
     user = await current_user(request)
-    service = request.app[SERVICE]
-    return web.json_response({"user": user.name, "role": user.role, "node": service.me})
+    return web.json_response(
+        {"user": user.name, "role": user.role, "channels": sorted(user.channels), "node": request.app[SERVICE].me}
+    )
 
 
 async def list_channels(request: web.Request) -> web.Response:
-    await current_user(request)
-    service = request.app[SERVICE]
-    return web.json_response(
-        [
-            {
-                "id": s.channel,
-                "title": s.title,
-                "owner": s.owner,
-                "pos": s.pos,
-                "hash": s.hash,
-                "agencies": list(s.policy.agencies),
-                "default_handling": s.default_handling.model_dump(),
-                "members": {n: sorted(r) for n, r in sorted(s.members.items())},
-            }
-            for s in service.channels()
-            if service.me in s.members
-        ]
+    """Contact points see their channels; administrators and auditors see all this node takes part in."""
+    user = await current_user(request)
+    book = request.app[SERVICE].channels
+    states = book.all()
+    if user.role == "contact-point":
+        states = [s for s in states if s.channel in user.channels]
+    return web.json_response([channel_view(s) for s in states])
+
+
+async def show_channel(request: web.Request) -> web.Response:
+    user = await current_user(request)
+    channel = request.match_info["channel"]
+    if user.role == "contact-point":
+        user.require_channel(channel)
+    return web.json_response(channel_view(request.app[SERVICE].channels.state(channel)))
+
+
+class NewChannel(Create):
+    id: ChannelIdStr
+
+
+async def create_channel(request: web.Request) -> web.Response:
+    user = await current_user(request)
+    user.require("admin")
+    raw = await _body(request)
+    if isinstance(raw, dict):
+        raw.setdefault("type", "create")
+    spec: NewChannel = _validate(NewChannel, raw)
+    state = await request.app[SERVICE].channels.create(
+        user, spec.id, spec.model_dump(mode="json", exclude={"id", "type"})
     )
+    return web.json_response(channel_view(state), status=201)
+
+
+class MemberChange(BaseModel):
+    node: NodeIdStr
+    rights: Rights | None = None
+
+
+async def change_membership(request: web.Request) -> web.Response:
+    """invite, rights, remove, grant-history, close: ordered and signed by this (owner) node."""
+    user = await current_user(request)
+    user.require("admin")
+    action = request.match_info["action"]
+    channel = request.match_info["channel"]
+    book = request.app[SERVICE].channels
+    if action == "accept":
+        return web.json_response(channel_view(await book.accept(user, channel)))
+    if action == "close":
+        change: dict[str, Any] = {"type": "close"}
+    else:
+        body: MemberChange = _validate(MemberChange, await _body(request))
+        kinds = {"invite": "invite", "rights": "set-rights", "remove": "remove", "grant-history": "grant-history"}
+        if action not in kinds:
+            raise web.HTTPNotFound()
+        change = {"type": kinds[action], "node": body.node}
+        if action in ("invite", "rights"):
+            if body.rights is None:
+                raise InvalidInput("rights are required")
+            change["rights"] = body.rights
+    return web.json_response(channel_view(await book.change(user, channel, change)))
+
+
+class Assignment(BaseModel):
+    user: str
+    assigned: bool = True
+
+
+async def assign_user(request: web.Request) -> web.Response:
+    """An administrator gives a local contact point a channel to work in, or takes it away."""
+    user = await current_user(request)
+    user.require("admin")
+    channel = request.match_info["channel"]
+    request.app[SERVICE].channels.state(channel)
+    body: Assignment = _validate(Assignment, await _body(request))
+    await assign(request.app[SERVICE].store, body.user, channel, assigned=body.assigned, actor=user.name)
+    return web.json_response({"user": body.user, "channel": channel, "assigned": body.assigned})
 
 
 async def post_bulletin(request: web.Request) -> web.Response:
     user = await current_user(request)
     service = request.app[SERVICE]
     channel = request.match_info["channel"]
-    raw: Any = strict_loads(await request.read())
+    user.require_channel(channel)
+    raw: Any = await _body(request)
     if isinstance(raw, dict) and "handling" not in raw:
-        raw["handling"] = service.channel(channel).default_handling.model_dump()
-    try:
-        bulletin = Bulletin.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise InvalidInput(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from exc
-    result = await service.post(user, channel, bulletin)
+        raw["handling"] = service.channels.state(channel).default_handling.model_dump()
+    bulletin: Bulletin = _validate(Bulletin, raw)
+    return web.json_response(await service.post(user, channel, bulletin), status=201)
+
+
+class Forward(BaseModel):
+    channel: ChannelIdStr
+
+
+async def forward_bulletin(request: web.Request) -> web.Response:
+    user = await current_user(request)
+    body: Forward = _validate(Forward, await _body(request))
+    result = await request.app[SERVICE].forward(user, request.match_info["id"], body.channel)
     return web.json_response(result, status=201)
 
 
@@ -91,8 +189,17 @@ async def read_bulletin(request: web.Request) -> web.Response:
     return web.json_response(await request.app[SERVICE].read(user, request.match_info["id"]))
 
 
+async def audit_entries(request: web.Request) -> web.Response:
+    user = await current_user(request)
+    entries = await request.app[SERVICE].audit_entries(
+        user, after=_int_param(request, "after", -1), limit=min(_int_param(request, "limit", 100), 1000)
+    )
+    return web.json_response({"entries": entries})
+
+
 async def peers(request: web.Request) -> web.Response:
-    await current_user(request)
+    user = await current_user(request)
+    user.require("admin", "auditor", "contact-point")
     service = request.app[SERVICE]
     queued = await service.queued_counts()
     out = []
@@ -111,8 +218,14 @@ def routes() -> list[web.RouteDef]:
         web.get("/api/v1/openapi.json", openapi),
         web.get("/api/v1/whoami", whoami),
         web.get("/api/v1/channels", list_channels),
+        web.post("/api/v1/channels", create_channel),
+        web.get("/api/v1/channels/{channel}", show_channel),
+        web.post("/api/v1/channels/{channel}/users", assign_user),
         web.post("/api/v1/channels/{channel}/bulletins", post_bulletin),
+        web.post("/api/v1/channels/{channel}/{action}", change_membership),
         web.get("/api/v1/bulletins", list_bulletins),
         web.get("/api/v1/bulletins/{id}", read_bulletin),
+        web.post("/api/v1/bulletins/{id}/forward", forward_bulletin),
+        web.get("/api/v1/audit/entries", audit_entries),
         web.get("/api/v1/peers", peers),
     ]

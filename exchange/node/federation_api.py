@@ -18,23 +18,53 @@ MAX_BATCH = 1000
 def authenticate_peer(request: web.Request) -> NodeId:
     """The roster node on the other end of this TLS connection, or UnknownPeer (403)."""
     service = request.app[SERVICE]
-    node = peer_identity(request.transport.get_extra_info("ssl_object") if request.transport else None, service.fed)
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    node = peer_identity(ssl_object, service.fed)
     request[PEER] = node.id
     return NodeId(node.id)
 
 
-async def post_envelopes(request: web.Request) -> web.Response:
-    """Take a transaction of envelopes; persist and audit them, then answer with signed receipts."""
+def _list(body: dict[str, Any], key: str) -> list[Any]:
+    value = body.get(key, [])
+    if not isinstance(value, list) or len(value) > MAX_BATCH:
+        raise InvalidInput(f"{key} must be a list of at most {MAX_BATCH}")
+    return value
+
+
+async def post_transaction(request: web.Request) -> web.Response:
+    """Take a transaction of channel events and envelopes; persist and audit, then answer with receipts."""
     peer = authenticate_peer(request)
     body: Any = strict_loads(await request.read())
-    if not isinstance(body, dict) or set(body) != {"txn", "envelopes"}:
-        raise InvalidInput('the body must be {"txn": ..., "envelopes": [...]}')
-    envelopes = body["envelopes"]
-    if not isinstance(envelopes, list) or not 1 <= len(envelopes) <= MAX_BATCH:
-        raise InvalidInput(f"envelopes must be a list of 1 to {MAX_BATCH}")
-    receipts = await request.app[SERVICE].ingest(peer, envelopes)
+    if not isinstance(body, dict) or not {"txn", "envelopes"} <= set(body) <= {"txn", "events", "envelopes"}:
+        raise InvalidInput('the body must be {"txn": ..., "events": [...], "envelopes": [...]}')
+    events, envelopes = _list(body, "events"), _list(body, "envelopes")
+    if not events and not envelopes:
+        raise InvalidInput("an empty transaction")
+    receipts = await request.app[SERVICE].receive(peer, events, envelopes)
     return web.json_response({"txn": body["txn"], "receipts": [r.model_dump(mode="json") for r in receipts]})
 
 
+async def get_channel_events(request: web.Request) -> web.Response:
+    """A channel's log after a position, for a node that the log names."""
+    peer = authenticate_peer(request)
+    raw = request.query.get("after", "-1")
+    if not raw.lstrip("-").isdigit():
+        raise InvalidInput("after must be an integer")
+    events = request.app[SERVICE].channels.events_for_peer(peer, request.match_info["channel"], int(raw))
+    return web.json_response({"events": [e.model_dump(mode="json") for e in events]})
+
+
+async def post_acceptance(request: web.Request) -> web.Response:
+    """An invited node accepts; the owner orders it into the log and returns the log."""
+    peer = authenticate_peer(request)
+    body: Any = strict_loads(await request.read())
+    events = await request.app[SERVICE].channels.receive_acceptance(peer, request.match_info["channel"], body)
+    return web.json_response({"events": [e.model_dump(mode="json") for e in events]})
+
+
 def routes() -> list[web.RouteDef]:
-    return [web.post("/fed/v1/envelopes", post_envelopes)]
+    return [
+        web.post("/fed/v1/envelopes", post_transaction),
+        web.get("/fed/v1/channels/{channel}/events", get_channel_events),
+        web.post("/fed/v1/channels/{channel}/accept", post_acceptance),
+    ]

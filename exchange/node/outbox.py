@@ -14,13 +14,14 @@ import json
 import logging
 import random
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import aiohttp
 
 from exchange.clock import timestamp, utc_now
 from exchange.errors import ExchangeError, PeerError
 from exchange.model import RosterNode
-from exchange.node.service import NodeService
+from exchange.node.service import NodeService, OutItem
 from exchange.node.tls import peer_context
 
 log = logging.getLogger("exchange.outbox")
@@ -105,9 +106,28 @@ class PeerSender:
             finally:
                 self.status.in_flight = 0
 
-    async def _send(self, batch: list[tuple[str, bytes]]) -> None:
-        ids = [bid for bid, _ in batch]
-        body = b'{"txn":"' + transaction_id(ids).encode() + b'","envelopes":[' + b",".join(e for _, e in batch) + b"]}"
+    async def get_json(self, path: str) -> Any:
+        """A federation GET to this peer over the pinned mutual-TLS session."""
+        try:
+            async with self._session.get(self.peer.endpoint + path) as resp:
+                return await _json_or_error(resp, self.peer.id)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise PeerError(f"{self.peer.id}: {type(exc).__name__}: {exc}") from exc
+
+    async def post_json(self, path: str, body: Any) -> Any:
+        """A federation POST to this peer over the pinned mutual-TLS session."""
+        try:
+            async with self._session.post(self.peer.endpoint + path, json=body) as resp:
+                return await _json_or_error(resp, self.peer.id)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise PeerError(f"{self.peer.id}: {type(exc).__name__}: {exc}") from exc
+
+    async def _send(self, batch: list[OutItem]) -> None:
+        ids = [f"{i.kind}:{i.ref}" for i in batch]
+        events = b",".join(i.data for i in batch if i.kind == "event")
+        envelopes = b",".join(i.data for i in batch if i.kind == "envelope")
+        txn = transaction_id(ids).encode()
+        body = b'{"txn":"' + txn + b'","events":[' + events + b'],"envelopes":[' + envelopes + b"]}"
         self.status.in_flight = len(batch)
         async with self._session.post(
             self.peer.endpoint + FED_ENVELOPES, data=body, headers={"Content-Type": "application/json"}
@@ -115,7 +135,7 @@ class PeerSender:
             payload = await resp.read()
             if resp.status == 200:
                 answer = json.loads(payload)
-                delivered = await self.service.accept_receipts(self.peer.id, ids, answer["receipts"])
+                delivered = await self.service.accept_receipts(self.peer.id, batch, answer["receipts"])
                 self.status.delivered += delivered
                 self.status.failures = 0
                 self.status.last_success = timestamp()
@@ -127,9 +147,16 @@ class PeerSender:
                     # Find the envelope it refuses by sending one at a time; the rest still go.
                     self._single = True
                     raise PeerError(f"{self.peer.id} refused a batch: {detail}")
-                await self.service.reject_queued(self.peer.id, ids[0], detail)
+                await self.service.reject_queued(self.peer.id, batch[0], detail)
                 return
             raise PeerError(f"{self.peer.id} answered {resp.status}: {detail}")
+
+
+async def _json_or_error(resp: aiohttp.ClientResponse, peer: str) -> Any:
+    payload = await resp.read()
+    if resp.status != 200:
+        raise PeerError(f"{peer} answered {resp.status}: {_problem_detail(payload, resp.status)}")
+    return json.loads(payload)
 
 
 def _problem_detail(payload: bytes, status: int) -> str:

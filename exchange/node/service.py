@@ -1,28 +1,35 @@
-"""What a node does, independent of HTTP: post, ingest, list and read bulletins, keep receipts."""
+"""What a node does, independent of HTTP: post, ingest, list and read bulletins, keep receipts.
+
+Rights are enforced here for both sides: local users (role and channel assignment) and
+partner nodes (the channel state each envelope cites).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.clock import timestamp
+from exchange.clock import timestamp, utc_now
 from exchange.config import NodeConfig
 from exchange.crypto import NodeKeys, canonical_json, strict_loads
 from exchange.errors import (
     Equivocation,
     ExchangeError,
+    Forbidden,
     InvalidEnvelope,
-    InvalidInput,
-    NotAMember,
     NotFound,
+    PeerError,
 )
 from exchange.model import Bulletin, ChannelEvent, Envelope, NodeId, Receipt
+from exchange.node.channels import ChannelBook
 from exchange.node.users import User
-from exchange.protocol.channel import ChannelState, apply_event, event_hash
+from exchange.protocol.channel import ChannelState
 from exchange.protocol.envelope import (
     build_envelope,
     bulletin_id,
@@ -33,16 +40,28 @@ from exchange.protocol.envelope import (
 )
 from exchange.protocol.receipt import make_receipt, verify_receipt
 from exchange.protocol.roster import Federation
-from exchange.store import AuditBuffer, Store, bulletins, channel_events, outbox, receipts
+from exchange.store import AuditBuffer, Store, audit_log, bulletins, channel_events, outbox, receipts
+
+NO_ONWARD_TLP = ("RED", "AMBER+STRICT")
 
 
 class EnvelopeRejected(InvalidEnvelope):
-    """A batch from a peer in which at least one envelope broke a rule; nothing was stored."""
+    """A batch from a peer in which at least one item broke a rule; nothing was stored."""
 
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         first = errors[0]
-        super().__init__(f"envelope {first['index']} rejected: {first['detail']}")
+        super().__init__(f"{first['item']} rejected: {first['detail']}")
         self.errors = errors
+
+
+@dataclass(frozen=True)
+class OutItem:
+    """One queued item for a destination: an envelope or a channel event, as wire bytes."""
+
+    n: int
+    kind: str
+    ref: str
+    data: bytes
 
 
 class NodeService:
@@ -54,96 +73,33 @@ class NodeService:
         self.store = store
         self.fed = fed
         self.keys = keys
-        self._channels: dict[str, list[ChannelState]] = {}
-        self.on_queued: Callable[[Sequence[str]], None] = lambda dests: None
+        self.channels = ChannelBook(self.me, fed, keys.signing, store)
         self.on_peer_seen: Callable[[str], None] = lambda peer: None
 
-    # -- channels ---------------------------------------------------------------------------
+    @property
+    def on_queued(self) -> Callable[[Sequence[str]], None]:
+        return self.channels.on_queued
 
-    async def load_channels(self) -> None:
-        """Rebuild channel states from the database, then import provisioned channel files."""
-        async with self.store.read() as conn:
-            rows = await conn.execute(
-                sa.select(channel_events.c.event).order_by(channel_events.c.channel, channel_events.c.pos)
-            )
-            for (raw,) in rows:
-                self._apply(ChannelEvent.model_validate(strict_loads(raw)))
-        folder = self.config.channels_dir
-        if folder.is_dir():
-            for path in sorted(folder.glob("*.json")):
-                await self.import_channel_events([ChannelEvent.model_validate(strict_loads(path.read_bytes()))])
-
-    def _apply(self, event: ChannelEvent) -> ChannelState:
-        history = self._channels.get(event.channel, [])
-        state = apply_event(history[-1] if history else None, event, self.fed)
-        self._channels[event.channel] = [*history, state]
-        return state
-
-    async def import_channel_events(self, events: Sequence[ChannelEvent]) -> None:
-        """Verify and keep channel events this node does not have yet."""
-        fresh = []
-        for event in events:
-            known = self._channels.get(event.channel, [])
-            if event.pos < len(known):
-                if known[event.pos].hash != event_hash(event):
-                    raise InvalidInput(f"channel {event.channel}: a different event at position {event.pos}")
-                continue
-            fresh.append((event, self._apply(event)))
-        if not fresh:
-            return
-
-        async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
-            for event, state in fresh:
-                await conn.execute(
-                    sa.insert(channel_events).values(
-                        channel=event.channel,
-                        pos=event.pos,
-                        hash=state.hash,
-                        event=canonical_json(event.model_dump(mode="json")).decode(),
-                    )
-                )
-                audit.add(
-                    {
-                        "event": "channel.event",
-                        "at": timestamp(),
-                        "channel": event.channel,
-                        "pos": event.pos,
-                        "hash": state.hash,
-                        "type": event.type,
-                        "owner": event.owner,
-                        "members": {n: sorted(r) for n, r in sorted(event.members.items())},
-                    }
-                )
-
-        await self.store.write(job)
-
-    def channel(self, channel: str, pos: int | None = None) -> ChannelState:
-        """The latest state of a channel, or its state at log position `pos`."""
-        history = self._channels.get(channel)
-        if not history:
-            raise NotFound(f"unknown channel {channel!r}")
-        if pos is None:
-            return history[-1]
-        if pos >= len(history):
-            raise NotFound(f"channel {channel!r} has no state at position {pos}")
-        return history[pos]
-
-    def channels(self) -> list[ChannelState]:
-        return [h[-1] for _, h in sorted(self._channels.items())]
-
-    def _my_channel(self, channel: str) -> ChannelState:
-        state = self.channel(channel)
-        if self.me not in state.members:
-            raise NotAMember(f"this node is not a member of channel {channel!r}")
-        return state
+    @on_queued.setter
+    def on_queued(self, fn: Callable[[Sequence[str]], None]) -> None:
+        self.channels.on_queued = fn
 
     # -- posting ----------------------------------------------------------------------------
 
-    async def post(self, user: User, channel: str, bulletin: Bulletin) -> dict[str, Any]:
-        """Encrypt, sign, store and queue a bulletin for every other reader of the channel."""
-        user.require("contact-point")
-        state = self._my_channel(channel)
+    def _postable(self, user: User, channel: str) -> ChannelState:
+        """Sender-side rules: the user's assignment, this node's post right, an open channel."""
+        user.require_channel(channel)
+        state = self.channels.state(channel)
         state.require(self.me, "post")
+        if state.closed:
+            raise Forbidden(f"channel {channel!r} is closed")
+        if state.ends is not None and utc_now().date() > dt.date.fromisoformat(state.ends):
+            raise Forbidden(f"channel {channel!r} ended on {state.ends}")
+        return state
+
+    async def post(self, user: User, channel: str, bulletin: Bulletin) -> dict[str, Any]:
+        """Encrypt for exactly the readers of the current state, sign, store, queue for the others."""
+        state = self._postable(user, channel)
         readers = [(n, self.fed.encryption_key(n)) for n in state.readers]
         payload = canonical_json(bulletin.payload()).decode()
 
@@ -177,7 +133,7 @@ class NodeService:
             dests = [n for n in state.readers if n != self.me]
             if dests:
                 await conn.execute(
-                    sa.insert(outbox), [{"dest": d, "bulletin_id": bid, "state": "queued"} for d in dests]
+                    sa.insert(outbox), [{"dest": d, "kind": "envelope", "ref": bid, "state": "queued"} for d in dests]
                 )
             audit.add(
                 {
@@ -199,16 +155,27 @@ class NodeService:
         self.on_queued(result["recipients"])
         return result
 
+    async def forward(self, user: User, bid: str, channel: str) -> dict[str, Any]:
+        """Re-post a bulletin to another channel, as this node, referring to the original."""
+        original = await self._load(user, bid)
+        handling = original["bulletin"]["handling"]
+        if handling["no_onward_sharing"] or handling["tlp"] in NO_ONWARD_TLP:
+            marks = f"TLP:{handling['tlp']}" + (" no-onward-sharing" if handling["no_onward_sharing"] else "")
+            raise Forbidden(f"handling {marks} forbids forwarding")
+        copy = dict(original["bulletin"])
+        copy["references"] = sorted({*copy["references"], bid})
+        return await self.post(user, channel, Bulletin.model_validate(copy))
+
     # -- receiving --------------------------------------------------------------------------
 
-    def check_envelope(self, peer: NodeId, raw: Any) -> tuple[Envelope, str, Bulletin]:
+    async def check_envelope(self, peer: NodeId, raw: Any) -> tuple[Envelope, str, Bulletin]:
         """Apply every receiver rule to one envelope pushed by `peer`; return it decrypted."""
         env = parse_envelope(raw)
         h = env.header
         if h.author != peer:
             raise InvalidEnvelope("a peer may push only envelopes it authored")
         try:
-            state = self.channel(h.channel, h.state.pos)
+            state = await self.channels.ensure(h.channel, h.state)
         except NotFound as exc:
             raise InvalidEnvelope(f"unknown channel state: {exc.detail}") from exc
         bid = verify_envelope(env, self.fed, state)
@@ -216,6 +183,22 @@ class NodeService:
             raise InvalidEnvelope("this node is not a recipient of the envelope")
         bulletin = open_envelope(env, bid, self.me, self.keys.decryption)
         return env, bid, bulletin
+
+    async def receive(self, peer: NodeId, raw_events: Sequence[Any], raw_envelopes: Sequence[Any]) -> list[Receipt]:
+        """A transaction from a partner: channel events first, then envelopes; all or nothing."""
+        self.on_peer_seen(peer)
+        if raw_events:
+            try:
+                events = [ChannelEvent.model_validate(e) for e in raw_events]
+            except ValueError as exc:
+                raise EnvelopeRejected([{"item": "event", "type": "InvalidInput", "detail": str(exc)[:300]}]) from exc
+            try:
+                await self.channels.import_events(events)
+            except PeerError:
+                raise
+            except ExchangeError as exc:
+                raise EnvelopeRejected([{"item": "event", "type": type(exc).__name__, "detail": exc.detail}]) from exc
+        return await self.ingest(peer, raw_envelopes) if raw_envelopes else []
 
     async def ingest(self, peer: NodeId, raws: Sequence[Any]) -> list[Receipt]:
         """Verify a batch, then persist and audit it before answering with receipts.
@@ -227,28 +210,26 @@ class NodeService:
         errors: list[dict[str, Any]] = []
         for index, raw in enumerate(raws):
             try:
-                checked.append(self.check_envelope(peer, raw))
+                checked.append(await self.check_envelope(peer, raw))
+            except PeerError:
+                raise  # retryable (503): the sender keeps the batch and tries again
             except ExchangeError as exc:
-                errors.append({"index": index, "type": type(exc).__name__, "detail": exc.detail})
+                errors.append(
+                    {"item": f"envelope {index}", "index": index, "type": type(exc).__name__, "detail": exc.detail}
+                )
         if errors:
             raise EnvelopeRejected(errors)
 
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> list[Receipt]:
             ids = [bid for _, bid, _ in checked]
+            mine = sa.and_(
+                receipts.c.bulletin_id == bulletins.c.id, receipts.c.node == self.me, receipts.c.status == "received"
+            )
             known = {
                 r.id: r.receipt
                 for r in await conn.execute(
                     sa.select(bulletins.c.id, receipts.c.receipt)
-                    .select_from(
-                        bulletins.outerjoin(
-                            receipts,
-                            sa.and_(
-                                receipts.c.bulletin_id == bulletins.c.id,
-                                receipts.c.node == self.me,
-                                receipts.c.status == "received",
-                            ),
-                        )
-                    )
+                    .select_from(bulletins.outerjoin(receipts, mine))
                     .where(bulletins.c.id.in_(ids))
                 )
             }
@@ -257,12 +238,12 @@ class NodeService:
             receipt_rows: list[dict[str, Any]] = []
             now = timestamp()
             for env, bid, bulletin in checked:
-                if bid in known and known[bid] is not None:
+                if known.get(bid) is not None:
                     out.append(Receipt.model_validate(strict_loads(known[bid])))
                     continue
+                h = env.header
                 if bid in {r["id"] for r in rows}:
                     continue
-                h = env.header
                 clash = await conn.scalar(
                     sa.select(bulletins.c.id).where(
                         bulletins.c.author == h.author, bulletins.c.channel == h.channel, bulletins.c.seq == h.seq
@@ -308,36 +289,64 @@ class NodeService:
     async def audit_rejection(self, entry: dict[str, Any]) -> None:
         await self.store.audit({"event": "request.rejected", "at": timestamp(), **entry})
 
-    # -- receipts from peers ----------------------------------------------------------------
+    # -- the outbox -------------------------------------------------------------------------
 
-    async def accept_receipts(self, dest: str, sent: Sequence[str], raw_receipts: Sequence[Any]) -> int:
-        """Check the receipts `dest` returned for `sent`, store them and mark those delivered."""
+    async def pending(self, dest: str, limit: int) -> list[OutItem]:
+        """Queued items for one destination, oldest first."""
+        async with self.store.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(outbox.c.n, outbox.c.kind, outbox.c.ref)
+                    .where(outbox.c.dest == dest, outbox.c.state == "queued")
+                    .order_by(outbox.c.n)
+                    .limit(limit)
+                )
+            ).all()
+            envs = [r.ref for r in rows if r.kind == "envelope"]
+            data: dict[tuple[str, str], bytes] = {}
+            if envs:
+                for bid, raw in await conn.execute(
+                    sa.select(bulletins.c.id, bulletins.c.envelope).where(bulletins.c.id.in_(envs))
+                ):
+                    data["envelope", bid] = bytes(raw)
+            for r in rows:
+                if r.kind == "event":
+                    channel, pos = r.ref.rsplit(":", 1)
+                    raw = await conn.scalar(
+                        sa.select(channel_events.c.event).where(
+                            channel_events.c.channel == channel, channel_events.c.pos == int(pos)
+                        )
+                    )
+                    data["event", r.ref] = str(raw).encode()
+        return [OutItem(r.n, r.kind, r.ref, data[r.kind, r.ref]) for r in rows]
+
+    async def accept_receipts(self, dest: str, sent: Sequence[OutItem], raw_receipts: Sequence[Any]) -> int:
+        """Check the receipts `dest` returned, store them, and mark what was sent delivered."""
+        envelope_ids = {i.ref for i in sent if i.kind == "envelope"}
         got: dict[str, Receipt] = {}
         for raw in raw_receipts:
             receipt = Receipt.model_validate(raw)
             verify_receipt(receipt, self.fed)
-            if receipt.node != dest or receipt.status != "received" or receipt.bulletin not in sent:
+            if receipt.node != dest or receipt.status != "received" or receipt.bulletin not in envelope_ids:
                 raise InvalidEnvelope("a receipt does not match what was sent")
             got[receipt.bulletin] = receipt
-        if set(got) != set(sent):
+        if set(got) != envelope_ids:
             raise InvalidEnvelope("the peer did not return a receipt for every envelope")
 
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> int:
             existing = set(
                 await conn.scalars(
                     sa.select(receipts.c.bulletin_id).where(
-                        receipts.c.node == dest, receipts.c.status == "received", receipts.c.bulletin_id.in_(list(got))
+                        receipts.c.node == dest,
+                        receipts.c.status == "received",
+                        receipts.c.bulletin_id.in_(list(got)),
                     )
                 )
             )
             fresh = [r for b, r in got.items() if b not in existing]
             if fresh:
                 await conn.execute(sa.insert(receipts), [_receipt_row(r) for r in fresh])
-            await conn.execute(
-                sa.update(outbox)
-                .where(outbox.c.dest == dest, outbox.c.bulletin_id.in_(list(got)))
-                .values(state="delivered")
-            )
+            await conn.execute(sa.update(outbox).where(outbox.c.n.in_([i.n for i in sent])).values(state="delivered"))
             for r in fresh:
                 audit.add(
                     {
@@ -352,28 +361,21 @@ class NodeService:
 
         return await self.store.write(job)
 
-    async def pending(self, dest: str, limit: int) -> list[tuple[str, bytes]]:
-        """Queued envelopes for one destination, oldest first."""
-        async with self.store.read() as conn:
-            rows = await conn.execute(
-                sa.select(outbox.c.bulletin_id, bulletins.c.envelope)
-                .join(bulletins, bulletins.c.id == outbox.c.bulletin_id)
-                .where(outbox.c.dest == dest, outbox.c.state == "queued")
-                .order_by(outbox.c.n)
-                .limit(limit)
-            )
-            return [(r.bulletin_id, r.envelope) for r in rows]
-
-    async def reject_queued(self, dest: str, bid: str, detail: str) -> None:
-        """The destination refused this envelope for good: stop sending it, and audit why."""
+    async def reject_queued(self, dest: str, item: OutItem, detail: str) -> None:
+        """The destination refused this item for good: stop sending it, and audit why."""
 
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
-            await conn.execute(
-                sa.update(outbox)
-                .where(outbox.c.dest == dest, outbox.c.bulletin_id == bid)
-                .values(state="rejected", detail=detail)
+            await conn.execute(sa.update(outbox).where(outbox.c.n == item.n).values(state="rejected", detail=detail))
+            audit.add(
+                {
+                    "event": "send.refused",
+                    "at": timestamp(),
+                    "kind": item.kind,
+                    "ref": item.ref,
+                    "to": dest,
+                    "reason": detail,
+                }
             )
-            audit.add({"event": "bulletin.refused", "at": timestamp(), "bulletin": bid, "to": dest, "reason": detail})
 
         await self.store.write(job)
 
@@ -389,8 +391,14 @@ class NodeService:
     async def list_bulletins(
         self, user: User, channel: str | None = None, after: int = 0, limit: int = 50
     ) -> list[dict[str, Any]]:
-        """Bulletins visible to a contact point, in the order this node stored them."""
+        """Bulletins of the user's channels, in the order this node stored them."""
         user.require("contact-point")
+        if channel is not None:
+            user.require_channel(channel)
+            self.channels.state(channel)
+            wanted = [channel]
+        else:
+            wanted = sorted(user.channels)
         query = (
             sa.select(
                 bulletins.c.n,
@@ -402,13 +410,10 @@ class NodeService:
                 bulletins.c.created,
                 bulletins.c.content,
             )
-            .where(bulletins.c.n > after)
+            .where(bulletins.c.n > after, bulletins.c.channel.in_(wanted))
             .order_by(bulletins.c.n)
             .limit(max(1, min(limit, 500)))
         )
-        if channel is not None:
-            self.channel(channel)
-            query = query.where(bulletins.c.channel == channel)
         async with self.store.read() as conn:
             rows = (await conn.execute(query)).all()
         out = []
@@ -429,22 +434,38 @@ class NodeService:
             )
         return out
 
-    async def read(self, user: User, bid: str) -> dict[str, Any]:
-        """One bulletin in full, with its receipts; the open is audited and signed as a receipt."""
+    async def _load(self, user: User, bid: str) -> dict[str, Any]:
         user.require("contact-point")
         async with self.store.read() as conn:
             row = (await conn.execute(sa.select(bulletins).where(bulletins.c.id == bid))).first()
-            if row is None:
-                raise NotFound(f"no bulletin {bid}")
+            if row is None or row.channel not in user.channels:
+                # Same answer whether it does not exist or is not the user's: no probing.
+                raise NotFound(f"no bulletin {bid} in your channels")
             got = (await conn.execute(sa.select(receipts.c.receipt).where(receipts.c.bulletin_id == bid))).all()
         env = parse_envelope(bytes(row.envelope))
         bulletin = Bulletin.model_validate({**json.loads(row.content), "handling": env.header.handling.model_dump()})
+        return {
+            "id": bid,
+            "channel": row.channel,
+            "author": row.author,
+            "author_name": self.fed.node(row.author).name,
+            "seq": row.seq,
+            "created": row.created,
+            "signature_verified": True,
+            "recipients": [r.node for r in env.header.recipients],
+            "bulletin": bulletin.model_dump(mode="json"),
+            "receipts": [json.loads(r.receipt) for r in got],
+        }
+
+    async def read(self, user: User, bid: str) -> dict[str, Any]:
+        """One bulletin in full, with its receipts; the open is audited and signed as a receipt."""
+        shown = await self._load(user, bid)
         now = timestamp()
         opened = make_receipt(bid, self.me, "opened", now, self.keys.signing)
 
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
             audit.add(
-                {"event": "bulletin.opened", "at": now, "bulletin": bid, "channel": row.channel, "user": user.name}
+                {"event": "bulletin.opened", "at": now, "bulletin": bid, "channel": shown["channel"], "user": user.name}
             )
             exists = await conn.scalar(
                 sa.select(receipts.c.node).where(
@@ -455,24 +476,16 @@ class NodeService:
                 await conn.execute(sa.insert(receipts).values(**_receipt_row(opened)))
 
         await self.store.write(job)
-        return {
-            "id": bid,
-            "channel": row.channel,
-            "author": row.author,
-            "author_name": self.fed.node(row.author).name,
-            "seq": row.seq,
-            "created": row.created,
-            "signature_verified": True,
-            "bulletin": bulletin.model_dump(mode="json"),
-            "receipts": [json.loads(r.receipt) for r in got],
-        }
+        return shown
 
-    async def envelope(self, bid: str) -> bytes:
+    async def audit_entries(self, user: User, after: int = -1, limit: int = 100) -> list[dict[str, Any]]:
+        """Audit entries for auditors: metadata only, never bulletin content."""
+        user.require("auditor")
         async with self.store.read() as conn:
-            raw = await conn.scalar(sa.select(bulletins.c.envelope).where(bulletins.c.id == bid))
-        if raw is None:
-            raise NotFound(f"no bulletin {bid}")
-        return bytes(raw)
+            rows = await conn.execute(
+                sa.select(audit_log.c.entry).where(audit_log.c.idx > after).order_by(audit_log.c.idx).limit(limit)
+            )
+            return [json.loads(r.entry) for r in rows]
 
 
 def _receipt_row(receipt: Receipt) -> dict[str, Any]:
@@ -483,3 +496,6 @@ def _receipt_row(receipt: Receipt) -> dict[str, Any]:
         "at": receipt.at,
         "receipt": canonical_json(receipt.model_dump(mode="json")).decode(),
     }
+
+
+__all__ = ["EnvelopeRejected", "NodeService", "OutItem"]

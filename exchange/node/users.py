@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from exchange.clock import timestamp
 from exchange.crypto import hash_token, new_token
 from exchange.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
-from exchange.store import AuditBuffer, Store, users
+from exchange.store import AuditBuffer, Store, user_channels, users
 
 Role = Literal["contact-point", "auditor", "admin"]
 ROLES: tuple[str, ...] = get_args(Role)
@@ -21,11 +21,18 @@ ROLES: tuple[str, ...] = get_args(Role)
 class User:
     name: str
     role: str
+    channels: frozenset[str] = frozenset()
 
     def require(self, *roles: Role) -> None:
         """Return None if this user has one of `roles`, else raise Forbidden."""
         if self.role not in roles:
             raise Forbidden(f"user {self.name!r} ({self.role}) may not do this")
+
+    def require_channel(self, channel: str) -> None:
+        """A contact point works only in the channels assigned to them."""
+        self.require("contact-point")
+        if channel not in self.channels:
+            raise Forbidden(f"user {self.name!r} is not assigned to channel {channel!r}")
 
 
 async def add_user(store: Store, name: str, role: str, *, actor: str = "cli") -> str:
@@ -62,8 +69,32 @@ async def rotate_token(store: Store, name: str, *, actor: str = "cli") -> str:
 
 async def list_users(store: Store) -> list[User]:
     async with store.read() as conn:
-        rows = await conn.execute(sa.select(users.c.name, users.c.role).order_by(users.c.name))
-        return [User(r.name, r.role) for r in rows]
+        rows = (await conn.execute(sa.select(users.c.name, users.c.role).order_by(users.c.name))).all()
+        assigned = (await conn.execute(sa.select(user_channels.c.user, user_channels.c.channel))).all()
+    return [User(r.name, r.role, frozenset(c for u, c in assigned if u == r.name)) for r in rows]
+
+
+async def assign(store: Store, name: str, channel: str, *, assigned: bool, actor: str) -> None:
+    """Give a contact point a channel to work in, or take it away; audited either way."""
+
+    async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+        role = await conn.scalar(sa.select(users.c.role).where(users.c.name == name))
+        if role is None:
+            raise NotFound(f"no user {name!r}")
+        if role != "contact-point":
+            raise InvalidInput("only contact points are assigned to channels")
+        where = sa.and_(user_channels.c.user == name, user_channels.c.channel == channel)
+        present = await conn.scalar(sa.select(user_channels.c.user).where(where))
+        if assigned and present is None:
+            await conn.execute(sa.insert(user_channels).values(user=name, channel=channel))
+        elif not assigned and present is not None:
+            await conn.execute(sa.delete(user_channels).where(where))
+        else:
+            return
+        event = "user.assigned" if assigned else "user.unassigned"
+        audit.add({"event": event, "at": timestamp(), "user": name, "channel": channel, "actor": actor})
+
+    await store.write(job)
 
 
 async def authenticate(store: Store, token: str | None) -> User:
@@ -74,6 +105,7 @@ async def authenticate(store: Store, token: str | None) -> User:
         row = (
             await conn.execute(sa.select(users.c.name, users.c.role).where(users.c.token_hash == hash_token(token)))
         ).first()
-    if row is None:
-        raise Unauthorized("unknown token")
-    return User(row.name, row.role)
+        if row is None:
+            raise Unauthorized("unknown token")
+        channels = await conn.scalars(sa.select(user_channels.c.channel).where(user_channels.c.user == row.name))
+        return User(row.name, row.role, frozenset(channels))

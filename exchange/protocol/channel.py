@@ -1,17 +1,37 @@
-"""Channel state: a linear log of owner-signed events, folded into members and rights."""
+"""Channel state: a linear log of owner-signed events, folded into members and rights.
+
+The owner node orders every change, so there is one history and nothing to resolve: an event
+is valid only at the position right after the one it chains to.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from exchange.crypto import SigningKey, canonical_json, sha256
 from exchange.errors import InvalidInput, NotAMember
-from exchange.model import ChannelEvent, ChannelPolicy, Handling, NodeId, Right
+from exchange.model import (
+    Accept,
+    Acceptance,
+    ChannelEvent,
+    ChannelPolicy,
+    Close,
+    Create,
+    GrantHistory,
+    Handling,
+    Invite,
+    NodeId,
+    Remove,
+    Right,
+    SetRights,
+)
 from exchange.protocol.roster import Federation
 from exchange.protocol.signing import sign, verify
 
 DOMAIN = "channel-event"
+ACCEPT_DOMAIN = "channel-accept"
+ALL_RIGHTS: frozenset[Right] = frozenset(("read", "post", "admin"))
 
 
 def event_hash(event: ChannelEvent) -> str:
@@ -19,9 +39,17 @@ def event_hash(event: ChannelEvent) -> str:
     return sha256(canonical_json(event.model_dump(mode="json"))).hex()
 
 
-def sign_event(fields: dict[str, Any], key: SigningKey) -> ChannelEvent:
-    body = {**fields, "signer": key.kid}
+def sign_event(
+    *, channel: str, owner: str, pos: int, prev: str | None, at: str, change: dict[str, Any], key: SigningKey
+) -> ChannelEvent:
+    body = {"v": 1, "channel": channel, "owner": owner, "pos": pos, "prev": prev, "at": at, "change": change}
+    body["signer"] = key.kid
     return ChannelEvent.model_validate({**body, "signature": sign(DOMAIN, body, key)})
+
+
+def sign_acceptance(channel: str, node: str, invite_hash: str, key: SigningKey) -> Acceptance:
+    body = {"channel": channel, "node": node, "invite": invite_hash, "signer": key.kid}
+    return Acceptance.model_validate({**body, "signature": sign(ACCEPT_DOMAIN, body, key)})
 
 
 @dataclass(frozen=True)
@@ -33,48 +61,121 @@ class ChannelState:
     pos: int
     hash: str
     title: str
+    purpose: str
     policy: ChannelPolicy
     default_handling: Handling
+    ends: str | None
     members: dict[NodeId, frozenset[Right]]
+    invited: dict[NodeId, tuple[frozenset[Right], str]] = field(default_factory=dict)
+    history_grants: frozenset[NodeId] = frozenset()
+    closed: bool = False
+    # Every node the log has ever named: they may fetch the log, to learn their own removal.
+    involved: frozenset[NodeId] = frozenset()
 
     @property
     def readers(self) -> list[NodeId]:
         return sorted(n for n, rights in self.members.items() if "read" in rights)
 
+    def rights(self, node: str) -> frozenset[Right]:
+        return self.members.get(NodeId(node), frozenset())
+
     def require(self, node: str, right: Right) -> None:
         """Return None if `node` holds `right` here, else raise NotAMember."""
-        if right not in self.members.get(NodeId(node), frozenset()):
+        if right not in self.rights(node):
             raise NotAMember(f"node {node!r} lacks the {right} right in channel {self.channel!r}")
+
+
+def _admitted(fed: Federation, policy: ChannelPolicy, node: str) -> None:
+    agency = fed.node(node).agency
+    if agency not in policy.agencies:
+        raise InvalidInput(f"channel policy excludes {node!r} ({agency})")
 
 
 def apply_event(state: ChannelState | None, event: ChannelEvent, fed: Federation) -> ChannelState:
     """Check one event against the state before it and return the state after it."""
     body = event.model_dump(mode="json", exclude={"signature"})
-    verify(DOMAIN, body, event.signature, fed.verify_key(event.owner))
     if fed.node(event.owner).signing_kid != event.signer:
-        raise InvalidInput("channel event signed by a key that is not the owner's current key")
+        raise InvalidInput("channel event is not signed with the owner's roster key")
+    verify(DOMAIN, body, event.signature, fed.verify_key(event.owner))
+    change = event.change
+    new_hash = event_hash(event)
     if state is None:
-        if event.pos != 0 or event.prev is not None or event.type != "create":
+        if event.pos != 0 or event.prev is not None or not isinstance(change, Create):
             raise InvalidInput("a channel log must start with a create event at position 0")
-    else:
-        if event.channel != state.channel or event.owner != state.owner:
-            raise InvalidInput("channel event belongs to another channel or owner")
-        if event.pos != state.pos + 1 or event.prev != state.hash:
-            raise InvalidInput("channel event does not extend the log it claims to")
-    members: dict[NodeId, frozenset[Right]] = {NodeId(n): frozenset(r) for n, r in event.members.items()}
-    if "admin" not in members.get(NodeId(event.owner), frozenset()):
-        raise InvalidInput("the owner must hold the admin right")
-    for node in members:
-        agency = fed.node(node).agency
-        if agency not in event.policy.agencies:
-            raise InvalidInput(f"channel policy excludes {node!r} ({agency})")
-    return ChannelState(
-        channel=event.channel,
-        owner=NodeId(event.owner),
+        _admitted(fed, change.policy, event.owner)
+        owner = NodeId(event.owner)
+        return ChannelState(
+            channel=event.channel,
+            owner=owner,
+            pos=0,
+            hash=new_hash,
+            title=change.title,
+            purpose=change.purpose,
+            policy=change.policy,
+            default_handling=change.default_handling,
+            ends=change.ends,
+            members={owner: ALL_RIGHTS},
+            involved=frozenset({owner}),
+        )
+    if event.channel != state.channel or event.owner != state.owner:
+        raise InvalidInput("channel event belongs to another channel or owner")
+    if event.pos != state.pos + 1 or event.prev != state.hash:
+        raise InvalidInput("channel event does not extend the log it claims to")
+    if state.closed:
+        raise InvalidInput("the channel is closed")
+    members = dict(state.members)
+    invited = dict(state.invited)
+    grants = set(state.history_grants)
+    closed = False
+    named: str | None = None
+    if isinstance(change, Create):
+        raise InvalidInput("a channel is created only once")
+    if isinstance(change, Invite):
+        named = change.node
+        if NodeId(change.node) in members or NodeId(change.node) in invited:
+            raise InvalidInput(f"{change.node!r} is already a member or invited")
+        _admitted(fed, state.policy, change.node)
+        invited[NodeId(change.node)] = (frozenset(change.rights), new_hash)
+    elif isinstance(change, Accept):
+        acc = change.acceptance
+        named = acc.node
+        pending = invited.pop(NodeId(acc.node), None)
+        if pending is None or acc.channel != state.channel or acc.invite != pending[1]:
+            raise InvalidInput(f"{acc.node!r} accepts an invitation it does not hold")
+        if fed.node(acc.node).signing_kid != acc.signer:
+            raise InvalidInput("acceptance is not signed with the invitee's roster key")
+        verify(
+            ACCEPT_DOMAIN, acc.model_dump(mode="json", exclude={"signature"}), acc.signature, fed.verify_key(acc.node)
+        )
+        _admitted(fed, state.policy, acc.node)
+        members[NodeId(acc.node)] = pending[0]
+    elif isinstance(change, SetRights):
+        named = change.node
+        if NodeId(change.node) not in members or change.node == state.owner:
+            raise InvalidInput(f"{change.node!r} is not a member whose rights can change")
+        members[NodeId(change.node)] = frozenset(change.rights)
+    elif isinstance(change, Remove):
+        named = change.node
+        if change.node == state.owner:
+            raise InvalidInput("the owner cannot be removed; close the channel instead")
+        if members.pop(NodeId(change.node), None) is None and invited.pop(NodeId(change.node), None) is None:
+            raise InvalidInput(f"{change.node!r} is neither a member nor invited")
+        grants.discard(NodeId(change.node))
+    elif isinstance(change, GrantHistory):
+        named = change.node
+        if "read" not in members.get(NodeId(change.node), frozenset()):
+            raise InvalidInput(f"{change.node!r} is not a reader of the channel")
+        grants.add(NodeId(change.node))
+    elif isinstance(change, Close):
+        closed = True
+    involved = state.involved | ({NodeId(named)} if named else set())
+    return replace(
+        state,
         pos=event.pos,
-        hash=event_hash(event),
-        title=event.title,
-        policy=event.policy,
-        default_handling=event.default_handling,
+        hash=new_hash,
         members=members,
+        invited=invited,
+        history_grants=frozenset(grants),
+        closed=closed,
+        involved=involved,
     )

@@ -80,7 +80,7 @@ def build_envelope(
         author=author,
         signer=key.kid,
         seq=seq,
-        state=StateRef(pos=state.pos, hash=state.hash),
+        state=StateRef(owner=state.owner, pos=state.pos, hash=state.hash),
         recipients=[Recipient(node=n, kid=k.kid) for n, k in ordered],
         handling=bulletin.handling,
         created=created,
@@ -125,8 +125,10 @@ def verify_envelope(env: Envelope, fed: Federation, state: ChannelState) -> Bull
     if h.signer != author.signing_kid:
         raise InvalidEnvelope("envelope is not signed with the author's roster key")
     fed.verify_key(h.author).verify(_b64(env.signature), signing_input(DOMAIN, _signed_body(h, env.wraps)))
-    if h.channel != state.channel or h.state.pos != state.pos or h.state.hash != state.hash:
+    if (h.channel, h.state.owner, h.state.pos, h.state.hash) != (state.channel, state.owner, state.pos, state.hash):
         raise InvalidEnvelope("envelope cites a channel state other than the one checked")
+    if state.closed:
+        raise InvalidEnvelope("the cited channel state is closed")
     if author.agency not in state.policy.agencies:
         raise InvalidEnvelope(f"channel policy excludes the author's agency ({author.agency})")
     if "post" not in state.members.get(NodeId(h.author), frozenset()):

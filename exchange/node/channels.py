@@ -1,0 +1,291 @@
+"""A node's view of its channels: every log it takes part in, the changes it orders as owner,
+and the events it pushes to, and fetches from, other nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from exchange.clock import timestamp
+from exchange.crypto import SigningKey, canonical_json, strict_loads
+from exchange.errors import Conflict, Forbidden, InvalidInput, NotFound, PeerError, StateUnavailable
+from exchange.model import Acceptance, ChannelEvent, NodeId, StateRef
+from exchange.node.users import User
+from exchange.protocol.channel import ChannelState, apply_event, event_hash, sign_acceptance, sign_event
+from exchange.protocol.roster import Federation
+from exchange.store import AuditBuffer, Store, bulletins, channel_events, outbox
+
+Fetch = Callable[[str, str], Awaitable[Any]]  # (node, path) -> JSON
+Send = Callable[[str, str, Any], Awaitable[Any]]  # (node, path, body) -> JSON
+
+
+async def _no_fetch(node: str, path: str) -> Any:
+    raise PeerError("this node cannot reach partners")
+
+
+async def _no_send(node: str, path: str, body: Any) -> Any:
+    raise PeerError("this node cannot reach partners")
+
+
+def event_ref(channel: str, pos: int) -> str:
+    return f"{channel}:{pos}"
+
+
+class ChannelBook:
+    """Channel logs held by one node, with the rules for changing and sharing them."""
+
+    def __init__(self, me: NodeId, fed: Federation, key: SigningKey, store: Store) -> None:
+        self.me = me
+        self.fed = fed
+        self.key = key
+        self.store = store
+        self._states: dict[str, list[ChannelState]] = {}
+        self._events: dict[str, list[ChannelEvent]] = {}
+        self._lock = asyncio.Lock()
+        self.fetch: Fetch = _no_fetch
+        self.send: Send = _no_send
+        self.on_queued: Callable[[Sequence[str]], None] = lambda dests: None
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        async with self.store.read() as conn:
+            rows = await conn.execute(
+                sa.select(channel_events.c.event).order_by(channel_events.c.channel, channel_events.c.pos)
+            )
+            for (raw,) in rows:
+                self._append(ChannelEvent.model_validate(strict_loads(raw)))
+
+    def _append(self, event: ChannelEvent) -> ChannelState:
+        history = self._states.get(event.channel, [])
+        state = apply_event(history[-1] if history else None, event, self.fed)
+        self._states[event.channel] = [*history, state]
+        self._events.setdefault(event.channel, []).append(event)
+        return state
+
+    def state(self, channel: str, pos: int | None = None) -> ChannelState:
+        """The latest state of a channel, or its state at log position `pos`."""
+        history = self._states.get(channel)
+        if not history:
+            raise NotFound(f"unknown channel {channel!r}")
+        if pos is None:
+            return history[-1]
+        if pos >= len(history):
+            raise NotFound(f"channel {channel!r} has no state at position {pos}")
+        return history[pos]
+
+    def all(self) -> list[ChannelState]:
+        return [h[-1] for _, h in sorted(self._states.items())]
+
+    def events(self, channel: str, after: int = -1) -> list[ChannelEvent]:
+        return self._events.get(channel, [])[after + 1 :]
+
+    def events_for_peer(self, peer: str, channel: str, after: int) -> list[ChannelEvent]:
+        """The log for a partner that the log has named (member, invitee or removed member)."""
+        state = self.state(channel)
+        if NodeId(peer) not in state.involved:
+            raise Forbidden(f"{peer!r} takes no part in channel {channel!r}")
+        return self.events(channel, after)
+
+    # -- learning from other nodes ----------------------------------------------------------
+
+    async def import_events(self, events: Sequence[ChannelEvent]) -> int:
+        """Verify events against the logs held here and keep the new ones; return how many.
+
+        An event past a gap makes us fetch the missing part from the channel's owner first.
+        """
+        fresh: list[tuple[ChannelEvent, ChannelState]] = []
+        async with self._lock, self._undo_on_error():
+            for event in sorted(events, key=lambda e: (e.channel, e.pos)):
+                known = self._events.get(event.channel, [])
+                if event.pos < len(known):
+                    if event_hash(known[event.pos]) != event_hash(event):
+                        raise InvalidInput(f"channel {event.channel}: a different event at position {event.pos}")
+                    continue
+                if event.pos > len(known):
+                    await self._fetch_missing(event.owner, event.channel, len(known) - 1, event.pos - 1, fresh)
+                fresh.append((event, self._append(event)))
+            if fresh:
+                await self._persist(fresh, queue=False)
+        return len(fresh)
+
+    @contextlib.asynccontextmanager
+    async def _undo_on_error(self) -> AsyncIterator[None]:
+        """Keep memory equal to the database: forget events appended by a step that failed."""
+        lengths = {c: len(e) for c, e in self._events.items()}
+        try:
+            yield
+        except BaseException:
+            for channel in list(self._events):
+                keep = lengths.get(channel, 0)
+                del self._events[channel][keep:]
+                del self._states[channel][keep:]
+                if not keep:
+                    del self._events[channel], self._states[channel]
+            raise
+
+    async def _fetch_missing(
+        self, owner: str, channel: str, after: int, upto: int, fresh: list[tuple[ChannelEvent, ChannelState]]
+    ) -> None:
+        try:
+            raw = await self.fetch(owner, f"/fed/v1/channels/{channel}/events?after={after}")
+        except PeerError as exc:
+            raise StateUnavailable(f"channel {channel!r}: owner {owner} unreachable: {exc.detail}") from exc
+        got = [ChannelEvent.model_validate(e) for e in raw["events"]]
+        for event in got:
+            if event.owner != owner or event.channel != channel:
+                raise InvalidInput("the owner sent events of another channel")
+            if event.pos == len(self._events.get(channel, [])) and event.pos <= upto:
+                fresh.append((event, self._append(event)))
+        if len(self._events.get(channel, [])) <= upto:
+            raise StateUnavailable(f"channel {channel!r}: owner {owner} did not supply position {upto}")
+
+    async def ensure(self, channel: str, ref: StateRef) -> ChannelState:
+        """The state a bulletin cites, fetched from the channel's owner if it is not known yet."""
+        history = self._states.get(channel, [])
+        if ref.pos >= len(history):
+            fresh: list[tuple[ChannelEvent, ChannelState]] = []
+            async with self._lock, self._undo_on_error():
+                if ref.pos >= len(self._states.get(channel, [])):
+                    await self._fetch_missing(ref.owner, channel, len(history) - 1, ref.pos, fresh)
+                if fresh:
+                    await self._persist(fresh, queue=False)
+        state = self.state(channel, ref.pos)
+        if state.owner != ref.owner or state.hash != ref.hash:
+            raise InvalidInput("the cited channel state does not match the channel's log")
+        return state
+
+    async def _persist(self, items: list[tuple[ChannelEvent, ChannelState]], *, queue: bool) -> None:
+        """Store events, audit them, cancel sends to removed members; as owner, queue them out."""
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> list[str]:
+            dests: set[str] = set()
+            for event, state in items:
+                await conn.execute(
+                    sa.insert(channel_events).values(
+                        channel=event.channel,
+                        pos=event.pos,
+                        hash=state.hash,
+                        event=canonical_json(event.model_dump(mode="json")).decode(),
+                    )
+                )
+                change = event.change.model_dump(mode="json")
+                if "acceptance" in change:
+                    change = {"type": "accept", "node": change["acceptance"]["node"]}
+                audit.add(
+                    {
+                        "event": "channel.changed",
+                        "at": timestamp(),
+                        "channel": event.channel,
+                        "pos": event.pos,
+                        "hash": state.hash,
+                        "owner": event.owner,
+                        "change": change,
+                    }
+                )
+                if event.change.type == "remove":
+                    # Nothing more goes to a removed member, including what was queued for it.
+                    gone = event.change.node
+                    queued = sa.select(bulletins.c.id).where(bulletins.c.channel == event.channel)
+                    await conn.execute(
+                        sa.update(outbox)
+                        .where(outbox.c.dest == gone, outbox.c.state == "queued", outbox.c.ref.in_(queued))
+                        .values(state="cancelled", detail=f"removed from {event.channel}")
+                    )
+                if queue:
+                    before = self.state(event.channel, event.pos - 1) if event.pos else None
+                    dests |= await self._queue_event(conn, event, state, before)
+            return sorted(dests)
+
+        dests = await self.store.write(job)
+        self.on_queued(dests)
+
+    async def _queue_event(
+        self, conn: AsyncConnection, event: ChannelEvent, after: ChannelState, before: ChannelState | None
+    ) -> set[str]:
+        """Queue an event for everyone it concerns; a node new to the log gets the whole log."""
+        old: set[str] = set(before.members) | set(before.invited) if before else set()
+        new: set[str] = set(after.members) | set(after.invited)
+        named = getattr(event.change, "node", None) or getattr(getattr(event.change, "acceptance", None), "node", None)
+        dests = (old | new | ({named} if named else set())) - {self.me}
+        rows = []
+        for dest in sorted(dests):
+            first = 0 if dest not in old else event.pos
+            rows += [
+                {"dest": dest, "kind": "event", "ref": event_ref(event.channel, p)} for p in range(first, event.pos + 1)
+            ]
+        if rows:
+            await conn.execute(sa.insert(outbox), rows)
+        return dests
+
+    # -- changes this node orders as owner --------------------------------------------------
+
+    async def create(self, user: User, channel: str, create: dict[str, Any]) -> ChannelState:
+        user.require("admin")
+        async with self._lock:
+            if channel in self._states:
+                raise Conflict(f"channel {channel!r} exists")
+            event = sign_event(
+                channel=channel,
+                owner=self.me,
+                pos=0,
+                prev=None,
+                at=timestamp(),
+                change={"type": "create", **create},
+                key=self.key,
+            )
+            async with self._undo_on_error():
+                state = self._append(event)
+                await self._persist([(event, state)], queue=True)
+            return state
+
+    async def change(self, user: User | None, channel: str, change: dict[str, Any]) -> ChannelState:
+        """Order one change of a channel this node owns (user None: on a partner's signed request)."""
+        if user is not None:
+            user.require("admin")
+        async with self._lock:
+            current = self.state(channel)
+            if current.owner != self.me:
+                raise Forbidden(f"only the owner node ({current.owner}) changes channel {channel!r}")
+            event = sign_event(
+                channel=channel,
+                owner=self.me,
+                pos=current.pos + 1,
+                prev=current.hash,
+                at=timestamp(),
+                change=change,
+                key=self.key,
+            )
+            async with self._undo_on_error():
+                state = self._append(event)
+                await self._persist([(event, state)], queue=True)
+            return state
+
+    # -- joining ----------------------------------------------------------------------------
+
+    async def accept(self, user: User, channel: str) -> ChannelState:
+        """As an invited node: sign our consent and hand it to the owner, who orders it."""
+        user.require("admin")
+        state = self.state(channel)
+        pending = state.invited.get(self.me)
+        if pending is None:
+            raise Forbidden(f"this node holds no invitation to {channel!r}")
+        acceptance = sign_acceptance(channel, self.me, pending[1], self.key)
+        answer = await self.send(state.owner, f"/fed/v1/channels/{channel}/accept", acceptance.model_dump(mode="json"))
+        await self.import_events([ChannelEvent.model_validate(e) for e in answer["events"]])
+        return self.state(channel)
+
+    async def receive_acceptance(self, peer: str, channel: str, raw: Any) -> list[ChannelEvent]:
+        """As owner: a partner accepts our invitation; order it and return the log it is missing."""
+        acceptance = Acceptance.model_validate(raw)
+        if acceptance.node != peer or acceptance.channel != channel:
+            raise Forbidden("a node may only accept for itself")
+        state = await self.change(None, channel, {"type": "accept", "acceptance": acceptance.model_dump(mode="json")})
+        return self.events(channel, -1)[: state.pos + 1]
+
+
+__all__ = ["ChannelBook", "event_ref"]
