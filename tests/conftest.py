@@ -117,7 +117,7 @@ class Member:
 
 
 @dataclass
-class TestFederation:
+class Federation:
     folder: Path
     members: dict[str, Member] = field(default_factory=dict)
 
@@ -171,19 +171,19 @@ def write_federation(
         )
 
 
-MakeFederation = Callable[..., Awaitable[TestFederation]]
+MakeFederation = Callable[..., Awaitable[Federation]]
 
 
 @pytest.fixture
 async def make_federation(tmp_path: Path, database: Callable[[str], Awaitable[str]]) -> AsyncIterator[MakeFederation]:
     """make_federation(nodes=..., channels=..., start=True) provisions and starts a federation."""
-    feds: list[TestFederation] = []
+    feds: list[Federation] = []
 
     async def make(
         nodes: dict[str, tuple[str, str]] | None = None,
         channels: list[dict[str, Any]] | None = None,
         start: bool = True,
-    ) -> TestFederation:
+    ) -> Federation:
         nodes = nodes or {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs")}
         if channels is None:
             channels = [
@@ -202,7 +202,7 @@ async def make_federation(tmp_path: Path, database: Callable[[str], Awaitable[st
         db_urls = {n: await database(n) for n in nodes}
         write_federation(folder, nodes, channels, db_urls)
         await init_federation(folder)
-        fed = TestFederation(folder)
+        fed = Federation(folder)
         for node_id in nodes:
             cfg = NodeConfig.load(folder / f"{node_id}.toml", environ={})
             tokens = {p.name: p.read_text().strip() for p in (cfg.keys_dir / "tokens").iterdir()}

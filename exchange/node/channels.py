@@ -143,7 +143,7 @@ class ChannelBook:
             if event.pos == len(self._events.get(channel, [])) and event.pos <= upto:
                 fresh.append((event, self._append(event)))
         if len(self._events.get(channel, [])) <= upto:
-            raise StateUnavailable(f"channel {channel!r}: owner {owner} did not supply position {upto}")
+            raise InvalidInput(f"channel {channel!r}: its owner {owner} has no position {upto}")
 
     async def ensure(self, channel: str, ref: StateRef) -> ChannelState:
         """The state a bulletin cites, fetched from the channel's owner if it is not known yet."""

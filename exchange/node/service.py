@@ -179,6 +179,10 @@ class NodeService:
         except NotFound as exc:
             raise InvalidEnvelope(f"unknown channel state: {exc.detail}") from exc
         bid = verify_envelope(env, self.fed, state)
+        latest = self.channels.state(h.channel)
+        if "post" not in latest.rights(h.author) or latest.closed:
+            # Else a removed member could go on posting by citing a state from before its removal.
+            raise InvalidEnvelope("the author no longer holds the post right in the channel")
         if self.me not in [r.node for r in h.recipients]:
             raise InvalidEnvelope("this node is not a recipient of the envelope")
         bulletin = open_envelope(env, bid, self.me, self.keys.decryption)
@@ -394,11 +398,10 @@ class NodeService:
         """Bulletins of the user's channels, in the order this node stored them."""
         user.require("contact-point")
         if channel is not None:
-            user.require_channel(channel)
-            self.channels.state(channel)
+            self._readable(user, channel)
             wanted = [channel]
         else:
-            wanted = sorted(user.channels)
+            wanted = [c for c in sorted(user.channels) if self._can_read(c)]
         query = (
             sa.select(
                 bulletins.c.n,
@@ -434,11 +437,23 @@ class NodeService:
             )
         return out
 
+    def _can_read(self, channel: str) -> bool:
+        try:
+            return "read" in self.channels.state(channel).rights(self.me)
+        except NotFound:
+            return False
+
+    def _readable(self, user: User, channel: str) -> None:
+        """A contact point reads a channel if assigned to it and this node still reads it."""
+        user.require_channel(channel)
+        if not self._can_read(channel):
+            raise Forbidden(f"this node does not (or no longer) read channel {channel!r}")
+
     async def _load(self, user: User, bid: str) -> dict[str, Any]:
         user.require("contact-point")
         async with self.store.read() as conn:
             row = (await conn.execute(sa.select(bulletins).where(bulletins.c.id == bid))).first()
-            if row is None or row.channel not in user.channels:
+            if row is None or row.channel not in user.channels or not self._can_read(row.channel):
                 # Same answer whether it does not exist or is not the user's: no probing.
                 raise NotFound(f"no bulletin {bid} in your channels")
             got = (await conn.execute(sa.select(receipts.c.receipt).where(receipts.c.bulletin_id == bid))).all()

@@ -1,0 +1,473 @@
+"""Channels over real nodes and mutual TLS: who may do what, agency policy, unknown states, removal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from exchange.clock import timestamp
+from exchange.errors import DecryptionFailed
+from exchange.model import Bulletin, NodeId
+from exchange.node.users import add_user
+from exchange.protocol.envelope import build_envelope, bulletin_id, envelope_bytes, open_envelope, parse_envelope
+from exchange.store import audit_log, bulletins, channel_events
+from tests.conftest import DEFAULT_NODES, Federation, MakeFederation, Member, eventually
+
+SIX = {
+    **{k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs", "gb-avsec", "wco-rilo")},
+    "de-customs": ("DE", "customs"),
+    "fr-customs": ("FR", "customs"),
+}
+C2C = {
+    "id": "c2c",
+    "owner": "nl-customs",
+    "agencies": ["customs"],
+    "members": {
+        "nl-customs": ["read", "post", "admin"],
+        "ke-customs": ["read", "post"],
+        "de-customs": ["read"],
+        "fr-customs": ["read", "post"],
+    },
+}
+NOTE = {"kind": "alert", "title": "Cocaine in courier parcels via CDG", "body": "Routing pattern attached."}
+
+
+async def count(member: Member, table: sa.Table) -> int:
+    async with member.service.store.read() as conn:
+        return int((await conn.execute(sa.select(sa.func.count()).select_from(table))).scalar_one())
+
+
+async def holds(member: Member, bid: str) -> bool:
+    async with member.service.store.read() as conn:
+        return (await conn.scalar(sa.select(bulletins.c.id).where(bulletins.c.id == bid))) is not None
+
+
+async def post(member: Member, channel: str = "c2c", **fields: Any) -> tuple[int, Any]:
+    status, body, _ = await member.api("POST", f"/api/v1/channels/{channel}/bulletins", body={**NOTE, **fields})
+    return status, body
+
+
+# -- the access table -----------------------------------------------------------------------
+
+ACTORS: dict[str, tuple[str, str]] = {
+    # actor: (node, local user)
+    "owner administrator": ("nl-customs", "admin"),
+    "member poster": ("ke-customs", "officer"),
+    "member reader": ("de-customs", "officer"),
+    "non-member node": ("wco-rilo", "officer"),
+    "excluded agency node": ("gb-avsec", "officer"),
+    "removed node": ("fr-customs", "officer"),
+    "local contact point": ("nl-customs", "officer"),
+    "unassigned contact point": ("nl-customs", "clerk"),
+    "local auditor": ("nl-customs", "auditor"),
+    "unauthenticated caller": ("nl-customs", ""),
+}
+ACTIONS = ("post", "read", "list", "change membership", "read audit log")
+ALLOW = {
+    "owner administrator": {"change membership"},
+    "member poster": {"post", "read", "list"},
+    "member reader": {"read", "list"},
+    "local contact point": {"post", "read", "list"},
+    "local auditor": {"read audit log"},
+}
+TABLE = [(actor, action, action in ALLOW.get(actor, set())) for actor in ACTORS for action in ACTIONS]
+
+
+@pytest.fixture
+async def access_federation(make_federation: MakeFederation) -> tuple[Federation, str]:
+    """Six nodes, one Customs channel; fr-customs removed; one bulletin posted after that."""
+    fed = await make_federation(nodes=SIX, channels=[C2C])
+    nl = fed["nl-customs"]
+    await add_user(nl.service.store, "clerk", "contact-point")
+    nl.tokens["clerk"] = await add_user(nl.service.store, "clerk2", "contact-point")  # clerk2 stands in, unassigned
+    status, _, _ = await nl.api("POST", "/api/v1/channels/c2c/remove", user="admin", body={"node": "fr-customs"})
+    assert status == 200
+    removal = nl.service.channels.state("c2c").pos
+    for node in ("ke-customs", "de-customs", "fr-customs"):
+
+        async def knows(node: str = node) -> bool:
+            return fed[node].service.channels.state("c2c").pos >= removal
+
+        await eventually(knows, what=f"{node} to learn of the removal")
+    status, posted = await post(fed["ke-customs"])
+    assert status == 201, posted
+    for node in ("nl-customs", "de-customs"):
+
+        async def arrived(node: str = node) -> bool:
+            return await holds(fed[node], posted["id"])
+
+        await eventually(arrived, what=f"the bulletin at {node}")
+    return fed, posted["id"]
+
+
+async def act(member: Member, user: str, action: str, bid: str) -> tuple[int, Any, str]:
+    if action == "post":
+        return await member.api("POST", "/api/v1/channels/c2c/bulletins", user=user, body=NOTE)
+    if action == "read":
+        return await member.api("GET", f"/api/v1/bulletins/{bid}", user=user)
+    if action == "list":
+        return await member.api("GET", "/api/v1/bulletins?channel=c2c", user=user)
+    if action == "change membership":
+        return await member.api(
+            "POST", "/api/v1/channels/c2c/rights", user=user, body={"node": "de-customs", "rights": ["read"]}
+        )
+    return await member.api("GET", "/api/v1/audit/entries", user=user)
+
+
+async def check_row(fed: Federation, bid: str, actor: str, action: str, allowed: bool) -> str | None:
+    """Run one row of the table; return what went wrong, or None."""
+    node, user = ACTORS[actor]
+    member, owner = fed[node], fed["nl-customs"]
+    before = [await count(m, t) for m in (member, owner) for t in (bulletins, channel_events)]
+    audit_before = await count(member, audit_log)
+    status, body, ctype = await act(member, user, action, bid)
+    if allowed:
+        if not 200 <= status < 300:
+            return f"expected allow, got {status} {body}"
+        if action == "read" and body["bulletin"]["title"] != NOTE["title"]:
+            return "read the wrong bulletin"
+        if action == "list" and bid not in [i["id"] for i in body["items"]]:
+            return "the bulletin is missing from the list"
+        return None
+    if not 400 <= status < 500 or ctype != "application/problem+json" or body.get("status") != status:
+        return f"expected a 4xx problem+json, got {status} {ctype} {body}"
+    if actor == "unauthenticated caller" and status != 401:
+        return f"expected 401, got {status}"
+    after = [await count(m, t) for m in (member, owner) for t in (bulletins, channel_events)]
+    if after != before:
+        return f"a refused request stored something: {before} -> {after}"
+    async with member.service.store.read() as conn:
+        last = json.loads((await conn.execute(sa.select(audit_log.c.entry).order_by(audit_log.c.idx.desc()))).scalar())
+    if (
+        await count(member, audit_log) <= audit_before
+        or last["event"] != "request.rejected"
+        or last["status"] != status
+    ):
+        return "the refusal was not audited"
+    return None
+
+
+async def test_access_table(access_federation: tuple[Federation, str]) -> None:
+    """Every actor x action pair against one federation: allowed ones succeed, the rest are refused,
+    with problem+json, nothing stored, and the refusal audited."""
+    fed, bid = access_federation
+    failures = {}
+    for actor, action, allowed in TABLE:
+        problem = await check_row(fed, bid, actor, action, allowed)
+        if problem:
+            failures[f"{actor} / {action}"] = problem
+    assert failures == {}
+
+
+def test_access_table_covers_every_actor_and_action() -> None:
+    assert len(TABLE) == len(ACTORS) * len(ACTIONS) == 50
+    assert sum(allowed for *_, allowed in TABLE) == 10
+
+
+# -- receiver-side enforcement --------------------------------------------------------------
+
+
+def forged(member: Member, state_of: Member, channel: str = "c2c", seq: int = 1) -> bytes:
+    """An envelope `member` signs itself, citing the channel state `state_of` holds."""
+    svc = member.service
+    state = state_of.service.channels.state(channel)
+    readers = [(NodeId(n), svc.fed.encryption_key(n)) for n in state.readers]
+    bulletin = Bulletin.model_validate({**NOTE, "handling": {"tlp": "AMBER"}})
+    env = build_envelope(
+        bulletin, state=state, author=svc.me, key=svc.keys.signing, seq=seq, readers=readers, created=timestamp()
+    )
+    return b'{"txn":"x","envelopes":[' + envelope_bytes(env) + b"]}"
+
+
+async def test_receivers_refuse_what_the_channel_does_not_allow(make_federation: MakeFederation) -> None:
+    fed = await make_federation(nodes=SIX, channels=[C2C])
+    nl, ke, de, fr, gb = (fed[n] for n in ("nl-customs", "ke-customs", "de-customs", "fr-customs", "gb-avsec"))
+    # A read-only member signs a bulletin anyway.
+    status, body, _ = await nl.fed_post(de, forged(de, de))
+    assert status == 422 and "post right" in body["detail"]
+    # An aviation node outside a Customs-only channel.
+    status, body, _ = await nl.fed_post(gb, forged(gb, nl))
+    assert status == 422
+    # A removed member citing the state from before its removal.
+    stale = forged(fr, fr)
+    await nl.api("POST", "/api/v1/channels/c2c/remove", user="admin", body={"node": "fr-customs"})
+
+    async def ke_knows() -> bool:
+        return "fr-customs" not in ke.service.channels.state("c2c").members
+
+    await eventually(ke_knows, what="ke to learn of the removal")
+    status, body, _ = await ke.fed_post(fr, stale)
+    assert status == 422 and "no longer" in body["detail"]
+    assert [await count(m, bulletins) for m in (nl, ke)] == [0, 0]
+
+
+async def test_unknown_state_is_fetched_from_the_owner_or_refused(make_federation: MakeFederation) -> None:
+    three = {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs", "wco-rilo")}
+    channel = {
+        "id": "ops",
+        "owner": "wco-rilo",
+        "agencies": ["customs", "international"],
+        "members": {
+            "wco-rilo": ["read", "post", "admin"],
+            "nl-customs": ["read", "post"],
+            "ke-customs": ["read", "post"],
+        },
+    }
+    fed = await make_federation(nodes=three, channels=[channel])
+    nl, ke, owner = fed["nl-customs"], fed["ke-customs"], fed["wco-rilo"]
+    # ke is away while the owner changes the channel, then the owner goes away too.
+    await fed.stop("ke-customs")
+    status, _, _ = await owner.api(
+        "POST", "/api/v1/channels/ops/rights", user="admin", body={"node": "ke-customs", "rights": ["read", "post"]}
+    )
+    assert status == 200
+
+    async def nl_knows() -> bool:
+        return nl.service.channels.state("ops").pos == owner.service.channels.state("ops").pos
+
+    await eventually(nl_knows, what="nl to learn the new state")
+    await fed.stop("wco-rilo")
+    await fed.start("ke-customs")
+    ke = fed["ke-customs"]
+    status, body, ctype = await ke.fed_post(nl, forged(nl, nl, channel="ops"))
+    assert status == 503 and ctype == "application/problem+json", body
+    assert await count(ke, bulletins) == 0
+    # With the owner back, the same envelope is fetched, verified and stored.
+    await fed.start("wco-rilo")
+    status, body, _ = await ke.fed_post(nl, forged(nl, nl, channel="ops"))
+    assert status == 200, body
+    assert await count(ke, bulletins) == 1
+    # A state its owner never had is refused for good (422), not retried.
+    doc = json.loads(forged(nl, nl, channel="ops", seq=2))
+    doc["envelopes"][0]["header"]["state"]["pos"] = 99
+    status, body, _ = await ke.fed_post(nl, json.dumps(doc).encode())
+    assert status == 422
+
+
+# -- agency policy in the sample federation's shape -----------------------------------------
+
+SAMPLE_CHANNELS = [
+    {
+        "id": "c2c-cargo-fraud",
+        "owner": "nl-customs",
+        "agencies": ["customs"],
+        "members": {"nl-customs": ["read", "post", "admin"], "ke-customs": ["read", "post"]},
+    },
+    {
+        "id": "c2a-air-cargo-security",
+        "owner": "nl-customs",
+        "agencies": ["customs", "aviation-security", "international"],
+        "members": {
+            "nl-customs": ["read", "post", "admin"],
+            "ke-customs": ["read", "post"],
+            "gb-avsec": ["read", "post"],
+            "wco-rilo": ["read", "post"],
+        },
+    },
+]
+
+
+async def test_aviation_node_cannot_join_customs_only_channel_but_works_in_the_joint_one(
+    make_federation: MakeFederation,
+) -> None:
+    fed = await make_federation(nodes=dict(DEFAULT_NODES), channels=SAMPLE_CHANNELS)
+    nl, gb = fed["nl-customs"], fed["gb-avsec"]
+    events_before = await count(nl, channel_events)
+    status, body, ctype = await nl.api(
+        "POST", "/api/v1/channels/c2c-cargo-fraud/invite", user="admin", body={"node": "gb-avsec", "rights": ["read"]}
+    )
+    assert status == 422 and ctype == "application/problem+json" and "excludes" in body["detail"]
+    assert await count(nl, channel_events) == events_before
+    # In the Customs + aviation channel, both directions work.
+    status, posted = await post(gb, "c2a-air-cargo-security", title="Suspicious IED-like item at LHR screening")
+    assert status == 201, posted
+    assert set(posted["recipients"]) == {"nl-customs", "ke-customs", "wco-rilo"}
+
+    async def at_nl() -> bool:
+        return await holds(nl, posted["id"])
+
+    await eventually(at_nl, what="the aviation bulletin at nl-customs")
+    status, shown, _ = await nl.api("GET", f"/api/v1/bulletins/{posted['id']}")
+    assert status == 200 and shown["author"] == "gb-avsec"
+    status, posted = await post(nl, "c2a-air-cargo-security", title="Customs warning for aviation")
+    assert status == 201
+
+    async def at_gb() -> bool:
+        return await holds(gb, posted["id"])
+
+    await eventually(at_gb, what="the customs bulletin at gb-avsec")
+    assert (await gb.api("GET", f"/api/v1/bulletins/{posted['id']}"))[0] == 200
+
+
+# -- joining and removing through the API ---------------------------------------------------
+
+
+async def test_invite_accept_and_no_earlier_bulletins_for_a_new_member(make_federation: MakeFederation) -> None:
+    three = {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs")} | {"de-customs": ("DE", "customs")}
+    fed = await make_federation(
+        nodes=three,
+        channels=[
+            {
+                "id": "c2c",
+                "owner": "nl-customs",
+                "agencies": ["customs"],
+                "members": {"nl-customs": ["read", "post", "admin"], "ke-customs": ["read", "post"]},
+            }
+        ],
+    )
+    nl, de = fed["nl-customs"], fed["de-customs"]
+    status, early = await post(nl)
+    assert status == 201
+    status, body, _ = await nl.api(
+        "POST", "/api/v1/channels/c2c/invite", user="admin", body={"node": "de-customs", "rights": ["read", "post"]}
+    )
+    assert status == 200 and body["invited"] == {"de-customs": ["post", "read"]}
+
+    async def invited() -> bool:
+        try:
+            return NodeId("de-customs") in de.service.channels.state("c2c").invited
+        except Exception:
+            return False
+
+    await eventually(invited, what="the invitation at de-customs")
+    status, body, _ = await de.api("POST", "/api/v1/channels/c2c/accept", user="admin")
+    assert status == 200 and "de-customs" in body["members"], body
+    await de.api("POST", "/api/v1/channels/c2c/users", user="admin", body={"user": "officer"})
+    status, late = await post(nl)
+    assert status == 201 and "de-customs" in late["recipients"]
+
+    async def late_at_de() -> bool:
+        return await holds(de, late["id"])
+
+    await eventually(late_at_de, what="the later bulletin at de-customs")
+    assert not await holds(de, early["id"])
+    status, _, _ = await de.api("GET", f"/api/v1/bulletins/{early['id']}")
+    assert status == 404
+    # The owner records an explicit, audited history grant.
+    status, body, _ = await nl.api(
+        "POST", "/api/v1/channels/c2c/grant-history", user="admin", body={"node": "de-customs"}
+    )
+    assert status == 200 and body["history_grants"] == ["de-customs"]
+    status, entries, _ = await nl.api("GET", "/api/v1/audit/entries", user="auditor")
+    grants = [
+        e for e in entries["entries"] if e["event"] == "channel.changed" and e["change"]["type"] == "grant-history"
+    ]
+    assert grants and grants[0]["change"]["node"] == "de-customs"
+
+
+async def test_handling_forbids_forwarding_red_strict_and_no_onward(make_federation: MakeFederation) -> None:
+    fed = await make_federation(
+        channels=[
+            {
+                "id": "c2c",
+                "owner": "nl-customs",
+                "agencies": ["customs"],
+                "members": {"nl-customs": ["read", "post", "admin"], "ke-customs": ["read", "post"]},
+            },
+            {
+                "id": "other",
+                "owner": "nl-customs",
+                "agencies": ["customs"],
+                "members": {"nl-customs": ["read", "post", "admin"], "ke-customs": ["read", "post"]},
+            },
+        ]
+    )
+    nl = fed["nl-customs"]
+    cases = {"RED": False, "AMBER+STRICT": False, "AMBER": True, "GREEN": True}
+    for tlp, allowed in cases.items():
+        status, posted = await post(nl, handling={"tlp": tlp, "no_onward_sharing": False})
+        assert status == 201
+        status, body, ctype = await nl.api(
+            "POST", f"/api/v1/bulletins/{posted['id']}/forward", body={"channel": "other"}
+        )
+        assert (status == 201) == allowed, (tlp, status, body)
+        if not allowed:
+            assert status == 403 and ctype == "application/problem+json"
+    status, posted = await post(nl, handling={"tlp": "GREEN", "no_onward_sharing": True})
+    status, body, _ = await nl.api("POST", f"/api/v1/bulletins/{posted['id']}/forward", body={"channel": "other"})
+    assert status == 403 and "no-onward-sharing" in body["detail"]
+    status, listed, _ = await nl.api("GET", "/api/v1/bulletins?channel=other")
+    assert len(listed["items"]) == 2  # only the AMBER and GREEN forwards
+
+
+# -- removal under load ---------------------------------------------------------------------
+
+
+async def test_removed_member_gets_nothing_posted_after_its_removal_under_load(
+    make_federation: MakeFederation,
+) -> None:
+    nodes = {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs")} | {"fr-customs": ("FR", "customs")}
+    fed = await make_federation(
+        nodes=nodes,
+        channels=[
+            {
+                "id": "c2c",
+                "owner": "nl-customs",
+                "agencies": ["customs"],
+                "members": {
+                    "nl-customs": ["read", "post", "admin"],
+                    "ke-customs": ["read", "post"],
+                    "fr-customs": ["read", "post"],
+                },
+            }
+        ],
+    )
+    nl, ke, fr = fed["nl-customs"], fed["ke-customs"], fed["fr-customs"]
+    removal_pos: int | None = None
+    after_removal: list[str] = []
+    stop = asyncio.Event()
+
+    async def flow(member: Member) -> int:
+        sent = 0
+        while not stop.is_set():
+            knew = removal_pos is not None and member.service.channels.state("c2c").pos >= removal_pos
+            status, body = await post(member, title=f"load {member.id} {sent}")
+            assert status == 201, body
+            if knew:
+                after_removal.append(body["id"])
+            sent += 1
+        return sent
+
+    flows = [asyncio.create_task(flow(m)) for m in (nl, ke)]
+
+    async def some_traffic() -> bool:
+        return await count(fr, bulletins) >= 20
+
+    await eventually(some_traffic, what="traffic to reach fr-customs before the removal")
+    status, body, _ = await nl.api("POST", "/api/v1/channels/c2c/remove", user="admin", body={"node": "fr-customs"})
+    assert status == 200
+    removal_pos = body["pos"]
+
+    async def enough_after() -> bool:
+        return len(after_removal) >= 40
+
+    await eventually(enough_after, timeout=30, what="posts after the removal")
+    stop.set()
+    totals = await asyncio.gather(*flows)
+
+    async def drained() -> bool:
+        queued = [await m.service.queued_counts() for m in (nl, ke)]
+        return not any(q.get("ke-customs") or q.get("nl-customs") for q in queued)
+
+    await eventually(drained, timeout=30, what="delivery between the remaining members")
+    async with nl.service.store.read() as conn:
+        rows = (await conn.execute(sa.select(bulletins.c.id, bulletins.c.state_pos, bulletins.c.envelope))).all()
+    late = [r for r in rows if r.state_pos >= removal_pos]
+    assert {r.id for r in late} >= set(after_removal)
+    for r in late:
+        env = parse_envelope(bytes(r.envelope))
+        assert "fr-customs" not in [x.node for x in env.header.recipients]
+        assert not await holds(fr, r.id)
+        with pytest.raises(DecryptionFailed):
+            open_envelope(env, bulletin_id(env.header), NodeId("fr-customs"), fr.service.keys.decryption)
+    async with fr.service.store.read() as conn:
+        at_fr = (await conn.execute(sa.select(sa.func.max(bulletins.c.state_pos)))).scalar_one()
+    assert at_fr is not None and at_fr < removal_pos
+    print(
+        f"\nremoval under load: {sum(totals)} posted, {len(late)} after the removal, "
+        f"{await count(fr, bulletins)} held by the removed node (all from before)"
+    )
