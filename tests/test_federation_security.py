@@ -230,3 +230,45 @@ async def test_a_non_recipient_cannot_decrypt(make_federation: MakeFederation) -
     # Even claiming a recipient's slot with its own key gets nowhere.
     with pytest.raises(DecryptionFailed):
         open_envelope(env, bid, NodeId("ke-customs"), outsider.service.keys.decryption)
+
+
+async def test_two_bulletins_with_one_sequence_number_in_one_transaction_are_refused(
+    make_federation: MakeFederation,
+) -> None:
+    fed = await make_federation()
+    a, b = fed["nl-customs"], fed["ke-customs"]
+    first, second = envelope_from(a, seq=1), envelope_from(a, seq=1)
+    status, body, _ = await b.fed_post(a, batch(envelope_bytes(first), envelope_bytes(second)))
+    assert status == 409 and body["type"].endswith("Equivocation")
+    assert await stored(b) == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/fed/v1/envelopes", b'{"txn":{"x":1},"envelopes":[]}'),
+        ("/fed/v1/envelopes", b'{"txn":"t","envelopes":[]}'),
+        ("/fed/v1/envelopes", b'{"txn":"t","envelopes":[],"envelopes":[]}'),
+        ("/fed/v1/envelopes", b'{"txn":"t","envelopes":[{"header":1.5}]}'),
+        ("/fed/v1/envelopes", b"not json"),
+        ("/fed/v1/channels/c2c/accept", b'{"channel":"c2c"}'),
+    ],
+)
+async def test_malformed_federation_requests_get_422(make_federation: MakeFederation, path: str, body: bytes) -> None:
+    fed = await make_federation()
+    a, b = fed["nl-customs"], fed["ke-customs"]
+    status, problem, ctype = await b.fed_post(a, body, path=path)
+    assert status == 422 and ctype == "application/problem+json", problem
+    assert await stored(b) == 0
+
+
+@pytest.mark.parametrize("after", ["--1", "-5", "x", "1e3"])
+async def test_bad_log_positions_get_422(make_federation: MakeFederation, after: str) -> None:
+    fed = await make_federation()
+    a, b = fed["nl-customs"], fed["ke-customs"]
+    ctx = peer_context(a.service.fed.node(a.id), b.config.keys_dir / "tls.crt", b.config.keys_dir / "tls.key")
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session,
+        session.get(f"{a.config.endpoint}/fed/v1/channels/c2c/events?after={after}") as resp,
+    ):
+        assert resp.status == 422 and resp.content_type == "application/problem+json"

@@ -136,7 +136,10 @@ class ChannelBook:
             raw = await self.fetch(owner, f"/fed/v1/channels/{channel}/events?after={after}")
         except PeerError as exc:
             raise StateUnavailable(f"channel {channel!r}: owner {owner} unreachable: {exc.detail}") from exc
-        got = [ChannelEvent.model_validate(e) for e in raw["events"]]
+        try:
+            got = [ChannelEvent.model_validate(e) for e in raw["events"]]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise StateUnavailable(f"channel {channel!r}: owner {owner} sent a malformed log") from exc
         for event in got:
             if event.owner != owner or event.channel != channel:
                 raise InvalidInput("the owner sent events of another channel")
@@ -162,6 +165,7 @@ class ChannelBook:
 
     async def _persist(self, items: list[tuple[ChannelEvent, ChannelState]], *, queue: bool) -> None:
         """Store events, audit them, cancel sends to removed members; as owner, queue them out."""
+
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> list[str]:
             dests: set[str] = set()
             for event, state in items:
@@ -281,7 +285,10 @@ class ChannelBook:
 
     async def receive_acceptance(self, peer: str, channel: str, raw: Any) -> list[ChannelEvent]:
         """As owner: a partner accepts our invitation; order it and return the log it is missing."""
-        acceptance = Acceptance.model_validate(raw)
+        try:
+            acceptance = Acceptance.model_validate(raw)
+        except ValueError as exc:
+            raise InvalidInput(f"malformed acceptance: {exc}") from exc
         if acceptance.node != peer or acceptance.channel != channel:
             raise Forbidden("a node may only accept for itself")
         state = await self.change(None, channel, {"type": "accept", "acceptance": acceptance.model_dump(mode="json")})

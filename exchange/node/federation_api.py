@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
@@ -37,6 +38,8 @@ async def post_transaction(request: web.Request) -> web.Response:
     body: Any = strict_loads(await request.read())
     if not isinstance(body, dict) or not {"txn", "envelopes"} <= set(body) <= {"txn", "events", "envelopes"}:
         raise InvalidInput('the body must be {"txn": ..., "events": [...], "envelopes": [...]}')
+    if not isinstance(body["txn"], str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", body["txn"]):
+        raise InvalidInput("txn must be 1 to 64 characters of [A-Za-z0-9_-]")
     events, envelopes = _list(body, "events"), _list(body, "envelopes")
     if not events and not envelopes:
         raise InvalidInput("an empty transaction")
@@ -48,8 +51,8 @@ async def get_channel_events(request: web.Request) -> web.Response:
     """A channel's log after a position, for a node that the log names."""
     peer = authenticate_peer(request)
     raw = request.query.get("after", "-1")
-    if not raw.lstrip("-").isdigit():
-        raise InvalidInput("after must be an integer")
+    if not re.fullmatch(r"-1|\d{1,9}", raw):
+        raise InvalidInput("after must be -1 or a log position")
     events = request.app[SERVICE].channels.events_for_peer(peer, request.match_info["channel"], int(raw))
     return web.json_response({"events": [e.model_dump(mode="json") for e in events]})
 

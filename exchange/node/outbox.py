@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 
 from exchange.clock import timestamp, utc_now
-from exchange.errors import ExchangeError, PeerError
+from exchange.errors import PeerError
 from exchange.model import RosterNode
 from exchange.node.service import NodeService, OutItem
 from exchange.node.tls import peer_context
@@ -92,7 +92,7 @@ class PeerSender:
                 continue
             try:
                 await self._send(batch)
-            except (TimeoutError, ExchangeError, aiohttp.ClientError, OSError) as exc:
+            except Exception as exc:  # whatever the peer did, this sender must live on and retry
                 self.status.failures += 1
                 self.status.last_error = f"{timestamp()} {type(exc).__name__}: {exc}"
                 delay = min(cfg.retry_max_seconds, cfg.retry_base_seconds * 2 ** min(self.status.failures, 30))

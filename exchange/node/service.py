@@ -33,10 +33,11 @@ from exchange.protocol.channel import ChannelState
 from exchange.protocol.envelope import (
     build_envelope,
     bulletin_id,
+    check_rules,
+    check_signature,
     envelope_bytes,
     open_envelope,
     parse_envelope,
-    verify_envelope,
 )
 from exchange.protocol.receipt import make_receipt, verify_receipt
 from exchange.protocol.roster import Federation
@@ -174,11 +175,13 @@ class NodeService:
         h = env.header
         if h.author != peer:
             raise InvalidEnvelope("a peer may push only envelopes it authored")
+        # Signature first: nothing else is trusted, nor any owner asked for state, before it verifies.
+        check_signature(env, self.fed)
         try:
             state = await self.channels.ensure(h.channel, h.state)
         except NotFound as exc:
             raise InvalidEnvelope(f"unknown channel state: {exc.detail}") from exc
-        bid = verify_envelope(env, self.fed, state)
+        bid = check_rules(env, self.fed, state)
         latest = self.channels.state(h.channel)
         if "post" not in latest.rights(h.author) or latest.closed:
             # Else a removed member could go on posting by citing a state from before its removal.
@@ -248,6 +251,14 @@ class NodeService:
                 h = env.header
                 if bid in {r["id"] for r in rows}:
                     continue
+                twin = next(
+                    (r["id"] for r in rows if (r["author"], r["channel"], r["seq"]) == (h.author, h.channel, h.seq)),
+                    None,
+                )
+                if twin is not None:
+                    raise Equivocation(
+                        f"{h.author} sent two bulletins as seq {h.seq} of {h.channel} in one transaction"
+                    )
                 clash = await conn.scalar(
                     sa.select(bulletins.c.id).where(
                         bulletins.c.author == h.author, bulletins.c.channel == h.channel, bulletins.c.seq == h.seq

@@ -119,12 +119,22 @@ def verify_envelope(env: Envelope, fed: Federation, state: ChannelState) -> Bull
 
     `state` must be the channel state the header cites (the caller looks it up by position).
     """
+    check_signature(env, fed)
+    return check_rules(env, fed, state)
+
+
+def check_signature(env: Envelope, fed: Federation) -> None:
+    """The author's roster key signed the header and the wrapped keys."""
     h = env.header
-    author = fed.node(h.author)
-    # Signature first: nothing else in the envelope is trusted before it verifies.
-    if h.signer != author.signing_kid:
+    if h.signer != fed.node(h.author).signing_kid:
         raise InvalidEnvelope("envelope is not signed with the author's roster key")
     fed.verify_key(h.author).verify(_b64(env.signature), signing_input(DOMAIN, _signed_body(h, env.wraps)))
+
+
+def check_rules(env: Envelope, fed: Federation, state: ChannelState) -> BulletinId:
+    """The channel rules, for an envelope whose signature has been checked."""
+    h = env.header
+    author = fed.node(h.author)
     if (h.channel, h.state.owner, h.state.pos, h.state.hash) != (state.channel, state.owner, state.pos, state.hash):
         raise InvalidEnvelope("envelope cites a channel state other than the one checked")
     if state.closed:
@@ -167,9 +177,17 @@ def open_envelope(env: Envelope, bid: str, me: NodeId, key: DecryptionKey) -> Bu
         payload = strict_loads(plaintext)
         if not isinstance(payload, dict) or "handling" in payload:
             raise DecryptionFailed()
-        return Bulletin.model_validate({**payload, "handling": h.handling.model_dump()})
+        bulletin = Bulletin.model_validate({**payload, "handling": h.handling.model_dump()})
     except (InvalidInput, ValidationError) as exc:
         raise DecryptionFailed() from exc
+    # What is stored and shown must be exactly what the author encrypted: no defaults, no trimming.
+    try:
+        canonical = canonical_json(bulletin.payload())
+    except InvalidInput as exc:
+        raise InvalidEnvelope("the bulletin payload cannot be canonicalised") from exc
+    if canonical != plaintext:
+        raise InvalidEnvelope("the bulletin payload is not in canonical form")
+    return bulletin
 
 
 def _b64(text: str) -> bytes:

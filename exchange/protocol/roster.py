@@ -39,8 +39,14 @@ class Federation:
                 raise ConfigError(f"roster: signing key id of {node.id} does not match its key")
             if EncryptionKey(b64d(node.encryption_key)).kid != node.encryption_kid:
                 raise ConfigError(f"roster: encryption key id of {node.id} does not match its key")
-            if spki_pin(node.tls_cert.encode("ascii")) != node.tls_pin:
+            try:
+                pin = spki_pin(node.tls_cert.encode("ascii"))
+            except UnicodeEncodeError as exc:
+                raise ConfigError(f"roster: the TLS certificate of {node.id} is not PEM text") from exc
+            if pin != node.tls_pin:
                 raise ConfigError(f"roster: TLS pin of {node.id} does not match its certificate")
+            if pin in fed._by_pin:
+                raise ConfigError(f"roster: {node.id} has the same TLS key as {fed._by_pin[pin].id}")
             fed._by_id[node.id] = node
             fed._by_pin[node.tls_pin] = node
         return fed

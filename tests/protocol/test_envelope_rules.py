@@ -292,11 +292,6 @@ def test_roster_tls_cert_must_be_a_certificate() -> None:
         Federation.verify(signed_roster(bad), AUTHORITY.verify_key)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason="Federation.verify encodes tls_cert as ASCII without catching the error",
-)
 def test_roster_tls_cert_with_non_ascii_text_is_a_config_error() -> None:
     bad = [entry(n) for n in NODES]
     bad[0]["tls_cert"] = "-----BEGIN CERTIFICATE-----\né\n-----END CERTIFICATE-----\n"
@@ -304,7 +299,6 @@ def test_roster_tls_cert_with_non_ascii_text_is_a_config_error() -> None:
         Federation.verify(signed_roster(bad), AUTHORITY.verify_key)
 
 
-@pytest.mark.xfail(strict=True, reason="Federation.verify does not refuse two nodes with one TLS pin")
 def test_roster_tls_pins_must_be_unique() -> None:
     bad = [entry(n) for n in NODES]
     bad[1]["tls_cert"], bad[1]["tls_pin"] = bad[0]["tls_cert"], bad[0]["tls_pin"]
@@ -798,10 +792,22 @@ def test_open_refuses_a_payload_that_is_not_a_bulletin(
     assert str(caught.value) == FAILED
 
 
-def test_open_fills_omitted_optional_fields_with_defaults(good: Envelope, fed: Federation) -> None:
-    env, bid = seal_payload(good, fed, b'{"kind":"alert","title":"Short form"}')
-    bulletin = open_envelope(env, bid, NodeId("ke-customs"), decryption_key("ke-customs"))
-    assert (bulletin.title, bulletin.body, bulletin.language) == ("Short form", "", "en")
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"kind":"alert","title":"Short form"}',  # members left to defaults
+        b'{"body":"","expires":null,"indicators":{"air_waybills":[],"airports":[],"companies":[],"flights":[],'
+        b'"hs_codes":[],"risk_indicators":[]},"kind":"alert","language":"en","references":[],"title":" padded "}',
+        b'{"title":"x","kind":"alert","body":"","expires":null,"indicators":{"air_waybills":[],"airports":[],'
+        b'"companies":[],"flights":[],"hs_codes":[],"risk_indicators":[]},"language":"en","references":[]}',
+    ],
+    ids=["defaults", "trimmed", "key-order"],
+)
+def test_open_refuses_a_payload_that_is_not_canonical(good: Envelope, fed: Federation, payload: bytes) -> None:
+    """What is stored must be exactly what was encrypted: no defaults filled in, nothing trimmed."""
+    env, bid = seal_payload(good, fed, payload)
+    with pytest.raises(InvalidEnvelope, match="canonical"):
+        open_envelope(env, bid, NodeId("ke-customs"), decryption_key("ke-customs"))
 
 
 # -- receipts: verify_receipt -----------------------------------------------------------------
