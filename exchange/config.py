@@ -92,6 +92,7 @@ class NodeConfig(BaseModel):
     retry_base_seconds: float = 0.5
     retry_max_seconds: float = 60.0
     request_timeout_seconds: float = 30.0
+    catchup_interval_seconds: float = 300.0
 
     @property
     def endpoint(self) -> str:

@@ -35,6 +35,8 @@ bulletins = sa.Table(
     sa.Column("created", sa.String(32), nullable=False),
     sa.Column("stored_at", sa.String(32), nullable=False),
     sa.Column("envelope", sa.LargeBinary, nullable=False),
+    # " a b c ": the recipient node ids, so catch-up pages are filtered in SQL
+    sa.Column("recipients", sa.Text, nullable=False),
     sa.Column("content", sa.Text, nullable=True),
     sa.UniqueConstraint("author", "channel", "seq", name="uq_bulletin_stream"),
     sa.Index("ix_bulletins_channel", "channel", "n"),
@@ -81,6 +83,15 @@ user_channels = sa.Table(
     sa.Column("channel", sa.String(64), primary_key=True),
 )
 
+cursors = sa.Table(
+    "cursors",
+    metadata,
+    # how far this node has pulled a channel from a partner, in that partner's storage order
+    sa.Column("peer", sa.String(64), primary_key=True),
+    sa.Column("channel", sa.String(64), primary_key=True),
+    sa.Column("cursor", sa.Integer, nullable=False),
+)
+
 users = sa.Table(
     "users",
     metadata,
@@ -125,7 +136,7 @@ class _Pending:
 class Store:
     """One node's database, shared by the HTTP handlers, the outbox senders and the CLI."""
 
-    def __init__(self, engine: AsyncEngine, *, max_batch: int = 500, linger: float = 0.002) -> None:
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = 500, linger: float = 0.0) -> None:
         self.engine = engine
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -176,8 +187,9 @@ class Store:
     async def _write_loop(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            if self._linger:
-                await asyncio.sleep(self._linger)
+            # Jobs that arrive while a commit runs wait in the queue and go in the next one, so
+            # batches grow with load; an idle writer only yields once before committing.
+            await asyncio.sleep(self._linger)
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
@@ -240,6 +252,7 @@ __all__ = [
     "audit_log",
     "bulletins",
     "channel_events",
+    "cursors",
     "outbox",
     "receipts",
     "user_channels",

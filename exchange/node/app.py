@@ -18,7 +18,8 @@ from exchange.errors import ExchangeError, InvalidInput, PeerError
 from exchange.keystore import NodeKeyFiles, load_authority_public, read_file
 from exchange.model import ChannelEvent, SignedRoster
 from exchange.node import client_api, federation_api
-from exchange.node.appkeys import PEER, SENDERS, SERVICE, USER
+from exchange.node.appkeys import CATCHUP, PEER, SENDERS, SERVICE, USER
+from exchange.node.catchup import CatchUp
 from exchange.node.outbox import PeerSender
 from exchange.node.problem import from_error, problem
 from exchange.node.service import NodeService
@@ -134,7 +135,10 @@ def build_app(config: NodeConfig) -> web.Application:
         service.on_peer_seen = peer_seen
         app[SERVICE] = service
         app[SENDERS] = senders
+        catchup = CatchUp(service, config.catchup_interval_seconds)
+        app[CATCHUP] = catchup
         tasks = [asyncio.create_task(s.run(), name=f"sender-{p}") for p, s in senders.items()]
+        tasks.append(asyncio.create_task(catchup.run(), name="catch-up"))
         for sender in senders.values():
             sender.wake()  # drain whatever was queued before a restart
         try:

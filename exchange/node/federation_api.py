@@ -22,6 +22,7 @@ def authenticate_peer(request: web.Request) -> NodeId:
     ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
     node = peer_identity(ssl_object, service.fed)
     request[PEER] = node.id
+    service.on_peer_seen(node.id)  # it is up: its outbox retries now, not after the backoff
     return NodeId(node.id)
 
 
@@ -36,14 +37,19 @@ async def post_transaction(request: web.Request) -> web.Response:
     """Take a transaction of channel events and envelopes; persist and audit, then answer with receipts."""
     peer = authenticate_peer(request)
     body: Any = strict_loads(await request.read())
-    if not isinstance(body, dict) or not {"txn", "envelopes"} <= set(body) <= {"txn", "events", "envelopes"}:
-        raise InvalidInput('the body must be {"txn": ..., "events": [...], "envelopes": [...]}')
+    if not isinstance(body, dict) or not {"txn", "envelopes"} <= set(body) <= {
+        "txn",
+        "events",
+        "envelopes",
+        "receipts",
+    }:
+        raise InvalidInput('the body must be {"txn": ..., "events": [...], "envelopes": [...], "receipts": [...]}')
     if not isinstance(body["txn"], str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", body["txn"]):
         raise InvalidInput("txn must be 1 to 64 characters of [A-Za-z0-9_-]")
-    events, envelopes = _list(body, "events"), _list(body, "envelopes")
-    if not events and not envelopes:
+    events, envelopes, pushed = _list(body, "events"), _list(body, "envelopes"), _list(body, "receipts")
+    if not events and not envelopes and not pushed:
         raise InvalidInput("an empty transaction")
-    receipts = await request.app[SERVICE].receive(peer, events, envelopes)
+    receipts = await request.app[SERVICE].receive(peer, events, envelopes, pushed)
     return web.json_response({"txn": body["txn"], "receipts": [r.model_dump(mode="json") for r in receipts]})
 
 
@@ -55,6 +61,28 @@ async def get_channel_events(request: web.Request) -> web.Response:
         raise InvalidInput("after must be -1 or a log position")
     events = request.app[SERVICE].channels.events_for_peer(peer, request.match_info["channel"], int(raw))
     return web.json_response({"events": [e.model_dump(mode="json") for e in events]})
+
+
+def _position(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name, str(default))
+    if not re.fullmatch(r"\d{1,12}", raw):
+        raise InvalidInput(f"{name} must be a non-negative integer")
+    return int(raw)
+
+
+async def get_channel_envelopes(request: web.Request) -> web.Response:
+    """Catch-up: a page of a channel's envelopes after a cursor, or of one author's stream after a seq."""
+    peer = authenticate_peer(request)
+    author = request.query.get("author")
+    body = await request.app[SERVICE].served_envelopes(
+        peer,
+        request.match_info["channel"],
+        after=_position(request, "after", 0),
+        limit=_position(request, "limit", 200),
+        author=author,
+        after_seq=_position(request, "after_seq", 0),
+    )
+    return web.Response(body=body, content_type="application/json")
 
 
 async def post_acceptance(request: web.Request) -> web.Response:
@@ -69,5 +97,6 @@ def routes() -> list[web.RouteDef]:
     return [
         web.post("/fed/v1/envelopes", post_transaction),
         web.get("/fed/v1/channels/{channel}/events", get_channel_events),
+        web.get("/fed/v1/channels/{channel}/envelopes", get_channel_envelopes),
         web.post("/fed/v1/channels/{channel}/accept", post_acceptance),
     ]

@@ -126,8 +126,19 @@ class PeerSender:
         ids = [f"{i.kind}:{i.ref}" for i in batch]
         events = b",".join(i.data for i in batch if i.kind == "event")
         envelopes = b",".join(i.data for i in batch if i.kind == "envelope")
+        pushed = b",".join(i.data for i in batch if i.kind == "receipt")
         txn = transaction_id(ids).encode()
-        body = b'{"txn":"' + txn + b'","events":[' + events + b'],"envelopes":[' + envelopes + b"]}"
+        body = (
+            b'{"txn":"'
+            + txn
+            + b'","events":['
+            + events
+            + b'],"envelopes":['
+            + envelopes
+            + b'],"receipts":['
+            + pushed
+            + b"]}"
+        )
         self.status.in_flight = len(batch)
         async with self._session.post(
             self.peer.endpoint + FED_ENVELOPES, data=body, headers={"Content-Type": "application/json"}

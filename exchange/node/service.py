@@ -6,6 +6,7 @@ partner nodes (the channel state each envelope cites).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import Callable, Sequence
@@ -41,7 +42,7 @@ from exchange.protocol.envelope import (
 )
 from exchange.protocol.receipt import make_receipt, verify_receipt
 from exchange.protocol.roster import Federation
-from exchange.store import AuditBuffer, Store, audit_log, bulletins, channel_events, outbox, receipts
+from exchange.store import AuditBuffer, Store, audit_log, bulletins, channel_events, cursors, outbox, receipts
 
 NO_ONWARD_TLP = ("RED", "AMBER+STRICT")
 
@@ -75,6 +76,8 @@ class NodeService:
         self.fed = fed
         self.keys = keys
         self.channels = ChannelBook(self.me, fed, keys.signing, store)
+        self._seqs: dict[str, int] = {}
+        self._seq_lock = asyncio.Lock()
         self.on_peer_seen: Callable[[str], None] = lambda peer: None
 
     @property
@@ -98,40 +101,41 @@ class NodeService:
             raise Forbidden(f"channel {channel!r} ended on {state.ends}")
         return state
 
+    async def _next_seq(self, channel: str) -> int:
+        """This node's next sequence number in a channel: kept in memory, loaded once.
+
+        Allocating outside the writer lets the crypto run outside it too. A post whose commit
+        fails leaves a hole in the stream; receivers ask the author, who has no such bulletin,
+        and go on.
+        """
+        if channel not in self._seqs:
+            async with self._seq_lock:
+                if channel not in self._seqs:
+                    async with self.store.read() as conn:
+                        last = await conn.scalar(
+                            sa.select(sa.func.max(bulletins.c.seq)).where(
+                                bulletins.c.author == self.me, bulletins.c.channel == channel
+                            )
+                        )
+                    self._seqs[channel] = int(last or 0)
+        self._seqs[channel] += 1
+        return self._seqs[channel]
+
     async def post(self, user: User, channel: str, bulletin: Bulletin) -> dict[str, Any]:
         """Encrypt for exactly the readers of the current state, sign, store, queue for the others."""
         state = self._postable(user, channel)
         readers = [(n, self.fed.encryption_key(n)) for n in state.readers]
-        payload = canonical_json(bulletin.payload()).decode()
+        seq = await self._next_seq(channel)
+        now = timestamp()
+        env = build_envelope(
+            bulletin, state=state, author=self.me, key=self.keys.signing, seq=seq, readers=readers, created=now
+        )
+        bid = bulletin_id(env.header)
+        dests = [n for n in state.readers if n != self.me]
+        row = _bulletin_row(env, bid, bulletin, now)
 
-        async def job(conn: AsyncConnection, audit: AuditBuffer) -> dict[str, Any]:
-            # Inside the writer, so sequence numbers are gap-free and race-free in this process.
-            last = await conn.scalar(
-                sa.select(sa.func.max(bulletins.c.seq)).where(
-                    bulletins.c.author == self.me, bulletins.c.channel == channel
-                )
-            )
-            seq = int(last or 0) + 1
-            now = timestamp()
-            env = build_envelope(
-                bulletin, state=state, author=self.me, key=self.keys.signing, seq=seq, readers=readers, created=now
-            )
-            bid = bulletin_id(env.header)
-            await conn.execute(
-                sa.insert(bulletins).values(
-                    id=bid,
-                    channel=channel,
-                    author=self.me,
-                    seq=seq,
-                    state_pos=state.pos,
-                    tlp=bulletin.handling.tlp,
-                    created=now,
-                    stored_at=now,
-                    envelope=envelope_bytes(env),
-                    content=payload,
-                )
-            )
-            dests = [n for n in state.readers if n != self.me]
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+            await conn.execute(sa.insert(bulletins).values(**row))
             if dests:
                 await conn.execute(
                     sa.insert(outbox), [{"dest": d, "kind": "envelope", "ref": bid, "state": "queued"} for d in dests]
@@ -150,11 +154,10 @@ class NodeService:
                     "tlp": bulletin.handling.tlp,
                 }
             )
-            return {"id": bid, "channel": channel, "seq": seq, "recipients": dests, "created": now}
 
-        result = await self.store.write(job)
-        self.on_queued(result["recipients"])
-        return result
+        await self.store.write(job)
+        self.on_queued(dests)
+        return {"id": bid, "channel": channel, "seq": seq, "recipients": dests, "created": now}
 
     async def forward(self, user: User, bid: str, channel: str) -> dict[str, Any]:
         """Re-post a bulletin to another channel, as this node, referring to the original."""
@@ -169,11 +172,15 @@ class NodeService:
 
     # -- receiving --------------------------------------------------------------------------
 
-    async def check_envelope(self, peer: NodeId, raw: Any) -> tuple[Envelope, str, Bulletin]:
-        """Apply every receiver rule to one envelope pushed by `peer`; return it decrypted."""
+    async def check_envelope(self, peer: NodeId, raw: Any, *, relayed: bool = False) -> Checked:
+        """Apply every receiver rule to one envelope; return it decrypted.
+
+        Pushed envelopes must come from their author; relayed ones (pulled in catch-up, or to fill
+        a gap) may come from any member, since the author's signature vouches for them.
+        """
         env = parse_envelope(raw)
         h = env.header
-        if h.author != peer:
+        if not relayed and h.author != peer:
             raise InvalidEnvelope("a peer may push only envelopes it authored")
         # Signature first: nothing else is trusted, nor any owner asked for state, before it verifies.
         check_signature(env, self.fed)
@@ -189,10 +196,12 @@ class NodeService:
         if self.me not in [r.node for r in h.recipients]:
             raise InvalidEnvelope("this node is not a recipient of the envelope")
         bulletin = open_envelope(env, bid, self.me, self.keys.decryption)
-        return env, bid, bulletin
+        return Checked(env, bid, bulletin)
 
-    async def receive(self, peer: NodeId, raw_events: Sequence[Any], raw_envelopes: Sequence[Any]) -> list[Receipt]:
-        """A transaction from a partner: channel events first, then envelopes; all or nothing."""
+    async def receive(
+        self, peer: NodeId, raw_events: Sequence[Any], raw_envelopes: Sequence[Any], raw_receipts: Sequence[Any] = ()
+    ) -> list[Receipt]:
+        """A transaction from a partner: channel events, then envelopes, then receipts; all or nothing."""
         self.on_peer_seen(peer)
         if raw_events:
             try:
@@ -205,19 +214,26 @@ class NodeService:
                 raise
             except ExchangeError as exc:
                 raise EnvelopeRejected([{"item": "event", "type": type(exc).__name__, "detail": exc.detail}]) from exc
-        return await self.ingest(peer, raw_envelopes) if raw_envelopes else []
+        receipts_ = await self.ingest(peer, raw_envelopes) if raw_envelopes else []
+        if raw_receipts:
+            await self.accept_pushed_receipts(peer, raw_receipts)
+        return receipts_
 
-    async def ingest(self, peer: NodeId, raws: Sequence[Any]) -> list[Receipt]:
-        """Verify a batch, then persist and audit it before answering with receipts.
+    async def ingest(
+        self, peer: NodeId, raws: Sequence[Any], *, relayed: bool = False, cursor: tuple[str, int] | None = None
+    ) -> list[Receipt]:
+        """Verify a batch, fill any gap in its authors' streams, then persist and audit it before
+        answering with receipts.
 
-        The batch is all or nothing: one bad envelope rejects it, and nothing is stored.
+        The batch is all or nothing: one bad envelope rejects it, and nothing is stored. `cursor`
+        (channel, position) is a catch-up cursor at `peer`, saved in the same transaction.
         """
         self.on_peer_seen(peer)
-        checked: list[tuple[Envelope, str, Bulletin]] = []
+        checked: list[Checked] = []
         errors: list[dict[str, Any]] = []
         for index, raw in enumerate(raws):
             try:
-                checked.append(await self.check_envelope(peer, raw))
+                checked.append(await self.check_envelope(peer, raw, relayed=relayed))
             except PeerError:
                 raise  # retryable (503): the sender keeps the batch and tries again
             except ExchangeError as exc:
@@ -226,80 +242,250 @@ class NodeService:
                 )
         if errors:
             raise EnvelopeRejected(errors)
+        await self._fill_gaps(peer, checked)
+        if relayed:
+            checked = sorted(checked, key=lambda c: (c.env.header.author, c.env.header.channel, c.env.header.seq))
 
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> list[Receipt]:
-            ids = [bid for _, bid, _ in checked]
-            mine = sa.and_(
-                receipts.c.bulletin_id == bulletins.c.id, receipts.c.node == self.me, receipts.c.status == "received"
+            return await self._store_checked(conn, audit, peer, checked, relayed=relayed, cursor=cursor)
+
+        out = await self.store.write(job)
+        if relayed:
+            self.on_queued(sorted({c.env.header.author for c in checked} - {self.me}))
+        return out
+
+    async def _store_checked(
+        self,
+        conn: AsyncConnection,
+        audit: AuditBuffer,
+        peer: str,
+        checked: Sequence[Checked],
+        *,
+        relayed: bool,
+        cursor: tuple[str, int] | None,
+    ) -> list[Receipt]:
+        ids = [c.bid for c in checked]
+        mine = sa.and_(
+            receipts.c.bulletin_id == bulletins.c.id, receipts.c.node == self.me, receipts.c.status == "received"
+        )
+        known = {
+            r.id: r.receipt
+            for r in await conn.execute(
+                sa.select(bulletins.c.id, receipts.c.receipt)
+                .select_from(bulletins.outerjoin(receipts, mine))
+                .where(bulletins.c.id.in_(ids))
             )
-            known = {
-                r.id: r.receipt
+        }
+        fresh = [c for c in checked if c.bid not in known]
+        streams: dict[tuple[str, str, int], str] = {}
+        for c in fresh:
+            h = c.env.header
+            key = (h.author, h.channel, h.seq)
+            if key in streams and streams[key] != c.bid:
+                raise Equivocation(f"{h.author} sent two bulletins as seq {h.seq} of {h.channel}")
+            streams[key] = c.bid
+        if streams:
+            clash = (
+                await conn.execute(
+                    sa.select(bulletins.c.id, bulletins.c.author, bulletins.c.channel, bulletins.c.seq).where(
+                        sa.tuple_(bulletins.c.author, bulletins.c.channel, bulletins.c.seq).in_(list(streams))
+                    )
+                )
+            ).first()
+            if clash is not None:
+                raise Equivocation(
+                    f"{clash.author} already sent bulletin {clash.id} as seq {clash.seq} of {clash.channel}"
+                )
+        out: list[Receipt] = []
+        rows: list[dict[str, Any]] = []
+        receipt_rows: list[dict[str, Any]] = []
+        queued: list[dict[str, Any]] = []
+        now = timestamp()
+        done: set[str] = set()
+        for c in checked:
+            if known.get(c.bid) is not None:
+                out.append(Receipt.model_validate(strict_loads(known[c.bid])))
+                continue
+            if c.bid in done:
+                continue
+            done.add(c.bid)
+            h = c.env.header
+            receipt = make_receipt(c.bid, self.me, "received", now, self.keys.signing)
+            rows.append(_bulletin_row(c.env, c.bid, c.bulletin, now))
+            receipt_rows.append(_receipt_row(receipt))
+            if relayed and h.author != self.me:
+                # The author hears of it from us, since it did not hand it over itself.
+                queued.append({"dest": h.author, "kind": "receipt", "ref": f"{c.bid}:received", "state": "queued"})
+            entry = {
+                "event": "bulletin.received",
+                "at": now,
+                "bulletin": c.bid,
+                "channel": h.channel,
+                "author": h.author,
+                "seq": h.seq,
+                "from": peer,
+            }
+            audit.add(entry | ({"relayed": True} if relayed else {}))
+            out.append(receipt)
+        if rows:
+            await conn.execute(sa.insert(bulletins), rows)
+            await conn.execute(sa.insert(receipts), receipt_rows)
+        if queued:
+            await conn.execute(sa.insert(outbox), queued)
+        if cursor is not None:
+            await _save_cursor(conn, peer, *cursor)
+        return out
+
+    async def _fill_gaps(self, source: str, checked: Sequence[Checked]) -> None:
+        """Fetch from `source` what precedes a batch in each author's stream but is not here yet.
+
+        Only streams this node already receives are checked: before its first bulletin of a
+        stream, a node cannot tell what was meant for it, and catch-up covers that.
+        """
+        wanted: dict[tuple[str, str], tuple[int, set[int]]] = {}
+        for c in checked:
+            h = c.env.header
+            top, seqs = wanted.get((h.author, h.channel), (0, set()))
+            wanted[h.author, h.channel] = (max(top, h.seq), seqs | {h.seq})
+        if not wanted:
+            return
+        async with self.store.read() as conn:
+            rows = await conn.execute(
+                sa.select(bulletins.c.author, bulletins.c.channel, sa.func.max(bulletins.c.seq))
+                .where(sa.tuple_(bulletins.c.author, bulletins.c.channel).in_(list(wanted)))
+                .group_by(bulletins.c.author, bulletins.c.channel)
+            )
+            stored = {(r[0], r[1]): int(r[2]) for r in rows}
+        for (author, channel), (top, seqs) in wanted.items():
+            have = stored.get((author, channel), 0)
+            if have == 0 or not set(range(have + 1, top)) - seqs:
+                continue
+            limit = min(top - have - 1, 1000)
+            path = f"/fed/v1/channels/{channel}/envelopes?author={author}&after_seq={have}&limit={limit}"
+            page = await self.channels.fetch(source, path)
+            missing = [i["envelope"] for i in page["items"] if i["envelope"] is not None and i["seq"] not in seqs]
+            if missing:
+                await self.ingest(NodeId(source), missing, relayed=True)
+
+    async def served_envelopes(
+        self,
+        peer: str,
+        channel: str,
+        *,
+        after: int = 0,
+        limit: int = 200,
+        author: str | None = None,
+        after_seq: int = 0,
+    ) -> bytes:
+        """A page of a channel's envelopes for catch-up, for a node the channel's log names.
+
+        Envelopes not addressed to `peer` appear as markers with a null envelope, so the peer
+        can tell a gap that is not meant for it from one that is.
+        """
+        state = self.channels.state(channel)
+        if NodeId(peer) not in state.involved:
+            raise Forbidden(f"{peer!r} takes no part in channel {channel!r}")
+        limit = max(1, min(limit, 1000))
+        query = sa.select(
+            bulletins.c.n,
+            bulletins.c.id,
+            bulletins.c.author,
+            bulletins.c.seq,
+            bulletins.c.recipients,
+            bulletins.c.envelope,
+        ).where(bulletins.c.channel == channel)
+        if author is not None:
+            query = query.where(bulletins.c.author == author, bulletins.c.seq > after_seq).order_by(bulletins.c.seq)
+        else:
+            query = query.where(bulletins.c.n > after).order_by(bulletins.c.n)
+        async with self.store.read() as conn:
+            rows = (await conn.execute(query.limit(limit))).all()
+        items = [
+            b'{"n":%d,"id":"%s","author":"%s","seq":%d,"envelope":%s}'
+            % (
+                r.n,
+                r.id.encode(),
+                r.author.encode(),
+                r.seq,
+                bytes(r.envelope) if f" {peer} " in r.recipients else b"null",
+            )
+            for r in rows
+        ]
+        next_ = rows[-1].n if rows else after
+        return (
+            b'{"items":['
+            + b",".join(items)
+            + b'],"next":%d,"more":%s}' % (next_, b"true" if len(rows) == limit else b"false")
+        )
+
+    async def held(self, ids: Sequence[str]) -> set[str]:
+        async with self.store.read() as conn:
+            return set(await conn.scalars(sa.select(bulletins.c.id).where(bulletins.c.id.in_(list(ids)))))
+
+    async def cursor(self, peer: str, channel: str) -> int:
+        async with self.store.read() as conn:
+            value = await conn.scalar(
+                sa.select(cursors.c.cursor).where(cursors.c.peer == peer, cursors.c.channel == channel)
+            )
+        return int(value or 0)
+
+    async def save_cursor(self, peer: str, channel: str, position: int) -> None:
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+            await _save_cursor(conn, peer, channel, position)
+
+        await self.store.write(job)
+
+    async def accept_pushed_receipts(self, peer: str, raws: Sequence[Any]) -> None:
+        """Receipts a partner sends on its own: 'opened', or 'received' for what it pulled."""
+        got: list[Receipt] = []
+        try:
+            for raw in raws:
+                receipt = Receipt.model_validate(raw)
+                verify_receipt(receipt, self.fed)
+                if receipt.node != peer:
+                    raise InvalidEnvelope("a node may only send its own receipts")
+                got.append(receipt)
+        except (ValueError, ExchangeError) as exc:
+            detail = exc.detail if isinstance(exc, ExchangeError) else str(exc)[:300]
+            raise EnvelopeRejected([{"item": "receipt", "type": type(exc).__name__, "detail": detail}]) from exc
+
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+            ids = [r.bulletin for r in got]
+            mine = set(
+                await conn.scalars(
+                    sa.select(bulletins.c.id).where(bulletins.c.id.in_(ids), bulletins.c.author == self.me)
+                )
+            )
+            if set(ids) - mine:
+                raise InvalidEnvelope("a receipt names a bulletin this node did not author")
+            have = {
+                (r.bulletin_id, r.status)
                 for r in await conn.execute(
-                    sa.select(bulletins.c.id, receipts.c.receipt)
-                    .select_from(bulletins.outerjoin(receipts, mine))
-                    .where(bulletins.c.id.in_(ids))
+                    sa.select(receipts.c.bulletin_id, receipts.c.status).where(
+                        receipts.c.node == peer, receipts.c.bulletin_id.in_(ids)
+                    )
                 )
             }
-            out: list[Receipt] = []
-            rows: list[dict[str, Any]] = []
-            receipt_rows: list[dict[str, Any]] = []
-            now = timestamp()
-            for env, bid, bulletin in checked:
-                if known.get(bid) is not None:
-                    out.append(Receipt.model_validate(strict_loads(known[bid])))
-                    continue
-                h = env.header
-                if bid in {r["id"] for r in rows}:
-                    continue
-                twin = next(
-                    (r["id"] for r in rows if (r["author"], r["channel"], r["seq"]) == (h.author, h.channel, h.seq)),
-                    None,
-                )
-                if twin is not None:
-                    raise Equivocation(
-                        f"{h.author} sent two bulletins as seq {h.seq} of {h.channel} in one transaction"
+            fresh = [r for r in got if (r.bulletin, r.status) not in have]
+            if fresh:
+                await conn.execute(sa.insert(receipts), [_receipt_row(r) for r in fresh])
+            received = [r.bulletin for r in got if r.status == "received"]
+            if received:
+                await conn.execute(
+                    sa.update(outbox)
+                    .where(
+                        outbox.c.dest == peer,
+                        outbox.c.kind == "envelope",
+                        outbox.c.ref.in_(received),
+                        outbox.c.state == "queued",
                     )
-                clash = await conn.scalar(
-                    sa.select(bulletins.c.id).where(
-                        bulletins.c.author == h.author, bulletins.c.channel == h.channel, bulletins.c.seq == h.seq
-                    )
+                    .values(state="delivered")
                 )
-                if clash is not None:
-                    raise Equivocation(f"{h.author} already sent bulletin {clash} as seq {h.seq} of {h.channel}")
-                receipt = make_receipt(bid, self.me, "received", now, self.keys.signing)
-                rows.append(
-                    {
-                        "id": bid,
-                        "channel": h.channel,
-                        "author": h.author,
-                        "seq": h.seq,
-                        "state_pos": h.state.pos,
-                        "tlp": h.handling.tlp,
-                        "created": h.created,
-                        "stored_at": now,
-                        "envelope": envelope_bytes(env),
-                        "content": canonical_json(bulletin.payload()).decode(),
-                    }
-                )
-                receipt_rows.append(_receipt_row(receipt))
-                audit.add(
-                    {
-                        "event": "bulletin.received",
-                        "at": now,
-                        "bulletin": bid,
-                        "channel": h.channel,
-                        "author": h.author,
-                        "seq": h.seq,
-                        "from": peer,
-                    }
-                )
-                out.append(receipt)
-            if rows:
-                await conn.execute(sa.insert(bulletins), rows)
-                await conn.execute(sa.insert(receipts), receipt_rows)
-            return out
+            for r in fresh:
+                event = "bulletin.delivered" if r.status == "received" else "bulletin.opened_by"
+                audit.add({"event": event, "at": timestamp(), "bulletin": r.bulletin, "to": peer, "receipt_at": r.at})
 
-        return await self.store.write(job)
+        await self.store.write(job)
 
     async def audit_rejection(self, entry: dict[str, Any]) -> None:
         await self.store.audit({"event": "request.rejected", "at": timestamp(), **entry})
@@ -325,6 +511,14 @@ class NodeService:
                 ):
                     data["envelope", bid] = bytes(raw)
             for r in rows:
+                if r.kind == "receipt":
+                    bid, status = r.ref.split(":", 1)
+                    raw = await conn.scalar(
+                        sa.select(receipts.c.receipt).where(
+                            receipts.c.bulletin_id == bid, receipts.c.node == self.me, receipts.c.status == status
+                        )
+                    )
+                    data["receipt", r.ref] = str(raw).encode()
                 if r.kind == "event":
                     channel, pos = r.ref.rsplit(":", 1)
                     raw = await conn.scalar(
@@ -500,8 +694,16 @@ class NodeService:
             )
             if exists is None:
                 await conn.execute(sa.insert(receipts).values(**_receipt_row(opened)))
+                if shown["author"] != self.me:
+                    await conn.execute(
+                        sa.insert(outbox).values(
+                            dest=shown["author"], kind="receipt", ref=f"{bid}:opened", state="queued"
+                        )
+                    )
 
         await self.store.write(job)
+        if shown["author"] != self.me:
+            self.on_queued([shown["author"]])
         return shown
 
     async def audit_entries(self, user: User, after: int = -1, limit: int = 100) -> list[dict[str, Any]]:
@@ -512,6 +714,39 @@ class NodeService:
                 sa.select(audit_log.c.entry).where(audit_log.c.idx > after).order_by(audit_log.c.idx).limit(limit)
             )
             return [json.loads(r.entry) for r in rows]
+
+
+@dataclass(frozen=True)
+class Checked:
+    """An envelope that passed every receiver rule, with its id and decrypted bulletin."""
+
+    env: Envelope
+    bid: str
+    bulletin: Bulletin
+
+
+def _bulletin_row(env: Envelope, bid: str, bulletin: Bulletin, now: str) -> dict[str, Any]:
+    h = env.header
+    return {
+        "id": bid,
+        "channel": h.channel,
+        "author": h.author,
+        "seq": h.seq,
+        "state_pos": h.state.pos,
+        "tlp": h.handling.tlp,
+        "created": h.created,
+        "stored_at": now,
+        "envelope": envelope_bytes(env),
+        "recipients": " " + " ".join(r.node for r in h.recipients) + " ",
+        "content": canonical_json(bulletin.payload()).decode(),
+    }
+
+
+async def _save_cursor(conn: AsyncConnection, peer: str, channel: str, position: int) -> None:
+    where = sa.and_(cursors.c.peer == peer, cursors.c.channel == channel)
+    done = await conn.execute(sa.update(cursors).where(where).values(cursor=position))
+    if done.rowcount == 0:
+        await conn.execute(sa.insert(cursors).values(peer=peer, channel=channel, cursor=position))
 
 
 def _receipt_row(receipt: Receipt) -> dict[str, Any]:
