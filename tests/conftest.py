@@ -144,7 +144,11 @@ DEFAULT_NODES = {
 
 
 def write_federation(
-    folder: Path, nodes: dict[str, tuple[str, str]], channels: list[dict[str, Any]], db_urls: dict[str, str]
+    folder: Path,
+    nodes: dict[str, tuple[str, str]],
+    channels: list[dict[str, Any]],
+    db_urls: dict[str, str],
+    options: dict[str, Any] | None = None,
 ) -> None:
     """Write a federation folder the way an operator would, with free loopback ports."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -162,12 +166,13 @@ def write_federation(
             "",
         ]
     (folder / "federation.toml").write_text("\n".join(lines))
+    settings = {"retry_base_seconds": 0.05, "retry_max_seconds": 0.5, "request_timeout_seconds": 5, **(options or {})}
     for node_id, (country, agency) in nodes.items():
         extra = f'database_url = "{db_urls[node_id]}"\n' if db_urls.get(node_id) else ""
+        extra += "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
         (folder / f"{node_id}.toml").write_text(
             f'[node]\nid = "{node_id}"\nname = "Test {node_id}"\ncountry = "{country}"\nagency = "{agency}"\n'
-            f"port = {free_port()}\nretry_base_seconds = 0.05\nretry_max_seconds = 0.5\n"
-            f"request_timeout_seconds = 5\n{extra}"
+            f"port = {free_port()}\n{extra}"
         )
 
 
@@ -183,6 +188,7 @@ async def make_federation(tmp_path: Path, database: Callable[[str], Awaitable[st
         nodes: dict[str, tuple[str, str]] | None = None,
         channels: list[dict[str, Any]] | None = None,
         start: bool = True,
+        options: dict[str, Any] | None = None,
     ) -> Federation:
         nodes = nodes or {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs")}
         if channels is None:
@@ -200,7 +206,7 @@ async def make_federation(tmp_path: Path, database: Callable[[str], Awaitable[st
             ]
         folder = tmp_path / f"fed{len(feds)}" / "nodes"
         db_urls = {n: await database(n) for n in nodes}
-        write_federation(folder, nodes, channels, db_urls)
+        write_federation(folder, nodes, channels, db_urls, options)
         await init_federation(folder)
         fed = Federation(folder)
         for node_id in nodes:

@@ -1,0 +1,218 @@
+"""Sync that loses nothing, over real nodes and mutual TLS: failing receivers, catch-up, gaps, receipts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import sqlalchemy as sa
+from aiohttp import web
+
+from exchange.node.app import load_federation
+from exchange.node.appkeys import CATCHUP, SENDERS
+from exchange.node.tls import server_context
+from exchange.store import audit_log, bulletins, outbox, receipts
+from tests.conftest import DEFAULT_NODES, MakeFederation, Member, eventually
+
+THREE = {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs")} | {"de-customs": ("DE", "customs")}
+C2C = {
+    "id": "c2c",
+    "owner": "nl-customs",
+    "agencies": ["customs"],
+    "members": {
+        "nl-customs": ["read", "post", "admin"],
+        "ke-customs": ["read", "post"],
+        "de-customs": ["read", "post"],
+    },
+}
+
+
+async def ids_at(member: Member) -> list[str]:
+    async with member.service.store.read() as conn:
+        return list((await conn.execute(sa.select(bulletins.c.id).order_by(bulletins.c.n))).scalars())
+
+
+async def receipts_at(member: Member, node: str, status: str = "received") -> set[str]:
+    async with member.service.store.read() as conn:
+        rows = await conn.execute(
+            sa.select(receipts.c.bulletin_id).where(receipts.c.node == node, receipts.c.status == status)
+        )
+        return set(rows.scalars())
+
+
+async def post_many(member: Member, n: int, tag: str) -> list[str]:
+    out = []
+    for i in range(n):
+        status, body, _ = await member.api(
+            "POST", "/api/v1/channels/c2c/bulletins", body={"kind": "alert", "title": f"{tag} {i}"}
+        )
+        assert status == 201, body
+        out.append(body["id"])
+    return out
+
+
+async def all_at(member: Member, wanted: list[str], timeout: float = 20) -> None:
+    async def check() -> bool:
+        return set(wanted) <= set(await ids_at(member))
+
+    await eventually(check, timeout=timeout, what=f"{len(wanted)} bulletins at {member.id}")
+
+
+class FaultyReceiver:
+    """Stands in for a node with that node's own TLS identity and answers badly on purpose."""
+
+    def __init__(self, member: Member) -> None:
+        self.member = member
+        self.mode = "503"
+        self.requests = 0
+        self.release = asyncio.Event()
+        self.runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        await request.read()
+        if self.mode == "hang":
+            await self.release.wait()
+        return web.json_response(
+            {"type": "about:blank", "title": "down", "status": 503, "detail": "maintenance"},
+            status=503,
+            content_type="application/problem+json",
+        )
+
+    async def __aenter__(self) -> FaultyReceiver:
+        cfg = self.member.config
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self.runner.setup()
+        ctx = server_context(cfg.keys_dir / "tls.crt", cfg.keys_dir / "tls.key", load_federation(cfg))
+        await web.TCPSite(self.runner, cfg.host, cfg.port, ssl_context=ctx).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release.set()
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+
+async def test_a_failing_or_silent_receiver_loses_nothing_and_delays_no_one(make_federation: MakeFederation) -> None:
+    fed = await make_federation(nodes=THREE, channels=[C2C], options={"request_timeout_seconds": 1})
+    a, c = fed["nl-customs"], fed["de-customs"]
+    await fed.stop("ke-customs")
+    async with FaultyReceiver(fed["ke-customs"]) as faulty:
+        first = await post_many(a, 20, "during 503s")
+        await all_at(c, first, timeout=10)  # the healthy peer is served meanwhile
+        await eventually(lambda: _async(faulty.requests >= 2), what="retries against the 503s")
+        faulty.mode = "hang"
+        second = await post_many(a, 20, "during timeouts")
+        await all_at(c, first + second, timeout=10)
+        status = a.node.app[SENDERS]["ke-customs"].status  # type: ignore[union-attr]
+
+        async def timed_out() -> bool:
+            return "Timeout" in (status.last_error or "")
+
+        await eventually(timed_out, timeout=10, what="a timeout to be recorded")
+        _, peers, _ = await a.api("GET", "/api/v1/peers")
+        ke_status = next(p for p in peers if p["peer"] == "ke-customs")
+        assert ke_status["queued"] == 40 and ke_status["failures"] >= 1 and ke_status["last_error"]
+    await fed.start("ke-customs")
+    b = fed["ke-customs"]
+    await all_at(b, first + second)
+
+    async def receipted() -> bool:
+        return await receipts_at(a, "ke-customs") == set(first + second)
+
+    await eventually(receipted, what="B's receipts at A")
+    held = await ids_at(b)
+    assert len(held) == len(set(held)) == 40  # nothing lost, nothing twice
+    assert (await a.service.queued_counts()).get("ke-customs", 0) == 0
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_a_node_that_was_down_catches_up_from_another_member_while_the_author_is_down(
+    make_federation: MakeFederation,
+) -> None:
+    fed = await make_federation(nodes=THREE, channels=[C2C])
+    a, b = fed["nl-customs"], fed["ke-customs"]
+    await fed.stop("de-customs")
+    posted = await post_many(a, 25, "while de is down")
+    await all_at(b, posted)
+    await fed.stop("nl-customs")  # the author is gone too
+    await fed.start("de-customs")
+    c = fed["de-customs"]
+    await all_at(c, posted)  # pulled from ke-customs
+    async with c.service.store.read() as conn:
+        entries = [json.loads(e) for e in (await conn.execute(sa.select(audit_log.c.entry))).scalars()]
+    relayed = [e for e in entries if e["event"] == "bulletin.received" and e.get("relayed")]
+    assert {e["bulletin"] for e in relayed} == set(posted) and {e["from"] for e in relayed} == {"ke-customs"}
+    await fed.start("nl-customs")
+    a = fed["nl-customs"]
+
+    async def receipted() -> bool:
+        return await receipts_at(a, "de-customs") == set(posted)
+
+    await eventually(receipted, what="de's receipts at the author")
+    held = await ids_at(c)
+    assert len(held) == len(set(held)) == 25
+
+
+async def test_catch_up_pages_and_cursors(make_federation: MakeFederation) -> None:
+    fed = await make_federation(nodes=THREE, channels=[C2C])
+    a, b = fed["nl-customs"], fed["ke-customs"]
+    posted = await post_many(a, 450, "page")  # more than two pages of 200
+    await all_at(b, posted)
+    page = await b.service.served_envelopes("de-customs", "c2c", after=0, limit=200)
+    body = json.loads(page)
+    assert len(body["items"]) == 200 and body["more"] is True
+    catchup = fed["de-customs"].node.app[CATCHUP]  # type: ignore[union-attr]
+    await catchup.pull("ke-customs", "c2c")
+    assert await fed["de-customs"].service.cursor("ke-customs", "c2c") == body["items"][-1]["n"] + 250
+
+
+async def test_a_hole_in_a_stream_is_filled_from_the_author_first(make_federation: MakeFederation) -> None:
+    fed = await make_federation()
+    a, b = fed["nl-customs"], fed["ke-customs"]
+    [first] = await post_many(a, 1, "first")
+    await all_at(b, [first])
+    await fed.stop("ke-customs")
+    later = await post_many(a, 3, "later")
+    # A's outbox loses track of them (as if it crashed after sending), so only a gap can bring 2 and 3.
+    async with a.service.store.engine.begin() as conn:
+        await conn.execute(sa.update(outbox).where(outbox.c.dest == "ke-customs").values(state="delivered"))
+        last = (await conn.execute(sa.select(bulletins.c.envelope).where(bulletins.c.id == later[-1]))).scalar_one()
+    txn = b'{"txn":"gap","envelopes":[' + bytes(last) + b"]}"
+    # The author is down when B comes back, so B's start-up catch-up cannot fetch them either.
+    await fed.stop("nl-customs")
+    await fed.start("ke-customs")
+    b = fed["ke-customs"]
+    status, problem, ctype = await b.fed_post(a, txn)
+    assert status in (502, 503) and ctype == "application/problem+json", problem  # author unreachable: retry later
+    assert await ids_at(b) == [first]
+    await fed.start("nl-customs")
+    status, body, _ = await b.fed_post(fed["nl-customs"], txn)
+    assert status == 200, body
+    assert await ids_at(b) == [first, *later]  # stored in stream order
+    _, page, _ = await b.api("GET", "/api/v1/bulletins?channel=c2c")
+    assert [i["seq"] for i in page["items"]] == [1, 2, 3, 4]
+
+
+async def test_an_open_is_receipted_back_to_the_author(make_federation: MakeFederation) -> None:
+    fed = await make_federation()
+    a, b = fed["nl-customs"], fed["ke-customs"]
+    [bid] = await post_many(a, 1, "to be opened")
+    await all_at(b, [bid])
+    status, _, _ = await b.api("GET", f"/api/v1/bulletins/{bid}")
+    assert status == 200
+
+    async def opened() -> bool:
+        return bid in await receipts_at(a, "ke-customs", "opened")
+
+    await eventually(opened, what="the opened receipt at the author")
+    _, shown, _ = await a.api("GET", f"/api/v1/bulletins/{bid}")
+    assert {(r["node"], r["status"]) for r in shown["receipts"]} >= {
+        ("ke-customs", "received"),
+        ("ke-customs", "opened"),
+    }
