@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -21,6 +20,7 @@ from exchange.cli.client import Target, call
 from exchange.config import FederationConfig, NodeConfig
 from exchange.errors import ExchangeError
 from exchange.keystore import NodeKeyFiles
+from exchange.logs import configure as configure_logs
 from exchange.model import BULLETIN_KINDS
 from exchange.node.app import RunningNode, start_node
 from exchange.node.users import ROLES, add_user, list_users, rotate_token
@@ -76,10 +76,7 @@ token_opt = click.option(
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def cli(verbose: bool) -> None:
     """exchange: signed, end-to-end encrypted bulletins between customs and aviation-security nodes."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format='{"at":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
-    )
+    configure_logs(verbose)
 
 
 # -- keys -----------------------------------------------------------------------------------

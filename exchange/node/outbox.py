@@ -98,7 +98,16 @@ class PeerSender:
                 delay = min(cfg.retry_max_seconds, cfg.retry_base_seconds * 2 ** min(self.status.failures, 30))
                 delay *= random.uniform(0.5, 1.0)
                 self.status.backoff_until = timestamp(utc_now() + dt.timedelta(seconds=delay))
-                log.warning("send to %s failed (%s); retry in %.2fs", self.peer.id, exc, delay)
+                log.warning(
+                    "send failed; will retry",
+                    extra={
+                        "peer": self.peer.id,
+                        "error": f"{type(exc).__name__}: {exc}",
+                        "retry_in": round(delay, 3),
+                        "failures": self.status.failures,
+                        "batch": len(batch),
+                    },
+                )
                 self._contact.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._contact.wait(), delay)
