@@ -471,3 +471,19 @@ async def test_removed_member_gets_nothing_posted_after_its_removal_under_load(
         f"\nremoval under load: {sum(totals)} posted, {len(late)} after the removal, "
         f"{await count(fr, bulletins)} held by the removed node (all from before)"
     )
+
+
+async def test_a_removed_node_can_be_invited_again_and_rejoin(make_federation: MakeFederation) -> None:
+    nodes = {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs")}
+    fed = await make_federation(nodes=nodes)
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    for action, body in [("remove", {"node": "ke-customs"}), ("invite", {"node": "ke-customs", "rights": ["read"]})]:
+        status, shown, _ = await nl.api("POST", f"/api/v1/channels/c2c/{action}", user="admin", body=body)
+        assert status == 200, shown
+
+    async def invited_again() -> bool:
+        return NodeId("ke-customs") in ke.service.channels.state("c2c").invited
+
+    await eventually(invited_again, what="the second invitation at ke-customs")
+    status, shown, _ = await ke.api("POST", "/api/v1/channels/c2c/accept", user="admin")
+    assert status == 200 and shown["members"]["ke-customs"] == ["read"], shown

@@ -216,12 +216,17 @@ class ChannelBook:
         new: set[str] = set(after.members) | set(after.invited)
         named = getattr(event.change, "node", None) or getattr(getattr(event.change, "acceptance", None), "node", None)
         dests = (old | new | ({named} if named else set())) - {self.me}
-        rows = []
-        for dest in sorted(dests):
-            first = 0 if dest not in old else event.pos
-            rows += [
-                {"dest": dest, "kind": "event", "ref": event_ref(event.channel, p)} for p in range(first, event.pos + 1)
-            ]
+        wanted = [
+            (dest, event_ref(event.channel, p))
+            for dest in sorted(dests)
+            for p in range(0 if dest not in old else event.pos, event.pos + 1)
+        ]
+        # A node that comes back (re-invited after a removal) already has part of the log queued.
+        query = sa.select(outbox.c.dest, outbox.c.ref).where(
+            outbox.c.kind == "event", outbox.c.dest.in_(dests), outbox.c.ref.in_({r for _, r in wanted})
+        )
+        present = {(r[0], r[1]) for r in await conn.execute(query)}
+        rows = [{"dest": d, "kind": "event", "ref": r} for d, r in wanted if (d, r) not in present]
         if rows:
             await conn.execute(sa.insert(outbox), rows)
         return dests
