@@ -31,8 +31,8 @@ from exchange.config import NodeConfig
 from exchange.crypto import NodeKeys
 from exchange.keystore import NodeKeyFiles
 from exchange.model import Bulletin, NodeId
-from exchange.node.app import load_federation, start_node
-from exchange.protocol.channel import ChannelState
+from exchange.node.app import load_federation, read_provisioned_channels, start_node
+from exchange.protocol.channel import ChannelState, apply_event
 from exchange.protocol.envelope import build_envelope, bulletin_id, envelope_bytes, open_envelope, verify_envelope
 from exchange.protocol.receipt import make_receipt
 from exchange.store import AuditBuffer, Store, bulletins, outbox
@@ -61,23 +61,11 @@ _WORK: dict[str, Any] = {}
 def _init(folder: str) -> None:
     cfg = NodeConfig.load(Path(folder) / "nodes" / f"{A}.toml", environ={})
     fed = load_federation(cfg)
-    store_events = asyncio.run(_state(cfg))
-    _WORK.update(cfg=cfg, fed=fed, keys=NodeKeyFiles(cfg.keys_dir).load(), state=store_events)
-
-
-async def _state(cfg: NodeConfig) -> ChannelState:
-    from exchange.node.service import NodeService
-
-    store = await Store.open(cfg.database_url)
-    try:
-        svc = NodeService(cfg, store, load_federation(cfg), NodeKeyFiles(cfg.keys_dir).load())
-        await svc.channels.load()
-        from exchange.node.app import import_provisioned_channels
-
-        await import_provisioned_channels(svc, cfg.channels_dir)
-        return svc.channels.state("c2c")
-    finally:
-        await store.close()
+    state = None
+    for events in read_provisioned_channels(cfg.channels_dir):
+        for event in events:
+            state = apply_event(state, event, fed)
+    _WORK.update(cfg=cfg, fed=fed, keys=NodeKeyFiles(cfg.keys_dir).load(), state=state)
 
 
 def _build(seqs: range) -> list[dict[str, Any]]:
