@@ -108,6 +108,37 @@ def test_sample_federation_post_at_one_node_shows_in_inbox_at_another(sample: Pa
             check=False,
         )
         assert wrong_channel.returncode == 1 and "not assigned" in wrong_channel.stderr
+        # Channels from the command line: the aviation node cannot be invited to the Customs-only one.
+        listed = json.loads(run("channels", "list", "--node", "nodes/nl-customs.toml", "--json", cwd=sample).stdout)
+        assert {c["id"] for c in listed} == {"c2c-cargo-fraud", "c2a-air-cargo-security"}
+        refused = run(
+            "channels",
+            "invite",
+            "--node",
+            "nodes/nl-customs.toml",
+            "c2c-cargo-fraud",
+            "gb-avsec",
+            "--rights",
+            "read",
+            cwd=sample,
+            check=False,
+        )
+        assert refused.returncode == 1 and "excludes" in refused.stderr
+        invited = run(
+            "channels",
+            "invite",
+            "--node",
+            "nodes/nl-customs.toml",
+            "c2c-cargo-fraud",
+            "wco-rilo",
+            "--rights",
+            "read",
+            cwd=sample,
+            check=False,
+        )
+        assert invited.returncode == 1 and "excludes" in invited.stderr  # international is not customs either
+        shown = run("channels", "show", "--node", "nodes/nl-customs.toml", "c2a-air-cargo-security", cwd=sample)
+        assert "member  gb-avsec" in shown.stdout
     finally:
         up.send_signal(signal.SIGTERM)
         _, err = up.communicate(timeout=30)

@@ -312,91 +312,43 @@ def channels_create(
     _channel_call(node_path, user, token, "POST", "/api/v1/channels", body, as_json)
 
 
-@channels.command("invite")
-@node_file
-@admin_opt
-@token_opt
-@click.argument("channel")
-@click.argument("member")
-@rights_opt
-@as_json
-@user_errors
-def channels_invite(
-    node_path: Path, user: str, token: str | None, channel: str, member: str, rights: list[str], as_json: bool
-) -> None:
-    """Invite a node (run at the owner node)."""
-    body = {"node": member, "rights": rights}
-    _channel_call(node_path, user, token, "POST", f"/api/v1/channels/{channel}/invite", body, as_json)
+# (action, help, takes a member, takes rights): each posts to /api/v1/channels/<channel>/<action>.
+MEMBERSHIP = [
+    ("invite", "Invite a node (run at the owner node).", True, True),
+    ("accept", "Accept an invitation (run at the invited node).", False, False),
+    ("rights", "Change a member's rights (run at the owner node).", True, True),
+    ("remove", "Remove a member or withdraw an invitation (run at the owner node).", True, False),
+    ("grant-history", "Record an explicit, audited grant of earlier bulletins to a member (owner node).", True, False),
+    ("close", "Close a channel for good (run at the owner node).", False, False),
+]
 
 
-@channels.command("accept")
-@node_file
-@admin_opt
-@token_opt
-@click.argument("channel")
-@as_json
-@user_errors
-def channels_accept(node_path: Path, user: str, token: str | None, channel: str, as_json: bool) -> None:
-    """Accept an invitation (run at the invited node)."""
-    _channel_call(node_path, user, token, "POST", f"/api/v1/channels/{channel}/accept", {}, as_json)
+def _membership_command(action: str, help_: str, takes_member: bool, takes_rights: bool) -> None:
+    def command(
+        node_path: Path,
+        user: str,
+        token: str | None,
+        channel: str,
+        as_json: bool,
+        member: str | None = None,
+        rights: list[str] | None = None,
+    ) -> None:
+        body: dict[str, Any] = {"node": member} if member else {}
+        if rights:
+            body["rights"] = rights
+        _channel_call(node_path, user, token, "POST", f"/api/v1/channels/{channel}/{action}", body, as_json)
+
+    fn: Callable[..., Any] = as_json(user_errors(command))
+    if takes_rights:
+        fn = rights_opt(fn)
+    if takes_member:
+        fn = click.argument("member")(fn)
+    fn = node_file(admin_opt(token_opt(click.argument("channel")(fn))))
+    channels.command(action, help=help_)(fn)
 
 
-@channels.command("rights")
-@node_file
-@admin_opt
-@token_opt
-@click.argument("channel")
-@click.argument("member")
-@rights_opt
-@as_json
-@user_errors
-def channels_rights(
-    node_path: Path, user: str, token: str | None, channel: str, member: str, rights: list[str], as_json: bool
-) -> None:
-    """Change a member's rights (run at the owner node)."""
-    body = {"node": member, "rights": rights}
-    _channel_call(node_path, user, token, "POST", f"/api/v1/channels/{channel}/rights", body, as_json)
-
-
-@channels.command("remove")
-@node_file
-@admin_opt
-@token_opt
-@click.argument("channel")
-@click.argument("member")
-@as_json
-@user_errors
-def channels_remove(node_path: Path, user: str, token: str | None, channel: str, member: str, as_json: bool) -> None:
-    """Remove a member or withdraw an invitation (run at the owner node)."""
-    _channel_call(node_path, user, token, "POST", f"/api/v1/channels/{channel}/remove", {"node": member}, as_json)
-
-
-@channels.command("grant-history")
-@node_file
-@admin_opt
-@token_opt
-@click.argument("channel")
-@click.argument("member")
-@as_json
-@user_errors
-def channels_grant_history(
-    node_path: Path, user: str, token: str | None, channel: str, member: str, as_json: bool
-) -> None:
-    """Record an explicit, audited grant of earlier bulletins to a member (run at the owner node)."""
-    body = {"node": member}
-    _channel_call(node_path, user, token, "POST", f"/api/v1/channels/{channel}/grant-history", body, as_json)
-
-
-@channels.command("close")
-@node_file
-@admin_opt
-@token_opt
-@click.argument("channel")
-@as_json
-@user_errors
-def channels_close(node_path: Path, user: str, token: str | None, channel: str, as_json: bool) -> None:
-    """Close a channel for good (run at the owner node)."""
-    _channel_call(node_path, user, token, "POST", f"/api/v1/channels/{channel}/close", {}, as_json)
+for _spec in MEMBERSHIP:
+    _membership_command(*_spec)
 
 
 @channels.command("assign")
