@@ -216,3 +216,23 @@ async def test_an_open_is_receipted_back_to_the_author(make_federation: MakeFede
         ("ke-customs", "received"),
         ("ke-customs", "opened"),
     }
+
+
+async def test_a_request_from_a_peer_in_backoff_makes_the_sender_retry_at_once(make_federation: MakeFederation) -> None:
+    fed = await make_federation(options={"retry_base_seconds": 30, "retry_max_seconds": 60})
+    a = fed["nl-customs"]
+    await fed.stop("ke-customs")
+    [bid] = await post_many(a, 1, "while ke is down")
+    sender = a.node.app[SENDERS]["ke-customs"]  # type: ignore[union-attr]
+
+    async def backing_off() -> bool:
+        return sender.status.backoff_until is not None
+
+    await eventually(backing_off, what="the sender to back off (15 to 60 s)")
+    await fed.start("ke-customs")  # its start-up catch-up calls A: that contact ends A's backoff
+
+    async def pushed() -> bool:
+        return sender.status.last_success is not None
+
+    await eventually(pushed, timeout=10, what="A's own push to succeed long before its backoff ends")
+    assert bid in await receipts_at(a, "ke-customs")
