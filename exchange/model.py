@@ -6,9 +6,12 @@ exactly what was parsed.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Annotated, Literal, NewType
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from exchange.crypto.encoding import canonical_json
 
 NodeId = NewType("NodeId", str)
 ChannelId = NewType("ChannelId", str)
@@ -76,6 +79,11 @@ class Bulletin(BaseModel):
         """The encrypted part: everything but handling."""
         return self.model_dump(mode="json", exclude={"handling"})
 
+    @cached_property
+    def payload_bytes(self) -> bytes:
+        """The canonical payload, computed once."""
+        return canonical_json(self.payload())
+
 
 class StateRef(BaseModel):
     """The channel state a bulletin was authorised under: owner, log position and event hash."""
@@ -117,6 +125,11 @@ class EnvelopeHeader(BaseModel):
         if nodes != sorted(set(nodes)):
             raise ValueError("recipients must be sorted by node id, without repeats")
         return value
+
+    @cached_property
+    def canonical(self) -> bytes:
+        """RFC 8785 form of the header, computed once: the id, the signature and storage all use it."""
+        return canonical_json(self.model_dump(mode="json"))
 
 
 class Envelope(BaseModel):

@@ -178,7 +178,7 @@ class NodeService:
         Pushed envelopes must come from their author; relayed ones (pulled in catch-up, or to fill
         a gap) may come from any member, since the author's signature vouches for them.
         """
-        env = parse_envelope(raw)
+        env = raw if isinstance(raw, Envelope) else parse_envelope(raw)
         h = env.header
         if not relayed and h.author != peer:
             raise InvalidEnvelope("a peer may push only envelopes it authored")
@@ -229,11 +229,27 @@ class NodeService:
         (channel, position) is a catch-up cursor at `peer`, saved in the same transaction.
         """
         self.on_peer_seen(peer)
-        checked: list[Checked] = []
         errors: list[dict[str, Any]] = []
+        parsed: list[tuple[int, Envelope]] = []
         for index, raw in enumerate(raws):
             try:
-                checked.append(await self.check_envelope(peer, raw, relayed=relayed))
+                env = parse_envelope(raw)
+                if not relayed and env.header.author != peer:
+                    raise InvalidEnvelope("a peer may push only envelopes it authored")
+                parsed.append((index, env))
+            except ExchangeError as exc:
+                errors.append(
+                    {"item": f"envelope {index}", "index": index, "type": type(exc).__name__, "detail": exc.detail}
+                )
+        # What is stored already was verified when it came: a retry or a second source costs a look-up.
+        held = await self.held([bulletin_id(env.header) for _, env in parsed]) if parsed else set()
+        checked: list[Checked] = []
+        for index, env in parsed:
+            if bulletin_id(env.header) in held:
+                checked.append(Checked(env, bulletin_id(env.header), None))
+                continue
+            try:
+                checked.append(await self.check_envelope(peer, env, relayed=relayed))
             except PeerError:
                 raise  # retryable (503): the sender keeps the batch and tries again
             except ExchangeError as exc:
@@ -241,7 +257,7 @@ class NodeService:
                     {"item": f"envelope {index}", "index": index, "type": type(exc).__name__, "detail": exc.detail}
                 )
         if errors:
-            raise EnvelopeRejected(errors)
+            raise EnvelopeRejected(sorted(errors, key=lambda e: e["index"]))
         await self._fill_gaps(peer, checked)
         if relayed:
             checked = sorted(checked, key=lambda c: (c.env.header.author, c.env.header.channel, c.env.header.seq))
@@ -303,10 +319,11 @@ class NodeService:
         now = timestamp()
         done: set[str] = set()
         for c in checked:
-            if known.get(c.bid) is not None:
-                out.append(Receipt.model_validate(strict_loads(known[c.bid])))
+            if c.bid in known:
+                if known[c.bid] is not None:  # None: this node's own bulletin, which it does not receipt
+                    out.append(Receipt.model_validate(strict_loads(known[c.bid])))
                 continue
-            if c.bid in done:
+            if c.bid in done or c.bulletin is None:
                 continue
             done.add(c.bid)
             h = c.env.header
@@ -722,7 +739,7 @@ class Checked:
 
     env: Envelope
     bid: str
-    bulletin: Bulletin
+    bulletin: Bulletin | None  # None: already held, nothing to store
 
 
 def _bulletin_row(env: Envelope, bid: str, bulletin: Bulletin, now: str) -> dict[str, Any]:
@@ -738,7 +755,7 @@ def _bulletin_row(env: Envelope, bid: str, bulletin: Bulletin, now: str) -> dict
         "stored_at": now,
         "envelope": envelope_bytes(env),
         "recipients": " " + " ".join(r.node for r in h.recipients) + " ",
-        "content": canonical_json(bulletin.payload()).decode(),
+        "content": bulletin.payload_bytes.decode(),
     }
 
 

@@ -19,7 +19,6 @@ from exchange.crypto import (
     SigningKey,
     b64d,
     b64e,
-    canonical_json,
     open_content,
     sha256,
     strict_loads,
@@ -29,7 +28,7 @@ from exchange.errors import DecryptionFailed, InvalidEnvelope, InvalidInput
 from exchange.model import Bulletin, BulletinId, Envelope, EnvelopeHeader, NodeId, Recipient, StateRef
 from exchange.protocol.channel import ChannelState
 from exchange.protocol.roster import Federation
-from exchange.protocol.signing import signing_input
+from exchange.protocol.signing import signing_input_prefix
 
 DOMAIN = "envelope"
 SUITE = "x25519-hkdfsha256-aes256gcm"
@@ -38,7 +37,7 @@ MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
 
 def bulletin_id(header: EnvelopeHeader) -> BulletinId:
     """The content-hash id: hex SHA-256 of the canonical header (which commits to the ciphertext)."""
-    return BulletinId(sha256(canonical_json(header.model_dump(mode="json"))).hex())
+    return BulletinId(sha256(header.canonical).hex())
 
 
 def wrap_info(bid: str, kid: str) -> bytes:
@@ -46,13 +45,19 @@ def wrap_info(bid: str, kid: str) -> bytes:
     return b"exchange-v1/wrap\x00" + bytes.fromhex(bid) + b"\x00" + kid.encode("ascii")
 
 
-def _signed_body(header: EnvelopeHeader, wraps: Sequence[str]) -> dict[str, Any]:
-    return {"header": header.model_dump(mode="json"), "wraps": list(wraps)}
+def _signed_input(header: EnvelopeHeader, wraps: Sequence[str]) -> bytes:
+    """`signing_input(DOMAIN, {"header": header, "wraps": wraps})`, reusing the header's canonical bytes.
+
+    JCS of an object is its members sorted by name with canonical values, and "header" sorts before
+    "wraps"; wraps are base64url strings, which JSON never escapes.
+    """
+    quoted = b",".join(b'"' + w.encode("ascii") + b'"' for w in wraps)
+    return signing_input_prefix(DOMAIN) + b'{"header":' + header.canonical + b',"wraps":[' + quoted + b"]}"
 
 
 def sign_envelope(header: EnvelopeHeader, wraps: Sequence[str], ciphertext: bytes, key: SigningKey) -> Envelope:
     """Sign the header and the wrapped keys; the header already commits to the ciphertext."""
-    signature = key.sign(signing_input(DOMAIN, _signed_body(header, wraps)))
+    signature = key.sign(_signed_input(header, wraps))
     return Envelope(header=header, wraps=list(wraps), ciphertext=b64e(ciphertext), signature=b64e(signature))
 
 
@@ -72,7 +77,7 @@ def build_envelope(
     The caller passes the readers of `state`; the sender-side right checks live in the node.
     """
     ordered = sorted(readers, key=lambda r: r[0])
-    sealed = SealedContent(canonical_json(bulletin.payload()), rng or os_random)
+    sealed = SealedContent(bulletin.payload_bytes, rng or os_random)
     header = EnvelopeHeader(
         v=1,
         suite=SUITE,
@@ -128,7 +133,7 @@ def check_signature(env: Envelope, fed: Federation) -> None:
     h = env.header
     if h.signer != fed.node(h.author).signing_kid:
         raise InvalidEnvelope("envelope is not signed with the author's roster key")
-    fed.verify_key(h.author).verify(_b64(env.signature), signing_input(DOMAIN, _signed_body(h, env.wraps)))
+    fed.verify_key(h.author).verify(_b64(env.signature), _signed_input(h, env.wraps))
 
 
 def check_rules(env: Envelope, fed: Federation, state: ChannelState) -> BulletinId:
@@ -182,7 +187,7 @@ def open_envelope(env: Envelope, bid: str, me: NodeId, key: DecryptionKey) -> Bu
         raise DecryptionFailed() from exc
     # What is stored and shown must be exactly what the author encrypted: no defaults, no trimming.
     try:
-        canonical = canonical_json(bulletin.payload())
+        canonical = bulletin.payload_bytes
     except InvalidInput as exc:
         raise InvalidEnvelope("the bulletin payload cannot be canonicalised") from exc
     if canonical != plaintext:
@@ -198,5 +203,20 @@ def _b64(text: str) -> bytes:
 
 
 def envelope_bytes(env: Envelope) -> bytes:
-    """The canonical wire form of an envelope."""
-    return canonical_json(env.model_dump(mode="json"))
+    """The canonical wire form of an envelope: JCS, composed from the header's canonical bytes.
+
+    Members in JCS order (ciphertext, header, signature, wraps); every other value is a base64url
+    string, which JSON never escapes.
+    """
+    quoted = b",".join(b'"' + w.encode("ascii") + b'"' for w in env.wraps)
+    return (
+        b'{"ciphertext":"'
+        + env.ciphertext.encode("ascii")
+        + b'","header":'
+        + env.header.canonical
+        + b',"signature":"'
+        + env.signature.encode("ascii")
+        + b'","wraps":['
+        + quoted
+        + b"]}"
+    )

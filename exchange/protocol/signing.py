@@ -8,9 +8,13 @@ from exchange.crypto import SigningKey, VerifyKey, b64d, b64e, canonical_json
 from exchange.errors import InvalidInput
 
 
+def signing_input_prefix(domain: str) -> bytes:
+    return f"exchange-v1/{domain}\n".encode("ascii")
+
+
 def signing_input(domain: str, body: Any) -> bytes:
     """The exact bytes signed: `exchange-v1/<domain>`, a newline, then canonical JSON."""
-    return f"exchange-v1/{domain}\n".encode("ascii") + canonical_json(body)
+    return signing_input_prefix(domain) + canonical_json(body)
 
 
 def sign(domain: str, body: Any, key: SigningKey) -> str:
