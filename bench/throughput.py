@@ -345,6 +345,7 @@ async def storage_cost(folder: Path, wire: list[bytes], count: int, batch: int, 
                     "created": now,
                     "stored_at": now,
                     "envelope": wire[i % len(wire)],
+                    "recipients": f" {NODE_A} {NODE_B} ",
                     "content": content,
                 }
                 for i, bid in zip(idx, ids, strict=True)
