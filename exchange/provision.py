@@ -12,10 +12,11 @@ from pathlib import Path
 from exchange.clock import timestamp
 from exchange.config import ChannelSpec, FederationConfig, NodeConfig
 from exchange.crypto import SigningKey, b64d, b64e, canonical_json, strict_loads
+from exchange.crypto.passwords import new_password
 from exchange.errors import ConfigError
 from exchange.keystore import NodeKeyFiles, read_file, write_private, write_public
 from exchange.model import ChannelEvent, NodeId, Roster, SignedRoster
-from exchange.node.users import add_user, assign, list_users
+from exchange.node.users import add_user, assign, list_users, set_password
 from exchange.protocol.channel import ChannelState, apply_event, sign_acceptance, sign_event
 from exchange.protocol.roster import Federation, sign_roster
 from exchange.store import Store
@@ -147,9 +148,9 @@ def channel_log(spec: ChannelSpec, fed: Federation, keys: dict[str, SigningKey])
     return events
 
 
-async def sample_users(cfg: NodeConfig, channels: list[str], report: InitReport) -> None:
+async def sample_users(cfg: NodeConfig, channels: list[str], report: InitReport, *, passwords: bool = False) -> None:
     """A contact point (working in every channel of the node), an auditor and an administrator,
-    each with a token file (0600)."""
+    each with a token file (0600), and with `passwords` a console password file (0600) too."""
     store = await Store.open(cfg.database_url)
     try:
         existing = {u.name for u in await list_users(store)}
@@ -162,12 +163,23 @@ async def sample_users(cfg: NodeConfig, channels: list[str], report: InitReport)
             if role == "contact-point":
                 for channel in channels:
                     await assign(store, name, channel, assigned=True, actor="federation-init")
+        for name, _ in SAMPLE_USERS:
+            path = cfg.keys_dir / "passwords" / name
+            if passwords and not path.exists():  # also for users made before the console existed
+                password = new_password()
+                await set_password(store, name, password, actor="federation-init")
+                write_private(path, password.encode() + b"\n", force=True)
+                report.add(f"console password for {name} at {cfg.id}")
     finally:
         await store.close()
 
 
-async def init_federation(path: Path, *, with_users: bool = True) -> InitReport:
-    """Create whatever is missing of the federation in `path`."""
+async def init_federation(path: Path, *, with_users: bool = True, sample_passwords: bool = False) -> InitReport:
+    """Create whatever is missing of the federation in `path`.
+
+    `sample_passwords` also gives the sample users console passwords; it is off by default
+    because each argon2 hash costs about 70 ms, which tests that never sign in need not pay.
+    """
     fed_cfg = FederationConfig.load(path)
     report = InitReport()
     nodes = [NodeConfig.load(p) for p in fed_cfg.nodes]
@@ -185,5 +197,5 @@ async def init_federation(path: Path, *, with_users: bool = True) -> InitReport:
     if with_users:
         for cfg in nodes:
             mine = [c.id for c in fed_cfg.channels if cfg.id in c.members]
-            await sample_users(cfg, mine, report)
+            await sample_users(cfg, mine, report, passwords=sample_passwords)
     return report

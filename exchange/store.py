@@ -101,12 +101,98 @@ users = sa.Table(
     sa.Column("created", sa.String(32), nullable=False),
 )
 
+# exchange.web, the console: argon2 password hashes (a table of their own, so databases made
+# before the console get it from create_all), server-side sessions (only the SHA-256 of the
+# cookie is kept), sign-in failures for rate limiting, and which bulletins each user has opened.
+user_passwords = sa.Table(
+    "user_passwords",
+    metadata,
+    sa.Column("user", sa.String(64), primary_key=True),
+    sa.Column("hash", sa.String(256), nullable=False),
+    sa.Column("set_at", sa.String(32), nullable=False),
+)
+
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("user", sa.String(64), nullable=False, index=True),
+    sa.Column("address", sa.String(64), nullable=False),
+    sa.Column("created", sa.String(32), nullable=False),
+    sa.Column("expires", sa.String(32), nullable=False),
+    sa.Column("last_seen", sa.String(32), nullable=False),
+)
+
+signin_failures = sa.Table(
+    "signin_failures",
+    metadata,
+    sa.Column("n", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("user", sa.String(64), nullable=False),
+    sa.Column("address", sa.String(64), nullable=False),
+    sa.Column("at", sa.String(32), nullable=False),
+    sa.Index("ix_signin_failures_user", "user", "at"),
+    sa.Index("ix_signin_failures_address", "address", "at"),
+)
+
+user_reads = sa.Table(
+    "user_reads",
+    metadata,
+    sa.Column("user", sa.String(64), primary_key=True),
+    sa.Column("bulletin_id", sa.String(64), primary_key=True),
+    sa.Column("at", sa.String(32), nullable=False),
+)
+
 audit_log = sa.Table(
     "audit_log",
     metadata,
     sa.Column("idx", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("entry", sa.LargeBinary, nullable=False),
     sa.Column("leaf_hash", sa.LargeBinary, nullable=False),
+)
+
+# exchange.audit: this node's signed checkpoints (note = C2SP signed note with our signature only;
+# frontier = the compact range at `size`, so a restart resumes without re-reading the log),
+# the witnesses' cosignature lines, and what this node has witnessed of its partners' logs.
+audit_checkpoints = sa.Table(
+    "audit_checkpoints",
+    metadata,
+    sa.Column("size", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("root", sa.LargeBinary, nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("frontier", sa.LargeBinary, nullable=False),
+    sa.Column("at", sa.String(32), nullable=False),
+)
+
+audit_cosignatures = sa.Table(
+    "audit_cosignatures",
+    metadata,
+    sa.Column("size", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("witness", sa.String(64), primary_key=True),
+    sa.Column("line", sa.Text, nullable=False),
+    sa.Column("at", sa.String(32), nullable=False),
+)
+
+audit_witnessed = sa.Table(
+    "audit_witnessed",
+    metadata,
+    sa.Column("node", sa.String(64), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("root", sa.LargeBinary, nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("at", sa.String(32), nullable=False),
+)
+
+audit_split_views = sa.Table(
+    "audit_split_views",
+    metadata,
+    sa.Column("n", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("node", sa.String(64), nullable=False),
+    sa.Column("seen", sa.Text, nullable=False),  # the checkpoint this node had witnessed
+    sa.Column("shown", sa.Text, nullable=False),  # the inconsistent one the log showed later
+    sa.Column("shown_hash", sa.String(64), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("at", sa.String(32), nullable=False),
+    sa.UniqueConstraint("node", "shown_hash", name="uq_split_view"),
 )
 
 T = TypeVar("T")

@@ -16,14 +16,16 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from exchange.cli.audit import audit
 from exchange.cli.client import Target, call
 from exchange.config import FederationConfig, NodeConfig
+from exchange.crypto.passwords import new_password
 from exchange.errors import ExchangeError
 from exchange.keystore import NodeKeyFiles
 from exchange.logs import configure as configure_logs
 from exchange.model import BULLETIN_KINDS
 from exchange.node.app import RunningNode, start_node
-from exchange.node.users import ROLES, add_user, list_users, rotate_token
+from exchange.node.users import ROLES, add_user, list_users, rotate_token, set_password
 from exchange.provision import init_federation
 from exchange.store import Store
 
@@ -111,7 +113,7 @@ def federation() -> None:
 @user_errors
 def federation_init(folder: Path) -> None:
     """Create the authority key, node keys, signed roster, channels and sample users; idempotent."""
-    report = run_async(init_federation(folder))
+    report = run_async(init_federation(folder, sample_passwords=True))
     if not report.created:
         click.echo("federation already initialised; nothing to do")
     for line in report.created:
@@ -142,7 +144,7 @@ async def _serve(configs: list[NodeConfig]) -> None:
 @user_errors
 def federation_up(folder: Path) -> None:
     """Run every node of the federation in this process (initialising it first if needed)."""
-    run_async(init_federation(folder))
+    run_async(init_federation(folder, sample_passwords=True))
     fed = FederationConfig.load(folder)
     run_async(_serve([NodeConfig.load(p) for p in fed.nodes]))
 
@@ -196,6 +198,20 @@ def users_token(node_path: Path, name: str) -> None:
     """Replace a user's token and print the new one."""
     cfg = NodeConfig.load(node_path)
     click.echo(run_async(_with_store(cfg, lambda s: rotate_token(s, name))))
+
+
+@users.command("password")
+@node_file
+@click.argument("name")
+@click.option("--generate", is_flag=True, help="Make up a random password and print it once.")
+@user_errors
+def users_password(node_path: Path, name: str, generate: bool) -> None:
+    """Set a user's web console password (asked twice, or --generate); only its argon2 hash is kept."""
+    cfg = NodeConfig.load(node_path)
+    password = new_password() if generate else click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    run_async(_with_store(cfg, lambda s: set_password(s, name, password, actor="cli")))
+    if generate:
+        click.echo(password)
 
 
 @users.command("list")
@@ -552,6 +568,9 @@ def peers(node_path: Path, user: str, token: str | None, as_json: bool) -> None:
         console.print(table)
 
     emit(result, as_json, render)
+
+
+cli.add_command(audit)
 
 
 def main() -> None:

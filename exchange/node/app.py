@@ -17,7 +17,7 @@ from exchange.crypto import strict_loads
 from exchange.errors import ExchangeError, InvalidInput, PeerError
 from exchange.keystore import NodeKeyFiles, load_authority_public, read_file
 from exchange.model import ChannelEvent, SignedRoster
-from exchange.node import client_api, federation_api
+from exchange.node import audit_api, client_api, federation_api
 from exchange.node.appkeys import CATCHUP, PEER, SENDERS, SERVICE, USER
 from exchange.node.catchup import CatchUp
 from exchange.node.outbox import PeerSender
@@ -26,6 +26,7 @@ from exchange.node.service import NodeService
 from exchange.node.tls import server_context
 from exchange.protocol.roster import Federation
 from exchange.store import Store
+from exchange.web import mount as mount_console
 
 log = logging.getLogger("exchange.node")
 
@@ -94,6 +95,8 @@ def build_app(config: NodeConfig) -> web.Application:
     app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_REQUEST_BYTES)
     app.add_routes(federation_api.routes())
     app.add_routes(client_api.routes())
+    app.add_routes(audit_api.routes())
+    mount_console(app)  # the web console, under /console/ in the same process
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         fed = load_federation(config)
@@ -154,6 +157,7 @@ def build_app(config: NodeConfig) -> web.Application:
             await store.close()
 
     app.cleanup_ctx.append(resources)
+    pass  # app.cleanup_ctx.append(audit_api.audit_context)  # after resources: starts after it, stops before it
     return app
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -10,8 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.clock import timestamp
 from exchange.crypto import hash_token, new_token
+from exchange.crypto.passwords import WeakPassword, hash_password, password_matches
 from exchange.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
-from exchange.store import AuditBuffer, Store, user_channels, users
+from exchange.store import AuditBuffer, Store, user_channels, user_passwords, users
 
 Role = Literal["contact-point", "auditor", "admin"]
 ROLES: tuple[str, ...] = get_args(Role)
@@ -109,3 +111,50 @@ async def authenticate(store: Store, token: str | None) -> User:
             raise Unauthorized("unknown token")
         channels = await conn.scalars(sa.select(user_channels.c.channel).where(user_channels.c.user == row.name))
         return User(row.name, row.role, frozenset(channels))
+
+
+# -- console passwords (exchange.web) ---------------------------------------------------------
+
+
+async def get_user(store: Store, name: str) -> User:
+    """A user by name, with the channels assigned now; NotFound if there is none."""
+    async with store.read() as conn:
+        role = await conn.scalar(sa.select(users.c.role).where(users.c.name == name))
+        if role is None:
+            raise NotFound(f"no user {name!r}")
+        channels = await conn.scalars(sa.select(user_channels.c.channel).where(user_channels.c.user == name))
+        return User(name, role, frozenset(channels))
+
+
+async def set_password(store: Store, name: str, password: str, *, actor: str) -> None:
+    """Give a user a console password (stored as an argon2id hash); audited, never the password."""
+    try:
+        hashed = await asyncio.to_thread(hash_password, password)
+    except WeakPassword as exc:
+        raise InvalidInput(str(exc)) from exc
+
+    async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+        if await conn.scalar(sa.select(users.c.name).where(users.c.name == name)) is None:
+            raise NotFound(f"no user {name!r}")
+        now = timestamp()
+        done = await conn.execute(
+            sa.update(user_passwords).where(user_passwords.c.user == name).values(hash=hashed, set_at=now)
+        )
+        if done.rowcount == 0:
+            await conn.execute(sa.insert(user_passwords).values(user=name, hash=hashed, set_at=now))
+        audit.add({"event": "user.password_set", "at": now, "user": name, "actor": actor})
+
+    await store.write(job)
+
+
+async def verify_password(store: Store, name: str, password: str) -> User:
+    """The user whose name and password these are; Unauthorized, after the same work, if not."""
+    async with store.read() as conn:
+        stored = await conn.scalar(sa.select(user_passwords.c.hash).where(user_passwords.c.user == name))
+    # argon2 releases the GIL: a sign-in costs a worker thread, not the event loop.
+    if not await asyncio.to_thread(password_matches, stored, password):
+        raise Unauthorized("wrong user name or password")
+    try:
+        return await get_user(store, name)
+    except NotFound as exc:
+        raise Unauthorized("wrong user name or password") from exc

@@ -1,0 +1,397 @@
+"""Verify a node's audit log, or an export bundle of it, against its signed checkpoints.
+
+The verifier recomputes the RFC 9162 tree from the entries one by one (O(log n) memory), checks
+each entry's index and stored leaf hash, each checkpoint's log signature and cosignatures, and
+that the recomputed root equals every signed root. A partial bundle (the entries of one
+bulletin) instead carries an inclusion proof per entry. Checks return None or raise
+`AuditTampered`; `BadEntry` names the first bad entry. Pure: no I/O, no clock.
+
+An export bundle is JSON Lines, in this order:
+
+    {"type": "header", "format": "exchange-audit-bundle/v1", "node", "origin", "complete",
+     "size", "exported_at", "filter", "roster": <the signed roster>}
+    {"type": "checkpoint", "note": "<signed note, with cosignatures>"}        ascending size
+    {"type": "consistency", "from": m, "to": n, "proof": [<b64url>, ...]}    optional
+    {"type": "entry", "idx": i, "entry": "<canonical JSON>", "leaf_hash": "<b64url>"}
+    {"type": "entry", "idx": i, "entry": "...", "size": n, "proof": [...]}  (partial bundles)
+    {"type": "end", "entries": <count>}
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+
+from exchange.audit.checkpoint import (
+    WITNESS_PREFIX,
+    cosignatures,
+    log_origin,
+    open_checkpoint,
+    witness_name,
+)
+from exchange.crypto import VerifyKey, b64d
+from exchange.errors import AuditTampered, BadSignature, ConfigError, InvalidInput
+from exchange.merkle import EMPTY_ROOT, Frontier, ProofError, leaf_hash, verify_consistency, verify_inclusion
+from exchange.model import Roster, SignedRoster
+from exchange.protocol.roster import Federation
+
+FORMAT = "exchange-audit-bundle/v1"
+
+
+class BadEntry(AuditTampered):
+    """The audit log fails verification at entry `index`, the first one known to be bad."""
+
+    def __init__(self, index: int, detail: str) -> None:
+        super().__init__(f"entry {index}: {detail}")
+        self.index = index
+
+
+class KeyRing:
+    """The Ed25519 key of each roster node, as the signer of its own log and as a witness."""
+
+    def __init__(self, keys: Mapping[str, VerifyKey]) -> None:
+        self._keys = dict(keys)
+
+    @classmethod
+    def from_federation(cls, fed: Federation) -> KeyRing:
+        return cls({n: fed.verify_key(n) for n in fed.node_ids})
+
+    @classmethod
+    def from_roster(cls, roster: Roster) -> KeyRing:
+        """Keys read from a roster whose authority signature was NOT checked."""
+        return cls({n.id: VerifyKey(b64d(n.signing_key)) for n in roster.nodes})
+
+    def log_key(self, node: str) -> VerifyKey:
+        try:
+            return self._keys[node]
+        except KeyError:
+            raise AuditTampered(f"{node!r} is not in the roster, so its log cannot be checked") from None
+
+    def witnesses(self, log_node: str) -> dict[str, VerifyKey]:
+        """Witness key name -> key, for every node but the log's own."""
+        return {witness_name(n): k for n, k in self._keys.items() if n != log_node}
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A checkpoint whose log signature verified, with the witnesses whose cosignatures verified."""
+
+    size: int
+    root: bytes
+    witnesses: tuple[str, ...]
+    note: str
+
+
+@dataclass(frozen=True)
+class LogReport:
+    """What a verification established."""
+
+    node: str
+    complete: bool
+    entries: int
+    root: bytes
+    checkpoints: tuple[CheckpointInfo, ...]
+    tail: int = 0  # entries after the latest checkpoint, covered by no signature yet
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def latest(self) -> CheckpointInfo | None:
+        return self.checkpoints[-1] if self.checkpoints else None
+
+    @property
+    def latest_witnessed(self) -> CheckpointInfo | None:
+        return next((c for c in reversed(self.checkpoints) if c.witnesses), None)
+
+
+def _witness_node(name: str) -> str:
+    return name.removeprefix(WITNESS_PREFIX)
+
+
+class LogVerifier:
+    """Check one node's log: first its checkpoints, then its entries in index order."""
+
+    def __init__(self, node: str, keys: KeyRing) -> None:
+        self.node = node
+        self.origin = log_origin(node)
+        self._log_key = keys.log_key(node)
+        self._witnesses = keys.witnesses(node)
+        self._checkpoints: list[CheckpointInfo] = []
+        self._consistent: set[tuple[int, int]] = set()
+        self._frontier = Frontier()
+        self._next_checkpoint = 0
+        self._mismatch: BadEntry | None = None
+        self._mode: str | None = None  # "complete" (every entry) or "proven" (entries with proofs)
+        self._proven = 0
+
+    @property
+    def checkpoints(self) -> tuple[CheckpointInfo, ...]:
+        return tuple(self._checkpoints)
+
+    @property
+    def checked(self) -> int:
+        """Entries checked so far."""
+        return self._frontier.size if self._mode == "complete" else self._proven
+
+    def checkpoint(self, note_text: str) -> CheckpointInfo:
+        """Verify one checkpoint note (log signature and any cosignatures) and keep it."""
+        if self._mode is not None:
+            raise InvalidInput("checkpoints must come before the entries")
+        try:
+            cp, note = open_checkpoint(note_text, self._log_key, self.origin)
+        except BadSignature as exc:
+            raise AuditTampered(f"a checkpoint is not validly signed by {self.node}: {exc.detail}") from exc
+        except InvalidInput as exc:
+            raise AuditTampered(f"a checkpoint of {self.node} is malformed: {exc.detail}") from exc
+        try:
+            cosigned = cosignatures(note, self._witnesses)
+        except BadSignature as exc:
+            raise AuditTampered(f"checkpoint {cp.size}: a cosignature does not verify: {exc.detail}") from exc
+        info = CheckpointInfo(cp.size, cp.root, tuple(sorted(_witness_node(n) for n in cosigned)), note.render())
+        if self._checkpoints:
+            last = self._checkpoints[-1]
+            if cp.size == last.size:
+                if cp.root != last.root:
+                    raise AuditTampered(
+                        f"{self.node} signed two checkpoints of size {cp.size} with different roots: a split view"
+                    )
+                info = replace(last, witnesses=tuple(sorted({*last.witnesses, *info.witnesses})))
+                self._checkpoints[-1] = info
+                return info
+            if cp.size < last.size:
+                raise InvalidInput("checkpoints must come in increasing size")
+        self._checkpoints.append(info)
+        return info
+
+    def _at(self, size: int) -> CheckpointInfo:
+        for cp in self._checkpoints:
+            if cp.size == size:
+                return cp
+        raise AuditTampered(f"no signed checkpoint of size {size}")
+
+    def consistency(self, old: int, new: int, proof: Sequence[bytes]) -> None:
+        """Check that checkpoint `new` extends checkpoint `old`."""
+        a, b = self._at(old), self._at(new)
+        try:
+            verify_consistency(old, new, proof, a.root, b.root)
+        except ProofError as exc:
+            raise AuditTampered(f"checkpoints {old} and {new} of {self.node} are not consistent: {exc}") from exc
+        self._consistent.add((old, new))
+
+    def _fail(self, error: BadEntry) -> NoReturn:
+        """Raise the earlier of `error` and a root mismatch seen before it."""
+        if self._mismatch is not None and self._mismatch.index <= error.index:
+            raise self._mismatch
+        raise error
+
+    def _check_body(self, idx: int, entry: bytes) -> None:
+        try:
+            body = json.loads(entry)
+        except (ValueError, UnicodeDecodeError):
+            self._fail(BadEntry(idx, "is not valid JSON"))
+        if not isinstance(body, dict):
+            self._fail(BadEntry(idx, "is not a JSON object"))
+        claimed = body.get("idx")
+        if type(claimed) is not int or claimed < 0:
+            self._fail(BadEntry(idx, "carries no index"))
+        if claimed != idx:
+            self._fail(
+                BadEntry(
+                    min(idx, claimed),
+                    f"the entry stored at position {idx} says it is entry {claimed}: "
+                    "entries were reordered, inserted or removed",
+                )
+            )
+
+    def entry(self, idx: int, entry: bytes, stored_leaf_hash: bytes | None = None) -> None:
+        """Append the next entry of a complete log; it must be entry number `idx`."""
+        if self._mode == "proven":
+            raise InvalidInput("a bundle holds either every entry or entries with proofs, not both")
+        self._mode = "complete"
+        expected = self._frontier.size
+        if idx > expected:
+            gap = f"the log goes from entry {expected - 1} to entry {idx}" if expected else f"the log starts at {idx}"
+            self._fail(BadEntry(expected, f"is missing: {gap}"))
+        if idx < expected:
+            self._fail(BadEntry(idx, "appears twice or out of order"))
+        self._check_body(idx, entry)
+        leaf = leaf_hash(entry)
+        if stored_leaf_hash is not None and stored_leaf_hash != leaf:
+            self._fail(BadEntry(idx, "its content does not match its stored leaf hash: it was changed"))
+        self._frontier.append(leaf)
+        cps = self._checkpoints
+        while self._next_checkpoint < len(cps) and cps[self._next_checkpoint].size <= self._frontier.size:
+            cp = cps[self._next_checkpoint]
+            if cp.size == self._frontier.size and self._frontier.root() != cp.root and self._mismatch is None:
+                lo = cps[self._next_checkpoint - 1].size if self._next_checkpoint else 0
+                self._mismatch = BadEntry(
+                    lo,
+                    f"entries {lo} to {cp.size - 1} do not hash to the root signed in checkpoint {cp.size}: "
+                    f"one of them was changed, removed or inserted (the first bad entry is at or after {lo})",
+                )
+            self._next_checkpoint += 1
+
+    def proven_entry(self, idx: int, entry: bytes, size: int, proof: Sequence[bytes]) -> None:
+        """Check one entry of a partial log by its inclusion proof in checkpoint `size`."""
+        if self._mode == "complete":
+            raise InvalidInput("a bundle holds either every entry or entries with proofs, not both")
+        self._mode = "proven"
+        cp = self._at(size)
+        self._check_body(idx, entry)
+        try:
+            verify_inclusion(leaf_hash(entry), idx, size, proof, cp.root)
+        except ProofError as exc:
+            raise BadEntry(idx, f"is not in the log that checkpoint {size} signs: {exc}") from exc
+        self._proven += 1
+
+    def finish(self, *, complete: bool, quorum: int = 0) -> LogReport:
+        """Close the check: no signed entry may be missing, and the latest checkpoint needs `quorum` witnesses."""
+        cps = self._checkpoints
+        if complete:
+            if self._mode == "proven":
+                raise InvalidInput("a complete bundle cannot hold entries with proofs")
+            count = self._frontier.size
+            if cps and cps[-1].size > count:
+                self._fail(
+                    BadEntry(
+                        count,
+                        f"is missing: checkpoint {cps[-1].size} covers {cps[-1].size} entries, the log holds {count}",
+                    )
+                )
+            if self._mismatch is not None:
+                raise self._mismatch
+            for cp in cps:
+                if cp.size == 0 and cp.root != EMPTY_ROOT:
+                    raise AuditTampered("a checkpoint of size 0 signs a root other than the empty tree's")
+            root, tail = self._frontier.root(), count - (cps[-1].size if cps else 0)
+        else:
+            for a, b in itertools.pairwise(cps):
+                if (a.size, b.size) not in self._consistent:
+                    raise AuditTampered(f"no consistency proof between checkpoints {a.size} and {b.size}")
+            count, root, tail = self._proven, cps[-1].root if cps else EMPTY_ROOT, 0
+        latest = cps[-1] if cps else None
+        if quorum and (latest is None or len(latest.witnesses) < quorum):
+            have = len(latest.witnesses) if latest else 0
+            raise AuditTampered(
+                f"the latest checkpoint has {have} valid cosignature(s), fewer than the quorum of {quorum}"
+            )
+        return LogReport(self.node, complete, count, root, tuple(cps), tail)
+
+
+def _field(record: Mapping[str, Any], name: str, kind: type) -> Any:
+    value = record.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise InvalidInput(f"a {record.get('type')} record needs {name!r} of type {kind.__name__}")
+    return value
+
+
+def _hashes(record: Mapping[str, Any], name: str) -> list[bytes]:
+    items = _field(record, name, list)
+    if not all(isinstance(i, str) for i in items):
+        raise InvalidInput(f"{name!r} must be a list of base64url hashes")
+    return [b64d(i) for i in items]
+
+
+@dataclass
+class BundleCheck:
+    """Check an export bundle record by record, as it streams in, then `finish()`.
+
+    `keys` come from a trusted roster (the auditor's own). Without it the bundle's roster is
+    used: checked against `authority` if given, else taken on trust (and said so in warnings).
+    """
+
+    keys: KeyRing | None = None
+    authority: VerifyKey | None = None
+    header: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+    _verifier: LogVerifier | None = None
+    _end: int | None = None
+
+    @property
+    def size(self) -> int | None:
+        return int(self.header["size"]) if self.header else None
+
+    @property
+    def verifier(self) -> LogVerifier:
+        if self._verifier is None:
+            raise InvalidInput("the bundle does not start with a header record")
+        return self._verifier
+
+    def feed_line(self, line: bytes | str) -> None:
+        """Feed one line of the JSON Lines file; blank lines are skipped."""
+        if not line.strip():
+            return
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise InvalidInput(f"a bundle line is not JSON: {exc}") from exc
+        if not isinstance(record, dict):
+            raise InvalidInput("a bundle line is not a JSON object")
+        self.feed(record)
+
+    def feed(self, record: Mapping[str, Any]) -> None:
+        kind = record.get("type")
+        if self.header is None:
+            if kind != "header":
+                raise InvalidInput("the bundle does not start with a header record")
+            self._read_header(record)
+            return
+        if self._end is not None:
+            raise InvalidInput("the bundle has records after its end record")
+        verifier = self.verifier
+        if kind == "entry":
+            idx, text = _field(record, "idx", int), _field(record, "entry", str)
+            data = text.encode("utf-8")
+            if "proof" in record:
+                verifier.proven_entry(idx, data, _field(record, "size", int), _hashes(record, "proof"))
+            else:
+                stored = b64d(_field(record, "leaf_hash", str)) if "leaf_hash" in record else None
+                verifier.entry(idx, data, stored)
+        elif kind == "checkpoint":
+            verifier.checkpoint(_field(record, "note", str))
+        elif kind == "consistency":
+            verifier.consistency(_field(record, "from", int), _field(record, "to", int), _hashes(record, "proof"))
+        elif kind == "end":
+            self._end = _field(record, "entries", int)
+        else:
+            raise InvalidInput(f"unknown bundle record type {kind!r}")
+
+    def _read_header(self, record: Mapping[str, Any]) -> None:
+        if record.get("format") != FORMAT:
+            raise InvalidInput(f"not an {FORMAT} file")
+        node = _field(record, "node", str)
+        _field(record, "size", int)
+        if not isinstance(record.get("complete"), bool):
+            raise InvalidInput("the header needs 'complete' true or false")
+        keys = self.keys
+        if keys is None:
+            try:
+                signed = SignedRoster.model_validate(record.get("roster"))
+            except ValidationError as exc:
+                raise InvalidInput("the bundle carries no valid roster; pass the node file instead") from exc
+            if self.authority is not None:
+                try:
+                    keys = KeyRing.from_federation(Federation.verify(signed, self.authority))
+                except (ConfigError, BadSignature) as exc:
+                    raise AuditTampered(f"the bundle's roster is not signed by the given authority: {exc}") from exc
+            else:
+                keys = KeyRing.from_roster(signed.roster)
+                self.warnings.append(
+                    "keys were taken from the bundle's own roster, unchecked: pass --authority or --node to anchor them"
+                )
+        self.header = dict(record)
+        self._verifier = LogVerifier(node, keys)
+
+    def finish(self, *, quorum: int = 0) -> LogReport:
+        if self.header is None:
+            raise InvalidInput("the bundle is empty")
+        if self._end is None:
+            raise InvalidInput("the bundle is truncated: it has no end record")
+        report = self.verifier.finish(complete=bool(self.header["complete"]), quorum=quorum)
+        if report.entries != self._end:
+            raise InvalidInput(f"the end record counts {self._end} entries, the bundle holds {report.entries}")
+        return replace(report, warnings=tuple(self.warnings))

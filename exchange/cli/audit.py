@@ -1,0 +1,442 @@
+"""`exchange audit`: verify a node's audit log (live or from an export), export it, sign a
+checkpoint on demand, and trace a bulletin's chain of custody across the nodes of its channel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import replace
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from exchange.audit.log import BadEntry, BundleCheck, KeyRing, LogReport
+from exchange.audit.trace import GAP, NONE, OK, REFUSED, Step, Trace, assemble
+from exchange.cli.client import ApiError, Target, call
+from exchange.config import NodeConfig
+from exchange.crypto import b64e
+from exchange.errors import AuditTampered, ExchangeError, PeerError
+from exchange.keystore import load_authority_public
+from exchange.node.app import load_federation
+from exchange.node.tls import client_context
+
+F = TypeVar("F", bound=Callable[..., Any])
+Progressed = Callable[[int], None]  # called with the number of entries checked so far
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True)
+PROGRESS_FROM = 10_000  # entries: smaller logs verify too fast for a progress bar to help
+PROGRESS_EVERY = 5_000
+
+
+def _user_errors(fn: F) -> F:
+    """Print an ExchangeError as one line and exit 1, instead of a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ExchangeError as exc:
+            err_console.print(f"[red]error:[/red] {exc.detail}", highlight=False)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def keys_of(node_path: Path) -> KeyRing:
+    """The roster keys, from the node's own roster file checked against the federation authority."""
+    return KeyRing.from_federation(load_federation(NodeConfig.load(node_path)))
+
+
+async def stream_lines(target: Target, path: str) -> AsyncIterator[bytes]:
+    """The lines of a streamed API answer (an export bundle), as they arrive."""
+    connector = aiohttp.TCPConnector(ssl=client_context(target.server_cert))
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
+    headers = {"Authorization": f"Bearer {target.token}"}
+    try:
+        async with (
+            aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+            session.get(target.url + path, headers=headers) as resp,
+        ):
+            if resp.status >= 400:
+                payload = await resp.read()
+                try:
+                    detail = json.loads(payload).get("detail", resp.reason)
+                except ValueError:
+                    detail = resp.reason or "error"
+                raise ApiError(resp.status, str(detail))
+            rest = b""
+            async for chunk in resp.content.iter_chunked(1 << 16):
+                *lines, rest = (rest + chunk).split(b"\n")
+                for line in lines:
+                    yield line
+            if rest:
+                yield rest
+    except aiohttp.ClientError as exc:
+        raise PeerError(f"the export from {target.url} broke off: {exc}") from exc
+
+
+def _feed(check: BundleCheck, lines: Iterable[bytes], progress: Progressed | None) -> None:
+    for line in lines:
+        check.feed_line(line)
+        _tick(check, progress)
+
+
+def _tick(check: BundleCheck, progress: Progressed | None) -> None:
+    if progress is not None and check.header is not None:
+        done = check.verifier.checked
+        if done % PROGRESS_EVERY == 0:
+            progress(done)
+
+
+async def verify_node(
+    target: Target,
+    keys: KeyRing,
+    *,
+    fresh: bool = True,
+    witness: bool = True,
+    quorum: int = 0,
+    progress: Progressed | None = None,
+    on_header: Callable[[int], None] | None = None,
+) -> LogReport:
+    """Verify a live node's log through its API: sign a fresh checkpoint, then check a full export.
+
+    Raises AuditTampered (BadEntry names the first bad entry) if the log does not verify.
+    """
+    warnings: list[str] = []
+    if fresh:
+        try:
+            await call(target, "POST", "/api/v1/audit/checkpoint" + ("" if witness else "?witness=false"))
+        except ExchangeError as exc:
+            warnings.append(f"no fresh checkpoint: {exc.detail}")
+    check = BundleCheck(keys=keys)
+    async for line in stream_lines(target, "/api/v1/audit/export"):
+        had_header = check.header is not None
+        check.feed_line(line)
+        if not had_header and check.header is not None and on_header is not None:
+            on_header(int(check.header["size"]))
+        _tick(check, progress)
+    report = check.finish(quorum=quorum)
+    return replace(report, warnings=(*report.warnings, *warnings))
+
+
+def verify_bundle(
+    path: Path,
+    keys: KeyRing | None = None,
+    *,
+    authority: Path | None = None,
+    quorum: int = 0,
+    progress: Progressed | None = None,
+    on_header: Callable[[int], None] | None = None,
+) -> LogReport:
+    """Verify an export bundle file offline."""
+    check = BundleCheck(keys=keys, authority=load_authority_public(authority) if authority else None)
+    with path.open("rb") as fh:
+        first = next(fh, b"")
+        check.feed_line(first)
+        if on_header is not None and check.header is not None:
+            on_header(int(check.header["size"]))
+        _feed(check, fh, progress)
+    return check.finish(quorum=quorum)
+
+
+def report_json(report: LogReport) -> dict[str, Any]:
+    def cp(c: Any) -> Any:
+        return None if c is None else {"size": c.size, "root": b64e(c.root), "witnesses": list(c.witnesses)}
+
+    return {
+        "ok": True,
+        "node": report.node,
+        "complete": report.complete,
+        "entries": report.entries,
+        "root": b64e(report.root),
+        "checkpoints": len(report.checkpoints),
+        "latest": cp(report.latest),
+        "latest_witnessed": cp(report.latest_witnessed),
+        "tail": report.tail,
+        "warnings": list(report.warnings),
+    }
+
+
+def render_report(report: LogReport) -> None:
+    kind = "every entry recomputed" if report.complete else "entries checked by inclusion proofs"
+    console.print(f"[green]OK[/green] audit log of [bold]{report.node}[/bold] verifies ({kind})")
+    console.print(f"  entries      {report.entries}, root {b64e(report.root)}")
+    latest, witnessed = report.latest, report.latest_witnessed
+    if latest is None:
+        console.print("  checkpoints  none: nothing signed yet, so nothing above proves who wrote this log")
+    else:
+        by = ", ".join(latest.witnesses) or "no witness yet"
+        console.print(
+            f"  checkpoints  {len(report.checkpoints)} signed; latest of size {latest.size}, co-signed by {by}"
+        )
+        if witnessed is not None and witnessed is not latest:
+            console.print(f"  witnessed    up to size {witnessed.size}, by {', '.join(witnessed.witnesses)}")
+    if report.tail:
+        console.print(f"  tail         {report.tail} newer entries not covered by a checkpoint yet")
+    for warning in report.warnings:
+        console.print(f"  [yellow]warning:[/yellow] {warning}", highlight=False)
+
+
+def _progress_bar() -> Progress:
+    return Progress(
+        TextColumn("verifying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
+
+
+def _run_verify(run: Callable[[Progressed, Callable[[int], None]], LogReport], as_json: bool) -> None:
+    with _progress_bar() as bar:
+        task = bar.add_task("verify", total=None, visible=False)
+
+        def on_header(size: int) -> None:
+            bar.update(task, total=size, visible=size >= PROGRESS_FROM)
+
+        try:
+            report = run(lambda done: bar.update(task, completed=done), on_header)
+        except AuditTampered as exc:
+            if as_json:
+                index = exc.index if isinstance(exc, BadEntry) else None
+                click.echo(json.dumps({"ok": False, "error": exc.detail, "first_bad_entry": index}, indent=2))
+                sys.exit(1)
+            bar.stop()
+            err_console.print(f"[red]FAILED:[/red] the audit log does not verify: {exc.detail}", highlight=False)
+            sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(report_json(report), indent=2))
+    else:
+        render_report(report)
+
+
+@click.group()
+def audit() -> None:
+    """The tamper-evident audit log: verify, export, checkpoint, trace."""
+
+
+node_opt = click.option(
+    "--node",
+    "node_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The node's file, e.g. nodes/nl-customs.toml.",
+)
+user_opt = click.option("--user", default="auditor", show_default=True, help="Local user whose token file to use.")
+token_opt = click.option(
+    "--token", envvar="EXCHANGE_TOKEN", default=None, help="API token (else the user's token file)."
+)
+as_json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _need_node(node_path: Path | None) -> Path:
+    if node_path is None:
+        raise click.UsageError("--node is required")
+    return node_path
+
+
+@audit.command("verify")
+@node_opt
+@click.option(
+    "--bundle",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Verify this export offline instead of the live node.",
+)
+@click.option(
+    "--authority",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Federation authority public key that must sign the bundle's roster (offline, without --node).",
+)
+@click.option("--quorum", default=0, show_default=True, help="Cosignatures the latest checkpoint must carry.")
+@click.option(
+    "--fresh/--no-fresh", default=True, show_default=True, help="Live: have the node sign a checkpoint first."
+)
+@click.option("--witness/--no-witness", default=True, show_default=True, help="Live: have partners co-sign it too.")
+@user_opt
+@token_opt
+@as_json_opt
+@_user_errors
+def audit_verify(
+    node_path: Path | None,
+    bundle: Path | None,
+    authority: Path | None,
+    quorum: int,
+    fresh: bool,
+    witness: bool,
+    user: str,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Recompute the log's tree; check entry order, leaf hashes, checkpoint signatures, cosignatures
+    and consistency. Exits 1 and names the first bad entry if it does not verify."""
+    if bundle is not None:
+        keys = keys_of(node_path) if node_path is not None else None
+        _run_verify(
+            lambda progress, on_header: verify_bundle(
+                bundle, keys, authority=authority, quorum=quorum, progress=progress, on_header=on_header
+            ),
+            as_json,
+        )
+        return
+    node = _need_node(node_path)
+    target, keys = Target.from_node(node, user, token), keys_of(node)
+    _run_verify(
+        lambda progress, on_header: asyncio.run(
+            verify_node(
+                target, keys, fresh=fresh, witness=witness, quorum=quorum, progress=progress, on_header=on_header
+            )
+        ),
+        as_json,
+    )
+
+
+async def export_to(target: Target, out: Path, bulletin: str | None = None) -> int:
+    """Write a node's export bundle to `out`; return the number of lines."""
+    path = "/api/v1/audit/export" + (f"?bulletin={bulletin}" if bulletin else "")
+    count = 0
+    with out.open("wb") as fh:
+        async for line in stream_lines(target, path):
+            fh.write(line + b"\n")
+            count += 1
+    return count
+
+
+@audit.command("export")
+@node_opt
+@click.option("--bulletin", default=None, help="Only this bulletin's entries, each with an inclusion proof.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@user_opt
+@token_opt
+@_user_errors
+def audit_export(
+    node_path: Path | None, bulletin: str | None, output: Path | None, user: str, token: str | None
+) -> None:
+    """Download a self-contained bundle (entries, signed checkpoints, proofs, roster) for offline checks."""
+    node = _need_node(node_path)
+    cfg = NodeConfig.load(node)
+    out = output or Path(f"audit-{cfg.id}{'-' + bulletin[:12] if bulletin else ''}.jsonl")
+    lines = asyncio.run(export_to(Target.from_node(node, user, token), out, bulletin))
+    click.echo(f"wrote {out} ({lines} lines); check it with: exchange audit verify --bundle {out}")
+
+
+@audit.command("checkpoint")
+@node_opt
+@click.option("--witness/--no-witness", default=True, show_default=True, help="Ask the partners to co-sign it.")
+@user_opt
+@token_opt
+@as_json_opt
+@_user_errors
+def audit_checkpoint(node_path: Path | None, witness: bool, user: str, token: str | None, as_json: bool) -> None:
+    """Have the node sign a checkpoint of its log now, and show it with its cosignatures."""
+    node = _need_node(node_path)
+    path = "/api/v1/audit/checkpoint" + ("" if witness else "?witness=false")
+    result = asyncio.run(call(Target.from_node(node, user, token), "POST", path))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(result["note"], nl=False)
+    for witness_node, outcome in sorted(result.get("witnessing", {}).items()):
+        click.echo(f"# {witness_node}: {outcome}", err=True)
+
+
+_MARK = {
+    OK: "[green]✓[/green]",
+    GAP: "[bold red]GAP[/bold red]",
+    NONE: "[dim]-[/dim]",
+    REFUSED: "[yellow]refused[/yellow]",
+}
+
+
+def _cell(step: Step) -> str:
+    when = f" {step.at[11:19]}" if step.at and step.status == OK else ""
+    return _MARK.get(step.status, step.status) + when
+
+
+def render_trace(trace: Trace) -> None:
+    others = ", ".join(r for r in trace.recipients if r != trace.author)
+    console.print(f"bulletin [bold]{trace.bulletin}[/bold] in channel {trace.channel}, by {trace.author}, to {others}")
+    console.print(f"  posted at {trace.author}: {_cell(trace.posted)}  {trace.posted.detail}", highlight=False)
+    table = Table("recipient", "sent", "received", "receipt", "opened")
+    for leg in trace.legs:
+        table.add_row(leg.recipient, *(_cell(leg.step(k)) for k in ("sent", "received", "receipt", "opened")))
+    console.print(table)
+    if trace.author_opened.status == OK:
+        console.print(f"  at {trace.author}: {trace.author_opened.detail}", highlight=False)
+    for step in trace.gaps:
+        console.print(f"  [bold red]GAP[/bold red] {step.kind} at {step.node}: {step.detail}", highlight=False)
+    for ev in trace.evidence:
+        if ev.error is not None:
+            mark = "[bold red]INVALID[/bold red]" if ev.invalid else "[yellow]unchecked[/yellow]"
+            console.print(f"  {mark} {ev.node}: {ev.error}", highlight=False)
+        elif ev.checkpoint is not None:
+            by = ", ".join(ev.checkpoint.witnesses) or "no witness yet"
+            proven = f"{len(ev.entries)} entries proven in its checkpoint {ev.checkpoint.size}"
+            console.print(f"  {ev.node}: {proven} (co-signed by {by})")
+
+
+def trace_json(trace: Trace) -> dict[str, Any]:
+    def step(s: Step) -> dict[str, Any]:
+        return {"kind": s.kind, "node": s.node, "status": s.status, "detail": s.detail, "at": s.at, "idx": s.idx}
+
+    return {
+        "bulletin": trace.bulletin,
+        "channel": trace.channel,
+        "author": trace.author,
+        "posted": step(trace.posted),
+        "legs": [{"recipient": leg.recipient, "steps": [step(s) for s in leg.steps]} for leg in trace.legs],
+        "gaps": [step(s) for s in trace.gaps],
+        "evidence": [
+            {
+                "node": e.node,
+                "entries": len(e.entries),
+                "checkpoint": e.checkpoint.size if e.checkpoint else None,
+                "witnesses": list(e.checkpoint.witnesses) if e.checkpoint else [],
+                "error": e.error,
+                "invalid": e.invalid,
+            }
+            for e in trace.evidence
+        ],
+    }
+
+
+async def trace_bulletin(target: Target, keys: KeyRing, bulletin: str) -> Trace:
+    """Fetch every named node's evidence through the node's API, verify it here, build the chain."""
+    raw = await call(target, "GET", f"/api/v1/audit/trace/{bulletin}")
+    return assemble(raw, keys)
+
+
+@audit.command("trace")
+@click.argument("bulletin_id")
+@node_opt
+@click.option("--strict", is_flag=True, help="Exit 2 if the chain of custody has a gap.")
+@user_opt
+@token_opt
+@as_json_opt
+@_user_errors
+def audit_trace(
+    bulletin_id: str, node_path: Path | None, strict: bool, user: str, token: str | None, as_json: bool
+) -> None:
+    """Follow a bulletin across the nodes of its channel: posted, sent, received, receipt, opened.
+
+    Every step is proven by an inclusion proof in a checkpoint signed by the node that logged it.
+    A step that must have happened but is in no log shows as a GAP. Exits 1 if a node's evidence
+    fails verification.
+    """
+    node = _need_node(node_path)
+    trace = asyncio.run(trace_bulletin(Target.from_node(node, user, token), keys_of(node), bulletin_id))
+    if as_json:
+        click.echo(json.dumps(trace_json(trace), indent=2))
+    else:
+        render_trace(trace)
+    if trace.invalid:
+        sys.exit(1)
+    if strict and trace.gaps:
+        sys.exit(2)

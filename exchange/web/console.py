@@ -1,0 +1,156 @@
+"""The console on a node's app: its routes under /console/, templates, static files and HTML error pages.
+
+Problems on console pages become a friendly HTML page with the status code; the JSON API keeps
+its problem+json. Refused console requests are audited as the API's are.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from urllib.parse import quote
+
+from aiohttp import web
+
+from exchange.errors import ExchangeError, Unauthorized
+from exchange.node.appkeys import SERVICE, USER
+from exchange.node.problem import status_for
+from exchange.web import admin, auditor, contact, signin
+from exchange.web.pages import JINJA, environment, render
+from exchange.web.session import CONSOLE_SETTINGS, SESSION, ConsoleSettings, TooManyFailures
+
+log = logging.getLogger("exchange.web")
+
+PREFIX = "/console"
+STATIC = Path(__file__).parent / "static"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Nothing is loaded from elsewhere, no script runs, and no other site may frame or post to a page.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",  # "no-referrer" would make browsers send Origin: null
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+HOME_PATHS = (PREFIX, PREFIX + "/")
+MAX_FORM_BYTES = 4 * 1024 * 1024  # a full compose form is under 1 MB; the node's own limit is for envelopes
+
+
+def _is_console(path: str) -> bool:
+    return path == PREFIX or path.startswith(PREFIX + "/")
+
+
+def _secure(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)
+    if not request.path.startswith(PREFIX + "/static/"):
+        response.headers["Cache-Control"] = "no-store"  # bulletin pages must not linger in caches
+
+
+_DETAILS = {  # for aiohttp's own errors, whose text is only "404: Not Found"
+    404: "no such page in the console",
+    405: "This page cannot be used that way.",
+    413: "What you sent is larger than this node accepts.",
+}
+EXPLAIN = {
+    401: "Please sign in again.",
+    403: "You do not have the right to see or do this.",
+    404: "There is nothing here that you may see.",
+    409: "This clashes with what the node holds already.",
+    422: "The node could not accept what was sent.",
+    429: "Too many attempts; please wait before you try again.",
+}
+
+
+def error_page(request: web.Request, status: int, title: str, detail: str) -> web.Response:
+    """The console's HTML problem page (never a traceback), with the navigation if someone is signed in."""
+    explain = EXPLAIN.get(status, "The node could not handle this request." if status >= 500 else "")
+    return render(
+        request,
+        "error.html",
+        status=status,
+        session=request.get(SESSION),
+        title=title,
+        explain=explain,
+        detail=detail,
+        code=status,
+    )
+
+
+@web.middleware
+async def console_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """HTML error pages and security headers for /console/; everything else passes through."""
+    if not _is_console(request.path):
+        return await handler(request)
+    try:
+        if (request.content_length or 0) > MAX_FORM_BYTES:
+            raise web.HTTPRequestEntityTooLarge(MAX_FORM_BYTES, request.content_length or 0)
+        response = await handler(request)
+        _secure(request, response)
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            _secure(request, exc)
+            raise
+        status, title, reason = exc.status, exc.reason, exc.reason
+        plain = not exc.text or exc.text.startswith(f"{exc.status}:")  # aiohttp's own "404: Not Found"
+        detail = _DETAILS.get(status, exc.reason) if plain or exc.text is None else exc.text
+    except Unauthorized as exc:
+        if request.method in ("GET", "HEAD"):
+            target = quote(request.path_qs, safe="/?=&")
+            location = f"{PREFIX}/sign-in" + ("" if request.path in HOME_PATHS else f"?next={target}")
+            response = web.Response(status=303, headers={"Location": location})
+            _secure(request, response)
+            return response
+        status, title, reason, detail = 401, exc.title, exc.detail, "Your session has ended. Please sign in again."
+    except ExchangeError as exc:
+        status = 429 if isinstance(exc, TooManyFailures) else status_for(exc)
+        title, reason, detail = exc.title, exc.detail, exc.detail
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        response = error_page(request, 500, "Internal error", "The node could not handle this request.")
+        _secure(request, response)
+        return response
+    response = error_page(request, status, title, detail)
+    _secure(request, response)
+    if 400 <= status < 500:
+        entry = {
+            "method": request.method,
+            "path": request.path,
+            "status": status,
+            "reason": reason,
+            "user": request.get(USER),
+        }
+        await request.app[SERVICE].audit_rejection({k: v for k, v in entry.items() if v is not None})
+    return response
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get(PREFIX, signin.home),
+        *signin.routes(PREFIX),
+        *contact.routes(PREFIX),
+        *auditor.routes(PREFIX),
+        *admin.routes(PREFIX),
+    ]
+
+
+def mount(app: web.Application, settings: ConsoleSettings | None = None) -> None:
+    """Serve the console from `app`: routes, static files, templates, and its error middleware.
+
+    The middleware is appended, so it runs inside the node's problem+json middleware and turns
+    console errors into HTML before that one sees them.
+    """
+    app[JINJA] = environment()
+    app[CONSOLE_SETTINGS] = settings or ConsoleSettings()
+    app.middlewares.append(console_middleware)
+    app.add_routes(routes())
+    app.router.add_static(PREFIX + "/static/", STATIC, name="console-static")
+
+
+__all__ = ["PREFIX", "console_middleware", "error_page", "mount", "routes"]

@@ -1,0 +1,135 @@
+"""Signing in and out, each person's landing page, and changing one's own password."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from exchange.errors import InvalidInput, Unauthorized
+from exchange.node.appkeys import SERVICE
+from exchange.node.users import set_password
+from exchange.web.pages import redirect, render
+from exchange.web.session import (
+    CONSOLE_SETTINGS,
+    SESSION_COOKIE,
+    SIGNIN_COOKIE,
+    TooManyFailures,
+    check_password,
+    check_signin_token,
+    clear_session_cookie,
+    client_address,
+    close_session,
+    end_sessions,
+    find_session,
+    posted_form,
+    set_session_cookie,
+    set_signin_cookie,
+    sign_in,
+    signed_in,
+    signin_token,
+)
+
+LANDING = {"contact-point": "/console/channels", "auditor": "/console/audit", "admin": "/console/admin"}
+
+
+def _next(target: str | None) -> str | None:
+    """Only a path inside the console may be where sign-in leads, never another site."""
+    if target and target.startswith("/console/") and not target.startswith("/console//") and "\\" not in target:
+        return target
+    return None
+
+
+async def home(request: web.Request) -> web.StreamResponse:
+    session = await find_session(
+        request.app[SERVICE].store, request.cookies.get(SESSION_COOKIE), request.app[CONSOLE_SETTINGS]
+    )
+    if session is None:
+        return redirect("/console/sign-in")
+    return redirect(LANDING.get(session.user.role, "/console/peers"))
+
+
+def _sign_in_form(request: web.Request, *, status: int = 200, error: str | None = None, name: str = "") -> web.Response:
+    token = signin_token(request)
+    response = render(
+        request,
+        "sign_in.html",
+        status=status,
+        signin_csrf=token,
+        error=error,
+        name=name,
+        next=_next(request.query.get("next")) or "",
+    )
+    set_signin_cookie(response, token)
+    return response
+
+
+async def sign_in_page(request: web.Request) -> web.StreamResponse:
+    store, settings = request.app[SERVICE].store, request.app[CONSOLE_SETTINGS]
+    if await find_session(store, request.cookies.get(SESSION_COOKIE), settings) is not None:
+        return redirect("/console/")
+    return _sign_in_form(request)
+
+
+async def sign_in_post(request: web.Request) -> web.StreamResponse:
+    await check_signin_token(request)
+    form = await request.post()
+    name, password = str(form.get("user", "")).strip()[:64], str(form.get("password", ""))
+    store, settings = request.app[SERVICE].store, request.app[CONSOLE_SETTINGS]
+    try:
+        session = await sign_in(store, name, password, client_address(request), settings)
+    except TooManyFailures as exc:
+        return _sign_in_form(request, status=429, error=exc.detail, name=name)
+    except Unauthorized:
+        return _sign_in_form(request, status=401, error="Wrong user name or password.", name=name)
+    target = _next(str(form.get("next", ""))) or LANDING.get(session.user.role, "/console/peers")
+    response = redirect(target)
+    set_session_cookie(response, session)
+    response.del_cookie(SIGNIN_COOKIE, path="/")
+    return response
+
+
+async def sign_out(request: web.Request) -> web.StreamResponse:
+    session, _ = await posted_form(request)
+    await close_session(request.app[SERVICE].store, session, client_address(request))
+    response = redirect("/console/sign-in")
+    clear_session_cookie(response)
+    return response
+
+
+async def account_page(request: web.Request) -> web.StreamResponse:
+    session = await signed_in(request)
+    return render(request, "account.html", session=session, error=None, done=request.query.get("done") == "1")
+
+
+async def change_password(request: web.Request) -> web.StreamResponse:
+    """A person changes their own password: the current one is checked under the sign-in limits."""
+    session, form = await posted_form(request)
+    store, settings = request.app[SERVICE].store, request.app[CONSOLE_SETTINGS]
+    new, again = form.get("new", ""), form.get("again", "")
+    error = None
+    if new != again:
+        error = "The two new passwords differ."
+    else:
+        try:
+            await check_password(store, session.user.name, form.get("current", ""), client_address(request), settings)
+            await set_password(store, session.user.name, new, actor=session.user.name)
+            await end_sessions(store, session.user.name, keep=session)
+        except TooManyFailures as exc:
+            error = exc.detail
+        except Unauthorized:
+            error = "Your current password is not that."
+        except InvalidInput as exc:
+            error = exc.detail[:1].upper() + exc.detail[1:] + "."
+    if error is not None:
+        return render(request, "account.html", status=422, session=session, error=error, done=False)
+    return redirect("/console/account?done=1")
+
+
+def routes(prefix: str) -> list[web.RouteDef]:
+    return [
+        web.get(prefix + "/", home),
+        web.get(prefix + "/sign-in", sign_in_page),
+        web.post(prefix + "/sign-in", sign_in_post),
+        web.post(prefix + "/sign-out", sign_out),
+        web.get(prefix + "/account", account_page),
+        web.post(prefix + "/account/password", change_password),
+    ]

@@ -1,0 +1,336 @@
+"""Issue 5's must-shows on real nodes over mutual TLS, on SQLite and PostgreSQL: tampering with the
+audit table is caught and the first bad entry named; a node that rewrites a witnessed history is
+caught by its witness; a bulletin's chain of custody is traced across Customs and aviation nodes,
+with a withheld receipt shown as a gap."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from exchange.audit.checkpoint import log_origin, open_checkpoint
+from exchange.audit.log import BadEntry, KeyRing, LogReport
+from exchange.audit.trace import GAP, NONE, OK, assemble
+from exchange.audit.witness import SplitView
+from exchange.cli.audit import verify_node
+from exchange.cli.client import Target
+from exchange.crypto import canonical_json
+from exchange.errors import PeerError
+from exchange.keystore import read_file
+from exchange.merkle import leaf_hash
+from exchange.node.audit_api import AUDIT
+from exchange.store import Store, audit_checkpoints, audit_cosignatures, audit_log
+from tests.conftest import Federation, MakeFederation, Member, eventually
+
+BULLETIN = {
+    "kind": "threat-bulletin",
+    "handling": {"tlp": "AMBER", "no_onward_sharing": False},
+    "title": "IED components in toner cartridges",
+    "body": "Check consignments routed via NBO.",
+    "indicators": {"air_waybills": ["176-12345675"], "airports": ["NBO"]},
+}
+C2A_NODES = {"nl-customs": ("NL", "customs"), "ke-customs": ("KE", "customs"), "gb-avsec": ("GB", "aviation-security")}
+C2A = {
+    "id": "c2a",
+    "owner": "nl-customs",
+    "agencies": ["customs", "aviation-security"],
+    "members": {"nl-customs": ["read", "post", "admin"], "ke-customs": ["read", "post"], "gb-avsec": ["read", "post"]},
+}
+
+
+def target(member: Member) -> Target:
+    cert = read_file(member.config.keys_dir / "tls.crt").decode()
+    return Target(member.config.endpoint, member.tokens["auditor"], cert)
+
+
+def keys(member: Member) -> KeyRing:
+    return KeyRing.from_federation(member.service.fed)
+
+
+async def entries(member: Member, query: str = "") -> list[dict[str, Any]]:
+    status, page, _ = await member.api("GET", f"/api/v1/audit/log?limit=1000&{query}", user="auditor")
+    assert status == 200, page
+    return list(page["entries"])
+
+
+async def post(member: Member, channel: str = "c2c") -> str:
+    status, posted, _ = await member.api("POST", f"/api/v1/channels/{channel}/bulletins", body=BULLETIN)
+    assert status == 201, posted
+    return str(posted["id"])
+
+
+async def wait_for(member: Member, event: str, bid: str, count: int = 1, **match: str) -> None:
+    async def seen() -> bool:
+        found = await entries(member, f"event={event}&bulletin={bid}")
+        return len([e for e in found if all(e.get(k) == v for k, v in match.items())]) >= count
+
+    await eventually(seen, what=f"{event} of {bid[:8]} at {member.id}")
+
+
+async def checkpoint(member: Member, witness: bool = True) -> dict[str, Any]:
+    status, cp, _ = await member.api(
+        "POST", "/api/v1/audit/checkpoint" + ("" if witness else "?witness=false"), user="auditor"
+    )
+    assert status == 200, cp
+    return dict(cp)
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    """The real `exchange` command in a child process, while this loop keeps the nodes serving."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "exchange.cli", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    return int(proc.returncode or 0), out.decode(), err.decode()
+
+
+# -- 1. tampering --------------------------------------------------------------------------------
+
+Rows = list[tuple[int, bytes, bytes]]
+
+
+async def snapshot(member: Member) -> Rows:
+    async with member.service.store.read() as conn:
+        rows = await conn.execute(sa.select(audit_log.c.idx, audit_log.c.entry, audit_log.c.leaf_hash).order_by("idx"))
+        return [(int(i), bytes(e), bytes(h)) for i, e, h in rows]
+
+
+async def restore(member: Member, rows: Rows) -> None:
+    async with member.service.store.engine.begin() as conn:
+        await conn.execute(sa.delete(audit_log).where(audit_log.c.idx <= len(rows)))
+        await conn.execute(sa.insert(audit_log), [{"idx": i, "entry": e, "leaf_hash": h} for i, e, h in rows])
+
+
+def index_of(rows: Rows, event: str) -> int:
+    return next(i for i, e, _ in rows if json.loads(e)["event"] == event)
+
+
+Tamper = Callable[[Any, Rows], Awaitable[int]]  # applies SQL; returns the index verify must name
+
+
+async def change(conn: Any, rows: Rows) -> int:
+    """Alter who posted the bulletin (the stored leaf hash is left as it was)."""
+    k = index_of(rows, "bulletin.posted")
+    forged = rows[k][1].replace(b'"user":"officer"', b'"user":"someone"')
+    await conn.execute(sa.update(audit_log).where(audit_log.c.idx == k).values(entry=forged))
+    return k
+
+
+async def delete(conn: Any, rows: Rows) -> int:
+    k = index_of(rows, "bulletin.posted")
+    await conn.execute(sa.delete(audit_log).where(audit_log.c.idx == k))
+    return k
+
+
+async def reorder(conn: Any, rows: Rows) -> int:
+    """Swap the posting and the delivery (PostgreSQL checks keys per row, hence the detour via -1)."""
+    j, k = index_of(rows, "bulletin.posted"), index_of(rows, "bulletin.delivered")
+    await conn.execute(sa.update(audit_log).where(audit_log.c.idx == j).values(idx=-1))
+    await conn.execute(sa.update(audit_log).where(audit_log.c.idx == k).values(idx=j))
+    await conn.execute(sa.update(audit_log).where(audit_log.c.idx == -1).values(idx=k))
+    return j
+
+
+async def insert(conn: Any, rows: Rows) -> int:
+    """Backdate an opening that never happened: shift the rows up and slip a forged one in."""
+    k = index_of(rows, "bulletin.posted")
+    await conn.execute(sa.update(audit_log).where(audit_log.c.idx >= k).values(idx=-audit_log.c.idx - 1))
+    await conn.execute(sa.update(audit_log).where(audit_log.c.idx < 0).values(idx=-audit_log.c.idx))
+    body = canonical_json({"idx": k, "event": "bulletin.opened", "at": "2020-01-01T00:00:00.000Z", "user": "ghost"})
+    await conn.execute(sa.insert(audit_log).values(idx=k, entry=body, leaf_hash=leaf_hash(body)))
+    return k
+
+
+async def rewrite(conn: Any, rows: Rows) -> int:
+    """A careful forger: the delivery's entry and its leaf hash both rewritten, nothing else to see.
+
+    Only the signed root tells now; verify names the first entry after the last checkpoint that
+    still matches, since no signature is finer-grained than a checkpoint.
+    """
+    k = index_of(rows, "bulletin.delivered")
+    body = canonical_json({**json.loads(rows[k][1]), "to": "nobody"})
+    await conn.execute(sa.update(audit_log).where(audit_log.c.idx == k).values(entry=body, leaf_hash=leaf_hash(body)))
+    return -1  # filled in by the test: the size of the previous checkpoint
+
+
+async def test_tampering_with_one_row_is_caught_and_the_first_bad_entry_named(
+    make_federation: MakeFederation,
+) -> None:
+    """Change, delete, reorder, insert one audit row straight in the database; then a careful
+    rewrite. Each time verify fails and names the entry; the untouched log verifies before and after."""
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    before = await checkpoint(nl)
+    bid = await post(nl)
+    await wait_for(nl, "bulletin.delivered", bid)
+    after = await checkpoint(nl)
+    assert after["witnesses"] == ["ke-customs"]
+    report: LogReport = await verify_node(target(nl), keys(nl), quorum=1)
+    assert report.latest is not None and report.latest.size == after["size"] and report.tail == 0
+
+    rows = await snapshot(nl)
+    for tamper in (change, delete, reorder, insert, rewrite):
+        async with nl.service.store.engine.begin() as conn:
+            expected = await tamper(conn, rows)
+        if tamper is rewrite:
+            expected = before["size"]
+        with pytest.raises(BadEntry) as caught:
+            await verify_node(target(nl), keys(nl), fresh=False)
+        assert caught.value.index == expected, f"{tamper.__name__}: {caught.value.detail}"
+        await restore(nl, rows)
+        assert (await verify_node(target(nl), keys(nl), fresh=False)).entries == len(rows), tamper.__name__
+
+    # The command an auditor runs, as a separate process against the live node.
+    node_file = str(fed.folder / "nl-customs.toml")
+    code, out, err = await run_cli("audit", "verify", "--node", node_file)
+    assert code == 0 and "OK" in out, err
+    async with nl.service.store.engine.begin() as conn:
+        k = await delete(conn, rows)
+    code, out, err = await run_cli("audit", "verify", "--node", node_file)
+    assert code == 1 and f"entry {k}: is missing" in err, (out, err)
+    await restore(nl, rows)
+
+
+# -- 2. split view ---------------------------------------------------------------------------------
+
+
+async def rewrite_history(member: Member, fed: Federation, drop_event: str) -> None:
+    """Stop the node, erase one entry from its log and renumber the rest consistently (new indices,
+    new leaf hashes), and forget its own checkpoints: the history it will now show is coherent in
+    itself. Then start it again."""
+    await fed.stop(member.id)
+    store = await Store.open(member.config.database_url)
+    try:
+        async with store.engine.begin() as conn:
+            rows = (await conn.execute(sa.select(audit_log.c.entry).order_by(audit_log.c.idx))).scalars().all()
+            kept = [json.loads(r) for r in rows if json.loads(r)["event"] != drop_event]
+            assert len(kept) == len(rows) - 1
+            await conn.execute(sa.delete(audit_log))
+            fresh = []
+            for i, body in enumerate(kept):
+                data = canonical_json({**body, "idx": i})
+                fresh.append({"idx": i, "entry": data, "leaf_hash": leaf_hash(data)})
+            await conn.execute(sa.insert(audit_log), fresh)
+            await conn.execute(sa.delete(audit_checkpoints))
+            await conn.execute(sa.delete(audit_cosignatures))
+    finally:
+        await store.close()
+    await fed.start(member.id)
+
+
+async def test_a_node_that_rewrites_a_witnessed_history_is_caught_by_its_witness(
+    make_federation: MakeFederation,
+) -> None:
+    fed = await make_federation()
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    bid = await post(nl)
+    status, _, _ = await nl.api("GET", f"/api/v1/bulletins/{bid}")  # nl's officer opens it
+    assert status == 200
+    await wait_for(nl, "bulletin.delivered", bid)
+    witnessed = await checkpoint(nl)
+    assert witnessed["witnessing"] == {"ke-customs": "cosigned"}
+
+    # nl erases the record that its officer opened the bulletin, and starts again.
+    await rewrite_history(nl, fed, "bulletin.opened")
+    # On its own, the rewritten log is coherent: it verifies against the checkpoints it now signs.
+    coherent = await verify_node(target(nl), keys(nl), witness=False)
+    assert coherent.latest is not None
+
+    # Pull: ke fetches nl's latest checkpoint and a proof from what it co-signed; it does not hold.
+    assert ke.node is not None
+    with pytest.raises(SplitView, match="split view"):
+        await ke.node.app[AUDIT].witness.pull("nl-customs")
+    # Push: nl's log grows and nl asks ke to co-sign; the consistency proof fails there too.
+    await wait_for(nl, "bulletin.delivered", await post(nl))
+    shown = await checkpoint(nl)
+    assert shown["size"] > witnessed["size"] and "ke-customs" not in shown["witnesses"]
+    assert "split view" in shown["witnessing"]["ke-customs"], shown["witnessing"]
+
+    # ke reports it: recorded with both notes, audited, and it never moved to the forked history.
+    status, view, _ = await ke.api("GET", "/api/v1/audit/witnessed", user="auditor")
+    assert status == 200
+    logs = {log["node"]: log for log in view["logs"]}
+    assert logs["nl-customs"]["size"] == witnessed["size"]
+    splits = [s for s in view["split_views"] if s["node"] == "nl-customs"]
+    assert len(splits) == 2
+    nl_key = ke.service.fed.verify_key("nl-customs")
+    for split in splits:  # two checkpoints, both signed by nl, that cannot both be true
+        seen, _ = open_checkpoint(split["seen"], nl_key, log_origin("nl-customs"))
+        told, _ = open_checkpoint(split["shown"], nl_key, log_origin("nl-customs"))
+        assert seen.size == witnessed["size"] and told.root != seen.root
+    audited = await entries(ke, "event=audit.split_view&peer=nl-customs")
+    assert [e["shown_size"] for e in audited] == [coherent.latest.size, shown["size"]]
+    assert all(e["seen_size"] == witnessed["size"] for e in audited)
+
+
+# -- 3. trace --------------------------------------------------------------------------------------
+
+
+async def trace(member: Member, bid: str) -> Any:
+    status, raw, _ = await member.api("GET", f"/api/v1/audit/trace/{bid}", user="auditor")
+    assert status == 200, raw
+    return assemble(raw, keys(member))
+
+
+async def open_everywhere(fed: Federation, bid: str) -> None:
+    for node in ("ke-customs", "gb-avsec"):
+
+        async def opened(member: Member = fed[node]) -> bool:
+            status, _, _ = await member.api("GET", f"/api/v1/bulletins/{bid}")
+            return status == 200
+
+        await eventually(opened, what=f"{node} to open {bid[:8]}")
+
+
+async def test_trace_follows_a_bulletin_across_customs_and_aviation_nodes_and_shows_a_withheld_receipt(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulletin posted at nl-customs to the Customs + aviation channel: every step is proven in
+    the log of the node that took it. Then gb-avsec withholds its receipt for a second bulletin: it
+    receives, stores, audits and even opens it, but its federation endpoint answers 502 after
+    persisting (as if the answer were lost, or held back on purpose), so the signed receipt never
+    reaches nl-customs. The trace shows gb-avsec's 'received' and 'opened', and a GAP where nl's
+    record of the receipt should be."""
+    fed = await make_federation(nodes=C2A_NODES, channels=[C2A])
+    nl, gb = fed["nl-customs"], fed["gb-avsec"]
+
+    bid = await post(nl, "c2a")
+    for node in ("ke-customs", "gb-avsec"):
+        await wait_for(nl, "bulletin.delivered", bid, to=node)
+    await open_everywhere(fed, bid)
+    full = await trace(nl, bid)
+    assert full.posted.status == OK and full.gaps == [] and full.invalid == []
+    assert {leg.recipient for leg in full.legs} == {"ke-customs", "gb-avsec"}
+    for leg in full.legs:
+        assert [s.status for s in leg.steps] == [OK, OK, OK, OK], leg
+        assert leg.step("received").detail == "received from nl-customs"
+    assert {e.node for e in full.evidence if e.checkpoint is not None} == set(C2A_NODES)
+
+    original = gb.service.receive
+
+    async def withholding(*args: Any, **kwargs: Any) -> Any:
+        await original(*args, **kwargs)
+        raise PeerError("gb-avsec holds back its receipt")
+
+    monkeypatch.setattr(gb.service, "receive", withholding)
+    withheld = await post(nl, "c2a")
+    await wait_for(nl, "bulletin.delivered", withheld, to="ke-customs")
+    await wait_for(gb, "bulletin.received", withheld)
+    await open_everywhere(fed, withheld)
+    gapped = await trace(nl, withheld)
+    legs = {leg.recipient: leg for leg in gapped.legs}
+    assert [s.status for s in legs["ke-customs"].steps] == [OK, OK, OK, OK]
+    assert [s.status for s in legs["gb-avsec"].steps] == [OK, OK, GAP, OK]
+    assert [(s.kind, s.node) for s in gapped.gaps] == [("receipt", "nl-customs")]
+
+    code, out, err = await run_cli(
+        "audit", "trace", withheld, "--node", str(fed.folder / "nl-customs.toml"), "--strict"
+    )
+    assert code == 2 and "GAP" in out and "receipt" in out, (out, err)
+    assert NONE not in [s.status for s in legs["gb-avsec"].steps]
