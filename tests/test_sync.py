@@ -11,7 +11,7 @@ from aiohttp import web
 from exchange.node.app import load_federation
 from exchange.node.appkeys import CATCHUP, SENDERS
 from exchange.node.tls import server_context
-from exchange.store import audit_log, bulletins, outbox, receipts
+from exchange.store import audit_log, bulletins, outbox, receipts, user_reads
 from tests.conftest import DEFAULT_NODES, MakeFederation, Member, eventually
 
 THREE = {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs")} | {"de-customs": ("DE", "customs")}
@@ -211,6 +211,8 @@ async def test_an_open_is_receipted_back_to_the_author(make_federation: MakeFede
         return bid in await receipts_at(a, "ke-customs", "opened")
 
     await eventually(opened, what="the opened receipt at the author")
+    async with b.service.store.read() as conn:  # read through the API: no longer unread in the console
+        assert await conn.scalar(sa.select(user_reads.c.at).where(user_reads.c.bulletin_id == bid)) is not None
     _, shown, _ = await a.api("GET", f"/api/v1/bulletins/{bid}")
     assert {(r["node"], r["status"]) for r in shown["receipts"]} >= {
         ("ke-customs", "received"),

@@ -42,7 +42,17 @@ from exchange.protocol.envelope import (
 )
 from exchange.protocol.receipt import make_receipt, verify_receipt
 from exchange.protocol.roster import Federation
-from exchange.store import AuditBuffer, Store, audit_log, bulletins, channel_events, cursors, outbox, receipts
+from exchange.store import (
+    AuditBuffer,
+    Store,
+    audit_log,
+    bulletins,
+    channel_events,
+    cursors,
+    outbox,
+    receipts,
+    user_reads,
+)
 
 NO_ONWARD_TLP = ("RED", "AMBER+STRICT")
 
@@ -704,6 +714,10 @@ class NodeService:
             audit.add(
                 {"event": "bulletin.opened", "at": now, "bulletin": bid, "channel": shown["channel"], "user": user.name}
             )
+            # Read by this user, wherever they opened it (console, API or CLI): no longer unread.
+            seen = sa.and_(user_reads.c.user == user.name, user_reads.c.bulletin_id == bid)
+            if await conn.scalar(sa.select(user_reads.c.user).where(seen)) is None:
+                await conn.execute(sa.insert(user_reads).values(user=user.name, bulletin_id=bid, at=now))
             exists = await conn.scalar(
                 sa.select(receipts.c.node).where(
                     receipts.c.bulletin_id == bid, receipts.c.node == self.me, receipts.c.status == "opened"

@@ -251,8 +251,7 @@ async def bulletin_page(request: web.Request) -> web.StreamResponse:
     session = await signed_in(request)
     user, service = session.user, request.app[SERVICE]
     bid = request.match_info["id"]
-    shown = await service.read(user, bid)
-    await mark_opened(service.store, user.name, bid)
+    shown = await service.read(user, bid)  # also marks it read for this user
     bulletin = shown["bulletin"]
     readable = await readable_channels(service, user)
     return render(
