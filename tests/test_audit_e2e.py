@@ -186,10 +186,14 @@ async def test_tampering_with_one_row_is_caught_and_the_first_bad_entry_named(
         await restore(nl, rows)
         assert (await verify_node(target(nl), keys(nl), fresh=False)).entries == len(rows), tamper.__name__
 
-    # The command an auditor runs, as a separate process against the live node.
-    node_file = str(fed.folder / "nl-customs.toml")
-    code, out, err = await run_cli("audit", "verify", "--node", node_file)
-    assert code == 0 and "OK" in out, err
+    # The commands an auditor runs, as separate processes: an export checked offline against
+    # the federation authority's key, then the live node after one more deletion.
+    node_file, bundle = str(fed.folder / "nl-customs.toml"), str(fed.folder / "nl.jsonl")
+    code, out, err = await run_cli("audit", "export", "--node", node_file, "-o", bundle)
+    assert code == 0, err
+    authority = str(nl.config.authority_key_path)
+    code, out, err = await run_cli("audit", "verify", "--bundle", bundle, "--authority", authority, "--quorum", "1")
+    assert code == 0 and "OK" in out and "co-signed by ke-customs" in out, (out, err)
     async with nl.service.store.engine.begin() as conn:
         k = await delete(conn, rows)
     code, out, err = await run_cli("audit", "verify", "--node", node_file)
@@ -227,6 +231,11 @@ async def rewrite_history(member: Member, fed: Federation, drop_event: str) -> N
 async def test_a_node_that_rewrites_a_witnessed_history_is_caught_by_its_witness(
     make_federation: MakeFederation,
 ) -> None:
+    """ke co-signs nl's checkpoint. nl then rewrites its history coherently (an entry erased, the
+    rest renumbered and rehashed, its own checkpoints forgotten), so its log verifies on its own.
+    ke's consistency check catches it both ways: when ke pulls (same size, another root) and when
+    nl pushes a larger checkpoint (the proof from the size ke saw fails). ke keeps both signed
+    notes as evidence, audits each as audit.split_view, and stays on the history it witnessed."""
     fed = await make_federation()
     nl, ke = fed["nl-customs"], fed["ke-customs"]
     bid = await post(nl)

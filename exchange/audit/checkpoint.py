@@ -59,6 +59,7 @@ def witness_name(node: str) -> str:
 
 
 def node_of_origin(origin: str) -> str:
+    """The node whose audit log `origin` names."""
     if not origin.startswith(ORIGIN_PREFIX) or len(origin) == len(ORIGIN_PREFIX):
         raise InvalidInput(f"{origin!r} is not the origin of an exchange audit log")
     return origin[len(ORIGIN_PREFIX) :]
@@ -89,6 +90,7 @@ class Checkpoint:
 
     @classmethod
     def parse(cls, text: str) -> Checkpoint:
+        """Parse a checkpoint note text (origin, size, root, extension lines)."""
         lines = text.split("\n")
         if lines[-1] != "" or len(lines) < 4:
             raise InvalidInput("a checkpoint has an origin, a size and a root hash line")
@@ -131,6 +133,7 @@ def cosign(note_text: str, witness: str, key: SigningKey, timestamp: int) -> Not
 
 
 def is_cosignature_by(sig: NoteSignature, witness: str, key: VerifyKey) -> bool:
+    """Whether a signature line is (by name and key ID) a cosignature/v1 of this witness key."""
     return sig.name == witness and sig.key_id == key_id(witness, SIG_COSIGNATURE_V1, key.raw)
 
 

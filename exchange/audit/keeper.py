@@ -47,6 +47,7 @@ class StoredCheckpoint:
 
     @property
     def witnesses(self) -> list[str]:
+        """Nodes that co-signed it."""
         return [w for w, _ in self.cosignatures]
 
     def full_note(self) -> str:
@@ -54,6 +55,7 @@ class StoredCheckpoint:
         return self.note + "".join(line for _, line in self.cosignatures)
 
     def view(self) -> dict[str, Any]:
+        """The checkpoint as the API shows it."""
         return {
             "size": self.size,
             "root": b64e(self.root),
@@ -98,10 +100,12 @@ class LogKeeper:
     # -- start, follow, stop ----------------------------------------------------------------
 
     async def start(self) -> None:
+        """Resume from the latest own checkpoint and start following the table."""
         await self._resume()
         self._follower = asyncio.create_task(self._follow(), name=f"audit-follow-{self.me}")
 
     async def close(self) -> None:
+        """Stop following the table."""
         if self._follower is not None:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -208,12 +212,14 @@ class LogKeeper:
         return StoredCheckpoint(int(row.size), as_bytes(row.root), row.note, row.at, tuple((w, ln) for w, ln in lines))
 
     async def latest(self) -> StoredCheckpoint | None:
+        """The largest checkpoint this node signed, with its cosignatures."""
         cols = (audit_checkpoints.c.size, audit_checkpoints.c.root, audit_checkpoints.c.note, audit_checkpoints.c.at)
         async with self.store.read() as conn:
             row = (await conn.execute(sa.select(*cols).order_by(audit_checkpoints.c.size.desc()).limit(1))).first()
             return None if row is None else await self._cosigned(conn, row)
 
     async def checkpoint_at(self, size: int) -> StoredCheckpoint:
+        """The checkpoint of size `size` this node signed, or NotFound."""
         cols = (audit_checkpoints.c.size, audit_checkpoints.c.root, audit_checkpoints.c.note, audit_checkpoints.c.at)
         async with self.store.read() as conn:
             row = (await conn.execute(sa.select(*cols).where(audit_checkpoints.c.size == size))).first()
@@ -295,18 +301,21 @@ class LogKeeper:
     # -- proofs and entries -----------------------------------------------------------------
 
     async def inclusion(self, index: int, size: int) -> list[bytes]:
+        """The inclusion proof of entry `index` in the tree of `size` entries."""
         tree = await self._tree()
         if not 0 <= index < size <= tree.size:
             raise InvalidInput(f"need 0 <= index < size <= {tree.size}")
         return inclusion_path(index, size, tree.root)
 
     async def consistency(self, old: int, new: int) -> list[bytes]:
+        """The consistency proof from size `old` to size `new`."""
         tree = await self._tree()
         if not 0 < old <= new <= tree.size:
             raise InvalidInput(f"need 0 < from <= to <= {tree.size}")
         return consistency_path(old, new, tree.root)
 
     async def entry(self, index: int) -> bytes:
+        """Entry `index` as stored."""
         async with self.store.read() as conn:
             raw = await conn.scalar(sa.select(audit_log.c.entry).where(audit_log.c.idx == index))
         if raw is None:
@@ -384,6 +393,7 @@ class LogKeeper:
     # -- export -----------------------------------------------------------------------------
 
     def header(self, *, complete: bool, size: int, bulletin: str | None = None) -> dict[str, Any]:
+        """The header record of an export bundle."""
         return {
             "type": "header",
             "format": FORMAT,

@@ -59,6 +59,7 @@ class KeyRing:
 
     @classmethod
     def from_federation(cls, fed: Federation) -> KeyRing:
+        """Keys of a roster whose authority signature was checked."""
         return cls({n: fed.verify_key(n) for n in fed.node_ids})
 
     @classmethod
@@ -67,6 +68,7 @@ class KeyRing:
         return cls({n.id: VerifyKey(b64d(n.signing_key)) for n in roster.nodes})
 
     def log_key(self, node: str) -> VerifyKey:
+        """The key that signs `node`'s checkpoints."""
         try:
             return self._keys[node]
         except KeyError:
@@ -101,10 +103,12 @@ class LogReport:
 
     @property
     def latest(self) -> CheckpointInfo | None:
+        """The largest checkpoint checked."""
         return self.checkpoints[-1] if self.checkpoints else None
 
     @property
     def latest_witnessed(self) -> CheckpointInfo | None:
+        """The largest checkpoint with at least one valid cosignature."""
         return next((c for c in reversed(self.checkpoints) if c.witnesses), None)
 
 
@@ -130,6 +134,7 @@ class LogVerifier:
 
     @property
     def checkpoints(self) -> tuple[CheckpointInfo, ...]:
+        """The checkpoints checked so far, by size."""
         return tuple(self._checkpoints)
 
     @property
@@ -313,10 +318,12 @@ class BundleCheck:
 
     @property
     def size(self) -> int | None:
+        """The size the header announces (None before the header)."""
         return int(self.header["size"]) if self.header else None
 
     @property
     def verifier(self) -> LogVerifier:
+        """The log verifier the header set up."""
         if self._verifier is None:
             raise InvalidInput("the bundle does not start with a header record")
         return self._verifier
@@ -334,6 +341,7 @@ class BundleCheck:
         self.feed(record)
 
     def feed(self, record: Mapping[str, Any]) -> None:
+        """Check one parsed record of the bundle."""
         kind = record.get("type")
         if self.header is None:
             if kind != "header":
@@ -387,6 +395,7 @@ class BundleCheck:
         self._verifier = LogVerifier(node, keys)
 
     def finish(self, *, quorum: int = 0) -> LogReport:
+        """Close the check: the bundle must be whole, and the log must verify."""
         if self.header is None:
             raise InvalidInput("the bundle is empty")
         if self._end is None:

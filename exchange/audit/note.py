@@ -29,6 +29,7 @@ _BAD_NAME = re.compile(r"[\s+]")
 
 
 def b64std_encode(data: bytes) -> str:
+    """Standard, padded base64, as the C2SP formats use."""
     return base64.b64encode(data).decode("ascii")
 
 
@@ -64,6 +65,7 @@ class NoteSignature:
     signature: bytes
 
     def line(self) -> str:
+        """The signature line, with its final newline."""
         return f"{EM_DASH} {self.name} {b64std_encode(self.key_id + self.signature)}\n"
 
 
@@ -75,6 +77,7 @@ class Note:
     signatures: tuple[NoteSignature, ...]
 
     def render(self) -> str:
+        """The whole note: text, blank line, signature lines."""
         return self.text + "\n" + "".join(s.line() for s in self.signatures)
 
     def with_signatures(self, *extra: NoteSignature) -> Note:
@@ -86,6 +89,7 @@ class Note:
         return Note(self.text, tuple(sigs))
 
     def by(self, name: str) -> list[NoteSignature]:
+        """The signature lines under key name `name`."""
         return [s for s in self.signatures if s.name == name]
 
 

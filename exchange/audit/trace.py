@@ -35,6 +35,7 @@ class Evidence:
     invalid: bool = False  # the answer failed verification: a finding in itself
 
     def find(self, event: str, **match: Any) -> list[dict[str, Any]]:
+        """Entries of this event whose fields equal `match`."""
         return [e for e in self.entries if e.get("event") == event and all(e.get(k) == v for k, v in match.items())]
 
 
@@ -93,11 +94,14 @@ class Leg:
     steps: tuple[Step, ...]
 
     def step(self, kind: str) -> Step:
+        """The step of this kind."""
         return next(s for s in self.steps if s.kind == kind)
 
 
 @dataclass(frozen=True)
 class Trace:
+    """A bulletin's chain of custody: the posting, one leg per recipient, and the evidence."""
+
     bulletin: str
     channel: str
     author: str
@@ -109,11 +113,13 @@ class Trace:
 
     @property
     def gaps(self) -> list[Step]:
+        """Every step that must have happened but is in no log."""
         steps = [self.posted, *(s for leg in self.legs for s in leg.steps)]
         return [s for s in steps if s.status == GAP]
 
     @property
     def invalid(self) -> list[Evidence]:
+        """Answers that failed verification."""
         return [e for e in self.evidence if e.invalid]
 
 

@@ -31,6 +31,7 @@ class TreeLevels:
 
     @property
     def size(self) -> int:
+        """Leaves stored."""
         return self._size
 
     def append(self, leaf_hash: bytes) -> None:

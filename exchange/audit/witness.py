@@ -108,6 +108,7 @@ class Witness:
     # -- as a witness -----------------------------------------------------------------------
 
     async def seen(self, node: str) -> Seen | None:
+        """The largest checkpoint of `node`'s log this node has checked, if any."""
         async with self.store.read() as conn:
             row = (await conn.execute(sa.select(audit_witnessed).where(audit_witnessed.c.node == node))).first()
         return None if row is None else Seen(int(row.size), as_bytes(row.root), row.note, row.at)

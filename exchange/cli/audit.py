@@ -148,6 +148,8 @@ def verify_bundle(
 
 
 def report_json(report: LogReport) -> dict[str, Any]:
+    """A verification report as JSON."""
+
     def cp(c: Any) -> Any:
         return None if c is None else {"size": c.size, "root": b64e(c.root), "witnesses": list(c.witnesses)}
 
@@ -166,6 +168,7 @@ def report_json(report: LogReport) -> dict[str, Any]:
 
 
 def render_report(report: LogReport) -> None:
+    """A verification report for people."""
     kind = "every entry recomputed" if report.complete else "entries checked by inclusion proofs"
     console.print(f"[green]OK[/green] audit log of [bold]{report.node}[/bold] verifies ({kind})")
     console.print(f"  entries      {report.entries}, root {b64e(report.root)}")
@@ -361,6 +364,7 @@ def _cell(step: Step) -> str:
 
 
 def render_trace(trace: Trace) -> None:
+    """A chain of custody as a table, with its gaps and each node's evidence."""
     others = ", ".join(r for r in trace.recipients if r != trace.author)
     console.print(f"bulletin [bold]{trace.bulletin}[/bold] in channel {trace.channel}, by {trace.author}, to {others}")
     console.print(f"  posted at {trace.author}: {_cell(trace.posted)}  {trace.posted.detail}", highlight=False)
@@ -383,6 +387,8 @@ def render_trace(trace: Trace) -> None:
 
 
 def trace_json(trace: Trace) -> dict[str, Any]:
+    """A chain of custody as JSON."""
+
     def step(s: Step) -> dict[str, Any]:
         return {"kind": s.kind, "node": s.node, "status": s.status, "detail": s.detail, "at": s.at, "idx": s.idx}
 

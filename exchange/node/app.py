@@ -157,7 +157,7 @@ def build_app(config: NodeConfig) -> web.Application:
             await store.close()
 
     app.cleanup_ctx.append(resources)
-    pass  # app.cleanup_ctx.append(audit_api.audit_context)  # after resources: starts after it, stops before it
+    app.cleanup_ctx.append(audit_api.audit_context)  # after resources: starts after it, stops before it
     return app
 
 

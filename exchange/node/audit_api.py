@@ -158,9 +158,11 @@ async def get_log(request: web.Request) -> web.Response:
 
 
 async def get_checkpoint(request: web.Request) -> web.Response:
+    """The latest checkpoint with its cosignatures (signing a first one if there is none yet)."""
     user = await current_user(request)
     user.require("auditor", "admin")
-    cp = await _audit(request).keeper.latest()
+    keeper = _audit(request).keeper
+    cp = await keeper.latest() or await keeper.checkpoint()
     if cp is None:
         raise NotFound("this node has signed no checkpoint yet")
     return web.json_response(cp.view())
@@ -182,6 +184,7 @@ async def post_checkpoint(request: web.Request) -> web.Response:
 
 
 async def get_inclusion(request: web.Request) -> web.Response:
+    """An entry with its inclusion proof in a signed checkpoint."""
     keeper = _audit(request).keeper
     user = await current_user(request)
     user.require("auditor")
@@ -204,6 +207,7 @@ async def get_inclusion(request: web.Request) -> web.Response:
 
 
 async def get_consistency(request: web.Request) -> web.Response:
+    """A consistency proof between a size and a signed checkpoint."""
     keeper = _audit(request).keeper
     user = await current_user(request)
     user.require("auditor")
@@ -295,6 +299,7 @@ async def get_trace(request: web.Request) -> web.Response:
 
 
 async def get_witnessed(request: web.Request) -> web.Response:
+    """Partners' logs this node witnesses, and the split views it caught."""
     user = await current_user(request)
     user.require("auditor", "admin")
     return web.json_response(await _audit(request).witness.view())
@@ -316,6 +321,7 @@ async def fed_checkpoint(request: web.Request) -> web.Response:
 
 
 async def fed_cosign(request: web.Request) -> web.Response:
+    """A partner asks this node to co-sign its checkpoint (push)."""
     peer = authenticate_peer(request)
     body: Any = strict_loads(await request.read())
     try:
@@ -325,6 +331,7 @@ async def fed_cosign(request: web.Request) -> web.Response:
 
 
 async def fed_cosignatures(request: web.Request) -> web.Response:
+    """A partner returns its cosignature of our checkpoint (pull)."""
     peer = authenticate_peer(request)
     body: Any = strict_loads(await request.read())
     await _audit(request).witness.store_cosignature(peer, body)
@@ -345,6 +352,7 @@ async def fed_bulletin_evidence(request: web.Request) -> web.Response:
 
 
 def routes() -> list[web.RouteDef]:
+    """The audit routes, client and federation."""
     return [
         web.get("/api/v1/audit/log", get_log),
         web.get("/api/v1/audit/checkpoint", get_checkpoint),
