@@ -13,8 +13,12 @@ ExchangeError
  │    └── NotAMember        a node or user outside the channel
  ├── NotFound               no such bulletin, channel or user
  ├── Conflict               a request that clashes with stored state (already exists)
+ ├── Unavailable            this node is stopping or cannot serve now: retry later (503)
  ├── AuditTampered          the audit log does not verify
+ │    ├── BadEntry          (exchange.audit) the first entry that breaks the log
+ │    └── SplitView         (exchange.audit) two signed histories that do not extend each other
  └── PeerError              a partner node answered with an error or not at all
+      └── StateUnavailable  a cited channel state is unknown and its owner cannot supply it
 """
 
 from __future__ import annotations
@@ -95,3 +99,9 @@ class StateUnavailable(PeerError):
     """Retryable: a sender should try again once the channel's owner is reachable."""
 
     title = "Channel state unavailable"
+
+
+class Unavailable(ExchangeError):
+    """Retryable: the node is stopping, or cannot serve the request just now."""
+
+    title = "Unavailable"

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from exchange.crypto import canonical_json
-from exchange.errors import ConfigError, ExchangeError
+from exchange.errors import ConfigError, ExchangeError, Unavailable
 from exchange.merkle import leaf_hash
 
 metadata = sa.MetaData()
@@ -229,6 +229,7 @@ class Store:
         self._max_batch = max_batch
         self._linger = linger
         self._audit_size = 0
+        self._closed = False
         self.audit_appended = asyncio.Event()
 
     @classmethod
@@ -255,6 +256,7 @@ class Store:
         return self._audit_size
 
     async def close(self) -> None:
+        self._closed = True
         if self._writer is not None:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -264,6 +266,8 @@ class Store:
 
     async def write(self, job: Job[T]) -> T:
         """Run `job` inside a group-committed transaction and return its result once durable."""
+        if self._closed:
+            raise Unavailable("the node is stopping")
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -290,6 +294,25 @@ class Store:
                             pending.future.set_exception(exc)
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        """Commit a batch; if another process appended to the audit log meanwhile (an admin
+        command next to a running node), take the new end of the log and try again."""
+        for attempt in range(5):
+            try:
+                return await self._commit_once(batch)
+            except sa.exc.IntegrityError:
+                moved = await self._resync_audit_size()
+                if not moved or attempt == 4:
+                    raise
+
+    async def _resync_audit_size(self) -> bool:
+        async with self.engine.connect() as conn:
+            top = await conn.scalar(sa.select(sa.func.max(audit_log.c.idx)))
+        size = -1 if top is None else int(top)
+        changed = size + 1 != self._audit_size
+        self._audit_size = size + 1
+        return changed
+
+    async def _commit_once(self, batch: list[_Pending]) -> None:
         buffer = AuditBuffer(self._audit_size)
         results: list[Any] = []
         async with self.engine.begin() as conn:

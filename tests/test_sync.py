@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 import sqlalchemy as sa
 from aiohttp import web
 
+from exchange.errors import Unavailable
 from exchange.node.app import load_federation
 from exchange.node.appkeys import CATCHUP, SENDERS
 from exchange.node.tls import server_context
@@ -238,3 +240,25 @@ async def test_a_request_from_a_peer_in_backoff_makes_the_sender_retry_at_once(m
 
     await eventually(pushed, timeout=10, what="A's own push to succeed long before its backoff ends")
     assert bid in await receipts_at(a, "ke-customs")
+
+
+async def test_an_admin_command_writing_next_to_a_running_node_does_not_wedge_its_audit_log(
+    make_federation: MakeFederation,
+) -> None:
+    from exchange.node.users import add_user
+    from exchange.store import Store
+
+    fed = await make_federation()
+    a = fed["nl-customs"]
+    other = await Store.open(a.config.database_url)  # what `exchange users add` does, in another process
+    try:
+        await add_user(other, "clerk", "contact-point")
+    finally:
+        await other.close()
+    await post_many(a, 2, "after the admin command")  # audited writes at the node still work
+    async with a.service.store.read() as conn:
+        idx = list((await conn.execute(sa.select(audit_log.c.idx).order_by(audit_log.c.idx))).scalars())
+    assert idx == list(range(len(idx)))  # one log, no gaps, no clashes
+    await a.service.store.close()
+    with pytest.raises(Unavailable):
+        await a.service.store.audit({"event": "late"})

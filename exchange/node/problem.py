@@ -19,6 +19,7 @@ STATUS: list[tuple[type[errors.ExchangeError], int]] = [
     (errors.ConfigError, 500),
     (errors.AuditTampered, 500),
     (errors.StateUnavailable, 503),
+    (errors.Unavailable, 503),
     (errors.PeerError, 502),
     (errors.ExchangeError, 500),
 ]
