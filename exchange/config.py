@@ -93,6 +93,7 @@ class NodeConfig(BaseModel):
     retry_max_seconds: float = 60.0
     request_timeout_seconds: float = 30.0
     catchup_interval_seconds: float = 300.0
+    audit_checkpoint_seconds: float = 60.0
 
     @property
     def endpoint(self) -> str:

@@ -63,6 +63,8 @@ outbox = sa.Table(
     # queued until the destination's signed receipt is stored; rejected if it refused it (4xx)
     sa.Column("state", sa.String(16), nullable=False, default="queued"),
     sa.Column("detail", sa.Text, nullable=True),
+    # set at the first attempt, when the send is audited (retries are not)
+    sa.Column("sent_at", sa.String(32), nullable=True),
     sa.UniqueConstraint("dest", "kind", "ref", name="uq_outbox_item"),
     sa.Index("ix_outbox_pending", "dest", "state", "n"),
 )

@@ -33,7 +33,6 @@ from typing import Any
 import sqlalchemy as sa
 from aiohttp import web
 
-from exchange.audit import witness as witnessing
 from exchange.audit.keeper import LogKeeper
 from exchange.audit.witness import SplitView, Witness
 from exchange.clock import timestamp
@@ -416,7 +415,7 @@ async def audit_context(app: web.Application) -> AsyncIterator[None]:
 
     witness = Witness(service.me, service.store, service.keys.signing, service.fed, keeper, fetch, send, partners)
     app[AUDIT] = AuditNode(keeper, witness, fetch)
-    task = asyncio.create_task(witness.run(witnessing.CHECKPOINT_INTERVAL), name=f"audit-{service.me}")
+    task = asyncio.create_task(witness.run(service.config.audit_checkpoint_seconds), name=f"audit-{service.me}")
     try:
         yield
     finally:

@@ -137,6 +137,7 @@ class PeerSender:
         envelopes = b",".join(i.data for i in batch if i.kind == "envelope")
         pushed = b",".join(i.data for i in batch if i.kind == "receipt")
         txn = transaction_id(ids).encode()
+        await self.service.mark_sent(self.peer.id, batch, txn.decode())
         body = (
             b'{"txn":"'
             + txn

@@ -597,6 +597,25 @@ class NodeService:
 
         return await self.store.write(job)
 
+    async def mark_sent(self, dest: str, items: Sequence[OutItem], txn: str) -> None:
+        """Audit the first attempt to send each envelope to `dest` (retries are not audited)."""
+        envelopes = [i for i in items if i.kind == "envelope"]
+        if not envelopes:
+            return
+
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+            ns = [i.n for i in envelopes]
+            fresh = set(await conn.scalars(sa.select(outbox.c.n).where(outbox.c.n.in_(ns), outbox.c.sent_at.is_(None))))
+            if not fresh:
+                return
+            now = timestamp()
+            await conn.execute(sa.update(outbox).where(outbox.c.n.in_(fresh)).values(sent_at=now))
+            for item in envelopes:
+                if item.n in fresh:
+                    audit.add({"event": "bulletin.sent", "at": now, "bulletin": item.ref, "to": dest, "txn": txn})
+
+        await self.store.write(job)
+
     async def reject_queued(self, dest: str, item: OutItem, detail: str) -> None:
         """The destination refused this item for good: stop sending it, and audit why."""
 
