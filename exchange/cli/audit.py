@@ -8,19 +8,18 @@ import json
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
-from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import click
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from exchange.audit.log import BadEntry, BundleCheck, KeyRing, LogReport
 from exchange.audit.trace import GAP, NONE, OK, REFUSED, Step, Trace, assemble
 from exchange.cli.client import ApiError, Target, call
+from exchange.cli.output import console, err_console, user_errors
 from exchange.config import NodeConfig
 from exchange.crypto import b64e
 from exchange.errors import AuditTampered, ExchangeError, PeerError
@@ -28,26 +27,9 @@ from exchange.keystore import load_authority_public
 from exchange.node.app import load_federation
 from exchange.node.tls import client_context
 
-F = TypeVar("F", bound=Callable[..., Any])
 Progressed = Callable[[int], None]  # called with the number of entries checked so far
-console = Console(width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True)
 PROGRESS_FROM = 10_000  # entries: smaller logs verify too fast for a progress bar to help
 PROGRESS_EVERY = 5_000
-
-
-def _user_errors(fn: F) -> F:
-    """Print an ExchangeError as one line and exit 1, instead of a traceback."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ExchangeError as exc:
-            err_console.print(f"[red]error:[/red] {exc.detail}", highlight=False)
-            sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def keys_of(node_path: Path) -> KeyRing:
@@ -266,7 +248,7 @@ def _need_node(node_path: Path | None) -> Path:
 @user_opt
 @token_opt
 @as_json_opt
-@_user_errors
+@user_errors
 def audit_verify(
     node_path: Path | None,
     bundle: Path | None,
@@ -318,7 +300,7 @@ async def export_to(target: Target, out: Path, bulletin: str | None = None) -> i
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @user_opt
 @token_opt
-@_user_errors
+@user_errors
 def audit_export(
     node_path: Path | None, bulletin: str | None, output: Path | None, user: str, token: str | None
 ) -> None:
@@ -336,7 +318,7 @@ def audit_export(
 @user_opt
 @token_opt
 @as_json_opt
-@_user_errors
+@user_errors
 def audit_checkpoint(node_path: Path | None, witness: bool, user: str, token: str | None, as_json: bool) -> None:
     """Have the node sign a checkpoint of its log now, and show it with its cosignatures."""
     node = _need_node(node_path)
@@ -426,7 +408,7 @@ async def trace_bulletin(target: Target, keys: KeyRing, bulletin: str) -> Trace:
 @user_opt
 @token_opt
 @as_json_opt
-@_user_errors
+@user_errors
 def audit_trace(
     bulletin_id: str, node_path: Path | None, strict: bool, user: str, token: str | None, as_json: bool
 ) -> None:

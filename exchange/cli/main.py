@@ -6,21 +6,18 @@ import asyncio
 import contextlib
 import json
 import signal
-import sys
 from collections.abc import Callable, Coroutine
-from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from exchange.cli.audit import audit
 from exchange.cli.client import Target, call
+from exchange.cli.output import console, user_errors
 from exchange.config import FederationConfig, NodeConfig
 from exchange.crypto.passwords import new_password
-from exchange.errors import ExchangeError
 from exchange.keystore import NodeKeyFiles
 from exchange.logs import configure as configure_logs
 from exchange.model import BULLETIN_KINDS
@@ -29,28 +26,9 @@ from exchange.node.users import ROLES, add_user, list_users, rotate_token, set_p
 from exchange.provision import init_federation
 from exchange.store import Store
 
-F = TypeVar("F", bound=Callable[..., Any])
-# Piped output keeps whole ids and names rather than folding them to 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True)
-
 
 def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(coro)
-
-
-def user_errors(fn: F) -> F:
-    """Print an ExchangeError as one line and exit 1, instead of a traceback."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ExchangeError as exc:
-            err_console.print(f"[red]error:[/red] {exc.detail}", highlight=False)
-            sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:

@@ -121,6 +121,21 @@ def _entry_filter(request: web.Request) -> tuple[Callable[[dict[str, Any]], bool
         if value is not None and not _TIME.match(value):
             raise InvalidInput(f"{name} must be an RFC 3339 UTC time or a date")
 
+    return entry_matcher(event=event, channel=channel, peer=peer, bulletin=bulletin, since=since, until=until)
+
+
+def entry_matcher(
+    *,
+    event: str | None,
+    channel: str | None,
+    peer: str | None,
+    bulletin: str | None,
+    since: str | None,
+    until: str | None,
+) -> tuple[Callable[[dict[str, Any]], bool], bytes | None]:
+    """A matcher for audit entries (the API and the console validate their own input first), and
+    the most selective value as bytes, to test the stored canonical JSON before parsing it."""
+
     def match(body: dict[str, Any]) -> bool:
         kind = str(body.get("event", ""))
         if event is not None and not (kind == event or (event.endswith("*") and kind.startswith(event[:-1]))):

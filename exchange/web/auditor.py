@@ -24,7 +24,7 @@ from exchange.audit.trace import GAP, NONE, OK, REFUSED, Trace, assemble
 from exchange.clock import timestamp
 from exchange.errors import AuditTampered, ExchangeError, InvalidInput, NotFound
 from exchange.node.appkeys import SERVICE
-from exchange.node.audit_api import AUDIT, PEER_KEYS
+from exchange.node.audit_api import AUDIT, entry_matcher
 from exchange.node.service import NodeService
 from exchange.protocol.envelope import parse_envelope
 from exchange.store import audit_checkpoints, bulletins, receipts
@@ -72,26 +72,7 @@ def entry_filter(query: dict[str, str]) -> tuple[Callable[[dict[str, Any]], bool
             raise InvalidInput(f"{name} must be a date, YYYY-MM-DD")
     until_end = (dt.date.fromisoformat(until) + dt.timedelta(days=1)).isoformat() if until else None
 
-    def match(body: dict[str, Any]) -> bool:
-        kind = str(body.get("event", ""))
-        if event is not None and not (kind == event or (event.endswith("*") and kind.startswith(event[:-1]))):
-            return False
-        if channel is not None and body.get("channel") != channel:
-            return False
-        if bulletin is not None and bulletin not in (body.get("bulletin"), body.get("ref")):
-            return False
-        if peer is not None:
-            named = {body.get(k) for k in PEER_KEYS} | set(body.get("recipients") or [])
-            change = body.get("change")
-            if isinstance(change, dict):
-                named.add(change.get("node"))
-            if peer not in named:
-                return False
-        at = str(body.get("at", ""))
-        return not ((since is not None and at < since) or (until_end is not None and at >= until_end))
-
-    value = bulletin or peer or channel or (event if event and not event.endswith("*") else None)
-    return match, (f'"{value}"'.encode() if value else None)
+    return entry_matcher(event=event, channel=channel, peer=peer, bulletin=bulletin, since=since, until=until_end)
 
 
 async def newest(
