@@ -62,6 +62,25 @@ class Indicators(BaseModel):
     risk_indicators: list[Short] = []
 
 
+MAX_ATTACHMENTS = 10
+MAX_ATTACHMENT_BYTES = 2 * 1024 * 1024  # all attachments of one bulletin together, decoded
+
+
+class Attachment(BaseModel):
+    """A file sent with a bulletin, encrypted with it. The name is for display only."""
+
+    model_config = _WIRE
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^/\\\x00-\x1f]+$")]
+    media_type: Annotated[
+        str, StringConstraints(max_length=100, pattern=r"^[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*$")
+    ]
+    data: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]*$", max_length=(MAX_ATTACHMENT_BYTES * 4) // 3 + 4)]
+
+    @property
+    def size(self) -> int:
+        return len(self.data) * 3 // 4
+
+
 class Bulletin(BaseModel):
     """What a contact point writes. Handling travels in the signed header, the rest is encrypted."""
 
@@ -74,6 +93,14 @@ class Bulletin(BaseModel):
     references: list[Hex64] = []
     language: Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] = "en"
     expires: IsoDate | None = None
+    attachments: Annotated[list[Attachment], Field(max_length=MAX_ATTACHMENTS)] = []
+
+    @field_validator("attachments")
+    @classmethod
+    def _within_limit(cls, value: list[Attachment]) -> list[Attachment]:
+        if sum(a.size for a in value) > MAX_ATTACHMENT_BYTES:
+            raise ValueError(f"attachments may hold at most {MAX_ATTACHMENT_BYTES // (1024 * 1024)} MiB together")
+        return value
 
     def payload(self) -> dict[str, object]:
         """The encrypted part: everything but handling."""

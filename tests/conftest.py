@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import socket
@@ -99,7 +100,12 @@ class Member:
             headers["Authorization"] = f"Bearer {token or self.tokens[user]}"
         async with (
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session,
-            session.request(method, self.config.endpoint + path, json=body, headers=headers) as resp,
+            session.request(
+                method,
+                self.config.endpoint + path,
+                data=None if body is None else io.BytesIO(json.dumps(body).encode()),
+                headers={**headers, "Content-Type": "application/json"},
+            ) as resp,
         ):
             raw = await resp.read()
             return resp.status, json.loads(raw) if raw else None, resp.content_type
@@ -110,7 +116,9 @@ class Member:
         ctx = peer_context(roster_node, sender.config.keys_dir / "tls.crt", sender.config.keys_dir / "tls.key")
         async with (
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session,
-            session.post(self.config.endpoint + path, data=body, headers={"Content-Type": "application/json"}) as resp,
+            session.post(
+                self.config.endpoint + path, data=io.BytesIO(body), headers={"Content-Type": "application/json"}
+            ) as resp,
         ):
             raw = await resp.read()
             return resp.status, json.loads(raw) if raw else None, resp.content_type

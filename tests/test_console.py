@@ -78,6 +78,7 @@ CHANNELS = [
 ]
 TITLE = "IED components concealed in toner cartridges"
 BODY = "Consignments routed via NBO; X-ray images show wiring inside toner cartridges."
+XRAY = bytes(range(256)) * 8  # stands in for an X-ray image: every byte value
 
 
 # -- fixtures -----------------------------------------------------------------------------------
@@ -205,6 +206,9 @@ async def test_post_at_customs_open_at_aviation_trace_at_customs(fed: Federation
     await officer.get_by_label("Airports").fill("nbo ams")
     await officer.get_by_label("Flights").fill("KQ100")
     await officer.get_by_label("Companies and consignees").fill("Toner Logistics Ltd")
+    await officer.get_by_label("Files").set_input_files(
+        [{"name": "xray-cartridge.png", "mimeType": "image/png", "buffer": XRAY}]
+    )
     await assert_labelled(officer)
     await shot(officer, "compose")
     await officer.get_by_role("button", name="Sign, encrypt and post").click()
@@ -232,6 +236,12 @@ async def test_post_at_customs_open_at_aviation_trace_at_customs(fed: Federation
     await expect(aviation.locator(".body")).to_have_text(BODY)
     await expect(aviation.locator("dl.indicators")).to_contain_text("176-12345686")  # typed without the dash
     await expect(aviation.locator("dl.indicators")).to_contain_text("NBO")
+    # The attachment travelled encrypted with the bulletin and downloads byte for byte.
+    async with aviation.expect_download() as download_info:
+        await aviation.get_by_role("link", name="xray-cartridge.png").click()
+    download = await download_info.value
+    assert download.suggested_filename == "xray-cartridge.png"
+    assert Path(await download.path()).read_bytes() == XRAY
     await shot(aviation, "bulletin")
 
     # It answers with feedback that refers to the bulletin: references show both ways.

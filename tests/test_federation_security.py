@@ -156,9 +156,10 @@ async def test_certificate_not_in_roster_is_refused_before_any_envelope_is_read(
     ctx = peer_context(b.service.fed.node(b.id), tmp_path / "rogue.crt", tmp_path / "rogue.key")
     refused = False
     try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session, session.post(
-            b.config.endpoint + "/fed/v1/envelopes", data=batch(envelope_bytes(envelope_from(a)))
-        ) as resp:
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session,
+            session.post(b.config.endpoint + "/fed/v1/envelopes", data=batch(envelope_bytes(envelope_from(a)))) as resp,
+        ):
             refused = resp.status == 403
     except (aiohttp.ClientError, ssl.SSLError, ConnectionError):
         refused = True  # the TLS handshake failed: the server never read the body

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,15 +44,20 @@ class Target:
         return cls(cfg.endpoint, token, read_file(cfg.keys_dir / "tls.crt").decode())
 
 
+def _json_body(body: Any) -> io.BytesIO | None:
+    """JSON as a stream: a bulletin with attachments can be megabytes."""
+    return None if body is None else io.BytesIO(json.dumps(body).encode())
+
+
 async def call(target: Target, method: str, path: str, body: Any = None) -> Any:
     """One API request; a problem+json answer becomes ApiError."""
     connector = aiohttp.TCPConnector(ssl=client_context(target.server_cert))
-    headers = {"Authorization": f"Bearer {target.token}"}
+    headers = {"Authorization": f"Bearer {target.token}", "Content-Type": "application/json"}
     timeout = aiohttp.ClientTimeout(total=30)
     try:
         async with (
             aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-            session.request(method, target.url + path, json=body, headers=headers) as resp,
+            session.request(method, target.url + path, data=_json_body(body), headers=headers) as resp,
         ):
             payload = await resp.read()
             if resp.status >= 400:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import mimetypes
 import signal
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -17,6 +18,7 @@ from exchange.cli.audit import audit
 from exchange.cli.client import Target, call
 from exchange.cli.output import console, user_errors
 from exchange.config import FederationConfig, NodeConfig
+from exchange.crypto import b64e
 from exchange.crypto.passwords import new_password
 from exchange.keystore import NodeKeyFiles
 from exchange.logs import configure as configure_logs
@@ -407,6 +409,12 @@ def forward(node_path: Path, user: str, token: str | None, bulletin_id: str, cha
 @click.option("--flight", multiple=True, help="Flight number.")
 @click.option("--company", multiple=True)
 @click.option("--ref", multiple=True, help="Id of a bulletin this one refers to.")
+@click.option(
+    "--attach",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A file to send with it.",
+)
 @click.option("--language", default="en", show_default=True)
 @click.option("--expires", default=None, help="YYYY-MM-DD")
 @as_json
@@ -427,6 +435,7 @@ def post(
     flight: tuple[str, ...],
     company: tuple[str, ...],
     ref: tuple[str, ...],
+    attach: tuple[Path, ...],
     language: str,
     expires: str | None,
     as_json: bool,
@@ -441,6 +450,14 @@ def post(
         "language": language,
         "expires": expires,
         "references": list(ref),
+        "attachments": [
+            {
+                "name": p.name,
+                "media_type": mimetypes.guess_type(p.name)[0] or "application/octet-stream",
+                "data": b64e(p.read_bytes()),
+            }
+            for p in attach
+        ],
         "indicators": {
             "air_waybills": list(awb),
             "hs_codes": list(hs),

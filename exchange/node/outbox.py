@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import io
 import json
 import logging
 import random
@@ -44,6 +45,19 @@ class PeerStatus:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+MAX_TRANSACTION_BYTES = 32 * 1024 * 1024  # half the receiver's request limit
+
+
+def within_bytes(batch: list[OutItem], limit: int = MAX_TRANSACTION_BYTES) -> list[OutItem]:
+    """The longest head of `batch` that fits in one request (always at least one item)."""
+    total = 0
+    for i, item in enumerate(batch):
+        total += len(item.data) + 1
+        if total > limit and i:
+            return batch[:i]
+    return batch
 
 
 def transaction_id(bulletin_ids: list[str]) -> str:
@@ -85,7 +99,7 @@ class PeerSender:
         cfg = self.service.config
         while True:
             self._work.clear()
-            batch = await self.service.pending(self.peer.id, 1 if self._single else cfg.batch_size)
+            batch = within_bytes(await self.service.pending(self.peer.id, 1 if self._single else cfg.batch_size))
             if not batch:
                 self.status.queued = 0
                 await self._work.wait()
@@ -151,7 +165,10 @@ class PeerSender:
         )
         self.status.in_flight = len(batch)
         async with self._session.post(
-            self.peer.endpoint + FED_ENVELOPES, data=body, headers={"Content-Type": "application/json"}
+            # BytesIO: aiohttp streams it rather than warn about a large body (attachments)
+            self.peer.endpoint + FED_ENVELOPES,
+            data=io.BytesIO(body),
+            headers={"Content-Type": "application/json"},
         ) as resp:
             payload = await resp.read()
             if resp.status == 200:

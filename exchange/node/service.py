@@ -427,6 +427,14 @@ class NodeService:
             query = query.where(bulletins.c.n > after).order_by(bulletins.c.n)
         async with self.store.read() as conn:
             rows = (await conn.execute(query.limit(limit))).all()
+        size, cut = 0, len(rows)
+        for i, r in enumerate(rows):  # big attachments: keep a page under 32 MiB
+            size += len(r.envelope)
+            if size > 32 * 1024 * 1024 and i:
+                cut = i
+                break
+        more = len(rows) == limit or cut < len(rows)
+        rows = rows[:cut]
         items = [
             b'{"n":%d,"id":"%s","author":"%s","seq":%d,"envelope":%s}'
             % (
@@ -439,11 +447,7 @@ class NodeService:
             for r in rows
         ]
         next_ = rows[-1].n if rows else after
-        return (
-            b'{"items":['
-            + b",".join(items)
-            + b'],"next":%d,"more":%s}' % (next_, b"true" if len(rows) == limit else b"false")
-        )
+        return b'{"items":[' + b",".join(items) + b'],"next":%d,"more":%s}' % (next_, b"true" if more else b"false")
 
     async def held(self, ids: Sequence[str]) -> set[str]:
         async with self.store.read() as conn:

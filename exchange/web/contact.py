@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,8 +20,9 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.clock import timestamp
+from exchange.crypto import b64d, b64e
 from exchange.errors import Forbidden, InvalidInput, NotFound
-from exchange.model import BULLETIN_KINDS, Bulletin
+from exchange.model import BULLETIN_KINDS, MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS, Bulletin
 from exchange.node.appkeys import SERVICE
 from exchange.node.client_api import channel_view
 from exchange.node.service import NodeService
@@ -246,6 +248,26 @@ def receipt_rows(shown: dict[str, Any], held: dict[tuple[str, str], str], me: st
     ]
 
 
+async def attachment_download(request: web.Request) -> web.StreamResponse:
+    """One attachment, as a download (never rendered inline); fetching it is an audited open."""
+    session = await signed_in(request)
+    shown = await request.app[SERVICE].read(session.user, request.match_info["id"])
+    attachments = shown["bulletin"]["attachments"]
+    index = int(request.match_info["index"])
+    if index >= len(attachments):
+        raise NotFound("no such attachment")
+    item = attachments[index]
+    quoted = urllib.parse.quote(item["name"], safe="")
+    return web.Response(
+        body=b64d(item["data"]),
+        content_type="application/octet-stream",
+        headers={
+            "Content-Disposition": f"attachment; filename*=UTF-8''{quoted}",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
 async def bulletin_page(request: web.Request) -> web.StreamResponse:
     """One bulletin in full; opening it is audited, signed as a receipt and sent to its author."""
     session = await signed_in(request)
@@ -271,6 +293,7 @@ async def bulletin_page(request: web.Request) -> web.StreamResponse:
 # -- compose ------------------------------------------------------------------------------------
 
 FIELD_HELP = {
+    "attachments": f"At most {MAX_ATTACHMENTS} files, {MAX_ATTACHMENT_BYTES // (1024 * 1024)} MiB together.",
     "title": "Give the bulletin a title of at most 200 characters.",
     "body": "The text may hold at most 200,000 characters.",
     "kind": "Choose one of the kinds offered.",
@@ -300,9 +323,33 @@ def _items(field: str, raw: str) -> list[str]:
     return values
 
 
-def bulletin_from_form(form: dict[str, str]) -> tuple[Bulletin | None, dict[str, str]]:
+def attachments_from_form(files: list[web.FileField]) -> tuple[list[dict[str, str]], str | None]:
+    """Uploaded files as bulletin attachments, or why they cannot be sent."""
+    chosen = [f for f in files if f.filename]
+    if len(chosen) > MAX_ATTACHMENTS:
+        return [], f"At most {MAX_ATTACHMENTS} files."
+    out, total = [], 0
+    for f in chosen:
+        data = f.file.read(MAX_ATTACHMENT_BYTES + 1)
+        total += len(data)
+        if total > MAX_ATTACHMENT_BYTES:
+            return [], f"The files are larger than {MAX_ATTACHMENT_BYTES // (1024 * 1024)} MiB together."
+        name = re.sub(r"[/\\\x00-\x1f]", "_", f.filename.rsplit("/", 1)[-1])[:200] or "file"
+        media = (
+            f.content_type.lower()
+            if re.fullmatch(r"[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*", f.content_type.lower())
+            else "application/octet-stream"
+        )
+        out.append({"name": name, "media_type": media, "data": b64e(data)})
+    return out, None
+
+
+def bulletin_from_form(
+    form: dict[str, str], attachments: list[dict[str, str]] | None = None
+) -> tuple[Bulletin | None, dict[str, str]]:
     """The bulletin a compose form describes, or the message for each field that is wrong."""
     raw: dict[str, Any] = {
+        "attachments": attachments or [],
         "kind": form.get("kind", ""),
         "handling": {"tlp": form.get("tlp", ""), "no_onward_sharing": form.get("no_onward_sharing") == "on"},
         "title": form.get("title", ""),
@@ -344,6 +391,8 @@ def _compose(
         session=session,
         channels=_postable(service, session.user),
         kinds=BULLETIN_KINDS,
+        max_files=MAX_ATTACHMENTS,
+        max_mib=MAX_ATTACHMENT_BYTES // (1024 * 1024),
         tlps=list(TLP),
         form=form,
         errors=errors,
@@ -370,7 +419,11 @@ async def compose_post(request: web.Request) -> web.StreamResponse:
     session, form = await posted_form(request)
     user, service = session.user, request.app[SERVICE]
     user.require("contact-point")
-    bulletin, errors = bulletin_from_form(form)
+    files = [v for v in (await request.post()).getall("attachments", []) if isinstance(v, web.FileField)]
+    attachments, too_big = attachments_from_form(files)
+    bulletin, errors = bulletin_from_form(form, attachments)
+    if too_big:
+        errors["attachments"] = too_big + " Choose them again."
     channel = form.get("channel", "")
     if not channel:
         errors["channel"] = "Choose the channel to post to."
@@ -453,6 +506,7 @@ def routes(prefix: str) -> list[web.RouteDef]:
         web.get(prefix + "/channels", channels_page),
         web.get(prefix + "/channels/{channel}", inbox_page),
         web.get(prefix + "/bulletins/{id}", bulletin_page),
+        web.get(prefix + "/bulletins/{id}/attachments/{index:\\d{1,2}}", attachment_download),
         web.get(prefix + "/compose", compose_page),
         web.post(prefix + "/compose", compose_post),
         web.get(prefix + "/search", search_page),
