@@ -273,12 +273,8 @@ async def _evidence(audit: AuditNode, bid: str) -> dict[str, Any]:
     return evidence
 
 
-async def get_trace(request: web.Request) -> web.Response:
-    """Ask every node the bulletin's envelope names for its evidence; the client verifies it."""
-    user = await current_user(request)
-    user.require("auditor")
-    bid = _bulletin_id(request.match_info["bulletin"])
-    service, audit = request.app[SERVICE], _audit(request)
+async def collect_trace(service: NodeService, audit: AuditNode, bid: str) -> dict[str, Any]:
+    """Ask every node the bulletin's envelope names for its evidence about it; callers verify it."""
     header = await _header_of(service, bid)
     nodes = sorted({header.author, *(r.node for r in header.recipients)})
 
@@ -294,22 +290,30 @@ async def get_trace(request: web.Request) -> web.Response:
         return answer
 
     evidence = await asyncio.gather(*(ask(n) for n in nodes))
+    return {
+        "bulletin": bid,
+        "header": {
+            "channel": header.channel,
+            "author": header.author,
+            "seq": header.seq,
+            "created": header.created,
+            "tlp": header.handling.tlp,
+            "recipients": [r.node for r in header.recipients],
+        },
+        "evidence": list(evidence),
+    }
+
+
+async def get_trace(request: web.Request) -> web.Response:
+    """The trace of one bulletin across nodes (the client verifies the evidence)."""
+    user = await current_user(request)
+    user.require("auditor")
+    bid = _bulletin_id(request.match_info["bulletin"])
+    service = request.app[SERVICE]
+    trace = await collect_trace(service, _audit(request), bid)
     # Audited after the evidence is taken, so a trace does not need a checkpoint of its own.
     await service.store.audit({"event": "audit.trace", "at": timestamp(), "bulletin": bid, "user": user.name})
-    return web.json_response(
-        {
-            "bulletin": bid,
-            "header": {
-                "channel": header.channel,
-                "author": header.author,
-                "seq": header.seq,
-                "created": header.created,
-                "tlp": header.handling.tlp,
-                "recipients": [r.node for r in header.recipients],
-            },
-            "evidence": list(evidence),
-        }
-    )
+    return web.json_response(trace)
 
 
 async def get_witnessed(request: web.Request) -> web.Response:

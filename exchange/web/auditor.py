@@ -8,7 +8,6 @@ the envelope's cleartext header and the nodes' audit entries. The work is done b
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import re
@@ -22,12 +21,11 @@ from exchange.audit.keeper import LogKeeper
 from exchange.audit.log import KeyRing, LogVerifier
 from exchange.audit.trace import GAP, NONE, OK, REFUSED, Trace, assemble
 from exchange.clock import timestamp
-from exchange.errors import AuditTampered, ExchangeError, InvalidInput, NotFound
+from exchange.errors import AuditTampered, InvalidInput, NotFound
 from exchange.node.appkeys import SERVICE
-from exchange.node.audit_api import AUDIT, entry_matcher
+from exchange.node.audit_api import AUDIT, collect_trace, entry_matcher
 from exchange.node.service import NodeService
-from exchange.protocol.envelope import parse_envelope
-from exchange.store import audit_checkpoints, bulletins, receipts
+from exchange.store import audit_checkpoints, receipts
 from exchange.web.pages import redirect, render, when
 from exchange.web.session import posted_form, signed_in
 
@@ -278,40 +276,12 @@ async def sign_checkpoint(request: web.Request) -> web.StreamResponse:
 # -- the trace of one bulletin --------------------------------------------------------------------
 
 
-async def collect_trace(request: web.Request, user: str, bid: str) -> dict[str, Any]:
-    """Ask every node the envelope names for its evidence about `bid` (as the audit API's trace does)."""
-    service, audit = request.app[SERVICE], request.app[AUDIT]
-    async with service.store.read() as conn:
-        raw = await conn.scalar(sa.select(bulletins.c.envelope).where(bulletins.c.id == bid))
-    if raw is None:
-        raise NotFound(f"this node holds no bulletin {bid}")
-    header = parse_envelope(bytes(raw)).header
+async def traced(request: web.Request, user: str, bid: str) -> dict[str, Any]:
+    """The audit API's trace of `bid` across nodes, audited as a trace by `user`."""
+    service = request.app[SERVICE]
+    trace = await collect_trace(service, request.app[AUDIT], bid)
     await service.store.audit({"event": "audit.trace", "at": timestamp(), "bulletin": bid, "user": user})
-    nodes = sorted({header.author, *(r.node for r in header.recipients)})
-
-    async def ask(node: str) -> Any:
-        if node == service.me:
-            return await audit.keeper.evidence(bid)
-        try:
-            answer = await audit.fetch(node, f"/fed/v1/audit/bulletins/{bid}")
-        except ExchangeError as exc:
-            return {"node": node, "error": exc.detail}
-        if not isinstance(answer, dict) or answer.get("node") != node:
-            return {"node": node, "error": "it answered for another node"}
-        return answer
-
-    return {
-        "bulletin": bid,
-        "header": {
-            "channel": header.channel,
-            "author": header.author,
-            "seq": header.seq,
-            "created": header.created,
-            "tlp": header.handling.tlp,
-            "recipients": [r.node for r in header.recipients],
-        },
-        "evidence": list(await asyncio.gather(*(ask(n) for n in nodes))),
-    }
+    return trace
 
 
 def timeline(trace: Trace) -> tuple[list[str], list[dict[str, Any]]]:
@@ -344,7 +314,7 @@ async def trace_page(request: web.Request) -> web.StreamResponse:
         return render(request, "trace.html", session=session, bid="", trace=None)
     if not HEX64.match(bid):
         raise InvalidInput("a bulletin id is 64 lowercase hexadecimal characters")
-    raw = await collect_trace(request, session.user.name, bid)
+    raw = await traced(request, session.user.name, bid)
     trace = assemble(raw, KeyRing.from_federation(service.fed))
     lanes, rows = timeline(trace)
     async with service.store.read() as conn:
