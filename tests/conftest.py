@@ -16,10 +16,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from exchange.clock import timestamp
 from exchange.config import NodeConfig
 from exchange.keystore import read_file
+from exchange.model import Bulletin, Envelope, NodeId
 from exchange.node.app import RunningNode, start_node
 from exchange.node.tls import client_context, peer_context
+from exchange.protocol.envelope import build_envelope
 from exchange.provision import init_federation
 
 PG_ADMIN_URL = "postgresql://root@127.0.0.1:5432/test"
@@ -231,6 +234,19 @@ async def make_federation(tmp_path: Path, database: Callable[[str], Awaitable[st
     for fed in feds:
         for node_id in list(fed.members):
             await fed.stop(node_id)
+
+
+def authored(
+    member: Member, bulletin: Bulletin, channel: str = "c2c", seq: int = 1, state_of: Member | None = None
+) -> Envelope:
+    """An envelope exactly as `member` would author it (without posting it), citing the channel
+    state that `state_of` holds (by default its own: an attacker may cite someone else's)."""
+    svc = member.service
+    state = (state_of or member).service.channels.state(channel)
+    readers = [(NodeId(n), svc.fed.encryption_key(n)) for n in state.readers]
+    return build_envelope(
+        bulletin, state=state, author=svc.me, key=svc.keys.signing, seq=seq, readers=readers, created=timestamp()
+    )
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition") -> None:

@@ -9,13 +9,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from exchange.clock import timestamp
 from exchange.errors import DecryptionFailed
 from exchange.model import Bulletin, NodeId
 from exchange.node.users import add_user
-from exchange.protocol.envelope import build_envelope, bulletin_id, envelope_bytes, open_envelope, parse_envelope
+from exchange.protocol.envelope import bulletin_id, envelope_bytes, open_envelope, parse_envelope
 from exchange.store import audit_log, bulletins, channel_events
-from tests.conftest import DEFAULT_NODES, Federation, MakeFederation, Member, eventually
+from tests.conftest import DEFAULT_NODES, Federation, MakeFederation, Member, authored, eventually
 
 SIX = {
     **{k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs", "gb-avsec", "wco-rilo")},
@@ -173,13 +172,8 @@ def test_access_table_covers_every_actor_and_action() -> None:
 
 def forged(member: Member, state_of: Member, channel: str = "c2c", seq: int = 1) -> bytes:
     """An envelope `member` signs itself, citing the channel state `state_of` holds."""
-    svc = member.service
-    state = state_of.service.channels.state(channel)
-    readers = [(NodeId(n), svc.fed.encryption_key(n)) for n in state.readers]
     bulletin = Bulletin.model_validate({**NOTE, "handling": {"tlp": "AMBER"}})
-    env = build_envelope(
-        bulletin, state=state, author=svc.me, key=svc.keys.signing, seq=seq, readers=readers, created=timestamp()
-    )
+    env = authored(member, bulletin, channel, seq, state_of=state_of)
     return b'{"txn":"x","envelopes":[' + envelope_bytes(env) + b"]}"
 
 

@@ -10,13 +10,13 @@ import aiohttp
 import pytest
 import sqlalchemy as sa
 
-from exchange.clock import timestamp, utc_now
+from exchange.clock import utc_now
 from exchange.crypto import b64d, b64e, generate_tls_identity
 from exchange.model import Bulletin, Envelope, NodeId
 from exchange.node.tls import peer_context
-from exchange.protocol.envelope import build_envelope, envelope_bytes
+from exchange.protocol.envelope import envelope_bytes
 from exchange.store import audit_log, bulletins
-from tests.conftest import DEFAULT_NODES, MakeFederation, Member
+from tests.conftest import DEFAULT_NODES, MakeFederation, Member, authored
 
 THREE = {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs", "wco-rilo")}
 BULLETIN = Bulletin.model_validate(
@@ -26,12 +26,7 @@ BULLETIN = Bulletin.model_validate(
 
 def envelope_from(member: Member, channel: str = "c2c", seq: int = 1) -> Envelope:
     """An envelope exactly as `member` would author it, without posting it."""
-    svc = member.service
-    state = svc.channels.state(channel)
-    readers = [(NodeId(n), svc.fed.encryption_key(n)) for n in state.readers]
-    return build_envelope(
-        BULLETIN, state=state, author=svc.me, key=svc.keys.signing, seq=seq, readers=readers, created=timestamp()
-    )
+    return authored(member, BULLETIN, channel, seq)
 
 
 def batch(*envs: bytes) -> bytes:
@@ -195,14 +190,8 @@ async def test_roster_node_outside_the_channel_is_refused(make_federation: MakeF
     if make == "relay-of-another-author":
         wire = envelope_bytes(envelope_from(a))  # genuine, but pushed by someone else
     else:
-        svc = outsider.service
-        state = a.service.channels.state("c2c")  # suppose the outsider learnt the state somehow
-        readers = [(NodeId(n), svc.fed.encryption_key(n)) for n in state.readers]
-        wire = envelope_bytes(
-            build_envelope(
-                BULLETIN, state=state, author=svc.me, key=svc.keys.signing, seq=1, readers=readers, created=timestamp()
-            )
-        )
+        # Suppose the outsider learnt the channel's state somehow and signs a bulletin of its own.
+        wire = envelope_bytes(authored(outsider, BULLETIN, state_of=a))
     status, body, ctype = await b.fed_post(outsider, batch(wire))
     assert status == 422 and ctype == "application/problem+json", body
     assert await stored(b) == 0

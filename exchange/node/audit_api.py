@@ -37,7 +37,7 @@ from exchange.audit.keeper import LogKeeper
 from exchange.audit.witness import SplitView, Witness
 from exchange.clock import timestamp
 from exchange.crypto import b64e, canonical_json, sha256, strict_loads
-from exchange.errors import Conflict, ExchangeError, Forbidden, InvalidInput, NotFound, PeerError, StateUnavailable
+from exchange.errors import Conflict, ExchangeError, Forbidden, InvalidInput, NotFound, StateUnavailable
 from exchange.keystore import read_file
 from exchange.merkle import leaf_hash
 from exchange.model import EnvelopeHeader
@@ -416,16 +416,8 @@ async def audit_context(app: web.Application) -> AsyncIterator[None]:
     keeper = LogKeeper(service.me, service.store, service.keys.signing, signed_roster)
     await keeper.start()
 
-    def sender(node: str) -> Any:
-        if node not in senders:
-            raise PeerError(f"{node!r} is not a partner node")
-        return senders[node]
-
-    async def fetch(node: str, path: str) -> Any:
-        return await sender(node).get_json(path)
-
-    async def send(node: str, path: str, body: Any) -> Any:
-        return await sender(node).post_json(path, body)
+    # The node's pinned mutual-TLS calls to its partners, as the channel book uses them.
+    fetch, send = service.channels.fetch, service.channels.send
 
     def partners() -> list[str]:
         """The nodes this node shares a channel with: they witness our log, we witness theirs."""

@@ -88,6 +88,17 @@ async def unread_counts(store: Store, user: str, channels: Sequence[str]) -> dic
         return {r[0]: (int(r[1] or 0), int(r[2])) for r in rows}
 
 
+# The columns a bulletin summary (`_summary`) is made from: no envelope, so lists stay light.
+SUMMARY = (
+    bulletins.c.id,
+    bulletins.c.channel,
+    bulletins.c.author,
+    bulletins.c.created,
+    bulletins.c.tlp,
+    bulletins.c.content,
+)
+
+
 def _summary(row: Any) -> dict[str, Any]:
     content = json.loads(row.content)
     return {
@@ -106,19 +117,7 @@ async def describe(service: NodeService, readable: Sequence[str], ids: Sequence[
     if not ids:
         return []
     async with service.store.read() as conn:
-        rows = {
-            r.id: r
-            for r in await conn.execute(
-                sa.select(
-                    bulletins.c.id,
-                    bulletins.c.channel,
-                    bulletins.c.author,
-                    bulletins.c.created,
-                    bulletins.c.tlp,
-                    bulletins.c.content,
-                ).where(bulletins.c.id.in_(list(ids)))
-            )
-        }
+        rows = {r.id: r for r in await conn.execute(sa.select(*SUMMARY).where(bulletins.c.id.in_(list(ids))))}
     out = []
     for bid in ids:
         row = rows.get(bid)
@@ -138,14 +137,7 @@ async def referring(service: NodeService, readable: Sequence[str], bid: str) -> 
     async with service.store.read() as conn:
         rows = (
             await conn.execute(
-                sa.select(
-                    bulletins.c.id,
-                    bulletins.c.channel,
-                    bulletins.c.author,
-                    bulletins.c.created,
-                    bulletins.c.tlp,
-                    bulletins.c.content,
-                )
+                sa.select(*SUMMARY)
                 .where(bulletins.c.channel.in_(readable), bulletins.c.content.contains(bid, autoescape=True))
                 .order_by(bulletins.c.n.desc())
                 .limit(100)
@@ -461,14 +453,7 @@ async def search_page(request: web.Request) -> web.StreamResponse:
     results: list[dict[str, Any]] = []
     stopped = False
     if (words or kind) and wanted:
-        query = sa.select(
-            bulletins.c.id,
-            bulletins.c.channel,
-            bulletins.c.author,
-            bulletins.c.created,
-            bulletins.c.tlp,
-            bulletins.c.content,
-        ).where(bulletins.c.channel.in_(wanted))
+        query = sa.select(*SUMMARY).where(bulletins.c.channel.in_(wanted))
         for word in words:
             # a cheap, case-insensitive prefilter in SQL; the real match is on the parsed fields below
             query = query.where(sa.func.lower(bulletins.c.content).contains(word.lower(), autoescape=True))
