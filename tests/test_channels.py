@@ -481,3 +481,23 @@ async def test_a_removed_node_can_be_invited_again_and_rejoin(make_federation: M
     await eventually(invited_again, what="the second invitation at ke-customs")
     status, shown, _ = await ke.api("POST", "/api/v1/channels/c2c/accept", user="admin")
     assert status == 200 and shown["members"]["ke-customs"] == ["read"], shown
+
+
+async def test_nothing_can_be_posted_to_a_closed_channel(make_federation: MakeFederation) -> None:
+    fed = await make_federation()
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    status, shown, _ = await nl.api("POST", "/api/v1/channels/c2c/close", user="admin")
+    assert status == 200 and shown["closed"] is True
+
+    async def ke_knows() -> bool:
+        return ke.service.channels.state("c2c").closed
+
+    await eventually(ke_knows, what="ke to learn the channel is closed")
+    for member in (nl, ke):
+        status, problem = await post(member)
+        assert status == 403 and "closed" in problem["detail"], problem
+        assert await count(member, bulletins) == 0
+    status, problem, _ = await nl.api(
+        "POST", "/api/v1/channels/c2c/invite", user="admin", body={"node": "ke-customs", "rights": ["read"]}
+    )
+    assert status == 422 and "closed" in problem["detail"]
