@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -159,3 +160,15 @@ def test_federation_init_is_idempotent_and_keys_are_private(sample: Path) -> Non
     refused = run("keys", "generate", "nodes/nl-customs.toml", cwd=sample, check=False)
     assert refused.returncode == 1 and "--force" in refused.stderr
     assert (sample / "keys" / "roster.json").read_bytes() == roster
+
+
+def test_a_node_whose_port_is_taken_says_so_in_one_line(sample: Path) -> None:
+    run("federation", "init", "nodes/", cwd=sample)
+    text = (sample / "nodes" / "nl-customs.toml").read_text()
+    port = int(re.search(r"^port = (\d+)", text, flags=re.M).group(1))  # type: ignore[union-attr]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        failed = run("node", "run", "nodes/nl-customs.toml", cwd=sample, check=False)
+    assert failed.returncode == 1, failed.stderr
+    assert "cannot listen on 127.0.0.1" in failed.stderr and "Traceback" not in failed.stderr

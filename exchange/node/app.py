@@ -14,7 +14,7 @@ from aiohttp import web
 
 from exchange.config import NodeConfig
 from exchange.crypto import strict_loads
-from exchange.errors import ExchangeError, InvalidInput, PeerError
+from exchange.errors import ConfigError, ExchangeError, InvalidInput, PeerError
 from exchange.keystore import NodeKeyFiles, load_authority_public, read_file
 from exchange.model import ChannelEvent, SignedRoster
 from exchange.node import audit_api, client_api, federation_api
@@ -189,6 +189,10 @@ async def start_node(config: NodeConfig) -> RunningNode:
     fed = app[SERVICE].fed
     ssl_ctx = server_context(config.keys_dir / "tls.crt", config.keys_dir / "tls.key", fed)
     site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_ctx)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"{config.id} cannot listen on {config.host}:{config.port}: {exc.strerror}") from exc
     log.info("node %s listening on %s", config.id, config.endpoint)
     return RunningNode(config, app, runner)
