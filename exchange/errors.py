@@ -2,6 +2,7 @@
 
 ExchangeError
  ├── ConfigError            bad or missing configuration, key files, roster files
+ │    └── SchemaOutdated    the database is on an older schema: run `exchange db upgrade`
  ├── InvalidInput           a request or file that does not parse or fails validation
  │    └── InvalidEnvelope   an envelope that breaks a protocol rule
  │         ├── BadSignature     a signature that does not verify
@@ -18,6 +19,7 @@ ExchangeError
  │    ├── BadEntry          (exchange.audit) the first entry that breaks the log
  │    └── SplitView         (exchange.audit) two signed histories that do not extend each other
  └── PeerError              a partner node answered with an error or not at all
+      ├── PeerRefused       a partner refused a request for good (4xx): do not retry it as is
       └── StateUnavailable  a cited channel state is unknown and its owner cannot supply it
 """
 
@@ -36,6 +38,12 @@ class ExchangeError(Exception):
 
 class ConfigError(ExchangeError):
     title = "Configuration error"
+
+
+class SchemaOutdated(ConfigError):
+    """The database was written by an older release; `exchange db upgrade` brings it up to date."""
+
+    title = "Database schema outdated"
 
 
 class InvalidInput(ExchangeError):
@@ -93,6 +101,16 @@ class AuditTampered(ExchangeError):
 
 class PeerError(ExchangeError):
     title = "Peer error"
+
+
+class PeerRefused(PeerError):
+    """A partner answered 4xx: the request, as it is, will never be accepted."""
+
+    title = "Refused by peer"
+
+    def __init__(self, detail: str, status: int) -> None:
+        super().__init__(detail)
+        self.status = status
 
 
 class StateUnavailable(PeerError):
