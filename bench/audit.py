@@ -37,11 +37,11 @@ from rich.console import Console
 from rich.table import Table
 
 from exchange.audit.checkpoint import Checkpoint, log_origin, open_checkpoint, sign_checkpoint
-from exchange.audit.keeper import LogKeeper
 from exchange.audit.log import BundleCheck, KeyRing, LogVerifier
 from exchange.clock import timestamp
 from exchange.crypto import SigningKey
 from exchange.merkle import Frontier, leaf_hash
+from exchange.service.audit.keeper import LogKeeper
 from exchange.store import Store, audit_checkpoints, audit_log, metadata
 
 NODE = "nl-customs"

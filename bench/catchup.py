@@ -26,12 +26,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from exchange.app import start_node
 from exchange.clock import timestamp
 from exchange.config import NodeConfig
 from exchange.crypto import NodeKeys
-from exchange.keystore import NodeKeyFiles
+from exchange.keystore import NodeKeyFiles, load_federation, read_provisioned_channels
 from exchange.model import Bulletin, NodeId
-from exchange.node.app import load_federation, read_provisioned_channels, start_node
 from exchange.protocol.channel import ChannelState, apply_event
 from exchange.protocol.envelope import build_envelope, bulletin_id, envelope_bytes, open_envelope, verify_envelope
 from exchange.protocol.receipt import make_receipt
@@ -69,7 +69,7 @@ def _init(folder: str) -> None:
 
 
 def _build(seqs: range) -> list[dict[str, Any]]:
-    from exchange.node.service import _bulletin_row
+    from exchange.service.node import _bulletin_row
 
     keys: NodeKeys = _WORK["keys"]
     state: ChannelState = _WORK["state"]

@@ -39,16 +39,13 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from exchange.app import RunningNode, start_node
 from exchange.clock import timestamp
 from exchange.config import NodeConfig
 from exchange.crypto import NodeKeys, SealedContent, canonical_json
 from exchange.keystore import read_file
 from exchange.model import Bulletin, NodeId
-from exchange.node.app import RunningNode, start_node
-from exchange.node.appkeys import SENDERS
-from exchange.node.service import NodeService
 from exchange.node.tls import client_context
-from exchange.node.users import authenticate
 from exchange.protocol.channel import ChannelState
 from exchange.protocol.envelope import (
     build_envelope,
@@ -60,6 +57,8 @@ from exchange.protocol.envelope import (
 from exchange.protocol.receipt import make_receipt, verify_receipt
 from exchange.protocol.roster import Federation
 from exchange.provision import init_federation
+from exchange.service.node import NodeService
+from exchange.service.users import authenticate
 from exchange.store import AuditBuffer, Store, audit_log, bulletins, outbox, receipts
 
 CHANNEL = "bench"
@@ -256,7 +255,7 @@ async def end_to_end(root: Path, args: argparse.Namespace, via: str, batch_size:
             poster.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             run.failed_posts = await poster
-        run.send_failures = nodes[0].app[SENDERS][NODE_B].status.failures
+        run.send_failures = nodes[0].service.outbox.senders[NODE_B].status.failures
         material = Material(a.fed, a.channels.state(CHANNEL), a.keys, b.keys)
     finally:
         for node in reversed(nodes):

@@ -4,11 +4,15 @@ ExchangeError
  ├── ConfigError            bad or missing configuration, key files, roster files
  │    └── SchemaOutdated    the database is on an older schema: run `exchange db upgrade`
  ├── InvalidInput           a request or file that does not parse or fails validation
+ │    ├── WeakPassword      a password that breaks the length rule
+ │    ├── ProofError        a Merkle inclusion or consistency proof that does not verify
  │    └── InvalidEnvelope   an envelope that breaks a protocol rule
  │         ├── BadSignature     a signature that does not verify
  │         ├── DecryptionFailed one message for every decryption failure (no oracle)
- │         └── Equivocation     one author, one (channel, seq), two different bulletins
+ │         ├── Equivocation     one author, one (channel, seq), two different bulletins
+ │         └── EnvelopeRejected a partner's batch in which an item broke a rule; nothing was stored
  ├── Unauthorized           no or unknown credentials
+ ├── TooManyFailures        sign-in refused unchecked: too many recent failures (429)
  ├── Forbidden              authenticated, but without the right
  │    ├── UnknownPeer       a TLS peer or signer that is not in the roster
  │    └── NotAMember        a node or user outside the channel
@@ -16,14 +20,20 @@ ExchangeError
  ├── Conflict               a request that clashes with stored state (already exists)
  ├── Unavailable            this node is stopping or cannot serve now: retry later (503)
  ├── AuditTampered          the audit log does not verify
- │    ├── BadEntry          (exchange.audit) the first entry that breaks the log
- │    └── SplitView         (exchange.audit) two signed histories that do not extend each other
+ │    ├── BadEntry          the first entry that breaks the log
+ │    └── SplitView         two signed histories that do not extend each other
  └── PeerError              a partner node answered with an error or not at all
       ├── PeerRefused       a partner refused a request for good (4xx): do not retry it as is
-      └── StateUnavailable  a cited channel state is unknown and its owner cannot supply it
+      ├── StateUnavailable  a cited channel state is unknown and its owner cannot supply it
+      └── ApiError          (CLI) the node's client API refused a request
+
+`exchange.http.problem.STATUS` gives each of them its HTTP status; the CLI prints any of them as
+one `error:` line (`exchange.cli.output`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class ExchangeError(Exception):
@@ -50,6 +60,18 @@ class InvalidInput(ExchangeError):
     title = "Invalid input"
 
 
+class WeakPassword(InvalidInput):
+    """A password that breaks the length rule."""
+
+    title = "Weak password"
+
+
+class ProofError(InvalidInput):
+    """A Merkle inclusion or consistency proof failed verification."""
+
+    title = "Proof does not verify"
+
+
 class InvalidEnvelope(InvalidInput):
     title = "Invalid envelope"
 
@@ -71,8 +93,26 @@ class Equivocation(InvalidEnvelope):
     title = "Equivocation"
 
 
+class EnvelopeRejected(InvalidEnvelope):
+    """A batch from a peer in which at least one item broke a rule; nothing was stored."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        first = errors[0]
+        super().__init__(f"{first['item']} rejected: {first['detail']}")
+        self.errors = errors
+
+
 class Unauthorized(ExchangeError):
     title = "Unauthorized"
+
+
+class TooManyFailures(ExchangeError):
+    """Sign-in refused without a password check: too many recent failures (HTTP 429).
+
+    Not an Unauthorized: the console answers that with a sign-in redirect, this with a wait.
+    """
+
+    title = "Too many failed sign-ins"
 
 
 class Forbidden(ExchangeError):
@@ -99,6 +139,20 @@ class AuditTampered(ExchangeError):
     title = "Audit log tampered"
 
 
+class BadEntry(AuditTampered):
+    """The audit log fails verification at entry `index`, the first one known to be bad."""
+
+    def __init__(self, index: int, detail: str) -> None:
+        super().__init__(f"entry {index}: {detail}")
+        self.index = index
+
+
+class SplitView(AuditTampered):
+    """A log showed a checkpoint that does not extend one this node had witnessed."""
+
+    title = "Split view"
+
+
 class PeerError(ExchangeError):
     title = "Peer error"
 
@@ -117,6 +171,16 @@ class StateUnavailable(PeerError):
     """Retryable: a sender should try again once the channel's owner is reachable."""
 
     title = "Channel state unavailable"
+
+
+class ApiError(PeerError):
+    """The CLI's node refused a request; the detail is its problem+json message and the status."""
+
+    title = "Request refused"
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{detail} (HTTP {status})")
+        self.status = status
 
 
 class Unavailable(ExchangeError):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exchange.clock import utc_now
+from exchange.config import NodeConfig
 from exchange.crypto import (
     DecryptionKey,
     NodeKeys,
@@ -17,8 +18,11 @@ from exchange.crypto import (
     b64e,
     generate_tls_identity,
     spki_pin,
+    strict_loads,
 )
-from exchange.errors import ConfigError, Conflict, InvalidInput
+from exchange.errors import ConfigError, Conflict, ExchangeError, InvalidInput
+from exchange.model import ChannelEvent, SignedRoster
+from exchange.protocol.roster import Federation
 
 SIGNING = "signing.key"
 ENCRYPTION = "encryption.key"
@@ -108,3 +112,22 @@ def load_authority_public(path: Path) -> VerifyKey:
         return VerifyKey(b64d(read_file(path).decode().strip()))
     except (InvalidInput, UnicodeDecodeError) as exc:
         raise ConfigError(f"unreadable authority key {path}") from exc
+
+
+def load_federation(config: NodeConfig) -> Federation:
+    """The roster, verified against the federation authority's public key."""
+    try:
+        signed = SignedRoster.model_validate(strict_loads(read_file(config.roster_path)))
+    except (InvalidInput, ValueError) as exc:
+        raise ExchangeError(f"unreadable roster {config.roster_path}: {exc}") from exc
+    return Federation.verify(signed, load_authority_public(config.authority_key_path))
+
+
+def read_provisioned_channels(folder: Path) -> list[list[ChannelEvent]]:
+    """Channels set up by `federation init`: each file holds a whole owner-signed log."""
+    if not folder.is_dir():
+        return []
+    return [
+        [ChannelEvent.model_validate(e) for e in strict_loads(path.read_bytes())]
+        for path in sorted(folder.glob("*.json"))
+    ]

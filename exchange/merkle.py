@@ -5,12 +5,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 
+from exchange.errors import ProofError as ProofError  # its home is errors; imported from here too
+
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
-
-
-class ProofError(ValueError):
-    """A Merkle inclusion or consistency proof failed verification."""
 
 
 def leaf_hash(entry: bytes) -> bytes:

@@ -16,9 +16,9 @@ from exchange.crypto.passwords import new_password
 from exchange.errors import ConfigError
 from exchange.keystore import NodeKeyFiles, read_file, write_private, write_public
 from exchange.model import ChannelEvent, NodeId, Roster, SignedRoster
-from exchange.node.users import add_user, assign, list_users, set_password
 from exchange.protocol.channel import ChannelState, apply_event, sign_acceptance, sign_event
 from exchange.protocol.roster import Federation, sign_roster
+from exchange.service.users import add_user, assign, list_users, set_password
 from exchange.store import Store
 
 SAMPLE_USERS = (("officer", "contact-point"), ("auditor", "auditor"), ("admin", "admin"))
@@ -151,7 +151,7 @@ def channel_log(spec: ChannelSpec, fed: Federation, keys: dict[str, SigningKey])
 async def sample_users(cfg: NodeConfig, channels: list[str], report: InitReport, *, passwords: bool = False) -> None:
     """A contact point (working in every channel of the node), an auditor and an administrator,
     each with a token file (0600), and with `passwords` a console password file (0600) too."""
-    store = await Store.open(cfg.database_url)
+    store = await Store.open(cfg.database_url, node=cfg.id)
     try:
         existing = {u.name for u in await list_users(store)}
         for name, role in SAMPLE_USERS:

@@ -16,11 +16,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from exchange.app import RunningNode, start_node
 from exchange.clock import timestamp
 from exchange.config import NodeConfig
 from exchange.keystore import read_file
 from exchange.model import Bulletin, Envelope, NodeId
-from exchange.node.app import RunningNode, start_node
 from exchange.node.tls import client_context, peer_context
 from exchange.protocol.envelope import build_envelope
 from exchange.provision import init_federation

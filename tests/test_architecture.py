@@ -87,3 +87,21 @@ def test_mypy_strict_is_clean() -> None:
         [sys.executable, "-m", "mypy", "exchange"], capture_output=True, text=True, cwd=PACKAGE.parent
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_import_contracts_hold() -> None:
+    """The layers and the "adapters never touch SQL" rule of pyproject.toml's [tool.importlinter]."""
+    lint = Path(sys.executable).with_name("lint-imports")
+    proc = subprocess.run([str(lint)], capture_output=True, text=True, cwd=PACKAGE.parent)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 broken" in proc.stdout
+
+
+def test_no_module_is_over_500_lines() -> None:
+    sizes = {m: len(p.read_text().splitlines()) for m, p in ((m, _path(m)) for m in MODULES)}
+    assert {m: n for m, n in sizes.items() if n > 500} == {}
+
+
+def _path(module: str) -> Path:
+    path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+    return path if path.exists() else PACKAGE.parent / module.replace(".", "/") / "__init__.py"

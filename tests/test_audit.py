@@ -22,7 +22,7 @@ from exchange.audit.checkpoint import (
     sign_checkpoint,
     witness_name,
 )
-from exchange.audit.log import FORMAT, BadEntry, BundleCheck, KeyRing, LogVerifier
+from exchange.audit.log import FORMAT, BundleCheck, KeyRing, LogVerifier
 from exchange.audit.note import (
     SIG_COSIGNATURE_V1,
     SIG_ED25519,
@@ -46,7 +46,7 @@ from exchange.crypto import (
     generate_tls_identity,
     spki_pin,
 )
-from exchange.errors import AuditTampered, BadSignature, ExchangeError, InvalidInput
+from exchange.errors import AuditTampered, BadEntry, BadSignature, ExchangeError, InvalidInput
 from exchange.keystore import read_file
 from exchange.merkle import (
     consistency_proof,

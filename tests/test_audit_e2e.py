@@ -15,16 +15,14 @@ import pytest
 import sqlalchemy as sa
 
 from exchange.audit.checkpoint import log_origin, open_checkpoint
-from exchange.audit.log import BadEntry, KeyRing, LogReport
+from exchange.audit.log import KeyRing, LogReport
 from exchange.audit.trace import GAP, NONE, OK, assemble
-from exchange.audit.witness import SplitView
 from exchange.cli.audit import verify_node
 from exchange.cli.client import Target
 from exchange.crypto import canonical_json
-from exchange.errors import PeerError
+from exchange.errors import BadEntry, PeerError, SplitView
 from exchange.keystore import read_file
 from exchange.merkle import leaf_hash
-from exchange.node.audit_api import AUDIT
 from exchange.store import Store, audit_checkpoints, audit_cosignatures, audit_log
 from tests.conftest import Federation, MakeFederation, Member, eventually
 
@@ -254,7 +252,7 @@ async def test_a_node_that_rewrites_a_witnessed_history_is_caught_by_its_witness
     # Pull: ke fetches nl's latest checkpoint and a proof from what it co-signed; it does not hold.
     assert ke.node is not None
     with pytest.raises(SplitView, match="split view"):
-        await ke.node.app[AUDIT].witness.pull("nl-customs")
+        await ke.node.service.audit.witness.pull("nl-customs")
     # Push: nl's log grows and nl asks ke to co-sign; the consistency proof fails there too.
     await wait_for(nl, "bulletin.delivered", await post(nl))
     shown = await checkpoint(nl)

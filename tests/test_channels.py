@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 from exchange.errors import DecryptionFailed
 from exchange.model import Bulletin, NodeId
-from exchange.node.users import add_user
 from exchange.protocol.envelope import bulletin_id, envelope_bytes, open_envelope, parse_envelope
+from exchange.service.users import add_user
 from exchange.store import audit_log, bulletins, channel_events
 from tests.conftest import DEFAULT_NODES, Federation, MakeFederation, Member, authored, eventually
 

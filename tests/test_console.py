@@ -34,8 +34,8 @@ from exchange.config import NodeConfig
 from exchange.errors import Unauthorized
 from exchange.keystore import read_file
 from exchange.node.tls import client_context
-from exchange.node.users import add_user, assign, set_password, verify_password
 from exchange.provision import init_federation
+from exchange.service.users import add_user, assign, set_password, verify_password
 from exchange.store import Store, audit_log, bulletins, console_sessions, receipts
 from tests.conftest import DEFAULT_NODES, Federation, MakeFederation, Member, eventually, write_federation
 

@@ -10,8 +10,7 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from exchange.errors import Unavailable
-from exchange.node.app import load_federation
-from exchange.node.appkeys import CATCHUP, SENDERS
+from exchange.keystore import load_federation
 from exchange.node.tls import server_context
 from exchange.store import audit_log, bulletins, outbox, receipts, user_reads
 from tests.conftest import DEFAULT_NODES, MakeFederation, Member, eventually
@@ -108,7 +107,7 @@ async def test_a_failing_or_silent_receiver_loses_nothing_and_delays_no_one(make
         faulty.mode = "hang"
         second = await post_many(a, 20, "during timeouts")
         await all_at(c, first + second, timeout=10)
-        status = a.node.app[SENDERS]["ke-customs"].status  # type: ignore[union-attr]
+        status = a.node.service.outbox.senders["ke-customs"].status  # type: ignore[union-attr]
 
         async def timed_out() -> bool:
             return "Timeout" in (status.last_error or "")
@@ -169,7 +168,7 @@ async def test_catch_up_pages_and_cursors(make_federation: MakeFederation) -> No
     page = await b.service.served_envelopes("de-customs", "c2c", after=0, limit=200)
     body = json.loads(page)
     assert len(body["items"]) == 200 and body["more"] is True
-    catchup = fed["de-customs"].node.app[CATCHUP]  # type: ignore[union-attr]
+    catchup = fed["de-customs"].node.service.catchup  # type: ignore[union-attr]
     await catchup.pull("ke-customs", "c2c")
     assert await fed["de-customs"].service.cursor("ke-customs", "c2c") == body["items"][-1]["n"] + 250
 
@@ -227,7 +226,7 @@ async def test_a_request_from_a_peer_in_backoff_makes_the_sender_retry_at_once(m
     a = fed["nl-customs"]
     await fed.stop("ke-customs")
     [bid] = await post_many(a, 1, "while ke is down")
-    sender = a.node.app[SENDERS]["ke-customs"]  # type: ignore[union-attr]
+    sender = a.node.service.outbox.senders["ke-customs"]  # type: ignore[union-attr]
 
     async def backing_off() -> bool:
         return sender.status.backoff_until is not None
@@ -245,7 +244,7 @@ async def test_a_request_from_a_peer_in_backoff_makes_the_sender_retry_at_once(m
 async def test_an_admin_command_writing_next_to_a_running_node_does_not_wedge_its_audit_log(
     make_federation: MakeFederation,
 ) -> None:
-    from exchange.node.users import add_user
+    from exchange.service.users import add_user
     from exchange.store import Store
 
     fed = await make_federation()

@@ -22,7 +22,6 @@ from exchange.crypto import DecryptionKey, SigningKey, b64d, b64e, canonical_jso
 from exchange.crypto.content import open_content
 from exchange.errors import ExchangeError
 from exchange.model import Bulletin, ChannelEvent, EnvelopeHeader, NodeId, Receipt, Roster, SignedRoster
-from exchange.node.outbox import transaction_id
 from exchange.protocol.channel import ChannelState, apply_event, event_hash, sign_acceptance, sign_event
 from exchange.protocol.envelope import (
     build_envelope,
@@ -37,6 +36,7 @@ from exchange.protocol.envelope import (
 from exchange.protocol.receipt import make_receipt, verify_receipt
 from exchange.protocol.roster import Federation, sign_roster
 from exchange.protocol.signing import signing_input
+from exchange.service.outbox import transaction_id
 from tests.vectors import make_vectors
 from tests.vectors.make_vectors import ENVELOPE_FILE, ReplayRandom
 

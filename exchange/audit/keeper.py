@@ -1,38 +1,31 @@
-"""This node's own audit log: follow the audit table, sign checkpoints, serve entries, proofs, exports.
+"""The pure parts of keeping a log: signed checkpoints as stored, resuming from one, and the
+records of evidence and export bundles.
 
-The keeper holds the log's frontier (O(log n) hashes) in memory and extends it from the table
-as soon as the store's writer commits new entries, so what it signs is what this process wrote,
-whatever happens to the table later. On start it resumes from its latest signed checkpoint,
-whose signature and root authenticate the stored frontier. Proofs come from `TreeLevels`, built
-from the table on the first request and checked against the frontier before they are trusted.
+The keeper itself (following the audit table, signing, serving proofs) does I/O and lives in
+`exchange.service.audit.keeper`; what it decides and what it writes is here. Pure: no I/O, no
+clock (times are passed in).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, NotRequired, TypedDict
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from exchange.audit.checkpoint import Checkpoint, log_origin, open_checkpoint, sign_checkpoint
+from exchange.audit.checkpoint import open_checkpoint
 from exchange.audit.log import FORMAT
-from exchange.audit.tree import TreeLevels, consistency_path, inclusion_path
-from exchange.clock import timestamp
-from exchange.crypto import SigningKey, b64e
-from exchange.errors import AuditTampered, BadSignature, InvalidInput, NotFound
+from exchange.crypto import VerifyKey, b64e
 from exchange.merkle import HASH_SIZE, Frontier
-from exchange.store import AuditBuffer, Store, audit_checkpoints, audit_cosignatures, audit_log
 
-log = logging.getLogger("exchange.audit")
 
-PAGE = 5000  # rows per read
-SCAN_LIMIT = 50_000  # rows one filtered listing request may scan before it returns a cursor
+class CheckpointJSON(TypedDict):
+    """A checkpoint as the API shows it."""
+
+    size: int
+    root: str
+    signed_at: str
+    witnesses: list[str]
+    note: str
 
 
 @dataclass(frozen=True)
@@ -54,7 +47,7 @@ class StoredCheckpoint:
         """The note with every cosignature line appended, as clients and auditors get it."""
         return self.note + "".join(line for _, line in self.cosignatures)
 
-    def view(self) -> dict[str, Any]:
+    def view(self) -> CheckpointJSON:
         """The checkpoint as the API shows it."""
         return {
             "size": self.size,
@@ -72,369 +65,123 @@ def as_bytes(value: Any) -> bytes:
     return value.encode("utf-8", "replace") if isinstance(value, str) else repr(value).encode()
 
 
-def _mentions(body: dict[str, Any], bulletin: str) -> bool:
+def mentions(body: Mapping[str, Any], bulletin: str) -> bool:
+    """Is this entry about `bulletin` (as the bulletin it records, or the outbox item it refused)?"""
     return bulletin in (body.get("bulletin"), body.get("ref"))
 
 
-class LogKeeper:
-    """The node's own audit log, as signed checkpoints and proofs over the `audit_log` table."""
+def resumed_frontier(note: str, frontier_blob: bytes, key: VerifyKey, origin: str) -> Frontier:
+    """The frontier stored with an own checkpoint, trusted only if it gives the signed root.
 
-    def __init__(self, me: str, store: Store, key: SigningKey, signed_roster: Any = None) -> None:
-        self.me = me
-        self.origin = log_origin(me)
-        self.store = store
-        self.signed_roster = signed_roster
-        self._key = key
-        self._frontier = Frontier()
-        self._levels: TreeLevels | None = None
-        self._lock = asyncio.Lock()  # reading the table into the frontier and levels
-        self._sign_lock = asyncio.Lock()
-        self._follower: asyncio.Task[None] | None = None
-        self._reported: str | None = None
+    Raises InvalidInput or BadSignature if the note does not verify, ValueError if the frontier
+    does not give its root.
+    """
+    cp, _ = open_checkpoint(note, key, origin)
+    raw = frontier_blob
+    frontier = Frontier(cp.size, [raw[i : i + HASH_SIZE] for i in range(0, len(raw), HASH_SIZE)])
+    if frontier.root() != cp.root:
+        raise ValueError("the stored frontier does not give the signed root")
+    return frontier
 
-    @property
-    def size(self) -> int:
-        """How many entries the keeper has taken in (and can sign)."""
-        return self._frontier.size
 
-    # -- start, follow, stop ----------------------------------------------------------------
+# -- evidence about one bulletin ------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Resume from the latest own checkpoint and start following the table."""
-        await self._resume()
-        self._follower = asyncio.create_task(self._follow(), name=f"audit-follow-{self.me}")
 
-    async def close(self) -> None:
-        """Stop following the table."""
-        if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
-            self._follower = None
+class ProvenEntry(TypedDict):
+    """An entry with its inclusion proof in the evidence's checkpoint."""
 
-    async def _resume(self) -> None:
-        """Resume from the latest own checkpoint: its signature and root vouch for its frontier."""
-        latest = await self.latest()
-        if latest is not None:
-            async with self.store.read() as conn:
-                blob = await conn.scalar(
-                    sa.select(audit_checkpoints.c.frontier).where(audit_checkpoints.c.size == latest.size)
-                )
-            try:
-                cp, _ = open_checkpoint(latest.note, self._key.verify_key, self.origin)
-                raw = as_bytes(blob or b"")
-                frontier = Frontier(cp.size, [raw[i : i + HASH_SIZE] for i in range(0, len(raw), HASH_SIZE)])
-                if frontier.root() != cp.root:
-                    raise ValueError("the stored frontier does not give the signed root")
-                self._frontier = frontier
-            except (InvalidInput, BadSignature, ValueError) as exc:
-                log.error(
-                    "%s: own checkpoint %d cannot be resumed from (%s); re-reading the log", self.me, latest.size, exc
-                )
-                with contextlib.suppress(AuditTampered):
-                    await self.catch_up(upto=latest.size)
-                if self._frontier.size != latest.size or self._frontier.root() != latest.root:
-                    log.error(
-                        "%s: the audit table does not match this node's own checkpoint of size %d", self.me, latest.size
-                    )
-        try:
-            await self.catch_up()
-        except AuditTampered as exc:
-            self._report(exc)
+    idx: int
+    entry: str
+    proof: list[str]
 
-    async def _follow(self) -> None:
-        while True:
-            appended = self.store.audit_appended
-            try:
-                await self.catch_up()
-            except AuditTampered as exc:
-                self._report(exc)
-            await appended.wait()
 
-    def _report(self, exc: AuditTampered) -> None:
-        if exc.detail != self._reported:  # once per distinct problem, not once per commit
-            log.error("%s: %s", self.me, exc.detail)
-            self._reported = exc.detail
+class EvidenceJSON(TypedDict):
+    """A log's entries about one bulletin, proven in one of its signed checkpoints."""
 
-    async def _rows(self, lo: int, hi: int, *columns: Any) -> list[Any]:
-        async with self.store.read() as conn:
-            query = sa.select(audit_log.c.idx, *columns).where(audit_log.c.idx >= lo, audit_log.c.idx < hi)
-            return list((await conn.execute(query.order_by(audit_log.c.idx))).all())
+    node: str
+    checkpoint: str | None
+    size: NotRequired[int]  # absent when the log has no checkpoint yet
+    entries: list[ProvenEntry]
 
-    async def catch_up(self, upto: int | None = None) -> int:
-        """Take in the entries the writer has committed since; return how many."""
-        async with self._lock:
-            target = self.store.audit_size if upto is None else min(upto, self.store.audit_size)
-            start = self._frontier.size
-            while self._frontier.size < target:
-                lo = self._frontier.size
-                for idx, raw in await self._rows(lo, min(target, lo + PAGE), audit_log.c.leaf_hash):
-                    leaf = as_bytes(raw)
-                    if idx != self._frontier.size or len(leaf) != HASH_SIZE:
-                        break
-                    self._frontier.append(leaf)
-                    if self._levels is not None:
-                        self._levels.append(leaf)
-                if self._frontier.size == lo or self._frontier.size < min(target, lo + PAGE):
-                    raise AuditTampered(f"audit entry {self._frontier.size} is missing from the table or malformed")
-            return self._frontier.size - start
 
-    async def _tree(self) -> TreeLevels:
-        """The subtree levels for proofs, built once from the table and checked against the frontier."""
-        async with self._lock:
-            if self._levels is None:
-                levels, size = TreeLevels(), self._frontier.size
-                while levels.size < size:
-                    lo = levels.size
-                    for idx, raw in await self._rows(lo, min(size, lo + PAGE), audit_log.c.leaf_hash):
-                        leaf = as_bytes(raw)
-                        if idx != levels.size or len(leaf) != HASH_SIZE:
-                            break
-                        levels.append(leaf)
-                    if levels.size == lo:
-                        raise AuditTampered(f"audit entry {levels.size} is missing from the table or malformed")
-                if levels.root_at(size) != self._frontier.root():
-                    raise AuditTampered(
-                        "the audit table no longer matches the log this node signed: "
-                        "an entry was changed, removed or inserted; run `exchange audit verify`"
-                    )
-                self._levels = levels
-            return self._levels
+# -- export bundles (see exchange.audit.log for the format) ---------------------------------------
 
-    # -- checkpoints ------------------------------------------------------------------------
 
-    async def _cosigned(self, conn: AsyncConnection, row: Any) -> StoredCheckpoint:
-        lines = await conn.execute(
-            sa.select(audit_cosignatures.c.witness, audit_cosignatures.c.line)
-            .where(audit_cosignatures.c.size == row.size)
-            .order_by(audit_cosignatures.c.witness)
-        )
-        return StoredCheckpoint(int(row.size), as_bytes(row.root), row.note, row.at, tuple((w, ln) for w, ln in lines))
+class BundleFilter(TypedDict):
+    bulletin: str
 
-    async def latest(self) -> StoredCheckpoint | None:
-        """The largest checkpoint this node signed, with its cosignatures."""
-        cols = (audit_checkpoints.c.size, audit_checkpoints.c.root, audit_checkpoints.c.note, audit_checkpoints.c.at)
-        async with self.store.read() as conn:
-            row = (await conn.execute(sa.select(*cols).order_by(audit_checkpoints.c.size.desc()).limit(1))).first()
-            return None if row is None else await self._cosigned(conn, row)
 
-    async def checkpoint_at(self, size: int) -> StoredCheckpoint:
-        """The checkpoint of size `size` this node signed, or NotFound."""
-        cols = (audit_checkpoints.c.size, audit_checkpoints.c.root, audit_checkpoints.c.note, audit_checkpoints.c.at)
-        async with self.store.read() as conn:
-            row = (await conn.execute(sa.select(*cols).where(audit_checkpoints.c.size == size))).first()
-            if row is None:
-                raise NotFound(f"this node signed no checkpoint of size {size}")
-            return await self._cosigned(conn, row)
+class HeaderRecord(TypedDict):
+    type: Literal["header"]
+    format: str
+    node: str
+    origin: str
+    exported_at: str
+    complete: bool
+    size: int
+    filter: BundleFilter | None
+    roster: Any  # the signed roster, as the node read it
 
-    async def checkpoints(self, upto: int | None = None) -> list[StoredCheckpoint]:
-        """Every checkpoint this node signed, smallest first, with their cosignatures."""
-        cols = (audit_checkpoints.c.size, audit_checkpoints.c.root, audit_checkpoints.c.note, audit_checkpoints.c.at)
-        query = sa.select(*cols).order_by(audit_checkpoints.c.size)
-        if upto is not None:
-            query = query.where(audit_checkpoints.c.size <= upto)
-        async with self.store.read() as conn:
-            rows = (await conn.execute(query)).all()
-            lines = (
-                await conn.execute(
-                    sa.select(
-                        audit_cosignatures.c.size, audit_cosignatures.c.witness, audit_cosignatures.c.line
-                    ).order_by(audit_cosignatures.c.size, audit_cosignatures.c.witness)
-                )
-            ).all()
-        cosigs: dict[int, list[tuple[str, str]]] = {}
-        for size, witness, line in lines:
-            cosigs.setdefault(int(size), []).append((witness, line))
-        return [
-            StoredCheckpoint(int(r.size), as_bytes(r.root), r.note, r.at, tuple(cosigs.get(int(r.size), [])))
-            for r in rows
-        ]
 
-    async def checkpoint(self) -> StoredCheckpoint | None:
-        """Sign a checkpoint of everything committed so far, unless the latest one already covers it."""
-        async with self._sign_lock:
-            await self.catch_up()
-            latest = await self.latest()
-            # No await between reading size, root and hashes: they must describe one tree.
-            size, root, hashes = self._frontier.size, self._frontier.root(), self._frontier.hashes
-            if size == 0:
-                return latest
-            if latest is not None and latest.size >= size:
-                if latest.size > size:
-                    raise AuditTampered(
-                        f"this node signed a checkpoint of size {latest.size} but its log now holds only {size} entries"
-                    )
-                return latest
-            note = sign_checkpoint(Checkpoint(self.origin, size, root), self._key).render()
-            at = timestamp()
+class CheckpointRecord(TypedDict):
+    type: Literal["checkpoint"]
+    note: str
 
-            async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
-                await conn.execute(
-                    sa.insert(audit_checkpoints).values(
-                        size=size, root=root, note=note, frontier=b"".join(hashes), at=at
-                    )
-                )
 
-            await self.store.write(job)
-            log.info("%s: signed audit checkpoint %d", self.me, size)
-            return StoredCheckpoint(size, root, note, at)
+class EntryRecord(TypedDict):
+    """An entry of a full export (with its stored leaf hash) or of a partial one (with a proof)."""
 
-    async def add_cosignature(self, size: int, witness: str, line: str) -> None:
-        """Keep a witness's cosignature line of checkpoint `size` (the first one it sent)."""
-        at = timestamp()
+    type: Literal["entry"]
+    idx: int
+    entry: str
+    leaf_hash: NotRequired[str]
+    size: NotRequired[int]
+    proof: NotRequired[list[str]]
 
-        async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
-            where = sa.and_(audit_cosignatures.c.size == size, audit_cosignatures.c.witness == witness)
-            if await conn.scalar(sa.select(audit_cosignatures.c.size).where(where)) is None:
-                await conn.execute(sa.insert(audit_cosignatures).values(size=size, witness=witness, line=line, at=at))
 
-        await self.store.write(job)
+class EndRecord(TypedDict):
+    type: Literal["end"]
+    entries: int
 
-    async def cosigned_size(self, witness: str) -> int:
-        """The largest checkpoint `witness` has co-signed (0 if none): its view of this log."""
-        async with self.store.read() as conn:
-            value = await conn.scalar(
-                sa.select(sa.func.max(audit_cosignatures.c.size)).where(audit_cosignatures.c.witness == witness)
-            )
-        return int(value or 0)
 
-    # -- proofs and entries -----------------------------------------------------------------
+BundleRecord = HeaderRecord | CheckpointRecord | EntryRecord | EndRecord
 
-    async def inclusion(self, index: int, size: int) -> list[bytes]:
-        """The inclusion proof of entry `index` in the tree of `size` entries."""
-        tree = await self._tree()
-        if not 0 <= index < size <= tree.size:
-            raise InvalidInput(f"need 0 <= index < size <= {tree.size}")
-        return inclusion_path(index, size, tree.root)
 
-    async def consistency(self, old: int, new: int) -> list[bytes]:
-        """The consistency proof from size `old` to size `new`."""
-        tree = await self._tree()
-        if not 0 < old <= new <= tree.size:
-            raise InvalidInput(f"need 0 < from <= to <= {tree.size}")
-        return consistency_path(old, new, tree.root)
+def header_record(
+    node: str, origin: str, roster: Any, *, at: str, complete: bool, size: int, bulletin: str | None = None
+) -> HeaderRecord:
+    """The header record of an export bundle."""
+    return {
+        "type": "header",
+        "format": FORMAT,
+        "node": node,
+        "origin": origin,
+        "exported_at": at,
+        "complete": complete,
+        "size": size,
+        "filter": {"bulletin": bulletin} if bulletin else None,
+        "roster": roster,
+    }
 
-    async def entry(self, index: int) -> bytes:
-        """Entry `index` as stored."""
-        async with self.store.read() as conn:
-            raw = await conn.scalar(sa.select(audit_log.c.entry).where(audit_log.c.idx == index))
-        if raw is None:
-            raise NotFound(f"no audit entry {index}")
-        return as_bytes(raw)
 
-    async def scan(
-        self,
-        match: Callable[[dict[str, Any]], bool],
-        needle: bytes | None = None,
-        *,
-        after: int = -1,
-        limit: int = 100,
-        scan: int = SCAN_LIMIT,
-    ) -> tuple[list[tuple[int, bytes, dict[str, Any]]], int | None]:
-        """Entries after `after` that `match`, oldest first; `needle` is a cheap byte prefilter.
+def evidence_records(evidence: EvidenceJSON) -> list[CheckpointRecord | EntryRecord | EndRecord]:
+    """The records of a partial export after its header: the checkpoint, the proven entries, the end."""
+    out: list[CheckpointRecord | EntryRecord | EndRecord] = []
+    checkpoint = evidence["checkpoint"]
+    if checkpoint is not None:
+        out.append({"type": "checkpoint", "note": checkpoint})
+    size = evidence.get("size", 0)
+    for item in evidence["entries"]:
+        out.append({"type": "entry", "size": size, "idx": item["idx"], "entry": item["entry"], "proof": item["proof"]})
+    out.append({"type": "end", "entries": len(evidence["entries"])})
+    return out
 
-        Returns the matches and a cursor to go on from, or None once the end is reached.
-        """
-        end, pos, scanned = self.store.audit_size, after, 0
-        out: list[tuple[int, bytes, dict[str, Any]]] = []
-        while len(out) < limit and scanned < scan and pos + 1 < end:
-            async with self.store.read() as conn:
-                rows = (
-                    await conn.execute(
-                        sa.select(audit_log.c.idx, audit_log.c.entry)
-                        .where(audit_log.c.idx > pos, audit_log.c.idx < end)
-                        .order_by(audit_log.c.idx)
-                        .limit(min(PAGE, scan - scanned))
-                    )
-                ).all()
-            if not rows:
-                pos = end - 1
-                break
-            for idx, raw in rows:
-                pos, scanned = int(idx), scanned + 1
-                data = as_bytes(raw)
-                if needle is not None and needle not in data:
-                    continue
-                try:
-                    body = json.loads(data)
-                except ValueError:
-                    continue
-                if isinstance(body, dict) and match(body):
-                    out.append((pos, data, body))
-                    if len(out) == limit:
-                        break
-        return out, (pos if pos + 1 < end else None)
 
-    async def evidence(self, bulletin: str) -> dict[str, Any]:
-        """This log's entries about `bulletin`, each with an inclusion proof in a signed checkpoint."""
-        needle = bulletin.encode()
-        found: list[tuple[int, bytes, dict[str, Any]]] = []
-        cursor: int | None = -1
-        while cursor is not None:
-            page, cursor = await self.scan(lambda b: _mentions(b, bulletin), needle, after=cursor, limit=1000)
-            found += page
-        cp = await self.latest()  # a witnessed checkpoint if one covers them, else a new one
-        if cp is None or (found and found[-1][0] >= cp.size):
-            cp = await self.checkpoint()  # covers every committed entry, so every one found
-        if cp is None:
-            return {"node": self.me, "checkpoint": None, "entries": []}
-        tree = await self._tree()
-        entries = [
-            {
-                "idx": idx,
-                "entry": data.decode("utf-8", "replace"),
-                "proof": [b64e(p) for p in inclusion_path(idx, cp.size, tree.root)],
-            }
-            for idx, data, _ in found
-            if idx < cp.size
-        ]
-        return {"node": self.me, "checkpoint": cp.full_note(), "size": cp.size, "entries": entries}
-
-    # -- export -----------------------------------------------------------------------------
-
-    def header(self, *, complete: bool, size: int, bulletin: str | None = None) -> dict[str, Any]:
-        """The header record of an export bundle."""
-        return {
-            "type": "header",
-            "format": FORMAT,
-            "node": self.me,
-            "origin": self.origin,
-            "exported_at": timestamp(),
-            "complete": complete,
-            "size": size,
-            "filter": {"bulletin": bulletin} if bulletin else None,
-            "roster": self.signed_roster,
-        }
-
-    async def export(self, bulletin: str | None = None) -> AsyncIterator[dict[str, Any]]:
-        """The records of an export bundle (see exchange.audit.log), ready to be written as lines.
-
-        A full export reads the table as it is: it does not depend on this node trusting its
-        own table, so a tampered log still exports, and the verifier names the bad entry.
-        """
-        if bulletin is not None:
-            ev = await self.evidence(bulletin)
-            yield self.header(complete=False, size=int(ev.get("size", 0)), bulletin=bulletin)
-            if ev["checkpoint"] is not None:
-                yield {"type": "checkpoint", "note": ev["checkpoint"]}
-            for item in ev["entries"]:
-                yield {"type": "entry", "size": ev["size"], **item}
-            yield {"type": "end", "entries": len(ev["entries"])}
-            return
-        size = self.store.audit_size
-        yield self.header(complete=True, size=size)
-        for cp in await self.checkpoints(upto=size):
-            yield {"type": "checkpoint", "note": cp.full_note()}
-        count = 0
-        for lo in range(0, size, PAGE):
-            for idx, entry, leaf in await self._rows(
-                lo, min(size, lo + PAGE), audit_log.c.entry, audit_log.c.leaf_hash
-            ):
-                count += 1
-                yield {
-                    "type": "entry",
-                    "idx": int(idx),
-                    "entry": as_bytes(entry).decode("utf-8", "replace"),
-                    "leaf_hash": b64e(as_bytes(leaf)),
-                }
-        yield {"type": "end", "entries": count}
+def entry_record(idx: int, entry: bytes, leaf_hash: bytes) -> EntryRecord:
+    """An entry of a full export, as stored."""
+    return {
+        "type": "entry",
+        "idx": idx,
+        "entry": entry.decode("utf-8", "replace"),
+        "leaf_hash": b64e(leaf_hash),
+    }

@@ -35,20 +35,12 @@ from exchange.audit.checkpoint import (
     witness_name,
 )
 from exchange.crypto import VerifyKey, b64d
-from exchange.errors import AuditTampered, BadSignature, ConfigError, InvalidInput
+from exchange.errors import AuditTampered, BadEntry, BadSignature, ConfigError, InvalidInput
 from exchange.merkle import EMPTY_ROOT, Frontier, ProofError, leaf_hash, verify_consistency, verify_inclusion
 from exchange.model import Roster, SignedRoster
 from exchange.protocol.roster import Federation
 
 FORMAT = "exchange-audit-bundle/v1"
-
-
-class BadEntry(AuditTampered):
-    """The audit log fails verification at entry `index`, the first one known to be bad."""
-
-    def __init__(self, index: int, detail: str) -> None:
-        super().__init__(f"entry {index}: {detail}")
-        self.index = index
 
 
 class KeyRing:

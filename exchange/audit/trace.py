@@ -17,6 +17,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from exchange.audit.events import (
+    BULLETIN_DELIVERED,
+    BULLETIN_OPENED,
+    BULLETIN_POSTED,
+    BULLETIN_RECEIVED,
+    BULLETIN_SENT,
+    SEND_REFUSED,
+)
 from exchange.audit.log import CheckpointInfo, KeyRing, LogVerifier
 from exchange.crypto import b64d
 from exchange.errors import AuditTampered, InvalidInput
@@ -132,7 +140,7 @@ def _why_missing(evidence: Evidence | None, node: str, what: str) -> str:
 
 
 def _opened(node: str, ev: Evidence | None) -> Step:
-    opened = ev.find("bulletin.opened") if ev else []
+    opened = ev.find(BULLETIN_OPENED) if ev else []
     if opened:
         who = "; ".join(f"{e.get('user')} at {e.get('at')}" for e in opened)
         return Step("opened", node, OK, f"opened by {who}", opened[0].get("at"), opened[0].get("idx"))
@@ -147,7 +155,7 @@ def chain_of_custody(
     """Line up the verified entries of every node into the bulletin's chain of custody."""
     by_node = {e.node: e for e in evidence}
     at_author = by_node.get(author)
-    posts = at_author.find("bulletin.posted") if at_author else []
+    posts = at_author.find(BULLETIN_POSTED) if at_author else []
     if posts:
         p = posts[0]
         posted = Step(
@@ -163,7 +171,7 @@ def chain_of_custody(
             continue
         ev = by_node.get(r)
         steps: list[Step] = []
-        sent = at_author.find("bulletin.sent", to=r) if at_author else []
+        sent = at_author.find(BULLETIN_SENT, to=r) if at_author else []
         if sent:
             steps.append(Step("sent", author, OK, f"sent to {r}", sent[0].get("at"), sent[0].get("idx")))
         elif r in queued_for:
@@ -174,14 +182,14 @@ def chain_of_custody(
             steps.append(Step("sent", author, GAP, _why_missing(at_author, author, f"a sending to {r}")))
         else:
             steps.append(Step("sent", author, GAP, f"{author}'s log shows no sending to {r}"))
-        received = ev.find("bulletin.received") if ev else []
+        received = ev.find(BULLETIN_RECEIVED) if ev else []
         if received:
             e = received[0]
             steps.append(Step("received", r, OK, f"received from {e.get('from')}", e.get("at"), e.get("idx")))
         else:
             steps.append(Step("received", r, GAP, _why_missing(ev, r, "receiving it")))
-        delivered = [e for e in everything if e.get("event") == "bulletin.delivered" and e.get("to") == r]
-        refused = at_author.find("send.refused", to=r) if at_author else []
+        delivered = [e for e in everything if e.get("event") == BULLETIN_DELIVERED and e.get("to") == r]
+        refused = at_author.find(SEND_REFUSED, to=r) if at_author else []
         if delivered:
             e = delivered[0]
             steps.append(

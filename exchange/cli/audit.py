@@ -16,15 +16,14 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from exchange.audit.log import BadEntry, BundleCheck, KeyRing, LogReport
+from exchange.audit.log import BundleCheck, KeyRing, LogReport
 from exchange.audit.trace import GAP, NONE, OK, REFUSED, Step, Trace, assemble
 from exchange.cli.client import ApiError, Target, call
 from exchange.cli.output import console, err_console, user_errors
 from exchange.config import NodeConfig
 from exchange.crypto import b64e
-from exchange.errors import AuditTampered, ExchangeError, PeerError
-from exchange.keystore import load_authority_public
-from exchange.node.app import load_federation
+from exchange.errors import AuditTampered, BadEntry, ExchangeError, PeerError
+from exchange.keystore import load_authority_public, load_federation
 from exchange.node.tls import client_context
 
 Progressed = Callable[[int], None]  # called with the number of entries checked so far

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,19 +13,12 @@ from typing import Any
 import aiohttp
 
 from exchange.config import NodeConfig
-from exchange.errors import ConfigError, ExchangeError, PeerError
+from exchange.errors import ApiError as ApiError  # its home is errors; imported from here too
+from exchange.errors import ConfigError, PeerError
 from exchange.keystore import read_file
 from exchange.node.tls import client_context
 
-
-class ApiError(ExchangeError):
-    """The node refused a request; the detail is its problem+json message."""
-
-    title = "Request refused"
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(f"{detail} (HTTP {status})")
-        self.status = status
+DEFAULT_TIMEOUT = 30.0  # seconds, for a Target made without a node file
 
 
 @dataclass(frozen=True)
@@ -31,6 +26,7 @@ class Target:
     url: str
     token: str
     server_cert: str
+    timeout: float = DEFAULT_TIMEOUT  # seconds for one whole request, answer included
 
     @classmethod
     def from_node(cls, node_file: Path, user: str, token: str | None = None) -> Target:
@@ -41,7 +37,23 @@ class Target:
             if not token_file.exists():
                 raise ConfigError(f"no token for {user!r} in {token_file.parent}; pass --token")
             token = read_file(token_file).decode().strip()
-        return cls(cfg.endpoint, token, read_file(cfg.keys_dir / "tls.crt").decode())
+        return cls(cfg.endpoint, token, read_file(cfg.keys_dir / "tls.crt").decode(), cfg.request_timeout_seconds)
+
+
+def unreachable(url: str, exc: BaseException, timeout: float | None = None) -> PeerError:
+    """One line for a request that got no answer: a timeout, a refused connection, a TLS failure."""
+    if isinstance(exc, TimeoutError):  # asyncio.TimeoutError, and aiohttp's timeouts
+        after = "" if timeout is None else f" within {timeout:g} s"
+        return PeerError(f"{url} did not answer{after}")
+    if isinstance(exc, aiohttp.ClientConnectorError):  # its own str() shows an SSLContext's repr
+        exc = exc.os_error
+    if isinstance(exc, ssl.SSLError):
+        reason = f"TLS failed: {exc.reason or exc}"
+    elif isinstance(exc, OSError) and exc.errno:
+        reason = os.strerror(exc.errno).lower()
+    else:
+        reason = str(exc) or type(exc).__name__
+    return PeerError(f"cannot reach {url}: {' '.join(reason.split())}")
 
 
 def _json_body(body: Any) -> io.BytesIO | None:
@@ -50,10 +62,10 @@ def _json_body(body: Any) -> io.BytesIO | None:
 
 
 async def call(target: Target, method: str, path: str, body: Any = None) -> Any:
-    """One API request; a problem+json answer becomes ApiError."""
+    """One API request; a problem+json answer becomes ApiError, no answer at all PeerError."""
     connector = aiohttp.TCPConnector(ssl=client_context(target.server_cert))
     headers = {"Authorization": f"Bearer {target.token}", "Content-Type": "application/json"}
-    timeout = aiohttp.ClientTimeout(total=30)
+    timeout = aiohttp.ClientTimeout(total=target.timeout)
     try:
         async with (
             aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
@@ -66,6 +78,9 @@ async def call(target: Target, method: str, path: str, body: Any = None) -> Any:
                 except ValueError:
                     detail = resp.reason or "error"
                 raise ApiError(resp.status, str(detail))
-            return json.loads(payload)
-    except aiohttp.ClientError as exc:
-        raise PeerError(f"cannot reach {target.url}: {exc}") from exc
+            try:
+                return json.loads(payload)
+            except ValueError as exc:
+                raise PeerError(f"{target.url} answered {path} with something that is not JSON") from exc
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:  # OSError: ssl.SSLError among others
+        raise unreachable(target.url, exc, target.timeout) from exc

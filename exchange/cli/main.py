@@ -4,54 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import mimetypes
 import signal
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.table import Table
 
+from exchange.app import RunningNode, start_node
 from exchange.cli.audit import audit
+from exchange.cli.channels import channels
 from exchange.cli.client import Target, call
-from exchange.cli.output import console, user_errors
+from exchange.cli.db import db
+from exchange.cli.options import as_json, emit, node_file, run_async, token_opt, user_opt
+from exchange.cli.output import console, one_line_errors, user_errors
+from exchange.cli.users import users
 from exchange.config import FederationConfig, NodeConfig
 from exchange.crypto import b64e
-from exchange.crypto.passwords import new_password
+from exchange.errors import InvalidInput
 from exchange.keystore import NodeKeyFiles
 from exchange.logs import configure as configure_logs
 from exchange.model import BULLETIN_KINDS
-from exchange.node.app import RunningNode, start_node
-from exchange.node.users import ROLES, add_user, list_users, rotate_token, set_password
 from exchange.provision import init_federation
-from exchange.store import Store
-
-
-def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
-    return asyncio.run(coro)
-
-
-def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-    else:
-        render(data)
-
-
-node_file = click.option(
-    "--node",
-    "node_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    required=True,
-    help="The node's file, e.g. nodes/nl-customs.toml.",
-)
-as_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-user_opt = click.option("--user", default="officer", show_default=True, help="Local user whose token file to use.")
-token_opt = click.option(
-    "--token", envvar="EXCHANGE_TOKEN", default=None, help="API token (else the user's token file)."
-)
 
 
 @click.group()
@@ -116,7 +91,8 @@ async def _serve(configs: list[NodeConfig]) -> None:
         for node in reversed(running):
             with contextlib.suppress(Exception):
                 await node.stop()
-        click.echo("stopped", err=True)
+        if running:
+            click.echo("stopped", err=True)
 
 
 @federation.command("up")
@@ -143,225 +119,6 @@ def node_run(node_path: Path) -> None:
 
 
 # -- users ----------------------------------------------------------------------------------
-
-
-@cli.group()
-def users() -> None:
-    """Local users and their API tokens (run on the node's machine)."""
-
-
-async def _with_store(cfg: NodeConfig, fn: Callable[[Store], Coroutine[Any, Any, Any]]) -> Any:
-    store = await Store.open(cfg.database_url)
-    try:
-        return await fn(store)
-    finally:
-        await store.close()
-
-
-@users.command("add")
-@node_file
-@click.argument("name")
-@click.option("--role", type=click.Choice(ROLES), required=True)
-@user_errors
-def users_add(node_path: Path, name: str, role: str) -> None:
-    """Create a user and print its token once."""
-    cfg = NodeConfig.load(node_path)
-    token = run_async(_with_store(cfg, lambda s: add_user(s, name, role)))
-    click.echo(token)
-
-
-@users.command("token")
-@node_file
-@click.argument("name")
-@user_errors
-def users_token(node_path: Path, name: str) -> None:
-    """Replace a user's token and print the new one."""
-    cfg = NodeConfig.load(node_path)
-    click.echo(run_async(_with_store(cfg, lambda s: rotate_token(s, name))))
-
-
-@users.command("password")
-@node_file
-@click.argument("name")
-@click.option("--generate", is_flag=True, help="Make up a random password and print it once.")
-@user_errors
-def users_password(node_path: Path, name: str, generate: bool) -> None:
-    """Set a user's web console password (asked twice, or --generate); only its argon2 hash is kept."""
-    cfg = NodeConfig.load(node_path)
-    password = new_password() if generate else click.prompt("New password", hide_input=True, confirmation_prompt=True)
-    run_async(_with_store(cfg, lambda s: set_password(s, name, password, actor="cli")))
-    if generate:
-        click.echo(password)
-
-
-@users.command("list")
-@node_file
-@as_json
-@user_errors
-def users_list(node_path: Path, as_json: bool) -> None:
-    """List local users and their roles."""
-    cfg = NodeConfig.load(node_path)
-    found = run_async(_with_store(cfg, list_users))
-
-    def render(data: Any) -> None:
-        for u in data:
-            click.echo(f"{u['name']}\t{u['role']}")
-
-    emit([{"name": u.name, "role": u.role} for u in found], as_json, render)
-
-
-# -- channels -------------------------------------------------------------------------------
-
-
-@cli.group()
-def channels() -> None:
-    """Channels (closed user groups): create, invite, accept, set rights, remove, list, show."""
-
-
-admin_opt = click.option("--user", default="admin", show_default=True, help="Local user whose token file to use.")
-rights_opt = click.option(
-    "--rights", required=True, help="Comma-separated: read, post, admin.", callback=lambda c, p, v: v.split(",")
-)
-
-
-def _render_channel(c: Any) -> None:
-    state = "closed" if c["closed"] else f"open{' until ' + c['ends'] if c['ends'] else ''}"
-    console.print(f"[bold]{c['id']}[/bold]  {c['title']}  (owner {c['owner']}, log position {c['pos']}, {state})")
-    console.print(f"  agencies: {', '.join(c['agencies'])}; default TLP:{c['default_handling']['tlp']}")
-    for node, rights in c["members"].items():
-        console.print(f"  member  {node:<14} {', '.join(rights)}")
-    for node, rights in c["invited"].items():
-        console.print(f"  invited {node:<14} {', '.join(rights)}")
-
-
-def _channel_call(
-    node_path: Path, user: str, token: str | None, method: str, path: str, body: Any, as_json: bool
-) -> None:
-    result = run_async(call(Target.from_node(node_path, user, token), method, path, body))
-    emit(result, as_json, _render_channel)
-
-
-@channels.command("list")
-@node_file
-@user_opt
-@token_opt
-@as_json
-@user_errors
-def channels_list(node_path: Path, user: str, token: str | None, as_json: bool) -> None:
-    """Channels this node takes part in (a contact point sees only theirs)."""
-    result = run_async(call(Target.from_node(node_path, user, token), "GET", "/api/v1/channels"))
-
-    def render(data: Any) -> None:
-        table = Table("channel", "title", "owner", "members", "log")
-        for c in data:
-            table.add_row(c["id"], c["title"], c["owner"], ", ".join(c["members"]), str(c["pos"]))
-        console.print(table)
-
-    emit(result, as_json, render)
-
-
-@channels.command("show")
-@node_file
-@user_opt
-@token_opt
-@click.argument("channel")
-@as_json
-@user_errors
-def channels_show(node_path: Path, user: str, token: str | None, channel: str, as_json: bool) -> None:
-    """One channel: members, rights, invitations, policy."""
-    _channel_call(node_path, user, token, "GET", f"/api/v1/channels/{channel}", None, as_json)
-
-
-@channels.command("create")
-@node_file
-@admin_opt
-@token_opt
-@click.argument("channel")
-@click.option("--title", required=True)
-@click.option("--purpose", default="")
-@click.option("--agencies", required=True, help="Comma-separated agency kinds allowed, e.g. customs,aviation-security.")
-@click.option("--tlp", default="AMBER", show_default=True)
-@click.option("--ends", default=None, help="YYYY-MM-DD, for operation-scoped channels.")
-@as_json
-@user_errors
-def channels_create(
-    node_path: Path,
-    user: str,
-    token: str | None,
-    channel: str,
-    title: str,
-    purpose: str,
-    agencies: str,
-    tlp: str,
-    ends: str | None,
-    as_json: bool,
-) -> None:
-    """Create a channel owned by this node."""
-    body = {
-        "id": channel,
-        "title": title,
-        "purpose": purpose,
-        "policy": {"agencies": agencies.split(",")},
-        "default_handling": {"tlp": tlp, "no_onward_sharing": False},
-        "ends": ends,
-    }
-    _channel_call(node_path, user, token, "POST", "/api/v1/channels", body, as_json)
-
-
-# (action, help, takes a member, takes rights): each posts to /api/v1/channels/<channel>/<action>.
-MEMBERSHIP = [
-    ("invite", "Invite a node (run at the owner node).", True, True),
-    ("accept", "Accept an invitation (run at the invited node).", False, False),
-    ("rights", "Change a member's rights (run at the owner node).", True, True),
-    ("remove", "Remove a member or withdraw an invitation (run at the owner node).", True, False),
-    ("grant-history", "Record an explicit, audited grant of earlier bulletins to a member (owner node).", True, False),
-    ("close", "Close a channel for good (run at the owner node).", False, False),
-]
-
-
-def _membership_command(action: str, help_: str, takes_member: bool, takes_rights: bool) -> None:
-    def command(
-        node_path: Path,
-        user: str,
-        token: str | None,
-        channel: str,
-        as_json: bool,
-        member: str | None = None,
-        rights: list[str] | None = None,
-    ) -> None:
-        body: dict[str, Any] = {"node": member} if member else {}
-        if rights:
-            body["rights"] = rights
-        _channel_call(node_path, user, token, "POST", f"/api/v1/channels/{channel}/{action}", body, as_json)
-
-    fn: Callable[..., Any] = as_json(user_errors(command))
-    if takes_rights:
-        fn = rights_opt(fn)
-    if takes_member:
-        fn = click.argument("member")(fn)
-    fn = node_file(admin_opt(token_opt(click.argument("channel")(fn))))
-    channels.command(action, help=help_)(fn)
-
-
-for _spec in MEMBERSHIP:
-    _membership_command(*_spec)
-
-
-@channels.command("assign")
-@node_file
-@admin_opt
-@token_opt
-@click.argument("channel")
-@click.argument("contact_point")
-@click.option("--remove", is_flag=True, help="Take the channel away instead.")
-@user_errors
-def channels_assign(
-    node_path: Path, user: str, token: str | None, channel: str, contact_point: str, remove: bool
-) -> None:
-    """Let a local contact point work in a channel (or stop them)."""
-    body = {"user": contact_point, "assigned": not remove}
-    run_async(call(Target.from_node(node_path, user, token), "POST", f"/api/v1/channels/{channel}/users", body))
-    click.echo(f"{contact_point} {'removed from' if remove else 'assigned to'} {channel}")
 
 
 @cli.command()
@@ -442,7 +199,13 @@ def post(
 ) -> None:
     """Post a bulletin to a channel."""
     if body.startswith("@"):
-        body = Path(body[1:]).read_text()
+        body_file = Path(body[1:])
+        try:
+            body = body_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InvalidInput(f"cannot read --body file {body_file}: {(exc.strerror or str(exc)).lower()}") from exc
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"--body file {body_file} is not UTF-8 text") from exc
     bulletin: dict[str, Any] = {
         "kind": kind,
         "title": title,
@@ -566,7 +329,14 @@ def peers(node_path: Path, user: str, token: str | None, as_json: bool) -> None:
 
 
 cli.add_command(audit)
+cli.add_command(channels)
+cli.add_command(db)
+cli.add_command(users)
 
 
 def main() -> None:
-    cli()
+    """The `exchange` command. Every expected failure ends as one `error:` line on stderr and exit
+    status 1, never a traceback: an ExchangeError, a node that times out or cannot be reached, a
+    file that cannot be read. Click prints its own usage errors (exit 2)."""
+    with one_line_errors():
+        cli()

@@ -14,6 +14,8 @@ import secrets
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from exchange.errors import WeakPassword
+
 MIN_LENGTH = 12
 MAX_LENGTH = 1024  # argon2 hashes any length; the bound keeps a request from costing more
 
@@ -24,10 +26,6 @@ _HASHER = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 def _dummy() -> str:
     """Verified when a user is unknown or has no password, so that answer takes as long as a wrong one."""
     return _HASHER.hash(secrets.token_urlsafe(16))
-
-
-class WeakPassword(ValueError):
-    """A password that breaks the length rule."""
 
 
 def check_strength(password: str) -> None:

@@ -9,17 +9,17 @@ from pydantic import BaseModel, ValidationError
 
 from exchange.crypto import strict_loads
 from exchange.errors import InvalidInput
-from exchange.model import Bulletin, ChannelIdStr, Create, NodeIdStr, Rights
-from exchange.node.appkeys import SENDERS, SERVICE, USER
+from exchange.http.appkeys import SERVICE, USER
+from exchange.model import Bulletin, ChannelIdStr, Create
 from exchange.node.openapi import openapi_document
-from exchange.node.users import User, assign, authenticate
-from exchange.protocol.channel import ChannelState
+from exchange.service.users import User
+from exchange.service.views import MemberChange, channel_view
 
 
 async def current_user(request: web.Request) -> User:
     header = request.headers.get("Authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else None
-    user = await authenticate(request.app[SERVICE].store, token)
+    user = await request.app[SERVICE].users.authenticate(token)
     request[USER] = user.name
     return user
 
@@ -43,24 +43,6 @@ def _validate(model: type[BaseModel], raw: Any) -> Any:
     except ValidationError as exc:
         err = exc.errors()[0]
         raise InvalidInput(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from exc
-
-
-def channel_view(s: ChannelState) -> dict[str, Any]:
-    return {
-        "id": s.channel,
-        "title": s.title,
-        "purpose": s.purpose,
-        "owner": s.owner,
-        "pos": s.pos,
-        "hash": s.hash,
-        "agencies": list(s.policy.agencies),
-        "default_handling": s.default_handling.model_dump(),
-        "ends": s.ends,
-        "closed": s.closed,
-        "members": {n: sorted(r) for n, r in sorted(s.members.items())},
-        "invited": {n: sorted(r) for n, (r, _) in sorted(s.invited.items())},
-        "history_grants": sorted(s.history_grants),
-    }
 
 
 async def whoami(request: web.Request) -> web.Response:
@@ -105,11 +87,6 @@ async def create_channel(request: web.Request) -> web.Response:
     return web.json_response(channel_view(state), status=201)
 
 
-class MemberChange(BaseModel):
-    node: NodeIdStr
-    rights: Rights | None = None
-
-
 async def change_membership(request: web.Request) -> web.Response:
     """invite, rights, remove, grant-history, close: ordered and signed by this (owner) node."""
     user = await current_user(request)
@@ -146,7 +123,7 @@ async def assign_user(request: web.Request) -> web.Response:
     channel = request.match_info["channel"]
     request.app[SERVICE].channels.state(channel)
     body: Assignment = _validate(Assignment, await _body(request))
-    await assign(request.app[SERVICE].store, body.user, channel, assigned=body.assigned, actor=user.name)
+    await request.app[SERVICE].users.assign(body.user, channel, assigned=body.assigned, actor=user.name)
     return web.json_response({"user": body.user, "channel": channel, "assigned": body.assigned})
 
 
@@ -159,7 +136,7 @@ async def post_bulletin(request: web.Request) -> web.Response:
     if isinstance(raw, dict) and "handling" not in raw:
         raw["handling"] = service.channels.state(channel).default_handling.model_dump()
     bulletin: Bulletin = _validate(Bulletin, raw)
-    return web.json_response(await service.post(user, channel, bulletin), status=201)
+    return web.json_response((await service.post(user, channel, bulletin)).as_json(), status=201)
 
 
 class Forward(BaseModel):
@@ -170,7 +147,7 @@ async def forward_bulletin(request: web.Request) -> web.Response:
     user = await current_user(request)
     body: Forward = _validate(Forward, await _body(request))
     result = await request.app[SERVICE].forward(user, request.match_info["id"], body.channel)
-    return web.json_response(result, status=201)
+    return web.json_response(result.as_json(), status=201)
 
 
 async def list_bulletins(request: web.Request) -> web.Response:
@@ -181,18 +158,19 @@ async def list_bulletins(request: web.Request) -> web.Response:
         after=_int_param(request, "after", 0),
         limit=_int_param(request, "limit", 50),
     )
-    return web.json_response({"items": items, "next": items[-1]["cursor"] if items else None})
+    return web.json_response({"items": [i.as_json() for i in items], "next": items[-1].cursor if items else None})
 
 
 async def read_bulletin(request: web.Request) -> web.Response:
     user = await current_user(request)
-    return web.json_response(await request.app[SERVICE].read(user, request.match_info["id"]))
+    return web.json_response((await request.app[SERVICE].read(user, request.match_info["id"])).as_json())
 
 
 async def audit_entries(request: web.Request) -> web.Response:
     user = await current_user(request)
-    entries = await request.app[SERVICE].audit_entries(
-        user, after=_int_param(request, "after", -1), limit=min(_int_param(request, "limit", 100), 1000)
+    user.require("auditor")
+    entries = await request.app[SERVICE].audit.entries(
+        after=_int_param(request, "after", -1), limit=min(_int_param(request, "limit", 100), 1000)
     )
     return web.json_response({"entries": entries})
 
@@ -200,13 +178,7 @@ async def audit_entries(request: web.Request) -> web.Response:
 async def peers(request: web.Request) -> web.Response:
     user = await current_user(request)
     user.require("admin", "auditor", "contact-point")
-    service = request.app[SERVICE]
-    queued = await service.queued_counts()
-    out = []
-    for peer, sender in sorted(request.app[SENDERS].items()):
-        sender.status.queued = queued.get(peer, 0)
-        out.append(sender.status.as_dict())
-    return web.json_response(out)
+    return web.json_response([s.as_dict() for s in await request.app[SERVICE].peer_statuses()])
 
 
 async def openapi(request: web.Request) -> web.Response:

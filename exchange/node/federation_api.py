@@ -9,8 +9,8 @@ from aiohttp import web
 
 from exchange.crypto import strict_loads
 from exchange.errors import InvalidInput
+from exchange.http.appkeys import PEER, SERVICE
 from exchange.model import NodeId
-from exchange.node.appkeys import PEER, SERVICE
 from exchange.node.tls import peer_identity
 
 MAX_BATCH = 1000
@@ -22,7 +22,7 @@ def authenticate_peer(request: web.Request) -> NodeId:
     ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
     node = peer_identity(ssl_object, service.fed)
     request[PEER] = node.id
-    service.on_peer_seen(node.id)  # it is up: its outbox retries now, not after the backoff
+    service.outbox.peer_seen(node.id)  # it is up: its outbox retries now, not after the backoff
     return NodeId(node.id)
 
 

@@ -1,8 +1,9 @@
 """The web console: server-rendered pages for contact points, auditors and administrators.
 
-It is served under /console/ by the node's own aiohttp app (`mount`), with jinja2 templates, one
-stylesheet and no script, and it works through the same `NodeService`, `ChannelBook` and audit
-objects as the JSON API, so it enforces exactly the API's rules.
+It is served under /console/ by the node's own aiohttp app (`mount`, called by the composition
+root `exchange.app`), with jinja2 templates, one stylesheet and no script. It is an adapter like
+the JSON API: every rule ("may read / may post here" is `service.access`) and every query is in
+the application layer (`exchange.service`), so it enforces exactly the API's rules.
 """
 
 from exchange.web.console import mount

@@ -8,19 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlalchemy as sa
 from aiohttp import web
 from pydantic import ValidationError
 
-from exchange.clock import timestamp, utc_now
-from exchange.crypto.passwords import WeakPassword, check_strength
 from exchange.errors import InvalidInput
-from exchange.node.appkeys import SENDERS, SERVICE
-from exchange.node.client_api import MemberChange, channel_view
-from exchange.node.users import ROLES, add_user, assign, list_users, set_password
-from exchange.store import console_sessions, user_passwords
+from exchange.http.appkeys import SERVICE
+from exchange.service.users import ROLES
+from exchange.service.views import MemberChange, channel_view
 from exchange.web.pages import redirect, render
-from exchange.web.session import CONSOLE_SETTINGS, end_sessions, posted_form, signed_in
+from exchange.web.session import posted_form, sessions, signed_in
 
 RIGHTS = ("read", "post", "admin")
 ACTIONS = {"invite": "invite", "rights": "set-rights", "remove": "remove"}
@@ -30,17 +26,7 @@ async def admin_page(request: web.Request) -> web.StreamResponse:
     session = await signed_in(request)
     user, service = session.user, request.app[SERVICE]
     user.require("admin")
-    people = await list_users(service.store)
-    idle_since = timestamp(utc_now() - request.app[CONSOLE_SETTINGS].session_idle)
-    async with service.store.read() as conn:
-        with_password = set(await conn.scalars(sa.select(user_passwords.c.user)))
-        online = set(
-            await conn.scalars(
-                sa.select(console_sessions.c.user)
-                .where(console_sessions.c.expires > timestamp(), console_sessions.c.last_seen > idle_since)
-                .distinct()
-            )
-        )
+    people = await sessions(request).people(user)
     states = service.channels.all()
     nodes = service.fed.roster.nodes
     channels = []
@@ -58,16 +44,7 @@ async def admin_page(request: web.Request) -> web.StreamResponse:
         "admin.html",
         session=session,
         channels=channels,
-        people=[
-            {
-                "name": p.name,
-                "role": p.role,
-                "channels": sorted(p.channels),
-                "password": p.name in with_password,
-                "online": p.name in online,
-            }
-            for p in people
-        ],
+        people=people,
         channel_ids=[s.channel for s in states],
         roles=ROLES,
         rights=RIGHTS,
@@ -105,17 +82,8 @@ async def change_membership(request: web.Request) -> web.StreamResponse:
 
 async def add_person(request: web.Request) -> web.StreamResponse:
     session, form = await posted_form(request)
-    user, store = session.user, request.app[SERVICE].store
-    user.require("admin")
     name = form.get("name", "").strip()
-    if not name or len(name) > 64 or not name.replace("-", "").replace(".", "").replace("_", "").isalnum():
-        raise InvalidInput("a user name has letters, digits, dots, dashes or underscores, at most 64")
-    try:
-        check_strength(form.get("password", ""))  # before the user exists, so no user is left without one
-    except WeakPassword as exc:
-        raise InvalidInput(str(exc)) from exc
-    await add_user(store, name, form.get("role", ""), actor=user.name)  # its API token: `exchange users token`
-    await set_password(store, name, form.get("password", ""), actor=user.name)
+    await sessions(request).add_person(session.user, name, form.get("role", ""), form.get("password", ""))
     return redirect(f"/console/admin#user-{name}")
 
 
@@ -126,17 +94,14 @@ async def assign_person(request: web.Request) -> web.StreamResponse:
     user.require("admin")
     name, channel = request.match_info["name"], form.get("channel", "")
     service.channels.state(channel)
-    await assign(service.store, name, channel, assigned=form.get("assigned") == "1", actor=user.name)
+    await service.users.assign(name, channel, assigned=form.get("assigned") == "1", actor=user.name)
     return redirect(f"/console/admin#user-{name}")
 
 
 async def reset_password(request: web.Request) -> web.StreamResponse:
     session, form = await posted_form(request)
-    user, store = session.user, request.app[SERVICE].store
-    user.require("admin")
     name = request.match_info["name"]
-    await set_password(store, name, form.get("password", ""), actor=user.name)
-    await end_sessions(store, name, keep=session if name == user.name else None)
+    await sessions(request).set_password(session.user, name, form.get("password", ""), keep=session)
     return redirect(f"/console/admin#user-{name}")
 
 
@@ -145,11 +110,7 @@ async def peers_page(request: web.Request) -> web.StreamResponse:
     session = await signed_in(request)
     session.user.require("admin", "auditor", "contact-point")
     service = request.app[SERVICE]
-    queued = await service.queued_counts()
-    peers = []
-    for peer, sender in sorted(request.app[SENDERS].items()):
-        status = {**sender.status.as_dict(), "queued": queued.get(peer, 0)}
-        peers.append({**status, "roster": service.fed.node(peer)})
+    peers = [{**s.as_dict(), "roster": service.fed.node(s.peer)} for s in await service.peer_statuses()]
     return render(request, "peers.html", session=session, peers=peers)
 
 

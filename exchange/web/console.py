@@ -14,11 +14,11 @@ from urllib.parse import quote
 from aiohttp import web
 
 from exchange.errors import ExchangeError, Unauthorized
-from exchange.node.appkeys import SERVICE, USER
-from exchange.node.problem import status_for
+from exchange.http.appkeys import SERVICE, USER
+from exchange.http.problem import status_for
 from exchange.web import admin, auditor, contact, signin
 from exchange.web.pages import JINJA, environment, render
-from exchange.web.session import CONSOLE_SETTINGS, SESSION, ConsoleSettings, TooManyFailures
+from exchange.web.session import CONSOLE_SETTINGS, SESSION, ConsoleSettings
 
 log = logging.getLogger("exchange.web")
 
@@ -109,7 +109,7 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
             return response
         status, title, reason, detail = 401, exc.title, exc.detail, "Your session has ended. Please sign in again."
     except ExchangeError as exc:
-        status = 429 if isinstance(exc, TooManyFailures) else status_for(exc)
+        status = status_for(exc)  # TooManyFailures is 429
         title, reason, detail = exc.title, exc.detail, exc.detail
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
@@ -119,14 +119,9 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
     response = error_page(request, status, title, detail)
     _secure(request, response)
     if 400 <= status < 500:
-        entry = {
-            "method": request.method,
-            "path": request.path,
-            "status": status,
-            "reason": reason,
-            "user": request.get(USER),
-        }
-        await request.app[SERVICE].audit_rejection({k: v for k, v in entry.items() if v is not None})
+        await request.app[SERVICE].audit_rejection(
+            method=request.method, path=request.path, status=status, reason=reason, peer=None, user=request.get(USER)
+        )
     return response
 
 

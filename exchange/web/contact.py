@@ -1,149 +1,32 @@
 """Pages for contact points: their channels, an inbox per channel, one bulletin, the compose form, search.
 
-Every listing, read and post goes through `NodeService` with the signed-in user, as the JSON API
-does, so the console shows nothing the API would refuse. The SQL here only finds candidates
-(page cursors, references, search hits) among channels the service has just said the user may
-read; opening a bulletin is always `NodeService.read`, which audits it and signs the receipt.
+Every listing, read, search and post goes through `NodeService` with the signed-in user, as the
+JSON API does, and "may read / may post here" is `service.access`, so the console shows and
+offers nothing the API would refuse. Opening a bulletin is always `NodeService.read`, which
+audits it and signs the receipt. This module parses forms and renders pages; it holds no query.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import urllib.parse
-from collections.abc import Sequence
 from typing import Any
 
-import sqlalchemy as sa
 from aiohttp import web
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.clock import timestamp
 from exchange.crypto import b64d, b64e
-from exchange.errors import Forbidden, InvalidInput, NotFound
+from exchange.errors import InvalidInput, NotFound
+from exchange.http.appkeys import SERVICE
 from exchange.model import BULLETIN_KINDS, MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS, Bulletin
-from exchange.node.appkeys import SERVICE
-from exchange.node.client_api import channel_view
-from exchange.node.service import NodeService
-from exchange.node.users import User
-from exchange.store import AuditBuffer, Store, bulletins, receipts, user_reads
+from exchange.service.node import NodeService
+from exchange.service.users import User
+from exchange.service.views import channel_view
 from exchange.web.pages import TLP, redirect, render
 from exchange.web.session import Session, posted_form, signed_in
 
-PAGE = 50
-SEARCH_CANDIDATES = 2000  # rows one search reads before it says it stopped
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 LIST_SPLIT = re.compile(r"[\s,;]+")
-
-
-# -- what the service lets the user read ---------------------------------------------------------
-
-
-async def readable_channels(service: NodeService, user: User) -> list[str]:
-    """The user's channels the service lets them read now, asked of the service channel by channel."""
-    await service.list_bulletins(user, limit=1)  # Forbidden for anyone who is not a contact point
-    out = []
-    for channel in sorted(user.channels):
-        try:
-            await service.list_bulletins(user, channel=channel, limit=1)
-        except (Forbidden, NotFound):
-            continue
-        out.append(channel)
-    return out
-
-
-async def opened_by(store: Store, user: str, ids: Sequence[str]) -> set[str]:
-    """Which of `ids` this user has opened (a bulletin is unread until its reader opens it)."""
-    if not ids:
-        return set()
-    async with store.read() as conn:
-        rows = await conn.scalars(
-            sa.select(user_reads.c.bulletin_id).where(user_reads.c.user == user, user_reads.c.bulletin_id.in_(ids))
-        )
-        return set(rows)
-
-
-async def mark_opened(store: Store, user: str, bid: str) -> None:
-    async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
-        where = sa.and_(user_reads.c.user == user, user_reads.c.bulletin_id == bid)
-        if await conn.scalar(sa.select(user_reads.c.user).where(where)) is None:
-            await conn.execute(sa.insert(user_reads).values(user=user, bulletin_id=bid, at=timestamp()))
-
-    await store.write(job)
-
-
-async def unread_counts(store: Store, user: str, channels: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """channel -> (unread, total) for this user."""
-    if not channels:
-        return {}
-    read = sa.exists().where(user_reads.c.user == user, user_reads.c.bulletin_id == bulletins.c.id)
-    unread = sa.func.sum(sa.case((read, 0), else_=1))
-    async with store.read() as conn:
-        rows = await conn.execute(
-            sa.select(bulletins.c.channel, unread, sa.func.count())
-            .where(bulletins.c.channel.in_(channels))
-            .group_by(bulletins.c.channel)
-        )
-        return {r[0]: (int(r[1] or 0), int(r[2])) for r in rows}
-
-
-# The columns a bulletin summary (`_summary`) is made from: no envelope, so lists stay light.
-SUMMARY = (
-    bulletins.c.id,
-    bulletins.c.channel,
-    bulletins.c.author,
-    bulletins.c.created,
-    bulletins.c.tlp,
-    bulletins.c.content,
-)
-
-
-def _summary(row: Any) -> dict[str, Any]:
-    content = json.loads(row.content)
-    return {
-        "id": row.id,
-        "channel": row.channel,
-        "author": row.author,
-        "created": row.created,
-        "tlp": row.tlp,
-        "kind": content["kind"],
-        "title": content["title"],
-    }
-
-
-async def describe(service: NodeService, readable: Sequence[str], ids: Sequence[str]) -> list[dict[str, Any]]:
-    """Referenced bulletins: title and link in the `readable` channels, else why not (no content)."""
-    if not ids:
-        return []
-    async with service.store.read() as conn:
-        rows = {r.id: r for r in await conn.execute(sa.select(*SUMMARY).where(bulletins.c.id.in_(list(ids))))}
-    out = []
-    for bid in ids:
-        row = rows.get(bid)
-        if row is None:
-            out.append({"id": bid, "visible": False, "why": "not held at this node"})
-        elif row.channel not in readable:
-            out.append({"id": bid, "visible": False, "why": "outside your channels"})
-        else:
-            out.append({**_summary(row), "visible": True})
-    return out
-
-
-async def referring(service: NodeService, readable: Sequence[str], bid: str) -> list[dict[str, Any]]:
-    """Bulletins in the `readable` channels that refer to `bid` (answers, feedback, forwards)."""
-    if not readable:
-        return []
-    async with service.store.read() as conn:
-        rows = (
-            await conn.execute(
-                sa.select(*SUMMARY)
-                .where(bulletins.c.channel.in_(readable), bulletins.c.content.contains(bid, autoescape=True))
-                .order_by(bulletins.c.n.desc())
-                .limit(100)
-            )
-        ).all()
-    return [_summary(r) for r in rows if bid in json.loads(r.content).get("references", [])]
 
 
 # -- channels and inboxes -------------------------------------------------------------------------
@@ -152,29 +35,9 @@ async def referring(service: NodeService, readable: Sequence[str], bid: str) -> 
 async def channels_page(request: web.Request) -> web.StreamResponse:
     """Contact points see their channels with unread counts; others see all, as in the API."""
     session = await signed_in(request)
-    user, service = session.user, request.app[SERVICE]
-    states = service.channels.all()
-    counts: dict[str, tuple[int, int]] = {}
-    readable: list[str] = []
-    if user.role == "contact-point":
-        states = [s for s in states if s.channel in user.channels]  # the API's list_channels rule
-        readable = await readable_channels(service, user)
-        counts = await unread_counts(service.store, user.name, readable)
-    views = [
-        {**channel_view(s), "my_rights": sorted(s.rights(service.me)), "readable": s.channel in readable}
-        for s in states
-    ]
-    return render(request, "channels.html", session=session, channels=views, counts=counts)
-
-
-async def _page_start(store: Store, channel: str, before: int | None) -> int:
-    """The cursor after which the PAGE newest bulletins (below `before`) of a channel begin."""
-    query = sa.select(bulletins.c.n).where(bulletins.c.channel == channel)
-    if before is not None:
-        query = query.where(bulletins.c.n < before)
-    async with store.read() as conn:
-        value = await conn.scalar(query.order_by(bulletins.c.n.desc()).offset(PAGE).limit(1))
-    return int(value or 0)
+    channels = await request.app[SERVICE].inbox.channel_summaries(session.user)
+    counts = {c.id: (c.unread, c.total) for c in channels if c.readable}
+    return render(request, "channels.html", session=session, channels=channels, counts=counts)
 
 
 def _int_query(request: web.Request, name: str) -> int | None:
@@ -192,59 +55,26 @@ async def inbox_page(request: web.Request) -> web.StreamResponse:
     user, service = session.user, request.app[SERVICE]
     channel = request.match_info["channel"]
     before = _int_query(request, "before")
-    start = await _page_start(service.store, channel, before)
-    items = await service.list_bulletins(user, channel=channel, after=start, limit=PAGE)
-    if before is not None:
-        items = [i for i in items if i["cursor"] < before]
-    items.reverse()
-    opened = await opened_by(service.store, user.name, [i["id"] for i in items])
-    state = service.channels.state(channel)
+    page = await service.inbox.page(user, channel, before)
     posted = request.query.get("posted")
     return render(
         request,
         "inbox.html",
         session=session,
-        channel=channel_view(state),
-        can_post="post" in state.rights(service.me) and not state.closed,
-        items=[{**i, "unread": i["id"] not in opened} for i in items],
-        older=items[-1]["cursor"] if items and start else None,
+        channel=channel_view(service.channels.state(channel)),
+        can_post=service.access.may_post(user, channel),
+        items=page.items,
+        older=page.older,
         newest=before is not None,
         posted=posted if posted and HEX64.match(posted) else None,
     )
-
-
-async def held_receipts(store: Store, bid: str) -> dict[tuple[str, str], str]:
-    """(node, status) -> time of the signed receipts this node holds for a bulletin, read after
-    `NodeService.read` so that the opening it has just signed is among them."""
-    async with store.read() as conn:
-        rows = await conn.execute(
-            sa.select(receipts.c.node, receipts.c.status, receipts.c.at).where(receipts.c.bulletin_id == bid)
-        )
-        return {(r.node, r.status): r.at for r in rows}
-
-
-def receipt_rows(shown: dict[str, Any], held: dict[tuple[str, str], str], me: str) -> list[dict[str, Any]]:
-    """Per recipient node: when it received and opened the bulletin, as far as this node knows.
-
-    Receipts travel to the author's node only, so a reader knows its own and no one else's.
-    """
-    return [
-        {
-            "node": node,
-            "author": node == shown["author"],
-            "received": held.get((node, "received")),
-            "opened": held.get((node, "opened")),
-            "known": shown["author"] == me or node == me,
-        }
-        for node in shown["recipients"]
-    ]
 
 
 async def attachment_download(request: web.Request) -> web.StreamResponse:
     """One attachment, as a download (never rendered inline); fetching it is an audited open."""
     session = await signed_in(request)
     shown = await request.app[SERVICE].read(session.user, request.match_info["id"])
-    attachments = shown["bulletin"]["attachments"]
+    attachments = shown.bulletin["attachments"]
     index = int(request.match_info["index"])
     if index >= len(attachments):
         raise NotFound("no such attachment")
@@ -266,8 +96,7 @@ async def bulletin_page(request: web.Request) -> web.StreamResponse:
     user, service = session.user, request.app[SERVICE]
     bid = request.match_info["id"]
     shown = await service.read(user, bid)  # also marks it read for this user
-    bulletin = shown["bulletin"]
-    readable = await readable_channels(service, user)
+    bulletin = shown.bulletin
     return render(
         request,
         "bulletin.html",
@@ -275,10 +104,10 @@ async def bulletin_page(request: web.Request) -> web.StreamResponse:
         b=shown,
         bulletin=bulletin,
         tlp=bulletin["handling"]["tlp"],
-        author=service.fed.node(shown["author"]),
-        receipts=receipt_rows(shown, await held_receipts(service.store, bid), service.me),
-        references=await describe(service, readable, bulletin["references"]),
-        referrers=await referring(service, readable, bid),
+        author=service.fed.node(shown.author),
+        receipts=await service.inbox.recipient_statuses(shown),
+        references=await service.inbox.references(user, bulletin["references"]),
+        referrers=await service.inbox.referrers(user, bid),
     )
 
 
@@ -363,13 +192,14 @@ def bulletin_from_form(
         return None, errors
 
 
-def _postable(service: NodeService, user: User) -> list[dict[str, Any]]:
-    """The channels to offer in the form (the service decides again when the bulletin is posted)."""
-    return [
-        {"id": s.channel, "title": s.title, "tlp": s.default_handling.tlp}
-        for s in service.channels.all()
-        if s.channel in user.channels and "post" in s.rights(service.me) and not s.closed
-    ]
+def _postable(service: NodeService, user: User) -> list[dict[str, str]]:
+    """The channels to offer in the form: those `Access` lets the user post in now (the service
+    decides again when the bulletin is posted)."""
+    out = []
+    for channel in service.access.postable_channels(user):
+        state = service.channels.state(channel)
+        out.append({"id": channel, "title": state.title, "tlp": state.default_handling.tlp})
+    return out
 
 
 def _compose(
@@ -399,9 +229,9 @@ async def compose_page(request: web.Request) -> web.StreamResponse:
     form = {"channel": request.query.get("channel", ""), "kind": "alert"}
     reply = request.query.get("reply", "")
     if HEX64.match(reply):
-        (ref,) = await describe(service, await readable_channels(service, user), [reply])
-        if ref["visible"]:
-            form.update(channel=ref["channel"], kind="feedback", references=reply, title=f"Re: {ref['title']}"[:200])
+        (ref,) = await service.inbox.references(user, [reply])
+        if ref.visible:
+            form.update(channel=ref.channel, kind="feedback", references=reply, title=f"Re: {ref.title}"[:200])
     chosen = next((c for c in channels if c["id"] == form["channel"]), channels[0] if channels else None)
     form["tlp"] = chosen["tlp"] if chosen else "AMBER"
     return _compose(request, session, form, {})
@@ -422,55 +252,24 @@ async def compose_post(request: web.Request) -> web.StreamResponse:
     if bulletin is None or errors:
         fields = ", ".join(sorted(errors))
         await service.audit_rejection(
-            {"method": "POST", "path": request.path, "status": 422, "reason": f"invalid {fields}", "user": user.name}
+            method="POST", path=request.path, status=422, reason=f"invalid {fields}", peer=None, user=user.name
         )
         return _compose(request, session, form, errors, status=422)
-    posted = await service.post(user, channel, bulletin)
-    await mark_opened(service.store, user.name, posted["id"])  # one's own bulletin is not news to oneself
-    return redirect(f"/console/channels/{channel}?posted={posted['id']}")
+    # One's own bulletin is not news to oneself: marked seen in the post's own transaction.
+    posted = await service.post(user, channel, bulletin, seen=True)
+    return redirect(f"/console/channels/{channel}?posted={posted.id}")
 
 
 # -- search -------------------------------------------------------------------------------------
 
 
-def _haystack(content: dict[str, Any]) -> str:
-    indicators = content.get("indicators", {})
-    parts = [content.get("title", ""), content.get("body", ""), content.get("kind", "")]
-    parts += [str(v) for values in indicators.values() for v in values]
-    return "\n".join(parts).casefold()
-
-
 async def search_page(request: web.Request) -> web.StreamResponse:
     """Free text and indicators over the bulletins of the channels the user may read."""
     session = await signed_in(request)
-    user, service = session.user, request.app[SERVICE]
-    readable = await readable_channels(service, user)
     q = request.query.get("q", "").strip()[:200]
     channel = request.query.get("channel", "")
     kind = request.query.get("kind", "")
-    words = [w.casefold() for w in q.split()][:10]
-    wanted = [c for c in readable if not channel or c == channel]
-    results: list[dict[str, Any]] = []
-    stopped = False
-    if (words or kind) and wanted:
-        query = sa.select(*SUMMARY).where(bulletins.c.channel.in_(wanted))
-        for word in words:
-            # a cheap, case-insensitive prefilter in SQL; the real match is on the parsed fields below
-            query = query.where(sa.func.lower(bulletins.c.content).contains(word.lower(), autoescape=True))
-        async with service.store.read() as conn:
-            rows = (await conn.execute(query.order_by(bulletins.c.n.desc()).limit(SEARCH_CANDIDATES))).all()
-        stopped = len(rows) == SEARCH_CANDIDATES
-        for r in rows:
-            content = json.loads(r.content)
-            if kind and content.get("kind") != kind:
-                continue
-            hay = _haystack(content)
-            if all(w in hay for w in words):
-                results.append(_summary(r))
-            if len(results) == PAGE:
-                break
-        opened = await opened_by(service.store, user.name, [r["id"] for r in results])
-        results = [{**r, "unread": r["id"] not in opened} for r in results]
+    found = await request.app[SERVICE].inbox.search(session.user, q, channel=channel, kind=kind)
     return render(
         request,
         "search.html",
@@ -478,11 +277,11 @@ async def search_page(request: web.Request) -> web.StreamResponse:
         q=q,
         channel=channel,
         kind=kind,
-        channels=readable,
+        channels=found.channels,
         kinds=BULLETIN_KINDS,
-        results=results,
-        searched=bool(words or kind),
-        stopped=stopped,
+        results=found.results,
+        searched=found.searched,
+        stopped=found.stopped,
     )
 
 

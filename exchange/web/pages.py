@@ -9,8 +9,8 @@ import jinja2
 from aiohttp import web
 
 from exchange.errors import UnknownPeer
-from exchange.node.appkeys import SERVICE
-from exchange.web.session import CSRF_FIELD, Session
+from exchange.http.appkeys import SERVICE
+from exchange.web.session import CSRF_FIELD, Session, csrf_token
 
 TEMPLATES = Path(__file__).parent / "templates"
 JINJA: web.AppKey[jinja2.Environment] = web.AppKey("console_jinja", jinja2.Environment)
@@ -104,7 +104,7 @@ def render(
             node=node,
             session=session,
             user=session.user if session else None,
-            csrf=session.csrf if session else "",
+            csrf=csrf_token(session.secret) if session else "",
             nav=NAV.get(role or "", []),
             path=request.path,
             **context,

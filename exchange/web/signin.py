@@ -4,26 +4,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from exchange.errors import InvalidInput, Unauthorized
-from exchange.node.appkeys import SERVICE
-from exchange.node.users import set_password
+from exchange.errors import InvalidInput, TooManyFailures, Unauthorized
 from exchange.web.pages import redirect, render
 from exchange.web.session import (
-    CONSOLE_SETTINGS,
-    SESSION_COOKIE,
     SIGNIN_COOKIE,
-    TooManyFailures,
-    check_password,
     check_signin_token,
     clear_session_cookie,
     client_address,
-    close_session,
-    end_sessions,
     find_session,
     posted_form,
+    sessions,
     set_session_cookie,
     set_signin_cookie,
-    sign_in,
     signed_in,
     signin_token,
 )
@@ -39,9 +31,7 @@ def _next(target: str | None) -> str | None:
 
 
 async def home(request: web.Request) -> web.StreamResponse:
-    session = await find_session(
-        request.app[SERVICE].store, request.cookies.get(SESSION_COOKIE), request.app[CONSOLE_SETTINGS]
-    )
+    session = await find_session(request)
     if session is None:
         return redirect("/console/sign-in")
     return redirect(LANDING.get(session.user.role, "/console/peers"))
@@ -63,8 +53,7 @@ def _sign_in_form(request: web.Request, *, status: int = 200, error: str | None 
 
 
 async def sign_in_page(request: web.Request) -> web.StreamResponse:
-    store, settings = request.app[SERVICE].store, request.app[CONSOLE_SETTINGS]
-    if await find_session(store, request.cookies.get(SESSION_COOKIE), settings) is not None:
+    if await find_session(request) is not None:
         return redirect("/console/")
     return _sign_in_form(request)
 
@@ -73,9 +62,8 @@ async def sign_in_post(request: web.Request) -> web.StreamResponse:
     await check_signin_token(request)
     form = await request.post()
     name, password = str(form.get("user", "")).strip()[:64], str(form.get("password", ""))
-    store, settings = request.app[SERVICE].store, request.app[CONSOLE_SETTINGS]
     try:
-        session = await sign_in(store, name, password, client_address(request), settings)
+        session = await sessions(request).sign_in(name, password, client_address(request))
     except TooManyFailures as exc:
         return _sign_in_form(request, status=429, error=exc.detail, name=name)
     except Unauthorized:
@@ -89,7 +77,7 @@ async def sign_in_post(request: web.Request) -> web.StreamResponse:
 
 async def sign_out(request: web.Request) -> web.StreamResponse:
     session, _ = await posted_form(request)
-    await close_session(request.app[SERVICE].store, session, client_address(request))
+    await sessions(request).close(session, client_address(request))
     response = redirect("/console/sign-in")
     clear_session_cookie(response)
     return response
@@ -103,16 +91,13 @@ async def account_page(request: web.Request) -> web.StreamResponse:
 async def change_password(request: web.Request) -> web.StreamResponse:
     """A person changes their own password: the current one is checked under the sign-in limits."""
     session, form = await posted_form(request)
-    store, settings = request.app[SERVICE].store, request.app[CONSOLE_SETTINGS]
     new, again = form.get("new", ""), form.get("again", "")
     error = None
     if new != again:
         error = "The two new passwords differ."
     else:
         try:
-            await check_password(store, session.user.name, form.get("current", ""), client_address(request), settings)
-            await set_password(store, session.user.name, new, actor=session.user.name)
-            await end_sessions(store, session.user.name, keep=session)
+            await sessions(request).change_own_password(session, form.get("current", ""), new, client_address(request))
         except TooManyFailures as exc:
             error = exc.detail
         except Unauthorized:

@@ -28,7 +28,6 @@ from exchange import errors
 from exchange.crypto import DecryptionKey, SigningKey, b64d, b64e, canonical_json, sha256, spki_pin
 from exchange.crypto.content import BODY_AAD, key_commitment, open_content
 from exchange.model import Accept, Bulletin, ChannelEvent, Envelope, NodeId, Receipt, Roster
-from exchange.node.outbox import transaction_id
 from exchange.protocol.channel import ChannelState, apply_event, event_hash, sign_acceptance, sign_event
 from exchange.protocol.envelope import (
     build_envelope,
@@ -43,6 +42,7 @@ from exchange.protocol.envelope import (
 from exchange.protocol.receipt import make_receipt, verify_receipt
 from exchange.protocol.roster import Federation, sign_roster
 from exchange.protocol.signing import signing_input
+from exchange.service.outbox import transaction_id
 
 HERE = Path(__file__).resolve().parent
 ENVELOPE_FILE = HERE / "envelope-v1.json"

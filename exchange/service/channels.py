@@ -5,51 +5,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from exchange.audit import events as ev
 from exchange.clock import timestamp
 from exchange.crypto import SigningKey, canonical_json, strict_loads
 from exchange.errors import Conflict, Forbidden, InvalidInput, NotFound, PeerError, StateUnavailable
 from exchange.model import Acceptance, ChannelEvent, NodeId, StateRef
-from exchange.node.users import User
 from exchange.protocol.channel import ChannelState, apply_event, event_hash, sign_acceptance, sign_event
 from exchange.protocol.roster import Federation
+from exchange.service.outbox import EventRef
+from exchange.service.transport import PeerTransport
+from exchange.service.users import User
 from exchange.store import AuditBuffer, Store, bulletins, channel_events, outbox
 
-Fetch = Callable[[str, str], Awaitable[Any]]  # (node, path) -> JSON
-Send = Callable[[str, str, Any], Awaitable[Any]]  # (node, path, body) -> JSON
-
-
-async def _no_fetch(node: str, path: str) -> Any:
-    raise PeerError("this node cannot reach partners")
-
-
-async def _no_send(node: str, path: str, body: Any) -> Any:
-    raise PeerError("this node cannot reach partners")
-
-
-def event_ref(channel: str, pos: int) -> str:
-    return f"{channel}:{pos}"
+Wake = Callable[[Sequence[str]], None]  # new outbox items for these destinations
 
 
 class ChannelBook:
     """Channel logs held by one node, with the rules for changing and sharing them."""
 
-    def __init__(self, me: NodeId, fed: Federation, key: SigningKey, store: Store) -> None:
+    def __init__(
+        self, me: NodeId, fed: Federation, key: SigningKey, store: Store, transport: PeerTransport, wake: Wake
+    ) -> None:
         self.me = me
         self.fed = fed
         self.key = key
         self.store = store
+        self.transport = transport
+        self._wake = wake
         self._states: dict[str, list[ChannelState]] = {}
         self._events: dict[str, list[ChannelEvent]] = {}
         self._lock = asyncio.Lock()
-        self.fetch: Fetch = _no_fetch
-        self.send: Send = _no_send
-        self.on_queued: Callable[[Sequence[str]], None] = lambda dests: None
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -114,6 +105,14 @@ class ChannelBook:
                 await self._persist(fresh, queue=False)
         return len(fresh)
 
+    async def import_provisioned(self, logs: Sequence[Sequence[ChannelEvent]]) -> None:
+        """Channel logs provisioned by `federation init`: keep those that name this node."""
+        for events in logs:
+            named = {e.owner for e in events} | {getattr(e.change, "node", None) for e in events}
+            named |= {e.change.acceptance.node for e in events if e.change.type == "accept"}
+            if self.me in named:
+                await self.import_events(events)
+
     @contextlib.asynccontextmanager
     async def _undo_on_error(self) -> AsyncIterator[None]:
         """Keep memory equal to the database: forget events appended by a step that failed."""
@@ -133,7 +132,7 @@ class ChannelBook:
         self, owner: str, channel: str, after: int, upto: int, fresh: list[tuple[ChannelEvent, ChannelState]]
     ) -> None:
         try:
-            raw = await self.fetch(owner, f"/fed/v1/channels/{channel}/events?after={after}")
+            raw = await self.transport.fetch(NodeId(owner), f"/fed/v1/channels/{channel}/events?after={after}")
         except PeerError as exc:
             raise StateUnavailable(f"channel {channel!r}: owner {owner} unreachable: {exc.detail}") from exc
         try:
@@ -181,15 +180,15 @@ class ChannelBook:
                 if "acceptance" in change:
                     change = {"type": "accept", "node": change["acceptance"]["node"]}
                 audit.add(
-                    {
-                        "event": "channel.changed",
-                        "at": timestamp(),
-                        "channel": event.channel,
-                        "pos": event.pos,
-                        "hash": state.hash,
-                        "owner": event.owner,
-                        "change": change,
-                    }
+                    ev.ChannelChanged(
+                        event=ev.CHANNEL_CHANGED,
+                        at=timestamp(),
+                        channel=event.channel,
+                        pos=event.pos,
+                        hash=state.hash,
+                        owner=event.owner,
+                        change=change,
+                    )
                 )
                 if event.change.type == "remove":
                     # Nothing more goes to a removed member, including what was queued for it.
@@ -206,7 +205,7 @@ class ChannelBook:
             return sorted(dests)
 
         dests = await self.store.write(job)
-        self.on_queued(dests)
+        self._wake(dests)
 
     async def _queue_event(
         self, conn: AsyncConnection, event: ChannelEvent, after: ChannelState, before: ChannelState | None
@@ -217,7 +216,7 @@ class ChannelBook:
         named = getattr(event.change, "node", None) or getattr(getattr(event.change, "acceptance", None), "node", None)
         dests = (old | new | ({named} if named else set())) - {self.me}
         wanted = [
-            (dest, event_ref(event.channel, p))
+            (dest, EventRef(event.channel, p).encode())
             for dest in sorted(dests)
             for p in range(0 if dest not in old else event.pos, event.pos + 1)
         ]
@@ -284,7 +283,8 @@ class ChannelBook:
         if pending is None:
             raise Forbidden(f"this node holds no invitation to {channel!r}")
         acceptance = sign_acceptance(channel, self.me, pending[1], self.key)
-        answer = await self.send(state.owner, f"/fed/v1/channels/{channel}/accept", acceptance.model_dump(mode="json"))
+        body = canonical_json(acceptance.model_dump(mode="json"))
+        answer = await self.transport.send(state.owner, f"/fed/v1/channels/{channel}/accept", body)
         await self.import_events([ChannelEvent.model_validate(e) for e in answer["events"]])
         return self.state(channel)
 
@@ -300,4 +300,4 @@ class ChannelBook:
         return self.events(channel, -1)[: state.pos + 1]
 
 
-__all__ = ["ChannelBook", "event_ref"]
+__all__ = ["ChannelBook"]

@@ -9,6 +9,7 @@ from typing import Literal, get_args
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from exchange.audit import events as ev
 from exchange.clock import timestamp
 from exchange.crypto import hash_token, new_token
 from exchange.crypto.passwords import WeakPassword, hash_password, password_matches
@@ -50,7 +51,7 @@ async def add_user(store: Store, name: str, role: str, *, actor: str = "cli") ->
         await conn.execute(
             sa.insert(users).values(name=name, role=role, token_hash=hash_token(token), created=timestamp())
         )
-        audit.add({"event": "user.created", "at": timestamp(), "user": name, "role": role, "actor": actor})
+        audit.add(ev.UserCreated(event=ev.USER_CREATED, at=timestamp(), user=name, role=role, actor=actor))
 
     await store.write(job)
     return token
@@ -63,7 +64,7 @@ async def rotate_token(store: Store, name: str, *, actor: str = "cli") -> str:
         result = await conn.execute(sa.update(users).where(users.c.name == name).values(token_hash=hash_token(token)))
         if result.rowcount != 1:
             raise NotFound(f"no user {name!r}")
-        audit.add({"event": "user.token_rotated", "at": timestamp(), "user": name, "actor": actor})
+        audit.add(ev.UserTokenRotated(event=ev.USER_TOKEN_ROTATED, at=timestamp(), user=name, actor=actor))
 
     await store.write(job)
     return token
@@ -93,8 +94,12 @@ async def assign(store: Store, name: str, channel: str, *, assigned: bool, actor
             await conn.execute(sa.delete(user_channels).where(where))
         else:
             return
-        event = "user.assigned" if assigned else "user.unassigned"
-        audit.add({"event": event, "at": timestamp(), "user": name, "channel": channel, "actor": actor})
+        if assigned:
+            audit.add(ev.UserAssigned(event=ev.USER_ASSIGNED, at=timestamp(), user=name, channel=channel, actor=actor))
+        else:
+            audit.add(
+                ev.UserUnassigned(event=ev.USER_UNASSIGNED, at=timestamp(), user=name, channel=channel, actor=actor)
+            )
 
     await store.write(job)
 
@@ -142,7 +147,7 @@ async def set_password(store: Store, name: str, password: str, *, actor: str) ->
         )
         if done.rowcount == 0:
             await conn.execute(sa.insert(user_passwords).values(user=name, hash=hashed, set_at=now))
-        audit.add({"event": "user.password_set", "at": now, "user": name, "actor": actor})
+        audit.add(ev.UserPasswordSet(event=ev.USER_PASSWORD_SET, at=now, user=name, actor=actor))
 
     await store.write(job)
 
@@ -158,3 +163,34 @@ async def verify_password(store: Store, name: str, password: str) -> User:
         return await get_user(store, name)
     except NotFound as exc:
         raise Unauthorized("wrong user name or password") from exc
+
+
+class Users:
+    """The node's users, as adapters reach them: the functions above over this node's store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def add(self, name: str, role: str, *, actor: str) -> str:
+        return await add_user(self.store, name, role, actor=actor)
+
+    async def rotate_token(self, name: str, *, actor: str) -> str:
+        return await rotate_token(self.store, name, actor=actor)
+
+    async def list(self) -> list[User]:
+        return await list_users(self.store)
+
+    async def get(self, name: str) -> User:
+        return await get_user(self.store, name)
+
+    async def assign(self, name: str, channel: str, *, assigned: bool, actor: str) -> None:
+        await assign(self.store, name, channel, assigned=assigned, actor=actor)
+
+    async def authenticate(self, token: str | None) -> User:
+        return await authenticate(self.store, token)
+
+    async def set_password(self, name: str, password: str, *, actor: str) -> None:
+        await set_password(self.store, name, password, actor=actor)
+
+    async def verify_password(self, name: str, password: str) -> User:
+        return await verify_password(self.store, name, password)

@@ -1,0 +1,109 @@
+"""The composition root: builds a node's store, keys, roster, transport and application layer,
+the aiohttp application with its federation, client and audit routes, and mounts the console.
+
+This is the one place that opens the database; every adapter is handed the `NodeService`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from exchange.config import NodeConfig
+from exchange.crypto import strict_loads
+from exchange.errors import ConfigError, ExchangeError
+from exchange.http.appkeys import SERVICE
+from exchange.keystore import NodeKeyFiles, load_federation, read_file, read_provisioned_channels
+from exchange.node.app import api_application
+from exchange.node.peers import HttpTransport
+from exchange.node.tls import server_context
+from exchange.service.node import NodeService
+from exchange.service.users import Users
+from exchange.store import Store
+from exchange.store.schema import node_schema as node_schema  # the CLI's `exchange db` reaches it here
+from exchange.store.schema import upgrade_node as upgrade_node
+from exchange.web import mount as mount_console
+
+log = logging.getLogger("exchange.node")
+
+
+def build_app(config: NodeConfig) -> web.Application:
+    """The node as an aiohttp application; its resources open and close with the app."""
+    app = api_application()
+    mount_console(app)  # the web console, under /console/ in the same process
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        fed = load_federation(config)
+        me = fed.node(config.id)  # this node must be in the roster itself
+        keys = NodeKeyFiles(config.keys_dir).load()
+        if me.signing_kid != keys.signing.kid or me.encryption_kid != keys.decryption.kid:
+            raise ExchangeError(f"the keys in {config.keys_dir} are not the ones the roster lists for {config.id}")
+        store = await Store.open(config.database_url, node=config.id)
+        transport = HttpTransport(config, fed)
+        try:
+            signed_roster = strict_loads(read_file(config.roster_path))
+            service = NodeService(config, store, fed, keys, transport, signed_roster)
+            await service.load(read_provisioned_channels(config.channels_dir))
+            app[SERVICE] = service
+            await service.start()
+            try:
+                yield
+            finally:
+                await service.stop()
+        finally:
+            await transport.close()
+            await store.close()
+
+    app.cleanup_ctx.append(resources)
+    return app
+
+
+@dataclass
+class RunningNode:
+    """A node serving HTTPS on a port; stop it with `await node.stop()`."""
+
+    config: NodeConfig
+    app: web.Application
+    runner: web.AppRunner
+
+    @property
+    def service(self) -> NodeService:
+        return self.app[SERVICE]
+
+    @property
+    def url(self) -> str:
+        return self.config.endpoint
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_node(config: NodeConfig) -> RunningNode:
+    """Start one node on its configured host and port, over TLS 1.3 with client certificates."""
+    app = build_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    fed = app[SERVICE].fed
+    ssl_ctx = server_context(config.keys_dir / "tls.crt", config.keys_dir / "tls.key", fed)
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_ctx)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"{config.id} cannot listen on {config.host}:{config.port}: {exc.strerror}") from exc
+    log.info("node %s listening on %s", config.id, config.endpoint)
+    return RunningNode(config, app, runner)
+
+
+@contextlib.asynccontextmanager
+async def local_users(config: NodeConfig) -> AsyncIterator[Users]:
+    """The node's users, for administrative commands run beside a running node or without it."""
+    store = await Store.open(config.database_url, node=config.id)
+    try:
+        yield Users(store)
+    finally:
+        await store.close()

@@ -1,0 +1,382 @@
+"""Every kind of audit entry, one typed model each: the contract between writers and readers.
+
+Writers build one of these dicts and hand it to the store (`AuditBuffer.add`, `Store.audit`),
+which adds `idx` and writes it as canonical JSON, so an entry's bytes are exactly the keys
+below. Readers (the trace, gap detection, the console's labels) name kinds only through the
+constants here, never with a string literal: renaming a kind is then one change in one place.
+
+Entries carry identifiers and metadata only, never bulletin plaintext (docs/audit.md, section 1).
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal, NotRequired, TypedDict
+
+# -- the kind names -------------------------------------------------------------------------------
+
+BULLETIN_POSTED: Final = "bulletin.posted"
+BULLETIN_RECEIVED: Final = "bulletin.received"
+BULLETIN_SENT: Final = "bulletin.sent"
+BULLETIN_DELIVERED: Final = "bulletin.delivered"
+BULLETIN_OPENED: Final = "bulletin.opened"
+BULLETIN_OPENED_BY: Final = "bulletin.opened_by"
+SEND_REFUSED: Final = "send.refused"
+REQUEST_REJECTED: Final = "request.rejected"
+CHANNEL_CHANGED: Final = "channel.changed"
+USER_CREATED: Final = "user.created"
+USER_TOKEN_ROTATED: Final = "user.token_rotated"  # noqa: S105 (a kind name, not a secret)
+USER_PASSWORD_SET: Final = "user.password_set"  # noqa: S105 (a kind name, not a secret)
+USER_ASSIGNED: Final = "user.assigned"
+USER_UNASSIGNED: Final = "user.unassigned"
+CONSOLE_SIGNED_IN: Final = "console.signed_in"
+CONSOLE_SIGNED_OUT: Final = "console.signed_out"
+CONSOLE_SIGNIN_FAILED: Final = "console.signin_failed"
+CONSOLE_SIGNIN_THROTTLED: Final = "console.signin_throttled"
+NODE_STARTED: Final = "node.started"
+AUDIT_SPLIT_VIEW: Final = "audit.split_view"
+AUDIT_TRACE: Final = "audit.trace"
+AUDIT_TRACE_SERVED: Final = "audit.trace_served"
+
+EVENT_KINDS: Final[tuple[str, ...]] = (
+    BULLETIN_POSTED,
+    BULLETIN_RECEIVED,
+    BULLETIN_SENT,
+    BULLETIN_DELIVERED,
+    BULLETIN_OPENED,
+    BULLETIN_OPENED_BY,
+    SEND_REFUSED,
+    REQUEST_REJECTED,
+    CHANNEL_CHANGED,
+    USER_CREATED,
+    USER_TOKEN_ROTATED,
+    USER_PASSWORD_SET,
+    USER_ASSIGNED,
+    USER_UNASSIGNED,
+    CONSOLE_SIGNED_IN,
+    CONSOLE_SIGNED_OUT,
+    CONSOLE_SIGNIN_FAILED,
+    CONSOLE_SIGNIN_THROTTLED,
+    NODE_STARTED,
+    AUDIT_SPLIT_VIEW,
+    AUDIT_TRACE,
+    AUDIT_TRACE_SERVED,
+)
+"""Every kind, in the order of docs/audit.md's table."""
+
+TRACE_KINDS: Final[tuple[str, ...]] = (AUDIT_TRACE, AUDIT_TRACE_SERVED)
+"""Entries that record a trace asked or answered, not something done with the bulletin."""
+
+# -- bulletins ------------------------------------------------------------------------------------
+
+
+class BulletinPosted(TypedDict):
+    """The author posted a bulletin: written in the same transaction as the bulletin."""
+
+    event: Literal["bulletin.posted"]
+    at: str
+    bulletin: str
+    channel: str
+    author: str
+    seq: int
+    state: int  # the channel log position the post was authorised under
+    user: str
+    recipients: list[str]
+    tlp: str
+
+
+# `from` is a keyword, so this one is declared in the functional form.
+_BulletinReceivedBase = TypedDict(
+    "_BulletinReceivedBase",
+    {
+        "event": Literal["bulletin.received"],
+        "at": str,
+        "bulletin": str,
+        "channel": str,
+        "author": str,
+        "seq": int,
+        "from": str,
+    },
+)
+
+
+class BulletinReceived(_BulletinReceivedBase):
+    """A recipient stored a bulletin, before it answered with its receipt."""
+
+    relayed: NotRequired[Literal[True]]  # present when pulled from a node other than the author
+
+
+class BulletinSent(TypedDict):
+    """The author's first attempt to send a bulletin to one recipient (retries are not logged)."""
+
+    event: Literal["bulletin.sent"]
+    at: str
+    bulletin: str
+    to: str
+    txn: str
+
+
+class BulletinDelivered(TypedDict):
+    """The author stored a recipient's signed "received" receipt."""
+
+    event: Literal["bulletin.delivered"]
+    at: str
+    bulletin: str
+    to: str
+    receipt_at: str
+
+
+class BulletinOpened(TypedDict):
+    """A local user opened a bulletin."""
+
+    event: Literal["bulletin.opened"]
+    at: str
+    bulletin: str
+    channel: str
+    user: str
+
+
+class BulletinOpenedBy(TypedDict):
+    """The author stored a recipient's signed "opened" receipt."""
+
+    event: Literal["bulletin.opened_by"]
+    at: str
+    bulletin: str
+    to: str
+    receipt_at: str
+
+
+class SendRefused(TypedDict):
+    """The destination refused an outbox item for good."""
+
+    event: Literal["send.refused"]
+    at: str
+    kind: str  # the outbox item's kind: envelope, receipt, event
+    ref: str  # for an envelope, the bulletin id
+    to: str
+    reason: str
+
+
+# -- requests and channels ------------------------------------------------------------------------
+
+
+class RequestRejected(TypedDict):
+    """A request this node refused with a 4xx."""
+
+    event: Literal["request.rejected"]
+    at: str
+    method: str
+    path: str
+    status: int
+    reason: NotRequired[str]
+    peer: NotRequired[str]  # a partner node, on the federation API
+    user: NotRequired[str]  # a local user, on the client API and the console
+
+
+class ChannelChanged(TypedDict):
+    """One event of a channel's owner-signed log, applied at this node."""
+
+    event: Literal["channel.changed"]
+    at: str
+    channel: str
+    pos: int
+    hash: str
+    owner: str
+    change: dict[str, Any]  # the signed change; an acceptance is shown as {"type": "accept", "node"}
+
+
+# -- users and the console ------------------------------------------------------------------------
+
+
+class UserCreated(TypedDict):
+    event: Literal["user.created"]
+    at: str
+    user: str
+    role: str
+    actor: str
+
+
+class UserTokenRotated(TypedDict):
+    event: Literal["user.token_rotated"]
+    at: str
+    user: str
+    actor: str
+
+
+class UserPasswordSet(TypedDict):
+    event: Literal["user.password_set"]
+    at: str
+    user: str
+    actor: str
+
+
+class UserAssigned(TypedDict):
+    event: Literal["user.assigned"]
+    at: str
+    user: str
+    channel: str
+    actor: str
+
+
+class UserUnassigned(TypedDict):
+    event: Literal["user.unassigned"]
+    at: str
+    user: str
+    channel: str
+    actor: str
+
+
+class ConsoleSignedIn(TypedDict):
+    event: Literal["console.signed_in"]
+    at: str
+    user: str
+    address: str
+
+
+class ConsoleSignedOut(TypedDict):
+    event: Literal["console.signed_out"]
+    at: str
+    user: str
+    address: str
+
+
+class ConsoleSigninFailed(TypedDict):
+    """A failed sign-in. A name that is no user may be a password typed in the wrong field: not logged."""
+
+    event: Literal["console.signin_failed"]
+    at: str
+    address: str
+    user: NotRequired[str]  # the name, when it is a user's
+    unknown_user: NotRequired[Literal[True]]  # otherwise
+
+
+class ConsoleSigninThrottled(TypedDict):
+    event: Literal["console.signin_throttled"]
+    at: str
+    limit: Literal["user", "address"]
+    address: str
+    user: NotRequired[str]  # the name, when it is a user's
+
+
+# -- the node and its log -------------------------------------------------------------------------
+
+
+class NodeStarted(TypedDict):
+    """The keys and roster a node runs with, recorded at each start."""
+
+    event: Literal["node.started"]
+    at: str
+    roster_version: int
+    roster_sha256: str
+    authority_kid: str
+    signing_kid: str
+    encryption_kid: str
+    tls_pin: str
+
+
+class AuditSplitView(TypedDict):
+    """A witness caught a partner's log showing two histories."""
+
+    event: Literal["audit.split_view"]
+    at: str
+    node: str
+    seen_size: int
+    seen_root: str
+    shown_size: int
+    shown_root: str
+    detail: str
+
+
+class AuditTrace(TypedDict):
+    """A local auditor traced a bulletin."""
+
+    event: Literal["audit.trace"]
+    at: str
+    bulletin: str
+    user: str
+
+
+class AuditTraceServed(TypedDict):
+    """This node gave a partner its evidence about a bulletin."""
+
+    event: Literal["audit.trace_served"]
+    at: str
+    bulletin: str
+    peer: str
+
+
+AuditEntry = (
+    BulletinPosted
+    | BulletinReceived
+    | BulletinSent
+    | BulletinDelivered
+    | BulletinOpened
+    | BulletinOpenedBy
+    | SendRefused
+    | RequestRejected
+    | ChannelChanged
+    | UserCreated
+    | UserTokenRotated
+    | UserPasswordSet
+    | UserAssigned
+    | UserUnassigned
+    | ConsoleSignedIn
+    | ConsoleSignedOut
+    | ConsoleSigninFailed
+    | ConsoleSigninThrottled
+    | NodeStarted
+    | AuditSplitView
+    | AuditTrace
+    | AuditTraceServed
+)
+"""One audit entry as written, before the store gives it its `idx`."""
+
+__all__ = [
+    "AUDIT_SPLIT_VIEW",
+    "AUDIT_TRACE",
+    "AUDIT_TRACE_SERVED",
+    "BULLETIN_DELIVERED",
+    "BULLETIN_OPENED",
+    "BULLETIN_OPENED_BY",
+    "BULLETIN_POSTED",
+    "BULLETIN_RECEIVED",
+    "BULLETIN_SENT",
+    "CHANNEL_CHANGED",
+    "CONSOLE_SIGNED_IN",
+    "CONSOLE_SIGNED_OUT",
+    "CONSOLE_SIGNIN_FAILED",
+    "CONSOLE_SIGNIN_THROTTLED",
+    "EVENT_KINDS",
+    "NODE_STARTED",
+    "REQUEST_REJECTED",
+    "SEND_REFUSED",
+    "TRACE_KINDS",
+    "USER_ASSIGNED",
+    "USER_CREATED",
+    "USER_PASSWORD_SET",
+    "USER_TOKEN_ROTATED",
+    "USER_UNASSIGNED",
+    "AuditEntry",
+    "AuditSplitView",
+    "AuditTrace",
+    "AuditTraceServed",
+    "BulletinDelivered",
+    "BulletinOpened",
+    "BulletinOpenedBy",
+    "BulletinPosted",
+    "BulletinReceived",
+    "BulletinSent",
+    "ChannelChanged",
+    "ConsoleSignedIn",
+    "ConsoleSignedOut",
+    "ConsoleSigninFailed",
+    "ConsoleSigninThrottled",
+    "NodeStarted",
+    "RequestRejected",
+    "SendRefused",
+    "UserAssigned",
+    "UserCreated",
+    "UserPasswordSet",
+    "UserTokenRotated",
+    "UserUnassigned",
+]

@@ -1,0 +1,81 @@
+"""`exchange users`: the node's local users, their API tokens and console passwords."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import click
+
+from exchange.app import local_users
+from exchange.cli.options import as_json, emit, node_file, run_async
+from exchange.cli.output import user_errors
+from exchange.config import NodeConfig
+from exchange.crypto.passwords import new_password
+from exchange.service.users import ROLES, Users
+
+
+@click.group()
+def users() -> None:
+    """Local users and their API tokens (run on the node's machine)."""
+
+
+async def _with_users(cfg: NodeConfig, fn: Callable[[Users], Coroutine[Any, Any, Any]]) -> Any:
+    async with local_users(cfg) as found:
+        return await fn(found)
+
+
+@users.command("add")
+@node_file
+@click.argument("name")
+@click.option("--role", type=click.Choice(ROLES), required=True)
+@user_errors
+def users_add(node_path: Path, name: str, role: str) -> None:
+    """Create a user and print its token once."""
+    cfg = NodeConfig.load(node_path)
+    token = run_async(_with_users(cfg, lambda u: u.add(name, role, actor="cli")))
+    click.echo(token)
+
+
+@users.command("token")
+@node_file
+@click.argument("name")
+@user_errors
+def users_token(node_path: Path, name: str) -> None:
+    """Replace a user's token and print the new one."""
+    cfg = NodeConfig.load(node_path)
+    click.echo(run_async(_with_users(cfg, lambda u: u.rotate_token(name, actor="cli"))))
+
+
+@users.command("password")
+@node_file
+@click.argument("name")
+@click.option("--generate", is_flag=True, help="Make up a random password and print it once.")
+@user_errors
+def users_password(node_path: Path, name: str, generate: bool) -> None:
+    """Set a user's web console password (asked twice, or --generate); only its argon2 hash is kept."""
+    cfg = NodeConfig.load(node_path)
+    password = new_password() if generate else click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    run_async(_with_users(cfg, lambda u: u.set_password(name, password, actor="cli")))
+    if generate:
+        click.echo(password)
+
+
+@users.command("list")
+@node_file
+@as_json
+@user_errors
+def users_list(node_path: Path, as_json: bool) -> None:
+    """List local users and their roles."""
+    cfg = NodeConfig.load(node_path)
+    found = run_async(_with_users(cfg, lambda u: u.list()))
+
+    def render(data: Any) -> None:
+        for u in data:
+            click.echo(f"{u['name']}\t{u['role']}")
+
+    emit([{"name": u.name, "role": u.role} for u in found], as_json, render)
+
+
+# -- channels -------------------------------------------------------------------------------

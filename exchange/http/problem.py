@@ -1,0 +1,63 @@
+"""RFC 9457 problem+json: the one table that maps exchange errors to HTTP statuses."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from exchange import errors
+
+# Every class of errors.py, in the order of its tree: a class defined elsewhere gets the row
+# of its nearest ancestor here. The 500s are deliberate: a node that is misconfigured or whose
+# own audit log does not verify has failed, whatever the request was.
+STATUS: dict[type[errors.ExchangeError], int] = {
+    errors.ExchangeError: 500,
+    errors.ConfigError: 500,
+    errors.SchemaOutdated: 500,
+    errors.InvalidInput: 422,
+    errors.WeakPassword: 422,
+    errors.ProofError: 422,
+    errors.InvalidEnvelope: 422,
+    errors.BadSignature: 422,
+    errors.DecryptionFailed: 422,
+    errors.Equivocation: 409,
+    errors.EnvelopeRejected: 422,
+    errors.Unauthorized: 401,
+    errors.TooManyFailures: 429,
+    errors.Forbidden: 403,
+    errors.UnknownPeer: 403,
+    errors.NotAMember: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.Unavailable: 503,
+    errors.AuditTampered: 500,
+    errors.BadEntry: 500,
+    errors.SplitView: 500,
+    errors.PeerError: 502,
+    errors.PeerRefused: 502,
+    errors.StateUnavailable: 503,
+    errors.ApiError: 502,
+}
+
+
+def status_for(exc: errors.ExchangeError) -> int:
+    """The HTTP status of an error: its class's row, else its nearest ancestor's."""
+    return next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
+
+
+def problem(status: int, title: str, detail: str, type_: str = "about:blank", **extra: Any) -> web.Response:
+    body = {"type": type_, "title": title, "status": status, "detail": detail, **extra}
+    return web.Response(
+        status=status,
+        body=json.dumps(body).encode(),
+        content_type="application/problem+json",
+    )
+
+
+def from_error(exc: errors.ExchangeError) -> web.Response:
+    extra: dict[str, Any] = {}
+    if hasattr(exc, "errors"):
+        extra["errors"] = exc.errors
+    return problem(status_for(exc), exc.title, exc.detail, f"urn:exchange:error:{type(exc).__name__}", **extra)

@@ -1,0 +1,335 @@
+"""The audit side of a running node, for the audit API, the console and the periodic round.
+
+`AuditService` owns this node's `LogKeeper` and `Witness`, runs the checkpoint-and-witness
+round, and answers every audit question the adapters ask: log pages, entries and proofs,
+exports, a bulletin's evidence and its trace across nodes, and what this node witnessed. It
+writes the audit entries of its own doings (`node.started`, `audit.trace`, `audit.trace_served`).
+Partners are reached through the `PeerTransport` it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from exchange.audit.events import (
+    AUDIT_TRACE,
+    AUDIT_TRACE_SERVED,
+    NODE_STARTED,
+    AuditTrace,
+    AuditTraceServed,
+    NodeStarted,
+)
+from exchange.audit.keeper import BundleRecord, EvidenceJSON, StoredCheckpoint
+from exchange.audit.log import KeyRing, LogVerifier
+from exchange.audit.witness import CHECKPOINT_INTERVAL
+from exchange.clock import timestamp
+from exchange.crypto import SigningKey, canonical_json, sha256
+from exchange.errors import AuditTampered, ExchangeError, Forbidden, InvalidInput, NotFound, StateUnavailable
+from exchange.merkle import leaf_hash
+from exchange.model import EnvelopeHeader, NodeId
+from exchange.protocol.envelope import parse_envelope
+from exchange.protocol.roster import Federation
+from exchange.service.audit.keeper import LogKeeper
+from exchange.service.audit.views import (
+    CheckpointCheck,
+    CollectedTrace,
+    ConsistencyProof,
+    Entry,
+    EntryFilter,
+    EntryWithProof,
+    HeldReceipt,
+    InclusionProof,
+    LatestForWitness,
+    LogPage,
+    PartnerCosigned,
+    ProofStatus,
+    RecentEntries,
+    SignedCheckpoint,
+    TraceHeader,
+)
+from exchange.service.audit.witness import Witness, WitnessedView
+from exchange.service.transport import PeerTransport
+from exchange.store import Store, bulletins, receipts
+
+log = logging.getLogger("exchange.audit")
+
+WITNESS_WAIT = 5.0  # seconds a trace waits for witnesses to co-sign a checkpoint made for it
+RECENT_PAGE = 50  # entries on one page of the console's log, newest first
+RECENT_CHUNK = 2000  # entries read per step when looking back through the log
+RECENT_BUDGET = 50_000  # entries one such page may look through before it offers to go on
+
+
+def evidence_path(bulletin: str) -> str:
+    """Where a partner serves its evidence about a bulletin."""
+    return f"/fed/v1/audit/bulletins/{bulletin}"
+
+
+class AuditService:
+    """This node's audit log, its witnessing of partners, and the questions auditors ask."""
+
+    def __init__(
+        self,
+        me: str,
+        store: Store,
+        fed: Federation,
+        key: SigningKey,
+        transport: PeerTransport,
+        partners: Callable[[], Sequence[str]],
+        signed_roster: Any,
+    ) -> None:
+        self.me = me
+        self.store = store
+        self.fed = fed
+        self.signed_roster = signed_roster
+        self.transport = transport
+        self.keeper = LogKeeper(me, store, key, signed_roster)
+        self.witness = Witness(me, store, key, fed, self.keeper, transport, partners)
+        self.stopped = asyncio.Event()
+        self._round: asyncio.Task[None] | None = None
+
+    # -- start and stop ---------------------------------------------------------------------
+
+    async def start(self, interval: float = CHECKPOINT_INTERVAL) -> None:
+        """Audit this start, resume the keeper, and run a checkpoint-and-witness round every `interval`."""
+        # Keys and roster take effect at start, so each start records the ones it runs with: a key
+        # or roster change shows as a difference between two node.started entries.
+        node = self.fed.node(self.me)
+        started: NodeStarted = {
+            "event": NODE_STARTED,
+            "at": timestamp(),
+            "roster_version": self.fed.roster.version,
+            "roster_sha256": sha256(canonical_json(self.signed_roster)).hex(),
+            "authority_kid": self.fed.roster.authority_kid,
+            "signing_kid": node.signing_kid,
+            "encryption_kid": node.encryption_kid,
+            "tls_pin": node.tls_pin,
+        }
+        await self.store.audit(started)
+        await self.keeper.start()
+        self._round = asyncio.create_task(self.witness.run(interval), name=f"audit-{self.me}")
+
+    async def close(self) -> None:
+        """Refuse further requests, stop the round and the keeper (before the store closes)."""
+        self.stopped.set()
+        if self._round is not None:
+            self._round.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._round
+            self._round = None
+        await self.keeper.close()
+
+    def ensure_running(self) -> None:
+        """Raise StateUnavailable once the node is stopping (a late request must not write)."""
+        if self.stopped.is_set():
+            raise StateUnavailable("the node is stopping")
+
+    @property
+    def size(self) -> int:
+        """Entries committed to the log."""
+        return self.store.audit_size
+
+    # -- the log ----------------------------------------------------------------------------
+
+    async def log_page(self, where: EntryFilter, *, after: int = -1, limit: int = 100) -> LogPage:
+        """Matching entries after index `after`, oldest first."""
+        found, cursor = await self.keeper.scan(where, where.needle, after=after, limit=limit)
+        return LogPage([body for _, _, body in found], cursor, self.keeper.size)
+
+    async def entries(self, *, after: int = -1, limit: int = 100) -> list[Entry]:
+        """Entries after index `after`, oldest first, unfiltered: metadata only, never bulletin content."""
+        return await self.keeper.entries_after(after, limit)
+
+    async def recent(self, where: EntryFilter, before: int) -> RecentEntries:
+        """Up to RECENT_PAGE matching entries below index `before`, newest first."""
+        found: list[Entry] = []
+        hi, scanned = before, 0
+        while hi > 0 and len(found) < RECENT_PAGE and scanned < RECENT_BUDGET:
+            lo = max(0, hi - RECENT_CHUNK)
+            page, _ = await self.keeper.scan(where, where.needle, after=lo - 1, limit=hi - lo, scan=hi - lo)
+            found += [body for _, _, body in reversed(page)]
+            scanned += hi - lo
+            hi = lo
+        if len(found) > RECENT_PAGE:
+            found = found[:RECENT_PAGE]
+            return RecentEntries(found, int(found[-1]["idx"]))
+        return RecentEntries(found, hi if hi > 0 else None)
+
+    async def entry_with_proof(self, idx: int) -> EntryWithProof:
+        """Entry `idx` and whether it is proven in the latest checkpoint, checked as a verifier would."""
+        raw = await self.keeper.entry(idx)
+        return EntryWithProof(idx, raw, json.loads(raw), await self._proof_status(idx, raw))
+
+    async def _proof_status(self, idx: int, raw: bytes) -> ProofStatus:
+        latest = await self.keeper.latest()
+        if latest is None:
+            return ProofStatus("pending", "No checkpoint has been signed yet, so no proof can be given.")
+        if idx >= latest.size:
+            text = f"Not covered yet: the latest checkpoint covers entries 0 to {latest.size - 1}."
+            return ProofStatus("pending", text, latest)
+        try:
+            proof = await self.keeper.inclusion(idx, latest.size)
+            verifier = LogVerifier(self.me, KeyRing.from_federation(self.fed))
+            info = verifier.checkpoint(latest.full_note())
+            verifier.proven_entry(idx, raw, info.size, proof)
+        except (AuditTampered, InvalidInput) as exc:
+            return ProofStatus("failed", f"The proof does not verify: {exc.detail}", latest)
+        text = (
+            f"Included in the checkpoint of size {info.size}: the inclusion proof ({len(proof)} hashes) "
+            "and the checkpoint's signature verify."
+        )
+        return ProofStatus("proven", text, latest, list(info.witnesses), [p.hex() for p in proof])
+
+    async def inclusion(self, index: int, size: int | None = None) -> InclusionProof:
+        """Entry `index` with its inclusion proof in checkpoint `size` (default: the latest)."""
+        if size is None:
+            latest = await self.keeper.latest()
+            size = latest.size if latest else 0
+        cp = await self.keeper.checkpoint_at(size)
+        proof = await self.keeper.inclusion(index, size)
+        entry = await self.keeper.entry(index)
+        return InclusionProof(index, size, entry, leaf_hash(entry), proof, cp)
+
+    async def consistency(self, old: int, new: int | None = None) -> ConsistencyProof:
+        """A consistency proof from size `old` to checkpoint `new` (default: the latest)."""
+        if new is None:
+            latest = await self.keeper.latest()
+            new = latest.size if latest else 0
+        cp = await self.keeper.checkpoint_at(new)
+        return ConsistencyProof(old, new, await self.keeper.consistency(old, new), cp)
+
+    def export(self, bulletin: str | None = None) -> AsyncIterator[BundleRecord]:
+        """The records of an export bundle: the whole log, or one bulletin's entries with proofs."""
+        return self.keeper.export(bulletin)
+
+    # -- checkpoints and witnesses ----------------------------------------------------------
+
+    async def latest_checkpoint(self) -> StoredCheckpoint:
+        """The latest checkpoint with its cosignatures (signing a first one if there is none yet)."""
+        cp = await self.keeper.latest() or await self.keeper.checkpoint()
+        if cp is None:
+            raise NotFound("this node has signed no checkpoint yet")
+        return cp
+
+    async def sign_checkpoint(self, *, witness: bool = True) -> SignedCheckpoint:
+        """Sign a checkpoint now; if `witness`, ask the partners to co-sign it and wait for them."""
+        cp = await self.keeper.checkpoint()
+        if cp is None:
+            raise NotFound("the audit log is empty")
+        if not witness:
+            return SignedCheckpoint(cp)
+        outcomes = await self.witness.request_cosignatures(cp)
+        return SignedCheckpoint(await self.keeper.checkpoint_at(cp.size), outcomes)
+
+    async def recent_checkpoints(self, count: int = 20) -> list[StoredCheckpoint]:
+        """The `count` latest checkpoints, largest first."""
+        return await self.keeper.recent(count)
+
+    def check_checkpoint(self, cp: StoredCheckpoint) -> CheckpointCheck:
+        """Verify a checkpoint of ours with the roster's keys, cosignatures included."""
+        try:
+            info = LogVerifier(self.me, KeyRing.from_federation(self.fed)).checkpoint(cp.full_note())
+        except (AuditTampered, InvalidInput) as exc:
+            return CheckpointCheck(False, [], exc.detail)
+        return CheckpointCheck(True, list(info.witnesses))
+
+    async def cosigned_by(self, partners: Iterable[str]) -> list[PartnerCosigned]:
+        """How far each partner has co-signed our log."""
+        return [PartnerCosigned(p, await self.keeper.cosigned_size(p)) for p in partners]
+
+    async def witnessed(self) -> WitnessedView:
+        """Partners' logs this node witnesses, and the split views it caught."""
+        return await self.witness.view()
+
+    async def latest_for_witness(self, seen: int) -> LatestForWitness:
+        """Our latest checkpoint, with a consistency proof from the size a witness last saw."""
+        cp = await self.keeper.latest()
+        if cp is None:
+            return LatestForWitness(None, [])
+        proof = await self.keeper.consistency(seen, cp.size) if 0 < seen < cp.size else []
+        return LatestForWitness(cp, proof)
+
+    # -- tracing a bulletin -----------------------------------------------------------------
+
+    async def header_of(self, bid: str) -> EnvelopeHeader:
+        """The signed header of a bulletin this node holds: author, channel, recipients (no content)."""
+        async with self.store.read() as conn:
+            raw = await conn.scalar(sa.select(bulletins.c.envelope).where(bulletins.c.id == bid))
+        if raw is None:
+            raise NotFound(f"this node holds no bulletin {bid}")
+        return parse_envelope(bytes(raw)).header
+
+    async def evidence(self, bid: str) -> EvidenceJSON:
+        """Our evidence about a bulletin; a checkpoint signed just for it is first put to the witnesses."""
+        evidence = await self.keeper.evidence(bid)
+        size = evidence.get("size")
+        if size:
+            cp = await self.keeper.checkpoint_at(size)
+            if not cp.witnesses:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.witness.request_cosignatures(cp), WITNESS_WAIT)
+                evidence["checkpoint"] = (await self.keeper.checkpoint_at(cp.size)).full_note()
+        return evidence
+
+    async def serve_evidence(self, peer: str, bid: str) -> EvidenceJSON:
+        """Our evidence about a bulletin, for the nodes its envelope names as author or recipient."""
+        header = await self.header_of(bid)
+        if peer not in {header.author, *(r.node for r in header.recipients)}:
+            raise Forbidden(f"{peer} is neither the author nor a recipient of bulletin {bid}")
+        evidence = await self.evidence(bid)
+        served: AuditTraceServed = {"event": AUDIT_TRACE_SERVED, "at": timestamp(), "bulletin": bid, "peer": peer}
+        await self.store.audit(served)
+        return evidence
+
+    async def collect_trace(self, bid: str) -> CollectedTrace:
+        """Ask every node the bulletin's envelope names for its evidence about it; callers verify it."""
+        header = await self.header_of(bid)
+        nodes = sorted({header.author, *(r.node for r in header.recipients)})
+
+        async def ask(node: str) -> Mapping[str, Any]:
+            if node == self.me:
+                return await self.evidence(bid)
+            try:
+                answer = await self.transport.fetch(NodeId(node), evidence_path(bid))
+            except ExchangeError as exc:
+                return {"node": node, "error": exc.detail}
+            if not isinstance(answer, dict) or answer.get("node") != node:
+                return {"node": node, "error": "it answered for another node"}
+            return answer
+
+        evidence = await asyncio.gather(*(ask(n) for n in nodes))
+        summary = TraceHeader(
+            header.channel,
+            header.author,
+            header.seq,
+            header.created,
+            header.handling.tlp,
+            [r.node for r in header.recipients],
+        )
+        return CollectedTrace(bid, summary, list(evidence))
+
+    async def trace(self, bid: str, user: str) -> CollectedTrace:
+        """A bulletin's evidence from every node it names, the trace audited as asked by `user`."""
+        trace = await self.collect_trace(bid)
+        # Audited after the evidence is taken, so a trace does not need a checkpoint of its own.
+        entry: AuditTrace = {"event": AUDIT_TRACE, "at": timestamp(), "bulletin": bid, "user": user}
+        await self.store.audit(entry)
+        return trace
+
+    async def receipts_held(self, bid: str) -> list[HeldReceipt]:
+        """The signed receipts this node holds for a bulletin, oldest first."""
+        async with self.store.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(receipts.c.node, receipts.c.status, receipts.c.at)
+                    .where(receipts.c.bulletin_id == bid)
+                    .order_by(receipts.c.at)
+                )
+            ).all()
+        return [HeldReceipt(r.node, r.status, r.at) for r in rows]

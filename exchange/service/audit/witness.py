@@ -1,0 +1,299 @@
+"""Witnessing: co-sign partners' checkpoints after a consistency check, ask partners to co-sign
+ours, and catch a partner that shows two inconsistent histories (a split view).
+
+The protocol and its rules are `exchange.audit.witness` (pure); this is the part that remembers
+what it witnessed (`audit_witnessed`), keeps split-view evidence (`audit_split_views`) and talks
+to partners through the `PeerTransport` it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from exchange.audit.checkpoint import Checkpoint, cosign, verify_cosignature, witness_name
+from exchange.audit.keeper import StoredCheckpoint, as_bytes
+from exchange.audit.note import Note, parse_note, parse_signature_line
+from exchange.audit.witness import (
+    CHECKPOINT_INTERVAL,
+    CHECKPOINT_PATH,
+    COSIGN_PATH,
+    COSIGNATURES_PATH,
+    CosignAnswer,
+    Seen,
+    cosign_request,
+    cosignature_body,
+    open_logs_checkpoint,
+    parse_cosign_request,
+    parse_cosignature,
+    parse_proof,
+    signed_by,
+    split_detail,
+    split_message,
+    split_view_entry,
+    went_back,
+)
+from exchange.clock import timestamp, utc_now
+from exchange.crypto import SigningKey, b64e
+from exchange.errors import AuditTampered, PeerError, SplitView
+from exchange.model import NodeId
+from exchange.protocol.roster import Federation
+from exchange.service.audit.keeper import LogKeeper
+from exchange.service.transport import PeerTransport
+from exchange.store import AuditBuffer, Store, audit_split_views, audit_witnessed
+
+log = logging.getLogger("exchange.audit")
+
+
+@dataclass(frozen=True)
+class WitnessedLog:
+    """The largest checkpoint of a partner's log this node has co-signed."""
+
+    node: str
+    size: int
+    root: str  # base64url
+    at: str
+    note: str
+
+
+@dataclass(frozen=True)
+class CaughtSplitView:
+    """Evidence that a partner showed two histories: both notes are signed by its log."""
+
+    node: str
+    at: str
+    detail: str
+    seen: str
+    shown: str
+
+
+@dataclass(frozen=True)
+class WitnessedView:
+    """What this node has witnessed of its partners' logs, and every split view it caught."""
+
+    logs: list[WitnessedLog]
+    split_views: list[CaughtSplitView]
+
+    def to_json(self) -> dict[str, list[dict[str, Any]]]:
+        """As the API shows it."""
+        return {
+            "logs": [{"node": w.node, "size": w.size, "root": w.root, "at": w.at, "note": w.note} for w in self.logs],
+            "split_views": [
+                {"node": s.node, "at": s.at, "detail": s.detail, "seen": s.seen, "shown": s.shown}
+                for s in self.split_views
+            ],
+        }
+
+
+class Witness:
+    """This node as a witness of its partners' logs, and as a log that its partners witness."""
+
+    def __init__(
+        self,
+        me: str,
+        store: Store,
+        key: SigningKey,
+        fed: Federation,
+        keeper: LogKeeper,
+        transport: PeerTransport,
+        partners: Callable[[], Sequence[str]],
+    ) -> None:
+        self.me = me
+        self.name = witness_name(me)
+        self.store = store
+        self.fed = fed
+        self.keeper = keeper
+        self._key = key
+        self._transport = transport
+        self._partners = partners
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- as a witness -----------------------------------------------------------------------
+
+    async def seen(self, node: str) -> Seen | None:
+        """The largest checkpoint of `node`'s log this node has checked, if any."""
+        async with self.store.read() as conn:
+            row = (await conn.execute(sa.select(audit_witnessed).where(audit_witnessed.c.node == node))).first()
+        return None if row is None else Seen(int(row.size), as_bytes(row.root), row.note, row.at)
+
+    def _open(self, node: str, note_text: str) -> tuple[Checkpoint, Note]:
+        return open_logs_checkpoint(node, note_text, self.fed.verify_key(node))
+
+    async def cosign(self, peer: str, body: Any) -> CosignAnswer:
+        """Push: `peer` asks this node to co-sign a checkpoint of its own log."""
+        request = parse_cosign_request(body)
+        return await self._witness(peer, request.checkpoint, request.old_size, request.proof)
+
+    async def _witness(self, node: str, note_text: str, old_size: int, proof: list[bytes]) -> CosignAnswer:
+        cp, note = self._open(node, note_text)
+        async with self._locks.setdefault(node, asyncio.Lock()):
+            seen = await self.seen(node)
+            verdict = split_detail(seen, cp, old_size, proof)
+            if isinstance(verdict, dict):
+                return verdict
+            if verdict is not None and seen is not None:
+                await self._split_view(node, seen, cp, note.render(), verdict)
+            await self._remember(node, cp, note.render())
+        line = cosign(note.text, self.name, self._key, int(utc_now().timestamp())).line()
+        return {"status": "cosigned", "cosignature": line}
+
+    async def _remember(self, node: str, cp: Checkpoint, note: str) -> None:
+        at = timestamp()
+
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+            values = {"size": cp.size, "root": cp.root, "note": note, "at": at}
+            done = await conn.execute(sa.update(audit_witnessed).where(audit_witnessed.c.node == node).values(**values))
+            if done.rowcount == 0:
+                await conn.execute(sa.insert(audit_witnessed).values(node=node, **values))
+
+        await self.store.write(job)
+
+    async def _split_view(self, node: str, seen: Seen, cp: Checkpoint, shown: str, detail: str) -> NoReturn:
+        """Record and audit the evidence (both notes are signed by the log), then raise SplitView."""
+        message = split_message(node, seen, cp, detail)
+        shown_hash = hashlib.sha256(shown.encode()).hexdigest()
+        at = timestamp()
+
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> bool:
+            known = await conn.scalar(
+                sa.select(audit_split_views.c.n).where(
+                    audit_split_views.c.node == node, audit_split_views.c.shown_hash == shown_hash
+                )
+            )
+            if known is not None:
+                return False
+            await conn.execute(
+                sa.insert(audit_split_views).values(
+                    node=node, seen=seen.note, shown=shown, shown_hash=shown_hash, detail=detail, at=at
+                )
+            )
+            audit.add(split_view_entry(node, seen, cp, detail, at))
+            return True
+
+        if await self.store.write(job):
+            log.error("%s: %s", self.me, message)
+        raise SplitView(message)
+
+    async def pull(self, node: str) -> str:
+        """Pull: fetch `node`'s latest checkpoint and a proof from what we saw; co-sign and return it."""
+        seen = await self.seen(node)
+        answer = await self._transport.fetch(NodeId(node), f"{CHECKPOINT_PATH}?from={seen.size if seen else 0}")
+        if not isinstance(answer, dict) or not isinstance(answer.get("checkpoint"), str):
+            return "nothing to witness"
+        cp, note = self._open(node, answer["checkpoint"])
+        back = went_back(seen, cp)
+        if back is not None and seen is not None:
+            await self._split_view(node, seen, cp, note.render(), back)
+        mine = signed_by(answer["checkpoint"], self.name)
+        if seen is not None and (cp.size, cp.root) == (seen.size, seen.root) and mine:
+            return "up to date"
+        result = await self._witness(node, answer["checkpoint"], seen.size if seen else 0, parse_proof(answer))
+        if result["status"] != "cosigned":
+            return str(result["status"])
+        await self._transport.send(NodeId(node), COSIGNATURES_PATH, cosignature_body(cp.size, result["cosignature"]))
+        return "cosigned"
+
+    async def view(self) -> WitnessedView:
+        """What this node has witnessed of its partners' logs, and every split view it caught."""
+        async with self.store.read() as conn:
+            seen = (await conn.execute(sa.select(audit_witnessed).order_by(audit_witnessed.c.node))).all()
+            splits = (await conn.execute(sa.select(audit_split_views).order_by(audit_split_views.c.n))).all()
+        return WitnessedView(
+            [WitnessedLog(r.node, int(r.size), b64e(as_bytes(r.root)), r.at, r.note) for r in seen],
+            [CaughtSplitView(r.node, r.at, r.detail, r.seen, r.shown) for r in splits],
+        )
+
+    # -- as a log ---------------------------------------------------------------------------
+
+    async def store_cosignature(self, peer: str, body: Any) -> None:
+        """Pull's return leg: `peer` sends its cosignature of one of our checkpoints."""
+        size, line = parse_cosignature(body)
+        cp = await self.keeper.checkpoint_at(size)
+        sig = parse_signature_line(line.rstrip("\n"))
+        verify_cosignature(parse_note(cp.note).text, sig, witness_name(peer), self.fed.verify_key(peer))
+        await self.keeper.add_cosignature(cp.size, peer, sig.line())
+
+    async def request_cosignatures(
+        self, cp: StoredCheckpoint, witnesses: Sequence[str] | None = None
+    ) -> dict[str, str]:
+        """Push `cp` to each witness (default: every partner); return witness -> outcome."""
+        names = list(self._partners() if witnesses is None else witnesses)
+        outcomes = await asyncio.gather(*(self._ask(w, cp) for w in names))
+        return dict(zip(names, outcomes, strict=True))
+
+    async def _ask(self, witness: str, cp: StoredCheckpoint) -> str:
+        if witness in cp.witnesses:
+            return "cosigned"
+        text = parse_note(cp.note).text
+        try:
+            old = await self.keeper.cosigned_size(witness)
+            for _ in range(3):
+                if old > cp.size:
+                    return f"refused: {witness} already co-signed size {old}, beyond {cp.size}"
+                proof = await self.keeper.consistency(old, cp.size) if 0 < old < cp.size else []
+                answer = await self._transport.send(NodeId(witness), COSIGN_PATH, cosign_request(cp.note, old, proof))
+                status = answer.get("status") if isinstance(answer, dict) else None
+                if status == "cosigned":
+                    sig = parse_signature_line(str(answer["cosignature"]).rstrip("\n"))
+                    verify_cosignature(text, sig, witness_name(witness), self.fed.verify_key(witness))
+                    await self.keeper.add_cosignature(cp.size, witness, sig.line())
+                    return "cosigned"
+                if status != "stale" or type(answer.get("size")) is not int:
+                    return f"unexpected answer from {witness}"
+                old = answer["size"]
+            return "stale"
+        except Exception as exc:  # one witness's failure must not stop the others
+            # A partner that is down is routine (the next round retries); a refusal is not.
+            down = isinstance(exc, PeerError) and " answered " not in exc.detail
+            log.log(
+                logging.INFO if down else logging.WARNING,
+                "%s: %s did not co-sign checkpoint %d: %s",
+                self.me,
+                witness,
+                cp.size,
+                exc,
+            )
+            return f"{type(exc).__name__}: {getattr(exc, 'detail', exc)}"
+
+    # -- the periodic round -----------------------------------------------------------------
+
+    async def tick(self) -> dict[str, Any]:
+        """Sign a checkpoint if the log grew, ask partners to co-sign it, and pull theirs."""
+        partners = list(self._partners())
+        outcome: dict[str, Any] = {}
+        try:
+            cp = await self.keeper.checkpoint()
+        except AuditTampered as exc:
+            log.error("%s: not signing: %s", self.me, exc.detail)
+            cp = None
+        if cp is not None and partners:
+            outcome["cosign"] = await self.request_cosignatures(cp, partners)
+        pulled = await asyncio.gather(*(self._pull_quietly(p) for p in partners))
+        outcome["pull"] = dict(zip(partners, pulled, strict=True))
+        return outcome
+
+    async def _pull_quietly(self, node: str) -> str:
+        try:
+            return await self.pull(node)
+        except Exception as exc:  # a partner's failure is reported, never fatal to the round
+            return f"{type(exc).__name__}: {getattr(exc, 'detail', exc)}"
+
+    async def run(self, interval: float = CHECKPOINT_INTERVAL) -> None:
+        """A round every `interval` seconds, the first one an interval after start.
+
+        Not at start: partners starting together would only find each other down, and a
+        checkpoint on demand (or for a trace) is signed at once anyway.
+        """
+        while True:
+            await asyncio.sleep(interval)  # a timer between rounds, not a wait for another task
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("%s: audit witnessing round failed", self.me)

@@ -1,0 +1,170 @@
+"""Catch-up: pull what this node missed, page by page, from any member that holds it, and serve
+the same pages to partners.
+
+Cursors are positions in the partner's own storage order, kept per (partner, channel), so
+nothing depends on clocks. Envelopes verify themselves, so it does not matter who relays them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from exchange.errors import ExchangeError, Forbidden
+from exchange.model import NodeId
+from exchange.service.channels import ChannelBook
+from exchange.service.receiving import Receiving
+from exchange.service.records import save_cursor
+from exchange.service.transport import PeerTransport
+from exchange.store import AuditBuffer, Store, bulletins, cursors
+
+log = logging.getLogger("exchange.catchup")
+
+PAGE = 200
+
+
+class CatchUp:
+    """Sweeps every readable channel against every other member: at start, then on a timer."""
+
+    def __init__(
+        self,
+        me: NodeId,
+        store: Store,
+        channels: ChannelBook,
+        receiving: Receiving,
+        transport: PeerTransport,
+        interval: float,
+    ) -> None:
+        self.me = me
+        self.store = store
+        self.channels = channels
+        self.receiving = receiving
+        self.transport = transport
+        self.interval = interval
+        self._wake = asyncio.Event()
+        self.sweeps = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """The catch-up loop: a sweep that fails is logged, and the next one comes on time."""
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("catch-up sweep failed; next sweep in %s s", self.interval)
+            self.sweeps += 1
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+
+    async def sweep(self) -> int:
+        """Pull every channel this node reads from each other member; return how many were new."""
+        fresh = 0
+        for state in self.channels.all():
+            if "read" not in state.rights(self.me):
+                continue
+            for peer in state.members:
+                if peer == self.me:
+                    continue
+                try:
+                    fresh += await self.pull(peer, state.channel)
+                except (ExchangeError, OSError, ValueError, KeyError) as exc:
+                    log.info("catch-up of %s from %s stopped: %s", state.channel, peer, exc)
+        return fresh
+
+    async def pull(self, peer: str, channel: str) -> int:
+        """Pull one channel from one member from our cursor to its end."""
+        after = await self.cursor(peer, channel)
+        fresh = 0
+        while True:
+            page = await self.transport.fetch(
+                NodeId(peer), f"/fed/v1/channels/{channel}/envelopes?after={after}&limit={PAGE}"
+            )
+            items = page["items"]
+            offered = [i for i in items if i["envelope"] is not None]
+            held = await self.receiving.held([i["id"] for i in offered]) if offered else set()
+            new = [i["envelope"] for i in offered if i["id"] not in held]
+            if new:
+                await self.receiving.ingest(NodeId(peer), new, relayed=True, cursor=(channel, int(page["next"])))
+                fresh += len(new)
+            elif int(page["next"]) != after:
+                await self.save_cursor(peer, channel, int(page["next"]))
+            after = int(page["next"])
+            if not page["more"]:
+                return fresh
+
+    # -- serving partners --------------------------------------------------------------------
+
+    async def served_envelopes(
+        self,
+        peer: str,
+        channel: str,
+        *,
+        after: int = 0,
+        limit: int = 200,
+        author: str | None = None,
+        after_seq: int = 0,
+    ) -> bytes:
+        """A page of a channel's envelopes for catch-up, for a node the channel's log names.
+
+        Envelopes not addressed to `peer` appear as markers with a null envelope, so the peer
+        can tell a gap that is not meant for it from one that is.
+        """
+        state = self.channels.state(channel)
+        if NodeId(peer) not in state.involved:
+            raise Forbidden(f"{peer!r} takes no part in channel {channel!r}")
+        limit = max(1, min(limit, 1000))
+        query = sa.select(
+            bulletins.c.n,
+            bulletins.c.id,
+            bulletins.c.author,
+            bulletins.c.seq,
+            bulletins.c.recipients,
+            bulletins.c.envelope,
+        ).where(bulletins.c.channel == channel)
+        if author is not None:
+            query = query.where(bulletins.c.author == author, bulletins.c.seq > after_seq).order_by(bulletins.c.seq)
+        else:
+            query = query.where(bulletins.c.n > after).order_by(bulletins.c.n)
+        async with self.store.read() as conn:
+            rows = (await conn.execute(query.limit(limit))).all()
+        size, cut = 0, len(rows)
+        for i, r in enumerate(rows):  # big attachments: keep a page under 32 MiB
+            size += len(r.envelope)
+            if size > 32 * 1024 * 1024 and i:
+                cut = i
+                break
+        more = len(rows) == limit or cut < len(rows)
+        rows = rows[:cut]
+        items = [
+            b'{"n":%d,"id":"%s","author":"%s","seq":%d,"envelope":%s}'
+            % (
+                r.n,
+                r.id.encode(),
+                r.author.encode(),
+                r.seq,
+                bytes(r.envelope) if f" {peer} " in r.recipients else b"null",
+            )
+            for r in rows
+        ]
+        next_ = rows[-1].n if rows else after
+        return b'{"items":[' + b",".join(items) + b'],"next":%d,"more":%s}' % (next_, b"true" if more else b"false")
+
+    async def cursor(self, peer: str, channel: str) -> int:
+        async with self.store.read() as conn:
+            value = await conn.scalar(
+                sa.select(cursors.c.cursor).where(cursors.c.peer == peer, cursors.c.channel == channel)
+            )
+        return int(value or 0)
+
+    async def save_cursor(self, peer: str, channel: str, position: int) -> None:
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+            await save_cursor(conn, peer, channel, position)
+
+        await self.store.write(job)

@@ -1,0 +1,336 @@
+"""Reading: what local contact points see of their channels, and what opening a bulletin records.
+
+Also the console's reading views (channel summaries with unread counts, inbox pages, references
+both ways, search, receipts per recipient): each is computed only among the channels that
+`Access` lets the user read now, so no adapter needs a query or a rule of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from exchange.audit import events as ev
+from exchange.clock import timestamp
+from exchange.crypto import NodeKeys
+from exchange.errors import NotFound
+from exchange.model import Bulletin, NodeId
+from exchange.protocol.envelope import parse_envelope
+from exchange.protocol.receipt import make_receipt
+from exchange.protocol.roster import Federation
+from exchange.service.access import Access
+from exchange.service.outbox import Outbox, ReceiptRef, queued_row
+from exchange.service.records import receipt_row
+from exchange.service.users import User
+from exchange.service.views import (
+    BulletinSummary,
+    BulletinView,
+    ChannelSummary,
+    InboxLine,
+    InboxPage,
+    RecipientStatus,
+    Reference,
+    SearchResults,
+    channel_view,
+)
+from exchange.store import AuditBuffer, Store, bulletins, outbox, receipts, user_reads
+
+PAGE = 50  # bulletins on one inbox page, and search results at most
+SEARCH_CANDIDATES = 2000  # rows one search reads before it says it stopped
+REFERRERS = 100  # bulletins that refer to one, at most
+
+# The columns a bulletin summary is made from: no envelope, so lists stay light.
+SUMMARY = (
+    bulletins.c.n,
+    bulletins.c.id,
+    bulletins.c.channel,
+    bulletins.c.author,
+    bulletins.c.seq,
+    bulletins.c.tlp,
+    bulletins.c.created,
+    bulletins.c.content,
+)
+
+
+def _summary(row: Any, content: dict[str, Any] | None = None) -> BulletinSummary:
+    content = json.loads(row.content) if content is None else content
+    return BulletinSummary(
+        cursor=row.n,
+        id=row.id,
+        channel=row.channel,
+        author=row.author,
+        seq=row.seq,
+        tlp=row.tlp,
+        created=row.created,
+        kind=content["kind"],
+        title=content["title"],
+    )
+
+
+def _line(summary: BulletinSummary, unread: bool) -> InboxLine:
+    return InboxLine(**summary.as_json(), unread=unread)
+
+
+def _haystack(content: dict[str, Any]) -> str:
+    """What a search matches: title, text, kind and every indicator, case-folded."""
+    indicators = content.get("indicators", {})
+    parts = [content.get("title", ""), content.get("body", ""), content.get("kind", "")]
+    parts += [str(v) for values in indicators.values() for v in values]
+    return "\n".join(parts).casefold()
+
+
+class Inbox:
+    """Listing and reading bulletins, within the reader's rights."""
+
+    def __init__(self, me: NodeId, store: Store, fed: Federation, keys: NodeKeys, access: Access, out: Outbox) -> None:
+        self.me = me
+        self.store = store
+        self.fed = fed
+        self.keys = keys
+        self.access = access
+        self.outbox = out
+
+    async def list_bulletins(
+        self, user: User, channel: str | None = None, after: int = 0, limit: int = 50
+    ) -> list[BulletinSummary]:
+        """Bulletins of the user's channels, in the order this node stored them."""
+        user.require("contact-point")
+        if channel is not None:
+            self.access.require_readable(user, channel)
+            wanted = [channel]
+        else:
+            wanted = self.access.readable_channels(user)
+        query = (
+            sa.select(*SUMMARY)
+            .where(bulletins.c.n > after, bulletins.c.channel.in_(wanted))
+            .order_by(bulletins.c.n)
+            .limit(max(1, min(limit, 500)))
+        )
+        async with self.store.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_summary(r) for r in rows]
+
+    async def load(self, user: User, bid: str) -> BulletinView:
+        """One bulletin in full, if it is in a channel the user reads now; nothing is recorded."""
+        user.require("contact-point")
+        async with self.store.read() as conn:
+            row = (await conn.execute(sa.select(bulletins).where(bulletins.c.id == bid))).first()
+            if row is None or not self.access.may_read(user, row.channel):
+                # Same answer whether it does not exist or is not the user's: no probing.
+                raise NotFound(f"no bulletin {bid} in your channels")
+            got = (await conn.execute(sa.select(receipts.c.receipt).where(receipts.c.bulletin_id == bid))).all()
+        env = parse_envelope(bytes(row.envelope))
+        bulletin = Bulletin.model_validate({**json.loads(row.content), "handling": env.header.handling.model_dump()})
+        return BulletinView(
+            id=bid,
+            channel=row.channel,
+            author=row.author,
+            author_name=self.fed.node(row.author).name,
+            seq=row.seq,
+            created=row.created,
+            signature_verified=True,
+            recipients=[r.node for r in env.header.recipients],
+            bulletin=bulletin.model_dump(mode="json"),
+            receipts=[json.loads(r.receipt) for r in got],
+        )
+
+    async def read(self, user: User, bid: str) -> BulletinView:
+        """One bulletin in full, with its receipts; the open is audited and signed as a receipt."""
+        shown = await self.load(user, bid)
+        now = timestamp()
+        opened = make_receipt(bid, self.me, "opened", now, self.keys.signing)
+
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+            audit.add(
+                ev.BulletinOpened(event=ev.BULLETIN_OPENED, at=now, bulletin=bid, channel=shown.channel, user=user.name)
+            )
+            # Read by this user, wherever they opened it (console, API or CLI): no longer unread.
+            seen = sa.and_(user_reads.c.user == user.name, user_reads.c.bulletin_id == bid)
+            if await conn.scalar(sa.select(user_reads.c.user).where(seen)) is None:
+                await conn.execute(sa.insert(user_reads).values(user=user.name, bulletin_id=bid, at=now))
+            exists = await conn.scalar(
+                sa.select(receipts.c.node).where(
+                    receipts.c.bulletin_id == bid, receipts.c.node == self.me, receipts.c.status == "opened"
+                )
+            )
+            if exists is None:
+                await conn.execute(sa.insert(receipts).values(**receipt_row(opened)))
+                if shown.author != self.me:
+                    await conn.execute(
+                        sa.insert(outbox).values(**queued_row(shown.author, "receipt", ReceiptRef(bid, "opened")))
+                    )
+
+        await self.store.write(job)
+        if shown.author != self.me:
+            self.outbox.wake([shown.author])
+        return shown
+
+    # -- the console's views ----------------------------------------------------------------
+
+    async def channel_summaries(self, user: User) -> list[ChannelSummary]:
+        """Contact points get their channels with unread counts; others every channel, as in the API."""
+        states = self.access.channels.all()
+        readable: list[str] = []
+        counts: dict[str, tuple[int, int]] = {}
+        if user.role == "contact-point":
+            states = [s for s in states if s.channel in user.channels]
+            readable = self.access.readable_channels(user)
+            counts = await self.unread_counts(user, readable)
+        out = []
+        for s in states:
+            unread, total = counts.get(s.channel, (0, 0))
+            out.append(
+                ChannelSummary(
+                    **channel_view(s),
+                    my_rights=sorted(s.rights(self.me)),
+                    readable=s.channel in readable,
+                    unread=unread,
+                    total=total,
+                )
+            )
+        return out
+
+    async def unread_counts(self, user: User, channels: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """channel -> (unread, total) for this user, among `channels` the user reads now."""
+        wanted = [c for c in channels if self.access.may_read(user, c)]
+        if not wanted:
+            return {}
+        read = sa.exists().where(user_reads.c.user == user.name, user_reads.c.bulletin_id == bulletins.c.id)
+        unread = sa.func.sum(sa.case((read, 0), else_=1))
+        async with self.store.read() as conn:
+            rows = await conn.execute(
+                sa.select(bulletins.c.channel, unread, sa.func.count())
+                .where(bulletins.c.channel.in_(wanted))
+                .group_by(bulletins.c.channel)
+            )
+            return {r[0]: (int(r[1] or 0), int(r[2])) for r in rows}
+
+    async def opened_by(self, user: User, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` this user has opened (a bulletin is unread until its reader opens it)."""
+        if not ids:
+            return set()
+        async with self.store.read() as conn:
+            rows = await conn.scalars(
+                sa.select(user_reads.c.bulletin_id).where(
+                    user_reads.c.user == user.name, user_reads.c.bulletin_id.in_(list(ids))
+                )
+            )
+            return set(rows)
+
+    async def _lines(self, user: User, summaries: Sequence[BulletinSummary]) -> list[InboxLine]:
+        opened = await self.opened_by(user, [s.id for s in summaries])
+        return [_line(s, s.id not in opened) for s in summaries]
+
+    async def page(self, user: User, channel: str, before: int | None = None, size: int = PAGE) -> InboxPage:
+        """The `size` newest bulletins of a channel below cursor `before`, newest first, marked unread."""
+        user.require("contact-point")
+        self.access.require_readable(user, channel)
+        query = sa.select(bulletins.c.n).where(bulletins.c.channel == channel)
+        if before is not None:
+            query = query.where(bulletins.c.n < before)
+        async with self.store.read() as conn:
+            start = int(await conn.scalar(query.order_by(bulletins.c.n.desc()).offset(size).limit(1)) or 0)
+        items = await self.list_bulletins(user, channel=channel, after=start, limit=size)
+        if before is not None:
+            items = [i for i in items if i.cursor < before]
+        items.reverse()
+        return InboxPage(items=await self._lines(user, items), older=items[-1].cursor if items and start else None)
+
+    async def references(self, user: User, ids: Sequence[str]) -> list[Reference]:
+        """Referenced bulletins: title and place in the user's readable channels, else why not (no content)."""
+        if not ids:
+            return []
+        readable = self.access.readable_channels(user)
+        async with self.store.read() as conn:
+            rows = {r.id: r for r in await conn.execute(sa.select(*SUMMARY).where(bulletins.c.id.in_(list(ids))))}
+        out = []
+        for bid in ids:
+            row = rows.get(bid)
+            if row is None:
+                out.append(Reference(id=bid, visible=False, why="not held at this node"))
+            elif row.channel not in readable:
+                out.append(Reference(id=bid, visible=False, why="outside your channels"))
+            else:
+                s = _summary(row)
+                out.append(
+                    Reference(id=bid, visible=True, channel=s.channel, title=s.title, kind=s.kind, created=s.created)
+                )
+        return out
+
+    async def referrers(self, user: User, bid: str) -> list[BulletinSummary]:
+        """Bulletins in the user's readable channels that refer to `bid` (answers, feedback, forwards), newest first."""
+        readable = self.access.readable_channels(user)
+        if not readable:
+            return []
+        async with self.store.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(*SUMMARY)
+                    .where(bulletins.c.channel.in_(readable), bulletins.c.content.contains(bid, autoescape=True))
+                    .order_by(bulletins.c.n.desc())
+                    .limit(REFERRERS)
+                )
+            ).all()
+        out = []
+        for r in rows:
+            content = json.loads(r.content)
+            if bid in content.get("references", []):
+                out.append(_summary(r, content))
+        return out
+
+    async def recipient_statuses(self, shown: BulletinView) -> list[RecipientStatus]:
+        """Per recipient node of a bulletin the user has just read: when it received and opened it,
+        as far as this node knows (read afresh, so the opening `read` has just signed is among them)."""
+        async with self.store.read() as conn:
+            rows = await conn.execute(
+                sa.select(receipts.c.node, receipts.c.status, receipts.c.at).where(receipts.c.bulletin_id == shown.id)
+            )
+            held = {(r.node, r.status): r.at for r in rows}
+        return [
+            RecipientStatus(
+                node=node,
+                author=node == shown.author,
+                received=held.get((node, "received")),
+                opened=held.get((node, "opened")),
+                known=shown.author == self.me or node == self.me,
+            )
+            for node in shown.recipients
+        ]
+
+    async def search(self, user: User, text: str, channel: str = "", kind: str = "") -> SearchResults:
+        """Free text and indicators over the bulletins of the channels the user reads, newest first.
+
+        SQL only narrows the candidates (case-insensitive `LIKE`, newest `SEARCH_CANDIDATES`); the
+        match is on the parsed fields. Finding a bulletin does not open it.
+        """
+        readable = self.access.readable_channels(user)
+        words = [w.casefold() for w in text.strip()[:200].split()][:10]
+        wanted = [c for c in readable if not channel or c == channel]
+        found: list[BulletinSummary] = []
+        stopped = False
+        if (words or kind) and wanted:
+            query = sa.select(*SUMMARY).where(bulletins.c.channel.in_(wanted))
+            for word in words:
+                query = query.where(sa.func.lower(bulletins.c.content).contains(word.lower(), autoescape=True))
+            async with self.store.read() as conn:
+                rows = (await conn.execute(query.order_by(bulletins.c.n.desc()).limit(SEARCH_CANDIDATES))).all()
+            stopped = len(rows) == SEARCH_CANDIDATES
+            for r in rows:
+                content = json.loads(r.content)
+                if kind and content.get("kind") != kind:
+                    continue
+                hay = _haystack(content)
+                if all(w in hay for w in words):
+                    found.append(_summary(r, content))
+                if len(found) == PAGE:
+                    break
+        return SearchResults(
+            channels=readable,
+            results=await self._lines(user, found),
+            searched=bool(words or kind),
+            stopped=stopped,
+        )

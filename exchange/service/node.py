@@ -1,0 +1,156 @@
+"""One node's application layer, assembled from its parts: the object every adapter is given.
+
+Built once by the composition root with its store, verified roster, keys and `PeerTransport`;
+nothing is patched in afterwards. Each part owns one job; the methods here only delegate, so
+that adapters name one object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from exchange.audit import events as ev
+from exchange.clock import timestamp
+from exchange.config import NodeConfig
+from exchange.crypto import NodeKeys
+from exchange.model import Bulletin, ChannelEvent, NodeId, Receipt
+from exchange.protocol.roster import Federation
+from exchange.service.access import Access
+from exchange.service.audit.service import AuditService
+from exchange.service.catchup import CatchUp
+from exchange.service.channels import ChannelBook
+from exchange.service.inbox import Inbox
+from exchange.service.outbox import Outbox, OutItem, PeerStatus
+from exchange.service.posting import Posting
+from exchange.service.receiving import Receiving
+from exchange.service.transport import PeerTransport
+from exchange.service.users import User, Users
+from exchange.service.views import BulletinSummary, BulletinView, Posted
+from exchange.store import Store
+
+log = logging.getLogger("exchange.node")
+
+
+class NodeService:
+    """One node's behaviour over its store, keys and verified roster."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        store: Store,
+        fed: Federation,
+        keys: NodeKeys,
+        transport: PeerTransport,
+        signed_roster: Any,
+    ) -> None:
+        self.config = config
+        self.me = NodeId(config.id)
+        self.store = store
+        self.fed = fed
+        self.keys = keys
+        self.transport = transport
+        self.outbox = Outbox(config, store, fed, transport)
+        self.channels = ChannelBook(self.me, fed, keys.signing, store, transport, self.outbox.wake)
+        self.access = Access(self.me, self.channels)
+        self.users = Users(store)
+        self.inbox = Inbox(self.me, store, fed, keys, self.access, self.outbox)
+        self.posting = Posting(self.me, store, fed, keys, self.access, self.inbox, self.outbox)
+        self.receiving = Receiving(self.me, store, fed, keys, self.channels, self.outbox, transport)
+        self.catchup = CatchUp(
+            self.me, store, self.channels, self.receiving, transport, config.catchup_interval_seconds
+        )
+        self.audit = AuditService(self.me, store, fed, keys.signing, transport, self.partners, signed_roster)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def partners(self) -> list[str]:
+        """The nodes this node shares a channel with: they witness our log, we witness theirs."""
+        roster = {n.id for n in self.fed.roster.nodes} - {self.me}
+        return sorted({n for state in self.channels.all() for n in state.members} & roster)
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def load(self, provisioned: Sequence[Sequence[ChannelEvent]] = ()) -> None:
+        """Load the channel logs, and import those `federation init` provisioned for this node."""
+        await self.channels.load()
+        await self.channels.import_provisioned(provisioned)
+
+    async def start(self) -> None:
+        """Start the background loops: a sender per partner, catch-up, and the audit round."""
+        for peer, sender in self.outbox.senders.items():
+            self._tasks.append(asyncio.create_task(sender.run(), name=f"sender-{peer}"))
+            sender.wake()  # drain whatever was queued before a restart
+        self._tasks.append(asyncio.create_task(self.catchup.run(), name="catch-up"))
+        await self.audit.start(self.config.audit_checkpoint_seconds)
+
+    async def stop(self) -> None:
+        """Stop the loops; a loop that failed is logged, and the others are stopped all the same."""
+        try:
+            await self.audit.close()
+        except Exception:
+            log.exception("the audit round did not stop cleanly")
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                try:
+                    await task
+                except Exception:
+                    log.exception("background task %s had failed", task.get_name())
+        self._tasks = []
+
+    # -- delegation, so that adapters name one object ---------------------------------------
+
+    async def post(self, user: User, channel: str, bulletin: Bulletin, *, seen: bool = False) -> Posted:
+        return await self.posting.post(user, channel, bulletin, seen=seen)
+
+    async def forward(self, user: User, bid: str, channel: str) -> Posted:
+        return await self.posting.forward(user, bid, channel)
+
+    async def list_bulletins(
+        self, user: User, channel: str | None = None, after: int = 0, limit: int = 50
+    ) -> list[BulletinSummary]:
+        return await self.inbox.list_bulletins(user, channel, after, limit)
+
+    async def read(self, user: User, bid: str) -> BulletinView:
+        return await self.inbox.read(user, bid)
+
+    async def receive(
+        self, peer: NodeId, raw_events: Sequence[Any], raw_envelopes: Sequence[Any], raw_receipts: Sequence[Any] = ()
+    ) -> list[Receipt]:
+        return await self.receiving.receive(peer, raw_events, raw_envelopes, raw_receipts)
+
+    async def served_envelopes(self, peer: str, channel: str, **page: Any) -> bytes:
+        return await self.catchup.served_envelopes(peer, channel, **page)
+
+    async def cursor(self, peer: str, channel: str) -> int:
+        return await self.catchup.cursor(peer, channel)
+
+    async def queued_counts(self) -> dict[str, int]:
+        return await self.outbox.queued_counts()
+
+    async def peer_statuses(self) -> list[PeerStatus]:
+        """Each partner's delivery status, with its current queue length."""
+        return self.outbox.statuses(await self.outbox.queued_counts())
+
+    async def pending(self, dest: str, limit: int) -> list[OutItem]:
+        return await self.outbox.pending(dest, limit)
+
+    async def audit_rejection(
+        self, *, method: str, path: str, status: int, reason: str | None, peer: str | None, user: str | None
+    ) -> None:
+        """Record a refused request (4xx)."""
+        entry = ev.RequestRejected(event=ev.REQUEST_REJECTED, at=timestamp(), method=method, path=path, status=status)
+        if reason is not None:
+            entry["reason"] = reason
+        if peer is not None:
+            entry["peer"] = peer
+        if user is not None:
+            entry["user"] = user
+        await self.store.audit(entry)
+
+
+__all__ = ["NodeService"]

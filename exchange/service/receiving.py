@@ -1,0 +1,352 @@
+"""Receiving: every rule a node applies to what partners send, then persist and audit before
+answering with signed receipts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from exchange.audit import events as ev
+from exchange.clock import timestamp
+from exchange.crypto import NodeKeys, strict_loads
+from exchange.errors import (
+    EnvelopeRejected,
+    Equivocation,
+    ExchangeError,
+    InvalidEnvelope,
+    NotFound,
+    PeerError,
+)
+from exchange.model import Bulletin, ChannelEvent, Envelope, NodeId, Receipt
+from exchange.protocol.envelope import (
+    bulletin_id,
+    check_rules,
+    check_signature,
+    open_envelope,
+    parse_envelope,
+)
+from exchange.protocol.receipt import make_receipt, verify_receipt
+from exchange.protocol.roster import Federation
+from exchange.service.channels import ChannelBook
+from exchange.service.outbox import Outbox, ReceiptRef, queued_row
+from exchange.service.records import bulletin_row, receipt_row, save_cursor
+from exchange.service.transport import PeerTransport
+from exchange.store import AuditBuffer, Store, bulletins, outbox, receipts
+
+
+@dataclass(frozen=True)
+class Checked:
+    """An envelope that passed every receiver rule, with its id and decrypted bulletin."""
+
+    env: Envelope
+    bid: str
+    bulletin: Bulletin | None  # None: already held, nothing to store
+
+
+class Receiving:
+    """This node as a recipient of partners' transactions."""
+
+    def __init__(
+        self,
+        me: NodeId,
+        store: Store,
+        fed: Federation,
+        keys: NodeKeys,
+        channels: ChannelBook,
+        out: Outbox,
+        transport: PeerTransport,
+    ) -> None:
+        self.me = me
+        self.store = store
+        self.fed = fed
+        self.keys = keys
+        self.channels = channels
+        self.outbox = out
+        self.transport = transport
+
+    async def check_envelope(self, peer: NodeId, raw: Any, *, relayed: bool = False) -> Checked:
+        """Apply every receiver rule to one envelope; return it decrypted.
+
+        Pushed envelopes must come from their author; relayed ones (pulled in catch-up, or to fill
+        a gap) may come from any member, since the author's signature vouches for them.
+        """
+        env = raw if isinstance(raw, Envelope) else parse_envelope(raw)
+        h = env.header
+        if not relayed and h.author != peer:
+            raise InvalidEnvelope("a peer may push only envelopes it authored")
+        # Signature first: nothing else is trusted, nor any owner asked for state, before it verifies.
+        check_signature(env, self.fed)
+        try:
+            state = await self.channels.ensure(h.channel, h.state)
+        except NotFound as exc:
+            raise InvalidEnvelope(f"unknown channel state: {exc.detail}") from exc
+        bid = check_rules(env, self.fed, state)
+        latest = self.channels.state(h.channel)
+        if "post" not in latest.rights(h.author) or latest.closed:
+            # Else a removed member could go on posting by citing a state from before its removal.
+            raise InvalidEnvelope("the author no longer holds the post right in the channel")
+        if self.me not in [r.node for r in h.recipients]:
+            raise InvalidEnvelope("this node is not a recipient of the envelope")
+        bulletin = open_envelope(env, bid, self.me, self.keys.decryption)
+        return Checked(env, bid, bulletin)
+
+    async def receive(
+        self, peer: NodeId, raw_events: Sequence[Any], raw_envelopes: Sequence[Any], raw_receipts: Sequence[Any] = ()
+    ) -> list[Receipt]:
+        """A transaction from a partner: channel events, then envelopes, then receipts; all or nothing."""
+        self.outbox.peer_seen(peer)
+        if raw_events:
+            try:
+                events = [ChannelEvent.model_validate(e) for e in raw_events]
+            except ValueError as exc:
+                raise EnvelopeRejected([{"item": "event", "type": "InvalidInput", "detail": str(exc)[:300]}]) from exc
+            try:
+                await self.channels.import_events(events)
+            except PeerError:
+                raise
+            except ExchangeError as exc:
+                raise EnvelopeRejected([{"item": "event", "type": type(exc).__name__, "detail": exc.detail}]) from exc
+        receipts_ = await self.ingest(peer, raw_envelopes) if raw_envelopes else []
+        if raw_receipts:
+            await self.accept_pushed_receipts(peer, raw_receipts)
+        return receipts_
+
+    async def ingest(
+        self, peer: NodeId, raws: Sequence[Any], *, relayed: bool = False, cursor: tuple[str, int] | None = None
+    ) -> list[Receipt]:
+        """Verify a batch, fill any gap in its authors' streams, then persist and audit it before
+        answering with receipts.
+
+        The batch is all or nothing: one bad envelope rejects it, and nothing is stored. `cursor`
+        (channel, position) is a catch-up cursor at `peer`, saved in the same transaction.
+        """
+        self.outbox.peer_seen(peer)
+        errors: list[dict[str, Any]] = []
+        parsed: list[tuple[int, Envelope]] = []
+        for index, raw in enumerate(raws):
+            try:
+                env = parse_envelope(raw)
+                if not relayed and env.header.author != peer:
+                    raise InvalidEnvelope("a peer may push only envelopes it authored")
+                parsed.append((index, env))
+            except ExchangeError as exc:
+                errors.append(
+                    {"item": f"envelope {index}", "index": index, "type": type(exc).__name__, "detail": exc.detail}
+                )
+        # What is stored already was verified when it came: a retry or a second source costs a look-up.
+        held = await self.held([bulletin_id(env.header) for _, env in parsed]) if parsed else set()
+        checked: list[Checked] = []
+        for index, env in parsed:
+            if bulletin_id(env.header) in held:
+                checked.append(Checked(env, bulletin_id(env.header), None))
+                continue
+            try:
+                checked.append(await self.check_envelope(peer, env, relayed=relayed))
+            except PeerError:
+                raise  # retryable (503): the sender keeps the batch and tries again
+            except ExchangeError as exc:
+                errors.append(
+                    {"item": f"envelope {index}", "index": index, "type": type(exc).__name__, "detail": exc.detail}
+                )
+        if errors:
+            raise EnvelopeRejected(sorted(errors, key=lambda e: e["index"]))
+        await self._fill_gaps(peer, checked)
+        if relayed:
+            checked = sorted(checked, key=lambda c: (c.env.header.author, c.env.header.channel, c.env.header.seq))
+
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> list[Receipt]:
+            return await self._store_checked(conn, audit, peer, checked, relayed=relayed, cursor=cursor)
+
+        out = await self.store.write(job)
+        if relayed:
+            self.outbox.wake(sorted({c.env.header.author for c in checked} - {self.me}))
+        return out
+
+    async def _store_checked(
+        self,
+        conn: AsyncConnection,
+        audit: AuditBuffer,
+        peer: str,
+        checked: Sequence[Checked],
+        *,
+        relayed: bool,
+        cursor: tuple[str, int] | None,
+    ) -> list[Receipt]:
+        ids = [c.bid for c in checked]
+        mine = sa.and_(
+            receipts.c.bulletin_id == bulletins.c.id, receipts.c.node == self.me, receipts.c.status == "received"
+        )
+        known = {
+            r.id: r.receipt
+            for r in await conn.execute(
+                sa.select(bulletins.c.id, receipts.c.receipt)
+                .select_from(bulletins.outerjoin(receipts, mine))
+                .where(bulletins.c.id.in_(ids))
+            )
+        }
+        fresh = [c for c in checked if c.bid not in known]
+        streams: dict[tuple[str, str, int], str] = {}
+        for c in fresh:
+            h = c.env.header
+            key = (h.author, h.channel, h.seq)
+            if key in streams and streams[key] != c.bid:
+                raise Equivocation(f"{h.author} sent two bulletins as seq {h.seq} of {h.channel}")
+            streams[key] = c.bid
+        if streams:
+            clash = (
+                await conn.execute(
+                    sa.select(bulletins.c.id, bulletins.c.author, bulletins.c.channel, bulletins.c.seq).where(
+                        sa.tuple_(bulletins.c.author, bulletins.c.channel, bulletins.c.seq).in_(list(streams))
+                    )
+                )
+            ).first()
+            if clash is not None:
+                raise Equivocation(
+                    f"{clash.author} already sent bulletin {clash.id} as seq {clash.seq} of {clash.channel}"
+                )
+        out: list[Receipt] = []
+        rows: list[dict[str, Any]] = []
+        receipt_rows: list[dict[str, Any]] = []
+        queued: list[dict[str, Any]] = []
+        now = timestamp()
+        done: set[str] = set()
+        for c in checked:
+            if c.bid in known:
+                if known[c.bid] is not None:  # None: this node's own bulletin, which it does not receipt
+                    out.append(Receipt.model_validate(strict_loads(known[c.bid])))
+                continue
+            if c.bid in done or c.bulletin is None:
+                continue
+            done.add(c.bid)
+            h = c.env.header
+            receipt = make_receipt(c.bid, self.me, "received", now, self.keys.signing)
+            rows.append(bulletin_row(c.env, c.bid, c.bulletin, now))
+            receipt_rows.append(receipt_row(receipt))
+            if relayed and h.author != self.me:
+                # The author hears of it from us, since it did not hand it over itself.
+                queued.append(queued_row(h.author, "receipt", ReceiptRef(c.bid, "received")))
+            entry = ev.BulletinReceived(
+                {
+                    "event": ev.BULLETIN_RECEIVED,
+                    "at": now,
+                    "bulletin": c.bid,
+                    "channel": h.channel,
+                    "author": h.author,
+                    "seq": h.seq,
+                    "from": peer,
+                }
+            )
+            if relayed:
+                entry["relayed"] = True
+            audit.add(entry)
+            out.append(receipt)
+        if rows:
+            await conn.execute(sa.insert(bulletins), rows)
+            await conn.execute(sa.insert(receipts), receipt_rows)
+        if queued:
+            await conn.execute(sa.insert(outbox), queued)
+        if cursor is not None:
+            await save_cursor(conn, peer, *cursor)
+        return out
+
+    async def _fill_gaps(self, source: str, checked: Sequence[Checked]) -> None:
+        """Fetch from `source` what precedes a batch in each author's stream but is not here yet.
+
+        Only streams this node already receives are checked: before its first bulletin of a
+        stream, a node cannot tell what was meant for it, and catch-up covers that.
+        """
+        wanted: dict[tuple[str, str], tuple[int, set[int]]] = {}
+        for c in checked:
+            h = c.env.header
+            top, seqs = wanted.get((h.author, h.channel), (0, set()))
+            wanted[h.author, h.channel] = (max(top, h.seq), seqs | {h.seq})
+        if not wanted:
+            return
+        async with self.store.read() as conn:
+            rows = await conn.execute(
+                sa.select(bulletins.c.author, bulletins.c.channel, sa.func.max(bulletins.c.seq))
+                .where(sa.tuple_(bulletins.c.author, bulletins.c.channel).in_(list(wanted)))
+                .group_by(bulletins.c.author, bulletins.c.channel)
+            )
+            stored = {(r[0], r[1]): int(r[2]) for r in rows}
+        for (author, channel), (top, seqs) in wanted.items():
+            have = stored.get((author, channel), 0)
+            if have == 0 or not set(range(have + 1, top)) - seqs:
+                continue
+            limit = min(top - have - 1, 1000)
+            path = f"/fed/v1/channels/{channel}/envelopes?author={author}&after_seq={have}&limit={limit}"
+            page = await self.transport.fetch(NodeId(source), path)
+            missing = [i["envelope"] for i in page["items"] if i["envelope"] is not None and i["seq"] not in seqs]
+            if missing:
+                await self.ingest(NodeId(source), missing, relayed=True)
+
+    async def held(self, ids: Sequence[str]) -> set[str]:
+        """Which of these bulletins this node holds already."""
+        async with self.store.read() as conn:
+            return set(await conn.scalars(sa.select(bulletins.c.id).where(bulletins.c.id.in_(list(ids)))))
+
+    async def accept_pushed_receipts(self, peer: str, raws: Sequence[Any]) -> None:
+        """Receipts a partner sends on its own: 'opened', or 'received' for what it pulled."""
+        got: list[Receipt] = []
+        try:
+            for raw in raws:
+                receipt = Receipt.model_validate(raw)
+                verify_receipt(receipt, self.fed)
+                if receipt.node != peer:
+                    raise InvalidEnvelope("a node may only send its own receipts")
+                got.append(receipt)
+        except (ValueError, ExchangeError) as exc:
+            detail = exc.detail if isinstance(exc, ExchangeError) else str(exc)[:300]
+            raise EnvelopeRejected([{"item": "receipt", "type": type(exc).__name__, "detail": detail}]) from exc
+
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+            ids = [r.bulletin for r in got]
+            mine = set(
+                await conn.scalars(
+                    sa.select(bulletins.c.id).where(bulletins.c.id.in_(ids), bulletins.c.author == self.me)
+                )
+            )
+            if set(ids) - mine:
+                raise InvalidEnvelope("a receipt names a bulletin this node did not author")
+            have = {
+                (r.bulletin_id, r.status)
+                for r in await conn.execute(
+                    sa.select(receipts.c.bulletin_id, receipts.c.status).where(
+                        receipts.c.node == peer, receipts.c.bulletin_id.in_(ids)
+                    )
+                )
+            }
+            fresh = [r for r in got if (r.bulletin, r.status) not in have]
+            if fresh:
+                await conn.execute(sa.insert(receipts), [receipt_row(r) for r in fresh])
+            received = [r.bulletin for r in got if r.status == "received"]
+            if received:
+                await conn.execute(
+                    sa.update(outbox)
+                    .where(
+                        outbox.c.dest == peer,
+                        outbox.c.kind == "envelope",
+                        outbox.c.ref.in_(received),
+                        outbox.c.state == "queued",
+                    )
+                    .values(state="delivered")
+                )
+            for r in fresh:
+                if r.status == "received":
+                    audit.add(
+                        ev.BulletinDelivered(
+                            event=ev.BULLETIN_DELIVERED, at=timestamp(), bulletin=r.bulletin, to=peer, receipt_at=r.at
+                        )
+                    )
+                else:
+                    audit.add(
+                        ev.BulletinOpenedBy(
+                            event=ev.BULLETIN_OPENED_BY, at=timestamp(), bulletin=r.bulletin, to=peer, receipt_at=r.at
+                        )
+                    )
+
+        await self.store.write(job)

@@ -1,0 +1,162 @@
+"""What the application layer returns to adapters: typed views, turned into JSON at the edge."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from exchange.model import NodeIdStr, Rights
+from exchange.protocol.channel import ChannelState
+
+
+@dataclass(frozen=True)
+class View:
+    """A view that adapters serialise as it is."""
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Posted(View):
+    """A bulletin this node just posted."""
+
+    id: str
+    channel: str
+    seq: int
+    recipients: list[str]
+    created: str
+
+
+@dataclass(frozen=True)
+class BulletinSummary(View):
+    """One line of an inbox: metadata and the title, never the body."""
+
+    cursor: int
+    id: str
+    channel: str
+    author: str
+    seq: int
+    tlp: str
+    created: str
+    kind: str
+    title: str
+
+
+@dataclass(frozen=True)
+class BulletinView(View):
+    """One bulletin in full, as a local reader sees it, with the receipts held for it."""
+
+    id: str
+    channel: str
+    author: str
+    author_name: str
+    seq: int
+    created: str
+    signature_verified: bool
+    recipients: list[str]
+    bulletin: dict[str, Any]
+    receipts: list[dict[str, Any]]
+
+
+def channel_view(s: ChannelState) -> dict[str, Any]:
+    """A channel's current state as the API and the console show it."""
+    return {
+        "id": s.channel,
+        "title": s.title,
+        "purpose": s.purpose,
+        "owner": s.owner,
+        "pos": s.pos,
+        "hash": s.hash,
+        "agencies": list(s.policy.agencies),
+        "default_handling": s.default_handling.model_dump(),
+        "ends": s.ends,
+        "closed": s.closed,
+        "members": {n: sorted(r) for n, r in sorted(s.members.items())},
+        "invited": {n: sorted(r) for n, (r, _) in sorted(s.invited.items())},
+        "history_grants": sorted(s.history_grants),
+    }
+
+
+class MemberChange(BaseModel):
+    """A membership change an administrator asks for: the node, and its rights where they apply."""
+
+    node: NodeIdStr
+    rights: Rights | None = None
+
+
+# -- the console's inbox: listings with unread marks, references, search, receipts -------------
+
+
+@dataclass(frozen=True)
+class InboxLine(BulletinSummary):
+    """An inbox or search line, with whether this user has not opened it yet."""
+
+    unread: bool
+
+
+@dataclass(frozen=True)
+class InboxPage(View):
+    """One page of a channel's bulletins, newest first."""
+
+    items: list[InboxLine]
+    older: int | None  # `before` for the next, older page; None on the last one
+
+
+@dataclass(frozen=True)
+class ChannelSummary(View):
+    """A channel in a user's channel list: its state, this node's rights, the user's unread count."""
+
+    id: str
+    title: str
+    purpose: str
+    owner: str
+    pos: int
+    hash: str
+    agencies: list[str]
+    default_handling: dict[str, Any]
+    ends: str | None
+    closed: bool
+    members: dict[str, list[str]]
+    invited: dict[str, list[str]]
+    history_grants: list[str]
+    my_rights: list[str]  # this node's rights in the current state
+    readable: bool  # the user may open its inbox now
+    unread: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True)
+class Reference(View):
+    """A bulletin that another refers to: title and place if the user may read it, else why not."""
+
+    id: str
+    visible: bool
+    why: str = ""  # when not visible
+    channel: str = ""
+    title: str = ""
+    kind: str = ""
+    created: str = ""
+
+
+@dataclass(frozen=True)
+class RecipientStatus(View):
+    """What this node knows of one recipient node's receipts for a bulletin."""
+
+    node: str
+    author: bool
+    received: str | None
+    opened: str | None
+    known: bool  # receipts go to the author's node, so a reader knows only its own
+
+
+@dataclass(frozen=True)
+class SearchResults(View):
+    """A search over the channels the user reads."""
+
+    channels: list[str]  # the channels the user may search in
+    results: list[InboxLine]
+    searched: bool  # there was something to search for
+    stopped: bool  # the candidate limit was reached: only the newest were searched

@@ -1,0 +1,60 @@
+"""Async SQLAlchemy engines for a node's database URL (SQLite through aiosqlite, PostgreSQL through asyncpg)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from exchange.errors import ConfigError
+
+
+def make_engine(url: str, *, transactional_ddl: bool = False) -> AsyncEngine:
+    """An engine for `url`. With `transactional_ddl`, SQLite runs DDL inside the transaction too
+    (the driver otherwise commits each CREATE TABLE on its own), so a migration is all or nothing;
+    PostgreSQL always is."""
+    kwargs: dict[str, Any] = {}
+    sqlite = url.startswith("sqlite")
+    if sqlite:
+        kwargs["connect_args"] = {"timeout": 30}
+    try:
+        engine = create_async_engine(url, **kwargs)
+    except (sa.exc.ArgumentError, ImportError) as exc:
+        raise ConfigError(f"bad database URL: {exc}") from exc
+    if sqlite:
+        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        if transactional_ddl:
+            sa.event.listen(engine.sync_engine, "connect", _sqlite_no_implicit_transactions)
+            sa.event.listen(engine.sync_engine, "begin", _sqlite_begin)
+    return engine
+
+
+def shown(url: str) -> str:
+    """A database URL fit for a message: without its password."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "(unparseable database URL)"
+
+
+def reason(exc: BaseException) -> str:
+    """The driver's own words for a database error, on one line (without SQLAlchemy's wrapping)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _sqlite_no_implicit_transactions(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # SQLAlchemy's recipe: we say BEGIN ourselves, below
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    conn.exec_driver_sql("BEGIN")

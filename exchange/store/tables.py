@@ -1,0 +1,186 @@
+"""The node's tables (SQLAlchemy Core): what the store holds today, at the head revision.
+
+A change here needs a new revision in `exchange/store/migrations/versions/`; the tests compare
+the schema the migrations build with this metadata, on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+bulletins = sa.Table(
+    "bulletins",
+    metadata,
+    sa.Column("n", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("channel", sa.String(64), nullable=False),
+    sa.Column("author", sa.String(64), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("state_pos", sa.Integer, nullable=False),
+    sa.Column("tlp", sa.String(16), nullable=False),
+    sa.Column("created", sa.String(32), nullable=False),
+    sa.Column("stored_at", sa.String(32), nullable=False),
+    sa.Column("envelope", sa.LargeBinary, nullable=False),
+    # " a b c ": the recipient node ids, so catch-up pages are filtered in SQL
+    sa.Column("recipients", sa.Text, nullable=False),
+    sa.Column("content", sa.Text, nullable=True),
+    sa.UniqueConstraint("author", "channel", "seq", name="uq_bulletin_stream"),
+    sa.Index("ix_bulletins_channel", "channel", "n"),
+)
+
+receipts = sa.Table(
+    "receipts",
+    metadata,
+    sa.Column("bulletin_id", sa.String(64), primary_key=True),
+    sa.Column("node", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(16), primary_key=True),
+    sa.Column("at", sa.String(32), nullable=False),
+    sa.Column("receipt", sa.Text, nullable=False),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("n", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dest", sa.String(64), nullable=False),
+    # what to send: a bulletin's envelope (ref = bulletin id) or a channel event (ref = channel:pos)
+    sa.Column("kind", sa.String(16), nullable=False, default="envelope"),
+    sa.Column("ref", sa.String(140), nullable=False),
+    # queued until the destination's signed receipt is stored; rejected if it refused it (4xx)
+    sa.Column("state", sa.String(16), nullable=False, default="queued"),
+    sa.Column("detail", sa.Text, nullable=True),
+    # set at the first attempt, when the send is audited (retries are not)
+    sa.Column("sent_at", sa.String(32), nullable=True),
+    sa.UniqueConstraint("dest", "kind", "ref", name="uq_outbox_item"),
+    sa.Index("ix_outbox_pending", "dest", "state", "n"),
+)
+
+channel_events = sa.Table(
+    "channel_events",
+    metadata,
+    sa.Column("channel", sa.String(64), primary_key=True),
+    sa.Column("pos", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("event", sa.Text, nullable=False),
+)
+
+user_channels = sa.Table(
+    "user_channels",
+    metadata,
+    sa.Column("user", sa.String(64), primary_key=True),
+    sa.Column("channel", sa.String(64), primary_key=True),
+)
+
+cursors = sa.Table(
+    "cursors",
+    metadata,
+    # how far this node has pulled a channel from a partner, in that partner's storage order
+    sa.Column("peer", sa.String(64), primary_key=True),
+    sa.Column("channel", sa.String(64), primary_key=True),
+    sa.Column("cursor", sa.Integer, nullable=False),
+)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("role", sa.String(32), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created", sa.String(32), nullable=False),
+)
+
+# exchange.web, the console: argon2 password hashes (a table of their own), server-side sessions
+# (only the SHA-256 of the cookie is kept), sign-in failures for rate limiting, and which
+# bulletins each user has opened.
+user_passwords = sa.Table(
+    "user_passwords",
+    metadata,
+    sa.Column("user", sa.String(64), primary_key=True),
+    sa.Column("hash", sa.String(256), nullable=False),
+    sa.Column("set_at", sa.String(32), nullable=False),
+)
+
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("user", sa.String(64), nullable=False, index=True),
+    sa.Column("address", sa.String(64), nullable=False),
+    sa.Column("created", sa.String(32), nullable=False),
+    sa.Column("expires", sa.String(32), nullable=False),
+    sa.Column("last_seen", sa.String(32), nullable=False),
+)
+
+signin_failures = sa.Table(
+    "signin_failures",
+    metadata,
+    sa.Column("n", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("user", sa.String(64), nullable=False),
+    sa.Column("address", sa.String(64), nullable=False),
+    sa.Column("at", sa.String(32), nullable=False),
+    sa.Index("ix_signin_failures_user", "user", "at"),
+    sa.Index("ix_signin_failures_address", "address", "at"),
+)
+
+user_reads = sa.Table(
+    "user_reads",
+    metadata,
+    sa.Column("user", sa.String(64), primary_key=True),
+    sa.Column("bulletin_id", sa.String(64), primary_key=True),
+    sa.Column("at", sa.String(32), nullable=False),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("idx", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("entry", sa.LargeBinary, nullable=False),
+    sa.Column("leaf_hash", sa.LargeBinary, nullable=False),
+)
+
+# exchange.audit: this node's signed checkpoints (note = C2SP signed note with our signature only;
+# frontier = the compact range at `size`, so a restart resumes without re-reading the log),
+# the witnesses' cosignature lines, and what this node has witnessed of its partners' logs.
+audit_checkpoints = sa.Table(
+    "audit_checkpoints",
+    metadata,
+    sa.Column("size", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("root", sa.LargeBinary, nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("frontier", sa.LargeBinary, nullable=False),
+    sa.Column("at", sa.String(32), nullable=False),
+)
+
+audit_cosignatures = sa.Table(
+    "audit_cosignatures",
+    metadata,
+    sa.Column("size", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("witness", sa.String(64), primary_key=True),
+    sa.Column("line", sa.Text, nullable=False),
+    sa.Column("at", sa.String(32), nullable=False),
+)
+
+audit_witnessed = sa.Table(
+    "audit_witnessed",
+    metadata,
+    sa.Column("node", sa.String(64), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("root", sa.LargeBinary, nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("at", sa.String(32), nullable=False),
+)
+
+audit_split_views = sa.Table(
+    "audit_split_views",
+    metadata,
+    sa.Column("n", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("node", sa.String(64), nullable=False),
+    sa.Column("seen", sa.Text, nullable=False),  # the checkpoint this node had witnessed
+    sa.Column("shown", sa.Text, nullable=False),  # the inconsistent one the log showed later
+    sa.Column("shown_hash", sa.String(64), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("at", sa.String(32), nullable=False),
+    sa.UniqueConstraint("node", "shown_hash", name="uq_split_view"),
+)

@@ -1,0 +1,178 @@
+"""The node's database writer: one connection pool and a group-commit writer.
+
+Every write goes through `Store.write`, which gathers the jobs that arrive within a few
+milliseconds and commits them in one transaction. The writer is also the only place that gives
+audit entries their index, so the audit log has no gaps and no races within one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from exchange.audit.events import AuditEntry
+from exchange.crypto import canonical_json
+from exchange.errors import ConfigError, Unavailable
+from exchange.merkle import leaf_hash
+from exchange.store import schema
+from exchange.store.engine import make_engine, reason
+from exchange.store.tables import audit_log
+
+T = TypeVar("T")
+
+
+@dataclass
+class AuditBuffer:
+    """Audit entries added by the jobs of one transaction, indexed when it commits."""
+
+    next_idx: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, entry: AuditEntry) -> None:
+        body = canonical_json({"idx": self.next_idx + len(self.rows), **entry})
+        self.rows.append({"idx": self.next_idx + len(self.rows), "entry": body, "leaf_hash": leaf_hash(body)})
+
+
+Job = Callable[[AsyncConnection, AuditBuffer], Awaitable[T]]
+
+
+@dataclass
+class _Pending:
+    job: Job[Any]
+    future: asyncio.Future[Any]
+
+
+class Store:
+    """One node's database, shared by the HTTP handlers, the outbox senders and the CLI."""
+
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = 500, linger: float = 0.0) -> None:
+        self.engine = engine
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._max_batch = max_batch
+        self._linger = linger
+        self._audit_size = 0
+        self._closed = False
+        self.audit_appended = asyncio.Event()
+
+    @classmethod
+    async def open(cls, url: str, *, node: str | None = None) -> Store:
+        """Connect to a database at the current schema revision; an empty one is brought there first.
+
+        An older schema raises SchemaOutdated, whose one line names `exchange db upgrade`: a
+        deployed database only changes through that command (`node` names it in the message).
+        """
+        engine = make_engine(url)
+        try:
+            await schema.require_current(engine, url, node=node)
+            async with engine.connect() as conn:
+                size = (await conn.execute(sa.select(sa.func.count()).select_from(audit_log))).scalar_one()
+        except (OSError, sa.exc.DBAPIError) as exc:
+            await engine.dispose()
+            raise ConfigError(f"cannot open {schema.database_name(url, node)}: {reason(exc)}") from exc
+        except BaseException:
+            await engine.dispose()
+            raise
+        store = cls(engine)
+        store._audit_size = int(size)
+        return store
+
+    @property
+    def audit_size(self) -> int:
+        return self._audit_size
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        await self.engine.dispose()
+
+    async def write(self, job: Job[T]) -> T:
+        """Run `job` inside a group-committed transaction and return its result once durable."""
+        if self._closed:
+            raise Unavailable("the node is stopping")
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(job, future))
+        return await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            # Jobs that arrive while a commit runs wait in the queue and go in the next one, so
+            # batches grow with load; an idle writer only yields once before committing.
+            await asyncio.sleep(self._linger)
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._commit(batch)
+            except Exception:
+                # One job spoiled the batch: run each alone so the others still commit.
+                for pending in batch:
+                    if not pending.future.done():
+                        try:
+                            await self._commit([pending])
+                        except Exception as exc:  # the job's own error goes to its caller
+                            pending.future.set_exception(exc)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        """Commit a batch; if another process appended to the audit log meanwhile (an admin
+        command next to a running node), take the new end of the log and try again."""
+        for attempt in range(5):
+            try:
+                return await self._commit_once(batch)
+            except sa.exc.IntegrityError:
+                moved = await self._resync_audit_size()
+                if not moved or attempt == 4:
+                    raise
+
+    async def _resync_audit_size(self) -> bool:
+        async with self.engine.connect() as conn:
+            top = await conn.scalar(sa.select(sa.func.max(audit_log.c.idx)))
+        size = -1 if top is None else int(top)
+        changed = size + 1 != self._audit_size
+        self._audit_size = size + 1
+        return changed
+
+    async def _commit_once(self, batch: list[_Pending]) -> None:
+        buffer = AuditBuffer(self._audit_size)
+        results: list[Any] = []
+        async with self.engine.begin() as conn:
+            for pending in batch:
+                results.append(await pending.job(conn, buffer))
+            if buffer.rows:
+                await conn.execute(sa.insert(audit_log), buffer.rows)
+        self._audit_size += len(buffer.rows)
+        if buffer.rows:
+            self.audit_appended.set()
+            self.audit_appended = asyncio.Event()
+        for pending, result in zip(batch, results, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(result)
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            yield conn
+
+    async def audit(self, entry: AuditEntry) -> None:
+        """Append one audit entry on its own (for events that store nothing else)."""
+
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+            audit.add(entry)
+
+        await self.write(job)
+
+
+def is_unique_violation(exc: BaseException) -> bool:
+    return isinstance(exc, sa.exc.IntegrityError)

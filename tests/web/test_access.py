@@ -1,0 +1,176 @@
+"""The console and the API give the same answer to "may this user post here" (issue 9, must show 3).
+
+Both ask `service.access`: a channel past its end date is refused by the API's POST (403
+problem+json), is not offered by the console's compose form nor its inbox, and a forged console
+POST to it is refused too; nothing is stored. A channel still open is accepted by both.
+Real nodes over TLS, the console through plain HTTP requests with a session cookie.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+import sqlalchemy as sa
+
+from exchange.keystore import read_file
+from exchange.node.tls import client_context
+from exchange.store import audit_log, bulletins
+from tests.conftest import DEFAULT_NODES, Federation, MakeFederation, Member
+
+PASSWORD = "a long passphrase for tests"
+NL = "nl-customs"
+ENDED = "c2c-ended"  # ended on 2000-01-01
+OPEN = "c2c-open"  # ends on 2999-12-31
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+@dataclass
+class Console:
+    """A signed-in console user, as a browser would be: a cookie jar and the page's CSRF token."""
+
+    http: aiohttp.ClientSession
+    url: str
+    csrf: str
+
+    async def get(self, path: str) -> tuple[int, str]:
+        async with self.http.get(self.url + path, allow_redirects=False) as resp:
+            return resp.status, await resp.text()
+
+    async def compose(self, channel: str, title: str) -> tuple[int, str, str]:
+        """POST the compose form as the browser does (multipart); (status, Location, page)."""
+        form = aiohttp.FormData()
+        for name, value in {
+            "csrf": self.csrf,
+            "channel": channel,
+            "kind": "alert",
+            "tlp": "AMBER",
+            "title": title,
+            "body": "Forged or not, the service decides.",
+            "language": "en",
+        }.items():
+            form.add_field(name, value)
+        async with self.http.post(self.url + "/console/compose", data=form, allow_redirects=False) as resp:
+            return resp.status, resp.headers.get("Location", ""), await resp.text()
+
+
+@pytest.fixture
+async def node(make_federation: MakeFederation) -> Member:
+    """One Customs node with two channels it owns, one past its end date; the officer is assigned to both."""
+    fed: Federation = await make_federation(nodes={NL: DEFAULT_NODES[NL]}, channels=[])
+    nl = fed[NL]
+    for channel, ends in ((ENDED, "2000-01-01"), (OPEN, "2999-12-31")):
+        spec = {
+            "id": channel,
+            "title": channel,
+            "policy": {"agencies": ["customs"]},
+            "default_handling": {"tlp": "AMBER", "no_onward_sharing": False},
+            "ends": ends,
+        }
+        status, body, _ = await nl.api("POST", "/api/v1/channels", user="admin", body=spec)
+        assert status == 201, body
+        status, body, _ = await nl.api(
+            "POST", f"/api/v1/channels/{channel}/users", user="admin", body={"user": "officer"}
+        )
+        assert status == 200, body
+    await nl.service.users.set_password("officer", PASSWORD, actor="test")
+    return nl
+
+
+@pytest.fixture
+async def console(node: Member) -> AsyncIterator[Console]:
+    ctx = client_context(read_file(node.config.keys_dir / "tls.crt").decode())
+    jar = aiohttp.CookieJar(unsafe=True)  # the node is an IP address
+    url = node.config.endpoint
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx), cookie_jar=jar) as http:
+        async with http.get(url + "/console/sign-in") as resp:
+            token = CSRF.search(await resp.text())
+        assert token is not None
+        form = {"csrf": token.group(1), "user": "officer", "password": PASSWORD, "next": ""}
+        async with http.post(url + "/console/sign-in", data=form) as resp:
+            assert resp.status == 200 and resp.url.path == "/console/channels"
+            csrf = CSRF.search(await resp.text())
+        assert csrf is not None
+        yield Console(http, url, csrf.group(1))
+
+
+async def stored_in(member: Member, channel: str) -> int:
+    async with member.service.store.read() as conn:
+        query = sa.select(sa.func.count()).select_from(bulletins).where(bulletins.c.channel == channel)
+        return int((await conn.execute(query)).scalar_one())
+
+
+async def rejections(member: Member) -> list[dict[str, Any]]:
+    """The node's audited refusals, oldest first."""
+    async with member.service.store.read() as conn:
+        entries = [json.loads(e) for e in await conn.scalars(sa.select(audit_log.c.entry).order_by(audit_log.c.idx))]
+    return [e for e in entries if e["event"] == "request.rejected"]
+
+
+def offered(compose_page: str) -> list[str]:
+    """The channels the compose form's select offers."""
+    select = re.search(r'<select id="channel" name="channel".*?</select>', compose_page, re.S)
+    assert select is not None
+    return re.findall(r'<option value="([^"]+)"', select.group(0))
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # the rule does not depend on the database
+async def test_a_channel_past_its_end_date_is_refused_by_the_api_and_the_console_alike(
+    node: Member, console: Console
+) -> None:
+    service = node.service
+    officer = await service.users.get("officer")
+    assert service.channels.state(ENDED).ends == "2000-01-01"
+
+    # The one rule, asked directly: refused here, allowed there.
+    assert not service.access.may_post(officer, ENDED)
+    assert service.access.may_post(officer, OPEN)
+    assert service.access.postable_channels(officer) == [OPEN]
+
+    # The API refuses the post with 403 problem+json, naming the end date.
+    body = {"kind": "alert", "title": "Refused by the API", "body": "past the end date"}
+    status, problem, ctype = await node.api("POST", f"/api/v1/channels/{ENDED}/bulletins", body=body)
+    assert (status, ctype) == (403, "application/problem+json")
+    assert problem["status"] == 403 and "ended on 2000-01-01" in problem["detail"]
+
+    # The console does not offer the channel: not in the compose form, even when asked for it,
+    # and its inbox (still readable) has no compose link.
+    status, page = await console.get(f"/console/compose?channel={ENDED}")
+    assert status == 200 and offered(page) == [OPEN]
+    status, page = await console.get(f"/console/channels/{ENDED}")
+    assert status == 200 and "Compose a bulletin" not in page
+    status, page = await console.get(f"/console/channels/{OPEN}")
+    assert status == 200 and "Compose a bulletin" in page
+
+    # A forged console POST to it is refused with the same 403, as an HTML page, and audited.
+    status, _, page = await console.compose(ENDED, "Refused by the console")
+    assert status == 403 and "ended on 2000-01-01" in page
+    refused = [(e["method"], e["path"], e["status"], e["user"]) for e in await rejections(node)]
+    assert refused == [
+        ("POST", f"/api/v1/channels/{ENDED}/bulletins", 403, "officer"),
+        ("POST", "/console/compose", 403, "officer"),
+    ]
+
+    # Nothing was stored.
+    assert await stored_in(node, ENDED) == 0
+
+    # A channel still open is accepted by both.
+    body["title"] = "Accepted by the API"
+    status, posted, _ = await node.api("POST", f"/api/v1/channels/{OPEN}/bulletins", body=body)
+    assert status == 201, posted
+    status, location, _ = await console.compose(OPEN, "Accepted by the console")
+    assert status == 303 and location.startswith(f"/console/channels/{OPEN}?posted=")
+    assert await stored_in(node, OPEN) == 2
+
+    # One's own post from the console is not unread for oneself (marked in the post's own transaction).
+    status, page = await console.get(f"/console/channels/{OPEN}")
+    rows = dict(
+        (title, state)
+        for state, title in re.findall(r'<tr class="(\w+)">.*?<th scope="row"><a [^>]*>([^<]+)<', page, re.S)
+    )
+    assert rows == {"Accepted by the console": "read", "Accepted by the API": "unread"}
