@@ -7,7 +7,7 @@ exactly what was parsed.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Annotated, Literal, NewType
+from typing import Annotated, Literal, NewType, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -21,6 +21,9 @@ AgencyKind = Literal["customs", "aviation-security", "police", "international"]
 AGENCY_KINDS: tuple[AgencyKind, ...] = ("customs", "aviation-security", "police", "international")
 Tlp = Literal["CLEAR", "GREEN", "AMBER", "AMBER+STRICT", "RED"]
 BulletinKind = Literal["alert", "threat-bulletin", "seizure-report", "feedback", "request-for-information"]
+Role = Literal["contact-point", "auditor", "admin"]  # a local user's role at its node
+ROLES: tuple[str, ...] = get_args(Role)
+
 BULLETIN_KINDS: tuple[BulletinKind, ...] = (
     "alert",
     "threat-bulletin",

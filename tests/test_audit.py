@@ -8,6 +8,9 @@ import datetime as dt
 import json
 import random
 import struct
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -560,3 +563,23 @@ async def test_proofs_filters_roles_and_export_through_the_api(make_federation: 
         async with member.service.store.read() as conn:
             raw = b"".join((await conn.execute(sa.select(audit_log.c.entry))).scalars())
         assert b"Zebra" not in raw and b"7f3a" not in raw
+
+
+def test_offline_verification_loads_neither_the_server_nor_the_database(
+    roster: tuple[Any, SigningKey], tmp_path: Path
+) -> None:
+    """`exchange audit verify --bundle` needs only the pure verifier: no aiohttp server, no SQL."""
+    signed, authority = roster
+    bundle, key = tmp_path / "log.json", tmp_path / "authority.pub"
+    bundle.write_text("\n".join(bundle_lines(signed)) + "\n")
+    key.write_text(b64e(authority.verify_key.raw) + "\n")
+    heavy = ("aiohttp.web", "sqlalchemy", "jinja2", "exchange.store", "exchange.service", "exchange.app")
+    code = (
+        "import sys\n"
+        "from exchange.cli.main import main\n"
+        "sys.argv = ['exchange', 'audit', 'verify', '--bundle', sys.argv[1], '--authority', sys.argv[2]]\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\nelse:\n    code = 0\n"
+        f"print('LOADED', [m for m in {heavy!r} if m in sys.modules], 'EXIT', code)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(bundle), str(key)], capture_output=True, text=True)
+    assert "LOADED [] EXIT 0" in proc.stdout, proc.stdout + proc.stderr

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import click
 
-from exchange.app import node_schema, upgrade_node
 from exchange.cli.output import user_errors
 from exchange.config import NodeConfig
 
@@ -37,6 +36,10 @@ def db_upgrade(node_path: Path) -> None:
     A database of release 0.1.0 (no version table) is checked and adopted as revision 0001 first;
     a database already at this release's schema is left unchanged. Either it all happens, or nothing.
     """
+    # Imported here, not at the top: the composition root loads the server, the console and the
+    # database, which commands that only talk to a node or check a file never need.
+    from exchange.app import upgrade_node
+
     for line in asyncio.run(upgrade_node(NodeConfig.load(node_path))):
         click.echo(line)
 
@@ -46,4 +49,6 @@ def db_upgrade(node_path: Path) -> None:
 @user_errors
 def db_current(node_path: Path) -> None:
     """Show the schema revision of the node's database, and whether this release needs an upgrade."""
+    from exchange.app import node_schema
+
     click.echo(asyncio.run(node_schema(NodeConfig.load(node_path))))

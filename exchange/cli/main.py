@@ -12,7 +12,6 @@ from typing import Any
 import click
 from rich.table import Table
 
-from exchange.app import RunningNode, start_node
 from exchange.cli.audit import audit
 from exchange.cli.channels import channels
 from exchange.cli.client import Target, call
@@ -26,7 +25,6 @@ from exchange.errors import InvalidInput
 from exchange.keystore import NodeKeyFiles
 from exchange.logs import configure as configure_logs
 from exchange.model import BULLETIN_KINDS
-from exchange.provision import init_federation
 
 
 @click.group()
@@ -68,6 +66,10 @@ def federation() -> None:
 @user_errors
 def federation_init(folder: Path) -> None:
     """Create the authority key, node keys, signed roster, channels and sample users; idempotent."""
+    # Imported here, not at the top: the composition root loads the server, the console and the
+    # database, which commands that only talk to a node or check a file never need.
+    from exchange.provision import init_federation
+
     report = run_async(init_federation(folder, sample_passwords=True))
     if not report.created:
         click.echo("federation already initialised; nothing to do")
@@ -80,6 +82,10 @@ async def _serve(configs: list[NodeConfig]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # Imported here, not at the top: the composition root loads the server, the console and the
+    # database, which commands that only talk to a node or check a file never need.
+    from exchange.app import RunningNode, start_node
+
     running: list[RunningNode] = []
     try:
         for cfg in configs:
@@ -100,6 +106,8 @@ async def _serve(configs: list[NodeConfig]) -> None:
 @user_errors
 def federation_up(folder: Path) -> None:
     """Run every node of the federation in this process (initialising it first if needed)."""
+    from exchange.provision import init_federation
+
     run_async(init_federation(folder, sample_passwords=True))
     fed = FederationConfig.load(folder)
     run_async(_serve([NodeConfig.load(p) for p in fed.nodes]))

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from exchange.app import local_users
 from exchange.cli.options import as_json, emit, node_file, run_async
 from exchange.cli.output import user_errors
 from exchange.config import NodeConfig
 from exchange.crypto.passwords import new_password
-from exchange.service.users import ROLES, Users
+from exchange.model import ROLES
+
+if TYPE_CHECKING:
+    from exchange.service.users import Users
 
 
 @click.group()
@@ -22,6 +24,10 @@ def users() -> None:
 
 
 async def _with_users(cfg: NodeConfig, fn: Callable[[Users], Coroutine[Any, Any, Any]]) -> Any:
+    # Imported here, not at the top: the composition root loads the server, the console and the
+    # database, which commands that only talk to a node or check a file never need.
+    from exchange.app import local_users
+
     async with local_users(cfg) as found:
         return await fn(found)
 

@@ -18,7 +18,7 @@ from exchange.audit import events as ev
 from exchange.clock import timestamp
 from exchange.crypto import NodeKeys
 from exchange.errors import NotFound
-from exchange.model import Bulletin, NodeId
+from exchange.model import Bulletin, BulletinId, ChannelId, NodeId
 from exchange.protocol.envelope import parse_envelope
 from exchange.protocol.receipt import make_receipt
 from exchange.protocol.roster import Federation
@@ -60,9 +60,9 @@ def _summary(row: Any, content: dict[str, Any] | None = None) -> BulletinSummary
     content = json.loads(row.content) if content is None else content
     return BulletinSummary(
         cursor=row.n,
-        id=row.id,
-        channel=row.channel,
-        author=row.author,
+        id=BulletinId(row.id),
+        channel=ChannelId(row.channel),
+        author=NodeId(row.author),
         seq=row.seq,
         tlp=row.tlp,
         created=row.created,
@@ -126,14 +126,14 @@ class Inbox:
         env = parse_envelope(bytes(row.envelope))
         bulletin = Bulletin.model_validate({**json.loads(row.content), "handling": env.header.handling.model_dump()})
         return BulletinView(
-            id=bid,
-            channel=row.channel,
-            author=row.author,
+            id=BulletinId(bid),
+            channel=ChannelId(row.channel),
+            author=NodeId(row.author),
             author_name=self.fed.node(row.author).name,
             seq=row.seq,
             created=row.created,
             signature_verified=True,
-            recipients=[r.node for r in env.header.recipients],
+            recipients=[NodeId(r.node) for r in env.header.recipients],
             bulletin=bulletin.model_dump(mode="json"),
             receipts=[json.loads(r.receipt) for r in got],
         )

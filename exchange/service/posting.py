@@ -12,7 +12,7 @@ from exchange.audit import events as ev
 from exchange.clock import timestamp
 from exchange.crypto import NodeKeys
 from exchange.errors import Forbidden
-from exchange.model import Bulletin, NodeId
+from exchange.model import Bulletin, BulletinId, ChannelId, NodeId
 from exchange.protocol.envelope import build_envelope, bulletin_id
 from exchange.protocol.roster import Federation
 from exchange.service.access import Access
@@ -102,7 +102,8 @@ class Posting:
 
         await self.store.write(job)
         self.outbox.wake(dests)
-        return Posted(id=bid, channel=channel, seq=seq, recipients=dests, created=now)
+        recipients = [NodeId(d) for d in dests]
+        return Posted(id=BulletinId(bid), channel=ChannelId(channel), seq=seq, recipients=recipients, created=now)
 
     async def forward(self, user: User, bid: str, channel: str) -> Posted:
         """Re-post a bulletin to another channel, as this node, referring to the original."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -14,10 +13,8 @@ from exchange.clock import timestamp
 from exchange.crypto import hash_token, new_token
 from exchange.crypto.passwords import WeakPassword, hash_password, password_matches
 from exchange.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from exchange.model import ROLES, Role
 from exchange.store import AuditBuffer, Store, user_channels, user_passwords, users
-
-Role = Literal["contact-point", "auditor", "admin"]
-ROLES: tuple[str, ...] = get_args(Role)
 
 
 @dataclass(frozen=True)

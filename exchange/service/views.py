@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from exchange.model import NodeIdStr, Rights
+from exchange.model import BulletinId, ChannelId, NodeId, NodeIdStr, Rights
 from exchange.protocol.channel import ChannelState
 
 
@@ -23,10 +23,10 @@ class View:
 class Posted(View):
     """A bulletin this node just posted."""
 
-    id: str
-    channel: str
+    id: BulletinId
+    channel: ChannelId
     seq: int
-    recipients: list[str]
+    recipients: list[NodeId]
     created: str
 
 
@@ -35,9 +35,9 @@ class BulletinSummary(View):
     """One line of an inbox: metadata and the title, never the body."""
 
     cursor: int
-    id: str
-    channel: str
-    author: str
+    id: BulletinId
+    channel: ChannelId
+    author: NodeId
     seq: int
     tlp: str
     created: str
@@ -49,14 +49,14 @@ class BulletinSummary(View):
 class BulletinView(View):
     """One bulletin in full, as a local reader sees it, with the receipts held for it."""
 
-    id: str
-    channel: str
-    author: str
+    id: BulletinId
+    channel: ChannelId
+    author: NodeId
     author_name: str
     seq: int
     created: str
     signature_verified: bool
-    recipients: list[str]
+    recipients: list[NodeId]
     bulletin: dict[str, Any]
     receipts: list[dict[str, Any]]
 

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from exchange.errors import InvalidInput
 from exchange.http.appkeys import SERVICE
-from exchange.service.users import ROLES
+from exchange.model import ROLES
 from exchange.service.views import MemberChange, channel_view
 from exchange.web.pages import redirect, render
 from exchange.web.session import posted_form, sessions, signed_in

@@ -40,6 +40,8 @@ from exchange.errors import AuditTampered, BadSignature, InvalidInput, NotFound
 from exchange.merkle import HASH_SIZE, Frontier
 from exchange.store import AuditBuffer, Store, audit_checkpoints, audit_cosignatures, audit_log
 
+FOLLOW_RETRY_SECONDS = 1.0
+
 log = logging.getLogger("exchange.audit")
 
 PAGE = 5000  # rows per read
@@ -118,12 +120,17 @@ class LogKeeper:
             self._report(exc)
 
     async def _follow(self) -> None:
+        """Take in each commit's entries; a failed read (the database away) is logged and retried."""
         while True:
             appended = self.store.audit_appended
             try:
                 await self.catch_up()
             except AuditTampered as exc:
                 self._report(exc)
+            except Exception:
+                log.exception("%s: the audit keeper could not read the log; retrying", self.me)
+                await asyncio.sleep(FOLLOW_RETRY_SECONDS)
+                continue
             await appended.wait()
 
     def _report(self, exc: AuditTampered) -> None:
