@@ -17,6 +17,8 @@ from exchange.config import NodeConfig
 from exchange.crypto import strict_loads
 from exchange.errors import ConfigError, ExchangeError
 from exchange.http.appkeys import SERVICE
+from exchange.http.limits import RateLimiter, RateSettings, rate_limits
+from exchange.http.server import ConnectionGuard, GuardedSite, ServerLimits
 from exchange.keystore import NodeKeyFiles, load_federation, read_file, read_provisioned_channels
 from exchange.node.app import api_application
 from exchange.node.peers import HttpTransport
@@ -27,6 +29,7 @@ from exchange.store import Store
 from exchange.store.schema import node_schema as node_schema  # the CLI's `exchange db` reaches it here
 from exchange.store.schema import upgrade_node as upgrade_node
 from exchange.web import mount as mount_console
+from exchange.web.session import SESSION_COOKIE
 
 log = logging.getLogger("exchange.node")
 
@@ -35,6 +38,9 @@ def build_app(config: NodeConfig) -> web.Application:
     """The node as an aiohttp application; its resources open and close with the app."""
     app = api_application()
     mount_console(app)  # the web console, under /console/ in the same process
+    # Innermost, so that a 429 becomes problem+json on the API and an HTML page in the console.
+    limiter = RateLimiter(RateSettings.from_config(config), credential_cookies=(SESSION_COOKIE,))
+    app.middlewares.append(rate_limits(limiter))
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         fed = load_federation(config)
@@ -69,6 +75,7 @@ class RunningNode:
     config: NodeConfig
     app: web.Application
     runner: web.AppRunner
+    guard: ConnectionGuard  # its open connections per client, and the limits they are held to
 
     @property
     def service(self) -> NodeService:
@@ -83,20 +90,22 @@ class RunningNode:
 
 
 async def start_node(config: NodeConfig) -> RunningNode:
-    """Start one node on its configured host and port, over TLS 1.3 with client certificates."""
+    """Start one node on its configured host and port, over TLS 1.3 with client certificates,
+    under the timeouts and connection limits of its configuration (exchange.http.limits)."""
     app = build_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
-    fed = app[SERVICE].fed
-    ssl_ctx = server_context(config.keys_dir / "tls.crt", config.keys_dir / "tls.key", fed)
-    site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_ctx)
+    service = app[SERVICE]
+    ssl_ctx = server_context(config.keys_dir / "tls.crt", config.keys_dir / "tls.key", service.fed)
+    guard = ConnectionGuard(ServerLimits.from_config(config), refused=service.refusals.count)
+    site = GuardedSite(runner, config.host, config.port, ssl_context=ssl_ctx, guard=guard)
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
         raise ConfigError(f"{config.id} cannot listen on {config.host}:{config.port}: {exc.strerror}") from exc
     log.info("node %s listening on %s", config.id, config.endpoint)
-    return RunningNode(config, app, runner)
+    return RunningNode(config, app, runner, guard)
 
 
 @contextlib.asynccontextmanager

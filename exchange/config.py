@@ -94,6 +94,36 @@ class NodeConfig(BaseModel):
     request_timeout_seconds: float = 30.0
     catchup_interval_seconds: float = 300.0
     audit_checkpoint_seconds: float = 60.0
+    # What one client may cost the node (docs/operations.md, "Limits, timeouts and sign-in").
+    # Timeouts: a request's line and headers, from their first byte (or the connection's opening);
+    # its body, in all and between two reads; an idle connection between two requests.
+    header_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    body_timeout_seconds: Annotated[float, Field(gt=0)] = 120.0
+    read_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    keepalive_timeout_seconds: Annotated[float, Field(gt=0)] = 75.0
+    max_header_bytes: Annotated[int, Field(ge=1024, le=65536)] = 8190  # the request line, and each header
+    max_head_bytes: Annotated[int, Field(ge=4096)] = 65536  # the request line and all headers together
+    # Open connections: per client address (an IPv6 /64), per partner node, and in all for clients
+    # without a roster certificate (partners are counted apart, so a flood never shuts them out).
+    max_connections_per_address: Annotated[int, Field(ge=1)] = 128
+    max_connections_per_peer: Annotated[int, Field(ge=1)] = 32
+    max_connections: Annotated[int, Field(ge=1)] = 1024
+    # Request rates (token buckets: a sustained rate per second and a burst), per API token or
+    # console session, per partner node, and per client address for requests without a known one.
+    rate_per_token: Annotated[float, Field(gt=0)] = 200.0
+    burst_per_token: Annotated[int, Field(ge=1)] = 2000
+    rate_per_peer: Annotated[float, Field(gt=0)] = 200.0
+    burst_per_peer: Annotated[int, Field(ge=1)] = 2000
+    rate_per_address: Annotated[float, Field(gt=0)] = 20.0
+    burst_per_address: Annotated[int, Field(ge=1)] = 200
+    # Audit of refused requests: each interval, up to `refusals_exact_per_address` refusals of
+    # unauthenticated clients per address (and `refusals_exact_total` in all) get their own entry;
+    # the rest are counted in one `requests.refused` entry per address (at most
+    # `refusals_tracked_addresses` of them, the others as "other").
+    refusals_interval_seconds: Annotated[float, Field(gt=0)] = 60.0
+    refusals_exact_per_address: Annotated[int, Field(ge=0)] = 10
+    refusals_exact_total: Annotated[int, Field(ge=0)] = 100
+    refusals_tracked_addresses: Annotated[int, Field(ge=1)] = 1000
 
     @property
     def endpoint(self) -> str:

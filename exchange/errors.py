@@ -5,6 +5,8 @@ ExchangeError
  │    └── SchemaOutdated    the database is on an older schema: run `exchange db upgrade`
  ├── InvalidInput           a request or file that does not parse or fails validation
  │    ├── WeakPassword      a password that breaks the length rule
+ │    ├── BodyTooLarge      a request body larger than its route takes (413)
+ │    ├── IdempotencyKeyReused  an Idempotency-Key sent again with a different request
  │    ├── ProofError        a Merkle inclusion or consistency proof that does not verify
  │    └── InvalidEnvelope   an envelope that breaks a protocol rule
  │         ├── BadSignature     a signature that does not verify
@@ -12,7 +14,9 @@ ExchangeError
  │         ├── Equivocation     one author, one (channel, seq), two different bulletins
  │         └── EnvelopeRejected a partner's batch in which an item broke a rule; nothing was stored
  ├── Unauthorized           no or unknown credentials
- ├── TooManyFailures        sign-in refused unchecked: too many recent failures (429)
+ ├── RateLimited            too many requests from one token, partner node or address: wait Retry-After (429)
+ │    └── TooManyFailures   sign-in refused unchecked: too many recent failures here; wait Retry-After (429)
+ ├── RequestTimeout         a request whose body did not arrive within the node's timeouts (408)
  ├── Forbidden              authenticated, but without the right
  │    ├── UnknownPeer       a TLS peer or signer that is not in the roster
  │    └── NotAMember        a node or user outside the channel
@@ -22,6 +26,7 @@ ExchangeError
  ├── AuditTampered          the audit log does not verify
  │    ├── BadEntry          the first entry that breaks the log
  │    └── SplitView         two signed histories that do not extend each other
+ ├── BulletinUnverified     a stored bulletin that no longer verifies against its signed envelope: not shown
  └── PeerError              a partner node answered with an error or not at all
       ├── PeerRefused       a partner refused a request for good (4xx): do not retry it as is
       ├── StateUnavailable  a cited channel state is unknown and its owner cannot supply it
@@ -66,6 +71,18 @@ class WeakPassword(InvalidInput):
     title = "Weak password"
 
 
+class BodyTooLarge(InvalidInput):
+    """A request body larger than what its route's largest legitimate request needs (HTTP 413)."""
+
+    title = "Request body too large"
+
+
+class IdempotencyKeyReused(InvalidInput):
+    """An Idempotency-Key that this user already sent, within its retention, with another request."""
+
+    title = "Idempotency key reused"
+
+
 class ProofError(InvalidInput):
     """A Merkle inclusion or consistency proof failed verification."""
 
@@ -106,13 +123,30 @@ class Unauthorized(ExchangeError):
     title = "Unauthorized"
 
 
-class TooManyFailures(ExchangeError):
-    """Sign-in refused without a password check: too many recent failures (HTTP 429).
+class RateLimited(ExchangeError):
+    """Too many requests from one token, partner node or client address (HTTP 429): the client
+    may try again after `retry_after` seconds, which the answer's `Retry-After` header carries."""
+
+    title = "Too many requests"
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = max(1, retry_after)
+
+
+class TooManyFailures(RateLimited):
+    """Sign-in refused without a password check: too many recent failures from this address (HTTP 429).
 
     Not an Unauthorized: the console answers that with a sign-in redirect, this with a wait.
     """
 
     title = "Too many failed sign-ins"
+
+
+class RequestTimeout(ExchangeError):
+    """A request whose body did not arrive within the node's body or read timeout (HTTP 408)."""
+
+    title = "Request timeout"
 
 
 class Forbidden(ExchangeError):
@@ -151,6 +185,13 @@ class SplitView(AuditTampered):
     """A log showed a checkpoint that does not extend one this node had witnessed."""
 
     title = "Split view"
+
+
+class BulletinUnverified(ExchangeError):
+    """A stored bulletin fails the check made each time it is shown (signature, id, ciphertext hash,
+    stored columns and content against its signed envelope): changed in the database, not shown."""
+
+    title = "Bulletin does not verify"
 
 
 class PeerError(ExchangeError):

@@ -1,15 +1,18 @@
 """Pydantic models of the domain and the wire: bulletins, envelopes, receipts, rosters, channels.
 
 Wire models are strict (no coercion), frozen, and refuse unknown fields, so what is signed is
-exactly what was parsed.
+exactly what was parsed. Every list and string has a bound (docs/protocol.md, "Limits"): pydantic
+checks a list's length before its items, so a list of a million bad items costs one error, not a
+million. Lengths of text are in Unicode code points (Python's `len`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from functools import cached_property
 from typing import Annotated, Literal, NewType, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from exchange.crypto.encoding import canonical_json
 
@@ -33,14 +36,69 @@ BULLETIN_KINDS: tuple[BulletinKind, ...] = (
 )
 Right = Literal["read", "post", "admin"]
 
+# -- Limits (docs/protocol.md, "Limits"): what legitimate use needs, with room to spare -----------
+MAX_ROSTER_NODES = 1000  # nodes in a federation
+MAX_RECIPIENTS = MAX_ROSTER_NODES  # recipients of an envelope, and so its wrapped keys
+MAX_INDICATORS = 500  # air waybills, HS codes, airports or flights in one bulletin, per kind
+MAX_NAMED_INDICATORS = 100  # companies or risk indicators in one bulletin, per kind
+MAX_REFERENCES = 100  # bulletins one bulletin refers to
+MAX_SHORT = 200  # code points of a title, a name, a company or a risk indicator
+MAX_BODY = 200_000  # code points of a bulletin's text
+MAX_PURPOSE = 2000  # code points of a channel's purpose
+MAX_LANGUAGE = 35  # characters of a BCP 47 language tag (RFC 5646 4.4.1)
+MAX_TLS_CERT = 8000  # characters of a node's PEM certificate
+MAX_ENDPOINT = 300  # characters of a node's https://host:port (a DNS name has at most 253)
+# The payload of the largest bulletin these bounds allow is under 4.5 MiB (tests/protocol/test_bounds.py
+# builds it), so its ciphertext fits in MAX_CIPHERTEXT base64url characters.
+MAX_PAYLOAD_BYTES = 9 * 512 * 1024
+MAX_CIPHERTEXT = ((MAX_PAYLOAD_BYTES + 16) * 4 + 2) // 3
+MAX_KEY_TEXT = 64  # base64url of a 32-byte key, nonce, hash or pin (43 characters), with room
+MAX_SIGNATURE_TEXT = 128  # base64url of a 64-byte Ed25519 signature (86 characters)
+MAX_WRAP_TEXT = 128  # base64url of an 80-byte wrapped key (107 characters)
+
+
+def _on_calendar(value: str) -> str:
+    """A Date is a day of the Gregorian calendar, 0001-01-01 to 9999-12-31: 2025-02-30 is refused."""
+    try:
+        dt.date(int(value[0:4]), int(value[5:7]), int(value[8:10]))
+    except ValueError:
+        raise ValueError(f"{value} is not a date on the calendar") from None
+    return value
+
+
+def _on_clock(value: str) -> str:
+    """A Timestamp names a real instant: a calendar date, hours 00-23, minutes and seconds 00-59."""
+    _on_calendar(value)
+    try:
+        dt.time(int(value[11:13]), int(value[14:16]), int(value[17:19]))
+    except ValueError:
+        raise ValueError(f"{value} is not a time of day") from None
+    return value
+
+
+def first_error(exc: ValidationError) -> str:
+    """The first of a validation error's complaints, as `location: message`."""
+    err = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg']}"
+
+
 NodeIdStr = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
 ChannelIdStr = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
 Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Kid = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
-B64 = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]*$", max_length=16_000_000)]
-Timestamp = Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")]
-IsoDate = Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")]
-Short = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+B64Key = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]*$", max_length=MAX_KEY_TEXT)]
+B64Signature = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]*$", max_length=MAX_SIGNATURE_TEXT)]
+B64Wrap = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]*$", max_length=MAX_WRAP_TEXT)]
+B64Ciphertext = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]*$", max_length=MAX_CIPHERTEXT)]
+# ASCII digits only: the regex engine's `\d` would take any Unicode digit, such as "\u0662".
+Timestamp = Annotated[
+    str,
+    StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z$"),
+    AfterValidator(_on_clock),
+]
+IsoDate = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"), AfterValidator(_on_calendar)]
+Short = Annotated[str, StringConstraints(min_length=1, max_length=MAX_SHORT, strip_whitespace=True)]
 
 _WIRE = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -57,12 +115,22 @@ class Indicators(BaseModel):
     """Structured indicators that customs and aviation analysts search and match on."""
 
     model_config = _WIRE
-    air_waybills: list[Annotated[str, StringConstraints(pattern=r"^\d{3}-\d{8}$")]] = []
-    hs_codes: list[Annotated[str, StringConstraints(pattern=r"^\d{4}(\.?\d{2}){0,3}$")]] = []
-    airports: list[Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]] = []
-    flights: list[Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{2}[A-Z]?\d{1,4}[A-Z]?$")]] = []
-    companies: list[Short] = []
-    risk_indicators: list[Short] = []
+    air_waybills: Annotated[
+        list[Annotated[str, StringConstraints(pattern=r"^[0-9]{3}-[0-9]{8}$")]], Field(max_length=MAX_INDICATORS)
+    ] = []
+    hs_codes: Annotated[
+        list[Annotated[str, StringConstraints(pattern=r"^[0-9]{4}(\.?[0-9]{2}){0,3}$")]],
+        Field(max_length=MAX_INDICATORS),
+    ] = []
+    airports: Annotated[
+        list[Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]], Field(max_length=MAX_INDICATORS)
+    ] = []
+    flights: Annotated[
+        list[Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{2}[A-Z]?[0-9]{1,4}[A-Z]?$")]],
+        Field(max_length=MAX_INDICATORS),
+    ] = []
+    companies: Annotated[list[Short], Field(max_length=MAX_NAMED_INDICATORS)] = []
+    risk_indicators: Annotated[list[Short], Field(max_length=MAX_NAMED_INDICATORS)] = []
 
 
 MAX_ATTACHMENTS = 10
@@ -73,7 +141,16 @@ class Attachment(BaseModel):
     """A file sent with a bulletin, encrypted with it. The name is for display only."""
 
     model_config = _WIRE
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^/\\\x00-\x1f]+$")]
+    # No path separators, no C0/C1 controls or DEL, and no bidirectional controls or line
+    # separators: "evil\u202efdp.exe" must not pass for a PDF.
+    name: Annotated[
+        str,
+        StringConstraints(
+            min_length=1,
+            max_length=MAX_SHORT,
+            pattern=r"^[^/\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]+$",
+        ),
+    ]
     media_type: Annotated[
         str, StringConstraints(max_length=100, pattern=r"^[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*$")
     ]
@@ -91,10 +168,12 @@ class Bulletin(BaseModel):
     kind: BulletinKind
     handling: Handling
     title: Short
-    body: Annotated[str, StringConstraints(max_length=200_000)] = ""
+    body: Annotated[str, StringConstraints(max_length=MAX_BODY)] = ""
     indicators: Indicators = Indicators()
-    references: list[Hex64] = []
-    language: Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] = "en"
+    references: Annotated[list[Hex64], Field(max_length=MAX_REFERENCES)] = []
+    language: Annotated[
+        str, StringConstraints(max_length=MAX_LANGUAGE, pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+    ] = "en"
     expires: IsoDate | None = None
     attachments: Annotated[list[Attachment], Field(max_length=MAX_ATTACHMENTS)] = []
 
@@ -141,12 +220,12 @@ class EnvelopeHeader(BaseModel):
     signer: Kid
     seq: Annotated[int, Field(ge=1)]
     state: StateRef
-    recipients: Annotated[list[Recipient], Field(min_length=1, max_length=1000)]
+    recipients: Annotated[list[Recipient], Field(min_length=1, max_length=MAX_RECIPIENTS)]
     handling: Handling
     created: Timestamp
-    nonce: B64
-    key_commitment: B64
-    ciphertext_sha256: B64
+    nonce: B64Key
+    key_commitment: B64Key
+    ciphertext_sha256: B64Key
 
     @field_validator("recipients")
     @classmethod
@@ -167,9 +246,9 @@ class Envelope(BaseModel):
 
     model_config = _WIRE
     header: EnvelopeHeader
-    wraps: list[B64]
-    ciphertext: B64
-    signature: B64
+    wraps: Annotated[list[B64Wrap], Field(min_length=1, max_length=MAX_RECIPIENTS)]
+    ciphertext: B64Ciphertext
+    signature: B64Signature
 
 
 class Receipt(BaseModel):
@@ -182,7 +261,7 @@ class Receipt(BaseModel):
     status: Literal["received", "opened"]
     at: Timestamp
     signer: Kid
-    signature: B64
+    signature: B64Signature
 
 
 class RosterNode(BaseModel):
@@ -193,13 +272,13 @@ class RosterNode(BaseModel):
     name: Short
     country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
     agency: AgencyKind
-    endpoint: Annotated[str, StringConstraints(pattern=r"^https://[^\s/]+(:\d+)?$")]
-    signing_key: B64
+    endpoint: Annotated[str, StringConstraints(max_length=MAX_ENDPOINT, pattern=r"^https://[^\s/]+(:[0-9]{1,5})?$")]
+    signing_key: B64Key
     signing_kid: Kid
-    encryption_key: B64
+    encryption_key: B64Key
     encryption_kid: Kid
-    tls_cert: Annotated[str, StringConstraints(max_length=8000)]
-    tls_pin: B64
+    tls_cert: Annotated[str, StringConstraints(max_length=MAX_TLS_CERT)]
+    tls_pin: B64Key
 
 
 class Roster(BaseModel):
@@ -209,7 +288,7 @@ class Roster(BaseModel):
     version: Annotated[int, Field(ge=1)]
     issued: Timestamp
     authority_kid: Kid
-    nodes: list[RosterNode]
+    nodes: Annotated[list[RosterNode], Field(min_length=1, max_length=MAX_ROSTER_NODES)]
 
     @field_validator("nodes")
     @classmethod
@@ -223,14 +302,14 @@ class Roster(BaseModel):
 class SignedRoster(BaseModel):
     model_config = _WIRE
     roster: Roster
-    signature: B64
+    signature: B64Signature
 
 
 class ChannelPolicy(BaseModel):
     """Which agency kinds may be members of a channel."""
 
     model_config = _WIRE
-    agencies: Annotated[list[AgencyKind], Field(min_length=1)]
+    agencies: Annotated[list[AgencyKind], Field(min_length=1, max_length=len(AGENCY_KINDS))]
 
 
 Rights = Annotated[list[Right], Field(min_length=1, max_length=3)]
@@ -242,7 +321,7 @@ class Create(BaseModel):
     model_config = _WIRE
     type: Literal["create"]
     title: Short
-    purpose: Annotated[str, StringConstraints(max_length=2000)] = ""
+    purpose: Annotated[str, StringConstraints(max_length=MAX_PURPOSE)] = ""
     policy: ChannelPolicy
     default_handling: Handling
     ends: IsoDate | None = None
@@ -263,7 +342,7 @@ class Acceptance(BaseModel):
     node: NodeIdStr
     invite: Hex64
     signer: Kid
-    signature: B64
+    signature: B64Signature
 
 
 class Accept(BaseModel):
@@ -315,4 +394,4 @@ class ChannelEvent(BaseModel):
     at: Timestamp
     change: Change
     signer: Kid
-    signature: B64
+    signature: B64Signature

@@ -40,6 +40,7 @@ INTERNAL = {
     errors.AuditTampered,
     errors.BadEntry,
     errors.SplitView,
+    errors.BulletinUnverified,  # a tampered store: deliberately a 500, named in the detail
 }
 
 

@@ -21,8 +21,10 @@ BULLETIN_SENT: Final = "bulletin.sent"
 BULLETIN_DELIVERED: Final = "bulletin.delivered"
 BULLETIN_OPENED: Final = "bulletin.opened"
 BULLETIN_OPENED_BY: Final = "bulletin.opened_by"
+BULLETIN_UNVERIFIED: Final = "bulletin.unverified"
 SEND_REFUSED: Final = "send.refused"
 REQUEST_REJECTED: Final = "request.rejected"
+REQUESTS_REFUSED: Final = "requests.refused"
 CHANNEL_CHANGED: Final = "channel.changed"
 USER_CREATED: Final = "user.created"
 USER_TOKEN_ROTATED: Final = "user.token_rotated"  # noqa: S105 (a kind name, not a secret)
@@ -34,6 +36,7 @@ CONSOLE_SIGNED_OUT: Final = "console.signed_out"
 CONSOLE_SIGNIN_FAILED: Final = "console.signin_failed"
 CONSOLE_SIGNIN_THROTTLED: Final = "console.signin_throttled"
 NODE_STARTED: Final = "node.started"
+NODE_STOPPED: Final = "node.stopped"
 AUDIT_SPLIT_VIEW: Final = "audit.split_view"
 AUDIT_TRACE: Final = "audit.trace"
 AUDIT_TRACE_SERVED: Final = "audit.trace_served"
@@ -45,8 +48,10 @@ EVENT_KINDS: Final[tuple[str, ...]] = (
     BULLETIN_DELIVERED,
     BULLETIN_OPENED,
     BULLETIN_OPENED_BY,
+    BULLETIN_UNVERIFIED,
     SEND_REFUSED,
     REQUEST_REJECTED,
+    REQUESTS_REFUSED,
     CHANNEL_CHANGED,
     USER_CREATED,
     USER_TOKEN_ROTATED,
@@ -58,6 +63,7 @@ EVENT_KINDS: Final[tuple[str, ...]] = (
     CONSOLE_SIGNIN_FAILED,
     CONSOLE_SIGNIN_THROTTLED,
     NODE_STARTED,
+    NODE_STOPPED,
     AUDIT_SPLIT_VIEW,
     AUDIT_TRACE,
     AUDIT_TRACE_SERVED,
@@ -146,6 +152,16 @@ class BulletinOpenedBy(TypedDict):
     receipt_at: str
 
 
+class BulletinUnverified(TypedDict):
+    """A stored bulletin failed the check made when it is shown, and was not shown: what failed."""
+
+    event: Literal["bulletin.unverified"]
+    at: str
+    bulletin: str
+    user: str
+    problem: str  # which check failed, never the bulletin's content
+
+
 class SendRefused(TypedDict):
     """The destination refused an outbox item for good."""
 
@@ -171,6 +187,20 @@ class RequestRejected(TypedDict):
     reason: NotRequired[str]
     peer: NotRequired[str]  # a partner node, on the federation API
     user: NotRequired[str]  # a local user, on the client API and the console
+    address: NotRequired[str]  # the client's address
+
+
+class RequestsRefused(TypedDict):
+    """Refused requests from one client address over one interval, counted rather than written one
+    by one (exchange.service.rejections): the bounded record of a flood. At most 512 bytes."""
+
+    event: Literal["requests.refused"]
+    at: str
+    address: str  # an IPv4 address, an IPv6 /64, or "other" past the number of addresses tracked
+    since: str  # the start of the interval
+    count: int
+    reasons: dict[str, int]  # "401 Unauthorized", "408 header timeout", ...: how many of each
+    sample: str  # the last refused request, "METHOD path", cut short
 
 
 class ChannelChanged(TypedDict):
@@ -274,6 +304,13 @@ class NodeStarted(TypedDict):
     tls_pin: str
 
 
+class NodeStopped(TypedDict):
+    """A clean stop: the last entry of a run, covered by the checkpoint the node signs as it stops."""
+
+    event: Literal["node.stopped"]
+    at: str
+
+
 class AuditSplitView(TypedDict):
     """A witness caught a partner's log showing two histories."""
 
@@ -312,8 +349,10 @@ AuditEntry = (
     | BulletinDelivered
     | BulletinOpened
     | BulletinOpenedBy
+    | BulletinUnverified
     | SendRefused
     | RequestRejected
+    | RequestsRefused
     | ChannelChanged
     | UserCreated
     | UserTokenRotated
@@ -325,6 +364,7 @@ AuditEntry = (
     | ConsoleSigninFailed
     | ConsoleSigninThrottled
     | NodeStarted
+    | NodeStopped
     | AuditSplitView
     | AuditTrace
     | AuditTraceServed
@@ -341,6 +381,7 @@ __all__ = [
     "BULLETIN_POSTED",
     "BULLETIN_RECEIVED",
     "BULLETIN_SENT",
+    "BULLETIN_UNVERIFIED",
     "CHANNEL_CHANGED",
     "CONSOLE_SIGNED_IN",
     "CONSOLE_SIGNED_OUT",
@@ -348,6 +389,8 @@ __all__ = [
     "CONSOLE_SIGNIN_THROTTLED",
     "EVENT_KINDS",
     "NODE_STARTED",
+    "NODE_STOPPED",
+    "REQUESTS_REFUSED",
     "REQUEST_REJECTED",
     "SEND_REFUSED",
     "TRACE_KINDS",
@@ -366,13 +409,16 @@ __all__ = [
     "BulletinPosted",
     "BulletinReceived",
     "BulletinSent",
+    "BulletinUnverified",
     "ChannelChanged",
     "ConsoleSignedIn",
     "ConsoleSignedOut",
     "ConsoleSigninFailed",
     "ConsoleSigninThrottled",
     "NodeStarted",
+    "NodeStopped",
     "RequestRejected",
+    "RequestsRefused",
     "SendRefused",
     "UserAssigned",
     "UserCreated",

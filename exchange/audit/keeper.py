@@ -8,14 +8,15 @@ clock (times are passed in).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, TypedDict
 
 from exchange.audit.checkpoint import open_checkpoint
 from exchange.audit.log import FORMAT
 from exchange.crypto import VerifyKey, b64e
-from exchange.merkle import HASH_SIZE, Frontier
+from exchange.merkle import HASH_SIZE, Frontier, leaf_hash
 
 
 class CheckpointJSON(TypedDict):
@@ -82,6 +83,43 @@ def resumed_frontier(note: str, frontier_blob: bytes, key: VerifyKey, origin: st
     if frontier.root() != cp.root:
         raise ValueError("the stored frontier does not give the signed root")
     return frontier
+
+
+def shorter_than_signed(count: int, end: int, signed: int) -> str | None:
+    """Why a table of `count` rows whose largest index is `end - 1` cannot hold the log this node
+    signed a checkpoint of size `signed` (None if it may: holes are found when it is read)."""
+    if count >= signed:
+        return None
+    which = (
+        f"entries {count} to {signed - 1} were deleted"
+        if end == count
+        else f"at least {signed - count} of the entries it covers were deleted"
+    )
+    return f"the audit log holds {count} entries, but this node signed a checkpoint of {signed}: {which}"
+
+
+def unsigned_entry_problem(idx: int, entry: bytes, stored_leaf_hash: bytes) -> str | None:
+    """Why a stored row cannot be entry `idx` as the writer wrote it (its own index, its leaf hash)."""
+    if leaf_hash(entry) != stored_leaf_hash:
+        return "does not match its stored leaf hash: it was changed"
+    try:
+        body = json.loads(entry)
+    except (ValueError, UnicodeDecodeError):
+        return "is not valid JSON"
+    if not isinstance(body, dict) or body.get("idx") != idx:
+        return "does not carry its own index: entries were moved"
+    return None
+
+
+def first_unmatched(signed: Iterable[tuple[int, bytes]], root_at: Callable[[int], bytes]) -> tuple[int, int] | None:
+    """The first span (lo, size) of the log whose entries no longer give the root of checkpoint
+    `size`, given the (size, root) of each checkpoint in increasing size; None if all match."""
+    lo = 0
+    for size, root in signed:
+        if size and root_at(size) != root:
+            return lo, size
+        lo = size
+    return None
 
 
 # -- evidence about one bulletin ------------------------------------------------------------------

@@ -256,7 +256,8 @@ class LogVerifier:
                 self._fail(
                     BadEntry(
                         count,
-                        f"is missing: checkpoint {cps[-1].size} covers {cps[-1].size} entries, the log holds {count}",
+                        f"is missing: checkpoint {cps[-1].size} covers {cps[-1].size} entries, the log holds "
+                        f"{count}: entries {count} to {cps[-1].size - 1} were deleted",
                     )
                 )
             if self._mismatch is not None:

@@ -8,7 +8,9 @@ It follows c2sp.org/tlog-witness, carried as JSON over the mutual-TLS federation
   it. The witness answers `{"status": "cosigned", "cosignature": <line>}`, or `{"status":
   "stale", "size": n}` if it last saw size n (tlog-witness answers 409 there; a 200 keeps
   routine retries out of the audit trail of refused requests), or refuses with 409 if the
-  proof fails: a split view, which it records, audits and never co-signs.
+  proof fails or the checkpoint is smaller than one it co-signed (a rollback: a log pushes its
+  checkpoints to a witness one at a time, never a smaller one after a larger): a split view,
+  which it records, audits and never co-signs.
 - pull: a witness GETs `/fed/v1/audit/checkpoint?from=<size it saw>` from the log, checks the
   same way, and POSTs its cosignature back to `/fed/v1/audit/cosignatures`. Pulling catches a
   log that stops asking.
@@ -116,12 +118,21 @@ def signed_by(note_text: str, name: str) -> bool:
     return any(s.name == name for s in parse_note(note_text).signatures)
 
 
-def split_detail(seen: Seen | None, cp: Checkpoint, old_size: int, proof: list[bytes]) -> Stale | str | None:
+def split_detail(
+    seen: Seen | None, cp: Checkpoint, old_size: int, proof: list[bytes], *, pushed: bool = True
+) -> Stale | str | None:
     """Does `cp` extend what the witness saw? None if so (or nothing was seen: trust on first use),
-    `Stale` if the log proved it from another size, or why it is a split view."""
+    `Stale` if the log proved it from another size, or why it is a split view.
+
+    A smaller checkpoint than the one seen is a rollback when the log pushed it; when the witness
+    pulled it, a push that overtook the pull is the innocent reason, and the pull checked for a
+    rollback against what it had seen before it asked.
+    """
     if seen is None:
         return None
-    if cp.size < seen.size or old_size != seen.size:
+    if cp.size < seen.size:
+        return went_back(seen, cp) if pushed else {"status": "stale", "size": seen.size}
+    if old_size != seen.size:
         return {"status": "stale", "size": seen.size}
     try:
         verify_consistency(seen.size, cp.size, proof, seen.root, cp.root)

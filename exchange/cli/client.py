@@ -6,6 +6,7 @@ import io
 import json
 import os
 import ssl
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,10 +62,39 @@ def _json_body(body: Any) -> io.BytesIO | None:
     return None if body is None else io.BytesIO(json.dumps(body).encode())
 
 
-async def call(target: Target, method: str, path: str, body: Any = None) -> Any:
-    """One API request; a problem+json answer becomes ApiError, no answer at all PeerError."""
+def new_idempotency_key() -> str:
+    """A fresh Idempotency-Key for one post or forward (a random UUID: 36 characters)."""
+    return str(uuid.uuid4())
+
+
+def dropped(exc: BaseException) -> bool:
+    """Whether a request failed after it may have reached the node: the connection broke while the
+    answer was awaited (not a refused connection or a failed handshake, and not a timeout)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return False
+    return isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | aiohttp.ClientOSError)
+
+
+async def call(target: Target, method: str, path: str, body: Any = None, *, idempotency_key: str | None = None) -> Any:
+    """One API request; a problem+json answer becomes ApiError, no answer at all PeerError.
+
+    With an `idempotency_key` (a post, a forward) the request carries it, and if the connection
+    drops before the answer it is sent once more with the same key: the node answers a retry with
+    the first result, so the bulletin exists once whether or not the first attempt was committed.
+    """
+    try:
+        return await _call_once(target, method, path, body, idempotency_key)
+    except PeerError as exc:
+        if idempotency_key is None or exc.__cause__ is None or not dropped(exc.__cause__):
+            raise
+    return await _call_once(target, method, path, body, idempotency_key)
+
+
+async def _call_once(target: Target, method: str, path: str, body: Any, idempotency_key: str | None) -> Any:
     connector = aiohttp.TCPConnector(ssl=client_context(target.server_cert))
     headers = {"Authorization": f"Bearer {target.token}", "Content-Type": "application/json"}
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
     timeout = aiohttp.ClientTimeout(total=target.timeout)
     try:
         async with (

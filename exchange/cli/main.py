@@ -14,7 +14,7 @@ from rich.table import Table
 
 from exchange.cli.audit import audit
 from exchange.cli.channels import channels
-from exchange.cli.client import Target, call
+from exchange.cli.client import Target, call, new_idempotency_key
 from exchange.cli.db import db
 from exchange.cli.options import as_json, emit, node_file, run_async, token_opt, user_opt
 from exchange.cli.output import console, one_line_errors, user_errors
@@ -145,6 +145,7 @@ def forward(node_path: Path, user: str, token: str | None, bulletin_id: str, cha
             "POST",
             f"/api/v1/bulletins/{bulletin_id}/forward",
             {"channel": channel},
+            idempotency_key=new_idempotency_key(),  # a dropped connection is retried once, safely
         )
     )
     emit(result, as_json, lambda r: click.echo(f"forwarded as {r['id']} to {channel}"))
@@ -240,7 +241,9 @@ def post(
     if tlp is not None:
         bulletin["handling"] = {"tlp": tlp, "no_onward_sharing": no_onward_sharing}
     target = Target.from_node(node_path, user, token)
-    result = run_async(call(target, "POST", f"/api/v1/channels/{channel}/bulletins", bulletin))
+    # With a key, a dropped connection is retried once: the node answers it with the first result.
+    key = new_idempotency_key()
+    result = run_async(call(target, "POST", f"/api/v1/channels/{channel}/bulletins", bulletin, idempotency_key=key))
     emit(
         result,
         as_json,
@@ -296,7 +299,8 @@ def read(node_path: Path, user: str, token: str | None, bulletin_id: str, as_jso
         b = r["bulletin"]
         console.print(
             f"[bold]TLP:{b['handling']['tlp']}[/bold]  {b['kind']}  "
-            f"from {r['author_name']} ({r['author']}), signature verified"
+            f"from {r['author_name']} ({r['author']})"
+            + (", signature verified" if r.get("signature_verified") is True else ", signature NOT verified")
         )
         console.print(f"[bold]{b['title']}[/bold]", highlight=False)
         console.print(b["body"], highlight=False)

@@ -18,6 +18,8 @@ STATUS: dict[type[errors.ExchangeError], int] = {
     errors.SchemaOutdated: 500,
     errors.InvalidInput: 422,
     errors.WeakPassword: 422,
+    errors.BodyTooLarge: 413,
+    errors.IdempotencyKeyReused: 422,
     errors.ProofError: 422,
     errors.InvalidEnvelope: 422,
     errors.BadSignature: 422,
@@ -25,7 +27,9 @@ STATUS: dict[type[errors.ExchangeError], int] = {
     errors.Equivocation: 409,
     errors.EnvelopeRejected: 422,
     errors.Unauthorized: 401,
+    errors.RateLimited: 429,
     errors.TooManyFailures: 429,
+    errors.RequestTimeout: 408,
     errors.Forbidden: 403,
     errors.UnknownPeer: 403,
     errors.NotAMember: 403,
@@ -35,6 +39,7 @@ STATUS: dict[type[errors.ExchangeError], int] = {
     errors.AuditTampered: 500,
     errors.BadEntry: 500,
     errors.SplitView: 500,
+    errors.BulletinUnverified: 500,
     errors.PeerError: 502,
     errors.PeerRefused: 502,
     errors.StateUnavailable: 503,
@@ -60,4 +65,7 @@ def from_error(exc: errors.ExchangeError) -> web.Response:
     extra: dict[str, Any] = {}
     if hasattr(exc, "errors"):
         extra["errors"] = exc.errors
-    return problem(status_for(exc), exc.title, exc.detail, f"urn:exchange:error:{type(exc).__name__}", **extra)
+    response = problem(status_for(exc), exc.title, exc.detail, f"urn:exchange:error:{type(exc).__name__}", **extra)
+    if isinstance(exc, errors.RateLimited):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response

@@ -1,5 +1,6 @@
 """The node's HTTP adapter: the federation, client and audit routes, and the middleware that
-turns every error into problem+json and audits every refused request."""
+turns every error into problem+json and audits every refused request (within the bounds of
+`exchange.service.rejections`: exact entries for accountable callers, counts for floods)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from aiohttp import web
 
 from exchange.errors import ExchangeError
 from exchange.http.appkeys import PEER, SERVICE, USER
+from exchange.http.limits import RETRY_AFTER
 from exchange.http.problem import from_error, problem
 from exchange.node import audit_api, client_api, federation_api
 
@@ -23,7 +25,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error becomes problem+json; every refused request is audited."""
     try:
-        return await handler(request)
+        response = await handler(request)
+        if response.status == 429 and RETRY_AFTER in request and "Retry-After" not in response.headers:
+            response.headers["Retry-After"] = str(request[RETRY_AFTER])  # the console's HTML 429 page
+        return response
     except ExchangeError as exc:
         response = from_error(exc)
         reason = exc.detail
@@ -31,10 +36,19 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if exc.status < 400:
             raise
         response = problem(exc.status, exc.reason, exc.text or exc.reason)
+        if "Allow" in exc.headers:  # a 405 names the methods the resource takes (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
         reason = exc.reason
+    except ConnectionError:
+        if request.transport is None or request.transport.is_closing():
+            raise  # the client went away: aiohttp closes quietly
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem(500, "Internal error", "the node could not handle this request")
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem(500, "Internal error", "the node could not handle this request")
+    if response.status == 408:
+        response.force_close()  # the rest of a body that timed out is not read
     if 400 <= response.status < 500:
         await request.app[SERVICE].audit_rejection(
             method=request.method,
@@ -43,6 +57,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             reason=reason,
             peer=request.get(PEER),
             user=request.get(USER),
+            address=request.remote,
         )
     return response
 

@@ -21,16 +21,18 @@ Federation (mutual TLS, roster nodes):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import re
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
 
-from exchange.crypto import strict_loads
-from exchange.errors import Conflict, InvalidInput, SplitView
+from exchange.errors import Conflict, InvalidInput, NotFound, ProofError, SplitView
+from exchange.http import params
 from exchange.http.appkeys import SERVICE
+from exchange.node.bodies import AUDIT_PAGE_LIMIT
 from exchange.node.client_api import current_user
 from exchange.node.federation_api import authenticate_peer
 from exchange.service.audit.service import AuditService
@@ -38,9 +40,6 @@ from exchange.service.audit.views import EntryFilter
 
 log = logging.getLogger("exchange.audit")
 
-_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?Z?)?$")
-_BULLETIN = re.compile(r"^[0-9a-f]{64}$")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._*-]{0,63}$")
 EXPORT_CHUNK = 500  # records per write of a streamed export
 
 
@@ -51,25 +50,15 @@ def _audit(request: web.Request) -> AuditService:
     return audit
 
 
-def _int(request: web.Request, name: str, default: int | None = None, minimum: int = 0) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        if default is None:
-            raise InvalidInput(f"query parameter {name} is required")
-        return default
-    if not re.fullmatch(r"-?\d{1,15}", raw) or int(raw) < minimum:
-        raise InvalidInput(f"query parameter {name} must be an integer >= {minimum}")
-    return int(raw)
-
-
-def _optional_int(request: web.Request, name: str, minimum: int) -> int | None:
-    return None if request.query.get(name) is None else _int(request, name, minimum=minimum)
-
-
-def _bulletin_id(raw: str) -> str:
-    if not _BULLETIN.match(raw):
-        raise InvalidInput("a bulletin id is 64 lowercase hex characters")
-    return raw
+@contextlib.contextmanager
+def _beyond_the_log() -> Iterator[None]:
+    """A well-formed index or size past the signed log names no proof: 404, like an unsigned size."""
+    try:
+        yield
+    except ProofError:
+        raise
+    except InvalidInput as exc:
+        raise NotFound(f"no such proof: {exc.detail}") from exc
 
 
 # -- client routes (auditors) -----------------------------------------------------------------
@@ -77,17 +66,14 @@ def _bulletin_id(raw: str) -> str:
 
 def _entry_filter(request: web.Request) -> EntryFilter:
     q = request.query
-    event, channel, peer, bulletin = q.get("event"), q.get("channel"), q.get("peer"), q.get("bulletin")
-    since, until = q.get("since"), q.get("until")
-    for name, value in (("event", event), ("channel", channel), ("peer", peer)):
-        if value is not None and not _NAME.match(value):
-            raise InvalidInput(f"{name} has an invalid form")
-    if bulletin is not None:
-        _bulletin_id(bulletin)
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and not _TIME.match(value):
-            raise InvalidInput(f"{name} must be an RFC 3339 UTC time or a date")
-    return EntryFilter(event=event, channel=channel, peer=peer, bulletin=bulletin, since=since, until=until)
+    return EntryFilter(
+        event=params.optional_text(q, "event", params.audit_name),
+        channel=params.optional_text(q, "channel", params.audit_name),
+        peer=params.optional_text(q, "peer", params.audit_name),
+        bulletin=params.optional_text(q, "bulletin", params.bulletin_id),
+        since=params.optional_text(q, "since", params.time_or_date),
+        until=params.optional_text(q, "until", params.time_or_date),
+    )
 
 
 async def get_log(request: web.Request) -> web.Response:
@@ -96,7 +82,8 @@ async def get_log(request: web.Request) -> web.Response:
     user.require("auditor")
     where = _entry_filter(request)
     audit = _audit(request)
-    after, limit = _int(request, "after", -1, minimum=-1), min(_int(request, "limit", 100, 1), 1000)
+    after = params.integer(request.query, "after", -1, minimum=-1)
+    limit = params.integer(request.query, "limit", 100, minimum=1, maximum=AUDIT_PAGE_LIMIT)
     page = await audit.log_page(where, after=after, limit=limit)
     return web.json_response(page.to_json())
 
@@ -113,7 +100,7 @@ async def post_checkpoint(request: web.Request) -> web.Response:
     user = await current_user(request)
     user.require("auditor", "admin")
     audit = _audit(request)
-    signed = await audit.sign_checkpoint(witness=request.query.get("witness", "true") != "false")
+    signed = await audit.sign_checkpoint(witness=params.boolean(request.query, "witness", True))
     return web.json_response(signed.to_json())
 
 
@@ -122,9 +109,11 @@ async def get_inclusion(request: web.Request) -> web.Response:
     audit = _audit(request)
     user = await current_user(request)
     user.require("auditor")
-    size = _optional_int(request, "size", minimum=1)  # default: the latest checkpoint's
-    index = _int(request, "index")
-    return web.json_response((await audit.inclusion(index, size)).to_json())
+    size = params.optional_integer(request.query, "size", minimum=1)  # default: the latest checkpoint's
+    index = params.integer(request.query, "index")
+    with _beyond_the_log():
+        proof = await audit.inclusion(index, size)
+    return web.json_response(proof.to_json())
 
 
 async def get_consistency(request: web.Request) -> web.Response:
@@ -132,17 +121,19 @@ async def get_consistency(request: web.Request) -> web.Response:
     audit = _audit(request)
     user = await current_user(request)
     user.require("auditor")
-    new = _optional_int(request, "to", minimum=1)  # default: the latest checkpoint's size
-    old = _int(request, "from", minimum=1)
-    return web.json_response((await audit.consistency(old, new)).to_json())
+    new = params.optional_integer(request.query, "to", minimum=1)  # default: the latest checkpoint's size
+    old = params.integer(request.query, "from", minimum=1)
+    with _beyond_the_log():
+        proof = await audit.consistency(old, new)
+    return web.json_response(proof.to_json())
 
 
 async def get_export(request: web.Request) -> web.StreamResponse:
     """The self-contained bundle as JSON Lines, streamed page by page."""
     user = await current_user(request)
     user.require("auditor")
-    bulletin = request.query.get("bulletin")
-    records = _audit(request).export(_bulletin_id(bulletin) if bulletin else None)
+    bulletin = params.optional_text(request.query, "bulletin", params.bulletin_id)
+    records = _audit(request).export(bulletin)
     first = await anext(records)  # errors before the first byte still become problem+json
     node = first["node"] if first["type"] == "header" else ""
     response = web.StreamResponse(
@@ -170,7 +161,7 @@ async def get_trace(request: web.Request) -> web.Response:
     """The trace of one bulletin across nodes (the client verifies the evidence)."""
     user = await current_user(request)
     user.require("auditor")
-    bid = _bulletin_id(request.match_info["bulletin"])
+    bid = params.bulletin_id(request.match_info["bulletin"])
     trace = await _audit(request).trace(bid, user.name)
     return web.json_response(trace.to_json())
 
@@ -189,13 +180,13 @@ async def fed_checkpoint(request: web.Request) -> web.Response:
     """Our latest checkpoint, with a consistency proof from the size the witness last saw."""
     authenticate_peer(request)
     audit = _audit(request)
-    return web.json_response((await audit.latest_for_witness(_int(request, "from", 0))).to_json())
+    return web.json_response((await audit.latest_for_witness(params.integer(request.query, "from", 0))).to_json())
 
 
 async def fed_cosign(request: web.Request) -> web.Response:
     """A partner asks this node to co-sign its checkpoint (push)."""
     peer = authenticate_peer(request)
-    body: Any = strict_loads(await request.read())
+    body: Any = await params.json_body(request)
     try:
         return web.json_response(await _audit(request).witness.cosign(peer, body))
     except SplitView as exc:
@@ -205,7 +196,7 @@ async def fed_cosign(request: web.Request) -> web.Response:
 async def fed_cosignatures(request: web.Request) -> web.Response:
     """A partner returns its cosignature of our checkpoint (pull)."""
     peer = authenticate_peer(request)
-    body: Any = strict_loads(await request.read())
+    body: Any = await params.json_body(request)
     await _audit(request).witness.store_cosignature(peer, body)
     return web.json_response({"stored": True})
 
@@ -213,7 +204,7 @@ async def fed_cosignatures(request: web.Request) -> web.Response:
 async def fed_bulletin_evidence(request: web.Request) -> web.Response:
     """Our entries about a bulletin, for the nodes its envelope names as author or recipient."""
     peer = authenticate_peer(request)
-    bid = _bulletin_id(request.match_info["bulletin"])
+    bid = params.bulletin_id(request.match_info["bulletin"])
     return web.json_response(await _audit(request).serve_evidence(peer, bid))
 
 

@@ -2,39 +2,54 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from exchange.crypto import strict_loads
 from exchange.errors import InvalidInput
+from exchange.http import params
 from exchange.http.appkeys import SERVICE, USER
-from exchange.model import Bulletin, ChannelIdStr, Create
-from exchange.node.openapi import openapi_document
+from exchange.model import (
+    MAX_ATTACHMENT_BYTES,
+    MAX_ATTACHMENTS,
+    MAX_BODY,
+    MAX_NAMED_INDICATORS,
+    MAX_PURPOSE,
+    MAX_SHORT,
+    Bulletin,
+)
+from exchange.node.bodies import AUDIT_PAGE_LIMIT, MEMBERSHIP, PAGE_LIMIT, Assignment, Forward, NewChannel
+from exchange.node.openapi import openapi_json
+from exchange.service.posting import Replayed
 from exchange.service.users import User
-from exchange.service.views import MemberChange, channel_view
+from exchange.service.views import channel_view
+
+# Request bodies, per route (exchange.http.params.body_bytes answers 413 past them). A bulletin
+# at its largest: its attachments in base64url, and every code point of its text, title, names
+# and named indicators written as JSON may write an astral character (two \u escapes, 12 bytes),
+# with a margin for the rest (the patterned indicators and references are ASCII, 50 KB at most).
+ESCAPED = 12
+BULLETIN_BODY = (
+    (MAX_ATTACHMENT_BYTES * 4) // 3
+    + ESCAPED * (MAX_BODY + (2 * MAX_NAMED_INDICATORS + MAX_ATTACHMENTS + 1) * MAX_SHORT)
+    + 256 * 1024
+)
+CHANNEL_BODY = ESCAPED * (MAX_PURPOSE + MAX_SHORT) + 4096  # a purpose and a title, escaped
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 async def current_user(request: web.Request) -> User:
-    header = request.headers.get("Authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else None
-    user = await request.app[SERVICE].users.authenticate(token)
+    """The local user the bearer token belongs to, or Unauthorized (401)."""
+    user = await request.app[SERVICE].users.authenticate(params.bearer_token(request.headers))
     request[USER] = user.name
     return user
 
 
-def _int_param(request: web.Request, name: str, default: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not raw.lstrip("-").isdigit():
-        raise InvalidInput(f"query parameter {name} must be an integer")
-    return int(raw)
-
-
-async def _body(request: web.Request) -> Any:
-    return strict_loads(await request.read())
+async def _body(request: web.Request, limit: int = params.SMALL_BODY) -> Any:
+    return await params.json_body(request, limit)
 
 
 def _validate(model: type[BaseModel], raw: Any) -> Any:
@@ -64,20 +79,16 @@ async def list_channels(request: web.Request) -> web.Response:
 
 async def show_channel(request: web.Request) -> web.Response:
     user = await current_user(request)
-    channel = request.match_info["channel"]
+    channel = params.channel_id(request.match_info["channel"])
     if user.role == "contact-point":
         user.require_channel(channel)
     return web.json_response(channel_view(request.app[SERVICE].channels.state(channel)))
 
 
-class NewChannel(Create):
-    id: ChannelIdStr
-
-
 async def create_channel(request: web.Request) -> web.Response:
     user = await current_user(request)
     user.require("admin")
-    raw = await _body(request)
+    raw = await _body(request, CHANNEL_BODY)
     if isinstance(raw, dict):
         raw.setdefault("type", "create")
     spec: NewChannel = _validate(NewChannel, raw)
@@ -87,40 +98,35 @@ async def create_channel(request: web.Request) -> web.Response:
     return web.json_response(channel_view(state), status=201)
 
 
-async def change_membership(request: web.Request) -> web.Response:
-    """invite, rights, remove, grant-history, close: ordered and signed by this (owner) node."""
+def change_membership(action: str) -> Handler:
+    """The route of one membership change, ordered and signed by this (owner) node."""
+    kind, model = MEMBERSHIP[action]
+
+    async def handler(request: web.Request) -> web.Response:
+        user = await current_user(request)
+        user.require("admin")
+        channel = params.channel_id(request.match_info["channel"])
+        change: dict[str, Any] = {"type": kind}
+        if model is not None:
+            change |= _validate(model, await _body(request)).model_dump(mode="json")
+        return web.json_response(channel_view(await request.app[SERVICE].channels.change(user, channel, change)))
+
+    return handler
+
+
+async def accept_invitation(request: web.Request) -> web.Response:
+    """This node accepts an invitation to a channel; the owner orders the acceptance into its log."""
     user = await current_user(request)
     user.require("admin")
-    action = request.match_info["action"]
-    channel = request.match_info["channel"]
-    book = request.app[SERVICE].channels
-    if action == "accept":
-        return web.json_response(channel_view(await book.accept(user, channel)))
-    if action == "close":
-        change: dict[str, Any] = {"type": "close"}
-    else:
-        body: MemberChange = _validate(MemberChange, await _body(request))
-        kinds = {"invite": "invite", "rights": "set-rights", "remove": "remove", "grant-history": "grant-history"}
-        if action not in kinds:
-            raise web.HTTPNotFound()
-        change = {"type": kinds[action], "node": body.node}
-        if action in ("invite", "rights"):
-            if body.rights is None:
-                raise InvalidInput("rights are required")
-            change["rights"] = body.rights
-    return web.json_response(channel_view(await book.change(user, channel, change)))
-
-
-class Assignment(BaseModel):
-    user: str
-    assigned: bool = True
+    channel = params.channel_id(request.match_info["channel"])
+    return web.json_response(channel_view(await request.app[SERVICE].channels.accept(user, channel)))
 
 
 async def assign_user(request: web.Request) -> web.Response:
     """An administrator gives a local contact point a channel to work in, or takes it away."""
     user = await current_user(request)
     user.require("admin")
-    channel = request.match_info["channel"]
+    channel = params.channel_id(request.match_info["channel"])
     request.app[SERVICE].channels.state(channel)
     body: Assignment = _validate(Assignment, await _body(request))
     await request.app[SERVICE].users.assign(body.user, channel, assigned=body.assigned, actor=user.name)
@@ -130,47 +136,54 @@ async def assign_user(request: web.Request) -> web.Response:
 async def post_bulletin(request: web.Request) -> web.Response:
     user = await current_user(request)
     service = request.app[SERVICE]
-    channel = request.match_info["channel"]
+    channel = params.channel_id(request.match_info["channel"])
     user.require_channel(channel)
-    raw: Any = await _body(request)
+    raw: Any = await _body(request, BULLETIN_BODY)
     if isinstance(raw, dict) and "handling" not in raw:
         raw["handling"] = service.channels.state(channel).default_handling.model_dump()
     bulletin: Bulletin = _validate(Bulletin, raw)
-    return web.json_response((await service.post(user, channel, bulletin)).as_json(), status=201)
-
-
-class Forward(BaseModel):
-    channel: ChannelIdStr
+    # Idempotency-Key: a retry with the same key gets the first answer (exchange.service.posting).
+    key = ", ".join(request.headers.getall("Idempotency-Key")) if "Idempotency-Key" in request.headers else None
+    posted = await service.post(user, channel, bulletin, idempotency_key=key)
+    replayed = {"Idempotent-Replayed": "true"} if isinstance(posted, Replayed) else None
+    return web.json_response(posted.as_json(), status=201, headers=replayed)
 
 
 async def forward_bulletin(request: web.Request) -> web.Response:
     user = await current_user(request)
+    bid = params.bulletin_id(request.match_info["id"])
     body: Forward = _validate(Forward, await _body(request))
-    result = await request.app[SERVICE].forward(user, request.match_info["id"], body.channel)
-    return web.json_response(result.as_json(), status=201)
+    key = ", ".join(request.headers.getall("Idempotency-Key")) if "Idempotency-Key" in request.headers else None
+    result = await request.app[SERVICE].forward(user, bid, body.channel, idempotency_key=key)
+    replayed = {"Idempotent-Replayed": "true"} if isinstance(result, Replayed) else None
+    return web.json_response(result.as_json(), status=201, headers=replayed)
 
 
 async def list_bulletins(request: web.Request) -> web.Response:
     user = await current_user(request)
+    q = request.query
     items = await request.app[SERVICE].list_bulletins(
         user,
-        channel=request.query.get("channel"),
-        after=_int_param(request, "after", 0),
-        limit=_int_param(request, "limit", 50),
+        channel=params.optional_text(q, "channel", params.channel_id),
+        after=params.integer(q, "after", 0),
+        limit=params.integer(q, "limit", 50, minimum=1, maximum=PAGE_LIMIT),
     )
     return web.json_response({"items": [i.as_json() for i in items], "next": items[-1].cursor if items else None})
 
 
 async def read_bulletin(request: web.Request) -> web.Response:
     user = await current_user(request)
-    return web.json_response((await request.app[SERVICE].read(user, request.match_info["id"])).as_json())
+    bid = params.bulletin_id(request.match_info["id"])
+    return web.json_response((await request.app[SERVICE].read(user, bid)).as_json())
 
 
 async def audit_entries(request: web.Request) -> web.Response:
     user = await current_user(request)
     user.require("auditor")
+    q = request.query
     entries = await request.app[SERVICE].audit.entries(
-        after=_int_param(request, "after", -1), limit=min(_int_param(request, "limit", 100), 1000)
+        after=params.integer(q, "after", -1, minimum=-1),
+        limit=params.integer(q, "limit", 100, minimum=1, maximum=AUDIT_PAGE_LIMIT),
     )
     return web.json_response({"entries": entries})
 
@@ -182,7 +195,8 @@ async def peers(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document(request.app[SERVICE].config.endpoint))
+    """The OpenAPI document of every client, audit and federation route."""
+    return web.Response(body=openapi_json(request.app[SERVICE].config.endpoint), content_type="application/json")
 
 
 def routes() -> list[web.RouteDef]:
@@ -194,7 +208,8 @@ def routes() -> list[web.RouteDef]:
         web.get("/api/v1/channels/{channel}", show_channel),
         web.post("/api/v1/channels/{channel}/users", assign_user),
         web.post("/api/v1/channels/{channel}/bulletins", post_bulletin),
-        web.post("/api/v1/channels/{channel}/{action}", change_membership),
+        web.post("/api/v1/channels/{channel}/accept", accept_invitation),
+        *(web.post(f"/api/v1/channels/{{channel}}/{action}", change_membership(action)) for action in MEMBERSHIP),
         web.get("/api/v1/bulletins", list_bulletins),
         web.get("/api/v1/bulletins/{id}", read_bulletin),
         web.post("/api/v1/bulletins/{id}/forward", forward_bulletin),

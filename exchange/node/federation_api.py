@@ -7,13 +7,16 @@ from typing import Any
 
 from aiohttp import web
 
-from exchange.crypto import strict_loads
 from exchange.errors import InvalidInput
+from exchange.http import params
 from exchange.http.appkeys import PEER, SERVICE
 from exchange.model import NodeId
+from exchange.node.bodies import CATCHUP_LIMIT, MAX_BATCH
 from exchange.node.tls import peer_identity
 
-MAX_BATCH = 1000
+# The transaction body: what a sender's batch can need (exchange.service.outbox keeps a batch
+# under MAX_TRANSACTION_BYTES, 32 MiB), plus room for the JSON around the items.
+TRANSACTION_BODY = 32 * 1024 * 1024 + 64 * 1024
 
 
 def authenticate_peer(request: web.Request) -> NodeId:
@@ -36,7 +39,7 @@ def _list(body: dict[str, Any], key: str) -> list[Any]:
 async def post_transaction(request: web.Request) -> web.Response:
     """Take a transaction of channel events and envelopes; persist and audit, then answer with receipts."""
     peer = authenticate_peer(request)
-    body: Any = strict_loads(await request.read())
+    body: Any = await params.json_body(request, TRANSACTION_BODY)
     if not isinstance(body, dict) or not {"txn", "envelopes"} <= set(body) <= {
         "txn",
         "events",
@@ -56,31 +59,23 @@ async def post_transaction(request: web.Request) -> web.Response:
 async def get_channel_events(request: web.Request) -> web.Response:
     """A channel's log after a position, for a node that the log names."""
     peer = authenticate_peer(request)
-    raw = request.query.get("after", "-1")
-    if not re.fullmatch(r"-1|\d{1,9}", raw):
-        raise InvalidInput("after must be -1 or a log position")
-    events = request.app[SERVICE].channels.events_for_peer(peer, request.match_info["channel"], int(raw))
+    channel = params.channel_id(request.match_info["channel"])
+    after = params.integer(request.query, "after", -1, minimum=-1)
+    events = request.app[SERVICE].channels.events_for_peer(peer, channel, after)
     return web.json_response({"events": [e.model_dump(mode="json") for e in events]})
-
-
-def _position(request: web.Request, name: str, default: int) -> int:
-    raw = request.query.get(name, str(default))
-    if not re.fullmatch(r"\d{1,12}", raw):
-        raise InvalidInput(f"{name} must be a non-negative integer")
-    return int(raw)
 
 
 async def get_channel_envelopes(request: web.Request) -> web.Response:
     """Catch-up: a page of a channel's envelopes after a cursor, or of one author's stream after a seq."""
     peer = authenticate_peer(request)
-    author = request.query.get("author")
+    q = request.query
     body = await request.app[SERVICE].served_envelopes(
         peer,
-        request.match_info["channel"],
-        after=_position(request, "after", 0),
-        limit=_position(request, "limit", 200),
-        author=author,
-        after_seq=_position(request, "after_seq", 0),
+        params.channel_id(request.match_info["channel"]),
+        after=params.integer(q, "after", 0),
+        limit=params.integer(q, "limit", 200, minimum=1, maximum=CATCHUP_LIMIT),
+        author=params.optional_text(q, "author", params.node_id),
+        after_seq=params.integer(q, "after_seq", 0),
     )
     return web.Response(body=body, content_type="application/json")
 
@@ -88,8 +83,9 @@ async def get_channel_envelopes(request: web.Request) -> web.Response:
 async def post_acceptance(request: web.Request) -> web.Response:
     """An invited node accepts; the owner orders it into the log and returns the log."""
     peer = authenticate_peer(request)
-    body: Any = strict_loads(await request.read())
-    events = await request.app[SERVICE].channels.receive_acceptance(peer, request.match_info["channel"], body)
+    channel = params.channel_id(request.match_info["channel"])
+    body: Any = await params.json_body(request)
+    events = await request.app[SERVICE].channels.receive_acceptance(peer, channel, body)
     return web.json_response({"events": [e.model_dump(mode="json") for e in events]})
 
 

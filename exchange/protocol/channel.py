@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pydantic import ValidationError
+
 from exchange.crypto import SigningKey, canonical_json, sha256
 from exchange.errors import InvalidInput, NotAMember
 from exchange.model import (
@@ -25,6 +27,7 @@ from exchange.model import (
     Remove,
     Right,
     SetRights,
+    first_error,
 )
 from exchange.protocol.roster import Federation
 from exchange.protocol.signing import sign, verify
@@ -44,12 +47,18 @@ def sign_event(
 ) -> ChannelEvent:
     body = {"v": 1, "channel": channel, "owner": owner, "pos": pos, "prev": prev, "at": at, "change": change}
     body["signer"] = key.kid
-    return ChannelEvent.model_validate({**body, "signature": sign(DOMAIN, body, key)})
+    try:
+        return ChannelEvent.model_validate({**body, "signature": sign(DOMAIN, body, key)})
+    except ValidationError as exc:
+        raise InvalidInput(f"channel event does not match the schema: {first_error(exc)}") from exc
 
 
 def sign_acceptance(channel: str, node: str, invite_hash: str, key: SigningKey) -> Acceptance:
     body = {"channel": channel, "node": node, "invite": invite_hash, "signer": key.kid}
-    return Acceptance.model_validate({**body, "signature": sign(ACCEPT_DOMAIN, body, key)})
+    try:
+        return Acceptance.model_validate({**body, "signature": sign(ACCEPT_DOMAIN, body, key)})
+    except ValidationError as exc:
+        raise InvalidInput(f"acceptance does not match the schema: {first_error(exc)}") from exc
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,25 @@ from exchange.crypto import (
 )
 from exchange.crypto.content import Random, os_random
 from exchange.errors import DecryptionFailed, InvalidEnvelope, InvalidInput
-from exchange.model import Bulletin, BulletinId, Envelope, EnvelopeHeader, NodeId, Recipient, StateRef
+from exchange.model import (
+    Bulletin,
+    BulletinId,
+    Envelope,
+    EnvelopeHeader,
+    NodeId,
+    Recipient,
+    StateRef,
+    first_error,
+)
 from exchange.protocol.channel import ChannelState
 from exchange.protocol.roster import Federation
 from exchange.protocol.signing import signing_input_prefix
 
 DOMAIN = "envelope"
 SUITE = "x25519-hkdfsha256-aes256gcm"
-MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
+# The largest envelope the model's bounds allow (a ciphertext of MAX_CIPHERTEXT characters and
+# MAX_RECIPIENTS recipients and wraps, about 160 KiB), rounded up.
+MAX_ENVELOPE_BYTES = 8 * 1024 * 1024
 
 
 def bulletin_id(header: EnvelopeHeader) -> BulletinId:
@@ -110,13 +121,7 @@ def parse_envelope(data: bytes | dict[str, Any]) -> Envelope:
     try:
         return Envelope.model_validate(data)
     except ValidationError as exc:
-        raise InvalidEnvelope(f"envelope does not match the schema: {_first_error(exc)}") from exc
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"])
-    return f"{where}: {err['msg']}"
+        raise InvalidEnvelope(f"envelope does not match the schema: {first_error(exc)}") from exc
 
 
 def verify_envelope(env: Envelope, fed: Federation, state: ChannelState) -> BulletinId:
@@ -209,14 +214,17 @@ def envelope_bytes(env: Envelope) -> bytes:
     string, which JSON never escapes.
     """
     quoted = b",".join(b'"' + w.encode("ascii") + b'"' for w in env.wraps)
-    return (
-        b'{"ciphertext":"'
-        + env.ciphertext.encode("ascii")
-        + b'","header":'
-        + env.header.canonical
-        + b',"signature":"'
-        + env.signature.encode("ascii")
-        + b'","wraps":['
-        + quoted
-        + b"]}"
+    # One join, not a chain of +, which would copy a ciphertext of megabytes once per operand.
+    return b"".join(
+        (
+            b'{"ciphertext":"',
+            env.ciphertext.encode("ascii"),
+            b'","header":',
+            env.header.canonical,
+            b',"signature":"',
+            env.signature.encode("ascii"),
+            b'","wraps":[',
+            quoted,
+            b"]}",
+        )
     )

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import ValidationError
+
 from exchange.crypto import SigningKey
-from exchange.errors import InvalidEnvelope
-from exchange.model import NodeId, Receipt
+from exchange.errors import InvalidEnvelope, InvalidInput
+from exchange.model import NodeId, Receipt, first_error
 from exchange.protocol.roster import Federation
 from exchange.protocol.signing import sign, verify
 
@@ -15,7 +17,10 @@ DOMAIN = "receipt"
 
 def make_receipt(bid: str, node: NodeId, status: Literal["received", "opened"], at: str, key: SigningKey) -> Receipt:
     body = {"v": 1, "bulletin": bid, "node": node, "status": status, "at": at, "signer": key.kid}
-    return Receipt.model_validate({**body, "signature": sign(DOMAIN, body, key)})
+    try:
+        return Receipt.model_validate({**body, "signature": sign(DOMAIN, body, key)})
+    except ValidationError as exc:
+        raise InvalidInput(f"receipt does not match the schema: {first_error(exc)}") from exc
 
 
 def verify_receipt(receipt: Receipt, fed: Federation) -> None:

@@ -14,7 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from exchange.audit import events as ev
 from exchange.clock import timestamp
 from exchange.crypto import SigningKey, canonical_json, strict_loads
-from exchange.errors import Conflict, Forbidden, InvalidInput, NotFound, PeerError, StateUnavailable
+from exchange.errors import (
+    Conflict,
+    Forbidden,
+    InvalidEnvelope,
+    InvalidInput,
+    NotFound,
+    PeerError,
+    PeerRefused,
+    StateUnavailable,
+)
 from exchange.model import Acceptance, ChannelEvent, NodeId, StateRef
 from exchange.protocol.channel import ChannelState, apply_event, event_hash, sign_acceptance, sign_event
 from exchange.protocol.roster import Federation
@@ -24,6 +33,7 @@ from exchange.service.users import User
 from exchange.store import AuditBuffer, Store, bulletins, channel_events, outbox
 
 Wake = Callable[[Sequence[str]], None]  # new outbox items for these destinations
+RETRYABLE_REFUSALS = frozenset({408, 425, 429})  # 4xx that mean "not now" rather than "never"
 
 
 class ChannelBook:
@@ -133,6 +143,12 @@ class ChannelBook:
     ) -> None:
         try:
             raw = await self.transport.fetch(NodeId(owner), f"/fed/v1/channels/{channel}/events?after={after}")
+        except PeerRefused as exc:
+            if exc.status in RETRYABLE_REFUSALS:
+                raise StateUnavailable(f"channel {channel!r}: owner {owner} busy: {exc.detail}") from exc
+            # The owner answered, and will answer the same again (this node takes no part in the
+            # channel, or the channel does not exist): a permanent refusal, not an outage to retry.
+            raise InvalidEnvelope(f"channel {channel!r}: its owner {owner} refused its log: {exc.detail}") from exc
         except PeerError as exc:
             raise StateUnavailable(f"channel {channel!r}: owner {owner} unreachable: {exc.detail}") from exc
         try:

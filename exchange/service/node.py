@@ -13,8 +13,6 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from exchange.audit import events as ev
-from exchange.clock import timestamp
 from exchange.config import NodeConfig
 from exchange.crypto import NodeKeys
 from exchange.model import Bulletin, ChannelEvent, NodeId, Receipt
@@ -27,6 +25,7 @@ from exchange.service.inbox import Inbox
 from exchange.service.outbox import Outbox, OutItem, PeerStatus
 from exchange.service.posting import Posting
 from exchange.service.receiving import Receiving
+from exchange.service.rejections import Refusals, RefusalSettings
 from exchange.service.transport import PeerTransport
 from exchange.service.users import User, Users
 from exchange.service.views import BulletinSummary, BulletinView, Posted
@@ -64,6 +63,7 @@ class NodeService:
             self.me, store, self.channels, self.receiving, transport, config.catchup_interval_seconds
         )
         self.audit = AuditService(self.me, store, fed, keys.signing, transport, self.partners, signed_roster)
+        self.refusals = Refusals(store, RefusalSettings.from_config(config))
         self._tasks: list[asyncio.Task[None]] = []
 
     def partners(self) -> list[str]:
@@ -79,15 +79,22 @@ class NodeService:
         await self.channels.import_provisioned(provisioned)
 
     async def start(self) -> None:
-        """Start the background loops: a sender per partner, catch-up, and the audit round."""
+        """Start the background loops: the audit round, a sender per partner, and catch-up.
+
+        The audit log is checked first, before anything is written or sent: a log that lost or
+        changed what this node signed raises AuditTampered, and the node does not start.
+        """
+        await self.audit.start(self.config.audit_checkpoint_seconds)
         for peer, sender in self.outbox.senders.items():
             self._tasks.append(asyncio.create_task(sender.run(), name=f"sender-{peer}"))
             sender.wake()  # drain whatever was queued before a restart
         self._tasks.append(asyncio.create_task(self.catchup.run(), name="catch-up"))
-        await self.audit.start(self.config.audit_checkpoint_seconds)
+        self.refusals.start()
 
     async def stop(self) -> None:
-        """Stop the loops; a loop that failed is logged, and the others are stopped all the same."""
+        """Stop the loops, then sign a checkpoint of everything this run wrote (before the store
+        closes); a loop that failed is logged, and the others are stopped all the same."""
+        await self.refusals.close()  # the last counts of refused requests, before the checkpoint below
         try:
             await self.audit.close()
         except Exception:
@@ -101,14 +108,20 @@ class NodeService:
                 except Exception:
                     log.exception("background task %s had failed", task.get_name())
         self._tasks = []
+        try:
+            await self.audit.sign_at_stop()
+        except Exception:
+            log.exception("no checkpoint was signed at shutdown: the entries since the last one are unsigned")
 
     # -- delegation, so that adapters name one object ---------------------------------------
 
-    async def post(self, user: User, channel: str, bulletin: Bulletin, *, seen: bool = False) -> Posted:
-        return await self.posting.post(user, channel, bulletin, seen=seen)
+    async def post(
+        self, user: User, channel: str, bulletin: Bulletin, *, seen: bool = False, idempotency_key: str | None = None
+    ) -> Posted:
+        return await self.posting.post(user, channel, bulletin, seen=seen, idempotency_key=idempotency_key)
 
-    async def forward(self, user: User, bid: str, channel: str) -> Posted:
-        return await self.posting.forward(user, bid, channel)
+    async def forward(self, user: User, bid: str, channel: str, *, idempotency_key: str | None = None) -> Posted:
+        return await self.posting.forward(user, bid, channel, idempotency_key=idempotency_key)
 
     async def list_bulletins(
         self, user: User, channel: str | None = None, after: int = 0, limit: int = 50
@@ -140,17 +153,21 @@ class NodeService:
         return await self.outbox.pending(dest, limit)
 
     async def audit_rejection(
-        self, *, method: str, path: str, status: int, reason: str | None, peer: str | None, user: str | None
+        self,
+        *,
+        method: str,
+        path: str,
+        status: int,
+        reason: str | None,
+        peer: str | None,
+        user: str | None,
+        address: str | None = None,
     ) -> None:
-        """Record a refused request (4xx)."""
-        entry = ev.RequestRejected(event=ev.REQUEST_REJECTED, at=timestamp(), method=method, path=path, status=status)
-        if reason is not None:
-            entry["reason"] = reason
-        if peer is not None:
-            entry["peer"] = peer
-        if user is not None:
-            entry["user"] = user
-        await self.store.audit(entry)
+        """Audit a refused request (4xx), within the bounds of `exchange.service.rejections`: its own
+        entry for an accountable caller or within the interval's budget, else a count per address."""
+        await self.refusals.record(
+            method=method, path=path, status=status, reason=reason, peer=peer, user=user, address=address
+        )
 
 
 __all__ = ["NodeService"]

@@ -1,17 +1,29 @@
 """Posting: encrypt a bulletin for exactly the readers of a channel's current state, sign, store,
-and queue it for the other readers, all in one transaction."""
+and queue it for the other readers, all in one transaction.
+
+A post or forward may carry an Idempotency-Key: the key is stored in the post's own transaction,
+and a retry with the same key (same user, same request, within KEY_RETENTION) gets the first
+answer again and creates nothing.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.audit import events as ev
-from exchange.clock import timestamp
-from exchange.crypto import NodeKeys
-from exchange.errors import Forbidden
+from exchange.clock import timestamp, utc_now
+from exchange.crypto import NodeKeys, canonical_json, sha256
+from exchange.errors import Forbidden, IdempotencyKeyReused, InvalidInput
 from exchange.model import Bulletin, BulletinId, ChannelId, NodeId
 from exchange.protocol.envelope import build_envelope, bulletin_id
 from exchange.protocol.roster import Federation
@@ -22,8 +34,40 @@ from exchange.service.records import bulletin_row
 from exchange.service.users import User
 from exchange.service.views import Posted
 from exchange.store import AuditBuffer, Store, bulletins, outbox, user_reads
+from exchange.store.tables import idempotency_keys
 
 NO_ONWARD_TLP = ("RED", "AMBER+STRICT")
+
+# Idempotency keys: 16 to 128 characters of letters, digits and -._~:+/= (a UUID, a ULID, base64 of
+# random bytes), optionally as an RFC 8941 string ("..."), as draft-ietf-httpapi-idempotency-key
+# writes it. A key is kept for KEY_RETENTION after its post, then forgotten: reused after that, it
+# makes a new post.
+KEY_PATTERN = re.compile(r"[A-Za-z0-9._~:+/=-]{16,128}")
+KEY_RETENTION = dt.timedelta(hours=24)
+
+
+def idempotency_key(raw: str) -> str:
+    """The key an Idempotency-Key header carries (bare or as a quoted string), or InvalidInput."""
+    key = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
+    if not KEY_PATTERN.fullmatch(key):
+        raise InvalidInput(
+            "Idempotency-Key must be 16 to 128 characters of letters, digits and -._~:+/= (a UUID will do)"
+        )
+    return key
+
+
+@dataclass(frozen=True)
+class Keyed:
+    """A request made with an Idempotency-Key: whose, which key, and the digest of what it asked."""
+
+    user: str
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Replayed(Posted):
+    """A post made earlier with the same Idempotency-Key, answered again; nothing was created now."""
 
 
 class Posting:
@@ -41,6 +85,9 @@ class Posting:
         self.outbox = out
         self._seqs: dict[str, int] = {}
         self._seq_lock = asyncio.Lock()
+        # (user, key) -> [lock, holders]: requests with the same key run one after the other here,
+        # so a retry that arrives while the first is still being posted waits and gets its answer.
+        self._keys: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
 
     async def _next_seq(self, channel: str) -> int:
         """This node's next sequence number in a channel: kept in memory, loaded once.
@@ -62,12 +109,67 @@ class Posting:
         self._seqs[channel] += 1
         return self._seqs[channel]
 
-    async def post(self, user: User, channel: str, bulletin: Bulletin, *, seen: bool = False) -> Posted:
+    async def post(
+        self, user: User, channel: str, bulletin: Bulletin, *, seen: bool = False, idempotency_key: str | None = None
+    ) -> Posted:
         """Encrypt for exactly the readers of the current state, sign, store, queue for the others.
 
         `seen`: the author has seen it (composed in the console), so it is not unread for them;
-        recorded in the post's own transaction.
+        recorded in the post's own transaction. `idempotency_key`: see `once`.
         """
+        if idempotency_key is None:
+            return await self._post(user, channel, bulletin, seen=seen)
+        asked = {"op": "post", "channel": channel, "bulletin": bulletin.model_dump(mode="json")}
+        async with self.once(user, idempotency_key, asked) as (keyed, earlier):
+            if earlier is not None:
+                return earlier
+            return await self._post(user, channel, bulletin, seen=seen, keyed=keyed)
+
+    @contextlib.asynccontextmanager
+    async def once(
+        self, user: User, raw_key: str, asked: dict[str, Any]
+    ) -> AsyncIterator[tuple[Keyed, Replayed | None]]:
+        """Hold the user's key while the request runs; yield the earlier answer to it, if any.
+
+        InvalidInput for a malformed key; IdempotencyKeyReused if the key was used, within its
+        retention, for a different request (another body, channel, bulletin or operation).
+        """
+        key = idempotency_key(raw_key)
+        keyed = Keyed(user.name, key, sha256(canonical_json(asked)).hex())
+        slot = (user.name, key)
+        lock, holders = self._keys.setdefault(slot, (asyncio.Lock(), [0]))
+        holders[0] += 1
+        try:
+            async with lock:
+                yield keyed, await self._earlier(keyed)
+        finally:
+            holders[0] -= 1
+            if not holders[0]:
+                del self._keys[slot]
+
+    async def _earlier(self, keyed: Keyed) -> Replayed | None:
+        cutoff = timestamp(utc_now() - KEY_RETENTION)
+        async with self.store.read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(idempotency_keys.c.fingerprint, idempotency_keys.c.result).where(
+                        idempotency_keys.c.user == keyed.user,
+                        idempotency_keys.c.key == keyed.key,
+                        idempotency_keys.c.created >= cutoff,
+                    )
+                )
+            ).first()
+        if row is None:
+            return None
+        if row.fingerprint != keyed.fingerprint:
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was used for a different request; use a new key for a new request"
+            )
+        return Replayed(**json.loads(row.result))
+
+    async def _post(
+        self, user: User, channel: str, bulletin: Bulletin, *, seen: bool = False, keyed: Keyed | None = None
+    ) -> Posted:
         state = self.access.require_postable(user, channel)
         readers = [(n, self.fed.encryption_key(n)) for n in state.readers]
         seq = await self._next_seq(channel)
@@ -78,6 +180,8 @@ class Posting:
         bid = bulletin_id(env.header)
         dests: list[str] = [n for n in state.readers if n != self.me]
         row = bulletin_row(env, bid, bulletin, now)
+        recipients = [NodeId(d) for d in dests]
+        posted = Posted(id=BulletinId(bid), channel=ChannelId(channel), seq=seq, recipients=recipients, created=now)
 
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
             await conn.execute(sa.insert(bulletins).values(**row))
@@ -85,6 +189,20 @@ class Posting:
                 await conn.execute(sa.insert(user_reads).values(user=user.name, bulletin_id=bid, at=now))
             if dests:
                 await conn.execute(sa.insert(outbox), [queued_row(d, "envelope", EnvelopeRef(bid)) for d in dests])
+            if keyed is not None:
+                # Expired keys go here, a few at a time, so the table holds one retention's worth.
+                cutoff = timestamp(utc_now() - KEY_RETENTION)
+                await conn.execute(sa.delete(idempotency_keys).where(idempotency_keys.c.created < cutoff))
+                await conn.execute(
+                    sa.insert(idempotency_keys).values(
+                        user=keyed.user,
+                        key=keyed.key,
+                        fingerprint=keyed.fingerprint,
+                        bulletin_id=bid,
+                        result=json.dumps(posted.as_json()),
+                        created=now,
+                    )
+                )
             audit.add(
                 ev.BulletinPosted(
                     event=ev.BULLETIN_POSTED,
@@ -102,11 +220,19 @@ class Posting:
 
         await self.store.write(job)
         self.outbox.wake(dests)
-        recipients = [NodeId(d) for d in dests]
-        return Posted(id=BulletinId(bid), channel=ChannelId(channel), seq=seq, recipients=recipients, created=now)
+        return posted
 
-    async def forward(self, user: User, bid: str, channel: str) -> Posted:
+    async def forward(self, user: User, bid: str, channel: str, *, idempotency_key: str | None = None) -> Posted:
         """Re-post a bulletin to another channel, as this node, referring to the original."""
+        if idempotency_key is None:
+            return await self._forward(user, bid, channel)
+        asked = {"op": "forward", "bulletin": bid, "channel": channel}
+        async with self.once(user, idempotency_key, asked) as (keyed, earlier):
+            if earlier is not None:
+                return earlier
+            return await self._forward(user, bid, channel, keyed=keyed)
+
+    async def _forward(self, user: User, bid: str, channel: str, *, keyed: Keyed | None = None) -> Posted:
         original = await self.inbox.load(user, bid)
         handling = original.bulletin["handling"]
         if handling["no_onward_sharing"] or handling["tlp"] in NO_ONWARD_TLP:
@@ -114,4 +240,4 @@ class Posting:
             raise Forbidden(f"handling {marks} forbids forwarding")
         copy = dict(original.bulletin)
         copy["references"] = sorted({*copy["references"], bid})
-        return await self.post(user, channel, Bulletin.model_validate(copy))
+        return await self._post(user, channel, Bulletin.model_validate(copy), keyed=keyed)

@@ -4,9 +4,15 @@
   copy of the database opens no session. A new secret is made at every sign-in (no fixation).
   A session ends after `session_idle` without use or `session_max` in all, at sign-out, when
   its user is gone, or when the user's password is set.
-- Failed sign-ins are counted per user name and per client address over `failure_window`;
-  past either limit, sign-in is refused without checking the password. Sign-ins, sign-outs,
-  failures and refusals are audited.
+- Sign-in throttling slows whoever guesses, never the person elsewhere whose account it is.
+  Failed sign-ins are counted over `failure_window` per client address (an IPv6 /64), and per
+  user name *from that address*. Past `max_failures_per_address` from an address, or
+  `max_failures_per_user` for one name from it, each further attempt from there must wait a
+  delay that doubles with every failure (`first_delay`, up to `max_delay`); an attempt that comes
+  sooner is refused (429, Retry-After) without checking the password. Nothing is counted per user
+  name across addresses, so no one can lock an officer out by guessing from elsewhere: the
+  officer's own address has no failures. Sign-ins, sign-outs, failures and refusals are audited
+  (refusals within the bounds of `exchange.service.rejections`).
 
 The console (`exchange.web`) is the adapter: cookies, CSRF and pages are its business, the
 rules and the queries are here.
@@ -15,6 +21,7 @@ rules and the queries are here.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import secrets
 from dataclasses import dataclass
 from typing import Literal
@@ -27,6 +34,7 @@ from exchange.clock import timestamp, utc_now
 from exchange.crypto import hash_token
 from exchange.crypto.passwords import check_strength
 from exchange.errors import InvalidInput, NotFound, TooManyFailures, Unauthorized, WeakPassword
+from exchange.service.rejections import Refusals, client_key
 from exchange.service.users import User, add_user, get_user, list_users, set_password, verify_password
 from exchange.service.views import View
 from exchange.store import AuditBuffer, Store, console_sessions, signin_failures, user_passwords, users
@@ -34,14 +42,23 @@ from exchange.store import AuditBuffer, Store, console_sessions, signin_failures
 
 @dataclass(frozen=True)
 class SessionSettings:
-    """Session lifetime and sign-in limits (the defaults follow OWASP's session guidance)."""
+    """Session lifetime and sign-in throttling (the defaults follow OWASP's session and
+    authentication guidance: slow the guesser down, do not lock the account)."""
 
     session_idle: dt.timedelta = dt.timedelta(minutes=30)
     session_max: dt.timedelta = dt.timedelta(hours=8)
     touch_every: dt.timedelta = dt.timedelta(minutes=1)  # how stale last_seen may get before a write
-    failure_window: dt.timedelta = dt.timedelta(minutes=15)
-    max_failures_per_user: int = 5
-    max_failures_per_address: int = 20
+    failure_window: dt.timedelta = dt.timedelta(hours=1)  # how long a failure counts
+    max_failures_per_user: int = 5  # failures for one user name from one address before delays begin
+    max_failures_per_address: int = 20  # failures from one address, whatever the names, before delays begin
+    first_delay: dt.timedelta = dt.timedelta(seconds=30)  # then twice as long after each further failure
+    max_delay: dt.timedelta = dt.timedelta(minutes=15)
+
+    def delay(self, failures: int, free: int) -> dt.timedelta:
+        """How long after the last of `failures` the next attempt must wait, `free` being the allowance."""
+        if failures < free:
+            return dt.timedelta(0)
+        return min(self.max_delay, self.first_delay * (1 << min(failures - free, 32)))
 
 
 @dataclass(frozen=True)
@@ -67,9 +84,10 @@ class Person(View):
 class Sessions:
     """Console sessions, sign-in under the failure limits, and console accounts of one node."""
 
-    def __init__(self, store: Store, settings: SessionSettings | None = None) -> None:
+    def __init__(self, store: Store, settings: SessionSettings | None = None, refusals: Refusals | None = None) -> None:
         self.store = store
         self.settings = settings or SessionSettings()
+        self.refusals = refusals  # if given, throttled attempts are audited within its budget
 
     # -- signing in and out ---------------------------------------------------------------
 
@@ -86,7 +104,12 @@ class Sessions:
 
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
             await conn.execute(sa.delete(console_sessions).where(console_sessions.c.expires < stamp))
-            await conn.execute(sa.delete(signin_failures).where(signin_failures.c.user == user.name))
+            # Only this address's failures for this name: a guesser elsewhere keeps what it earned.
+            await conn.execute(
+                sa.delete(signin_failures).where(
+                    signin_failures.c.user == user.name, signin_failures.c.address == client_key(address)
+                )
+            )
             await conn.execute(
                 sa.insert(console_sessions).values(
                     id_hash=hash_token(secret),
@@ -167,46 +190,62 @@ class Sessions:
     # -- throttling -------------------------------------------------------------------------
 
     async def check_password(self, name: str, password: str, address: str) -> User:
-        """The user these credentials belong to, under the failure limits; refusals are audited.
+        """The user these credentials belong to, under the sign-in throttle; refusals are audited.
 
-        Past a limit the password is not checked at all, so guessing gets no answer while it lasts.
+        While a delay runs, the password is not checked at all, so guessing gets no answer.
         """
-        settings = self.settings
-        since = timestamp(utc_now() - settings.failure_window)
+        settings, key, now = self.settings, client_key(address), utc_now()
+        since = timestamp(now - settings.failure_window)
+        recent = sa.select(sa.func.count(), sa.func.max(signin_failures.c.at)).where(
+            signin_failures.c.address == key, signin_failures.c.at > since
+        )
         async with self.store.read() as conn:
-            by_user = await conn.scalar(
-                sa.select(sa.func.count()).where(signin_failures.c.user == name, signin_failures.c.at > since)
-            )
-            by_address = await conn.scalar(
-                sa.select(sa.func.count()).where(signin_failures.c.address == address, signin_failures.c.at > since)
-            )
+            count, last = (await conn.execute(recent.where(signin_failures.c.user == name[:64]))).one()
+            by_user = (int(count), last)
+            count, last = (await conn.execute(recent)).one()
+            by_address = (int(count), last)
             known = await conn.scalar(sa.select(users.c.name).where(users.c.name == name)) is not None
-        limit: Literal["user", "address"] | None = None
-        if int(by_user or 0) >= settings.max_failures_per_user:
-            limit = "user"
-        elif int(by_address or 0) >= settings.max_failures_per_address:
-            limit = "address"
-        if limit is not None:
-            entry = ev.ConsoleSigninThrottled(
-                event=ev.CONSOLE_SIGNIN_THROTTLED, at=timestamp(), limit=limit, address=address
-            )
-            if known:
-                entry["user"] = name
-            await self.store.audit(entry)
-            minutes = int(settings.failure_window.total_seconds() // 60)
-            what = "for this user" if limit == "user" else "from this address"
-            raise TooManyFailures(f"Too many failed sign-ins {what}. Try again in {minutes} minutes.")
+        waits = {
+            "user": self._wait(by_user, settings.max_failures_per_user, now),
+            "address": self._wait(by_address, settings.max_failures_per_address, now),
+        }
+        if any(waits.values()):
+            limit: Literal["user", "address"] = "user" if waits["user"] else "address"
+            await self._throttled(name if known else None, address, key, limit)
+            retry = math.ceil(max(waits.values()))
+            what = "for this user from this address" if limit == "user" else "from this address"
+            raise TooManyFailures(f"Too many failed sign-ins {what}. Try again in {_duration(retry)}.", retry)
         try:
             return await verify_password(self.store, name, password)
         except Unauthorized:
             await self._record_failure(name, address, known, since)
             raise
 
+    def _wait(self, failures: tuple[int, str | None], free: int, now: dt.datetime) -> float:
+        """Seconds until the next attempt may be checked, after `failures` (their count and latest time)."""
+        count, last = failures
+        if not count or last is None:
+            return 0.0
+        due = dt.datetime.fromisoformat(last) + self.settings.delay(int(count), free)
+        return max(0.0, (due - now).total_seconds())
+
+    async def _throttled(self, user: str | None, address: str, key: str, limit: Literal["user", "address"]) -> None:
+        """Audit a throttled attempt: an entry of its own within the refusals' budget, else counted."""
+        if self.refusals is not None and not self.refusals.take_exact(key):
+            self.refusals.count(address, 429, "sign-in throttled", "POST sign-in")
+            return
+        entry = ev.ConsoleSigninThrottled(
+            event=ev.CONSOLE_SIGNIN_THROTTLED, at=timestamp(), limit=limit, address=address
+        )
+        if user is not None:
+            entry["user"] = user
+        await self.store.audit(entry)
+
     async def _record_failure(self, name: str, address: str, known: bool, window_start: str) -> None:
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
             now = timestamp()
             await conn.execute(sa.delete(signin_failures).where(signin_failures.c.at <= window_start))
-            await conn.execute(sa.insert(signin_failures).values(user=name[:64], address=address, at=now))
+            await conn.execute(sa.insert(signin_failures).values(user=name[:64], address=client_key(address), at=now))
             entry = ev.ConsoleSigninFailed(event=ev.CONSOLE_SIGNIN_FAILED, at=now, address=address)
             # A name that is no user may be a password typed in the wrong field: it is not logged.
             if known:
@@ -270,6 +309,12 @@ class Sessions:
             )
             for p in everyone
         ]
+
+
+def _duration(seconds: int) -> str:
+    if seconds < 90:
+        return f"{seconds} seconds"
+    return f"{math.ceil(seconds / 60)} minutes"
 
 
 __all__ = ["ConsoleSession", "Person", "SessionSettings", "Sessions"]

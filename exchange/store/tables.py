@@ -124,6 +124,21 @@ signin_failures = sa.Table(
     sa.Index("ix_signin_failures_address", "address", "at"),
 )
 
+# exchange.service.posting: the Idempotency-Key of each post or forward made with one, stored in the
+# post's own transaction (so a committed post always has its key) and kept for a retention period;
+# result is the JSON answered the first time, which a retry with the same key gets again.
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("user", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(128), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),  # SHA-256 of what was asked
+    sa.Column("bulletin_id", sa.String(64), nullable=False),
+    sa.Column("result", sa.Text, nullable=False),
+    sa.Column("created", sa.String(32), nullable=False),
+    sa.Index("ix_idempotency_keys_created", "created"),
+)
+
 user_reads = sa.Table(
     "user_reads",
     metadata,

@@ -7,6 +7,7 @@ user, as the API's do: the book checks the role and that this node owns the chan
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -16,7 +17,7 @@ from exchange.http.appkeys import SERVICE
 from exchange.model import ROLES
 from exchange.service.views import MemberChange, channel_view
 from exchange.web.pages import redirect, render
-from exchange.web.session import posted_form, sessions, signed_in
+from exchange.web.session import posted_form, read_form, sessions, signed_in
 
 RIGHTS = ("read", "post", "admin")
 ACTIONS = {"invite": "invite", "rights": "set-rights", "remove": "remove"}
@@ -48,7 +49,7 @@ async def admin_page(request: web.Request) -> web.StreamResponse:
         channel_ids=[s.channel for s in states],
         roles=ROLES,
         rights=RIGHTS,
-        changed=request.query.get("changed"),
+        changed=changed if (changed := request.query.get("changed")) in {s.channel for s in states} else None,
     )
 
 
@@ -60,10 +61,10 @@ async def change_membership(request: web.Request) -> web.StreamResponse:
     channel, action = request.match_info["channel"], request.match_info["action"]
     if action == "accept":
         await book.accept(user, channel)
-        return redirect(f"/console/admin?changed={channel}#channel-{channel}")
+        return redirect(f"/console/admin?changed={quote(channel)}#channel-{quote(channel)}")
     if action not in ACTIONS:
         raise web.HTTPNotFound()
-    form = await request.post()
+    form = await read_form(request)
     body: dict[str, Any] = {"node": form.get("node", "")}
     if action in ("invite", "rights"):
         body["rights"] = [r for r in form.getall("rights", []) if isinstance(r, str)]
@@ -77,14 +78,14 @@ async def change_membership(request: web.Request) -> web.StreamResponse:
     if spec.rights is not None:
         change["rights"] = spec.rights
     await book.change(user, channel, change)
-    return redirect(f"/console/admin?changed={channel}#channel-{channel}")
+    return redirect(f"/console/admin?changed={quote(channel)}#channel-{quote(channel)}")
 
 
 async def add_person(request: web.Request) -> web.StreamResponse:
     session, form = await posted_form(request)
     name = form.get("name", "").strip()
     await sessions(request).add_person(session.user, name, form.get("role", ""), form.get("password", ""))
-    return redirect(f"/console/admin#user-{name}")
+    return redirect(f"/console/admin#user-{quote(name)}")
 
 
 async def assign_person(request: web.Request) -> web.StreamResponse:
@@ -95,14 +96,14 @@ async def assign_person(request: web.Request) -> web.StreamResponse:
     name, channel = request.match_info["name"], form.get("channel", "")
     service.channels.state(channel)
     await service.users.assign(name, channel, assigned=form.get("assigned") == "1", actor=user.name)
-    return redirect(f"/console/admin#user-{name}")
+    return redirect(f"/console/admin#user-{quote(name)}")
 
 
 async def reset_password(request: web.Request) -> web.StreamResponse:
     session, form = await posted_form(request)
     name = request.match_info["name"]
     await sessions(request).set_password(session.user, name, form.get("password", ""), keep=session)
-    return redirect(f"/console/admin#user-{name}")
+    return redirect(f"/console/admin#user-{quote(name)}")
 
 
 async def peers_page(request: web.Request) -> web.StreamResponse:

@@ -27,9 +27,11 @@ from exchange.service.audit.views import EntryFilter
 from exchange.web.pages import redirect, render, when
 from exchange.web.session import posted_form, signed_in
 
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
-NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# Used with fullmatch, in ASCII: "$" lets a trailing newline through, and \d takes any script's digits.
+HEX64 = re.compile(r"[0-9a-f]{64}")
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+DIGITS = re.compile(r"[0-9]{1,15}")
 EVENTS = [
     ("bulletin.*", "Any bulletin event"),
     (kinds.BULLETIN_POSTED, "Bulletin posted here"),
@@ -40,6 +42,9 @@ EVENTS = [
     (kinds.SEND_REFUSED, "A partner refused what we sent"),
     (kinds.CHANNEL_CHANGED, "Channel membership changed"),
     (kinds.REQUEST_REJECTED, "Request refused"),
+    (kinds.REQUESTS_REFUSED, "Refused requests, counted per address"),
+    (kinds.BULLETIN_UNVERIFIED, "Bulletin failed its check and was not shown"),
+    ("node.*", "Node started or stopped"),
     ("console.*", "Console sign-in and sign-out"),
     ("user.*", "Users and their rights"),
     ("audit.*", "Audit traces"),
@@ -53,21 +58,32 @@ def _audit(request: web.Request) -> AuditService:
 # -- the log browser ------------------------------------------------------------------------------
 
 
+def _date(name: str, value: str) -> dt.date:
+    """A calendar date written YYYY-MM-DD (2025-02-30 is not one), or InvalidInput."""
+    try:
+        if DATE.fullmatch(value):
+            return dt.date.fromisoformat(value)
+    except ValueError:
+        pass
+    raise InvalidInput(f"{name} must be a date, YYYY-MM-DD")
+
+
 def entry_filter(query: dict[str, str]) -> EntryFilter:
     """Which audit entries the form asks for: event kind, channel, peer, bulletin, UTC dates."""
     event, channel, peer, bulletin = (query.get(k) or None for k in ("event", "channel", "peer", "bulletin"))
     since, until = query.get("since") or None, query.get("until") or None
     for name, value in (("channel", channel), ("peer", peer)):
-        if value is not None and not NAME.match(value):
+        if value is not None and not NAME.fullmatch(value):
             raise InvalidInput(f"{name} has an invalid form")
     if event is not None and not re.fullmatch(r"[a-z_.]{1,40}\*?", event):
         raise InvalidInput("event has an invalid form")
-    if bulletin is not None and not HEX64.match(bulletin):
+    if bulletin is not None and not HEX64.fullmatch(bulletin):
         raise InvalidInput("a bulletin id is 64 lowercase hexadecimal characters")
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and not DATE.match(value):
-            raise InvalidInput(f"{name} must be a date, YYYY-MM-DD")
-    until_end = (dt.date.fromisoformat(until) + dt.timedelta(days=1)).isoformat() if until else None
+    if since is not None:
+        _date("since", since)
+    until_end = None  # "until" is a whole day: entries before the next one (none after 9999-12-31)
+    if until is not None and (last := _date("until", until)) < dt.date.max:
+        until_end = (last + dt.timedelta(days=1)).isoformat()
     return EntryFilter(event=event, channel=channel, peer=peer, bulletin=bulletin, since=since, until=until_end)
 
 
@@ -95,6 +111,13 @@ def describe(body: dict[str, Any]) -> str:
     if kind == kinds.REQUEST_REJECTED:
         who = g("user") or g("peer") or "anonymous"
         return f"{g('method')} {g('path')} refused ({g('status')}) for {who}: {g('reason')}"
+    if kind == kinds.REQUESTS_REFUSED:
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted((g("reasons") or {}).items()))
+        return f"{g('count')} requests from {g('address')} refused since {when(g('since'))}: {reasons}"
+    if kind == kinds.BULLETIN_UNVERIFIED:
+        return f"not shown to {g('user')}: {g('problem')}"
+    if kind == kinds.NODE_STOPPED:
+        return "stopped cleanly; checkpoint signed"
     if kind == kinds.AUDIT_TRACE:
         return f"trace requested by {g('user')}"
     if kind == kinds.AUDIT_TRACE_SERVED:
@@ -125,7 +148,9 @@ async def log_page(request: web.Request) -> web.StreamResponse:
     where = entry_filter(query)
     size = audit.size
     before_raw = query.get("before", "")
-    before = min(int(before_raw), size) if before_raw.isdigit() and len(before_raw) < 16 else size
+    if before_raw and not DIGITS.fullmatch(before_raw):
+        raise InvalidInput("before must be an entry number")
+    before = min(int(before_raw), size) if before_raw else size
     found = await audit.recent(where, before)
     return render(
         request,
@@ -151,8 +176,8 @@ async def entry_page(request: web.Request) -> web.StreamResponse:
     session.user.require("auditor")
     audit = _audit(request)
     raw_idx = request.match_info["idx"]
-    if not raw_idx.isdigit() or len(raw_idx) > 15:
-        raise NotFound(f"no audit entry {raw_idx}")
+    if not DIGITS.fullmatch(raw_idx) or int(raw_idx) >= audit.size:  # nor past the end: no query
+        raise NotFound(f"no audit entry {raw_idx[:20]}")
     entry = await audit.entry_with_proof(int(raw_idx))
     body = entry.body
     return render(
@@ -178,17 +203,26 @@ async def checkpoints_page(request: web.Request) -> web.StreamResponse:
     recent = await audit.recent_checkpoints(20)
     latest = recent[0] if recent else None
     partners = sorted({n for s in service.channels.all() for n in s.members} - {service.me})
+    verified = audit.check_checkpoint(latest) if latest is not None else None
+    # What sign_checkpoint's redirect says the witnesses answered is shown only where the latest
+    # checkpoint's verified cosignatures agree: a link cannot make the page claim a cosignature.
+    cosigned = set(verified.witnesses) if verified is not None and verified.ok else set()
+    outcome = {
+        node: said
+        for node, said in ((k[2:], v) for k, v in request.query.items() if k.startswith("w."))
+        if node in partners and said in ("ok", "failed") and (said == "ok") == (node in cosigned)
+    }
     return render(
         request,
         "audit_checkpoints.html",
         session=session,
         latest=latest,
         recent=recent,
-        verified=audit.check_checkpoint(latest) if latest is not None else None,
+        verified=verified,
         witnessing=await audit.cosigned_by(partners),
         witnessed=await audit.witnessed(),
         size=audit.size,
-        outcome={k[2:]: v for k, v in request.query.items() if k.startswith("w.")},
+        outcome=outcome,
     )
 
 
@@ -236,7 +270,7 @@ async def trace_page(request: web.Request) -> web.StreamResponse:
     bid = request.query.get("bulletin", "").strip().lower()
     if not bid:
         return render(request, "trace.html", session=session, bid="", trace=None)
-    if not HEX64.match(bid):
+    if not HEX64.fullmatch(bid):
         raise InvalidInput("a bulletin id is 64 lowercase hexadecimal characters")
     audit = _audit(request)
     collected = await audit.trace(bid, session.user.name)

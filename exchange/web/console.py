@@ -18,7 +18,7 @@ from exchange.http.appkeys import SERVICE, USER
 from exchange.http.problem import status_for
 from exchange.web import admin, auditor, contact, signin
 from exchange.web.pages import JINJA, environment, render
-from exchange.web.session import CONSOLE_SETTINGS, SESSION, ConsoleSettings
+from exchange.web.session import CONSOLE_SETTINGS, SESSION, ConsoleSettings, client_address
 
 log = logging.getLogger("exchange.web")
 
@@ -37,6 +37,9 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",  # "no-referrer" would make browsers send Origin: null
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
+    # The console is HTTPS only: a browser that has seen it once never tries plain HTTP for a year
+    # (browsers ignore it for an IP address, as the sample federation uses; a host name keeps it).
+    "Strict-Transport-Security": "max-age=31536000",
 }
 HOME_PATHS = (PREFIX, PREFIX + "/")
 MAX_FORM_BYTES = 4 * 1024 * 1024  # a full compose form is under 1 MB; the node's own limit is for envelopes
@@ -55,8 +58,10 @@ def _secure(request: web.Request, response: web.StreamResponse) -> None:
 _DETAILS = {  # for aiohttp's own errors, whose text is only "404: Not Found"
     404: "no such page in the console",
     405: "This page cannot be used that way.",
+    411: "A form must be sent with its length.",
     413: "What you sent is larger than this node accepts.",
 }
+MAX_DETAIL = 300  # characters of an error's detail shown on the page (it may quote what was sent)
 EXPLAIN = {
     401: "Please sign in again.",
     403: "You do not have the right to see or do this.",
@@ -70,6 +75,8 @@ EXPLAIN = {
 def error_page(request: web.Request, status: int, title: str, detail: str) -> web.Response:
     """The console's HTML problem page (never a traceback), with the navigation if someone is signed in."""
     explain = EXPLAIN.get(status, "The node could not handle this request." if status >= 500 else "")
+    if len(detail) > MAX_DETAIL:
+        detail = detail[:MAX_DETAIL] + "…"
     return render(
         request,
         "error.html",
@@ -90,6 +97,10 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         if (request.content_length or 0) > MAX_FORM_BYTES:
             raise web.HTTPRequestEntityTooLarge(MAX_FORM_BYTES, request.content_length or 0)
+        if request.content_length is None and request.body_exists:
+            # Chunked: its size is unknown until read, so MAX_FORM_BYTES could not hold. Browsers
+            # always send a form's length.
+            raise web.HTTPLengthRequired()
         response = await handler(request)
         _secure(request, response)
         return response
@@ -120,7 +131,13 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
     _secure(request, response)
     if 400 <= status < 500:
         await request.app[SERVICE].audit_rejection(
-            method=request.method, path=request.path, status=status, reason=reason, peer=None, user=request.get(USER)
+            method=request.method,
+            path=request.path,
+            status=status,
+            reason=reason,
+            peer=None,
+            user=request.get(USER),
+            address=client_address(request),
         )
     return response
 

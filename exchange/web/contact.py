@@ -22,10 +22,10 @@ from exchange.model import BULLETIN_KINDS, MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS
 from exchange.service.node import NodeService
 from exchange.service.users import User
 from exchange.service.views import channel_view
-from exchange.web.pages import TLP, redirect, render
-from exchange.web.session import Session, posted_form, signed_in
+from exchange.web.pages import TLP, file_name, redirect, render
+from exchange.web.session import Session, client_address, posted_form, read_form, signed_in
 
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
+HEX64 = re.compile(r"[0-9a-f]{64}")  # always with fullmatch: "$" would let a trailing newline in
 LIST_SPLIT = re.compile(r"[\s,;]+")
 
 
@@ -44,8 +44,9 @@ def _int_query(request: web.Request, name: str) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 12:
-        raise InvalidInput(f"{name} must be a whole number")
+    # ASCII: "²".isdigit(), and int("²") fails. At most PostgreSQL's INTEGER, which it is compared with.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 10 or int(raw) > 2**31 - 1:
+        raise InvalidInput(f"{name} must be a whole number below 2^31")
     return int(raw)
 
 
@@ -66,7 +67,7 @@ async def inbox_page(request: web.Request) -> web.StreamResponse:
         items=page.items,
         older=page.older,
         newest=before is not None,
-        posted=posted if posted and HEX64.match(posted) else None,
+        posted=posted if posted and HEX64.fullmatch(posted) else None,
     )
 
 
@@ -79,7 +80,7 @@ async def attachment_download(request: web.Request) -> web.StreamResponse:
     if index >= len(attachments):
         raise NotFound("no such attachment")
     item = attachments[index]
-    quoted = urllib.parse.quote(item["name"], safe="")
+    quoted = urllib.parse.quote(file_name(item["name"]), safe="")
     return web.Response(
         body=b64d(item["data"]),
         content_type="application/octet-stream",
@@ -155,7 +156,8 @@ def attachments_from_form(files: list[web.FileField]) -> tuple[list[dict[str, st
         total += len(data)
         if total > MAX_ATTACHMENT_BYTES:
             return [], f"The files are larger than {MAX_ATTACHMENT_BYTES // (1024 * 1024)} MiB together."
-        name = re.sub(r"[/\\\x00-\x1f]", "_", f.filename.rsplit("/", 1)[-1])[:200] or "file"
+        # The base name, with control and direction characters replaced (pages.file_name).
+        name = file_name(f.filename)[:200].strip() or "file"
         media = (
             f.content_type.lower()
             if re.fullmatch(r"[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*", f.content_type.lower())
@@ -228,7 +230,7 @@ async def compose_page(request: web.Request) -> web.StreamResponse:
     channels = _postable(service, user)
     form = {"channel": request.query.get("channel", ""), "kind": "alert"}
     reply = request.query.get("reply", "")
-    if HEX64.match(reply):
+    if HEX64.fullmatch(reply):
         (ref,) = await service.inbox.references(user, [reply])
         if ref.visible:
             form.update(channel=ref.channel, kind="feedback", references=reply, title=f"Re: {ref.title}"[:200])
@@ -241,7 +243,7 @@ async def compose_post(request: web.Request) -> web.StreamResponse:
     session, form = await posted_form(request)
     user, service = session.user, request.app[SERVICE]
     user.require("contact-point")
-    files = [v for v in (await request.post()).getall("attachments", []) if isinstance(v, web.FileField)]
+    files = [v for v in (await read_form(request)).getall("attachments", []) if isinstance(v, web.FileField)]
     attachments, too_big = attachments_from_form(files)
     bulletin, errors = bulletin_from_form(form, attachments)
     if too_big:
@@ -252,7 +254,13 @@ async def compose_post(request: web.Request) -> web.StreamResponse:
     if bulletin is None or errors:
         fields = ", ".join(sorted(errors))
         await service.audit_rejection(
-            method="POST", path=request.path, status=422, reason=f"invalid {fields}", peer=None, user=user.name
+            method="POST",
+            path=request.path,
+            status=422,
+            reason=f"invalid {fields}",
+            peer=None,
+            user=user.name,
+            address=client_address(request),
         )
         return _compose(request, session, form, errors, status=422)
     # One's own bulletin is not news to oneself: marked seen in the post's own transaction.

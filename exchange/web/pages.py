@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,30 @@ NAV = {
 }
 
 
+# Characters that change the direction of the text around them (ALM, LRM, RLM, the embeddings and
+# overrides LRE RLE PDF LRO RLO, the isolates LRI RLI FSI PDI): "evil\u202efdp.exe" shows as
+# "evilexe.pdf". The console shows user text in elements that isolate it (<bdi>, dir="auto"), which
+# keeps it from reordering what is around it; a file name, whose own order is the claim, has them
+# replaced, and so do places that cannot isolate (the window title).
+BIDI_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+REPLACEMENT = "\ufffd"
+
+
+def without_bidi(value: object) -> str:
+    """Text with its direction controls made visible as U+FFFD."""
+    return BIDI_CONTROLS.sub(REPLACEMENT, str(value))
+
+
+def file_name(value: object) -> str:
+    """An attachment's name as the console shows and downloads it: no direction controls, no
+    control characters, no line or paragraph separators, no path."""
+    name = str(value).rsplit("/", 1)[-1].rsplit("\\", 1)[-1]
+    return "".join(
+        REPLACEMENT if BIDI_CONTROLS.match(c) or unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs") else c
+        for c in name
+    )
+
+
 def when(value: str | None) -> str:
     """An RFC 3339 UTC timestamp as people read it."""
     if not value:
@@ -75,6 +102,8 @@ def environment() -> jinja2.Environment:
     )
     env.filters["when"] = when
     env.filters["short"] = lambda value: str(value)[:12]
+    env.filters["without_bidi"] = without_bidi
+    env.filters["file_name"] = file_name
     env.globals.update(TLP=TLP, AGENCIES=AGENCIES, KINDS=KINDS, CSRF_FIELD=CSRF_FIELD)
     return env
 
@@ -114,8 +143,25 @@ def render(
 
 
 def redirect(location: str) -> web.Response:
-    """See Other: after a POST the browser GETs the result, so a reload never posts twice."""
-    return web.Response(status=303, headers={"Location": location})
+    """See Other: after a POST the browser GETs the result, so a reload never posts twice.
+
+    Anything but printable ASCII in `location` (a line break from a form field, a name in another
+    script) is percent-encoded: a header cannot carry it, and aiohttp would drop the connection.
+    """
+    safe = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"<>\\^`{|}')
+    return web.Response(status=303, headers={"Location": urllib.parse.quote(location, safe=safe)})
 
 
-__all__ = ["AGENCIES", "JINJA", "KINDS", "TLP", "environment", "redirect", "render", "when"]
+__all__ = [
+    "AGENCIES",
+    "BIDI_CONTROLS",
+    "JINJA",
+    "KINDS",
+    "TLP",
+    "environment",
+    "file_name",
+    "redirect",
+    "render",
+    "when",
+    "without_bidi",
+]

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
-from exchange.errors import Forbidden, TooManyFailures, Unauthorized
+from exchange.errors import Forbidden, InvalidInput, TooManyFailures, Unauthorized
 from exchange.http.appkeys import SERVICE, USER
 from exchange.service.sessions import ConsoleSession, Sessions, SessionSettings
 
@@ -29,6 +31,29 @@ Session = ConsoleSession  # a signed-in person: the user as the database says no
 
 CONSOLE_SETTINGS: web.AppKey[ConsoleSettings] = web.AppKey("console_settings", ConsoleSettings)
 SESSION: web.RequestKey[Session] = web.RequestKey("console_session", Session)
+
+# What this console puts in its cookies and forms (secrets.token_urlsafe, an HMAC in hex): anything
+# else a browser sends back is not ours, and is treated as absent, never hashed or compared.
+TOKEN = re.compile(r"[A-Za-z0-9_-]{20,100}")
+
+
+def _token(value: object) -> str | None:
+    return value if isinstance(value, str) and TOKEN.fullmatch(value) else None
+
+
+async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
+    """The request's form fields; a body that is not a well-formed form is InvalidInput (422).
+
+    aiohttp raises ValueError, LookupError, TypeError, RuntimeError or its own parse errors for a
+    malformed body (an unknown charset, a missing boundary, a control byte in a part's header...);
+    its HTTP errors (413: too large, too many fields) pass through as they are.
+    """
+    try:
+        return await request.post()
+    except web.HTTPException:
+        raise
+    except Exception as exc:  # every other failure to parse what the client sent is the client's
+        raise InvalidInput("what was sent is not a well-formed form") from exc
 
 
 def csrf_token(secret: str) -> str:
@@ -55,7 +80,7 @@ def _cookie(response: web.StreamResponse, name: str, value: str, max_age: int | 
 
 async def find_session(request: web.Request) -> Session | None:
     """The live session behind the request's cookie, or None."""
-    return await sessions(request).find(request.cookies.get(SESSION_COOKIE))
+    return await sessions(request).find(_token(request.cookies.get(SESSION_COOKIE)))
 
 
 def set_session_cookie(response: web.StreamResponse, session: Session) -> None:
@@ -86,9 +111,9 @@ def check_origin(request: web.Request) -> None:
 async def check_csrf(request: web.Request, session: Session) -> None:
     """Return None if the POST carries this session's CSRF token, else raise Forbidden."""
     check_origin(request)
-    form = await request.post()
-    sent = form.get(CSRF_FIELD)
-    if not isinstance(sent, str) or not hmac.compare_digest(sent, csrf_token(session.secret)):
+    form = await read_form(request)
+    sent = _token(form.get(CSRF_FIELD))
+    if sent is None or not hmac.compare_digest(sent, csrf_token(session.secret)):
         raise Forbidden("this form is not valid any more (its security token is missing or wrong); reload and retry")
 
 
@@ -96,7 +121,7 @@ async def posted_form(request: web.Request) -> tuple[Session, dict[str, str]]:
     """The session and text fields of a CSRF-checked form POST."""
     session = await signed_in(request)
     await check_csrf(request, session)
-    form = await request.post()
+    form = await read_form(request)
     return session, {k: v for k, v in form.items() if isinstance(v, str)}
 
 
@@ -105,8 +130,7 @@ async def posted_form(request: web.Request) -> tuple[Session, dict[str, str]]:
 
 def signin_token(request: web.Request) -> str:
     """The double-submit token of the sign-in form: the cookie's value, or a new one."""
-    current = request.cookies.get(SIGNIN_COOKIE)
-    return current if current and 20 <= len(current) <= 100 else secrets.token_urlsafe(32)
+    return _token(request.cookies.get(SIGNIN_COOKIE)) or secrets.token_urlsafe(32)
 
 
 def set_signin_cookie(response: web.StreamResponse, token: str) -> None:
@@ -115,9 +139,9 @@ def set_signin_cookie(response: web.StreamResponse, token: str) -> None:
 
 async def check_signin_token(request: web.Request) -> None:
     check_origin(request)
-    form = await request.post()
-    sent, cookie = form.get(CSRF_FIELD), request.cookies.get(SIGNIN_COOKIE)
-    if not isinstance(sent, str) or not cookie or not hmac.compare_digest(sent, cookie):
+    form = await read_form(request)
+    sent, cookie = _token(form.get(CSRF_FIELD)), _token(request.cookies.get(SIGNIN_COOKIE))
+    if sent is None or cookie is None or not hmac.compare_digest(sent, cookie):
         raise Forbidden("the sign-in form is not valid any more (its security token is missing or wrong); reload it")
 
 
@@ -137,6 +161,7 @@ __all__ = [
     "csrf_token",
     "find_session",
     "posted_form",
+    "read_form",
     "sessions",
     "set_session_cookie",
     "set_signin_cookie",

@@ -1,12 +1,19 @@
-"""Signing in and out, each person's landing page, and changing one's own password."""
+"""Signing in and out, each person's landing page, and changing one's own password.
+
+Sign-in is throttled per client address with growing delays, never locked per user
+(`exchange.service.sessions`); a refused attempt is answered 429 with `Retry-After`.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from exchange.errors import InvalidInput, TooManyFailures, Unauthorized
+from exchange.http.appkeys import SERVICE
+from exchange.service.sessions import Sessions
 from exchange.web.pages import redirect, render
 from exchange.web.session import (
+    CONSOLE_SETTINGS,
     SIGNIN_COOKIE,
     check_signin_token,
     clear_session_cookie,
@@ -19,6 +26,13 @@ from exchange.web.session import (
     signed_in,
     signin_token,
 )
+
+
+def throttled_sessions(request: web.Request) -> Sessions:
+    """The node's sessions, whose throttled sign-ins are audited within the node's refusal budget."""
+    service = request.app[SERVICE]
+    return Sessions(service.store, request.app[CONSOLE_SETTINGS], service.refusals)
+
 
 LANDING = {"contact-point": "/console/channels", "auditor": "/console/audit", "admin": "/console/admin"}
 
@@ -63,9 +77,11 @@ async def sign_in_post(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     name, password = str(form.get("user", "")).strip()[:64], str(form.get("password", ""))
     try:
-        session = await sessions(request).sign_in(name, password, client_address(request))
+        session = await throttled_sessions(request).sign_in(name, password, client_address(request))
     except TooManyFailures as exc:
-        return _sign_in_form(request, status=429, error=exc.detail, name=name)
+        response = _sign_in_form(request, status=429, error=exc.detail, name=name)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     except Unauthorized:
         return _sign_in_form(request, status=401, error="Wrong user name or password.", name=name)
     target = _next(str(form.get("next", ""))) or LANDING.get(session.user.role, "/console/peers")
@@ -97,7 +113,9 @@ async def change_password(request: web.Request) -> web.StreamResponse:
         error = "The two new passwords differ."
     else:
         try:
-            await sessions(request).change_own_password(session, form.get("current", ""), new, client_address(request))
+            await throttled_sessions(request).change_own_password(
+                session, form.get("current", ""), new, client_address(request)
+            )
         except TooManyFailures as exc:
             error = exc.detail
         except Unauthorized:

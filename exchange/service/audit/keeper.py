@@ -3,8 +3,9 @@
 The keeper holds the log's frontier (O(log n) hashes) in memory and extends it from the table
 as soon as the store's writer commits new entries, so what it signs is what this process wrote,
 whatever happens to the table later. On start it resumes from its latest signed checkpoint,
-whose signature and root authenticate the stored frontier. Proofs come from `TreeLevels`, built
-from the table on the first request and checked against the frontier before they are trusted.
+whose signature and root authenticate the stored frontier, and refuses (AuditTampered) a table
+that does not hold that checkpoint's log, before anything is written under a reused index.
+Proofs come from `TreeLevels`, built from the table at start and checked against the frontier.
 The pure parts (stored checkpoints, resuming, the records written) are `exchange.audit.keeper`.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.audit.checkpoint import Checkpoint, log_origin, sign_checkpoint
+from exchange.audit.checkpoint import Checkpoint, log_origin, open_checkpoint, sign_checkpoint
 from exchange.audit.keeper import (
     BundleRecord,
     EvidenceJSON,
@@ -29,9 +30,12 @@ from exchange.audit.keeper import (
     as_bytes,
     entry_record,
     evidence_records,
+    first_unmatched,
     header_record,
     mentions,
     resumed_frontier,
+    shorter_than_signed,
+    unsigned_entry_problem,
 )
 from exchange.audit.tree import TreeLevels, consistency_path, inclusion_path
 from exchange.clock import timestamp
@@ -82,8 +86,14 @@ class LogKeeper:
     # -- start, follow, stop ----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Resume from the latest own checkpoint and start following the table."""
+        """Check the table against the latest own checkpoint and resume from it, then follow the table.
+
+        Raises AuditTampered, naming the problem, before anything is written: the node must not
+        start on a log that lost signed entries (it would write new ones under their indices) or
+        that no longer gives the roots it signed.
+        """
         await self._resume()
+        await self._tree()  # every leaf hash in the table against the signed root, once per start
         self._follower = asyncio.create_task(self._follow(), name=f"audit-follow-{self.me}")
 
     async def close(self) -> None:
@@ -94,30 +104,70 @@ class LogKeeper:
                 await self._follower
             self._follower = None
 
+    async def held(self) -> tuple[int, int]:
+        """How many rows the audit table holds, and one past its largest index."""
+        async with self.store.read() as conn:
+            row = (await conn.execute(sa.select(sa.func.count(), sa.func.max(audit_log.c.idx)))).one()
+        return int(row[0]), 0 if row[1] is None else int(row[1]) + 1
+
     async def _resume(self) -> None:
-        """Resume from the latest own checkpoint: its signature and root vouch for its frontier."""
+        """Resume from the latest own checkpoint, whose signature and root vouch for its frontier;
+        then take in the entries after it, which no signature covers yet, each checked against
+        its leaf hash and index (after a clean stop, only those that admin commands wrote since)."""
         latest = await self.latest()
         if latest is not None:
+            shorter = shorter_than_signed(*await self.held(), latest.size)
+            if shorter is not None:
+                raise AuditTampered(
+                    f"{shorter}; the node does not start, since it would write new entries under their "
+                    "indices: restore the audit_log table from a backup"
+                )
             async with self.store.read() as conn:
                 blob = await conn.scalar(
                     sa.select(audit_checkpoints.c.frontier).where(audit_checkpoints.c.size == latest.size)
                 )
             try:
-                self._frontier = resumed_frontier(latest.note, as_bytes(blob or b""), self._key.verify_key, self.origin)
-            except (InvalidInput, BadSignature, ValueError) as exc:
-                log.error(
-                    "%s: own checkpoint %d cannot be resumed from (%s); re-reading the log", self.me, latest.size, exc
+                cp, _ = open_checkpoint(latest.note, self._key.verify_key, self.origin)
+            except (InvalidInput, BadSignature) as exc:
+                raise AuditTampered(
+                    f"this node's stored checkpoint of size {latest.size} does not verify with its own key "
+                    f"({exc.detail}): it was changed in the database"
+                ) from exc
+            if (cp.size, cp.root) != (latest.size, latest.root):
+                raise AuditTampered(
+                    f"this node's stored checkpoint row of size {latest.size} does not match the note it holds "
+                    f"(size {cp.size}): it was changed in the database"
                 )
-                with contextlib.suppress(AuditTampered):
-                    await self.catch_up(upto=latest.size)
-                if self._frontier.size != latest.size or self._frontier.root() != latest.root:
-                    log.error(
-                        "%s: the audit table does not match this node's own checkpoint of size %d", self.me, latest.size
-                    )
-        try:
-            await self.catch_up()
-        except AuditTampered as exc:
-            self._report(exc)
+            try:
+                self._frontier = resumed_frontier(latest.note, as_bytes(blob or b""), self._key.verify_key, self.origin)
+            except ValueError as exc:
+                log.error(
+                    "%s: own checkpoint %d cannot be resumed from (%s); re-reading the log", self.me, cp.size, exc
+                )
+                await self.catch_up(upto=cp.size)
+                if self._frontier.size != cp.size or self._frontier.root() != cp.root:
+                    raise AuditTampered(
+                        f"the audit table does not give the root this node signed in checkpoint {cp.size}: "
+                        "an entry was changed, removed or inserted (`exchange audit verify` names the first bad one)"
+                    ) from exc
+        await self._take_in_unsigned()
+
+    async def _take_in_unsigned(self) -> None:
+        """Take in the entries after the frontier, checking each one's leaf hash and index."""
+        async with self._lock:
+            target = self.store.audit_size
+            while self._frontier.size < target:
+                lo = self._frontier.size
+                rows = await self._rows(lo, min(target, lo + PAGE), audit_log.c.entry, audit_log.c.leaf_hash)
+                for idx, entry, leaf in rows:
+                    if idx != self._frontier.size:
+                        break
+                    problem = unsigned_entry_problem(idx, as_bytes(entry), as_bytes(leaf))
+                    if problem is not None:
+                        raise AuditTampered(f"audit entry {idx}, which no checkpoint covers yet, {problem}")
+                    self._frontier.append(as_bytes(leaf))
+                if self._frontier.size == lo or self._frontier.size < min(target, lo + PAGE):
+                    raise AuditTampered(f"audit entry {self._frontier.size} is missing from the table or malformed")
 
     async def _follow(self) -> None:
         """Take in each commit's entries; a failed read (the database away) is logged and retried."""
@@ -176,12 +226,31 @@ class LogKeeper:
                     if levels.size == lo:
                         raise AuditTampered(f"audit entry {levels.size} is missing from the table or malformed")
                 if levels.root_at(size) != self._frontier.root():
-                    raise AuditTampered(
-                        "the audit table no longer matches the log this node signed: "
-                        "an entry was changed, removed or inserted; run `exchange audit verify`"
-                    )
+                    raise AuditTampered(await self._unmatched(levels))
                 self._levels = levels
             return self._levels
+
+    async def _unmatched(self, levels: TreeLevels) -> str:
+        """Where the table's leaf hashes part from the roots this node signed, as precisely as the
+        checkpoints allow (a hint: the stored roots are read from the table too)."""
+        async with self.store.read() as conn:
+            signed = (
+                await conn.execute(
+                    sa.select(audit_checkpoints.c.size, audit_checkpoints.c.root)
+                    .where(audit_checkpoints.c.size <= levels.size)
+                    .order_by(audit_checkpoints.c.size)
+                )
+            ).all()
+        span = first_unmatched(((int(r.size), as_bytes(r.root)) for r in signed), levels.root_at)
+        where = (
+            f"entries {span[0]} to {span[1] - 1} no longer give the root signed in checkpoint {span[1]}"
+            if span is not None
+            else "its leaf hashes no longer give the root this node signed"
+        )
+        return (
+            f"the audit table no longer matches the log this node signed: {where}; an entry was changed, "
+            "removed or inserted (`exchange audit verify` names the first bad one)"
+        )
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -402,9 +471,12 @@ class LogKeeper:
             for record in evidence_records(ev):
                 yield record
             return
+        # Every checkpoint, read before the size: each covers entries committed before it was read,
+        # so one larger than the table tells the verifier that signed entries are missing.
+        signed = await self.checkpoints()
         size = self.store.audit_size
         yield header_record(self.me, self.origin, self.signed_roster, at=timestamp(), complete=True, size=size)
-        for cp in await self.checkpoints(upto=size):
+        for cp in signed:
             yield {"type": "checkpoint", "note": cp.full_note()}
         count = 0
         for lo in range(0, size, PAGE):

@@ -1,5 +1,6 @@
 """Witnessing: co-sign partners' checkpoints after a consistency check, ask partners to co-sign
-ours, and catch a partner that shows two inconsistent histories (a split view).
+ours, and catch a partner that shows two inconsistent histories (a split view) or goes back to a
+smaller checkpoint than one it showed before (a rollback, recorded the same way).
 
 The protocol and its rules are `exchange.audit.witness` (pure); this is the part that remembers
 what it witnessed (`audit_witnessed`), keeps split-view evidence (`audit_split_views`) and talks
@@ -114,6 +115,10 @@ class Witness:
         self._transport = transport
         self._partners = partners
         self._locks: dict[str, asyncio.Lock] = {}
+        # As a log: pushes to one witness go one at a time, and never a smaller checkpoint than
+        # one it may have seen, since a witness takes a smaller one for a rollback.
+        self._push_locks: dict[str, asyncio.Lock] = {}
+        self._pushed: dict[str, int] = {}
 
     # -- as a witness -----------------------------------------------------------------------
 
@@ -129,13 +134,15 @@ class Witness:
     async def cosign(self, peer: str, body: Any) -> CosignAnswer:
         """Push: `peer` asks this node to co-sign a checkpoint of its own log."""
         request = parse_cosign_request(body)
-        return await self._witness(peer, request.checkpoint, request.old_size, request.proof)
+        return await self._witness(peer, request.checkpoint, request.old_size, request.proof, pushed=True)
 
-    async def _witness(self, node: str, note_text: str, old_size: int, proof: list[bytes]) -> CosignAnswer:
+    async def _witness(
+        self, node: str, note_text: str, old_size: int, proof: list[bytes], *, pushed: bool
+    ) -> CosignAnswer:
         cp, note = self._open(node, note_text)
         async with self._locks.setdefault(node, asyncio.Lock()):
             seen = await self.seen(node)
-            verdict = split_detail(seen, cp, old_size, proof)
+            verdict = split_detail(seen, cp, old_size, proof, pushed=pushed)
             if isinstance(verdict, dict):
                 return verdict
             if verdict is not None and seen is not None:
@@ -194,7 +201,9 @@ class Witness:
         mine = signed_by(answer["checkpoint"], self.name)
         if seen is not None and (cp.size, cp.root) == (seen.size, seen.root) and mine:
             return "up to date"
-        result = await self._witness(node, answer["checkpoint"], seen.size if seen else 0, parse_proof(answer))
+        result = await self._witness(
+            node, answer["checkpoint"], seen.size if seen else 0, parse_proof(answer), pushed=False
+        )
         if result["status"] != "cosigned":
             return str(result["status"])
         await self._transport.send(NodeId(node), COSIGNATURES_PATH, cosignature_body(cp.size, result["cosignature"]))
@@ -231,6 +240,16 @@ class Witness:
     async def _ask(self, witness: str, cp: StoredCheckpoint) -> str:
         if witness in cp.witnesses:
             return "cosigned"
+        async with self._push_locks.setdefault(witness, asyncio.Lock()):
+            # Neither smaller than one put to it before, nor than our latest, which it may have pulled.
+            latest = await self.keeper.latest()
+            floor = max(self._pushed.get(witness, 0), latest.size if latest else 0)
+            if cp.size < floor:
+                return f"superseded by checkpoint {floor}"
+            self._pushed[witness] = cp.size
+            return await self._push(witness, cp)
+
+    async def _push(self, witness: str, cp: StoredCheckpoint) -> str:
         text = parse_note(cp.note).text
         try:
             old = await self.keeper.cosigned_size(witness)

@@ -1,0 +1,352 @@
+"""Issue 10, must show 4: the database edited by hand under real nodes, on SQLite and PostgreSQL.
+
+- A bulletin's content, ciphertext or TLP edited at a recipient: the API, the CLI and the console
+  refuse to show it and name the edit, never with "signature verified"; restored, it verifies.
+- The log's tail deleted after a witnessed checkpoint: `audit verify` (live, and an export checked
+  offline) names the first missing entry; a stopped node whose tail is deleted refuses to start,
+  in one line and exit status 1, and writes nothing under the deleted indices.
+- Entries rewritten while a node is stopped: a clean stop signs a checkpoint of every entry, so a
+  rewrite is caught at the next start (leaf hashes) or by `audit verify` (entries); what remains
+  is the window docs/audit.md states, shown here as it is.
+- A checkpoint smaller than one a witness co-signed, pushed to it: refused, kept as evidence and
+  audited; an honest log never pushes one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+from typing import Any
+
+import aiohttp
+import pytest
+import sqlalchemy as sa
+
+from exchange.app import start_node
+from exchange.cli.audit import verify_node
+from exchange.crypto import canonical_json
+from exchange.errors import AuditTampered, BadEntry
+from exchange.keystore import read_file
+from exchange.merkle import leaf_hash
+from exchange.node.tls import client_context
+from exchange.store import Store, audit_checkpoints, audit_cosignatures, audit_log, bulletins
+from tests.conftest import Federation, MakeFederation, Member
+from tests.test_audit_e2e import checkpoint, entries, keys, post, target, wait_for
+
+NL, KE = "nl-customs", "ke-customs"
+PASSWORD = "a long passphrase for tests"
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+async def run_cli(*args: str, timeout: float = 120) -> tuple[int, str, str]:
+    """The real `exchange` command in a child process, while this loop keeps the nodes serving."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "exchange.cli", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    return int(proc.returncode or 0), out.decode(), err.decode()
+
+
+Columns = dict[str, Any]
+
+
+async def bulletin_row(member: Member, bid: str) -> Columns:
+    async with member.service.store.read() as conn:
+        return dict((await conn.execute(sa.select(bulletins).where(bulletins.c.id == bid))).one()._mapping)
+
+
+async def overwrite(member: Member, bid: str, values: Columns) -> None:
+    async with member.service.store.engine.begin() as conn:
+        await conn.execute(sa.update(bulletins).where(bulletins.c.id == bid).values(**values))
+
+
+def flipped_ciphertext(row: Columns) -> Columns:
+    env = json.loads(bytes(row["envelope"]))
+    text = env["ciphertext"]
+    env["ciphertext"] = text[:30] + ("A" if text[30] != "A" else "B") + text[31:]
+    return {"envelope": json.dumps(env).encode()}
+
+
+EDITS = {
+    "content": (
+        lambda row: {"content": row["content"].replace("toner cartridges", "nothing to see")},
+        "its stored content differs from what its signed envelope decrypts to: the content was changed",
+    ),
+    "ciphertext": (
+        flipped_ciphertext,
+        "its ciphertext does not match the hash its signed header commits to: the ciphertext was changed",
+    ),
+    "TLP": (
+        lambda row: {"tlp": "CLEAR"},
+        "its stored TLP ('CLEAR') differs from the signed header's ('AMBER'): the TLP was changed",
+    ),
+}
+
+
+async def console_page(member: Member, path: str) -> tuple[int, str]:
+    """GET a console page as the signed-in officer."""
+    ctx = client_context(read_file(member.config.keys_dir / "tls.crt").decode())
+    url = member.config.endpoint
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ctx), cookie_jar=aiohttp.CookieJar(unsafe=True)
+    ) as http:
+        async with http.get(url + "/console/sign-in") as resp:
+            token = CSRF.search(await resp.text())
+        assert token is not None
+        form = {"csrf": token.group(1), "user": "officer", "password": PASSWORD, "next": ""}
+        async with http.post(url + "/console/sign-in", data=form) as resp:
+            assert resp.status == 200, await resp.text()
+        async with http.get(url + path, allow_redirects=False) as resp:
+            return resp.status, await resp.text()
+
+
+async def test_an_edited_bulletin_is_refused_by_the_api_the_cli_and_the_console_naming_the_edit(
+    make_federation: MakeFederation,
+) -> None:
+    fed = await make_federation()
+    nl, ke = fed[NL], fed[KE]
+    await ke.service.users.set_password("officer", PASSWORD, actor="test")
+    bid = await post(nl)
+    await wait_for(nl, "bulletin.delivered", bid)
+    status, shown, _ = await ke.api("GET", f"/api/v1/bulletins/{bid}")
+    assert status == 200 and shown["signature_verified"] is True
+    original = await bulletin_row(ke, bid)
+    ke_file = str(fed.folder / f"{KE}.toml")
+    opened = len(await entries(ke, f"event=bulletin.opened&bulletin={bid}"))
+
+    for name, (edit, named) in EDITS.items():
+        await overwrite(ke, bid, edit(original))
+        status, problem, ctype = await ke.api("GET", f"/api/v1/bulletins/{bid}")
+        assert (status, ctype) == (500, "application/problem+json"), (name, status, problem)
+        assert problem["detail"] == f"bulletin {bid} is not shown: {named}", problem
+        assert "signature_verified" not in problem
+
+        page_status, page = await console_page(ke, f"/console/bulletins/{bid}")
+        assert page_status == 500 and "Signature verified" not in page, name
+        assert named.replace("'", "&#39;") in page, name
+
+        if name == "TLP":  # the CLI, once: a separate process, one line, exit status 1
+            code, out, err = await run_cli("read", "--node", ke_file, bid)
+            assert code == 1 and out == "" and err.count("\n") == 1 and named in err, (out, err)
+        await overwrite(ke, bid, {column: original[column] for column in edit(original)})
+
+    # Nothing was recorded as opened by the refused reads, and each edit was audited once.
+    audited = await entries(ke, f"event=bulletin.unverified&bulletin={bid}")
+    assert [e["problem"] for e in audited] == [named for _, named in EDITS.values()]
+    assert len(await entries(ke, f"event=bulletin.opened&bulletin={bid}")) == opened == 1
+    status, shown, _ = await ke.api("GET", f"/api/v1/bulletins/{bid}")
+    assert status == 200 and shown["signature_verified"] is True
+
+
+# -- the log's tail ---------------------------------------------------------------------------------
+
+Rows = list[tuple[int, bytes, bytes]]
+
+
+async def audit_rows(url: str) -> Rows:
+    store = await Store.open(url)
+    try:
+        async with store.read() as conn:
+            rows = await conn.execute(sa.select(audit_log.c.idx, audit_log.c.entry, audit_log.c.leaf_hash))
+            return sorted((int(i), bytes(e), bytes(h)) for i, e, h in rows)
+    finally:
+        await store.close()
+
+
+async def in_database(url: str, *statements: Any) -> None:
+    """Run SQL on a stopped node's database, as someone with access to it would."""
+    store = await Store.open(url)
+    try:
+        async with store.engine.begin() as conn:
+            for statement in statements:
+                await conn.execute(statement)
+    finally:
+        await store.close()
+
+
+async def put_back(url: str, rows: Rows) -> None:
+    await in_database(
+        url,
+        sa.delete(audit_log),
+        sa.insert(audit_log).values([{"idx": i, "entry": e, "leaf_hash": h} for i, e, h in rows]),
+    )
+
+
+async def test_deleting_the_logs_tail_after_a_witnessed_checkpoint_is_named_and_the_node_will_not_start(
+    make_federation: MakeFederation,
+) -> None:
+    fed: Federation = await make_federation()
+    nl = fed[NL]
+    bid = await post(nl)
+    await wait_for(nl, "bulletin.delivered", bid)
+    witnessed = await checkpoint(nl)
+    assert witnessed["witnesses"] == [KE]
+    cut = witnessed["size"] - 3
+    node_file, bundle, url = str(fed.folder / f"{NL}.toml"), str(fed.folder / "nl.jsonl"), nl.config.database_url
+
+    # While it runs: the live verify and an export checked offline both name the first lost entry.
+    async with nl.service.store.engine.begin() as conn:
+        kept = (await conn.execute(sa.select(audit_log).where(audit_log.c.idx >= cut))).all()
+        await conn.execute(sa.delete(audit_log).where(audit_log.c.idx >= cut))
+    with pytest.raises(BadEntry) as caught:
+        await verify_node(target(nl), keys(nl), fresh=False)
+    assert caught.value.index == cut and "is missing" in caught.value.detail, caught.value.detail
+    code, _, err = await run_cli("audit", "export", "--node", node_file, "-o", bundle)
+    assert code == 0, err
+    authority = str(nl.config.authority_key_path)
+    code, out, err = await run_cli("audit", "verify", "--bundle", bundle, "--authority", authority)
+    assert code == 1 and f"entry {cut}: is missing" in err, (out, err)
+    async with nl.service.store.engine.begin() as conn:
+        await conn.execute(sa.insert(audit_log), [dict(r._mapping) for r in kept])
+    assert (await verify_node(target(nl), keys(nl), fresh=False)).entries >= witnessed["size"]
+
+    # Stopped (a checkpoint is signed as it stops), then its tail deleted: it refuses to start, in
+    # one line, and nothing is written under the deleted indices.
+    await fed.stop(NL)
+    rows = await audit_rows(url)
+    signed = len(rows)
+    await in_database(url, sa.delete(audit_log).where(audit_log.c.idx >= cut))
+    expected = (
+        f"the audit log holds {cut} entries, but this node signed a checkpoint of {signed}: "
+        f"entries {cut} to {signed - 1} were deleted"
+    )
+    with pytest.raises(AuditTampered) as refused:
+        await start_node(nl.config)
+    assert refused.value.detail.startswith(expected), refused.value.detail
+    code, out, err = await run_cli("node", "run", node_file)
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1 and expected in err, (out, err)
+    assert await audit_rows(url) == rows[:cut]
+
+    # Put back, it starts and verifies, every checkpoint and the one signed at the stop included.
+    await put_back(url, rows)
+    await fed.start(NL)
+    report = await verify_node(target(nl), keys(nl), witness=False)
+    assert report.latest is not None and report.latest.size > signed
+    assert signed in [cp.size for cp in report.checkpoints]
+
+
+# -- rewriting the log while the node is stopped ----------------------------------------------------
+
+
+def rewritten(rows: Rows, k: int, *, leaf: bool) -> Any:
+    """Entry k with another user; its stored leaf hash rewritten to match too if `leaf`."""
+    idx, entry, old_leaf = rows[k]
+    body = canonical_json({**json.loads(entry), "at": "2020-01-01T00:00:00.000Z"})
+    values = {"entry": body, "leaf_hash": leaf_hash(body) if leaf else old_leaf}
+    return sa.update(audit_log).where(audit_log.c.idx == idx).values(**values)
+
+
+async def test_a_clean_stop_signs_every_entry_so_a_rewrite_while_stopped_is_caught(
+    make_federation: MakeFederation,
+) -> None:
+    fed = await make_federation()
+    nl = fed[NL]
+    bid = await post(nl)
+    await wait_for(nl, "bulletin.delivered", bid)
+    witnessed = await checkpoint(nl)
+    await wait_for(nl, "bulletin.delivered", await post(nl))  # entries no checkpoint covers yet
+    url = nl.config.database_url
+
+    # A clean stop ends with node.stopped, and signs a checkpoint of every entry, that one included.
+    await fed.stop(NL)
+    rows = await audit_rows(url)
+    store = await Store.open(url)
+    async with store.read() as conn:
+        latest = await conn.scalar(sa.select(sa.func.max(audit_checkpoints.c.size)))
+    await store.close()
+    assert latest == len(rows) > witnessed["size"]
+    assert json.loads(rows[-1][1])["event"] == "node.stopped"
+    k = witnessed["size"] + 1  # an entry that only the checkpoint signed at the stop covers
+
+    # A careful rewrite (the entry and its leaf hash): the next start refuses, naming the span.
+    await in_database(url, rewritten(rows, k, leaf=True))
+    with pytest.raises(AuditTampered) as refused:
+        await start_node(nl.config)
+    assert f"entries {witnessed['size']} to {len(rows) - 1} no longer give the root signed in checkpoint" in (
+        refused.value.detail
+    ), refused.value.detail
+
+    # The entry alone rewritten: it starts (its leaf hashes still give the signed root), and
+    # `audit verify` names the entry.
+    await put_back(url, rows)
+    await in_database(url, rewritten(rows, k, leaf=False))
+    await fed.start(NL)
+    with pytest.raises(BadEntry) as caught:
+        await verify_node(target(nl), keys(nl), fresh=False)
+    assert caught.value.index == k and "does not match its stored leaf hash" in caught.value.detail
+    await fed.stop(NL)
+    _, entry, leaf = rows[k]
+    await in_database(url, sa.update(audit_log).where(audit_log.c.idx == k).values(entry=entry, leaf_hash=leaf))
+
+    # The window docs/audit.md states: without the checkpoint signed at the stop (a crash before
+    # it, or its row deleted by someone with database access), the entries after the last
+    # checkpoint are unsigned. A lazy rewrite of one is still caught at the next start; a careful
+    # one is signed as it is, and the witness, which saw only the checkpoint before them, co-signs.
+    no_later_checkpoints = sa.delete(audit_checkpoints).where(audit_checkpoints.c.size > witnessed["size"])
+    await in_database(url, no_later_checkpoints, rewritten(rows, k, leaf=False))
+    with pytest.raises(AuditTampered) as refused:
+        await start_node(nl.config)
+    assert refused.value.detail == (
+        f"audit entry {k}, which no checkpoint covers yet, does not match its stored leaf hash: it was changed"
+    )
+    await in_database(url, rewritten(rows, k, leaf=True))
+    await fed.start(NL)
+    report = await verify_node(target(nl), keys(nl))
+    assert report.entries > k and report.latest is not None and report.latest.witnesses == (KE,)
+
+
+# -- a rollback pushed to a witness -----------------------------------------------------------------
+
+
+async def test_a_witness_keeps_a_rollback_pushed_to_it_as_evidence_and_an_honest_log_never_pushes_one(
+    make_federation: MakeFederation,
+) -> None:
+    """nl's log loses its tail while it is stopped, with the checkpoints and cosignatures over it,
+    so on its own it is coherent again. When it asks ke to co-sign its next checkpoint, smaller than
+    the one ke co-signed, ke refuses, keeps both signed notes, and audits it (it used to answer
+    "stale" and record nothing)."""
+    fed = await make_federation()
+    nl, ke = fed[NL], fed[KE]
+    early = await checkpoint(nl, witness=False)
+    bid = await post(nl)
+    await wait_for(nl, "bulletin.delivered", bid)
+    witnessed = await checkpoint(nl)
+    assert witnessed["witnesses"] == [KE]
+
+    # An honest log puts its checkpoints to a witness one at a time, never a smaller one after a
+    # larger one: asked to, it sends nothing.
+    older = await nl.service.audit.keeper.checkpoint_at(early["size"])
+    outcome = await nl.service.audit.witness.request_cosignatures(older, [KE])
+    assert outcome[KE] == f"superseded by checkpoint {witnessed['size']}"
+    status, view, _ = await ke.api("GET", "/api/v1/audit/witnessed", user="auditor")
+    assert status == 200 and view["split_views"] == []
+
+    await fed.stop(NL)
+    cut = early["size"]  # the entries after the first checkpoint, and every checkpoint after it
+    await in_database(
+        nl.config.database_url,
+        sa.delete(audit_log).where(audit_log.c.idx >= cut),
+        sa.delete(audit_checkpoints).where(audit_checkpoints.c.size > cut),
+        sa.delete(audit_cosignatures).where(audit_cosignatures.c.size > cut),
+    )
+    await fed.start(NL)
+    for _ in range(2):  # the second time is refused again, and recorded no more
+        shown = await checkpoint(nl)
+        assert shown["size"] < witnessed["size"] and shown["witnesses"] == []
+        assert f"it went back to size {shown['size']}" in shown["witnessing"][KE], shown["witnessing"]
+
+    status, view, _ = await ke.api("GET", "/api/v1/audit/witnessed", user="auditor")
+    assert status == 200
+    assert {log["node"]: log["size"] for log in view["logs"]}[NL] == witnessed["size"]  # it did not go back
+    (split,) = view["split_views"]
+    assert split["node"] == NL and split["detail"] == f"it went back to size {shown['size']}"
+    assert f"\n{witnessed['size']}\n" in split["seen"] and f"\n{shown['size']}\n" in split["shown"]
+    (audited,) = await entries(ke, f"event=audit.split_view&peer={NL}")
+    assert (audited["seen_size"], audited["shown_size"]) == (witnessed["size"], shown["size"])
