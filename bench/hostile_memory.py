@@ -1,7 +1,8 @@
 """Peak memory of a real node process for a maximum-size hostile body of each kind (must-show 3).
 
-    .venv/bin/python bench/hostile_memory.py               # every kind (about 1 minute)
+    .venv/bin/python bench/hostile_memory.py               # every kind (about 30 seconds)
     .venv/bin/python bench/hostile_memory.py --only fed-   # the kinds whose name starts so
+    .venv/bin/python bench/hostile_memory.py --postgres    # the node on PostgreSQL (127.0.0.1:5432)
 
 It provisions a two-node federation in a temporary folder (as tests/conftest.py does), runs
 nl-customs as a separate `exchange node run` process, and for each kind of body: starts the node
@@ -9,6 +10,8 @@ afresh, warms it up with one small legitimate request of each API, resets the pr
 resident set (`/proc/<pid>/clear_refs`), sends the body once (federation bodies with ke-customs'
 roster certificate, client bodies with the officer's token), and reads the peak (`VmHWM`). It
 prints the answer, the peak growth and its ratio to the body's size. The target is about 5x.
+With --postgres the node keeps its data in a fresh PostgreSQL database (dropped at the end)
+instead of a SQLite file, whose library works inside the node's process.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -38,7 +42,7 @@ from exchange.node import client_api, federation_api
 from exchange.node.tls import client_context, peer_context
 from exchange.provision import init_federation
 from tests.chaos import NodeProcess
-from tests.conftest import write_federation
+from tests.conftest import PG_ADMIN_URL, write_federation
 from tests.protocol.test_bounds import largest_bulletin
 
 TARGET, PEER = "nl-customs", "ke-customs"
@@ -247,15 +251,32 @@ async def measure(target: Target, kind: Kind, limit: int) -> str:
     )
 
 
-async def run(only: str) -> None:
+async def run(only: str, postgres: bool) -> None:
+    database = f"ex_hostile_memory_{os.getpid()}" if postgres else None
+    if database:
+        admin = await asyncpg.connect(PG_ADMIN_URL)
+        await admin.execute(f'CREATE DATABASE "{database}"')
+        await admin.close()
+    try:
+        await run_in(only, database)
+    finally:
+        if database:
+            admin = await asyncpg.connect(PG_ADMIN_URL)
+            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            await admin.close()
+
+
+async def run_in(only: str, database: str | None) -> None:
     with tempfile.TemporaryDirectory(prefix="exchange-hostile-") as tmp:
         folder = Path(tmp)
-        write_federation(folder / "nodes", NODES, [CHANNEL], {})
+        urls = {TARGET: f"postgresql+asyncpg://root@127.0.0.1:5432/{database}"} if database else {}
+        write_federation(folder / "nodes", NODES, [CHANNEL], urls)
         await init_federation(folder / "nodes")
         target = Target(folder)
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} cores")
         print(f"route limits: client post {CLIENT_LIMIT / MiB:.2f} MiB, transaction {FED_LIMIT / MiB:.2f} MiB")
-        print(f"python {sys.version.split()[0]}; a fresh node per body, after a warm-up\n")
+        store = "PostgreSQL at 127.0.0.1:5432" if database else "SQLite"
+        print(f"python {sys.version.split()[0]}; {store}; a fresh node per body, after a warm-up\n")
         for kind in KINDS:
             if not kind.name.startswith(only):
                 continue
@@ -272,8 +293,9 @@ async def run(only: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="run only the kinds whose name starts with this")
+    parser.add_argument("--postgres", action="store_true", help="keep the node's data in PostgreSQL, not SQLite")
     args = parser.parse_args()
-    asyncio.run(run(args.only))
+    asyncio.run(run(args.only, args.postgres))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ content for the others, and only that signature stops it.
 
 from __future__ import annotations
 
+import base64
 import hmac
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,10 +28,12 @@ from exchange.crypto import (
 from exchange.crypto.content import Random, os_random
 from exchange.errors import DecryptionFailed, InvalidEnvelope, InvalidInput
 from exchange.model import (
+    MAX_PAYLOAD_BYTES,
     Bulletin,
     BulletinId,
     Envelope,
     EnvelopeHeader,
+    Handling,
     NodeId,
     Recipient,
     StateRef,
@@ -87,8 +91,96 @@ def build_envelope(
 
     The caller passes the readers of `state`; the sender-side right checks live in the node.
     """
+    header, wraps, sealed = _seal(
+        bulletin.payload_bytes,
+        bulletin.handling,
+        state=state,
+        author=author,
+        key=key,
+        seq=seq,
+        readers=readers,
+        created=created,
+        rng=rng,
+    )
+    return sign_envelope(header, wraps, sealed.ciphertext, key)
+
+
+@dataclass(frozen=True)
+class BuiltEnvelope:
+    """An envelope its author has just built: the signed header, the bulletin id, and the wire bytes.
+
+    `wire` is `envelope_bytes` of the same envelope, built in place (see `build_envelope_bytes`);
+    nothing may change it.
+    """
+
+    header: EnvelopeHeader
+    id: BulletinId
+    wire: bytearray
+
+
+def build_envelope_bytes(
+    payload: bytes,
+    handling: Handling,
+    *,
+    state: ChannelState,
+    author: NodeId,
+    key: SigningKey,
+    seq: int,
+    readers: Sequence[tuple[NodeId, EncryptionKey]],
+    created: str,
+    rng: Random | None = None,
+) -> BuiltEnvelope:
+    """`build_envelope` straight to wire bytes, for an author who stores and sends them.
+
+    `payload` is the bulletin's canonical payload (`Bulletin.payload_bytes`). The header, the
+    ciphertext and what is signed are build_envelope's, and the bytes are those `envelope_bytes`
+    writes (tests/protocol/test_envelope_wire.py); but a post of megabytes holds its ciphertext and
+    the envelope's bytes, never also the ciphertext's base64url text, an Envelope model and a join
+    of them: the text is written a chunk at a time into the final buffer.
+    """
+    # The check the Envelope model's bound on its ciphertext makes in build_envelope.
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise InvalidInput(f"the bulletin's encrypted part takes {len(payload)} bytes, more than {MAX_PAYLOAD_BYTES}")
+    header, wraps, sealed = _seal(
+        payload, handling, state=state, author=author, key=key, seq=seq, readers=readers, created=created, rng=rng
+    )
+    head, tail = _around_ciphertext(header, b64e(key.sign(_signed_input(header, wraps))), wraps)
+    ciphertext = memoryview(sealed.ciphertext)
+    wire = bytearray(len(head) + _b64_size(len(ciphertext)) + len(tail))
+    wire[: len(head)] = head
+    end = len(head)
+    for start in range(0, len(ciphertext), _B64_CHUNK):
+        text = base64.urlsafe_b64encode(ciphertext[start : start + _B64_CHUNK]).rstrip(b"=")
+        wire[end : end + len(text)] = text  # as long as the slice: the buffer is never resized
+        end += len(text)
+    wire[end:] = tail
+    return BuiltEnvelope(header=header, id=bulletin_id(header), wire=wire)
+
+
+# Bytes of ciphertext encoded at a time: a multiple of 3, so that only the last chunk is padded.
+_B64_CHUNK = 3 * 16 * 1024
+
+
+def _b64_size(n: int) -> int:
+    """The length of the unpadded base64url text of `n` bytes (b64e's)."""
+    return (4 * n + 2) // 3
+
+
+def _seal(
+    payload: bytes,
+    handling: Handling,
+    *,
+    state: ChannelState,
+    author: NodeId,
+    key: SigningKey,
+    seq: int,
+    readers: Sequence[tuple[NodeId, EncryptionKey]],
+    created: str,
+    rng: Random | None,
+) -> tuple[EnvelopeHeader, list[str], SealedContent]:
+    """Encrypt `payload` and wrap its key for `readers`: the header and the wraps, to be signed."""
     ordered = sorted(readers, key=lambda r: r[0])
-    sealed = SealedContent(bulletin.payload_bytes, rng or os_random)
+    sealed = SealedContent(payload, rng or os_random)
     header = EnvelopeHeader(
         v=1,
         suite=SUITE,
@@ -98,7 +190,7 @@ def build_envelope(
         seq=seq,
         state=StateRef(owner=state.owner, pos=state.pos, hash=state.hash),
         recipients=[Recipient(node=n, kid=k.kid) for n, k in ordered],
-        handling=bulletin.handling,
+        handling=handling,
         created=created,
         nonce=b64e(sealed.nonce),
         key_commitment=b64e(sealed.key_commitment),
@@ -106,7 +198,7 @@ def build_envelope(
     )
     bid = bulletin_id(header)
     wraps = [b64e(sealed.wrap(k, wrap_info(bid, k.kid))) for _, k in ordered]
-    return sign_envelope(header, wraps, sealed.ciphertext, key)
+    return header, wraps, sealed
 
 
 def parse_envelope(data: bytes | dict[str, Any]) -> Envelope:
@@ -208,23 +300,20 @@ def _b64(text: str) -> bytes:
 
 
 def envelope_bytes(env: Envelope) -> bytes:
-    """The canonical wire form of an envelope: JCS, composed from the header's canonical bytes.
-
-    Members in JCS order (ciphertext, header, signature, wraps); every other value is a base64url
-    string, which JSON never escapes.
-    """
-    quoted = b",".join(b'"' + w.encode("ascii") + b'"' for w in env.wraps)
+    """The canonical wire form of an envelope: JCS, composed from the header's canonical bytes."""
+    head, tail = _around_ciphertext(env.header, env.signature, env.wraps)
     # One join, not a chain of +, which would copy a ciphertext of megabytes once per operand.
-    return b"".join(
-        (
-            b'{"ciphertext":"',
-            env.ciphertext.encode("ascii"),
-            b'","header":',
-            env.header.canonical,
-            b',"signature":"',
-            env.signature.encode("ascii"),
-            b'","wraps":[',
-            quoted,
-            b"]}",
-        )
+    return b"".join((head, env.ciphertext.encode("ascii"), tail))
+
+
+def _around_ciphertext(header: EnvelopeHeader, signature: str, wraps: Sequence[str]) -> tuple[bytes, bytes]:
+    """The envelope's wire bytes before and after the base64url text of its ciphertext.
+
+    Members in JCS order (ciphertext, header, signature, wraps); every value but the header is a
+    base64url string, which JSON never escapes.
+    """
+    quoted = b",".join(b'"' + w.encode("ascii") + b'"' for w in wraps)
+    tail = b"".join(
+        (b'","header":', header.canonical, b',"signature":"', signature.encode("ascii"), b'","wraps":[', quoted, b"]}")
     )
+    return b'{"ciphertext":"', tail

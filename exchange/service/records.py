@@ -8,14 +8,23 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.crypto import canonical_json
-from exchange.model import Bulletin, Envelope, Receipt
-from exchange.protocol.envelope import envelope_bytes
+from exchange.model import Bulletin, Envelope, EnvelopeHeader, Receipt
+from exchange.protocol.envelope import BuiltEnvelope, envelope_bytes
 from exchange.store import cursors
 
 
 def bulletin_row(env: Envelope, bid: str, bulletin: Bulletin, now: str) -> dict[str, Any]:
     """A stored bulletin: its envelope as received, and its decrypted content for local readers."""
-    h = env.header
+    return _bulletin_row(env.header, bid, envelope_bytes(env), bulletin.payload_bytes.decode(), now)
+
+
+def posted_row(built: BuiltEnvelope, content: str, now: str) -> dict[str, Any]:
+    """A bulletin this node wrote: the envelope bytes it built, and `content`, the text of the
+    canonical payload it encrypted (`Bulletin.payload_bytes`, decoded)."""
+    return _bulletin_row(built.header, built.id, built.wire, content, now)
+
+
+def _bulletin_row(h: EnvelopeHeader, bid: str, wire: bytes | bytearray, content: str, now: str) -> dict[str, Any]:
     return {
         "id": bid,
         "channel": h.channel,
@@ -25,10 +34,10 @@ def bulletin_row(env: Envelope, bid: str, bulletin: Bulletin, now: str) -> dict[
         "tlp": h.handling.tlp,
         "created": h.created,
         "stored_at": now,
-        "envelope": envelope_bytes(env),
+        "envelope": wire,
         # " a b c ": the recipient node ids, so catch-up pages are filtered in SQL
         "recipients": " " + " ".join(r.node for r in h.recipients) + " ",
-        "content": bulletin.payload_bytes.decode(),
+        "content": content,
     }
 
 
