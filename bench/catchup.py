@@ -35,6 +35,7 @@ from exchange.model import Bulletin, NodeId
 from exchange.protocol.channel import ChannelState, apply_event
 from exchange.protocol.envelope import build_envelope, bulletin_id, envelope_bytes, open_envelope, verify_envelope
 from exchange.protocol.receipt import make_receipt
+from exchange.service.records import bulletin_row
 from exchange.store import AuditBuffer, Store, bulletins, outbox
 from tests.conftest import write_federation
 
@@ -69,8 +70,6 @@ def _init(folder: str) -> None:
 
 
 def _build(seqs: range) -> list[dict[str, Any]]:
-    from exchange.service.node import _bulletin_row
-
     keys: NodeKeys = _WORK["keys"]
     state: ChannelState = _WORK["state"]
     readers = [(NodeId(n), _WORK["fed"].encryption_key(n)) for n in state.readers]
@@ -79,7 +78,7 @@ def _build(seqs: range) -> list[dict[str, Any]]:
         b = bulletin(seq)
         now = timestamp()
         env = build_envelope(b, state=state, author=NodeId(A), key=keys.signing, seq=seq, readers=readers, created=now)
-        rows.append(_bulletin_row(env, bulletin_id(env.header), b, now))
+        rows.append(bulletin_row(env, bulletin_id(env.header), b, now))
     return rows
 
 
