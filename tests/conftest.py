@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from playwright.async_api import async_playwright
 
 from exchange.app import RunningNode, start_node
 from exchange.clock import timestamp
@@ -27,6 +28,19 @@ from exchange.provision import init_federation
 
 PG_ADMIN_URL = "postgresql://root@127.0.0.1:5432/test"
 REQUIRE_PG = os.environ.get("EXCHANGE_REQUIRE_POSTGRES") == "1"
+# The console tests drive Debian's chromium through Playwright, which never downloads a browser.
+CHROMIUM = Path("/usr/bin/chromium")
+REQUIRE_BROWSER = os.environ.get("EXCHANGE_REQUIRE_BROWSER") == "1"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def free_port() -> int:
@@ -256,3 +270,18 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    if not CHROMIUM.exists():
+        reason = f"no browser at {CHROMIUM} (apt-get install chromium)"
+        if REQUIRE_BROWSER:
+            pytest.fail(reason + " and EXCHANGE_REQUIRE_BROWSER=1")
+        pytest.skip(reason)
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()

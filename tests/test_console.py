@@ -19,7 +19,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import aiohttp
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
 from exchange.cli.main import cli
 from exchange.config import NodeConfig
@@ -39,20 +39,8 @@ from exchange.service.users import add_user, assign, set_password, verify_passwo
 from exchange.store import Store, audit_log, bulletins, console_sessions, receipts
 from tests.conftest import DEFAULT_NODES, Federation, MakeFederation, Member, eventually, write_federation
 
-CHROMIUM = Path("/usr/bin/chromium")
-REQUIRE_BROWSER = os.environ.get("EXCHANGE_REQUIRE_BROWSER") == "1"
 SCREENSHOTS = os.environ.get("EXCHANGE_SCREENSHOTS") == "1"
 SHOTS_DIR = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PASSWORD = "a long passphrase for tests"
 C2A = "c2a-air-cargo-security"
 C2C = "c2c-cargo-fraud"
@@ -96,21 +84,6 @@ async def fed(make_federation: MakeFederation) -> Federation:
     ):
         await set_password(federation[node].service.store, user, PASSWORD, actor="test")
     return federation
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    if not CHROMIUM.exists():
-        reason = f"no browser at {CHROMIUM} (apt-get install chromium)"
-        if REQUIRE_BROWSER:
-            pytest.fail(reason + " and EXCHANGE_REQUIRE_BROWSER=1")
-        pytest.skip(reason)
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
 
 
 Shot = Callable[[Any, str], Awaitable[None]]

@@ -21,8 +21,8 @@ from exchange import errors
 from exchange.crypto import DecryptionKey, SigningKey, b64d, b64e, canonical_json, strict_loads
 from exchange.crypto.content import open_content
 from exchange.errors import ExchangeError
-from exchange.model import Bulletin, ChannelEvent, EnvelopeHeader, NodeId, Receipt, Roster, SignedRoster
-from exchange.protocol.channel import ChannelState, apply_event, event_hash, sign_acceptance, sign_event
+from exchange.model import Bulletin, EnvelopeHeader, NodeId, Receipt, Roster
+from exchange.protocol.channel import ChannelState, event_hash, sign_acceptance, sign_event
 from exchange.protocol.envelope import (
     build_envelope,
     bulletin_id,
@@ -38,7 +38,7 @@ from exchange.protocol.roster import Federation, sign_roster
 from exchange.protocol.signing import signing_input
 from exchange.service.outbox import transaction_id
 from tests.vectors import make_vectors
-from tests.vectors.make_vectors import ENVELOPE_FILE, ReplayRandom
+from tests.vectors.make_vectors import ENVELOPE_FILE, ReplayRandom, recorded_federation, recorded_state
 
 RAW = ENVELOPE_FILE.read_text("utf-8")
 V: dict[str, Any] = strict_loads(RAW)
@@ -55,17 +55,12 @@ def decryption_key(label: str) -> DecryptionKey:
 
 @pytest.fixture(scope="module")
 def fed() -> Federation:
-    signed = SignedRoster.model_validate(OUTPUTS["roster"]["signed"])
-    return Federation.verify(signed, signing_key("authority").verify_key)
+    return recorded_federation(OUTPUTS)
 
 
 @pytest.fixture(scope="module")
 def state(fed: Federation) -> ChannelState:
-    current = None
-    for logged in OUTPUTS["channel_log"]:
-        current = apply_event(current, ChannelEvent.model_validate(logged["signed"]), fed)
-    assert current is not None
-    return current
+    return recorded_state(fed, OUTPUTS)
 
 
 def rfc9180_open(wrap: bytes, secret: bytes, info: bytes) -> bytes:

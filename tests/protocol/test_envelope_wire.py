@@ -10,9 +10,9 @@ import pytest
 
 from exchange.crypto import SealedContent, b64d, strict_loads
 from exchange.errors import InvalidInput
-from exchange.model import MAX_CIPHERTEXT, MAX_PAYLOAD_BYTES, Bulletin, ChannelEvent, NodeId, SignedRoster
+from exchange.model import MAX_CIPHERTEXT, MAX_PAYLOAD_BYTES, Bulletin, NodeId
 from exchange.protocol import envelope
-from exchange.protocol.channel import ChannelState, apply_event
+from exchange.protocol.channel import ChannelState
 from exchange.protocol.envelope import (
     BuiltEnvelope,
     build_envelope_bytes,
@@ -23,7 +23,14 @@ from exchange.protocol.envelope import (
     verify_envelope,
 )
 from exchange.protocol.roster import Federation
-from tests.vectors.make_vectors import ENVELOPE_FILE, ReplayRandom, decryption_key, signing_key
+from tests.vectors.make_vectors import (
+    ENVELOPE_FILE,
+    ReplayRandom,
+    decryption_key,
+    recorded_federation,
+    recorded_state,
+    signing_key,
+)
 
 V: dict[str, Any] = strict_loads(ENVELOPE_FILE.read_text("utf-8"))
 INPUTS, OUTPUTS = V["inputs"], V["outputs"]
@@ -33,17 +40,12 @@ DRAWS = [b64d(d) for d in INPUTS["rng"]["draws"]]  # the content key, then the n
 
 @pytest.fixture(scope="module")
 def fed() -> Federation:
-    signed = SignedRoster.model_validate(OUTPUTS["roster"]["signed"])
-    return Federation.verify(signed, signing_key("authority").verify_key)
+    return recorded_federation(OUTPUTS)
 
 
 @pytest.fixture(scope="module")
 def state(fed: Federation) -> ChannelState:
-    current = None
-    for logged in OUTPUTS["channel_log"]:
-        current = apply_event(current, ChannelEvent.model_validate(logged["signed"]), fed)
-    assert current is not None
-    return current
+    return recorded_state(fed, OUTPUTS)
 
 
 def built(fed: Federation, state: ChannelState, payload: bytes) -> BuiltEnvelope:

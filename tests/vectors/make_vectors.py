@@ -27,7 +27,7 @@ from cryptography.x509.oid import NameOID
 from exchange import errors
 from exchange.crypto import DecryptionKey, SigningKey, b64d, b64e, canonical_json, sha256, spki_pin
 from exchange.crypto.content import BODY_AAD, key_commitment, open_content
-from exchange.model import Accept, Bulletin, ChannelEvent, Envelope, NodeId, Receipt, Roster
+from exchange.model import Accept, Bulletin, ChannelEvent, Envelope, NodeId, Receipt, Roster, SignedRoster
 from exchange.protocol.channel import ChannelState, apply_event, event_hash, sign_acceptance, sign_event
 from exchange.protocol.envelope import (
     build_envelope,
@@ -247,6 +247,21 @@ def replay(log: list[ChannelEvent], fed: Federation) -> ChannelState:
     if state is None:
         raise ValueError("an empty channel log has no state")
     return state
+
+
+def recorded_federation(outputs: dict[str, Any]) -> Federation:
+    """The roster recorded in the vectors, verified against the authority's key."""
+    signed = SignedRoster.model_validate(outputs["roster"]["signed"])
+    return Federation.verify(signed, signing_key("authority").verify_key)
+
+
+def recorded_state(fed: Federation, outputs: dict[str, Any]) -> ChannelState:
+    """The channel state after the channel log recorded in the vectors."""
+    current = None
+    for logged in outputs["channel_log"]:
+        current = apply_event(current, ChannelEvent.model_validate(logged["signed"]), fed)
+    assert current is not None
+    return current
 
 
 def _logged(event: ChannelEvent) -> dict[str, Any]:

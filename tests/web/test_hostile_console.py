@@ -26,7 +26,6 @@ from typing import Any
 import aiohttp
 import pytest
 import sqlalchemy as sa
-from playwright.async_api import async_playwright
 from yarl import URL
 
 from exchange.keystore import read_file
@@ -34,7 +33,6 @@ from exchange.node.tls import client_context
 from exchange.service.users import set_password
 from exchange.store import audit_log, bulletins, channel_events, console_sessions, user_channels, user_passwords, users
 from tests.conftest import Federation, MakeFederation, Member
-from tests.test_console import CHROMIUM, CHROMIUM_ARGS, REQUIRE_BROWSER
 
 PASSWORD = "a long passphrase for tests"
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -340,21 +338,6 @@ async def test_a_witness_claim_in_the_url_is_shown_only_if_the_checkpoint_says_s
     assert status == 200 and "co-signed." not in page and "ke-customs co-signed" not in page
     status, page, _ = await auditor.get("/console/audit/checkpoints?w.ke-customs=failed&w.nowhere=failed")
     assert "<bdi>ke-customs</bdi> did not co-sign" in page and "nowhere" not in page
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    if not CHROMIUM.exists():
-        reason = f"no browser at {CHROMIUM} (apt-get install chromium)"
-        if REQUIRE_BROWSER:
-            pytest.fail(reason + " and EXCHANGE_REQUIRE_BROWSER=1")
-        pytest.skip(reason)
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
 
 
 # Whether the text of an element shows in its own (logical) order, left to right: the left edge of
