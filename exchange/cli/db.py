@@ -10,16 +10,9 @@ from pathlib import Path
 
 import click
 
+from exchange.cli.options import node_file
 from exchange.cli.output import user_errors
 from exchange.config import NodeConfig
-
-node_file = click.option(
-    "--node",
-    "node_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    required=True,
-    help="The node's file, e.g. nodes/nl-customs.toml.",
-)
 
 
 @click.group()
