@@ -8,6 +8,14 @@ ExchangeError
  │    ├── BodyTooLarge      a request body larger than its route takes (413)
  │    ├── IdempotencyKeyReused  an Idempotency-Key sent again with a different request
  │    ├── ProofError        a Merkle inclusion or consistency proof that does not verify
+ │    ├── RosterRefused     a roster v2 version that this node must not install (docs/protocol.md, 6a)
+ │    │    ├── RosterInvalid       a version that breaks a rule of its own, or its predecessor's history
+ │    │    ├── RosterThreshold     fewer than k valid signatures from the old or the new authority
+ │    │    ├── RosterGap           newer than the held version + 1: fetch the versions between, in order
+ │    │    ├── RosterRollback      older than the held version
+ │    │    ├── RosterEquivocation  the held version's number with another hash, signed by its authority
+ │    │    ├── RosterChainBroken   `previous` is not the hash of the held version
+ │    │    └── RosterExpired       the newest version offered is past its `expires`
  │    └── InvalidEnvelope   an envelope that breaks a protocol rule
  │         ├── BadSignature     a signature that does not verify
  │         ├── DecryptionFailed one message for every decryption failure (no oracle)
@@ -87,6 +95,59 @@ class ProofError(InvalidInput):
     """A Merkle inclusion or consistency proof failed verification."""
 
     title = "Proof does not verify"
+
+
+class RosterRefused(InvalidInput):
+    """A roster v2 version that this node must not install; what it held stays (docs/protocol.md, 6a)."""
+
+    title = "Roster refused"
+
+
+class RosterInvalid(RosterRefused):
+    """A version that breaks a rule of the document itself, or the history of the version before it."""
+
+    title = "Roster invalid"
+
+
+class RosterThreshold(RosterRefused):
+    """Fewer than k valid signatures from the old or the new authority (each key counted once)."""
+
+    title = "Roster not signed by enough authority keys"
+
+
+class RosterGap(RosterRefused):
+    """A version newer than the held one + 1: fetch the versions between and check them in order."""
+
+    title = "Roster versions missing"
+
+    def __init__(self, held: int, offered: int) -> None:
+        super().__init__(f"roster version {offered} offered, {held} held: fetch versions {held + 1} to {offered}")
+        self.held = held
+        self.offered = offered
+
+
+class RosterRollback(RosterRefused):
+    """A version older than the held one: a node never goes back."""
+
+    title = "Roster rollback"
+
+
+class RosterEquivocation(RosterRefused):
+    """The held version's number with another hash, signed by the authority: evidence to audit."""
+
+    title = "Roster equivocation"
+
+
+class RosterChainBroken(RosterRefused):
+    """A version whose `previous` is not the hash of the held version."""
+
+    title = "Roster chain broken"
+
+
+class RosterExpired(RosterRefused):
+    """The newest version offered is past its `expires`."""
+
+    title = "Roster expired"
 
 
 class InvalidEnvelope(InvalidInput):
