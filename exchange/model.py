@@ -10,9 +10,20 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import cached_property
-from typing import Annotated, Literal, NewType, get_args
+from typing import Annotated, Any, Literal, NewType, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from exchange.crypto.encoding import canonical_json
 
@@ -251,17 +262,65 @@ class Envelope(BaseModel):
     signature: B64Signature
 
 
-class Receipt(BaseModel):
-    """A receiving node's signed statement that it received (or a user opened) a bulletin."""
+MAX_RECEIPT_BATCH = 1 << 16  # bulletins one signed receipt statement covers (v2)
+MAX_RECEIPT_PROOF = 16  # hashes on the path from a leaf to the root of such a batch
+RECEIPT_BATCH_MEMBERS = ("size", "root", "index", "proof")  # present in v2 receipts only
 
-    model_config = _WIRE
-    v: Literal[1]
+
+def _receipt_schema(schema: dict[str, Any]) -> None:
+    """JSON schema: the batch members are required in v2 and absent in v1, never null."""
+    props = schema["properties"]
+    for name in RECEIPT_BATCH_MEMBERS:
+        given = props[name]
+        props[name] = {**next(s for s in given.pop("anyOf") if s.get("type") != "null"), "title": given["title"]}
+    schema["oneOf"] = [
+        {"properties": {"v": {"const": 1}}, "not": {"anyOf": [{"required": [m]} for m in RECEIPT_BATCH_MEMBERS]}},
+        {"properties": {"v": {"const": 2}}, "required": list(RECEIPT_BATCH_MEMBERS)},
+    ]
+
+
+class Receipt(BaseModel):
+    """A receiving node's signed statement that it received (or a user opened) a bulletin.
+
+    A v1 receipt is signed alone. A v2 receipt is one leaf of a batch: its node signed once a
+    statement with the Merkle root of the batch's bulletin ids, and the receipt carries its
+    `index`, the batch `size`, that `root` and the inclusion `proof` (docs/protocol.md, 10).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, json_schema_extra=_receipt_schema)
+    v: Literal[1, 2]
     bulletin: Hex64
     node: NodeIdStr
     status: Literal["received", "opened"]
     at: Timestamp
     signer: Kid
+    size: Annotated[int, Field(ge=1, le=MAX_RECEIPT_BATCH)] | None = None
+    root: B64Key | None = None
+    index: Annotated[int, Field(ge=0, lt=MAX_RECEIPT_BATCH)] | None = None
+    proof: Annotated[list[B64Key], Field(max_length=MAX_RECEIPT_PROOF)] | None = None
     signature: B64Signature
+
+    @model_validator(mode="after")
+    def _members_of_its_version(self) -> Receipt:
+        if self.v == 1:
+            given = [m for m in RECEIPT_BATCH_MEMBERS if m in self.model_fields_set]
+            if given:
+                raise ValueError(f"a v1 receipt has no member {given[0]!r}")
+            return self
+        missing = [m for m in RECEIPT_BATCH_MEMBERS if getattr(self, m) is None]
+        if missing:
+            raise ValueError(f"a v2 receipt needs {missing[0]!r}")
+        if self.index is not None and self.size is not None and self.index >= self.size:
+            raise ValueError("a v2 receipt's index must be below its batch size")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_absent_members(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if self.v == 1:
+            for name in RECEIPT_BATCH_MEMBERS:
+                out.pop(name, None)
+        return out
 
 
 class RosterNode(BaseModel):

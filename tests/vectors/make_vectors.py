@@ -1,7 +1,7 @@
 """Build the golden test vectors in tests/vectors/ from fixed, public, TEST-ONLY seeds.
 
-Run `python -m tests.vectors.make_vectors` to write envelope-v1.json, or add `--check` to
-compare the file with what the code produces now. Every input is fixed: Ed25519, X25519 and
+Run `python -m tests.vectors.make_vectors` to write envelope-v1.json and receipt-v2.json, or add
+`--check` to compare the files with what the code produces now. Every input is fixed: Ed25519, X25519 and
 TLS keys come from SHA-256 of public labels, timestamps are constants, and the content key and
 nonce come from a counter. HPKE encapsulation draws its ephemeral key inside `cryptography`, so
 the wraps cannot be derived; when the file exists and its wraps still open to this content
@@ -27,6 +27,7 @@ from cryptography.x509.oid import NameOID
 from exchange import errors
 from exchange.crypto import DecryptionKey, SigningKey, b64d, b64e, canonical_json, sha256, spki_pin
 from exchange.crypto.content import BODY_AAD, key_commitment, open_content
+from exchange.merkle import leaf_hash, node_hash
 from exchange.model import Accept, Bulletin, ChannelEvent, Envelope, NodeId, Receipt, Roster, SignedRoster
 from exchange.protocol.channel import ChannelState, apply_event, event_hash, sign_acceptance, sign_event
 from exchange.protocol.envelope import (
@@ -39,13 +40,22 @@ from exchange.protocol.envelope import (
     verify_envelope,
     wrap_info,
 )
-from exchange.protocol.receipt import make_receipt, verify_receipt
+from exchange.protocol.receipt import (
+    BATCH_DOMAIN,
+    make_receipt,
+    make_receipts,
+    parse_receipt,
+    statement,
+    tree_levels,
+    verify_receipt,
+)
 from exchange.protocol.roster import Federation, sign_roster
-from exchange.protocol.signing import signing_input
+from exchange.protocol.signing import sign, signing_input
 from exchange.service.outbox import transaction_id
 
 HERE = Path(__file__).resolve().parent
 ENVELOPE_FILE = HERE / "envelope-v1.json"
+RECEIPTS_FILE = HERE / "receipt-v2.json"
 
 SEED_PREFIX = b"exchange test vector "
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -110,6 +120,10 @@ BULLETIN: dict[str, Any] = {
 }
 POST: dict[str, Any] = {"author": "nl-customs", "seq": 1, "created": "2025-03-14T09:26:53.589Z"}
 RECEIPT: dict[str, Any] = {"node": "ke-customs", "status": "received", "at": "2025-03-14T09:26:54.120Z"}
+# receipt-v2.json: a batch of three bulletins received at once, and one opened alone. The first
+# bulletin is the envelope's; the others are ids of labels (a receipt needs only the ids).
+RECEIPT_BATCH: dict[str, Any] = {**RECEIPT, "extra_bulletin_labels": ["bulletin/1", "bulletin/2"]}
+RECEIPT_SINGLE: dict[str, Any] = {"node": "ke-customs", "status": "opened", "at": "2025-03-14T10:02:11.457Z"}
 
 
 def seed(label: str) -> bytes:
@@ -501,6 +515,181 @@ def transaction_example(event: ChannelEvent, env: Envelope, receipt: Receipt) ->
     }
 
 
+def _batch(bids: list[str], given: dict[str, Any]) -> dict[str, Any]:
+    """One signed batch statement over `bids` and the receipt of each, with every step shown."""
+    receipts = make_receipts(bids, NodeId(given["node"]), given["status"], given["at"], signing_key(given["node"]))
+    levels = tree_levels([leaf_hash(bytes.fromhex(b)) for b in bids])
+    body = statement(receipts[0])
+    return {
+        "bulletins": bids,
+        "leaf_hashes": [b64e(h) for h in levels[0]],
+        "levels": [[b64e(h) for h in level] for level in levels],
+        "root": b64e(levels[-1][0]),
+        "statement": body,
+        "statement_signing_input": _text(signing_input(BATCH_DOMAIN, body)),
+        "signature": receipts[0].signature,
+        "receipts": [
+            {"signed": r.model_dump(mode="json"), "jcs": _text(canonical_json(r.model_dump(mode="json")))}
+            for r in receipts
+        ],
+    }
+
+
+def _receipt_negatives(batch: dict[str, Any], v1: dict[str, Any], bids: list[str]) -> list[dict[str, Any]]:
+    """Altered receipts and the exact error a verifier must raise for each (section 10)."""
+    good = [r["signed"] for r in batch["receipts"]]
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, description: str, receipt: dict[str, Any], error: type[errors.ExchangeError]) -> None:
+        out.append({"name": name, "description": description, "receipt": receipt, "error": error.__name__})
+
+    def flipped(text: str) -> str:
+        raw = bytearray(b64d(text))
+        raw[0] ^= 0x01
+        return b64e(bytes(raw))
+
+    first, last = good[0], good[-1]
+    add(
+        "proof-hash-altered",
+        "one bit of the first proof hash flipped",
+        {**first, "proof": [flipped(first["proof"][0]), *first["proof"][1:]]},
+        errors.ProofError,
+    )
+    add("index-changed", "index 1 given for the leaf at index 0", {**first, "index": 1}, errors.ProofError)
+    add(
+        "size-changed-path-breaks",
+        "size 4 for the last leaf of a batch of 3: the path no longer fits the tree",
+        {**last, "size": 4},
+        errors.ProofError,
+    )
+    add(
+        "size-changed-path-holds",
+        "size 4 for the first leaf of a batch of 3: the path leads to the same root, but the signed size differs",
+        {**first, "size": 4},
+        errors.BadSignature,
+    )
+    add(
+        "root-replaced",
+        "the root replaced by the first leaf hash",
+        {**first, "root": batch["leaf_hashes"][0]},
+        errors.ProofError,
+    )
+    other = leaf_hash(seed("bulletin/3"))
+    add(
+        "root-and-proof-forged",
+        "a batch of 2 made up around the leaf: its proof and root agree, but the signature is over the real root",
+        {
+            **first,
+            "size": 2,
+            "proof": [b64e(other)],
+            "root": b64e(node_hash(leaf_hash(bytes.fromhex(bids[0])), other)),
+        },
+        errors.BadSignature,
+    )
+    add(
+        "bulletin-swapped",
+        "the first receipt made to name the second bulletin",
+        {**first, "bulletin": bids[1]},
+        errors.ProofError,
+    )
+    add(
+        "proof-too-long",
+        "one hash too many on the path",
+        {**last, "proof": [*last["proof"], batch["leaf_hashes"][0]]},
+        errors.ProofError,
+    )
+    add(
+        "proof-hash-short",
+        "a proof hash of 31 bytes",
+        {**first, "proof": [b64e(b64d(first["proof"][0])[:31]), *first["proof"][1:]]},
+        errors.ProofError,
+    )
+    add(
+        "root-non-canonical-base64",
+        "the root's last base64url character has a padding bit set",
+        {**first, "root": _set_padding_bit(first["root"])},
+        errors.ProofError,
+    )
+    v1_domain = sign("receipt", batch["statement"], signing_key(first["node"]))
+    add(
+        "v2-signed-under-v1-domain",
+        'the batch statement signed under the domain "receipt" instead of "receipt-batch"',
+        {**first, "signature": v1_domain},
+        errors.BadSignature,
+    )
+    add(
+        "signer-not-roster-key",
+        "the signer kid of another node",
+        {**first, "signer": signing_key("nl-customs").kid},
+        errors.InvalidEnvelope,
+    )
+    add("node-unknown", "a node the roster does not list", {**first, "node": "xx-nobody"}, errors.UnknownPeer)
+    add(
+        "v2-without-proof",
+        "a v2 receipt without its proof",
+        {k: v for k, v in first.items() if k != "proof"},
+        errors.InvalidInput,
+    )
+    add("index-not-below-size", "index 3 in a batch of 3", {**last, "index": 3}, errors.InvalidInput)
+    add(
+        "v1-with-batch-members",
+        "a v1 receipt that carries a size",
+        {**v1, "size": 1},
+        errors.InvalidInput,
+    )
+    return out
+
+
+def build_receipts(envelope_vector: dict[str, Any]) -> dict[str, Any]:
+    """The receipt vectors: v1 alone, a v2 batch of 3, a v2 batch of 1, and negatives."""
+    fed = recorded_federation(envelope_vector["outputs"])
+    bid = envelope_vector["outputs"]["bulletin_id"]
+    bids = [bid, *(seed(label).hex() for label in RECEIPT_BATCH["extra_bulletin_labels"])]
+    v1 = make_receipt(bid, NodeId(RECEIPT["node"]), RECEIPT["status"], RECEIPT["at"], signing_key(RECEIPT["node"]))
+    batch = _batch(bids, RECEIPT_BATCH)
+    single = _batch([bid], RECEIPT_SINGLE)
+    for receipt in [v1.model_dump(mode="json"), *(r["signed"] for b in (batch, single) for r in b["receipts"])]:
+        verify_receipt(parse_receipt(receipt), fed)
+    signer = signing_key(RECEIPT["node"])
+    return {
+        "description": "Golden vectors for exchange-v1 receipts (docs/protocol.md, section 10): a v1 receipt, "
+        "a v2 batch of three and a v2 batch of one, each receipt provable alone, and altered receipts. "
+        "Built by tests/vectors/make_vectors.py; the roster is the one in envelope-v1.json.",
+        "warning": WARNING,
+        "encoding": "Byte strings are unpadded base64url. Members named *jcs or *signing_input are byte strings "
+        "given as their UTF-8 text. A leaf is SHA-256(0x00 || the 32 bytes of the bulletin id); an interior "
+        "node SHA-256(0x01 || left || right) (RFC 9162).",
+        "inputs": {
+            "roster": "envelope-v1.json, outputs.roster.signed",
+            "signer": {
+                "node": RECEIPT["node"],
+                "ed25519_seed_label": f"{RECEIPT['node']}/ed25519",
+                "ed25519_private": b64e(signer.private_bytes()),
+                "public_key": b64e(signer.verify_key.raw),
+                "kid": signer.kid,
+            },
+            "v1": {**RECEIPT, "bulletin": bid},
+            "batch": {
+                **{k: RECEIPT_BATCH[k] for k in ("node", "status", "at")},
+                "bulletins": bids,
+                "how": "the first is envelope-v1.json's bulletin_id; the others are "
+                "hex(SHA-256('exchange test vector ' || label)) for the labels "
+                + " and ".join(RECEIPT_BATCH["extra_bulletin_labels"]),
+            },
+            "single": {**RECEIPT_SINGLE, "bulletins": [bid]},
+        },
+        "outputs": {
+            "v1": {
+                "signing_input": _text(signing_input("receipt", v1.model_dump(mode="json", exclude={"signature"}))),
+                "signed": v1.model_dump(mode="json"),
+            },
+            "batch": batch,
+            "single": single,
+            "negatives": _receipt_negatives(batch, v1.model_dump(mode="json"), bids),
+        },
+    }
+
+
 def render(vector: dict[str, Any]) -> str:
     return json.dumps(vector, indent=2, ensure_ascii=False) + "\n"
 
@@ -513,16 +702,18 @@ def load(path: Path = ENVELOPE_FILE) -> dict[str, Any] | None:
 
 
 def main(argv: list[str]) -> int:
-    old = load()
-    text = render(build(old))
+    envelope = build(load())
+    files = {ENVELOPE_FILE: render(envelope), RECEIPTS_FILE: render(build_receipts(envelope))}
     if "--check" in argv:
-        if old is None or ENVELOPE_FILE.read_text("utf-8") != text:
-            print(f"{ENVELOPE_FILE} is out of date; run python -m tests.vectors.make_vectors", file=sys.stderr)
-            return 1
-        print(f"{ENVELOPE_FILE} is up to date")
-        return 0
-    ENVELOPE_FILE.write_text(text, "utf-8")
-    print(f"wrote {ENVELOPE_FILE}")
+        stale = [path for path, text in files.items() if not path.exists() or path.read_text("utf-8") != text]
+        for path in stale:
+            print(f"{path} is out of date; run python -m tests.vectors.make_vectors", file=sys.stderr)
+        if not stale:
+            print("the vectors are up to date")
+        return 1 if stale else 0
+    for path, text in files.items():
+        path.write_text(text, "utf-8")
+        print(f"wrote {path}")
     return 0
 
 
