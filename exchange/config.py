@@ -94,6 +94,9 @@ class NodeConfig(BaseModel):
     request_timeout_seconds: float = 30.0
     catchup_interval_seconds: float = 300.0
     audit_checkpoint_seconds: float = 60.0
+    # Finished outbox rows (delivered, rejected, cancelled) are deleted this long after they finish
+    # (docs/operations.md, "Retention"); the audit log keeps what was sent and delivered.
+    outbox_retention_days: Annotated[float, Field(ge=0)] = 7.0
     # What one client may cost the node (docs/operations.md, "Limits, timeouts and sign-in").
     # Timeouts: a request's line and headers, from their first byte (or the connection's opening);
     # its body, in all and between two reads; an idle connection between two requests.

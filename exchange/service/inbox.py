@@ -3,11 +3,17 @@
 Opening a bulletin (`load`, `read`: the API, the CLI and the console) checks the stored row
 against its signed envelope each time, so "signature verified" is a claim checked now; a row
 that fails is not shown (`BulletinUnverified`, naming what failed). Listings, search and
-references show stored metadata and titles, unchecked, and claim nothing about them.
+references show stored metadata and titles (`bulletins.summary`, and searches match
+`bulletins.search_text`: never the content with its attachments), unchecked, and claim nothing
+about them.
 
 Also the console's reading views (channel summaries with unread counts, inbox pages, references
 both ways, search, receipts per recipient): each is computed only among the channels that
 `Access` lets the user read now, so no adapter needs a query or a rule of its own.
+
+No query here grows with the store: pages are index seeks per channel (exchange.service.summaries),
+unread counts are read from counts the database keeps (revision 0003), and search and referrers
+look at a stated number of the newest bulletins only.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from exchange.protocol.roster import Federation
 from exchange.service.access import Access
 from exchange.service.outbox import Outbox, ReceiptRef, queued_row
 from exchange.service.records import receipt_row
+from exchange.service.summaries import SUMMARY, newest_start, positions, search_texts, summarised, summary_line
 from exchange.service.users import User
 from exchange.service.views import (
     BulletinSummary,
@@ -47,40 +54,16 @@ from exchange.service.views import (
     channel_view,
 )
 from exchange.store import AuditBuffer, Store, bulletins, outbox, receipts, user_reads
+from exchange.store.tables import channel_counts, user_channel_reads
 
 log = logging.getLogger("exchange.inbox")
 
 PAGE = 50  # bulletins on one inbox page, and search results at most
-SEARCH_CANDIDATES = 2000  # rows one search reads before it says it stopped
+SEARCH_SCAN = 2000  # the newest bulletins (of the channels searched) one search looks at
+SEARCH_CANDIDATES = 2 * PAGE  # of those, the newest SQL finds (its LIKE is the match itself, checked again here)
 REFERRERS = 100  # bulletins that refer to one, at most
+REFERRER_SCAN = 5000  # the newest bulletins (of the readable channels) looked at for them
 THREAD_FROM = 64 * 1024  # envelope bytes from which the check on opening runs off the event loop
-
-# The columns a bulletin summary is made from: no envelope, so lists stay light.
-SUMMARY = (
-    bulletins.c.n,
-    bulletins.c.id,
-    bulletins.c.channel,
-    bulletins.c.author,
-    bulletins.c.seq,
-    bulletins.c.tlp,
-    bulletins.c.created,
-    bulletins.c.content,
-)
-
-
-def _summary(row: Any, content: dict[str, Any] | None = None) -> BulletinSummary:
-    content = json.loads(row.content) if content is None else content
-    return BulletinSummary(
-        cursor=row.n,
-        id=BulletinId(row.id),
-        channel=ChannelId(row.channel),
-        author=NodeId(row.author),
-        seq=row.seq,
-        tlp=row.tlp,
-        created=row.created,
-        kind=content["kind"],
-        title=content["title"],
-    )
 
 
 def _verified_bulletin(row: Any, me: NodeId, fed: Federation, key: DecryptionKey) -> tuple[Envelope, Bulletin]:
@@ -151,14 +134,6 @@ def _line(summary: BulletinSummary, unread: bool) -> InboxLine:
     return InboxLine(**summary.as_json(), unread=unread)
 
 
-def _haystack(content: dict[str, Any]) -> str:
-    """What a search matches: title, text, kind and every indicator, case-folded."""
-    indicators = content.get("indicators", {})
-    parts = [content.get("title", ""), content.get("body", ""), content.get("kind", "")]
-    parts += [str(v) for values in indicators.values() for v in values]
-    return "\n".join(parts).casefold()
-
-
 class Inbox:
     """Listing and reading bulletins, within the reader's rights."""
 
@@ -185,15 +160,13 @@ class Inbox:
             wanted = [channel]
         else:
             wanted = self.access.readable_channels(user)
-        query = (
-            sa.select(*SUMMARY)
-            .where(bulletins.c.n > after, bulletins.c.channel.in_(wanted))
-            .order_by(bulletins.c.n)
-            .limit(max(1, min(limit, 500)))
-        )
+        if not wanted:
+            return []
+        window = positions(wanted, max(1, min(limit, 500)), after=after, dialect=self.store.engine.dialect.name)
+        query = sa.select(*SUMMARY).where(bulletins.c.n.in_(window)).order_by(bulletins.c.n)
         async with self.store.read() as conn:
-            rows = (await conn.execute(query)).all()
-        return [_summary(r) for r in rows]
+            rows = await summarised(conn, (await conn.execute(query)).all())
+        return [summary_line(r, content) for r, content in rows]
 
     async def load(self, user: User, bid: str) -> BulletinView:
         """One bulletin in full, if it is in a channel the user reads now, checked against its signed
@@ -301,19 +274,22 @@ class Inbox:
         return out
 
     async def unread_counts(self, user: User, channels: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """channel -> (unread, total) for this user, among `channels` the user reads now."""
+        """channel -> (unread, total) for this user, among `channels` the user reads now.
+
+        Exact, and one row per channel to read whatever the store holds: the database keeps the
+        number of bulletins per channel and of those each user has opened (triggers of revision 0003).
+        """
         wanted = [c for c in channels if self.access.may_read(user, c)]
         if not wanted:
             return {}
-        read = sa.exists().where(user_reads.c.user == user.name, user_reads.c.bulletin_id == bulletins.c.id)
-        unread = sa.func.sum(sa.case((read, 0), else_=1))
+        mine = sa.and_(user_channel_reads.c.user == user.name, user_channel_reads.c.channel == channel_counts.c.channel)
         async with self.store.read() as conn:
             rows = await conn.execute(
-                sa.select(bulletins.c.channel, unread, sa.func.count())
-                .where(bulletins.c.channel.in_(wanted))
-                .group_by(bulletins.c.channel)
+                sa.select(channel_counts.c.channel, channel_counts.c.bulletins, user_channel_reads.c.opened)
+                .select_from(channel_counts.outerjoin(user_channel_reads, mine))
+                .where(channel_counts.c.channel.in_(wanted), channel_counts.c.bulletins > 0)
             )
-            return {r[0]: (int(r[1] or 0), int(r[2])) for r in rows}
+            return {r[0]: (max(0, int(r[1]) - int(r[2] or 0)), int(r[1])) for r in rows}
 
     async def opened_by(self, user: User, ids: Sequence[str]) -> set[str]:
         """Which of `ids` this user has opened (a bulletin is unread until its reader opens it)."""
@@ -335,16 +311,13 @@ class Inbox:
         """The `size` newest bulletins of a channel below cursor `before`, newest first, marked unread."""
         user.require("contact-point")
         self.access.require_readable(user, channel)
-        query = sa.select(bulletins.c.n).where(bulletins.c.channel == channel)
-        if before is not None:
-            query = query.where(bulletins.c.n < before)
+        # One more than a page: whether there is an older page, without counting the channel.
+        window = positions([channel], size + 1, newest=True, before=before)  # one channel: the same everywhere
+        query = sa.select(*SUMMARY).where(bulletins.c.n.in_(window)).order_by(bulletins.c.n.desc())
         async with self.store.read() as conn:
-            start = int(await conn.scalar(query.order_by(bulletins.c.n.desc()).offset(size).limit(1)) or 0)
-        items = await self.list_bulletins(user, channel=channel, after=start, limit=size)
-        if before is not None:
-            items = [i for i in items if i.cursor < before]
-        items.reverse()
-        return InboxPage(items=await self._lines(user, items), older=items[-1].cursor if items and start else None)
+            found = (await conn.execute(query)).all()
+            items = [summary_line(r, content) for r, content in await summarised(conn, found[:size])]
+        return InboxPage(items=await self._lines(user, items), older=items[-1].cursor if len(found) > size else None)
 
     async def references(self, user: User, ids: Sequence[str]) -> list[Reference]:
         """Referenced bulletins: title and place in the user's readable channels, else why not (no content)."""
@@ -352,41 +325,35 @@ class Inbox:
             return []
         readable = self.access.readable_channels(user)
         async with self.store.read() as conn:
-            rows = {r.id: r for r in await conn.execute(sa.select(*SUMMARY).where(bulletins.c.id.in_(list(ids))))}
+            found = (await conn.execute(sa.select(*SUMMARY).where(bulletins.c.id.in_(list(ids))))).all()
+            rows = {r.id: (r, content) for r, content in await summarised(conn, found)}
         out = []
         for bid in ids:
-            row = rows.get(bid)
+            row, content = rows.get(bid, (None, {}))
             if row is None:
                 out.append(Reference(id=bid, visible=False, why="not held at this node"))
             elif row.channel not in readable:
                 out.append(Reference(id=bid, visible=False, why="outside your channels"))
             else:
-                s = _summary(row)
+                s = summary_line(row, content)
                 out.append(
                     Reference(id=bid, visible=True, channel=s.channel, title=s.title, kind=s.kind, created=s.created)
                 )
         return out
 
     async def referrers(self, user: User, bid: str) -> list[BulletinSummary]:
-        """Bulletins in the user's readable channels that refer to `bid` (answers, feedback, forwards), newest first."""
+        """Bulletins in the user's readable channels that refer to `bid` (answers, feedback, forwards),
+        newest first, among the newest REFERRER_SCAN of those channels (answers follow what they answer)."""
         readable = self.access.readable_channels(user)
         if not readable:
             return []
+        mentions = sa.func.coalesce(bulletins.c.summary, bulletins.c.content).contains(bid, autoescape=True)
+        query = sa.select(*SUMMARY).where(bulletins.c.channel.in_(readable), mentions)
         async with self.store.read() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(*SUMMARY)
-                    .where(bulletins.c.channel.in_(readable), bulletins.c.content.contains(bid, autoescape=True))
-                    .order_by(bulletins.c.n.desc())
-                    .limit(REFERRERS)
-                )
-            ).all()
-        out = []
-        for r in rows:
-            content = json.loads(r.content)
-            if bid in content.get("references", []):
-                out.append(_summary(r, content))
-        return out
+            oldest, _ = await newest_start(conn, readable, REFERRER_SCAN)
+            query = query.where(bulletins.c.n >= oldest).order_by(bulletins.c.n.desc()).limit(REFERRERS)
+            rows = await summarised(conn, (await conn.execute(query)).all())
+        return [summary_line(r, content) for r, content in rows if bid in content.get("references", [])]
 
     async def recipient_statuses(self, shown: BulletinView) -> list[RecipientStatus]:
         """Per recipient node of a bulletin the user has just read: when it received and opened it,
@@ -410,8 +377,10 @@ class Inbox:
     async def search(self, user: User, text: str, channel: str = "", kind: str = "") -> SearchResults:
         """Free text and indicators over the bulletins of the channels the user reads, newest first.
 
-        SQL only narrows the candidates (case-insensitive `LIKE`, newest `SEARCH_CANDIDATES`); the
-        match is on the parsed fields. Finding a bulletin does not open it.
+        Only the newest SEARCH_SCAN bulletins of the channels searched are looked at (`stopped` says
+        there were older ones), so a search costs the same at a million bulletins as at a thousand.
+        SQL narrows them (`LIKE` over the stored, case-folded search text); the match is on that
+        text and the parsed summary. Finding a bulletin does not open it.
         """
         readable = self.access.readable_channels(user)
         words = [w.casefold() for w in text.strip()[:200].split()][:10]
@@ -419,19 +388,26 @@ class Inbox:
         found: list[BulletinSummary] = []
         stopped = False
         if (words or kind) and wanted:
-            query = sa.select(*SUMMARY).where(bulletins.c.channel.in_(wanted))
+            # The stored search text is case-folded already, so a plain LIKE (no lower(), no ILIKE)
+            # narrows; a row stored without one is matched on its content, lower-cased by the database.
+            hay = sa.func.coalesce(bulletins.c.search_text, sa.func.lower(bulletins.c.content))
+            query = sa.select(*SUMMARY, bulletins.c.search_text).where(bulletins.c.channel.in_(wanted))
             for word in words:
-                query = query.where(sa.func.lower(bulletins.c.content).contains(word.lower(), autoescape=True))
+                query = query.where(hay.contains(word, autoescape=True))
+            if kind:  # canonical JSON escapes every quote inside a string, so this is the kind member
+                kind_member = f'"kind":{json.dumps(kind)}'
+                query = query.where(sa.func.coalesce(bulletins.c.summary, bulletins.c.content).contains(kind_member))
             async with self.store.read() as conn:
-                rows = (await conn.execute(query.order_by(bulletins.c.n.desc()).limit(SEARCH_CANDIDATES))).all()
-            stopped = len(rows) == SEARCH_CANDIDATES
-            for r in rows:
-                content = json.loads(r.content)
+                oldest, stopped = await newest_start(conn, wanted, SEARCH_SCAN)
+                query = query.where(bulletins.c.n >= oldest).order_by(bulletins.c.n.desc())
+                rows = (await conn.execute(query.limit(SEARCH_CANDIDATES))).all()
+                texts = await search_texts(conn, rows)
+                parsed = await summarised(conn, rows)
+            for r, content in parsed:
                 if kind and content.get("kind") != kind:
                     continue
-                hay = _haystack(content)
-                if all(w in hay for w in words):
-                    found.append(_summary(r, content))
+                if all(w in texts[r.n] for w in words):
+                    found.append(summary_line(r, content))
                 if len(found) == PAGE:
                     break
         return SearchResults(
@@ -439,4 +415,5 @@ class Inbox:
             results=await self._lines(user, found),
             searched=bool(words or kind),
             stopped=stopped,
+            looked_at=SEARCH_SCAN,
         )

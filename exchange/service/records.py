@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,18 +15,58 @@ from exchange.protocol.envelope import BuiltEnvelope, envelope_bytes
 from exchange.store import cursors
 
 
+def summary_of(content: Mapping[str, Any]) -> dict[str, Any]:
+    """What listings show of a bulletin (`bulletins.summary`): its content, parsed, without its
+    body and its attachments' data (each attachment's name, media type and size are kept)."""
+    out = {k: v for k, v in content.items() if k not in ("body", "attachments")}
+    out["attachments"] = [
+        {"name": a["name"], "media_type": a["media_type"], "size": len(a["data"]) * 3 // 4}
+        for a in content.get("attachments", [])
+    ]
+    return out
+
+
+def search_text_of(content: Mapping[str, Any]) -> str:
+    """What a search matches (`bulletins.search_text`): title, text, kind and every indicator,
+    case-folded, one per line."""
+    indicators = content.get("indicators", {})
+    parts = [content.get("title", ""), content.get("body", ""), content.get("kind", "")]
+    parts += [str(v) for key in sorted(indicators) for v in indicators[key]]
+    return "\n".join(parts).casefold()
+
+
+def _derived(bulletin: Bulletin) -> dict[str, str]:
+    """`summary_of` and `search_text_of` the bulletin's content, made without copying the attachments."""
+    summary = bulletin.model_dump(mode="json", exclude={"handling", "body", "attachments"})
+    summary["attachments"] = [
+        {"name": a.name, "media_type": a.media_type, "size": a.size} for a in bulletin.attachments
+    ]
+    search = search_text_of({**summary, "body": bulletin.body})
+    return {"summary": canonical_json(summary).decode(), "search_text": search}
+
+
 def bulletin_row(env: Envelope, bid: str, bulletin: Bulletin, now: str) -> dict[str, Any]:
-    """A stored bulletin: its envelope as received, and its decrypted content for local readers."""
-    return _bulletin_row(env.header, bid, envelope_bytes(env), bulletin.payload_bytes.decode(), now)
+    """A stored bulletin: its envelope as received, its decrypted content for local readers, and
+    what listings and searches read instead of the content."""
+    wire = envelope_bytes(env)
+    return _bulletin_row(env.header, bid, wire, bulletin.payload_bytes.decode(), _derived(bulletin), now)
 
 
-def posted_row(built: BuiltEnvelope, content: str, now: str) -> dict[str, Any]:
+def posted_row(built: BuiltEnvelope, content: str, now: str, bulletin: Bulletin | None = None) -> dict[str, Any]:
     """A bulletin this node wrote: the envelope bytes it built, and `content`, the text of the
-    canonical payload it encrypted (`Bulletin.payload_bytes`, decoded)."""
-    return _bulletin_row(built.header, built.id, built.wire, content, now)
+    canonical payload it encrypted (`Bulletin.payload_bytes`, decoded); `bulletin`, when given,
+    spares parsing `content` again for the summary and search text."""
+    if bulletin is not None:
+        derived = _derived(bulletin)
+    else:
+        parsed = json.loads(content)
+        derived = {"summary": canonical_json(summary_of(parsed)).decode(), "search_text": search_text_of(parsed)}
+    return _bulletin_row(built.header, built.id, built.wire, content, derived, now)
 
 
-def _bulletin_row(h: EnvelopeHeader, bid: str, wire: bytes | bytearray, content: str, now: str) -> dict[str, Any]:
+def _bulletin_row(
+    h: EnvelopeHeader, bid: str, wire: bytes | bytearray, content: str, derived: dict[str, str], now: str
+) -> dict[str, Any]:
     return {
         "id": bid,
         "channel": h.channel,
@@ -38,6 +80,7 @@ def _bulletin_row(h: EnvelopeHeader, bid: str, wire: bytes | bytearray, content:
         # " a b c ": the recipient node ids, so catch-up pages are filtered in SQL
         "recipients": " " + " ".join(r.node for r in h.recipients) + " ",
         "content": content,
+        **derived,
     }
 
 

@@ -159,4 +159,5 @@ class SearchResults(View):
     channels: list[str]  # the channels the user may search in
     results: list[InboxLine]
     searched: bool  # there was something to search for
-    stopped: bool  # the candidate limit was reached: only the newest were searched
+    stopped: bool  # there were older bulletins than the newest `looked_at`, which were not searched
+    looked_at: int = 0  # how many of the newest bulletins a search looks at

@@ -22,12 +22,36 @@ bulletins = sa.Table(
     sa.Column("tlp", sa.String(16), nullable=False),
     sa.Column("created", sa.String(32), nullable=False),
     sa.Column("stored_at", sa.String(32), nullable=False),
+    # what listings show and what searches match (exchange.service.records): the content without its
+    # body and attachments' data (canonical JSON), and its words case-folded; NULL where 0003 found
+    # no readable content. Before the envelope: on SQLite a column after a large value is read by
+    # walking that value's overflow pages.
+    sa.Column("summary", sa.Text, nullable=True),
+    sa.Column("search_text", sa.Text, nullable=True),
     sa.Column("envelope", sa.LargeBinary, nullable=False),
     # " a b c ": the recipient node ids, so catch-up pages are filtered in SQL
     sa.Column("recipients", sa.Text, nullable=False),
     sa.Column("content", sa.Text, nullable=True),
     sa.UniqueConstraint("author", "channel", "seq", name="uq_bulletin_stream"),
     sa.Index("ix_bulletins_channel", "channel", "n"),
+)
+
+# How many bulletins each channel holds, and how many of them each user has opened: kept by
+# triggers on bulletins and user_reads (revision 0003), so unread counts cost one row per channel
+# whatever the store holds.
+channel_counts = sa.Table(
+    "channel_counts",
+    metadata,
+    sa.Column("channel", sa.String(64), primary_key=True),
+    sa.Column("bulletins", sa.BigInteger, nullable=False),
+)
+
+user_channel_reads = sa.Table(
+    "user_channel_reads",
+    metadata,
+    sa.Column("user", sa.String(64), primary_key=True),
+    sa.Column("channel", sa.String(64), primary_key=True),
+    sa.Column("opened", sa.BigInteger, nullable=False),
 )
 
 receipts = sa.Table(
@@ -53,8 +77,12 @@ outbox = sa.Table(
     sa.Column("detail", sa.Text, nullable=True),
     # set at the first attempt, when the send is audited (retries are not)
     sa.Column("sent_at", sa.String(32), nullable=True),
+    # when the retention loop (exchange.service.retention) first found the row delivered, rejected
+    # or cancelled; the row is deleted once that is older than the outbox retention
+    sa.Column("done_at", sa.String(32), nullable=True),
     sa.UniqueConstraint("dest", "kind", "ref", name="uq_outbox_item"),
     sa.Index("ix_outbox_pending", "dest", "state", "n"),
+    sa.Index("ix_outbox_done", "state", "done_at"),
 )
 
 channel_events = sa.Table(
@@ -153,6 +181,9 @@ audit_log = sa.Table(
     sa.Column("idx", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("entry", sa.LargeBinary, nullable=False),
     sa.Column("leaf_hash", sa.LargeBinary, nullable=False),
+    # the bulletin the entry names (its "bulletin" field), so a trace seeks instead of reading the log
+    sa.Column("bulletin", sa.String(64), nullable=True),
+    sa.Index("ix_audit_log_bulletin", "bulletin", "idx"),
 )
 
 # exchange.audit: this node's signed checkpoints (note = C2SP signed note with our signature only;

@@ -1,15 +1,17 @@
 """The node's database writer: one connection pool and a group-commit writer.
 
-Every write goes through `Store.write`, which gathers the jobs that arrive within a few
-milliseconds and commits them in one transaction. The writer is also the only place that gives
-audit entries their index, so the audit log has no gaps and no races within one process.
+Every write goes through `Store.write` (a job that may read) or `Store.insert` (one that only
+adds rows), which gather the jobs that arrive while a commit runs and commit them in one
+transaction, with one executemany per table for the rows they add. The writer is also the only
+place that gives audit entries their index, so the audit log has no gaps and no races within one
+process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -29,23 +31,53 @@ T = TypeVar("T")
 
 @dataclass
 class AuditBuffer:
-    """Audit entries added by the jobs of one transaction, indexed when it commits."""
+    """What the jobs of one transaction add: audit entries, indexed when it commits, and rows to
+    insert, sent as one executemany per table (see `insert`)."""
 
     next_idx: int
     rows: list[dict[str, Any]] = field(default_factory=list)
+    inserts: dict[tuple[sa.Table, tuple[str, ...]], list[dict[str, Any]]] = field(default_factory=dict)
 
     def add(self, entry: AuditEntry) -> None:
         body = canonical_json({"idx": self.next_idx + len(self.rows), **entry})
-        self.rows.append({"idx": self.next_idx + len(self.rows), "entry": body, "leaf_hash": leaf_hash(body)})
+        # The bulletin the entry names, indexed so a trace seeks its entries (ix_audit_log_bulletin):
+        # its "bulletin", else a "ref" that is a bulletin id (a refused envelope's send).
+        named = entry.get("bulletin")
+        if not isinstance(named, str):
+            ref = entry.get("ref")
+            named = ref if isinstance(ref, str) and len(ref) == 64 and set(ref) <= set("0123456789abcdef") else None
+        bulletin = named if isinstance(named, str) and len(named) <= 64 else None
+        self.rows.append(
+            {"idx": self.next_idx + len(self.rows), "entry": body, "leaf_hash": leaf_hash(body), "bulletin": bulletin}
+        )
+
+    def insert(self, table: sa.Table, rows: Iterable[dict[str, Any]]) -> None:
+        """Insert `rows` into `table` in this transaction, together with every other job's rows for
+        the table: before the next job that may read runs, and before the transaction commits.
+
+        One executemany per table and set of columns, instead of a statement (and a hand-off to
+        the database driver's thread) per row, is most of what a group commit saves.
+        """
+        for row in rows:
+            self.inserts.setdefault((table, tuple(row)), []).append(row)
+
+    async def flush(self, conn: AsyncConnection) -> None:
+        """Send the rows `insert` holds, in the order their tables were first named."""
+        inserts, self.inserts = self.inserts, {}
+        for (table, _), rows in inserts.items():
+            await conn.execute(sa.insert(table), rows)
 
 
 Job = Callable[[AsyncConnection, AuditBuffer], Awaitable[T]]
+# A job that reads nothing: it only adds rows (`AuditBuffer.insert`) and audit entries.
+Rows = Callable[[AuditBuffer], T]
 
 
 @dataclass
 class _Pending:
-    job: Job[Any]
     future: asyncio.Future[Any]
+    job: Job[Any] | None = None
+    rows: Rows[Any] | None = None  # a job that reads nothing
 
 
 class Store:
@@ -98,12 +130,25 @@ class Store:
 
     async def write(self, job: Job[T]) -> T:
         """Run `job` inside a group-committed transaction and return its result once durable."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        return await self._enqueue(_Pending(future, job=job), future)
+
+    async def insert(self, rows: Rows[T]) -> T:
+        """Run `rows`, which reads nothing and only adds rows and audit entries, in a group-committed
+        transaction; return its result once durable.
+
+        The rows of every such job in a group commit go to the database as one executemany per
+        table, and no job waits for a statement of its own.
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        return await self._enqueue(_Pending(future, rows=rows), future)
+
+    async def _enqueue(self, pending: _Pending, future: asyncio.Future[T]) -> T:
         if self._closed:
             raise Unavailable("the node is stopping")
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(job, future))
+        self._queue.put_nowait(pending)
         return await future
 
     async def _write_loop(self) -> None:
@@ -146,10 +191,19 @@ class Store:
 
     async def _commit_once(self, batch: list[_Pending]) -> None:
         buffer = AuditBuffer(self._audit_size)
-        results: list[Any] = []
+        results: list[Any] = [None] * len(batch)
         async with self.engine.begin() as conn:
-            for pending in batch:
-                results.append(await pending.job(conn, buffer))
+            # The jobs that read nothing go first, so that all their rows share one executemany per
+            # table. Any order of a batch is a valid one: every caller waits for its own job, so no
+            # job in a batch can depend on another.
+            for i, pending in enumerate(batch):
+                if pending.rows is not None:
+                    results[i] = pending.rows(buffer)
+            for i, pending in enumerate(batch):
+                if pending.job is not None:
+                    await buffer.flush(conn)  # this job sees every row added before it
+                    results[i] = await pending.job(conn, buffer)
+            await buffer.flush(conn)
             if buffer.rows:
                 await conn.execute(sa.insert(audit_log), buffer.rows)
         self._audit_size += len(buffer.rows)

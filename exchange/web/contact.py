@@ -290,6 +290,7 @@ async def search_page(request: web.Request) -> web.StreamResponse:
         results=found.results,
         searched=found.searched,
         stopped=found.stopped,
+        looked_at=found.looked_at,
     )
 
 
