@@ -112,6 +112,12 @@ class _CountFailures(logging.Handler):
         SEND_FAILURES.append(f"{getattr(record, 'peer', '?')}: {str(getattr(record, 'error', ''))[:160]}")
 
 
+def loop_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process's main thread (its event loop) so far, from /proc."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load() -> tuple[float, float, float]:
     return os.getloadavg()
 
@@ -200,6 +206,20 @@ class Progress:
             .fetchall()
         )
         return {str(n): int(c) for n, c in rows}
+
+    def receipt_signatures(self) -> tuple[int, int]:
+        """'received' receipts A holds from the readers, and how many distinct signatures they carry
+        (a v2 receipt carries its batch statement's signature, shared by the whole batch)."""
+        row = (
+            self._conns[NODE_A]
+            .execute(
+                "SELECT count(*), count(DISTINCT json_extract(receipt, '$.signature')) FROM receipts "
+                "WHERE status = 'received' AND node != ?",
+                (NODE_A,),
+            )
+            .fetchone()
+        )
+        return int(row[0]), int(row[1])
 
     def close(self) -> None:
         for conn in self._conns.values():
@@ -314,6 +334,9 @@ class PushTimer:
         self.calls: dict[str, int] = dict.fromkeys(self.STEPS, 0)
         self.seconds: dict[str, float] = dict.fromkeys(self.STEPS, 0.0)
         self.items = 0  # envelopes and receipts pushed
+        self.cycles = 0  # intervals between two sends to the same reader
+        self.cycle_seconds = 0.0
+        self._last_send: dict[str, float] = {}
         self._unpatch: list[Callable[[], None]] = []
 
     def attach(self, service: NodeService) -> None:
@@ -335,6 +358,12 @@ class PushTimer:
             if this is not owner:
                 return await original(this, *args, **kwargs)
             t0 = time.perf_counter()
+            if step == "send" and args:
+                last = self._last_send.get(str(args[0]))
+                if last is not None:
+                    self.cycles += 1
+                    self.cycle_seconds += t0 - last
+                self._last_send[str(args[0])] = t0
             try:
                 return await original(this, *args, **kwargs)
             finally:
@@ -350,6 +379,8 @@ class PushTimer:
         self.calls = dict.fromkeys(self.STEPS, 0)
         self.seconds = dict.fromkeys(self.STEPS, 0.0)
         self.items = 0
+        self.cycles, self.cycle_seconds = 0, 0.0
+        self._last_send.clear()
 
     def close(self) -> None:
         while self._unpatch:
@@ -473,11 +504,21 @@ class Run:
     elapsed: float = float("nan")  # the measured window, seconds
     machine_cpu: float = 0.0  # CPU seconds all cores were busy during the window
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per process during the window
+    loop_cpu: dict[str, float] = field(default_factory=dict)  # of it, the main thread's (the event loop)
     sql: dict[str, SqlCounts] = field(default_factory=dict)
     push_calls: dict[str, int] = field(default_factory=dict)  # A's push cycle, step by step
     push_seconds: dict[str, float] = field(default_factory=dict)
     push_items: int = 0
+    push_cycles: int = 0
+    push_cycle_seconds: float = 0.0
+    receipts: int = 0  # 'received' receipts A stored from the readers in the window
+    receipt_signatures: int = 0  # distinct signatures among them
     profiles: dict[str, Profile] = field(default_factory=dict)
+
+    @property
+    def per_signature(self) -> float:
+        """B achieved: bulletins per receipt signature the readers made in the window (1 if none were seen)."""
+        return self.receipts / self.receipt_signatures if self.receipt_signatures else 1.0
 
     @property
     def label(self) -> str:
@@ -565,11 +606,13 @@ async def end_to_end(root: Path, args: argparse.Namespace, layout: str, readers:
             await asyncio.sleep(0.5)  # py-spy attaches
         run.load_before = load()
         cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
+        loop0 = {k: loop_cpu_seconds(pid) for k, pid in pids.items()}
         spy0 = {k: cpu_seconds(s.own_pid) for k, s in samplers.items() if s.own_pid}
         busy0 = machine_busy_seconds()
         counter.reset()
         pushes.reset()
         SEND_FAILURES.clear()
+        receipts0 = progress.receipt_signatures()
 
         t0 = time.monotonic()
 
@@ -590,6 +633,7 @@ async def end_to_end(root: Path, args: argparse.Namespace, layout: str, readers:
             run.timed_out = True
         busy1 = machine_busy_seconds()
         run.cpu = {k: cpu_seconds(pid) - cpu0[k] for k, pid in pids.items()}
+        run.loop_cpu = {k: loop_cpu_seconds(pid) - loop0[k] for k, pid in pids.items()}
         run.cpu["py-spy"] = sum(
             cpu_seconds(s.own_pid) - spy0[k] for k, s in samplers.items() if s.own_pid and k in spy0
         )
@@ -599,6 +643,9 @@ async def end_to_end(root: Path, args: argparse.Namespace, layout: str, readers:
         run.send_errors = sorted(set(SEND_FAILURES))[:5]
         run.sql = {k: SqlCounts(**vars(v)) for k, v in counter.by_node.items()}
         run.push_calls, run.push_seconds, run.push_items = dict(pushes.calls), dict(pushes.seconds), pushes.items
+        run.push_cycles, run.push_cycle_seconds = pushes.cycles, pushes.cycle_seconds
+        receipts1 = progress.receipt_signatures()
+        run.receipts, run.receipt_signatures = receipts1[0] - receipts0[0], receipts1[1] - receipts0[1]
         run.profiles = {k: s.stop() for k, s in samplers.items()}
         if not poster.done():
             poster.cancel()
@@ -664,15 +711,15 @@ class Primitives:
     receipt_input: int
     payload: int
 
-    def sender(self, k: int, per_signature: int) -> float:
+    def sender(self, k: int, per_signature: float) -> float:
         """S(K): the author's crypto per bulletin."""
         return self.sign_envelope + k * self.hpke_seal + self.aes_seal + (k - 1) * self.verify_receipt / per_signature
 
-    def reader(self, per_signature: int) -> float:
+    def reader(self, per_signature: float) -> float:
         """R: one reader's crypto per bulletin."""
         return self.verify_envelope + self.open_content + self.sign_receipt / per_signature
 
-    def total(self, k: int, per_signature: int) -> float:
+    def total(self, k: int, per_signature: float) -> float:
         """C(K) = S(K) + (K-1)·R."""
         return self.sender(k, per_signature) + (k - 1) * self.reader(per_signature)
 
@@ -755,8 +802,22 @@ def num(x: float, spec: str = ",.0f") -> str:
     return format(x, spec) if x == x else "—"
 
 
-def report_ceiling(prims: dict[int, Primitives], args: argparse.Namespace, at_load: tuple[float, float, float]) -> None:
-    b = args.receipts_per_signature
+def per_signature(args: argparse.Namespace, runs: list[Run], k: int) -> float:
+    """B for channels of K readers: as given, else as the runs of K achieved (their mean), else 1."""
+    if args.receipts_per_signature is not None:
+        return float(args.receipts_per_signature)
+    achieved = [r.per_signature for r in runs if r.readers == k and r.receipt_signatures]
+    return statistics.mean(achieved) if achieved else 1.0
+
+
+def run_b(args: argparse.Namespace, r: Run) -> float:
+    return float(args.receipts_per_signature) if args.receipts_per_signature is not None else r.per_signature
+
+
+def report_ceiling(
+    prims: dict[int, Primitives], args: argparse.Namespace, at_load: tuple[float, float, float], runs: list[Run]
+) -> None:
+    bs = {k: per_signature(args, runs, k) for k in prims}
     cores = os.cpu_count() or 1
     t = Table(
         title=f"Crypto primitives, µs per operation on one thread (median of {args.rounds} rounds; "
@@ -783,7 +844,14 @@ def report_ceiling(prims: dict[int, Primitives], args: argparse.Namespace, at_lo
     console.print(t)
     console.print(
         "Per bulletin in a channel of K readers (the author is one of them; the author signs no receipt for itself), "
-        f"receipts signed once per B bulletins (B = {b}):\n"
+        "receipts signed once per B bulletins (B = "
+        + ", ".join(f"{v:.1f} at K={k}" for k, v in bs.items())
+        + (
+            ", as given by --receipts-per-signature"
+            if args.receipts_per_signature is not None
+            else ": the receipts per distinct signature that A stored from the readers in the runs of K"
+        )
+        + "):\n"
         "  author   S(K) = sign_env + K·hpke_seal + aes_seal + (K-1)·verify_receipt/B\n"
         "  reader   R    = verify_env + open_content (HPKE open + AES-GCM open) + sign_receipt/B\n"
         "  all      C(K) = S(K) + (K-1)·R\n"
@@ -793,11 +861,12 @@ def report_ceiling(prims: dict[int, Primitives], args: argparse.Namespace, at_lo
         f"  ceiling, {cores} cores = {cores}/C(K): the same work spread perfectly over the {cores} cores, an upper "
         "bound for the processes layout (and for a node that moves crypto to threads: Ed25519 releases the GIL, "
         "HPKE does not). A node doing its crypto on its event loop cannot pass 1/S(K) either, whatever the cores.\n"
-        "  (A receipt signature covering a whole batch, as issue 12 proposes, is --receipts-per-signature 100.)"
+        "  (--receipts-per-signature B fixes B, e.g. 1 for one signature per receipt.)"
     )
     c = Table(title="Crypto ceiling")
     for col in (
         "readers K",
+        "B",
         "S(K) µs",
         "R µs",
         "C(K) µs",
@@ -807,9 +876,11 @@ def report_ceiling(prims: dict[int, Primitives], args: argparse.Namespace, at_lo
     ):
         c.add_column(col, justify="right")
     for k, p in prims.items():
+        b = bs[k]
         total = p.total(k, b)
         c.add_row(
             str(k),
+            f"{b:.1f}",
             f"{p.sender(k, b):,.0f}",
             f"{p.reader(b):,.0f}",
             f"{total:,.0f}",
@@ -821,25 +892,27 @@ def report_ceiling(prims: dict[int, Primitives], args: argparse.Namespace, at_lo
 
 
 def report_runs(runs: list[Run], prims: dict[int, Primitives], args: argparse.Namespace) -> None:
-    b = args.receipts_per_signature
     cores = os.cpu_count() or 1
     t = Table(title="End to end: posted at A → stored at every reader (and → every reader's receipt at A)")
     for col in (
         "layout",
         "readers",
         "N",
+        "B",
         "e2e b/s",
         "to-receipt b/s",
         "post-only b/s",
         "ceiling b/s: 1 core | 2 cores",
         "ratio to 1 core | 2 cores",
         "node CPU ms/b",
+        "of it, event loops",
         "crypto share of CPU",
         "load before → after",
         "others' CPU (cores)",
     ):
         t.add_column(col, justify="right")
     for r in runs:
+        b = run_b(args, r)
         one = 1e6 / prims[r.readers].total(r.readers, b)
         e2e = per_s(r.count, r.stored_s)
         cpu_us = r.node_cpu / r.count * 1e6
@@ -848,21 +921,25 @@ def report_runs(runs: list[Run], prims: dict[int, Primitives], args: argparse.Na
             r.label + (" (TIMED OUT)" if r.timed_out else "") + (" (profiled)" if r.profiles else ""),
             str(r.readers),
             str(r.count),
+            f"{b:.1f}",
             num(e2e),
             num(per_s(r.count, r.receipts_s)),
             num(per_s(r.count, r.post_s)),
             f"{one:,.0f} | {one * cores:,.0f}",
             f"{num(e2e / one, '.0%')} | {num(e2e / one / cores, '.0%')}",
             f"{cpu_us / 1000:.2f}",
+            f"{sum(r.loop_cpu.values()) / r.count * 1e3:.2f}",
             f"{total / cpu_us:.0%}",
             f"{r.load_before[0]:.2f} → {r.load_after[0]:.2f}",
             f"{r.others_cores:.2f}",
         )
     console.print(t)
     console.print(
-        "e2e b/s = N / seconds until every reader stores all N; ratio = e2e b/s / ceiling (1/C(K) on one core, "
-        f"{cores}/C(K) on {cores}); node CPU = CPU seconds "
-        "of every node's process in the window / N (A's process also runs the posting loop and the polling); crypto "
+        "B = bulletins per receipt signature the readers made in the run (receipts A stored / their distinct "
+        "signatures), used in its ceiling; e2e b/s = N / seconds until every reader stores all N; "
+        f"ratio = e2e b/s / ceiling (1/C(K) on one core, {cores}/C(K) on {cores}); node CPU = CPU seconds "
+        "of every node's process in the window / N (A's process also runs the posting loop and the polling); of it, "
+        "event loops = the main threads' CPU alone (the rest is worker threads: SQLite's, signature checks); crypto "
         "share = C(K) / node CPU per bulletin; others' CPU = the machine's busy CPU in the window minus this bench's "
         "processes (py-spy included), in cores."
     )
@@ -880,6 +957,7 @@ def report_runs(runs: list[Run], prims: dict[int, Primitives], args: argparse.Na
             t.add_column(col, justify="right")
         for r in procs:
             p = prims[r.readers]
+            b = run_b(args, r)
             recv = [v for k, v in r.cpu.items() if k not in (NODE_A, "py-spy")]
             author = "A, the author (+ the posting loop" + (" over HTTPS" if r.via == "http" else "") + ", polling)"
             rows = [
@@ -957,7 +1035,7 @@ def report_runs(runs: list[Run], prims: dict[int, Primitives], args: argparse.Na
 
 def report_pushes(runs: list[Run]) -> None:
     t = Table(title="A's push cycle, per push to one reader (each sender pushes one batch at a time): mean ms per step")
-    for col in ("layout", "readers", "pushes", "items per push", *PushTimer.STEPS, "cycle"):
+    for col in ("layout", "readers", "pushes", "items per push", *PushTimer.STEPS, "cycle (send to send)"):
         t.add_column(col, justify="right")
     for r in runs:
         n = r.push_calls.get("send", 0)
@@ -970,13 +1048,15 @@ def report_pushes(runs: list[Run]) -> None:
             str(n),
             f"{r.push_items / n:.0f}",
             *(f"{m:.1f}" for m in means),
-            f"{sum(means):.1f}",
+            num(r.push_cycle_seconds / r.push_cycles * 1e3, ".1f") if r.push_cycles else "—",
         )
     console.print(t)
     console.print(
         "pending = read the queue and the envelopes' bytes; mark_sent = a write job (audit 'sent'); send = the "
         "HTTPS request, the reader verifying, storing and signing receipts; accept_receipts = verify them, a write "
-        "job. The two write jobs wait in the group-commit queue behind the posts."
+        "job. A sender reads its next batch while the last one's receipts are checked and writes that batch's "
+        "mark_sent beside accept_receipts (one group commit), so the steps overlap: cycle = the mean time from "
+        "one send to the next to the same reader."
     )
 
 
@@ -1073,7 +1153,7 @@ async def main(args: argparse.Namespace) -> None:
                     f"[dim]running: {layout}, {k} readers, {args.count} bulletins (load {fmt_load(load())}) …"
                 )
                 runs.append(await end_to_end(root, args, layout, k))
-    report_ceiling(prims, args, ceiling_load)
+    report_ceiling(prims, args, ceiling_load, runs)
     report_runs(runs, prims, args)
     report_pushes(runs)
     report_profiles(runs, args)
@@ -1096,8 +1176,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--receipts-per-signature",
         type=int,
-        default=1,
-        help="bulletins one receipt signature covers, for the ceiling (1 = today's protocol)",
+        default=None,
+        help="bulletins one receipt signature covers, for the ceiling (default: as the readers achieved in the run)",
     )
     p.add_argument("--profile", metavar="DIR", help="py-spy each run (A and B in the processes layout); stacks in DIR")
     p.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second (default 100)")

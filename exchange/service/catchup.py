@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -17,14 +18,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from exchange.errors import ExchangeError, Forbidden
 from exchange.model import NodeId
 from exchange.service.channels import ChannelBook
-from exchange.service.receiving import Receiving
+from exchange.service.receiving import Receiving, Screened
 from exchange.service.records import save_cursor
 from exchange.service.transport import PeerTransport
 from exchange.store import AuditBuffer, Store, bulletins, cursors
 
 log = logging.getLogger("exchange.catchup")
 
-PAGE = 200
+# Envelopes asked for per page: the most a node serves (CATCHUP_LIMIT). A large page is one round
+# trip, one look-up of what is held, one batch of signatures for the worker threads and one
+# group-commit job per thousand bulletins.
+PAGE = 1000
 
 
 class CatchUp:
@@ -79,25 +83,44 @@ class CatchUp:
         return fresh
 
     async def pull(self, peer: str, channel: str) -> int:
-        """Pull one channel from one member from our cursor to its end."""
+        """Pull one channel from one member from our cursor to its end.
+
+        Pipelined: the next page is fetched and screened (parsed, its signatures checked in worker
+        threads) while this one is decrypted and stored on the event loop. Pages are still stored
+        in order, each with its cursor, so a failure anywhere resumes after the last stored page.
+        """
         after = await self.cursor(peer, channel)
         fresh = 0
-        while True:
-            page = await self.transport.fetch(
-                NodeId(peer), f"/fed/v1/channels/{channel}/envelopes?after={after}&limit={PAGE}"
-            )
-            items = page["items"]
-            offered = [i for i in items if i["envelope"] is not None]
-            held = await self.receiving.held([i["id"] for i in offered]) if offered else set()
-            new = [i["envelope"] for i in offered if i["id"] not in held]
-            if new:
-                await self.receiving.ingest(NodeId(peer), new, relayed=True, cursor=(channel, int(page["next"])))
-                fresh += len(new)
-            elif int(page["next"]) != after:
-                await self.save_cursor(peer, channel, int(page["next"]))
-            after = int(page["next"])
-            if not page["more"]:
-                return fresh
+        ahead = asyncio.create_task(self._fetch(peer, channel, after))
+        try:
+            while True:
+                page, screened = await ahead
+                position = int(page["next"])
+                if page["more"]:
+                    ahead = asyncio.create_task(self._fetch(peer, channel, position))
+                if screened is not None:
+                    await self.receiving.ingest_screened(screened, cursor=(channel, position))
+                    fresh += len(screened.items)
+                elif position != after:
+                    await self.save_cursor(peer, channel, position)
+                after = position
+                if not page["more"]:
+                    return fresh
+        finally:
+            if not ahead.done():
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await ahead
+
+    async def _fetch(self, peer: str, channel: str, after: int) -> tuple[dict[str, Any], Screened | None]:
+        """One page after `after`, and its envelopes this node lacks, screened (None if none)."""
+        page = await self.transport.fetch(
+            NodeId(peer), f"/fed/v1/channels/{channel}/envelopes?after={after}&limit={PAGE}"
+        )
+        offered = [i for i in page["items"] if i["envelope"] is not None]
+        held = await self.receiving.held([i["id"] for i in offered]) if offered else set()
+        new = [i["envelope"] for i in offered if i["id"] not in held]
+        return page, (await self.receiving.screen(NodeId(peer), new, relayed=True) if new else None)
 
     # -- serving partners --------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from exchange.errors import Forbidden, IdempotencyKeyReused, InvalidInput
 from exchange.model import Bulletin, BulletinId, ChannelId, NodeId
 from exchange.protocol.channel import ChannelState
 from exchange.protocol.envelope import BuiltEnvelope, build_envelope_bytes
+from exchange.protocol.indicators import check_indicators
 from exchange.protocol.roster import Federation
 from exchange.service.access import Access
 from exchange.service.inbox import Inbox
@@ -99,6 +100,8 @@ class Posting:
         # (user, key) -> [lock, holders]: requests with the same key run one after the other here,
         # so a retry that arrives while the first is still being posted waits and gets its answer.
         self._keys: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
+        # Readers' roster encryption keys, made once: the roster does not change while the node runs.
+        self._readers: dict[str, EncryptionKey] = {}
 
     async def _next_seq(self, channel: str) -> int:
         """This node's next sequence number in a channel: kept in memory, loaded once.
@@ -128,6 +131,7 @@ class Posting:
         `seen`: the author has seen it (composed in the console), so it is not unread for them;
         recorded in the post's own transaction. `idempotency_key`: see `once`.
         """
+        check_indicators(bulletin)  # the author's domain rules; receivers check shapes only
         if idempotency_key is None:
             return await self._post(user, channel, bulletin, seen=seen)
         asked = {"op": "post", "channel": channel, "bulletin": bulletin.model_dump(mode="json")}
@@ -182,7 +186,7 @@ class Posting:
         self, user: User, channel: str, bulletin: Bulletin, *, seen: bool = False, keyed: Keyed | None = None
     ) -> Posted:
         state = self.access.require_postable(user, channel)
-        readers = [(n, self.fed.encryption_key(n)) for n in state.readers]
+        readers = [(n, self._encryption_key(n)) for n in state.readers]
         seq = await self._next_seq(channel)
         now = timestamp()
         if _bulky(bulletin):  # tens of milliseconds at the largest: not on the event loop
@@ -191,29 +195,30 @@ class Posting:
             built, content = self._seal(bulletin, state, readers, seq, now)
         bid = built.id
         dests: list[str] = [n for n in state.readers if n != self.me]
-        row = posted_row(built, content, now)
+        row = posted_row(built, content, now, bulletin)
         recipients = [NodeId(d) for d in dests]
         posted = Posted(id=BulletinId(bid), channel=ChannelId(channel), seq=seq, recipients=recipients, created=now)
 
-        async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
-            await conn.execute(sa.insert(bulletins).values(**row))
+        def rows(audit: AuditBuffer) -> None:
+            # Rows, not statements: the writer sends every post's rows of a group commit together.
+            audit.insert(bulletins, [row])
             if seen:
-                await conn.execute(sa.insert(user_reads).values(user=user.name, bulletin_id=bid, at=now))
+                audit.insert(user_reads, [{"user": user.name, "bulletin_id": bid, "at": now}])
             if dests:
-                await conn.execute(sa.insert(outbox), [queued_row(d, "envelope", EnvelopeRef(bid)) for d in dests])
+                audit.insert(outbox, [queued_row(d, "envelope", EnvelopeRef(bid)) for d in dests])
             if keyed is not None:
-                # Expired keys go here, a few at a time, so the table holds one retention's worth.
-                cutoff = timestamp(utc_now() - KEY_RETENTION)
-                await conn.execute(sa.delete(idempotency_keys).where(idempotency_keys.c.created < cutoff))
-                await conn.execute(
-                    sa.insert(idempotency_keys).values(
-                        user=keyed.user,
-                        key=keyed.key,
-                        fingerprint=keyed.fingerprint,
-                        bulletin_id=bid,
-                        result=json.dumps(posted.as_json()),
-                        created=now,
-                    )
+                audit.insert(
+                    idempotency_keys,
+                    [
+                        {
+                            "user": keyed.user,
+                            "key": keyed.key,
+                            "fingerprint": keyed.fingerprint,
+                            "bulletin_id": bid,
+                            "result": json.dumps(posted.as_json()),
+                            "created": now,
+                        }
+                    ],
                 )
             audit.add(
                 ev.BulletinPosted(
@@ -230,9 +235,24 @@ class Posting:
                 )
             )
 
-        await self.store.write(job)
+        if keyed is None:
+            await self.store.insert(rows)
+        else:
+
+            async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+                # Expired keys go here, a few at a time, so the table holds one retention's worth.
+                cutoff = timestamp(utc_now() - KEY_RETENTION)
+                await conn.execute(sa.delete(idempotency_keys).where(idempotency_keys.c.created < cutoff))
+                rows(audit)
+
+            await self.store.write(job)
         self.outbox.wake(dests)
         return posted
+
+    def _encryption_key(self, node: str) -> EncryptionKey:
+        if node not in self._readers:
+            self._readers[node] = self.fed.encryption_key(node)
+        return self._readers[node]
 
     def _seal(
         self,
