@@ -21,6 +21,28 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(b"\x01" + left + right).digest()
 
 
+def leaf_hashes(entries: Iterable[bytes]) -> list[bytes]:
+    """Return the leaf hash of each entry, in order (one comprehension: no call per entry)."""
+    sha256 = hashlib.sha256
+    return [sha256(b"\x00" + e).digest() for e in entries]
+
+
+def parent_hashes(children: Sequence[bytes]) -> list[bytes]:
+    """Return node_hash(children[2i], children[2i + 1]) for each pair; an odd last child is left out."""
+    sha256, pairs = hashlib.sha256, zip(children[0::2], children[1::2], strict=False)
+    return [sha256(b"\x01" + left + right).digest() for left, right in pairs]
+
+
+def perfect_root(leaves: Sequence[bytes]) -> bytes:
+    """Return the root of a perfect subtree from its leaf hashes: a power of two of them."""
+    level = leaves
+    if len(level) & (len(level) - 1) or not level:
+        raise ValueError("a perfect subtree has a power of two leaves")
+    while len(level) > 1:
+        level = parent_hashes(level)
+    return level[0]
+
+
 def _split(n: int) -> int:
     """Return the largest power of two strictly less than n (n >= 2)."""
     return 1 << ((n - 1).bit_length() - 1)
@@ -90,9 +112,29 @@ class Frontier:
         self._size += 1
 
     def extend(self, leaf_hashes: Iterable[bytes]) -> None:
-        """Append each of the given leaf hashes in order."""
-        for h in leaf_hashes:
-            self.append(h)
+        """Append each of the given leaf hashes in order.
+
+        Same result as appending them one by one, but hashed a perfect subtree at a time: the
+        largest aligned block that fits is rooted level by level, then merged like one carry.
+        """
+        leaves = list(leaf_hashes)
+        if leaves and set(map(len, leaves)) != {HASH_SIZE}:
+            raise ValueError("leaf hashes must be 32 bytes")
+        done = 0
+        while done < len(leaves):
+            aligned = (self._size & -self._size).bit_length() - 1 if self._size else 62
+            height = min(aligned, (len(leaves) - done).bit_length() - 1)
+            self._push(perfect_root(leaves[done : done + (1 << height)]), height)
+            done += 1 << height
+
+    def _push(self, node: bytes, height: int) -> None:
+        """Append the root of a perfect subtree of 2**height leaves; the size must be a multiple of it."""
+        carry = self._size >> height
+        while carry & 1:
+            node = node_hash(self._hashes.pop(), node)
+            carry >>= 1
+        self._hashes.append(node)
+        self._size += 1 << height
 
     def root(self) -> bytes:
         """Return the RFC 9162 root of the leaves so far (EMPTY_ROOT if none)."""

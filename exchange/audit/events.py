@@ -40,6 +40,7 @@ NODE_STOPPED: Final = "node.stopped"
 AUDIT_SPLIT_VIEW: Final = "audit.split_view"
 AUDIT_TRACE: Final = "audit.trace"
 AUDIT_TRACE_SERVED: Final = "audit.trace_served"
+TAXII_READ: Final = "taxii.read"
 
 EVENT_KINDS: Final[tuple[str, ...]] = (
     BULLETIN_POSTED,
@@ -67,6 +68,7 @@ EVENT_KINDS: Final[tuple[str, ...]] = (
     AUDIT_SPLIT_VIEW,
     AUDIT_TRACE,
     AUDIT_TRACE_SERVED,
+    TAXII_READ,
 )
 """Every kind, in the order of docs/audit.md's table."""
 
@@ -342,6 +344,18 @@ class AuditTraceServed(TypedDict):
     peer: str
 
 
+class TaxiiRead(TypedDict):
+    """A local user read a TAXII resource: which collection (channel), what, and how many objects
+    left the node in plaintext (exchange.service.taxii)."""
+
+    event: Literal["taxii.read"]
+    at: str
+    user: str
+    channel: str
+    resource: str
+    objects: int
+
+
 AuditEntry = (
     BulletinPosted
     | BulletinReceived
@@ -368,6 +382,7 @@ AuditEntry = (
     | AuditSplitView
     | AuditTrace
     | AuditTraceServed
+    | TaxiiRead
 )
 """One audit entry as written, before the store gives it its `idx`."""
 
@@ -393,6 +408,7 @@ __all__ = [
     "REQUESTS_REFUSED",
     "REQUEST_REJECTED",
     "SEND_REFUSED",
+    "TAXII_READ",
     "TRACE_KINDS",
     "USER_ASSIGNED",
     "USER_CREATED",
@@ -420,6 +436,7 @@ __all__ = [
     "RequestRejected",
     "RequestsRefused",
     "SendRefused",
+    "TaxiiRead",
     "UserAssigned",
     "UserCreated",
     "UserPasswordSet",

@@ -8,15 +8,20 @@ clock (times are passed in).
 
 from __future__ import annotations
 
+import binascii
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, TypedDict
 
+from exchange.audit import batch
 from exchange.audit.checkpoint import open_checkpoint
 from exchange.audit.log import FORMAT
 from exchange.crypto import VerifyKey, b64e
 from exchange.merkle import HASH_SIZE, Frontier, leaf_hash
+
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_ENTRY_LINE = batch.ENTRY_HEAD + b"%b" + batch.LEAF_FIELD + b'%b"}\n'
 
 
 class CheckpointJSON(TypedDict):
@@ -213,6 +218,37 @@ def evidence_records(evidence: EvidenceJSON) -> list[CheckpointRecord | EntryRec
         out.append({"type": "entry", "size": size, "idx": item["idx"], "entry": item["entry"], "proof": item["proof"]})
     out.append({"type": "end", "entries": len(evidence["entries"])})
     return out
+
+
+def record_line(record: BundleRecord) -> bytes:
+    """One record as its line of the bundle, without the newline."""
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def entry_lines(rows: Sequence[Sequence[Any]]) -> bytes:
+    """The lines of a full export's entry records for rows (index, entry, leaf hash), each with its
+    newline: byte for byte `record_line(entry_record(...))`. A page whose entries are all in the
+    plain form of `exchange.audit.batch` (nearly all pages) is written a page at a time, without
+    a JSON encoder: its only escapes are the entries' quotes."""
+    if not rows:
+        return b""
+    try:
+        idxs, entries, leaves = zip(*rows, strict=True)
+        blob = b"\n".join(entries)
+        plain = (
+            set(map(type, idxs)) == {int}
+            and set(map(len, leaves)) == {HASH_SIZE}
+            and blob.count(b"\n") == len(rows) - 1
+            and batch.is_plain_text(blob, newlines=True)
+        )
+    except (TypeError, ValueError):  # not bytes: a tampered row (SQLite keeps any type)
+        plain = False
+    if not plain:
+        return b"".join([record_line(entry_record(int(i), as_bytes(e), as_bytes(h))) + b"\n" for i, e, h in rows])
+    escaped = blob.replace(b'"', b'\\"').split(b"\n")
+    encoded = b"".join([binascii.b2a_base64(leaf, newline=False) for leaf in leaves]).translate(_URLSAFE)
+    hashes = [encoded[at : at + 43] for at in range(0, len(encoded), 44)]
+    return b"".join([_ENTRY_LINE % line for line in zip(idxs, escaped, hashes, strict=True)])
 
 
 def entry_record(idx: int, entry: bytes, leaf_hash: bytes) -> EntryRecord:

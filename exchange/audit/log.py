@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
+from exchange.audit import batch
 from exchange.audit.checkpoint import (
     WITNESS_PREFIX,
     cosignatures,
@@ -36,11 +37,20 @@ from exchange.audit.checkpoint import (
 )
 from exchange.crypto import VerifyKey, b64d
 from exchange.errors import AuditTampered, BadEntry, BadSignature, ConfigError, InvalidInput
-from exchange.merkle import EMPTY_ROOT, Frontier, ProofError, leaf_hash, verify_consistency, verify_inclusion
+from exchange.merkle import (
+    EMPTY_ROOT,
+    Frontier,
+    ProofError,
+    leaf_hash,
+    leaf_hashes,
+    verify_consistency,
+    verify_inclusion,
+)
 from exchange.model import Roster, SignedRoster
 from exchange.protocol.roster import Federation
 
 FORMAT = "exchange-audit-bundle/v1"
+RUN_MIN, RUN_MAX = 16, 4096  # lines `BundleCheck.feed_lines` tries to take as one run
 
 
 class KeyRing:
@@ -128,6 +138,11 @@ class LogVerifier:
     def checkpoints(self) -> tuple[CheckpointInfo, ...]:
         """The checkpoints checked so far, by size."""
         return tuple(self._checkpoints)
+
+    @property
+    def size(self) -> int:
+        """Entries of a complete log taken so far: the index the next one must carry."""
+        return self._frontier.size
 
     @property
     def checked(self) -> int:
@@ -220,6 +235,39 @@ class LogVerifier:
         if stored_leaf_hash is not None and stored_leaf_hash != leaf:
             self._fail(BadEntry(idx, "its content does not match its stored leaf hash: it was changed"))
         self._frontier.append(leaf)
+        self._settle()
+
+    def take_run(self, entries: Sequence[bytes], stored_leaf_hashes: Sequence[bytes], *, encoded: bool = False) -> int:
+        """Append the longest leading run of `entries` (the next entries of a complete log, in
+        order) that passes every check of `entry` in the plain form of `exchange.audit.batch`,
+        hashed a run at a time; return its length. Each stored leaf hash is 32 bytes, or if
+        `encoded` its base64url text. The caller gives the next entry to `entry`, which names
+        what is wrong with it, if anything."""
+        if self._mode == "proven":
+            return 0
+        count = batch.plain_prefix(self._frontier.size, entries)
+        digests = leaf_hashes(entries[:count])
+        count = batch.matching_prefix(digests, stored_leaf_hashes[:count], encoded=encoded)
+        if count:
+            self._mode = "complete"
+            self._grow(digests[:count])
+        return count
+
+    def _grow(self, leaves: Sequence[bytes]) -> None:
+        """Append leaf hashes in runs that end at each checkpoint's size, checking its root there."""
+        cps, done = self._checkpoints, 0
+        while done < len(leaves):
+            while self._next_checkpoint < len(cps) and cps[self._next_checkpoint].size <= self._frontier.size:
+                self._next_checkpoint += 1  # of size 0 only: `finish` checks those
+            stop = len(leaves)
+            if self._next_checkpoint < len(cps):
+                stop = min(stop, done + cps[self._next_checkpoint].size - self._frontier.size)
+            self._frontier.extend(leaves[done:stop])
+            done = stop
+            self._settle()
+
+    def _settle(self) -> None:
+        """Pass the checkpoints the log has reached; remember the first whose root it does not give."""
         cps = self._checkpoints
         while self._next_checkpoint < len(cps) and cps[self._next_checkpoint].size <= self._frontier.size:
             cp = cps[self._next_checkpoint]
@@ -308,6 +356,7 @@ class BundleCheck:
     warnings: list[str] = field(default_factory=list)
     _verifier: LogVerifier | None = None
     _end: int | None = None
+    _run: int = RUN_MIN
 
     @property
     def size(self) -> int | None:
@@ -320,6 +369,25 @@ class BundleCheck:
         if self._verifier is None:
             raise InvalidInput("the bundle does not start with a header record")
         return self._verifier
+
+    def feed_lines(self, lines: Sequence[bytes]) -> None:
+        """Feed lines of the JSON Lines file in order, as `feed_line` does one by one: the same
+        checks, but runs of entry records as the node writes them are checked a run at a time."""
+        at = 0
+        while at < len(lines):
+            verifier = self._verifier
+            if verifier is not None and self._end is None and self.header is not None and self.header["complete"]:
+                stop = min(len(lines), at + self._run)
+                entries, stored = batch.plain_entry_lines(verifier.size, lines, at, stop)
+                taken = verifier.take_run(entries, stored, encoded=True)
+                at += taken
+                # Grow the run while whole runs pass; after one that stopped short, try small ones
+                # again, so that a bundle with many irregular lines costs no more than the general path.
+                self._run = min(RUN_MAX, self._run * 2) if at == stop else RUN_MIN
+                if at == len(lines):
+                    return
+            self.feed_line(lines[at])
+            at += 1
 
     def feed_line(self, line: bytes | str) -> None:
         """Feed one line of the JSON Lines file; blank lines are skipped."""

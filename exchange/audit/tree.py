@@ -8,7 +8,8 @@ algorithms ask for is a fold of at most log2(n) stored hashes. Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Sequence
 
 from exchange.merkle import EMPTY_ROOT, HASH_SIZE, node_hash
 
@@ -48,6 +49,27 @@ class TreeLevels:
                 self._levels.append(bytearray())
             self._levels[level + 1] += parent
             count >>= 1
+            level += 1
+
+    def extend(self, leaf_hashes: Sequence[bytes]) -> None:
+        """Append leaf hashes: the same levels as appending them one by one, hashed a level at a time."""
+        if leaf_hashes and set(map(len, leaf_hashes)) != {HASH_SIZE}:
+            raise ValueError("leaf hashes must be 32 bytes")
+        self._levels[0] += b"".join(leaf_hashes)
+        self._size += len(leaf_hashes)
+        sha256, level = hashlib.sha256, 0
+        while True:
+            below = self._levels[level]
+            done = len(self._levels[level + 1]) // HASH_SIZE if level + 1 < len(self._levels) else 0
+            pairs = len(below) // (2 * HASH_SIZE)
+            if pairs == done:
+                return
+            if level + 1 == len(self._levels):
+                self._levels.append(bytearray())
+            block = bytes(below[done * 2 * HASH_SIZE : pairs * 2 * HASH_SIZE])
+            self._levels[level + 1] += b"".join(
+                [sha256(b"\x01" + block[i : i + 2 * HASH_SIZE]).digest() for i in range(0, len(block), 2 * HASH_SIZE)]
+            )
             level += 1
 
     def node(self, level: int, index: int) -> bytes:

@@ -22,7 +22,6 @@ Federation (mutual TLS, roster nodes):
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -39,8 +38,6 @@ from exchange.service.audit.service import AuditService
 from exchange.service.audit.views import EntryFilter
 
 log = logging.getLogger("exchange.audit")
-
-EXPORT_CHUNK = 500  # records per write of a streamed export
 
 
 def _audit(request: web.Request) -> AuditService:
@@ -133,24 +130,20 @@ async def get_export(request: web.Request) -> web.StreamResponse:
     user = await current_user(request)
     user.require("auditor")
     bulletin = params.optional_text(request.query, "bulletin", params.bulletin_id)
-    records = _audit(request).export(bulletin)
-    first = await anext(records)  # errors before the first byte still become problem+json
-    node = first["node"] if first["type"] == "header" else ""
+    audit = _audit(request)
+    chunks = audit.export_lines(bulletin)
+    first = await anext(chunks)  # errors before the first byte still become problem+json
     response = web.StreamResponse(
         headers={
             "Content-Type": "application/x-ndjson",
-            "Content-Disposition": f'attachment; filename="audit-{node}.jsonl"',
+            "Content-Disposition": f'attachment; filename="audit-{audit.me}.jsonl"',
         }
     )
     await response.prepare(request)
-    lines = [json.dumps(first, separators=(",", ":"))]
     try:
-        async for record in records:
-            lines.append(json.dumps(record, separators=(",", ":"), ensure_ascii=False))
-            if len(lines) >= EXPORT_CHUNK:
-                await response.write(("\n".join(lines) + "\n").encode())
-                lines.clear()
-        await response.write(("\n".join(lines) + "\n").encode() if lines else b"")
+        await response.write(first)
+        async for chunk in chunks:
+            await response.write(chunk)
     except Exception:  # whatever it was, too late for a problem+json
         # The bundle stops without its end record, which any verifier reports as truncated.
         log.exception("audit export failed mid-stream")

@@ -1,58 +1,48 @@
-"""This node's own audit log: follow the audit table, sign checkpoints, serve entries, proofs, exports.
+"""This node's own audit log: follow the audit table, sign checkpoints, give proofs.
 
 The keeper holds the log's frontier (O(log n) hashes) in memory and extends it from the table
 as soon as the store's writer commits new entries, so what it signs is what this process wrote,
-whatever happens to the table later. On start it resumes from its latest signed checkpoint,
-whose signature and root authenticate the stored frontier, and refuses (AuditTampered) a table
-that does not hold that checkpoint's log, before anything is written under a reused index.
-Proofs come from `TreeLevels`, built from the table at start and checked against the frontier.
-The pure parts (stored checkpoints, resuming, the records written) are `exchange.audit.keeper`.
+whatever happens to the table later. On start it checks the table against the checkpoints it
+signed since the last one a witness co-signed, resumes from there, and refuses (AuditTampered) a
+table that does not hold that log, before anything is written under a reused index. Proofs come
+from `TreeLevels`, built from the whole table in the background after start (hashed in a worker
+thread, not on the event loop) and trusted once they give the frontier's root. Reading entries
+and exports is `exchange.service.audit.entries`; the pure parts are `exchange.audit.keeper`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.audit.checkpoint import Checkpoint, log_origin, open_checkpoint, sign_checkpoint
+from exchange.audit.checkpoint import Checkpoint, cosignatures, log_origin, open_checkpoint, sign_checkpoint
 from exchange.audit.keeper import (
     BundleRecord,
-    EvidenceJSON,
-    ProvenEntry,
     StoredCheckpoint,
     as_bytes,
-    entry_record,
-    evidence_records,
     first_unmatched,
-    header_record,
-    mentions,
     resumed_frontier,
     shorter_than_signed,
     unsigned_entry_problem,
 )
 from exchange.audit.tree import TreeLevels, consistency_path, inclusion_path
 from exchange.clock import timestamp
-from exchange.crypto import SigningKey, b64e
+from exchange.crypto import SigningKey, VerifyKey
 from exchange.errors import AuditTampered, BadSignature, InvalidInput, NotFound
 from exchange.merkle import HASH_SIZE, Frontier
+from exchange.service.audit.table import PAGE, pages, rows
 from exchange.store import AuditBuffer, Store, audit_checkpoints, audit_cosignatures, audit_log
 
 FOLLOW_RETRY_SECONDS = 1.0
+WITNESSED_TRIED = 3  # co-signed checkpoints tried, largest first, for the start check to begin at
 
 log = logging.getLogger("exchange.audit")
-
-PAGE = 5000  # rows per read
-SCAN_LIMIT = 50_000  # rows one filtered listing request may scan before it returns a cursor
-
-Match = Callable[[dict[str, Any]], bool]
-Found = tuple[int, bytes, dict[str, Any]]  # (index, the entry as stored, the entry parsed)
 
 _CHECKPOINT_COLUMNS = (
     audit_checkpoints.c.size,
@@ -62,17 +52,45 @@ _CHECKPOINT_COLUMNS = (
 )
 
 
+def _leaves(page: Sequence[Any], first: int) -> list[bytes]:
+    """The leaf hashes of a page of (idx, leaf_hash) rows that should hold entries first, first + 1, ...:
+    cut at the first one that is missing or malformed."""
+    leaves = [raw if type(raw) is bytes else as_bytes(raw) for _, raw in page]
+    if [row[0] for row in page] == list(range(first, first + len(page))) and set(map(len, leaves)) <= {HASH_SIZE}:
+        return leaves
+    for n, (idx, _) in enumerate(page):
+        if idx != first + n or len(leaves[n]) != HASH_SIZE:
+            return leaves[:n]
+    return leaves
+
+
+def _missing(index: int) -> AuditTampered:
+    return AuditTampered(f"audit entry {index} is missing from the table or malformed")
+
+
 class LogKeeper:
     """The node's own audit log, as signed checkpoints and proofs over the `audit_log` table."""
 
-    def __init__(self, me: str, store: Store, key: SigningKey, signed_roster: Any = None) -> None:
+    def __init__(
+        self,
+        me: str,
+        store: Store,
+        key: SigningKey,
+        signed_roster: Any = None,
+        witnesses: Mapping[str, VerifyKey] | None = None,
+    ) -> None:
+        """`witnesses`: the roster's witness keys by key name (KeyRing.witnesses); a checkpoint one of
+        them co-signed is where the start check begins."""
         self.me = me
         self.origin = log_origin(me)
         self.store = store
         self.signed_roster = signed_roster
         self._key = key
+        self._witnesses = dict(witnesses or {})
         self._frontier = Frontier()
         self._levels: TreeLevels | None = None
+        self._building: asyncio.Task[TreeLevels] | None = None
+        self._taken_since: list[bytes] | None = None  # leaves taken in while the levels are built
         self._lock = asyncio.Lock()  # reading the table into the frontier and levels
         self._sign_lock = asyncio.Lock()
         self._follower: asyncio.Task[None] | None = None
@@ -86,45 +104,54 @@ class LogKeeper:
     # -- start, follow, stop ----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Check the table against the latest own checkpoint and resume from it, then follow the table.
+        """Check the table against the checkpoints this node signed since the last one a witness
+        co-signed and resume from them, then follow the table and build the proof levels.
 
         Raises AuditTampered, naming the problem, before anything is written: the node must not
         start on a log that lost signed entries (it would write new ones under their indices) or
-        that no longer gives the roots it signed.
+        whose recent entries no longer give the roots it signed. The entries before that witnessed
+        checkpoint are checked once the proof levels are built, soon after start, and by
+        `exchange audit verify`, entry by entry.
         """
         await self._resume()
-        await self._tree()  # every leaf hash in the table against the signed root, once per start
         self._follower = asyncio.create_task(self._follow(), name=f"audit-follow-{self.me}")
+        self._start_building()
+
+    def _start_building(self) -> asyncio.Task[TreeLevels]:
+        """Build the proof levels in the background (at start, so the first proof need not wait)."""
+        task = self._building = asyncio.create_task(self._build_tree(), name=f"audit-tree-{self.me}")
+        task.add_done_callback(self._built)
+        return task
 
     async def close(self) -> None:
-        """Stop following the table."""
-        if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
-            self._follower = None
+        """Stop following the table and building the proof levels."""
+        for task in (self._follower, self._building):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._follower = None
 
-    async def held(self) -> tuple[int, int]:
-        """How many rows the audit table holds, and one past its largest index."""
+    async def end(self) -> int:
+        """One past the largest index in the audit table: a seek, where counting its rows reads
+        them all. Rows missing below it are found where they are read (`_missing`)."""
         async with self.store.read() as conn:
-            row = (await conn.execute(sa.select(sa.func.count(), sa.func.max(audit_log.c.idx)))).one()
-        return int(row[0]), 0 if row[1] is None else int(row[1]) + 1
+            top = await conn.scalar(sa.select(sa.func.max(audit_log.c.idx)))
+        return 0 if top is None else int(top) + 1
 
     async def _resume(self) -> None:
-        """Resume from the latest own checkpoint, whose signature and root vouch for its frontier;
-        then take in the entries after it, which no signature covers yet, each checked against
-        its leaf hash and index (after a clean stop, only those that admin commands wrote since)."""
+        """Resume from the latest own checkpoint: check the table from the last checkpoint a witness
+        co-signed up to it, which gives the frontier it signed; then take in the entries after it,
+        which no signature covers yet, each checked against its leaf hash and index (after a clean
+        stop, only those that admin commands wrote since)."""
         latest = await self.latest()
         if latest is not None:
-            shorter = shorter_than_signed(*await self.held(), latest.size)
+            end = await self.end()
+            shorter = shorter_than_signed(end, end, latest.size)
             if shorter is not None:
                 raise AuditTampered(
                     f"{shorter}; the node does not start, since it would write new entries under their "
                     "indices: restore the audit_log table from a backup"
-                )
-            async with self.store.read() as conn:
-                blob = await conn.scalar(
-                    sa.select(audit_checkpoints.c.frontier).where(audit_checkpoints.c.size == latest.size)
                 )
             try:
                 cp, _ = open_checkpoint(latest.note, self._key.verify_key, self.origin)
@@ -138,19 +165,78 @@ class LogKeeper:
                     f"this node's stored checkpoint row of size {latest.size} does not match the note it holds "
                     f"(size {cp.size}): it was changed in the database"
                 )
-            try:
-                self._frontier = resumed_frontier(latest.note, as_bytes(blob or b""), self._key.verify_key, self.origin)
-            except ValueError as exc:
-                log.error(
-                    "%s: own checkpoint %d cannot be resumed from (%s); re-reading the log", self.me, cp.size, exc
-                )
-                await self.catch_up(upto=cp.size)
-                if self._frontier.size != cp.size or self._frontier.root() != cp.root:
-                    raise AuditTampered(
-                        f"the audit table does not give the root this node signed in checkpoint {cp.size}: "
-                        "an entry was changed, removed or inserted (`exchange audit verify` names the first bad one)"
-                    ) from exc
+            self._frontier = await self._witnessed_frontier(cp.size)
+            await self._check_signed(cp)
         await self._take_in_unsigned()
+
+    async def _witnessed_frontier(self, upto: int) -> Frontier:
+        """The frontier of the largest own checkpoint up to `upto` that a witness co-signed (the
+        cosignature checked with the roster's key, the frontier with the signed root), or the empty
+        log's: where the start check begins. Entries before it are vouched for by a signature that
+        is not in this database."""
+        cosigned = sa.select(audit_cosignatures.c.size).where(audit_cosignatures.c.size == audit_checkpoints.c.size)
+        query = (
+            sa.select(*_CHECKPOINT_COLUMNS, audit_checkpoints.c.frontier)
+            .where(audit_checkpoints.c.size <= upto, cosigned.exists())
+            .order_by(audit_checkpoints.c.size.desc())
+            .limit(WITNESSED_TRIED)
+        )
+        if not self._witnesses:
+            return Frontier()
+        async with self.store.read() as conn:
+            found = [(await self._cosigned(conn, row), as_bytes(row.frontier)) for row in await conn.execute(query)]
+        for stored, blob in found:
+            try:
+                _, note = open_checkpoint(stored.full_note(), self._key.verify_key, self.origin)
+                if cosignatures(note, self._witnesses):
+                    return resumed_frontier(stored.note, blob, self._key.verify_key, self.origin)
+            except (InvalidInput, BadSignature, ValueError):
+                continue
+        return Frontier()
+
+    async def _check_signed(self, latest: Checkpoint) -> None:
+        """Take in the leaf hashes from the frontier's size to the latest checkpoint; at each own
+        checkpoint on the way the root must be the signed one, and at the latest it must be."""
+        lo = self._frontier.size
+        async with self.store.read() as conn:
+            signed = [
+                (int(size), as_bytes(root))
+                for size, root in await conn.execute(
+                    sa.select(audit_checkpoints.c.size, audit_checkpoints.c.root)
+                    .where(audit_checkpoints.c.size > lo, audit_checkpoints.c.size < latest.size)
+                    .order_by(audit_checkpoints.c.size)
+                )
+            ]
+        sizes = [size for size, _ in signed] + [latest.size]
+        roots = {lo: self._frontier.root()}
+        async for page in pages(self.store, lo, latest.size, audit_log.c.leaf_hash):
+            leaves = _leaves(page, self._frontier.size)
+            cut = len(leaves) < len(page)
+            while leaves:
+                stop = min(len(leaves), sizes[0] - self._frontier.size)
+                self._frontier.extend(leaves[:stop])
+                leaves = leaves[stop:]
+                if self._frontier.size == sizes[0]:
+                    roots[sizes.pop(0)] = self._frontier.root()
+            if cut or (len(page) < PAGE and self._frontier.size < latest.size):
+                raise _missing(self._frontier.size)
+        if self._frontier.size != latest.size:
+            raise _missing(self._frontier.size)
+        if self._frontier.root() != latest.root:
+            span = first_unmatched([(lo, roots[lo]), *signed, (latest.size, latest.root)], roots.__getitem__)
+            first, end = span if span is not None else (lo, latest.size)
+            raise AuditTampered(
+                f"the audit table no longer matches the log this node signed: entries {first} to {end - 1} no "
+                f"longer give the root signed in checkpoint {end}; an entry was changed, removed or inserted "
+                "(`exchange audit verify` names the first bad one)"
+            )
+
+    def _take(self, leaf: bytes) -> None:
+        self._frontier.append(leaf)
+        if self._levels is not None:
+            self._levels.append(leaf)
+        elif self._taken_since is not None:
+            self._taken_since.append(leaf)
 
     async def _take_in_unsigned(self) -> None:
         """Take in the entries after the frontier, checking each one's leaf hash and index."""
@@ -158,16 +244,16 @@ class LogKeeper:
             target = self.store.audit_size
             while self._frontier.size < target:
                 lo = self._frontier.size
-                rows = await self._rows(lo, min(target, lo + PAGE), audit_log.c.entry, audit_log.c.leaf_hash)
-                for idx, entry, leaf in rows:
+                found = await rows(self.store, lo, min(target, lo + PAGE), audit_log.c.entry, audit_log.c.leaf_hash)
+                for idx, entry, leaf in found:
                     if idx != self._frontier.size:
                         break
                     problem = unsigned_entry_problem(idx, as_bytes(entry), as_bytes(leaf))
                     if problem is not None:
                         raise AuditTampered(f"audit entry {idx}, which no checkpoint covers yet, {problem}")
-                    self._frontier.append(as_bytes(leaf))
+                    self._take(as_bytes(leaf))
                 if self._frontier.size == lo or self._frontier.size < min(target, lo + PAGE):
-                    raise AuditTampered(f"audit entry {self._frontier.size} is missing from the table or malformed")
+                    raise _missing(self._frontier.size)
 
     async def _follow(self) -> None:
         """Take in each commit's entries; a failed read (the database away) is logged and retried."""
@@ -188,11 +274,6 @@ class LogKeeper:
             log.error("%s: %s", self.me, exc.detail)
             self._reported = exc.detail
 
-    async def _rows(self, lo: int, hi: int, *columns: Any) -> list[Any]:
-        async with self.store.read() as conn:
-            query = sa.select(audit_log.c.idx, *columns).where(audit_log.c.idx >= lo, audit_log.c.idx < hi)
-            return list((await conn.execute(query.order_by(audit_log.c.idx))).all())
-
     async def catch_up(self, upto: int | None = None) -> int:
         """Take in the entries the writer has committed since; return how many."""
         async with self._lock:
@@ -200,35 +281,56 @@ class LogKeeper:
             start = self._frontier.size
             while self._frontier.size < target:
                 lo = self._frontier.size
-                for idx, raw in await self._rows(lo, min(target, lo + PAGE), audit_log.c.leaf_hash):
-                    leaf = as_bytes(raw)
-                    if idx != self._frontier.size or len(leaf) != HASH_SIZE:
-                        break
-                    self._frontier.append(leaf)
-                    if self._levels is not None:
-                        self._levels.append(leaf)
+                for leaf in _leaves(await rows(self.store, lo, min(target, lo + PAGE), audit_log.c.leaf_hash), lo):
+                    self._take(leaf)
                 if self._frontier.size == lo or self._frontier.size < min(target, lo + PAGE):
-                    raise AuditTampered(f"audit entry {self._frontier.size} is missing from the table or malformed")
+                    raise _missing(self._frontier.size)
             return self._frontier.size - start
 
+    # -- the proof levels -------------------------------------------------------------------
+
     async def _tree(self) -> TreeLevels:
-        """The subtree levels for proofs, built once from the table and checked against the frontier."""
-        async with self._lock:
-            if self._levels is None:
-                levels, size = TreeLevels(), self._frontier.size
-                while levels.size < size:
-                    lo = levels.size
-                    for idx, raw in await self._rows(lo, min(size, lo + PAGE), audit_log.c.leaf_hash):
-                        leaf = as_bytes(raw)
-                        if idx != levels.size or len(leaf) != HASH_SIZE:
-                            break
-                        levels.append(leaf)
-                    if levels.size == lo:
-                        raise AuditTampered(f"audit entry {levels.size} is missing from the table or malformed")
-                if levels.root_at(size) != self._frontier.root():
+        """The subtree levels for proofs, once built (see `_build_tree`). A build that failed to
+        read is tried again by the next caller; one that found the table changed is not."""
+        if self._levels is not None:
+            return self._levels
+        task = self._building
+        if task is None or (task.done() and (task.cancelled() or not isinstance(task.exception(), AuditTampered))):
+            task = self._start_building()
+        return await asyncio.shield(task)
+
+    def _built(self, task: asyncio.Task[TreeLevels]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, AuditTampered):
+            self._report(exc)
+        elif exc is not None:
+            log.warning(
+                "%s: the proof levels could not be built (%s); the next proof request tries again", self.me, exc
+            )
+
+    async def _build_tree(self) -> TreeLevels:
+        """Every leaf hash in the table, up to the frontier, into new levels, read a page at a time
+        and hashed in a worker thread (so the event loop keeps serving), without holding the lock
+        that taking in new entries needs; then, under it, the entries taken in meanwhile, and the
+        check that the levels give the frontier's root."""
+        levels, size = TreeLevels(), self._frontier.size
+        self._taken_since = []
+        try:
+            async for page in pages(self.store, 0, size, audit_log.c.leaf_hash):
+                leaves = _leaves(page, levels.size)
+                await asyncio.to_thread(levels.extend, leaves)
+                if len(leaves) < len(page) or (len(page) < PAGE and levels.size < size):
+                    raise _missing(levels.size)
+            async with self._lock:
+                levels.extend(self._taken_since)
+                if levels.root_at(levels.size) != self._frontier.root():
                     raise AuditTampered(await self._unmatched(levels))
                 self._levels = levels
-            return self._levels
+        finally:
+            self._taken_since = None
+        return levels
 
     async def _unmatched(self, levels: TreeLevels) -> str:
         """Where the table's leaf hashes part from the roots this node signed, as precisely as the
@@ -369,120 +471,10 @@ class LogKeeper:
             raise InvalidInput(f"need 0 < from <= to <= {tree.size}")
         return consistency_path(old, new, tree.root)
 
-    async def entry(self, index: int) -> bytes:
-        """Entry `index` as stored."""
-        async with self.store.read() as conn:
-            raw = await conn.scalar(sa.select(audit_log.c.entry).where(audit_log.c.idx == index))
-        if raw is None:
-            raise NotFound(f"no audit entry {index}")
-        return as_bytes(raw)
+    # -- reading ----------------------------------------------------------------------------
 
-    async def entries_after(self, after: int, limit: int) -> list[Any]:
-        """Up to `limit` entries after index `after`, oldest first, parsed, with no filter."""
-        async with self.store.read() as conn:
-            rows = await conn.execute(
-                sa.select(audit_log.c.entry).where(audit_log.c.idx > after).order_by(audit_log.c.idx).limit(limit)
-            )
-            return [json.loads(r.entry) for r in rows]
+    def export(self, bulletin: str | None = None) -> AsyncIterator[BundleRecord]:
+        """The records of an export bundle: see `LogEntries.export`."""
+        from exchange.service.audit.entries import LogEntries  # it reads through this keeper
 
-    async def scan(
-        self,
-        match: Match,
-        needle: bytes | None = None,
-        *,
-        after: int = -1,
-        limit: int = 100,
-        scan: int = SCAN_LIMIT,
-    ) -> tuple[list[Found], int | None]:
-        """Entries after `after` that `match`, oldest first; `needle` is a cheap byte prefilter.
-
-        Returns the matches and a cursor to go on from, or None once the end is reached.
-        """
-        end, pos, scanned = self.store.audit_size, after, 0
-        out: list[Found] = []
-        while len(out) < limit and scanned < scan and pos + 1 < end:
-            async with self.store.read() as conn:
-                rows = (
-                    await conn.execute(
-                        sa.select(audit_log.c.idx, audit_log.c.entry)
-                        .where(audit_log.c.idx > pos, audit_log.c.idx < end)
-                        .order_by(audit_log.c.idx)
-                        .limit(min(PAGE, scan - scanned))
-                    )
-                ).all()
-            if not rows:
-                pos = end - 1
-                break
-            for idx, raw in rows:
-                pos, scanned = int(idx), scanned + 1
-                data = as_bytes(raw)
-                if needle is not None and needle not in data:
-                    continue
-                try:
-                    body = json.loads(data)
-                except ValueError:
-                    continue
-                if isinstance(body, dict) and match(body):
-                    out.append((pos, data, body))
-                    if len(out) == limit:
-                        break
-        return out, (pos if pos + 1 < end else None)
-
-    async def evidence(self, bulletin: str) -> EvidenceJSON:
-        """This log's entries about `bulletin`, each with an inclusion proof in a signed checkpoint."""
-        needle = bulletin.encode()
-        found: list[Found] = []
-        cursor: int | None = -1
-        while cursor is not None:
-            page, cursor = await self.scan(lambda b: mentions(b, bulletin), needle, after=cursor, limit=1000)
-            found += page
-        cp = await self.latest()  # a witnessed checkpoint if one covers them, else a new one
-        if cp is None or (found and found[-1][0] >= cp.size):
-            cp = await self.checkpoint()  # covers every committed entry, so every one found
-        if cp is None:
-            return {"node": self.me, "checkpoint": None, "entries": []}
-        tree = await self._tree()
-        size = cp.size
-        entries: list[ProvenEntry] = [
-            {
-                "idx": idx,
-                "entry": data.decode("utf-8", "replace"),
-                "proof": [b64e(p) for p in inclusion_path(idx, size, tree.root)],
-            }
-            for idx, data, _ in found
-            if idx < size
-        ]
-        return {"node": self.me, "checkpoint": cp.full_note(), "size": size, "entries": entries}
-
-    # -- export -----------------------------------------------------------------------------
-
-    async def export(self, bulletin: str | None = None) -> AsyncIterator[BundleRecord]:
-        """The records of an export bundle (see exchange.audit.log), ready to be written as lines.
-
-        A full export reads the table as it is: it does not depend on this node trusting its
-        own table, so a tampered log still exports, and the verifier names the bad entry.
-        """
-        if bulletin is not None:
-            ev = await self.evidence(bulletin)
-            size = ev.get("size", 0)
-            yield header_record(
-                self.me, self.origin, self.signed_roster, at=timestamp(), complete=False, size=size, bulletin=bulletin
-            )
-            for record in evidence_records(ev):
-                yield record
-            return
-        # Every checkpoint, read before the size: each covers entries committed before it was read,
-        # so one larger than the table tells the verifier that signed entries are missing.
-        signed = await self.checkpoints()
-        size = self.store.audit_size
-        yield header_record(self.me, self.origin, self.signed_roster, at=timestamp(), complete=True, size=size)
-        for cp in signed:
-            yield {"type": "checkpoint", "note": cp.full_note()}
-        count = 0
-        for lo in range(0, size, PAGE):
-            for idx, entry, leaf in await self._rows(
-                lo, min(size, lo + PAGE), audit_log.c.entry, audit_log.c.leaf_hash
-            ):
-                count += 1
-                yield entry_record(int(idx), as_bytes(entry), as_bytes(leaf))
-        yield {"type": "end", "entries": count}
+        return LogEntries(self).export(bulletin)

@@ -47,6 +47,7 @@ from exchange.merkle import leaf_hash
 from exchange.model import EnvelopeHeader, NodeId
 from exchange.protocol.envelope import bulletin_id, check_signature, parse_envelope
 from exchange.protocol.roster import Federation
+from exchange.service.audit.entries import LogEntries
 from exchange.service.audit.keeper import LogKeeper
 from exchange.service.audit.views import (
     CheckpointCheck,
@@ -100,7 +101,8 @@ class AuditService:
         self.fed = fed
         self.signed_roster = signed_roster
         self.transport = transport
-        self.keeper = LogKeeper(me, store, key, signed_roster)
+        self.keeper = LogKeeper(me, store, key, signed_roster, KeyRing.from_federation(fed).witnesses(me))
+        self.log_entries = LogEntries(self.keeper)
         self.witness = Witness(me, store, key, fed, self.keeper, transport, partners)
         self.stopped = asyncio.Event()
         self._round: asyncio.Task[None] | None = None
@@ -176,20 +178,30 @@ class AuditService:
 
     async def log_page(self, where: EntryFilter, *, after: int = -1, limit: int = 100) -> LogPage:
         """Matching entries after index `after`, oldest first."""
-        found, cursor = await self.keeper.scan(where, where.needle, after=after, limit=limit)
+        if where.bulletin is not None:  # through the index by bulletin, not a scan of the log
+            found, cursor = await self.log_entries.of_bulletin(where.bulletin, where, after=after, limit=limit)
+        else:
+            found, cursor = await self.log_entries.scan(where, where.needle, after=after, limit=limit)
         return LogPage([body for _, _, body in found], cursor, self.keeper.size)
 
     async def entries(self, *, after: int = -1, limit: int = 100) -> list[Entry]:
         """Entries after index `after`, oldest first, unfiltered: metadata only, never bulletin content."""
-        return await self.keeper.entries_after(after, limit)
+        return await self.log_entries.after(after, limit)
 
     async def recent(self, where: EntryFilter, before: int) -> RecentEntries:
         """Up to RECENT_PAGE matching entries below index `before`, newest first."""
+        if where.bulletin is not None:  # through the index by bulletin, newest first
+            newest, _ = await self.log_entries.of_bulletin(
+                where.bulletin, where, before=before, limit=RECENT_PAGE + 1, newest_first=True
+            )
+            if len(newest) > RECENT_PAGE:
+                return RecentEntries([body for _, _, body in newest[:RECENT_PAGE]], newest[RECENT_PAGE - 1][0])
+            return RecentEntries([body for _, _, body in newest], None)
         found: list[Entry] = []
         hi, scanned = before, 0
         while hi > 0 and len(found) < RECENT_PAGE and scanned < RECENT_BUDGET:
             lo = max(0, hi - RECENT_CHUNK)
-            page, _ = await self.keeper.scan(where, where.needle, after=lo - 1, limit=hi - lo, scan=hi - lo)
+            page, _ = await self.log_entries.scan(where, where.needle, after=lo - 1, limit=hi - lo, scan=hi - lo)
             found += [body for _, _, body in reversed(page)]
             scanned += hi - lo
             hi = lo
@@ -200,7 +212,7 @@ class AuditService:
 
     async def entry_with_proof(self, idx: int) -> EntryWithProof:
         """Entry `idx` and whether it is proven in the latest checkpoint, checked as a verifier would."""
-        raw = await self.keeper.entry(idx)
+        raw = await self.log_entries.entry(idx)
         return EntryWithProof(idx, raw, json.loads(raw), await self._proof_status(idx, raw))
 
     async def _proof_status(self, idx: int, raw: bytes) -> ProofStatus:
@@ -230,7 +242,7 @@ class AuditService:
             size = latest.size if latest else 0
         cp = await self.keeper.checkpoint_at(size)
         proof = await self.keeper.inclusion(index, size)
-        entry = await self.keeper.entry(index)
+        entry = await self.log_entries.entry(index)
         return InclusionProof(index, size, entry, leaf_hash(entry), proof, cp)
 
     async def consistency(self, old: int, new: int | None = None) -> ConsistencyProof:
@@ -243,7 +255,11 @@ class AuditService:
 
     def export(self, bulletin: str | None = None) -> AsyncIterator[BundleRecord]:
         """The records of an export bundle: the whole log, or one bulletin's entries with proofs."""
-        return self.keeper.export(bulletin)
+        return self.log_entries.export(bulletin)
+
+    def export_lines(self, bulletin: str | None = None) -> AsyncIterator[bytes]:
+        """The export bundle as JSON Lines: the header's line first, then chunks of whole lines."""
+        return self.log_entries.export_lines(bulletin)
 
     # -- checkpoints and witnesses ----------------------------------------------------------
 
@@ -314,7 +330,7 @@ class AuditService:
 
     async def evidence(self, bid: str) -> EvidenceJSON:
         """Our evidence about a bulletin; a checkpoint signed just for it is first put to the witnesses."""
-        evidence = await self.keeper.evidence(bid)
+        evidence = await self.log_entries.evidence(bid)
         size = evidence.get("size")
         if size:
             cp = await self.keeper.checkpoint_at(size)

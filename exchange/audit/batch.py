@@ -1,0 +1,151 @@
+"""Runs of consecutive audit entries, checked and encoded a run at a time instead of an entry at a time.
+
+Verifying a log of a million entries is fast only if each entry costs little more than its two
+SHA-256 hashes. The general path (`LogVerifier.entry`, `BundleCheck.feed_line`) parses every
+bundle line and every entry with `json.loads`. Here a run of entries in their plain form is
+checked with a few operations over the whole run instead. The plain form is what the node writes
+for nearly every event: ASCII canonical JSON with no escape, no control character and no nested
+object, holding its own index once. The checks are a regular grammar for such a flat JSON object
+and a search for its one `"idx":` key.
+
+What this module accepts, the general path accepts too; anything else is left to the general
+path, which names the problem. tests/test_audit_batch.py checks that both paths agree on
+generated and tampered logs. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import binascii
+import operator
+import re
+from collections.abc import Sequence
+from itertools import repeat
+
+# Bytes that the plain form never holds: control characters (JSON strings may not hold them raw)
+# and the backslash (so a string is its bytes between two quotes, and `"` always delimits one).
+_NOT_PLAIN = bytes(range(0x20)) + b"\\"
+
+# A flat JSON object without escapes or whitespace: string, number, true, false or null values,
+# and arrays of those. Possessive quantifiers and atomic groups keep matching linear in the input.
+# Integer parts are capped at 30 digits, below Python's limit on converting long integers, which
+# json.loads would refuse.
+_STR = rb'"[^"]*+"'
+_NUM = rb"-?+(?:0|[1-9][0-9]{0,29}+)(?:\.[0-9]++)?+(?:[eE][-+]?+[0-9]++)?+"
+_SCALAR = rb"(?>" + _STR + rb"|" + _NUM + rb"|true|false|null)"
+_VALUE = rb"(?>" + _SCALAR + rb"|\[(?:" + _SCALAR + rb"(?:," + _SCALAR + rb")*+)?+\])"
+_OBJECT = rb"\{" + _STR + rb":" + _VALUE + rb"(?:," + _STR + rb":" + _VALUE + rb")*+\}"
+_FLAT_OBJECT = re.compile(_OBJECT).fullmatch
+# Flat objects joined by newlines. A string cannot run across a newline when each object holds an
+# even number of quotes: strings take the quotes two by two, in order, so one that opened in an
+# object closes in it. Each newline then separates two objects, which each match on their own.
+_FLAT_OBJECTS = re.compile(_OBJECT + rb"(?:\n" + _OBJECT + rb")*+").fullmatch
+_NOT_PLAIN_BUT_NEWLINE = _NOT_PLAIN.replace(b"\n", b"")
+
+_IDX = b'"idx":'
+
+# A full export's entry record as the node writes it (exchange.audit.keeper.entry_lines): the
+# entry is a JSON string whose only escapes are \" and the stored leaf hash 43 base64url characters.
+ENTRY_HEAD = b'{"type":"entry","idx":%d,"entry":"'
+LEAF_FIELD = b'","leaf_hash":"'
+_TAIL = len(LEAF_FIELD) + 43 + 2  # the leaf hash field, its value, and '"}'
+_FIELD = slice(-_TAIL, -_TAIL + len(LEAF_FIELD))
+
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def is_plain_text(data: bytes, *, newlines: bool = False) -> bool:
+    """ASCII, without control characters or backslashes: a JSON string of it needs only \\" escapes.
+    With `newlines`, it may hold newlines too (the separators of texts joined by them)."""
+    bad = _NOT_PLAIN_BUT_NEWLINE if newlines else _NOT_PLAIN
+    return data.isascii() and len(data.translate(None, bad)) == len(data)
+
+
+def plain_prefix(first: int, entries: Sequence[bytes]) -> int:
+    """How many of `entries`, from the start, are in the plain form and carry their own index
+    (`first`, `first + 1`, ...): certainly JSON objects whose "idx" is their position.
+
+    Why that is certain: without backslashes every `"` delimits a string, and in a flat object a
+    string followed by `:` is a key of the top-level object; so the one `"idx":` is its only "idx"
+    key, and the digits after it, ended by a comma or the object's end, are its value.
+    """
+    count = len(entries)
+    keys = [b'"idx":%d,' % i for i in range(first, first + count)]
+    blob = b"\n".join(entries)
+    if (
+        count
+        and is_plain_text(blob, newlines=True)
+        and blob.count(b"\n") == count - 1
+        and blob.count(_IDX) == count  # each holds its key below, so each holds exactly one
+        and all(map(bytes.__contains__, entries, keys))
+        and not any(map((1).__and__, map(bytes.count, entries, repeat(b'"'))))
+        and _FLAT_OBJECTS(blob) is not None
+    ):
+        return count
+    # Not all of them: find the first that is not, entry by entry.
+    ok = [
+        (key in entry or _last_key(entry, key))
+        and entry.count(_IDX) == 1
+        and is_plain_text(entry)
+        and _FLAT_OBJECT(entry) is not None
+        for entry, key in zip(entries, keys, strict=True)
+    ]
+    return ok.index(False) if False in ok else count
+
+
+def _last_key(entry: bytes, key: bytes) -> bool:
+    """Is `key` ('"idx":<i>,') the entry's last member ('"idx":<i>}')?"""
+    return entry.endswith(key[:-1] + b"}")
+
+
+def matching_prefix(digests: Sequence[bytes], stored: Sequence[bytes], *, encoded: bool) -> int:
+    """How many of `digests`, from the start, equal their `stored` leaf hash: raw 32 bytes, or if
+    `encoded` its base64url text (43 bytes; equal only to the one canonical encoding, as b64d)."""
+    n = min(len(digests), len(stored))
+    if not encoded:
+        if list(digests[:n]) == list(stored[:n]):
+            return n
+        return next(i for i in range(n) if digests[i] != stored[i])
+    mine = [binascii.b2a_base64(d, newline=False) for d in digests[:n]]
+    if n and b"".join(mine).translate(_URLSAFE) == b"=".join(stored[:n]) + b"=":
+        return n
+    return next((i for i in range(n) if mine[i][:43].translate(_URLSAFE) != stored[i]), n)
+
+
+def plain_entry_lines(first: int, lines: Sequence[bytes], start: int, stop: int) -> tuple[list[bytes], list[bytes]]:
+    """The longest leading run of `lines[start:stop]` that are entry records as the node writes
+    them, for entries `first`, `first + 1`, ...: their entries, unescaped, and their stored leaf
+    hashes as base64url. The line must be exactly
+    `{"type":"entry","idx":<i>,"entry":"<text>","leaf_hash":"<43 characters>"}` and the text's
+    only escapes `\\"`, so that the line is that JSON object and the entry that text unescaped,
+    once `matching_prefix` finds the leaf hash to be the one canonical encoding of 32 bytes.
+    """
+    window = lines[start:stop]
+    heads = [ENTRY_HEAD % i for i in range(first, first + len(window))]
+    sizes = list(map(len, heads))
+    checks = (
+        list(map(bytes.startswith, window, heads)),
+        list(map(LEAF_FIELD.__eq__, map(operator.getitem, window, repeat(_FIELD)))),
+        list(map(bytes.endswith, window, repeat(b'"}'))),
+        list(map(operator.le, map(operator.add, sizes, repeat(_TAIL)), map(len, window))),
+    )
+    end = min(check.index(False) if False in check else len(window) for check in checks)
+    texts = [line[size:-_TAIL] for line, size in zip(window[:end], sizes, strict=False)]
+    stored = [line[-45:-2] for line in window[:end]]
+    blob = b"\n".join(texts)
+    unescaped = _unescaped(blob)
+    if unescaped is None:  # some text has another escape, or a quote that ends it early: cut there
+        end = next(n for n, text in enumerate(texts) if _unescaped(text) is None)
+        texts, stored = texts[:end], stored[:end]
+        unescaped = _unescaped(b"\n".join(texts)) or b""
+    out = unescaped.split(b"\n") if texts else []
+    if len(out) != len(texts):  # a line held a newline: it is not plain, and is left to the general path
+        out = [_unescaped(t) or b"" for t in texts]
+    return out, stored
+
+
+def _unescaped(text: bytes) -> bytes | None:
+    """The text with its \\" escapes undone, if it has no other escape and no quote unescaped: then
+    every backslash is the first half of an escaped quote, and undoing them is deleting them."""
+    deleted = text.translate(None, b"\\")
+    quotes = text.count(b'"')
+    return deleted if len(text) - len(deleted) == quotes == text.count(b'\\"') else None
