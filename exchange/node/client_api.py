@@ -22,6 +22,7 @@ from exchange.model import (
 )
 from exchange.node.bodies import AUDIT_PAGE_LIMIT, MEMBERSHIP, PAGE_LIMIT, Assignment, Forward, NewChannel
 from exchange.node.openapi import openapi_json
+from exchange.service.listing import Filters
 from exchange.service.posting import Replayed
 from exchange.service.users import User
 from exchange.service.views import channel_view
@@ -162,6 +163,8 @@ async def forward_bulletin(request: web.Request) -> web.Response:
 async def list_bulletins(request: web.Request) -> web.Response:
     user = await current_user(request)
     q = request.query
+    if any(name in q for name in LINE_FILTERS):
+        return web.json_response((await request.app[SERVICE].listing.lines(user, _filters(q))).as_json())
     items = await request.app[SERVICE].list_bulletins(
         user,
         channel=params.optional_text(q, "channel", params.channel_id),
@@ -169,6 +172,33 @@ async def list_bulletins(request: web.Request) -> web.Response:
         limit=params.integer(q, "limit", 50, minimum=1, maximum=PAGE_LIMIT),
     )
     return web.json_response({"items": [i.as_json() for i in items], "next": items[-1].cursor if items else None})
+
+
+LINE_FILTERS = ("order", "before", "unread", "since")  # any of them: inbox lines (exchange.service.listing)
+
+
+def _filters(q: Any) -> Filters:
+    order = q.get("order", "oldest")
+    if order not in ("oldest", "newest"):
+        raise InvalidInput("query parameter order must be oldest or newest")
+    return Filters(
+        channel=params.optional_text(q, "channel", params.channel_id),
+        newest=order == "newest",
+        after=params.integer(q, "after", 0),
+        before=params.optional_integer(q, "before", minimum=1),
+        unread=params.boolean(q, "unread", False),
+        since=params.optional_text(q, "since", params.time_or_date),
+        limit=params.integer(q, "limit", 50, minimum=1, maximum=PAGE_LIMIT),
+    )
+
+
+async def bulletin_ids(request: web.Request) -> web.Response:
+    """The bulletins whose id begins with `prefix` (8 to 64 hex characters) that the user may see."""
+    user = await current_user(request)
+    prefix = request.query.get("prefix")
+    if prefix is None:
+        raise InvalidInput("query parameter prefix is required: 8 to 64 hex characters of a bulletin id")
+    return web.json_response((await request.app[SERVICE].ids.matching(user, prefix)).as_json())
 
 
 async def read_bulletin(request: web.Request) -> web.Response:
@@ -211,6 +241,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/api/v1/channels/{channel}/accept", accept_invitation),
         *(web.post(f"/api/v1/channels/{{channel}}/{action}", change_membership(action)) for action in MEMBERSHIP),
         web.get("/api/v1/bulletins", list_bulletins),
+        web.get("/api/v1/bulletin-ids", bulletin_ids),
         web.get("/api/v1/bulletins/{id}", read_bulletin),
         web.post("/api/v1/bulletins/{id}/forward", forward_bulletin),
         web.get("/api/v1/audit/entries", audit_entries),

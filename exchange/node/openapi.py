@@ -48,6 +48,7 @@ TIME = {
     "anyOf": [{"format": "date"}, {"format": "date-time"}],
     "description": "a date, or an RFC 3339 time (seconds and zone may be left out: UTC)",
 }
+ID_PREFIX = {"type": "string", "pattern": "^[0-9a-f]{8,64}$"}
 AUDIT_NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9._*-]{0,63}$"}
 
 PROBLEM = {
@@ -135,12 +136,28 @@ def _client_paths() -> dict[str, Any]:
         },
         "/api/v1/bulletins": {
             "get": _op(
-                "Bulletins of the user's channels, in the order this node stored them",
-                "BulletinPage",
+                "Bulletins of the user's channels, in the order this node stored them; with any of order, "
+                "before, unread or since: inbox lines (each saying whether the user opened it), and `next` "
+                "is the cursor for `after` (oldest first) or `before` (newest first)",
+                {"anyOf": [ref("BulletinPage"), ref("LinePage")]},
                 parameters=[
                     _param("channel", "query", ID, "only this channel"),
                     after,
                     _param("limit", "query", _int(1, PAGE_LIMIT), "at most this many (default 50)"),
+                    _param("order", "query", {"type": "string", "enum": ["oldest", "newest"]}, "default oldest"),
+                    _param("before", "query", _int(1), "newest first: bulletins stored before this cursor"),
+                    _param("unread", "query", {"type": "string", "enum": ["true", "false"]}, "only unopened ones"),
+                    _param("since", "query", TIME, "only those created at or after"),
+                ],
+            )
+        },
+        "/api/v1/bulletin-ids": {
+            "get": _op(
+                "The bulletins (at most 10, and whether there are more) whose id begins with a prefix, among "
+                "those the user may see: a contact point's channels, or all for an auditor",
+                "Matches",
+                parameters=[
+                    _param("prefix", "query", ID_PREFIX, "8 to 64 hex characters of a bulletin id", required=True)
                 ],
             )
         },

@@ -14,6 +14,8 @@ from pydantic_core import core_schema
 from exchange.audit.witness import MAX_PROOF
 from exchange.model import Acceptance, Bulletin, ChannelEvent, Envelope, Receipt
 from exchange.node.bodies import MAX_BATCH, Assignment, Forward, NewChannel, NodeOnly, NodeRights
+from exchange.service.ids import Matches
+from exchange.service.listing import LinePage
 from exchange.service.outbox import PeerStatus
 from exchange.service.views import BulletinSummary, BulletinView, Posted
 
@@ -99,6 +101,8 @@ def components() -> dict[str, Any]:
             "BulletinSummary": BulletinSummary,
             "BulletinView": BulletinView,
             "PeerStatus": PeerStatus,
+            "Matches": Matches,
+            "LinePage": LinePage,
         },
     )
     _mark_dates(schemas)
