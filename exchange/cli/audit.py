@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiohttp
 import click
@@ -19,6 +19,7 @@ from rich.table import Table
 from exchange.audit.log import BundleCheck, KeyRing, LogReport
 from exchange.audit.trace import GAP, NONE, OK, REFUSED, Step, Trace, assemble
 from exchange.cli.client import ApiError, Target, call
+from exchange.cli.ids import resolve_id
 from exchange.cli.output import console, err_console, user_errors
 from exchange.config import NodeConfig
 from exchange.crypto import b64e
@@ -28,7 +29,7 @@ from exchange.node.tls import client_context
 
 Progressed = Callable[[int], None]  # called with the number of entries checked so far
 PROGRESS_FROM = 10_000  # entries: smaller logs verify too fast for a progress bar to help
-PROGRESS_EVERY = 5_000
+READ_SIZE = 1 << 20  # bytes read at a time from an export, as it streams in or from its file
 
 
 def keys_of(node_path: Path) -> KeyRing:
@@ -36,8 +37,9 @@ def keys_of(node_path: Path) -> KeyRing:
     return KeyRing.from_federation(load_federation(NodeConfig.load(node_path)))
 
 
-async def stream_lines(target: Target, path: str) -> AsyncIterator[bytes]:
-    """The lines of a streamed API answer (an export bundle), as they arrive."""
+async def stream_lines(target: Target, path: str) -> AsyncIterator[list[bytes]]:
+    """The lines of a streamed API answer (an export bundle), as they arrive: the whole lines of
+    each read, in a list."""
     connector = aiohttp.TCPConnector(ssl=client_context(target.server_cert))
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
     headers = {"Authorization": f"Bearer {target.token}"}
@@ -54,27 +56,41 @@ async def stream_lines(target: Target, path: str) -> AsyncIterator[bytes]:
                     detail = resp.reason or "error"
                 raise ApiError(resp.status, str(detail))
             rest = b""
-            async for chunk in resp.content.iter_chunked(1 << 16):
+            async for chunk in resp.content.iter_chunked(READ_SIZE):
                 *lines, rest = (rest + chunk).split(b"\n")
-                for line in lines:
-                    yield line
+                if lines:
+                    yield lines
             if rest:
-                yield rest
+                yield [rest]
     except aiohttp.ClientError as exc:
         raise PeerError(f"the export from {target.url} broke off: {exc}") from exc
 
 
-def _feed(check: BundleCheck, lines: Iterable[bytes], progress: Progressed | None) -> None:
-    for line in lines:
-        check.feed_line(line)
-        _tick(check, progress)
+def read_lines(fh: BinaryIO) -> Iterator[list[bytes]]:
+    """The lines of a file, a list of whole lines per read."""
+    rest = b""
+    while chunk := fh.read(READ_SIZE):
+        *lines, rest = (rest + chunk).split(b"\n")
+        if lines:
+            yield lines
+    if rest:
+        yield [rest]
 
 
-def _tick(check: BundleCheck, progress: Progressed | None) -> None:
-    if progress is not None and check.header is not None:
-        done = check.verifier.checked
-        if done % PROGRESS_EVERY == 0:
-            progress(done)
+def _feed(
+    check: BundleCheck,
+    lines: list[bytes],
+    progress: Progressed | None,
+    on_header: Callable[[int], None] | None,
+) -> None:
+    """Feed a batch of lines; tell `on_header` the announced size once the header is read."""
+    had_header = check.header is not None
+    check.feed_lines(lines)
+    if check.header is not None:
+        if not had_header and on_header is not None:
+            on_header(int(check.header["size"]))
+        if progress is not None:
+            progress(check.verifier.checked)
 
 
 async def verify_node(
@@ -98,12 +114,8 @@ async def verify_node(
         except ExchangeError as exc:
             warnings.append(f"no fresh checkpoint: {exc.detail}")
     check = BundleCheck(keys=keys)
-    async for line in stream_lines(target, "/api/v1/audit/export"):
-        had_header = check.header is not None
-        check.feed_line(line)
-        if not had_header and check.header is not None and on_header is not None:
-            on_header(int(check.header["size"]))
-        _tick(check, progress)
+    async for lines in stream_lines(target, "/api/v1/audit/export"):
+        _feed(check, lines, progress, on_header)
     report = check.finish(quorum=quorum)
     return replace(report, warnings=(*report.warnings, *warnings))
 
@@ -120,11 +132,8 @@ def verify_bundle(
     """Verify an export bundle file offline."""
     check = BundleCheck(keys=keys, authority=load_authority_public(authority) if authority else None)
     with path.open("rb") as fh:
-        first = next(fh, b"")
-        check.feed_line(first)
-        if on_header is not None and check.header is not None:
-            on_header(int(check.header["size"]))
-        _feed(check, fh, progress)
+        for lines in read_lines(fh):
+            _feed(check, lines, progress, on_header)
     return check.finish(quorum=quorum)
 
 
@@ -287,9 +296,9 @@ async def export_to(target: Target, out: Path, bulletin: str | None = None) -> i
     path = "/api/v1/audit/export" + (f"?bulletin={bulletin}" if bulletin else "")
     count = 0
     with out.open("wb") as fh:
-        async for line in stream_lines(target, path):
-            fh.write(line + b"\n")
-            count += 1
+        async for lines in stream_lines(target, path):
+            fh.write(b"\n".join(lines) + b"\n")
+            count += len(lines)
     return count
 
 
@@ -396,6 +405,7 @@ def trace_json(trace: Trace) -> dict[str, Any]:
 
 async def trace_bulletin(target: Target, keys: KeyRing, bulletin: str) -> Trace:
     """Fetch every named node's evidence through the node's API, verify it here, build the chain."""
+    bulletin = await resolve_id(target, bulletin)  # a whole id or a unique prefix (exchange.cli.ids)
     raw = await call(target, "GET", f"/api/v1/audit/trace/{bulletin}")
     return assemble(raw, keys)
 

@@ -8,6 +8,7 @@ import mimetypes
 import signal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import click
 from rich.table import Table
@@ -16,6 +17,8 @@ from exchange.cli.audit import audit
 from exchange.cli.channels import channels
 from exchange.cli.client import Target, call, new_idempotency_key
 from exchange.cli.db import db
+from exchange.cli.export import export
+from exchange.cli.ids import resolve_id, short
 from exchange.cli.options import as_json, emit, node_file, run_async, token_opt, user_opt
 from exchange.cli.output import console, one_line_errors, user_errors
 from exchange.cli.users import users
@@ -138,10 +141,14 @@ def node_run(node_path: Path) -> None:
 @as_json
 @user_errors
 def forward(node_path: Path, user: str, token: str | None, bulletin_id: str, channel: str, as_json: bool) -> None:
-    """Re-post a bulletin to another channel (refused for TLP:RED, AMBER+STRICT, no-onward-sharing)."""
+    """Re-post a bulletin to another channel (refused for TLP:RED, AMBER+STRICT, no-onward-sharing).
+
+    BULLETIN_ID is a whole id or a unique prefix of at least 8 hex characters."""
+    target = Target.from_node(node_path, user, token)
+    bulletin_id = run_async(resolve_id(target, bulletin_id))
     result = run_async(
         call(
-            Target.from_node(node_path, user, token),
+            target,
             "POST",
             f"/api/v1/bulletins/{bulletin_id}/forward",
             {"channel": channel},
@@ -174,7 +181,7 @@ def forward(node_path: Path, user: str, token: str | None, bulletin_id: str, cha
 @click.option("--airport", multiple=True, help="IATA airport code.")
 @click.option("--flight", multiple=True, help="Flight number.")
 @click.option("--company", multiple=True)
-@click.option("--ref", multiple=True, help="Id of a bulletin this one refers to.")
+@click.option("--ref", multiple=True, help="Id of a bulletin this one refers to (or a unique prefix of 8+ hex).")
 @click.option(
     "--attach",
     multiple=True,
@@ -215,13 +222,15 @@ def post(
             raise InvalidInput(f"cannot read --body file {body_file}: {(exc.strerror or str(exc)).lower()}") from exc
         except UnicodeDecodeError as exc:
             raise InvalidInput(f"--body file {body_file} is not UTF-8 text") from exc
+    target = Target.from_node(node_path, user, token)
+    refs = [run_async(resolve_id(target, r)) for r in ref]
     bulletin: dict[str, Any] = {
         "kind": kind,
         "title": title,
         "body": body,
         "language": language,
         "expires": expires,
-        "references": list(ref),
+        "references": refs,
         "attachments": [
             {
                 "name": p.name,
@@ -240,7 +249,6 @@ def post(
     }
     if tlp is not None:
         bulletin["handling"] = {"tlp": tlp, "no_onward_sharing": no_onward_sharing}
-    target = Target.from_node(node_path, user, token)
     # With a key, a dropped connection is retried once: the node answers it with the first result.
     key = new_idempotency_key()
     result = run_async(call(target, "POST", f"/api/v1/channels/{channel}/bulletins", bulletin, idempotency_key=key))
@@ -255,23 +263,41 @@ def post(
 @node_file
 @user_opt
 @token_opt
-@click.option("--channel", default=None)
-@click.option("--after", default=0, type=int, help="Cursor from a previous page.")
-@click.option("--limit", default=50, type=int)
+@click.option("--channel", default=None, help="Only this channel.")
+@click.option("--unread", is_flag=True, help="Only bulletins you have not opened.")
+@click.option("--since", default=None, help="Only those created since: YYYY-MM-DD or an RFC 3339 time (UTC).")
+@click.option("--limit", default=50, type=click.IntRange(1, 500), show_default=True)
+@click.option("--before", default=None, type=int, help="Cursor from a previous page: older bulletins.")
+@click.option("--after", default=None, type=int, help="Cursor: bulletins stored after it, oldest first.")
 @as_json
 @user_errors
 def inbox(
-    node_path: Path, user: str, token: str | None, channel: str | None, after: int, limit: int, as_json: bool
+    node_path: Path,
+    user: str,
+    token: str | None,
+    channel: str | None,
+    unread: bool,
+    since: str | None,
+    limit: int,
+    before: int | None,
+    after: int | None,
+    as_json: bool,
 ) -> None:
-    """List bulletins this node holds."""
-    query = f"?after={after}&limit={limit}" + (f"&channel={channel}" if channel else "")
-    result = run_async(call(Target.from_node(node_path, user, token), "GET", "/api/v1/bulletins" + query))
+    """List the bulletins of your channels, newest first (oldest first with --after)."""
+    query: dict[str, Any] = {"order": "oldest" if after is not None else "newest", "limit": limit}
+    optional = {"channel": channel, "since": since, "before": before, "after": after}
+    query |= {k: v for k, v in optional.items() if v is not None}
+    if unread:
+        query["unread"] = "true"
+    path = "/api/v1/bulletins?" + urlencode(query)
+    result = run_async(call(Target.from_node(node_path, user, token), "GET", path))
 
     def render(data: Any) -> None:
-        table = Table("id", "channel", "from", "kind", "TLP", "title", "created")
+        table = Table("id", "", "channel", "from", "kind", "TLP", "title", "created")
         for item in data["items"]:
             table.add_row(
-                item["id"][:16],
+                short(item["id"]),
+                "new" if item["unread"] else "",
                 item["channel"],
                 item["author"],
                 item["kind"],
@@ -280,6 +306,9 @@ def inbox(
                 item["created"],
             )
         console.print(table)
+        if data["next"] is not None:
+            more = "--after" if after is not None else "--before"
+            console.print(f"more: {more} {data['next']}", highlight=False)
 
     emit(result, as_json, render)
 
@@ -292,8 +321,12 @@ def inbox(
 @as_json
 @user_errors
 def read(node_path: Path, user: str, token: str | None, bulletin_id: str, as_json: bool) -> None:
-    """Show one bulletin (the open is audited and receipted)."""
-    result = run_async(call(Target.from_node(node_path, user, token), "GET", f"/api/v1/bulletins/{bulletin_id}"))
+    """Show one bulletin (the open is audited and receipted).
+
+    BULLETIN_ID is a whole id or a unique prefix of at least 8 hex characters."""
+    target = Target.from_node(node_path, user, token)
+    bulletin_id = run_async(resolve_id(target, bulletin_id))
+    result = run_async(call(target, "GET", f"/api/v1/bulletins/{bulletin_id}"))
 
     def render(r: Any) -> None:
         b = r["bulletin"]
@@ -343,6 +376,7 @@ def peers(node_path: Path, user: str, token: str | None, as_json: bool) -> None:
 cli.add_command(audit)
 cli.add_command(channels)
 cli.add_command(db)
+cli.add_command(export)
 cli.add_command(users)
 
 

@@ -13,7 +13,7 @@ from exchange.errors import ExchangeError
 from exchange.http.appkeys import PEER, SERVICE, USER
 from exchange.http.limits import RETRY_AFTER
 from exchange.http.problem import from_error, problem
-from exchange.node import audit_api, client_api, federation_api
+from exchange.node import audit_api, client_api, federation_api, taxii_api
 
 log = logging.getLogger("exchange.node")
 
@@ -68,4 +68,5 @@ def api_application() -> web.Application:
     app.add_routes(federation_api.routes())
     app.add_routes(client_api.routes())
     app.add_routes(audit_api.routes())
+    app.add_routes(taxii_api.routes())
     return app

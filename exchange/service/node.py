@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -21,11 +22,14 @@ from exchange.service.access import Access
 from exchange.service.audit.service import AuditService
 from exchange.service.catchup import CatchUp
 from exchange.service.channels import ChannelBook
+from exchange.service.ids import BulletinIds
 from exchange.service.inbox import Inbox
+from exchange.service.listing import Listing
 from exchange.service.outbox import Outbox, OutItem, PeerStatus
 from exchange.service.posting import Posting
 from exchange.service.receiving import Receiving
 from exchange.service.rejections import Refusals, RefusalSettings
+from exchange.service.retention import Retention
 from exchange.service.transport import PeerTransport
 from exchange.service.users import User, Users
 from exchange.service.views import BulletinSummary, BulletinView, Posted
@@ -57,6 +61,7 @@ class NodeService:
         self.access = Access(self.me, self.channels)
         self.users = Users(store)
         self.inbox = Inbox(self.me, store, fed, keys, self.access, self.outbox)
+        self.ids, self.listing = BulletinIds(store, self.access), Listing(store, self.access)  # CLI look-ups
         self.posting = Posting(self.me, store, fed, keys, self.access, self.inbox, self.outbox)
         self.receiving = Receiving(self.me, store, fed, keys, self.channels, self.outbox, transport)
         self.catchup = CatchUp(
@@ -64,6 +69,7 @@ class NodeService:
         )
         self.audit = AuditService(self.me, store, fed, keys.signing, transport, self.partners, signed_roster)
         self.refusals = Refusals(store, RefusalSettings.from_config(config))
+        self.retention = Retention(store, dt.timedelta(days=config.outbox_retention_days))
         self._tasks: list[asyncio.Task[None]] = []
 
     def partners(self) -> list[str]:
@@ -90,10 +96,12 @@ class NodeService:
             sender.wake()  # drain whatever was queued before a restart
         self._tasks.append(asyncio.create_task(self.catchup.run(), name="catch-up"))
         self.refusals.start()
+        self.retention.start()
 
     async def stop(self) -> None:
         """Stop the loops, then sign a checkpoint of everything this run wrote (before the store
         closes); a loop that failed is logged, and the others are stopped all the same."""
+        await self.retention.close()
         await self.refusals.close()  # the last counts of refused requests, before the checkpoint below
         try:
             await self.audit.close()

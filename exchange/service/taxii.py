@@ -1,0 +1,302 @@
+"""TAXII 2.1 reads of a node's channels (docs/stix.md): collections, objects, manifest, versions.
+
+A TAXII read is plaintext leaving the node, so the rules live here, once: a collection is a
+channel the user reads now (`Access`: contact points, their assigned channels); TLP:RED,
+TLP:AMBER+STRICT and no-onward-sharing bulletins are never served; every read is audited
+(`taxii.read`: who, which channel, what, how many objects).
+
+Paging is by storage order (`bulletins.n`) and stateless: `next` names the storage position and
+the index of the object within that bulletin's objects, so it holds across restarts and across
+several workers. `date_added` is made from the row (`date_added`): unique, and increasing in
+storage order as long as `stored_at` is (docs/stix.md says when it is not).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from exchange.audit import events as ev
+from exchange.clock import timestamp
+from exchange.errors import InvalidInput, NotFound, UnknownPeer
+from exchange.model import NodeId
+from exchange.protocol.roster import Federation
+from exchange.protocol.stix import (
+    EXCHANGE_EXTENSION,
+    EXCHANGE_IDENTITY,
+    TLP_IDS,
+    BulletinFacts,
+    bulletin_objects,
+    bulletin_prefix,
+    collection_id,
+    node_identity_id,
+)
+from exchange.service.access import Access
+from exchange.service.records import summary_of
+from exchange.service.users import User
+from exchange.store import Store, bulletins
+
+SERVED_TLP = ("CLEAR", "GREEN", "AMBER")  # RED and AMBER+STRICT never leave by TAXII
+NO_ONWARD = b'"no_onward_sharing":true'  # in the canonical (JCS) envelope: only the header has it
+STIX_MEDIA_TYPE = "application/stix+json;version=2.1"
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+CHUNK = 200  # rows read at a time
+MAX_SCAN = 5000  # rows one request looks at, whatever its filters: then `more` with a `next`
+_NEXT = re.compile(r"^([0-9]{1,18})-([0-9]{1,5})$")
+_TIME = re.compile(r"^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,13}))?Z$")
+FRACTION = 13  # digits of a date_added's fraction: milliseconds, storage position, object index
+
+ROW = (
+    bulletins.c.n,
+    bulletins.c.id,
+    bulletins.c.channel,
+    bulletins.c.author,
+    bulletins.c.tlp,
+    bulletins.c.created,
+    bulletins.c.stored_at,
+    bulletins.c.summary,
+    bulletins.c.content,
+    bulletins.c.envelope,
+)
+
+
+def date_added(stored_at: str, n: int, k: int) -> str:
+    """The date_added of object `k` of the bulletin stored at position `n`: its `stored_at` (ms),
+    then six digits of the position and four of the object index, so that no two are equal."""
+    return f"{stored_at[:19]}.{stored_at[20:23]}{n % 1_000_000:06d}{k:04d}Z"
+
+
+def _time_key(value: str) -> tuple[str, str]:
+    """A TAXII timestamp as a comparable key; InvalidInput unless it is UTC ("Z") RFC 3339."""
+    found = _TIME.fullmatch(value)
+    if found is None:
+        raise InvalidInput("added_after must be an RFC 3339 UTC timestamp, such as 2026-01-31T12:00:00.000Z")
+    return found.group(1), (found.group(2) or "").ljust(FRACTION, "0")
+
+
+def parse_next(token: str | None) -> tuple[int, int]:
+    """A `next` token: the storage position and object index to go on from."""
+    if token is None:
+        return 0, 0
+    found = _NEXT.fullmatch(token)
+    if found is None:
+        raise InvalidInput("next must be a token this server gave")
+    return int(found.group(1)), int(found.group(2))
+
+
+@dataclass(frozen=True)
+class Collection:
+    id: str
+    channel: str
+    title: str
+    description: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "can_read": True,
+            "can_write": False,
+            "media_types": [STIX_MEDIA_TYPE],
+        }
+
+
+@dataclass(frozen=True)
+class Served:
+    """One STIX object as TAXII serves it."""
+
+    date_added: str
+    obj: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.obj.get("modified", self.obj["created"]))
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "id": self.obj["id"],
+            "date_added": self.date_added,
+            "version": self.version,
+            "media_type": STIX_MEDIA_TYPE,
+        }
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Served]
+    more: bool = False
+    next: str | None = None
+
+
+@dataclass(frozen=True)
+class Filters:
+    """TAXII 2.1 filters of a read: match[id], match[type], match[version], match[spec_version]."""
+
+    ids: frozenset[str] = frozenset()
+    types: frozenset[str] = frozenset()
+    versions: frozenset[str] = frozenset()
+    spec_versions: frozenset[str] = frozenset()
+    added_after: str | None = None
+    after_key: tuple[str, str] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.added_after is not None:
+            object.__setattr__(self, "after_key", _time_key(self.added_after))
+
+    def keep(self, item: Served) -> bool:
+        o = item.obj
+        if self.after_key is not None and _time_key(item.date_added) <= self.after_key:
+            return False
+        if self.ids and o["id"] not in self.ids:
+            return False
+        if self.types and o["type"] not in self.types:
+            return False
+        wanted = self.versions - {"first", "last", "all"}
+        if wanted and item.version not in wanted:
+            return False
+        return not (self.spec_versions and "2.1" not in self.spec_versions)
+
+
+class Taxii:
+    """What a local user may read through TAXII, as STIX 2.1 (exchange.protocol.stix)."""
+
+    def __init__(self, me: NodeId, store: Store, fed: Federation, access: Access) -> None:
+        self.me = me
+        self.store = store
+        self.fed = fed
+        self.access = access
+
+    def collections(self, user: User) -> list[Collection]:
+        """One collection per channel the user reads now; none for administrators and auditors."""
+        if user.role != "contact-point":
+            return []
+        out = []
+        for channel in self.access.readable_channels(user):
+            state = self.access.channels.state(channel)
+            out.append(Collection(collection_id(self.me, channel), channel, state.title, state.purpose))
+        return out
+
+    def collection(self, user: User, cid: str) -> Collection:
+        """The collection `cid` if the user reads its channel now; else NotFound (no probing)."""
+        for c in self.collections(user):
+            if c.id == cid:
+                return c
+        raise NotFound(f"no collection {cid[:64]} for you")
+
+    def _author_name(self, node: str) -> str:
+        try:
+            return self.fed.node(node).name
+        except UnknownPeer:  # a former member no longer in the roster: its id is its name
+            return node
+
+    def _objects_of(self, row: Any) -> list[dict[str, Any]] | None:
+        """The STIX objects of a stored row, or None if it may not leave the node."""
+        if row.tlp not in SERVED_TLP or NO_ONWARD in bytes(row.envelope):
+            return None
+        content = json.loads(row.summary) if row.summary is not None else summary_of(json.loads(row.content))
+        facts = BulletinFacts(
+            row.id, row.channel, row.author, self._author_name(row.author), row.tlp, row.created, content
+        )
+        return bulletin_objects(facts)
+
+    async def read(
+        self, user: User, cid: str, *, resource: str, limit: int, next_token: str | None, filters: Filters
+    ) -> Page:
+        """A page of the collection's objects in storage order (objects/ and manifest/), audited."""
+        coll = self.collection(user, cid)
+        page = await self._scan(coll.channel, parse_next(next_token), max(1, min(limit, MAX_LIMIT)), filters)
+        await self._audit(user, coll.channel, resource, len(page.items))
+        return page
+
+    async def one(self, user: User, cid: str, object_id: str, *, resource: str, filters: Filters) -> Page:
+        """Every served copy of one object (objects/{id}/ and versions/): NotFound if none."""
+        coll = self.collection(user, cid)
+        prefix = bulletin_prefix(object_id)
+        only = Filters(
+            ids=frozenset({object_id}),
+            types=filters.types,
+            versions=filters.versions,
+            spec_versions=filters.spec_versions,
+            added_after=filters.added_after,
+        )
+        if object_id in self._shared_ids():  # in every bulletin's objects: the first that has it
+            page = await self._scan(coll.channel, (0, 0), 1, only)
+        elif prefix is not None:
+            where = sa.and_(bulletins.c.id >= prefix, bulletins.c.id < prefix + "g")
+            page = await self._scan(coll.channel, (0, 0), 1, only, where=where)
+        else:
+            page = Page([])
+        if not page.items:
+            raise NotFound(f"no object {object_id[:80]} in this collection")
+        await self._audit(user, coll.channel, resource, len(page.items))
+        return Page(page.items[:1])
+
+    def _shared_ids(self) -> set[str]:
+        nodes = {n.id for n in self.fed.roster.nodes}
+        return {*TLP_IDS.values(), EXCHANGE_IDENTITY, EXCHANGE_EXTENSION, *(node_identity_id(n) for n in nodes)}
+
+    async def _scan(
+        self,
+        channel: str,
+        start: tuple[int, int],
+        limit: int,
+        filters: Filters,
+        *,
+        where: Any = None,
+    ) -> Page:
+        pos, skip = start
+        if filters.after_key is not None and start == (0, 0) and where is None:
+            pos = await self._first_after(channel, filters.after_key)
+        items: list[Served] = []
+        scanned = 0
+        keep: Callable[[Served], bool] = filters.keep
+        while True:
+            query = sa.select(*ROW).where(
+                bulletins.c.channel == channel, bulletins.c.n >= pos, bulletins.c.tlp.in_(SERVED_TLP)
+            )
+            if where is not None:
+                query = query.where(where)
+            async with self.store.read() as conn:
+                rows: Sequence[Any] = (await conn.execute(query.order_by(bulletins.c.n).limit(CHUNK))).all()
+            for row in rows:
+                objects = self._objects_of(row) or []
+                for k, obj in enumerate(objects):
+                    if row.n == pos and k < skip:
+                        continue
+                    item = Served(date_added(row.stored_at, row.n, k), obj)
+                    if not keep(item):
+                        continue
+                    if len(items) == limit:
+                        return Page(items, more=True, next=f"{row.n}-{k}")
+                    items.append(item)
+                scanned += 1
+                if scanned >= MAX_SCAN:
+                    return Page(items, more=True, next=f"{row.n + 1}-0")
+            if len(rows) < CHUNK:
+                return Page(items)
+            pos, skip = rows[-1].n + 1, 0
+
+    async def _first_after(self, channel: str, after: tuple[str, str]) -> int:
+        """The first storage position whose stored_at (ms) is not before `added_after`'s: the rows
+        before it hold no object added after it (a scan of the channel's rows, not an index seek)."""
+        floor = f"{after[0]}.{after[1][:3]}Z"
+        query = sa.select(sa.func.min(bulletins.c.n)).where(
+            bulletins.c.channel == channel, bulletins.c.stored_at >= floor
+        )
+        async with self.store.read() as conn:
+            first = await conn.scalar(query)
+        return int(first) if first is not None else 1 << 62
+
+    async def _audit(self, user: User, channel: str, resource: str, count: int) -> None:
+        await self.store.audit(
+            ev.TaxiiRead(
+                event=ev.TAXII_READ, at=timestamp(), user=user.name, channel=channel, resource=resource, objects=count
+            )
+        )

@@ -1,0 +1,324 @@
+"""The TAXII 2.1 server, read by an unmodified taxii2-client over real TLS (docs/stix.md).
+
+taxii2-client speaks blocking `requests`, so each of its calls runs in a thread while the node
+serves on the test's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pytest
+import requests
+import sqlalchemy as sa
+import stix2
+import stix2validator
+from taxii2client.common import TokenAuth
+from taxii2client.v21 import Server, as_pages
+
+from exchange.protocol.stix import TLP_IDS, collection_id
+from exchange.store import audit_log
+from tests.conftest import Federation, MakeFederation
+
+T = TypeVar("T")
+TAXII = "application/taxii+json;version=2.1"
+SERVABLE = 150
+
+
+@pytest.fixture(autouse=True)
+def _no_ca_bundle_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    """requests lets REQUESTS_CA_BUNDLE (or CURL_CA_BUNDLE) replace a Session's `verify` (psf/requests
+    issue 3829), and taxii2-client sets `verify` on its Session: without these, the node's CA is used."""
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+
+
+async def off_loop(fn: Callable[[], T]) -> T:
+    return await asyncio.to_thread(fn)
+
+
+def bulletin(i: int, tlp: str = "GREEN", *, onward: bool = False, kind: str = "alert") -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "handling": {"tlp": tlp, "no_onward_sharing": onward},
+        "title": f"bulletin {i} {tlp}{' no-onward' if onward else ''}",
+        "body": f"text of bulletin {i}",
+        "indicators": {
+            "air_waybills": [f"176-{i % 10**7:07d}{i % 10**7 % 7}"],
+            "hs_codes": ["8517.12"],
+            "flights": ["KL1234"],
+            "airports": ["AMS"],
+            "companies": [f"Company {i} B.V."],
+            "risk_indicators": ["undervalued"],
+        },
+    }
+
+
+async def post(fed: Federation, body: dict[str, Any], node: str = "nl-customs") -> str:
+    status, posted, _ = await fed[node].api("POST", "/api/v1/channels/c2c/bulletins", body=body)
+    assert status == 201, posted
+    return str(posted["id"])
+
+
+async def post_mix(fed: Federation, count: int, start: int = 0) -> tuple[list[str], list[str]]:
+    """`count` servable bulletins, and among them a RED, an AMBER+STRICT and a no-onward-sharing one
+    every 25; returns (servable ids, withheld ids) in posting order."""
+    servable, withheld = [], []
+    tlps = ("CLEAR", "GREEN", "AMBER")
+    for i in range(start, start + count):
+        kind = "feedback" if i % 10 == 9 and servable else "alert"
+        body = bulletin(i, tlps[i % 3], kind=kind)
+        if kind == "feedback":
+            body["references"] = [servable[-1]]
+        servable.append(await post(fed, body))
+        if i % 25 == 0:
+            withheld.append(await post(fed, bulletin(i, "RED")))
+            withheld.append(await post(fed, bulletin(i, "AMBER+STRICT")))
+            withheld.append(await post(fed, bulletin(i, "GREEN", onward=True)))
+    return servable, withheld
+
+
+def server(fed: Federation, user: str = "officer", node: str = "nl-customs") -> Server:
+    member = fed[node]
+    return Server(
+        member.config.endpoint + "/taxii2/",
+        verify=str(member.config.keys_dir / "tls.crt"),
+        auth=TokenAuth(member.tokens[user]),
+    )
+
+
+def bulletin_ids(objects: list[dict[str, Any]]) -> list[str]:
+    """The bulletin ids of the reports among `objects`, in order."""
+    return [o["external_references"][0]["external_id"] for o in objects if o["type"] == "report"]
+
+
+def check_stix(objects: list[dict[str, Any]]) -> None:
+    """Every object validates (0 errors), parses with stix2, and bears no RED or AMBER+STRICT marking."""
+    for obj in objects:
+        result = stix2validator.validate_instance(obj)
+        assert result.is_valid, [str(e) for e in result.errors]
+        stix2.parse(obj, allow_custom=True)
+        assert obj["id"] not in (TLP_IDS["RED"], TLP_IDS["AMBER+STRICT"])
+        assert not set(obj.get("object_marking_refs", [])) & {TLP_IDS["RED"], TLP_IDS["AMBER+STRICT"]}
+
+
+def get(fed: Federation, path: str, *, headers: dict[str, str] | None = None, method: str = "GET") -> requests.Response:
+    member = fed["nl-customs"]
+    return requests.request(
+        method,
+        member.config.endpoint + path,
+        headers={"Accept": TAXII, **(headers or {})},
+        verify=str(member.config.keys_dir / "tls.crt"),
+        timeout=30,
+    )
+
+
+async def taxii_reads(fed: Federation) -> list[dict[str, Any]]:
+    async with fed["nl-customs"].service.store.read() as conn:
+        rows = await conn.execute(sa.select(audit_log.c.entry).order_by(audit_log.c.idx))
+        entries = [json.loads(bytes(r.entry)) for r in rows]
+    return [e for e in entries if e["event"] == "taxii.read"]
+
+
+async def test_taxii2_client_pages_every_servable_bulletin_exactly_once(make_federation: MakeFederation) -> None:
+    fed = await make_federation()
+    servable, withheld = await post_mix(fed, SERVABLE)
+
+    def discover() -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        srv = server(fed)
+        root = srv.default
+        assert [c.title for c in root.collections] == ["c2c"]
+        coll = root.collections[0]
+        assert coll.can_read and not coll.can_write
+        paged = [o for env in as_pages(coll.get_objects, per_request=37) for o in env.get("objects", [])]
+        middle = paged[len(paged) // 2]
+        manifest = [m for env in as_pages(coll.get_manifest, per_request=50) for m in env.get("objects", [])]
+        return coll, paged, manifest, [middle]
+
+    coll, objects, manifest, (middle,) = await off_loop(discover)
+    assert coll.id == collection_id("nl-customs", "c2c")
+    got = bulletin_ids(objects)
+    assert got == servable  # every servable bulletin, once each, in storage order
+    assert not set(got) & set(withheld)
+    check_stix(objects)
+    # date_added unique and increasing in storage order
+    added = [m["date_added"] for m in manifest]
+    assert added == sorted(added) and len(set(added)) == len(added) == len(objects)
+    assert [m["id"] for m in manifest] == [o["id"] for o in objects]
+
+    # added_after: strictly after, page after page
+    after = next(m["date_added"] for m in manifest if m["id"] == middle["id"])
+
+    def since() -> list[dict[str, Any]]:
+        coll = server(fed).default.collections[0]
+        return [
+            o for env in as_pages(coll.get_objects, per_request=29, added_after=after) for o in env.get("objects", [])
+        ]
+
+    later = await off_loop(since)
+    expected = [m["id"] for m in manifest if m["date_added"] > after]
+    assert [o["id"] for o in later] == expected and middle["id"] not in expected
+
+    # a re-read is the same, byte for byte
+    again = await off_loop(lambda: server(fed).default.collections[0].get_objects(limit=1000)["objects"])
+    assert json.dumps(again[: len(objects)], sort_keys=True) == json.dumps(objects[: len(again)], sort_keys=True)
+
+    # every read is audited: who, which channel, how many objects
+    reads = await taxii_reads(fed)
+    assert {(r["user"], r["channel"]) for r in reads} == {("officer", "c2c")}
+    assert sum(r["objects"] for r in reads if r["resource"] == "objects") == len(objects) + len(later) + len(again)
+
+
+async def test_paging_holds_while_bulletins_arrive_and_across_a_restart(make_federation: MakeFederation) -> None:
+    fed = await make_federation()
+    servable, _ = await post_mix(fed, 30)
+    cid = collection_id("nl-customs", "c2c")
+
+    def page(next_token: str | None) -> dict[str, Any]:
+        coll = server(fed).default.collections[0]
+        return dict(coll.get_objects(limit=40, **({"next": next_token} if next_token else {})))
+
+    seen: list[dict[str, Any]] = []
+    first = await off_loop(lambda: page(None))
+    seen += first["objects"]
+    assert first["more"] and first["next"]
+    # new bulletins between pages: they come after, nothing is skipped or repeated
+    arrived, _ = await post_mix(fed, 5, start=100)
+    second = await off_loop(lambda: page(first["next"]))
+    seen += second["objects"]
+    # a restart between pages: the token is a storage position, not server memory
+    await fed.stop("nl-customs")
+    await fed.start("nl-customs")
+    token = second["next"]
+    while token:
+        env = await off_loop(lambda t=token: page(t))  # type: ignore[misc]
+        seen += env["objects"]
+        token = env.get("next") if env["more"] else None
+    assert bulletin_ids(seen) == servable + arrived
+    assert await off_loop(lambda: server(fed).default.collections[0].id) == cid  # the same after the restart
+
+
+async def test_auth_schemes_errors_and_media_types(make_federation: MakeFederation) -> None:
+    fed = await make_federation()
+    await post(fed, bulletin(1))
+    token = fed["nl-customs"].tokens["officer"]
+    root = "/taxii2/"
+    basic = base64.b64encode(f"officer:{token}".encode()).decode()
+    for header in (f"Bearer {token}", f"Token {token}", f"Basic {basic}"):
+        r = await off_loop(lambda h=header: get(fed, root, headers={"Authorization": h}))  # type: ignore[misc]
+        assert r.status_code == 200, r.text
+        assert r.headers["Content-Type"] == TAXII
+        assert r.json()["api_roots"] == [fed["nl-customs"].config.endpoint + "/taxii2/exchange/"]
+    wrong_user = base64.b64encode(f"admin:{token}".encode()).decode()
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {wrong_user}"}):
+        r = await off_loop(lambda h=headers: get(fed, root, headers=h))  # type: ignore[misc]
+        assert r.status_code == 401
+        assert "Basic" in r.headers["WWW-Authenticate"]
+        assert r.headers["Content-Type"] == TAXII and r.json()["http_status"] == "401"
+    auth = {"Authorization": f"Bearer {token}"}
+    r = await off_loop(lambda: get(fed, root, headers={**auth, "Accept": "application/json"}))
+    assert r.status_code == 406
+    r = await off_loop(lambda: get(fed, root, headers={**auth, "Accept": "application/taxii+json;version=2.0"}))
+    assert r.status_code == 406
+    r = await off_loop(lambda: get(fed, root, headers={**auth, "Accept": "application/taxii+json"}))
+    assert r.status_code == 200
+    objects = f"/taxii2/exchange/collections/{collection_id('nl-customs', 'c2c')}/objects/"
+    r = await off_loop(lambda: get(fed, objects, headers=auth, method="POST"))
+    assert r.status_code == 405 and r.json()["http_status"] == "405"
+    r = await off_loop(lambda: get(fed, objects + "?added_after=yesterday", headers=auth))
+    assert r.status_code == 400 and r.json()["http_status"] == "400"
+    r = await off_loop(lambda: get(fed, objects + "?next=forged", headers=auth))
+    assert r.status_code == 400
+    r = await off_loop(lambda: get(fed, objects.removesuffix("/"), headers=auth))
+    assert r.status_code == 404  # trailing slashes as the spec writes them
+
+    # objects/{id}/ and versions/ find the report of a bulletin
+    env = (await off_loop(lambda: get(fed, objects, headers=auth))).json()
+    report = next(o for o in env["objects"] if o["type"] == "report")
+    one = await off_loop(lambda: get(fed, f"{objects}{report['id']}/", headers=auth))
+    assert one.status_code == 200 and one.json()["objects"] == [report]
+    assert one.headers["X-TAXII-Date-Added-First"] == one.headers["X-TAXII-Date-Added-Last"]
+    versions = await off_loop(lambda: get(fed, f"{objects}{report['id']}/versions/", headers=auth))
+    assert versions.json()["versions"] == [report["modified"]]
+    author = await off_loop(lambda: get(fed, f"{objects}{report['created_by_ref']}/", headers=auth))
+    assert author.status_code == 200 and author.json()["objects"][0]["type"] == "identity"
+    missing = report["id"][:-4] + "0000"
+    assert (await off_loop(lambda: get(fed, f"{objects}{missing}/", headers=auth))).status_code == 404
+    r = await off_loop(lambda: get(fed, f"{objects}?match[type]=report", headers=auth))
+    assert [o["type"] for o in r.json()["objects"]] == ["report"]
+
+
+async def test_withheld_for_auditors_unassigned_users_and_by_policy(make_federation: MakeFederation) -> None:
+    fed = await make_federation()
+    red = await post(fed, bulletin(1, "RED"))
+    strict = await post(fed, bulletin(2, "AMBER+STRICT"))
+    onward = await post(fed, bulletin(3, "AMBER", onward=True))
+    await fed["nl-customs"].service.users.add("stranger", "contact-point", actor="test")
+    token = await fed["nl-customs"].service.users.add("newcomer", "contact-point", actor="test")
+    fed["nl-customs"].tokens["newcomer"] = token
+    objects = f"/taxii2/exchange/collections/{collection_id('nl-customs', 'c2c')}/objects/"
+    for user in ("auditor", "admin", "newcomer"):
+        auth = {"Authorization": f"Bearer {fed['nl-customs'].tokens[user]}"}
+        r = await off_loop(lambda a=auth: get(fed, "/taxii2/exchange/collections/", headers=a))  # type: ignore[misc]
+        assert r.status_code == 200 and r.json() == {}
+        r = await off_loop(lambda a=auth: get(fed, objects, headers=a))  # type: ignore[misc]
+        assert r.status_code == 404
+    # the officer reads the channel, but none of the three
+    env = await off_loop(lambda: server(fed).default.collections[0].get_objects())
+    assert env.get("objects", []) == []
+    text = json.dumps(env)
+    assert red not in text and strict not in text and onward not in text
+
+
+async def test_export_stix_bundles_under_the_same_policy(make_federation: MakeFederation, tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from exchange.cli.export import export
+
+    fed = await make_federation()
+    servable, withheld = await post_mix(fed, 4)
+    node_file = str(fed.folder / "nl-customs.toml")
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(export, ["--stix", "--channel", "c2c", "--node", node_file, *args])
+
+    out = tmp_path / "c2c.json"
+    done = await off_loop(lambda: run("--out", str(out)))
+    assert done.exit_code == 0, done.output
+    exported = json.loads(out.read_text())
+    assert stix2validator.validate_parsed_json(exported).is_valid
+    check_stix(exported["objects"])
+    assert bulletin_ids(exported["objects"]) == servable
+    assert len({o["id"] for o in exported["objects"]}) == len(exported["objects"])
+    assert not any(w in out.read_text() for w in withheld)
+
+    one = await off_loop(lambda: run("--bulletin", servable[1]))
+    assert one.exit_code == 0, one.output
+    objects = json.loads(one.output)["objects"]
+    check_stix(objects)
+    assert bulletin_ids(objects) == [servable[1]]
+    refused = await off_loop(lambda: run("--bulletin", withheld[0]))
+    assert refused.exit_code != 0 and withheld[0] not in refused.output
+    assert {r["resource"] for r in await taxii_reads(fed)} == {"objects", "object"}
+
+
+async def test_refused_taxii_requests_are_audited(make_federation: MakeFederation) -> None:
+    fed = await make_federation()
+    objects = f"/taxii2/exchange/collections/{collection_id('nl-customs', 'c2c')}/objects/"
+    auth = {"Authorization": f"Bearer {fed['nl-customs'].tokens['auditor']}"}
+    r = await off_loop(lambda: get(fed, objects, headers=auth))
+    assert r.status_code == 404 and r.headers["Content-Type"] == TAXII
+
+    async def rejected() -> list[dict[str, Any]]:
+        async with fed["nl-customs"].service.store.read() as conn:
+            rows = await conn.execute(sa.select(audit_log.c.entry).order_by(audit_log.c.idx))
+            entries = [json.loads(bytes(r.entry)) for r in rows]
+        return [e for e in entries if e["event"] == "request.rejected" and e["path"] == objects]
+
+    (entry,) = await rejected()
+    assert entry["user"] == "auditor" and entry["status"] == 404
+    assert await taxii_reads(fed) == []  # a refused read served nothing
