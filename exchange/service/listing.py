@@ -9,16 +9,14 @@ answers a shorter page with a `next` cursor, so a client pages on (docs/operatio
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
-from exchange.model import BulletinId, ChannelId, NodeId
 from exchange.service.access import Access
-from exchange.service.records import summary_of
+from exchange.service.summaries import summarised, summary_line
 from exchange.service.users import User
 from exchange.service.views import InboxLine, View
 from exchange.store import Store, bulletins, user_reads
@@ -130,26 +128,7 @@ class Listing:
         return LinePage(items=items, next=cursor)
 
     async def _lines(self, conn: Any, rows: Sequence[Any]) -> list[InboxLine]:
-        missing = [r.n for r in rows if r.summary is None]
-        contents: dict[int, Any] = {}
-        if missing:
-            query = sa.select(bulletins.c.n, bulletins.c.content).where(bulletins.c.n.in_(missing))
-            contents = {r.n: summary_of(json.loads(r.content)) for r in await conn.execute(query)}
-        out = []
-        for r in rows:
-            content = json.loads(r.summary) if r.summary is not None else contents[r.n]
-            out.append(
-                InboxLine(
-                    cursor=r.n,
-                    id=BulletinId(r.id),
-                    channel=ChannelId(r.channel),
-                    author=NodeId(r.author),
-                    seq=r.seq,
-                    tlp=r.tlp,
-                    created=r.created,
-                    kind=content["kind"],
-                    title=content["title"],
-                    unread=not r.opened,
-                )
-            )
-        return out
+        return [
+            InboxLine(**summary_line(r, content).as_json(), unread=not r.opened)
+            for r, content in await summarised(conn, rows)
+        ]
