@@ -438,7 +438,18 @@ class Close(BaseModel):
     type: Literal["close"]
 
 
-Change = Annotated[Create | Invite | Accept | SetRights | Remove | GrantHistory | Close, Field(discriminator="type")]
+class SetExport(BaseModel):
+    """The owner's rule for plaintext leaving members' nodes by TAXII or STIX export: whether
+    TLP:AMBER+STRICT bulletins may (TLP:RED and no-onward-sharing never may)."""
+
+    model_config = _WIRE
+    type: Literal["set-export"]
+    amber_strict: bool
+
+
+Change = Annotated[
+    Create | Invite | Accept | SetRights | Remove | GrantHistory | Close | SetExport, Field(discriminator="type")
+]
 
 
 class ChannelEvent(BaseModel):

@@ -33,6 +33,8 @@ def _render_channel(c: Any) -> None:
         console.print(f"  member  {node:<14} {', '.join(rights)}")
     for node, rights in c["invited"].items():
         console.print(f"  invited {node:<14} {', '.join(rights)}")
+    allowed = "allowed" if c.get("export_amber_strict") else "withheld"
+    console.print(f"  TLP:AMBER+STRICT by TAXII or STIX export: {allowed} (RED and no-onward-sharing: never)")
 
 
 def _channel_call(
@@ -146,6 +148,26 @@ def _membership_command(action: str, help_: str, takes_member: bool, takes_right
 
 for _spec in MEMBERSHIP:
     _membership_command(*_spec)
+
+
+@channels.command("export")
+@node_file
+@admin_opt
+@token_opt
+@click.argument("channel")
+@click.option(
+    "--amber-strict/--no-amber-strict",
+    required=True,
+    help="Allow (or stop) TLP:AMBER+STRICT bulletins leaving members' nodes by TAXII or STIX export.",
+)
+@as_json
+@user_errors
+def channels_export(
+    node_path: Path, user: str, token: str | None, channel: str, amber_strict: bool, as_json: bool
+) -> None:
+    """Set the channel's export rule, signed into its log (run at the owner node)."""
+    body = {"amber_strict": amber_strict}
+    _channel_call(node_path, user, token, "POST", f"/api/v1/channels/{channel}/export", body, as_json)
 
 
 @channels.command("assign")

@@ -38,6 +38,13 @@ class NodeOnly(BaseModel):
     node: NodeIdStr
 
 
+class ExportRule(BaseModel):
+    """export: whether TLP:AMBER+STRICT bulletins of the channel may leave members' nodes as STIX."""
+
+    model_config = _API
+    amber_strict: bool
+
+
 class Assignment(BaseModel):
     """An administrator assigns a local contact point to a channel (assigned: false takes it away)."""
 
@@ -53,11 +60,12 @@ class Forward(BaseModel):
     channel: ChannelIdStr
 
 
-# Membership changes: the path's last segment, the change it orders, and its body (None: no body).
-MEMBERSHIP: dict[str, tuple[str, type[NodeRights] | type[NodeOnly] | None]] = {
+# Channel changes: the path's last segment, the change it orders, and its body (None: no body).
+MEMBERSHIP: dict[str, tuple[str, type[NodeRights] | type[NodeOnly] | type[ExportRule] | None]] = {
     "invite": ("invite", NodeRights),
     "rights": ("set-rights", NodeRights),
     "remove": ("remove", NodeOnly),
     "grant-history": ("grant-history", NodeOnly),
     "close": ("close", None),
+    "export": ("set-export", ExportRule),
 }

@@ -224,6 +224,16 @@ async def peers(request: web.Request) -> web.Response:
     return web.json_response([s.as_dict() for s in await request.app[SERVICE].peer_statuses()])
 
 
+async def export_stix(request: web.Request) -> web.Response:
+    """A STIX 2.1 bundle of the channel (or of `bulletin=<id>` in it), under the TAXII policy, audited."""
+    user = await current_user(request)
+    channel = params.channel_id(request.match_info["channel"])
+    raw = request.query.get("bulletin")
+    bid = None if raw is None else params.bulletin_id(raw)
+    result = await request.app[SERVICE].taxii.export(user, channel, bid)
+    return web.json_response(result)
+
+
 async def openapi(request: web.Request) -> web.Response:
     """The OpenAPI document of every client, audit and federation route."""
     return web.Response(body=openapi_json(request.app[SERVICE].config.endpoint), content_type="application/json")
@@ -239,6 +249,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/api/v1/channels/{channel}/users", assign_user),
         web.post("/api/v1/channels/{channel}/bulletins", post_bulletin),
         web.post("/api/v1/channels/{channel}/accept", accept_invitation),
+        web.get("/api/v1/channels/{channel}/stix", export_stix),
         *(web.post(f"/api/v1/channels/{{channel}}/{action}", change_membership(action)) for action in MEMBERSHIP),
         web.get("/api/v1/bulletins", list_bulletins),
         web.get("/api/v1/bulletin-ids", bulletin_ids),

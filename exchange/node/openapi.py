@@ -36,6 +36,12 @@ def _int(minimum: int, maximum: int = INT32_MAX) -> dict[str, Any]:
 
 CHANNEL = _param("channel", "path", ID, "a channel id")
 BULLETIN_ID = _param("id", "path", HEX64, "a bulletin id: the SHA-256 of its envelope header, in hex")
+STIX_BUNDLE = {
+    "type": "object",
+    "description": "A STIX 2.1 bundle (docs/stix.md)",
+    "properties": {"type": {"const": "bundle"}, "id": {"type": "string"}, "objects": {"type": "array"}},
+    "required": ["type", "id", "objects"],
+}
 BULLETIN = _param("bulletin", "path", HEX64, "a bulletin id")
 IDEMPOTENCY_KEY = _param(
     "Idempotency-Key",
@@ -179,6 +185,13 @@ def _client_paths() -> dict[str, Any]:
             )
         },
         "/api/v1/peers": {"get": _op("Delivery status per partner node", array(ref("PeerStatus")))},
+        "/api/v1/channels/{channel}/stix": {
+            "get": _op(
+                "A STIX 2.1 bundle of the channel, or of one bulletin, under the TAXII policy (docs/stix.md)",
+                STIX_BUNDLE,
+                parameters=[CHANNEL, _param("bulletin", "query", HEX64, "only this bulletin (its full id)")],
+            )
+        },
     }
     titles = {
         "invite": "Invite a node, with rights",
@@ -186,6 +199,7 @@ def _client_paths() -> dict[str, Any]:
         "remove": "Remove a member, or withdraw an invitation",
         "grant-history": "Grant a member the bulletins from before it joined",
         "close": "Close the channel",
+        "export": "Allow or stop TLP:AMBER+STRICT bulletins leaving members' nodes by TAXII or STIX export",
     }
     for action, (_, model) in MEMBERSHIP.items():
         summary = f"{titles[action]} (administrators of the owner node)"

@@ -13,7 +13,7 @@ from pydantic_core import core_schema
 
 from exchange.audit.witness import MAX_PROOF
 from exchange.model import Acceptance, Bulletin, ChannelEvent, Envelope, Receipt
-from exchange.node.bodies import MAX_BATCH, Assignment, Forward, NewChannel, NodeOnly, NodeRights
+from exchange.node.bodies import MAX_BATCH, Assignment, ExportRule, Forward, NewChannel, NodeOnly, NodeRights
 from exchange.service.ids import Matches
 from exchange.service.listing import LinePage
 from exchange.service.outbox import PeerStatus
@@ -95,6 +95,7 @@ def components() -> dict[str, Any]:
             "NewChannel": NewChannel,
             "NodeRights": NodeRights,
             "NodeOnly": NodeOnly,
+            "ExportRule": ExportRule,
             "Assignment": Assignment,
             "Forward": Forward,
             "Posted": Posted,
@@ -145,6 +146,7 @@ def components() -> dict[str, Any]:
         "members": {"type": "object", "additionalProperties": rights},
         "invited": {"type": "object", "additionalProperties": rights},
         "history_grants": {"type": "array", "items": ID},
+        "export_amber_strict": {"type": "boolean"},
     }
     schemas["Channel"] = closed(channel, **channel)
     schemas["WhoAmI"] = closed(

@@ -96,8 +96,7 @@ async def _user(request: web.Request) -> User:
 
 
 def _taxii(request: web.Request) -> Taxii:
-    s = request.app[SERVICE]
-    return Taxii(s.me, s.store, s.fed, s.access)
+    return request.app[SERVICE].taxii
 
 
 def _list(request: web.Request, name: str) -> frozenset[str]:

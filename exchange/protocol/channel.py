@@ -26,6 +26,7 @@ from exchange.model import (
     NodeId,
     Remove,
     Right,
+    SetExport,
     SetRights,
     first_error,
 )
@@ -80,6 +81,8 @@ class ChannelState:
     closed: bool = False
     # Every node the log has ever named: they may fetch the log, to learn their own removal.
     involved: frozenset[NodeId] = frozenset()
+    # The owner's set-export rule: may TLP:AMBER+STRICT bulletins leave a member's node as STIX?
+    export_amber_strict: bool = False
 
     @property
     def readers(self) -> list[NodeId]:
@@ -136,6 +139,7 @@ def apply_event(state: ChannelState | None, event: ChannelEvent, fed: Federation
     invited = dict(state.invited)
     grants = set(state.history_grants)
     closed = False
+    export = state.export_amber_strict
     named: str | None = None
     if isinstance(change, Create):
         raise InvalidInput("a channel is created only once")
@@ -177,6 +181,8 @@ def apply_event(state: ChannelState | None, event: ChannelEvent, fed: Federation
         grants.add(NodeId(change.node))
     elif isinstance(change, Close):
         closed = True
+    elif isinstance(change, SetExport):
+        export = change.amber_strict
     involved = state.involved | ({NodeId(named)} if named else set())
     return replace(
         state,
@@ -187,4 +193,5 @@ def apply_event(state: ChannelState | None, event: ChannelEvent, fed: Federation
         history_grants=frozenset(grants),
         closed=closed,
         involved=involved,
+        export_amber_strict=export,
     )

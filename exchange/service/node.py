@@ -30,6 +30,7 @@ from exchange.service.posting import Posting
 from exchange.service.receiving import Receiving
 from exchange.service.rejections import Refusals, RefusalSettings
 from exchange.service.retention import Retention
+from exchange.service.taxii import Taxii
 from exchange.service.transport import PeerTransport
 from exchange.service.users import User, Users
 from exchange.service.views import BulletinSummary, BulletinView, Posted
@@ -70,6 +71,7 @@ class NodeService:
         self.audit = AuditService(self.me, store, fed, keys.signing, transport, self.partners, signed_roster)
         self.refusals = Refusals(store, RefusalSettings.from_config(config))
         self.retention = Retention(store, dt.timedelta(days=config.outbox_retention_days))
+        self.taxii = Taxii(self.me, store, fed, self.access)  # TAXII reads and STIX exports
         self._tasks: list[asyncio.Task[None]] = []
 
     def partners(self) -> list[str]:

@@ -33,6 +33,7 @@ from exchange.protocol.stix import (
     BulletinFacts,
     bulletin_objects,
     bulletin_prefix,
+    bundle,
     collection_id,
     node_identity_id,
 )
@@ -41,12 +42,14 @@ from exchange.service.records import summary_of
 from exchange.service.users import User
 from exchange.store import Store, bulletins
 
-SERVED_TLP = ("CLEAR", "GREEN", "AMBER")  # RED and AMBER+STRICT never leave by TAXII
+SERVED_TLP = ("CLEAR", "GREEN", "AMBER")  # RED never leaves by TAXII; AMBER+STRICT only by the owner's rule
+OPT_IN_TLP = "AMBER+STRICT"  # served where the channel's owner allows it (a set-export change)
 NO_ONWARD = b'"no_onward_sharing":true'  # in the canonical (JCS) envelope: only the header has it
 STIX_MEDIA_TYPE = "application/stix+json;version=2.1"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 CHUNK = 200  # rows read at a time
+MAX_EXPORT = 100_000  # objects in one STIX export (a bundle is one JSON document)
 MAX_SCAN = 5000  # rows one request looks at, whatever its filters: then `more` with a `next`
 _NEXT = re.compile(r"^([0-9]{1,18})-([0-9]{1,5})$")
 _TIME = re.compile(r"^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,13}))?Z$")
@@ -196,9 +199,15 @@ class Taxii:
         except UnknownPeer:  # a former member no longer in the roster: its id is its name
             return node
 
-    def _objects_of(self, row: Any) -> list[dict[str, Any]] | None:
+    def served_tlp(self, channel: str) -> tuple[str, ...]:
+        """The TLP levels that may leave the node from `channel`, by the owner's current rule."""
+        if self.access.channels.state(channel).export_amber_strict:
+            return (*SERVED_TLP, OPT_IN_TLP)
+        return SERVED_TLP
+
+    def _objects_of(self, row: Any, served: tuple[str, ...]) -> list[dict[str, Any]] | None:
         """The STIX objects of a stored row, or None if it may not leave the node."""
-        if row.tlp not in SERVED_TLP or NO_ONWARD in bytes(row.envelope):
+        if row.tlp not in served or NO_ONWARD in bytes(row.envelope):
             return None
         content = json.loads(row.summary) if row.summary is not None else summary_of(json.loads(row.content))
         facts = BulletinFacts(
@@ -238,6 +247,30 @@ class Taxii:
         await self._audit(user, coll.channel, resource, len(page.items))
         return Page(page.items[:1])
 
+    async def export(self, user: User, channel: str, bid: str | None = None) -> dict[str, Any]:
+        """A STIX 2.1 bundle of the channel's servable objects (each id once), or of one bulletin's,
+        under the TAXII policy; audited as one `taxii.read` of resource `export`. NotFound for a
+        bulletin that is not servable here; InvalidInput past MAX_EXPORT objects (page by TAXII then)."""
+        coll = next((c for c in self.collections(user) if c.channel == channel), None)
+        if coll is None:
+            raise NotFound(f"no channel {channel[:64]} you may export")
+        where = None if bid is None else bulletins.c.id == bid
+        out: dict[str, dict[str, Any]] = {}
+        start = (0, 0)
+        while True:
+            page = await self._scan(channel, start, MAX_LIMIT, Filters(), where=where)
+            for item in page.items:
+                out.setdefault(item.obj["id"], item.obj)
+            if len(out) > MAX_EXPORT:
+                raise InvalidInput(f"more than {MAX_EXPORT} STIX objects: page through the TAXII collection instead")
+            if not page.more or page.next is None:
+                break
+            start = parse_next(page.next)
+        if bid is not None and not out:
+            raise NotFound("no such bulletin that may leave this node in this channel")
+        await self._audit(user, channel, "export", len(out))
+        return bundle(list(out.values()), f"{self.me}:{channel}:{bid or 'all'}")
+
     def _shared_ids(self) -> set[str]:
         nodes = {n.id for n in self.fed.roster.nodes}
         return {*TLP_IDS.values(), EXCHANGE_IDENTITY, EXCHANGE_EXTENSION, *(node_identity_id(n) for n in nodes)}
@@ -254,19 +287,20 @@ class Taxii:
         pos, skip = start
         if filters.after_key is not None and start == (0, 0) and where is None:
             pos = await self._first_after(channel, filters.after_key)
+        served = self.served_tlp(channel)
         items: list[Served] = []
         scanned = 0
         keep: Callable[[Served], bool] = filters.keep
         while True:
             query = sa.select(*ROW).where(
-                bulletins.c.channel == channel, bulletins.c.n >= pos, bulletins.c.tlp.in_(SERVED_TLP)
+                bulletins.c.channel == channel, bulletins.c.n >= pos, bulletins.c.tlp.in_(served)
             )
             if where is not None:
                 query = query.where(where)
             async with self.store.read() as conn:
                 rows: Sequence[Any] = (await conn.execute(query.order_by(bulletins.c.n).limit(CHUNK))).all()
             for row in rows:
-                objects = self._objects_of(row) or []
+                objects = self._objects_of(row, served) or []
                 for k, obj in enumerate(objects):
                     if row.n == pos and k < skip:
                         continue

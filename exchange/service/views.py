@@ -77,6 +77,7 @@ def channel_view(s: ChannelState) -> dict[str, Any]:
         "members": {n: sorted(r) for n, r in sorted(s.members.items())},
         "invited": {n: sorted(r) for n, (r, _) in sorted(s.invited.items())},
         "history_grants": sorted(s.history_grants),
+        "export_amber_strict": s.export_amber_strict,
     }
 
 
@@ -122,6 +123,7 @@ class ChannelSummary(View):
     members: dict[str, list[str]]
     invited: dict[str, list[str]]
     history_grants: list[str]
+    export_amber_strict: bool
     my_rights: list[str]  # this node's rights in the current state
     readable: bool  # the user may open its inbox now
     unread: int = 0

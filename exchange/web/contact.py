@@ -8,6 +8,7 @@ audits it and signs the receipt. This module parses forms and renders pages; it 
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.parse
 from typing import Any
@@ -86,6 +87,26 @@ async def attachment_download(request: web.Request) -> web.StreamResponse:
         content_type="application/octet-stream",
         headers={
             "Content-Disposition": f"attachment; filename*=UTF-8''{quoted}",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+async def stix_export(request: web.Request) -> web.StreamResponse:
+    """A channel (or `?bulletin=<id>` in it) as a STIX 2.1 bundle file, under the TAXII policy:
+    `Taxii.export` decides what may leave the node and audits it."""
+    session = await signed_in(request)
+    channel = request.match_info["channel"]
+    bid = request.query.get("bulletin")
+    if bid is not None and not HEX64.fullmatch(bid):
+        raise InvalidInput("bulletin must be a full bulletin id (64 hex digits)")
+    result = await request.app[SERVICE].taxii.export(session.user, channel, bid)
+    name = f"{channel}-{bid[:12]}.stix.json" if bid else f"{channel}.stix.json"
+    return web.Response(
+        body=json.dumps(result, indent=2).encode(),
+        content_type="application/stix+json",
+        headers={
+            "Content-Disposition": f"attachment; filename*=UTF-8''{urllib.parse.quote(name, safe='')}",
             "X-Content-Type-Options": "nosniff",
         },
     )
@@ -298,6 +319,7 @@ def routes(prefix: str) -> list[web.RouteDef]:
     return [
         web.get(prefix + "/channels", channels_page),
         web.get(prefix + "/channels/{channel}", inbox_page),
+        web.get(prefix + "/channels/{channel}/stix", stix_export),
         web.get(prefix + "/bulletins/{id}", bulletin_page),
         web.get(prefix + "/bulletins/{id}/attachments/{index:\\d{1,2}}", attachment_download),
         web.get(prefix + "/compose", compose_page),

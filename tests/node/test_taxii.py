@@ -303,7 +303,7 @@ async def test_export_stix_bundles_under_the_same_policy(make_federation: MakeFe
     assert bulletin_ids(objects) == [servable[1]]
     refused = await off_loop(lambda: run("--bulletin", withheld[0]))
     assert refused.exit_code != 0 and withheld[0] not in refused.output
-    assert {r["resource"] for r in await taxii_reads(fed)} == {"objects", "object"}
+    assert {r["resource"] for r in await taxii_reads(fed)} == {"export"}
 
 
 async def test_refused_taxii_requests_are_audited(make_federation: MakeFederation) -> None:
@@ -322,3 +322,82 @@ async def test_refused_taxii_requests_are_audited(make_federation: MakeFederatio
     (entry,) = await rejected()
     assert entry["user"] == "auditor" and entry["status"] == 404
     assert await taxii_reads(fed) == []  # a refused read served nothing
+
+
+async def test_amber_strict_leaves_only_by_the_owners_signed_rule(make_federation: MakeFederation) -> None:
+    """AMBER+STRICT is withheld until the channel's owner signs a set-export change allowing it, and
+    withheld again once it withdraws it; only the owner's administrator may order the change."""
+    fed = await make_federation()
+    strict = await post(fed, bulletin(1, "AMBER+STRICT"))
+    red = await post(fed, bulletin(2, "RED"))
+
+    async def served() -> str:
+        return json.dumps(await off_loop(lambda: server(fed).default.collections[0].get_objects()))
+
+    assert strict not in await served()
+    # not the owner's administrator: refused, and the log does not move
+    before = fed["nl-customs"].service.channels.state("c2c").pos
+    for node, user, status in (("nl-customs", "officer", 403), ("ke-customs", "admin", 403)):
+        code, problem, _ = await fed[node].api(
+            "POST", "/api/v1/channels/c2c/export", user=user, body={"amber_strict": True}
+        )
+        assert code == status, problem
+    for bad in ({"amber_strict": "yes"}, {}, {"amber_strict": True, "red": True}):
+        code, _, _ = await fed["nl-customs"].api("POST", "/api/v1/channels/c2c/export", user="admin", body=bad)
+        assert code == 422
+    assert fed["nl-customs"].service.channels.state("c2c").pos == before
+
+    code, view, _ = await fed["nl-customs"].api(
+        "POST", "/api/v1/channels/c2c/export", user="admin", body={"amber_strict": True}
+    )
+    assert code == 200 and view["export_amber_strict"] is True and view["pos"] == before + 1
+    text = await served()
+    assert strict in text and red not in text
+    marked = [o for o in json.loads(text)["objects"] if TLP_IDS["AMBER+STRICT"] in o.get("object_marking_refs", [])]
+    assert marked and all(stix2validator.validate_instance(o).is_valid for o in marked)
+
+    code, view, _ = await fed["nl-customs"].api(
+        "POST", "/api/v1/channels/c2c/export", user="admin", body={"amber_strict": False}
+    )
+    assert code == 200 and view["export_amber_strict"] is False
+    assert strict not in await served()
+
+
+async def test_console_exports_a_stix_bundle_under_the_same_policy(make_federation: MakeFederation) -> None:
+    import re
+
+    import aiohttp
+
+    from exchange.keystore import read_file
+    from exchange.node.tls import client_context
+    from exchange.service.users import set_password
+
+    fed = await make_federation()
+    servable, withheld = await post_mix(fed, 3)
+    nl = fed["nl-customs"]
+    await set_password(nl.service.store, "officer", "correct horse battery staple", actor="test")
+    ctx = client_context(read_file(nl.config.keys_dir / "tls.crt").decode())
+    url = nl.config.endpoint
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ctx), cookie_jar=aiohttp.CookieJar(unsafe=True)
+    ) as http:
+        async with http.get(url + "/console/sign-in") as resp:
+            token = re.search(r'name="csrf" value="([^"]+)"', await resp.text())
+        assert token is not None
+        form = {"csrf": token.group(1), "user": "officer", "password": "correct horse battery staple", "next": ""}
+        async with http.post(url + "/console/sign-in", data=form) as resp:
+            assert resp.status == 200
+        async with http.get(url + "/console/channels/c2c") as resp:
+            assert 'href="/console/channels/c2c/stix"' in await resp.text()
+        async with http.get(url + "/console/channels/c2c/stix") as resp:
+            assert resp.status == 200 and resp.headers["Content-Disposition"].startswith("attachment;")
+            exported = json.loads(await resp.read())
+        async with http.get(url + f"/console/channels/c2c/stix?bulletin={withheld[0]}") as resp:
+            assert resp.status == 404 and withheld[0] not in await resp.text()
+        async with http.get(url + "/console/channels/c2c/stix?bulletin=not-an-id") as resp:
+            assert resp.status == 422
+    assert stix2validator.validate_parsed_json(exported).is_valid
+    check_stix(exported["objects"])
+    assert bulletin_ids(exported["objects"]) == servable
+    assert not any(w in json.dumps(exported) for w in withheld)
+    assert [r["objects"] for r in await taxii_reads(fed) if r["resource"] == "export"] == [len(exported["objects"])]
