@@ -269,6 +269,9 @@ def post(
 @click.option("--limit", default=50, type=click.IntRange(1, 500), show_default=True)
 @click.option("--before", default=None, type=int, help="Cursor from a previous page: older bulletins.")
 @click.option("--after", default=None, type=int, help="Cursor: bulletins stored after it, oldest first.")
+@click.option(
+    "--follow", is_flag=True, help="Keep running: print new bulletins as they arrive (after --after, or from now)."
+)
 @as_json
 @user_errors
 def inbox(
@@ -281,9 +284,16 @@ def inbox(
     limit: int,
     before: int | None,
     after: int | None,
+    follow: bool,
     as_json: bool,
 ) -> None:
     """List the bulletins of your channels, newest first (oldest first with --after)."""
+    if follow:
+        from exchange.cli.follow import follow as follow_loop
+
+        with contextlib.suppress(KeyboardInterrupt):
+            run_async(follow_loop(Target.from_node(node_path, user, token), channel, after, as_json))
+        return
     query: dict[str, Any] = {"order": "oldest" if after is not None else "newest", "limit": limit}
     optional = {"channel": channel, "since": since, "before": before, "after": after}
     query |= {k: v for k, v in optional.items() if v is not None}

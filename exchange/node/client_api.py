@@ -22,6 +22,7 @@ from exchange.model import (
 )
 from exchange.node.bodies import AUDIT_PAGE_LIMIT, MEMBERSHIP, PAGE_LIMIT, Assignment, Forward, NewChannel
 from exchange.node.openapi import openapi_json
+from exchange.service.follow import MAX_WAIT
 from exchange.service.listing import Filters
 from exchange.service.posting import Replayed
 from exchange.service.users import User
@@ -174,6 +175,20 @@ async def list_bulletins(request: web.Request) -> web.Response:
     return web.json_response({"items": [i.as_json() for i in items], "next": items[-1].cursor if items else None})
 
 
+async def follow(request: web.Request) -> web.Response:
+    """Long poll: the user's new bulletins after `after` (absent: from now), waiting up to `wait`
+    seconds for the first; `next` is where to ask from again (exchange.service.follow)."""
+    user = await current_user(request)
+    q = request.query
+    page = await request.app[SERVICE].follow.wait(
+        user,
+        params.optional_text(q, "channel", params.channel_id),
+        params.optional_integer(q, "after"),
+        params.integer(q, "wait", 0, maximum=MAX_WAIT),
+    )
+    return web.json_response(page.as_json())
+
+
 LINE_FILTERS = ("order", "before", "unread", "since")  # any of them: inbox lines (exchange.service.listing)
 
 
@@ -253,6 +268,7 @@ def routes() -> list[web.RouteDef]:
         *(web.post(f"/api/v1/channels/{{channel}}/{action}", change_membership(action)) for action in MEMBERSHIP),
         web.get("/api/v1/bulletins", list_bulletins),
         web.get("/api/v1/bulletin-ids", bulletin_ids),
+        web.get("/api/v1/follow", follow),
         web.get("/api/v1/bulletins/{id}", read_bulletin),
         web.post("/api/v1/bulletins/{id}/forward", forward_bulletin),
         web.get("/api/v1/audit/entries", audit_entries),

@@ -15,6 +15,7 @@ from typing import Any
 from exchange.http.params import INT32_MAX
 from exchange.node.bodies import AUDIT_PAGE_LIMIT, CATCHUP_LIMIT, MEMBERSHIP, PAGE_LIMIT
 from exchange.node.schemas import HEX64, ID, array, components, ref
+from exchange.service.follow import MAX_WAIT
 from exchange.service.posting import KEY_PATTERN
 
 # -- parameters and operations -----------------------------------------------------------------
@@ -154,6 +155,18 @@ def _client_paths() -> dict[str, Any]:
                     _param("before", "query", _int(1), "newest first: bulletins stored before this cursor"),
                     _param("unread", "query", {"type": "string", "enum": ["true", "false"]}, "only unopened ones"),
                     _param("since", "query", TIME, "only those created at or after"),
+                ],
+            )
+        },
+        "/api/v1/follow": {
+            "get": _op(
+                "Follow: the user's new bulletins after a cursor (absent: from now), waiting up to `wait` seconds "
+                "for the first; `next` is the cursor to ask from again, so a follower sees each bulletin once",
+                "LinePage",
+                parameters=[
+                    _param("channel", "query", ID, "only this channel"),
+                    _param("after", "query", _int(0), "the cursor of the last bulletin seen"),
+                    _param("wait", "query", _int(0, MAX_WAIT), "seconds to wait for a new bulletin (default 0)"),
                 ],
             )
         },

@@ -16,7 +16,7 @@ from aiohttp import web
 from exchange.errors import ExchangeError, Unauthorized
 from exchange.http.appkeys import SERVICE, USER
 from exchange.http.problem import status_for
-from exchange.web import admin, auditor, contact, signin
+from exchange.web import admin, auditor, contact, live, signin
 from exchange.web.pages import JINJA, environment, render
 from exchange.web.session import CONSOLE_SETTINGS, SESSION, ConsoleSettings, client_address
 
@@ -26,11 +26,12 @@ PREFIX = "/console"
 STATIC = Path(__file__).parent / "static"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Nothing is loaded from elsewhere, no script runs, and no other site may frame or post to a page.
+# Nothing is loaded from elsewhere, the only script is the console's own (static/live.js, with its
+# event stream), and no other site may frame or post to a page.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
+        "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -147,6 +148,7 @@ def routes() -> list[web.RouteDef]:
         web.get(PREFIX, signin.home),
         *signin.routes(PREFIX),
         *contact.routes(PREFIX),
+        web.get(PREFIX + "/events", live.events),
         *auditor.routes(PREFIX),
         *admin.routes(PREFIX),
     ]

@@ -57,6 +57,7 @@ async def inbox_page(request: web.Request) -> web.StreamResponse:
     user, service = session.user, request.app[SERVICE]
     channel = request.match_info["channel"]
     before = _int_query(request, "before")
+    head = await service.follow.head()  # before the page: the live inbox takes up from here
     page = await service.inbox.page(user, channel, before)
     posted = request.query.get("posted")
     return render(
@@ -68,6 +69,7 @@ async def inbox_page(request: web.Request) -> web.StreamResponse:
         items=page.items,
         older=page.older,
         newest=before is not None,
+        head=head,
         posted=posted if posted and HEX64.fullmatch(posted) else None,
     )
 

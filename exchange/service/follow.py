@@ -1,0 +1,91 @@
+"""Following channels: new bulletins as they are stored, from a cursor, exactly once across
+reconnects. The client API's long poll (`GET /api/v1/follow`), `exchange inbox --follow` and the
+console's live inbox (server-sent events) all read through here.
+
+The cursor is a bulletin's storage position (`bulletins.n`, the `cursor` of every inbox line):
+a follower that reconnects with the last cursor it saw gets what came after it and nothing twice.
+The node looks for new bulletins every `POLL` seconds (two index seeks per channel, as a listing
+page: `Listing`), so a follower costs the same whatever the store holds, and a bulletin shows at
+most `POLL` seconds after it is stored. Followers are bounded per user and per node (429).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Iterator
+
+import sqlalchemy as sa
+
+from exchange.errors import RateLimited
+from exchange.service.listing import Filters, LinePage, Listing
+from exchange.service.users import User
+from exchange.store import Store, bulletins
+
+POLL = 0.5  # seconds between looks for new bulletins
+MAX_WAIT = 25  # seconds a long poll may wait (under proxies' usual 30 s idle limits)
+PAGE = 100  # lines in one answer at most: a follower behind pages on at once
+PER_USER = 4  # followers (long polls or event streams) of one user at a time
+PER_NODE = 256
+
+
+class Follow:
+    """New bulletins of a user's readable channels past a cursor, waited for."""
+
+    def __init__(self, store: Store, listing: Listing, poll: float = POLL) -> None:
+        self.store = store
+        self.listing = listing
+        self.poll = poll
+        self._open: dict[str, int] = {}
+
+    async def head(self) -> int:
+        """The cursor of the newest bulletin stored (0: none): where "from now on" starts."""
+        async with self.store.read() as conn:
+            return int(await conn.scalar(sa.select(sa.func.max(bulletins.c.n))) or 0)
+
+    @contextlib.contextmanager
+    def _slot(self, user: User) -> Iterator[None]:
+        if self._open.get(user.name, 0) >= PER_USER or sum(self._open.values()) >= PER_NODE:
+            raise RateLimited(f"at most {PER_USER} followers per user and {PER_NODE} per node at a time", retry_after=5)
+        self._open[user.name] = self._open.get(user.name, 0) + 1
+        try:
+            yield
+        finally:
+            self._open[user.name] -= 1
+            if not self._open[user.name]:
+                del self._open[user.name]
+
+    async def _page(self, user: User, channel: str | None, after: int) -> LinePage:
+        """What came after `after` (rights checked again each time: an unassigned user stops)."""
+        page = await self.listing.lines(user, Filters(channel=channel, after=after, limit=PAGE))
+        return LinePage(items=page.items, next=page.next if page.next is not None else after)
+
+    async def wait(self, user: User, channel: str | None, after: int | None, wait: float) -> LinePage:
+        """The bulletins after `after` (None: from now), waiting up to `wait` seconds for the first."""
+        with self._slot(user):
+            cursor = await self.head() if after is None else after
+            deadline = time.monotonic() + max(0.0, min(wait, MAX_WAIT))
+            while True:
+                page = await self._page(user, channel, cursor)
+                if page.items or time.monotonic() >= deadline:
+                    return page
+                cursor = page.next or cursor
+                await asyncio.sleep(min(self.poll, max(0.0, deadline - time.monotonic())))
+
+    async def stream(self, user: User, channel: str | None, after: int | None) -> AsyncGenerator[LinePage, None]:
+        """Pages of new bulletins for as long as the caller reads them (server-sent events): the
+        first at once (rights checked), then one whenever bulletins come, and an empty one every
+        15 s, so the caller can send a keep-alive and notice a closed peer."""
+        with self._slot(user):
+            cursor = await self.head() if after is None else after
+            quiet = 15.0
+            while True:
+                page = await self._page(user, channel, cursor)
+                cursor = page.next or cursor
+                if page.items or quiet >= 15:
+                    quiet = 0.0
+                    yield page
+                if len(page.items) < PAGE:
+                    await asyncio.sleep(self.poll)
+                    quiet += self.poll

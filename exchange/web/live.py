@@ -1,0 +1,65 @@
+"""The console's live inbox: server-sent events of new bulletins in the signed-in user's channels
+(`Follow.stream`), which static/live.js adds to the open inbox with a notification. Pages work the
+same without JavaScript; nothing is loaded from elsewhere.
+
+A stream ends after `MAX_STREAM` seconds; the browser's EventSource reconnects by itself with the
+last event's id (`Last-Event-ID`), so the session is checked again and nothing is missed or
+repeated."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from exchange.errors import UnknownPeer
+from exchange.http import params
+from exchange.http.appkeys import SERVICE
+from exchange.service.views import InboxLine
+from exchange.web.pages import KINDS
+from exchange.web.session import signed_in
+
+MAX_STREAM = 300  # seconds one event stream lasts before the browser reconnects
+
+
+def event(item: InboxLine, author_name: str) -> bytes:
+    data = {**item.as_json(), "kind_label": KINDS.get(item.kind, item.kind), "author_name": author_name}
+    return f"id: {item.cursor}\nevent: bulletin\ndata: {json.dumps(data)}\n\n".encode()
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """`GET /console/events?after=<cursor>`: new bulletins of the user's channels, as they are stored."""
+    session = await signed_in(request)
+    service = request.app[SERVICE]
+    last = request.headers.get("Last-Event-ID")
+    after = params.integer({"after": last}, "after", 0) if last else params.optional_integer(request.query, "after")
+    stream = service.follow.stream(session.user, None, after)
+    first = await anext(stream)  # rights and bounds are checked before anything is sent
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    loop = asyncio.get_running_loop()
+    until = loop.time() + MAX_STREAM
+    try:
+        page: Any = first
+        while True:
+            for item in page.items:
+                await response.write(event(item, _author_name(service, item.author)))
+            if not page.items:
+                await response.write(b": keep-alive\n\n")
+            if loop.time() >= until:
+                break
+            page = await anext(stream)
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        await stream.aclose()
+    return response
+
+
+def _author_name(service: Any, node: str) -> str:
+    try:
+        return str(service.fed.node(node).name)
+    except UnknownPeer:  # a former member no longer in the roster: its id is its name
+        return node
