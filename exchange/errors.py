@@ -2,12 +2,14 @@
 
 ExchangeError
  ├── ConfigError            bad or missing configuration, key files, roster files
- │    └── SchemaOutdated    the database is on an older schema: run `exchange db upgrade`
+ │    ├── SchemaOutdated    the database is on an older schema: run `exchange db upgrade`
+ │    └── SuiteUnsupported  this node's cryptography cannot do the ML-KEM-768 + X25519 HPKE suite
  ├── InvalidInput           a request or file that does not parse or fails validation
  │    ├── WeakPassword      a password that breaks the length rule
  │    ├── BodyTooLarge      a request body larger than its route takes (413)
  │    ├── IdempotencyKeyReused  an Idempotency-Key sent again with a different request
  │    ├── ProofError        a Merkle inclusion or consistency proof that does not verify
+ │    ├── EpochInvalid      a channel epoch record or history grant that breaks a rule (docs/protocol.md, 15)
  │    ├── RosterRefused     a roster v2 version that this node must not install (docs/protocol.md, 6a)
  │    │    ├── RosterInvalid       a version that breaks a rule of its own, or its predecessor's history
  │    │    ├── RosterThreshold     fewer than k valid signatures from the old or the new authority
@@ -20,6 +22,7 @@ ExchangeError
  │         ├── BadSignature     a signature that does not verify
  │         ├── DecryptionFailed one message for every decryption failure (no oracle)
  │         ├── Equivocation     one author, one (channel, seq), two different bulletins
+ │         ├── StaleEpoch       a v2 envelope whose epoch is not the current one of the state it cites
  │         └── EnvelopeRejected a partner's batch in which an item broke a rule; nothing was stored
  ├── Unauthorized           no or unknown credentials
  ├── RateLimited            too many requests from one token, partner node or address: wait Retry-After (429)
@@ -69,6 +72,12 @@ class SchemaOutdated(ConfigError):
     title = "Database schema outdated"
 
 
+class SuiteUnsupported(ConfigError):
+    """This node's `cryptography` (or its backend) cannot do HPKE with ML-KEM-768 + X25519."""
+
+    title = "Suite unsupported"
+
+
 class InvalidInput(ExchangeError):
     title = "Invalid input"
 
@@ -95,6 +104,12 @@ class ProofError(InvalidInput):
     """A Merkle inclusion or consistency proof failed verification."""
 
     title = "Proof does not verify"
+
+
+class EpochInvalid(InvalidInput):
+    """A channel epoch record or history grant that breaks a rule (docs/protocol.md, 15.6 and 15.7)."""
+
+    title = "Invalid epoch"
 
 
 class RosterRefused(InvalidInput):
@@ -169,6 +184,12 @@ class DecryptionFailed(InvalidEnvelope):
 
 class Equivocation(InvalidEnvelope):
     title = "Equivocation"
+
+
+class StaleEpoch(InvalidEnvelope):
+    """A v2 envelope whose epoch is not the current epoch of the state it cites (docs/protocol.md, 15.8)."""
+
+    title = "Stale epoch"
 
 
 class EnvelopeRejected(InvalidEnvelope):

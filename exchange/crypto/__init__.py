@@ -2,6 +2,13 @@
 
 from exchange.crypto.content import SealedContent, open_content
 from exchange.crypto.encoding import b64d, b64e, canonical_json, sha256, strict_loads
+from exchange.crypto.epoch import (
+    EpochKey,
+    HybridDecryptionKey,
+    HybridEncryptionKey,
+    hybrid_supported,
+    unwrap_epoch_key,
+)
 from exchange.crypto.keys import DecryptionKey, EncryptionKey, NodeKeys, SigningKey, VerifyKey
 from exchange.crypto.secrets import hash_token, new_token, token_matches
 from exchange.crypto.tls import cert_pem, generate_tls_identity, spki_pin
@@ -9,6 +16,9 @@ from exchange.crypto.tls import cert_pem, generate_tls_identity, spki_pin
 __all__ = [
     "DecryptionKey",
     "EncryptionKey",
+    "EpochKey",
+    "HybridDecryptionKey",
+    "HybridEncryptionKey",
     "NodeKeys",
     "SealedContent",
     "SigningKey",
@@ -19,10 +29,12 @@ __all__ = [
     "cert_pem",
     "generate_tls_identity",
     "hash_token",
+    "hybrid_supported",
     "new_token",
     "open_content",
     "sha256",
     "spki_pin",
     "strict_loads",
     "token_matches",
+    "unwrap_epoch_key",
 ]

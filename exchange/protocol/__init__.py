@@ -1,1 +1,2 @@
-"""Protocol rules, sans I/O: envelope build and verify, receipts, rosters, channel state."""
+"""Protocol rules, sans I/O: envelope build and verify (v1, and v2 under channel epoch keys), receipts,
+rosters, channel state."""

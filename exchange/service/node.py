@@ -22,6 +22,7 @@ from exchange.service.access import Access
 from exchange.service.audit.service import AuditService
 from exchange.service.catchup import CatchUp
 from exchange.service.channels import ChannelBook
+from exchange.service.follow import Follow
 from exchange.service.ids import BulletinIds
 from exchange.service.inbox import Inbox
 from exchange.service.listing import Listing
@@ -30,7 +31,6 @@ from exchange.service.posting import Posting
 from exchange.service.receiving import Receiving
 from exchange.service.rejections import Refusals, RefusalSettings
 from exchange.service.retention import Retention
-from exchange.service.follow import Follow
 from exchange.service.taxii import Taxii
 from exchange.service.transport import PeerTransport
 from exchange.service.users import User, Users

@@ -1,0 +1,213 @@
+"""Build, verify and open v2 envelopes (docs/protocol.md, 15.5 and 15.8): bulletins under epoch keys.
+
+A v2 envelope carries no wraps: its readers are those of the epoch it cites, whose key was
+wrapped for each of them once (exchange.protocol.epoch). As in v1, a receiver checks the author's
+signature before any other rule, and the state the header cites before it trusts the epoch.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from exchange.crypto import EpochKey, SigningKey, b64d, b64e, sha256, strict_loads
+from exchange.crypto.content import Random, os_random
+from exchange.crypto.epoch import SALT_SIZE, BulletinKey, bulletin_info
+from exchange.errors import DecryptionFailed, InvalidEnvelope, InvalidInput, StaleEpoch
+from exchange.model import MAX_PAYLOAD_BYTES, Bulletin, BulletinId, NodeId, StateRef, first_error
+from exchange.protocol.channel import ChannelState
+from exchange.protocol.envelope import MAX_ENVELOPE_BYTES
+from exchange.protocol.epoch import WrapKeyId, epoch_hash
+from exchange.protocol.epoch_model import CONTENT_SUITE, EnvelopeHeaderV2, EnvelopeV2, EpochRecord, EpochRef
+from exchange.protocol.roster import Federation
+from exchange.protocol.signing import signing_input_prefix
+
+DOMAIN = "envelope-v2"
+
+
+def bulletin_id_v2(header: EnvelopeHeaderV2) -> BulletinId:
+    """The content-hash id, as in v1: hex SHA-256 of the canonical header."""
+    return BulletinId(sha256(header.canonical).hex())
+
+
+def signed_input_v2(header: EnvelopeHeaderV2) -> bytes:
+    """`signing_input("envelope-v2", {"header": header})`, from the header's canonical bytes."""
+    return signing_input_prefix(DOMAIN) + b'{"header":' + header.canonical + b"}"
+
+
+def bulletin_key(header: EnvelopeHeaderV2, epoch_key: EpochKey) -> BulletinKey:
+    """The key of one bulletin (15.3): it opens this bulletin and no other, and reveals not the epoch key."""
+    info = bulletin_info(bytes.fromhex(header.epoch.hash), header.author, header.seq)
+    return epoch_key.bulletin_key(_b64(header.salt), info)
+
+
+def build_envelope_v2(
+    bulletin: Bulletin,
+    *,
+    state: ChannelState,
+    epoch: EpochRecord,
+    epoch_key: EpochKey,
+    author: NodeId,
+    key: SigningKey,
+    seq: int,
+    created: str,
+    rng: Random = os_random,
+) -> EnvelopeV2:
+    """Encrypt `bulletin` under a key derived from the current epoch's key, and sign it as `author`.
+
+    The epoch must be the one for `state` (its readers are the state's): the author refuses to
+    encrypt to a reader set other than the state's, as every receiver would (15.8 rule 10).
+    """
+    payload = bulletin.payload_bytes
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise InvalidInput(f"the bulletin's encrypted part takes {len(payload)} bytes, more than {MAX_PAYLOAD_BYTES}")
+    if epoch.channel != state.channel or epoch.state.pos > state.pos or epoch.readers != state.readers:
+        raise StaleEpoch("the epoch is not the one for this channel state: wait for the owner's new epoch")
+    if not hmac.compare_digest(epoch_key.commitment, _b64(epoch.commitment)):
+        raise StaleEpoch("the epoch key is not the one the epoch record commits to")
+    salt = rng(SALT_SIZE)
+    ehash = epoch_hash(epoch)
+    info = bulletin_info(bytes.fromhex(ehash), author, seq)
+    ciphertext = epoch_key.bulletin_key(salt, info).seal(payload)
+    header = EnvelopeHeaderV2(
+        v=2,
+        suite=CONTENT_SUITE,
+        channel=state.channel,
+        author=author,
+        signer=key.kid,
+        seq=seq,
+        state=StateRef(owner=state.owner, pos=state.pos, hash=state.hash),
+        epoch=EpochRef(n=epoch.n, hash=ehash),
+        handling=bulletin.handling,
+        created=created,
+        salt=b64e(salt),
+        ciphertext_sha256=b64e(sha256(ciphertext)),
+    )
+    return sign_envelope_v2(header, ciphertext, key)
+
+
+def sign_envelope_v2(header: EnvelopeHeaderV2, ciphertext: bytes, key: SigningKey) -> EnvelopeV2:
+    """Sign the header, which commits to the ciphertext, the cited state and the epoch."""
+    return EnvelopeV2(header=header, ciphertext=b64e(ciphertext), signature=b64e(key.sign(signed_input_v2(header))))
+
+
+def envelope_v2_bytes(env: EnvelopeV2) -> bytes:
+    """The canonical wire form: JCS, with members in order (ciphertext, header, signature)."""
+    return b"".join(
+        (
+            b'{"ciphertext":"',
+            env.ciphertext.encode("ascii"),
+            b'","header":',
+            env.header.canonical,
+            b',"signature":"',
+            env.signature.encode("ascii"),
+            b'"}',
+        )
+    )
+
+
+def parse_envelope_v2(data: bytes | dict[str, Any]) -> EnvelopeV2:
+    """Parse wire bytes (or an already strictly-parsed object) into a v2 envelope."""
+    if isinstance(data, bytes | bytearray):
+        if len(data) > MAX_ENVELOPE_BYTES:
+            raise InvalidEnvelope("envelope too large")
+        try:
+            data = strict_loads(data)
+        except InvalidInput as exc:
+            raise InvalidEnvelope(exc.detail) from exc
+    try:
+        return EnvelopeV2.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidEnvelope(f"envelope does not match the schema: {first_error(exc)}") from exc
+
+
+def verify_envelope_v2(
+    env: EnvelopeV2,
+    fed: Federation,
+    state: ChannelState,
+    epoch: EpochRecord,
+    keys: Mapping[str, WrapKeyId],
+    next_epoch: EpochRecord | None = None,
+) -> BulletinId:
+    """Check every rule a receiver can check without decrypting (15.8, rules 4 to 10); return the id.
+
+    `state` is the channel state the header cites and `epoch` the epoch record the receiver holds
+    under `header.epoch.n` (the caller looks both up); `next_epoch` the one after it, if held;
+    `keys` each node's roster wrap key.
+    """
+    h = env.header
+    if epoch.n != h.epoch.n or epoch_hash(epoch) != h.epoch.hash:
+        raise InvalidEnvelope("the envelope cites an epoch other than the one checked")
+    check_signature_v2(env, fed)
+    author = fed.node(h.author)
+    if (h.channel, h.state.owner, h.state.pos, h.state.hash) != (state.channel, state.owner, state.pos, state.hash):
+        raise InvalidEnvelope("envelope cites a channel state other than the one checked")
+    if state.closed:
+        raise InvalidEnvelope("the cited channel state is closed")
+    if author.agency not in state.policy.agencies:
+        raise InvalidEnvelope(f"channel policy excludes the author's agency ({author.agency})")
+    if "post" not in state.rights(h.author):
+        raise InvalidEnvelope("the author lacks the post right in the cited channel state")
+    if "read" not in state.rights(h.author):
+        raise InvalidEnvelope("the author lacks the read right in the cited channel state, which v2 needs")
+    if len(_b64(h.salt)) != SALT_SIZE:
+        raise InvalidEnvelope("malformed salt")
+    if not hmac.compare_digest(sha256(_b64(env.ciphertext)), _b64(h.ciphertext_sha256)):
+        raise InvalidEnvelope("ciphertext does not match its hash in the header")
+    check_epoch_of_state(epoch, state, keys, next_epoch)
+    return bulletin_id_v2(h)
+
+
+def check_signature_v2(env: EnvelopeV2, fed: Federation) -> None:
+    """The author's roster key signed the header."""
+    h = env.header
+    if h.signer != fed.node(h.author).signing_kid:
+        raise InvalidEnvelope("envelope is not signed with the author's roster key")
+    fed.verify_key(h.author).verify(_b64(env.signature), signed_input_v2(h))
+
+
+def check_epoch_of_state(
+    epoch: EpochRecord, state: ChannelState, keys: Mapping[str, WrapKeyId], next_epoch: EpochRecord | None
+) -> None:
+    """The epoch is the current one of the state (15.8 rule 10); return None or raise StaleEpoch."""
+    if epoch.channel != state.channel or epoch.state.pos > state.pos:
+        raise StaleEpoch("the epoch was made for a later channel state than the one cited")
+    if epoch.readers != state.readers:
+        raise StaleEpoch("the epoch's readers differ from the readers of the cited channel state")
+    for w in epoch.wraps:
+        expected = keys.get(w.node)
+        if expected is None or (w.suite, w.kid) != (expected.suite, expected.kid):
+            raise StaleEpoch(f"the epoch wraps for a key of {w.node} that its roster entry no longer lists")
+    if next_epoch is not None and next_epoch.n > epoch.n and next_epoch.state.pos <= state.pos:
+        raise StaleEpoch(f"epoch {next_epoch.n} replaces epoch {epoch.n} for the cited channel state")
+
+
+def open_envelope_v2(env: EnvelopeV2, epoch_key: EpochKey) -> Bulletin:
+    """Decrypt a v2 envelope with its epoch's key. Call only after verify_envelope_v2. One error for every failure."""
+    h = env.header
+    try:
+        plaintext = bulletin_key(h, epoch_key).open(_b64(env.ciphertext))
+        payload = strict_loads(plaintext)
+        if not isinstance(payload, dict) or "handling" in payload:
+            raise DecryptionFailed()
+        bulletin = Bulletin.model_validate({**payload, "handling": h.handling.model_dump()})
+    except (InvalidInput, ValidationError) as exc:
+        raise DecryptionFailed() from exc
+    # What is stored and shown must be exactly what the author encrypted (docs/protocol.md, 8.2).
+    try:
+        canonical = bulletin.payload_bytes
+    except InvalidInput as exc:
+        raise InvalidEnvelope("the bulletin payload cannot be canonicalised") from exc
+    if canonical != plaintext:
+        raise InvalidEnvelope("the bulletin payload is not in canonical form")
+    return bulletin
+
+
+def _b64(text: str) -> bytes:
+    try:
+        return b64d(text)
+    except InvalidInput as exc:
+        raise InvalidEnvelope("malformed base64url field") from exc
