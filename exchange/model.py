@@ -187,6 +187,15 @@ class Bulletin(BaseModel):
     ] = "en"
     expires: IsoDate | None = None
     attachments: Annotated[list[Attachment], Field(max_length=MAX_ATTACHMENTS)] = []
+    # A request for information's answer date. Absent unless set (never null on the wire), so the
+    # payloads of bulletins without one are as they always were.
+    due: IsoDate | None = Field(default=None, exclude_if=lambda v: v is None)
+
+    @model_validator(mode="after")
+    def _due_only_on_requests(self) -> Bulletin:
+        if self.due is not None and self.kind != "request-for-information":
+            raise ValueError("due: only a request-for-information has a due date")
+        return self
 
     @field_validator("attachments")
     @classmethod

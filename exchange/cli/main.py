@@ -190,6 +190,7 @@ def forward(node_path: Path, user: str, token: str | None, bulletin_id: str, cha
 )
 @click.option("--language", default="en", show_default=True)
 @click.option("--expires", default=None, help="YYYY-MM-DD")
+@click.option("--due", default=None, help="YYYY-MM-DD: when a request-for-information needs its answer.")
 @as_json
 @user_errors
 def post(
@@ -211,6 +212,7 @@ def post(
     attach: tuple[Path, ...],
     language: str,
     expires: str | None,
+    due: str | None,
     as_json: bool,
 ) -> None:
     """Post a bulletin to a channel."""
@@ -247,6 +249,8 @@ def post(
             "companies": list(company),
         },
     }
+    if due is not None:
+        bulletin["due"] = due
     if tlp is not None:
         bulletin["handling"] = {"tlp": tlp, "no_onward_sharing": no_onward_sharing}
     # With a key, a dropped connection is retried once: the node answers it with the first result.
@@ -257,6 +261,28 @@ def post(
         as_json,
         lambda r: click.echo(f"posted {r['id']} (seq {r['seq']}) to {', '.join(r['recipients']) or 'no one else'}"),
     )
+
+
+@cli.command()
+@node_file
+@user_opt
+@token_opt
+@click.option("--channel", required=True, help="The channel.")
+@as_json
+@user_errors
+def rfis(node_path: Path, user: str, token: str | None, channel: str, as_json: bool) -> None:
+    """A channel's requests for information: open, overdue and answered (by whom)."""
+    result = run_async(call(Target.from_node(node_path, user, token), "GET", f"/api/v1/channels/{channel}/rfis"))
+
+    def render(data: Any) -> None:
+        table = Table("id", "state", "due", "from", "title", "answered by")
+        for item in data["items"]:
+            by = ", ".join(sorted({a["author"] for a in item["answers"]}))
+            table.add_row(short(item["id"]), item["state"], item["due"] or "", item["author"], item["title"], by)
+        console.print(table)
+        console.print(f"{data['open']} open, {data['overdue']} overdue, {data['answered']} answered", highlight=False)
+
+    emit(result, as_json, render)
 
 
 @cli.command()

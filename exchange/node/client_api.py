@@ -249,6 +249,13 @@ async def export_stix(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
+async def rfi_board(request: web.Request) -> web.Response:
+    """The channel's requests for information: open, answered (by whom) and overdue."""
+    user = await current_user(request)
+    channel = params.channel_id(request.match_info["channel"])
+    return web.json_response((await request.app[SERVICE].rfis.board(user, channel)).as_json())
+
+
 async def openapi(request: web.Request) -> web.Response:
     """The OpenAPI document of every client, audit and federation route."""
     return web.Response(body=openapi_json(request.app[SERVICE].config.endpoint), content_type="application/json")
@@ -265,6 +272,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/api/v1/channels/{channel}/bulletins", post_bulletin),
         web.post("/api/v1/channels/{channel}/accept", accept_invitation),
         web.get("/api/v1/channels/{channel}/stix", export_stix),
+        web.get("/api/v1/channels/{channel}/rfis", rfi_board),
         *(web.post(f"/api/v1/channels/{{channel}}/{action}", change_membership(action)) for action in MEMBERSHIP),
         web.get("/api/v1/bulletins", list_bulletins),
         web.get("/api/v1/bulletin-ids", bulletin_ids),

@@ -198,6 +198,13 @@ def _client_paths() -> dict[str, Any]:
             )
         },
         "/api/v1/peers": {"get": _op("Delivery status per partner node", array(ref("PeerStatus")))},
+        "/api/v1/channels/{channel}/rfis": {
+            "get": _op(
+                "The channel's requests for information: open, answered (with the answers) and overdue",
+                "RfiBoard",
+                parameters=[CHANNEL],
+            )
+        },
         "/api/v1/channels/{channel}/stix": {
             "get": _op(
                 "A STIX 2.1 bundle of the channel, or of one bulletin, under the TAXII policy (docs/stix.md)",

@@ -17,6 +17,7 @@ from exchange.node.bodies import MAX_BATCH, Assignment, ExportRule, Forward, New
 from exchange.service.ids import Matches
 from exchange.service.listing import LinePage
 from exchange.service.outbox import PeerStatus
+from exchange.service.rfis import RfiBoard
 from exchange.service.views import BulletinSummary, BulletinView, Posted
 
 REF = "#/components/schemas/{model}"
@@ -104,6 +105,7 @@ def components() -> dict[str, Any]:
             "PeerStatus": PeerStatus,
             "Matches": Matches,
             "LinePage": LinePage,
+            "RfiBoard": RfiBoard,
         },
     )
     _mark_dates(schemas)

@@ -31,6 +31,7 @@ from exchange.service.posting import Posting
 from exchange.service.receiving import Receiving
 from exchange.service.rejections import Refusals, RefusalSettings
 from exchange.service.retention import Retention
+from exchange.service.rfis import RequestsForInformation
 from exchange.service.taxii import Taxii
 from exchange.service.transport import PeerTransport
 from exchange.service.users import User, Users
@@ -74,6 +75,7 @@ class NodeService:
         self.retention = Retention(store, dt.timedelta(days=config.outbox_retention_days))
         self.taxii = Taxii(self.me, store, fed, self.access)  # TAXII reads and STIX exports
         self.follow = Follow(store, self.listing)  # long polls and the console's live inbox
+        self.rfis = RequestsForInformation(store, self.access)
         self._tasks: list[asyncio.Task[None]] = []
 
     def partners(self) -> list[str]:
