@@ -13,7 +13,7 @@ from exchange.errors import ExchangeError
 from exchange.http.appkeys import PEER, SERVICE, USER
 from exchange.http.limits import RETRY_AFTER
 from exchange.http.problem import from_error, problem
-from exchange.node import audit_api, client_api, federation_api, taxii_api
+from exchange.node import audit_api, client_api, federation_api, metrics_api, taxii_api
 
 log = logging.getLogger("exchange.node")
 
@@ -64,9 +64,13 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 def api_application() -> web.Application:
     """An aiohttp application with the node's routes; the caller adds resources and the console."""
-    app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_REQUEST_BYTES)
+    app = web.Application(
+        middlewares=[metrics_api.metrics_middleware, problem_middleware], client_max_size=MAX_REQUEST_BYTES
+    )
+    app[metrics_api.HTTP_FIGURES] = metrics_api.HttpFigures()
     app.add_routes(federation_api.routes())
     app.add_routes(client_api.routes())
     app.add_routes(audit_api.routes())
     app.add_routes(taxii_api.routes())
+    app.add_routes(metrics_api.routes())
     return app

@@ -26,6 +26,7 @@ from exchange.service.follow import Follow
 from exchange.service.ids import BulletinIds
 from exchange.service.inbox import Inbox
 from exchange.service.listing import Listing
+from exchange.service.metrics import NodeMetrics
 from exchange.service.outbox import Outbox, OutItem, PeerStatus
 from exchange.service.posting import Posting
 from exchange.service.receiving import Receiving
@@ -76,6 +77,7 @@ class NodeService:
         self.taxii = Taxii(self.me, store, fed, self.access)  # TAXII reads and STIX exports
         self.follow = Follow(store, self.listing)  # long polls and the console's live inbox
         self.rfis = RequestsForInformation(store, self.access)
+        self.metrics = NodeMetrics(self.me, store, fed, self.outbox, self.audit)  # GET /metrics
         self._tasks: list[asyncio.Task[None]] = []
 
     def partners(self) -> list[str]:
