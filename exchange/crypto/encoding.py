@@ -200,17 +200,17 @@ _SURROGATE_ESCAPE_TEXT = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
-def value_budget(size: int) -> int:
+def value_budget(size: int, min_values: int = MIN_VALUES) -> int:
     """How many structural characters outside strings a JSON text of `size` bytes may hold."""
-    return max(MIN_VALUES, size // BYTES_PER_VALUE)
+    return max(min_values, size // BYTES_PER_VALUE)
 
 
-def _within_budget(data: bytes | bytearray | str) -> bool:
+def _within_budget(data: bytes | bytearray | str, min_values: int = MIN_VALUES) -> bool:
     """Whether `data` has at most `value_budget` of `,` `:` `[` `{` outside its strings."""
     if isinstance(data, str):
-        return _marks_within(data, _STRUCTURAL_TEXT, _STRING_TEXT, value_budget(len(data)))
+        return _marks_within(data, _STRUCTURAL_TEXT, _STRING_TEXT, value_budget(len(data), min_values))
     # A bytearray has every bytes method used here, and the patterns take any buffer.
-    return _marks_within(cast(bytes, data), _STRUCTURAL_BYTES, _STRING_BYTES, value_budget(len(data)))
+    return _marks_within(cast(bytes, data), _STRUCTURAL_BYTES, _STRING_BYTES, value_budget(len(data), min_values))
 
 
 def _marks_within(data: AnyStr, marks: tuple[AnyStr, ...], string: re.Pattern[AnyStr], budget: int) -> bool:
@@ -251,17 +251,18 @@ def _refuse_surrogates(value: Any) -> None:
             stack.extend(item)
 
 
-def strict_loads(data: bytes | bytearray | str) -> Any:
+def strict_loads(data: bytes | bytearray | str, *, min_values: int = MIN_VALUES) -> Any:
     """Parse UTF-8 JSON, refusing duplicate keys, floats, NaN and Infinity, integers beyond
-    ±(2^53 - 1), lone surrogates, and more values than `value_budget` allows for its size.
+    ±(2^53 - 1), lone surrogates, and more values than `value_budget` allows for its size
+    (`min_values` whatever the size: a document of many small items, a batch, may take more).
 
     The budget is checked on the text before anything is parsed, so a hostile body costs the
     node a few passes over its bytes, never a Python object per element. Nesting deeper than the
     interpreter's recursion limit (about 1,000 levels) is refused too.
     """
-    if not _within_budget(data):  # a bytearray is read in place, not copied
+    if not _within_budget(data, min_values):  # a bytearray is read in place, not copied
         raise InvalidInput(
-            f"too many JSON values: at most {MIN_VALUES} or one per {BYTES_PER_VALUE} bytes of the document"
+            f"too many JSON values: at most {min_values} or one per {BYTES_PER_VALUE} bytes of the document"
         )
     if isinstance(data, str):
         text = data

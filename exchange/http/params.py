@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from exchange.crypto import strict_loads
+from exchange.crypto.encoding import MIN_VALUES
 from exchange.errors import BodyTooLarge, InvalidInput, Unauthorized
 from exchange.model import BulletinId, ChannelId, NodeId
 
@@ -172,9 +173,10 @@ async def body_bytes(request: web.Request, limit: int) -> bytearray:
     return data  # strict_loads reads a bytearray as it is: no second copy of a large body
 
 
-async def json_body(request: web.Request, limit: int = SMALL_BODY) -> Any:
-    """The request body parsed as strict JSON (exchange.crypto.strict_loads), at most `limit` bytes."""
-    return strict_loads(await body_bytes(request, limit))
+async def json_body(request: web.Request, limit: int = SMALL_BODY, *, min_values: int = MIN_VALUES) -> Any:
+    """The request body parsed as strict JSON (exchange.crypto.strict_loads), at most `limit` bytes
+    and at most `min_values` JSON values or one per 20 bytes, whichever is more."""
+    return strict_loads(await body_bytes(request, limit), min_values=min_values)
 
 
 def json_object(raw: Any, what: str = "the body") -> dict[str, Any]:

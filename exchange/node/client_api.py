@@ -8,9 +8,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from exchange.errors import InvalidInput
+from exchange.errors import ExchangeError, InvalidInput
 from exchange.http import params
 from exchange.http.appkeys import SERVICE, USER
+from exchange.http.problem import status_for
 from exchange.model import (
     MAX_ATTACHMENT_BYTES,
     MAX_ATTACHMENTS,
@@ -22,6 +23,7 @@ from exchange.model import (
 )
 from exchange.node.bodies import AUDIT_PAGE_LIMIT, MEMBERSHIP, PAGE_LIMIT, Assignment, Forward, NewChannel
 from exchange.node.openapi import openapi_json
+from exchange.service.batch import MAX_ITEMS as MAX_BATCH_ITEMS
 from exchange.service.follow import MAX_WAIT
 from exchange.service.listing import Filters
 from exchange.service.posting import Replayed
@@ -38,6 +40,8 @@ BULLETIN_BODY = (
     + ESCAPED * (MAX_BODY + (2 * MAX_NAMED_INDICATORS + MAX_ATTACHMENTS + 1) * MAX_SHORT)
     + 256 * 1024
 )
+BATCH_BODY = 32 * 1024 * 1024  # a batch of bulletins, together (each item keeps its own limits)
+BATCH_VALUES = 100 * MAX_BATCH_ITEMS  # JSON values a batch of small bulletins may hold (an alert: about 15)
 CHANNEL_BODY = ESCAPED * (MAX_PURPOSE + MAX_SHORT) + 4096  # a purpose and a title, escaped
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -149,6 +153,40 @@ async def post_bulletin(request: web.Request) -> web.Response:
     posted = await service.post(user, channel, bulletin, idempotency_key=key)
     replayed = {"Idempotent-Replayed": "true"} if isinstance(posted, Replayed) else None
     return web.json_response(posted.as_json(), status=201, headers=replayed)
+
+
+async def post_batch(request: web.Request) -> web.Response:
+    """Up to 1,000 bulletins to one channel: each item posted or refused on its own, answered in
+    order with its status, and idempotent per item under the request's Idempotency-Key."""
+    user = await current_user(request)
+    service = request.app[SERVICE]
+    channel = params.channel_id(request.match_info["channel"])
+    user.require_channel(channel)
+    raw = params.json_object(await params.json_body(request, BATCH_BODY, min_values=BATCH_VALUES))
+    listed = raw.get("bulletins")
+    if set(raw) != {"bulletins"} or not isinstance(listed, list) or not 1 <= len(listed) <= MAX_BATCH_ITEMS:
+        raise InvalidInput(f'the body must be {{"bulletins": [...]}} with 1 to {MAX_BATCH_ITEMS} bulletins')
+    default = service.channels.state(channel).default_handling.model_dump()
+    items: list[Bulletin | ExchangeError] = []
+    for entry in listed:
+        if isinstance(entry, dict) and "handling" not in entry:
+            entry["handling"] = default
+        try:
+            items.append(_validate(Bulletin, entry))
+        except ExchangeError as exc:
+            items.append(exc)
+    key = ", ".join(request.headers.getall("Idempotency-Key")) if "Idempotency-Key" in request.headers else None
+    results = await service.batch.post_many(user, channel, items, idempotency_key=key)
+    answers = []
+    for i, result in enumerate(results):
+        if isinstance(result, ExchangeError):
+            answers.append(
+                {"index": i, "status": status_for(result), "error": type(result).__name__, "detail": result.detail}
+            )
+        else:
+            answers.append({"index": i, "status": 201, "posted": result.as_json()})
+    posted = sum(1 for a in answers if a["status"] == 201)
+    return web.json_response({"posted": posted, "refused": len(answers) - posted, "items": answers})
 
 
 async def forward_bulletin(request: web.Request) -> web.Response:
@@ -270,6 +308,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/api/v1/channels/{channel}", show_channel),
         web.post("/api/v1/channels/{channel}/users", assign_user),
         web.post("/api/v1/channels/{channel}/bulletins", post_bulletin),
+        web.post("/api/v1/channels/{channel}/bulletins/batch", post_batch),
         web.post("/api/v1/channels/{channel}/accept", accept_invitation),
         web.get("/api/v1/channels/{channel}/stix", export_stix),
         web.get("/api/v1/channels/{channel}/rfis", rfi_board),

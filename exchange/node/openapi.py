@@ -133,6 +133,15 @@ def _client_paths() -> dict[str, Any]:
                 headers=replayed,
             )
         },
+        "/api/v1/channels/{channel}/bulletins/batch": {
+            "post": _op(
+                "Post up to 1,000 bulletins at once (automated systems): each item posted or refused on its own, "
+                "answered in order; with an Idempotency-Key, a retry answers each item as the first time",
+                "BatchPosted",
+                body="NewBulletins",
+                parameters=[CHANNEL, IDEMPOTENCY_KEY],
+            )
+        },
         "/api/v1/channels/{channel}/accept": {
             "post": _op(
                 "Accept this node's invitation to a channel (administrators)",

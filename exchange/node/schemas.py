@@ -14,6 +14,7 @@ from pydantic_core import core_schema
 from exchange.audit.witness import MAX_PROOF
 from exchange.model import Acceptance, Bulletin, ChannelEvent, Envelope, Receipt
 from exchange.node.bodies import MAX_BATCH, Assignment, ExportRule, Forward, NewChannel, NodeOnly, NodeRights
+from exchange.service.batch import MAX_ITEMS as MAX_BATCH_ITEMS
 from exchange.service.ids import Matches
 from exchange.service.listing import LinePage
 from exchange.service.outbox import PeerStatus
@@ -115,6 +116,23 @@ def components() -> dict[str, Any]:
     new_bulletin["required"] = [r for r in new_bulletin["required"] if r != "handling"]
     new_bulletin["properties"]["handling"]["description"] = "Left out: the channel's default handling."
     schemas["NewBulletin"] = new_bulletin
+    many = array(ref("NewBulletin"), MAX_BATCH_ITEMS)
+    many["minItems"] = 1
+    schemas["NewBulletins"] = closed(["bulletins"], bulletins=many)
+    item = closed(
+        ["index", "status"],
+        index={"type": "integer", "minimum": 0},
+        status={"type": "integer"},
+        posted=ref("Posted"),
+        error={"type": "string"},
+        detail={"type": "string"},
+    )
+    schemas["BatchPosted"] = closed(
+        ["posted", "refused", "items"],
+        posted={"type": "integer", "minimum": 0},
+        refused={"type": "integer", "minimum": 0},
+        items=array(item, MAX_BATCH_ITEMS),
+    )
     new_channel = schemas["NewChannel"]
     new_channel["required"] = [r for r in new_channel["required"] if r != "type"]
     view = schemas["BulletinView"]["properties"]

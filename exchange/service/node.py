@@ -20,6 +20,7 @@ from exchange.model import Bulletin, ChannelEvent, NodeId, Receipt
 from exchange.protocol.roster import Federation
 from exchange.service.access import Access
 from exchange.service.audit.service import AuditService
+from exchange.service.batch import BatchPosting
 from exchange.service.catchup import CatchUp
 from exchange.service.channels import ChannelBook
 from exchange.service.follow import Follow
@@ -78,6 +79,7 @@ class NodeService:
         self.follow = Follow(store, self.listing)  # long polls and the console's live inbox
         self.rfis = RequestsForInformation(store, self.access)
         self.metrics = NodeMetrics(self.me, store, fed, self.outbox, self.audit)  # GET /metrics
+        self.batch = BatchPosting(self.posting)  # many posts in one request, each on its own
         self._tasks: list[asyncio.Task[None]] = []
 
     def partners(self) -> list[str]:
