@@ -33,6 +33,12 @@ class Federation:
         if roster.authority_kid != authority.kid:
             raise ConfigError("roster is signed by an unknown authority key")
         verify(DOMAIN, roster.model_dump(mode="json"), signed.signature, authority)
+        return cls.index(roster)
+
+    @classmethod
+    def index(cls, roster: Roster) -> Federation:
+        """Index a roster whose trust was established otherwise (a v1 view of a held roster v2
+        version, exchange.protocol.rosterchain.federation_view), checking every node's key ids and pin."""
         fed = cls(roster)
         for node in roster.nodes:
             if VerifyKey(b64d(node.signing_key)).kid != node.signing_kid:

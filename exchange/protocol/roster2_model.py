@@ -203,3 +203,66 @@ class SignedRosterV2(BaseModel):
     model_config = _WIRE
     roster: RosterV2
     signatures: Annotated[list[RosterSignature], Field(min_length=1, max_length=MAX_ROSTER_SIGNATURES)]
+
+
+# -- join requests (docs/protocol.md, 6a.10) ------------------------------------------------------
+
+
+class JoinKey(BaseModel):
+    """One public key a joining node asks to be listed with."""
+
+    model_config = _WIRE
+    use: KeyUse
+    kid: Kid
+    key: B64Text  # as in a roster key entry: raw public key, for tls the certificate's DER
+
+
+class JoinRequestBody(BaseModel):
+    """What an administration asks the authority to list: who it is and its three public keys."""
+
+    model_config = _WIRE
+    v: Literal[2]
+    federation: Short
+    id: NodeIdStr
+    name: Short
+    country: Country
+    agency: AgencyKind
+    endpoint: Endpoint
+    made: Timestamp
+    keys: Annotated[list[JoinKey], Field(min_length=3, max_length=3)]
+
+    @field_validator("keys")
+    @classmethod
+    def _one_per_use(cls, value: list[JoinKey]) -> list[JoinKey]:
+        if sorted(k.use for k in value) != sorted(KEY_USES):
+            raise ValueError("a join request lists one signing, one encryption and one tls key")
+        for k in value:
+            if k.use != "tls" and len(k.key) > MAX_KEY_TEXT:
+                raise ValueError(f"a {k.use} key has at most {MAX_KEY_TEXT} characters")
+        return value
+
+    @cached_property
+    def canonical(self) -> bytes:
+        """JCS of the request: what its signature covers (after the domain prefix) and its hash."""
+        return canonical_json(self.model_dump(mode="json"))
+
+
+class JoinRequest(BaseModel):
+    """A join request signed by the signing key it lists (proof that the node holds that key)."""
+
+    model_config = _WIRE
+    request: JoinRequestBody
+    signature: B64Signature
+
+
+class RosterSignatureFile(BaseModel):
+    """One holder's signature over a proposed version, as `exchange roster sign` writes it: the
+    signature (6a.2) and the version and hash it is for, which `combine` matches to the proposal."""
+
+    model_config = _WIRE
+    v: Literal[2]
+    federation: Short
+    version: Version
+    hash: Hex64
+    kid: Kid
+    signature: B64Signature

@@ -30,7 +30,8 @@ from exchange.errors import (
     RosterThreshold,
     UnknownPeer,
 )
-from exchange.model import NodeId, first_error
+from exchange.model import NodeId, Roster, first_error
+from exchange.protocol.roster import Federation
 from exchange.protocol.roster2_model import (
     MAX_ROSTER_BYTES,
     Authority,
@@ -368,6 +369,56 @@ def accept_chain(held: TrustedRoster, chain: Sequence[SignedRosterV2], now: dt.d
     if trusted.version > held.version and trusted.expired(now):
         raise RosterExpired(f"roster version {trusted.version} expired at {trusted.roster.expires}")
     return trusted
+
+
+def accept_first(first: TrustedRoster, chain: Sequence[SignedRosterV2], now: dt.datetime) -> TrustedRoster:
+    """The version a node that held none takes from a chain given out of band: `first` is the
+    chain's first version, already checked as a first version is (`TrustedRoster.restore`, or a
+    migration's checks), the rest of `chain` follows it in order, and the last must not have expired."""
+    trusted = accept_chain(first, chain, now)
+    if trusted.expired(now):
+        raise RosterExpired(f"roster version {trusted.version} expired at {trusted.roster.expires}")
+    return trusted
+
+
+def federation_view(trusted: TrustedRoster) -> Federation:
+    """The held version as the v1 roster the node's wiring runs on (section 6): its active nodes,
+    each with its active signing, encryption and TLS key, under the version's number. Suspended and
+    revoked nodes are left out, as a v1 roster without them would leave them out; `authority_kid`
+    names the first authority key (a v1 roster has one; trust came from the chain, not from it)."""
+    nodes = []
+    for node in trusted.roster.nodes:
+        if node.status != "active":
+            continue
+        current = {k.use: k for k in node.keys if k.state == "active"}
+        cert = b64d(current["tls"].key)
+        nodes.append(
+            {
+                **node.model_dump(include={"id", "name", "country", "agency", "endpoint"}),
+                "signing_key": current["signing"].key,
+                "signing_kid": current["signing"].kid,
+                "encryption_key": current["encryption"].key,
+                "encryption_kid": current["encryption"].kid,
+                "tls_cert": cert_pem(cert),
+                "tls_pin": spki_pin(cert),
+            }
+        )
+    doc = trusted.roster
+    try:
+        roster = Roster.model_validate(
+            {
+                "v": 1,
+                "federation": doc.federation,
+                "version": doc.version,
+                "issued": doc.issued,
+                "authority_kid": doc.authority.keys[0].kid,
+                "nodes": nodes,
+            }
+        )
+        return Federation.index(roster)
+    except (ValidationError, ConfigError) as exc:
+        detail = first_error(exc) if isinstance(exc, ValidationError) else exc.detail
+        raise RosterInvalid(f"roster version {doc.version} has no v1 form: {detail}") from exc
 
 
 def key_entry(

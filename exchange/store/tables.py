@@ -230,3 +230,16 @@ audit_split_views = sa.Table(
     sa.Column("at", sa.String(32), nullable=False),
     sa.UniqueConstraint("node", "shown_hash", name="uq_split_view"),
 )
+
+# exchange.service.federation: every roster v2 version this node accepted (docs/protocol.md, 6a), as
+# the canonical JSON of the signed roster; the highest version is the one the node holds, and a node
+# never goes back below it, across restarts too. Rows are only added (revision 0004).
+roster_versions = sa.Table(
+    "roster_versions",
+    metadata,
+    sa.Column("version", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.String(64), nullable=False),  # SHA-256 of JCS(roster), hex
+    sa.Column("signed", sa.LargeBinary, nullable=False),
+    sa.Column("installed_at", sa.String(32), nullable=False),
+    sa.UniqueConstraint("hash", name="uq_roster_versions_hash"),
+)

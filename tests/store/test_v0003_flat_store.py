@@ -109,9 +109,9 @@ async def test_upgrading_a_0002_database_fills_summaries_bulletins_and_counts(
     monkeypatch.setattr(v0003, "ROWS", 2)
     monkeypatch.setattr(v0003, "CHARACTERS", 100)
     done = await schema.upgrade(deployed.url)
-    assert (done.before, done.after, done.applied) == ("0002", "0003", ("0003",))
+    assert (done.before, done.after, done.applied[0]) == ("0002", schema.head(), "0003")  # later ones: their tests
     after = await snapshot(deployed.url)
-    assert after.pop("alembic_version") == [("0003",)]
+    assert after.pop("alembic_version") == [(schema.head(),)]
     # No stored value changed: only columns were added, and tables of counts.
     release_columns = await snapshot(deployed.url, only=schema.RELEASE_0_1_0)
     assert {t: r for t, r in release_columns.items() if t in before} == before
@@ -188,7 +188,7 @@ async def test_upgrading_a_0002_database_fills_summaries_bulletins_and_counts(
         env=b"{}",
     )  # no trigger left to count it (nor a table to count it in)
     again = await schema.upgrade(deployed.url)
-    assert again.applied == ("0003",)
+    assert again.applied[0] == "0003"
     kept_again, _ = await counts(deployed.url)
     assert kept_again[channel] == kept[channel] + 1
     # A row whose content is missing or not JSON keeps a NULL summary (the readers fall back to content).
