@@ -10,6 +10,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -19,10 +20,19 @@ from exchange.errors import ConfigError, ExchangeError
 from exchange.http.appkeys import SERVICE
 from exchange.http.limits import RateLimiter, RateSettings, rate_limits
 from exchange.http.server import ConnectionGuard, GuardedSite, ServerLimits
-from exchange.keystore import NodeKeyFiles, load_federation, read_file, read_provisioned_channels
+from exchange.keystore import (
+    NodeKeyFiles,
+    load_authority_public,
+    load_federation,
+    read_file,
+    read_provisioned_channels,
+)
 from exchange.node.app import api_application
 from exchange.node.peers import HttpTransport
 from exchange.node.tls import server_context
+from exchange.protocol.roster import Federation
+from exchange.protocol.rosterchain import TrustedRoster
+from exchange.service.federation import FederationRoster, V1Trust
 from exchange.service.node import NodeService
 from exchange.service.users import Users
 from exchange.store import Store
@@ -43,16 +53,21 @@ def build_app(config: NodeConfig) -> web.Application:
     app.middlewares.append(rate_limits(limiter))
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        fed = load_federation(config)
-        me = fed.node(config.id)  # this node must be in the roster itself
+        v1 = _v1_trust(config)
         keys = NodeKeyFiles(config.keys_dir).load()
-        if me.signing_kid != keys.signing.kid or me.encryption_kid != keys.decryption.kid:
-            raise ExchangeError(f"the keys in {config.keys_dir} are not the ones the roster lists for {config.id}")
         store = await Store.open(config.database_url, node=config.id)
+        try:
+            roster = FederationRoster(store, v1=v1)
+            fed, signed_roster = _runs_on(config, roster, await roster.load())
+            me = fed.node(config.id)  # this node must be in the roster itself
+            if me.signing_kid != keys.signing.kid or me.encryption_kid != keys.decryption.kid:
+                raise ExchangeError(f"the keys in {config.keys_dir} are not the ones the roster lists for {config.id}")
+        except BaseException:
+            await store.close()
+            raise
         transport = HttpTransport(config, fed)
         try:
-            signed_roster = strict_loads(read_file(config.roster_path))
-            service = NodeService(config, store, fed, keys, transport, signed_roster)
+            service = NodeService(config, store, fed, keys, transport, signed_roster, roster=roster)
             await service.load(read_provisioned_channels(config.channels_dir))
             app[SERVICE] = service
             await service.start()
@@ -66,6 +81,33 @@ def build_app(config: NodeConfig) -> web.Application:
 
     app.cleanup_ctx.append(resources)
     return app
+
+
+def _v1_trust(config: NodeConfig) -> V1Trust | None:
+    """The v1 roster file a node of release 0.1.0 (or of the sample federation) runs on, verified."""
+    if not config.roster_path.exists():
+        return None
+    return V1Trust(load_federation(config), load_authority_public(config.authority_key_path))
+
+
+def _runs_on(config: NodeConfig, roster: FederationRoster, held: TrustedRoster | None) -> tuple[Federation, Any]:
+    """The roster the node's wiring runs on, and the signed document its audit records name: the
+    held roster v2 version once one is imported (its v1 view: exchange.service.federation), else
+    the v1 roster file."""
+    view = roster.view()
+    if held is not None and view is not None:
+        status = roster.status()
+        if status is not None and status.warning:
+            log.warning("%s: %s (expires %s)", config.id, status.warning, status.expires)
+        if roster.v1 is not None:
+            return view, strict_loads(read_file(config.roster_path))
+        return view, held.signed.model_dump(mode="json")
+    if roster.v1 is None:
+        raise ConfigError(
+            f"{config.id} has no roster: no v1 roster file {config.roster_path} and no roster v2 version imported "
+            "(exchange roster import)"
+        )
+    return roster.v1.fed, strict_loads(read_file(config.roster_path))
 
 
 @dataclass
@@ -114,5 +156,19 @@ async def local_users(config: NodeConfig) -> AsyncIterator[Users]:
     store = await Store.open(config.database_url, node=config.id)
     try:
         yield Users(store)
+    finally:
+        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def local_roster(config: NodeConfig) -> AsyncIterator[FederationRoster]:
+    """The roster v2 chain of a node, for `exchange roster import` and `status` run beside a running
+    node or without it. A node that has a v1 roster file takes its migration first (6a.6)."""
+    v1 = _v1_trust(config)
+    store = await Store.open(config.database_url, node=config.id)
+    try:
+        roster = FederationRoster(store, v1=v1)
+        await roster.load()
+        yield roster
     finally:
         await store.close()

@@ -41,6 +41,8 @@ AUDIT_SPLIT_VIEW: Final = "audit.split_view"
 AUDIT_TRACE: Final = "audit.trace"
 AUDIT_TRACE_SERVED: Final = "audit.trace_served"
 TAXII_READ: Final = "taxii.read"
+ROSTER_INSTALLED: Final = "roster.installed"
+ROSTER_REFUSED: Final = "roster.refused"
 
 EVENT_KINDS: Final[tuple[str, ...]] = (
     BULLETIN_POSTED,
@@ -69,6 +71,8 @@ EVENT_KINDS: Final[tuple[str, ...]] = (
     AUDIT_TRACE,
     AUDIT_TRACE_SERVED,
     TAXII_READ,
+    ROSTER_INSTALLED,
+    ROSTER_REFUSED,
 )
 """Every kind, in the order of docs/audit.md's table."""
 
@@ -356,6 +360,37 @@ class TaxiiRead(TypedDict):
     objects: int
 
 
+class RosterInstalled(TypedDict):
+    """This node installed a roster v2 version (docs/protocol.md, 6a.4): persisted first, then
+    installed, then this entry. `versions` is how many versions the chain added."""
+
+    event: Literal["roster.installed"]
+    at: str
+    version: int
+    hash: str  # SHA-256 of JCS(roster), hex: compare it out of band
+    held: int  # the version held before (0: none)
+    versions: int
+    expires: str
+    source: str  # "import" (a file, exchange roster import), "migration" (from the v1 roster), later "peer:<id>"
+
+
+class RosterRefused(TypedDict):
+    """A roster v2 chain this node refused; what it holds is unchanged. Bounded: `detail` at most
+    200 characters, and at most a few entries per source and interval (the rest counted in
+    `suppressed` of the next one). An equivocation carries both hashes (the evidence)."""
+
+    event: Literal["roster.refused"]
+    at: str
+    error: str  # the error's class name: RosterRollback, RosterGap, RosterEquivocation, ...
+    held: int  # the version held (0: none)
+    offered: int  # the highest version offered (0: it did not parse)
+    source: str
+    detail: str
+    held_hash: NotRequired[str]  # with an equivocation: the hash this node holds for `offered`
+    offered_hash: NotRequired[str]  # with an equivocation: the other hash, signed by the authority
+    suppressed: NotRequired[int]  # refusals from this source not written since the last entry
+
+
 AuditEntry = (
     BulletinPosted
     | BulletinReceived
@@ -383,6 +418,8 @@ AuditEntry = (
     | AuditTrace
     | AuditTraceServed
     | TaxiiRead
+    | RosterInstalled
+    | RosterRefused
 )
 """One audit entry as written, before the store gives it its `idx`."""
 
@@ -407,6 +444,8 @@ __all__ = [
     "NODE_STOPPED",
     "REQUESTS_REFUSED",
     "REQUEST_REJECTED",
+    "ROSTER_INSTALLED",
+    "ROSTER_REFUSED",
     "SEND_REFUSED",
     "TAXII_READ",
     "TRACE_KINDS",
@@ -435,6 +474,8 @@ __all__ = [
     "NodeStopped",
     "RequestRejected",
     "RequestsRefused",
+    "RosterInstalled",
+    "RosterRefused",
     "SendRefused",
     "TaxiiRead",
     "UserAssigned",

@@ -21,6 +21,7 @@ from exchange.cli.export import export
 from exchange.cli.ids import resolve_id, short
 from exchange.cli.options import as_json, emit, node_file, run_async, token_opt, user_opt
 from exchange.cli.output import console, one_line_errors, user_errors
+from exchange.cli.roster import node_init, roster
 from exchange.cli.users import users
 from exchange.config import FederationConfig, NodeConfig
 from exchange.crypto import b64e
@@ -413,6 +414,8 @@ cli.add_command(audit)
 cli.add_command(channels)
 cli.add_command(db)
 cli.add_command(export)
+cli.add_command(roster)
+node.add_command(node_init)
 cli.add_command(users)
 
 

@@ -23,6 +23,7 @@ from exchange.service.audit.service import AuditService
 from exchange.service.batch import BatchPosting
 from exchange.service.catchup import CatchUp
 from exchange.service.channels import ChannelBook
+from exchange.service.federation import FederationRoster
 from exchange.service.follow import Follow
 from exchange.service.ids import BulletinIds
 from exchange.service.inbox import Inbox
@@ -54,6 +55,8 @@ class NodeService:
         keys: NodeKeys,
         transport: PeerTransport,
         signed_roster: Any,
+        *,
+        roster: FederationRoster | None = None,
     ) -> None:
         self.config = config
         self.me = NodeId(config.id)
@@ -74,6 +77,8 @@ class NodeService:
         )
         self.audit = AuditService(self.me, store, fed, keys.signing, transport, self.partners, signed_roster)
         self.refusals = Refusals(store, RefusalSettings.from_config(config))
+        # The roster v2 chain: `fed` is its held version's v1 view once one is imported (exchange.app)
+        self.roster = roster or FederationRoster(store)
         self.retention = Retention(store, dt.timedelta(days=config.outbox_retention_days))
         self.taxii = Taxii(self.me, store, fed, self.access)  # TAXII reads and STIX exports
         self.follow = Follow(store, self.listing)  # long polls and the console's live inbox
@@ -91,6 +96,7 @@ class NodeService:
 
     async def load(self, provisioned: Sequence[Sequence[ChannelEvent]] = ()) -> None:
         """Load the channel logs, and import those `federation init` provisioned for this node."""
+        await self.roster.load()
         await self.channels.load()
         await self.channels.import_provisioned(provisioned)
 

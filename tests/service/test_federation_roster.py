@@ -1,0 +1,268 @@
+"""The roster v2 chain a node holds (exchange.service.federation), on SQLite and PostgreSQL: a good
+chain is persisted, installed and audited; each refusal stores nothing and is audited (within
+bounds); the held version survives a restart, and nothing older is taken after it.
+
+The versions are the golden ones of tests/vectors/roster-v2.json (a 2-of-3 authority).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from exchange import errors
+from exchange.crypto import canonical_json
+from exchange.protocol.roster import Federation
+from exchange.protocol.rosterchain import roster_hash
+from exchange.service.federation import FederationRoster, RefusalBudget, V1Trust
+from exchange.store import Store, audit_log
+from exchange.store.tables import roster_versions
+from tests.protocol.test_roster_chain import CHAIN, V1_FORMAT
+from tests.vectors import make_roster_vectors as mrv
+from tests.vectors.make_roster_vectors import alter, signed, when
+from tests.vectors.make_vectors import signing_key
+
+NOW = when(mrv.NOW)
+
+
+def as_file(*versions: int) -> bytes:
+    """Versions of the recorded chain as a file: one signed roster, or a JSON array of them."""
+    docs = [CHAIN[v].model_dump(mode="json") for v in versions]
+    return json.dumps(docs[0] if len(docs) == 1 else docs, indent=2).encode()
+
+
+@pytest.fixture
+async def url(tmp_path: Path, database: Callable[[str], Awaitable[str]]) -> str:
+    return await database("roster") or f"sqlite+aiosqlite:///{tmp_path / 'roster.db'}"
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[Store]:
+    opened = await Store.open(url)
+    yield opened
+    await opened.close()
+
+
+async def stored(store: Store) -> list[tuple[int, str, bytes]]:
+    async with store.read() as conn:
+        rows = await conn.execute(
+            sa.select(roster_versions.c.version, roster_versions.c.hash, roster_versions.c.signed).order_by(
+                roster_versions.c.version
+            )
+        )
+        return [(int(r.version), str(r.hash), bytes(r.signed)) for r in rows]
+
+
+async def audited(store: Store) -> list[dict[str, Any]]:
+    async with store.read() as conn:
+        rows = await conn.execute(sa.select(audit_log.c.entry).order_by(audit_log.c.idx))
+        entries = [json.loads(bytes(r.entry)) for r in rows]
+    return [e for e in entries if e["event"].startswith("roster.")]
+
+
+async def holding(store: Store, *versions: int, at: dt.datetime = NOW) -> FederationRoster:
+    roster = FederationRoster(store, clock=lambda: at)
+    await roster.load()
+    if versions:
+        await roster.import_chain(as_file(*versions))
+    return roster
+
+
+# -- accepted -----------------------------------------------------------------------------------
+
+
+async def test_a_good_chain_is_persisted_installed_and_audited(store: Store) -> None:
+    roster = await holding(store)
+    assert roster.held is None and roster.status() is None
+    first = await roster.import_chain(as_file(1))
+    assert (first.before, first.version, first.added) == (0, 1, 1)
+    rest = await roster.import_chain(as_file(2, 3))
+    assert (rest.before, rest.version, rest.hash, rest.added) == (1, 3, roster_hash(CHAIN[3].roster), 2)
+    assert roster.held is not None and roster.held.version == 3
+
+    rows = await stored(store)
+    assert [(v, h) for v, h, _ in rows] == [(v, roster_hash(CHAIN[v].roster)) for v in (1, 2, 3)]
+    assert all(raw == canonical_json(CHAIN[v].model_dump(mode="json")) for v, _, raw in rows)
+    assert await roster.chain(after=1) == [rows[1][2], rows[2][2]]
+    entries = await audited(store)
+    assert [(e["event"], e["version"], e["held"], e["versions"]) for e in entries] == [
+        ("roster.installed", 1, 0, 1),
+        ("roster.installed", 3, 1, 2),
+    ]
+    assert entries[1]["hash"] == rest.hash and entries[1]["source"] == "import"
+
+    again = await roster.import_chain(as_file(3))  # the held version again: nothing changes
+    assert not again.changed and len(await stored(store)) == 3 and len(await audited(store)) == 2
+
+
+async def test_a_whole_history_is_taken_from_the_held_version(store: Store) -> None:
+    roster = await holding(store, 1, 2)
+    done = await roster.import_chain([as_file(3), as_file(1, 2)])  # any order, the known past included
+    assert (done.before, done.version, done.added) == (2, 3, 1)
+
+
+async def test_the_read_api_answers_from_the_held_version(store: Store) -> None:
+    roster = await holding(store, 1, 2, 3)
+    status = roster.status()
+    assert status is not None
+    assert (status.version, status.threshold, status.expired, status.warning) == (3, 2, False, None)
+    soon = FederationRoster(store, clock=lambda: when(CHAIN[3].roster.expires) - dt.timedelta(days=3))
+    await soon.load()
+    assert soon.status() is not None and "expires in 3 days" in str(soon.status().warning)  # type: ignore[union-attr]
+    assert status.nodes == {"active": len(CHAIN[3].roster.nodes) - 1, "suspended": 0, "revoked": 1}
+    ke = roster.node("ke-customs")
+    signing = CHAIN[3].roster.nodes[[n.id for n in CHAIN[3].roster.nodes].index("ke-customs")].keys
+    assert ke.status == "active" and ke.signing_kid == next(
+        k.kid for k in signing if k.use == "signing" and k.state == "active"
+    )
+    assert {k.state for k in ke.keys} >= {"active", "compromised"}
+    revoked = roster.node("gb-avsec")
+    assert (revoked.status, revoked.signing_kid, revoked.tls_pin) == ("revoked", None, None)
+    with pytest.raises(errors.UnknownPeer):
+        roster.node("xx-nobody")
+    with pytest.raises(errors.NotFound):
+        FederationRoster(store).node("ke-customs")  # before the first import
+
+
+# -- refused, with nothing stored ---------------------------------------------------------------
+
+
+def equivocating() -> bytes:
+    variant = alter(CHAIN[2].roster, issued="2025-04-01T09:00:01.000Z")
+    return json.dumps(signed(variant, ["icao", "rilo-ap"]).model_dump(mode="json")).encode()
+
+
+def under_threshold() -> bytes:
+    raw = CHAIN[2].model_dump(mode="json")
+    raw["signatures"] = raw["signatures"][:1]
+    return json.dumps(raw).encode()
+
+
+REFUSALS: dict[str, tuple[tuple[int, ...], Callable[[], bytes], type[errors.ExchangeError], dt.datetime]] = {
+    "gap": ((1,), lambda: as_file(3), errors.RosterGap, NOW),
+    "rollback": ((1, 2, 3), lambda: as_file(2), errors.RosterRollback, NOW),
+    "equivocation": ((1, 2), equivocating, errors.RosterEquivocation, NOW),
+    "threshold": ((1,), under_threshold, errors.RosterThreshold, NOW),
+    "expired": ((1,), lambda: as_file(2), errors.RosterExpired, when(mrv.NOW_V2_EXPIRED)),
+    "not-a-roster": ((1,), lambda: b'{"roster": 1}', errors.InvalidInput, NOW),
+    "another-history": ((1, 2), lambda: _other_history(), errors.RosterRollback, NOW),
+}
+
+
+def _other_history() -> bytes:
+    """Version 2 held; offered: a version 1 this node did not take, then the real 2 and 3."""
+    other = alter(CHAIN[1].roster, issued="2025-03-01T12:00:01.000Z")
+    docs = [signed(other, mrv.SIGNERS[1]).model_dump(mode="json")]
+    docs += [CHAIN[v].model_dump(mode="json") for v in (2, 3)]
+    return json.dumps(docs).encode()
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+async def test_each_refusal_has_its_error_stores_nothing_and_is_audited(store: Store, case: str) -> None:
+    before, offer, error, at = REFUSALS[case]
+    roster = await holding(store, *before)
+    held = roster.held
+    rows, entries = await stored(store), await audited(store)
+    with pytest.raises(errors.ExchangeError) as caught:
+        await FederationRoster(store, clock=lambda: at).import_chain(offer())
+    assert type(caught.value) is error, caught.value
+    assert await stored(store) == rows
+    assert roster.held is held
+    refusal = (await audited(store))[len(entries) :]
+    assert [(e["event"], e["error"], e["held"]) for e in refusal] == [("roster.refused", error.__name__, before[-1])]
+    assert len(refusal[0]["detail"]) <= 200
+    if case == "equivocation":  # the evidence: both hashes of version 2
+        assert refusal[0]["held_hash"] == roster_hash(CHAIN[2].roster) != refusal[0]["offered_hash"]
+
+
+async def test_refusals_are_audited_within_bounds(store: Store) -> None:
+    now = [NOW]
+    roster = FederationRoster(store, clock=lambda: now[0], budget=RefusalBudget(per_interval=3))
+    await roster.import_chain(as_file(1))
+    for _ in range(10):
+        with pytest.raises(errors.RosterGap):
+            await roster.import_chain(as_file(3), source="peer:ke-customs")
+    assert len(await audited(store)) == 1 + 3
+    now[0] += dt.timedelta(minutes=1)
+    with pytest.raises(errors.RosterGap):
+        await roster.import_chain(as_file(3), source="peer:ke-customs")
+    last = (await audited(store))[-1]
+    assert (len(await audited(store)), last["suppressed"]) == (5, 7)
+
+
+async def test_an_expected_hash_that_differs_refuses_the_import(store: Store) -> None:
+    roster = await holding(store)
+    with pytest.raises(errors.RosterRefused, match="not the expected"):
+        await roster.import_chain(as_file(1), expect_hash="0" * 64)
+    assert await stored(store) == []
+    done = await roster.import_chain(as_file(1), expect_hash=roster_hash(CHAIN[1].roster))
+    assert done.version == 1
+
+
+# -- restarts, and other processes on the same database -------------------------------------------
+
+
+async def test_a_restart_keeps_the_version_and_refuses_older_ones(url: str) -> None:
+    store = await Store.open(url)
+    try:
+        await holding(store, 1, 2, 3)
+    finally:
+        await store.close()
+    late = when("2026-01-01T00:00:00Z")  # expired since: kept all the same
+    store = await Store.open(url)
+    try:
+        roster = await holding(store, at=late)
+        status = roster.status()
+        assert status is not None and (status.version, status.expired) == (3, True)
+        assert status.warning == "roster version 3 has expired: import a fresh version"
+        for older in (as_file(2), as_file(1, 2)):
+            with pytest.raises(errors.RosterRollback):
+                await roster.import_chain(older)
+        assert [v for v, _, _ in await stored(store)] == [1, 2, 3]
+    finally:
+        await store.close()
+
+
+async def test_another_process_import_is_seen_before_the_next_one(store: Store) -> None:
+    ours, theirs = await holding(store, 1), await holding(store)
+    await theirs.import_chain(as_file(2))
+    assert ours.held is not None and ours.held.version == 1
+    with pytest.raises(errors.RosterRollback):
+        await ours.import_chain(as_file(1, 1))  # judged from version 2, which the database holds
+    assert (await ours.import_chain(as_file(3))).before == 2
+
+
+async def test_a_tampered_stored_version_stops_the_load(store: Store) -> None:
+    await holding(store, 1, 2)
+    raw = CHAIN[2].model_dump(mode="json")
+    raw["signatures"] = raw["signatures"][:1]
+
+    async def tamper(conn: Any, audit: Any) -> None:
+        await conn.execute(
+            sa.update(roster_versions).where(roster_versions.c.version == 2).values(signed=canonical_json(raw))
+        )
+
+    await store.write(tamper)
+    with pytest.raises(errors.ConfigError, match="stored roster version 2 does not verify"):
+        await FederationRoster(store).load()
+
+
+# -- a 0.1.0 node takes the migration of its v1 roster first -----------------------------------
+
+
+async def test_a_v1_node_takes_its_migration_then_the_chain(store: Store) -> None:
+    authority = signing_key(mrv.V1_AUTHORITY).verify_key
+    v1 = V1Trust(Federation.verify(V1_FORMAT, authority), authority)
+    roster = FederationRoster(store, v1=v1, clock=lambda: NOW)
+    unsigned_by_v1 = signed(CHAIN[1].roster, ["wco-secretariat", "icao"])
+    with pytest.raises(errors.RosterThreshold):
+        await roster.import_chain(json.dumps(unsigned_by_v1.model_dump(mode="json")).encode())
+    assert await stored(store) == []
+    done = await roster.import_chain(as_file(1, 2, 3))
+    assert (done.before, done.version, done.added) == (0, 3, 3)
