@@ -1,0 +1,168 @@
+"""The C2SP tlog-witness text protocol (c2sp.org/tlog-witness), the pure part: request and answer
+bodies of `add-checkpoint`, and what a witness answers, with the status codes the specification
+gives.
+
+    POST <submission prefix>/add-checkpoint
+
+    old <size>\\n
+    <base64 consistency proof hash>\\n      (0 to 63 lines; none when old size is 0)
+    \\n
+    <signed note of the checkpoint>
+
+A witness answers 200 with one or more cosignature/v1 lines, 409 with `<size>\\n`
+(`text/x.tlog.size`) when the old size is not the size it last co-signed, 409 when a checkpoint of
+that size has another root, 422 when the proof fails, 400 when the old size exceeds the checkpoint's,
+404 for an unknown origin and 403 when no signature of a trusted key verifies. Base64 is standard
+and padded, as everywhere in C2SP. Beside today's JSON witnessing (`exchange.audit.witness`): not
+wired into a node yet. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from exchange.audit.checkpoint import Checkpoint
+from exchange.audit.note import (
+    Note,
+    NoteSignature,
+    b64std_decode,
+    b64std_encode,
+    parse_note,
+    parse_signature_line,
+    verify_note,
+)
+from exchange.crypto import VerifyKey
+from exchange.errors import BadSignature, InvalidInput, ProofError
+from exchange.merkle import HASH_SIZE, verify_consistency
+
+ADD_CHECKPOINT = "add-checkpoint"
+SIZE_CONTENT_TYPE = "text/x.tlog.size"
+MAX_PROOF_LINES = 63
+MAX_BODY = 64 * 1024 + 64 * 50  # a note of at most 64 KiB and its proof lines
+_OLD = re.compile(r"^old (0|[1-9][0-9]{0,18})$")
+_SIZE = re.compile(r"^(0|[1-9][0-9]{0,18})\n$")
+
+
+@dataclass(frozen=True)
+class AddCheckpoint:
+    """An add-checkpoint request: the size the log believes the witness co-signed, a consistency
+    proof from it, and the signed note (unverified)."""
+
+    old_size: int
+    proof: list[bytes]
+    note: Note
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A witness's refusal: the HTTP status, the body, its content type, and why (for logs)."""
+
+    status: int
+    reason: str
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+
+
+def add_checkpoint_body(old_size: int, proof: list[bytes], note: str) -> bytes:
+    """The request body of add-checkpoint."""
+    if old_size < 0 or len(proof) > MAX_PROOF_LINES or any(len(p) != HASH_SIZE for p in proof):
+        raise InvalidInput("an add-checkpoint request has a size >= 0 and at most 63 proof hashes of 32 bytes")
+    lines = [f"old {old_size}", *(b64std_encode(p) for p in proof), ""]
+    return ("".join(line + "\n" for line in lines) + note).encode("utf-8")
+
+
+def parse_add_checkpoint(body: bytes) -> AddCheckpoint:
+    """Parse an add-checkpoint request body strictly (InvalidInput: a 400 Bad Request)."""
+    if len(body) > MAX_BODY:
+        raise InvalidInput("the add-checkpoint body is too large")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput("the add-checkpoint body is not UTF-8") from exc
+    head, sep, note = text.partition("\n\n")
+    if not sep:
+        raise InvalidInput("the add-checkpoint body needs an empty line before the checkpoint")
+    lines = head.split("\n")
+    matched = _OLD.match(lines[0])
+    if matched is None:
+        raise InvalidInput("the first line is `old <size>`, a decimal without leading zeros")
+    if len(lines) - 1 > MAX_PROOF_LINES:
+        raise InvalidInput(f"at most {MAX_PROOF_LINES} consistency proof lines")
+    proof = [b64std_decode(line) for line in lines[1:]]
+    if any(len(p) != HASH_SIZE for p in proof):
+        raise InvalidInput("a consistency proof line is the base64 of a 32-byte hash")
+    return AddCheckpoint(int(matched.group(1)), proof, parse_note(note))
+
+
+def open_request(request: AddCheckpoint, logs: Mapping[str, tuple[str, VerifyKey]]) -> Checkpoint | Refusal:
+    """The checkpoint of a request, if a log this witness follows signed it: `logs` maps an origin to
+    the log's (key name, Ed25519 key). Else 404 (unknown origin) or 403 (no trusted signature
+    verifies; signatures of other keys are ignored)."""
+    try:
+        checkpoint = Checkpoint.parse(request.note.text)
+    except InvalidInput as exc:
+        return Refusal(400, f"not a checkpoint: {exc.detail}")
+    known = logs.get(checkpoint.origin)
+    if known is None:
+        return Refusal(404, f"unknown log {checkpoint.origin!r}")
+    name, key = known
+    try:
+        verify_note(request.note, name, key)
+    except BadSignature as exc:
+        return Refusal(403, f"no signature of {checkpoint.origin!r} verifies: {exc.detail}")
+    return checkpoint
+
+
+def judge(old_size: int, proof: list[bytes], checkpoint: Checkpoint, seen: tuple[int, bytes] | None) -> Refusal | None:
+    """What a witness that last co-signed `seen` (size, root; None: never) answers a request whose
+    log signature verified: None to co-sign, or the refusal (tlog-witness, "add-checkpoint").
+
+    A refusal with status 422, or 409 for the same size with another root, is evidence that the
+    log misbehaved (a split view), which the caller keeps.
+    """
+    if old_size > checkpoint.size:
+        return Refusal(400, f"old size {old_size} is larger than the checkpoint's size {checkpoint.size}")
+    latest = seen[0] if seen is not None else 0
+    if old_size != latest:
+        return Refusal(409, f"this witness last co-signed size {latest}", f"{latest}\n".encode(), SIZE_CONTENT_TYPE)
+    if seen is None:
+        if proof:
+            return Refusal(400, "the proof must be empty when the old size is 0")
+        return None  # trust on first use
+    if checkpoint.size == seen[0] and checkpoint.root != seen[1]:
+        return Refusal(409, f"a checkpoint of size {seen[0]} with another root: a split view")
+    if old_size == 0:  # a log of size 0 co-signed before proves nothing; take the new one as a first
+        return Refusal(400, "the proof must be empty when the old size is 0") if proof else None
+    try:
+        verify_consistency(old_size, checkpoint.size, proof, seen[1], checkpoint.root)
+    except ProofError as exc:
+        return Refusal(422, f"the consistency proof does not verify: {exc}: a split view")
+    return None
+
+
+def cosignature_body(signatures: list[NoteSignature]) -> bytes:
+    """A 200 answer: one note signature line each, each ending in a newline."""
+    if not signatures:
+        raise InvalidInput("an add-checkpoint answer holds at least one cosignature")
+    return "".join(sig.line() for sig in signatures).encode("utf-8")
+
+
+def parse_cosignature_body(body: bytes) -> list[NoteSignature]:
+    """The signature lines of a 200 answer (unverified: check each with `verify_cosignature`)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput("the answer is not UTF-8") from exc
+    if not text.endswith("\n"):
+        raise InvalidInput("each signature line ends in a newline")
+    return [parse_signature_line(line) for line in text[:-1].split("\n")]
+
+
+def parse_size_body(body: bytes) -> int:
+    """The size of a 409 `text/x.tlog.size` answer: the witness's latest co-signed size."""
+    matched = _SIZE.match(body.decode("ascii", "replace"))
+    if matched is None:
+        raise InvalidInput("a text/x.tlog.size body is a decimal size and a newline")
+    return int(matched.group(1))
