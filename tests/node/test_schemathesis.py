@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import MakeFederation, Member
 
 MAX_EXAMPLES = 12  # per operation and phase
-POSTS = r"^/api/v1/channels/\{channel\}/bulletins$"
+POSTS = r"^/api/v1/channels/\{channel\}/(bulletins|bulletins/batch|rfis|stix)$"
 STATEFUL = 'expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]'
 
 
@@ -35,9 +35,9 @@ def config_file(folder: Path, nl: Member, partner: Member, report: Path) -> Path
     roles = [
         (
             "officer",
-            r"^/api/v1/(whoami|channels|channels/\{channel\}|channels/\{channel\}/bulletins|bulletins.*|peers)$",
+            r"^/api/v1/(whoami|channels|channels/\{channel\}|bulletins.*|bulletin-ids|follow|peers)$",
         ),
-        ("admin", r"^/api/v1/channels(/\{channel\}/(users|accept|invite|rights|remove|grant-history|close))?$"),
+        ("admin", r"^/api/v1/channels(/\{channel\}/(users|accept|invite|rights|remove|grant-history|close|export))?$"),
         ("auditor", r"^/api/v1/audit/"),
     ]
     lines = [
@@ -57,7 +57,8 @@ def config_file(folder: Path, nl: Member, partner: Member, report: Path) -> Path
         "[reports.junit]",
         f"path = {_toml(str(report))}",
     ]
-    # Most specific first: the officer's posts go to the channel the officer works in.
+    # Most specific first: the officer's posts (one, or a batch), and the channel's requests for
+    # information and STIX export, go to the channel the officer works in.
     lines += [
         "[[operations]]",
         f"include-path-regex = {_toml(POSTS)}",
