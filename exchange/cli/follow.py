@@ -15,7 +15,7 @@ import click
 
 from exchange.cli.client import Target, call
 from exchange.cli.ids import short
-from exchange.errors import PeerError
+from exchange.errors import ApiError, PeerError
 
 WAIT = 20  # seconds each long poll may wait at the node
 BACKOFF = (1, 2, 5, 10, 30)  # seconds before asking again after a failed request
@@ -40,7 +40,9 @@ async def follow(target: Target, channel: str | None, after: int | None, as_json
             query["after"] = cursor
         try:
             page = await call(target, "GET", "/api/v1/follow?" + urlencode(query))
-        except PeerError as exc:  # the node is down or unreachable: keep the cursor and try again
+        except PeerError as exc:  # the node is down, stopping or busy: keep the cursor and try again
+            if isinstance(exc, ApiError) and exc.status < 500 and exc.status != 429:
+                raise  # refused for good (rights, input): say so and stop
             delay = BACKOFF[min(failures, len(BACKOFF) - 1)]
             failures += 1
             click.echo(f"warning: {exc}; asking again in {delay} s", err=True)

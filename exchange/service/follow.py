@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, Iterator
 
 import sqlalchemy as sa
 
-from exchange.errors import RateLimited
+from exchange.errors import RateLimited, Unavailable
 from exchange.service.listing import Filters, LinePage, Listing
 from exchange.service.users import User
 from exchange.store import Store, bulletins
@@ -38,6 +38,20 @@ class Follow:
         self.listing = listing
         self.poll = poll
         self._open: dict[str, int] = {}
+        self._closed = asyncio.Event()
+
+    def close(self) -> None:
+        """The node is stopping: every wait and stream ends now (503 to a long poll: ask again)."""
+        self._closed.set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep up to `seconds`; Unavailable at once if the node stops meanwhile."""
+        if self._closed.is_set():
+            raise Unavailable("the node is stopping")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closed.wait(), seconds)
+        if self._closed.is_set():
+            raise Unavailable("the node is stopping")
 
     async def head(self) -> int:
         """The cursor of the newest bulletin stored (0: none): where "from now on" starts."""
@@ -71,7 +85,7 @@ class Follow:
                 if page.items or time.monotonic() >= deadline:
                     return page
                 cursor = page.next or cursor
-                await asyncio.sleep(min(self.poll, max(0.0, deadline - time.monotonic())))
+                await self._pause(min(self.poll, max(0.0, deadline - time.monotonic())))
 
     async def stream(self, user: User, channel: str | None, after: int | None) -> AsyncGenerator[LinePage, None]:
         """Pages of new bulletins for as long as the caller reads them (server-sent events): the
@@ -87,5 +101,8 @@ class Follow:
                     quiet = 0.0
                     yield page
                 if len(page.items) < PAGE:
-                    await asyncio.sleep(self.poll)
+                    try:
+                        await self._pause(self.poll)
+                    except Unavailable:
+                        return  # the stream ends; the browser reconnects to the node's next run
                     quiet += self.poll

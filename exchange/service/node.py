@@ -117,6 +117,7 @@ class NodeService:
     async def stop(self) -> None:
         """Stop the loops, then sign a checkpoint of everything this run wrote (before the store
         closes); a loop that failed is logged, and the others are stopped all the same."""
+        self.follow.close()  # long polls and console streams end first: they would outlive the store
         await self.retention.close()
         await self.refusals.close()  # the last counts of refused requests, before the checkpoint below
         try:
