@@ -237,6 +237,31 @@ def test_the_leaf_hash_must_be_its_one_canonical_encoding() -> None:
     assert batch.matching_prefix([digest, digest], [digest, leaf_hash(b"y")], encoded=False) == 1
 
 
+def test_leaf_hashes_encoded_a_run_at_a_time_stop_at_the_first_wrong_one() -> None:
+    digests = [leaf_hash(b"%d" % i) for i in range(50)]
+    texts = [b64e(d).encode() for d in digests]
+    assert batch.matching_prefix(digests, texts, encoded=True) == 50
+    for k in (0, 17, 49):
+        for wrong in (texts[k][:-1] + (b"B" if texts[k][-1:] == b"A" else b"A"), texts[k][:42], texts[k] + b"A"):
+            assert batch.matching_prefix(digests, [*texts[:k], wrong, *texts[k + 1 :]], encoded=True) == k
+
+
+@PROPERTY
+@given(st.lists(entry_like(), min_size=1, max_size=6), st.sampled_from([b"", b"x", b'"', b"\\", b"\n"]))
+def test_entry_run_is_plain_entry_lines_cut_where_plain_prefix_stops(texts: list[bytes], noise: bytes) -> None:
+    """`feed_lines` takes runs with `entry_run`, which checks each text once for both."""
+    lines = []
+    for i, text in enumerate(texts):
+        entry = text.replace(b'"idx":5', b'"idx":%d' % (5 + i))
+        escaped = json.dumps(entry.decode("utf-8", "replace"), ensure_ascii=False)[1:-1].encode()
+        if i == len(texts) - 1:
+            escaped += noise
+        lines.append(batch.ENTRY_HEAD % (5 + i) + escaped + batch.LEAF_FIELD + b64e(leaf_hash(entry)).encode() + b'"}')
+    entries, stored = batch.plain_entry_lines(5, lines, 0, len(lines))
+    count = batch.plain_prefix(5, entries)
+    assert batch.entry_run(5, lines, 0, len(lines)) == (entries[:count], stored[:count])
+
+
 # -- agreement on whole bundles -----------------------------------------------------------------------
 
 

@@ -237,15 +237,23 @@ class LogVerifier:
         self._frontier.append(leaf)
         self._settle()
 
-    def take_run(self, entries: Sequence[bytes], stored_leaf_hashes: Sequence[bytes], *, encoded: bool = False) -> int:
+    def take_run(
+        self,
+        entries: Sequence[bytes],
+        stored_leaf_hashes: Sequence[bytes],
+        *,
+        encoded: bool = False,
+        plain: bool = False,
+    ) -> int:
         """Append the longest leading run of `entries` (the next entries of a complete log, in
         order) that passes every check of `entry` in the plain form of `exchange.audit.batch`,
         hashed a run at a time; return its length. Each stored leaf hash is 32 bytes, or if
-        `encoded` its base64url text. The caller gives the next entry to `entry`, which names
-        what is wrong with it, if anything."""
+        `encoded` its base64url text. With `plain`, the caller found the entries in the plain
+        form, carrying their own indices from `size` on (`batch.entry_run`). The caller gives the
+        next entry to `entry`, which names what is wrong with it, if anything."""
         if self._mode == "proven":
             return 0
-        count = batch.plain_prefix(self._frontier.size, entries)
+        count = len(entries) if plain else batch.plain_prefix(self._frontier.size, entries)
         digests = leaf_hashes(entries[:count])
         count = batch.matching_prefix(digests, stored_leaf_hashes[:count], encoded=encoded)
         if count:
@@ -378,8 +386,8 @@ class BundleCheck:
             verifier = self._verifier
             if verifier is not None and self._end is None and self.header is not None and self.header["complete"]:
                 stop = min(len(lines), at + self._run)
-                entries, stored = batch.plain_entry_lines(verifier.size, lines, at, stop)
-                taken = verifier.take_run(entries, stored, encoded=True)
+                entries, stored = batch.entry_run(verifier.size, lines, at, stop)
+                taken = verifier.take_run(entries, stored, encoded=True, plain=True)
                 at += taken
                 # Grow the run while whole runs pass; after one that stopped short, try small ones
                 # again, so that a bundle with many irregular lines costs no more than the general path.

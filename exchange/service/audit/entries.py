@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -27,7 +28,7 @@ from exchange.audit.keeper import (
 from exchange.clock import timestamp
 from exchange.crypto import b64e
 from exchange.errors import NotFound
-from exchange.service.audit.table import PAGE, pages
+from exchange.service.audit.table import PAGE, stream
 from exchange.store import audit_log
 
 if TYPE_CHECKING:
@@ -207,10 +208,11 @@ class LogEntries:
         for cp in signed:
             yield {"type": "checkpoint", "note": cp.full_note()}
         count = 0
-        async for rows in pages(self.store, 0, size, audit_log.c.entry, audit_log.c.leaf_hash):
-            for row in rows:
-                count += 1
-                yield entry_record(*_stored(*row))
+        async with aclosing(stream(self.store, 0, size, audit_log.c.entry, audit_log.c.leaf_hash)) as chunks:
+            async for rows in chunks:
+                for row in rows:
+                    count += 1
+                    yield entry_record(*_stored(*row))
         yield {"type": "end", "entries": count}
 
     async def export_lines(self, bulletin: str | None = None) -> AsyncIterator[bytes]:
@@ -228,7 +230,8 @@ class LogEntries:
         yield json.dumps(header, separators=(",", ":")).encode() + b"\n"
         yield b"".join(record_line({"type": "checkpoint", "note": cp.full_note()}) + b"\n" for cp in signed)
         count = 0
-        async for rows in pages(self.store, 0, size, audit_log.c.entry, audit_log.c.leaf_hash):
-            count += len(rows)
-            yield entry_lines(rows)
+        async with aclosing(stream(self.store, 0, size, audit_log.c.entry, audit_log.c.leaf_hash)) as chunks:
+            async for rows in chunks:
+                count += len(rows)
+                yield entry_lines(rows)
         yield record_line({"type": "end", "entries": count}) + b"\n"

@@ -36,7 +36,7 @@ from exchange.clock import timestamp
 from exchange.crypto import SigningKey, VerifyKey
 from exchange.errors import AuditTampered, BadSignature, InvalidInput, NotFound
 from exchange.merkle import HASH_SIZE, Frontier
-from exchange.service.audit.table import PAGE, pages, rows
+from exchange.service.audit.table import PAGE, rows, stream
 from exchange.store import AuditBuffer, Store, audit_checkpoints, audit_cosignatures, audit_log
 
 FOLLOW_RETRY_SECONDS = 1.0
@@ -209,17 +209,18 @@ class LogKeeper:
             ]
         sizes = [size for size, _ in signed] + [latest.size]
         roots = {lo: self._frontier.root()}
-        async for page in pages(self.store, lo, latest.size, audit_log.c.leaf_hash):
-            leaves = _leaves(page, self._frontier.size)
-            cut = len(leaves) < len(page)
-            while leaves:
-                stop = min(len(leaves), sizes[0] - self._frontier.size)
-                self._frontier.extend(leaves[:stop])
-                leaves = leaves[stop:]
-                if self._frontier.size == sizes[0]:
-                    roots[sizes.pop(0)] = self._frontier.root()
-            if cut or (len(page) < PAGE and self._frontier.size < latest.size):
-                raise _missing(self._frontier.size)
+        async with contextlib.aclosing(stream(self.store, lo, latest.size, audit_log.c.leaf_hash)) as chunks:
+            async for chunk in chunks:
+                leaves = _leaves(chunk, self._frontier.size)
+                cut = len(leaves) < len(chunk)
+                while leaves:
+                    stop = min(len(leaves), sizes[0] - self._frontier.size)
+                    self._frontier.extend(leaves[:stop])
+                    leaves = leaves[stop:]
+                    if self._frontier.size == sizes[0]:
+                        roots[sizes.pop(0)] = self._frontier.root()
+                if cut:
+                    raise _missing(self._frontier.size)
         if self._frontier.size != latest.size:
             raise _missing(self._frontier.size)
         if self._frontier.root() != latest.root:
@@ -311,18 +312,21 @@ class LogKeeper:
             )
 
     async def _build_tree(self) -> TreeLevels:
-        """Every leaf hash in the table, up to the frontier, into new levels, read a page at a time
-        and hashed in a worker thread (so the event loop keeps serving), without holding the lock
-        that taking in new entries needs; then, under it, the entries taken in meanwhile, and the
-        check that the levels give the frontier's root."""
+        """Every leaf hash in the table, up to the frontier, into new levels, read by one streamed
+        query and hashed in a worker thread (so the event loop keeps serving), without holding the
+        lock that taking in new entries needs; then, under it, the entries taken in meanwhile, and
+        the check that the levels give the frontier's root."""
         levels, size = TreeLevels(), self._frontier.size
         self._taken_since = []
         try:
-            async for page in pages(self.store, 0, size, audit_log.c.leaf_hash):
-                leaves = _leaves(page, levels.size)
-                await asyncio.to_thread(levels.extend, leaves)
-                if len(leaves) < len(page) or (len(page) < PAGE and levels.size < size):
-                    raise _missing(levels.size)
+            async with contextlib.aclosing(stream(self.store, 0, size, audit_log.c.leaf_hash)) as chunks:
+                async for chunk in chunks:
+                    leaves = _leaves(chunk, levels.size)
+                    await asyncio.to_thread(levels.extend, leaves)
+                    if len(leaves) < len(chunk):
+                        raise _missing(levels.size)
+            if levels.size < size:
+                raise _missing(levels.size)
             async with self._lock:
                 levels.extend(self._taken_since)
                 if levels.root_at(levels.size) != self._frontier.root():
