@@ -30,6 +30,7 @@ from exchange.keystore import (
 from exchange.node.app import api_application
 from exchange.node.peers import HttpTransport
 from exchange.node.tls import server_context
+from exchange.node.webhook_client import HttpWebhookSender
 from exchange.protocol.roster import Federation
 from exchange.protocol.rosterchain import TrustedRoster
 from exchange.service.federation import FederationRoster, V1Trust
@@ -67,7 +68,16 @@ def build_app(config: NodeConfig) -> web.Application:
             raise
         transport = HttpTransport(config, fed)
         try:
-            service = NodeService(config, store, fed, keys, transport, signed_roster, roster=roster)
+            service = NodeService(
+                config,
+                store,
+                fed,
+                keys,
+                transport,
+                signed_roster,
+                roster=roster,
+                webhook_sender=HttpWebhookSender(),
+            )
             await service.load(read_provisioned_channels(config.channels_dir))
             app[SERVICE] = service
             await service.start()

@@ -43,6 +43,9 @@ AUDIT_TRACE_SERVED: Final = "audit.trace_served"
 TAXII_READ: Final = "taxii.read"
 ROSTER_INSTALLED: Final = "roster.installed"
 ROSTER_REFUSED: Final = "roster.refused"
+WEBHOOK_CHANGED: Final = "webhook.changed"
+WEBHOOK_DELIVERED: Final = "webhook.delivered"
+WEBHOOK_FAILING: Final = "webhook.failing"
 
 EVENT_KINDS: Final[tuple[str, ...]] = (
     BULLETIN_POSTED,
@@ -73,6 +76,9 @@ EVENT_KINDS: Final[tuple[str, ...]] = (
     TAXII_READ,
     ROSTER_INSTALLED,
     ROSTER_REFUSED,
+    WEBHOOK_CHANGED,
+    WEBHOOK_DELIVERED,
+    WEBHOOK_FAILING,
 )
 """Every kind, in the order of docs/audit.md's table."""
 
@@ -391,6 +397,39 @@ class RosterRefused(TypedDict):
     suppressed: NotRequired[int]  # refusals from this source not written since the last entry
 
 
+class WebhookChanged(TypedDict):
+    """An administrator registered or removed a webhook (exchange.service.webhooks)."""
+
+    event: Literal["webhook.changed"]
+    at: str
+    user: str
+    webhook: int
+    channel: str
+    url: str
+    change: Literal["registered", "removed"]
+
+
+class WebhookDelivered(TypedDict):
+    """The node POSTed `count` bulletins' metadata to a webhook and got 2xx, through cursor `through`."""
+
+    event: Literal["webhook.delivered"]
+    at: str
+    webhook: int
+    channel: str
+    count: int
+    through: int
+
+
+class WebhookFailing(TypedDict):
+    """A webhook's receiver stopped answering 2xx (written once when failing starts; retries follow)."""
+
+    event: Literal["webhook.failing"]
+    at: str
+    webhook: int
+    channel: str
+    error: str
+
+
 AuditEntry = (
     BulletinPosted
     | BulletinReceived
@@ -420,67 +459,8 @@ AuditEntry = (
     | TaxiiRead
     | RosterInstalled
     | RosterRefused
+    | WebhookChanged
+    | WebhookDelivered
+    | WebhookFailing
 )
 """One audit entry as written, before the store gives it its `idx`."""
-
-__all__ = [
-    "AUDIT_SPLIT_VIEW",
-    "AUDIT_TRACE",
-    "AUDIT_TRACE_SERVED",
-    "BULLETIN_DELIVERED",
-    "BULLETIN_OPENED",
-    "BULLETIN_OPENED_BY",
-    "BULLETIN_POSTED",
-    "BULLETIN_RECEIVED",
-    "BULLETIN_SENT",
-    "BULLETIN_UNVERIFIED",
-    "CHANNEL_CHANGED",
-    "CONSOLE_SIGNED_IN",
-    "CONSOLE_SIGNED_OUT",
-    "CONSOLE_SIGNIN_FAILED",
-    "CONSOLE_SIGNIN_THROTTLED",
-    "EVENT_KINDS",
-    "NODE_STARTED",
-    "NODE_STOPPED",
-    "REQUESTS_REFUSED",
-    "REQUEST_REJECTED",
-    "ROSTER_INSTALLED",
-    "ROSTER_REFUSED",
-    "SEND_REFUSED",
-    "TAXII_READ",
-    "TRACE_KINDS",
-    "USER_ASSIGNED",
-    "USER_CREATED",
-    "USER_PASSWORD_SET",
-    "USER_TOKEN_ROTATED",
-    "USER_UNASSIGNED",
-    "AuditEntry",
-    "AuditSplitView",
-    "AuditTrace",
-    "AuditTraceServed",
-    "BulletinDelivered",
-    "BulletinOpened",
-    "BulletinOpenedBy",
-    "BulletinPosted",
-    "BulletinReceived",
-    "BulletinSent",
-    "BulletinUnverified",
-    "ChannelChanged",
-    "ConsoleSignedIn",
-    "ConsoleSignedOut",
-    "ConsoleSigninFailed",
-    "ConsoleSigninThrottled",
-    "NodeStarted",
-    "NodeStopped",
-    "RequestRejected",
-    "RequestsRefused",
-    "RosterInstalled",
-    "RosterRefused",
-    "SendRefused",
-    "TaxiiRead",
-    "UserAssigned",
-    "UserCreated",
-    "UserPasswordSet",
-    "UserTokenRotated",
-    "UserUnassigned",
-]

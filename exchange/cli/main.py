@@ -23,6 +23,7 @@ from exchange.cli.options import as_json, emit, node_file, run_async, token_opt,
 from exchange.cli.output import console, one_line_errors, user_errors
 from exchange.cli.roster import node_init, roster
 from exchange.cli.users import users
+from exchange.cli.webhooks import webhooks
 from exchange.config import FederationConfig, NodeConfig
 from exchange.crypto import b64e
 from exchange.errors import InvalidInput
@@ -417,6 +418,7 @@ cli.add_command(export)
 cli.add_command(roster)
 node.add_command(node_init)
 cli.add_command(users)
+cli.add_command(webhooks)
 
 
 def main() -> None:

@@ -45,6 +45,13 @@ class ExportRule(BaseModel):
     amber_strict: bool
 
 
+class NewWebhook(BaseModel):
+    """A webhook to register: the URL each new bulletin's metadata is POSTed to."""
+
+    model_config = _API
+    url: Annotated[str, StringConstraints(min_length=8, max_length=2048)]
+
+
 class Assignment(BaseModel):
     """An administrator assigns a local contact point to a channel (assigned: false takes it away)."""
 

@@ -21,7 +21,7 @@ from exchange.model import (
     MAX_SHORT,
     Bulletin,
 )
-from exchange.node.bodies import AUDIT_PAGE_LIMIT, MEMBERSHIP, PAGE_LIMIT, Assignment, Forward, NewChannel
+from exchange.node.bodies import AUDIT_PAGE_LIMIT, MEMBERSHIP, PAGE_LIMIT, Assignment, Forward, NewChannel, NewWebhook
 from exchange.node.openapi import openapi_json
 from exchange.service.batch import MAX_ITEMS as MAX_BATCH_ITEMS
 from exchange.service.follow import MAX_WAIT
@@ -294,6 +294,28 @@ async def rfi_board(request: web.Request) -> web.Response:
     return web.json_response((await request.app[SERVICE].rfis.board(user, channel)).as_json())
 
 
+async def register_webhook(request: web.Request) -> web.Response:
+    """An administrator registers a URL that each new bulletin's metadata of the channel is POSTed to;
+    the answer holds the signing secret, shown this once."""
+    user = await current_user(request)
+    channel = params.channel_id(request.match_info["channel"])
+    body: NewWebhook = _validate(NewWebhook, await _body(request))
+    registered = await request.app[SERVICE].webhooks.register(user, channel, body.url)
+    return web.json_response(registered.as_json(), status=201)
+
+
+async def list_webhooks(request: web.Request) -> web.Response:
+    user = await current_user(request)
+    return web.json_response([w.as_json() for w in await request.app[SERVICE].webhooks.list(user)])
+
+
+async def remove_webhook(request: web.Request) -> web.Response:
+    user = await current_user(request)
+    webhook_id = params.integer({"id": request.match_info["id"]}, "id", 0, minimum=1)
+    await request.app[SERVICE].webhooks.remove(user, webhook_id)
+    return web.json_response({"removed": webhook_id})
+
+
 async def openapi(request: web.Request) -> web.Response:
     """The OpenAPI document of every client, audit and federation route."""
     return web.Response(body=openapi_json(request.app[SERVICE].config.endpoint), content_type="application/json")
@@ -312,6 +334,9 @@ def routes() -> list[web.RouteDef]:
         web.post("/api/v1/channels/{channel}/accept", accept_invitation),
         web.get("/api/v1/channels/{channel}/stix", export_stix),
         web.get("/api/v1/channels/{channel}/rfis", rfi_board),
+        web.post("/api/v1/channels/{channel}/webhooks", register_webhook),
+        web.get("/api/v1/webhooks", list_webhooks),
+        web.delete("/api/v1/webhooks/{id}", remove_webhook),
         *(web.post(f"/api/v1/channels/{{channel}}/{action}", change_membership(action)) for action in MEMBERSHIP),
         web.get("/api/v1/bulletins", list_bulletins),
         web.get("/api/v1/bulletin-ids", bulletin_ids),

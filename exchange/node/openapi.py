@@ -14,7 +14,7 @@ from typing import Any
 
 from exchange.http.params import INT32_MAX
 from exchange.node.bodies import AUDIT_PAGE_LIMIT, CATCHUP_LIMIT, MEMBERSHIP, PAGE_LIMIT
-from exchange.node.schemas import HEX64, ID, array, components, ref
+from exchange.node.schemas import HEX64, ID, array, closed, components, ref
 from exchange.service.follow import MAX_WAIT
 from exchange.service.posting import KEY_PATTERN
 
@@ -212,6 +212,24 @@ def _client_paths() -> dict[str, Any]:
                 "The channel's requests for information: open, answered (with the answers) and overdue",
                 "RfiBoard",
                 parameters=[CHANNEL],
+            )
+        },
+        "/api/v1/channels/{channel}/webhooks": {
+            "post": _op(
+                "Register a webhook: each new bulletin's metadata (never its content) is POSTed to the URL, "
+                "signed with the secret in this answer, shown once (administrators)",
+                "RegisteredWebhook",
+                status="201",
+                body="NewWebhook",
+                parameters=[CHANNEL],
+            )
+        },
+        "/api/v1/webhooks": {"get": _op("The node's webhooks (administrators)", array(ref("Webhook")))},
+        "/api/v1/webhooks/{id}": {
+            "delete": _op(
+                "Remove a webhook (administrators)",
+                closed(["removed"], removed={"type": "integer", "minimum": 1}),
+                parameters=[_param("id", "path", _int(1), "the webhook's id")],
             )
         },
         "/api/v1/channels/{channel}/stix": {

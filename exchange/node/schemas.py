@@ -13,13 +13,23 @@ from pydantic_core import core_schema
 
 from exchange.audit.witness import MAX_PROOF
 from exchange.model import Acceptance, Bulletin, ChannelEvent, Envelope, Receipt
-from exchange.node.bodies import MAX_BATCH, Assignment, ExportRule, Forward, NewChannel, NodeOnly, NodeRights
+from exchange.node.bodies import (
+    MAX_BATCH,
+    Assignment,
+    ExportRule,
+    Forward,
+    NewChannel,
+    NewWebhook,
+    NodeOnly,
+    NodeRights,
+)
 from exchange.service.batch import MAX_ITEMS as MAX_BATCH_ITEMS
 from exchange.service.ids import Matches
 from exchange.service.listing import LinePage
 from exchange.service.outbox import PeerStatus
 from exchange.service.rfis import RfiBoard
 from exchange.service.views import BulletinSummary, BulletinView, Posted
+from exchange.service.webhooks import Registered, Webhook
 
 REF = "#/components/schemas/{model}"
 B64 = {"type": "string", "pattern": "^[A-Za-z0-9_-]*$"}
@@ -107,6 +117,9 @@ def components() -> dict[str, Any]:
             "Matches": Matches,
             "LinePage": LinePage,
             "RfiBoard": RfiBoard,
+            "Webhook": Webhook,
+            "RegisteredWebhook": Registered,
+            "NewWebhook": NewWebhook,
         },
     )
     _mark_dates(schemas)

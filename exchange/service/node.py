@@ -39,6 +39,7 @@ from exchange.service.taxii import Taxii
 from exchange.service.transport import PeerTransport
 from exchange.service.users import User, Users
 from exchange.service.views import BulletinSummary, BulletinView, Posted
+from exchange.service.webhooks import Webhooks, WebhookSender
 from exchange.store import Store
 
 log = logging.getLogger("exchange.node")
@@ -57,6 +58,7 @@ class NodeService:
         signed_roster: Any,
         *,
         roster: FederationRoster | None = None,
+        webhook_sender: WebhookSender | None = None,
     ) -> None:
         self.config = config
         self.me = NodeId(config.id)
@@ -85,6 +87,7 @@ class NodeService:
         self.rfis = RequestsForInformation(store, self.access)
         self.metrics = NodeMetrics(self.me, store, fed, self.outbox, self.audit)  # GET /metrics
         self.batch = BatchPosting(self.posting)  # many posts in one request, each on its own
+        self.webhooks = Webhooks(self.me, store, self.access, webhook_sender)  # metadata to administrations' URLs
         self._tasks: list[asyncio.Task[None]] = []
 
     def partners(self) -> list[str]:
@@ -107,6 +110,7 @@ class NodeService:
         changed what this node signed raises AuditTampered, and the node does not start.
         """
         await self.audit.start(self.config.audit_checkpoint_seconds)
+        self.webhooks.start()
         for peer, sender in self.outbox.senders.items():
             self._tasks.append(asyncio.create_task(sender.run(), name=f"sender-{peer}"))
             sender.wake()  # drain whatever was queued before a restart
@@ -118,6 +122,7 @@ class NodeService:
         """Stop the loops, then sign a checkpoint of everything this run wrote (before the store
         closes); a loop that failed is logged, and the others are stopped all the same."""
         self.follow.close()  # long polls and console streams end first: they would outlive the store
+        await self.webhooks.close()
         await self.retention.close()
         await self.refusals.close()  # the last counts of refused requests, before the checkpoint below
         try:

@@ -243,3 +243,23 @@ roster_versions = sa.Table(
     sa.Column("installed_at", sa.String(32), nullable=False),
     sa.UniqueConstraint("hash", name="uq_roster_versions_hash"),
 )
+
+# exchange.service.webhooks: per channel, a URL each new bulletin's metadata is POSTed to, signed
+# with the webhook's secret (HMAC-SHA256), from `cursor` (the last bulletins.n delivered), which
+# moves only when the receiver answered 2xx (revision 0005).
+webhooks = sa.Table(
+    "webhooks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("channel", sa.String(64), nullable=False),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("secret", sa.String(64), nullable=False),
+    sa.Column("cursor", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_try_at", sa.String(32), nullable=True),
+    sa.Column("last_error", sa.String(300), nullable=True),
+    sa.Column("delivered", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Index("ix_webhooks_channel", "channel"),
+)

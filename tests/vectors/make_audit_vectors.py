@@ -97,18 +97,18 @@ FILE = HERE / "audit-v1.json"
 LOG_NODE = "nl-customs"
 WITNESSES = ("gb-avsec", "ke-customs")
 IMPOSTOR = "impostor"  # a key in no roster: signs the "checkpoint by another key" negative
-CHECKPOINT_SIZES = (1, 8, 13, 33)  # one entry, a power of two, neither, the whole log
+CHECKPOINT_SIZES = (1, 8, 13, 36)  # one entry, a power of two, neither, the whole log
 SIGNED_AT = {1: "2025-03-14T09:00:01.000Z", 8: "2025-03-14T09:27:00.000Z", 13: "2025-03-14T09:40:00.000Z"}
-SIGNED_AT[33] = "2025-03-14T11:00:00.000Z"
+SIGNED_AT[36] = "2025-03-14T11:00:00.000Z"
 # Who co-signed which checkpoint, and when (POSIX seconds): the story of `_witness_exchange`.
 COSIGNED: list[tuple[int, str, int]] = [
     (8, "ke-customs", 1741944440),  # pushed at first contact: old_size 0, no proof
     (13, "gb-avsec", 1741945260),  # pulled at first contact (?from=0)
-    (33, "ke-customs", 1741950020),  # pushed from 8 after a "stale" answer
-    (33, "gb-avsec", 1741950080),  # pulled from 13
+    (36, "ke-customs", 1741950020),  # pushed from 8 after a "stale" answer
+    (36, "gb-avsec", 1741950080),  # pulled from 13
 ]
-INCLUSIONS = [(0, 1), (0, 8), (7, 8), (5, 13), (12, 13)] + [(i, 33) for i in range(33)]
-CONSISTENCIES = [(1, 8), (8, 13), (13, 33), (1, 33), (8, 33), (16, 33), (32, 33), (13, 13)]
+INCLUSIONS = [(0, 1), (0, 8), (7, 8), (5, 13), (12, 13)] + [(i, 36) for i in range(36)]
+CONSISTENCIES = [(1, 8), (8, 13), (13, 36), (1, 36), (8, 36), (16, 36), (32, 36), (13, 13)]
 EXPORTED_AT = "2025-03-14T11:05:00.000Z"
 # A quote, a backslash and non-ASCII text take an entry out of the export's plain form.
 FORGED_TITLE = 'Reason "forged" \\ é'
@@ -341,6 +341,30 @@ def entries(v1: dict[str, Any]) -> tuple[list[ev.AuditEntry], list[bytes]]:
             "offered_hash": sha256(b"roster v2'").hex(),
             "suppressed": 3,
         },
+        {
+            "event": ev.WEBHOOK_CHANGED,
+            "at": "2025-03-14T10:26:00.000Z",
+            "user": "admin",
+            "webhook": 1,
+            "channel": channel,
+            "url": "https://alerts.example.org/exchange",
+            "change": "registered",
+        },
+        {
+            "event": ev.WEBHOOK_FAILING,
+            "at": "2025-03-14T10:27:00.000Z",
+            "webhook": 1,
+            "channel": channel,
+            "error": "HTTP 503",
+        },
+        {
+            "event": ev.WEBHOOK_DELIVERED,
+            "at": "2025-03-14T10:28:00.000Z",
+            "webhook": 1,
+            "channel": channel,
+            "count": 2,
+            "through": 57,
+        },
         {"event": ev.NODE_STOPPED, "at": "2025-03-14T11:00:00.000Z"},
     ]
     return made, drawn
@@ -487,24 +511,24 @@ def build(v1: dict[str, Any]) -> dict[str, Any]:
             ],
             "checkpoints": [_checkpoint(cp) for cp in stored],
             "api": {
-                "GET /api/v1/audit/checkpoint": _as_sent(by_size[33].view()),
+                "GET /api/v1/audit/checkpoint": _as_sent(by_size[36].view()),
                 "GET /api/v1/audit/proof/inclusion?index=9&size=13": _as_sent(
                     InclusionProof(9, 13, rows[9][1], leaves[9], inclusion_proof(leaves[:13], 9), by_size[13]).to_json()
                 ),
-                "GET /api/v1/audit/proof/consistency?from=8&to=33": _as_sent(
-                    ConsistencyProof(8, 33, consistency_proof(leaves, 8), by_size[33]).to_json()
+                "GET /api/v1/audit/proof/consistency?from=8&to=36": _as_sent(
+                    ConsistencyProof(8, 36, consistency_proof(leaves, 8), by_size[36]).to_json()
                 ),
                 "GET /fed/v1/audit/checkpoint?from=13": _as_sent(
-                    LatestForWitness(by_size[33], consistency_proof(leaves, 13)).to_json()
+                    LatestForWitness(by_size[36], consistency_proof(leaves, 13)).to_json()
                 ),
                 "GET /fed/v1/audit/checkpoint?from=0 (no checkpoint yet)": _as_sent(
                     LatestForWitness(None, []).to_json()
                 ),
-                f"GET /fed/v1/audit/bulletins/{bid}": _as_sent(_evidence(bid, rows, by_size[33])),
+                f"GET /fed/v1/audit/bulletins/{bid}": _as_sent(_evidence(bid, rows, by_size[36])),
             },
             "witness": _witness_exchange(by_size, leaves),
             "bundle": {"lines": _bundle_lines(LOG_NODE, roster, stored, rows)},
-            "bulletin_bundle": {"bulletin": bid, "lines": _bulletin_bundle(bid, roster, rows, by_size[33])},
+            "bulletin_bundle": {"bulletin": bid, "lines": _bulletin_bundle(bid, roster, rows, by_size[36])},
             "negatives": _negatives(roster, rows, stored),
         },
     }
@@ -575,7 +599,7 @@ def _witness_exchange(by_size: dict[int, StoredCheckpoint], leaves: list[bytes])
         return consistency_proof(leaves[:new], old)
 
     cp13_then = _at_the_time(by_size[13], _time_of(13, "gb-avsec"))
-    cp33_then = _at_the_time(by_size[33], _time_of(33, "gb-avsec"))
+    cp36_then = _at_the_time(by_size[36], _time_of(36, "gb-avsec"))
     push, pull, back = "POST /fed/v1/audit/cosign", "GET /fed/v1/audit/checkpoint", "POST /fed/v1/audit/cosignatures"
     return [
         _step(
@@ -591,16 +615,16 @@ def _witness_exchange(by_size: dict[int, StoredCheckpoint], leaves: list[bytes])
             LOG_NODE,
             "ke-customs",
             push,
-            cosign_request(by_size[33].note, 0, []),
+            cosign_request(by_size[36].note, 0, []),
             {"status": "stale", "size": 8},
         ),
         _step(
-            "push again with a consistency proof from 8 to 33",
+            "push again with a consistency proof from 8 to 36",
             LOG_NODE,
             "ke-customs",
             push,
-            cosign_request(by_size[33].note, 8, proof(8, 33)),
-            {"status": "cosigned", "cosignature": line(33, "ke-customs")},
+            cosign_request(by_size[36].note, 8, proof(8, 36)),
+            {"status": "cosigned", "cosignature": line(36, "ke-customs")},
         ),
         _step(
             "pull at first contact (the log's latest was 13)",
@@ -619,19 +643,19 @@ def _witness_exchange(by_size: dict[int, StoredCheckpoint], leaves: list[bytes])
             {"stored": True},
         ),
         _step(
-            "pull from 13 (the log's latest is now 33, co-signed by ke-customs already)",
+            "pull from 13 (the log's latest is now 36, co-signed by ke-customs already)",
             "gb-avsec",
             LOG_NODE,
             f"{pull}?from=13",
             None,
-            LatestForWitness(cp33_then, proof(13, 33)).to_json(),
+            LatestForWitness(cp36_then, proof(13, 36)).to_json(),
         ),
         _step(
             "the pulling witness returns its cosignature",
             "gb-avsec",
             LOG_NODE,
             back,
-            cosignature_body(33, line(33, "gb-avsec")),
+            cosignature_body(36, line(36, "gb-avsec")),
             {"stored": True},
         ),
     ]
@@ -784,13 +808,13 @@ def _negatives(roster: Any, rows: list[tuple[int, bytes, bytes]], cps: list[Stor
         "bundle-gap",
         "entry 5's line removed (and the end record's count made to match)",
         "bundle",
-        {"lines": [*(item for item in lines[:-1] if item != _entry_line(lines, 5)), '{"type":"end","entries":32}']},
+        {"lines": [*(item for item in lines[:-1] if item != _entry_line(lines, 5)), '{"type":"end","entries":35}']},
         BadEntry,
     )
     tail = _bundle_lines(LOG_NODE, roster, cps, rows[:30])
     add(
         "bundle-tail-deleted",
-        "entries 30 to 32 deleted; checkpoint 33 still signs them",
+        "entries 30 to 35 deleted; checkpoint 36 still signs them",
         "bundle",
         {"lines": tail},
         BadEntry,
@@ -930,8 +954,8 @@ def _negatives(roster: Any, rows: list[tuple[int, bytes, bytes]], cps: list[Stor
         {**inc, "leaf_hash": b64e(leaves[6])},
         ProofError,
     )
-    q = [b64e(h) for h in consistency_proof(leaves[:33], 8)]
-    con = {"from": 8, "to": 33, "proof": q, "old_root": b64e(by_size[8].root), "new_root": b64e(by_size[33].root)}
+    q = [b64e(h) for h in consistency_proof(leaves[:36], 8)]
+    con = {"from": 8, "to": 36, "proof": q, "old_root": b64e(by_size[8].root), "new_root": b64e(by_size[36].root)}
     add(
         "consistency-proof-hash-flipped",
         "one bit of the last proof hash flipped",
@@ -948,7 +972,7 @@ def _negatives(roster: Any, rows: list[tuple[int, bytes, bytes]], cps: list[Stor
     )
     add(
         "consistency-other-sizes",
-        "the proof from 8 to 33 given as one from 13 to 33",
+        "the proof from 8 to 36 given as one from 13 to 36",
         "consistency",
         {**con, "from": 13, "old_root": b64e(by_size[13].root)},
         ProofError,
@@ -988,9 +1012,9 @@ def _negatives(roster: Any, rows: list[tuple[int, bytes, bytes]], cps: list[Stor
     )
     add(
         "witness-rollback",
-        "a push of checkpoint 13 after the witness co-signed 33",
+        "a push of checkpoint 13 after the witness co-signed 36",
         "witness",
-        {"seen": seen(33), "checkpoint": by_size[13].note, "old_size": 33, "proof": []},
+        {"seen": seen(36), "checkpoint": by_size[13].note, "old_size": 36, "proof": []},
         SplitView,
     )
     return out

@@ -1,0 +1,311 @@
+"""Webhooks: administrations that route alerts into their own systems register a URL per channel;
+the node POSTs each new bulletin's metadata there, signed, in storage order, retried with backoff.
+
+- **What is sent**: a bulletin's metadata, never its content (no title, text, indicators or
+  attachments): `{"node", "channel", "bulletin": {"id", "cursor", "author", "seq", "kind", "tlp",
+  "created"}}`. The receiver fetches the bulletin through the API if it may read it.
+- **Signature**: `Exchange-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, t "." body)>`,
+  with the secret shown once when the webhook is registered. A receiver recomputes it, compares in
+  constant time and refuses old `t` values (docs/operations.md, "Webhooks").
+- **Delivery**: one bulletin per request, in storage order; the webhook's cursor moves only on a
+  2xx answer, so a receiver that was down gets everything after it returns. Failures back off
+  (1 s doubling to 10 minutes); each delivery run and each start of failing is audited.
+- **Scope**: only channels this node reads; `http://` only to loopback, otherwise `https://`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+
+from exchange.audit import events as ev
+from exchange.clock import timestamp, utc_now
+from exchange.errors import InvalidInput, NotFound
+from exchange.service.access import Access
+from exchange.service.summaries import SUMMARY, summarised
+from exchange.service.users import User
+from exchange.service.views import View
+from exchange.store import Store, bulletins
+from exchange.store.tables import webhooks
+
+log = logging.getLogger("exchange.webhooks")
+
+INTERVAL = 1.0  # seconds between looks for new bulletins
+BATCH = 100  # bulletins one run delivers to one webhook at most
+MAX_BACKOFF = 600.0
+MAX_WEBHOOKS = 100  # per node
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class WebhookSender(Protocol):
+    """POSTs a JSON body to a URL; returns the HTTP status, raises OSError-like errors as PeerError."""
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int: ...
+
+
+def signature(secret: str, body: bytes, at: int) -> str:
+    """The `Exchange-Signature` header value for `body` sent at Unix time `at`."""
+    mac = hmac.new(secret.encode("ascii"), str(at).encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={at},v1={mac}"
+
+
+def verify_signature(secret: str, body: bytes, header: str, now: int, tolerance: int = 300) -> bool:
+    """What a receiver checks: the MAC in constant time, and a `t` within `tolerance` seconds."""
+    try:
+        parts = dict(p.split("=", 1) for p in header.split(","))
+        at = int(parts["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs(now - at) > tolerance:
+        return False
+    return hmac.compare_digest(signature(secret, body, at), f"t={at},v1={parts.get('v1', '')}")
+
+
+def check_url(url: str) -> str:
+    """An absolute https URL, or http to loopback only; else InvalidInput."""
+    if len(url) > 2048 or any(c.isspace() or ord(c) < 0x21 for c in url):
+        raise InvalidInput("url must be an absolute URL without spaces, at most 2048 characters")
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return url
+    if parts.scheme == "http" and parts.hostname in LOOPBACK:
+        return url
+    raise InvalidInput("url must be https:// (or http:// to this machine's loopback, for a local relay)")
+
+
+@dataclass(frozen=True)
+class Webhook(View):
+    id: int
+    channel: str
+    url: str
+    cursor: int
+    delivered: int
+    failures: int
+    next_try_at: str | None
+    last_error: str | None
+    created_at: str
+    created_by: str
+
+
+@dataclass(frozen=True)
+class Registered(View):
+    webhook: Webhook
+    secret: str  # shown once
+
+
+def _view(row: Any) -> Webhook:
+    return Webhook(
+        row.id,
+        row.channel,
+        row.url,
+        int(row.cursor),
+        int(row.delivered),
+        int(row.failures),
+        row.next_try_at,
+        row.last_error,
+        row.created_at,
+        row.created_by,
+    )
+
+
+class Webhooks:
+    """Registration (administrators) and the delivery loop."""
+
+    def __init__(self, me: str, store: Store, access: Access, sender: WebhookSender | None) -> None:
+        self.me = me
+        self.store = store
+        self.access = access
+        self.sender = sender
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    # -- administration ---------------------------------------------------------------------
+
+    async def register(self, user: User, channel: str, url: str) -> Registered:
+        """A new webhook for `channel` from now on (its cursor: the newest bulletin stored)."""
+        user.require("admin")
+        self.access.channels.state(channel)  # NotFound for a channel this node has no part in
+        url = check_url(url)
+        secret = secrets.token_hex(32)
+        at = timestamp()
+
+        async def job(conn: Any, audit: Any) -> int:
+            count = await conn.scalar(sa.select(sa.func.count()).select_from(webhooks))
+            if int(count or 0) >= MAX_WEBHOOKS:
+                raise InvalidInput(f"this node has {MAX_WEBHOOKS} webhooks already")
+            head = await conn.scalar(sa.select(sa.func.max(bulletins.c.n)))
+            values = {"channel": channel, "url": url, "secret": secret, "cursor": int(head or 0)}
+            values |= {"created_at": at, "created_by": user.name}
+            new_id = int((await conn.execute(sa.insert(webhooks).values(**values))).inserted_primary_key[0])
+            audit.add(
+                ev.WebhookChanged(
+                    event=ev.WEBHOOK_CHANGED,
+                    at=at,
+                    user=user.name,
+                    webhook=new_id,
+                    channel=channel,
+                    url=url,
+                    change="registered",
+                )
+            )
+            return new_id
+
+        new_id = await self.store.write(job)
+        self._wake.set()
+        return Registered(await self.get(new_id), secret)
+
+    async def get(self, webhook_id: int) -> Webhook:
+        async with self.store.read() as conn:
+            row = (await conn.execute(sa.select(webhooks).where(webhooks.c.id == webhook_id))).one_or_none()
+        if row is None:
+            raise NotFound(f"no webhook {webhook_id}")
+        return _view(row)
+
+    async def list(self, user: User) -> list[Webhook]:
+        user.require("admin")
+        async with self.store.read() as conn:
+            return [_view(r) for r in await conn.execute(sa.select(webhooks).order_by(webhooks.c.id))]
+
+    async def remove(self, user: User, webhook_id: int) -> None:
+        user.require("admin")
+        hook = await self.get(webhook_id)
+
+        async def job(conn: Any, audit: Any) -> None:
+            await conn.execute(sa.delete(webhooks).where(webhooks.c.id == webhook_id))
+            audit.add(
+                ev.WebhookChanged(
+                    event=ev.WEBHOOK_CHANGED,
+                    at=timestamp(),
+                    user=user.name,
+                    webhook=hook.id,
+                    channel=hook.channel,
+                    url=hook.url,
+                    change="removed",
+                )
+            )
+
+        await self.store.write(job)
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.sender is not None and self._task is None:
+            self._task = asyncio.create_task(self._run(), name="webhooks")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.deliver_due()
+            except Exception:  # a failed pass is logged; the next one tries again
+                log.exception("webhook delivery pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), INTERVAL)
+            self._wake.clear()
+
+    async def deliver_due(self) -> int:
+        """One pass: each webhook that is not backing off gets what came after its cursor."""
+        now = timestamp()
+        async with self.store.read() as conn:
+            due = list(await conn.execute(sa.select(webhooks).order_by(webhooks.c.id)))
+        sent = 0
+        for hook in due:
+            if hook.next_try_at is None or hook.next_try_at <= now:
+                sent += await self._deliver(hook)
+        return sent
+
+    async def _deliver(self, hook: Any) -> int:
+        assert self.sender is not None
+        query = sa.select(*SUMMARY).where(bulletins.c.channel == hook.channel, bulletins.c.n > hook.cursor)
+        async with self.store.read() as conn:
+            rows = (await conn.execute(query.order_by(bulletins.c.n).limit(BATCH))).all()
+            items = list(await summarised(conn, rows))
+        cursor, sent, error = int(hook.cursor), 0, None
+        for row, content in items:
+            body = self._body(row, content)
+            headers = {
+                "Content-Type": "application/json",
+                "Exchange-Signature": signature(hook.secret, body, int(time.time())),
+            }
+            try:
+                status = await self.sender.post(hook.url, body, headers)
+            except Exception as exc:  # unreachable, TLS, timeout: try again later
+                error = f"{type(exc).__name__}: {exc}"[:300]
+                break
+            if not 200 <= status < 300:
+                error = f"HTTP {status}"
+                break
+            cursor, sent = int(row.n), sent + 1
+        if sent or error or hook.failures:
+            await self._record(hook, cursor, sent, error)
+        return sent
+
+    def _body(self, row: Any, content: dict[str, Any]) -> bytes:
+        meta = {
+            "id": row.id,
+            "cursor": int(row.n),
+            "author": row.author,
+            "seq": int(row.seq),
+            "kind": content.get("kind"),
+            "tlp": row.tlp,
+            "created": row.created,
+        }
+        return json.dumps({"node": self.me, "channel": row.channel, "bulletin": meta}, separators=(",", ":")).encode()
+
+    async def _record(self, hook: Any, cursor: int, sent: int, error: str | None) -> None:
+        failures = int(hook.failures) + 1 if error else 0
+        wait = min(MAX_BACKOFF, 2.0 ** (failures - 1)) if error else 0.0
+        next_try = timestamp(utc_now() + dt.timedelta(seconds=wait)) if error else None
+        at = timestamp()
+
+        async def job(conn: Any, audit: Any) -> None:
+            values = {
+                "cursor": cursor,
+                "delivered": webhooks.c.delivered + sent,
+                "failures": failures,
+                "next_try_at": next_try,
+                "last_error": error,
+            }
+            await conn.execute(sa.update(webhooks).where(webhooks.c.id == hook.id).values(**values))
+            if sent:
+                audit.add(
+                    ev.WebhookDelivered(
+                        event=ev.WEBHOOK_DELIVERED,
+                        at=at,
+                        webhook=int(hook.id),
+                        channel=hook.channel,
+                        count=sent,
+                        through=cursor,
+                    )
+                )
+            if error and failures == 1:  # the start of failing, once; later failures are its retries
+                audit.add(
+                    ev.WebhookFailing(
+                        event=ev.WEBHOOK_FAILING, at=at, webhook=int(hook.id), channel=hook.channel, error=error
+                    )
+                )
+
+        await self.store.write(job)
+
+    def wake(self, channels: Sequence[str] = ()) -> None:
+        """New bulletins were stored: look now rather than at the next interval."""
+        self._wake.set()
