@@ -34,6 +34,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cpu_profile import cpu_seconds, machine_busy_seconds, workers_cpu_seconds
+
 from exchange.app import start_node
 from exchange.clock import timestamp
 from exchange.config import NodeConfig
@@ -155,16 +157,25 @@ def receiver_crypto(folder: Path) -> dict[str, float]:
     }
 
 
+def main_thread_cpu(pid: int) -> float:
+    """CPU seconds of a process's main thread (its event loop) so far, from /proc."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def count(db: sqlite3.Connection, sql: str) -> int:
     return int(db.execute(sql).fetchone()[0] or 0)
 
 
-async def main(total: int) -> None:
+async def main(total: int, workers: int | None) -> None:
     from exchange.provision import init_federation
 
     with tempfile.TemporaryDirectory(prefix="exchange-catchup-") as tmp:
         folder = Path(tmp)
-        write_federation(folder / "nodes", NODES, [CHANNEL], {}, {"catchup_interval_seconds": 3600})
+        options: dict[str, Any] = {"catchup_interval_seconds": 3600}
+        options["crypto_workers"] = NodeConfig.model_fields["crypto_workers"].default if workers is None else workers
+        print(f"crypto_workers = {options['crypto_workers']} per node")
+        write_federation(folder / "nodes", NODES, [CHANNEL], {}, options)
         await init_federation(folder / "nodes")
         seeding = await seed_author(folder, total)
         print(f"seeded {total} posts at {A} while {C} was offline ({seeding:.1f}s, not part of the figure)")
@@ -174,6 +185,9 @@ async def main(total: int) -> None:
         cfg_c = NodeConfig.load(folder / "nodes" / f"{C}.toml", environ={})
         node_a = await start_node(cfg_a)
         load_before = os.getloadavg()
+        me = os.getpid()
+        cpu0, loop0, busy0 = cpu_seconds(me), main_thread_cpu(me), machine_busy_seconds()
+        workers0 = workers_cpu_seconds(me)
         started = time.perf_counter()
         node_c = await start_node(cfg_c)
         # C only adds bulletins, so the top of its rowid is how many it holds: an index seek, not a
@@ -188,6 +202,10 @@ async def main(total: int) -> None:
                     last, last_t = n, now
                 await asyncio.sleep(0.2)
             elapsed = time.perf_counter() - started
+            cpu, loop = cpu_seconds(me) - cpu0, main_thread_cpu(me) - loop0
+            workers_cpu = workers_cpu_seconds(me) - workers0
+            opened = node_c.service.crypto.opened
+            others = max(0.0, machine_busy_seconds() - busy0 - cpu) / elapsed
             load_after = os.getloadavg()
             receipts = count(db, "SELECT count(*) FROM receipts WHERE status = 'received'")
             signatures = count(
@@ -207,6 +225,12 @@ async def main(total: int) -> None:
         f"(load {load_before[0]:.2f} before, {load_after[0]:.2f} after)"
     )
     print(
+        f"CPU of both nodes (this process and its crypto workers) {cpu / total * 1e3:.2f} ms per bulletin, of it "
+        f"the event loop {loop / total * 1e3:.2f} ms and the crypto workers {workers_cpu / total * 1e3:.2f} ms; "
+        f"others' CPU during the catch-up {others:.2f} cores; C checked and opened {opened / total:.2f} envelopes "
+        "per bulletin (more than 1: pushed and pulled at once)"
+    )
+    print(
         f"receiver crypto, µs per call (median of 5 rounds, load {crypto_load[0]:.2f}): Ed25519 verify "
         f"{crypto['verify'] * 1e6:.0f}, HPKE + AES-GCM open {crypto['open'] * 1e6:.0f}, Ed25519 sign "
         f"{crypto['sign'] * 1e6:.0f}; C made {receipts} receipts under {signatures} signatures "
@@ -222,4 +246,6 @@ async def main(total: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="catch-up after downtime")
     parser.add_argument("--count", type=int, default=100_000)
-    asyncio.run(main(parser.parse_args().count))
+    parser.add_argument("--crypto-workers", type=int, help="each node's crypto_workers (default: NodeConfig's)")
+    args = parser.parse_args()
+    asyncio.run(main(args.count, args.crypto_workers))

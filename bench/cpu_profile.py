@@ -17,6 +17,7 @@ verify shows as `exchange/crypto/keys.py`, the crypto area.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import re
@@ -259,6 +260,7 @@ class Sampler:
                     str(self.pid),
                     "--rate",
                     str(self.rate),
+                    "--subprocesses",  # the node's crypto worker processes too
                     "--format",
                     "raw",
                     "-o",
@@ -291,10 +293,38 @@ class Sampler:
         return self.proc.pid if self.proc is not None else None
 
 
-def cpu_seconds(pid: int) -> float:
+def own_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process so far, all its threads included (from /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process so far, with those of its nodes' crypto worker processes."""
+    return own_cpu_seconds(pid) + workers_cpu_seconds(pid)
+
+
+def workers_cpu_seconds(pid: int) -> float:
+    """CPU seconds so far of the crypto worker processes under `pid` (`crypto_workers`)."""
+    total = 0.0
+    for child in worker_pids(pid):
+        with contextlib.suppress(OSError):
+            total += own_cpu_seconds(child)
+    return total
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The multiprocessing 'spawn' children of `pid`: the crypto workers of the nodes it runs
+    (not those of a node it started as a process of its own, which is counted apart)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                for child in map(int, (task / "children").read_text().split()):
+                    with contextlib.suppress(OSError):
+                        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                            found.append(child)
+    return found
 
 
 def machine_busy_seconds() -> float:

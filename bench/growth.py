@@ -26,7 +26,6 @@ import asyncio
 import logging
 import multiprocessing
 import os
-import resource
 import sqlite3
 import sys
 import tempfile
@@ -40,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import catchup  # bench/catchup.py: the federation, the bulletins and the envelope builder
+from cpu_profile import own_cpu_seconds, worker_pids
 
 from exchange.app import start_node
 from exchange.config import NodeConfig
@@ -50,6 +50,9 @@ A, C = catchup.A, catchup.C
 CHANNEL = catchup.CHANNEL["id"]
 GOAL = 0.10  # the large size within 10% of the small
 DEADLINE = 1800.0  # seconds C is given to take the new bulletins
+# Each node's crypto_workers (--crypto-workers; by default the node's default). CPU and memory
+# figures include the workers' processes.
+WORKERS = [int(NodeConfig.model_fields["crypto_workers"].default)]
 COLUMNS = (
     "id",
     "channel",
@@ -132,19 +135,23 @@ async def seed_new(folder: Path, size: int, new: int) -> float:
     return time.perf_counter() - started
 
 
-def memory() -> dict[str, int]:
-    """This process's VmRSS and VmHWM, in MiB."""
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) // 1024
+def memory(author: int | None = None) -> dict[str, int]:
+    """This process's VmRSS and VmHWM, in MiB, each with its crypto workers' (`crypto_workers`);
+    `author`: the pid of node A's process, a child too, which is not counted."""
+    out = dict.fromkeys(("VmRSS", "VmHWM"), 0)
+    for pid in ["self", *(str(p) for p in worker_pids(os.getpid()) if p != author)]:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in out:
+                out[key] += int(value.split()[0]) // 1024
     return out
 
 
-def cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def cpu(author: int | None = None) -> float:
+    """CPU seconds of this process so far, with those of its crypto worker processes (not
+    node A's process, `author`, when A runs in a child)."""
+    me = os.getpid()
+    return own_cpu_seconds(me) + sum(own_cpu_seconds(p) for p in worker_pids(me) if p != author)
 
 
 async def one_size(size: int, new: int) -> dict[str, float]:
@@ -152,7 +159,8 @@ async def one_size(size: int, new: int) -> dict[str, float]:
 
     with tempfile.TemporaryDirectory(prefix=f"exchange-growth-{size}-") as tmp:
         folder = Path(tmp)
-        write_federation(folder / "nodes", catchup.NODES, [catchup.CHANNEL], {}, {"catchup_interval_seconds": 3600})
+        options = {"catchup_interval_seconds": 3600, "crypto_workers": WORKERS[0]}
+        write_federation(folder / "nodes", catchup.NODES, [catchup.CHANNEL], {}, options)
         await init_federation(folder / "nodes")
         for node in (A, C):  # the schema, then the rows
             await (await Store.open(NodeConfig.load(node_file(folder, node), environ={}).database_url)).close()
@@ -184,7 +192,7 @@ async def one_size(size: int, new: int) -> dict[str, float]:
             target = size + new
             db = sqlite3.connect(f"file:{db_path(folder, C)}?mode=ro", uri=True)
             load_before = os.getloadavg()
-            cpu_before, started = cpu(), time.perf_counter()
+            cpu_before, started = cpu(author.pid), time.perf_counter()
             node_c = await start_node(NodeConfig.load(node_file(folder, C), environ={}))
             try:
                 # C only adds rows, so the top of its rowid is how many it holds (an index seek).
@@ -192,9 +200,9 @@ async def one_size(size: int, new: int) -> dict[str, float]:
                     if not author.is_alive() or time.perf_counter() - started > DEADLINE:
                         raise SystemExit(f"C did not get the {new:,} bulletins (author alive: {author.is_alive()})")
                     await asyncio.sleep(0.1)
-                elapsed, used = time.perf_counter() - started, cpu() - cpu_before
+                elapsed, used = time.perf_counter() - started, cpu(author.pid) - cpu_before
                 load_after = os.getloadavg()
-                held = memory()
+                held = memory(author.pid)
             finally:
                 await node_c.stop()
                 db.close()
@@ -238,5 +246,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="receiver cost at 5k and 1M stored")
     parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 1_000_000])
     parser.add_argument("--new", type=int, default=20_000)
+    parser.add_argument("--crypto-workers", type=int, help="each node's crypto_workers (default: NodeConfig's)")
     args = parser.parse_args()
+    if args.crypto_workers is not None:
+        WORKERS[0] = args.crypto_workers
+    print(f"crypto_workers = {WORKERS[0]} per node")
     asyncio.run(main(args.sizes, args.new))

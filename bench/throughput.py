@@ -51,7 +51,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helper, when run from elsewhere
 
-from cpu_profile import AREAS, Profile, Sampler, cpu_seconds, machine_busy_seconds, py_spy
+from cpu_profile import AREAS, Profile, Sampler, cpu_seconds, machine_busy_seconds, py_spy, workers_cpu_seconds
 
 from exchange.app import RunningNode, start_node
 from exchange.clock import timestamp
@@ -133,7 +133,9 @@ def node_ids(readers: int) -> list[str]:
     return [NODE_A, NODE_B] + [f"r{i:03d}-customs" for i in range(3, readers + 1)]
 
 
-async def provision(folder: Path, readers: int, batch_size: int) -> dict[str, NodeConfig]:
+async def provision(
+    folder: Path, readers: int, batch_size: int, crypto_workers: int | None = None
+) -> dict[str, NodeConfig]:
     """Write a federation folder (as tests/conftest.py does) with free loopback ports, and init it."""
     folder.mkdir(parents=True)
     ids = node_ids(readers)
@@ -161,7 +163,9 @@ async def provision(folder: Path, readers: int, batch_size: int) -> dict[str, No
         (folder / f"{node_id}.toml").write_text(
             f'[node]\nid = "{node_id}"\nname = "Bench {node_id}"\ncountry = "X{chr(65 + i % 26)}"\n'
             f'agency = "customs"\nport = {free_port()}\nbatch_size = {batch_size}\n'
-            "retry_base_seconds = 0.05\nretry_max_seconds = 1.0\nrequest_timeout_seconds = 30\n" + limits
+            + ("" if crypto_workers is None else f"crypto_workers = {crypto_workers}\n")
+            + "retry_base_seconds = 0.05\nretry_max_seconds = 1.0\nrequest_timeout_seconds = 30\n"
+            + limits
         )
     await init_federation(folder)
     return {n: NodeConfig.load(folder / f"{n}.toml", environ={}) for n in ids}
@@ -328,7 +332,7 @@ class PushTimer:
     """Where the time of A's pushes goes: each step of a sender's cycle, timed on A's own objects
     (bench-only wrappers around its outbox and transport methods, removed by close())."""
 
-    STEPS = ("pending", "mark_sent", "send", "accept_receipts")
+    STEPS = ("pending", "mark_sent", "send", "accept_receipts", "screen", "ingest_screened")
 
     def __init__(self) -> None:
         self.calls: dict[str, int] = dict.fromkeys(self.STEPS, 0)
@@ -347,6 +351,12 @@ class PushTimer:
             (service.outbox, "accept_receipts"),
         ):
             self._wrap(owner, step)
+
+    def attach_reader(self, service: NodeService) -> None:
+        """B's half of a push, when B runs in this process: screening the batch (the crypto
+        workers' part), then the rules that need state and the write (`ingest_screened`)."""
+        self._wrap(service.receiving, "screen")
+        self._wrap(service.receiving, "ingest_screened")
 
     def _wrap(self, owner: object, step: str) -> None:
         cls = type(owner)
@@ -505,6 +515,7 @@ class Run:
     machine_cpu: float = 0.0  # CPU seconds all cores were busy during the window
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per process during the window
     loop_cpu: dict[str, float] = field(default_factory=dict)  # of it, the main thread's (the event loop)
+    worker_cpu: dict[str, float] = field(default_factory=dict)  # of it, the crypto worker processes'
     sql: dict[str, SqlCounts] = field(default_factory=dict)
     push_calls: dict[str, int] = field(default_factory=dict)  # A's push cycle, step by step
     push_seconds: dict[str, float] = field(default_factory=dict)
@@ -539,7 +550,7 @@ class Run:
 async def end_to_end(root: Path, args: argparse.Namespace, layout: str, readers: int) -> Run:
     via = args.via
     folder = root / f"{layout}-{readers}"
-    configs = await provision(folder / "nodes", readers, args.batch_size)
+    configs = await provision(folder / "nodes", readers, args.batch_size, args.crypto_workers)
     run = Run(layout, via, readers, args.count, args.batch_size)
     token = (configs[NODE_A].keys_dir / "tokens" / "officer").read_text().strip()
     running: list[RunningNode] = []
@@ -562,6 +573,8 @@ async def end_to_end(root: Path, args: argparse.Namespace, layout: str, readers:
             counter.attach(node_id, running[-1].service.store)
         counter.patch()
         pushes.attach(running[0].service)
+        if len(running) > 1:
+            pushes.attach_reader(running[1].service)
         for p in procs.values():
             await p.ready()
         progress = Progress(configs)
@@ -607,6 +620,7 @@ async def end_to_end(root: Path, args: argparse.Namespace, layout: str, readers:
         run.load_before = load()
         cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
         loop0 = {k: loop_cpu_seconds(pid) for k, pid in pids.items()}
+        workers0 = {k: workers_cpu_seconds(pid) for k, pid in pids.items()}
         spy0 = {k: cpu_seconds(s.own_pid) for k, s in samplers.items() if s.own_pid}
         busy0 = machine_busy_seconds()
         counter.reset()
@@ -634,6 +648,7 @@ async def end_to_end(root: Path, args: argparse.Namespace, layout: str, readers:
         busy1 = machine_busy_seconds()
         run.cpu = {k: cpu_seconds(pid) - cpu0[k] for k, pid in pids.items()}
         run.loop_cpu = {k: loop_cpu_seconds(pid) - loop0[k] for k, pid in pids.items()}
+        run.worker_cpu = {k: workers_cpu_seconds(pid) - workers0[k] for k, pid in pids.items()}
         run.cpu["py-spy"] = sum(
             cpu_seconds(s.own_pid) - spy0[k] for k, s in samplers.items() if s.own_pid and k in spy0
         )
@@ -906,6 +921,7 @@ def report_runs(runs: list[Run], prims: dict[int, Primitives], args: argparse.Na
         "ratio to 1 core | 2 cores",
         "node CPU ms/b",
         "of it, event loops",
+        "of it, crypto workers",
         "crypto share of CPU",
         "load before → after",
         "others' CPU (cores)",
@@ -929,6 +945,7 @@ def report_runs(runs: list[Run], prims: dict[int, Primitives], args: argparse.Na
             f"{num(e2e / one, '.0%')} | {num(e2e / one / cores, '.0%')}",
             f"{cpu_us / 1000:.2f}",
             f"{sum(r.loop_cpu.values()) / r.count * 1e3:.2f}",
+            f"{sum(r.worker_cpu.values()) / r.count * 1e3:.2f}",
             f"{total / cpu_us:.0%}",
             f"{r.load_before[0]:.2f} → {r.load_after[0]:.2f}",
             f"{r.others_cores:.2f}",
@@ -938,8 +955,9 @@ def report_runs(runs: list[Run], prims: dict[int, Primitives], args: argparse.Na
         "B = bulletins per receipt signature the readers made in the run (receipts A stored / their distinct "
         "signatures), used in its ceiling; e2e b/s = N / seconds until every reader stores all N; "
         f"ratio = e2e b/s / ceiling (1/C(K) on one core, {cores}/C(K) on {cores}); node CPU = CPU seconds "
-        "of every node's process in the window / N (A's process also runs the posting loop and the polling); of it, "
-        "event loops = the main threads' CPU alone (the rest is worker threads: SQLite's, signature checks); crypto "
+        "of every node's process in the window / N, its crypto worker processes included (A's process also runs the "
+        "posting loop and the polling); of it, event loops = the main threads' CPU alone, crypto workers = the "
+        "nodes' worker processes (`crypto_workers`; the rest is worker threads: SQLite's, signature checks); crypto "
         "share = C(K) / node CPU per bulletin; others' CPU = the machine's busy CPU in the window minus this bench's "
         "processes (py-spy included), in cores."
     )
@@ -1041,22 +1059,25 @@ def report_pushes(runs: list[Run]) -> None:
         n = r.push_calls.get("send", 0)
         if not n:
             continue
-        means = [r.push_seconds[s] / max(1, r.push_calls[s]) * 1e3 for s in PushTimer.STEPS]
+        means = [
+            r.push_seconds[s] / r.push_calls[s] * 1e3 if r.push_calls[s] else float("nan") for s in PushTimer.STEPS
+        ]
         t.add_row(
             r.label,
             str(r.readers),
             str(n),
             f"{r.push_items / n:.0f}",
-            *(f"{m:.1f}" for m in means),
+            *(f"{m:.1f}" if m == m else "—" for m in means),
             num(r.push_cycle_seconds / r.push_cycles * 1e3, ".1f") if r.push_cycles else "—",
         )
     console.print(t)
     console.print(
         "pending = read the queue and the envelopes' bytes; mark_sent = a write job (audit 'sent'); send = the "
         "HTTPS request, the reader verifying, storing and signing receipts; accept_receipts = verify them, a write "
-        "job. A sender reads its next batch while the last one's receipts are checked and writes that batch's "
-        "mark_sent beside accept_receipts (one group commit), so the steps overlap: cycle = the mean time from "
-        "one send to the next to the same reader."
+        "job. A sender reads and marks sent its next batch while this one travels, and checks this one's "
+        "receipts while the next one travels, so the steps overlap: cycle = the mean time from "
+        "one send to the next to the same reader. screen, ingest_screened: B's handling of a push (loop layout), "
+        "the checks and decryption (in its crypto workers, if any), then the rules that need state and the write."
     )
 
 
@@ -1133,7 +1154,8 @@ async def main(args: argparse.Namespace) -> None:
     console.print(
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {code_state()}, {os.cpu_count()} CPUs, "
         f"load average {fmt_load(load())}; N={args.count} per run after {args.warmup} warm-up posts, batch "
-        f"{args.batch_size}, {args.concurrency} concurrent posters"
+        f"{args.batch_size}, {args.concurrency} concurrent posters, crypto_workers "
+        f"{NodeConfig.model_fields['crypto_workers'].default if args.crypto_workers is None else args.crypto_workers}"
     )
     if args.profile:
         if py_spy() is None:
@@ -1170,6 +1192,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--via", choices=["service", "http"], default="service", help="loop layout: how A is posted to")
     p.add_argument("--batch-size", type=int, default=100, help="node batch_size: envelopes per push (default 100)")
     p.add_argument("--concurrency", type=int, default=64, help="concurrent posters at A (default 64)")
+    p.add_argument(
+        "--crypto-workers", type=int, help="each node's crypto_workers (default: the node's default, NodeConfig)"
+    )
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for delivery per run")
     p.add_argument("--samples", type=int, default=300, help="calls per round for each crypto primitive")
     p.add_argument("--rounds", type=int, default=5, help="rounds per crypto primitive (the median is kept)")

@@ -97,6 +97,9 @@ class NodeConfig(BaseModel):
     # Finished outbox rows (delivered, rejected, cancelled) are deleted this long after they finish
     # (docs/operations.md, "Retention"); the audit log keeps what was sent and delivered.
     outbox_retention_days: Annotated[float, Field(ge=0)] = 7.0
+    # Worker processes that seal posts and check and open received envelopes, each holding the
+    # node's private keys (docs/operations.md, "Crypto workers"); 0: all on the event loop.
+    crypto_workers: Annotated[int, Field(ge=0, le=64)] = 1
     # What one client may cost the node (docs/operations.md, "Limits, timeouts and sign-in").
     # Timeouts: a request's line and headers, from their first byte (or the connection's opening);
     # its body, in all and between two reads; an idle connection between two requests.
@@ -171,6 +174,7 @@ class NodeConfig(BaseModel):
             "database_url": f"sqlite+aiosqlite:///{tmp_path / (node_id + '.db')}",
             "retry_base_seconds": 0.05,
             "retry_max_seconds": 1.0,
+            "crypto_workers": 0,
             **overrides,
         }
         return cls.model_validate(values)

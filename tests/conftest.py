@@ -191,7 +191,15 @@ def write_federation(
             "",
         ]
     (folder / "federation.toml").write_text("\n".join(lines))
-    settings = {"retry_base_seconds": 0.05, "retry_max_seconds": 0.5, "request_timeout_seconds": 5, **(options or {})}
+    # No crypto worker processes unless a test asks (tests/test_crypto_workers.py): each is an
+    # interpreter to start, and the suite starts hundreds of nodes on a 2-core machine.
+    settings = {
+        "retry_base_seconds": 0.05,
+        "retry_max_seconds": 0.5,
+        "request_timeout_seconds": 5,
+        "crypto_workers": 0,
+        **(options or {}),
+    }
     for node_id, (country, agency) in nodes.items():
         extra = f'database_url = "{db_urls[node_id]}"\n' if db_urls.get(node_id) else ""
         extra += "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())

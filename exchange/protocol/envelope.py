@@ -19,6 +19,7 @@ from exchange.crypto import (
     EncryptionKey,
     SealedContent,
     SigningKey,
+    VerifyKey,
     b64d,
     b64e,
     open_content,
@@ -225,19 +226,41 @@ def verify_envelope(env: Envelope, fed: Federation, state: ChannelState) -> Bull
     return check_rules(env, fed, state)
 
 
-def check_signature(env: Envelope, fed: Federation) -> None:
-    """The author's roster key signed the header and the wrapped keys."""
+def check_signature(env: Envelope, fed: Federation, keys: dict[tuple[str, str], VerifyKey] | None = None) -> None:
+    """The author's roster key signed the header and the wrapped keys.
+
+    `keys`: verify keys by (node, key id), kept between calls by a caller that checks many; a
+    new roster version with a new key for the node has a new key id, so is never served stale.
+    """
     h = env.header
     if h.signer != fed.node(h.author).signing_kid:
         raise InvalidEnvelope("envelope is not signed with the author's roster key")
-    fed.verify_key(h.author).verify(_b64(env.signature), _signed_input(h, env.wraps))
+    key = None if keys is None else keys.get((h.author, h.signer))
+    if key is None:
+        key = fed.verify_key(h.author)
+        if keys is not None:
+            keys[h.author, h.signer] = key
+    key.verify(_b64(env.signature), _signed_input(h, env.wraps))
 
 
 def check_rules(env: Envelope, fed: Federation, state: ChannelState) -> BulletinId:
     """The channel rules, for an envelope whose signature has been checked."""
     h = env.header
+    check_cited_state(h, fed, state)
+    check_sealed_parts(env, fed)
+    return bulletin_id(h)
+
+
+def check_cited_state(h: EnvelopeHeader | CitedHeader, fed: Federation, state: ChannelState) -> None:
+    """The rules `check_rules` checks first: those against the channel state the header cites.
+
+    They are the only ones that need the channel's state; `check_sealed_parts` has the rest. A
+    node that opens envelopes away from its channel states (in a worker process) applies this
+    one to the `CitedHeader` of each, in this order, before the other's outcome.
+    """
     author = fed.node(h.author)
-    if (h.channel, h.state.owner, h.state.pos, h.state.hash) != (state.channel, state.owner, state.pos, state.hash):
+    cited = (h.state.owner, h.state.pos, h.state.hash)
+    if (h.channel, *cited) != (state.channel, state.owner, state.pos, state.hash):
         raise InvalidEnvelope("envelope cites a channel state other than the one checked")
     if state.closed:
         raise InvalidEnvelope("the cited channel state is closed")
@@ -247,6 +270,15 @@ def check_rules(env: Envelope, fed: Federation, state: ChannelState) -> Bulletin
         raise InvalidEnvelope("the author lacks the post right in the cited channel state")
     if [r.node for r in h.recipients] != state.readers:
         raise InvalidEnvelope("the recipients differ from the readers of the cited channel state")
+
+
+def check_sealed_parts(env: Envelope, fed: Federation) -> bytes:
+    """The rules `check_rules` checks after the cited state's: the recipients' roster keys, the
+    wrapped keys, nonce, key commitment and the ciphertext's hash. They need the roster only.
+
+    Returns the ciphertext, decoded, so that `open_envelope` need not decode it again.
+    """
+    h = env.header
     for r in h.recipients:
         if fed.node(r.node).encryption_kid != r.kid:
             raise InvalidEnvelope(f"recipient key of {r.node} is not its roster key")
@@ -256,13 +288,53 @@ def check_rules(env: Envelope, fed: Federation, state: ChannelState) -> Bulletin
         raise InvalidEnvelope("malformed wrapped key")
     if len(_b64(h.nonce)) != 12 or len(_b64(h.key_commitment)) != 32:
         raise InvalidEnvelope("malformed nonce or key commitment")
-    if not hmac.compare_digest(sha256(_b64(env.ciphertext)), _b64(h.ciphertext_sha256)):
+    ciphertext = _b64(env.ciphertext)
+    if not hmac.compare_digest(sha256(ciphertext), _b64(h.ciphertext_sha256)):
         raise InvalidEnvelope("ciphertext does not match its hash in the header")
-    return bulletin_id(h)
+    return ciphertext
 
 
-def open_envelope(env: Envelope, bid: str, me: NodeId, key: DecryptionKey) -> Bulletin:
-    """Decrypt this node's copy. Call only after verify_envelope. One error for every failure."""
+@dataclass(frozen=True, slots=True)
+class CitedRecipient:
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class CitedState:
+    owner: str
+    pos: int
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class CitedHeader:
+    """What the rules that need channel state read of a checked header, as plain values: small to
+    send from a worker process to the event loop (an EnvelopeHeader model is not)."""
+
+    channel: str
+    author: str
+    seq: int
+    state: CitedState
+    recipients: tuple[CitedRecipient, ...]
+
+    @classmethod
+    def of(cls, h: EnvelopeHeader) -> CitedHeader:
+        return cls(
+            h.channel,
+            h.author,
+            h.seq,
+            CitedState(h.state.owner, h.state.pos, h.state.hash),
+            tuple(CitedRecipient(r.node) for r in h.recipients),
+        )
+
+
+def open_envelope(
+    env: Envelope, bid: str, me: NodeId, key: DecryptionKey, *, ciphertext: bytes | None = None
+) -> Bulletin:
+    """Decrypt this node's copy. Call only after verify_envelope. One error for every failure.
+
+    `ciphertext`: the envelope's ciphertext as `check_sealed_parts` returned it, decoded already.
+    """
     h = env.header
     index = next((i for i, r in enumerate(h.recipients) if r.node == me), None)
     if index is None or h.recipients[index].kid != key.kid:
@@ -274,12 +346,13 @@ def open_envelope(env: Envelope, bid: str, me: NodeId, key: DecryptionKey) -> Bu
             reader=key,
             key_commitment_=_b64(h.key_commitment),
             nonce=_b64(h.nonce),
-            ciphertext=_b64(env.ciphertext),
+            ciphertext=_b64(env.ciphertext) if ciphertext is None else ciphertext,
         )
         payload = strict_loads(plaintext)
         if not isinstance(payload, dict) or "handling" in payload:
             raise DecryptionFailed()
-        bulletin = Bulletin.model_validate({**payload, "handling": h.handling.model_dump()})
+        # The header's Handling as it is: a strict model takes an instance of its own class.
+        bulletin = Bulletin.model_validate({**payload, "handling": h.handling})
     except (InvalidInput, ValidationError) as exc:
         raise DecryptionFailed() from exc
     # What is stored and shown must be exactly what the author encrypted: no defaults, no trimming.

@@ -19,12 +19,35 @@ def sign_roster(roster: Roster, authority: SigningKey) -> SignedRoster:
 
 
 @dataclass(frozen=True)
-class Federation:
-    """A verified roster, indexed for look-ups by node id and TLS pin."""
-
+class _Index:
     roster: Roster
-    _by_id: dict[str, RosterNode] = field(default_factory=dict, repr=False)
-    _by_pin: dict[str, RosterNode] = field(default_factory=dict, repr=False)
+    by_id: dict[str, RosterNode] = field(default_factory=dict)
+    by_pin: dict[str, RosterNode] = field(default_factory=dict)
+
+
+class Federation:
+    """A verified roster, indexed for look-ups by node id and TLS pin.
+
+    A running node holds one `Federation` that every part of it reads through; when the node takes
+    a new roster version, `install` swaps what it holds in one assignment (docs/operations.md, "What
+    changes live"), so a reader sees one version or the next, never a mix of both.
+    """
+
+    __slots__ = ("_index",)
+
+    def __init__(self, roster: Roster) -> None:
+        self._index = _Index(roster)
+
+    @property
+    def roster(self) -> Roster:
+        return self._index.roster
+
+    def install(self, other: Federation) -> None:
+        """Hold what `other` holds from now on (the node's next roster version)."""
+        self._index = other._index
+
+    def __repr__(self) -> str:
+        return f"Federation(version={self.roster.version}, nodes={len(self.roster.nodes)})"
 
     @classmethod
     def verify(cls, signed: SignedRoster, authority: VerifyKey) -> Federation:
@@ -51,10 +74,11 @@ class Federation:
                 raise ConfigError(f"roster: the TLS certificate of {node.id} is not PEM text") from exc
             if pin != node.tls_pin:
                 raise ConfigError(f"roster: TLS pin of {node.id} does not match its certificate")
-            if pin in fed._by_pin:
-                raise ConfigError(f"roster: {node.id} has the same TLS key as {fed._by_pin[pin].id}")
-            fed._by_id[node.id] = node
-            fed._by_pin[node.tls_pin] = node
+            index = fed._index
+            if pin in index.by_pin:
+                raise ConfigError(f"roster: {node.id} has the same TLS key as {index.by_pin[pin].id}")
+            index.by_id[node.id] = node
+            index.by_pin[node.tls_pin] = node
         return fed
 
     @property
@@ -63,13 +87,13 @@ class Federation:
 
     def node(self, node_id: str) -> RosterNode:
         try:
-            return self._by_id[node_id]
+            return self._index.by_id[node_id]
         except KeyError:
             raise UnknownPeer(f"node {node_id!r} is not in the roster") from None
 
     def node_by_pin(self, pin: str) -> RosterNode:
         try:
-            return self._by_pin[pin]
+            return self._index.by_pin[pin]
         except KeyError:
             raise UnknownPeer("the TLS certificate is not in the roster") from None
 

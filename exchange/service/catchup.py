@@ -26,8 +26,8 @@ from exchange.store import AuditBuffer, Store, bulletins, cursors
 log = logging.getLogger("exchange.catchup")
 
 # Envelopes asked for per page: the most a node serves (CATCHUP_LIMIT). A large page is one round
-# trip, one look-up of what is held, one batch of signatures for the worker threads and one
-# group-commit job per thousand bulletins.
+# trip, one look-up of what is held, one batch for the crypto workers (or the signature threads)
+# and one group-commit job per thousand bulletins.
 PAGE = 1000
 
 
@@ -85,8 +85,8 @@ class CatchUp:
     async def pull(self, peer: str, channel: str) -> int:
         """Pull one channel from one member from our cursor to its end.
 
-        Pipelined: the next page is fetched and screened (parsed, its signatures checked in worker
-        threads) while this one is decrypted and stored on the event loop. Pages are still stored
+        Pipelined: the next page is fetched and screened (parsed, checked and decrypted in the
+        crypto workers, or here) while this one is stored. Pages are still stored
         in order, each with its cursor, so a failure anywhere resumes after the last stored page.
         """
         after = await self.cursor(peer, channel)
@@ -120,7 +120,7 @@ class CatchUp:
         offered = [i for i in page["items"] if i["envelope"] is not None]
         held = await self.receiving.held([i["id"] for i in offered]) if offered else set()
         new = [i["envelope"] for i in offered if i["id"] not in held]
-        return page, (await self.receiving.screen(NodeId(peer), new, relayed=True) if new else None)
+        return page, (await self.receiving.screen(NodeId(peer), new, relayed=True, unheld=True) if new else None)
 
     # -- serving partners --------------------------------------------------------------------
 

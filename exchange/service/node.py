@@ -23,6 +23,7 @@ from exchange.service.audit.service import AuditService
 from exchange.service.batch import BatchPosting
 from exchange.service.catchup import CatchUp
 from exchange.service.channels import ChannelBook
+from exchange.service.cryptopool import EnvelopeCrypto
 from exchange.service.federation import FederationRoster
 from exchange.service.follow import Follow
 from exchange.service.ids import BulletinIds
@@ -69,11 +70,12 @@ class NodeService:
         self.outbox = Outbox(config, store, fed, transport)
         self.channels = ChannelBook(self.me, fed, keys.signing, store, transport, self.outbox.wake)
         self.access = Access(self.me, self.channels)
+        self.crypto = EnvelopeCrypto(self.me, keys, fed, config.crypto_workers)
         self.users = Users(store)
         self.inbox = Inbox(self.me, store, fed, keys, self.access, self.outbox)
         self.ids, self.listing = BulletinIds(store, self.access), Listing(store, self.access)  # CLI look-ups
-        self.posting = Posting(self.me, store, fed, keys, self.access, self.inbox, self.outbox)
-        self.receiving = Receiving(self.me, store, fed, keys, self.channels, self.outbox, transport)
+        self.posting = Posting(self.me, store, fed, keys, self.access, self.inbox, self.outbox, self.crypto)
+        self.receiving = Receiving(self.me, store, fed, keys, self.channels, self.outbox, transport, self.crypto)
         self.catchup = CatchUp(
             self.me, store, self.channels, self.receiving, transport, config.catchup_interval_seconds
         )
@@ -111,6 +113,7 @@ class NodeService:
         """
         await self.audit.start(self.config.audit_checkpoint_seconds)
         self.webhooks.start()
+        await self.crypto.start()
         for peer, sender in self.outbox.senders.items():
             self._tasks.append(asyncio.create_task(sender.run(), name=f"sender-{peer}"))
             sender.wake()  # drain whatever was queued before a restart
@@ -142,6 +145,7 @@ class NodeService:
             await self.audit.sign_at_stop()
         except Exception:
             log.exception("no checkpoint was signed at shutdown: the entries since the last one are unsigned")
+        await self.crypto.close()
 
     # -- delegation, so that adapters name one object ---------------------------------------
 

@@ -336,6 +336,7 @@ class Sender:
         self._work = asyncio.Event()
         self._contact = asyncio.Event()
         self._single = False
+        self._flight: asyncio.Task[int] | None = None  # the last batch sent: to the peer, then its receipts
 
     def wake(self) -> None:
         """New work is queued."""
@@ -348,13 +349,14 @@ class Sender:
 
     async def run(self) -> None:
         """The sender loop: no failure of one iteration, the database's included, ends it."""
-        ahead: list[OutItem] = []  # the next batch, already marked sent with the last one's receipts
+        ahead: list[OutItem] = []  # the next batch, already read and marked sent during the last send
         while True:
             self._work.clear()
             batch: list[OutItem] = []
             try:
                 batch, ahead = ahead, []
                 if not batch:
+                    await self._drain()  # what is in flight, before the queue is read afresh
                     batch = await self._next_batch()
                     if not batch:
                         self.status.queued = 0
@@ -362,11 +364,29 @@ class Sender:
                         continue
                     await self.outbox.mark_sent(self.peer, batch, transaction_id([i.key for i in batch]))
                 ahead = await self._send(batch)
+            except asyncio.CancelledError:
+                if self._flight is not None:
+                    self._flight.cancel()
+                raise
             except Exception as exc:  # whatever the peer or the database did, retry later
                 ahead = []
+                with contextlib.suppress(Exception):  # what failed stays queued, and goes again
+                    await self._drain()
                 await self._back_off(exc, len(batch))
             finally:
                 self.status.in_flight = 0
+
+    async def _drain(self) -> None:
+        """Wait for the batch in flight to be stored at the peer and its receipts here; raise if
+        either failed."""
+        flight, self._flight = self._flight, None
+        if flight is not None:
+            await self._landed(flight)
+
+    async def _landed(self, flight: asyncio.Task[int]) -> None:
+        self.status.delivered += await flight
+        self.status.failures = 0
+        self.status.last_success = timestamp()
 
     async def _next_batch(self, after: int = 0) -> list[OutItem]:
         size = 1 if self._single else self.outbox.config.batch_size
@@ -397,10 +417,34 @@ class Sender:
     async def _send(self, batch: list[OutItem]) -> list[OutItem]:
         """Send a batch that `mark_sent` has audited; return the next one, audited too, if any.
 
-        The next batch is read while this one's receipts are checked, and its `mark_sent` is
-        written beside `accept_receipts`, in the same group commit as a rule: one commit to wait
-        for per push, not two. It still goes out only after this one is stored at the peer.
+        Two batches in flight at most: this one goes out while the one before is still being
+        stored at the peer (which stores a sender's transactions in the order they came,
+        `Receiving.receive`), the next one is read and marked sent meanwhile, and each one's
+        receipts are checked and stored here as they come. A batch is marked delivered only once
+        its receipts are stored; one that fails stays queued and goes again (the peer answers
+        what it holds with the receipts it gave). After a refusal, batches go one at a time.
         """
+        flight = asyncio.create_task(self._deliver(batch))
+        previous, self._flight = self._flight, flight
+        prepared = None if self._single else asyncio.create_task(self._prepare(after=batch[-1].n))
+        try:
+            if previous is not None:
+                await self._landed(previous)
+            if self._single or prepared is None:
+                await self._drain()
+                return []
+            return await prepared
+        except asyncio.CancelledError:
+            if previous is not None:
+                previous.cancel()
+            await _discard(prepared)
+            raise
+        except BaseException:
+            await _discard(prepared)
+            raise
+
+    async def _deliver(self, batch: list[OutItem]) -> int:
+        """One transaction to the peer, then its receipts checked and stored; how many were new."""
         txn = transaction_id([i.key for i in batch])
         self.status.in_flight = len(batch)
         try:
@@ -413,20 +457,25 @@ class Sender:
                 self._single = True
                 raise PeerError(f"{self.peer} refused a batch: {exc.detail}") from exc
             await self.outbox.reject_queued(self.peer, batch[0], exc.detail)
-            return []
-        ahead = [] if self._single else await self._next_batch(after=batch[-1].n)
-        accepted = self.outbox.accept_receipts(self.peer, batch, answer["receipts"])
+            return 0
+        delivered = await self.outbox.accept_receipts(self.peer, batch, answer["receipts"])
+        if len(batch) == 1:  # the item a refusal was looked for in went through: batches again
+            self._single = False
+        return delivered
+
+    async def _prepare(self, *, after: int) -> list[OutItem]:
+        ahead = await self._next_batch(after=after)
         if ahead:
-            delivered, _ = await asyncio.gather(
-                accepted, self.outbox.mark_sent(self.peer, ahead, transaction_id([i.key for i in ahead]))
-            )
-        else:
-            delivered = await accepted
-        self.status.delivered += delivered
-        self.status.failures = 0
-        self.status.last_success = timestamp()
-        self._single = False
+            await self.outbox.mark_sent(self.peer, ahead, transaction_id([i.key for i in ahead]))
         return ahead
+
+
+async def _discard(task: asyncio.Task[list[OutItem]] | None) -> None:
+    """Stop a read-ahead that is no longer wanted (what it marked sent goes again later)."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 __all__ = [

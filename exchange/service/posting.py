@@ -25,14 +25,12 @@ from exchange.clock import timestamp, utc_now
 from exchange.crypto import EncryptionKey, NodeKeys, canonical_json, sha256
 from exchange.errors import Forbidden, IdempotencyKeyReused, InvalidInput
 from exchange.model import Bulletin, BulletinId, ChannelId, NodeId
-from exchange.protocol.channel import ChannelState
-from exchange.protocol.envelope import BuiltEnvelope, build_envelope_bytes
 from exchange.protocol.indicators import check_indicators
 from exchange.protocol.roster import Federation
 from exchange.service.access import Access
+from exchange.service.cryptopool import EnvelopeCrypto, SealJob
 from exchange.service.inbox import Inbox
 from exchange.service.outbox import EnvelopeRef, Outbox, queued_row
-from exchange.service.records import posted_row
 from exchange.service.users import User
 from exchange.service.views import Posted
 from exchange.store import AuditBuffer, Store, bulletins, outbox, user_reads
@@ -47,10 +45,10 @@ NO_ONWARD_TLP = ("RED", "AMBER+STRICT")
 KEY_PATTERN = re.compile(r"[A-Za-z0-9._~:+/=-]{16,128}")
 KEY_RETENTION = dt.timedelta(hours=24)
 
-# A post whose text and attachments hold more characters than this is canonicalised and encrypted
-# in a worker thread. A small one is sealed inline: a thread hop per post costs more than the work
-# (bench/throughput.py, 2 readers, 1,000 posts, load 1.6: 185 and 249 bulletins/s with every post
-# in a thread, 306 and 332 inline).
+# Without crypto worker processes, a post whose text and attachments hold more characters than this
+# is canonicalised and encrypted in a worker thread. A small one is sealed inline: a thread hop
+# per post costs more than the work (bench/throughput.py, 2 readers, 1,000 posts, load 1.6: 185
+# and 249 bulletins/s with every post in a thread, 306 and 332 inline).
 OFFLOAD_CHARS = 256 * 1024
 
 
@@ -86,7 +84,15 @@ class Posting:
     """This node as an author."""
 
     def __init__(
-        self, me: NodeId, store: Store, fed: Federation, keys: NodeKeys, access: Access, inbox: Inbox, out: Outbox
+        self,
+        me: NodeId,
+        store: Store,
+        fed: Federation,
+        keys: NodeKeys,
+        access: Access,
+        inbox: Inbox,
+        out: Outbox,
+        crypto: EnvelopeCrypto | None = None,
     ) -> None:
         self.me = me
         self.store = store
@@ -95,6 +101,7 @@ class Posting:
         self.access = access
         self.inbox = inbox
         self.outbox = out
+        self.crypto = crypto or EnvelopeCrypto(me, keys, fed, 0)
         self._seqs: dict[str, int] = {}
         self._seq_lock = asyncio.Lock()
         # (user, key) -> [lock, holders]: requests with the same key run one after the other here,
@@ -186,16 +193,14 @@ class Posting:
         self, user: User, channel: str, bulletin: Bulletin, *, seen: bool = False, keyed: Keyed | None = None
     ) -> Posted:
         state = self.access.require_postable(user, channel)
-        readers = [(n, self._encryption_key(n)) for n in state.readers]
+        readers = tuple((n, self._encryption_key(n).raw) for n in state.readers)
         seq = await self._next_seq(channel)
         now = timestamp()
-        if _bulky(bulletin):  # tens of milliseconds at the largest: not on the event loop
-            built, content = await asyncio.to_thread(self._seal, bulletin, state, readers, seq, now)
-        else:
-            built, content = self._seal(bulletin, state, readers, seq, now)
-        bid = built.id
+        # Sealed in a crypto worker process, or here; a bulky post (tens of milliseconds at the
+        # largest) in a thread, not on the event loop.
+        sealed = await self.crypto.seal(SealJob(bulletin, state, readers, seq, now), bulky=_bulky(bulletin))
+        bid, row = sealed.bid, sealed.row
         dests: list[str] = [n for n in state.readers if n != self.me]
-        row = posted_row(built, content, now, bulletin)
         recipients = [NodeId(d) for d in dests]
         posted = Posted(id=BulletinId(bid), channel=ChannelId(channel), seq=seq, recipients=recipients, created=now)
 
@@ -253,33 +258,6 @@ class Posting:
         if node not in self._readers:
             self._readers[node] = self.fed.encryption_key(node)
         return self._readers[node]
-
-    def _seal(
-        self,
-        bulletin: Bulletin,
-        state: ChannelState,
-        readers: list[tuple[NodeId, EncryptionKey]],
-        seq: int,
-        created: str,
-    ) -> tuple[BuiltEnvelope, str]:
-        """The envelope's wire bytes, and the text of the payload it encrypts (stored for local readers).
-
-        The canonical payload is made here rather than read from `bulletin.payload_bytes`, which
-        would keep it for as long as the bulletin lives: while its row is written, a post holds
-        the bulletin, the envelope's bytes and the payload's text, and no other copy of them.
-        """
-        payload = canonical_json(bulletin.payload())
-        built = build_envelope_bytes(
-            payload,
-            bulletin.handling,
-            state=state,
-            author=self.me,
-            key=self.keys.signing,
-            seq=seq,
-            readers=readers,
-            created=created,
-        )
-        return built, payload.decode()
 
     async def forward(self, user: User, bid: str, channel: str, *, idempotency_key: str | None = None) -> Posted:
         """Re-post a bulletin to another channel, as this node, referring to the original."""

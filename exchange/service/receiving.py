@@ -4,7 +4,6 @@ answering with signed receipts."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,61 +22,40 @@ from exchange.errors import (
     NotFound,
     PeerError,
 )
-from exchange.model import Bulletin, ChannelEvent, Envelope, NodeId, Receipt
-from exchange.protocol.envelope import (
-    bulletin_id,
-    check_rules,
-    check_signature,
-    open_envelope,
-    parse_envelope,
-)
+from exchange.model import ChannelEvent, NodeId, Receipt, StateRef
+from exchange.protocol.envelope import CitedHeader, check_cited_state
 from exchange.protocol.receipt import make_receipts, parse_receipt, signatures_needed, verify_receipts
 from exchange.protocol.roster import Federation
 from exchange.service.channels import ChannelBook
+from exchange.service.cryptopool import EnvelopeCrypto, Opening
 from exchange.service.outbox import Outbox, ReceiptRef, queued_row
-from exchange.service.records import bulletin_row, receipt_row, save_cursor
+from exchange.service.records import receipt_row, save_cursor
 from exchange.service.transport import PeerTransport
 from exchange.store import AuditBuffer, Store, bulletins, outbox, receipts
-
-# Signatures a worker thread checks at a time, at least: fewer are checked on the event loop, where
-# they cost less than the hand-off to a thread and back.
-THREAD_MIN = 16
-
-
-def _signature_errors(envs: Sequence[Envelope], fed: Federation) -> list[ExchangeError | None]:
-    out: list[ExchangeError | None] = []
-    for env in envs:
-        try:
-            check_signature(env, fed)
-            out.append(None)
-        except ExchangeError as exc:
-            out.append(exc)
-    return out
-
-
-def _item_error(index: int, exc: ExchangeError) -> dict[str, Any]:
-    return {"item": f"envelope {index}", "index": index, "type": type(exc).__name__, "detail": exc.detail}
 
 
 @dataclass(frozen=True)
 class Screened:
-    """A batch parsed, with what is held already and each other envelope's signature checked
-    (`Receiving.screen`); nothing else about it is trusted yet."""
+    """A batch with every check that needs no channel state done, in worker processes or here
+    (`Receiving.screen`): parsed, signatures checked, decrypted, and what is held already."""
 
     peer: NodeId
     relayed: bool
-    items: Sequence[tuple[int, Envelope, str, ExchangeError | None]]  # index, envelope, id, why its signature fails
+    items: Sequence[Opening]
     held: set[str]
-    errors: Sequence[dict[str, Any]]  # envelopes that did not parse
 
 
 @dataclass(frozen=True)
 class Checked:
-    """An envelope that passed every receiver rule, with its id and decrypted bulletin."""
+    """An envelope that passed every receiver rule: its header, id, and the row to store."""
 
-    env: Envelope
+    header: CitedHeader
     bid: str
-    bulletin: Bulletin | None  # None: already held, nothing to store
+    row: dict[str, Any] | None  # None: already held, nothing to store
+
+
+def _item_error(index: int, exc: ExchangeError) -> dict[str, Any]:
+    return {"item": f"envelope {index}", "index": index, "type": type(exc).__name__, "detail": exc.detail}
 
 
 class Receiving:
@@ -92,6 +70,7 @@ class Receiving:
         channels: ChannelBook,
         out: Outbox,
         transport: PeerTransport,
+        crypto: EnvelopeCrypto | None = None,
     ) -> None:
         self.me = me
         self.store = store
@@ -100,43 +79,71 @@ class Receiving:
         self.channels = channels
         self.outbox = out
         self.transport = transport
+        self.crypto = crypto or EnvelopeCrypto(me, keys, fed, 0)
+        # Each partner's last transaction, done when it is: the next one is applied after it.
+        self._turns: dict[str, asyncio.Future[None]] = {}
 
-    async def check_envelope(
-        self, peer: NodeId, raw: Any, *, relayed: bool = False, signature_checked: bool = False
-    ) -> Checked:
-        """Apply every receiver rule to one envelope; return it decrypted.
+    async def check_stateful(self, o: Opening) -> Checked:
+        """Apply every receiver rule to one screened envelope, in the protocol's order; the ones
+        that need no channel state were applied by `EnvelopeCrypto.open`, which kept their
+        outcomes apart for this.
 
-        Pushed envelopes must come from their author; relayed ones (pulled in catch-up, or to fill
-        a gap) may come from any member, since the author's signature vouches for them.
-        `signature_checked`: the caller has checked the author's signature already (`ingest`
-        checks a batch's in worker threads).
+        Pushed envelopes must come from their author (`refused` says so); relayed ones (pulled in
+        catch-up, or to fill a gap) may come from any member, since the author's signature
+        vouches for them.
         """
-        env = raw if isinstance(raw, Envelope) else parse_envelope(raw)
-        h = env.header
-        if not relayed and h.author != peer:
-            raise InvalidEnvelope("a peer may push only envelopes it authored")
+        if o.refused is not None:
+            raise o.refused
+        assert o.header is not None and o.bid is not None  # an Opening that was not refused parsed
+        h = o.header
         # Signature first: nothing else is trusted, nor any owner asked for state, before it verifies.
-        if not signature_checked:
-            check_signature(env, self.fed)
+        if o.bad_signature is not None:
+            raise o.bad_signature
         try:
-            state = await self.channels.ensure(h.channel, h.state)
+            state = await self.channels.ensure(
+                h.channel, StateRef.model_construct(owner=h.state.owner, pos=h.state.pos, hash=h.state.hash)
+            )
         except NotFound as exc:
             raise InvalidEnvelope(f"unknown channel state: {exc.detail}") from exc
-        bid = check_rules(env, self.fed, state)
+        check_cited_state(h, self.fed, state)
+        if o.bad_sealed is not None:
+            raise o.bad_sealed
         latest = self.channels.state(h.channel)
         if "post" not in latest.rights(h.author) or latest.closed:
             # Else a removed member could go on posting by citing a state from before its removal.
             raise InvalidEnvelope("the author no longer holds the post right in the channel")
         if self.me not in [r.node for r in h.recipients]:
             raise InvalidEnvelope("this node is not a recipient of the envelope")
-        bulletin = open_envelope(env, bid, self.me, self.keys.decryption)
-        return Checked(env, bid, bulletin)
+        if o.undecryptable is not None:
+            raise o.undecryptable
+        return Checked(h, o.bid, o.row)
 
     async def receive(
         self, peer: NodeId, raw_events: Sequence[Any], raw_envelopes: Sequence[Any], raw_receipts: Sequence[Any] = ()
     ) -> list[Receipt]:
-        """A transaction from a partner: channel events, then envelopes, then receipts; all or nothing."""
+        """A transaction from a partner: channel events, then envelopes, then receipts; all or nothing.
+
+        A partner may have two transactions in flight (`Sender`): their envelopes are checked and
+        opened at once, but each transaction is applied and stored only after the one from the
+        same partner that came before it, so that a stream arrives in order.
+        """
         self.outbox.peer_seen(peer)
+        before = self._turns.get(peer)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._turns[peer] = mine
+        try:
+            screened = await self.screen(peer, raw_envelopes) if raw_envelopes else None
+            if before is not None:
+                await before
+            return await self._apply(peer, raw_events, screened, raw_receipts)
+        finally:
+            mine.set_result(None)
+            if self._turns.get(peer) is mine:
+                del self._turns[peer]
+
+    async def _apply(
+        self, peer: NodeId, raw_events: Sequence[Any], screened: Screened | None, raw_receipts: Sequence[Any]
+    ) -> list[Receipt]:
         if raw_events:
             try:
                 events = [ChannelEvent.model_validate(e) for e in raw_events]
@@ -148,7 +155,7 @@ class Receiving:
                 raise
             except ExchangeError as exc:
                 raise EnvelopeRejected([{"item": "event", "type": type(exc).__name__, "detail": exc.detail}]) from exc
-        receipts_ = await self.ingest(peer, raw_envelopes) if raw_envelopes else []
+        receipts_ = await self.ingest_screened(screened) if screened is not None else []
         if raw_receipts:
             await self.accept_pushed_receipts(peer, raw_receipts)
         return receipts_
@@ -164,75 +171,45 @@ class Receiving:
         """
         return await self.ingest_screened(await self.screen(peer, raws, relayed=relayed), cursor=cursor)
 
-    async def screen(self, peer: NodeId, raws: Sequence[Any], *, relayed: bool = False) -> Screened:
-        """The first half of `ingest`: parse a batch, look up what is held already, and check the
-        authors' signatures of the rest (in worker threads). Catch-up screens its next page while
-        it opens and stores the last one."""
+    async def screen(
+        self, peer: NodeId, raws: Sequence[Any], *, relayed: bool = False, unheld: bool = False
+    ) -> Screened:
+        """The first half of `ingest`: every check that needs no channel state, and decryption, in
+        the crypto workers (or here), and a look-up of what is held already. Catch-up screens its
+        next page while it stores the last one (`unheld`: see `EnvelopeCrypto.open`)."""
         self.outbox.peer_seen(peer)
-        errors: list[dict[str, Any]] = []
-        parsed: list[tuple[int, Envelope]] = []
-        for index, raw in enumerate(raws):
-            try:
-                env = parse_envelope(raw)
-                if not relayed and env.header.author != peer:
-                    raise InvalidEnvelope("a peer may push only envelopes it authored")
-                parsed.append((index, env))
-            except ExchangeError as exc:
-                errors.append(_item_error(index, exc))
-        ids = [bulletin_id(env.header) for _, env in parsed]
-        # What is stored already was verified when it came: a retry or a second source costs a look-up.
-        held = await self.held(ids) if parsed else set()
-        fresh = [env for (_, env), bid in zip(parsed, ids, strict=True) if bid not in held]
-        bad = iter(await self.signature_errors(fresh))
-        items = [
-            (index, env, bid, None if bid in held else next(bad)) for (index, env), bid in zip(parsed, ids, strict=True)
-        ]
-        return Screened(peer, relayed, items, held, errors)
+        items, held = await self.crypto.open(raws, peer=peer, relayed=relayed, held=self.held, unheld=unheld)
+        return Screened(peer, relayed, items, held)
 
     async def ingest_screened(self, screened: Screened, *, cursor: tuple[str, int] | None = None) -> list[Receipt]:
-        """The second half of `ingest`: every other rule, decryption, gaps, then store and answer."""
-        peer, relayed, errors = screened.peer, screened.relayed, list(screened.errors)
+        """The second half of `ingest`: the rules that need state, gaps, then store and answer."""
+        peer, relayed = screened.peer, screened.relayed
+        errors: list[dict[str, Any]] = []
         checked: list[Checked] = []
-        for index, env, bid, wrong in screened.items:
-            if bid in screened.held:
-                checked.append(Checked(env, bid, None))
+        for o in screened.items:
+            if o.refused is None and o.bid in screened.held and o.header is not None:
+                # What is stored already was verified when it came: a retry or a second source.
+                checked.append(Checked(o.header, o.bid, None))
                 continue
             try:
-                if wrong is not None:
-                    raise wrong
-                checked.append(await self.check_envelope(peer, env, relayed=relayed, signature_checked=True))
+                checked.append(await self.check_stateful(o))
             except PeerError:
                 raise  # retryable (503): the sender keeps the batch and tries again
             except ExchangeError as exc:
-                errors.append(_item_error(index, exc))
+                errors.append(_item_error(o.index, exc))
         if errors:
             raise EnvelopeRejected(sorted(errors, key=lambda e: e["index"]))
         await self._fill_gaps(peer, checked)
         if relayed:
-            checked = sorted(checked, key=lambda c: (c.env.header.author, c.env.header.channel, c.env.header.seq))
+            checked = sorted(checked, key=lambda c: (c.header.author, c.header.channel, c.header.seq))
 
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> list[Receipt]:
             return await self._store_checked(conn, audit, peer, checked, relayed=relayed, cursor=cursor)
 
         out = await self.store.write(job)
         if relayed:
-            self.outbox.wake(sorted({c.env.header.author for c in checked} - {self.me}))
+            self.outbox.wake(sorted({c.header.author for c in checked} - {self.me}))
         return out
-
-    async def signature_errors(self, envs: Sequence[Envelope]) -> list[ExchangeError | None]:
-        """Check the author's signature of each envelope: None for one that verifies, else why not.
-
-        Ed25519 releases the GIL, so a batch is verified in worker threads while the event loop
-        serves other requests: one thread per core but the loop's, so that the loop keeps a core.
-        """
-        if len(envs) < THREAD_MIN:
-            return _signature_errors(envs, self.fed)
-        parts = min(max(1, (os.cpu_count() or 1) - 1), -(-len(envs) // THREAD_MIN))
-        step = -(-len(envs) // parts)
-        chunks = await asyncio.gather(
-            *(asyncio.to_thread(_signature_errors, envs[i : i + step], self.fed) for i in range(0, len(envs), step))
-        )
-        return [e for chunk in chunks for e in chunk]
 
     async def _store_checked(
         self,
@@ -259,7 +236,7 @@ class Receiving:
         fresh = [c for c in checked if c.bid not in known]
         streams: dict[tuple[str, str, int], str] = {}
         for c in fresh:
-            h = c.env.header
+            h = c.header
             key = (h.author, h.channel, h.seq)
             if key in streams and streams[key] != c.bid:
                 raise Equivocation(f"{h.author} sent two bulletins as seq {h.seq} of {h.channel}")
@@ -291,13 +268,13 @@ class Receiving:
                     # A retry gets the very receipt stored the first time, from whichever batch it was.
                     answer[c.bid] = parse_receipt(strict_loads(known[c.bid]))
                 continue
-            if c.bid in done or c.bulletin is None:
+            if c.bid in done or c.row is None:
                 continue
             done.add(c.bid)
-            h = c.env.header
+            h = c.header
             answer[c.bid] = None
             by_author.setdefault(h.author, []).append(c.bid)
-            rows.append(bulletin_row(c.env, c.bid, c.bulletin, now))
+            rows.append({**c.row, "stored_at": now})
             if relayed and h.author != self.me:
                 # The author hears of it from us, since it did not hand it over itself.
                 queued.append(queued_row(h.author, "receipt", ReceiptRef(c.bid, "received")))
@@ -340,7 +317,7 @@ class Receiving:
         """
         wanted: dict[tuple[str, str], tuple[int, set[int]]] = {}
         for c in checked:
-            h = c.env.header
+            h = c.header
             top, seqs = wanted.get((h.author, h.channel), (0, set()))
             wanted[h.author, h.channel] = (max(top, h.seq), seqs | {h.seq})
         if not wanted:

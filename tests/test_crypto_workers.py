@@ -1,0 +1,200 @@
+"""Nodes with crypto worker processes (`crypto_workers`), over real mutual TLS, on SQLite and
+PostgreSQL: they deliver, receipt and catch up as nodes without them do, every tampered envelope
+is refused with nothing stored, rules are reported in the same order, and a worker that dies
+costs the partner one retry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from exchange.crypto import b64d
+from exchange.model import EnvelopeHeader, NodeId
+from exchange.protocol.envelope import envelope_bytes, sign_envelope
+from exchange.service.cryptopool import EnvelopeCrypto, Opening
+from exchange.store import bulletins, receipts
+from tests.conftest import MakeFederation, Member, eventually
+from tests.test_federation_security import batch, envelope_from, stored, tampered_variants
+
+WORKERS = {"crypto_workers": 1}
+BULLETIN = {"kind": "alert", "handling": {"tlp": "AMBER"}, "title": "Undeclared cells", "body": "AWB 074-12345675"}
+
+
+async def count(member: Member, table: sa.Table) -> int:
+    async with member.service.store.read() as conn:
+        return int((await conn.execute(sa.select(sa.func.count()).select_from(table))).scalar_one())
+
+
+def worker_pids(member: Member) -> list[int]:
+    pool = member.service.crypto._pool
+    assert pool is not None, "the node started no crypto worker"
+    return [p.pid for p in pool._processes.values()]
+
+
+async def test_with_workers_posts_are_delivered_receipted_and_caught_up(make_federation: MakeFederation) -> None:
+    fed = await make_federation(options=WORKERS)
+    a, b = fed["nl-customs"], fed["ke-customs"]
+    assert worker_pids(a) and worker_pids(b)
+    # Posts made at once are sealed together in A's worker, each with its own sequence number.
+    answers = await asyncio.gather(
+        *(a.api("POST", "/api/v1/channels/c2c/bulletins", body={**BULLETIN, "title": f"#{i}"}) for i in range(3))
+    )
+    assert [status for status, _, _ in answers] == [201] * 3, answers
+    ids = [posted["id"] for _, posted, _ in answers]
+    assert sorted(posted["seq"] for _, posted, _ in answers) == [1, 2, 3]
+
+    async def delivered() -> bool:
+        return await count(b, bulletins) == 3 and await count(a, receipts) == 3
+
+    await eventually(delivered, what="three bulletins at B and B's receipts at A")
+    status, shown, _ = await b.api("GET", f"/api/v1/bulletins/{ids[0]}")
+    assert status == 200 and shown["bulletin"]["title"] == "#0" and shown["signature_verified"] is True
+
+    await fed.stop("ke-customs")
+    for i in range(3, 5):
+        status, posted, _ = await a.api("POST", "/api/v1/channels/c2c/bulletins", body={**BULLETIN, "title": f"#{i}"})
+        assert status == 201, posted
+    await fed.start("ke-customs")
+
+    async def caught_up() -> bool:
+        return await count(b, bulletins) == 5
+
+    await eventually(caught_up, timeout=30, what="B to catch up on the two it missed")
+
+
+async def test_with_workers_every_tampered_part_is_refused_and_nothing_stored(
+    make_federation: MakeFederation,
+) -> None:
+    fed = await make_federation(options=WORKERS)
+    a, b = fed["nl-customs"], fed["ke-customs"]
+    env = envelope_from(a)
+    for name, doc in tampered_variants(env).items():
+        status, body, ctype = await b.fed_post(a, batch(json.dumps(doc).encode()))
+        assert 400 <= status < 500 and ctype == "application/problem+json", (name, status, body)
+    wire = envelope_bytes(env)
+    for pos in range(0, len(wire), max(1, len(wire) // 20)):
+        broken = bytearray(wire)
+        broken[pos] ^= 0x01
+        status, body, _ = await b.fed_post(a, batch(bytes(broken)))
+        assert 400 <= status < 500, (pos, status, body)
+    assert await stored(b) == 0
+    # One bad envelope refuses its whole batch, the good one beside it included.
+    status, body, _ = await b.fed_post(a, batch(wire, json.dumps(tampered_variants(env)["ciphertext"]).encode()))
+    assert status == 422 and [e["index"] for e in body["errors"]] == [1], body
+    assert await stored(b) == 0
+    first = await b.fed_post(a, batch(wire))
+    again = await b.fed_post(a, batch(wire, wire))
+    assert first[0] == again[0] == 200 and first[1]["receipts"] == again[1]["receipts"][:1]
+    assert await stored(b) == 1
+    # Held already, but malformed beside its header: still refused, as any malformed item is.
+    extra = {**json.loads(wire), "extra": 1}
+    status, body, _ = await b.fed_post(a, batch(json.dumps(extra).encode()))
+    assert status == 422 and "extra" in body["errors"][0]["detail"], body
+    assert await stored(b) == 1
+
+
+def rewrapped(member: Member, env: Any, **header: Any) -> bytes:
+    """`env` with header fields changed and signed again by `member` (its author)."""
+    h = EnvelopeHeader.model_validate({**env.header.model_dump(mode="json"), **header})
+    signed = sign_envelope(h, env.wraps, b64d(env.ciphertext), member.service.keys.signing)
+    return envelope_bytes(signed)
+
+
+async def test_with_workers_the_rules_are_reported_in_the_protocols_order(make_federation: MakeFederation) -> None:
+    """The state rules come before the sealed parts' (check_rules' order), though a worker checks
+    the sealed parts first: an envelope that breaks one of each is refused for the state rule."""
+    fed = await make_federation(options=WORKERS)
+    a, b = fed["nl-customs"], fed["ke-customs"]
+    env = envelope_from(a)
+    recipients = env.header.model_dump(mode="json")["recipients"]
+    wrong_kid = [{**r, "kid": "0" * 16} if r["node"] == "ke-customs" else r for r in recipients]
+    # A sealed-part rule alone: a recipient key that is not the roster's.
+    status, body, _ = await b.fed_post(a, batch(rewrapped(a, env, recipients=wrong_kid)))
+    assert status == 422 and "is not its roster key" in body["errors"][0]["detail"], body
+    # With a state rule broken too (a state that does not exist), the state rule is reported.
+    stale = {**env.header.state.model_dump(mode="json"), "hash": "ab" * 32}
+    status, body, _ = await b.fed_post(a, batch(rewrapped(a, env, recipients=wrong_kid, state=stale)))
+    assert status == 422 and "is not its roster key" not in body["errors"][0]["detail"], body
+    assert await stored(b) == 0
+
+
+async def test_in_workers_and_in_process_the_same_outcome_for_each_envelope(make_federation: MakeFederation) -> None:
+    fed = await make_federation(options=WORKERS)
+    a, b = fed["nl-customs"], fed["ke-customs"]
+    env = envelope_from(a)
+    raws: list[Any] = [env.model_dump(mode="json"), *tampered_variants(env).values(), {"header": 1}, "junk"]
+    svc = b.service
+    here = EnvelopeCrypto(NodeId(b.id), svc.keys, svc.fed, 0)
+
+    async def nothing_held(ids: list[str]) -> set[str]:
+        return set()
+
+    def outcome(o: Opening) -> tuple[Any, ...]:
+        errors = (o.refused, o.bad_signature, o.bad_sealed, o.undecryptable)
+        return (o.index, o.bid, o.header, o.row, [(type(e).__name__, e.detail) if e else None for e in errors])
+
+    in_workers, _ = await svc.crypto.open(raws, peer=a.id, relayed=False, held=nothing_held)
+    in_process, _ = await here.open(raws, peer=a.id, relayed=False, held=nothing_held)
+    assert [outcome(o) for o in in_workers] == [outcome(o) for o in in_process]
+    assert in_workers[0].row is not None and all(o.row is None for o in in_workers[1:])
+
+
+async def test_a_worker_that_dies_costs_one_retry_and_the_next_batch_goes_through(
+    make_federation: MakeFederation,
+) -> None:
+    fed = await make_federation(options=WORKERS)
+    a, b = fed["nl-customs"], fed["ke-customs"]
+    for pid in worker_pids(b):
+        os.kill(pid, signal.SIGKILL)
+    wire = envelope_bytes(envelope_from(a))
+    status, body, _ = await b.fed_post(a, batch(wire))
+    assert status == 503, body  # Unavailable: the partner keeps the batch and retries
+    assert await stored(b) == 0
+    status, body, _ = await b.fed_post(a, batch(wire))
+    assert status == 200, body
+    assert await stored(b) == 1
+    assert worker_pids(b)  # a fresh pool
+
+
+NODE_WITH_A_WORKER = """
+import asyncio, sys
+from exchange.crypto import NodeKeys
+from exchange.model import NodeId
+from exchange.service.cryptopool import EnvelopeCrypto
+
+async def main():
+    crypto = EnvelopeCrypto(NodeId("nl-customs"), NodeKeys.generate(), None, 1)
+    await crypto.start()
+    print(*[p.pid for p in crypto._pool._processes.values()], flush=True)
+    await asyncio.sleep(120)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_a_worker_ends_when_its_node_is_killed(tmp_path: Path) -> None:
+    """A worker holds the node's keys: it must not outlive a node that was SIGKILLed."""
+    script = tmp_path / "node.py"
+    script.write_text(NODE_WITH_A_WORKER)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, env=env) as node:
+        try:
+            assert node.stdout is not None
+            worker = int(node.stdout.readline())
+            assert Path(f"/proc/{worker}").exists()
+        finally:
+            node.kill()
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{worker}").exists() and Path(f"/proc/{worker}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, "the worker outlived its node"
+        time.sleep(0.05)
