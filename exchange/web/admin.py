@@ -16,6 +16,7 @@ from exchange.errors import InvalidInput
 from exchange.http.appkeys import SERVICE
 from exchange.model import ROLES
 from exchange.service.views import MemberChange, channel_view
+from exchange.web.i18n import N_
 from exchange.web.pages import redirect, render
 from exchange.web.session import posted_form, read_form, sessions, signed_in
 
@@ -69,7 +70,7 @@ async def change_membership(request: web.Request) -> web.StreamResponse:
     if action in ("invite", "rights"):
         body["rights"] = [r for r in form.getall("rights", []) if isinstance(r, str)]
         if not body["rights"]:
-            raise InvalidInput("tick at least one right; to take every right away, remove the member")
+            raise InvalidInput(N_("tick at least one right; to take every right away, remove the member"))
     try:
         spec = MemberChange.model_validate(body)
     except ValidationError as exc:

@@ -19,12 +19,13 @@ from aiohttp import web
 
 from exchange.audit import events as kinds
 from exchange.audit.log import KeyRing
-from exchange.audit.trace import GAP, NONE, OK, REFUSED, Trace, assemble
+from exchange.audit.trace import GAP, NONE, OK, REFUSED, Step, Trace, assemble
 from exchange.errors import InvalidInput, NotFound
 from exchange.http.appkeys import SERVICE
 from exchange.service.audit.service import AuditService
-from exchange.service.audit.views import EntryFilter
-from exchange.web.pages import redirect, render, when
+from exchange.service.audit.views import EntryFilter, EntryWithProof
+from exchange.web.i18n import DEFAULT, N_, language, number, say, when
+from exchange.web.pages import redirect, render
 from exchange.web.session import posted_form, signed_in
 
 # Used with fullmatch, in ASCII: "$" lets a trailing newline through, and \d takes any script's digits.
@@ -33,22 +34,26 @@ NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 DIGITS = re.compile(r"[0-9]{1,15}")
 EVENTS = [
-    ("bulletin.*", "Any bulletin event"),
-    (kinds.BULLETIN_POSTED, "Bulletin posted here"),
-    (kinds.BULLETIN_RECEIVED, "Bulletin received from a partner"),
-    (kinds.BULLETIN_DELIVERED, "Receipt: a partner received ours"),
-    (kinds.BULLETIN_OPENED, "Bulletin opened here"),
-    (kinds.BULLETIN_OPENED_BY, "Receipt: a partner opened ours"),
-    (kinds.SEND_REFUSED, "A partner refused what we sent"),
-    (kinds.CHANNEL_CHANGED, "Channel membership changed"),
-    (kinds.REQUEST_REJECTED, "Request refused"),
-    (kinds.REQUESTS_REFUSED, "Refused requests, counted per address"),
-    (kinds.BULLETIN_UNVERIFIED, "Bulletin failed its check and was not shown"),
-    ("node.*", "Node started or stopped"),
-    ("console.*", "Console sign-in and sign-out"),
-    ("user.*", "Users and their rights"),
-    ("audit.*", "Audit traces"),
+    ("bulletin.*", N_("Any bulletin event")),
+    (kinds.BULLETIN_POSTED, N_("Bulletin posted here")),
+    (kinds.BULLETIN_RECEIVED, N_("Bulletin received from a partner")),
+    (kinds.BULLETIN_DELIVERED, N_("Receipt: a partner received ours")),
+    (kinds.BULLETIN_OPENED, N_("Bulletin opened here")),
+    (kinds.BULLETIN_OPENED_BY, N_("Receipt: a partner opened ours")),
+    (kinds.SEND_REFUSED, N_("A partner refused what we sent")),
+    (kinds.CHANNEL_CHANGED, N_("Channel membership changed")),
+    (kinds.REQUEST_REJECTED, N_("Request refused")),
+    (kinds.REQUESTS_REFUSED, N_("Refused requests, counted per address")),
+    (kinds.BULLETIN_UNVERIFIED, N_("Bulletin failed its check and was not shown")),
+    ("node.*", N_("Node started or stopped")),
+    ("console.*", N_("Console sign-in and sign-out")),
+    ("user.*", N_("Users and their rights")),
+    ("audit.*", N_("Audit traces")),
 ]
+
+
+BAD_DATE = {"since": N_("since must be a date, YYYY-MM-DD"), "until": N_("until must be a date, YYYY-MM-DD")}
+BAD_NAME = {"channel": N_("channel has an invalid form"), "peer": N_("peer has an invalid form")}
 
 
 def _audit(request: web.Request) -> AuditService:
@@ -65,7 +70,7 @@ def _date(name: str, value: str) -> dt.date:
             return dt.date.fromisoformat(value)
     except ValueError:
         pass
-    raise InvalidInput(f"{name} must be a date, YYYY-MM-DD")
+    raise InvalidInput(BAD_DATE[name])
 
 
 def entry_filter(query: dict[str, str]) -> EntryFilter:
@@ -74,11 +79,11 @@ def entry_filter(query: dict[str, str]) -> EntryFilter:
     since, until = query.get("since") or None, query.get("until") or None
     for name, value in (("channel", channel), ("peer", peer)):
         if value is not None and not NAME.fullmatch(value):
-            raise InvalidInput(f"{name} has an invalid form")
+            raise InvalidInput(BAD_NAME[name])
     if event is not None and not re.fullmatch(r"[a-z_.]{1,40}\*?", event):
-        raise InvalidInput("event has an invalid form")
+        raise InvalidInput(N_("event has an invalid form"))
     if bulletin is not None and not HEX64.fullmatch(bulletin):
-        raise InvalidInput("a bulletin id is 64 lowercase hexadecimal characters")
+        raise InvalidInput(N_("a bulletin id is 64 lowercase hexadecimal characters"))
     if since is not None:
         _date("since", since)
     until_end = None  # "until" is a whole day: entries before the next one (none after 9999-12-31)
@@ -87,57 +92,120 @@ def entry_filter(query: dict[str, str]) -> EntryFilter:
     return EntryFilter(event=event, channel=channel, peer=peer, bulletin=bulletin, since=since, until=until_end)
 
 
-def describe(body: dict[str, Any]) -> str:
-    """One line saying what an audit entry records, in words."""
+def describe(body: dict[str, Any], lang: str = DEFAULT) -> str:
+    """One line saying what an audit entry records, in words of `lang` (the values as recorded)."""
     kind = body.get("event")
     g = body.get
+
+    def t(message: str, **values: object) -> str:
+        return say(lang, message, **values)
+
     if kind == kinds.BULLETIN_POSTED:
-        return f"posted by {g('user')} (seq {g('seq')}) for {', '.join(g('recipients') or [])}"
+        recipients = ", ".join(g("recipients") or [])
+        return t(
+            N_("posted by %(user)s (seq %(seq)s) for %(recipients)s"),
+            user=g("user"),
+            seq=g("seq"),
+            recipients=recipients,
+        )
     if kind == kinds.BULLETIN_SENT:
-        return f"sent to {g('to')}"
+        return t(N_("sent to %(node)s"), node=g("to"))
     if kind == kinds.BULLETIN_RECEIVED:
-        return f"received from {g('from')}" + (" (relayed)" if g("relayed") else "")
+        if g("relayed"):
+            return t(N_("received from %(node)s (relayed)"), node=g("from"))
+        return t(N_("received from %(node)s"), node=g("from"))
     if kind == kinds.BULLETIN_DELIVERED:
-        return f"signed receipt from {g('to')}: received {when(g('receipt_at'))}"
+        return t(N_("signed receipt from %(node)s: received %(at)s"), node=g("to"), at=when(g("receipt_at"), lang))
     if kind == kinds.BULLETIN_OPENED:
-        return f"opened by {g('user')}"
+        return t(N_("opened by %(user)s"), user=g("user"))
     if kind == kinds.BULLETIN_OPENED_BY:
-        return f"signed receipt from {g('to')}: opened {when(g('receipt_at'))}"
+        return t(N_("signed receipt from %(node)s: opened %(at)s"), node=g("to"), at=when(g("receipt_at"), lang))
     if kind == kinds.SEND_REFUSED:
-        return f"{g('to')} refused {g('kind')} {str(g('ref'))[:12]}: {g('reason')}"
+        return t(
+            N_("%(node)s refused %(kind)s %(ref)s: %(reason)s"),
+            node=g("to"),
+            kind=g("kind"),
+            ref=str(g("ref"))[:12],
+            reason=g("reason"),
+        )
     if kind == kinds.CHANNEL_CHANGED:
         change = g("change") or {}
-        return f"log position {g('pos')}: {change.get('type')} {change.get('node') or ''}".rstrip()
+        what = f"{change.get('type')} {change.get('node') or ''}".rstrip()
+        return t(N_("log position %(pos)s: %(change)s"), pos=g("pos"), change=what)
     if kind == kinds.REQUEST_REJECTED:
-        who = g("user") or g("peer") or "anonymous"
-        return f"{g('method')} {g('path')} refused ({g('status')}) for {who}: {g('reason')}"
+        who = g("user") or g("peer") or t(N_("anonymous"))
+        return t(
+            N_("%(method)s %(path)s refused (%(status)s) for %(who)s: %(reason)s"),
+            method=g("method"),
+            path=g("path"),
+            status=g("status"),
+            who=who,
+            reason=g("reason"),
+        )
     if kind == kinds.REQUESTS_REFUSED:
         reasons = ", ".join(f"{n} {r}" for r, n in sorted((g("reasons") or {}).items()))
-        return f"{g('count')} requests from {g('address')} refused since {when(g('since'))}: {reasons}"
+        return t(
+            N_("%(count)s requests from %(address)s refused since %(since)s: %(reasons)s"),
+            count=g("count"),
+            address=g("address"),
+            since=when(g("since"), lang),
+            reasons=reasons,
+        )
     if kind == kinds.BULLETIN_UNVERIFIED:
-        return f"not shown to {g('user')}: {g('problem')}"
+        return t(N_("not shown to %(user)s: %(problem)s"), user=g("user"), problem=g("problem"))
     if kind == kinds.NODE_STOPPED:
-        return "stopped cleanly; checkpoint signed"
+        return t(N_("stopped cleanly; checkpoint signed"))
     if kind == kinds.AUDIT_TRACE:
-        return f"trace requested by {g('user')}"
+        return t(N_("trace requested by %(user)s"), user=g("user"))
     if kind == kinds.AUDIT_TRACE_SERVED:
-        return f"trace evidence served to {g('peer')}"
-    who = g("user") or ("an unknown user name" if g("unknown_user") else "someone")
-    by = f" by {g('actor')}" if g("actor") else ""
+        return t(N_("trace evidence served to %(node)s"), node=g("peer"))
+    who = g("user") or (t(N_("an unknown user name")) if g("unknown_user") else t(N_("someone")))
+    by = t(N_(" by %(actor)s"), actor=g("actor")) if g("actor") else ""
     texts = {
-        kinds.USER_CREATED: f"{who} created as {g('role')}{by}",
-        kinds.USER_ASSIGNED: f"{who} assigned to {g('channel')}{by}",
-        kinds.USER_UNASSIGNED: f"{who} taken off {g('channel')}{by}",
-        kinds.USER_TOKEN_ROTATED: f"API token of {who} replaced{by}",
-        kinds.USER_PASSWORD_SET: f"console password of {who} set{by}",
-        kinds.CONSOLE_SIGNED_IN: f"{who} signed in from {g('address')}",
-        kinds.CONSOLE_SIGNED_OUT: f"{who} signed out",
-        kinds.CONSOLE_SIGNIN_FAILED: f"failed sign-in as {who} from {g('address')}",
+        kinds.USER_CREATED: (N_("%(who)s created as %(role)s%(by)s"), {"role": g("role")}),
+        kinds.USER_ASSIGNED: (N_("%(who)s assigned to %(channel)s%(by)s"), {"channel": g("channel")}),
+        kinds.USER_UNASSIGNED: (N_("%(who)s taken off %(channel)s%(by)s"), {"channel": g("channel")}),
+        kinds.USER_TOKEN_ROTATED: (N_("API token of %(who)s replaced%(by)s"), {}),
+        kinds.USER_PASSWORD_SET: (N_("console password of %(who)s set%(by)s"), {}),
+        kinds.CONSOLE_SIGNED_IN: (N_("%(who)s signed in from %(address)s"), {"address": g("address")}),
+        kinds.CONSOLE_SIGNED_OUT: (N_("%(who)s signed out"), {}),
+        kinds.CONSOLE_SIGNIN_FAILED: (N_("failed sign-in as %(who)s from %(address)s"), {"address": g("address")}),
         kinds.CONSOLE_SIGNIN_THROTTLED: (
-            f"sign-in as {who} from {g('address')} refused: too many failures by {g('limit')}"
+            N_("sign-in as %(who)s from %(address)s refused: too many failures by %(limit)s"),
+            {"address": g("address"), "limit": g("limit")},
         ),
     }
-    return texts.get(str(kind), "")
+    if str(kind) not in texts:
+        return ""
+    message, values = texts[str(kind)]
+    return t(message, who=who, by=by, **values)
+
+
+def proof_text(entry: EntryWithProof, lang: str) -> str:
+    """What the inclusion proof of an entry shows, in words of `lang` (from its state and numbers)."""
+    proof, cp = entry.proof, entry.proof.checkpoint
+    if proof.state == "proven" and cp is not None:
+        return say(
+            lang,
+            N_(
+                "Included in the checkpoint of size %(size)s: the inclusion proof (%(hashes)s hashes) "
+                "and the checkpoint's signature verify."
+            ),
+            size=number(cp.size, lang),
+            hashes=len(proof.proof or []),
+        )
+    if proof.state == "pending" and cp is None:
+        return say(lang, N_("No checkpoint has been signed yet, so no proof can be given."))
+    if proof.state == "pending" and cp is not None:
+        return say(
+            lang,
+            N_("Not covered yet: the latest checkpoint covers entries 0 to %(last)s."),
+            last=number(cp.size - 1, lang),
+        )
+    failed = "The proof does not verify: "
+    if proof.text.startswith(failed):
+        return say(lang, N_("The proof does not verify: %(problem)s"), problem=proof.text[len(failed) :])
+    return str(proof.text)
 
 
 async def log_page(request: web.Request) -> web.StreamResponse:
@@ -149,14 +217,14 @@ async def log_page(request: web.Request) -> web.StreamResponse:
     size = audit.size
     before_raw = query.get("before", "")
     if before_raw and not DIGITS.fullmatch(before_raw):
-        raise InvalidInput("before must be an entry number")
+        raise InvalidInput(N_("before must be an entry number"))
     before = min(int(before_raw), size) if before_raw else size
     found = await audit.recent(where, before)
     return render(
         request,
         "audit_log.html",
         session=session,
-        entries=[{**e, "summary": describe(e)} for e in found.entries],
+        entries=[{**e, "summary": describe(e, language(request))} for e in found.entries],
         go_on=found.go_on,
         searched_from=before,
         size=size,
@@ -187,8 +255,11 @@ async def entry_page(request: web.Request) -> web.StreamResponse:
         idx=entry.idx,
         body=body,
         fields=sorted((k, v if isinstance(v, str | int) else json.dumps(v)) for k, v in body.items()),
-        summary=describe(body),
-        proof={f.name: getattr(entry.proof, f.name) for f in dataclasses.fields(entry.proof)},
+        summary=describe(body, language(request)),
+        proof={
+            **{f.name: getattr(entry.proof, f.name) for f in dataclasses.fields(entry.proof)},
+            "text": proof_text(entry, language(request)),
+        },
         canonical=entry.raw.decode("utf-8", "replace"),
     )
 
@@ -242,7 +313,7 @@ async def sign_checkpoint(request: web.Request) -> web.StreamResponse:
 # -- the trace of one bulletin --------------------------------------------------------------------
 
 
-def timeline(trace: Trace) -> tuple[list[str], list[dict[str, Any]]]:
+def timeline(trace: Trace, lang: str = DEFAULT) -> tuple[list[str], list[dict[str, Any]]]:
     """The lanes (author first) and every verified entry of every node, in time order."""
     lanes = [trace.author, *sorted(r for r in trace.recipients if r != trace.author)]
     rows = []
@@ -256,11 +327,40 @@ def timeline(trace: Trace) -> tuple[list[str], list[dict[str, Any]]]:
                     "at": e.get("at", ""),
                     "idx": e.get("idx"),
                     "event": e.get("event"),
-                    "text": describe(e),
+                    "text": describe(e, lang),
                 }
             )
     rows.sort(key=lambda r: (r["at"], lanes.index(r["node"]) if r["node"] in lanes else 99))
     return lanes, rows
+
+
+def step_details(trace: Trace, lang: str) -> dict[tuple[str, int], str]:
+    """What each recorded step says in `lang`, keyed by (node, entry number). The verifier words a
+    step in English; in another language the console words it again from the entry it rests on.
+    Steps without an entry (gaps, what did not happen) keep the verifier's words."""
+    if lang == DEFAULT:
+        return {}
+    out: dict[tuple[str, int], str] = {}
+    for ev in trace.evidence:
+        for e in ev.entries:
+            if isinstance(e.get("idx"), int):
+                out[(ev.node, e["idx"])] = describe(e, lang)
+        opened = [e for e in ev.entries if e.get("event") == kinds.BULLETIN_OPENED]
+        if opened and isinstance(opened[0].get("idx"), int):  # the step names every opening there
+            who = "; ".join(
+                say(lang, N_("%(user)s at %(at)s"), user=e.get("user"), at=when(e.get("at"), lang)) for e in opened
+            )
+            out[(ev.node, opened[0]["idx"])] = say(lang, N_("opened by %(users)s"), users=who)
+    return out
+
+
+def step_detail(step: Step, details: dict[tuple[str, int], str], lang: str) -> str:
+    """A step's words in `lang`: from its entry, or for the common "not opened" as the console says it."""
+    if step.idx is not None and (step.node, step.idx) in details:
+        return details[(step.node, step.idx)]
+    if lang != DEFAULT and step.status == NONE and step.detail == f"not opened at {step.node}":
+        return say(lang, N_("not opened at %(node)s"), node=step.node)
+    return step.detail
 
 
 async def trace_page(request: web.Request) -> web.StreamResponse:
@@ -271,11 +371,12 @@ async def trace_page(request: web.Request) -> web.StreamResponse:
     if not bid:
         return render(request, "trace.html", session=session, bid="", trace=None)
     if not HEX64.fullmatch(bid):
-        raise InvalidInput("a bulletin id is 64 lowercase hexadecimal characters")
+        raise InvalidInput(N_("a bulletin id is 64 lowercase hexadecimal characters"))
     audit = _audit(request)
     collected = await audit.trace(bid, session.user.name)
     trace = assemble(collected.to_json(), KeyRing.from_federation(service.fed))
-    lanes, rows = timeline(trace)
+    lanes, rows = timeline(trace, language(request))
+    details = step_details(trace, language(request))
     return render(
         request,
         "trace.html",
@@ -287,6 +388,7 @@ async def trace_page(request: web.Request) -> web.StreamResponse:
         rows=rows,
         held=await audit.receipts_held(bid),
         marks={OK: "✓", GAP: "✗", NONE: "\u2013", REFUSED: "⊘"},
+        detail=lambda step: step_detail(step, details, language(request)),
     )
 
 

@@ -17,7 +17,8 @@ from exchange.errors import ExchangeError, Unauthorized
 from exchange.http.appkeys import SERVICE, USER
 from exchange.http.problem import status_for
 from exchange.web import admin, auditor, contact, live, signin
-from exchange.web.pages import JINJA, environment, render
+from exchange.web.i18n import N_
+from exchange.web.pages import JINJA, environments, render
 from exchange.web.session import CONSOLE_SETTINGS, SESSION, ConsoleSettings, client_address
 
 log = logging.getLogger("exchange.web")
@@ -57,25 +58,51 @@ def _secure(request: web.Request, response: web.StreamResponse) -> None:
 
 
 _DETAILS = {  # for aiohttp's own errors, whose text is only "404: Not Found"
-    404: "no such page in the console",
-    405: "This page cannot be used that way.",
-    411: "A form must be sent with its length.",
-    413: "What you sent is larger than this node accepts.",
+    404: N_("no such page in the console"),
+    405: N_("This page cannot be used that way."),
+    411: N_("A form must be sent with its length."),
+    413: N_("What you sent is larger than this node accepts."),
 }
 MAX_DETAIL = 300  # characters of an error's detail shown on the page (it may quote what was sent)
 EXPLAIN = {
-    401: "Please sign in again.",
-    403: "You do not have the right to see or do this.",
-    404: "There is nothing here that you may see.",
-    409: "This clashes with what the node holds already.",
-    422: "The node could not accept what was sent.",
-    429: "Too many attempts; please wait before you try again.",
+    401: N_("Please sign in again."),
+    403: N_("You do not have the right to see or do this."),
+    404: N_("There is nothing here that you may see."),
+    409: N_("This clashes with what the node holds already."),
+    422: N_("The node could not accept what was sent."),
+    429: N_("Too many attempts; please wait before you try again."),
 }
+SERVER_FAULT = N_("The node could not handle this request.")
+SESSION_ENDED = N_("Your session has ended. Please sign in again.")
+# The titles an error page may have (aiohttp's reasons and the errors' own titles), so the page can
+# show them in the reader's language; a title not listed here is shown as it is.
+TITLES = (
+    N_("Bad Request"),
+    N_("Unauthorized"),
+    N_("Forbidden"),
+    N_("Not Found"),
+    N_("Not found"),
+    N_("Method Not Allowed"),
+    N_("Conflict"),
+    N_("Length Required"),
+    N_("Request Entity Too Large"),
+    N_("Request body too large"),
+    N_("Invalid input"),
+    N_("Weak password"),
+    N_("Not a member"),
+    N_("Too many requests"),
+    N_("Too many failed sign-ins"),
+    N_("Internal error"),
+    N_("Unavailable"),
+    N_("Request refused"),
+    N_("Channel state unavailable"),
+    N_("Bulletin does not verify"),
+)
 
 
 def error_page(request: web.Request, status: int, title: str, detail: str) -> web.Response:
     """The console's HTML problem page (never a traceback), with the navigation if someone is signed in."""
-    explain = EXPLAIN.get(status, "The node could not handle this request." if status >= 500 else "")
+    explain = EXPLAIN.get(status, SERVER_FAULT if status >= 500 else "")
     if len(detail) > MAX_DETAIL:
         detail = detail[:MAX_DETAIL] + "…"
     return render(
@@ -119,13 +146,13 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
             response = web.Response(status=303, headers={"Location": location})
             _secure(request, response)
             return response
-        status, title, reason, detail = 401, exc.title, exc.detail, "Your session has ended. Please sign in again."
+        status, title, reason, detail = 401, exc.title, exc.detail, SESSION_ENDED
     except ExchangeError as exc:
         status = status_for(exc)  # TooManyFailures is 429
         title, reason, detail = exc.title, exc.detail, exc.detail
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        response = error_page(request, 500, "Internal error", "The node could not handle this request.")
+        response = error_page(request, 500, "Internal error", SERVER_FAULT)
         _secure(request, response)
         return response
     response = error_page(request, status, title, detail)
@@ -160,7 +187,7 @@ def mount(app: web.Application, settings: ConsoleSettings | None = None) -> None
     The middleware is appended, so it runs inside the node's problem+json middleware and turns
     console errors into HTML before that one sees them.
     """
-    app[JINJA] = environment()
+    app[JINJA] = environments()
     app[CONSOLE_SETTINGS] = settings or ConsoleSettings()
     app.middlewares.append(console_middleware)
     app.add_routes(routes())

@@ -23,6 +23,7 @@ from exchange.model import BULLETIN_KINDS, MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS
 from exchange.service.node import NodeService
 from exchange.service.users import User
 from exchange.service.views import channel_view
+from exchange.web.i18n import N_
 from exchange.web.pages import TLP, file_name, redirect, render
 from exchange.web.session import Session, client_address, posted_form, read_form, signed_in
 
@@ -81,7 +82,7 @@ async def attachment_download(request: web.Request) -> web.StreamResponse:
     attachments = shown.bulletin["attachments"]
     index = int(request.match_info["index"])
     if index >= len(attachments):
-        raise NotFound("no such attachment")
+        raise NotFound(N_("no such attachment"))
     item = attachments[index]
     quoted = urllib.parse.quote(file_name(item["name"]), safe="")
     return web.Response(
@@ -101,7 +102,7 @@ async def stix_export(request: web.Request) -> web.StreamResponse:
     channel = request.match_info["channel"]
     bid = request.query.get("bulletin")
     if bid is not None and not HEX64.fullmatch(bid):
-        raise InvalidInput("bulletin must be a full bulletin id (64 hex digits)")
+        raise InvalidInput(N_("bulletin must be a full bulletin id (64 hex digits)"))
     result = await request.app[SERVICE].taxii.export(session.user, channel, bid)
     name = f"{channel}-{bid[:12]}.stix.json" if bid else f"{channel}.stix.json"
     return web.Response(
@@ -137,21 +138,28 @@ async def bulletin_page(request: web.Request) -> web.StreamResponse:
 
 # -- compose ------------------------------------------------------------------------------------
 
+# Console messages (translated where shown; %(files)d and %(mib)d are filled in with the limits).
 FIELD_HELP = {
-    "attachments": f"At most {MAX_ATTACHMENTS} files, {MAX_ATTACHMENT_BYTES // (1024 * 1024)} MiB together.",
-    "title": "Give the bulletin a title of at most 200 characters.",
-    "body": "The text may hold at most 200,000 characters.",
-    "kind": "Choose one of the kinds offered.",
-    "tlp": "Choose one of the TLP labels offered.",
-    "air_waybills": "Air waybill numbers look like 176-12345675: the airline prefix, a dash, eight digits.",
-    "hs_codes": "HS codes have 4 to 10 digits, for example 8443.99 or 844399.",
-    "airports": "Airports are IATA codes of three letters, for example NBO.",
-    "flights": "Flight numbers look like KQ100 or BA2517.",
-    "companies": "One company or consignee per line, at most 200 characters each.",
-    "risk_indicators": "One risk indicator per line, at most 200 characters each.",
-    "references": "A reference is the id of an earlier bulletin: 64 hexadecimal characters.",
-    "language": "A language tag such as en, fr or pt-BR.",
-    "expires": "A date, written YYYY-MM-DD.",
+    "attachments": N_("At most %(files)d files, %(mib)d MiB together."),
+    "title": N_("Give the bulletin a title of at most 200 characters."),
+    "body": N_("The text may hold at most 200,000 characters."),
+    "kind": N_("Choose one of the kinds offered."),
+    "tlp": N_("Choose one of the TLP labels offered."),
+    "air_waybills": N_("Air waybill numbers look like 176-12345675: the airline prefix, a dash, eight digits."),
+    "hs_codes": N_("HS codes have 4 to 10 digits, for example 8443.99 or 844399."),
+    "airports": N_("Airports are IATA codes of three letters, for example NBO."),
+    "flights": N_("Flight numbers look like KQ100 or BA2517."),
+    "companies": N_("One company or consignee per line, at most 200 characters each."),
+    "risk_indicators": N_("One risk indicator per line, at most 200 characters each."),
+    "references": N_("A reference is the id of an earlier bulletin: 64 hexadecimal characters."),
+    "language": N_("A language tag such as en, fr or pt-BR."),
+    "expires": N_("A date, written YYYY-MM-DD."),
+}
+CHOOSE_AGAIN = {  # the same, when the form comes back without them
+    N_("At most %(files)d files."): N_("At most %(files)d files. Choose them again."),
+    N_("The files are larger than %(mib)d MiB together."): N_(
+        "The files are larger than %(mib)d MiB together. Choose them again."
+    ),
 }
 INDICATOR_FIELDS = ("air_waybills", "hs_codes", "airports", "flights", "companies", "risk_indicators")
 PER_LINE = ("companies", "risk_indicators")
@@ -169,16 +177,16 @@ def _items(field: str, raw: str) -> list[str]:
 
 
 def attachments_from_form(files: list[web.FileField]) -> tuple[list[dict[str, str]], str | None]:
-    """Uploaded files as bulletin attachments, or why they cannot be sent."""
+    """Uploaded files as bulletin attachments, or why they cannot be sent (a console message)."""
     chosen = [f for f in files if f.filename]
     if len(chosen) > MAX_ATTACHMENTS:
-        return [], f"At most {MAX_ATTACHMENTS} files."
+        return [], N_("At most %(files)d files.")
     out, total = [], 0
     for f in chosen:
         data = f.file.read(MAX_ATTACHMENT_BYTES + 1)
         total += len(data)
         if total > MAX_ATTACHMENT_BYTES:
-            return [], f"The files are larger than {MAX_ATTACHMENT_BYTES // (1024 * 1024)} MiB together."
+            return [], N_("The files are larger than %(mib)d MiB together.")
         # The base name, with control and direction characters replaced (pages.file_name).
         name = file_name(f.filename)[:200].strip() or "file"
         media = (
@@ -270,10 +278,10 @@ async def compose_post(request: web.Request) -> web.StreamResponse:
     attachments, too_big = attachments_from_form(files)
     bulletin, errors = bulletin_from_form(form, attachments)
     if too_big:
-        errors["attachments"] = too_big + " Choose them again."
+        errors["attachments"] = CHOOSE_AGAIN[too_big]
     channel = form.get("channel", "")
     if not channel:
-        errors["channel"] = "Choose the channel to post to."
+        errors["channel"] = N_("Choose the channel to post to.")
     if bulletin is None or errors:
         fields = ", ".join(sorted(errors))
         await service.audit_rejection(

@@ -18,34 +18,44 @@ from exchange.errors import UnknownPeer
 from exchange.http import params
 from exchange.http.appkeys import SERVICE
 from exchange.service.views import InboxLine
-from exchange.web.pages import KINDS
+from exchange.web.i18n import DEFAULT, language, say, when
+from exchange.web.pages import KINDS, NEWS
 from exchange.web.session import signed_in
 
 MAX_STREAM = 300  # seconds one event stream lasts before the browser reconnects
 
 
-def event(item: InboxLine, author_name: str) -> bytes:
-    data = {**item.as_json(), "kind_label": KINDS.get(item.kind, item.kind), "author_name": author_name}
+def event(item: InboxLine, author_name: str, lang: str = DEFAULT) -> bytes:
+    """One server-sent event; its labels and time are in the reader's language (`lang`)."""
+    data = {
+        **item.as_json(),
+        "kind_label": say(lang, KINDS.get(item.kind, item.kind)),
+        "news": say(lang, NEWS.get(item.kind, item.kind)),
+        "created_label": when(item.created, lang),
+        "author_name": author_name,
+    }
     return f"id: {item.cursor}\nevent: bulletin\ndata: {json.dumps(data)}\n\n".encode()
 
 
 async def events(request: web.Request) -> web.StreamResponse:
     """`GET /console/events?after=<cursor>`: new bulletins of the user's channels, as they are stored."""
     session = await signed_in(request)
-    service = request.app[SERVICE]
+    service, lang = request.app[SERVICE], language(request)
     last = request.headers.get("Last-Event-ID")
     after = params.integer({"after": last}, "after", 0) if last else params.optional_integer(request.query, "after")
     stream = service.follow.stream(session.user, None, after)
     first = await anext(stream)  # rights and bounds are checked before anything is sent
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"})
-    await response.prepare(request)
     loop = asyncio.get_running_loop()
     until = loop.time() + MAX_STREAM
     try:
+        # Inside the try: a browser that has already left (the officer opened a bulletin) makes
+        # prepare fail, and the started stream must still be closed, or it holds its connection.
+        await response.prepare(request)
         page: Any = first
         while True:
             for item in page.items:
-                await response.write(event(item, _author_name(service, item.author)))
+                await response.write(event(item, _author_name(service, item.author), lang))
             if not page.items:
                 await response.write(b": keep-alive\n\n")
             if loop.time() >= until:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 import urllib.parse
@@ -13,51 +14,85 @@ from aiohttp import web
 
 from exchange.errors import UnknownPeer
 from exchange.http.appkeys import SERVICE
+from exchange.web import i18n
+from exchange.web.i18n import N_, language
 from exchange.web.session import CSRF_FIELD, Session, csrf_token
 
 TEMPLATES = Path(__file__).parent / "templates"
-JINJA: web.AppKey[jinja2.Environment] = web.AppKey("console_jinja", jinja2.Environment)
+# One environment per language, each with its catalogue installed: a page is rendered in one go,
+# and no request's language can leak into another's.
+JINJA: web.AppKey[dict[str, jinja2.Environment]] = web.AppKey("console_jinja", dict)
 
+# Labels the templates translate with the `tr` filter (they are console text, not what users wrote).
 # FIRST TLP 2.0: the label's colour (on black) and what it allows.
 TLP = {
-    "CLEAR": ("#FFFFFF", "Recipients may share this with the world; there is no limit on disclosure."),
-    "GREEN": ("#33FF00", "Limited disclosure: recipients may share this within their community, not publicly."),
+    "CLEAR": ("#FFFFFF", N_("Recipients may share this with the world; there is no limit on disclosure.")),
+    "GREEN": ("#33FF00", N_("Limited disclosure: recipients may share this within their community, not publicly.")),
     "AMBER": (
         "#FFC000",
-        "Limited disclosure: recipients may share this only on a need-to-know basis within their "
-        "organisation and its clients.",
+        N_(
+            "Limited disclosure: recipients may share this only on a need-to-know basis within their "
+            "organisation and its clients."
+        ),
     ),
-    "AMBER+STRICT": ("#FFC000", "Limited disclosure: recipients may share this only within their organisation."),
-    "RED": ("#FF2B2B", "For the eyes and ears of individual recipients only; no further disclosure."),
+    "AMBER+STRICT": ("#FFC000", N_("Limited disclosure: recipients may share this only within their organisation.")),
+    "RED": ("#FF2B2B", N_("For the eyes and ears of individual recipients only; no further disclosure.")),
 }
 AGENCIES = {
-    "customs": "Customs",
-    "aviation-security": "Aviation security",
-    "police": "Police",
-    "international": "International organisation",
+    "customs": N_("Customs"),
+    "aviation-security": N_("Aviation security"),
+    "police": N_("Police"),
+    "international": N_("International organisation"),
 }
 KINDS = {
-    "alert": "Alert",
-    "threat-bulletin": "Threat bulletin",
-    "seizure-report": "Seizure report",
-    "feedback": "Feedback",
-    "request-for-information": "Request for information",
+    "alert": N_("Alert"),
+    "threat-bulletin": N_("Threat bulletin"),
+    "seizure-report": N_("Seizure report"),
+    "feedback": N_("Feedback"),
+    "request-for-information": N_("Request for information"),
 }
 NAV = {
-    "contact-point": [("channels", "Channels"), ("compose", "Compose"), ("search", "Search"), ("peers", "Partners")],
+    "contact-point": [
+        ("channels", N_("Channels")),
+        ("compose", N_("Compose")),
+        ("search", N_("Search")),
+        ("peers", N_("Partners")),
+    ],
     "auditor": [
-        ("audit", "Audit log"),
-        ("audit/checkpoints", "Checkpoints"),
-        ("audit/trace", "Trace"),
-        ("channels", "Channels"),
-        ("peers", "Partners"),
+        ("audit", N_("Audit log")),
+        ("audit/checkpoints", N_("Checkpoints")),
+        ("audit/trace", N_("Trace")),
+        ("channels", N_("Channels")),
+        ("peers", N_("Partners")),
     ],
     "admin": [
-        ("admin", "Administration"),
-        ("channels", "Channels"),
-        ("audit/checkpoints", "Checkpoints"),
-        ("peers", "Partners"),
+        ("admin", N_("Administration")),
+        ("channels", N_("Channels")),
+        ("audit/checkpoints", N_("Checkpoints")),
+        ("peers", N_("Partners")),
     ],
+}
+
+# Words the templates show through `tr` that come from elsewhere: roles and rights (model), why a
+# reference is hidden (service.inbox), the status of a held receipt (receipts table).
+WORDS = (
+    N_("contact-point"),
+    N_("auditor"),
+    N_("admin"),
+    N_("read"),
+    N_("post"),
+    N_("not held at this node"),
+    N_("outside your channels"),
+    N_("received"),
+    N_("opened"),
+)
+# The live notification's first words, one per kind (French nouns have a gender).
+NEWS = {
+    "alert": N_("New alert"),
+    "threat-bulletin": N_("New threat bulletin"),
+    "seizure-report": N_("New seizure report"),
+    "feedback": N_("New feedback"),
+    "request-for-information": N_("New request for information"),
 }
 
 
@@ -86,26 +121,40 @@ def file_name(value: object) -> str:
 
 
 def when(value: str | None) -> str:
-    """An RFC 3339 UTC timestamp as people read it."""
-    if not value:
-        return "—"
-    return value.replace("T", " ").split(".")[0].rstrip("Z") + " UTC"
+    """An RFC 3339 UTC timestamp as people read it (in English; pages use their language's `when`)."""
+    return i18n.when(value)
 
 
-def environment() -> jinja2.Environment:
+def environment(lang: str = i18n.DEFAULT) -> jinja2.Environment:
+    """The console's templates in `lang`: `{% trans %}` and `_()` for their own text, the `tr` filter
+    for console labels held in Python, `when` and `number` written as people of `lang` write them."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=True,  # every template is HTML
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        extensions=["jinja2.ext.i18n"],
     )
-    env.filters["when"] = when
+    # newstyle: placeholders are filled by the gettext call, and their values are escaped.
+    env.install_gettext_translations(i18n.translations(lang), newstyle=True)  # type: ignore[attr-defined]
+    env.filters["when"] = functools.partial(i18n.when, lang=lang)
+    env.filters["number"] = functools.partial(i18n.number, lang=lang)
+    # A message from Python (a label, an error): translated if it is one of the console's, filled,
+    # and returned as plain text, so autoescaping still applies to whatever it quotes.
+    env.filters["tr"] = functools.partial(i18n.say, lang)
     env.filters["short"] = lambda value: str(value)[:12]
     env.filters["without_bidi"] = without_bidi
     env.filters["file_name"] = file_name
-    env.globals.update(TLP=TLP, AGENCIES=AGENCIES, KINDS=KINDS, CSRF_FIELD=CSRF_FIELD)
+    env.globals.update(
+        TLP=TLP, AGENCIES=AGENCIES, KINDS=KINDS, CSRF_FIELD=CSRF_FIELD, lang=lang, LANGUAGES=i18n.LANGUAGES
+    )
     return env
+
+
+def environments() -> dict[str, jinja2.Environment]:
+    """One environment per language the console speaks (`render` picks the request's)."""
+    return {lang: environment(lang) for lang in i18n.LANGUAGES}
 
 
 def render(
@@ -126,7 +175,7 @@ def render(
 
     role = session.user.role if session else None
     html = (
-        request.app[JINJA]
+        request.app[JINJA][language(request)]
         .get_template(template)
         .render(
             me=me,
@@ -157,8 +206,10 @@ __all__ = [
     "BIDI_CONTROLS",
     "JINJA",
     "KINDS",
+    "NEWS",
     "TLP",
     "environment",
+    "environments",
     "file_name",
     "redirect",
     "render",

@@ -21,6 +21,7 @@ from multidict import MultiDictProxy
 from exchange.errors import Forbidden, InvalidInput, TooManyFailures, Unauthorized
 from exchange.http.appkeys import SERVICE, USER
 from exchange.service.sessions import ConsoleSession, Sessions, SessionSettings
+from exchange.web.i18n import N_
 
 SESSION_COOKIE = "__Host-exchange-console"
 SIGNIN_COOKIE = "__Host-exchange-signin"
@@ -53,7 +54,7 @@ async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | bytear
     except web.HTTPException:
         raise
     except Exception as exc:  # every other failure to parse what the client sent is the client's
-        raise InvalidInput("what was sent is not a well-formed form") from exc
+        raise InvalidInput(N_("what was sent is not a well-formed form")) from exc
 
 
 def csrf_token(secret: str) -> str:
@@ -95,7 +96,7 @@ async def signed_in(request: web.Request) -> Session:
     """The request's session; Unauthorized (the console redirects to sign-in) if there is none."""
     session = await find_session(request)
     if session is None:
-        raise Unauthorized("please sign in")
+        raise Unauthorized(N_("please sign in"))
     request[USER] = session.user.name
     request[SESSION] = session
     return session
@@ -105,7 +106,7 @@ def check_origin(request: web.Request) -> None:
     """A form POST must come from this console's own origin when the browser says where from."""
     origin = request.headers.get("Origin")
     if origin is not None and origin != f"{request.scheme}://{request.host}":
-        raise Forbidden("the form was sent from another site")
+        raise Forbidden(N_("the form was sent from another site"))
 
 
 async def check_csrf(request: web.Request, session: Session) -> None:
@@ -114,7 +115,9 @@ async def check_csrf(request: web.Request, session: Session) -> None:
     form = await read_form(request)
     sent = _token(form.get(CSRF_FIELD))
     if sent is None or not hmac.compare_digest(sent, csrf_token(session.secret)):
-        raise Forbidden("this form is not valid any more (its security token is missing or wrong); reload and retry")
+        raise Forbidden(
+            N_("this form is not valid any more (its security token is missing or wrong); reload and retry")
+        )
 
 
 async def posted_form(request: web.Request) -> tuple[Session, dict[str, str]]:
@@ -142,7 +145,9 @@ async def check_signin_token(request: web.Request) -> None:
     form = await read_form(request)
     sent, cookie = _token(form.get(CSRF_FIELD)), _token(request.cookies.get(SIGNIN_COOKIE))
     if sent is None or cookie is None or not hmac.compare_digest(sent, cookie):
-        raise Forbidden("the sign-in form is not valid any more (its security token is missing or wrong); reload it")
+        raise Forbidden(
+            N_("the sign-in form is not valid any more (its security token is missing or wrong); reload it")
+        )
 
 
 __all__ = [

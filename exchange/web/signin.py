@@ -11,10 +11,12 @@ from aiohttp import web
 from exchange.errors import InvalidInput, TooManyFailures, Unauthorized
 from exchange.http.appkeys import SERVICE
 from exchange.service.sessions import Sessions
+from exchange.web.i18n import LANG_COOKIE, LANGUAGES, N_, set_language_cookie
 from exchange.web.pages import redirect, render
 from exchange.web.session import (
     CONSOLE_SETTINGS,
     SIGNIN_COOKIE,
+    Session,
     check_signin_token,
     clear_session_cookie,
     client_address,
@@ -83,7 +85,7 @@ async def sign_in_post(request: web.Request) -> web.StreamResponse:
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
     except Unauthorized:
-        return _sign_in_form(request, status=401, error="Wrong user name or password.", name=name)
+        return _sign_in_form(request, status=401, error=N_("Wrong user name or password."), name=name)
     target = _next(str(form.get("next", ""))) or LANDING.get(session.user.role, "/console/peers")
     response = redirect(target)
     set_session_cookie(response, session)
@@ -99,9 +101,36 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _account(request: web.Request, session: Session, *, status: int = 200, error: str | None = None) -> web.Response:
+    chosen = request.cookies.get(LANG_COOKIE)
+    return render(
+        request,
+        "account.html",
+        status=status,
+        session=session,
+        error=error,
+        done=request.query.get("done") == "1",
+        language_saved=request.query.get("language") == "1",
+        chosen_language=chosen if chosen in LANGUAGES else "",
+    )
+
+
 async def account_page(request: web.Request) -> web.StreamResponse:
     session = await signed_in(request)
-    return render(request, "account.html", session=session, error=None, done=request.query.get("done") == "1")
+    return _account(request, session)
+
+
+async def choose_language(request: web.Request) -> web.StreamResponse:
+    """A person chooses the console's language, or goes back to the browser's (an empty choice).
+
+    Kept in a cookie of this browser for now, not with the user: no column holds it yet."""
+    _, form = await posted_form(request)
+    chosen = form.get("language", "")
+    if chosen and chosen not in LANGUAGES:
+        raise InvalidInput(N_("choose one of the languages offered"))
+    response = redirect("/console/account?language=1")
+    set_language_cookie(response, chosen or None)
+    return response
 
 
 async def change_password(request: web.Request) -> web.StreamResponse:
@@ -110,7 +139,7 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     new, again = form.get("new", ""), form.get("again", "")
     error = None
     if new != again:
-        error = "The two new passwords differ."
+        error = N_("The two new passwords differ.")
     else:
         try:
             await throttled_sessions(request).change_own_password(
@@ -119,11 +148,11 @@ async def change_password(request: web.Request) -> web.StreamResponse:
         except TooManyFailures as exc:
             error = exc.detail
         except Unauthorized:
-            error = "Your current password is not that."
+            error = N_("Your current password is not that.")
         except InvalidInput as exc:
             error = exc.detail[:1].upper() + exc.detail[1:] + "."
     if error is not None:
-        return render(request, "account.html", status=422, session=session, error=error, done=False)
+        return _account(request, session, status=422, error=error)
     return redirect("/console/account?done=1")
 
 
@@ -135,4 +164,5 @@ def routes(prefix: str) -> list[web.RouteDef]:
         web.post(prefix + "/sign-out", sign_out),
         web.get(prefix + "/account", account_page),
         web.post(prefix + "/account/password", change_password),
+        web.post(prefix + "/account/language", choose_language),
     ]

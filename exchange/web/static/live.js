@@ -1,11 +1,14 @@
 // The live inbox: new bulletins in your channels appear without reloading (server-sent events
-// from this node, exchange/web/live.py). Without JavaScript the pages work as before.
+// from this node, exchange/web/live.py). Without JavaScript the pages work as before. Words come
+// from the page (data-text-*) and the event (news, kind_label, created_label), in the reader's language.
 "use strict";
 (function () {
   var table = document.querySelector("[data-live-channel]");
   var status = document.getElementById("live-status");
   if (!table || !status || !window.EventSource) { return; }
   var channel = table.getAttribute("data-live-channel");
+  var unread = table.getAttribute("data-text-unread") || "Unread";
+  var where = table.getAttribute("data-text-where") || " in {channel} from {author}: ";
   var source = new EventSource("/console/events?after=" + encodeURIComponent(table.getAttribute("data-live-after")));
 
   function cell(tag, text, cls) {
@@ -20,9 +23,11 @@
     var href = "/console/bulletins/" + b.id;
     var tlp = "tlp tlp-" + b.tlp.toLowerCase().replace("+", "-");
     status.textContent = "";
-    status.appendChild(cell("strong", "New " + b.kind_label.toLowerCase() + " "));
+    status.appendChild(cell("strong", b.news + " "));
     status.appendChild(cell("span", "TLP:" + b.tlp, tlp));
-    status.appendChild(document.createTextNode(" in " + b.channel + " from " + b.author_name + ": "));
+    status.appendChild(document.createTextNode(where.replace(/\{(channel|author)\}/g, function (_, name) {
+      return name === "channel" ? b.channel : b.author_name;  // one pass: a name cannot add a placeholder
+    })));
     var link = cell("a", b.title);
     link.href = href;
     link.dir = "auto";
@@ -32,7 +37,7 @@
     var row = document.createElement("tr");
     row.className = "unread live-new";
     var state = cell("td");
-    state.appendChild(cell("span", "Unread", "badge unread-badge"));
+    state.appendChild(cell("span", unread, "badge unread-badge"));
     row.appendChild(state);
     var title = cell("th");
     title.scope = "row";
@@ -49,7 +54,7 @@
     from.appendChild(cell("bdi", b.author_name));
     row.appendChild(from);
     var when = cell("td");
-    var time = cell("time", b.created);
+    var time = cell("time", b.created_label || b.created);
     time.setAttribute("datetime", b.created);
     when.appendChild(time);
     row.appendChild(when);
