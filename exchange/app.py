@@ -29,11 +29,12 @@ from exchange.keystore import (
 )
 from exchange.node.app import api_application
 from exchange.node.peers import HttpTransport
-from exchange.node.tls import server_context
+from exchange.node.tls import ServerTls
 from exchange.node.webhook_client import HttpWebhookSender
 from exchange.protocol.roster import Federation
 from exchange.protocol.rosterchain import TrustedRoster
 from exchange.service.federation import FederationRoster, V1Trust
+from exchange.service.gossip import RosterGossip
 from exchange.service.node import NodeService
 from exchange.service.users import Users
 from exchange.store import Store
@@ -66,7 +67,8 @@ def build_app(config: NodeConfig) -> web.Application:
         except BaseException:
             await store.close()
             raise
-        transport = HttpTransport(config, fed)
+        gossip = RosterGossip(config.id, roster, fed)
+        transport = HttpTransport(config, fed, gossip)
         try:
             service = NodeService(
                 config,
@@ -76,8 +78,10 @@ def build_app(config: NodeConfig) -> web.Application:
                 transport,
                 signed_roster,
                 roster=roster,
+                gossip=gossip,
                 webhook_sender=HttpWebhookSender(),
             )
+            service.on_install(transport.install)  # its partners and pins follow the held version
             await service.load(read_provisioned_channels(config.channels_dir))
             app[SERVICE] = service
             await service.start()
@@ -148,7 +152,9 @@ async def start_node(config: NodeConfig) -> RunningNode:
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     service = app[SERVICE]
-    ssl_ctx = server_context(config.keys_dir / "tls.crt", config.keys_dir / "tls.key", service.fed)
+    tls = ServerTls(config.keys_dir / "tls.crt", config.keys_dir / "tls.key", service.fed)
+    service.on_install(tls.install)  # each handshake checks the pins of the version held then
+    ssl_ctx = tls.context
     guard = ConnectionGuard(ServerLimits.from_config(config), refused=service.refusals.count)
     site = GuardedSite(runner, config.host, config.port, ssl_context=ssl_ctx, guard=guard)
     try:

@@ -34,6 +34,7 @@ ExchangeError
  ├── NotFound               no such bulletin, channel or user
  ├── Conflict               a request that clashes with stored state (already exists)
  ├── Unavailable            this node is stopping or cannot serve now: retry later (503)
+ │    └── HeldRosterExpired  this node's own roster version has expired: no posts, no federation traffic
  ├── AuditTampered          the audit log does not verify
  │    ├── BadEntry          the first entry that breaks the log
  │    └── SplitView         two signed histories that do not extend each other
@@ -310,3 +311,10 @@ class Unavailable(ExchangeError):
     """Retryable: the node is stopping, or cannot serve the request just now."""
 
     title = "Unavailable"
+
+
+class HeldRosterExpired(Unavailable):
+    """The roster version this node holds is past its `expires`: it takes no posts and no federation
+    traffic (but a fresh roster version) until one is imported (docs/operations.md, "Roster expiry")."""
+
+    title = "Roster expired on this node"

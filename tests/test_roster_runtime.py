@@ -3,7 +3,8 @@
 at all joins in version 2, every node imports the chain and restarts on it, and the newcomer is
 invited to a channel, receives a bulletin and answers it.
 
-In process, on loopback (the netns test of issue 11 and gossip are for later).
+In process, on loopback (the netns test of issue 11 is for later; gossip and live install:
+tests/test_roster_gossip.py).
 """
 
 from __future__ import annotations

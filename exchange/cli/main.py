@@ -21,7 +21,7 @@ from exchange.cli.export import export
 from exchange.cli.ids import resolve_id, short
 from exchange.cli.options import as_json, emit, node_file, run_async, token_opt, user_opt
 from exchange.cli.output import console, one_line_errors, user_errors
-from exchange.cli.roster import node_init, roster
+from exchange.cli.roster import node_init, roster, roster_warning
 from exchange.cli.users import users
 from exchange.cli.webhooks import webhooks
 from exchange.config import FederationConfig, NodeConfig
@@ -407,6 +407,9 @@ def peers(node_path: Path, user: str, token: str | None, as_json: bool) -> None:
                 p["backoff_until"] or "-",
             )
         console.print(table)
+        warning = roster_warning(node_path)  # the held roster version expires soon, or has expired
+        if warning:
+            click.echo(f"warning: {warning}", err=True)
 
     emit(result, as_json, render)
 

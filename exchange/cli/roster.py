@@ -23,7 +23,7 @@ from exchange.cli.output import user_errors
 from exchange.clock import timestamp, utc_now
 from exchange.config import NodeConfig
 from exchange.crypto import SigningKey, VerifyKey, b64d, b64e, strict_loads
-from exchange.errors import ConfigError, InvalidInput
+from exchange.errors import ConfigError, ExchangeError, InvalidInput
 from exchange.keystore import NodeKeyFiles, load_authority_public, read_file, write_private, write_public
 from exchange.model import AGENCY_KINDS, SignedRoster, first_error
 from exchange.protocol.roster2_model import (
@@ -369,6 +369,23 @@ def roster_import(node_path: Path, files: tuple[Path, ...], expect_hash: str | N
         f"{config.id}: installed roster version {done.version} (hash {done.hash}), "
         f"from {done.before or 'none'}; expires {done.expires}"
     )
+
+
+def roster_warning(node_path: Path) -> str | None:
+    """The held version's expiry warning, for commands beside the node (`exchange peers`); None when
+    there is none or the node's database cannot be read from here."""
+    from exchange.app import local_roster
+
+    async def run() -> str | None:
+        async with local_roster(NodeConfig.load(node_path)) as held:
+            status = held.status()
+            return None if status is None else status.warning
+
+    try:
+        warning: str | None = run_async(run())
+    except (ExchangeError, OSError):
+        return None
+    return warning
 
 
 @roster.command("status")

@@ -47,6 +47,7 @@ STATUS: dict[type[errors.ExchangeError], int] = {
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.Unavailable: 503,
+    errors.HeldRosterExpired: 503,
     errors.AuditTampered: 500,
     errors.BadEntry: 500,
     errors.SplitView: 500,

@@ -65,7 +65,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
 def api_application() -> web.Application:
     """An aiohttp application with the node's routes; the caller adds resources and the console."""
     app = web.Application(
-        middlewares=[metrics_api.metrics_middleware, problem_middleware], client_max_size=MAX_REQUEST_BYTES
+        middlewares=[metrics_api.metrics_middleware, federation_api.roster_gossip, problem_middleware],
+        client_max_size=MAX_REQUEST_BYTES,
     )
     app[metrics_api.HTTP_FIGURES] = metrics_api.HttpFigures()
     app.add_routes(federation_api.routes())

@@ -1,4 +1,5 @@
-"""Routes that partner nodes call, over mutual TLS with a roster certificate."""
+"""Routes that partner nodes call, over mutual TLS with a roster certificate; and the roster routes
+of gossip (docs/protocol.md, 6a.11): a pull by a partner, and an offer by a node not yet known."""
 
 from __future__ import annotations
 
@@ -7,24 +8,31 @@ from typing import Any
 
 from aiohttp import web
 
-from exchange.errors import InvalidInput
+from exchange.errors import ExchangeError, HeldRosterExpired, InvalidInput
 from exchange.http import params
 from exchange.http.appkeys import PEER, SERVICE
+from exchange.http.limits import Handler
+from exchange.http.problem import from_error
 from exchange.model import NodeId
 from exchange.node.bodies import CATCHUP_LIMIT, MAX_BATCH
 from exchange.node.tls import peer_identity
+from exchange.service.gossip import OFFER_BYTES, ROSTER_HEADER, ROSTER_PATH, header_version
 
 # The transaction body: what a sender's batch can need (exchange.service.outbox keeps a batch
 # under MAX_TRANSACTION_BYTES, 32 MiB), plus room for the JSON around the items.
 TRANSACTION_BODY = 32 * 1024 * 1024 + 64 * 1024
+BATCH_POST = re.compile(r"/api/v1/channels/[^/]+/bulletins/batch")
 
 
-def authenticate_peer(request: web.Request) -> NodeId:
-    """The roster node on the other end of this TLS connection, or UnknownPeer (403)."""
+def authenticate_peer(request: web.Request, *, roster_route: bool = False) -> NodeId:
+    """The roster node on the other end of this TLS connection, or UnknownPeer (403); and, but on
+    the roster routes, HeldRosterExpired (503) while this node's roster has expired."""
     service = request.app[SERVICE]
     ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
     node = peer_identity(ssl_object, service.fed)
     request[PEER] = node.id
+    if not roster_route:
+        service.check_roster()
     service.outbox.peer_seen(node.id)  # it is up: its outbox retries now, not after the backoff
     return NodeId(node.id)
 
@@ -89,8 +97,56 @@ async def post_acceptance(request: web.Request) -> web.Response:
     return web.json_response({"events": [e.model_dump(mode="json") for e in events]})
 
 
+async def get_roster(request: web.Request) -> web.Response:
+    """A partner pulls the signed roster versions after `after` (at most a page of them)."""
+    authenticate_peer(request, roster_route=True)
+    after = params.integer(request.query, "after", 0)
+    body = await request.app[SERVICE].gossip.serve(after)
+    return web.Response(body=body, content_type="application/json")
+
+
+async def post_roster(request: web.Request) -> web.Response:
+    """Roster versions offered (a JSON array of signed versions): by a partner, or by a node that only
+    a version this node lacks lists, without a client certificate. Bounded in size and rate."""
+    service = request.app[SERVICE]
+    try:
+        source = f"peer:{authenticate_peer(request, roster_route=True)}"
+    except ExchangeError:
+        source = f"offer:{request.remote}"
+    raw = await params.body_bytes(request, OFFER_BYTES)
+    imported = await service.gossip.take_offer(bytes(raw), source)
+    return web.json_response({"version": imported.version, "hash": imported.hash, "added": imported.added})
+
+
+@web.middleware
+async def roster_gossip(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """On the federation routes: every answer names the roster version held; a partner's request
+    that names a newer one makes this node pull from it (6a.11). (And a batch of posts is refused
+    while the held roster has expired, as a single post is by NodeService.post.)"""
+    service = request.app.get(SERVICE)
+    if service is None:
+        return await handler(request)
+    if not request.path.startswith("/fed/"):
+        if request.method == "POST" and BATCH_POST.fullmatch(request.path):
+            try:
+                service.check_roster()
+            except HeldRosterExpired as exc:
+                return from_error(exc)
+        return await handler(request)
+    response = await handler(request)
+    if not response.prepared:
+        response.headers[ROSTER_HEADER] = str(service.gossip.version())
+    version = header_version(request.headers.get(ROSTER_HEADER))
+    peer = request.get(PEER)
+    if version is not None and peer is not None:
+        service.gossip.seen(peer, version)
+    return response
+
+
 def routes() -> list[web.RouteDef]:
     return [
+        web.get(ROSTER_PATH, get_roster),
+        web.post(ROSTER_PATH, post_roster),
         web.post("/fed/v1/envelopes", post_transaction),
         web.get("/fed/v1/channels/{channel}/events", get_channel_events),
         web.get("/fed/v1/channels/{channel}/envelopes", get_channel_envelopes),

@@ -16,6 +16,7 @@ from exchange.http.params import INT32_MAX
 from exchange.node.bodies import AUDIT_PAGE_LIMIT, CATCHUP_LIMIT, MEMBERSHIP, PAGE_LIMIT
 from exchange.node.schemas import HEX64, ID, array, closed, components, ref
 from exchange.service.follow import MAX_WAIT
+from exchange.service.gossip import ROSTER_PATH
 from exchange.service.posting import KEY_PATTERN
 
 # -- parameters and operations -----------------------------------------------------------------
@@ -396,6 +397,48 @@ def _federation_paths() -> dict[str, Any]:
                 parameters=[BULLETIN],
             )
         },
+        **_roster_paths(),
+    }
+
+
+def roster_schemas() -> dict[str, Any]:
+    """The schemas of roster gossip's answers and offers."""
+    return {
+        "SignedRosterV2": {"type": "object", "description": "a signed roster v2 version (docs/protocol.md, 6a)"},
+        "RosterPage": {
+            "type": "object",
+            "required": ["version", "versions"],
+            "properties": {"version": _int(0), "versions": array(ref("SignedRosterV2"), max_items=32)},
+        },
+        "RosterOffer": array(ref("SignedRosterV2"), max_items=4),
+        "RosterTaken": {
+            "type": "object",
+            "required": ["version", "hash", "added"],
+            "properties": {"version": _int(1), "hash": {"type": "string"}, "added": _int(0)},
+        },
+    }
+
+
+def _roster_paths() -> dict[str, Any]:
+    """Roster gossip (docs/protocol.md, 6a.11); every /fed/ request and answer also carries the
+    Exchange-Roster-Version header."""
+    return {
+        ROSTER_PATH: {
+            "get": _op(
+                "A partner pulls the signed roster versions after `after` (a page of them, oldest first)",
+                "RosterPage",
+                security="mutualTLS",
+                parameters=[_param("after", "query", _int(0), "the version the partner holds (default 0)")],
+            ),
+            "post": _op(
+                "Roster versions offered, by a partner or (without a client certificate) by a node that only "
+                "a version this node lacks lists (its first contact, the one request it may make before it is "
+                "known); at most 16 MiB, one offer per source every 10 s",
+                "RosterTaken",
+                body="RosterOffer",
+                security="mutualTLS",
+            ),
+        }
     }
 
 
@@ -411,7 +454,7 @@ def openapi_document(server: str) -> dict[str, Any]:
         },
         "servers": [{"url": server}],
         "components": {
-            "schemas": components(),
+            "schemas": {**components(), **roster_schemas()},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "a local user's API token"},
                 "mutualTLS": {

@@ -1,7 +1,13 @@
-"""The federation client: `PeerTransport` over mutual-TLS HTTPS, one pinned session per partner."""
+"""The federation client: `PeerTransport` over mutual-TLS HTTPS, one pinned session per partner.
+
+Every request names the roster version this node holds (`Exchange-Roster-Version`), and every
+answer's header is given to the node's `RosterGossip`, which pulls a newer version. The partners
+and their pins follow the held version live (`install`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from typing import Any
@@ -10,35 +16,71 @@ import aiohttp
 
 from exchange.config import NodeConfig
 from exchange.errors import PeerError, PeerRefused
-from exchange.model import NodeId
+from exchange.model import NodeId, RosterNode
 from exchange.node.tls import peer_context
 from exchange.protocol.roster import Federation
+from exchange.service.gossip import ROSTER_HEADER, ROSTER_PATH, RosterGossip, header_version
 
 
 class HttpTransport:
     """Requests to partners, each over its own connection pool so a slow peer delays nobody else."""
 
-    def __init__(self, config: NodeConfig, fed: Federation) -> None:
-        timeout = aiohttp.ClientTimeout(total=config.request_timeout_seconds)
-        cert, key = config.keys_dir / "tls.crt", config.keys_dir / "tls.key"
-        self._endpoints = {n.id: n.endpoint for n in fed.roster.nodes if n.id != config.id}
-        self._sessions = {
-            n.id: aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=peer_context(n, cert, key), limit=2), timeout=timeout
-            )
-            for n in fed.roster.nodes
-            if n.id != config.id
-        }
+    def __init__(self, config: NodeConfig, fed: Federation, gossip: RosterGossip | None = None) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=config.request_timeout_seconds)
+        self._me = config.id
+        self._cert, self._key = config.keys_dir / "tls.crt", config.keys_dir / "tls.key"
+        self._gossip = gossip
+        self._nodes: dict[str, RosterNode] = {}
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self.install(fed)
+
+    def _session(self, node: RosterNode, *, certificate: bool = True) -> aiohttp.ClientSession:
+        cert, key = (self._cert, self._key) if certificate else (None, None)
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=peer_context(node, cert, key), limit=2), timeout=self._timeout
+        )
+
+    def install(self, fed: Federation) -> None:
+        """Follow a new roster version: a session for each new partner, a new one for a partner whose
+        endpoint or TLS certificate changed, none for one no longer listed (closed in the background)."""
+        nodes = {n.id: n for n in fed.roster.nodes if n.id != self._me}
+        for peer in set(self._sessions) | set(nodes):
+            old, new = self._nodes.get(peer), nodes.get(peer)
+            if old is not None and new is not None and (old.endpoint, old.tls_pin) == (new.endpoint, new.tls_pin):
+                continue
+            if peer in self._sessions:
+                self._retire(self._sessions.pop(peer))
+            if new is not None:
+                self._sessions[peer] = self._session(new)
+        self._nodes = nodes
+
+    def _retire(self, session: aiohttp.ClientSession) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(session.close())
+        except RuntimeError:  # built outside a loop (tests): nothing was opened yet
+            return
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _headers(self) -> dict[str, str]:
+        return {ROSTER_HEADER: str(self._gossip.version())} if self._gossip is not None else {}
 
     def _partner(self, node: str) -> tuple[aiohttp.ClientSession, str]:
         if node not in self._sessions:
             raise PeerError(f"{node!r} is not a partner node")
-        return self._sessions[node], self._endpoints[node]
+        return self._sessions[node], self._nodes[node].endpoint
+
+    def _observe(self, node: str, resp: aiohttp.ClientResponse) -> None:
+        version = header_version(resp.headers.get(ROSTER_HEADER))
+        if version is not None and self._gossip is not None:
+            self._gossip.seen(node, version)
 
     async def fetch(self, node: NodeId, path: str) -> Any:
         session, endpoint = self._partner(node)
         try:
-            async with session.get(endpoint + path) as resp:
+            async with session.get(endpoint + path, headers=self._headers()) as resp:
+                self._observe(node, resp)
                 return await _json_or_error(resp, node)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise PeerError(f"{node}: {type(exc).__name__}: {exc}") from exc
@@ -48,8 +90,30 @@ class HttpTransport:
         try:
             # BytesIO: aiohttp streams it rather than warn about a large body (attachments)
             async with session.post(
-                endpoint + path, data=io.BytesIO(body), headers={"Content-Type": "application/json"}
+                endpoint + path,
+                data=io.BytesIO(body),
+                headers={"Content-Type": "application/json", **self._headers()},
             ) as resp:
+                self._observe(node, resp)
+                return await _json_or_error(resp, node)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise PeerError(f"{node}: {type(exc).__name__}: {exc}") from exc
+
+    async def offer(self, node: NodeId, body: bytes) -> Any:
+        """POST roster versions to `node` without a client certificate (its pin check does not know
+        this node yet): the one request a node not yet in a peer's roster may make (6a.11)."""
+        if node not in self._nodes:
+            raise PeerError(f"{node!r} is not a partner node")
+        target = self._nodes[node]
+        try:
+            async with (
+                self._session(target, certificate=False) as session,
+                session.post(
+                    target.endpoint + ROSTER_PATH,
+                    data=io.BytesIO(body),
+                    headers={"Content-Type": "application/json", **self._headers()},
+                ) as resp,
+            ):
                 return await _json_or_error(resp, node)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise PeerError(f"{node}: {type(exc).__name__}: {exc}") from exc
@@ -57,6 +121,8 @@ class HttpTransport:
     async def close(self) -> None:
         for session in self._sessions.values():
             await session.close()
+        for task in list(self._closing):
+            await task
 
 
 async def _json_or_error(resp: aiohttp.ClientResponse, peer: str) -> Any:

@@ -1,4 +1,8 @@
-"""SSL contexts for mutual TLS 1.3: servers trust exactly the roster's certificates, clients pin one peer."""
+"""SSL contexts for mutual TLS 1.3: servers trust exactly the roster's certificates, clients pin one peer.
+
+The server's trust follows the roster version the node holds, live (`ServerTls`): every handshake
+is switched, when the client's hello arrives, to the context built for the version held then.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,24 @@ def server_context(cert: Path, key: Path, fed: Federation) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_OPTIONAL
     ctx.load_verify_locations(cadata="".join(n.tls_cert for n in fed.roster.nodes))
     return ctx
+
+
+class ServerTls:
+    """The server's TLS: one listening context whose handshakes each take the context of the roster
+    version held when they begin (`install` builds it), so a node listed in a new version can
+    connect at once and one no longer listed (revoked, suspended) is refused at the handshake."""
+
+    def __init__(self, cert: Path, key: Path, fed: Federation) -> None:
+        self._cert, self._key = cert, key
+        self._current = server_context(cert, key, fed)
+        self.context = server_context(cert, key, fed)
+        self.context.sni_callback = self._switch
+
+    def _switch(self, ssl_object: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        ssl_object.context = self._current  # called on every client hello, with or without a name
+
+    def install(self, fed: Federation) -> None:
+        self._current = server_context(self._cert, self._key, fed)
 
 
 def peer_context(peer: RosterNode, cert: Path | None, key: Path | None) -> ssl.SSLContext:

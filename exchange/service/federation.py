@@ -178,6 +178,20 @@ class FederationRoster:
             self._held = await _restore_top(conn)
         return self._held
 
+    async def reload(self) -> bool:
+        """Take the highest stored version if another process (`exchange roster import` beside the
+        running node) stored one since: whether the held version changed."""
+        async with self._lock:
+            before = self._held
+            async with self.store.read() as conn:
+                await self._refresh(conn)
+            return self._held is not before
+
+    def expired(self) -> bool:
+        """Whether the held version is past its `expires` (a node without one has nothing to expire)."""
+        held = self._held
+        return held is not None and held.expired(self._clock())
+
     @property
     def held(self) -> TrustedRoster | None:
         """The version installed now (None before the first import): one object, swapped whole."""

@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from exchange.config import NodeConfig
 from exchange.crypto import NodeKeys
+from exchange.errors import HeldRosterExpired
 from exchange.model import Bulletin, ChannelEvent, NodeId, Receipt
 from exchange.protocol.roster import Federation
 from exchange.service.access import Access
@@ -26,15 +27,17 @@ from exchange.service.channels import ChannelBook
 from exchange.service.cryptopool import EnvelopeCrypto
 from exchange.service.federation import FederationRoster
 from exchange.service.follow import Follow
+from exchange.service.gossip import RosterGossip
 from exchange.service.ids import BulletinIds
 from exchange.service.inbox import Inbox
 from exchange.service.listing import Listing
 from exchange.service.metrics import NodeMetrics
-from exchange.service.outbox import Outbox, OutItem, PeerStatus
+from exchange.service.outbox import Outbox, OutItem, PeerStatus, Sender
 from exchange.service.posting import Posting
 from exchange.service.receiving import Receiving
 from exchange.service.rejections import Refusals, RefusalSettings
 from exchange.service.retention import Retention
+from exchange.service.revocation import leave_revoked
 from exchange.service.rfis import RequestsForInformation
 from exchange.service.taxii import Taxii
 from exchange.service.transport import PeerTransport
@@ -60,6 +63,7 @@ class NodeService:
         *,
         roster: FederationRoster | None = None,
         webhook_sender: WebhookSender | None = None,
+        gossip: RosterGossip | None = None,
     ) -> None:
         self.config = config
         self.me = NodeId(config.id)
@@ -83,6 +87,9 @@ class NodeService:
         self.refusals = Refusals(store, RefusalSettings.from_config(config))
         # The roster v2 chain: `fed` is its held version's v1 view once one is imported (exchange.app)
         self.roster = roster or FederationRoster(store)
+        self.gossip = gossip or RosterGossip(config.id, self.roster, fed)  # versions to and from peers
+        self._installs: list[Callable[[Federation], None]] = []  # adapters that follow the roster live
+        self._senders: dict[str, asyncio.Task[None]] = {}
         self.retention = Retention(store, dt.timedelta(days=config.outbox_retention_days))
         self.taxii = Taxii(self.me, store, fed, self.access)  # TAXII reads and STIX exports
         self.follow = Follow(store, self.listing)  # long polls and the console's live inbox
@@ -114,10 +121,13 @@ class NodeService:
         await self.audit.start(self.config.audit_checkpoint_seconds)
         self.webhooks.start()
         await self.crypto.start()
+        await self.sweep_revoked()
         for peer, sender in self.outbox.senders.items():
-            self._tasks.append(asyncio.create_task(sender.run(), name=f"sender-{peer}"))
+            self._senders[peer] = asyncio.create_task(sender.run(), name=f"sender-{peer}")
             sender.wake()  # drain whatever was queued before a restart
         self._tasks.append(asyncio.create_task(self.catchup.run(), name="catch-up"))
+        self.gossip.attach(self.transport, self.install)
+        self._tasks.append(asyncio.create_task(self.gossip.run(), name="roster-gossip"))
         self.refusals.start()
         self.retention.start()
 
@@ -132,6 +142,9 @@ class NodeService:
             await self.audit.close()
         except Exception:
             log.exception("the audit round did not stop cleanly")
+        await self.gossip.close()
+        self._tasks += self._senders.values()
+        self._senders = {}
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -147,14 +160,76 @@ class NodeService:
             log.exception("no checkpoint was signed at shutdown: the entries since the last one are unsigned")
         await self.crypto.close()
 
+    # -- the roster, live ----------------------------------------------------------------------
+
+    def on_install(self, install: Callable[[Federation], None]) -> None:
+        """Have an adapter follow each roster version installed (the server's TLS, the transport)."""
+        self._installs.append(install)
+
+    async def install(self) -> None:
+        """Run on the roster version held now, at once (docs/operations.md, "What changes live"):
+        the one `Federation` every part reads through takes its v1 view in one assignment; then the
+        parts that keep something derived from it follow: a sender for each new partner and none
+        for a partner no longer listed, the encryption keys cached for posting, the crypto worker
+        processes, and the adapters (`on_install`)."""
+        view = self.roster.view()
+        if view is None or view.roster == self.fed.roster:
+            return
+        before = self.fed.roster.version
+        self.fed.install(view)
+        self.posting._readers.clear()  # wrapped for the current encryption keys from now on
+        self._restart_crypto_workers()
+        self._follow_partners()
+        for install in self._installs:
+            install(self.fed)
+        log.info("%s runs on roster version %d (was %d), live", self.me, view.roster.version, before)
+        await self.sweep_revoked()
+
+    async def sweep_revoked(self) -> None:
+        """The held version's revoked nodes leave this node (exchange.service.revocation), at each
+        install and each start, so that a restart in between loses none of it."""
+        held = self.roster.held
+        if held is not None:
+            await leave_revoked(self.me, held, self.channels, self.store)
+
+    def _restart_crypto_workers(self) -> None:
+        """New jobs go to worker processes started with the new roster; those in flight finish."""
+        self.crypto.restart()
+
+    def _follow_partners(self) -> None:
+        partners = {n.id for n in self.fed.roster.nodes} - {self.me}
+        for peer in set(self.outbox.senders) - partners:  # its queued items stay queued
+            del self.outbox.senders[peer]
+            task = self._senders.pop(peer, None)
+            if task is not None:
+                task.cancel()
+        for peer in sorted(partners - set(self.outbox.senders)):
+            sender = self.outbox.senders[peer] = Sender(self.outbox, NodeId(peer))
+            if self._senders or self._tasks:  # started
+                self._senders[peer] = asyncio.create_task(sender.run(), name=f"sender-{peer}")
+                sender.wake()
+
+    def check_roster(self) -> None:
+        """HeldRosterExpired while the held roster version is past its `expires`: no posts, and no
+        federation traffic but roster versions, until a fresh version is imported."""
+        if self.roster.expired():
+            status = self.roster.status()
+            expires = status.expires if status is not None else "?"
+            raise HeldRosterExpired(
+                f"{self.me}'s roster expired at {expires}: it takes no posts and no federation traffic "
+                "until a fresh roster version is imported (exchange roster import)"
+            )
+
     # -- delegation, so that adapters name one object ---------------------------------------
 
     async def post(
         self, user: User, channel: str, bulletin: Bulletin, *, seen: bool = False, idempotency_key: str | None = None
     ) -> Posted:
+        self.check_roster()
         return await self.posting.post(user, channel, bulletin, seen=seen, idempotency_key=idempotency_key)
 
     async def forward(self, user: User, bid: str, channel: str, *, idempotency_key: str | None = None) -> Posted:
+        self.check_roster()
         return await self.posting.forward(user, bid, channel, idempotency_key=idempotency_key)
 
     async def list_bulletins(

@@ -1,0 +1,242 @@
+"""Roster gossip (docs/protocol.md, 6a.11): every federation request and answer names the roster
+version its node holds; a node that sees a newer one pulls the versions it lacks from that peer
+and checks them itself (`FederationRoster.import_chain`, source "peer:<id>"); a node that sees an
+older one does nothing, since its own answers and requests name its version and the peer pulls.
+
+A node listed only in a version its peers do not hold yet cannot pass their TLS pin check; its
+first contact offers the versions that list it on a route without a client certificate, bounded in
+size and rate (`take_offer`), and nothing else is taken from it until a peer holds them.
+
+After every version it takes (by gossip, an offer, or `exchange roster import` into its database
+beside it, noticed within `refresh_seconds`), the node installs it live (`install`, which is
+NodeService.install) and announces it: one pull request to every partner, which names the version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from exchange.crypto import canonical_json
+from exchange.errors import ExchangeError, InvalidInput, PeerError, RateLimited
+from exchange.model import NodeId
+from exchange.protocol.roster import Federation
+from exchange.protocol.roster2_model import MAX_ROSTER_BYTES
+from exchange.service.federation import FederationRoster, Imported
+from exchange.service.transport import PeerTransport
+
+log = logging.getLogger("exchange.roster")
+
+ROSTER_HEADER = "Exchange-Roster-Version"
+ROSTER_PATH = "/fed/v1/roster"
+PAGE_VERSIONS = 32  # versions in one answer to a pull; a node further behind pulls again
+PAGE_BYTES = 4 * MAX_ROSTER_BYTES  # and about as many bytes as one import takes, at least one version
+OFFER_BYTES = MAX_ROSTER_BYTES  # an offer on the route without a client certificate
+OFFER_VERSIONS = 4  # the newest versions a node offers a peer that does not know it yet
+
+
+Install = Callable[[], Awaitable[None]]
+
+
+def header_version(value: str | None) -> int | None:
+    """The version a peer's `Exchange-Roster-Version` header names, or None if absent or malformed."""
+    if value is None or not value.isascii() or not value.isdigit() or len(value) > 12:
+        return None
+    return int(value)
+
+
+class RosterGossip:
+    """Spreads the roster versions this node holds, and takes the ones its peers hold."""
+
+    def __init__(
+        self,
+        me: str,
+        roster: FederationRoster,
+        fed: Federation,
+        *,
+        pull_interval: float = 5.0,
+        refresh_seconds: float = 5.0,
+        announce_seconds: float = 600.0,
+        offer_interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.me = me
+        self.roster = roster
+        self.fed = fed
+        self.pull_interval = pull_interval  # between two pulls from one peer that failed
+        self.refresh_seconds = refresh_seconds  # how often the database is read for a local import
+        self.announce_seconds = announce_seconds  # how often every partner is asked anyway
+        self.offer_interval = offer_interval  # between two offers from one source
+        self._clock = clock
+        self._transport: PeerTransport | None = None
+        self._install: Install | None = None
+        self._tried: dict[str, float] = {}  # peer -> when a pull from it last failed
+        self._offers: dict[str, float] = {}  # source -> when it last offered
+        self._offering = asyncio.Lock()
+        self._pulling: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._announced = 0  # the version last announced
+
+    def version(self) -> int:
+        """The version this node holds (0 before its first), for the header of every request and answer."""
+        held = self.roster.held
+        return held.version if held is not None else 0
+
+    def attach(self, transport: PeerTransport, install: Install) -> None:
+        """Given by NodeService when it starts: how to reach peers, and how to install a version."""
+        self._transport, self._install = transport, install
+
+    # -- what peers say -------------------------------------------------------------------
+
+    def seen(self, peer: str, version: int) -> None:
+        """`peer` named `version` in a request or an answer: pull from it if it is newer than ours."""
+        if version <= self.version() or self._transport is None or peer == self.me:
+            return
+        if self._pulling is not None and not self._pulling.done():
+            return
+        if self._clock() - self._tried.get(peer, -1e9) < self.pull_interval:
+            return
+        self._pulling = self._spawn(self.pull(NodeId(peer)))
+
+    async def pull(self, peer: NodeId) -> Imported | None:
+        """Fetch the versions after ours from `peer`, and take them if they check (else audited)."""
+        assert self._transport is not None
+        try:
+            answer = await self._transport.fetch(peer, f"{ROSTER_PATH}?after={self.version()}")
+            versions = answer.get("versions") if isinstance(answer, dict) else None
+            if not isinstance(versions, list):
+                raise InvalidInput(f"{peer} answered a roster pull without a list of versions")
+            if not versions:
+                return None
+            imported = await self.roster.import_chain([canonical_json(v) for v in versions], source=f"peer:{peer}")
+        except (PeerError, ExchangeError) as exc:
+            self._tried[peer] = self._clock()
+            log.warning("no roster versions taken from %s: %s: %s", peer, type(exc).__name__, exc)
+            return None
+        self._tried.pop(peer, None)
+        await self.took(imported)
+        return imported
+
+    async def serve(self, after: int) -> bytes:
+        """The answer to a pull: the version held and the signed versions after `after`, as stored."""
+        blobs: list[bytes] = []
+        size = 0
+        for blob in (await self.roster.chain(after))[:PAGE_VERSIONS]:
+            if blobs and size + len(blob) > PAGE_BYTES:
+                break
+            blobs.append(blob)
+            size += len(blob)
+        head = canonical_json({"version": self.version()})[:-1]
+        return head + b',"versions":[' + b",".join(blobs) + b"]}"
+
+    async def take_offer(self, raw: bytes, source: str) -> Imported:
+        """Versions offered on the route without a client certificate: one offer at a time, one per
+        source and `offer_interval`; checked as any import is (a refusal is audited within bounds)."""
+        now = self._clock()
+        if now - self._offers.get(source, -1e9) < self.offer_interval or self._offering.locked():
+            raise RateLimited("one roster offer at a time, and one per source every few seconds", retry_after=10)
+        self._offers[source] = now
+        if len(self._offers) > 1000:
+            self._offers = {s: t for s, t in self._offers.items() if now - t < self.offer_interval}
+        async with self._offering:
+            imported = await self.roster.import_chain(raw, source=source[:64])
+        await self.took(imported)
+        return imported
+
+    # -- what this node does ----------------------------------------------------------------
+
+    async def took(self, imported: Imported) -> None:
+        """A version was taken: install it live, then tell every partner (in the background)."""
+        if imported.changed:
+            await self.installed()
+
+    async def installed(self) -> None:
+        if self._install is not None:
+            await self._install()
+        if self._transport is not None and self._announced != self.version():
+            self._announced = self.version()
+            self._spawn(self.announce())
+
+    async def announce(self) -> None:
+        """Ask every partner for the versions after ours: the request names our version, so one that
+        is behind pulls from us; one that is ahead answers with its versions. A partner that does
+        not know this node yet (its TLS or pin check refuses us) is offered our newest versions."""
+        peers = [n.id for n in self.fed.roster.nodes if n.id != self.me]
+        await asyncio.gather(*(self._announce_to(NodeId(p)) for p in peers))
+
+    async def _announce_to(self, peer: NodeId) -> None:
+        assert self._transport is not None
+        try:
+            answer = await self._transport.fetch(peer, f"{ROSTER_PATH}?after={self.version()}")
+        except PeerError:
+            await self._offer_to(peer)
+            return
+        versions = answer.get("versions") if isinstance(answer, dict) else None
+        if isinstance(versions, list) and versions:
+            with contextlib.suppress(ExchangeError):
+                await self.took(
+                    await self.roster.import_chain([canonical_json(v) for v in versions], source=f"peer:{peer}")
+                )
+
+    async def _offer_to(self, peer: NodeId) -> None:
+        offer = getattr(self._transport, "offer", None)  # HttpTransport's; a test's fake may have none
+        if offer is None:
+            return
+        blobs = (await self.roster.chain(max(0, self.version() - OFFER_VERSIONS)))[-OFFER_VERSIONS:]
+        while len(blobs) > 1 and sum(len(b) for b in blobs) + len(blobs) + 1 > OFFER_BYTES:
+            blobs = blobs[1:]
+        if not blobs:
+            return
+        try:
+            await offer(peer, b"[" + b",".join(blobs) + b"]")
+        except (PeerError, ExchangeError) as exc:
+            log.info("roster offer to %s not taken: %s", peer, exc)
+
+    async def run(self) -> None:
+        """The loop: a version imported into the database beside the node is installed within
+        `refresh_seconds`; every partner is asked every `announce_seconds`; an expiry is warned of."""
+        last_announce = self._clock()
+        self._announced = self.version()
+        if self._announced:  # a node that holds a version says so at start: it may be new, or behind
+            await self.announce()
+        while True:
+            await asyncio.sleep(self.refresh_seconds)
+            try:
+                if await self.roster.reload():
+                    await self.installed()
+                if self._clock() - last_announce >= self.announce_seconds:
+                    last_announce = self._clock()
+                    await self.announce()
+                    status = self.roster.status()
+                    if status is not None and status.warning:
+                        log.warning("%s: %s (expires %s)", self.me, status.warning, status.expires)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the roster gossip round failed; trying again")
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+__all__ = [
+    "OFFER_BYTES",
+    "ROSTER_HEADER",
+    "ROSTER_PATH",
+    "RosterGossip",
+    "header_version",
+]

@@ -1,0 +1,132 @@
+"""Roster gossip in the application layer (exchange.service.gossip), with a fake transport: what a
+pull answers, a pull that takes a good chain and installs it once, a forged or equivocating chain
+from a peer that changes nothing and is audited, the bounds on pulls and offers; and the one
+`Federation` holder that a node's parts read through.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exchange import errors
+from exchange.model import NodeId
+from exchange.protocol.rosterchain import TrustedRoster, federation_view
+from exchange.service.gossip import RosterGossip, header_version
+from exchange.store import Store
+from tests.protocol.test_roster_chain import CHAIN
+from tests.service.test_federation_roster import audited, equivocating, holding, stored, under_threshold
+
+
+@pytest.fixture
+async def store(tmp_path: Path, database: Callable[[str], Awaitable[str]]) -> AsyncIterator[Store]:
+    opened = await Store.open(await database("gossip") or f"sqlite+aiosqlite:///{tmp_path / 'gossip.db'}")
+    yield opened
+    await opened.close()
+
+
+class Peer:
+    """A fake transport: answers every pull with `versions`, and records what was asked."""
+
+    def __init__(self, versions: list[Any]) -> None:
+        self.versions = versions
+        self.asked: list[tuple[str, str]] = []
+
+    async def fetch(self, node: NodeId, path: str) -> Any:
+        self.asked.append((node, path))
+        return {"version": 9, "versions": self.versions}
+
+    async def send(self, node: NodeId, path: str, body: bytes) -> Any:
+        raise AssertionError("gossip only fetches")
+
+
+def docs(*versions: int) -> list[Any]:
+    return [CHAIN[v].model_dump(mode="json") for v in versions]
+
+
+def test_the_header_is_a_small_number_or_ignored() -> None:
+    assert header_version("7") == 7 and header_version("0") == 0
+    for bad in (None, "", "-1", "7.0", " 7", "٣", "1" * 13, "0x7"):
+        assert header_version(bad) is None, bad
+
+
+async def test_a_pull_is_answered_with_the_versions_after_the_one_named(store: Store) -> None:
+    roster = await holding(store, 1, 2, 3)
+    gossip = RosterGossip("nl-customs", roster, federation_view(roster.held))  # type: ignore[arg-type]
+    page = json.loads(await gossip.serve(1))
+    assert page["version"] == 3 and page["versions"] == docs(2, 3)
+    assert json.loads(await gossip.serve(3)) == {"version": 3, "versions": []}
+
+
+async def test_a_newer_chain_from_a_peer_is_checked_taken_and_installed_once(store: Store) -> None:
+    roster = await holding(store, 1)
+    fed = federation_view(roster.held)  # type: ignore[arg-type]
+    gossip = RosterGossip("nl-customs", roster, fed)
+    installs: list[int] = []
+
+    async def install() -> None:
+        installs.append(roster.held.version)  # type: ignore[union-attr]
+
+    peer = Peer(docs(2, 3))
+    gossip.attach(peer, install)
+    imported = await gossip.pull(NodeId("ke-customs"))
+    assert imported is not None and (imported.before, imported.version) == (1, 3)
+    assert peer.asked == [("ke-customs", "/fed/v1/roster?after=1")]
+    assert installs == [3] and gossip.version() == 3
+    entry = (await audited(store))[-1]
+    assert (entry["event"], entry["version"], entry["source"]) == ("roster.installed", 3, "peer:ke-customs")
+    await gossip.close()
+
+
+@pytest.mark.parametrize(("held", "offered"), [((1,), under_threshold), ((1, 2), equivocating)])
+async def test_a_forged_chain_from_a_peer_changes_nothing_and_is_audited(
+    store: Store, held: tuple[int, ...], offered: Any
+) -> None:
+    roster = await holding(store, *held)
+    before = await stored(store)
+    gossip = RosterGossip("nl-customs", roster, federation_view(roster.held), clock=lambda: 100.0)  # type: ignore[arg-type]
+    installs: list[int] = []
+
+    async def install() -> None:
+        installs.append(1)
+
+    peer = Peer([json.loads(offered())])
+    gossip.attach(peer, install)
+    assert await gossip.pull(NodeId("ke-customs")) is None
+    assert await stored(store) == before and roster.held.version == held[-1] and not installs  # type: ignore[union-attr]
+    entry = (await audited(store))[-1]
+    assert (entry["event"], entry["source"]) == ("roster.refused", "peer:ke-customs")
+    # A peer whose chain failed is not pulled from again at once, whatever version it names.
+    gossip.seen("ke-customs", 5)
+    assert len(peer.asked) == 1
+    await gossip.close()
+
+
+async def test_offers_come_one_per_source_and_interval(store: Store) -> None:
+    roster = await holding(store, 1)
+    now = [100.0]
+    gossip = RosterGossip("nl-customs", roster, federation_view(roster.held), clock=lambda: now[0])  # type: ignore[arg-type]
+    chain = json.dumps(docs(2)).encode()
+    assert (await gossip.take_offer(chain, "offer:192.0.2.7")).version == 2
+    with pytest.raises(errors.RateLimited):
+        await gossip.take_offer(chain, "offer:192.0.2.7")
+    with pytest.raises(errors.RosterRollback):  # another source, at once: checked, and refused
+        await gossip.take_offer(json.dumps(docs(1)).encode(), "offer:192.0.2.8")
+    now[0] += gossip.offer_interval
+    assert (await gossip.take_offer(chain, "offer:192.0.2.7")).added == 0
+    assert roster.held.version == 2  # type: ignore[union-attr]
+
+
+def test_the_node_federation_is_one_holder_that_takes_a_new_version_whole() -> None:
+    fed = federation_view(TrustedRoster.restore(CHAIN[1]))
+    held_by_a_part = fed  # what every part of a node keeps
+    fed.install(federation_view(TrustedRoster.restore(CHAIN[1]).accept(CHAIN[2])))
+    assert held_by_a_part.roster.version == 2
+    assert [n.id for n in held_by_a_part.roster.nodes] == held_by_a_part.node_ids
+    for node in held_by_a_part.roster.nodes:
+        assert held_by_a_part.node(node.id) is node
+        assert held_by_a_part.node_by_pin(node.tls_pin).id == node.id
