@@ -49,7 +49,7 @@ class NewWebhook(BaseModel):
     """A webhook to register: the URL each new bulletin's metadata is POSTed to."""
 
     model_config = _API
-    url: Annotated[str, StringConstraints(min_length=8, max_length=2048)]
+    url: Annotated[str, StringConstraints(min_length=8, max_length=2048, pattern=r"^https?://[\x21-\x7e]+$")]
 
 
 class Assignment(BaseModel):

@@ -168,13 +168,18 @@ async def post_batch(request: web.Request) -> web.Response:
         raise InvalidInput(f'the body must be {{"bulletins": [...]}} with 1 to {MAX_BATCH_ITEMS} bulletins')
     default = service.channels.state(channel).default_handling.model_dump()
     items: list[Bulletin | ExchangeError] = []
-    for entry in listed:
+    for i, entry in enumerate(listed):
         if isinstance(entry, dict) and "handling" not in entry:
             entry["handling"] = default
         try:
-            items.append(_validate(Bulletin, entry))
-        except ExchangeError as exc:
-            items.append(exc)
+            items.append(Bulletin.model_validate(entry))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            if any(e["type"] != "value_error" for e in exc.errors()):
+                # Not the shape the API describes: the request is malformed, and refused whole.
+                raise InvalidInput(f"bulletins.{i}.{where}: {err['msg']}") from exc
+            items.append(InvalidInput(f"{where}: {err['msg']}"))  # a rule of the model: this item alone
     key = ", ".join(request.headers.getall("Idempotency-Key")) if "Idempotency-Key" in request.headers else None
     results = await service.batch.post_many(user, channel, items, idempotency_key=key)
     answers = []

@@ -1,6 +1,7 @@
 """Batch posts for automated systems (advance cargo risk engines and the like): up to MAX_ITEMS
-bulletins to one channel in one request, each item all-or-nothing on its own (a bad item fails
-alone, with its own error), answered per item in order.
+bulletins to one channel in one request, each item all-or-nothing on its own (an item that breaks
+a rule fails alone, with its own error), answered per item in order. A batch with an item that
+does not have the shape the API describes is malformed and refused whole (the adapter's check).
 
 Idempotent: with a key, item `i` is posted under a key derived from it (`item_key`), so a retry of
 the same batch answers each item as the first time did (posted items are not posted twice; a

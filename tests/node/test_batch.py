@@ -74,7 +74,7 @@ async def test_items_fail_alone_and_a_retry_posts_nothing_twice(make_federation:
             item(1),
             item(2) | {"indicators": {"air_waybills": ["176-12345678"]}},  # wrong check digit
             item(3, due="2027-01-31"),  # a due date on an alert
-            {"kind": "alert"},  # no title
+            item(4) | {"indicators": {"airports": ["ZZZ"]}},  # no such airport
             item(5),
         ]
     }
@@ -94,7 +94,15 @@ async def test_items_fail_alone_and_a_retry_posts_nothing_twice(make_federation:
 
 async def test_batch_shapes_and_rights_are_checked(make_federation: MakeFederation) -> None:
     fed = await make_federation()
-    for body in ({}, {"bulletins": []}, {"bulletins": [item(0)] * 1001}, {"bulletins": [item(0)], "x": 1}, [item(0)]):
+    malformed = {"bulletins": [item(0), {"kind": "alert"}]}  # an item without a title: refused whole
+    for body in (
+        {},
+        {"bulletins": []},
+        {"bulletins": [item(0)] * 1001},
+        {"bulletins": [item(0)], "x": 1},
+        [item(0)],
+        malformed,
+    ):
         status, problem = await call(fed, body)
         assert status == 422, (body if not isinstance(body, dict) else list(body), problem)
     status, _ = await call(fed, {"bulletins": [item(0)]}, user="auditor")

@@ -57,6 +57,9 @@ def config_file(folder: Path, nl: Member, partner: Member, report: Path) -> Path
         "[reports.junit]",
         f"path = {_toml(str(report))}",
     ]
+    # Webhooks are left out: a registered URL is one the node then POSTs to, and this test must not
+    # send the node to hosts beyond this machine (tests/node/test_webhooks.py uses a local receiver).
+    lines += ["[[operations]]", 'include-path-regex = "webhooks"', "enabled = false"]
     # Most specific first: the officer's posts (one, or a batch), and the channel's requests for
     # information and STIX export, go to the channel the officer works in.
     lines += [
