@@ -243,6 +243,13 @@ async def test_an_expired_roster_stops_traffic_until_a_fresh_version_resumes_it(
     await eventually(expired, timeout=CONVERGE, what="version 1 expired")
     status, problem = await post(nl)
     assert status == 503 and problem["type"].endswith("HeldRosterExpired"), problem
+    batch = {
+        "bulletins": [
+            {"kind": "alert", "title": "in a batch", "handling": {"tlp": "GREEN", "no_onward_sharing": False}}
+        ]
+    }
+    status, problem, _ = await nl.api("POST", "/api/v1/channels/c2c/bulletins/batch", body=batch)
+    assert status == 503 and problem["type"].endswith("HeldRosterExpired"), problem  # a batch too
     status, problem, kind = await ke.fed_post(nl, b'{"txn": "t1", "envelopes": []}')
     assert status == 503 and kind == "application/problem+json" and "expired" in problem["detail"], problem
     status, read, _ = await nl.api("GET", f"/api/v1/bulletins/{first['id']}")

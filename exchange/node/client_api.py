@@ -181,7 +181,7 @@ async def post_batch(request: web.Request) -> web.Response:
                 raise InvalidInput(f"bulletins.{i}.{where}: {err['msg']}") from exc
             items.append(InvalidInput(f"{where}: {err['msg']}"))  # a rule of the model: this item alone
     key = ", ".join(request.headers.getall("Idempotency-Key")) if "Idempotency-Key" in request.headers else None
-    results = await service.batch.post_many(user, channel, items, idempotency_key=key)
+    results = await service.post_many(user, channel, items, idempotency_key=key)
     answers = []
     for i, result in enumerate(results):
         if isinstance(result, ExchangeError):

@@ -8,11 +8,10 @@ from typing import Any
 
 from aiohttp import web
 
-from exchange.errors import ExchangeError, HeldRosterExpired, InvalidInput
+from exchange.errors import ExchangeError, InvalidInput
 from exchange.http import params
 from exchange.http.appkeys import PEER, SERVICE
 from exchange.http.limits import Handler
-from exchange.http.problem import from_error
 from exchange.model import NodeId
 from exchange.node.bodies import CATCHUP_LIMIT, MAX_BATCH
 from exchange.node.tls import peer_identity
@@ -21,7 +20,6 @@ from exchange.service.gossip import OFFER_BYTES, ROSTER_HEADER, ROSTER_PATH, hea
 # The transaction body: what a sender's batch can need (exchange.service.outbox keeps a batch
 # under MAX_TRANSACTION_BYTES, 32 MiB), plus room for the JSON around the items.
 TRANSACTION_BODY = 32 * 1024 * 1024 + 64 * 1024
-BATCH_POST = re.compile(r"/api/v1/channels/[^/]+/bulletins/batch")
 
 
 def authenticate_peer(request: web.Request, *, roster_route: bool = False) -> NodeId:
@@ -121,17 +119,11 @@ async def post_roster(request: web.Request) -> web.Response:
 @web.middleware
 async def roster_gossip(request: web.Request, handler: Handler) -> web.StreamResponse:
     """On the federation routes: every answer names the roster version held; a partner's request
-    that names a newer one makes this node pull from it (6a.11). (And a batch of posts is refused
-    while the held roster has expired, as a single post is by NodeService.post.)"""
+    that names a newer one makes this node pull from it (6a.11)."""
     service = request.app.get(SERVICE)
     if service is None:
         return await handler(request)
     if not request.path.startswith("/fed/"):
-        if request.method == "POST" and BATCH_POST.fullmatch(request.path):
-            try:
-                service.check_roster()
-            except HeldRosterExpired as exc:
-                return from_error(exc)
         return await handler(request)
     response = await handler(request)
     if not response.prepared:

@@ -16,7 +16,7 @@ from typing import Any
 
 from exchange.config import NodeConfig
 from exchange.crypto import NodeKeys
-from exchange.errors import HeldRosterExpired
+from exchange.errors import ExchangeError, HeldRosterExpired
 from exchange.model import Bulletin, ChannelEvent, NodeId, Receipt
 from exchange.protocol.roster import Federation
 from exchange.service.access import Access
@@ -177,7 +177,8 @@ class NodeService:
             return
         before = self.fed.roster.version
         self.fed.install(view)
-        self.posting._readers.clear()  # wrapped for the current encryption keys from now on
+        self.posting.forget_keys()  # wrapped for the current encryption keys from now on
+        self.audit.install()  # its witnesses are the new version's
         self._restart_crypto_workers()
         self._follow_partners()
         for install in self._installs:
@@ -227,6 +228,12 @@ class NodeService:
     ) -> Posted:
         self.check_roster()
         return await self.posting.post(user, channel, bulletin, seen=seen, idempotency_key=idempotency_key)
+
+    async def post_many(
+        self, user: User, channel: str, items: Sequence[Bulletin | ExchangeError], *, idempotency_key: str | None
+    ) -> list[Posted | ExchangeError]:
+        self.check_roster()
+        return await self.batch.post_many(user, channel, items, idempotency_key=idempotency_key)
 
     async def forward(self, user: User, bid: str, channel: str, *, idempotency_key: str | None = None) -> Posted:
         self.check_roster()

@@ -130,6 +130,10 @@ class Posting:
         self._seqs[channel] += 1
         return self._seqs[channel]
 
+    def forget_keys(self) -> None:
+        """The roster changed: wrap for the partners' current encryption keys from now on."""
+        self._readers.clear()
+
     async def post(
         self, user: User, channel: str, bulletin: Bulletin, *, seen: bool = False, idempotency_key: str | None = None
     ) -> Posted:

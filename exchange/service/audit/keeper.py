@@ -96,6 +96,10 @@ class LogKeeper:
         self._follower: asyncio.Task[None] | None = None
         self._reported: str | None = None
 
+    def set_witnesses(self, witnesses: Mapping[str, VerifyKey]) -> None:
+        """The roster changed: the witness keys a checkpoint's cosignatures are checked with from now on."""
+        self._witnesses = dict(witnesses)
+
     @property
     def size(self) -> int:
         """How many entries the keeper has taken in (and can sign)."""

@@ -164,6 +164,10 @@ class AuditService:
         log.info("%s: signed checkpoint %d at shutdown", self.me, cp.size)
         return cp
 
+    def install(self) -> None:
+        """The node runs on a new roster version (`fed` holds it): its witnesses are the new version's."""
+        self.keeper.set_witnesses(KeyRing.from_federation(self.fed).witnesses(self.me))
+
     def ensure_running(self) -> None:
         """Raise StateUnavailable once the node is stopping (a late request must not write)."""
         if self.stopped.is_set():
