@@ -134,12 +134,23 @@ class Receiving:
         try:
             screened = await self.screen(peer, raw_envelopes) if raw_envelopes else None
             if before is not None:
-                await before
+                # shield: a cancelled wait (the partner dropped this request) must not cancel the
+                # transaction before ours, which is still being applied.
+                await asyncio.shield(before)
             return await self._apply(peer, raw_events, screened, raw_receipts)
         finally:
+            if before is not None and not before.done():
+                # Cancelled while waiting: our turn ends when the one before ours ends, so the
+                # transaction after ours still waits for it, and the stream stays in order.
+                before.add_done_callback(lambda _done: self._end_turn(peer, mine))
+            else:
+                self._end_turn(peer, mine)
+
+    def _end_turn(self, peer: NodeId, mine: asyncio.Future[None]) -> None:
+        if not mine.done():
             mine.set_result(None)
-            if self._turns.get(peer) is mine:
-                del self._turns[peer]
+        if self._turns.get(peer) is mine:
+            del self._turns[peer]
 
     async def _apply(
         self, peer: NodeId, raw_events: Sequence[Any], screened: Screened | None, raw_receipts: Sequence[Any]
