@@ -75,6 +75,17 @@ async def inbox_page(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def rfis_page(request: web.Request) -> web.StreamResponse:
+    """A channel's requests for information: open, overdue (past their due date) and answered, by whom."""
+    session = await signed_in(request)
+    service = request.app[SERVICE]
+    channel = request.match_info["channel"]
+    board = await service.rfis.board(session.user, channel)
+    return render(
+        request, "rfis.html", session=session, channel=channel_view(service.channels.state(channel)), board=board
+    )
+
+
 async def attachment_download(request: web.Request) -> web.StreamResponse:
     """One attachment, as a download (never rendered inline); fetching it is an audited open."""
     session = await signed_in(request)
@@ -330,6 +341,7 @@ def routes(prefix: str) -> list[web.RouteDef]:
         web.get(prefix + "/channels", channels_page),
         web.get(prefix + "/channels/{channel}", inbox_page),
         web.get(prefix + "/channels/{channel}/stix", stix_export),
+        web.get(prefix + "/channels/{channel}/rfis", rfis_page),
         web.get(prefix + "/bulletins/{id}", bulletin_page),
         web.get(prefix + "/bulletins/{id}/attachments/{index:\\d{1,2}}", attachment_download),
         web.get(prefix + "/compose", compose_page),

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from exchange.errors import UnknownPeer
+from exchange.errors import Unavailable, UnknownPeer
 from exchange.http import params
 from exchange.http.appkeys import SERVICE
 from exchange.service.views import InboxLine
@@ -44,7 +44,10 @@ async def events(request: web.Request) -> web.StreamResponse:
     last = request.headers.get("Last-Event-ID")
     after = params.integer({"after": last}, "after", 0) if last else params.optional_integer(request.query, "after")
     stream = service.follow.stream(session.user, None, after)
-    first = await anext(stream)  # rights and bounds are checked before anything is sent
+    try:
+        first = await anext(stream)  # rights and bounds are checked before anything is sent
+    except StopAsyncIteration:
+        raise Unavailable("the node is stopping") from None
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"})
     loop = asyncio.get_running_loop()
     until = loop.time() + MAX_STREAM
@@ -61,8 +64,8 @@ async def events(request: web.Request) -> web.StreamResponse:
             if loop.time() >= until:
                 break
             page = await anext(stream)
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
+    except (ConnectionResetError, asyncio.CancelledError, StopAsyncIteration):
+        pass  # the browser left, or the node is stopping (the stream ended): the browser reconnects
     finally:
         await stream.aclose()
     return response
