@@ -348,11 +348,21 @@ def open_envelope(
             nonce=_b64(h.nonce),
             ciphertext=_b64(env.ciphertext) if ciphertext is None else ciphertext,
         )
+    except (InvalidInput, ValidationError) as exc:
+        raise DecryptionFailed() from exc
+    # The header's Handling as it is: a strict model takes an instance of its own class.
+    return bulletin_from_payload(plaintext, h.handling)
+
+
+def bulletin_from_payload(plaintext: bytes, handling: Any) -> Bulletin:
+    """The bulletin a decrypted payload holds, with the header's `handling` (8.2, for envelopes v1
+    and v2): a JSON object without handling that fits the bulletin's schema, else DecryptionFailed
+    (one error for every failure), and in canonical form, else InvalidEnvelope."""
+    try:
         payload = strict_loads(plaintext)
         if not isinstance(payload, dict) or "handling" in payload:
             raise DecryptionFailed()
-        # The header's Handling as it is: a strict model takes an instance of its own class.
-        bulletin = Bulletin.model_validate({**payload, "handling": h.handling})
+        bulletin = Bulletin.model_validate({**payload, "handling": handling})
     except (InvalidInput, ValidationError) as exc:
         raise DecryptionFailed() from exc
     # What is stored and shown must be exactly what the author encrypted: no defaults, no trimming.

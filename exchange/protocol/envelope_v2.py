@@ -19,7 +19,7 @@ from exchange.crypto.epoch import SALT_SIZE, BulletinKey, bulletin_info
 from exchange.errors import DecryptionFailed, InvalidEnvelope, InvalidInput, StaleEpoch
 from exchange.model import MAX_PAYLOAD_BYTES, Bulletin, BulletinId, NodeId, StateRef, first_error
 from exchange.protocol.channel import ChannelState
-from exchange.protocol.envelope import MAX_ENVELOPE_BYTES
+from exchange.protocol.envelope import MAX_ENVELOPE_BYTES, bulletin_from_payload
 from exchange.protocol.epoch import WrapKeyId, epoch_hash
 from exchange.protocol.epoch_model import CONTENT_SUITE, EnvelopeHeaderV2, EnvelopeV2, EpochRecord, EpochRef
 from exchange.protocol.roster import Federation
@@ -190,20 +190,9 @@ def open_envelope_v2(env: EnvelopeV2, epoch_key: EpochKey) -> Bulletin:
     h = env.header
     try:
         plaintext = bulletin_key(h, epoch_key).open(_b64(env.ciphertext))
-        payload = strict_loads(plaintext)
-        if not isinstance(payload, dict) or "handling" in payload:
-            raise DecryptionFailed()
-        bulletin = Bulletin.model_validate({**payload, "handling": h.handling.model_dump()})
     except (InvalidInput, ValidationError) as exc:
         raise DecryptionFailed() from exc
-    # What is stored and shown must be exactly what the author encrypted (docs/protocol.md, 8.2).
-    try:
-        canonical = bulletin.payload_bytes
-    except InvalidInput as exc:
-        raise InvalidEnvelope("the bulletin payload cannot be canonicalised") from exc
-    if canonical != plaintext:
-        raise InvalidEnvelope("the bulletin payload is not in canonical form")
-    return bulletin
+    return bulletin_from_payload(plaintext, h.handling.model_dump())
 
 
 def _b64(text: str) -> bytes:
