@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import os
+import random
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -44,6 +45,17 @@ CHROMIUM_ARGS = [
 
 
 def free_port() -> int:
+    """A port free now, below the ephemeral range (32768 and up on Linux): a port the kernel hands
+    out is also what the suite's own outgoing connections get, and one of them could take it
+    between this check and the node's bind ("address already in use")."""
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -6,7 +6,6 @@ audited (real nodes over mutual TLS, SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 from typing import Any
 
@@ -15,13 +14,7 @@ from aiohttp import web
 
 from exchange.service.webhooks import verify_signature
 from exchange.store import audit_log
-from tests.conftest import Federation, MakeFederation, eventually
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.conftest import Federation, MakeFederation, eventually, free_port
 
 
 class Receiver:
