@@ -10,9 +10,9 @@ import base64
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from exchange.crypto import (
     DecryptionKey,
@@ -49,6 +49,9 @@ SUITE = "x25519-hkdfsha256-aes256gcm"
 # The largest envelope the model's bounds allow (a ciphertext of MAX_CIPHERTEXT characters and
 # MAX_RECIPIENTS recipients and wraps, about 160 KiB), rounded up.
 MAX_ENVELOPE_BYTES = 8 * 1024 * 1024
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def bulletin_id(header: EnvelopeHeader) -> BulletinId:
@@ -202,8 +205,9 @@ def _seal(
     return header, wraps, sealed
 
 
-def parse_envelope(data: bytes | dict[str, Any]) -> Envelope:
-    """Parse wire bytes (or an already strictly-parsed object) into an Envelope."""
+def parse_wire(model: type[M], data: bytes | dict[str, Any]) -> M:
+    """Parse wire bytes (or an already strictly-parsed object) into an envelope `model` (v1 or v2):
+    at most MAX_ENVELOPE_BYTES, strict JSON, the exact schema; else InvalidEnvelope."""
     if isinstance(data, bytes | bytearray):
         if len(data) > MAX_ENVELOPE_BYTES:
             raise InvalidEnvelope("envelope too large")
@@ -212,9 +216,14 @@ def parse_envelope(data: bytes | dict[str, Any]) -> Envelope:
         except InvalidInput as exc:
             raise InvalidEnvelope(exc.detail) from exc
     try:
-        return Envelope.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise InvalidEnvelope(f"envelope does not match the schema: {first_error(exc)}") from exc
+
+
+def parse_envelope(data: bytes | dict[str, Any]) -> Envelope:
+    """Parse wire bytes (or an already strictly-parsed object) into an Envelope."""
+    return parse_wire(Envelope, data)
 
 
 def verify_envelope(env: Envelope, fed: Federation, state: ChannelState) -> BulletinId:

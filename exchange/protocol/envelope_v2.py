@@ -13,13 +13,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from exchange.crypto import EpochKey, SigningKey, b64d, b64e, sha256, strict_loads
+from exchange.crypto import EpochKey, SigningKey, b64d, b64e, sha256
 from exchange.crypto.content import Random, os_random
 from exchange.crypto.epoch import SALT_SIZE, BulletinKey, bulletin_info
 from exchange.errors import DecryptionFailed, InvalidEnvelope, InvalidInput, StaleEpoch
-from exchange.model import MAX_PAYLOAD_BYTES, Bulletin, BulletinId, NodeId, StateRef, first_error
+from exchange.model import MAX_PAYLOAD_BYTES, Bulletin, BulletinId, NodeId, StateRef
 from exchange.protocol.channel import ChannelState
-from exchange.protocol.envelope import MAX_ENVELOPE_BYTES, bulletin_from_payload
+from exchange.protocol.envelope import bulletin_from_payload, parse_wire
 from exchange.protocol.epoch import WrapKeyId, epoch_hash
 from exchange.protocol.epoch_model import CONTENT_SUITE, EnvelopeHeaderV2, EnvelopeV2, EpochRecord, EpochRef
 from exchange.protocol.roster import Federation
@@ -111,17 +111,7 @@ def envelope_v2_bytes(env: EnvelopeV2) -> bytes:
 
 def parse_envelope_v2(data: bytes | dict[str, Any]) -> EnvelopeV2:
     """Parse wire bytes (or an already strictly-parsed object) into a v2 envelope."""
-    if isinstance(data, bytes | bytearray):
-        if len(data) > MAX_ENVELOPE_BYTES:
-            raise InvalidEnvelope("envelope too large")
-        try:
-            data = strict_loads(data)
-        except InvalidInput as exc:
-            raise InvalidEnvelope(exc.detail) from exc
-    try:
-        return EnvelopeV2.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidEnvelope(f"envelope does not match the schema: {first_error(exc)}") from exc
+    return parse_wire(EnvelopeV2, data)
 
 
 def verify_envelope_v2(
