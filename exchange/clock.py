@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 
 
@@ -13,3 +15,16 @@ def timestamp(when: dt.datetime | None = None) -> str:
     """RFC 3339 UTC with millisecond precision and a Z, as the wire models require."""
     when = when or utc_now()
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait until `event` is set or `seconds` have passed; whether it is set.
+
+    Loops that sleep this way must stay cancellable: on Python 3.11, `asyncio.wait_for` can swallow
+    a cancellation that arrives as the wait ends, and a loop that swallows one never stops (a node's
+    shutdown hangs). `asyncio.timeout` tells its own expiry from an outside cancellation.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    return event.is_set()

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from exchange.clock import wait_event
 from exchange.errors import ExchangeError, Forbidden
 from exchange.model import NodeId
 from exchange.service.channels import ChannelBook
@@ -64,8 +65,7 @@ class CatchUp:
                 log.exception("catch-up sweep failed; next sweep in %s s", self.interval)
             self.sweeps += 1
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+            await wait_event(self._wake, self.interval)
 
     async def sweep(self) -> int:
         """Pull every channel this node reads from each other member; return how many were new."""

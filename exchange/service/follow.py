@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, Iterator
 
 import sqlalchemy as sa
 
+from exchange.clock import wait_event
 from exchange.errors import RateLimited, Unavailable
 from exchange.service.listing import Filters, LinePage, Listing
 from exchange.service.users import User
@@ -48,8 +49,7 @@ class Follow:
         """Sleep up to `seconds`; Unavailable at once if the node stops meanwhile."""
         if self._closed.is_set():
             raise Unavailable("the node is stopping")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closed.wait(), seconds)
+        await wait_event(self._closed, seconds)
         if self._closed.is_set():
             raise Unavailable("the node is stopping")
 

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.audit import events as ev
-from exchange.clock import timestamp, utc_now
+from exchange.clock import timestamp, utc_now, wait_event
 from exchange.config import NodeConfig
 from exchange.errors import InvalidEnvelope, PeerError, PeerRefused
 from exchange.model import NodeId, Receipt
@@ -410,8 +410,7 @@ class Sender:
             },
         )
         self._contact.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._contact.wait(), delay)
+        await wait_event(self._contact, delay)
         self.status.backoff_until = None
 
     async def _send(self, batch: list[OutItem]) -> list[OutItem]:

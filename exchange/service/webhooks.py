@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 
 from exchange.audit import events as ev
-from exchange.clock import timestamp, utc_now
+from exchange.clock import timestamp, utc_now, wait_event
 from exchange.errors import InvalidInput, NotFound
 from exchange.service.access import Access
 from exchange.service.summaries import SUMMARY, summarised
@@ -218,8 +218,7 @@ class Webhooks:
                 await self.deliver_due()
             except Exception:  # a failed pass is logged; the next one tries again
                 log.exception("webhook delivery pass failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), INTERVAL)
+            await wait_event(self._wake, INTERVAL)
             self._wake.clear()
 
     async def deliver_due(self) -> int:

@@ -340,7 +340,8 @@ class AuditService:
             cp = await self.keeper.checkpoint_at(size)
             if not cp.witnesses:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.witness.request_cosignatures(cp), WITNESS_WAIT)
+                    async with asyncio.timeout(WITNESS_WAIT):
+                        await self.witness.request_cosignatures(cp)
                 evidence["checkpoint"] = (await self.keeper.checkpoint_at(cp.size)).full_note()
         return evidence
 
