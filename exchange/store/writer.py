@@ -219,8 +219,17 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
+        """A connection to read with; Unavailable (503, retryable) when every pooled connection is
+        taken for longer than the pool's timeout, as under a flood, rather than an internal error."""
+        conn = self.engine.connect()
+        try:
+            await conn.start()
+        except sa.exc.TimeoutError as exc:
+            raise Unavailable("the database is busy; try again shortly") from exc
+        try:
             yield conn
+        finally:
+            await conn.close()
 
     async def audit(self, entry: AuditEntry) -> None:
         """Append one audit entry on its own (for events that store nothing else)."""
