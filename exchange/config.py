@@ -72,6 +72,25 @@ class FederationConfig(BaseModel):
             raise ConfigError(f"{path}: {exc}") from exc
 
 
+class TlogWitnessConfig(BaseModel):
+    """A C2SP tlog-witness that this node's log asks to co-sign (docs/operations.md, "C2SP witnesses"):
+    its submission prefix (`<url>/add-checkpoint` is POSTed to) and its verifier key (type 0x04)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    url: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2048)]
+    vkey: Annotated[str, Field(min_length=1, max_length=512)]
+    ca_file: Path | None = None  # the witness's certificate authority, if not the system's
+
+
+class TlogLogConfig(BaseModel):
+    """A foreign C2SP log that this node witnesses: its checkpoints' origin line and its note verifier
+    key (type 0x01); the key name may differ from the origin (`go.sum database tree`, `sum.golang.org`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    origin: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\n]+$")]
+    vkey: Annotated[str, Field(min_length=1, max_length=512)]
+
+
 class NodeConfig(BaseModel):
     """Everything one node needs to run. Paths are absolute once loaded."""
 
@@ -94,12 +113,19 @@ class NodeConfig(BaseModel):
     request_timeout_seconds: float = 30.0
     catchup_interval_seconds: float = 300.0
     audit_checkpoint_seconds: float = 60.0
+    # Witnesses per log, chosen from the roster (docs/operations.md, "Witness sets"): a federation-wide
+    # setting, the same on every node, as each computes every log's witnesses from it.
+    audit_witnesses: Annotated[int, Field(ge=1, le=64)] = 5
     # Finished outbox rows (delivered, rejected, cancelled) are deleted this long after they finish
     # (docs/operations.md, "Retention"); the audit log keeps what was sent and delivered.
     outbox_retention_days: Annotated[float, Field(ge=0)] = 7.0
     # Worker processes that seal posts and check and open received envelopes, each holding the
     # node's private keys (docs/operations.md, "Crypto workers"); 0: all on the event loop.
     crypto_workers: Annotated[int, Field(ge=0, le=64)] = 1
+    # Announce that this node takes envelope v2 (docs/protocol.md, 15.12): channels whose readers
+    # all do are switched to channel epoch keys. False (the default in this release): partners
+    # keep sending it v1; it still accepts v2.
+    envelope_v2: bool = False
     # What one client may cost the node (docs/operations.md, "Limits, timeouts and sign-in").
     # Timeouts: a request's line and headers, from their first byte (or the connection's opening);
     # its body, in all and between two reads; an idle connection between two requests.
@@ -130,6 +156,10 @@ class NodeConfig(BaseModel):
     refusals_exact_per_address: Annotated[int, Field(ge=0)] = 10
     refusals_exact_total: Annotated[int, Field(ge=0)] = 100
     refusals_tracked_addresses: Annotated[int, Field(ge=1)] = 1000
+    # C2SP tlog-witness (docs/audit.md, section 4): witnesses this node's log pushes its checkpoints
+    # to, and foreign logs whose checkpoints this node co-signs at POST /c2sp/tlog-witness/add-checkpoint.
+    tlog_witnesses: tuple[TlogWitnessConfig, ...] = ()
+    tlog_logs: tuple[TlogLogConfig, ...] = ()
 
     @property
     def endpoint(self) -> str:

@@ -369,6 +369,16 @@ def _federation_paths() -> dict[str, Any]:
                 ],
             )
         },
+        "/fed/v1/epochs/support": {
+            "get": fed("This node takes envelope v2, and the wrap key it wants (protocol 15.12)", "EpochSupport")
+        },
+        "/fed/v1/channels/{channel}/epochs": {
+            "get": fed(
+                "A channel's epoch records after a number, and the history grants held for the asking member",
+                "EpochPage",
+                parameters=[CHANNEL, _param("after", "query", _int(-1), "the last epoch held (default -1)")],
+            )
+        },
         "/fed/v1/channels/{channel}/accept": {
             "post": fed(
                 "An invited node accepts; the owner orders its signed acceptance into the log",

@@ -23,6 +23,8 @@ from exchange.node.bodies import (
     NodeOnly,
     NodeRights,
 )
+from exchange.protocol.epoch_model import EnvelopeV2, EpochRecord, HistoryGrant
+from exchange.protocol.epoch_support import EpochSupport
 from exchange.service.batch import MAX_ITEMS as MAX_BATCH_ITEMS
 from exchange.service.ids import Matches
 from exchange.service.listing import LinePage
@@ -101,6 +103,10 @@ def components() -> dict[str, Any]:
         {
             "Bulletin": Bulletin,
             "Envelope": Envelope,
+            "EnvelopeV2": EnvelopeV2,
+            "EpochRecord": EpochRecord,
+            "HistoryGrant": HistoryGrant,
+            "EpochSupport": EpochSupport,
             "Receipt": Receipt,
             "ChannelEvent": ChannelEvent,
             "Acceptance": Acceptance,
@@ -254,7 +260,17 @@ def components() -> dict[str, Any]:
         ),
     )
     schemas["Witnessed"] = closed(
-        ["logs", "split_views"],
+        ["logs", "split_views", "c2sp_logs"],
+        c2sp_logs=array(
+            closed(
+                ["origin", "size", "root", "at", "note"],
+                origin={"type": "string", "description": "a foreign C2SP log this node co-signs (docs/audit.md, 4)"},
+                size={"type": "integer"},
+                root=B64,
+                at={"type": "string"},
+                note={"type": "string"},
+            )
+        ),
         logs=array(
             closed(
                 ["node", "size", "root", "at", "note"],
@@ -289,7 +305,7 @@ def components() -> dict[str, Any]:
     # -- federation
     batch = {
         "events": array(ref("ChannelEvent"), MAX_BATCH),
-        "envelopes": array(ref("Envelope"), MAX_BATCH),
+        "envelopes": array({"anyOf": [ref("Envelope"), ref("EnvelopeV2")]}, MAX_BATCH),
         "receipts": array(ref("Receipt"), MAX_BATCH),
     }
     schemas["Transaction"] = {
@@ -299,6 +315,13 @@ def components() -> dict[str, Any]:
     }
     schemas["TransactionReceipts"] = closed(["txn", "receipts"], txn={"type": "string"}, receipts=array(ref("Receipt")))
     schemas["ChannelEvents"] = closed(["events"], events=array(ref("ChannelEvent")))
+    schemas["EpochPage"] = closed(
+        ["epochs", "more", "grants", "support"],
+        epochs=array(ref("EpochRecord")),
+        more={"type": "boolean"},
+        grants=array(ref("HistoryGrant")),
+        support=array(ref("EpochSupport")),
+    )
     schemas["EnvelopePage"] = closed(
         ["items", "next", "more"],
         items=array(
@@ -308,7 +331,10 @@ def components() -> dict[str, Any]:
                 id=HEX64,
                 author=ID,
                 seq={"type": "integer"},
-                envelope={"anyOf": [ref("Envelope"), {"type": "null"}], "description": "null: not for you"},
+                envelope={
+                    "anyOf": [ref("Envelope"), ref("EnvelopeV2"), {"type": "null"}],
+                    "description": "null: not for you",
+                },
             )
         ),
         next={"type": "integer"},

@@ -151,12 +151,14 @@ def verify_envelope_v2(
     return bulletin_id_v2(h)
 
 
-def check_signature_v2(env: EnvelopeV2, fed: Federation) -> None:
-    """The author's roster key signed the header."""
+def check_signature_v2(env: EnvelopeV2, fed: Federation, *, stored: bool = False) -> None:
+    """The author's roster key signed the header; with `stored` (a row this node took in earlier,
+    checked again), a verify-only key or a departed author's key too (6a.7, 6a.13)."""
     h = env.header
-    if h.signer != fed.node(h.author).signing_kid:
+    key = fed.signing_key_of(h.author, h.signer, stored=stored)  # current or retiring (6a.13)
+    if key is None:
         raise InvalidEnvelope("envelope is not signed with the author's roster key")
-    fed.verify_key(h.author).verify(_b64(env.signature), signed_input_v2(h))
+    key.verify(_b64(env.signature), signed_input_v2(h))
 
 
 def check_epoch_of_state(

@@ -146,11 +146,10 @@ def parse_epoch(data: bytes | dict[str, Any]) -> EpochRecord:
 
 
 def _check_owner_signature(domain: str, signed: EpochRecord | HistoryGrant, fed: Federation) -> None:
-    if signed.signer != fed.node(signed.owner).signing_kid:
+    key = fed.signing_key_of(signed.owner, signed.signer)  # current or retiring (6a.13)
+    if key is None:
         raise EpochInvalid(f"the {domain} is not signed with the owner's roster key")
-    verify(
-        domain, signed.model_dump(mode="json", exclude={"signature"}), signed.signature, fed.verify_key(signed.owner)
-    )
+    verify(domain, signed.model_dump(mode="json", exclude={"signature"}), signed.signature, key)
 
 
 def _check_state(ref: StateRef, channel: str, owner: str, state: ChannelState) -> None:

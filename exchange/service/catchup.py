@@ -19,10 +19,12 @@ from exchange.clock import wait_event
 from exchange.errors import ExchangeError, Forbidden
 from exchange.model import NodeId
 from exchange.service.channels import ChannelBook
+from exchange.service.epoch_grants import granted_to, served_to
 from exchange.service.receiving import Receiving, Screened
 from exchange.service.records import save_cursor
 from exchange.service.transport import PeerTransport
 from exchange.store import AuditBuffer, Store, bulletins, cursors
+from exchange.store.workers import Role
 
 log = logging.getLogger("exchange.catchup")
 
@@ -58,14 +60,19 @@ class CatchUp:
 
     async def run(self) -> None:
         """The catch-up loop: a sweep that fails is logged, and the next one comes on time."""
-        while True:
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("catch-up sweep failed; next sweep in %s s", self.interval)
-            self.sweeps += 1
-            self._wake.clear()
-            await wait_event(self._wake, self.interval)
+        role = Role(self.store.engine, "catch-up")  # one worker sweeps (exchange.store.workers)
+        try:
+            while True:
+                try:
+                    if await role.held():
+                        await self.sweep()
+                except Exception:
+                    log.exception("catch-up sweep failed; next sweep in %s s", self.interval)
+                self.sweeps += 1
+                self._wake.clear()
+                await wait_event(self._wake, self.interval)
+        finally:
+            await role.release()
 
     async def sweep(self) -> int:
         """Pull every channel this node reads from each other member; return how many were new."""
@@ -89,6 +96,8 @@ class CatchUp:
         crypto workers, or here) while this one is stored. Pages are still stored
         in order, each with its cursor, so a failure anywhere resumes after the last stored page.
         """
+        if self.receiving.epochs is not None:  # epoch records and grants first: its v2 envelopes open
+            await self.receiving.epochs.pull_quietly(peer, channel)
         after = await self.cursor(peer, channel)
         fresh = 0
         ahead = asyncio.create_task(self._fetch(peer, channel, after))
@@ -165,6 +174,8 @@ class CatchUp:
                 break
         more = len(rows) == limit or cut < len(rows)
         rows = rows[:cut]
+        epochs = self.receiving.epochs  # v2: a grantee gets the envelopes of the epochs granted to it
+        granted = granted_to(epochs, peer, channel) if epochs is not None else frozenset()
         items = [
             b'{"n":%d,"id":"%s","author":"%s","seq":%d,"envelope":%s}'
             % (
@@ -172,7 +183,7 @@ class CatchUp:
                 r.id.encode(),
                 r.author.encode(),
                 r.seq,
-                bytes(r.envelope) if f" {peer} " in r.recipients else b"null",
+                bytes(r.envelope) if served_to(peer, r.recipients, bytes(r.envelope), granted) else b"null",
             )
             for r in rows
         ]

@@ -14,7 +14,7 @@ import datetime as dt
 import json
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,9 +28,12 @@ from exchange.model import Bulletin, BulletinId, ChannelId, NodeId
 from exchange.protocol.indicators import check_indicators
 from exchange.protocol.roster import Federation
 from exchange.service.access import Access
-from exchange.service.cryptopool import EnvelopeCrypto, SealJob
+from exchange.service.cryptopool import EnvelopeCrypto, Sealed, SealJob, seal_one
+from exchange.service.envelopes_v2 import seal_v2
+from exchange.service.epochs import EpochBook
 from exchange.service.inbox import Inbox
 from exchange.service.outbox import EnvelopeRef, Outbox, queued_row
+from exchange.service.sequence import next_seq
 from exchange.service.users import User
 from exchange.service.views import Posted
 from exchange.store import AuditBuffer, Store, bulletins, outbox, user_reads
@@ -93,6 +96,7 @@ class Posting:
         inbox: Inbox,
         out: Outbox,
         crypto: EnvelopeCrypto | None = None,
+        epochs: EpochBook | None = None,
     ) -> None:
         self.me = me
         self.store = store
@@ -102,6 +106,7 @@ class Posting:
         self.inbox = inbox
         self.outbox = out
         self.crypto = crypto or EnvelopeCrypto(me, keys, fed, 0)
+        self.epochs = epochs  # envelope v2 (docs/protocol.md, 15): None, v1 only
         self._seqs: dict[str, int] = {}
         self._seq_lock = asyncio.Lock()
         # (user, key) -> [lock, holders]: requests with the same key run one after the other here,
@@ -198,12 +203,22 @@ class Posting:
     ) -> Posted:
         state = self.access.require_postable(user, channel)
         readers = tuple((n, self._encryption_key(n).raw) for n in state.readers)
+        # v2 once the channel has an epoch for this state (every reader takes v2, 15.9), else v1.
+        epoch = await self.epochs.for_post(state) if self.epochs is not None else None
         seq = await self._next_seq(channel)
         now = timestamp()
-        # Sealed in a crypto worker process, or here; a bulky post (tens of milliseconds at the
-        # largest) in a thread, not on the event loop.
-        sealed = await self.crypto.seal(SealJob(bulletin, state, readers, seq, now), bulky=_bulky(bulletin))
-        bid, row = sealed.bid, sealed.row
+        # Several workers (.sequence): a small post is sealed once, in the writer, with the number the
+        # log's lock gives; a bulky one here with the number expected, and again there if it was taken.
+        sealed: Sealed | None = None
+        if self.store.shared and not _bulky(bulletin):
+            pass
+        elif epoch is not None:  # one HKDF and one AES-GCM pass, whatever the number of readers
+            sealed = seal_v2(bulletin, state, epoch, self.me, self.keys.signing, seq, now)
+        else:
+            # Sealed in a crypto worker process, or here; a bulky post (tens of milliseconds at
+            # the largest) in a thread, not on the event loop.
+            sealed = await self.crypto.seal(SealJob(bulletin, state, readers, seq, now), bulky=_bulky(bulletin))
+        bid, row = (sealed.bid, sealed.row) if sealed is not None else ("", {})
         dests: list[str] = [n for n in state.readers if n != self.me]
         recipients = [NodeId(d) for d in dests]
         posted = Posted(id=BulletinId(bid), channel=ChannelId(channel), seq=seq, recipients=recipients, created=now)
@@ -244,17 +259,31 @@ class Posting:
                 )
             )
 
-        if keyed is None:
+        if keyed is None and not self.store.shared:
             await self.store.insert(rows)
         else:
 
-            async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
-                # Expired keys go here, a few at a time, so the table holds one retention's worth.
-                cutoff = timestamp(utc_now() - KEY_RETENTION)
-                await conn.execute(sa.delete(idempotency_keys).where(idempotency_keys.c.created < cutoff))
+            async def job(conn: AsyncConnection, audit: AuditBuffer) -> Posted:
+                nonlocal seq, bid, row, posted  # `rows` reads them when it runs
+                if self.store.shared:  # several workers: the number the log's lock gives (.sequence)
+                    free = await next_seq(conn, self.me, channel)
+                    if free != seq or sealed is None:
+                        seq, self._seqs[channel] = free, max(free, self._seqs[channel])
+                        resealed = (
+                            seal_v2(bulletin, state, epoch, self.me, self.keys.signing, seq, now)
+                            if epoch is not None
+                            else seal_one(self.crypto.ctx, SealJob(bulletin, state, readers, seq, now))
+                        )
+                        bid, row = resealed.bid, resealed.row
+                        posted = replace(posted, id=BulletinId(bid), seq=seq)
+                if keyed is not None:
+                    # Expired keys go here, a few at a time, so the table holds one retention's worth.
+                    cutoff = timestamp(utc_now() - KEY_RETENTION)
+                    await conn.execute(sa.delete(idempotency_keys).where(idempotency_keys.c.created < cutoff))
                 rows(audit)
+                return posted
 
-            await self.store.write(job)
+            posted = await self.store.write(job)
         self.outbox.wake(dests)
         return posted
 

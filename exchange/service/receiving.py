@@ -28,6 +28,8 @@ from exchange.protocol.receipt import make_receipts, parse_receipt, signatures_n
 from exchange.protocol.roster import Federation
 from exchange.service.channels import ChannelBook
 from exchange.service.cryptopool import EnvelopeCrypto, Opening
+from exchange.service.envelopes_v2 import OpeningV2, check_v2, is_v2, screen_mixed
+from exchange.service.epochs import EpochBook
 from exchange.service.outbox import Outbox, ReceiptRef, queued_row
 from exchange.service.records import receipt_row, save_cursor
 from exchange.service.transport import PeerTransport
@@ -71,6 +73,7 @@ class Receiving:
         out: Outbox,
         transport: PeerTransport,
         crypto: EnvelopeCrypto | None = None,
+        epochs: EpochBook | None = None,
     ) -> None:
         self.me = me
         self.store = store
@@ -80,10 +83,11 @@ class Receiving:
         self.outbox = out
         self.transport = transport
         self.crypto = crypto or EnvelopeCrypto(me, keys, fed, 0)
+        self.epochs = epochs  # envelope v2 (docs/protocol.md, 15.8): None, v1 only
         # Each partner's last transaction, done when it is: the next one is applied after it.
         self._turns: dict[str, asyncio.Future[None]] = {}
 
-    async def check_stateful(self, o: Opening) -> Checked:
+    async def check_stateful(self, o: Opening, peer: str = "") -> Checked:
         """Apply every receiver rule to one screened envelope, in the protocol's order; the ones
         that need no channel state were applied by `EnvelopeCrypto.open`, which kept their
         outcomes apart for this.
@@ -92,6 +96,8 @@ class Receiving:
         catch-up, or to fill a gap) may come from any member, since the author's signature
         vouches for them.
         """
+        if isinstance(o, OpeningV2) and self.epochs is not None:  # v2: 15.8, with its epoch
+            return Checked(*await check_v2(o, self.me, peer, self.fed, self.channels, self.epochs))
         if o.refused is not None:
             raise o.refused
         assert o.header is not None and o.bid is not None  # an Opening that was not refused parsed
@@ -161,7 +167,7 @@ class Receiving:
             except ValueError as exc:
                 raise EnvelopeRejected([{"item": "event", "type": "InvalidInput", "detail": str(exc)[:300]}]) from exc
             try:
-                await self.channels.import_events(events)
+                await self.channels.import_events(events, source=peer)
             except PeerError:
                 raise
             except ExchangeError as exc:
@@ -189,6 +195,9 @@ class Receiving:
         the crypto workers (or here), and a look-up of what is held already. Catch-up screens its
         next page while it stores the last one (`unheld`: see `EnvelopeCrypto.open`)."""
         self.outbox.peer_seen(peer)
+        if self.epochs is not None and any(is_v2(raw) for raw in raws):  # v2 here, v1 in the workers
+            items, held = await screen_mixed(self.crypto, self.fed, raws, peer, relayed, self.held, unheld)
+            return Screened(peer, relayed, items, held)
         items, held = await self.crypto.open(raws, peer=peer, relayed=relayed, held=self.held, unheld=unheld)
         return Screened(peer, relayed, items, held)
 
@@ -203,7 +212,7 @@ class Receiving:
                 checked.append(Checked(o.header, o.bid, None))
                 continue
             try:
-                checked.append(await self.check_stateful(o))
+                checked.append(await self.check_stateful(o, peer))
             except PeerError:
                 raise  # retryable (503): the sender keeps the batch and tries again
             except ExchangeError as exc:

@@ -85,6 +85,15 @@ outbox = sa.Table(
     sa.Index("ix_outbox_done", "state", "done_at"),
 )
 
+# Which worker process sends to a destination, until when (exchange.store.workers); PostgreSQL only.
+outbox_leases = sa.Table(
+    "outbox_leases",
+    metadata,
+    sa.Column("dest", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(64), nullable=False),
+    sa.Column("expires", sa.DateTime(timezone=True), nullable=False),
+)
+
 channel_events = sa.Table(
     "channel_events",
     metadata,
@@ -231,6 +240,19 @@ audit_split_views = sa.Table(
     sa.UniqueConstraint("node", "shown_hash", name="uq_split_view"),
 )
 
+# exchange.service.audit.tlog_witnessing: the latest checkpoint of each foreign C2SP log this node
+# co-signed as a tlog-witness (docs/audit.md, section 4); updated by compare-and-swap on size and
+# root, so two concurrent requests cannot both advance it (revision 0008).
+tlog_witnessed = sa.Table(
+    "tlog_witnessed",
+    metadata,
+    sa.Column("origin", sa.String(255), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("root", sa.LargeBinary, nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("at", sa.String(32), nullable=False),
+)
+
 # exchange.service.federation: every roster v2 version this node accepted (docs/protocol.md, 6a), as
 # the canonical JSON of the signed roster; the highest version is the one the node holds, and a node
 # never goes back below it, across restarts too. Rows are only added (revision 0004).
@@ -262,4 +284,52 @@ webhooks = sa.Table(
     sa.Column("last_error", sa.String(300), nullable=True),
     sa.Column("delivered", sa.BigInteger, nullable=False, server_default="0"),
     sa.Index("ix_webhooks_channel", "channel"),
+)
+
+# exchange.service.epochs: envelope v2 (docs/protocol.md, 15), revision 0006. Epoch records and
+# history grants as received (JCS), served to members that missed them; the epoch keys this node
+# opened (via "wrap": its own wrap, or "grant"), kept like `bulletins.content`, so that stored v2
+# bulletins stay readable after its own encryption key changes; each partner's signed announcement
+# that it takes v2 envelopes (15.12).
+channel_epochs = sa.Table(
+    "channel_epochs",
+    metadata,
+    sa.Column("channel", sa.String(64), primary_key=True),
+    sa.Column("n", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("state_pos", sa.Integer, nullable=False),
+    sa.Column("record", sa.LargeBinary, nullable=False),
+    sa.Column("stored_at", sa.String(32), nullable=False),
+    sa.UniqueConstraint("hash", name="uq_channel_epochs_hash"),
+)
+
+epoch_grants = sa.Table(
+    "epoch_grants",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("channel", sa.String(64), nullable=False),
+    sa.Column("node", sa.String(64), nullable=False),
+    sa.Column("state_pos", sa.Integer, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("grant", sa.LargeBinary, nullable=False),
+    sa.Column("stored_at", sa.String(32), nullable=False),
+    sa.UniqueConstraint("hash", name="uq_epoch_grants_hash"),
+    sa.Index("ix_epoch_grants_node", "channel", "node"),
+)
+
+epoch_keys = sa.Table(
+    "epoch_keys",
+    metadata,
+    sa.Column("channel", sa.String(64), primary_key=True),
+    sa.Column("n", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("key", sa.LargeBinary, nullable=False),
+    sa.Column("via", sa.String(8), nullable=False),
+)
+
+epoch_support = sa.Table(
+    "epoch_support",
+    metadata,
+    sa.Column("node", sa.String(64), primary_key=True),
+    sa.Column("announcement", sa.LargeBinary, nullable=False),
+    sa.Column("fetched_at", sa.String(32), nullable=False),
 )

@@ -1,0 +1,141 @@
+"""History grants on a node (docs/protocol.md, 15.7): the owner wraps earlier epoch keys for a
+member the channel granted its history, and the grantee checks, opens and keeps them.
+
+The owner makes a grant when the grantee first asks it for epochs after the `grant-history`
+event (it holds every epoch key: it is a reader of every epoch); the grantee then catches up the
+bulletins of those epochs from any member, which hands it the v2 envelopes of the epochs it was
+granted (`served_to`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from exchange.clock import timestamp
+from exchange.crypto import EpochKey, sha256
+from exchange.errors import EpochInvalid, NotFound
+from exchange.protocol.channel import ChannelState
+from exchange.protocol.epoch import make_grant, open_grant, parse_grant, verify_grant
+from exchange.protocol.epoch_model import MAX_GRANT_EPOCHS, EpochRecord, HistoryGrant
+from exchange.store import AuditBuffer, cursors
+from exchange.store.tables import epoch_grants, epoch_keys
+
+if TYPE_CHECKING:
+    from exchange.service.epochs import EpochBook
+
+log = logging.getLogger("exchange.epochs")
+
+# The epoch a stored v2 envelope is under: its JCS header holds `"epoch":{"hash":"<hex>","n":...}`,
+# and nothing before it can hold a brace or a quote (base64url ciphertext, then sorted members).
+_EPOCH_OF = re.compile(rb'"epoch":\{"hash":"([0-9a-f]{64})"')
+
+
+def grant_hash(grant: HistoryGrant) -> str:
+    return sha256(grant.model_dump_json().encode()).hex()
+
+
+def served_to(peer: str, recipients: str, wire: bytes, granted: frozenset[str]) -> bool:
+    """Whether catch-up hands `peer` this stored envelope: it is a recipient (v1) or a reader of
+    its epoch (v2), or it holds a grant of the v2 envelope's epoch."""
+    if f" {peer} " in recipients:
+        return True
+    if not granted:
+        return False
+    found = _EPOCH_OF.search(wire)
+    return found is not None and found.group(1).decode() in granted
+
+
+def granted_to(book: EpochBook, peer: str, channel: str) -> frozenset[str]:
+    """The hashes of the epochs of `channel` that `peer` holds a grant of, as far as this node knows."""
+    return frozenset(e.hash for g in book.grants.get(channel, []) if g.node == peer for e in g.epochs)
+
+
+async def ensure_grant(book: EpochBook, state: ChannelState, peer: str) -> None:
+    """As owner: grant `peer` (granted the history in `state`) every earlier epoch it has no key of."""
+    if peer not in state.history_grants or "read" not in state.rights(peer):
+        return
+    if await book.support_of(peer) is None:
+        return
+    have = {e.n for g in book.grants.get(state.channel, []) if g.node == peer for e in g.epochs}
+    wanted: list[tuple[EpochRecord, EpochKey]] = []
+    for record in book.records(state.channel):
+        key = book.key(state.channel, record.n)
+        if record.wrap_for(peer) is None and record.n not in have and record.state.pos <= state.pos and key:
+            wanted.append((record, key))
+    for i in range(0, len(wanted), MAX_GRANT_EPOCHS):
+        grant = make_grant(
+            state,
+            node=peer,
+            key=book.wrap_key(peer),
+            epochs=wanted[i : i + MAX_GRANT_EPOCHS],
+            owner_key=book.keys.signing,
+            created=timestamp(),
+        )
+        await _store(book, grant, {})
+        log.info("%s: granted %s %d epochs of %s", book.me, peer, len(grant.epochs), state.channel)
+
+
+async def accept_grants(book: EpochBook, channel: str, raws: Sequence[Any]) -> int:
+    """Check grants addressed to this node (15.7) and keep them with the keys they open."""
+    fresh = 0
+    known = {grant_hash(g) for g in book.grants.get(channel, [])}
+    for raw in raws:
+        grant = parse_grant(raw)
+        if grant.channel != channel or grant.node != book.me:
+            raise EpochInvalid("a history grant of another channel or for another node")
+        if grant_hash(grant) in known:
+            continue
+        try:
+            state = await book.channels.ensure(channel, grant.state)
+        except NotFound as exc:
+            raise EpochInvalid(f"the grant cites an unknown channel state: {exc.detail}") from exc
+        ids = await book.wrap_key_ids([grant.node], strict=True)
+        if ids is None:
+            raise EpochInvalid("a history grant for a node that takes no v2")
+        held = {r.n: r for r in book.records(channel)}
+        verify_grant(grant, book.fed, state, ids, held)
+        keys = open_grant(grant, held, book.me, book.unwrap_key(grant.kid))  # DecryptionFailed: not kept
+        await _store(book, grant, keys)
+        known.add(grant_hash(grant))
+        fresh += 1
+    return fresh
+
+
+async def _store(book: EpochBook, grant: HistoryGrant, keys: dict[int, EpochKey]) -> None:
+    now = timestamp()
+    wire = grant.model_dump_json().encode()
+    new_keys = {n: k for n, k in keys.items() if book.key(grant.channel, n) is None}
+
+    async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+        await conn.execute(
+            sa.insert(epoch_grants).values(
+                channel=grant.channel,
+                node=grant.node,
+                state_pos=grant.state.pos,
+                hash=grant_hash(grant),
+                grant=wire,
+                stored_at=now,
+            )
+        )
+        if new_keys:
+            await conn.execute(
+                sa.insert(epoch_keys),
+                [
+                    {"channel": grant.channel, "n": n, "key": k.secret_bytes(), "via": "grant"}
+                    for n, k in new_keys.items()
+                ],
+            )
+            # Catch-up passed these epochs' envelopes by as not ours: pull the channel again from
+            # the start (what is held is skipped by id).
+            await conn.execute(sa.delete(cursors).where(cursors.c.channel == grant.channel))
+
+    await book.store.write(job)
+    book.grants.setdefault(grant.channel, []).append(grant)
+    for n, k in new_keys.items():
+        book.remember_key(grant.channel, n, k)

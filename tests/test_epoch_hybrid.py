@@ -1,0 +1,52 @@
+"""Must-show 5 of issue 13: a channel that mixes a node with a hybrid (ML-KEM-768 + X25519) wrap
+key and X25519-only nodes delivers to all of them, and the stored epoch shows the hybrid wrap."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from exchange.crypto import b64e
+from exchange.crypto.content import os_random
+from exchange.crypto.epoch import SUITE_X25519, SUITE_XWING, WRAP_SIZES, HybridDecryptionKey, hybrid_supported
+from exchange.service.epoch_keyfile import HYBRID_KEY_FILE
+from exchange.store.tables import channel_epochs
+from tests.conftest import MakeFederation
+from tests.test_epoch_delivery import C2C, THREE, V2, arrives, post, reads, stored_envelope
+
+pytestmark = pytest.mark.skipif(not hybrid_supported(), reason="this cryptography cannot do ML-KEM-768 + X25519 HPKE")
+
+
+async def test_a_channel_mixing_a_hybrid_node_and_x25519_nodes_delivers_to_both(
+    make_federation: MakeFederation,
+) -> None:
+    fed = await make_federation(nodes=THREE, channels=[C2C], options=V2, start=False)
+    hybrid = HybridDecryptionKey.generate(os_random)
+    (fed["ke-customs"].config.keys_dir / HYBRID_KEY_FILE).write_text(b64e(hybrid.private_bytes()) + "\n")
+    for n in fed.members:
+        await fed.start(n)
+    nl, ke, de = fed["nl-customs"], fed["ke-customs"], fed["de-customs"]
+    sent = await post(nl, "to a hybrid and two classic readers")
+    for member in (ke, de):
+        await arrives(member, sent["id"])
+        assert (await reads(member, sent["id"]))["bulletin"]["title"] == "to a hybrid and two classic readers"
+    env = await stored_envelope(ke, sent["id"])
+    assert env is not None and env["header"]["v"] == 2
+    # The epoch record as every node stores it: ke's wrap is hybrid, for its announced key.
+    for member in (nl, ke, de):
+        async with member.service.store.read() as conn:
+            raw = await conn.scalar(sa.select(channel_epochs.c.record).where(channel_epochs.c.n == 0))
+        wraps = {w["node"]: w for w in json.loads(bytes(raw))["wraps"]}
+        assert wraps["ke-customs"]["suite"] == SUITE_XWING and wraps["ke-customs"]["kid"] == hybrid.kid
+        assert {wraps[n]["suite"] for n in ("nl-customs", "de-customs")} == {SUITE_X25519}
+    record = ke.service.epochs.record("c2c", 0)
+    assert record is not None
+    wrap = record.wrap_for("ke-customs")
+    assert wrap is not None and len(wrap.wrap) * 3 // 4 >= WRAP_SIZES[SUITE_XWING] - 2
+    # And the hybrid node posts back to the classic ones.
+    back = await post(ke, "from the hybrid node")
+    for member in (nl, de):
+        await arrives(member, back["id"])
+        assert (await reads(member, back["id"]))["bulletin"]["title"] == "from the hybrid node"
