@@ -22,6 +22,7 @@ from exchange.cli.ids import resolve_id, short
 from exchange.cli.options import as_json, emit, node_file, run_async, token_opt, user_opt
 from exchange.cli.output import console, one_line_errors, user_errors
 from exchange.cli.roster import node_init, roster, roster_warning
+from exchange.cli.rotation import node_rotate
 from exchange.cli.users import users
 from exchange.cli.webhooks import webhooks
 from exchange.config import FederationConfig, NodeConfig
@@ -82,7 +83,7 @@ def federation_init(folder: Path) -> None:
         click.echo(f"created {line}")
 
 
-async def _serve(configs: list[NodeConfig]) -> None:
+async def _serve(configs: list[NodeConfig], *, reuse_port: bool = False) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -94,7 +95,7 @@ async def _serve(configs: list[NodeConfig]) -> None:
     running: list[RunningNode] = []
     try:
         for cfg in configs:
-            running.append(await start_node(cfg))
+            running.append(await start_node(cfg, reuse_port=reuse_port))
             click.echo(f"{cfg.id:<12} {cfg.endpoint}  ({cfg.name})")
         click.echo("ready; Ctrl-C to stop", err=True)
         await stop.wait()
@@ -125,10 +126,31 @@ def node() -> None:
 
 @node.command("run")
 @click.argument("node_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Processes sharing the port and the PostgreSQL database (docs/operations.md, Workers).",
+)
+@click.option("--worker", "as_worker", is_flag=True, hidden=True, help="One of --workers' processes.")
 @user_errors
-def node_run(node_path: Path) -> None:
+def node_run(node_path: Path, workers: int, as_worker: bool) -> None:
     """Run one node until Ctrl-C or SIGTERM."""
-    run_async(_serve([NodeConfig.load(node_path)]))
+    cfg = NodeConfig.load(node_path)
+    if workers > 1:
+        from exchange.app import local_users
+        from exchange.cli.workers import Supervisor, check_workers
+
+        check_workers(cfg, workers)
+
+        async def prepare() -> None:
+            async with local_users(cfg):  # opens the database once: an empty one gets its schema here
+                pass
+
+        run_async(prepare())
+        raise SystemExit(Supervisor(node_path, cfg, workers).run())
+    run_async(_serve([cfg], reuse_port=as_worker))
 
 
 # -- users ----------------------------------------------------------------------------------
@@ -420,6 +442,7 @@ cli.add_command(db)
 cli.add_command(export)
 cli.add_command(roster)
 node.add_command(node_init)
+node.add_command(node_rotate)
 cli.add_command(users)
 cli.add_command(webhooks)
 

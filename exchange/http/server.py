@@ -335,10 +335,12 @@ class GuardedSite(web.BaseSite):
         guard: ConnectionGuard,
         ssl_context: ssl.SSLContext | None = None,
         backlog: int = 128,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
         self._site_runner = runner
         self._host, self._port, self._tls, self._queue = host, port, ssl_context, backlog
+        self._reuse_port = reuse_port  # several worker processes on one port (SO_REUSEPORT)
         self.guard = guard
 
     @property
@@ -366,7 +368,9 @@ class GuardedSite(web.BaseSite):
         tls: dict[str, Any] = {}
         if self._tls is not None:
             tls = {"ssl": self._tls, "ssl_handshake_timeout": limits.header_timeout, "ssl_shutdown_timeout": 5.0}
-        self._server = await loop.create_server(connection, self._host, self._port, backlog=self._queue, **tls)
+        self._server = await loop.create_server(
+            connection, self._host, self._port, backlog=self._queue, reuse_port=self._reuse_port or None, **tls
+        )
 
 
 __all__ = ["ConnectionGuard", "GuardedHandler", "GuardedSite", "Refused", "ServerLimits", "raw_problem"]

@@ -17,22 +17,27 @@ from exchange.crypto import SigningKey, canonical_json, strict_loads
 from exchange.errors import (
     Conflict,
     Forbidden,
+    HandoverRefused,
     InvalidEnvelope,
     InvalidInput,
     NotFound,
+    OwnerRevoked,
     PeerError,
     PeerRefused,
     StateUnavailable,
 )
 from exchange.model import Acceptance, ChannelEvent, NodeId, StateRef
 from exchange.protocol.channel import ChannelState, apply_event, event_hash, sign_acceptance, sign_event
+from exchange.protocol.handover import revoked_as_of, successor
 from exchange.protocol.roster import Federation
+from exchange.protocol.rosterchain import TrustedRoster
 from exchange.service.outbox import EventRef
 from exchange.service.transport import PeerTransport
 from exchange.service.users import User
 from exchange.store import AuditBuffer, Store, bulletins, channel_events, outbox
 
 Wake = Callable[[Sequence[str]], None]  # new outbox items for these destinations
+Held = Callable[[], TrustedRoster | None]  # the roster v2 version this node holds now, if any
 RETRYABLE_REFUSALS = frozenset({408, 425, 429})  # 4xx that mean "not now" rather than "never"
 
 
@@ -40,10 +45,18 @@ class ChannelBook:
     """Channel logs held by one node, with the rules for changing and sharing them."""
 
     def __init__(
-        self, me: NodeId, fed: Federation, key: SigningKey, store: Store, transport: PeerTransport, wake: Wake
+        self,
+        me: NodeId,
+        fed: Federation,
+        key: SigningKey,
+        store: Store,
+        transport: PeerTransport,
+        wake: Wake,
+        held: Held = lambda: None,
     ) -> None:
         self.me = me
         self.fed = fed
+        self.held = held
         self.key = key
         self.store = store
         self.transport = transport
@@ -62,9 +75,26 @@ class ChannelBook:
             for (raw,) in rows:
                 self._append(ChannelEvent.model_validate(strict_loads(raw)))
 
+    async def refresh(self, channel: str | None = None) -> int:
+        """Take in the events of `channel` (None: of every channel) that another worker process
+        stored since (exchange.service.worker_sync); how many."""
+        query = sa.select(channel_events.c.channel, channel_events.c.pos, channel_events.c.event)
+        async with self._lock:
+            if channel is not None:
+                query = query.where(
+                    channel_events.c.channel == channel, channel_events.c.pos >= len(self._events.get(channel, []))
+                )
+            async with self.store.read() as conn:
+                rows = (await conn.execute(query.order_by(channel_events.c.channel, channel_events.c.pos))).all()
+            before = sum(map(len, self._events.values()))
+            for name, pos, raw in rows:
+                if pos == len(self._events.get(name, [])):
+                    self._append(ChannelEvent.model_validate(strict_loads(raw)))
+            return sum(map(len, self._events.values())) - before
+
     def _append(self, event: ChannelEvent) -> ChannelState:
         history = self._states.get(event.channel, [])
-        state = apply_event(history[-1] if history else None, event, self.fed)
+        state = apply_event(history[-1] if history else None, event, self.fed, self.held())
         self._states[event.channel] = [*history, state]
         self._events.setdefault(event.channel, []).append(event)
         return state
@@ -95,10 +125,13 @@ class ChannelBook:
 
     # -- learning from other nodes ----------------------------------------------------------
 
-    async def import_events(self, events: Sequence[ChannelEvent]) -> int:
+    async def import_events(self, events: Sequence[ChannelEvent], source: NodeId | None = None) -> int:
         """Verify events against the logs held here and keep the new ones; return how many.
 
-        An event past a gap makes us fetch the missing part from the channel's owner first.
+        An event past a gap makes us fetch the missing part from the channel's owner first. A new
+        event by an owner that the held roster no longer lists as active is taken only as history
+        below a handover (docs/protocol.md, 7.5): fetched from `source` (the partner that sent
+        it) if the handover did not come with it, else OwnerRevoked.
         """
         fresh: list[tuple[ChannelEvent, ChannelState]] = []
         async with self._lock, self._undo_on_error():
@@ -110,10 +143,44 @@ class ChannelBook:
                     continue
                 if event.pos > len(known):
                     await self._fetch_missing(event.owner, event.channel, len(known) - 1, event.pos - 1, fresh)
-                fresh.append((event, self._append(event)))
+                try:
+                    fresh.append((event, self._append(event)))
+                except HandoverRefused:
+                    self._roster_for(event)
+                    raise
+            await self._require_handover(fresh, source)
             if fresh:
                 await self._persist(fresh, queue=False)
         return len(fresh)
+
+    def _roster_for(self, event: ChannelEvent) -> None:
+        """A handover refused for citing a roster version newer than the held one (7.5 rule 3) is
+        judged again once that version is here: StateUnavailable (503), which its sender retries
+        while gossip (6a.11) brings the version, rather than a refusal the sender would give up on."""
+        held = self.held()
+        if event.change.type == "handover" and held is not None and event.change.roster > held.version:
+            raise StateUnavailable(
+                f"channel {event.channel!r}: the handover cites roster version {event.change.roster}, "
+                f"this node holds {held.version}: retry once it holds that version"
+            )
+
+    async def _require_handover(self, fresh: list[tuple[ChannelEvent, ChannelState]], source: NodeId | None) -> None:
+        """7.5: every new event of an owner that is not active in the held roster lies below a handover."""
+        held = self.held()
+        if held is None:
+            return
+        for channel in sorted({e.channel for e, _ in fresh}):
+            stale = [e for e, _ in fresh if e.channel == channel and held.node(e.owner).status != "active"]
+            if not stale or self.state(channel).owner != stale[-1].owner:
+                continue
+            if source is not None and source != stale[-1].owner:
+                with contextlib.suppress(StateUnavailable, InvalidEnvelope):
+                    await self._fetch_missing(source, channel, self.state(channel).pos, None, fresh)
+            if self.state(channel).owner == stale[-1].owner:
+                raise OwnerRevoked(
+                    f"channel {channel!r}: event {stale[-1].pos} is signed by its owner {stale[-1].owner}, "
+                    f"{held.node(stale[-1].owner).status} in roster version {held.version}, and no handover follows it"
+                )
 
     async def import_provisioned(self, logs: Sequence[Sequence[ChannelEvent]]) -> None:
         """Channel logs provisioned by `federation init`: keep those that name this node."""
@@ -139,8 +206,10 @@ class ChannelBook:
             raise
 
     async def _fetch_missing(
-        self, owner: str, channel: str, after: int, upto: int, fresh: list[tuple[ChannelEvent, ChannelState]]
+        self, owner: str, channel: str, after: int, upto: int | None, fresh: list[tuple[ChannelEvent, ChannelState]]
     ) -> None:
+        """Fetch and apply positions `after` + 1 to `upto` (None: all it has) of a log from `owner`,
+        the node that orders it now (or a partner that claims to hold more of it)."""
         try:
             raw = await self.transport.fetch(NodeId(owner), f"/fed/v1/channels/{channel}/events?after={after}")
         except PeerRefused as exc:
@@ -155,12 +224,12 @@ class ChannelBook:
             got = [ChannelEvent.model_validate(e) for e in raw["events"]]
         except (ValueError, TypeError, KeyError) as exc:
             raise StateUnavailable(f"channel {channel!r}: owner {owner} sent a malformed log") from exc
-        for event in got:
-            if event.owner != owner or event.channel != channel:
+        for event in got:  # the owner of an event is checked by the log (a handover changes it)
+            if event.channel != channel:
                 raise InvalidInput("the owner sent events of another channel")
-            if event.pos == len(self._events.get(channel, [])) and event.pos <= upto:
+            if event.pos == len(self._events.get(channel, [])) and (upto is None or event.pos <= upto):
                 fresh.append((event, self._append(event)))
-        if len(self._events.get(channel, [])) <= upto:
+        if upto is not None and len(self._events.get(channel, [])) <= upto:
             raise InvalidInput(f"channel {channel!r}: its owner {owner} has no position {upto}")
 
     async def ensure(self, channel: str, ref: StateRef) -> ChannelState:
@@ -288,6 +357,33 @@ class ChannelBook:
                 state = self._append(event)
                 await self._persist([(event, state)], queue=True)
             return state
+
+    async def hand_over(self, channel: str) -> ChannelState:
+        """As the successor of a revoked owner, take the channel over (docs/protocol.md, 7.5): sign
+        the `handover` that continues its log. HandoverRefused if this node is not the successor."""
+        held = self.held()
+        async with self._lock:
+            current = self.state(channel)
+            event = sign_event(
+                channel=channel,
+                owner=self.me,
+                pos=current.pos + 1,
+                prev=current.hash,
+                at=timestamp(),
+                change={"type": "handover", "node": current.owner, "roster": held.version if held else 1},
+                key=self.key,
+            )
+            async with self._undo_on_error():
+                state = self._append(event)  # apply_event checks every rule of 7.5 first
+                await self._persist([(event, state)], queue=True)
+            return state
+
+    def successor_of(self, state: ChannelState) -> NodeId | None:
+        """Who takes `state`'s channel over under the held roster: None while its owner is not revoked."""
+        held = self.held()
+        if held is None or state.closed or not revoked_as_of(held, state.owner, held.version):
+            return None
+        return successor(state.owner, state.members, held, held.version)
 
     # -- joining ----------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from exchange.errors import InvalidEnvelope, PeerError, PeerRefused
 from exchange.model import NodeId, Receipt
 from exchange.protocol.receipt import parse_receipt, signatures_needed, verify_receipts
 from exchange.protocol.roster import Federation
+from exchange.service.leases import Leases
 from exchange.service.records import receipt_row
 from exchange.service.transport import PeerTransport
 from exchange.store import AuditBuffer, Store, bulletins, channel_events, outbox, receipts
@@ -165,6 +166,7 @@ class Outbox:
         self.fed = fed
         self.transport = transport
         self.senders = {n.id: Sender(self, NodeId(n.id)) for n in fed.roster.nodes if n.id != config.id}
+        self.leases = Leases(store)  # several workers: one sends to a partner at a time
 
     # -- waking the loops -------------------------------------------------------------------
 
@@ -255,6 +257,7 @@ class Outbox:
             verify_receipts(checked, self.fed)
 
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> int:
+            await self.leases.check(conn, dest)
             existing = set(
                 await conn.scalars(
                     sa.select(receipts.c.bulletin_id).where(
@@ -285,6 +288,7 @@ class Outbox:
             return
 
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+            await self.leases.check(conn, dest)
             ns = [i.n for i in envelopes]
             fresh = set(await conn.scalars(sa.select(outbox.c.n).where(outbox.c.n.in_(ns), outbox.c.sent_at.is_(None))))
             if not fresh:
@@ -303,6 +307,7 @@ class Outbox:
         """The destination refused this item for good: stop sending it, and audit why."""
 
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+            await self.leases.check(conn, dest)
             await conn.execute(sa.update(outbox).where(outbox.c.n == item.n).values(state="rejected", detail=detail))
             audit.add(
                 ev.SendRefused(
@@ -357,10 +362,13 @@ class Sender:
                 batch, ahead = ahead, []
                 if not batch:
                     await self._drain()  # what is in flight, before the queue is read afresh
+                    if not await self.outbox.leases.claim(self.peer):  # another worker sends to it
+                        await self.outbox.leases.idle(self._work)
+                        continue
                     batch = await self._next_batch()
                     if not batch:
                         self.status.queued = 0
-                        await self._work.wait()
+                        await self.outbox.leases.idle(self._work)  # or a poll, shared by workers
                         continue
                     await self.outbox.mark_sent(self.peer, batch, transaction_id([i.key for i in batch]))
                 ahead = await self._send(batch)

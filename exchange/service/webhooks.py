@@ -40,6 +40,7 @@ from exchange.service.users import User
 from exchange.service.views import View
 from exchange.store import Store, bulletins
 from exchange.store.tables import webhooks
+from exchange.store.workers import Role
 
 log = logging.getLogger("exchange.webhooks")
 
@@ -213,13 +214,18 @@ class Webhooks:
             self._task = None
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.deliver_due()
-            except Exception:  # a failed pass is logged; the next one tries again
-                log.exception("webhook delivery pass failed")
-            await wait_event(self._wake, INTERVAL)
-            self._wake.clear()
+        role = Role(self.store.engine, "webhooks")  # one worker delivers (exchange.store.workers)
+        try:
+            while True:
+                try:
+                    if await role.held():
+                        await self.deliver_due()
+                except Exception:  # a failed pass is logged; the next one tries again
+                    log.exception("webhook delivery pass failed")
+                await wait_event(self._wake, INTERVAL)
+                self._wake.clear()
+        finally:
+            await role.release()
 
     async def deliver_due(self) -> int:
         """One pass: each webhook that is not backing off gets what came after its cursor."""

@@ -19,10 +19,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exchange.audit.events import AuditEntry
+from exchange.clock import wait_event
 from exchange.crypto import canonical_json
 from exchange.errors import ConfigError, Unavailable
 from exchange.merkle import leaf_hash
-from exchange.store import schema
+from exchange.store import schema, workers
 from exchange.store.engine import make_engine, reason
 from exchange.store.tables import audit_log
 
@@ -92,6 +93,9 @@ class Store:
         self._audit_size = 0
         self._closed = False
         self.audit_appended = asyncio.Event()
+        # PostgreSQL may be shared by several worker processes (exchange.store.workers): each
+        # transaction then takes the log's lock and the log's end from the table.
+        self.shared = engine.dialect.name == "postgresql"
 
     @classmethod
     async def open(cls, url: str, *, node: str | None = None) -> Store:
@@ -121,6 +125,24 @@ class Store:
     @property
     def audit_size(self) -> int:
         return self._audit_size
+
+    async def appended(self, event: asyncio.Event) -> None:
+        """Wait for `event` (an `audit_appended`); shared by workers, for at most POLL_SECONDS,
+        since other workers' commits set no event here."""
+        if not self.shared:
+            await event.wait()
+            return
+        await wait_event(event, workers.POLL_SECONDS)
+
+    async def refresh_audit_size(self) -> None:
+        """Shared by workers: take the end of the log as the table has it now (other workers append)."""
+        if self.shared:
+            async with self.engine.connect() as conn:
+                size = await workers.log_end(conn)
+            if size > self._audit_size:
+                self._audit_size = size
+                self.audit_appended.set()
+                self.audit_appended = asyncio.Event()
 
     async def close(self) -> None:
         self._closed = True
@@ -196,6 +218,8 @@ class Store:
         buffer = AuditBuffer(self._audit_size)
         results: list[Any] = [None] * len(batch)
         async with self.engine.begin() as conn:
+            if self.shared:  # indices (and sequence numbers) in commit order, across workers
+                buffer.next_idx = await workers.lock_log(conn)
             # The jobs that read nothing go first, so that all their rows share one executemany per
             # table. Any order of a batch is a valid one: every caller waits for its own job, so no
             # job in a batch can depend on another.
@@ -209,8 +233,9 @@ class Store:
             await buffer.flush(conn)
             if buffer.rows:
                 await conn.execute(sa.insert(audit_log), buffer.rows)
-        self._audit_size += len(buffer.rows)
-        if buffer.rows:
+        moved = buffer.next_idx != self._audit_size
+        self._audit_size = buffer.next_idx + len(buffer.rows)
+        if buffer.rows or moved:
             self.audit_appended.set()
             self.audit_appended = asyncio.Event()
         for pending, result in zip(batch, results, strict=True):

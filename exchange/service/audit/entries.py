@@ -203,6 +203,7 @@ class LogEntries:
         # Every checkpoint, read before the size: each covers entries committed before it was read,
         # so one larger than the table tells the verifier that signed entries are missing.
         signed = await keeper.checkpoints()
+        await self.store.refresh_audit_size()  # other workers' entries too (exchange.store.workers)
         size = self.store.audit_size
         yield header_record(keeper.me, keeper.origin, keeper.signed_roster, at=timestamp(), complete=True, size=size)
         for cp in signed:
@@ -225,6 +226,7 @@ class LogEntries:
             yield b"".join([record_line(record) + b"\n" async for record in records])
             return
         signed = await keeper.checkpoints()  # before the size, as in `export`
+        await self.store.refresh_audit_size()
         size = self.store.audit_size
         header = header_record(keeper.me, keeper.origin, keeper.signed_roster, at=timestamp(), complete=True, size=size)
         yield json.dumps(header, separators=(",", ":")).encode() + b"\n"

@@ -31,6 +31,7 @@ from exchange.audit.keeper import (
     shorter_than_signed,
     unsigned_entry_problem,
 )
+from exchange.audit.logkeys import key_that_signed
 from exchange.audit.tree import TreeLevels, consistency_path, inclusion_path
 from exchange.clock import timestamp
 from exchange.crypto import SigningKey, VerifyKey
@@ -85,7 +86,7 @@ class LogKeeper:
         self.origin = log_origin(me)
         self.store = store
         self.signed_roster = signed_roster
-        self._key = key
+        self._key, self._own = key, [key.verify_key]  # _own: keys its checkpoints may carry (use_key)
         self._witnesses = dict(witnesses or {})
         self._frontier = Frontier()
         self._levels: TreeLevels | None = None
@@ -95,6 +96,10 @@ class LogKeeper:
         self._sign_lock = asyncio.Lock()
         self._follower: asyncio.Task[None] | None = None
         self._reported: str | None = None
+
+    def use_key(self, key: SigningKey, former: Sequence[VerifyKey] = ()) -> None:
+        """Sign with `key` from now on; `former`: earlier keys of this node (docs/protocol.md 6a.13)."""
+        self._key, self._own = key, [key.verify_key, *former]
 
     def set_witnesses(self, witnesses: Mapping[str, VerifyKey]) -> None:
         """The roster changed: the witness keys a checkpoint's cosignatures are checked with from now on."""
@@ -158,7 +163,7 @@ class LogKeeper:
                     "indices: restore the audit_log table from a backup"
                 )
             try:
-                cp, _ = open_checkpoint(latest.note, self._key.verify_key, self.origin)
+                cp, _ = open_checkpoint(latest.note, key_that_signed(latest.note, self.origin, self._own), self.origin)
             except (InvalidInput, BadSignature) as exc:
                 raise AuditTampered(
                     f"this node's stored checkpoint of size {latest.size} does not verify with its own key "
@@ -191,9 +196,10 @@ class LogKeeper:
             found = [(await self._cosigned(conn, row), as_bytes(row.frontier)) for row in await conn.execute(query)]
         for stored, blob in found:
             try:
-                _, note = open_checkpoint(stored.full_note(), self._key.verify_key, self.origin)
+                own = key_that_signed(stored.note, self.origin, self._own)
+                _, note = open_checkpoint(stored.full_note(), own, self.origin)
                 if cosignatures(note, self._witnesses):
-                    return resumed_frontier(stored.note, blob, self._key.verify_key, self.origin)
+                    return resumed_frontier(stored.note, blob, own, self.origin)
             except (InvalidInput, BadSignature, ValueError):
                 continue
         return Frontier()
@@ -272,7 +278,7 @@ class LogKeeper:
                 log.exception("%s: the audit keeper could not read the log; retrying", self.me)
                 await asyncio.sleep(FOLLOW_RETRY_SECONDS)
                 continue
-            await appended.wait()
+            await self.store.appended(appended)  # or, shared by workers, a poll of the table
 
     def _report(self, exc: AuditTampered) -> None:
         if exc.detail != self._reported:  # once per distinct problem, not once per commit
@@ -281,6 +287,7 @@ class LogKeeper:
 
     async def catch_up(self, upto: int | None = None) -> int:
         """Take in the entries the writer has committed since; return how many."""
+        await self.store.refresh_audit_size()  # other workers' entries too (exchange.store.workers)
         async with self._lock:
             target = self.store.audit_size if upto is None else min(upto, self.store.audit_size)
             start = self._frontier.size
@@ -298,6 +305,8 @@ class LogKeeper:
         """The subtree levels for proofs, once built (see `_build_tree`). A build that failed to
         read is tried again by the next caller; one that found the table changed is not."""
         if self._levels is not None:
+            if self.store.shared:  # another worker's checkpoint may cover entries not taken in yet
+                await self.catch_up()
             return self._levels
         task = self._building
         if task is None or (task.done() and (task.cancelled() or not isinstance(task.exception(), AuditTampered))):
@@ -418,8 +427,8 @@ class LogKeeper:
     async def checkpoint(self) -> StoredCheckpoint | None:
         """Sign a checkpoint of everything committed so far, unless the latest one already covers it."""
         async with self._sign_lock:
+            latest = await self.latest()  # first: another worker's is then covered by what is caught up
             await self.catch_up()
-            latest = await self.latest()
             # No await between reading size, root and hashes: they must describe one tree.
             size, root, hashes = self._frontier.size, self._frontier.root(), self._frontier.hashes
             if size == 0:
@@ -434,6 +443,9 @@ class LogKeeper:
             at = timestamp()
 
             async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+                where = audit_checkpoints.c.size == size  # another worker's of this size: the same note
+                if self.store.shared and await conn.scalar(sa.select(audit_checkpoints.c.size).where(where)):
+                    return
                 await conn.execute(
                     sa.insert(audit_checkpoints).values(
                         size=size, root=root, note=note, frontier=b"".join(hashes), at=at

@@ -1,0 +1,83 @@
+"""What a worker process learns from the others over one PostgreSQL database (LISTEN/NOTIFY).
+
+The triggers of migration 0007 notify, at commit, every item queued for a partner, every channel
+event and every audit entry (exchange.store.workers). Each worker follows them here:
+
+- items queued for a partner wake this worker's sender to it, which sends them if this worker
+  holds the partner's lease (exchange.service.leases);
+- a channel event another worker stored is taken into this worker's channel states;
+- audit entries move this worker's end of the log, so its keeper takes them in.
+
+No broker: the database delivers them. A notification lost with its connection is made good when
+the connection is opened again (every channel re-read, every sender woken), and the pollers of
+the outbox and the audit keeper (`POLL_SECONDS`) catch anything else. The roster version held
+follows the table through the gossip loop's reload. On SQLite there is one process: nothing here
+runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from exchange.service.channels import ChannelBook
+from exchange.service.outbox import Outbox
+from exchange.store import Store
+from exchange.store.workers import AUDIT, CHANNELS, OUTBOX, Changes
+
+log = logging.getLogger("exchange.workers")
+
+
+class WorkerSync:
+    """This worker's caches, kept up with what the other workers commit."""
+
+    def __init__(self, store: Store, outbox: Outbox, channels: ChannelBook) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.channels = channels
+        self.changes = Changes(store.engine)
+        self.changes.on(OUTBOX, lambda dest: outbox.wake([dest]))
+        self.changes.on(CHANNELS, lambda channel: self._once(f"channel:{channel}", lambda: channels.refresh(channel)))
+        self.changes.on(AUDIT, lambda _: self._once("audit", store.refresh_audit_size))
+        self.changes.on_reconnect(self._everything)
+        self._running: dict[str, asyncio.Task[object]] = {}
+        self._again: set[str] = set()
+
+    def start(self) -> None:
+        if self.store.shared:
+            self.changes.start()
+
+    async def close(self) -> None:
+        await self.changes.close()
+        for task in list(self._running.values()):
+            task.cancel()
+        self._running.clear()
+
+    def _everything(self) -> None:
+        self.outbox.wake(list(self.outbox.senders))
+        self._once("channels", lambda: self.channels.refresh())
+        self._once("audit", self.store.refresh_audit_size)
+
+    def _once(self, key: str, work: Callable[[], Awaitable[object]]) -> None:
+        """Run `work`; if it is running already, once more after it (a burst of notifications
+        is one re-read, and none is missed)."""
+        if key in self._running:
+            self._again.add(key)
+            return
+
+        async def run() -> object:
+            while True:
+                self._again.discard(key)
+                try:
+                    await work()
+                except Exception:  # the next notification, or the pollers, try again
+                    log.exception("following another worker's commit (%s) failed", key)
+                if key not in self._again:
+                    return None
+
+        task = self._running[key] = asyncio.create_task(run(), name=f"worker-sync-{key}")
+        task.add_done_callback(lambda _: self._running.pop(key, None))
+
+
+__all__ = ["WorkerSync"]
