@@ -1,5 +1,5 @@
-"""The C2SP tlog-witness text protocol (exchange.audit.tlog_witness), both ways (issue 16, must-show 2
-in part: the codec and the witness's rules, not yet wired into a running node).
+"""The C2SP tlog-witness text protocol (exchange.audit.tlog_witness), both ways (issue 16, must-show 2:
+the codec and the witness's rules; with a running node over TLS: tests/test_tlog_witness_e2e.py).
 
 - A witness written in this test from the C2SP text alone (tests/conformance/kit: no `exchange`
   import) cosigns the checkpoints of nl-customs's log from tests/vectors/audit-v1.json, sent as

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
@@ -14,7 +14,11 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from exchange.errors import BadSignature, ConfigError
+from exchange.errors import BadSignature, ConfigError, SmallOrderKey
+
+# A fixed X25519 scalar: clamped, it is a multiple of 8, so its product with any point of small
+# order is the identity, whose shared secret `cryptography` refuses as all zeros (RFC 7748, 6.1).
+_ORDER_PROBE = x25519.X25519PrivateKey.from_private_bytes(hashlib.sha256(b"exchange-v1/small-order probe").digest())
 
 
 def key_id(alg: str, public: bytes) -> str:
@@ -82,6 +86,14 @@ class EncryptionKey:
         self.raw = raw
         self.kid = key_id(self.alg, raw)
 
+    def check_order(self, whose: str = "an X25519 key") -> None:
+        """None, or SmallOrderKey if this key is of small order (every shared secret with it is
+        zero, RFC 7748 section 6.1: nothing can be sealed for it). `whose` names it in the error."""
+        try:
+            _ORDER_PROBE.exchange(self.key)
+        except ValueError as exc:
+            raise SmallOrderKey(f"{whose} is an X25519 key of small order (RFC 7748, 6.1)") from exc
+
 
 class DecryptionKey:
     """An X25519 private key that opens HPKE-wrapped content keys."""
@@ -106,12 +118,43 @@ def _private_raw(key: ed25519.Ed25519PrivateKey | x25519.X25519PrivateKey) -> by
     return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
 
-@dataclass(frozen=True)
 class NodeKeys:
-    """The application keys of one node: a signing key and an HPKE decryption key."""
+    """The application keys of one node: a signing key and an HPKE decryption key, and the
+    decryption keys it had before (after a rotation, what was wrapped for them still opens).
 
-    signing: SigningKey
-    decryption: DecryptionKey
+    A running node holds one NodeKeys that its parts read through; when it takes a roster version
+    that lists new keys of its own, `install` swaps what it holds in one assignment, as the
+    roster's `Federation` does, so a reader sees the old keys or the new ones, never a mix.
+    """
+
+    __slots__ = ("_held",)
+
+    def __init__(self, signing: SigningKey, decryption: DecryptionKey, former: Sequence[DecryptionKey] = ()) -> None:
+        self._held = (signing, decryption, {k.kid: k for k in (*former, decryption)})
+
+    @property
+    def signing(self) -> SigningKey:
+        return self._held[0]
+
+    @property
+    def decryption(self) -> DecryptionKey:
+        return self._held[1]
+
+    @property
+    def former(self) -> tuple[DecryptionKey, ...]:
+        """The decryption keys held besides the current one."""
+        return tuple(k for kid, k in self._held[2].items() if kid != self.decryption.kid)
+
+    def decryption_for(self, kid: str) -> DecryptionKey | None:
+        """The decryption key `kid` if this node holds it (current or former), else None."""
+        return self._held[2].get(kid)
+
+    def install(self, other: NodeKeys) -> None:
+        """Hold what `other` holds from now on (this node's keys after a rotation)."""
+        self._held = other._held
+
+    def __repr__(self) -> str:
+        return f"NodeKeys(signing={self.signing.kid}, decryption={self.decryption.kid}, former={len(self.former)})"
 
     @classmethod
     def generate(cls) -> NodeKeys:

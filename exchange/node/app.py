@@ -13,7 +13,7 @@ from exchange.errors import ExchangeError
 from exchange.http.appkeys import PEER, SERVICE, USER
 from exchange.http.limits import RETRY_AFTER
 from exchange.http.problem import from_error, problem
-from exchange.node import audit_api, client_api, federation_api, metrics_api, taxii_api
+from exchange.node import audit_api, client_api, epoch_api, federation_api, metrics_api, taxii_api, tlog_api
 
 log = logging.getLogger("exchange.node")
 
@@ -70,8 +70,10 @@ def api_application() -> web.Application:
     )
     app[metrics_api.HTTP_FIGURES] = metrics_api.HttpFigures()
     app.add_routes(federation_api.routes())
+    app.add_routes(epoch_api.routes())
     app.add_routes(client_api.routes())
     app.add_routes(audit_api.routes())
     app.add_routes(taxii_api.routes())
     app.add_routes(metrics_api.routes())
+    app.add_routes(tlog_api.routes())
     return app

@@ -194,6 +194,8 @@ def verify_join_request(request: JoinRequest) -> None:
             raise InvalidInput(f"join request of {body.id}: its {key.use} key does not parse") from exc
         if kid != key.kid:
             raise InvalidInput(f"join request of {body.id}: {key.use} key {key.kid} has kid {kid}")
+        if key.use == "encryption":  # SmallOrderKey: an authority must not list it (6, step 3)
+            EncryptionKey(b64d(key.key)).check_order(f"join request of {body.id}: its encryption key")
     signing = next(k for k in body.keys if k.use == "signing")
     try:
         VerifyKey(b64d(signing.key)).verify(b64d(request.signature), signing_input_prefix(JOIN_DOMAIN) + body.canonical)
