@@ -18,7 +18,8 @@ Phases, and where each figure comes from:
           scrapes of GET /metrics at every node (the `admin` token), --window seconds apart:
           witnessing requests per minute per node = the growth of exchange_http_requests_total
           for the witness routes (/fed/v1/audit/cosign, /fed/v1/audit/checkpoint,
-          /fed/v1/audit/cosignatures: requests each node answered) over the window; every other
+          /fed/v1/audit/cosignatures: requests each node answered; each log has audit_witnesses
+          designated witnesses, docs/audit.md section 12) over the window; every other
           /fed route likewise; CPU of the worker processes over the window (/proc, their child
           processes included); memory: each worker's VmRSS / its nodes (and the growth over its
           RSS before it started a node), and process_resident_memory_bytes from /metrics (one
@@ -476,6 +477,7 @@ async def run_one(n: int, args: argparse.Namespace) -> Result:
         fed = Fed(n, folder, configs, channels)
         say(
             f"N={n}: audit_checkpoint_seconds {configs[node_id(0)].audit_checkpoint_seconds:g} (the node's default), "
+            f"audit_witnesses {configs[node_id(0)].audit_witnesses} (witnesses per log), "
             f"crypto_workers {args.crypto_workers}, {len(channels)} channels, {-(-n // args.per_process)} workers"
         )
         from exchange.keystore import read_file
@@ -541,6 +543,7 @@ async def measure(fed: Fed, counts: Counts, args: argparse.Namespace, res: Resul
     per_node, routes = request_rates(m0, m1, (w1 - w0) / 60)
     f["witness_per_node_min"] = statistics.mean(per_node)
     f["witness_max_node_min"] = max(per_node)
+    k = next(iter(fed.configs.values())).audit_witnesses  # witnesses per log (docs/audit.md, section 12)
     f["idle_cpu_per_node"] = (c1 - c0) / (w1 - w0) / n  # cores
     idle_cpu_rate, idle_lo_rate = (c1 - c0) / (w1 - w0), (lo1 - lo0) / (w1 - w0)
     rss = {pid: rss_bytes(pid) for pid in fed.pids}
@@ -554,8 +557,9 @@ async def measure(fed: Fed, counts: Counts, args: argparse.Namespace, res: Resul
     f["prom_rss_per_node_mb"] = sum(prom) / n / MB
     say(
         f"N={n} idle, {w1 - w0:.0f} s: witnessing {f['witness_per_node_min']:.1f} requests/min answered per node "
-        f"(max {f['witness_max_node_min']:.0f}; 3 x (N-1) = {3 * (n - 1)} if every partner pushes, pulls and returns "
-        f"each minute); idle CPU {f['idle_cpu_per_node'] * 1e3:.1f} ms/s per node"
+        f"(max {f['witness_max_node_min']:.0f}; at most 3 x min(k, N-1) = {3 * min(k, n - 1)} on average with "
+        f"k = {k} witnesses per log, against 3 x (N-1) = {3 * (n - 1)} if every partner witnessed every partner); "
+        f"idle CPU {f['idle_cpu_per_node'] * 1e3:.1f} ms/s per node"
     )
     print(f"  requests/min per node, by route: {routes}")
     say(

@@ -23,6 +23,7 @@ import itertools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
@@ -35,6 +36,8 @@ from exchange.audit.checkpoint import (
     open_checkpoint,
     witness_name,
 )
+from exchange.audit.logkeys import key_that_signed
+from exchange.audit.witness_sets import QuorumCount
 from exchange.crypto import VerifyKey, b64d
 from exchange.errors import AuditTampered, BadEntry, BadSignature, ConfigError, InvalidInput
 from exchange.merkle import (
@@ -54,15 +57,26 @@ RUN_MIN, RUN_MAX = 16, 4096  # lines `BundleCheck.feed_lines` tries to take as o
 
 
 class KeyRing:
-    """The Ed25519 key of each roster node, as the signer of its own log and as a witness."""
+    """The Ed25519 key of each roster node, as the signer of its own log and as a witness; and the
+    keys of C2SP witnesses outside the roster (by key name) that a node's configuration names."""
 
-    def __init__(self, keys: Mapping[str, VerifyKey]) -> None:
+    def __init__(self, keys: Mapping[str, VerifyKey], c2sp: Mapping[str, VerifyKey] | None = None) -> None:
         self._keys = dict(keys)
+        self._c2sp = {name: key for name, key in (c2sp or {}).items() if not name.startswith(WITNESS_PREFIX)}
+
+    _former: Mapping[str, Sequence[VerifyKey]] = MappingProxyType({})  # a node's former signing keys
 
     @classmethod
-    def from_federation(cls, fed: Federation) -> KeyRing:
-        """Keys of a roster whose authority signature was checked."""
-        return cls({n: fed.verify_key(n) for n in fed.node_ids})
+    def from_federation(cls, fed: Federation, c2sp: Mapping[str, VerifyKey] | None = None) -> KeyRing:
+        """Keys of a roster whose authority signature was checked (and configured C2SP witnesses),
+        with each node's former signing keys that its roster v2 version lists (6a.13)."""
+        ring = cls({n: fed.verify_key(n) for n in fed.node_ids}, c2sp)
+        ring._former = {n: fed.signing_keys(n)[1:] for n in fed.node_ids}
+        return ring
+
+    def log_key_for(self, node: str, note_text: str) -> VerifyKey:
+        """The key of `node` that signed checkpoint `note_text`: its current one or a former one."""
+        return key_that_signed(note_text, log_origin(node), [self.log_key(node), *self._former.get(node, ())])
 
     @classmethod
     def from_roster(cls, roster: Roster) -> KeyRing:
@@ -77,8 +91,8 @@ class KeyRing:
             raise AuditTampered(f"{node!r} is not in the roster, so its log cannot be checked") from None
 
     def witnesses(self, log_node: str) -> dict[str, VerifyKey]:
-        """Witness key name -> key, for every node but the log's own."""
-        return {witness_name(n): k for n, k in self._keys.items() if n != log_node}
+        """Witness key name -> key, for every node but the log's own, and the C2SP witnesses."""
+        return {**self._c2sp, **{witness_name(n): k for n, k in self._keys.items() if n != log_node}}
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,7 @@ class LogReport:
     checkpoints: tuple[CheckpointInfo, ...]
     tail: int = 0  # entries after the latest checkpoint, covered by no signature yet
     warnings: tuple[str, ...] = ()
+    quorum: QuorumCount | None = None  # the latest checkpoint's cosigners by the quorum policy
 
     @property
     def latest(self) -> CheckpointInfo | None:
@@ -125,6 +140,7 @@ class LogVerifier:
         self.node = node
         self.origin = log_origin(node)
         self._log_key = keys.log_key(node)
+        self._ring = keys
         self._witnesses = keys.witnesses(node)
         self._checkpoints: list[CheckpointInfo] = []
         self._consistent: set[tuple[int, int]] = set()
@@ -133,6 +149,11 @@ class LogVerifier:
         self._mismatch: BadEntry | None = None
         self._mode: str | None = None  # "complete" (every entry) or "proven" (entries with proofs)
         self._proven = 0
+
+    @property
+    def keys(self) -> KeyRing:
+        """The keys it checks with (the quorum policy takes the roster's nodes from them)."""
+        return self._ring
 
     @property
     def checkpoints(self) -> tuple[CheckpointInfo, ...]:
@@ -154,7 +175,7 @@ class LogVerifier:
         if self._mode is not None:
             raise InvalidInput("checkpoints must come before the entries")
         try:
-            cp, note = open_checkpoint(note_text, self._log_key, self.origin)
+            cp, note = open_checkpoint(note_text, self._ring.log_key_for(self.node, note_text), self.origin)
         except BadSignature as exc:
             raise AuditTampered(f"a checkpoint is not validly signed by {self.node}: {exc.detail}") from exc
         except InvalidInput as exc:

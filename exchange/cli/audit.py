@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -16,16 +16,20 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from exchange.audit import quorum as policy
 from exchange.audit.log import BundleCheck, KeyRing, LogReport
+from exchange.audit.tlog_witness import WITNESS_KEY_TYPE, parse_verifier_key
 from exchange.audit.trace import GAP, NONE, OK, REFUSED, Step, Trace, assemble
 from exchange.cli.client import ApiError, Target, call
 from exchange.cli.ids import resolve_id
 from exchange.cli.output import console, err_console, user_errors
+from exchange.cli.quorum import by_whom, finish_with_quorum, trace_designated, witnesses_per_log
 from exchange.config import NodeConfig
 from exchange.crypto import b64e
 from exchange.errors import AuditTampered, BadEntry, ExchangeError, PeerError
 from exchange.keystore import load_authority_public, load_federation
 from exchange.node.tls import client_context
+from exchange.protocol.roster import Federation
 
 Progressed = Callable[[int], None]  # called with the number of entries checked so far
 PROGRESS_FROM = 10_000  # entries: smaller logs verify too fast for a progress bar to help
@@ -33,8 +37,29 @@ READ_SIZE = 1 << 20  # bytes read at a time from an export, as it streams in or 
 
 
 def keys_of(node_path: Path) -> KeyRing:
-    """The roster keys, from the node's own roster file checked against the federation authority."""
-    return KeyRing.from_federation(load_federation(NodeConfig.load(node_path)))
+    """The roster keys, from the node's own roster file checked against the federation authority,
+    and the keys of the C2SP witnesses the node file configures (their cosignatures count too)."""
+    config = NodeConfig.load(node_path)
+    vkeys = (parse_verifier_key(w.vkey, WITNESS_KEY_TYPE) for w in config.tlog_witnesses)
+    c2sp = {vkey.name: vkey.key for vkey in vkeys}
+    return KeyRing.from_federation(_held_view(config) or load_federation(config), c2sp)
+
+
+def _held_view(config: NodeConfig) -> Federation | None:
+    """The roster v2 version the node holds, as its wiring runs on it (each node's keys across
+    rotations, docs/protocol.md 6a.13); None if it holds none or its database is not reachable
+    from here (then its v1 roster file is what the keys come from)."""
+    from exchange.app import local_roster  # the composition root opens the database
+
+    async def held() -> Federation | None:
+        async with local_roster(config) as roster:
+            return roster.view()
+
+    try:
+        view: Federation | None = asyncio.run(held())
+    except (ExchangeError, OSError):
+        return None
+    return view
 
 
 async def stream_lines(target: Target, path: str) -> AsyncIterator[list[bytes]]:
@@ -100,10 +125,12 @@ async def verify_node(
     fresh: bool = True,
     witness: bool = True,
     quorum: int = 0,
+    witnesses: int | None = None,
     progress: Progressed | None = None,
     on_header: Callable[[int], None] | None = None,
 ) -> LogReport:
     """Verify a live node's log through its API: sign a fresh checkpoint, then check a full export.
+    With `witnesses` (per log), `quorum` counts the log's designated witnesses only (exchange.audit.quorum).
 
     Raises AuditTampered (BadEntry names the first bad entry) if the log does not verify.
     """
@@ -116,7 +143,7 @@ async def verify_node(
     check = BundleCheck(keys=keys)
     async for lines in stream_lines(target, "/api/v1/audit/export"):
         _feed(check, lines, progress, on_header)
-    report = check.finish(quorum=quorum)
+    report = finish_with_quorum(check, quorum, witnesses)
     return replace(report, warnings=(*report.warnings, *warnings))
 
 
@@ -126,15 +153,16 @@ def verify_bundle(
     *,
     authority: Path | None = None,
     quorum: int = 0,
+    witnesses: int | None = None,
     progress: Progressed | None = None,
     on_header: Callable[[int], None] | None = None,
 ) -> LogReport:
-    """Verify an export bundle file offline."""
+    """Verify an export bundle file offline (`quorum` and `witnesses` as for `verify_node`)."""
     check = BundleCheck(keys=keys, authority=load_authority_public(authority) if authority else None)
     with path.open("rb") as fh:
         for lines in read_lines(fh):
             _feed(check, lines, progress, on_header)
-    return check.finish(quorum=quorum)
+    return finish_with_quorum(check, quorum, witnesses)
 
 
 def report_json(report: LogReport) -> dict[str, Any]:
@@ -154,6 +182,13 @@ def report_json(report: LogReport) -> dict[str, Any]:
         "latest_witnessed": cp(report.latest_witnessed),
         "tail": report.tail,
         "warnings": list(report.warnings),
+        "quorum": None
+        if report.quorum is None
+        else {
+            "designated": list(report.quorum.designated),
+            "counted": list(report.quorum.counted),
+            "not_designated": list(report.quorum.not_designated),
+        },
     }
 
 
@@ -166,7 +201,7 @@ def render_report(report: LogReport) -> None:
     if latest is None:
         console.print("  checkpoints  none: nothing signed yet, so nothing above proves who wrote this log")
     else:
-        by = ", ".join(latest.witnesses) or "no witness yet"
+        by = by_whom(latest.witnesses, report.quorum.designated if report.quorum else None)
         console.print(
             f"  checkpoints  {len(report.checkpoints)} signed; latest of size {latest.size}, co-signed by {by}"
         )
@@ -248,7 +283,8 @@ def _need_node(node_path: Path | None) -> Path:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Federation authority public key that must sign the bundle's roster (offline, without --node).",
 )
-@click.option("--quorum", default=0, show_default=True, help="Cosignatures the latest checkpoint must carry.")
+@click.option("--quorum", default=0, show_default=True, help="Cosignatures by designated witnesses the log needs.")
+@click.option("--witnesses", "per_log", type=int, help="Witnesses per log (default: the node file's, else 5).")
 @click.option(
     "--fresh/--no-fresh", default=True, show_default=True, help="Live: have the node sign a checkpoint first."
 )
@@ -262,6 +298,7 @@ def audit_verify(
     bundle: Path | None,
     authority: Path | None,
     quorum: int,
+    per_log: int | None,
     fresh: bool,
     witness: bool,
     user: str,
@@ -269,12 +306,15 @@ def audit_verify(
     as_json: bool,
 ) -> None:
     """Recompute the log's tree; check entry order, leaf hashes, checkpoint signatures, cosignatures
-    and consistency. Exits 1 and names the first bad entry if it does not verify."""
+    and consistency; with --quorum, count the log's designated witnesses only. Exits 1 and names the
+    first bad entry if it does not verify."""
+    k = witnesses_per_log(node_path, per_log)
+    policy.check_policy(quorum, k)
     if bundle is not None:
         keys = keys_of(node_path) if node_path is not None else None
         _run_verify(
             lambda progress, on_header: verify_bundle(
-                bundle, keys, authority=authority, quorum=quorum, progress=progress, on_header=on_header
+                bundle, keys, authority=authority, quorum=quorum, witnesses=k, progress=progress, on_header=on_header
             ),
             as_json,
         )
@@ -284,7 +324,14 @@ def audit_verify(
     _run_verify(
         lambda progress, on_header: asyncio.run(
             verify_node(
-                target, keys, fresh=fresh, witness=witness, quorum=quorum, progress=progress, on_header=on_header
+                target,
+                keys,
+                fresh=fresh,
+                witness=witness,
+                quorum=quorum,
+                witnesses=k,
+                progress=progress,
+                on_header=on_header,
             )
         ),
         as_json,
@@ -353,8 +400,9 @@ def _cell(step: Step) -> str:
     return _MARK.get(step.status, step.status) + when
 
 
-def render_trace(trace: Trace) -> None:
-    """A chain of custody as a table, with its gaps and each node's evidence."""
+def render_trace(trace: Trace, designated: Mapping[str, tuple[str, ...]] | None = None) -> None:
+    """A chain of custody as a table, with its gaps and each node's evidence (and, given each log's
+    `designated` witnesses, which of its cosigners are)."""
     others = ", ".join(r for r in trace.recipients if r != trace.author)
     console.print(f"bulletin [bold]{trace.bulletin}[/bold] in channel {trace.channel}, by {trace.author}, to {others}")
     console.print(f"  posted at {trace.author}: {_cell(trace.posted)}  {trace.posted.detail}", highlight=False)
@@ -371,13 +419,13 @@ def render_trace(trace: Trace) -> None:
             mark = "[bold red]INVALID[/bold red]" if ev.invalid else "[yellow]unchecked[/yellow]"
             console.print(f"  {mark} {ev.node}: {ev.error}", highlight=False)
         elif ev.checkpoint is not None:
-            by = ", ".join(ev.checkpoint.witnesses) or "no witness yet"
+            by = by_whom(ev.checkpoint.witnesses, designated.get(ev.node) if designated is not None else None)
             proven = f"{len(ev.entries)} entries proven in its checkpoint {ev.checkpoint.size}"
             console.print(f"  {ev.node}: {proven} (co-signed by {by})")
 
 
-def trace_json(trace: Trace) -> dict[str, Any]:
-    """A chain of custody as JSON."""
+def trace_json(trace: Trace, designated: Mapping[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
+    """A chain of custody as JSON (with each log's `designated` witnesses, if given)."""
 
     def step(s: Step) -> dict[str, Any]:
         return {"kind": s.kind, "node": s.node, "status": s.status, "detail": s.detail, "at": s.at, "idx": s.idx}
@@ -395,6 +443,7 @@ def trace_json(trace: Trace) -> dict[str, Any]:
                 "entries": len(e.entries),
                 "checkpoint": e.checkpoint.size if e.checkpoint else None,
                 "witnesses": list(e.checkpoint.witnesses) if e.checkpoint else [],
+                "designated_witnesses": None if designated is None else list(designated.get(e.node, ())),
                 "error": e.error,
                 "invalid": e.invalid,
             }
@@ -428,11 +477,13 @@ def audit_trace(
     fails verification.
     """
     node = _need_node(node_path)
-    trace = asyncio.run(trace_bulletin(Target.from_node(node, user, token), keys_of(node), bulletin_id))
+    keys = keys_of(node)
+    trace = asyncio.run(trace_bulletin(Target.from_node(node, user, token), keys, bulletin_id))
+    designated = trace_designated(trace, keys, witnesses_per_log(node, None))
     if as_json:
-        click.echo(json.dumps(trace_json(trace), indent=2))
+        click.echo(json.dumps(trace_json(trace, designated), indent=2))
     else:
-        render_trace(trace)
+        render_trace(trace, designated)
     if trace.invalid:
         sys.exit(1)
     if strict and trace.gaps:

@@ -146,7 +146,7 @@ async def metrics(request: web.Request) -> web.Response:
     user = await current_user(request)
     user.require("admin")
     service = request.app[SERVICE]
-    snapshot = await service.metrics.snapshot(service.partners())
+    snapshot = await service.metrics.snapshot(service.audit.witness.my_witnesses())  # per designated witness
     registry = CollectorRegistry()
     registry.register(_Snapshot(snapshot))
     body = generate_latest(registry) + generate_latest(request.app[HTTP_FIGURES].registry)

@@ -18,7 +18,6 @@ from typing import Any
 from aiohttp import web
 
 from exchange.audit import events as kinds
-from exchange.audit.log import KeyRing
 from exchange.audit.trace import GAP, NONE, OK, REFUSED, Step, Trace, assemble
 from exchange.errors import InvalidInput, NotFound
 from exchange.http.appkeys import SERVICE
@@ -273,7 +272,7 @@ async def checkpoints_page(request: web.Request) -> web.StreamResponse:
     service, audit = request.app[SERVICE], _audit(request)
     recent = await audit.recent_checkpoints(20)
     latest = recent[0] if recent else None
-    partners = sorted({n for s in service.channels.all() for n in s.members} - {service.me})
+    partners = service.audit.witness.my_witnesses()  # our log's designated witnesses (docs/audit.md, 12)
     verified = audit.check_checkpoint(latest) if latest is not None else None
     # What sign_checkpoint's redirect says the witnesses answered is shown only where the latest
     # checkpoint's verified cosignatures agree: a link cannot make the page claim a cosignature.
@@ -374,7 +373,7 @@ async def trace_page(request: web.Request) -> web.StreamResponse:
         raise InvalidInput(N_("a bulletin id is 64 lowercase hexadecimal characters"))
     audit = _audit(request)
     collected = await audit.trace(bid, session.user.name)
-    trace = assemble(collected.to_json(), KeyRing.from_federation(service.fed))
+    trace = assemble(collected.to_json(), service.audit.keyring())  # C2SP witnesses' keys too
     lanes, rows = timeline(trace, language(request))
     details = step_details(trace, language(request))
     return render(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -29,14 +30,15 @@ from exchange.audit.events import (
     NodeStarted,
     NodeStopped,
 )
-from exchange.audit.keeper import BundleRecord, EvidenceJSON, StoredCheckpoint, as_bytes
+from exchange.audit.keeper import BundleRecord, EvidenceJSON, StoredCheckpoint
 from exchange.audit.log import KeyRing, LogVerifier
 from exchange.audit.witness import CHECKPOINT_INTERVAL
+from exchange.audit.witness_sets import DEFAULT_WITNESSES
 from exchange.clock import timestamp
-from exchange.crypto import SigningKey, canonical_json, sha256
+from exchange.config import TlogLogConfig, TlogWitnessConfig
+from exchange.crypto import SigningKey, b64e, canonical_json, sha256
 from exchange.errors import (
     AuditTampered,
-    BulletinUnverified,
     ExchangeError,
     Forbidden,
     InvalidInput,
@@ -44,11 +46,13 @@ from exchange.errors import (
     StateUnavailable,
 )
 from exchange.merkle import leaf_hash
-from exchange.model import EnvelopeHeader, NodeId
-from exchange.protocol.envelope import bulletin_id, check_signature, parse_envelope
+from exchange.model import NodeId
 from exchange.protocol.roster import Federation
 from exchange.service.audit.entries import LogEntries
+from exchange.service.audit.headers import StoredHeader, stored_header
 from exchange.service.audit.keeper import LogKeeper
+from exchange.service.audit.tlog_push import TlogClient, TlogPush, c2sp_witnesses
+from exchange.service.audit.tlog_witnessing import TlogWitnessing
 from exchange.service.audit.views import (
     CheckpointCheck,
     CollectedTrace,
@@ -66,9 +70,10 @@ from exchange.service.audit.views import (
     SignedCheckpoint,
     TraceHeader,
 )
-from exchange.service.audit.witness import Witness, WitnessedView
+from exchange.service.audit.witness import Witness, WitnessedLog, WitnessedView
+from exchange.service.epochs import EpochBook
 from exchange.service.transport import PeerTransport
-from exchange.store import Store, bulletins, receipts
+from exchange.store import Store, receipts
 
 log = logging.getLogger("exchange.audit")
 
@@ -95,15 +100,37 @@ class AuditService:
         transport: PeerTransport,
         partners: Callable[[], Sequence[str]],
         signed_roster: Any,
+        *,
+        tlog_logs: Sequence[TlogLogConfig] = (),
+        tlog_witnesses: Sequence[TlogWitnessConfig] = (),
+        tlog_client: TlogClient | None = None,
+        witnesses_per_log: int = DEFAULT_WITNESSES,
+        epochs: EpochBook | None = None,
     ) -> None:
         self.me = me
+        self.epochs = epochs  # envelope v2: a bulletin's readers are its epoch's (docs/protocol.md, 15)
         self.store = store
         self.fed = fed
         self.signed_roster = signed_roster
         self.transport = transport
-        self.keeper = LogKeeper(me, store, key, signed_roster, KeyRing.from_federation(fed).witnesses(me))
+        c2sp = c2sp_witnesses(tlog_witnesses)  # C2SP witnesses of our log (docs/audit.md, section 4)
+        self._c2sp_keys = {w.name: w.key.key for w in c2sp}
+        self.keeper = LogKeeper(me, store, key, signed_roster, self.keyring().witnesses(me))
+        self.keeper.use_key(key, fed.signing_keys(me)[1:])  # checkpoints signed before a rotation
         self.log_entries = LogEntries(self.keeper)
-        self.witness = Witness(me, store, key, fed, self.keeper, transport, partners)
+        self.tlog_push = TlogPush(me, self.keeper, c2sp, tlog_client)
+        self.witness = Witness(
+            me,
+            store,
+            key,
+            fed,
+            self.keeper,
+            transport,
+            partners,
+            per_log=witnesses_per_log,
+            c2sp=self.tlog_push.push if c2sp else None,
+        )
+        self.tlog_witnessing = TlogWitnessing(me, store, key, tlog_logs)  # foreign C2SP logs we witness
         self.stopped = asyncio.Event()
         self._round: asyncio.Task[None] | None = None
         self._started = False
@@ -166,7 +193,17 @@ class AuditService:
 
     def install(self) -> None:
         """The node runs on a new roster version (`fed` holds it): its witnesses are the new version's."""
-        self.keeper.set_witnesses(KeyRing.from_federation(self.fed).witnesses(self.me))
+        self.keeper.set_witnesses(self.keyring().witnesses(self.me))
+
+    def keyring(self) -> KeyRing:
+        """The roster's keys, and the configured C2SP witnesses' keys (their cosignatures count too)."""
+        return KeyRing.from_federation(self.fed, self._c2sp_keys)
+
+    def use_key(self, key: SigningKey) -> None:
+        """This node signs with `key` from now on (its roster version lists it as the current one,
+        docs/protocol.md 6a.13): checkpoints and cosignatures alike."""
+        self.keeper.use_key(key, [k for k in self.fed.signing_keys(self.me) if k.kid != key.kid])
+        self.witness.use_key(key)
 
     def ensure_running(self) -> None:
         """Raise StateUnavailable once the node is stopping (a late request must not write)."""
@@ -228,7 +265,7 @@ class AuditService:
             return ProofStatus("pending", text, latest)
         try:
             proof = await self.keeper.inclusion(idx, latest.size)
-            verifier = LogVerifier(self.me, KeyRing.from_federation(self.fed))
+            verifier = LogVerifier(self.me, self.keyring())
             info = verifier.checkpoint(latest.full_note())
             verifier.proven_entry(idx, raw, info.size, proof)
         except (AuditTampered, InvalidInput) as exc:
@@ -275,7 +312,7 @@ class AuditService:
         return cp
 
     async def sign_checkpoint(self, *, witness: bool = True) -> SignedCheckpoint:
-        """Sign a checkpoint now; if `witness`, ask the partners to co-sign it and wait for them."""
+        """Sign a checkpoint now; if `witness`, ask our designated witnesses to co-sign it and wait."""
         cp = await self.keeper.checkpoint()
         if cp is None:
             raise NotFound("the audit log is empty")
@@ -291,7 +328,7 @@ class AuditService:
     def check_checkpoint(self, cp: StoredCheckpoint) -> CheckpointCheck:
         """Verify a checkpoint of ours with the roster's keys, cosignatures included."""
         try:
-            info = LogVerifier(self.me, KeyRing.from_federation(self.fed)).checkpoint(cp.full_note())
+            info = LogVerifier(self.me, self.keyring()).checkpoint(cp.full_note())
         except (AuditTampered, InvalidInput) as exc:
             return CheckpointCheck(False, [], exc.detail)
         return CheckpointCheck(True, list(info.witnesses))
@@ -301,8 +338,12 @@ class AuditService:
         return [PartnerCosigned(p, await self.keeper.cosigned_size(p)) for p in partners]
 
     async def witnessed(self) -> WitnessedView:
-        """Partners' logs this node witnesses, and the split views it caught."""
-        return await self.witness.view()
+        """Partners' logs this node witnesses, the split views it caught, and the foreign C2SP logs
+        it co-signs (the latest checkpoint of each)."""
+        foreign = [
+            WitnessedLog(w.origin, w.size, b64e(w.root), w.at, w.note) for w in await self.tlog_witnessing.witnessed()
+        ]
+        return dataclasses.replace(await self.witness.view(), c2sp_logs=foreign)
 
     async def latest_for_witness(self, seen: int) -> LatestForWitness:
         """Our latest checkpoint, with a consistency proof from the size a witness last saw."""
@@ -314,23 +355,10 @@ class AuditService:
 
     # -- tracing a bulletin -----------------------------------------------------------------
 
-    async def header_of(self, bid: str) -> EnvelopeHeader:
-        """The signed header of a bulletin this node holds: author, channel, recipients (no content),
+    async def header_of(self, bid: str) -> StoredHeader:
+        """The signed header of a bulletin this node holds: author, channel, readers (no content),
         checked now: its author's signature, and that it hashes to the bulletin's id."""
-        async with self.store.read() as conn:
-            raw = await conn.scalar(sa.select(bulletins.c.envelope).where(bulletins.c.id == bid))
-        if raw is None:
-            raise NotFound(f"this node holds no bulletin {bid}")
-        try:
-            env = parse_envelope(as_bytes(raw))
-            check_signature(env, self.fed)
-        except ExchangeError as exc:
-            raise BulletinUnverified(
-                f"bulletin {bid}: its stored envelope does not verify ({exc.detail[:120]}): it was changed"
-            ) from exc
-        if bulletin_id(env.header) != bid:
-            raise BulletinUnverified(f"bulletin {bid}: its stored header hashes to another id: it was changed")
-        return env.header
+        return await stored_header(self.store, self.fed, self.epochs, bid)
 
     async def evidence(self, bid: str) -> EvidenceJSON:
         """Our evidence about a bulletin; a checkpoint signed just for it is first put to the witnesses."""
@@ -348,7 +376,7 @@ class AuditService:
     async def serve_evidence(self, peer: str, bid: str) -> EvidenceJSON:
         """Our evidence about a bulletin, for the nodes its envelope names as author or recipient."""
         header = await self.header_of(bid)
-        if peer not in {header.author, *(r.node for r in header.recipients)}:
+        if peer not in {header.author, *header.readers}:
             raise Forbidden(f"{peer} is neither the author nor a recipient of bulletin {bid}")
         evidence = await self.evidence(bid)
         served: AuditTraceServed = {"event": AUDIT_TRACE_SERVED, "at": timestamp(), "bulletin": bid, "peer": peer}
@@ -358,7 +386,7 @@ class AuditService:
     async def collect_trace(self, bid: str) -> CollectedTrace:
         """Ask every node the bulletin's envelope names for its evidence about it; callers verify it."""
         header = await self.header_of(bid)
-        nodes = sorted({header.author, *(r.node for r in header.recipients)})
+        nodes = sorted({header.author, *header.readers})
 
         async def ask(node: str) -> Mapping[str, Any]:
             if node == self.me:
@@ -377,8 +405,8 @@ class AuditService:
             header.author,
             header.seq,
             header.created,
-            header.handling.tlp,
-            [r.node for r in header.recipients],
+            header.tlp,
+            header.readers,
         )
         return CollectedTrace(bid, summary, list(evidence))
 

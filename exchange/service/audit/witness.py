@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.audit.checkpoint import Checkpoint, cosign, verify_cosignature, witness_name
+from exchange.audit.checkpoint import Checkpoint, cosign, log_origin, verify_cosignature, witness_name
 from exchange.audit.keeper import StoredCheckpoint, as_bytes
+from exchange.audit.logkeys import key_that_signed
 from exchange.audit.note import Note, parse_note, parse_signature_line
 from exchange.audit.witness import (
     CHECKPOINT_INTERVAL,
@@ -41,6 +42,7 @@ from exchange.audit.witness import (
     split_view_entry,
     went_back,
 )
+from exchange.audit.witness_sets import DEFAULT_WITNESSES, WitnessSets, witness_sets
 from exchange.clock import timestamp, utc_now
 from exchange.crypto import SigningKey, b64e
 from exchange.errors import AuditTampered, PeerError, SplitView
@@ -49,6 +51,7 @@ from exchange.protocol.roster import Federation
 from exchange.service.audit.keeper import LogKeeper
 from exchange.service.transport import PeerTransport
 from exchange.store import AuditBuffer, Store, audit_split_views, audit_witnessed
+from exchange.store.workers import Role
 
 log = logging.getLogger("exchange.audit")
 
@@ -81,10 +84,14 @@ class WitnessedView:
 
     logs: list[WitnessedLog]
     split_views: list[CaughtSplitView]
+    c2sp_logs: list[WitnessedLog] = field(default_factory=list)  # foreign C2SP logs; `node` is the origin
 
     def to_json(self) -> dict[str, list[dict[str, Any]]]:
         """As the API shows it."""
         return {
+            "c2sp_logs": [
+                {"origin": w.node, "size": w.size, "root": w.root, "at": w.at, "note": w.note} for w in self.c2sp_logs
+            ],
             "logs": [{"node": w.node, "size": w.size, "root": w.root, "at": w.at, "note": w.note} for w in self.logs],
             "split_views": [
                 {"node": s.node, "at": s.at, "detail": s.detail, "seen": s.seen, "shown": s.shown}
@@ -105,6 +112,9 @@ class Witness:
         keeper: LogKeeper,
         transport: PeerTransport,
         partners: Callable[[], Sequence[str]],
+        *,
+        per_log: int = DEFAULT_WITNESSES,
+        c2sp: Callable[[StoredCheckpoint], Awaitable[dict[str, str]]] | None = None,
     ) -> None:
         self.me = me
         self.name = witness_name(me)
@@ -114,11 +124,28 @@ class Witness:
         self._key = key
         self._transport = transport
         self._partners = partners
+        self.per_log = per_log  # witnesses per log, federation-wide (exchange.audit.witness_sets)
         self._locks: dict[str, asyncio.Lock] = {}
         # As a log: pushes to one witness go one at a time, and never a smaller checkpoint than
         # one it may have seen, since a witness takes a smaller one for a rollback.
         self._push_locks: dict[str, asyncio.Lock] = {}
         self._pushed: dict[str, int] = {}
+        # C2SP tlog-witnesses of our log, asked beside the partners each round (TlogPush.push).
+        self.c2sp = c2sp
+
+    # -- witness sets (docs/audit.md, section 12) ------------------------------------------
+
+    def sets(self) -> WitnessSets:
+        """Every log's designated witnesses, from the roster held now (a live install moves them)."""
+        return witness_sets(self.fed.node_ids, self.per_log)
+
+    def my_witnesses(self) -> list[str]:
+        """The designated witnesses of our log: we push our checkpoints to these only."""
+        return list(self.sets().witnesses(self.me))
+
+    def logs_witnessed(self) -> list[str]:
+        """The logs we are a designated witness of: we pull these only (any partner may still push)."""
+        return list(self.sets().witnessed_by(self.me))
 
     # -- as a witness -----------------------------------------------------------------------
 
@@ -129,7 +156,12 @@ class Witness:
         return None if row is None else Seen(int(row.size), as_bytes(row.root), row.note, row.at)
 
     def _open(self, node: str, note_text: str) -> tuple[Checkpoint, Note]:
-        return open_logs_checkpoint(node, note_text, self.fed.verify_key(node))
+        key = key_that_signed(note_text, log_origin(node), self.fed.signing_keys(node))  # across rotations
+        return open_logs_checkpoint(node, note_text, key)
+
+    def use_key(self, key: SigningKey) -> None:
+        """Co-sign with `key` from now on (this node's signing key after a rotation)."""
+        self._key = key
 
     async def cosign(self, peer: str, body: Any) -> CosignAnswer:
         """Push: `peer` asks this node to co-sign a checkpoint of its own log."""
@@ -232,8 +264,8 @@ class Witness:
     async def request_cosignatures(
         self, cp: StoredCheckpoint, witnesses: Sequence[str] | None = None
     ) -> dict[str, str]:
-        """Push `cp` to each witness (default: every partner); return witness -> outcome."""
-        names = list(self._partners() if witnesses is None else witnesses)
+        """Push `cp` to each witness (default: our designated ones); return witness -> outcome."""
+        names = list(self.my_witnesses() if witnesses is None else witnesses)
         outcomes = await asyncio.gather(*(self._ask(w, cp) for w in names))
         return dict(zip(names, outcomes, strict=True))
 
@@ -284,8 +316,9 @@ class Witness:
     # -- the periodic round -----------------------------------------------------------------
 
     async def tick(self) -> dict[str, Any]:
-        """Sign a checkpoint if the log grew, ask partners to co-sign it, and pull theirs."""
-        partners = list(self._partners())
+        """Sign a checkpoint if the log grew, ask our designated witnesses to co-sign it, and pull
+        the logs we are a designated witness of: O(k) requests, whatever the federation's size."""
+        partners, logs = self.my_witnesses(), self.logs_witnessed()
         outcome: dict[str, Any] = {}
         try:
             cp = await self.keeper.checkpoint()
@@ -294,8 +327,10 @@ class Witness:
             cp = None
         if cp is not None and partners:
             outcome["cosign"] = await self.request_cosignatures(cp, partners)
-        pulled = await asyncio.gather(*(self._pull_quietly(p) for p in partners))
-        outcome["pull"] = dict(zip(partners, pulled, strict=True))
+        if cp is not None and self.c2sp is not None:
+            outcome["c2sp"] = await self.c2sp(cp)
+        pulled = await asyncio.gather(*(self._pull_quietly(p) for p in logs))
+        outcome["pull"] = dict(zip(logs, pulled, strict=True))
         return outcome
 
     async def _pull_quietly(self, node: str) -> str:
@@ -310,9 +345,16 @@ class Witness:
         Not at start: partners starting together would only find each other down, and a
         checkpoint on demand (or for a trace) is signed at once anyway.
         """
-        while True:
-            await asyncio.sleep(interval)  # a timer between rounds, not a wait for another task
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("%s: audit witnessing round failed", self.me)
+        # Workers sharing a database: one of them runs the round (signs, witnesses), taken over
+        # by another when it dies (exchange.store.workers).
+        role = Role(self.store.engine, "audit-round")
+        try:
+            while True:
+                await asyncio.sleep(interval)  # a timer between rounds, not a wait for another task
+                try:
+                    if await role.held():
+                        await self.tick()
+                except Exception:
+                    log.exception("%s: audit witnessing round failed", self.me)
+        finally:
+            await role.release()
