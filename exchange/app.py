@@ -29,6 +29,7 @@ from exchange.keystore import (
 )
 from exchange.node.app import api_application
 from exchange.node.peers import HttpTransport
+from exchange.node.tlog_client import HttpTlogClient
 from exchange.node.tls import ServerTls
 from exchange.node.webhook_client import HttpWebhookSender
 from exchange.protocol.roster import Federation
@@ -56,12 +57,12 @@ def build_app(config: NodeConfig) -> web.Application:
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         v1 = _v1_trust(config)
-        keys = NodeKeyFiles(config.keys_dir).load()
         store = await Store.open(config.database_url, node=config.id)
         try:
             roster = FederationRoster(store, v1=v1)
             fed, signed_roster = _runs_on(config, roster, await roster.load())
             me = fed.node(config.id)  # this node must be in the roster itself
+            keys = NodeKeyFiles(config.keys_dir).load(me.signing_kid, me.encryption_kid)  # after rotations too
             if me.signing_kid != keys.signing.kid or me.encryption_kid != keys.decryption.kid:
                 raise ExchangeError(f"the keys in {config.keys_dir} are not the ones the roster lists for {config.id}")
         except BaseException:
@@ -80,6 +81,7 @@ def build_app(config: NodeConfig) -> web.Application:
                 roster=roster,
                 gossip=gossip,
                 webhook_sender=HttpWebhookSender(),
+                tlog_client=HttpTlogClient(config.request_timeout_seconds),
             )
             service.on_install(transport.install)  # its partners and pins follow the held version
             await service.load(read_provisioned_channels(config.channels_dir))
@@ -145,9 +147,10 @@ class RunningNode:
         await self.runner.cleanup()
 
 
-async def start_node(config: NodeConfig) -> RunningNode:
+async def start_node(config: NodeConfig, *, reuse_port: bool = False) -> RunningNode:
     """Start one node on its configured host and port, over TLS 1.3 with client certificates,
-    under the timeouts and connection limits of its configuration (exchange.http.limits)."""
+    under the timeouts and connection limits of its configuration (exchange.http.limits).
+    `reuse_port`: one of several worker processes sharing the port (exchange.cli.workers)."""
     app = build_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
@@ -156,7 +159,7 @@ async def start_node(config: NodeConfig) -> RunningNode:
     service.on_install(tls.install)  # each handshake checks the pins of the version held then
     ssl_ctx = tls.context
     guard = ConnectionGuard(ServerLimits.from_config(config), refused=service.refusals.count)
-    site = GuardedSite(runner, config.host, config.port, ssl_context=ssl_ctx, guard=guard)
+    site = GuardedSite(runner, config.host, config.port, ssl_context=ssl_ctx, guard=guard, reuse_port=reuse_port)
     try:
         await site.start()
     except OSError as exc:

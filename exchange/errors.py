@@ -9,7 +9,10 @@ ExchangeError
  │    ├── BodyTooLarge      a request body larger than its route takes (413)
  │    ├── IdempotencyKeyReused  an Idempotency-Key sent again with a different request
  │    ├── ProofError        a Merkle inclusion or consistency proof that does not verify
+ │    ├── SmallOrderKey     an X25519 public key of small order (RFC 7748, 6.1): nothing can be sealed for it
  │    ├── EpochInvalid      a channel epoch record or history grant that breaks a rule (docs/protocol.md, 15)
+ │    ├── HandoverRefused   a channel handover that breaks a rule (docs/protocol.md, 7.5)
+ │    ├── OwnerRevoked      a new channel event signed by an owner that the held roster revokes (7.5)
  │    ├── RosterRefused     a roster v2 version that this node must not install (docs/protocol.md, 6a)
  │    │    ├── RosterInvalid       a version that breaks a rule of its own, or its predecessor's history
  │    │    ├── RosterThreshold     fewer than k valid signatures from the old or the new authority
@@ -34,7 +37,9 @@ ExchangeError
  ├── NotFound               no such bulletin, channel or user
  ├── Conflict               a request that clashes with stored state (already exists)
  ├── Unavailable            this node is stopping or cannot serve now: retry later (503)
- │    └── HeldRosterExpired  this node's own roster version has expired: no posts, no federation traffic
+ │    ├── HeldRosterExpired  this node's own roster version has expired: no posts, no federation traffic
+ │    ├── RosterBehind      a partner's request names a newer roster version: pulled first, retry (6a.13)
+ │    └── LeaseLost         another worker of this node took a partner's outbox lease (workers)
  ├── AuditTampered          the audit log does not verify
  │    ├── BadEntry          the first entry that breaks the log
  │    └── SplitView         two signed histories that do not extend each other
@@ -107,10 +112,31 @@ class ProofError(InvalidInput):
     title = "Proof does not verify"
 
 
+class SmallOrderKey(InvalidInput):
+    """An X25519 public key of small order: every shared secret with it is zero (RFC 7748, section
+    6.1), so no content key can be wrapped for it; a roster or join request must not list one."""
+
+    title = "Small-order key"
+
+
 class EpochInvalid(InvalidInput):
     """A channel epoch record or history grant that breaks a rule (docs/protocol.md, 15.6 and 15.7)."""
 
     title = "Invalid epoch"
+
+
+class HandoverRefused(InvalidInput):
+    """A channel handover that breaks a rule of docs/protocol.md 7.5: its owner is not revoked, its
+    signer is not the successor, or it does not continue the log it claims to."""
+
+    title = "Handover refused"
+
+
+class OwnerRevoked(InvalidInput):
+    """A channel event this node does not hold yet, signed by an owner that its roster revokes, and
+    not followed by a handover (docs/protocol.md 7.5)."""
+
+    title = "Channel owner revoked"
 
 
 class RosterRefused(InvalidInput):
@@ -311,6 +337,21 @@ class Unavailable(ExchangeError):
     """Retryable: the node is stopping, or cannot serve the request just now."""
 
     title = "Unavailable"
+
+
+class RosterBehind(Unavailable):
+    """A partner's federation request names a roster version newer than this node's: this node
+    judges none of its items before it holds that version (it pulls it now); the partner retries
+    (docs/protocol.md, 6a.13)."""
+
+    title = "Roster version behind the partner's"
+
+
+class LeaseLost(Unavailable):
+    """Another worker of this node took a partner's outbox lease: this one must not record anything
+    about that partner (docs/operations.md, "Workers")."""
+
+    title = "Lease lost"
 
 
 class HeldRosterExpired(Unavailable):

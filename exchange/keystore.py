@@ -94,17 +94,39 @@ class NodeKeyFiles:
         write_public(self.folder / PUBLIC, json.dumps(public, indent=2).encode() + b"\n")
         return keys
 
-    def load(self) -> NodeKeys:
+    def load(self, signing_kid: str | None = None, encryption_kid: str | None = None) -> NodeKeys:
+        """The node's keys: those of `signing.key` and `encryption.key`, or after a rotation the
+        ones with the kids the roster lists as active (`signing-<kid>.key`, `encryption-<kid>.key`,
+        written by `exchange node rotate`). Every other decryption key of the folder is kept as a
+        former one: what was wrapped for it still opens."""
         try:
-            return NodeKeys(
-                SigningKey(b64d(read_file(self.folder / SIGNING).decode().strip())),
-                DecryptionKey(b64d(read_file(self.folder / ENCRYPTION).decode().strip())),
-            )
+            signing = {k.kid: k for k in (SigningKey(_read(p)) for p in self._files(SIGNING))}
+            decryption = {k.kid: k for k in (DecryptionKey(_read(p)) for p in self._files(ENCRYPTION))}
         except (InvalidInput, UnicodeDecodeError) as exc:
             raise ConfigError(f"unreadable key file in {self.folder}") from exc
+        first_signing, first_decryption = next(iter(signing.values())), next(iter(decryption.values()))
+        sign = signing.get(signing_kid) if signing_kid else first_signing
+        current = decryption.get(encryption_kid) if encryption_kid else first_decryption
+        if sign is None or current is None:
+            missing = signing_kid if sign is None else encryption_kid
+            raise ConfigError(f"no key with kid {missing} in {self.folder}: the roster lists one this host never made")
+        return NodeKeys(sign, current, [k for k in decryption.values() if k.kid != current.kid])
+
+    def _files(self, name: str) -> list[Path]:
+        """`name` (read_file: an error if missing) and the rotated keys of its use, oldest name first."""
+        stem = name.removesuffix(".key")
+        return [self.folder / name, *sorted(self.folder.glob(f"{stem}-*.key"))]
+
+    def rotated(self, use: str, kid: str) -> Path:
+        """Where `exchange node rotate` writes a new key of `use` ("signing" or "encryption")."""
+        return self.folder / f"{use}-{kid}.key"
 
     def tls_cert_pem(self) -> str:
         return read_file(self.tls_cert).decode("ascii")
+
+
+def _read(path: Path) -> bytes:
+    return b64d(read_file(path).decode().strip())
 
 
 def load_authority_public(path: Path) -> VerifyKey:

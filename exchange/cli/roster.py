@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from exchange.cli.options import as_json, emit, node_file, run_async
 from exchange.cli.output import user_errors
+from exchange.cli.rotation import read_rotation
 from exchange.clock import timestamp, utc_now
 from exchange.config import NodeConfig
 from exchange.crypto import SigningKey, VerifyKey, b64d, b64e, strict_loads
@@ -52,6 +53,7 @@ from exchange.protocol.rostermigration import (
     parse_join_request,
     sign_join_request,
 )
+from exchange.protocol.rotation import rotate
 
 HOLDER_KEY = "authority.key"
 HOLDER_PUBLIC = "authority.pub.json"
@@ -218,6 +220,8 @@ def roster_migrate(
 @click.option("--suspend", multiple=True, help="A node id to suspend.")
 @click.option("--activate", multiple=True, help="A suspended node id to make active again.")
 @click.option("--revoke", multiple=True, help="A node id to revoke (for good).")
+@click.option("--rotate", "rotations", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--finish-rotation", "finish", multiple=True, help="A node id whose retiring keys become verify-only.")
 @click.option("--holder-key", "holder_keys", multiple=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--threshold", type=click.IntRange(1, 16), help="With --holder-key: a new authority.")
 @days_opt
@@ -229,13 +233,16 @@ def roster_propose(
     suspend: tuple[str, ...],
     activate: tuple[str, ...],
     revoke: tuple[str, ...],
+    rotations: tuple[Path, ...],
+    finish: tuple[str, ...],
     holder_keys: tuple[Path, ...],
     threshold: int | None,
     days: int,
     out: Path,
 ) -> None:
     """Write the unsigned next version after the HELD signed roster: join requests admitted, nodes
-    suspended or revoked, the authority replaced. Print what changes and its hash."""
+    suspended or revoked, keys rotated (--rotate: a node's request; --finish-rotation: the overlap
+    ends), the authority replaced. Print what changes and its hash."""
     current = _signed(held)
     TrustedRoster.restore(current)  # the version proposed from must itself be a good one
     if bool(holder_keys) != (threshold is not None):
@@ -257,6 +264,8 @@ def roster_propose(
         requests.append(request)
     issued, expires = _expires(days)
     doc = admit(current.roster, issued, expires, requests, statuses, new_authority)
+    if rotations or finish:
+        doc = rotate(current.roster, doc, [read_rotation(p) for p in rotations], finish)
     _proposal(out, doc)
 
 

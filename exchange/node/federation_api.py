@@ -31,6 +31,8 @@ def authenticate_peer(request: web.Request, *, roster_route: bool = False) -> No
     request[PEER] = node.id
     if not roster_route:
         service.check_roster()
+        if request.method == "POST":  # items to judge: not before this node runs on the sender's version
+            service.gossip.check_peer(node.id, header_version(request.headers.get(ROSTER_HEADER)))
     service.outbox.peer_seen(node.id)  # it is up: its outbox retries now, not after the backoff
     return NodeId(node.id)
 

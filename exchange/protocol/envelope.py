@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from exchange.crypto import (
     DecryptionKey,
     EncryptionKey,
+    NodeKeys,
     SealedContent,
     SigningKey,
     VerifyKey,
@@ -235,15 +236,28 @@ def verify_envelope(env: Envelope, fed: Federation, state: ChannelState) -> Bull
     return check_rules(env, fed, state)
 
 
-def check_signature(env: Envelope, fed: Federation, keys: dict[tuple[str, str], VerifyKey] | None = None) -> None:
+def check_signature(
+    env: Envelope, fed: Federation, keys: dict[tuple[str, str], VerifyKey] | None = None, *, stored: bool = False
+) -> None:
     """The author's roster key signed the header and the wrapped keys.
 
     `keys`: verify keys by (node, key id), kept between calls by a caller that checks many; a
     new roster version with a new key for the node has a new key id, so is never served stale.
+    A former key of the author's (6a.13) is looked up each time: retiring, or with `stored` (a
+    row this node took in earlier, checked again) verify-only.
     """
     h = env.header
-    if h.signer != fed.node(h.author).signing_kid:
-        raise InvalidEnvelope("envelope is not signed with the author's roster key")
+    # An author the held version no longer lists (revoked, suspended) has only former keys: what
+    # it signed verifies where it is stored, and anything else is refused as from an unknown node.
+    listed = fed.listed(h.author)
+    if not listed or h.signer != fed.node(h.author).signing_kid:
+        former = fed.former_signing_key(h.author, h.signer, stored=stored)
+        if former is None:
+            if not listed:
+                fed.node(h.author)  # UnknownPeer, as before
+            raise InvalidEnvelope("envelope is not signed with the author's roster key")
+        former.verify(_b64(env.signature), _signed_input(h, env.wraps))
+        return
     key = None if keys is None else keys.get((h.author, h.signer))
     if key is None:
         key = fed.verify_key(h.author)
@@ -289,7 +303,7 @@ def check_sealed_parts(env: Envelope, fed: Federation) -> bytes:
     """
     h = env.header
     for r in h.recipients:
-        if fed.node(r.node).encryption_kid != r.kid:
+        if not fed.accepts_wrap(r.node, r.kid):
             raise InvalidEnvelope(f"recipient key of {r.node} is not its roster key")
     if len(env.wraps) != len(h.recipients):
         raise InvalidEnvelope("one wrapped key per recipient is required")
@@ -338,14 +352,18 @@ class CitedHeader:
 
 
 def open_envelope(
-    env: Envelope, bid: str, me: NodeId, key: DecryptionKey, *, ciphertext: bytes | None = None
+    env: Envelope, bid: str, me: NodeId, key: DecryptionKey | NodeKeys, *, ciphertext: bytes | None = None
 ) -> Bulletin:
     """Decrypt this node's copy. Call only after verify_envelope. One error for every failure.
 
-    `ciphertext`: the envelope's ciphertext as `check_sealed_parts` returned it, decoded already.
+    `key`: this node's decryption key, or its keys, of which the one the envelope wrapped for
+    (current or former, 6a.13). `ciphertext`: the envelope's ciphertext as `check_sealed_parts`
+    returned it, decoded already.
     """
     h = env.header
     index = next((i for i, r in enumerate(h.recipients) if r.node == me), None)
+    if isinstance(key, NodeKeys):
+        key = (key.decryption_for(h.recipients[index].kid) if index is not None else None) or key.decryption
     if index is None or h.recipients[index].kid != key.kid:
         raise DecryptionFailed()
     try:

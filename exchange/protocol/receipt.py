@@ -130,9 +130,10 @@ class _Hashes(dict[str, bytes]):
         return raw
 
 
-def _check_unsigned(receipt: Receipt, fed: Federation, hashes: _Hashes) -> None:
+def _check_unsigned(receipt: Receipt, fed: Federation, hashes: _Hashes, stored: bool = False) -> None:
     """Every check of one receipt but its signature (steps 1 to 3 of section 10.3)."""
-    if fed.node(receipt.node).signing_kid != receipt.signer:
+    current = fed.node(receipt.node).signing_kid == receipt.signer  # no key parsed per receipt
+    if not current and fed.former_signing_key(receipt.node, receipt.signer, stored=stored) is None:
         raise InvalidEnvelope("receipt is not signed with the node's roster key")
     if receipt.v == 1:
         return
@@ -144,29 +145,34 @@ def _check_unsigned(receipt: Receipt, fed: Federation, hashes: _Hashes) -> None:
         raise ProofError("the receipt's inclusion proof does not lead to its root")
 
 
-def verify_receipts(receipts: Sequence[Receipt], fed: Federation) -> None:
+def verify_receipts(receipts: Sequence[Receipt], fed: Federation, *, stored: bool = False) -> None:
     """Return None if every receipt verifies (section 10.3); raise at the first that does not.
 
     Each receipt is checked in full, its inclusion proof included (a few hashes), then one
     signature per distinct statement: the receipts of one batch share theirs, so n receipts of
-    one batch cost one Ed25519 verification.
+    one batch cost one Ed25519 verification. A receipt by a node's former key (6a.13) verifies
+    while the key is retiring, and with `stored` (one this node took in earlier) verify-only.
     """
     pending: dict[tuple[Any, ...], Receipt] = {}
     hashes = _Hashes()
     for receipt in receipts:
-        _check_unsigned(receipt, fed, hashes)
+        _check_unsigned(receipt, fed, hashes, stored)
         pending.setdefault(_key(receipt), receipt)
     for receipt in pending.values():
         if receipt.v == 1:
             domain, body = DOMAIN, receipt.model_dump(mode="json", exclude={"signature"})
         else:
             domain, body = BATCH_DOMAIN, statement(receipt)
-        verify(domain, body, receipt.signature, fed.verify_key(receipt.node))
+        key = fed.signing_key_of(receipt.node, receipt.signer, stored=stored)
+        if key is None:  # pragma: no cover - `_check_unsigned` refused it already
+            raise InvalidEnvelope("receipt is not signed with the node's roster key")
+        verify(domain, body, receipt.signature, key)
 
 
-def verify_receipt(receipt: Receipt, fed: Federation) -> None:
-    """Return None if the receipt, v1 or v2, is signed by the current key of the node it names."""
-    verify_receipts([receipt], fed)
+def verify_receipt(receipt: Receipt, fed: Federation, *, stored: bool = False) -> None:
+    """Return None if the receipt, v1 or v2, is signed by a key of the node it names that
+    `verify_receipts` accepts."""
+    verify_receipts([receipt], fed, stored=stored)
 
 
 def signatures_needed(receipts: Sequence[Receipt]) -> int:

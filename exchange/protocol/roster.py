@@ -23,6 +23,18 @@ class _Index:
     roster: Roster
     by_id: dict[str, RosterNode] = field(default_factory=dict)
     by_pin: dict[str, RosterNode] = field(default_factory=dict)
+    former: FormerKeys = field(default_factory=lambda: FormerKeys({}, frozenset()))
+
+
+@dataclass(frozen=True)
+class FormerKeys:
+    """A node's keys besides its current ones, as a roster v2 version lists them (6a.7, rotation):
+    signing keys by (node, kid) with their state, and the (node, kid) of `retiring` encryption keys.
+    A v1 roster has none."""
+
+    signing: dict[tuple[str, str], tuple[str, bytes]]  # raw keys: a Federation goes to worker processes
+    wrap: frozenset[tuple[str, str]]
+    departed: dict[str, str] = field(default_factory=dict)  # suspended or revoked node -> its name
 
 
 class Federation:
@@ -59,15 +71,20 @@ class Federation:
         return cls.index(roster)
 
     @classmethod
-    def index(cls, roster: Roster) -> Federation:
+    def index(cls, roster: Roster, former: FormerKeys | None = None) -> Federation:
         """Index a roster whose trust was established otherwise (a v1 view of a held roster v2
-        version, exchange.protocol.rosterchain.federation_view), checking every node's key ids and pin."""
+        version, exchange.protocol.rosterchain.federation_view, with the `former` keys it lists),
+        checking every node's key ids and pin."""
         fed = cls(roster)
+        if former is not None:
+            fed._index = _Index(roster, former=former)
         for node in roster.nodes:
             if VerifyKey(b64d(node.signing_key)).kid != node.signing_kid:
                 raise ConfigError(f"roster: signing key id of {node.id} does not match its key")
-            if EncryptionKey(b64d(node.encryption_key)).kid != node.encryption_kid:
+            encryption = EncryptionKey(b64d(node.encryption_key))
+            if encryption.kid != node.encryption_kid:
                 raise ConfigError(f"roster: encryption key id of {node.id} does not match its key")
+            encryption.check_order(f"roster: the encryption key of {node.id}")  # SmallOrderKey (6, step 3)
             try:
                 pin = spki_pin(node.tls_cert.encode("ascii"))
             except UnicodeEncodeError as exc:
@@ -84,6 +101,17 @@ class Federation:
     @property
     def node_ids(self) -> list[NodeId]:
         return [NodeId(n.id) for n in self.roster.nodes]
+
+    def listed(self, node_id: str) -> bool:
+        """Whether `node_id` is an active node of this version (its keys are current)."""
+        return node_id in self._index.by_id
+
+    def name_of(self, node_id: str) -> str:
+        """A node's name for people: an active node's, or a suspended or revoked one's, marked so."""
+        if node_id in self._index.by_id:
+            return self._index.by_id[node_id].name
+        departed = self._index.former.departed.get(node_id)
+        return node_id if departed is None else f"{departed} (no longer active)"
 
     def node(self, node_id: str) -> RosterNode:
         try:
@@ -102,3 +130,37 @@ class Federation:
 
     def encryption_key(self, node_id: str) -> EncryptionKey:
         return EncryptionKey(b64d(self.node(node_id).encryption_key))
+
+    def former_signing_key(self, node_id: str, kid: str, *, stored: bool = False) -> VerifyKey | None:
+        """A signing key of `node_id` other than its current one that still checks its signatures
+        (docs/protocol.md, 6a.13): a `retiring` one, on anything (a rotation's overlap: what the
+        node signed before it switched is still in flight); with `stored`, for an item this node
+        took in earlier and checks again, a `verify-only` one too. None otherwise."""
+        entry = self._index.former.signing.get((node_id, kid))
+        if entry is None or entry[0] not in (("retiring", "verify-only") if stored else ("retiring",)):
+            return None
+        return VerifyKey(entry[1])
+
+    def signing_key_of(self, node_id: str, kid: str, *, stored: bool = False) -> VerifyKey | None:
+        """The key `kid` of `node_id` if it checks the node's signatures: its current signing key,
+        or a former one as `former_signing_key` says; None otherwise."""
+        listed = self._index.by_id.get(node_id)
+        if listed is not None and listed.signing_kid == kid:
+            return self.verify_key(node_id)
+        if listed is None and node_id not in self._index.former.departed:
+            self.node(node_id)  # UnknownPeer
+        return self.former_signing_key(node_id, kid, stored=stored)
+
+    def signing_keys(self, node_id: str) -> list[VerifyKey]:
+        """Every signing key of `node_id` that checks what it signed: the current one first, then
+        its retiring and verify-only ones (an audit log's checkpoints span rotations)."""
+        former = self._index.former.signing.items()
+        return [
+            self.verify_key(node_id),
+            *(VerifyKey(k) for (n, _), (s, k) in former if n == node_id and s != "compromised"),
+        ]
+
+    def accepts_wrap(self, node_id: str, kid: str) -> bool:
+        """Whether an envelope may wrap for `node_id`'s encryption key `kid`: its current key, or
+        a `retiring` one (items made before the rotation, in flight)."""
+        return self.node(node_id).encryption_kid == kid or (node_id, kid) in self._index.former.wrap

@@ -28,10 +28,11 @@ from exchange.errors import (
     RosterRefused,
     RosterRollback,
     RosterThreshold,
+    SmallOrderKey,
     UnknownPeer,
 )
 from exchange.model import NodeId, Roster, first_error
-from exchange.protocol.roster import Federation
+from exchange.protocol.roster import Federation, FormerKeys
 from exchange.protocol.roster2_model import (
     MAX_ROSTER_BYTES,
     Authority,
@@ -153,6 +154,11 @@ def check_document(doc: RosterV2) -> None:
                 raise RosterInvalid(f"{node.id}: {key.use} key {key.kid} does not parse: {exc.detail}") from exc
             if kid != key.kid:
                 raise RosterInvalid(f"{node.id}: {key.use} key {key.kid} has kid {kid}")
+            if key.use == "encryption":
+                try:
+                    EncryptionKey(b64d(key.key)).check_order(f"{node.id}: encryption key {kid}")
+                except SmallOrderKey as exc:
+                    raise RosterInvalid(exc.detail) from exc
             other = owner.setdefault((key.use, kid), node.id)
             if other != node.id:
                 raise RosterInvalid(f"{node.id}: {key.use} key {kid} is also a key of {other}")
@@ -203,6 +209,8 @@ def _check_key_history(old: RosterNodeV2, node: RosterNodeV2, held: int, version
     for key in keys.values():
         if key.valid_from != version:
             raise RosterInvalid(f"{old.id}: a new {key.use} key is valid from version {version}")
+        if key.state != "active":  # a rotation lists the new key as the one to use (6a.13)
+            raise RosterInvalid(f"{old.id}: a new {key.use} key of a listed node is active, not {key.state}")
 
 
 @dataclass(frozen=True)
@@ -415,10 +423,35 @@ def federation_view(trusted: TrustedRoster) -> Federation:
                 "nodes": nodes,
             }
         )
-        return Federation.index(roster)
+        return Federation.index(roster, former_keys(trusted))
     except (ValidationError, ConfigError) as exc:
         detail = first_error(exc) if isinstance(exc, ValidationError) else exc.detail
         raise RosterInvalid(f"roster version {doc.version} has no v1 form: {detail}") from exc
+
+
+def former_keys(trusted: TrustedRoster) -> FormerKeys:
+    """The keys of the held version's active nodes besides their active ones (6a.13): every
+    signing key with its state, and the retiring encryption keys that envelopes may still wrap for.
+    A suspended or revoked node's signing keys, but compromised ones, are listed as verify-only:
+    what it signed before still verifies where it is stored (6a.7), and nothing new is taken."""
+    signing: dict[tuple[str, str], tuple[str, bytes]] = {}
+    wrap: set[tuple[str, str]] = set()
+    departed: dict[str, str] = {}
+    for node in trusted.roster.nodes:
+        if node.status != "active":
+            departed[node.id] = node.name
+            for key in node.keys:
+                if key.use == "signing" and key.state != "compromised":
+                    signing[node.id, key.kid] = ("verify-only", b64d(key.key))
+            continue
+        for key in node.keys:
+            if key.state == "active":
+                continue
+            if key.use == "signing":
+                signing[node.id, key.kid] = (key.state, b64d(key.key))
+            elif key.use == "encryption" and key.state == "retiring":
+                wrap.add((node.id, key.kid))
+    return FormerKeys(signing, frozenset(wrap), departed)
 
 
 def key_entry(

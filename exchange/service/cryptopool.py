@@ -136,7 +136,7 @@ def open_checked(index: int, env: Envelope, bid: str, bad_signature: ExchangeErr
     except ExchangeError as exc:
         return Opening(index, bid, header, None, None, exc, None, None)
     try:
-        bulletin = open_envelope(env, bid, ctx.me, ctx.keys.decryption, ciphertext=ciphertext)
+        bulletin = open_envelope(env, bid, ctx.me, ctx.keys, ciphertext=ciphertext)
         row = bulletin_row(env, bid, bulletin, "")
     except ExchangeError as exc:
         return Opening(index, bid, header, None, None, None, exc, None)
@@ -201,9 +201,12 @@ def _id_of(raw: Any) -> str | None:
 _WORKER: Context | None = None
 
 
-def _start_worker(me: str, signing_seed: bytes, decryption_raw: bytes, fed: Federation) -> None:
+def _start_worker(
+    me: str, signing_seed: bytes, decryption_raw: bytes, fed: Federation, former: tuple[bytes, ...] = ()
+) -> None:
     global _WORKER
-    _WORKER = Context(NodeId(me), NodeKeys(SigningKey(signing_seed), DecryptionKey(decryption_raw)), fed)
+    keys = NodeKeys(SigningKey(signing_seed), DecryptionKey(decryption_raw), [DecryptionKey(k) for k in former])
+    _WORKER = Context(NodeId(me), keys, fed)
     threading.Thread(target=_end_with_parent, args=(os.getppid(),), daemon=True).start()
     # Everything made so far (the modules, the roster) lives as long as the process: the cyclic
     # collector need not look at it again each time the envelopes' objects trigger a collection.
@@ -271,6 +274,7 @@ class EnvelopeCrypto:
                     self.ctx.keys.signing.private_bytes(),
                     self.ctx.keys.decryption.private_bytes(),
                     self.ctx.fed,
+                    tuple(k.private_bytes() for k in self.ctx.keys.former),
                 ),
             )
         return self._pool

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from exchange.crypto import canonical_json
-from exchange.errors import ExchangeError, InvalidInput, PeerError, RateLimited
+from exchange.errors import ExchangeError, InvalidInput, PeerError, RateLimited, RosterBehind
 from exchange.model import NodeId
 from exchange.protocol.roster import Federation
 from exchange.protocol.roster2_model import MAX_ROSTER_BYTES
@@ -101,6 +101,17 @@ class RosterGossip:
         if self._clock() - self._tried.get(peer, -1e9) < self.pull_interval:
             return
         self._pulling = self._spawn(self.pull(NodeId(peer)))
+
+    def check_peer(self, peer: str, version: int | None) -> None:
+        """RosterBehind (503) if `peer`'s request names a newer version than the one this node runs
+        on: its items may be signed or wrapped with keys only that version lists (a rotation,
+        docs/protocol.md 6a.13), so none is judged before this node holds it. The version is
+        pulled (`seen`), and the partner retries as after any 503."""
+        running = self.fed.roster.version
+        if version is None or self.roster.held is None or version <= running:
+            return
+        self.seen(peer, version)
+        raise RosterBehind(f"{peer} runs on roster version {version}, this node on {running}: fetching it; retry")
 
     async def pull(self, peer: NodeId) -> Imported | None:
         """Fetch the versions after ours from `peer`, and take them if they check (else audited)."""

@@ -21,10 +21,13 @@ from exchange.model import Bulletin, ChannelEvent, NodeId, Receipt
 from exchange.protocol.roster import Federation
 from exchange.service.access import Access
 from exchange.service.audit.service import AuditService
+from exchange.service.audit.tlog_push import TlogClient
 from exchange.service.batch import BatchPosting
 from exchange.service.catchup import CatchUp
 from exchange.service.channels import ChannelBook
 from exchange.service.cryptopool import EnvelopeCrypto
+from exchange.service.epoch_keyfile import epoch_hybrid_key
+from exchange.service.epochs import EpochBook
 from exchange.service.federation import FederationRoster
 from exchange.service.follow import Follow
 from exchange.service.gossip import RosterGossip
@@ -32,18 +35,21 @@ from exchange.service.ids import BulletinIds
 from exchange.service.inbox import Inbox
 from exchange.service.listing import Listing
 from exchange.service.metrics import NodeMetrics
-from exchange.service.outbox import Outbox, OutItem, PeerStatus, Sender
+from exchange.service.outbox import Outbox, OutItem, PeerStatus
+from exchange.service.ownkeys import OwnKeys
 from exchange.service.posting import Posting
 from exchange.service.receiving import Receiving
 from exchange.service.rejections import Refusals, RefusalSettings
 from exchange.service.retention import Retention
 from exchange.service.revocation import leave_revoked
 from exchange.service.rfis import RequestsForInformation
+from exchange.service.senders import SenderLoops
 from exchange.service.taxii import Taxii
 from exchange.service.transport import PeerTransport
 from exchange.service.users import User, Users
 from exchange.service.views import BulletinSummary, BulletinView, Posted
 from exchange.service.webhooks import Webhooks, WebhookSender
+from exchange.service.worker_sync import WorkerSync
 from exchange.store import Store
 
 log = logging.getLogger("exchange.node")
@@ -64,6 +70,7 @@ class NodeService:
         roster: FederationRoster | None = None,
         webhook_sender: WebhookSender | None = None,
         gossip: RosterGossip | None = None,
+        tlog_client: TlogClient | None = None,
     ) -> None:
         self.config = config
         self.me = NodeId(config.id)
@@ -72,24 +79,47 @@ class NodeService:
         self.keys = keys
         self.transport = transport
         self.outbox = Outbox(config, store, fed, transport)
-        self.channels = ChannelBook(self.me, fed, keys.signing, store, transport, self.outbox.wake)
+        self.sending = SenderLoops(self.outbox)  # its senders' loops, following the roster
+        self.channels = ChannelBook(
+            self.me, fed, keys.signing, store, transport, self.outbox.wake, held=lambda: self.roster.held
+        )  # `held`: the roster v2 version, read at each use (a handover needs it, docs/protocol.md 7.5)
         self.access = Access(self.me, self.channels)
         self.crypto = EnvelopeCrypto(self.me, keys, fed, config.crypto_workers)
+        self.own_keys = OwnKeys(self.me, config.keys_dir, keys)  # rotations of this node's keys, live
         self.users = Users(store)
-        self.inbox = Inbox(self.me, store, fed, keys, self.access, self.outbox)
+        self.epochs = EpochBook(
+            self.me, store, fed, keys, self.channels, transport, epoch_hybrid_key(config), announce=config.envelope_v2
+        )
+        self.inbox = Inbox(self.me, store, fed, keys, self.access, self.outbox, self.epochs)
         self.ids, self.listing = BulletinIds(store, self.access), Listing(store, self.access)  # CLI look-ups
-        self.posting = Posting(self.me, store, fed, keys, self.access, self.inbox, self.outbox, self.crypto)
-        self.receiving = Receiving(self.me, store, fed, keys, self.channels, self.outbox, transport, self.crypto)
+        self.posting = Posting(
+            self.me, store, fed, keys, self.access, self.inbox, self.outbox, self.crypto, self.epochs
+        )
+        self.receiving = Receiving(
+            self.me, store, fed, keys, self.channels, self.outbox, transport, self.crypto, self.epochs
+        )
         self.catchup = CatchUp(
             self.me, store, self.channels, self.receiving, transport, config.catchup_interval_seconds
         )
-        self.audit = AuditService(self.me, store, fed, keys.signing, transport, self.partners, signed_roster)
+        self.audit = AuditService(
+            self.me,
+            store,
+            fed,
+            keys.signing,
+            transport,
+            self.partners,
+            signed_roster,
+            tlog_logs=config.tlog_logs,
+            tlog_witnesses=config.tlog_witnesses,
+            tlog_client=tlog_client,
+            witnesses_per_log=config.audit_witnesses,
+            epochs=self.epochs,
+        )
         self.refusals = Refusals(store, RefusalSettings.from_config(config))
         # The roster v2 chain: `fed` is its held version's v1 view once one is imported (exchange.app)
         self.roster = roster or FederationRoster(store)
         self.gossip = gossip or RosterGossip(config.id, self.roster, fed)  # versions to and from peers
         self._installs: list[Callable[[Federation], None]] = []  # adapters that follow the roster live
-        self._senders: dict[str, asyncio.Task[None]] = {}
         self.retention = Retention(store, dt.timedelta(days=config.outbox_retention_days))
         self.taxii = Taxii(self.me, store, fed, self.access)  # TAXII reads and STIX exports
         self.follow = Follow(store, self.listing)  # long polls and the console's live inbox
@@ -97,6 +127,7 @@ class NodeService:
         self.metrics = NodeMetrics(self.me, store, fed, self.outbox, self.audit)  # GET /metrics
         self.batch = BatchPosting(self.posting)  # many posts in one request, each on its own
         self.webhooks = Webhooks(self.me, store, self.access, webhook_sender)  # metadata to administrations' URLs
+        self.worker_sync = WorkerSync(store, self.outbox, self.channels)  # other workers' commits (PostgreSQL)
         self._tasks: list[asyncio.Task[None]] = []
 
     def partners(self) -> list[str]:
@@ -110,6 +141,7 @@ class NodeService:
         """Load the channel logs, and import those `federation init` provisioned for this node."""
         await self.roster.load()
         await self.channels.load()
+        await self.epochs.load()
         await self.channels.import_provisioned(provisioned)
 
     async def start(self) -> None:
@@ -122,19 +154,19 @@ class NodeService:
         self.webhooks.start()
         await self.crypto.start()
         await self.sweep_revoked()
-        for peer, sender in self.outbox.senders.items():
-            self._senders[peer] = asyncio.create_task(sender.run(), name=f"sender-{peer}")
-            sender.wake()  # drain whatever was queued before a restart
+        self.sending.start()  # a sender per partner, draining whatever was queued before a restart
         self._tasks.append(asyncio.create_task(self.catchup.run(), name="catch-up"))
         self.gossip.attach(self.transport, self.install)
         self._tasks.append(asyncio.create_task(self.gossip.run(), name="roster-gossip"))
         self.refusals.start()
         self.retention.start()
+        self.worker_sync.start()
 
     async def stop(self) -> None:
         """Stop the loops, then sign a checkpoint of everything this run wrote (before the store
         closes); a loop that failed is logged, and the others are stopped all the same."""
         self.follow.close()  # long polls and console streams end first: they would outlive the store
+        await self.worker_sync.close()
         await self.webhooks.close()
         await self.retention.close()
         await self.refusals.close()  # the last counts of refused requests, before the checkpoint below
@@ -143,8 +175,7 @@ class NodeService:
         except Exception:
             log.exception("the audit round did not stop cleanly")
         await self.gossip.close()
-        self._tasks += self._senders.values()
-        self._senders = {}
+        self._tasks += self.sending.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -154,6 +185,7 @@ class NodeService:
                 except Exception:
                     log.exception("background task %s had failed", task.get_name())
         self._tasks = []
+        await self.outbox.leases.release()  # other workers take its partners (exchange.service.leases)
         try:
             await self.audit.sign_at_stop()
         except Exception:
@@ -177,6 +209,9 @@ class NodeService:
             return
         before = self.fed.roster.version
         self.fed.install(view)
+        if self.own_keys.follow(self.fed):  # this node's own rotation: sign and open with the new keys
+            self.channels.key = self.keys.signing
+            self.audit.use_key(self.keys.signing)
         self.posting.forget_keys()  # wrapped for the current encryption keys from now on
         self.audit.install()  # its witnesses are the new version's
         self._restart_crypto_workers()
@@ -198,17 +233,7 @@ class NodeService:
         self.crypto.restart()
 
     def _follow_partners(self) -> None:
-        partners = {n.id for n in self.fed.roster.nodes} - {self.me}
-        for peer in set(self.outbox.senders) - partners:  # its queued items stay queued
-            del self.outbox.senders[peer]
-            task = self._senders.pop(peer, None)
-            if task is not None:
-                task.cancel()
-        for peer in sorted(partners - set(self.outbox.senders)):
-            sender = self.outbox.senders[peer] = Sender(self.outbox, NodeId(peer))
-            if self._senders or self._tasks:  # started
-                self._senders[peer] = asyncio.create_task(sender.run(), name=f"sender-{peer}")
-                sender.wake()
+        self.sending.follow({n.id for n in self.fed.roster.nodes} - {self.me})
 
     def check_roster(self) -> None:
         """HeldRosterExpired while the held roster version is past its `expires`: no posts, and no

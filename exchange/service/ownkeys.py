@@ -1,0 +1,57 @@
+"""This node's own keys across rotations (docs/protocol.md, 6a.13; docs/operations.md, "Rotating a
+node's keys").
+
+`exchange node rotate` makes a new key in the node's keys folder, on its own host; the private key
+never leaves it. Once the node runs on a roster version that lists that key as its active one, it
+takes the key from the folder and signs or opens with it from then on, without a restart; the
+decryption keys it had stay held, so what was wrapped for them still opens.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from exchange.crypto import NodeKeys
+from exchange.errors import ConfigError
+from exchange.keystore import NodeKeyFiles
+from exchange.protocol.roster import Federation
+
+log = logging.getLogger("exchange.node")
+
+
+class OwnKeys:
+    """Follows the roster for this node's own signing and encryption keys: `keys` is the one
+    NodeKeys that the node's parts read through, swapped whole (`NodeKeys.install`)."""
+
+    def __init__(self, me: str, folder: Path, keys: NodeKeys) -> None:
+        self.me = me
+        self.files = NodeKeyFiles(folder)
+        self.keys = keys
+
+    def follow(self, fed: Federation) -> bool:
+        """Hold the keys that `fed` lists as this node's current ones: whether they changed.
+
+        A listed key that the folder does not hold (a rotation proposed from a request this host
+        never made) is logged and changes nothing: the node keeps signing with the key it has,
+        which its partners refuse once that key is no longer accepted (6a.13).
+        """
+        node = fed.node(self.me)
+        held = (self.keys.signing.kid, self.keys.decryption.kid)
+        if (node.signing_kid, node.encryption_kid) == held:
+            return False
+        try:
+            new = self.files.load(node.signing_kid, node.encryption_kid)
+        except ConfigError as exc:
+            log.error("%s keeps its keys: roster version %d lists others: %s", self.me, fed.roster.version, exc)
+            return False
+        self.keys.install(new)
+        log.info(
+            "%s signs with %s and opens with %s from roster version %d (former decryption keys held: %d)",
+            self.me,
+            new.signing.kid,
+            new.decryption.kid,
+            fed.roster.version,
+            len(new.former),
+        )
+        return True
