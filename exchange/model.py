@@ -456,8 +456,18 @@ class SetExport(BaseModel):
     amber_strict: bool
 
 
+class Handover(BaseModel):
+    """The successor takes over a channel whose owner `node` is revoked in roster `roster` (docs/protocol.md, 7.5)."""
+
+    model_config = _WIRE
+    type: Literal["handover"]
+    node: NodeIdStr
+    roster: Annotated[int, Field(ge=1, le=2**53 - 1)]
+
+
 Change = Annotated[
-    Create | Invite | Accept | SetRights | Remove | GrantHistory | Close | SetExport, Field(discriminator="type")
+    Create | Invite | Accept | SetRights | Remove | GrantHistory | Close | SetExport | Handover,
+    Field(discriminator="type"),
 ]
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from exchange.crypto import SigningKey, canonical_json, sha256
-from exchange.errors import InvalidInput, NotAMember
+from exchange.errors import InvalidInput, NotAMember, OwnerRevoked
 from exchange.model import (
     Accept,
     Acceptance,
@@ -22,6 +22,7 @@ from exchange.model import (
     Create,
     GrantHistory,
     Handling,
+    Handover,
     Invite,
     NodeId,
     Remove,
@@ -30,7 +31,9 @@ from exchange.model import (
     SetRights,
     first_error,
 )
+from exchange.protocol.handover import agency, check_handover, signing_key
 from exchange.protocol.roster import Federation
+from exchange.protocol.rosterchain import TrustedRoster
 from exchange.protocol.signing import sign, verify
 
 DOMAIN = "channel-event"
@@ -97,24 +100,31 @@ class ChannelState:
             raise NotAMember(f"node {node!r} lacks the {right} right in channel {self.channel!r}")
 
 
-def _admitted(fed: Federation, policy: ChannelPolicy, node: str) -> None:
-    agency = fed.node(node).agency
-    if agency not in policy.agencies:
-        raise InvalidInput(f"channel policy excludes {node!r} ({agency})")
+def _admitted(fed: Federation, policy: ChannelPolicy, node: str, roster: TrustedRoster | None = None) -> None:
+    kind = agency(node, fed, roster)
+    if kind not in policy.agencies:
+        raise InvalidInput(f"channel policy excludes {node!r} ({kind})")
 
 
-def apply_event(state: ChannelState | None, event: ChannelEvent, fed: Federation) -> ChannelState:
-    """Check one event against the state before it and return the state after it."""
+def apply_event(
+    state: ChannelState | None, event: ChannelEvent, fed: Federation, roster: TrustedRoster | None = None
+) -> ChannelState:
+    """Check one event against the state before it and return the state after it.
+
+    `roster`: the held roster v2 version, if any: it keeps the keys of nodes no longer active
+    (what they signed stays valid) and says which owners are revoked (a handover, 7.5).
+    """
     body = event.model_dump(mode="json", exclude={"signature"})
-    if fed.node(event.owner).signing_kid != event.signer:
+    key = signing_key(event.owner, event.signer, fed, roster)  # a log is replayed from its start (6a.13)
+    if key is None:
         raise InvalidInput("channel event is not signed with the owner's roster key")
-    verify(DOMAIN, body, event.signature, fed.verify_key(event.owner))
+    verify(DOMAIN, body, event.signature, key)
     change = event.change
     new_hash = event_hash(event)
     if state is None:
         if event.pos != 0 or event.prev is not None or not isinstance(change, Create):
             raise InvalidInput("a channel log must start with a create event at position 0")
-        _admitted(fed, change.policy, event.owner)
+        _admitted(fed, change.policy, event.owner, roster)
         owner = NodeId(event.owner)
         return ChannelState(
             channel=event.channel,
@@ -129,7 +139,13 @@ def apply_event(state: ChannelState | None, event: ChannelEvent, fed: Federation
             members={owner: ALL_RIGHTS},
             involved=frozenset({owner}),
         )
-    if event.channel != state.channel or event.owner != state.owner:
+    if event.channel != state.channel:
+        raise InvalidInput("channel event belongs to another channel or owner")
+    if isinstance(change, Handover):
+        check_handover(state.owner, state.members, event, change, roster)
+    elif event.owner != state.owner:
+        if roster is not None and event.owner in roster.node_ids("revoked"):
+            raise OwnerRevoked(f"{event.owner!r} is revoked and does not own channel {state.channel!r}")
         raise InvalidInput("channel event belongs to another channel or owner")
     if event.pos != state.pos + 1 or event.prev != state.hash:
         raise InvalidInput("channel event does not extend the log it claims to")
@@ -141,13 +157,14 @@ def apply_event(state: ChannelState | None, event: ChannelEvent, fed: Federation
     closed = False
     export = state.export_amber_strict
     named: str | None = None
+    owner = state.owner
     if isinstance(change, Create):
         raise InvalidInput("a channel is created only once")
     if isinstance(change, Invite):
         named = change.node
         if NodeId(change.node) in members or NodeId(change.node) in invited:
             raise InvalidInput(f"{change.node!r} is already a member or invited")
-        _admitted(fed, state.policy, change.node)
+        _admitted(fed, state.policy, change.node, roster)
         invited[NodeId(change.node)] = (frozenset(change.rights), new_hash)
     elif isinstance(change, Accept):
         acc = change.acceptance
@@ -155,12 +172,11 @@ def apply_event(state: ChannelState | None, event: ChannelEvent, fed: Federation
         pending = invited.pop(NodeId(acc.node), None)
         if pending is None or acc.channel != state.channel or acc.invite != pending[1]:
             raise InvalidInput(f"{acc.node!r} accepts an invitation it does not hold")
-        if fed.node(acc.node).signing_kid != acc.signer:
+        signer = signing_key(acc.node, acc.signer, fed, roster)
+        if signer is None:
             raise InvalidInput("acceptance is not signed with the invitee's roster key")
-        verify(
-            ACCEPT_DOMAIN, acc.model_dump(mode="json", exclude={"signature"}), acc.signature, fed.verify_key(acc.node)
-        )
-        _admitted(fed, state.policy, acc.node)
+        verify(ACCEPT_DOMAIN, acc.model_dump(mode="json", exclude={"signature"}), acc.signature, signer)
+        _admitted(fed, state.policy, acc.node, roster)
         members[NodeId(acc.node)] = pending[0]
     elif isinstance(change, SetRights):
         named = change.node
@@ -183,9 +199,16 @@ def apply_event(state: ChannelState | None, event: ChannelEvent, fed: Federation
         closed = True
     elif isinstance(change, SetExport):
         export = change.amber_strict
+    elif isinstance(change, Handover):  # the revoked owner leaves; its successor holds every right
+        named = change.node
+        members.pop(state.owner, None)
+        grants.discard(state.owner)
+        owner = NodeId(event.owner)
+        members[owner] = ALL_RIGHTS
     involved = state.involved | ({NodeId(named)} if named else set())
     return replace(
         state,
+        owner=owner,
         pos=event.pos,
         hash=new_hash,
         members=members,

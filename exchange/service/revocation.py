@@ -1,7 +1,9 @@
 """What a node does when the roster version it holds revokes a node (docs/operations.md, "Joining
 and the roster ceremony"): what is queued for it is cancelled, each item audited and not retried,
 and the channels this node owns drop it (the owner orders `remove`). What it signed before stays
-valid; its TLS certificate is refused at the next handshake (the held version's pins)."""
+valid; its TLS certificate is refused at the next handshake (the held version's pins). A channel
+whose owner is revoked is taken over by its successor (docs/protocol.md, 7.5), which then removes
+the other revoked members as any owner does."""
 
 from __future__ import annotations
 
@@ -31,6 +33,13 @@ async def leave_revoked(me: NodeId, held: TrustedRoster, channels: ChannelBook, 
     # Cancelled (and audited) before the removals, which would cancel a channel's items silently;
     # and after them, for the `remove` events queued to the revoked node itself.
     cancelled = await cancel_queued(store, revoked, reason)
+    for state in channels.all():  # a channel whose owner is revoked: its successor takes it over (7.5)
+        if channels.successor_of(state) == me:
+            try:
+                await channels.hand_over(state.channel)
+                log.warning("%s took channel %s over from its revoked owner %s", me, state.channel, state.owner)
+            except Exception:
+                log.exception("%s was not handed over from %s", state.channel, state.owner)
     for state in channels.all():
         if state.owner != me or state.closed:
             continue
