@@ -33,12 +33,19 @@ async def _is_some(value: Awaitable[object]) -> bool:
 
 async def pg_urls(database: Callable[[str], Awaitable[str]]) -> dict[str, str]:
     urls = {n: await database(n) for n in w.NODES}
-    if not all(urls.values()):
-        pytest.skip("workers share one PostgreSQL database; on SQLite a node is one process")
+    assert all(urls.values()), "workers share one PostgreSQL database"
     return urls
 
 
+# Workers share one PostgreSQL database (SQLite is one process: the last test), so these run on
+# PostgreSQL only, rather than skipping on SQLite.
+POSTGRES_ONLY = pytest.mark.parametrize(
+    "database", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+
+
 @pytest.mark.slow
+@POSTGRES_ONLY
 async def test_four_workers_give_gap_free_commit_ordered_numbers(
     tmp_path: Path, database: Callable[[str], Awaitable[str]]
 ) -> None:
@@ -66,6 +73,7 @@ async def test_four_workers_give_gap_free_commit_ordered_numbers(
 
 
 @pytest.mark.slow
+@POSTGRES_ONLY
 async def test_a_surviving_worker_takes_over_a_killed_workers_partner(
     tmp_path: Path, database: Callable[[str], Awaitable[str]]
 ) -> None:
