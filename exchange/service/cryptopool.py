@@ -17,6 +17,7 @@ import functools
 import gc
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -205,6 +206,9 @@ def _start_worker(
     me: str, signing_seed: bytes, decryption_raw: bytes, fed: Federation, former: tuple[bytes, ...] = ()
 ) -> None:
     global _WORKER
+    # Ctrl-C at a terminal reaches the whole process group: the node stops its workers itself (and
+    # they end with it), so a worker ignores it rather than print a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     keys = NodeKeys(SigningKey(signing_seed), DecryptionKey(decryption_raw), [DecryptionKey(k) for k in former])
     _WORKER = Context(NodeId(me), keys, fed)
     threading.Thread(target=_end_with_parent, args=(os.getppid(),), daemon=True).start()
