@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -79,6 +80,9 @@ class _Pending:
     future: asyncio.Future[Any]
     job: Job[Any] | None = None
     rows: Rows[Any] | None = None  # a job that reads nothing
+
+
+COMMIT_ATTEMPTS = 20  # tries of a commit that met another process's audit entries (each resyncs the log's end)
 
 
 class Store:
@@ -198,13 +202,16 @@ class Store:
     async def _commit(self, batch: list[_Pending]) -> None:
         """Commit a batch; if another process appended to the audit log meanwhile (an admin
         command next to a running node), take the new end of the log and try again."""
-        for attempt in range(5):
+        for attempt in range(COMMIT_ATTEMPTS):
             try:
                 return await self._commit_once(batch)
             except sa.exc.IntegrityError:
                 moved = await self._resync_audit_size()
-                if not moved or attempt == 4:
+                if not moved or attempt == COMMIT_ATTEMPTS - 1:
                     raise
+                # The other writer may be a node streaming beside this admin command: wait a
+                # little, at random, so that the next try does not meet its next commit again.
+                await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
 
     async def _resync_audit_size(self) -> bool:
         async with self.engine.connect() as conn:
