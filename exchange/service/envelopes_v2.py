@@ -35,7 +35,7 @@ from exchange.protocol.roster import Federation
 from exchange.service.channels import ChannelBook
 from exchange.service.cryptopool import EnvelopeCrypto, Opening, Sealed
 from exchange.service.epochs import EpochBook
-from exchange.service.records import search_text_of, summary_of
+from exchange.service.records import header_row, search_text_of, summary_of
 from exchange.service.views import BulletinView
 
 
@@ -86,23 +86,9 @@ def screen_v2(index: int, raw: Any, peer: str, relayed: bool, fed: Federation) -
 
 def row_v2(env: EnvelopeV2, bid: str, payload: bytes, epoch: EpochRecord, now: str) -> dict[str, Any]:
     """A stored v2 bulletin: its envelope, its content, and as recipients the epoch's readers."""
-    h = env.header
     content = json.loads(payload)
-    return {
-        "id": bid,
-        "channel": h.channel,
-        "author": h.author,
-        "seq": h.seq,
-        "state_pos": h.state.pos,
-        "tlp": h.handling.tlp,
-        "created": h.created,
-        "stored_at": now,
-        "envelope": envelope_v2_bytes(env),
-        "recipients": " " + " ".join(epoch.readers) + " ",
-        "content": payload.decode(),
-        "summary": canonical_json(summary_of(content)).decode(),
-        "search_text": search_text_of(content),
-    }
+    derived = {"summary": canonical_json(summary_of(content)).decode(), "search_text": search_text_of(content)}
+    return header_row(env.header, bid, envelope_v2_bytes(env), payload.decode(), derived, now, epoch.readers)
 
 
 async def check_v2(

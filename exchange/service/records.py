@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from exchange.crypto import canonical_json
 from exchange.model import Bulletin, Envelope, EnvelopeHeader, Receipt
 from exchange.protocol.envelope import BuiltEnvelope, envelope_bytes
+from exchange.protocol.epoch_model import EnvelopeHeaderV2
 from exchange.store import cursors
 
 
@@ -49,7 +50,8 @@ def bulletin_row(env: Envelope, bid: str, bulletin: Bulletin, now: str) -> dict[
     """A stored bulletin: its envelope as received, its decrypted content for local readers, and
     what listings and searches read instead of the content."""
     wire = envelope_bytes(env)
-    return _bulletin_row(env.header, bid, wire, bulletin.payload_bytes.decode(), _derived(bulletin), now)
+    readers = (r.node for r in env.header.recipients)
+    return header_row(env.header, bid, wire, bulletin.payload_bytes.decode(), _derived(bulletin), now, readers)
 
 
 def posted_row(built: BuiltEnvelope, content: str, now: str, bulletin: Bulletin | None = None) -> dict[str, Any]:
@@ -61,12 +63,20 @@ def posted_row(built: BuiltEnvelope, content: str, now: str, bulletin: Bulletin 
     else:
         parsed = json.loads(content)
         derived = {"summary": canonical_json(summary_of(parsed)).decode(), "search_text": search_text_of(parsed)}
-    return _bulletin_row(built.header, built.id, built.wire, content, derived, now)
+    readers = (r.node for r in built.header.recipients)
+    return header_row(built.header, built.id, built.wire, content, derived, now, readers)
 
 
-def _bulletin_row(
-    h: EnvelopeHeader, bid: str, wire: bytes | bytearray, content: str, derived: dict[str, str], now: str
+def header_row(
+    h: EnvelopeHeader | EnvelopeHeaderV2,
+    bid: str,
+    wire: bytes | bytearray,
+    content: str,
+    derived: Mapping[str, str],
+    now: str,
+    readers: Iterable[str],
 ) -> dict[str, Any]:
+    """A stored bulletin's row, envelope v1 or v2 (whose readers are its epoch's)."""
     return {
         "id": bid,
         "channel": h.channel,
@@ -78,7 +88,7 @@ def _bulletin_row(
         "stored_at": now,
         "envelope": wire,
         # " a b c ": the recipient node ids, so catch-up pages are filtered in SQL
-        "recipients": " " + " ".join(r.node for r in h.recipients) + " ",
+        "recipients": " " + " ".join(readers) + " ",
         "content": content,
         **derived,
     }
