@@ -104,6 +104,9 @@ async def test_a_surviving_worker_takes_over_a_killed_workers_partner(
         await w.until(lambda: w.delivered(cluster, len(stream.ids)), 180, "not everything acknowledged was delivered")
         committed = len((await w.check(cluster)).seqs)
         await w.until(lambda: w.delivered(cluster, committed), 60, "not every committed bulletin was delivered")
+        # The last killed holder may have sent everything before it died: its lease then names it
+        # until it expires, when a surviving worker's next look (a poll) takes it over.
+        await w.until(lambda: _is_some(holder()), 60, "no surviving worker took the partner over")
         checked = await w.check(cluster)
         alive = cluster.worker_pids()
     finally:

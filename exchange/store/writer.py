@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -80,9 +79,6 @@ class _Pending:
     future: asyncio.Future[Any]
     job: Job[Any] | None = None
     rows: Rows[Any] | None = None  # a job that reads nothing
-
-
-COMMIT_ATTEMPTS = 20  # tries of a commit that met another process's audit entries (each resyncs the log's end)
 
 
 class Store:
@@ -200,33 +196,17 @@ class Store:
                             pending.future.set_exception(exc)
 
     async def _commit(self, batch: list[_Pending]) -> None:
-        """Commit a batch; if another process appended to the audit log meanwhile (an admin
-        command next to a running node), take the new end of the log and try again."""
-        for attempt in range(COMMIT_ATTEMPTS):
-            try:
-                return await self._commit_once(batch)
-            except sa.exc.IntegrityError:
-                moved = await self._resync_audit_size()
-                if not moved or attempt == COMMIT_ATTEMPTS - 1:
-                    raise
-                # The other writer may be a node streaming beside this admin command: wait a
-                # little, at random, so that the next try does not meet its next commit again.
-                await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
-
-    async def _resync_audit_size(self) -> bool:
-        async with self.engine.connect() as conn:
-            top = await conn.scalar(sa.select(sa.func.max(audit_log.c.idx)))
-        size = -1 if top is None else int(top)
-        changed = size + 1 != self._audit_size
-        self._audit_size = size + 1
-        return changed
-
-    async def _commit_once(self, batch: list[_Pending]) -> None:
+        """Commit a batch. The log's end is read inside the write transaction, once its lock is
+        held: another process may have appended (other workers on PostgreSQL; an admin command,
+        such as `roster import`, beside a running node on SQLite)."""
         buffer = AuditBuffer(self._audit_size)
         results: list[Any] = [None] * len(batch)
         async with self.engine.begin() as conn:
             if self.shared:  # indices (and sequence numbers) in commit order, across workers
                 buffer.next_idx = await workers.lock_log(conn)
+            else:  # SQLite's write lock now, not at the first INSERT, and the end read under it
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+                buffer.next_idx = await workers.log_end(conn)
             # The jobs that read nothing go first, so that all their rows share one executemany per
             # table. Any order of a batch is a valid one: every caller waits for its own job, so no
             # job in a batch can depend on another.
