@@ -65,11 +65,12 @@ def build_app(config: NodeConfig) -> web.Application:
             keys = NodeKeyFiles(config.keys_dir).load(me.signing_kid, me.encryption_kid)  # after rotations too
             if me.signing_kid != keys.signing.kid or me.encryption_kid != keys.decryption.kid:
                 raise ExchangeError(f"the keys in {config.keys_dir} are not the ones the roster lists for {config.id}")
+            identity = NodeKeyFiles(config.keys_dir).tls_identity(me.tls_pin)  # the certificate the roster lists
         except BaseException:
             await store.close()
             raise
         gossip = RosterGossip(config.id, roster, fed)
-        transport = HttpTransport(config, fed, gossip)
+        transport = HttpTransport(config, fed, gossip, identity)
         try:
             service = NodeService(
                 config,
@@ -82,6 +83,7 @@ def build_app(config: NodeConfig) -> web.Application:
                 gossip=gossip,
                 webhook_sender=HttpWebhookSender(),
                 tlog_client=HttpTlogClient(config.request_timeout_seconds),
+                tls=identity,
             )
             service.on_install(transport.install)  # its partners and pins follow the held version
             await service.load(read_provisioned_channels(config.channels_dir))
@@ -155,7 +157,7 @@ async def start_node(config: NodeConfig, *, reuse_port: bool = False) -> Running
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     service = app[SERVICE]
-    tls = ServerTls(config.keys_dir / "tls.crt", config.keys_dir / "tls.key", service.fed)
+    tls = ServerTls(service.own_keys.tls_identity(), service.fed)
     service.on_install(tls.install)  # each handshake checks the pins of the version held then
     ssl_ctx = tls.context
     guard = ConnectionGuard(ServerLimits.from_config(config), refused=service.refusals.count)

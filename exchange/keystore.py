@@ -124,6 +124,58 @@ class NodeKeyFiles:
     def tls_cert_pem(self) -> str:
         return read_file(self.tls_cert).decode("ascii")
 
+    def own_certs_pem(self) -> str:
+        """Every TLS certificate this node has made (`tls.crt`, and those `exchange node rotate`
+        wrote): what its own CLI trusts, whichever of them the node presents now."""
+        rotated = sorted(self.folder.glob("tls-*.crt"))
+        return "".join(read_file(p).decode("ascii") for p in [self.tls_cert, *rotated])
+
+    def rotated_tls(self, kid: str) -> tuple[Path, Path]:
+        """Where `exchange node rotate --use tls` writes a new TLS certificate and its key."""
+        return self.folder / f"tls-{kid}.crt", self.folder / f"tls-{kid}.key"
+
+    def new_tls(self, node_id: str) -> tuple[str, bytes, bytes]:
+        """A new TLS key and certificate for `node_id`: its kid (exchange.protocol.rosterchain.tls_kid),
+        the key PEM and the certificate PEM; `write_tls` puts them in the folder."""
+        now = utc_now()  # a subject name of its own: partners trust the old and the new one at once
+        key, cert = generate_tls_identity(f"exchange node {node_id} {now:%Y-%m-%dT%H:%M:%SZ}", now)
+        return b64d(spki_pin(cert))[:8].hex(), key, cert
+
+    def write_tls(self, kid: str, key: bytes, cert: bytes) -> Path:
+        """Write a TLS key (0600, it never leaves this host) and its certificate beside the current ones."""
+        cert_path, key_path = self.rotated_tls(kid)
+        write_private(key_path, key)
+        write_public(cert_path, cert)
+        return key_path
+
+    def tls_identity(self, pin: str) -> TlsIdentity:
+        """The certificate and key of the folder whose certificate has `pin` (the roster's active TLS
+        key of this node): `tls.crt` or one `exchange node rotate` wrote. ConfigError if none has."""
+        for cert in [self.tls_cert, *sorted(self.folder.glob("tls-*.crt"))]:
+            try:
+                if cert.exists() and spki_pin(cert.read_bytes()) == pin:
+                    key = self.tls_key if cert == self.tls_cert else cert.with_suffix(".key")
+                    return TlsIdentity(cert, key, pin)
+            except ConfigError as exc:
+                raise ConfigError(f"unreadable TLS certificate {cert}") from exc
+        raise ConfigError(
+            f"no TLS certificate with pin {pin} in {self.folder}: the roster lists one this host never made"
+        )
+
+
+@dataclass
+class TlsIdentity:
+    """The certificate and key a node presents in TLS (server and client), and its pin. One object,
+    shared by the node's server, its client sessions and `OwnKeys`, which moves it to a rotated
+    certificate when the roster lists that one as the node's active TLS key (6a.13)."""
+
+    cert: Path
+    key: Path
+    pin: str
+
+    def use(self, other: TlsIdentity) -> None:
+        self.cert, self.key, self.pin = other.cert, other.key, other.pin
+
 
 def _read(path: Path) -> bytes:
     return b64d(read_file(path).decode().strip())

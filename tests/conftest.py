@@ -21,7 +21,7 @@ from playwright.async_api import async_playwright
 from exchange.app import RunningNode, start_node
 from exchange.clock import timestamp
 from exchange.config import NodeConfig
-from exchange.keystore import read_file
+from exchange.keystore import NodeKeyFiles
 from exchange.model import Bulletin, Envelope, NodeId
 from exchange.node.tls import client_context, peer_context
 from exchange.protocol.envelope import build_envelope
@@ -123,7 +123,7 @@ class Member:
         self, method: str, path: str, *, user: str = "officer", body: Any = None, token: str | None = None
     ) -> tuple[int, Any, str]:
         """Call the client API as a local user; returns (status, JSON body, content type)."""
-        ctx = client_context(read_file(self.config.keys_dir / "tls.crt").decode())
+        ctx = client_context(NodeKeyFiles(self.config.keys_dir).own_certs_pem())
         headers = {}
         if user:
             headers["Authorization"] = f"Bearer {token or self.tokens[user]}"

@@ -16,7 +16,7 @@ import aiohttp
 from exchange.config import NodeConfig
 from exchange.errors import ApiError as ApiError  # its home is errors; imported from here too
 from exchange.errors import ConfigError, PeerError
-from exchange.keystore import read_file
+from exchange.keystore import NodeKeyFiles, read_file
 from exchange.node.tls import client_context
 
 DEFAULT_TIMEOUT = 30.0  # seconds, for a Target made without a node file
@@ -38,7 +38,7 @@ class Target:
             if not token_file.exists():
                 raise ConfigError(f"no token for {user!r} in {token_file.parent}; pass --token")
             token = read_file(token_file).decode().strip()
-        return cls(cfg.endpoint, token, read_file(cfg.keys_dir / "tls.crt").decode(), cfg.request_timeout_seconds)
+        return cls(cfg.endpoint, token, NodeKeyFiles(cfg.keys_dir).own_certs_pem(), cfg.request_timeout_seconds)
 
 
 def unreachable(url: str, exc: BaseException, timeout: float | None = None) -> PeerError:

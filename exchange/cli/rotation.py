@@ -39,10 +39,11 @@ from exchange.protocol.rotation import (
 )
 @user_errors
 def node_rotate(node_path: Path, use: str, out: Path | None) -> None:
-    """Make a new signing or encryption key in this node's keys folder (private, 0600, it never
-    leaves this host) and a rotation request signed by the node's current signing key (and, for a
-    signing key, by the new one) for the federation authority; print the fingerprints to compare.
-    The node keeps its keys until it runs on a roster version that lists the new one."""
+    """Make a new signing, encryption or TLS key in this node's keys folder (private, 0600, it
+    never leaves this host; for TLS with its certificate) and a rotation request signed by the
+    node's current signing key (and, for a signing key, by the new one) for the federation
+    authority; print the fingerprints to compare. The node keeps its keys until it runs on a
+    roster version that lists the new one."""
     from exchange.app import local_roster  # the composition root opens the database
 
     config = NodeConfig.load(node_path)
@@ -60,22 +61,23 @@ def node_rotate(node_path: Path, use: str, out: Path | None) -> None:
     current = {k.use: k.kid for k in node.keys if k.state == "active"}
     files = NodeKeyFiles(config.keys_dir)
     keys = files.load(current["signing"], current["encryption"])
-    new: SigningKey | DecryptionKey = SigningKey.generate() if use == "signing" else DecryptionKey.generate()
-    request = sign_rotation_request(
-        doc.federation,
-        config.id,
-        timestamp(),
-        keys.signing,
-        new if isinstance(new, SigningKey) else new.public,
-        old=current[use],
-    )
-    verify_rotation_request(request, doc)  # what the proposer checks: refused here first
-    write_private(files.rotated(use, new.kid), b64e(new.private_bytes()).encode() + b"\n")
-    path = out or config.keys_dir / f"rotate-{use}-{new.kid}.json"
+    if use == "tls":
+        kid, tls_key, cert = files.new_tls(config.id)
+        request = sign_rotation_request(doc.federation, config.id, timestamp(), keys.signing, cert, old=current[use])
+        verify_rotation_request(request, doc)  # what the proposer checks: refused here first
+        where = files.write_tls(kid, tls_key, cert)
+    else:
+        new: SigningKey | DecryptionKey = SigningKey.generate() if use == "signing" else DecryptionKey.generate()
+        public = new if isinstance(new, SigningKey) else new.public
+        request = sign_rotation_request(doc.federation, config.id, timestamp(), keys.signing, public, old=current[use])
+        verify_rotation_request(request, doc)
+        kid, where = new.kid, files.rotated(use, new.kid)
+        write_private(where, b64e(new.private_bytes()).encode() + b"\n")
+    path = out or config.keys_dir / f"rotate-{use}-{kid}.json"
     if path.exists():
         raise ConfigError(f"{path} exists")
     path.write_text(json.dumps(request.model_dump(mode="json"), indent=2) + "\n")
-    click.echo(f"{config.id}: new {use} key {new.kid} in {files.rotated(use, new.kid)} (replaces {current[use]})")
+    click.echo(f"{config.id}: new {use} key {kid} in {where} (replaces {current[use]})")
     click.echo(f"wrote {path}: send it to the federation authority (exchange roster propose --rotate)")
     click.echo(f"  request hash {rotation_hash(request)}  (read it to them out of band)")
 

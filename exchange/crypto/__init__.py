@@ -11,7 +11,7 @@ from exchange.crypto.epoch import (
 )
 from exchange.crypto.keys import DecryptionKey, EncryptionKey, NodeKeys, SigningKey, VerifyKey
 from exchange.crypto.secrets import hash_token, new_token, token_matches
-from exchange.crypto.tls import cert_pem, generate_tls_identity, spki_pin
+from exchange.crypto.tls import cert_pem, cert_subject, generate_tls_identity, spki_pin
 
 __all__ = [
     "DecryptionKey",
@@ -27,6 +27,7 @@ __all__ = [
     "b64e",
     "canonical_json",
     "cert_pem",
+    "cert_subject",
     "generate_tls_identity",
     "hash_token",
     "hybrid_supported",

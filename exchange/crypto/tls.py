@@ -63,6 +63,12 @@ def spki_pin(cert: bytes) -> str:
     return b64e(sha256(spki))
 
 
+def cert_subject(cert: bytes) -> str:
+    """A certificate's subject name (RFC 4514 text): OpenSSL finds a trust anchor by it, so two
+    certificates of one node trusted at once (a TLS rotation's overlap) must differ in it."""
+    return _load(cert).subject.rfc4514_string()
+
+
 def cert_pem(cert: bytes) -> str:
     """The PEM text of a certificate given as PEM or DER."""
     return _load(cert).public_bytes(Encoding.PEM).decode("ascii")

@@ -16,6 +16,7 @@ import aiohttp
 
 from exchange.config import NodeConfig
 from exchange.errors import PeerError, PeerRefused
+from exchange.keystore import NodeKeyFiles, TlsIdentity
 from exchange.model import NodeId, RosterNode
 from exchange.node.tls import peer_context
 from exchange.protocol.roster import Federation
@@ -25,34 +26,51 @@ from exchange.service.gossip import ROSTER_HEADER, ROSTER_PATH, RosterGossip, he
 class HttpTransport:
     """Requests to partners, each over its own connection pool so a slow peer delays nobody else."""
 
-    def __init__(self, config: NodeConfig, fed: Federation, gossip: RosterGossip | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        fed: Federation,
+        gossip: RosterGossip | None = None,
+        identity: TlsIdentity | None = None,
+    ) -> None:
         self._timeout = aiohttp.ClientTimeout(total=config.request_timeout_seconds)
         self._me = config.id
-        self._cert, self._key = config.keys_dir / "tls.crt", config.keys_dir / "tls.key"
+        # The certificate this node presents: moved by a TLS key rotation (exchange.service.ownkeys)
+        self._identity = identity or NodeKeyFiles(config.keys_dir).tls_identity(fed.node(config.id).tls_pin)
+        self._presented = self._identity.pin
         self._gossip = gossip
-        self._nodes: dict[str, RosterNode] = {}
+        self._nodes: dict[str, tuple[RosterNode, str]] = {}  # partner -> (its entry, its accepted certificates)
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self.install(fed)
 
-    def _session(self, node: RosterNode, *, certificate: bool = True) -> aiohttp.ClientSession:
-        cert, key = (self._cert, self._key) if certificate else (None, None)
+    def _session(
+        self, node: RosterNode, trusted: str | None = None, *, certificate: bool = True
+    ) -> aiohttp.ClientSession:
+        cert, key = (self._identity.cert, self._identity.key) if certificate else (None, None)
         return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=peer_context(node, cert, key), limit=2), timeout=self._timeout
+            connector=aiohttp.TCPConnector(ssl=peer_context(node, cert, key, trusted), limit=2), timeout=self._timeout
         )
 
     def install(self, fed: Federation) -> None:
         """Follow a new roster version: a session for each new partner, a new one for a partner whose
-        endpoint or TLS certificate changed, none for one no longer listed (closed in the background)."""
-        nodes = {n.id: n for n in fed.roster.nodes if n.id != self._me}
+        endpoint or accepted TLS certificates changed (or for every partner once this node presents
+        a rotated certificate), none for one no longer listed (closed in the background)."""
+        nodes = {n.id: (n, fed.tls_certs_pem(n.id)) for n in fed.roster.nodes if n.id != self._me}
+        rotated, self._presented = self._presented != self._identity.pin, self._identity.pin
         for peer in set(self._sessions) | set(nodes):
             old, new = self._nodes.get(peer), nodes.get(peer)
-            if old is not None and new is not None and (old.endpoint, old.tls_pin) == (new.endpoint, new.tls_pin):
+            if (
+                not rotated
+                and old is not None
+                and new is not None
+                and (old[0].endpoint, old[1]) == (new[0].endpoint, new[1])
+            ):
                 continue
             if peer in self._sessions:
                 self._retire(self._sessions.pop(peer))
             if new is not None:
-                self._sessions[peer] = self._session(new)
+                self._sessions[peer] = self._session(*new)
         self._nodes = nodes
 
     def _retire(self, session: aiohttp.ClientSession) -> None:
@@ -69,7 +87,7 @@ class HttpTransport:
     def _partner(self, node: str) -> tuple[aiohttp.ClientSession, str]:
         if node not in self._sessions:
             raise PeerError(f"{node!r} is not a partner node")
-        return self._sessions[node], self._nodes[node].endpoint
+        return self._sessions[node], self._nodes[node][0].endpoint
 
     def _observe(self, node: str, resp: aiohttp.ClientResponse) -> None:
         version = header_version(resp.headers.get(ROSTER_HEADER))
@@ -104,10 +122,10 @@ class HttpTransport:
         this node yet): the one request a node not yet in a peer's roster may make (6a.11)."""
         if node not in self._nodes:
             raise PeerError(f"{node!r} is not a partner node")
-        target = self._nodes[node]
+        target, trusted = self._nodes[node]
         try:
             async with (
-                self._session(target, certificate=False) as session,
+                self._session(target, trusted, certificate=False) as session,
                 session.post(
                     target.endpoint + ROSTER_PATH,
                     data=io.BytesIO(body),

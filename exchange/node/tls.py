@@ -1,7 +1,9 @@
 """SSL contexts for mutual TLS 1.3: servers trust exactly the roster's certificates, clients pin one peer.
 
 The server's trust follows the roster version the node holds, live (`ServerTls`): every handshake
-is switched, when the client's hello arrives, to the context built for the version held then.
+is switched, when the client's hello arrives, to the context built for the version held then, and
+with it the certificate the node presents (its `TlsIdentity`, moved by a TLS key rotation, 6a.13).
+A node's accepted certificates are its active one and, during a rotation's overlap, its retiring one.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from exchange.crypto import spki_pin
 from exchange.errors import UnknownPeer
+from exchange.keystore import TlsIdentity
 from exchange.model import RosterNode
 from exchange.protocol.roster import Federation
 
@@ -25,7 +28,7 @@ def server_context(cert: Path, key: Path, fed: Federation) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_cert_chain(cert, key)
     ctx.verify_mode = ssl.CERT_OPTIONAL
-    ctx.load_verify_locations(cadata="".join(n.tls_cert for n in fed.roster.nodes))
+    ctx.load_verify_locations(cadata=fed.tls_certs_pem())
     return ctx
 
 
@@ -34,26 +37,28 @@ class ServerTls:
     version held when they begin (`install` builds it), so a node listed in a new version can
     connect at once and one no longer listed (revoked, suspended) is refused at the handshake."""
 
-    def __init__(self, cert: Path, key: Path, fed: Federation) -> None:
-        self._cert, self._key = cert, key
-        self._current = server_context(cert, key, fed)
-        self.context = server_context(cert, key, fed)
+    def __init__(self, identity: TlsIdentity, fed: Federation) -> None:
+        self._identity = identity
+        self._current = server_context(identity.cert, identity.key, fed)
+        self.context = server_context(identity.cert, identity.key, fed)
         self.context.sni_callback = self._switch
 
     def _switch(self, ssl_object: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
         ssl_object.context = self._current  # called on every client hello, with or without a name
 
     def install(self, fed: Federation) -> None:
-        self._current = server_context(self._cert, self._key, fed)
+        """The version held now: its certificates trusted, and the node's identity as it is now."""
+        self._current = server_context(self._identity.cert, self._identity.key, fed)
 
 
-def peer_context(peer: RosterNode, cert: Path | None, key: Path | None) -> ssl.SSLContext:
-    """Trust only `peer`'s roster certificate, and present ours if given."""
+def peer_context(peer: RosterNode, cert: Path | None, key: Path | None, trusted: str | None = None) -> ssl.SSLContext:
+    """Trust only `peer`'s roster certificates (`trusted`, PEM: its active and retiring ones; by
+    default its active one), and present ours if given."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False  # the certificate itself is pinned, whatever name it carries
     ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cadata=peer.tls_cert)
+    ctx.load_verify_locations(cadata=trusted or peer.tls_cert)
     if cert is not None and key is not None:
         ctx.load_cert_chain(cert, key)
     return ctx

@@ -35,6 +35,7 @@ class FormerKeys:
     signing: dict[tuple[str, str], tuple[str, bytes]]  # raw keys: a Federation goes to worker processes
     wrap: frozenset[tuple[str, str]]
     departed: dict[str, str] = field(default_factory=dict)  # suspended or revoked node -> its name
+    tls: dict[str, tuple[str, str]] = field(default_factory=dict)  # pin of a retiring TLS key -> (node, cert PEM)
 
 
 class Federation:
@@ -120,10 +121,21 @@ class Federation:
             raise UnknownPeer(f"node {node_id!r} is not in the roster") from None
 
     def node_by_pin(self, pin: str) -> RosterNode:
+        """The active node whose active or retiring TLS key has `pin` (6a.7: a TLS rotation's overlap)."""
         try:
             return self._index.by_pin[pin]
         except KeyError:
+            former = self._index.former.tls.get(pin)
+            if former is not None and former[0] in self._index.by_id:
+                return self._index.by_id[former[0]]
             raise UnknownPeer("the TLS certificate is not in the roster") from None
+
+    def tls_certs_pem(self, node_id: str | None = None) -> str:
+        """PEM of the certificates to trust in TLS: every active node's active and retiring ones, or
+        one node's."""
+        active = [n.tls_cert for n in self.roster.nodes if node_id in (None, n.id)]
+        retiring = [pem for n, pem in self._index.former.tls.values() if node_id in (None, n)]
+        return "".join(active + retiring)
 
     def verify_key(self, node_id: str) -> VerifyKey:
         return VerifyKey(b64d(self.node(node_id).signing_key))

@@ -431,12 +431,14 @@ def federation_view(trusted: TrustedRoster) -> Federation:
 
 def former_keys(trusted: TrustedRoster) -> FormerKeys:
     """The keys of the held version's active nodes besides their active ones (6a.13): every
-    signing key with its state, and the retiring encryption keys that envelopes may still wrap for.
+    signing key with its state, the retiring encryption keys that envelopes may still wrap for, and
+    the retiring TLS keys that handshakes still accept.
     A suspended or revoked node's signing keys, but compromised ones, are listed as verify-only:
     what it signed before still verifies where it is stored (6a.7), and nothing new is taken."""
     signing: dict[tuple[str, str], tuple[str, bytes]] = {}
     wrap: set[tuple[str, str]] = set()
     departed: dict[str, str] = {}
+    tls: dict[str, tuple[str, str]] = {}
     for node in trusted.roster.nodes:
         if node.status != "active":
             departed[node.id] = node.name
@@ -451,7 +453,10 @@ def former_keys(trusted: TrustedRoster) -> FormerKeys:
                 signing[node.id, key.kid] = (key.state, b64d(key.key))
             elif key.use == "encryption" and key.state == "retiring":
                 wrap.add((node.id, key.kid))
-    return FormerKeys(signing, frozenset(wrap), departed)
+            elif key.use == "tls" and key.state == "retiring":
+                cert = b64d(key.key)
+                tls[spki_pin(cert)] = (node.id, cert_pem(cert))
+    return FormerKeys(signing, frozenset(wrap), departed, tls)
 
 
 def key_entry(

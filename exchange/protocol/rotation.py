@@ -1,10 +1,11 @@
 """Rotation of a node's keys (docs/protocol.md, 6a.13): the request a node makes on its own host,
 and how the authority's proposer lists what it asks for.
 
-A **rotation request** names the node, the use (`signing` or `encryption`), the key it replaces
-(`old`, the node's active key of that use) and the new public key. It is signed by the node's
-active signing key (continuity: the holder of the listed key asks), and, for a signing key, by the
-new key as well (proof of possession; an X25519 key cannot sign, as for a join request, 6a.10).
+A **rotation request** names the node, the use (`signing`, `encryption` or `tls`), the key it
+replaces (`old`, the node's active key of that use) and the new public key (for `tls`, the new
+certificate). It is signed by the node's active signing key (continuity: the holder of the listed
+key asks), and, for a signing key, by the new key as well (proof of possession; an X25519 key cannot
+sign, as for a join request, 6a.10; a TLS key proves itself in each handshake).
 The proposer lists the new key `active` from the next version and the old one `retiring`: the
 overlap, in which what the node signed or was sent before is still accepted. A later version ends
 it (`finish`): the retiring keys become `verify-only`, valid until the version before.
@@ -18,7 +19,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from exchange.crypto import EncryptionKey, SigningKey, VerifyKey, b64d, b64e, sha256, strict_loads
+from exchange.crypto import EncryptionKey, SigningKey, VerifyKey, b64d, b64e, cert_subject, sha256, strict_loads
 from exchange.crypto.encoding import canonical_json
 from exchange.errors import ConfigError, InvalidEnvelope, InvalidInput
 from exchange.model import Kid, NodeIdStr, Short, Timestamp, first_error
@@ -27,8 +28,8 @@ from exchange.protocol.rosterchain import key_entry, key_kid
 from exchange.protocol.signing import signing_input_prefix
 
 ROTATE_DOMAIN = "roster-rotate"
-RotationUse = Literal["signing", "encryption"]
-ROTATION_USES: tuple[RotationUse, ...] = ("signing", "encryption")
+RotationUse = Literal["signing", "encryption", "tls"]
+ROTATION_USES: tuple[RotationUse, ...] = ("signing", "encryption", "tls")
 
 _WIRE = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -69,16 +70,17 @@ def sign_rotation_request(
     node_id: str,
     made: str,
     current: SigningKey,
-    new: SigningKey | EncryptionKey,
+    new: SigningKey | EncryptionKey | bytes,
     old: str | None = None,
 ) -> RotationRequest:
-    """A request to list `new` in place of the node's key of the same use: `old` (by default, for a
-    signing key, `current`'s kid), signed by `current` and, for a signing key, by `new` too."""
-    use: RotationUse = "signing" if isinstance(new, SigningKey) else "encryption"
-    raw = new.verify_key.raw if isinstance(new, SigningKey) else new.raw
+    """A request to list `new` (a signing key, an encryption key, or a TLS certificate as PEM or
+    DER) in place of the node's key of the same use: `old` (by default, for a signing key,
+    `current`'s kid), signed by `current` and, for a signing key, by `new` too."""
+    use: RotationUse = "signing" if isinstance(new, SigningKey) else "tls" if isinstance(new, bytes) else "encryption"
+    raw = new.verify_key.raw if isinstance(new, SigningKey) else new if isinstance(new, bytes) else new.raw
     if old is None:
         if use != "signing":
-            raise InvalidInput("name the encryption key this one replaces")
+            raise InvalidInput(f"name the {use} key this one replaces")
         old = current.kid
     entry = key_entry(use, raw, 1)
     try:
@@ -138,6 +140,10 @@ def verify_rotation_request(request: RotationRequest, held: RosterV2) -> None:
         raise InvalidInput(f"{who}: the new {body.use} key {body.key.kid} has kid {kid}")
     if any(k.kid == kid for n in held.nodes for k in n.keys):
         raise InvalidInput(f"{who}: key {kid} is listed already")
+    if body.use == "tls" and cert_subject(b64d(body.key.key)) in {
+        cert_subject(b64d(k.key)) for k in node.keys if k.use == "tls" and k.state in ("active", "retiring")
+    }:  # OpenSSL finds an anchor by its subject: the overlap needs two names
+        raise InvalidInput(f"{who}: the new certificate has the subject name of one the node has")
     signers = [(current["signing"].kid, current["signing"].key, "its active signing key")]
     if body.use == "signing":
         signers.append((body.key.kid, body.key.key, "the new signing key"))

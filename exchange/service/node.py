@@ -17,6 +17,7 @@ from typing import Any
 from exchange.config import NodeConfig
 from exchange.crypto import NodeKeys
 from exchange.errors import ExchangeError, HeldRosterExpired
+from exchange.keystore import TlsIdentity
 from exchange.model import Bulletin, ChannelEvent, NodeId, Receipt
 from exchange.protocol.roster import Federation
 from exchange.service.access import Access
@@ -71,6 +72,7 @@ class NodeService:
         webhook_sender: WebhookSender | None = None,
         gossip: RosterGossip | None = None,
         tlog_client: TlogClient | None = None,
+        tls: TlsIdentity | None = None,
     ) -> None:
         self.config = config
         self.me = NodeId(config.id)
@@ -85,7 +87,7 @@ class NodeService:
         )  # `held`: the roster v2 version, read at each use (a handover needs it, docs/protocol.md 7.5)
         self.access = Access(self.me, self.channels)
         self.crypto = EnvelopeCrypto(self.me, keys, fed, config.crypto_workers)
-        self.own_keys = OwnKeys(self.me, config.keys_dir, keys)  # rotations of this node's keys, live
+        self.own_keys = OwnKeys(self.me, config.keys_dir, keys, tls)  # rotations of this node's keys, live
         self.users = Users(store)
         self.epochs = EpochBook(
             self.me, store, fed, keys, self.channels, transport, epoch_hybrid_key(config), announce=config.envelope_v2
