@@ -33,7 +33,6 @@ from exchange.service.envelopes_v2 import seal_v2
 from exchange.service.epochs import EpochBook
 from exchange.service.inbox import Inbox
 from exchange.service.outbox import EnvelopeRef, Outbox, queued_row
-from exchange.service.sequence import next_seq
 from exchange.service.users import User
 from exchange.service.views import Posted
 from exchange.store import AuditBuffer, Store, bulletins, outbox, user_reads
@@ -207,10 +206,13 @@ class Posting:
         epoch = await self.epochs.for_post(state) if self.epochs is not None else None
         seq = await self._next_seq(channel)
         now = timestamp()
-        # Several workers (.sequence): a small post is sealed once, in the writer, with the number the
-        # log's lock gives; a bulky one here with the number expected, and again there if it was taken.
+        # Several workers share the database (PostgreSQL): the sequence number is the one the writer
+        # hands out under the log's lock (`AuditBuffer.take_seq`, read once per group commit), so
+        # numbers are gap-free and in commit order across workers. A small post is sealed there,
+        # once, with it; a bulky one here with the number expected, and again there if it was taken.
+        stream = (self.me, channel) if self.store.shared else None
         sealed: Sealed | None = None
-        if self.store.shared and not _bulky(bulletin):
+        if stream is not None and not _bulky(bulletin):
             pass
         elif epoch is not None:  # one HKDF and one AES-GCM pass, whatever the number of readers
             sealed = seal_v2(bulletin, state, epoch, self.me, self.keys.signing, seq, now)
@@ -218,13 +220,26 @@ class Posting:
             # Sealed in a crypto worker process, or here; a bulky post (tens of milliseconds at
             # the largest) in a thread, not on the event loop.
             sealed = await self.crypto.seal(SealJob(bulletin, state, readers, seq, now), bulky=_bulky(bulletin))
+        sealed_seq = seq if sealed is not None else 0  # the number the row below was sealed with
         bid, row = (sealed.bid, sealed.row) if sealed is not None else ("", {})
         dests: list[str] = [n for n in state.readers if n != self.me]
         recipients = [NodeId(d) for d in dests]
         posted = Posted(id=BulletinId(bid), channel=ChannelId(channel), seq=seq, recipients=recipients, created=now)
 
-        def rows(audit: AuditBuffer) -> None:
+        def rows(audit: AuditBuffer) -> Posted:
             # Rows, not statements: the writer sends every post's rows of a group commit together.
+            nonlocal seq, sealed_seq, bid, row, posted
+            if stream is not None:
+                seq = audit.take_seq(*stream)
+                self._seqs[channel] = max(seq, self._seqs[channel])
+                if seq != sealed_seq:
+                    resealed = (
+                        seal_v2(bulletin, state, epoch, self.me, self.keys.signing, seq, now)
+                        if epoch is not None
+                        else seal_one(self.crypto.ctx, SealJob(bulletin, state, readers, seq, now))
+                    )
+                    sealed_seq, bid, row = seq, resealed.bid, resealed.row
+                    posted = replace(posted, id=BulletinId(bid), seq=seq)
             audit.insert(bulletins, [row])
             if seen:
                 audit.insert(user_reads, [{"user": user.name, "bulletin_id": bid, "at": now}])
@@ -258,32 +273,19 @@ class Posting:
                     tlp=bulletin.handling.tlp,
                 )
             )
+            return posted
 
-        if keyed is None and not self.store.shared:
-            await self.store.insert(rows)
+        if keyed is None:
+            posted = await self.store.insert(rows, stream=stream)
         else:
 
             async def job(conn: AsyncConnection, audit: AuditBuffer) -> Posted:
-                nonlocal seq, bid, row, posted  # `rows` reads them when it runs
-                if self.store.shared:  # several workers: the number the log's lock gives (.sequence)
-                    free = await next_seq(conn, self.me, channel)
-                    if free != seq or sealed is None:
-                        seq, self._seqs[channel] = free, max(free, self._seqs[channel])
-                        resealed = (
-                            seal_v2(bulletin, state, epoch, self.me, self.keys.signing, seq, now)
-                            if epoch is not None
-                            else seal_one(self.crypto.ctx, SealJob(bulletin, state, readers, seq, now))
-                        )
-                        bid, row = resealed.bid, resealed.row
-                        posted = replace(posted, id=BulletinId(bid), seq=seq)
-                if keyed is not None:
-                    # Expired keys go here, a few at a time, so the table holds one retention's worth.
-                    cutoff = timestamp(utc_now() - KEY_RETENTION)
-                    await conn.execute(sa.delete(idempotency_keys).where(idempotency_keys.c.created < cutoff))
-                rows(audit)
-                return posted
+                # Expired keys go here, a few at a time, so the table holds one retention's worth.
+                cutoff = timestamp(utc_now() - KEY_RETENTION)
+                await conn.execute(sa.delete(idempotency_keys).where(idempotency_keys.c.created < cutoff))
+                return rows(audit)
 
-            posted = await self.store.write(job)
+            posted = await self.store.write(job, stream=stream)
         self.outbox.wake(dests)
         return posted
 

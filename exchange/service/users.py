@@ -105,14 +105,17 @@ async def authenticate(store: Store, token: str | None) -> User:
     """The user a bearer token belongs to; Unauthorized if none."""
     if not token:
         raise Unauthorized("a bearer token is required")
+    # One statement (every request makes it): the user and, a row each, the channels assigned.
+    query = (
+        sa.select(users.c.name, users.c.role, user_channels.c.channel)
+        .select_from(users.outerjoin(user_channels, user_channels.c.user == users.c.name))
+        .where(users.c.token_hash == hash_token(token))
+    )
     async with store.read() as conn:
-        row = (
-            await conn.execute(sa.select(users.c.name, users.c.role).where(users.c.token_hash == hash_token(token)))
-        ).first()
-        if row is None:
-            raise Unauthorized("unknown token")
-        channels = await conn.scalars(sa.select(user_channels.c.channel).where(user_channels.c.user == row.name))
-        return User(row.name, row.role, frozenset(channels))
+        rows = (await conn.execute(query)).all()
+    if not rows:
+        raise Unauthorized("unknown token")
+    return User(rows[0].name, rows[0].role, frozenset(r.channel for r in rows if r.channel is not None))
 
 
 # -- console passwords (exchange.web) ---------------------------------------------------------

@@ -49,14 +49,14 @@ async def log_end(conn: AsyncConnection) -> int:
     return 0 if top is None else int(top) + 1
 
 
-async def lock_log(conn: AsyncConnection) -> int:
-    """Take the log's lock for this transaction and return the next audit index.
+async def lock_log(conn: AsyncConnection) -> None:
+    """Take the log's lock for this transaction.
 
-    The end is read after the lock is granted, by a statement of its own (a statement's snapshot
-    is taken when it starts), so it counts every transaction that held the lock before.
+    Read the log's end after it, in a statement of its own (a statement's snapshot is taken when
+    it starts), so that it counts every transaction that held the lock before: `Store` reads it
+    with the last numbers of the streams its jobs take numbers of, in one statement.
     """
     await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOG_LOCK})
-    return await log_end(conn)
 
 
 class Role:
@@ -101,6 +101,15 @@ class Role:
 
 # What the triggers of migration 0007 notify (the payload: a destination, a channel, nothing).
 OUTBOX, CHANNELS, AUDIT = "exchange_outbox", "exchange_channels", "exchange_audit"
+# What a write notifies itself (`notify`): a channel's epoch records, keys or grants (the channel).
+EPOCHS = "exchange_epochs"
+
+
+async def notify(conn: AsyncConnection, topic: str, payload: str) -> None:
+    """Tell the other workers, at this transaction's commit, that it stored something of `topic`
+    (PostgreSQL delivers it then, and not at all if the transaction rolls back); SQLite: nothing."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(sa.text("SELECT pg_notify(:topic, :payload)"), {"topic": topic, "payload": payload})
 
 
 class Changes:
@@ -209,6 +218,7 @@ async def release_leases(conn: AsyncConnection, holder: str, now: dt.datetime) -
 __all__ = [
     "AUDIT",
     "CHANNELS",
+    "EPOCHS",
     "LOG_LOCK",
     "OUTBOX",
     "POLL_SECONDS",
@@ -217,6 +227,7 @@ __all__ = [
     "claim_lease",
     "lock_log",
     "log_end",
+    "notify",
     "release_leases",
     "renew_lease",
     "role_key",

@@ -4,7 +4,8 @@ Every write goes through `Store.write` (a job that may read) or `Store.insert` (
 adds rows), which gather the jobs that arrive while a commit runs and commit them in one
 transaction, with one executemany per table for the rows they add. The writer is also the only
 place that gives audit entries their index, so the audit log has no gaps and no races within one
-process.
+process; and, for jobs that name a stream (an author's bulletins in a channel), the next sequence
+numbers, read once per transaction for all of them (`AuditBuffer.take_seq`).
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from exchange.errors import ConfigError, Unavailable
 from exchange.merkle import leaf_hash
 from exchange.store import schema, workers
 from exchange.store.engine import make_engine, reason
-from exchange.store.tables import audit_log
+from exchange.store.tables import audit_log, bulletins
 
 T = TypeVar("T")
+# An author's bulletins in a channel: (author, channel), whose sequence numbers are gap-free.
+Stream = tuple[str, str]
 
 
 @dataclass
@@ -38,6 +41,9 @@ class AuditBuffer:
     next_idx: int
     rows: list[dict[str, Any]] = field(default_factory=list)
     inserts: dict[tuple[sa.Table, tuple[str, ...]], list[dict[str, Any]]] = field(default_factory=dict)
+    # The last sequence number of each stream the transaction's jobs named, as the table had it
+    # when the transaction took the log's lock (`take_seq` hands out the next ones).
+    seqs: dict[Stream, int] = field(default_factory=dict)
 
     def add(self, entry: AuditEntry) -> None:
         body = canonical_json({"idx": self.next_idx + len(self.rows), **entry})
@@ -51,6 +57,17 @@ class AuditBuffer:
         self.rows.append(
             {"idx": self.next_idx + len(self.rows), "entry": body, "leaf_hash": leaf_hash(body), "bulletin": bulletin}
         )
+
+    def take_seq(self, author: str, channel: str) -> int:
+        """The next sequence number of `author`'s bulletins in `channel`, for a job that named that
+        stream (`Store.insert(..., stream=)`): read once per transaction, under the log's lock (on
+        PostgreSQL) or SQLite's write lock, so the numbers are gap-free and in commit order whatever
+        the number of worker processes."""
+        stream = (author, channel)
+        if stream not in self.seqs:
+            raise LookupError(f"a job took a sequence number of a stream it did not name: {stream}")
+        self.seqs[stream] += 1
+        return self.seqs[stream]
 
     def insert(self, table: sa.Table, rows: Iterable[dict[str, Any]]) -> None:
         """Insert `rows` into `table` in this transaction, together with every other job's rows for
@@ -79,6 +96,7 @@ class _Pending:
     future: asyncio.Future[Any]
     job: Job[Any] | None = None
     rows: Rows[Any] | None = None  # a job that reads nothing
+    stream: Stream | None = None  # the stream whose numbers it takes (`AuditBuffer.take_seq`)
 
 
 class Store:
@@ -153,20 +171,21 @@ class Store:
             self._writer = None
         await self.engine.dispose()
 
-    async def write(self, job: Job[T]) -> T:
-        """Run `job` inside a group-committed transaction and return its result once durable."""
+    async def write(self, job: Job[T], *, stream: Stream | None = None) -> T:
+        """Run `job` inside a group-committed transaction and return its result once durable.
+        `stream`: the job takes sequence numbers of that stream (`AuditBuffer.take_seq`)."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        return await self._enqueue(_Pending(future, job=job), future)
+        return await self._enqueue(_Pending(future, job=job, stream=stream), future)
 
-    async def insert(self, rows: Rows[T]) -> T:
+    async def insert(self, rows: Rows[T], *, stream: Stream | None = None) -> T:
         """Run `rows`, which reads nothing and only adds rows and audit entries, in a group-committed
-        transaction; return its result once durable.
+        transaction; return its result once durable. `stream`: as for `write`.
 
         The rows of every such job in a group commit go to the database as one executemany per
         table, and no job waits for a statement of its own.
         """
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        return await self._enqueue(_Pending(future, rows=rows), future)
+        return await self._enqueue(_Pending(future, rows=rows, stream=stream), future)
 
     async def _enqueue(self, pending: _Pending, future: asyncio.Future[T]) -> T:
         if self._closed:
@@ -198,15 +217,21 @@ class Store:
     async def _commit(self, batch: list[_Pending]) -> None:
         """Commit a batch. The log's end is read inside the write transaction, once its lock is
         held: another process may have appended (other workers on PostgreSQL; an admin command,
-        such as `roster import`, beside a running node on SQLite)."""
+        such as `roster import`, beside a running node on SQLite).
+
+        What the lock serialises across workers is kept short: the log's end and the streams'
+        last numbers in one statement, the jobs, one executemany per table, the commit. Jobs
+        that read nothing (posts) wait for no statement of their own in between.
+        """
         buffer = AuditBuffer(self._audit_size)
         results: list[Any] = [None] * len(batch)
+        streams = list(dict.fromkeys(p.stream for p in batch if p.stream is not None))
         async with self.engine.begin() as conn:
             if self.shared:  # indices (and sequence numbers) in commit order, across workers
-                buffer.next_idx = await workers.lock_log(conn)
+                await workers.lock_log(conn)
             else:  # SQLite's write lock now, not at the first INSERT, and the end read under it
                 await conn.exec_driver_sql("BEGIN IMMEDIATE")
-                buffer.next_idx = await workers.log_end(conn)
+            buffer.next_idx, buffer.seqs = await _ends(conn, streams)
             # The jobs that read nothing go first, so that all their rows share one executemany per
             # table. Any order of a batch is a valid one: every caller waits for its own job, so no
             # job in a batch can depend on another.
@@ -232,13 +257,19 @@ class Store:
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A connection to read with; Unavailable (503, retryable) when every pooled connection is
-        taken for longer than the pool's timeout, as under a flood, rather than an internal error."""
+        taken for longer than the pool's timeout, as under a flood, rather than an internal error.
+
+        On PostgreSQL each statement runs on its own (autocommit): under READ COMMITTED every
+        statement takes its own snapshot anyway, and a read then costs no BEGIN and ROLLBACK, two
+        round trips of the three of a one-statement read (the token lookup of every request)."""
         conn = self.engine.connect()
         try:
             await conn.start()
         except sa.exc.TimeoutError as exc:
             raise Unavailable("the database is busy; try again shortly") from exc
         try:
+            if self.shared:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
         finally:
             await conn.close()
@@ -250,6 +281,22 @@ class Store:
             audit.add(entry)
 
         await self.write(job)
+
+
+async def _ends(conn: AsyncConnection, streams: list[Stream]) -> tuple[int, dict[Stream, int]]:
+    """The log's end (one past its largest index) and the last sequence number of each stream, in
+    one statement: seeks on the primary key and on uq_bulletin_stream. Under the log's lock, in a
+    statement of its own (a statement's snapshot is taken when it starts), so it counts every
+    transaction that held the lock before."""
+    columns = [sa.select(sa.func.max(audit_log.c.idx)).scalar_subquery()]
+    for author, channel in streams:
+        columns.append(
+            sa.select(sa.func.max(bulletins.c.seq))
+            .where(bulletins.c.author == author, bulletins.c.channel == channel)
+            .scalar_subquery()
+        )
+    top, *lasts = (await conn.execute(sa.select(*columns))).one()
+    return (0 if top is None else int(top) + 1), {s: int(last or 0) for s, last in zip(streams, lasts, strict=True)}
 
 
 def is_unique_violation(exc: BaseException) -> bool:
