@@ -113,7 +113,7 @@ def test_tree_roots_and_proofs() -> None:
         verify_consistency(m, n, [b64d(p) for p in case["proof"]], roots[m], roots[n])
     sizes = {(c["index"], c["size"]) for c in OUTPUTS["inclusion"]}
     assert {(0, 1), (0, 8), (12, 13)} <= sizes  # a tree of one, a power of two, a lone last leaf
-    assert {(1, 8), (8, 13), (13, 13), (16, 36)} <= {(c["from"], c["to"]) for c in OUTPUTS["consistency"]}
+    assert {(1, 8), (8, 13), (13, 13), (16, gen.WHOLE)} <= {(c["from"], c["to"]) for c in OUTPUTS["consistency"]}
 
 
 def test_checkpoints_and_cosignatures(keys: KeyRing) -> None:
@@ -187,7 +187,7 @@ def test_api_answers_verify(keys: KeyRing) -> None:
     cp, _ = open_checkpoint(inc["checkpoint"], keys.log_key(gen.LOG_NODE), log_origin(gen.LOG_NODE))
     assert b64d(inc["leaf_hash"]) == leaf_hash(inc["entry"].encode("utf-8"))
     verify_inclusion(b64d(inc["leaf_hash"]), inc["index"], inc["size"], [b64d(p) for p in inc["proof"]], cp.root)
-    con = api["GET /api/v1/audit/proof/consistency?from=8&to=36"]
+    con = api[f"GET /api/v1/audit/proof/consistency?from=8&to={gen.WHOLE}"]
     new, _ = open_checkpoint(con["checkpoint"], keys.log_key(gen.LOG_NODE), log_origin(gen.LOG_NODE))
     old = b64d(OUTPUTS["tree"]["roots"][7]["root"])
     verify_consistency(con["from"], con["to"], [b64d(p) for p in con["proof"]], old, new.root)
@@ -206,7 +206,7 @@ def test_bundles_verify(keys: KeyRing, fed: Federation, name: str, batch: bool) 
             check.feed_line(line)
     report = check.finish(quorum=2)
     assert report.complete == (name == "bundle")
-    assert report.entries == (36 if name == "bundle" else 6)
+    assert report.entries == (gen.WHOLE if name == "bundle" else 6)
     # The bundle's own roster, checked against the authority, gives the same verdict.
     anchored = BundleCheck(authority=signing_key("authority").verify_key)
     anchored.feed_lines(lines)
@@ -238,7 +238,7 @@ async def exported(tmp_path: Path) -> AsyncIterator[list[str]]:
             if step["request"] == "POST /fed/v1/audit/cosignatures":
                 await witness.store_cosignature(step["from"], json.loads(step["request_body"]))
             elif step["request"] == "GET /fed/v1/audit/checkpoint?from=13":
-                proof = [b64e(p) for p in await keeper.consistency(13, 36)]
+                proof = [b64e(p) for p in await keeper.consistency(13, gen.WHOLE)]
                 assert proof == json.loads(step["response_body"])["proof"]
         inclusion = json.loads(OUTPUTS["api"]["GET /api/v1/audit/proof/inclusion?index=9&size=13"])
         assert [b64e(p) for p in await keeper.inclusion(9, 13)] == inclusion["proof"]
@@ -283,7 +283,7 @@ async def test_the_node_witness_takes_the_pushes_as_recorded(tmp_path: Path, fed
             sig = parse_signature_line(cosigned.rstrip("\n"))
             verify_cosignature(text, sig, witness_name("ke-customs"), key.verify_key)
         seen = await witness.seen(gen.LOG_NODE)
-        assert seen is not None and seen.size == 36
+        assert seen is not None and seen.size == gen.WHOLE
     finally:
         await store.close()
 

@@ -33,7 +33,7 @@ from exchange.audit.tlog_witness import (
 from exchange.crypto import SigningKey, VerifyKey, b64d
 from exchange.errors import InvalidInput
 from tests.conformance import kit
-from tests.vectors.make_audit_vectors import FILE
+from tests.vectors.make_audit_vectors import FILE, WHOLE
 
 VECTORS: dict[str, Any] = kit.load(FILE.name)["outputs"]
 CHECKPOINTS = {c["size"]: c for c in VECTORS["checkpoints"]}
@@ -106,16 +106,16 @@ def test_a_c2sp_witness_cosigns_this_projects_checkpoints() -> None:
     assert verify_cosignature(CHECKPOINTS[8]["text"], line, "witness.test/w1", public) == 1741944440
 
     # The log does not know what the witness saw: it asks with 0, learns 8, proves from 8.
-    status, answer = witness.add_checkpoint(add_checkpoint_body(0, [], CHECKPOINTS[36]["note"]), 1741950020)
+    status, answer = witness.add_checkpoint(add_checkpoint_body(0, [], CHECKPOINTS[WHOLE]["note"]), 1741950020)
     assert (status, parse_size_body(answer)) == (409, 8)
-    proof = [b64d(p) for p in next(c for c in VECTORS["consistency"] if (c["from"], c["to"]) == (8, 36))["proof"]]
-    status, answer = witness.add_checkpoint(add_checkpoint_body(8, proof, CHECKPOINTS[36]["note"]), 1741950021)
+    proof = [b64d(p) for p in next(c for c in VECTORS["consistency"] if (c["from"], c["to"]) == (8, WHOLE))["proof"]]
+    status, answer = witness.add_checkpoint(add_checkpoint_body(8, proof, CHECKPOINTS[WHOLE]["note"]), 1741950021)
     assert status == 200
     (line,) = parse_cosignature_body(answer)
-    assert verify_cosignature(CHECKPOINTS[36]["text"], line, "witness.test/w1", public) == 1741950021
+    assert verify_cosignature(CHECKPOINTS[WHOLE]["text"], line, "witness.test/w1", public) == 1741950021
 
     # A checkpoint of 13 now is a rollback: the witness refuses it, whatever old size is given.
-    for old in (36, 13, 0):
+    for old in (WHOLE, 13, 0):
         body = add_checkpoint_body(old, [], CHECKPOINTS[13]["note"])
         assert witness.add_checkpoint(body, 1741950022)[0] in (400, 409)
 

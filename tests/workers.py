@@ -72,22 +72,25 @@ class Cluster:
 
     folder: Path
     workers: int
+    reader_workers: int = 1
     configs: dict[str, NodeConfig] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @classmethod
-    async def provision(cls, folder: Path, db_urls: dict[str, str], workers: int) -> Cluster:
+    async def provision(
+        cls, folder: Path, db_urls: dict[str, str], workers: int, *, v2: bool = False, reader_workers: int = 1
+    ) -> Cluster:
+        """The two nodes' files; `v2`: both take envelope v2 (tests/test_workers_v2.py)."""
         nodes_dir = folder / "nodes"
         write_federation(
             nodes_dir,
             NODES,
             [CHANNEL],
             db_urls,
-            # v1 envelopes for now: each worker makes its own channel epoch (see the report of issue 14)
-            {"retry_base_seconds": 0.1, "retry_max_seconds": 1.0, "request_timeout_seconds": 10, "envelope_v2": False},
+            {"retry_base_seconds": 0.1, "retry_max_seconds": 1.0, "request_timeout_seconds": 10, "envelope_v2": v2},
         )
         await init_federation(nodes_dir)
-        cluster = cls(folder, workers)
+        cluster = cls(folder, workers, reader_workers)
         for node in NODES:
             cluster.configs[node] = NodeConfig.load(nodes_dir / f"{node}.toml", environ={})
         return cluster
@@ -102,22 +105,30 @@ class Cluster:
                 [sys.executable, "-m", "exchange.cli", *args], stdout=out, stderr=subprocess.STDOUT
             )
 
-    async def up(self, timeout: float = 90) -> None:
-        """Start both nodes and wait until every worker listens."""
-        self.start(READER)
-        self.start(AUTHOR, self.workers)
-        want = {AUTHOR: self.workers, READER: 1}
+    async def up(self, timeout: float = 90, *, author_first: bool = False) -> None:
+        """Start both nodes and wait until every worker listens; `author_first`: every author
+        worker listens before the reader starts (so that none has loaded an epoch the owner made
+        when the reader, starting, asked it for epochs: tests/test_workers_v2.py)."""
+        want = {AUTHOR: self.workers, READER: self.reader_workers}
         deadline = time.monotonic() + timeout
-        for node, count in want.items():
-            while listening(self.configs[node].port) < count:
+
+        async def listens(node: str) -> None:
+            while listening(self.configs[node].port) < want[node]:
                 proc = self.procs[node]
                 if proc.poll() is not None or time.monotonic() > deadline:
                     log = (self.folder / f"{node}.log").read_text()
-                    raise AssertionError(f"{node} did not start {count} worker(s):\n{log[-3000:]}")
+                    raise AssertionError(f"{node} did not start {want[node]} worker(s):\n{log[-3000:]}")
                 await asyncio.sleep(0.1)
 
-    def worker_pids(self) -> list[int]:
-        return children(self.procs[AUTHOR].pid)
+        for node in (AUTHOR, READER) if author_first else (READER, AUTHOR):
+            self.start(node, want[node])
+            if author_first:
+                await listens(node)
+        for node in want:
+            await listens(node)
+
+    def worker_pids(self, node: str = AUTHOR) -> list[int]:
+        return children(self.procs[node].pid)
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -132,7 +143,7 @@ class Cluster:
 
     def kill_all(self) -> None:
         for node, proc in self.procs.items():
-            pids = self.worker_pids() if node == AUTHOR else []
+            pids = self.worker_pids(node)
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()

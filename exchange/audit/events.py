@@ -13,6 +13,17 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal, NotRequired, TypedDict
 
+from exchange.audit.epoch_events import (
+    EPOCH_GRANT_TAKEN,
+    EPOCH_GRANTED,
+    EPOCH_KEY_TAKEN,
+    EPOCH_MADE,
+    EpochGranted,
+    EpochGrantTaken,
+    EpochKeyTaken,
+    EpochMade,
+)
+
 # -- the kind names -------------------------------------------------------------------------------
 
 BULLETIN_POSTED: Final = "bulletin.posted"
@@ -79,6 +90,10 @@ EVENT_KINDS: Final[tuple[str, ...]] = (
     WEBHOOK_CHANGED,
     WEBHOOK_DELIVERED,
     WEBHOOK_FAILING,
+    EPOCH_MADE,
+    EPOCH_KEY_TAKEN,
+    EPOCH_GRANTED,
+    EPOCH_GRANT_TAKEN,
 )
 """Every kind, in the order of docs/audit.md's table."""
 
@@ -462,5 +477,9 @@ AuditEntry = (
     | WebhookChanged
     | WebhookDelivered
     | WebhookFailing
+    | EpochMade
+    | EpochKeyTaken
+    | EpochGranted
+    | EpochGrantTaken
 )
 """One audit entry as written, before the store gives it its `idx`."""

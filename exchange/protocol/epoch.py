@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from exchange.crypto import SigningKey, b64d, b64e, sha256, strict_loads
+from exchange.crypto import SigningKey, b64d, b64e, canonical_json, sha256, strict_loads
 from exchange.crypto.content import Random, os_random
 from exchange.crypto.epoch import SUITE_X25519, WRAP_SIZES, EpochKey, UnwrapKey, WrapKey, suite_of, unwrap_epoch_key
 from exchange.errors import DecryptionFailed, EpochInvalid, InvalidInput
@@ -54,6 +54,12 @@ def roster_wrap_keys(fed: Federation, hybrid: Mapping[str, WrapKeyId] | None = N
 def epoch_hash(record: EpochRecord) -> str:
     """The hash an envelope cites and the next epoch chains to (signature included)."""
     return sha256(record.canonical).hex()
+
+
+def grant_digest(grant: HistoryGrant) -> str:
+    """SHA-256 of the RFC 8785 form of the whole grant (signature included), hex: how the audit
+    logs of its owner and its grantee name it (docs/audit.md), as an epoch is named by its hash."""
+    return sha256(canonical_json(grant.model_dump(mode="json"))).hex()
 
 
 def _u64(n: int) -> bytes:

@@ -171,6 +171,17 @@ def verified_v2(row: Any, fed: Federation, epochs: EpochBook) -> VerifiedV2:
     return VerifiedV2(env, bulletin, list(epoch.readers))
 
 
+async def verified_v2_held(row: Any, fed: Federation, epochs: EpochBook) -> VerifiedV2:
+    """`verified_v2`, checked once more after taking in what the node's other workers stored of
+    the channel's epochs, if this worker did not hold the bulletin's epoch or its key yet."""
+    try:
+        return verified_v2(row, fed, epochs)
+    except BulletinUnverified:
+        if not await epochs.refresh(row.channel):
+            raise
+        return verified_v2(row, fed, epochs)
+
+
 def seal_v2(
     bulletin: Bulletin,
     state: ChannelState,

@@ -14,17 +14,15 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
-
+from exchange.audit.epoch_events import EPOCH_GRANT_TAKEN, EPOCH_GRANTED
+from exchange.audit.events import AuditEntry
 from exchange.clock import timestamp
 from exchange.crypto import EpochKey, sha256
 from exchange.errors import EpochInvalid, NotFound
 from exchange.protocol.channel import ChannelState
-from exchange.protocol.epoch import make_grant, open_grant, parse_grant, verify_grant
+from exchange.protocol.epoch import grant_digest, make_grant, open_grant, parse_grant, verify_grant
 from exchange.protocol.epoch_model import MAX_GRANT_EPOCHS, EpochRecord, HistoryGrant
-from exchange.store import AuditBuffer, cursors
-from exchange.store.tables import epoch_grants, epoch_keys
+from exchange.service.epoch_store import store_grant
 
 if TYPE_CHECKING:
     from exchange.service.epochs import EpochBook
@@ -37,6 +35,8 @@ _EPOCH_OF = re.compile(rb'"epoch":\{"hash":"([0-9a-f]{64})"')
 
 
 def grant_hash(grant: HistoryGrant) -> str:
+    """The key a node stores a grant under (`epoch_grants.hash`); the audit log names it by
+    `grant_digest`, which another implementation recomputes from the signed grant."""
     return sha256(grant.model_dump_json().encode()).hex()
 
 
@@ -77,7 +77,7 @@ async def ensure_grant(book: EpochBook, state: ChannelState, peer: str) -> None:
             owner_key=book.keys.signing,
             created=timestamp(),
         )
-        await _store(book, grant, {})
+        await _store(book, grant, {}, made=True)
         log.info("%s: granted %s %d epochs of %s", book.me, peer, len(grant.epochs), state.channel)
 
 
@@ -101,41 +101,40 @@ async def accept_grants(book: EpochBook, channel: str, raws: Sequence[Any]) -> i
         held = {r.n: r for r in book.records(channel)}
         verify_grant(grant, book.fed, state, ids, held)
         keys = open_grant(grant, held, book.me, book.unwrap_key(grant.kid))  # DecryptionFailed: not kept
-        await _store(book, grant, keys)
+        await _store(book, grant, keys, made=False)
         known.add(grant_hash(grant))
         fresh += 1
     return fresh
 
 
-async def _store(book: EpochBook, grant: HistoryGrant, keys: dict[int, EpochKey]) -> None:
-    now = timestamp()
-    wire = grant.model_dump_json().encode()
-    new_keys = {n: k for n, k in keys.items() if book.key(grant.channel, n) is None}
-
-    async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
-        await conn.execute(
-            sa.insert(epoch_grants).values(
-                channel=grant.channel,
-                node=grant.node,
-                state_pos=grant.state.pos,
-                hash=grant_hash(grant),
-                grant=wire,
-                stored_at=now,
-            )
-        )
-        if new_keys:
-            await conn.execute(
-                sa.insert(epoch_keys),
-                [
-                    {"channel": grant.channel, "n": n, "key": k.secret_bytes(), "via": "grant"}
-                    for n, k in new_keys.items()
-                ],
-            )
-            # Catch-up passed these epochs' envelopes by as not ours: pull the channel again from
-            # the start (what is held is skipped by id).
-            await conn.execute(sa.delete(cursors).where(cursors.c.channel == grant.channel))
-
-    await book.store.write(job)
-    book.grants.setdefault(grant.channel, []).append(grant)
-    for n, k in new_keys.items():
+async def _store(book: EpochBook, grant: HistoryGrant, keys: dict[int, EpochKey], *, made: bool) -> None:
+    """Store a grant (exchange.service.epoch_store) and hold what is stored now of its grantee's
+    grants and of its epochs' keys; audited at the end where it was stored (made or taken)."""
+    ghash = grant_hash(grant)
+    named = grant_digest(grant)  # in the audit entry: what an auditor recomputes from the signed grant
+    epochs = [e.n for e in grant.epochs]
+    entry: AuditEntry
+    if made:
+        entry = {
+            "event": EPOCH_GRANTED,
+            "at": timestamp(),
+            "channel": grant.channel,
+            "node": grant.node,
+            "state": grant.state.pos,
+            "hash": named,
+            "epochs": epochs,
+        }
+    else:
+        entry = {
+            "event": EPOCH_GRANT_TAKEN,
+            "at": timestamp(),
+            "channel": grant.channel,
+            "owner": grant.owner,
+            "state": grant.state.pos,
+            "hash": named,
+            "epochs": epochs,
+        }
+    stored, held = await store_grant(book.store, grant, ghash, keys, entry, made=made)
+    book.hold_grants(stored)
+    for n, k in held.items():
         book.remember_key(grant.channel, n, k)

@@ -38,7 +38,7 @@ from exchange.protocol.envelope import bulletin_id, check_signature, open_envelo
 from exchange.protocol.receipt import make_receipt
 from exchange.protocol.roster import Federation
 from exchange.service.access import Access
-from exchange.service.envelopes_v2 import stored_v2, verified_v2, view_v2
+from exchange.service.envelopes_v2 import stored_v2, verified_v2_held, view_v2
 from exchange.service.epochs import EpochBook
 from exchange.service.outbox import Outbox, ReceiptRef, queued_row
 from exchange.service.records import receipt_row
@@ -197,7 +197,7 @@ class Inbox:
         args = (row, self.me, self.fed, self.keys)
         try:
             if self.epochs is not None and stored_v2(as_bytes(row.envelope)):  # 15: under its epoch's key
-                return view_v2(verified_v2(row, self.fed, self.epochs), self.fed, [r.receipt for r in got])
+                return view_v2(await verified_v2_held(row, self.fed, self.epochs), self.fed, [r.receipt for r in got])
             # Tens of milliseconds for a 4 MB envelope: not on the loop that serves the others.
             if isinstance(row.envelope, bytes | bytearray | memoryview) and len(row.envelope) > THREAD_FROM:
                 env, bulletin = await asyncio.to_thread(_verified_bulletin, *args)

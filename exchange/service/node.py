@@ -129,7 +129,8 @@ class NodeService:
         self.metrics = NodeMetrics(self.me, store, fed, self.outbox, self.audit)  # GET /metrics
         self.batch = BatchPosting(self.posting)  # many posts in one request, each on its own
         self.webhooks = Webhooks(self.me, store, self.access, webhook_sender)  # metadata to administrations' URLs
-        self.worker_sync = WorkerSync(store, self.outbox, self.channels)  # other workers' commits (PostgreSQL)
+        # Other workers' commits (PostgreSQL): queued items, channel events, audit entries, epochs.
+        self.worker_sync = WorkerSync(store, self.outbox, self.channels, self.epochs)
         self._tasks: list[asyncio.Task[None]] = []
 
     def partners(self) -> list[str]:

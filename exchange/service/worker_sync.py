@@ -6,6 +6,8 @@ event and every audit entry (exchange.store.workers). Each worker follows them h
 - items queued for a partner wake this worker's sender to it, which sends them if this worker
   holds the partner's lease (exchange.service.leases);
 - a channel event another worker stored is taken into this worker's channel states;
+- an epoch record, epoch key or history grant another worker stored is taken into this worker's
+  epochs (exchange.service.epoch_store; the writer notifies, not a trigger);
 - audit entries move this worker's end of the log, so its keeper takes them in.
 
 No broker: the database delivers them. A notification lost with its connection is made good when
@@ -22,9 +24,10 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from exchange.service.channels import ChannelBook
+from exchange.service.epochs import EpochBook
 from exchange.service.outbox import Outbox
 from exchange.store import Store
-from exchange.store.workers import AUDIT, CHANNELS, OUTBOX, Changes
+from exchange.store.workers import AUDIT, CHANNELS, EPOCHS, OUTBOX, Changes
 
 log = logging.getLogger("exchange.workers")
 
@@ -32,14 +35,17 @@ log = logging.getLogger("exchange.workers")
 class WorkerSync:
     """This worker's caches, kept up with what the other workers commit."""
 
-    def __init__(self, store: Store, outbox: Outbox, channels: ChannelBook) -> None:
+    def __init__(self, store: Store, outbox: Outbox, channels: ChannelBook, epochs: EpochBook | None = None) -> None:
         self.store = store
         self.outbox = outbox
         self.channels = channels
+        self.epochs = epochs
         self.changes = Changes(store.engine)
         self.changes.on(OUTBOX, lambda dest: outbox.wake([dest]))
         self.changes.on(CHANNELS, lambda channel: self._once(f"channel:{channel}", lambda: channels.refresh(channel)))
         self.changes.on(AUDIT, lambda _: self._once("audit", store.refresh_audit_size))
+        if epochs is not None:
+            self.changes.on(EPOCHS, lambda channel: self._once(f"epochs:{channel}", lambda: epochs.refresh(channel)))
         self.changes.on_reconnect(self._everything)
         self._running: dict[str, asyncio.Task[object]] = {}
         self._again: set[str] = set()
@@ -58,6 +64,8 @@ class WorkerSync:
         self.outbox.wake(list(self.outbox.senders))
         self._once("channels", lambda: self.channels.refresh())
         self._once("audit", self.store.refresh_audit_size)
+        if self.epochs is not None:
+            self._once("epochs", self.epochs.refresh)
 
     def _once(self, key: str, work: Callable[[], Awaitable[object]]) -> None:
         """Run `work`; if it is running already, once more after it (a burst of notifications

@@ -3,7 +3,8 @@ cosignatures, a witness exchange, API answers, export bundles and negatives (doc
 
 Run `python -m tests.vectors.make_audit_vectors` to write the file, or add `--check` to compare it
 with what the code produces now. It reuses the roster and test keys of envelope-v1.json: the log
-is nl-customs's, its witnesses ke-customs and gb-avsec. Every input is fixed (times, cosignature
+is nl-customs's, its witnesses ke-customs and gb-avsec; the `epoch.*` entries name the epoch and
+grant of envelope-v2.json. Every input is fixed (times, cosignature
 times, the ids of bulletins other than envelope-v1.json's, drawn from make_vectors' CounterRandom);
 Ed25519 is deterministic, so the file reproduces byte for byte.
 
@@ -22,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from exchange.audit import epoch_events as eev
 from exchange.audit import events as ev
 from exchange.audit.checkpoint import (
     COSIGNATURE_HEADER,
@@ -58,7 +60,7 @@ from exchange.audit.witness import (
     split_detail,
     split_message,
 )
-from exchange.crypto import SigningKey, b64d, b64e, canonical_json, sha256
+from exchange.crypto import SigningKey, b64d, b64e, canonical_json, sha256, strict_loads
 from exchange.errors import (
     AuditTampered,
     BadEntry,
@@ -77,6 +79,7 @@ from exchange.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from exchange.protocol.epoch import grant_digest, parse_grant
 from exchange.service.audit.views import ConsistencyProof, InclusionProof, LatestForWitness
 from exchange.service.outbox import transaction_id
 from exchange.store.writer import AuditBuffer
@@ -93,22 +96,24 @@ from tests.vectors.make_vectors import (
 
 HERE = Path(__file__).resolve().parent
 FILE = HERE / "audit-v1.json"
+V2_FILE = HERE / "envelope-v2.json"  # the epoch and grant of the `epoch.*` entries
 
 LOG_NODE = "nl-customs"
 WITNESSES = ("gb-avsec", "ke-customs")
 IMPOSTOR = "impostor"  # a key in no roster: signs the "checkpoint by another key" negative
-CHECKPOINT_SIZES = (1, 8, 13, 36)  # one entry, a power of two, neither, the whole log
+WHOLE = 40  # entries in the log
+CHECKPOINT_SIZES = (1, 8, 13, WHOLE)  # one entry, a power of two, neither, the whole log
 SIGNED_AT = {1: "2025-03-14T09:00:01.000Z", 8: "2025-03-14T09:27:00.000Z", 13: "2025-03-14T09:40:00.000Z"}
-SIGNED_AT[36] = "2025-03-14T11:00:00.000Z"
+SIGNED_AT[WHOLE] = "2025-03-14T11:00:00.000Z"
 # Who co-signed which checkpoint, and when (POSIX seconds): the story of `_witness_exchange`.
 COSIGNED: list[tuple[int, str, int]] = [
     (8, "ke-customs", 1741944440),  # pushed at first contact: old_size 0, no proof
     (13, "gb-avsec", 1741945260),  # pulled at first contact (?from=0)
-    (36, "ke-customs", 1741950020),  # pushed from 8 after a "stale" answer
-    (36, "gb-avsec", 1741950080),  # pulled from 13
+    (WHOLE, "ke-customs", 1741950020),  # pushed from 8 after a "stale" answer
+    (WHOLE, "gb-avsec", 1741950080),  # pulled from 13
 ]
-INCLUSIONS = [(0, 1), (0, 8), (7, 8), (5, 13), (12, 13)] + [(i, 36) for i in range(36)]
-CONSISTENCIES = [(1, 8), (8, 13), (13, 36), (1, 36), (8, 36), (16, 36), (32, 36), (13, 13)]
+INCLUSIONS = [(0, 1), (0, 8), (7, 8), (5, 13), (12, 13)] + [(i, WHOLE) for i in range(WHOLE)]
+CONSISTENCIES = [(1, 8), (8, 13), (13, WHOLE), (1, WHOLE), (8, WHOLE), (16, WHOLE), (32, WHOLE), (13, 13)]
 EXPORTED_AT = "2025-03-14T11:05:00.000Z"
 # A quote, a backslash and non-ASCII text take an entry out of the export's plain form.
 FORGED_TITLE = 'Reason "forged" \\ é'
@@ -365,9 +370,57 @@ def entries(v1: dict[str, Any]) -> tuple[list[ev.AuditEntry], list[bytes]]:
             "count": 2,
             "through": 57,
         },
+        *_epoch_entries(),
         {"event": ev.NODE_STOPPED, "at": "2025-03-14T11:00:00.000Z"},
     ]
     return made, drawn
+
+
+def _epoch_entries() -> list[ev.AuditEntry]:
+    """Envelope v2 (docs/protocol.md 15): as owner of the channel, epoch 1 and the history grant of
+    envelope-v2.json; as a member of another channel (owned by ke-customs, whose epochs are not in
+    those vectors: their hashes are drawn from labels), a key taken by wrap and one by grant."""
+    v2 = strict_loads(V2_FILE.read_text("utf-8"))["outputs"]
+    epoch = next(e for e in v2["epochs"] if e["record"]["n"] == 1)
+    record, grant = epoch["record"], parse_grant(v2["grant"]["signed"])
+    other, owner = "c2c-east-africa", "ke-customs"
+    return [
+        {
+            "event": eev.EPOCH_MADE,
+            "at": "2025-03-14T10:29:00.000Z",
+            "channel": record["channel"],
+            "n": record["n"],
+            "hash": epoch["hash_hex"],
+            "state": record["state"]["pos"],
+            "readers": [w["node"] for w in record["wraps"]],
+        },
+        {
+            "event": eev.EPOCH_GRANTED,
+            "at": "2025-03-14T10:30:00.000Z",
+            "channel": grant.channel,
+            "node": grant.node,
+            "state": grant.state.pos,
+            "hash": grant_digest(grant),
+            "epochs": [e.n for e in grant.epochs],
+        },
+        {
+            "event": eev.EPOCH_KEY_TAKEN,
+            "at": "2025-03-14T10:31:00.000Z",
+            "channel": other,
+            "n": 1,
+            "hash": sha256(f"epoch 1 of {other}".encode()).hex(),
+            "owner": owner,
+        },
+        {
+            "event": eev.EPOCH_GRANT_TAKEN,
+            "at": "2025-03-14T10:32:00.000Z",
+            "channel": other,
+            "owner": owner,
+            "state": 3,
+            "hash": sha256(f"grant of {other} to {LOG_NODE}".encode()).hex(),
+            "epochs": [0],
+        },
+    ]
 
 
 def _key(label: str) -> dict[str, Any]:
@@ -511,24 +564,24 @@ def build(v1: dict[str, Any]) -> dict[str, Any]:
             ],
             "checkpoints": [_checkpoint(cp) for cp in stored],
             "api": {
-                "GET /api/v1/audit/checkpoint": _as_sent(by_size[36].view()),
+                "GET /api/v1/audit/checkpoint": _as_sent(by_size[WHOLE].view()),
                 "GET /api/v1/audit/proof/inclusion?index=9&size=13": _as_sent(
                     InclusionProof(9, 13, rows[9][1], leaves[9], inclusion_proof(leaves[:13], 9), by_size[13]).to_json()
                 ),
-                "GET /api/v1/audit/proof/consistency?from=8&to=36": _as_sent(
-                    ConsistencyProof(8, 36, consistency_proof(leaves, 8), by_size[36]).to_json()
+                f"GET /api/v1/audit/proof/consistency?from=8&to={WHOLE}": _as_sent(
+                    ConsistencyProof(8, WHOLE, consistency_proof(leaves, 8), by_size[WHOLE]).to_json()
                 ),
                 "GET /fed/v1/audit/checkpoint?from=13": _as_sent(
-                    LatestForWitness(by_size[36], consistency_proof(leaves, 13)).to_json()
+                    LatestForWitness(by_size[WHOLE], consistency_proof(leaves, 13)).to_json()
                 ),
                 "GET /fed/v1/audit/checkpoint?from=0 (no checkpoint yet)": _as_sent(
                     LatestForWitness(None, []).to_json()
                 ),
-                f"GET /fed/v1/audit/bulletins/{bid}": _as_sent(_evidence(bid, rows, by_size[36])),
+                f"GET /fed/v1/audit/bulletins/{bid}": _as_sent(_evidence(bid, rows, by_size[WHOLE])),
             },
             "witness": _witness_exchange(by_size, leaves),
             "bundle": {"lines": _bundle_lines(LOG_NODE, roster, stored, rows)},
-            "bulletin_bundle": {"bulletin": bid, "lines": _bulletin_bundle(bid, roster, rows, by_size[36])},
+            "bulletin_bundle": {"bulletin": bid, "lines": _bulletin_bundle(bid, roster, rows, by_size[WHOLE])},
             "negatives": _negatives(roster, rows, stored),
         },
     }
@@ -599,7 +652,7 @@ def _witness_exchange(by_size: dict[int, StoredCheckpoint], leaves: list[bytes])
         return consistency_proof(leaves[:new], old)
 
     cp13_then = _at_the_time(by_size[13], _time_of(13, "gb-avsec"))
-    cp36_then = _at_the_time(by_size[36], _time_of(36, "gb-avsec"))
+    whole_then = _at_the_time(by_size[WHOLE], _time_of(WHOLE, "gb-avsec"))
     push, pull, back = "POST /fed/v1/audit/cosign", "GET /fed/v1/audit/checkpoint", "POST /fed/v1/audit/cosignatures"
     return [
         _step(
@@ -615,16 +668,16 @@ def _witness_exchange(by_size: dict[int, StoredCheckpoint], leaves: list[bytes])
             LOG_NODE,
             "ke-customs",
             push,
-            cosign_request(by_size[36].note, 0, []),
+            cosign_request(by_size[WHOLE].note, 0, []),
             {"status": "stale", "size": 8},
         ),
         _step(
-            "push again with a consistency proof from 8 to 36",
+            f"push again with a consistency proof from 8 to {WHOLE}",
             LOG_NODE,
             "ke-customs",
             push,
-            cosign_request(by_size[36].note, 8, proof(8, 36)),
-            {"status": "cosigned", "cosignature": line(36, "ke-customs")},
+            cosign_request(by_size[WHOLE].note, 8, proof(8, WHOLE)),
+            {"status": "cosigned", "cosignature": line(WHOLE, "ke-customs")},
         ),
         _step(
             "pull at first contact (the log's latest was 13)",
@@ -643,19 +696,19 @@ def _witness_exchange(by_size: dict[int, StoredCheckpoint], leaves: list[bytes])
             {"stored": True},
         ),
         _step(
-            "pull from 13 (the log's latest is now 36, co-signed by ke-customs already)",
+            f"pull from 13 (the log's latest is now {WHOLE}, co-signed by ke-customs already)",
             "gb-avsec",
             LOG_NODE,
             f"{pull}?from=13",
             None,
-            LatestForWitness(cp36_then, proof(13, 36)).to_json(),
+            LatestForWitness(whole_then, proof(13, WHOLE)).to_json(),
         ),
         _step(
             "the pulling witness returns its cosignature",
             "gb-avsec",
             LOG_NODE,
             back,
-            cosignature_body(36, line(36, "gb-avsec")),
+            cosignature_body(WHOLE, line(WHOLE, "gb-avsec")),
             {"stored": True},
         ),
     ]
@@ -808,13 +861,18 @@ def _negatives(roster: Any, rows: list[tuple[int, bytes, bytes]], cps: list[Stor
         "bundle-gap",
         "entry 5's line removed (and the end record's count made to match)",
         "bundle",
-        {"lines": [*(item for item in lines[:-1] if item != _entry_line(lines, 5)), '{"type":"end","entries":35}']},
+        {
+            "lines": [
+                *(item for item in lines[:-1] if item != _entry_line(lines, 5)),
+                f'{{"type":"end","entries":{WHOLE - 1}}}',
+            ]
+        },
         BadEntry,
     )
     tail = _bundle_lines(LOG_NODE, roster, cps, rows[:30])
     add(
         "bundle-tail-deleted",
-        "entries 30 to 35 deleted; checkpoint 36 still signs them",
+        f"entries 30 to {WHOLE - 1} deleted; checkpoint {WHOLE} still signs them",
         "bundle",
         {"lines": tail},
         BadEntry,
@@ -954,8 +1012,8 @@ def _negatives(roster: Any, rows: list[tuple[int, bytes, bytes]], cps: list[Stor
         {**inc, "leaf_hash": b64e(leaves[6])},
         ProofError,
     )
-    q = [b64e(h) for h in consistency_proof(leaves[:36], 8)]
-    con = {"from": 8, "to": 36, "proof": q, "old_root": b64e(by_size[8].root), "new_root": b64e(by_size[36].root)}
+    q = [b64e(h) for h in consistency_proof(leaves[:WHOLE], 8)]
+    con = {"from": 8, "to": WHOLE, "proof": q, "old_root": b64e(by_size[8].root), "new_root": b64e(by_size[WHOLE].root)}
     add(
         "consistency-proof-hash-flipped",
         "one bit of the last proof hash flipped",
@@ -972,7 +1030,7 @@ def _negatives(roster: Any, rows: list[tuple[int, bytes, bytes]], cps: list[Stor
     )
     add(
         "consistency-other-sizes",
-        "the proof from 8 to 36 given as one from 13 to 36",
+        f"the proof from 8 to {WHOLE} given as one from 13 to {WHOLE}",
         "consistency",
         {**con, "from": 13, "old_root": b64e(by_size[13].root)},
         ProofError,
@@ -1012,9 +1070,9 @@ def _negatives(roster: Any, rows: list[tuple[int, bytes, bytes]], cps: list[Stor
     )
     add(
         "witness-rollback",
-        "a push of checkpoint 13 after the witness co-signed 36",
+        f"a push of checkpoint 13 after the witness co-signed {WHOLE}",
         "witness",
-        {"seen": seen(36), "checkpoint": by_size[13].note, "old_size": 36, "proof": []},
+        {"seen": seen(WHOLE), "checkpoint": by_size[13].note, "old_size": WHOLE, "proof": []},
         SplitView,
     )
     return out

@@ -49,6 +49,8 @@ async def stored_header(store: Store, fed: Federation, epochs: EpochBook | None,
             check_signature_v2(v2, fed, stored=True)
             h2 = v2.header
             record = epochs.record(h2.channel, h2.epoch.n) if epochs is not None else None
+            if record is None and epochs is not None and await epochs.refresh(h2.channel):  # another worker's
+                record = epochs.record(h2.channel, h2.epoch.n)
             if record is None or epoch_hash(record) != h2.epoch.hash:
                 raise BulletinUnverified(f"bulletin {bid}: this node holds no record of its epoch {h2.epoch.n}")
             same = bulletin_id_v2(h2) == bid

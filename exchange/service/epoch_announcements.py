@@ -1,0 +1,207 @@
+"""Which partners take envelope v2 and which key each reader's wrap is for (docs/protocol.md,
+15.4 and 15.12): the signed announcements a node fetches, keeps and relays, and its own.
+
+The base of `exchange.service.epochs.EpochBook`: the one place that says which key a wrap is for.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from exchange.clock import timestamp
+from exchange.crypto import NodeKeys, b64d
+from exchange.crypto.epoch import HybridDecryptionKey, HybridEncryptionKey, UnwrapKey, WrapKey
+from exchange.errors import EpochInvalid, ExchangeError, PeerError, PeerRefused, StateUnavailable
+from exchange.model import NodeId
+from exchange.protocol.epoch import WrapKeyId
+from exchange.protocol.epoch_model import EpochRecord
+from exchange.protocol.epoch_support import EpochSupport, make_support, parse_support, verify_support, wrap_key_id
+from exchange.protocol.roster import Federation
+from exchange.service.transport import PeerTransport
+from exchange.store import AuditBuffer, Store
+from exchange.store.tables import epoch_support
+
+SUPPORT_PATH = "/fed/v1/epochs/support"
+UNSUPPORTED_RECHECK = 300.0  # seconds before asking again a node that announced no v2 support
+UNREACHABLE_RECHECK = 30.0  # seconds before an author asks again a node whose ask timed out
+SLOW_ASK = 1.0  # seconds: a failed ask that took longer is a timeout, not a refused connection
+SUPPORT_REFRESH = 3600.0  # seconds after which the owner asks a node for its announcement again
+
+
+class Announcements:
+    """This node's v2 announcement and the partners' it holds (fetched once, kept, refreshed)."""
+
+    def __init__(
+        self,
+        me: NodeId,
+        store: Store,
+        fed: Federation,
+        keys: NodeKeys,
+        transport: PeerTransport,
+        hybrid: HybridDecryptionKey | None = None,
+        *,
+        announce: bool = True,
+    ) -> None:
+        self.me = me
+        self.store = store
+        self.fed = fed
+        self.keys = keys
+        self.transport = transport
+        self.hybrid = hybrid
+        self.announce = announce  # False: this node says it takes no v2 (config `envelope_v2`)
+        self._announcement = make_support(me, keys.signing, hybrid)
+        self._support: dict[str, EpochSupport] = {}
+        self._fetched: dict[str, float] = {}  # node -> when its announcement was fetched (0: loaded)
+        self._unsupported: dict[str, float] = {}  # node -> until when it counts as taking no v2
+        self._unreachable: dict[str, float] = {}  # node -> until when an author does not ask it again
+
+    async def _load_support(self, conn: AsyncConnection) -> None:
+        """The announcements stored (checked when they came)."""
+        for row in await conn.execute(sa.select(epoch_support)):
+            try:
+                support = parse_support(bytes(row.announcement))
+                verify_support(support, self.fed, row.node)
+            except ExchangeError:  # the node's roster key changed since: fetched again when needed
+                continue
+            self._support[row.node] = support
+            self._fetched[row.node] = 0.0
+
+    @property
+    def announcement(self) -> EpochSupport:
+        """This node's own announcement (15.12), signed again after its signing key changed."""
+        if self._announcement.signer != self.keys.signing.kid:
+            self._announcement = make_support(self.me, self.keys.signing, self.hybrid)
+        return self._announcement
+
+    async def support_of(self, node: str, *, strict: bool = False, refresh: bool = False) -> EpochSupport | None:
+        """`node`'s v2 announcement (None: it takes no v2, or, unless `strict`, it cannot be asked
+        now). `strict` (a receiver checking wraps): an unreachable node is StateUnavailable, which
+        the sender retries. Fetched once and kept; fetched again when signed with a key the roster
+        no longer lists, with `refresh`, and by an owner (not `strict`) after SUPPORT_REFRESH."""
+        if node == self.me:
+            return self.announcement if self.announce else None
+        now = time.monotonic()
+        held = self._support.get(node)
+        if (
+            held is not None
+            and not refresh
+            and held.signer == self.fed.node(node).signing_kid
+            and (
+                strict or now - self._fetched.get(node, 0.0) < SUPPORT_REFRESH or self._unreachable.get(node, 0.0) > now
+            )
+        ):
+            return held
+        if self._unsupported.get(node, 0.0) > now:
+            return None
+        if not strict and self._unreachable.get(node, 0.0) > now:
+            return held
+        try:
+            raw = await self.transport.fetch(NodeId(node), SUPPORT_PATH)
+        except PeerRefused as exc:
+            if exc.status == 404:  # a release before v2, or v2 switched off
+                self._unsupported[node] = now + UNSUPPORTED_RECHECK
+                self._support.pop(node, None)
+                return None
+            if strict:
+                raise StateUnavailable(f"{node} did not give its v2 support announcement: {exc.detail}") from exc
+            self._slow(node, now)
+            return held
+        except PeerError as exc:
+            if strict:
+                raise StateUnavailable(f"{node} is unreachable for its v2 support announcement") from exc
+            self._slow(node, now)
+            return held
+        self._unreachable.pop(node, None)
+        support = parse_support(raw)
+        verify_support(support, self.fed, node)
+        wire = support.model_dump_json().encode()
+
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+            await conn.execute(sa.delete(epoch_support).where(epoch_support.c.node == node))
+            await conn.execute(sa.insert(epoch_support).values(node=node, announcement=wire, fetched_at=timestamp()))
+
+        await self.store.write(job)
+        self._support[node] = support
+        self._fetched[node] = time.monotonic()
+        return support
+
+    def _slow(self, node: str, asked: float) -> None:
+        """A failed ask that took long (a timeout): authors do not wait for it again for a while."""
+        if time.monotonic() - asked > SLOW_ASK:
+            self._unreachable[node] = time.monotonic() + UNREACHABLE_RECHECK
+
+    async def take_relayed_support(self, raws: Sequence[Any]) -> None:
+        """Announcements relayed by a member with epoch records: each is checked against its own
+        node's roster key, and kept if none is held for that node (a held one is asked for again
+        directly when an epoch's wrap disagrees with it: `record_key_ids`)."""
+        fresh: dict[str, EpochSupport] = {}
+        for raw in raws[: len(self.fed.roster.nodes)]:
+            support = parse_support(raw)
+            if support.node == self.me or support.node in fresh:
+                continue
+            held = self._support.get(support.node)
+            if held is not None and held.signer == self.fed.node(support.node).signing_kid:
+                continue
+            verify_support(support, self.fed, support.node)
+            fresh[support.node] = support
+        if not fresh:
+            return
+        now = timestamp()
+
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+            await conn.execute(sa.delete(epoch_support).where(epoch_support.c.node.in_(list(fresh))))
+            await conn.execute(
+                sa.insert(epoch_support),
+                [
+                    {"node": n, "announcement": s.model_dump_json().encode(), "fetched_at": now}
+                    for n, s in fresh.items()
+                ],
+            )
+
+        await self.store.write(job)
+        for node, support in fresh.items():
+            self._support[node] = support
+            self._fetched[node] = time.monotonic()
+            self._unsupported.pop(node, None)
+
+    async def wrap_key_ids(self, nodes: Iterable[str], *, strict: bool) -> dict[str, WrapKeyId] | None:
+        """The key each node's wrap must be for (15.4, 15.12); None if one of them takes no v2."""
+        out: dict[str, WrapKeyId] = {}
+        for node in nodes:
+            support = await self.support_of(node, strict=strict)
+            if support is None:
+                return None
+            out[node] = wrap_key_id(self.fed, node, support)
+        return out
+
+    async def record_key_ids(self, record: EpochRecord) -> dict[str, WrapKeyId]:
+        """The wrap keys a received epoch's readers announce; a reader whose wrap names another key
+        is asked again first (it may have announced a new one since this node asked)."""
+        ids = await self.wrap_key_ids(record.readers, strict=True)
+        if ids is None:
+            raise EpochInvalid("the epoch wraps for a node that announced no v2 support")
+        for w in record.wraps:
+            if (w.suite, w.kid) != (ids[w.node].suite, ids[w.node].kid):
+                support = await self.support_of(w.node, strict=True, refresh=True)
+                if support is None:
+                    raise EpochInvalid(f"the epoch wraps for {w.node}, which announces no v2 support")
+                ids[w.node] = wrap_key_id(self.fed, w.node, support)
+        return ids
+
+    def wrap_key(self, node: str) -> WrapKey:
+        """The public key the owner wraps for `node` (call after `wrap_key_ids` found its support)."""
+        support = self._support.get(node)
+        if support is not None and support.hybrid_key is not None:
+            return HybridEncryptionKey(b64d(support.hybrid_key))
+        return self.fed.encryption_key(node)
+
+    def unwrap_key(self, kid: str) -> UnwrapKey:
+        """This node's private key with `kid` (its hybrid key, or its X25519 roster key)."""
+        if self.hybrid is not None and self.hybrid.kid == kid:
+            return self.hybrid
+        return next((k for k in (*self.keys.former, self.keys.decryption) if k.kid == kid), self.keys.decryption)
