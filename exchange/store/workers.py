@@ -163,7 +163,9 @@ class Changes:
                     first = False
                     while True:  # the session lives: notifications arrive on it
                         await asyncio.sleep(LISTEN_CHECK_SECONDS)
-                        await conn.scalar(sa.text("SELECT 1"))
+                        # On the driver's connection, outside any transaction: SQLAlchemy would
+                        # begin one, and PostgreSQL holds a session's notifications until it ends.
+                        await raw.fetchval("SELECT 1")
             except (OSError, sa.exc.DBAPIError, sa.exc.InterfaceError) as exc:
                 log.warning("listening for other workers' commits failed (%s); listening again", exc)
                 await asyncio.sleep(LISTEN_CHECK_SECONDS)

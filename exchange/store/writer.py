@@ -246,7 +246,8 @@ class Store:
             if buffer.rows:
                 await conn.execute(sa.insert(audit_log), buffer.rows)
         moved = buffer.next_idx != self._audit_size
-        self._audit_size = buffer.next_idx + len(buffer.rows)
+        # Never backwards: another worker's commit may have moved it on (refresh_audit_size) meanwhile.
+        self._audit_size = max(self._audit_size, buffer.next_idx + len(buffer.rows))
         if buffer.rows or moved:
             self.audit_appended.set()
             self.audit_appended = asyncio.Event()
