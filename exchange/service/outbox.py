@@ -1,29 +1,26 @@
-"""Push delivery: a durable outbox, and one sender loop per destination that drains it in batches.
+"""Push delivery: a durable outbox, drained in batches by one sender loop per destination
+(exchange.service.sender).
 
-A sender retries with capped exponential backoff and jitter; any request from the peer wakes it
-at once. Partners are reached through the `PeerTransport` given at construction, so a slow or
-dead peer delays nobody else and a test can stand in for a peer without a TLS server.
+Partners are reached through the `PeerTransport` given at construction, so a slow or dead peer
+delays nobody else and a test can stand in for a peer without a TLS server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import datetime as dt
 import hashlib
 import logging
-import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.audit import events as ev
-from exchange.clock import timestamp, utc_now, wait_event
+from exchange.clock import timestamp
 from exchange.config import NodeConfig
-from exchange.errors import InvalidEnvelope, PeerError, PeerRefused
+from exchange.errors import InvalidEnvelope
 from exchange.model import NodeId, Receipt
 from exchange.protocol.receipt import parse_receipt, signatures_needed, verify_receipts
 from exchange.protocol.roster import Federation
@@ -31,6 +28,9 @@ from exchange.service.leases import Leases
 from exchange.service.records import receipt_row
 from exchange.service.transport import PeerTransport
 from exchange.store import AuditBuffer, Store, bulletins, channel_events, outbox, receipts
+
+if TYPE_CHECKING:
+    from exchange.service.sender import Sender
 
 log = logging.getLogger("exchange.outbox")
 
@@ -165,7 +165,7 @@ class Outbox:
         self.store = store
         self.fed = fed
         self.transport = transport
-        self.senders = {n.id: Sender(self, NodeId(n.id)) for n in fed.roster.nodes if n.id != config.id}
+        self.senders: dict[str, Sender] = {}  # one per partner, kept by SenderLoops (exchange.service.senders)
         self.leases = Leases(store)  # several workers: one sends to a partner at a time
 
     # -- waking the loops -------------------------------------------------------------------
@@ -331,160 +331,6 @@ class Outbox:
             return {r[0]: int(r[1]) for r in rows}
 
 
-class Sender:
-    """Delivers everything queued for one destination, in order, until cancelled."""
-
-    def __init__(self, outbox_: Outbox, peer: NodeId) -> None:
-        self.outbox = outbox_
-        self.peer = peer
-        self.status = PeerStatus(peer)
-        self._work = asyncio.Event()
-        self._contact = asyncio.Event()
-        self._single = False
-        self._flight: asyncio.Task[int] | None = None  # the last batch sent: to the peer, then its receipts
-
-    def wake(self) -> None:
-        """New work is queued."""
-        self._work.set()
-
-    def peer_seen(self) -> None:
-        """The peer just talked to us, so it is up: retry now rather than after the backoff."""
-        self._contact.set()
-        self._work.set()
-
-    async def run(self) -> None:
-        """The sender loop: no failure of one iteration, the database's included, ends it."""
-        ahead: list[OutItem] = []  # the next batch, already read and marked sent during the last send
-        while True:
-            self._work.clear()
-            batch: list[OutItem] = []
-            try:
-                batch, ahead = ahead, []
-                if not batch:
-                    await self._drain()  # what is in flight, before the queue is read afresh
-                    if not await self.outbox.leases.claim(self.peer):  # another worker sends to it
-                        await self.outbox.leases.idle(self._work)
-                        continue
-                    batch = await self._next_batch()
-                    if not batch:
-                        self.status.queued = 0
-                        await self.outbox.leases.idle(self._work)  # or a poll, shared by workers
-                        continue
-                    await self.outbox.mark_sent(self.peer, batch, transaction_id([i.key for i in batch]))
-                ahead = await self._send(batch)
-            except asyncio.CancelledError:
-                if self._flight is not None:
-                    self._flight.cancel()
-                raise
-            except Exception as exc:  # whatever the peer or the database did, retry later
-                ahead = []
-                with contextlib.suppress(Exception):  # what failed stays queued, and goes again
-                    await self._drain()
-                await self._back_off(exc, len(batch))
-            finally:
-                self.status.in_flight = 0
-
-    async def _drain(self) -> None:
-        """Wait for the batch in flight to be stored at the peer and its receipts here; raise if
-        either failed."""
-        flight, self._flight = self._flight, None
-        if flight is not None:
-            await self._landed(flight)
-
-    async def _landed(self, flight: asyncio.Task[int]) -> None:
-        self.status.delivered += await flight
-        self.status.failures = 0
-        self.status.last_success = timestamp()
-
-    async def _next_batch(self, after: int = 0) -> list[OutItem]:
-        size = 1 if self._single else self.outbox.config.batch_size
-        return within_bytes(await self.outbox.pending(self.peer, size, after=after))
-
-    async def _back_off(self, exc: Exception, size: int) -> None:
-        cfg = self.outbox.config
-        self.status.failures += 1
-        self.status.last_error = f"{timestamp()} {type(exc).__name__}: {exc}"
-        delay = min(cfg.retry_max_seconds, cfg.retry_base_seconds * 2 ** min(self.status.failures, 30))
-        delay *= random.uniform(0.5, 1.0)
-        self.status.backoff_until = timestamp(utc_now() + dt.timedelta(seconds=delay))
-        log.warning(
-            "send failed; will retry",
-            extra={
-                "peer": self.peer,
-                "error": f"{type(exc).__name__}: {exc}",
-                "retry_in": round(delay, 3),
-                "failures": self.status.failures,
-                "batch": size,
-            },
-        )
-        self._contact.clear()
-        await wait_event(self._contact, delay)
-        self.status.backoff_until = None
-
-    async def _send(self, batch: list[OutItem]) -> list[OutItem]:
-        """Send a batch that `mark_sent` has audited; return the next one, audited too, if any.
-
-        Two batches in flight at most: this one goes out while the one before is still being
-        stored at the peer (which stores a sender's transactions in the order they came,
-        `Receiving.receive`), the next one is read and marked sent meanwhile, and each one's
-        receipts are checked and stored here as they come. A batch is marked delivered only once
-        its receipts are stored; one that fails stays queued and goes again (the peer answers
-        what it holds with the receipts it gave). After a refusal, batches go one at a time.
-        """
-        flight = asyncio.create_task(self._deliver(batch))
-        previous, self._flight = self._flight, flight
-        prepared = None if self._single else asyncio.create_task(self._prepare(after=batch[-1].n))
-        try:
-            if previous is not None:
-                await self._landed(previous)
-            if self._single or prepared is None:
-                await self._drain()
-                return []
-            return await prepared
-        except asyncio.CancelledError:
-            if previous is not None:
-                previous.cancel()
-            await _discard(prepared)
-            raise
-        except BaseException:
-            await _discard(prepared)
-            raise
-
-    async def _deliver(self, batch: list[OutItem]) -> int:
-        """One transaction to the peer, then its receipts checked and stored; how many were new."""
-        txn = transaction_id([i.key for i in batch])
-        self.status.in_flight = len(batch)
-        try:
-            answer = await self.outbox.transport.send(self.peer, FED_ENVELOPES, transaction_body(txn, batch))
-        except PeerRefused as exc:
-            if exc.status in RETRYABLE_REFUSALS:
-                raise
-            if len(batch) > 1:
-                # Find the item it refuses by sending one at a time; the rest still go.
-                self._single = True
-                raise PeerError(f"{self.peer} refused a batch: {exc.detail}") from exc
-            await self.outbox.reject_queued(self.peer, batch[0], exc.detail)
-            return 0
-        delivered = await self.outbox.accept_receipts(self.peer, batch, answer["receipts"])
-        if len(batch) == 1:  # the item a refusal was looked for in went through: batches again
-            self._single = False
-        return delivered
-
-    async def _prepare(self, *, after: int) -> list[OutItem]:
-        ahead = await self._next_batch(after=after)
-        if ahead:
-            await self.outbox.mark_sent(self.peer, ahead, transaction_id([i.key for i in ahead]))
-        return ahead
-
-
-async def _discard(task: asyncio.Task[list[OutItem]] | None) -> None:
-    """Stop a read-ahead that is no longer wanted (what it marked sent goes again later)."""
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-
-
 __all__ = [
     "EnvelopeRef",
     "EventRef",
@@ -492,7 +338,6 @@ __all__ = [
     "Outbox",
     "PeerStatus",
     "ReceiptRef",
-    "Sender",
     "parse_ref",
     "queued_row",
     "transaction_id",

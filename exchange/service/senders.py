@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 
 from exchange.model import NodeId
-from exchange.service.outbox import Outbox, Sender
+from exchange.service.outbox import Outbox
+from exchange.service.sender import Sender
 
 
 class SenderLoops:
@@ -16,6 +17,7 @@ class SenderLoops:
     def __init__(self, outbox: Outbox) -> None:
         self.outbox = outbox
         self._running: dict[str, asyncio.Task[None]] | None = None  # once started
+        self.follow({n.id for n in outbox.fed.roster.nodes} - {outbox.me})
 
     def start(self) -> None:
         """Run a sender per partner, each woken to drain what was queued before a restart."""

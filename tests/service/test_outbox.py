@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from exchange.config import NodeConfig
 from exchange.crypto import strict_loads
-from exchange.errors import ExchangeError, PeerError, PeerRefused
+from exchange.errors import ExchangeError, PeerError, PeerRefused, Unavailable
 from exchange.http.problem import status_for
 from exchange.keystore import NodeKeyFiles, load_federation, read_file, read_provisioned_channels
 from exchange.model import Bulletin, NodeId
@@ -161,3 +161,16 @@ async def test_a_sender_loop_survives_a_database_error_and_delivers_once_it_is_m
     with contextlib.suppress(Exception):
         await a.stop()
     assert a._tasks == []
+
+
+async def test_a_busy_store_here_is_not_counted_against_the_partner(pair: dict[str, NodeService]) -> None:
+    """A sender whose own store is busy (every pooled connection taken: Unavailable) retries after
+    the base delay and leaves the partner's failures and backoff as they were; a failure of the
+    partner's (PeerError) still backs off exponentially. Seen at 200 nodes: a busy store backed
+    senders off their partners for up to a minute (bench/README.md, simulate.py)."""
+    a = pair[A]
+    sender = a.outbox.senders[B]
+    await sender._back_off(PeerError(f"{B}: unreachable"), 1)
+    assert sender.status.failures == 1 and "unreachable" in (sender.status.last_error or "")
+    await sender._back_off(Unavailable("the database is busy; try again shortly"), 1)
+    assert sender.status.failures == 1 and "busy" in (sender.status.last_error or "")  # as it was
