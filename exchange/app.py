@@ -66,6 +66,7 @@ def build_app(config: NodeConfig) -> web.Application:
             if me.signing_kid != keys.signing.kid or me.encryption_kid != keys.decryption.kid:
                 raise ExchangeError(f"the keys in {config.keys_dir} are not the ones the roster lists for {config.id}")
             identity = NodeKeyFiles(config.keys_dir).tls_identity(me.tls_pin)  # the certificate the roster lists
+            NodeKeyFiles(config.keys_dir).write_presented(identity)  # for the node's own CLI to trust
         except BaseException:
             await store.close()
             raise

@@ -28,6 +28,7 @@ SIGNING = "signing.key"
 ENCRYPTION = "encryption.key"
 TLS_KEY = "tls.key"
 TLS_CERT = "tls.crt"
+PRESENTED = "presented.crt"  # a copy of the certificate the node presents now
 PUBLIC = "public.json"
 
 
@@ -124,11 +125,22 @@ class NodeKeyFiles:
     def tls_cert_pem(self) -> str:
         return read_file(self.tls_cert).decode("ascii")
 
-    def own_certs_pem(self) -> str:
-        """Every TLS certificate this node has made (`tls.crt`, and those `exchange node rotate`
-        wrote): what its own CLI trusts, whichever of them the node presents now."""
-        rotated = sorted(self.folder.glob("tls-*.crt"))
-        return "".join(read_file(p).decode("ascii") for p in [self.tls_cert, *rotated])
+    @property
+    def presented_cert(self) -> Path:
+        """The certificate the running node presents now (written at start and at each TLS rotation):
+        what its own CLI, and an operator's scraper or TAXII client, trust."""
+        return self.folder / PRESENTED
+
+    def presented_pem(self) -> str:
+        """The certificate to trust for this node: the one it presents, or `tls.crt` before it ran."""
+        path = self.presented_cert if self.presented_cert.exists() else self.tls_cert
+        return read_file(path).decode("ascii")
+
+    def write_presented(self, identity: TlsIdentity) -> None:
+        """Record the certificate the node presents, whole or not at all (a CLI may read it now)."""
+        tmp = self.folder / f".{PRESENTED}.tmp"
+        write_public(tmp, read_file(identity.cert))
+        os.replace(tmp, self.presented_cert)
 
     def rotated_tls(self, kid: str) -> tuple[Path, Path]:
         """Where `exchange node rotate --use tls` writes a new TLS certificate and its key."""

@@ -44,17 +44,24 @@ CHROMIUM_ARGS = [
 ]
 
 
+_GIVEN: set[int] = set()  # ports free_port handed out in this run
+
+
 def free_port() -> int:
     """A port free now, below the ephemeral range (32768 and up on Linux): a port the kernel hands
     out is also what the suite's own outgoing connections get, and one of them could take it
-    between this check and the node's bind ("address already in use")."""
+    between this check and the node's bind ("address already in use"). Never the same port twice
+    in one run: a federation takes its nodes' ports before any of them binds."""
     for _ in range(200):
         port = random.randrange(20000, 32000)
+        if port in _GIVEN:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _GIVEN.add(port)
             return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -123,7 +130,7 @@ class Member:
         self, method: str, path: str, *, user: str = "officer", body: Any = None, token: str | None = None
     ) -> tuple[int, Any, str]:
         """Call the client API as a local user; returns (status, JSON body, content type)."""
-        ctx = client_context(NodeKeyFiles(self.config.keys_dir).own_certs_pem())
+        ctx = client_context(NodeKeyFiles(self.config.keys_dir).presented_pem())
         headers = {}
         if user:
             headers["Authorization"] = f"Bearer {token or self.tokens[user]}"

@@ -111,6 +111,8 @@ async def test_a_node_rotates_its_tls_key_live(make_federation: MakeFederation) 
         return await presented_pin(ke) == new_pin
 
     await eventually(presents_new, timeout=CONVERGE, what="ke-customs presenting its new certificate")
+    # Its CLI trusts what it presents now (keys/<node>/presented.crt), not every certificate it made.
+    assert spki_pin(NodeKeyFiles(folder).presented_pem().encode()) == new_pin
     # Both ways, over the new certificate: ke-customs as client (its posts) and as server.
     during = [await post(ke, "during, from ke"), await post(nl, "during, from nl")]
     for bid in (before, *during):
@@ -152,8 +154,12 @@ def _tls_request(current: SigningKey, old: str | None = None, name: str | None =
 
     fr = next(n for n in version1().roster.nodes if n.id == "fr-customs")
     active = next(k for k in fr.keys if k.use == "tls" and k.state == "active")
-    same = cert_subject(b64d(active.key)).removeprefix("CN=")
-    _, cert = generate_tls_identity(same if name == "same" else "exchange node fr-customs, rotated", utc_now())
+    za = next(n for n in version1().roster.nodes if n.id == "za-customs")
+    names = {
+        "same": cert_subject(b64d(active.key)).removeprefix("CN="),
+        "another node's": cert_subject(b64d(next(k.key for k in za.keys if k.use == "tls"))).removeprefix("CN="),
+    }
+    _, cert = generate_tls_identity(names.get(name or "", "exchange node fr-customs, rotated"), utc_now())
     active = active.kid
     return sign_rotation_request(FEDERATION, "fr-customs", MADE, current, cert, old=old or active), spki_pin(cert)
 
@@ -184,10 +190,12 @@ def test_a_tls_rotation_request_is_listed_and_a_forged_one_refused() -> None:
     forged, _ = _tls_request(SigningKey.generate())
     not_active, _ = _tls_request(FR_SIGNING, old="00" * 8)
     same_name, _ = _tls_request(FR_SIGNING, name="same")
+    others_name, _ = _tls_request(FR_SIGNING, name="another node's")
     for bad, why in (
         (forged, "not signed by its active signing key"),
         (not_active, "is not its active tls key"),
-        (same_name, "subject name of one the node has"),  # OpenSSL would pick the wrong anchor
+        (same_name, "subject name of a certificate some node has"),  # OpenSSL would pick the wrong anchor
+        (others_name, "subject name of a certificate some node has"),  # and cut za-customs off
     ):
         with pytest.raises(InvalidInput, match=why):
             verify_rotation_request(bad, v1.roster)

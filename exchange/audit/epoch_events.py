@@ -48,7 +48,7 @@ class EpochGranted(TypedDict):
     channel: str
     node: str  # the grantee
     state: int  # the channel log position the grant cites
-    hash: str  # the grant's hash (SHA-256 of its JSON as stored), hex
+    hash: str  # the grant's digest (SHA-256 of the JCS of the signed grant, protocol.epoch.grant_digest), hex
     epochs: list[int]  # the numbers of the epochs granted, ascending
 
 

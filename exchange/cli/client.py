@@ -38,7 +38,7 @@ class Target:
             if not token_file.exists():
                 raise ConfigError(f"no token for {user!r} in {token_file.parent}; pass --token")
             token = read_file(token_file).decode().strip()
-        return cls(cfg.endpoint, token, NodeKeyFiles(cfg.keys_dir).own_certs_pem(), cfg.request_timeout_seconds)
+        return cls(cfg.endpoint, token, NodeKeyFiles(cfg.keys_dir).presented_pem(), cfg.request_timeout_seconds)
 
 
 def unreachable(url: str, exc: BaseException, timeout: float | None = None) -> PeerError:

@@ -141,9 +141,12 @@ def verify_rotation_request(request: RotationRequest, held: RosterV2) -> None:
     if any(k.kid == kid for n in held.nodes for k in n.keys):
         raise InvalidInput(f"{who}: key {kid} is listed already")
     if body.use == "tls" and cert_subject(b64d(body.key.key)) in {
-        cert_subject(b64d(k.key)) for k in node.keys if k.use == "tls" and k.state in ("active", "retiring")
-    }:  # OpenSSL finds an anchor by its subject: the overlap needs two names
-        raise InvalidInput(f"{who}: the new certificate has the subject name of one the node has")
+        cert_subject(b64d(k.key))
+        for n in held.nodes
+        for k in n.keys
+        if k.use == "tls" and k.state in ("active", "retiring")
+    }:  # OpenSSL finds an anchor by its subject name: a second anchor of one name fails one of them
+        raise InvalidInput(f"{who}: the new certificate has the subject name of a certificate some node has")
     signers = [(current["signing"].kid, current["signing"].key, "its active signing key")]
     if body.use == "signing":
         signers.append((body.key.kid, body.key.key, "the new signing key"))

@@ -6,7 +6,8 @@ never leaves it. Once the node runs on a roster version that lists that key as i
 takes the key from the folder and signs or opens with it from then on, without a restart; the
 decryption keys it had stay held, so what was wrapped for them still opens. A new TLS key is
 presented from then on, by the server to handshakes that begin after it and by new client sessions
-(partners on that version accept the retiring one too, until the overlap ends).
+(partners on that version accept the retiring one too, until the overlap ends), and copied to the
+folder's `presented.crt`, which the node's CLI trusts.
 """
 
 from __future__ import annotations
@@ -75,4 +76,8 @@ class OwnKeys:
             log.error("%s keeps its TLS key: roster version %d lists another: %s", self.me, version, exc)
             return
         self.tls.use(new)
+        try:
+            self.files.write_presented(new)  # what the node's CLI trusts from now on
+        except (OSError, ConfigError) as exc:
+            log.error("%s could not record its new TLS certificate for its CLI: %s", self.me, exc)
         log.info("%s presents the TLS certificate %s from roster version %d", self.me, new.cert.name, version)
