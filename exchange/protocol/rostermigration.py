@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 
 from pydantic import ValidationError
 
-from exchange.crypto import EncryptionKey, SigningKey, VerifyKey, b64d, b64e, sha256, strict_loads
+from exchange.crypto import EncryptionKey, SigningKey, VerifyKey, b64d, b64e, cert_subject, sha256, strict_loads
 from exchange.errors import ConfigError, InvalidEnvelope, InvalidInput, RosterExpired, RosterInvalid
 from exchange.model import RosterNode, SignedRoster, first_error
 from exchange.protocol.roster import Federation
@@ -23,7 +23,7 @@ from exchange.protocol.roster2_model import (
     RosterV2,
     SignedRosterV2,
 )
-from exchange.protocol.rosterchain import TrustedRoster, check_threshold, key_entry, key_kid, roster_hash
+from exchange.protocol.rosterchain import TrustedRoster, check_threshold, key_entry, key_kid, roster_hash, tls_names
 from exchange.protocol.signing import signing_input_prefix
 
 V1_HOLDER = "v1 authority"  # the holder name of the v1 key when it countersigns a migration
@@ -228,7 +228,8 @@ def admit(
     """The next version after `held`: the nodes of verified join requests added, the status of
     the nodes in `statuses` changed (since the new version), and optionally a new authority.
 
-    Refuses (InvalidInput) a request for another federation, an id already listed, and a status
+    Refuses (InvalidInput) a request for another federation, an id already listed, a certificate
+    with the subject name of one a node has (`tls_names`), and a status
     change of a node that is not listed or is revoked; the history rules (6a.5) are then the
     receivers' to check again."""
     version = held.version + 1
@@ -240,6 +241,9 @@ def admit(
             raise InvalidInput(f"the join request of {body.id} is for federation {body.federation!r}")
         if body.id in nodes:
             raise InvalidInput(f"node {body.id} is already in roster version {held.version}")
+        tls = next(k for k in body.keys if k.use == "tls")
+        if cert_subject(b64d(tls.key)) in tls_names(nodes.values()):
+            raise InvalidInput(f"the join request of {body.id}: its certificate has the subject name of a node's")
         nodes[body.id] = node_from_join(request, version)
     for node_id, status in (statuses or {}).items():
         node = nodes.get(node_id)

@@ -24,7 +24,7 @@ from exchange.crypto.encoding import canonical_json
 from exchange.errors import ConfigError, InvalidEnvelope, InvalidInput
 from exchange.model import Kid, NodeIdStr, Short, Timestamp, first_error
 from exchange.protocol.roster2_model import JoinKey, NodeKey, RosterNodeV2, RosterSignature, RosterV2
-from exchange.protocol.rosterchain import key_entry, key_kid
+from exchange.protocol.rosterchain import key_entry, key_kid, tls_names
 from exchange.protocol.signing import signing_input_prefix
 
 ROTATE_DOMAIN = "roster-rotate"
@@ -140,12 +140,7 @@ def verify_rotation_request(request: RotationRequest, held: RosterV2) -> None:
         raise InvalidInput(f"{who}: the new {body.use} key {body.key.kid} has kid {kid}")
     if any(k.kid == kid for n in held.nodes for k in n.keys):
         raise InvalidInput(f"{who}: key {kid} is listed already")
-    if body.use == "tls" and cert_subject(b64d(body.key.key)) in {
-        cert_subject(b64d(k.key))
-        for n in held.nodes
-        for k in n.keys
-        if k.use == "tls" and k.state in ("active", "retiring")
-    }:  # OpenSSL finds an anchor by its subject name: a second anchor of one name fails one of them
+    if body.use == "tls" and cert_subject(b64d(body.key.key)) in tls_names(held.nodes):
         raise InvalidInput(f"{who}: the new certificate has the subject name of a certificate some node has")
     signers = [(current["signing"].kid, current["signing"].key, "its active signing key")]
     if body.use == "signing":

@@ -3,13 +3,14 @@ a held version that the node's wiring runs on: good cases accepted, each bad one
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
 import pytest
 
 from exchange import errors
-from exchange.crypto import b64d, b64e, canonical_json, sha256, spki_pin
+from exchange.crypto import b64d, b64e, canonical_json, cert_subject, generate_tls_identity, sha256, spki_pin
 from exchange.protocol.roster2_model import JoinRequest
 from exchange.protocol.rosterchain import accept_chain, federation_view
 from exchange.protocol.rostermigration import (
@@ -107,6 +108,18 @@ def test_admit_adds_the_node_and_nodes_accept_the_version() -> None:
     assert view.node_by_pin(fr.tls_pin).id == "fr-customs" and view.roster.version == 4
 
 
+def _named_like(other: str) -> JoinRequest:
+    """A join request whose certificate has the subject name of `other`'s vector certificate."""
+    name = cert_subject(tls_cert(other).encode()).removeprefix("CN=")
+    _, cert = generate_tls_identity(name, dt.datetime(2025, 5, 19, tzinfo=dt.UTC))
+    values = {"federation": FEDERATION, "id": "xx-customs", "name": "XX customs (test)", "country": "FR"}
+    values |= {"agency": "customs", "endpoint": "https://xx.example.test:8443"}
+    made = "2025-05-19T10:00:00.000Z"
+    return sign_join_request(
+        values, made, signing_key("xx-customs/join"), decryption_key("xx-customs/join").public, cert
+    )
+
+
 @pytest.mark.parametrize(
     ("joins", "statuses", "message"),
     [
@@ -115,6 +128,9 @@ def test_admit_adds_the_node_and_nodes_accept_the_version() -> None:
         (lambda: [], {"gb-avsec": "active"}, "revoked and stays revoked"),
         (lambda: [], {"xx-nobody": "revoked"}, "not in roster version 3"),
         (lambda: [request(), request()], {}, "already in roster version 3"),
+        # OpenSSL finds an anchor by subject name: a newcomer named like a member would cut it off
+        (lambda: [_named_like("nl-customs")], {}, "subject name of a node's"),
+        (lambda: [request(), _named_like("fr-customs-join")], {}, "subject name of a node's"),  # one version
     ],
 )
 def test_admit_refuses(joins: Any, statuses: Any, message: str) -> None:
