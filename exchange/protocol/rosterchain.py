@@ -15,18 +15,7 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from exchange.crypto import (
-    EncryptionKey,
-    SigningKey,
-    VerifyKey,
-    b64d,
-    b64e,
-    cert_pem,
-    cert_subject,
-    sha256,
-    spki_pin,
-    strict_loads,
-)
+from exchange.crypto import EncryptionKey, SigningKey, VerifyKey, b64d, b64e, cert_pem, sha256, spki_pin, strict_loads
 from exchange.errors import (
     ConfigError,
     InvalidEnvelope,
@@ -135,15 +124,6 @@ def check_threshold(signed: SignedRosterV2, authority: Authority, whose: str) ->
 def tls_kid(cert: bytes) -> str:
     """The kid of a TLS key: the first 8 bytes of its SPKI pin, in hex."""
     return b64d(spki_pin(cert))[:8].hex()
-
-
-def tls_names(nodes: Iterable[RosterNodeV2]) -> set[str]:
-    """The subject names of the TLS certificates of `nodes` that handshakes accept (active and
-    retiring): a new certificate must take none of them, since OpenSSL finds a trust anchor by its
-    subject name and of two anchors with one name only one works (4, 6a.10, 6a.13)."""
-    return {
-        cert_subject(b64d(k.key)) for n in nodes for k in n.keys if k.use == "tls" and k.state in ("active", "retiring")
-    }
 
 
 def key_kid(use: KeyUse, key: bytes) -> str:

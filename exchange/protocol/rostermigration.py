@@ -5,7 +5,7 @@ send the authority (docs/protocol.md, 6a)."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from pydantic import ValidationError
 
@@ -23,7 +23,7 @@ from exchange.protocol.roster2_model import (
     RosterV2,
     SignedRosterV2,
 )
-from exchange.protocol.rosterchain import TrustedRoster, check_threshold, key_entry, key_kid, roster_hash, tls_names
+from exchange.protocol.rosterchain import TrustedRoster, check_threshold, key_entry, key_kid, roster_hash
 from exchange.protocol.signing import signing_input_prefix
 
 V1_HOLDER = "v1 authority"  # the holder name of the v1 key when it countersigns a migration
@@ -181,6 +181,15 @@ def parse_join_request(raw: bytes | object) -> JoinRequest:
 def join_hash(request: JoinRequest) -> str:
     """SHA-256 of JCS(request) in hex: the fingerprint both sides compare out of band."""
     return sha256(request.request.canonical).hex()
+
+
+def tls_names(nodes: Iterable[RosterNodeV2]) -> set[str]:
+    """The subject names of the TLS certificates of `nodes` that handshakes accept (active and
+    retiring): a new certificate must take none of them, since OpenSSL finds a trust anchor by its
+    subject name and of two anchors with one name only one works (4, 6a.10, 6a.13)."""
+    return {
+        cert_subject(b64d(k.key)) for n in nodes for k in n.keys if k.use == "tls" and k.state in ("active", "retiring")
+    }
 
 
 def verify_join_request(request: JoinRequest) -> None:

@@ -24,7 +24,8 @@ from exchange.crypto.encoding import canonical_json
 from exchange.errors import ConfigError, InvalidEnvelope, InvalidInput
 from exchange.model import Kid, NodeIdStr, Short, Timestamp, first_error
 from exchange.protocol.roster2_model import JoinKey, NodeKey, RosterNodeV2, RosterSignature, RosterV2
-from exchange.protocol.rosterchain import key_entry, key_kid, tls_names
+from exchange.protocol.rosterchain import key_entry, key_kid
+from exchange.protocol.rostermigration import tls_names
 from exchange.protocol.signing import signing_input_prefix
 
 ROTATE_DOMAIN = "roster-rotate"
