@@ -45,7 +45,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -411,21 +410,9 @@ async def main(args: argparse.Namespace) -> None:
 
 def relaunch() -> None:
     """As bench/simulate.py: run again on a copy of exchange/ taken now, in a network namespace of its own."""
-    code = Path(tempfile.mkdtemp(prefix="exchange-fanout-code-"))
-    try:
-        shutil.copytree(REPO / "exchange", code / "exchange", ignore=shutil.ignore_patterns("__pycache__"))
-        (code / "tests").mkdir()
-        for name in ("__init__.py", "conftest.py"):
-            shutil.copy(REPO / "tests" / name, code / "tests" / name)
-        env = {**os.environ, CODE_ENV: str(code)}
-        argv = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]
-        with contextlib.suppress(OSError):
-            if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0:
-                argv, env[NETNS_ENV] = ["unshare", "-n", *argv], "1"
-        status = subprocess.run(argv, env=env).returncode
-    finally:
-        shutil.rmtree(code, ignore_errors=True)
-    sys.exit(status)
+    import simulate as sim
+
+    sim.relaunch(netns=True, script=Path(__file__).resolve())
 
 
 def parse_args() -> argparse.Namespace:

@@ -146,8 +146,9 @@ def tree_cpu(pids: Iterable[int]) -> float:
 NETNS_ENV = "EXCHANGE_SIMULATE_NETNS"  # set in the copy of this script that runs in its own network namespace
 
 
-def relaunch(netns: bool) -> None:
-    """Run this script again on a copy of exchange/ taken now, so that other engineers' edits to the
+def relaunch(netns: bool, script: Path | None = None) -> None:
+    """Run this script (or `script`, a bench that uses its workers) again on a copy of exchange/
+    taken now, so that other engineers' edits to the
     working tree during a run (a new migration, say) never reach some nodes and not others; and, if
     `netns` and `unshare -n` works (root), in a network namespace of its own, so that the loopback
     counters of /proc/net/dev count this federation's traffic alone. Exits with the run's status."""
@@ -160,7 +161,7 @@ def relaunch(netns: bool) -> None:
         for name in ("__init__.py", "conftest.py"):
             shutil.copy(REPO / "tests" / name, code / "tests" / name)
         env = {**os.environ, CODE_ENV: str(code)}
-        argv = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]
+        argv = [sys.executable, str(script or Path(__file__).resolve()), *sys.argv[1:]]
         try:
             netns = netns and subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
         except OSError:
