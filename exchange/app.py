@@ -70,7 +70,7 @@ def build_app(config: NodeConfig) -> web.Application:
         except BaseException:
             await store.close()
             raise
-        gossip = RosterGossip(config.id, roster, fed)
+        gossip = RosterGossip(config.id, roster, fed, peers=config.gossip_peers)
         transport = HttpTransport(config, fed, gossip, identity)
         try:
             service = NodeService(

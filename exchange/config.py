@@ -112,6 +112,12 @@ class NodeConfig(BaseModel):
     retry_max_seconds: float = 60.0
     request_timeout_seconds: float = 30.0
     catchup_interval_seconds: float = 300.0
+    # Members each catch-up sweep asks per channel, in turn (docs/protocol.md, 11.6): the sweep's cost
+    # does not grow with the channel.
+    catchup_peers: Annotated[int, Field(ge=1, le=1000)] = 4
+    # Partners a node asks for newer roster versions every 10 minutes, and tells of a version it took
+    # from a peer (docs/protocol.md, 6a.11): chosen at random; a version imported here goes to all.
+    gossip_peers: Annotated[int, Field(ge=1, le=1000)] = 4
     audit_checkpoint_seconds: float = 60.0
     # Witnesses per log, chosen from the roster (docs/operations.md, "Witness sets"): a federation-wide
     # setting, the same on every node, as each computes every log's witnesses from it.

@@ -8,6 +8,7 @@ nothing depends on clocks. Envelopes verify themselves, so it does not matter wh
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 from typing import Any
@@ -35,7 +36,14 @@ PAGE = 1000
 
 
 class CatchUp:
-    """Sweeps every readable channel against every other member: at start, then on a timer."""
+    """Sweeps every readable channel against other members: at start, then on a timer.
+
+    A sweep asks at most `peers` members of each channel, the next ones in turn (sorted by id), so
+    that a node's catch-up costs the same in a channel of 200 members as in one of 5, and every
+    member is still asked within ceil((members - 1) / peers) sweeps. Any member serves any
+    author's envelopes, so a few members are enough to find what this node missed; the authors'
+    outboxes keep pushing what was not acknowledged whatever catch-up does.
+    """
 
     def __init__(
         self,
@@ -45,6 +53,7 @@ class CatchUp:
         receiving: Receiving,
         transport: PeerTransport,
         interval: float,
+        peers: int = 4,
     ) -> None:
         self.me = me
         self.store = store
@@ -52,6 +61,8 @@ class CatchUp:
         self.receiving = receiving
         self.transport = transport
         self.interval = interval
+        self.peers = peers
+        self._turn: dict[str, int] = {}  # channel -> where its next sweep starts in the member list
         self._wake = asyncio.Event()
         self.sweeps = 0
 
@@ -75,19 +86,28 @@ class CatchUp:
             await role.release()
 
     async def sweep(self) -> int:
-        """Pull every channel this node reads from each other member; return how many were new."""
+        """Pull every channel this node reads from the next `peers` other members in turn; return
+        how many bulletins were new."""
         fresh = 0
         for state in self.channels.all():
             if "read" not in state.rights(self.me):
                 continue
-            for peer in state.members:
-                if peer == self.me:
-                    continue
+            for peer in self.turn(state.channel, sorted(m for m in state.members if m != self.me)):
                 try:
                     fresh += await self.pull(peer, state.channel)
                 except (ExchangeError, OSError, ValueError, KeyError) as exc:
                     log.info("catch-up of %s from %s stopped: %s", state.channel, peer, exc)
         return fresh
+
+    def turn(self, channel: str, others: list[str]) -> list[str]:
+        """The members this sweep asks for `channel`: all if they are `peers` or fewer, else the
+        next `peers` after those the last sweep asked, wrapping around. The first sweep starts
+        after this node's own place in the list, so that members' sweeps spread over the channel."""
+        if len(others) <= self.peers:
+            return others
+        start = self._turn.get(channel, bisect.bisect(others, self.me)) % len(others)
+        self._turn[channel] = start + self.peers
+        return [others[(start + i) % len(others)] for i in range(self.peers)]
 
     async def pull(self, peer: str, channel: str) -> int:
         """Pull one channel from one member from our cursor to its end.

@@ -101,7 +101,13 @@ class NodeService:
             self.me, store, fed, keys, self.channels, self.outbox, transport, self.crypto, self.epochs
         )
         self.catchup = CatchUp(
-            self.me, store, self.channels, self.receiving, transport, config.catchup_interval_seconds
+            self.me,
+            store,
+            self.channels,
+            self.receiving,
+            transport,
+            config.catchup_interval_seconds,
+            config.catchup_peers,
         )
         self.audit = AuditService(
             self.me,
@@ -120,7 +126,8 @@ class NodeService:
         self.refusals = Refusals(store, RefusalSettings.from_config(config))
         # The roster v2 chain: `fed` is its held version's v1 view once one is imported (exchange.app)
         self.roster = roster or FederationRoster(store)
-        self.gossip = gossip or RosterGossip(config.id, self.roster, fed)  # versions to and from peers
+        # roster versions to and from peers
+        self.gossip = gossip or RosterGossip(config.id, self.roster, fed, peers=config.gossip_peers)
         self._installs: list[Callable[[Federation], None]] = []  # adapters that follow the roster live
         self.retention = Retention(store, dt.timedelta(days=config.outbox_retention_days))
         self.taxii = Taxii(self.me, store, fed, self.access)  # TAXII reads and STIX exports

@@ -44,7 +44,10 @@ from exchange.store.workers import Role
 
 log = logging.getLogger("exchange.webhooks")
 
-INTERVAL = 1.0  # seconds between looks for new bulletins
+INTERVAL = 1.0  # seconds between looks for new bulletins, while the node has a webhook
+# Without one, a look only this often (a registration through this process wakes the loop at once;
+# through another worker of the node, it is noticed within this time): an idle node's cost.
+IDLE_INTERVAL = 30.0
 BATCH = 100  # bulletins one run delivers to one webhook at most
 MAX_BACKOFF = 600.0
 MAX_WEBHOOKS = 100  # per node
@@ -217,21 +220,25 @@ class Webhooks:
         role = Role(self.store.engine, "webhooks")  # one worker delivers (exchange.store.workers)
         try:
             while True:
+                hooks = True
                 try:
                     if await role.held():
-                        await self.deliver_due()
+                        hooks = await self.deliver_due() is not None
                 except Exception:  # a failed pass is logged; the next one tries again
                     log.exception("webhook delivery pass failed")
-                await wait_event(self._wake, INTERVAL)
+                await wait_event(self._wake, INTERVAL if hooks else IDLE_INTERVAL)
                 self._wake.clear()
         finally:
             await role.release()
 
-    async def deliver_due(self) -> int:
-        """One pass: each webhook that is not backing off gets what came after its cursor."""
+    async def deliver_due(self) -> int | None:
+        """One pass: each webhook that is not backing off gets what came after its cursor. How many
+        bulletins were sent, or None if the node has no webhook."""
         now = timestamp()
         async with self.store.read() as conn:
             due = list(await conn.execute(sa.select(webhooks).order_by(webhooks.c.id)))
+        if not due:
+            return None
         sent = 0
         for hook in due:
             if hook.next_try_at is None or hook.next_try_at <= now:

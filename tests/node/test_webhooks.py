@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from aiohttp import web
 
+from exchange.service import webhooks
 from exchange.service.webhooks import verify_signature
 from exchange.store import audit_log
 from tests.conftest import Federation, MakeFederation, eventually, free_port
@@ -140,3 +141,16 @@ async def test_registration_is_for_administrators_and_checked(make_federation: M
     assert (await nl.api("DELETE", "/api/v1/webhooks/99", user="admin"))[0] == 404
     assert (await nl.api("GET", "/api/v1/webhooks", user="admin"))[1] == []
     assert await events(fed) == []
+
+
+async def test_a_node_without_webhooks_says_so_and_its_loop_looks_rarely(make_federation: MakeFederation) -> None:
+    """An idle node's cost: with no webhook a pass finds none (the loop then waits IDLE_INTERVAL,
+    not INTERVAL); a registration wakes it, and passes come every INTERVAL again."""
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    assert await nl.service.webhooks.deliver_due() is None
+    body = {"url": "http://127.0.0.1:9/hook"}
+    status, answer, _ = await nl.api("POST", "/api/v1/channels/c2c/webhooks", user="admin", body=body)
+    assert status == 201, answer
+    assert await nl.service.webhooks.deliver_due() == 0
+    assert webhooks.IDLE_INTERVAL > webhooks.INTERVAL

@@ -6,6 +6,7 @@ from a peer that changes nothing and is audited, the bounds on pulls and offers;
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from exchange.protocol.rosterchain import TrustedRoster, federation_view
 from exchange.service.gossip import RosterGossip, header_version
 from exchange.store import Store
 from tests.protocol.test_roster_chain import CHAIN
-from tests.service.test_federation_roster import audited, equivocating, holding, stored, under_threshold
+from tests.service.test_federation_roster import as_file, audited, equivocating, holding, stored, under_threshold
 
 
 @pytest.fixture
@@ -130,3 +131,39 @@ def test_the_node_federation_is_one_holder_that_takes_a_new_version_whole() -> N
     for node in held_by_a_part.roster.nodes:
         assert held_by_a_part.node(node.id) is node
         assert held_by_a_part.node_by_pin(node.tls_pin).id == node.id
+
+
+async def test_idle_gossip_asks_a_few_partners_and_a_version_imported_here_goes_to_all(store: Store) -> None:
+    """The timer and a version taken from a peer ask `peers` partners at random (the idle cost does
+    not grow with the federation); a version imported beside the node is announced to every one."""
+    roster = await holding(store, 1)
+    fed = federation_view(roster.held)  # type: ignore[arg-type]
+    partners = {n.id for n in fed.roster.nodes} - {"nl-customs"}
+    assert len(partners) >= 2
+    gossip = RosterGossip("nl-customs", roster, fed, peers=1)
+
+    async def install() -> None:
+        fed.install(federation_view(roster.held))  # type: ignore[arg-type]
+
+    quiet = Peer([])
+    gossip.attach(quiet, install)
+    await gossip.announce()
+    assert len(quiet.asked) == 1 and quiet.asked[0][0] in partners
+    quiet.asked.clear()
+    await gossip.announce(everyone=True)
+    assert {node for node, _ in quiet.asked} == partners
+
+    ahead = Peer(docs(2))  # a peer that holds version 2: taken from it, then told to one partner
+    gossip.attach(ahead, install)
+    assert (await gossip.pull(NodeId("ke-customs"))) is not None
+    await asyncio.gather(*gossip._tasks)
+    assert len(ahead.asked) == 2  # the pull, and one announcement
+
+    await (await holding(store)).import_chain(as_file(3))  # `exchange roster import` beside the node
+    quiet = Peer([])
+    gossip.attach(quiet, install)
+    assert await roster.reload()
+    await gossip.installed()
+    await asyncio.gather(*gossip._tasks)
+    assert {node for node, _ in quiet.asked} == {n.id for n in fed.roster.nodes} - {"nl-customs"}
+    await gossip.close()
