@@ -17,6 +17,7 @@ import asyncio
 import datetime as dt
 import os
 import socket
+from collections.abc import Iterable
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -24,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from exchange.clock import utc_now, wait_event
 from exchange.errors import LeaseLost
 from exchange.store import Store
-from exchange.store.workers import POLL_SECONDS, claim_lease, release_leases, renew_lease
+from exchange.store.workers import POLL_SECONDS, claim_lease, release_leases, renew_lease, renew_leases
 
 LEASE_SECONDS = 5.0  # how long a dead worker's partners wait for another worker
 
@@ -75,6 +76,23 @@ class Leases:
         if not await renew_lease(conn, dest, self.holder, self._renewed(dest)):
             self._until.pop(dest, None)
             raise LeaseLost(f"another worker now sends to {dest}")
+
+    async def check_many(self, conn: AsyncConnection, dests: Iterable[str]) -> set[str]:
+        """`check` for several partners in one statement: those whose lease another worker has
+        taken (the caller records nothing about them in this transaction)."""
+        if not self.shared:
+            return set()
+        wanted = sorted(set(dests))
+        if not wanted:
+            return set()
+        until = utc_now() + dt.timedelta(seconds=self.seconds)
+        kept = await renew_leases(conn, wanted, self.holder, until)
+        for dest in wanted:
+            if dest in kept:
+                self._until[dest] = until
+            else:
+                self._until.pop(dest, None)
+        return set(wanted) - kept
 
     async def idle(self, work: asyncio.Event) -> None:
         """Wait for work: `work` set here, or (shared) a poll, since other workers queue items too."""

@@ -1,5 +1,8 @@
 """Push delivery: a durable outbox, drained in batches by one sender loop per destination
-(exchange.service.sender).
+(exchange.service.sender). The senders' reads of their queues, and their records of what they
+sent and what was delivered, are gathered into one statement for all of them
+(exchange.service.coalesce): one post wakes a sender per reader, and the author's cost per reader
+is then its audit entries and receipt rows, not statements.
 
 Partners are reached through the `PeerTransport` given at construction, so a slow or dead peer
 delays nobody else and a test can stand in for a peer without a TLS server.
@@ -12,7 +15,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -20,10 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from exchange.audit import events as ev
 from exchange.clock import timestamp
 from exchange.config import NodeConfig
-from exchange.errors import InvalidEnvelope
+from exchange.errors import InvalidEnvelope, LeaseLost, Unavailable
 from exchange.model import NodeId, Receipt
 from exchange.protocol.receipt import parse_receipt, signatures_needed, verify_receipts
 from exchange.protocol.roster import Federation
+from exchange.service.coalesce import Coalesced
 from exchange.service.leases import Leases
 from exchange.service.records import receipt_row
 from exchange.service.transport import PeerTransport
@@ -35,11 +39,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("exchange.outbox")
 
 FED_ENVELOPES = "/fed/v1/envelopes"
+# Queues read in one statement (SQLite allows 500 SELECTs in a compound one).
+READS_PER_STATEMENT = 200
+# Row numbers or ids in one IN list: SQLite and asyncpg take at most 32,766 parameters a statement.
+IDS_PER_STATEMENT = 10_000
 MAX_TRANSACTION_BYTES = 32 * 1024 * 1024  # half the receiver's request limit
 # 4xx answers that say "not now" rather than "never": the batch is retried as it is.
 RETRYABLE_REFUSALS = (401, 403, 408, 429)
 
 OutKind = Literal["envelope", "receipt", "event"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,15 @@ def queued_row(dest: str, kind: OutKind, ref: OutRef) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Ask:
+    """A sender's read of its queue: at most `limit` items for `dest` queued after item `after`."""
+
+    dest: str
+    limit: int
+    after: int = 0
+
+
+@dataclass(frozen=True)
 class OutItem:
     """One queued item for a destination, with its wire bytes."""
 
@@ -108,6 +126,12 @@ class OutItem:
     def key(self) -> str:
         """`kind:ref`, as transaction ids are computed from."""
         return f"{self.kind}:{self.ref.encode()}"
+
+
+# A batch marked sent: to whom, its items, its transaction id.
+Sent = tuple[str, Sequence[OutItem], str]
+# A batch delivered: to whom, its items, the receipts returned (checked), by bulletin id.
+Delivered = tuple[str, Sequence[OutItem], dict[str, Receipt]]
 
 
 @dataclass
@@ -167,6 +191,14 @@ class Outbox:
         self.transport = transport
         self.senders: dict[str, Sender] = {}  # one per partner, kept by SenderLoops (exchange.service.senders)
         self.leases = Leases(store)  # several workers: one sends to a partner at a time
+        # Every sender's reads and writes, gathered (exchange.service.coalesce)
+        self._reads = Coalesced(self._pending_many, "outbox-reads", _everyones)
+        self._sent = Coalesced(self._mark_sent_many, "outbox-sent", _everyones)
+        self._delivered = Coalesced(self._delivered_many, "outbox-delivered", _everyones)
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The gathered reads and writes under way, for the node to cancel when it stops."""
+        return [t for c in (self._reads, self._sent, self._delivered) if (t := c.task()) is not None]
 
     # -- waking the loops -------------------------------------------------------------------
 
@@ -193,18 +225,33 @@ class Outbox:
 
     async def pending(self, dest: str, limit: int, *, after: int = 0) -> list[OutItem]:
         """Queued items for one destination, oldest first; `after`: only those queued after item `after`."""
+        return (await self._pending_many([Ask(dest, limit, after)]))[0]
+
+    async def queued(self, dest: str, limit: int, *, after: int = 0) -> list[OutItem]:
+        """`pending`, read together with the other senders' reads of the moment (one post wakes
+        every reader's sender): one statement for all their queues, one look-up of the envelopes."""
+        return await self._reads(Ask(dest, limit, after))
+
+    async def _pending_many(self, asks: Sequence[Ask]) -> list[list[OutItem]]:
+        got: list[list[tuple[int, Any, OutRef]]] = [[] for _ in asks]
         async with self.store.read() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(outbox.c.n, outbox.c.kind, outbox.c.ref)
-                    .where(outbox.c.dest == dest, outbox.c.state == "queued", outbox.c.n > after)
+            for first in range(0, len(asks), READS_PER_STATEMENT):
+                # Each queue's head is a seek on ix_outbox_pending, however long a dead partner's is.
+                heads = [
+                    sa.select(
+                        sa.literal_column(str(i), sa.Integer).label("ask"), outbox.c.n, outbox.c.kind, outbox.c.ref
+                    )
+                    .where(outbox.c.dest == a.dest, outbox.c.state == "queued", outbox.c.n > a.after)
                     .order_by(outbox.c.n)
-                    .limit(limit)
-                )
-            ).all()
-            refs = [(r.n, r.kind, parse_ref(r.kind, r.ref)) for r in rows]
-            data = await self._wire_bytes(conn, [ref for _, _, ref in refs])
-        return [OutItem(n, kind, ref, data[ref]) for n, kind, ref in refs]
+                    .limit(a.limit)
+                    .subquery()
+                    for i, a in enumerate(asks[first : first + READS_PER_STATEMENT], first)
+                ]
+                stmt = sa.select(heads[0]) if len(heads) == 1 else sa.union_all(*(sa.select(h) for h in heads))
+                for r in await conn.execute(stmt):
+                    got[r.ask].append((r.n, r.kind, parse_ref(r.kind, r.ref)))
+            data = await self._wire_bytes(conn, list({ref for refs in got for _, _, ref in refs}))
+        return [[OutItem(n, kind, ref, data[ref]) for n, kind, ref in sorted(refs, key=_first)] for refs in got]
 
     async def _wire_bytes(self, conn: AsyncConnection, refs: Sequence[OutRef]) -> dict[OutRef, bytes]:
         data: dict[OutRef, bytes] = {}
@@ -256,52 +303,85 @@ class Outbox:
         else:
             verify_receipts(checked, self.fed)
 
-        async def job(conn: AsyncConnection, audit: AuditBuffer) -> int:
-            await self.leases.check(conn, dest)
-            existing = set(
-                await conn.scalars(
-                    sa.select(receipts.c.bulletin_id).where(
-                        receipts.c.node == dest,
-                        receipts.c.status == "received",
-                        receipts.c.bulletin_id.in_(list(got)),
+        return await self._delivered((dest, sent, got))
+
+    async def _delivered_many(self, asks: Sequence[Delivered]) -> list[int | Exception]:
+        """Store the receipts of several partners' batches and mark the batches delivered, in one
+        job: one statement each for the receipts held, the new ones and the outbox."""
+
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> list[int | Exception]:
+            lost = await self.leases.check_many(conn, {dest for dest, _, _ in asks})
+            kept = [(dest, sent, got) for dest, sent, got in asks if dest not in lost]
+            dests = sorted({dest for dest, _, _ in kept})
+            held: set[tuple[str, str]] = set()
+            for bids in _chunks(sorted({b for _, _, got in kept for b in got}), IDS_PER_STATEMENT):
+                held |= {
+                    (r.node, r.bulletin_id)
+                    for r in await conn.execute(
+                        sa.select(receipts.c.node, receipts.c.bulletin_id).where(
+                            receipts.c.bulletin_id.in_(bids),
+                            receipts.c.node.in_(dests),
+                            receipts.c.status == "received",
+                        )
                     )
-                )
-            )
-            fresh = [r for b, r in got.items() if b not in existing]
-            if fresh:
-                await conn.execute(sa.insert(receipts), [receipt_row(r) for r in fresh])
-            await conn.execute(sa.update(outbox).where(outbox.c.n.in_([i.n for i in sent])).values(state="delivered"))
-            for r in fresh:
-                audit.add(
-                    ev.BulletinDelivered(
-                        event=ev.BULLETIN_DELIVERED, at=timestamp(), bulletin=r.bulletin, to=dest, receipt_at=r.at
+                }
+            fresh: list[list[Receipt]] = []  # each ask's new receipts (a receipt is new once)
+            for dest, _, got in asks:
+                fresh.append([] if dest in lost else [r for b, r in got.items() if (dest, b) not in held])
+                held |= {(dest, r.bulletin) for r in fresh[-1]}
+            rows = [receipt_row(r) for new in fresh for r in new]
+            if rows:
+                await conn.execute(sa.insert(receipts), rows)
+            for ns in _chunks([i.n for _, sent, _ in kept for i in sent], IDS_PER_STATEMENT):
+                await conn.execute(sa.update(outbox).where(outbox.c.n.in_(ns)).values(state="delivered"))
+            now = timestamp()
+            for (dest, _, _), new in zip(asks, fresh, strict=True):
+                for r in new:
+                    audit.add(
+                        ev.BulletinDelivered(
+                            event=ev.BULLETIN_DELIVERED, at=now, bulletin=r.bulletin, to=dest, receipt_at=r.at
+                        )
                     )
-                )
-            return len(fresh)
+            return [
+                _lease_lost(dest) if dest in lost else len(new) for (dest, _, _), new in zip(asks, fresh, strict=True)
+            ]
 
         return await self.store.write(job)
 
     async def mark_sent(self, dest: str, items: Sequence[OutItem], txn: str) -> None:
         """Audit the first attempt to send each envelope to `dest` (retries are not audited)."""
         envelopes = [i for i in items if isinstance(i.ref, EnvelopeRef)]
-        if not envelopes:
-            return
+        if envelopes:
+            await self._sent((dest, envelopes, txn))
 
-        async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
-            await self.leases.check(conn, dest)
-            ns = [i.n for i in envelopes]
-            fresh = set(await conn.scalars(sa.select(outbox.c.n).where(outbox.c.n.in_(ns), outbox.c.sent_at.is_(None))))
-            if not fresh:
-                return
+    async def _mark_sent_many(self, asks: Sequence[Sent]) -> list[Exception | None]:
+        """`mark_sent` for several partners' batches in one job: one statement marks them all."""
+
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> list[Exception | None]:
+            lost = await self.leases.check_many(conn, {dest for dest, _, _ in asks})
             now = timestamp()
-            await conn.execute(sa.update(outbox).where(outbox.c.n.in_(fresh)).values(sent_at=now))
-            for item in envelopes:
-                if item.n in fresh:
-                    audit.add(
-                        ev.BulletinSent(event=ev.BULLETIN_SENT, at=now, bulletin=item.ref.encode(), to=dest, txn=txn)
+            fresh: set[int] = set()
+            for ns in _chunks([i.n for dest, items, _ in asks if dest not in lost for i in items], IDS_PER_STATEMENT):
+                fresh |= set(
+                    await conn.scalars(
+                        sa.update(outbox)
+                        .where(outbox.c.n.in_(ns), outbox.c.sent_at.is_(None))
+                        .values(sent_at=now)
+                        .returning(outbox.c.n)
                     )
+                )
+            for dest, items, txn in asks:
+                for item in items:
+                    if item.n in fresh:
+                        fresh.discard(item.n)  # audited once, should two asks name it
+                        audit.add(
+                            ev.BulletinSent(
+                                event=ev.BULLETIN_SENT, at=now, bulletin=item.ref.encode(), to=dest, txn=txn
+                            )
+                        )
+            return [_lease_lost(dest) if dest in lost else None for dest, _, _ in asks]
 
-        await self.store.write(job)
+        return await self.store.write(job)
 
     async def reject_queued(self, dest: str, item: OutItem, detail: str) -> None:
         """The destination refused this item for good: stop sending it, and audit why."""
@@ -331,7 +411,25 @@ class Outbox:
             return {r[0]: int(r[1]) for r in rows}
 
 
+def _chunks(values: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
+def _first(row: tuple[int, Any, OutRef]) -> int:
+    return row[0]
+
+
+def _everyones(exc: Exception) -> bool:
+    """A failure of the store itself (busy, locked, unreachable), not of one sender's request."""
+    return isinstance(exc, (Unavailable, OSError, sa.exc.OperationalError, sa.exc.InterfaceError))
+
+
+def _lease_lost(dest: str) -> LeaseLost:
+    return LeaseLost(f"another worker now sends to {dest}")
+
+
 __all__ = [
+    "Ask",
     "EnvelopeRef",
     "EventRef",
     "OutItem",

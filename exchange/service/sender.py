@@ -39,18 +39,23 @@ class Sender:
         self.peer = peer
         self.status = PeerStatus(peer)
         self._work = asyncio.Event()
+        # True while the queue may hold items no read has seen: work queued since the last read
+        # began, a read that filled its batch, a failure (what failed stays queued), a poll. The
+        # queue is read only then: a sender woken by one post reads it once, not after each send.
+        self._stale = True
         self._contact = asyncio.Event()
         self._single = False
         self._flight: asyncio.Task[int] | None = None  # the last batch sent: to the peer, then its receipts
 
     def wake(self) -> None:
         """New work is queued."""
+        self._stale = True
         self._work.set()
 
     def peer_seen(self) -> None:
         """The peer just talked to us, so it is up: retry now rather than after the backoff."""
         self._contact.set()
-        self._work.set()
+        self.wake()
 
     async def run(self) -> None:
         """The sender loop: no failure of one iteration, the database's included, ends it."""
@@ -62,13 +67,15 @@ class Sender:
                 batch, ahead = ahead, []
                 if not batch:
                     await self._drain()  # what is in flight, before the queue is read afresh
+                    if not self._stale:  # read to the end, and nothing queued since
+                        self.status.queued = 0
+                        await self._idle()
+                        continue
                     if not await self.outbox.leases.claim(self.peer):  # another worker sends to it
-                        await self.outbox.leases.idle(self._work)
+                        await self._idle()
                         continue
                     batch = await self._next_batch()
                     if not batch:
-                        self.status.queued = 0
-                        await self.outbox.leases.idle(self._work)  # or a poll, shared by workers
                         continue
                     await self.outbox.mark_sent(self.peer, batch, transaction_id([i.key for i in batch]))
                 ahead = await self._send(batch)
@@ -78,11 +85,18 @@ class Sender:
                 raise
             except Exception as exc:  # whatever the peer or the database did, retry later
                 ahead = []
-                with contextlib.suppress(Exception):  # what failed stays queued, and goes again
+                self._stale = True  # what failed stays queued, and goes again
+                with contextlib.suppress(Exception):
                     await self._drain()
                 await self._back_off(exc, len(batch))
             finally:
                 self.status.in_flight = 0
+
+    async def _idle(self) -> None:
+        """Wait to be woken; shared by workers, or for a poll (others queue items too), after
+        which the queue is read again."""
+        await self.outbox.leases.idle(self._work)
+        self._stale = True
 
     async def _drain(self) -> None:
         """Wait for the batch in flight to be stored at the peer and its receipts here; raise if
@@ -98,7 +112,12 @@ class Sender:
 
     async def _next_batch(self, after: int = 0) -> list[OutItem]:
         size = 1 if self._single else self.outbox.config.batch_size
-        return within_bytes(await self.outbox.pending(self.peer, size, after=after))
+        self._stale = False  # what is queued from now on makes it stale again
+        read = await self.outbox.queued(self.peer, size, after=after)
+        batch = within_bytes(read)
+        if len(read) == size or len(batch) < len(read):  # more may wait
+            self._stale = True
+        return batch
 
     async def _back_off(self, exc: Exception, size: int) -> None:
         cfg = self.outbox.config
@@ -129,18 +148,21 @@ class Sender:
 
         Two batches in flight at most: this one goes out while the one before is still being
         stored at the peer (which stores a sender's transactions in the order they came,
-        `Receiving.receive`), the next one is read and marked sent meanwhile, and each one's
-        receipts are checked and stored here as they come. A batch is marked delivered only once
+        `Receiving.receive`), the next one is read and marked sent meanwhile if anything may be
+        queued after this one (the sender was woken since its read, or the read was full), and
+        each one's receipts are checked and stored here as they come. A batch is marked delivered only once
         its receipts are stored; one that fails stays queued and goes again (the peer answers
         what it holds with the receipts it gave). After a refusal, batches go one at a time.
         """
         flight = asyncio.create_task(self._deliver(batch))
         previous, self._flight = self._flight, flight
-        prepared = None if self._single else asyncio.create_task(self._prepare(after=batch[-1].n))
+        # Read ahead only if something may be queued after this batch (woken since it was read).
+        ready = not self._single and self._stale
+        prepared = asyncio.create_task(self._prepare(after=batch[-1].n)) if ready else None
         try:
             if previous is not None:
                 await self._landed(previous)
-            if self._single or prepared is None:
+            if prepared is None:
                 await self._drain()
                 return []
             return await prepared

@@ -40,9 +40,10 @@ class SenderLoops:
                 self._run(peer, sender)
 
     def stop(self) -> list[asyncio.Task[None]]:
-        """The loops, for the caller to cancel and await with its others; none is started after."""
+        """The loops, and the outbox's reads and writes they gathered, for the caller to cancel and
+        await with its others; none is started after."""
         running, self._running = self._running or {}, None
-        return list(running.values())
+        return list(running.values()) + self.outbox.tasks()
 
     def _run(self, peer: str, sender: Sender) -> None:
         assert self._running is not None

@@ -212,6 +212,17 @@ async def renew_lease(conn: AsyncConnection, dest: str, holder: str, until: dt.d
     return bool(done.rowcount)
 
 
+async def renew_leases(conn: AsyncConnection, dests: list[str], holder: str, until: dt.datetime) -> set[str]:
+    """`renew_lease` for several destinations in one statement: those `holder` still holds."""
+    done = await conn.execute(
+        sa.update(outbox_leases)
+        .where(outbox_leases.c.dest.in_(dests), outbox_leases.c.holder == holder)
+        .values(expires=until)
+        .returning(outbox_leases.c.dest)
+    )
+    return set(done.scalars())
+
+
 async def release_leases(conn: AsyncConnection, holder: str, now: dt.datetime) -> None:
     """A worker stopping cleanly: its leases end now, for the others to take at once."""
     await conn.execute(sa.update(outbox_leases).where(outbox_leases.c.holder == holder).values(expires=now))
@@ -232,5 +243,6 @@ __all__ = [
     "notify",
     "release_leases",
     "renew_lease",
+    "renew_leases",
     "role_key",
 ]

@@ -1,0 +1,84 @@
+"""Requests of many tasks answered by one call: the outbox's senders, woken together by one post,
+read their queues and record what they sent and what was delivered in one statement each, not
+one per partner (bench/README.md, fanout_wired.py).
+
+One call runs at a time; the requests that arrive meanwhile wait and go in the next one, so calls
+grow with load, as the store's group commits do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+from exchange.errors import Unavailable
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+# A call answers each request in order, with its result or the exception that request raises.
+Many = Callable[[Sequence[A]], Awaitable[Sequence[R | Exception]]]
+
+
+class Coalesced(Generic[A, R]):
+    """`await coalesced(request)`: answered by a call of `many` on the requests gathered with it.
+
+    A call that fails is made again for each of its requests alone, so that one request that
+    spoils it (a malformed row, a conflict) does not fail the others; unless `shared(exc)` says
+    the failure is everyone's (the store busy or down), which each request then raises as it is.
+    """
+
+    def __init__(self, many: Many[A, R], name: str, shared: Callable[[Exception], bool] = lambda _: False) -> None:
+        self._many = many
+        self._name = name
+        self._shared = shared
+        self._asks: list[tuple[A, asyncio.Future[R]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __call__(self, request: A) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._asks.append((request, future))
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=self._name)
+        return await future
+
+    def task(self) -> asyncio.Task[None] | None:
+        """The call under way, if any (for the node to cancel when it stops)."""
+        return self._task
+
+    async def _run(self) -> None:
+        asks: list[tuple[A, asyncio.Future[R]]] = []
+        try:
+            while self._asks:
+                await asyncio.sleep(0)  # the other tasks woken with the first ask theirs too
+                asks, self._asks = [a for a in self._asks if not a[1].done()], []
+                if not asks:
+                    continue
+                try:
+                    answers = list(await self._many([r for r, _ in asks]))
+                except Exception as exc:
+                    alone = len(asks) > 1 and not self._shared(exc)
+                    answers = [await self._alone(r) for r, _ in asks] if alone else [exc] * len(asks)
+                for (_, future), answer in zip(asks, answers, strict=True):
+                    if future.done():  # its caller was cancelled
+                        continue
+                    if isinstance(answer, Exception):
+                        future.set_exception(answer)
+                    else:
+                        future.set_result(answer)
+        finally:  # cancelled (the node stops): nobody is left waiting
+            self._task = None
+            left, self._asks = asks + self._asks, []
+            for _, future in left:
+                if not future.done():
+                    future.set_exception(Unavailable("the node is stopping"))
+
+    async def _alone(self, request: A) -> R | Exception:
+        try:
+            return (await self._many([request]))[0]
+        except Exception as exc:
+            return exc
+
+
+__all__ = ["Coalesced"]

@@ -1,0 +1,296 @@
+"""The outbox's senders gather their bookkeeping (exchange.service.coalesce): one post wakes a
+sender per reader, and they read their queues, mark what they send and store what was delivered
+in one statement each, not one per reader; every per-reader 'sent' and 'delivered' entry is still
+written, once. With several workers (PostgreSQL) a sender whose lease another worker took still
+records nothing about that partner, whatever the others it was gathered with record.
+
+Statements are counted with a SQLAlchemy event listener; nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from exchange.config import NodeConfig
+from exchange.crypto import strict_loads
+from exchange.errors import LeaseLost, Unavailable
+from exchange.keystore import NodeKeyFiles, load_federation, read_file, read_provisioned_channels
+from exchange.model import Bulletin, NodeId
+from exchange.provision import init_federation
+from exchange.service.coalesce import Coalesced
+from exchange.service.leases import Leases
+from exchange.service.node import NodeService
+from exchange.service.outbox import transaction_id
+from exchange.store import Store, audit_log, outbox, receipts
+from exchange.store.tables import outbox_leases
+from tests.conftest import eventually, write_federation
+from tests.service.test_outbox import MemoryTransport
+from tests.test_delivery import BULLETIN
+
+AUTHOR = "nl-customs"
+READERS = [f"r{i}-customs" for i in range(5)]
+NODES = {AUTHOR: ("NL", "customs"), **{r: ("KE", "customs") for r in READERS}}
+
+
+class StealingTransport(MemoryTransport):
+    """Before a push to `victim` lands, another worker takes the author's lease on it."""
+
+    victim: str | None = None
+
+    async def send(self, node: NodeId, path: str, body: bytes) -> Any:
+        if node == self.victim:
+            async with self.nodes[self.me].store.engine.begin() as conn:
+                await conn.execute(
+                    sa.update(outbox_leases)
+                    .where(outbox_leases.c.dest == node)
+                    .values(holder="another-worker", expires=sa.func.now() + sa.text("interval '1 hour'"))
+                )
+        return await super().send(node, path, body)
+
+
+@pytest.fixture
+async def federation(
+    tmp_path: Path, database: Callable[[str], Awaitable[str]]
+) -> AsyncIterator[tuple[dict[str, NodeService], StealingTransport]]:
+    """The author and five readers' application layers, joined in memory; not started."""
+    folder = tmp_path / "nodes"
+    channel = {
+        "id": "c2c",
+        "owner": AUTHOR,
+        "agencies": ["customs"],
+        "members": {AUTHOR: ["read", "post", "admin"], **{r: ["read", "post"] for r in READERS}},
+    }
+    urls = {n: await database(n) for n in NODES}
+    write_federation(folder, NODES, [channel], {n: u for n, u in urls.items() if u})
+    await init_federation(folder)
+    services: dict[str, NodeService] = {}
+    transports = {n: StealingTransport(n) for n in NODES}
+    for node in NODES:
+        cfg = NodeConfig.load(folder / f"{node}.toml", environ={})
+        store = await Store.open(cfg.database_url)
+        roster = strict_loads(read_file(cfg.roster_path))
+        service = NodeService(
+            cfg, store, load_federation(cfg), NodeKeyFiles(cfg.keys_dir).load(), transports[node], roster
+        )
+        await service.load(read_provisioned_channels(cfg.channels_dir))
+        services[node] = service
+    for transport in transports.values():
+        transport.nodes = services
+    try:
+        yield services, transports[AUTHOR]
+    finally:
+        for service in services.values():
+            with contextlib.suppress(Exception):
+                await service.stop()
+            await service.store.close()
+
+
+@contextlib.contextmanager
+def statements(service: NodeService) -> Iterator[list[str]]:
+    """The SQL statements the node sends while the block runs (an executemany counts once)."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(" ".join(statement.split()))
+
+    engine = service.store.engine.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+
+async def entries(service: NodeService, event: str) -> list[dict[str, Any]]:
+    async with service.store.read() as conn:
+        rows = await conn.execute(sa.select(audit_log.c.entry).order_by(audit_log.c.idx))
+        return [e for e in (json.loads(bytes(r.entry)) for r in rows) if e["event"] == event]
+
+
+async def post(service: NodeService, title: str) -> str:
+    officer = await service.users.get("officer")
+    return str((await service.post(officer, "c2c", Bulletin.model_validate({**BULLETIN, "title": title}))).id)
+
+
+async def test_senders_read_and_mark_sent_together_and_each_reader_still_gets_its_entry(
+    federation: tuple[dict[str, NodeService], StealingTransport],
+) -> None:
+    """Deterministic: the senders' reads and marks, asked at once, are one statement each."""
+    services, _ = federation
+    a = services[AUTHOR]
+    posted = [await post(a, f"Report {i}") for i in range(3)]
+    for reader in READERS:  # with workers, a sender writes only under its lease
+        assert await a.outbox.leases.claim(reader)
+    with statements(a) as seen:
+        batches = await asyncio.gather(*(a.outbox.queued(r, 100) for r in READERS))
+    assert len(seen) == 2, seen  # the five queues' heads, then the envelopes (once, not per reader)
+    for reader, batch in zip(READERS, batches, strict=True):
+        assert [i.ref.encode() for i in batch] == posted
+        assert batch == await a.outbox.pending(reader, 100)
+    assert len({id(i.data) for b in batches for i in b}) == 3, "an envelope's bytes are read once"
+    assert await a.outbox.queued(READERS[0], 2, after=batches[0][0].n) == batches[0][1:3]
+
+    txns = {r: transaction_id([i.key for i in b]) for r, b in zip(READERS, batches, strict=True)}
+    with statements(a) as seen:
+        await asyncio.gather(*(a.outbox.mark_sent(r, b, txns[r]) for r, b in zip(READERS, batches, strict=True)))
+    marks = [s for s in seen if s.startswith("UPDATE outbox SET sent_at")]
+    assert len(marks) == 1, seen
+    sent = await entries(a, "bulletin.sent")
+    assert sorted((e["bulletin"], e["to"], e["txn"]) for e in sent) == sorted(
+        (bid, r, txns[r]) for r in READERS for bid in posted
+    )
+    # Marked again (a retry, or two asks naming one item): no second entry.
+    await asyncio.gather(*(a.outbox.mark_sent(r, b + b, txns[r]) for r, b in zip(READERS, batches, strict=True)))
+    assert len(await entries(a, "bulletin.sent")) == len(READERS) * 3
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # with workers, leases and polls part the reads
+async def test_one_post_to_five_readers_costs_one_read_and_one_mark(
+    federation: tuple[dict[str, NodeService], StealingTransport],
+) -> None:
+    """End to end on SQLite (with workers, leases and polls make reads arrive apart): the five
+    senders one post wakes read the queue in one statement, not one (or three) each."""
+    services, _ = federation
+    a = services[AUTHOR]
+    for service in services.values():
+        await service.start()
+
+    async def delivered() -> bool:
+        return await a.queued_counts() == {}
+
+    await post(a, "warm-up")
+    await eventually(delivered, what="the warm-up's delivery")
+    with statements(a) as seen:
+        bid = await post(a, "measured")
+        await eventually(delivered, what="delivery to the five readers")
+    reads = [s for s in seen if s.startswith("SELECT") and "FROM outbox" in s and "count(" not in s]
+    marks = [s for s in seen if s.startswith("UPDATE outbox SET sent_at")]
+    assert len(reads) == 1 and len(marks) == 1, (reads, marks)
+    assert sorted(e["to"] for e in await entries(a, "bulletin.sent") if e["bulletin"] == bid) == READERS
+    assert sorted(e["to"] for e in await entries(a, "bulletin.delivered") if e["bulletin"] == bid) == READERS
+    async with a.store.read() as conn:
+        held = await conn.scalars(sa.select(receipts.c.node).where(receipts.c.bulletin_id == bid))
+        assert sorted(held) == READERS
+
+
+@pytest.mark.parametrize("database", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+async def test_a_sender_whose_lease_was_taken_records_nothing_while_the_others_do(
+    federation: tuple[dict[str, NodeService], StealingTransport],
+) -> None:
+    """Workers: another worker takes the author's lease on one reader while a push to it is under
+    way. The receipts that reader returns are not stored, its item stays queued and no
+    'delivered' entry names it; the other readers' gathered with it are delivered as before."""
+    services, transport = federation
+    a = services[AUTHOR]
+    victim = READERS[2]
+    transport.victim = victim
+    for service in services.values():
+        await service.start()
+    bid = await post(a, "contested")
+    others = [r for r in READERS if r != victim]
+
+    async def done() -> bool:
+        counts = await a.queued_counts()
+        lost = "LeaseLost" in (a.outbox.senders[victim].status.last_error or "")
+        return lost and not any(counts.get(r) for r in others)
+
+    await eventually(done, what="the others' delivery and the victim's lost lease")
+    assert sorted(e["to"] for e in await entries(a, "bulletin.delivered") if e["bulletin"] == bid) == others
+    async with a.store.read() as conn:
+        held = sorted(await conn.scalars(sa.select(receipts.c.node).where(receipts.c.bulletin_id == bid)))
+        state = await conn.scalar(sa.select(outbox.c.state).where(outbox.c.dest == victim, outbox.c.ref == bid))
+    assert held == others and state == "queued"
+
+
+async def test_a_call_that_fails_as_a_whole_is_made_again_for_each_request_alone() -> None:
+    calls: list[list[int]] = []
+
+    async def many(asks: Sequence[int]) -> list[int | Exception]:
+        calls.append(list(asks))
+        if 13 in asks and len(asks) > 1:
+            raise RuntimeError("one request spoils the statement")
+        return [LeaseLost("taken") if a == 7 else a * 2 for a in asks]
+
+    coalesced: Coalesced[int, int] = Coalesced(many, "test")
+    results = await asyncio.gather(*(coalesced(a) for a in (1, 7, 13, 4)), return_exceptions=True)
+    assert results[0] == 2 and isinstance(results[1], LeaseLost) and results[2] == 26 and results[3] == 8
+    assert calls == [[1, 7, 13, 4], [1], [7], [13], [4]]
+    assert coalesced.task() is None
+
+
+async def test_callers_waiting_when_the_call_is_cancelled_are_told_the_node_stops() -> None:
+    started = asyncio.Event()
+
+    async def many(asks: Sequence[int]) -> list[int | Exception]:
+        started.set()
+        await asyncio.Event().wait()
+        return list(asks)
+
+    coalesced: Coalesced[int, int] = Coalesced(many, "test")
+    waiting = asyncio.gather(coalesced(1), coalesced(2), return_exceptions=True)
+    await started.wait()
+    task = coalesced.task()
+    assert task is not None
+    task.cancel()
+    assert all(isinstance(r, Unavailable) for r in await waiting)
+
+
+async def test_a_failure_of_the_store_itself_is_everyones_and_not_tried_again_alone() -> None:
+    """The store busy or down: one call, one error for each request (each sender backs off), not a
+    call per request, each waiting for the pool in turn."""
+    calls: list[list[int]] = []
+
+    async def many(asks: Sequence[int]) -> list[int | Exception]:
+        calls.append(list(asks))
+        raise Unavailable("the database is busy; try again shortly")
+
+    coalesced: Coalesced[int, int] = Coalesced(many, "test", lambda exc: isinstance(exc, Unavailable))
+    results = await asyncio.gather(*(coalesced(a) for a in (1, 2, 3)), return_exceptions=True)
+    assert all(isinstance(r, Unavailable) for r in results) and calls == [[1, 2, 3]]
+
+
+class CountingLeases(Leases):
+    """Leases that count how often a sender asks for one."""
+
+    claims = 0
+
+    async def claim(self, dest: str) -> bool:
+        self.claims += 1
+        return await super().claim(dest)
+
+
+@pytest.mark.parametrize("database", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+async def test_a_sender_whose_partner_another_worker_holds_waits_for_the_poll_and_does_not_spin(
+    federation: tuple[dict[str, NodeService], StealingTransport],
+) -> None:
+    """The lease on every reader is another worker's: each sender asks once, then waits for a
+    wake or the poll (POLL_SECONDS) instead of asking again at every turn of the event loop."""
+    services, _ = federation
+    a = services[AUTHOR]
+    leases = a.outbox.leases = CountingLeases(a.store)
+    async with a.store.engine.begin() as conn:
+        for reader in READERS:
+            await conn.execute(
+                sa.insert(outbox_leases).values(
+                    dest=reader, holder="another-worker", expires=sa.func.now() + sa.text("interval '1 hour'")
+                )
+            )
+    await post(a, "held elsewhere")
+    await a.start()
+
+    async def asked() -> bool:
+        return leases.claims >= len(READERS)
+
+    await eventually(asked, what="each sender to ask for its lease")
+    for _ in range(200):  # turns of the event loop, far fewer than POLL_SECONDS takes
+        await asyncio.sleep(0)
+    assert leases.claims <= 2 * len(READERS), leases.claims
+    assert (await a.queued_counts()) == dict.fromkeys(READERS, 1)
