@@ -14,15 +14,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from exchange.config import NodeConfig
-from exchange.crypto import strict_loads
-from exchange.keystore import NodeKeyFiles, load_federation, read_file, read_provisioned_channels
 from exchange.model import Bulletin, NodeId
 from exchange.protocol.envelope import bulletin_id, parse_envelope
 from exchange.provision import init_federation
 from exchange.service.node import NodeService
-from exchange.store import Store, audit_log
+from exchange.store import audit_log
 from tests.conftest import DEFAULT_NODES, eventually, write_federation
+from tests.service.lone_node import node_service
 from tests.service.test_outbox import MemoryTransport
 from tests.test_delivery import BULLETIN
 
@@ -67,14 +65,7 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[dict[str, NodeService], Ch
     checking = CheckingTransport(A)
     transports = {A: checking, B: MemoryTransport(B)}
     for node in (A, B):
-        cfg = NodeConfig.load(folder / f"{node}.toml", environ={})
-        store = await Store.open(cfg.database_url)
-        roster = strict_loads(read_file(cfg.roster_path))
-        service = NodeService(
-            cfg, store, load_federation(cfg), NodeKeyFiles(cfg.keys_dir).load(), transports[node], roster
-        )
-        await service.load(read_provisioned_channels(cfg.channels_dir))
-        services[node] = service
+        services[node] = await node_service(folder / f"{node}.toml", transports[node])
     for transport in transports.values():
         transport.nodes = services
     try:

@@ -17,6 +17,7 @@ from exchange.keystore import NodeKeyFiles, load_federation, read_file, read_pro
 from exchange.model import Bulletin, NodeId
 from exchange.provision import init_federation
 from exchange.service.node import NodeService
+from exchange.service.transport import PeerTransport
 from exchange.store import Store
 from tests.conftest import DEFAULT_NODES, write_federation
 
@@ -35,6 +36,18 @@ class NoPartners:
         raise PeerError(f"{node}: no partners in this test")
 
 
+async def node_service(config_file: Path, transport: PeerTransport) -> NodeService:
+    """A provisioned node's application layer from its node file, over its own store, reaching
+    partners through `transport`; its channels loaded, not started (the caller stops it and closes
+    its store)."""
+    cfg = NodeConfig.load(config_file, environ={})
+    store = await Store.open(cfg.database_url)
+    roster = strict_loads(read_file(cfg.roster_path))
+    service = NodeService(cfg, store, load_federation(cfg), NodeKeyFiles(cfg.keys_dir).load(), transport, roster)
+    await service.load(read_provisioned_channels(cfg.channels_dir))
+    return service
+
+
 async def lone_node(folder: Path) -> AsyncIterator[NodeService]:
     """The node's service, with a contact point `clerk` assigned to c2c only; closed afterwards."""
     channels = [
@@ -42,19 +55,14 @@ async def lone_node(folder: Path) -> AsyncIterator[NodeService]:
     ]
     write_federation(folder, {NL: DEFAULT_NODES[NL]}, channels, {})
     await init_federation(folder)
-    cfg = NodeConfig.load(folder / f"{NL}.toml", environ={})
-    store = await Store.open(cfg.database_url)
-    roster = strict_loads(read_file(cfg.roster_path))
-    keys = NodeKeyFiles(cfg.keys_dir).load()
-    service = NodeService(cfg, store, load_federation(cfg), keys, NoPartners(), roster)
+    service = await node_service(folder / f"{NL}.toml", NoPartners())
     try:
-        await service.load(read_provisioned_channels(cfg.channels_dir))
         await service.users.add("clerk", "contact-point", actor="test")
         await service.users.assign("clerk", C2C, assigned=True, actor="test")
         yield service
     finally:
         await service.stop()
-        await store.close()
+        await service.store.close()
 
 
 def bulletin(title: str, **fields: Any) -> Bulletin:

@@ -16,16 +16,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from exchange.config import NodeConfig
-from exchange.crypto import strict_loads
 from exchange.errors import ExchangeError, PeerError, PeerRefused, Unavailable
 from exchange.http.problem import status_for
-from exchange.keystore import NodeKeyFiles, load_federation, read_file, read_provisioned_channels
 from exchange.model import Bulletin, NodeId
 from exchange.provision import init_federation
 from exchange.service.node import NodeService
-from exchange.store import Store, bulletins, receipts
+from exchange.store import bulletins, receipts
 from tests.conftest import DEFAULT_NODES, eventually, write_federation
+from tests.service.lone_node import node_service
 from tests.test_delivery import BULLETIN
 
 A, B = "nl-customs", "ke-customs"
@@ -86,14 +84,8 @@ async def pair(tmp_path: Path) -> AsyncIterator[dict[str, NodeService]]:
     services: dict[str, NodeService] = {}
     transports: dict[str, MemoryTransport] = {}
     for node in (A, B):
-        cfg = NodeConfig.load(folder / f"{node}.toml", environ={})
-        fed = load_federation(cfg)
         transports[node] = MemoryTransport(node)
-        store = await Store.open(cfg.database_url)
-        roster = strict_loads(read_file(cfg.roster_path))
-        service = NodeService(cfg, store, fed, NodeKeyFiles(cfg.keys_dir).load(), transports[node], roster)
-        await service.load(read_provisioned_channels(cfg.channels_dir))
-        services[node] = service
+        services[node] = await node_service(folder / f"{node}.toml", transports[node])
     for transport in transports.values():
         transport.nodes = services
     try:

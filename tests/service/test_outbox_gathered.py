@@ -19,19 +19,17 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from exchange.config import NodeConfig
-from exchange.crypto import strict_loads
 from exchange.errors import LeaseLost, Unavailable
-from exchange.keystore import NodeKeyFiles, load_federation, read_file, read_provisioned_channels
 from exchange.model import Bulletin, NodeId
 from exchange.provision import init_federation
 from exchange.service.coalesce import Coalesced
 from exchange.service.leases import Leases
 from exchange.service.node import NodeService
 from exchange.service.outbox import transaction_id
-from exchange.store import Store, audit_log, outbox, receipts
+from exchange.store import audit_log, outbox, receipts
 from exchange.store.tables import outbox_leases
 from tests.conftest import eventually, write_federation
+from tests.service.lone_node import node_service
 from tests.service.test_outbox import MemoryTransport
 from tests.test_delivery import BULLETIN
 
@@ -74,14 +72,7 @@ async def federation(
     services: dict[str, NodeService] = {}
     transports = {n: StealingTransport(n) for n in NODES}
     for node in NODES:
-        cfg = NodeConfig.load(folder / f"{node}.toml", environ={})
-        store = await Store.open(cfg.database_url)
-        roster = strict_loads(read_file(cfg.roster_path))
-        service = NodeService(
-            cfg, store, load_federation(cfg), NodeKeyFiles(cfg.keys_dir).load(), transports[node], roster
-        )
-        await service.load(read_provisioned_channels(cfg.channels_dir))
-        services[node] = service
+        services[node] = await node_service(folder / f"{node}.toml", transports[node])
     for transport in transports.values():
         transport.nodes = services
     try:

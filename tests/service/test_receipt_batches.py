@@ -14,16 +14,15 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from exchange.config import NodeConfig
 from exchange.crypto import canonical_json, strict_loads
 from exchange.errors import PeerError
-from exchange.keystore import NodeKeyFiles, load_federation, read_file, read_provisioned_channels
 from exchange.model import Bulletin, NodeId
 from exchange.protocol.receipt import parse_receipt, verify_receipt
 from exchange.provision import init_federation
 from exchange.service.node import NodeService
-from exchange.store import Store, audit_log, bulletins, outbox, receipts
+from exchange.store import audit_log, bulletins, outbox, receipts
 from tests.conftest import DEFAULT_NODES, eventually, write_federation
+from tests.service.lone_node import node_service
 from tests.service.test_outbox import MemoryTransport
 from tests.test_delivery import BULLETIN
 
@@ -55,12 +54,7 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[NodeService, NodeService, 
     shifty = ShiftyTransport(A)
     transports = {A: shifty, B: MemoryTransport(B)}
     for node in (A, B):
-        cfg = NodeConfig.load(folder / f"{node}.toml", environ={})
-        store = await Store.open(cfg.database_url)
-        roster = strict_loads(read_file(cfg.roster_path))
-        keys = NodeKeyFiles(cfg.keys_dir).load()
-        services[node] = NodeService(cfg, store, load_federation(cfg), keys, transports[node], roster)
-        await services[node].load(read_provisioned_channels(cfg.channels_dir))
+        services[node] = await node_service(folder / f"{node}.toml", transports[node])
     for transport in transports.values():
         transport.nodes = services
     try:
