@@ -242,7 +242,7 @@ class SqlCounts:
     executemany_rows: int = 0
     commits: int = 0
     hops: int = 0  # calls handed to aiosqlite's worker thread (execute, fetch, close, commit…)
-    writes: int = 0  # group commits of the node's writer (Store._commit_once)
+    writes: int = 0  # group commits of the node's writer (Store._commit)
     jobs: int = 0  # Store.write jobs in them
     write_seconds: float = 0.0  # wall time the writer spent in them, from BEGIN to COMMIT done
 
@@ -277,7 +277,9 @@ class SqlCounter:
             self.by_node[node].commits += 1
 
         def checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
-            self._conn_node[id(getattr(dbapi_conn, "_connection", dbapi_conn))] = node
+            raw = getattr(dbapi_conn, "_connection", dbapi_conn)
+            # A node's SQLite engine wraps aiosqlite's connection (exchange.store.loop_sqlite).
+            self._conn_node[id(getattr(raw, "threaded", raw))] = node
 
         sa.event.listen(sync, "before_cursor_execute", before)
         sa.event.listen(sync, "commit", commit)
@@ -301,7 +303,7 @@ class SqlCounter:
 
             Connection._execute = counted
             self._unpatch.append(lambda: setattr(Connection, "_execute", execute))
-        commit_once = getattr(Store, "_commit_once", None)
+        commit_once = getattr(Store, "_commit", None)
         if commit_once is not None:
 
             async def timed_commit(store: Store, batch: list[Any]) -> Any:
@@ -316,8 +318,8 @@ class SqlCounter:
                         c.jobs += len(batch)
                         c.write_seconds += time.perf_counter() - t0
 
-            Store._commit_once = timed_commit  # type: ignore[method-assign]
-            self._unpatch.append(lambda: setattr(Store, "_commit_once", commit_once))
+            Store._commit = timed_commit  # type: ignore[method-assign]
+            self._unpatch.append(lambda: setattr(Store, "_commit", commit_once))
 
     def reset(self) -> None:
         for node in self.by_node:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from exchange.errors import ConfigError
+from exchange.store import loop_sqlite
+from exchange.store.loop_sqlite import LoopConnection
 
 
 def make_engine(url: str, *, transactional_ddl: bool = False) -> AsyncEngine:
@@ -18,6 +22,8 @@ def make_engine(url: str, *, transactional_ddl: bool = False) -> AsyncEngine:
     sqlite = url.startswith("sqlite")
     if sqlite:
         kwargs["connect_args"] = {"timeout": 30}
+        if not transactional_ddl:  # a node's engine: its statements that cannot wait run on the loop
+            kwargs["async_creator"] = _loop_sqlite(url)
     elif url.startswith("postgresql"):
         # At most fifteen connections as before, but every one kept open once opened: with
         # SQLAlchemy's five kept and ten more opened on demand, the reads of a burst of requests
@@ -48,6 +54,19 @@ def reason(exc: BaseException) -> str:
     """The driver's own words for a database error, on one line (without SQLAlchemy's wrapping)."""
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _loop_sqlite(url: str) -> Callable[[], Awaitable[LoopConnection]]:
+    """Open `url`'s database as the aiosqlite dialect would, as a `LoopConnection`."""
+    try:
+        args, params = SQLiteDialect_aiosqlite().create_connect_args(sa.engine.make_url(url))
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError(f"bad database URL: {exc}") from exc
+
+    async def creator() -> LoopConnection:
+        return await loop_sqlite.connect(*args, **{"timeout": 30, **params})
+
+    return creator
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
