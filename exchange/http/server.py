@@ -50,7 +50,7 @@ class ServerLimits:
     header_timeout: float = 10.0
     body_timeout: float = 120.0
     read_timeout: float = 30.0
-    keepalive_timeout: float = 75.0
+    keepalive_timeout: float = 120.0
     max_header_bytes: int = 8190
     max_head_bytes: int = 65536
     max_connections_per_address: int = 128

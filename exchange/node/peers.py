@@ -34,6 +34,7 @@ class HttpTransport:
         identity: TlsIdentity | None = None,
     ) -> None:
         self._timeout = aiohttp.ClientTimeout(total=config.request_timeout_seconds)
+        self._keepalive = config.peer_keepalive_seconds
         self._me = config.id
         # The certificate this node presents: moved by a TLS key rotation (exchange.service.ownkeys)
         self._identity = identity or NodeKeyFiles(config.keys_dir).tls_identity(fed.node(config.id).tls_pin)
@@ -48,9 +49,10 @@ class HttpTransport:
         self, node: RosterNode, trusted: str | None = None, *, certificate: bool = True
     ) -> aiohttp.ClientSession:
         cert, key = (self._identity.cert, self._identity.key) if certificate else (None, None)
-        return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=peer_context(node, cert, key, trusted), limit=2), timeout=self._timeout
+        connector = aiohttp.TCPConnector(
+            ssl=peer_context(node, cert, key, trusted), limit=2, keepalive_timeout=self._keepalive
         )
+        return aiohttp.ClientSession(connector=connector, timeout=self._timeout)
 
     def install(self, fed: Federation) -> None:
         """Follow a new roster version: a session for each new partner, a new one for a partner whose
@@ -95,27 +97,31 @@ class HttpTransport:
             self._gossip.seen(node, version)
 
     async def fetch(self, node: NodeId, path: str) -> Any:
-        session, endpoint = self._partner(node)
-        try:
-            async with session.get(endpoint + path, headers=self._headers()) as resp:
-                self._observe(node, resp)
-                return await _json_or_error(resp, node)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise PeerError(f"{node}: {type(exc).__name__}: {exc}") from exc
+        return await self._request(node, "GET", path, None)
 
     async def send(self, node: NodeId, path: str, body: bytes) -> Any:
+        return await self._request(node, "POST", path, body)
+
+    async def _request(self, node: NodeId, method: str, path: str, body: bytes | None) -> Any:
+        """One request to a partner. A POST on a connection the partner closed just as it went
+        (`ServerDisconnectedError`: a kept-alive one it timed out) is made once more at once, on
+        another connection, as aiohttp itself does for a GET: every federation request may be
+        repeated (the sender repeats a failed batch anyway, after its backoff)."""
         session, endpoint = self._partner(node)
-        try:
-            # BytesIO: aiohttp streams it rather than warn about a large body (attachments)
-            async with session.post(
-                endpoint + path,
-                data=io.BytesIO(body),
-                headers={"Content-Type": "application/json", **self._headers()},
-            ) as resp:
-                self._observe(node, resp)
-                return await _json_or_error(resp, node)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise PeerError(f"{node}: {type(exc).__name__}: {exc}") from exc
+        headers = self._headers() if body is None else {"Content-Type": "application/json", **self._headers()}
+        for last in (False, True) if body is not None else (True,):
+            try:
+                # BytesIO: aiohttp streams it rather than warn about a large body (attachments)
+                data = io.BytesIO(body) if body is not None else None
+                async with session.request(method, endpoint + path, data=data, headers=headers) as resp:
+                    self._observe(node, resp)
+                    return await _json_or_error(resp, node)
+            except aiohttp.ServerDisconnectedError as exc:
+                if last:
+                    raise PeerError(f"{node}: {type(exc).__name__}: {exc}") from exc
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise PeerError(f"{node}: {type(exc).__name__}: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def offer(self, node: NodeId, body: bytes) -> Any:
         """POST roster versions to `node` without a client certificate (its pin check does not know

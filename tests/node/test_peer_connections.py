@@ -1,0 +1,135 @@
+"""Connections between partners (exchange/node/peers.py): an idle one is kept for
+`peer_keepalive_seconds` (a new mutual-TLS connection costs both sides a handshake), and a request
+on a connection the partner closed as it went is made once more at once, on a new connection."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from exchange.errors import PeerError
+from exchange.keystore import NodeKeyFiles
+from exchange.model import NodeId
+from tests.conftest import Federation, MakeFederation, eventually
+
+pytestmark = pytest.mark.slow
+
+KE = NodeId("ke-customs")
+
+
+def peer_key_of(fed: Federation, node: str) -> str:
+    """How a node's server counts the connections of partner `node` (exchange.http.limits.peer_key)."""
+    pem = NodeKeyFiles(fed[node].config.keys_dir).presented_pem().encode()
+    der = x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+    return "peer:" + hashlib.sha256(der).hexdigest()
+
+
+@pytest.mark.parametrize("keepalive", [0.3, 30.0])
+async def test_an_idle_connection_to_a_partner_is_kept_for_peer_keepalive_seconds(
+    make_federation: MakeFederation, keepalive: float
+) -> None:
+    fed = await make_federation(options={"peer_keepalive_seconds": keepalive})
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    assert nl.node is not None and ke.node is not None
+    guard, key = ke.node.guard, peer_key_of(fed, "nl-customs")
+    await nl.service.transport.fetch(KE, "/fed/v1/audit/checkpoint")
+    assert guard.connections(key) >= 1
+    if keepalive < 1:
+        # aiohttp closes idle connections past the setting (its sweep runs every keepalive seconds)
+        async def closed() -> bool:
+            return guard.connections(key) == 0
+
+        await eventually(closed, timeout=5, what="the idle connection closed by the client")
+    else:
+        await asyncio.sleep(2.5)
+        assert guard.connections(key) >= 1  # still open: the next request needs no handshake
+        before = guard.connections(key)
+        await nl.service.transport.fetch(KE, "/fed/v1/audit/checkpoint")
+        assert guard.connections(key) == before
+
+
+@dataclass
+class DroppingPartner:
+    """In ke-customs's place (its address and certificate), a server that reads each request and,
+    for a path in `drop` (with how many times), closes the connection without an answer; it
+    answers anything else 200 {"ok": true}. `tries` counts the requests per path."""
+
+    fed: Federation
+    drop: dict[str, int] = field(default_factory=dict)
+    tries: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+@pytest.fixture
+async def dropping_partner(make_federation: MakeFederation) -> AsyncIterator[DroppingPartner]:
+    fed = await make_federation()
+    ke = fed["ke-customs"]
+    await fed.stop("ke-customs")
+    files = NodeKeyFiles(ke.config.keys_dir)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(files.presented_cert if files.presented_cert.exists() else files.tls_cert, files.tls_key)
+    partner = DroppingPartner(fed)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.split(b"\r\n")
+                path = lines[0].split(b" ")[1].decode()
+                length = next((int(h.split(b":")[1]) for h in lines if h.lower().startswith(b"content-length")), 0)
+                await reader.readexactly(length)
+                partner.tries[path] += 1
+                if partner.drop.get(path, 0) > 0:
+                    partner.drop[path] -= 1
+                    return
+                body = b'{"ok": true}'
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+                writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, ke.config.host, ke.config.port, ssl=ctx)
+    try:
+        yield partner
+    finally:
+        server.close()
+        await server.wait_closed()
+        fed.members.pop("ke-customs")
+
+
+async def test_a_request_on_a_connection_the_partner_dropped_is_made_once_more_at_once(
+    dropping_partner: DroppingPartner,
+) -> None:
+    partner = dropping_partner
+    partner.drop = {"/fed/v1/once": 1, "/fed/v1/once-more": 1}
+    transport = partner.fed["nl-customs"].service.transport
+    assert await transport.send(KE, "/fed/v1/once", b"{}") == {"ok": True}
+    assert await transport.fetch(KE, "/fed/v1/once-more") == {"ok": True}
+    assert partner.tries["/fed/v1/once"] == 2 and partner.tries["/fed/v1/once-more"] == 2
+
+
+async def test_a_partner_that_drops_every_request_fails_after_the_second_try(
+    dropping_partner: DroppingPartner,
+) -> None:
+    partner = dropping_partner
+    partner.drop = {"/fed/v1/always": 10, "/fed/v1/always-get": 10}
+    transport = partner.fed["nl-customs"].service.transport
+    with pytest.raises(PeerError, match="ServerDisconnectedError"):
+        await transport.send(KE, "/fed/v1/always", b"{}")
+    with pytest.raises(PeerError, match="ServerDisconnectedError"):
+        await transport.fetch(KE, "/fed/v1/always-get")
+    # two tries each: the request and one more at once (for a GET, aiohttp's own); anything later
+    # is the caller's, after its backoff
+    assert partner.tries["/fed/v1/always"] == 2
+    assert partner.tries["/fed/v1/always-get"] == 2
