@@ -8,6 +8,7 @@ on the event loop (one signature, one HKDF and one AES-GCM per envelope; no HPKE
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Sequence
@@ -63,8 +64,15 @@ def cited(h: EnvelopeHeaderV2, readers: tuple[str, ...] = ()) -> CitedHeader:
         h.author,
         h.seq,
         CitedState(h.state.owner, h.state.pos, h.state.hash),
-        tuple(CitedRecipient(r) for r in readers),
+        _recipients(readers),
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _recipients(readers: tuple[str, ...]) -> tuple[CitedRecipient, ...]:
+    """An epoch's readers as cited recipients: made once per epoch, not once per envelope (every
+    envelope of an epoch of 200 readers would build 200 of them)."""
+    return tuple(CitedRecipient(r) for r in readers)
 
 
 def screen_v2(index: int, raw: Any, peer: str, relayed: bool, fed: Federation) -> OpeningV2:

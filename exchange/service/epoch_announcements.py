@@ -6,6 +6,7 @@ The base of `exchange.service.epochs.EpochBook`: the one place that says which k
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -31,6 +32,8 @@ UNSUPPORTED_RECHECK = 300.0  # seconds before asking again a node that announced
 UNREACHABLE_RECHECK = 30.0  # seconds before an author asks again a node whose ask timed out
 SLOW_ASK = 1.0  # seconds: a failed ask that took longer is a timeout, not a refused connection
 SUPPORT_REFRESH = 3600.0  # seconds after which the owner asks a node for its announcement again
+ASK_AT_ONCE = 16  # announcements asked for at the same time (wrap_key_ids)
+MEMO_SIZE = 64  # epochs' reader lists whose wrap keys a receiver keeps (wrap_key_ids)
 
 
 class Announcements:
@@ -59,6 +62,10 @@ class Announcements:
         self._fetched: dict[str, float] = {}  # node -> when its announcement was fetched (0: loaded)
         self._unsupported: dict[str, float] = {}  # node -> until when it counts as taking no v2
         self._unreachable: dict[str, float] = {}  # node -> until when an author does not ask it again
+        # A receiver's `wrap_key_ids(readers, strict=True)` for an epoch, as long as the roster and
+        # the announcements held are those it was made from (each change counts in _generation).
+        self._generation = 0
+        self._memo: dict[tuple[str, ...], tuple[object, int, dict[str, WrapKeyId]]] = {}
 
     async def _load_support(self, conn: AsyncConnection) -> None:
         """The announcements stored (checked when they came)."""
@@ -70,6 +77,7 @@ class Announcements:
                 continue
             self._support[row.node] = support
             self._fetched[row.node] = 0.0
+            self._generation += 1
 
     @property
     def announcement(self) -> EpochSupport:
@@ -106,6 +114,7 @@ class Announcements:
             if exc.status == 404:  # a release before v2, or v2 switched off
                 self._unsupported[node] = now + UNSUPPORTED_RECHECK
                 self._support.pop(node, None)
+                self._generation += 1
                 return None
             if strict:
                 raise StateUnavailable(f"{node} did not give its v2 support announcement: {exc.detail}") from exc
@@ -128,6 +137,7 @@ class Announcements:
         await self.store.write(job)
         self._support[node] = support
         self._fetched[node] = time.monotonic()
+        self._generation += 1
         return support
 
     def _slow(self, node: str, asked: float) -> None:
@@ -168,15 +178,41 @@ class Announcements:
             self._support[node] = support
             self._fetched[node] = time.monotonic()
             self._unsupported.pop(node, None)
+        self._generation += 1
 
     async def wrap_key_ids(self, nodes: Iterable[str], *, strict: bool) -> dict[str, WrapKeyId] | None:
-        """The key each node's wrap must be for (15.4, 15.12); None if one of them takes no v2."""
+        """The key each node's wrap must be for (15.4, 15.12); None if one of them takes no v2.
+
+        The announcements not held yet are asked for together, ASK_AT_ONCE at a time (an owner's
+        first epoch of a channel of 200 needs 199 of them), then read in order. A receiver's
+        (`strict`) answer depends only on the roster and the announcements held, so it is kept for
+        the next envelope of the same epoch until either changes."""
+        nodes = tuple(nodes)
+        generation, roster = self._generation, self.fed.roster
+        if strict and (memo := self._memo.get(nodes)) is not None and memo[0] is roster and memo[1] == generation:
+            return dict(memo[2])
+        missing = [n for n in nodes if n != self.me and n not in self._support]
+        if len(missing) > 1:
+            gate = asyncio.Semaphore(ASK_AT_ONCE)
+
+            async def ask(node: str) -> None:
+                async with gate:
+                    await self.support_of(node, strict=strict)
+
+            results = await asyncio.gather(*(ask(n) for n in missing), return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]
         out: dict[str, WrapKeyId] = {}
         for node in nodes:
             support = await self.support_of(node, strict=strict)
             if support is None:
                 return None
             out[node] = wrap_key_id(self.fed, node, support)
+        if strict:
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+            self._memo[nodes] = (roster, generation, dict(out))
         return out
 
     async def record_key_ids(self, record: EpochRecord) -> dict[str, WrapKeyId]:

@@ -1,0 +1,55 @@
+"""A receiver looks up which key each reader's wrap is for (docs/protocol.md, 15.4 and 15.12) once
+per epoch, not once per envelope (200 look-ups per envelope in a channel of 200), and again as
+soon as an announcement it holds changes (exchange/service/epoch_announcements.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import exchange.service.epoch_announcements as announcements
+from tests.conftest import MakeFederation
+from tests.test_epoch_delivery import C2C, THREE, V2, arrives, post, reads
+
+
+async def test_a_receiver_keeps_an_epochs_wrap_keys_until_an_announcement_changes(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fed = await make_federation(nodes=THREE, channels=[C2C], options=V2)
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    sent = await post(nl, "the epoch is made")
+    await arrives(ke, sent["id"])
+    book = ke.service.epochs
+    record = book.record("c2c", 0)
+    assert record is not None
+    calls: list[str] = []
+    real = announcements.wrap_key_id
+
+    def counted(fed: Any, node: str, support: Any) -> Any:
+        calls.append(node)
+        return real(fed, node, support)
+
+    monkeypatch.setattr(announcements, "wrap_key_id", counted)
+    first = await book.wrap_key_ids(record.readers, strict=True)
+    assert first is not None
+    calls.clear()
+    again = await book.wrap_key_ids(record.readers, strict=True)
+    assert again == first and calls == []  # kept: no look-up for the next envelope of the epoch
+    assert again is not None
+    again.pop("nl-customs")  # each caller gets its own copy
+    assert await book.wrap_key_ids(record.readers, strict=True) == first
+    # An announcement asked for again (a reader may have announced a new key): looked up afresh.
+    await book.support_of("de-customs", strict=True, refresh=True)
+    assert await book.wrap_key_ids(record.readers, strict=True) == first
+    assert sorted(calls) == sorted(record.readers)
+    # The owner's look-up (not strict, asked again after an hour) is never kept.
+    calls.clear()
+    await book.wrap_key_ids(record.readers, strict=False)
+    await book.wrap_key_ids(record.readers, strict=False)
+    assert len(calls) == 2 * len(record.readers)
+    # And the next envelopes of the epoch are taken in and read as before.
+    for title in ("second", "third"):
+        more = await post(nl, title)
+        await arrives(ke, more["id"])
+        assert (await reads(ke, more["id"]))["bulletin"]["title"] == title
