@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 
 from cryptography import x509
@@ -59,6 +60,12 @@ def _load(cert: bytes) -> x509.Certificate:
 
 def spki_pin(cert: bytes) -> str:
     """The public-key pin of a certificate (PEM or DER): base64url SHA-256 of its SPKI."""
+    return _pin(bytes(cert))
+
+
+@functools.lru_cache(maxsize=1024)
+def _pin(cert: bytes) -> str:
+    """(Kept per certificate: a partner's is pinned again on every request it makes.)"""
     spki = _load(cert).public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     return b64e(sha256(spki))
 
