@@ -594,11 +594,9 @@ async def measure(fed: Fed, counts: Counts, args: argparse.Namespace, res: Resul
     plan: list[tuple[str, str]] = [(GLOBAL, authors[k % len(authors)]) for k in range(args.alerts)]
     for k, c in enumerate(regions):  # spread through the stream
         plan.insert(min(len(plan), (k + 1) * len(plan) // (len(regions) + 1) + k), (c, fed.channels[c][-1]))
-    held0 = await asyncio.to_thread(counts.held)
-    c0, lo0, w0 = tree_cpu(fed.pids), loopback_bytes(), time.monotonic()
-    posted: list[tuple[str, str, str, float]] = []  # channel, author, bulletin id, wall time before the POST
+    Posted = tuple[str, str, str, float]  # channel, author, bulletin id, wall time before the POST
 
-    async def post(i: int, channel: str, author: str) -> None:
+    async def post(i: int, channel: str, author: str, into: list[Posted]) -> None:
         cfg, token = fed.configs[author], fed.tokens[author]["officer"]
         url = f"{cfg.endpoint}/api/v1/channels/{channel}/bulletins"
         headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": f"simulate-alert-{i:08d}"}
@@ -614,24 +612,56 @@ async def measure(fed: Fed, counts: Counts, args: argparse.Namespace, res: Resul
                 res.notes.append(f"post {i} at {author}, attempt {attempt + 1}: {type(exc).__name__}: {exc}")
                 if attempt == 2 or isinstance(exc, RuntimeError):
                     return
-        posted.append((channel, author, str(body["id"]), sent))
+        into.append((channel, author, str(body["id"]), sent))
 
-    tasks = []
-    for i, (channel, author) in enumerate(plan):
-        tasks.append(asyncio.create_task(post(i, channel, author)))
-        await asyncio.sleep(args.interval)
-    await asyncio.gather(*tasks)
+    async def burst(steps: list[tuple[str, str]], first: int) -> tuple[list[Posted], list[str]]:
+        """Post `steps` `--interval` apart, wait for full delivery; what was posted, and who is short."""
+        before = await asyncio.to_thread(counts.held)
+        into: list[Posted] = []
+        tasks = []
+        for i, (channel, author) in enumerate(steps):
+            tasks.append(asyncio.create_task(post(first + i, channel, author, into)))
+            await asyncio.sleep(args.interval)
+        await asyncio.gather(*tasks)
+        want = collections.Counter(c for c, *_ in into)
+        deadline = time.monotonic() + args.timeout
+        short: list[str] = []
+        while time.monotonic() < deadline:
+            held = await asyncio.to_thread(counts.held)
+            short = [
+                f"{m}:{c}"
+                for c, k in want.items()
+                for m in fed.channels[c]
+                if held[m].get(c, 0) < before[m].get(c, 0) + k
+            ]
+            if not short:
+                break
+            await asyncio.sleep(0.25)
+        return into, short
+
+    def full_time(channel: str, bid: str, sent: float) -> tuple[float, str] | None:
+        """Time to full delivery of one bulletin, and the member that stored it last."""
+        times = [counts.stored_at(m, bid) for m in fed.channels[channel]]
+        if not all(times):
+            return None
+        late = max(zip((when(t) for t in times if t), fed.channels[channel], strict=True))
+        return late[0] - sent, late[1]
+
+    if args.first_alerts:
+        # Each author's first alert to `global`, apart: the first makes the channel's epoch (v2),
+        # and every member fetches it with the readers' announcements (docs/protocol.md, 15).
+        first, lacking = await burst([(GLOBAL, a) for a in authors], 1_000_000)
+        firsts = [(a, full_time(c, b, t)) for c, a, b, t in first]
+        f["first_alert_max"] = max((x[0] for _, x in firsts if x is not None), default=float("nan"))
+        say(
+            f"N={n} first alert of each author (not in the figures below): "
+            + "; ".join(f"{a} {x[0]:.2f} s" if x else f"{a} not delivered" for a, x in firsts)
+            + (f"; {len(lacking)} member-channels short" if lacking else "")
+        )
+        await asyncio.sleep(args.settle)
+    c0, lo0, w0 = tree_cpu(fed.pids), loopback_bytes(), time.monotonic()
+    posted, missing = await burst(plan, 0)
     want = collections.Counter(c for c, *_ in posted)
-    deadline = time.monotonic() + args.timeout
-    missing: list[str] = []
-    while time.monotonic() < deadline:
-        held = await asyncio.to_thread(counts.held)
-        missing = [
-            f"{m}:{c}" for c, k in want.items() for m in fed.channels[c] if held[m].get(c, 0) < held0[m].get(c, 0) + k
-        ]
-        if not missing:
-            break
-        await asyncio.sleep(0.25)
     c1, lo1, w1 = tree_cpu(fed.pids), loopback_bytes(), time.monotonic()
     res.loads.append(load1())
     if missing:
@@ -657,10 +687,13 @@ async def measure(fed: Fed, counts: Counts, args: argparse.Namespace, res: Resul
         ]  # /metrics agrees with the databases?
     full: dict[str, list[float]] = collections.defaultdict(list)
     sizes: list[int] = []
+    each: list[str] = []  # every global alert's time to full delivery and its last member, as posts were answered
     for channel, author, bid, sent in posted:
-        times = [counts.stored_at(m, bid) for m in fed.channels[channel]]
-        if all(times):
-            full[channel if channel == GLOBAL else "regional"].append(max(when(t) for t in times if t) - sent)
+        got = full_time(channel, bid, sent)
+        if got is not None:
+            full[channel if channel == GLOBAL else "regional"].append(got[0])
+            if channel == GLOBAL:
+                each.append(f"{author} {got[0]:.2f} s (last {got[1]})")
         sizes.append(counts.envelope_size(author, bid) * (len(fed.channels[channel]) - 1))
     g = full[GLOBAL] or [float("nan")]
     f["p50"], f["p99"], f["max"] = percentile(g, 0.5), percentile(g, 0.99), max(g)
@@ -683,10 +716,12 @@ async def measure(fed: Fed, counts: Counts, args: argparse.Namespace, res: Resul
         f"loopback {f['lo_per_alert'] / 1e3:.0f} kB above the idle rate"
         + ("" if os.environ.get(NETNS_ENV) else " (machine-wide)")
     )
+    print(f"  global alerts, in the order their posts were answered: {'; '.join(each)}")
     if short:
         res.notes.append(f"/metrics exchange_bulletins_stored short of the alerts at {len(short)} nodes: {short[:5]}")
     elif short is not None:
-        print(f"  /metrics exchange_bulletins_stored{{channel={GLOBAL}}} grew by {want[GLOBAL]} at all {n} nodes")
+        grew = f"grew by at least {want[GLOBAL]} at all {n} nodes"
+        print(f"  /metrics exchange_bulletins_stored{{channel={GLOBAL}}} {grew}")
 
 
 def report(results: list[Result]) -> None:
@@ -696,6 +731,7 @@ def report(results: list[Result]) -> None:
         ("init_federation, s", "init_s", "{:.1f}", 1.0),
         ("start all nodes, s", "start_s", "{:.1f}", 1.0),
         ("scrape /metrics at all nodes, s", "scrape_all_s", "{:.1f}", 1.0),
+        ("first alert of each author (the epoch made, fetched), slowest, s", "first_alert_max", "{:.2f}", 1.0),
         ("global alert, full delivery p50, s", "p50", "{:.2f}", 1.0),
         ("global alert, full delivery p99, s", "p99", "{:.2f}", 1.0),
         ("regional alert, full delivery p50, s", "regional_p50", "{:.2f}", 1.0),
@@ -795,6 +831,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=65.0, help="seconds after start before the idle window")
     p.add_argument("--window", type=float, default=120.0, help="idle window for witnessing, CPU and memory (s)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for full delivery")
+    p.add_argument(
+        "--first-alerts",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="post each author's first alert before the measured ones, and print its times apart (default on)",
+    )
+    p.add_argument("--settle", type=float, default=15.0, help="seconds after the first alerts (default 15)")
     p.add_argument(
         "--min-free-mb", type=float, default=4000, help="stop if the machine's available memory falls under this"
     )
