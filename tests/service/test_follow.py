@@ -93,7 +93,16 @@ async def test_inbox_follow_prints_each_bulletin_once_across_a_node_restart(make
     node_file = str(fed.folder / "ke-customs.toml")
     cmd = [sys.executable, "-m", "exchange.cli", "inbox", "--follow", "--json", "--node", node_file]
     proc = await asyncio.create_subprocess_exec(
-        *cmd, "--after", str(first["next"]), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+        *cmd,
+        "--after",
+        str(first["next"]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        # As at a terminal: Ctrl-C's SIGINT is not ignored. A test run started in the background
+        # by a non-interactive shell (`pytest &`) ignores SIGINT, the follower would inherit that,
+        # and (as any program started so) rightly go on after the SIGINT below.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
     printed: list[str] = []
