@@ -183,7 +183,9 @@ class GuardedHandler(web.RequestHandler):
         self._last_read = now
         if self._body is not None and self._body.is_eof():
             self._body = None
-        if self._body is None:
+        if self._body is None and data:
+            # Not for no bytes: aiohttp calls this with b"" after each answer, to parse what a client
+            # pipelined; a head begins with its first byte, not with an idle kept-alive connection.
             if self._head_since is None:
                 self._head_since = now
                 self._arm(now + self._limits.header_timeout)

@@ -19,6 +19,7 @@ from exchange.errors import PeerError
 from exchange.keystore import NodeKeyFiles
 from exchange.model import NodeId
 from tests.conftest import Federation, MakeFederation, eventually
+from tests.service.lone_node import bulletin
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +55,31 @@ async def test_an_idle_connection_to_a_partner_is_kept_for_peer_keepalive_second
         before = guard.connections(key)
         await nl.service.transport.fetch(KE, "/fed/v1/audit/checkpoint")
         assert guard.connections(key) == before
+
+
+async def test_an_idle_kept_connection_outlives_the_partners_header_timeout(make_federation: MakeFederation) -> None:
+    """The server's deadline for a request's head starts with its first byte. aiohttp calls the
+    handler with no bytes after each answer (to parse what a client pipelined); that once started
+    the deadline, so every idle kept-alive connection was refused 408 and closed `header_timeout`
+    after its last request, and the partner's next request paid a new mutual-TLS handshake."""
+    fed = await make_federation(options={"header_timeout_seconds": 1.0, "peer_keepalive_seconds": 30.0})
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    assert ke.node is not None
+    guard, key = ke.node.guard, peer_key_of(fed, "nl-customs")
+    officer = await nl.service.users.get("officer")
+    await nl.service.post(officer, "c2c", bulletin("Kept connection"))  # a POST of envelopes, as in delivery
+    await nl.service.transport.fetch(KE, "/fed/v1/audit/checkpoint")  # and a GET
+
+    async def delivered() -> bool:
+        return not any((await nl.service.queued_counts()).values())
+
+    await eventually(delivered, timeout=10, what="the bulletin delivered to ke-customs")
+    open_before = guard.connections(key)
+    assert open_before >= 1
+    await asyncio.sleep(2.5)  # idle, past the 1 s header timeout
+    assert guard.connections(key) == open_before  # none refused and closed
+    await nl.service.transport.fetch(KE, "/fed/v1/audit/checkpoint")
+    assert guard.connections(key) == open_before  # the request went on a kept connection
 
 
 @dataclass
