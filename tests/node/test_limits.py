@@ -209,6 +209,37 @@ async def test_a_slowloris_client_is_cut_off_in_time_while_others_are_served(mak
 
 
 @SQLITE
+async def test_a_head_begun_behind_a_pipelined_request_is_closed_with_the_idle_connections(
+    make_federation: MakeFederation,
+) -> None:
+    """A request and the first bytes of the next head in one write: the first is answered; the
+    second's deadline starts with its next bytes, and a client that sends none holds the connection
+    no longer than an idle kept-alive one (`keepalive_timeout_seconds`), never without end."""
+    fed = await make_federation(options={"header_timeout_seconds": 1.0, "keepalive_timeout_seconds": 2.0})
+    nl = fed["nl-customs"]
+    loop = asyncio.get_running_loop()
+    reader, writer = await connect(nl)
+    began = loop.time()
+    writer.write(b"GET /api/v1/whoami HTTP/1.1\r\nHost: node\r\n\r\nGET /api/v1/whoami HTTP/1.1\r\nHost: no")
+    try:
+        first = await asyncio.wait_for(read_answer(reader), 30)
+        assert first.status == 401  # answered (no token): the pipelined request was read
+        assert await asyncio.wait_for(closed(reader), 30)  # a hang guard, not a timing
+        elapsed = loop.time() - began
+    finally:
+        writer.close()
+    print(f"\npipelined partial head: closed after {elapsed:.2f} s (header timeout 1 s, keep-alive 2 s)")
+    assert 1.0 <= elapsed < 10, elapsed  # past the header timeout, at the keep-alive one (2 s)
+    assert nl.node is not None
+    guard = nl.node.guard
+
+    async def released() -> bool:
+        return guard.connections("127.0.0.2") == 0
+
+    await eventually(released, timeout=5, what="the connection no longer counted")
+
+
+@SQLITE
 async def test_a_body_that_stalls_or_crawls_is_cut_off_and_nothing_is_stored(make_federation: MakeFederation) -> None:
     fed = await make_federation(options={"read_timeout_seconds": 1.5, "body_timeout_seconds": 3.0})
     nl = fed["nl-customs"]
