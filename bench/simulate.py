@@ -464,9 +464,6 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
-AUDIT_ROUND_S = 60.0  # the nodes' audit_checkpoint_seconds (the default, which the simulator keeps)
-
-
 async def run_one(n: int, args: argparse.Namespace) -> Result:
     res = Result(n)
     options: dict[str, Any] = {
@@ -719,11 +716,12 @@ async def measure(fed: Fed, counts: Counts, args: argparse.Namespace, res: Resul
         f"loopback {f['lo_per_alert'] / 1e3:.0f} kB above the idle rate"
         + ("" if os.environ.get(NETNS_ENV) else " (machine-wide)")
     )
-    if args.window < AUDIT_ROUND_S:
-        # Every node's audit round comes once a minute: a shorter idle window holds one round of
+    audit_round = max(c.audit_checkpoint_seconds for c in fed.configs.values())
+    if args.window < audit_round:
+        # Each node's audit round comes every audit_checkpoint_seconds: a shorter idle window holds one of
         # some nodes or none, so its rate can be off by more than an alert's cost (even below zero).
         say(
-            f"N={n}: the idle window ({args.window:g} s) is shorter than an audit round ({AUDIT_ROUND_S:g} s): "
+            f"N={n}: the idle window ({args.window:g} s) is shorter than an audit round ({audit_round:g} s): "
             "the figures 'above the idle rate' may be off either way; compare the gross ones"
         )
     print(f"  global alerts, in the order their posts were answered: {'; '.join(each)}")
