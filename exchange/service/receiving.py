@@ -405,16 +405,19 @@ class Receiving:
                 await conn.execute(sa.insert(receipts), [receipt_row(r) for r in fresh])
             received = [r.bulletin for r in got if r.status == "received"]
             if received:
-                await conn.execute(
-                    sa.update(outbox)
-                    .where(
-                        outbox.c.dest == peer,
-                        outbox.c.kind == "envelope",
-                        outbox.c.ref.in_(received),
-                        outbox.c.state == "queued",
+                # The rows found by their unique key, the state compared here: with `state =
+                # 'queued'` in SQL, SQLite (no statistics) seeks ix_outbox_pending and reads every
+                # item still queued for the peer, per batch (a catch-up of N: N²/2000 rows).
+                found = await conn.execute(
+                    sa.select(outbox.c.n, outbox.c.state).where(
+                        outbox.c.dest == peer, outbox.c.kind == "envelope", outbox.c.ref.in_(received)
                     )
-                    .values(state="delivered")
                 )
+                if queued := [r.n for r in found if r.state == "queued"]:
+                    # By number alone (`state = 'queued'` there would seek ix_outbox_done the same
+                    # way); a row another worker finished meanwhile keeps its state.
+                    still = sa.case((outbox.c.state == "queued", "delivered"), else_=outbox.c.state)
+                    await conn.execute(sa.update(outbox).where(outbox.c.n.in_(queued)).values(state=still))
             for r in fresh:
                 if r.status == "received":
                     audit.add(
