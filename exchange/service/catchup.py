@@ -21,6 +21,7 @@ from exchange.errors import ExchangeError, Forbidden
 from exchange.model import NodeId
 from exchange.service.channels import ChannelBook
 from exchange.service.epoch_grants import granted_to, served_to
+from exchange.service.outbox import Outbox
 from exchange.service.receiving import Receiving, Screened
 from exchange.service.records import save_cursor
 from exchange.service.transport import PeerTransport
@@ -42,7 +43,8 @@ class CatchUp:
     that a node's catch-up costs the same in a channel of 200 members as in one of 5, and every
     member is still asked within ceil((members - 1) / peers) sweeps. Any member serves any
     author's envelopes, so a few members are enough to find what this node missed; the authors'
-    outboxes keep pushing what was not acknowledged whatever catch-up does.
+    outboxes keep pushing what was not acknowledged, except to a partner that is being served full
+    pages (it is behind, and pulls it: exchange.service.sender.PULL_HOLD_SECONDS).
     """
 
     def __init__(
@@ -52,10 +54,12 @@ class CatchUp:
         channels: ChannelBook,
         receiving: Receiving,
         transport: PeerTransport,
+        outbox: Outbox,
         interval: float,
         peers: int = 4,
     ) -> None:
         self.me = me
+        self.outbox = outbox
         self.store = store
         self.channels = channels
         self.receiving = receiving
@@ -208,6 +212,7 @@ class CatchUp:
             for r in rows
         ]
         next_ = rows[-1].n if rows else after
+        self.outbox.peer_pulled(peer, more)  # a full page: it pulls what this node would push it
         return b'{"items":[' + b",".join(items) + b'],"next":%d,"more":%s}' % (next_, b"true" if more else b"false")
 
     async def cursor(self, peer: str, channel: str) -> int:

@@ -106,6 +106,7 @@ class NodeService:
             self.channels,
             self.receiving,
             transport,
+            self.outbox,
             config.catchup_interval_seconds,
             config.catchup_peers,
         )

@@ -213,6 +213,11 @@ class Outbox:
         if peer in self.senders:
             self.senders[peer].peer_seen()
 
+    def peer_pulled(self, peer: str, more: bool) -> None:
+        """`peer` was served a catch-up page, full (`more`) or not (exchange.service.sender)."""
+        if peer in self.senders:
+            self.senders[peer].peer_pulled(more)
+
     def statuses(self, queued: dict[str, int]) -> list[PeerStatus]:
         """Each partner's delivery status, with the queue lengths given."""
         out = []

@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import logging
 import random
+import time
 
 from exchange.clock import timestamp, utc_now, wait_event
 from exchange.errors import PeerError, PeerRefused, Unavailable
@@ -30,6 +31,11 @@ from exchange.service.outbox import (
 
 log = logging.getLogger("exchange.outbox")
 
+# How long after serving a partner a full catch-up page its sender holds back its pushes: the
+# partner is behind by more than a page and pulls what is queued for it; pushing the same
+# envelopes as well would have it receive, parse and drop each one twice (bench/catchup.py).
+PULL_HOLD_SECONDS = 10.0
+
 
 class Sender:
     """Delivers everything queued for one destination, in order, until cancelled."""
@@ -46,6 +52,7 @@ class Sender:
         self._contact = asyncio.Event()
         self._single = False
         self._flight: asyncio.Task[int] | None = None  # the last batch sent: to the peer, then its receipts
+        self._pulling_until = 0.0  # time.monotonic(): the peer pulls what is queued (PULL_HOLD_SECONDS)
 
     def wake(self) -> None:
         """New work is queued."""
@@ -57,6 +64,21 @@ class Sender:
         self._contact.set()
         self.wake()
 
+    def peer_pulled(self, more: bool) -> None:
+        """The peer was served a catch-up page. A full one (`more`): it is behind by more than a
+        page and pulls what is queued here, so no new batch goes to it until it is served a page
+        that is not full, or for PULL_HOLD_SECONDS after the last full one. What it pulls is
+        marked delivered by the receipts it sends; what is left is pushed after."""
+        if more:
+            self._pulling_until = time.monotonic() + PULL_HOLD_SECONDS
+        elif self._pulling_until:
+            self._pulling_until = 0.0
+            self.wake()
+
+    def _pulling(self) -> float:
+        """Seconds left of holding back for a pulling peer; 0 when not."""
+        return max(0.0, self._pulling_until - time.monotonic())
+
     async def run(self) -> None:
         """The sender loop: no failure of one iteration, the database's included, ends it."""
         ahead: list[OutItem] = []  # the next batch, already read and marked sent during the last send
@@ -67,6 +89,9 @@ class Sender:
                 batch, ahead = ahead, []
                 if not batch:
                     await self._drain()  # what is in flight, before the queue is read afresh
+                    if hold := self._pulling():
+                        await wait_event(self._work, hold)  # woken by a page that is not full, or new work
+                        continue
                     if not self._stale:  # read to the end, and nothing queued since
                         self.status.queued = 0
                         await self._idle()

@@ -32,7 +32,7 @@ class Book:
 
 def catchup(me: str, book: Book, peers: int) -> tuple[CatchUp, list[tuple[str, str]]]:
     asked: list[tuple[str, str]] = []
-    node = CatchUp(NodeId(me), None, book, None, None, 300.0, peers)  # type: ignore[arg-type]
+    node = CatchUp(NodeId(me), None, book, None, None, None, 300.0, peers)  # type: ignore[arg-type]
 
     async def pull(peer: str, channel: str) -> int:
         asked.append((peer, channel))
