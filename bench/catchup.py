@@ -5,8 +5,10 @@ Run: .venv/bin/python bench/catchup.py [--count 100000]
 It provisions two nodes (author A and reader C, one channel, real mutual TLS, SQLite), builds N
 envelopes at A with A's real keys (using both cores) and stores them at A exactly as posting
 does, with C's outbox rows queued: that is A's state after N posts while C was down. Then it
-starts both nodes (in this process, on one event loop) and times C until it holds all N (A's
-outbox pushing, C's catch-up pulling; duplicates between the two are dropped by id).
+starts both nodes and times C until it holds all N (A's outbox pushing, C's catch-up pulling;
+duplicates between the two are dropped by id). `--layout loop` (the default) runs both nodes in
+this process on one event loop; `--layout processes` runs A as its own `exchange node run`
+process, as two administrations' nodes run, and C in this process.
 
 In the same run it measures the receiver's crypto ceiling from the primitives alone, on one of
 the seeded envelopes: R = Ed25519 verify (envelope) + HPKE open + AES-GCM open + Ed25519 sign
@@ -35,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cpu_profile import cpu_seconds, machine_busy_seconds, workers_cpu_seconds
+from throughput import NodeProcess
 
 from exchange.app import start_node
 from exchange.clock import timestamp
@@ -167,14 +170,14 @@ def count(db: sqlite3.Connection, sql: str) -> int:
     return int(db.execute(sql).fetchone()[0] or 0)
 
 
-async def main(total: int, workers: int | None) -> None:
+async def main(total: int, workers: int | None, layout: str) -> None:
     from exchange.provision import init_federation
 
     with tempfile.TemporaryDirectory(prefix="exchange-catchup-") as tmp:
         folder = Path(tmp)
         options: dict[str, Any] = {"catchup_interval_seconds": 3600}
         options["crypto_workers"] = NodeConfig.model_fields["crypto_workers"].default if workers is None else workers
-        print(f"crypto_workers = {options['crypto_workers']} per node")
+        print(f"crypto_workers = {options['crypto_workers']} per node; layout {layout}")
         write_federation(folder / "nodes", NODES, [CHANNEL], {}, options)
         await init_federation(folder / "nodes")
         seeding = await seed_author(folder, total)
@@ -183,11 +186,26 @@ async def main(total: int, workers: int | None) -> None:
         crypto = receiver_crypto(folder)
         cfg_a = NodeConfig.load(folder / "nodes" / f"{A}.toml", environ={})
         cfg_c = NodeConfig.load(folder / "nodes" / f"{C}.toml", environ={})
-        node_a = await start_node(cfg_a)
+        if layout == "processes":
+            node_a: Any = NodeProcess(cfg_a, folder / "nodes" / f"{A}.toml", folder / f"{A}.log")
+            node_a.start()
+            await node_a.ready()
+            pids = [os.getpid(), node_a.pid]
+        else:
+            node_a = await start_node(cfg_a)
+            pids = [os.getpid()]
         load_before = os.getloadavg()
-        me = os.getpid()
-        cpu0, loop0, busy0 = cpu_seconds(me), main_thread_cpu(me), machine_busy_seconds()
-        workers0 = workers_cpu_seconds(me)
+
+        def cpu_now() -> tuple[float, float, float]:
+            """CPU seconds so far of the nodes' processes: in all, of their event loops, of their workers."""
+            return (
+                sum(map(cpu_seconds, pids)),
+                sum(map(main_thread_cpu, pids)),
+                sum(map(workers_cpu_seconds, pids)),
+            )
+
+        (cpu0, loop0, workers0), busy0 = cpu_now(), machine_busy_seconds()
+        author0 = cpu_seconds(pids[-1])  # A's process and workers (layout processes)
         started = time.perf_counter()
         node_c = await start_node(cfg_c)
         # C only adds bulletins, so the top of its rowid is how many it holds: an index seek, not a
@@ -202,8 +220,9 @@ async def main(total: int, workers: int | None) -> None:
                     last, last_t = n, now
                 await asyncio.sleep(0.2)
             elapsed = time.perf_counter() - started
-            cpu, loop = cpu_seconds(me) - cpu0, main_thread_cpu(me) - loop0
-            workers_cpu = workers_cpu_seconds(me) - workers0
+            cpu_end, loop_end, workers_end = cpu_now()
+            cpu, loop, workers_cpu = cpu_end - cpu0, loop_end - loop0, workers_end - workers0
+            author = cpu_seconds(pids[-1]) - author0
             opened = node_c.service.crypto.opened
             others = max(0.0, machine_busy_seconds() - busy0 - cpu) / elapsed
             load_after = os.getloadavg()
@@ -215,7 +234,10 @@ async def main(total: int, workers: int | None) -> None:
         finally:
             db.close()
             await node_c.stop()
-            await node_a.stop()
+            if isinstance(node_a, NodeProcess):
+                node_a.stop()
+            else:
+                await node_a.stop()
     rate = total / elapsed
     per_signature = receipts / signatures if signatures else 1.0
     r = crypto["verify"] + crypto["open"] + crypto["sign"] / per_signature
@@ -225,11 +247,17 @@ async def main(total: int, workers: int | None) -> None:
         f"(load {load_before[0]:.2f} before, {load_after[0]:.2f} after)"
     )
     print(
-        f"CPU of both nodes (this process and its crypto workers) {cpu / total * 1e3:.2f} ms per bulletin, of it "
-        f"the event loop {loop / total * 1e3:.2f} ms and the crypto workers {workers_cpu / total * 1e3:.2f} ms; "
+        f"CPU of both nodes (their processes and crypto workers) {cpu / total * 1e3:.2f} ms per bulletin, of it "
+        f"the event loop{'s' if layout == 'processes' else ''} {loop / total * 1e3:.2f} ms "
+        f"and the crypto workers {workers_cpu / total * 1e3:.2f} ms; "
         f"others' CPU during the catch-up {others:.2f} cores; C checked and opened {opened / total:.2f} envelopes "
         "per bulletin (more than 1: pushed and pulled at once)"
     )
+    if layout == "processes":
+        print(
+            f"  of it A (author, its process and workers) {author / total * 1e3:.2f} ms, "
+            f"C (reader) {(cpu - author) / total * 1e3:.2f} ms per bulletin"
+        )
     print(
         f"receiver crypto, µs per call (median of 5 rounds, load {crypto_load[0]:.2f}): Ed25519 verify "
         f"{crypto['verify'] * 1e6:.0f}, HPKE + AES-GCM open {crypto['open'] * 1e6:.0f}, Ed25519 sign "
@@ -247,5 +275,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="catch-up after downtime")
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--crypto-workers", type=int, help="each node's crypto_workers (default: NodeConfig's)")
+    parser.add_argument(
+        "--layout",
+        choices=["loop", "processes"],
+        default="loop",
+        help="both nodes on this process's event loop, or A as its own `exchange node run` process",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.count, args.crypto_workers))
+    asyncio.run(main(args.count, args.crypto_workers, args.layout))
