@@ -417,7 +417,9 @@ def peers(node_path: Path, user: str, token: str | None, as_json: bool) -> None:
     result = run_async(call(Target.from_node(node_path, user, token), "GET", "/api/v1/peers"))
 
     def render(data: Any) -> None:
-        table = Table("peer", "queued", "in flight", "delivered", "last success", "last error", "backoff until")
+        table = Table(
+            "peer", "queued", "in flight", "delivered", "last success", "last error", "backoff until", "pulling until"
+        )
         for p in data:
             table.add_row(
                 p["peer"],
@@ -427,6 +429,7 @@ def peers(node_path: Path, user: str, token: str | None, as_json: bool) -> None:
                 p["last_success"] or "-",
                 p["last_error"] or "-",
                 p["backoff_until"] or "-",
+                p.get("pull_hold_until") or "-",
             )
         console.print(table)
         warning = roster_warning(node_path)  # the held roster version expires soon, or has expired

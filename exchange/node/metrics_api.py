@@ -89,6 +89,11 @@ class _Snapshot(Collector):
                 "Seconds until the next try to a partner (0: none)",
                 lambda p: p.backoff_seconds,
             ),
+            (
+                "exchange_peer_pull_hold_seconds",
+                "Seconds until pushes to a partner resume: it is being served full catch-up pages (0: none)",
+                lambda p: p.pull_hold_seconds,
+            ),
         ]
         for name, text, value in per_peer:
             g = GaugeMetricFamily(name, text, labels=["peer"])

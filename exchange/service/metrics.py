@@ -46,6 +46,7 @@ class PeerFigures:
     delivered: int
     failures: int
     backoff_seconds: float  # until the next try (0: not backing off)
+    pull_hold_seconds: float  # until pushes resume to a partner pulling what is queued (0: none)
     last_success_age: float | None  # seconds since the last delivery (None: never)
 
 
@@ -84,7 +85,8 @@ class NodeMetrics:
         peers = []
         for s in self.outbox.statuses(await self.outbox.queued_counts()):
             until, since = _until(s.backoff_until, now), _age(s.last_success, now)
-            peers.append(PeerFigures(s.peer, s.queued, s.in_flight, s.delivered, s.failures, until, since))
+            hold = _until(s.pull_hold_until, now)
+            peers.append(PeerFigures(s.peer, s.queued, s.in_flight, s.delivered, s.failures, until, hold, since))
         try:
             latest = await self.audit.latest_checkpoint()
             size, age = latest.size, _age(latest.at, now)

@@ -146,6 +146,9 @@ class PeerStatus:
     last_error: str | None = None
     failures: int = 0
     backoff_until: str | None = None
+    # set while the partner is served full catch-up pages (it is behind and pulls what is queued
+    # here): no new batch is pushed to it until then, or until it is served a page that is not full
+    pull_hold_until: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -223,6 +226,7 @@ class Outbox:
         out = []
         for peer, sender in sorted(self.senders.items()):
             sender.status.queued = queued.get(peer, 0)
+            sender.status.pull_hold_until = sender.pull_hold_until()
             out.append(sender.status)
         return out
 

@@ -79,6 +79,11 @@ class Sender:
         """Seconds left of holding back for a pulling peer; 0 when not."""
         return max(0.0, self._pulling_until - time.monotonic())
 
+    def pull_hold_until(self) -> str | None:
+        """When the hold for a pulling peer ends, as a timestamp; None when there is none."""
+        left = self._pulling()
+        return timestamp(utc_now() + dt.timedelta(seconds=left)) if left else None
+
     async def run(self) -> None:
         """The sender loop: no failure of one iteration, the database's included, ends it."""
         ahead: list[OutItem] = []  # the next batch, already read and marked sent during the last send

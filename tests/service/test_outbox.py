@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from exchange.clock import timestamp
 from exchange.errors import ExchangeError, PeerError, PeerRefused, Unavailable
 from exchange.http.problem import status_for
 from exchange.model import Bulletin, NodeId
@@ -208,6 +209,10 @@ async def test_a_partner_served_full_catch_up_pages_is_not_pushed_what_it_pulls(
     await asyncio.sleep(0.5)
     assert [path for node, path in transport.sent if node == B] == []
     assert (await a.queued_counts())[B] == 4
+    shown = {s.peer: s for s in await a.peer_statuses()}[B]  # what `exchange peers` and the console show
+    assert shown.pull_hold_until is not None and shown.pull_hold_until > timestamp()
+    [figures] = [p for p in (await a.metrics.snapshot([B])).peers if p.peer == B]
+    assert 0 < figures.pull_hold_seconds <= sender_module.PULL_HOLD_SECONDS
     last = json.loads(await a.served_envelopes(B, "c2c", after=cursor, limit=1000))
     assert last["more"] is False  # caught up: the sender pushes again, at once
 
@@ -215,6 +220,7 @@ async def test_a_partner_served_full_catch_up_pages_is_not_pushed_what_it_pulls(
         return await a.queued_counts() == {} and await _count(b, bulletins) == 4
 
     await eventually(delivered, timeout=5, what="the rest pushed once the partner's pages were not full")
+    assert {s.peer: s for s in await a.peer_statuses()}[B].pull_hold_until is None
 
 
 async def test_a_partner_that_stops_pulling_midway_is_pushed_after_the_hold(
