@@ -9,8 +9,10 @@ For each N it writes a federation folder in a temporary directory with tests.con
 (free loopback ports, SQLite files), provisions it with exchange.provision.init_federation (generated
 keys, roster, channel logs, users; timed), and starts the nodes in worker processes of
 --per-process nodes each (`python bench/simulate.py --worker`, one event loop per process, nodes
-started with exchange.app.start_node, RLIMIT_NOFILE raised to the hard limit). Channels: `global`
-with all N as members (every node reads and posts), and `region-NN` of --region-size nodes each.
+started with exchange.app.start_node and then put out of the garbage collector's reach as
+`exchange node run` does, exchange.app.keep_what_started; RLIMIT_NOFILE raised to the hard limit).
+Channels: `global` with all N as members (every node reads and posts), and `region-NN` of
+--region-size nodes each.
 
 Phases, and where each figure comes from:
 
@@ -227,7 +229,7 @@ def with_extras(record: Any) -> bool:
 async def worker(folder: Path, ids: list[str]) -> None:
     import logging
 
-    from exchange.app import RunningNode, start_node
+    from exchange.app import RunningNode, keep_what_started, start_node
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for handler in logging.getLogger().handlers:
@@ -240,6 +242,7 @@ async def worker(folder: Path, ids: list[str]) -> None:
     for n in ids:
         try:
             running.append(await start_node(NodeConfig.load(folder / f"{n}.toml", environ={})))
+            keep_what_started()  # as `exchange node run` does
         except Exception as exc:  # reported to the coordinator, which says so
             failed[n] = f"{type(exc).__name__}: {exc}"
     ready = {"pid": os.getpid(), "rss_before": before, "seconds": time.perf_counter() - started, "nofile": nofile}

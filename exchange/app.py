@@ -7,6 +7,7 @@ This is the one place that opens the database; every adapter is handed the `Node
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -170,6 +171,19 @@ async def start_node(config: NodeConfig, *, reuse_port: bool = False) -> Running
         raise ConfigError(f"{config.id} cannot listen on {config.host}:{config.port}: {exc.strerror}") from exc
     log.info("node %s listening on %s", config.id, config.endpoint)
     return RunningNode(config, app, runner, guard)
+
+
+def keep_what_started() -> None:
+    """Put every object alive now (the modules, the roster, the nodes just started) out of the
+    cyclic garbage collector's reach, for a process whose nodes run until it exits.
+
+    Each full collection walks every tracked object; in a process serving 25 nodes that took
+    0.6 to 2.2 s, with the event loop, and every node on it, standing still meanwhile
+    (bench/simulate.py: the slowest deliveries). Frozen, they are walked no more, and a full
+    collection walks only what came after. Not for a process that stops nodes and goes on (the
+    tests): cyclic garbage among frozen objects is never collected.
+    """
+    gc.freeze()
 
 
 @contextlib.asynccontextmanager

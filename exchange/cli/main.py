@@ -90,12 +90,13 @@ async def _serve(configs: list[NodeConfig], *, reuse_port: bool = False) -> None
         loop.add_signal_handler(sig, stop.set)
     # Imported here, not at the top: the composition root loads the server, the console and the
     # database, which commands that only talk to a node or check a file never need.
-    from exchange.app import RunningNode, start_node
+    from exchange.app import RunningNode, keep_what_started, start_node
 
     running: list[RunningNode] = []
     try:
         for cfg in configs:
             running.append(await start_node(cfg, reuse_port=reuse_port))
+            keep_what_started()  # these nodes run until the process ends
             click.echo(f"{cfg.id:<12} {cfg.endpoint}  ({cfg.name})")
         click.echo("ready; Ctrl-C to stop", err=True)
         await stop.wait()
