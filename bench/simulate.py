@@ -25,7 +25,9 @@ Phases, and where each figure comes from:
           /fed route likewise; CPU of the worker processes over the window (/proc, their child
           processes included); memory: each worker's VmRSS / its nodes (and the growth over its
           RSS before it started a node), and process_resident_memory_bytes from /metrics (one
-          value per process, so summed over distinct processes / N).
+          value per process: the largest its nodes answered, summed over the processes / N;
+          summing the distinct values, as before 2026-12-01, counted a process once per value
+          its nodes answered while its RSS moved, up to 2.5 times).
   alerts  --alerts posts to `global` from --authors authors in turn, one every --interval
           seconds, through each author's client API (`officer`), and one to each of the first
           --regional regions; waits until every member holds every alert (counts read from the
@@ -265,6 +267,7 @@ class Fed:
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
     ready: list[dict[str, Any]] = field(default_factory=list)
     nodes_of: dict[int, int] = field(default_factory=dict)  # worker pid -> nodes in it
+    process_of: dict[str, int] = field(default_factory=dict)  # node -> its worker's pid
     sessions: dict[str, aiohttp.ClientSession] = field(default_factory=dict)
     tokens: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> user -> token
 
@@ -407,6 +410,7 @@ async def start_workers(fed: Fed, per_process: int, tmp: Path) -> float:
         info = json.loads(line)
         fed.ready.append(info)
         fed.nodes_of[int(info["pid"])] = len(ids[k : k + per_process]) - len(info["failed"])
+        fed.process_of.update((node, int(info["pid"])) for node in ids[k : k + per_process])
         for why, k in collections.Counter(info["failed"].values()).most_common():
             print(f"  {k} nodes of worker {len(fed.ready) - 1} did not start: {why}")
     return time.perf_counter() - t0
@@ -574,8 +578,13 @@ async def measure(fed: Fed, counts: Counts, args: argparse.Namespace, res: Resul
     f["rss_before_mb"] = statistics.mean(int(r["rss_before"]) for r in fed.ready) / MB
     f["processes"] = len(fed.pids)
     f["deployed_node_mb"] = f["rss_before_mb"] + f["rss_growth_per_node_mb"]
-    prom = {m1[nid].get(("process_resident_memory_bytes", ()), 0.0) for nid in fed.configs}
-    f["prom_rss_per_node_mb"] = sum(prom) / n / MB
+    # Each process once: its nodes answer with the RSS of the moment they were scraped, so the
+    # largest of their answers stands for it.
+    prom: dict[int, float] = {}
+    for nid in fed.configs:
+        pid = fed.process_of[nid]
+        prom[pid] = max(prom.get(pid, 0.0), m1[nid].get(("process_resident_memory_bytes", ()), 0.0))
+    f["prom_rss_per_node_mb"] = sum(prom.values()) / n / MB
     say(
         f"N={n} idle, {w1 - w0:.0f} s: witnessing {f['witness_per_node_min']:.1f} requests/min answered per node "
         f"(max {f['witness_max_node_min']:.0f}; at most 3 x min(k, N-1) = {3 * min(k, n - 1)} on average with "
@@ -588,7 +597,8 @@ async def measure(fed: Fed, counts: Counts, args: argparse.Namespace, res: Resul
         f"{f['rss_before_mb']:.0f} MB before its first node: {f['rss_growth_per_node_mb']:.1f} MB a node above "
         f"that, so about {f['deployed_node_mb']:.0f} MB for a node alone in its process, as deployed; "
         f"at most {f['max_fds']:.0f} open files in a worker); "
-        f"process_resident_memory_bytes from /metrics, distinct per process, / N: {f['prom_rss_per_node_mb']:.1f} MB"
+        "process_resident_memory_bytes from /metrics, the largest of each process's nodes, / N: "
+        f"{f['prom_rss_per_node_mb']:.1f} MB"
     )
     # -- alerts ---------------------------------------------------------------------------------
     ids = list(fed.configs)
