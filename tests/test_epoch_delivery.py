@@ -101,3 +101,26 @@ async def test_a_post_only_author_sends_v1_and_is_wrapped_for_by_no_epoch(make_f
         await arrives(member, from_de["id"])
         assert (await reads(member, from_de["id"]))["bulletin"]["title"] == "post-only"
     assert de.service.epochs.key("c2c", 0) is None
+
+
+async def test_the_epoch_page_is_the_same_for_every_member_but_for_its_own_announcement(
+    make_federation: MakeFederation,
+) -> None:
+    """The owner serves a new epoch to every reader at once (200 of them in a large channel), so
+    the record and the announcements are made into JSON once and the page put together from them;
+    what is served is still what is held: an announcement held anew is served anew."""
+    fed = await make_federation(nodes=THREE, channels=[C2C], options=V2)
+    nl = fed["nl-customs"]
+    await post(nl, "makes the epoch")
+    book = nl.service.epochs
+    pages = {peer: json.loads(await book.serve(peer, "c2c", -1)) for peer in ("ke-customs", "de-customs")}
+    held = [r.model_dump(mode="json") for r in book.records("c2c")]
+    assert pages["ke-customs"]["epochs"] == pages["de-customs"]["epochs"] == held
+    for peer, page in pages.items():  # every reader's announcement but the asker's own
+        assert sorted(s["node"] for s in page["support"]) == sorted(set(THREE) - {peer})
+        assert page["more"] is False and page["grants"] == []
+    before = book._wire_json[("support", "de-customs")]
+    anew = book._support["de-customs"] = book._support["de-customs"].model_copy()  # as when fetched again
+    page = json.loads(await book.serve("ke-customs", "c2c", -1))
+    assert [s for s in page["support"] if s["node"] == "de-customs"] == [anew.model_dump(mode="json")]
+    assert book._wire_json[("support", "de-customs")][0] is anew is not before[0]  # made from what is held

@@ -28,7 +28,8 @@ async def get_channel_epochs(request: web.Request) -> web.Response:
     peer = authenticate_peer(request)
     channel = params.channel_id(request.match_info["channel"])
     after = params.integer(request.query, "after", -1, minimum=-1)
-    return web.json_response(await request.app[SERVICE].epochs.serve(peer, channel, after))
+    body = await request.app[SERVICE].epochs.serve(peer, channel, after)
+    return web.Response(body=body, content_type="application/json")
 
 
 def routes() -> list[web.RouteDef]:

@@ -11,9 +11,12 @@ announced v2 support (15.1, 15.12). The worker processes of one node share what 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
+
+from pydantic import BaseModel
 
 from exchange.audit.epoch_events import EPOCH_KEY_TAKEN, EPOCH_MADE
 from exchange.audit.events import AuditEntry
@@ -75,6 +78,11 @@ class EpochBook(Announcements):
         self.grants: dict[str, list[HistoryGrant]] = {}  # by channel: made (owner) or taken (grantee)
         self._grant_hashes: set[str] = set()
         self._lock = asyncio.Lock()
+        # The JSON of each channel's latest record and of each announcement as served, made once
+        # per object held: a page of a channel of 200 readers holds a record with 199 wraps and
+        # 198 announcements, asked for by every reader when the epoch is new (bench/simulate.py,
+        # the first alert). Older records are rarely served: made when asked.
+        self._wire_json: dict[tuple[str, ...], tuple[BaseModel, bytes]] = {}
 
     async def load(self) -> None:
         """The records, keys, grants and announcements stored (checked when they came)."""
@@ -241,8 +249,16 @@ class EpochBook(Announcements):
 
     # -- serving and fetching ---------------------------------------------------------------
 
-    async def serve(self, peer: str, channel: str, after: int) -> dict[str, Any]:
-        """Epoch records after `after`, for a current member; the owner first makes the current one."""
+    def _wire(self, key: tuple[str, ...], model: BaseModel) -> bytes:
+        """`model`'s JSON, made again only when another object is held under `key`."""
+        got = self._wire_json.get(key)
+        if got is None or got[0] is not model:
+            got = self._wire_json[key] = (model, model.model_dump_json().encode())
+        return got[1]
+
+    async def serve(self, peer: str, channel: str, after: int) -> bytes:
+        """Epoch records after `after`, for a current member (the JSON page of 15.12); the owner
+        first makes the current one."""
         state = self.channels.state(channel)
         if NodeId(peer) not in state.members:
             raise Forbidden(f"{peer!r} is not a member of channel {channel!r}")
@@ -257,15 +273,16 @@ class EpochBook(Announcements):
         grants = [g.model_dump(mode="json") for g in self.grants.get(channel, []) if g.node == peer]
         # The readers' announcements, which verify themselves (15.12): one fetch, not one per reader.
         readers = sorted({n for r in page for n in r.readers} - {peer})
-        support = [self._support[n].model_dump(mode="json") for n in readers if n in self._support]
+        support = [self._wire(("support", n), self._support[n]) for n in readers if n in self._support]
         if self.me in readers and self.announce:
-            support.append(self.announcement.model_dump(mode="json"))
-        return {
-            "epochs": [r.model_dump(mode="json") for r in page],
-            "more": more,
-            "grants": [] if more else grants,
-            "support": support,
-        }
+            support.append(self._wire(("support", self.me), self.announcement))
+        records = [self._wire(("epoch", channel), r) if r is held[-1] else r.model_dump_json().encode() for r in page]
+        return b'{"epochs":[%s],"more":%s,"grants":%s,"support":[%s]}' % (
+            b",".join(records),
+            b"true" if more else b"false",
+            json.dumps([] if more else grants).encode(),
+            b",".join(support),
+        )
 
     async def pull(self, peer: str, channel: str) -> int:
         """Fetch the epoch records this node lacks from `peer` (any member); return how many were new."""
