@@ -12,7 +12,8 @@ readers, and pushes to the K - 1 others.
 init_federation provisions it. The K - 1 other nodes run in worker processes of --per-process nodes
 each (`bench/simulate.py --worker`: one event loop per process); the author runs alone in a process
 of its own (`fanout_wired.py --author`), so that its CPU is its process's (/proc, user + system,
-threads and children included). Every node announces `envelope_v2 = true` except the author in the
+threads and children included). Each process freezes what it started, as `exchange node run`
+does (exchange.app.keep_what_started). Every node announces `envelope_v2 = true` except the author in the
 v1 phase: the owner switches a channel to epoch keys only when all its readers take v2, so one
 federation serves both phases; between them only the author restarts, with `envelope_v2 = true`.
 
@@ -112,7 +113,7 @@ async def post_many(service: Any, user: Any, numbers: range, concurrency: int) -
 
 
 async def author(folder: Path, node: str) -> None:
-    from exchange.app import start_node
+    from exchange.app import keep_what_started, start_node
     from exchange.config import NodeConfig
     from exchange.service.users import authenticate
 
@@ -124,6 +125,7 @@ async def author(folder: Path, node: str) -> None:
         handler.addFilter(with_extras)
     cfg = NodeConfig.load(folder / f"{node}.toml", environ={})
     running = await start_node(cfg)
+    keep_what_started()  # as `exchange node run` does (the readers' workers too: simulate.py)
     service = running.service
     user = await authenticate(service.store, (cfg.keys_dir / "tokens" / "officer").read_text().strip())
     print(json.dumps({"pid": os.getpid(), "envelope_v2": cfg.envelope_v2}), flush=True)
