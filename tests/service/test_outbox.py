@@ -226,9 +226,13 @@ async def test_a_partner_served_full_catch_up_pages_is_not_pushed_what_it_pulls(
 async def test_a_partner_that_stops_pulling_midway_is_pushed_after_the_hold(
     pair: dict[str, NodeService], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A partner that was served a full page and asks for no more is pushed what is queued once
+    the hold runs out (held first: nothing goes out at once)."""
     monkeypatch.setattr(sender_module, "PULL_HOLD_SECONDS", 1.0)
     a, b = pair[A], pair[B]
-    await _held_back_by_a_full_page(pair)  # and B asks for no more pages
+    transport, _ = await _held_back_by_a_full_page(pair)  # and B asks for no more pages
+    await asyncio.sleep(0.3)
+    assert [path for node, path in transport.sent if node == B] == []
 
     async def delivered() -> bool:
         return await a.queued_counts() == {} and await _count(b, bulletins) == 3
