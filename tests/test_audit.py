@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from exchange.audit import events as ev
 from exchange.audit.checkpoint import (
     Checkpoint,
     cosign,
@@ -457,6 +458,37 @@ def test_chain_of_custody_shows_each_step_and_a_missing_receipt_as_a_gap() -> No
     assert [s.kind for s in silent.gaps] == ["received"] and "unreachable" in silent.gaps[0].detail
 
 
+def test_one_entry_naming_several_recipients_proves_each_ones_step_and_no_other() -> None:
+    """This release writes one 'bulletin.sent_to' and one 'bulletin.delivered_to' per bulletin for
+    the recipients of a group commit; a log may still hold the one-recipient kinds before them.
+    Each recipient's leg is proven by the entry that names it, and by no entry that does not."""
+    at, later = "2026-01-01T10:00:00.000Z", "2026-01-01T10:00:01.000Z"
+    readers = [WITNESS, "gb-avsec", "fr-customs", "us-cbp"]
+    two = {"gb-avsec": "t1", "fr-customs": "t2"}
+    author = Evidence(
+        NODE,
+        (
+            {"idx": 1, "event": "bulletin.posted", "at": at, "bulletin": BID, "user": "o", "seq": 1, "recipients": []},
+            {"idx": 2, "event": "bulletin.sent", "at": at, "bulletin": BID, "to": WITNESS, "txn": "t0"},
+            {"idx": 3, "event": "bulletin.sent_to", "at": at, "bulletin": BID, "to": two},
+            {"idx": 4, "event": "bulletin.delivered", "at": later, "bulletin": BID, "to": WITNESS, "receipt_at": at},
+            {"idx": 5, "event": "bulletin.delivered_to", "at": later, "bulletin": BID, "to": {"gb-avsec": later}},
+        ),
+    )
+    got = {"idx": 9, "event": "bulletin.received", "at": at, "bulletin": BID, "from": NODE}
+    received = [Evidence(r, (got,)) for r in readers]
+    trace = chain_of_custody(BID, "c2a", NODE, [NODE, *readers], [author, *received])
+    legs = {leg.recipient: leg for leg in trace.legs}
+    assert [s.status for s in legs[WITNESS].steps][:3] == [OK, OK, OK]
+    assert [s.status for s in legs["gb-avsec"].steps][:3] == [OK, OK, OK]
+    assert legs["gb-avsec"].step("sent").idx == 3 and legs["gb-avsec"].step("receipt").idx == 5
+    assert legs["gb-avsec"].step("receipt").detail == f"gb-avsec's signed receipt of {later} held"
+    assert [s.status for s in legs["fr-customs"].steps][:3] == [OK, OK, GAP]  # sent, never receipted
+    assert [s.status for s in legs["us-cbp"].steps][:3] == [GAP, OK, GAP]  # named by no entry
+    assert ev.sent_to(author.entries[2]) == two
+    assert ev.delivered_to(author.entries[3]) == {WITNESS: at} and ev.delivered_to(author.entries[1]) == {}
+
+
 def test_evidence_must_be_proven_in_a_checkpoint_of_the_node_that_sends_it() -> None:
     rows = make_log(5)
     leaves = [r[2] for r in rows]
@@ -509,7 +541,8 @@ async def test_proofs_filters_roles_and_export_through_the_api(make_federation: 
     bid = posted["id"]
 
     async def delivered() -> bool:
-        _, page, _ = await nl.api("GET", f"/api/v1/audit/log?event=bulletin.delivered&bulletin={bid}", user="auditor")
+        query = f"event=bulletin.delivered_to&bulletin={bid}"
+        _, page, _ = await nl.api("GET", f"/api/v1/audit/log?{query}", user="auditor")
         return len(page["entries"]) == 1
 
     await eventually(delivered, what="ke's receipt at nl")
@@ -534,11 +567,14 @@ async def test_proofs_filters_roles_and_export_through_the_api(make_federation: 
         assert status == 200, page
         return list(page["entries"])
 
-    chain = ["bulletin.posted", "bulletin.sent", "bulletin.delivered"]
+    chain = ["bulletin.posted", "bulletin.sent_to", "bulletin.delivered_to"]
     assert [e["event"] for e in await entries(f"bulletin={bid}")] == chain
     assert {e["event"] for e in await entries("event=bulletin.*")} == set(chain)
     assert all(e["event"] == "channel.changed" for e in await entries("channel=c2c&event=channel.changed"))
-    assert [e["event"] for e in await entries("peer=ke-customs&event=bulletin.delivered")] == ["bulletin.delivered"]
+    # A recipient named as a key of a many-recipient entry's `to` is matched by `peer`, and a kind
+    # ending in '*' takes both the one-recipient and the many-recipient kind.
+    assert [e["event"] for e in await entries("peer=ke-customs&event=bulletin.delivered*")] == ["bulletin.delivered_to"]
+    assert await entries("peer=gb-avsec&event=bulletin.delivered*") == []
     assert await entries("since=2999-01-01") == [] and await entries("until=2000-01-01") == []
     everything = await entries("limit=1000")
     pages, after = [], -1

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from exchange.audit import events as ev
 from exchange.audit.checkpoint import log_origin, open_checkpoint
 from exchange.audit.log import KeyRing, LogReport
 from exchange.audit.trace import GAP, NONE, OK, assemble
@@ -64,7 +65,15 @@ async def post(member: Member, channel: str = "c2c") -> str:
 
 
 async def wait_for(member: Member, event: str, bid: str, count: int = 1, **match: str) -> None:
+    """Until `member` logged `count` entries of `event` about `bid` matching `match`. For
+    'bulletin.sent' and 'bulletin.delivered', `count` and `to` are recipients, named by either kind
+    (one recipient per entry, or several: 'bulletin.sent_to', 'bulletin.delivered_to')."""
+    many = {ev.BULLETIN_SENT: ev.sent_to, ev.BULLETIN_DELIVERED: ev.delivered_to}.get(event)
+
     async def seen() -> bool:
+        if many is not None:
+            found = await entries(member, f"event={event}*&bulletin={bid}")
+            return len([r for e in found for r in many(e) if match.get("to", r) == r]) >= count
         found = await entries(member, f"event={event}&bulletin={bid}")
         return len([e for e in found if all(e.get(k) == v for k, v in match.items())]) >= count
 
@@ -128,7 +137,7 @@ async def delete(conn: Any, rows: Rows) -> int:
 
 async def reorder(conn: Any, rows: Rows) -> int:
     """Swap the posting and the delivery (PostgreSQL checks keys per row, hence the detour via -1)."""
-    j, k = index_of(rows, "bulletin.posted"), index_of(rows, "bulletin.delivered")
+    j, k = index_of(rows, "bulletin.posted"), index_of(rows, "bulletin.delivered_to")
     await conn.execute(sa.update(audit_log).where(audit_log.c.idx == j).values(idx=-1))
     await conn.execute(sa.update(audit_log).where(audit_log.c.idx == k).values(idx=j))
     await conn.execute(sa.update(audit_log).where(audit_log.c.idx == -1).values(idx=k))
@@ -151,7 +160,7 @@ async def rewrite(conn: Any, rows: Rows) -> int:
     Only the signed root tells now; verify names the first entry after the last checkpoint that
     still matches, since no signature is finer-grained than a checkpoint.
     """
-    k = index_of(rows, "bulletin.delivered")
+    k = index_of(rows, "bulletin.delivered_to")
     body = canonical_json({**json.loads(rows[k][1]), "to": "nobody"})
     await conn.execute(sa.update(audit_log).where(audit_log.c.idx == k).values(entry=body, leaf_hash=leaf_hash(body)))
     return -1  # filled in by the test: the size of the previous checkpoint

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from exchange.audit import events as ev
 from exchange.model import Bulletin, NodeId
 from exchange.protocol.envelope import bulletin_id, parse_envelope
 from exchange.provision import init_federation
@@ -44,7 +45,7 @@ class CheckingTransport(MemoryTransport):
     async def send(self, node: NodeId, path: str, body: bytes) -> Any:
         txn = json.loads(body)
         ids: list[str] = [bulletin_id(parse_envelope(e).header) for e in txn["envelopes"]]
-        sent = {e["bulletin"] for e in await audit_entries(self.nodes[self.me]) if e["event"] == "bulletin.sent"}
+        sent = {e["bulletin"] for e in await audit_entries(self.nodes[self.me]) if ev.sent_to(e)}
         self.pushes.append((txn["txn"], ids, sent))
         return await super().send(node, path, body)
 
@@ -102,7 +103,7 @@ async def test_each_batch_is_audited_as_sent_before_it_goes_out_and_once(
     txns = {bid: txn for txn, ids, _ in transport.pushes for bid in ids}
     for bid in posted:
         chain = [e for e in entries if e.get("bulletin") == bid]
-        assert [e["event"] for e in chain] == ["bulletin.posted", "bulletin.sent", "bulletin.delivered"]
-        assert chain[1]["txn"] == txns[bid] and chain[1]["to"] == B
+        assert [e["event"] for e in chain] == ["bulletin.posted", "bulletin.sent_to", "bulletin.delivered_to"]
+        assert chain[1]["to"] == {B: txns[bid]} and list(chain[2]["to"]) == [B]
     reader = await b.users.get("officer")
     assert [(await b.read(reader, bid)).bulletin["title"] for bid in posted] == [f"Report {i}" for i in range(8)]

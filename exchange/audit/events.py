@@ -30,6 +30,8 @@ BULLETIN_POSTED: Final = "bulletin.posted"
 BULLETIN_RECEIVED: Final = "bulletin.received"
 BULLETIN_SENT: Final = "bulletin.sent"
 BULLETIN_DELIVERED: Final = "bulletin.delivered"
+BULLETIN_SENT_TO: Final = "bulletin.sent_to"
+BULLETIN_DELIVERED_TO: Final = "bulletin.delivered_to"
 BULLETIN_OPENED: Final = "bulletin.opened"
 BULLETIN_OPENED_BY: Final = "bulletin.opened_by"
 BULLETIN_UNVERIFIED: Final = "bulletin.unverified"
@@ -63,6 +65,8 @@ EVENT_KINDS: Final[tuple[str, ...]] = (
     BULLETIN_RECEIVED,
     BULLETIN_SENT,
     BULLETIN_DELIVERED,
+    BULLETIN_SENT_TO,
+    BULLETIN_DELIVERED_TO,
     BULLETIN_OPENED,
     BULLETIN_OPENED_BY,
     BULLETIN_UNVERIFIED,
@@ -157,6 +161,47 @@ class BulletinDelivered(TypedDict):
     bulletin: str
     to: str
     receipt_at: str
+
+
+class BulletinSentTo(TypedDict):
+    """The author's first attempt to send a bulletin to each of several recipients, recorded in
+    one entry: `to` maps each recipient to the transaction id of its request. Written in place of
+    one `bulletin.sent` per recipient (which stays valid in stored logs)."""
+
+    event: Literal["bulletin.sent_to"]
+    at: str
+    bulletin: str
+    to: dict[str, str]
+
+
+class BulletinDeliveredTo(TypedDict):
+    """The author stored several recipients' signed "received" receipts of a bulletin, recorded in
+    one entry: `to` maps each recipient to its receipt's `at`. Written in place of one
+    `bulletin.delivered` per recipient (which stays valid in stored logs)."""
+
+    event: Literal["bulletin.delivered_to"]
+    at: str
+    bulletin: str
+    to: dict[str, str]
+
+
+def sent_to(entry: dict[str, Any]) -> dict[str, str]:
+    """`{recipient: txn}` of a `bulletin.sent` or `bulletin.sent_to` entry; empty for any other."""
+    return _recipients(entry, BULLETIN_SENT, BULLETIN_SENT_TO, "txn")
+
+
+def delivered_to(entry: dict[str, Any]) -> dict[str, str]:
+    """`{recipient: receipt_at}` of a `bulletin.delivered` or `bulletin.delivered_to` entry; empty for any other."""
+    return _recipients(entry, BULLETIN_DELIVERED, BULLETIN_DELIVERED_TO, "receipt_at")
+
+
+def _recipients(entry: dict[str, Any], one: str, many: str, field: str) -> dict[str, str]:
+    kind, to = entry.get("event"), entry.get("to")
+    if kind == one and isinstance(to, str):
+        return {to: str(entry.get(field))}
+    if kind == many and isinstance(to, dict):
+        return {str(node): str(value) for node, value in to.items()}
+    return {}
 
 
 class BulletinOpened(TypedDict):
@@ -450,6 +495,8 @@ AuditEntry = (
     | BulletinReceived
     | BulletinSent
     | BulletinDelivered
+    | BulletinSentTo
+    | BulletinDeliveredTo
     | BulletinOpened
     | BulletinOpenedBy
     | BulletinUnverified

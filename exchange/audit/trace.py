@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from exchange.audit.events import (
-    BULLETIN_DELIVERED,
     BULLETIN_OPENED,
     BULLETIN_POSTED,
     BULLETIN_RECEIVED,
-    BULLETIN_SENT,
     SEND_REFUSED,
+    delivered_to,
+    sent_to,
 )
 from exchange.audit.log import CheckpointInfo, KeyRing, LogVerifier
 from exchange.crypto import b64d
@@ -171,7 +171,7 @@ def chain_of_custody(
             continue
         ev = by_node.get(r)
         steps: list[Step] = []
-        sent = at_author.find(BULLETIN_SENT, to=r) if at_author else []
+        sent = [e for e in at_author.entries if r in sent_to(e)] if at_author else []
         if sent:
             steps.append(Step("sent", author, OK, f"sent to {r}", sent[0].get("at"), sent[0].get("idx")))
         elif r in queued_for:
@@ -188,7 +188,7 @@ def chain_of_custody(
             steps.append(Step("received", r, OK, f"received from {e.get('from')}", e.get("at"), e.get("idx")))
         else:
             steps.append(Step("received", r, GAP, _why_missing(ev, r, "receiving it")))
-        delivered = [e for e in everything if e.get("event") == BULLETIN_DELIVERED and e.get("to") == r]
+        delivered = [e for e in everything if r in delivered_to(e)]
         refused = at_author.find(SEND_REFUSED, to=r) if at_author else []
         if delivered:
             e = delivered[0]
@@ -197,7 +197,7 @@ def chain_of_custody(
                     "receipt",
                     author,
                     OK,
-                    f"{r}'s signed receipt of {e.get('receipt_at')} held",
+                    f"{r}'s signed receipt of {delivered_to(e)[r]} held",
                     e.get("at"),
                     e.get("idx"),
                 )

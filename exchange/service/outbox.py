@@ -343,14 +343,13 @@ class Outbox:
                 await conn.execute(sa.insert(receipts), rows)
             for ns in _chunks([i.n for _, sent, _ in kept for i in sent], IDS_PER_STATEMENT):
                 await conn.execute(sa.update(outbox).where(outbox.c.n.in_(ns)).values(state="delivered"))
-            now = timestamp()
+            delivered: dict[str, dict[str, str]] = {}  # one entry per bulletin, for every recipient
             for (dest, _, _), new in zip(asks, fresh, strict=True):
                 for r in new:
-                    audit.add(
-                        ev.BulletinDelivered(
-                            event=ev.BULLETIN_DELIVERED, at=now, bulletin=r.bulletin, to=dest, receipt_at=r.at
-                        )
-                    )
+                    delivered.setdefault(r.bulletin, {})[dest] = r.at
+            now = timestamp()
+            for bulletin, to in delivered.items():
+                audit.add(ev.BulletinDeliveredTo(event=ev.BULLETIN_DELIVERED_TO, at=now, bulletin=bulletin, to=to))
             return [
                 _lease_lost(dest) if dest in lost else len(new) for (dest, _, _), new in zip(asks, fresh, strict=True)
             ]
@@ -379,15 +378,15 @@ class Outbox:
                         .returning(outbox.c.n)
                     )
                 )
+            # One entry per bulletin for every recipient it went to in this job, not one per recipient.
+            sent: dict[str, dict[str, str]] = {}
             for dest, items, txn in asks:
                 for item in items:
                     if item.n in fresh:
                         fresh.discard(item.n)  # audited once, should two asks name it
-                        audit.add(
-                            ev.BulletinSent(
-                                event=ev.BULLETIN_SENT, at=now, bulletin=item.ref.encode(), to=dest, txn=txn
-                            )
-                        )
+                        sent.setdefault(item.ref.encode(), {})[dest] = txn
+            for bulletin, to in sent.items():
+                audit.add(ev.BulletinSentTo(event=ev.BULLETIN_SENT_TO, at=now, bulletin=bulletin, to=to))
             return [_lease_lost(dest) if dest in lost else None for dest, _, _ in asks]
 
         return await self.store.write(job)

@@ -421,8 +421,8 @@ class Receiving:
             for r in fresh:
                 if r.status == "received":
                     audit.add(
-                        ev.BulletinDelivered(
-                            event=ev.BULLETIN_DELIVERED, at=timestamp(), bulletin=r.bulletin, to=peer, receipt_at=r.at
+                        ev.BulletinDeliveredTo(
+                            event=ev.BULLETIN_DELIVERED_TO, at=timestamp(), bulletin=r.bulletin, to={peer: r.at}
                         )
                     )
                 else:

@@ -36,7 +36,7 @@ EVENTS = [
     ("bulletin.*", N_("Any bulletin event")),
     (kinds.BULLETIN_POSTED, N_("Bulletin posted here")),
     (kinds.BULLETIN_RECEIVED, N_("Bulletin received from a partner")),
-    (kinds.BULLETIN_DELIVERED, N_("Receipt: a partner received ours")),
+    (kinds.BULLETIN_DELIVERED + "*", N_("Receipt: a partner received ours")),  # and bulletin.delivered_to
     (kinds.BULLETIN_OPENED, N_("Bulletin opened here")),
     (kinds.BULLETIN_OPENED_BY, N_("Receipt: a partner opened ours")),
     (kinds.SEND_REFUSED, N_("A partner refused what we sent")),
@@ -91,6 +91,18 @@ def entry_filter(query: dict[str, str]) -> EntryFilter:
     return EntryFilter(event=event, channel=channel, peer=peer, bulletin=bulletin, since=since, until=until_end)
 
 
+NODES_SHOWN = 8  # recipients named in a line; a global channel's entry may name 200
+
+
+def _nodes(to: object, lang: str) -> str:
+    """The recipients of a many-recipient entry, the first few by name and the rest counted."""
+    names = sorted(to) if isinstance(to, dict) else []
+    shown = ", ".join(names[:NODES_SHOWN])
+    if len(names) > NODES_SHOWN:
+        return say(lang, N_("%(nodes)s and %(count)s more"), nodes=shown, count=number(len(names) - NODES_SHOWN, lang))
+    return shown
+
+
 def describe(body: dict[str, Any], lang: str = DEFAULT) -> str:
     """One line saying what an audit entry records, in words of `lang` (the values as recorded)."""
     kind = body.get("event")
@@ -109,12 +121,16 @@ def describe(body: dict[str, Any], lang: str = DEFAULT) -> str:
         )
     if kind == kinds.BULLETIN_SENT:
         return t(N_("sent to %(node)s"), node=g("to"))
+    if kind == kinds.BULLETIN_SENT_TO:
+        return t(N_("sent to %(nodes)s"), nodes=_nodes(g("to"), lang))
     if kind == kinds.BULLETIN_RECEIVED:
         if g("relayed"):
             return t(N_("received from %(node)s (relayed)"), node=g("from"))
         return t(N_("received from %(node)s"), node=g("from"))
     if kind == kinds.BULLETIN_DELIVERED:
         return t(N_("signed receipt from %(node)s: received %(at)s"), node=g("to"), at=when(g("receipt_at"), lang))
+    if kind == kinds.BULLETIN_DELIVERED_TO:
+        return t(N_("signed receipts from %(nodes)s"), nodes=_nodes(g("to"), lang))
     if kind == kinds.BULLETIN_OPENED:
         return t(N_("opened by %(user)s"), user=g("user"))
     if kind == kinds.BULLETIN_OPENED_BY:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from exchange.audit import events as ev
 from exchange.errors import LeaseLost, Unavailable
 from exchange.model import Bulletin, NodeId
 from exchange.provision import init_federation
@@ -106,6 +107,16 @@ async def entries(service: NodeService, event: str) -> list[dict[str, Any]]:
         return [e for e in (json.loads(bytes(r.entry)) for r in rows) if e["event"] == event]
 
 
+async def sent(service: NodeService) -> list[tuple[str, str, str]]:
+    """(bulletin, recipient, txn) of each first send the log records: one entry per bulletin."""
+    return [(e["bulletin"], r, txn) for e in await entries(service, ev.BULLETIN_SENT_TO) for r, txn in e["to"].items()]
+
+
+async def delivered_to(service: NodeService, bid: str) -> list[str]:
+    """The recipients whose receipt of `bid` the log records, sorted."""
+    return sorted(r for e in await entries(service, ev.BULLETIN_DELIVERED_TO) if e["bulletin"] == bid for r in e["to"])
+
+
 async def post(service: NodeService, title: str) -> str:
     officer = await service.users.get("officer")
     return str((await service.post(officer, "c2c", Bulletin.model_validate({**BULLETIN, "title": title}))).id)
@@ -134,13 +145,12 @@ async def test_senders_read_and_mark_sent_together_and_each_reader_still_gets_it
         await asyncio.gather(*(a.outbox.mark_sent(r, b, txns[r]) for r, b in zip(READERS, batches, strict=True)))
     marks = [s for s in seen if s.startswith("UPDATE outbox SET sent_at")]
     assert len(marks) == 1, seen
-    sent = await entries(a, "bulletin.sent")
-    assert sorted((e["bulletin"], e["to"], e["txn"]) for e in sent) == sorted(
-        (bid, r, txns[r]) for r in READERS for bid in posted
-    )
+    # One entry per bulletin, naming every reader it went to with its transaction.
+    assert len(await entries(a, ev.BULLETIN_SENT_TO)) == len(posted)
+    assert sorted(await sent(a)) == sorted((bid, r, txns[r]) for r in READERS for bid in posted)
     # Marked again (a retry, or two asks naming one item): no second entry.
     await asyncio.gather(*(a.outbox.mark_sent(r, b + b, txns[r]) for r, b in zip(READERS, batches, strict=True)))
-    assert len(await entries(a, "bulletin.sent")) == len(READERS) * 3
+    assert len(await sent(a)) == len(READERS) * 3
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # with workers, leases and polls part the reads
@@ -165,8 +175,8 @@ async def test_one_post_to_five_readers_costs_one_read_and_one_mark(
     reads = [s for s in seen if s.startswith("SELECT") and "FROM outbox" in s and "count(" not in s]
     marks = [s for s in seen if s.startswith("UPDATE outbox SET sent_at")]
     assert len(reads) == 1 and len(marks) == 1, (reads, marks)
-    assert sorted(e["to"] for e in await entries(a, "bulletin.sent") if e["bulletin"] == bid) == READERS
-    assert sorted(e["to"] for e in await entries(a, "bulletin.delivered") if e["bulletin"] == bid) == READERS
+    assert sorted(r for b, r, _ in await sent(a) if b == bid) == READERS
+    assert await delivered_to(a, bid) == READERS
     async with a.store.read() as conn:
         held = await conn.scalars(sa.select(receipts.c.node).where(receipts.c.bulletin_id == bid))
         assert sorted(held) == READERS
@@ -194,7 +204,7 @@ async def test_a_sender_whose_lease_was_taken_records_nothing_while_the_others_d
         return lost and not any(counts.get(r) for r in others)
 
     await eventually(done, what="the others' delivery and the victim's lost lease")
-    assert sorted(e["to"] for e in await entries(a, "bulletin.delivered") if e["bulletin"] == bid) == others
+    assert await delivered_to(a, bid) == others
     async with a.store.read() as conn:
         held = sorted(await conn.scalars(sa.select(receipts.c.node).where(receipts.c.bulletin_id == bid)))
         state = await conn.scalar(sa.select(outbox.c.state).where(outbox.c.dest == victim, outbox.c.ref == bid))

@@ -7,6 +7,7 @@ which here also plays a dishonest or unlucky network.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from exchange.audit import events as ev
 from exchange.crypto import canonical_json, strict_loads
 from exchange.errors import PeerError
 from exchange.model import Bulletin, NodeId
@@ -76,9 +78,10 @@ async def rows(service: NodeService, table: sa.Table, *where: Any) -> list[Any]:
 
 
 async def delivered_entries(service: NodeService) -> int:
+    """How many (bulletin, recipient) deliveries the audit log records."""
     async with service.store.read() as conn:
         entries = (await conn.execute(sa.select(audit_log.c.entry))).scalars().all()
-    return sum(1 for e in entries if b'"event":"bulletin.delivered"' in bytes(e))
+    return sum(len(ev.delivered_to(json.loads(bytes(e)))) for e in entries)
 
 
 async def test_a_receipt_whose_proof_belongs_to_another_bulletin_leaves_nothing_stored_or_audited(

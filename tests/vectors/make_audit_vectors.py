@@ -101,7 +101,7 @@ V2_FILE = HERE / "envelope-v2.json"  # the epoch and grant of the `epoch.*` entr
 LOG_NODE = "nl-customs"
 WITNESSES = ("gb-avsec", "ke-customs")
 IMPOSTOR = "impostor"  # a key in no roster: signs the "checkpoint by another key" negative
-WHOLE = 40  # entries in the log
+WHOLE = 42  # entries in the log
 CHECKPOINT_SIZES = (1, 8, 13, WHOLE)  # one entry, a power of two, neither, the whole log
 SIGNED_AT = {1: "2025-03-14T09:00:01.000Z", 8: "2025-03-14T09:27:00.000Z", 13: "2025-03-14T09:40:00.000Z"}
 SIGNED_AT[WHOLE] = "2025-03-14T11:00:00.000Z"
@@ -120,9 +120,9 @@ FORGED_TITLE = 'Reason "forged" \\ é'
 
 
 def _bulletin_ids(first: str) -> tuple[list[str], list[bytes]]:
-    """envelope-v1.json's bulletin, then three more drawn from the counter (an entry needs only ids)."""
+    """envelope-v1.json's bulletin, then four more drawn from the counter (an entry needs only ids)."""
     rng = CounterRandom("audit/bulletin")
-    return [first, *(rng(32).hex() for _ in range(3))], rng.drawn
+    return [first, *(rng(32).hex() for _ in range(4))], rng.drawn
 
 
 def entries(v1: dict[str, Any]) -> tuple[list[ev.AuditEntry], list[bytes]]:
@@ -132,7 +132,7 @@ def entries(v1: dict[str, Any]) -> tuple[list[ev.AuditEntry], list[bytes]]:
     roster = out["roster"]["signed"]
     me = next(n for n in roster["roster"]["nodes"] if n["id"] == LOG_NODE)
     ids, drawn = _bulletin_ids(out["bulletin_id"])
-    bid, other, relayed, refused = ids
+    bid, other, relayed, refused, fanned = ids
     log = out["channel_log"]
     channel = CHANNEL["channel"]
     created = log[0]["signed"]["change"]
@@ -371,6 +371,23 @@ def entries(v1: dict[str, Any]) -> tuple[list[ev.AuditEntry], list[bytes]]:
             "through": 57,
         },
         *_epoch_entries(),
+        # This release's form: one entry per bulletin for the recipients of one group commit (the
+        # bulletin's posting is left out here; the one-recipient kinds above stay valid).
+        {
+            "event": ev.BULLETIN_SENT_TO,
+            "at": "2025-03-14T10:40:00.100Z",
+            "bulletin": fanned,
+            "to": {
+                "gb-avsec": transaction_id([f"envelope:{fanned}"]),
+                "ke-customs": transaction_id([f"envelope:{fanned}"]),
+            },
+        },
+        {
+            "event": ev.BULLETIN_DELIVERED_TO,
+            "at": "2025-03-14T10:40:00.900Z",
+            "bulletin": fanned,
+            "to": {"gb-avsec": "2025-03-14T10:40:00.612Z", "ke-customs": "2025-03-14T10:40:00.587Z"},
+        },
         {"event": ev.NODE_STOPPED, "at": "2025-03-14T11:00:00.000Z"},
     ]
     return made, drawn

@@ -125,6 +125,13 @@ def test_audit_summaries_are_worded_in_each_language() -> None:
     delivered = {"event": kinds.BULLETIN_DELIVERED, "to": "gb-avsec", "receipt_at": "2026-11-30T01:46:07.285Z"}
     assert describe(delivered) == "signed receipt from gb-avsec: received 2026-11-30 01:46:07 UTC"
     assert describe(delivered, "fr") == "accusé signé de gb-avsec\u00a0: reçu le 30 nov. 2026, 01:46:07 UTC"
+    # One entry for many recipients: the first few named, the rest counted.
+    many = {"event": kinds.BULLETIN_DELIVERED_TO, "to": {f"n{i:02}": "2026-11-30T01:46:07.285Z" for i in range(12)}}
+    assert describe(many) == "signed receipts from n00, n01, n02, n03, n04, n05, n06, n07 and 4 more"
+    assert describe(many, "fr") == "accusés signés de n00, n01, n02, n03, n04, n05, n06, n07 et 4 autres"
+    sent = {"event": kinds.BULLETIN_SENT_TO, "to": {"nl-customs": "t2", "gb-avsec": "t1"}}
+    assert describe(sent) == "sent to gb-avsec, nl-customs"
+    assert describe(sent, "fr") == "envoyé à gb-avsec, nl-customs"
     created = {"event": kinds.USER_CREATED, "user": "kim", "role": "auditor", "actor": "admin"}
     assert describe(created) == "kim created as auditor by admin"
     assert describe(created, "fr") == "kim créé comme auditor par admin"

@@ -46,7 +46,9 @@ class EntryFilter:
             return False
         if self.peer is not None:
             change = body.get("change")
-            named = {body.get(k) for k in PEER_KEYS} | set(body.get("recipients") or [])
+            named = {v for k in PEER_KEYS if not isinstance(v := body.get(k), dict)} | set(body.get("recipients") or [])
+            if isinstance(to := body.get("to"), dict):  # bulletin.sent_to, bulletin.delivered_to
+                named |= set(to)
             if isinstance(change, dict):
                 named.add(change.get("node"))
             if self.peer not in named:
