@@ -28,6 +28,8 @@ for them ('received' receipts in its SQLite file, read-only). Per bulletin it pr
                requests, audit and witnessing; asyncio's socket transport, counted in the process)
                / bulletins, gross; and the stored envelope x (K - 1), the payload part alone
   envelope     the envelope as the author stored it (mean)
+  log/b        the entries the author's audit log grew by over the phase / bulletins (its witnessing and
+               audit rounds included)
   time         from the first post to the last post's return, and to the last receipt home
   readers      the other nodes' CPU over the phase / bulletins (all K - 1, their processes)
   lo           loopback bytes / bulletin (`unshare -n`: this federation's traffic alone, every node)
@@ -194,6 +196,9 @@ class AuthorDb:
     def receipts(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM receipts WHERE status = 'received'").fetchone()[0])
 
+    def audit_size(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM audit_log").fetchone()[0])
+
     def envelope_mean(self, ids: list[str]) -> float:
         marks = ",".join("?" * len(ids))
         row = self.conn.execute(f"SELECT avg(length(envelope)) FROM bulletins WHERE id IN ({marks})", ids).fetchone()
@@ -244,7 +249,7 @@ async def phase(
         # measured
         load0 = load1()
         c0, s0, lo0, w0 = sim.tree_cpu([pid]), (await a.ask(op="bytes"))["sent"], sim.loopback_bytes(), time.monotonic()
-        r0 = sim.tree_cpu(readers.pids)
+        r0, log0 = sim.tree_cpu(readers.pids), await asyncio.to_thread(db.audit_size)
         sampler = None
         if args.profile:
             from cpu_profile import Sampler
@@ -260,7 +265,7 @@ async def phase(
         if sampler:
             sampler.stop()
         s1 = (await a.ask(op="bytes"))["sent"]
-        r1 = sim.tree_cpu(readers.pids)
+        r1, log1 = sim.tree_cpu(readers.pids), await asyncio.to_thread(db.audit_size)
         span, m = w1 - w0, args.count
         envelope = db.envelope_mean(posted["ids"])
         return {
@@ -278,6 +283,7 @@ async def phase(
             "post_s": post_s,
             "receipts_s": span,
             "readers_cpu_ms": (r1 - r0) / m * 1e3,
+            "log_entries": (log1 - log0) / m,
             "lo_kb": (lo1 - lo0) / m / 1e3,
             "load": f"{load0:.2f}→{load1():.2f}",
         }
@@ -361,7 +367,7 @@ async def run_k(k: int, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 HEAD = (
     f"{'K':>4} {'env':>3} | {'CPU ms':>7} {'net':>6} {'idle':>5} | {'up KB':>8} {'net':>8} {'env*K-1':>8} | "
-    f"{'env KB':>6} {'epochs':>6} | {'post s':>6} {'rcpt s':>6} | {'readers':>8} {'lo KB':>8} | load"
+    f"{'env KB':>6} {'epochs':>6} {'log/b':>6} | {'post s':>6} {'rcpt s':>6} | {'readers':>8} {'lo KB':>8} | load"
 )
 
 
@@ -369,8 +375,8 @@ def row(r: dict[str, Any]) -> str:
     return (
         f"{r['k']:>4} {r['version']:>3} | {r['cpu_ms']:7.2f} {r['cpu_net_ms']:6.2f} {r['idle_cpu_ms_s']:5.1f} | "
         f"{r['sent_kb']:8.1f} {r['sent_net_kb']:8.1f} {r['payload_up_kb']:8.1f} | {r['envelope_kb']:6.2f} "
-        f"{r['epochs']:>6} | {r['post_s']:6.1f} {r['receipts_s']:6.1f} | {r['readers_cpu_ms']:8.1f} "
-        f"{r['lo_kb']:8.1f} | {r['load']}"
+        f"{r['epochs']:>6} {r['log_entries']:6.1f} | {r['post_s']:6.1f} {r['receipts_s']:6.1f} | "
+        f"{r['readers_cpu_ms']:8.1f} {r['lo_kb']:8.1f} | {r['load']}"
     )
 
 
@@ -392,8 +398,9 @@ async def main(args: argparse.Namespace) -> None:
     print("goal at 200 readers (issue 13): envelope build < 3 ms, envelope < 6 KB, author CPU < 10 ms per bulletin")
     print(
         "per bulletin: author CPU gross / above its idle rate (ms), its idle rate (ms/s); author's socket writes "
-        "gross / above idle (KB), envelope x (K-1) (KB); stored envelope (KB); epochs made; posting and "
-        "to-last-receipt time (s, for all posts); readers' CPU (ms); loopback (KB); 1-min load before→after",
+        "gross / above idle (KB), envelope x (K-1) (KB); stored envelope (KB); epochs made; author's audit entries; "
+        "posting and to-last-receipt time (s, for all posts); readers' CPU (ms); loopback (KB); 1-min load "
+        "before→after",
         flush=True,
     )
     print(HEAD)
