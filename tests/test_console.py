@@ -491,3 +491,35 @@ def test_sample_passwords_and_the_users_password_command(tmp_path: Path) -> None
         cli, ["users", "password", "--node", str(folder / "nl-customs.toml"), "auditor"], input="short\nshort\n"
     )
     assert short.exit_code == 1 and "at least 12 characters" in short.output
+
+
+async def test_the_partners_page_says_when_a_partner_is_catching_up(fed: Federation) -> None:
+    """A partner being served full catch-up pages is shown as catching up, with when pushes to it
+    resume, worked out when the page is shown (exchange.service.sender); the others stay in sync."""
+    nl = fed["nl-customs"]
+    ctx = client_context(read_file(nl.config.keys_dir / "tls.crt").decode())
+    url = nl.config.endpoint
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ctx), cookie_jar=aiohttp.CookieJar(unsafe=True)
+    ) as http:
+        async with http.get(url + "/console/sign-in") as resp:
+            token = re.search(r'name="csrf" value="([^"]+)"', await resp.text())
+        assert token is not None
+        form = {"csrf": token.group(1), "user": "admin", "password": PASSWORD, "next": ""}
+        async with http.post(url + "/console/sign-in", data=form, allow_redirects=False) as resp:
+            assert resp.status == 303
+
+        async def row_of(peer: str, lang: str = "en") -> str:
+            async with http.get(url + "/console/peers", headers={"Accept-Language": lang}) as resp:
+                assert resp.status == 200
+                page = await resp.text()
+            return next(r for r in page.split("<tr") if f"<code>{peer}</code>" in r)
+
+        assert "in sync" in await row_of("ke-customs")
+        nl.service.outbox.peer_pulled("ke-customs", more=True)  # served a full catch-up page
+        held = await row_of("ke-customs")
+        assert "catching up" in held and "pushes resume by" in held and "in sync" not in held
+        assert "en rattrapage" in await row_of("ke-customs", "fr")
+        assert "in sync" in await row_of("gb-avsec")
+        nl.service.outbox.peer_pulled("ke-customs", more=False)  # a page that is not full: the hold ends
+        assert "catching up" not in await row_of("ke-customs")
