@@ -4,6 +4,8 @@ soon as an announcement it holds changes (exchange/service/epoch_announcements.p
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -43,11 +45,19 @@ async def test_a_receiver_keeps_an_epochs_wrap_keys_until_an_announcement_change
     await book.support_of("de-customs", strict=True, refresh=True)
     assert await book.wrap_key_ids(record.readers, strict=True) == first
     assert sorted(calls) == sorted(record.readers)
-    # The owner's look-up (not strict, asked again after an hour) is never kept.
+    # An author's look-up (not strict: an announcement is asked for again after an hour) is kept
+    # until the first of its announcements is due again, then looked up afresh, that one asked.
     calls.clear()
-    await book.wrap_key_ids(record.readers, strict=False)
-    await book.wrap_key_ids(record.readers, strict=False)
+    author = await book.wrap_key_ids(record.readers, strict=False)
+    assert await book.wrap_key_ids(record.readers, strict=False) == author == first
+    assert sorted(calls) == sorted(record.readers)
+    held, clock = book._fetched["de-customs"], announcements.time.monotonic
+    later = SimpleNamespace(monotonic=lambda: clock() + announcements.SUPPORT_REFRESH)  # an hour on
+    monkeypatch.setattr(announcements, "time", later)
+    assert await book.wrap_key_ids(record.readers, strict=False) == first
     assert len(calls) == 2 * len(record.readers)
+    assert book._fetched["de-customs"] > held + announcements.SUPPORT_REFRESH - 60  # asked again, as before
+    monkeypatch.setattr(announcements, "time", time)
     # And the next envelopes of the epoch are taken in and read as before.
     for title in ("second", "third"):
         more = await post(nl, title)

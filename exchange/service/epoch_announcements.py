@@ -7,6 +7,7 @@ The base of `exchange.service.epochs.EpochBook`: the one place that says which k
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -66,6 +67,10 @@ class Announcements:
         # the announcements held are those it was made from (each change counts in _generation).
         self._generation = 0
         self._memo: dict[tuple[str, ...], tuple[object, int, dict[str, WrapKeyId]]] = {}
+        # An author's `wrap_key_ids(readers, strict=False)`, likewise, and only until the first of
+        # its announcements is due to be asked for again (SUPPORT_REFRESH): until then each one
+        # is the one held, so the answer is the same (an author asks it twice per post).
+        self._author_memo: dict[tuple[str, ...], tuple[object, int, float, dict[str, WrapKeyId]]] = {}
 
     async def _load_support(self, conn: AsyncConnection) -> None:
         """The announcements stored (checked when they came)."""
@@ -191,6 +196,14 @@ class Announcements:
         generation, roster = self._generation, self.fed.roster
         if strict and (memo := self._memo.get(nodes)) is not None and memo[0] is roster and memo[1] == generation:
             return dict(memo[2])
+        if (
+            not strict
+            and (kept := self._author_memo.get(nodes)) is not None
+            and kept[0] is roster
+            and kept[1] == generation
+            and time.monotonic() < kept[2]
+        ):
+            return dict(kept[3])
         missing = [n for n in nodes if n != self.me and n not in self._support]
         if len(missing) > 1:
             gate = asyncio.Semaphore(ASK_AT_ONCE)
@@ -213,6 +226,11 @@ class Announcements:
             if len(self._memo) >= MEMO_SIZE:
                 self._memo.clear()
             self._memo[nodes] = (roster, generation, dict(out))
+        elif self._generation == generation and self.fed.roster is roster:  # nothing fetched meanwhile
+            due = min((self._fetched.get(n, 0.0) + SUPPORT_REFRESH for n in nodes if n != self.me), default=math.inf)
+            if len(self._author_memo) >= MEMO_SIZE:
+                self._author_memo.clear()
+            self._author_memo[nodes] = (roster, generation, due, dict(out))
         return out
 
     async def record_key_ids(self, record: EpochRecord) -> dict[str, WrapKeyId]:

@@ -194,11 +194,11 @@ class EpochBook(Announcements):
             except ExchangeError as exc:
                 log.info("%s: no v2 epoch for %s now (%s); posting v1", self.me, state.channel, exc.detail)
                 return None
-        record = await self.current(state.channel, state, strict=False)
-        if record is None:
+            held = await self.current(state.channel, state, strict=False)
+        if held is None:
             return None
-        key = self.key(state.channel, record.n)
-        return (record, key) if key is not None else None
+        key = self.key(state.channel, held.n)
+        return (held, key) if key is not None else None
 
     # -- as owner ---------------------------------------------------------------------------
 
