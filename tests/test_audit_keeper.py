@@ -235,3 +235,19 @@ async def test_a_bulletins_entries_come_from_the_index_and_must_name_it(service:
     for item in evidence["entries"]:
         proof = [b64d(p) for p in item["proof"]]
         verify_inclusion(leaf_hash(item["entry"].encode()), item["idx"], evidence["size"], proof, root)
+
+
+def test_the_byte_prefilter_of_a_kind_or_a_prefix_of_kinds_keeps_every_entry_that_matches() -> None:
+    """A filter's needle is tested on the stored canonical JSON before it is parsed: for a kind or
+    a prefix of kinds it is the entry's own `"event":"...`, so both delivery kinds pass a
+    'bulletin.delivered*' filter's needle and other kinds do not."""
+    entries = [
+        {"idx": 1, "event": "bulletin.delivered", "at": "t", "bulletin": "b", "to": "ke", "receipt_at": "t"},
+        {"idx": 2, "event": "bulletin.delivered_to", "at": "t", "bulletin": "b", "to": {"ke": "t"}},
+        {"idx": 3, "event": "bulletin.posted", "at": "t", "bulletin": "b", "channel": "c", "recipients": ["ke"]},
+    ]
+    stored = [canonical_json(e) for e in entries]
+    for event, wanted in (("bulletin.delivered*", [1, 2]), ("bulletin.delivered", [1]), ("bulletin.*", [1, 2, 3])):
+        where = EntryFilter(event=event)
+        assert where.needle is not None
+        assert [e["idx"] for e, raw in zip(entries, stored, strict=True) if where.needle in raw and where(e)] == wanted

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import exchange.service.epoch_announcements as announcements
+from exchange.errors import PeerError
 from tests.conftest import MakeFederation
 from tests.test_epoch_delivery import C2C, THREE, V2, arrives, post, reads
 
@@ -63,3 +64,34 @@ async def test_a_receiver_keeps_an_epochs_wrap_keys_until_an_announcement_change
         more = await post(nl, title)
         await arrives(ke, more["id"])
         assert (await reads(ke, more["id"]))["bulletin"]["title"] == title
+
+
+async def test_an_authors_look_up_is_not_kept_while_an_announcement_is_signed_with_a_retired_key(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An announcement held is signed with a key the roster no longer lists (its node rotated) and
+    asking the node again fails: the author uses the one held, as before, and asks again at its
+    next post instead of keeping that answer until the hourly refresh."""
+    fed = await make_federation(nodes=THREE, channels=[C2C], options=V2)
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    sent = await post(nl, "the epoch is made")
+    await arrives(ke, sent["id"])
+    book = ke.service.epochs
+    record = book.record("c2c", 0)
+    assert record is not None
+    first = await book.wrap_key_ids(record.readers, strict=False)
+    assert first is not None
+    # de-customs rotated: the roster lists another key than the held announcement's signer (done
+    # here to the announcement; a new roster version also ends what was kept, which is per roster).
+    book._support["de-customs"] = book._support["de-customs"].model_copy(update={"signer": "0" * 16})
+    book._author_memo.clear()
+    asked: list[str] = []
+
+    async def down(node: str, path: str) -> Any:
+        asked.append(node)
+        raise PeerError(f"{node} is restarting")
+
+    monkeypatch.setattr(book.transport, "fetch", down)
+    assert await book.wrap_key_ids(record.readers, strict=False) == first
+    assert await book.wrap_key_ids(record.readers, strict=False) == first
+    assert asked == ["de-customs", "de-customs"]

@@ -226,7 +226,13 @@ class Announcements:
             if len(self._memo) >= MEMO_SIZE:
                 self._memo.clear()
             self._memo[nodes] = (roster, generation, dict(out))
-        elif self._generation == generation and self.fed.roster is roster:  # nothing fetched meanwhile
+        elif (
+            self._generation == generation  # nothing fetched meanwhile
+            and self.fed.roster is roster
+            # each one held is signed with its node's roster key: one that is not (its key rotated)
+            # is asked for again at the next post, as `support_of` does when such an ask failed
+            and all(self._support[n].signer == self.fed.node(n).signing_kid for n in nodes if n != self.me)
+        ):
             due = min((self._fetched.get(n, 0.0) + SUPPORT_REFRESH for n in nodes if n != self.me), default=math.inf)
             if len(self._author_memo) >= MEMO_SIZE:
                 self._author_memo.clear()

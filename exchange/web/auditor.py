@@ -122,6 +122,8 @@ def describe(body: dict[str, Any], lang: str = DEFAULT) -> str:
     if kind == kinds.BULLETIN_SENT:
         return t(N_("sent to %(node)s"), node=g("to"))
     if kind == kinds.BULLETIN_SENT_TO:
+        if len(one := kinds.sent_to(body)) == 1:  # worded as the one-recipient kind
+            return t(N_("sent to %(node)s"), node=next(iter(one)))
         return t(N_("sent to %(nodes)s"), nodes=_nodes(g("to"), lang))
     if kind == kinds.BULLETIN_RECEIVED:
         if g("relayed"):
@@ -130,6 +132,9 @@ def describe(body: dict[str, Any], lang: str = DEFAULT) -> str:
     if kind == kinds.BULLETIN_DELIVERED:
         return t(N_("signed receipt from %(node)s: received %(at)s"), node=g("to"), at=when(g("receipt_at"), lang))
     if kind == kinds.BULLETIN_DELIVERED_TO:
+        if len(got := kinds.delivered_to(body)) == 1:
+            ((node, at),) = got.items()
+            return t(N_("signed receipt from %(node)s: received %(at)s"), node=node, at=when(at, lang))
         return t(N_("signed receipts from %(nodes)s"), nodes=_nodes(g("to"), lang))
     if kind == kinds.BULLETIN_OPENED:
         return t(N_("opened by %(user)s"), user=g("user"))
@@ -349,17 +354,27 @@ def timeline(trace: Trace, lang: str = DEFAULT) -> tuple[list[str], list[dict[st
     return lanes, rows
 
 
-def step_details(trace: Trace, lang: str) -> dict[tuple[str, int], str]:
-    """What each recorded step says in `lang`, keyed by (node, entry number). The verifier words a
-    step in English; in another language the console words it again from the entry it rests on.
+Details = dict[tuple[str, int] | tuple[str, int, str], str]
+
+
+def step_details(trace: Trace, lang: str) -> Details:
+    """What each recorded step says in `lang`, keyed by (node, entry number), and for an entry
+    that names several recipients by (node, entry number, recipient). The verifier words a step
+    in English; in another language the console words it again from the entry it rests on.
     Steps without an entry (gaps, what did not happen) keep the verifier's words."""
     if lang == DEFAULT:
         return {}
-    out: dict[tuple[str, int], str] = {}
+    out: Details = {}
     for ev in trace.evidence:
         for e in ev.entries:
             if isinstance(e.get("idx"), int):
                 out[(ev.node, e["idx"])] = describe(e, lang)
+                # One recipient's step of a many-recipient entry: worded as its own entry would be.
+                for r, txn in kinds.sent_to(e).items():
+                    out[(ev.node, e["idx"], r)] = describe({"event": kinds.BULLETIN_SENT, "to": r, "txn": txn}, lang)
+                for r, at in kinds.delivered_to(e).items():
+                    single = {"event": kinds.BULLETIN_DELIVERED, "to": r, "receipt_at": at}
+                    out[(ev.node, e["idx"], r)] = describe(single, lang)
         opened = [e for e in ev.entries if e.get("event") == kinds.BULLETIN_OPENED]
         if opened and isinstance(opened[0].get("idx"), int):  # the step names every opening there
             who = "; ".join(
@@ -369,8 +384,11 @@ def step_details(trace: Trace, lang: str) -> dict[tuple[str, int], str]:
     return out
 
 
-def step_detail(step: Step, details: dict[tuple[str, int], str], lang: str) -> str:
-    """A step's words in `lang`: from its entry, or for the common "not opened" as the console says it."""
+def step_detail(step: Step, details: Details, lang: str, recipient: str | None = None) -> str:
+    """A step's words in `lang`: from its entry (for `recipient`'s leg, its part of an entry that
+    names several), or for the common "not opened" as the console says it."""
+    if step.idx is not None and recipient is not None and (step.node, step.idx, recipient) in details:
+        return details[(step.node, step.idx, recipient)]
     if step.idx is not None and (step.node, step.idx) in details:
         return details[(step.node, step.idx)]
     if lang != DEFAULT and step.status == NONE and step.detail == f"not opened at {step.node}":
@@ -403,7 +421,7 @@ async def trace_page(request: web.Request) -> web.StreamResponse:
         rows=rows,
         held=await audit.receipts_held(bid),
         marks={OK: "✓", GAP: "✗", NONE: "\u2013", REFUSED: "⊘"},
-        detail=lambda step: step_detail(step, details, language(request)),
+        detail=lambda step, recipient=None: step_detail(step, details, language(request), recipient),
     )
 
 

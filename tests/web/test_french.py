@@ -29,8 +29,9 @@ from babel.messages.pofile import read_po
 from playwright.async_api import expect
 
 from exchange.audit import events as kinds
+from exchange.audit.trace import Evidence, chain_of_custody
 from exchange.web import i18n
-from exchange.web.auditor import describe
+from exchange.web.auditor import describe, step_detail, step_details
 from tests.conftest import Federation, Member
 from tests.test_console import C2A, PASSWORD, TITLE, fed, goto, post_by_api, sign_in
 from tests.web.test_hostile_console import CSRF, tls
@@ -128,16 +129,52 @@ def test_audit_summaries_are_worded_in_each_language() -> None:
     # One entry for many recipients: the first few named, the rest counted.
     many = {"event": kinds.BULLETIN_DELIVERED_TO, "to": {f"n{i:02}": "2026-11-30T01:46:07.285Z" for i in range(12)}}
     assert describe(many) == "signed receipts from n00, n01, n02, n03, n04, n05, n06, n07 and 4 more"
-    assert describe(many, "fr") == "accusés signés de n00, n01, n02, n03, n04, n05, n06, n07 et 4 autres"
+    assert describe(many, "fr") == "accusés signés de n00, n01, n02, n03, n04, n05, n06, n07 et 4 de plus"
     sent = {"event": kinds.BULLETIN_SENT_TO, "to": {"nl-customs": "t2", "gb-avsec": "t1"}}
     assert describe(sent) == "sent to gb-avsec, nl-customs"
     assert describe(sent, "fr") == "envoyé à gb-avsec, nl-customs"
+    # ... and one recipient as the one-recipient kinds are worded.
+    one = {"event": kinds.BULLETIN_DELIVERED_TO, "to": {"gb-avsec": "2026-11-30T01:46:07.285Z"}}
+    assert describe(one) == "signed receipt from gb-avsec: received 2026-11-30 01:46:07 UTC"
+    assert describe({"event": kinds.BULLETIN_SENT_TO, "to": {"gb-avsec": "t1"}}, "fr") == "envoyé à gb-avsec"
     created = {"event": kinds.USER_CREATED, "user": "kim", "role": "auditor", "actor": "admin"}
     assert describe(created) == "kim created as auditor by admin"
     assert describe(created, "fr") == "kim créé comme auditor par admin"
     failed = {"event": kinds.CONSOLE_SIGNIN_FAILED, "unknown_user": True, "address": "192.0.2.1"}
     assert describe(failed, "fr") == "échec de connexion (un nom d'utilisateur inconnu) depuis 192.0.2.1"
     assert describe({"event": "no.such.event"}, "fr") == ""
+
+
+def test_a_trace_in_french_words_each_recipients_step_of_an_entry_that_names_several() -> None:
+    """One 'bulletin.sent_to' and one 'bulletin.delivered_to' back every recipient's step: in
+    French each recipient's step is worded for that recipient alone, with its own receipt time."""
+    bid, at = "ab" * 32, "2026-11-30T01:46:07.285Z"
+    author = Evidence(
+        "nl-customs",
+        (
+            {
+                "idx": 3,
+                "event": kinds.BULLETIN_SENT_TO,
+                "at": at,
+                "bulletin": bid,
+                "to": {"gb-avsec": "t", "ke-customs": "t"},
+            },
+            {
+                "idx": 4,
+                "event": kinds.BULLETIN_DELIVERED_TO,
+                "at": at,
+                "bulletin": bid,
+                "to": {"gb-avsec": at, "ke-customs": at},
+            },
+        ),
+    )
+    trace = chain_of_custody(bid, "c2a", "nl-customs", ["nl-customs", "gb-avsec", "ke-customs"], [author])
+    details = step_details(trace, "fr")
+    for leg in trace.legs:
+        sent, receipt = leg.step("sent"), leg.step("receipt")
+        assert step_detail(sent, details, "fr", leg.recipient) == f"envoyé à {leg.recipient}"
+        said = step_detail(receipt, details, "fr", leg.recipient)
+        assert said == f"accusé signé de {leg.recipient}\u00a0: reçu le 30 nov. 2026, 01:46:07 UTC"
 
 
 # -- 2. in the browser --------------------------------------------------------------------------

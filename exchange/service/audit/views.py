@@ -59,9 +59,13 @@ class EntryFilter:
     @property
     def needle(self) -> bytes | None:
         """The most selective value as bytes, to test the stored canonical JSON before parsing it."""
-        event = self.event if self.event and not self.event.endswith("*") else None
-        value = self.bulletin or self.peer or self.channel or event
-        return f'"{value}"'.encode() if value else None
+        value = self.bulletin or self.peer or self.channel
+        if value:
+            return f'"{value}"'.encode()
+        if self.event:  # a kind, or a prefix of kinds ("bulletin.delivered*"): the entry's own `"event":"`
+            kind = self.event.removesuffix("*")
+            return f'"event":"{kind}'.encode() + (b"" if self.event.endswith("*") else b'"')
+        return None
 
 
 @dataclass(frozen=True)
