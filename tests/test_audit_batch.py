@@ -50,6 +50,9 @@ def events(n: int) -> list[dict[str, Any]]:
             out.append({"event": "channel.changed", "at": AT, "channel": "c", "pos": i, "change": {"type": "invite"}})
         elif kind == 7:
             out.append({"event": "requests.refused", "at": AT, "address": "10.0.0.1", "reasons": {"401": 2}})
+        elif kind == 3:  # an object of strings: still the plain form
+            to = {"ke-customs": AT, NODE: AT}
+            out.append({"event": "bulletin.delivered_to", "at": AT, "bulletin": BID, "to": to})
         elif kind == 9:
             out.append({"event": "bulletin.opened", "at": AT, "bulletin": BID, "user": "Zoë"})
         elif kind == 11:
@@ -173,7 +176,10 @@ json_scalar = st.one_of(
 )
 json_value = st.recursive(
     json_scalar,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=4) | st.sampled_from(["idx", "ke-customs"]), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 

@@ -4,9 +4,9 @@ Verifying a log of a million entries is fast only if each entry costs little mor
 SHA-256 hashes. The general path (`LogVerifier.entry`, `BundleCheck.feed_line`) parses every
 bundle line and every entry with `json.loads`. Here a run of entries in their plain form is
 checked with a few operations over the whole run instead. The plain form is what the node writes
-for nearly every event: ASCII canonical JSON with no escape, no control character and no nested
-object, holding its own index once. The checks are a regular grammar for such a flat JSON object
-and a search for its one `"idx":` key.
+for nearly every event: ASCII canonical JSON with no escape, no control character and no nesting
+deeper than an object of scalars, holding its own index once. The checks are a regular grammar
+for such a flat JSON object and a search for its one `"idx":` key.
 
 What this module accepts, the general path accepts too; anything else is left to the general
 path, which names the problem. tests/test_audit_batch.py checks that both paths agree on
@@ -26,13 +26,16 @@ from itertools import repeat
 _NOT_PLAIN = bytes(range(0x20)) + b"\\"
 
 # A flat JSON object without escapes or whitespace: string, number, true, false or null values,
-# and arrays of those. Possessive quantifiers and atomic groups keep matching linear in the input.
-# Integer parts are capped at 30 digits, below Python's limit on converting long integers, which
-# json.loads would refuse.
+# arrays of those, and objects of those whose keys are not "idx" (the `to` of bulletin.sent_to and
+# bulletin.delivered_to). Possessive quantifiers and atomic groups keep matching linear in the
+# input. Integer parts are capped at 30 digits, below Python's limit on converting long
+# integers, which json.loads would refuse.
 _STR = rb'"[^"]*+"'
 _NUM = rb"-?+(?:0|[1-9][0-9]{0,29}+)(?:\.[0-9]++)?+(?:[eE][-+]?+[0-9]++)?+"
 _SCALAR = rb"(?>" + _STR + rb"|" + _NUM + rb"|true|false|null)"
-_VALUE = rb"(?>" + _SCALAR + rb"|\[(?:" + _SCALAR + rb"(?:," + _SCALAR + rb")*+)?+\])"
+_INNER_KEY = rb'"(?!idx")[^"]*+"'  # so that every "idx": in a plain entry is a key of the entry itself
+_INNER = rb"\{(?:" + _INNER_KEY + rb":" + _SCALAR + rb"(?:," + _INNER_KEY + rb":" + _SCALAR + rb")*+)?+\}"
+_VALUE = rb"(?>" + _SCALAR + rb"|\[(?:" + _SCALAR + rb"(?:," + _SCALAR + rb")*+)?+\]|" + _INNER + rb")"
 _OBJECT = rb"\{" + _STR + rb":" + _VALUE + rb"(?:," + _STR + rb":" + _VALUE + rb")*+\}"
 _FLAT_OBJECT = re.compile(_OBJECT).fullmatch
 # Flat objects joined by newlines. A string cannot run across a newline when each object holds an
@@ -67,9 +70,10 @@ def plain_prefix(first: int, entries: Sequence[bytes]) -> int:
     """How many of `entries`, from the start, are in the plain form and carry their own index
     (`first`, `first + 1`, ...): certainly JSON objects whose "idx" is their position.
 
-    Why that is certain: without backslashes every `"` delimits a string, and in a flat object a
-    string followed by `:` is a key of the top-level object; so the one `"idx":` is its only "idx"
-    key, and the digits after it, ended by a comma or the object's end, are its value.
+    Why that is certain: without backslashes every `"` delimits a string, and a string followed by
+    `:` is a key, of the top-level object or of an object value, whose keys are never "idx"; so
+    the one `"idx":` is the entry's only "idx" key, and the digits after it, ended by a comma or
+    the object's end, are its value.
     """
     blob = b"\n".join(entries)
     plain = is_plain_text(blob, newlines=True) and blob.count(b"\n") == len(entries) - 1
