@@ -11,16 +11,11 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Any
 
 from exchange.config import NodeConfig
 from exchange.crypto import strict_loads
 from exchange.errors import ConfigError, ExchangeError
-from exchange.http.appkeys import SERVICE
-from exchange.http.limits import RateLimiter, RateSettings, rate_limits
-from exchange.http.server import ConnectionGuard, GuardedSite, ServerLimits
 from exchange.keystore import (
     NodeKeyFiles,
     load_authority_public,
@@ -28,28 +23,40 @@ from exchange.keystore import (
     read_file,
     read_provisioned_channels,
 )
-from exchange.node.app import api_application
-from exchange.node.peers import HttpTransport
-from exchange.node.tlog_client import HttpTlogClient
-from exchange.node.tls import ServerTls
-from exchange.node.webhook_client import HttpWebhookSender
 from exchange.protocol.roster import Federation
 from exchange.protocol.rosterchain import TrustedRoster
 from exchange.service.federation import FederationRoster, V1Trust
-from exchange.service.gossip import RosterGossip
-from exchange.service.node import NodeService
 from exchange.service.users import Users
 from exchange.store import Store
 from exchange.store.schema import node_schema as node_schema  # the CLI's `exchange db` reaches it here
 from exchange.store.schema import upgrade_node as upgrade_node
-from exchange.web import mount as mount_console
-from exchange.web.session import SESSION_COOKIE
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from exchange.http.server import ConnectionGuard
+    from exchange.service.node import NodeService
+
+# The server's parts (aiohttp's server, the routes, the console, the application layer) are
+# imported where a node is built, not here: the CLI's commands that only open the database
+# (`exchange users`, `roster`, `db`, `audit verify --node`) start without them.
 
 log = logging.getLogger("exchange.node")
 
 
 def build_app(config: NodeConfig) -> web.Application:
     """The node as an aiohttp application; its resources open and close with the app."""
+    from exchange.http.appkeys import SERVICE
+    from exchange.http.limits import RateLimiter, RateSettings, rate_limits
+    from exchange.node.app import api_application
+    from exchange.node.peers import HttpTransport
+    from exchange.node.tlog_client import HttpTlogClient
+    from exchange.node.webhook_client import HttpWebhookSender
+    from exchange.service.gossip import RosterGossip
+    from exchange.service.node import NodeService
+    from exchange.web import mount as mount_console
+    from exchange.web.session import SESSION_COOKIE
+
     app = api_application()
     mount_console(app)  # the web console, under /console/ in the same process
     # Innermost, so that a 429 becomes problem+json on the API and an HTML page in the console.
@@ -141,6 +148,8 @@ class RunningNode:
 
     @property
     def service(self) -> NodeService:
+        from exchange.http.appkeys import SERVICE
+
         return self.app[SERVICE]
 
     @property
@@ -155,6 +164,12 @@ async def start_node(config: NodeConfig, *, reuse_port: bool = False) -> Running
     """Start one node on its configured host and port, over TLS 1.3 with client certificates,
     under the timeouts and connection limits of its configuration (exchange.http.limits).
     `reuse_port`: one of several worker processes sharing the port (exchange.cli.workers)."""
+    from aiohttp import web
+
+    from exchange.http.appkeys import SERVICE
+    from exchange.http.server import ConnectionGuard, GuardedSite, ServerLimits
+    from exchange.node.tls import ServerTls
+
     app = build_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()

@@ -13,6 +13,37 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal, NotRequired, TypedDict
 
+# Re-exported: the sends and receipts of a bulletin, in both forms.
+from exchange.audit.delivery_events import (
+    BULLETIN_DELIVERED as BULLETIN_DELIVERED,
+)
+from exchange.audit.delivery_events import (
+    BULLETIN_DELIVERED_TO as BULLETIN_DELIVERED_TO,
+)
+from exchange.audit.delivery_events import (
+    BULLETIN_SENT as BULLETIN_SENT,
+)
+from exchange.audit.delivery_events import (
+    BULLETIN_SENT_TO as BULLETIN_SENT_TO,
+)
+from exchange.audit.delivery_events import (
+    BulletinDelivered as BulletinDelivered,
+)
+from exchange.audit.delivery_events import (
+    BulletinDeliveredTo as BulletinDeliveredTo,
+)
+from exchange.audit.delivery_events import (
+    BulletinSent as BulletinSent,
+)
+from exchange.audit.delivery_events import (
+    BulletinSentTo as BulletinSentTo,
+)
+from exchange.audit.delivery_events import (
+    delivered_to as delivered_to,
+)
+from exchange.audit.delivery_events import (
+    sent_to as sent_to,
+)
 from exchange.audit.epoch_events import (
     EPOCH_GRANT_TAKEN,
     EPOCH_GRANTED,
@@ -28,10 +59,6 @@ from exchange.audit.epoch_events import (
 
 BULLETIN_POSTED: Final = "bulletin.posted"
 BULLETIN_RECEIVED: Final = "bulletin.received"
-BULLETIN_SENT: Final = "bulletin.sent"
-BULLETIN_DELIVERED: Final = "bulletin.delivered"
-BULLETIN_SENT_TO: Final = "bulletin.sent_to"
-BULLETIN_DELIVERED_TO: Final = "bulletin.delivered_to"
 BULLETIN_OPENED: Final = "bulletin.opened"
 BULLETIN_OPENED_BY: Final = "bulletin.opened_by"
 BULLETIN_UNVERIFIED: Final = "bulletin.unverified"
@@ -141,67 +168,6 @@ class BulletinReceived(_BulletinReceivedBase):
     """A recipient stored a bulletin, before it answered with its receipt."""
 
     relayed: NotRequired[Literal[True]]  # present when pulled from a node other than the author
-
-
-class BulletinSent(TypedDict):
-    """The author's first attempt to send a bulletin to one recipient (retries are not logged)."""
-
-    event: Literal["bulletin.sent"]
-    at: str
-    bulletin: str
-    to: str
-    txn: str
-
-
-class BulletinDelivered(TypedDict):
-    """The author stored a recipient's signed "received" receipt."""
-
-    event: Literal["bulletin.delivered"]
-    at: str
-    bulletin: str
-    to: str
-    receipt_at: str
-
-
-class BulletinSentTo(TypedDict):
-    """The author's first attempt to send a bulletin to each of several recipients, recorded in
-    one entry: `to` maps each recipient to the transaction id of its request. Written in place of
-    one `bulletin.sent` per recipient (which stays valid in stored logs)."""
-
-    event: Literal["bulletin.sent_to"]
-    at: str
-    bulletin: str
-    to: dict[str, str]
-
-
-class BulletinDeliveredTo(TypedDict):
-    """The author stored several recipients' signed "received" receipts of a bulletin, recorded in
-    one entry: `to` maps each recipient to its receipt's `at`. Written in place of one
-    `bulletin.delivered` per recipient (which stays valid in stored logs)."""
-
-    event: Literal["bulletin.delivered_to"]
-    at: str
-    bulletin: str
-    to: dict[str, str]
-
-
-def sent_to(entry: dict[str, Any]) -> dict[str, str]:
-    """`{recipient: txn}` of a `bulletin.sent` or `bulletin.sent_to` entry; empty for any other."""
-    return _recipients(entry, BULLETIN_SENT, BULLETIN_SENT_TO, "txn")
-
-
-def delivered_to(entry: dict[str, Any]) -> dict[str, str]:
-    """`{recipient: receipt_at}` of a `bulletin.delivered` or `bulletin.delivered_to` entry; empty for any other."""
-    return _recipients(entry, BULLETIN_DELIVERED, BULLETIN_DELIVERED_TO, "receipt_at")
-
-
-def _recipients(entry: dict[str, Any], one: str, many: str, field: str) -> dict[str, str]:
-    kind, to = entry.get("event"), entry.get("to")
-    if kind == one and isinstance(to, str):
-        return {to: str(entry.get(field))}
-    if kind == many and isinstance(to, dict):
-        return {str(node): str(value) for node, value in to.items()}
-    return {}
 
 
 class BulletinOpened(TypedDict):
