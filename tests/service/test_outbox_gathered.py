@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from exchange.audit import events as ev
 from exchange.errors import LeaseLost, Unavailable
 from exchange.model import Bulletin, NodeId
+from exchange.protocol.receipt import make_receipts
 from exchange.provision import init_federation
 from exchange.service.coalesce import Coalesced
 from exchange.service.leases import Leases
@@ -151,6 +152,14 @@ async def test_senders_read_and_mark_sent_together_and_each_reader_still_gets_it
     # Marked again (a retry, or two asks naming one item): no second entry.
     await asyncio.gather(*(a.outbox.mark_sent(r, b + b, txns[r]) for r, b in zip(READERS, batches, strict=True)))
     assert len(await sent(a)) == len(READERS) * 3
+
+    # The readers' receipts, stored at once: one 'delivered' entry per bulletin naming all five.
+    at = "2026-12-01T10:00:00.000Z"
+    signed = {r: make_receipts(posted, NodeId(r), "received", at, services[r].keys.signing) for r in READERS}
+    await asyncio.gather(*(a.outbox.accept_receipts(r, b, signed[r]) for r, b in zip(READERS, batches, strict=True)))
+    assert len(await entries(a, ev.BULLETIN_DELIVERED_TO)) == len(posted)
+    for bid in posted:
+        assert await delivered_to(a, bid) == READERS
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # with workers, leases and polls part the reads
