@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
 import random
+import re
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -312,3 +314,20 @@ async def browser() -> AsyncIterator[Any]:
             yield chromium
         finally:
             await chromium.close()
+
+
+@contextlib.asynccontextmanager
+async def console_session(member: Member, user: str, password: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTPS session to `member`'s console, signed in as `user` (its password set first)."""
+    ctx = client_context((member.config.keys_dir / "tls.crt").read_text())
+    url = member.config.endpoint
+    async with aiohttp.ClientSession(
+        base_url=url, connector=aiohttp.TCPConnector(ssl=ctx), cookie_jar=aiohttp.CookieJar(unsafe=True)
+    ) as http:
+        async with http.get("/console/sign-in") as resp:
+            token = re.search(r'name="csrf" value="([^"]+)"', await resp.text())
+        assert token is not None
+        form = {"csrf": token.group(1), "user": user, "password": password, "next": ""}
+        async with http.post("/console/sign-in", data=form, allow_redirects=False) as resp:
+            assert resp.status == 303, await resp.text()
+        yield http

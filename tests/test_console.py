@@ -37,7 +37,15 @@ from exchange.node.tls import client_context
 from exchange.provision import init_federation
 from exchange.service.users import add_user, assign, set_password, verify_password
 from exchange.store import Store, audit_log, bulletins, console_sessions, receipts
-from tests.conftest import DEFAULT_NODES, Federation, MakeFederation, Member, eventually, write_federation
+from tests.conftest import (
+    DEFAULT_NODES,
+    Federation,
+    MakeFederation,
+    Member,
+    console_session,
+    eventually,
+    write_federation,
+)
 
 SCREENSHOTS = os.environ.get("EXCHANGE_SCREENSHOTS") == "1"
 SHOTS_DIR = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
@@ -497,20 +505,10 @@ async def test_the_partners_page_says_when_a_partner_is_catching_up(fed: Federat
     """A partner being served full catch-up pages is shown as catching up, with when pushes to it
     resume, worked out when the page is shown (exchange.service.sender); the others stay in sync."""
     nl = fed["nl-customs"]
-    ctx = client_context(read_file(nl.config.keys_dir / "tls.crt").decode())
-    url = nl.config.endpoint
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=ctx), cookie_jar=aiohttp.CookieJar(unsafe=True)
-    ) as http:
-        async with http.get(url + "/console/sign-in") as resp:
-            token = re.search(r'name="csrf" value="([^"]+)"', await resp.text())
-        assert token is not None
-        form = {"csrf": token.group(1), "user": "admin", "password": PASSWORD, "next": ""}
-        async with http.post(url + "/console/sign-in", data=form, allow_redirects=False) as resp:
-            assert resp.status == 303
+    async with console_session(nl, "admin", PASSWORD) as http:
 
         async def row_of(peer: str, lang: str = "en") -> str:
-            async with http.get(url + "/console/peers", headers={"Accept-Language": lang}) as resp:
+            async with http.get("/console/peers", headers={"Accept-Language": lang}) as resp:
                 assert resp.status == 200
                 page = await resp.text()
             return next(r for r in page.split("<tr") if f"<code>{peer}</code>" in r)

@@ -12,20 +12,28 @@ import pytest
 
 import exchange.service.epoch_announcements as announcements
 from exchange.errors import PeerError
-from tests.conftest import MakeFederation
+from exchange.protocol.epoch_model import EpochRecord
+from tests.conftest import MakeFederation, Member
 from tests.test_epoch_delivery import C2C, THREE, V2, arrives, post, reads
+
+
+async def epoch_made(make_federation: MakeFederation) -> tuple[Member, Member, EpochRecord]:
+    """Three v2 nodes; nl-customs posts, so the channel's epoch 0 is made and ke-customs takes it:
+    nl-customs, ke-customs, and the record."""
+    fed = await make_federation(nodes=THREE, channels=[C2C], options=V2)
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    sent = await post(nl, "the epoch is made")
+    await arrives(ke, sent["id"])
+    record = ke.service.epochs.record("c2c", 0)
+    assert record is not None
+    return nl, ke, record
 
 
 async def test_a_receiver_keeps_an_epochs_wrap_keys_until_an_announcement_changes(
     make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fed = await make_federation(nodes=THREE, channels=[C2C], options=V2)
-    nl, ke = fed["nl-customs"], fed["ke-customs"]
-    sent = await post(nl, "the epoch is made")
-    await arrives(ke, sent["id"])
+    nl, ke, record = await epoch_made(make_federation)
     book = ke.service.epochs
-    record = book.record("c2c", 0)
-    assert record is not None
     calls: list[str] = []
     real = announcements.wrap_key_id
 
@@ -72,13 +80,8 @@ async def test_an_authors_look_up_is_not_kept_while_an_announcement_is_signed_wi
     """An announcement held is signed with a key the roster no longer lists (its node rotated) and
     asking the node again fails: the author uses the one held, as before, and asks again at its
     next post instead of keeping that answer until the hourly refresh."""
-    fed = await make_federation(nodes=THREE, channels=[C2C], options=V2)
-    nl, ke = fed["nl-customs"], fed["ke-customs"]
-    sent = await post(nl, "the epoch is made")
-    await arrives(ke, sent["id"])
+    _, ke, record = await epoch_made(make_federation)
     book = ke.service.epochs
-    record = book.record("c2c", 0)
-    assert record is not None
     first = await book.wrap_key_ids(record.readers, strict=False)
     assert first is not None
     # de-customs rotated: the roster lists another key than the held announcement's signer (done

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import sys
 from typing import Any
 
-import aiohttp
 import pytest
 import sqlalchemy as sa
 
@@ -28,16 +26,13 @@ from exchange.app import start_node
 from exchange.cli.audit import verify_node
 from exchange.crypto import canonical_json
 from exchange.errors import AuditTampered, BadEntry
-from exchange.keystore import read_file
 from exchange.merkle import leaf_hash
-from exchange.node.tls import client_context
 from exchange.store import Store, audit_checkpoints, audit_cosignatures, audit_log, bulletins
-from tests.conftest import Federation, MakeFederation, Member
+from tests.conftest import Federation, MakeFederation, Member, console_session
 from tests.test_audit_e2e import checkpoint, entries, keys, post, target, wait_for
 
 NL, KE = "nl-customs", "ke-customs"
 PASSWORD = "a long passphrase for tests"
-CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
 async def run_cli(*args: str, timeout: float = 120) -> tuple[int, str, str]:
@@ -92,19 +87,8 @@ EDITS = {
 
 async def console_page(member: Member, path: str) -> tuple[int, str]:
     """GET a console page as the signed-in officer."""
-    ctx = client_context(read_file(member.config.keys_dir / "tls.crt").decode())
-    url = member.config.endpoint
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=ctx), cookie_jar=aiohttp.CookieJar(unsafe=True)
-    ) as http:
-        async with http.get(url + "/console/sign-in") as resp:
-            token = CSRF.search(await resp.text())
-        assert token is not None
-        form = {"csrf": token.group(1), "user": "officer", "password": PASSWORD, "next": ""}
-        async with http.post(url + "/console/sign-in", data=form) as resp:
-            assert resp.status == 200, await resp.text()
-        async with http.get(url + path, allow_redirects=False) as resp:
-            return resp.status, await resp.text()
+    async with console_session(member, "officer", PASSWORD) as http, http.get(path, allow_redirects=False) as resp:
+        return resp.status, await resp.text()
 
 
 async def test_an_edited_bulletin_is_refused_by_the_api_the_cli_and_the_console_naming_the_edit(
