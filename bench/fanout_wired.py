@@ -304,6 +304,7 @@ async def run_k(k: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     options: dict[str, Any] = {
         "crypto_workers": 0,
         "envelope_v2": True,
+        "epoch_prefetch_seconds": 5.0,  # the node's default (write_federation's is the tests' 0)
         "retry_base_seconds": 0.5,  # the node's defaults (write_federation's are the tests' quicker ones)
         "retry_max_seconds": 60.0,
         "request_timeout_seconds": 30.0,

@@ -476,6 +476,7 @@ async def run_one(n: int, args: argparse.Namespace) -> Result:
     options: dict[str, Any] = {
         "crypto_workers": args.crypto_workers,
         "envelope_v2": args.envelope_v2,
+        "epoch_prefetch_seconds": args.epoch_prefetch,
         "retry_base_seconds": 0.5,  # the node's defaults (write_federation's are the tests' quicker ones)
         "retry_max_seconds": 60.0,
         "request_timeout_seconds": 30.0,
@@ -660,14 +661,17 @@ async def measure(fed: Fed, counts: Counts, args: argparse.Namespace, res: Resul
         late = max(zip((when(t) for t in times if t), fed.channels[channel], strict=True))
         return late[0] - sent, late[1]
 
+    first_times: list[float] = []
     if args.first_alerts:
-        # Each author's first alert to `global`, apart: the first makes the channel's epoch (v2),
-        # and every member fetches it with the readers' announcements (docs/protocol.md, 15).
+        # Each author's first alert to `global`, apart: without epochs ahead of posts
+        # (--epoch-prefetch 0) the first makes the channel's epoch (v2), and every member fetches
+        # it with the readers' announcements (docs/protocol.md, 15).
         first, lacking = await burst([(GLOBAL, a) for a in authors], 1_000_000)
         firsts = [(a, full_time(c, b, t)) for c, a, b, t in first]
-        f["first_alert_max"] = max((x[0] for _, x in firsts if x is not None), default=float("nan"))
+        first_times = [x[0] for _, x in firsts if x is not None]
+        f["first_alert_max"] = max(first_times, default=float("nan"))
         say(
-            f"N={n} first alert of each author (not in the figures below): "
+            f"N={n} first alert of each author (not in p50 and p99 below; in p99 with the first alerts): "
             + "; ".join(f"{a} {x[0]:.2f} s" if x else f"{a} not delivered" for a, x in firsts)
             + (f"; {len(lacking)} member-channels short" if lacking else "")
         )
@@ -710,6 +714,8 @@ async def measure(fed: Fed, counts: Counts, args: argparse.Namespace, res: Resul
         sizes.append(counts.envelope_size(author, bid) * (len(fed.channels[channel]) - 1))
     g = full[GLOBAL] or [float("nan")]
     f["p50"], f["p99"], f["max"] = percentile(g, 0.5), percentile(g, 0.99), max(g)
+    if first_times:  # the first alerts too: what a user of the global channel sees
+        f["p99_all"] = percentile(g + first_times, 0.99)
     f["regional_p50"] = percentile(full["regional"], 0.5) if full["regional"] else float("nan")
     span = w1 - w0
     f["cpu_per_alert"] = ((c1 - c0) - idle_cpu_rate * span) / max(1, len(posted))
@@ -752,9 +758,10 @@ def report(results: list[Result]) -> None:
         ("init_federation, s", "init_s", "{:.1f}", 1.0),
         ("start all nodes, s", "start_s", "{:.1f}", 1.0),
         ("scrape /metrics at all nodes, s", "scrape_all_s", "{:.1f}", 1.0),
-        ("first alert of each author (the epoch made, fetched), slowest, s", "first_alert_max", "{:.2f}", 1.0),
+        ("first alert of each author, slowest, s", "first_alert_max", "{:.2f}", 1.0),
         ("global alert, full delivery p50, s", "p50", "{:.2f}", 1.0),
         ("global alert, full delivery p99, s", "p99", "{:.2f}", 1.0),
+        ("global alert, full delivery p99 with the first alerts, s", "p99_all", "{:.2f}", 1.0),
         ("regional alert, full delivery p50, s", "regional_p50", "{:.2f}", 1.0),
         ("CPU-seconds per alert (above idle)", "cpu_per_alert", "{:.2f}", 1.0),
         ("CPU-seconds per alert (gross: the alert phase's CPU / alerts)", "cpu_gross_per_alert", "{:.2f}", 1.0),
@@ -782,7 +789,9 @@ def report(results: list[Result]) -> None:
     f = big.figures
     print(
         f"at N={big.n}: p99 {f.get('p99', float('nan')):.2f} s (goal < 2 s: "
-        f"{'met' if f.get('p99', 99) < 2 else 'NOT met'}); memory per idle node {f.get('rss_per_node_mb', 0):.1f} MB "
+        f"{'met' if f.get('p99', 99) < 2 else 'NOT met'}), with the first alerts "
+        f"{f.get('p99_all', float('nan')):.2f} s ({'met' if f.get('p99_all', 99) < 2 else 'NOT met'}); "
+        f"memory per idle node {f.get('rss_per_node_mb', 0):.1f} MB "
         f"(goal < 40 MB: {'met' if f.get('rss_per_node_mb', 99) < 40 else 'NOT met'} with {big.n} nodes over "
         f"{f.get('processes', 0):.0f} processes; a node alone in its process, as "
         f"deployed: about {f.get('deployed_node_mb', 0):.0f} MB, "
@@ -864,6 +873,12 @@ def parse_args() -> argparse.Namespace:
         "--min-free-mb", type=float, default=4000, help="stop if the machine's available memory falls under this"
     )
     p.add_argument("--crypto-workers", type=int, default=0, help="each node's crypto_workers (default 0)")
+    p.add_argument(
+        "--epoch-prefetch",
+        type=float,
+        default=5.0,
+        help="each node's epoch_prefetch_seconds (default 5, the node's; 0: epochs made by the first alert)",
+    )
     p.add_argument(
         "--envelope-v2",
         action="store_true",

@@ -132,6 +132,11 @@ class NodeConfig(BaseModel):
     # all do are switched to channel epoch keys. False (the default in this release): partners
     # keep sending it v1; it still accepts v2.
     envelope_v2: bool = False
+    # With envelope_v2: once a channel's state has held still this long, its owner makes the epoch
+    # for the state's readers and each reader fetches it (after a random delay of up to 30 s more),
+    # so that the first bulletin after a change of readers does not wait for that work
+    # (docs/protocol.md, 15.1 "When"). 0: epochs are made and fetched only when a bulletin needs them.
+    epoch_prefetch_seconds: Annotated[float, Field(ge=0)] = 5.0
     # What one client may cost the node (docs/operations.md, "Limits, timeouts and sign-in").
     # Timeouts: a request's line and headers, from their first byte (or the connection's opening);
     # its body, in all and between two reads; an idle connection between two requests.

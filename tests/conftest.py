@@ -219,6 +219,9 @@ def write_federation(
         "retry_max_seconds": 0.5,
         "request_timeout_seconds": 5,
         "crypto_workers": 0,
+        # Epochs come when a post needs them, at a moment the test knows; made ahead of posts in
+        # tests/test_epoch_prefetch.py.
+        "epoch_prefetch_seconds": 0,
         **(options or {}),
     }
     for node_id, (country, agency) in nodes.items():

@@ -28,6 +28,7 @@ from exchange.service.catchup import CatchUp
 from exchange.service.channels import ChannelBook
 from exchange.service.cryptopool import EnvelopeCrypto
 from exchange.service.epoch_keyfile import epoch_hybrid_key
+from exchange.service.epoch_prefetch import EpochPrefetch
 from exchange.service.epochs import EpochBook
 from exchange.service.federation import FederationRoster
 from exchange.service.follow import Follow
@@ -91,6 +92,10 @@ class NodeService:
         self.users = Users(store)
         self.epochs = EpochBook(
             self.me, store, fed, keys, self.channels, transport, epoch_hybrid_key(config), announce=config.envelope_v2
+        )
+        # epochs made (owner) and fetched (readers) once a channel's state settles, before a post needs them
+        self.epoch_prefetch = EpochPrefetch(
+            self.me, store, fed, self.channels, self.epochs, config.epoch_prefetch_seconds
         )
         self.inbox = Inbox(self.me, store, fed, keys, self.access, self.outbox, self.epochs)
         self.ids, self.listing = BulletinIds(store, self.access), Listing(store, self.access)  # CLI look-ups
@@ -169,6 +174,7 @@ class NodeService:
         self._tasks.append(asyncio.create_task(self.catchup.run(), name="catch-up"))
         self.gossip.attach(self.transport, self.install)
         self._tasks.append(asyncio.create_task(self.gossip.run(), name="roster-gossip"))
+        self._tasks.append(asyncio.create_task(self.epoch_prefetch.run(), name="epoch-prefetch"))
         self.refusals.start()
         self.retention.start()
         self.worker_sync.start()

@@ -1,0 +1,97 @@
+"""Epochs made and fetched ahead of the bulletins that need them (docs/protocol.md, 15.1 "When";
+exchange/service/epoch_prefetch.py): once a channel's state holds still, the owner makes its epoch
+and every reader fetches it, so that the first bulletin after a change of readers waits for
+neither. A removed reader gets nothing of the new epoch, and an owner that cannot make one (a
+reader without v2) tries again after a delay that doubles."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import sqlalchemy as sa
+
+from exchange.config import NodeConfig
+from exchange.store import audit_log
+from tests.conftest import MakeFederation, Member, eventually
+from tests.test_epoch_attacks import NODES, admin, channel, envelope_at, post
+from tests.test_epoch_delivery import arrives, reads
+
+THREE = ("nl-customs", "ke-customs", "de-customs")
+
+
+async def kinds(member: Member) -> list[str]:
+    async with member.service.store.read() as conn:
+        rows = (await conn.execute(sa.select(audit_log.c.entry).order_by(audit_log.c.idx))).scalars().all()
+    return [json.loads(r)["event"] for r in rows]
+
+
+async def test_the_owner_makes_the_epoch_and_readers_fetch_it_before_any_post(make_federation: MakeFederation) -> None:
+    fed = await make_federation(
+        nodes={n: NODES[n] for n in THREE},
+        channels=[channel(*THREE)],
+        options={"envelope_v2": True, "epoch_prefetch_seconds": 0.2},
+    )
+    nl, ke, de = (fed[n] for n in THREE)
+
+    async def held(n: int, *members: Member) -> bool:
+        return all(m.service.epochs.key("c2c", n) is not None for m in members)
+
+    await eventually(lambda: held(0, nl, ke, de), timeout=20, what="epoch 0 at every reader, no post made")
+    assert "epoch.made" in await kinds(nl)
+    for m in (ke, de):
+        assert "epoch.key_taken" in await kinds(m)  # audited where it was taken, as when a post needs it
+    # The first post, by a reader that is not the owner, finds the epoch held: none is made or fetched.
+    first = await post(ke, "no wait for the epoch")
+    env = await envelope_at(ke, first["id"])
+    assert env is not None and env.header.epoch.n == 0
+    await arrives(de, first["id"])
+    assert (await reads(de, first["id"]))["bulletin"]["title"] == "no wait for the epoch"
+
+    # A removal: the next epoch is made and fetched by the readers left, and the removed reader,
+    # which no longer reads the channel, neither looks for it nor can fetch it.
+    await admin(nl, "remove", "de-customs")
+    await eventually(lambda: held(1, nl, ke), timeout=20, what="epoch 1 at the readers left, no post made")
+    record = ke.service.epochs.record("c2c", 1)
+    assert record is not None and "de-customs" not in record.readers
+    assert de.service.epochs.key("c2c", 1) is None and de.service.epochs.record("c2c", 1) is None
+    after = await post(ke, "after the removal")
+    env = await envelope_at(ke, after["id"])
+    assert env is not None and env.header.epoch.n == 1
+    await arrives(nl, after["id"])
+    assert await envelope_at(de, after["id"]) is None
+
+
+async def test_an_owner_that_cannot_make_the_epoch_tries_again_less_and_less_often(
+    make_federation: MakeFederation,
+) -> None:
+    fed = await make_federation(
+        nodes={n: NODES[n] for n in THREE},
+        channels=[channel(*THREE)],
+        start=False,
+        # a long settle: the loop itself does not look during the test; the test looks, at chosen times
+        options={"envelope_v2": True, "epoch_prefetch_seconds": 100},
+    )
+    path = fed.folder / "de-customs.toml"  # de runs without v2: no epoch can be made for the channel
+    path.write_text(path.read_text().replace("envelope_v2 = true", "envelope_v2 = false"))
+    fed["de-customs"].config = NodeConfig.load(path, environ={})
+    for n in fed.members:
+        await fed.start(n)
+    nl, de = fed["nl-customs"], fed["de-customs"]
+    assert not de.service.epoch_prefetch.enabled  # a node without v2 makes and fetches no epoch
+    prefetch, t = nl.service.epoch_prefetch, time.monotonic()
+    assert await prefetch.look(t) == 0  # seen for the first time: it waits for the state to hold still
+    assert await prefetch.look(t + 99) == 0
+    assert await prefetch.look(t + 100) == 1  # tried: de takes no v2
+    assert nl.service.epochs.latest("c2c") is None
+    looks = [await prefetch.look(t + s) for s in (299, 300, 699, 700, 1299, 1300, 1899, 1900)]
+    assert looks == [0, 1, 0, 1, 0, 1, 0, 1]  # again after 200, 400, then 600 s (at most)
+
+    # Once the reader without v2 is removed, the state changed: the epoch is made when it held still.
+    await admin(nl, "remove", "de-customs")
+    t = time.monotonic()
+    assert await prefetch.look(t) == 0
+    assert await prefetch.look(t + 100) == 1
+    latest = nl.service.epochs.latest("c2c")
+    assert latest is not None and latest.n == 0 and "de-customs" not in latest.readers
+    assert await prefetch.look(t + 10_000) == 0  # made: nothing more to do until the state changes
