@@ -1,22 +1,7 @@
-"""Channel epochs made and fetched before a bulletin needs them (docs/protocol.md, 15.1 "When").
-
-An epoch is otherwise made when the first v2 bulletin after a change of readers is posted, and
-each reader fetches it when that bulletin arrives: at 200 readers the first alert waits for 199
-announcements asked and 199 wraps at the owner, then for every reader's fetch of a page of about
-0.7 MB and its check of 198 announcements (bench/simulate.py: 1.2 to 7.5 s, against about 1 s for
-the alerts after it). Here, once a channel's state has held still for `settle` seconds, its owner
-makes the epoch for it, and each reader fetches it from the owner after a further delay drawn at
-random over a spread that grows with the channel, so that 199 readers do not ask at the same
-moment. What is made or fetched on demand (exchange.service.epochs) stays as it was: this only
-does the same work earlier, off the path of a bulletin.
-
-Cheap when idle: a look every `settle` seconds compares each channel's state position, latest
-epoch and roster version with the last look's, and does nothing more for a channel whose are
-unchanged. A reader's test of need reads no announcement: it fetches when its latest epoch's
-readers are not the state's (a change of a reader's wrap key alone is left to the first bulletin).
-A try that leaves the channel without its epoch (a reader not up yet, a reader without v2, the
-owner unreachable) is made again after a delay that doubles up to `retry_max`.
-"""
+"""Channel epochs made (owner) and fetched (readers) ahead of the bulletins that need them, so
+that the first bulletin after a change of readers waits for neither (docs/protocol.md, 15.1
+"When"; docs/operations.md, "Epochs ahead of posts"). What a bulletin makes or fetches on demand
+(exchange.service.epochs) stays as it was: this does the same work earlier."""
 
 from __future__ import annotations
 
@@ -30,7 +15,6 @@ from dataclasses import dataclass
 from exchange.errors import ExchangeError
 from exchange.model import NodeId
 from exchange.protocol.channel import ChannelState
-from exchange.protocol.roster import Federation
 from exchange.service.channels import ChannelBook
 from exchange.service.epochs import EpochBook
 from exchange.store import Store
@@ -40,13 +24,15 @@ log = logging.getLogger("exchange.epochs")
 
 SPREAD_PER_READER = 0.1  # seconds of a reader's random delay per reader of the channel...
 SPREAD_MAX = 30.0  # ...up to this: 200 readers ask over 20 s, 5 per 0.5 s
+RETRY_FIRST = 10.0  # a try that leaves the channel without its epoch is made again after 10 s,
+TRIES = 4  # then 20 and 40 s, then left to the first bulletin: the tries per state of a channel
 
 
 @dataclass
 class _Watch:
-    mark: tuple[int, int, int]  # the state's position, the latest epoch held (-1: none), the roster version
+    mark: tuple[int, int]  # the state's position and the latest epoch held (-1: none)
     due: float  # when to look at the channel next (inf: nothing to do until the mark changes)
-    backoff: float
+    tries: int = 0
 
 
 class EpochPrefetch:
@@ -56,21 +42,16 @@ class EpochPrefetch:
         self,
         me: NodeId,
         store: Store,
-        fed: Federation,
         channels: ChannelBook,
         epochs: EpochBook,
         settle: float,
-        retry_max: float = 600.0,
     ) -> None:
         self.me = me
         self.store = store
-        self.fed = fed
         self.channels = channels
         self.epochs = epochs
         self.settle = settle
-        self.retry_max = retry_max
         self._watch: dict[str, _Watch] = {}
-        self.tries = 0  # makes and fetches tried (for tests and the bench)
 
     @property
     def enabled(self) -> bool:
@@ -93,32 +74,38 @@ class EpochPrefetch:
             await role.release()
 
     async def look(self, now: float | None = None) -> int:
-        """Look at every channel this node reads; make or fetch the epochs now due. How many tried."""
+        """Look at every channel this node reads; make or fetch the epochs now due. How many tried.
+
+        A channel whose state or latest epoch changed is looked at again once it held still for
+        `_delay`; one that needs an epoch is tried at most TRIES times per state, a failure of one
+        stopping neither the others nor the next look."""
         now = time.monotonic() if now is None else now
         tried = 0
-        for state in self.channels.all():
+        for channel in [s.channel for s in self.channels.all()]:
+            state = self.channels.state(channel)  # as it is now: a try before this one may have taken seconds
             if state.closed or "read" not in state.rights(self.me):
-                self._watch.pop(state.channel, None)
+                self._watch.pop(channel, None)
                 continue
-            latest = self.epochs.latest(state.channel)
-            mark = (state.pos, latest.n if latest is not None else -1, self.fed.roster.version)
-            watch = self._watch.get(state.channel)
+            latest = self.epochs.latest(channel)
+            mark = (state.pos, latest.n if latest is not None else -1)
+            watch = self._watch.get(channel)
             if watch is None or watch.mark != mark:  # new, or changed: wait for it to hold still
-                self._watch[state.channel] = _Watch(mark, now + self._delay(state), self.settle)
+                self._watch[channel] = _Watch(mark, now + self._delay(state))
                 continue
             if now < watch.due:
                 continue
             if not self._needed(state):
                 watch.due = math.inf
                 continue
+            watch.tries += 1
+            watch.due = now + RETRY_FIRST * 2 ** (watch.tries - 1) if watch.tries < TRIES else math.inf
             tried += 1
-            self.tries += 1
-            await self._try(state)
-            if self._needed(state):
-                watch.backoff = min(watch.backoff * 2, self.retry_max)
-                watch.due = now + watch.backoff
-            else:
-                watch.due = math.inf
+            try:
+                await self._try(state)
+            except (ExchangeError, OSError) as exc:
+                log.info("%s: no epoch of %s ahead of its bulletins now: %s", self.me, channel, exc)
+            except Exception:
+                log.exception("%s: making or fetching the epoch of %s failed", self.me, channel)
         return tried
 
     def _delay(self, state: ChannelState) -> float:
@@ -135,13 +122,10 @@ class EpochPrefetch:
         return latest is None or tuple(latest.readers) != tuple(state.readers)
 
     async def _try(self, state: ChannelState) -> None:
-        try:
-            if state.owner == self.me:
-                await self.epochs.make_current(state)
-            else:
-                await self.epochs.pull_quietly(state.owner, state.channel)
-        except (ExchangeError, OSError) as exc:
-            log.info("%s: no epoch of %s ahead of its bulletins now: %s", self.me, state.channel, exc)
+        if state.owner == self.me:
+            await self.epochs.make_current(state)
+        else:
+            await self.epochs.pull_quietly(state.owner, state.channel)
 
 
 __all__ = ["EpochPrefetch"]

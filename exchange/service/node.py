@@ -94,9 +94,7 @@ class NodeService:
             self.me, store, fed, keys, self.channels, transport, epoch_hybrid_key(config), announce=config.envelope_v2
         )
         # epochs made (owner) and fetched (readers) once a channel's state settles, before a post needs them
-        self.epoch_prefetch = EpochPrefetch(
-            self.me, store, fed, self.channels, self.epochs, config.epoch_prefetch_seconds
-        )
+        self.epoch_prefetch = EpochPrefetch(self.me, store, self.channels, self.epochs, config.epoch_prefetch_seconds)
         self.inbox = Inbox(self.me, store, fed, keys, self.access, self.outbox, self.epochs)
         self.ids, self.listing = BulletinIds(store, self.access), Listing(store, self.access)  # CLI look-ups
         self.posting = Posting(
