@@ -172,7 +172,8 @@ class NodeService:
         self._tasks.append(asyncio.create_task(self.catchup.run(), name="catch-up"))
         self.gossip.attach(self.transport, self.install)
         self._tasks.append(asyncio.create_task(self.gossip.run(), name="roster-gossip"))
-        self._tasks.append(asyncio.create_task(self.epoch_prefetch.run(), name="epoch-prefetch"))
+        if self.epoch_prefetch.enabled:  # envelope v2 on, and epochs ahead of posts not switched off
+            self._tasks.append(asyncio.create_task(self.epoch_prefetch.run(), name="epoch-prefetch"))
         self.refusals.start()
         self.retention.start()
         self.worker_sync.start()
