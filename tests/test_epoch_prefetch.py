@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from exchange.config import NodeConfig
 from exchange.store import audit_log
 from tests.conftest import MakeFederation, Member, eventually
-from tests.test_epoch_attacks import NODES, admin, channel, envelope_at, post
+from tests.test_epoch_attacks import NODES, admin, admin_invite_and_accept, channel, envelope_at, post
 from tests.test_epoch_delivery import arrives, reads
 
 THREE = ("nl-customs", "ke-customs", "de-customs")
@@ -64,6 +64,31 @@ async def test_the_owner_makes_the_epoch_and_readers_fetch_it_before_any_post(ma
     assert env is not None and env.header.epoch.n == 1
     await arrives(nl, after["id"])
     assert await envelope_at(de, after["id"]) is None
+
+
+async def test_a_joiner_fetches_the_epoch_of_its_acceptance_ahead_of_posts_and_no_earlier_key(
+    make_federation: MakeFederation,
+) -> None:
+    fed = await make_federation(
+        nodes={n: NODES[n] for n in THREE},
+        channels=[channel("nl-customs", "ke-customs")],
+        options={"envelope_v2": True, "epoch_prefetch_seconds": 0.2},
+    )
+    nl, ke, de = (fed[n] for n in THREE)
+
+    async def held(n: int, *members: Member) -> bool:
+        return all(m.service.epochs.key("c2c", n) is not None for m in members)
+
+    await eventually(lambda: held(0, nl, ke), timeout=20, what="epoch 0 at both readers")
+    await admin_invite_and_accept(nl, de)
+    await eventually(lambda: held(1, nl, ke, de), timeout=20, what="epoch 1 at every reader, the joiner too")
+    # The joiner holds the earlier record (it verifies itself) but no key of it: no history was granted.
+    assert de.service.epochs.record("c2c", 0) is not None and de.service.epochs.key("c2c", 0) is None
+    first = await post(ke, "the joiner reads this one")
+    env = await envelope_at(ke, first["id"])
+    assert env is not None and env.header.epoch.n == 1
+    await arrives(de, first["id"])
+    assert (await reads(de, first["id"]))["bulletin"]["title"] == "the joiner reads this one"
 
 
 async def test_an_epoch_that_cannot_be_made_is_tried_a_few_times_a_state_then_left_to_the_first_post(
