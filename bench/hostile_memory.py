@@ -37,8 +37,7 @@ from exchange.crypto import canonical_json, strict_loads
 from exchange.crypto.encoding import BYTES_PER_VALUE
 from exchange.keystore import read_file
 from exchange.model import MAX_CIPHERTEXT, SignedRoster
-from exchange.node import app as node_app
-from exchange.node import client_api, federation_api
+from exchange.node import app as node_app, client_api, federation_api
 from exchange.node.tls import client_context, peer_context
 from exchange.provision import init_federation
 from tests.chaos import NodeProcess

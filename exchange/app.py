@@ -28,8 +28,10 @@ from exchange.protocol.rosterchain import TrustedRoster
 from exchange.service.federation import FederationRoster, V1Trust
 from exchange.service.users import Users
 from exchange.store import Store
-from exchange.store.schema import node_schema as node_schema  # the CLI's `exchange db` reaches it here
-from exchange.store.schema import upgrade_node as upgrade_node
+from exchange.store.schema import (
+    node_schema as node_schema,  # the CLI's `exchange db` reaches it here
+    upgrade_node as upgrade_node,
+)
 
 if TYPE_CHECKING:
     from aiohttp import web

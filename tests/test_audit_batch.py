@@ -17,8 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from exchange.audit import batch
 from exchange.audit.checkpoint import Checkpoint, cosign, log_origin, sign_checkpoint, witness_name

@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 import rfc8785
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from exchange.crypto import canonical_json, strict_loads
 from exchange.crypto.encoding import MAX_SAFE_INTEGER, fast_canonical_json

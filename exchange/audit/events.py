@@ -16,32 +16,14 @@ from typing import Any, Final, Literal, NotRequired, TypedDict
 # Re-exported: the sends and receipts of a bulletin, in both forms.
 from exchange.audit.delivery_events import (
     BULLETIN_DELIVERED as BULLETIN_DELIVERED,
-)
-from exchange.audit.delivery_events import (
     BULLETIN_DELIVERED_TO as BULLETIN_DELIVERED_TO,
-)
-from exchange.audit.delivery_events import (
     BULLETIN_SENT as BULLETIN_SENT,
-)
-from exchange.audit.delivery_events import (
     BULLETIN_SENT_TO as BULLETIN_SENT_TO,
-)
-from exchange.audit.delivery_events import (
     BulletinDelivered as BulletinDelivered,
-)
-from exchange.audit.delivery_events import (
     BulletinDeliveredTo as BulletinDeliveredTo,
-)
-from exchange.audit.delivery_events import (
     BulletinSent as BulletinSent,
-)
-from exchange.audit.delivery_events import (
     BulletinSentTo as BulletinSentTo,
-)
-from exchange.audit.delivery_events import (
     delivered_to as delivered_to,
-)
-from exchange.audit.delivery_events import (
     sent_to as sent_to,
 )
 from exchange.audit.epoch_events import (

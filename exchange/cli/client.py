@@ -14,8 +14,11 @@ from typing import Any
 import aiohttp
 
 from exchange.config import NodeConfig
-from exchange.errors import ApiError as ApiError  # its home is errors; imported from here too
-from exchange.errors import ConfigError, PeerError
+from exchange.errors import (
+    ApiError as ApiError,  # its home is errors; imported from here too
+    ConfigError,
+    PeerError,
+)
 from exchange.keystore import NodeKeyFiles, read_file
 from exchange.node.tls import client_context
 

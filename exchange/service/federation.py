@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.audit.events import RosterInstalled
-from exchange.audit.events import RosterRefused as RosterRefusedEntry
+from exchange.audit.events import RosterInstalled, RosterRefused as RosterRefusedEntry
 from exchange.clock import timestamp, utc_now
 from exchange.crypto import VerifyKey, b64d, canonical_json, spki_pin, strict_loads
 from exchange.errors import (

@@ -29,8 +29,16 @@ from exchange.node.tls import client_context, peer_context
 from exchange.protocol.envelope import build_envelope, envelope_bytes
 from exchange.service.channels import ChannelBook
 from exchange.service.rejections import MAX_ENTRY_BYTES
-from exchange.store import audit_log, bulletins, channel_events, outbox, receipts, user_channels, users
-from exchange.store import tables as store_tables
+from exchange.store import (
+    audit_log,
+    bulletins,
+    channel_events,
+    outbox,
+    receipts,
+    tables as store_tables,
+    user_channels,
+    users,
+)
 from tests.conftest import DEFAULT_NODES, Federation, MakeFederation, Member, eventually
 from tests.service.lone_node import lone_node
 

@@ -17,8 +17,16 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from exchange import errors
-from exchange.crypto import EpochKey, HybridDecryptionKey, b64d, b64e, canonical_json, hybrid_supported, strict_loads
-from exchange.crypto import epoch as crypto_epoch
+from exchange.crypto import (
+    EpochKey,
+    HybridDecryptionKey,
+    b64d,
+    b64e,
+    canonical_json,
+    epoch as crypto_epoch,
+    hybrid_supported,
+    strict_loads,
+)
 from exchange.crypto.epoch import BULLETIN_AAD, SUITE_X25519, SUITE_XWING, WRAP_SIZES, bulletin_info, unwrap_epoch_key
 from exchange.model import Bulletin, NodeId
 from exchange.protocol.channel import ChannelState, apply_event, sign_event

@@ -15,8 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from exchange import errors
 from exchange.crypto import VerifyKey, b64d, b64e, canonical_json, spki_pin, strict_loads

@@ -23,8 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from exchange.audit import epoch_events as eev
-from exchange.audit import events as ev
+from exchange.audit import epoch_events as eev, events as ev
 from exchange.audit.checkpoint import (
     COSIGNATURE_HEADER,
     Checkpoint,
