@@ -13,6 +13,7 @@ from exchange.crypto import canonical_json
 from exchange.model import Bulletin, Envelope, EnvelopeHeader, Receipt
 from exchange.protocol.envelope import BuiltEnvelope, envelope_bytes
 from exchange.protocol.epoch_model import EnvelopeHeaderV2
+from exchange.protocol.receipt import receipt_json
 from exchange.store import cursors
 
 
@@ -101,7 +102,7 @@ def receipt_row(receipt: Receipt) -> dict[str, Any]:
         "node": receipt.node,
         "status": receipt.status,
         "at": receipt.at,
-        "receipt": canonical_json(receipt.model_dump(mode="json")).decode(),
+        "receipt": receipt_json(receipt),
     }
 
 
