@@ -27,7 +27,7 @@ from exchange.provision import init_federation
 from exchange.service.coalesce import Coalesced
 from exchange.service.leases import Leases
 from exchange.service.node import NodeService
-from exchange.service.outbox import transaction_id
+from exchange.service.outbox import _queue_heads, transaction_id
 from exchange.store import audit_log, outbox, receipts
 from exchange.store.tables import outbox_leases
 from tests.conftest import eventually, write_federation
@@ -160,6 +160,30 @@ async def test_senders_read_and_mark_sent_together_and_each_reader_still_gets_it
     assert len(await entries(a, ev.BULLETIN_DELIVERED_TO)) == len(posted)
     for bid in posted:
         assert await delivered_to(a, bid) == READERS
+
+
+async def test_each_queues_head_is_a_seek_on_the_pending_index(
+    federation: tuple[dict[str, NodeService], StealingTransport],
+) -> None:
+    """The queues' heads are read in one statement whose every branch seeks `ix_outbox_pending`
+    (dest, state, n), so a dead partner's long queue costs its head only. PostgreSQL with few
+    rows prefers a scan: there, with scans switched off, the plan shows the index can serve."""
+    services, _ = federation
+    a = services[AUTHOR]
+    await post(a, "one")
+    sql = _queue_heads(3).element.text
+    params = {f"{k}{i}": v for i in range(3) for k, v in (("d", READERS[i]), ("a", 0), ("l", 10))}
+    async with a.store.engine.connect() as conn:
+        if a.store.shared:
+            await conn.exec_driver_sql("SET enable_seqscan = off")
+            plan = " ".join(str(r[0]) for r in await conn.execute(sa.text("EXPLAIN " + sql), params))
+            assert plan.count("ix_outbox_pending") == 3 and "Seq Scan" not in plan, plan
+        else:
+            rows = await conn.execute(sa.text("EXPLAIN QUERY PLAN " + sql), params)
+            plan = [str(r[-1]) for r in rows if "outbox" in str(r[-1])]
+            assert len(plan) == 3 and all("ix_outbox_pending (dest=? AND state=? AND n>?)" in p for p in plan), plan
+        got = (await conn.execute(_queue_heads(3), params)).all()
+    assert sorted(r.ask for r in got) == [0, 1, 2]
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # with workers, leases and polls part the reads
