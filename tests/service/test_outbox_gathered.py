@@ -27,7 +27,7 @@ from exchange.provision import init_federation
 from exchange.service.coalesce import Coalesced
 from exchange.service.leases import Leases
 from exchange.service.node import NodeService
-from exchange.service.outbox import _queue_heads, transaction_id
+from exchange.service.outbox import READS_PER_STATEMENT as READ_LIMIT, Ask, _queue_heads, transaction_id
 from exchange.store import audit_log, outbox, receipts
 from exchange.store.tables import outbox_leases
 from tests.conftest import eventually, write_federation
@@ -174,16 +174,40 @@ async def test_each_queues_head_is_a_seek_on_the_pending_index(
     sql = _queue_heads(3).element.text
     params = {f"{k}{i}": v for i in range(3) for k, v in (("d", READERS[i]), ("a", 0), ("l", 10))}
     async with a.store.engine.connect() as conn:
-        if a.store.shared:
+        if a.store.shared:  # an ordered index scan that stops at the limit, not a bitmap scan and a sort
             await conn.exec_driver_sql("SET enable_seqscan = off")
+            await conn.exec_driver_sql("SET enable_bitmapscan = off")
             plan = " ".join(str(r[0]) for r in await conn.execute(sa.text("EXPLAIN " + sql), params))
-            assert plan.count("ix_outbox_pending") == 3 and "Seq Scan" not in plan, plan
+            assert plan.count("Index Scan using ix_outbox_pending") == 3, plan
+            assert "Sort" not in plan and "Bitmap" not in plan, plan
         else:
             rows = await conn.execute(sa.text("EXPLAIN QUERY PLAN " + sql), params)
             plan = [str(r[-1]) for r in rows if "outbox" in str(r[-1])]
             assert len(plan) == 3 and all("ix_outbox_pending (dest=? AND state=? AND n>?)" in p for p in plan), plan
         got = (await conn.execute(_queue_heads(3), params)).all()
     assert sorted(r.ask for r in got) == [0, 1, 2]
+
+
+async def test_the_gathered_read_answers_each_ask_as_a_read_of_its_queue_alone(
+    federation: tuple[dict[str, NodeService], StealingTransport],
+) -> None:
+    """More asks than one statement takes, the same queue asked twice, limits below the queue's
+    length and reads after an item: each answer is what a plain read of that queue gives."""
+    services, _ = federation
+    a = services[AUTHOR]
+    for i in range(4):
+        await post(a, f"Report {i}")
+    async with a.store.read() as conn:
+        rows = (await conn.execute(sa.select(outbox.c.dest, outbox.c.n).order_by(outbox.c.n))).all()
+    queues = {r: [n for dest, n in rows if dest == r] for r in READERS}
+    asks = [
+        Ask(READERS[i % 5], limit=1 + i % 3, after=queues[READERS[i % 5]][i % 4] if i % 2 else 0)
+        for i in range(READ_LIMIT + 7)
+    ]
+    got = await a.outbox._pending_many(asks)
+    for ask, items in zip(asks, got, strict=True):
+        alone = [n for n in queues[ask.dest] if n > ask.after][: ask.limit]
+        assert [i.n for i in items] == alone, ask
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # with workers, leases and polls part the reads
