@@ -37,9 +37,9 @@ def parse_receipt(raw: Any) -> Receipt:
 
 def receipt_json(receipt: Receipt) -> str:
     """`canonical_json(receipt.model_dump(mode="json"))` as text, written directly for a v2
-    receipt: its members sorted, and every string of it one that JSON writes as it is (the
-    schema's patterns allow no character that is escaped). tests/protocol/test_receipt_json.py checks
-    it against canonical_json (6 µs a receipt through the model's dump, 0.8 µs here)."""
+    receipt, as an author stores one per reader per bulletin: its members sorted, and every
+    string of it one that JSON writes as it is (the schema's patterns allow no character that is
+    escaped). tests/protocol/test_receipt_json.py holds it to canonical_json."""
     if receipt.v != 2:
         return canonical_json(receipt.model_dump(mode="json")).decode()
     proof = ",".join(f'"{p}"' for p in receipt.proof or ())
