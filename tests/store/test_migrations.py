@@ -475,3 +475,27 @@ async def test_open_names_an_older_or_unknown_revision(empty_url: str, monkeypat
     assert not isinstance(unknown.value, SchemaOutdated)
     with pytest.raises(ConfigError, match="does not know"):
         await schema.upgrade(empty_url)
+
+
+def test_head_is_the_migrations_one_head() -> None:
+    heads = schema.scripts().get_heads()
+    assert heads == [schema.HEAD], f"set schema.HEAD to the newest revision in migrations/versions: {heads}"
+    newest = max(p.name for p in (schema.MIGRATIONS / "versions").glob("v[0-9][0-9][0-9][0-9]_*.py"))
+    assert newest.startswith(f"v{schema.HEAD}_")
+
+
+def test_a_node_that_opens_its_current_database_does_not_import_alembic(tmp_path: Path) -> None:
+    """A node checks its revision against HEAD without Alembic (about 11 MB of its memory)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'node.db'}"
+    asyncio.run(schema.upgrade(url))
+    probe = (
+        "import asyncio, sys\n"
+        "from exchange.store import Store\n"
+        "async def main():\n"
+        f"    store = await Store.open({url!r})\n"
+        "    await store.close()\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout == "[]\n"
