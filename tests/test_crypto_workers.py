@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +24,7 @@ from exchange.model import EnvelopeHeader, NodeId
 from exchange.protocol.envelope import envelope_bytes, sign_envelope
 from exchange.service.cryptopool import EnvelopeCrypto, Opening
 from exchange.store import bulletins, receipts
-from tests.conftest import MakeFederation, Member, eventually
+from tests.conftest import MakeFederation, Member, eventually, free_port
 from tests.test_federation_security import batch, envelope_from, stored, tampered_variants
 
 WORKERS = {"crypto_workers": 1}
@@ -198,3 +200,46 @@ def test_a_worker_ends_when_its_node_is_killed(tmp_path: Path) -> None:
     while Path(f"/proc/{worker}").exists() and Path(f"/proc/{worker}/stat").read_text().split()[2] != "Z":
         assert time.monotonic() < deadline, "the worker outlived its node"
         time.sleep(0.05)
+
+
+def test_a_crypto_worker_of_the_installed_command_loads_no_database_or_web_code(tmp_path: Path) -> None:
+    """`spawn` runs the main script again in each worker: the installed `exchange` script must not
+    import the whole command line there. The worker maps cryptography's compiled module and neither
+    SQLAlchemy's nor aiohttp's, which the node's own process maps (the sample node has the default,
+    one worker)."""
+    script = Path(sys.executable).parent / "exchange"
+    assert script.exists(), "the `exchange` script is installed with the package (pip install -e .)"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "nodes", tmp_path / "nodes")
+    node_file = tmp_path / "nodes" / "nl-customs.toml"
+    node_file.write_text(re.sub(r"^port = \d+", f"port = {free_port()}", node_file.read_text(), flags=re.M))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXCHANGE_")}
+    init = [sys.executable, "-m", "exchange.cli", "federation", "init", "nodes/"]
+    subprocess.run(init, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
+    with subprocess.Popen(
+        [str(script), "node", "run", "nodes/nl-customs.toml"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    ) as node:
+        try:
+            assert node.stdout is not None
+            output = []
+            for line in node.stdout:
+                output.append(line)
+                if "ready" in line:
+                    break
+            assert node.poll() is None, "".join(output)
+            children = Path(f"/proc/{node.pid}/task/{node.pid}/children").read_text().split()
+            workers = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+            assert len(workers) == 1, children
+            own = Path(f"/proc/{node.pid}/maps").read_text()
+            mapped = Path(f"/proc/{workers[0]}/maps").read_text()
+        finally:
+            node.send_signal(signal.SIGINT)
+            node.wait(timeout=30)
+    assert "/sqlalchemy/" in own and "/aiohttp/" in own  # what the check looks for is there to see
+    assert "/cryptography/" in mapped
+    assert "/sqlalchemy/" not in mapped and "/aiohttp/" not in mapped

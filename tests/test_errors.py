@@ -115,7 +115,7 @@ def test_no_error_class_lives_outside_errors_py() -> None:
 
 
 def _exchange() -> list[str]:
-    """The installed `exchange` script (entry point exchange.cli.main:main), else the module."""
+    """The installed `exchange` script (entry point exchange.cli:main), else the module."""
     script = Path(sys.executable).parent / "exchange"
     return [str(script)] if script.exists() else [sys.executable, "-m", "exchange.cli"]
 

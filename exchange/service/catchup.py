@@ -22,8 +22,7 @@ from exchange.model import NodeId
 from exchange.service.channels import ChannelBook
 from exchange.service.epoch_grants import granted_to, served_to
 from exchange.service.outbox import Outbox
-from exchange.service.receiving import Receiving, Screened
-from exchange.service.records import save_cursor
+from exchange.service.receiving import Receiving, Screened, save_cursor
 from exchange.service.transport import PeerTransport
 from exchange.store import AuditBuffer, Store, bulletins, cursors
 from exchange.store.workers import Role

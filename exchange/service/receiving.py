@@ -31,9 +31,9 @@ from exchange.service.cryptopool import EnvelopeCrypto, Opening
 from exchange.service.envelopes_v2 import OpeningV2, check_v2, is_v2, screen_mixed
 from exchange.service.epochs import EpochBook
 from exchange.service.outbox import Outbox, ReceiptRef, queued_row
-from exchange.service.records import receipt_row, save_cursor
+from exchange.service.records import receipt_row
 from exchange.service.transport import PeerTransport
-from exchange.store import AuditBuffer, Store, bulletins, outbox, receipts
+from exchange.store import AuditBuffer, Store, bulletins, cursors, outbox, receipts
 
 
 @dataclass(frozen=True)
@@ -433,3 +433,11 @@ class Receiving:
                     )
 
         await self.store.write(job)
+
+
+async def save_cursor(conn: AsyncConnection, peer: str, channel: str, position: int) -> None:
+    """How far this node has pulled `channel` from `peer`, in the partner's storage order."""
+    where = sa.and_(cursors.c.peer == peer, cursors.c.channel == channel)
+    done = await conn.execute(sa.update(cursors).where(where).values(cursor=position))
+    if done.rowcount == 0:
+        await conn.execute(sa.insert(cursors).values(peer=peer, channel=channel, cursor=position))

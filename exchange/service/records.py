@@ -1,4 +1,8 @@
-"""Rows of the store as the application layer writes them: bulletins, receipts, cursors."""
+"""Rows of the store as the application layer writes them: bulletins and receipts.
+
+Pure: it imports no database code, so that a crypto worker process, which makes bulletins' rows
+(exchange.service.cryptopool), loads neither SQLAlchemy nor the store.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,11 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from exchange.crypto import canonical_json
 from exchange.model import Bulletin, Envelope, EnvelopeHeader, Receipt
 from exchange.protocol.envelope import BuiltEnvelope, envelope_bytes
 from exchange.protocol.epoch_model import EnvelopeHeaderV2
 from exchange.protocol.receipt import receipt_json
-from exchange.store import cursors
 
 
 def summary_of(content: Mapping[str, Any]) -> dict[str, Any]:
@@ -104,11 +104,3 @@ def receipt_row(receipt: Receipt) -> dict[str, Any]:
         "at": receipt.at,
         "receipt": receipt_json(receipt),
     }
-
-
-async def save_cursor(conn: AsyncConnection, peer: str, channel: str, position: int) -> None:
-    """How far this node has pulled `channel` from `peer`, in the partner's storage order."""
-    where = sa.and_(cursors.c.peer == peer, cursors.c.channel == channel)
-    done = await conn.execute(sa.update(cursors).where(where).values(cursor=position))
-    if done.rowcount == 0:
-        await conn.execute(sa.insert(cursors).values(peer=peer, channel=channel, cursor=position))
