@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from exchange.errors import DecryptionFailed
-from exchange.model import Bulletin, NodeId
+from exchange.model import MAX_REFERENCES, Bulletin, NodeId
 from exchange.protocol.envelope import bulletin_id, envelope_bytes, open_envelope, parse_envelope
 from exchange.service.users import add_user
 from exchange.store import audit_log, bulletins, channel_events
@@ -386,6 +387,21 @@ async def test_handling_forbids_forwarding_red_strict_and_no_onward(make_federat
     assert status == 403 and "no-onward-sharing" in body["detail"]
     status, listed, _ = await nl.api("GET", "/api/v1/bulletins?channel=other")
     assert len(listed["items"]) == 2  # only the AMBER and GREEN forwards
+
+
+async def test_forwarding_a_bulletin_that_holds_the_most_references_is_refused(make_federation: MakeFederation) -> None:
+    """The copy names the original too: one reference past the most a bulletin holds is a 422
+    that says so, and nothing is stored (it was a 500)."""
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    refs = sorted(hashlib.sha256(str(i).encode()).hexdigest() for i in range(MAX_REFERENCES))
+    status, posted = await post(nl, references=refs)
+    assert status == 201, posted
+    status, problem, ctype = await nl.api("POST", f"/api/v1/bulletins/{posted['id']}/forward", body={"channel": "c2c"})
+    assert (status, ctype) == (422, "application/problem+json"), problem
+    assert "cannot be forwarded" in problem["detail"] and "references" in problem["detail"]
+    async with nl.service.store.read() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(bulletins))).scalar_one() == 1
 
 
 # -- removal under load ---------------------------------------------------------------------

@@ -18,13 +18,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.audit import events as ev
 from exchange.clock import timestamp, utc_now
 from exchange.crypto import EncryptionKey, NodeKeys, canonical_json, sha256
 from exchange.errors import Forbidden, IdempotencyKeyReused, InvalidInput
-from exchange.model import Bulletin, BulletinId, ChannelId, NodeId
+from exchange.model import Bulletin, BulletinId, ChannelId, NodeId, first_error
 from exchange.protocol.indicators import check_indicators
 from exchange.protocol.roster import Federation
 from exchange.service.access import Access
@@ -312,4 +313,10 @@ class Posting:
             raise Forbidden(f"handling {marks} forbids forwarding")
         copy = dict(original.bulletin)
         copy["references"] = sorted({*copy["references"], bid})
-        return await self._post(user, channel, Bulletin.model_validate(copy), keyed=keyed)
+        try:  # the original's id added may take its references past the most a bulletin holds
+            forwarded = Bulletin.model_validate(copy)
+        except ValidationError as exc:
+            raise InvalidInput(
+                f"the bulletin cannot be forwarded: its copy would break a rule: {first_error(exc)}"
+            ) from exc
+        return await self._post(user, channel, forwarded, keyed=keyed)

@@ -82,7 +82,11 @@ def check_url(url: str) -> str:
     """An absolute https URL, or http to loopback only; else InvalidInput."""
     if len(url) > 2048 or any(c.isspace() or ord(c) < 0x21 for c in url):
         raise InvalidInput("url must be an absolute URL without spaces, at most 2048 characters")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a port out of range or not a number raises here
+    except ValueError as exc:  # an unclosed "[", a bad port
+        raise InvalidInput(f"url is not a valid URL: {exc}") from exc
     if parts.scheme == "https" and parts.hostname:
         return url
     if parts.scheme == "http" and parts.hostname in LOOPBACK:
