@@ -214,12 +214,18 @@ class Bulletin(BaseModel):
         return canonical_json(self.payload())
 
 
+# The largest value an Integer column holds in PostgreSQL (SQLite's, 2**63 - 1, is larger). A
+# sequence number or log position from the wire is stored in one, so it is bounded by this: more
+# is refused as input rather than failing the query that stores it.
+INT32_MAX = 2**31 - 1
+
+
 class StateRef(BaseModel):
     """The channel state a bulletin was authorised under: owner, log position and event hash."""
 
     model_config = _WIRE
     owner: NodeIdStr
-    pos: Annotated[int, Field(ge=0)]
+    pos: Annotated[int, Field(ge=0, le=INT32_MAX)]
     hash: Hex64
 
 
@@ -238,7 +244,7 @@ class EnvelopeHeader(BaseModel):
     channel: ChannelIdStr
     author: NodeIdStr
     signer: Kid
-    seq: Annotated[int, Field(ge=1)]
+    seq: Annotated[int, Field(ge=1, le=INT32_MAX)]
     state: StateRef
     recipients: Annotated[list[Recipient], Field(min_length=1, max_length=MAX_RECIPIENTS)]
     handling: Handling
@@ -478,7 +484,7 @@ class ChannelEvent(BaseModel):
     v: Literal[1]
     channel: ChannelIdStr
     owner: NodeIdStr
-    pos: Annotated[int, Field(ge=0)]
+    pos: Annotated[int, Field(ge=0, le=INT32_MAX)]
     prev: Hex64 | None
     at: Timestamp
     change: Change

@@ -18,11 +18,12 @@ from aiohttp import web
 from exchange.crypto import strict_loads
 from exchange.crypto.encoding import MIN_VALUES
 from exchange.errors import BodyTooLarge, InvalidInput, Unauthorized
-from exchange.model import BulletinId, ChannelId, NodeId
-
-# The largest value an Integer column holds in PostgreSQL; SQLite's limit, 2**63 - 1, is larger.
-# Every cursor, position and count a request names is bounded by it, so none overflows a query.
-INT32_MAX = 2**31 - 1
+from exchange.model import (
+    INT32_MAX as INT32_MAX,  # every cursor, position and count a request names is bounded by it
+    BulletinId,
+    ChannelId,
+    NodeId,
+)
 
 _INTEGER = re.compile(r"-?[0-9]{1,10}")  # ASCII digits only: `\d` and str.isdigit() take ² and ٣
 _BOOLEAN = {"true": True, "false": False}

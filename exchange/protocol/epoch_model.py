@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from exchange.crypto.encoding import canonical_json
 from exchange.model import (
+    INT32_MAX,
     MAX_RECIPIENTS,
     B64Ciphertext,
     B64Key,
@@ -142,7 +143,7 @@ class EnvelopeHeaderV2(BaseModel):
     channel: ChannelIdStr
     author: NodeIdStr
     signer: Kid
-    seq: Annotated[int, Field(ge=1)]
+    seq: Annotated[int, Field(ge=1, le=INT32_MAX)]
     state: StateRef
     epoch: EpochRef
     handling: Handling

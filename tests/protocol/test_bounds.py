@@ -18,6 +18,7 @@ from exchange.crypto import b64e, canonical_json, strict_loads
 from exchange.crypto.encoding import BYTES_PER_VALUE, MAX_SAFE_INTEGER, MIN_VALUES, value_budget
 from exchange.errors import InvalidEnvelope, InvalidInput
 from exchange.model import (
+    INT32_MAX,
     MAX_ATTACHMENT_BYTES,
     MAX_ATTACHMENTS,
     MAX_BODY,
@@ -37,13 +38,16 @@ from exchange.model import (
     ChannelPolicy,
     Create,
     Envelope,
+    EnvelopeHeader,
     Indicators,
     NodeId,
     Receipt,
     Roster,
+    StateRef,
 )
 from exchange.protocol.channel import ChannelState, sign_event
 from exchange.protocol.envelope import MAX_ENVELOPE_BYTES, build_envelope, envelope_bytes, parse_envelope
+from exchange.protocol.epoch_model import EnvelopeHeaderV2
 from exchange.protocol.receipt import make_receipt
 from exchange.protocol.signing import sign
 from tests.protocol.test_envelope_rules import AT, BULLETIN, CREATE, entry, first, signed_roster
@@ -155,6 +159,25 @@ def test_a_post_with_a_million_invalid_airports_costs_one_error() -> None:
 def test_bad_items_of_a_list_within_its_bound_are_reported_at_most_bound_times() -> None:
     exc = refused(Bulletin, bulletin(indicators={"airports": ["xx"] * MAX_INDICATORS}))
     assert exc.error_count() == MAX_INDICATORS
+
+
+def test_sequence_numbers_and_log_positions_fit_an_int4_column() -> None:
+    """They are stored in Integer columns (int4 on PostgreSQL): 2^31 - 1 is taken, 2^31 refused
+    as input (it was a failed query, a 500, on PostgreSQL)."""
+    header = envelope_to(["ke-customs"]).header.model_dump(mode="json")
+    event = {"v": 1, "channel": "cargo-fraud", "owner": "nl-customs", "pos": 0, "prev": None, "at": AT}
+    event |= {"change": CREATE, "signer": AUTHOR.kid, "signature": "A" * 86}
+    cases: list[tuple[type[BaseModel], dict[str, Any], str]] = [
+        (EnvelopeHeader, header, "seq"),
+        (StateRef, header["state"], "pos"),
+        (ChannelEvent, event, "pos"),
+    ]
+    for model, data, field in cases:
+        model.model_validate({**data, field: INT32_MAX})
+        assert field in str(refused(model, {**data, field: INT32_MAX + 1})), model
+    bounds = EnvelopeHeaderV2.model_fields["seq"].metadata  # the v2 header's seq is bounded alike
+    assert any(getattr(b, "le", None) == INT32_MAX for b in bounds)
+    assert INT32_MAX == 2**31 - 1
 
 
 def test_references_are_bounded() -> None:

@@ -106,6 +106,15 @@ async def test_an_envelope_with_a_million_invalid_wraps_is_refused(fed: Federati
     assert await stored(nl) == []
 
 
+async def test_a_sequence_number_past_int32_is_refused(fed: Federation) -> None:
+    """A member's envelope with seq 2^31 (it was a 500 on PostgreSQL, whose column is int4)."""
+    nl, ke = fed.members["nl-customs"], fed.members["ke-customs"]
+    env = authored(ke, Bulletin.model_validate({**BULLETIN, "handling": {"tlp": "AMBER"}})).model_dump(mode="json")
+    env["header"]["seq"] = 2**31
+    assert "seq" in refused(*await nl.fed_post(ke, canonical_json({"txn": "t", "envelopes": [env]})))
+    assert await stored(nl) == []
+
+
 async def test_a_partners_event_off_the_calendar_is_refused(fed: Federation) -> None:
     """A channel event correctly signed by its owner, but with `ends` = 2025-02-30."""
     nl, ke = fed.members["nl-customs"], fed.members["ke-customs"]
