@@ -161,6 +161,10 @@ class Receiving:
     async def _apply(
         self, peer: NodeId, raw_events: Sequence[Any], screened: Screened | None, raw_receipts: Sequence[Any]
     ) -> list[Receipt]:
+        # The receipts are checked before anything is stored: a bad one refuses the transaction,
+        # and its events and envelopes with it. (They name bulletins this node wrote, which no
+        # part of the transaction can add.)
+        pushed = await self.check_pushed_receipts(peer, raw_receipts) if raw_receipts else []
         if raw_events:
             try:
                 events = [ChannelEvent.model_validate(e) for e in raw_events]
@@ -173,8 +177,8 @@ class Receiving:
             except ExchangeError as exc:
                 raise EnvelopeRejected([{"item": "event", "type": type(exc).__name__, "detail": exc.detail}]) from exc
         receipts_ = await self.ingest_screened(screened) if screened is not None else []
-        if raw_receipts:
-            await self.accept_pushed_receipts(peer, raw_receipts)
+        if pushed:
+            await self.store_pushed_receipts(peer, pushed)
         return receipts_
 
     async def ingest(
@@ -370,28 +374,43 @@ class Receiving:
         async with self.store.read() as conn:
             return set(await conn.scalars(sa.select(bulletins.c.id).where(bulletins.c.id.in_(list(ids)))))
 
-    async def accept_pushed_receipts(self, peer: str, raws: Sequence[Any]) -> None:
-        """Receipts a partner sends on its own: 'opened', or 'received' for what it pulled."""
+    async def check_pushed_receipts(self, peer: str, raws: Sequence[Any]) -> list[Receipt]:
+        """Receipts a partner sends on its own ('opened', or 'received' for what it pulled), checked:
+        each signed by the partner, for a bulletin this node wrote and the partner was a recipient
+        of. A receipt repeated in the request counts once. Refused: EnvelopeRejected."""
         try:
-            got = [parse_receipt(raw) for raw in raws]
+            firsts: dict[tuple[str, str], Receipt] = {}
+            for receipt in map(parse_receipt, raws):
+                firsts.setdefault((receipt.bulletin, receipt.status), receipt)
+            got = list(firsts.values())  # the first of each (bulletin, status), in the order sent
             if any(r.node != peer for r in got):
                 raise InvalidEnvelope("a node may only send its own receipts")
             if signatures_needed(got) > 1:  # Ed25519 releases the GIL: the loop serves others meanwhile
                 await asyncio.to_thread(verify_receipts, got, self.fed)
             else:
                 verify_receipts(got, self.fed)
+            ids = [r.bulletin for r in got]
+            async with self.store.read() as conn:
+                # By id alone, author compared here: with `author = me` in SQL, SQLite (no
+                # statistics) prefers the stream index and reads every bulletin this node wrote.
+                query = sa.select(bulletins.c.id, bulletins.c.author, bulletins.c.recipients)
+                rows = (await conn.execute(query.where(bulletins.c.id.in_(ids)))).all()
+            mine = {r.id: r.recipients for r in rows if r.author == self.me}
+            if set(ids) - set(mine):
+                raise InvalidEnvelope("a receipt names a bulletin this node did not author")
+            if any(f" {peer} " not in mine[bid] for bid in ids):
+                raise InvalidEnvelope("a receipt names a bulletin its signer was not a recipient of")
         except (ValueError, ExchangeError) as exc:
             detail = exc.detail if isinstance(exc, ExchangeError) else str(exc)[:300]
             raise EnvelopeRejected([{"item": "receipt", "type": type(exc).__name__, "detail": detail}]) from exc
+        return got
+
+    async def store_pushed_receipts(self, peer: str, got: Sequence[Receipt]) -> None:
+        """Store checked receipts (`check_pushed_receipts`) not held yet, mark the items they
+        acknowledge delivered, and audit them."""
 
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
             ids = [r.bulletin for r in got]
-            # By id alone, author compared here: with `author = me` in SQL, SQLite (no statistics)
-            # prefers the stream index and reads every bulletin this node wrote (bench/growth.py).
-            rows = await conn.execute(sa.select(bulletins.c.id, bulletins.c.author).where(bulletins.c.id.in_(ids)))
-            mine = {r.id for r in rows if r.author == self.me}
-            if set(ids) - mine:
-                raise InvalidEnvelope("a receipt names a bulletin this node did not author")
             have = {
                 (r.bulletin_id, r.status)
                 for r in await conn.execute(
