@@ -10,12 +10,13 @@ import aiohttp
 import pytest
 import sqlalchemy as sa
 
-from exchange.clock import utc_now
+from exchange.clock import timestamp, utc_now
 from exchange.crypto import b64d, b64e, generate_tls_identity
 from exchange.model import Bulletin, Envelope, NodeId
 from exchange.node.tls import peer_context
+from exchange.protocol.channel import sign_event
 from exchange.protocol.envelope import envelope_bytes
-from exchange.store import audit_log, bulletins
+from exchange.store import audit_log, bulletins, channel_events
 from tests.conftest import DEFAULT_NODES, MakeFederation, Member, authored
 
 THREE = {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs", "wco-rilo")}
@@ -262,3 +263,33 @@ async def test_bad_log_positions_get_422(make_federation: MakeFederation, after:
         session.get(f"{a.config.endpoint}/fed/v1/channels/c2c/events?after={after}") as resp,
     ):
         assert resp.status == 422 and resp.content_type == "application/problem+json"
+
+
+async def test_an_event_past_a_gap_whose_owner_is_not_in_the_roster_is_refused(make_federation: MakeFederation) -> None:
+    """There is no node to fetch the gap from: a 422 refusal, audited, not a 503 its sender would
+    retry for ever (it was 503), and nothing stored."""
+    fed = await make_federation()
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    state = nl.service.channels.state("c2c")
+    event = sign_event(
+        channel="zz-unknown",
+        owner="zz-nowhere",
+        pos=1,
+        prev=state.hash,
+        at=timestamp(),
+        change={"type": "close"},
+        key=nl.service.keys.signing,
+    )
+    before = await rejections(ke)
+    body = json.dumps({"txn": "t1", "events": [event.model_dump(mode="json")], "envelopes": []}).encode()
+    status, problem, ctype = await ke.fed_post(nl, body)
+    assert (status, ctype) == (422, "application/problem+json"), problem
+    assert "zz-nowhere is not in the roster" in json.dumps(problem)
+    assert await rejections(ke) == before + 1
+    assert "zz-unknown" not in [s.channel for s in ke.service.channels.all()]
+    async with ke.service.store.read() as conn:
+        assert (
+            await conn.execute(
+                sa.select(sa.func.count()).select_from(channel_events).where(channel_events.c.channel == "zz-unknown")
+            )
+        ).scalar_one() == 0

@@ -142,6 +142,8 @@ class ChannelBook:
                         raise InvalidInput(f"channel {event.channel}: a different event at position {event.pos}")
                     continue
                 if event.pos > len(known):
+                    if not self.fed.listed(event.owner):  # no node to ask: a refusal, not an outage to retry
+                        raise InvalidInput(f"channel {event.channel}: its owner {event.owner} is not in the roster")
                     await self._fetch_missing(event.owner, event.channel, len(known) - 1, event.pos - 1, fresh)
                 try:
                     fresh.append((event, self._append(event)))
