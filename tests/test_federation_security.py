@@ -14,7 +14,7 @@ from exchange.clock import timestamp, utc_now
 from exchange.crypto import b64d, b64e, generate_tls_identity
 from exchange.model import Bulletin, Envelope, NodeId
 from exchange.node.tls import peer_context
-from exchange.protocol.channel import sign_event
+from exchange.protocol.channel import event_hash, sign_event
 from exchange.protocol.envelope import envelope_bytes
 from exchange.store import audit_log, bulletins, channel_events
 from tests.conftest import DEFAULT_NODES, MakeFederation, Member, authored
@@ -293,3 +293,44 @@ async def test_an_event_past_a_gap_whose_owner_is_not_in_the_roster_is_refused(m
                 sa.select(sa.func.count()).select_from(channel_events).where(channel_events.c.channel == "zz-unknown")
             )
         ).scalar_one() == 0
+
+
+async def test_a_pushed_log_that_does_not_name_the_receiver_is_refused(make_federation: MakeFederation) -> None:
+    """A roster node sharing no channel with the receiver pushed 50 channels of its own: all were
+    kept, audited and listed to the receiver's administrators. Now refused with nothing kept; a
+    log that names the receiver in a later event of the same batch (an invitation) is kept."""
+    fed = await make_federation(nodes=THREE)
+    ke, outsider = fed["ke-customs"], fed["wco-rilo"]
+    assert all(outsider.id not in s.involved for s in ke.service.channels.all())  # no channel in common
+    create = ke.service.channels.events("c2c")[0].change.model_dump(mode="json")
+    create["policy"]["agencies"] = ["international", "customs"]
+
+    def event(channel: str, pos: int, change: dict[str, Any], prev: str | None = None) -> Any:
+        signed = sign_event(
+            channel=channel, owner=outsider.id, pos=pos, prev=prev, at=timestamp(), change=change,
+            key=outsider.service.keys.signing,
+        )  # fmt: skip
+        return signed
+
+    unrelated = [event(f"unrelated-{i}", 0, create).model_dump(mode="json") for i in range(50)]
+    before = await rejections(ke)
+    status, problem, ctype = await ke.fed_post(
+        outsider, json.dumps({"txn": "t1", "events": unrelated, "envelopes": []}).encode()
+    )
+    assert (status, ctype) == (422, "application/problem+json"), problem
+    assert "does not name this node" in json.dumps(problem)
+    assert await rejections(ke) == before + 1
+    assert not [s for s in ke.service.channels.all() if s.channel.startswith("unrelated-")]
+    _, listed, _ = await ke.api("GET", "/api/v1/channels", user="admin")
+    assert "unrelated-0" not in json.dumps(listed)
+    async with ke.service.store.read() as conn:
+        kept = (
+            sa.select(sa.func.count()).select_from(channel_events).where(channel_events.c.channel.like("unrelated-%"))
+        )
+        assert (await conn.execute(kept)).scalar_one() == 0
+    first = event("joint-op", 0, create)
+    invite = event("joint-op", 1, {"type": "invite", "node": ke.id, "rights": ["read"]}, prev=event_hash(first))
+    body = {"txn": "t2", "events": [first.model_dump(mode="json"), invite.model_dump(mode="json")], "envelopes": []}
+    status, answer, _ = await ke.fed_post(outsider, json.dumps(body).encode())
+    assert status == 200, answer
+    assert ke.id in ke.service.channels.state("joint-op").involved

@@ -131,10 +131,13 @@ class ChannelBook:
         An event past a gap makes us fetch the missing part from the channel's owner first. A new
         event by an owner that the held roster no longer lists as active is taken only as history
         below a handover (docs/protocol.md, 7.5): fetched from `source` (the partner that sent
-        it) if the handover did not come with it, else OwnerRevoked.
+        it) if the handover did not come with it, else OwnerRevoked. A log a partner pushes
+        (`source`) that this node does not hold yet is kept only if it names this node (as owner,
+        member, invitee or removed member) once the batch is applied: InvalidInput otherwise.
         """
         fresh: list[tuple[ChannelEvent, ChannelState]] = []
         async with self._lock, self._undo_on_error():
+            held_before = set(self._events)
             for event in sorted(events, key=lambda e: (e.channel, e.pos)):
                 known = self._events.get(event.channel, [])
                 if event.pos < len(known):
@@ -151,6 +154,12 @@ class ChannelBook:
                     self._roster_for(event)
                     raise
             await self._require_handover(fresh, source)
+            if source is not None:  # pushed: a log new here must name this node, once the batch is applied
+                for channel in sorted({e.channel for e, _ in fresh} - held_before):
+                    if self.me not in self.state(channel).involved:
+                        raise InvalidInput(
+                            f"channel {channel}: its log does not name this node, which keeps no such log"
+                        )
             if fresh:
                 await self._persist(fresh, queue=False)
         return len(fresh)
