@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,15 +16,16 @@ import pytest
 import sqlalchemy as sa
 
 from exchange.audit import events as ev
-from exchange.audit.checkpoint import log_origin, open_checkpoint
+from exchange.audit.checkpoint import Checkpoint, log_origin, open_checkpoint, sign_checkpoint
 from exchange.audit.log import KeyRing, LogReport
 from exchange.audit.trace import GAP, NONE, OK, assemble
 from exchange.cli.audit import verify_node
 from exchange.cli.client import Target
-from exchange.crypto import canonical_json
+from exchange.crypto import b64e, canonical_json
 from exchange.errors import BadEntry, PeerError, SplitView
 from exchange.keystore import read_file
 from exchange.merkle import leaf_hash
+from exchange.service.audit.witness import MAX_SPLIT_VIEWS
 from exchange.store import Store, audit_checkpoints, audit_cosignatures, audit_log
 from tests.conftest import Federation, MakeFederation, Member, eventually
 
@@ -283,6 +285,34 @@ async def test_a_node_that_rewrites_a_witnessed_history_is_caught_by_its_witness
     audited = await entries(ke, "event=audit.split_view&peer=nl-customs")
     assert [e["shown_size"] for e in audited] == [coherent.latest.size, shown["size"]]
     assert all(e["seen_size"] == witnessed["size"] for e in audited)
+
+
+async def test_a_log_that_signs_conflicting_checkpoints_cannot_grow_its_witness_without_bound(
+    make_federation: MakeFederation,
+) -> None:
+    """Each conflicting checkpoint costs the log one signature; its witness keeps the first
+    MAX_SPLIT_VIEWS as evidence, and refuses every one (409) without storing or auditing more."""
+    fed = await make_federation()
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    origin, key = log_origin(nl.id), nl.service.keys.signing
+    witnessed = await checkpoint(nl)
+    assert witnessed["witnessing"] == {"ke-customs": "cosigned"}
+
+    seen = await ke.service.audit.witness.seen(nl.id)
+    assert seen is not None
+
+    def conflicting() -> bytes:  # the size ke co-signed last, another root: a split view
+        note = sign_checkpoint(Checkpoint(origin, seen.size, os.urandom(32)), key)
+        return json.dumps({"checkpoint": note.render(), "old_size": seen.size, "proof": []}).encode()
+
+    for _ in range(MAX_SPLIT_VIEWS + 4):
+        status, problem, ctype = await ke.fed_post(nl, conflicting(), "/fed/v1/audit/cosign")
+        assert (status, ctype) == (409, "application/problem+json"), problem
+    status, view, _ = await ke.api("GET", "/api/v1/audit/witnessed", user="auditor")
+    assert len([s for s in view["split_views"] if s["node"] == "nl-customs"]) == MAX_SPLIT_VIEWS
+    assert len(await entries(ke, "event=audit.split_view&peer=nl-customs")) == MAX_SPLIT_VIEWS
+    logs = {log["node"]: log for log in view["logs"]}
+    assert (logs["nl-customs"]["size"], logs["nl-customs"]["root"]) == (seen.size, b64e(seen.root))  # not moved
 
 
 # -- 3. trace --------------------------------------------------------------------------------------

@@ -55,6 +55,11 @@ from exchange.store.workers import Role
 
 log = logging.getLogger("exchange.audit")
 
+# Split views kept as evidence per partner log, at most: the first proves the log signed two
+# histories; more, each costing the log one signature, would only grow this node's tables and
+# its audit log. Past the bound each is still refused (409) and logged, but not stored.
+MAX_SPLIT_VIEWS = 16
+
 
 @dataclass(frozen=True)
 class WitnessedLog:
@@ -207,6 +212,11 @@ class Witness:
                 )
             )
             if known is not None:
+                return False
+            kept = await conn.scalar(
+                sa.select(sa.func.count()).select_from(audit_split_views).where(audit_split_views.c.node == node)
+            )
+            if (kept or 0) >= MAX_SPLIT_VIEWS:
                 return False
             await conn.execute(
                 sa.insert(audit_split_views).values(
