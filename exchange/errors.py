@@ -220,7 +220,8 @@ class StaleEpoch(InvalidEnvelope):
 
 
 class EnvelopeRejected(InvalidEnvelope):
-    """A batch from a peer in which at least one item broke a rule; nothing was stored."""
+    """A batch from a peer in which at least one item broke a rule: none of its envelopes and
+    receipts was stored (its channel events that verified are kept: docs/protocol.md, section 9)."""
 
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         first = errors[0]

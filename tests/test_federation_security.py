@@ -334,3 +334,30 @@ async def test_a_pushed_log_that_does_not_name_the_receiver_is_refused(make_fede
     status, answer, _ = await ke.fed_post(outsider, json.dumps(body).encode())
     assert status == 200, answer
     assert ke.id in ke.service.channels.state("joint-op").involved
+
+
+async def test_a_refused_envelope_stores_no_envelope_and_keeps_the_owners_events_before_it(
+    make_federation: MakeFederation,
+) -> None:
+    """docs/protocol.md section 9: the envelopes and receipts of a transaction are all or nothing;
+    its events are the owner's signed log, which verifies on its own, and are kept."""
+    fed = await make_federation()
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    state = nl.service.channels.state("c2c")
+    event = sign_event(
+        channel="c2c",
+        owner=nl.id,
+        pos=state.pos + 1,
+        prev=state.hash,
+        at=timestamp(),
+        change={"type": "set-export", "amber_strict": True},
+        key=nl.service.keys.signing,
+    )
+    env = envelope_from(nl).model_dump(mode="json")
+    env["signature"] = flip_b64(env["signature"], 5)
+    body = json.dumps({"txn": "t1", "events": [event.model_dump(mode="json")], "envelopes": [env]}).encode()
+    status, problem, ctype = await ke.fed_post(nl, body)
+    assert (status, ctype) == (422, "application/problem+json"), problem
+    assert await stored(ke) == 0
+    assert ke.service.channels.state("c2c").pos == state.pos + 1  # the owner's event, kept
+    assert ke.service.channels.events("c2c")[-1] == event

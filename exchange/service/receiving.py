@@ -127,7 +127,9 @@ class Receiving:
     async def receive(
         self, peer: NodeId, raw_events: Sequence[Any], raw_envelopes: Sequence[Any], raw_receipts: Sequence[Any] = ()
     ) -> list[Receipt]:
-        """A transaction from a partner: channel events, then envelopes, then receipts; all or nothing.
+        """A transaction from a partner: channel events, then envelopes, then receipts. All or nothing
+        for the envelopes and receipts; events that verify are the owners' signed logs and are kept
+        even if an envelope is then refused (docs/protocol.md, section 9).
 
         A partner may have two transactions in flight (`Sender`): their envelopes are checked and
         opened at once, but each transaction is applied and stored only after the one from the
