@@ -30,11 +30,13 @@ def summary_of(content: Mapping[str, Any]) -> dict[str, Any]:
 
 def search_text_of(content: Mapping[str, Any]) -> str:
     """What a search matches (`bulletins.search_text`): title, text, kind and every indicator,
-    case-folded, one per line."""
+    case-folded, one per line, without NUL characters: a bulletin's strings may hold them (JSON
+    escapes them in the stored content), but a PostgreSQL text column cannot, and no search
+    looks for one."""
     indicators = content.get("indicators", {})
     parts = [content.get("title", ""), content.get("body", ""), content.get("kind", "")]
     parts += [str(v) for key in sorted(indicators) for v in indicators[key]]
-    return "\n".join(parts).casefold()
+    return "\n".join(parts).casefold().replace("\x00", "")
 
 
 def _derived(bulletin: Bulletin) -> dict[str, str]:

@@ -13,13 +13,13 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from exchange.errors import ExchangeError, Unauthorized
+from exchange.errors import ExchangeError, InvalidInput, Unauthorized
 from exchange.http.appkeys import SERVICE, USER
 from exchange.http.problem import status_for
 from exchange.web import admin, auditor, contact, live, signin
 from exchange.web.i18n import N_
 from exchange.web.pages import JINJA, environments, render
-from exchange.web.session import CONSOLE_SETTINGS, SESSION, ConsoleSettings, client_address
+from exchange.web.session import CONSOLE_SETTINGS, NUL_REFUSED, SESSION, ConsoleSettings, client_address
 
 log = logging.getLogger("exchange.web")
 
@@ -123,6 +123,8 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
     if not _is_console(request.path):
         return await handler(request)
     try:
+        if "\x00" in request.path or any("\x00" in k or "\x00" in v for k, v in request.query.items()):
+            raise InvalidInput(NUL_REFUSED)
         if (request.content_length or 0) > MAX_FORM_BYTES:
             raise web.HTTPRequestEntityTooLarge(MAX_FORM_BYTES, request.content_length or 0)
         if request.content_length is None and request.body_exists:

@@ -42,19 +42,28 @@ def _token(value: object) -> str | None:
     return value if isinstance(value, str) and TOKEN.fullmatch(value) else None
 
 
+# No field, path or query of the console may hold a NUL character: nothing legitimate does, and a
+# PostgreSQL text value cannot, so it would fail the query that reads or stores it.
+NUL_REFUSED = N_("what was sent holds a NUL character, which no field may hold")
+
+
 async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
     """The request's form fields; a body that is not a well-formed form is InvalidInput (422).
 
     aiohttp raises ValueError, LookupError, TypeError, RuntimeError or its own parse errors for a
     malformed body (an unknown charset, a missing boundary, a control byte in a part's header...);
-    its HTTP errors (413: too large, too many fields) pass through as they are.
+    its HTTP errors (413: too large, too many fields) pass through as they are. A field holding a
+    NUL character is InvalidInput too.
     """
     try:
-        return await request.post()
+        form = await request.post()
     except web.HTTPException:
         raise
     except Exception as exc:  # every other failure to parse what the client sent is the client's
         raise InvalidInput(N_("what was sent is not a well-formed form")) from exc
+    if any("\x00" in k or (isinstance(v, str) and "\x00" in v) for k, v in form.items()):
+        raise InvalidInput(NUL_REFUSED)
+    return form
 
 
 def csrf_token(secret: str) -> str:

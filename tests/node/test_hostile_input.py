@@ -677,3 +677,25 @@ async def test_only_a_final_refusal_by_the_owner_makes_an_unknown_state_permanen
             await book.ensure("elsewhere", StateRef(owner="ke-customs", pos=0, hash=HEX))
         assert not isinstance(caught.value, PeerError) or error is StateUnavailable
         assert book.all() == []  # nothing learnt, nothing kept
+
+
+async def test_a_bulletin_whose_text_holds_nul_is_stored_delivered_and_found(make_federation: MakeFederation) -> None:
+    """A bulletin's strings may hold U+0000 (JSON escapes it in the stored content); its search text,
+    a plain text column that PostgreSQL cannot give a NUL, is stored without it. It was a 500 at
+    the author on PostgreSQL, and at every PostgreSQL reader, whose sender would retry for ever."""
+    fed = await make_federation()
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    bulletin = {"kind": "alert", "handling": {"tlp": "AMBER"}, "title": "toner\x00cartridges", "body": "IED\x00 parts"}
+    status, posted, _ = await nl.api("POST", "/api/v1/channels/c2c/bulletins", body=bulletin)
+    assert status == 201, posted
+
+    async def delivered() -> bool:
+        return (await ke.api("GET", f"/api/v1/bulletins/{posted['id']}"))[0] == 200
+
+    await eventually(delivered, what="the bulletin at ke")
+    status, shown, _ = await ke.api("GET", f"/api/v1/bulletins/{posted['id']}")
+    assert shown["bulletin"]["title"] == "toner\x00cartridges"  # the content keeps what the author wrote
+    for member in (nl, ke):  # what the console's search matches
+        async with member.service.store.read() as conn:
+            text = await conn.scalar(sa.select(bulletins.c.search_text).where(bulletins.c.id == posted["id"]))
+        assert text is not None and text.startswith("tonercartridges\nied parts\n"), text

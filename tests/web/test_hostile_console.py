@@ -160,6 +160,11 @@ REFUSED_GETS = [
     ("auditor", f"/console/audit/trace?bulletin={ID}x", 422),
     ("auditor", "/console/audit/trace?bulletin=" + "A" * 64, 404),  # lowercased: no such bulletin
     ("officer", "/console/audit", 403),
+    # A NUL character anywhere: a PostgreSQL text value cannot hold one (these were 500s there).
+    ("officer", "/console/search?q=a%00b", 422),
+    ("officer", f"/console/bulletins/{ID[:8]}%00{ID[9:]}", 422),
+    ("officer", f"/console/bulletins/{ID[:8]}%00{ID[9:]}/attachments/0", 422),
+    ("auditor", "/console/audit?event=bulletin%00", 422),
 ]
 # The good cases next to them: accepted.
 ACCEPTED_GETS = [
@@ -199,7 +204,8 @@ async def test_every_console_input_gets_a_4xx_page_nothing_stored_and_an_audit_e
 
     for user, path, status in REFUSED_GETS + ACCEPTED_GETS:
         size = nl.service.store.audit_size
-        await refused(user, "GET", path, status, await people[user].get(path), size)
+        who = None if "%00" in path else user  # a NUL in the URL is refused before the session is read
+        await refused(who, "GET", path, status, await people[user].get(path), size)
 
     officer, admin = people["officer"], people["admin"]
     bodies: list[tuple[Console, str, Any, str | None, int]] = [
@@ -243,6 +249,22 @@ async def test_every_console_input_gets_a_4xx_page_nothing_stored_and_an_audit_e
             None,
             404,
         ),
+        # A NUL character in a form field or in the user a form names (500s on PostgreSQL before).
+        (
+            officer,
+            "/console/compose",
+            {"csrf": officer.csrf, "channel": "c2c", "kind": "alert", "tlp": "AMBER", "title": "toner\x00cartridges"},
+            None,
+            422,
+        ),
+        (
+            admin,
+            "/console/admin/users/off%00icer/channels",
+            {"csrf": admin.csrf, "channel": "c2c", "assigned": "1"},
+            None,
+            422,
+        ),
+        (admin, "/console/admin/users/off%00icer/password", {"csrf": admin.csrf, "password": PASSWORD}, None, 422),
     ]
     # A file name with a control byte in its part header, raw: aiohttp refuses the header.
     for control in (b"\x01", b"\x1b", b"\x7f", b"\r"):
@@ -250,7 +272,7 @@ async def test_every_console_input_gets_a_4xx_page_nothing_stored_and_an_audit_e
         bodies.append((officer, "/console/compose", body, "multipart/form-data; boundary=B", 422))
     for who, path, data, content_type, status in bodies:
         size = nl.service.store.audit_size
-        user = "admin" if who is admin else "officer"
+        user = None if "%00" in path else "admin" if who is admin else "officer"
         await refused(user, "POST", path, status, await who.post(path, data, content_type), size)
 
     # A chunked form: its size is unknown until read, so it is refused unread (411).
