@@ -435,8 +435,14 @@ def _parse_chain(blobs: Sequence[bytes]) -> list[SignedRosterV2]:
 
 
 def _newer(chain: list[SignedRosterV2], than: int) -> list[SignedRosterV2]:
-    """The versions of an accepted chain above `than`, each once."""
-    return list({s.roster.version: s for s in chain if s.roster.version > than}.values())
+    """The versions of an accepted chain above `than`, each once: its first copy, the one whose
+    signatures `TrustedRoster.accept` checked. (A later copy of the same document is taken
+    without a check, as nothing changes, so its signatures may not count: it is never kept.)"""
+    first: dict[int, SignedRosterV2] = {}
+    for signed in chain:
+        if signed.roster.version > than:
+            first.setdefault(signed.roster.version, signed)
+    return list(first.values())
 
 
 async def _hashes(conn: AsyncConnection, below: int) -> dict[int, str]:

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from exchange import errors
 from exchange.crypto import canonical_json
 from exchange.protocol.roster import Federation
-from exchange.protocol.rosterchain import roster_hash
+from exchange.protocol.rosterchain import TrustedRoster, parse_roster_v2, roster_hash
 from exchange.service.federation import FederationRoster, RefusalBudget, V1Trust
 from exchange.store import Store, audit_log
 from exchange.store.tables import roster_versions
@@ -266,3 +266,21 @@ async def test_a_v1_node_takes_its_migration_then_the_chain(store: Store) -> Non
     assert await stored(store) == []
     done = await roster.import_chain(as_file(1, 2, 3))
     assert (done.before, done.version, done.added) == (0, 3, 3)
+
+
+async def test_a_second_copy_of_a_version_whose_signatures_do_not_count_is_never_kept(store: Store) -> None:
+    """An offer (no client certificate needed) listing version N+1 twice, the second copy's
+    signatures not counting: the first is checked and taken, and the second (same document,
+    taken without a check as nothing changes) was what got stored; the node then could not
+    restart, and peers refused what it served. Now the checked copy is what is stored."""
+    roster = await holding(store, 1)
+    good = CHAIN[2].model_dump(mode="json")
+    kid = good["signatures"][0]["kid"]
+    forged = dict(good, signatures=[{"kid": kid, "signature": good["signatures"][1]["signature"]}])
+    await roster.import_chain(json.dumps([good, forged]).encode(), source="offer:203.0.113.9")
+    for raw in await roster.chain(after=1):  # what peers are served verifies
+        TrustedRoster.restore(parse_roster_v2(raw))
+    restarted = FederationRoster(store, clock=lambda: NOW)
+    await restarted.load()  # and the node starts again
+    held = restarted.held
+    assert held is not None and held.version == 2
