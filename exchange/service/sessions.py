@@ -20,11 +20,12 @@ rules and the queries are here.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import math
 import secrets
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -83,6 +84,12 @@ class Person(View):
 
 class Sessions:
     """Console sessions, sign-in under the failure limits, and console accounts of one node."""
+
+    # One sign-in check at a time per client address in this process (the console makes a
+    # Sessions per request), so that each sees the failures of the ones before it: guesses sent
+    # at once no longer all get their passwords checked. With N worker processes a burst gets at
+    # most N - 1 checks more than the limit. Each lock, with the number of checks using it.
+    _checking: ClassVar[dict[str, tuple[asyncio.Lock, int]]] = {}
 
     def __init__(self, store: Store, settings: SessionSettings | None = None, refusals: Refusals | None = None) -> None:
         self.store = store
@@ -194,7 +201,21 @@ class Sessions:
 
         While a delay runs, the password is not checked at all, so guessing gets no answer.
         """
-        settings, key, now = self.settings, client_key(address), utc_now()
+        key = client_key(address)
+        lock, users_ = self._checking.get(key, (asyncio.Lock(), 0))
+        self._checking[key] = (lock, users_ + 1)
+        try:
+            async with lock:
+                return await self._check_password(name, password, address, key)
+        finally:
+            lock, users_ = self._checking[key]
+            if users_ == 1:
+                del self._checking[key]
+            else:
+                self._checking[key] = (lock, users_ - 1)
+
+    async def _check_password(self, name: str, password: str, address: str, key: str) -> User:
+        settings, now = self.settings, utc_now()
         since = timestamp(now - settings.failure_window)
         recent = sa.select(sa.func.count(), sa.func.max(signin_failures.c.at)).where(
             signin_failures.c.address == key, signin_failures.c.at > since
