@@ -27,7 +27,7 @@ from exchange.cli.audit import verify_node
 from exchange.crypto import canonical_json
 from exchange.errors import AuditTampered, BadEntry
 from exchange.merkle import leaf_hash
-from exchange.store import Store, audit_checkpoints, audit_cosignatures, audit_log, bulletins
+from exchange.store import Store, audit_checkpoints, audit_cosignatures, audit_log, bulletins, receipts
 from tests.conftest import Federation, MakeFederation, Member, console_session
 from tests.test_audit_e2e import checkpoint, entries, keys, post, target, wait_for
 
@@ -334,3 +334,31 @@ async def test_a_witness_keeps_a_rollback_pushed_to_it_as_evidence_and_an_honest
     assert f"\n{witnessed['size']}\n" in split["seen"] and f"\n{shown['size']}\n" in split["shown"]
     (audited,) = await entries(ke, f"event=audit.split_view&peer={NL}")
     assert (audited["seen_size"], audited["shown_size"]) == (witnessed["size"], shown["size"])
+
+
+async def test_receipt_rows_whose_signed_receipts_do_not_verify_are_not_shown(make_federation: MakeFederation) -> None:
+    """The bulletin page's "signed receipts by the reading nodes" and the auditor's held receipts
+    show a row only if its stored receipt verifies when shown: rows written by hand (no receipt,
+    or a partner's real receipt of another kind) are left out; the real one is shown."""
+    fed = await make_federation()
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    bid = await post(nl)
+    await wait_for(nl, "bulletin.delivered", bid)
+    async with nl.service.store.read() as conn:
+        genuine = await conn.scalar(
+            sa.select(receipts.c.receipt).where(receipts.c.bulletin_id == bid, receipts.c.node == ke.id)
+        )
+    assert genuine is not None
+    forged = {"bulletin_id": bid, "node": ke.id, "status": "opened", "at": "2020-02-02T02:02:02.000Z"}
+    await in_database(nl.config.database_url, sa.insert(receipts).values(**forged, receipt=genuine))
+    held = await nl.service.audit.receipts_held(bid)
+    assert [(r.node, r.status) for r in held] == [(ke.id, "received")]
+    await in_database(
+        nl.config.database_url,
+        sa.update(receipts).where(receipts.c.bulletin_id == bid, receipts.c.status == "opened").values(receipt="{}"),
+    )
+    assert [(r.node, r.status) for r in await nl.service.audit.receipts_held(bid)] == [(ke.id, "received")]
+    await nl.service.users.set_password("officer", PASSWORD, actor="test")
+    status, page = await console_page(nl, f"/console/bulletins/{bid}")
+    assert status == 200, page
+    assert "2020-02-02" not in page and "02:02" not in page

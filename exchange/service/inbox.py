@@ -40,6 +40,7 @@ from exchange.protocol.roster import Federation
 from exchange.service.access import Access
 from exchange.service.envelopes_v2 import stored_v2, verified_v2_held, view_v2
 from exchange.service.epochs import EpochBook
+from exchange.service.held_receipts import checked_receipts
 from exchange.service.outbox import Outbox, ReceiptRef, queued_row
 from exchange.service.records import receipt_row
 from exchange.service.summaries import SUMMARY, newest_start, positions, search_texts, summarised, summary_line
@@ -371,12 +372,10 @@ class Inbox:
 
     async def recipient_statuses(self, shown: BulletinView) -> list[RecipientStatus]:
         """Per recipient node of a bulletin the user has just read: when it received and opened it,
-        as far as this node knows (read afresh, so the opening `read` has just signed is among them)."""
-        async with self.store.read() as conn:
-            rows = await conn.execute(
-                sa.select(receipts.c.node, receipts.c.status, receipts.c.at).where(receipts.c.bulletin_id == shown.id)
-            )
-            held = {(r.node, r.status): r.at for r in rows}
+        as far as this node knows (read afresh, so the opening `read` has just signed is among them),
+        by the signed receipts it holds that verify when shown."""
+        async with self.store.read() as conn:  # only those whose signed receipts verify now
+            held = {(r.node, r.status): r.at for r in await checked_receipts(conn, self.fed, shown.id)}
         return [
             RecipientStatus(
                 node=node,

@@ -18,8 +18,6 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import sqlalchemy as sa
-
 from exchange.audit.events import (
     AUDIT_TRACE,
     AUDIT_TRACE_SERVED,
@@ -72,8 +70,9 @@ from exchange.service.audit.views import (
 )
 from exchange.service.audit.witness import Witness, WitnessedLog, WitnessedView
 from exchange.service.epochs import EpochBook
+from exchange.service.held_receipts import checked_receipts
 from exchange.service.transport import PeerTransport
-from exchange.store import Store, receipts
+from exchange.store import Store
 
 log = logging.getLogger("exchange.audit")
 
@@ -419,13 +418,7 @@ class AuditService:
         return trace
 
     async def receipts_held(self, bid: str) -> list[HeldReceipt]:
-        """The signed receipts this node holds for a bulletin, oldest first."""
+        """The signed receipts this node holds for a bulletin that verify now, oldest first."""
         async with self.store.read() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(receipts.c.node, receipts.c.status, receipts.c.at)
-                    .where(receipts.c.bulletin_id == bid)
-                    .order_by(receipts.c.at)
-                )
-            ).all()
+            rows = await checked_receipts(conn, self.fed, bid)
         return [HeldReceipt(r.node, r.status, r.at) for r in rows]
