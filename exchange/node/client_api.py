@@ -228,6 +228,7 @@ async def follow(request: web.Request) -> web.Response:
         params.optional_text(q, "channel", params.channel_id),
         params.optional_integer(q, "after"),
         params.integer(q, "wait", 0, maximum=MAX_WAIT),
+        lambda: current_user(request),  # its token and rights as they are when bulletins come
     )
     return web.json_response(page.as_json())
 

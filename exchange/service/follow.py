@@ -7,6 +7,10 @@ a follower that reconnects with the last cursor it saw gets what came after it a
 The node looks for new bulletins every `POLL` seconds (two index seeks per channel, as a listing
 page: `Listing`), so a follower costs the same whatever the store holds, and a bulletin shows at
 most `POLL` seconds after it is stored. Followers are bounded per user and per node (429).
+
+A follower's user is read again (`current`: the session and rights as they are now) before any
+bulletin is handed out, and with each keep-alive: a user taken off a channel, signed out or
+removed gets nothing more, and an event stream whose session ended stops.
 """
 
 from __future__ import annotations
@@ -14,15 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 
 import sqlalchemy as sa
 
 from exchange.clock import wait_event
-from exchange.errors import RateLimited, Unavailable
+from exchange.errors import Forbidden, NotFound, RateLimited, Unauthorized, Unavailable
 from exchange.service.listing import Filters, LinePage, Listing
 from exchange.service.users import User
 from exchange.store import Store, bulletins
+
+Current = Callable[[], Awaitable[User]]  # the follower's user as it is now; Unauthorized if gone
 
 POLL = 0.5  # seconds between looks for new bulletins
 MAX_WAIT = 25  # seconds a long poll may wait (under proxies' usual 30 s idle limits)
@@ -75,27 +81,41 @@ class Follow:
         page = await self.listing.lines(user, Filters(channel=channel, after=after, limit=PAGE))
         return LinePage(items=page.items, next=page.next if page.next is not None else after)
 
-    async def wait(self, user: User, channel: str | None, after: int | None, wait: float) -> LinePage:
+    async def wait(
+        self, user: User, channel: str | None, after: int | None, wait: float, current: Current | None = None
+    ) -> LinePage:
         """The bulletins after `after` (None: from now), waiting up to `wait` seconds for the first."""
         with self._slot(user):
             cursor = await self.head() if after is None else after
             deadline = time.monotonic() + max(0.0, min(wait, MAX_WAIT))
             while True:
                 page = await self._page(user, channel, cursor)
+                if page.items and current is not None:  # the rights as they are now, before anything is sent
+                    user = await current()
+                    page = await self._page(user, channel, cursor)
                 if page.items or time.monotonic() >= deadline:
                     return page
                 cursor = page.next or cursor
                 await self._pause(min(self.poll, max(0.0, deadline - time.monotonic())))
 
-    async def stream(self, user: User, channel: str | None, after: int | None) -> AsyncGenerator[LinePage, None]:
+    async def stream(
+        self, user: User, channel: str | None, after: int | None, current: Current | None = None
+    ) -> AsyncGenerator[LinePage, None]:
         """Pages of new bulletins for as long as the caller reads them (server-sent events): the
         first at once (rights checked), then one whenever bulletins come, and an empty one every
-        15 s, so the caller can send a keep-alive and notice a closed peer."""
+        15 s, so the caller can send a keep-alive and notice a closed peer. With `current`, the
+        stream ends when the user's session has (Unauthorized) or the user was removed."""
         with self._slot(user):
             cursor = await self.head() if after is None else after
             quiet = 15.0
             while True:
                 page = await self._page(user, channel, cursor)
+                if current is not None and (page.items or quiet >= 15):
+                    try:  # before anything is sent, and with each keep-alive
+                        user = await current()
+                    except (Unauthorized, Forbidden, NotFound):
+                        return
+                    page = await self._page(user, channel, cursor)
                 cursor = page.next or cursor
                 if page.items or quiet >= 15:
                     quiet = 0.0

@@ -17,6 +17,7 @@ from aiohttp import web
 from exchange.errors import Unavailable, UnknownPeer
 from exchange.http import params
 from exchange.http.appkeys import SERVICE
+from exchange.service.users import User
 from exchange.service.views import InboxLine
 from exchange.web.i18n import DEFAULT, language, say, when
 from exchange.web.pages import KINDS, NEWS
@@ -43,7 +44,11 @@ async def events(request: web.Request) -> web.StreamResponse:
     service, lang = request.app[SERVICE], language(request)
     last = request.headers.get("Last-Event-ID")
     after = params.integer({"after": last}, "after", 0) if last else params.optional_integer(request.query, "after")
-    stream = service.follow.stream(session.user, None, after)
+
+    async def current() -> User:  # the session and rights as they are now: signed out, it ends
+        return (await signed_in(request)).user
+
+    stream = service.follow.stream(session.user, None, after, current)
     try:
         first = await anext(stream)  # rights and bounds are checked before anything is sent
     except StopAsyncIteration:

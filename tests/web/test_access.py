@@ -8,9 +8,10 @@ Real nodes over TLS, the console through plain HTTP requests with a session cook
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 
 from exchange.keystore import read_file
 from exchange.node.tls import client_context
+from exchange.service.users import add_user
 from exchange.store import audit_log, bulletins
 from tests.conftest import DEFAULT_NODES, Federation, MakeFederation, Member
 
@@ -174,3 +176,69 @@ async def test_a_channel_past_its_end_date_is_refused_by_the_api_and_the_console
         for state, title in re.findall(r'<tr class="(\w+)">.*?<th scope="row"><a [^>]*>([^<]+)<', page, re.S)
     )
     assert rows == {"Accepted by the console": "read", "Accepted by the API": "unread"}
+
+
+# -- the live inbox follows the rights as they are now ---------------------------------------------
+
+
+async def _second_officer_posts(node: Member, title: str) -> None:
+    if "officer2" not in node.tokens:
+        node.tokens["officer2"] = await add_user(node.service.store, "officer2", "contact-point", actor="test")
+        status, body, _ = await node.api(
+            "POST", f"/api/v1/channels/{OPEN}/users", user="admin", body={"user": "officer2"}
+        )
+        assert status == 200, body
+    body = {"kind": "alert", "title": title, "body": "x"}
+    status, answer, _ = await node.api("POST", f"/api/v1/channels/{OPEN}/bulletins", user="officer2", body=body)
+    assert status == 201, answer
+
+
+async def _stream_while(
+    node: Member, console: Console, during: Callable[[], Awaitable[None]], seconds: float = 3.0
+) -> str:
+    """What the console's live inbox (/console/events) sends while `during` runs and `seconds` after."""
+    received = bytearray()
+    async with console.http.get(console.url + "/console/events", allow_redirects=False) as resp:
+        assert resp.status == 200, await resp.text()
+
+        async def reader() -> None:
+            async for chunk in resp.content.iter_any():
+                received.extend(chunk)
+
+        task = asyncio.create_task(reader())
+        await _second_officer_posts(node, "BEFORE")
+        await asyncio.sleep(1.5)
+        await during()
+        await asyncio.sleep(seconds)
+        task.cancel()
+    return received.decode()
+
+
+async def test_the_live_inbox_stops_sending_a_channel_to_an_officer_taken_off_it(
+    node: Member, console: Console
+) -> None:
+    """It streamed new titles for up to 5 minutes after the officer lost the channel (found by a
+    read-only review): the stream held the user as it was when it opened."""
+
+    async def unassign_then_post() -> None:
+        body = {"user": "officer", "assigned": False}
+        status, answer, _ = await node.api("POST", f"/api/v1/channels/{OPEN}/users", user="admin", body=body)
+        assert status == 200, answer
+        assert (await console.get(f"/console/channels/{OPEN}"))[0] == 403
+        await _second_officer_posts(node, "SECRET-AFTER-UNASSIGN")
+
+    seen = await _stream_while(node, console, unassign_then_post)
+    assert "BEFORE" in seen  # the stream worked until then
+    assert "SECRET-AFTER-UNASSIGN" not in seen
+
+
+async def test_the_live_inbox_of_a_signed_out_session_ends(node: Member, console: Console) -> None:
+    async def sign_out_then_post() -> None:
+        data = {"csrf": console.csrf}
+        async with console.http.post(console.url + "/console/sign-out", data=data, allow_redirects=False) as resp:
+            assert resp.status == 303
+        await _second_officer_posts(node, "SECRET-AFTER-SIGNOUT")
+
+    seen = await _stream_while(node, console, sign_out_then_post)
+    assert "BEFORE" in seen
+    assert "SECRET-AFTER-SIGNOUT" not in seen
