@@ -9,7 +9,6 @@ be read is in exchange.service.taxii; this module only speaks HTTP and TAXII's m
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -71,7 +70,7 @@ def _token(header: str) -> tuple[str | None, str]:
     if scheme == "basic":
         try:
             user, sep, token = base64.b64decode(rest.strip(), validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError) as exc:  # binascii.Error, and ValueError for non-ASCII text
             raise Unauthorized("malformed Basic credentials") from exc
         if not sep:
             raise Unauthorized("malformed Basic credentials")

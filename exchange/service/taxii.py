@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from exchange.audit import events as ev
 from exchange.clock import timestamp
 from exchange.errors import InvalidInput, NotFound, UnknownPeer
-from exchange.model import NodeId
+from exchange.model import INT32_MAX, NodeId
 from exchange.protocol.roster import Federation
 from exchange.protocol.stix import (
     EXCHANGE_EXTENSION,
@@ -88,7 +88,7 @@ def parse_next(token: str | None) -> tuple[int, int]:
     if token is None:
         return 0, 0
     found = _NEXT.fullmatch(token)
-    if found is None:
+    if found is None or int(found.group(1)) > INT32_MAX:  # no storage position is past INT32_MAX
         raise InvalidInput("next must be a token this server gave")
     return int(found.group(1)), int(found.group(2))
 
@@ -286,7 +286,10 @@ class Taxii:
     ) -> Page:
         pos, skip = start
         if filters.after_key is not None and start == (0, 0) and where is None:
-            pos = await self._first_after(channel, filters.after_key)
+            first = await self._first_after(channel, filters.after_key)
+            if first is None:
+                return Page([])  # nothing stored at or after added_after
+            pos = first
         served = self.served_tlp(channel)
         items: list[Served] = []
         scanned = 0
@@ -317,16 +320,17 @@ class Taxii:
                 return Page(items)
             pos, skip = rows[-1].n + 1, 0
 
-    async def _first_after(self, channel: str, after: tuple[str, str]) -> int:
-        """The first storage position whose stored_at (ms) is not before `added_after`'s: the rows
-        before it hold no object added after it (a scan of the channel's rows, not an index seek)."""
+    async def _first_after(self, channel: str, after: tuple[str, str]) -> int | None:
+        """The first storage position whose stored_at (ms) is not before `added_after`'s (None: no
+        row is): the rows before it hold no object added after it (a scan of the channel's rows,
+        not an index seek)."""
         floor = f"{after[0]}.{after[1][:3]}Z"
         query = sa.select(sa.func.min(bulletins.c.n)).where(
             bulletins.c.channel == channel, bulletins.c.stored_at >= floor
         )
         async with self.store.read() as conn:
             first = await conn.scalar(query)
-        return int(first) if first is not None else 1 << 62
+        return int(first) if first is not None else None
 
     async def _audit(self, user: User, channel: str, resource: str, count: int) -> None:
         await self.store.audit(

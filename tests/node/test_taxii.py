@@ -401,3 +401,90 @@ async def test_console_exports_a_stix_bundle_under_the_same_policy(make_federati
     assert bulletin_ids(exported["objects"]) == servable
     assert not any(w in json.dumps(exported) for w in withheld)
     assert [r["objects"] for r in await taxii_reads(fed) if r["resource"] == "export"] == [len(exported["objects"])]
+
+
+# -- hostile requests (found by a read-only review) ----------------------------------------------
+
+TAXII_MEDIA = "application/taxii+json;version=2.1"
+
+
+def hostile_get(fed: Federation, path: str, headers: dict[str, str]) -> requests.Response:
+    member = fed["nl-customs"]
+    return requests.get(
+        member.config.endpoint + path,
+        headers={"Accept": TAXII_MEDIA, **headers},
+        verify=str(member.config.keys_dir / "tls.crt"),
+        timeout=30,
+    )
+
+
+async def test_hostile_requests_get_taxii_errors(make_federation: MakeFederation) -> None:
+    """Found by a read-only review: a `next` past the storage positions and non-ASCII Basic
+    credentials were 500s (problem+json, not a TAXII error), the first on PostgreSQL only."""
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    status, _, _ = await nl.api("POST", "/api/v1/channels/c2c/bulletins", body={"kind": "alert", "title": "x"})
+    assert status == 201
+    token = nl.tokens["officer"]
+    coll = f"/taxii2/exchange/collections/{collection_id('nl-customs', 'c2c')}/"
+    bearer = {"Authorization": f"Bearer {token}"}
+    cases = [
+        (coll + "objects/?next=999999999999999999-99999", bearer),
+        (coll + "objects/?added_after=9999-99-99T99:99:99.9999999999999Z", bearer),
+        (coll + "objects/?limit=-1", bearer),
+        (coll + "objects/?limit=1e3", bearer),
+        (coll + "manifest/?match[version]=first,last&match[spec_version]=2.0", bearer),
+        (coll + "objects/report--00000000-0000-5000-8000-000000000000/versions/", bearer),
+        (coll + "objects/%00/", bearer),
+        ("/taxii2/", {"Authorization": "Basic " + base64.b64encode(b"officer").decode()}),
+        ("/taxii2/", {"Authorization": "Bearer \xe9"}),
+        ("/taxii2/", {"Authorization": "Basic " + base64.b64encode(b"officer:\xff").decode()}),
+    ]
+    for path, headers in cases:
+        resp = await asyncio.to_thread(hostile_get, fed, path, headers)
+        assert resp.status_code < 500, (path, headers, resp.status_code, resp.text)
+        if resp.status_code >= 400:
+            assert resp.headers["Content-Type"] == TAXII_MEDIA, (
+                path,
+                headers,
+                resp.status_code,
+                resp.headers,
+                resp.text,
+            )
+            assert resp.json()["http_status"] == str(resp.status_code)
+
+
+async def test_basic_credentials_that_are_not_ascii_are_a_401(make_federation: MakeFederation) -> None:
+    fed = await make_federation()
+    # base64.b64decode(str, validate=True) raises a plain ValueError (not binascii.Error) for non-ASCII
+    resp = await asyncio.to_thread(hostile_get, fed, "/taxii2/", {"Authorization": "Basic \xe9\xe9\xe9\xe9"})
+    assert resp.status_code == 401, (resp.status_code, resp.headers.get("Content-Type"), resp.text)
+    assert resp.headers["Content-Type"] == TAXII_MEDIA
+
+
+async def test_polling_with_added_after_when_nothing_is_newer(make_federation: MakeFederation) -> None:
+    """The everyday TAXII poll: added_after past everything stored. It was a 500 on PostgreSQL
+    (a storage position past its int4 column stood for "no row")."""
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    status, _, _ = await nl.api("POST", "/api/v1/channels/c2c/bulletins", body={"kind": "alert", "title": "x"})
+    assert status == 201
+    coll = f"/taxii2/exchange/collections/{collection_id('nl-customs', 'c2c')}/"
+    bearer = {"Authorization": f"Bearer {nl.tokens['officer']}"}
+    first = await asyncio.to_thread(hostile_get, fed, coll + "objects/", bearer)
+    assert first.status_code == 200
+    last = first.headers["X-TAXII-Date-Added-Last"]
+    assert last < "2099"
+    # a client polling with its own clock, a little ahead of the node's last stored_at
+    again = await asyncio.to_thread(hostile_get, fed, coll + "objects/?added_after=2099-01-01T00:00:00.000Z", bearer)
+    assert again.status_code == 200, (again.status_code, again.text)
+    assert again.json().get("objects", []) == [] and again.json()["more"] is False
+
+
+async def test_a_next_token_past_int32_is_a_400(make_federation: MakeFederation) -> None:
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    coll = f"/taxii2/exchange/collections/{collection_id('nl-customs', 'c2c')}/"
+    bearer = {"Authorization": f"Bearer {nl.tokens['officer']}"}
+    resp = await asyncio.to_thread(hostile_get, fed, coll + "objects/?next=4294967296-0", bearer)
+    assert resp.status_code < 500, (resp.status_code, resp.text)
