@@ -206,3 +206,28 @@ async def test_the_prefix_look_up_sees_only_the_users_channels(fed: Federation) 
     ]
     status, _, ctype = await nl.api("GET", "/api/v1/bulletin-ids?prefix=abc", user="officer")
     assert (status, ctype) == (422, "application/problem+json")
+
+
+async def test_post_no_onward_sharing_without_tlp_is_refused_not_dropped(fed: Federation) -> None:
+    """It was dropped (found by a read-only review): the CLI said "posted", and the bulletin went
+    out with the channel's default handling, forwardable and served over TAXII. Now one error
+    line, exit 1, nothing posted; with --tlp it is kept."""
+    nl = fed["nl-customs"]
+    before = await stored_count(nl)
+    refused = await exchange(fed, "post", "--channel", "c2c", "--title", "t", "--no-onward-sharing")
+    assert (
+        refused.exit_code == 1
+        and refused.output == "error: --no-onward-sharing needs --tlp: give the TLP it goes with\n"
+    )
+    assert await stored_count(nl) == before
+    posted = await exchange(
+        fed, "post", "--channel", "c2c", "--title", "t", "--tlp", "GREEN", "--no-onward-sharing", "--json"
+    )
+    assert posted.exit_code == 0, posted.output
+    shown = await exchange(fed, "read", json.loads(posted.stdout)["id"], "--json")
+    assert json.loads(shown.stdout)["bulletin"]["handling"] == {"tlp": "GREEN", "no_onward_sharing": True}
+
+
+async def stored_count(member: Member) -> int:
+    async with member.service.store.read() as conn:
+        return int((await conn.execute(sa.select(sa.func.count()).select_from(bulletins))).scalar_one())

@@ -241,6 +241,8 @@ def post(
     as_json: bool,
 ) -> None:
     """Post a bulletin to a channel."""
+    if no_onward_sharing and tlp is None:  # else the channel's default handling, without the marking
+        raise InvalidInput("--no-onward-sharing needs --tlp: give the TLP it goes with")
     if body.startswith("@"):
         body_file = Path(body[1:])
         try:
