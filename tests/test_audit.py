@@ -10,12 +10,14 @@ import random
 import struct
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+import exchange.cli.audit as cli_audit
 from exchange.audit import events as ev
 from exchange.audit.checkpoint import (
     Checkpoint,
@@ -620,3 +622,48 @@ def test_offline_verification_loads_neither_the_server_nor_the_database(
     )
     proc = subprocess.run([sys.executable, "-c", code, str(bundle), str(key)], capture_output=True, text=True)
     assert "LOADED [] EXIT 0" in proc.stdout, proc.stdout + proc.stderr
+
+
+# -- the live node's identity ------------------------------------------------------------------
+
+
+def other_nodes_bundle() -> list[bytes]:
+    """A genuine, valid export of WITNESS's log (e.g. one the hostile node fetched or kept)."""
+    rows = make_log(10)
+    note = sign_checkpoint(
+        Checkpoint(log_origin(WITNESS), 10, root_from_leaf_hashes([r[2] for r in rows])), WITNESS_KEY
+    )
+    header = {
+        "type": "header",
+        "format": FORMAT,
+        "node": WITNESS,
+        "origin": log_origin(WITNESS),
+        "complete": True,
+        "size": 10,
+        "exported_at": "2026-01-01T00:00:00.000Z",
+        "filter": None,
+        "roster": None,
+    }
+    lines: list[Any] = [header, {"type": "checkpoint", "note": note.render()}]
+    lines += [{"type": "entry", "idx": i, "entry": e.decode(), "leaf_hash": b64e(h)} for i, e, h in rows]
+    lines += [{"type": "end", "entries": 10}]
+    return [json.dumps(x).encode() for x in lines]
+
+
+async def test_the_live_node_must_export_its_own_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`audit verify --node X.toml` took whatever log the node sent and said OK for it (found by a
+    read-only review): a node with a tampered log could pass by serving another node's genuine one."""
+
+    async def no_call(*_: Any, **__: Any) -> dict[str, Any]:
+        return {}
+
+    async def stream(_target: Target, _path: str) -> AsyncIterator[list[bytes]]:
+        yield other_nodes_bundle()
+
+    monkeypatch.setattr(cli_audit, "call", no_call)
+    monkeypatch.setattr(cli_audit, "stream_lines", stream)
+    target = Target("https://nl-customs.example:1", "token", "cert")  # the node file of NODE
+    with pytest.raises(AuditTampered, match=f"served the audit log of '{WITNESS}', not of {NODE}"):
+        await cli_audit.verify_node(target, KEYS, node=NODE)
+    report = await cli_audit.verify_node(target, KEYS)  # the bundle itself is a genuine, valid log
+    assert report.node == WITNESS

@@ -128,9 +128,12 @@ async def verify_node(
     witnesses: int | None = None,
     progress: Progressed | None = None,
     on_header: Callable[[int], None] | None = None,
+    node: str | None = None,
 ) -> LogReport:
     """Verify a live node's log through its API: sign a fresh checkpoint, then check a full export.
     With `witnesses` (per log), `quorum` counts the log's designated witnesses only (exchange.audit.quorum).
+    With `node`, the export must be that node's log: a node that serves another's (genuine) log
+    in place of its own is refused as soon as the header says whose it is.
 
     Raises AuditTampered (BadEntry names the first bad entry) if the log does not verify.
     """
@@ -143,6 +146,8 @@ async def verify_node(
     check = BundleCheck(keys=keys)
     async for lines in stream_lines(target, "/api/v1/audit/export"):
         _feed(check, lines, progress, on_header)
+        if node is not None and check.header is not None and check.header.get("node") != node:
+            raise AuditTampered(f"{target.url} served the audit log of {check.header.get('node')!r}, not of {node}")
     report = finish_with_quorum(check, quorum, witnesses)
     return replace(report, warnings=(*report.warnings, *warnings))
 
@@ -320,7 +325,7 @@ def audit_verify(
         )
         return
     node = _need_node(node_path)
-    target, keys = Target.from_node(node, user, token), keys_of(node)
+    target, keys, expected = Target.from_node(node, user, token), keys_of(node), NodeConfig.load(node).id
     _run_verify(
         lambda progress, on_header: asyncio.run(
             verify_node(
@@ -332,6 +337,7 @@ def audit_verify(
                 witnesses=k,
                 progress=progress,
                 on_header=on_header,
+                node=expected,
             )
         ),
         as_json,
