@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 import exchange.cli.audit as cli_audit
-from exchange.audit import events as ev
+from exchange.audit import events as ev, quorum as policy
 from exchange.audit.checkpoint import (
     Checkpoint,
     cosign,
@@ -28,7 +28,7 @@ from exchange.audit.checkpoint import (
     sign_checkpoint,
     witness_name,
 )
-from exchange.audit.log import FORMAT, BundleCheck, KeyRing, LogVerifier
+from exchange.audit.log import C2SP_MARK, FORMAT, BundleCheck, KeyRing, LogReport, LogVerifier
 from exchange.audit.note import (
     SIG_COSIGNATURE_V1,
     SIG_ED25519,
@@ -667,3 +667,35 @@ async def test_the_live_node_must_export_its_own_log(monkeypatch: pytest.MonkeyP
         await cli_audit.verify_node(target, KEYS, node=NODE)
     report = await cli_audit.verify_node(target, KEYS)  # the bundle itself is a genuine, valid log
     assert report.node == WITNESS
+
+
+# -- a C2SP witness named like a roster node ------------------------------------------------------
+
+OUTSIDER = SigningKey.generate()  # a C2SP witness outside the roster, of the log's choosing
+
+
+def namesake_verified(keys: KeyRing, with_roster_witness: bool) -> LogReport:
+    """A log of 8 entries whose checkpoint a C2SP key named exactly like the roster node WITNESS
+    co-signed (and, with `with_roster_witness`, WITNESS itself)."""
+    rows = make_log(8)
+    note = sign_checkpoint(Checkpoint(log_origin(NODE), 8, root_from_leaf_hashes([r[2] for r in rows])), LOG_KEY)
+    sigs = [cosign(note.text, WITNESS, OUTSIDER, 1_700_000_000)]  # key name: the bare node id
+    if with_roster_witness:
+        sigs.append(cosign(note.text, witness_name(WITNESS), WITNESS_KEY, 1_700_000_000))
+    verifier = LogVerifier(NODE, keys)
+    verifier.checkpoint(note.with_signatures(*sigs).render())
+    for idx, entry, leaf in rows:
+        verifier.entry(idx, entry, leaf)
+    return verifier.finish(complete=True)
+
+
+def test_a_c2sp_witness_named_like_a_roster_node_is_not_that_nodes_cosignature() -> None:
+    """It counted as that node's, for the quorum policy and twice beside it (found by a read-only
+    review): a log could meet `--quorum` with a witness of its own choosing."""
+    keys = KeyRing({NODE: LOG_KEY.verify_key, WITNESS: WITNESS_KEY.verify_key}, {WITNESS: OUTSIDER.verify_key})
+    alone = namesake_verified(keys, with_roster_witness=False)
+    assert alone.latest is not None and alone.latest.witnesses == (C2SP_MARK + WITNESS,)
+    votes = policy.apply(alone, keys, 1, 0).quorum
+    assert votes is not None and WITNESS not in votes.counted
+    both = namesake_verified(keys, with_roster_witness=True)
+    assert both.latest is not None and both.latest.witnesses == (C2SP_MARK + WITNESS, WITNESS)

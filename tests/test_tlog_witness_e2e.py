@@ -28,7 +28,7 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from exchange.audit.log import KeyRing, LogVerifier
+from exchange.audit.log import C2SP_MARK, KeyRing, LogVerifier
 from exchange.cli.audit import keys_of
 from exchange.config import NodeConfig, TlogLogConfig, TlogWitnessConfig
 from exchange.errors import ConfigError
@@ -203,10 +203,11 @@ async def test_a_c2sp_witness_cosigns_a_running_nodes_checkpoints(make_federatio
         cp = await audit.keeper.latest()
         assert witness.requests == [(0, cp.size)]
         assert cp.witnesses == [witness.name]
-        assert audit.check_checkpoint(cp).witnesses == [witness.name]  # the node's check counts it
+        # the node's check counts it, named as a C2SP witness (never taken for a roster node's cosignature)
+        assert audit.check_checkpoint(cp).witnesses == [C2SP_MARK + witness.name]
         # ... and so does an auditor's, with the keys of the node file (`exchange audit verify --node`)
         verifier = LogVerifier("nl-customs", await asyncio.to_thread(keys_of, fed.folder / "nl-customs.toml"))
-        assert verifier.checkpoint(cp.full_note()).witnesses == (witness.name,)
+        assert verifier.checkpoint(cp.full_note()).witnesses == (C2SP_MARK + witness.name,)
         assert (
             LogVerifier("nl-customs", KeyRing.from_federation(service.fed)).checkpoint(cp.full_note()).witnesses == ()
         )

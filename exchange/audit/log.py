@@ -129,8 +129,16 @@ class LogReport:
         return next((c for c in reversed(self.checkpoints) if c.witnesses), None)
 
 
+C2SP_MARK = "c2sp:"  # before a C2SP witness's key name, which no roster node id holds (a colon)
+
+
 def _witness_node(name: str) -> str:
-    return name.removeprefix(WITNESS_PREFIX)
+    """A cosigner as reports and the quorum policy name it: a roster node by its id, a C2SP witness
+    by its key name after C2SP_MARK, so that a C2SP key named like a roster node is never taken for
+    that node's cosignature."""
+    if name.startswith(WITNESS_PREFIX):
+        return name.removeprefix(WITNESS_PREFIX)
+    return C2SP_MARK + name
 
 
 class LogVerifier:
