@@ -699,3 +699,31 @@ def test_a_c2sp_witness_named_like_a_roster_node_is_not_that_nodes_cosignature()
     assert votes is not None and WITNESS not in votes.counted
     both = namesake_verified(keys, with_roster_witness=True)
     assert both.latest is not None and both.latest.witnesses == (C2SP_MARK + WITNESS, WITNESS)
+
+
+def test_a_recipient_cannot_prove_from_its_own_log_that_the_author_holds_its_receipt() -> None:
+    """WITNESS withholds its receipt from NODE but writes, in its own log, a 'bulletin.delivered_to'
+    naming itself: the trace showed the author holding it (found by a read-only review). Only a log
+    that holds the receipt, the author's or a relayer's, proves it; a relayer's still does."""
+    bid, at = "ab" * 32, "2026-12-01T00:00:00.000Z"
+    posted = {
+        "event": "bulletin.posted",
+        "at": at,
+        "bulletin": bid,
+        "user": "o",
+        "seq": 1,
+        "recipients": [NODE, WITNESS],
+    }
+    author = Evidence(
+        NODE,
+        ({"idx": 1, **posted}, {"idx": 2, "event": "bulletin.sent_to", "at": at, "bulletin": bid, "to": {WITNESS: at}}),
+    )
+    claim = {"idx": 8, "event": "bulletin.delivered_to", "at": at, "bulletin": bid, "to": {WITNESS: at}}
+    recipient = Evidence(
+        WITNESS, ({"idx": 7, "event": "bulletin.received", "at": at, "bulletin": bid, "from": NODE}, claim)
+    )
+    receipt = chain_of_custody(bid, "c", NODE, [NODE, WITNESS], [author, recipient]).legs[0].step("receipt")
+    assert (receipt.node, receipt.status) == (NODE, GAP), receipt
+    relayer = Evidence("de-customs", (claim,))
+    receipt = chain_of_custody(bid, "c", NODE, [NODE, WITNESS], [author, recipient, relayer]).legs[0].step("receipt")
+    assert receipt.status == OK, receipt

@@ -164,7 +164,6 @@ def chain_of_custody(
     else:
         posted = Step("posted", author, GAP, _why_missing(at_author, author, "the posting"))
     queued_for = set(posts[0].get("recipients", [])) if posts else set()
-    everything = [e for ev in evidence for e in ev.entries]
     legs = []
     for r in recipients:
         if r == author:
@@ -188,7 +187,9 @@ def chain_of_custody(
             steps.append(Step("received", r, OK, f"received from {e.get('from')}", e.get("at"), e.get("idx")))
         else:
             steps.append(Step("received", r, GAP, _why_missing(ev, r, "receiving it")))
-        delivered = [e for e in everything if r in delivered_to(e)]
+        # Its receipt as held by the author or a relayer: never by r's own log, in which a reader
+        # that withholds its receipt could claim one (an honest node logs only receipts pushed to it).
+        delivered = [e for ev_ in evidence if ev_.node != r for e in ev_.entries if r in delivered_to(e)]
         refused = at_author.find(SEND_REFUSED, to=r) if at_author else []
         if delivered:
             e = delivered[0]
