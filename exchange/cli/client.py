@@ -107,9 +107,10 @@ async def _call_once(target: Target, method: str, path: str, body: Any, idempote
             payload = await resp.read()
             if resp.status >= 400:
                 try:
-                    detail = json.loads(payload).get("detail", resp.reason)
+                    answer = json.loads(payload)
                 except ValueError:
-                    detail = resp.reason or "error"
+                    answer = None
+                detail = answer.get("detail", resp.reason) if isinstance(answer, dict) else resp.reason or "error"
                 raise ApiError(resp.status, str(detail))
             try:
                 return json.loads(payload)

@@ -55,6 +55,10 @@ def one_line_errors() -> Iterator[None]:
         yield
     except EXPECTED as exc:
         fail(describe(exc))
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        # What a command reads from a node's answer that does not have the shape it should (a
+        # node of another release, or a hostile one): one line too, never a traceback.
+        fail(f"an answer could not be read as this command expects it ({type(exc).__name__}: {describe(exc)})")
 
 
 def user_errors(fn: F) -> F:
