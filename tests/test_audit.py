@@ -20,6 +20,7 @@ import sqlalchemy as sa
 import exchange.cli.audit as cli_audit
 from exchange.audit import events as ev, quorum as policy
 from exchange.audit.checkpoint import (
+    C2SP_MARK,
     Checkpoint,
     cosign,
     cosignatures,
@@ -28,7 +29,7 @@ from exchange.audit.checkpoint import (
     sign_checkpoint,
     witness_name,
 )
-from exchange.audit.log import C2SP_MARK, FORMAT, BundleCheck, KeyRing, LogReport, LogVerifier
+from exchange.audit.log import FORMAT, BundleCheck, KeyRing, LogReport, LogVerifier
 from exchange.audit.note import (
     SIG_COSIGNATURE_V1,
     SIG_ED25519,
@@ -727,3 +728,22 @@ def test_a_recipient_cannot_prove_from_its_own_log_that_the_author_holds_its_rec
     relayer = Evidence("de-customs", (claim,))
     receipt = chain_of_custody(bid, "c", NODE, [NODE, WITNESS], [author, recipient, relayer]).legs[0].step("receipt")
     assert receipt.status == OK, receipt
+
+
+@pytest.mark.parametrize(
+    ("extra", "refused"),
+    [
+        ("[" * 100_000, "a bundle line is not JSON"),  # nested past Python's stack: RecursionError
+        ('{"type":"entry","idx":40,"entry":"\\ud800","leaf_hash":"x"}', "entry 40 is not text"),  # lone surrogate
+        (json.dumps({"type": "entry", "idx": 40, "entry": "[" * 100_000}), "entry 40: is not valid JSON"),
+    ],
+    ids=["deep-line", "lone-surrogate", "deep-entry"],
+)
+def test_a_hostile_bundle_line_is_refused_not_a_crash(roster: tuple[Any, SigningKey], extra: str, refused: str) -> None:
+    """Each ended `exchange audit verify` in a traceback (found by a read-only review); now each is
+    refused as what it is, which the CLI prints as one line."""
+    signed, authority = roster
+    lines = bundle_lines(signed)
+    check = BundleCheck(authority=authority.verify_key)
+    with pytest.raises((InvalidInput, AuditTampered), match=refused):
+        check.feed_lines([line.encode() for line in [*lines[:-1], extra, lines[-1]]])

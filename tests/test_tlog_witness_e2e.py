@@ -28,7 +28,8 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from exchange.audit.log import C2SP_MARK, KeyRing, LogVerifier
+from exchange.audit.checkpoint import C2SP_MARK
+from exchange.audit.log import KeyRing, LogVerifier
 from exchange.cli.audit import keys_of
 from exchange.config import NodeConfig, TlogLogConfig, TlogWitnessConfig
 from exchange.errors import ConfigError

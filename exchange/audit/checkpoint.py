@@ -58,6 +58,15 @@ def witness_name(node: str) -> str:
     return WITNESS_PREFIX + node
 
 
+C2SP_MARK = "c2sp:"  # before a C2SP witness's key name: no roster node id holds a colon
+
+
+def cosigner_name(name: str) -> str:
+    """A cosigner as reports and the quorum policy name it: a roster node by its id, a C2SP
+    witness by its key name after C2SP_MARK (never taken for a roster node's cosignature)."""
+    return name.removeprefix(WITNESS_PREFIX) if name.startswith(WITNESS_PREFIX) else C2SP_MARK + name
+
+
 def node_of_origin(origin: str) -> str:
     """The node whose audit log `origin` names."""
     if not origin.startswith(ORIGIN_PREFIX) or len(origin) == len(ORIGIN_PREFIX):

@@ -32,6 +32,7 @@ from exchange.audit import batch
 from exchange.audit.checkpoint import (
     WITNESS_PREFIX,
     cosignatures,
+    cosigner_name,
     log_origin,
     open_checkpoint,
     witness_name,
@@ -129,18 +130,6 @@ class LogReport:
         return next((c for c in reversed(self.checkpoints) if c.witnesses), None)
 
 
-C2SP_MARK = "c2sp:"  # before a C2SP witness's key name, which no roster node id holds (a colon)
-
-
-def _witness_node(name: str) -> str:
-    """A cosigner as reports and the quorum policy name it: a roster node by its id, a C2SP witness
-    by its key name after C2SP_MARK, so that a C2SP key named like a roster node is never taken for
-    that node's cosignature."""
-    if name.startswith(WITNESS_PREFIX):
-        return name.removeprefix(WITNESS_PREFIX)
-    return C2SP_MARK + name
-
-
 class LogVerifier:
     """Check one node's log: first its checkpoints, then its entries in index order."""
 
@@ -192,7 +181,7 @@ class LogVerifier:
             cosigned = cosignatures(note, self._witnesses)
         except BadSignature as exc:
             raise AuditTampered(f"checkpoint {cp.size}: a cosignature does not verify: {exc.detail}") from exc
-        info = CheckpointInfo(cp.size, cp.root, tuple(sorted(_witness_node(n) for n in cosigned)), note.render())
+        info = CheckpointInfo(cp.size, cp.root, tuple(sorted(cosigner_name(n) for n in cosigned)), note.render())
         if self._checkpoints:
             last = self._checkpoints[-1]
             if cp.size == last.size:
@@ -232,7 +221,7 @@ class LogVerifier:
     def _check_body(self, idx: int, entry: bytes) -> None:
         try:
             body = json.loads(entry)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; nesting past Python's stack
             self._fail(BadEntry(idx, "is not valid JSON"))
         if not isinstance(body, dict):
             self._fail(BadEntry(idx, "is not a JSON object"))
@@ -432,7 +421,7 @@ class BundleCheck:
             return
         try:
             record = json.loads(line)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested past Python's stack
             raise InvalidInput(f"a bundle line is not JSON: {exc}") from exc
         if not isinstance(record, dict):
             raise InvalidInput("a bundle line is not a JSON object")
@@ -451,7 +440,10 @@ class BundleCheck:
         verifier = self.verifier
         if kind == "entry":
             idx, text = _field(record, "idx", int), _field(record, "entry", str)
-            data = text.encode("utf-8")
+            try:
+                data = text.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone surrogate (\ud800) is not text
+                raise InvalidInput(f"entry {idx} is not text: {exc.reason}") from exc
             if "proof" in record:
                 verifier.proven_entry(idx, data, _field(record, "size", int), _hashes(record, "proof"))
             else:
