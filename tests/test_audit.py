@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import io
 import json
 import random
 import struct
@@ -42,6 +43,7 @@ from exchange.audit.note import (
 from exchange.audit.trace import GAP, NONE, OK, Evidence, chain_of_custody, check_evidence
 from exchange.audit.tree import TreeLevels, consistency_path, inclusion_path
 from exchange.cli.audit import verify_node
+from exchange.cli.bundles import MAX_LINE, READ_SIZE, read_lines
 from exchange.cli.client import Target
 from exchange.crypto import (
     DecryptionKey,
@@ -747,3 +749,15 @@ def test_a_hostile_bundle_line_is_refused_not_a_crash(roster: tuple[Any, Signing
     check = BundleCheck(authority=authority.verify_key)
     with pytest.raises((InvalidInput, AuditTampered), match=refused):
         check.feed_lines([line.encode() for line in [*lines[:-1], extra, lines[-1]]])
+
+
+def test_a_bundle_line_without_end_is_refused_not_held() -> None:
+    """A file or node sending bytes without a newline made the verifier hold, and copy at each
+    read, a line without end (found by a read-only review): refused past MAX_LINE."""
+    endless = io.BytesIO(b"x" * (MAX_LINE + 2 * READ_SIZE))
+    with pytest.raises(InvalidInput, match="longer than 64 MiB"):
+        for _ in read_lines(endless):
+            pass
+    assert endless.tell() <= MAX_LINE + 2 * READ_SIZE
+    whole = list(read_lines(io.BytesIO(b"a\n" + b"y" * (3 * READ_SIZE) + b"\nb")))
+    assert [line for lines in whole for line in lines] == [b"a", b"y" * (3 * READ_SIZE), b"b"]

@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-import aiohttp
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -20,20 +19,19 @@ from exchange.audit import quorum as policy
 from exchange.audit.log import BundleCheck, KeyRing, LogReport
 from exchange.audit.tlog_witness import WITNESS_KEY_TYPE, parse_verifier_key
 from exchange.audit.trace import GAP, NONE, OK, REFUSED, Step, Trace, assemble
-from exchange.cli.client import ApiError, Target, call
+from exchange.cli.bundles import read_lines, stream_lines
+from exchange.cli.client import Target, call
 from exchange.cli.ids import resolve_id
 from exchange.cli.output import console, err_console, user_errors
 from exchange.cli.quorum import by_whom, finish_with_quorum, trace_designated, witnesses_per_log
 from exchange.config import NodeConfig
 from exchange.crypto import b64e
-from exchange.errors import AuditTampered, BadEntry, ExchangeError, PeerError
+from exchange.errors import AuditTampered, BadEntry, ExchangeError
 from exchange.keystore import load_authority_public, load_federation
-from exchange.node.tls import client_context
 from exchange.protocol.roster import Federation
 
 Progressed = Callable[[int], None]  # called with the number of entries checked so far
 PROGRESS_FROM = 10_000  # entries: smaller logs verify too fast for a progress bar to help
-READ_SIZE = 1 << 20  # bytes read at a time from an export, as it streams in or from its file
 
 
 def keys_of(node_path: Path) -> KeyRing:
@@ -60,46 +58,6 @@ def _held_view(config: NodeConfig) -> Federation | None:
     except (ExchangeError, OSError):
         return None
     return view
-
-
-async def stream_lines(target: Target, path: str) -> AsyncIterator[list[bytes]]:
-    """The lines of a streamed API answer (an export bundle), as they arrive: the whole lines of
-    each read, in a list."""
-    connector = aiohttp.TCPConnector(ssl=client_context(target.server_cert))
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
-    headers = {"Authorization": f"Bearer {target.token}"}
-    try:
-        async with (
-            aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-            session.get(target.url + path, headers=headers) as resp,
-        ):
-            if resp.status >= 400:
-                payload = await resp.read()
-                try:
-                    detail = json.loads(payload).get("detail", resp.reason)
-                except ValueError:
-                    detail = resp.reason or "error"
-                raise ApiError(resp.status, str(detail))
-            rest = b""
-            async for chunk in resp.content.iter_chunked(READ_SIZE):
-                *lines, rest = (rest + chunk).split(b"\n")
-                if lines:
-                    yield lines
-            if rest:
-                yield [rest]
-    except aiohttp.ClientError as exc:
-        raise PeerError(f"the export from {target.url} broke off: {exc}") from exc
-
-
-def read_lines(fh: BinaryIO) -> Iterator[list[bytes]]:
-    """The lines of a file, a list of whole lines per read."""
-    rest = b""
-    while chunk := fh.read(READ_SIZE):
-        *lines, rest = (rest + chunk).split(b"\n")
-        if lines:
-            yield lines
-    if rest:
-        yield [rest]
 
 
 def _feed(
@@ -132,8 +90,7 @@ async def verify_node(
 ) -> LogReport:
     """Verify a live node's log through its API: sign a fresh checkpoint, then check a full export.
     With `witnesses` (per log), `quorum` counts the log's designated witnesses only (exchange.audit.quorum).
-    With `node`, the export must be that node's log: a node that serves another's (genuine) log
-    in place of its own is refused as soon as the header says whose it is.
+    With `node`, an export of another node's (genuine) log is refused once its header is read.
 
     Raises AuditTampered (BadEntry names the first bad entry) if the log does not verify.
     """

@@ -1,0 +1,65 @@
+"""An export bundle's lines as they stream in from a node or are read from a file, a read at a
+time, each line whole; a line without end is refused rather than held."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import BinaryIO
+
+import aiohttp
+
+from exchange.cli.client import ApiError, Target
+from exchange.errors import InvalidInput, PeerError
+from exchange.node.tls import client_context
+
+READ_SIZE = 1 << 20  # bytes read at a time from an export, as it streams in or from its file
+MAX_LINE = 64 << 20  # bytes in one bundle line at most: far past any record, and memory stays bounded
+
+
+async def stream_lines(target: Target, path: str) -> AsyncIterator[list[bytes]]:
+    """The lines of a streamed API answer (an export bundle), as they arrive: the whole lines of
+    each read, in a list."""
+    connector = aiohttp.TCPConnector(ssl=client_context(target.server_cert))
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
+    headers = {"Authorization": f"Bearer {target.token}"}
+    try:
+        async with (
+            aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+            session.get(target.url + path, headers=headers) as resp,
+        ):
+            if resp.status >= 400:
+                try:
+                    answer = json.loads(await resp.read())
+                except ValueError:
+                    answer = None
+                detail = answer.get("detail", resp.reason) if isinstance(answer, dict) else resp.reason or "error"
+                raise ApiError(resp.status, str(detail))
+            rest = b""
+            async for chunk in resp.content.iter_chunked(READ_SIZE):
+                *lines, rest = (rest + chunk).split(b"\n")
+                _bounded(rest)
+                if lines:
+                    yield lines
+            if rest:
+                yield [rest]
+    except aiohttp.ClientError as exc:
+        raise PeerError(f"the export from {target.url} broke off: {exc}") from exc
+
+
+def _bounded(rest: bytes) -> None:
+    """Refuse a line unfinished after MAX_LINE bytes (else held, and copied at each read, for ever)."""
+    if len(rest) > MAX_LINE:
+        raise InvalidInput(f"a bundle line is longer than {MAX_LINE >> 20} MiB: this is not an export bundle")
+
+
+def read_lines(fh: BinaryIO) -> Iterator[list[bytes]]:
+    """The lines of a file, a list of whole lines per read."""
+    rest = b""
+    while chunk := fh.read(READ_SIZE):
+        *lines, rest = (rest + chunk).split(b"\n")
+        _bounded(rest)
+        if lines:
+            yield lines
+    if rest:
+        yield [rest]
