@@ -40,7 +40,7 @@ from exchange.audit.note import (
     sign_note,
     verify_note,
 )
-from exchange.audit.trace import GAP, NONE, OK, Evidence, chain_of_custody, check_evidence
+from exchange.audit.trace import GAP, NONE, OK, Evidence, assemble, chain_of_custody, check_evidence
 from exchange.audit.tree import TreeLevels, consistency_path, inclusion_path
 from exchange.cli.audit import verify_node
 from exchange.cli.bundles import MAX_LINE, READ_SIZE, read_lines
@@ -761,3 +761,49 @@ def test_a_bundle_line_without_end_is_refused_not_held() -> None:
     assert endless.tell() <= MAX_LINE + 2 * READ_SIZE
     whole = list(read_lines(io.BytesIO(b"a\n" + b"y" * (3 * READ_SIZE) + b"\nb")))
     assert [line for lines in whole for line in lines] == [b"a", b"y" * (3 * READ_SIZE), b"b"]
+
+
+def _good_evidence(entry_at: Any = None) -> dict[str, Any]:
+    """NODE's evidence of entry 2 of a log of 5, signed and proven (its `at` replaced if given)."""
+    rows = make_log(5)
+    if entry_at is not None:
+        body = json.loads(rows[2][1])
+        data = canonical_json({**body, "at": entry_at})
+        rows[2] = (2, data, leaf_hash(data))
+    leaves = [r[2] for r in rows]
+    entry = {"idx": 2, "entry": rows[2][1].decode(), "proof": [b64e(p) for p in inclusion_proof(leaves, 2)]}
+    return {"node": NODE, "checkpoint": checkpoint_note(rows, 5), "entries": [entry]}
+
+
+TRACE_HEADER = {"channel": "c", "author": NODE, "recipients": [NODE, WITNESS]}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"bulletin": BID, "header": {"channel": "c"}, "evidence": []},
+        {"bulletin": BID, "header": {**TRACE_HEADER, "recipients": 5}, "evidence": []},
+    ],
+    ids=["header-without-author", "recipients-not-list"],
+)
+def test_a_trace_answer_that_is_not_one_is_refused(answer: dict[str, Any]) -> None:
+    with pytest.raises(InvalidInput, match="not a trace answer"):
+        assemble(answer, KEYS)
+
+
+@pytest.mark.parametrize(
+    "evidence",
+    [
+        "not an object",
+        {**_good_evidence(), "entries": [{"idx": 2, "entry": "\ud800", "proof": []}]},
+        {**_good_evidence(), "entries": [{"idx": 2, "entry": "[" * 100_000, "proof": []}]},
+        _good_evidence(entry_at=5),
+    ],
+    ids=["not-an-object", "lone-surrogate", "deep-entry", "signed-entry-with-a-number-for-its-time"],
+)
+def test_hostile_evidence_in_a_trace_is_shown_invalid_not_a_crash(evidence: Any) -> None:
+    """Each crashed `exchange audit trace`, or the console's trace page (500), found by a read-only
+    review: a peer named by the bulletin needs only to sign its own checkpoint to send them."""
+    trace = assemble({"bulletin": BID, "header": TRACE_HEADER, "evidence": [evidence]}, KEYS)
+    assert trace.invalid
+    assert not assemble({"bulletin": BID, "header": TRACE_HEADER, "evidence": [_good_evidence()]}, KEYS).invalid

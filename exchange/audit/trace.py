@@ -70,12 +70,17 @@ def check_evidence(raw: Mapping[str, Any], bulletin: str, keys: KeyRing) -> Evid
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("entry"), str) or type(item.get("idx")) is not int:
             raise InvalidInput(f"a malformed evidence entry from {node}")
-        data = item["entry"].encode("utf-8")
+        try:
+            data = item["entry"].encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate
+            raise InvalidInput(f"evidence entry {item['idx']} from {node} is not text") from exc
         proof = item.get("proof")
         if not isinstance(proof, list) or not all(isinstance(p, str) for p in proof):
             raise InvalidInput(f"an evidence entry from {node} has no proof")
         verifier.proven_entry(item["idx"], data, info.size, [b64d(p) for p in proof])
-        body = json.loads(data)
+        body = json.loads(data)  # proven_entry checked it is a JSON object
+        if not isinstance(body.get("at"), str):
+            raise AuditTampered(f"{node} sent entry {item['idx']}, whose time is not a timestamp")
         if bulletin not in (body.get("bulletin"), body.get("ref")):
             raise AuditTampered(f"{node} sent entry {item['idx']}, which is not about bulletin {bulletin}")
         entries.append(body)
@@ -227,10 +232,19 @@ def assemble(raw: Mapping[str, Any], keys: KeyRing) -> Trace:
     still shows what the other nodes proved.
     """
     bulletin, header = raw.get("bulletin"), raw.get("header")
-    if not isinstance(bulletin, str) or not isinstance(header, dict) or not isinstance(raw.get("evidence"), list):
+    if (
+        not isinstance(bulletin, str)
+        or not isinstance(header, dict)
+        or not isinstance(raw.get("evidence"), list)
+        or not all(isinstance(header.get(k), str) for k in ("channel", "author"))
+        or not isinstance(header.get("recipients"), list)
+    ):
         raise InvalidInput("not a trace answer")
     evidence = []
     for item in raw["evidence"]:
+        if not isinstance(item, dict):
+            evidence.append(Evidence("?", error="INVALID evidence: not a JSON object", invalid=True))
+            continue
         try:
             evidence.append(check_evidence(item, bulletin, keys))
         except (AuditTampered, InvalidInput) as exc:
