@@ -362,3 +362,22 @@ async def test_receipt_rows_whose_signed_receipts_do_not_verify_are_not_shown(ma
     status, page = await console_page(nl, f"/console/bulletins/{bid}")
     assert status == 200, page
     assert "2020-02-02" not in page and "02:02" not in page
+
+
+@pytest.mark.parametrize("edited", [b"{not json", b"[1,2]"], ids=["not-json", "not-an-object"])
+async def test_an_audit_row_edited_into_no_entry_is_named_on_its_page(
+    make_federation: MakeFederation, edited: bytes
+) -> None:
+    """The console's entry page was a 500 for such a row (found by a read-only review); it now
+    shows the row with its proof failing, as the list and the API already did."""
+    fed = await make_federation()
+    nl = fed[NL]
+    await nl.service.users.set_password("auditor", PASSWORD, actor="test")
+    status, _, _ = await nl.api("POST", "/api/v1/audit/checkpoint?witness=false", user="auditor")
+    assert status == 200
+    await in_database(nl.config.database_url, sa.update(audit_log).where(audit_log.c.idx == 0).values(entry=edited))
+    entry = await nl.service.audit.entry_with_proof(0)
+    assert entry.proof.state == "failed" and entry.body == {"event": "(not an audit entry)"}
+    async with console_session(nl, "auditor", PASSWORD) as http, http.get("/console/audit/entries/0") as resp:
+        assert resp.status == 200
+        assert "not an audit entry" in await resp.text()
