@@ -151,8 +151,11 @@ def parse_epoch(data: bytes | dict[str, Any]) -> EpochRecord:
     return result
 
 
-def _check_owner_signature(domain: str, signed: EpochRecord | HistoryGrant, fed: Federation) -> None:
-    key = fed.signing_key_of(signed.owner, signed.signer)  # current or retiring (6a.13)
+def _check_owner_signature(
+    domain: str, signed: EpochRecord | HistoryGrant, fed: Federation, *, history: bool = False
+) -> None:
+    # current or retiring (6a.13); with `history`, a departed owner's non-compromised key too (15.6)
+    key = fed.signing_key_of(signed.owner, signed.signer, stored=history)
     if key is None:
         raise EpochInvalid(f"the {domain} is not signed with the owner's roster key")
     verify(domain, signed.model_dump(mode="json", exclude={"signature"}), signed.signature, key)
@@ -181,13 +184,19 @@ def verify_epoch(
     state: ChannelState,
     keys: Mapping[str, WrapKeyId],
     prev: EpochRecord | None,
+    *,
+    history: bool = False,
+    judge_wraps: bool = True,
 ) -> str:
     """Check an epoch record (docs/protocol.md, 15.6, rules 2 to 8); return its hash.
 
     `state` is the receiver's channel state at `record.state.pos`; `prev` the epoch it holds just
-    before (None if it holds none); `keys` each node's roster wrap key.
+    before (None if it holds none); `keys` the roster wrap key of each reader that the held
+    version lists as active. Rule 7 judges their wraps' keys with `judge_wraps` (the latest record
+    of an answer); other wraps are checked for length only. `history`: the record is not signed
+    with an active owner's current key, and a later record signed with one follows it (rule 2).
     """
-    _check_owner_signature(EPOCH_DOMAIN, record, fed)
+    _check_owner_signature(EPOCH_DOMAIN, record, fed, history=history)
     if (record.channel, record.owner) != (state.channel, state.owner):
         raise EpochInvalid("the channel or owner is not the channel's")
     if prev is None:
@@ -204,7 +213,10 @@ def verify_epoch(
     if record.readers != state.readers:
         raise EpochInvalid("the wrapped nodes differ from the readers of the cited state")
     for w in record.wraps:
-        _check_wrap(w.suite, w.kid, w.wrap, w.node, keys)
+        if judge_wraps and fed.listed(w.node):
+            _check_wrap(w.suite, w.kid, w.wrap, w.node, keys)
+        elif len(_b64(w.wrap)) != WRAP_SIZES[w.suite]:
+            raise EpochInvalid(f"malformed wrap for {w.node}")
     if len(_b64(record.commitment)) != 32:
         raise EpochInvalid("malformed epoch key commitment")
     return epoch_hash(record)

@@ -153,11 +153,12 @@ class Announcements:
     async def take_relayed_support(self, raws: Sequence[Any]) -> None:
         """Announcements relayed by a member with epoch records: each is checked against its own
         node's roster key, and kept if none is held for that node (a held one is asked for again
-        directly when an epoch's wrap disagrees with it: `record_key_ids`)."""
+        directly when an epoch's wrap disagrees with it: `record_key_ids`). One of a node that the
+        held version does not list as active is skipped: no epoch is made for it (15.6 rule 7)."""
         fresh: dict[str, EpochSupport] = {}
         for raw in raws[: len(self.fed.roster.nodes)]:
             support = parse_support(raw)
-            if support.node == self.me or support.node in fresh:
+            if support.node == self.me or support.node in fresh or not self.fed.listed(support.node):
                 continue
             held = self._support.get(support.node)
             if held is not None and held.signer == self.fed.node(support.node).signing_kid:
@@ -241,11 +242,15 @@ class Announcements:
 
     async def record_key_ids(self, record: EpochRecord) -> dict[str, WrapKeyId]:
         """The wrap keys a received epoch's readers announce; a reader whose wrap names another key
-        is asked again first (it may have announced a new one since this node asked)."""
-        ids = await self.wrap_key_ids(record.readers, strict=True)
+        is asked again first (it may have announced a new one since this node asked). Readers that
+        the held version does not list as active are left out: their wraps are not judged (15.6
+        rule 7), and no bulletin is posted or taken under an epoch that wraps for them."""
+        ids = await self.wrap_key_ids([r for r in record.readers if self.fed.listed(r)], strict=True)
         if ids is None:
             raise EpochInvalid("the epoch wraps for a node that announced no v2 support")
         for w in record.wraps:
+            if w.node not in ids:
+                continue
             if (w.suite, w.kid) != (ids[w.node].suite, ids[w.node].kid):
                 support = await self.support_of(w.node, strict=True, refresh=True)
                 if support is None:

@@ -216,7 +216,10 @@ class EpochBook(Announcements):
                 prev = self.latest(state.channel)
                 if prev is not None and prev.state.pos > state.pos:
                     return None  # another worker made one for a later state than this one holds yet
-                if await self.wrap_key_ids(state.readers, strict=False) is None:
+                try:
+                    if await self.wrap_key_ids(state.readers, strict=False) is None:
+                        return None
+                except Forbidden:  # UnknownPeer: a reader the roster suspended or revoked, until removed
                     return None
                 record, key = make_epoch(
                     state,
@@ -273,7 +276,9 @@ class EpochBook(Announcements):
         grants = [g.model_dump(mode="json") for g in self.grants.get(channel, []) if g.node == peer]
         # The readers' announcements, which verify themselves (15.12): one fetch, not one per reader.
         readers = sorted({n for r in page for n in r.readers} - {peer})
-        support = [self._wire(("support", n), self._support[n]) for n in readers if n in self._support]
+        support = [
+            self._wire(("support", n), self._support[n]) for n in readers if n in self._support and self.fed.listed(n)
+        ]
         if self.me in readers and self.announce:
             support.append(self._wire(("support", self.me), self.announcement))
         records = [self._wire(("epoch", channel), r) if r is held[-1] else r.model_dump_json().encode() for r in page]
@@ -299,7 +304,7 @@ class EpochBook(Announcements):
                 raise EpochInvalid(f"{peer} sent a malformed page of epoch records") from exc
             if raws and relayed:
                 await self.take_relayed_support(relayed)
-            fresh += await self.accept(channel, raws)
+            fresh += await self.accept(channel, raws, final=not more)
             if not more or not raws:
                 grants = page.get("grants") or []
                 if not isinstance(grants, list):
@@ -320,10 +325,18 @@ class EpochBook(Announcements):
             log.info("%s: epochs of %s from %s: %s", self.me, channel, peer, exc)
         return 0
 
-    async def accept(self, channel: str, raws: Sequence[Any]) -> int:
-        """Check epoch records (15.6) in order and keep the new ones; a bad one stops the rest."""
+    async def accept(self, channel: str, raws: Sequence[Any], *, final: bool = True) -> int:
+        """Check epoch records (15.6) in order and keep the new ones; a bad one stops the rest.
+
+        Only the last record of a `final` answer is judged against the readers' current wrap keys
+        (rule 7): each earlier one is history, pinned by the next one's `prev`, and may wrap for
+        keys rotated out since. A record not signed with an active owner's current key (a revoked
+        owner's, before its successor's handover; one signed before the owner's key rotation) is
+        history too: it is kept only once the records that follow it in `raws`, up to one signed
+        with an active owner's current key, are checked as well (rule 2).
+        """
         fresh = 0
-        for raw in raws:
+        for i, raw in enumerate(raws):
             record = parse_epoch(raw)
             if record.channel != channel:
                 raise EpochInvalid("an epoch record of another channel")
@@ -332,11 +345,36 @@ class EpochBook(Announcements):
                 if epoch_hash(held) != epoch_hash(record):
                     await self._equivocates(record)
                 continue
-            await self._accept_one(record)
+            if not self._signed_now(record):
+                await self._check_history(channel, record, raws[i + 1 :])
+            await self._accept_one(record, judge_wraps=final and i == len(raws) - 1)
             fresh += 1
         return fresh
 
-    async def _accept_one(self, record: EpochRecord) -> None:
+    def _signed_now(self, record: EpochRecord) -> bool:
+        """Whether an active owner's current (active or retiring) signing key signed `record`."""
+        return self.fed.listed(record.owner) and self.fed.signing_key_of(record.owner, record.signer) is not None
+
+    async def _check_history(self, channel: str, record: EpochRecord, after: Sequence[Any]) -> None:
+        """Check `record`, signed with a key no longer current, and the records after it up to the
+        first signed with a current one, which pins it; EpochInvalid if none follows (nothing kept)."""
+        prev, run = self.latest(channel), [record]
+        for raw in after:
+            run.append(parse_epoch(raw))
+            if self._signed_now(run[-1]):
+                break
+        else:
+            raise EpochInvalid(
+                f"epoch {record.n} of {channel} is signed with a key of {record.owner} that is no longer "
+                "current, and no epoch signed with a current key follows it"
+            )
+        for later in run:
+            if later.channel != channel:
+                raise EpochInvalid("an epoch record of another channel")
+            await self._verified(later, prev, judge_wraps=False)
+            prev = later
+
+    async def _accept_one(self, record: EpochRecord, *, judge_wraps: bool) -> None:
         async with self._lock:
             held = self.record(record.channel, record.n)
             if held is None and await self._reread(record.channel):  # another worker took it
@@ -348,7 +386,7 @@ class EpochBook(Announcements):
             prev = self.latest(record.channel)
             if record.n != (prev.n + 1 if prev is not None else 0):
                 raise EpochInvalid(f"epoch {record.n} of {record.channel} comes after a gap")
-            await self._verified(record, prev)
+            await self._verified(record, prev, judge_wraps=judge_wraps)
             key = None
             wrap = record.wrap_for(self.me)
             if wrap is not None:
@@ -368,17 +406,20 @@ class EpochBook(Announcements):
 
     async def _equivocates(self, record: EpochRecord) -> None:
         """A second record n of a channel: refused (EpochInvalid), and logged if the owner signed it."""
-        await self._verified(record, self.record(record.channel, record.n - 1) if record.n else None)
+        await self._verified(record, self.record(record.channel, record.n - 1) if record.n else None, judge_wraps=False)
         log.error("%s: owner %s signed two epochs %d of %s", self.me, record.owner, record.n, record.channel)
         raise EpochInvalid(f"a different epoch {record.n} of {record.channel} is held: the owner equivocates")
 
-    async def _verified(self, record: EpochRecord, prev: EpochRecord | None) -> None:
-        """15.6 rules 2 to 8 against the state the record cites (fetched if need be)."""
+    async def _verified(self, record: EpochRecord, prev: EpochRecord | None, *, judge_wraps: bool) -> None:
+        """15.6 rules 2 to 8 against the state the record cites (fetched if need be); rule 7's
+        wrap keys only with `judge_wraps`."""
         try:
             state = await self.channels.ensure(record.channel, record.state)
         except NotFound as exc:
             raise EpochInvalid(f"the epoch cites an unknown channel state: {exc.detail}") from exc
-        verify_epoch(record, self.fed, state, await self.record_key_ids(record), prev)
+        keys = await self.record_key_ids(record) if judge_wraps else {}
+        history = not self._signed_now(record)
+        verify_epoch(record, self.fed, state, keys, prev, history=history, judge_wraps=judge_wraps)
 
     async def find(self, channel: str, n: int, sources: Sequence[str]) -> EpochRecord:
         """Epoch `n` of a channel: held, or fetched from the first of `sources` that has it."""

@@ -43,7 +43,7 @@ from exchange.service.posting import Posting
 from exchange.service.receiving import Receiving
 from exchange.service.rejections import Refusals, RefusalSettings
 from exchange.service.retention import Retention
-from exchange.service.revocation import leave_revoked
+from exchange.service.revocation import leave_departed
 from exchange.service.rfis import RequestsForInformation
 from exchange.service.senders import SenderLoops
 from exchange.service.taxii import Taxii
@@ -167,7 +167,7 @@ class NodeService:
         await self.audit.start(self.config.audit_checkpoint_seconds)
         self.webhooks.start()
         await self.crypto.start()
-        await self.sweep_revoked()
+        await self.sweep_departed()
         self.sending.start()  # a sender per partner, draining whatever was queued before a restart
         self._tasks.append(asyncio.create_task(self.catchup.run(), name="catch-up"))
         self.gossip.attach(self.transport, self.install)
@@ -235,14 +235,14 @@ class NodeService:
         for install in self._installs:
             install(self.fed)
         log.info("%s runs on roster version %d (was %d), live", self.me, view.roster.version, before)
-        await self.sweep_revoked()
+        await self.sweep_departed()
 
-    async def sweep_revoked(self) -> None:
-        """The held version's revoked nodes leave this node (exchange.service.revocation), at each
+    async def sweep_departed(self) -> None:
+        """The held version's revoked and suspended nodes leave this node (exchange.service.revocation), at each
         install and each start, so that a restart in between loses none of it."""
         held = self.roster.held
         if held is not None:
-            await leave_revoked(self.me, held, self.channels, self.store)
+            await leave_departed(self.me, held, self.channels, self.store)
 
     def _restart_crypto_workers(self) -> None:
         """New jobs go to worker processes started with the new roster; those in flight finish."""

@@ -1,14 +1,15 @@
-"""What a node does when the roster version it holds revokes a node (docs/operations.md, "Joining
-and the roster ceremony"): what is queued for it is cancelled, each item audited and not retried,
-and the channels this node owns drop it (the owner orders `remove`). What it signed before stays
-valid; its TLS certificate is refused at the next handshake (the held version's pins). A channel
+"""What a node does when the roster version it holds revokes or suspends a node (docs/operations.md,
+"Joining and the roster ceremony"; docs/protocol.md, 6a.7): what is queued for it is cancelled,
+each item audited and not retried, and the channels this node owns drop it (the owner orders
+`remove`); a suspended node reinstated later is invited again by each owner. What it signed before
+stays valid; its TLS certificate is refused at the next handshake (the held version's pins). A channel
 whose owner is revoked is taken over by its successor (docs/protocol.md, 7.5), which then removes
 the other revoked members as any owner does."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -24,15 +25,18 @@ from exchange.store.tables import outbox
 log = logging.getLogger("exchange.roster")
 
 
-async def leave_revoked(me: NodeId, held: TrustedRoster, channels: ChannelBook, store: Store) -> int:
-    """Apply the revocations of `held` here (idempotent): how many queued items were cancelled."""
+async def leave_departed(me: NodeId, held: TrustedRoster, channels: ChannelBook, store: Store) -> int:
+    """Apply the revocations and suspensions of `held` here (idempotent): how many queued items
+    were cancelled. A channel whose owner is only suspended waits (docs/protocol.md, 7.5)."""
     revoked = sorted(held.node_ids("revoked"))
-    if not revoked:
+    departed = sorted({*revoked, *held.node_ids("suspended")} - {me})
+    if not departed:
         return 0
-    reason = f"cancelled: revoked in roster version {held.version}"
+    reason = f"cancelled: {{}} in roster version {held.version}"
+    reasons: dict[str, str] = {n: reason.format("revoked" if n in revoked else "suspended") for n in departed}
     # Cancelled (and audited) before the removals, which would cancel a channel's items silently;
-    # and after them, for the `remove` events queued to the revoked node itself.
-    cancelled = await cancel_queued(store, revoked, reason)
+    # and after them, for the `remove` events queued to the departed node itself.
+    cancelled = await cancel_queued(store, reasons)
     for state in channels.all():  # a channel whose owner is revoked: its successor takes it over (7.5)
         if channels.successor_of(state) == me:
             try:
@@ -43,25 +47,28 @@ async def leave_revoked(me: NodeId, held: TrustedRoster, channels: ChannelBook, 
     for state in channels.all():
         if state.owner != me or state.closed:
             continue
-        for node in sorted(set(revoked) & (set(state.members) | set(state.invited))):
+        for node in sorted(set(departed) & (set(state.members) | set(state.invited))):
             try:
                 await channels.change(None, state.channel, {"type": "remove", "node": node})
             except Exception:
                 log.exception("%s was not removed from %s", node, state.channel)
-    cancelled += await cancel_queued(store, revoked, reason)
+    cancelled += await cancel_queued(store, reasons)
     if cancelled:
-        log.warning("%d outbox items for revoked nodes %s cancelled", cancelled, ", ".join(revoked))
+        log.warning("%d outbox items for departed nodes %s cancelled", cancelled, ", ".join(departed))
     return cancelled
 
 
-async def cancel_queued(store: Store, nodes: Sequence[str], reason: str) -> int:
-    """Cancel what is queued for `nodes`, one audit entry per item; how many."""
-    pending = sa.and_(outbox.c.dest.in_(list(nodes)), outbox.c.state == "queued")
+async def cancel_queued(store: Store, reasons: Mapping[str, str]) -> int:
+    """Cancel what is queued for each node of `reasons`, with its reason, one audit entry per
+    item; how many."""
+    pending = sa.and_(outbox.c.dest.in_(list(reasons)), outbox.c.state == "queued")
 
     async def job(conn: AsyncConnection, audit: AuditBuffer) -> int:
         rows = (await conn.execute(sa.select(outbox.c.dest, outbox.c.kind, outbox.c.ref).where(pending))).all()
         if rows:
-            await conn.execute(sa.update(outbox).where(pending).values(state="cancelled", detail=reason))
+            for node, reason in reasons.items():
+                mine = sa.and_(pending, outbox.c.dest == node)
+                await conn.execute(sa.update(outbox).where(mine).values(state="cancelled", detail=reason))
         at = timestamp()
         for row in rows:
             entry: SendRefused = {
@@ -70,7 +77,7 @@ async def cancel_queued(store: Store, nodes: Sequence[str], reason: str) -> int:
                 "kind": str(row.kind),
                 "ref": str(row.ref),
                 "to": str(row.dest),
-                "reason": reason,
+                "reason": reasons[str(row.dest)],
             }
             audit.add(entry)
         return len(rows)
@@ -79,4 +86,4 @@ async def cancel_queued(store: Store, nodes: Sequence[str], reason: str) -> int:
     return cancelled
 
 
-__all__ = ["cancel_queued", "leave_revoked"]
+__all__ = ["cancel_queued", "leave_departed"]
