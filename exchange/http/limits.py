@@ -103,7 +103,11 @@ class RateLimiter:
 
     A credential (an `Authorization` header or a console session cookie) becomes known once a
     request that carried it authenticated a local user; until then its requests are charged to
-    their address, and paid back to the address once they authenticate.
+    their address, and paid back to the address once they authenticate, if their user's bucket
+    has room (so new credentials of an exhausted user cost their address). A known credential's
+    requests are charged to the **user** it authenticated, so that every spelling of a token, and
+    every credential sent beside a session, shares that user's one bucket; a known credential that
+    no longer authenticates (a rotated token, an ended session) is forgotten at its first refusal.
     """
 
     def __init__(
@@ -117,7 +121,7 @@ class RateLimiter:
         self.tokens = Buckets(self.settings.token, self.settings.max_keys, clock)
         self.peers = Buckets(self.settings.peer, self.settings.max_keys, clock)
         self.addresses = Buckets(self.settings.address, self.settings.max_keys, clock)
-        self._known: OrderedDict[str, None] = OrderedDict()
+        self._known: OrderedDict[str, str] = OrderedDict()  # credential hash -> the user it authenticated
 
     def _credential(self, request: web.Request) -> str | None:
         sent = request.headers.get("Authorization")
@@ -132,9 +136,10 @@ class RateLimiter:
             wait, what, ticket = self.peers.take(peer), "this partner node", Ticket(None, None)
         else:
             credential = self._credential(request)
-            if credential is not None and credential in self._known:
+            user = self._known.get(credential) if credential is not None else None
+            if credential is not None and user is not None:
                 self._known.move_to_end(credential)
-                wait, what, ticket = self.tokens.take(credential), "this token", Ticket(credential, None)
+                wait, what, ticket = self.tokens.take(user), "this user", Ticket(credential, None)
             else:
                 address = client_key(request.remote)
                 wait, what, ticket = self.addresses.take(address), "this address", Ticket(credential, address)
@@ -145,12 +150,22 @@ class RateLimiter:
         return ticket
 
     def settle(self, request: web.Request, ticket: Ticket) -> None:
-        """After the handler: a request that authenticated moves its charge to its credential."""
-        if ticket.address is None or ticket.credential is None or request.get(USER) is None:
+        """After the handler: a request that authenticated moves its charge to its user; a known
+        credential that did not authenticate is forgotten (its next requests are its address's)."""
+        user: str | None = request.get(USER)
+        if ticket.credential is None:
             return
-        self.addresses.give_back(ticket.address)
-        self.tokens.take(ticket.credential)
-        self._known[ticket.credential] = None
+        if ticket.address is None:  # charged to a known credential's user
+            if user is None:
+                self._known.pop(ticket.credential, None)
+            elif self._known.get(ticket.credential) != user:
+                self._known[ticket.credential] = user
+            return
+        if user is None:
+            return
+        if self.tokens.take(user) == 0:  # else the user's bucket is empty: the address keeps the charge
+            self.addresses.give_back(ticket.address)
+        self._known[ticket.credential] = user
         if len(self._known) > self.settings.max_keys:
             self._known.popitem(last=False)
 

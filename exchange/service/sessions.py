@@ -177,17 +177,6 @@ class Sessions:
 
         await self.store.write(job)
 
-    async def end_all(self, user: str, keep: ConsoleSession | None = None) -> None:
-        """End every session of `user` (but `keep`): after a password change, old ones must not live on."""
-
-        async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
-            query = sa.delete(console_sessions).where(console_sessions.c.user == user)
-            if keep is not None:
-                query = query.where(console_sessions.c.id_hash != hash_token(keep.secret))
-            await conn.execute(query)
-
-        await self.store.write(job)
-
     async def _delete(self, id_hash: str) -> None:
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
             await conn.execute(sa.delete(console_sessions).where(console_sessions.c.id_hash == id_hash))
@@ -284,14 +273,13 @@ class Sessions:
         limits, and their other sessions end."""
         name = session.user.name
         await self.check_password(name, current, address)
-        await set_password(self.store, name, new, actor=name)
-        await self.end_all(name, keep=session)
+        await set_password(self.store, name, new, actor=name, keep=hash_token(session.secret))
 
     async def set_password(self, actor: User, name: str, password: str, keep: ConsoleSession | None = None) -> None:
         """An administrator sets someone's password; that person's sessions end (but `keep`)."""
         actor.require("admin")
-        await set_password(self.store, name, password, actor=actor.name)
-        await self.end_all(name, keep=keep if keep is not None and keep.user.name == name else None)
+        kept = hash_token(keep.secret) if keep is not None and keep.user.name == name else None
+        await set_password(self.store, name, password, actor=actor.name, keep=kept)
 
     async def add_person(self, actor: User, name: str, role: str, password: str) -> None:
         """An administrator adds a user with a console password (its API token: `exchange users token`)."""

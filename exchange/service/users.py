@@ -14,7 +14,7 @@ from exchange.crypto import hash_token, new_token
 from exchange.crypto.passwords import WeakPassword, hash_password, password_matches
 from exchange.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from exchange.model import ROLES, Role
-from exchange.store import AuditBuffer, Store, user_channels, user_passwords, users
+from exchange.store import AuditBuffer, Store, console_sessions, user_channels, user_passwords, users
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,10 @@ async def get_user(store: Store, name: str) -> User:
         return User(name, role, frozenset(channels))
 
 
-async def set_password(store: Store, name: str, password: str, *, actor: str) -> None:
-    """Give a user a console password (stored as an argon2id hash); audited, never the password."""
+async def set_password(store: Store, name: str, password: str, *, actor: str, keep: str | None = None) -> None:
+    """Give a user a console password (stored as an argon2id hash); audited, never the password.
+    The user's console sessions end in the same transaction, whoever sets it (the console, the
+    CLI, provisioning), but the one whose id hash is `keep` (the person changing their own)."""
     try:
         hashed = await asyncio.to_thread(hash_password, password)
     except WeakPassword as exc:
@@ -147,6 +149,10 @@ async def set_password(store: Store, name: str, password: str, *, actor: str) ->
         )
         if done.rowcount == 0:
             await conn.execute(sa.insert(user_passwords).values(user=name, hash=hashed, set_at=now))
+        ended = sa.delete(console_sessions).where(console_sessions.c.user == name)
+        if keep is not None:
+            ended = ended.where(console_sessions.c.id_hash != keep)
+        await conn.execute(ended)
         audit.add(ev.UserPasswordSet(event=ev.USER_PASSWORD_SET, at=now, user=name, actor=actor))
 
     await store.write(job)

@@ -413,7 +413,7 @@ async def test_rates_are_limited_per_address_token_and_partner_with_retry_after(
     statuses = [(await call(client, "/api/v1/whoami", officer)).status for _ in range(burst)]
     assert statuses == [200] * (burst - 1) + [429]  # one was taken when it first authenticated
     limited = await call(client, "/api/v1/whoami", officer)
-    assert limited.status == 429 and "this token" in limited.problem["detail"]
+    assert limited.status == 429 and "this user" in limited.problem["detail"]
     assert int(limited.headers["retry-after"]) >= 1
     assert (await call(client, "/api/v1/whoami", auditor)).status == 200  # another token has its own
     # A token not seen before is charged to its address, which is empty: made-up tokens buy nothing.
