@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -191,6 +192,19 @@ async def post_batch(request: web.Request) -> web.Response:
         else:
             answers.append({"index": i, "status": 201, "posted": result.as_json()})
     posted = sum(1 for a in answers if a["status"] == 201)
+    refused = Counter((status_for(r), type(r).__name__) for r in results if isinstance(r, ExchangeError))
+    if refused:  # audited as a refused request is, one entry for the batch: its refusals counted
+        (status, _), _ = refused.most_common(1)[0]
+        counts = ", ".join(f"{n} {error} ({code})" for (code, error), n in refused.most_common())
+        await service.audit_rejection(
+            method=request.method,
+            path=request.path,
+            status=status,
+            reason=f"{sum(refused.values())} of {len(answers)} items refused: {counts}",
+            peer=None,
+            user=user.name,
+            address=request.remote,
+        )
     return web.json_response({"posted": posted, "refused": len(answers) - posted, "items": answers})
 
 
