@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -328,8 +328,27 @@ class ChannelBook:
 
     # -- changes this node orders as owner --------------------------------------------------
 
+    async def _ordered(self, channel: str, order: Callable[[], Awaitable[ChannelState]]) -> ChannelState:
+        """Run an owner's `order` (it signs the next event from this process's copy of the log).
+        Another worker of this node (PostgreSQL) may have stored an event at that position first:
+        then the log is read again and the order made once more, on top of that event; a second
+        clash is a Conflict (409), not an internal error."""
+        try:
+            return await order()
+        except sa.exc.IntegrityError:
+            if not self.store.shared:
+                raise
+        await self.refresh(channel)
+        try:
+            return await order()
+        except sa.exc.IntegrityError as exc:
+            raise Conflict(f"channel {channel!r} changed meanwhile on another worker; try again") from exc
+
     async def create(self, user: User, channel: str, create: dict[str, Any]) -> ChannelState:
         user.require("admin")
+        return await self._ordered(channel, lambda: self._create(channel, create))
+
+    async def _create(self, channel: str, create: dict[str, Any]) -> ChannelState:
         async with self._lock:
             if channel in self._states:
                 raise Conflict(f"channel {channel!r} exists")
@@ -351,6 +370,9 @@ class ChannelBook:
         """Order one change of a channel this node owns (user None: on a partner's signed request)."""
         if user is not None:
             user.require("admin")
+        return await self._ordered(channel, lambda: self._change(channel, change))
+
+    async def _change(self, channel: str, change: dict[str, Any]) -> ChannelState:
         async with self._lock:
             current = self.state(channel)
             if current.owner != self.me:

@@ -4,7 +4,8 @@ Every worker runs a sender per partner, but a sender sends only while its worker
 partner's lease (a row of `outbox_leases`: holder, expires; exchange.store.workers). The holder
 renews it as it goes: each write a sender makes (marking items sent, storing receipts, rejecting
 an item) first renews it in the same transaction, and fails (`LeaseLost`) if another worker has
-taken it, so nothing is recorded by a worker that no longer sends. A worker that dies stops
+taken it, so nothing is recorded by a worker that no longer sends; a timer renews it while a
+request waits for the partner's answer and while the sender backs off after a failure (`kept`). A worker that dies stops
 renewing; once its lease expires, the first sender of another worker to look takes it over, and
 sends what is still queued. One that stops cleanly ends its leases (`release`), for others to take within a second.
 
@@ -14,10 +15,11 @@ On SQLite (one process) every sender holds its lease and none of this touches th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -93,6 +95,45 @@ class Leases:
             else:
                 self._until.pop(dest, None)
         return set(wanted) - kept
+
+    async def renew(self, dest: str) -> bool:
+        """Renew this worker's lease on `dest` in a transaction of its own; False if another
+        worker has taken it."""
+        if not self.shared:
+            return True
+        async with self.store.engine.begin() as conn:
+            ours = await renew_lease(conn, dest, self.holder, self._renewed(dest))
+        if not ours:
+            self._until.pop(dest, None)
+        return ours
+
+    @contextlib.asynccontextmanager
+    async def kept(self, dest: str) -> AsyncIterator[None]:
+        """Keep renewing the lease on `dest` while the block runs: a request that waits for a slow
+        partner's answer, a back-off after a failure. Without it, a partner answering later than
+        the lease lasts would be taken by another worker, which sends the same batch again, and the
+        first answer's receipts would be refused (LeaseLost); and each worker would retry a partner
+        that is down on its own schedule. Stops renewing once another worker holds the lease."""
+        if not self.shared or dest not in self._until:
+            yield
+            return
+
+        async def keep() -> None:
+            while True:
+                await asyncio.sleep(self.seconds / 3)
+                try:
+                    if not await self.renew(dest):
+                        return
+                except (OSError, sa.exc.DBAPIError, sa.exc.TimeoutError):  # tried again; else it expires
+                    continue
+
+        keeper = asyncio.create_task(keep(), name=f"lease-{dest}")
+        try:
+            yield
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
 
     async def idle(self, work: asyncio.Event) -> None:
         """Wait for work: `work` set here, or (shared) a poll, since other workers queue items too."""

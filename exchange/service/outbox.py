@@ -436,7 +436,7 @@ def _first(row: tuple[int, Any, OutRef]) -> int:
 
 def _everyones(exc: Exception) -> bool:
     """A failure of the store itself (busy, locked, unreachable), not of one sender's request."""
-    return isinstance(exc, (Unavailable, OSError, sa.exc.OperationalError, sa.exc.InterfaceError))
+    return isinstance(exc, (Unavailable, OSError, sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError))
 
 
 def _lease_lost(dest: str) -> LeaseLost:

@@ -13,7 +13,7 @@ import contextlib
 import datetime as dt
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -151,10 +151,27 @@ class Posting:
         if idempotency_key is None:
             return await self._post(user, channel, bulletin, seen=seen)
         asked = {"op": "post", "channel": channel, "bulletin": bulletin.model_dump(mode="json")}
-        async with self.once(user, idempotency_key, asked) as (keyed, earlier):
+        return await self._keyed(
+            user, idempotency_key, asked, lambda keyed: self._post(user, channel, bulletin, seen=seen, keyed=keyed)
+        )
+
+    async def _keyed(
+        self, user: User, raw_key: str, asked: dict[str, Any], run: Callable[[Keyed], Awaitable[Posted]]
+    ) -> Posted:
+        """`run` once per Idempotency-Key: the earlier answer if there is one. The key's lock is
+        this process's: another worker of the node (PostgreSQL) may store a request with the same
+        key meanwhile, whose row makes this one's insert fail; then that request's answer is this
+        one's too (or IdempotencyKeyReused for another request), not an internal error."""
+        async with self.once(user, raw_key, asked) as (keyed, earlier):
             if earlier is not None:
                 return earlier
-            return await self._post(user, channel, bulletin, seen=seen, keyed=keyed)
+            try:
+                return await run(keyed)
+            except sa.exc.IntegrityError:
+                earlier = await self._earlier(keyed)
+                if earlier is None:
+                    raise
+                return earlier
 
     @contextlib.asynccontextmanager
     async def once(
@@ -300,10 +317,9 @@ class Posting:
         if idempotency_key is None:
             return await self._forward(user, bid, channel)
         asked = {"op": "forward", "bulletin": bid, "channel": channel}
-        async with self.once(user, idempotency_key, asked) as (keyed, earlier):
-            if earlier is not None:
-                return earlier
-            return await self._forward(user, bid, channel, keyed=keyed)
+        return await self._keyed(
+            user, idempotency_key, asked, lambda keyed: self._forward(user, bid, channel, keyed=keyed)
+        )
 
     async def _forward(self, user: User, bid: str, channel: str, *, keyed: Keyed | None = None) -> Posted:
         original = await self.inbox.load(user, bid)

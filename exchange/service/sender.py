@@ -170,7 +170,8 @@ class Sender:
             },
         )
         self._contact.clear()
-        await wait_event(self._contact, delay)
+        async with self.outbox.leases.kept(self.peer):  # no other worker retries it meanwhile
+            await wait_event(self._contact, delay)
         self.status.backoff_until = None
 
     async def _send(self, batch: list[OutItem]) -> list[OutItem]:
@@ -210,7 +211,8 @@ class Sender:
         txn = transaction_id([i.key for i in batch])
         self.status.in_flight = len(batch)
         try:
-            answer = await self.outbox.transport.send(self.peer, FED_ENVELOPES, transaction_body(txn, batch))
+            async with self.outbox.leases.kept(self.peer):  # however long the partner takes to answer
+                answer = await self.outbox.transport.send(self.peer, FED_ENVELOPES, transaction_body(txn, batch))
         except PeerRefused as exc:
             if exc.status in RETRYABLE_REFUSALS:
                 raise

@@ -205,6 +205,10 @@ class Store:
                 batch.append(self._queue.get_nowait())
             try:
                 await self._commit(batch)
+            except _StoreFailed as failed:  # not a job's fault: running each alone would not help
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(failed.error)
             except Exception:
                 # One job spoiled the batch: run each alone so the others still commit.
                 for pending in batch:
@@ -226,11 +230,8 @@ class Store:
         buffer = AuditBuffer(self._audit_size)
         results: list[Any] = [None] * len(batch)
         streams = list(dict.fromkeys(p.stream for p in batch if p.stream is not None))
-        async with self.engine.begin() as conn:
-            if self.shared:  # indices (and sequence numbers) in commit order, across workers
-                await workers.lock_log(conn)
-            else:  # SQLite's write lock now, not at the first INSERT, and the end read under it
-                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+        async with self._transaction() as conn:
+            await self._begin(conn)
             buffer.next_idx, buffer.seqs = await _ends(conn, streams)
             # The jobs that read nothing go first, so that all their rows share one executemany per
             # table. Any order of a batch is a valid one: every caller waits for its own job, so no
@@ -254,6 +255,40 @@ class Store:
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction. What fails before the jobs run (no pooled connection in time, the
+        database unreachable) or at COMMIT is the store's failure, not a job's (`_StoreFailed`):
+        at COMMIT the outcome is unknown, and running the jobs again alone could store one
+        acknowledged post twice, so each caller gets Unavailable and may retry (a post with its
+        Idempotency-Key gets the stored answer if the commit landed)."""
+        begin = self.engine.begin()
+        try:
+            conn = await begin.__aenter__()
+        except (sa.exc.TimeoutError, sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:
+            raise _StoreFailed(Unavailable("the database is busy or unreachable; try again shortly")) from exc
+        try:
+            yield conn
+        except BaseException as exc:  # rolled back; a job's failure, for each job to be run alone
+            await begin.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        try:
+            await begin.__aexit__(None, None, None)  # COMMIT
+        except Exception as exc:
+            raise _StoreFailed(
+                Unavailable("the database did not confirm the commit, so whether it was stored is unknown; retry")
+            ) from exc
+
+    async def _begin(self, conn: AsyncConnection) -> None:
+        """Take the write lock: another job cannot cause a failure here, so it is the store's."""
+        try:
+            if self.shared:  # indices (and sequence numbers) in commit order, across workers
+                await workers.lock_log(conn)
+            else:  # SQLite's write lock now, not at the first INSERT, and the end read under it
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:
+            raise _StoreFailed(Unavailable("the database is busy or unreachable; try again shortly")) from exc
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -282,6 +317,14 @@ class Store:
             audit.add(entry)
 
         await self.write(job)
+
+
+class _StoreFailed(Exception):
+    """The store failed a whole batch (`error` goes to every job of it), not one job."""
+
+    def __init__(self, error: Unavailable) -> None:
+        super().__init__(error.detail)
+        self.error = error
 
 
 async def _ends(conn: AsyncConnection, streams: list[Stream]) -> tuple[int, dict[Stream, int]]:
