@@ -28,7 +28,7 @@ from exchange.provision import init_federation
 from exchange.service.leases import Leases
 from exchange.service.node import NodeService
 from exchange.store import outbox
-from tests.conftest import write_federation
+from tests.conftest import eventually, write_federation
 from tests.service.lone_node import NoPartners, bulletin, node_service
 from tests.service.test_outbox import MemoryTransport
 
@@ -138,3 +138,51 @@ async def test_two_workers_retry_a_down_partner_no_more_often_than_one(
     await asyncio.sleep(LEASE + 0.5)  # the lease of the run before has ended
     two = await attempts(tmp_path, 2, 8.0)
     assert two <= one + 2, f"in 8 s one worker retried {one} times, two workers {two} times"
+
+
+class Toggle(MemoryTransport):
+    """The partner, down until the test brings it up."""
+
+    async def send(self, node: NodeId, path: str, body: bytes) -> Any:
+        if node in self.down:
+            raise PeerError(f"{node}: connection refused")
+        return await super().send(node, path, body)
+
+
+@PG
+async def test_a_partner_back_up_at_another_worker_ends_the_lease_holders_back_off(
+    tmp_path: Path, database: Callable[[str], Awaitable[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker that holds a down partner's lease backs off (here 30 s and more); the partner,
+    back, pushes to another worker: that one tells the others (LISTEN/NOTIFY), and the holder
+    sends at once instead of after its back-off."""
+    monkeypatch.setattr(leases_mod, "POLL_SECONDS", 0.2)
+    await provision(tmp_path, database, {"retry_base_seconds": 30, "retry_max_seconds": 60})
+    reader = await node_service(tmp_path / f"{KE}.toml", NoPartners())
+    ta, tb = Toggle(NL), Toggle(NL)
+    ta.nodes = tb.nodes = {KE: reader}
+    ta.down = tb.down = {KE}
+    a, b = await worker(tmp_path, NL, ta, "wa"), await worker(tmp_path, NL, tb, "wb")
+    try:
+        for svc in (a, b):
+            svc.worker_sync.start()
+            svc.sending.start()
+        await a.posting.post(await a.users.get("officer"), "c2c", bulletin("cash"))
+
+        async def backing_off() -> bool:
+            return any(s.outbox.senders[KE].status.backoff_until is not None for s in (a, b))
+
+        await eventually(backing_off, what="a worker backing off from ke-customs")
+        holder, other = (a, b) if a.outbox.senders[KE].status.backoff_until is not None else (b, a)
+        assert KE not in other.outbox.leases._until
+        ta.down = tb.down = set()
+        other.outbox.peer_seen(KE)  # ke-customs pushed something to the other worker
+
+        async def delivered() -> bool:
+            async with a.store.read() as conn:
+                return await conn.scalar(sa.select(outbox.c.state).where(outbox.c.dest == KE)) == "delivered"
+
+        await eventually(delivered, timeout=10, what="delivered before the 30 s back-off ends")
+        assert holder.outbox.senders[KE].status.backoff_until is None
+    finally:
+        await close(a, b, reader)

@@ -19,6 +19,7 @@ import contextlib
 import datetime as dt
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Iterable
 
 import sqlalchemy as sa
@@ -27,9 +28,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from exchange.clock import utc_now, wait_event
 from exchange.errors import LeaseLost
 from exchange.store import Store
-from exchange.store.workers import POLL_SECONDS, claim_lease, release_leases, renew_lease, renew_leases
+from exchange.store.workers import PEERS, POLL_SECONDS, claim_lease, notify, release_leases, renew_lease, renew_leases
 
 LEASE_SECONDS = 5.0  # how long a dead worker's partners wait for another worker
+SEEN_EVERY = 5.0  # a partner's contact is told to the other workers at most this often
 
 
 class Leases:
@@ -42,6 +44,8 @@ class Leases:
         self.seconds = seconds
         self._until: dict[str, dt.datetime] = {}  # our own leases' ends, as last renewed
         self._busy: dict[str, dt.datetime] = {}  # until when another worker holds a partner's lease
+        self._told: dict[str, float] = {}  # partner -> when `seen` may tell the other workers again
+        self._telling: set[asyncio.Task[None]] = set()
 
     def _renewed(self, dest: str) -> dt.datetime:
         until = utc_now() + dt.timedelta(seconds=self.seconds)
@@ -134,6 +138,26 @@ class Leases:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
+
+    def seen(self, dest: str) -> None:
+        """`dest` talked to this worker, which does not hold its lease: tell the other workers
+        (`PEERS`), so that the one backing off from it (`kept`) retries now. At most once per
+        SEEN_EVERY seconds and partner; nothing on SQLite or when this worker holds the lease."""
+        now = time.monotonic()
+        if not self.shared or dest in self._until or self._told.get(dest, 0.0) > now:
+            return
+        self._told[dest] = now + SEEN_EVERY
+
+        async def tell() -> None:
+            try:
+                async with self.store.engine.begin() as conn:
+                    await notify(conn, PEERS, dest)
+            except (OSError, sa.exc.DBAPIError, sa.exc.TimeoutError):  # the back-off ends on its own
+                pass
+
+        task = asyncio.create_task(tell(), name=f"seen-{dest}")
+        self._telling.add(task)
+        task.add_done_callback(self._telling.discard)
 
     async def idle(self, work: asyncio.Event) -> None:
         """Wait for work: `work` set here, or (shared) a poll, since other workers queue items too."""

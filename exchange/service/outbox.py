@@ -212,10 +212,13 @@ class Outbox:
             if dest in self.senders:
                 self.senders[dest].wake()
 
-    def peer_seen(self, peer: str) -> None:
-        """`peer` just talked to us, so it is up: retry now rather than after the backoff."""
+    def peer_seen(self, peer: str, *, tell: bool = True) -> None:
+        """`peer` just talked to us, so it is up: retry now rather than after the backoff; with
+        `tell`, another worker that holds its lease is told too (`Leases.seen`)."""
         if peer in self.senders:
             self.senders[peer].peer_seen()
+            if tell:
+                self.leases.seen(peer)
 
     def peer_pulled(self, peer: str, more: bool) -> None:
         """`peer` was served a catch-up page, full (`more`) or not (exchange.service.sender)."""

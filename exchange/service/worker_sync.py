@@ -5,6 +5,7 @@ event and every audit entry (exchange.store.workers). Each worker follows them h
 
 - items queued for a partner wake this worker's sender to it, which sends them if this worker
   holds the partner's lease (exchange.service.leases);
+- a partner that talked to another worker ends this worker's back-off from it (`Leases.seen`);
 - a channel event another worker stored is taken into this worker's channel states;
 - an epoch record, epoch key or history grant another worker stored is taken into this worker's
   epochs (exchange.service.epoch_store; the writer notifies, not a trigger);
@@ -27,7 +28,7 @@ from exchange.service.channels import ChannelBook
 from exchange.service.epochs import EpochBook
 from exchange.service.outbox import Outbox
 from exchange.store import Store
-from exchange.store.workers import AUDIT, CHANNELS, EPOCHS, OUTBOX, Changes
+from exchange.store.workers import AUDIT, CHANNELS, EPOCHS, OUTBOX, PEERS, Changes
 
 log = logging.getLogger("exchange.workers")
 
@@ -42,6 +43,7 @@ class WorkerSync:
         self.epochs = epochs
         self.changes = Changes(store.engine)
         self.changes.on(OUTBOX, lambda dest: outbox.wake([dest]))
+        self.changes.on(PEERS, lambda peer: outbox.peer_seen(peer, tell=False))
         self.changes.on(CHANNELS, lambda channel: self._once(f"channel:{channel}", lambda: channels.refresh(channel)))
         self.changes.on(AUDIT, lambda _: self._once("audit", store.refresh_audit_size))
         if epochs is not None:

@@ -103,6 +103,8 @@ class Role:
 OUTBOX, CHANNELS, AUDIT = "exchange_outbox", "exchange_channels", "exchange_audit"
 # What a write notifies itself (`notify`): a channel's epoch records, keys or grants (the channel).
 EPOCHS = "exchange_epochs"
+# What a worker notifies on its own (`Leases.seen`): a partner talked to it (the partner's id).
+PEERS = "exchange_peers"
 
 
 async def notify(conn: AsyncConnection, topic: str, payload: str) -> None:
