@@ -87,6 +87,12 @@ def check_url(url: str) -> str:
         parts.port  # noqa: B018 - a port out of range or not a number raises here
     except ValueError as exc:  # an unclosed "[", a bad port
         raise InvalidInput(f"url is not a valid URL: {exc}") from exc
+    if "@" in parts.netloc or "\\" in url:
+        # Credentials would be kept in the audit log and shown by `webhooks list`; the receiver
+        # authenticates the node by the requests' signature instead. A backslash is read as a
+        # separator by some parsers and not by others, so the host checked might not be the one
+        # reached.
+        raise InvalidInput("url must not carry a user or password (user@host) nor a backslash")
     if parts.scheme == "https" and parts.hostname:
         return url
     if parts.scheme == "http" and parts.hostname in LOOPBACK:
