@@ -45,6 +45,8 @@ READS_PER_STATEMENT = 200
 # Row numbers or ids in one IN list: SQLite and asyncpg take at most 32,766 parameters a statement.
 IDS_PER_STATEMENT = 10_000
 MAX_TRANSACTION_BYTES = 32 * 1024 * 1024  # half the receiver's request limit
+SMALL_ENVELOPE = 256 * 1024  # envelopes up to this size are read with their sizes, in one statement
+SMALL_ITEM = 4096  # what a queued receipt or channel event is counted as before it is read (`within_bytes` checks)
 # 4xx answers that say "not now" rather than "never": the batch is retried as it is.
 RETRYABLE_REFUSALS = (401, 403, 408, 429)
 
@@ -255,8 +257,43 @@ class Outbox:
                     params |= {f"d{i}": a.dest, f"a{i}": a.after, f"l{i}": a.limit}
                 for ask, n, kind, ref in await conn.execute(_queue_heads(len(part)), params):
                     got[first + ask].append((n, kind, parse_ref(kind, ref)))
-            data = await self._wire_bytes(conn, list({ref for refs in got for _, _, ref in refs}))
+            got, data = await self._within_bytes(conn, got)
+            data |= await self._wire_bytes(
+                conn, [r for r in {ref for refs in got for _, _, ref in refs} if r not in data]
+            )
         return [[OutItem(n, kind, ref, data[ref]) for n, kind, ref in sorted(refs, key=_first)] for refs in got]
+
+    async def _within_bytes(
+        self, conn: AsyncConnection, got: list[list[tuple[int, Any, OutRef]]]
+    ) -> tuple[list[list[tuple[int, Any, OutRef]]], dict[OutRef, bytes]]:
+        """Each queue's head cut to what one request carries (`within_bytes`), by the envelopes'
+        stored sizes, and the envelopes of at most SMALL_ENVELOPE bytes read in the same
+        statement; larger ones are read afterwards, only those kept. A backlog of large bulletins
+        (up to 8 MiB each) thus costs a read of one request's worth per partner, not of
+        `batch_size` envelopes, and the usual small ones one statement, as before."""
+        envs = sorted({ref.bulletin for refs in got for _, _, ref in refs if isinstance(ref, EnvelopeRef)})
+        sizes: dict[str, int] = {}
+        data: dict[OutRef, bytes] = {}
+        size = sa.func.length(bulletins.c.envelope)
+        small = sa.case((size <= SMALL_ENVELOPE, bulletins.c.envelope), else_=sa.null())
+        for part in _chunks(envs, 500):
+            for bid, length, raw in await conn.execute(
+                sa.select(bulletins.c.id, size, small).where(bulletins.c.id.in_(part))
+            ):
+                sizes[bid] = int(length)
+                if raw is not None:
+                    data[EnvelopeRef(bid)] = bytes(raw)
+        out = []
+        for refs in (sorted(head, key=_first) for head in got):
+            total, kept = 0, list[tuple[int, Any, OutRef]]()
+            for item in refs:
+                ref = item[2]
+                total += (sizes.get(ref.bulletin, 0) if isinstance(ref, EnvelopeRef) else SMALL_ITEM) + 1
+                if total > MAX_TRANSACTION_BYTES and kept:
+                    break
+                kept.append(item)
+            out.append(kept)
+        return out, data
 
     async def _wire_bytes(self, conn: AsyncConnection, refs: Sequence[OutRef]) -> dict[OutRef, bytes]:
         data: dict[OutRef, bytes] = {}

@@ -286,3 +286,31 @@ async def test_what_a_partner_pulled_and_receipted_is_delivered_and_a_finished_i
             rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
             plan = " ".join(str(r[-1]) for r in rows)
             assert "ix_outbox_pending" not in plan and "ix_outbox_done" not in plan, (statement, plan)
+
+
+async def test_a_backlog_is_read_one_requests_worth_at_a_time(
+    pair: dict[str, NodeService], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queue of large envelopes: a sender's read takes the head that fits in one request, by
+    the stored sizes, and reads only those envelopes, not `batch_size` of them (up to 8 MiB each)."""
+    from exchange.service import outbox as outbox_module
+
+    author = pair[A]
+    user = await author.users.get("officer")
+    for i in range(5):
+        await author.posting.post(user, "c2c", Bulletin.model_validate({**BULLETIN, "title": f"backlog {i}"}))
+    async with author.store.read() as conn:
+        sizes = [int(s) for s in (await conn.execute(sa.select(sa.func.length(bulletins.c.envelope)))).scalars()]
+    monkeypatch.setattr(outbox_module, "MAX_TRANSACTION_BYTES", sizes[0] * 2 + 2)
+    monkeypatch.setattr(outbox_module, "SMALL_ENVELOPE", 0)  # each counts as large: read only if kept
+    read: list[int] = []
+    wire_bytes = author.outbox._wire_bytes
+
+    async def counted(conn: Any, refs: Any) -> Any:
+        read.append(len(refs))
+        return await wire_bytes(conn, refs)
+
+    monkeypatch.setattr(author.outbox, "_wire_bytes", counted)
+    head = await author.outbox.pending(B, 100)
+    assert [i.n for i in head] == sorted(i.n for i in head) and len(head) == 2, head
+    assert read == [2]  # two envelopes read, not five
