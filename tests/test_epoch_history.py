@@ -21,6 +21,7 @@ from exchange.protocol.epoch_support import make_support
 from exchange.protocol.roster2_model import SignedRosterV2
 from exchange.protocol.rostermigration import admit, propose
 from exchange.protocol.rotation import rotate
+from exchange.service import epochs as epochs_module
 from tests.conftest import Federation, MakeFederation, eventually
 from tests.test_channel_handover import owned_by
 from tests.test_epoch_attacks import admin_invite_and_accept, arrives, post
@@ -176,3 +177,26 @@ async def test_a_newcomer_takes_epochs_made_before_the_owner_and_a_reader_rotate
     await arrives(fr, welcome["id"])
     held = fr.service.epochs.records("c2c")
     assert held[0].n == 0 and held[-1].n > 0 and fr.service.epochs.key("c2c", held[-1].n) is not None
+
+
+async def test_a_run_of_history_across_pages_is_taken_once_pinned(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The revoked owner's epoch 0 ends a page and the successor's epoch 1, which pins it, starts
+    the next (one record a page here; 100 in a node): the newcomer holds epoch 0 over until the
+    pin comes, then takes both. Found by a read-only review of the change above."""
+    rpa = ["read", "post", "admin"]
+    fed = await make_federation(nodes=NODES, channels=[channel(rpa, rpa, ["read", "post"])], options=QUIET)
+    ke, gb, fr = fed["ke-customs"], fed["gb-customs"], fed["fr-customs"]
+    auth, version1, _ = await on_version_1_with_epoch_0(fed)
+    revoked = admit(version1.roster, timestamp(), version1.roster.expires, statuses={"nl-customs": "revoked"})
+    await import_at(gb.config, auth.sign(revoked))
+    for member in (ke, gb, fr):
+        await eventually(runs_on(member, 2), timeout=CONVERGE, what=f"version 2 at {member.id}")
+    await eventually(owned_by(ke, "ke-customs"), timeout=CONVERGE, what="the handover at ke-customs")
+    await admin_invite_and_accept(ke, fr)
+    successor = await ke.service.epochs.make_current(ke.service.channels.state("c2c"))
+    assert successor is not None and successor.n == 1
+    monkeypatch.setattr(epochs_module, "EPOCH_PAGE", 1)
+    await fr.service.epochs.pull("ke-customs", "c2c")
+    assert [r.n for r in fr.service.epochs.records("c2c")] == [0, 1]

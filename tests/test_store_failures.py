@@ -102,3 +102,35 @@ async def test_a_write_past_a_full_pool_is_unavailable_and_waits_for_the_pool_on
         assert tries == 1, f"{tries} waits for a pooled connection for one group commit of 5 jobs"
     finally:
         await store.close()
+
+
+async def test_the_store_failing_while_a_batch_is_run_job_by_job_is_unavailable(tmp_path: Path) -> None:
+    """A job's own failure spoils its batch, and the database goes away just then: the jobs run
+    again alone each get Unavailable (503), not the writer's private wrapper (a 500). Found by a
+    read-only review of the change above."""
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    pool = store.engine.pool
+    get = pool._do_get  # type: ignore[attr-defined]
+    down = False
+
+    def maybe_down() -> Any:
+        if down:
+            raise sa.exc.TimeoutError("QueuePool limit reached (the database went away)")
+        return get()
+
+    async def fine(conn: Any, audit: Any) -> int:
+        await conn.execute(sa.text("SELECT 1"))
+        return 1
+
+    async def broken(conn: Any, audit: Any) -> int:
+        nonlocal down
+        down = True
+        raise sa.exc.OperationalError("INSERT ...", {}, Exception("server closed the connection unexpectedly"))
+
+    pool._do_get = maybe_down  # type: ignore[attr-defined]
+    try:
+        got = await asyncio.gather(store.write(fine), store.write(broken), return_exceptions=True)
+        assert isinstance(got[0], Unavailable), repr(got[0])
+    finally:
+        down = False
+        await store.close()

@@ -49,6 +49,7 @@ from exchange.store import Store
 log = logging.getLogger("exchange.epochs")
 
 EPOCH_PAGE = 100  # epoch records served at a time
+MAX_CARRIED = 10 * EPOCH_PAGE  # history records held across pages until one signed with a current key pins them
 MAKE_TRIES = 3  # an owner's worker that lost the making of epoch n to another tries n + 1 (if due)
 
 
@@ -293,9 +294,11 @@ class EpochBook(Announcements):
         """Fetch the epoch records this node lacks from `peer` (any member); return how many were new."""
         fresh = 0
         await self.refresh(channel)  # ask only for what no worker of this node holds
+        carried: list[Any] = []  # history at a page's end, not pinned yet (15.6 rule 2): taken with the next page
         while True:
             latest = self.latest(channel)
-            page = await self.transport.fetch(NodeId(peer), epochs_path(channel, latest.n if latest else -1))
+            after = parse_epoch(carried[-1]).n if carried else latest.n if latest else -1
+            page = await self.transport.fetch(NodeId(peer), epochs_path(channel, after))
             try:
                 raws = list(page["epochs"])
                 more = bool(page.get("more"))
@@ -304,12 +307,26 @@ class EpochBook(Announcements):
                 raise EpochInvalid(f"{peer} sent a malformed page of epoch records") from exc
             if raws and relayed:
                 await self.take_relayed_support(relayed)
+            raws, carried = carried + raws, []
+            if more and raws:
+                pinned = self._pinned_end(raws)
+                raws, carried = raws[:pinned], raws[pinned:]
+                if len(carried) > MAX_CARRIED:
+                    raise EpochInvalid(f"{peer} sent more than {MAX_CARRIED} epoch records without a current signature")
             fresh += await self.accept(channel, raws, final=not more)
-            if not more or not raws:
+            if not more or not (raws or carried):
                 grants = page.get("grants") or []
                 if not isinstance(grants, list):
                     raise EpochInvalid(f"{peer} sent a malformed list of history grants")
                 return fresh + await accept_grants(self, channel, grants)
+
+    def _pinned_end(self, raws: Sequence[Any]) -> int:
+        """How many of `raws` end with a record signed with a current key (the rest, history not
+        pinned yet, waits for the next page)."""
+        for i in range(len(raws) - 1, -1, -1):
+            if self._signed_now(parse_epoch(raws[i])):
+                return i + 1
+        return 0
 
     async def pull_quietly(self, peer: str, channel: str) -> int:
         """`pull` at catch-up: a member of a release before v2 (404) has none; other failures
@@ -336,6 +353,7 @@ class EpochBook(Announcements):
         with an active owner's current key, are checked as well (rule 2).
         """
         fresh = 0
+        pinned: set[str] = set()  # the hashes of history records whose run was checked whole
         for i, raw in enumerate(raws):
             record = parse_epoch(raw)
             if record.channel != channel:
@@ -345,8 +363,8 @@ class EpochBook(Announcements):
                 if epoch_hash(held) != epoch_hash(record):
                     await self._equivocates(record)
                 continue
-            if not self._signed_now(record):
-                await self._check_history(channel, record, raws[i + 1 :])
+            if not self._signed_now(record) and epoch_hash(record) not in pinned:
+                pinned |= await self._check_history(channel, record, raws[i + 1 :])
             await self._accept_one(record, judge_wraps=final and i == len(raws) - 1)
             fresh += 1
         return fresh
@@ -355,9 +373,10 @@ class EpochBook(Announcements):
         """Whether an active owner's current (active or retiring) signing key signed `record`."""
         return self.fed.listed(record.owner) and self.fed.signing_key_of(record.owner, record.signer) is not None
 
-    async def _check_history(self, channel: str, record: EpochRecord, after: Sequence[Any]) -> None:
+    async def _check_history(self, channel: str, record: EpochRecord, after: Sequence[Any]) -> set[str]:
         """Check `record`, signed with a key no longer current, and the records after it up to the
-        first signed with a current one, which pins it; EpochInvalid if none follows (nothing kept)."""
+        first signed with a current one, which pins it; EpochInvalid if none follows (nothing kept).
+        The hashes of the run's records (each pinned by that one)."""
         prev, run = self.latest(channel), [record]
         for raw in after:
             run.append(parse_epoch(raw))
@@ -373,6 +392,7 @@ class EpochBook(Announcements):
                 raise EpochInvalid("an epoch record of another channel")
             await self._verified(later, prev, judge_wraps=False)
             prev = later
+        return {epoch_hash(r) for r in run}
 
     async def _accept_one(self, record: EpochRecord, *, judge_wraps: bool) -> None:
         async with self._lock:

@@ -215,6 +215,8 @@ class Store:
                     if not pending.future.done():
                         try:
                             await self._commit([pending])
+                        except _StoreFailed as failed:  # the store failed meanwhile: not the job's error
+                            pending.future.set_exception(failed.error)
                         except Exception as exc:  # the job's own error goes to its caller
                             pending.future.set_exception(exc)
 
