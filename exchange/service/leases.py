@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 import os
 import socket
 import time
@@ -29,6 +30,8 @@ from exchange.clock import utc_now, wait_event
 from exchange.errors import LeaseLost
 from exchange.store import Store
 from exchange.store.workers import PEERS, POLL_SECONDS, claim_lease, notify, release_leases, renew_lease, renew_leases
+
+log = logging.getLogger("exchange.outbox")
 
 LEASE_SECONDS = 5.0  # how long a dead worker's partners wait for another worker
 SEEN_EVERY = 5.0  # a partner's contact is told to the other workers at most this often
@@ -128,8 +131,8 @@ class Leases:
                 try:
                     if not await self.renew(dest):
                         return
-                except (OSError, sa.exc.DBAPIError, sa.exc.TimeoutError):  # tried again; else it expires
-                    continue
+                except Exception as exc:  # tried again; else it expires, and another worker takes it over
+                    log.info("the lease on %s was not renewed: %s", dest, exc)
 
         keeper = asyncio.create_task(keep(), name=f"lease-{dest}")
         try:
