@@ -124,7 +124,7 @@ class NodeConfig(BaseModel):
     audit_witnesses: Annotated[int, Field(ge=1, le=64)] = 5
     # Finished outbox rows (delivered, rejected, cancelled) are deleted this long after they finish
     # (docs/operations.md, "Retention"); the audit log keeps what was sent and delivered.
-    outbox_retention_days: Annotated[float, Field(ge=0)] = 7.0
+    outbox_retention_days: Annotated[float, Field(ge=0, le=36500)] = 7.0
     # Worker processes that seal posts and check and open received envelopes, each holding the
     # node's private keys (docs/operations.md, "Crypto workers"); 0: all on the event loop.
     crypto_workers: Annotated[int, Field(ge=0, le=64)] = 1

@@ -307,7 +307,11 @@ class Webhooks:
                 "next_try_at": next_try,
                 "last_error": error,
             }
-            await conn.execute(sa.update(webhooks).where(webhooks.c.id == hook.id).values(**values))
+            # Its id and its secret: on SQLite a removed webhook's id may be given to the next one
+            # registered, and this pass's outcome must not land on that one.
+            mine = sa.and_(webhooks.c.id == hook.id, webhooks.c.secret == hook.secret)
+            if (await conn.execute(sa.update(webhooks).where(mine).values(**values))).rowcount == 0:
+                return  # removed while this pass ran
             if sent:
                 audit.add(
                     ev.WebhookDelivered(

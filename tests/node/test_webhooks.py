@@ -157,3 +157,25 @@ async def test_a_node_without_webhooks_says_so_and_its_loop_looks_rarely(make_fe
     assert status == 201, answer
     assert await nl.service.webhooks.deliver_due() == 0
     assert webhooks.IDLE_INTERVAL > webhooks.INTERVAL
+
+
+async def test_a_removed_webhooks_last_pass_does_not_land_on_the_next_one(make_federation: MakeFederation) -> None:
+    """On SQLite a removed webhook's id may be given to the next one registered (remove and add
+    is how a secret is changed): the outcome of a delivery pass of the removed one, ending after
+    that, is not recorded on the new one. Found by a read-only review; SQLite and PostgreSQL."""
+    import sqlalchemy as sa
+
+    from exchange.store.tables import webhooks
+
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    path, url = "/api/v1/channels/c2c/webhooks", "http://127.0.0.1:9/hook"
+    status, first, _ = await nl.api("POST", path, user="admin", body={"url": url})
+    assert status == 201, first
+    async with nl.service.store.read() as conn:
+        removed = (await conn.execute(sa.select(webhooks).where(webhooks.c.id == first["webhook"]["id"]))).one()
+    assert (await nl.api("DELETE", f"/api/v1/webhooks/{first['webhook']['id']}", user="admin"))[0] == 200
+    assert (await nl.api("POST", path, user="admin", body={"url": url + "2"}))[0] == 201
+    await nl.service.webhooks._record(removed, 0, 3, None)  # the removed one's pass ends now
+    status, hooks, _ = await nl.api("GET", "/api/v1/webhooks", user="admin")
+    assert [h["delivered"] for h in hooks] == [0], hooks

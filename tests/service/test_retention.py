@@ -94,3 +94,15 @@ async def test_the_loop_prunes_until_it_is_stopped(service: NodeService) -> None
     finally:
         await keeper.close()
     await keeper.close()  # twice is harmless
+
+
+def test_a_retention_past_a_hundred_years_is_refused_at_start(tmp_path: Path) -> None:
+    """Found by a read-only review: a retention of a million days made every pruning pass fail
+    (a date out of range), logged each hour, and the outbox was never pruned."""
+    from exchange.config import NodeConfig
+    from exchange.errors import ConfigError
+    from tests.conftest import DEFAULT_NODES, write_federation
+
+    write_federation(tmp_path, {"nl-customs": DEFAULT_NODES["nl-customs"]}, [], {}, {"outbox_retention_days": 1e6})
+    with pytest.raises(ConfigError, match="outbox_retention_days"):
+        NodeConfig.load(tmp_path / "nl-customs.toml", environ={})
