@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ from exchange.config import TlogWitnessConfig
 from exchange.crypto import VerifyKey
 from exchange.errors import ConfigError, InvalidInput, PeerError
 from exchange.service.audit.keeper import LogKeeper
+
+NODE_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")  # a roster node id's form (exchange.model.NodeIdStr)
 
 log = logging.getLogger("exchange.audit")
 
@@ -84,10 +87,16 @@ def c2sp_witnesses(configs: Sequence[TlogWitnessConfig]) -> list[C2spWitness]:
             vkey = parse_verifier_key(config.vkey, WITNESS_KEY_TYPE)
         except InvalidInput as exc:
             raise ConfigError(f"tlog_witnesses: {config.url}: {exc.detail}") from exc
-        if vkey.name.startswith(WITNESS_PREFIX) or len(vkey.name) > MAX_NAME or vkey.name in found:
+        if (
+            vkey.name.startswith(WITNESS_PREFIX)
+            or NODE_ID.fullmatch(vkey.name)
+            or len(vkey.name) > MAX_NAME
+            or vkey.name in found
+        ):
             raise ConfigError(
-                f"tlog_witnesses: {vkey.name!r}: a witness name is unique, at most {MAX_NAME} characters "
-                f"and outside {WITNESS_PREFIX} (the federation's own witnesses)"
+                f"tlog_witnesses: {vkey.name!r}: a witness name is unique, at most {MAX_NAME} characters, "
+                f"outside {WITNESS_PREFIX} (the federation's own witnesses) and not of the form of a node id "
+                "(its cosignatures would be taken for that node's): a host name such as witness.example.org"
             )
         found[vkey.name] = C2spWitness(config.url, vkey, config.ca_file)
     return list(found.values())

@@ -58,6 +58,7 @@ log = logging.getLogger("exchange.audit")
 # Split views kept as evidence per partner log, at most: the first proves the log signed two
 # histories; more, each costing the log one signature, would only grow this node's tables and
 # its audit log. Past the bound each is still refused (409) and logged, but not stored.
+SWAP_TRIES = 3  # judgements of one checkpoint against what other workers recorded meanwhile
 MAX_SPLIT_VIEWS = 16
 
 
@@ -177,27 +178,48 @@ class Witness:
         self, node: str, note_text: str, old_size: int, proof: list[bytes], *, pushed: bool
     ) -> CosignAnswer:
         cp, note = self._open(node, note_text)
-        async with self._locks.setdefault(node, asyncio.Lock()):
-            seen = await self.seen(node)
-            verdict = split_detail(seen, cp, old_size, proof, pushed=pushed)
-            if isinstance(verdict, dict):
-                return verdict
-            if verdict is not None and seen is not None:
-                await self._split_view(node, seen, cp, note.render(), verdict)
-            await self._remember(node, cp, note.render())
+        async with self._locks.setdefault(node, asyncio.Lock()):  # this process's; the swap below, all workers'
+            for _ in range(SWAP_TRIES):
+                seen = await self.seen(node)
+                verdict = split_detail(seen, cp, old_size, proof, pushed=pushed)
+                if isinstance(verdict, dict):
+                    return verdict
+                if verdict is not None and seen is not None:
+                    await self._split_view(node, seen, cp, note.render(), verdict)
+                if await self._remember(node, cp, note.render(), seen):
+                    break
+            else:  # other workers kept moving it: judged again at the log's next push
+                return {"status": "stale", "size": seen.size if seen is not None else 0}
         line = cosign(note.text, self.name, self._key, int(utc_now().timestamp())).line()
         return {"status": "cosigned", "cosignature": line}
 
-    async def _remember(self, node: str, cp: Checkpoint, note: str) -> None:
+    async def _remember(self, node: str, cp: Checkpoint, note: str, seen: Seen | None) -> bool:
+        """Record `cp` as the largest checkpoint of `node`'s log checked here, if what is recorded
+        is still `seen` (a compare-and-swap): False if another worker of this node (PostgreSQL)
+        recorded another one since `seen` was read, and `cp` must be judged again against it.
+        Without it, two workers could each co-sign one of two checkpoints of one size with
+        different roots, pushed at once. Write transactions of all workers are serialised (the
+        writer's lock), so the read and the update below see no other worker's in between."""
         at = timestamp()
 
-        async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> bool:
+            row = (
+                await conn.execute(
+                    sa.select(audit_witnessed.c.size, audit_witnessed.c.root).where(audit_witnessed.c.node == node)
+                )
+            ).first()
+            now = None if row is None else (int(row.size), as_bytes(row.root))
+            if now != (None if seen is None else (seen.size, seen.root)):
+                return False
             values = {"size": cp.size, "root": cp.root, "note": note, "at": at}
-            done = await conn.execute(sa.update(audit_witnessed).where(audit_witnessed.c.node == node).values(**values))
-            if done.rowcount == 0:
+            if row is None:
                 await conn.execute(sa.insert(audit_witnessed).values(node=node, **values))
+            else:
+                await conn.execute(sa.update(audit_witnessed).where(audit_witnessed.c.node == node).values(**values))
+            return True
 
-        await self.store.write(job)
+        swapped: bool = await self.store.write(job)
+        return swapped
 
     async def _split_view(self, node: str, seen: Seen, cp: Checkpoint, shown: str, detail: str) -> NoReturn:
         """Record and audit the evidence (both notes are signed by the log), then raise SplitView."""
@@ -205,29 +227,34 @@ class Witness:
         shown_hash = hashlib.sha256(shown.encode()).hexdigest()
         at = timestamp()
 
-        async def job(conn: AsyncConnection, audit: AuditBuffer) -> bool:
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> str:
             known = await conn.scalar(
                 sa.select(audit_split_views.c.n).where(
                     audit_split_views.c.node == node, audit_split_views.c.shown_hash == shown_hash
                 )
             )
             if known is not None:
-                return False
+                return "known"
             kept = await conn.scalar(
                 sa.select(sa.func.count()).select_from(audit_split_views).where(audit_split_views.c.node == node)
             )
             if (kept or 0) >= MAX_SPLIT_VIEWS:
-                return False
+                return "over the bound"
             await conn.execute(
                 sa.insert(audit_split_views).values(
                     node=node, seen=seen.note, shown=shown, shown_hash=shown_hash, detail=detail, at=at
                 )
             )
             audit.add(split_view_entry(node, seen, cp, detail, at))
-            return True
+            return "stored"
 
-        if await self.store.write(job):
+        kept = await self.store.write(job)
+        if kept == "stored":
             log.error("%s: %s", self.me, message)
+        elif kept == "over the bound":  # refused and logged, not stored (docs/audit.md, 4)
+            log.error(
+                "%s: %s (not stored: %d split views of %s are kept already)", self.me, message, MAX_SPLIT_VIEWS, node
+            )
         raise SplitView(message)
 
     async def pull(self, node: str) -> str:
