@@ -110,3 +110,26 @@ def test_a_c2sp_witness_named_like_a_node_is_refused() -> None:
         url="https://witness.example.org/", vkey=verifier_key("witness.example.org", WITNESS_KEY_TYPE, key).render()
     )
     assert [w.name for w in c2sp_witnesses([good])] == ["witness.example.org"]
+
+
+async def test_a_cosignature_row_edited_into_the_database_is_not_shown(make_federation: MakeFederation) -> None:
+    """What is shown as co-signed (the checkpoint's `witnesses`, how far each partner co-signed,
+    the console and metrics built on them) is checked when shown: a row added to the table by
+    someone who can write the database, whose line does not verify, is not shown, and does not
+    stop the node asking that witness. Found by a read-only review; SQLite and PostgreSQL."""
+    from exchange.audit.note import NoteSignature
+    from exchange.store import audit_cosignatures
+
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    signed = await checkpoint(nl, witness=False)
+    line = NoteSignature("exchange/witness/ke-customs", os.urandom(4), os.urandom(72)).line()
+    async with nl.service.store.engine.begin() as conn:
+        await conn.execute(
+            sa.insert(audit_cosignatures).values(size=signed["size"], witness="ke-customs", line=line, at="x")
+        )
+    status, shown, _ = await nl.api("GET", "/api/v1/audit/checkpoint", user="auditor")
+    assert status == 200 and shown["witnesses"] == [], shown
+    assert [p.size for p in await nl.service.audit.cosigned_by(["ke-customs"])] == [0]
+    witnessed = await checkpoint(nl)  # ke is asked, and co-signs for real
+    assert witnessed["witnessing"] == {"ke-customs": "cosigned"} and witnessed["witnesses"] == ["ke-customs"], witnessed

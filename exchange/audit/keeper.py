@@ -17,9 +17,11 @@ from operator import itemgetter
 from typing import Any, Literal, NotRequired, TypedDict
 
 from exchange.audit import batch
-from exchange.audit.checkpoint import open_checkpoint
+from exchange.audit.checkpoint import open_checkpoint, verify_cosignature, witness_name
 from exchange.audit.log import FORMAT
+from exchange.audit.note import parse_note, parse_signature_line
 from exchange.crypto import VerifyKey, b64e
+from exchange.errors import BadSignature, InvalidInput
 from exchange.merkle import HASH_SIZE, Frontier, leaf_hash
 
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
@@ -45,12 +47,14 @@ class StoredCheckpoint:
     root: bytes
     note: str  # the signed note with this node's signature only
     at: str
-    cosignatures: tuple[tuple[str, str], ...] = ()  # (witness node, signature line)
+    cosignatures: tuple[tuple[str, str], ...] = ()  # (witness node, signature line), as stored
+    checked: tuple[str, ...] | None = None  # the witnesses whose line verified when it was read
 
     @property
     def witnesses(self) -> list[str]:
-        """Nodes that co-signed it."""
-        return [w for w, _ in self.cosignatures]
+        """Nodes that co-signed it: those whose line verified, if checked (what is shown); the
+        note (`full_note`) carries every line stored, for a verifier to check itself."""
+        return list(self.checked) if self.checked is not None else [w for w, _ in self.cosignatures]
 
     def full_note(self) -> str:
         """The note with every cosignature line appended, as clients and auditors get it."""
@@ -65,6 +69,33 @@ class StoredCheckpoint:
             "witnesses": self.witnesses,
             "note": self.full_note(),
         }
+
+
+def checked_cosignatures(
+    note: str, lines: Iterable[tuple[str, str]], witnesses: Mapping[str, VerifyKey]
+) -> tuple[tuple[str, str], ...]:
+    """The stored (witness, line) pairs of a checkpoint whose line is a valid cosignature, by that
+    witness's key (`KeyRing.witnesses`: `exchange/witness/<node>` for a partner, its key name for a
+    C2SP witness), of the checkpoint's text: what is shown as co-signed is checked when shown, and
+    a row edited into the table, or a line that does not verify, is not shown."""
+    try:
+        text = parse_note(note).text
+    except (InvalidInput, ValueError):
+        return ()
+    kept = []
+    for witness, line in lines:
+        name = witness if witness in witnesses else witness_name(witness)
+        key = witnesses.get(name)
+        if key is None:
+            continue
+        try:
+            sig = parse_signature_line(line.rstrip("\n"))
+            if sig.name == name:
+                verify_cosignature(text, sig, name, key)
+                kept.append((witness, line))
+        except (InvalidInput, BadSignature, ValueError):
+            continue
+    return tuple(kept)
 
 
 def as_bytes(value: Any) -> bytes:

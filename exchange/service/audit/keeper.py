@@ -6,9 +6,8 @@ whatever happens to the table later. On start it checks the table against the ch
 signed since the last one a witness co-signed, resumes from there, and refuses (AuditTampered) a
 table that does not hold that log, before anything is written under a reused index. Proofs come
 from `TreeLevels`, built from the whole table in the background after start (hashed in a worker
-thread, not on the event loop) and trusted once they give the frontier's root. Reading entries
-and exports is `exchange.service.audit.entries`; the pure parts are `exchange.audit.keeper`.
-"""
+thread, not on the event loop) and trusted once they give the frontier's root. Entries and
+exports: `exchange.service.audit.entries`; the pure parts: `exchange.audit.keeper`."""
 
 from __future__ import annotations
 
@@ -26,6 +25,7 @@ from exchange.audit.keeper import (
     BundleRecord,
     StoredCheckpoint,
     as_bytes,
+    checked_cosignatures,
     first_unmatched,
     resumed_frontier,
     shorter_than_signed,
@@ -37,7 +37,7 @@ from exchange.clock import timestamp
 from exchange.crypto import SigningKey, VerifyKey
 from exchange.errors import AuditTampered, BadSignature, InvalidInput, NotFound
 from exchange.merkle import HASH_SIZE, Frontier
-from exchange.service.audit.table import PAGE, rows, stream
+from exchange.service.audit.table import PAGE, cosignature_lines, keep_cosignature, rows, stream
 from exchange.store import AuditBuffer, Store, audit_checkpoints, audit_cosignatures, audit_log
 
 FOLLOW_RETRY_SECONDS = 1.0
@@ -374,12 +374,11 @@ class LogKeeper:
     # -- checkpoints ------------------------------------------------------------------------
 
     async def _cosigned(self, conn: AsyncConnection, row: Any) -> StoredCheckpoint:
-        lines = await conn.execute(
-            sa.select(audit_cosignatures.c.witness, audit_cosignatures.c.line)
-            .where(audit_cosignatures.c.size == row.size)
-            .order_by(audit_cosignatures.c.witness)
-        )
-        return StoredCheckpoint(int(row.size), as_bytes(row.root), row.note, row.at, tuple((w, ln) for w, ln in lines))
+        query = sa.select(audit_cosignatures.c.witness, audit_cosignatures.c.line)
+        query = query.where(audit_cosignatures.c.size == row.size).order_by(audit_cosignatures.c.witness)
+        lines = tuple((str(w), str(ln)) for w, ln in await conn.execute(query))
+        checked = tuple(w for w, _ in checked_cosignatures(row.note, lines, self._witnesses))  # shown: checked
+        return StoredCheckpoint(int(row.size), as_bytes(row.root), row.note, row.at, lines, checked)
 
     async def latest(self) -> StoredCheckpoint | None:
         """The largest checkpoint this node signed, with its cosignatures."""
@@ -457,23 +456,15 @@ class LogKeeper:
             return StoredCheckpoint(size, root, note, at)
 
     async def add_cosignature(self, size: int, witness: str, line: str) -> None:
-        """Keep a witness's cosignature line of checkpoint `size` (the first one it sent)."""
-        at = timestamp()
-
-        async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
-            where = sa.and_(audit_cosignatures.c.size == size, audit_cosignatures.c.witness == witness)
-            if await conn.scalar(sa.select(audit_cosignatures.c.size).where(where)) is None:
-                await conn.execute(sa.insert(audit_cosignatures).values(size=size, witness=witness, line=line, at=at))
-
-        await self.store.write(job)
+        """Keep a witness's checked cosignature line of checkpoint `size` (`keep_cosignature`)."""
+        await keep_cosignature(self.store, size, witness, line, self._witnesses)
 
     async def cosigned_size(self, witness: str) -> int:
-        """The largest checkpoint `witness` has co-signed (0 if none): its view of this log."""
-        async with self.store.read() as conn:
-            value = await conn.scalar(
-                sa.select(sa.func.max(audit_cosignatures.c.size)).where(audit_cosignatures.c.witness == witness)
-            )
-        return int(value or 0)
+        """The largest checkpoint `witness` has co-signed by a line that verifies (0 if none)."""
+        lines = await cosignature_lines(self.store, witness, 8)
+        return next(
+            (size for size, note, line in lines if checked_cosignatures(note, [(witness, line)], self._witnesses)), 0
+        )
 
     # -- proofs and entries -----------------------------------------------------------------
 

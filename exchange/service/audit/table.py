@@ -1,15 +1,20 @@
 """Reading the `audit_log` table by index range: a page at a time (the next page read while the
-caller works on the one it has), or streamed by one query through the database driver."""
+caller works on the one it has), or streamed by one query through the database driver; and the
+cosignatures kept of this node's checkpoints, each checked against its witness's key."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.store import Store, audit_log
+from exchange.audit.keeper import checked_cosignatures
+from exchange.clock import timestamp
+from exchange.crypto import VerifyKey
+from exchange.store import AuditBuffer, Store, audit_checkpoints, audit_cosignatures, audit_log
 
 PAGE = 5000  # rows per read
 CHUNK = 5000  # rows per fetch of a streamed query
@@ -75,3 +80,38 @@ async def stream(store: Store, lo: int, hi: int, *columns: Any) -> AsyncGenerato
             result = await conn.stream(query.execution_options(yield_per=CHUNK))
             async for part in result.partitions():
                 yield part
+
+
+async def cosignature_lines(store: Store, witness: str, limit: int) -> list[tuple[int, str, str]]:
+    """`witness`'s stored cosignature lines of this node's largest checkpoints, with each
+    checkpoint's note: (size, note, line), largest first, at most `limit`."""
+    cosig = audit_cosignatures
+    query = (
+        sa.select(cosig.c.size, audit_checkpoints.c.note, cosig.c.line)
+        .join(audit_checkpoints, audit_checkpoints.c.size == cosig.c.size)
+        .where(cosig.c.witness == witness)
+        .order_by(cosig.c.size.desc())
+        .limit(limit)
+    )
+    async with store.read() as conn:
+        return [(int(size), str(note), str(line)) for size, note, line in await conn.execute(query)]
+
+
+async def keep_cosignature(
+    store: Store, size: int, witness: str, line: str, witnesses: Mapping[str, VerifyKey]
+) -> None:
+    """Keep a witness's (checked) cosignature line of checkpoint `size`: the first one it sent,
+    unless the line held does not verify (a row edited into the table), which it replaces."""
+    cosig, at = audit_cosignatures, timestamp()
+
+    async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+        mine = sa.and_(cosig.c.size == size, cosig.c.witness == witness)
+        query = sa.select(cosig.c.line, audit_checkpoints.c.note).join(
+            audit_checkpoints, audit_checkpoints.c.size == size
+        )
+        held = (await conn.execute(query.where(mine))).first()
+        if held is None or not checked_cosignatures(held.note, [(witness, held.line)], witnesses):
+            await conn.execute(sa.delete(cosig).where(mine))
+            await conn.execute(sa.insert(cosig).values(size=size, witness=witness, line=line, at=at))
+
+    await store.write(job)
