@@ -172,6 +172,7 @@ class NodeConfig(BaseModel):
     refusals_interval_seconds: Annotated[float, Field(gt=0)] = 60.0
     refusals_exact_per_address: Annotated[int, Field(ge=0)] = 10
     refusals_exact_total: Annotated[int, Field(ge=0)] = 100
+    refusals_exact_per_caller: Annotated[int, Field(ge=0)] = 600  # an accountable user's or partner's own entries
     refusals_tracked_addresses: Annotated[int, Field(ge=1)] = 1000
     # C2SP tlog-witness (docs/audit.md, section 4): witnesses this node's log pushes its checkpoints
     # to, and foreign logs whose checkpoints this node co-signs at POST /c2sp/tlog-witness/add-checkpoint.

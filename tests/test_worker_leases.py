@@ -176,13 +176,15 @@ async def test_a_partner_back_up_at_another_worker_ends_the_lease_holders_back_o
         holder, other = (a, b) if a.outbox.senders[KE].status.backoff_until is not None else (b, a)
         assert KE not in other.outbox.leases._until
         ta.down = tb.down = set()
-        other.outbox.peer_seen(KE)  # ke-customs pushed something to the other worker
 
         async def delivered() -> bool:
+            other.outbox.peer_seen(KE)  # ke-customs keeps pushing to the other worker (told every 5 s)
             async with a.store.read() as conn:
                 return await conn.scalar(sa.select(outbox.c.state).where(outbox.c.dest == KE)) == "delivered"
 
-        await eventually(delivered, timeout=10, what="delivered before the 30 s back-off ends")
+        # The back-off is 30 to 60 s; a first notification sent before the holder listened is sent
+        # again 5 s later.
+        await eventually(delivered, timeout=20, what="delivered before the 30 s back-off ends")
         assert holder.outbox.senders[KE].status.backoff_until is None
     finally:
         await close(a, b, reader)

@@ -2,8 +2,9 @@
 counts where it would only say that someone flooded the node.
 
 - A refusal of an authenticated caller (a local user or a partner node), except a 429, gets its
-  own `request.rejected` entry: the caller is accountable and rate-limited, and an auditor wants
-  the exact request.
+  own `request.rejected` entry: the caller is accountable, and an auditor wants the exact
+  request; up to `exact_per_caller` per caller and interval (a caller within its rate could
+  otherwise add an entry for each request it makes), past which it is counted as the others.
 - Any other refusal (no or unknown credentials, and every 429) gets its own entry only while the
   interval's budget lasts: `exact_per_address` per client address and `exact_total` in all.
   Past it, it is counted per address and reason, and one `requests.refused` entry per address
@@ -100,6 +101,7 @@ class RefusalSettings:
     interval: float = 60.0
     exact_per_address: int = 10
     exact_total: int = 100
+    exact_per_caller: int = 600
     tracked_addresses: int = 1000
 
     @classmethod
@@ -108,6 +110,7 @@ class RefusalSettings:
             interval=config.refusals_interval_seconds,
             exact_per_address=config.refusals_exact_per_address,
             exact_total=config.refusals_exact_total,
+            exact_per_caller=config.refusals_exact_per_caller,
             tracked_addresses=config.refusals_tracked_addresses,
         )
 
@@ -134,6 +137,7 @@ class Refusals:
         self._since = timestamp()
         self._exact: Counter[str] = Counter()
         self._exact_total = 0
+        self._callers: Counter[str] = Counter()  # accountable callers' entries this interval
         self._tallies: dict[str, _Tally] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -153,14 +157,22 @@ class Refusals:
         """Audit one refused request: its own entry if the caller is accountable or the budget
         allows, else one more in its address's count."""
         key = client_key(address)
-        accountable = (peer is not None or user is not None) and status != HTTPStatus.TOO_MANY_REQUESTS
-        if accountable or self.take_exact(key):
+        caller = f"peer:{peer}" if peer is not None else f"user:{user}" if user is not None else None
+        accountable = caller is not None and status != HTTPStatus.TOO_MANY_REQUESTS
+        if (accountable and self.take_caller(caller)) or (not accountable and self.take_exact(key)):
             try:
                 await self.store.audit(rejected_entry(method, path, status, reason, peer, user, address))
                 return
             except Exception:  # the store is stopping or away: the refusal is counted, not lost
                 log.warning("could not audit a refused request on its own; it is counted", exc_info=True)
         self.count(address, status, phrase(status), f"{method} {path}")
+
+    def take_caller(self, caller: str | None) -> bool:
+        """Whether an accountable caller's refusal may still have an entry of its own this interval."""
+        if caller is None or self._callers[caller] >= self.settings.exact_per_caller:
+            return False
+        self._callers[caller] += 1
+        return True
 
     def take_exact(self, key: str) -> bool:
         """Whether an unaccountable refusal from `key` may still have an entry of its own this interval."""
@@ -199,6 +211,7 @@ class Refusals:
         self._tallies, self._since = {}, timestamp()
         self._exact.clear()
         self._exact_total = 0
+        self._callers.clear()
         if not tallies:
             return 0
         entries = [summary_entry(key, tally, since) for key, tally in tallies.items()]

@@ -80,3 +80,25 @@ async def test_made_up_tokens_beside_a_console_session_share_its_users_bucket(
                     statuses.append(resp.status)
     # the session's burst, plus the first request of each made-up header, charged to the address
     assert statuses.count(200) <= BURST + 4, statuses
+
+
+async def test_an_accountable_callers_refusals_have_entries_of_their_own_within_a_budget() -> None:
+    """A user or partner within its rate could add one audit entry per refused request (about
+    100 KB/s at the default 200 requests a second): past `exact_per_caller` in an interval, its
+    refusals are counted per address as the others' are; another caller keeps its own budget."""
+    from exchange.service.rejections import Refusals, RefusalSettings
+    from tests.node.test_limits import FlakyStore
+
+    store = FlakyStore()
+    refusals = Refusals(store, RefusalSettings(exact_per_caller=2))  # type: ignore[arg-type]
+    for user in ("officer",) * 5 + ("auditor",):
+        await refusals.record(
+            method="POST", path="/x", status=403, reason="no", peer=None, user=user, address="192.0.2.7"
+        )
+    await refusals.record(method="POST", path="/y", status=403, reason="no", peer="ke-customs", user=None, address=None)
+    exact = [e for e in store.entries if e["event"] == "request.rejected"]
+    assert [e.get("user") or e.get("peer") for e in exact] == ["officer", "officer", "auditor", "ke-customs"]
+    assert refusals.pending() == 3
+    await refusals.close()
+    (counted,) = [e for e in store.entries if e["event"] == "requests.refused"]
+    assert counted["address"] == "192.0.2.7" and counted["count"] == 3, counted
