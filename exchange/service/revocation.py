@@ -1,7 +1,8 @@
 """What a node does when the roster version it holds revokes or suspends a node (docs/operations.md,
 "Joining and the roster ceremony"; docs/protocol.md, 6a.7): what is queued for it is cancelled,
 each item audited and not retried, and the channels this node owns drop it (the owner orders
-`remove`); a suspended node reinstated later is invited again by each owner. What it signed before
+`remove`); a suspended node's channel events stay queued, so that if it is reactivated it learns
+it was removed, and each owner invites it again. What it signed before
 stays valid; its TLS certificate is refused at the next handshake (the held version's pins). A channel
 whose owner is revoked is taken over by its successor (docs/protocol.md, 7.5), which then removes
 the other revoked members as any owner does."""
@@ -35,8 +36,10 @@ async def leave_departed(me: NodeId, held: TrustedRoster, channels: ChannelBook,
     reason = f"cancelled: {{}} in roster version {held.version}"
     reasons: dict[str, str] = {n: reason.format("revoked" if n in revoked else "suspended") for n in departed}
     # Cancelled (and audited) before the removals, which would cancel a channel's items silently;
-    # and after them, for the `remove` events queued to the departed node itself.
-    cancelled = await cancel_queued(store, reasons)
+    # and after them, for the `remove` events queued to a revoked node itself. A suspended node's
+    # channel events stay queued: if it is reactivated, they reach it, and it knows it was removed.
+    suspended = frozenset(departed) - frozenset(revoked)
+    cancelled = await cancel_queued(store, reasons, events_kept=suspended)
     for state in channels.all():  # a channel whose owner is revoked: its successor takes it over (7.5)
         if channels.successor_of(state) == me:
             try:
@@ -52,16 +55,17 @@ async def leave_departed(me: NodeId, held: TrustedRoster, channels: ChannelBook,
                 await channels.change(None, state.channel, {"type": "remove", "node": node})
             except Exception:
                 log.exception("%s was not removed from %s", node, state.channel)
-    cancelled += await cancel_queued(store, reasons)
+    cancelled += await cancel_queued(store, reasons, events_kept=suspended)
     if cancelled:
         log.warning("%d outbox items for departed nodes %s cancelled", cancelled, ", ".join(departed))
     return cancelled
 
 
-async def cancel_queued(store: Store, reasons: Mapping[str, str]) -> int:
+async def cancel_queued(store: Store, reasons: Mapping[str, str], *, events_kept: frozenset[str] = frozenset()) -> int:
     """Cancel what is queued for each node of `reasons`, with its reason, one audit entry per
-    item; how many."""
-    pending = sa.and_(outbox.c.dest.in_(list(reasons)), outbox.c.state == "queued")
+    item, but the channel events queued for the nodes of `events_kept`; how many."""
+    kept = sa.and_(outbox.c.dest.in_(list(events_kept)), outbox.c.kind == "event")
+    pending = sa.and_(outbox.c.dest.in_(list(reasons)), outbox.c.state == "queued", sa.not_(kept))
 
     async def job(conn: AsyncConnection, audit: AuditBuffer) -> int:
         rows = (await conn.execute(sa.select(outbox.c.dest, outbox.c.kind, outbox.c.ref).where(pending))).all()
