@@ -14,7 +14,7 @@ import asyncio
 import functools
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -159,12 +159,19 @@ class PeerStatus:
 
 def within_bytes(batch: list[OutItem], limit: int = MAX_TRANSACTION_BYTES) -> list[OutItem]:
     """The longest head of `batch` that fits in one request (always at least one item)."""
-    total = 0
-    for i, item in enumerate(batch):
-        total += len(item.data) + 1
-        if total > limit and i:
-            return batch[:i]
-    return batch
+    return batch[: head_within((len(item.data) for item in batch), limit)]
+
+
+def head_within(sizes: Iterable[int], limit: int) -> int:
+    """How many items, of these sizes in bytes, go in one request of at most `limit` bytes: the
+    longest head that fits (at least one, if there is any)."""
+    total = count = 0
+    for size in sizes:
+        total += size + 1
+        if total > limit and count:
+            break
+        count += 1
+    return count
 
 
 def transaction_id(item_keys: list[str]) -> str:
@@ -283,17 +290,14 @@ class Outbox:
                 sizes[bid] = int(length)
                 if raw is not None:
                     data[EnvelopeRef(bid)] = bytes(raw)
-        out = []
-        for refs in (sorted(head, key=_first) for head in got):
-            total, kept = 0, list[tuple[int, Any, OutRef]]()
-            for item in refs:
-                ref = item[2]
-                total += (sizes.get(ref.bulletin, 0) if isinstance(ref, EnvelopeRef) else SMALL_ITEM) + 1
-                if total > MAX_TRANSACTION_BYTES and kept:
-                    break
-                kept.append(item)
-            out.append(kept)
-        return out, data
+
+        def size_of(ref: OutRef) -> int:
+            return sizes.get(ref.bulletin, 0) if isinstance(ref, EnvelopeRef) else SMALL_ITEM
+
+        heads = [sorted(head, key=_first) for head in got]
+        return [
+            head[: head_within((size_of(ref) for _, _, ref in head), MAX_TRANSACTION_BYTES)] for head in heads
+        ], data
 
     async def _wire_bytes(self, conn: AsyncConnection, refs: Sequence[OutRef]) -> dict[OutRef, bytes]:
         data: dict[OutRef, bytes] = {}
