@@ -163,8 +163,7 @@ def within_bytes(batch: list[OutItem], limit: int = MAX_TRANSACTION_BYTES) -> li
 
 
 def head_within(sizes: Iterable[int], limit: int) -> int:
-    """How many items, of these sizes in bytes, go in one request of at most `limit` bytes: the
-    longest head that fits (at least one, if there is any)."""
+    """How many items of these sizes go in one request of `limit` bytes (at least one, if any)."""
     total = count = 0
     for size in sizes:
         total += size + 1
@@ -273,11 +272,9 @@ class Outbox:
     async def _within_bytes(
         self, conn: AsyncConnection, got: list[list[tuple[int, Any, OutRef]]]
     ) -> tuple[list[list[tuple[int, Any, OutRef]]], dict[OutRef, bytes]]:
-        """Each queue's head cut to what one request carries (`within_bytes`), by the envelopes'
-        stored sizes, and the envelopes of at most SMALL_ENVELOPE bytes read in the same
-        statement; larger ones are read afterwards, only those kept. A backlog of large bulletins
-        (up to 8 MiB each) thus costs a read of one request's worth per partner, not of
-        `batch_size` envelopes, and the usual small ones one statement, as before."""
+        """Each queue's head cut to one request (`within_bytes`) by the envelopes' stored sizes, the
+        small ones read with them: a backlog of large envelopes (up to 8 MiB) costs a read of one
+        request's worth per partner, not of `batch_size` of them; larger ones are read after."""
         envs = sorted({ref.bulletin for refs in got for _, _, ref in refs if isinstance(ref, EnvelopeRef)})
         sizes: dict[str, int] = {}
         data: dict[OutRef, bytes] = {}
@@ -295,9 +292,7 @@ class Outbox:
             return sizes.get(ref.bulletin, 0) if isinstance(ref, EnvelopeRef) else SMALL_ITEM
 
         heads = [sorted(head, key=_first) for head in got]
-        return [
-            head[: head_within((size_of(ref) for _, _, ref in head), MAX_TRANSACTION_BYTES)] for head in heads
-        ], data
+        return [head[: head_within((size_of(r) for *_, r in head), MAX_TRANSACTION_BYTES)] for head in heads], data
 
     async def _wire_bytes(self, conn: AsyncConnection, refs: Sequence[OutRef]) -> dict[OutRef, bytes]:
         data: dict[OutRef, bytes] = {}
