@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError
 
 from exchange.crypto import SigningKey, b64d, b64e, canonical_json
-from exchange.errors import InvalidEnvelope, InvalidInput, ProofError
+from exchange.errors import ExchangeError, InvalidEnvelope, InvalidInput, ProofError
 from exchange.merkle import HASH_SIZE, leaf_hash, node_hash, root_from_inclusion
 from exchange.model import MAX_RECEIPT_BATCH, NodeId, Receipt, first_error
 from exchange.protocol.roster import Federation
@@ -24,6 +24,7 @@ DOMAIN = "receipt"  # v1: the receipt without its signature
 BATCH_DOMAIN = "receipt-batch"  # v2: the batch statement
 STATEMENT_MEMBERS = ("v", "node", "status", "at", "signer", "size", "root")
 ReceiptStatus = Literal["received", "opened"]
+H = TypeVar("H", bytes, str)
 _BULLETIN_ID = re.compile(r"[0-9a-f]{64}")
 
 
@@ -106,8 +107,9 @@ def tree_levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
     return levels
 
 
-def inclusion_path(levels: Sequence[Sequence[bytes]], index: int) -> list[bytes]:
-    """The RFC 9162 inclusion proof of leaf `index`, leaf to root, read off `tree_levels`."""
+def inclusion_path(levels: Sequence[Sequence[H]], index: int) -> list[H]:
+    """The RFC 9162 inclusion proof of leaf `index`, leaf to root, read off `tree_levels` (or
+    off its levels encoded)."""
     path = []
     for level in levels[:-1]:
         if index ^ 1 < len(level):  # a lone last node has no sibling: it is promoted as it is
@@ -194,3 +196,91 @@ def verify_receipt(receipt: Receipt, fed: Federation, *, stored: bool = False) -
 def signatures_needed(receipts: Sequence[Receipt]) -> int:
     """How many Ed25519 verifications `verify_receipts` makes for these receipts."""
     return len({_key(r) for r in receipts})
+
+
+def answered(raws: Sequence[Any], dest: str, sent: set[str]) -> dict[str, Receipt]:
+    """The receipts of the answer to a transaction by bulletin, parsed, with the sender's checks
+    (10.3): each from `dest`, `received`, for a bulletin in `sent`, and exactly one for each. Their
+    proofs and signatures are `verify_receipts`'s to check."""
+    got: dict[str, Receipt] = {}
+    for raw in raws:
+        receipt = parse_receipt(raw)
+        if receipt.node != dest or receipt.status != "received" or receipt.bulletin not in sent:
+            raise InvalidEnvelope("a receipt does not match what was sent")
+        if receipt.bulletin in got:
+            raise InvalidEnvelope("the peer returned two receipts for one envelope")
+        got[receipt.bulletin] = receipt
+    if got.keys() != sent:
+        raise InvalidEnvelope("the peer did not return a receipt for every envelope")
+    return got
+
+
+_V2_MEMBERS = frozenset((*STATEMENT_MEMBERS, "bulletin", "index", "proof", "signature"))
+
+
+def whole_batches(raws: Sequence[Any], dest: str, sent: set[str], fed: Federation) -> dict[str, Receipt] | None:
+    """What `answered` and then `verify_receipts` make of an answer's receipts, checked a whole
+    batch at a time; or None where this way does not apply, and each is to be checked alone.
+
+    It applies when the answer is whole v2 batches from `dest`, `received`, one receipt for each
+    bulletin in `sent` and for no other: the usual answer to a push. The tree of each batch is
+    built once from its bulletins in index order, its nodes encoded once, and each receipt's
+    proof compared with its path as text; then one signature per batch. A proof that leads to
+    the root is that path (or SHA-256 collides), and text equal to the canonical encoding is
+    canonical base64url: so this accepts what the receipt-by-receipt check accepts
+    (tests/protocol/test_whole_batches.py compares them). Anything else (a mismatch, a malformed
+    member, a failed check) gives None, for the full check to refuse with its own error.
+    """
+    batches: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for raw in raws:
+        if type(raw) is not dict or raw.keys() != _V2_MEMBERS or not _plain(raw):
+            return None
+        key = (*(raw[name] for name in STATEMENT_MEMBERS), raw["signature"])
+        try:
+            batches.setdefault(key, []).append(raw)
+        except TypeError:  # a member that is a list or an object
+            return None
+    got: dict[str, Receipt] = {}
+    for members in batches.values():
+        made = _whole_batch(members, dest, sent, fed)
+        if made is None:
+            return None
+        got.update((r.bulletin, r) for r in made)
+    return got if len(got) == len(raws) and got.keys() == sent else None
+
+
+def _plain(raw: dict[str, Any]) -> bool:
+    """The members of the JSON types a v2 receipt has where a batch's statement does not settle
+    it: a bool or a float compares equal to an int, and a string to no other type, so the
+    statement's strings are checked once, on the batch's first receipt."""
+    return (
+        type(raw["v"]) is int
+        and type(raw["size"]) is int
+        and type(raw["index"]) is int
+        and type(raw["proof"]) is list
+        and type(raw["bulletin"]) is str
+    )
+
+
+def _whole_batch(members: list[dict[str, Any]], dest: str, sent: set[str], fed: Federation) -> list[Receipt] | None:
+    """One batch's receipts, every leaf present, checked as `whole_batches` says; else None."""
+    first = members[0]
+    size = first["size"]
+    if first["v"] != 2 or first["node"] != dest or first["status"] != "received" or len(members) != size:
+        return None
+    leaves: list[str | None] = [None] * size
+    for raw in members:
+        index, bulletin = raw["index"], raw["bulletin"]
+        if not 0 <= index < size or leaves[index] is not None or bulletin not in sent:
+            return None
+        leaves[index] = bulletin
+    levels = tree_levels([leaf_hash(bytes.fromhex(str(b))) for b in leaves])
+    encoded = [[b64e(h) for h in level] for level in levels]
+    if encoded[-1][0] != first["root"] or any(raw["proof"] != inclusion_path(encoded, raw["index"]) for raw in members):
+        return None
+    try:
+        checked = Receipt.model_validate(first)  # the statement's members, once for the batch
+        verify_receipts([checked], fed)  # its node, key, proof and the batch's one signature
+    except (ValidationError, ExchangeError):
+        return None
+    return [checked.model_copy(update={m: r[m] for m in ("bulletin", "index", "proof")}) for r in members]
