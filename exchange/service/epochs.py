@@ -301,20 +301,24 @@ class EpochBook(Announcements):
             page = await self.transport.fetch(NodeId(peer), epochs_path(channel, after))
             try:
                 raws = list(page["epochs"])
-                more = bool(page.get("more"))
+                more = bool(page.get("more")) and bool(raws)  # a page that brings nothing ends the answer
                 relayed = list(page.get("support") or [])
             except (KeyError, TypeError) as exc:
                 raise EpochInvalid(f"{peer} sent a malformed page of epoch records") from exc
             if raws and relayed:
                 await self.take_relayed_support(relayed)
             raws, carried = carried + raws, []
-            if more and raws:
-                pinned = self._pinned_end(raws)
+            if more:
+                # The answer's last record always waits for the next page, so that it is judged as
+                # the last (rule 7), however the answer ends; with it, the history it pins.
+                pinned = self._pinned_end(raws[:-1])
                 raws, carried = raws[:pinned], raws[pinned:]
                 if len(carried) > MAX_CARRIED:
                     raise EpochInvalid(f"{peer} sent more than {MAX_CARRIED} epoch records without a current signature")
+                if parse_epoch(carried[-1]).n <= after:
+                    raise EpochInvalid(f"{peer} sent a page of epoch records that does not go past epoch {after}")
             fresh += await self.accept(channel, raws, final=not more)
-            if not more or not (raws or carried):
+            if not more:
                 grants = page.get("grants") or []
                 if not isinstance(grants, list):
                     raise EpochInvalid(f"{peer} sent a malformed list of history grants")

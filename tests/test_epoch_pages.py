@@ -1,0 +1,101 @@
+"""How a member's pull of epoch records ends (docs/protocol.md 15.6 rule 7, 15.12): the last record
+of the answer is judged against the readers' current wrap keys however the answer ends, also when
+a page said `more` and the next page is empty; and a peer that answers pages that do not go past
+what it was asked for cannot keep the puller asking. Real nodes over mutual TLS."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from exchange.errors import EpochInvalid
+from exchange.model import NodeId
+from exchange.protocol.epoch_model import EpochRecord
+from tests.conftest import Federation, MakeFederation
+from tests.test_epoch_attacks import admin_invite_and_accept, arrives, post
+from tests.test_epoch_history import NODES, QUIET, channel
+
+
+async def two_epochs(make_federation: MakeFederation) -> Federation:
+    """Epoch 0 from nl's first post, epoch 1 once fr joined: fr holds neither yet."""
+    rpa = ["read", "post", "admin"]
+    fed = await make_federation(nodes=NODES, channels=[channel(rpa, rpa, ["read", "post"])], options=QUIET)
+    nl, gb, fr = fed["nl-customs"], fed["gb-customs"], fed["fr-customs"]
+    sent = await post(nl, "epoch 0")
+    await arrives(gb, sent["id"])
+    await admin_invite_and_accept(nl, fr)
+    made = await nl.service.epochs.make_current(nl.service.channels.state("c2c"))
+    assert made is not None and made.n == 1
+    assert fr.service.epochs.records("c2c") == []
+    return fed
+
+
+def taken(fed: Federation, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
+    """(epoch, judged against the current wrap keys) of each record fr takes."""
+    epochs = fed["fr-customs"].service.epochs
+    seen: list[tuple[int, bool]] = []
+    accept_one = epochs._accept_one
+
+    async def spy(record: EpochRecord, *, judge_wraps: bool) -> None:
+        seen.append((record.n, judge_wraps))
+        await accept_one(record, judge_wraps=judge_wraps)
+
+    monkeypatch.setattr(epochs, "_accept_one", spy)
+    return seen
+
+
+def answered_by(fed: Federation, monkeypatch: pytest.MonkeyPatch, pages: Any) -> list[str]:
+    """fr's epoch fetches answered by `pages(n, real answer)`; the paths asked for."""
+    transport = fed["fr-customs"].service.epochs.transport
+    fetch, asked = transport.fetch, []
+
+    async def rewritten(node: NodeId, path: str) -> Any:
+        asked.append(path)
+        return pages(len(asked), await fetch(node, path))
+
+    monkeypatch.setattr(transport, "fetch", rewritten)
+    return asked
+
+
+async def test_the_last_record_is_judged_when_an_empty_page_ends_the_answer(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fed = await two_epochs(make_federation)
+    seen = taken(fed, monkeypatch)
+
+    def pages(n: int, real: dict[str, Any]) -> dict[str, Any]:
+        if n == 1:
+            return {**real, "more": True, "grants": []}  # both records, and "more"
+        return {"epochs": [], "more": False, "grants": [], "support": []}
+
+    asked = answered_by(fed, monkeypatch, pages)
+    assert await fed["fr-customs"].service.epochs.pull("nl-customs", "c2c") == 2
+    assert len(asked) == 2
+    assert seen == [(0, False), (1, True)]  # before: (1, False), epoch 1 never judged
+
+
+async def test_the_last_record_of_a_plain_answer_is_judged(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fed = await two_epochs(make_federation)
+    seen = taken(fed, monkeypatch)
+    assert await fed["fr-customs"].service.epochs.pull("nl-customs", "c2c") == 2
+    assert seen == [(0, False), (1, True)]
+
+
+async def test_a_peer_that_answers_the_same_page_again_cannot_keep_the_puller_asking(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fed = await two_epochs(make_federation)
+    first: list[dict[str, Any]] = []
+
+    def pages(n: int, real: dict[str, Any]) -> dict[str, Any]:
+        if not first:
+            first.append(real)
+        return {**first[0], "more": True, "grants": []}  # the first page, again and again
+
+    asked = answered_by(fed, monkeypatch, pages)
+    with pytest.raises(EpochInvalid, match="does not go past"):
+        await fed["fr-customs"].service.epochs.pull("nl-customs", "c2c")
+    assert len(asked) == 2
