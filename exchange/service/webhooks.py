@@ -307,8 +307,8 @@ class Webhooks:
                 "next_try_at": next_try,
                 "last_error": error,
             }
-            # Its id and its secret: on SQLite a removed webhook's id may be given to the next one
-            # registered, and this pass's outcome must not land on that one.
+            # Its id and its secret: this pass's outcome must not land on another webhook (on SQLite
+            # before revision 0009, the next one registered got a removed webhook's id).
             mine = sa.and_(webhooks.c.id == hook.id, webhooks.c.secret == hook.secret)
             if (await conn.execute(sa.update(webhooks).where(mine).values(**values))).rowcount == 0:
                 return  # removed while this pass ran

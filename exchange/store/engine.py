@@ -14,16 +14,18 @@ from exchange.store import loop_sqlite
 from exchange.store.loop_sqlite import LoopConnection
 
 
-def make_engine(url: str, *, transactional_ddl: bool = False) -> AsyncEngine:
+def make_engine(url: str, *, transactional_ddl: bool = False, lock_wait: float = 30.0) -> AsyncEngine:
     """An engine for `url`. With `transactional_ddl`, SQLite runs DDL inside the transaction too
-    (the driver otherwise commits each CREATE TABLE on its own), so a migration is all or nothing;
-    PostgreSQL always is."""
+    (the driver otherwise commits each CREATE TABLE on its own), so a migration is all or nothing,
+    and each transaction takes the database's write lock when it begins (BEGIN IMMEDIATE), so two
+    migrations take turns; PostgreSQL is transactional anyway. `lock_wait`: how many seconds a
+    statement waits for another connection's lock on SQLite before it fails ("database is locked")."""
     kwargs: dict[str, Any] = {}
     sqlite = url.startswith("sqlite")
     if sqlite:
-        kwargs["connect_args"] = {"timeout": 30}
+        kwargs["connect_args"] = {"timeout": lock_wait}
         if not transactional_ddl:  # a node's engine: its statements that cannot wait run on the loop
-            kwargs["async_creator"] = _loop_sqlite(url)
+            kwargs["async_creator"] = _loop_sqlite(url, lock_wait)
     elif url.startswith("postgresql"):
         # At most fifteen connections as before, but every one kept open once opened: with
         # SQLAlchemy's five kept and ten more opened on demand, the reads of a burst of requests
@@ -56,7 +58,7 @@ def reason(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _loop_sqlite(url: str) -> Callable[[], Awaitable[LoopConnection]]:
+def _loop_sqlite(url: str, lock_wait: float) -> Callable[[], Awaitable[LoopConnection]]:
     """Open `url`'s database as the aiosqlite dialect would, as a `LoopConnection`."""
     try:
         args, params = SQLiteDialect_aiosqlite().create_connect_args(sa.engine.make_url(url))
@@ -64,7 +66,7 @@ def _loop_sqlite(url: str) -> Callable[[], Awaitable[LoopConnection]]:
         raise ConfigError(f"bad database URL: {exc}") from exc
 
     async def creator() -> LoopConnection:
-        return await loop_sqlite.connect(*args, **{"timeout": 30, **params})
+        return await loop_sqlite.connect(*args, **{"timeout": lock_wait, **params})
 
     return creator
 
@@ -82,4 +84,6 @@ def _sqlite_no_implicit_transactions(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: sa.Connection) -> None:
-    conn.exec_driver_sql("BEGIN")
+    # IMMEDIATE: the write lock now, waited for if need be. A plain BEGIN would read the revision
+    # under a shared lock and fail at its first write if another upgrade wrote meanwhile.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -13,7 +13,8 @@ reads with HEAD, and Alembic is imported where a schema is created, upgraded or 
 To change the schema: change `tables.py`, add `versions/vNNNN_<what>.py` with `revision = "NNNN"`,
 `down_revision` the previous one and explicit `op` calls both ways, set HEAD to it, and name the
 release it ships in below. tests/store/test_migrations.py checks that the migrations build what
-`tables.py` says and that HEAD is the migrations' head.
+`tables.py` says and that HEAD is the migrations' head; tests/store/test_v0009_sqlite_ids.py, that
+SQLite's AUTOINCREMENT (which Alembic's comparison does not see) is where `tables.py` declares it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,13 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version"
 FIRST = "0001"
-HEAD = "0008"  # the revision this code needs: the newest in migrations/versions
+HEAD = "0009"  # the revision this code needs: the newest in migrations/versions
+
+# An upgrade holds a lock from its first statement to its commit, so that two upgrades of one
+# database take turns: the second waits, then finds the schema current. SQLite: the database's
+# write lock (BEGIN IMMEDIATE, exchange.store.engine); PostgreSQL: this advisory lock.
+LOCK_KEY = 0x6578636875706772  # "exchupgr"
+LOCK_WAIT = 30.0  # seconds an upgrade waits for another's lock before it gives up, changing nothing
 
 # The release that first shipped each revision, for messages.
 RELEASES = {"0001": "0.1.0"}
@@ -219,11 +226,27 @@ def check_release_0_1_0(conn: sa.Connection, whose: str = "the database") -> Non
         )
 
 
-def _upgrade(conn: sa.Connection, whose: str) -> Upgrade:
+def _lock(conn: sa.Connection, wait: float) -> None:
+    """PostgreSQL: take the upgrade's lock, waiting at most `wait` seconds (SQLite took its lock at BEGIN)."""
+    if conn.dialect.name != "postgresql":
+        return
+    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{max(1, round(wait * 1000))}ms'")
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
+    conn.exec_driver_sql("SET LOCAL lock_timeout TO DEFAULT")  # the migrations' own waits are not bounded
+
+
+def _lock_not_taken(exc: BaseException) -> bool:
+    """Whether `exc` is the lock wait's end: SQLite's SQLITE_BUSY, PostgreSQL's lock_not_available."""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlite_errorname", None) == "SQLITE_BUSY" or getattr(orig, "pgcode", None) == "55P03"
+
+
+def _upgrade(conn: sa.Connection, whose: str, wait: float) -> Upgrade:
     """Adopt a release-0.1.0 database if need be, then apply every later revision; one transaction."""
     from alembic import command
     from alembic.runtime.migration import MigrationContext
 
+    _lock(conn, wait)
     before = MigrationContext.configure(conn).get_current_revision()
     adopted = False
     if before is None and set(sa.inspect(conn).get_table_names()) & OUR_TABLES:
@@ -242,13 +265,20 @@ def _upgrade(conn: sa.Connection, whose: str) -> Upgrade:
 
 async def upgrade(url: str, *, node: str | None = None) -> Upgrade:
     """Bring the database at `url` to the current revision, in one transaction; a database already
-    there is left as it is. Errors come as ConfigError (SchemaOutdated never: this is the cure)."""
+    there is left as it is. Errors come as ConfigError (SchemaOutdated never: this is the cure).
+    Two upgrades of one database take turns (LOCK_KEY); one that waits LOCK_WAIT in vain gives up."""
     whose = database_name(url, node)
-    engine = make_engine(url, transactional_ddl=True)
+    wait = LOCK_WAIT
+    engine = make_engine(url, transactional_ddl=True, lock_wait=wait)
     try:
         async with engine.begin() as conn:
-            return await conn.run_sync(_upgrade, whose)
+            return await conn.run_sync(_upgrade, whose, wait)
     except (OSError, sa.exc.DBAPIError) as exc:
+        if _lock_not_taken(exc):
+            raise ConfigError(
+                f"another upgrade (or, on SQLite, a node still running) held {whose} for {wait:g} s; nothing was "
+                "changed: run `exchange db upgrade` again once it has finished"
+            ) from exc
         raise ConfigError(f"the upgrade of {whose} failed and changed nothing: {reason(exc)}") from exc
     finally:
         await engine.dispose()

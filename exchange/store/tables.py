@@ -159,6 +159,7 @@ signin_failures = sa.Table(
     sa.Column("at", sa.String(32), nullable=False),
     sa.Index("ix_signin_failures_user", "user", "at"),
     sa.Index("ix_signin_failures_address", "address", "at"),
+    sqlite_autoincrement=True,  # revision 0009, as for webhooks
 )
 
 # exchange.service.posting: the Idempotency-Key of each post or forward made with one, stored in the
@@ -268,7 +269,9 @@ roster_versions = sa.Table(
 
 # exchange.service.webhooks: per channel, a URL each new bulletin's metadata is POSTed to, signed
 # with the webhook's secret (HMAC-SHA256), from `cursor` (the last bulletins.n delivered), which
-# moves only when the receiver answered 2xx (revision 0005).
+# moves only when the receiver answered 2xx (revision 0005). On SQLite, AUTOINCREMENT (revision 0009):
+# without it a removed webhook's id went to the next one registered, and the audit log names webhooks
+# by id; PostgreSQL's serial ids are never given twice.
 webhooks = sa.Table(
     "webhooks",
     metadata,
@@ -284,6 +287,7 @@ webhooks = sa.Table(
     sa.Column("last_error", sa.String(300), nullable=True),
     sa.Column("delivered", sa.BigInteger, nullable=False, server_default="0"),
     sa.Index("ix_webhooks_channel", "channel"),
+    sqlite_autoincrement=True,
 )
 
 # exchange.service.epochs: envelope v2 (docs/protocol.md, 15), revision 0006. Epoch records and
@@ -315,6 +319,7 @@ epoch_grants = sa.Table(
     sa.Column("stored_at", sa.String(32), nullable=False),
     sa.UniqueConstraint("hash", name="uq_epoch_grants_hash"),
     sa.Index("ix_epoch_grants_node", "channel", "node"),
+    sqlite_autoincrement=True,  # revision 0009, as for webhooks
 )
 
 epoch_keys = sa.Table(

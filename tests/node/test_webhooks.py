@@ -160,9 +160,9 @@ async def test_a_node_without_webhooks_says_so_and_its_loop_looks_rarely(make_fe
 
 
 async def test_a_removed_webhooks_last_pass_does_not_land_on_the_next_one(make_federation: MakeFederation) -> None:
-    """On SQLite a removed webhook's id may be given to the next one registered (remove and add
-    is how a secret is changed): the outcome of a delivery pass of the removed one, ending after
-    that, is not recorded on the new one. Found by a read-only review; SQLite and PostgreSQL."""
+    """Remove and add is how a secret is changed: the outcome of a delivery pass of the removed
+    one, ending after that, is not recorded on the new one (on SQLite before revision 0009 the
+    new one got the removed one's id). Found by a read-only review; SQLite and PostgreSQL."""
     import sqlalchemy as sa
 
     from exchange.store.tables import webhooks
@@ -179,3 +179,23 @@ async def test_a_removed_webhooks_last_pass_does_not_land_on_the_next_one(make_f
     await nl.service.webhooks._record(removed, 0, 3, None)  # the removed one's pass ends now
     status, hooks, _ = await nl.api("GET", "/api/v1/webhooks", user="admin")
     assert [h["delivered"] for h in hooks] == [0], hooks
+
+
+async def test_a_removed_webhooks_id_is_not_given_to_the_next_one(make_federation: MakeFederation) -> None:
+    """Register two, remove the second, register a third: the third has an id of its own, so the
+    audit log's entries about the removed one name no other webhook (revision 0009 on SQLite,
+    where the third got the removed one's id before; SQLite and PostgreSQL)."""
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    path = "/api/v1/channels/c2c/webhooks"
+    ids = []
+    for i in range(2):
+        status, answer, _ = await nl.api("POST", path, user="admin", body={"url": f"http://127.0.0.1:9/{i}"})
+        assert status == 201, answer
+        ids.append(answer["webhook"]["id"])
+    assert (await nl.api("DELETE", f"/api/v1/webhooks/{ids[1]}", user="admin"))[0] == 200
+    status, answer, _ = await nl.api("POST", path, user="admin", body={"url": "http://127.0.0.1:9/2"})
+    assert status == 201, answer
+    assert answer["webhook"]["id"] not in ids
+    named = [(e["webhook"], e["url"]) for e in await events(fed) if e["event"] == "webhook.changed"]
+    assert len({webhook for webhook, _ in named}) == len({url for _, url in named}) == 3, named
