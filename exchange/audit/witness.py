@@ -13,7 +13,8 @@ It follows c2sp.org/tlog-witness, carried as JSON over the mutual-TLS federation
   which it records, audits and never co-signs.
 - pull: a witness GETs `/fed/v1/audit/checkpoint?from=<size it saw>` from the log, checks the
   same way, and POSTs its cosignature back to `/fed/v1/audit/cosignatures`. Pulling catches a
-  log that stops asking.
+  log that stops asking, and one that answers with no checkpoint after the witness co-signed one
+  (a rollback to nothing, recorded as a split view).
 
 A witness trusts the first checkpoint it sees of a log (trust on first use) and from then on
 only checkpoints that extend it. The witness that stores what it saw and talks to partners is
@@ -22,6 +23,7 @@ only checkpoints that extend it. The witness that stores what it saw and talks t
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
@@ -30,13 +32,15 @@ from exchange.audit.events import AUDIT_SPLIT_VIEW, AuditSplitView
 from exchange.audit.note import Note, parse_note
 from exchange.crypto import VerifyKey, b64d, b64e, canonical_json
 from exchange.errors import InvalidInput
-from exchange.merkle import ProofError, verify_consistency
+from exchange.merkle import EMPTY_ROOT, ProofError, verify_consistency
 
 CHECKPOINT_INTERVAL = 60.0  # seconds between rounds of signing, asking and pulling
 COSIGN_PATH = "/fed/v1/audit/cosign"
 COSIGNATURES_PATH = "/fed/v1/audit/cosignatures"
 CHECKPOINT_PATH = "/fed/v1/audit/checkpoint"
 MAX_PROOF = 128  # hashes: far more than any consistency proof of a log of 2**64 entries
+MAX_ANSWER_KEPT = 16 * 1024  # characters of an answer without a checkpoint kept as evidence
+NO_CHECKPOINT = "it answered with no checkpoint"
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,19 @@ def went_back(seen: Seen | None, cp: Checkpoint) -> str | None:
     if seen is not None and cp.size < seen.size:
         return f"it went back to size {cp.size}"
     return None
+
+
+def shown_nothing(seen: Seen | None, node: str, answer: Any) -> tuple[Checkpoint, str] | None:
+    """A pull answered with no checkpoint (`{"checkpoint": null}`, or an answer without a note): None
+    if the witness never co-signed one of this log's checkpoints (nothing to witness yet); else a
+    rollback to nothing, recorded as a split view: what the log showed, taken as its empty log
+    (size 0, the root of the empty tree), and the answer as kept (sorted JSON, cut short). An
+    honest log never loses a checkpoint it showed: it answers with its latest, which is at least
+    any it put to a witness."""
+    if seen is None:
+        return None
+    kept = json.dumps(answer, sort_keys=True, ensure_ascii=False)[:MAX_ANSWER_KEPT]
+    return Checkpoint(log_origin(node), 0, EMPTY_ROOT), kept
 
 
 def split_message(node: str, seen: Seen, cp: Checkpoint, detail: str) -> str:

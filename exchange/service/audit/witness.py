@@ -28,6 +28,7 @@ from exchange.audit.witness import (
     CHECKPOINT_PATH,
     COSIGN_PATH,
     COSIGNATURES_PATH,
+    NO_CHECKPOINT,
     CosignAnswer,
     Seen,
     cosign_request,
@@ -36,6 +37,7 @@ from exchange.audit.witness import (
     parse_cosign_request,
     parse_cosignature,
     parse_proof,
+    shown_nothing,
     signed_by,
     split_detail,
     split_message,
@@ -262,6 +264,9 @@ class Witness:
         seen = await self.seen(node)
         answer = await self._transport.fetch(NodeId(node), f"{CHECKPOINT_PATH}?from={seen.size if seen else 0}")
         if not isinstance(answer, dict) or not isinstance(answer.get("checkpoint"), str):
+            nothing = shown_nothing(seen, node, answer)
+            if nothing is not None and seen is not None:
+                await self._split_view(node, seen, nothing[0], nothing[1], NO_CHECKPOINT)
             return "nothing to witness"
         cp, note = self._open(node, answer["checkpoint"])
         back = went_back(seen, cp)
