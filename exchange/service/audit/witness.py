@@ -135,7 +135,8 @@ class Witness:
         self.per_log = per_log  # witnesses per log, federation-wide (exchange.audit.witness_sets)
         self._locks: dict[str, asyncio.Lock] = {}
         # As a log: pushes to one witness go one at a time, and never a smaller checkpoint than
-        # one it may have seen, since a witness takes a smaller one for a rollback.
+        # one it may have seen, which it would only answer `stale`. Other workers keep their own
+        # (exchange.store.workers), so a witness may still get a smaller one late: not an alarm.
         self._push_locks: dict[str, asyncio.Lock] = {}
         self._pushed: dict[str, int] = {}
         # C2SP tlog-witnesses of our log, asked beside the partners each round (TlogPush.push).
@@ -174,16 +175,14 @@ class Witness:
     async def cosign(self, peer: str, body: Any) -> CosignAnswer:
         """Push: `peer` asks this node to co-sign a checkpoint of its own log."""
         request = parse_cosign_request(body)
-        return await self._witness(peer, request.checkpoint, request.old_size, request.proof, pushed=True)
+        return await self._witness(peer, request.checkpoint, request.old_size, request.proof)
 
-    async def _witness(
-        self, node: str, note_text: str, old_size: int, proof: list[bytes], *, pushed: bool
-    ) -> CosignAnswer:
+    async def _witness(self, node: str, note_text: str, old_size: int, proof: list[bytes]) -> CosignAnswer:
         cp, note = self._open(node, note_text)
         async with self._locks.setdefault(node, asyncio.Lock()):  # this process's; the swap below, all workers'
             for _ in range(SWAP_TRIES):
                 seen = await self.seen(node)
-                verdict = split_detail(seen, cp, old_size, proof, pushed=pushed)
+                verdict = split_detail(seen, cp, old_size, proof)
                 if isinstance(verdict, dict):
                     return verdict
                 if verdict is not None and seen is not None:
@@ -275,9 +274,7 @@ class Witness:
         mine = signed_by(answer["checkpoint"], self.name)
         if seen is not None and (cp.size, cp.root) == (seen.size, seen.root) and mine:
             return "up to date"
-        result = await self._witness(
-            node, answer["checkpoint"], seen.size if seen else 0, parse_proof(answer), pushed=False
-        )
+        result = await self._witness(node, answer["checkpoint"], seen.size if seen else 0, parse_proof(answer))
         if result["status"] != "cosigned":
             return str(result["status"])
         await self._transport.send(NodeId(node), COSIGNATURES_PATH, cosignature_body(cp.size, result["cosignature"]))
@@ -329,7 +326,7 @@ class Witness:
             old = await self.keeper.cosigned_size(witness)
             for _ in range(3):
                 if old > cp.size:
-                    return f"refused: {witness} already co-signed size {old}, beyond {cp.size}"
+                    return f"superseded: {witness} co-signed checkpoint {old} already"
                 proof = await self.keeper.consistency(old, cp.size) if 0 < old < cp.size else []
                 answer = await self._transport.send(NodeId(witness), COSIGN_PATH, cosign_request(cp.note, old, proof))
                 status = answer.get("status") if isinstance(answer, dict) else None
