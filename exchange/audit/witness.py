@@ -144,6 +144,15 @@ def split_detail(seen: Seen | None, cp: Checkpoint, old_size: int, proof: list[b
     return None
 
 
+def is_new(seen: Seen | None, cp: Checkpoint) -> bool:
+    """Is `cp` new to a witness that holds `seen` (larger, or the first it sees)? A new checkpoint
+    must be signed with a key of the log's node that signs new items, its `active` key or, in a
+    rotation's overlap, its `retiring` one (docs/protocol.md 6a.13); a `verify-only` key checks
+    only what the node signed before: checkpoints no larger than the one seen. Otherwise whoever
+    holds a retired key could have new checkpoints co-signed."""
+    return seen is None or cp.size > seen.size
+
+
 def went_back(seen: Seen | None, cp: Checkpoint) -> str | None:
     """When pulling: a log whose latest checkpoint is smaller than one the witness co-signed (read
     before it asked) went back, a split view: an honest log's latest is at least any it showed."""

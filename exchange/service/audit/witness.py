@@ -33,6 +33,7 @@ from exchange.audit.witness import (
     Seen,
     cosign_request,
     cosignature_body,
+    is_new,
     open_logs_checkpoint,
     parse_cosign_request,
     parse_cosignature,
@@ -47,7 +48,7 @@ from exchange.audit.witness import (
 from exchange.audit.witness_sets import DEFAULT_WITNESSES, WitnessSets, witness_sets
 from exchange.clock import timestamp, utc_now
 from exchange.crypto import SigningKey, b64e
-from exchange.errors import AuditTampered, PeerError, SplitView
+from exchange.errors import AuditTampered, BadSignature, PeerError, SplitView
 from exchange.model import NodeId
 from exchange.protocol.roster import Federation
 from exchange.service.audit.keeper import LogKeeper
@@ -164,9 +165,19 @@ class Witness:
             row = (await conn.execute(sa.select(audit_witnessed).where(audit_witnessed.c.node == node))).first()
         return None if row is None else Seen(int(row.size), as_bytes(row.root), row.note, row.at)
 
-    def _open(self, node: str, note_text: str) -> tuple[Checkpoint, Note]:
-        key = key_that_signed(note_text, log_origin(node), self.fed.signing_keys(node))  # across rotations
-        return open_logs_checkpoint(node, note_text, key)
+    def _open(self, node: str, note_text: str, *, new: bool = False) -> tuple[Checkpoint, Note]:
+        """The checkpoint, signed with a key of `node` that checks what it signed before (across
+        rotations), or, if `new` to this witness, with one that signs new items (`is_new`)."""
+        key = key_that_signed(note_text, log_origin(node), self.fed.signing_keys(node, stored=not new))
+        try:
+            return open_logs_checkpoint(node, note_text, key)
+        except BadSignature as exc:
+            if not new:
+                raise
+            raise BadSignature(
+                f"{exc.detail}: a checkpoint new to this witness must be signed with {node}'s active or "
+                "retiring key, not a verify-only one"
+            ) from exc
 
     def use_key(self, key: SigningKey) -> None:
         """Co-sign with `key` from now on (this node's signing key after a rotation)."""
@@ -182,6 +193,8 @@ class Witness:
         async with self._locks.setdefault(node, asyncio.Lock()):  # this process's; the swap below, all workers'
             for _ in range(SWAP_TRIES):
                 seen = await self.seen(node)
+                if is_new(seen, cp):
+                    self._open(node, note_text, new=True)
                 verdict = split_detail(seen, cp, old_size, proof)
                 if isinstance(verdict, dict):
                     return verdict
