@@ -19,7 +19,14 @@ from typing import Any, NoReturn
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.audit.checkpoint import Checkpoint, cosign, log_origin, verify_cosignature, witness_name
+from exchange.audit.checkpoint import (
+    Checkpoint,
+    check_cosignature_time,
+    cosign,
+    log_origin,
+    verify_cosignature,
+    witness_name,
+)
 from exchange.audit.keeper import StoredCheckpoint, as_bytes
 from exchange.audit.logkeys import key_that_signed
 from exchange.audit.note import Note, parse_note, parse_signature_line
@@ -311,6 +318,7 @@ class Witness:
         cp = await self.keeper.checkpoint_at(size)
         sig = parse_signature_line(line.rstrip("\n"))
         verify_cosignature(parse_note(cp.note).text, sig, witness_name(peer), self.fed.verify_key(peer))
+        check_cosignature_time(sig, cp.at, int(utc_now().timestamp()))
         await self.keeper.add_cosignature(cp.size, peer, sig.line())
 
     async def request_cosignatures(
@@ -346,6 +354,7 @@ class Witness:
                 if status == "cosigned":
                     sig = parse_signature_line(str(answer["cosignature"]).rstrip("\n"))
                     verify_cosignature(text, sig, witness_name(witness), self.fed.verify_key(witness))
+                    check_cosignature_time(sig, cp.at, int(utc_now().timestamp()))
                     await self.keeper.add_cosignature(cp.size, witness, sig.line())
                     return "cosigned"
                 if status != "stale" or type(answer.get("size")) is not int:
