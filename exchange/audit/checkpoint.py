@@ -15,11 +15,12 @@ co-signs with its own roster key under the name `exchange/witness/<node>` (type 
 `cosignature/v1\\ntime <POSIX seconds>\\n` followed by the checkpoint text. The three prefixes
 (`exchange/audit/`, `cosignature/v1`, and `exchange-v1/` of the JSON signatures) differ, so
 one node key signs all three kinds of message without any of them passing for another.
-Pure: no I/O, no clock (callers pass the cosignature time).
+Pure: no I/O, no clock (callers pass the cosignature time, and the time now).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import struct
 from collections.abc import Mapping
@@ -45,6 +46,7 @@ WITNESS_PREFIX = "exchange/witness/"
 COSIGNATURE_HEADER = "cosignature/v1\n"
 HASH_SIZE = 32
 MAX_SIZE = 2**63 - 1
+COSIGNATURE_SKEW = 300  # seconds a witness's clock may be ahead of, or behind, the log's
 _DECIMAL = re.compile(r"^(0|[1-9][0-9]{0,18})$")
 
 
@@ -157,6 +159,30 @@ def verify_cosignature(note_text: str, sig: NoteSignature, witness: str, key: Ve
         raise BadSignature(f"the cosignature by {witness} has an invalid timestamp")
     key.verify(sig.signature[8:], _cosigned_message(note_text, timestamp))
     return int(timestamp)
+
+
+def check_cosignature_time(sig: NoteSignature, signed_at: str, now: int) -> None:
+    """Return None if a log may keep a witness's (verified) cosignature `sig` of a checkpoint it
+    signed at `signed_at` (RFC 3339; one that does not parse sets no lower bound), at `now` (POSIX
+    seconds): dated at most COSIGNATURE_SKEW after now, and at most as much before the checkpoint
+    was signed. Else InvalidInput: a witness cannot have checked a checkpoint in the future, nor
+    before it existed, and a line kept would make the checkpoint look fresher than it is, or
+    date the log's entries earlier than they were written, to whoever reads the times."""
+    (timestamp,) = struct.unpack(">Q", sig.signature[:8])
+    if timestamp > now + COSIGNATURE_SKEW:
+        raise InvalidInput(
+            f"the cosignature by {sig.name} is dated {timestamp - now} s after this node's clock "
+            f"(at most {COSIGNATURE_SKEW} s is allowed)"
+        )
+    try:
+        signed = int(dt.datetime.fromisoformat(signed_at).timestamp())
+    except ValueError:
+        return
+    if timestamp < signed - COSIGNATURE_SKEW:
+        raise InvalidInput(
+            f"the cosignature by {sig.name} is dated {signed - timestamp} s before this node signed the "
+            f"checkpoint (at most {COSIGNATURE_SKEW} s is allowed)"
+        )
 
 
 def cosignatures(note: Note, witnesses: Mapping[str, VerifyKey]) -> dict[str, int]:

@@ -8,12 +8,14 @@ It follows c2sp.org/tlog-witness, carried as JSON over the mutual-TLS federation
   it. The witness answers `{"status": "cosigned", "cosignature": <line>}`, or `{"status":
   "stale", "size": n}` if it last saw size n (tlog-witness answers 409 there; a 200 keeps
   routine retries out of the audit trail of refused requests), or refuses with 409 if the
-  proof fails or the checkpoint is smaller than one it co-signed (a rollback: a log pushes its
-  checkpoints to a witness one at a time, never a smaller one after a larger): a split view,
-  which it records, audits and never co-signs.
+  proof fails or a checkpoint of a size it co-signed has another root: a split view, which it
+  records, audits and never co-signs. A checkpoint smaller than one it co-signed is answered
+  `stale` too: an honest log may push one late (a worker's push overtaken by another worker's,
+  or by the witness's pull), and a rollback is caught by the pull instead.
 - pull: a witness GETs `/fed/v1/audit/checkpoint?from=<size it saw>` from the log, checks the
   same way, and POSTs its cosignature back to `/fed/v1/audit/cosignatures`. Pulling catches a
-  log that stops asking.
+  log that stops asking, and one that answers with no checkpoint after the witness co-signed one
+  (a rollback to nothing, recorded as a split view).
 
 A witness trusts the first checkpoint it sees of a log (trust on first use) and from then on
 only checkpoints that extend it. The witness that stores what it saw and talks to partners is
@@ -22,6 +24,7 @@ only checkpoints that extend it. The witness that stores what it saw and talks t
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
@@ -30,13 +33,15 @@ from exchange.audit.events import AUDIT_SPLIT_VIEW, AuditSplitView
 from exchange.audit.note import Note, parse_note
 from exchange.crypto import VerifyKey, b64d, b64e, canonical_json
 from exchange.errors import InvalidInput
-from exchange.merkle import ProofError, verify_consistency
+from exchange.merkle import EMPTY_ROOT, ProofError, verify_consistency
 
 CHECKPOINT_INTERVAL = 60.0  # seconds between rounds of signing, asking and pulling
 COSIGN_PATH = "/fed/v1/audit/cosign"
 COSIGNATURES_PATH = "/fed/v1/audit/cosignatures"
 CHECKPOINT_PATH = "/fed/v1/audit/checkpoint"
 MAX_PROOF = 128  # hashes: far more than any consistency proof of a log of 2**64 entries
+MAX_ANSWER_KEPT = 16 * 1024  # characters of an answer without a checkpoint kept as evidence
+NO_CHECKPOINT = "it answered with no checkpoint"
 
 
 @dataclass(frozen=True)
@@ -118,21 +123,19 @@ def signed_by(note_text: str, name: str) -> bool:
     return any(s.name == name for s in parse_note(note_text).signatures)
 
 
-def split_detail(
-    seen: Seen | None, cp: Checkpoint, old_size: int, proof: list[bytes], *, pushed: bool = True
-) -> Stale | str | None:
+def split_detail(seen: Seen | None, cp: Checkpoint, old_size: int, proof: list[bytes]) -> Stale | str | None:
     """Does `cp` extend what the witness saw? None if so (or nothing was seen: trust on first use),
-    `Stale` if the log proved it from another size, or why it is a split view.
+    `Stale` if the log proved it from another size or it is smaller, or why it is a split view.
 
-    A smaller checkpoint than the one seen is a rollback when the log pushed it; when the witness
-    pulled it, a push that overtook the pull is the innocent reason, and the pull checked for a
-    rollback against what it had seen before it asked.
+    A smaller checkpoint than the one seen is only late, pushed or pulled: a log's workers sign
+    and push checkpoints independently, and one may push a checkpoint after another worker's
+    larger one was co-signed (or pulled by the witness) in the meantime. It proves nothing either
+    way without a proof to the one seen; a log that went back is caught where it shows its
+    latest, the pull (`went_back`), and cannot prove a larger one from the size seen.
     """
     if seen is None:
         return None
-    if cp.size < seen.size:
-        return went_back(seen, cp) if pushed else {"status": "stale", "size": seen.size}
-    if old_size != seen.size:
+    if cp.size < seen.size or old_size != seen.size:
         return {"status": "stale", "size": seen.size}
     try:
         verify_consistency(seen.size, cp.size, proof, seen.root, cp.root)
@@ -141,11 +144,34 @@ def split_detail(
     return None
 
 
+def is_new(seen: Seen | None, cp: Checkpoint) -> bool:
+    """Is `cp` new to a witness that holds `seen` (larger, or the first it sees)? A new checkpoint
+    must be signed with a key of the log's node that signs new items, its `active` key or, in a
+    rotation's overlap, its `retiring` one (docs/protocol.md 6a.13); a `verify-only` key checks
+    only what the node signed before: checkpoints no larger than the one seen. Otherwise whoever
+    holds a retired key could have new checkpoints co-signed."""
+    return seen is None or cp.size > seen.size
+
+
 def went_back(seen: Seen | None, cp: Checkpoint) -> str | None:
-    """When pulling: a log that shows less than the witness co-signed shows a split view."""
+    """When pulling: a log whose latest checkpoint is smaller than one the witness co-signed (read
+    before it asked) went back, a split view: an honest log's latest is at least any it showed."""
     if seen is not None and cp.size < seen.size:
         return f"it went back to size {cp.size}"
     return None
+
+
+def shown_nothing(seen: Seen | None, node: str, answer: Any) -> tuple[Checkpoint, str] | None:
+    """A pull answered with no checkpoint (`{"checkpoint": null}`, or an answer without a note): None
+    if the witness never co-signed one of this log's checkpoints (nothing to witness yet); else a
+    rollback to nothing, recorded as a split view: what the log showed, taken as its empty log
+    (size 0, the root of the empty tree), and the answer as kept (sorted JSON, cut short). An
+    honest log never loses a checkpoint it showed: it answers with its latest, which is at least
+    any it put to a witness."""
+    if seen is None:
+        return None
+    kept = json.dumps(answer, sort_keys=True, ensure_ascii=False)[:MAX_ANSWER_KEPT]
+    return Checkpoint(log_origin(node), 0, EMPTY_ROOT), kept
 
 
 def split_message(node: str, seen: Seen, cp: Checkpoint, detail: str) -> str:

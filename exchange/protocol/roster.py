@@ -163,14 +163,13 @@ class Federation:
             self.node(node_id)  # UnknownPeer
         return self.former_signing_key(node_id, kid, stored=stored)
 
-    def signing_keys(self, node_id: str) -> list[VerifyKey]:
+    def signing_keys(self, node_id: str, *, stored: bool = True) -> list[VerifyKey]:
         """Every signing key of `node_id` that checks what it signed: the current one first, then
-        its retiring and verify-only ones (an audit log's checkpoints span rotations)."""
+        its retiring and verify-only ones (an audit log's checkpoints span rotations). Without
+        `stored`, only those that check new items (6a.13): the current one and retiring ones."""
+        states = ("retiring", "verify-only") if stored else ("retiring",)
         former = self._index.former.signing.items()
-        return [
-            self.verify_key(node_id),
-            *(VerifyKey(k) for (n, _), (s, k) in former if n == node_id and s != "compromised"),
-        ]
+        return [self.verify_key(node_id), *(VerifyKey(k) for (n, _), (s, k) in former if n == node_id and s in states)]
 
     def accepts_wrap(self, node_id: str, kid: str) -> bool:
         """Whether an envelope may wrap for `node_id`'s encryption key `kid`: its current key, or

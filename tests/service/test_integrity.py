@@ -21,7 +21,7 @@ from exchange.audit import events as ev
 from exchange.audit.checkpoint import Checkpoint
 from exchange.audit.keeper import first_unmatched, shorter_than_signed, unsigned_entry_problem
 from exchange.audit.log import BundleCheck, KeyRing
-from exchange.audit.witness import Seen, split_detail
+from exchange.audit.witness import Seen, split_detail, went_back
 from exchange.crypto import canonical_json
 from exchange.errors import AuditTampered, BadEntry, BulletinUnverified
 from exchange.merkle import leaf_hash
@@ -182,10 +182,11 @@ async def test_an_export_carries_every_checkpoint_and_a_keeper_will_not_start_on
 SEEN = Seen(10, b"\x01" * 32, "note", "2026-01-01T00:00:00.000Z")
 
 
-def test_a_smaller_checkpoint_is_a_rollback_when_pushed_and_merely_late_when_pulled() -> None:
+def test_a_smaller_checkpoint_is_merely_late_when_judged_and_a_rollback_when_it_is_the_logs_latest() -> None:
     smaller = Checkpoint("exchange/audit/nl-customs", 7, b"\x02" * 32)
-    assert split_detail(SEEN, smaller, 10, []) == "it went back to size 7"
-    assert split_detail(SEEN, smaller, 10, [], pushed=False) == {"status": "stale", "size": 10}
+    assert split_detail(SEEN, smaller, 10, []) == {"status": "stale", "size": 10}  # pushed late, or pulled
+    assert went_back(SEEN, smaller) == "it went back to size 7"  # the latest a pull got
+    assert went_back(SEEN, Checkpoint("exchange/audit/nl-customs", 10, b"\x02" * 32)) is None
     larger = Checkpoint("exchange/audit/nl-customs", 12, b"\x02" * 32)
     assert split_detail(SEEN, larger, 9, []) == {"status": "stale", "size": 10}  # proven from another size
 

@@ -58,6 +58,7 @@ from exchange.audit.witness import (
     open_logs_checkpoint,
     split_detail,
     split_message,
+    went_back,
 )
 from exchange.crypto import SigningKey, b64d, b64e, canonical_json, sha256, strict_loads
 from exchange.errors import (
@@ -783,7 +784,12 @@ def refuse(negative: dict[str, Any], keys: KeyRing, bundle: list[str], *, batch:
         elif kind == "witness":
             seen = Seen(given["seen"]["size"], b64d(given["seen"]["root"]), given["seen"]["note"], "")
             cp, _ = open_logs_checkpoint(LOG_NODE, given["checkpoint"], keys.log_key(LOG_NODE))
-            verdict = split_detail(seen, cp, given["old_size"], _raw(given["proof"]))
+            # A pull's answer is the log's latest: smaller than what was seen, it went back. A push
+            # is judged by split_detail (a smaller one pushed is only late).
+            if given.get("pulled"):
+                verdict = went_back(seen, cp)
+            else:
+                verdict = split_detail(seen, cp, given["old_size"], _raw(given["proof"]))
             if isinstance(verdict, str):
                 raise SplitView(split_message(LOG_NODE, seen, cp, verdict))
         else:
@@ -1086,9 +1092,10 @@ def _negatives(roster: Any, rows: list[tuple[int, bytes, bytes]], cps: list[Stor
     )
     add(
         "witness-rollback",
-        f"a push of checkpoint 13 after the witness co-signed {WHOLE}",
+        f"a pull answered with checkpoint 13, the log's latest, after the witness co-signed {WHOLE} "
+        "(pushed, it would only be late: stale)",
         "witness",
-        {"seen": seen(WHOLE), "checkpoint": by_size[13].note, "old_size": WHOLE, "proof": []},
+        {"seen": seen(WHOLE), "checkpoint": by_size[13].note, "old_size": WHOLE, "proof": [], "pulled": True},
         SplitView,
     )
     return out

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from exchange.audit.checkpoint import WITNESS_PREFIX
+from exchange.audit.checkpoint import WITNESS_PREFIX, check_cosignature_time
 from exchange.audit.keeper import StoredCheckpoint
 from exchange.audit.note import parse_note
 from exchange.audit.tlog_witness import (
@@ -33,6 +33,7 @@ from exchange.audit.tlog_witness import (
     parse_size_body,
     parse_verifier_key,
 )
+from exchange.clock import utc_now
 from exchange.config import TlogWitnessConfig
 from exchange.crypto import VerifyKey
 from exchange.errors import ConfigError, InvalidInput, PeerError
@@ -154,6 +155,7 @@ class TlogPush:
             reply = await self._client.post(witness.endpoint, add_checkpoint_body(old, proof, cp.note), witness.ca_file)
             if reply.status == 200:
                 sig = accepted_cosignature(reply.body, text, witness.key)  # BadSignature: nothing kept
+                check_cosignature_time(sig, cp.at, int(utc_now().timestamp()))  # InvalidInput: nor here
                 await self.keeper.add_cosignature(cp.size, witness.name, sig.line())
                 self._held[witness.name] = cp.size
                 return "cosigned"

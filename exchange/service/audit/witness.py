@@ -19,7 +19,14 @@ from typing import Any, NoReturn
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.audit.checkpoint import Checkpoint, cosign, log_origin, verify_cosignature, witness_name
+from exchange.audit.checkpoint import (
+    Checkpoint,
+    check_cosignature_time,
+    cosign,
+    log_origin,
+    verify_cosignature,
+    witness_name,
+)
 from exchange.audit.keeper import StoredCheckpoint, as_bytes
 from exchange.audit.logkeys import key_that_signed
 from exchange.audit.note import Note, parse_note, parse_signature_line
@@ -28,14 +35,17 @@ from exchange.audit.witness import (
     CHECKPOINT_PATH,
     COSIGN_PATH,
     COSIGNATURES_PATH,
+    NO_CHECKPOINT,
     CosignAnswer,
     Seen,
     cosign_request,
     cosignature_body,
+    is_new,
     open_logs_checkpoint,
     parse_cosign_request,
     parse_cosignature,
     parse_proof,
+    shown_nothing,
     signed_by,
     split_detail,
     split_message,
@@ -45,7 +55,7 @@ from exchange.audit.witness import (
 from exchange.audit.witness_sets import DEFAULT_WITNESSES, WitnessSets, witness_sets
 from exchange.clock import timestamp, utc_now
 from exchange.crypto import SigningKey, b64e
-from exchange.errors import AuditTampered, PeerError, SplitView
+from exchange.errors import AuditTampered, BadSignature, PeerError, SplitView
 from exchange.model import NodeId
 from exchange.protocol.roster import Federation
 from exchange.service.audit.keeper import LogKeeper
@@ -133,7 +143,8 @@ class Witness:
         self.per_log = per_log  # witnesses per log, federation-wide (exchange.audit.witness_sets)
         self._locks: dict[str, asyncio.Lock] = {}
         # As a log: pushes to one witness go one at a time, and never a smaller checkpoint than
-        # one it may have seen, since a witness takes a smaller one for a rollback.
+        # one it may have seen, which it would only answer `stale`. Other workers keep their own
+        # (exchange.store.workers), so a witness may still get a smaller one late: not an alarm.
         self._push_locks: dict[str, asyncio.Lock] = {}
         self._pushed: dict[str, int] = {}
         # C2SP tlog-witnesses of our log, asked beside the partners each round (TlogPush.push).
@@ -161,9 +172,19 @@ class Witness:
             row = (await conn.execute(sa.select(audit_witnessed).where(audit_witnessed.c.node == node))).first()
         return None if row is None else Seen(int(row.size), as_bytes(row.root), row.note, row.at)
 
-    def _open(self, node: str, note_text: str) -> tuple[Checkpoint, Note]:
-        key = key_that_signed(note_text, log_origin(node), self.fed.signing_keys(node))  # across rotations
-        return open_logs_checkpoint(node, note_text, key)
+    def _open(self, node: str, note_text: str, *, new: bool = False) -> tuple[Checkpoint, Note]:
+        """The checkpoint, signed with a key of `node` that checks what it signed before (across
+        rotations), or, if `new` to this witness, with one that signs new items (`is_new`)."""
+        key = key_that_signed(note_text, log_origin(node), self.fed.signing_keys(node, stored=not new))
+        try:
+            return open_logs_checkpoint(node, note_text, key)
+        except BadSignature as exc:
+            if not new:
+                raise
+            raise BadSignature(
+                f"{exc.detail}: a checkpoint new to this witness must be signed with {node}'s active or "
+                "retiring key, not a verify-only one"
+            ) from exc
 
     def use_key(self, key: SigningKey) -> None:
         """Co-sign with `key` from now on (this node's signing key after a rotation)."""
@@ -172,16 +193,16 @@ class Witness:
     async def cosign(self, peer: str, body: Any) -> CosignAnswer:
         """Push: `peer` asks this node to co-sign a checkpoint of its own log."""
         request = parse_cosign_request(body)
-        return await self._witness(peer, request.checkpoint, request.old_size, request.proof, pushed=True)
+        return await self._witness(peer, request.checkpoint, request.old_size, request.proof)
 
-    async def _witness(
-        self, node: str, note_text: str, old_size: int, proof: list[bytes], *, pushed: bool
-    ) -> CosignAnswer:
+    async def _witness(self, node: str, note_text: str, old_size: int, proof: list[bytes]) -> CosignAnswer:
         cp, note = self._open(node, note_text)
         async with self._locks.setdefault(node, asyncio.Lock()):  # this process's; the swap below, all workers'
             for _ in range(SWAP_TRIES):
                 seen = await self.seen(node)
-                verdict = split_detail(seen, cp, old_size, proof, pushed=pushed)
+                if is_new(seen, cp):
+                    self._open(node, note_text, new=True)
+                verdict = split_detail(seen, cp, old_size, proof)
                 if isinstance(verdict, dict):
                     return verdict
                 if verdict is not None and seen is not None:
@@ -262,6 +283,9 @@ class Witness:
         seen = await self.seen(node)
         answer = await self._transport.fetch(NodeId(node), f"{CHECKPOINT_PATH}?from={seen.size if seen else 0}")
         if not isinstance(answer, dict) or not isinstance(answer.get("checkpoint"), str):
+            nothing = shown_nothing(seen, node, answer)
+            if nothing is not None and seen is not None:
+                await self._split_view(node, seen, nothing[0], nothing[1], NO_CHECKPOINT)
             return "nothing to witness"
         cp, note = self._open(node, answer["checkpoint"])
         back = went_back(seen, cp)
@@ -270,9 +294,7 @@ class Witness:
         mine = signed_by(answer["checkpoint"], self.name)
         if seen is not None and (cp.size, cp.root) == (seen.size, seen.root) and mine:
             return "up to date"
-        result = await self._witness(
-            node, answer["checkpoint"], seen.size if seen else 0, parse_proof(answer), pushed=False
-        )
+        result = await self._witness(node, answer["checkpoint"], seen.size if seen else 0, parse_proof(answer))
         if result["status"] != "cosigned":
             return str(result["status"])
         await self._transport.send(NodeId(node), COSIGNATURES_PATH, cosignature_body(cp.size, result["cosignature"]))
@@ -296,6 +318,7 @@ class Witness:
         cp = await self.keeper.checkpoint_at(size)
         sig = parse_signature_line(line.rstrip("\n"))
         verify_cosignature(parse_note(cp.note).text, sig, witness_name(peer), self.fed.verify_key(peer))
+        check_cosignature_time(sig, cp.at, int(utc_now().timestamp()))
         await self.keeper.add_cosignature(cp.size, peer, sig.line())
 
     async def request_cosignatures(
@@ -324,13 +347,14 @@ class Witness:
             old = await self.keeper.cosigned_size(witness)
             for _ in range(3):
                 if old > cp.size:
-                    return f"refused: {witness} already co-signed size {old}, beyond {cp.size}"
+                    return f"superseded: {witness} co-signed checkpoint {old} already"
                 proof = await self.keeper.consistency(old, cp.size) if 0 < old < cp.size else []
                 answer = await self._transport.send(NodeId(witness), COSIGN_PATH, cosign_request(cp.note, old, proof))
                 status = answer.get("status") if isinstance(answer, dict) else None
                 if status == "cosigned":
                     sig = parse_signature_line(str(answer["cosignature"]).rstrip("\n"))
                     verify_cosignature(text, sig, witness_name(witness), self.fed.verify_key(witness))
+                    check_cosignature_time(sig, cp.at, int(utc_now().timestamp()))
                     await self.keeper.add_cosignature(cp.size, witness, sig.line())
                     return "cosigned"
                 if status != "stale" or type(answer.get("size")) is not int:
