@@ -32,7 +32,7 @@ from exchange.audit.checkpoint import Checkpoint, log_origin, open_checkpoint
 from exchange.audit.events import AUDIT_SPLIT_VIEW, AuditSplitView
 from exchange.audit.note import Note, parse_note
 from exchange.crypto import VerifyKey, b64d, b64e, canonical_json
-from exchange.errors import InvalidInput
+from exchange.errors import ExchangeError, InvalidInput, PeerError, PeerRefused, SplitView, Unavailable
 from exchange.merkle import EMPTY_ROOT, ProofError, verify_consistency
 
 CHECKPOINT_INTERVAL = 60.0  # seconds between rounds of signing, asking and pulling
@@ -42,6 +42,9 @@ CHECKPOINT_PATH = "/fed/v1/audit/checkpoint"
 MAX_PROOF = 128  # hashes: far more than any consistency proof of a log of 2**64 entries
 MAX_ANSWER_KEPT = 16 * 1024  # characters of an answer without a checkpoint kept as evidence
 NO_CHECKPOINT = "it answered with no checkpoint"
+
+FailureKind = Literal["unreachable", "refused", "invalid", "split-view", "error"]
+"""How a witnessing exchange with a partner failed (a label of `GET /metrics`: a bounded set)."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,20 @@ def shown_nothing(seen: Seen | None, node: str, answer: Any) -> tuple[Checkpoint
         return None
     kept = json.dumps(answer, sort_keys=True, ensure_ascii=False)[:MAX_ANSWER_KEPT]
     return Checkpoint(log_origin(node), 0, EMPTY_ROOT), kept
+
+
+def failure_kind(exc: BaseException) -> FailureKind:
+    """How a pull or push failed: `unreachable` (no answer: down, or timed out; routine, the next
+    round asks again), `refused` (it answered with an error status), `split-view`, `invalid` (what
+    it answered does not hold: a bad signature, a malformed answer, a failed check), or `error`
+    (anything else, this node's own failures included)."""
+    if isinstance(exc, SplitView):
+        return "split-view"
+    if isinstance(exc, PeerRefused) or (isinstance(exc, PeerError) and " answered " in exc.detail):
+        return "refused"
+    if isinstance(exc, PeerError):
+        return "unreachable"
+    return "invalid" if isinstance(exc, ExchangeError) and not isinstance(exc, Unavailable) else "error"
 
 
 def split_message(node: str, seen: Seen, cp: Checkpoint, detail: str) -> str:

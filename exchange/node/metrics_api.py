@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
@@ -131,6 +131,15 @@ class _Snapshot(Collector):
                 age.add_metric([w.witness], w.last_cosigned_age)
         yield size
         yield age
+        failures = CounterMetricFamily(
+            "exchange_audit_witnessing_failures",
+            "Failed witnessing exchanges with a partner since the process started: pulls of its log, "
+            "pushes of ours, by how they failed",
+            labels=["partner", "direction", "kind"],
+        )
+        for (partner, direction, kind), count in sorted(s.witnessing_failures.items()):
+            failures.add_metric([partner, direction, kind], float(count))
+        yield failures
         g = GaugeMetricFamily("exchange_bulletins_stored", "Bulletins this node holds, per channel", labels=["channel"])
         for channel, count in sorted(s.bulletins.items()):
             g.add_metric([channel], float(count))

@@ -68,6 +68,8 @@ class MetricsSnapshot:
     bulletins: dict[str, int] = field(default_factory=dict)  # per channel
     roster_version: int = 0
     roster_expires: float | None = None  # Unix time (roster v2), None when the roster has no expiry
+    # failed pulls and pushes since the process started: (partner, direction, kind) -> count
+    witnessing_failures: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
 
 class NodeMetrics:
@@ -111,4 +113,5 @@ class NodeMetrics:
             witnesses=witnesses,
             bulletins=counts,
             roster_version=int(getattr(self.fed.roster, "version", 0) or 0),
+            witnessing_failures=self.audit.witness.failures.counts(),
         )

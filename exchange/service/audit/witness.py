@@ -55,10 +55,11 @@ from exchange.audit.witness import (
 from exchange.audit.witness_sets import DEFAULT_WITNESSES, WitnessSets, witness_sets
 from exchange.clock import timestamp, utc_now
 from exchange.crypto import SigningKey, b64e
-from exchange.errors import AuditTampered, BadSignature, PeerError, SplitView
+from exchange.errors import AuditTampered, BadSignature, InvalidInput, SplitView
 from exchange.model import NodeId
 from exchange.protocol.roster import Federation
 from exchange.service.audit.keeper import LogKeeper
+from exchange.service.audit.witness_failures import WitnessFailures
 from exchange.service.transport import PeerTransport
 from exchange.store import AuditBuffer, Store, audit_split_views, audit_witnessed
 from exchange.store.workers import Role
@@ -149,6 +150,7 @@ class Witness:
         self._pushed: dict[str, int] = {}
         # C2SP tlog-witnesses of our log, asked beside the partners each round (TlogPush.push).
         self.c2sp = c2sp
+        self.failures = WitnessFailures(me)  # failed pulls and pushes, logged and counted (GET /metrics)
 
     # -- witness sets (docs/audit.md, section 12) ------------------------------------------
 
@@ -358,21 +360,11 @@ class Witness:
                     await self.keeper.add_cosignature(cp.size, witness, sig.line())
                     return "cosigned"
                 if status != "stale" or type(answer.get("size")) is not int:
-                    return f"unexpected answer from {witness}"
+                    raise InvalidInput(f"unexpected answer from {witness}")
                 old = answer["size"]
             return "stale"
         except Exception as exc:  # one witness's failure must not stop the others
-            # A partner that is down is routine (the next round retries); a refusal is not.
-            down = isinstance(exc, PeerError) and " answered " not in exc.detail
-            log.log(
-                logging.INFO if down else logging.WARNING,
-                "%s: %s did not co-sign checkpoint %d: %s",
-                self.me,
-                witness,
-                cp.size,
-                exc,
-            )
-            return f"{type(exc).__name__}: {getattr(exc, 'detail', exc)}"
+            return self.failures.record(witness, "push", exc, f"{witness} did not co-sign checkpoint {cp.size}")
 
     # -- the periodic round -----------------------------------------------------------------
 
@@ -398,7 +390,7 @@ class Witness:
         try:
             return await self.pull(node)
         except Exception as exc:  # a partner's failure is reported, never fatal to the round
-            return f"{type(exc).__name__}: {getattr(exc, 'detail', exc)}"
+            return self.failures.record(node, "pull", exc, f"could not witness {node}'s log")
 
     async def run(self, interval: float = CHECKPOINT_INTERVAL) -> None:
         """A round every `interval` seconds, the first one an interval after start.
