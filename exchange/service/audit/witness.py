@@ -151,6 +151,9 @@ class Witness:
         # C2SP tlog-witnesses of our log, asked beside the partners each round (TlogPush.push).
         self.c2sp = c2sp
         self.failures = WitnessFailures(me)  # failed pulls and pushes, logged and counted (GET /metrics)
+        # Split views (log, hash of what it showed) logged this round: one recorded already is
+        # logged again in each round that sees it, but once, however often the log shows it.
+        self._told: set[tuple[str, str]] = set()
 
     # -- witness sets (docs/audit.md, section 12) ------------------------------------------
 
@@ -272,8 +275,13 @@ class Witness:
             return "stored"
 
         kept = await self.store.write(job)
+        told = (node, shown_hash) in self._told
+        if kept != "over the bound":  # at most the 16 kept per log
+            self._told.add((node, shown_hash))
         if kept == "stored":
             log.error("%s: %s", self.me, message)
+        elif kept == "known" and not told:  # still going on: an operator must not miss it
+            log.error("%s: %s (seen again: recorded already)", self.me, message)
         elif kept == "over the bound":  # refused and logged, not stored (docs/audit.md, 4)
             log.error(
                 "%s: %s (not stored: %d split views of %s are kept already)", self.me, message, MAX_SPLIT_VIEWS, node
@@ -373,6 +381,7 @@ class Witness:
         the logs we are a designated witness of: O(k) requests, whatever the federation's size."""
         partners, logs = self.my_witnesses(), self.logs_witnessed()
         outcome: dict[str, Any] = {}
+        self.new_round()
         try:
             cp = await self.keeper.checkpoint()
         except AuditTampered as exc:
@@ -385,6 +394,10 @@ class Witness:
         pulled = await asyncio.gather(*(self._pull_quietly(p) for p in logs))
         outcome["pull"] = dict(zip(logs, pulled, strict=True))
         return outcome
+
+    def new_round(self) -> None:
+        """From now on, a split view recorded already is logged again once (each round, every worker)."""
+        self._told = set()
 
     async def _pull_quietly(self, node: str) -> str:
         try:
@@ -404,6 +417,7 @@ class Witness:
         try:
             while True:
                 await asyncio.sleep(interval)  # a timer between rounds, not a wait for another task
+                self.new_round()  # workers that do not run the round are pushed to as witnesses too
                 try:
                     if await role.held():
                         await self.tick()
