@@ -92,10 +92,11 @@ class Buckets:
 
 @dataclass(frozen=True)
 class Ticket:
-    """What a request was charged to: a partner, a known credential, or its address."""
+    """What a request was charged to: a partner, a known credential's user, or its address."""
 
     credential: str | None
     address: str | None  # set when the address paid, so that it is paid back if the request authenticates
+    user: str | None = None  # set when the user a known credential authenticated before paid
 
 
 class RateLimiter:
@@ -107,7 +108,8 @@ class RateLimiter:
     has room (so new credentials of an exhausted user cost their address). A known credential's
     requests are charged to the **user** it authenticated, so that every spelling of a token, and
     every credential sent beside a session, shares that user's one bucket; a known credential that
-    no longer authenticates (a rotated token, an ended session) is forgotten at its first refusal.
+    no longer authenticates its user (a rotated token, an ended session) is forgotten at its first
+    refusal, and each of its requests charged to that user is paid back to it (`settle`).
     """
 
     def __init__(
@@ -139,7 +141,7 @@ class RateLimiter:
             user = self._known.get(credential) if credential is not None else None
             if credential is not None and user is not None:
                 self._known.move_to_end(credential)
-                wait, what, ticket = self.tokens.take(user), "this user", Ticket(credential, None)
+                wait, what, ticket = self.tokens.take(user), "this user", Ticket(credential, None, user)
             else:
                 address = client_key(request.remote)
                 wait, what, ticket = self.addresses.take(address), "this address", Ticket(credential, address)
@@ -151,20 +153,26 @@ class RateLimiter:
 
     def settle(self, request: web.Request, ticket: Ticket) -> None:
         """After the handler: a request that authenticated moves its charge to its user; a known
-        credential that did not authenticate is forgotten (its next requests are its address's)."""
+        credential that did not authenticate its user again (a rotated token, an ended session)
+        is forgotten, and the request is paid back to that user and charged where it belongs now,
+        as a new credential's is: so that requests sent at once with it, all admitted before the
+        first is refused, never spend the budget of a user it no longer authenticates."""
         user: str | None = request.get(USER)
         if ticket.credential is None:
             return
-        if ticket.address is None:  # charged to a known credential's user
-            if user is None:
-                self._known.pop(ticket.credential, None)
-            elif self._known.get(ticket.credential) != user:
-                self._known[ticket.credential] = user
-            return
-        if user is None:
+        address = ticket.address
+        if ticket.user is not None:  # charged to the user a known credential authenticated before
+            if user == ticket.user:
+                return
+            self.tokens.give_back(ticket.user)
+            if self._known.get(ticket.credential) == ticket.user:
+                del self._known[ticket.credential]
+            address = client_key(request.remote)
+            self.addresses.take(address)  # after the fact (it was served): its address's next ones wait
+        if user is None or address is None:
             return
         if self.tokens.take(user) == 0:  # else the user's bucket is empty: the address keeps the charge
-            self.addresses.give_back(ticket.address)
+            self.addresses.give_back(address)
         self._known[ticket.credential] = user
         if len(self._known) > self.settings.max_keys:
             self._known.popitem(last=False)

@@ -8,8 +8,15 @@ token-sized bucket. Found by a read-only review; SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from exchange.http.appkeys import USER
+from exchange.http.limits import Buckets, Rate, RateLimiter, RateSettings
 from tests.conftest import MakeFederation, console_session
 from tests.node.test_limits import http  # noqa: F401 (the fixture)
 
@@ -102,3 +109,77 @@ async def test_an_accountable_callers_refusals_have_entries_of_their_own_within_
     await refusals.close()
     (counted,) = [e for e in store.entries if e["event"] == "requests.refused"]
     assert counted["address"] == "192.0.2.7" and counted["count"] == 3, counted
+
+
+async def test_an_old_tokens_concurrent_requests_never_spend_its_former_users_budget(
+    make_federation: MakeFederation,
+    http: Any,  # noqa: F811
+) -> None:
+    """Whoever holds a token rotated away sends many requests at once: each was admitted against
+    the user it used to authenticate until the first of them was refused, and drained that user's
+    bucket. Now they are paid back to the user and charged to their address when they settle."""
+    burst, at_once = 20, 16
+    fed = await make_federation(options={**tight(100, burst)})
+    nl = fed["nl-customs"]
+    old = nl.tokens["officer"]
+    holder, officer = http(nl, "127.0.0.3"), http(nl, "127.0.0.2")
+
+    async def status(client: Any, token: str | None) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with client.get("/api/v1/whoami", headers=headers) as resp:
+            await resp.read()
+            return int(resp.status)
+
+    assert await status(holder, old) == 200  # known: the officer's (1 of its burst)
+    new = await nl.service.users.rotate_token("officer", actor="test")
+    assert await asyncio.gather(*(status(holder, None) for _ in range(at_once))) == [401] * at_once  # connections
+    assert await asyncio.gather(*(status(holder, old) for _ in range(at_once))) == [401] * at_once
+    got = [await status(officer, new) for _ in range(burst)]
+    assert got == [200] * (burst - 1) + [429], got  # all the officer's but the first request's
+
+
+class Transport:
+    """A client connection without a certificate, from 192.0.2.7."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("192.0.2.7", 40000) if name == "peername" else default
+
+
+def request(authorization: str) -> web.Request:
+    return make_mocked_request("GET", "/api/v1/whoami", {"Authorization": authorization}, transport=Transport())
+
+
+def served(limiter: RateLimiter, requests: list[web.Request], user: str | None) -> None:
+    """`requests` all admitted before any is answered, then answered as `user` (None: refused)."""
+    tickets = [limiter.admit(r) for r in requests]
+    for r, ticket in zip(requests, tickets, strict=True):
+        if user is not None:
+            r[USER] = user
+        limiter.settle(r, ticket)
+
+
+def test_a_credential_that_moved_is_paid_back_to_its_former_user() -> None:
+    """The same, request by request and without a server: a known token's requests admitted before
+    any is answered (what concurrency does), then refused (rotated away) or answered as another
+    user (reassigned). Each is paid back to the former user and charged where it belongs now."""
+    limiter = RateLimiter(RateSettings(token=Rate(0.001, 5), address=Rate(0.001, 50)), clock=lambda: 0.0)
+
+    def level(buckets: Buckets) -> Callable[[str], float]:
+        def read(key: str) -> float:
+            tokens = buckets._level(key)
+            buckets._store(key, tokens)  # _level takes the bucket out: put it back as it was
+            return tokens
+
+        return read
+
+    levels = level(limiter.tokens), level(limiter.addresses)
+    served(limiter, [request("Bearer old")], "officer")  # new: the address's, moved to the officer
+    assert (levels[0]("officer"), levels[1]("192.0.2.7")) == (4, 50)
+
+    served(limiter, [request("Bearer old") for _ in range(3)], None)  # rotated away
+    assert (levels[0]("officer"), levels[1]("192.0.2.7")) == (4, 47)
+
+    served(limiter, [request("Bearer old")], "officer")  # known to be the officer's again
+    assert (levels[0]("officer"), levels[1]("192.0.2.7")) == (3, 47)
+    served(limiter, [request("Bearer old") for _ in range(3)], "auditor")  # now the auditor's
+    assert (levels[0]("officer"), levels[0]("auditor"), levels[1]("192.0.2.7")) == (3, 2, 47)
