@@ -10,6 +10,7 @@ Found by a review; SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from typing import Any
 
@@ -74,3 +75,18 @@ async def test_a_log_that_answers_no_checkpoint_after_one_was_cosigned_is_caught
     assert (await hostile.tick())["pull"][NL].startswith("SplitView: ")
     status, view, _ = await ke.api("GET", "/api/v1/audit/witnessed", user="auditor")
     assert [s["shown"] for s in view["split_views"]][1:] == ['{"proof": []}']
+
+
+async def test_an_answer_with_a_lone_surrogate_is_recorded_all_the_same(make_federation: MakeFederation) -> None:
+    """JSON may escape a lone surrogate, which no UTF-8 text holds: the answer kept as evidence
+    escapes it. Before, encoding the answer raised UnicodeEncodeError and nothing was recorded.
+    Found by a read-only review."""
+    fed = await make_federation()
+    nl, ke = fed[NL], fed[KE]
+    await checkpoint(nl)
+    hostile = copy.copy(ke.service.audit.witness)
+    hostile._transport = Answers(json.loads(b'{"checkpoint": null, "x": "\\ud800 \xc3\xa9"}'))
+    assert (await hostile.tick())["pull"][NL].startswith("SplitView: ")
+    status, view, _ = await ke.api("GET", "/api/v1/audit/witnessed", user="auditor")
+    assert status == 200
+    assert [s["shown"] for s in view["split_views"]] == ['{"checkpoint": null, "x": "\\ud800 \\u00e9"}']

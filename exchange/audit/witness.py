@@ -173,7 +173,7 @@ def shown_nothing(seen: Seen | None, node: str, answer: Any) -> tuple[Checkpoint
     any it put to a witness."""
     if seen is None:
         return None
-    kept = json.dumps(answer, sort_keys=True, ensure_ascii=False)[:MAX_ANSWER_KEPT]
+    kept = json.dumps(answer, sort_keys=True)[:MAX_ANSWER_KEPT]  # ASCII: a lone surrogate is kept escaped
     return Checkpoint(log_origin(node), 0, EMPTY_ROOT), kept
 
 
