@@ -36,6 +36,14 @@ log = logging.getLogger("exchange.outbox")
 # envelopes as well would have it receive, parse and drop each one twice (bench/catchup.py).
 PULL_HOLD_SECONDS = 10.0
 
+# A batch this large or larger, or a full one, has the next one read and sent while it travels
+# (two in flight); after a smaller one the sender waits for its receipts first, and sends what was
+# queued meanwhile as one batch. A partner's pushes are then few and full when many partners share
+# one author (a channel of 200: each post woke 199 senders for a push each of one or two bulletins,
+# two in flight, which cost the author more than their bulletins did), and pipelined when one
+# partner's queue is long (bench/README.md, fanout_wired.py).
+PIPELINE_FROM = 16
+
 
 class Sender:
     """Delivers everything queued for one destination, in order, until cancelled."""
@@ -177,18 +185,20 @@ class Sender:
     async def _send(self, batch: list[OutItem]) -> list[OutItem]:
         """Send a batch that `mark_sent` has audited; return the next one, audited too, if any.
 
-        Two batches in flight at most: this one goes out while the one before is still being
-        stored at the peer (which stores a sender's transactions in the order they came,
-        `Receiving.receive`), the next one is read and marked sent meanwhile if anything may be
-        queued after this one (the sender was woken since its read, or the read was full), and
-        each one's receipts are checked and stored here as they come. A batch is marked delivered only once
-        its receipts are stored; one that fails stays queued and goes again (the peer answers
-        what it holds with the receipts it gave). After a refusal, batches go one at a time.
+        Two batches in flight at most, after a batch of PIPELINE_FROM or more (or a full one):
+        this one goes out while the one before is still being stored at the peer (which stores a
+        sender's transactions in the order they came, `Receiving.receive`), the next one is read
+        and marked sent meanwhile if anything may be queued after this one (the sender was woken
+        since its read, or the read was full), and each one's receipts are checked and stored here
+        as they come. A batch is marked delivered only once its receipts are stored; one that fails
+        stays queued and goes again (the peer answers what it holds with the receipts it gave).
+        After a refusal, batches go one at a time.
         """
         flight = asyncio.create_task(self._deliver(batch))
         previous, self._flight = self._flight, flight
-        # Read ahead only if something may be queued after this batch (woken since it was read).
-        ready = not self._single and self._stale
+        # Read ahead only if something may be queued after this batch (woken since it was read),
+        # and the batch was large: after a small one, what is queued while it travels goes next.
+        ready = not self._single and self._stale and len(batch) >= min(PIPELINE_FROM, self.outbox.config.batch_size)
         prepared = asyncio.create_task(self._prepare(after=batch[-1].n)) if ready else None
         try:
             if previous is not None:

@@ -1,0 +1,107 @@
+"""A sender pipelines only large batches (exchange.service.sender.PIPELINE_FROM): after a push of
+a few bulletins it waits for that push's receipts, and what was queued meanwhile goes as one
+batch. Before, every push had the next read, marked sent and sent while it travelled, however
+small: an author whose channel has 199 other readers sent each of them a push of one or two
+bulletins per post, two in flight, and spent more on the pushes than on their bulletins. A full
+batch, or one of PIPELINE_FROM or more, still has the next one sent while it travels
+(tests/test_hot_path_delivery.py). Two nodes' application layers, in-memory transport."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exchange.model import Bulletin, NodeId
+from exchange.provision import init_federation
+from exchange.service.node import NodeService
+from exchange.service.outbox import OutItem
+from tests.conftest import DEFAULT_NODES, eventually, write_federation
+from tests.service.lone_node import node_service
+from tests.service.test_outbox import MemoryTransport
+from tests.test_delivery import BULLETIN
+from tests.test_hot_path_delivery import A, B, CheckingTransport
+
+
+class HeldTransport(CheckingTransport):
+    """Holds the first push until `release` is set, and counts the pushes under way."""
+
+    def __init__(self, me: str) -> None:
+        super().__init__(me)
+        self.release = asyncio.Event()
+        self.under_way = 0
+        self.most_under_way = 0
+
+    async def send(self, node: NodeId, path: str, body: bytes) -> Any:
+        self.under_way += 1
+        self.most_under_way = max(self.most_under_way, self.under_way)
+        try:
+            await self.release.wait()
+            return await super().send(node, path, body)
+        finally:
+            self.under_way -= 1
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[tuple[dict[str, NodeService], HeldTransport]]:
+    """A and B on SQLite, with the default batch size (100); not started."""
+    folder = tmp_path / "nodes"
+    channel = {"id": "c2c", "owner": A, "agencies": ["customs"], "members": {A: ["read", "post", "admin"], B: ["read"]}}
+    write_federation(folder, {n: DEFAULT_NODES[n] for n in (A, B)}, [channel], {}, {})
+    await init_federation(folder)
+    held = HeldTransport(A)
+    transports = {A: held, B: MemoryTransport(B)}
+    services = {node: await node_service(folder / f"{node}.toml", transports[node]) for node in (A, B)}
+    for transport in transports.values():
+        transport.nodes = services
+    try:
+        yield services, held
+    finally:
+        for service in services.values():
+            await service.stop()
+            await service.store.close()
+
+
+async def test_after_a_small_push_what_was_queued_meanwhile_goes_as_one_push_after_its_receipts(
+    pair: tuple[dict[str, NodeService], HeldTransport], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services, transport = pair
+    a, b = services[A], services[B]
+    officer = await a.users.get("officer")
+
+    async def post(i: int) -> str:
+        return (await a.post(officer, "c2c", Bulletin.model_validate({**BULLETIN, "title": f"Report {i}"}))).id
+
+    # Five more posts come while the first push is being marked sent, so the sender was woken
+    # after it read its queue: before, it read them ahead and sent them while the first travelled.
+    later: list[str] = []
+    mark_sent = a.outbox.mark_sent
+
+    async def marking(dest: str, items: Sequence[OutItem], txn: str) -> None:
+        if not later:
+            later.extend([await post(i) for i in range(1, 6)])
+        await mark_sent(dest, items, txn)
+
+    monkeypatch.setattr(a.outbox, "mark_sent", marking)
+    first = await post(0)
+    await a.start()
+    await b.start()
+    await eventually(lambda: _true(transport.under_way == 1 and len(later) == 5), what="the first push under way")
+    await asyncio.sleep(0.5)  # time enough for a read-ahead and a second push, were there one
+    assert transport.most_under_way == 1
+    transport.release.set()
+
+    async def delivered() -> bool:
+        return await a.queued_counts() == {}
+
+    await eventually(delivered, what="delivery of both pushes")
+    first_push, second_push = (ids for _, ids, _ in transport.pushes)  # B may have pulled some meanwhile
+    assert first_push == [first] and second_push and set(second_push) <= set(later)
+    assert transport.most_under_way == 1
+
+
+async def _true(value: bool) -> bool:
+    return value
