@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError
@@ -43,13 +44,35 @@ def receipt_json(receipt: Receipt) -> str:
     escaped). tests/protocol/test_receipt_json.py holds it to canonical_json."""
     if receipt.v != 2:
         return canonical_json(receipt.model_dump(mode="json")).decode()
-    proof = ",".join(f'"{p}"' for p in receipt.proof or ())
+    return _v2_json(statement(receipt), receipt.signature, receipt.bulletin, receipt.index, receipt.proof or [])
+
+
+def _v2_json(st: dict[str, Any], signature: str, bulletin: str, index: Any, proof: list[str]) -> str:
+    """A v2 receipt's canonical JSON from its statement, signature and leaf members, all of them
+    checked against the schema (whose strings JSON writes as they are)."""
+    path = ",".join(f'"{p}"' for p in proof)
     return (
-        f'{{"at":"{receipt.at}","bulletin":"{receipt.bulletin}","index":{receipt.index},'
-        f'"node":"{receipt.node}","proof":[{proof}],"root":"{receipt.root}",'
-        f'"signature":"{receipt.signature}","signer":"{receipt.signer}","size":{receipt.size},'
-        f'"status":"{receipt.status}","v":2}}'
+        f'{{"at":"{st["at"]}","bulletin":"{bulletin}","index":{index},'
+        f'"node":"{st["node"]}","proof":[{path}],"root":"{st["root"]}",'
+        f'"signature":"{signature}","signer":"{st["signer"]}","size":{st["size"]},'
+        f'"status":"{st["status"]}","v":2}}'
     )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReceipt:
+    """A checked receipt as its holder stores it: the members its row shows, and its canonical
+    text, the signed claim behind them (docs/protocol.md 10.3)."""
+
+    bulletin: str
+    node: str
+    status: str
+    at: str
+    text: str
+
+
+def stored(receipt: Receipt) -> StoredReceipt:
+    return StoredReceipt(receipt.bulletin, receipt.node, receipt.status, receipt.at, receipt_json(receipt))
 
 
 def make_receipt(bid: str, node: NodeId, status: ReceiptStatus, at: str, key: SigningKey) -> Receipt:
@@ -218,8 +241,8 @@ def answered(raws: Sequence[Any], dest: str, sent: set[str]) -> dict[str, Receip
 _V2_MEMBERS = frozenset((*STATEMENT_MEMBERS, "bulletin", "index", "proof", "signature"))
 
 
-def whole_batches(raws: Sequence[Any], dest: str, sent: set[str], fed: Federation) -> dict[str, Receipt] | None:
-    """What `answered` and then `verify_receipts` make of an answer's receipts, checked a whole
+def whole_batches(raws: Sequence[Any], dest: str, sent: set[str], fed: Federation) -> dict[str, StoredReceipt] | None:
+    """What `answered` and then `verify_receipts` make of an answer's receipts, as `stored`, checked a whole
     batch at a time; or None where this way does not apply, and each is to be checked alone.
 
     It applies when the answer is whole v2 batches from `dest`, `received`, one receipt for each
@@ -240,7 +263,7 @@ def whole_batches(raws: Sequence[Any], dest: str, sent: set[str], fed: Federatio
             batches.setdefault(key, []).append(raw)
         except TypeError:  # a member that is a list or an object
             return None
-    got: dict[str, Receipt] = {}
+    got: dict[str, StoredReceipt] = {}
     for members in batches.values():
         made = _whole_batch(members, dest, sent, fed)
         if made is None:
@@ -262,7 +285,9 @@ def _plain(raw: dict[str, Any]) -> bool:
     )
 
 
-def _whole_batch(members: list[dict[str, Any]], dest: str, sent: set[str], fed: Federation) -> list[Receipt] | None:
+def _whole_batch(
+    members: list[dict[str, Any]], dest: str, sent: set[str], fed: Federation
+) -> list[StoredReceipt] | None:
     """One batch's receipts, every leaf present, checked as `whole_batches` says; else None."""
     first = members[0]
     size = first["size"]
@@ -283,4 +308,9 @@ def _whole_batch(members: list[dict[str, Any]], dest: str, sent: set[str], fed: 
         verify_receipts([checked], fed)  # its node, key, proof and the batch's one signature
     except (ValidationError, ExchangeError):
         return None
-    return [checked.model_copy(update={m: r[m] for m in ("bulletin", "index", "proof")}) for r in members]
+    st, signature = statement(checked), checked.signature
+    node, status, at = checked.node, checked.status, checked.at
+    return [
+        StoredReceipt(r["bulletin"], node, status, at, _v2_json(st, signature, r["bulletin"], r["index"], r["proof"]))
+        for r in members
+    ]

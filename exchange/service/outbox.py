@@ -25,8 +25,15 @@ from exchange.audit import events as ev
 from exchange.clock import timestamp
 from exchange.config import NodeConfig
 from exchange.errors import LeaseLost, Unavailable
-from exchange.model import NodeId, Receipt
-from exchange.protocol.receipt import answered, signatures_needed, verify_receipts, whole_batches
+from exchange.model import NodeId
+from exchange.protocol.receipt import (
+    StoredReceipt,
+    answered,
+    signatures_needed,
+    stored,
+    verify_receipts,
+    whole_batches,
+)
 from exchange.protocol.roster import Federation
 from exchange.service.coalesce import Coalesced
 from exchange.service.leases import Leases
@@ -134,7 +141,7 @@ class OutItem:
 # A batch marked sent: to whom, its items, its transaction id.
 Sent = tuple[str, Sequence[OutItem], str]
 # A batch delivered: to whom, its items, the receipts returned (checked), by bulletin id.
-Delivered = tuple[str, Sequence[OutItem], dict[str, Receipt]]
+Delivered = tuple[str, Sequence[OutItem], dict[str, StoredReceipt]]
 
 
 @dataclass
@@ -330,14 +337,15 @@ class Outbox:
         envelope_ids = {i.ref.bulletin for i in sent if isinstance(i.ref, EnvelopeRef)}
         got = whole_batches(raw_receipts, dest, envelope_ids, self.fed)  # the usual answer, checked
         if got is None:
-            got = answered(raw_receipts, dest, envelope_ids)
+            parsed = answered(raw_receipts, dest, envelope_ids)
             # One signature per batch statement and one inclusion proof per receipt. A retried
             # batch can mix statements: several verifications go to a thread (Ed25519 releases the GIL).
-            checked = list(got.values())
+            checked = list(parsed.values())
             if signatures_needed(checked) > 1:
                 await asyncio.to_thread(verify_receipts, checked, self.fed)
             else:
                 verify_receipts(checked, self.fed)
+            got = {b: stored(r) for b, r in parsed.items()}
         return await self._delivered((dest, sent, got))
 
     async def _delivered_many(self, asks: Sequence[Delivered]) -> list[int | Exception]:
@@ -360,7 +368,7 @@ class Outbox:
                         )
                     )
                 }
-            fresh: list[list[Receipt]] = []  # each ask's new receipts (a receipt is new once)
+            fresh: list[list[StoredReceipt]] = []  # each ask's new receipts (a receipt is new once)
             for dest, _, got in asks:
                 fresh.append([] if dest in lost else [r for b, r in got.items() if (dest, b) not in held])
                 held |= {(dest, r.bulletin) for r in fresh[-1]}

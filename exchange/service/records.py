@@ -14,7 +14,7 @@ from exchange.crypto import canonical_json
 from exchange.model import Bulletin, Envelope, EnvelopeHeader, Receipt
 from exchange.protocol.envelope import BuiltEnvelope, envelope_bytes
 from exchange.protocol.epoch_model import EnvelopeHeaderV2
-from exchange.protocol.receipt import receipt_json
+from exchange.protocol.receipt import StoredReceipt, stored
 
 
 def summary_of(content: Mapping[str, Any]) -> dict[str, Any]:
@@ -97,12 +97,7 @@ def header_row(
     }
 
 
-def receipt_row(receipt: Receipt) -> dict[str, Any]:
+def receipt_row(receipt: Receipt | StoredReceipt) -> dict[str, Any]:
     """A stored signed receipt, kept in its canonical form."""
-    return {
-        "bulletin_id": receipt.bulletin,
-        "node": receipt.node,
-        "status": receipt.status,
-        "at": receipt.at,
-        "receipt": receipt_json(receipt),
-    }
+    held = receipt if isinstance(receipt, StoredReceipt) else stored(receipt)
+    return {"bulletin_id": held.bulletin, "node": held.node, "status": held.status, "at": held.at, "receipt": held.text}
