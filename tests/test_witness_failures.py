@@ -8,16 +8,21 @@ partner were only down. Found by a review; SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from exchange.audit.tlog_witness import WITNESS_KEY_TYPE, verifier_key
 from exchange.audit.witness import CHECKPOINT_PATH, COSIGN_PATH, failure_kind
+from exchange.crypto import SigningKey
 from exchange.errors import BadSignature, InvalidInput, PeerError, PeerRefused, SplitView, Unavailable
 from exchange.model import NodeId
+from exchange.service.audit.tlog_push import C2spWitness, TlogReply
 from exchange.service.transport import PeerTransport
 from tests.conftest import MakeFederation
 from tests.node.test_metrics import samples, scrape
@@ -26,6 +31,7 @@ from tests.test_witness_smaller_push import grow
 
 NL, KE = "nl-customs", "ke-customs"
 FAILURES = "exchange_audit_witnessing_failures_total"
+KEY = SigningKey.generate().verify_key  # a C2SP witness's key (it never signs here)
 
 
 class Broken:
@@ -114,3 +120,45 @@ async def test_failed_pulls_and_pushes_are_logged_once_a_round_and_counted(
 )
 def test_how_a_failure_is_counted(exc: BaseException, kind: str) -> None:
     assert failure_kind(exc) == kind
+
+
+async def test_a_c2sp_witness_that_refuses_or_cannot_be_reached_is_logged_and_counted(
+    make_federation: MakeFederation, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The C2SP witnesses of a node's log are counted as its partners are, under the witness's key
+    name. Before, an error status was only the round's outcome, which the round discards, and a
+    failure was logged but never counted."""
+    fed = await make_federation()
+    nl = fed[NL]
+    signed = await checkpoint(nl, witness=False)
+    cp = await nl.service.audit.keeper.checkpoint_at(signed["size"])
+    name = "witness.example.org"
+    answers: list[TlogReply | Exception] = []
+
+    class Client:
+        async def post(self, url: str, body: bytes, ca_file: Path | None) -> TlogReply:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    assert nl.service.audit.tlog_push.failures is nl.service.audit.witness.failures  # one count for /metrics
+    push = copy.copy(nl.service.audit.tlog_push)  # the node's, with one C2SP witness configured
+    push.witnesses = [C2spWitness("https://witness.example.org/", verifier_key(name, WITNESS_KEY_TYPE, KEY))]
+    push._client, push._locks, push._held = Client(), {name: asyncio.Lock()}, {}
+    label = (("direction", "push"), ("kind", "refused"), ("partner", name))
+
+    answers.append(TlogReply(403, "text/plain", b"unknown log\n"))
+    with caplog.at_level(logging.INFO, logger="exchange.audit"):
+        outcome = await push.push(cp)
+    assert outcome[name] == "PeerRefused: witness.example.org answered 403: unknown log", outcome
+    assert len(warnings(caplog, name, "did not co-sign", "unknown log")) == 1, caplog.records
+    assert samples((await scrape(nl))[1])[(FAILURES, label)] == 1
+
+    answers.append(PeerError(f"{name}: ClientConnectorError: connection refused"))
+    outcome = await push.push(cp)
+    assert outcome[name].startswith("PeerError"), outcome
+    got = samples((await scrape(nl))[1])
+    assert got[(FAILURES, (("direction", "push"), ("kind", "unreachable"), ("partner", name)))] == 1
+    assert got[(FAILURES, label)] == 1
+    assert (await nl.service.audit.keeper.checkpoint_at(cp.size)).cosignatures == ()  # nothing kept

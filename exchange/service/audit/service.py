@@ -69,6 +69,7 @@ from exchange.service.audit.views import (
     TraceHeader,
 )
 from exchange.service.audit.witness import Witness, WitnessedLog, WitnessedView
+from exchange.service.audit.witness_failures import WitnessFailures
 from exchange.service.epochs import EpochBook
 from exchange.service.held_receipts import checked_receipts
 from exchange.service.transport import PeerTransport
@@ -117,7 +118,8 @@ class AuditService:
         self.keeper = LogKeeper(me, store, key, signed_roster, self.keyring().witnesses(me))
         self.keeper.use_key(key, fed.signing_keys(me)[1:])  # checkpoints signed before a rotation
         self.log_entries = LogEntries(self.keeper)
-        self.tlog_push = TlogPush(me, self.keeper, c2sp, tlog_client)
+        failures = WitnessFailures(me)  # the partners' witnessing and the C2SP witnesses' (GET /metrics)
+        self.tlog_push = TlogPush(me, self.keeper, c2sp, tlog_client, failures)
         self.witness = Witness(
             me,
             store,
@@ -128,6 +130,7 @@ class AuditService:
             partners,
             per_log=witnesses_per_log,
             c2sp=self.tlog_push.push if c2sp else None,
+            failures=failures,
         )
         self.tlog_witnessing = TlogWitnessing(me, store, key, tlog_logs)  # foreign C2SP logs we witness
         self.stopped = asyncio.Event()

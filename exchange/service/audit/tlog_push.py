@@ -6,14 +6,15 @@ witness with a consistency proof from the size that witness last co-signed (0 on
 409 `text/x.tlog.size` answer names the size it holds, and the request is made again from there. The
 cosignature line returned must be a valid cosignature/v1 (type 0x04) by the witness's configured key
 over our checkpoint; only then is it kept next to the partners' (`audit_cosignatures`, under the
-witness's key name), where `audit verify` and trace evidence count it. The HTTP client is the
-`TlogClient` the service is given.
+witness's key name), where `audit verify` and trace evidence count it. A request that fails (no
+answer, an error status, an answer that does not verify) is logged and counted as the partners'
+are (`WitnessFailures`, partner = the witness's key name). The HTTP client is the `TlogClient` the
+service is given.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,12 +37,11 @@ from exchange.audit.tlog_witness import (
 from exchange.clock import utc_now
 from exchange.config import TlogWitnessConfig
 from exchange.crypto import VerifyKey
-from exchange.errors import ConfigError, InvalidInput, PeerError
+from exchange.errors import ConfigError, InvalidInput, PeerRefused
 from exchange.service.audit.keeper import LogKeeper
+from exchange.service.audit.witness_failures import WitnessFailures
 
 NODE_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")  # a roster node id's form (exchange.model.NodeIdStr)
-
-log = logging.getLogger("exchange.audit")
 
 MAX_NAME = 64  # the witness column of audit_cosignatures
 ATTEMPTS = 3  # requests per round and witness: a 409 names the size to prove from, then once more
@@ -106,10 +106,19 @@ def c2sp_witnesses(configs: Sequence[TlogWitnessConfig]) -> list[C2spWitness]:
 class TlogPush:
     """Put this node's checkpoints to its C2SP witnesses and keep their verified cosignatures."""
 
-    def __init__(self, me: str, keeper: LogKeeper, witnesses: Sequence[C2spWitness], client: TlogClient | None) -> None:
+    def __init__(
+        self,
+        me: str,
+        keeper: LogKeeper,
+        witnesses: Sequence[C2spWitness],
+        client: TlogClient | None,
+        failures: WitnessFailures | None = None,
+    ) -> None:
         if witnesses and client is None:
             raise ConfigError("tlog_witnesses are configured but the node has no HTTP client for them")
         self.me = me
+        # Failed requests, logged and counted by witness key name, direction `push` (GET /metrics)
+        self.failures = failures if failures is not None else WitnessFailures(me)
         self.keeper = keeper
         self.witnesses = list(witnesses)
         self._client = client
@@ -133,16 +142,8 @@ class TlogPush:
             try:
                 return await self._ask(witness, cp)
             except Exception as exc:  # one witness's failure must not stop the others
-                down = isinstance(exc, PeerError)
-                log.log(
-                    logging.INFO if down else logging.WARNING,
-                    "%s: C2SP witness %s did not co-sign checkpoint %d: %s",
-                    self.me,
-                    witness.name,
-                    cp.size,
-                    exc,
-                )
-                return f"{type(exc).__name__}: {getattr(exc, 'detail', exc)}"
+                what = f"C2SP witness {witness.name} did not co-sign checkpoint {cp.size}"
+                return self.failures.record(witness.name, "push", exc, what)
 
     async def _ask(self, witness: C2spWitness, cp: StoredCheckpoint) -> str:
         assert self._client is not None
@@ -164,5 +165,5 @@ class TlogPush:
                 self._held[witness.name] = old
                 continue
             detail = reply.body[:200].decode("utf-8", "replace").strip()
-            return f"refused: {witness.name} answered {reply.status}: {detail}"
+            raise PeerRefused(f"{witness.name} answered {reply.status}: {detail}", reply.status)
         return "stale"

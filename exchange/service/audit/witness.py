@@ -132,6 +132,7 @@ class Witness:
         *,
         per_log: int = DEFAULT_WITNESSES,
         c2sp: Callable[[StoredCheckpoint], Awaitable[dict[str, str]]] | None = None,
+        failures: WitnessFailures | None = None,
     ) -> None:
         self.me = me
         self.name = witness_name(me)
@@ -150,7 +151,8 @@ class Witness:
         self._pushed: dict[str, int] = {}
         # C2SP tlog-witnesses of our log, asked beside the partners each round (TlogPush.push).
         self.c2sp = c2sp
-        self.failures = WitnessFailures(me)  # failed pulls and pushes, logged and counted (GET /metrics)
+        # failed pulls and pushes, logged and counted (GET /metrics); the C2SP pushes' too (TlogPush)
+        self.failures = failures if failures is not None else WitnessFailures(me)
         # Split views (log, hash of what it showed) logged this round: one recorded already is
         # logged again in each round that sees it, but once, however often the log shows it.
         self._told: set[tuple[str, str]] = set()
