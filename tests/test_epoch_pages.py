@@ -1,7 +1,8 @@
 """How a member's pull of epoch records ends (docs/protocol.md 15.6 rule 7, 15.12): the last record
 of the answer is judged against the readers' current wrap keys however the answer ends, also when
 a page said `more` and the next page is empty; and a peer that answers pages that do not go past
-what it was asked for cannot keep the puller asking. Real nodes over mutual TLS."""
+what it was asked for cannot keep the puller asking; a record is taken as history only when the
+next one, checked, extends it. Real nodes over mutual TLS."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from exchange.errors import EpochInvalid
+from exchange.errors import BadSignature, EpochInvalid
 from exchange.model import NodeId
+from exchange.protocol.epoch import epoch_hash, parse_epoch
 from exchange.protocol.epoch_model import EpochRecord
 from tests.conftest import Federation, MakeFederation
 from tests.test_epoch_attacks import admin_invite_and_accept, arrives, post
@@ -99,3 +101,49 @@ async def test_a_peer_that_answers_the_same_page_again_cannot_keep_the_puller_as
     with pytest.raises(EpochInvalid, match="does not go past"):
         await fed["fr-customs"].service.epochs.pull("nl-customs", "c2c")
     assert len(asked) == 2
+
+
+def extending(record: dict[str, Any]) -> dict[str, Any]:
+    """A record n + 1 naming `record` as its prev, not signed by the owner (a forgery)."""
+    return {**record, "n": record["n"] + 1, "prev": epoch_hash(parse_epoch(record))}
+
+
+async def test_the_last_record_is_judged_when_the_final_page_goes_back(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fed = await two_epochs(make_federation)
+    seen = taken(fed, monkeypatch)
+    first: list[dict[str, Any]] = []
+
+    def pages(n: int, real: dict[str, Any]) -> dict[str, Any]:
+        if n == 1:
+            first.append(real)
+            return {**real, "more": True, "grants": []}  # both records, and "more"
+        return {**first[0], "epochs": first[0]["epochs"][:1], "more": False}  # epoch 0 again: held
+
+    answered_by(fed, monkeypatch, pages)
+    await fed["fr-customs"].service.epochs.pull("nl-customs", "c2c")
+    assert seen == [(0, False), (1, True)]  # before: (1, False), held over then taken as history
+
+
+@pytest.mark.parametrize("where", ["same page", "next page"])
+async def test_a_forged_record_after_the_last_does_not_make_it_history(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    fed = await two_epochs(make_federation)
+    seen = taken(fed, monkeypatch)
+    first: list[dict[str, Any]] = []
+
+    def pages(n: int, real: dict[str, Any]) -> dict[str, Any]:
+        if n == 1:
+            first.append(real)
+            forged = [extending(real["epochs"][-1])] if where == "same page" else []
+            return {**real, "epochs": [*real["epochs"], *forged], "more": True, "grants": []}
+        forged = [extending(first[0]["epochs"][-1])] if where == "next page" else []
+        return {"epochs": forged, "more": False, "grants": [], "support": []}
+
+    answered_by(fed, monkeypatch, pages)
+    with pytest.raises(BadSignature):
+        await fed["fr-customs"].service.epochs.pull("nl-customs", "c2c")
+    assert seen == [(0, False), (1, True), (2, True)]  # before: (1, False), history of a forgery
+    assert [r.n for r in fed["fr-customs"].service.epochs.records("c2c")] == [0, 1]

@@ -127,8 +127,9 @@ def signed_by(note_text: str, name: str) -> bool:
 
 
 def split_detail(seen: Seen | None, cp: Checkpoint, old_size: int, proof: list[bytes]) -> Stale | str | None:
-    """Does `cp` extend what the witness saw? None if so (or nothing was seen: trust on first use),
-    `Stale` if the log proved it from another size or it is smaller, or why it is a split view.
+    """Does `cp` extend what the witness saw? None if so (or nothing was seen: trust on first use;
+    or the empty log, which every tree extends), `Stale` if the log proved it from another size or
+    it is smaller, or why it is a split view.
 
     A smaller checkpoint than the one seen is only late, pushed or pulled: a log's workers sign
     and push checkpoints independently, and one may push a checkpoint after another worker's
@@ -140,6 +141,8 @@ def split_detail(seen: Seen | None, cp: Checkpoint, old_size: int, proof: list[b
         return None
     if cp.size < seen.size or old_size != seen.size:
         return {"status": "stale", "size": seen.size}
+    if seen.size == 0 and (cp.size > 0 or cp.root == seen.root):
+        return None  # every tree extends the empty one; a proof from it proves nothing (tlog_witness.judge)
     try:
         verify_consistency(seen.size, cp.size, proof, seen.root, cp.root)
     except ProofError as exc:

@@ -308,16 +308,17 @@ class EpochBook(Announcements):
             if raws and relayed:
                 await self.take_relayed_support(relayed)
             raws, carried = carried + raws, []
+            keep = len(raws)
             if more:
                 # The answer's last record always waits for the next page, so that it is judged as
                 # the last (rule 7), however the answer ends; with it, the history it pins.
-                pinned = self._pinned_end(raws[:-1])
-                raws, carried = raws[:pinned], raws[pinned:]
+                keep = self._pinned_end(raws[:-1])
+                carried = raws[keep:]
                 if len(carried) > MAX_CARRIED:
                     raise EpochInvalid(f"{peer} sent more than {MAX_CARRIED} epoch records without a current signature")
                 if parse_epoch(carried[-1]).n <= after:
                     raise EpochInvalid(f"{peer} sent a page of epoch records that does not go past epoch {after}")
-            fresh += await self.accept(channel, raws, final=not more)
+            fresh += await self.accept(channel, raws, final=not more, keep=keep)
             if not more:
                 grants = page.get("grants") or []
                 if not isinstance(grants, list):
@@ -346,19 +347,22 @@ class EpochBook(Announcements):
             log.info("%s: epochs of %s from %s: %s", self.me, channel, peer, exc)
         return 0
 
-    async def accept(self, channel: str, raws: Sequence[Any], *, final: bool = True) -> int:
-        """Check epoch records (15.6) in order and keep the new ones; a bad one stops the rest.
+    async def accept(self, channel: str, raws: Sequence[Any], *, final: bool = True, keep: int | None = None) -> int:
+        """Check epoch records (15.6) in order and keep the new ones of the first `keep` (all: None;
+        the rest, held over to the next page, only pin them); a bad one stops the rest.
 
         Only the last record of a `final` answer is judged against the readers' current wrap keys
         (rule 7): each earlier one is history, pinned by the next one's `prev`, and may wrap for
-        keys rotated out since. A record not signed with an active owner's current key (a revoked
+        keys rotated out since, but only if that next one is checked against it first: a record
+        followed by one that does not extend it (forged, held already, or of another chain) is
+        judged as the last. A record not signed with an active owner's current key (a revoked
         owner's, before its successor's handover; one signed before the owner's key rotation) is
         history too: it is kept only once the records that follow it in `raws`, up to one signed
         with an active owner's current key, are checked as well (rule 2).
         """
         fresh = 0
         pinned: set[str] = set()  # the hashes of history records whose run was checked whole
-        for i, raw in enumerate(raws):
+        for i, raw in enumerate(raws[:keep]):
             record = parse_epoch(raw)
             if record.channel != channel:
                 raise EpochInvalid("an epoch record of another channel")
@@ -369,9 +373,22 @@ class EpochBook(Announcements):
                 continue
             if not self._signed_now(record) and epoch_hash(record) not in pinned:
                 pinned |= await self._check_history(channel, record, raws[i + 1 :])
-            await self._accept_one(record, judge_wraps=final and i == len(raws) - 1)
+            ahead = raws[i + 1 : i + 2]
+            await self._accept_one(record, judge_wraps=not await self._extended(record, ahead[0]) if ahead else final)
             fresh += 1
         return fresh
+
+    async def _extended(self, record: EpochRecord, raw: Any) -> bool:
+        """Whether `raw` is a record that the owner signed as the next after `record` (rule 4):
+        only then is `record` history of the answer, pinned (rule 7)."""
+        try:
+            later = parse_epoch(raw)
+            if later.channel != record.channel:
+                return False
+            await self._verified(later, record, judge_wraps=False)
+        except ExchangeError:  # it is refused when its turn comes; `record` is the last taken
+            return False
+        return True
 
     def _signed_now(self, record: EpochRecord) -> bool:
         """Whether an active owner's current (active or retiring) signing key signed `record`."""

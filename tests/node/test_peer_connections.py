@@ -86,16 +86,18 @@ async def test_an_idle_kept_connection_outlives_the_partners_header_timeout(make
 class DroppingPartner:
     """In ke-customs's place (its address and certificate), a server that reads each request and,
     for a path in `drop` (with how many times), closes the connection without an answer; it
-    answers anything else 200 {"ok": true}. `tries` counts the requests per path."""
+    answers a path in `bodies` 200 with that body, anything else 200 {"ok": true}. `tries` counts
+    the requests per path."""
 
     fed: Federation
     drop: dict[str, int] = field(default_factory=dict)
+    bodies: dict[str, bytes] = field(default_factory=dict)
     tries: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
 @pytest.fixture
 async def dropping_partner(make_federation: MakeFederation) -> AsyncIterator[DroppingPartner]:
-    fed = await make_federation()
+    fed = await make_federation(options={"envelope_v2": True, "epoch_prefetch_seconds": 0})
     ke = fed["ke-customs"]
     await fed.stop("ke-customs")
     files = NodeKeyFiles(ke.config.keys_dir)
@@ -116,7 +118,7 @@ async def dropping_partner(make_federation: MakeFederation) -> AsyncIterator[Dro
                 if partner.drop.get(path, 0) > 0:
                     partner.drop[path] -= 1
                     return
-                body = b'{"ok": true}'
+                body = partner.bodies.get(path, b'{"ok": true}')
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
                 writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
                 await writer.drain()
@@ -159,3 +161,19 @@ async def test_a_partner_that_drops_every_request_fails_after_the_second_try(
     # is the caller's, after its backoff
     assert partner.tries["/fed/v1/always"] == 2
     assert partner.tries["/fed/v1/always-get"] == 2
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b"{" * 100_000, b"not json"])
+async def test_an_answer_that_is_not_json_is_a_peer_error(dropping_partner: DroppingPartner, body: bytes) -> None:
+    """An answer nested past Python's stack raised RecursionError out of the transport, which no
+    caller catches as a partner's failure: one member's epoch page stopped a whole catch-up sweep
+    (every channel, every member after it) each time it came round. Found by a review."""
+    partner = dropping_partner
+    epochs = "/fed/v1/channels/c2c/epochs?after=-1"
+    partner.bodies = {"/fed/v1/nested": body, epochs: body}
+    nl = partner.fed["nl-customs"]
+    with pytest.raises(PeerError, match="not JSON"):
+        await nl.service.transport.fetch(KE, "/fed/v1/nested")
+    assert nl.service.epochs is not None
+    assert await nl.service.epochs.pull_quietly(KE, "c2c") == 0  # logged; the sweep goes on
+    assert partner.tries[epochs] == 1
