@@ -158,3 +158,17 @@ def test_no_altered_answer_is_taken_that_the_full_check_refuses(
         assert fast == full
     if not alterations and not drop:
         assert fast is not None  # an honest answer, reordered, is checked whole
+
+
+@pytest.mark.parametrize("version", [2.0, True])
+def test_a_version_that_is_not_an_integer_is_refused_both_ways(version: Any) -> None:
+    """The fast way declined `"v": 2.0` (not an int) and the full check then took it, as 2."""
+    bids = ids(3)
+    raws = wire(make_receipts(bids, NodeId(DEST), "received", AT, SIGNER))
+    raws[1]["v"] = version
+    assert whole_batches(raws, DEST, set(bids), FED) is None
+    assert full_check(raws, set(bids)) is None
+    v1 = make_receipt(bids[0], NodeId(DEST), "received", AT, SIGNER)
+    alone = json.loads(receipt_json(v1))
+    assert full_check([alone], {bids[0]}) is not None
+    assert full_check([{**alone, "v": True}], {bids[0]}) is None
