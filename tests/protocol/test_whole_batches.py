@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from exchange.errors import ExchangeError
+from exchange.crypto import SigningKey
+from exchange.errors import ExchangeError, InvalidEnvelope
 from exchange.model import NodeId, Receipt
 from exchange.protocol.receipt import (
     StoredReceipt,
@@ -24,6 +25,7 @@ from exchange.protocol.receipt import (
     verify_receipts,
     whole_batches,
 )
+from exchange.protocol.roster import Federation, FormerKeys
 from tests.protocol.test_receipts import AT, FED, SIGNER, ids
 
 DEST = "ke-customs"
@@ -172,3 +174,29 @@ def test_a_version_that_is_not_an_integer_is_refused_both_ways(version: Any) -> 
     alone = json.loads(receipt_json(v1))
     assert full_check([alone], {bids[0]}) is not None
     assert full_check([{**alone, "v": True}], {bids[0]}) is None
+
+
+@pytest.mark.parametrize("state", ["retiring", "verify-only", "compromised"])
+def test_a_former_keys_receipts_are_taken_new_only_while_it_is_retiring(state: str) -> None:
+    """10.3 step 2 and 6a.13, both ways alike: an answer signed with the node's former key is taken
+    while the key is `retiring`; once it is `verify-only` only as one held from before; never
+    once `compromised`."""
+    old = SigningKey.generate()
+    former = {(DEST, old.verify_key.kid): (state, old.verify_key.raw)}
+    fed = Federation.index(FED.roster, FormerKeys(former, frozenset()))
+    bids = ids(3, "former")
+    raws = wire(make_receipts(bids, NodeId(DEST), "received", AT, old))
+    fast = whole_batches(raws, DEST, set(bids), fed)
+    got = answered(raws, DEST, set(bids))
+    if state == "retiring":
+        assert fast is not None
+        verify_receipts(list(got.values()), fed)
+        return
+    assert fast is None
+    with pytest.raises(InvalidEnvelope, match="roster key"):
+        verify_receipts(list(got.values()), fed)
+    if state == "verify-only":
+        verify_receipts(list(got.values()), fed, stored=True)
+    else:
+        with pytest.raises(InvalidEnvelope):
+            verify_receipts(list(got.values()), fed, stored=True)
