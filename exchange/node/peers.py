@@ -113,7 +113,9 @@ class HttpTransport:
             try:
                 # BytesIO: aiohttp streams it rather than warn about a large body (attachments)
                 data = io.BytesIO(body) if body is not None else None
-                async with session.request(method, endpoint + path, data=data, headers=headers) as resp:
+                # No redirects: a partner must not send this node's requests anywhere else.
+                request = session.request(method, endpoint + path, data=data, headers=headers, allow_redirects=False)
+                async with request as resp:
                     self._observe(node, resp)
                     return await _json_or_error(resp, node)
             except aiohttp.ServerDisconnectedError as exc:
@@ -136,6 +138,7 @@ class HttpTransport:
                     target.endpoint + ROSTER_PATH,
                     data=io.BytesIO(body),
                     headers={"Content-Type": "application/json", **self._headers()},
+                    allow_redirects=False,
                 ) as resp,
             ):
                 return await _json_or_error(resp, node)

@@ -86,10 +86,12 @@ async def test_an_idle_kept_connection_outlives_the_partners_header_timeout(make
 class DroppingPartner:
     """In ke-customs's place (its address and certificate), a server that reads each request and,
     for a path in `drop` (with how many times), closes the connection without an answer; it
-    answers anything else 200 {"ok": true}. `tries` counts the requests per path."""
+    answers anything else 200 {"ok": true}, but a path in `redirect`, answered with its status and
+    its Location. `tries` counts the requests per path."""
 
     fed: Federation
     drop: dict[str, int] = field(default_factory=dict)
+    redirect: dict[str, tuple[int, str]] = field(default_factory=dict)
     tries: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
@@ -116,6 +118,12 @@ async def dropping_partner(make_federation: MakeFederation) -> AsyncIterator[Dro
                 if partner.drop.get(path, 0) > 0:
                     partner.drop[path] -= 1
                     return
+                if path in partner.redirect:
+                    status, location = partner.redirect[path]
+                    writer.write(b"HTTP/1.1 %d Moved\r\nLocation: %s\r\n" % (status, location.encode()))
+                    writer.write(b"Content-Length: 0\r\n\r\n")
+                    await writer.drain()
+                    continue
                 body = b'{"ok": true}'
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
                 writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
@@ -159,3 +167,40 @@ async def test_a_partner_that_drops_every_request_fails_after_the_second_try(
     # is the caller's, after its backoff
     assert partner.tries["/fed/v1/always"] == 2
     assert partner.tries["/fed/v1/always-get"] == 2
+
+
+async def test_a_partner_cannot_redirect_a_request_elsewhere(dropping_partner: DroppingPartner) -> None:
+    """aiohttp follows redirects unless told not to, to any http or https address: a partner
+    answering 307 had the node POST the transaction (its envelopes, its receipts) to a plain-HTTP
+    address of the partner's choosing, and 302 had it GET one (a request from inside the node's
+    network), whose answer was then taken as the partner's. A redirect is an error, as for the
+    webhook and C2SP witness clients."""
+    hits: list[bytes] = []
+
+    async def elsewhere(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hits.append(await reader.readuntil(b"\r\n\r\n"))
+        body = b'{"txn": "t1", "receipts": []}'
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    inside = await asyncio.start_server(elsewhere, "127.0.0.1", 0)
+    port = inside.sockets[0].getsockname()[1]
+    try:
+        partner = dropping_partner
+        partner.redirect = {
+            "/fed/v1/envelopes": (307, f"http://127.0.0.1:{port}/internal"),
+            "/fed/v1/audit/checkpoint": (302, f"http://127.0.0.1:{port}/internal"),
+        }
+        transport = partner.fed["nl-customs"].service.transport
+        with pytest.raises(PeerError, match="307"):
+            await transport.send(KE, "/fed/v1/envelopes", b'{"txn": "t1", "envelopes": []}')
+        with pytest.raises(PeerError, match="302"):
+            await transport.fetch(KE, "/fed/v1/audit/checkpoint")
+        assert hits == []
+        assert partner.tries["/fed/v1/envelopes"] == 1 and partner.tries["/fed/v1/audit/checkpoint"] == 1
+    finally:
+        inside.close()
+        await inside.wait_closed()
