@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from exchange.crypto import SigningKey
-from exchange.errors import ExchangeError, InvalidEnvelope
+from exchange.errors import ExchangeError, InvalidEnvelope, UnknownPeer
 from exchange.model import NodeId, Receipt
 from exchange.protocol.receipt import (
     StoredReceipt,
@@ -200,3 +200,29 @@ def test_a_former_keys_receipts_are_taken_new_only_while_it_is_retiring(state: s
     else:
         with pytest.raises(InvalidEnvelope):
             verify_receipts(list(got.values()), fed, stored=True)
+
+
+def departed(compromised: bool = False) -> Federation:
+    """FED once a version suspends or revokes DEST: its key verify-only (6a.7), unless compromised."""
+    kept = [n for n in FED.roster.nodes if n.id != DEST]
+    signing = {} if compromised else {(DEST, SIGNER.verify_key.kid): ("verify-only", SIGNER.verify_key.raw)}
+    return Federation.index(
+        FED.roster.model_copy(update={"nodes": kept}), FormerKeys(signing, frozenset(), {DEST: "x"})
+    )
+
+
+def test_a_departed_nodes_receipts_held_from_before_still_verify_and_new_ones_are_refused() -> None:
+    """6a.7: a suspended or revoked node's keys, but compromised ones, stay verify-only for what the
+    receiver stores. `verify_receipts` refused a held receipt of such a node (UnknownPeer), so an
+    author no longer showed that a reader it had delivered to, since suspended, got the bulletin."""
+    bids = ids(3, "departed")
+    receipts = make_receipts(bids, NodeId(DEST), "received", AT, SIGNER)
+    opened = make_receipt(bids[0], NodeId(DEST), "opened", AT, SIGNER)
+    verify_receipts([*receipts, opened], departed(), stored=True)
+    for fed, stored_ in ((departed(), False), (departed(compromised=True), True), (departed(compromised=True), False)):
+        with pytest.raises(UnknownPeer):
+            verify_receipts([*receipts, opened], fed, stored=stored_)
+    assert whole_batches(wire(receipts), DEST, set(bids), departed()) is None
+    never = Federation.index(departed().roster)  # a node no version lists
+    with pytest.raises(UnknownPeer):
+        verify_receipts(receipts, never, stored=True)
