@@ -155,7 +155,10 @@ class HttpTransport:
 async def _json_or_error(resp: aiohttp.ClientResponse, peer: str) -> Any:
     payload = await resp.read()
     if resp.status == 200:
-        return json.loads(payload)
+        try:
+            return json.loads(payload)
+        except ValueError as exc:  # UnicodeDecodeError and an over-long integer too
+            raise PeerError(f"{peer} answered 200 with a body that is not JSON: {exc}"[:300]) from exc
     detail = _problem_detail(payload, resp.status)
     if 400 <= resp.status < 500:
         raise PeerRefused(detail, resp.status)  # the partner's own words: the outbox records them

@@ -92,6 +92,7 @@ class DroppingPartner:
     fed: Federation
     drop: dict[str, int] = field(default_factory=dict)
     redirect: dict[str, tuple[int, str]] = field(default_factory=dict)
+    body: bytes = b'{"ok": true}'
     tries: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
@@ -124,7 +125,7 @@ async def dropping_partner(make_federation: MakeFederation) -> AsyncIterator[Dro
                     writer.write(b"Content-Length: 0\r\n\r\n")
                     await writer.drain()
                     continue
-                body = b'{"ok": true}'
+                body = partner.body
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
                 writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
                 await writer.drain()
@@ -204,3 +205,17 @@ async def test_a_partner_cannot_redirect_a_request_elsewhere(dropping_partner: D
     finally:
         inside.close()
         await inside.wait_closed()
+
+
+@pytest.mark.parametrize("body", [b"<html>not JSON</html>", b"1" * 5000, b'{"a": 1'], ids=["html", "long-int", "cut"])
+async def test_an_answer_that_is_not_json_is_a_peer_error(dropping_partner: DroppingPartner, body: bytes) -> None:
+    """`PeerTransport` raises PeerError for any failure but a refusal; a 200 whose body did not
+    parse raised json's ValueError, which callers that handle PeerError (a channel's log fetched
+    from its owner, a roster pull) let through as an unclassified failure."""
+    partner = dropping_partner
+    partner.body = body
+    transport = partner.fed["nl-customs"].service.transport
+    with pytest.raises(PeerError, match="not JSON"):
+        await transport.send(KE, "/fed/v1/envelopes", b"{}")
+    with pytest.raises(PeerError, match="not JSON"):
+        await transport.fetch(KE, "/fed/v1/audit/checkpoint")
