@@ -315,6 +315,14 @@ class Receipt(BaseModel):
     proof: Annotated[list[B64Key], Field(max_length=MAX_RECEIPT_PROOF)] | None = None
     signature: B64Signature
 
+    @field_validator("v", mode="before")
+    @classmethod
+    def _version_is_an_integer(cls, value: Any) -> Any:
+        # Literal[1, 2] takes `true` and `1.0` for 1 and `2.0` for 2, even in strict mode (2.5).
+        if type(value) is not int:
+            raise ValueError("the version is a JSON integer")
+        return value
+
     @model_validator(mode="after")
     def _members_of_its_version(self) -> Receipt:
         if self.v == 1:

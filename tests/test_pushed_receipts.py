@@ -103,3 +103,40 @@ async def test_a_receipt_sent_twice_in_one_request_counts_once(make_federation: 
     assert status == 200, body
     assert await count(nl, receipts, receipts.c.node == ke.id, receipts.c.status == "opened") == 1
     assert len([e for e in await events(nl) if e["event"] == "bulletin.opened_by"]) == 1
+
+
+async def test_a_receipt_whose_version_is_true_is_refused_and_nothing_stored(make_federation: MakeFederation) -> None:
+    """`"v": true` passes the strict parser, and pydantic's Literal[1] took it for 1 (2.5: no
+    coercion): the receipt was verified and stored as a v1 receipt."""
+    fed = await make_federation()
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    bid = await posted_by(nl)
+    opened = make_receipt(bid, NodeId(ke.id), "opened", timestamp(), ke.service.keys.signing)
+    listed = json.dumps({**opened.model_dump(mode="json"), "v": True}).encode()
+    status, problem, ctype = await nl.fed_post(ke, b'{"txn":"t1","envelopes":[],"receipts":[' + listed + b"]}")
+    assert (status, ctype) == (422, "application/problem+json"), problem
+    assert await count(nl, receipts, receipts.c.node == ke.id, receipts.c.status == "opened") == 0
+    assert not [e for e in await events(nl) if e["event"] == "bulletin.opened_by"]
+    status, body, _ = await nl.fed_post(ke, pushed(opened))  # the same receipt with "v": 1
+    assert status == 200, body
+    assert await count(nl, receipts, receipts.c.node == ke.id, receipts.c.status == "opened") == 1
+
+
+async def test_a_second_receipt_for_one_bulletin_and_status_is_checked_too(make_federation: MakeFederation) -> None:
+    """Only the first receipt of each (bulletin, status) was checked: after a good one, a forged
+    one (bad signature, or another node's) was dropped unchecked and the transaction taken."""
+    fed = await make_federation(nodes=THREE)
+    nl, ke, outsider = fed["nl-customs"], fed["ke-customs"], fed["wco-rilo"]
+    bid = await posted_by(nl)
+    opened = make_receipt(bid, NodeId(ke.id), "opened", timestamp(), ke.service.keys.signing)
+    tampered = opened.model_copy(update={"at": "2020-01-01T00:00:00.000Z"})  # its signature no longer holds
+    another = make_receipt(bid, NodeId(outsider.id), "opened", timestamp(), outsider.service.keys.signing)
+    for second, error in ((tampered, "BadSignature"), (another, "its own receipts")):
+        status, problem, ctype = await nl.fed_post(ke, pushed(opened, second))
+        assert (status, ctype) == (422, "application/problem+json"), problem
+        assert error in json.dumps(problem)
+        assert await count(nl, receipts, receipts.c.status == "opened") == 0
+        assert not [e for e in await events(nl) if e["event"] == "bulletin.opened_by"]
+    status, body, _ = await nl.fed_post(ke, pushed(opened, opened))
+    assert status == 200, body
+    assert await count(nl, receipts, receipts.c.status == "opened") == 1

@@ -113,7 +113,9 @@ class HttpTransport:
             try:
                 # BytesIO: aiohttp streams it rather than warn about a large body (attachments)
                 data = io.BytesIO(body) if body is not None else None
-                async with session.request(method, endpoint + path, data=data, headers=headers) as resp:
+                # No redirects: a partner must not send this node's requests anywhere else.
+                request = session.request(method, endpoint + path, data=data, headers=headers, allow_redirects=False)
+                async with request as resp:
                     self._observe(node, resp)
                     return await _json_or_error(resp, node)
             except aiohttp.ServerDisconnectedError as exc:
@@ -136,6 +138,7 @@ class HttpTransport:
                     target.endpoint + ROSTER_PATH,
                     data=io.BytesIO(body),
                     headers={"Content-Type": "application/json", **self._headers()},
+                    allow_redirects=False,
                 ) as resp,
             ):
                 return await _json_or_error(resp, node)
@@ -154,8 +157,10 @@ async def _json_or_error(resp: aiohttp.ClientResponse, peer: str) -> Any:
     if resp.status == 200:
         try:
             return json.loads(payload)
-        except (ValueError, RecursionError) as exc:  # nested past the stack: a partner's failure too
-            raise PeerError(f"{peer} answered 200 with a body that is not JSON: {type(exc).__name__}") from exc
+        except (ValueError, RecursionError) as exc:  # bad UTF-8, an over-long integer, nested past the stack
+            raise PeerError(
+                f"{peer} answered 200 with a body that is not JSON: {type(exc).__name__}: {exc}"[:300]
+            ) from exc
     detail = _problem_detail(payload, resp.status)
     if 400 <= resp.status < 500:
         raise PeerRefused(detail, resp.status)  # the partner's own words: the outbox records them

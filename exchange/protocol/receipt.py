@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import ValidationError
 
 from exchange.crypto import SigningKey, b64d, b64e, canonical_json
-from exchange.errors import ExchangeError, InvalidEnvelope, InvalidInput, ProofError
+from exchange.errors import ExchangeError, InvalidEnvelope, InvalidInput, ProofError, UnknownPeer
 from exchange.merkle import HASH_SIZE, leaf_hash, node_hash, root_from_inclusion
 from exchange.model import MAX_RECEIPT_BATCH, NodeId, Receipt, first_error
 from exchange.protocol.roster import Federation
@@ -173,7 +173,14 @@ class _Hashes(dict[str, bytes]):
 
 def _check_unsigned(receipt: Receipt, fed: Federation, hashes: _Hashes, stored: bool = False) -> None:
     """Every check of one receipt but its signature (steps 1 to 3 of section 10.3)."""
-    current = fed.node(receipt.node).signing_kid == receipt.signer  # no key parsed per receipt
+    try:
+        current = fed.node(receipt.node).signing_kid == receipt.signer  # no key parsed per receipt
+    except UnknownPeer:
+        # A suspended or revoked node's keys, but compromised ones, still check what this node
+        # took in from it before (6a.7): its receipts held here are still shown.
+        if not stored or fed.signing_key_of(receipt.node, receipt.signer, stored=True) is None:
+            raise
+        current = True  # its verify-only key, found just above
     if not current and fed.former_signing_key(receipt.node, receipt.signer, stored=stored) is None:
         raise InvalidEnvelope("receipt is not signed with the node's roster key")
     if receipt.v == 1:

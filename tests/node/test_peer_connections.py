@@ -86,12 +86,14 @@ async def test_an_idle_kept_connection_outlives_the_partners_header_timeout(make
 class DroppingPartner:
     """In ke-customs's place (its address and certificate), a server that reads each request and,
     for a path in `drop` (with how many times), closes the connection without an answer; it
-    answers a path in `bodies` 200 with that body, anything else 200 {"ok": true}. `tries` counts
-    the requests per path."""
+    answers a path in `redirect` with its status and its Location, a path in `bodies` 200 with that
+    body, anything else 200 with `body`. `tries` counts the requests per path."""
 
     fed: Federation
     drop: dict[str, int] = field(default_factory=dict)
     bodies: dict[str, bytes] = field(default_factory=dict)
+    redirect: dict[str, tuple[int, str]] = field(default_factory=dict)
+    body: bytes = b'{"ok": true}'
     tries: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
@@ -118,7 +120,13 @@ async def dropping_partner(make_federation: MakeFederation) -> AsyncIterator[Dro
                 if partner.drop.get(path, 0) > 0:
                     partner.drop[path] -= 1
                     return
-                body = partner.bodies.get(path, b'{"ok": true}')
+                if path in partner.redirect:
+                    status, location = partner.redirect[path]
+                    writer.write(b"HTTP/1.1 %d Moved\r\nLocation: %s\r\n" % (status, location.encode()))
+                    writer.write(b"Content-Length: 0\r\n\r\n")
+                    await writer.drain()
+                    continue
+                body = partner.bodies.get(path, partner.body)
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
                 writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
                 await writer.drain()
@@ -177,3 +185,56 @@ async def test_an_answer_that_is_not_json_is_a_peer_error(dropping_partner: Drop
     assert nl.service.epochs is not None
     assert await nl.service.epochs.pull_quietly(KE, "c2c") == 0  # logged; the sweep goes on
     assert partner.tries[epochs] == 1
+
+
+async def test_a_partner_cannot_redirect_a_request_elsewhere(dropping_partner: DroppingPartner) -> None:
+    """aiohttp follows redirects unless told not to, to any http or https address: a partner
+    answering 307 had the node POST the transaction (its envelopes, its receipts) to a plain-HTTP
+    address of the partner's choosing, and 302 had it GET one (a request from inside the node's
+    network), whose answer was then taken as the partner's. A redirect is an error, as for the
+    webhook and C2SP witness clients."""
+    hits: list[bytes] = []
+
+    async def elsewhere(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hits.append(await reader.readuntil(b"\r\n\r\n"))
+        body = b'{"txn": "t1", "receipts": []}'
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    inside = await asyncio.start_server(elsewhere, "127.0.0.1", 0)
+    port = inside.sockets[0].getsockname()[1]
+    try:
+        partner = dropping_partner
+        partner.redirect = {
+            "/fed/v1/envelopes": (307, f"http://127.0.0.1:{port}/internal"),
+            "/fed/v1/audit/checkpoint": (302, f"http://127.0.0.1:{port}/internal"),
+        }
+        transport = partner.fed["nl-customs"].service.transport
+        with pytest.raises(PeerError, match="307"):
+            await transport.send(KE, "/fed/v1/envelopes", b'{"txn": "t1", "envelopes": []}')
+        with pytest.raises(PeerError, match="302"):
+            await transport.fetch(KE, "/fed/v1/audit/checkpoint")
+        assert hits == []
+        assert partner.tries["/fed/v1/envelopes"] == 1 and partner.tries["/fed/v1/audit/checkpoint"] == 1
+    finally:
+        inside.close()
+        await inside.wait_closed()
+
+
+@pytest.mark.parametrize("body", [b"<html>not JSON</html>", b"1" * 5000, b'{"a": 1'], ids=["html", "long-int", "cut"])
+async def test_a_body_that_does_not_parse_is_a_peer_error_both_ways(
+    dropping_partner: DroppingPartner, body: bytes
+) -> None:
+    """`PeerTransport` raises PeerError for any failure but a refusal; a 200 whose body did not
+    parse raised json's ValueError, which callers that handle PeerError (a channel's log fetched
+    from its owner, a roster pull) let through as an unclassified failure."""
+    partner = dropping_partner
+    partner.body = body
+    transport = partner.fed["nl-customs"].service.transport
+    with pytest.raises(PeerError, match="not JSON"):
+        await transport.send(KE, "/fed/v1/envelopes", b"{}")
+    with pytest.raises(PeerError, match="not JSON"):
+        await transport.fetch(KE, "/fed/v1/audit/checkpoint")

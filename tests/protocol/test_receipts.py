@@ -210,3 +210,22 @@ def test_a_batch_names_one_to_many_distinct_lowercase_ids(bids: list[str]) -> No
 def test_a_batch_is_not_signed_with_a_timestamp_off_the_clock() -> None:
     with pytest.raises(InvalidInput, match="schema: at"):
         make_receipts(ids(2), NodeId("ke-customs"), "received", "2025-02-30T00:00:00Z", SIGNER)
+
+
+# -- the version is a JSON integer ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [True, 1.0, 2.0], ids=["true", "1.0", "2.0"])
+def test_a_receipts_version_that_is_not_a_json_integer_is_refused(version: Any) -> None:
+    """2.5: no coercion. pydantic's Literal[1, 2] takes `true` and `1.0` for 1 and `2.0` for 2 even
+    in strict mode, and `true` passes `strict_loads`: such a receipt was checked, and stored, as
+    the integer's (a sender parses its partner's answer with `json.loads`, which gives floats)."""
+    v1 = make_receipt(ids(1)[0], NodeId("ke-customs"), "opened", AT, SIGNER).model_dump(mode="json")
+    v2 = batch(1)[0].model_dump(mode="json")
+    for good in (v1, v2):
+        verify_receipt(parse_receipt(good), FED)  # the integer: taken
+    raw = {**(v2 if version == 2 else v1), "v": version}
+    with pytest.raises(InvalidInput, match="schema: v"):
+        parse_receipt(raw)
+    with pytest.raises(InvalidInput, match="schema: v"):
+        parse_receipt(strict_loads(canonical_json(v1).decode().replace('"v":1', '"v":true')))

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from exchange.errors import ExchangeError
+from exchange.crypto import SigningKey
+from exchange.errors import ExchangeError, InvalidEnvelope, UnknownPeer
 from exchange.model import NodeId, Receipt
 from exchange.protocol.receipt import (
     StoredReceipt,
@@ -24,6 +25,7 @@ from exchange.protocol.receipt import (
     verify_receipts,
     whole_batches,
 )
+from exchange.protocol.roster import Federation, FormerKeys
 from tests.protocol.test_receipts import AT, FED, SIGNER, ids
 
 DEST = "ke-customs"
@@ -158,3 +160,69 @@ def test_no_altered_answer_is_taken_that_the_full_check_refuses(
         assert fast == full
     if not alterations and not drop:
         assert fast is not None  # an honest answer, reordered, is checked whole
+
+
+@pytest.mark.parametrize("version", [2.0, True])
+def test_a_version_that_is_not_an_integer_is_refused_both_ways(version: Any) -> None:
+    """The fast way declined `"v": 2.0` (not an int) and the full check then took it, as 2."""
+    bids = ids(3)
+    raws = wire(make_receipts(bids, NodeId(DEST), "received", AT, SIGNER))
+    raws[1]["v"] = version
+    assert whole_batches(raws, DEST, set(bids), FED) is None
+    assert full_check(raws, set(bids)) is None
+    v1 = make_receipt(bids[0], NodeId(DEST), "received", AT, SIGNER)
+    alone = json.loads(receipt_json(v1))
+    assert full_check([alone], {bids[0]}) is not None
+    assert full_check([{**alone, "v": True}], {bids[0]}) is None
+
+
+@pytest.mark.parametrize("state", ["retiring", "verify-only", "compromised"])
+def test_a_former_keys_receipts_are_taken_new_only_while_it_is_retiring(state: str) -> None:
+    """10.3 step 2 and 6a.13, both ways alike: an answer signed with the node's former key is taken
+    while the key is `retiring`; once it is `verify-only` only as one held from before; never
+    once `compromised`."""
+    old = SigningKey.generate()
+    former = {(DEST, old.verify_key.kid): (state, old.verify_key.raw)}
+    fed = Federation.index(FED.roster, FormerKeys(former, frozenset()))
+    bids = ids(3, "former")
+    raws = wire(make_receipts(bids, NodeId(DEST), "received", AT, old))
+    fast = whole_batches(raws, DEST, set(bids), fed)
+    got = answered(raws, DEST, set(bids))
+    if state == "retiring":
+        assert fast is not None
+        verify_receipts(list(got.values()), fed)
+        return
+    assert fast is None
+    with pytest.raises(InvalidEnvelope, match="roster key"):
+        verify_receipts(list(got.values()), fed)
+    if state == "verify-only":
+        verify_receipts(list(got.values()), fed, stored=True)
+    else:
+        with pytest.raises(InvalidEnvelope):
+            verify_receipts(list(got.values()), fed, stored=True)
+
+
+def departed(compromised: bool = False) -> Federation:
+    """FED once a version suspends or revokes DEST: its key verify-only (6a.7), unless compromised."""
+    kept = [n for n in FED.roster.nodes if n.id != DEST]
+    signing = {} if compromised else {(DEST, SIGNER.verify_key.kid): ("verify-only", SIGNER.verify_key.raw)}
+    return Federation.index(
+        FED.roster.model_copy(update={"nodes": kept}), FormerKeys(signing, frozenset(), {DEST: "x"})
+    )
+
+
+def test_a_departed_nodes_receipts_held_from_before_still_verify_and_new_ones_are_refused() -> None:
+    """6a.7: a suspended or revoked node's keys, but compromised ones, stay verify-only for what the
+    receiver stores. `verify_receipts` refused a held receipt of such a node (UnknownPeer), so an
+    author no longer showed that a reader it had delivered to, since suspended, got the bulletin."""
+    bids = ids(3, "departed")
+    receipts = make_receipts(bids, NodeId(DEST), "received", AT, SIGNER)
+    opened = make_receipt(bids[0], NodeId(DEST), "opened", AT, SIGNER)
+    verify_receipts([*receipts, opened], departed(), stored=True)
+    for fed, stored_ in ((departed(), False), (departed(compromised=True), True), (departed(compromised=True), False)):
+        with pytest.raises(UnknownPeer):
+            verify_receipts([*receipts, opened], fed, stored=stored_)
+    assert whole_batches(wire(receipts), DEST, set(bids), departed()) is None
+    never = Federation.index(departed().roster)  # a node no version lists
+    with pytest.raises(UnknownPeer):
+        verify_receipts(receipts, never, stored=True)

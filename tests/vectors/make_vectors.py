@@ -637,6 +637,12 @@ def _receipt_negatives(batch: dict[str, Any], v1: dict[str, Any], bids: list[str
         {**v1, "size": 1},
         errors.InvalidInput,
     )
+    add(
+        "v1-version-true",
+        'a v1 receipt whose "v" is true: a JSON boolean, not the integer 1 (2.5: no coercion)',
+        {**v1, "v": True},
+        errors.InvalidInput,
+    )
     return out
 
 
