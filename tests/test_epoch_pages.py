@@ -14,6 +14,7 @@ from exchange.errors import BadSignature, EpochInvalid
 from exchange.model import NodeId
 from exchange.protocol.epoch import epoch_hash, parse_epoch
 from exchange.protocol.epoch_model import EpochRecord
+from exchange.service import epochs as epochs_module
 from tests.conftest import Federation, MakeFederation
 from tests.test_epoch_attacks import admin_invite_and_accept, arrives, post
 from tests.test_epoch_history import NODES, QUIET, channel
@@ -147,3 +148,19 @@ async def test_a_forged_record_after_the_last_does_not_make_it_history(
         await fed["fr-customs"].service.epochs.pull("nl-customs", "c2c")
     assert seen == [(0, False), (1, True), (2, True)]  # before: (1, False), history of a forgery
     assert [r.n for r in fed["fr-customs"].service.epochs.records("c2c")] == [0, 1]
+
+
+async def test_a_page_holds_at_most_epoch_page_bytes_and_the_puller_takes_them_all(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner cuts a page at EPOCH_PAGE_BYTES (at least one record), so that every page fits the
+    most of an answer a node reads (exchange.node.peers.MAX_ANSWER_BYTES): 100 records of up to
+    4 MiB each would not. Here one record fills a page: two pages, both records taken, the last
+    judged against the current keys."""
+    fed = await two_epochs(make_federation)
+    seen = taken(fed, monkeypatch)
+    monkeypatch.setattr(epochs_module, "EPOCH_PAGE_BYTES", 1)
+    asked = answered_by(fed, monkeypatch, lambda n, real: real)
+    assert await fed["fr-customs"].service.epochs.pull("nl-customs", "c2c") == 2
+    assert asked == ["/fed/v1/channels/c2c/epochs?after=-1", "/fed/v1/channels/c2c/epochs?after=0"]
+    assert seen == [(0, False), (1, True)]

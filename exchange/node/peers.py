@@ -22,6 +22,12 @@ from exchange.node.tls import peer_context
 from exchange.protocol.roster import Federation
 from exchange.service.gossip import ROSTER_HEADER, ROSTER_PATH, RosterGossip, header_version
 
+# The most of a partner's answer this node reads: above the largest a node gives (a roster page,
+# gossip.PAGE_BYTES = 64 MiB; a catch-up page, 32 MiB; an epoch page, 32 MiB and one record past
+# it), so that a partner answering without end costs a bounded read, not the node's memory.
+MAX_ANSWER_BYTES = 96 * 1024 * 1024
+READ_CHUNK = 1024 * 1024
+
 
 class HttpTransport:
     """Requests to partners, each over its own connection pool so a slow peer delays nobody else."""
@@ -153,7 +159,7 @@ class HttpTransport:
 
 
 async def _json_or_error(resp: aiohttp.ClientResponse, peer: str) -> Any:
-    payload = await resp.read()
+    payload = await _body(resp, peer)
     if resp.status == 200:
         try:
             return json.loads(payload)
@@ -165,6 +171,22 @@ async def _json_or_error(resp: aiohttp.ClientResponse, peer: str) -> Any:
     if 400 <= resp.status < 500:
         raise PeerRefused(detail, resp.status)  # the partner's own words: the outbox records them
     raise PeerError(f"{peer} answered {resp.status}: {detail}")
+
+
+async def _body(resp: aiohttp.ClientResponse, peer: str) -> bytes:
+    """The answer's body, read up to MAX_ANSWER_BYTES; a longer one is a PeerError, the rest left
+    unread (aiohttp then closes the connection rather than reuse it)."""
+    too_long = PeerError(f"{peer} answered {resp.status} with more than {MAX_ANSWER_BYTES:,} bytes")
+    if resp.content_length is not None and resp.content_length > MAX_ANSWER_BYTES:
+        raise too_long
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(READ_CHUNK):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise too_long
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _problem_detail(payload: bytes, status: int) -> str:

@@ -43,12 +43,14 @@ from exchange.service.channels import ChannelBook
 from exchange.service.epoch_announcements import Announcements
 from exchange.service.epoch_grants import accept_grants, ensure_grant
 from exchange.service.epoch_store import Held, read_held, store_epoch
+from exchange.service.outbox import head_within
 from exchange.service.transport import PeerTransport
 from exchange.store import Store
 
 log = logging.getLogger("exchange.epochs")
 
 EPOCH_PAGE = 100  # epoch records served at a time
+EPOCH_PAGE_BYTES = 32 * 1024 * 1024  # and their bytes at most, past the first (a record is up to 4 MiB)
 MAX_CARRIED = 10 * EPOCH_PAGE  # history records held across pages until one signed with a current key pins them
 MAKE_TRIES = 3  # an owner's worker that lost the making of epoch n to another tries n + 1 (if due)
 
@@ -273,6 +275,9 @@ class EpochBook(Announcements):
             await self.refresh(channel)
         held = self._records.get(channel, [])
         page = held[max(after + 1, 0) : max(after + 1, 0) + EPOCH_PAGE]
+        records = [self._wire(("epoch", channel), r) if r is held[-1] else r.model_dump_json().encode() for r in page]
+        records = records[: head_within(map(len, records), EPOCH_PAGE_BYTES)]  # a page is read whole (MAX_ANSWER_BYTES)
+        page = page[: len(records)]
         more = after + 1 + len(page) < len(held)
         grants = [g.model_dump(mode="json") for g in self.grants.get(channel, []) if g.node == peer]
         # The readers' announcements, which verify themselves (15.12): one fetch, not one per reader.
@@ -282,7 +287,6 @@ class EpochBook(Announcements):
         ]
         if self.me in readers and self.announce:
             support.append(self._wire(("support", self.me), self.announcement))
-        records = [self._wire(("epoch", channel), r) if r is held[-1] else r.model_dump_json().encode() for r in page]
         return b'{"epochs":[%s],"more":%s,"grants":%s,"support":[%s]}' % (
             b",".join(records),
             b"true" if more else b"false",

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from exchange.errors import PeerError
 from exchange.keystore import NodeKeyFiles
 from exchange.model import NodeId
+from exchange.node import peers
 from tests.conftest import Federation, MakeFederation, eventually
 from tests.service.lone_node import bulletin
 
@@ -87,13 +88,14 @@ class DroppingPartner:
     """In ke-customs's place (its address and certificate), a server that reads each request and,
     for a path in `drop` (with how many times), closes the connection without an answer; it
     answers a path in `redirect` with its status and its Location, a path in `bodies` 200 with that
-    body, anything else 200 with `body`. `tries` counts the requests per path."""
+    body, anything else 200 with `body` (`chunked`: without a Content-Length). `tries` counts the requests per path."""
 
     fed: Federation
     drop: dict[str, int] = field(default_factory=dict)
     bodies: dict[str, bytes] = field(default_factory=dict)
     redirect: dict[str, tuple[int, str]] = field(default_factory=dict)
     body: bytes = b'{"ok": true}'
+    chunked: bool = False  # answers without a Content-Length, in chunks of 64 KiB
     tries: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
@@ -128,7 +130,15 @@ async def dropping_partner(make_federation: MakeFederation) -> AsyncIterator[Dro
                     continue
                 body = partner.bodies.get(path, partner.body)
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
-                writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                if partner.chunked:
+                    writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
+                    for i in range(0, len(body), 65536):
+                        part = body[i : i + 65536]
+                        writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+                        await writer.drain()
+                    writer.write(b"0\r\n\r\n")
+                else:
+                    writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             return
@@ -238,3 +248,24 @@ async def test_a_body_that_does_not_parse_is_a_peer_error_both_ways(
         await transport.send(KE, "/fed/v1/envelopes", b"{}")
     with pytest.raises(PeerError, match="not JSON"):
         await transport.fetch(KE, "/fed/v1/audit/checkpoint")
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_an_answer_longer_than_the_most_a_node_reads_is_a_peer_error(
+    dropping_partner: DroppingPartner, monkeypatch: pytest.MonkeyPatch, chunked: bool
+) -> None:
+    """A partner's answer is read up to MAX_ANSWER_BYTES (96 MiB, above the largest a node gives);
+    before, it was read whole however long, the request's timeout its only bound: a partner
+    answering without end had the node hold it all in memory. Here the bound is 256 KiB."""
+    monkeypatch.setattr(peers, "MAX_ANSWER_BYTES", 256 * 1024)
+    partner = dropping_partner
+    partner.chunked = chunked
+    fits = b'{"pad": "%s"}' % (b"x" * (256 * 1024 - 11))
+    partner.bodies = {"/fed/v1/fits": fits, "/fed/v1/long": b'{"pad": "%s"}' % (b"x" * (1024 * 1024))}
+    transport = partner.fed["nl-customs"].service.transport
+    assert len(fits) == 256 * 1024 and (await transport.fetch(KE, "/fed/v1/fits"))["pad"][:3] == "xxx"
+    with pytest.raises(PeerError, match="more than 262,144 bytes"):
+        await transport.fetch(KE, "/fed/v1/long")
+    with pytest.raises(PeerError, match="more than 262,144 bytes"):
+        await transport.send(KE, "/fed/v1/long", b"{}")
+    assert (await transport.fetch(KE, "/fed/v1/fits"))["pad"][:3] == "xxx"  # the partner is asked again
