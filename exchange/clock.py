@@ -28,3 +28,15 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
         async with asyncio.timeout(seconds):
             await event.wait()
     return event.is_set()
+
+
+def stop_requested() -> bool:
+    """Whether the running task was cancelled and has not let the cancellation through yet.
+
+    A wait a loop was cancelled in may end with an error or a result instead: a task it awaited
+    that caught the cancellation or finished at that moment, a library that made it a timeout
+    (aiohttp, when its own timer fires too). A loop that retries on errors checks this, so that it
+    stops rather than take such an ending for an ordinary one and go on (a node's stop then
+    waits for it for ever)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.clock import wait_event
+from exchange.clock import stop_requested, wait_event
 from exchange.errors import ExchangeError, Forbidden, InvalidInput
 from exchange.model import INT32_MAX, NodeId
 from exchange.service.channels import ChannelBook
@@ -81,7 +81,10 @@ class CatchUp:
                     if await role.held():
                         await self.sweep()
                 except Exception:
-                    log.exception("catch-up sweep failed; next sweep in %s s", self.interval)
+                    if not stop_requested():  # else no failure: the node stops (below)
+                        log.exception("catch-up sweep failed; next sweep in %s s", self.interval)
+                if stop_requested():  # cancelled in a wait that ended otherwise (exchange.clock)
+                    raise asyncio.CancelledError
                 self.sweeps += 1
                 self._wake.clear()
                 await wait_event(self._wake, self.interval)

@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from exchange.clock import stop_requested
 from exchange.crypto import canonical_json
 from exchange.errors import ExchangeError, InvalidInput, PeerError, RateLimited, RosterBehind
 from exchange.model import NodeId
@@ -240,7 +241,10 @@ class RosterGossip:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("the roster gossip round failed; trying again")
+                if not stop_requested():  # else no failure: the node stops (below)
+                    log.exception("the roster gossip round failed; trying again")
+            if stop_requested():  # cancelled in a wait that ended otherwise (exchange.clock)
+                raise asyncio.CancelledError
 
     async def close(self) -> None:
         for task in list(self._tasks):

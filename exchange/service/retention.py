@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.clock import timestamp, utc_now
+from exchange.clock import stop_requested, timestamp, utc_now
 from exchange.store import AuditBuffer, Store, outbox
 
 log = logging.getLogger("exchange.retention")
@@ -95,7 +95,10 @@ class Retention:
             try:
                 await self.prune()
             except Exception:
-                log.exception("the outbox retention pass failed; it is tried again at the next one")
+                if not stop_requested():  # else no failure: the node stops (below)
+                    log.exception("the outbox retention pass failed; it is tried again at the next one")
+            if stop_requested():  # cancelled in a wait that ended otherwise (exchange.clock)
+                raise asyncio.CancelledError
             await asyncio.sleep(self.interval)
 
     def start(self) -> None:

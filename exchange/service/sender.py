@@ -15,7 +15,7 @@ import logging
 import random
 import time
 
-from exchange.clock import timestamp, utc_now, wait_event
+from exchange.clock import stop_requested, timestamp, utc_now, wait_event
 from exchange.errors import PeerError, PeerRefused, Unavailable
 from exchange.model import NodeId
 from exchange.service.outbox import (
@@ -96,6 +96,8 @@ class Sender:
         """The sender loop: no failure of one iteration, the database's included, ends it."""
         ahead: list[OutItem] = []  # the next batch, already read and marked sent during the last send
         while True:
+            if stop_requested():  # cancelled in a wait that ended otherwise (`stop_requested`)
+                raise asyncio.CancelledError
             self._work.clear()
             batch: list[OutItem] = []
             try:
@@ -122,6 +124,8 @@ class Sender:
                     self._flight.cancel()
                 raise
             except Exception as exc:  # whatever the peer or the database did, retry later
+                if stop_requested():
+                    raise asyncio.CancelledError from exc
                 ahead = []
                 self._stale = True  # what failed stays queued, and goes again
                 with contextlib.suppress(Exception):

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 
 from exchange.audit import events as ev
-from exchange.clock import timestamp, utc_now, wait_event
+from exchange.clock import stop_requested, timestamp, utc_now, wait_event
 from exchange.errors import InvalidInput, NotFound
 from exchange.service.access import Access
 from exchange.service.summaries import SUMMARY, summarised
@@ -235,7 +235,10 @@ class Webhooks:
                     if await role.held():
                         hooks = await self.deliver_due() is not None
                 except Exception:  # a failed pass is logged; the next one tries again
-                    log.exception("webhook delivery pass failed")
+                    if not stop_requested():  # else no failure: the node stops (below)
+                        log.exception("webhook delivery pass failed")
+                if stop_requested():  # cancelled in a wait that ended otherwise (exchange.clock)
+                    raise asyncio.CancelledError
                 await wait_event(self._wake, INTERVAL if hooks else IDLE_INTERVAL)
                 self._wake.clear()
         finally:

@@ -53,7 +53,7 @@ from exchange.audit.witness import (
     went_back,
 )
 from exchange.audit.witness_sets import DEFAULT_WITNESSES, WitnessSets, witness_sets
-from exchange.clock import timestamp, utc_now
+from exchange.clock import stop_requested, timestamp, utc_now
 from exchange.crypto import SigningKey, b64e
 from exchange.errors import AuditTampered, BadSignature, InvalidInput, SplitView
 from exchange.model import NodeId
@@ -424,6 +424,9 @@ class Witness:
                     if await role.held():
                         await self.tick()
                 except Exception:
-                    log.exception("%s: audit witnessing round failed", self.me)
+                    if not stop_requested():  # else no failure: the node stops (below)
+                        log.exception("%s: audit witnessing round failed", self.me)
+                if stop_requested():  # cancelled in a wait that ended otherwise (exchange.clock)
+                    raise asyncio.CancelledError
         finally:
             await role.release()
