@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, NewType, get_args
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
@@ -97,6 +98,19 @@ def first_error(exc: ValidationError) -> str:
 NodeIdStr = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
 ChannelIdStr = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
 Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _json_integer(value: Any) -> Any:
+    """A version is a JSON integer: Literal[1] takes `true` and `1.0` for 1, and Literal[2] `2.0`
+    for 2, even in strict mode, which 2.5 refuses (no coercion)."""
+    if type(value) is not int:
+        raise ValueError("the version is a JSON integer")
+    return value
+
+
+Version1 = Annotated[Literal[1], BeforeValidator(_json_integer)]
+Version2 = Annotated[Literal[2], BeforeValidator(_json_integer)]
+Version1or2 = Annotated[Literal[1, 2], BeforeValidator(_json_integer)]
 Kid = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
 B64Key = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]*$", max_length=MAX_KEY_TEXT)]
 B64Signature = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]*$", max_length=MAX_SIGNATURE_TEXT)]
@@ -239,7 +253,7 @@ class EnvelopeHeader(BaseModel):
     """The signed, cleartext part of an envelope. Its canonical hash is the bulletin id."""
 
     model_config = _WIRE
-    v: Literal[1]
+    v: Version1
     suite: Literal["x25519-hkdfsha256-aes256gcm"]
     channel: ChannelIdStr
     author: NodeIdStr
@@ -303,7 +317,7 @@ class Receipt(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, json_schema_extra=_receipt_schema)
-    v: Literal[1, 2]
+    v: Version1or2
     bulletin: Hex64
     node: NodeIdStr
     status: Literal["received", "opened"]
@@ -314,14 +328,6 @@ class Receipt(BaseModel):
     index: Annotated[int, Field(ge=0, lt=MAX_RECEIPT_BATCH)] | None = None
     proof: Annotated[list[B64Key], Field(max_length=MAX_RECEIPT_PROOF)] | None = None
     signature: B64Signature
-
-    @field_validator("v", mode="before")
-    @classmethod
-    def _version_is_an_integer(cls, value: Any) -> Any:
-        # Literal[1, 2] takes `true` and `1.0` for 1 and `2.0` for 2, even in strict mode (2.5).
-        if type(value) is not int:
-            raise ValueError("the version is a JSON integer")
-        return value
 
     @model_validator(mode="after")
     def _members_of_its_version(self) -> Receipt:
@@ -365,7 +371,7 @@ class RosterNode(BaseModel):
 
 class Roster(BaseModel):
     model_config = _WIRE
-    v: Literal[1]
+    v: Version1
     federation: Short
     version: Annotated[int, Field(ge=1)]
     issued: Timestamp
@@ -489,7 +495,7 @@ class ChannelEvent(BaseModel):
     """One entry of a channel's linear membership log, ordered and signed by the owner node."""
 
     model_config = _WIRE
-    v: Literal[1]
+    v: Version1
     channel: ChannelIdStr
     owner: NodeIdStr
     pos: Annotated[int, Field(ge=0, le=INT32_MAX)]

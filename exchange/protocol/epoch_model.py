@@ -26,6 +26,7 @@ from exchange.model import (
     NodeIdStr,
     StateRef,
     Timestamp,
+    Version2,
 )
 
 CONTENT_SUITE = "epoch-hkdfsha256-aes256gcm"
@@ -54,7 +55,7 @@ class EpochRecord(BaseModel):
     """One epoch of a channel: its key, wrapped for every reader of one state, signed by the owner."""
 
     model_config = _WIRE
-    v: Literal[2]
+    v: Version2
     channel: ChannelIdStr
     owner: NodeIdStr
     n: EpochNumber
@@ -113,7 +114,7 @@ class HistoryGrant(BaseModel):
     """Earlier epoch keys wrapped for one member that the channel granted its history."""
 
     model_config = _WIRE
-    v: Literal[2]
+    v: Version2
     channel: ChannelIdStr
     owner: NodeIdStr
     node: NodeIdStr
@@ -138,7 +139,7 @@ class EnvelopeHeaderV2(BaseModel):
     """The signed, cleartext part of a v2 envelope. Its canonical hash is the bulletin id."""
 
     model_config = _WIRE
-    v: Literal[2]
+    v: Version2
     suite: Literal["epoch-hkdfsha256-aes256gcm"]
     channel: ChannelIdStr
     author: NodeIdStr

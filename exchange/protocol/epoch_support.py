@@ -9,14 +9,14 @@ sending it v1.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from exchange.crypto import SigningKey, b64d, b64e, strict_loads
 from exchange.crypto.epoch import SUITE_X25519, SUITE_XWING, HybridDecryptionKey, HybridEncryptionKey
 from exchange.errors import EpochInvalid, InvalidInput
-from exchange.model import B64Signature, Kid, NodeIdStr, first_error
+from exchange.model import B64Signature, Kid, NodeIdStr, Version2, first_error
 from exchange.protocol.epoch import WrapKeyId
 from exchange.protocol.roster import Federation
 from exchange.protocol.signing import sign, verify
@@ -32,7 +32,7 @@ class EpochSupport(BaseModel):
     for a node that takes only X25519 wraps."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-    v: Literal[2]
+    v: Version2
     node: NodeIdStr
     hybrid_key: B64HybridKey | None
     hybrid_kid: Kid | None

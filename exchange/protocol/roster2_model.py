@@ -26,6 +26,7 @@ from exchange.model import (
     NodeIdStr,
     Short,
     Timestamp,
+    Version2,
 )
 
 KeyUse = Literal["signing", "encryption", "tls"]
@@ -144,7 +145,7 @@ class RosterV2(BaseModel):
     """The signed document of one roster version."""
 
     model_config = _WIRE
-    v: Literal[2]
+    v: Version2
     federation: Short
     version: Version
     issued: Timestamp
@@ -221,7 +222,7 @@ class JoinRequestBody(BaseModel):
     """What an administration asks the authority to list: who it is and its three public keys."""
 
     model_config = _WIRE
-    v: Literal[2]
+    v: Version2
     federation: Short
     id: NodeIdStr
     name: Short
@@ -260,7 +261,7 @@ class RosterSignatureFile(BaseModel):
     signature (6a.2) and the version and hash it is for, which `combine` matches to the proposal."""
 
     model_config = _WIRE
-    v: Literal[2]
+    v: Version2
     federation: Short
     version: Version
     hash: Hex64

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from exchange.crypto import EncryptionKey, SigningKey, VerifyKey, b64d, b64e, cert_subject, sha256, strict_loads
 from exchange.crypto.encoding import canonical_json
 from exchange.errors import ConfigError, InvalidEnvelope, InvalidInput
-from exchange.model import Kid, NodeIdStr, Short, Timestamp, first_error
+from exchange.model import Kid, NodeIdStr, Short, Timestamp, Version2, first_error
 from exchange.protocol.roster2_model import JoinKey, NodeKey, RosterNodeV2, RosterSignature, RosterV2
 from exchange.protocol.rosterchain import key_entry, key_kid
 from exchange.protocol.rostermigration import tls_names
@@ -39,7 +39,7 @@ class RotationRequestBody(BaseModel):
     """What a node asks the authority: list `key` for `use` in place of its key `old`."""
 
     model_config = _WIRE
-    v: Literal[2]
+    v: Version2
     federation: Short
     id: NodeIdStr
     use: RotationUse
