@@ -164,3 +164,36 @@ async def test_a_page_holds_at_most_epoch_page_bytes_and_the_puller_takes_them_a
     assert await fed["fr-customs"].service.epochs.pull("nl-customs", "c2c") == 2
     assert asked == ["/fed/v1/channels/c2c/epochs?after=-1", "/fed/v1/channels/c2c/epochs?after=0"]
     assert seen == [(0, False), (1, True)]
+
+
+async def test_history_held_over_page_after_page_is_looked_at_once(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member answering page after page of one record each that no current key signed (history
+    waiting for a record that pins it) is cut off at MAX_CARRIED records, and each record held over
+    is parsed a bounded number of times: before, every page looked at all those held over again,
+    about MAX_CARRIED² / 2 parses (half a million at 1,000) for one pull."""
+    fed = await two_epochs(make_federation)
+    monkeypatch.setattr(epochs_module, "MAX_CARRIED", 60)
+    base: list[dict[str, Any]] = []
+
+    def pages(n: int, real: dict[str, Any]) -> dict[str, Any]:
+        if not base:
+            base.append(real["epochs"][0])
+        # epoch n, signed with a kid the roster does not list: history, never pinned
+        junk = {**base[0], "n": n, "prev": "0" * 64, "signer": f"{n:016x}"}
+        return {"epochs": [junk], "more": True, "grants": [], "support": []}
+
+    answered_by(fed, monkeypatch, pages)
+    parsed = 0
+    parse = epochs_module.parse_epoch
+
+    def counted(raw: Any) -> EpochRecord:
+        nonlocal parsed
+        parsed += 1
+        return parse(raw)
+
+    monkeypatch.setattr(epochs_module, "parse_epoch", counted)
+    with pytest.raises(EpochInvalid, match="more than 60 epoch records without a current signature"):
+        await fed["fr-customs"].service.epochs.pull("nl-customs", "c2c")
+    assert parsed <= 4 * 61, parsed  # before: about 1,900

@@ -311,12 +311,13 @@ class EpochBook(Announcements):
                 raise EpochInvalid(f"{peer} sent a malformed page of epoch records") from exc
             if raws and relayed:
                 await self.take_relayed_support(relayed)
+            carried_before = carried
             raws, carried = carried + raws, []
             keep = len(raws)
             if more:
                 # The answer's last record always waits for the next page, so that it is judged as
                 # the last (rule 7), however the answer ends; with it, the history it pins.
-                keep = self._pinned_end(raws[:-1])
+                keep = self._pinned_end(raws[:-1], unsigned=max(len(carried_before) - 1, 0))
                 carried = raws[keep:]
                 if len(carried) > MAX_CARRIED:
                     raise EpochInvalid(f"{peer} sent more than {MAX_CARRIED} epoch records without a current signature")
@@ -329,10 +330,11 @@ class EpochBook(Announcements):
                     raise EpochInvalid(f"{peer} sent a malformed list of history grants")
                 return fresh + await accept_grants(self, channel, grants)
 
-    def _pinned_end(self, raws: Sequence[Any]) -> int:
+    def _pinned_end(self, raws: Sequence[Any], *, unsigned: int = 0) -> int:
         """How many of `raws` end with a record signed with a current key (the rest, history not
-        pinned yet, waits for the next page)."""
-        for i in range(len(raws) - 1, -1, -1):
+        pinned yet, waits for the next page); the first `unsigned` are known not to be (held over
+        from the pages before), so each record is looked at once however many pages hold it over."""
+        for i in range(len(raws) - 1, unsigned - 1, -1):
             if self._signed_now(parse_epoch(raws[i])):
                 return i + 1
         return 0
