@@ -67,7 +67,7 @@ def build_app(config: NodeConfig) -> web.Application:
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         v1 = _v1_trust(config)
-        store = await Store.open(config.database_url, node=config.id)
+        store = await Store.open(config.database_url, node=config.id, connections=config.database_connections)
         try:
             roster = FederationRoster(store, v1=v1)
             fed, signed_roster = _runs_on(config, roster, await roster.load())
@@ -206,7 +206,7 @@ def keep_what_started() -> None:
 @contextlib.asynccontextmanager
 async def local_users(config: NodeConfig) -> AsyncIterator[Users]:
     """The node's users, for administrative commands run beside a running node or without it."""
-    store = await Store.open(config.database_url, node=config.id)
+    store = await Store.open(config.database_url, node=config.id, connections=config.database_connections)
     try:
         yield Users(store)
     finally:
@@ -218,7 +218,7 @@ async def local_roster(config: NodeConfig) -> AsyncIterator[FederationRoster]:
     """The roster v2 chain of a node, for `exchange roster import` and `status` run beside a running
     node or without it. A node that has a v1 roster file takes its migration first (6a.6)."""
     v1 = _v1_trust(config)
-    store = await Store.open(config.database_url, node=config.id)
+    store = await Store.open(config.database_url, node=config.id, connections=config.database_connections)
     try:
         roster = FederationRoster(store, v1=v1)
         await roster.load()

@@ -107,6 +107,9 @@ class NodeConfig(BaseModel):
     authority_key_path: Path
     channels_dir: Path
     database_url: str
+    # PostgreSQL: connections this node (each of its worker processes) keeps open at most; budget
+    # workers x this under the server's max_connections (docs/operations.md, "PostgreSQL").
+    database_connections: Annotated[int, Field(ge=2, le=500)] = 15
     batch_size: Annotated[int, Field(ge=1, le=1000)] = 100
     retry_base_seconds: float = 0.5
     retry_max_seconds: float = 60.0

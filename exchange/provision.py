@@ -151,7 +151,7 @@ def channel_log(spec: ChannelSpec, fed: Federation, keys: dict[str, SigningKey])
 async def sample_users(cfg: NodeConfig, channels: list[str], report: InitReport, *, passwords: bool = False) -> None:
     """A contact point (working in every channel of the node), an auditor and an administrator,
     each with a token file (0600), and with `passwords` a console password file (0600) too."""
-    store = await Store.open(cfg.database_url, node=cfg.id)
+    store = await Store.open(cfg.database_url, node=cfg.id, connections=cfg.database_connections)
     try:
         existing = {u.name for u in await list_users(store)}
         for name, role in SAMPLE_USERS:

@@ -222,6 +222,9 @@ def write_federation(
         # Epochs come when a post needs them, at a moment the test knows; made ahead of posts in
         # tests/test_epoch_prefetch.py.
         "epoch_prefetch_seconds": 0,
+        # PostgreSQL: two test processes (pytest -n 2) with federations of up to four nodes each
+        # stay under the server's default max_connections (100); a node's default is 15.
+        "database_connections": 8,
         **(options or {}),
     }
     for node_id, (country, agency) in nodes.items():

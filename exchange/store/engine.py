@@ -14,7 +14,9 @@ from exchange.store import loop_sqlite
 from exchange.store.loop_sqlite import LoopConnection
 
 
-def make_engine(url: str, *, transactional_ddl: bool = False, lock_wait: float = 30.0) -> AsyncEngine:
+def make_engine(
+    url: str, *, transactional_ddl: bool = False, lock_wait: float = 30.0, connections: int = 15
+) -> AsyncEngine:
     """An engine for `url`. With `transactional_ddl`, SQLite runs DDL inside the transaction too
     (the driver otherwise commits each CREATE TABLE on its own), so a migration is all or nothing,
     and each transaction takes the database's write lock when it begins (BEGIN IMMEDIATE), so two
@@ -27,11 +29,11 @@ def make_engine(url: str, *, transactional_ddl: bool = False, lock_wait: float =
         if not transactional_ddl:  # a node's engine: its statements that cannot wait run on the loop
             kwargs["async_creator"] = _loop_sqlite(url, lock_wait)
     elif url.startswith("postgresql"):
-        # At most fifteen connections as before, but every one kept open once opened: with
+        # At most `connections` (15 by default, as before), every one kept open once opened: with
         # SQLAlchemy's five kept and ten more opened on demand, the reads of a burst of requests
         # (each request's token lookup) opened and closed a connection each (TCP, startup,
         # statements prepared again): a quarter of a worker's CPU (bench/workers.py).
-        kwargs |= {"pool_size": 15, "max_overflow": 0}
+        kwargs |= {"pool_size": connections, "max_overflow": 0}
     try:
         engine = create_async_engine(url, **kwargs)
     except (sa.exc.ArgumentError, ImportError) as exc:

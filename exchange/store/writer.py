@@ -116,13 +116,13 @@ class Store:
         self.shared = engine.dialect.name == "postgresql"
 
     @classmethod
-    async def open(cls, url: str, *, node: str | None = None) -> Store:
+    async def open(cls, url: str, *, node: str | None = None, connections: int = 15) -> Store:
         """Connect to a database at the current schema revision; an empty one is brought there first.
 
         An older schema raises SchemaOutdated, whose one line names `exchange db upgrade`: a
         deployed database only changes through that command (`node` names it in the message).
         """
-        engine = make_engine(url)
+        engine = make_engine(url, connections=connections)
         try:
             await schema.require_current(engine, url, node=node)
             async with engine.connect() as conn:

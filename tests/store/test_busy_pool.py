@@ -34,3 +34,22 @@ async def test_a_read_past_a_full_pool_is_unavailable(
             assert await conn.scalar(sa.select(1)) == 1
     finally:
         await store.close()
+
+
+async def test_a_postgresql_node_keeps_at_most_database_connections(
+    database: Callable[[str], Awaitable[str]], tmp_path: Path
+) -> None:
+    """`database_connections` (node file, default 15) bounds each worker's PostgreSQL pool, so that
+    an operator can budget workers under the server's max_connections (docs/operations.md); on
+    SQLite the node has its own connections and the setting changes nothing."""
+    url = await database("pool") or f"sqlite+aiosqlite:///{tmp_path / 'pool.db'}"
+    for connections in (15, 3):
+        store = await Store.open(url, connections=connections)
+        try:
+            async with store.read() as conn:
+                assert await conn.scalar(sa.select(1)) == 1
+            if store.engine.dialect.name == "postgresql":
+                assert store.engine.pool.size() == connections
+                assert store.engine.pool._max_overflow == 0  # type: ignore[attr-defined]
+        finally:
+            await store.close()
