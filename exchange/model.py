@@ -39,13 +39,7 @@ BulletinKind = Literal["alert", "threat-bulletin", "seizure-report", "feedback",
 Role = Literal["contact-point", "auditor", "admin"]  # a local user's role at its node
 ROLES: tuple[str, ...] = get_args(Role)
 
-BULLETIN_KINDS: tuple[BulletinKind, ...] = (
-    "alert",
-    "threat-bulletin",
-    "seizure-report",
-    "feedback",
-    "request-for-information",
-)
+BULLETIN_KINDS: tuple[BulletinKind, ...] = get_args(BulletinKind)
 Right = Literal["read", "post", "admin"]
 
 # -- Limits (docs/protocol.md, "Limits"): what legitimate use needs, with room to spare -----------
@@ -101,8 +95,7 @@ Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
 def _json_integer(value: Any) -> Any:
-    """A version is a JSON integer: Literal[1] takes `true` and `1.0` for 1, and Literal[2] `2.0`
-    for 2, even in strict mode, which 2.5 refuses (no coercion)."""
+    """A version is a JSON integer (2.5): Literal[1] takes `true` and `1.0`, Literal[2] `2.0`."""
     if type(value) is not int:
         raise ValueError("the version is a JSON integer")
     return value

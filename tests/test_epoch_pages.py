@@ -15,7 +15,7 @@ from exchange.model import NodeId
 from exchange.protocol.epoch import epoch_hash, parse_epoch
 from exchange.protocol.epoch_model import EpochRecord
 from exchange.service import epochs as epochs_module
-from tests.conftest import Federation, MakeFederation
+from tests.conftest import Federation, MakeFederation, eventually
 from tests.test_epoch_attacks import admin_invite_and_accept, arrives, post
 from tests.test_epoch_history import NODES, QUIET, channel
 
@@ -28,8 +28,12 @@ async def two_epochs(make_federation: MakeFederation) -> Federation:
     sent = await post(nl, "epoch 0")
     await arrives(gb, sent["id"])
     await admin_invite_and_accept(nl, fr)
-    made = await nl.service.epochs.make_current(nl.service.channels.state("c2c"))
-    assert made is not None and made.n == 1
+
+    async def made() -> bool:  # none while fr's wrap key is not known yet (its announcement, fetched)
+        record = await nl.service.epochs.make_current(nl.service.channels.state("c2c"))
+        return record is not None and record.n == 1
+
+    await eventually(made, what="epoch 1 at nl")
     assert fr.service.epochs.records("c2c") == []
     return fed
 
