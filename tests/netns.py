@@ -177,6 +177,9 @@ class Host:
         self.procs.clear()
 
 
+LOG_LINES = 200  # of each host's log, printed when a test ends (shown if it failed)
+
+
 class Network:
     """A bridge in a namespace of its own, and hosts plugged into it, each in its namespace."""
 
@@ -215,20 +218,38 @@ class Network:
         return host
 
     def close(self) -> None:
-        """Stop every host's processes, then delete every namespace (their veth ends and the bridge go with them)."""
+        """Stop every host's processes, then delete every namespace (their veth ends and the bridge go with them).
+        The end of each host's logs is printed: pytest shows it when the test failed."""
         for host in self.hosts.values():
             with contextlib.suppress(Exception):
                 host.stop()
+        for host in self.hosts.values():
+            for log in sorted(host.folder.glob("*.log")):
+                lines = log.read_text(errors="replace").splitlines()
+                print(f"--- {host.name}: {log.name} (last {min(len(lines), LOG_LINES)} of {len(lines)} lines)")
+                print("\n".join(lines[-LOG_LINES:]))
         for ns in [h.ns for h in self.hosts.values()] + [self.switch]:
             _end_processes_in(ns)  # a command still running when the test failed
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         self.hosts.clear()
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 60.0) -> None:
-    """Poll `check` until it holds; fail naming `what` after `timeout` seconds (a bound, not a speed claim)."""
+async def until(
+    check: Callable[[], Awaitable[bool]],
+    what: str,
+    timeout: float = 60.0,
+    explain: Callable[[], Awaitable[str]] | None = None,
+) -> None:
+    """Poll `check` until it holds; fail naming `what` after `timeout` seconds (a bound, not a speed
+    claim), with what `explain` then tells of the nodes' state."""
     deadline = time.monotonic() + timeout
     while not await check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
+            told = ""
+            if explain is not None:
+                try:
+                    told = "\n" + await explain()
+                except Exception as exc:  # the explanation is a help, not the failure
+                    told = f"\n(no explanation: {type(exc).__name__}: {exc})"
+            raise AssertionError(f"not within {timeout:g} s: {what}{told}")
         await asyncio.sleep(0.25)

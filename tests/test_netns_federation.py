@@ -174,7 +174,7 @@ async def test_a_newcomer_joins_across_hosts_and_answers_bulletins(database_url:
     net = network
     v1, hosts, urls = await provision_old_federation(net, database_url)
     for node_id, host in hosts.items():
-        host.start("node", "run", f"nodes/{node_id}.toml", log=host.folder / "node.log")
+        host.start("-v", "node", "run", f"nodes/{node_id}.toml", log=host.folder / "node.log")
 
     # The authority's holders, each on an offline machine, and the proposer (no private key).
     holders = {slug: net.add(f"holder-{slug}", wired=False) for slug in HOLDERS}
@@ -238,7 +238,7 @@ async def test_a_newcomer_joins_across_hosts_and_answers_bulletins(database_url:
         token = (await za.exchange("users", "add", "--node", za_file, user, "--role", role)).strip()
         (tokens / user).write_text(token + "\n")
         (tokens / user).chmod(0o600)
-    za.start("node", "run", za_file, log=za.folder / "node.log")
+    za.start("-v", "node", "run", za_file, log=za.folder / "node.log")
     await za.ready(za.folder / "node.log")
     urls[NEW] = za_url
 
@@ -261,7 +261,12 @@ async def test_a_newcomer_joins_across_hosts_and_answers_bulletins(database_url:
         out = await za.exchange("channels", "show", "c2c", "--node", za_file, "--user", "admin", "--json", ok=False)
         return out.startswith("{") and NEW in json.loads(out)["invited"]
 
-    await until(invited, f"the invitation at {NEW}")
+    async def explain() -> str:  # what the owner's outbox and the newcomer's API say
+        peers = await owner.exchange("peers", "--node", owner_file, "--user", "admin", "--json", ok=False)
+        shown = await za.exchange("channels", "show", "c2c", "--node", za_file, "--user", "admin", "--json", ok=False)
+        return f"{OWNER} peers: {peers}\n{NEW} channels show c2c: {shown}"
+
+    await until(invited, f"the invitation at {NEW}", explain=explain)
     await za.exchange("channels", "accept", "c2c", "--node", za_file)
     await za.exchange("channels", "assign", "c2c", "officer", "--node", za_file)
 
