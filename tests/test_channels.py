@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from exchange.errors import DecryptionFailed
+from exchange.audit.events import SEND_REFUSED
+from exchange.errors import DecryptionFailed, Unavailable
 from exchange.model import MAX_REFERENCES, Bulletin, NodeId
 from exchange.protocol.envelope import bulletin_id, envelope_bytes, open_envelope, parse_envelope
 from exchange.service.users import add_user
-from exchange.store import audit_log, bulletins, channel_events
+from exchange.store import audit_log, bulletins, channel_events, outbox
 from tests.conftest import DEFAULT_NODES, Federation, MakeFederation, Member, authored, eventually
 
 SIX = {
@@ -517,3 +518,72 @@ async def test_nothing_can_be_posted_to_a_closed_channel(make_federation: MakeFe
         "POST", "/api/v1/channels/c2c/invite", user="admin", body={"node": "ke-customs", "rights": ["read"]}
     )
     assert status == 422 and "closed" in problem["detail"]
+
+
+async def test_an_event_arriving_while_the_store_is_busy_is_retried_not_rejected(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver whose database is busy (Unavailable) when channel events arrive answers 503,
+    which the owner's sender retries; before, it answered 422 like a bad event, the owner dropped
+    the invitation for good ('rejected') and the invited node never learnt of it."""
+    three = {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs")} | {"de-customs": ("DE", "customs")}
+    members = {"nl-customs": ["read", "post", "admin"], "ke-customs": ["read", "post"]}
+    fed = await make_federation(nodes=three, channels=[{**C2C, "members": members}])
+    nl, de = fed["nl-customs"], fed["de-customs"]
+    take = de.service.channels.import_events
+    busy = [Unavailable("the database is busy; try again shortly")]
+
+    async def busy_once(*args: Any, **kwargs: Any) -> int:
+        if busy:
+            raise busy.pop()
+        return await take(*args, **kwargs)
+
+    monkeypatch.setattr(de.service.channels, "import_events", busy_once)
+    status, body, _ = await nl.api(
+        "POST", "/api/v1/channels/c2c/invite", user="admin", body={"node": "de-customs", "rights": ["read"]}
+    )
+    assert status == 200, body
+
+    async def invited() -> bool:
+        try:
+            return NodeId("de-customs") in de.service.channels.state("c2c").invited
+        except Exception:
+            return False
+
+    await eventually(invited, what="the invitation at de-customs")
+    assert not busy  # it was busy once, and the sender came back
+    async with nl.service.store.read() as conn:
+        states = set((await conn.scalars(sa.select(outbox.c.state).where(outbox.c.dest == "de-customs"))).all())
+    _, entries, _ = await nl.api("GET", "/api/v1/audit/entries", user="auditor")
+    refused = [e for e in entries["entries"] if e["event"] == SEND_REFUSED]
+    assert "rejected" not in states and not refused, (states, refused)
+
+
+async def test_a_bulletin_arriving_while_the_store_is_busy_is_retried_not_rejected(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for an envelope: a receiver that cannot check it against the channel's state
+    because its database is busy answers 503 and stores it when the sender comes back, rather
+    than refusing it (422) and the author giving it up for that reader."""
+    fed = await make_federation(nodes={k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs")})
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    ensure = ke.service.channels.ensure
+    busy = [Unavailable("the database is busy; try again shortly")]
+
+    async def busy_once(*args: Any, **kwargs: Any) -> Any:
+        if busy:
+            raise busy.pop()
+        return await ensure(*args, **kwargs)
+
+    monkeypatch.setattr(ke.service.channels, "ensure", busy_once)
+    status, posted = await post(nl)
+    assert status == 201, posted
+
+    async def arrived() -> bool:
+        return await holds(ke, posted["id"])
+
+    await eventually(arrived, what="the bulletin at ke-customs")
+    assert not busy
+    async with nl.service.store.read() as conn:
+        states = set((await conn.scalars(sa.select(outbox.c.state).where(outbox.c.dest == "ke-customs"))).all())
+    assert "rejected" not in states, states

@@ -21,6 +21,7 @@ from exchange.errors import (
     InvalidEnvelope,
     NotFound,
     PeerError,
+    Unavailable,
 )
 from exchange.model import ChannelEvent, NodeId, Receipt, StateRef
 from exchange.protocol.envelope import CitedHeader, check_cited_state
@@ -174,7 +175,7 @@ class Receiving:
                 raise EnvelopeRejected([{"item": "event", "type": "InvalidInput", "detail": str(exc)[:300]}]) from exc
             try:
                 await self.channels.import_events(events, source=peer)
-            except PeerError:
+            except (PeerError, Unavailable):  # not the events' fault: a 5xx, which the sender retries
                 raise
             except ExchangeError as exc:
                 raise EnvelopeRejected([{"item": "event", "type": type(exc).__name__, "detail": exc.detail}]) from exc
@@ -219,8 +220,8 @@ class Receiving:
                 continue
             try:
                 checked.append(await self.check_stateful(o, peer))
-            except PeerError:
-                raise  # retryable (503): the sender keeps the batch and tries again
+            except (PeerError, Unavailable):
+                raise  # retryable (5xx): the sender keeps the batch and tries again
             except ExchangeError as exc:
                 errors.append(_item_error(o.index, exc))
         if errors:
