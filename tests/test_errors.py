@@ -169,7 +169,8 @@ class HangingNode:
     it) and reads the request; without, it never even starts the handshake.
     """
 
-    def __init__(self, keys_dir: Path, tls: bool) -> None:
+    def __init__(self, keys_dir: Path, tls: bool, answer: bytes = b"") -> None:
+        self.answer = answer  # sent after the request is read (with TLS): nothing, or a canned answer
         self.context: ssl.SSLContext | None = None
         if tls:
             self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -198,6 +199,8 @@ class HangingNode:
                 tls = self.context.wrap_socket(conn, server_side=True)
                 self._held.append(tls)
                 self.requests.append(tls.recv(65536))
+                if self.answer:
+                    tls.sendall(self.answer)
             except OSError:
                 continue
 
@@ -223,6 +226,22 @@ def test_read_against_a_node_that_hangs_prints_one_line(node_file: Path, tls: bo
     assert took < BOUND, f"took {took:.1f} s"
     if tls:  # the request got through TLS: it was the answer that never came
         assert hanging.requests and hanging.requests[0].startswith(b"GET /api/v1/bulletins/")
+
+
+@pytest.mark.parametrize("command", [["read", BULLETIN_ID], ["audit", "export"]], ids=["api", "stream"])
+def test_a_redirect_is_not_followed_and_prints_one_line(node_file: Path, command: list[str]) -> None:
+    """A 3xx answer (a proxy, or something else at the node's address): the CLI does not take its
+    token there; one error line, and the one request it made."""
+    keys_dir = node_file.parents[1] / "keys" / "nl-customs"
+    elsewhere = b"https://127.0.0.1:9/steal"
+    answer = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: " + elsewhere + b"\r\nContent-Length: 0\r\n\r\n"
+    with HangingNode(keys_dir, True, answer) as node:
+        _set_port(node_file, node.port)
+        proc, took = run_cli(*command, "--node", str(node_file), cwd=node_file.parent)
+    line = assert_one_error_line(proc)
+    assert "307" in line and "redirected to https://127.0.0.1:9/steal" in line, line
+    assert len(node.requests) == 1, node.requests
+    assert took < BOUND
 
 
 def test_read_against_a_node_that_is_down_prints_one_line(node_file: Path) -> None:

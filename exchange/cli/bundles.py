@@ -9,7 +9,7 @@ from typing import BinaryIO
 
 import aiohttp
 
-from exchange.cli.client import ApiError, Target
+from exchange.cli.client import ApiError, Target, refuse_redirect
 from exchange.errors import InvalidInput, PeerError
 from exchange.node.tls import client_context
 
@@ -26,8 +26,9 @@ async def stream_lines(target: Target, path: str) -> AsyncIterator[list[bytes]]:
     try:
         async with (
             aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-            session.get(target.url + path, headers=headers) as resp,
+            session.get(target.url + path, headers=headers, allow_redirects=False) as resp,
         ):
+            refuse_redirect(resp)
             if resp.status >= 400:
                 try:
                     answer = json.loads(await resp.read())

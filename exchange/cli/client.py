@@ -44,6 +44,13 @@ class Target:
         return cls(cfg.endpoint, token, NodeKeyFiles(cfg.keys_dir).presented_pem(), cfg.request_timeout_seconds)
 
 
+def refuse_redirect(resp: aiohttp.ClientResponse) -> None:
+    """ApiError for a 3xx answer: a node's API never redirects, and the CLI follows no redirect."""
+    if 300 <= resp.status < 400:
+        where = resp.headers.get("Location", "?")[:200]
+        raise ApiError(resp.status, f"redirected to {where}, which the CLI does not follow: check the node's endpoint")
+
+
 def unreachable(url: str, exc: BaseException, timeout: float | None = None) -> PeerError:
     """One line for a request that got no answer: a timeout, a refused connection, a TLS failure."""
     if isinstance(exc, TimeoutError):  # asyncio.TimeoutError, and aiohttp's timeouts
@@ -102,8 +109,12 @@ async def _call_once(target: Target, method: str, path: str, body: Any, idempote
     try:
         async with (
             aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-            session.request(method, target.url + path, data=_json_body(body), headers=headers) as resp,
+            # No redirects: the token goes to the node named in the node file, nowhere else.
+            session.request(
+                method, target.url + path, data=_json_body(body), headers=headers, allow_redirects=False
+            ) as resp,
         ):
+            refuse_redirect(resp)
             payload = await resp.read()
             if resp.status >= 400:
                 try:
