@@ -4,7 +4,8 @@ and lists them with every other kind, stays one readable module. Pure: no I/O.
 
 A grant is audited at both ends: the owner that made it (`epoch.granted`) and the grantee that
 took it (`epoch.grant_taken`); an epoch by its owner (`epoch.made`) and by each reader that took
-its key from its wrap (`epoch.key_taken`).
+its key from its wrap (`epoch.key_taken`). A second record for an epoch number, signed by the
+owner, is an equivocation (`epoch.equivocation`), audited by the node that finds it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ EPOCH_MADE: Final = "epoch.made"
 EPOCH_KEY_TAKEN: Final = "epoch.key_taken"
 EPOCH_GRANTED: Final = "epoch.granted"
 EPOCH_GRANT_TAKEN: Final = "epoch.grant_taken"
+EPOCH_EQUIVOCATION: Final = "epoch.equivocation"
 
 
 class EpochMade(TypedDict):
@@ -62,3 +64,22 @@ class EpochGrantTaken(TypedDict):
     state: int
     hash: str
     epochs: list[int]
+
+
+class EpochEquivocation(TypedDict):
+    """The owner signed two records for epoch `n` of a channel: this node holds one (`held`) and
+    was given the other (`other`), whose signature it checked; it refused the other. Once per
+    record per running node: only the owner's key makes one, so the owner alone sets how many."""
+
+    event: Literal["epoch.equivocation"]
+    at: str
+    channel: str
+    n: int
+    owner: str
+    held: str  # the hash of the record held (15.6), hex
+    other: str  # the hash of the record refused, hex
+
+
+def equivocation(at: str, channel: str, n: int, owner: str, held: str, other: str) -> EpochEquivocation:
+    """The entry for the owner's second record of epoch `n` (hash `other`), `held` the one kept."""
+    return EpochEquivocation(event=EPOCH_EQUIVOCATION, at=at, channel=channel, n=n, owner=owner, held=held, other=other)

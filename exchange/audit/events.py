@@ -27,10 +27,12 @@ from exchange.audit.delivery_events import (
     sent_to as sent_to,
 )
 from exchange.audit.epoch_events import (
+    EPOCH_EQUIVOCATION,
     EPOCH_GRANT_TAKEN,
     EPOCH_GRANTED,
     EPOCH_KEY_TAKEN,
     EPOCH_MADE,
+    EpochEquivocation,
     EpochGranted,
     EpochGrantTaken,
     EpochKeyTaken,
@@ -107,6 +109,7 @@ EVENT_KINDS: Final[tuple[str, ...]] = (
     EPOCH_KEY_TAKEN,
     EPOCH_GRANTED,
     EPOCH_GRANT_TAKEN,
+    EPOCH_EQUIVOCATION,
 )
 """Every kind, in the order of docs/audit.md's table."""
 
@@ -476,5 +479,6 @@ AuditEntry = (
     | EpochKeyTaken
     | EpochGranted
     | EpochGrantTaken
+    | EpochEquivocation
 )
 """One audit entry as written, before the store gives it its `idx`."""

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from exchange.audit.epoch_events import EPOCH_KEY_TAKEN, EPOCH_MADE
+from exchange.audit.epoch_events import EPOCH_KEY_TAKEN, EPOCH_MADE, equivocation
 from exchange.audit.events import AuditEntry
 from exchange.clock import timestamp
 from exchange.crypto import EpochKey, NodeKeys
@@ -80,6 +80,7 @@ class EpochBook(Announcements):
         self._keys: dict[tuple[str, int], EpochKey] = {}
         self.grants: dict[str, list[HistoryGrant]] = {}  # by channel: made (owner) or taken (grantee)
         self._grant_hashes: set[str] = set()
+        self._equivocations: set[str] = set()  # the hashes of the owners' second records audited
         self._lock = asyncio.Lock()
         # The JSON of each channel's latest record and of each announcement as served, made once
         # per object held: a page of a channel of 200 readers holds a record with 199 wraps and
@@ -452,9 +453,15 @@ class EpochBook(Announcements):
                 await self._equivocates(record)  # another worker took another record n meanwhile
 
     async def _equivocates(self, record: EpochRecord) -> None:
-        """A second record n of a channel: refused (EpochInvalid), and logged if the owner signed it."""
+        """A second record n of a channel: refused (EpochInvalid); if the owner signed it, logged
+        and audited (`epoch.equivocation`, once per record while the node runs), however it came."""
         await self._verified(record, self.record(record.channel, record.n - 1) if record.n else None, judge_wraps=False)
         log.error("%s: owner %s signed two epochs %d of %s", self.me, record.owner, record.n, record.channel)
+        held, other = self.record(record.channel, record.n), epoch_hash(record)
+        if held is not None and other not in self._equivocations:
+            self._equivocations.add(other)
+            entry = equivocation(timestamp(), record.channel, record.n, record.owner, epoch_hash(held), other)
+            await self.store.audit(entry)
         raise EpochInvalid(f"a different epoch {record.n} of {record.channel} is held: the owner equivocates")
 
     async def _verified(self, record: EpochRecord, prev: EpochRecord | None, *, judge_wraps: bool) -> None:

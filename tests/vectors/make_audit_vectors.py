@@ -101,7 +101,7 @@ V2_FILE = HERE / "envelope-v2.json"  # the epoch and grant of the `epoch.*` entr
 LOG_NODE = "nl-customs"
 WITNESSES = ("gb-avsec", "ke-customs")
 IMPOSTOR = "impostor"  # a key in no roster: signs the "checkpoint by another key" negative
-WHOLE = 42  # entries in the log
+WHOLE = 43  # entries in the log
 CHECKPOINT_SIZES = (1, 8, 13, WHOLE)  # one entry, a power of two, neither, the whole log
 SIGNED_AT = {1: "2025-03-14T09:00:01.000Z", 8: "2025-03-14T09:27:00.000Z", 13: "2025-03-14T09:40:00.000Z"}
 SIGNED_AT[WHOLE] = "2025-03-14T11:00:00.000Z"
@@ -396,7 +396,8 @@ def entries(v1: dict[str, Any]) -> tuple[list[ev.AuditEntry], list[bytes]]:
 def _epoch_entries() -> list[ev.AuditEntry]:
     """Envelope v2 (docs/protocol.md 15): as owner of the channel, epoch 1 and the history grant of
     envelope-v2.json; as a member of another channel (owned by ke-customs, whose epochs are not in
-    those vectors: their hashes are drawn from labels), a key taken by wrap and one by grant."""
+    those vectors: their hashes are drawn from labels), a key taken by wrap and one by grant, and
+    that owner's second record of epoch 1 found there."""
     v2 = strict_loads(V2_FILE.read_text("utf-8"))["outputs"]
     epoch = next(e for e in v2["epochs"] if e["record"]["n"] == 1)
     record, grant = epoch["record"], parse_grant(v2["grant"]["signed"])
@@ -437,6 +438,14 @@ def _epoch_entries() -> list[ev.AuditEntry]:
             "hash": sha256(f"grant of {other} to {LOG_NODE}".encode()).hex(),
             "epochs": [0],
         },
+        eev.equivocation(
+            "2025-03-14T10:33:00.000Z",
+            other,
+            1,
+            owner,
+            sha256(f"epoch 1 of {other}".encode()).hex(),
+            sha256(f"a second epoch 1 of {other}".encode()).hex(),
+        ),
     ]
 
 
