@@ -30,6 +30,7 @@ from exchange.protocol.epoch_model import EnvelopeV2
 from exchange.service.epoch_grants import accept_grants
 from exchange.store import audit_log, bulletins
 from exchange.store.tables import channel_epochs
+from exchange.web.auditor import describe
 from tests.conftest import DEFAULT_NODES, Federation, MakeFederation, Member, eventually
 
 NODES = {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs")} | {
@@ -415,6 +416,12 @@ async def test_forged_or_equivocating_epoch_records_are_refused(make_federation:
         ("c2c", 0, "nl-customs", epoch_hash(good), epoch_hash(second))
     ], found
     assert not [e for e in await audit_entries(de) if e["event"] == EPOCH_EQUIVOCATION]
+    shown = describe(found[0])  # as the auditor's console lists it
+    assert (
+        shown
+        == f"nl-customs signed two epochs 0 of c2c: {epoch_hash(good)[:12]} kept, {epoch_hash(second)[:12]} refused"
+    )
+    assert describe(found[0], "fr").startswith("nl-customs a signé deux époques 0 de c2c")
     mine = de.service.epochs.record("c2c", 0)
     assert mine is None or epoch_hash(mine) == epoch_hash(good)
     await de.service.epochs.pull("ke-customs", "c2c")

@@ -27,7 +27,7 @@ from exchange.audit.delivery_events import (
     sent_to as sent_to,
 )
 from exchange.audit.epoch_events import (
-    EPOCH_EQUIVOCATION,
+    EPOCH_EQUIVOCATION as EPOCH_EQUIVOCATION,
     EPOCH_GRANT_TAKEN,
     EPOCH_GRANTED,
     EPOCH_KEY_TAKEN,

@@ -48,6 +48,7 @@ EVENTS = [
     ("console.*", N_("Console sign-in and sign-out")),
     ("user.*", N_("Users and their rights")),
     ("audit.*", N_("Audit traces")),
+    ("epoch.*", N_("Channel epochs: keys, history grants, an owner's equivocation")),
 ]
 
 
@@ -179,6 +180,15 @@ def describe(body: dict[str, Any], lang: str = DEFAULT) -> str:
         return t(N_("trace requested by %(user)s"), user=g("user"))
     if kind == kinds.AUDIT_TRACE_SERVED:
         return t(N_("trace evidence served to %(node)s"), node=g("peer"))
+    if kind == kinds.EPOCH_EQUIVOCATION:
+        return t(
+            N_("%(owner)s signed two epochs %(n)s of %(channel)s: %(held)s kept, %(other)s refused"),
+            owner=g("owner"),
+            n=g("n"),
+            channel=g("channel"),
+            held=str(g("held"))[:12],
+            other=str(g("other"))[:12],
+        )
     who = g("user") or (t(N_("an unknown user name")) if g("unknown_user") else t(N_("someone")))
     by = t(N_(" by %(actor)s"), actor=g("actor")) if g("actor") else ""
     texts = {
