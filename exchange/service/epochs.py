@@ -350,6 +350,8 @@ class EpochBook(Announcements):
         except PeerRefused as exc:
             if exc.status != 404:
                 log.info("%s: epochs of %s from %s refused: %s", self.me, channel, peer, exc.detail)
+        except EpochInvalid as exc:  # what the peer served breaks a rule (an owner's equivocation among them)
+            log.warning("%s: epochs of %s from %s refused here: %s", self.me, channel, peer, exc.detail)
         except (ExchangeError, OSError, ValueError, KeyError) as exc:
             log.info("%s: epochs of %s from %s: %s", self.me, channel, peer, exc)
         return 0
