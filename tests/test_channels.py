@@ -47,6 +47,18 @@ async def holds(member: Member, bid: str) -> bool:
         return (await conn.scalar(sa.select(bulletins.c.id).where(bulletins.c.id == bid))) is not None
 
 
+async def invitation_at(member: Member, channel: str = "c2c") -> None:
+    """Wait until `member` holds the log that names it invited to `channel`."""
+
+    async def invited() -> bool:
+        try:
+            return NodeId(member.id) in member.service.channels.state(channel).invited
+        except Exception:
+            return False
+
+    await eventually(invited, what=f"the invitation at {member.id}")
+
+
 async def post(member: Member, channel: str = "c2c", **fields: Any) -> tuple[int, Any]:
     status, body, _ = await member.api("POST", f"/api/v1/channels/{channel}/bulletins", body={**NOTE, **fields})
     return status, body
@@ -322,14 +334,7 @@ async def test_invite_accept_and_no_earlier_bulletins_for_a_new_member(make_fede
         "POST", "/api/v1/channels/c2c/invite", user="admin", body={"node": "de-customs", "rights": ["read", "post"]}
     )
     assert status == 200 and body["invited"] == {"de-customs": ["post", "read"]}
-
-    async def invited() -> bool:
-        try:
-            return NodeId("de-customs") in de.service.channels.state("c2c").invited
-        except Exception:
-            return False
-
-    await eventually(invited, what="the invitation at de-customs")
+    await invitation_at(de)
     status, body, _ = await de.api("POST", "/api/v1/channels/c2c/accept", user="admin")
     assert status == 200 and "de-customs" in body["members"], body
     await de.api("POST", "/api/v1/channels/c2c/users", user="admin", body={"user": "officer"})
@@ -520,6 +525,25 @@ async def test_nothing_can_be_posted_to_a_closed_channel(make_federation: MakeFe
     assert status == 422 and "closed" in problem["detail"]
 
 
+def busy_once(monkeypatch: pytest.MonkeyPatch, target: object, method: str) -> list[Unavailable]:
+    """Have `target.method` fail once as a busy database does; the list empties when it has."""
+    real = getattr(target, method)
+    busy = [Unavailable("the database is busy; try again shortly")]
+
+    async def once(*args: Any, **kwargs: Any) -> Any:
+        if busy:
+            raise busy.pop()
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(target, method, once)
+    return busy
+
+
+async def outbox_states(member: Member, dest: str) -> set[str]:
+    async with member.service.store.read() as conn:
+        return set((await conn.scalars(sa.select(outbox.c.state).where(outbox.c.dest == dest))).all())
+
+
 async def test_an_event_arriving_while_the_store_is_busy_is_retried_not_rejected(
     make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -530,30 +554,14 @@ async def test_an_event_arriving_while_the_store_is_busy_is_retried_not_rejected
     members = {"nl-customs": ["read", "post", "admin"], "ke-customs": ["read", "post"]}
     fed = await make_federation(nodes=three, channels=[{**C2C, "members": members}])
     nl, de = fed["nl-customs"], fed["de-customs"]
-    take = de.service.channels.import_events
-    busy = [Unavailable("the database is busy; try again shortly")]
-
-    async def busy_once(*args: Any, **kwargs: Any) -> int:
-        if busy:
-            raise busy.pop()
-        return await take(*args, **kwargs)
-
-    monkeypatch.setattr(de.service.channels, "import_events", busy_once)
+    busy = busy_once(monkeypatch, de.service.channels, "import_events")
     status, body, _ = await nl.api(
         "POST", "/api/v1/channels/c2c/invite", user="admin", body={"node": "de-customs", "rights": ["read"]}
     )
     assert status == 200, body
-
-    async def invited() -> bool:
-        try:
-            return NodeId("de-customs") in de.service.channels.state("c2c").invited
-        except Exception:
-            return False
-
-    await eventually(invited, what="the invitation at de-customs")
+    await invitation_at(de)
     assert not busy  # it was busy once, and the sender came back
-    async with nl.service.store.read() as conn:
-        states = set((await conn.scalars(sa.select(outbox.c.state).where(outbox.c.dest == "de-customs"))).all())
+    states = await outbox_states(nl, "de-customs")
     _, entries, _ = await nl.api("GET", "/api/v1/audit/entries", user="auditor")
     refused = [e for e in entries["entries"] if e["event"] == SEND_REFUSED]
     assert "rejected" not in states and not refused, (states, refused)
@@ -567,15 +575,7 @@ async def test_a_bulletin_arriving_while_the_store_is_busy_is_retried_not_reject
     than refusing it (422) and the author giving it up for that reader."""
     fed = await make_federation(nodes={k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs")})
     nl, ke = fed["nl-customs"], fed["ke-customs"]
-    ensure = ke.service.channels.ensure
-    busy = [Unavailable("the database is busy; try again shortly")]
-
-    async def busy_once(*args: Any, **kwargs: Any) -> Any:
-        if busy:
-            raise busy.pop()
-        return await ensure(*args, **kwargs)
-
-    monkeypatch.setattr(ke.service.channels, "ensure", busy_once)
+    busy = busy_once(monkeypatch, ke.service.channels, "ensure")
     status, posted = await post(nl)
     assert status == 201, posted
 
@@ -584,6 +584,5 @@ async def test_a_bulletin_arriving_while_the_store_is_busy_is_retried_not_reject
 
     await eventually(arrived, what="the bulletin at ke-customs")
     assert not busy
-    async with nl.service.store.read() as conn:
-        states = set((await conn.scalars(sa.select(outbox.c.state).where(outbox.c.dest == "ke-customs"))).all())
+    states = await outbox_states(nl, "ke-customs")
     assert "rejected" not in states, states
