@@ -461,9 +461,9 @@ class EpochBook(Announcements):
         log.error("%s: owner %s signed two epochs %d of %s", self.me, record.owner, record.n, record.channel)
         held, other = self.record(record.channel, record.n), epoch_hash(record)
         if held is not None and other not in self._equivocations:
-            self._equivocations.add(other)
             entry = equivocation(timestamp(), record.channel, record.n, record.owner, epoch_hash(held), other)
-            await self.store.audit(entry)
+            await self.store.audit(entry)  # Unavailable: not audited yet, nor counted as audited
+            self._equivocations.add(other)
         raise EpochInvalid(f"a different epoch {record.n} of {record.channel} is held: the owner equivocates")
 
     async def _verified(self, record: EpochRecord, prev: EpochRecord | None, *, judge_wraps: bool) -> None:
