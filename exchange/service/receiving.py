@@ -36,6 +36,11 @@ from exchange.service.records import receipt_row
 from exchange.service.transport import PeerTransport
 from exchange.store import AuditBuffer, Store, bulletins, cursors, outbox, receipts
 
+# Failures that are not the pushed items' fault (a partner to ask is down, this node's database is
+# busy): they go out as 5xx, which the sender retries with the batch as it was, never as a 422
+# that would have it give the items up for good.
+NOT_THE_ITEMS = (PeerError, Unavailable)
+
 
 @dataclass(frozen=True)
 class Screened:
@@ -175,7 +180,7 @@ class Receiving:
                 raise EnvelopeRejected([{"item": "event", "type": "InvalidInput", "detail": str(exc)[:300]}]) from exc
             try:
                 await self.channels.import_events(events, source=peer)
-            except (PeerError, Unavailable):  # not the events' fault: a 5xx, which the sender retries
+            except NOT_THE_ITEMS:
                 raise
             except ExchangeError as exc:
                 raise EnvelopeRejected([{"item": "event", "type": type(exc).__name__, "detail": exc.detail}]) from exc
@@ -220,8 +225,8 @@ class Receiving:
                 continue
             try:
                 checked.append(await self.check_stateful(o, peer))
-            except (PeerError, Unavailable):
-                raise  # retryable (5xx): the sender keeps the batch and tries again
+            except NOT_THE_ITEMS:
+                raise
             except ExchangeError as exc:
                 errors.append(_item_error(o.index, exc))
         if errors:
