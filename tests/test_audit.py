@@ -43,8 +43,8 @@ from exchange.audit.note import (
 from exchange.audit.trace import GAP, NONE, OK, Evidence, assemble, chain_of_custody, check_evidence
 from exchange.audit.tree import TreeLevels, consistency_path, inclusion_path
 from exchange.cli.audit import verify_node
-from exchange.cli.bundles import MAX_LINE, READ_SIZE, read_lines
 from exchange.cli.client import Target
+from exchange.cli.lines import MAX_LINE, READ_SIZE, read_lines
 from exchange.crypto import (
     DecryptionKey,
     SigningKey,

@@ -19,9 +19,10 @@ from exchange.audit import quorum as policy
 from exchange.audit.log import BundleCheck, KeyRing, LogReport
 from exchange.audit.tlog_witness import WITNESS_KEY_TYPE, parse_verifier_key
 from exchange.audit.trace import GAP, NONE, OK, REFUSED, Step, Trace, assemble
-from exchange.cli.bundles import read_lines, stream_lines
+from exchange.cli.bundles import stream_lines
 from exchange.cli.client import Target, call
 from exchange.cli.ids import resolve_id
+from exchange.cli.lines import read_lines
 from exchange.cli.output import console, err_console, user_errors
 from exchange.cli.quorum import by_whom, finish_with_quorum, trace_designated, witnesses_per_log
 from exchange.config import NodeConfig

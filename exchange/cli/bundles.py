@@ -1,20 +1,17 @@
-"""An export bundle's lines as they stream in from a node or are read from a file, a read at a
-time, each line whole; a line without end is refused rather than held."""
+"""An export bundle's lines as they stream in from a node, a read at a time, each line whole; a
+line without end is refused rather than held (a bundle file's lines: exchange.cli.lines)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
-from typing import BinaryIO
+from collections.abc import AsyncIterator
 
 import aiohttp
 
 from exchange.cli.client import ApiError, Target, refuse_redirect
-from exchange.errors import InvalidInput, PeerError
+from exchange.cli.lines import READ_SIZE, bounded
+from exchange.errors import PeerError
 from exchange.node.tls import client_context
-
-READ_SIZE = 1 << 20  # bytes read at a time from an export, as it streams in or from its file
-MAX_LINE = 64 << 20  # bytes in one bundle line at most: far past any record, and memory stays bounded
 
 
 async def stream_lines(target: Target, path: str) -> AsyncIterator[list[bytes]]:
@@ -39,28 +36,10 @@ async def stream_lines(target: Target, path: str) -> AsyncIterator[list[bytes]]:
             rest = b""
             async for chunk in resp.content.iter_chunked(READ_SIZE):
                 *lines, rest = (rest + chunk).split(b"\n")
-                _bounded(rest)
+                bounded(rest)
                 if lines:
                     yield lines
             if rest:
                 yield [rest]
     except aiohttp.ClientError as exc:
         raise PeerError(f"the export from {target.url} broke off: {exc}") from exc
-
-
-def _bounded(rest: bytes) -> None:
-    """Refuse a line unfinished after MAX_LINE bytes (else held, and copied at each read, for ever)."""
-    if len(rest) > MAX_LINE:
-        raise InvalidInput(f"a bundle line is longer than {MAX_LINE >> 20} MiB: this is not an export bundle")
-
-
-def read_lines(fh: BinaryIO) -> Iterator[list[bytes]]:
-    """The lines of a file, a list of whole lines per read."""
-    rest = b""
-    while chunk := fh.read(READ_SIZE):
-        *lines, rest = (rest + chunk).split(b"\n")
-        _bounded(rest)
-        if lines:
-            yield lines
-    if rest:
-        yield [rest]
