@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from exchange.errors import ProofError as ProofError  # its home is errors; imported from here too
 
 HASH_SIZE = 32
+Subtree = tuple[bytes, int]  # the root of an aligned perfect subtree, and its height
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
 
@@ -126,6 +127,13 @@ class Frontier:
             height = min(aligned, (len(leaves) - done).bit_length() - 1)
             self._push(perfect_root(leaves[done : done + (1 << height)]), height)
             done += 1 << height
+
+    def push_subtree(self, root: bytes, height: int) -> None:
+        """Append the root of a perfect subtree of 2**height leaves hashed elsewhere; the size so
+        far must be a multiple of 2**height (else the subtree would not be one of the tree's)."""
+        if len(root) != HASH_SIZE or height < 0 or self._size & ((1 << height) - 1):
+            raise ValueError(f"a subtree of height {height} cannot be appended at size {self._size}")
+        self._push(root, height)
 
     def _push(self, node: bytes, height: int) -> None:
         """Append the root of a perfect subtree of 2**height leaves; the size must be a multiple of it."""

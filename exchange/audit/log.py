@@ -20,7 +20,6 @@ An export bundle is JSON Lines, in this order:
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
@@ -35,6 +34,7 @@ from exchange.audit.checkpoint import (
     open_checkpoint,
 )
 from exchange.audit.keyring import KeyRing as KeyRing  # its home is keyring; imported from here too
+from exchange.audit.records import body_error, entry_fields, parse_line, record_field, stored_leaf
 from exchange.audit.witness_sets import QuorumCount
 from exchange.crypto import VerifyKey, b64d
 from exchange.errors import AuditTampered, BadEntry, BadSignature, ConfigError, InvalidInput
@@ -42,6 +42,7 @@ from exchange.merkle import (
     EMPTY_ROOT,
     Frontier,
     ProofError,
+    Subtree,
     leaf_hash,
     leaf_hashes,
     verify_consistency,
@@ -177,23 +178,8 @@ class LogVerifier:
         raise error
 
     def _check_body(self, idx: int, entry: bytes) -> None:
-        try:
-            body = json.loads(entry)
-        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; nesting past Python's stack
-            self._fail(BadEntry(idx, "is not valid JSON"))
-        if not isinstance(body, dict):
-            self._fail(BadEntry(idx, "is not a JSON object"))
-        claimed = body.get("idx")
-        if type(claimed) is not int or claimed < 0:
-            self._fail(BadEntry(idx, "carries no index"))
-        if claimed != idx:
-            self._fail(
-                BadEntry(
-                    min(idx, claimed),
-                    f"the entry stored at position {idx} says it is entry {claimed}: "
-                    "entries were reordered, inserted or removed",
-                )
-            )
+        if (error := body_error(idx, entry)) is not None:
+            self._fail(error)
 
     def entry(self, idx: int, entry: bytes, stored_leaf_hash: bytes | None = None) -> None:
         """Append the next entry of a complete log; it must be entry number `idx`."""
@@ -236,6 +222,22 @@ class LogVerifier:
             self._mode = "complete"
             self._grow(digests[:count])
         return count
+
+    def take_subtrees(self, subtrees: Sequence[Subtree]) -> None:
+        """Append the next entries' leaf hashes checked elsewhere (`exchange.audit.ranges`) as the
+        roots of aligned perfect subtrees, in order; no checkpoint may end inside one."""
+        if self._mode == "proven":
+            raise InvalidInput("a bundle holds either every entry or entries with proofs, not both")
+        self._mode, cps = "complete", self._checkpoints
+        for root, height in subtrees:
+            while self._next_checkpoint < len(cps) and cps[self._next_checkpoint].size <= self._frontier.size:
+                self._next_checkpoint += 1  # of size 0 only, as in `_grow`
+            if self._next_checkpoint < len(cps) and cps[self._next_checkpoint].size < self._frontier.size + (
+                1 << height
+            ):
+                raise InvalidInput("a checkpoint ends inside a subtree given whole")
+            self._frontier.push_subtree(root, height)
+            self._settle()
 
     def _grow(self, leaves: Sequence[bytes]) -> None:
         """Append leaf hashes in runs that end at each checkpoint's size, checking its root there."""
@@ -312,15 +314,8 @@ class LogVerifier:
         return LogReport(self.node, complete, count, root, tuple(cps), tail)
 
 
-def _field(record: Mapping[str, Any], name: str, kind: type) -> Any:
-    value = record.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise InvalidInput(f"a {record.get('type')} record needs {name!r} of type {kind.__name__}")
-    return value
-
-
 def _hashes(record: Mapping[str, Any], name: str) -> list[bytes]:
-    items = _field(record, name, list)
+    items = record_field(record, name, list)
     if not all(isinstance(i, str) for i in items):
         raise InvalidInput(f"{name!r} must be a list of base64url hashes")
     return [b64d(i) for i in items]
@@ -375,15 +370,8 @@ class BundleCheck:
 
     def feed_line(self, line: bytes | str) -> None:
         """Feed one line of the JSON Lines file; blank lines are skipped."""
-        if not line.strip():
-            return
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError) as exc:  # RecursionError: nested past Python's stack
-            raise InvalidInput(f"a bundle line is not JSON: {exc}") from exc
-        if not isinstance(record, dict):
-            raise InvalidInput("a bundle line is not a JSON object")
-        self.feed(record)
+        if (record := parse_line(line)) is not None:
+            self.feed(record)
 
     def feed(self, record: Mapping[str, Any]) -> None:
         """Check one parsed record of the bundle."""
@@ -397,30 +385,27 @@ class BundleCheck:
             raise InvalidInput("the bundle has records after its end record")
         verifier = self.verifier
         if kind == "entry":
-            idx, text = _field(record, "idx", int), _field(record, "entry", str)
-            try:
-                data = text.encode("utf-8")
-            except UnicodeEncodeError as exc:  # a lone surrogate (\ud800) is not text
-                raise InvalidInput(f"entry {idx} is not text: {exc.reason}") from exc
+            idx, data = entry_fields(record)
             if "proof" in record:
-                verifier.proven_entry(idx, data, _field(record, "size", int), _hashes(record, "proof"))
+                verifier.proven_entry(idx, data, record_field(record, "size", int), _hashes(record, "proof"))
             else:
-                stored = b64d(_field(record, "leaf_hash", str)) if "leaf_hash" in record else None
-                verifier.entry(idx, data, stored)
+                verifier.entry(idx, data, stored_leaf(record))
         elif kind == "checkpoint":
-            verifier.checkpoint(_field(record, "note", str))
+            verifier.checkpoint(record_field(record, "note", str))
         elif kind == "consistency":
-            verifier.consistency(_field(record, "from", int), _field(record, "to", int), _hashes(record, "proof"))
+            verifier.consistency(
+                record_field(record, "from", int), record_field(record, "to", int), _hashes(record, "proof")
+            )
         elif kind == "end":
-            self._end = _field(record, "entries", int)
+            self._end = record_field(record, "entries", int)
         else:
             raise InvalidInput(f"unknown bundle record type {kind!r}")
 
     def _read_header(self, record: Mapping[str, Any]) -> None:
         if record.get("format") != FORMAT:
             raise InvalidInput(f"not an {FORMAT} file")
-        node = _field(record, "node", str)
-        _field(record, "size", int)
+        node = record_field(record, "node", str)
+        record_field(record, "size", int)
         if not isinstance(record.get("complete"), bool):
             raise InvalidInput("the header needs 'complete' true or false")
         keys = self.keys

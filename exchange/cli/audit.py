@@ -25,6 +25,7 @@ from exchange.cli.ids import resolve_id
 from exchange.cli.lines import read_lines
 from exchange.cli.output import console, err_console, user_errors
 from exchange.cli.quorum import by_whom, finish_with_quorum, trace_designated, witnesses_per_log
+from exchange.cli.verify_ranges import default_workers, verify_in_ranges
 from exchange.config import NodeConfig
 from exchange.crypto import b64e
 from exchange.errors import AuditTampered, BadEntry, ExchangeError
@@ -119,9 +120,23 @@ def verify_bundle(
     witnesses: int | None = None,
     progress: Progressed | None = None,
     on_header: Callable[[int], None] | None = None,
+    workers: int = 1,
 ) -> LogReport:
-    """Verify an export bundle file offline (`quorum` and `witnesses` as for `verify_node`)."""
-    check = BundleCheck(keys=keys, authority=load_authority_public(authority) if authority else None)
+    """Verify an export bundle file offline (`quorum` and `witnesses` as for `verify_node`): a
+    large full export with `workers` processes (exchange.cli.verify_ranges), else on one core."""
+    anchor = load_authority_public(authority) if authority else None
+    if workers > 1:
+        report = verify_in_ranges(
+            path,
+            BundleCheck(keys=keys, authority=anchor),
+            lambda check: finish_with_quorum(check, quorum, witnesses),
+            workers=workers,
+            progress=progress,
+            on_header=on_header,
+        )
+        if report is not None:
+            return report
+    check = BundleCheck(keys=keys, authority=anchor)
     with path.open("rb") as fh:
         for lines in read_lines(fh):
             _feed(check, lines, progress, on_header)
@@ -252,6 +267,12 @@ def _need_node(node_path: Path | None) -> Path:
     "--fresh/--no-fresh", default=True, show_default=True, help="Live: have the node sign a checkpoint first."
 )
 @click.option("--witness/--no-witness", default=True, show_default=True, help="Live: have partners co-sign it too.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Bundle: processes that check a large log's entries (default: one per core, at most 8).",
+)
 @user_opt
 @token_opt
 @as_json_opt
@@ -264,6 +285,7 @@ def audit_verify(
     per_log: int | None,
     fresh: bool,
     witness: bool,
+    workers: int | None,
     user: str,
     token: str | None,
     as_json: bool,
@@ -277,7 +299,14 @@ def audit_verify(
         keys = keys_of(node_path) if node_path is not None else None
         _run_verify(
             lambda progress, on_header: verify_bundle(
-                bundle, keys, authority=authority, quorum=quorum, witnesses=k, progress=progress, on_header=on_header
+                bundle,
+                keys,
+                authority=authority,
+                quorum=quorum,
+                witnesses=k,
+                progress=progress,
+                on_header=on_header,
+                workers=workers or default_workers(),
             ),
             as_json,
         )

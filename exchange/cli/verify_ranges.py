@@ -1,0 +1,141 @@
+"""Verify a large bundle file on several cores (`exchange audit verify --bundle`).
+
+This process reads the header and the checkpoints and checks them, then cuts the entry records
+into one range per worker, each starting at an entry whose index is a multiple of
+`ranges.BLOCK`. Each range is checked in its own process (this one takes the first), as
+`exchange.audit.ranges` says, and the ranges' subtrees are joined in order by the one
+`LogVerifier`, which checks every signed root as it reaches it. Whenever anything is not as the
+node writes it (a line out of place, an entry not in the plain form, a bad leaf hash, a root
+that does not match), this gives up and the caller checks the whole file line by line, which
+names the first bad entry in the same words. So the answer is always the one-core answer.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import BinaryIO
+
+from exchange.audit.log import BundleCheck, LogReport
+from exchange.audit.ranges import BLOCK, entry_index
+from exchange.cli.lines import MAX_LINE
+from exchange.cli.range_worker import Range, RangeResult, check_range
+from exchange.errors import AuditTampered, InvalidInput
+
+PARALLEL_FROM = 200_000  # entries: a smaller log is verified on one core before workers would start
+PER_WORKER = 100_000  # entries per worker at least
+MAX_WORKERS = 8
+_ENTRY = b'{"type":"entry"'
+_END = b'{"type":"end"'
+
+Progressed = Callable[[int], None]
+
+
+def default_workers() -> int:
+    """Processes to verify with: the cores this process may run on, at most MAX_WORKERS."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cores))
+
+
+def _line(fh: BinaryIO) -> bytes | None:
+    """The next whole line, None at the end or past MAX_LINE."""
+    line = fh.readline(MAX_LINE)
+    return line if line.endswith(b"\n") else None
+
+
+def _split_at(fh: BinaryIO, offset: int, stop: int) -> tuple[int, int] | None:
+    """The first entry record at or after byte `offset` whose index is a multiple of BLOCK: its
+    offset and index (None if the lines there are not entry records, or none is before `stop`)."""
+    fh.seek(offset - 1)
+    if _line(fh) is None:  # the rest of the line `offset` falls in (from the byte before it: a line may start there)
+        return None
+    for _ in range(2 * BLOCK):
+        at = fh.tell()
+        line = _line(fh) if at < stop else None
+        index = entry_index(line) if line is not None else None
+        if index is None:
+            return None
+        if index % BLOCK == 0:
+            return at, index
+    return None
+
+
+def plan(fh: BinaryIO, check: BundleCheck, workers: int) -> tuple[list[Range], bytes] | None:
+    """Feed the header and the checkpoints to `check`, then cut the entries into ranges: the
+    ranges and the end record's line, or None if the file is not one to verify in ranges."""
+    while True:
+        at = fh.tell()
+        line = _line(fh)
+        if line is None:
+            return None
+        if line.startswith(_ENTRY):
+            break
+        check.feed_line(line)
+    if check.header is None or check.header["complete"] is not True or (check.size or 0) < PARALLEL_FROM:
+        return None
+    end = fh.seek(0, os.SEEK_END)
+    fh.seek(max(at, end - 4096))
+    tail = fh.read()
+    last = tail[:-1].rpartition(b"\n")[2] + b"\n"
+    stop = end - len(last)
+    count = min(workers, (check.size or 0) // PER_WORKER)
+    if not tail.endswith(b"\n") or not last.startswith(_END) or stop <= at or count < 2:
+        return None
+    bounds = [(at, 0)]
+    for k in range(1, count):
+        found = _split_at(fh, at + (stop - at) * k // count, stop)
+        if found is None or found[0] <= bounds[-1][0]:
+            return None
+        bounds.append(found)
+    stops = [b[0] for b in bounds[1:]] + [stop]
+    return [Range(start, end_at, first) for (start, first), end_at in zip(bounds, stops, strict=True)], last
+
+
+def verify_in_ranges(
+    path: Path,
+    check: BundleCheck,
+    finish: Callable[[BundleCheck], LogReport],
+    *,
+    workers: int,
+    progress: Progressed | None = None,
+    on_header: Callable[[int], None] | None = None,
+) -> LogReport | None:
+    """Verify the bundle file in ranges with `workers` processes; None if it is not one to verify
+    so or anything in it is not as a node writes it (the caller then checks it line by line)."""
+    with path.open("rb") as fh:
+        try:
+            planned = plan(fh, check, workers)
+        except (AuditTampered, InvalidInput):
+            return None
+    if planned is None:
+        return None
+    spans, end_line = planned
+    if on_header is not None:
+        on_header(check.size or 0)
+    cuts = [cp.size for cp in check.verifier.checkpoints]
+    pool = ProcessPoolExecutor(len(spans) - 1, mp_context=multiprocessing.get_context("spawn"))
+    futures: list[Future[RangeResult]] = []
+    try:
+        futures += [pool.submit(check_range, str(path), s, cuts) for s in spans[1:]]
+        results = [check_range(str(path), spans[0], cuts, progress)]
+        if results[0] is None:
+            return None
+        results += [f.result() for f in futures]
+        verifier = check.verifier
+        for span, result in zip(spans, results, strict=True):
+            if result is None or span.first != verifier.size:
+                return None
+            verifier.take_subtrees(result[1])
+            if progress is not None:
+                progress(verifier.checked)
+        check.feed_line(end_line)
+        return finish(check)
+    except (AuditTampered, InvalidInput, ValueError, OSError, BrokenProcessPool):
+        return None
+    finally:
+        # Given up early: the ranges still running end on their own while the file is checked line by line.
+        pool.shutdown(wait=all(f.done() for f in futures), cancel_futures=True)

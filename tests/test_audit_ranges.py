@@ -1,0 +1,299 @@
+"""A bundle file verified in ranges, on several processes (exchange.audit.ranges,
+exchange.cli.verify_ranges), gives exactly the one-core verdict: the same report for a sound log,
+and for a tampered one the same error naming the same entry (the ranges give up and the file is
+checked line by line). Real worker processes, started as the CLI starts them."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from exchange.audit.checkpoint import Checkpoint, cosign, log_origin, sign_checkpoint, witness_name
+from exchange.audit.keeper import entry_lines, record_line
+from exchange.audit.log import FORMAT, BundleCheck, KeyRing, LogVerifier
+from exchange.audit.ranges import BLOCK, BLOCK_HEIGHT, RangeCheck, cover, entry_index
+from exchange.cli import verify_ranges
+from exchange.cli.audit import verify_bundle
+from exchange.cli.main import cli
+from exchange.cli.quorum import finish_with_quorum
+from exchange.crypto import SigningKey, canonical_json
+from exchange.errors import ExchangeError, InvalidInput
+from exchange.merkle import Frontier, leaf_hash, leaf_hashes, perfect_root, root_from_leaf_hashes
+from exchange.store import AuditBuffer
+
+NODE, WITNESS = "nl-customs", "ke-customs"
+LOG_KEY, WITNESS_KEY = SigningKey.generate(), SigningKey.generate()
+KEYS = KeyRing({NODE: LOG_KEY.verify_key, WITNESS: WITNESS_KEY.verify_key})
+AT = "2026-02-03T04:05:06.789Z"
+SIZE = 5 * BLOCK + 77  # three workers: ranges from 0, 2 * BLOCK and 4 * BLOCK
+CUTS = (0, 100, BLOCK, 2 * BLOCK + 5, 4 * BLOCK, SIZE - 40, SIZE)  # inside blocks and on their edges
+
+Row = tuple[int, bytes, bytes]
+
+
+def plain_rows(n: int) -> list[Row]:
+    """Entries in the plain form, as the node writes most of them."""
+    buffer = AuditBuffer(0)
+    for i in range(n):
+        to = {"ke-customs": AT, NODE: AT} if i % 5 == 0 else "ke-customs"
+        entry: dict[str, Any] = {"event": "bulletin.delivered_to", "at": AT, "bulletin": f"{i:064x}", "to": to}
+        buffer.add(entry)  # type: ignore[arg-type]
+    return [(r["idx"], r["entry"], r["leaf_hash"]) for r in buffer.rows]
+
+
+ROWS = plain_rows(SIZE)
+
+
+def note(rows: list[Row], size: int, witnessed: bool = False) -> str:
+    root = root_from_leaf_hashes([leaf_hash(e) for _, e, _ in rows[:size]])
+    signed = sign_checkpoint(Checkpoint(log_origin(NODE), size, root), LOG_KEY)
+    if witnessed:
+        signed = signed.with_signatures(cosign(signed.text, witness_name(WITNESS), WITNESS_KEY, 1_700_000_000))
+    return signed.render()
+
+
+def bundle_lines(rows: list[Row], cuts: tuple[int, ...] = CUTS) -> list[bytes]:
+    """A full export's lines as the node writes them, each checkpoint signed over `rows`."""
+    head = {"type": "header", "format": FORMAT, "node": NODE, "origin": log_origin(NODE), "complete": True}
+    head |= {"size": len(rows), "exported_at": AT, "filter": None, "roster": None}
+    notes = [note(rows, size, witnessed=size == cuts[-1]) for size in cuts]
+    lines = [json.dumps(head).encode(), *(record_line({"type": "checkpoint", "note": n}) for n in notes)]
+    lines += entry_lines(rows).split(b"\n")[:-1]
+    return [*lines, record_line({"type": "end", "entries": len(rows)})]
+
+
+LINES = bundle_lines(ROWS)
+FIRST = 1 + len(CUTS)  # the line of entry 0
+
+
+@pytest.fixture
+def small_logs_in_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Logs of a few blocks are cut into ranges too (in this process, which plans them)."""
+    monkeypatch.setattr(verify_ranges, "PARALLEL_FROM", 0)
+    monkeypatch.setattr(verify_ranges, "PER_WORKER", BLOCK)
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Iterator[Callable[[list[bytes]], Path]]:
+    count = iter(range(1000))
+
+    def to_file(lines: list[bytes]) -> Path:
+        path = tmp_path / f"bundle-{next(count)}.jsonl"
+        path.write_bytes(b"".join(line + b"\n" for line in lines))
+        return path
+
+    yield to_file
+
+
+def verdict(path: Path, workers: int) -> tuple[Any, ...]:
+    """The report's figures, or the error's type, detail and entry."""
+    try:
+        report = verify_bundle(path, KEYS, quorum=1, workers=workers)
+    except ExchangeError as exc:
+        return type(exc).__name__, exc.detail, getattr(exc, "index", None)
+    return "ok", report.entries, report.root, report.tail, [(c.size, c.witnesses) for c in report.checkpoints]
+
+
+def in_ranges(path: Path) -> Any:
+    """The report of the ranges alone (None if they gave up)."""
+    check = BundleCheck(keys=KEYS)
+    return verify_ranges.verify_in_ranges(path, check, lambda c: finish_with_quorum(c, 1, None), workers=3)
+
+
+# -- a sound log ------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("small_logs_in_ranges")
+def test_a_sound_log_in_ranges_gives_the_one_core_report(write: Callable[[list[bytes]], Path]) -> None:
+    path = write(LINES)
+    assert [(s.first, s.stop > s.start) for s in planned(path, 3)[0]] == [
+        (0, True),
+        (2 * BLOCK, True),
+        (4 * BLOCK, True),
+    ]
+    report = in_ranges(path)
+    assert report is not None, "the ranges gave up on a sound log"
+    one_core = verdict(path, 1)
+    assert one_core[0] == "ok" and one_core[1] == SIZE
+    assert verdict(path, 3) == one_core
+    assert (report.entries, report.root, report.tail) == one_core[1:4]
+
+
+def planned(path: Path, workers: int) -> Any:
+    """The ranges a file is cut into, or None."""
+    with path.open("rb") as fh:
+        return verify_ranges.plan(fh, BundleCheck(keys=KEYS), workers)
+
+
+@pytest.mark.usefixtures("small_logs_in_ranges")
+def test_the_cli_takes_a_number_of_workers(write: Callable[[list[bytes]], Path]) -> None:
+    path = write(LINES)
+    runs = [CliRunner().invoke(cli, ["audit", "verify", "--bundle", str(path), "--workers", n]) for n in ("1", "2")]
+    # No keys given and the bundle carries no roster: refused, in the same words whatever the workers.
+    assert [r.exit_code for r in runs] == [1, 1] and runs[0].output == runs[1].output
+    assert "roster" in runs[0].output
+    zero = CliRunner().invoke(cli, ["audit", "verify", "--bundle", str(path), "--workers", "0"])
+    assert zero.exit_code == 2 and "--workers" in zero.output
+
+
+def test_small_logs_partial_bundles_and_one_worker_stay_on_one_core(write: Callable[[list[bytes]], Path]) -> None:
+    path = write(LINES)
+    assert planned(path, 3) is None  # fewer than PARALLEL_FROM entries
+    partial = [line.replace(b'"complete": true', b'"complete": false') for line in LINES]
+    verify_ranges.PARALLEL_FROM, saved = 0, verify_ranges.PARALLEL_FROM
+    try:
+        assert planned(write(partial), 3) is None
+        assert planned(path, 1) is None
+    finally:
+        verify_ranges.PARALLEL_FROM = saved
+
+
+# -- tampered logs --------------------------------------------------------------------------------------
+
+
+def _forged(rows: list[Row], k: int, fields: dict[str, Any], *, leaf: bool = True) -> list[Row]:
+    text = canonical_json({**json.loads(rows[k][1]), **fields})
+    out = list(rows)
+    out[k] = (k, text, leaf_hash(text) if leaf else rows[k][2])
+    return out
+
+
+def _at(k: int, edit: Callable[[bytes], bytes]) -> Callable[[list[bytes]], list[bytes]]:
+    """Edit the line of entry k."""
+    return lambda ls: [*ls[: FIRST + k], edit(ls[FIRST + k]), *ls[FIRST + k + 1 :]]
+
+
+EDITS: dict[str, Callable[[list[bytes]], list[bytes]]] = {
+    "a byte changed": _at(3 * BLOCK + 7, lambda line: line.replace(b"ke-customs", b"ke-customz", 1)),
+    "a line deleted": lambda ls: [*ls[: FIRST + 2 * BLOCK], *ls[FIRST + 2 * BLOCK + 1 :]],
+    "two lines swapped": lambda ls: [*ls[: FIRST + 10], ls[FIRST + 11], ls[FIRST + 10], *ls[FIRST + 12 :]],
+    "a line repeated": lambda ls: [*ls[: FIRST + 4 * BLOCK], ls[FIRST + 4 * BLOCK], *ls[FIRST + 4 * BLOCK :]],
+    "a checkpoint among the entries": lambda ls: [*ls[: FIRST + BLOCK + 3], ls[2], *ls[FIRST + BLOCK + 3 :]],
+    "a blank line": lambda ls: [*ls[: FIRST + 3 * BLOCK], b"", *ls[FIRST + 3 * BLOCK :]],
+    "a stored leaf hash changed": _at(2 * BLOCK + 1, lambda line: line[:-10] + b"AAAAAAAA" + line[-2:]),
+    "no end record": lambda ls: ls[:-1],
+    "a line after the end": lambda ls: [*ls, ls[-2]],
+    "the end miscounts": lambda ls: [*ls[:-1], record_line({"type": "end", "entries": SIZE - 1})],
+    "a forger's entry inside a checkpoint": lambda _: (
+        bundle_lines(ROWS)[:FIRST] + bundle_lines(_forged(ROWS, 3 * BLOCK + 9, {"bulletin": "ff" * 32}))[FIRST:]
+    ),
+    "the last entries rewritten": lambda _: (
+        bundle_lines(ROWS)[:FIRST] + bundle_lines(_forged(ROWS, SIZE - 3, {"bulletin": "ee" * 32}))[FIRST:]
+    ),
+    "the tail deleted": lambda ls: [
+        *ls[: FIRST + 4 * BLOCK + 2],
+        record_line({"type": "end", "entries": 4 * BLOCK + 2}),
+    ],
+}
+
+
+@pytest.mark.usefixtures("small_logs_in_ranges")
+@pytest.mark.parametrize("name", sorted(EDITS))
+def test_a_tampered_log_gets_the_one_core_verdict_in_ranges(name: str, write: Callable[[list[bytes]], Path]) -> None:
+    path = write(EDITS[name](LINES))
+    one_core = verdict(path, 1)
+    assert (one_core[0] == "ok") == (name == "a blank line"), name  # skipped by every reader, so not tampering
+    assert verdict(path, 3) == one_core
+
+
+def _irregular(rows: list[Row]) -> list[Row]:
+    """Some entries as the node writes them, but not in the plain form (checked line by line)."""
+    for k, fields in (
+        (2 * BLOCK + 50, {"user": "Zoë", "change": {"a": [1, {"b": None}]}}),
+        (3 * BLOCK, {"reason": 'a "quoted"\\ reason\n'}),
+        (SIZE - 1, {"nested": [[1]]}),
+    ):
+        rows = _forged(rows, k, fields)
+    return rows
+
+
+IRREGULAR = _irregular(ROWS)
+
+
+@pytest.mark.usefixtures("small_logs_in_ranges")
+def test_entries_not_in_the_plain_form_are_checked_line_by_line_in_their_range(
+    write: Callable[[list[bytes]], Path],
+) -> None:
+    lines = bundle_lines(IRREGULAR)
+    path = write([*lines[: FIRST + 7], b"", *lines[FIRST + 7 :]])  # a blank line, skipped by every reader
+    assert in_ranges(path) is not None
+    assert verdict(path, 3) == verdict(path, 1) and verdict(path, 1)[0] == "ok"
+
+
+@pytest.mark.usefixtures("small_logs_in_ranges")
+@pytest.mark.parametrize("seed", range(12))
+def test_lines_tampered_at_random_get_the_one_core_verdict(seed: int, write: Callable[[list[bytes]], Path]) -> None:
+    rng = random.Random(seed)
+    lines = bundle_lines(IRREGULAR)
+    k = FIRST + rng.choice([2 * BLOCK + 50, 3 * BLOCK, SIZE - 1, rng.randrange(SIZE)])
+    line = lines[k]
+
+    def flip() -> bytes:
+        p = rng.randrange(len(line))
+        return line[:p] + bytes([line[p] ^ (1 << rng.randrange(8))]) + line[p + 1 :]
+
+    edits: list[Callable[[], bytes]] = [
+        flip,
+        lambda: line.replace(b'"leaf_hash"', b'"proof":[],"size":1,"leaf_hash"'),
+        lambda: line.replace(b'"idx":', b'"idx":true,"x":', 1),
+        lambda: line.replace(b'"type":"entry"', b'"type":"end"'),
+        lambda: line[:-3] + b'A"}',  # a stored leaf hash not canonical, or not the entry's
+        lambda: line.replace(b'"entry":"', b'"entry":"\\ud800', 1),
+    ]
+    for edit in edits:
+        path = write([*lines[:k], edit(), *lines[k + 1 :]])
+        one_core = verdict(path, 1)
+        assert verdict(path, 3) == one_core
+
+
+# -- the pure parts -----------------------------------------------------------------------------------------
+
+
+def test_a_range_folds_its_leaves_into_the_largest_subtrees_no_checkpoint_ends_inside() -> None:
+    lines = entry_lines(ROWS[: 3 * BLOCK + 5]).split(b"\n")[:-1]
+    check = RangeCheck(0, [BLOCK + 1, 0, 3 * BLOCK + 2])
+    assert check.feed(lines[:1000]) and check.feed(lines[1000:])
+    leaves = [r[2] for r in ROWS]
+    got = check.subtrees()
+    assert got[0] == (perfect_root(leaves[:BLOCK]), BLOCK_HEIGHT)
+    # BLOCK + 1 ends inside the second block: it is cut into the halves that leave that size an edge.
+    assert [h for _, h in got[1 : 1 + BLOCK_HEIGHT + 1]] == [0, 0, *range(1, BLOCK_HEIGHT)]
+    assert got[1 + BLOCK_HEIGHT + 1] == (perfect_root(leaves[2 * BLOCK : 3 * BLOCK]), BLOCK_HEIGHT)
+    assert [h for _, h in got[BLOCK_HEIGHT + 3 :]] == [1, 1, 0]  # 3 * BLOCK + 2 ends between the two pairs
+    assert check.count == 3 * BLOCK + 5
+    frontier, sizes = Frontier(), []
+    for root, height in got:
+        frontier.push_subtree(root, height)
+        sizes.append(frontier.size)
+    assert frontier.root() == root_from_leaf_hashes(leaves[: 3 * BLOCK + 5])
+    assert {BLOCK + 1, 3 * BLOCK + 2} <= set(sizes)
+    assert cover(5, leaves[5:9], []) == [(leaves[5], 0), (perfect_root(leaves[6:8]), 1), (leaves[8], 0)]
+    assert entry_index(lines[77]) == 77 and entry_index(LINES[0]) is None
+
+
+def test_a_range_takes_nothing_after_a_line_out_of_place() -> None:
+    lines = entry_lines(ROWS[BLOCK : BLOCK + 10]).split(b"\n")[:-1]
+    check = RangeCheck(BLOCK, [])
+    assert not check.feed([*lines[:4], lines[5]]) and not check.feed(lines[5:])
+    with pytest.raises(ValueError, match="multiple"):
+        RangeCheck(BLOCK + 1, [])
+
+
+def test_a_subtree_root_is_taken_only_where_no_checkpoint_ends_inside_it() -> None:
+    leaves = leaf_hashes([e for _, e, _ in ROWS[: 2 * BLOCK]])
+    verifier = LogVerifier(NODE, KEYS)
+    verifier.checkpoint(note(ROWS, BLOCK + 3))
+    verifier.take_subtrees([(perfect_root(leaves[:BLOCK]), BLOCK_HEIGHT)])
+    with pytest.raises(InvalidInput, match="inside a subtree"):
+        verifier.take_subtrees([(perfect_root(leaves[BLOCK:]), BLOCK_HEIGHT)])
+    verifier.take_subtrees(cover(BLOCK, leaves[BLOCK:], [BLOCK + 3]))
+    assert verifier.finish(complete=True).root == Frontier.from_hashes(leaves).root()
+    frontier = Frontier.from_hashes(leaves[:3])
+    with pytest.raises(ValueError, match="cannot be appended"):
+        frontier.push_subtree(perfect_root(leaves[:BLOCK]), BLOCK_HEIGHT)
