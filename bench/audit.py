@@ -56,6 +56,7 @@ from exchange.audit.checkpoint import Checkpoint, cosign, log_origin, sign_check
 from exchange.audit.events import BULLETIN_OPENED, BulletinOpened
 from exchange.audit.log import BundleCheck, KeyRing
 from exchange.cli.client import Target, call
+from exchange.cli.verify_ranges import default_workers
 from exchange.clock import timestamp
 from exchange.config import NodeConfig
 from exchange.crypto import SigningKey
@@ -289,7 +290,7 @@ async def by_bulletin(target: Target, bid: str) -> dict[str, float]:
 
 
 async def call_raw(target: Target, path: str) -> None:
-    from exchange.cli.audit import stream_lines  # the CLI's streaming reader
+    from exchange.cli.bundles import stream_lines  # the CLI's streaming reader
 
     async for _ in stream_lines(target, path):
         pass
@@ -319,6 +320,19 @@ def run_cli(node_file: Path, node_pid: int) -> dict[str, Any]:
         "node_cpu": process_cpu(node_pid) - node0,
         "report": json.loads(done.stdout),
     }
+
+
+def run_bundle_cli(node_file: Path, bundle: Path, workers: int | None) -> dict[str, Any]:
+    """`exchange audit verify --bundle` of an export file, timed, with its workers' CPU."""
+    extra = [] if workers is None else ["--workers", str(workers)]
+    command = ["audit", "verify", "--bundle", str(bundle), "--node", str(node_file), "--json", *extra]
+    children0, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "exchange.cli", *command], capture_output=True, check=False)
+    elapsed, children = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"audit verify --bundle failed: {done.stdout.decode()} {done.stderr.decode()[-2000:]}")
+    cpu = children.ru_utime + children.ru_stime - children0.ru_utime - children0.ru_stime
+    return {"wall": elapsed, "cli_cpu": cpu, "report": json.loads(done.stdout)}
 
 
 # -- 5-6. in this process -------------------------------------------------------------------------
@@ -429,6 +443,21 @@ async def with_node(root: Path, cfg: NodeConfig, size: int, repeat: int) -> dict
             best = floor(sqlite_path(cfg))
             run = await asyncio.to_thread(run_cli, node_file, proc.proc.pid)
             out["runs"].append((best, run, at, load()))
+        bundle = root / "export.jsonl"
+        exported = subprocess.run(
+            [sys.executable, "-m", "exchange.cli", "audit", "export", "--node", str(node_file), "-o", str(bundle)],
+            capture_output=True,
+            check=False,
+        )
+        if exported.returncode != 0:
+            raise SystemExit(f"audit export failed: {exported.stderr.decode()[-2000:]}")
+        out["bundle_runs"] = []
+        for _ in range(repeat):
+            for workers in (None, 1):
+                at = load()
+                best = floor(sqlite_path(cfg))
+                run = await asyncio.to_thread(run_bundle_cli, node_file, bundle, workers)
+                out["bundle_runs"].append((workers, best, run, at, load()))
         out["bulletin"] = (await by_bulletin(target, bulletin_of(size // 2)), load())
     finally:
         proc.stop()
@@ -481,6 +510,30 @@ def main() -> None:
                 f"{run['cli_cpu']:.2f} / {run['node_cpu']:.2f}",
                 f"{run['cli_cpu'] / best['cpu']:.2f} / {run['node_cpu'] / best['cpu']:.2f}",
                 f"[bold]{max(run['cli_cpu'], run['node_cpu']) / best['cpu']:.2f}[/bold]",
+                f"{before} | {after}",
+            )
+        console.print(table)
+        table = Table(
+            "run",
+            "workers",
+            "floor s (CPU s)",
+            "verify --bundle s",
+            "[bold]verify / floor[/bold]",
+            "CPU s (workers included)",
+            "CPU / floor CPU",
+            "load before / after",
+            title=f"exchange audit verify --bundle of the same log exported to a file ({size:,} entries)",
+        )
+        for n, (workers, best, run, before, after) in enumerate(node["bundle_runs"], 1):
+            assert run["report"]["ok"] and run["report"]["entries"] >= size, run["report"]
+            table.add_row(
+                str((n + 1) // 2),
+                f"default ({default_workers()})" if workers is None else str(workers),
+                f"{best['floor']:.2f} ({best['cpu']:.2f})",
+                f"{run['wall']:.2f}",
+                f"[bold]{run['wall'] / best['floor']:.2f}[/bold]",
+                f"{run['cli_cpu']:.2f}",
+                f"{run['cli_cpu'] / best['cpu']:.2f}",
                 f"{before} | {after}",
             )
         console.print(table)
