@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from exchange.audit import batch
 from exchange.audit.checkpoint import Checkpoint, cosign, log_origin, sign_checkpoint, witness_name
 from exchange.audit.keeper import as_bytes, entry_lines, entry_record, record_line
-from exchange.audit.log import FORMAT, BundleCheck, KeyRing
+from exchange.audit.log import FORMAT, BundleCheck, KeyRing, Opener
 from exchange.audit.tree import TreeLevels
 from exchange.crypto import SigningKey, b64e, canonical_json
 from exchange.errors import ExchangeError
@@ -103,9 +104,9 @@ def bundle(rows: list[Row] = ROWS, notes: list[str] = NOTES, size: int | None = 
     return [*lines, record_line({"type": "end", "entries": len(rows)})]
 
 
-def verdict(lines: list[bytes], *, runs: bool, chunk: int = 97) -> tuple[Any, ...]:
+def verdict(lines: list[bytes], *, runs: bool, chunk: int = 97, opener: Opener = map) -> tuple[Any, ...]:
     """What verifying the lines gives: the report's figures, or the error, its detail and entry."""
-    check = BundleCheck(keys=KEYS)
+    check = BundleCheck(keys=KEYS, opener=opener)
     try:
         if runs:
             for start in range(0, len(lines), chunk):
@@ -116,7 +117,7 @@ def verdict(lines: list[bytes], *, runs: bool, chunk: int = 97) -> tuple[Any, ..
         report = check.finish(quorum=1)
     except ExchangeError as exc:
         return type(exc).__name__, exc.detail, getattr(exc, "index", None)
-    return "ok", report.entries, report.root, report.tail, [c.size for c in report.checkpoints]
+    return "ok", report.entries, report.root, report.tail, [(c.size, c.witnesses) for c in report.checkpoints]
 
 
 def same_verdict(lines: list[bytes]) -> tuple[Any, ...]:
@@ -358,6 +359,40 @@ def test_a_bundle_whose_tail_was_deleted_or_whose_checkpoints_are_odd_gets_the_s
     assert same_verdict(bundle(ROWS, [*NOTES, note(ROWS, 300), note(ROWS, 300, witnessed=True)]))[0] == "ok"
     mismatched = _forged(ROWS, 40, canonical_json({**json.loads(ROWS[40][1]), "user": "x"}), True)
     assert same_verdict(bundle(mismatched))[2] == 37  # located between checkpoints 37 and 200
+
+
+def _broken(line: bytes) -> bytes:
+    """A checkpoint record's line with its last signature line's bits changed (still base64)."""
+    return line[:-8] + (b"A" if line[-8:-7] != b"A" else b"B") + line[-7:]
+
+
+def _other_root(size: int) -> bytes:
+    rows = _forged(ROWS, 5, canonical_json({**json.loads(ROWS[5][1]), "user": "x"}), True)
+    return record_line({"type": "checkpoint", "note": note(rows, size)})
+
+
+CHECKPOINT_EDITS: dict[str, Callable[[list[bytes]], list[bytes]]] = {
+    "out of order": lambda ls: [ls[0], ls[1], ls[3], ls[2], *ls[4:]],
+    "a log signature broken": lambda ls: [*ls[:3], _broken(ls[3]), *ls[4:]],
+    "a cosignature broken": lambda ls: [*ls[:4], _broken(ls[4]), *ls[5:]],
+    "a split view": lambda ls: [*ls[:3], _other_root(37), *ls[3:]],
+    "not JSON after a broken one": lambda ls: [*ls[:2], _broken(ls[2]), b"{not json", *ls[3:]],
+    "out of order after a broken one": lambda ls: [ls[0], _broken(ls[1]), ls[3], ls[2], *ls[4:]],
+    "a checkpoint after the entries": lambda ls: [*ls[:-1], ls[2], ls[-1]],
+    "the same checkpoint twice": lambda ls: [*ls[:4], ls[4], *ls[4:]],
+    "a checkpoint line whose type is not": lambda ls: [*ls[:2], ls[2][:-1] + b',"type":"entry"}', *ls[3:]],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHECKPOINT_EDITS))
+def test_checkpoints_opened_on_threads_get_the_line_by_line_verdict(name: str) -> None:
+    lines = CHECKPOINT_EDITS[name](bundle())
+    slow = verdict(lines, runs=False)
+    with ThreadPoolExecutor(3) as pool:
+        for chunk in (1, 3, 97):
+            assert verdict(lines, runs=True, chunk=chunk, opener=pool.map) == slow, (name, chunk)
+    if name != "the same checkpoint twice":
+        assert slow[0] != "ok", name
 
 
 # -- what the node writes, and the bulk Merkle helpers ------------------------------------------------

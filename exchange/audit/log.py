@@ -20,7 +20,7 @@ An export bundle is JSON Lines, in this order:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
@@ -52,6 +52,10 @@ from exchange.model import SignedRoster
 from exchange.protocol.roster import Federation
 
 FORMAT = "exchange-audit-bundle/v1"
+_CHECKPOINT = b'{"type":"checkpoint"'  # how the node writes a checkpoint record's line
+Opener = Callable[
+    [Callable[[str], "CheckpointInfo | AuditTampered"], Iterable[str]], Iterable["CheckpointInfo | AuditTampered"]
+]
 RUN_MIN, RUN_MAX = 16, 4096  # lines `BundleCheck.feed_lines` tries to take as one run
 
 
@@ -130,28 +134,45 @@ class LogVerifier:
         """Verify one checkpoint note (log signature and any cosignatures) and keep it."""
         if self._mode is not None:
             raise InvalidInput("checkpoints must come before the entries")
+        return self.keep(self.opened(note_text))
+
+    @property
+    def before_entries(self) -> bool:
+        """No entry taken yet: checkpoints may still come."""
+        return self._mode is None
+
+    def opened(self, note_text: str) -> CheckpointInfo | AuditTampered:
+        """One checkpoint note verified (log signature and any cosignatures), or what is wrong with
+        it. Changes nothing, so notes may be opened on several threads (Ed25519 releases the GIL)."""
         try:
             cp, note = open_checkpoint(note_text, self._ring.log_key_for(self.node, note_text), self.origin)
         except BadSignature as exc:
-            raise AuditTampered(f"a checkpoint is not validly signed by {self.node}: {exc.detail}") from exc
+            return AuditTampered(f"a checkpoint is not validly signed by {self.node}: {exc.detail}")
         except InvalidInput as exc:
-            raise AuditTampered(f"a checkpoint of {self.node} is malformed: {exc.detail}") from exc
+            return AuditTampered(f"a checkpoint of {self.node} is malformed: {exc.detail}")
         try:
             cosigned = cosignatures(note, self._witnesses)
         except BadSignature as exc:
-            raise AuditTampered(f"checkpoint {cp.size}: a cosignature does not verify: {exc.detail}") from exc
-        info = CheckpointInfo(cp.size, cp.root, tuple(sorted(cosigner_name(n) for n in cosigned)), note.render())
+            return AuditTampered(f"checkpoint {cp.size}: a cosignature does not verify: {exc.detail}")
+        return CheckpointInfo(cp.size, cp.root, tuple(sorted(cosigner_name(n) for n in cosigned)), note.render())
+
+    def keep(self, info: CheckpointInfo | AuditTampered) -> CheckpointInfo:
+        """Keep the next checkpoint `opened` gave, in order (or raise what is wrong with it)."""
+        if isinstance(info, AuditTampered):
+            raise info
+        if self._mode is not None:
+            raise InvalidInput("checkpoints must come before the entries")
         if self._checkpoints:
             last = self._checkpoints[-1]
-            if cp.size == last.size:
-                if cp.root != last.root:
+            if info.size == last.size:
+                if info.root != last.root:
                     raise AuditTampered(
-                        f"{self.node} signed two checkpoints of size {cp.size} with different roots: a split view"
+                        f"{self.node} signed two checkpoints of size {info.size} with different roots: a split view"
                     )
                 info = replace(last, witnesses=tuple(sorted({*last.witnesses, *info.witnesses})))
                 self._checkpoints[-1] = info
                 return info
-            if cp.size < last.size:
+            if info.size < last.size:
                 raise InvalidInput("checkpoints must come in increasing size")
         self._checkpoints.append(info)
         return info
@@ -333,6 +354,7 @@ class BundleCheck:
     authority: VerifyKey | None = None
     header: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    opener: Opener = map  # how checkpoint notes are opened: in turn, or a thread pool's map
     _verifier: LogVerifier | None = None
     _end: int | None = None
     _run: int = RUN_MIN
@@ -355,6 +377,10 @@ class BundleCheck:
         at = 0
         while at < len(lines):
             verifier = self._verifier
+            if verifier is not None and self._end is None and verifier.before_entries:
+                at += self._checkpoints(verifier, lines, at)
+                if at == len(lines):
+                    return
             if verifier is not None and self._end is None and self.header is not None and self.header["complete"]:
                 stop = min(len(lines), at + self._run)
                 entries, stored = batch.entry_run(verifier.size, lines, at, stop)
@@ -367,6 +393,25 @@ class BundleCheck:
                     return
             self.feed_line(lines[at])
             at += 1
+
+    def _checkpoints(self, verifier: LogVerifier, lines: Sequence[bytes], at: int) -> int:
+        """Take the checkpoint records from `lines[at]` on, their notes opened through `opener`
+        (several at once if it is a pool's map); return how many lines were taken. The first line
+        that is not one is left to `feed_line`, which names what is wrong with it."""
+        notes: list[str] = []
+        for line in itertools.islice(lines, at, None):
+            if not line.startswith(_CHECKPOINT):
+                break
+            try:
+                record = parse_line(line)
+            except InvalidInput:
+                break
+            if record is None or record.get("type") != "checkpoint" or not isinstance(record.get("note"), str):
+                break
+            notes.append(record["note"])
+        for info in self.opener(verifier.opened, notes):
+            verifier.keep(info)
+        return len(notes)
 
     def feed_line(self, line: bytes | str) -> None:
         """Feed one line of the JSON Lines file; blank lines are skipped."""

@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -102,11 +103,12 @@ async def verify_node(
             await call(target, "POST", "/api/v1/audit/checkpoint" + ("" if witness else "?witness=false"))
         except ExchangeError as exc:
             warnings.append(f"no fresh checkpoint: {exc.detail}")
-    check = BundleCheck(keys=keys)
-    async for lines in stream_lines(target, "/api/v1/audit/export"):
-        _feed(check, lines, progress, on_header)
-        if node is not None and check.header is not None and check.header.get("node") != node:
-            raise AuditTampered(f"{target.url} served the audit log of {check.header.get('node')!r}, not of {node}")
+    with ThreadPoolExecutor(default_workers()) as threads:
+        check = BundleCheck(keys=keys, opener=threads.map)
+        async for lines in stream_lines(target, "/api/v1/audit/export"):
+            _feed(check, lines, progress, on_header)
+            if node is not None and check.header is not None and check.header.get("node") != node:
+                raise AuditTampered(f"{target.url} served the audit log of {check.header.get('node')!r}, not of {node}")
     report = finish_with_quorum(check, quorum, witnesses)
     return replace(report, warnings=(*report.warnings, *warnings))
 
@@ -123,23 +125,25 @@ def verify_bundle(
     workers: int = 1,
 ) -> LogReport:
     """Verify an export bundle file offline (`quorum` and `witnesses` as for `verify_node`): a
-    large full export with `workers` processes (exchange.cli.verify_ranges), else on one core."""
+    large full export with `workers` processes (exchange.cli.verify_ranges), else on one core;
+    the checkpoints' signatures on `workers` threads either way."""
     anchor = load_authority_public(authority) if authority else None
-    if workers > 1:
-        report = verify_in_ranges(
-            path,
-            BundleCheck(keys=keys, authority=anchor),
-            lambda check: finish_with_quorum(check, quorum, witnesses),
-            workers=workers,
-            progress=progress,
-            on_header=on_header,
-        )
-        if report is not None:
-            return report
-    check = BundleCheck(keys=keys, authority=anchor)
-    with path.open("rb") as fh:
-        for lines in read_lines(fh):
-            _feed(check, lines, progress, on_header)
+    with ThreadPoolExecutor(workers) as threads:  # checkpoints' signatures: Ed25519 releases the GIL
+        if workers > 1:
+            report = verify_in_ranges(
+                path,
+                BundleCheck(keys=keys, authority=anchor, opener=threads.map),
+                lambda check: finish_with_quorum(check, quorum, witnesses),
+                workers=workers,
+                progress=progress,
+                on_header=on_header,
+            )
+            if report is not None:
+                return report
+        check = BundleCheck(keys=keys, authority=anchor, opener=threads.map)
+        with path.open("rb") as fh:
+            for lines in read_lines(fh):
+                _feed(check, lines, progress, on_header)
     return finish_with_quorum(check, quorum, witnesses)
 
 

@@ -29,6 +29,7 @@ from exchange.errors import AuditTampered, InvalidInput
 PARALLEL_FROM = 200_000  # entries: a smaller log is verified on one core before workers would start
 PER_WORKER = 100_000  # entries per worker at least
 MAX_WORKERS = 8
+HEAD_LINES = 4096  # header and checkpoint lines fed at a time
 _ENTRY = b'{"type":"entry"'
 _END = b'{"type":"end"'
 
@@ -67,14 +68,18 @@ def _split_at(fh: BinaryIO, offset: int, stop: int) -> tuple[int, int] | None:
 def plan(fh: BinaryIO, check: BundleCheck, workers: int) -> tuple[list[Range], bytes] | None:
     """Feed the header and the checkpoints to `check`, then cut the entries into ranges: the
     ranges and the end record's line, or None if the file is not one to verify in ranges."""
+    head: list[bytes] = []  # fed a few thousand at a time, so that checkpoints are opened together
     while True:
         at = fh.tell()
         line = _line(fh)
         if line is None:
             return None
+        if line.startswith(_ENTRY) or len(head) == HEAD_LINES:
+            check.feed_lines(head)
+            head = []
         if line.startswith(_ENTRY):
             break
-        check.feed_line(line)
+        head.append(line[:-1])  # as read_lines gives it
     if check.header is None or check.header["complete"] is not True or (check.size or 0) < PARALLEL_FROM:
         return None
     end = fh.seek(0, os.SEEK_END)
