@@ -7,7 +7,6 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from exchange.cli.ids import resolve_id
 from exchange.cli.lines import read_lines
 from exchange.cli.output import console, err_console, user_errors
 from exchange.cli.quorum import by_whom, finish_with_quorum, trace_designated, witnesses_per_log
-from exchange.cli.verify_ranges import default_workers, verify_in_ranges
+from exchange.cli.verify_ranges import checkpoint_opener, default_workers, verify_in_ranges
 from exchange.config import NodeConfig
 from exchange.crypto import b64e
 from exchange.errors import AuditTampered, BadEntry, ExchangeError
@@ -103,8 +102,8 @@ async def verify_node(
             await call(target, "POST", "/api/v1/audit/checkpoint" + ("" if witness else "?witness=false"))
         except ExchangeError as exc:
             warnings.append(f"no fresh checkpoint: {exc.detail}")
-    with ThreadPoolExecutor(default_workers()) as threads:
-        check = BundleCheck(keys=keys, opener=threads.map)
+    with checkpoint_opener(default_workers()) as opener:
+        check = BundleCheck(keys=keys, opener=opener)
         async for lines in stream_lines(target, "/api/v1/audit/export"):
             _feed(check, lines, progress, on_header)
             if node is not None and check.header is not None and check.header.get("node") != node:
@@ -128,11 +127,11 @@ def verify_bundle(
     large full export with `workers` processes (exchange.cli.verify_ranges), else on one core;
     the checkpoints' signatures on `workers` threads either way."""
     anchor = load_authority_public(authority) if authority else None
-    with ThreadPoolExecutor(workers) as threads:  # checkpoints' signatures: Ed25519 releases the GIL
+    with checkpoint_opener(workers) as opener:
         if workers > 1:
             report = verify_in_ranges(
                 path,
-                BundleCheck(keys=keys, authority=anchor, opener=threads.map),
+                BundleCheck(keys=keys, authority=anchor, opener=opener),
                 lambda check: finish_with_quorum(check, quorum, witnesses),
                 workers=workers,
                 progress=progress,
@@ -140,7 +139,7 @@ def verify_bundle(
             )
             if report is not None:
                 return report
-        check = BundleCheck(keys=keys, authority=anchor, opener=threads.map)
+        check = BundleCheck(keys=keys, authority=anchor, opener=opener)
         with path.open("rb") as fh:
             for lines in read_lines(fh):
                 _feed(check, lines, progress, on_header)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from exchange.audit.log import BundleCheck, LogReport
+from exchange.audit.log import BundleCheck, LogReport, Opener
 from exchange.audit.ranges import BLOCK, entry_index
 from exchange.cli.lines import MAX_LINE
 from exchange.cli.range_worker import Range, RangeResult, check_range
@@ -40,6 +41,17 @@ def default_workers() -> int:
     """Processes to verify with: the cores this process may run on, at most MAX_WORKERS."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(MAX_WORKERS, cores))
+
+
+@contextmanager
+def checkpoint_opener(threads: int) -> Iterator[Opener]:
+    """How checkpoint notes are opened: on `threads` threads (Ed25519 releases the GIL), or in
+    turn with one, where a pool would only add its cost."""
+    if threads <= 1:
+        yield map
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        yield pool.map
 
 
 def _line(fh: BinaryIO) -> bytes | None:
