@@ -6,7 +6,9 @@ checked line by line). Real worker processes, started as the CLI starts them."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from exchange.audit.log import FORMAT, BundleCheck, KeyRing, LogVerifier
 from exchange.audit.ranges import BLOCK, BLOCK_HEIGHT, RangeCheck, cover, entry_index
 from exchange.cli import verify_ranges
 from exchange.cli.audit import verify_bundle
+from exchange.cli.lines import READ_SIZE
 from exchange.cli.main import cli
 from exchange.cli.quorum import finish_with_quorum
 from exchange.crypto import SigningKey, canonical_json
@@ -250,6 +253,72 @@ def test_lines_tampered_at_random_get_the_one_core_verdict(seed: int, write: Cal
         path = write([*lines[:k], edit(), *lines[k + 1 :]])
         one_core = verdict(path, 1)
         assert verdict(path, 3) == one_core
+
+
+def _member(line: bytes, text: bytes) -> bytes:
+    """An entry record's line with one more member, `text`, before its leaf hash."""
+    return line.replace(b',"leaf_hash"', b',"x":' + text + b',"leaf_hash"', 1)
+
+
+DEEP = {
+    "a line nested past the bound": lambda ls: [
+        *ls[: FIRST + 9],
+        _member(ls[FIRST + 9], b"[" * 985 + b"]" * 985),
+        *ls[FIRST + 10 :],
+    ],
+    "a line nested just within it": lambda ls: [
+        *ls[: FIRST + 9],
+        _member(ls[FIRST + 9], b"[" * 127 + b"]" * 127),
+        *ls[FIRST + 10 :],
+    ],
+    "a header line in UTF-16": lambda ls: [ls[0].decode().encode("utf-16-be") + b"\x00", *ls[1:]],
+    "a checkpoint line in UTF-16": lambda ls: [ls[0], ls[1], ls[2].decode().encode("utf-16-be"), *ls[3:]],
+}
+
+
+@pytest.mark.usefixtures("small_logs_in_ranges")
+@pytest.mark.parametrize("name", sorted(DEEP))
+def test_nesting_and_encodings_get_the_one_core_verdict_whatever_the_stack(
+    name: str, write: Callable[[list[bytes]], Path]
+) -> None:
+    path = write(DEEP[name](LINES))
+    one_core = verdict(path, 1)
+    assert (one_core[0] == "ok") == name.endswith("within it"), one_core
+    assert verdict(path, 3) == one_core
+
+
+@pytest.mark.usefixtures("small_logs_in_ranges")
+def test_an_entry_nested_past_the_bound_is_named(write: Callable[[list[bytes]], Path]) -> None:
+    deep = b"[" * 200 + b"]" * 200
+    rows = list(ROWS)
+    text = rows[50][1][:-1] + b',"z":' + deep + b"}"
+    rows[50] = (50, text, leaf_hash(text))
+    path = write(bundle_lines(rows))
+    assert verdict(path, 1) == ("BadEntry", "entry 50: is nested deeper than 128 levels", 50)
+    assert verdict(path, 3) == verdict(path, 1)
+
+
+@pytest.mark.usefixtures("small_logs_in_ranges")
+def test_a_line_longer_than_a_read_is_left_to_one_core(write: Callable[[list[bytes]], Path]) -> None:
+    k = FIRST + 3 * BLOCK + 3
+    padded = LINES[k] + b" " * (READ_SIZE + 10)  # JSON allows the spaces: one core takes it
+    path = write([*LINES[:k], padded, *LINES[k + 1 :]])
+    assert in_ranges(path) is None
+    assert verdict(path, 3) == verdict(path, 1) and verdict(path, 1)[0] == "ok"
+
+
+@pytest.mark.usefixtures("small_logs_in_ranges")
+def test_a_bundle_from_a_pipe_is_verified_on_one_core(tmp_path: Path, write: Callable[[list[bytes]], Path]) -> None:
+    fifo = tmp_path / "bundle.fifo"
+    os.mkfifo(fifo)
+    data = write(LINES).read_bytes()
+    feeder = threading.Thread(target=fifo.write_bytes, args=(data,))
+    feeder.start()
+    try:
+        report = verify_bundle(fifo, KEYS, quorum=1, workers=3)
+    finally:
+        feeder.join(timeout=30)
+    assert report.entries == SIZE
 
 
 # -- the pure parts -----------------------------------------------------------------------------------------

@@ -272,7 +272,7 @@ def _need_node(node_path: Path | None) -> Path:
 @click.option("--witness/--no-witness", default=True, show_default=True, help="Live: have partners co-sign it too.")
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=64),
     default=None,
     help="Bundle: processes that check a large log's entries (default: one per core, at most 8).",
 )

@@ -6,12 +6,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from exchange.audit.ranges import RangeCheck
-from exchange.cli.lines import MAX_LINE, READ_SIZE
+from exchange.cli.lines import READ_SIZE
 from exchange.merkle import Subtree
 
 RangeResult = tuple[int, list[Subtree]] | None  # entries taken and their subtrees, or None if not clean
+LONGEST = READ_SIZE  # bytes in a line a range takes: an entry record is far shorter; longer ones go to one core
+
+_given_up: Any = None  # in a worker, the event set when the check was given up (`started`)
+
+
+def started(given_up: Any) -> None:
+    """A worker's start: keep the event that tells it to stop early."""
+    global _given_up
+    _given_up = given_up
 
 
 @dataclass(frozen=True)
@@ -33,11 +43,13 @@ def check_range(
         left, rest = span.stop - span.start, b""
         while left > 0:
             chunk = fh.read(min(READ_SIZE, left))
-            if not chunk or len(rest) > MAX_LINE:
+            if not chunk or len(rest) > LONGEST or (_given_up is not None and _given_up.is_set()):
                 return None
             left -= len(chunk)
             *lines, rest = (rest + chunk).split(b"\n")
-            if not check.feed(lines):
+            # A line longer than LONGEST is left to one core, whose limit on lines (MAX_LINE) then
+            # applies as it always does: a range never takes a line that one core would refuse.
+            if max(map(len, lines), default=0) > LONGEST or not check.feed(lines):
                 return None
             if progress is not None:
                 progress(check.count)

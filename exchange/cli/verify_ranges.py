@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -23,8 +24,8 @@ from typing import BinaryIO
 
 from exchange.audit.log import BundleCheck, LogReport, Opener
 from exchange.audit.ranges import BLOCK, entry_index
-from exchange.cli.lines import MAX_LINE
-from exchange.cli.range_worker import Range, RangeResult, check_range
+from exchange.cli.lines import MAX_LINE, READ_SIZE
+from exchange.cli.range_worker import Range, RangeResult, check_range, started
 from exchange.errors import AuditTampered, InvalidInput
 
 PARALLEL_FROM = 200_000  # entries: a smaller log is verified on one core before workers would start
@@ -91,12 +92,14 @@ def plan(fh: BinaryIO, check: BundleCheck, workers: int) -> tuple[list[Range], b
             head = []
         if line.startswith(_ENTRY):
             break
+        if len(line) > MAX_LINE - READ_SIZE:  # whether one core takes it depends on where its reads end
+            return None
         head.append(line[:-1])  # as read_lines gives it
     if check.header is None or check.header["complete"] is not True or (check.size or 0) < PARALLEL_FROM:
         return None
     end = fh.seek(0, os.SEEK_END)
-    fh.seek(max(at, end - 4096))
-    tail = fh.read()
+    start = fh.seek(max(at, end - 4096))
+    tail = fh.read(end - start)
     last = tail[:-1].rpartition(b"\n")[2] + b"\n"
     stop = end - len(last)
     count = min(workers, (check.size or 0) // PER_WORKER)
@@ -123,20 +126,26 @@ def verify_in_ranges(
 ) -> LogReport | None:
     """Verify the bundle file in ranges with `workers` processes; None if it is not one to verify
     so or anything in it is not as a node writes it (the caller then checks it line by line)."""
-    with path.open("rb") as fh:
-        try:
-            planned = plan(fh, check, workers)
-        except (AuditTampered, InvalidInput):
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a pipe is read once, from its start: one core
             return None
+        with path.open("rb") as fh:
+            before = os.fstat(fh.fileno())
+            planned = plan(fh, check, workers)
+    except (AuditTampered, InvalidInput, OSError):
+        return None
     if planned is None:
         return None
     spans, end_line = planned
     if on_header is not None:
         on_header(check.size or 0)
     cuts = [cp.size for cp in check.verifier.checkpoints]
-    pool = ProcessPoolExecutor(len(spans) - 1, mp_context=multiprocessing.get_context("spawn"))
+    context = multiprocessing.get_context("spawn")
     futures: list[Future[RangeResult]] = []
+    pool: ProcessPoolExecutor | None = None
+    given_up = context.Event()
     try:
+        pool = ProcessPoolExecutor(len(spans) - 1, mp_context=context, initializer=started, initargs=(given_up,))
         futures += [pool.submit(check_range, str(path), s, cuts) for s in spans[1:]]
         results = [check_range(str(path), spans[0], cuts, progress)]
         if results[0] is None:
@@ -149,10 +158,14 @@ def verify_in_ranges(
             verifier.take_subtrees(result[1])
             if progress is not None:
                 progress(verifier.checked)
-        check.feed_line(end_line)
+        after = os.stat(path)
+        if (after.st_size, after.st_mtime_ns, after.st_ino) != (before.st_size, before.st_mtime_ns, before.st_ino):
+            return None  # the file changed while it was read: one core reads it again as it is now
+        check.feed_line(end_line[:-1])
         return finish(check)
-    except (AuditTampered, InvalidInput, ValueError, OSError, BrokenProcessPool):
+    except (AuditTampered, InvalidInput, ValueError, OSError, NotImplementedError, BrokenProcessPool):
         return None
     finally:
-        # Given up early: the ranges still running end on their own while the file is checked line by line.
-        pool.shutdown(wait=all(f.done() for f in futures), cancel_futures=True)
+        given_up.set()  # ranges still running stop at their next read
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
