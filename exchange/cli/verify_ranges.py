@@ -4,10 +4,11 @@ This process reads the header and the checkpoints and checks them, then cuts the
 into one range per worker, each starting at an entry whose index is a multiple of
 `ranges.BLOCK`. Each range is checked in its own process (this one takes the first), as
 `exchange.audit.ranges` says, and the ranges' subtrees are joined in order by the one
-`LogVerifier`, which checks every signed root as it reaches it. Whenever anything is not as the
-node writes it (a line out of place, an entry not in the plain form, a bad leaf hash, a root
-that does not match), this gives up and the caller checks the whole file line by line, which
-names the first bad entry in the same words. So the answer is always the one-core answer.
+`LogVerifier`, which checks every signed root as it reaches it. Whenever anything fails or is
+not as a node writes it (a line that fails a check, a line longer than a read, a root that does
+not match, a file that is not a regular file or that changed meanwhile), this gives up and the
+caller checks the whole file on one core, which names the first bad entry in the same words. So
+the answer is always the one-core answer.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from exchange.audit.log import BundleCheck, LogReport, Opener
 from exchange.audit.ranges import BLOCK, entry_index
@@ -98,8 +99,8 @@ def plan(fh: BinaryIO, check: BundleCheck, workers: int) -> tuple[list[Range], b
     if check.header is None or check.header["complete"] is not True or (check.size or 0) < PARALLEL_FROM:
         return None
     end = fh.seek(0, os.SEEK_END)
-    start = fh.seek(max(at, end - 4096))
-    tail = fh.read(end - start)
+    tail_at = fh.seek(max(at, end - 4096))
+    tail = fh.read(end - tail_at)
     last = tail[:-1].rpartition(b"\n")[2] + b"\n"
     stop = end - len(last)
     count = min(workers, (check.size or 0) // PER_WORKER)
@@ -143,8 +144,9 @@ def verify_in_ranges(
     context = multiprocessing.get_context("spawn")
     futures: list[Future[RangeResult]] = []
     pool: ProcessPoolExecutor | None = None
-    given_up = context.Event()
+    given_up: Any = None
     try:
+        given_up = context.Event()
         pool = ProcessPoolExecutor(len(spans) - 1, mp_context=context, initializer=started, initargs=(given_up,))
         futures += [pool.submit(check_range, str(path), s, cuts) for s in spans[1:]]
         results = [check_range(str(path), spans[0], cuts, progress)]
@@ -166,6 +168,7 @@ def verify_in_ranges(
     except (AuditTampered, InvalidInput, ValueError, OSError, NotImplementedError, BrokenProcessPool):
         return None
     finally:
-        given_up.set()  # ranges still running stop at their next read
+        if given_up is not None:
+            given_up.set()  # ranges still running stop at their next read
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
