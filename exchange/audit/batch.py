@@ -48,6 +48,16 @@ _NOT_PLAIN_BUT_NEWLINE = _NOT_PLAIN.replace(b"\n", b"")
 
 _IDX = b'"idx":'
 
+# Lines taken as one run: the run grows while whole runs pass; after one that stopped short,
+# small ones again, so that a bundle with many irregular lines costs no more than line by line.
+RUN_MIN, RUN_MAX = 16, 4096
+
+
+def next_run(run: int, whole: bool) -> int:
+    """The next run's length, after a run of `run` lines that passed `whole` or stopped short."""
+    return min(RUN_MAX, run * 2) if whole else RUN_MIN
+
+
 # A full export's entry record as the node writes it (exchange.audit.keeper.entry_lines): the
 # entry is a JSON string whose only escapes are \" and the stored leaf hash 43 base64url characters.
 ENTRY_HEAD = b'{"type":"entry","idx":%d,"entry":"'

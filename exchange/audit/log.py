@@ -56,7 +56,6 @@ _CHECKPOINT = b'{"type":"checkpoint"'  # how the node writes a checkpoint record
 Opener = Callable[
     [Callable[[str], "CheckpointInfo | AuditTampered"], Iterable[str]], Iterable["CheckpointInfo | AuditTampered"]
 ]
-RUN_MIN, RUN_MAX = 16, 4096  # lines `BundleCheck.feed_lines` tries to take as one run
 
 
 @dataclass(frozen=True)
@@ -249,26 +248,28 @@ class LogVerifier:
         roots of aligned perfect subtrees, in order; no checkpoint may end inside one."""
         if self._mode == "proven":
             raise InvalidInput("a bundle holds either every entry or entries with proofs, not both")
-        self._mode, cps = "complete", self._checkpoints
+        self._mode = "complete"
         for root, height in subtrees:
-            while self._next_checkpoint < len(cps) and cps[self._next_checkpoint].size <= self._frontier.size:
-                self._next_checkpoint += 1  # of size 0 only, as in `_grow`
-            if self._next_checkpoint < len(cps) and cps[self._next_checkpoint].size < self._frontier.size + (
-                1 << height
-            ):
+            upcoming = self._upcoming()
+            if upcoming is not None and upcoming < self._frontier.size + (1 << height):
                 raise InvalidInput("a checkpoint ends inside a subtree given whole")
             self._frontier.push_subtree(root, height)
             self._settle()
 
+    def _upcoming(self) -> int | None:
+        """The size of the next checkpoint the log has not reached, if any (passing those of size 0
+        at the start: `finish` checks those)."""
+        cps = self._checkpoints
+        while self._next_checkpoint < len(cps) and cps[self._next_checkpoint].size <= self._frontier.size:
+            self._next_checkpoint += 1
+        return cps[self._next_checkpoint].size if self._next_checkpoint < len(cps) else None
+
     def _grow(self, leaves: Sequence[bytes]) -> None:
         """Append leaf hashes in runs that end at each checkpoint's size, checking its root there."""
-        cps, done = self._checkpoints, 0
+        done = 0
         while done < len(leaves):
-            while self._next_checkpoint < len(cps) and cps[self._next_checkpoint].size <= self._frontier.size:
-                self._next_checkpoint += 1  # of size 0 only: `finish` checks those
-            stop = len(leaves)
-            if self._next_checkpoint < len(cps):
-                stop = min(stop, done + cps[self._next_checkpoint].size - self._frontier.size)
+            upcoming = self._upcoming()
+            stop = len(leaves) if upcoming is None else min(len(leaves), done + upcoming - self._frontier.size)
             self._frontier.extend(leaves[done:stop])
             done = stop
             self._settle()
@@ -357,7 +358,7 @@ class BundleCheck:
     opener: Opener = map  # how checkpoint notes are opened: in turn, or a thread pool's map
     _verifier: LogVerifier | None = None
     _end: int | None = None
-    _run: int = RUN_MIN
+    _run: int = batch.RUN_MIN
 
     @property
     def size(self) -> int | None:
@@ -386,9 +387,7 @@ class BundleCheck:
                 entries, stored = batch.entry_run(verifier.size, lines, at, stop)
                 taken = verifier.take_run(entries, stored, encoded=True, plain=True)
                 at += taken
-                # Grow the run while whole runs pass; after one that stopped short, try small ones
-                # again, so that a bundle with many irregular lines costs no more than the general path.
-                self._run = min(RUN_MAX, self._run * 2) if at == stop else RUN_MIN
+                self._run = batch.next_run(self._run, at == stop)
                 if at == len(lines):
                     return
             self.feed_line(lines[at])

@@ -32,7 +32,6 @@ from exchange.merkle import Subtree, leaf_hash, leaf_hashes, perfect_root
 
 BLOCK_HEIGHT = 12
 BLOCK = 1 << BLOCK_HEIGHT  # leaves per block: a range starts at a multiple of it
-RUN_MIN, RUN_MAX = 16, 4096  # lines checked as one run, as BundleCheck.feed_lines does
 
 _ENTRY_INDEX = re.compile(rb'\{"type":"entry","idx":(0|[1-9][0-9]{0,17}),"entry":"').match
 
@@ -56,7 +55,7 @@ class RangeCheck:
         self._leaves: list[bytes] = []  # of the block being filled, which starts at `_start`
         self._start = first
         self._subtrees: list[Subtree] = []
-        self._run = RUN_MIN
+        self._run = batch.RUN_MIN
 
     @property
     def count(self) -> int:
@@ -73,7 +72,7 @@ class RangeCheck:
             taken = batch.matching_prefix(digests, stored, encoded=True)
             self._take(digests[:taken])
             at += taken
-            self._run = min(RUN_MAX, self._run * 2) if at == stop else RUN_MIN
+            self._run = batch.next_run(self._run, at == stop)
             if at < stop:
                 self.clean = self._one(lines[at])
                 at += 1
