@@ -192,5 +192,5 @@ async def _body(resp: aiohttp.ClientResponse, peer: str) -> bytes:
 def _problem_detail(payload: bytes, status: int) -> str:
     try:
         return str(json.loads(payload).get("detail", status))
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return f"HTTP {status}"

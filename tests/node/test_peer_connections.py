@@ -15,7 +15,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from exchange.errors import PeerError
+from exchange.errors import PeerError, PeerRefused
 from exchange.keystore import NodeKeyFiles
 from exchange.model import NodeId
 from exchange.node import peers
@@ -87,13 +87,15 @@ async def test_an_idle_kept_connection_outlives_the_partners_header_timeout(make
 class DroppingPartner:
     """In ke-customs's place (its address and certificate), a server that reads each request and,
     for a path in `drop` (with how many times), closes the connection without an answer; it
-    answers a path in `redirect` with its status and its Location, a path in `bodies` 200 with that
-    body, anything else 200 with `body` (`chunked`: without a Content-Length). `tries` counts the requests per path."""
+    answers a path in `redirect` with its status and its Location, a path in `bodies` with that
+    body (and the status in `statuses`, 200 if none), anything else 200 with `body` (`chunked`:
+    without a Content-Length). `tries` counts the requests per path."""
 
     fed: Federation
     drop: dict[str, int] = field(default_factory=dict)
     bodies: dict[str, bytes] = field(default_factory=dict)
     redirect: dict[str, tuple[int, str]] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)  # a path answered with this status, not 200
     body: bytes = b'{"ok": true}'
     chunked: bool = False  # answers without a Content-Length, in chunks of 64 KiB
     tries: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -129,7 +131,8 @@ async def dropping_partner(make_federation: MakeFederation) -> AsyncIterator[Dro
                     await writer.drain()
                     continue
                 body = partner.bodies.get(path, partner.body)
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+                status = partner.statuses.get(path, 200)
+                writer.write(b"HTTP/1.1 %d Answer\r\nContent-Type: application/json\r\n" % status)
                 if partner.chunked:
                     writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
                     for i in range(0, len(body), 65536):
@@ -195,6 +198,25 @@ async def test_an_answer_that_is_not_json_is_a_peer_error(dropping_partner: Drop
     assert nl.service.epochs is not None
     assert await nl.service.epochs.pull_quietly(KE, "c2c") == 0  # logged; the sweep goes on
     assert partner.tries[epochs] == 1
+
+
+@pytest.mark.parametrize("status", [400, 503])
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"detail": ' * 100_000], ids=["array", "object"])
+async def test_a_refusal_whose_body_is_nested_past_the_stack_is_still_a_refusal(
+    dropping_partner: DroppingPartner, status: int, body: bytes
+) -> None:
+    """The body of a 200 nested past Python's stack was a PeerError (above), but that of a 4xx or
+    5xx answer was read for its `detail` with only ValueError caught: the RecursionError left the
+    transport, so a partner could stop a catch-up sweep by refusing with such a body."""
+    partner = dropping_partner
+    partner.bodies = {"/fed/v1/refused": body}
+    partner.statuses = {"/fed/v1/refused": status}
+    transport = partner.fed["nl-customs"].service.transport
+    error = PeerRefused if status < 500 else PeerError
+    with pytest.raises(error, match=f"HTTP {status}"):
+        await transport.send(KE, "/fed/v1/refused", b"{}")
+    with pytest.raises(error, match=f"HTTP {status}"):
+        await transport.fetch(KE, "/fed/v1/refused")
 
 
 async def test_a_partner_cannot_redirect_a_request_elsewhere(dropping_partner: DroppingPartner) -> None:
