@@ -39,7 +39,7 @@ from exchange.service.coalesce import Coalesced
 from exchange.service.leases import Leases
 from exchange.service.records import receipt_row
 from exchange.service.transport import PeerTransport
-from exchange.store import AuditBuffer, Store, bulletins, channel_events, outbox, receipts
+from exchange.store import AuditBuffer, Store, bulletins, channel_events, insert_rows, outbox, receipts
 
 if TYPE_CHECKING:
     from exchange.service.sender import Sender
@@ -374,7 +374,7 @@ class Outbox:
                 held |= {(dest, r.bulletin) for r in fresh[-1]}
             rows = [receipt_row(r) for new in fresh for r in new]
             if rows:
-                await conn.execute(sa.insert(receipts), rows)
+                await insert_rows(conn, receipts, rows)
             for ns in _chunks([i.n for _, sent, _ in kept for i in sent], IDS_PER_STATEMENT):
                 await conn.execute(sa.update(outbox).where(outbox.c.n.in_(ns)).values(state="delivered"))
             delivered: dict[str, dict[str, str]] = {}  # one entry per bulletin, for every recipient

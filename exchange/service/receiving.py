@@ -34,7 +34,7 @@ from exchange.service.epochs import EpochBook
 from exchange.service.outbox import Outbox, ReceiptRef, queued_row
 from exchange.service.records import receipt_row
 from exchange.service.transport import PeerTransport
-from exchange.store import AuditBuffer, Store, bulletins, cursors, outbox, receipts
+from exchange.store import AuditBuffer, Store, bulletins, cursors, insert_rows, outbox, receipts
 
 # Failures that are not the pushed items' fault (a partner to ask is down, this node's database is
 # busy): they go out as 5xx, which the sender retries with the batch as it was, never as a 422
@@ -333,10 +333,10 @@ class Receiving:
             signed.extend(batch)
         out = [r for r in answer.values() if r is not None]
         if rows:
-            await conn.execute(sa.insert(bulletins), rows)
-            await conn.execute(sa.insert(receipts), [receipt_row(r) for r in signed])
+            await insert_rows(conn, bulletins, rows)
+            await insert_rows(conn, receipts, [receipt_row(r) for r in signed])
         if queued:
-            await conn.execute(sa.insert(outbox), queued)
+            await insert_rows(conn, outbox, queued)
         if cursor is not None:
             await save_cursor(conn, peer, *cursor)
         return out

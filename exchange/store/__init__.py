@@ -10,6 +10,7 @@ Every name importable from `exchange.store` before it became a package still is.
 from __future__ import annotations
 
 from exchange.errors import ExchangeError
+from exchange.store.bulk import insert_rows
 from exchange.store.tables import (
     audit_checkpoints,
     audit_cosignatures,
@@ -46,6 +47,7 @@ __all__ = [
     "channel_events",
     "console_sessions",
     "cursors",
+    "insert_rows",
     "is_unique_violation",
     "metadata",
     "outbox",

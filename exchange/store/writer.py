@@ -25,6 +25,7 @@ from exchange.crypto import canonical_json
 from exchange.errors import ConfigError, Unavailable
 from exchange.merkle import leaf_hash
 from exchange.store import schema, workers
+from exchange.store.bulk import insert_rows
 from exchange.store.engine import make_engine, reason
 from exchange.store.tables import audit_log, bulletins
 
@@ -83,7 +84,7 @@ class AuditBuffer:
         """Send the rows `insert` holds, in the order their tables were first named."""
         inserts, self.inserts = self.inserts, {}
         for (table, _), rows in inserts.items():
-            await conn.execute(sa.insert(table), rows)
+            await insert_rows(conn, table, rows)
 
 
 Job = Callable[[AsyncConnection, AuditBuffer], Awaitable[T]]
@@ -247,7 +248,7 @@ class Store:
                     results[i] = await pending.job(conn, buffer)
             await buffer.flush(conn)
             if buffer.rows:
-                await conn.execute(sa.insert(audit_log), buffer.rows)
+                await insert_rows(conn, audit_log, buffer.rows)
         moved = buffer.next_idx != self._audit_size
         # Never backwards: another worker's commit may have moved it on (refresh_audit_size) meanwhile.
         self._audit_size = max(self._audit_size, buffer.next_idx + len(buffer.rows))
