@@ -30,6 +30,8 @@ for them ('received' receipts in its SQLite file, read-only). Per bulletin it pr
   envelope     the envelope as the author stored it (mean)
   log/b        the entries the author's audit log grew by over the phase / bulletins (its witnessing and
                audit rounds included)
+  b/push       bulletins per push: (K - 1) x bulletins / the pushes that first sent them (distinct
+               reader and transaction in the author's `bulletin.sent_to` entries; retries are not audited)
   time         from the first post to the last post's return, and to the last receipt home
   readers      the other nodes' CPU over the phase / bulletins (all K - 1, their processes)
   lo           loopback bytes / bulletin (`unshare -n`: this federation's traffic alone, every node)
@@ -199,6 +201,16 @@ class AuthorDb:
     def audit_size(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM audit_log").fetchone()[0])
 
+    def pushes(self, first_idx: int, ids: list[str]) -> int:
+        """The distinct (reader, transaction) pairs the author's `bulletin.sent_to` entries from
+        `first_idx` on name for these bulletins: its first pushes (retries are not audited)."""
+        wanted, pairs = set(ids), set()
+        for (raw,) in self.conn.execute("SELECT entry FROM audit_log WHERE idx >= ?", (first_idx,)):
+            entry = json.loads(raw)
+            if entry.get("event") == "bulletin.sent_to" and entry.get("bulletin") in wanted:
+                pairs |= {(dest, txn) for dest, txn in entry["to"].items()}
+        return len(pairs)
+
     def envelope_mean(self, ids: list[str]) -> float:
         marks = ",".join("?" * len(ids))
         row = self.conn.execute(f"SELECT avg(length(envelope)) FROM bulletins WHERE id IN ({marks})", ids).fetchone()
@@ -268,6 +280,7 @@ async def phase(
         r1, log1 = sim.tree_cpu(readers.pids), await asyncio.to_thread(db.audit_size)
         span, m = w1 - w0, args.count
         envelope = db.envelope_mean(posted["ids"])
+        pushes = await asyncio.to_thread(db.pushes, log0, posted["ids"])
         return {
             "version": version,
             "k": k,
@@ -284,6 +297,7 @@ async def phase(
             "receipts_s": span,
             "readers_cpu_ms": (r1 - r0) / m * 1e3,
             "log_entries": (log1 - log0) / m,
+            "per_push": m * (k - 1) / max(pushes, 1),
             "lo_kb": (lo1 - lo0) / m / 1e3,
             "load": f"{load0:.2f}→{load1():.2f}",
         }
@@ -368,7 +382,8 @@ async def run_k(k: int, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 HEAD = (
     f"{'K':>4} {'env':>3} | {'CPU ms':>7} {'net':>6} {'idle':>5} | {'up KB':>8} {'net':>8} {'env*K-1':>8} | "
-    f"{'env KB':>6} {'epochs':>6} {'log/b':>6} | {'post s':>6} {'rcpt s':>6} | {'readers':>8} {'lo KB':>8} | load"
+    f"{'env KB':>6} {'epochs':>6} {'log/b':>6} {'b/push':>6} | {'post s':>6} {'rcpt s':>6} | "
+    f"{'readers':>8} {'lo KB':>8} | load"
 )
 
 
@@ -376,7 +391,7 @@ def row(r: dict[str, Any]) -> str:
     return (
         f"{r['k']:>4} {r['version']:>3} | {r['cpu_ms']:7.2f} {r['cpu_net_ms']:6.2f} {r['idle_cpu_ms_s']:5.1f} | "
         f"{r['sent_kb']:8.1f} {r['sent_net_kb']:8.1f} {r['payload_up_kb']:8.1f} | {r['envelope_kb']:6.2f} "
-        f"{r['epochs']:>6} {r['log_entries']:6.1f} | {r['post_s']:6.1f} {r['receipts_s']:6.1f} | "
+        f"{r['epochs']:>6} {r['log_entries']:6.1f} {r['per_push']:6.1f} | {r['post_s']:6.1f} {r['receipts_s']:6.1f} | "
         f"{r['readers_cpu_ms']:8.1f} {r['lo_kb']:8.1f} | {r['load']}"
     )
 
@@ -400,6 +415,7 @@ async def main(args: argparse.Namespace) -> None:
     print(
         "per bulletin: author CPU gross / above its idle rate (ms), its idle rate (ms/s); author's socket writes "
         "gross / above idle (KB), envelope x (K-1) (KB); stored envelope (KB); epochs made; author's audit entries; "
+        "bulletins per push; "
         "posting and to-last-receipt time (s, for all posts); readers' CPU (ms); loopback (KB); 1-min load "
         "before→after",
         flush=True,
