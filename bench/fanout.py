@@ -169,7 +169,7 @@ def run(k: int, rounds: int, per_epoch: int) -> dict[str, float]:
     eh_wall = eh_cpu = float("nan")
     record_h = 0
     if hybrid_supported():
-        hybrid = {n: HybridDecryptionKey(seed(f"{n}/xwing")).public for n in state.readers}
+        hybrid: dict[str, WrapKey] = {n: HybridDecryptionKey(seed(f"{n}/xwing")).public for n in state.readers}
         h_keys: dict[str, WrapKey] = dict(hybrid)
 
         def epoch_h() -> Any:

@@ -291,9 +291,10 @@ class SqlCounter:
         try:
             from aiosqlite.core import Connection
         except ImportError:
-            Connection = None
-        execute = getattr(Connection, "_execute", None)
-        if Connection is not None and execute is not None:
+            execute = None
+        else:
+            execute = getattr(Connection, "_execute", None)
+        if execute is not None:
 
             async def counted(conn: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
                 node = self._conn_node.get(id(conn))
@@ -301,7 +302,8 @@ class SqlCounter:
                     self.by_node[node].hops += 1
                 return await execute(conn, fn, *args, **kwargs)
 
-            Connection._execute = counted
+            # A bench-only wrapper, undone by close(): not the method's type (its first argument is `conn`).
+            Connection._execute = counted  # type: ignore[method-assign,assignment]
             self._unpatch.append(lambda: setattr(Connection, "_execute", execute))
         commit_once = getattr(Store, "_commit", None)
         if commit_once is not None:
@@ -318,7 +320,8 @@ class SqlCounter:
                         c.jobs += len(batch)
                         c.write_seconds += time.perf_counter() - t0
 
-            Store._commit = timed_commit  # type: ignore[method-assign]
+            # As above: its first argument is `store`.
+            Store._commit = timed_commit  # type: ignore[method-assign,assignment]
             self._unpatch.append(lambda: setattr(Store, "_commit", commit_once))
 
     def reset(self) -> None:

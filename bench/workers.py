@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aiohttp
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 from cpu_profile import AREAS, Sampler, machine_busy_seconds
 
 from exchange.node.tls import client_context

@@ -242,8 +242,9 @@ Row = tuple[int, bytes, bytes]  # idx, entry, stored leaf hash
 def make_log(n: int) -> list[Row]:
     buffer = AuditBuffer(0)
     for i in range(n):
+        # No "channel": these logs test hashes and proofs, not the entries' kinds.
         buffer.add(
-            {"event": "bulletin.opened", "at": f"2026-01-01T00:00:{i % 60:02d}.000Z", "bulletin": BID, "user": f"u{i}"}
+            {"event": "bulletin.opened", "at": f"2026-01-01T00:00:{i % 60:02d}.000Z", "bulletin": BID, "user": f"u{i}"}  # type: ignore[typeddict-item]
         )
     return [(r["idx"], r["entry"], r["leaf_hash"]) for r in buffer.rows]
 
@@ -497,7 +498,7 @@ def test_one_entry_naming_several_recipients_proves_each_ones_step_and_no_other(
 def test_evidence_must_be_proven_in_a_checkpoint_of_the_node_that_sends_it() -> None:
     rows = make_log(5)
     leaves = [r[2] for r in rows]
-    good = {
+    good: dict[str, Any] = {
         "node": NODE,
         "checkpoint": checkpoint_note(rows, 5),
         "entries": [{"idx": 2, "entry": rows[2][1].decode(), "proof": [b64e(p) for p in inclusion_proof(leaves, 2)]}],

@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from exchange.audit.checkpoint import cosign, log_origin, open_checkpoint, parse_note, witness_name
+from exchange.audit.checkpoint import cosign, log_origin, open_checkpoint, witness_name
 from exchange.audit.events import BULLETIN_OPENED, BulletinOpened
 from exchange.audit.keeper import StoredCheckpoint
 from exchange.audit.log import BundleCheck, KeyRing
-from exchange.crypto import SigningKey, b64d, canonical_json
+from exchange.audit.note import parse_note
+from exchange.crypto import SigningKey, VerifyKey, b64d, canonical_json
 from exchange.errors import AuditTampered, BadEntry
 from exchange.merkle import leaf_hash, verify_inclusion
 from exchange.service.audit.entries import LogEntries
@@ -78,6 +79,7 @@ async def rewrite(url: str, k: int) -> None:
     store = await Store.open(url)
     async with store.engine.begin() as conn:
         entry = await conn.scalar(sa.select(audit_log.c.entry).where(audit_log.c.idx == k))
+        assert entry is not None
         body = canonical_json({**json.loads(entry), "user": "someone-else"})
         await conn.execute(
             sa.update(audit_log).where(audit_log.c.idx == k).values(entry=body, leaf_hash=leaf_hash(body))
@@ -85,9 +87,9 @@ async def rewrite(url: str, k: int) -> None:
     await store.close()
 
 
-async def started(url: str, witnesses: dict[str, object] | None = None) -> tuple[Store, LogKeeper]:
+async def started(url: str, witnesses: dict[str, VerifyKey] | None = None) -> tuple[Store, LogKeeper]:
     store = await Store.open(url)
-    keeper = LogKeeper(NODE, store, KEY, witnesses=WITNESSES if witnesses is None else witnesses)  # type: ignore[arg-type]
+    keeper = LogKeeper(NODE, store, KEY, witnesses=WITNESSES if witnesses is None else witnesses)
     try:
         await keeper.start()
     except BaseException:
@@ -162,7 +164,7 @@ async def test_entries_deleted_before_the_cosigned_checkpoint_are_named_by_the_p
 @pytest.mark.parametrize("how", ["no witness known", "a forged cosignature"])
 async def test_without_a_valid_cosignature_the_start_check_reads_the_whole_table(url: str, how: str) -> None:
     await rewrite(url, 12)
-    witnesses: dict[str, object] = WITNESSES
+    witnesses: dict[str, VerifyKey] = WITNESSES
     if how == "no witness known":
         witnesses = {}
     else:

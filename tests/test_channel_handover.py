@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -130,7 +131,7 @@ async def test_the_successor_takes_over_a_revoked_owners_channel_and_the_rest_go
     status, early = await post(nl, title="Before the revocation")
     assert status == 201, early
     for member in (ke, gb, de):
-        await eventually(lambda m=member: holds(m, early["id"]), what=f"the early bulletin at {member.id}")
+        await eventually(partial(holds, member, early["id"]), what=f"the early bulletin at {member.id}")
     last_by_nl = nl.service.channels.state("c2c")
 
     # Version 2 revokes the owner; imported at ONE node (not the successor), it spreads by gossip.
@@ -165,7 +166,7 @@ async def test_the_successor_takes_over_a_revoked_owners_channel_and_the_rest_go
         assert status == 201 and set(sent["recipients"]) == set(REST) - {author.id}, sent
         for member in (m for m in (ke, gb, de) if m is not author):
             bid = sent["id"]
-            await eventually(lambda m=member, b=bid: holds(m, b), what=f"{author.id}'s bulletin at {member.id}")
+            await eventually(partial(holds, member, bid), what=f"{author.id}'s bulletin at {member.id}")
             await eventually(receipted(author, sent["id"], member.id), what=f"{member.id}'s receipt at {author.id}")
         assert not await holds(nl, sent["id"])
 
@@ -186,14 +187,14 @@ async def test_the_successor_takes_over_a_revoked_owners_channel_and_the_rest_go
     assert status == 200 and "fr-customs" in body["members"] and body["owner"] == "ke-customs", body
     await fr.api("POST", "/api/v1/channels/c2c/users", user="admin", body={"user": "officer"})
     for member in (ke, gb, de):
-        await eventually(lambda m=member: _member(m, "fr-customs"), timeout=CONVERGE, what=f"fr-customs at {member.id}")
+        await eventually(partial(_member, member, "fr-customs"), timeout=CONVERGE, what=f"fr-customs at {member.id}")
     status, welcome = await post(gb, title="Welcome")
     assert status == 201 and "fr-customs" in welcome["recipients"], welcome
     await eventually(lambda: holds(fr, welcome["id"]), timeout=CONVERGE, what="the bulletin at fr-customs")
     status, answer = await post(fr, kind="feedback", title="Noted", references=[welcome["id"]])
     assert status == 201, answer
     for member in (ke, gb, de):
-        await eventually(lambda m=member: holds(m, answer["id"]), what=f"fr-customs' answer at {member.id}")
+        await eventually(partial(holds, member, answer["id"]), what=f"fr-customs' answer at {member.id}")
 
     # The revoked node gets nothing: no bulletin, no event of the new owner; it cannot connect.
     assert not await holds(nl, welcome["id"]) and not await holds(nl, answer["id"])

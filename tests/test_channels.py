@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from exchange.audit.events import SEND_REFUSED
 from exchange.errors import DecryptionFailed, Unavailable
 from exchange.model import MAX_REFERENCES, Bulletin, NodeId
+from exchange.protocol.channel import ChannelState
 from exchange.protocol.envelope import bulletin_id, envelope_bytes, open_envelope, parse_envelope
 from exchange.service.users import add_user
 from exchange.store import audit_log, bulletins, channel_events, outbox
@@ -99,11 +100,12 @@ async def access_federation(make_federation: MakeFederation) -> tuple[Federation
     nl.tokens["clerk"] = await add_user(nl.service.store, "clerk2", "contact-point")  # clerk2 stands in, unassigned
     status, _, _ = await nl.api("POST", "/api/v1/channels/c2c/remove", user="admin", body={"node": "fr-customs"})
     assert status == 200
-    removal = nl.service.channels.state("c2c").pos
+    removal: int = nl.service.channels.state("c2c").pos
     for node in ("ke-customs", "de-customs", "fr-customs"):
 
         async def knows(node: str = node) -> bool:
-            return fed[node].service.channels.state("c2c").pos >= removal
+            state: ChannelState = fed[node].service.channels.state("c2c")
+            return state.pos >= removal
 
         await eventually(knows, what=f"{node} to learn of the removal")
     status, posted = await post(fed["ke-customs"])
@@ -235,7 +237,9 @@ async def test_unknown_state_is_fetched_from_the_owner_or_refused(make_federatio
     assert status == 200
 
     async def nl_knows() -> bool:
-        return nl.service.channels.state("ops").pos == owner.service.channels.state("ops").pos
+        here: ChannelState = nl.service.channels.state("ops")
+        there: ChannelState = owner.service.channels.state("ops")
+        return here.pos == there.pos
 
     await eventually(nl_knows, what="nl to learn the new state")
     await fed.stop("wco-rilo")
@@ -512,7 +516,8 @@ async def test_nothing_can_be_posted_to_a_closed_channel(make_federation: MakeFe
     assert status == 200 and shown["closed"] is True
 
     async def ke_knows() -> bool:
-        return ke.service.channels.state("c2c").closed
+        state: ChannelState = ke.service.channels.state("c2c")
+        return state.closed
 
     await eventually(ke_knows, what="ke to learn the channel is closed")
     for member in (nl, ke):

@@ -190,7 +190,7 @@ async def test_history_held_over_page_after_page_is_looked_at_once(
 
     answered_by(fed, monkeypatch, pages)
     parsed = 0
-    parse = epochs_module.parse_epoch
+    parse = parse_epoch
 
     def counted(raw: Any) -> EpochRecord:
         nonlocal parsed

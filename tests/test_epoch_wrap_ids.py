@@ -13,6 +13,7 @@ import pytest
 import exchange.service.epoch_announcements as announcements
 from exchange.errors import PeerError
 from exchange.protocol.epoch_model import EpochRecord
+from exchange.protocol.epoch_support import wrap_key_id
 from tests.conftest import MakeFederation, Member
 from tests.test_epoch_delivery import C2C, THREE, V2, arrives, post, reads
 
@@ -35,7 +36,7 @@ async def test_a_receiver_keeps_an_epochs_wrap_keys_until_an_announcement_change
     nl, ke, record = await epoch_made(make_federation)
     book = ke.service.epochs
     calls: list[str] = []
-    real = announcements.wrap_key_id
+    real = wrap_key_id
 
     def counted(fed: Any, node: str, support: Any) -> Any:
         calls.append(node)
@@ -60,7 +61,7 @@ async def test_a_receiver_keeps_an_epochs_wrap_keys_until_an_announcement_change
     author = await book.wrap_key_ids(record.readers, strict=False)
     assert await book.wrap_key_ids(record.readers, strict=False) == author == first
     assert sorted(calls) == sorted(record.readers)
-    held, clock = book._fetched["de-customs"], announcements.time.monotonic
+    held, clock = book._fetched["de-customs"], time.monotonic
     later = SimpleNamespace(monotonic=lambda: clock() + announcements.SUPPORT_REFRESH)  # an hour on
     monkeypatch.setattr(announcements, "time", later)
     assert await book.wrap_key_ids(record.readers, strict=False) == first

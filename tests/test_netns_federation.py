@@ -58,7 +58,7 @@ async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[Database
             if REQUIRE_PG:
                 pytest.fail(reason + " and EXCHANGE_REQUIRE_POSTGRES=1")
             pytest.skip(reason)
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     async def make(node_id: str, folder: Path) -> str:
         if request.param == "sqlite":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -69,7 +70,7 @@ def flipped_ciphertext(row: Columns) -> Columns:
     return {"envelope": json.dumps(env).encode()}
 
 
-EDITS = {
+EDITS: dict[str, tuple[Callable[[Columns], Columns], str]] = {
     "content": (
         lambda row: {"content": row["content"].replace("toner cartridges", "nothing to see")},
         "its stored content differs from what its signed envelope decrypts to: the content was changed",

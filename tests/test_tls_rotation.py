@@ -160,8 +160,7 @@ def _tls_request(current: SigningKey, old: str | None = None, name: str | None =
         "another node's": cert_subject(b64d(next(k.key for k in za.keys if k.use == "tls"))).removeprefix("CN="),
     }
     _, cert = generate_tls_identity(names.get(name or "", "exchange node fr-customs, rotated"), utc_now())
-    active = active.kid
-    return sign_rotation_request(FEDERATION, "fr-customs", MADE, current, cert, old=old or active), spki_pin(cert)
+    return sign_rotation_request(FEDERATION, "fr-customs", MADE, current, cert, old=old or active.kid), spki_pin(cert)
 
 
 def test_a_tls_rotation_request_is_listed_and_a_forged_one_refused() -> None:

@@ -149,10 +149,11 @@ def test_roster_signature_and_pins_reproduce(fed: Federation) -> None:
 def test_channel_log_signatures_and_hashes_reproduce(state: ChannelState) -> None:
     channel = INPUTS["channel"]
     owner = signing_key(channel["owner"])
-    prev = None
+    prev: str | None = None
     for pos, (step, recorded) in enumerate(zip(channel["steps"], OUTPUTS["channel_log"], strict=True)):
         if "accept" in step:
             node = step["accept"]
+            assert prev is not None  # an acceptance answers an invitation: never the log's first event
             acceptance = sign_acceptance(channel["channel"], node, prev, signing_key(node))
             body = acceptance.model_dump(mode="json", exclude={"signature"})
             assert signing_input("channel-accept", body).decode() == recorded["acceptance_signing_input"]

@@ -95,6 +95,7 @@ async def test_items_fail_alone_and_a_retry_posts_nothing_twice(make_federation:
 async def test_batch_shapes_and_rights_are_checked(make_federation: MakeFederation) -> None:
     fed = await make_federation()
     malformed = {"bulletins": [item(0), {"kind": "alert"}]}  # an item without a title: refused whole
+    body: Any
     for body in (
         {},
         {"bulletins": []},

@@ -464,14 +464,15 @@ def json_cases() -> list[Case]:
     million = json.dumps({**NOTE, "indicators": {"airports": ["x"] * 1_000_000}}).encode()
     cases.append(Case("post, a million invalid airports (5 MB)", "POST", post, million, expect=frozenset({413, 422})))
     channel = {"id": "ops", "title": "Ops", "policy": {"agencies": ["customs"]}, "default_handling": {"tlp": "GREEN"}}
-    for name, change in {
+    changes: dict[str, dict[str, Any]] = {
         "ends 2025-02-30": {"ends": "2025-02-30"},
         "ends 2025-13-01": {"ends": "2025-13-01"},
         "an id with upper case": {"id": "OPS"},
         "a purpose of 2,001 characters": {"purpose": "x" * 2001},
         "no policy": {"policy": None},
         "a type other than create": {"type": "close"},
-    }.items():
+    }
+    for name, change in changes.items():
         cases.append(
             Case(
                 f"channel, {name}", "POST", "/api/v1/channels", json.dumps({**channel, **change}).encode(), user="admin"

@@ -179,15 +179,17 @@ async def test_a_slowloris_client_is_cut_off_in_time_while_others_are_served(mak
             writer.close()
 
     attackers = [asyncio.create_task(slowloris(trickle=i >= silent)) for i in range(slow + silent)]
+    assert nl.node is not None
+    guard = nl.node.guard
 
     async def all_held() -> bool:
-        return nl.node.guard.connections("127.0.0.2") == slow + silent
+        return guard.connections("127.0.0.2") == slow + silent
 
     await eventually(all_held, what="every slowloris connection to be open")
     served = []
     for _ in range(10):  # meanwhile, others are served
         status, body, _ = await nl.api("GET", "/api/v1/whoami")
-        served.append((status, nl.node.guard.connections("127.0.0.2")))
+        served.append((status, guard.connections("127.0.0.2")))
         assert status == 200 and body["user"] == "officer"
     results = await asyncio.gather(*attackers)
     cut_after = sorted(elapsed for elapsed, _ in results)
@@ -200,7 +202,7 @@ async def test_a_slowloris_client_is_cut_off_in_time_while_others_are_served(mak
     for elapsed, answer in results:
         assert answer is not None and answer.status == 408 and "did not arrive" in answer.problem["detail"]
         assert elapsed >= timeout  # not before its time
-    assert nl.node.guard.connections("127.0.0.2") == 0
+    assert guard.connections("127.0.0.2") == 0
 
     # Counted, not written one by one.
     refused = await counted(nl, start)
@@ -292,9 +294,11 @@ async def test_connections_are_limited_per_address_and_in_all_but_partners_count
     nl, ke = fed["nl-customs"], fed["ke-customs"]
     start = await log_size(nl)
     held = [await connect(nl, "127.0.0.2") for _ in range(3)]
+    assert nl.node is not None
+    guard = nl.node.guard
 
     async def three() -> bool:
-        return nl.node.guard.connections("127.0.0.2") == 3
+        return guard.connections("127.0.0.2") == 3
 
     await eventually(three, what="three connections from 127.0.0.2")
     # A fourth from the same address: 429 at once, and closed.
@@ -311,7 +315,7 @@ async def test_connections_are_limited_per_address_and_in_all_but_partners_count
     extra = await connect(nl, "127.0.0.4")
 
     async def four() -> bool:
-        return nl.node.guard.connections("127.0.0.4") == 1
+        return guard.connections("127.0.0.4") == 1
 
     await eventually(four, what="the fourth client connection")
     answer = await exchange_once(nl, WHOAMI, "127.0.0.6")
@@ -323,7 +327,7 @@ async def test_connections_are_limited_per_address_and_in_all_but_partners_count
         w.close()
 
     async def freed() -> bool:
-        return nl.node.guard.connections("127.0.0.2") == 0
+        return guard.connections("127.0.0.2") == 0
 
     await eventually(freed, what="the connections to close")
     assert (await exchange_once(nl, WHOAMI, "127.0.0.2")).status == 401
@@ -512,7 +516,7 @@ def test_no_entry_exceeds_its_bound_whatever_the_client_sends() -> None:
     for i in range(50):
         tally.add(clip(f"4{i:02d} {worst}", 28), 10**9)
     tally.sample = clip(worst, 80)
-    summary = {"idx": 10**15, **summary_entry(worst, tally, "2025-01-01T00:00:00.000Z")}
+    summary: dict[str, Any] = {"idx": 10**15, **summary_entry(worst, tally, "2025-01-01T00:00:00.000Z")}
     assert len(summary["reasons"]) == 4 and summary["reasons"]["other"] == 47 * 10**9
     assert len(canonical_json(summary)) <= MAX_ENTRY_BYTES, len(canonical_json(summary))
     assert clip("short", 10) == "short" and clip("a" * 20, 10) == "a" * 7 + "…"

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
@@ -40,7 +41,7 @@ async def test_one_token_is_held_to_its_burst_however_its_header_is_spelled(
     fed = await make_federation(options=tight(BURST, BURST))
     nl = fed["nl-customs"]
     token = nl.tokens["officer"]
-    client = http(nl, "127.0.0.2")
+    client: aiohttp.ClientSession = http(nl, "127.0.0.2")
 
     async def status(header: str) -> int:
         async with client.get("/api/v1/whoami", headers={"Authorization": header}) as resp:
@@ -58,7 +59,7 @@ async def test_a_rotated_token_is_charged_to_its_address_again(make_federation: 
     fed = await make_federation(options=tight(BURST, 50))
     nl = fed["nl-customs"]
     old = nl.tokens["officer"]
-    client = http(nl, "127.0.0.2")
+    client: aiohttp.ClientSession = http(nl, "127.0.0.2")
 
     async def status(token: str) -> int:
         async with client.get("/api/v1/whoami", headers={"Authorization": f"Bearer {token}"}) as resp:

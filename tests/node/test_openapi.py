@@ -44,7 +44,7 @@ def test_every_operation_has_its_parameters_schemas_and_security() -> None:
             ok = [s for s in op["responses"] if s.startswith("2")]
             assert len(ok) == 1 and op["responses"][ok[0]]["content"], f"{where}: no success schema"
             assert "application/problem+json" in op["responses"]["4XX"]["content"], where
-            expected = (
+            expected: list[dict[str, list[str]]] = (
                 []
                 if path == "/api/v1/openapi.json"
                 else [{"mutualTLS": []}]

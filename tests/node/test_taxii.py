@@ -67,7 +67,8 @@ async def post(fed: Federation, body: dict[str, Any], node: str = "nl-customs") 
 async def post_mix(fed: Federation, count: int, start: int = 0) -> tuple[list[str], list[str]]:
     """`count` servable bulletins, and among them a RED, an AMBER+STRICT and a no-onward-sharing one
     every 25; returns (servable ids, withheld ids) in posting order."""
-    servable, withheld = [], []
+    servable: list[str] = []
+    withheld: list[str] = []
     tlps = ("CLEAR", "GREEN", "AMBER")
     for i in range(start, start + count):
         kind = "feedback" if i % 10 == 9 and servable else "alert"

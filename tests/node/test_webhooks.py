@@ -132,7 +132,12 @@ async def test_registration_is_for_administrators_and_checked(make_federation: M
     nl = fed["nl-customs"]
     path = "/api/v1/channels/c2c/webhooks"
     assert (await nl.api("POST", path, user="officer", body={"url": "https://example.org/x"}))[0] == 403
-    bad = ("http://example.org/hook", "ftp://example.org/x", "https:///nohost", "https://exa mple.org/x")
+    bad: tuple[str, ...] = (
+        "http://example.org/hook",
+        "ftp://example.org/x",
+        "https:///nohost",
+        "https://exa mple.org/x",
+    )
     bad += ("https://user:secret@example.org/x", "https://token@example.org/x", "http://evil\\@127.0.0.1/x")
     unsplittable = ("https://[oops", "https://example.org:99999/x", "https://example.org:x/")  # urllib raises
     for url in bad + unsplittable:

@@ -213,6 +213,7 @@ def test_an_envelope_with_a_million_recipients_costs_one_error() -> None:
 def test_the_roster_is_bounded() -> None:
     roster = signed_roster().roster.model_dump(mode="json")
     Roster.model_validate(roster)
+    nodes: list[Any]
     for nodes in ([], [roster["nodes"][0]] * (MAX_ROSTER_NODES + 1), [{}] * MILLION):
         exc = refused(Roster, {**roster, "nodes": nodes})
         assert exc.error_count() == 1

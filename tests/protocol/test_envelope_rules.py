@@ -694,8 +694,9 @@ def test_verify_nonce_and_key_commitment_lengths(
     field: str, good: Envelope, fed: Federation, state: ChannelState
 ) -> None:
     value = getattr(good.header, field)
+    changed: dict[str, Any] = {field: b64e(b64d(value) + b"\x00")}
     with pytest.raises(InvalidEnvelope, match="malformed nonce or key commitment"):
-        verify_envelope(resign(good, **{field: b64e(b64d(value) + b"\x00")}), fed, state)
+        verify_envelope(resign(good, **changed), fed, state)
 
 
 def test_verify_ciphertext_must_match_its_hash(good: Envelope, fed: Federation, state: ChannelState) -> None:

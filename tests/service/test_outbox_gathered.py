@@ -14,7 +14,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -171,7 +171,7 @@ async def test_each_queues_head_is_a_seek_on_the_pending_index(
     services, _ = federation
     a = services[AUTHOR]
     await post(a, "one")
-    sql = _queue_heads(3).element.text
+    sql = cast(sa.TextClause, _queue_heads(3).element).text  # built by sa.text
     params = {f"{k}{i}": v for i in range(3) for k, v in (("d", READERS[i]), ("a", 0), ("l", 10))}
     async with a.store.engine.connect() as conn:
         if a.store.shared:  # an ordered index scan that stops at the limit, not a bitmap scan and a sort
@@ -182,8 +182,8 @@ async def test_each_queues_head_is_a_seek_on_the_pending_index(
             assert "Sort" not in plan and "Bitmap" not in plan, plan
         else:
             rows = await conn.execute(sa.text("EXPLAIN QUERY PLAN " + sql), params)
-            plan = [str(r[-1]) for r in rows if "outbox" in str(r[-1])]
-            assert len(plan) == 3 and all("ix_outbox_pending (dest=? AND state=? AND n>?)" in p for p in plan), plan
+            steps = [str(r[-1]) for r in rows if "outbox" in str(r[-1])]
+            assert len(steps) == 3 and all("ix_outbox_pending (dest=? AND state=? AND n>?)" in p for p in steps), steps
         got = (await conn.execute(_queue_heads(3), params)).all()
     assert sorted(r.ask for r in got) == [0, 1, 2]
 

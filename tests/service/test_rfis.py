@@ -50,7 +50,8 @@ async def test_open_overdue_and_answered_requests(make_federation: MakeFederatio
     answered_by = await post(fed, "ke-customs", answer)
 
     async def answered() -> bool:
-        return (await board(fed, "nl-customs"))["answered"] == 1
+        count: int = (await board(fed, "nl-customs"))["answered"]
+        return count == 1
 
     await eventually(answered, 30, "the answer at the author")
     got = await board(fed, "nl-customs")

@@ -49,7 +49,9 @@ async def test_a_postgresql_node_keeps_at_most_database_connections(
             async with store.read() as conn:
                 assert await conn.scalar(sa.select(1)) == 1
             if store.engine.dialect.name == "postgresql":
-                assert store.engine.pool.size() == connections
-                assert store.engine.pool._max_overflow == 0  # type: ignore[attr-defined]
+                pool = store.engine.pool
+                assert isinstance(pool, sa.pool.QueuePool)
+                assert pool.size() == connections
+                assert pool._max_overflow == 0
         finally:
             await store.close()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from exchange.crypto import canonical_json
 from exchange.merkle import leaf_hash
@@ -54,6 +54,13 @@ ROWS: dict[str, Callable[[int], dict[str, Any]]] = {
 }
 
 
+async def inserted_id(conn: AsyncConnection, table: sa.Table, row: dict[str, Any]) -> int:
+    """Insert one row; the id the database gave it."""
+    key = (await conn.execute(sa.insert(table).values(row))).inserted_primary_key
+    assert key is not None  # one row inserted: its key
+    return int(key[0])
+
+
 async def add_delete_add(url: str, name: str) -> tuple[list[int], int]:
     """Add two rows, delete the second, add one more (three transactions): the first two ids, the new one."""
     table = metadata.tables[name]
@@ -61,14 +68,11 @@ async def add_delete_add(url: str, name: str) -> tuple[list[int], int]:
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
-            ids = [
-                int((await conn.execute(sa.insert(table).values(ROWS[name](i)))).inserted_primary_key[0])
-                for i in (1, 2)
-            ]
+            ids = [await inserted_id(conn, table, ROWS[name](i)) for i in (1, 2)]
         async with engine.begin() as conn:
             await conn.execute(sa.delete(table).where(key == ids[-1]))
         async with engine.begin() as conn:
-            again = int((await conn.execute(sa.insert(table).values(ROWS[name](3)))).inserted_primary_key[0])
+            again = await inserted_id(conn, table, ROWS[name](3))
     finally:
         await engine.dispose()
     return ids, again
@@ -148,7 +152,7 @@ async def test_0009_keeps_every_row_and_gives_no_id_the_log_names_again(deployed
     async with engine.begin() as conn:
         new = await conn.execute(sa.insert(metadata.tables["webhooks"]).values(ROWS["webhooks"](4)))
     await engine.dispose()
-    assert new.inserted_primary_key[0] == 4
+    assert new.inserted_primary_key is not None and new.inserted_primary_key[0] == 4
 
     await at_revision(deployed.url, "0008")
     again = await snapshot(deployed.url)

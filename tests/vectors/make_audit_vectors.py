@@ -53,6 +53,7 @@ from exchange.audit.note import (
 )
 from exchange.audit.witness import (
     Seen,
+    Stale,
     cosign_request,
     cosignature_body,
     open_logs_checkpoint,
@@ -793,6 +794,7 @@ def refuse(negative: dict[str, Any], keys: KeyRing, bundle: list[str], *, batch:
         elif kind == "witness":
             seen = Seen(given["seen"]["size"], b64d(given["seen"]["root"]), given["seen"]["note"], "")
             cp, _ = open_logs_checkpoint(LOG_NODE, given["checkpoint"], keys.log_key(LOG_NODE))
+            verdict: Stale | str | None
             # A pull's answer is the log's latest: smaller than what was seen, it went back. A push
             # is judged by split_detail (a smaller one pushed is only late).
             if given.get("pulled"):

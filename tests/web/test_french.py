@@ -55,7 +55,7 @@ TAGS = re.compile(r"</?[a-z]+[^>]*>")
 def extracted() -> dict[str | tuple[str, ...], list[str]]:
     """Every message exchange/web marks, with where it is, as `pybabel extract -k N_` finds them."""
     with (WEB / "locale" / "babel.cfg").open() as f:
-        methods, options = parse_mapping_cfg(f)
+        methods, options = parse_mapping_cfg(f)  # type: ignore[no-untyped-call]  # babel leaves it unannotated
     found: dict[str | tuple[str, ...], list[str]] = {}
     keywords = {**DEFAULT_KEYWORDS, "N_": None}
     for name, line, message, _, _ in extract_from_dir(
@@ -86,6 +86,7 @@ def test_every_console_message_has_a_french_translation() -> None:
         if entry.fuzzy:
             problems.append(f"fuzzy {msgid!r}")
         english = [msgid] if isinstance(msgid, str) else list(msgid)
+        assert entry.string is not None  # a message read from a .po file has a string, "" if untranslated
         french = [entry.string] if isinstance(entry.string, str) else list(entry.string)
         if not all(s.strip() for s in french):
             problems.append(f"empty translation of {msgid!r}")

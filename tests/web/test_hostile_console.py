@@ -270,10 +270,10 @@ async def test_every_console_input_gets_a_4xx_page_nothing_stored_and_an_audit_e
     for control in (b"\x01", b"\x1b", b"\x7f", b"\r"):
         body = multipart(compose_parts(officer.csrf, b'filename="a' + control + b'b.pdf"'))
         bodies.append((officer, "/console/compose", body, "multipart/form-data; boundary=B", 422))
-    for who, path, data, content_type, status in bodies:
+    for sender, path, data, content_type, status in bodies:
         size = nl.service.store.audit_size
-        user = None if "%00" in path else "admin" if who is admin else "officer"
-        await refused(user, "POST", path, status, await who.post(path, data, content_type), size)
+        as_user = None if "%00" in path else "admin" if sender is admin else "officer"
+        await refused(as_user, "POST", path, status, await sender.post(path, data, content_type), size)
 
     # A chunked form: its size is unknown until read, so it is refused unread (411).
     async def chunks() -> AsyncIterator[bytes]:
@@ -326,7 +326,8 @@ async def upload(officer: Console, name: str) -> str:
     body = multipart(compose_parts(officer.csrf, b'filename="' + name.encode() + b'"'))
     status, page, headers = await officer.post("/console/compose", body, "multipart/form-data; boundary=B")
     assert status == 303, page[-500:]
-    return urllib.parse.parse_qs(urllib.parse.urlsplit(headers["Location"]).query)["posted"][0]
+    location: str = headers["Location"]
+    return urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)["posted"][0]
 
 
 async def test_attachment_names_lose_their_direction_controls(fed: Federation, console: Any) -> None:
