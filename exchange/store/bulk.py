@@ -26,17 +26,13 @@ async def insert_rows(conn: AsyncConnection, table: sa.Table, rows: Sequence[dic
     """INSERT `rows` (dicts with the same keys) into `table` in one executemany."""
     if not rows:
         return
-    keys = tuple(rows[0])
-    plan = _plan(table, keys, conn.dialect)
-    if plan is None or any(len(row) != len(keys) for row in rows):
+    first = rows[0].keys()
+    plan = _plan(table, tuple(first), conn.dialect)
+    if plan is None or any(row.keys() != first for row in rows):  # a row with other keys: SQLAlchemy's way
         await conn.execute(sa.insert(table), list(rows))
         return
     sql, values, defaults = plan
-    try:
-        params = [values({**defaults, **row}) for row in rows] if defaults else [values(row) for row in rows]
-    except KeyError:  # a row with other keys than the first's
-        await conn.execute(sa.insert(table), list(rows))
-        return
+    params = [values({**defaults, **row}) for row in rows] if defaults else [values(row) for row in rows]
     await conn.exec_driver_sql(sql, params)
 
 
