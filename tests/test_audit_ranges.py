@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ from exchange.audit.checkpoint import Checkpoint, cosign, log_origin, sign_check
 from exchange.audit.keeper import entry_lines, record_line
 from exchange.audit.log import FORMAT, BundleCheck, KeyRing, LogVerifier
 from exchange.audit.ranges import BLOCK, BLOCK_HEIGHT, RangeCheck, cover, entry_index
-from exchange.cli import verify_ranges
+from exchange.cli import range_worker, verify_ranges
 from exchange.cli.audit import verify_bundle
 from exchange.cli.lines import READ_SIZE
 from exchange.cli.main import cli
@@ -319,6 +321,93 @@ def test_a_bundle_from_a_pipe_is_verified_on_one_core(tmp_path: Path, write: Cal
     finally:
         feeder.join(timeout=30)
     assert report.entries == SIZE
+
+
+@pytest.mark.usefixtures("small_logs_in_ranges")
+def test_a_file_rewritten_while_the_ranges_read_it_is_read_again_on_one_core(
+    write: Callable[[list[bytes]], Path],
+) -> None:
+    """An entry the first range has already checked is rewritten in place (same length, same
+    file): every range passes on what it read, so only the file's change gives it away. The
+    verdict is then the one-core verdict on the file as it now is, naming the rewritten entry."""
+    path = write(LINES)
+    k = 5
+    start = sum(len(line) + 1 for line in LINES[: FIRST + k])
+    tampered = LINES[FIRST + k].replace(b"ke-customs", b"ke-customz", 1)
+    assert len(tampered) == len(LINES[FIRST + k]) and tampered != LINES[FIRST + k]
+    rewrites: list[int] = []
+
+    def rewrite_once(checked: int) -> None:  # called as the first range, in this process, reads on
+        if not rewrites and checked > k:
+            with path.open("r+b") as fh:
+                fh.seek(start)
+                fh.write(tampered)
+            rewrites.append(checked)
+
+    check = BundleCheck(keys=KEYS)
+    finish = lambda c: finish_with_quorum(c, 1, None)  # noqa: E731
+    assert verify_ranges.verify_in_ranges(path, check, finish, workers=3, progress=rewrite_once) is None
+    assert rewrites, "the first range never reported its progress"
+    path.write_bytes(b"".join(line + b"\n" for line in LINES))
+    rewrites.clear()
+    try:
+        verify_bundle(path, KEYS, quorum=1, workers=3, progress=rewrite_once)
+    except ExchangeError as exc:
+        got: tuple[Any, ...] = (type(exc).__name__, exc.detail, getattr(exc, "index", None))
+    else:
+        pytest.fail("a file rewritten during the check was reported sound")
+    assert rewrites and got == verdict(path, 1) == ("BadEntry", got[1], k), got
+
+
+GIVE_UP_AT_ONCE = """
+from pathlib import Path
+from exchange.cli import verify_ranges
+from exchange.audit.log import KeyRing
+from exchange.audit.ranges import BLOCK
+from exchange.cli.audit import verify_bundle
+from exchange.crypto import VerifyKey
+from exchange.errors import ExchangeError
+verify_ranges.PARALLEL_FROM, verify_ranges.PER_WORKER = 0, BLOCK
+keys = KeyRing({{name: VerifyKey(bytes.fromhex(raw)) for name, raw in {keys!r}.items()}})
+try:
+    verify_bundle(Path({path!r}), keys, quorum=1, workers=3)
+except ExchangeError as exc:
+    print(type(exc).__name__, exc.detail)
+"""
+
+
+@pytest.mark.usefixtures("small_logs_in_ranges")
+def test_ranges_given_up_before_their_workers_start_leave_no_traceback(write: Callable[[list[bytes]], Path]) -> None:
+    """The first range fails at once, while the other workers are still starting: they stop
+    quietly, and the user sees the verdict alone."""
+    path = write(_at(3, lambda line: line.replace(b"ke-customs", b"ke-customz", 1))(LINES))
+    raw_keys = {NODE: LOG_KEY.verify_key.raw.hex(), WITNESS: WITNESS_KEY.verify_key.raw.hex()}
+    run = subprocess.run(
+        [sys.executable, "-c", GIVE_UP_AT_ONCE.format(path=str(path), keys=raw_keys)],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert run.stdout == "BadEntry entry 3: its content does not match its stored leaf hash: it was changed\n"
+
+
+def test_a_range_stops_at_its_next_read_once_the_check_is_given_up(write: Callable[[list[bytes]], Path]) -> None:
+    """A worker whose check was given up elsewhere (a range failed, the file changed) reads no
+    further: its range is not taken, whatever it holds."""
+    path = write(LINES)
+    start, stop = sum(len(line) + 1 for line in LINES[:FIRST]), path.stat().st_size - len(LINES[-1]) - 1
+    span = range_worker.Range(start, stop, 0)
+    event = threading.Event()
+    range_worker.started(event)
+    try:
+        assert range_worker.check_range(str(path), span, CUTS) is not None  # sound, and not given up
+        event.set()
+        assert range_worker.check_range(str(path), span, CUTS) is None
+    finally:
+        range_worker.started(None)
 
 
 # -- the pure parts -----------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -171,4 +172,7 @@ def verify_in_ranges(
         if given_up is not None:
             given_up.set()  # ranges still running stop at their next read
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            # Waited for beside the caller's work: a worker still starting must find the pool (and
+            # its event) alive, or it dies with a traceback on the user's terminal; it then stops
+            # at its first read.
+            threading.Thread(target=pool.shutdown, kwargs={"wait": True, "cancel_futures": True}).start()
