@@ -49,13 +49,24 @@ CHROMIUM_ARGS = [
 _GIVEN: set[int] = set()  # ports free_port handed out in this run
 
 
+def _ports() -> range:
+    """The ports this test process hands out: 20000-31999, or its share of them under
+    `pytest -n N` (each worker its own slice, so two workers never take the same port)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or "1")
+    k = int(worker[2:]) if worker[:2] == "gw" and worker[2:].isdigit() else 0
+    width = 12000 // max(1, count)
+    return range(20000 + k * width, 20000 + (k + 1) * width)
+
+
 def free_port() -> int:
     """A port free now, below the ephemeral range (32768 and up on Linux): a port the kernel hands
     out is also what the suite's own outgoing connections get, and one of them could take it
     between this check and the node's bind ("address already in use"). Never the same port twice
     in one run: a federation takes its nodes' ports before any of them binds."""
+    ports = _ports()
     for _ in range(200):
-        port = random.randrange(20000, 32000)
+        port = random.choice(ports)
         if port in _GIVEN:
             continue
         with socket.socket() as s:
