@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from exchange.audit.checkpoint import cosign, witness_name
 from exchange.audit.events import BULLETIN_OPENED, BulletinOpened
 from exchange.audit.keeper import record_line
 from exchange.audit.log import BundleCheck, KeyRing
@@ -23,7 +24,7 @@ from exchange.merkle import verify_inclusion
 from exchange.service.audit import table
 from exchange.service.audit.entries import LogEntries
 from exchange.service.audit.keeper import LogKeeper
-from exchange.store import AuditBuffer, Store, audit_log
+from exchange.store import AuditBuffer, Store, audit_checkpoints, audit_log
 
 NODE = "nl-customs"
 KEY = SigningKey.generate()
@@ -133,3 +134,55 @@ async def test_the_keeper_reads_the_table_by_the_same_query_on_either_database(s
         verify_inclusion(leaf, table.CHUNK + 1, COUNT, proof, cp.root)
     finally:
         await keeper.close()
+
+
+WITNESS, WITNESS_KEY = "ke-customs", SigningKey.generate()
+WITNESSED = KeyRing({NODE: KEY.verify_key, WITNESS: WITNESS_KEY.verify_key})
+# (time a checkpoint is stored with, whether the witness co-signed it, whether a full export carries it)
+DAYS = [
+    ("2026-01-01T08:00:00.000Z", False, False),  # not the last of its day
+    ("2026-01-01T20:00:00.000Z", False, True),  # the last of 1 January
+    ("2026-01-02T10:00:00.000Z", True, True),  # the latest the witness co-signed
+    ("2026-01-02T11:00:00.000Z", False, True),  # the last of 2 January
+    ("2026-01-03T09:00:00.000Z", False, True),  # the only one of 3 January
+    ("2026-01-05T11:00:00.000Z", False, False),  # a day and an hour before the latest
+    ("2026-01-05T12:00:00.000Z", False, True),  # a day before the latest: the recent ones start here
+    ("2026-01-05T17:00:00.000Z", False, True),
+    ("2026-01-06T09:00:00.000Z", False, True),
+    ("2026-01-06T12:00:00.000Z", False, True),  # the latest
+]
+
+
+async def test_a_full_export_carries_the_last_day_of_checkpoints_and_one_a_day_before(store: Store) -> None:
+    """A node signs a checkpoint each minute its log grew: a year of them would outweigh the
+    entries. The export carries every checkpoint of the last day before the latest, the last of
+    each earlier day, and the latest each witness co-signed; the bundle verifies, with the
+    witness's cosignature checked."""
+    keeper = LogKeeper(NODE, store, KEY)
+    await keeper.start()
+    sizes = []
+    try:
+        for i, (at, cosigned, _) in enumerate(DAYS):
+            await store.insert(lambda audit, i=i: audit.add(opened(COUNT + i)))  # type: ignore[misc]
+            cp = await keeper.checkpoint()
+            assert cp is not None
+            sizes.append(cp.size)
+            async with store.engine.begin() as conn:  # as if signed then
+                stored = audit_checkpoints.c.size == cp.size
+                await conn.execute(sa.update(audit_checkpoints).where(stored).values(at=at))
+            if cosigned:
+                line = cosign(cp.note.split("\n\n")[0] + "\n", witness_name(WITNESS), WITNESS_KEY, 1_767_000_000)
+                await table.keep_cosignature(store, cp.size, WITNESS, line.line(), WITNESSED.witnesses(NODE))
+        lines = b"".join([chunk async for chunk in LogEntries(keeper).export_lines()]).split(b"\n")[:-1]
+        records = [record async for record in LogEntries(keeper).export()]
+    finally:
+        await keeper.close()
+    carried = [s for s, (_, _, kept) in zip(sizes, DAYS, strict=True) if kept]
+    notes = [json.loads(line)["note"] for line in lines if line.startswith(b'{"type":"checkpoint"')]
+    assert [int(n.split("\n")[1]) for n in notes] == carried
+    assert [int(r["note"].split("\n")[1]) for r in records if r["type"] == "checkpoint"] == carried
+    check = BundleCheck(keys=WITNESSED)
+    check.feed_lines(lines)
+    report = check.finish()
+    assert report.entries == COUNT + len(DAYS) and [c.size for c in report.checkpoints] == carried
+    assert [c.witnesses for c in report.checkpoints if c.witnesses] == [(WITNESS,)]

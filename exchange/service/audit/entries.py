@@ -6,6 +6,7 @@ proofs; this reads what the table holds, as it is.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
@@ -29,11 +30,12 @@ from exchange.clock import timestamp
 from exchange.crypto import b64e
 from exchange.errors import NotFound
 from exchange.service.audit.table import PAGE, stream
-from exchange.store import audit_log
+from exchange.store import audit_checkpoints, audit_cosignatures, audit_log
 
 if TYPE_CHECKING:
-    from exchange.service.audit.keeper import LogKeeper
+    from exchange.service.audit.keeper import LogKeeper, Sizes
 
+EXPORT_RECENT = dt.timedelta(days=1)  # a full export carries every checkpoint this close to the latest
 SCAN_LIMIT = 50_000  # rows one filtered listing request may scan before it returns a cursor
 
 Match = Callable[[dict[str, Any]], bool]
@@ -200,9 +202,9 @@ class LogEntries:
             for record in evidence_records(ev):
                 yield record
             return
-        # Every checkpoint, read before the size: each covers entries committed before it was read,
+        # The checkpoints, read before the size: each covers entries committed before it was read,
         # so one larger than the table tells the verifier that signed entries are missing.
-        signed = await keeper.checkpoints()
+        signed = await keeper.checkpoints(among=await self._exported_checkpoints())
         await self.store.refresh_audit_size()  # other workers' entries too (exchange.store.workers)
         size = self.store.audit_size
         yield header_record(keeper.me, keeper.origin, keeper.signed_roster, at=timestamp(), complete=True, size=size)
@@ -216,6 +218,25 @@ class LogEntries:
                     yield entry_record(*_stored(*row))
         yield {"type": "end", "entries": count}
 
+    async def _exported_checkpoints(self) -> Sizes:
+        """The sizes of the checkpoints a full export carries, so that it grows with the days a
+        node has run and not with its minutes (docs/audit.md, section 6): every checkpoint
+        signed within EXPORT_RECENT of the latest, the last of each earlier UTC day, and the
+        latest each witness co-signed. The latest of all is always among them."""
+        cp, co = audit_checkpoints.c, audit_cosignatures.c
+        async with self.store.read() as conn:
+            latest = (await conn.execute(sa.select(cp.at).order_by(cp.size.desc()).limit(1))).scalar()
+        try:
+            at = dt.datetime.strptime(str(latest), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+            since = timestamp(at - EXPORT_RECENT)
+        except ValueError:  # no checkpoint, or a time that is not a node's (an edited row): all of them
+            since = ""
+        return sa.union(
+            sa.select(cp.size).where(cp.at >= since),
+            sa.select(sa.func.max(cp.size)).group_by(sa.func.substr(cp.at, 1, 10)),
+            sa.select(sa.func.max(co.size)).group_by(co.witness),
+        )
+
     async def export_lines(self, bulletin: str | None = None) -> AsyncIterator[bytes]:
         """The export bundle as JSON Lines, in chunks: first the header's line, then a page of
         entries per chunk. The lines of the records of `export`, entries written a page at a time."""
@@ -225,7 +246,7 @@ class LogEntries:
             yield json.dumps(await anext(records), separators=(",", ":")).encode() + b"\n"
             yield b"".join([record_line(record) + b"\n" async for record in records])
             return
-        signed = await keeper.checkpoints()  # before the size, as in `export`
+        signed = await keeper.checkpoints(among=await self._exported_checkpoints())  # before the size, as in `export`
         await self.store.refresh_audit_size()
         size = self.store.audit_size
         header = header_record(keeper.me, keeper.origin, keeper.signed_roster, at=timestamp(), complete=True, size=size)

@@ -45,6 +45,8 @@ WITNESSED_TRIED = 3  # co-signed checkpoints tried, largest first, for the start
 
 log = logging.getLogger("exchange.audit")
 
+Sizes = sa.CompoundSelect[int]  # a query of checkpoint sizes
+
 _CHECKPOINT_COLUMNS = (
     audit_checkpoints.c.size,
     audit_checkpoints.c.root,
@@ -401,20 +403,19 @@ class LogKeeper:
         async with self.store.read() as conn:
             return [await self._cosigned(conn, row) for row in (await conn.execute(query)).all()]
 
-    async def checkpoints(self, upto: int | None = None) -> list[StoredCheckpoint]:
-        """Every checkpoint this node signed, smallest first, with their cosignatures."""
+    async def checkpoints(self, upto: int | None = None, among: Sizes | None = None) -> list[StoredCheckpoint]:
+        """Every checkpoint this node signed (or those of the sizes `among` selects), smallest
+        first, with their cosignatures."""
         query = sa.select(*_CHECKPOINT_COLUMNS).order_by(audit_checkpoints.c.size)
+        co = audit_cosignatures.c
+        lines_query = sa.select(co.size, co.witness, co.line).order_by(co.size, co.witness)
         if upto is not None:
             query = query.where(audit_checkpoints.c.size <= upto)
+        if among is not None:
+            query, lines_query = query.where(audit_checkpoints.c.size.in_(among)), lines_query.where(co.size.in_(among))
         async with self.store.read() as conn:
             rows = (await conn.execute(query)).all()
-            lines = (
-                await conn.execute(
-                    sa.select(
-                        audit_cosignatures.c.size, audit_cosignatures.c.witness, audit_cosignatures.c.line
-                    ).order_by(audit_cosignatures.c.size, audit_cosignatures.c.witness)
-                )
-            ).all()
+            lines = (await conn.execute(lines_query)).all()
         cosigs: dict[int, list[tuple[str, str]]] = {}
         for size, witness, line in lines:
             cosigs.setdefault(int(size), []).append((witness, line))
