@@ -8,7 +8,9 @@ Run: .venv/bin/python bench/audit.py [--entries N] [--append N] [--concurrency C
    received, delivered, opened: four per bulletin) are written straight into nl's SQLite log after
    the entries `federation init` wrote, with their bulletin index column, and nl signs two
    checkpoints with its key: one at N - 10,000 co-signed by ke (what a witness round leaves) and
-   one of every entry (what a clean stop leaves).
+   one of every entry (what a clean stop leaves). With --minutes M, also one at the end of each of
+   M minutes, stored one minute apart up to the build's time, as a node signs one each minute its
+   log grew (43,200: a month), so that the figures include the checkpoints an export carries.
 2. The floor, measured in the same run, on one core: every row (idx, entry, leaf hash) read with
    the sqlite3 module a page of 5,000 at a time, and per entry 2 SHA-256: its leaf hash and one
    interior node (a tree of n leaves has n - 1). Nothing less can recompute the log's root.
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import hashlib
 import json
 import os
@@ -57,7 +60,7 @@ from exchange.audit.events import BULLETIN_OPENED, BulletinOpened
 from exchange.audit.log import BundleCheck, KeyRing
 from exchange.cli.client import Target, call
 from exchange.cli.verify_ranges import default_workers
-from exchange.clock import timestamp
+from exchange.clock import timestamp, utc_now
 from exchange.config import NodeConfig
 from exchange.crypto import SigningKey
 from exchange.keystore import NodeKeyFiles, load_federation
@@ -152,8 +155,9 @@ def signed_row(frontier: Frontier, key: SigningKey) -> tuple[dict[str, Any], str
     return row, note.text
 
 
-def build(path: Path, entries: int, key: SigningKey, witness: SigningKey) -> tuple[float, int]:
-    """Append the synthetic entries and the two checkpoints; return (seconds, log size)."""
+def build(path: Path, entries: int, key: SigningKey, witness: SigningKey, minutes: int = 0) -> tuple[float, int]:
+    """Append the synthetic entries and the two checkpoints (with `minutes`, one checkpoint more at
+    the end of each of that many minutes, stored one minute apart up to now); return (seconds, log size)."""
     started = time.perf_counter()
     engine = sa.create_engine(f"sqlite:///{path}")
     with engine.begin() as conn:
@@ -161,6 +165,24 @@ def build(path: Path, entries: int, key: SigningKey, witness: SigningKey) -> tup
         frontier = Frontier.from_hashes(existing)
         first, size = len(existing), len(existing) + entries
         cut = size - min(UNWITNESSED, entries // 2)  # the co-signed checkpoint
+        sizes = {n: m for n, m in minute_sizes(first, size, minutes).items() if n not in (cut, size)}
+        now = utc_now()
+
+        def extend(leaves: list[bytes]) -> None:
+            """Extend the frontier, signing the per-minute checkpoints that end among the leaves."""
+            if not sizes:
+                frontier.extend(leaves)
+                return
+            signed = []
+            for leaf in leaves:
+                frontier.extend([leaf])
+                minute = sizes.get(frontier.size)
+                if minute is not None:
+                    row, _ = signed_row(frontier, key)
+                    signed.append({**row, "at": timestamp(now - dt.timedelta(minutes=minutes - minute))})
+            if signed:
+                conn.execute(sa.insert(audit_checkpoints), signed)
+
         for lo in range(first, size, BATCH):
             rows: list[dict[str, Any]] = []
             for idx in range(lo, min(size, lo + BATCH)):
@@ -169,7 +191,7 @@ def build(path: Path, entries: int, key: SigningKey, witness: SigningKey) -> tup
             conn.execute(sa.insert(audit_log), rows)
             leaves: list[bytes] = [r["leaf_hash"] for r in rows]
             if lo < cut <= lo + len(rows):
-                frontier.extend(leaves[: cut - lo])
+                extend(leaves[: cut - lo])
                 row, text = signed_row(frontier, key)
                 conn.execute(sa.insert(audit_checkpoints).values(**row))
                 line = cosign(text, witness_name(WITNESS), witness, int(time.time())).line()
@@ -177,11 +199,17 @@ def build(path: Path, entries: int, key: SigningKey, witness: SigningKey) -> tup
                     sa.insert(audit_cosignatures).values(size=frontier.size, witness=WITNESS, line=line, at=timestamp())
                 )
                 leaves = leaves[cut - lo :]
-            frontier.extend(leaves)
+            extend(leaves)
         latest, _ = signed_row(frontier, key)
         conn.execute(sa.insert(audit_checkpoints).values(**latest))
     engine.dispose()
     return time.perf_counter() - started, size
+
+
+def minute_sizes(first: int, size: int, minutes: int) -> dict[int, int]:
+    """Log size -> minute (0 = the oldest) of checkpoints signed one a minute over the entries."""
+    step = (size - first) / max(1, minutes)
+    return {first + max(1, round(step * (m + 1))): m for m in range(minutes)} if minutes else {}
 
 
 # -- 2. the floor ---------------------------------------------------------------------------------
@@ -472,6 +500,9 @@ def main() -> None:
     parser.add_argument("--general", action="store_true", help="also time the general path, line by line")
     parser.add_argument("--skip-append", action="store_true", help="skip the append test")
     parser.add_argument("--repeat", type=int, default=3, help="runs of `audit verify`, each after a floor")
+    parser.add_argument(
+        "--minutes", type=int, default=0, help="also a checkpoint at the end of each of M minutes (43200: 30 days)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -482,8 +513,11 @@ def main() -> None:
         witness = NodeKeyFiles(configs[WITNESS].keys_dir).load().signing
         path = sqlite_path(cfg)
         console.print(f"building a log of {args.entries:,} synthetic entries in {path} ...")
-        built, size = build(path, args.entries, keys, witness)
-        console.print(f"built in {built:.1f} s: {size:,} entries, {path.stat().st_size / 1e6:.0f} MB")
+        built, size = build(path, args.entries, keys, witness, args.minutes)
+        with sqlite3.connect(path) as built_db:
+            signed = built_db.execute("SELECT count(*) FROM audit_checkpoints").fetchone()[0]
+        mb = path.stat().st_size / 1e6
+        console.print(f"built in {built:.1f} s: {size:,} entries, {signed:,} checkpoints, {mb:.0f} MB")
 
         node = asyncio.run(with_node(root, cfg, size, args.repeat))
         ring = KeyRing.from_federation(load_federation(cfg))
