@@ -355,15 +355,15 @@ async def test_upgrade_keeps_every_bulletin_and_extends_the_audit_log(deployed: 
         proof = await api(cfg, "GET", f"/api/v1/audit/proof/consistency?from={old.size}&to={new.size}", user="auditor")
         verify_consistency(old.size, new.size, [b64d(p) for p in proof["proof"]], old.root, new.root)
 
-        # `exchange audit verify` recomputes the whole log, old entries and new, and every checkpoint.
+        # `exchange audit verify` recomputes the whole log, old entries and new, and the checkpoints
+        # the export carries: of the release's two, signed the same day, that day's last (43), then
+        # the new ones (docs/audit.md, section 6).
         verified = await invoke(audit, "verify", "--node", str(deployed.node_file), "--no-witness", "--json")
         assert verified.exit_code == 0, verified.output
         report = json.loads(verified.stdout)
         assert report["ok"] and report["complete"] and report["node"] == NODE
         assert report["entries"] >= new.size > EXPECTED["audit_size"]
-        assert (
-            report["checkpoints"] >= EXPECTED["rows"]["audit_checkpoints"] + 1 and report["latest"]["size"] >= new.size
-        )
+        assert report["checkpoints"] >= 1 + 1 and report["latest"]["size"] >= new.size
     finally:
         await node.stop()
 
