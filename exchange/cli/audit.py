@@ -184,7 +184,7 @@ def render_report(report: LogReport) -> None:
     else:
         by = by_whom(latest.witnesses, report.quorum.designated if report.quorum else None)
         console.print(
-            f"  checkpoints  {len(report.checkpoints)} signed; latest of size {latest.size}, co-signed by {by}"
+            f"  checkpoints  {len(report.checkpoints)} checked; latest of size {latest.size}, co-signed by {by}"
         )
         if witnessed is not None and witnessed is not latest:
             console.print(f"  witnessed    up to size {witnessed.size}, by {', '.join(witnessed.witnesses)}")
