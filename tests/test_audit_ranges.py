@@ -410,6 +410,25 @@ def test_a_range_stops_at_its_next_read_once_the_check_is_given_up(write: Callab
         range_worker.started(None)
 
 
+def _a_broken_range(*args: Any) -> Any:
+    """A range check with a bug: imported by name in the workers as in this process."""
+    raise RuntimeError("a bug in a range")
+
+
+@pytest.mark.usefixtures("small_logs_in_ranges")
+def test_a_range_that_fails_unexpectedly_leaves_the_verdict_to_one_core(
+    write: Callable[[list[bytes]], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error the ranges do not expect (a bug, memory) is not the user's verdict: the ranges
+    give up, and one core gives its answer, sound or naming the tampered entry."""
+    monkeypatch.setattr(verify_ranges, "check_range", _a_broken_range)
+    sound = write(LINES)
+    assert in_ranges(sound) is None
+    assert verdict(sound, 3) == verdict(sound, 1) and verdict(sound, 1)[0] == "ok"
+    tampered = write(_at(7, lambda line: line.replace(b"ke-customs", b"ke-customz", 1))(LINES))
+    assert verdict(tampered, 3) == verdict(tampered, 1) == ("BadEntry", verdict(tampered, 1)[1], 7)
+
+
 # -- the pure parts -----------------------------------------------------------------------------------------
 
 

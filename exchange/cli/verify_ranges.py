@@ -13,6 +13,7 @@ the answer is always the one-core answer.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import stat
@@ -29,6 +30,8 @@ from exchange.audit.ranges import BLOCK, entry_index
 from exchange.cli.lines import MAX_LINE, READ_SIZE
 from exchange.cli.range_worker import Range, RangeResult, check_range, started
 from exchange.errors import AuditTampered, InvalidInput
+
+log = logging.getLogger("exchange.audit")
 
 PARALLEL_FROM = 200_000  # entries: a smaller log is verified on one core before workers would start
 PER_WORKER = 100_000  # entries per worker at least
@@ -167,6 +170,9 @@ def verify_in_ranges(
         check.feed_line(end_line[:-1])
         return finish(check)
     except (AuditTampered, InvalidInput, ValueError, OSError, NotImplementedError, BrokenProcessPool):
+        return None
+    except Exception:  # anything else (a worker's bug, its memory): one core answers as ever
+        log.debug("the ranges gave up on an unexpected error; checking on one core", exc_info=True)
         return None
     finally:
         if given_up is not None:
