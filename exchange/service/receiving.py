@@ -418,9 +418,11 @@ class Receiving:
 
     async def store_pushed_receipts(self, peer: str, got: Sequence[Receipt]) -> None:
         """Store checked receipts (`check_pushed_receipts`) not held yet, mark the items they
-        acknowledge delivered, and audit them."""
+        acknowledge delivered (counted in the partner's delivery status, as the sender counts
+        those it pushed), and audit them."""
 
-        async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> int:
+            queued: list[int] = []
             ids = [r.bulletin for r in got]
             have = {
                 (r.bulletin_id, r.status)
@@ -461,8 +463,11 @@ class Receiving:
                             event=ev.BULLETIN_OPENED_BY, at=timestamp(), bulletin=r.bulletin, to=peer, receipt_at=r.at
                         )
                     )
+            return len(queued)
 
-        await self.store.write(job)
+        delivered = await self.store.write(job)
+        if delivered and peer in self.outbox.senders:
+            self.outbox.senders[peer].status.delivered += delivered
 
 
 async def save_cursor(conn: AsyncConnection, peer: str, channel: str, position: int) -> None:

@@ -244,8 +244,9 @@ async def test_what_a_partner_pulled_and_receipted_is_delivered_and_a_finished_i
     pair: dict[str, NodeService],
 ) -> None:
     """The 'received' receipts a partner sends for what it pulled mark those queued items
-    delivered, found by their unique key (not by seeking every item queued for the partner); an
-    item already finished otherwise (here cancelled) keeps its state."""
+    delivered (and count in its delivery status), found by their unique key (not by seeking
+    every item queued for the partner); an item already finished otherwise (here cancelled)
+    keeps its state."""
     a, b = pair[A], pair[B]
     transport = a.outbox.transport
     assert isinstance(transport, MemoryTransport)
@@ -281,6 +282,8 @@ async def test_what_a_partner_pulled_and_receipted_is_delivered_and_a_finished_i
     async with a.store.read() as conn:
         states = dict((await conn.execute(sa.select(outbox.c.ref, outbox.c.state).where(outbox.c.dest == B))).all())
         assert states == {bid: "cancelled" if bid == posted[1] else "delivered" for bid in posted}
+        # what the operator's status and /metrics count delivered: the four, though none was pushed
+        assert a.outbox.senders[B].status.delivered == 4
         assert seen, "no statement found the receipted items"
         for statement, parameters in seen:  # SQLite has no statistics: it must not pick a state index
             rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
