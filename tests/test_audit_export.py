@@ -186,3 +186,35 @@ async def test_a_full_export_carries_the_last_day_of_checkpoints_and_one_a_day_b
     report = check.finish()
     assert report.entries == COUNT + len(DAYS) and [c.size for c in report.checkpoints] == carried
     assert [c.witnesses for c in report.checkpoints if c.witnesses] == [(WITNESS,)]
+
+
+@pytest.mark.parametrize(
+    "edited",
+    ["0001-01-01T12:00:00.000Z", "0999-06-01T00:00:00.000Z", "not a time", "2026-13-45T99:00:00.000Z"],
+)
+async def test_a_latest_checkpoint_whose_time_was_edited_exports_them_all(store: Store, edited: str) -> None:
+    """A time no node writes, on the latest checkpoint (an edited row): the export still goes
+    out, carrying every checkpoint, for the verifier to judge. A time that parses but cannot
+    have a day taken from it, or whose year has fewer than four digits (it would sort after
+    every real time as text), counts as one no node writes."""
+    keeper = LogKeeper(NODE, store, KEY)
+    await keeper.start()
+    try:
+        sizes = []
+        for i in range(3):
+            await store.insert(lambda audit, i=i: audit.add(opened(COUNT + i)))  # type: ignore[misc]
+            cp = await keeper.checkpoint()
+            assert cp is not None
+            sizes.append(cp.size)
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                sa.update(audit_checkpoints).where(audit_checkpoints.c.size == sizes[-1]).values(at=edited)
+            )
+        lines = b"".join([chunk async for chunk in LogEntries(keeper).export_lines()]).split(b"\n")[:-1]
+    finally:
+        await keeper.close()
+    notes = [json.loads(line)["note"] for line in lines if line.startswith(b'{"type":"checkpoint"')]
+    assert [int(n.split("\n")[1]) for n in notes][-3:] == sizes
+    check = BundleCheck(keys=KEYS)
+    check.feed_lines(lines)
+    assert check.finish().entries == COUNT + 3

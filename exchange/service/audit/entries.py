@@ -228,8 +228,8 @@ class LogEntries:
             latest = (await conn.execute(sa.select(cp.at).order_by(cp.size.desc()).limit(1))).scalar()
         try:
             at = dt.datetime.strptime(str(latest), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
-            since = timestamp(at - EXPORT_RECENT)
-        except ValueError:  # no checkpoint, or a time that is not a node's (an edited row): all of them
+            since = timestamp(at - EXPORT_RECENT) if at.year > 1000 else ""  # (compared as text: four digits)
+        except (ValueError, OverflowError):  # no checkpoint, or a time that is not a node's (an edited row): all
             since = ""
         return sa.union(
             sa.select(cp.size).where(cp.at >= since),
