@@ -28,6 +28,7 @@ from exchange.model import Bulletin, Envelope, NodeId
 from exchange.node.tls import client_context, peer_context
 from exchange.protocol.envelope import build_envelope
 from exchange.provision import init_federation
+from exchange.service.node import NodeService
 
 PG_ADMIN_URL = "postgresql://root@127.0.0.1:5432/test"
 REQUIRE_PG = os.environ.get("EXCHANGE_REQUIRE_POSTGRES") == "1"
@@ -135,7 +136,7 @@ class Member:
         return self.config.id
 
     @property
-    def service(self) -> Any:
+    def service(self) -> NodeService:
         assert self.node is not None
         return self.node.service
 

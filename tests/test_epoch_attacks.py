@@ -399,7 +399,7 @@ async def test_forged_or_equivocating_epoch_records_are_refused(make_federation:
     sent = await post(nl, "epoch 0")
     await arrives(ke, sent["id"])
     state = nl.service.channels.state("c2c")
-    keys = {n: nl.service.epochs.wrap_key(n) for n in state.readers}
+    keys = {str(n): nl.service.epochs.wrap_key(n) for n in state.readers}
     by_member, _ = make_epoch(state, n=0, prev=None, keys=keys, owner_key=ke.service.keys.signing, created=timestamp())
     second, _ = make_epoch(state, n=0, prev=None, keys=keys, owner_key=nl.service.keys.signing, created=timestamp())
     good = nl.service.epochs.record("c2c", 0)

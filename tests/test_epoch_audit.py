@@ -50,8 +50,8 @@ async def test_epochs_and_grants_are_audited_at_both_ends(make_federation: MakeF
 
     await eventually(granted, timeout=30, what="the earlier bulletin at de-customs, by its grant")
 
-    records = [nl.service.epochs.record("c2c", n) for n in (0, 1)]
-    assert records[0] is not None and records[1] is not None
+    records = [r for n in (0, 1) if (r := nl.service.epochs.record("c2c", n)) is not None]
+    assert len(records) == 2
     hashes = [epoch_hash(r) for r in records]
     grant = de.service.epochs.grants["c2c"][0]
     # The owner: each epoch it made (with the readers its wraps are for), and the grant it made.

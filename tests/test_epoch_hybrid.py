@@ -38,6 +38,7 @@ async def test_a_channel_mixing_a_hybrid_node_and_x25519_nodes_delivers_to_both(
     for member in (nl, ke, de):
         async with member.service.store.read() as conn:
             raw = await conn.scalar(sa.select(channel_epochs.c.record).where(channel_epochs.c.n == 0))
+        assert raw is not None
         wraps = {w["node"]: w for w in json.loads(bytes(raw))["wraps"]}
         assert wraps["ke-customs"]["suite"] == SUITE_XWING and wraps["ke-customs"]["kid"] == hybrid.kid
         assert {wraps[n]["suite"] for n in ("nl-customs", "de-customs")} == {SUITE_X25519}

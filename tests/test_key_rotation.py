@@ -230,6 +230,7 @@ async def _count(member: Member) -> int:
 async def _signer(member: Member, bid: str) -> str:
     async with member.service.store.read() as conn:
         raw = await conn.scalar(sa.select(bulletins.c.envelope).where(bulletins.c.id == bid))
+    assert raw is not None
     return str(json.loads(raw if isinstance(raw, str) else bytes(raw))["header"]["signer"])
 
 

@@ -208,7 +208,8 @@ async def test_a_version_imported_at_one_node_reaches_all_and_a_newcomer_joins_l
     status, problem = await offer_when_allowed(gb, b"[" + blob(version1)[0] + b"]")
     assert status == 409 and problem["type"].endswith("RosterRollback"), problem
     for member in (ke, gb):
-        assert member.service.roster.held.version == 2 and member.service.fed.roster.version == 2
+        held = member.service.roster.held
+        assert held is not None and held.version == 2 and member.service.fed.roster.version == 2
     refused = await audited(ke, "roster.refused")
     assert refused and refused[-1]["error"] == "RosterThreshold", refused
     assert refused[-1]["source"].startswith("offer:"), refused
@@ -331,4 +332,5 @@ async def test_a_revoked_node_is_cut_off_its_queue_cancelled_and_removed_from_ch
     assert status == 201 and "ke-customs" not in after["recipients"], after
     await eventually(lambda: holds(gb, after["id"]), what="the next bulletin at gb-avsec")
     assert not await holds(ke, after["id"])
-    assert ke.service.roster.held.version == 1
+    held = ke.service.roster.held
+    assert held is not None and held.version == 1

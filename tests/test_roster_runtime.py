@@ -87,7 +87,8 @@ async def test_a_newcomer_joins_by_roster_v2_and_exchanges_bulletins(
 
     # Every node runs on version 2: it knows the newcomer, and the newcomer knows them.
     for member in (nl, ke, za):
-        assert member.service.roster.held.version == 2
+        held = member.service.roster.held
+        assert held is not None and held.version == 2
         assert member.service.fed.roster.version == 2
         assert {n.id for n in member.service.fed.roster.nodes} == {"nl-customs", "ke-customs", "za-customs"}
     status, entries, _ = await za.api("GET", "/api/v1/audit/entries", user="auditor")

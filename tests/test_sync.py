@@ -260,4 +260,4 @@ async def test_an_admin_command_writing_next_to_a_running_node_does_not_wedge_it
     assert idx == list(range(len(idx)))  # one log, no gaps, no clashes
     await a.service.store.close()
     with pytest.raises(Unavailable):
-        await a.service.store.audit({"event": "late"})
+        await a.service.store.audit({"event": "late"})  # type: ignore[arg-type]

@@ -203,6 +203,7 @@ async def test_a_c2sp_witness_cosigns_a_running_nodes_checkpoints(make_federatio
         first = (await audit.witness.tick())["c2sp"]
         assert first == {witness.name: "cosigned"}
         cp = await audit.keeper.latest()
+        assert cp is not None
         assert witness.requests == [(0, cp.size)]
         assert cp.witnesses == [witness.name]
         # the node's check counts it, named as a C2SP witness (never taken for a roster node's cosignature)
@@ -218,12 +219,14 @@ async def test_a_c2sp_witness_cosigns_a_running_nodes_checkpoints(make_federatio
         await grow(fed)
         assert (await audit.witness.tick())["c2sp"] == {witness.name: "cosigned"}
         second = await audit.keeper.latest()
+        assert second is not None
         assert second.size > cp.size and witness.requests[-1] == (cp.size, second.size)
 
         # The witness saw a checkpoint the node does not know it saw: 409 names it, the node proves
         # from there.
         await grow(fed)
         third = await audit.keeper.checkpoint()
+        assert third is not None
         proof = await audit.keeper.consistency(second.size, third.size)
         body = "".join(f"{line}\n" for line in [f"old {second.size}", *map(b64, proof), ""]) + third.note
         async with aiohttp.ClientSession() as session, session.post(configured.url + "/add-checkpoint", data=body) as r:
@@ -231,6 +234,7 @@ async def test_a_c2sp_witness_cosigns_a_running_nodes_checkpoints(make_federatio
         await grow(fed)
         assert (await audit.witness.tick())["c2sp"] == {witness.name: "cosigned"}
         fourth = await audit.keeper.latest()
+        assert fourth is not None
         assert witness.requests[-2:] == [(second.size, fourth.size), (third.size, fourth.size)]
         assert witness.name in fourth.witnesses
 
@@ -241,6 +245,7 @@ async def test_a_c2sp_witness_cosigns_a_running_nodes_checkpoints(make_federatio
             outcome = (await audit.witness.tick())["c2sp"][witness.name]
             assert outcome.startswith("BadSignature"), outcome
             latest = await audit.keeper.latest()
+            assert latest is not None
             assert witness.name not in latest.witnesses
             assert await audit.keeper.cosigned_size(witness.name) == fourth.size
     finally:

@@ -163,6 +163,7 @@ async def test_a_push_from_a_log_this_node_does_not_witness_is_still_answered(
     outsider = next(n for n in NODES if n != LOG and n not in witnesses_of(LOG, NODES, K))
     await post(nl)
     cp = await nl.service.audit.keeper.checkpoint()
+    assert cp is not None
     assert await nl.service.audit.witness.request_cosignatures(cp, [outsider]) == {outsider: "cosigned"}
     report = await verify_node(target(nl), keys(nl), fresh=False, quorum=0, witnesses=K)
     assert report.quorum is not None and report.quorum.not_designated == (outsider,)

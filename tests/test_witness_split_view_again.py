@@ -63,8 +63,8 @@ async def test_a_known_split_view_is_logged_again_each_round_and_recorded_once(
             (error,) = split_view_errors(caplog)
             assert NL in error and "no checkpoint" in error, error
             # seen again within the same round (a push, another pull): not logged again
-            outcome = await hostile._pull_quietly(NL)
-            assert outcome.startswith("SplitView") and len(split_view_errors(caplog)) == 1, caplog.records
+            again = await hostile._pull_quietly(NL)
+            assert again.startswith("SplitView") and len(split_view_errors(caplog)) == 1, caplog.records
         got = samples((await scrape(ke))[1])
         kind = (("direction", "pull"), ("kind", "split-view"), ("partner", NL))
         assert got[("exchange_audit_witnessing_failures_total", kind)] == 2 * round_
