@@ -239,7 +239,7 @@ def write_federation(
         # Epochs come when a post needs them, at a moment the test knows; made ahead of posts in
         # tests/test_epoch_prefetch.py.
         "epoch_prefetch_seconds": 0,
-        # PostgreSQL: the test processes' federations (up to four nodes each, seven in a few)
+        # PostgreSQL: the test processes' federations (up to four nodes each, six in a few)
         # stay under the server's default max_connections (100); a node's default is 15.
         "database_connections": DATABASE_CONNECTIONS,
         **(options or {}),
