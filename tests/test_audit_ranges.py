@@ -22,7 +22,7 @@ from exchange.audit.checkpoint import Checkpoint, cosign, log_origin, sign_check
 from exchange.audit.keeper import entry_lines, record_line
 from exchange.audit.log import FORMAT, BundleCheck, KeyRing, LogVerifier
 from exchange.audit.ranges import BLOCK, BLOCK_HEIGHT, RangeCheck, cover, entry_index
-from exchange.cli import range_worker, verify_ranges
+from exchange.cli import audit as cli_audit, range_worker, verify_ranges
 from exchange.cli.audit import verify_bundle
 from exchange.cli.lines import READ_SIZE
 from exchange.cli.main import cli
@@ -427,6 +427,28 @@ def test_a_range_that_fails_unexpectedly_leaves_the_verdict_to_one_core(
     assert verdict(sound, 3) == verdict(sound, 1) and verdict(sound, 1)[0] == "ok"
     tampered = write(_at(7, lambda line: line.replace(b"ke-customs", b"ke-customz", 1))(LINES))
     assert verdict(tampered, 3) == verdict(tampered, 1) == ("BadEntry", verdict(tampered, 1)[1], 7)
+
+
+@pytest.mark.usefixtures("small_logs_in_ranges")
+@pytest.mark.parametrize("tampered", [False, True])
+def test_the_progress_bar_says_when_one_core_checks_again(
+    write: Callable[[list[bytes]], Path], monkeypatch: pytest.MonkeyPatch, tampered: bool
+) -> None:
+    """The ranges gave up (here on an entry changed past one core's first read): the bar starts
+    again from 0 and says why."""
+    bars: list[Any] = []
+    monkeypatch.setattr(cli_audit, "_progress_bar", lambda: bars.append(cli_audit.Progress()) or bars[-1])
+    path = write(EDITS["a byte changed"](LINES) if tampered else LINES)
+
+    def run(progress: Any, on_header: Any) -> Any:
+        return verify_bundle(path, KEYS, quorum=1, workers=3, progress=progress, on_header=on_header)
+
+    try:
+        cli_audit._run_verify(run, True)
+    except SystemExit as exc:
+        assert tampered and exc.code == 1
+    (task,) = bars[0].tasks
+    assert task.description == ("verifying on one core" if tampered else "verifying")
 
 
 # -- the pure parts -----------------------------------------------------------------------------------------

@@ -196,7 +196,7 @@ def render_report(report: LogReport) -> None:
 
 def _progress_bar() -> Progress:
     return Progress(
-        TextColumn("verifying"),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
@@ -207,10 +207,14 @@ def _progress_bar() -> Progress:
 
 def _run_verify(run: Callable[[Progressed, Callable[[int], None]], LogReport], as_json: bool) -> None:
     with _progress_bar() as bar:
-        task = bar.add_task("verify", total=None, visible=False)
+        task = bar.add_task("verifying", total=None, visible=False)
+        headers: list[int] = []
 
         def on_header(size: int) -> None:
+            headers.append(size)
             bar.update(task, total=size, visible=size >= PROGRESS_FROM)
+            if len(headers) > 1:  # read again: the check on several cores gave up, one core checks it all
+                bar.update(task, description="verifying on one core", completed=0)
 
         try:
             report = run(lambda done: bar.update(task, completed=done), on_header)
