@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from rich.progress import Progress
 
 from exchange.audit.checkpoint import Checkpoint, cosign, log_origin, sign_checkpoint, witness_name
 from exchange.audit.keeper import entry_lines, record_line
@@ -436,8 +437,13 @@ def test_the_progress_bar_says_when_one_core_checks_again(
 ) -> None:
     """The ranges gave up (here on an entry changed past one core's first read): the bar starts
     again from 0 and says why."""
-    bars: list[Any] = []
-    monkeypatch.setattr(cli_audit, "_progress_bar", lambda: bars.append(cli_audit.Progress()) or bars[-1])
+    bars: list[Progress] = []
+
+    def progress_bar() -> Progress:
+        bars.append(Progress())
+        return bars[-1]
+
+    monkeypatch.setattr(cli_audit, "_progress_bar", progress_bar)
     path = write(EDITS["a byte changed"](LINES) if tampered else LINES)
 
     def run(progress: Any, on_header: Any) -> Any:
