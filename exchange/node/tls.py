@@ -29,6 +29,9 @@ def server_context(cert: Path, key: Path, fed: Federation) -> ssl.SSLContext:
     ctx.load_cert_chain(cert, key)
     ctx.verify_mode = ssl.CERT_OPTIONAL
     ctx.load_verify_locations(cadata=fed.tls_certs_pem())
+    # No session tickets: partners (aiohttp) and the CLI never resume a session, and TLS 1.3's two
+    # tickets per handshake cost both sides about a quarter of the handshake (bench/tls_reuse.py).
+    ctx.num_tickets = 0
     return ctx
 
 

@@ -291,3 +291,22 @@ async def test_an_answer_longer_than_the_most_a_node_reads_is_a_peer_error(
     with pytest.raises(PeerError, match="more than 262,144 bytes"):
         await transport.send(KE, "/fed/v1/long", b"{}")
     assert (await transport.fetch(KE, "/fed/v1/fits"))["pad"][:3] == "xxx"  # the partner is asked again
+
+
+async def test_the_server_issues_no_session_tickets(make_federation: MakeFederation) -> None:
+    """A TLS 1.3 server sends two session tickets after each handshake by default; a node's
+    partners (aiohttp) never resume a session, so the tickets were made, sent and read for
+    nothing, a fifth of a handshake's cost (bench/tls_reuse.py). The node's server sends none."""
+    fed = await make_federation()
+    ke = fed["ke-customs"].config
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # reads what the server sends, trusts nothing
+    reader, writer = await asyncio.open_connection(ke.host, ke.port, ssl=ctx)
+    try:
+        writer.write(b"GET /fed/v1/audit/checkpoint HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+        assert (await reader.read()).startswith(b"HTTP/1.1 ")  # the tickets, if any, came before the answer
+        tls = writer.get_extra_info("ssl_object")
+        assert tls.version() == "TLSv1.3"
+        assert tls.session is None or not tls.session.has_ticket
+    finally:
+        writer.close()
