@@ -13,6 +13,7 @@ nothing stored; the handover offered again changes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections.abc import Awaitable, Callable
@@ -23,11 +24,13 @@ import aiohttp
 import sqlalchemy as sa
 
 from exchange.clock import timestamp
-from exchange.model import ChannelEvent
+from exchange.model import Bulletin, ChannelEvent, NodeId
 from exchange.protocol.channel import sign_event
+from exchange.protocol.envelope import build_envelope, envelope_bytes
 from exchange.protocol.rostermigration import admit
 from exchange.store import channel_events, receipts
 from tests.conftest import MakeFederation, Member, eventually
+from tests.test_federation_security import ServedLog
 from tests.test_roster_gossip import CONVERGE, Authority, holds, import_at, post, runs_on
 
 NODES = {
@@ -236,7 +239,29 @@ async def test_the_successor_takes_over_a_revoked_owners_channel_and_the_rest_go
     # next position: a node takes it only below a handover, and the relaying member has none.
     frozen = gb.service.channels.state("c3")
     grant = {"type": "set-rights", "node": "de-customs", "rights": ["read", "post"]}
-    await refused(gb, de, "OwnerRevoked", forged(nl, grant, pos=frozen.pos + 1, prev=frozen.hash, channel="c3"))
+    gone = forged(nl, grant, pos=frozen.pos + 1, prev=frozen.hash, channel="c3")
+    await refused(gb, de, "OwnerRevoked", gone)
+    assert gb.service.channels.state("c3") == frozen
+    # The same event through the other door (found by a read-only review): de signs an envelope
+    # citing the state after it, as its owner, and serves the event when gb fetches the cited state.
+    # gb kept the event before it found the cited owner wrong; now it keeps nothing.
+    cited = dataclasses.replace(frozen, pos=frozen.pos + 1, owner=NodeId(de.id))
+    env = build_envelope(
+        Bulletin.model_validate({"kind": "alert", "handling": {"tlp": "AMBER"}, "title": "Forged", "body": ""}),
+        state=cited,
+        author=NodeId(de.id),
+        key=de.service.keys.signing,
+        seq=1,
+        readers=[(NodeId(gb.id), gb.service.fed.encryption_key(gb.id))],
+        created=timestamp(),
+    )
+    await fed.stop("de-customs")
+    before = await stored_events(gb)
+    async with ServedLog(de, [*gb.service.channels.events("c3"), gone]) as served:
+        status, answer, _ = await gb.fed_post(de, b'{"txn":"t-c3","envelopes":[%s]}' % envelope_bytes(env))
+    assert served.asked and status == 422, (served.asked, status, answer)
+    assert "does not match the channel's log" in json.dumps(answer), answer
+    assert await stored_events(gb) == before
     assert gb.service.channels.state("c3") == frozen
 
     # After a restart, the log (the revoked owner's events, the handover, the new owner's) loads again.

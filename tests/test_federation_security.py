@@ -9,13 +9,15 @@ from typing import Any
 import aiohttp
 import pytest
 import sqlalchemy as sa
+from aiohttp import web
 
 from exchange.clock import timestamp, utc_now
 from exchange.crypto import b64d, b64e, generate_tls_identity
-from exchange.model import Bulletin, Envelope, NodeId
-from exchange.node.tls import peer_context
-from exchange.protocol.channel import event_hash, sign_event
-from exchange.protocol.envelope import envelope_bytes
+from exchange.keystore import load_federation
+from exchange.model import Bulletin, ChannelEvent, Envelope, NodeId
+from exchange.node.tls import peer_context, server_context
+from exchange.protocol.channel import apply_event, event_hash, sign_event
+from exchange.protocol.envelope import build_envelope, envelope_bytes
 from exchange.store import audit_log, bulletins, channel_events
 from tests.conftest import DEFAULT_NODES, MakeFederation, Member, authored
 
@@ -334,6 +336,71 @@ async def test_a_pushed_log_that_does_not_name_the_receiver_is_refused(make_fede
     status, answer, _ = await ke.fed_post(outsider, json.dumps(body).encode())
     assert status == 200, answer
     assert ke.id in ke.service.channels.state("joint-op").involved
+
+
+class ServedLog:
+    """Stands in for `member`'s node on its port, with its TLS identity, and answers every request
+    for a channel's log with `events`: a partner that serves a log of its own making."""
+
+    def __init__(self, member: Member, events: list[ChannelEvent]) -> None:
+        self.member, self.events = member, events
+        self.asked: list[str] = []
+        self.runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.asked.append(request.path_qs)
+        return web.json_response({"events": [e.model_dump(mode="json") for e in self.events]})
+
+    async def __aenter__(self) -> ServedLog:
+        cfg = self.member.config
+        app = web.Application()
+        app.router.add_get("/fed/v1/channels/{channel}/events", self.handle)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self.runner.setup()
+        ctx = server_context(cfg.keys_dir / "tls.crt", cfg.keys_dir / "tls.key", load_federation(cfg))
+        await web.TCPSite(self.runner, cfg.host, cfg.port, ssl_context=ctx).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+
+async def test_a_log_fetched_for_a_cited_state_that_does_not_name_the_receiver_is_not_kept(
+    make_federation: MakeFederation,
+) -> None:
+    """The pushed-log rule above, through the other door: a roster node signs an envelope citing a
+    channel of its own that the receiver takes no part in, and serves that log when the receiver
+    fetches the cited state (an honest owner answers 403). The log was kept before the envelope
+    was refused as not addressed to the receiver; now the fetched log is refused with the
+    envelope, audited once, and nothing of it is kept (found by a read-only review)."""
+    fed = await make_federation(nodes=THREE)
+    ke, outsider = fed["ke-customs"], fed["wco-rilo"]
+    create = ke.service.channels.events("c2c")[0].change.model_dump(mode="json")
+    create["policy"]["agencies"] = ["international", "customs"]
+    first = sign_event(
+        channel="its-own", owner=outsider.id, pos=0, prev=None, at=timestamp(), change=create,
+        key=outsider.service.keys.signing,
+    )  # fmt: skip
+    state = apply_event(None, first, outsider.service.fed)
+    svc = outsider.service
+    readers = [(NodeId(n), svc.fed.encryption_key(n)) for n in state.readers]
+    env = build_envelope(
+        BULLETIN, state=state, author=svc.me, key=svc.keys.signing, seq=1, readers=readers, created=timestamp()
+    )
+    await fed.stop(outsider.id)
+    before = await rejections(ke)
+    async with ServedLog(outsider, [first]) as served:
+        status, problem, ctype = await ke.fed_post(outsider, batch(envelope_bytes(env)))
+    assert served.asked == ["/fed/v1/channels/its-own/events?after=-1"]  # the cited state was fetched
+    assert (status, ctype) == (422, "application/problem+json"), problem
+    assert "does not name this node" in json.dumps(problem)
+    assert await rejections(ke) == before + 1
+    assert "its-own" not in [s.channel for s in ke.service.channels.all()]
+    async with ke.service.store.read() as conn:
+        kept = sa.select(sa.func.count()).select_from(channel_events).where(channel_events.c.channel == "its-own")
+        assert (await conn.execute(kept)).scalar_one() == 0
+    assert await stored(ke) == 0
 
 
 async def test_a_refused_envelope_stores_no_envelope_and_keeps_the_owners_events_before_it(

@@ -244,18 +244,29 @@ class ChannelBook:
             raise InvalidInput(f"channel {channel!r}: its owner {owner} has no position {upto}")
 
     async def ensure(self, channel: str, ref: StateRef) -> ChannelState:
-        """The state a bulletin cites, fetched from the channel's owner if it is not known yet."""
+        """The state a bulletin (or an epoch record, or a grant) cites, fetched from the node the
+        reference names as owner if it is not known yet. What is fetched is kept only if it leads
+        to the cited state (its owner and hash), follows 7.5's rule for a revoked owner's events,
+        and, for a log new here, names this node, as `import_events` requires of a pushed log:
+        the reference is the sender's to choose, so a log it serves is taken on those terms or not
+        at all (InvalidInput, OwnerRevoked)."""
         history = self._states.get(channel, [])
         if ref.pos >= len(history):
             fresh: list[tuple[ChannelEvent, ChannelState]] = []
             async with self._lock, self._undo_on_error():
+                held_before = channel in self._events
                 if ref.pos >= len(self._states.get(channel, [])):
                     await self._fetch_missing(ref.owner, channel, len(history) - 1, ref.pos, fresh)
                 if fresh:
+                    _require_cited(self.state(channel, ref.pos), ref)
+                    await self._require_handover(fresh, NodeId(ref.owner))
+                    if not held_before and self.me not in self.state(channel).involved:
+                        raise InvalidInput(
+                            f"channel {channel}: its log does not name this node, which keeps no such log"
+                        )
                     await self._persist(fresh, queue=False)
         state = self.state(channel, ref.pos)
-        if state.owner != ref.owner or state.hash != ref.hash:
-            raise InvalidInput("the cited channel state does not match the channel's log")
+        _require_cited(state, ref)
         return state
 
     async def _persist(self, items: list[tuple[ChannelEvent, ChannelState]], *, queue: bool) -> None:
@@ -443,6 +454,11 @@ class ChannelBook:
             raise Forbidden("a node may only accept for itself")
         state = await self.change(None, channel, {"type": "accept", "acceptance": acceptance.model_dump(mode="json")})
         return self.events(channel, -1)[: state.pos + 1]
+
+
+def _require_cited(state: ChannelState, ref: StateRef) -> None:
+    if state.owner != ref.owner or state.hash != ref.hash:
+        raise InvalidInput("the cited channel state does not match the channel's log")
 
 
 __all__ = ["ChannelBook"]
