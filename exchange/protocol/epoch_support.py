@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from exchange.crypto import SigningKey, b64d, b64e, strict_loads
 from exchange.crypto.epoch import SUITE_X25519, SUITE_XWING, HybridDecryptionKey, HybridEncryptionKey
-from exchange.errors import EpochInvalid, InvalidInput
+from exchange.errors import ConfigError, EpochInvalid, InvalidInput, SuiteUnsupported
 from exchange.model import B64Signature, Kid, NodeIdStr, Version2, first_error
 from exchange.protocol.epoch import WrapKeyId
 from exchange.protocol.roster import Federation
@@ -82,8 +82,10 @@ def verify_support(support: EpochSupport, fed: Federation, node: str) -> HybridE
         return None
     try:
         key = HybridEncryptionKey(b64d(support.hybrid_key))
-    except InvalidInput as exc:
-        raise EpochInvalid("malformed hybrid key") from exc
+    except SuiteUnsupported:
+        raise
+    except (InvalidInput, ConfigError) as exc:  # ConfigError: the key class's word for a bad key of our own
+        raise EpochInvalid(f"malformed hybrid key: {exc.detail}") from exc
     if key.kid != support.hybrid_kid:
         raise EpochInvalid("the hybrid key's kid is not the one announced")
     return key

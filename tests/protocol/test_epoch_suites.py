@@ -17,11 +17,25 @@ from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from exchange import errors
-from exchange.crypto import EpochKey, HybridDecryptionKey, HybridEncryptionKey, b64d, strict_loads, unwrap_epoch_key
+from exchange.crypto import (
+    EpochKey,
+    HybridDecryptionKey,
+    HybridEncryptionKey,
+    b64d,
+    b64e,
+    strict_loads,
+    unwrap_epoch_key,
+)
 from exchange.crypto.epoch import SUITE_XWING, XWING_PUBLIC_SIZE
+from exchange.http.problem import STATUS
+from exchange.protocol.epoch_support import SUPPORT_DOMAIN, EpochSupport, verify_support
+from exchange.protocol.signing import sign
 from tests.vectors import make_envelope_v2_vectors as gen
+from tests.vectors.make_handover_vectors import rosters
+from tests.vectors.make_vectors import ENVELOPE_FILE, signing_key
 
 V: dict[str, Any] = strict_loads(gen.FILE.read_text("utf-8"))
+RECORDED: dict[str, Any] = strict_loads(ENVELOPE_FILE.read_text("utf-8"))
 XWING_LABEL = b"\\.//^\\"  # X-Wing's combiner label, the six ASCII characters \.//^\
 
 
@@ -95,3 +109,18 @@ def test_malformed_hybrid_keys_are_refused() -> None:
         HybridEncryptionKey(bytes(XWING_PUBLIC_SIZE - 1))
     with pytest.raises(errors.ConfigError):
         HybridDecryptionKey(bytes(31))
+
+
+@pytest.mark.parametrize("raw", [bytes(10), b"\xff" * XWING_PUBLIC_SIZE], ids=["short", "not-a-key"])
+def test_a_partners_malformed_hybrid_key_is_an_invalid_announcement_not_a_config_error(raw: bytes) -> None:
+    """A reader signs a v2 support announcement whose hybrid key is not an X-Wing key. It is the
+    partner's error (EpochInvalid, 422), not this node's configuration (ConfigError, 500): before,
+    the owner's epoch route answered 500 to every member while it held such an announcement
+    (found by a read-only review)."""
+    fed, _ = rosters(RECORDED).at(1)
+    node, key = "ke-customs", signing_key("ke-customs")
+    body = {"v": 2, "node": node, "hybrid_key": b64e(raw), "hybrid_kid": "0" * 16, "signer": key.kid}
+    support = EpochSupport.model_validate({**body, "signature": sign(SUPPORT_DOMAIN, body, key)})
+    with pytest.raises(errors.EpochInvalid, match="malformed hybrid key"):
+        verify_support(support, fed, node)
+    assert STATUS[errors.EpochInvalid] == 422
