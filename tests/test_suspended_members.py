@@ -85,6 +85,8 @@ async def test_a_suspended_reader_leaves_a_v2_channel_and_is_invited_again_once_
     nl, ke = fed["nl-customs"], fed["ke-customs"]
     first = await post(nl, "before the suspension")
     await arrives(ke, first["id"])
+    by_de = await post(fed["de-customs"], "from de-customs, before its suspension")
+    await arrives(nl, by_de["id"])
     before = nl.service.epochs.latest("c2c")
     assert before is not None and "de-customs" in before.readers
     auth, version1 = await suspend_de(fed)
@@ -93,6 +95,13 @@ async def test_a_suspended_reader_leaves_a_v2_channel_and_is_invited_again_once_
     for member in (nl, ke):
         await eventually(runs_on(member, 2), timeout=CONVERGE, what=f"version 2 at {member.id}")
         await eventually(removed(member, "de-customs"), timeout=CONVERGE, what=f"de-customs removed at {member.id}")
+
+    # What it posted before still opens, its signature checked again, its author named as gone
+    # (before, a v2 bulletin of an author no longer active answered 403: found by a read-only review).
+    status, body, _ = await nl.api("GET", f"/api/v1/bulletins/{by_de['id']}")
+    assert status == 200, body
+    assert body["bulletin"]["title"] == "from de-customs, before its suspension" and body["signature_verified"]
+    assert body["author_name"].endswith("(no longer active)"), body
 
     # A member asks the owner for the channel's epochs: served, with a new epoch without de-customs.
     await ke.service.epochs.pull("nl-customs", "c2c")

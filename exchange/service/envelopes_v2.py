@@ -237,7 +237,7 @@ def view_v2(v: VerifiedV2, fed: Federation, stored_receipts: Sequence[str]) -> B
         id=BulletinId(bulletin_id_v2(h)),
         channel=ChannelId(h.channel),
         author=NodeId(h.author),
-        author_name=fed.node(h.author).name,
+        author_name=fed.name_of(h.author),
         seq=h.seq,
         created=h.created,
         signature_verified=True,  # by verified_v2, for this request
