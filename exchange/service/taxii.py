@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from exchange.audit import events as ev
 from exchange.clock import timestamp
-from exchange.errors import InvalidInput, NotFound, UnknownPeer
+from exchange.errors import InvalidInput, NotFound
 from exchange.model import INT32_MAX, NodeId
 from exchange.protocol.roster import Federation
 from exchange.protocol.stix import (
@@ -194,10 +194,7 @@ class Taxii:
         raise NotFound(f"no collection {cid[:64]} for you")
 
     def _author_name(self, node: str) -> str:
-        try:
-            return self.fed.node(node).name
-        except UnknownPeer:  # a former member no longer in the roster: its id is its name
-            return node
+        return self.fed.name_of(node)  # a former member: its name, marked no longer active
 
     def served_tlp(self, channel: str) -> tuple[str, ...]:
         """The TLP levels that may leave the node from `channel`, by the owner's current rule."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from exchange.errors import Unavailable, UnknownPeer
+from exchange.errors import Unavailable
 from exchange.http import params
 from exchange.http.appkeys import SERVICE
 from exchange.service.users import User
@@ -77,7 +77,4 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 def _author_name(service: Any, node: str) -> str:
-    try:
-        return str(service.fed.node(node).name)
-    except UnknownPeer:  # a former member no longer in the roster: its id is its name
-        return node
+    return str(service.fed.name_of(node))  # a former member: its name, marked no longer active
