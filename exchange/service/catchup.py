@@ -17,8 +17,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.clock import stop_requested, wait_event
-from exchange.errors import ExchangeError, Forbidden, InvalidInput
-from exchange.model import INT32_MAX, NodeId
+from exchange.errors import ExchangeError, Forbidden
+from exchange.model import NodeId
+from exchange.protocol.pages import checked_page
 from exchange.service.channels import ChannelBook
 from exchange.service.epoch_grants import granted_to, served_to
 from exchange.service.outbox import Outbox
@@ -233,22 +234,3 @@ class CatchUp:
             await save_cursor(conn, peer, channel, position)
 
         await self.store.write(job)
-
-
-def checked_page(page: Any, peer: str, after: int) -> dict[str, Any]:
-    """A partner's catch-up page (docs/protocol.md 11.6) as this node reads it, or InvalidInput
-    (the sweep goes on to the next partner): an object of `items` (objects with a string `id` and
-    an `envelope`), `next` (a position from `after` to INT32_MAX) and `more`; a page that says
-    there is more must move the cursor on, or a partner could keep the puller asking for ever."""
-    if isinstance(page, dict):
-        items, position, more = page.get("items"), page.get("next"), page.get("more")
-        if (
-            isinstance(items, list)
-            and all(isinstance(i, dict) and isinstance(i.get("id"), str) and "envelope" in i for i in items)
-            and type(position) is int
-            and isinstance(more, bool)
-            and after <= position <= INT32_MAX
-            and (position > after or not more)
-        ):
-            return page
-    raise InvalidInput(f"{peer} sent a catch-up page that is malformed or does not move on from {after}")

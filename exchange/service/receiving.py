@@ -25,6 +25,7 @@ from exchange.errors import (
 )
 from exchange.model import ChannelEvent, NodeId, Receipt, StateRef
 from exchange.protocol.envelope import CitedHeader, check_cited_state
+from exchange.protocol.pages import gap_items
 from exchange.protocol.receipt import make_receipts, parse_receipt, signatures_needed, verify_receipts
 from exchange.protocol.roster import Federation
 from exchange.service.channels import ChannelBook
@@ -40,6 +41,8 @@ from exchange.store import AuditBuffer, Store, bulletins, cursors, insert_rows, 
 # busy): they go out as 5xx, which the sender retries with the batch as it was, never as a 422
 # that would have it give the items up for good.
 NOT_THE_ITEMS = (PeerError, Unavailable)
+# Gap fills nested in one another at most (`Receiving._fill_gaps`).
+GAP_DEPTH = 4
 
 
 @dataclass(frozen=True)
@@ -190,15 +193,23 @@ class Receiving:
         return receipts_
 
     async def ingest(
-        self, peer: NodeId, raws: Sequence[Any], *, relayed: bool = False, cursor: tuple[str, int] | None = None
+        self,
+        peer: NodeId,
+        raws: Sequence[Any],
+        *,
+        relayed: bool = False,
+        cursor: tuple[str, int] | None = None,
+        gap_depth: int = 0,
     ) -> list[Receipt]:
         """Verify a batch, fill any gap in its authors' streams, then persist and audit it before
         answering with receipts.
 
         The batch is all or nothing: one bad envelope rejects it, and nothing is stored. `cursor`
         (channel, position) is a catch-up cursor at `peer`, saved in the same transaction.
+        `gap_depth`: how many gap fills this batch is nested in (`_fill_gaps`).
         """
-        return await self.ingest_screened(await self.screen(peer, raws, relayed=relayed), cursor=cursor)
+        screened = await self.screen(peer, raws, relayed=relayed)
+        return await self.ingest_screened(screened, cursor=cursor, gap_depth=gap_depth)
 
     async def screen(
         self, peer: NodeId, raws: Sequence[Any], *, relayed: bool = False, unheld: bool = False
@@ -213,7 +224,9 @@ class Receiving:
         items, held = await self.crypto.open(raws, peer=peer, relayed=relayed, held=self.held, unheld=unheld)
         return Screened(peer, relayed, items, held)
 
-    async def ingest_screened(self, screened: Screened, *, cursor: tuple[str, int] | None = None) -> list[Receipt]:
+    async def ingest_screened(
+        self, screened: Screened, *, cursor: tuple[str, int] | None = None, gap_depth: int = 0
+    ) -> list[Receipt]:
         """The second half of `ingest`: the rules that need state, gaps, then store and answer."""
         peer, relayed = screened.peer, screened.relayed
         errors: list[dict[str, Any]] = []
@@ -231,7 +244,7 @@ class Receiving:
                 errors.append(_item_error(o.index, exc))
         if errors:
             raise EnvelopeRejected(sorted(errors, key=lambda e: e["index"]))
-        await self._fill_gaps(peer, checked)
+        await self._fill_gaps(peer, checked, gap_depth)
         if relayed:
             checked = sorted(checked, key=lambda c: (c.header.author, c.header.channel, c.header.seq))
 
@@ -341,12 +354,18 @@ class Receiving:
             await save_cursor(conn, peer, *cursor)
         return out
 
-    async def _fill_gaps(self, source: str, checked: Sequence[Checked]) -> None:
+    async def _fill_gaps(self, source: str, checked: Sequence[Checked], depth: int) -> None:
         """Fetch from `source` what precedes a batch in each author's stream but is not here yet.
 
         Only streams this node already receives are checked: before its first bulletin of a
-        stream, a node cannot tell what was meant for it, and catch-up covers that.
+        stream, a node cannot tell what was meant for it, and catch-up covers that. What is
+        fetched is a batch of its own, whose gaps are filled in turn, `GAP_DEPTH` deep at most: an
+        honest source answers with the whole gap (less what is not meant for this node) and the
+        next fill finds little or nothing, while a hostile one could answer one bulletin a time
+        and nest fills a thousand deep. What stays missing, catch-up fetches.
         """
+        if depth >= GAP_DEPTH:
+            return
         wanted: dict[tuple[str, str], tuple[int, set[int]]] = {}
         for c in checked:
             h = c.header
@@ -372,10 +391,10 @@ class Receiving:
                 continue
             limit = min(top - have - 1, 1000)
             path = f"/fed/v1/channels/{channel}/envelopes?author={author}&after_seq={have}&limit={limit}"
-            page = await self.transport.fetch(NodeId(source), path)
-            missing = [i["envelope"] for i in page["items"] if i["envelope"] is not None and i["seq"] not in seqs]
+            items = gap_items(await self.transport.fetch(NodeId(source), path), source, limit)
+            missing = [i["envelope"] for i in items if i["envelope"] is not None and i["seq"] not in seqs]
             if missing:
-                await self.ingest(NodeId(source), missing, relayed=True)
+                await self.ingest(NodeId(source), missing, relayed=True, gap_depth=depth + 1)
 
     async def held(self, ids: Sequence[str]) -> set[str]:
         """Which of these bulletins this node holds already."""
