@@ -26,13 +26,14 @@ from exchange.errors import (
 from exchange.model import ChannelEvent, NodeId, Receipt, StateRef
 from exchange.protocol.envelope import CitedHeader, check_cited_state
 from exchange.protocol.pages import gap_items
-from exchange.protocol.receipt import make_receipts, parse_receipt, signatures_needed, verify_receipts
+from exchange.protocol.receipt import make_receipts, parse_receipt
 from exchange.protocol.roster import Federation
 from exchange.service.channels import ChannelBook
 from exchange.service.cryptopool import EnvelopeCrypto, Opening
 from exchange.service.envelopes_v2 import OpeningV2, check_v2, is_v2, screen_mixed
 from exchange.service.epochs import EpochBook
 from exchange.service.outbox import Outbox, ReceiptRef, queued_row
+from exchange.service.pushed_receipts import PushedReceipts
 from exchange.service.records import receipt_row
 from exchange.service.transport import PeerTransport
 from exchange.store import AuditBuffer, Store, bulletins, cursors, insert_rows, outbox, receipts
@@ -93,6 +94,7 @@ class Receiving:
         self.transport = transport
         self.crypto = crypto or EnvelopeCrypto(me, keys, fed, 0)
         self.epochs = epochs  # envelope v2 (docs/protocol.md, 15.8): None, v1 only
+        self.pushed = PushedReceipts(me, fed, store, out)
         # Each partner's last transaction, done when it is: the next one is applied after it.
         self._turns: dict[str, asyncio.Future[None]] = {}
 
@@ -175,7 +177,7 @@ class Receiving:
         # The receipts are checked before anything is stored: a bad one refuses the transaction,
         # and its events and envelopes with it. (They name bulletins this node wrote, which no
         # part of the transaction can add.)
-        pushed = await self.check_pushed_receipts(peer, raw_receipts) if raw_receipts else []
+        pushed = await self.pushed.check(peer, raw_receipts) if raw_receipts else []
         if raw_events:
             try:
                 events = [ChannelEvent.model_validate(e) for e in raw_events]
@@ -189,7 +191,7 @@ class Receiving:
                 raise EnvelopeRejected([{"item": "event", "type": type(exc).__name__, "detail": exc.detail}]) from exc
         receipts_ = await self.ingest_screened(screened) if screened is not None else []
         if pushed:
-            await self.store_pushed_receipts(peer, pushed)
+            await self.pushed.store(peer, pushed)
         return receipts_
 
     async def ingest(
@@ -400,93 +402,6 @@ class Receiving:
         """Which of these bulletins this node holds already."""
         async with self.store.read() as conn:
             return set(await conn.scalars(sa.select(bulletins.c.id).where(bulletins.c.id.in_(list(ids)))))
-
-    async def check_pushed_receipts(self, peer: str, raws: Sequence[Any]) -> list[Receipt]:
-        """Receipts a partner sends on its own ('opened', or 'received' for what it pulled), checked:
-        each signed by the partner, for a bulletin this node wrote and the partner was a recipient
-        of. Every receipt is checked; of those for one bulletin and status, the first is kept.
-        Refused: EnvelopeRejected."""
-        try:
-            every = [parse_receipt(raw) for raw in raws]
-            if any(r.node != peer for r in every):
-                raise InvalidEnvelope("a node may only send its own receipts")
-            # A repeat costs no signature more: one per distinct statement (`signatures_needed`).
-            if signatures_needed(every) > 1:  # Ed25519 releases the GIL: the loop serves others meanwhile
-                await asyncio.to_thread(verify_receipts, every, self.fed)
-            else:
-                verify_receipts(every, self.fed)
-            firsts: dict[tuple[str, str], Receipt] = {}
-            for receipt in every:
-                firsts.setdefault((receipt.bulletin, receipt.status), receipt)
-            got = list(firsts.values())  # the first of each (bulletin, status), in the order sent
-            ids = [r.bulletin for r in got]
-            async with self.store.read() as conn:
-                # By id alone, author compared here: with `author = me` in SQL, SQLite (no
-                # statistics) prefers the stream index and reads every bulletin this node wrote.
-                query = sa.select(bulletins.c.id, bulletins.c.author, bulletins.c.recipients)
-                rows = (await conn.execute(query.where(bulletins.c.id.in_(ids)))).all()
-            mine = {r.id: r.recipients for r in rows if r.author == self.me}
-            if set(ids) - set(mine):
-                raise InvalidEnvelope("a receipt names a bulletin this node did not author")
-            if any(f" {peer} " not in mine[bid] for bid in ids):
-                raise InvalidEnvelope("a receipt names a bulletin its signer was not a recipient of")
-        except (ValueError, ExchangeError) as exc:
-            detail = exc.detail if isinstance(exc, ExchangeError) else str(exc)[:300]
-            raise EnvelopeRejected([{"item": "receipt", "type": type(exc).__name__, "detail": detail}]) from exc
-        return got
-
-    async def store_pushed_receipts(self, peer: str, got: Sequence[Receipt]) -> None:
-        """Store checked receipts (`check_pushed_receipts`) not held yet, mark the items they
-        acknowledge delivered (counted in the partner's delivery status, as the sender counts
-        those it pushed), and audit them."""
-
-        async def job(conn: AsyncConnection, audit: AuditBuffer) -> int:
-            queued: list[int] = []
-            ids = [r.bulletin for r in got]
-            have = {
-                (r.bulletin_id, r.status)
-                for r in await conn.execute(
-                    sa.select(receipts.c.bulletin_id, receipts.c.status).where(
-                        receipts.c.node == peer, receipts.c.bulletin_id.in_(ids)
-                    )
-                )
-            }
-            fresh = [r for r in got if (r.bulletin, r.status) not in have]
-            if fresh:
-                await conn.execute(sa.insert(receipts), [receipt_row(r) for r in fresh])
-            received = [r.bulletin for r in got if r.status == "received"]
-            if received:
-                # The rows found by their unique key, the state compared here: with `state =
-                # 'queued'` in SQL, SQLite (no statistics) seeks ix_outbox_pending and reads every
-                # item still queued for the peer, per batch (a catch-up of N: N²/2000 rows).
-                found = await conn.execute(
-                    sa.select(outbox.c.n, outbox.c.state).where(
-                        outbox.c.dest == peer, outbox.c.kind == "envelope", outbox.c.ref.in_(received)
-                    )
-                )
-                if queued := [r.n for r in found if r.state == "queued"]:
-                    # By number alone (`state = 'queued'` there would seek ix_outbox_done the same
-                    # way); a row another worker finished meanwhile keeps its state.
-                    still = sa.case((outbox.c.state == "queued", "delivered"), else_=outbox.c.state)
-                    await conn.execute(sa.update(outbox).where(outbox.c.n.in_(queued)).values(state=still))
-            for r in fresh:
-                if r.status == "received":
-                    audit.add(
-                        ev.BulletinDeliveredTo(
-                            event=ev.BULLETIN_DELIVERED_TO, at=timestamp(), bulletin=r.bulletin, to={peer: r.at}
-                        )
-                    )
-                else:
-                    audit.add(
-                        ev.BulletinOpenedBy(
-                            event=ev.BULLETIN_OPENED_BY, at=timestamp(), bulletin=r.bulletin, to=peer, receipt_at=r.at
-                        )
-                    )
-            return len(queued)
-
-        delivered = await self.store.write(job)
-        if delivered and peer in self.outbox.senders:
-            self.outbox.senders[peer].status.delivered += delivered
 
 
 async def save_cursor(conn: AsyncConnection, peer: str, channel: str, position: int) -> None:
