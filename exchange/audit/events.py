@@ -19,10 +19,13 @@ from exchange.audit.delivery_events import (
     BULLETIN_DELIVERED_TO as BULLETIN_DELIVERED_TO,
     BULLETIN_SENT as BULLETIN_SENT,
     BULLETIN_SENT_TO as BULLETIN_SENT_TO,
+    CATCHUP_REFUSED as CATCHUP_REFUSED,
     BulletinDelivered as BulletinDelivered,
     BulletinDeliveredTo as BulletinDeliveredTo,
     BulletinSent as BulletinSent,
     BulletinSentTo as BulletinSentTo,
+    CatchupRefused as CatchupRefused,
+    catchup_refused as catchup_refused,
     delivered_to as delivered_to,
     sent_to as sent_to,
 )
@@ -84,6 +87,7 @@ EVENT_KINDS: Final[tuple[str, ...]] = (
     SEND_REFUSED,
     REQUEST_REJECTED,
     REQUESTS_REFUSED,
+    CATCHUP_REFUSED,
     CHANNEL_CHANGED,
     USER_CREATED,
     USER_TOKEN_ROTATED,
@@ -454,6 +458,7 @@ AuditEntry = (
     | SendRefused
     | RequestRejected
     | RequestsRefused
+    | CatchupRefused
     | ChannelChanged
     | UserCreated
     | UserTokenRotated

@@ -17,13 +17,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.clock import stop_requested, wait_event
-from exchange.errors import ExchangeError, Forbidden
+from exchange.errors import ExchangeError, Forbidden, InvalidInput
 from exchange.model import NodeId
 from exchange.protocol.pages import checked_page
 from exchange.service.channels import ChannelBook
 from exchange.service.epoch_grants import granted_to, served_to
 from exchange.service.outbox import Outbox
-from exchange.service.receiving import Receiving, Screened, save_cursor
+from exchange.service.receiving import Receiving, Refused, Screened, save_cursor
 from exchange.service.transport import PeerTransport
 from exchange.store import AuditBuffer, Store, bulletins, cursors
 from exchange.store.workers import Role
@@ -34,6 +34,10 @@ log = logging.getLogger("exchange.catchup")
 # trip, one look-up of what is held, one batch for the crypto workers (or the signature threads)
 # and one group-commit job per thousand bulletins.
 PAGE = 1000
+# Pages with envelopes this node refused (and left out) in one pull of a channel from a member:
+# past these, the pull stops until the next sweep, so a member serving refused envelopes page
+# after page costs at most this many `catchup.refused` entries per sweep.
+MAX_REFUSING_PAGES = 4
 
 
 class CatchUp:
@@ -126,7 +130,7 @@ class CatchUp:
         if self.receiving.epochs is not None:  # epoch records and grants first: its v2 envelopes open
             await self.receiving.epochs.pull_quietly(peer, channel)
         after = await self.cursor(peer, channel)
-        fresh = 0
+        fresh = refusing = 0
         ahead = asyncio.create_task(self._fetch(peer, channel, after))
         try:
             while True:
@@ -135,8 +139,15 @@ class CatchUp:
                 if page["more"]:
                     ahead = asyncio.create_task(self._fetch(peer, channel, position))
                 if screened is not None:
-                    await self.receiving.ingest_screened(screened, cursor=(channel, position))
-                    fresh += len(screened.items)
+                    refused: list[Refused] = []  # left out of the page, audited with it
+                    await self.receiving.ingest_screened(screened, cursor=(channel, position), refused=refused)
+                    fresh += max(0, len(screened.items) - len(refused))  # a gap fill may refuse more
+                    refusing += bool(refused)
+                    if refusing >= MAX_REFUSING_PAGES and page["more"]:
+                        raise InvalidInput(
+                            f"{peer} served {refusing} pages of {channel} with envelopes this node refused: "
+                            "the rest at the next sweep"
+                        )
                 elif position != after:
                     await self.save_cursor(peer, channel, position)
                 after = position

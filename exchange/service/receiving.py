@@ -66,6 +66,11 @@ class Checked:
     row: dict[str, Any] | None  # None: already held, nothing to store
 
 
+# An envelope refused and left out of a catch-up page: its id (None if it did not parse), the
+# error's class and detail (`Receiving.ingest_screened`).
+Refused = tuple[str | None, str, str]
+
+
 def _item_error(index: int, exc: ExchangeError) -> dict[str, Any]:
     return {"item": f"envelope {index}", "index": index, "type": type(exc).__name__, "detail": exc.detail}
 
@@ -200,18 +205,13 @@ class Receiving:
         raws: Sequence[Any],
         *,
         relayed: bool = False,
-        cursor: tuple[str, int] | None = None,
         gap_depth: int = 0,
+        refused: list[Refused] | None = None,
     ) -> list[Receipt]:
         """Verify a batch, fill any gap in its authors' streams, then persist and audit it before
-        answering with receipts.
-
-        The batch is all or nothing: one bad envelope rejects it, and nothing is stored. `cursor`
-        (channel, position) is a catch-up cursor at `peer`, saved in the same transaction.
-        `gap_depth`: how many gap fills this batch is nested in (`_fill_gaps`).
-        """
+        answering with receipts. `ingest_screened` says the rest."""
         screened = await self.screen(peer, raws, relayed=relayed)
-        return await self.ingest_screened(screened, cursor=cursor, gap_depth=gap_depth)
+        return await self.ingest_screened(screened, gap_depth=gap_depth, refused=refused)
 
     async def screen(
         self, peer: NodeId, raws: Sequence[Any], *, relayed: bool = False, unheld: bool = False
@@ -227,9 +227,25 @@ class Receiving:
         return Screened(peer, relayed, items, held)
 
     async def ingest_screened(
-        self, screened: Screened, *, cursor: tuple[str, int] | None = None, gap_depth: int = 0
+        self,
+        screened: Screened,
+        *,
+        cursor: tuple[str, int] | None = None,
+        gap_depth: int = 0,
+        refused: list[Refused] | None = None,
     ) -> list[Receipt]:
-        """The second half of `ingest`: the rules that need state, gaps, then store and answer."""
+        """The second half of `ingest`: the rules that need state, gaps, then store and answer.
+
+        With `refused` None (a transaction, docs/protocol.md 9 and 11.2) the batch is all or
+        nothing: one bad envelope rejects it, and nothing is stored. With a list (a catch-up page,
+        11.6) an envelope refused for good is left out and described in it, and the rest is kept:
+        else one envelope this node can never take (a wrap it cannot open, an author since
+        removed) would stop its catch-up of the channel at that page for good, from every member.
+        A failure that is not the envelope's (a partner to ask is down, the database is busy)
+        still fails the whole page, which the next sweep asks again. `cursor` (channel, position)
+        is a catch-up cursor at the peer, saved in the same transaction, with a `catchup.refused`
+        entry for what this page left out. `gap_depth`: how many gap fills this batch is nested in.
+        """
         peer, relayed = screened.peer, screened.relayed
         errors: list[dict[str, Any]] = []
         checked: list[Checked] = []
@@ -244,14 +260,19 @@ class Receiving:
                 raise
             except ExchangeError as exc:
                 errors.append(_item_error(o.index, exc))
-        if errors:
+                if refused is not None:
+                    refused.append((o.bid, type(exc).__name__, exc.detail))
+        if errors and refused is None:
             raise EnvelopeRejected(sorted(errors, key=lambda e: e["index"]))
-        await self._fill_gaps(peer, checked, gap_depth)
+        await self._fill_gaps(peer, checked, gap_depth, refused)
         if relayed:
             checked = sorted(checked, key=lambda c: (c.header.author, c.header.channel, c.header.seq))
 
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> list[Receipt]:
-            return await self._store_checked(conn, audit, peer, checked, relayed=relayed, cursor=cursor)
+            out = await self._store_checked(conn, audit, peer, checked, relayed=relayed, cursor=cursor)
+            if refused and cursor is not None:
+                audit.add(ev.catchup_refused(timestamp(), peer, cursor[0], refused))
+            return out
 
         out = await self.store.write(job)
         if relayed:
@@ -356,7 +377,9 @@ class Receiving:
             await save_cursor(conn, peer, *cursor)
         return out
 
-    async def _fill_gaps(self, source: str, checked: Sequence[Checked], depth: int) -> None:
+    async def _fill_gaps(
+        self, source: str, checked: Sequence[Checked], depth: int, refused: list[Refused] | None
+    ) -> None:
         """Fetch from `source` what precedes a batch in each author's stream but is not here yet.
 
         Only streams this node already receives are checked: before its first bulletin of a
@@ -364,7 +387,8 @@ class Receiving:
         fetched is a batch of its own, whose gaps are filled in turn, `GAP_DEPTH` deep at most: an
         honest source answers with the whole gap (less what is not meant for this node) and the
         next fill finds little or nothing, while a hostile one could answer one bulletin a time
-        and nest fills a thousand deep. What stays missing, catch-up fetches.
+        and nest fills a thousand deep. What stays missing, catch-up fetches. A fill for a
+        catch-up page (`refused` a list) leaves out what it refuses, as the page does.
         """
         if depth >= GAP_DEPTH:
             return
@@ -396,7 +420,7 @@ class Receiving:
             items = gap_items(await self.transport.fetch(NodeId(source), path), source, limit)
             missing = [i["envelope"] for i in items if i["envelope"] is not None and i["seq"] not in seqs]
             if missing:
-                await self.ingest(NodeId(source), missing, relayed=True, gap_depth=depth + 1)
+                await self.ingest(NodeId(source), missing, relayed=True, gap_depth=depth + 1, refused=refused)
 
     async def held(self, ids: Sequence[str]) -> set[str]:
         """Which of these bulletins this node holds already."""

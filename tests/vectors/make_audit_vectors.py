@@ -102,7 +102,7 @@ V2_FILE = HERE / "envelope-v2.json"  # the epoch and grant of the `epoch.*` entr
 LOG_NODE = "nl-customs"
 WITNESSES = ("gb-avsec", "ke-customs")
 IMPOSTOR = "impostor"  # a key in no roster: signs the "checkpoint by another key" negative
-WHOLE = 43  # entries in the log
+WHOLE = 44  # entries in the log
 CHECKPOINT_SIZES = (1, 8, 13, WHOLE)  # one entry, a power of two, neither, the whole log
 SIGNED_AT = {1: "2025-03-14T09:00:01.000Z", 8: "2025-03-14T09:27:00.000Z", 13: "2025-03-14T09:40:00.000Z"}
 SIGNED_AT[WHOLE] = "2025-03-14T11:00:00.000Z"
@@ -389,6 +389,12 @@ def entries(v1: dict[str, Any]) -> tuple[list[ev.AuditEntry], list[bytes]]:
             "bulletin": fanned,
             "to": {"gb-avsec": "2025-03-14T10:40:00.612Z", "ke-customs": "2025-03-14T10:40:00.587Z"},
         },
+        ev.catchup_refused(
+            "2025-03-14T10:45:00.000Z",
+            "ke-customs",
+            channel,
+            [(other, "DecryptionFailed", "the wrapped key for this node does not open")],
+        ),
         {"event": ev.NODE_STOPPED, "at": "2025-03-14T11:00:00.000Z"},
     ]
     return made, drawn
