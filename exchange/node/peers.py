@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 from typing import Any
 
 import aiohttp
 
 from exchange.config import NodeConfig
-from exchange.errors import PeerError, PeerRefused
+from exchange.crypto import strict_loads
+from exchange.crypto.encoding import MIN_VALUES
+from exchange.errors import InvalidInput, PeerError, PeerRefused
 from exchange.keystore import NodeKeyFiles, TlsIdentity
 from exchange.model import NodeId, RosterNode
 from exchange.node.tls import peer_context
@@ -27,6 +28,15 @@ from exchange.service.gossip import ROSTER_HEADER, ROSTER_PATH, RosterGossip, he
 # it), so that a partner answering without end costs a bounded read, not the node's memory.
 MAX_ANSWER_BYTES = 96 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
+# An answer is parsed as strictly as a request (docs/protocol.md 2.3), with a value budget of its
+# own: one `,` `:` `[` `{` outside strings per ANSWER_BYTES_PER_VALUE bytes, MIN_VALUES whatever
+# its size. A request's one per 20 bytes is too tight for answers, which gather many small
+# documents: a channel's log has one per 14 bytes, a catch-up page of short bulletins one per 20,
+# and a roster page can hold 32 versions of under 10,000 values each, whose key entries have one
+# per 11. A body of empty containers (`[{},{},...]`, one per 1.5 bytes) is refused before it is
+# parsed, and what the budget admits costs about what a legitimate answer of that size does
+# (5 bytes of memory per byte), not a Python object per element.
+ANSWER_BYTES_PER_VALUE = 8
 
 
 class HttpTransport:
@@ -162,10 +172,10 @@ async def _json_or_error(resp: aiohttp.ClientResponse, peer: str) -> Any:
     payload = await _body(resp, peer)
     if resp.status == 200:
         try:
-            return json.loads(payload)
-        except (ValueError, RecursionError) as exc:  # bad UTF-8, an over-long integer, nested past the stack
+            return _parse(payload)
+        except InvalidInput as exc:  # bad UTF-8, a float, an over-long integer, too many values, too deep
             raise PeerError(
-                f"{peer} answered 200 with a body that is not JSON: {type(exc).__name__}: {exc}"[:300]
+                f"{peer} answered 200 with a body that is not JSON as 2.3 takes it: {exc.detail}"[:300]
             ) from exc
     detail = _problem_detail(payload, resp.status)
     if 400 <= resp.status < 500:
@@ -189,8 +199,13 @@ async def _body(resp: aiohttp.ClientResponse, peer: str) -> bytes:
     return b"".join(chunks)
 
 
+def _parse(payload: bytes) -> Any:
+    """A partner's answer parsed strictly, within its value budget (ANSWER_BYTES_PER_VALUE)."""
+    return strict_loads(payload, min_values=max(MIN_VALUES, len(payload) // ANSWER_BYTES_PER_VALUE))
+
+
 def _problem_detail(payload: bytes, status: int) -> str:
     try:
-        return str(json.loads(payload).get("detail", status))
-    except (ValueError, AttributeError, RecursionError):
+        return str(_parse(payload).get("detail", status))
+    except (InvalidInput, AttributeError):
         return f"HTTP {status}"

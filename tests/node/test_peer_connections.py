@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import json
 import ssl
+import tracemalloc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -15,7 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from exchange.errors import PeerError, PeerRefused
+from exchange.errors import InvalidInput, PeerError, PeerRefused
 from exchange.keystore import NodeKeyFiles
 from exchange.model import NodeId
 from exchange.node import peers
@@ -256,7 +258,11 @@ async def test_a_partner_cannot_redirect_a_request_elsewhere(dropping_partner: D
         await inside.wait_closed()
 
 
-@pytest.mark.parametrize("body", [b"<html>not JSON</html>", b"1" * 5000, b'{"a": 1'], ids=["html", "long-int", "cut"])
+@pytest.mark.parametrize(
+    "body",
+    [b"<html>not JSON</html>", b"1" * 5000, b'{"a": 1', b'{"a": 1.5}', b'{"a": 1, "a": 2}', b'{"a": NaN}'],
+    ids=["html", "long-int", "cut", "float", "duplicate-key", "nan"],
+)
 async def test_a_body_that_does_not_parse_is_a_peer_error_both_ways(
     dropping_partner: DroppingPartner, body: bytes
 ) -> None:
@@ -270,6 +276,55 @@ async def test_a_body_that_does_not_parse_is_a_peer_error_both_ways(
         await transport.send(KE, "/fed/v1/envelopes", b"{}")
     with pytest.raises(PeerError, match="not JSON"):
         await transport.fetch(KE, "/fed/v1/audit/checkpoint")
+
+
+EMPTY_CONTAINERS = b"[" + b"{}," * 1_000_000 + b"{}]"  # 3 MB, one value per 1.5 bytes
+
+
+async def test_an_answer_of_empty_containers_is_refused_before_it_is_parsed(dropping_partner: DroppingPartner) -> None:
+    """Answers were parsed with plain json.loads, with no value budget: a partner answering a
+    96 MiB body of `[{},{},...]` had the node make a Python object per element, about 2.3 GB,
+    on its event loop. Now an answer has a value budget (peers.ANSWER_BYTES_PER_VALUE): this one
+    is a PeerError, a failure like a malformed answer, and the sweep that met it goes on."""
+    partner = dropping_partner
+    epochs = "/fed/v1/channels/c2c/epochs?after=-1"
+    partner.bodies = {"/fed/v1/empty": EMPTY_CONTAINERS, epochs: EMPTY_CONTAINERS}
+    nl = partner.fed["nl-customs"]
+    with pytest.raises(PeerError, match="too many JSON values"):
+        await nl.service.transport.fetch(KE, "/fed/v1/empty")
+    with pytest.raises(PeerError, match="too many JSON values"):
+        await nl.service.transport.send(KE, "/fed/v1/empty", b"{}")
+    assert nl.service.epochs is not None
+    assert await nl.service.epochs.pull_quietly(KE, "c2c") == 0  # logged; the sweep goes on
+    assert partner.tries[epochs] == 1
+    partner.statuses = {"/fed/v1/empty": 400}  # a refusal whose body is over the budget: its status
+    with pytest.raises(PeerRefused, match="HTTP 400"):
+        await nl.service.transport.send(KE, "/fed/v1/empty", b"{}")
+
+
+def test_the_budget_is_checked_before_anything_is_parsed() -> None:
+    """What refusing costs: the body's bytes are counted, no object is made of them. json.loads
+    of the same 3 MB takes about 70 MB."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidInput, match="too many JSON values"):
+            peers._parse(EMPTY_CONTAINERS)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024, peak
+
+
+def test_dense_legitimate_answers_parse_as_json_loads_reads_them() -> None:
+    """The budget admits what partners send: here a body as dense as a roster page's key entries
+    (one value per 11 bytes), over a request's one per 20 bytes, and read exactly as before."""
+    key = {"key": "QEnaprUCxT6wIqPMqbAKxH-fMdR9Wg83tnPRRfOwZ6U", "kid": "cb741b855c9da34f", "state": "retired"}
+    keys = [{**key, "use": "signing", "valid_from": 1, "valid_until": i} for i in range(5000)]
+    page = json.dumps({"keys": keys}, separators=(",", ":"))
+    body = page.encode()
+    assert sum(body.count(c) for c in b",:[{") > max(10_000, len(body) // 20)
+    assert peers._parse(body) == json.loads(body)
+    assert peers._parse(b'{"detail": "-0 is 0", "n": -0}') == {"detail": "-0 is 0", "n": 0}
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
