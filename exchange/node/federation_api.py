@@ -15,7 +15,7 @@ from exchange.http.limits import Handler
 from exchange.model import NodeId
 from exchange.node.bodies import CATCHUP_LIMIT, MAX_BATCH
 from exchange.node.tls import peer_identity
-from exchange.service.gossip import OFFER_BYTES, ROSTER_HEADER, ROSTER_PATH, header_version
+from exchange.service.gossip import OFFER_BYTES, ROSTER_HEADER, ROSTER_PATH, header_version, offer_source
 
 # The transaction body: what a sender's batch can need (exchange.service.outbox keeps a batch
 # under MAX_TRANSACTION_BYTES, 32 MiB), plus room for the JSON around the items.
@@ -110,9 +110,10 @@ async def post_roster(request: web.Request) -> web.Response:
     a version this node lacks lists, without a client certificate. Bounded in size and rate."""
     service = request.app[SERVICE]
     try:
-        source = f"peer:{authenticate_peer(request, roster_route=True)}"
+        peer: NodeId | None = authenticate_peer(request, roster_route=True)
     except ExchangeError:
-        source = f"offer:{request.remote}"
+        peer = None
+    source = offer_source(peer, request.remote)
     raw = await params.body_bytes(request, OFFER_BYTES)
     imported = await service.gossip.take_offer(bytes(raw), source)
     return web.json_response({"version": imported.version, "hash": imported.hash, "added": imported.added})

@@ -33,6 +33,7 @@ from exchange.model import NodeId
 from exchange.protocol.roster import Federation
 from exchange.protocol.roster2_model import MAX_ROSTER_BYTES
 from exchange.service.federation import FederationRoster, Imported
+from exchange.service.rejections import client_key
 from exchange.service.transport import PeerTransport
 
 log = logging.getLogger("exchange.roster")
@@ -53,6 +54,13 @@ def header_version(value: str | None) -> int | None:
     if value is None or not value.isascii() or not value.isdigit() or len(value) > 12:
         return None
     return int(value)
+
+
+def offer_source(peer: NodeId | None, address: str | None) -> str:
+    """Who offers roster versions, as their refusals are audited and their offers spaced: the
+    authenticated peer, or else the client's address as every limit counts it (`client_key`: an
+    IPv6 /64, not each of its addresses, which would let one site step around both)."""
+    return f"peer:{peer}" if peer is not None else f"offer:{client_key(address)}"
 
 
 class RosterGossip:

@@ -196,6 +196,47 @@ async def test_refusals_are_audited_within_bounds(store: Store) -> None:
     assert (len(await audited(store)), last["suppressed"]) == (5, 7)
 
 
+async def test_a_flood_of_offers_never_keeps_a_peers_equivocation_out_of_the_log(store: Store) -> None:
+    """The budget's table was never pruned: once 1,000 sources had refused, every new one,
+    `peer:` included, shared one window, which offers from fresh addresses kept full, so a peer's
+    equivocation (evidence against the authority) was only counted. Offers now have a table of
+    their own, and windows an interval old make room for new sources."""
+    now = [NOW]
+    budget = RefusalBudget()
+    roster = FederationRoster(store, clock=lambda: now[0], budget=budget)
+    await roster.import_chain(as_file(1, 2))
+    for i in range(1_000):  # offers from 1,000 sources in the first minute
+        assert budget.admit(f"offer:198.51.100.{i}", now[0]) == 0
+    for minute in range(5):  # and 10 more every minute after: junk that keeps the shared window full
+        now[0] += dt.timedelta(minutes=1)
+        for i in range(10 + 1_000 * (minute == 0)):
+            budget.admit(f"offer:203.0.113.{minute}-{i}", now[0])
+    entries = len(await audited(store))
+    with pytest.raises(errors.RosterEquivocation):
+        await roster.import_chain(equivocating(), source="peer:ke-customs")
+    refusal = (await audited(store))[entries:]
+    assert [(e["error"], e["source"]) for e in refusal] == [("RosterEquivocation", "peer:ke-customs")]
+    assert refusal[0]["held_hash"] != refusal[0]["offered_hash"]
+    assert budget.admit("offer:192.0.2.1", now[0]) == 0  # a new source past the old windows: its own
+    assert sum(len(t) for t in budget._tables) <= 2 * (budget.max_sources + 1)
+
+
+def test_windows_are_pruned_and_what_they_counted_is_carried() -> None:
+    """A window an interval old is dropped when a new source needs room; the refusals it only
+    counted go into the shared window's next entry, not lost."""
+    budget = RefusalBudget(per_interval=1, max_sources=2)
+    assert budget.admit("offer:a", NOW) == 0
+    assert budget.admit("offer:a", NOW) is None  # counted only: 1
+    assert budget.admit("offer:b", NOW) == 0
+    assert budget.admit("offer:c", NOW) == 0  # no room: the shared window
+    assert budget.admit("offer:d", NOW) is None
+    later = NOW + budget.interval
+    assert budget.admit("offer:e", later) == 0  # a, b and the shared window made room
+    assert budget.admit("offer:f", later) == 1 + 1  # no room again: the shared window, with a's count and d's
+    assert budget.admit("peer:ke-customs", later) == 0  # a table of its own
+    assert [list(t) for t in budget._tables] == [["other", "offer:e"], ["peer:ke-customs"]]
+
+
 async def test_an_expected_hash_that_differs_refuses_the_import(store: Store) -> None:
     roster = await holding(store)
     with pytest.raises(errors.RosterRefused, match="not the expected"):

@@ -17,7 +17,7 @@ import pytest
 from exchange import errors
 from exchange.model import NodeId
 from exchange.protocol.rosterchain import TrustedRoster, federation_view
-from exchange.service.gossip import RosterGossip, header_version
+from exchange.service.gossip import RosterGossip, header_version, offer_source
 from exchange.store import Store
 from tests.protocol.test_roster_chain import CHAIN
 from tests.service.test_federation_roster import as_file, audited, equivocating, holding, stored, under_threshold
@@ -120,6 +120,30 @@ async def test_offers_come_one_per_source_and_interval(store: Store) -> None:
     now[0] += gossip.offer_interval
     assert (await gossip.take_offer(chain, "offer:192.0.2.7")).added == 0
     assert roster.held.version == 2  # type: ignore[union-attr]
+
+
+async def test_an_offer_from_an_ipv6_site_is_one_source_whatever_its_low_64_bits(store: Store) -> None:
+    """An offer's source was its full address, while every other limit counts an IPv6 /64: one
+    site, changing its low 64 bits, made an offer every time (not one per 10 s) and had each of
+    its refusals audited as a new source (about 1,200 entries a minute)."""
+    roster = await holding(store, 1)
+    now = [100.0]
+    gossip = RosterGossip("nl-customs", roster, federation_view(roster.held), clock=lambda: now[0])  # type: ignore[arg-type]
+    assert offer_source(None, "2001:db8:0:7::1") == offer_source(None, "2001:db8:0:7::2") == "offer:2001:db8:0:7::/64"
+    assert offer_source(None, "::ffff:192.0.2.7") == offer_source(None, "192.0.2.7") == "offer:192.0.2.7"
+    assert offer_source(NodeId("ke-customs"), "2001:db8:0:7::1") == "peer:ke-customs"
+    entries = len(await audited(store))
+    with pytest.raises(errors.RosterThreshold):
+        await gossip.take_offer(under_threshold(), offer_source(None, "2001:db8:0:7::1"))
+    for low in range(2, 50):
+        with pytest.raises(errors.RateLimited):
+            await gossip.take_offer(under_threshold(), offer_source(None, f"2001:db8:0:7::{low:x}"))
+    refused = (await audited(store))[entries:]
+    assert [e["source"] for e in refused] == ["offer:2001:db8:0:7::/64"]
+    now[0] += gossip.offer_interval
+    with pytest.raises(errors.RosterThreshold):
+        await gossip.take_offer(under_threshold(), offer_source(None, "2001:db8:0:7::99"))
+    assert [version for version, _, _ in await stored(store)] == [1]  # nothing taken
 
 
 def test_the_node_federation_is_one_holder_that_takes_a_new_version_whole() -> None:
