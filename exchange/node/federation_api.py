@@ -107,15 +107,19 @@ async def get_roster(request: web.Request) -> web.Response:
 
 async def post_roster(request: web.Request) -> web.Response:
     """Roster versions offered (a JSON array of signed versions): by a partner, or by a node that only
-    a version this node lacks lists, without a client certificate. Bounded in size and rate."""
+    a version this node lacks lists, without a client certificate. Bounded in size and rate; the
+    body is read only once the offer is let in (`RosterGossip.take_offer`)."""
     service = request.app[SERVICE]
     try:
         peer: NodeId | None = authenticate_peer(request, roster_route=True)
     except ExchangeError:
         peer = None
     source = offer_source(peer, request.remote)
-    raw = await params.body_bytes(request, OFFER_BYTES)
-    imported = await service.gossip.take_offer(bytes(raw), source)
+
+    async def body() -> bytes:  # read only if the offer is let in (one at a time, one per source)
+        return bytes(await params.body_bytes(request, OFFER_BYTES))
+
+    imported = await service.gossip.take_offer(body, source)
     return web.json_response({"version": imported.version, "hash": imported.hash, "added": imported.added})
 
 

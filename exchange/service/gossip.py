@@ -160,16 +160,23 @@ class RosterGossip:
         head = canonical_json({"version": self.version()})[:-1]
         return head + b',"versions":[' + b",".join(blobs) + b"]}"
 
-    async def take_offer(self, raw: bytes, source: str) -> Imported:
+    async def take_offer(self, offer: bytes | Callable[[], Awaitable[bytes]], source: str) -> Imported:
         """Versions offered on the route without a client certificate: one offer at a time, one per
-        source and `offer_interval`; checked as any import is (a refusal is audited within bounds)."""
+        source and `offer_interval`; checked as any import is (a refusal is audited within bounds).
+
+        `offer` is the body, or how to read it: the route's body is read once the offer is let in,
+        and the offer holds its turn while it is read. So a client refused 429 has had none of its
+        body read, and the node holds one offer's body at a time (OFFER_BYTES), not one for each
+        client that sends one (each was read whole, then refused).
+        """
         now = self._clock()
         if now - self._offers.get(source, -1e9) < self.offer_interval or self._offering.locked():
             raise RateLimited("one roster offer at a time, and one per source every few seconds", retry_after=10)
         self._offers[source] = now
         if len(self._offers) > 1000:
             self._offers = {s: t for s, t in self._offers.items() if now - t < self.offer_interval}
-        async with self._offering:
+        async with self._offering:  # taken at once: nothing was awaited since it was seen free
+            raw = offer if isinstance(offer, bytes) else await offer()
             imported = await self.roster.import_chain(raw, source=source[:64])
         await self.took(imported)
         return imported

@@ -27,6 +27,7 @@ from exchange.crypto import canonical_json
 from exchange.errors import Unavailable
 from exchange.keystore import read_file
 from exchange.node.tls import client_context, peer_context
+from exchange.service.gossip import OFFER_BYTES
 from exchange.service.rejections import (
     MAX_ENTRY_BYTES,
     Refusals,
@@ -279,6 +280,52 @@ async def test_a_body_that_stalls_or_crawls_is_cut_off_and_nothing_is_stored(mak
     assert [(e["status"], e["user"]) for e in rejected] == [(408, "officer"), (408, "officer")]  # accountable: exact
     status, _, _ = await nl.api("POST", "/api/v1/channels/c2c/bulletins", body=json.loads(body))
     assert status == 201  # the same post, sent whole, is taken
+
+
+OFFER_HEAD = (
+    b"POST /fed/v1/roster HTTP/1.1\r\nHost: node\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+)
+
+
+@SQLITE
+async def test_a_roster_offer_is_refused_429_before_its_body_is_read(make_federation: MakeFederation) -> None:
+    """The roster offer route, open to clients without a certificate, read a body of up to 16 MiB
+    before its gate (one offer at a time, one per source every 10 s): each client could keep 16 MiB
+    buffered until refused 429, about 2 GiB from one IPv4 address's 128 connections. The gate
+    comes first now, and an offer holds its turn while its body is read: here clients that send
+    only the head of a 16 MiB offer are answered 429 at once, the body never asked for."""
+    fed = await make_federation(options={"read_timeout_seconds": 20.0})
+    nl = fed["nl-customs"]
+    start = await log_size(nl)
+    held = nl.service.roster.held
+    gossip = nl.service.gossip
+
+    async def busy() -> bool:
+        return gossip._offering.locked()
+
+    async def free() -> bool:
+        return not gossip._offering.locked()
+
+    # One offer is let in and sends 1 KiB of its 16 MiB: while it is read, the route is busy.
+    _, slow_writer = await connect(nl, "127.0.0.3")
+    slow_writer.write(OFFER_HEAD % OFFER_BYTES + b"[" + b" " * 1023)
+    await slow_writer.drain()
+    await eventually(busy, what="the first offer let in")
+    for source in ("127.0.0.4", "127.0.0.5"):  # others, each sending the head of 16 MiB only
+        answer = await exchange_once(nl, OFFER_HEAD % OFFER_BYTES, source)
+        assert answer.status == 429 and answer.problem["type"].endswith("RateLimited"), answer
+        assert answer.headers["retry-after"] == "10"
+    slow_writer.close()  # it gives up: the route is free again
+    await eventually(free, what="the offer's turn to end")
+    answer = await exchange_once(nl, OFFER_HEAD % OFFER_BYTES, "127.0.0.3")  # its source: once per 10 s
+    assert answer.status == 429, answer
+    answer = await exchange_once(nl, OFFER_HEAD % 2 + b"[]", "127.0.0.6")  # another is let in and checked
+    assert answer.status == 422, answer
+    assert nl.service.roster.held is held  # nothing taken
+    entries = await audit_entries(nl, start)  # each refusal audited, within the bounds of any refusal
+    rejected = [(e["address"], e["status"]) for e in entries if e["event"] == "request.rejected"]
+    assert rejected == [("127.0.0.4", 429), ("127.0.0.5", 429), ("127.0.0.3", 429), ("127.0.0.6", 422)]
+    assert [e["source"] for e in entries if e["event"] == "roster.refused"] == ["offer:127.0.0.6"]
 
 
 # -- connection limits ---------------------------------------------------------------------------------
