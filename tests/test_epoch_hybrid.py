@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from exchange.crypto import b64e
 from exchange.crypto.content import os_random
 from exchange.crypto.epoch import SUITE_X25519, SUITE_XWING, WRAP_SIZES, HybridDecryptionKey, hybrid_supported
+from exchange.protocol.epoch_support import make_support
 from exchange.service.epoch_keyfile import HYBRID_KEY_FILE
 from exchange.store.tables import channel_epochs
 from tests.conftest import MakeFederation
@@ -51,3 +52,35 @@ async def test_a_channel_mixing_a_hybrid_node_and_x25519_nodes_delivers_to_both(
     for member in (nl, de):
         await arrives(member, back["id"])
         assert (await reads(member, back["id"]))["bulletin"]["title"] == "from the hybrid node"
+
+
+async def test_a_relayed_older_announcement_does_not_downgrade_the_owners_wrap(
+    make_federation: MakeFederation,
+) -> None:
+    """A member relays, with epoch records, an announcement of ke-customs from before it took a
+    hybrid key: valid, signed with ke-customs' current roster key, and with no hybrid key. The
+    owner kept it as if it had asked ke-customs itself, for an hour, and wrapped the next epoch
+    for ke-customs with X25519 alone, the downgrade 15.4 rules out (found by a read-only review).
+    A relayed announcement now serves readers checking wraps; the owner asks the node itself."""
+    fed = await make_federation(nodes=THREE, channels=[C2C], options=V2, start=False)
+    hybrid = HybridDecryptionKey.generate(os_random)
+    (fed["ke-customs"].config.keys_dir / HYBRID_KEY_FILE).write_text(b64e(hybrid.private_bytes()) + "\n")
+    for n in fed.members:
+        await fed.start(n)
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    # The owner holds no announcement of ke-customs yet, as for a new reader or one whose signing
+    # key changed since (each is then asked for when it is needed, or taken from a relay).
+    book = nl.service.epochs
+    book._support.pop("ke-customs")
+    book._fetched.pop("ke-customs", None)
+    book._author_memo.clear()
+    older = make_support("ke-customs", ke.service.keys.signing, None)  # as before its hybrid key
+    await book.take_relayed_support([older.model_dump(mode="json")])
+    ids = await book.wrap_key_ids(["ke-customs"], strict=False, owner=True)  # as make_current asks
+    assert ids is not None and ids["ke-customs"].suite == SUITE_XWING and ids["ke-customs"].kid == hybrid.kid
+    sent = await post(nl, "after a relayed older announcement")
+    await arrives(ke, sent["id"])
+    record = nl.service.epochs.latest("c2c")
+    assert record is not None
+    wrap = record.wrap_for("ke-customs")
+    assert wrap is not None and wrap.suite == SUITE_XWING, wrap

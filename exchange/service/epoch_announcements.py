@@ -60,7 +60,10 @@ class Announcements:
         self.announce = announce  # False: this node says it takes no v2 (config `envelope_v2`)
         self._announcement = make_support(me, keys.signing, hybrid)
         self._support: dict[str, EpochSupport] = {}
-        self._fetched: dict[str, float] = {}  # node -> when its announcement was fetched (0: loaded)
+        self._fetched: dict[str, float] = {}  # node -> when its announcement was fetched (-inf: loaded)
+        # Nodes whose announcement held came relayed by a member (`take_relayed_support`), not from
+        # the node: enough for checking wraps, not for making them (`support_of`, `owner`).
+        self._relayed: set[str] = set()
         self._unsupported: dict[str, float] = {}  # node -> until when it counts as taking no v2
         self._unreachable: dict[str, float] = {}  # node -> until when an author does not ask it again
         # A receiver's `wrap_key_ids(readers, strict=True)` for an epoch, as long as the roster and
@@ -81,7 +84,7 @@ class Announcements:
             except ExchangeError:  # the node's roster key changed since: fetched again when needed
                 continue
             self._support[row.node] = support
-            self._fetched[row.node] = 0.0
+            self._fetched[row.node] = -math.inf  # asked again when next needed, whatever the uptime
             self._generation += 1
 
     @property
@@ -91,11 +94,17 @@ class Announcements:
             self._announcement = make_support(self.me, self.keys.signing, self.hybrid)
         return self._announcement
 
-    async def support_of(self, node: str, *, strict: bool = False, refresh: bool = False) -> EpochSupport | None:
+    async def support_of(
+        self, node: str, *, strict: bool = False, refresh: bool = False, owner: bool = False
+    ) -> EpochSupport | None:
         """`node`'s v2 announcement (None: it takes no v2, or, unless `strict`, it cannot be asked
         now). `strict` (a receiver checking wraps): an unreachable node is StateUnavailable, which
         the sender retries. Fetched once and kept; fetched again when signed with a key the roster
-        no longer lists, with `refresh`, and by an owner (not `strict`) after SUPPORT_REFRESH."""
+        no longer lists, with `refresh`, and by an owner (not `strict`) after SUPPORT_REFRESH.
+        `owner` (an owner making wraps): one only relayed by a member is asked for again from the
+        node itself, as long as it can be asked: a member could relay an older announcement,
+        valid but without the hybrid key the node announces now, and so have the owner wrap for
+        it with X25519 alone (15.4)."""
         if node == self.me:
             return self.announcement if self.announce else None
         now = time.monotonic()
@@ -105,7 +114,11 @@ class Announcements:
             and not refresh
             and held.signer == self.fed.node(node).signing_kid
             and (
-                strict or now - self._fetched.get(node, 0.0) < SUPPORT_REFRESH or self._unreachable.get(node, 0.0) > now
+                strict
+                or (
+                    now - self._fetched.get(node, -math.inf) < SUPPORT_REFRESH and not (owner and node in self._relayed)
+                )
+                or self._unreachable.get(node, 0.0) > now
             )
         ):
             return held
@@ -142,6 +155,7 @@ class Announcements:
         await self.store.write(job)
         self._support[node] = support
         self._fetched[node] = time.monotonic()
+        self._relayed.discard(node)
         self._generation += 1
         return support
 
@@ -184,10 +198,14 @@ class Announcements:
             self._support[node] = support
             self._fetched[node] = time.monotonic()
             self._unsupported.pop(node, None)
+            self._relayed.add(node)
         self._generation += 1
 
-    async def wrap_key_ids(self, nodes: Iterable[str], *, strict: bool) -> dict[str, WrapKeyId] | None:
+    async def wrap_key_ids(
+        self, nodes: Iterable[str], *, strict: bool, owner: bool = False
+    ) -> dict[str, WrapKeyId] | None:
         """The key each node's wrap must be for (15.4, 15.12); None if one of them takes no v2.
+        `owner`: for wraps this node makes (`support_of`).
 
         The announcements not held yet are asked for together, ASK_AT_ONCE at a time (an owner's
         first epoch of a channel of 200 needs 199 of them), then read in order. A receiver's
@@ -199,19 +217,20 @@ class Announcements:
             return dict(memo[2])
         if (
             not strict
+            and not owner
             and (kept := self._author_memo.get(nodes)) is not None
             and kept[0] is roster
             and kept[1] == generation
             and time.monotonic() < kept[2]
         ):
             return dict(kept[3])
-        missing = [n for n in nodes if n != self.me and n not in self._support]
+        missing = [n for n in nodes if n != self.me and (n not in self._support or (owner and n in self._relayed))]
         if len(missing) > 1:
             gate = asyncio.Semaphore(ASK_AT_ONCE)
 
             async def ask(node: str) -> None:
                 async with gate:
-                    await self.support_of(node, strict=strict)
+                    await self.support_of(node, strict=strict, owner=owner)
 
             results = await asyncio.gather(*(ask(n) for n in missing), return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]
@@ -219,7 +238,7 @@ class Announcements:
                 raise errors[0]
         out: dict[str, WrapKeyId] = {}
         for node in nodes:
-            support = await self.support_of(node, strict=strict)
+            support = await self.support_of(node, strict=strict, owner=owner)
             if support is None:
                 return None
             out[node] = wrap_key_id(self.fed, node, support)
@@ -234,7 +253,9 @@ class Announcements:
             # is asked for again at the next post, as `support_of` does when such an ask failed
             and all(self._support[n].signer == self.fed.node(n).signing_kid for n in nodes if n != self.me)
         ):
-            due = min((self._fetched.get(n, 0.0) + SUPPORT_REFRESH for n in nodes if n != self.me), default=math.inf)
+            due = min(
+                (self._fetched.get(n, -math.inf) + SUPPORT_REFRESH for n in nodes if n != self.me), default=math.inf
+            )
             if len(self._author_memo) >= MEMO_SIZE:
                 self._author_memo.clear()
             self._author_memo[nodes] = (roster, generation, due, dict(out))

@@ -221,7 +221,7 @@ class EpochBook(Announcements):
                 if prev is not None and prev.state.pos > state.pos:
                     return None  # another worker made one for a later state than this one holds yet
                 try:
-                    if await self.wrap_key_ids(state.readers, strict=False) is None:
+                    if await self.wrap_key_ids(state.readers, strict=False, owner=True) is None:
                         return None
                 except Forbidden:  # UnknownPeer: a reader the roster suspended or revoked, until removed
                     return None
