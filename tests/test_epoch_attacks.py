@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from aiohttp import web
 
 from exchange.audit.epoch_events import EPOCH_EQUIVOCATION
 from exchange.clock import timestamp
@@ -17,7 +18,9 @@ from exchange.config import NodeConfig
 from exchange.crypto import b64d, b64e
 from exchange.crypto.epoch import unwrap_epoch_key
 from exchange.errors import BadSignature, DecryptionFailed, EpochInvalid, PeerRefused
+from exchange.keystore import load_federation
 from exchange.model import Bulletin, NodeId
+from exchange.node.tls import server_context
 from exchange.protocol.envelope_v2 import (
     build_envelope_v2,
     bulletin_key,
@@ -27,6 +30,9 @@ from exchange.protocol.envelope_v2 import (
 )
 from exchange.protocol.epoch import epoch_hash, epoch_wrap_info, make_epoch, open_epoch
 from exchange.protocol.epoch_model import EnvelopeV2
+from exchange.protocol.epoch_support import SUPPORT_DOMAIN
+from exchange.protocol.signing import sign
+from exchange.service.epoch_announcements import SUPPORT_PATH
 from exchange.service.epoch_grants import accept_grants
 from exchange.store import audit_log, bulletins
 from exchange.store.tables import channel_epochs
@@ -429,3 +435,62 @@ async def test_forged_or_equivocating_epoch_records_are_refused(make_federation:
     assert held is not None and epoch_hash(held) == epoch_hash(good)
     async with de.service.store.read() as conn:
         assert (await conn.scalar(sa.select(sa.func.count()).select_from(channel_epochs))) == 1
+
+
+class JunkAnnouncement:
+    """Stands in for `member`'s node, with its TLS identity, and answers a request for its v2
+    support announcement with one it signed whose hybrid key is not a key."""
+
+    def __init__(self, member: Member) -> None:
+        self.member = member
+        self.key = member.service.keys.signing  # taken while the node runs
+        self.asked = 0
+        self.runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.asked += 1
+        body = {"v": 2, "node": self.member.id, "hybrid_key": b64e(bytes(10)), "hybrid_kid": "0" * 16}
+        body["signer"] = self.key.kid
+        return web.json_response({**body, "signature": sign(SUPPORT_DOMAIN, body, self.key)})
+
+    async def __aenter__(self) -> JunkAnnouncement:
+        cfg = self.member.config
+        app = web.Application()
+        app.router.add_get(SUPPORT_PATH, self.handle)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self.runner.setup()
+        ctx = server_context(cfg.keys_dir / "tls.crt", cfg.keys_dir / "tls.key", load_federation(cfg))
+        await web.TCPSite(self.runner, cfg.host, cfg.port, ssl_context=ctx).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+
+async def test_a_readers_junk_announcement_does_not_stop_the_owner_serving_its_epochs(
+    make_federation: MakeFederation,
+) -> None:
+    """A reader answers the owner with an announcement it signed whose hybrid key is not a key.
+    The owner could not make the current epoch, and its epochs route then refused every member
+    (a 500 before 0f4bb48, a 422 after), even for the epochs it held: a member that had missed
+    one could not read the bulletins under it (found by a read-only review). Now the owner
+    serves what it holds, and the refusal stays with the one announcement."""
+    fed = await make_federation(nodes=NODES, channels=[channel("nl-customs", "ke-customs", "de-customs")], options=V2)
+    nl, ke, de = fed["nl-customs"], fed["ke-customs"], fed["de-customs"]
+    sent = await post(nl, "under epoch 0")
+    await arrives(de, sent["id"])
+    held = nl.service.epochs.latest("c2c")
+    assert held is not None
+    # The owner asks ke-customs for its announcement again (as after an hour), and gets junk.
+    book = nl.service.epochs
+    book._support.pop("ke-customs")
+    book._fetched.pop("ke-customs", None)
+    book._author_memo.clear()
+    junk = JunkAnnouncement(ke)
+    await fed.stop("ke-customs")
+    async with junk:
+        page = await de.service.transport.fetch(NodeId("nl-customs"), "/fed/v1/channels/c2c/epochs?after=-1")
+    assert junk.asked >= 1
+    assert [r["n"] for r in page["epochs"]] == [held.n]
+    assert "ke-customs" not in book._support  # the junk was not kept

@@ -270,7 +270,10 @@ class EpochBook(Announcements):
         if NodeId(peer) not in state.members:
             raise Forbidden(f"{peer!r} is not a member of channel {channel!r}")
         if state.owner == self.me and not state.closed:
-            await self.make_current(state)  # which first takes in what other workers stored
+            try:
+                await self.make_current(state)  # which first takes in what other workers stored
+            except ExchangeError as exc:  # a reader's announcement, say: the records held still serve
+                log.warning("%s: no current epoch of %s now (%s); serving those held", self.me, channel, exc.detail)
             await ensure_grant(self, state, peer)
         else:
             await self.refresh(channel)
