@@ -34,6 +34,7 @@ from exchange.protocol.roster2_model import (
     RosterSignatureFile,
     RosterV2,
     SignedRosterV2,
+    roster_values,
 )
 from exchange.protocol.rosterchain import (
     TrustedRoster,
@@ -70,7 +71,8 @@ def _write_json(path: Path, value: Any) -> None:
 
 def _model(path: Path, model: type[Any], what: str) -> Any:
     try:
-        return model.model_validate(strict_loads(read_file(path)))
+        data = read_file(path)
+        return model.model_validate(strict_loads(data, min_values=roster_values(len(data))))
     except ValidationError as exc:
         raise InvalidInput(f"{path} is not {what}: {first_error(exc)}") from exc
     except InvalidInput as exc:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from exchange.crypto.encoding import canonical_json
+from exchange.crypto.encoding import MIN_VALUES, canonical_json
 from exchange.model import (
     MAX_ENDPOINT,
     MAX_KEY_TEXT,
@@ -39,6 +39,16 @@ MAX_AUTHORITY_KEYS = 16  # holders of the federation authority (the sample has 3
 MAX_ROSTER_SIGNATURES = 2 * MAX_AUTHORITY_KEYS  # an authority rotation needs the old and the new holders
 MAX_NODE_KEYS = 64  # a node's keys, old ones included: 20 years of yearly rotation of 3 uses, and more
 MAX_ROSTER_BYTES = 16 * 1024 * 1024  # a signed roster v2 as bytes; 1,000 nodes with 5 keys each need about 6 MB
+# A roster's JSON value budget (`strict_loads`): one value per this many bytes. A roster is dense
+# (its key entries: about one value per 18 bytes in canonical form), above the one per 20 bytes a
+# request body gets, so a roster of 200 nodes (220 KB) was refused as too many values.
+ROSTER_BYTES_PER_VALUE = 8
+
+
+def roster_values(size: int) -> int:
+    """The value budget of a roster document (or a chain of them) of `size` bytes."""
+    return max(MIN_VALUES, size // ROSTER_BYTES_PER_VALUE)
+
 
 Version = Annotated[int, Field(ge=1, le=MAX_SAFE_INTEGER)]
 B64Text = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]*$", max_length=MAX_TLS_CERT)]

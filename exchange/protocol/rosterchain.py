@@ -45,6 +45,7 @@ from exchange.protocol.roster2_model import (
     RosterV2,
     SignedRosterV2,
     parse_timestamp,
+    roster_values,
 )
 from exchange.protocol.signing import signing_input_prefix
 
@@ -85,7 +86,7 @@ def parse_roster_v2(raw: bytes | object) -> SignedRosterV2:
     if isinstance(raw, bytes | bytearray | str):
         if len(raw) > MAX_ROSTER_BYTES:
             raise InvalidInput(f"a roster has at most {MAX_ROSTER_BYTES} bytes")
-        raw = strict_loads(raw)
+        raw = strict_loads(raw, min_values=roster_values(len(raw)))
     try:
         return raw if isinstance(raw, SignedRosterV2) else SignedRosterV2.model_validate(raw)
     except ValidationError as exc:

@@ -35,7 +35,7 @@ from exchange.errors import (
     RosterRollback,
 )
 from exchange.protocol.roster import Federation
-from exchange.protocol.roster2_model import MAX_ROSTER_BYTES, SignedRosterV2
+from exchange.protocol.roster2_model import MAX_ROSTER_BYTES, SignedRosterV2, roster_values
 from exchange.protocol.rosterchain import (
     MAX_CHAIN,
     TrustedRoster,
@@ -458,7 +458,7 @@ def _parse_chain(blobs: Sequence[bytes]) -> list[SignedRosterV2]:
     for blob in blobs:
         if len(blob) > MAX_IMPORT_BYTES:
             raise InvalidInput(f"a roster import has at most {MAX_IMPORT_BYTES} bytes")
-        value = strict_loads(blob)
+        value = strict_loads(blob, min_values=roster_values(len(blob)))
         items = value if isinstance(value, list) else [value]
         if len(chain) + len(items) > MAX_CHAIN + 1:
             raise RosterRefused(f"at most {MAX_CHAIN} roster versions are checked at once")

@@ -8,6 +8,7 @@ the document's own rules, the history rules between versions and the key look-up
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import json
@@ -19,6 +20,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from exchange import errors
 from exchange.crypto import VerifyKey, b64d, b64e, canonical_json, spki_pin, strict_loads
+from exchange.crypto.encoding import BYTES_PER_VALUE, MIN_VALUES
+from exchange.errors import InvalidInput
 from exchange.model import SignedRoster
 from exchange.protocol.roster2_model import MAX_ROSTER_BYTES, Authority, SignedRosterV2
 from exchange.protocol.rosterchain import (
@@ -394,3 +397,20 @@ def test_a_restart_restores_an_expired_version_but_still_checks_it() -> None:
     tampered = SignedRosterV2(roster=CHAIN[3].roster, signatures=CHAIN[3].signatures[:1])
     with pytest.raises(errors.RosterThreshold):
         TrustedRoster.restore(tampered)
+
+
+def test_a_roster_of_200_nodes_parses_and_a_flood_of_values_does_not() -> None:
+    """A roster is dense JSON (its key entries: about one value per 18 bytes in canonical form),
+    denser than the one value per 20 bytes a request body may hold: a signed version listing
+    200 nodes (about 280 KB) was refused as "too many JSON values" wherever it was parsed (an
+    import, a peer's offer, the CLI), so a federation of 200 could not take roster v2 (found
+    while reviewing the partners' answer budget). A roster now has one value per 8 bytes; a
+    body of empty containers is still refused before it is parsed."""
+    signed = copy.deepcopy(strict_loads(ROSTER_FILE.read_text("utf-8"))["outputs"]["chain"][-1]["signed"])
+    template = next(n for n in signed["roster"]["nodes"] if n["status"] == "active")
+    signed["roster"]["nodes"] = [{**copy.deepcopy(template), "id": f"n{i:03d}-customs"} for i in range(200)]
+    raw = canonical_json(signed)
+    assert len(raw) > MIN_VALUES * BYTES_PER_VALUE  # past what the request budget would take
+    assert len(parse_roster_v2(raw).roster.nodes) == 200
+    with pytest.raises(InvalidInput, match="too many JSON values"):
+        parse_roster_v2(b"[" + b"{}," * (len(raw) // 3) + b"{}]")
