@@ -20,7 +20,8 @@ from exchange import errors
 from exchange.crypto import canonical_json
 from exchange.protocol.roster import Federation
 from exchange.protocol.rosterchain import TrustedRoster, parse_roster_v2, roster_hash
-from exchange.service.federation import FederationRoster, RefusalBudget, V1Trust
+from exchange.service.federation import FederationRoster, V1Trust
+from exchange.service.refusal_budget import RefusalBudget
 from exchange.store import Store, audit_log
 from exchange.store.tables import roster_versions
 from tests.protocol.test_roster_chain import CHAIN, V1_FORMAT
