@@ -10,9 +10,8 @@ from aiohttp import web
 from click.testing import CliRunner, Result
 
 from exchange.cli.main import cli
-from exchange.keystore import load_federation
-from exchange.node.tls import server_context
 from tests.conftest import Federation, MakeFederation, Member
+from tests.standin import StandIn
 
 
 async def exchange(fed: Federation, *args: str, node: str = "nl-customs") -> Result:
@@ -26,29 +25,18 @@ def no_traceback(result: Result) -> None:
     assert result.output.startswith("error:") and result.output.count("\n") == 1, result.output
 
 
-class Garbage:
+class Garbage(StandIn):
     """Stands in for the node's client API with its TLS identity and answers `body` with `status`."""
 
     def __init__(self, member: Member, status: int, body: bytes) -> None:
-        self.member, self.status, self.body = member, status, body
-        self.runner: web.AppRunner | None = None
+        super().__init__(member)
+        self.status, self.body = status, body
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/{tail:.*}", self.handle)
 
     async def handle(self, request: web.Request) -> web.Response:
         return web.Response(status=self.status, body=self.body, content_type="application/json")
-
-    async def __aenter__(self) -> Garbage:
-        cfg = self.member.config
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await self.runner.setup()
-        ctx = server_context(cfg.keys_dir / "tls.crt", cfg.keys_dir / "tls.key", load_federation(cfg))
-        await web.TCPSite(self.runner, cfg.host, cfg.port, ssl_context=ctx).start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.runner is not None
-        await self.runner.cleanup()
 
 
 async def test_an_error_answer_whose_body_is_not_an_object_is_one_line(make_federation: MakeFederation) -> None:

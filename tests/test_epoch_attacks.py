@@ -18,9 +18,7 @@ from exchange.config import NodeConfig
 from exchange.crypto import b64d, b64e
 from exchange.crypto.epoch import unwrap_epoch_key
 from exchange.errors import BadSignature, DecryptionFailed, EpochInvalid, PeerRefused
-from exchange.keystore import load_federation
 from exchange.model import Bulletin, NodeId
-from exchange.node.tls import server_context
 from exchange.protocol.envelope_v2 import (
     build_envelope_v2,
     bulletin_key,
@@ -38,6 +36,7 @@ from exchange.store import audit_log, bulletins
 from exchange.store.tables import channel_epochs
 from exchange.web.auditor import describe
 from tests.conftest import DEFAULT_NODES, Federation, MakeFederation, Member, eventually
+from tests.standin import StandIn
 
 NODES = {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs")} | {
     "de-customs": ("DE", "customs"),
@@ -437,35 +436,23 @@ async def test_forged_or_equivocating_epoch_records_are_refused(make_federation:
         assert (await conn.scalar(sa.select(sa.func.count()).select_from(channel_epochs))) == 1
 
 
-class JunkAnnouncement:
-    """Stands in for `member`'s node, with its TLS identity, and answers a request for its v2
-    support announcement with one it signed whose hybrid key is not a key."""
+class JunkAnnouncement(StandIn):
+    """Stands in for `member`'s node and answers a request for its v2 support announcement with
+    one it signed whose hybrid key is not a key."""
 
     def __init__(self, member: Member) -> None:
-        self.member = member
+        super().__init__(member)
         self.key = member.service.keys.signing  # taken while the node runs
         self.asked = 0
-        self.runner: web.AppRunner | None = None
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get(SUPPORT_PATH, self.handle)
 
     async def handle(self, request: web.Request) -> web.Response:
         self.asked += 1
         body = {"v": 2, "node": self.member.id, "hybrid_key": b64e(bytes(10)), "hybrid_kid": "0" * 16}
         body["signer"] = self.key.kid
         return web.json_response({**body, "signature": sign(SUPPORT_DOMAIN, body, self.key)})
-
-    async def __aenter__(self) -> JunkAnnouncement:
-        cfg = self.member.config
-        app = web.Application()
-        app.router.add_get(SUPPORT_PATH, self.handle)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await self.runner.setup()
-        ctx = server_context(cfg.keys_dir / "tls.crt", cfg.keys_dir / "tls.key", load_federation(cfg))
-        await web.TCPSite(self.runner, cfg.host, cfg.port, ssl_context=ctx).start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.runner is not None
-        await self.runner.cleanup()
 
 
 async def test_a_readers_junk_announcement_does_not_stop_the_owner_serving_its_epochs(

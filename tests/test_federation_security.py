@@ -13,13 +13,13 @@ from aiohttp import web
 
 from exchange.clock import timestamp, utc_now
 from exchange.crypto import b64d, b64e, generate_tls_identity
-from exchange.keystore import load_federation
 from exchange.model import Bulletin, ChannelEvent, Envelope, NodeId
-from exchange.node.tls import peer_context, server_context
+from exchange.node.tls import peer_context
 from exchange.protocol.channel import apply_event, event_hash, sign_event
 from exchange.protocol.envelope import build_envelope, envelope_bytes
 from exchange.store import audit_log, bulletins, channel_events
 from tests.conftest import DEFAULT_NODES, MakeFederation, Member, authored
+from tests.standin import StandIn
 
 THREE = {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs", "wco-rilo")}
 BULLETIN = Bulletin.model_validate(
@@ -338,32 +338,21 @@ async def test_a_pushed_log_that_does_not_name_the_receiver_is_refused(make_fede
     assert ke.id in ke.service.channels.state("joint-op").involved
 
 
-class ServedLog:
-    """Stands in for `member`'s node on its port, with its TLS identity, and answers every request
-    for a channel's log with `events`: a partner that serves a log of its own making."""
+class ServedLog(StandIn):
+    """Stands in for `member`'s node and answers every request for a channel's log with `events`:
+    a partner that serves a log of its own making."""
 
     def __init__(self, member: Member, events: list[ChannelEvent]) -> None:
-        self.member, self.events = member, events
+        super().__init__(member)
+        self.events = events
         self.asked: list[str] = []
-        self.runner: web.AppRunner | None = None
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/fed/v1/channels/{channel}/events", self.handle)
 
     async def handle(self, request: web.Request) -> web.Response:
         self.asked.append(request.path_qs)
         return web.json_response({"events": [e.model_dump(mode="json") for e in self.events]})
-
-    async def __aenter__(self) -> ServedLog:
-        cfg = self.member.config
-        app = web.Application()
-        app.router.add_get("/fed/v1/channels/{channel}/events", self.handle)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await self.runner.setup()
-        ctx = server_context(cfg.keys_dir / "tls.crt", cfg.keys_dir / "tls.key", load_federation(cfg))
-        await web.TCPSite(self.runner, cfg.host, cfg.port, ssl_context=ctx).start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.runner is not None
-        await self.runner.cleanup()
 
 
 async def test_a_log_fetched_for_a_cited_state_that_does_not_name_the_receiver_is_not_kept(

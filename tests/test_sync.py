@@ -10,10 +10,9 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from exchange.errors import Unavailable
-from exchange.keystore import load_federation
-from exchange.node.tls import server_context
 from exchange.store import audit_log, bulletins, outbox, receipts, user_reads
 from tests.conftest import DEFAULT_NODES, MakeFederation, Member, eventually
+from tests.standin import StandIn
 
 THREE = {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs")} | {"de-customs": ("DE", "customs")}
 C2C = {
@@ -59,15 +58,17 @@ async def all_at(member: Member, wanted: list[str], timeout: float = 20) -> None
     await eventually(check, timeout=timeout, what=f"{len(wanted)} bulletins at {member.id}")
 
 
-class FaultyReceiver:
+class FaultyReceiver(StandIn):
     """Stands in for a node with that node's own TLS identity and answers badly on purpose."""
 
     def __init__(self, member: Member) -> None:
-        self.member = member
+        super().__init__(member)
         self.mode = "503"
         self.requests = 0
         self.release = asyncio.Event()
-        self.runner: web.AppRunner | None = None
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/{tail:.*}", self.handle)
 
     async def handle(self, request: web.Request) -> web.Response:
         self.requests += 1
@@ -80,20 +81,9 @@ class FaultyReceiver:
             content_type="application/problem+json",
         )
 
-    async def __aenter__(self) -> FaultyReceiver:
-        cfg = self.member.config
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await self.runner.setup()
-        ctx = server_context(cfg.keys_dir / "tls.crt", cfg.keys_dir / "tls.key", load_federation(cfg))
-        await web.TCPSite(self.runner, cfg.host, cfg.port, ssl_context=ctx).start()
-        return self
-
     async def __aexit__(self, *exc: object) -> None:
         self.release.set()
-        assert self.runner is not None
-        await self.runner.cleanup()
+        await super().__aexit__(*exc)
 
 
 async def test_a_failing_or_silent_receiver_loses_nothing_and_delays_no_one(make_federation: MakeFederation) -> None:
