@@ -16,12 +16,14 @@ import sqlalchemy as sa
 from exchange.clock import timestamp
 from exchange.protocol.roster2_model import RosterV2
 from exchange.protocol.rostermigration import admit
+from exchange.service.users import set_password
 from exchange.store import outbox
-from tests.conftest import Federation, MakeFederation, Member, eventually
+from tests.conftest import Federation, MakeFederation, Member, console_session, eventually
 from tests.test_epoch_attacks import NODES, V2, admin_invite_and_accept, arrives, channel, post, stored_wire
 from tests.test_roster_gossip import CONVERGE, Authority, audited, import_at, runs_on
 
 MEMBERS = ("nl-customs", "ke-customs", "de-customs")
+PASSWORD = "a long passphrase for tests"
 
 
 def removed(member: Member, node: str) -> Callable[[], Awaitable[bool]]:
@@ -102,6 +104,12 @@ async def test_a_suspended_reader_leaves_a_v2_channel_and_is_invited_again_once_
     assert status == 200, body
     assert body["bulletin"]["title"] == "from de-customs, before its suspension" and body["signature_verified"]
     assert body["author_name"].endswith("(no longer active)"), body
+    # And in the console (it answered 403 after recording the open: found by a read-only review).
+    await set_password(nl.service.store, "officer", PASSWORD, actor="test")
+    async with console_session(nl, "officer", PASSWORD) as http, http.get(f"/console/bulletins/{by_de['id']}") as resp:
+        page = await resp.text()
+        assert resp.status == 200, page[-600:]
+        assert "from de-customs, before its suspension" in page and "(no longer active)" in page
 
     # A member asks the owner for the channel's epochs: served, with a new epoch without de-customs.
     await ke.service.epochs.pull("nl-customs", "c2c")

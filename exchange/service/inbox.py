@@ -232,9 +232,13 @@ class Inbox:
             )
         )
 
-    async def read(self, user: User, bid: str) -> BulletinView:
-        """One bulletin in full, with its receipts; the open is audited and signed as a receipt."""
+    async def read(self, user: User, bid: str, *, attachment: int | None = None) -> BulletinView:
+        """One bulletin in full, with its receipts; the open is audited and signed as a receipt.
+        `attachment`: the one to be downloaded, which must exist (NotFound before anything is
+        recorded: a refused request stores nothing)."""
         shown = await self.load(user, bid)
+        if attachment is not None and not 0 <= attachment < len(shown.bulletin["attachments"]):
+            raise NotFound("no such attachment")
         now = timestamp()
         opened = make_receipt(bid, self.me, "opened", now, self.keys.signing)
 

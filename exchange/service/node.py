@@ -285,8 +285,8 @@ class NodeService:
     ) -> list[BulletinSummary]:
         return await self.inbox.list_bulletins(user, channel, after, limit)
 
-    async def read(self, user: User, bid: str) -> BulletinView:
-        return await self.inbox.read(user, bid)
+    async def read(self, user: User, bid: str, *, attachment: int | None = None) -> BulletinView:
+        return await self.inbox.read(user, bid, attachment=attachment)
 
     async def receive(
         self, peer: NodeId, raw_events: Sequence[Any], raw_envelopes: Sequence[Any], raw_receipts: Sequence[Any] = ()

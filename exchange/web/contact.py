@@ -17,7 +17,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from exchange.crypto import b64d, b64e
-from exchange.errors import InvalidInput, NotFound
+from exchange.errors import InvalidInput
 from exchange.http.appkeys import SERVICE
 from exchange.model import BULLETIN_KINDS, MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS, Bulletin
 from exchange.service.node import NodeService
@@ -86,15 +86,17 @@ async def rfis_page(request: web.Request) -> web.StreamResponse:
     )
 
 
+# The detail of `Inbox.read`'s NotFound for an attachment index it does not hold, which the error
+# page translates (marked here for the catalogue: the service does not translate).
+NO_SUCH_ATTACHMENT = N_("no such attachment")
+
+
 async def attachment_download(request: web.Request) -> web.StreamResponse:
     """One attachment, as a download (never rendered inline); fetching it is an audited open."""
     session = await signed_in(request)
-    shown = await request.app[SERVICE].read(session.user, request.match_info["id"])
-    attachments = shown.bulletin["attachments"]
     index = int(request.match_info["index"])
-    if index >= len(attachments):
-        raise NotFound(N_("no such attachment"))
-    item = attachments[index]
+    shown = await request.app[SERVICE].read(session.user, request.match_info["id"], attachment=index)
+    item = shown.bulletin["attachments"][index]
     quoted = urllib.parse.quote(file_name(item["name"]), safe="")
     return web.Response(
         body=b64d(item["data"]),
@@ -140,7 +142,8 @@ async def bulletin_page(request: web.Request) -> web.StreamResponse:
         b=shown,
         bulletin=bulletin,
         tlp=bulletin["handling"]["tlp"],
-        author=service.fed.node(shown.author),
+        # None for an author no longer in the roster (suspended, revoked): the page names it as gone
+        author=service.fed.node(shown.author) if service.fed.listed(shown.author) else None,
         receipts=await service.inbox.recipient_statuses(shown),
         references=await service.inbox.references(user, bulletin["references"]),
         referrers=await service.inbox.referrers(user, bid),

@@ -352,6 +352,32 @@ async def test_attachment_names_lose_their_direction_controls(fed: Federation, c
         assert resp.headers["Content-Disposition"] == "attachment; filename*=UTF-8''evil%EF%BF%BDfdp.exe"
 
 
+async def test_an_attachment_that_does_not_exist_records_no_open(fed: Federation, console: Any) -> None:
+    """The download of attachment 99 of a bulletin with one was refused 404 after the open was
+    recorded (an audit entry, a read mark, a signed receipt queued): a refused request stores
+    nothing (found by a read-only review)."""
+    nl = fed["nl-customs"]
+    officer = await console("officer")
+    data = {"name": "manifest.pdf", "media_type": "application/pdf", "data": "TVo"}
+    status, posted, _ = await nl.api(
+        "POST", "/api/v1/channels/c2c/bulletins", body={"kind": "alert", "title": "One file", "attachments": [data]}
+    )
+    assert status == 201, posted
+
+    async def opens() -> int:
+        async with nl.service.store.read() as conn:
+            rows = (await conn.execute(sa.select(audit_log.c.entry))).scalars()
+            return sum(json.loads(r)["event"] == "bulletin.opened" for r in rows)
+
+    before = await opens()
+    async with officer.http.get(officer.url + f"/console/bulletins/{posted['id']}/attachments/99") as resp:
+        assert resp.status == 404
+    assert await opens() == before
+    async with officer.http.get(officer.url + f"/console/bulletins/{posted['id']}/attachments/0") as resp:
+        assert resp.status == 200 and await resp.read() == b"MZ"
+    assert await opens() == before + 1
+
+
 async def test_a_witness_claim_in_the_url_is_shown_only_if_the_checkpoint_says_so(
     fed: Federation, console: Any
 ) -> None:
