@@ -367,6 +367,17 @@ async def test_receipt_rows_whose_signed_receipts_do_not_verify_are_not_shown(ma
     status, page = await console_page(nl, f"/console/bulletins/{bid}")
     assert status == 200, page
     assert "2020-02-02" not in page and "02:02" not in page
+    # The API and `exchange read` showed every stored row as it was (found by a read-only review).
+    status, view, _ = await nl.api("GET", f"/api/v1/bulletins/{bid}")
+    assert status == 200, view
+    shown = [(r["node"], r["status"], r["at"]) for r in view["receipts"]]
+    assert (ke.id, "received") in [s[:2] for s in shown] and not [s for s in shown if s[2].startswith("2020")]
+    await in_database(
+        nl.config.database_url,
+        sa.update(receipts).where(receipts.c.bulletin_id == bid, receipts.c.status == "opened").values(receipt="{not"),
+    )
+    status, view, _ = await nl.api("GET", f"/api/v1/bulletins/{bid}")  # was a 500
+    assert status == 200 and (ke.id, "opened") not in [(r["node"], r["status"]) for r in view["receipts"]], view
 
 
 @pytest.mark.parametrize("edited", [b"{not json", b"[1,2]"], ids=["not-json", "not-an-object"])

@@ -30,6 +30,7 @@ class HeldRow:
     node: str
     status: str
     at: str
+    receipt: str  # the signed receipt as stored (JSON)
 
 
 async def checked_receipts(conn: AsyncConnection, fed: Federation, bid: str) -> list[HeldRow]:
@@ -38,7 +39,7 @@ async def checked_receipts(conn: AsyncConnection, fed: Federation, bid: str) -> 
     rows = (await conn.execute(query.where(receipts.c.bulletin_id == bid).order_by(receipts.c.at))).all()
     parsed: list[tuple[HeldRow, Receipt | None]] = []
     for row in rows:
-        held = HeldRow(row.node, row.status, row.at)
+        held = HeldRow(row.node, row.status, row.at, str(row.receipt))
         try:
             receipt = parse_receipt(strict_loads(row.receipt))
         except (ValueError, ExchangeError):
