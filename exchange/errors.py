@@ -63,9 +63,12 @@ class ExchangeError(Exception):
 
     title = "Exchange error"
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, audited: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        # What the audit log records of a refusal (`request.rejected`'s reason): the detail, unless
+        # it quotes what must not go into the log (an indicator's value is bulletin content).
+        self.audited = detail if audited is None else audited
 
 
 class ConfigError(ExchangeError):

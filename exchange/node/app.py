@@ -31,7 +31,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return response
     except ExchangeError as exc:
         response = from_error(exc)
-        reason = exc.detail
+        reason = exc.audited
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -144,11 +144,18 @@ def indicator_problems(indicators: Indicators) -> list[Problem]:
 
 def check_indicators(bulletin: Bulletin) -> None:
     """Return None if every indicator of `bulletin` keeps its domain rule; raise InvalidInput naming
-    the rules broken and the values that broke them (the first SHOWN, then how many more)."""
+    the rules broken and the values that broke them (the first SHOWN, then how many more), for the
+    author only: the audit log gets the members and counts (`ExchangeError.audited`)."""
     problems = indicator_problems(bulletin.indicators)
     if not problems:
         return
     text = "; ".join(p.message for p in problems[:SHOWN])
     if len(problems) > SHOWN:
         text += f"; and {len(problems) - SHOWN} more"
-    raise InvalidInput(text)
+    # The audit log names the members and how many, never the values: they are bulletin content.
+    counts: dict[str, int] = {}
+    for p in problems:
+        counts[p.field] = counts.get(p.field, 0) + 1
+    raise InvalidInput(
+        text, audited="indicators that break their rules: " + ", ".join(f"{f} {n}" for f, n in counts.items())
+    )

@@ -151,7 +151,7 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
         status, title, reason, detail = 401, exc.title, exc.detail, SESSION_ENDED
     except ExchangeError as exc:
         status = status_for(exc)  # TooManyFailures is 429
-        title, reason, detail = exc.title, exc.detail, exc.detail
+        title, reason, detail = exc.title, exc.audited, exc.detail
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = error_page(request, 500, "Internal error", SERVER_FAULT)

@@ -20,6 +20,7 @@ from exchange.crypto import b64d, b64e
 from exchange.errors import InvalidInput
 from exchange.http.appkeys import SERVICE
 from exchange.model import BULLETIN_KINDS, MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS, Bulletin
+from exchange.protocol.indicators import indicator_problems
 from exchange.service.node import NodeService
 from exchange.service.users import User
 from exchange.service.views import channel_view
@@ -293,6 +294,9 @@ async def compose_post(request: web.Request) -> web.StreamResponse:
     bulletin, errors = bulletin_from_form(form, attachments)
     if too_big:
         errors["attachments"] = CHOOSE_AGAIN[too_big]
+    for problem in indicator_problems(bulletin.indicators) if bulletin is not None else ():
+        # The domain rules the service applies again when it posts: shown by the field, the draft kept
+        errors.setdefault(problem.field, problem.message)
     channel = form.get("channel", "")
     if not channel:
         errors["channel"] = N_("Choose the channel to post to.")

@@ -378,6 +378,30 @@ async def test_an_attachment_that_does_not_exist_records_no_open(fed: Federation
     assert await opens() == before + 1
 
 
+async def test_a_broken_indicator_in_the_form_is_shown_by_its_field_the_draft_kept_and_not_audited(
+    fed: Federation, console: Any
+) -> None:
+    """An air waybill one digit off: the form came back as a generic 422 error page (the draft
+    lost) and the audit log got the number. Now the form comes back with the field marked and the
+    draft kept, nothing stored, and the audit entry names the field only (found by a read-only review)."""
+    nl = fed["nl-customs"]
+    officer = await console("officer")
+    fields = {"channel": "c2c", "kind": "alert", "tlp": "AMBER", "title": "Toner cartridges, AMS"}
+    fields |= {"body": "Held on arrival.", "air_waybills": "176-12345678"}
+    parts = [(b'name="csrf"', officer.csrf.encode())]
+    parts += [(b'name="' + k.encode() + b'"', v.encode()) for k, v in fields.items()]
+    status, page, _ = await officer.post("/console/compose", multipart(parts), "multipart/form-data; boundary=B")
+    assert status == 422, page[-500:]
+    assert 'id="air_waybills-error"' in page and "check digit should be 5" in page
+    assert "Toner cartridges, AMS" in page and "Held on arrival." in page  # the draft, kept
+    async with nl.service.store.read() as conn:
+        assert not (await conn.execute(sa.select(bulletins.c.id))).all()
+        rows = (await conn.execute(sa.select(audit_log.c.entry))).scalars().all()
+    refused = [json.loads(r) for r in rows if json.loads(r)["event"] == "request.rejected"]
+    assert refused and refused[-1]["reason"] == "invalid air_waybills"
+    assert not [r for r in rows if "176-12345678" in json.dumps(json.loads(r))]
+
+
 async def test_a_witness_claim_in_the_url_is_shown_only_if_the_checkpoint_says_so(
     fed: Federation, console: Any
 ) -> None:
