@@ -3,7 +3,8 @@
 - A session is a 256-bit secret held by the browser; the store keeps only its SHA-256, so a
   copy of the database opens no session. A new secret is made at every sign-in (no fixation).
   A session ends after `session_idle` without use or `session_max` in all, at sign-out, when
-  its user is gone, or when the user's password is set.
+  its user is gone, or when the user's password is set. Only the person's own requests are
+  use: the live inbox's checks are not (`find(use=False)`).
 - Sign-in throttling slows whoever guesses, never the person elsewhere whose account it is.
   Failed sign-ins are counted over `failure_window` per client address (an IPv6 /64), and per
   user name *from that address*. Past `max_failures_per_address` from an address, or
@@ -132,8 +133,14 @@ class Sessions:
         await self.store.write(job)
         return ConsoleSession(user, secret, expires)
 
-    async def find(self, secret: str | None) -> ConsoleSession | None:
-        """The live session behind a secret, or None if it is unknown, expired or idle too long."""
+    async def find(self, secret: str | None, *, use: bool = True) -> ConsoleSession | None:
+        """The live session behind a secret, or None if it is unknown, expired or idle too long.
+
+        A request the person made is a use (`use`): the idle time starts again. A check the
+        console makes by itself, such as the live inbox's event stream at every keep-alive and
+        reconnection, passes `use=False`; otherwise a tab left open on an unattended
+        workstation would keep its session alive until `session_max`.
+        """
         if not secret or len(secret) > 100:
             return None
         id_hash = hash_token(secret)
@@ -150,7 +157,7 @@ class Sessions:
         except NotFound:  # the user was removed since
             await self._delete(id_hash)
             return None
-        if row.last_seen <= timestamp(now - self.settings.touch_every):
+        if use and row.last_seen <= timestamp(now - self.settings.touch_every):
 
             async def touch(conn: AsyncConnection, audit: AuditBuffer) -> None:
                 await conn.execute(

@@ -88,9 +88,10 @@ def _cookie(response: web.StreamResponse, name: str, value: str, max_age: int | 
 # -- sessions ---------------------------------------------------------------------------------
 
 
-async def find_session(request: web.Request) -> Session | None:
-    """The live session behind the request's cookie, or None."""
-    return await sessions(request).find(_token(request.cookies.get(SESSION_COOKIE)))
+async def find_session(request: web.Request, *, use: bool = True) -> Session | None:
+    """The live session behind the request's cookie, or None; `use`: the person made this
+    request, so the session's idle time starts again (`Sessions.find`)."""
+    return await sessions(request).find(_token(request.cookies.get(SESSION_COOKIE)), use=use)
 
 
 def set_session_cookie(response: web.StreamResponse, session: Session) -> None:
@@ -101,9 +102,12 @@ def clear_session_cookie(response: web.StreamResponse) -> None:
     _cookie(response, SESSION_COOKIE, "", 0)
 
 
-async def signed_in(request: web.Request) -> Session:
-    """The request's session; Unauthorized (the console redirects to sign-in) if there is none."""
-    session = await find_session(request)
+async def signed_in(request: web.Request, *, use: bool = True) -> Session:
+    """The request's session; Unauthorized (the console redirects to sign-in) if there is none.
+
+    `use=False` for what the browser asks by itself (the live inbox's event stream): it checks
+    the session without keeping it alive."""
+    session = await find_session(request, use=use)
     if session is None:
         raise Unauthorized(N_("please sign in"))
     request[USER] = session.user.name

@@ -9,6 +9,7 @@ Real nodes over TLS, the console through plain HTTP requests with a session cook
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,11 +19,13 @@ from typing import Any
 import aiohttp
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from exchange.clock import timestamp, utc_now
 from exchange.keystore import read_file
 from exchange.node.tls import client_context
 from exchange.service.users import add_user
-from exchange.store import audit_log, bulletins
+from exchange.store import AuditBuffer, audit_log, bulletins, console_sessions
 from tests.conftest import DEFAULT_NODES, Federation, MakeFederation, Member
 
 PASSWORD = "a long passphrase for tests"
@@ -242,3 +245,51 @@ async def test_the_live_inbox_of_a_signed_out_session_ends(node: Member, console
     seen = await _stream_while(node, console, sign_out_then_post)
     assert "BEFORE" in seen
     assert "SECRET-AFTER-SIGNOUT" not in seen
+
+
+# -- the live inbox does not keep a session alive ---------------------------------------------------
+
+IDLE = dt.timedelta(minutes=30)  # SessionSettings.session_idle, the console's default
+
+
+async def last_seen(member: Member) -> str:
+    async with member.service.store.read() as conn:
+        return str((await conn.execute(sa.select(console_sessions.c.last_seen))).scalar_one())
+
+
+async def unused_for(member: Member, idle: dt.timedelta) -> str:
+    """The session's last use set `idle` ago, as if the officer had left the workstation then (the
+    30 minutes themselves are not waited for)."""
+    stamp = timestamp(utc_now() - idle)
+
+    async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+        await conn.execute(sa.update(console_sessions).values(last_seen=stamp))
+
+    await member.service.store.write(job)
+    return stamp
+
+
+async def test_an_open_live_inbox_does_not_keep_an_idle_session_alive(node: Member, console: Console) -> None:
+    """An inbox left open on an unattended workstation stayed signed in until the 8-hour cap (found
+    by a read-only review): the stream's check of the session at each keep-alive counted as use.
+    Only the officer's own requests are use; the stream checks the session, and ends with it."""
+    aged = await unused_for(node, IDLE - dt.timedelta(minutes=2))
+    async with console.http.get(console.url + "/console/events", allow_redirects=False) as resp:
+        assert resp.status == 200, await resp.text()
+        # The first keep-alive comes after the stream has checked the session (and opening it did too).
+        assert await asyncio.wait_for(resp.content.readline(), 10) == b": keep-alive\n"
+        assert await last_seen(node) == aged  # neither counted as use
+
+        assert (await console.get(f"/console/channels/{OPEN}"))[0] == 200
+        assert await last_seen(node) > aged  # the officer's own request does
+
+        await unused_for(node, IDLE + dt.timedelta(seconds=1))  # nobody touched the page since
+        # The stream ends at its next keep-alive (every 15 s), and tells the page why.
+        rest = await asyncio.wait_for(resp.content.read(), 30)
+    assert rest.endswith(b"event: signed-out\ndata: {}\n\n"), rest
+    async with node.service.store.read() as conn:
+        assert (await conn.execute(sa.select(console_sessions))).all() == []  # the session is gone
+    status, _ = await console.get(f"/console/channels/{OPEN}")
+    assert status == 303  # to the sign-in page
+    async with console.http.get(console.url + "/console/events", allow_redirects=False) as resp:
+        assert resp.status == 303  # a reconnection is refused: the page does not look live any more

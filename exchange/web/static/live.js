@@ -1,6 +1,9 @@
 // The live inbox: new bulletins in your channels appear without reloading (server-sent events
 // from this node, exchange/web/live.py). Without JavaScript the pages work as before. Words come
 // from the page (data-text-*) and the event (news, kind_label, created_label), in the reader's language.
+// When the session ends (idle timeout, sign-out elsewhere) the stream says "signed-out" and the page
+// says so, with a link to sign in; if the node refuses a reconnection the page says new bulletins no
+// longer appear. Either way the page never looks live when it is not.
 "use strict";
 (function () {
   var table = document.querySelector("[data-live-channel]");
@@ -18,11 +21,39 @@
     return el;
   }
 
+  function stopped(text, signIn) {
+    source.close();  // no more reconnections: each would be refused the same way
+    status.textContent = "";
+    status.className = "alert error";
+    status.appendChild(cell("strong", text));
+    if (signIn) {
+      status.appendChild(document.createTextNode(" "));
+      var link = cell("a", signIn);
+      link.href = "/console/sign-in?next=" + encodeURIComponent(location.pathname);
+      status.appendChild(link);
+    }
+    status.hidden = false;
+  }
+
+  source.addEventListener("signed-out", function () {
+    stopped(table.getAttribute("data-text-signed-out") || "Your session has ended. Please sign in again.",
+            table.getAttribute("data-text-sign-in") || "Sign in");
+  });
+
+  source.addEventListener("error", function () {
+    // CONNECTING: the browser retries by itself (the node restarting, the network). CLOSED: the node
+    // answered a reconnection with something other than a stream (the sign-in page, a refusal).
+    if (source.readyState === EventSource.CLOSED) {
+      stopped(table.getAttribute("data-text-stopped") || "New bulletins no longer appear here. Reload the page.");
+    }
+  });
+
   source.addEventListener("bulletin", function (e) {
     var b = JSON.parse(e.data);
     var href = "/console/bulletins/" + b.id;
     var tlp = "tlp tlp-" + b.tlp.toLowerCase().replace("+", "-");
     status.textContent = "";
+    status.className = "alert ok";
     status.appendChild(cell("strong", b.news + " "));
     status.appendChild(cell("span", "TLP:" + b.tlp, tlp));
     status.appendChild(document.createTextNode(where.replace(/\{(channel|author)\}/g, function (_, name) {
