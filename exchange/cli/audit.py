@@ -23,7 +23,7 @@ from exchange.cli.bundles import stream_lines
 from exchange.cli.client import Target, call
 from exchange.cli.ids import resolve_id
 from exchange.cli.lines import read_lines
-from exchange.cli.output import console, err_console, user_errors
+from exchange.cli.output import cell, console, err_console, literal, plain, user_errors
 from exchange.cli.quorum import by_whom, finish_with_quorum, trace_designated, witnesses_per_log
 from exchange.cli.verify_ranges import checkpoint_opener, default_workers, verify_in_ranges
 from exchange.config import NodeConfig
@@ -176,22 +176,23 @@ def report_json(report: LogReport) -> dict[str, Any]:
 def render_report(report: LogReport) -> None:
     """A verification report for people."""
     kind = "every entry recomputed" if report.complete else "entries checked by inclusion proofs"
-    console.print(f"[green]OK[/green] audit log of [bold]{report.node}[/bold] verifies ({kind})")
+    # A bundle comes from elsewhere: what it names is shown literally (exchange.cli.output).
+    console.print(f"[green]OK[/green] audit log of [bold]{literal(report.node)}[/bold] verifies ({kind})")
     console.print(f"  entries      {report.entries}, root {b64e(report.root)}")
     latest, witnessed = report.latest, report.latest_witnessed
     if latest is None:
         console.print("  checkpoints  none: nothing signed yet, so nothing above proves who wrote this log")
     else:
-        by = by_whom(latest.witnesses, report.quorum.designated if report.quorum else None)
+        by = literal(by_whom(latest.witnesses, report.quorum.designated if report.quorum else None))
         console.print(
             f"  checkpoints  {len(report.checkpoints)} checked; latest of size {latest.size}, co-signed by {by}"
         )
         if witnessed is not None and witnessed is not latest:
-            console.print(f"  witnessed    up to size {witnessed.size}, by {', '.join(witnessed.witnesses)}")
+            console.print(f"  witnessed    up to size {witnessed.size}, by {literal(', '.join(witnessed.witnesses))}")
     if report.tail:
         console.print(f"  tail         {report.tail} newer entries not covered by a checkpoint yet")
     for warning in report.warnings:
-        console.print(f"  [yellow]warning:[/yellow] {warning}", highlight=False)
+        console.print(f"  [yellow]warning:[/yellow] {literal(warning)}", highlight=False)
 
 
 def _progress_bar() -> Progress:
@@ -224,7 +225,9 @@ def _run_verify(run: Callable[[Progressed, Callable[[int], None]], LogReport], a
                 click.echo(json.dumps({"ok": False, "error": exc.detail, "first_bad_entry": index}, indent=2))
                 sys.exit(1)
             bar.stop()
-            err_console.print(f"[red]FAILED:[/red] the audit log does not verify: {exc.detail}", highlight=False)
+            err_console.print(
+                f"[red]FAILED:[/red] the audit log does not verify: {literal(exc.detail)}", highlight=False
+            )
             sys.exit(1)
     if as_json:
         click.echo(json.dumps(report_json(report), indent=2))
@@ -382,9 +385,9 @@ def audit_checkpoint(node_path: Path | None, witness: bool, user: str, token: st
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    click.echo(result["note"], nl=False)
+    click.echo(plain(result["note"], lines=True), nl=False)
     for witness_node, outcome in sorted(result.get("witnessing", {}).items()):
-        click.echo(f"# {witness_node}: {outcome}", err=True)
+        click.echo(f"# {plain(witness_node)}: {plain(outcome)}", err=True)  # a witness's answer
 
 
 _MARK = {
@@ -397,31 +400,34 @@ _MARK = {
 
 def _cell(step: Step) -> str:
     when = f" {step.at[11:19]}" if step.at and step.status == OK else ""
-    return _MARK.get(step.status, step.status) + when
+    return _MARK.get(step.status, literal(step.status)) + literal(when)
 
 
 def render_trace(trace: Trace, designated: Mapping[str, tuple[str, ...]] | None = None) -> None:
     """A chain of custody as a table, with its gaps and each node's evidence (and, given each log's
     `designated` witnesses, which of its cosigners are)."""
-    others = ", ".join(r for r in trace.recipients if r != trace.author)
-    console.print(f"bulletin [bold]{trace.bulletin}[/bold] in channel {trace.channel}, by {trace.author}, to {others}")
-    console.print(f"  posted at {trace.author}: {_cell(trace.posted)}  {trace.posted.detail}", highlight=False)
+    # Logs and answers of other nodes: what they say is shown literally (exchange.cli.output).
+    others = literal(", ".join(r for r in trace.recipients if r != trace.author))
+    bid, channel, author = literal(trace.bulletin), literal(trace.channel), literal(trace.author)
+    console.print(f"bulletin [bold]{bid}[/bold] in channel {channel}, by {author}, to {others}")
+    console.print(f"  posted at {author}: {_cell(trace.posted)}  {literal(trace.posted.detail)}", highlight=False)
     table = Table("recipient", "sent", "received", "receipt", "opened")
     for leg in trace.legs:
-        table.add_row(leg.recipient, *(_cell(leg.step(k)) for k in ("sent", "received", "receipt", "opened")))
+        table.add_row(cell(leg.recipient), *(_cell(leg.step(k)) for k in ("sent", "received", "receipt", "opened")))
     console.print(table)
     if trace.author_opened.status == OK:
-        console.print(f"  at {trace.author}: {trace.author_opened.detail}", highlight=False)
+        console.print(f"  at {author}: {literal(trace.author_opened.detail)}", highlight=False)
     for step in trace.gaps:
-        console.print(f"  [bold red]GAP[/bold red] {step.kind} at {step.node}: {step.detail}", highlight=False)
+        gap = f"{literal(step.kind)} at {literal(step.node)}: {literal(step.detail)}"
+        console.print(f"  [bold red]GAP[/bold red] {gap}", highlight=False)
     for ev in trace.evidence:
         if ev.error is not None:
             mark = "[bold red]INVALID[/bold red]" if ev.invalid else "[yellow]unchecked[/yellow]"
-            console.print(f"  {mark} {ev.node}: {ev.error}", highlight=False)
+            console.print(f"  {mark} {literal(ev.node)}: {literal(ev.error)}", highlight=False)
         elif ev.checkpoint is not None:
             by = by_whom(ev.checkpoint.witnesses, designated.get(ev.node) if designated is not None else None)
             proven = f"{len(ev.entries)} entries proven in its checkpoint {ev.checkpoint.size}"
-            console.print(f"  {ev.node}: {proven} (co-signed by {by})")
+            console.print(f"  {literal(ev.node)}: {proven} (co-signed by {literal(by)})")
 
 
 def trace_json(trace: Trace, designated: Mapping[str, tuple[str, ...]] | None = None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from exchange.cli.client import Target, call
 from exchange.cli.options import as_json, emit, node_file, run_async, token_opt, user_opt
-from exchange.cli.output import console, user_errors
+from exchange.cli.output import cell, console, literal, user_errors
 
 
 @click.group()
@@ -27,12 +27,15 @@ rights_opt = click.option(
 
 def _render_channel(c: Any) -> None:
     state = "closed" if c["closed"] else f"open{' until ' + c['ends'] if c['ends'] else ''}"
-    console.print(f"[bold]{c['id']}[/bold]  {c['title']}  (owner {c['owner']}, log position {c['pos']}, {state})")
-    console.print(f"  agencies: {', '.join(c['agencies'])}; default TLP:{c['default_handling']['tlp']}")
+    # The owner wrote the channel (a partner, for most): shown literally (exchange.cli.output).
+    title, owner, state = literal(c["title"]), literal(c["owner"]), literal(state)
+    console.print(f"[bold]{literal(c['id'])}[/bold]  {title}  (owner {owner}, log position {c['pos']}, {state})")
+    agencies, tlp = literal(", ".join(c["agencies"])), literal(c["default_handling"]["tlp"])
+    console.print(f"  agencies: {agencies}; default TLP:{tlp}")
     for node, rights in c["members"].items():
-        console.print(f"  member  {node:<14} {', '.join(rights)}")
+        console.print(f"  member  {literal(node):<14} {literal(', '.join(rights))}")
     for node, rights in c["invited"].items():
-        console.print(f"  invited {node:<14} {', '.join(rights)}")
+        console.print(f"  invited {literal(node):<14} {literal(', '.join(rights))}")
     allowed = "allowed" if c.get("export_amber_strict") else "withheld"
     console.print(f"  TLP:AMBER+STRICT by TAXII or STIX export: {allowed} (RED and no-onward-sharing: never)")
 
@@ -57,7 +60,7 @@ def channels_list(node_path: Path, user: str, token: str | None, as_json: bool) 
     def render(data: Any) -> None:
         table = Table("channel", "title", "owner", "members", "log")
         for c in data:
-            table.add_row(c["id"], c["title"], c["owner"], ", ".join(c["members"]), str(c["pos"]))
+            table.add_row(*map(cell, (c["id"], c["title"], c["owner"], ", ".join(c["members"]), c["pos"])))
         console.print(table)
 
     emit(result, as_json, render)

@@ -15,6 +15,7 @@ import click
 
 from exchange.cli.client import Target, call
 from exchange.cli.ids import short
+from exchange.cli.output import plain
 from exchange.errors import ApiError, PeerError
 
 WAIT = 20  # seconds each long poll may wait at the node
@@ -22,10 +23,10 @@ BACKOFF = (1, 2, 5, 10, 30)  # seconds before asking again after a failed reques
 
 
 def line(item: dict[str, Any]) -> str:
-    return (
-        f"{short(item['id'])}  {item['channel']}  {item['author']}  {item['kind']}  "
-        f"TLP:{item['tlp']}  {item['title']}  {item['created']}"
-    )
+    """One bulletin on one line, its fields shown literally (a title's newline or ESC too)."""
+    fields = (item[k] for k in ("channel", "author", "kind", "tlp", "title", "created"))
+    channel, author, kind, tlp, title, created = map(plain, fields)
+    return f"{short(item['id'])}  {channel}  {author}  {kind}  TLP:{tlp}  {title}  {created}"
 
 
 async def follow(target: Target, channel: str | None, after: int | None, as_json: bool) -> None:
@@ -45,7 +46,7 @@ async def follow(target: Target, channel: str | None, after: int | None, as_json
                 raise  # refused for good (rights, input): say so and stop
             delay = BACKOFF[min(failures, len(BACKOFF) - 1)]
             failures += 1
-            click.echo(f"warning: {exc}; asking again in {delay} s", err=True)
+            click.echo(f"warning: {plain(exc)}; asking again in {delay} s", err=True)
             await asyncio.sleep(delay)
             continue
         failures = 0

@@ -9,10 +9,8 @@ import sys
 from typing import Any, NoReturn
 from urllib.parse import quote
 
-from rich.markup import escape
-
 from exchange.cli.client import Target, call
-from exchange.cli.output import err_console
+from exchange.cli.output import err_console, literal
 from exchange.errors import NotFound
 
 WHOLE = re.compile(r"[0-9a-f]{64}")
@@ -42,12 +40,12 @@ async def resolve_id(target: Target, given: str) -> str:
 
 def ambiguous(prefix: str, matches: list[dict[str, Any]], more: bool) -> NoReturn:
     """Say the prefix is ambiguous and list its candidates, like git: on stderr, then exit 1."""
-    err_console.print(f"[red]error:[/red] bulletin id {escape(prefix)} is ambiguous", highlight=False)
+    err_console.print(f"[red]error:[/red] bulletin id {literal(prefix)} is ambiguous", highlight=False)
     err_console.print("hint: the candidates are:", highlight=False)
     for m in matches:
         title = f"  {m['kind']}  {m['title']}" if m.get("title") is not None else ""
         line = f"hint:   {m['id'][: max(SHOWN, len(prefix) + 4)]}  {m['channel']}  {m['author']}  {m['created']}{title}"
-        err_console.print(escape(line), highlight=False, soft_wrap=True)
+        err_console.print(literal(line), highlight=False, soft_wrap=True)
     if more:
         err_console.print("hint:   ... and more: give more characters", highlight=False)
     sys.exit(1)

@@ -20,7 +20,7 @@ from exchange.cli.db import db
 from exchange.cli.export import export
 from exchange.cli.ids import resolve_id, short
 from exchange.cli.options import as_json, emit, node_file, run_async, token_opt, user_opt
-from exchange.cli.output import console, one_line_errors, user_errors
+from exchange.cli.output import cell, console, literal, one_line_errors, user_errors
 from exchange.cli.roster import node_init, roster, roster_warning
 from exchange.cli.rotation import node_rotate
 from exchange.cli.users import users
@@ -305,7 +305,8 @@ def rfis(node_path: Path, user: str, token: str | None, channel: str, as_json: b
         table = Table("id", "state", "due", "from", "title", "answered by")
         for item in data["items"]:
             by = ", ".join(sorted({a["author"] for a in item["answers"]}))
-            table.add_row(short(item["id"]), item["state"], item["due"] or "", item["author"], item["title"], by)
+            row = (item["state"], item["due"] or "", item["author"], item["title"], by)
+            table.add_row(short(item["id"]), *map(cell, row))
         console.print(table)
         console.print(f"{data['open']} open, {data['overdue']} overdue, {data['answered']} answered", highlight=False)
 
@@ -361,12 +362,7 @@ def inbox(
             table.add_row(
                 short(item["id"]),
                 "new" if item["unread"] else "",
-                item["channel"],
-                item["author"],
-                item["kind"],
-                item["tlp"],
-                item["title"],
-                item["created"],
+                *map(cell, (item[k] for k in ("channel", "author", "kind", "tlp", "title", "created"))),
             )
         console.print(table)
         if data["next"] is not None:
@@ -393,18 +389,19 @@ def read(node_path: Path, user: str, token: str | None, bulletin_id: str, as_jso
 
     def render(r: Any) -> None:
         b = r["bulletin"]
+        # All of it the author's node wrote (or this node stored): shown literally (exchange.cli.output).
         console.print(
-            f"[bold]TLP:{b['handling']['tlp']}[/bold]  {b['kind']}  "
-            f"from {r['author_name']} ({r['author']})"
+            f"[bold]TLP:{literal(b['handling']['tlp'])}[/bold]  {literal(b['kind'])}  "
+            f"from {literal(r['author_name'])} ({literal(r['author'])})"
             + (", signature verified" if r.get("signature_verified") is True else ", signature NOT verified")
         )
-        console.print(f"[bold]{b['title']}[/bold]", highlight=False)
-        console.print(b["body"], highlight=False)
+        console.print(f"[bold]{literal(b['title'])}[/bold]", highlight=False)
+        console.print(literal(b["body"], lines=True), highlight=False)
         for key, values in b["indicators"].items():
             if values:
-                console.print(f"  {key}: {', '.join(values)}", highlight=False)
+                console.print(f"  {literal(key)}: {literal(', '.join(map(str, values)))}", highlight=False)
         for rc in r["receipts"]:
-            console.print(f"  receipt: {rc['node']} {rc['status']} at {rc['at']}")
+            console.print(f"  receipt: {literal(rc['node'])} {literal(rc['status'])} at {literal(rc['at'])}")
 
     emit(result, as_json, render)
 
@@ -425,14 +422,19 @@ def peers(node_path: Path, user: str, token: str | None, as_json: bool) -> None:
         )
         for p in data:
             table.add_row(
-                p["peer"],
-                str(p["queued"]),
-                str(p["in_flight"]),
-                str(p["delivered"]),
-                p["last_success"] or "-",
-                p["last_error"] or "-",
-                p["backoff_until"] or "-",
-                p.get("pull_hold_until") or "-",
+                *map(
+                    cell,
+                    (
+                        p["peer"],
+                        p["queued"],
+                        p["in_flight"],
+                        p["delivered"],
+                        p["last_success"] or "-",
+                        p["last_error"] or "-",  # may quote what a partner answered
+                        p["backoff_until"] or "-",
+                        p.get("pull_hold_until") or "-",
+                    ),
+                )
             )
         console.print(table)
         warning = roster_warning(node_path)  # the held roster version expires soon, or has expired

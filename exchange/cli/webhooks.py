@@ -12,7 +12,7 @@ from rich.table import Table
 
 from exchange.cli.client import Target, call
 from exchange.cli.options import as_json, emit, node_file, run_async, token_opt
-from exchange.cli.output import console, user_errors
+from exchange.cli.output import cell, console, user_errors
 
 admin_opt = click.option("--user", default="admin", show_default=True, help="Local user whose token file to use.")
 
@@ -56,15 +56,8 @@ def webhooks_list(node_path: Path, user: str, token: str | None, as_json: bool) 
     def render(data: Any) -> None:
         table = Table("id", "channel", "url", "delivered", "cursor", "failures", "last error")
         for w in data:
-            table.add_row(
-                str(w["id"]),
-                w["channel"],
-                w["url"],
-                str(w["delivered"]),
-                str(w["cursor"]),
-                str(w["failures"]),
-                w["last_error"] or "",
-            )
+            fields = ("id", "channel", "url", "delivered", "cursor", "failures")
+            table.add_row(*(cell(w[k]) for k in fields), cell(w["last_error"] or ""))  # a receiver's answer
         console.print(table)
 
     emit(result, as_json, render)
