@@ -16,7 +16,7 @@ import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -37,6 +37,7 @@ from exchange.protocol.receipt import (
 from exchange.protocol.roster import Federation
 from exchange.service.coalesce import Coalesced
 from exchange.service.leases import Leases
+from exchange.service.outbox_refs import EnvelopeRef, EventRef, OutKind, OutRef, ReceiptRef, parse_ref, queued_row
 from exchange.service.records import receipt_row
 from exchange.service.transport import PeerTransport
 from exchange.store import AuditBuffer, Store, bulletins, channel_events, insert_rows, outbox, receipts
@@ -57,61 +58,7 @@ SMALL_ITEM = 4096  # what a queued receipt or channel event is counted as before
 # 4xx answers that say "not now" rather than "never": the batch is retried as it is.
 RETRYABLE_REFUSALS = (401, 403, 408, 429)
 
-OutKind = Literal["envelope", "receipt", "event"]
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class EnvelopeRef:
-    """A bulletin's envelope, queued for a reader."""
-
-    bulletin: str
-
-    def encode(self) -> str:
-        return self.bulletin
-
-
-@dataclass(frozen=True)
-class ReceiptRef:
-    """This node's receipt of a bulletin ('received' or 'opened'), queued for its author."""
-
-    bulletin: str
-    status: str
-
-    def encode(self) -> str:
-        return f"{self.bulletin}:{self.status}"
-
-
-@dataclass(frozen=True)
-class EventRef:
-    """One channel event, queued for a node the channel's log concerns."""
-
-    channel: str
-    pos: int
-
-    def encode(self) -> str:
-        return f"{self.channel}:{self.pos}"
-
-
-OutRef = EnvelopeRef | ReceiptRef | EventRef
-
-
-def parse_ref(kind: str, ref: str) -> OutRef:
-    """The typed reference of an outbox row (the table keeps it as one string column)."""
-    if kind == "envelope":
-        return EnvelopeRef(ref)
-    if kind == "receipt":
-        bid, status = ref.split(":", 1)
-        return ReceiptRef(bid, status)
-    if kind == "event":
-        channel, pos = ref.rsplit(":", 1)
-        return EventRef(channel, int(pos))
-    raise ValueError(f"unknown outbox kind {kind!r}")
-
-
-def queued_row(dest: str, kind: OutKind, ref: OutRef) -> dict[str, Any]:
-    """A new outbox row."""
-    return {"dest": dest, "kind": kind, "ref": ref.encode(), "state": "queued"}
 
 
 @dataclass(frozen=True)
