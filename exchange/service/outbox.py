@@ -85,8 +85,8 @@ class OutItem:
         return f"{self.kind}:{self.ref.encode()}"
 
 
-# A batch marked sent: to whom, its items, its transaction id.
-Sent = tuple[str, Sequence[OutItem], str]
+# A batch about to be sent: to whom, its items.
+Sent = tuple[str, Sequence[OutItem]]
 # A batch delivered: to whom, its items, the receipts returned (checked), by bulletin id.
 Delivered = tuple[str, Sequence[OutItem], dict[str, StoredReceipt]]
 
@@ -322,8 +322,10 @@ class Outbox:
             rows = [receipt_row(r) for new in fresh for r in new]
             if rows:
                 await insert_rows(conn, receipts, rows)
+            # A row cancelled (its destination removed or revoked) or rejected meanwhile keeps its state.
+            still = sa.case((outbox.c.state == "queued", "delivered"), else_=outbox.c.state)
             for ns in _chunks([i.n for _, sent, _ in kept for i in sent], IDS_PER_STATEMENT):
-                await conn.execute(sa.update(outbox).where(outbox.c.n.in_(ns)).values(state="delivered"))
+                await conn.execute(sa.update(outbox).where(outbox.c.n.in_(ns)).values(state=still))
             delivered: dict[str, dict[str, str]] = {}  # one entry per bulletin, for every recipient
             for (dest, _, _), new in zip(asks, fresh, strict=True):
                 for r in new:
@@ -337,38 +339,52 @@ class Outbox:
 
         return await self.store.write(job)
 
-    async def mark_sent(self, dest: str, items: Sequence[OutItem], txn: str) -> None:
-        """Audit the first attempt to send each envelope to `dest` (retries are not audited)."""
-        envelopes = [i for i in items if isinstance(i.ref, EnvelopeRef)]
-        if envelopes:
-            await self._sent((dest, envelopes, txn))
+    async def mark_sent(self, dest: str, items: Sequence[OutItem]) -> list[OutItem]:
+        """Mark a batch for `dest` sent, just before it goes: what of it is still queued, in order.
+        An item cancelled since it was read (its destination removed from the channel, or revoked)
+        or rejected is dropped, and goes nowhere. The first attempt to send each envelope is
+        audited, with the transaction id of what is sent (retries are not)."""
+        return await self._sent((dest, items))
 
-    async def _mark_sent_many(self, asks: Sequence[Sent]) -> list[Exception | None]:
-        """`mark_sent` for several partners' batches in one job: one statement marks them all."""
+    async def _mark_sent_many(self, asks: Sequence[Sent]) -> list[list[OutItem] | Exception]:
+        """`mark_sent` for several partners' batches in one job: one statement marks them all; a
+        second reads the state of what was marked before (retries), if any was."""
 
-        async def job(conn: AsyncConnection, audit: AuditBuffer) -> list[Exception | None]:
-            lost = await self.leases.check_many(conn, {dest for dest, _, _ in asks})
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> list[list[OutItem] | Exception]:
+            lost = await self.leases.check_many(conn, {dest for dest, _ in asks})
             now = timestamp()
-            fresh: set[int] = set()
-            for ns in _chunks([i.n for dest, items, _ in asks if dest not in lost for i in items], IDS_PER_STATEMENT):
-                fresh |= set(
-                    await conn.scalars(
-                        sa.update(outbox)
-                        .where(outbox.c.n.in_(ns), outbox.c.sent_at.is_(None))
-                        .values(sent_at=now)
-                        .returning(outbox.c.n)
-                    )
-                )
+            ns = sorted({i.n for dest, items in asks if dest not in lost for i in items})
+            # Marked only if still queued, the state compared in the SET: with `state = 'queued'`
+            # in the WHERE, SQLite (no statistics) seeks ix_outbox_done for a long list of numbers
+            # and reads every item queued for every partner.
+            mark = sa.case((outbox.c.state == "queued", now), else_=outbox.c.sent_at)
+            states: dict[int, str] = {}
+            for part in _chunks(ns, IDS_PER_STATEMENT):
+                unsent = sa.and_(outbox.c.n.in_(part), outbox.c.sent_at.is_(None))
+                marked = sa.update(outbox).where(unsent).values(sent_at=mark).returning(outbox.c.n, outbox.c.state)
+                states.update((n, state) for n, state in await conn.execute(marked))
+            fresh = {n for n, state in states.items() if state == "queued"}  # a first attempt
+            for part in _chunks([n for n in ns if n not in states], IDS_PER_STATEMENT):  # retries
+                held = sa.select(outbox.c.n, outbox.c.state).where(outbox.c.n.in_(part))
+                states.update((n, state) for n, state in await conn.execute(held))
+            queued = {n for n, state in states.items() if state == "queued"}
             # One entry per bulletin for every recipient it went to in this job, not one per recipient.
             sent: dict[str, dict[str, str]] = {}
-            for dest, items, txn in asks:
-                for item in items:
-                    if item.n in fresh:
+            answers: list[list[OutItem] | Exception] = []
+            for dest, items in asks:
+                if dest in lost:
+                    answers.append(_lease_lost(dest))
+                    continue
+                going = [i for i in items if i.n in queued]
+                answers.append(going)
+                txn = transaction_id([i.key for i in going])  # of what is sent, as the sender's is
+                for item in going:
+                    if item.n in fresh and isinstance(item.ref, EnvelopeRef):
                         fresh.discard(item.n)  # audited once, should two asks name it
                         sent.setdefault(item.ref.encode(), {})[dest] = txn
             for bulletin, to in sent.items():
                 audit.add(ev.BulletinSentTo(event=ev.BULLETIN_SENT_TO, at=now, bulletin=bulletin, to=to))
-            return [_lease_lost(dest) if dest in lost else None for dest, _, _ in asks]
+            return answers
 
         return await self.store.write(job)
 

@@ -94,7 +94,7 @@ class Sender:
 
     async def run(self) -> None:
         """The sender loop: no failure of one iteration, the database's included, ends it."""
-        ahead: list[OutItem] = []  # the next batch, already read and marked sent during the last send
+        ahead: list[OutItem] = []  # the next batch, already read during the last send
         while True:
             if stop_requested():  # cancelled in a wait that ended otherwise (`stop_requested`)
                 raise asyncio.CancelledError
@@ -117,8 +117,11 @@ class Sender:
                     batch = await self._next_batch()
                     if not batch:
                         continue
-                    await self.outbox.mark_sent(self.peer, batch, transaction_id([i.key for i in batch]))
-                ahead = await self._send(batch)
+                # Marked just before it goes, not when it was read: what was cancelled (or rejected)
+                # meanwhile is dropped, and a batch read ahead may have waited for a send to land.
+                batch = await self.outbox.mark_sent(self.peer, batch)
+                if batch:
+                    ahead = await self._send(batch)
             except asyncio.CancelledError:
                 if self._flight is not None:
                     self._flight.cancel()
@@ -187,23 +190,23 @@ class Sender:
         self.status.backoff_until = None
 
     async def _send(self, batch: list[OutItem]) -> list[OutItem]:
-        """Send a batch that `mark_sent` has audited; return the next one, audited too, if any.
+        """Send a batch that `mark_sent` has audited; return the next one, read, if any.
 
         Two batches in flight at most, after a batch of PIPELINE_FROM or more (or a full one):
         this one goes out while the one before is still being stored at the peer (which stores a
         sender's transactions in the order they came, `Receiving.receive`), the next one is read
-        and marked sent meanwhile if anything may be queued after this one (the sender was woken
-        since its read, or the read was full), and each one's receipts are checked and stored here
-        as they come. A batch is marked delivered only once its receipts are stored; one that fails
-        stays queued and goes again (the peer answers what it holds with the receipts it gave).
-        After a refusal, batches go one at a time.
+        meanwhile if anything may be queued after this one (the sender was woken since its read,
+        or the read was full) and marked sent only when it goes (`run`), and each one's receipts
+        are checked and stored here as they come. A batch is marked delivered only once its
+        receipts are stored; one that fails stays queued and goes again (the peer answers what it
+        holds with the receipts it gave). After a refusal, batches go one at a time.
         """
         flight = asyncio.create_task(self._deliver(batch))
         previous, self._flight = self._flight, flight
         # Read ahead only if something may be queued after this batch (woken since it was read),
         # and the batch was large: after a small one, what is queued while it travels goes next.
         ready = not self._single and self._stale and len(batch) >= min(PIPELINE_FROM, self.outbox.config.batch_size)
-        prepared = asyncio.create_task(self._prepare(after=batch[-1].n)) if ready else None
+        prepared = asyncio.create_task(self._next_batch(after=batch[-1].n)) if ready else None
         try:
             if previous is not None:
                 await self._landed(previous)
@@ -241,15 +244,9 @@ class Sender:
             self._single = False
         return delivered
 
-    async def _prepare(self, *, after: int) -> list[OutItem]:
-        ahead = await self._next_batch(after=after)
-        if ahead:
-            await self.outbox.mark_sent(self.peer, ahead, transaction_id([i.key for i in ahead]))
-        return ahead
-
 
 async def _discard(task: asyncio.Task[list[OutItem]] | None) -> None:
-    """Stop a read-ahead that is no longer wanted (what it marked sent goes again later)."""
+    """Stop a read-ahead that is no longer wanted (what it read goes again later)."""
     if task is not None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -75,7 +75,7 @@ outbox = sa.Table(
     # queued until the destination's signed receipt is stored; rejected if it refused it (4xx)
     sa.Column("state", sa.String(16), nullable=False, default="queued"),
     sa.Column("detail", sa.Text, nullable=True),
-    # set at the first attempt, when the send is audited (retries are not)
+    # set at the first attempt to send the item, when an envelope's send is audited (retries are not)
     sa.Column("sent_at", sa.String(32), nullable=True),
     # when the retention loop (exchange.service.retention) first found the row delivered, rejected
     # or cancelled; the row is deleted once that is older than the outbox retention
