@@ -242,6 +242,9 @@ class Inbox:
             raise NotFound("no such attachment")
         now = timestamp()
         opened = make_receipt(bid, self.me, "opened", now, self.keys.signing)
+        # Sent to the author only by a recipient: a grantee of earlier epochs (docs/protocol.md,
+        # 15.7) is no reader of theirs, and the author would refuse the receipt and its transaction.
+        owed = shown.author != self.me and self.me in shown.recipients
 
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
             audit.add(
@@ -258,13 +261,13 @@ class Inbox:
             )
             if exists is None:
                 await conn.execute(sa.insert(receipts).values(**receipt_row(opened)))
-                if shown.author != self.me:
+                if owed:
                     await conn.execute(
                         sa.insert(outbox).values(**queued_row(shown.author, "receipt", ReceiptRef(bid, "opened")))
                     )
 
         await self.store.write(job)
-        if shown.author != self.me:
+        if owed:
             self.outbox.wake([shown.author])
         return shown
 

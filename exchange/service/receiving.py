@@ -343,8 +343,10 @@ class Receiving:
             answer[c.bid] = None
             by_author.setdefault(h.author, []).append(c.bid)
             rows.append({**c.row, "stored_at": now})
-            if relayed and h.author != self.me:
-                # The author hears of it from us, since it did not hand it over itself.
+            if relayed and h.author != self.me and f" {self.me} " in c.row["recipients"]:
+                # The author hears of it from us, since it did not hand it over itself; but not of
+                # granted history (docs/protocol.md, 15.7): this node is no reader of its epoch, and
+                # the author would refuse the receipt, and the rest of its transaction with it.
                 queued.append(queued_row(h.author, "receipt", ReceiptRef(c.bid, "received")))
             entry = ev.BulletinReceived(
                 {
