@@ -1077,9 +1077,10 @@ def report_pushes(runs: list[Run]) -> None:
         )
     console.print(t)
     console.print(
-        "pending = read the queue and the envelopes' bytes; mark_sent = a write job (audit 'sent'); send = the "
-        "HTTPS request, the reader verifying, storing and signing receipts; accept_receipts = verify them, a write "
-        "job. A sender reads and marks sent its next batch while this one travels, and checks this one's "
+        "pending = read the queue and the envelopes' bytes; mark_sent = a write job (audit 'sent'; what is still "
+        "queued goes); send = the HTTPS request, the reader verifying, storing and signing receipts; "
+        "accept_receipts = verify them, a write job. A sender reads its next batch while this one travels and "
+        "marks it sent just before it goes, and checks this one's "
         "receipts while the next one travels, so the steps overlap: cycle = the mean time from "
         "one send to the next to the same reader. screen, ingest_screened: B's handling of a push (loop layout), "
         "the checks and decryption (in its crypto workers, if any), then the rules that need state and the write."
