@@ -26,7 +26,7 @@ from exchange.protocol.envelope_v2 import (
     parse_envelope_v2,
     sign_envelope_v2,
 )
-from exchange.protocol.epoch import epoch_hash, epoch_wrap_info, make_epoch, open_epoch
+from exchange.protocol.epoch import epoch_hash, epoch_wrap_info, make_epoch, make_grant, open_epoch
 from exchange.protocol.epoch_model import EnvelopeV2
 from exchange.protocol.epoch_support import SUPPORT_DOMAIN
 from exchange.protocol.signing import sign
@@ -434,6 +434,47 @@ async def test_forged_or_equivocating_epoch_records_are_refused(make_federation:
     assert held is not None and epoch_hash(held) == epoch_hash(good)
     async with de.service.store.read() as conn:
         assert (await conn.scalar(sa.select(sa.func.count()).select_from(channel_epochs))) == 1
+
+
+async def test_an_epoch_record_or_grant_the_owner_did_not_sign_fetches_nothing(
+    make_federation: MakeFederation,
+) -> None:
+    """A record or grant citing a channel state the receiver does not hold makes it fetch the
+    owner's log, but only once the owner's signature on it is checked: one whose cited state was
+    changed is refused first, and nothing is fetched for it or kept."""
+    fed = await started(make_federation, "nl-customs", "ke-customs", "de-customs")
+    nl, de = fed["nl-customs"], fed["de-customs"]
+    sent = await post(nl, "epoch 0")
+    await arrives(de, sent["id"])
+    state = nl.service.channels.state("c2c")
+    record, key = nl.service.epochs.record("c2c", 0), nl.service.epochs.key("c2c", 0)
+    assert record is not None and key is not None
+    ahead = {"owner": "nl-customs", "pos": state.pos + 5, "hash": "0" * 64}  # a state de does not hold
+    keys = {str(n): nl.service.epochs.wrap_key(n) for n in state.readers}
+    forged, _ = make_epoch(state, n=1, prev=record, keys=keys, owner_key=nl.service.keys.signing, created=timestamp())
+    grant = make_grant(
+        state,
+        node="de-customs",
+        key=nl.service.epochs.wrap_key(NodeId("de-customs")),
+        epochs=[(record, key)],
+        owner_key=nl.service.keys.signing,
+        created=timestamp(),
+    )
+    fetched: list[Any] = []
+    ensure = de.service.channels.ensure
+
+    async def spy(channel: str, ref: Any) -> Any:
+        fetched.append(ref)
+        return await ensure(channel, ref)
+
+    de.service.channels.ensure = spy  # type: ignore[method-assign]
+    with pytest.raises(BadSignature):  # the owner's, with the state it cites changed
+        await de.service.epochs.accept("c2c", [{**forged.model_dump(mode="json"), "state": ahead}])
+    with pytest.raises(BadSignature):
+        await accept_grants(de.service.epochs, "c2c", [{**grant.model_dump(mode="json"), "state": ahead}])
+    assert fetched == []
+    assert de.service.epochs.record("c2c", 1) is None and not de.service.epochs.grants.get("c2c")
+    assert len(de.service.channels.events("c2c")) == state.pos + 1
 
 
 class JunkAnnouncement(StandIn):

@@ -161,6 +161,17 @@ def _check_owner_signature(
     verify(domain, signed.model_dump(mode="json", exclude={"signature"}), signed.signature, key)
 
 
+def check_signed_by_owner(signed: EpochRecord | HistoryGrant, fed: Federation, *, history: bool = False) -> None:
+    """An epoch record's or a grant's owner signature (15.6 rule 2, 15.7 rule 1), and that it cites
+    a state of its own owner's: what a receiver checks before it fetches anything the item cites
+    (a channel log, from the node the reference names as owner)."""
+    _check_owner_signature(
+        EPOCH_DOMAIN if isinstance(signed, EpochRecord) else GRANT_DOMAIN, signed, fed, history=history
+    )
+    if signed.state.owner != signed.owner:
+        raise EpochInvalid("the channel or owner is not the channel's")
+
+
 def _check_state(ref: StateRef, channel: str, owner: str, state: ChannelState) -> None:
     if (channel, owner, ref.owner) != (state.channel, state.owner, state.owner):
         raise EpochInvalid("the channel or owner is not the channel's")

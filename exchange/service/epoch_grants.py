@@ -20,7 +20,14 @@ from exchange.clock import timestamp
 from exchange.crypto import EpochKey, sha256
 from exchange.errors import EpochInvalid, NotFound
 from exchange.protocol.channel import ChannelState
-from exchange.protocol.epoch import grant_digest, make_grant, open_grant, parse_grant, verify_grant
+from exchange.protocol.epoch import (
+    check_signed_by_owner,
+    grant_digest,
+    make_grant,
+    open_grant,
+    parse_grant,
+    verify_grant,
+)
 from exchange.protocol.epoch_model import MAX_GRANT_EPOCHS, EpochRecord, HistoryGrant
 from exchange.service.epoch_store import store_grant
 
@@ -91,6 +98,7 @@ async def accept_grants(book: EpochBook, channel: str, raws: Sequence[Any]) -> i
             raise EpochInvalid("a history grant of another channel or for another node")
         if grant_hash(grant) in known:
             continue
+        check_signed_by_owner(grant, book.fed)  # before the state it cites is fetched
         try:
             state = await book.channels.ensure(channel, grant.state)
         except NotFound as exc:

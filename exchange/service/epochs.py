@@ -36,7 +36,7 @@ from exchange.errors import (
 from exchange.model import NodeId
 from exchange.protocol.channel import ChannelState
 from exchange.protocol.envelope_v2 import check_epoch_of_state
-from exchange.protocol.epoch import epoch_hash, make_epoch, open_epoch, parse_epoch, verify_epoch
+from exchange.protocol.epoch import check_signed_by_owner, epoch_hash, make_epoch, open_epoch, parse_epoch, verify_epoch
 from exchange.protocol.epoch_model import EpochRecord, HistoryGrant
 from exchange.protocol.roster import Federation
 from exchange.service.channels import ChannelBook
@@ -472,12 +472,13 @@ class EpochBook(Announcements):
     async def _verified(self, record: EpochRecord, prev: EpochRecord | None, *, judge_wraps: bool) -> None:
         """15.6 rules 2 to 8 against the state the record cites (fetched if need be); rule 7's
         wrap keys only with `judge_wraps`."""
+        history = not self._signed_now(record)
+        check_signed_by_owner(record, self.fed, history=history)  # before the state it cites is fetched
         try:
             state = await self.channels.ensure(record.channel, record.state)
         except NotFound as exc:
             raise EpochInvalid(f"the epoch cites an unknown channel state: {exc.detail}") from exc
         keys = await self.record_key_ids(record) if judge_wraps else {}
-        history = not self._signed_now(record)
         verify_epoch(record, self.fed, state, keys, prev, history=history, judge_wraps=judge_wraps)
 
     async def find(self, channel: str, n: int, sources: Sequence[str]) -> EpochRecord:
