@@ -389,11 +389,16 @@ class Outbox:
         return await self.store.write(job)
 
     async def reject_queued(self, dest: str, item: OutItem, detail: str) -> None:
-        """The destination refused this item for good: stop sending it, and audit why."""
+        """The destination refused this item for good: stop sending it, and audit why. An item
+        delivered meanwhile (its receipt came another way) or cancelled keeps its state, unaudited."""
 
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
             await self.leases.check(conn, dest)
-            await conn.execute(sa.update(outbox).where(outbox.c.n == item.n).values(state="rejected", detail=detail))
+            still = sa.and_(outbox.c.n == item.n, outbox.c.state == "queued")
+            if not (
+                await conn.execute(sa.update(outbox).where(still).values(state="rejected", detail=detail))
+            ).rowcount:
+                return
             audit.add(
                 ev.SendRefused(
                     event=ev.SEND_REFUSED,

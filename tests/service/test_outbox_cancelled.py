@@ -174,3 +174,26 @@ async def test_an_item_removed_or_revoked_after_its_batch_was_read_is_dropped_fr
     assert z not in await sent_to(a, B)
     assert [e["ref"] for e in await log(a, ev.SEND_REFUSED) if e["kind"] == "envelope"] == [z]
     assert (await states(a, B))[z] == "cancelled"
+
+
+async def test_a_refusal_of_an_item_delivered_or_cancelled_meanwhile_changes_nothing(
+    pair: tuple[NodeService, NodeService, Held],
+) -> None:
+    """The partner refuses an item for good (a 4xx to a batch of one) after the item was delivered
+    another way (its receipt came with a pull) or cancelled (the partner removed from the
+    channel): the row keeps its state and no `send.refused` is audited for it; an item still
+    queued is rejected and audited, as before."""
+    a, b, _ = pair
+    x, y, z = await post(a, "c2x", "X"), await post(a, "c2c", "Y"), await post(a, "c2c", "Z")
+    assert await a.outbox.leases.claim(B)
+    batch = {i.ref.encode(): i for i in await a.outbox.queued(B, 10) if i.kind == "envelope"}
+    assert sorted(batch) == sorted([x, y, z])
+    await a.channels.change(None, "c2x", {"type": "remove", "node": B})  # X cancelled
+    at = "2026-12-01T10:00:00.000Z"
+    await a.outbox.accept_receipts(B, [batch[y]], make_receipts([y], NodeId(B), "received", at, b.keys.signing))
+    refused_before = await log(a, ev.SEND_REFUSED)
+    for item in (batch[x], batch[y], batch[z]):
+        await a.outbox.reject_queued(B, item, "422: refused for good")
+    assert await states(a, B) == {x: "cancelled", y: "delivered", z: "rejected"}
+    fresh = (await log(a, ev.SEND_REFUSED))[len(refused_before) :]
+    assert [(e["ref"], e["reason"]) for e in fresh] == [(z, "422: refused for good")]
