@@ -11,7 +11,7 @@ import pytest
 
 from exchange.errors import InvalidInput
 from exchange.model import Bulletin
-from exchange.protocol.indicators import Problem, check_indicators, country, indicator_problems
+from exchange.protocol.indicators import Problem, Why, check_indicators, country, indicator_problems
 
 
 def make_bulletin(**indicators: Any) -> Bulletin:
@@ -80,8 +80,9 @@ def test_hs_rule_on_digit_counts() -> None:
     """The rule takes 2 to 10 digits in pairs; the wire shape (4 to 10) already keeps out the others."""
     problems = indicator_problems(make_bulletin().indicators.model_copy(update={"hs_codes": ["84", "84431", "97"]}))
     assert problems == [
-        Problem("hs_codes", "84431", "HS code 84431: should have 2, 4, 6, 8 or 10 digits, e.g. 8443 or 8443.99")
+        Problem("hs_codes", "HS code", "84431", Why("should have 2, 4, 6, 8 or 10 digits, e.g. 8443 or 8443.99"))
     ]
+    assert problems[0].message == "HS code 84431: should have 2, 4, 6, 8 or 10 digits, e.g. 8443 or 8443.99"
 
 
 # -- airports: IATA codes that airportsdata lists --------------------------------------------------
@@ -122,11 +123,11 @@ def test_iso_country_codes_pass(code: str) -> None:
 
 @pytest.mark.parametrize("code", ["UK", "XK", "ZZ", "EU"])
 def test_codes_that_are_not_iso_3166_countries_are_refused(code: str) -> None:
-    assert country(code) == "is not an ISO 3166-1 country code"
+    assert str(country(code)) == "is not an ISO 3166-1 country code"
 
 
 def test_country_shape() -> None:
-    assert country("ken") == "should be an ISO 3166-1 code of two capital letters, e.g. KE"
+    assert str(country("ken")) == "should be an ISO 3166-1 code of two capital letters, e.g. KE"
 
 
 # -- one message for several problems; the wire keeps accepting them -------------------------------

@@ -20,11 +20,11 @@ from exchange.crypto import b64d, b64e
 from exchange.errors import InvalidInput
 from exchange.http.appkeys import SERVICE
 from exchange.model import BULLETIN_KINDS, MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS, Bulletin
-from exchange.protocol.indicators import indicator_problems
+from exchange.protocol.indicators import Problem, indicator_problems
 from exchange.service.node import NodeService
 from exchange.service.users import User
 from exchange.service.views import channel_view
-from exchange.web.i18n import N_
+from exchange.web.i18n import N_, Text
 from exchange.web.pages import TLP, file_name, redirect, render
 from exchange.web.session import Session, client_address, posted_form, read_form, signed_in
 
@@ -215,7 +215,7 @@ def attachments_from_form(files: list[web.FileField]) -> tuple[list[dict[str, st
 
 def bulletin_from_form(
     form: dict[str, str], attachments: list[dict[str, str]] | None = None
-) -> tuple[Bulletin | None, dict[str, str]]:
+) -> tuple[Bulletin | None, dict[str, str | Text]]:
     """The bulletin a compose form describes, or the message for each field that is wrong."""
     raw: dict[str, Any] = {
         "attachments": attachments or [],
@@ -232,7 +232,7 @@ def bulletin_from_form(
     try:
         return Bulletin.model_validate(raw), {}
     except ValidationError as exc:
-        errors: dict[str, str] = {}
+        errors: dict[str, str | Text] = {}
         for err in exc.errors():
             loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
             field = loc[1] if loc[:1] in (["indicators"], ["handling"]) and len(loc) > 1 else (loc[0] if loc else "")
@@ -251,7 +251,7 @@ def _postable(service: NodeService, user: User) -> list[dict[str, str]]:
 
 
 def _compose(
-    request: web.Request, session: Session, form: dict[str, str], errors: dict[str, str], *, status: int = 200
+    request: web.Request, session: Session, form: dict[str, str], errors: dict[str, str | Text], *, status: int = 200
 ) -> web.Response:
     service = request.app[SERVICE]
     return render(
@@ -285,6 +285,36 @@ async def compose_page(request: web.Request) -> web.StreamResponse:
     return _compose(request, session, form, {})
 
 
+# What the indicators and their rules (exchange.protocol.indicators) are called, marked for the
+# console's catalogue; tests/web/test_french.py holds these to the rules' own words.
+INDICATOR_NOUNS = (N_("air waybill"), N_("HS code"), N_("airport"), N_("flight"), N_("country"))
+INDICATOR_RULES = (
+    N_("should be a 3-digit airline prefix, a dash and an 8-digit serial, e.g. 176-12345675"),
+    N_("check digit should be %(check)s (serial mod 7)"),
+    N_("should have 2, 4, 6, 8 or 10 digits, e.g. 8443 or 8443.99"),
+    N_("chapter %(chapter)s is reserved for future use in the Harmonized System"),
+    N_("chapter %(chapter)s does not exist in the Harmonized System (chapters 01 to 97)"),
+    N_("heading 00 does not exist in chapter %(chapter)s (headings are numbered from 01)"),
+    N_("should be an IATA airport code of three capital letters, e.g. NBO"),
+    N_("is the IATA code of a city (%(city)s), not an airport: name one of %(airports)s"),
+    N_("is not an IATA airport code"),
+    N_("should be an airline designator, a 1 to 4 digit flight number and an optional letter, e.g. KQ100"),
+    N_("airline designator %(airline)s should not be two digits (IATA: letters, or a letter and a digit)"),
+    N_("airline designator %(airline)s of three characters should be an ICAO code of three letters"),
+    N_("should be an ISO 3166-1 code of two capital letters, e.g. KE"),
+    N_("is not an ISO 3166-1 country code"),
+)
+
+
+def indicator_error(problem: Problem) -> Text:
+    """An indicator's problem as the compose form shows it by its field, in the reader's language."""
+    why = Text(problem.why.text, dict(problem.why.values))
+    return Text(
+        N_("%(indicator)s %(value)s: %(why)s"),
+        {"indicator": Text(problem.noun, {}), "value": problem.value, "why": why},
+    )
+
+
 async def compose_post(request: web.Request) -> web.StreamResponse:
     session, form = await posted_form(request)
     user, service = session.user, request.app[SERVICE]
@@ -296,7 +326,7 @@ async def compose_post(request: web.Request) -> web.StreamResponse:
         errors["attachments"] = CHOOSE_AGAIN[too_big]
     for problem in indicator_problems(bulletin.indicators) if bulletin is not None else ():
         # The domain rules the service applies again when it posts: shown by the field, the draft kept
-        errors.setdefault(problem.field, problem.message)
+        errors.setdefault(problem.field, indicator_error(problem))
     channel = form.get("channel", "")
     if not channel:
         errors["channel"] = N_("Choose the channel to post to.")

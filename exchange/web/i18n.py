@@ -13,6 +13,7 @@ import functools
 import io
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -59,8 +60,20 @@ def fill(text: str, values: Mapping[str, object]) -> str:
     return PLACEHOLDER.sub(lambda m: str(values[m[1]]) if m[1] in values else m[0], text)
 
 
-def say(lang: str, message: str, **values: object) -> str:
+@dataclass(frozen=True)
+class Text:
+    """A console message with its values, some of them messages too, translated where it is shown
+    (`say`): for a message built in Python whose parts are the console's words."""
+
+    message: str
+    values: Mapping[str, str | Text]
+
+
+def say(lang: str, message: str | Text, **values: object) -> str:
     """A console message in `lang`, with its placeholders filled (plain text, to be escaped)."""
+    if isinstance(message, Text):
+        own = {k: say(lang, v) if isinstance(v, Text) else v for k, v in message.values.items()}
+        return fill(translations(lang).gettext(message.message), {**values, **own})
     return fill(translations(lang).gettext(message), values)
 
 

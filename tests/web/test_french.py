@@ -16,6 +16,7 @@ sees the console in French").
 
 from __future__ import annotations
 
+import ast
 import html
 import re
 from pathlib import Path
@@ -30,7 +31,9 @@ from playwright.async_api import expect
 
 from exchange.audit import events as kinds
 from exchange.audit.trace import Evidence, chain_of_custody
-from exchange.web import i18n
+from exchange.model import Indicators
+from exchange.protocol import indicators
+from exchange.web import contact, i18n
 from exchange.web.auditor import describe, step_detail, step_details
 from tests.conftest import Federation, Member
 from tests.test_console import C2A, PASSWORD, TITLE, fed, goto, post_by_api, sign_in
@@ -374,3 +377,30 @@ async def test_error_pages_speak_the_readers_language(fed: Federation) -> None:
             assert "Path=/console" in resp.headers["Set-Cookie"] and "SameSite=Strict" in resp.headers["Set-Cookie"]
         async with http.get(url + "/console/channels", headers={"Accept-Language": "en"}) as resp:
             assert "Vos canaux" in await resp.text()
+
+
+def test_the_indicator_rules_are_worded_in_each_language() -> None:
+    """The compose form names an indicator that breaks its rule in the reader's language: the
+    console marks each rule's words (exchange/web/contact.py), which must be those the rules
+    themselves give (exchange/protocol/indicators.py), so none is left in English."""
+    source = ast.parse(Path(indicators.__file__).read_text(encoding="utf-8"))
+    said = {
+        node.args[0].value
+        for node in ast.walk(source)
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", None) == "Why"
+        and isinstance(node.args[0], ast.Constant)
+    }
+    assert said == set(contact.INDICATOR_RULES)
+    assert {noun for noun, _ in indicators.RULES.values()} == set(contact.INDICATOR_NOUNS)
+    bulletin = Indicators.model_validate({"air_waybills": ["176-12345678"], "airports": ["LON"]})
+    shown = [i18n.say("fr", contact.indicator_error(p)) for p in indicators.indicator_problems(bulletin)]
+    assert shown == [
+        "lettre de transport aérien 176-12345678\u00a0: le chiffre de contrôle devrait être 5 "
+        "(numéro de série modulo 7)",
+        "aéroport LON\u00a0: est le code IATA d'une ville (London), pas d'un aéroport\u00a0: indiquez l'un de "
+        "LCY, LGW, LHR, LTN, STN",
+    ]
+    assert [i18n.say("en", contact.indicator_error(p)) for p in indicators.indicator_problems(bulletin)] == [
+        p.message for p in indicators.indicator_problems(bulletin)
+    ]
