@@ -28,7 +28,7 @@ from typing import Any
 
 from exchange.clock import stop_requested
 from exchange.crypto import canonical_json
-from exchange.errors import ExchangeError, InvalidInput, PeerError, RateLimited, RosterBehind
+from exchange.errors import ExchangeError, InvalidInput, PeerError, RateLimited, RequestTimeout, RosterBehind
 from exchange.model import NodeId
 from exchange.protocol.roster import Federation
 from exchange.protocol.roster2_model import MAX_ROSTER_BYTES
@@ -44,6 +44,10 @@ PAGE_VERSIONS = 32  # versions in one answer to a pull; a node further behind pu
 PAGE_BYTES = 4 * MAX_ROSTER_BYTES  # and about as many bytes as one import takes, at least one version
 OFFER_BYTES = MAX_ROSTER_BYTES  # an offer on the route without a client certificate
 OFFER_VERSIONS = 4  # the newest versions a node offers a peer that does not know it yet
+# How long an offer's body may take to arrive while it holds the one turn: a client that trickles
+# it would otherwise hold every offer off for the server's body timeout (120 s), and again from
+# each address it has. 16 MiB in 30 s is about 0.6 MiB/s.
+OFFER_READ_SECONDS = 30.0
 
 
 Install = Callable[[], Awaitable[None]]
@@ -76,6 +80,7 @@ class RosterGossip:
         refresh_seconds: float = 5.0,
         announce_seconds: float = 600.0,
         offer_interval: float = 10.0,
+        offer_read_seconds: float = OFFER_READ_SECONDS,
         peers: int = 4,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -86,6 +91,7 @@ class RosterGossip:
         self.refresh_seconds = refresh_seconds  # how often the database is read for a local import
         self.announce_seconds = announce_seconds  # how often every partner is asked anyway
         self.offer_interval = offer_interval  # between two offers from one source
+        self.offer_read_seconds = offer_read_seconds  # for an offer's body to arrive, holding the turn
         self.peers = peers  # partners asked at start, on the timer, and told of a version from a peer
         self._clock = clock
         self._transport: PeerTransport | None = None
@@ -176,7 +182,14 @@ class RosterGossip:
         if len(self._offers) > 1000:
             self._offers = {s: t for s, t in self._offers.items() if now - t < self.offer_interval}
         async with self._offering:  # taken at once: nothing was awaited since it was seen free
-            raw = offer if isinstance(offer, bytes) else await offer()
+            try:
+                async with asyncio.timeout(self.offer_read_seconds):
+                    raw = offer if isinstance(offer, bytes) else await offer()
+            except TimeoutError as exc:
+                raise RequestTimeout(
+                    f"the roster offer did not arrive within {self.offer_read_seconds:g} s",
+                    audited="offer read timed out",
+                ) from exc
             imported = await self.roster.import_chain(raw, source=source[:64])
         await self.took(imported)
         return imported

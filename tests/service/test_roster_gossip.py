@@ -122,6 +122,30 @@ async def test_offers_come_one_per_source_and_interval(store: Store) -> None:
     assert roster.held.version == 2  # type: ignore[union-attr]
 
 
+async def test_an_offer_whose_body_trickles_gives_up_its_turn(store: Store) -> None:
+    """The offer's body is read while it holds the one turn: a client that trickled it held every
+    other offer off (429) for the server's body timeout, 120 s, and again from its next address.
+    Now it has `offer_read_seconds` (408, nothing taken), and the next offer is let in at once."""
+    roster = await holding(store, 1)
+    gossip = RosterGossip("nl-customs", roster, federation_view(roster.held), offer_read_seconds=0.2)  # type: ignore[arg-type]
+    started = asyncio.Event()
+
+    async def trickle() -> bytes:
+        started.set()
+        await asyncio.sleep(30)
+        return json.dumps(docs(2)).encode()
+
+    slow = asyncio.create_task(gossip.take_offer(trickle, "offer:192.0.2.7"))
+    await started.wait()
+    with pytest.raises(errors.RateLimited):  # one offer at a time
+        await gossip.take_offer(json.dumps(docs(2)).encode(), "offer:192.0.2.8")
+    with pytest.raises(errors.RequestTimeout):
+        await asyncio.wait_for(slow, 5)
+    assert roster.held.version == 1  # type: ignore[union-attr]
+    assert (await gossip.take_offer(json.dumps(docs(2)).encode(), "offer:192.0.2.9")).version == 2
+    await gossip.close()
+
+
 async def test_an_offer_from_an_ipv6_site_is_one_source_whatever_its_low_64_bits(store: Store) -> None:
     """An offer's source was its full address, while every other limit counts an IPv6 /64: one
     site, changing its low 64 bits, made an offer every time (not one per 10 s) and had each of
