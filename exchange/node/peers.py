@@ -28,6 +28,7 @@ from exchange.service.gossip import ROSTER_HEADER, ROSTER_PATH, RosterGossip, he
 # it), so that a partner answering without end costs a bounded read, not the node's memory.
 MAX_ANSWER_BYTES = 96 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
+OFF_LOOP_FROM = 1024 * 1024  # answers this long or longer are parsed in a thread (`_parsed`)
 # An answer is parsed as strictly as a request (docs/protocol.md 2.3), with a value budget of its
 # own: one `,` `:` `[` `{` outside strings per ANSWER_BYTES_PER_VALUE bytes, MIN_VALUES whatever
 # its size. A request's one per 20 bytes is too tight for answers, which gather many small
@@ -172,12 +173,12 @@ async def _json_or_error(resp: aiohttp.ClientResponse, peer: str) -> Any:
     payload = await _body(resp, peer)
     if resp.status == 200:
         try:
-            return _parse(payload)
+            return await _parsed(payload)
         except InvalidInput as exc:  # bad UTF-8, a float, an over-long integer, too many values, too deep
             raise PeerError(
                 f"{peer} answered 200 with a body that is not JSON as 2.3 takes it: {exc.detail}"[:300]
             ) from exc
-    detail = _problem_detail(payload, resp.status)
+    detail = await _problem_detail(payload, resp.status)
     if 400 <= resp.status < 500:
         raise PeerRefused(detail, resp.status)  # the partner's own words: the outbox records them
     raise PeerError(f"{peer} answered {resp.status}: {detail}")
@@ -204,8 +205,16 @@ def _parse(payload: bytes) -> Any:
     return strict_loads(payload, min_values=max(MIN_VALUES, len(payload) // ANSWER_BYTES_PER_VALUE))
 
 
-def _problem_detail(payload: bytes, status: int) -> str:
+async def _parsed(payload: bytes) -> Any:
+    """`_parse`, in a thread for a long answer (a catch-up page, up to MAX_ANSWER_BYTES): parsing
+    it on the event loop held every other request and partner up for as long (seconds)."""
+    if len(payload) >= OFF_LOOP_FROM:
+        return await asyncio.to_thread(_parse, payload)
+    return _parse(payload)
+
+
+async def _problem_detail(payload: bytes, status: int) -> str:
     try:
-        return str(_parse(payload).get("detail", status))
+        return str((await _parsed(payload)).get("detail", status))
     except (InvalidInput, AttributeError):
         return f"HTTP {status}"

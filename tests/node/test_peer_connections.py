@@ -9,9 +9,11 @@ import collections
 import hashlib
 import json
 import ssl
+import threading
 import tracemalloc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -365,3 +367,31 @@ async def test_the_server_issues_no_session_tickets(make_federation: MakeFederat
         assert tls.session is None or not tls.session.has_ticket
     finally:
         writer.close()
+
+
+async def test_a_long_answer_is_parsed_off_the_event_loop(
+    dropping_partner: DroppingPartner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partner's answer of up to 96 MiB (a catch-up page) was parsed on the event loop, holding
+    every other request and partner up for the seconds it took. One of OFF_LOOP_FROM bytes or more
+    is parsed in a thread; a short one (a push's receipts) still on the loop, where a thread's
+    hand-off would cost more than the parse. Refusals' bodies alike."""
+    partner = dropping_partner
+    big = json.dumps({"items": ["x" * 1000] * (peers.OFF_LOOP_FROM // 1000)}).encode()
+    partner.bodies = {"/fed/v1/big": big, "/fed/v1/small": b'{"ok": true}', "/fed/v1/big-refusal": big}
+    partner.statuses = {"/fed/v1/big-refusal": 400}
+    threads: list[int] = []
+    parse = peers._parse
+
+    def spy(payload: bytes) -> Any:
+        threads.append(threading.get_ident())
+        return parse(payload)
+
+    monkeypatch.setattr(peers, "_parse", spy)
+    transport = partner.fed["nl-customs"].service.transport
+    assert len((await transport.fetch(KE, "/fed/v1/big"))["items"]) == peers.OFF_LOOP_FROM // 1000
+    assert await transport.fetch(KE, "/fed/v1/small") == {"ok": True}
+    with pytest.raises(PeerRefused):
+        await transport.fetch(KE, "/fed/v1/big-refusal")
+    loop = threading.get_ident()
+    assert [t != loop for t in threads] == [True, False, True]
