@@ -20,13 +20,11 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 
-import sqlalchemy as sa
-
 from exchange.clock import wait_event
 from exchange.errors import Forbidden, NotFound, RateLimited, Unauthorized, Unavailable
 from exchange.service.listing import Filters, LinePage, Listing
 from exchange.service.users import User
-from exchange.store import Store, bulletins
+from exchange.store import Store
 
 Current = Callable[[], Awaitable[User]]  # the follower's user as it is now; Unauthorized if gone
 
@@ -59,10 +57,10 @@ class Follow:
         if self._closed.is_set():
             raise Unavailable("the node is stopping")
 
-    async def head(self) -> int:
-        """The cursor of the newest bulletin stored (0: none): where "from now on" starts."""
-        async with self.store.read() as conn:
-            return int(await conn.scalar(sa.select(sa.func.max(bulletins.c.n))) or 0)
+    async def head(self, user: User, channel: str | None = None) -> int:
+        """The cursor of the newest bulletin of the user's readable channels (or of `channel`; 0:
+        none): where "from now on" starts (`Listing.head`)."""
+        return await self.listing.head(user, channel)
 
     @contextlib.contextmanager
     def _slot(self, user: User) -> Iterator[None]:
@@ -86,7 +84,7 @@ class Follow:
     ) -> LinePage:
         """The bulletins after `after` (None: from now), waiting up to `wait` seconds for the first."""
         with self._slot(user):
-            cursor = await self.head() if after is None else after
+            cursor = await self.head(user, channel) if after is None else after
             deadline = time.monotonic() + max(0.0, min(wait, MAX_WAIT))
             while True:
                 page = await self._page(user, channel, cursor)
@@ -106,7 +104,7 @@ class Follow:
         15 s, so the caller can send a keep-alive and notice a closed peer. With `current`, the
         stream ends when the user's session has (Unauthorized) or the user was removed."""
         with self._slot(user):
-            cursor = await self.head() if after is None else after
+            cursor = await self.head(user, channel) if after is None else after
             quiet = 15.0
             while True:
                 page = await self._page(user, channel, cursor)

@@ -127,6 +127,23 @@ class Listing:
             cursor = page[-1].n  # oldest first, at the end for now: where to poll from
         return LinePage(items=items, next=cursor)
 
+    async def head(self, user: User, channel: str | None = None) -> int:
+        """The cursor of the newest bulletin of the user's readable channels, or of `channel` (0: none):
+        where "from now on" starts for this user. Not the store's newest: that would tell a user
+        how many bulletins came in channels it cannot read, and when."""
+        user.require("contact-point")
+        if channel is not None:
+            self.access.require_readable(user, channel)
+        wanted = [channel] if channel is not None else self.access.readable_channels(user)
+        newest = 0
+        async with self.store.read() as conn:
+            for c in wanted:  # a seek on ix_bulletins_channel each
+                newest = max(
+                    newest,
+                    int(await conn.scalar(sa.select(sa.func.max(bulletins.c.n)).where(bulletins.c.channel == c)) or 0),
+                )
+        return newest
+
     async def _lines(self, conn: Any, rows: Sequence[Any]) -> list[InboxLine]:
         return [
             InboxLine(**summary_line(r, content).as_json(), unread=not r.opened)

@@ -59,7 +59,7 @@ async def inbox_page(request: web.Request) -> web.StreamResponse:
     user, service = session.user, request.app[SERVICE]
     channel = request.match_info["channel"]
     before = _int_query(request, "before")
-    head = await service.follow.head()  # before the page: the live inbox takes up from here
+    head = await service.follow.head(user, channel)  # before the page: the live inbox takes up from here
     page = await service.inbox.page(user, channel, before)
     posted = request.query.get("posted")
     return render(

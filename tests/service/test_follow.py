@@ -9,7 +9,10 @@ import asyncio
 import time
 from typing import Any
 
-from tests.conftest import Federation, MakeFederation
+import sqlalchemy as sa
+
+from exchange.store import bulletins
+from tests.conftest import Federation, MakeFederation, eventually
 
 
 def alert(i: int) -> dict[str, Any]:
@@ -127,3 +130,41 @@ async def test_inbox_follow_prints_each_bulletin_once_across_a_node_restart(make
     printed += [json.loads(raw)["id"] for raw in out.decode().splitlines() if raw.strip()]
     assert printed == posted  # each once, in the order stored
     assert b"Traceback" not in err and b"warning:" in err
+
+
+async def test_from_now_on_says_nothing_of_channels_the_user_cannot_read(make_federation: MakeFederation) -> None:
+    """`next` of a follow from now (no `after`) was the store's newest bulletin: a user polling it
+    learnt how many bulletins came in channels it cannot read, and when. It is now the newest of
+    the user's own channels."""
+    channels = [
+        {
+            "id": c,
+            "owner": "nl-customs",
+            "agencies": ["customs"],
+            "members": {"nl-customs": ["read", "post", "admin"], "ke-customs": ["read", "post"]},
+        }
+        for c in ("c2c", "c2x")
+    ]
+    fed = await make_federation(channels=channels)
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    status, body, _ = await ke.api(
+        "POST", "/api/v1/channels/c2x/users", user="admin", body={"user": "officer", "assigned": False}
+    )
+    assert status == 200, body
+    await post(fed, 1)  # in c2c, which the officer reads
+
+    async def held(channel: str, n: int) -> bool:
+        async with ke.service.store.read() as conn:
+            count = await conn.scalar(sa.select(sa.func.count()).where(bulletins.c.channel == channel))
+        return count == n
+
+    await eventually(lambda: held("c2c", 1), what="the c2c bulletin at ke")
+    status, before = await poll(fed, "wait=0")
+    assert status == 200 and before["items"] == [] and before["next"] > 0
+    for i in range(3):  # in c2x, which it does not
+        status, posted, _ = await nl.api("POST", "/api/v1/channels/c2x/bulletins", body=alert(i))
+        assert status == 201, posted
+    await eventually(lambda: held("c2x", 3), what="the c2x bulletins at ke")
+    for query in ("wait=0", "wait=0&channel=c2c"):
+        status, after = await poll(fed, query)
+        assert status == 200 and after == {"items": [], "next": before["next"]}, query
