@@ -151,4 +151,11 @@ async def connect(database: str, **kwargs: Any) -> LoopConnection:
     """Open `database` as aiosqlite does, for use from both its thread and the event loop."""
     thread = aiosqlite.connect(database, **(kwargs | {"check_same_thread": False}))
     thread._thread.daemon = True  # as SQLAlchemy does for aiosqlite's own connections
-    return LoopConnection(await thread)
+    try:
+        return LoopConnection(await thread)
+    except BaseException:
+        # A failed connect queues a stop of aiosqlite's thread that nobody waits for: were the loop
+        # closed first (a CLI command ending on the error), the thread would print a traceback
+        # after the command's one line (omnilib/aiosqlite#241). Its stop is quick: wait for it here.
+        thread._thread.join(timeout=5)
+        raise

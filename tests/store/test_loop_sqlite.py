@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.store import Store
-from exchange.store.loop_sqlite import LoopConnection, _deferred_begin
+from exchange.store.loop_sqlite import LoopConnection, _deferred_begin, connect
 from exchange.store.tables import audit_log
 from exchange.store.writer import AuditBuffer
 
@@ -120,3 +120,19 @@ def test_only_begin_immediate_or_exclusive_takes_the_lock_at_once() -> None:
     assert _deferred_begin("BEGIN") and _deferred_begin("begin deferred transaction")
     assert not _deferred_begin("BEGIN IMMEDIATE") and not _deferred_begin("BEGIN EXCLUSIVE")
     assert not _deferred_begin("INSERT INTO t VALUES (1)")
+
+
+def test_a_database_that_cannot_be_opened_leaves_no_thread_behind(tmp_path: Path) -> None:
+    """A failed connect left aiosqlite's thread to process its stop after the loop had closed, and
+    about one CLI run in six printed that thread's traceback after the command's one-line error
+    (omnilib/aiosqlite#241). The thread is now waited for before the error goes on."""
+
+    def workers() -> int:
+        return sum(t.name.endswith("(_connection_worker_thread)") and t.is_alive() for t in threading.enumerate())
+
+    before = workers()
+    missing = tmp_path / "no-such-folder" / "node.db"
+    for _ in range(5):
+        with pytest.raises(sqlite3.OperationalError):
+            asyncio.run(connect(str(missing)))
+        assert workers() == before
