@@ -204,9 +204,12 @@ def keep_what_started() -> None:
 
 
 @contextlib.asynccontextmanager
-async def local_users(config: NodeConfig) -> AsyncIterator[Users]:
-    """The node's users, for administrative commands run beside a running node or without it."""
-    store = await Store.open(config.database_url, node=config.id, connections=config.database_connections)
+async def local_users(config: NodeConfig, *, create: bool = False) -> AsyncIterator[Users]:
+    """The node's users, for administrative commands run beside a running node or without it; a
+    database that holds no node is refused unless `create` (ConfigError: check --node)."""
+    store = await Store.open(
+        config.database_url, node=config.id, connections=config.database_connections, create=create
+    )
     try:
         yield Users(store)
     finally:
@@ -214,11 +217,14 @@ async def local_users(config: NodeConfig) -> AsyncIterator[Users]:
 
 
 @contextlib.asynccontextmanager
-async def local_roster(config: NodeConfig) -> AsyncIterator[FederationRoster]:
+async def local_roster(config: NodeConfig, *, create: bool = False) -> AsyncIterator[FederationRoster]:
     """The roster v2 chain of a node, for `exchange roster import` and `status` run beside a running
-    node or without it. A node that has a v1 roster file takes its migration first (6a.6)."""
+    node or without it. A node that has a v1 roster file takes its migration first (6a.6). A
+    database that holds no node is refused unless `create` (a new node's first import)."""
     v1 = _v1_trust(config)
-    store = await Store.open(config.database_url, node=config.id, connections=config.database_connections)
+    store = await Store.open(
+        config.database_url, node=config.id, connections=config.database_connections, create=create
+    )
     try:
         roster = FederationRoster(store, v1=v1)
         await roster.load()

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from exchange.errors import ConfigError
-from exchange.model import AgencyKind, NodeIdStr, Right
+from exchange.model import AgencyKind, NodeIdStr, Right, first_error
 
 ENV_PREFIX = "EXCHANGE_"
 
@@ -69,7 +69,7 @@ class FederationConfig(BaseModel):
                 channels=raw.get("channel", []),
             )
         except ValidationError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
+            raise ConfigError(f"{path}: {first_error(exc)}") from exc
 
 
 class TlogWitnessConfig(BaseModel):
@@ -189,7 +189,10 @@ class NodeConfig(BaseModel):
     @classmethod
     def load(cls, path: Path, environ: dict[str, str] | None = None) -> NodeConfig:
         """Read a node file; EXCHANGE_* environment variables override its values."""
-        raw = _read_toml(path).get("node", {})
+        toml = _read_toml(path)
+        if not isinstance(toml.get("node"), dict):  # federation.toml, a channel file, another program's file
+            raise ConfigError(f"{path}: not a node file (it has no [node] table)")
+        raw = toml["node"]
         fed = FederationConfig.load(path.parent / raw.pop("federation", "federation.toml"))
         values: dict[str, Any] = {
             "keys_dir": fed.keys_dir / str(raw.get("id", "")),
@@ -206,8 +209,9 @@ class NodeConfig(BaseModel):
                 values[name] = env[key]
         try:
             return cls.model_validate(values)
-        except ValidationError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
+        except ValidationError as exc:  # the first complaint, and how many more: one line
+            more = exc.error_count() - 1
+            raise ConfigError(f"{path}: {first_error(exc)}" + (f" (and {more} more)" if more else "")) from exc
 
     @classmethod
     def for_tests(cls, tmp_path: Path, node_id: str, **overrides: Any) -> NodeConfig:

@@ -76,7 +76,7 @@ def blob(*versions: SignedRosterV2) -> list[bytes]:
 
 async def import_at(config: NodeConfig, *versions: SignedRosterV2) -> int:
     """`exchange roster import` beside the running node, into its database."""
-    async with local_roster(config) as roster:
+    async with local_roster(config, create=True) as roster:
         return (await roster.import_chain(blob(*versions))).version
 
 

@@ -76,7 +76,7 @@ async def test_a_newcomer_joins_by_roster_v2_and_exchanges_bulletins(
     chain = [json.dumps(v.model_dump(mode="json")).encode() for v in (version1, version2)]
 
     for cfg in (nl.config, ke.config, za_cfg):
-        async with local_roster(cfg) as roster:
+        async with local_roster(cfg, create=True) as roster:  # as `roster import` opens it
             assert (roster.v1 is None) == (cfg.id == "za-customs")
             assert (await roster.import_chain(chain)).version == 2
     await sample_users(za_cfg, [], InitReport())

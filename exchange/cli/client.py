@@ -40,8 +40,21 @@ class Target:
             token_file = cfg.keys_dir / "tokens" / user
             if not token_file.exists():
                 raise ConfigError(f"no token for {user!r} in {token_file.parent}; pass --token")
-            token = read_file(token_file).decode().strip()
+            try:
+                token = read_file(token_file).decode().strip()
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"{token_file}: not a token (not UTF-8 text)") from exc
+            _check_token(token, str(token_file))
+        else:
+            _check_token(token, "the token given")
         return cls(cfg.endpoint, token, NodeKeyFiles(cfg.keys_dir).presented_pem(), cfg.request_timeout_seconds)
+
+
+def _check_token(token: str, where: str) -> None:
+    """A token is printable ASCII without spaces (a header's value): one broken by a copy and paste
+    (a line break inside it, a stray byte) is named here, not met as a traceback inside aiohttp."""
+    if not token or len(token) > 1024 or not all("!" <= ch <= "~" for ch in token):
+        raise ConfigError(f"{where} is not a token: printable ASCII without spaces or line breaks")
 
 
 def refuse_redirect(resp: aiohttp.ClientResponse) -> None:

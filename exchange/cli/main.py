@@ -146,7 +146,7 @@ def node_run(node_path: Path, workers: int, as_worker: bool) -> None:
         check_workers(cfg, workers)
 
         async def prepare() -> None:
-            async with local_users(cfg):  # opens the database once: an empty one gets its schema here
+            async with local_users(cfg, create=True):  # opens the database once: an empty one gets its schema here
                 pass
 
         run_async(prepare())

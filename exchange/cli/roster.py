@@ -369,7 +369,7 @@ def roster_import(node_path: Path, files: tuple[Path, ...], expect_hash: str | N
     config = NodeConfig.load(node_path)
 
     async def run() -> Any:
-        async with local_roster(config) as held:
+        async with local_roster(config, create=True) as held:  # a new node's first import makes its database
             return await held.import_chain([read_file(p) for p in files], expect_hash=expect_hash)
 
     done = run_async(run())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -35,8 +36,19 @@ class User:
             raise Forbidden(f"user {self.name!r} is not assigned to channel {channel!r}")
 
 
+# A user's name: what the audit log, the console and TAXII's Basic sign-in (name:password, split on
+# the first colon) all carry as it is. An e-mail address fits; spaces, slashes, colons and control
+# characters do not, and 64 characters is the column's width on PostgreSQL (SQLite would take more).
+USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+
+
 async def add_user(store: Store, name: str, role: str, *, actor: str = "cli") -> str:
     """Create a user and return its new token (shown once, stored hashed)."""
+    if not USER_NAME.fullmatch(name):
+        raise InvalidInput(
+            "a user name is 1 to 64 letters, digits and . _ @ + - (starting with a letter or a digit), "
+            "without spaces, slashes or colons"
+        )
     if role not in ROLES:
         raise InvalidInput(f"role must be one of {', '.join(ROLES)}")
     token = new_token()

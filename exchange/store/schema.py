@@ -167,11 +167,31 @@ def read_state(conn: sa.Connection) -> State:
     return State("unversioned" if names & OUR_TABLES else "empty")
 
 
-async def require_current(engine: AsyncEngine, url: str, *, node: str | None = None) -> None:
-    """Return if the database is at the current revision; create the schema if it is empty;
-    else raise SchemaOutdated (an older revision) or ConfigError (one this code does not know)."""
+def missing_file(url: str) -> Path | None:
+    """The file of a SQLite database that does not exist yet (connecting would create it); else None."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path
+
+
+def holds_no_node(url: str, node: str | None) -> ConfigError:
+    """The refusal of a command that would otherwise create a node's database where there is none."""
+    return ConfigError(
+        f"{database_name(url, node)} holds no node yet ({shown(url)}): check --node, "
+        "or start the node once (exchange node run), which creates it"
+    )
+
+
+async def require_current(engine: AsyncEngine, url: str, *, node: str | None = None, create: bool = True) -> None:
+    """Return if the database is at the current revision; create the schema if it is empty (with
+    `create`; else ConfigError: a mistyped node file must not make a new, empty node); else raise
+    SchemaOutdated (an older revision) or ConfigError (one this code does not know)."""
     async with engine.connect() as conn:
         state = await conn.run_sync(read_state)
+    if state.kind == "empty" and not create:
+        raise holds_no_node(url, node)
     if state.kind == "empty":
         try:
             await upgrade(url, node=node)
@@ -285,7 +305,10 @@ async def upgrade(url: str, *, node: str | None = None) -> Upgrade:
 
 
 async def current(url: str) -> State:
-    """The state of the database at `url`, without changing it."""
+    """The state of the database at `url`, without changing it (a SQLite file that is not there is
+    not created: it is "empty")."""
+    if missing_file(url) is not None:
+        return State("empty")
     engine = make_engine(url)
     try:
         async with engine.connect() as conn:

@@ -117,15 +117,18 @@ class Store:
         self.shared = engine.dialect.name == "postgresql"
 
     @classmethod
-    async def open(cls, url: str, *, node: str | None = None, connections: int = 15) -> Store:
-        """Connect to a database at the current schema revision; an empty one is brought there first.
+    async def open(cls, url: str, *, node: str | None = None, connections: int = 15, create: bool = True) -> Store:
+        """Connect to a database at the current schema revision; an empty one is brought there first
+        (with `create`; else ConfigError, and a SQLite file that is not there is not made).
 
         An older schema raises SchemaOutdated, whose one line names `exchange db upgrade`: a
         deployed database only changes through that command (`node` names it in the message).
         """
+        if not create and schema.missing_file(url) is not None:
+            raise schema.holds_no_node(url, node)
         engine = make_engine(url, connections=connections)
         try:
-            await schema.require_current(engine, url, node=node)
+            await schema.require_current(engine, url, node=node, create=create)
             async with engine.connect() as conn:
                 # The end of the log is its largest index plus one: a seek on the primary key, not a
                 # count that grows with the log (and never an index below one already used).
