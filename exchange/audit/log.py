@@ -323,6 +323,8 @@ class LogVerifier:
                     raise AuditTampered("a checkpoint of size 0 signs a root other than the empty tree's")
             root, tail = self._frontier.root(), count - (cps[-1].size if cps else 0)
         else:
+            if self._mode == "complete":  # its roots were never compared: `_settle` only remembers
+                raise AuditTampered("a partial log cannot hold entries without inclusion proofs")
             for a, b in itertools.pairwise(cps):
                 if (a.size, b.size) not in self._consistent:
                     raise AuditTampered(f"no consistency proof between checkpoints {a.size} and {b.size}")
@@ -430,6 +432,9 @@ class BundleCheck:
         verifier = self.verifier
         if kind == "entry":
             idx, data = entry_fields(record)
+            if not self.header["complete"] and ("proof" not in record or "leaf_hash" in record):
+                # a full export relabelled partial would otherwise skip every root check
+                raise AuditTampered(f"entry {idx} of a partial bundle is not one with an inclusion proof")
             if "proof" in record:
                 verifier.proven_entry(idx, data, record_field(record, "size", int), _hashes(record, "proof"))
             else:
