@@ -71,7 +71,7 @@ from exchange.store import AuditBuffer, audit_log
 from tests.conftest import MakeFederation, eventually
 from tests.test_architecture import SHELL_ONLY, imports_of
 
-NODE, WITNESS = "nl-customs", "ke-customs"
+NODE, WITNESS, RELAYER = "nl-customs", "ke-customs", "de-customs"
 LOG_KEY, WITNESS_KEY = SigningKey.generate(), SigningKey.generate()
 KEYS = KeyRing({NODE: LOG_KEY.verify_key, WITNESS: WITNESS_KEY.verify_key})
 BID = "ab" * 32
@@ -708,7 +708,8 @@ def test_a_c2sp_witness_named_like_a_roster_node_is_not_that_nodes_cosignature()
 def test_a_recipient_cannot_prove_from_its_own_log_that_the_author_holds_its_receipt() -> None:
     """WITNESS withholds its receipt from NODE but writes, in its own log, a 'bulletin.delivered_to'
     naming itself: the trace showed the author holding it (found by a read-only review). Only a log
-    that holds the receipt, the author's or a relayer's, proves it; a relayer's still does."""
+    that holds the receipt, the author's or a relayer's, proves it; the relayer WITNESS received it
+    from still does, and is shown as the one holding it."""
     bid, at = "ab" * 32, "2026-12-01T00:00:00.000Z"
     posted = {
         "event": "bulletin.posted",
@@ -728,9 +729,27 @@ def test_a_recipient_cannot_prove_from_its_own_log_that_the_author_holds_its_rec
     )
     receipt = chain_of_custody(bid, "c", NODE, [NODE, WITNESS], [author, recipient]).legs[0].step("receipt")
     assert (receipt.node, receipt.status) == (NODE, GAP), receipt
-    relayer = Evidence("de-customs", (claim,))
-    receipt = chain_of_custody(bid, "c", NODE, [NODE, WITNESS], [author, recipient, relayer]).legs[0].step("receipt")
-    assert receipt.status == OK, receipt
+    relayed = Evidence(WITNESS, ({"idx": 7, "event": "bulletin.received", "at": at, "bulletin": bid, "from": RELAYER},))
+    relayer = Evidence(RELAYER, (claim,))
+    receipt = chain_of_custody(bid, "c", NODE, [NODE, WITNESS], [author, relayed, relayer]).legs[0].step("receipt")
+    assert (receipt.node, receipt.status) == (RELAYER, OK), receipt
+
+
+def test_another_recipient_cannot_vouch_for_a_receipt_withheld_from_the_author() -> None:
+    """A third recipient, which got the bulletin from the author and relayed nothing to WITNESS,
+    wrote into its own log that it holds WITNESS's receipt: the trace counted it, shown as held by
+    the author (found by a read-only review). Only the author and the node WITNESS names as the
+    one it received the bulletin from may hold it."""
+    bid, at = "ab" * 32, "2026-12-01T00:00:00.000Z"
+    posted = {"event": "bulletin.posted", "at": at, "bulletin": bid, "user": "o", "seq": 1}
+    author = Evidence(NODE, ({"idx": 1, **posted, "recipients": [NODE, WITNESS, RELAYER]},))
+    received = {"event": "bulletin.received", "at": at, "bulletin": bid, "from": NODE}
+    recipient = Evidence(WITNESS, ({"idx": 3, **received},))
+    claim = {"idx": 8, "event": "bulletin.delivered_to", "at": at, "bulletin": bid, "to": {WITNESS: at}}
+    colluder = Evidence(RELAYER, ({"idx": 7, **received}, claim))
+    trace = chain_of_custody(bid, "c", NODE, [NODE, WITNESS, RELAYER], [author, recipient, colluder])
+    receipt = next(leg for leg in trace.legs if leg.recipient == WITNESS).step("receipt")
+    assert (receipt.node, receipt.status) == (NODE, GAP), receipt
 
 
 @pytest.mark.parametrize(

@@ -154,6 +154,32 @@ def _opened(node: str, ev: Evidence | None) -> Step:
     return Step("opened", node, NONE, f"not opened at {node}")
 
 
+def _receipt(
+    r: str, author: str, at_author: Evidence | None, received: Sequence[dict[str, Any]], evidence: Sequence[Evidence]
+) -> Step:
+    """R's receipt as held by the author or a relayer (a node R's log says it received the bulletin
+    from): never by R's own log, in which a reader that withholds its receipt could claim one, nor
+    by any other node's, which could vouch for a receipt R withheld from the author."""
+    holders = ({author} | {e.get("from") for e in received}) - {r}
+    delivered = sorted(
+        ((ev_.node, e) for ev_ in evidence if ev_.node in holders for e in ev_.entries if r in delivered_to(e)),
+        key=lambda held: held[0] != author,  # the author's own copy first
+    )
+    if delivered:
+        node, e = delivered[0]
+        return Step(
+            "receipt", node, OK, f"{r}'s signed receipt of {delivered_to(e)[r]} held", e.get("at"), e.get("idx")
+        )
+    refused = at_author.find(SEND_REFUSED, to=r) if at_author else []
+    if refused:
+        e = refused[0]
+        return Step("receipt", author, REFUSED, f"{r} refused it: {e.get('reason')}", e.get("at"), e.get("idx"))
+    why = f"{author}'s log holds no receipt from {r} (withheld, lost, or not delivered yet)"
+    if at_author is None or at_author.error is not None:
+        why = _why_missing(at_author, author, f"a receipt from {r}")
+    return Step("receipt", author, GAP, why)
+
+
 def chain_of_custody(
     bulletin: str, channel: str, author: str, recipients: Sequence[str], evidence: Sequence[Evidence]
 ) -> Trace:
@@ -192,32 +218,7 @@ def chain_of_custody(
             steps.append(Step("received", r, OK, f"received from {e.get('from')}", e.get("at"), e.get("idx")))
         else:
             steps.append(Step("received", r, GAP, _why_missing(ev, r, "receiving it")))
-        # Its receipt as held by the author or a relayer: never by r's own log, in which a reader
-        # that withholds its receipt could claim one (an honest node logs only receipts pushed to it).
-        delivered = [e for ev_ in evidence if ev_.node != r for e in ev_.entries if r in delivered_to(e)]
-        refused = at_author.find(SEND_REFUSED, to=r) if at_author else []
-        if delivered:
-            e = delivered[0]
-            steps.append(
-                Step(
-                    "receipt",
-                    author,
-                    OK,
-                    f"{r}'s signed receipt of {delivered_to(e)[r]} held",
-                    e.get("at"),
-                    e.get("idx"),
-                )
-            )
-        elif refused:
-            e = refused[0]
-            steps.append(
-                Step("receipt", author, REFUSED, f"{r} refused it: {e.get('reason')}", e.get("at"), e.get("idx"))
-            )
-        else:
-            why = f"{author}'s log holds no receipt from {r} (withheld, lost, or not delivered yet)"
-            if at_author is None or at_author.error is not None:
-                why = _why_missing(at_author, author, f"a receipt from {r}")
-            steps.append(Step("receipt", author, GAP, why))
+        steps.append(_receipt(r, author, at_author, received, evidence))
         steps.append(_opened(r, ev))
         legs.append(Leg(r, tuple(steps)))
     return Trace(
