@@ -22,7 +22,9 @@ from exchange.errors import BadSignature, InvalidInput
 SIG_ED25519 = 0x01  # signature type of plain Ed25519 note signatures
 SIG_COSIGNATURE_V1 = 0x04  # signature type of timestamped Ed25519 witness cosignatures
 EM_DASH = "\u2014"
-MAX_SIGNATURES = 64
+# The log's own line, up to 64 designated witnesses and up to 16 C2SP witnesses
+# (exchange.audit.witness_sets: MAX_WITNESSES, MAX_C2SP_WITNESSES): every note a node keeps parses.
+MAX_SIGNATURES = 1 + 64 + 16
 MAX_NOTE_CHARS = 64 * 1024
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 _BAD_NAME = re.compile(r"[\s+]")

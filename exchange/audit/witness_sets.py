@@ -28,6 +28,10 @@ from exchange.errors import InvalidInput
 DOMAIN = b"exchange/witness-set/v1\n"
 DEFAULT_WITNESSES = 5  # witnesses per log, federation-wide (docs/operations.md, "Witness sets")
 MAX_WITNESSES = 64  # more would bring back the load that witness sets exist to avoid
+MAX_C2SP_WITNESSES = 16  # configured C2SP witnesses of one log (`tlog_witnesses`)
+# With the log's own line, a note co-signed by all of them fits note.MAX_SIGNATURES; a log keeps
+# no more cosignature lines of one checkpoint than that (exchange.service.audit.table).
+MAX_COSIGNATURES = MAX_WITNESSES + MAX_C2SP_WITNESSES
 
 
 def check_witness_count(k: int) -> None:

@@ -12,8 +12,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.audit.keeper import checked_cosignatures
+from exchange.audit.witness_sets import MAX_COSIGNATURES
 from exchange.clock import timestamp
 from exchange.crypto import VerifyKey
+from exchange.errors import Conflict
 from exchange.store import AuditBuffer, Store, audit_checkpoints, audit_cosignatures, audit_log
 
 PAGE = 5000  # rows per read
@@ -97,11 +99,19 @@ async def cosignature_lines(store: Store, witness: str, limit: int) -> list[tupl
         return [(int(size), str(note), str(line)) for size, note, line in await conn.execute(query)]
 
 
+async def _count(conn: AsyncConnection, size: int) -> int:
+    """How many cosignature lines checkpoint `size` holds."""
+    query = sa.select(sa.func.count()).select_from(audit_cosignatures).where(audit_cosignatures.c.size == size)
+    return int((await conn.execute(query)).scalar_one())
+
+
 async def keep_cosignature(
     store: Store, size: int, witness: str, line: str, witnesses: Mapping[str, VerifyKey]
 ) -> None:
     """Keep a witness's (checked) cosignature line of checkpoint `size`: the first one it sent,
-    unless the line held does not verify (a row edited into the table), which it replaces."""
+    unless the line held does not verify (a row edited into the table), which it replaces. A new
+    witness's is refused (Conflict) once the checkpoint holds MAX_COSIGNATURES lines: past that,
+    its note would no longer parse (note.MAX_SIGNATURES), and every verifier would refuse the log."""
     cosig, at = audit_cosignatures, timestamp()
 
     async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
@@ -110,6 +120,8 @@ async def keep_cosignature(
             audit_checkpoints, audit_checkpoints.c.size == size
         )
         held = (await conn.execute(query.where(mine))).first()
+        if held is None and await _count(conn, size) >= MAX_COSIGNATURES:
+            raise Conflict(f"checkpoint {size} holds {MAX_COSIGNATURES} cosignatures: no more are kept")
         if held is None or not checked_cosignatures(held.note, [(witness, held.line)], witnesses):
             await conn.execute(sa.delete(cosig).where(mine))
             await conn.execute(sa.insert(cosig).values(size=size, witness=witness, line=line, at=at))

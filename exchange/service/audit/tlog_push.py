@@ -34,6 +34,7 @@ from exchange.audit.tlog_witness import (
     parse_size_body,
     parse_verifier_key,
 )
+from exchange.audit.witness_sets import MAX_C2SP_WITNESSES
 from exchange.clock import utc_now
 from exchange.config import TlogWitnessConfig
 from exchange.crypto import VerifyKey
@@ -80,8 +81,12 @@ class C2spWitness:
 
 
 def c2sp_witnesses(configs: Sequence[TlogWitnessConfig]) -> list[C2spWitness]:
-    """The configured witnesses; ConfigError for a malformed verifier key, one of another type than
-    0x04, a name in the exchange witness namespace or longer than 64 characters, or a duplicate."""
+    """The configured witnesses; ConfigError for more than MAX_C2SP_WITNESSES (a note co-signed by
+    all of them and every designated witness must still parse), a malformed verifier key, one of
+    another type than 0x04, a name in the exchange witness namespace or longer than 64 characters,
+    or a duplicate."""
+    if len(configs) > MAX_C2SP_WITNESSES:
+        raise ConfigError(f"tlog_witnesses: at most {MAX_C2SP_WITNESSES} C2SP witnesses, not {len(configs)}")
     found: dict[str, C2spWitness] = {}
     for config in configs:
         try:

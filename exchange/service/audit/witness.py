@@ -55,7 +55,7 @@ from exchange.audit.witness import (
 from exchange.audit.witness_sets import DEFAULT_WITNESSES, WitnessSets, witness_sets
 from exchange.clock import stop_requested, timestamp, utc_now
 from exchange.crypto import SigningKey, b64e
-from exchange.errors import AuditTampered, BadSignature, InvalidInput, SplitView
+from exchange.errors import AuditTampered, BadSignature, Forbidden, InvalidInput, SplitView
 from exchange.model import NodeId
 from exchange.protocol.roster import Federation
 from exchange.service.audit.keeper import LogKeeper
@@ -325,7 +325,11 @@ class Witness:
     # -- as a log ---------------------------------------------------------------------------
 
     async def store_cosignature(self, peer: str, body: Any) -> None:
-        """Pull's return leg: `peer` sends its cosignature of one of our checkpoints."""
+        """Pull's return leg: `peer` sends its cosignature of one of our checkpoints. Only our
+        designated witnesses pull us: a line from any other roster node is refused, or enough of
+        them could push the note past what a verifier parses (note.MAX_SIGNATURES)."""
+        if peer not in self.my_witnesses():
+            raise Forbidden(f"{peer} is not a designated witness of {self.me}'s log: its cosignature is not kept")
         size, line = parse_cosignature(body)
         cp = await self.keeper.checkpoint_at(size)
         sig = parse_signature_line(line.rstrip("\n"))
