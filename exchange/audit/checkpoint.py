@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from exchange.audit.note import (
@@ -117,16 +117,19 @@ def sign_checkpoint(checkpoint: Checkpoint, key: SigningKey) -> Note:
     return Note(text, (sign_note(text, checkpoint.origin, key),))
 
 
-def open_checkpoint(data: str | Note, log_key: VerifyKey, origin: str | None = None) -> tuple[Checkpoint, Note]:
+def open_checkpoint(
+    data: str | Note, log_key: VerifyKey, origin: str | None = None, known: Sequence[VerifyKey] = ()
+) -> tuple[Checkpoint, Note]:
     """Parse a checkpoint note and check the log's signature; raise InvalidInput or BadSignature.
 
-    With `origin`, the checkpoint must be of that log.
+    With `origin`, the checkpoint must be of that log. A line under one of the log's `known` keys
+    (its current and former ones) must verify too (`verify_note`).
     """
     note = parse_note(data) if isinstance(data, str) else data
     checkpoint = Checkpoint.parse(note.text)
     if origin is not None and checkpoint.origin != origin:
         raise InvalidInput(f"the checkpoint is of log {checkpoint.origin!r}, not {origin!r}")
-    verify_note(note, checkpoint.origin, log_key)
+    verify_note(note, checkpoint.origin, log_key, known)
     return checkpoint, note
 
 

@@ -32,9 +32,13 @@ class KeyRing:
         ring._former = {n: fed.signing_keys(n)[1:] for n in fed.node_ids}
         return ring
 
+    def log_keys(self, node: str) -> list[VerifyKey]:
+        """Every key of `node` a checkpoint of its log may be signed with: its current one first."""
+        return [self.log_key(node), *self._former.get(node, ())]
+
     def log_key_for(self, node: str, note_text: str) -> VerifyKey:
         """The key of `node` that signed checkpoint `note_text`: its current one or a former one."""
-        return key_that_signed(note_text, log_origin(node), [self.log_key(node), *self._former.get(node, ())])
+        return key_that_signed(note_text, log_origin(node), self.log_keys(node))
 
     @classmethod
     def from_roster(cls, roster: Roster) -> KeyRing:

@@ -144,7 +144,8 @@ class LogVerifier:
         """One checkpoint note verified (log signature and any cosignatures), or what is wrong with
         it. Changes nothing, so notes may be opened on several threads (Ed25519 releases the GIL)."""
         try:
-            cp, note = open_checkpoint(note_text, self._ring.log_key_for(self.node, note_text), self.origin)
+            signer = self._ring.log_key_for(self.node, note_text)
+            cp, note = open_checkpoint(note_text, signer, self.origin, self._ring.log_keys(self.node))
         except BadSignature as exc:
             return AuditTampered(f"a checkpoint is not validly signed by {self.node}: {exc.detail}")
         except InvalidInput as exc:

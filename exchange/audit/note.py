@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from exchange.crypto import SigningKey, VerifyKey
@@ -142,15 +143,17 @@ def sign_note(text: str, name: str, key: SigningKey) -> NoteSignature:
     return NoteSignature(name, key_id(name, SIG_ED25519, key.verify_key.raw), key.sign(text.encode("utf-8")))
 
 
-def verify_note(note: Note, name: str, key: VerifyKey) -> None:
+def verify_note(note: Note, name: str, key: VerifyKey, known: Sequence[VerifyKey] = ()) -> None:
     """Return None if `note` carries a valid Ed25519 signature by (name, key); else BadSignature.
 
-    Lines with the name but another key ID belong to other keys and are ignored, as the
-    specification says; a line that matches both and fails rejects the note.
+    Lines with the name but an unknown key ID belong to other keys and are ignored, as the
+    specification says; a line that matches `key` or one of the `known` keys of the same name (a
+    signer's former keys) and fails rejects the note, whichever key the note was opened with.
     """
     kid = key_id(name, SIG_ED25519, key.raw)
-    matching = [s for s in note.by(name) if s.key_id == kid]
-    if not matching:
+    if not any(s.key_id == kid for s in note.by(name)):
         raise BadSignature(f"the note carries no signature by {name}")
-    for sig in matching:
-        key.verify(sig.signature, note.text.encode("utf-8"))
+    keys = {key_id(name, SIG_ED25519, k.raw): k for k in known} | {kid: key}
+    for sig in note.by(name):
+        if (match := keys.get(sig.key_id)) is not None:
+            match.verify(sig.signature, note.text.encode("utf-8"))

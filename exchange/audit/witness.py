@@ -25,6 +25,7 @@ only checkpoints that extend it. The witness that stores what it saw and talks t
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
@@ -115,9 +116,12 @@ def cosignature_body(size: int, line: str) -> bytes:
     return canonical_json({"size": size, "cosignature": line})
 
 
-def open_logs_checkpoint(node: str, note_text: str, key: VerifyKey) -> tuple[Checkpoint, Note]:
-    """The checkpoint, signed by `node` for its own log; only the log's own signature lines kept."""
-    cp, note = open_checkpoint(note_text, key, log_origin(node))
+def open_logs_checkpoint(
+    node: str, note_text: str, key: VerifyKey, known: Sequence[VerifyKey] = ()
+) -> tuple[Checkpoint, Note]:
+    """The checkpoint, signed by `node` for its own log (a line under any of its `known` keys must
+    verify too); only the log's own signature lines kept."""
+    cp, note = open_checkpoint(note_text, key, log_origin(node), known)
     return cp, Note(note.text, tuple(note.by(cp.origin)))
 
 

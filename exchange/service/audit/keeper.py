@@ -165,7 +165,8 @@ class LogKeeper:
                     "indices: restore the audit_log table from a backup"
                 )
             try:
-                cp, _ = open_checkpoint(latest.note, key_that_signed(latest.note, self.origin, self._own), self.origin)
+                own = key_that_signed(latest.note, self.origin, self._own)
+                cp, _ = open_checkpoint(latest.note, own, self.origin, self._own)
             except (InvalidInput, BadSignature) as exc:
                 raise AuditTampered(
                     f"this node's stored checkpoint of size {latest.size} does not verify with its own key "
@@ -199,7 +200,7 @@ class LogKeeper:
         for stored, blob in found:
             try:
                 own = key_that_signed(stored.note, self.origin, self._own)
-                _, note = open_checkpoint(stored.full_note(), own, self.origin)
+                _, note = open_checkpoint(stored.full_note(), own, self.origin, self._own)
                 if cosignatures(note, self._witnesses):
                     return resumed_frontier(stored.note, blob, own, self.origin)
             except (InvalidInput, BadSignature, ValueError):

@@ -184,7 +184,7 @@ class Witness:
         rotations), or, if `new` to this witness, with one that signs new items (`is_new`)."""
         key = key_that_signed(note_text, log_origin(node), self.fed.signing_keys(node, stored=not new))
         try:
-            return open_logs_checkpoint(node, note_text, key)
+            return open_logs_checkpoint(node, note_text, key, self.fed.signing_keys(node, stored=True))
         except BadSignature as exc:
             if not new:
                 raise
