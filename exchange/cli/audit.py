@@ -28,7 +28,7 @@ from exchange.cli.quorum import by_whom, finish_with_quorum, trace_designated, w
 from exchange.cli.verify_ranges import checkpoint_opener, default_workers, verify_in_ranges
 from exchange.config import NodeConfig
 from exchange.crypto import b64e
-from exchange.errors import AuditTampered, BadEntry, ExchangeError
+from exchange.errors import AuditTampered, BadEntry, ExchangeError, InvalidInput
 from exchange.keystore import load_authority_public, load_federation
 from exchange.protocol.roster import Federation
 
@@ -219,11 +219,13 @@ def _run_verify(run: Callable[[Progressed, Callable[[int], None]], LogReport], a
 
         try:
             report = run(lambda done: bar.update(task, completed=done), on_header)
-        except AuditTampered as exc:
-            if as_json:
+        except (AuditTampered, InvalidInput) as exc:
+            if as_json:  # a script reads a verdict, whatever failed (a truncated bundle, a bad count)
                 index = exc.index if isinstance(exc, BadEntry) else None
                 click.echo(json.dumps({"ok": False, "error": exc.detail, "first_bad_entry": index}, indent=2))
                 sys.exit(1)
+            if isinstance(exc, InvalidInput):
+                raise  # one `error:` line (`user_errors`)
             bar.stop()
             err_console.print(
                 f"[red]FAILED:[/red] the audit log does not verify: {literal(exc.detail)}", highlight=False
