@@ -133,6 +133,9 @@ def open_checkpoint(
     return checkpoint, note
 
 
+WitnessKeys = Mapping[str, VerifyKey | Sequence[VerifyKey]]  # witness key name -> its key, or keys
+
+
 def _cosigned_message(text: str, timestamp: int) -> bytes:
     return f"{COSIGNATURE_HEADER}time {timestamp}\n{text}".encode()
 
@@ -188,15 +191,25 @@ def check_cosignature_time(sig: NoteSignature, signed_at: str, now: int) -> None
         )
 
 
-def cosignatures(note: Note, witnesses: Mapping[str, VerifyKey]) -> dict[str, int]:
-    """Verify every cosignature by a known witness (key name -> key); return name -> timestamp.
+def witness_key(witnesses: WitnessKeys, sig: NoteSignature) -> VerifyKey | None:
+    """The key of the witness that `sig` names whose key ID it carries, if any: a witness may have
+    several (its current one and former ones that still check what it signed, docs/protocol.md 6a.7)."""
+    keys = witnesses.get(sig.name, ())
+    return next(
+        (k for k in ((keys,) if isinstance(keys, VerifyKey) else keys) if is_cosignature_by(sig, sig.name, k)), None
+    )
+
+
+def cosignatures(note: Note, witnesses: WitnessKeys) -> dict[str, int]:
+    """Verify every cosignature by a known witness (key name -> its key or keys); return name ->
+    timestamp.
 
     Lines of unknown keys are ignored; a line that matches a known key but fails raises
     BadSignature, which rejects the whole note.
     """
     found: dict[str, int] = {}
     for sig in note.signatures:
-        key = witnesses.get(sig.name)
-        if key is not None and is_cosignature_by(sig, sig.name, key):
+        key = witness_key(witnesses, sig)
+        if key is not None:
             found[sig.name] = verify_cosignature(note.text, sig, sig.name, key)
     return found

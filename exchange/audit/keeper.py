@@ -17,7 +17,7 @@ from operator import itemgetter
 from typing import Any, Literal, NotRequired, TypedDict
 
 from exchange.audit import batch
-from exchange.audit.checkpoint import open_checkpoint, verify_cosignature, witness_name
+from exchange.audit.checkpoint import WitnessKeys, open_checkpoint, verify_cosignature, witness_key, witness_name
 from exchange.audit.log import FORMAT
 from exchange.audit.note import parse_note, parse_signature_line
 from exchange.crypto import VerifyKey, b64e
@@ -72,7 +72,7 @@ class StoredCheckpoint:
 
 
 def checked_cosignatures(
-    note: str, lines: Iterable[tuple[str, str]], witnesses: Mapping[str, VerifyKey]
+    note: str, lines: Iterable[tuple[str, str]], witnesses: WitnessKeys
 ) -> tuple[tuple[str, str], ...]:
     """The stored (witness, line) pairs of a checkpoint whose line is a valid cosignature, by that
     witness's key (`KeyRing.witnesses`: `exchange/witness/<node>` for a partner, its key name for a
@@ -85,12 +85,12 @@ def checked_cosignatures(
     kept = []
     for witness, line in lines:
         name = witness if witness in witnesses else witness_name(witness)
-        key = witnesses.get(name)
-        if key is None:
+        if name not in witnesses:
             continue
         try:
             sig = parse_signature_line(line.rstrip("\n"))
-            if sig.name == name:
+            key = witness_key(witnesses, sig)
+            if sig.name == name and key is not None:
                 verify_cosignature(text, sig, name, key)
                 kept.append((witness, line))
         except (InvalidInput, BadSignature, ValueError):

@@ -1,5 +1,7 @@
 """The keys an audit log is checked with: each roster node's, as the signer of its own log (its
-current and former signing keys) and as a witness, and the configured C2SP witnesses'. Pure."""
+current and former signing keys) and as a witness, and the configured C2SP witnesses'. A suspended
+or revoked node's keys (but compromised ones) are held too: what it signed before still verifies
+(docs/protocol.md 6a.7), though it is no longer a witness that a quorum can count. Pure."""
 
 from __future__ import annotations
 
@@ -22,19 +24,34 @@ class KeyRing:
         self._keys = dict(keys)
         self._c2sp = {name: key for name, key in (c2sp or {}).items() if not name.startswith(WITNESS_PREFIX)}
 
-    _former: Mapping[str, Sequence[VerifyKey]] = MappingProxyType({})  # a node's former signing keys
+    # A node's former signing keys; a departed node's keys, which it has no current one beside
+    _former: Mapping[str, Sequence[VerifyKey]] = MappingProxyType({})
 
     @classmethod
     def from_federation(cls, fed: Federation, c2sp: Mapping[str, VerifyKey] | None = None) -> KeyRing:
         """Keys of a roster whose authority signature was checked (and configured C2SP witnesses),
-        with each node's former signing keys that its roster v2 version lists (6a.13)."""
+        with each node's former signing keys that its roster v2 version lists (6a.13), and the keys
+        of the nodes it lists as suspended or revoked, compromised ones left out (6a.7)."""
         ring = cls({n: fed.verify_key(n) for n in fed.node_ids}, c2sp)
-        ring._former = {n: fed.signing_keys(n)[1:] for n in fed.node_ids}
+        former: dict[str, Sequence[VerifyKey]] = {n: fed.signing_keys(n)[1:] for n in fed.node_ids}
+        ring._former = {**former, **fed.departed_signing_keys()}
         return ring
 
+    @property
+    def nodes(self) -> list[str]:
+        """The roster's active nodes: those that witness and are witnessed (witness sets)."""
+        return list(self._keys)
+
     def log_keys(self, node: str) -> list[VerifyKey]:
-        """Every key of `node` a checkpoint of its log may be signed with: its current one first."""
-        return [self.log_key(node), *self._former.get(node, ())]
+        """Every key of `node` a checkpoint of its log may be signed with: its current one first
+        (a departed node has none, only the keys that check what it signed before)."""
+        if not (keys := self._signing_keys(node)):
+            raise AuditTampered(f"{node!r} is not in the roster, so its log cannot be checked")
+        return keys
+
+    def _signing_keys(self, node: str) -> list[VerifyKey]:
+        current = [self._keys[node]] if node in self._keys else []
+        return [*current, *self._former.get(node, ())]
 
     def log_key_for(self, node: str, note_text: str) -> VerifyKey:
         """The key of `node` that signed checkpoint `note_text`: its current one or a former one."""
@@ -52,6 +69,9 @@ class KeyRing:
         except KeyError:
             raise AuditTampered(f"{node!r} is not in the roster, so its log cannot be checked") from None
 
-    def witnesses(self, log_node: str) -> dict[str, VerifyKey]:
-        """Witness key name -> key, for every node but the log's own, and the C2SP witnesses."""
-        return {**self._c2sp, **{witness_name(n): k for n, k in self._keys.items() if n != log_node}}
+    def witnesses(self, log_node: str) -> dict[str, VerifyKey | Sequence[VerifyKey]]:
+        """Witness key name -> key or keys, for every node but the log's own (a cosignature checks
+        with any of its non-compromised keys, departed nodes' included), and the C2SP witnesses."""
+        nodes = [*self._keys, *(n for n in self._former if n not in self._keys)]
+        roster = {witness_name(n): keys for n in nodes if n != log_node and (keys := self._signing_keys(n))}
+        return {**self._c2sp, **roster}

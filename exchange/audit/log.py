@@ -98,7 +98,7 @@ class LogVerifier:
     def __init__(self, node: str, keys: KeyRing) -> None:
         self.node = node
         self.origin = log_origin(node)
-        self._log_key = keys.log_key(node)
+        keys.log_keys(node)  # AuditTampered for a node the roster never listed
         self._ring = keys
         self._witnesses = keys.witnesses(node)
         self._checkpoints: list[CheckpointInfo] = []

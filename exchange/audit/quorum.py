@@ -13,13 +13,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 from exchange.audit.log import KeyRing, LogReport
-from exchange.audit.witness_sets import QuorumCount, check_witness_count, roster_nodes, tally, witnesses_of
+from exchange.audit.witness_sets import QuorumCount, check_witness_count, tally, witnesses_of
 from exchange.errors import AuditTampered, InvalidInput
 
 
 def designated(keys: KeyRing, log: str, k: int) -> tuple[str, ...]:
-    """`log`'s designated witnesses among the roster nodes whose keys `keys` holds."""
-    return witnesses_of(log, roster_nodes(log, keys.witnesses(log)), k)
+    """`log`'s designated witnesses among the active roster nodes whose keys `keys` holds."""
+    return witnesses_of(log, keys.nodes, k)
 
 
 def check_policy(quorum: int, k: int) -> None:

@@ -55,8 +55,9 @@ def witnesses_of(log: str, nodes: Iterable[str], k: int) -> tuple[str, ...]:
 
 def roster_nodes(log: str, witness_keys: Iterable[str]) -> set[str]:
     """The roster's nodes, from a log's own node id and the key names of its possible witnesses
-    (`KeyRing.witnesses`: `exchange/witness/<node>` for every other roster node; C2SP witnesses,
-    named otherwise, are no roster node and never designated)."""
+    (`exchange/witness/<node>` for every other roster node; C2SP witnesses, named otherwise, are no
+    roster node and never designated). `KeyRing.witnesses` also names departed nodes, whose earlier
+    cosignatures still verify: the quorum policy takes the active ones from `KeyRing.nodes`."""
     return {log, *(n.removeprefix(WITNESS_PREFIX) for n in witness_keys if n.startswith(WITNESS_PREFIX))}
 
 

@@ -163,6 +163,15 @@ class Federation:
             self.node(node_id)  # UnknownPeer
         return self.former_signing_key(node_id, kid, stored=stored)
 
+    def departed_signing_keys(self) -> dict[str, list[VerifyKey]]:
+        """Each suspended or revoked node's signing keys but compromised ones, all verify-only: what
+        it signed before (its audit log's checkpoints, its cosignatures) still verifies (6a.7)."""
+        keys: dict[str, list[VerifyKey]] = {n: [] for n in self._index.former.departed}
+        for (node_id, _), (state, raw) in self._index.former.signing.items():
+            if node_id in keys and state == "verify-only":
+                keys[node_id].append(VerifyKey(raw))
+        return keys
+
     def signing_keys(self, node_id: str, *, stored: bool = True) -> list[VerifyKey]:
         """Every signing key of `node_id` that checks what it signed: the current one first, then
         its retiring and verify-only ones (an audit log's checkpoints span rotations). Without

@@ -14,13 +14,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.audit.checkpoint import Checkpoint, cosignatures, log_origin, open_checkpoint, sign_checkpoint
+from exchange.audit.checkpoint import (
+    Checkpoint,
+    WitnessKeys,
+    cosignatures,
+    log_origin,
+    open_checkpoint,
+    sign_checkpoint,
+)
 from exchange.audit.keeper import (
     BundleRecord,
     StoredCheckpoint,
@@ -80,7 +87,7 @@ class LogKeeper:
         store: Store,
         key: SigningKey,
         signed_roster: Any = None,
-        witnesses: Mapping[str, VerifyKey] | None = None,
+        witnesses: WitnessKeys | None = None,
     ) -> None:
         """`witnesses`: the roster's witness keys by key name (KeyRing.witnesses); a checkpoint one of
         them co-signed is where the start check begins."""
@@ -103,7 +110,7 @@ class LogKeeper:
         """Sign with `key` from now on; `former`: earlier keys of this node (docs/protocol.md 6a.13)."""
         self._key, self._own = key, [key.verify_key, *former]
 
-    def set_witnesses(self, witnesses: Mapping[str, VerifyKey]) -> None:
+    def set_witnesses(self, witnesses: WitnessKeys) -> None:
         """The roster changed: the witness keys a checkpoint's cosignatures are checked with from now on."""
         self._witnesses = dict(witnesses)
 

@@ -5,16 +5,16 @@ cosignatures kept of this node's checkpoints, each checked against its witness's
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from exchange.audit.checkpoint import WitnessKeys
 from exchange.audit.keeper import checked_cosignatures
 from exchange.audit.witness_sets import MAX_COSIGNATURES
 from exchange.clock import timestamp
-from exchange.crypto import VerifyKey
 from exchange.errors import Conflict
 from exchange.store import AuditBuffer, Store, audit_checkpoints, audit_cosignatures, audit_log
 
@@ -105,9 +105,7 @@ async def _count(conn: AsyncConnection, size: int) -> int:
     return int((await conn.execute(query)).scalar_one())
 
 
-async def keep_cosignature(
-    store: Store, size: int, witness: str, line: str, witnesses: Mapping[str, VerifyKey]
-) -> None:
+async def keep_cosignature(store: Store, size: int, witness: str, line: str, witnesses: WitnessKeys) -> None:
     """Keep a witness's (checked) cosignature line of checkpoint `size`: the first one it sent,
     unless the line held does not verify (a row edited into the table), which it replaces. A new
     witness's is refused (Conflict) once the checkpoint holds MAX_COSIGNATURES lines: past that,
