@@ -136,20 +136,30 @@ class RosterGossip:
         raise RosterBehind(f"{peer} runs on roster version {version}, this node on {running}: fetching it; retry")
 
     async def pull(self, peer: NodeId) -> Imported | None:
-        """Fetch the versions after ours from `peer`, and take them if they check (else audited)."""
+        """Fetch the versions after ours from `peer`, and take them if they check (else audited).
+
+        A pull that takes nothing (refused, or an empty or stale answer) is not made again before
+        `pull_interval`: a peer whose header names a version it does not serve was otherwise
+        pulled from at each exchange with it.
+        """
         assert self._transport is not None
         try:
             answer = await self._transport.fetch(peer, f"{ROSTER_PATH}?after={self.version()}")
             versions = answer.get("versions") if isinstance(answer, dict) else None
             if not isinstance(versions, list):
                 raise InvalidInput(f"{peer} answered a roster pull without a list of versions")
-            if not versions:
-                return None
-            imported = await self.roster.import_chain([canonical_json(v) for v in versions], source=f"peer:{peer}")
+            imported = (
+                await self.roster.import_chain([canonical_json(v) for v in versions], source=f"peer:{peer}")
+                if versions
+                else None
+            )
         except (PeerError, ExchangeError) as exc:
             self._tried[peer] = self._clock()
             log.warning("no roster versions taken from %s: %s: %s", peer, type(exc).__name__, exc)
             return None
+        if imported is None or not imported.changed:
+            self._tried[peer] = self._clock()
+            return imported
         self._tried.pop(peer, None)
         await self.took(imported)
         return imported

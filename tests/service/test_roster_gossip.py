@@ -215,3 +215,24 @@ async def test_idle_gossip_asks_a_few_partners_and_a_version_imported_here_goes_
     await asyncio.gather(*gossip._tasks)
     assert {node for node, _ in quiet.asked} == {n.id for n in fed.roster.nodes} - {"nl-customs"}
     await gossip.close()
+
+
+@pytest.mark.parametrize("serves", [[], docs(1)], ids=["nothing", "what-is-held"])
+async def test_a_peer_that_names_a_version_it_does_not_serve_is_not_pulled_from_at_each_exchange(
+    store: Store, serves: list[Any]
+) -> None:
+    """A pull that took nothing set no backoff: a partner whose header named a higher version than
+    it served (an empty answer, or versions already held) was pulled from on every exchange."""
+    roster = await holding(store, 1)
+    gossip = RosterGossip("nl-customs", roster, federation_view(roster.held), clock=lambda: 100.0)  # type: ignore[arg-type]
+
+    async def install() -> None:
+        raise AssertionError("nothing to install")
+
+    peer = Peer(serves)  # its answers name version 9
+    gossip.attach(peer, install)
+    for _ in range(3):  # three exchanges with it, each naming version 9
+        gossip.seen("ke-customs", 9)
+        await asyncio.gather(*gossip._tasks)
+    assert len(peer.asked) == 1 and roster.held.version == 1  # type: ignore[union-attr]
+    await gossip.close()
