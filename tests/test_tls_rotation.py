@@ -26,8 +26,9 @@ from exchange.crypto import SigningKey, b64d, cert_subject, generate_tls_identit
 from exchange.errors import InvalidInput, UnknownPeer
 from exchange.keystore import NodeKeyFiles
 from exchange.node.tls import peer_context
-from exchange.protocol.rosterchain import TrustedRoster, federation_view
+from exchange.protocol.rosterchain import TrustedRoster
 from exchange.protocol.rostermigration import propose
+from exchange.protocol.rosterview import federation_view
 from exchange.protocol.rotation import (
     RotationRequest,
     parse_rotation_request,

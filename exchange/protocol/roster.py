@@ -74,7 +74,7 @@ class Federation:
     @classmethod
     def index(cls, roster: Roster, former: FormerKeys | None = None) -> Federation:
         """Index a roster whose trust was established otherwise (a v1 view of a held roster v2
-        version, exchange.protocol.rosterchain.federation_view, with the `former` keys it lists),
+        version, exchange.protocol.rosterview.federation_view, with the `former` keys it lists),
         checking every node's key ids and pin."""
         fed = cls(roster)
         if former is not None:

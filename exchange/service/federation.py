@@ -40,11 +40,11 @@ from exchange.protocol.rosterchain import (
     TrustedRoster,
     accept_chain,
     accept_first,
-    federation_view,
     parse_roster_v2,
     roster_hash,
 )
 from exchange.protocol.rostermigration import check_migration
+from exchange.protocol.rosterview import federation_view
 from exchange.service.refusal_budget import RefusalBudget
 from exchange.store import AuditBuffer, Store
 from exchange.store.tables import roster_versions
@@ -175,7 +175,7 @@ class FederationRoster:
 
     def view(self) -> Federation | None:
         """The held version as the v1 roster the node's wiring runs on (its active nodes and their
-        current keys; rosterchain.federation_view), or None while no version is held."""
+        current keys; rosterview.federation_view), or None while no version is held."""
         held = self._held
         if held is None:
             return None

@@ -13,8 +13,9 @@ import pytest
 from exchange import errors
 from exchange.model import ChannelEvent, NodeId
 from exchange.protocol.channel import ALL_RIGHTS, apply_event, sign_event
-from exchange.protocol.rosterchain import TrustedRoster, federation_view
+from exchange.protocol.rosterchain import TrustedRoster
 from exchange.protocol.rostermigration import admit
+from exchange.protocol.rosterview import federation_view
 from tests.vectors.make_handover_vectors import (
     HANDOVER,
     HANDOVER_FILE,

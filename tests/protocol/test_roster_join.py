@@ -12,7 +12,7 @@ import pytest
 from exchange import errors
 from exchange.crypto import b64d, b64e, canonical_json, cert_subject, generate_tls_identity, sha256, spki_pin
 from exchange.protocol.roster2_model import JoinRequest
-from exchange.protocol.rosterchain import accept_chain, federation_view
+from exchange.protocol.rosterchain import accept_chain
 from exchange.protocol.rostermigration import (
     admit,
     join_hash,
@@ -21,6 +21,7 @@ from exchange.protocol.rostermigration import (
     sign_join_request,
     verify_join_request,
 )
+from exchange.protocol.rosterview import federation_view
 from tests.protocol.test_roster_chain import BOTH, CHAIN, NOW, trusted
 from tests.vectors.make_roster_vectors import signed
 from tests.vectors.make_vectors import decryption_key, signing_key, tls_cert

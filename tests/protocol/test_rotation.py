@@ -12,8 +12,9 @@ import pytest
 from exchange import errors
 from exchange.crypto import DecryptionKey, NodeKeys, SigningKey, b64e
 from exchange.protocol.roster2_model import RosterV2, SignedRosterV2
-from exchange.protocol.rosterchain import TrustedRoster, combine, federation_view, sign_roster_v2
+from exchange.protocol.rosterchain import TrustedRoster, combine, sign_roster_v2
 from exchange.protocol.rostermigration import authority, first_version, node_from_join, propose
+from exchange.protocol.rosterview import federation_view
 from exchange.protocol.rotation import (
     RotationRequest,
     _signing_input,

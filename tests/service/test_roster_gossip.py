@@ -16,7 +16,8 @@ import pytest
 
 from exchange import errors
 from exchange.model import NodeId
-from exchange.protocol.rosterchain import TrustedRoster, federation_view
+from exchange.protocol.rosterchain import TrustedRoster
+from exchange.protocol.rosterview import federation_view
 from exchange.service.gossip import RosterGossip, header_version, offer_source
 from exchange.store import Store
 from tests.protocol.test_roster_chain import CHAIN

@@ -24,8 +24,9 @@ from exchange.model import ChannelEvent, SignedRoster
 from exchange.protocol.channel import ChannelState, apply_event, event_hash, sign_event
 from exchange.protocol.roster import Federation
 from exchange.protocol.roster2_model import SignedRosterV2
-from exchange.protocol.rosterchain import TrustedRoster, federation_view, roster_hash
+from exchange.protocol.rosterchain import TrustedRoster, roster_hash
 from exchange.protocol.rostermigration import admit, from_v1
+from exchange.protocol.rosterview import federation_view
 from exchange.protocol.signing import signing_input
 from tests.vectors.make_roster_vectors import SIGNERS, TIMES, V1_AUTHORITY, holders, signed
 from tests.vectors.make_vectors import CHANNEL, ENVELOPE_FILE, WARNING, load, render, signing_key
