@@ -19,7 +19,10 @@ from click.testing import CliRunner, Result
 
 from exchange.cli.main import cli
 from exchange.crypto import b64d, b64e
+from exchange.protocol.rostermigration import propose
 from tests.conftest import MakeFederation
+from tests.protocol.test_roster_chain import BOTH, CHAIN
+from tests.vectors.make_roster_vectors import signed
 
 HOLDERS = {"wco": "WCO Secretariat", "icao": "ICAO", "rilo": "RILO Asia/Pacific"}
 FEDERATION = "test federation"
@@ -207,3 +210,13 @@ async def test_files_that_are_not_what_they_should_be_are_one_line(tmp_path: Pat
         "roster", "sign", tmp_path / "junk.json", "--key", tmp_path / "k" / "authority.key", "--out", tmp_path / "s"
     )
     assert "is not a proposed roster version" in line
+
+
+async def test_the_proposer_will_not_build_on_a_version_issued_in_the_future(tmp_path: Path) -> None:
+    """A held version issued after the proposer's clock can have no successor issued now (6a.5):
+    `propose` wrote one all the same, which every node then refused as "issued before"."""
+    doc = propose(CHAIN[3].roster, "2035-06-01T00:00:00.000Z", "2036-06-01T00:00:00.000Z")
+    (tmp_path / "held.json").write_text(json.dumps(signed(doc, BOTH).model_dump(mode="json")))
+    line = await refused("roster", "propose", "--held", tmp_path / "held.json", "--out", tmp_path / "v5.json")
+    assert "version 4 is issued at 2035-06-01T00:00:00.000Z" in line and "check this host's clock" in line
+    assert not (tmp_path / "v5.json").exists()

@@ -34,6 +34,7 @@ from exchange.protocol.roster2_model import (
     RosterSignatureFile,
     RosterV2,
     SignedRosterV2,
+    parse_timestamp,
     roster_values,
 )
 from exchange.protocol.rosterchain import (
@@ -265,6 +266,11 @@ def roster_propose(
         click.echo(f"join request of {request.request.id}: hash {join_hash(request)}  (compare it with theirs)")
         requests.append(request)
     issued, expires = _expires(days)
+    if parse_timestamp(current.roster.issued) > parse_timestamp(issued):  # 6a.5 would refuse what follows
+        raise InvalidInput(
+            f"{held}: version {current.roster.version} is issued at {current.roster.issued}, after this "
+            f"host's clock ({issued}): no version issued now can follow it; check this host's clock"
+        )
     doc = admit(current.roster, issued, expires, requests, statuses, new_authority)
     if rotations or finish:
         doc = rotate(current.roster, doc, [read_rotation(p) for p in rotations], finish)

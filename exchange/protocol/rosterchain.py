@@ -50,6 +50,9 @@ from exchange.protocol.signing import signing_input_prefix
 
 DOMAIN = "roster-v2"  # not v1's "roster": a v1 signature never counts for a v2 document
 MAX_CHAIN = 256  # versions checked in one go, as python-tuf's max_root_rotations: further behind, re-import
+# How far a new version's `issued` may lie ahead of the receiver's clock: clocks drift, but a version
+# issued later than that would be held, and then refuse every successor issued before it (6a.5).
+ISSUED_AHEAD = dt.timedelta(minutes=10)
 # A key may only move forward through its states; "compromised" is final.
 STATE_ORDER = {"active": 0, "retiring": 1, "verify-only": 2, "compromised": 3}
 
@@ -239,6 +242,7 @@ class TrustedRoster:
         """Trust a version given out of band (the first a node installs): its own authority's
         threshold and the document's rules, unexpired. Compare its `hash` out of band too."""
         trusted = cls.restore(signed)
+        check_issued(signed.roster, now)
         if trusted.expired(now):
             raise RosterExpired(f"roster version {trusted.version} expired at {signed.roster.expires}")
         return trusted
@@ -252,7 +256,8 @@ class TrustedRoster:
         return cls._index(signed)
 
     def accept(self, offered: SignedRosterV2) -> TrustedRoster:
-        """One step of the chain (6a, rules 1 to 8), expiry aside: the version to hold after `offered`."""
+        """One step of the chain (6a.4, rules 1 to 8; the clock's, expiry and rule 9, are
+        `accept_chain`'s): the version to hold after `offered`."""
         held, doc = self.signed.roster, offered.roster
         if doc.version < held.version:
             raise RosterRollback(f"roster version {doc.version} is older than the held version {held.version}")
@@ -365,15 +370,29 @@ class TrustedRoster:
         return "".join(certs)
 
 
+def check_issued(doc: RosterV2, now: dt.datetime) -> None:
+    """None unless `doc` is issued more than ISSUED_AHEAD after `now` (RosterInvalid): a version from
+    the future would be held, and no version proposed before that date could follow it."""
+    if parse_timestamp(doc.issued) > now + ISSUED_AHEAD:
+        raise RosterInvalid(
+            f"roster version {doc.version} is issued at {doc.issued}, "
+            f"more than {ISSUED_AHEAD.seconds // 60} minutes after this node's clock"
+        )
+
+
 def accept_chain(held: TrustedRoster, chain: Sequence[SignedRosterV2], now: dt.datetime) -> TrustedRoster:
     """The version to hold after checking `chain` (held + 1, held + 2, ...) in order; `held` if it
-    adds nothing new. Intermediate versions may have expired; the last one must not have. The
-    versions of `chain` newer than `held` are the ones to persist (peers that are behind fetch them)."""
+    adds nothing new. Intermediate versions may have expired; the last one must not have; none that
+    is new may be issued well after `now` (`check_issued`). The versions of `chain` newer than `held`
+    are the ones to persist (peers that are behind fetch them)."""
     if len(chain) > MAX_CHAIN:
         raise RosterRefused(f"at most {MAX_CHAIN} roster versions are checked at once, not {len(chain)}")
     trusted = held
     for offered in chain:
-        trusted = trusted.accept(offered)
+        taken = trusted.accept(offered)
+        if taken is not trusted:
+            check_issued(taken.roster, now)
+        trusted = taken
     if trusted.version > held.version and trusted.expired(now):
         raise RosterExpired(f"roster version {trusted.version} expired at {trusted.roster.expires}")
     return trusted
@@ -383,6 +402,7 @@ def accept_first(first: TrustedRoster, chain: Sequence[SignedRosterV2], now: dt.
     """The version a node that held none takes from a chain given out of band: `first` is the
     chain's first version, already checked as a first version is (`TrustedRoster.restore`, or a
     migration's checks), the rest of `chain` follows it in order, and the last must not have expired."""
+    check_issued(first.roster, now)
     trusted = accept_chain(first, chain, now)
     if trusted.expired(now):
         raise RosterExpired(f"roster version {trusted.version} expired at {trusted.roster.expires}")

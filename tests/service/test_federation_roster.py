@@ -20,6 +20,7 @@ from exchange import errors
 from exchange.crypto import canonical_json
 from exchange.protocol.roster import Federation
 from exchange.protocol.rosterchain import TrustedRoster, parse_roster_v2, roster_hash
+from exchange.protocol.rostermigration import propose
 from exchange.service.federation import FederationRoster, V1Trust
 from exchange.service.refusal_budget import RefusalBudget
 from exchange.store import Store, audit_log
@@ -153,7 +154,14 @@ REFUSALS: dict[str, tuple[tuple[int, ...], Callable[[], bytes], type[errors.Exch
     "expired": ((1,), lambda: as_file(2), errors.RosterExpired, when(mrv.NOW_V2_EXPIRED)),
     "not-a-roster": ((1,), lambda: b'{"roster": 1}', errors.InvalidInput, NOW),
     "another-history": ((1, 2), lambda: _other_history(), errors.RosterRollback, NOW),
+    "issued-in-the-future": ((1, 2, 3), lambda: _from_the_future(), errors.RosterInvalid, NOW),
 }
+
+
+def _from_the_future() -> bytes:
+    """Version 4 issued ten years after the receiver's clock: held, it would refuse every successor."""
+    doc = propose(CHAIN[3].roster, "2035-06-01T00:00:00.000Z", "2036-06-01T00:00:00.000Z")
+    return json.dumps(signed(doc, ["wco-secretariat", "icao"]).model_dump(mode="json")).encode()
 
 
 def _other_history() -> bytes:
