@@ -220,3 +220,11 @@ async def test_the_proposer_will_not_build_on_a_version_issued_in_the_future(tmp
     line = await refused("roster", "propose", "--held", tmp_path / "held.json", "--out", tmp_path / "v5.json")
     assert "version 4 is issued at 2035-06-01T00:00:00.000Z" in line and "check this host's clock" in line
     assert not (tmp_path / "v5.json").exists()
+
+
+async def test_the_proposer_will_not_propose_a_version_nodes_cannot_run_on(tmp_path: Path) -> None:
+    """Nodes run on a version's v1 view and take none without one (here: no active node left)."""
+    (tmp_path / "held.json").write_text(json.dumps(CHAIN[3].model_dump(mode="json")))
+    suspend = [a for node in ("ke-customs", "nl-customs", "za-customs") for a in ("--suspend", node)]
+    line = await refused("roster", "propose", "--held", tmp_path / "held.json", *suspend, "--out", tmp_path / "v4.json")
+    assert "roster version 4 has no v1 form" in line and not (tmp_path / "v4.json").exists()

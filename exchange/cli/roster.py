@@ -55,6 +55,7 @@ from exchange.protocol.rostermigration import (
     parse_join_request,
     sign_join_request,
 )
+from exchange.protocol.rosterview import roster_view
 from exchange.protocol.rotation import rotate
 
 HOLDER_KEY = "authority.key"
@@ -274,6 +275,7 @@ def roster_propose(
     doc = admit(current.roster, issued, expires, requests, statuses, new_authority)
     if rotations or finish:
         doc = rotate(current.roster, doc, [read_rotation(p) for p in rotations], finish)
+    roster_view(doc)  # nodes run on its v1 view: they take no version without one
     _proposal(out, doc)
 
 
@@ -355,6 +357,7 @@ def roster_combine(
         TrustedRoster.restore(signed)
         if v1_authority is not None:
             check_threshold(signed, authority([(V1_HOLDER, load_authority_public(v1_authority))], 1), "the v1 key")
+    roster_view(signed.roster)
     _write_json(out, signed.model_dump(mode="json"))
     click.echo(f"roster version {doc.version}: hash {digest}, signed by {', '.join(s.kid for s in signed.signatures)}")
     click.echo(f"wrote {out}: import it at a node (exchange roster import)")

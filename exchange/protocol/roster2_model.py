@@ -18,7 +18,6 @@ from exchange.model import (
     MAX_ENDPOINT,
     MAX_KEY_TEXT,
     MAX_ROSTER_NODES,
-    MAX_TLS_CERT,
     AgencyKind,
     B64Signature,
     Hex64,
@@ -38,6 +37,11 @@ MAX_SAFE_INTEGER = (1 << 53) - 1  # JCS writes no larger integer (docs/protocol.
 MAX_AUTHORITY_KEYS = 16  # holders of the federation authority (the sample has 3)
 MAX_ROSTER_SIGNATURES = 2 * MAX_AUTHORITY_KEYS  # an authority rotation needs the old and the new holders
 MAX_NODE_KEYS = 64  # a node's keys, old ones included: 20 years of yearly rotation of 3 uses, and more
+# A TLS key is base64url of the certificate's DER, and a node runs on a v1 view that holds it as
+# PEM, of at most MAX_TLS_CERT (8,000) characters: padded base64 in lines of 64 between the BEGIN
+# and END lines (54 characters with their newlines). 5,865 bytes of DER are 7,820 characters of
+# base64url and 7,997 of PEM; 5,866 bytes are 7,822 and 8,001. So no listed key is beyond the v1 limit.
+MAX_TLS_KEY_TEXT = 7820
 MAX_ROSTER_BYTES = 16 * 1024 * 1024  # a signed roster v2 as bytes; 1,000 nodes with 5 keys each need about 6 MB
 # A roster's JSON value budget (`strict_loads`): one value per this many bytes. A roster is dense
 # (its key entries: about one value per 18 bytes in canonical form), above the one per 20 bytes a
@@ -51,7 +55,7 @@ def roster_values(size: int) -> int:
 
 
 Version = Annotated[int, Field(ge=1, le=MAX_SAFE_INTEGER)]
-B64Text = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]*$", max_length=MAX_TLS_CERT)]
+B64Text = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]*$", max_length=MAX_TLS_KEY_TEXT)]
 Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
 Endpoint = Annotated[str, StringConstraints(max_length=MAX_ENDPOINT, pattern=r"^https://[^\s/]+(:[0-9]{1,5})?$")]
 

@@ -1,7 +1,7 @@
 """The held roster v2 version as the v1 roster a node's wiring runs on (docs/protocol.md, 6a.7 and
 6a.13): its active nodes with their current keys, and the former keys it still accepts.
 
-Pure, as rosterchain is: it reads a TrustedRoster and builds a Federation.
+Pure, as rosterchain is: it reads a version and builds a Federation.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from exchange.crypto import b64d, cert_pem, spki_pin
 from exchange.errors import ConfigError, RosterInvalid
 from exchange.model import Roster, first_error
 from exchange.protocol.roster import Federation, FormerKeys
+from exchange.protocol.roster2_model import RosterV2
 from exchange.protocol.rosterchain import TrustedRoster
 
 
@@ -20,8 +21,15 @@ def federation_view(trusted: TrustedRoster) -> Federation:
     each with its active signing, encryption and TLS key, under the version's number. Suspended and
     revoked nodes are left out, as a v1 roster without them would leave them out; `authority_kid`
     names the first authority key (a v1 roster has one; trust came from the chain, not from it)."""
+    return roster_view(trusted.roster)
+
+
+def roster_view(doc: RosterV2) -> Federation:
+    """The v1 view of any version, trusted or not: RosterInvalid if it has none (no active node, a
+    field a v1 roster does not allow). A node runs on the view of the version it holds, so it takes
+    no version without one (exchange.service.federation), and a proposer proposes none."""
     nodes = []
-    for node in trusted.roster.nodes:
+    for node in doc.nodes:
         if node.status != "active":
             continue
         current = {k.use: k for k in node.keys if k.state == "active"}
@@ -37,7 +45,6 @@ def federation_view(trusted: TrustedRoster) -> Federation:
                 "tls_pin": spki_pin(cert),
             }
         )
-    doc = trusted.roster
     try:
         roster = Roster.model_validate(
             {
@@ -49,13 +56,13 @@ def federation_view(trusted: TrustedRoster) -> Federation:
                 "nodes": nodes,
             }
         )
-        return Federation.index(roster, former_keys(trusted))
+        return Federation.index(roster, former_keys(doc))
     except (ValidationError, ConfigError) as exc:
         detail = first_error(exc) if isinstance(exc, ValidationError) else exc.detail
         raise RosterInvalid(f"roster version {doc.version} has no v1 form: {detail}") from exc
 
 
-def former_keys(trusted: TrustedRoster) -> FormerKeys:
+def former_keys(doc: RosterV2) -> FormerKeys:
     """The keys of the held version's active nodes besides their active ones (6a.13): every
     signing key with its state, the retiring encryption keys that envelopes may still wrap for, and
     the retiring TLS keys that handshakes still accept.
@@ -65,7 +72,7 @@ def former_keys(trusted: TrustedRoster) -> FormerKeys:
     wrap: set[tuple[str, str]] = set()
     departed: dict[str, str] = {}
     tls: dict[str, tuple[str, str]] = {}
-    for node in trusted.roster.nodes:
+    for node in doc.nodes:
         if node.status != "active":
             departed[node.id] = node.name
             for key in node.keys:

@@ -44,7 +44,7 @@ from exchange.protocol.rosterchain import (
     roster_hash,
 )
 from exchange.protocol.rostermigration import check_migration
-from exchange.protocol.rosterview import federation_view
+from exchange.protocol.rosterview import federation_view, roster_view
 from exchange.service.refusal_budget import RefusalBudget
 from exchange.store import AuditBuffer, Store
 from exchange.store.tables import roster_versions
@@ -261,7 +261,7 @@ class FederationRoster:
                     held = await self._refresh(conn)
                     known = await _hashes(conn, held.version if held else 0)
                 offered = _parse_chain([raw] if isinstance(raw, bytes) else raw)
-                new, added = await asyncio.to_thread(self._decide, held, offered, known, now)
+                new, added, view = await asyncio.to_thread(self._decide, held, offered, known, now)
                 if expect_hash is not None and new.hash != expect_hash:
                     raise RosterRefused(
                         f"roster version {new.version} has hash {new.hash}, not the expected {expect_hash}"
@@ -273,6 +273,7 @@ class FederationRoster:
             if added:
                 await self._persist(held, added, now)  # 1. persist
                 self._held = new  # 2. install, in one assignment
+                self._view = (new, view) if view is not None else None
                 entry: RosterInstalled = {  # 3. audit
                     "event": "roster.installed",
                     "at": timestamp(now),
@@ -313,8 +314,27 @@ class FederationRoster:
         offered: list[SignedRosterV2],
         known: dict[int, str],
         now: dt.datetime,
+    ) -> tuple[TrustedRoster, list[SignedRosterV2], Federation | None]:
+        """The version to hold after `offered`, the versions to store, and the v1 view the node will
+        run on (pure, in a thread).
+
+        Every version to store must have a v1 view (RosterInvalid otherwise, nothing stored): one
+        without was held, named in every header, and never run on, so partners on it were refused
+        503 RosterBehind for good, and the node could not restart.
+        """
+        new, added = self._accept(held, offered, known, now)
+        view = None
+        for signed in added:
+            view = roster_view(signed.roster)
+        return new, added, view
+
+    def _accept(
+        self,
+        held: TrustedRoster | None,
+        offered: list[SignedRosterV2],
+        known: dict[int, str],
+        now: dt.datetime,
     ) -> tuple[TrustedRoster, list[SignedRosterV2]]:
-        """The version to hold after `offered`, and the versions to store (pure, in a thread)."""
         if held is None:
             first = offered[0]
             trusted = (
