@@ -52,6 +52,9 @@ from exchange.store.tables import roster_versions
 log = logging.getLogger("exchange.roster")
 
 MAX_IMPORT_BYTES = 4 * MAX_ROSTER_BYTES  # one import (a file of one version or a chain of them)
+# Imports this long or longer are parsed in a thread: strict JSON and the schema take about 60 ms a
+# MB, and an offer (up to 16 MiB, before any signature is checked) held the event loop as long.
+OFF_LOOP_FROM = 1024 * 1024
 MAX_DETAIL = 200  # characters of a refusal's message in its audit entry
 EXPIRY_WARNING = dt.timedelta(days=14)  # how long before the held version expires `status` warns
 
@@ -244,10 +247,16 @@ class FederationRoster:
     # -- importing -------------------------------------------------------------------------
 
     async def import_chain(
-        self, raw: bytes | Sequence[bytes], *, source: str = "import", expect_hash: str | None = None
+        self,
+        raw: bytes | Sequence[bytes],
+        *,
+        source: str = "import",
+        expect_hash: str | None = None,
+        max_versions: int = MAX_CHAIN + 1,
     ) -> Imported:
         """Take the versions in `raw` (files of one signed roster or a JSON array of them) under the
         rules of 6a.4, from the version held; with `expect_hash`, the final version must have it.
+        More than `max_versions` versions are refused once the JSON is read, before the schema.
 
         Refused: the error of the first rule broken (RosterRollback, RosterGap, RosterEquivocation,
         RosterThreshold, RosterExpired, ...), nothing stored, the refusal audited within bounds.
@@ -260,7 +269,7 @@ class FederationRoster:
                 async with self.store.read() as conn:
                     held = await self._refresh(conn)
                     known = await _hashes(conn, held.version if held else 0)
-                offered = _parse_chain([raw] if isinstance(raw, bytes) else raw)
+                offered = await _parsed([raw] if isinstance(raw, bytes) else raw, max_versions)
                 new, added, view = await asyncio.to_thread(self._decide, held, offered, known, now)
                 if expect_hash is not None and new.hash != expect_hash:
                     raise RosterRefused(
@@ -415,16 +424,25 @@ class FederationRoster:
         await self.store.audit(entry)
 
 
-def _parse_chain(blobs: Sequence[bytes]) -> list[SignedRosterV2]:
-    """Signed rosters from files of one each or of a JSON array of them, ordered by version."""
+async def _parsed(blobs: Sequence[bytes], max_versions: int) -> list[SignedRosterV2]:
+    """`_parse_chain`, in a thread when the blobs come to OFF_LOOP_FROM bytes or more; a short
+    import stays on the loop, where a thread's hand-off would cost more than the parse."""
+    if sum(len(blob) for blob in blobs) >= OFF_LOOP_FROM:
+        return await asyncio.to_thread(_parse_chain, blobs, max_versions)
+    return _parse_chain(blobs, max_versions)
+
+
+def _parse_chain(blobs: Sequence[bytes], max_versions: int = MAX_CHAIN + 1) -> list[SignedRosterV2]:
+    """Signed rosters from files of one each or of a JSON array of them, ordered by version. Their
+    number is checked on each file's parsed JSON, before the schema (the costlier part) reads it."""
     chain: list[SignedRosterV2] = []
     for blob in blobs:
         if len(blob) > MAX_IMPORT_BYTES:
             raise InvalidInput(f"a roster import has at most {MAX_IMPORT_BYTES} bytes")
         value = strict_loads(blob, min_values=roster_values(len(blob)))
         items = value if isinstance(value, list) else [value]
-        if len(chain) + len(items) > MAX_CHAIN + 1:
-            raise RosterRefused(f"at most {MAX_CHAIN} roster versions are checked at once")
+        if len(chain) + len(items) > max_versions:
+            raise RosterRefused(f"{len(chain) + len(items)} roster versions at once: at most {max_versions} are taken")
         chain.extend(parse_roster_v2(item) for item in items)
     if not chain:
         raise InvalidInput("no roster version to import")

@@ -183,7 +183,10 @@ class RosterGossip:
         `offer` is the body, or how to read it: the route's body is read once the offer is let in,
         and the offer holds its turn while it is read. So a client refused 429 has had none of its
         body read, and the node holds one offer's body at a time (OFFER_BYTES), not one for each
-        client that sends one (each was read whole, then refused).
+        client that sends one (each was read whole, then refused). Nothing is checked before the
+        body is parsed, so an offer of more than OFFER_VERSIONS versions (more than a node sends)
+        is refused once its JSON is read, before the schema reads it, and one of a MiB or more is
+        parsed in a thread (`FederationRoster.import_chain`), not on the event loop.
         """
         now = self._clock()
         if now - self._offers.get(source, -1e9) < self.offer_interval or self._offering.locked():
@@ -200,7 +203,7 @@ class RosterGossip:
                     f"the roster offer did not arrive within {self.offer_read_seconds:g} s",
                     audited="offer read timed out",
                 ) from exc
-            imported = await self.roster.import_chain(raw, source=source[:64])
+            imported = await self.roster.import_chain(raw, source=source[:64], max_versions=OFFER_VERSIONS)
         await self.took(imported)
         return imported
 

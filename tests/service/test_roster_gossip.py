@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,10 @@ import pytest
 
 from exchange import errors
 from exchange.model import NodeId
-from exchange.protocol.rosterchain import TrustedRoster
+from exchange.protocol.rosterchain import TrustedRoster, parse_roster_v2
 from exchange.protocol.rosterview import federation_view
-from exchange.service.gossip import RosterGossip, header_version, offer_source
+from exchange.service import federation
+from exchange.service.gossip import OFFER_VERSIONS, RosterGossip, header_version, offer_source
 from exchange.store import Store
 from tests.protocol.test_roster_chain import CHAIN
 from tests.service.test_federation_roster import as_file, audited, equivocating, holding, stored, under_threshold
@@ -237,3 +239,48 @@ async def test_a_peer_that_names_a_version_it_does_not_serve_is_not_pulled_from_
         await asyncio.gather(*gossip._tasks)
     assert len(peer.asked) == 1 and roster.held.version == 1  # type: ignore[union-attr]
     await gossip.close()
+
+
+async def test_an_offer_of_more_versions_than_a_node_sends_is_refused_before_the_schema_reads_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An offer comes before any signature is checked: one of more than OFFER_VERSIONS versions
+    (a node offers its newest four) was read whole, every version through the schema."""
+    roster = await holding(store, 1)
+    gossip = RosterGossip("nl-customs", roster, federation_view(roster.held))  # type: ignore[arg-type]
+    read: list[object] = []
+    parse = parse_roster_v2
+
+    def spy(raw: object) -> Any:
+        read.append(raw)
+        return parse(raw)
+
+    monkeypatch.setattr(federation, "parse_roster_v2", spy)
+    rows = await stored(store)
+    with pytest.raises(errors.RosterRefused, match=f"at most {OFFER_VERSIONS} are taken"):
+        await gossip.take_offer(json.dumps(docs(1, 1, 2, 2, 3)).encode(), "offer:192.0.2.7")
+    assert read == [] and await stored(store) == rows and roster.held.version == 1  # type: ignore[union-attr]
+    assert (await audited(store))[-1]["error"] == "RosterRefused"
+
+
+async def test_a_long_offer_is_parsed_off_the_event_loop(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An offer of up to 16 MiB was parsed on the event loop (strict JSON, then the schema: about
+    0.4 s for 10 MB), holding every request up. One of OFF_LOOP_FROM bytes or more is parsed in a
+    thread; a short one still on the loop, where a thread's hand-off would cost more."""
+    roster = await holding(store, 1)
+    now = [100.0]
+    gossip = RosterGossip("nl-customs", roster, federation_view(roster.held), clock=lambda: now[0])  # type: ignore[arg-type]
+    threads: list[int] = []
+    parse = federation._parse_chain
+
+    def spy(blobs: Any, max_versions: int = 0) -> Any:
+        threads.append(threading.get_ident())
+        return parse(blobs, max_versions)
+
+    monkeypatch.setattr(federation, "_parse_chain", spy)
+    long = json.dumps(docs(2)).encode() + b" " * federation.OFF_LOOP_FROM
+    assert (await gossip.take_offer(long, "offer:192.0.2.7")).version == 2
+    now[0] += gossip.offer_interval
+    assert (await gossip.take_offer(json.dumps(docs(2, 3)).encode(), "offer:192.0.2.7")).version == 3
+    loop = threading.get_ident()
+    assert [t != loop for t in threads] == [True, False]
