@@ -71,7 +71,8 @@ def build_app(config: NodeConfig) -> web.Application:
         try:
             roster = FederationRoster(store, v1=v1)
             fed, signed_roster = _runs_on(config, roster, await roster.load())
-            me = fed.node(config.id)  # this node must be in the roster itself
+            _check_listed(config, roster, fed)
+            me = fed.node(config.id)
             keys = NodeKeyFiles(config.keys_dir).load(me.signing_kid, me.encryption_kid)  # after rotations too
             if me.signing_kid != keys.signing.kid or me.encryption_kid != keys.decryption.kid:
                 raise ExchangeError(f"the keys in {config.keys_dir} are not the ones the roster lists for {config.id}")
@@ -110,6 +111,23 @@ def build_app(config: NodeConfig) -> web.Application:
 
     app.cleanup_ctx.append(resources)
     return app
+
+
+def _check_listed(config: NodeConfig, roster: FederationRoster, fed: Federation) -> None:
+    """ConfigError, in one line that names the way out, unless this node is an active node of the
+    roster it runs on: a suspended or revoked one has no current keys, and its partners refuse it."""
+    if fed.listed(config.id):
+        return
+    held = roster.held
+    if held is None or config.id not in {n.id for n in held.roster.nodes}:
+        raise ConfigError(f"{config.id} is not in the roster it runs on (version {fed.roster.version})")
+    status = held.node(config.id).status
+    way_out = (
+        "it is revoked for good"
+        if status == "revoked"
+        else "import the version that reactivates it (exchange roster import), then start it"
+    )
+    raise ConfigError(f"{config.id} is {status} in roster version {held.version}: {way_out}")
 
 
 def _v1_trust(config: NodeConfig) -> V1Trust | None:

@@ -225,6 +225,9 @@ class NodeService:
             return
         before = self.fed.roster.version
         self.fed.install(view)
+        if not view.listed(self.me):
+            await self._depart(before)
+            return
         if self.own_keys.follow(self.fed):  # this node's own rotation: sign and open with the new keys
             self.channels.key = self.keys.signing
             self.audit.use_key(self.keys.signing)
@@ -236,6 +239,27 @@ class NodeService:
             install(self.fed)
         log.info("%s runs on roster version %d (was %d), live", self.me, view.roster.version, before)
         await self.sweep_departed()
+
+    async def _depart(self, before: int) -> None:
+        """The version just installed suspends or revokes this node: it has no current keys of its
+        own, and its partners refuse it. What applies still follows (no senders, its queues kept;
+        the adapters drop the others that left; the departed leave its channels), and its federation
+        work stops. It cannot start on this version: docs/operations.md, "When this node is the one
+        suspended"."""
+        held = self.roster.held
+        status = held.node(self.me).status if held is not None else "not listed"
+        self.sending.follow(set())
+        for install in self._installs:
+            install(self.fed)
+        await self.sweep_departed()
+        log.error(
+            "%s is %s in roster version %d (was %d): it sends nothing and its partners refuse it; stop it, "
+            "and start it once it holds a version that lists it active (exchange roster import)",
+            self.me,
+            status,
+            self.fed.roster.version,
+            before,
+        )
 
     async def sweep_departed(self) -> None:
         """The held version's revoked and suspended nodes leave this node (exchange.service.revocation), at each
