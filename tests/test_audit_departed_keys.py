@@ -16,7 +16,7 @@ from exchange.audit.checkpoint import Checkpoint, cosign, log_origin, sign_check
 from exchange.audit.log import KeyRing, LogVerifier
 from exchange.audit.note import NoteSignature
 from exchange.errors import AuditTampered
-from exchange.protocol.rosterchain import federation_view
+from exchange.protocol.rosterview import federation_view
 from tests.protocol.test_roster_chain import trusted
 from tests.vectors.make_vectors import signing_key
 
