@@ -338,6 +338,8 @@ class AuditService:
             info = LogVerifier(self.me, self.keyring()).checkpoint(cp.full_note())
         except (AuditTampered, InvalidInput) as exc:
             return CheckpointCheck(False, [], exc.detail)
+        if (info.size, info.root) != (cp.size, cp.root):  # the columns shown beside the tick are the note's
+            return CheckpointCheck(False, [], "the stored size or root differ from the signed note's")
         return CheckpointCheck(True, list(info.witnesses))
 
     async def cosigned_by(self, partners: Iterable[str]) -> list[PartnerCosigned]:
