@@ -3,6 +3,7 @@
 ExchangeError
  ├── ConfigError            bad or missing configuration, key files, roster files
  │    ├── SchemaOutdated    the database is on an older schema: run `exchange db upgrade`
+ │    ├── StoredRosterInvalid  the roster chain in the node's database does not verify (edited by hand?)
  │    └── SuiteUnsupported  this node's cryptography cannot do the ML-KEM-768 + X25519 HPKE suite
  ├── InvalidInput           a request or file that does not parse or fails validation
  │    ├── WeakPassword      a password that breaks the length rule
@@ -79,6 +80,11 @@ class SchemaOutdated(ConfigError):
     """The database was written by an older release; `exchange db upgrade` brings it up to date."""
 
     title = "Database schema outdated"
+
+
+class StoredRosterInvalid(ConfigError):
+    """A roster version stored in the node's database does not follow the one before it, or does
+    not verify: the database was edited, and the node does not run on (or verify with) its keys."""
 
 
 class SuiteUnsupported(ConfigError):

@@ -37,6 +37,7 @@ INTERNAL = {
     errors.ExchangeError,
     errors.ConfigError,
     errors.SchemaOutdated,
+    errors.StoredRosterInvalid,  # an edited roster table: the node does not run on it
     errors.AuditTampered,
     errors.BadEntry,
     errors.SplitView,

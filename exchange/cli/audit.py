@@ -28,7 +28,7 @@ from exchange.cli.quorum import by_whom, finish_with_quorum, trace_designated, w
 from exchange.cli.verify_ranges import checkpoint_opener, default_workers, verify_in_ranges
 from exchange.config import NodeConfig
 from exchange.crypto import b64e
-from exchange.errors import AuditTampered, BadEntry, ExchangeError, InvalidInput
+from exchange.errors import AuditTampered, BadEntry, ExchangeError, InvalidInput, StoredRosterInvalid
 from exchange.keystore import load_authority_public, load_federation
 from exchange.protocol.roster import Federation
 
@@ -57,6 +57,8 @@ def _held_view(config: NodeConfig) -> Federation | None:
 
     try:
         view: Federation | None = asyncio.run(held())
+    except StoredRosterInvalid:
+        raise  # reachable, and edited: not a reason to take the keys from elsewhere quietly
     except (ExchangeError, OSError):
         return None
     return view

@@ -16,6 +16,7 @@ STATUS: dict[type[errors.ExchangeError], int] = {
     errors.ExchangeError: 500,
     errors.ConfigError: 500,
     errors.SchemaOutdated: 500,
+    errors.StoredRosterInvalid: 500,
     errors.SuiteUnsupported: 501,  # the functionality is missing here, not broken: a newer cryptography adds it
     errors.InvalidInput: 422,
     errors.WeakPassword: 422,

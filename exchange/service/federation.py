@@ -46,6 +46,7 @@ from exchange.protocol.rosterchain import (
 from exchange.protocol.rostermigration import check_migration
 from exchange.protocol.rosterview import federation_view, roster_view
 from exchange.service.refusal_budget import RefusalBudget
+from exchange.service.roster_restore import restore_chain
 from exchange.store import AuditBuffer, Store
 from exchange.store.tables import roster_versions
 
@@ -154,7 +155,7 @@ class FederationRoster:
         """Read back the highest version stored, with the checks of a first version but not its
         expiry (6a.6: an expired one is kept, and the node refuses traffic until a fresh one)."""
         async with self.store.read() as conn:
-            self._held = await _restore_top(conn)
+            self._held = await restore_chain(conn)
         return self._held
 
     async def reload(self) -> bool:
@@ -314,7 +315,9 @@ class FederationRoster:
         if held is None or (held.version, held.hash) != (top.version, top.hash):
             if held is not None and top.version < held.version:
                 raise ConfigError(f"the database holds roster version {top.version}, below {held.version}")
-            self._held = await _restore_top(conn)
+            if held is not None and top.version == held.version:
+                raise ConfigError(f"the stored roster version {top.version} is not the one this node holds")
+            self._held = await restore_chain(conn, held)
         return self._held
 
     def _decide(
@@ -465,25 +468,6 @@ async def _hashes(conn: AsyncConnection, below: int) -> dict[int, str]:
         sa.select(roster_versions.c.version, roster_versions.c.hash).where(roster_versions.c.version < below)
     )
     return {int(r.version): str(r.hash) for r in rows}
-
-
-async def _restore_top(conn: AsyncConnection) -> TrustedRoster | None:
-    row = (
-        await conn.execute(
-            sa.select(roster_versions.c.version, roster_versions.c.hash, roster_versions.c.signed)
-            .order_by(roster_versions.c.version.desc())
-            .limit(1)
-        )
-    ).first()
-    if row is None:
-        return None
-    try:
-        trusted = TrustedRoster.restore(parse_roster_v2(bytes(row.signed)))
-    except (RosterRefused, InvalidInput) as exc:
-        raise ConfigError(f"the stored roster version {row.version} does not verify: {exc.detail}") from exc
-    if (trusted.version, trusted.hash) != (row.version, row.hash):
-        raise ConfigError(f"the stored roster version {row.version} is not the one its row names")
-    return trusted
 
 
 __all__ = [

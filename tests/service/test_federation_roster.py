@@ -19,8 +19,9 @@ import sqlalchemy as sa
 from exchange import errors
 from exchange.crypto import canonical_json
 from exchange.protocol.roster import Federation
-from exchange.protocol.rosterchain import TrustedRoster, parse_roster_v2, roster_hash
-from exchange.protocol.rostermigration import propose
+from exchange.protocol.roster2_model import SignedRosterV2
+from exchange.protocol.rosterchain import TrustedRoster, parse_roster_v2, roster_hash, sign_roster_v2
+from exchange.protocol.rostermigration import authority, propose
 from exchange.service.federation import FederationRoster, V1Trust
 from exchange.service.refusal_budget import RefusalBudget
 from exchange.store import Store, audit_log
@@ -334,3 +335,32 @@ async def test_a_second_copy_of_a_version_whose_signatures_do_not_count_is_never
     await restarted.load()  # and the node starts again
     held = restarted.held
     assert held is not None and held.version == 2
+
+
+async def test_a_version_appended_to_the_table_by_hand_stops_the_load(store: Store) -> None:
+    """The load checked the top stored version against its own authority alone: a row appended by
+    hand, version 4 naming version 3 as previous, with a new authority of the attacker's signing it,
+    was taken at the next start with every key and pin it listed (and `audit verify --node` took
+    its keys). The chain is now followed from the first stored version, and version 4 does not
+    follow version 3: its signatures are not of version 3's authority."""
+    running = await holding(store, 1, 2, 3)
+    attacker = signing_key("attacker/ed25519")
+    doc = alter(
+        CHAIN[3].roster,
+        version=4,
+        previous=roster_hash(CHAIN[3].roster),
+        authority=authority([("attacker", attacker.verify_key)], 1).model_dump(),
+    )
+    forged = SignedRosterV2(roster=doc, signatures=[sign_roster_v2(doc, attacker)])
+    TrustedRoster.restore(forged)  # consistent with itself: what the old load checked
+
+    async def append(conn: Any, audit: Any) -> None:
+        row = {"version": 4, "hash": roster_hash(doc), "signed": canonical_json(forged.model_dump(mode="json"))}
+        await conn.execute(sa.insert(roster_versions).values(**row, installed_at="2026-12-03T00:00:00.000Z"))
+
+    await store.write(append)
+    with pytest.raises(errors.ConfigError, match="stored roster version 4 does not verify, after version 3"):
+        await FederationRoster(store).load()
+    with pytest.raises(errors.ConfigError, match="stored roster version 4 does not verify, after version 3"):
+        await running.reload()  # a node that held version 3 when the row appeared
+    assert running.held is not None and running.held.version == 3
