@@ -17,7 +17,8 @@ class HttpWebhookSender:
                 aiohttp.ClientSession(timeout=TIMEOUT) as session,
                 session.post(url, data=body, headers=headers, allow_redirects=False) as resp,
             ):
-                await resp.read()
+                # Only the status counts: the answer's body is never read (a receiver could send
+                # gigabytes of it within the timeout), and the connection is closed with the session.
                 return resp.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise PeerError(f"webhook {url[:200]} unreachable: {type(exc).__name__}") from exc

@@ -39,12 +39,10 @@ from exchange.protocol.stix import (
 )
 from exchange.service.access import Access
 from exchange.service.records import summary_of
+from exchange.service.sharing import onward_forbidden, served_tlp
 from exchange.service.users import User
 from exchange.store import Store, bulletins
 
-SERVED_TLP = ("CLEAR", "GREEN", "AMBER")  # RED never leaves by TAXII; AMBER+STRICT only by the owner's rule
-OPT_IN_TLP = "AMBER+STRICT"  # served where the channel's owner allows it (a set-export change)
-NO_ONWARD = b'"no_onward_sharing":true'  # in the canonical (JCS) envelope: only the header has it
 STIX_MEDIA_TYPE = "application/stix+json;version=2.1"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -198,13 +196,11 @@ class Taxii:
 
     def served_tlp(self, channel: str) -> tuple[str, ...]:
         """The TLP levels that may leave the node from `channel`, by the owner's current rule."""
-        if self.access.channels.state(channel).export_amber_strict:
-            return (*SERVED_TLP, OPT_IN_TLP)
-        return SERVED_TLP
+        return served_tlp(self.access.channels.state(channel))
 
     def _objects_of(self, row: Any, served: tuple[str, ...]) -> list[dict[str, Any]] | None:
         """The STIX objects of a stored row, or None if it may not leave the node."""
-        if row.tlp not in served or NO_ONWARD in bytes(row.envelope):
+        if row.tlp not in served or onward_forbidden(bytes(row.envelope)):
             return None
         content = json.loads(row.summary) if row.summary is not None else summary_of(json.loads(row.content))
         facts = BulletinFacts(

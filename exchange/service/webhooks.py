@@ -3,7 +3,9 @@ the node POSTs each new bulletin's metadata there, signed, in storage order, ret
 
 - **What is sent**: a bulletin's metadata, never its content (no title, text, indicators or
   attachments): `{"node", "channel", "bulletin": {"id", "cursor", "author", "seq", "kind", "tlp",
-  "created"}}`. The receiver fetches the bulletin through the API if it may read it.
+  "created"}}`. The receiver fetches the bulletin through the API if it may read it. Bulletins that
+  may not leave the node by TAXII (exchange.service.sharing: TLP:RED, no-onward-sharing,
+  AMBER+STRICT without the owner's export rule) are not announced: the cursor passes over them.
 - **Signature**: `Exchange-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, t "." body)>`,
   with the secret shown once when the webhook is registered. A receiver recomputes it, compares in
   constant time and refuses old `t` values (docs/operations.md, "Webhooks").
@@ -35,6 +37,7 @@ from exchange.audit import events as ev
 from exchange.clock import stop_requested, timestamp, utc_now, wait_event
 from exchange.errors import InvalidInput, NotFound
 from exchange.service.access import Access
+from exchange.service.sharing import onward_forbidden, served_tlp
 from exchange.service.summaries import SUMMARY, summarised
 from exchange.service.users import User
 from exchange.service.views import View
@@ -49,6 +52,7 @@ INTERVAL = 1.0  # seconds between looks for new bulletins, while the node has a 
 # through another worker of the node, it is noticed within this time): an idle node's cost.
 IDLE_INTERVAL = 30.0
 BATCH = 100  # bulletins one run delivers to one webhook at most
+PARALLEL = 8  # webhooks delivered to at once in one run
 MAX_BACKOFF = 600.0
 MAX_WEBHOOKS = 100  # per node
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -67,15 +71,18 @@ def signature(secret: str, body: bytes, at: int) -> str:
 
 
 def verify_signature(secret: str, body: bytes, header: str, now: int, tolerance: int = 300) -> bool:
-    """What a receiver checks: the MAC in constant time, and a `t` within `tolerance` seconds."""
+    """What a receiver checks: the MAC in constant time, and a `t` within `tolerance` seconds. A
+    header it cannot read (a MAC that is not hex, text that is not ASCII) is False, never an error."""
     try:
         parts = dict(p.split("=", 1) for p in header.split(","))
         at = int(parts["t"])
-    except (KeyError, ValueError):
+        given = parts.get("v1", "").encode("ascii")
+    except (KeyError, ValueError):  # UnicodeEncodeError is a ValueError
         return False
     if abs(now - at) > tolerance:
         return False
-    return hmac.compare_digest(signature(secret, body, at), f"t={at},v1={parts.get('v1', '')}")
+    expected = signature(secret, body, at).split(",v1=", 1)[1].encode("ascii")
+    return hmac.compare_digest(expected, given)
 
 
 def check_url(url: str) -> str:
@@ -252,20 +259,33 @@ class Webhooks:
             due = list(await conn.execute(sa.select(webhooks).order_by(webhooks.c.id)))
         if not due:
             return None
-        sent = 0
-        for hook in due:
-            if hook.next_try_at is None or hook.next_try_at <= now:
-                sent += await self._deliver(hook)
-        return sent
+        ready = [hook for hook in due if hook.next_try_at is None or hook.next_try_at <= now]
+        gate = asyncio.Semaphore(PARALLEL)
+
+        async def one(hook: Any) -> int:
+            async with gate:  # a slow receiver holds up its own webhook, not the others'
+                try:
+                    return await self._deliver(hook)
+                except Exception:  # one webhook's failure (its store write, a bug) stops no other
+                    log.exception("webhook %s: delivery run failed", hook.id)
+                    return 0
+
+        return sum(await asyncio.gather(*(one(hook) for hook in ready)))
 
     async def _deliver(self, hook: Any) -> int:
         assert self.sender is not None
-        query = sa.select(*SUMMARY).where(bulletins.c.channel == hook.channel, bulletins.c.n > hook.cursor)
+        served = self._served_tlp(hook.channel)
+        query = sa.select(*SUMMARY).where(
+            bulletins.c.channel == hook.channel, bulletins.c.n > hook.cursor, bulletins.c.tlp.in_(served)
+        )
         async with self.store.read() as conn:
             rows = (await conn.execute(query.order_by(bulletins.c.n).limit(BATCH))).all()
             items = list(await summarised(conn, rows))
         cursor, sent, error = int(hook.cursor), 0, None
         for row, content in items:
+            if await self._not_for_sharing(row.n):
+                cursor = int(row.n)  # passed over, as TAXII does: never announced outside the node
+                continue
             body = self._body(row, content)
             headers = {
                 "Content-Type": "application/json",
@@ -284,6 +304,18 @@ class Webhooks:
             await self._record(hook, cursor, sent, error)
         return sent
 
+    def _served_tlp(self, channel: str) -> tuple[str, ...]:
+        """The TLP levels whose bulletins a webhook announces: those that may leave the node by
+        TAXII (RED never; AMBER+STRICT where the channel's owner allows its export)."""
+        return served_tlp(self.access.channels.state(channel))
+
+    async def _not_for_sharing(self, n: int) -> bool:
+        """Whether the author marked the bulletin at `n` no-onward-sharing (only its envelope's
+        header says so): read one envelope at a time, as one may be megabytes."""
+        async with self.store.read() as conn:
+            raw = await conn.scalar(sa.select(bulletins.c.envelope).where(bulletins.c.n == n))
+        return raw is not None and onward_forbidden(bytes(raw))
+
     def _body(self, row: Any, content: dict[str, Any]) -> bytes:
         meta = {
             "id": row.id,
@@ -298,7 +330,8 @@ class Webhooks:
 
     async def _record(self, hook: Any, cursor: int, sent: int, error: str | None) -> None:
         failures = int(hook.failures) + 1 if error else 0
-        wait = min(MAX_BACKOFF, 2.0 ** (failures - 1)) if error else 0.0
+        # The exponent capped first: 2.0 ** 1024 overflows, after about a week of failures at the cap.
+        wait = min(MAX_BACKOFF, 2.0 ** min(failures - 1, 30)) if error else 0.0
         next_try = timestamp(utc_now() + dt.timedelta(seconds=wait)) if error else None
         at = timestamp()
 

@@ -1,0 +1,25 @@
+"""What may leave the node, by TAXII or a webhook: the author's handling marks and the channel
+owner's export rule (docs/stix.md, "What leaves the node"). TLP:RED never leaves; AMBER+STRICT
+only where the owner allows its export (a `set-export` change); a bulletin its author marked
+no-onward-sharing never leaves, whatever its TLP."""
+
+from __future__ import annotations
+
+from exchange.protocol.channel import ChannelState
+
+SERVED_TLP = ("CLEAR", "GREEN", "AMBER")
+OPT_IN_TLP = "AMBER+STRICT"
+NO_ONWARD = b'"no_onward_sharing":true'  # in the canonical (JCS) envelope: only the header has it
+
+
+def served_tlp(state: ChannelState) -> tuple[str, ...]:
+    """The TLP levels that may leave the node from the channel in `state`, by the owner's rule."""
+    return (*SERVED_TLP, OPT_IN_TLP) if state.export_amber_strict else SERVED_TLP
+
+
+def onward_forbidden(envelope: bytes) -> bool:
+    """Whether the author marked this stored envelope no-onward-sharing."""
+    return NO_ONWARD in envelope
+
+
+__all__ = ["NO_ONWARD", "OPT_IN_TLP", "SERVED_TLP", "onward_forbidden", "served_tlp"]

@@ -1,0 +1,166 @@
+"""Webhooks from the attacker's side (found by a read-only review), on real nodes over mutual TLS,
+SQLite and PostgreSQL: a receiver that has failed for a week, one that answers with gigabytes,
+bulletins that may not leave the node, and a forged signature header at a receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import tracemalloc
+from typing import Any
+
+import sqlalchemy as sa
+from aiohttp import web
+
+from exchange.service.webhooks import signature, verify_signature
+from exchange.store import Store
+from exchange.store.tables import webhooks
+from tests.conftest import Federation, MakeFederation, eventually, free_port
+from tests.node.test_webhooks import Receiver
+
+
+async def register(fed: Federation, url: str, channel: str = "c2c") -> int:
+    status, answer, _ = await fed["nl-customs"].api(
+        "POST", f"/api/v1/channels/{channel}/webhooks", user="admin", body={"url": url}
+    )
+    assert status == 201, answer
+    return int(answer["webhook"]["id"])
+
+
+async def post(fed: Federation, title: str, **handling: Any) -> str:
+    body: dict[str, Any] = {"kind": "alert", "title": title}
+    if handling:
+        body["handling"] = {"tlp": "AMBER", **handling}
+    status, posted, _ = await fed["nl-customs"].api("POST", "/api/v1/channels/c2c/bulletins", body=body)
+    assert status == 201, posted
+    return str(posted["id"])
+
+
+async def hook_row(fed: Federation, hook: int) -> Any:
+    async with fed["nl-customs"].service.store.read() as conn:
+        return (await conn.execute(sa.select(webhooks).where(webhooks.c.id == hook))).one()
+
+
+async def test_a_week_of_failures_neither_overflows_nor_stops_the_other_webhooks(
+    make_federation: MakeFederation,
+) -> None:
+    """The backoff computed 2.0 ** (failures - 1) before capping it: at the 1,025th failure in a
+    row (about a week at the 10-minute cap) it overflowed, the row was never updated (so it was
+    tried at every pass) and the exception ended the pass, so no webhook after it got anything.
+    The two webhooks are written while the node is stopped, the failing one first, with its
+    1,024 failures (a running node's pass could otherwise overwrite the count)."""
+    fed = await make_federation()
+    receiver = Receiver(free_port())
+    await receiver.start()
+    try:
+        bid = await post(fed, "a week on")  # there when the node starts again: both webhooks' first pass has it
+        await fed.stop("nl-customs")
+        nl = fed["nl-customs"]
+        store = await Store.open(nl.config.database_url, node=nl.config.id)
+        try:
+
+            async def a_week(conn: Any, audit: Any) -> None:
+                base = {"channel": "c2c", "secret": "0" * 64, "cursor": 0, "created_by": "admin"}
+                base["created_at"] = "2026-12-01T00:00:00.000Z"
+                dead = f"http://127.0.0.1:{free_port()}/nobody"
+                await conn.execute(sa.insert(webhooks).values(url=dead, failures=1024, **base))
+                await conn.execute(sa.insert(webhooks).values(url=f"http://127.0.0.1:{receiver.port}/hook", **base))
+
+            await store.write(a_week)
+        finally:
+            await store.close()
+        await fed.start("nl-customs")
+
+        async def arrived() -> bool:
+            return bid in receiver.ids()
+
+        await eventually(arrived, 30, "the healthy webhook's notification")
+
+        async def backed_off() -> bool:
+            row = await hook_row(fed, 1)
+            return int(row.failures) == 1025 and row.next_try_at is not None
+
+        await eventually(backed_off, 30, "the failing webhook's backoff to be recorded")
+    finally:
+        await receiver.stop()
+
+
+async def test_a_receivers_huge_answer_is_not_read(make_federation: MakeFederation) -> None:
+    """The node read a receiver's whole answer into memory (only the 10 s timeout bounded it): a
+    receiver streaming 64 MiB made the node hold 64 MiB or more. Only the status is needed."""
+    fed = await make_federation()
+    port, got = free_port(), asyncio.Event()
+
+    async def flood(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        got.set()
+        response = web.StreamResponse(status=200)
+        await response.prepare(request)
+        chunk = b"x" * 65536
+        try:
+            for _ in range(1024):  # 64 MiB, as fast as the node takes it
+                await response.write(chunk)
+        except (ConnectionError, RuntimeError):
+            pass  # the node hung up: what this test wants
+        return response
+
+    app = web.Application()
+    app.router.add_post("/hook", flood)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    tracemalloc.start()
+    try:
+        hook = await register(fed, f"http://127.0.0.1:{port}/hook")
+        await post(fed, "a flood in answer")
+        await asyncio.wait_for(got.wait(), 30)
+
+        async def delivered() -> bool:
+            return int((await hook_row(fed, hook)).delivered) == 1
+
+        await eventually(delivered, 30, "the delivery to count")
+        _, peak = tracemalloc.get_traced_memory()
+        assert peak < 32 * 1024 * 1024, peak
+    finally:
+        tracemalloc.stop()
+        await runner.cleanup()
+
+
+async def test_bulletins_that_may_not_leave_the_node_are_not_announced(make_federation: MakeFederation) -> None:
+    """A webhook POSTed every bulletin's id, author, kind and TLP to its URL, TLP:RED and those
+    marked no-onward-sharing included, while TAXII serves neither. The same rule now applies: the
+    webhook's cursor passes over them."""
+    fed = await make_federation()
+    receiver = Receiver(free_port())
+    await receiver.start()
+    try:
+        hook = await register(fed, f"http://127.0.0.1:{receiver.port}/hook")
+        red = await post(fed, "red", tlp="RED")
+        strict = await post(fed, "amber strict", tlp="AMBER+STRICT")
+        no_onward = await post(fed, "no onward", no_onward_sharing=True)
+        last = await post(fed, "green", tlp="GREEN")
+
+        async def arrived() -> bool:
+            return last in receiver.ids()
+
+        await eventually(arrived, 30, "the GREEN bulletin's notification")
+        assert receiver.ids() == [last], (red, strict, no_onward)
+
+        async def counted() -> bool:  # recorded once the pass is over, after the receiver has it
+            return int((await hook_row(fed, hook)).delivered) == 1 and int((await hook_row(fed, hook)).cursor) > 0
+
+        await eventually(counted, 30, "the delivery to be recorded")
+    finally:
+        await receiver.stop()
+
+
+def test_a_forged_signature_header_is_refused_not_an_error() -> None:
+    """`verify_signature` (the helper docs/operations.md points receivers to) raised TypeError on a
+    MAC that was not ASCII, so a receiver using it answered a forged request with a 500."""
+    body, secret, now = b'{"a":1}', "s" * 64, int(time.time())
+    good = signature(secret, body, now)
+    assert verify_signature(secret, body, good, now)
+    for forged in (f"t={now},v1=é", f"t={now},v1=", f"t={now}", "t=x,v1=00", "", "v1=" + "0" * 64, f"t={now},v1=\x00"):
+        assert not verify_signature(secret, body, forged, now), forged
+    assert json.loads(body) == {"a": 1}
