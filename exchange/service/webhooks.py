@@ -300,7 +300,7 @@ class Webhooks:
                 error = f"HTTP {status}"
                 break
             cursor, sent = int(row.n), sent + 1
-        if sent or error or hook.failures:
+        if sent or error or cursor != int(hook.cursor):
             await self._record(hook, cursor, sent, error)
         return sent
 
@@ -329,10 +329,13 @@ class Webhooks:
         return json.dumps({"node": self.me, "channel": row.channel, "bulletin": meta}, separators=(",", ":")).encode()
 
     async def _record(self, hook: Any, cursor: int, sent: int, error: str | None) -> None:
-        failures = int(hook.failures) + 1 if error else 0
+        # A failing receiver counts as recovered when a delivery succeeds, not when a pass finds
+        # nothing to send (that reset the count, and the next failure was audited as a new start).
+        failures = int(hook.failures) + 1 if error else 0 if sent else int(hook.failures)
         # The exponent capped first: 2.0 ** 1024 overflows, after about a week of failures at the cap.
         wait = min(MAX_BACKOFF, 2.0 ** min(failures - 1, 30)) if error else 0.0
-        next_try = timestamp(utc_now() + dt.timedelta(seconds=wait)) if error else None
+        next_try = timestamp(utc_now() + dt.timedelta(seconds=wait)) if error else None if sent else hook.next_try_at
+        last_error = error if error or sent else hook.last_error
         at = timestamp()
 
         async def job(conn: Any, audit: Any) -> None:
@@ -341,7 +344,7 @@ class Webhooks:
                 "delivered": webhooks.c.delivered + sent,
                 "failures": failures,
                 "next_try_at": next_try,
-                "last_error": error,
+                "last_error": last_error,
             }
             # Its id and its secret: this pass's outcome must not land on another webhook (on SQLite
             # before revision 0009, the next one registered got a removed webhook's id).

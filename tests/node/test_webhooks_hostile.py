@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from exchange.service.webhooks import signature, verify_signature
-from exchange.store import Store
+from exchange.store import Store, bulletins
 from exchange.store.tables import webhooks
 from tests.conftest import Federation, MakeFederation, eventually, free_port
 from tests.node.test_webhooks import Receiver
@@ -151,6 +151,16 @@ async def test_bulletins_that_may_not_leave_the_node_are_not_announced(make_fede
             return int((await hook_row(fed, hook)).delivered) == 1 and int((await hook_row(fed, hook)).cursor) > 0
 
         await eventually(counted, 30, "the delivery to be recorded")
+        await post(fed, "red again", no_onward_sharing=True)  # passed over, and the cursor moves past it
+
+        async def passed_over() -> bool:
+            async with fed["nl-customs"].service.store.read() as conn:
+                newest = await conn.scalar(sa.select(sa.func.max(bulletins.c.n)))
+            row = await hook_row(fed, hook)
+            return int(row.cursor) == int(newest or 0) and int(row.delivered) == 1
+
+        await eventually(passed_over, 30, "the cursor to pass over a bulletin it does not announce")
+        assert receiver.ids() == [last]
     finally:
         await receiver.stop()
 
