@@ -8,8 +8,8 @@ bulletin) instead carries an inclusion proof per entry. Checks return None or ra
 
 An export bundle is JSON Lines, in this order:
 
-    {"type": "header", "format": "exchange-audit-bundle/v1", "node", "origin", "complete",
-     "size", "exported_at", "filter", "roster": <the signed roster>}
+    {"type": "header", "format": "exchange-audit-bundle/v1", "node", "origin", "exported_at",
+     "complete", "size", "filter", "roster": <the signed roster>}
     {"type": "checkpoint", "note": "<signed note, with cosignatures>"}        ascending size
     {"type": "consistency", "from": m, "to": n, "proof": [<b64url>, ...]}    optional
     {"type": "entry", "idx": i, "entry": "<canonical JSON>", "leaf_hash": "<b64url>"}
