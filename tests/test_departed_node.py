@@ -49,6 +49,10 @@ async def test_a_node_suspended_by_the_version_it_takes_stops_cleanly_and_comes_
 
         await eventually(stopped, timeout=CONVERGE, what="de-customs stops its federation work")
 
+    # Its users' posts are refused with a clear error until then (its partners would refuse them).
+    status, body, _ = await de.api("POST", "/api/v1/channels/c2c/bulletins", body={"kind": "alert", "title": "x"})
+    assert status == 403 and "not in the roster" in body["detail"], body
+
     # It does not start on that version, and says how to come back.
     await fed.stop("de-customs")
     with pytest.raises(errors.ConfigError, match="suspended in roster version 2: import the version that reactivates"):
