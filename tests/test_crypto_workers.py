@@ -6,6 +6,7 @@ costs the partner one retry."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -165,6 +166,33 @@ async def test_a_worker_that_dies_costs_one_retry_and_the_next_batch_goes_throug
     assert status == 200, body
     assert await stored(b) == 1
     assert worker_pids(b)  # a fresh pool
+
+
+async def test_a_worker_that_hangs_is_ended_and_the_next_batch_goes_through(make_federation: MakeFederation) -> None:
+    """A crypto worker had no time limit: one that hung (stopped here with SIGSTOP) held its batch,
+    and every batch queued behind it, for good, and the node's pushes and posts with them. It is
+    now ended after `worker_seconds` (503: the partner retries), and a fresh pool takes the next."""
+    fed = await make_federation(options=WORKERS)
+    a, b = fed["nl-customs"], fed["ke-customs"]
+    b.service.crypto.worker_seconds = 2.0
+    hung = worker_pids(b)
+    for pid in hung:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        wire = envelope_bytes(envelope_from(a))
+        started = time.monotonic()
+        status, body, _ = await b.fed_post(a, batch(wire))
+        assert status == 503 and "did not answer" in body["detail"], body
+        assert time.monotonic() - started < 60  # not the request's own timeout
+        assert await stored(b) == 0
+        status, body, _ = await b.fed_post(a, batch(wire))
+        assert status == 200, body
+        assert await stored(b) == 1
+        assert not set(worker_pids(b)) & set(hung)  # a fresh pool
+    finally:
+        for pid in hung:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 NODE_WITH_A_WORKER = """

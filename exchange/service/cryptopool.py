@@ -252,6 +252,12 @@ def _ready() -> bool:
 # -- the node's side ---------------------------------------------------------------------------
 
 
+# How long one hand-off to a crypto worker may take (a batch of up to 64 posts to seal, or a push of
+# up to 32 MiB to check and open: a second or two on a loaded machine) before the worker is taken
+# as hung, ended, and the batch answered 503 for its sender to retry.
+WORKER_SECONDS = 120.0
+
+
 class EnvelopeCrypto:
     """Seals a node's posts and opens what it receives: in `workers` processes, or here if 0."""
 
@@ -263,6 +269,7 @@ class EnvelopeCrypto:
         self._sealing = 0  # seal calls in flight
         self.opened = 0  # envelopes checked and opened so far (bench/catchup.py prints it)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.worker_seconds = WORKER_SECONDS
 
     # -- life cycle
 
@@ -305,13 +312,26 @@ class EnvelopeCrypto:
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         pool = self._executor()
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+            return await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(pool, fn, *args), self.worker_seconds
+            )
         except BrokenProcessPool as exc:
             # A worker died (killed, out of memory): start afresh; the partner retries the batch.
-            if self._pool is pool:
-                self._pool = None
-            pool.shutdown(wait=False, cancel_futures=True)
+            self._discard(pool)
             raise Unavailable("a crypto worker process stopped; retry") from exc
+        except TimeoutError as exc:
+            # A worker that hangs would hold this batch, and every one queued behind it, for good:
+            # its processes are ended and the pool started afresh, as for one that died.
+            self._discard(pool, kill=True)
+            raise Unavailable(f"a crypto worker did not answer within {self.worker_seconds:g} s; retry") from exc
+
+    def _discard(self, pool: ProcessPoolExecutor, *, kill: bool = False) -> None:
+        if self._pool is pool:
+            self._pool = None
+        if kill:
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
 
     # -- receiving
 
