@@ -22,6 +22,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import secrets
@@ -85,8 +86,23 @@ def verify_signature(secret: str, body: bytes, header: str, now: int, tolerance:
     return hmac.compare_digest(expected, given)
 
 
+def unreachable_address(host: str) -> bool:
+    """Whether `host` is an IP address no webhook may reach: link-local (169.254.0.0/16, where
+    cloud platforms serve instance metadata and credentials, and fe80::/10), unspecified or
+    multicast, IPv4-mapped IPv6 forms included. A host name is judged by each address it resolves
+    to, when the request is made (exchange.node.webhook_client)."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_link_local or ip.is_unspecified or ip.is_multicast
+
+
 def check_url(url: str) -> str:
-    """An absolute https URL, or http to loopback only; else InvalidInput."""
+    """An absolute https URL, or http to loopback only, never to a link-local, unspecified or
+    multicast address; else InvalidInput."""
     if len(url) > 2048 or any(c.isspace() or ord(c) < 0x21 for c in url):
         raise InvalidInput("url must be an absolute URL without spaces, at most 2048 characters")
     try:
@@ -100,6 +116,10 @@ def check_url(url: str) -> str:
         # separator by some parsers and not by others, so the host checked might not be the one
         # reached.
         raise InvalidInput("url must not carry a user or password (user@host) nor a backslash")
+    if parts.hostname and unreachable_address(parts.hostname):
+        raise InvalidInput(
+            "url must not name a link-local, unspecified or multicast address (such as a cloud metadata service)"
+        )
     if parts.scheme == "https" and parts.hostname:
         return url
     if parts.scheme == "http" and parts.hostname in LOOPBACK:

@@ -10,9 +10,12 @@ import time
 import tracemalloc
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from aiohttp import web
 
+from exchange.errors import PeerError
+from exchange.node.webhook_client import HttpWebhookSender, ReachableOnly
 from exchange.service.webhooks import signature, verify_signature
 from exchange.store import Store, bulletins
 from exchange.store.tables import webhooks
@@ -174,3 +177,45 @@ def test_a_forged_signature_header_is_refused_not_an_error() -> None:
     for forged in (f"t={now},v1=é", f"t={now},v1=", f"t={now}", "t=x,v1=00", "", "v1=" + "0" * 64, f"t={now},v1=\x00"):
         assert not verify_signature(secret, body, forged, now), forged
     assert json.loads(body) == {"a": 1}
+
+
+async def test_a_webhook_never_reaches_a_link_local_address(make_federation: MakeFederation) -> None:
+    """An administrator could register https://169.254.169.254/... (where cloud platforms serve
+    instance credentials) or a name resolving there, and read from `last_error` whether it answered.
+    Link-local, unspecified and multicast addresses are refused at registration, and a name is
+    judged by each address it resolves to when the request is made. (Private networks stay
+    allowed: an administration's own systems live there.)"""
+    fed = await make_federation()
+    for url in (
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[fe80::1]/hook",
+        "https://[::ffff:169.254.169.254]/hook",
+        "https://0.0.0.0/hook",
+        "https://224.0.0.1/hook",
+    ):
+        status, body, _ = await fed["nl-customs"].api(
+            "POST", "/api/v1/channels/c2c/webhooks", user="admin", body={"url": url}
+        )
+        assert status == 422 and "link-local" in body["detail"], (url, body)
+    with pytest.raises(PeerError, match="no webhook may reach"):  # a URL stored before this check
+        await HttpWebhookSender().post("https://169.254.169.254/hook", b"{}", {})
+
+    class Points:  # the system's resolver, as a DNS that answers a link-local address would
+        def __init__(self, *addresses: str) -> None:
+            self.addresses = addresses
+
+        async def resolve(self, host: str, port: int = 0, family: Any = 0) -> list[dict[str, Any]]:
+            return [
+                {"hostname": host, "host": a, "port": port, "family": family, "proto": 0, "flags": 0}
+                for a in self.addresses
+            ]
+
+        async def close(self) -> None:
+            return None
+
+    resolver = ReachableOnly()
+    resolver._resolver = Points("169.254.169.254")  # type: ignore[assignment]
+    with pytest.raises(OSError, match="no webhook may reach"):
+        await resolver.resolve("metadata.example", 443)
+    resolver._resolver = Points("169.254.169.254", "10.0.0.5")  # type: ignore[assignment]
+    assert [r["host"] for r in await resolver.resolve("siem.example", 443)] == ["10.0.0.5"]
