@@ -159,9 +159,10 @@ class RosterGossip:
             return None
         if imported is None or not imported.changed:
             self._tried[peer] = self._clock()
-            return imported
-        self._tried.pop(peer, None)
-        await self.took(imported)
+        else:
+            self._tried.pop(peer, None)
+        if imported is not None:
+            await self.took(imported)
         return imported
 
     async def serve(self, after: int) -> bytes:
@@ -214,6 +215,17 @@ class RosterGossip:
         background)."""
         if imported.changed:
             await self.installed(everyone=False)
+        elif self._behind():  # imported beside the node a moment before, and found here first
+            await self.installed()
+
+    def _behind(self) -> bool:
+        """Whether the version held is not the one the node runs on. A pull or an offer of a version
+        imported beside the node (`exchange roster import`) since its last `reload` finds it stored,
+        takes it as held and adds nothing: neither `took` nor the next `reload` sees a change, and
+        without this the node went on running on the version before, its new partners without
+        senders, for good."""
+        held = self.roster.held
+        return held is not None and held.version != self.fed.roster.version
 
     async def installed(self, *, everyone: bool = True) -> None:
         if self._install is not None:
@@ -271,7 +283,7 @@ class RosterGossip:
         while True:
             await asyncio.sleep(self.refresh_seconds)
             try:
-                if await self.roster.reload():
+                if await self.roster.reload() or self._behind():
                     await self.installed()
                 if self._clock() - last_announce >= self.announce_seconds:
                     last_announce = self._clock()

@@ -220,6 +220,30 @@ async def test_idle_gossip_asks_a_few_partners_and_a_version_imported_here_goes_
     await gossip.close()
 
 
+async def test_a_version_imported_beside_the_node_and_then_pulled_from_a_peer_is_installed(store: Store) -> None:
+    """`exchange roster import` beside the running node stores version 2; a partner's pull or offer
+    of it reaches the node before its next `reload`: the pull adds nothing (it is stored) but holds
+    it, so neither the pull nor the `reload` saw a change. The node still installs it; before, it
+    ran on version 1 for good, its new partners without senders (a CI failure: the newcomer never
+    got its invitation)."""
+    roster = await holding(store, 1)
+    fed = federation_view(roster.held)  # type: ignore[arg-type]
+    gossip = RosterGossip("nl-customs", roster, fed)
+    installs: list[int] = []
+
+    async def install() -> None:
+        installs.append(roster.held.version)  # type: ignore[union-attr]
+        fed.install(federation_view(roster.held))  # type: ignore[arg-type]
+
+    gossip.attach(Peer(docs(2)), install)
+    await (await holding(store)).import_chain(as_file(2))  # beside the node
+    imported = await gossip.pull(NodeId("ke-customs"))
+    assert imported is not None and not imported.changed and imported.version == 2
+    assert installs == [2] and fed.roster.version == 2
+    assert not await roster.reload()  # and the timer has nothing left to do
+    await gossip.close()
+
+
 @pytest.mark.parametrize("serves", [[], docs(1)], ids=["nothing", "what-is-held"])
 async def test_a_peer_that_names_a_version_it_does_not_serve_is_not_pulled_from_at_each_exchange(
     store: Store, serves: list[Any]
