@@ -71,6 +71,20 @@ class ExchangeError(Exception):
         # it quotes what must not go into the log (an indicator's value is bulletin content).
         self.audited = detail if audited is None else audited
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its class, message and attributes, whatever its `__init__` takes: an error
+        raised in a crypto worker or an audit range process crosses back whole. (Exception's own
+        reduction calls the class with `args`, the message alone, which fails for a class whose
+        `__init__` takes other arguments: PeerRefused, ApiError, BadEntry, RosterGap, EnvelopeRejected.)"""
+        return (_rebuilt, (type(self), self.args, self.__dict__))
+
+
+def _rebuilt(cls: type[ExchangeError], args: tuple[Any, ...], state: dict[str, Any]) -> ExchangeError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
 
 class ConfigError(ExchangeError):
     title = "Configuration error"

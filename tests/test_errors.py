@@ -9,6 +9,7 @@ import importlib
 import inspect
 import json
 import os
+import pickle
 import pkgutil
 import re
 import socket
@@ -66,6 +67,28 @@ def test_every_error_class_has_a_deliberate_status(cls: type[errors.ExchangeErro
     else:
         assert status != STATUS[errors.ExchangeError], f"{cls.__name__} falls back to the generic 500"
     assert re.search(rf"^\W*{cls.__name__}\b", errors.__doc__ or "", re.M), f"{cls.__name__} is not drawn in the tree"
+
+
+# One instance of each class whose `__init__` takes more than the detail.
+MADE = {
+    errors.RosterGap: lambda: errors.RosterGap(3, 7),
+    errors.EnvelopeRejected: lambda: errors.EnvelopeRejected([{"item": "envelope 0", "detail": "bad"}]),
+    errors.BadEntry: lambda: errors.BadEntry(12, "its hash differs"),
+    errors.PeerRefused: lambda: errors.PeerRefused("no", 403),
+    errors.ApiError: lambda: errors.ApiError(404, "no such bulletin"),
+}
+
+
+@pytest.mark.parametrize("cls", _error_classes(), ids=lambda c: c.__name__)
+def test_every_error_crosses_a_process_boundary_whole(cls: type[errors.ExchangeError]) -> None:
+    """Crypto workers and audit range processes send their errors back pickled: each class comes
+    back as itself, with its message and attributes (five did not: their `__init__` takes more
+    than the message, and unpickling called it with the message alone)."""
+    made = MADE.get(cls)
+    error = made() if made is not None else cls("a detail")
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is cls and str(back) == str(error) and back.args == error.args
+    assert back.__dict__ == error.__dict__
 
 
 def test_statuses_the_console_and_api_rely_on() -> None:
