@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -70,7 +70,7 @@ def test_every_error_class_has_a_deliberate_status(cls: type[errors.ExchangeErro
 
 
 # One instance of each class whose `__init__` takes more than the detail.
-MADE = {
+MADE: dict[type[errors.ExchangeError], Callable[[], errors.ExchangeError]] = {
     errors.RosterGap: lambda: errors.RosterGap(3, 7),
     errors.EnvelopeRejected: lambda: errors.EnvelopeRejected([{"item": "envelope 0", "detail": "bad"}]),
     errors.BadEntry: lambda: errors.BadEntry(12, "its hash differs"),
