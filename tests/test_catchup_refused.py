@@ -123,3 +123,49 @@ async def test_a_member_serving_refused_envelopes_page_after_page_costs_a_few_en
     assert len(entries) == MAX_REFUSING_PAGES and all(e["count"] == 1 for e in entries), entries
     assert await puller.cursor("ke-customs", "c2c") == MAX_REFUSING_PAGES  # moved past what was refused
     assert not await held(nl)
+
+
+async def test_an_equivocation_in_a_catchup_page_is_left_out_audited_and_the_rest_caught_up(
+    make_federation: MakeFederation,
+) -> None:
+    """ke-customs signs a second bulletin as its seq 1 and hands it to wco-rilo alone; the honest
+    members hold the first. wco-rilo's catch-up from nl-customs then finds a page whose seq 1
+    clashes with what it holds. Before, the Equivocation failed the whole page, at every sweep and
+    unaudited: nothing on or after that page (seq 2 here, and any other author's) ever came. Now
+    the clashing envelope is left out and audited as evidence, and the rest is taken."""
+    fed = await make_federation(nodes=THREE, channels=[CHANNEL])
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    await fed.stop("wco-rilo")
+    posted = []
+    for title in ("First", "Second"):
+        status, made, _ = await ke.api("POST", "/api/v1/channels/c2c/bulletins", body={**NOTE, "title": title})
+        assert status == 201, made
+        posted.append(made["id"])
+
+    async def both_at_nl() -> bool:
+        return set(posted) <= await held(nl)
+
+    await eventually(both_at_nl, what="both bulletins at nl-customs")
+    another = Bulletin.model_validate({**NOTE, "handling": {"tlp": "AMBER"}, "title": "Another first"})
+    other = authored(ke, another, seq=1)
+    await fed.stop("ke-customs")  # neither its pushes nor its catch-up pages reach wco-rilo
+    await fed.stop("nl-customs")
+    await fed.start("wco-rilo")
+    wco = fed["wco-rilo"]
+    status, answer, _ = await wco.fed_post(ke, b'{"txn":"t-other","envelopes":[%s]}' % envelope_bytes(other))
+    assert status == 200, answer
+    (evil,) = await held(wco)
+
+    await fed.start("nl-customs")
+    await wco.service.catchup.pull("nl-customs", "c2c")
+
+    async def second_at_wco() -> bool:
+        return posted[1] in await held(wco)
+
+    await eventually(second_at_wco, what="seq 2 at wco-rilo, past the clashing seq 1")
+    assert await held(wco) == {evil, posted[1]}
+    entries = [e for e in await audited(wco, "catchup.refused") if e["reasons"].get("Equivocation")]
+    assert len(entries) == 1, entries
+    assert entries[0]["peer"] == "nl-customs" and entries[0]["channel"] == "c2c", entries[0]
+    assert entries[0]["bulletins"] == [posted[0]] and "seq 1 of c2c" in entries[0]["sample"], entries[0]
+    assert await wco.service.catchup.cursor("nl-customs", "c2c") > 0

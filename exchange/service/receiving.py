@@ -207,11 +207,12 @@ class Receiving:
         relayed: bool = False,
         gap_depth: int = 0,
         refused: list[Refused] | None = None,
+        audit_as: str | None = None,
     ) -> list[Receipt]:
         """Verify a batch, fill any gap in its authors' streams, then persist and audit it before
         answering with receipts. `ingest_screened` says the rest."""
         screened = await self.screen(peer, raws, relayed=relayed)
-        return await self.ingest_screened(screened, gap_depth=gap_depth, refused=refused)
+        return await self.ingest_screened(screened, gap_depth=gap_depth, refused=refused, audit_as=audit_as)
 
     async def screen(
         self, peer: NodeId, raws: Sequence[Any], *, relayed: bool = False, unheld: bool = False
@@ -233,6 +234,7 @@ class Receiving:
         cursor: tuple[str, int] | None = None,
         gap_depth: int = 0,
         refused: list[Refused] | None = None,
+        audit_as: str | None = None,
     ) -> list[Receipt]:
         """The second half of `ingest`: the rules that need state, gaps, then store and answer.
 
@@ -244,7 +246,11 @@ class Receiving:
         A failure that is not the envelope's (a partner to ask is down, the database is busy)
         still fails the whole page, which the next sweep asks again. `cursor` (channel, position)
         is a catch-up cursor at the peer, saved in the same transaction, with a `catchup.refused`
-        entry for what this page left out. `gap_depth`: how many gap fills this batch is nested in.
+        entry for what this page left out; or, without a cursor, `audit_as` names the channel of
+        that entry (a pushed stream's gap, filled as a page of its own). An envelope that equivocates
+        (another bulletin is stored, or in the page, as its author's seq) is refused as the others
+        are: a page is not failed for good for it. `gap_depth`: how many gap fills this batch is
+        nested in.
         """
         peer, relayed = screened.peer, screened.relayed
         errors: list[dict[str, Any]] = []
@@ -268,13 +274,18 @@ class Receiving:
         if relayed:
             checked = sorted(checked, key=lambda c: (c.header.author, c.header.channel, c.header.seq))
 
-        async def job(conn: AsyncConnection, audit: AuditBuffer) -> list[Receipt]:
-            out = await self._store_checked(conn, audit, peer, checked, relayed=relayed, cursor=cursor)
-            if refused and cursor is not None:
-                audit.add(ev.catchup_refused(timestamp(), peer, cursor[0], refused))
-            return out
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> tuple[list[Receipt], list[Refused]]:
+            page: list[Refused] | None = None if refused is None else []  # this attempt's (a job may run again)
+            out = await self._store_checked(conn, audit, peer, checked, relayed=relayed, cursor=cursor, page=page)
+            left = [*(refused or []), *(page or [])]
+            channel = cursor[0] if cursor is not None else audit_as
+            if left and channel is not None:
+                audit.add(ev.catchup_refused(timestamp(), peer, channel, left))
+            return out, page or []
 
-        out = await self.store.write(job)
+        out, clashed = await self.store.write(job)
+        if refused is not None:
+            refused.extend(clashed)
         if relayed:
             self.outbox.wake(sorted({c.header.author for c in checked} - {self.me}))
         return out
@@ -288,6 +299,7 @@ class Receiving:
         *,
         relayed: bool,
         cursor: tuple[str, int] | None,
+        page: list[Refused] | None,
     ) -> list[Receipt]:
         ids = [c.bid for c in checked]
         mine = sa.and_(
@@ -302,28 +314,32 @@ class Receiving:
             )
         }
         fresh = [c for c in checked if c.bid not in known]
+        clashes: dict[str, str] = {}  # bulletin -> why it equivocates
         streams: dict[tuple[str, str, int], str] = {}
         for c in fresh:
             h = c.header
             key = (h.author, h.channel, h.seq)
             if key in streams and streams[key] != c.bid:
-                raise Equivocation(f"{h.author} sent two bulletins as seq {h.seq} of {h.channel}")
-            streams[key] = c.bid
+                clashes[c.bid] = f"{h.author} sent two bulletins as seq {h.seq} of {h.channel}"
+            else:
+                streams[key] = c.bid
         by_stream: dict[tuple[str, str], list[int]] = {}
         for author, channel, seq in streams:
             by_stream.setdefault((author, channel), []).append(seq)
         for (author, channel), numbers in by_stream.items():
             # One index seek per stream on (author, channel, seq): a tuple IN or an OR of streams
             # lets the planner fall back to a scan that grows with the store.
-            clash = (
-                await conn.execute(
-                    sa.select(bulletins.c.id, bulletins.c.seq).where(
-                        bulletins.c.author == author, bulletins.c.channel == channel, bulletins.c.seq.in_(numbers)
-                    )
+            for clash in await conn.execute(
+                sa.select(bulletins.c.id, bulletins.c.seq).where(
+                    bulletins.c.author == author, bulletins.c.channel == channel, bulletins.c.seq.in_(numbers)
                 )
-            ).first()
-            if clash is not None:
-                raise Equivocation(f"{author} already sent bulletin {clash.id} as seq {clash.seq} of {channel}")
+            ):
+                bid = streams[author, channel, clash.seq]
+                clashes[bid] = f"{author} already sent bulletin {clash.id} as seq {clash.seq} of {channel}"
+        if clashes and page is None:  # a transaction: all or nothing
+            raise Equivocation(next(iter(clashes.values())))
+        if clashes and page is not None:  # a page: left out, and audited with it (evidence)
+            page.extend((bid, Equivocation.__name__, why) for bid, why in clashes.items())
         answer: dict[str, Receipt | None] = {}  # bulletin -> its receipt, in the order received
         by_author: dict[str, list[str]] = {}  # fresh bulletins, to receipt in one batch per author
         rows: list[dict[str, Any]] = []
@@ -336,7 +352,7 @@ class Receiving:
                     # A retry gets the very receipt stored the first time, from whichever batch it was.
                     answer[c.bid] = parse_receipt(strict_loads(known[c.bid]))
                 continue
-            if c.bid in done or c.row is None:
+            if c.bid in done or c.row is None or c.bid in clashes:
                 continue
             done.add(c.bid)
             h = c.header
@@ -422,7 +438,18 @@ class Receiving:
             items = gap_items(await self.transport.fetch(NodeId(source), path), source, limit)
             missing = [i["envelope"] for i in items if i["envelope"] is not None and i["seq"] not in seqs]
             if missing:
-                await self.ingest(NodeId(source), missing, relayed=True, gap_depth=depth + 1, refused=refused)
+                # Stored as a catch-up page of its own (11.2): what it refuses is left out, not the
+                # push refused for it; else the author, splitting its batch, would take every later
+                # bulletin of the stream for refused for good. Audited here for a push.
+                left: list[Refused] = [] if refused is None else refused
+                await self.ingest(
+                    NodeId(source),
+                    missing,
+                    relayed=True,
+                    gap_depth=depth + 1,
+                    refused=left,
+                    audit_as=channel if refused is None else None,
+                )
 
     async def held(self, ids: Sequence[str]) -> set[str]:
         """Which of these bulletins this node holds already."""
