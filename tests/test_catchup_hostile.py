@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from exchange.errors import InvalidInput, StateUnavailable
 from exchange.model import Bulletin, NodeId
-from exchange.service.catchup import CatchUp
+from exchange.service.catchup import PAGE, CatchUp
 from exchange.service.receiving import GAP_DEPTH
 from exchange.store import bulletins
 from tests.conftest import MakeFederation, Member, authored
@@ -60,7 +60,10 @@ async def test_a_page_that_says_more_without_moving_on_is_refused(make_federatio
         {"items": [], "next": 1 << 40, "more": False},
         {"items": [], "next": "1", "more": False},
         {"items": [{"id": 1, "envelope": None}], "next": 1, "more": False},
+        # More items than the page asked for (a hostile member's 96 MiB page of markers).
+        {"items": [{"id": f"m{i}", "envelope": None} for i in range(PAGE + 1)], "next": 1, "more": False},
     ],
+    ids=["item-not-object", "not-object", "next-too-large", "next-text", "id-not-text", "more-than-asked"],
 )
 async def test_a_malformed_page_is_refused_and_the_sweep_goes_on(make_federation: MakeFederation, page: Any) -> None:
     fed = await make_federation()

@@ -10,15 +10,17 @@ from exchange.errors import InvalidInput, StateUnavailable
 from exchange.model import INT32_MAX
 
 
-def checked_page(page: Any, peer: str, after: int) -> dict[str, Any]:
+def checked_page(page: Any, peer: str, after: int, limit: int) -> dict[str, Any]:
     """A partner's catch-up page (docs/protocol.md 11.6) as this node reads it, or InvalidInput
-    (the sweep goes on to the next partner): an object of `items` (objects with a string `id` and
-    an `envelope`), `next` (a position from `after` to INT32_MAX) and `more`; a page that says
-    there is more must move the cursor on, or a partner could keep the puller asking for ever."""
+    (the sweep goes on to the next partner): an object of at most `limit` `items` (the number
+    asked; objects with a string `id` and an `envelope`), `next` (a position from `after` to
+    INT32_MAX) and `more`; a page that says there is more must move the cursor on, or a partner
+    could keep the puller asking for ever."""
     if isinstance(page, dict):
         items, position, more = page.get("items"), page.get("next"), page.get("more")
         if (
             isinstance(items, list)
+            and len(items) <= limit
             and all(isinstance(i, dict) and isinstance(i.get("id"), str) and "envelope" in i for i in items)
             and type(position) is int
             and isinstance(more, bool)
@@ -26,7 +28,10 @@ def checked_page(page: Any, peer: str, after: int) -> dict[str, Any]:
             and (position > after or not more)
         ):
             return page
-    raise InvalidInput(f"{peer} sent a catch-up page that is malformed or does not move on from {after}")
+    raise InvalidInput(
+        f"{peer} sent a catch-up page that is malformed, holds more than the {limit} items asked, "
+        f"or does not move on from {after}"
+    )
 
 
 def gap_items(page: Any, source: str, limit: int) -> list[dict[str, Any]]:

@@ -167,6 +167,7 @@ class CatchUp:
             ),
             peer,
             after,
+            PAGE,
         )
         offered = [i for i in page["items"] if i["envelope"] is not None]
         held = await self.receiving.held([i["id"] for i in offered]) if offered else set()
