@@ -41,6 +41,26 @@ from exchange.audit.epoch_events import (
     EpochKeyTaken,
     EpochMade,
 )
+from exchange.audit.user_events import (
+    CONSOLE_SIGNED_IN as CONSOLE_SIGNED_IN,
+    CONSOLE_SIGNED_OUT as CONSOLE_SIGNED_OUT,
+    CONSOLE_SIGNIN_FAILED as CONSOLE_SIGNIN_FAILED,
+    CONSOLE_SIGNIN_THROTTLED as CONSOLE_SIGNIN_THROTTLED,
+    USER_ASSIGNED as USER_ASSIGNED,
+    USER_CREATED as USER_CREATED,
+    USER_PASSWORD_SET as USER_PASSWORD_SET,
+    USER_TOKEN_ROTATED as USER_TOKEN_ROTATED,
+    USER_UNASSIGNED as USER_UNASSIGNED,
+    ConsoleSignedIn as ConsoleSignedIn,
+    ConsoleSignedOut as ConsoleSignedOut,
+    ConsoleSigninFailed as ConsoleSigninFailed,
+    ConsoleSigninThrottled as ConsoleSigninThrottled,
+    UserAssigned as UserAssigned,
+    UserCreated as UserCreated,
+    UserPasswordSet as UserPasswordSet,
+    UserTokenRotated as UserTokenRotated,
+    UserUnassigned as UserUnassigned,
+)
 
 # -- the kind names -------------------------------------------------------------------------------
 
@@ -53,15 +73,6 @@ SEND_REFUSED: Final = "send.refused"
 REQUEST_REJECTED: Final = "request.rejected"
 REQUESTS_REFUSED: Final = "requests.refused"
 CHANNEL_CHANGED: Final = "channel.changed"
-USER_CREATED: Final = "user.created"
-USER_TOKEN_ROTATED: Final = "user.token_rotated"  # noqa: S105 (a kind name, not a secret)
-USER_PASSWORD_SET: Final = "user.password_set"  # noqa: S105 (a kind name, not a secret)
-USER_ASSIGNED: Final = "user.assigned"
-USER_UNASSIGNED: Final = "user.unassigned"
-CONSOLE_SIGNED_IN: Final = "console.signed_in"
-CONSOLE_SIGNED_OUT: Final = "console.signed_out"
-CONSOLE_SIGNIN_FAILED: Final = "console.signin_failed"
-CONSOLE_SIGNIN_THROTTLED: Final = "console.signin_throttled"
 NODE_STARTED: Final = "node.started"
 NODE_STOPPED: Final = "node.stopped"
 AUDIT_SPLIT_VIEW: Final = "audit.split_view"
@@ -240,79 +251,6 @@ class ChannelChanged(TypedDict):
     hash: str
     owner: str
     change: dict[str, Any]  # the signed change; an acceptance is shown as {"type": "accept", "node"}
-
-
-# -- users and the console ------------------------------------------------------------------------
-
-
-class UserCreated(TypedDict):
-    event: Literal["user.created"]
-    at: str
-    user: str
-    role: str
-    actor: str
-
-
-class UserTokenRotated(TypedDict):
-    event: Literal["user.token_rotated"]
-    at: str
-    user: str
-    actor: str
-
-
-class UserPasswordSet(TypedDict):
-    event: Literal["user.password_set"]
-    at: str
-    user: str
-    actor: str
-
-
-class UserAssigned(TypedDict):
-    event: Literal["user.assigned"]
-    at: str
-    user: str
-    channel: str
-    actor: str
-
-
-class UserUnassigned(TypedDict):
-    event: Literal["user.unassigned"]
-    at: str
-    user: str
-    channel: str
-    actor: str
-
-
-class ConsoleSignedIn(TypedDict):
-    event: Literal["console.signed_in"]
-    at: str
-    user: str
-    address: str
-
-
-class ConsoleSignedOut(TypedDict):
-    event: Literal["console.signed_out"]
-    at: str
-    user: str
-    address: str
-
-
-class ConsoleSigninFailed(TypedDict):
-    """A failed sign-in. A name that is no user may be a password typed in the wrong field: not logged."""
-
-    event: Literal["console.signin_failed"]
-    at: str
-    address: str
-    user: NotRequired[str]  # the name, when it is a user's
-    unknown_user: NotRequired[Literal[True]]  # otherwise
-
-
-class ConsoleSigninThrottled(TypedDict):
-    event: Literal["console.signin_throttled"]
-    at: str
-    limit: Literal["user", "address"]
-    address: str
-    user: NotRequired[str]  # the name, when it is a user's
 
 
 # -- the node and its log -------------------------------------------------------------------------
