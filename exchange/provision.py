@@ -153,7 +153,9 @@ async def sample_users(cfg: NodeConfig, channels: list[str], report: InitReport,
     each with a token file (0600), and with `passwords` a console password file (0600) too."""
     store = await Store.open(cfg.database_url, node=cfg.id, connections=cfg.database_connections)
     try:
-        existing = {u.name for u in await list_users(store)}
+        found = await list_users(store)
+        existing = {u.name for u in found}
+        disabled = {u.name for u in found if u.disabled_at is not None}
         for name, role in SAMPLE_USERS:
             if name in existing:
                 continue
@@ -165,7 +167,8 @@ async def sample_users(cfg: NodeConfig, channels: list[str], report: InitReport,
                     await assign(store, name, channel, assigned=True, actor="federation-init")
         for name, _ in SAMPLE_USERS:
             path = cfg.keys_dir / "passwords" / name
-            if passwords and not path.exists():  # also for users made before the console existed
+            # also for users made before the console existed; never for a disabled one
+            if passwords and not path.exists() and name not in disabled:
                 password = new_password()
                 await set_password(store, name, password, actor="federation-init")
                 write_private(path, password.encode() + b"\n", force=True)

@@ -48,6 +48,8 @@ from exchange.audit.user_events import (
     CONSOLE_SIGNIN_THROTTLED as CONSOLE_SIGNIN_THROTTLED,
     USER_ASSIGNED as USER_ASSIGNED,
     USER_CREATED as USER_CREATED,
+    USER_DISABLED as USER_DISABLED,
+    USER_ENABLED as USER_ENABLED,
     USER_PASSWORD_SET as USER_PASSWORD_SET,
     USER_TOKEN_ROTATED as USER_TOKEN_ROTATED,
     USER_UNASSIGNED as USER_UNASSIGNED,
@@ -57,6 +59,8 @@ from exchange.audit.user_events import (
     ConsoleSigninThrottled as ConsoleSigninThrottled,
     UserAssigned as UserAssigned,
     UserCreated as UserCreated,
+    UserDisabled as UserDisabled,
+    UserEnabled as UserEnabled,
     UserPasswordSet as UserPasswordSet,
     UserTokenRotated as UserTokenRotated,
     UserUnassigned as UserUnassigned,
@@ -105,6 +109,8 @@ EVENT_KINDS: Final[tuple[str, ...]] = (
     USER_PASSWORD_SET,
     USER_ASSIGNED,
     USER_UNASSIGNED,
+    USER_DISABLED,
+    USER_ENABLED,
     CONSOLE_SIGNED_IN,
     CONSOLE_SIGNED_OUT,
     CONSOLE_SIGNIN_FAILED,
@@ -403,6 +409,8 @@ AuditEntry = (
     | UserPasswordSet
     | UserAssigned
     | UserUnassigned
+    | UserDisabled
+    | UserEnabled
     | ConsoleSignedIn
     | ConsoleSignedOut
     | ConsoleSigninFailed

@@ -12,6 +12,8 @@ USER_TOKEN_ROTATED: Final = "user.token_rotated"  # noqa: S105 (a kind name, not
 USER_PASSWORD_SET: Final = "user.password_set"  # noqa: S105 (a kind name, not a secret)
 USER_ASSIGNED: Final = "user.assigned"
 USER_UNASSIGNED: Final = "user.unassigned"
+USER_DISABLED: Final = "user.disabled"
+USER_ENABLED: Final = "user.enabled"
 CONSOLE_SIGNED_IN: Final = "console.signed_in"
 CONSOLE_SIGNED_OUT: Final = "console.signed_out"
 CONSOLE_SIGNIN_FAILED: Final = "console.signin_failed"
@@ -53,6 +55,26 @@ class UserUnassigned(TypedDict):
     at: str
     user: str
     channel: str
+    actor: str
+
+
+class UserDisabled(TypedDict):
+    """An administrator disabled a user: its token was replaced by one never shown, its console
+    password deleted and its console sessions ended, in the same transaction."""
+
+    event: Literal["user.disabled"]
+    at: str
+    user: str
+    actor: str
+
+
+class UserEnabled(TypedDict):
+    """An administrator enabled a disabled user again, with a new token (shown to them once) and
+    no console password until one is set (`user.password_set`)."""
+
+    event: Literal["user.enabled"]
+    at: str
+    user: str
     actor: str
 
 

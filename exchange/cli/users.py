@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 
 @click.group()
 def users() -> None:
-    """Local users and their API tokens (run on the node's machine)."""
+    """Local users, their API tokens and console passwords (run on the node's machine).
+
+    When an officer leaves: `exchange users disable --node FILE NAME` (docs/operations.md).
+    """
 
 
 async def _with_users(cfg: NodeConfig, fn: Callable[[Users], Coroutine[Any, Any, Any]]) -> Any:
@@ -68,20 +71,52 @@ def users_password(node_path: Path, name: str, generate: bool) -> None:
         click.echo(password)
 
 
+@users.command("disable")
+@node_file
+@click.argument("name")
+@user_errors
+def users_disable(node_path: Path, name: str) -> None:
+    """Lock a user out at once, as when an officer leaves.
+
+    Its API token and console password stop working and its console sessions end, on every
+    worker of the node; its followers and live inboxes stop at their next check. Refused for
+    the node's last enabled admin. Audited (user.disabled). `users enable` lets it in again.
+    """
+    cfg = NodeConfig.load(node_path)
+    run_async(_with_users(cfg, lambda u: u.disable(name, actor="cli")))
+
+
+@users.command("enable")
+@node_file
+@click.argument("name")
+@user_errors
+def users_enable(node_path: Path, name: str) -> None:
+    """Let a disabled user in again, with a new token, printed once.
+
+    The old token stays refused, and the user has no console password until one is set with
+    `exchange users password`. Audited (user.enabled).
+    """
+    cfg = NodeConfig.load(node_path)
+    click.echo(run_async(_with_users(cfg, lambda u: u.enable(name, actor="cli"))))
+    hint = f"exchange users password --node {node_path} {name}"
+    click.echo(f"note: {name} has no console password until one is set: {hint}", err=True)
+
+
 @users.command("list")
 @node_file
 @as_json
 @user_errors
 def users_list(node_path: Path, as_json: bool) -> None:
-    """List local users and their roles."""
+    """List local users, their roles, and since when a disabled one is disabled."""
     cfg = NodeConfig.load(node_path)
     found = run_async(_with_users(cfg, lambda u: u.list()))
 
     def render(data: Any) -> None:
         for u in data:
-            click.echo(f"{u['name']}\t{u['role']}")
+            disabled = f"\tdisabled since {u['disabled_at']}" if u["disabled_at"] else ""
+            click.echo(f"{u['name']}\t{u['role']}{disabled}")
 
-    emit([{"name": u.name, "role": u.role} for u in found], as_json, render)
+    emit([{"name": u.name, "role": u.role, "disabled_at": u.disabled_at} for u in found], as_json, render)
 
 
 # -- channels -------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ most `POLL` seconds after it is stored. Followers are bounded per user and per n
 
 A follower's user is read again (`current`: the session and rights as they are now) before any
 bulletin is handed out, and with each keep-alive: a user taken off a channel, signed out or
-removed gets nothing more, and an event stream whose session ended stops.
+disabled gets nothing more, and an event stream whose session ended stops.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class Follow:
         """Pages of new bulletins for as long as the caller reads them (server-sent events): the
         first at once (rights checked), then one whenever bulletins come, and an empty one every
         15 s, so the caller can send a keep-alive and notice a closed peer. With `current`, the
-        stream ends when the user's session has (Unauthorized) or the user was removed."""
+        stream ends when the user's session has (Unauthorized) or the user was disabled."""
         with self._slot(user):
             cursor = await self.head(user, channel) if after is None else after
             quiet = 15.0

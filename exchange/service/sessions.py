@@ -3,8 +3,8 @@
 - A session is a 256-bit secret held by the browser; the store keeps only its SHA-256, so a
   copy of the database opens no session. A new secret is made at every sign-in (no fixation).
   A session ends after `session_idle` without use or `session_max` in all, at sign-out, when
-  its user is gone, or when the user's password is set. Only the person's own requests are
-  use: the live inbox's checks are not (`find(use=False)`).
+  its user is disabled (`exchange users disable`), or when the user's password is set. Only the
+  person's own requests are use: the live inbox's checks are not (`find(use=False)`).
 - Sign-in throttling slows whoever guesses, never the person elsewhere whose account it is.
   Failed sign-ins are counted over `failure_window` per client address (an IPv6 /64), and per
   user name *from that address*. Past `max_failures_per_address` from an address, or
@@ -81,6 +81,7 @@ class Person(View):
     channels: list[str]
     password: bool  # has a console password
     online: bool  # has a live, recently used console session
+    disabled: bool  # disabled by an administrator (`exchange users disable`)
 
 
 class Sessions:
@@ -154,7 +155,7 @@ class Sessions:
             return None
         try:
             user = await get_user(self.store, row.user)
-        except NotFound:  # the user was removed since
+        except NotFound:  # the user was disabled since
             await self._delete(id_hash)
             return None
         if use and row.last_seen <= timestamp(now - self.settings.touch_every):
@@ -322,6 +323,7 @@ class Sessions:
                 channels=sorted(p.channels),
                 password=p.name in with_password,
                 online=p.name in online,
+                disabled=p.disabled_at is not None,
             )
             for p in everyone
         ]

@@ -1,4 +1,9 @@
-"""Local users of a node and their roles; API tokens are stored only as hashes."""
+"""Local users of a node and their roles; API tokens are stored only as hashes.
+
+A disabled user (`disable_user`: an officer who left) authenticates by no path: its token and
+console password are refused as unknown ones are, and `get_user` does not find it, so its console
+sessions and followers end at their next check.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ class User:
     name: str
     role: str
     channels: frozenset[str] = frozenset()
+    disabled_at: str | None = None  # set only in `list_users`: no other function returns a disabled user
 
     def require(self, *roles: Role) -> None:
         """Return None if this user has one of `roles`, else raise Forbidden."""
@@ -66,24 +72,80 @@ async def add_user(store: Store, name: str, role: str, *, actor: str = "cli") ->
     return token
 
 
+async def _account(conn: AsyncConnection, name: str) -> tuple[str, str | None]:
+    """The role of user `name` and when it was disabled (None: enabled); NotFound if there is none."""
+    row = (await conn.execute(sa.select(users.c.role, users.c.disabled_at).where(users.c.name == name))).first()
+    if row is None:
+        raise NotFound(f"no user {name!r}")
+    return row.role, row.disabled_at
+
+
 async def rotate_token(store: Store, name: str, *, actor: str = "cli") -> str:
+    """Replace a user's token and return the new one; refused for a disabled user, whom only
+    `enable_user` lets in again."""
     token = new_token()
 
     async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
-        result = await conn.execute(sa.update(users).where(users.c.name == name).values(token_hash=hash_token(token)))
-        if result.rowcount != 1:
-            raise NotFound(f"no user {name!r}")
+        if (await _account(conn, name))[1] is not None:
+            raise Conflict(f"user {name!r} is disabled; `exchange users enable` gives it a new token")
+        await conn.execute(sa.update(users).where(users.c.name == name).values(token_hash=hash_token(token)))
         audit.add(ev.UserTokenRotated(event=ev.USER_TOKEN_ROTATED, at=timestamp(), user=name, actor=actor))
 
     await store.write(job)
     return token
 
 
+async def disable_user(store: Store, name: str, *, actor: str) -> None:
+    """Lock a user out at once (an officer who left): in one transaction its token is replaced by
+    one never shown, its console password deleted and its console sessions ended, on every worker,
+    since they live in the database; audited. Refused for the node's last enabled admin."""
+
+    async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+        role, disabled_at = await _account(conn, name)
+        if disabled_at is not None:
+            raise Conflict(f"user {name!r} is disabled already (since {disabled_at})")
+        # Write transactions take turns (the log's lock; SQLite's write lock), so two admins
+        # disabled at once cannot both see the other one still enabled.
+        enabled_admins = sa.select(sa.func.count()).where(users.c.role == "admin", users.c.disabled_at.is_(None))
+        if role == "admin" and not await conn.scalar(enabled_admins.where(users.c.name != name)):
+            raise Conflict(f"user {name!r} is the node's last enabled admin: add or enable another admin first")
+        now = timestamp()
+        # A token and password destroyed, not only refused: a downgrade past revision 0010, which
+        # forgets disabled_at, lets no one in with them.
+        await conn.execute(
+            sa.update(users).where(users.c.name == name).values(disabled_at=now, token_hash=hash_token(new_token()))
+        )
+        await conn.execute(sa.delete(user_passwords).where(user_passwords.c.user == name))
+        await conn.execute(sa.delete(console_sessions).where(console_sessions.c.user == name))
+        audit.add(ev.UserDisabled(event=ev.USER_DISABLED, at=now, user=name, actor=actor))
+
+    await store.write(job)
+
+
+async def enable_user(store: Store, name: str, *, actor: str) -> str:
+    """Let a disabled user in again: its new token is returned (shown once, stored hashed); it has
+    no console password until one is set. Audited."""
+    token = new_token()
+
+    async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+        if (await _account(conn, name))[1] is None:
+            raise Conflict(f"user {name!r} is not disabled; `exchange users token` replaces its token")
+        await conn.execute(
+            sa.update(users).where(users.c.name == name).values(disabled_at=None, token_hash=hash_token(token))
+        )
+        audit.add(ev.UserEnabled(event=ev.USER_ENABLED, at=timestamp(), user=name, actor=actor))
+
+    await store.write(job)
+    return token
+
+
 async def list_users(store: Store) -> list[User]:
+    """Every local user, disabled ones included (with `disabled_at`)."""
+    query = sa.select(users.c.name, users.c.role, users.c.disabled_at).order_by(users.c.name)
     async with store.read() as conn:
-        rows = (await conn.execute(sa.select(users.c.name, users.c.role).order_by(users.c.name))).all()
+        rows = (await conn.execute(query)).all()
         assigned = (await conn.execute(sa.select(user_channels.c.user, user_channels.c.channel))).all()
-    return [User(r.name, r.role, frozenset(c for u, c in assigned if u == r.name)) for r in rows]
+    return [User(r.name, r.role, frozenset(c for u, c in assigned if u == r.name), r.disabled_at) for r in rows]
 
 
 async def assign(store: Store, name: str, channel: str, *, assigned: bool, actor: str) -> None:
@@ -114,14 +176,14 @@ async def assign(store: Store, name: str, channel: str, *, assigned: bool, actor
 
 
 async def authenticate(store: Store, token: str | None) -> User:
-    """The user a bearer token belongs to; Unauthorized if none."""
+    """The enabled user a bearer token belongs to; Unauthorized if none."""
     if not token:
         raise Unauthorized("a bearer token is required")
     # One statement (every request makes it): the user and, a row each, the channels assigned.
     query = (
         sa.select(users.c.name, users.c.role, user_channels.c.channel)
         .select_from(users.outerjoin(user_channels, user_channels.c.user == users.c.name))
-        .where(users.c.token_hash == hash_token(token))
+        .where(users.c.token_hash == hash_token(token), users.c.disabled_at.is_(None))
     )
     async with store.read() as conn:
         rows = (await conn.execute(query)).all()
@@ -134,9 +196,10 @@ async def authenticate(store: Store, token: str | None) -> User:
 
 
 async def get_user(store: Store, name: str) -> User:
-    """A user by name, with the channels assigned now; NotFound if there is none."""
+    """An enabled user by name, with the channels assigned now; NotFound if there is none or it
+    is disabled (a console session of a disabled user ends at its next request)."""
     async with store.read() as conn:
-        role = await conn.scalar(sa.select(users.c.role).where(users.c.name == name))
+        role = await conn.scalar(sa.select(users.c.role).where(users.c.name == name, users.c.disabled_at.is_(None)))
         if role is None:
             raise NotFound(f"no user {name!r}")
         channels = await conn.scalars(sa.select(user_channels.c.channel).where(user_channels.c.user == name))
@@ -146,15 +209,16 @@ async def get_user(store: Store, name: str) -> User:
 async def set_password(store: Store, name: str, password: str, *, actor: str, keep: str | None = None) -> None:
     """Give a user a console password (stored as an argon2id hash); audited, never the password.
     The user's console sessions end in the same transaction, whoever sets it (the console, the
-    CLI, provisioning), but the one whose id hash is `keep` (the person changing their own)."""
+    CLI, provisioning), but the one whose id hash is `keep` (the person changing their own).
+    Refused for a disabled user: it holds no credential until `enable_user`."""
     try:
         hashed = await asyncio.to_thread(hash_password, password)
     except WeakPassword as exc:
         raise InvalidInput(str(exc)) from exc
 
     async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
-        if await conn.scalar(sa.select(users.c.name).where(users.c.name == name)) is None:
-            raise NotFound(f"no user {name!r}")
+        if (await _account(conn, name))[1] is not None:
+            raise Conflict(f"user {name!r} is disabled; `exchange users enable` first")
         now = timestamp()
         done = await conn.execute(
             sa.update(user_passwords).where(user_passwords.c.user == name).values(hash=hashed, set_at=now)
@@ -194,6 +258,12 @@ class Users:
 
     async def rotate_token(self, name: str, *, actor: str) -> str:
         return await rotate_token(self.store, name, actor=actor)
+
+    async def disable(self, name: str, *, actor: str) -> None:
+        await disable_user(self.store, name, actor=actor)
+
+    async def enable(self, name: str, *, actor: str) -> str:
+        return await enable_user(self.store, name, actor=actor)
 
     async def list(self) -> list[User]:
         return await list_users(self.store)

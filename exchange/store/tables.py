@@ -126,6 +126,8 @@ users = sa.Table(
     sa.Column("role", sa.String(32), nullable=False),
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created", sa.String(32), nullable=False),
+    # when an administrator disabled the user (`exchange users disable`); NULL: it may sign in
+    sa.Column("disabled_at", sa.String(32), nullable=True),
 )
 
 # exchange.web, the console: argon2 password hashes (a table of their own), server-side sessions

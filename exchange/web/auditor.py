@@ -197,6 +197,8 @@ def describe(body: dict[str, Any], lang: str = DEFAULT) -> str:
         kinds.USER_UNASSIGNED: (N_("%(who)s taken off %(channel)s%(by)s"), {"channel": g("channel")}),
         kinds.USER_TOKEN_ROTATED: (N_("API token of %(who)s replaced%(by)s"), {}),
         kinds.USER_PASSWORD_SET: (N_("console password of %(who)s set%(by)s"), {}),
+        kinds.USER_DISABLED: (N_("%(who)s disabled%(by)s: token, password and sessions ended"), {}),
+        kinds.USER_ENABLED: (N_("%(who)s enabled again%(by)s, with a new API token"), {}),
         kinds.CONSOLE_SIGNED_IN: (N_("%(who)s signed in from %(address)s"), {"address": g("address")}),
         kinds.CONSOLE_SIGNED_OUT: (N_("%(who)s signed out"), {}),
         kinds.CONSOLE_SIGNIN_FAILED: (N_("failed sign-in as %(who)s from %(address)s"), {"address": g("address")}),

@@ -139,8 +139,7 @@ async def test_0009_keeps_every_row_and_gives_no_id_the_log_names_again(deployed
     before, shape = await snapshot(deployed.url), await structure(deployed.url)
     assert before.pop("alembic_version") == [("0008",)] and len(before["signin_failures"]) == 1
 
-    done = await schema.upgrade(deployed.url)
-    assert (done.before, done.applied) == ("0008", ("0009",))
+    await at_revision(deployed.url, "0009", up=True)  # 0009 alone
     after = await snapshot(deployed.url)
     assert after.pop("alembic_version") == [("0009",)]
     assert after == before

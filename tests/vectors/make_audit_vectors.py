@@ -102,7 +102,7 @@ V2_FILE = HERE / "envelope-v2.json"  # the epoch and grant of the `epoch.*` entr
 LOG_NODE = "nl-customs"
 WITNESSES = ("gb-avsec", "ke-customs")
 IMPOSTOR = "impostor"  # a key in no roster: signs the "checkpoint by another key" negative
-WHOLE = 44  # entries in the log
+WHOLE = 46  # entries in the log
 CHECKPOINT_SIZES = (1, 8, 13, WHOLE)  # one entry, a power of two, neither, the whole log
 SIGNED_AT = {1: "2025-03-14T09:00:01.000Z", 8: "2025-03-14T09:27:00.000Z", 13: "2025-03-14T09:40:00.000Z"}
 SIGNED_AT[WHOLE] = "2025-03-14T11:00:00.000Z"
@@ -395,6 +395,8 @@ def entries(v1: dict[str, Any]) -> tuple[list[ev.AuditEntry], list[bytes]]:
             channel,
             [(other, "DecryptionFailed", "the wrapped key for this node does not open")],
         ),
+        {"event": ev.USER_DISABLED, "at": "2025-03-14T10:50:00.000Z", "user": "alice", "actor": "cli"},
+        {"event": ev.USER_ENABLED, "at": "2025-03-14T10:55:00.000Z", "user": "alice", "actor": "cli"},
         {"event": ev.NODE_STOPPED, "at": "2025-03-14T11:00:00.000Z"},
     ]
     return made, drawn

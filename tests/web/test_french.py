@@ -144,6 +144,11 @@ def test_audit_summaries_are_worded_in_each_language() -> None:
     created = {"event": kinds.USER_CREATED, "user": "kim", "role": "auditor", "actor": "admin"}
     assert describe(created) == "kim created as auditor by admin"
     assert describe(created, "fr") == "kim créé comme auditor par admin"
+    disabled = {"event": kinds.USER_DISABLED, "user": "kim", "actor": "cli"}
+    assert describe(disabled) == "kim disabled by cli: token, password and sessions ended"
+    assert describe(disabled, "fr") == "kim désactivé par cli\u00a0: jeton, mot de passe et sessions supprimés"
+    enabled = {**disabled, "event": kinds.USER_ENABLED}
+    assert describe(enabled, "fr") == "kim réactivé par cli, avec un nouveau jeton d'API"
     failed = {"event": kinds.CONSOLE_SIGNIN_FAILED, "unknown_user": True, "address": "192.0.2.1"}
     assert describe(failed, "fr") == "échec de connexion (un nom d'utilisateur inconnu) depuis 192.0.2.1"
     assert describe({"event": "no.such.event"}, "fr") == ""
