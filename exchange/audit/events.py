@@ -207,7 +207,8 @@ class BulletinUnverified(TypedDict):
 
 
 class SendRefused(TypedDict):
-    """The destination refused an outbox item for good."""
+    """An outbox item that goes no further: the destination refused it for good, it was cancelled, or
+    what it names is missing from the sender's database."""
 
     event: Literal["send.refused"]
     at: str

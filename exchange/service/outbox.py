@@ -85,6 +85,8 @@ class OutItem:
         return f"{self.kind}:{self.ref.encode()}"
 
 
+# A queued item as its outbox row names it: to whom, its number, kind and reference.
+Queued = tuple[str, int, OutKind, OutRef]
 # A batch about to be sent: to whom, its items.
 Sent = tuple[str, Sequence[OutItem]]
 # A batch delivered: to whom, its items, the receipts returned (checked), by bulletin id.
@@ -208,6 +210,24 @@ class Outbox:
         return await self._reads(Ask(dest, limit, after))
 
     async def _pending_many(self, asks: Sequence[Ask]) -> list[list[OutItem]]:
+        while True:
+            got, data = await self._read_queues(asks)
+            missing: dict[int, Queued] = {
+                n: (ask.dest, n, kind, ref)
+                for ask, refs in zip(asks, got, strict=True)
+                for n, kind, ref in refs
+                if ref not in data
+            }
+            if not missing:
+                return [[OutItem(n, kind, ref, data[ref]) for n, kind, ref in refs] for refs in got]
+            # Its stored row gone (edited by hand, or lost), an item can never be sent: it is
+            # rejected, audited, and the queues are read again, so that the items behind it go.
+            await self._reject_missing(list(missing.values()))
+
+    async def _read_queues(
+        self, asks: Sequence[Ask]
+    ) -> tuple[list[list[tuple[int, Any, OutRef]]], dict[OutRef, bytes]]:
+        """Each ask's head, in order, and the wire bytes of what of it is stored."""
         got: list[list[tuple[int, Any, OutRef]]] = [[] for _ in asks]
         async with self.store.read() as conn:
             for first in range(0, len(asks), READS_PER_STATEMENT):
@@ -221,7 +241,7 @@ class Outbox:
             data |= await self._wire_bytes(
                 conn, [r for r in {ref for refs in got for _, _, ref in refs} if r not in data]
             )
-        return [[OutItem(n, kind, ref, data[ref]) for n, kind, ref in sorted(refs, key=_first)] for refs in got]
+        return [sorted(refs, key=_first) for refs in got], data
 
     async def _within_bytes(
         self, conn: AsyncConnection, got: list[list[tuple[int, Any, OutRef]]]
@@ -267,8 +287,7 @@ class Outbox:
                     )
                 )
             }
-            for receipt in owed:
-                data[receipt] = str(stored.get(receipt)).encode()
+            data |= {receipt: str(stored[receipt]).encode() for receipt in owed if stored.get(receipt) is not None}
         for ref in refs:
             if isinstance(ref, EventRef):
                 raw = await conn.scalar(
@@ -276,8 +295,9 @@ class Outbox:
                         channel_events.c.channel == ref.channel, channel_events.c.pos == ref.pos
                     )
                 )
-                data[ref] = str(raw).encode()
-        return data
+                if raw is not None:
+                    data[ref] = str(raw).encode()
+        return data  # without what is not stored: `_pending_many` rejects it
 
     async def accept_receipts(self, dest: str, sent: Sequence[OutItem], raw_receipts: Sequence[Any]) -> int:
         """Check the receipts `dest` returned, store them, and mark what was sent delivered."""
@@ -394,21 +414,18 @@ class Outbox:
 
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
             await self.leases.check(conn, dest)
-            still = sa.and_(outbox.c.n == item.n, outbox.c.state == "queued")
-            if not (
-                await conn.execute(sa.update(outbox).where(still).values(state="rejected", detail=detail))
-            ).rowcount:
-                return
-            audit.add(
-                ev.SendRefused(
-                    event=ev.SEND_REFUSED,
-                    at=timestamp(),
-                    kind=item.kind,
-                    ref=item.ref.encode(),
-                    to=dest,
-                    reason=detail,
-                )
-            )
+            await _rejected(conn, audit, (dest, item.n, item.kind, item.ref), detail)
+
+        await self.store.write(job)
+
+    async def _reject_missing(self, items: Sequence[Queued]) -> None:
+        """Reject queued items whose envelope, receipt or channel event this node no longer holds,
+        each audited as refused with that reason. Not under the destination's lease: the reason
+        is the same for every worker, and a row rejected already is left as it is."""
+
+        async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
+            for item in items:
+                await _rejected(conn, audit, item, f"its stored {item[2]} is missing from this node's database")
 
         await self.store.write(job)
 
@@ -433,6 +450,16 @@ def _queue_heads(count: int) -> sa.TextualSelect:
         for i in range(count)
     )
     return sa.text(heads).columns(sa.column("ask", sa.Integer), outbox.c.n, outbox.c.kind, outbox.c.ref)
+
+
+async def _rejected(conn: AsyncConnection, audit: AuditBuffer, item: Queued, detail: str) -> None:
+    """Mark an item rejected, with `detail`, and audit it; an item no longer queued keeps its state, unaudited."""
+    dest, n, kind, ref = item
+    still = sa.and_(outbox.c.n == n, outbox.c.state == "queued")
+    if (await conn.execute(sa.update(outbox).where(still).values(state="rejected", detail=detail))).rowcount:
+        audit.add(
+            ev.SendRefused(event=ev.SEND_REFUSED, at=timestamp(), kind=kind, ref=ref.encode(), to=dest, reason=detail)
+        )
 
 
 def _chunks(values: Sequence[T], size: int) -> list[Sequence[T]]:
