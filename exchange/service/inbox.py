@@ -67,6 +67,9 @@ SEARCH_CANDIDATES = 2 * PAGE  # of those, the newest SQL finds (its LIKE is the 
 REFERRERS = 100  # bulletins that refer to one, at most
 REFERRER_SCAN = 5000  # the newest bulletins (of the readable channels) looked at for them
 THREAD_FROM = 64 * 1024  # envelope bytes from which the check on opening runs off the event loop
+# Why a referenced bulletin is not shown: the same whether this node holds it in a channel the user
+# does not read or not at all, so that a reference cannot probe for ids (the console translates it).
+NOT_AVAILABLE = "not available to you"
 
 
 def _verified_bulletin(row: Any, me: NodeId, fed: Federation, key: NodeKeys) -> tuple[Envelope, Bulletin]:
@@ -343,20 +346,23 @@ class Inbox:
         return InboxPage(items=await self._lines(user, items), older=items[-1].cursor if len(found) > size else None)
 
     async def references(self, user: User, ids: Sequence[str]) -> list[Reference]:
-        """Referenced bulletins: title and place in the user's readable channels, else why not (no content)."""
+        """Referenced bulletins: title and place in the user's readable channels, else one reason
+        (no content) whether this node holds it elsewhere or not at all, as `load` answers both
+        alike: no probing. Only rows in readable channels are read."""
         if not ids:
             return []
         readable = self.access.readable_channels(user)
-        async with self.store.read() as conn:
-            found = (await conn.execute(sa.select(*SUMMARY).where(bulletins.c.id.in_(list(ids))))).all()
-            rows = {r.id: (r, content) for r, content in await summarised(conn, found)}
+        rows: dict[str, tuple[Any, dict[str, Any]]] = {}
+        if readable:
+            where = sa.and_(bulletins.c.id.in_(list(ids)), bulletins.c.channel.in_(readable))
+            async with self.store.read() as conn:
+                found = (await conn.execute(sa.select(*SUMMARY).where(where))).all()
+                rows = {r.id: (r, content) for r, content in await summarised(conn, found)}
         out = []
         for bid in ids:
             row, content = rows.get(bid, (None, {}))
             if row is None:
-                out.append(Reference(id=bid, visible=False, why="not held at this node"))
-            elif row.channel not in readable:
-                out.append(Reference(id=bid, visible=False, why="outside your channels"))
+                out.append(Reference(id=bid, visible=False, why=NOT_AVAILABLE))
             else:
                 s = summary_line(row, content)
                 out.append(

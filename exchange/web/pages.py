@@ -81,8 +81,7 @@ WORDS = (
     N_("admin"),
     N_("read"),
     N_("post"),
-    N_("not held at this node"),
-    N_("outside your channels"),
+    N_("not available to you"),
     N_("received"),
     N_("opened"),
 )

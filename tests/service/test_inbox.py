@@ -63,8 +63,8 @@ async def test_references_both_ways_only_within_readable_channels(service: NodeS
 
     refs = await service.inbox.references(clerk, [original.id, missing, answer.id])
     assert [(r.visible, r.why, r.title) for r in refs] == [
-        (False, "outside your channels", ""),
-        (False, "not held at this node", ""),
+        (False, "not available to you", ""),  # the same whether held elsewhere or not at all
+        (False, "not available to you", ""),
         (True, "", "Answer in c2c"),
     ]
     (ref,) = await service.inbox.references(officer, [original.id])
