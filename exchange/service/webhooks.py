@@ -12,7 +12,10 @@ the node POSTs each new bulletin's metadata there, signed, in storage order, ret
 - **Delivery**: one bulletin per request, in storage order; the webhook's cursor moves only on a
   2xx answer, so a receiver that was down gets everything after it returns. Failures back off
   (1 s doubling to 10 minutes); each delivery run and each start of failing is audited.
-- **Scope**: only channels this node reads; `http://` only to loopback, otherwise `https://`.
+- **Scope**: only channels this node reads (`Access.node_reads`): registration is refused for one
+  it is only invited to, was removed from or holds without the read right, and a delivery pass
+  passes over a webhook whose channel the node no longer reads (its cursor waits, should the node
+  read it again). `http://` only to loopback, otherwise `https://`.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import sqlalchemy as sa
 
 from exchange.audit import events as ev
 from exchange.clock import stop_requested, timestamp, utc_now, wait_event
-from exchange.errors import InvalidInput, NotFound
+from exchange.errors import Forbidden, InvalidInput, NotFound
 from exchange.service.access import Access
 from exchange.service.sharing import onward_forbidden, served_tlp
 from exchange.service.summaries import SUMMARY, summarised
@@ -179,6 +182,11 @@ class Webhooks:
         """A new webhook for `channel` from now on (its cursor: the newest bulletin stored)."""
         user.require("admin")
         self.access.channels.state(channel)  # NotFound for a channel this node has no part in
+        if not self.access.node_reads(channel):
+            raise Forbidden(
+                f"this node does not read channel {channel!r} (it is only invited, was removed, or lacks the"
+                " read right): a webhook announces only a channel the node reads"
+            )
         url = check_url(url)
         secret = secrets.token_hex(32)
         at = timestamp()
@@ -279,7 +287,13 @@ class Webhooks:
             due = list(await conn.execute(sa.select(webhooks).order_by(webhooks.c.id)))
         if not due:
             return None
-        ready = [hook for hook in due if hook.next_try_at is None or hook.next_try_at <= now]
+        # Nothing is announced from a channel this node no longer reads (removed, or its read right
+        # taken away): what it still holds there stays inside the node.
+        ready = [
+            hook
+            for hook in due
+            if (hook.next_try_at is None or hook.next_try_at <= now) and self.access.node_reads(hook.channel)
+        ]
         gate = asyncio.Semaphore(PARALLEL)
 
         async def one(hook: Any) -> int:
