@@ -22,6 +22,7 @@ from exchange.protocol.roster2_model import SignedRosterV2
 from exchange.protocol.rostermigration import admit, propose
 from exchange.protocol.rotation import rotate
 from exchange.service import epochs as epochs_module
+from tests import test_epoch_attacks as attacks
 from tests.conftest import Federation, MakeFederation, eventually
 from tests.test_channel_handover import owned_by
 from tests.test_epoch_attacks import admin_invite_and_accept, arrives, post
@@ -200,3 +201,45 @@ async def test_a_run_of_history_across_pages_is_taken_once_pinned(
     monkeypatch.setattr(epochs_module, "EPOCH_PAGE", 1)
     await fr.service.epochs.pull("ke-customs", "c2c")
     assert [r.n for r in fr.service.epochs.records("c2c")] == [0, 1]
+
+
+async def test_a_reader_demoted_and_given_read_again_gets_no_epoch_of_the_time_it_could_not_read(
+    make_federation: MakeFederation,
+) -> None:
+    """de-customs holds a history grant; the owner takes its `read` away (`set-rights`: a change of
+    readers, 15.1) and posts under the epoch made without it, then gives `read` back, with no new
+    `grant-history`. Before, the grant survived the demotion, and at de-customs' next fetch of
+    epochs the owner granted it the key of the epoch it had been kept out of: it then caught up
+    and read what was posted while it could not (found by a read-only review). Now rights without
+    `read` end the grant, as a removal does."""
+    fed = await make_federation(
+        nodes={n: attacks.NODES[n] for n in ("nl-customs", "ke-customs", "de-customs")},
+        channels=[attacks.channel("nl-customs", "ke-customs", "de-customs")],
+        options=attacks.V2,
+    )
+    nl, ke, de = fed["nl-customs"], fed["ke-customs"], fed["de-customs"]
+
+    async def rights(node: str, given: list[str]) -> None:
+        body = {"node": node, "rights": given}
+        status, answer, _ = await nl.api("POST", "/api/v1/channels/c2c/rights", user="admin", body=body)
+        assert status == 200, answer
+
+    first = await post(nl, "first")
+    await arrives(de, first["id"])
+    grant = {"node": "de-customs"}
+    status, body, _ = await nl.api("POST", "/api/v1/channels/c2c/grant-history", user="admin", body=grant)
+    assert status == 200, body
+    await rights("de-customs", ["post"])
+    assert nl.service.channels.state("c2c").history_grants == frozenset()  # before: {"de-customs"}
+    hidden = await post(nl, "while de-customs is no reader")
+    await arrives(ke, hidden["id"])
+    epoch = nl.service.epochs.latest("c2c")
+    assert epoch is not None and "de-customs" not in epoch.readers
+
+    await rights("de-customs", ["read", "post"])
+    later = await post(nl, "after read is given back")
+    await arrives(de, later["id"])  # de-customs fetched the new epoch from the owner: a grant would have come with it
+    status, shown, _ = await de.api("GET", f"/api/v1/bulletins/{later['id']}")
+    assert status == 200, shown
+    assert de.service.epochs.key("c2c", epoch.n) is None
+    assert (await de.api("GET", f"/api/v1/bulletins/{hidden['id']}"))[0] == 404

@@ -183,6 +183,8 @@ def apply_event(
         if NodeId(change.node) not in members or change.node == state.owner:
             raise InvalidInput(f"{change.node!r} is not a member whose rights can change")
         members[NodeId(change.node)] = frozenset(change.rights)
+        if "read" not in change.rights:  # no longer a reader: its history grant ends, as at a removal
+            grants.discard(NodeId(change.node))
     elif isinstance(change, Remove):
         named = change.node
         if change.node == state.owner:
