@@ -39,7 +39,7 @@ EVENTS = [
     (kinds.BULLETIN_DELIVERED + "*", N_("Receipt: a partner received ours")),  # and bulletin.delivered_to
     (kinds.BULLETIN_OPENED, N_("Bulletin opened here")),
     (kinds.BULLETIN_OPENED_BY, N_("Receipt: a partner opened ours")),
-    (kinds.SEND_REFUSED, N_("A partner refused what we sent")),
+    (kinds.SEND_REFUSED, N_("Sends stopped: refused by a partner, cancelled, or missing here")),
     (kinds.CHANNEL_CHANGED, N_("Channel membership changed")),
     (kinds.REQUEST_REJECTED, N_("Request refused")),
     (kinds.REQUESTS_REFUSED, N_("Refused requests, counted per address")),
@@ -143,7 +143,7 @@ def describe(body: dict[str, Any], lang: str = DEFAULT) -> str:
         return t(N_("signed receipt from %(node)s: opened %(at)s"), node=g("to"), at=when(g("receipt_at"), lang))
     if kind == kinds.SEND_REFUSED:
         return t(
-            N_("%(node)s refused %(kind)s %(ref)s: %(reason)s"),
+            N_("stopped sending %(kind)s %(ref)s to %(node)s: %(reason)s"),
             node=g("to"),
             kind=g("kind"),
             ref=str(g("ref"))[:12],
