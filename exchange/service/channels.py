@@ -249,7 +249,17 @@ class ChannelBook:
         to the cited state (its owner and hash), follows 7.5's rule for a revoked owner's events,
         and, for a log new here, names this node, as `import_events` requires of a pushed log:
         the reference is the sender's to choose, so a log it serves is taken on those terms or not
-        at all (InvalidInput, OwnerRevoked)."""
+        at all (InvalidInput, OwnerRevoked). Another worker of this node (PostgreSQL) may have
+        stored those events first: then they are read from the database, not a 500."""
+        try:
+            return await self._ensure(channel, ref)
+        except sa.exc.IntegrityError:
+            if not self.store.shared:
+                raise
+        await self.refresh(channel)
+        return await self._ensure(channel, ref)
+
+    async def _ensure(self, channel: str, ref: StateRef) -> ChannelState:
         history = self._states.get(channel, [])
         if ref.pos >= len(history):
             fresh: list[tuple[ChannelEvent, ChannelState]] = []

@@ -77,17 +77,23 @@ class WorkerSync:
             return
 
         async def run() -> object:
-            while True:
-                self._again.discard(key)
-                try:
-                    await work()
-                except Exception:  # the next notification, or the pollers, try again
-                    log.exception("following another worker's commit (%s) failed", key)
-                if key not in self._again:
-                    return None
+            try:
+                while True:
+                    self._again.discard(key)
+                    try:
+                        await work()
+                    except Exception:  # the next notification, or the pollers, try again
+                        log.exception("following another worker's commit (%s) failed", key)
+                    if key not in self._again:
+                        return None
+            finally:
+                # In the same step as the last look at `_again`: a done-callback ran a step later,
+                # and a notification handed over in between was put in `_again` for a loop that
+                # had ended, and never followed.
+                if self._running.get(key) is task:
+                    del self._running[key]
 
         task = self._running[key] = asyncio.create_task(run(), name=f"worker-sync-{key}")
-        task.add_done_callback(lambda _: self._running.pop(key, None))
 
 
 __all__ = ["WorkerSync"]

@@ -118,7 +118,8 @@ class Changes:
     """What other workers commit, as PostgreSQL notifies it (LISTEN on a connection of its own):
     `on(topic, callback)` before `start()`; each notification's payload goes to its topic's
     callbacks, on the event loop. A lost connection is opened again, and `on_reconnect` callbacks
-    run then (notifications sent meanwhile are lost: they re-read what they follow)."""
+    run each time it is listening, the first included (notifications sent before are lost: they
+    re-read what they follow)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -151,7 +152,6 @@ class Changes:
                 log.exception("a follower of %s failed", topic)
 
     async def _listen(self) -> None:
-        first = True
         while True:
             try:
                 async with self.engine.connect() as conn:
@@ -159,10 +159,10 @@ class Changes:
                     assert raw is not None, "an open connection has its driver's"
                     for topic in self._callbacks:
                         await raw.add_listener(topic, self._deliver)
-                    if not first:
-                        for callback in self._reconnected:
-                            callback()
-                    first = False
+                    # The first time too: what other workers committed between this worker's
+                    # load and now (its audit check, its start) was notified to no listener.
+                    for callback in self._reconnected:
+                        callback()
                     while True:  # the session lives: notifications arrive on it
                         await asyncio.sleep(LISTEN_CHECK_SECONDS)
                         # On the driver's connection, outside any transaction: SQLAlchemy would
