@@ -57,7 +57,8 @@ def webhooks_list(node_path: Path, user: str, token: str | None, as_json: bool) 
         table = Table("id", "channel", "url", "delivered", "cursor", "failures", "last error")
         for w in data:
             fields = ("id", "channel", "url", "delivered", "cursor", "failures")
-            table.add_row(*(cell(w[k]) for k in fields), cell(w["last_error"] or ""))  # a receiver's answer
+            # A receiver's answer; or why the node announces nothing now (it no longer reads the channel)
+            table.add_row(*(cell(w[k]) for k in fields), cell(w.get("paused") or w["last_error"] or ""))
         console.print(table)
 
     emit(result, as_json, render)

@@ -31,7 +31,7 @@ import logging
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -142,6 +142,8 @@ class Webhook(View):
     last_error: str | None
     created_at: str
     created_by: str
+    # Why nothing is announced now, though nothing failed: this node no longer reads the channel.
+    paused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -226,7 +228,13 @@ class Webhooks:
     async def list(self, user: User) -> list[Webhook]:
         user.require("admin")
         async with self.store.read() as conn:
-            return [_view(r) for r in await conn.execute(sa.select(webhooks).order_by(webhooks.c.id))]
+            rows = list(await conn.execute(sa.select(webhooks).order_by(webhooks.c.id)))
+        return [
+            _view(r)
+            if self.access.node_reads(r.channel)
+            else replace(_view(r), paused=f"this node no longer reads channel {r.channel}: nothing is announced")
+            for r in rows
+        ]
 
     async def remove(self, user: User, webhook_id: int) -> None:
         user.require("admin")

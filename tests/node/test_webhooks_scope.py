@@ -121,5 +121,10 @@ async def test_a_delivery_pass_announces_nothing_from_a_channel_the_node_no_long
         assert receiver.ids() == [in_c2c] and in_c2p not in receiver.ids()
         cursors = {w.channel: w.cursor for w in await ke.service.webhooks.list(await ke.service.users.get("admin"))}
         assert cursors["c2p"] == hooks["c2p"]["cursor"]
+        # The administrator sees why c2p's webhook announces nothing, though nothing failed.
+        status, listed, _ = await ke.api("GET", "/api/v1/webhooks", user="admin")
+        assert status == 200, listed
+        paused = {w["channel"]: w["paused"] for w in listed}
+        assert paused["c2c"] is None and "no longer reads channel c2p" in paused["c2p"], paused
     finally:
         await receiver.stop()
