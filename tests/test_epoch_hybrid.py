@@ -4,6 +4,7 @@ key and X25519-only nodes delivers to all of them, and the stored epoch shows th
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -84,3 +85,43 @@ async def test_a_relayed_older_announcement_does_not_downgrade_the_owners_wrap(
     assert record is not None
     wrap = record.wrap_for("ke-customs")
     assert wrap is not None and wrap.suite == SUITE_XWING, wrap
+
+
+async def test_a_relayed_older_announcement_does_not_downgrade_a_history_grant(
+    make_federation: MakeFederation,
+) -> None:
+    """As above, for a history grant: the owner holds ke-customs' announcement only by relay, an
+    older one without the hybrid key ke-customs announces now. Before, `ensure_grant` took it as
+    it was (`support_of` without `owner`) and wrapped the grant for ke-customs' X25519 key, which
+    15.12 rules out, and ke-customs refused the grant. Now the owner asks ke-customs itself."""
+    rights = {"nl-customs": ["read", "post", "admin"], "ke-customs": ["post"], "de-customs": ["read", "post"]}
+    post_only = {**C2C, "members": rights}
+    fed = await make_federation(nodes=THREE, channels=[post_only], options=V2)
+    nl, de = fed["nl-customs"], fed["de-customs"]
+
+    async def change(action: str, body: dict[str, Any]) -> None:
+        status, answer, _ = await nl.api("POST", f"/api/v1/channels/c2c/{action}", user="admin", body=body)
+        assert status == 200, answer
+
+    hidden = await post(nl, "epoch 0, before ke-customs reads")
+    await arrives(de, hidden["id"])
+    await change("rights", {"node": "ke-customs", "rights": ["read", "post"]})
+    later = await post(nl, "epoch 1, ke-customs wrapped with X25519")
+    await arrives(de, later["id"])
+    # ke-customs takes a hybrid key; the owner then holds only a relayed announcement of it from
+    # before, which still matches epoch 1's wrap for it, so no new epoch is made.
+    await fed.stop("ke-customs")
+    hybrid = HybridDecryptionKey.generate(os_random)
+    (fed["ke-customs"].config.keys_dir / HYBRID_KEY_FILE).write_text(b64e(hybrid.private_bytes()) + "\n")
+    await fed.start("ke-customs")
+    ke, book = fed["ke-customs"], nl.service.epochs
+    book._support.pop("ke-customs")
+    book._fetched.pop("ke-customs", None)
+    book._author_memo.clear()
+    older = make_support("ke-customs", ke.service.keys.signing, None)
+    await book.take_relayed_support([older.model_dump(mode="json")])
+    await change("grant-history", {"node": "ke-customs"})
+    await ke.service.epochs.pull("nl-customs", "c2c")
+    grants = [g for g in book.grants.get("c2c", []) if g.node == "ke-customs"]
+    assert grants and {(g.suite, g.kid) for g in grants} == {(SUITE_XWING, hybrid.kid)}, grants
+    assert ke.service.epochs.key("c2c", 0) is not None

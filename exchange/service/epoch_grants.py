@@ -67,7 +67,7 @@ async def ensure_grant(book: EpochBook, state: ChannelState, peer: str) -> None:
     """As owner: grant `peer` (granted the history in `state`) every earlier epoch it has no key of."""
     if peer not in state.history_grants or "read" not in state.rights(peer):
         return
-    if await book.support_of(peer) is None:
+    if await book.support_of(peer, owner=True) is None:  # never a relayed announcement (15.12)
         return
     have = {e.n for g in book.grants.get(state.channel, []) if g.node == peer for e in g.epochs}
     wanted: list[tuple[EpochRecord, EpochKey]] = []
