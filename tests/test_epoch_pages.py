@@ -9,12 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from exchange.errors import BadSignature, EpochInvalid
 from exchange.model import NodeId
-from exchange.protocol.epoch import epoch_hash, parse_epoch
+from exchange.protocol.epoch import EPOCH_DOMAIN, epoch_hash, parse_epoch
 from exchange.protocol.epoch_model import EpochRecord
+from exchange.protocol.signing import sign
 from exchange.service import epochs as epochs_module
+from exchange.store.tables import channel_epochs
 from tests.conftest import Federation, MakeFederation, eventually
 from tests.test_epoch_attacks import admin_invite_and_accept, arrives, post
 from tests.test_epoch_history import NODES, QUIET, channel
@@ -150,7 +153,8 @@ async def test_a_forged_record_after_the_last_does_not_make_it_history(
     answered_by(fed, monkeypatch, pages)
     with pytest.raises(BadSignature):
         await fed["fr-customs"].service.epochs.pull("nl-customs", "c2c")
-    assert seen == [(0, False), (1, True), (2, True)]  # before: (1, False), history of a forgery
+    # before: (1, False), history of a forgery; held over (same page), the forgery is refused at once
+    assert seen[:2] == [(0, False), (1, True)] and seen[2:] in ([], [(2, True)]), seen
     assert [r.n for r in fed["fr-customs"].service.epochs.records("c2c")] == [0, 1]
 
 
@@ -176,9 +180,11 @@ async def test_history_held_over_page_after_page_is_looked_at_once(
     """A member answering page after page of one record each that no current key signed (history
     waiting for a record that pins it) is cut off at MAX_CARRIED records, and each record held over
     is parsed a bounded number of times: before, every page looked at all those held over again,
-    about MAX_CARRIED² / 2 parses (half a million at 1,000) for one pull."""
+    about MAX_CARRIED² / 2 parses (half a million at 1,000) for one pull. (Such junk is refused with
+    its first page now, below; the checks made at once are left out here to reach the cap.)"""
     fed = await two_epochs(make_federation)
     monkeypatch.setattr(epochs_module, "MAX_CARRIED", 60)
+    monkeypatch.setattr(epochs_module, "check_carried", lambda record, *_: record)
     base: list[dict[str, Any]] = []
 
     def pages(n: int, real: dict[str, Any]) -> dict[str, Any]:
@@ -200,4 +206,59 @@ async def test_history_held_over_page_after_page_is_looked_at_once(
     monkeypatch.setattr(epochs_module, "parse_epoch", counted)
     with pytest.raises(EpochInvalid, match="more than 60 epoch records without a current signature"):
         await fed["fr-customs"].service.epochs.pull("nl-customs", "c2c")
-    assert parsed <= 4 * 61, parsed  # before: about 1,900
+    assert parsed <= 6 * 61, parsed  # before: about 1,900 (two a page for the checks made at once)
+
+
+@pytest.mark.parametrize("junk", ["chain", "signature"])
+async def test_junk_held_over_to_the_next_page_is_refused_with_the_first_page(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch, junk: str
+) -> None:
+    """A member answers pages of records no current key signed, so that each page is held over to
+    the next: before, nothing of them was checked until one signed with a current key came, and
+    the puller held up to MAX_CARRIED of them (up to 4 MiB each) across page after page (found by a
+    read-only review). Now what can be is checked as they come: a broken chain (`n`, `prev`), or a
+    signature that is not the owner's with any key the roster lists for it, ends the pull with the
+    first page, and nothing is kept."""
+    fed = await two_epochs(make_federation)
+    fr, gb = fed["fr-customs"], fed["gb-customs"]
+    base: list[dict[str, Any]] = []
+
+    def pages(n: int, real: dict[str, Any]) -> dict[str, Any]:
+        if not base:
+            base.append(real["epochs"][0])
+        records, prev = [], None if n == 1 else "0" * 64
+        for i in range(10 * (n - 1), 10 * n):
+            if junk == "chain":  # signed with a kid the roster does not list, and chained to nothing
+                record = {**base[0], "n": i, "prev": "0" * 64, "signer": f"{i:016x}"}
+            else:  # chained, and signed by a member as if it were the owner
+                body = {k: v for k, v in base[0].items() if k != "signature"} | {"n": i, "prev": prev}
+                body["signer"] = gb.service.keys.signing.kid
+                record = {**body, "signature": sign(EPOCH_DOMAIN, body, gb.service.keys.signing)}
+                prev = epoch_hash(parse_epoch(record))
+            records.append(record)
+        return {"epochs": records, "more": True, "grants": [], "support": []}
+
+    asked = answered_by(fed, monkeypatch, pages)
+    with pytest.raises(EpochInvalid, match=r"does not extend|not signed with the owner's roster key"):
+        await fr.service.epochs.pull("gb-customs", "c2c")
+    assert len(asked) == 1, asked  # before: 100 pages, to MAX_CARRIED records
+    assert fr.service.epochs.records("c2c") == []
+    async with fr.service.store.read() as conn:
+        assert await conn.scalar(sa.select(sa.func.count()).select_from(channel_epochs)) == 0
+
+
+async def test_records_held_over_are_capped_in_bytes(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a puller holds over to the next page is capped in bytes (MAX_CARRIED_BYTES), not only
+    in records: before, up to 1,000 records of up to 4 MiB each. Here the cap is one byte, and
+    the owner's epoch 1, held over as the last of a page with `more`, is over it: refused before
+    the next page is asked for, and not kept (epoch 0, before it on the page, is)."""
+    fed = await two_epochs(make_federation)
+    fr = fed["fr-customs"]
+    monkeypatch.setattr(epochs_module, "MAX_CARRIED_BYTES", 1, raising=False)
+    asked = answered_by(fed, monkeypatch, lambda n, real: {**real, "more": n == 1})
+    with pytest.raises(EpochInvalid, match="bytes of epoch records not pinned yet"):
+        await fr.service.epochs.pull("nl-customs", "c2c")
+    assert len(asked) == 1, asked
+    assert [r.n for r in fr.service.epochs.records("c2c")] == [0]

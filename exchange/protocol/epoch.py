@@ -172,6 +172,20 @@ def check_signed_by_owner(signed: EpochRecord | HistoryGrant, fed: Federation, *
         raise EpochInvalid("the channel or owner is not the channel's")
 
 
+def check_carried(record: EpochRecord, channel: str, prev: EpochRecord | None, fed: Federation) -> EpochRecord:
+    """What a receiver checks at once of a record it holds over to the next page of an answer
+    (15.6 rule 2, 15.12), before the record that pins it comes: its channel, that it follows
+    `prev` (rule 4's `n` and `prev`; None: it is epoch 0), and its owner's signature, with any key
+    the roster lists for the owner and does not mark compromised. Returns `record`."""
+    if record.channel != channel:
+        raise EpochInvalid("an epoch record of another channel")
+    if (record.n, record.prev) != ((prev.n + 1, epoch_hash(prev)) if prev is not None else (0, None)):
+        raise EpochInvalid(f"epoch {record.n} of {channel} does not extend the epoch before it")
+    current = fed.listed(record.owner) and fed.signing_key_of(record.owner, record.signer) is not None
+    check_signed_by_owner(record, fed, history=not current)
+    return record
+
+
 def _check_state(ref: StateRef, channel: str, owner: str, state: ChannelState) -> None:
     if (channel, owner, ref.owner) != (state.channel, state.owner, state.owner):
         raise EpochInvalid("the channel or owner is not the channel's")

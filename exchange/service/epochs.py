@@ -36,7 +36,15 @@ from exchange.errors import (
 from exchange.model import NodeId
 from exchange.protocol.channel import ChannelState
 from exchange.protocol.envelope_v2 import check_epoch_of_state
-from exchange.protocol.epoch import check_signed_by_owner, epoch_hash, make_epoch, open_epoch, parse_epoch, verify_epoch
+from exchange.protocol.epoch import (
+    check_carried,
+    check_signed_by_owner,
+    epoch_hash,
+    make_epoch,
+    open_epoch,
+    parse_epoch,
+    verify_epoch,
+)
 from exchange.protocol.epoch_model import EpochRecord, HistoryGrant
 from exchange.protocol.roster import Federation
 from exchange.service.channels import ChannelBook
@@ -52,6 +60,7 @@ log = logging.getLogger("exchange.epochs")
 EPOCH_PAGE = 100  # epoch records served at a time
 EPOCH_PAGE_BYTES = 32 * 1024 * 1024  # and their bytes at most, past the first (a record is up to 4 MiB)
 MAX_CARRIED = 10 * EPOCH_PAGE  # history records held across pages until one signed with a current key pins them
+MAX_CARRIED_BYTES = 4 * EPOCH_PAGE_BYTES  # and their JSON's bytes at most
 MAKE_TRIES = 3  # an owner's worker that lost the making of epoch n to another tries n + 1 (if due)
 
 
@@ -303,6 +312,7 @@ class EpochBook(Announcements):
         fresh = 0
         await self.refresh(channel)  # ask only for what no worker of this node holds
         carried: list[Any] = []  # history at a page's end, not pinned yet (15.6 rule 2): taken with the next page
+        sizes: list[int] = []  # the bytes of each carried record
         while True:
             latest = self.latest(channel)
             after = parse_epoch(carried[-1]).n if carried else latest.n if latest else -1
@@ -328,6 +338,14 @@ class EpochBook(Announcements):
                 if parse_epoch(carried[-1]).n <= after:
                     raise EpochInvalid(f"{peer} sent a page of epoch records that does not go past epoch {after}")
             fresh += await self.accept(channel, raws, final=not more, keep=keep)
+            if more:  # what is held over is checked now as far as it can be, not held unchecked page after page
+                new = max(keep, len(carried_before))  # the first carried record not checked yet
+                before = parse_epoch(raws[new - 1]) if new else self.record(channel, after) if after >= 0 else None
+                sizes = sizes[keep:] + [len(json.dumps(raw)) for raw in raws[new:]]
+                if sum(sizes) > MAX_CARRIED_BYTES:
+                    raise EpochInvalid(f"{peer} sent over {MAX_CARRIED_BYTES} bytes of epoch records not pinned yet")
+                for raw in raws[new:]:
+                    before = check_carried(parse_epoch(raw), channel, before, self.fed)
             if not more:
                 grants = page.get("grants") or []
                 if not isinstance(grants, list):
