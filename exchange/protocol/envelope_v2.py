@@ -132,6 +132,19 @@ def verify_envelope_v2(
     if epoch.n != h.epoch.n or epoch_hash(epoch) != h.epoch.hash:
         raise InvalidEnvelope("the envelope cites an epoch other than the one checked")
     check_signature_v2(env, fed)
+    check_author_v2(h, fed, state)
+    if len(_b64(h.salt)) != SALT_SIZE:
+        raise InvalidEnvelope("malformed salt")
+    if not hmac.compare_digest(sha256(_b64(env.ciphertext)), _b64(h.ciphertext_sha256)):
+        raise InvalidEnvelope("ciphertext does not match its hash in the header")
+    check_epoch_of_state(epoch, state, keys, next_epoch)
+    return bulletin_id_v2(h)
+
+
+def check_author_v2(h: EnvelopeHeaderV2, fed: Federation, state: ChannelState) -> None:
+    """15.8 rules 6 to 8: the header cites `state`, which is open, and its author's agency is in the
+    policy and it holds `post` and `read` there. A receiver checks them before it fetches an epoch
+    record the envelope cites (rule 4), so that only such an author can make it fetch."""
     author = fed.node(h.author)
     if (h.channel, h.state.owner, h.state.pos, h.state.hash) != (state.channel, state.owner, state.pos, state.hash):
         raise InvalidEnvelope("envelope cites a channel state other than the one checked")
@@ -143,12 +156,6 @@ def verify_envelope_v2(
         raise InvalidEnvelope("the author lacks the post right in the cited channel state")
     if "read" not in state.rights(h.author):
         raise InvalidEnvelope("the author lacks the read right in the cited channel state, which v2 needs")
-    if len(_b64(h.salt)) != SALT_SIZE:
-        raise InvalidEnvelope("malformed salt")
-    if not hmac.compare_digest(sha256(_b64(env.ciphertext)), _b64(h.ciphertext_sha256)):
-        raise InvalidEnvelope("ciphertext does not match its hash in the header")
-    check_epoch_of_state(epoch, state, keys, next_epoch)
-    return bulletin_id_v2(h)
 
 
 def check_signature_v2(env: EnvelopeV2, fed: Federation, *, stored: bool = False) -> None:

@@ -24,6 +24,7 @@ from exchange.protocol.envelope import CitedHeader, CitedRecipient, CitedState
 from exchange.protocol.envelope_v2 import (
     build_envelope_v2,
     bulletin_id_v2,
+    check_author_v2,
     check_signature_v2,
     envelope_v2_bytes,
     open_envelope_v2,
@@ -35,6 +36,7 @@ from exchange.protocol.epoch_model import EnvelopeHeaderV2, EnvelopeV2, EpochRec
 from exchange.protocol.roster import Federation
 from exchange.service.channels import ChannelBook
 from exchange.service.cryptopool import EnvelopeCrypto, Opening, Sealed
+from exchange.service.epoch_demand import find_epoch
 from exchange.service.epochs import EpochBook
 from exchange.service.records import header_row, search_text_of, summary_of
 from exchange.service.views import BulletinView
@@ -113,8 +115,9 @@ async def check_v2(
         state = await channels.ensure(h.channel, StateRef.model_construct(**h.state.model_dump()))
     except NotFound as exc:
         raise InvalidEnvelope(f"unknown channel state: {exc.detail}") from exc
+    check_author_v2(h, fed, state)  # rules 6 to 8 first: no other author makes this node fetch
     sources = [peer, state.owner, *sorted(channels.state(h.channel).members)]
-    epoch = await epochs.find(h.channel, h.epoch.n, sources)
+    epoch = await find_epoch(epochs, h.channel, h.epoch.n, sources)
     ids = await epochs.wrap_key_ids(epoch.readers, strict=True)
     if ids is None:
         raise StaleEpoch("the epoch wraps for a node that announced no v2 support")

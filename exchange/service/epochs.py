@@ -28,10 +28,8 @@ from exchange.errors import (
     ExchangeError,
     Forbidden,
     NotFound,
-    PeerError,
     PeerRefused,
     StaleEpoch,
-    StateUnavailable,
 )
 from exchange.model import NodeId
 from exchange.protocol.channel import ChannelState
@@ -49,6 +47,7 @@ from exchange.protocol.epoch_model import EpochRecord, HistoryGrant
 from exchange.protocol.roster import Federation
 from exchange.service.channels import ChannelBook
 from exchange.service.epoch_announcements import Announcements
+from exchange.service.epoch_demand import Misses
 from exchange.service.epoch_grants import accept_grants, ensure_grant
 from exchange.service.epoch_store import Held, read_held, store_epoch
 from exchange.service.outbox import head_within
@@ -91,6 +90,7 @@ class EpochBook(Announcements):
         self._grant_hashes: set[str] = set()
         self._equivocations: set[str] = set()  # the hashes of the owners' second records audited
         self._lock = asyncio.Lock()
+        self.misses = Misses()  # epochs an envelope cited that no member held (`find_epoch`)
         # The JSON of each channel's latest record and of each announcement as served, made once
         # per object held: a page of a channel of 200 readers holds a record with 199 wraps and
         # 198 announcements, asked for by every reader when the epoch is new (bench/simulate.py,
@@ -498,21 +498,3 @@ class EpochBook(Announcements):
             raise EpochInvalid(f"the epoch cites an unknown channel state: {exc.detail}") from exc
         keys = await self.record_key_ids(record) if judge_wraps else {}
         verify_epoch(record, self.fed, state, keys, prev, history=history, judge_wraps=judge_wraps)
-
-    async def find(self, channel: str, n: int, sources: Sequence[str]) -> EpochRecord:
-        """Epoch `n` of a channel: held, or fetched from the first of `sources` that has it."""
-        if self.record(channel, n) is None or self.key(channel, n) is None:
-            await self.refresh(channel)  # another worker may have taken it
-        for source in sources:
-            if self.record(channel, n) is not None:
-                break
-            if source == self.me:
-                continue
-            try:
-                await self.pull(source, channel)
-            except PeerError as exc:
-                log.info("%s: epochs of %s from %s: %s", self.me, channel, source, exc.detail)
-        record = self.record(channel, n)
-        if record is None:
-            raise StateUnavailable(f"epoch {n} of channel {channel!r} is not held and could not be fetched")
-        return record
