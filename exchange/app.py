@@ -188,7 +188,7 @@ async def start_node(config: NodeConfig, *, reuse_port: bool = False) -> Running
 
     from exchange.http.appkeys import SERVICE
     from exchange.http.server import ConnectionGuard, GuardedSite, ServerLimits
-    from exchange.node.tls import ServerTls
+    from exchange.node.tls import ServerTls, roster_identity
 
     app = build_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
@@ -197,7 +197,9 @@ async def start_node(config: NodeConfig, *, reuse_port: bool = False) -> Running
     tls = ServerTls(service.own_keys.tls_identity(), service.fed)
     service.on_install(tls.install)  # each handshake checks the pins of the version held then
     ssl_ctx = tls.context
-    guard = ConnectionGuard(ServerLimits.from_config(config), refused=service.refusals.count)
+    guard = ConnectionGuard(
+        ServerLimits.from_config(config), refused=service.refusals.count, identify=roster_identity(service.fed)
+    )
     site = GuardedSite(runner, config.host, config.port, ssl_context=ssl_ctx, guard=guard, reuse_port=reuse_port)
     try:
         await site.start()

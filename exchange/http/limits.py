@@ -133,7 +133,9 @@ class RateLimiter:
 
     def admit(self, request: web.Request) -> Ticket:
         """Charge the request to its bucket, or raise RateLimited (429) with the seconds to wait."""
-        peer = peer_key(request.transport)
+        # The node the connection's guard identified by the roster (GuardedHandler), else by hash.
+        known = getattr(request.protocol, "peer_key", None)
+        peer = known if isinstance(known, str) else peer_key(request.transport)
         if peer is not None:
             wait, what, ticket = self.peers.take(peer), "this partner node", Ticket(None, None)
         else:

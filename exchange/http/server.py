@@ -75,9 +75,18 @@ class ServerLimits:
 class ConnectionGuard:
     """Open connections per client address and per partner node, and where refusals are counted."""
 
-    def __init__(self, limits: ServerLimits | None = None, refused: Refused | None = None) -> None:
+    def __init__(
+        self,
+        limits: ServerLimits | None = None,
+        refused: Refused | None = None,
+        identify: Callable[[bytes], str | None] | None = None,
+    ) -> None:
         self.limits = limits or ServerLimits()
         self.refused: Refused = refused or (lambda address, status, reason, sample: None)
+        # The roster node whose certificate (DER) a client presented, or None if the roster lists
+        # none: a certificate that chains to a roster one is not a roster node's for that (each
+        # node's certificate can sign others). Without it (tests of this module), the certificate's hash.
+        self.identify = identify
         self._open: Counter[str] = Counter()
         self._clients = 0  # connections without a roster certificate, from every address
 
@@ -140,6 +149,7 @@ class GuardedHandler(web.RequestHandler):
         self._event_loop = loop
         self._address: str | None = None
         self._key: str | None = None  # what the connection is counted under, once let in
+        self.peer_key: str | None = None  # "peer:<node id>" for a roster node's connection (rate limits)
         self._peer = False
         self._timer: asyncio.TimerHandle | None = None
         self._head_since: float | None = None  # when the head being read began
@@ -160,6 +170,15 @@ class GuardedHandler(web.RequestHandler):
         peername = transport.get_extra_info("peername")
         self._address = str(peername[0]) if peername else None
         peer = peer_key(transport)
+        if peer is not None and self._guard.identify is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            node = self._guard.identify(ssl_object.getpeercert(binary_form=True))
+            if node is None:
+                self._key = None
+                self._refuse(403, "certificate not in the roster", "the client certificate is not one the roster lists")
+                return
+            peer = f"peer:{node}"  # a node's active and retiring certificates share its budget
+        self.peer_key = peer
         self._peer = peer is not None
         key = peer or client_key(self._address)
         if not self._guard.open(key, self._peer):

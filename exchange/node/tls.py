@@ -9,6 +9,7 @@ A node's accepted certificates are its active one and, during a rotation's overl
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 from exchange.crypto import spki_pin
@@ -74,6 +75,21 @@ def client_context(server_cert_pem: str) -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.load_verify_locations(cadata=server_cert_pem)
     return ctx
+
+
+def roster_identity(fed: Federation) -> Callable[[bytes], str | None]:
+    """For the server's connection guard: the roster node (held now) whose active or retiring
+    certificate a client presented (DER), or None. The TLS stack lets through any certificate that
+    chains to a roster certificate, and a node's certificate can sign others (6a.7): such a
+    certificate is no node's, and its connection is refused before it counts as a partner's."""
+
+    def identify(der: bytes) -> str | None:
+        try:
+            return str(fed.node_by_pin(spki_pin(der)).id)
+        except UnknownPeer:
+            return None
+
+    return identify
 
 
 def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, fed: Federation) -> RosterNode:
