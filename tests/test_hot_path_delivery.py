@@ -21,7 +21,7 @@ from exchange.provision import init_federation
 from exchange.service.node import NodeService
 from exchange.store import audit_log
 from tests.conftest import DEFAULT_NODES, eventually, write_federation
-from tests.service.lone_node import node_service
+from tests.service.lone_node import joined
 from tests.service.test_outbox import MemoryTransport
 from tests.test_delivery import BULLETIN
 
@@ -62,19 +62,9 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[dict[str, NodeService], Ch
     }
     write_federation(folder, {n: DEFAULT_NODES[n] for n in (A, B)}, [channel], {}, {"batch_size": BATCH})
     await init_federation(folder)
-    services: dict[str, NodeService] = {}
     checking = CheckingTransport(A)
-    transports = {A: checking, B: MemoryTransport(B)}
-    for node in (A, B):
-        services[node] = await node_service(folder / f"{node}.toml", transports[node])
-    for transport in transports.values():
-        transport.nodes = services
-    try:
+    async with joined(folder, {A: checking, B: MemoryTransport(B)}) as services:
         yield services, checking
-    finally:
-        for service in services.values():
-            await service.stop()
-            await service.store.close()
 
 
 async def test_each_batch_is_audited_as_sent_before_it_goes_out_and_once(

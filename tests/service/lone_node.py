@@ -6,7 +6,8 @@ what it is asked is answered by the service alone.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,22 @@ async def node_service(config_file: Path, transport: PeerTransport) -> NodeServi
     service = NodeService(cfg, store, load_federation(cfg), NodeKeyFiles(cfg.keys_dir).load(), transport, roster)
     await service.load(read_provisioned_channels(cfg.channels_dir))
     return service
+
+
+@contextlib.asynccontextmanager
+async def joined(folder: Path, transports: Mapping[str, Any]) -> AsyncIterator[dict[str, NodeService]]:
+    """The nodes of a provisioned `folder`, by id, each reaching the others through its transport
+    in `transports` (each told them all, as its `nodes`); not started, stopped and closed after."""
+    services = {node: await node_service(folder / f"{node}.toml", transport) for node, transport in transports.items()}
+    for transport in transports.values():
+        transport.nodes = services
+    try:
+        yield services
+    finally:
+        for service in services.values():
+            with contextlib.suppress(Exception):
+                await service.stop()
+            await service.store.close()
 
 
 async def lone_node(folder: Path) -> AsyncIterator[NodeService]:

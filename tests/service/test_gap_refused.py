@@ -10,10 +10,9 @@ have taken each of them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from exchange.provision import init_federation
 from exchange.service.node import NodeService
 from exchange.store import audit_log, bulletins
 from tests.conftest import DEFAULT_NODES, write_federation
-from tests.service.lone_node import node_service
+from tests.service.lone_node import joined
 from tests.test_delivery import BULLETIN
 
 A, B = "nl-customs", "ke-customs"
@@ -56,22 +55,16 @@ class Direct:
 
 
 @pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[tuple[NodeService, NodeService]]:
+async def pair(
+    tmp_path: Path, database: Callable[[str], Awaitable[str]]
+) -> AsyncIterator[tuple[NodeService, NodeService]]:
     folder = tmp_path / "nodes"
     channel = {"id": "c2c", "owner": A, "agencies": ["customs"], "members": {A: ["read", "post", "admin"], B: ["read"]}}
-    write_federation(folder, {n: DEFAULT_NODES[n] for n in (A, B)}, [channel], {})
+    urls = {n: await database(n) for n in (A, B)}
+    write_federation(folder, {n: DEFAULT_NODES[n] for n in (A, B)}, [channel], {n: u for n, u in urls.items() if u})
     await init_federation(folder)
-    transports = {n: Direct(n) for n in (A, B)}
-    services = {n: await node_service(folder / f"{n}.toml", transports[n]) for n in (A, B)}
-    for transport in transports.values():
-        transport.nodes = services
-    try:
+    async with joined(folder, {n: Direct(n) for n in (A, B)}) as services:
         yield services[A], services[B]
-    finally:
-        for service in services.values():
-            with contextlib.suppress(Exception):
-                await service.stop()
-            await service.store.close()
 
 
 async def envelope_of(node: NodeService, bid: str) -> Any:

@@ -26,7 +26,7 @@ from exchange.service import sender as sender_module
 from exchange.service.node import NodeService
 from exchange.store import bulletins, outbox, receipts
 from tests.conftest import DEFAULT_NODES, eventually, write_federation
-from tests.service.lone_node import node_service
+from tests.service.lone_node import joined
 from tests.test_delivery import BULLETIN
 
 A, B = "nl-customs", "ke-customs"
@@ -84,19 +84,8 @@ async def pair(tmp_path: Path) -> AsyncIterator[dict[str, NodeService]]:
     }
     write_federation(folder, {n: DEFAULT_NODES[n] for n in (A, B)}, [channel], {})
     await init_federation(folder)
-    services: dict[str, NodeService] = {}
-    transports: dict[str, MemoryTransport] = {}
-    for node in (A, B):
-        transports[node] = MemoryTransport(node)
-        services[node] = await node_service(folder / f"{node}.toml", transports[node])
-    for transport in transports.values():
-        transport.nodes = services
-    try:
+    async with joined(folder, {node: MemoryTransport(node) for node in (A, B)}) as services:
         yield services
-    finally:
-        for service in services.values():
-            await service.stop()
-            await service.store.close()
 
 
 async def _is(value: int, wanted: int) -> bool:

@@ -31,7 +31,7 @@ from exchange.service.outbox import READS_PER_STATEMENT as READ_LIMIT, Ask, _que
 from exchange.store import audit_log, outbox, receipts
 from exchange.store.tables import outbox_leases
 from tests.conftest import eventually, write_federation
-from tests.service.lone_node import node_service
+from tests.service.lone_node import joined
 from tests.service.test_outbox import MemoryTransport
 from tests.test_delivery import BULLETIN
 
@@ -71,19 +71,9 @@ async def federation(
     urls = {n: await database(n) for n in NODES}
     write_federation(folder, NODES, [channel], {n: u for n, u in urls.items() if u})
     await init_federation(folder)
-    services: dict[str, NodeService] = {}
     transports = {n: StealingTransport(n) for n in NODES}
-    for node in NODES:
-        services[node] = await node_service(folder / f"{node}.toml", transports[node])
-    for transport in transports.values():
-        transport.nodes = services
-    try:
+    async with joined(folder, transports) as services:
         yield services, transports[AUTHOR]
-    finally:
-        for service in services.values():
-            with contextlib.suppress(Exception):
-                await service.stop()
-            await service.store.close()
 
 
 @contextlib.contextmanager

@@ -11,7 +11,6 @@ text `None`. Found by a read-only review. Two nodes' application layers joined i
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ from exchange.provision import init_federation
 from exchange.service.node import NodeService
 from exchange.store import audit_log, bulletins, channel_events, outbox, receipts
 from tests.conftest import DEFAULT_NODES, eventually, write_federation
-from tests.service.lone_node import node_service
+from tests.service.lone_node import joined
 from tests.service.test_outbox import MemoryTransport
 from tests.test_delivery import BULLETIN
 
@@ -57,17 +56,8 @@ async def pair(
     ]
     write_federation(folder, {n: DEFAULT_NODES[n] for n in (A, B)}, channels, {n: await database(n) for n in (A, B)})
     await init_federation(folder)
-    transports = {n: Recording(n) for n in (A, B)}
-    services = {n: await node_service(folder / f"{n}.toml", transports[n]) for n in (A, B)}
-    for transport in transports.values():
-        transport.nodes = services
-    try:
+    async with joined(folder, {n: Recording(n) for n in (A, B)}) as services:
         yield services[A], services[B]
-    finally:
-        for service in services.values():
-            with contextlib.suppress(Exception):
-                await service.stop()
-            await service.store.close()
 
 
 async def post(service: NodeService, channel: str, title: str) -> str:

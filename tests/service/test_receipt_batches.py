@@ -24,7 +24,7 @@ from exchange.provision import init_federation
 from exchange.service.node import NodeService
 from exchange.store import audit_log, bulletins, outbox, receipts
 from tests.conftest import DEFAULT_NODES, eventually, write_federation
-from tests.service.lone_node import node_service
+from tests.service.lone_node import joined
 from tests.service.test_outbox import MemoryTransport
 from tests.test_delivery import BULLETIN
 
@@ -52,19 +52,9 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[NodeService, NodeService, 
     channel = {"id": "c2c", "owner": A, "agencies": ["customs"], "members": {A: ["read", "post", "admin"], B: ["read"]}}
     write_federation(folder, {n: DEFAULT_NODES[n] for n in (A, B)}, [channel], {})
     await init_federation(folder)
-    services: dict[str, NodeService] = {}
     shifty = ShiftyTransport(A)
-    transports = {A: shifty, B: MemoryTransport(B)}
-    for node in (A, B):
-        services[node] = await node_service(folder / f"{node}.toml", transports[node])
-    for transport in transports.values():
-        transport.nodes = services
-    try:
+    async with joined(folder, {A: shifty, B: MemoryTransport(B)}) as services:
         yield services[A], services[B], shifty
-    finally:
-        for service in services.values():
-            await service.stop()
-            await service.store.close()
 
 
 async def post(a: NodeService, title: str) -> str:

@@ -5,7 +5,6 @@ reader since suspended or revoked is still shown (6a.7), and a new one from it r
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from exchange.service.held_receipts import checked_receipts
 from exchange.service.node import NodeService
 from exchange.store import audit_log, outbox, receipts
 from tests.conftest import DEFAULT_NODES, write_federation
-from tests.service.lone_node import node_service
+from tests.service.lone_node import joined
 from tests.service.test_outbox import MemoryTransport
 from tests.test_delivery import BULLETIN
 
@@ -42,17 +41,8 @@ async def pair(
     urls = {n: await database(n) for n in (A, B)}
     write_federation(folder, {n: DEFAULT_NODES[n] for n in (A, B)}, [channel], {n: u for n, u in urls.items() if u})
     await init_federation(folder)
-    transports = {n: MemoryTransport(n) for n in (A, B)}
-    services = {n: await node_service(folder / f"{n}.toml", transports[n]) for n in (A, B)}
-    for transport in transports.values():
-        transport.nodes = services
-    try:
+    async with joined(folder, {n: MemoryTransport(n) for n in (A, B)}) as services:
         yield services[A], services[B]
-    finally:
-        for service in services.values():
-            with contextlib.suppress(Exception):
-                await service.stop()
-            await service.store.close()
 
 
 async def nothing_delivered(a: NodeService) -> bool:

@@ -20,7 +20,7 @@ from exchange.provision import init_federation
 from exchange.service.node import NodeService
 from exchange.service.outbox import OutItem
 from tests.conftest import DEFAULT_NODES, eventually, write_federation
-from tests.service.lone_node import node_service
+from tests.service.lone_node import joined
 from tests.service.test_outbox import MemoryTransport
 from tests.test_delivery import BULLETIN
 from tests.test_hot_path_delivery import A, B, CheckingTransport
@@ -53,16 +53,8 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[dict[str, NodeService], He
     write_federation(folder, {n: DEFAULT_NODES[n] for n in (A, B)}, [channel], {}, {})
     await init_federation(folder)
     held = HeldTransport(A)
-    transports = {A: held, B: MemoryTransport(B)}
-    services = {node: await node_service(folder / f"{node}.toml", transports[node]) for node in (A, B)}
-    for transport in transports.values():
-        transport.nodes = services
-    try:
+    async with joined(folder, {A: held, B: MemoryTransport(B)}) as services:
         yield services, held
-    finally:
-        for service in services.values():
-            await service.stop()
-            await service.store.close()
 
 
 async def test_after_a_small_push_what_was_queued_meanwhile_goes_as_one_push_after_its_receipts(
