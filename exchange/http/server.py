@@ -6,7 +6,9 @@ aiohttp reads requests itself: it limits line and header sizes and closes idle k
 connections, but has no timeout on a request's head or body, so a client that sends half a
 request holds its connection for ever (slowloris); and a request it cannot parse (a line over
 8 KB, malformed HTTP) gets its own text/plain answer. `GuardedHandler` adds the deadlines and
-the counts and answers those with problem+json; `GuardedSite` serves it. Every refusal here is
+the counts and answers those with problem+json; `GuardedSite` serves it, and does the TLS
+handshake itself (`loop.start_tls`) so that connections still in theirs are counted per client
+address and in all, and a refused or timed-out handshake is counted too. Every refusal here is
 counted in the audit's `requests.refused` entries (exchange.service.rejections). Request rates
 are `exchange.http.limits`.
 
@@ -34,6 +36,7 @@ from aiohttp.streams import StreamReader
 
 from exchange.config import NodeConfig
 from exchange.errors import RequestTimeout
+from exchange.http.handshake import Handshakes
 from exchange.http.limits import peer_key
 from exchange.http.problem import problem
 from exchange.service.rejections import client_key
@@ -89,6 +92,28 @@ class ConnectionGuard:
         self.identify = identify
         self._open: Counter[str] = Counter()
         self._clients = 0  # connections without a roster certificate, from every address
+        # Connections in their TLS handshake, per client address and in all: nobody knows yet
+        # whether they are a partner's, so partners' count here too, and a flood of clients that
+        # never finish theirs holds a place no longer than the handshake timeout.
+        self._shaking: Counter[str] = Counter()
+
+    def shake(self, key: str) -> bool:
+        """Count one more connection in its TLS handshake from `key`, or False past a limit."""
+        limits = self.limits
+        if self._shaking[key] >= limits.max_connections_per_address or self._shaking.total() >= limits.max_connections:
+            return False
+        self._shaking[key] += 1
+        return True
+
+    def shaken(self, key: str) -> None:
+        """A handshake from `key` ended: the connection is counted as `open` from now on, or is gone."""
+        self._shaking[key] -= 1
+        if self._shaking[key] <= 0:
+            del self._shaking[key]
+
+    def handshakes(self, key: str | None = None) -> int:
+        """How many connections are in their TLS handshake from `key`, or in all."""
+        return self._shaking.total() if key is None else self._shaking[key]
 
     def open(self, key: str, peer: bool) -> bool:
         """Count one more connection under `key`, or False if that is past a limit."""
@@ -345,7 +370,7 @@ class GuardedHandler(web.RequestHandler):
 
 class GuardedSite(web.BaseSite):
     """A TCP site (as aiohttp's `TCPSite`) whose connections are `GuardedHandler`s, and whose TLS
-    handshakes must end within the header timeout."""
+    handshakes are counted and must end within the header timeout."""
 
     def __init__(
         self,
@@ -363,6 +388,7 @@ class GuardedSite(web.BaseSite):
         self._host, self._port, self._tls, self._queue = host, port, ssl_context, backlog
         self._reuse_port = reuse_port  # several worker processes on one port (SO_REUSEPORT)
         self.guard = guard
+        self._handshakes: Handshakes | None = None
 
     @property
     def name(self) -> str:
@@ -386,12 +412,18 @@ class GuardedSite(web.BaseSite):
                 max_field_size=limits.max_header_bytes,
             )
 
-        tls: dict[str, Any] = {}
+        accept: Callable[[], asyncio.BaseProtocol] = connection
         if self._tls is not None:
-            tls = {"ssl": self._tls, "ssl_handshake_timeout": limits.header_timeout, "ssl_shutdown_timeout": 5.0}
+            self._handshakes = Handshakes(self.guard, self._tls, limits.header_timeout, connection)
+            accept = self._handshakes.accept
         self._server = await loop.create_server(
-            connection, self._host, self._port, backlog=self._queue, reuse_port=self._reuse_port or None, **tls
+            accept, self._host, self._port, backlog=self._queue, reuse_port=self._reuse_port or None
         )
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._handshakes is not None:
+            await self._handshakes.stop()
 
 
 __all__ = ["ConnectionGuard", "GuardedHandler", "GuardedSite", "Refused", "ServerLimits", "raw_problem"]

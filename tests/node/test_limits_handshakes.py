@@ -1,0 +1,117 @@
+"""Connections in their TLS handshake, on a real node (exchange.http.handshake): counted per client
+address and in all before the handshake begins, closed at once past a limit, and every handshake
+refused or timed out counted in the audit's `requests.refused` entries. Found by a read-only review:
+the handshake was asyncio's, before the server counted anything, so one host's silent TCP
+connections were held (300 of them, with a limit of 4 per address) and a failed handshake left no trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ssl
+from pathlib import Path
+from typing import Any
+
+from exchange.crypto.tls import generate_tls_identity
+from tests.conftest import MakeFederation, eventually
+from tests.node.test_limits import (
+    WHOAMI,
+    counted,
+    exchange_once,
+    http as http,  # the fixture
+    log_size,
+    tls,
+)
+
+Silent = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def silent(host: str, port: int, source: str) -> Silent:
+    """A TCP connection that never begins its TLS handshake."""
+    return await asyncio.open_connection(host, port, local_addr=(source, 0))
+
+
+async def test_silent_connections_past_the_limits_are_closed_at_once_and_counted(
+    make_federation: MakeFederation, http: Any
+) -> None:
+    fed = await make_federation(
+        options={"max_connections_per_address": 3, "max_connections": 6, "header_timeout_seconds": 60}
+    )
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    assert nl.node is not None
+    guard, host, port = nl.node.guard, nl.config.host, nl.config.port
+    start = await log_size(nl)
+    held = [await silent(host, port, "127.0.0.2") for _ in range(3)]
+
+    async def three() -> bool:
+        return guard.handshakes("127.0.0.2") == 3
+
+    await eventually(three, what="three handshakes from 127.0.0.2")
+    # Past the limit per address: closed at once (before, each was held for the handshake timeout).
+    extra = [await silent(host, port, "127.0.0.2") for _ in range(5)]
+    for reader, _ in extra:
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    assert all(not reader.at_eof() for reader, _ in held)
+    # Meanwhile a partner is served, and a client from another address.
+    async with http(nl, "127.0.0.5", peer=ke).get("/fed/v1/channels/c2c/events") as resp:
+        assert resp.status == 200
+    assert (await exchange_once(nl, WHOAMI, "127.0.0.3")).status == 401
+    # Past the limit in all, from addresses each under theirs.
+    held += [await silent(host, port, "127.0.0.3") for _ in range(3)]
+
+    async def six() -> bool:
+        return guard.handshakes() == 6
+
+    await eventually(six, what="six handshakes in all")
+    reader, writer = await silent(host, port, "127.0.0.4")
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    for _, w in [*held, *extra, (reader, writer)]:
+        w.close()
+
+    async def released() -> bool:
+        return guard.handshakes() == 0
+
+    await eventually(released, what="the handshakes to be released")
+    assert (await exchange_once(nl, WHOAMI, "127.0.0.2")).status == 401  # its place is free again
+    refused = await counted(nl, start)
+    assert refused["127.0.0.2"]["reasons"] == {"429 too many TLS handshakes": 5, "400 TLS handshake abandoned": 3}
+    assert refused["127.0.0.4"]["reasons"] == {"429 too many TLS handshakes": 1}
+
+
+async def test_a_handshake_refused_or_timed_out_is_counted(make_federation: MakeFederation, tmp_path: Path) -> None:
+    fed = await make_federation(options={"header_timeout_seconds": 1})
+    nl = fed["nl-customs"]
+    assert nl.node is not None
+    start = await log_size(nl)
+    # A client certificate outside the roster: the handshake fails (TLS 1.3: the server says so
+    # after the client thinks it is done, so the client sees it on reading).
+    key, cert = generate_tls_identity("outsider", dt.datetime.now(dt.UTC))
+    (tmp_path / "outsider.key").write_bytes(key)
+    (tmp_path / "outsider.crt").write_bytes(cert)
+    ctx = tls(nl)
+    ctx.load_cert_chain(tmp_path / "outsider.crt", tmp_path / "outsider.key")
+    try:
+        reader, writer = await asyncio.open_connection(
+            nl.config.host, nl.config.port, ssl=ctx, local_addr=("127.0.0.3", 0)
+        )
+    except (ssl.SSLError, ConnectionError):
+        pass
+    else:
+        writer.write(WHOAMI)
+        with contextlib.suppress(ssl.SSLError, ConnectionError):
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # nothing answered
+        writer.close()
+    # A connection that never begins its handshake: closed after the timeout, and counted.
+    reader, writer = await silent(nl.config.host, nl.config.port, "127.0.0.4")
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+
+    async def both() -> bool:
+        return nl.service.refusals.pending() >= 2
+
+    await eventually(both, what="both refusals to be counted")
+    refused = await counted(nl, start)
+    assert refused["127.0.0.3"]["reasons"] == {"403 TLS handshake refused": 1}
+    assert refused["127.0.0.4"]["reasons"] == {"408 TLS handshake timeout": 1}
