@@ -160,14 +160,18 @@ class Member:
             raw = await resp.read()
             return resp.status, json.loads(raw) if raw else None, resp.content_type
 
-    async def fed_post(self, sender: Member, body: bytes, path: str = "/fed/v1/envelopes") -> tuple[int, Any, str]:
+    async def fed_post(
+        self, sender: Member, body: bytes, path: str = "/fed/v1/envelopes", headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, str]:
         """Call this node's federation API as `sender` does: with `sender`'s roster certificate."""
         roster_node = self.service.fed.node(self.id)
         ctx = peer_context(roster_node, sender.config.keys_dir / "tls.crt", sender.config.keys_dir / "tls.key")
         async with (
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session,
             session.post(
-                self.config.endpoint + path, data=io.BytesIO(body), headers={"Content-Type": "application/json"}
+                self.config.endpoint + path,
+                data=io.BytesIO(body),
+                headers={"Content-Type": "application/json", **(headers or {})},
             ) as resp,
         ):
             raw = await resp.read()

@@ -15,6 +15,7 @@ from exchange.http.limits import Handler
 from exchange.model import NodeId
 from exchange.node.bodies import CATCHUP_LIMIT, MAX_BATCH
 from exchange.node.tls import peer_identity
+from exchange.protocol.receipt_batches import BATCHES, RECEIPT_FORM_HEADER, batch_form
 from exchange.service.gossip import OFFER_BYTES, ROSTER_HEADER, ROSTER_PATH, header_version, offer_source
 
 # The transaction body: what a sender's batch can need (exchange.service.outbox keeps a batch
@@ -61,6 +62,10 @@ async def post_transaction(request: web.Request) -> web.Response:
     if not events and not envelopes and not pushed:
         raise InvalidInput("an empty transaction")
     receipts = await request.app[SERVICE].receive(peer, events, envelopes, pushed)
+    if request.headers.get(RECEIPT_FORM_HEADER) == BATCHES:  # a sender that takes the batch form (10.4)
+        full, batches = batch_form(receipts)
+        answer = {"txn": body["txn"], "receipts": [r.model_dump(mode="json") for r in full], "batches": batches}
+        return web.json_response(answer)
     return web.json_response({"txn": body["txn"], "receipts": [r.model_dump(mode="json") for r in receipts]})
 
 

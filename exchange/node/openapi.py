@@ -347,6 +347,14 @@ def _federation_paths() -> dict[str, Any]:
                 "TransactionReceipts",
                 body="Transaction",
                 partners=True,
+                parameters=[
+                    _param(
+                        "Exchange-Receipt-Form",
+                        "header",
+                        {"type": "string", "enum": ["batches"]},
+                        "batches: whole receipt batches in the batch form (protocol 10.4); else every receipt in full",
+                    )
+                ],
             )
         },
         "/fed/v1/channels/{channel}/events": {

@@ -20,6 +20,7 @@ from exchange.errors import InvalidInput, PeerError, PeerRefused
 from exchange.keystore import NodeKeyFiles, TlsIdentity
 from exchange.model import NodeId, RosterNode
 from exchange.node.tls import peer_context
+from exchange.protocol.receipt_batches import BATCHES, RECEIPT_FORM_HEADER
 from exchange.protocol.roster import Federation
 from exchange.service.gossip import ROSTER_HEADER, ROSTER_PATH, RosterGossip, header_version
 
@@ -29,6 +30,9 @@ from exchange.service.gossip import ROSTER_HEADER, ROSTER_PATH, RosterGossip, he
 MAX_ANSWER_BYTES = 96 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 OFF_LOOP_FROM = 1024 * 1024  # answers this long or longer are parsed in a thread (`_parsed`)
+# Every POST says so: a push is answered with whole receipt batches in the batch form
+# (docs/protocol.md 10.4); the other federation requests have no receipts to answer with.
+POSTED = {"Content-Type": "application/json", RECEIPT_FORM_HEADER: BATCHES}
 # An answer is parsed as strictly as a request (docs/protocol.md 2.3), with a value budget of its
 # own: one `,` `:` `[` `{` outside strings per ANSWER_BYTES_PER_VALUE bytes, MIN_VALUES whatever
 # its size. A request's one per 20 bytes is too tight for answers, which gather many small
@@ -125,7 +129,7 @@ class HttpTransport:
         another connection, as aiohttp itself does for a GET: every federation request may be
         repeated (the sender repeats a failed batch anyway, after its backoff)."""
         session, endpoint = self._partner(node)
-        headers = self._headers() if body is None else {"Content-Type": "application/json", **self._headers()}
+        headers = self._headers() if body is None else {**POSTED, **self._headers()}
         for last in (False, True) if body is not None else (True,):
             try:
                 # BytesIO: aiohttp streams it rather than warn about a large body (attachments)

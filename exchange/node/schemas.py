@@ -313,7 +313,23 @@ def components() -> dict[str, Any]:
         "description": "channel events, then envelopes, then pushed receipts; at least one item",
         "anyOf": [{"properties": {k: {"minItems": 1}}, "required": [k]} for k in batch],
     }
-    schemas["TransactionReceipts"] = closed(["txn", "receipts"], txn={"type": "string"}, receipts=array(ref("Receipt")))
+    statement_members = ("v", "node", "status", "at", "signer", "size", "root")
+    schemas["ReceiptBatch"] = {
+        **closed(
+            ["statement", "signature", "bulletins"],
+            statement=closed(statement_members, **{m: {} for m in statement_members}),
+            signature=B64,
+            bulletins=array(HEX64),
+        ),
+        "description": "a whole v2 receipt batch in the batch form (protocol 10.4): the signed statement, "
+        "its signature, the bulletin ids in leaf order",
+    }
+    schemas["TransactionReceipts"] = closed(
+        ["txn", "receipts"],
+        txn={"type": "string"},
+        receipts=array(ref("Receipt")),
+        batches={**array(ref("ReceiptBatch")), "description": "only to a request with Exchange-Receipt-Form: batches"},
+    )
     schemas["ChannelEvents"] = closed(["events"], events=array(ref("ChannelEvent")))
     schemas["EpochPage"] = closed(
         ["epochs", "more", "grants", "support"],

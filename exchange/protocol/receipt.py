@@ -26,7 +26,7 @@ BATCH_DOMAIN = "receipt-batch"  # v2: the batch statement
 STATEMENT_MEMBERS = ("v", "node", "status", "at", "signer", "size", "root")
 ReceiptStatus = Literal["received", "opened"]
 H = TypeVar("H", bytes, str)
-_BULLETIN_ID = re.compile(r"[0-9a-f]{64}")
+BULLETIN_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def parse_receipt(raw: Any) -> Receipt:
@@ -44,10 +44,10 @@ def receipt_json(receipt: Receipt) -> str:
     escaped). tests/protocol/test_receipt_json.py holds it to canonical_json."""
     if receipt.v != 2:
         return canonical_json(receipt.model_dump(mode="json")).decode()
-    return _v2_json(statement(receipt), receipt.signature, receipt.bulletin, receipt.index, receipt.proof or [])
+    return v2_json(statement(receipt), receipt.signature, receipt.bulletin, receipt.index, receipt.proof or [])
 
 
-def _v2_json(st: dict[str, Any], signature: str, bulletin: str, index: Any, proof: list[str]) -> str:
+def v2_json(st: dict[str, Any], signature: str, bulletin: str, index: Any, proof: list[str]) -> str:
     """A v2 receipt's canonical JSON from its statement, signature and leaf members, all of them
     checked against the schema (whose strings JSON writes as they are)."""
     path = ",".join(f'"{p}"' for p in proof)
@@ -88,7 +88,7 @@ def make_receipts(bids: Sequence[str], node: NodeId, status: ReceiptStatus, at: 
     """v2 receipts of `bids`, in their order, under one signed batch statement."""
     if not 1 <= len(bids) <= MAX_RECEIPT_BATCH:
         raise InvalidInput(f"a receipt batch holds 1 to {MAX_RECEIPT_BATCH} bulletins, not {len(bids)}")
-    if len(set(bids)) != len(bids) or not all(_BULLETIN_ID.fullmatch(b) for b in bids):
+    if len(set(bids)) != len(bids) or not all(BULLETIN_ID.fullmatch(b) for b in bids):
         raise InvalidInput("a receipt batch names distinct bulletin ids")
     levels = tree_levels([leaf_hash(bytes.fromhex(b)) for b in bids])
     statement = {
@@ -150,7 +150,7 @@ def statement(receipt: Receipt) -> dict[str, Any]:
     return {name: getattr(receipt, name) for name in STATEMENT_MEMBERS}
 
 
-def _key(receipt: Receipt) -> tuple[Any, ...]:
+def statement_key(receipt: Receipt) -> tuple[Any, ...]:
     """Equal for receipts under one signed statement (a v1 receipt is a statement of its own)."""
     if receipt.v == 1:
         return (receipt.bulletin, receipt.node, receipt.status, receipt.at, receipt.signer, receipt.signature)
@@ -205,7 +205,7 @@ def verify_receipts(receipts: Sequence[Receipt], fed: Federation, *, stored: boo
     hashes = _Hashes()
     for receipt in receipts:
         _check_unsigned(receipt, fed, hashes, stored)
-        pending.setdefault(_key(receipt), receipt)
+        pending.setdefault(statement_key(receipt), receipt)
     for receipt in pending.values():
         if receipt.v == 1:
             domain, body = DOMAIN, receipt.model_dump(mode="json", exclude={"signature"})
@@ -225,7 +225,7 @@ def verify_receipt(receipt: Receipt, fed: Federation, *, stored: bool = False) -
 
 def signatures_needed(receipts: Sequence[Receipt]) -> int:
     """How many Ed25519 verifications `verify_receipts` makes for these receipts."""
-    return len({_key(r) for r in receipts})
+    return len({statement_key(r) for r in receipts})
 
 
 def answered(raws: Sequence[Any], dest: str, sent: set[str]) -> dict[str, Receipt]:
@@ -318,6 +318,6 @@ def _whole_batch(
     st, signature = statement(checked), checked.signature
     node, status, at = checked.node, checked.status, checked.at
     return [
-        StoredReceipt(r["bulletin"], node, status, at, _v2_json(st, signature, r["bulletin"], r["index"], r["proof"]))
+        StoredReceipt(r["bulletin"], node, status, at, v2_json(st, signature, r["bulletin"], r["index"], r["proof"]))
         for r in members
     ]

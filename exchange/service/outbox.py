@@ -34,6 +34,7 @@ from exchange.protocol.receipt import (
     verify_receipts,
     whole_batches,
 )
+from exchange.protocol.receipt_batches import checked_batches
 from exchange.protocol.roster import Federation
 from exchange.service.coalesce import Coalesced
 from exchange.service.leases import Leases
@@ -299,9 +300,15 @@ class Outbox:
                     data[ref] = str(raw).encode()
         return data  # without what is not stored: `_pending_many` rejects it
 
-    async def accept_receipts(self, dest: str, sent: Sequence[OutItem], raw_receipts: Sequence[Any]) -> int:
-        """Check the receipts `dest` returned, store them, and mark what was sent delivered."""
+    async def accept_receipts(
+        self, dest: str, sent: Sequence[OutItem], raw_receipts: Sequence[Any], raw_batches: Any = ()
+    ) -> int:
+        """Check the receipts `dest` returned, in full or in whole batches (the batch form,
+        docs/protocol.md 10.4), store them, and mark what was sent delivered."""
         envelope_ids = {i.ref.bulletin for i in sent if isinstance(i.ref, EnvelopeRef)}
+        batched = checked_batches(raw_batches, dest, envelope_ids, self.fed) if raw_batches else {}
+        if batched:
+            envelope_ids -= batched.keys()
         got = whole_batches(raw_receipts, dest, envelope_ids, self.fed)  # the usual answer, checked
         if got is None:
             parsed = answered(raw_receipts, dest, envelope_ids)
@@ -313,7 +320,7 @@ class Outbox:
             else:
                 verify_receipts(checked, self.fed)
             got = {b: stored(r) for b, r in parsed.items()}
-        return await self._delivered((dest, sent, got))
+        return await self._delivered((dest, sent, got | batched))
 
     async def _delivered_many(self, asks: Sequence[Delivered]) -> list[int | Exception]:
         """Store the receipts of several partners' batches and mark the batches delivered, in one

@@ -239,7 +239,7 @@ class Sender:
                 raise PeerError(f"{self.peer} refused a batch: {exc.detail}") from exc
             await self.outbox.reject_queued(self.peer, batch[0], exc.detail)
             return 0
-        delivered = await self.outbox.accept_receipts(self.peer, batch, answer["receipts"])
+        delivered = await self.outbox.accept_receipts(self.peer, batch, answer["receipts"], answer.get("batches", []))
         if len(batch) == 1:  # the item a refusal was looked for in went through: batches again
             self._single = False
         return delivered

@@ -225,3 +225,46 @@ def test_receipts() -> None:
 def test_receipt_negatives_are_refused(negative: dict[str, Any]) -> None:
     with pytest.raises(Refused):
         verify_receipt(negative["receipt"])
+
+
+def batch_form_receipts(batch: Any, dest: str, sent: set[str]) -> list[dict[str, Any]]:
+    """protocol.md 10.4: the receipts a batch in the batch form gives, checked in its order."""
+    if not isinstance(batch, dict) or set(batch) != {"statement", "signature", "bulletins"}:
+        raise Refused("a batch has exactly statement, signature and bulletins")
+    st, bids = batch["statement"], batch["bulletins"]
+    if not isinstance(st, dict) or set(st) != {"v", "node", "status", "at", "signer", "size", "root"}:
+        raise Refused("the statement's members are exact")
+    if not isinstance(bids, list) or not 1 <= len(bids) <= 65536 or len(set(bids)) != len(bids):
+        raise Refused("1 to 65536 distinct bulletins")
+    if not all(isinstance(b, str) and len(b) == 64 and set(b) <= set("0123456789abcdef") for b in bids):
+        raise Refused("bulletin ids are 64 lowercase hex digits")
+    if type(st["v"]) is not int or type(st["size"]) is not int or st["v"] != 2:
+        raise Refused("v is the integer 2, size an integer")
+    if st["node"] != dest or st["status"] != "received" or not set(bids) <= sent:
+        raise Refused("not what was sent")
+    leaves = [leaf(bytes.fromhex(b)) for b in bids]
+    if st["size"] != len(bids) or st["root"] != b64url(mth(leaves)):
+        raise Refused("size or root")
+    sig = batch["signature"]
+    receipts = [
+        {**st, "bulletin": b, "index": i, "proof": [b64url(h) for h in path(i, leaves)], "signature": sig}
+        for i, b in enumerate(bids)
+    ]
+    verify_receipt(receipts[0])
+    return receipts
+
+
+def test_the_batch_form_gives_the_batch_receipts() -> None:
+    form, batch = R["outputs"]["batch_form"], R["outputs"]["batch"]
+    (only,) = form["answer"]["batches"]
+    made = batch_form_receipts(only, "ke-customs", set(batch["bulletins"]))
+    assert [jcs(r).decode() for r in made] == [r["jcs"] for r in batch["receipts"]]
+
+
+FORM_NEGATIVES = R["outputs"]["batch_form"]["negatives"]
+
+
+@pytest.mark.parametrize("negative", FORM_NEGATIVES, ids=[n["name"] for n in FORM_NEGATIVES])
+def test_batch_form_negatives_are_refused(negative: dict[str, Any]) -> None:
+    with pytest.raises(Refused):
+        batch_form_receipts(negative["batch"], "ke-customs", set(R["outputs"]["batch"]["bulletins"]))

@@ -49,6 +49,7 @@ from exchange.protocol.receipt import (
     tree_levels,
     verify_receipt,
 )
+from exchange.protocol.receipt_batches import batch_form, checked_batches
 from exchange.protocol.roster import Federation, sign_roster
 from exchange.protocol.signing import sign, signing_input
 from exchange.service.outbox import transaction_id
@@ -692,7 +693,98 @@ def build_receipts(envelope_vector: dict[str, Any]) -> dict[str, Any]:
             "batch": batch,
             "single": single,
             "negatives": _receipt_negatives(batch, v1.model_dump(mode="json"), bids),
+            "batch_form": _batch_form(batch, fed),
         },
+    }
+
+
+def _batch_form(batch: dict[str, Any], fed: Federation) -> dict[str, Any]:
+    """The batch's three receipts as the batch form answers a push of its bulletins (10.4), the
+    receipts the author makes of it, and altered batches with the error each must raise."""
+    full, batches = batch_form([parse_receipt(r["signed"]) for r in batch["receipts"]])
+    assert not full and len(batches) == 1
+    good, sent, dest = batches[0], set(batch["bulletins"]), RECEIPT_BATCH["node"]
+    made = checked_batches(batches, dest, sent, fed)
+    assert [made[b].text for b in batch["bulletins"]] == [r["jcs"] for r in batch["receipts"]]
+    st = good["statement"]
+    other = seed("bulletin/3").hex()
+    negatives: list[dict[str, Any]] = []
+
+    def add(name: str, description: str, altered: Any, error: type[errors.ExchangeError]) -> None:
+        try:
+            checked_batches([altered], dest, sent, fed)
+        except error:
+            negatives.append({"name": name, "description": description, "batch": altered, "error": error.__name__})
+            return
+        raise AssertionError(f"{name}: not refused with {error.__name__}")
+
+    b0, b1, b2 = good["bulletins"]
+    add(
+        "extra-member", "a member beside statement, signature and bulletins", {**good, "proof": []}, errors.InvalidInput
+    )
+    add(
+        "statement-member-missing",
+        "the statement without root",
+        {**good, "statement": {k: v for k, v in st.items() if k != "root"}},
+        errors.InvalidInput,
+    )
+    add("v-true", "the statement's v is true", {**good, "statement": {**st, "v": True}}, errors.InvalidInput)
+    add("bulletin-twice", "one bulletin id twice", {**good, "bulletins": [b0, b1, b1]}, errors.InvalidInput)
+    add(
+        "bulletin-uppercase",
+        "a bulletin id in capitals",
+        {**good, "bulletins": [b0.upper(), b1, b2]},
+        errors.InvalidInput,
+    )
+    add(
+        "bulletin-not-sent",
+        "a bulletin that was not in the push",
+        {**good, "bulletins": [b0, b1, other]},
+        errors.InvalidEnvelope,
+    )
+    add(
+        "status-opened",
+        "the statement's status is opened",
+        {**good, "statement": {**st, "status": "opened"}},
+        errors.InvalidEnvelope,
+    )
+    add(
+        "node-other",
+        "the statement names another node than the one pushed to",
+        {**good, "statement": {**st, "node": "gb-avsec"}},
+        errors.InvalidEnvelope,
+    )
+    add(
+        "bulletins-reordered", "the first two bulletins swapped", {**good, "bulletins": [b1, b0, b2]}, errors.ProofError
+    )
+    add(
+        "bulletin-left-out",
+        "the last bulletin left out (size still 3)",
+        {**good, "bulletins": [b0, b1]},
+        errors.ProofError,
+    )
+    add("size-four", "size 4 for three bulletins", {**good, "statement": {**st, "size": 4}}, errors.ProofError)
+    flipped = bytearray(b64d(good["signature"]))
+    flipped[0] ^= 0x01
+    add(
+        "signature-altered",
+        "one bit of the signature flipped",
+        {**good, "signature": b64e(bytes(flipped))},
+        errors.BadSignature,
+    )
+    add(
+        "at-altered",
+        "the statement's time changed",
+        {**good, "statement": {**st, "at": "2025-03-14T09:26:55.120Z"}},
+        errors.BadSignature,
+    )
+    return {
+        "how": "the answer to a push of the batch's three bulletins to its node, with the request header "
+        "'Exchange-Receipt-Form: batches' (docs/protocol.md 10.4); the author makes outputs.batch.receipts "
+        "of it, byte for byte (their jcs). Each negative is one altered batch in such an answer, pushed "
+        "the same three bulletins, with the error the author must raise.",
+        "answer": {"txn": "vector", "receipts": [], "batches": batches},
+        "negatives": negatives,
     }
 
 

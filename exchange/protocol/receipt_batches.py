@@ -1,0 +1,118 @@
+"""The batch form of a push's answer (docs/protocol.md, 10.4): a whole v2 batch as its signed
+statement, its signature and its bulletin ids, instead of one full receipt per bulletin.
+
+Every receipt of a batch repeats the statement and the signature and carries its own proof, so
+an answer to a push of 50 bulletins is about 50 times the statement; the author parsed each,
+compared each proof and built the tree anyway. In the batch form the author builds the tree from
+the ids, compares its root with the statement's, checks the one signature, and makes each
+receipt itself (`v2_json`): the same receipts, byte for byte, as the full form gives, provable
+alone as before. A receiver answers in this form only to a sender that asks for it (the request
+header RECEIPT_FORM_HEADER), so nodes that do not know it keep getting full receipts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from exchange.crypto import b64e
+from exchange.errors import InvalidEnvelope, InvalidInput, ProofError
+from exchange.merkle import leaf_hash
+from exchange.model import MAX_RECEIPT_BATCH, Receipt, first_error
+from exchange.protocol.receipt import (
+    BULLETIN_ID,
+    STATEMENT_MEMBERS,
+    StoredReceipt,
+    inclusion_path,
+    statement,
+    statement_key,
+    tree_levels,
+    v2_json,
+    verify_receipts,
+)
+from exchange.protocol.roster import Federation
+
+RECEIPT_FORM_HEADER = "Exchange-Receipt-Form"  # a push's request header; its one value: "batches"
+BATCHES = "batches"
+BATCH_MEMBERS = frozenset(("statement", "signature", "bulletins"))
+_STATEMENT = frozenset(STATEMENT_MEMBERS)
+
+
+def batch_form(receipts: Sequence[Receipt]) -> tuple[list[Receipt], list[dict[str, Any]]]:
+    """An answer's receipts as the receipts to send in full and the whole batches in the batch
+    form: a v2 batch every leaf of which is in `receipts` goes as one object; the rest (v1, and
+    the leaves of a batch not all here: receipts given before, re-sent for a retried push) in full."""
+    groups: dict[tuple[Any, ...], list[Receipt]] = {}
+    for receipt in receipts:
+        if receipt.v == 2:
+            groups.setdefault(statement_key(receipt), []).append(receipt)
+    whole: dict[tuple[Any, ...], list[Receipt]] = {}
+    for key, members in groups.items():
+        if sorted(r.index for r in members if r.index is not None) == list(range(members[0].size or 0)):
+            whole[key] = sorted(members, key=lambda r: r.index or 0)
+    full = [r for r in receipts if r.v != 2 or statement_key(r) not in whole]
+    batches = [
+        {
+            "statement": statement(members[0]),
+            "signature": members[0].signature,
+            "bulletins": [r.bulletin for r in members],
+        }
+        for members in whole.values()
+    ]
+    return full, batches
+
+
+def checked_batches(raws: Any, dest: str, sent: set[str], fed: Federation) -> dict[str, StoredReceipt]:
+    """The receipts that batches in the batch form give, by bulletin, each checked as section 10.3
+    checks a receipt and as a sender checks the answer to its transaction: from `dest`,
+    `received`, for bulletins in `sent`, none twice. Raise at the first that fails, as the full
+    check does: InvalidInput for the form, InvalidEnvelope for what does not match what was
+    sent or the roster, ProofError for a root its bulletins do not make, BadSignature."""
+    if type(raws) is not list:
+        raise InvalidInput("batches must be a list")
+    got: dict[str, StoredReceipt] = {}
+    for raw in raws:
+        for made in _batch(raw, dest, sent, fed):
+            if made.bulletin in got:
+                raise InvalidEnvelope("the peer returned two receipts for one envelope")
+            got[made.bulletin] = made
+    return got
+
+
+def _batch(raw: Any, dest: str, sent: set[str], fed: Federation) -> list[StoredReceipt]:
+    """One batch's receipts, checked in the order of docs/protocol.md 10.4."""
+    if type(raw) is not dict or raw.keys() != BATCH_MEMBERS:
+        raise InvalidInput('a batch is {"statement": {...}, "signature": ..., "bulletins": [...]}')
+    st, signature, bids = raw["statement"], raw["signature"], raw["bulletins"]
+    if type(st) is not dict or st.keys() != _STATEMENT:
+        raise InvalidInput(f"a batch statement has exactly the members {', '.join(STATEMENT_MEMBERS)}")
+    if type(bids) is not list or not 1 <= len(bids) <= MAX_RECEIPT_BATCH:
+        raise InvalidInput(f"a batch names 1 to {MAX_RECEIPT_BATCH} bulletins")
+    if not all(type(b) is str and BULLETIN_ID.fullmatch(b) for b in bids) or len(set(bids)) != len(bids):
+        raise InvalidInput("a batch names distinct bulletin ids")
+    levels = tree_levels([leaf_hash(bytes.fromhex(b)) for b in bids])
+    encoded = [[b64e(h) for h in level] for level in levels]
+    try:  # the statement's members, as the receipt of the first bulletin carries them
+        first = Receipt.model_validate(
+            {**st, "bulletin": bids[0], "index": 0, "proof": inclusion_path(encoded, 0), "signature": signature}
+        )
+    except ValidationError as exc:
+        raise InvalidInput(f"receipt does not match the schema: {first_error(exc)}") from exc
+    if first.v != 2 or first.node != dest or first.status != "received" or not set(bids) <= sent:
+        raise InvalidEnvelope("a receipt does not match what was sent")
+    if first.size != len(bids):
+        raise ProofError("a batch's size is not the number of its bulletins")
+    if first.root != encoded[-1][0]:
+        raise ProofError("a batch's bulletins do not make its root")
+    verify_receipts([first], fed)  # the node and its key (steps 1 and 2 of 10.3), the one signature
+    checked = statement(first)
+    return [
+        StoredReceipt(bid, first.node, first.status, first.at, v2_json(checked, first.signature, bid, i, path))
+        for i, bid in enumerate(bids)
+        for path in (inclusion_path(encoded, i),)
+    ]
+
+
+__all__ = ["BATCHES", "BATCH_MEMBERS", "RECEIPT_FORM_HEADER", "batch_form", "checked_batches"]
