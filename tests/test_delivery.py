@@ -6,6 +6,7 @@ import sqlalchemy as sa
 
 from exchange.model import Receipt
 from exchange.protocol.receipt import verify_receipt
+from exchange.service.held_receipts import checked_receipts
 from exchange.store import bulletins, receipts
 from tests.conftest import MakeFederation, eventually
 
@@ -55,9 +56,9 @@ async def test_post_at_a_is_readable_at_b_and_a_holds_bs_receipt(make_federation
         return await count(a, receipts) >= 1
 
     await eventually(receipt_at_a, what="B's receipt at A")
-    async with a.service.store.read() as conn:
-        raw = (await conn.execute(sa.select(receipts.c.receipt).where(receipts.c.node == "ke-customs"))).scalar_one()
-    receipt = Receipt.model_validate_json(raw)
+    async with a.service.store.read() as conn:  # as shown: kept as a leaf of its batch (protocol 10.4)
+        (held,) = [h for h in await checked_receipts(conn, a.service.fed, bid) if h.node == "ke-customs"]
+    receipt = Receipt.model_validate_json(held.receipt)
     assert receipt.bulletin == bid and receipt.status == "received"
     verify_receipt(receipt, a.service.fed)  # signed by B's roster key
     assert await count(b, bulletins) == 1

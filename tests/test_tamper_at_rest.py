@@ -28,7 +28,16 @@ from exchange.cli.audit import verify_node
 from exchange.crypto import canonical_json
 from exchange.errors import AuditTampered, BadEntry, SplitView
 from exchange.merkle import leaf_hash
-from exchange.store import Store, audit_checkpoints, audit_cosignatures, audit_log, bulletins, receipts
+from exchange.service.held_receipts import checked_receipts
+from exchange.store import (
+    Store,
+    audit_checkpoints,
+    audit_cosignatures,
+    audit_log,
+    bulletins,
+    receipt_batches,
+    receipts,
+)
 from tests.conftest import Federation, MakeFederation, Member, console_session
 from tests.test_audit_e2e import checkpoint, entries, keys, post, target, wait_for
 
@@ -349,11 +358,10 @@ async def test_receipt_rows_whose_signed_receipts_do_not_verify_are_not_shown(ma
     nl, ke = fed["nl-customs"], fed["ke-customs"]
     bid = await post(nl)
     await wait_for(nl, "bulletin.delivered", bid)
-    async with nl.service.store.read() as conn:
-        genuine = await conn.scalar(
-            sa.select(receipts.c.receipt).where(receipts.c.bulletin_id == bid, receipts.c.node == ke.id)
-        )
-    assert genuine is not None
+    async with nl.service.store.read() as conn:  # made from its batch: the author keeps it as a leaf (protocol 10.4)
+        (shown_first,) = await checked_receipts(conn, nl.service.fed, bid)
+    genuine = shown_first.receipt
+    assert genuine.startswith("{")
     forged = {"bulletin_id": bid, "node": ke.id, "status": "opened", "at": "2020-02-02T02:02:02.000Z"}
     await in_database(nl.config.database_url, sa.insert(receipts).values(**forged, receipt=genuine))
     held = await nl.service.audit.receipts_held(bid)
@@ -378,6 +386,40 @@ async def test_receipt_rows_whose_signed_receipts_do_not_verify_are_not_shown(ma
     )
     status, view, _ = await nl.api("GET", f"/api/v1/bulletins/{bid}")  # was a 500
     assert status == 200 and (ke.id, "opened") not in [(r["node"], r["status"]) for r in view["receipts"]], view
+
+
+@pytest.mark.parametrize("edit", ["bulletins", "statement", "idx", "batch"])
+async def test_a_receipt_kept_as_a_batch_leaf_is_not_shown_once_its_batch_or_leaf_is_edited(
+    make_federation: MakeFederation, edit: str
+) -> None:
+    """A partner's receipt taken in the batch form is kept as its batch statement and its leaf
+    (protocol 10.4): its text is made when shown, and shown only if it verifies, so an edited
+    bulletin list, statement, leaf index or batch reference leaves it out."""
+    fed = await make_federation()
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    bid = await post(nl)
+    await wait_for(nl, "bulletin.delivered", bid)
+    other = await post(nl)
+    await wait_for(nl, "bulletin.delivered", other)
+    assert [h.node for h in await nl.service.audit.receipts_held(bid)] == [ke.id]
+    async with nl.service.store.read() as conn:
+        row = (await conn.execute(sa.select(receipts).where(receipts.c.bulletin_id == bid))).one()
+        second = (await conn.execute(sa.select(receipts).where(receipts.c.bulletin_id == other))).one()
+    assert row.receipt == "" and row.batch is not None
+    batch_row = receipt_batches.c.id == row.batch
+    if edit == "bulletins":
+        change: Any = sa.update(receipt_batches).where(batch_row).values(bulletins=other)
+    elif edit == "statement":
+        edited = sa.func.replace(receipt_batches.c.statement, '"status":"received"', '"status":"opened"')
+        change = sa.update(receipt_batches).where(batch_row).values(statement=edited)
+    elif edit == "idx":
+        change = sa.update(receipts).where(receipts.c.bulletin_id == bid).values(idx=1)
+    else:  # the other bulletin's batch
+        change = sa.update(receipts).where(receipts.c.bulletin_id == bid).values(batch=second.batch, idx=second.idx)
+    await in_database(nl.config.database_url, change)
+    assert await nl.service.audit.receipts_held(bid) == []
+    status, view, _ = await nl.api("GET", f"/api/v1/bulletins/{bid}")
+    assert status == 200 and view["receipts"] == [], view
 
 
 @pytest.mark.parametrize("edited", [b"{not json", b"[1,2]"], ids=["not-json", "not-an-object"])

@@ -60,15 +60,30 @@ def v2_json(st: dict[str, Any], signature: str, bulletin: str, index: Any, proof
 
 
 @dataclass(frozen=True, slots=True)
+class HeldBatch:
+    """A partner's checked batch statement, kept once for its receipts (docs/protocol.md 10.4):
+    the statement's JCS, its signature, and its bulletin ids in leaf order."""
+
+    node: str
+    statement: str
+    signature: str
+    bulletins: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class StoredReceipt:
     """A checked receipt as its holder stores it: the members its row shows, and its canonical
-    text, the signed claim behind them (docs/protocol.md 10.3)."""
+    text, the signed claim behind them (docs/protocol.md 10.3); or, for a leaf of a batch taken
+    in the batch form, no text but the batch and the leaf's index, from which the text is made
+    when it is shown (the same bytes)."""
 
     bulletin: str
     node: str
     status: str
     at: str
     text: str
+    batch: HeldBatch | None = None
+    index: int | None = None
 
 
 def stored(receipt: Receipt) -> StoredReceipt:

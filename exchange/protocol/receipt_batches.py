@@ -12,18 +12,19 @@ header RECEIPT_FORM_HEADER), so nodes that do not know it keep getting full rece
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
-from exchange.crypto import b64e
+from exchange.crypto import b64e, canonical_json, strict_loads
 from exchange.errors import InvalidEnvelope, InvalidInput, ProofError
 from exchange.merkle import leaf_hash
 from exchange.model import MAX_RECEIPT_BATCH, Receipt, first_error
 from exchange.protocol.receipt import (
     BULLETIN_ID,
     STATEMENT_MEMBERS,
+    HeldBatch,
     StoredReceipt,
     inclusion_path,
     statement,
@@ -93,10 +94,9 @@ def _batch(raw: Any, dest: str, sent: set[str], fed: Federation) -> list[StoredR
     if not all(type(b) is str and BULLETIN_ID.fullmatch(b) for b in bids) or len(set(bids)) != len(bids):
         raise InvalidInput("a batch names distinct bulletin ids")
     levels = tree_levels([leaf_hash(bytes.fromhex(b)) for b in bids])
-    encoded = [[b64e(h) for h in level] for level in levels]
     try:  # the statement's members, as the receipt of the first bulletin carries them
         first = Receipt.model_validate(
-            {**st, "bulletin": bids[0], "index": 0, "proof": inclusion_path(encoded, 0), "signature": signature}
+            {**st, "bulletin": bids[0], "index": 0, "proof": _path(levels, 0), "signature": signature}
         )
     except ValidationError as exc:
         raise InvalidInput(f"receipt does not match the schema: {first_error(exc)}") from exc
@@ -104,15 +104,61 @@ def _batch(raw: Any, dest: str, sent: set[str], fed: Federation) -> list[StoredR
         raise InvalidEnvelope("a receipt does not match what was sent")
     if first.size != len(bids):
         raise ProofError("a batch's size is not the number of its bulletins")
-    if first.root != encoded[-1][0]:
+    if first.root != b64e(levels[-1][0]):
         raise ProofError("a batch's bulletins do not make its root")
     verify_receipts([first], fed)  # the node and its key (steps 1 and 2 of 10.3), the one signature
-    checked = statement(first)
-    return [
-        StoredReceipt(bid, first.node, first.status, first.at, v2_json(checked, first.signature, bid, i, path))
-        for i, bid in enumerate(bids)
-        for path in (inclusion_path(encoded, i),)
-    ]
+    held = HeldBatch(first.node, canonical_json(statement(first)).decode(), first.signature, tuple(bids))
+    return [StoredReceipt(bid, first.node, first.status, first.at, "", held, i) for i, bid in enumerate(bids)]
 
 
-__all__ = ["BATCHES", "BATCH_MEMBERS", "RECEIPT_FORM_HEADER", "batch_form", "checked_batches"]
+def _path(levels: list[list[bytes]], index: int) -> list[str]:
+    return [b64e(h) for h in inclusion_path(levels, index)]
+
+
+def texts_of_batches(
+    batches: Mapping[int, tuple[str, str, str]], leaves: Iterable[tuple[int, int]]
+) -> dict[tuple[int, int], str]:
+    """The receipt texts of these leaves (batch id, index) of stored batches (id: the statement's
+    JCS, the signature, the bulletin ids joined by ","), each the JCS the full form carries. A
+    leaf whose batch is missing or not well formed, or whose index is outside it, is left out:
+    its row was written by hand, and is shown as a receipt that does not verify would be."""
+    wanted: dict[int, set[int]] = {}
+    for batch, index in leaves:
+        wanted.setdefault(batch, set()).add(index)
+    out: dict[tuple[int, int], str] = {}
+    for batch, indices in wanted.items():
+        if batch not in batches:
+            continue
+        text, signature, joined = batches[batch]
+        try:
+            st = strict_loads(text)
+            bids = joined.split(",")
+            if type(st) is not dict or st.keys() != _STATEMENT or not all(BULLETIN_ID.fullmatch(b) for b in bids):
+                continue
+            levels = tree_levels([leaf_hash(bytes.fromhex(b)) for b in bids])
+        except (ValueError, InvalidInput):
+            continue
+        for i in indices:
+            if 0 <= i < len(bids):
+                out[batch, i] = v2_json(st, signature, bids[i], i, _path(levels, i))
+    return out
+
+
+def receipt_text(receipt: StoredReceipt) -> str:
+    """A stored receipt's text, made from its batch if it has one."""
+    if receipt.batch is None or receipt.index is None:
+        return receipt.text
+    held = receipt.batch
+    made = texts_of_batches({0: (held.statement, held.signature, ",".join(held.bulletins))}, [(0, receipt.index)])
+    return made[0, receipt.index]
+
+
+__all__ = [
+    "BATCHES",
+    "BATCH_MEMBERS",
+    "RECEIPT_FORM_HEADER",
+    "batch_form",
+    "checked_batches",
+    "receipt_text",
+    "texts_of_batches",
+]

@@ -11,7 +11,6 @@ delays nobody else and a test can stand in for a peer without a TLS server.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 from collections.abc import Iterable, Sequence
@@ -27,6 +26,7 @@ from exchange.config import NodeConfig
 from exchange.errors import LeaseLost, Unavailable
 from exchange.model import NodeId
 from exchange.protocol.receipt import (
+    HeldBatch,
     StoredReceipt,
     answered,
     signatures_needed,
@@ -39,9 +39,18 @@ from exchange.protocol.roster import Federation
 from exchange.service.coalesce import Coalesced
 from exchange.service.leases import Leases
 from exchange.service.outbox_refs import EnvelopeRef, EventRef, OutKind, OutRef, ReceiptRef, parse_ref, queued_row
+from exchange.service.outbox_sql import READS_PER_STATEMENT, Queued, kept_batch, queue_heads, rejected
 from exchange.service.records import receipt_row
 from exchange.service.transport import PeerTransport
-from exchange.store import AuditBuffer, Store, bulletins, channel_events, insert_rows, outbox, receipts
+from exchange.store import (
+    AuditBuffer,
+    Store,
+    bulletins,
+    channel_events,
+    insert_rows,
+    outbox,
+    receipts,
+)
 
 if TYPE_CHECKING:
     from exchange.service.sender import Sender
@@ -49,8 +58,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("exchange.outbox")
 
 FED_ENVELOPES = "/fed/v1/envelopes"
-# Queues read in one statement (SQLite allows 500 SELECTs in a compound one).
-READS_PER_STATEMENT = 200
 # Row numbers or ids in one IN list: SQLite and asyncpg take at most 32,766 parameters a statement.
 IDS_PER_STATEMENT = 10_000
 MAX_TRANSACTION_BYTES = 32 * 1024 * 1024  # half the receiver's request limit
@@ -86,8 +93,6 @@ class OutItem:
         return f"{self.kind}:{self.ref.encode()}"
 
 
-# A queued item as its outbox row names it: to whom, its number, kind and reference.
-Queued = tuple[str, int, OutKind, OutRef]
 # A batch about to be sent: to whom, its items.
 Sent = tuple[str, Sequence[OutItem]]
 # A batch delivered: to whom, its items, the receipts returned (checked), by bulletin id.
@@ -236,7 +241,7 @@ class Outbox:
                 params: dict[str, Any] = {}
                 for i, a in enumerate(part):
                     params |= {f"d{i}": a.dest, f"a{i}": a.after, f"l{i}": a.limit}
-                for ask, n, kind, ref in await conn.execute(_queue_heads(len(part)), params):
+                for ask, n, kind, ref in await conn.execute(queue_heads(len(part)), params):
                     got[first + ask].append((n, kind, parse_ref(kind, ref)))
             got, data = await self._within_bytes(conn, got)
             data |= await self._wire_bytes(
@@ -346,7 +351,11 @@ class Outbox:
             for dest, _, got in asks:
                 fresh.append([] if dest in lost else [r for b, r in got.items() if (dest, b) not in held])
                 held |= {(dest, r.bulletin) for r in fresh[-1]}
-            rows = [receipt_row(r) for new in fresh for r in new]
+            # A batch taken in the batch form is kept once, its receipts as its leaves (10.4).
+            batches: dict[HeldBatch, int] = {}
+            for held_batch in {r.batch: None for new in fresh for r in new if r.batch is not None}:
+                batches[held_batch] = await kept_batch(conn, held_batch)
+            rows = [receipt_row(r, batches.get(r.batch) if r.batch else None) for new in fresh for r in new]
             if rows:
                 await insert_rows(conn, receipts, rows)
             # A row cancelled (its destination removed or revoked) or rejected meanwhile keeps its state.
@@ -421,7 +430,7 @@ class Outbox:
 
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
             await self.leases.check(conn, dest)
-            await _rejected(conn, audit, (dest, item.n, item.kind, item.ref), detail)
+            await rejected(conn, audit, (dest, item.n, item.kind, item.ref), detail)
 
         await self.store.write(job)
 
@@ -432,7 +441,7 @@ class Outbox:
 
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
             for item in items:
-                await _rejected(conn, audit, item, f"its stored {item[2]} is missing from this node's database")
+                await rejected(conn, audit, item, f"its stored {item[2]} is missing from this node's database")
 
         await self.store.write(job)
 
@@ -443,30 +452,6 @@ class Outbox:
                 sa.select(outbox.c.dest, sa.func.count()).where(outbox.c.state == "queued").group_by(outbox.c.dest)
             )
             return {r[0]: int(r[1]) for r in rows}
-
-
-@functools.lru_cache(maxsize=READS_PER_STATEMENT)
-def _queue_heads(count: int) -> sa.TextualSelect:
-    """The heads of `count` queues in one statement: for queue i, at most :l{i} items for :d{i}
-    queued after item :a{i}, each a seek on ix_outbox_pending however long a dead partner's
-    queue is. Written as text, made once per count: built with SQLAlchemy's constructs, the 200
-    subqueries cost more to build and to key for the compiled cache than to run."""
-    heads = " UNION ALL ".join(
-        f"SELECT * FROM (SELECT {i} AS ask, n, kind, ref FROM outbox"  # noqa: S608 (i is an int; values are bound)
-        f" WHERE dest = :d{i} AND state = 'queued' AND n > :a{i} ORDER BY n LIMIT :l{i}) AS q{i}"
-        for i in range(count)
-    )
-    return sa.text(heads).columns(sa.column("ask", sa.Integer), outbox.c.n, outbox.c.kind, outbox.c.ref)
-
-
-async def _rejected(conn: AsyncConnection, audit: AuditBuffer, item: Queued, detail: str) -> None:
-    """Mark an item rejected, with `detail`, and audit it; an item no longer queued keeps its state, unaudited."""
-    dest, n, kind, ref = item
-    still = sa.and_(outbox.c.n == n, outbox.c.state == "queued")
-    if (await conn.execute(sa.update(outbox).where(still).values(state="rejected", detail=detail))).rowcount:
-        audit.add(
-            ev.SendRefused(event=ev.SEND_REFUSED, at=timestamp(), kind=kind, ref=ref.encode(), to=dest, reason=detail)
-        )
 
 
 def _chunks(values: Sequence[T], size: int) -> list[Sequence[T]]:

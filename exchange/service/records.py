@@ -97,7 +97,17 @@ def header_row(
     }
 
 
-def receipt_row(receipt: Receipt | StoredReceipt) -> dict[str, Any]:
-    """A stored signed receipt, kept in its canonical form."""
+def receipt_row(receipt: Receipt | StoredReceipt, batch: int | None = None) -> dict[str, Any]:
+    """A stored signed receipt, kept in its canonical form; or, a leaf of a batch taken in the batch
+    form, as its batch's row id (`batch`, the receipt_batches row of `receipt.batch`) and index."""
     held = receipt if isinstance(receipt, StoredReceipt) else stored(receipt)
-    return {"bulletin_id": held.bulletin, "node": held.node, "status": held.status, "at": held.at, "receipt": held.text}
+    leaf = batch is not None and held.batch is not None
+    return {
+        "bulletin_id": held.bulletin,
+        "node": held.node,
+        "status": held.status,
+        "at": held.at,
+        "receipt": "" if leaf else held.text,
+        "batch": batch if leaf else None,
+        "idx": held.index if leaf else None,
+    }

@@ -61,7 +61,23 @@ receipts = sa.Table(
     sa.Column("node", sa.String(64), primary_key=True),
     sa.Column("status", sa.String(16), primary_key=True),
     sa.Column("at", sa.String(32), nullable=False),
+    # the signed receipt as JCS text; empty for a receipt kept as a leaf of a batch below
     sa.Column("receipt", sa.Text, nullable=False),
+    # a partner's receipt taken in the batch form (docs/protocol.md 10.4): its batch and leaf index,
+    # from which its text is made when it is shown (exchange.service.held_receipts)
+    sa.Column("batch", sa.Integer, nullable=True),
+    sa.Column("idx", sa.Integer, nullable=True),
+)
+
+# A partner's signed receipt statement, kept once for the receipts of its batch (above).
+receipt_batches = sa.Table(
+    "receipt_batches",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("node", sa.String(64), nullable=False),
+    sa.Column("statement", sa.Text, nullable=False),  # JCS of the statement (10.2)
+    sa.Column("signature", sa.String(128), nullable=False),
+    sa.Column("bulletins", sa.Text, nullable=False),  # the bulletin ids in leaf order, joined by ","
 )
 
 outbox = sa.Table(

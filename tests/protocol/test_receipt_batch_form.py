@@ -14,7 +14,7 @@ from exchange import errors
 from exchange.crypto import strict_loads
 from exchange.model import NodeId, Receipt
 from exchange.protocol.receipt import make_receipts, parse_receipt, receipt_json, verify_receipt
-from exchange.protocol.receipt_batches import batch_form, checked_batches
+from exchange.protocol.receipt_batches import batch_form, checked_batches, receipt_text
 from tests.protocol.test_receipts import AT, FED, OUTPUTS, SIGNER
 
 FORM: dict[str, Any] = OUTPUTS["batch_form"]
@@ -28,9 +28,9 @@ def ids(n: int, label: str) -> list[str]:
 def test_the_vector_answer_gives_the_batch_receipts_byte_for_byte() -> None:
     batch = OUTPUTS["batch"]
     got = checked_batches(FORM["answer"]["batches"], DEST, set(batch["bulletins"]), FED)
-    assert [got[b].text for b in batch["bulletins"]] == [r["jcs"] for r in batch["receipts"]]
+    assert [receipt_text(got[b]) for b in batch["bulletins"]] == [r["jcs"] for r in batch["receipts"]]
     for made in got.values():  # each provable alone, as any receipt
-        verify_receipt(parse_receipt(strict_loads(made.text)), FED)
+        verify_receipt(parse_receipt(strict_loads(receipt_text(made))), FED)
     assert FORM["answer"]["receipts"] == []
 
 
@@ -92,6 +92,6 @@ def test_the_batch_form_gives_the_receipts_of_the_full_form(sizes: list[int], pa
     sent = {r.bulletin for r in answer}
     got = checked_batches(batches, DEST, sent, FED)
     assert len(batches) == len(sizes) and got.keys().isdisjoint({r.bulletin for r in full})
-    assert {b: s.text for b, s in got.items()} | {r.bulletin: receipt_json(r) for r in full} == {
+    assert {b: receipt_text(s) for b, s in got.items()} | {r.bulletin: receipt_json(r) for r in full} == {
         r.bulletin: receipt_json(r) for r in answer
     }

@@ -27,7 +27,8 @@ from exchange.provision import init_federation
 from exchange.service.coalesce import Coalesced
 from exchange.service.leases import Leases
 from exchange.service.node import NodeService
-from exchange.service.outbox import READS_PER_STATEMENT as READ_LIMIT, Ask, _queue_heads, transaction_id
+from exchange.service.outbox import Ask, transaction_id
+from exchange.service.outbox_sql import READS_PER_STATEMENT as READ_LIMIT, queue_heads
 from exchange.store import audit_log, outbox, receipts
 from exchange.store.tables import outbox_leases
 from tests.conftest import eventually, write_federation
@@ -163,7 +164,7 @@ async def test_each_queues_head_is_a_seek_on_the_pending_index(
     services, _ = federation
     a = services[AUTHOR]
     await post(a, "one")
-    sql = cast(sa.TextClause, _queue_heads(3).element).text  # built by sa.text
+    sql = cast(sa.TextClause, queue_heads(3).element).text  # built by sa.text
     params = {f"{k}{i}": v for i in range(3) for k, v in (("d", READERS[i]), ("a", 0), ("l", 10))}
     async with a.store.engine.connect() as conn:
         if a.store.shared:  # an ordered index scan that stops at the limit, not a bitmap scan and a sort
@@ -176,7 +177,7 @@ async def test_each_queues_head_is_a_seek_on_the_pending_index(
             rows = await conn.execute(sa.text("EXPLAIN QUERY PLAN " + sql), params)
             steps = [str(r[-1]) for r in rows if "outbox" in str(r[-1])]
             assert len(steps) == 3 and all("ix_outbox_pending (dest=? AND state=? AND n>?)" in p for p in steps), steps
-        got = (await conn.execute(_queue_heads(3), params)).all()
+        got = (await conn.execute(queue_heads(3), params)).all()
     assert sorted(r.ask for r in got) == [0, 1, 2]
 
 

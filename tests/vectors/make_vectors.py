@@ -49,7 +49,7 @@ from exchange.protocol.receipt import (
     tree_levels,
     verify_receipt,
 )
-from exchange.protocol.receipt_batches import batch_form, checked_batches
+from exchange.protocol.receipt_batches import batch_form, checked_batches, receipt_text
 from exchange.protocol.roster import Federation, sign_roster
 from exchange.protocol.signing import sign, signing_input
 from exchange.service.outbox import transaction_id
@@ -705,7 +705,7 @@ def _batch_form(batch: dict[str, Any], fed: Federation) -> dict[str, Any]:
     assert not full and len(batches) == 1
     good, sent, dest = batches[0], set(batch["bulletins"]), RECEIPT_BATCH["node"]
     made = checked_batches(batches, dest, sent, fed)
-    assert [made[b].text for b in batch["bulletins"]] == [r["jcs"] for r in batch["receipts"]]
+    assert [receipt_text(made[b]) for b in batch["bulletins"]] == [r["jcs"] for r in batch["receipts"]]
     st = good["statement"]
     other = seed("bulletin/3").hex()
     negatives: list[dict[str, Any]] = []
