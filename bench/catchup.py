@@ -229,7 +229,9 @@ async def main(total: int, workers: int | None, layout: str) -> None:
             receipts = count(db, "SELECT count(*) FROM receipts WHERE status = 'received'")
             signatures = count(
                 db,
-                "SELECT count(DISTINCT json_extract(receipt, '$.signature')) FROM receipts WHERE status = 'received'",
+                "SELECT count(DISTINCT CASE WHEN batch IS NULL THEN json_extract(receipt, '$.signature') "
+                "ELSE (SELECT signature FROM receipt_batches WHERE id = batch) END) FROM receipts "
+                "WHERE status = 'received'",
             )
         finally:
             db.close()

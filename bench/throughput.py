@@ -213,11 +213,13 @@ class Progress:
 
     def receipt_signatures(self) -> tuple[int, int]:
         """'received' receipts A holds from the readers, and how many distinct signatures they carry
-        (a v2 receipt carries its batch statement's signature, shared by the whole batch)."""
+        (a v2 receipt carries its batch statement's signature, shared by the whole batch; one taken in
+        the batch form is a leaf of its batch's row, which holds the signature)."""
         row = (
             self._conns[NODE_A]
             .execute(
-                "SELECT count(*), count(DISTINCT json_extract(receipt, '$.signature')) FROM receipts "
+                "SELECT count(*), count(DISTINCT CASE WHEN batch IS NULL THEN json_extract(receipt, '$.signature') "
+                "ELSE (SELECT signature FROM receipt_batches WHERE id = batch) END) FROM receipts "
                 "WHERE status = 'received' AND node != ?",
                 (NODE_A,),
             )
