@@ -198,3 +198,75 @@ async def test_a_session_a_racing_sign_in_wrote_after_the_disabling_is_refused(m
     await nl.service.users.disable("officer", actor="test")
     late = await sessions.open(User("officer", "contact-point", frozenset({"c2c"})), "127.0.0.1")
     assert await sessions.find(late.secret) is None
+
+
+async def test_an_administrator_disables_and_enables_an_officer_on_the_console(make_federation: MakeFederation) -> None:
+    """The administration page's buttons do what `users disable` and `users enable` do, as the
+    signed-in administrator (audited with its name); a contact point cannot use them, the last
+    enabled admin cannot disable itself, and a value that is neither 0 nor 1 is refused."""
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    for user in ("officer", "admin"):
+        await nl.service.users.set_password(user, PASSWORD, actor="test")
+    old_token = nl.tokens["officer"]
+
+    async def form(http: aiohttp.ClientSession, page: str = "/console/admin") -> str:
+        async with http.get(page) as resp:
+            token = CSRF.search(await resp.text())
+        assert token is not None
+        return token.group(1)
+
+    async def disabling(http: aiohttp.ClientSession, name: str, value: str) -> tuple[int, str]:
+        data = {"csrf": await form(http), "disabled": value}
+        async with http.post(f"/console/admin/users/{name}/disabled", data=data, allow_redirects=False) as resp:
+            return resp.status, await resp.text()
+
+    async with (
+        console_session(nl, "officer", PASSWORD) as officer,
+        console_session(nl, "admin", PASSWORD) as admin,
+    ):
+        async with admin.get("/console/admin") as resp:
+            row = re.search(r'<tr id="user-officer">.*?</tr>', await resp.text(), re.S)
+        assert row is not None and 'name="disabled" value="1"' in row.group(0) and "Disable<" in row.group(0)
+        # A contact point may not, whatever it posts: refused, nothing changed.
+        status, page = await disabling(officer, "admin", "1")
+        assert status == 403, page[-300:]
+        # Neither 0 nor 1: refused, nothing changed.
+        assert (await disabling(admin, "officer", "yes"))[0] == 422
+        assert (await nl.api("GET", "/api/v1/bulletins", token=old_token))[0] == 200
+        # The last enabled admin cannot lock itself out, here either.
+        status, page = await disabling(admin, "admin", "1")
+        assert status == 409 and "last enabled admin" in page, page[-300:]
+
+        status, _ = await disabling(admin, "officer", "1")
+        assert status == 303
+        async with officer.get("/console/channels", allow_redirects=False) as resp:
+            assert resp.status == 303 and resp.headers["Location"].startswith("/console/sign-in")
+        assert (await nl.api("GET", "/api/v1/bulletins", token=old_token))[0] == 401
+        assert (await signin_page(nl, "officer", PASSWORD))[0] == 401
+        async with admin.get("/console/admin") as resp:
+            row = re.search(r'<tr id="user-officer">.*?</tr>', await resp.text(), re.S)
+        assert row is not None and ">disabled<" in row.group(0) and "since " in row.group(0)
+        assert 'name="disabled" value="0"' in row.group(0) and "Enable<" in row.group(0)
+        assert (await disabling(admin, "nobody", "1"))[0] == 404
+
+        status, _ = await disabling(admin, "officer", "0")
+        assert status == 303
+        # Enabled with a new token, not shown here, and no password until one is set.
+        assert (await nl.api("GET", "/api/v1/bulletins", token=old_token))[0] == 401
+        assert (await signin_page(nl, "officer", PASSWORD))[0] == 401
+        assert (await nl.service.users.get("officer")).disabled_at is None
+
+    assert [(e["user"], e["actor"]) for e in await audited(nl, "user.disabled")] == [("officer", "admin")]
+    assert [(e["user"], e["actor"]) for e in await audited(nl, "user.enabled")] == [("officer", "admin")]
+    rejected = [
+        (e["status"], e.get("user"), e["path"].rsplit("/", 2)[-2])
+        for e in await audited(nl, "request.rejected")
+        if e["method"] == "POST" and e["path"].endswith("/disabled")
+    ]
+    assert rejected == [
+        (403, "officer", "admin"),
+        (422, "admin", "officer"),
+        (409, "admin", "admin"),
+        (404, "admin", "nobody"),
+    ]

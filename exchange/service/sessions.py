@@ -37,7 +37,16 @@ from exchange.crypto import hash_token
 from exchange.crypto.passwords import check_strength
 from exchange.errors import InvalidInput, NotFound, TooManyFailures, Unauthorized, WeakPassword
 from exchange.service.rejections import Refusals, client_key
-from exchange.service.users import User, add_user, get_user, list_users, set_password, verify_password
+from exchange.service.users import (
+    User,
+    add_user,
+    disable_user,
+    enable_user,
+    get_user,
+    list_users,
+    set_password,
+    verify_password,
+)
 from exchange.service.views import View
 from exchange.store import AuditBuffer, Store, console_sessions, signin_failures, user_passwords, users
 
@@ -81,7 +90,8 @@ class Person(View):
     channels: list[str]
     password: bool  # has a console password
     online: bool  # has a live, recently used console session
-    disabled: bool  # disabled by an administrator (`exchange users disable`)
+    disabled: bool  # disabled by an administrator (`exchange users disable`, or this page)
+    disabled_since: str | None = None  # when
 
 
 class Sessions:
@@ -301,6 +311,16 @@ class Sessions:
         await add_user(self.store, name, role, actor=actor.name)
         await set_password(self.store, name, password, actor=actor.name)
 
+    async def set_disabled(self, actor: User, name: str, *, disabled: bool) -> None:
+        """An administrator locks a user out (`disable_user`: token, password and sessions end; the
+        last enabled admin is refused) or lets it in again (`enable_user`; its new API token is not
+        shown here, `exchange users token` gives one; the console needs a new password)."""
+        actor.require("admin")
+        if disabled:
+            await disable_user(self.store, name, actor=actor.name)
+        else:
+            await enable_user(self.store, name, actor=actor.name)
+
     async def people(self, actor: User) -> list[Person]:
         """Every local user with their channels, whether they have a password and are signed in now."""
         actor.require("admin")
@@ -324,6 +344,7 @@ class Sessions:
                 password=p.name in with_password,
                 online=p.name in online,
                 disabled=p.disabled_at is not None,
+                disabled_since=p.disabled_at,
             )
             for p in everyone
         ]

@@ -107,6 +107,16 @@ async def reset_password(request: web.Request) -> web.StreamResponse:
     return redirect(f"/console/admin#user-{quote(name)}")
 
 
+async def disable_person(request: web.Request) -> web.StreamResponse:
+    """Lock a user out, or let a disabled one in again (as `exchange users disable` / `enable`)."""
+    session, form = await posted_form(request)
+    name, disabled = request.match_info["name"], form.get("disabled", "")
+    if disabled not in ("0", "1"):
+        raise InvalidInput(N_("say whether to disable the user (1) or to enable it (0)"))
+    await sessions(request).set_disabled(session.user, name, disabled=disabled == "1")
+    return redirect(f"/console/admin#user-{quote(name)}")
+
+
 async def peers_page(request: web.Request) -> web.StreamResponse:
     """Delivery to each partner: what is queued, delivered, failing (everyone may see it, as in the API)."""
     session = await signed_in(request)
@@ -123,5 +133,6 @@ def routes(prefix: str) -> list[web.RouteDef]:
         web.post(prefix + "/admin/users", add_person),
         web.post(prefix + "/admin/users/{name}/channels", assign_person),
         web.post(prefix + "/admin/users/{name}/password", reset_password),
+        web.post(prefix + "/admin/users/{name}/disabled", disable_person),
         web.get(prefix + "/peers", peers_page),
     ]

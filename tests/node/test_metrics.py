@@ -39,16 +39,23 @@ async def test_metrics_for_operators(make_federation: MakeFederation) -> None:
         status, posted, _ = await nl.api("POST", "/api/v1/channels/c2c/bulletins", body=body)
         assert status == 201, posted
 
+    peer = (("peer", "ke-customs"),)
+    seen: dict[str, Any] = {}
+
     async def delivered() -> bool:
         # Both together: the sender counts a batch delivered just after its receipts are stored,
         # so a scrape in between sees the queue empty and the count one batch short.
         got = samples((await scrape(nl))[1])
-        peer = (("peer", "ke-customs"),)
-        return (
-            got.get(("exchange_outbox_queued", peer), 1) == 0 and got.get(("exchange_outbox_delivered", peer), 0) >= 3
+        seen.update(
+            queued=got.get(("exchange_outbox_queued", peer)), delivered=got.get(("exchange_outbox_delivered", peer))
         )
+        return seen["queued"] == 0 and (seen["delivered"] or 0) >= 3
 
-    await eventually(delivered, 30, "the queue to empty")
+    try:
+        await eventually(delivered, 30, "the queue to empty")
+    except AssertionError as e:  # say what was seen, and the sender's own account, should it time out
+        sender = nl.service.outbox.senders["ke-customs"].status.as_dict()
+        raise AssertionError(f"{e}: last scrape {seen}, sender {sender}") from None
     status, text = await scrape(nl)
     assert status == 200
     got = samples(text)
