@@ -26,7 +26,6 @@ from exchange.config import NodeConfig
 from exchange.errors import LeaseLost, Unavailable
 from exchange.model import NodeId
 from exchange.protocol.receipt import (
-    HeldBatch,
     StoredReceipt,
     answered,
     signatures_needed,
@@ -39,7 +38,7 @@ from exchange.protocol.roster import Federation
 from exchange.service.coalesce import Coalesced
 from exchange.service.leases import Leases
 from exchange.service.outbox_refs import EnvelopeRef, EventRef, OutKind, OutRef, ReceiptRef, parse_ref, queued_row
-from exchange.service.outbox_sql import READS_PER_STATEMENT, Queued, kept_batch, queue_heads, rejected
+from exchange.service.outbox_sql import READS_PER_STATEMENT, Queued, kept_batches, queue_heads, rejected
 from exchange.service.records import receipt_row
 from exchange.service.transport import PeerTransport
 from exchange.store import (
@@ -352,9 +351,9 @@ class Outbox:
                 fresh.append([] if dest in lost else [r for b, r in got.items() if (dest, b) not in held])
                 held |= {(dest, r.bulletin) for r in fresh[-1]}
             # A batch taken in the batch form is kept once, its receipts as its leaves (10.4).
-            batches: dict[HeldBatch, int] = {}
-            for held_batch in {r.batch: None for new in fresh for r in new if r.batch is not None}:
-                batches[held_batch] = await kept_batch(conn, held_batch)
+            batches = await kept_batches(
+                conn, list({r.batch: None for new in fresh for r in new if r.batch is not None})
+            )
             rows = [receipt_row(r, batches.get(r.batch) if r.batch else None) for new in fresh for r in new]
             if rows:
                 await insert_rows(conn, receipts, rows)
