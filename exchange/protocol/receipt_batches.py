@@ -12,6 +12,7 @@ header RECEIPT_FORM_HEADER), so nodes that do not know it keep getting full rece
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ RECEIPT_FORM_HEADER = "Exchange-Receipt-Form"  # a push's request header; its on
 BATCHES = "batches"
 BATCH_MEMBERS = frozenset(("statement", "signature", "bulletins"))
 _STATEMENT = frozenset(STATEMENT_MEMBERS)
+CACHED_TREE = 1024  # trees of batches up to this many bulletins are kept (`_levels`): 32 at most, about 4 MiB
 
 
 def batch_form(receipts: Sequence[Receipt]) -> tuple[list[Receipt], list[dict[str, Any]]]:
@@ -93,7 +95,7 @@ def _batch(raw: Any, dest: str, sent: set[str], fed: Federation) -> list[StoredR
         raise InvalidInput(f"a batch names 1 to {MAX_RECEIPT_BATCH} bulletins")
     if not all(type(b) is str and BULLETIN_ID.fullmatch(b) for b in bids) or len(set(bids)) != len(bids):
         raise InvalidInput("a batch names distinct bulletin ids")
-    levels = tree_levels([leaf_hash(bytes.fromhex(b)) for b in bids])
+    levels = _levels(tuple(bids))
     try:  # the statement's members, as the receipt of the first bulletin carries them
         first = Receipt.model_validate(
             {**st, "bulletin": bids[0], "index": 0, "proof": _path(levels, 0), "signature": signature}
@@ -109,6 +111,18 @@ def _batch(raw: Any, dest: str, sent: set[str], fed: Federation) -> list[StoredR
     verify_receipts([first], fed)  # the node and its key (steps 1 and 2 of 10.3), the one signature
     held = HeldBatch(first.node, canonical_json(statement(first)).decode(), first.signature, tuple(bids))
     return [StoredReceipt(bid, first.node, first.status, first.at, "", held, i) for i, bid in enumerate(bids)]
+
+
+def _levels(bids: tuple[str, ...]) -> list[list[bytes]]:
+    """The tree over these bulletin ids (checked ones), not to be changed by the caller. Its leaves
+    are the ids alone, so every reader of a push answers with the same tree: it is built once per
+    push, not once per reader (at 200 readers, 199 times), for the pushes of about a batch's size."""
+    return _tree(bids) if len(bids) <= CACHED_TREE else tree_levels([leaf_hash(bytes.fromhex(b)) for b in bids])
+
+
+@functools.lru_cache(maxsize=32)
+def _tree(bids: tuple[str, ...]) -> list[list[bytes]]:
+    return tree_levels([leaf_hash(bytes.fromhex(b)) for b in bids])
 
 
 def _path(levels: list[list[bytes]], index: int) -> list[str]:
