@@ -38,7 +38,9 @@ for them ('received' receipts in its SQLite file, read-only). Per bulletin it pr
 
 and the 1-minute load average before and after. --profile DIR saves a py-spy record of the author
 over each measured phase (summed by area with bench/cpu_profile.py DIR/*.txt; the CPU figures of a
-profiled run are higher). It prints figures and never asserts on time. With
+profiled run are higher); --cprofile DIR a cProfile of it (process CPU time per function and call
+counts: py-spy counts a thread that waits for a core as running, which at the load of 200 readers
+skews its shares). It prints figures and never asserts on time. With
 200 readers the nodes take minutes to start on a loaded 2-core machine (the time is printed).
 """
 
@@ -47,6 +49,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import json
 import logging
 import os
@@ -146,10 +149,22 @@ async def author(folder: Path, node: str) -> None:
                     print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
                     continue
                 print(json.dumps({"ids": ids, "seconds": time.perf_counter() - t0, "sent": SENT[0]}), flush=True)
+            elif ask["op"] == "cprofile":  # deterministic per-function CPU (process time) until "cprofile_stop"
+                PROFILE[0] = profile = cProfile.Profile(time.process_time)
+                profile.enable()
+                print(json.dumps({}), flush=True)
+            elif ask["op"] == "cprofile_stop" and PROFILE[0] is not None:
+                PROFILE[0].disable()
+                PROFILE[0].dump_stats(ask["file"])
+                PROFILE[0] = None
+                print(json.dumps({}), flush=True)
             else:
                 print(json.dumps({"sent": SENT[0]}), flush=True)
     finally:
         await running.stop()
+
+
+PROFILE: list[cProfile.Profile | None] = [None]
 
 
 # -- the coordinator ---------------------------------------------------------------------------
@@ -270,12 +285,17 @@ async def phase(
             sampler = Sampler(pid, args.profile / f"author-K{k}-{version}.txt")
             sampler.start()
             await asyncio.sleep(0.5)  # py-spy attaches
+        if args.cprofile:
+            await a.ask(op="cprofile")
         posted = await a.post(args.count, args.concurrency)
         post_s = time.monotonic() - w0
         await until_receipts(db, base + args.count * (k - 1), args.timeout)
         c1, lo1, w1 = sim.tree_cpu([pid]), sim.loopback_bytes(), time.monotonic()
         if sampler:
             sampler.stop()
+        if args.cprofile:
+            args.cprofile.mkdir(parents=True, exist_ok=True)
+            await a.ask(op="cprofile_stop", file=str(args.cprofile / f"author-K{k}-{version}.prof"))
         s1 = (await a.ask(op="bytes"))["sent"]
         r1, log1 = sim.tree_cpu(readers.pids), await asyncio.to_thread(db.audit_size)
         span, m = w1 - w0, args.count
@@ -456,6 +476,13 @@ def parse_args() -> argparse.Namespace:
         "--profile",
         type=Path,
         help="py-spy the author over each measured phase into this folder (bench/cpu_profile.py)",
+    )
+    p.add_argument(
+        "--cprofile",
+        type=Path,
+        help="cProfile the author (process CPU time) over each measured phase into DIR/author-K{k}-{v}.prof"
+        " (read with pstats: per-function calls and CPU, slower than py-spy's sampling but not skewed by"
+        " time spent waiting for a core)",
     )
     p.add_argument("--author", nargs=2, metavar=("FOLDER", "ID"), help=argparse.SUPPRESS)
     args = p.parse_args()
