@@ -591,3 +591,35 @@ async def test_a_bulletin_arriving_while_the_store_is_busy_is_retried_not_reject
     assert not busy
     states = await outbox_states(nl, "ke-customs")
     assert "rejected" not in states, states
+
+
+async def test_a_member_with_the_admin_right_changes_nothing_while_the_owner_is_not_revoked(
+    make_federation: MakeFederation,
+) -> None:
+    """`admin` makes a member the owner's possible successor (docs/protocol.md 7.5) and gives its
+    node no power over the channel: its administrator's invite, set-rights and remove are refused
+    with 403 naming the owner, nothing stored at either node, and each refusal audited."""
+    nodes = {k: SIX[k] for k in ("nl-customs", "ke-customs", "de-customs")}
+    channel = {**C2C, "members": {"nl-customs": ["read", "post", "admin"], "ke-customs": ["read", "post", "admin"]}}
+    fed = await make_federation(nodes=nodes, channels=[channel])
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    assert ke.service.channels.state("c2c").members[NodeId("ke-customs")] == {"read", "post", "admin"}
+    pos = nl.service.channels.state("c2c").pos
+    changes = [
+        ("invite", {"node": "de-customs", "rights": ["read"]}),
+        ("rights", {"node": "nl-customs", "rights": ["read"]}),
+        ("remove", {"node": "nl-customs"}),
+    ]
+    for action, body in changes:
+        before = [await count(m, t) for m in (ke, nl) for t in (bulletins, channel_events)]
+        audited = await count(ke, audit_log)
+        status, problem, ctype = await ke.api("POST", f"/api/v1/channels/c2c/{action}", user="admin", body=body)
+        assert (status, ctype) == (403, "application/problem+json"), (action, problem)
+        assert "nl-customs" in problem["detail"], problem
+        assert [await count(m, t) for m in (ke, nl) for t in (bulletins, channel_events)] == before
+        async with ke.service.store.read() as conn:
+            rows = await conn.execute(sa.select(audit_log.c.entry).where(audit_log.c.idx >= audited))
+            assert any(
+                (e := json.loads(raw))["event"] == "request.rejected" and e["status"] == 403 for raw in rows.scalars()
+            ), action
+    assert ke.service.channels.state("c2c").pos == nl.service.channels.state("c2c").pos == pos
