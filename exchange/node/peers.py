@@ -42,6 +42,51 @@ POSTED = {"Content-Type": "application/json", RECEIPT_FORM_HEADER: BATCHES}
 # parsed, and what the budget admits costs about what a legitimate answer of that size does
 # (5 bytes of memory per byte), not a Python object per element.
 ANSWER_BYTES_PER_VALUE = 8
+# What this node holds of its partners' answers at once while it reads and parses them (`Answers`):
+# each answer's first FREE_ANSWER_BYTES are not counted (a push's receipts, a short page); past
+# them, all answers together at most ANSWERS_HELD_BYTES and one partner's at most half of that.
+ANSWERS_HELD_BYTES = 256 * 1024 * 1024
+FREE_ANSWER_BYTES = 1024 * 1024
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+class Answers:
+    """The node-wide budget of partners' answers being read and parsed. Each may be up to
+    MAX_ANSWER_BYTES, and parsing one takes about five times its size more (bench/hostile_memory.py):
+    several partners answering that much at once held gigabytes between them. An answer that would
+    go past the budget is a PeerError as soon as its size is known (its Content-Length, or its
+    chunks as they come), the rest left unread and its connection closed; the caller asks again
+    later (a sender after its backoff, catch-up at its next sweep). One partner takes at most half,
+    so that a partner answering as much as it may, as slowly as it may, leaves room for the others.
+    The parsed answer the caller keeps is not counted. One event loop: no lock."""
+
+    def __init__(self, limit: int = ANSWERS_HELD_BYTES) -> None:
+        self.limit = limit
+        self.held = 0
+        self.by_peer: dict[str, int] = {}
+
+    def take(self, peer: str, size: int) -> None:
+        """Count `size` more bytes of `peer`'s answer, or PeerError if that is past the budget."""
+        mine = self.by_peer.get(peer, 0)
+        if self.held + size > self.limit or mine + size > self.limit // 2:
+            raise PeerError(
+                f"{peer}: its answer would take this node past what it holds of partners' answers at once"
+                f" ({_mib(self.limit)}, {_mib(self.limit // 2)} of one partner's; {_mib(self.held)} now,"
+                f" {_mib(mine)} of them {peer}'s): asked again later"
+            )
+        self.held += size
+        self.by_peer[peer] = mine + size
+
+    def give(self, peer: str, size: int) -> None:
+        """`peer`'s answer of which `size` bytes were counted is parsed (or given up)."""
+        if size:
+            self.held -= size
+            left = self.by_peer.pop(peer) - size
+            if left:
+                self.by_peer[peer] = left
 
 
 class HttpTransport:
@@ -64,6 +109,7 @@ class HttpTransport:
         self._nodes: dict[str, tuple[RosterNode, str]] = {}  # partner -> (its entry, its accepted certificates)
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self.answers = Answers()
         self.install(fed)
 
     def _session(
@@ -138,7 +184,7 @@ class HttpTransport:
                 request = session.request(method, endpoint + path, data=data, headers=headers, allow_redirects=False)
                 async with request as resp:
                     self._observe(node, resp)
-                    return await _json_or_error(resp, node)
+                    return await _json_or_error(resp, node, self.answers)
             except aiohttp.ServerDisconnectedError as exc:
                 if last:
                     raise PeerError(f"{node}: {type(exc).__name__}: {exc}") from exc
@@ -162,7 +208,7 @@ class HttpTransport:
                     allow_redirects=False,
                 ) as resp,
             ):
-                return await _json_or_error(resp, node)
+                return await _json_or_error(resp, node, self.answers)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise PeerError(f"{node}: {type(exc).__name__}: {exc}") from exc
 
@@ -173,33 +219,45 @@ class HttpTransport:
             await task
 
 
-async def _json_or_error(resp: aiohttp.ClientResponse, peer: str) -> Any:
-    payload = await _body(resp, peer)
-    if resp.status == 200:
-        try:
-            return await _parsed(payload)
-        except InvalidInput as exc:  # bad UTF-8, a float, an over-long integer, too many values, too deep
-            raise PeerError(
-                f"{peer} answered 200 with a body that is not JSON as 2.3 takes it: {exc.detail}"[:300]
-            ) from exc
-    detail = await _problem_detail(payload, resp.status)
+async def _json_or_error(resp: aiohttp.ClientResponse, peer: str, answers: Answers) -> Any:
+    counted = [0]  # what of this answer `answers` holds, given back once it is parsed or given up
+    try:
+        payload = await _body(resp, peer, answers, counted)
+        if resp.status == 200:
+            try:
+                return await _parsed(payload)
+            except InvalidInput as exc:  # bad UTF-8, a float, an over-long integer, too many values, too deep
+                raise PeerError(
+                    f"{peer} answered 200 with a body that is not JSON as 2.3 takes it: {exc.detail}"[:300]
+                ) from exc
+        detail = await _problem_detail(payload, resp.status)
+    finally:
+        answers.give(peer, counted[0])
     if 400 <= resp.status < 500:
         raise PeerRefused(detail, resp.status)  # the partner's own words: the outbox records them
     raise PeerError(f"{peer} answered {resp.status}: {detail}")
 
 
-async def _body(resp: aiohttp.ClientResponse, peer: str) -> bytes:
-    """The answer's body, read up to MAX_ANSWER_BYTES; a longer one is a PeerError, the rest left
-    unread (aiohttp then closes the connection rather than reuse it)."""
+async def _body(resp: aiohttp.ClientResponse, peer: str, answers: Answers, counted: list[int]) -> bytes:
+    """The answer's body, read up to MAX_ANSWER_BYTES and within `answers`; a longer one, or one
+    past the budget, is a PeerError, the rest left unread (aiohttp then closes the connection
+    rather than reuse it). What is counted is added to `counted[0]`, for the caller to give back."""
     too_long = PeerError(f"{peer} answered {resp.status} with more than {MAX_ANSWER_BYTES:,} bytes")
-    if resp.content_length is not None and resp.content_length > MAX_ANSWER_BYTES:
-        raise too_long
+    if resp.content_length is not None:
+        if resp.content_length > MAX_ANSWER_BYTES:
+            raise too_long
+        answers.take(peer, declared := max(0, resp.content_length - FREE_ANSWER_BYTES))
+        counted[0] = declared
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(READ_CHUNK):
         size += len(chunk)
         if size > MAX_ANSWER_BYTES:
             raise too_long
+        if resp.content_length is None and size > FREE_ANSWER_BYTES:  # chunked: counted as it comes
+            more = size - FREE_ANSWER_BYTES - counted[0]
+            answers.take(peer, more)
+            counted[0] += more
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -98,6 +98,7 @@ class DroppingPartner:
     statuses: dict[str, int] = field(default_factory=dict)  # a path answered with this status, not 200
     body: bytes = b'{"ok": true}'
     chunked: bool = False  # answers without a Content-Length, in chunks of 64 KiB
+    stall: dict[str, asyncio.Event] = field(default_factory=dict)  # a path's answer: half, then the rest once set
     tries: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
@@ -133,13 +134,21 @@ async def dropping_partner(make_federation: MakeFederation) -> AsyncIterator[Dro
                 body = partner.bodies.get(path, partner.body)
                 status = partner.statuses.get(path, 200)
                 writer.write(b"HTTP/1.1 %d Answer\r\nContent-Type: application/json\r\n" % status)
+                stall = partner.stall.get(path)
                 if partner.chunked:
                     writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
                     for i in range(0, len(body), 65536):
                         part = body[i : i + 65536]
                         writer.write(b"%x\r\n%s\r\n" % (len(part), part))
                         await writer.drain()
+                        if stall is not None and i + 65536 >= len(body) // 2 > i:
+                            await stall.wait()
                     writer.write(b"0\r\n\r\n")
+                elif stall is not None:
+                    writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body[: len(body) // 2]))
+                    await writer.drain()
+                    await stall.wait()
+                    writer.write(body[len(body) // 2 :])
                 else:
                     writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
                 await writer.drain()
@@ -344,6 +353,68 @@ async def test_an_answer_longer_than_the_most_a_node_reads_is_a_peer_error(
     with pytest.raises(PeerError, match="more than 262,144 bytes"):
         await transport.send(KE, "/fed/v1/long", b"{}")
     assert (await transport.fetch(KE, "/fed/v1/fits"))["pad"][:3] == "xxx"  # the partner is asked again
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_what_a_node_holds_of_partners_answers_at_once_is_bounded(
+    dropping_partner: DroppingPartner, monkeypatch: pytest.MonkeyPatch, chunked: bool
+) -> None:
+    """Several partners answering up to MAX_ANSWER_BYTES (96 MiB) at once held that many times it,
+    and five times more parsing it. Now the node holds at most ANSWERS_HELD_BYTES of answers being
+    read and parsed, one partner's at most half: past it, an answer is a PeerError at once (at its
+    Content-Length, or at the chunk that goes past), and asked again later it is read. Here the
+    budget is 1 MiB, 512 KiB of one partner's, each answer's first 64 KiB not counted."""
+    monkeypatch.setattr(peers, "FREE_ANSWER_BYTES", 64 * 1024)
+    partner = dropping_partner
+    partner.chunked = chunked
+    transport = partner.fed["nl-customs"].service.transport
+    assert isinstance(transport, peers.HttpTransport)
+    transport.answers = answers = peers.Answers(limit=1024 * 1024)
+
+    def padded(size: int) -> bytes:
+        return b'{"pad": "%s"}' % (b"x" * (size - 11))
+
+    released = asyncio.Event()
+    partner.bodies = {"/fed/v1/slow": padded(400 * 1024), "/fed/v1/big": padded(400 * 1024)}
+    partner.bodies["/fed/v1/huge"] = padded(700 * 1024)
+    partner.stall = {"/fed/v1/slow": released}
+    # 636 KiB counted of one answer: past one partner's half, refused, nothing left held.
+    with pytest.raises(PeerError, match="asked again later"):
+        await transport.fetch(KE, "/fed/v1/huge")
+    assert (answers.held, answers.by_peer) == (0, {})
+
+    slow = asyncio.create_task(transport.fetch(KE, "/fed/v1/slow"))
+
+    async def reading() -> bool:
+        return answers.held > 0
+
+    await eventually(reading, what="the slow answer counted")
+    # The slow answer holds up to 336 KiB of the partner's 512: another of 336 KiB goes past it.
+    with pytest.raises(PeerError, match="asked again later"):
+        await transport.fetch(KE, "/fed/v1/big")
+    assert not slow.done()
+    released.set()
+    assert len((await slow)["pad"]) == 400 * 1024 - 11
+    assert (answers.held, answers.by_peer) == (0, {})
+    assert len((await transport.fetch(KE, "/fed/v1/big"))["pad"]) == 400 * 1024 - 11  # asked again: read
+    assert (await transport.fetch(KE, "/fed/v1/small"))["ok"] is True  # short ones are never counted
+    assert answers.held == 0
+
+
+def test_the_answers_budget_counts_each_partner_and_all_of_them() -> None:
+    answers = peers.Answers(limit=100)
+    answers.take("a", 50)
+    with pytest.raises(PeerError, match="asked again later"):
+        answers.take("a", 1)  # one partner's half
+    answers.take("b", 40)
+    with pytest.raises(PeerError, match="asked again later"):
+        answers.take("c", 11)  # all of them
+    answers.take("c", 10)
+    answers.give("a", 50)
+    answers.take("c", 40)
+    answers.give("b", 40)
+    answers.give("c", 50)
+    assert (answers.held, answers.by_peer) == (0, {})
 
 
 async def test_the_server_issues_no_session_tickets(make_federation: MakeFederation) -> None:
