@@ -42,6 +42,7 @@ POSTED = {"Content-Type": "application/json", RECEIPT_FORM_HEADER: BATCHES}
 # parsed, and what the budget admits costs about what a legitimate answer of that size does
 # (5 bytes of memory per byte), not a Python object per element.
 ANSWER_BYTES_PER_VALUE = 8
+MAX_PEER_DETAIL = 300  # characters of a partner's refusal detail kept (`_problem_detail`)
 # What this node holds of its partners' answers at once while it reads and parses them (`Answers`):
 # each answer's first FREE_ANSWER_BYTES are not counted (a push's receipts, a short page); past
 # them, all answers together at most ANSWERS_HELD_BYTES and one partner's at most half of that.
@@ -276,7 +277,15 @@ async def _parsed(payload: bytes) -> Any:
 
 
 async def _problem_detail(payload: bytes, status: int) -> str:
+    """A refusal's `detail`, on one line and at most MAX_PEER_DETAIL characters: it goes into the
+    outbox's row, the audit log (`send.refused`) and the peers' view, and a partner may write
+    anything there (before, a 4xx whose detail was 90 MB went into the log as it came, once per
+    item refused)."""
     try:
-        return str((await _parsed(payload)).get("detail", status))
+        detail = (await _parsed(payload)).get("detail")
     except (InvalidInput, AttributeError):
+        detail = None
+    if type(detail) is not str or not detail.strip():
         return f"HTTP {status}"
+    line = " ".join(detail[: MAX_PEER_DETAIL * 4].split())
+    return line if len(line) <= MAX_PEER_DETAIL else line[:MAX_PEER_DETAIL] + "…"

@@ -228,6 +228,33 @@ async def test_a_refusal_whose_body_is_nested_past_the_stack_is_still_a_refusal(
         await transport.fetch(KE, "/fed/v1/refused")
 
 
+async def test_a_refusals_detail_is_kept_on_one_line_and_bounded(dropping_partner: DroppingPartner) -> None:
+    """A partner writes what it likes in a refusal's `detail`, and the sender keeps it: in the
+    outbox's row, in the audit log (`send.refused`), in the peers' view. A detail of 1 MB went
+    there whole, once per item refused; now it is one line of at most MAX_PEER_DETAIL characters.
+    A detail that is not text, or is blank, is the status alone."""
+    partner = dropping_partner
+    long_detail = "refused:\n" + "x" * 1_000_000
+    partner.bodies = {
+        "/fed/v1/long": json.dumps({"detail": long_detail}).encode(),
+        "/fed/v1/short": json.dumps({"detail": "not a member\r\n of  c2c"}).encode(),
+        "/fed/v1/object": json.dumps({"detail": {"a": "b" * 1000}}).encode(),
+        "/fed/v1/blank": json.dumps({"detail": " \n"}).encode(),
+    }
+    partner.statuses = dict.fromkeys(partner.bodies, 422)
+    transport = partner.fed["nl-customs"].service.transport
+    with pytest.raises(PeerRefused) as long:
+        await transport.send(KE, "/fed/v1/long", b"{}")
+    assert long.value.detail == "refused: " + "x" * (peers.MAX_PEER_DETAIL - 9) + "…"
+    with pytest.raises(PeerRefused) as short:
+        await transport.send(KE, "/fed/v1/short", b"{}")
+    assert short.value.detail == "not a member of c2c"
+    for path in ("/fed/v1/object", "/fed/v1/blank"):
+        with pytest.raises(PeerRefused) as other:
+            await transport.send(KE, path, b"{}")
+        assert other.value.detail == "HTTP 422"
+
+
 async def test_a_partner_cannot_redirect_a_request_elsewhere(dropping_partner: DroppingPartner) -> None:
     """aiohttp follows redirects unless told not to, to any http or https address: a partner
     answering 307 had the node POST the transaction (its envelopes, its receipts) to a plain-HTTP
