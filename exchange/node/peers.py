@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import unicodedata
 from typing import Any
 
 import aiohttp
@@ -55,14 +56,17 @@ def _mib(size: int) -> str:
 
 
 class Answers:
-    """The node-wide budget of partners' answers being read and parsed. Each may be up to
-    MAX_ANSWER_BYTES, and parsing one takes about five times its size more (bench/hostile_memory.py):
-    several partners answering that much at once held gigabytes between them. An answer that would
-    go past the budget is a PeerError as soon as its size is known (its Content-Length, or its
-    chunks as they come), the rest left unread and its connection closed; the caller asks again
-    later (a sender after its backoff, catch-up at its next sweep). One partner takes at most half,
-    so that a partner answering as much as it may, as slowly as it may, leaves room for the others.
-    The parsed answer the caller keeps is not counted. One event loop: no lock."""
+    """The budget of partners' answers being read and parsed, one per node process (a node of
+    several worker processes has one in each). Each answer may be up to MAX_ANSWER_BYTES, and
+    parsing one takes about five times its size more (bench/hostile_memory.py): several partners
+    answering that much at once held gigabytes between them. The bytes are counted as they come
+    (decompressed), and an answer that goes past the budget is a PeerError at once: at its
+    Content-Length if that says so already, else at the chunk that goes past, the rest left unread
+    and its connection closed; the caller asks again later (a sender after its backoff, catch-up at
+    its next sweep). One partner holds at most half, so that one partner answering as much as it
+    may, as slowly as it may, leaves room for the others; several hostile partners together can
+    still fill it, and then delay, not lose, the others' large answers. The parsed answer the
+    caller keeps is not counted. One event loop: no lock."""
 
     def __init__(self, limit: int = ANSWERS_HELD_BYTES) -> None:
         self.limit = limit
@@ -71,15 +75,19 @@ class Answers:
 
     def take(self, peer: str, size: int) -> None:
         """Count `size` more bytes of `peer`'s answer, or PeerError if that is past the budget."""
+        self.check(peer, size)
+        self.held += size
+        self.by_peer[peer] = self.by_peer.get(peer, 0) + size
+
+    def check(self, peer: str, size: int) -> None:
+        """PeerError if `size` more bytes of `peer`'s answer would be past the budget now."""
         mine = self.by_peer.get(peer, 0)
-        if self.held + size > self.limit or mine + size > self.limit // 2:
+        if size > 0 and (self.held + size > self.limit or mine + size > self.limit // 2):
             raise PeerError(
                 f"{peer}: its answer would take this node past what it holds of partners' answers at once"
                 f" ({_mib(self.limit)}, {_mib(self.limit // 2)} of one partner's; {_mib(self.held)} now,"
                 f" {_mib(mine)} of them {peer}'s): asked again later"
             )
-        self.held += size
-        self.by_peer[peer] = mine + size
 
     def give(self, peer: str, size: int) -> None:
         """`peer`'s answer of which `size` bytes were counted is parsed (or given up)."""
@@ -244,19 +252,19 @@ async def _body(resp: aiohttp.ClientResponse, peer: str, answers: Answers, count
     past the budget, is a PeerError, the rest left unread (aiohttp then closes the connection
     rather than reuse it). What is counted is added to `counted[0]`, for the caller to give back."""
     too_long = PeerError(f"{peer} answered {resp.status} with more than {MAX_ANSWER_BYTES:,} bytes")
-    if resp.content_length is not None:
+    if resp.content_length is not None:  # refused before anything is read, if it says it is too long
         if resp.content_length > MAX_ANSWER_BYTES:
             raise too_long
-        answers.take(peer, declared := max(0, resp.content_length - FREE_ANSWER_BYTES))
-        counted[0] = declared
+        answers.check(peer, resp.content_length - FREE_ANSWER_BYTES)
     chunks: list[bytes] = []
     size = 0
+    # The bytes as they come, decompressed: a Content-Length counts a compressed body's bytes, and a
+    # partner that says a length and sends slowly holds only what it sent.
     async for chunk in resp.content.iter_chunked(READ_CHUNK):
         size += len(chunk)
         if size > MAX_ANSWER_BYTES:
             raise too_long
-        if resp.content_length is None and size > FREE_ANSWER_BYTES:  # chunked: counted as it comes
-            more = size - FREE_ANSWER_BYTES - counted[0]
+        if (more := size - FREE_ANSWER_BYTES - counted[0]) > 0:
             answers.take(peer, more)
             counted[0] += more
         chunks.append(chunk)
@@ -285,7 +293,13 @@ async def _problem_detail(payload: bytes, status: int) -> str:
         detail = (await _parsed(payload)).get("detail")
     except (InvalidInput, AttributeError):
         detail = None
-    if type(detail) is not str or not detail.strip():
+    if type(detail) is not str:
         return f"HTTP {status}"
-    line = " ".join(detail[: MAX_PEER_DETAIL * 4].split())
-    return line if len(line) <= MAX_PEER_DETAIL else line[:MAX_PEER_DETAIL] + "…"
+    # Control and format characters (terminal escapes, bidi overrides) go as spaces, then one line.
+    printable = "".join(
+        c if unicodedata.category(c) not in ("Cc", "Cf") else " " for c in detail[: MAX_PEER_DETAIL * 4]
+    )
+    line = " ".join(printable.split())
+    if not line:
+        return f"HTTP {status}"
+    return line if len(line) <= MAX_PEER_DETAIL else line[: MAX_PEER_DETAIL - 1] + "…"

@@ -40,7 +40,7 @@ RECEIPT_FORM_HEADER = "Exchange-Receipt-Form"  # a push's request header; its on
 BATCHES = "batches"
 BATCH_MEMBERS = frozenset(("statement", "signature", "bulletins"))
 _STATEMENT = frozenset(STATEMENT_MEMBERS)
-CACHED_TREE = 1024  # trees of batches up to this many bulletins are kept (`_levels`): 32 at most, about 4 MiB
+CACHED_TREE = 1024  # trees of batches up to this many bulletins are kept (`_levels`): 32 at most, about 8 MiB
 
 
 def batch_form(receipts: Sequence[Receipt]) -> tuple[list[Receipt], list[dict[str, Any]]]:

@@ -73,6 +73,8 @@ receipts = sa.Table(
 receipt_batches = sa.Table(
     "receipt_batches",
     metadata,
+    # Given by the one INSERT (exchange.service.outbox_sql.kept_batches: one past the highest, under
+    # the write lock), never drawn from PostgreSQL's sequence, which therefore does not advance.
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("node", sa.String(64), nullable=False),
     sa.Column("statement", sa.Text, nullable=False),  # JCS of the statement (10.2)

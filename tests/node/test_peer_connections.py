@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gzip
 import json
 import ssl
 import threading
@@ -99,6 +100,7 @@ class DroppingPartner:
     body: bytes = b'{"ok": true}'
     chunked: bool = False  # answers without a Content-Length, in chunks of 64 KiB
     stall: dict[str, asyncio.Event] = field(default_factory=dict)  # a path's answer: half, then the rest once set
+    gzipped: set[str] = field(default_factory=set)  # a path answered with its body gzipped (Content-Encoding)
     tries: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
@@ -134,6 +136,9 @@ async def dropping_partner(make_federation: MakeFederation) -> AsyncIterator[Dro
                 body = partner.bodies.get(path, partner.body)
                 status = partner.statuses.get(path, 200)
                 writer.write(b"HTTP/1.1 %d Answer\r\nContent-Type: application/json\r\n" % status)
+                if path in partner.gzipped:
+                    body = gzip.compress(body)
+                    writer.write(b"Content-Encoding: gzip\r\n")
                 stall = partner.stall.get(path)
                 if partner.chunked:
                     writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
@@ -240,16 +245,22 @@ async def test_a_refusals_detail_is_kept_on_one_line_and_bounded(dropping_partne
         "/fed/v1/short": json.dumps({"detail": "not a member\r\n of  c2c"}).encode(),
         "/fed/v1/object": json.dumps({"detail": {"a": "b" * 1000}}).encode(),
         "/fed/v1/blank": json.dumps({"detail": " \n"}).encode(),
+        "/fed/v1/far": json.dumps({"detail": " " * 2000 + "words past the first 1,200 characters"}).encode(),
+        "/fed/v1/escapes": json.dumps({"detail": "a\x1b[31mb\u202ec\u0000d"}).encode(),
     }
     partner.statuses = dict.fromkeys(partner.bodies, 422)
     transport = partner.fed["nl-customs"].service.transport
     with pytest.raises(PeerRefused) as long:
         await transport.send(KE, "/fed/v1/long", b"{}")
-    assert long.value.detail == "refused: " + "x" * (peers.MAX_PEER_DETAIL - 9) + "…"
+    assert long.value.detail == "refused: " + "x" * (peers.MAX_PEER_DETAIL - 10) + "…"
+    assert len(long.value.detail) == peers.MAX_PEER_DETAIL
     with pytest.raises(PeerRefused) as short:
         await transport.send(KE, "/fed/v1/short", b"{}")
     assert short.value.detail == "not a member of c2c"
-    for path in ("/fed/v1/object", "/fed/v1/blank"):
+    with pytest.raises(PeerRefused) as escapes:  # terminal escapes and bidi overrides go as spaces
+        await transport.send(KE, "/fed/v1/escapes", b"{}")
+    assert escapes.value.detail == "a [31mb c d"
+    for path in ("/fed/v1/object", "/fed/v1/blank", "/fed/v1/far"):
         with pytest.raises(PeerRefused) as other:
             await transport.send(KE, path, b"{}")
         assert other.value.detail == "HTTP 422"
@@ -388,27 +399,31 @@ async def test_what_a_node_holds_of_partners_answers_at_once_is_bounded(
 ) -> None:
     """Several partners answering up to MAX_ANSWER_BYTES (96 MiB) at once held that many times it,
     and five times more parsing it. Now the node holds at most ANSWERS_HELD_BYTES of answers being
-    read and parsed, one partner's at most half: past it, an answer is a PeerError at once (at its
-    Content-Length, or at the chunk that goes past), and asked again later it is read. Here the
-    budget is 1 MiB, 512 KiB of one partner's, each answer's first 64 KiB not counted."""
+    read and parsed, one partner's at most half, counted as the bytes come (decompressed): past it,
+    an answer is a PeerError at once (at a Content-Length that says so, or at the chunk that goes
+    past), and asked again later it is read. Here the budget is 800 KiB, 400 KiB of one partner's,
+    each answer's first 64 KiB not counted."""
     monkeypatch.setattr(peers, "FREE_ANSWER_BYTES", 64 * 1024)
     partner = dropping_partner
     partner.chunked = chunked
     transport = partner.fed["nl-customs"].service.transport
     assert isinstance(transport, peers.HttpTransport)
-    transport.answers = answers = peers.Answers(limit=1024 * 1024)
+    transport.answers = answers = peers.Answers(limit=800 * 1024)
 
     def padded(size: int) -> bytes:
         return b'{"pad": "%s"}' % (b"x" * (size - 11))
 
     released = asyncio.Event()
     partner.bodies = {"/fed/v1/slow": padded(400 * 1024), "/fed/v1/big": padded(400 * 1024)}
-    partner.bodies["/fed/v1/huge"] = padded(700 * 1024)
+    partner.bodies["/fed/v1/huge"] = partner.bodies["/fed/v1/zipped"] = padded(700 * 1024)
     partner.stall = {"/fed/v1/slow": released}
-    # 636 KiB counted of one answer: past one partner's half, refused, nothing left held.
-    with pytest.raises(PeerError, match="asked again later"):
-        await transport.fetch(KE, "/fed/v1/huge")
-    assert (answers.held, answers.by_peer) == (0, {})
+    partner.gzipped = {"/fed/v1/zipped"}  # about 1 KiB on the wire, 700 KiB once decompressed
+    # 636 KiB counted of one answer: past one partner's half, refused, nothing left held; and so
+    # is the same answer gzipped, whose Content-Length says 1 KiB.
+    for path in ("/fed/v1/huge", "/fed/v1/zipped"):
+        with pytest.raises(PeerError, match="asked again later"):
+            await transport.fetch(KE, path)
+        assert (answers.held, answers.by_peer) == (0, {})
 
     slow = asyncio.create_task(transport.fetch(KE, "/fed/v1/slow"))
 
@@ -416,7 +431,7 @@ async def test_what_a_node_holds_of_partners_answers_at_once_is_bounded(
         return answers.held > 0
 
     await eventually(reading, what="the slow answer counted")
-    # The slow answer holds up to 336 KiB of the partner's 512: another of 336 KiB goes past it.
+    # The slow answer holds what came of it (half: 136 KiB counted): another of 336 KiB goes past 400.
     with pytest.raises(PeerError, match="asked again later"):
         await transport.fetch(KE, "/fed/v1/big")
     assert not slow.done()
