@@ -90,8 +90,9 @@ class Person(View):
     channels: list[str]
     password: bool  # has a console password
     online: bool  # has a live, recently used console session
-    disabled: bool  # disabled by an administrator (`exchange users disable`, or this page)
-    disabled_since: str | None = None  # when
+    disabled_since: (
+        str | None
+    )  # when an administrator disabled it (`exchange users disable`, or the console); None: enabled
 
 
 class Sessions:
@@ -343,7 +344,6 @@ class Sessions:
                 channels=sorted(p.channels),
                 password=p.name in with_password,
                 online=p.name in online,
-                disabled=p.disabled_at is not None,
                 disabled_since=p.disabled_at,
             )
             for p in everyone
