@@ -13,6 +13,8 @@ batch again alone, and that run finds the stored record.)
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -21,11 +23,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from exchange.audit.events import AuditEntry
 from exchange.clock import timestamp
 from exchange.crypto import EpochKey
-from exchange.protocol.epoch import epoch_hash, parse_epoch, parse_grant
+from exchange.crypto.epoch import UnwrapKey
+from exchange.errors import ExchangeError
+from exchange.protocol.epoch import commitment_matches, epoch_hash, open_epoch, parse_epoch, parse_grant
 from exchange.protocol.epoch_model import EpochRecord, HistoryGrant
 from exchange.store import AuditBuffer, Store, cursors
 from exchange.store.tables import channel_epochs, epoch_grants, epoch_keys
 from exchange.store.workers import EPOCHS, notify
+
+log = logging.getLogger("exchange.epochs")
 
 
 @dataclass
@@ -53,6 +59,28 @@ async def read_held(conn: AsyncConnection, channel: str | None = None, after: in
     held.keys = {(row.channel, int(row.n)): EpochKey(bytes(row.key)) for row in await conn.execute(keys)}
     held.grants = [(row.hash, parse_grant(bytes(row.grant))) for row in await conn.execute(grants)]
     return held
+
+
+def checked_key(record: EpochRecord, key: EpochKey, me: str, unwrap_key: Callable[[str], UnwrapKey]) -> EpochKey | None:
+    """`key` if it is the key `record` commits to. A stored key that is not (its row edited
+    outside the node) is never used: this node's key is opened again from its wrap in the record,
+    if it has one (a key taken from a grant has none: that epoch stays unreadable here)."""
+    if commitment_matches(record, key):
+        return key
+    wrap = record.wrap_for(me)
+    try:
+        again = open_epoch(record, me, unwrap_key(wrap.kid)) if wrap is not None else None
+    except ExchangeError:
+        again = None
+    log.error(
+        "%s: the stored key of epoch %d of %s is not the key its record commits to (the database was"
+        " changed outside the node); %s",
+        me,
+        record.n,
+        record.channel,
+        "using the key opened again from the record's wrap" if again else "the epoch is not readable here",
+    )
+    return again
 
 
 async def store_epoch(

@@ -49,7 +49,7 @@ from exchange.service.channels import ChannelBook
 from exchange.service.epoch_announcements import Announcements
 from exchange.service.epoch_demand import Misses
 from exchange.service.epoch_grants import accept_grants, ensure_grant
-from exchange.service.epoch_store import Held, read_held, store_epoch
+from exchange.service.epoch_store import Held, checked_key, read_held, store_epoch
 from exchange.service.outbox import head_within
 from exchange.service.transport import PeerTransport
 from exchange.store import Store
@@ -119,13 +119,10 @@ class EpochBook(Announcements):
             return self._hold_rows(await read_held(conn, channel, after))
 
     def _hold_rows(self, held: Held) -> int:
-        fresh = 0
-        for record in held.records:
-            fresh += self._hold(record, held.keys.get((record.channel, record.n)))
-        for at, key in held.keys.items():
-            if at not in self._keys:
-                self._keys[at] = key
-                fresh += 1
+        fresh = sum(self._hold(record, None) for record in held.records)
+        for (channel, n), key in held.keys.items():  # a key with no record held is of no use: left
+            record = self.record(channel, n)
+            fresh += self._hold(record, key) if record is not None else 0
         return fresh + self.hold_grants(held.grants)
 
     def _hold(self, record: EpochRecord, key: EpochKey | None) -> int:
@@ -135,8 +132,9 @@ class EpochBook(Announcements):
         if record.n == len(have):
             have.append(record)
             fresh = 1
-        if key is not None and (record.channel, record.n) not in self._keys:
-            self._keys[record.channel, record.n] = key
+        at = (record.channel, record.n)
+        if key is not None and at not in self._keys and (key := checked_key(record, key, self.me, self.unwrap_key)):
+            self._keys[at] = key
             fresh = 1
         return fresh
 
