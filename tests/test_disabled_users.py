@@ -2,8 +2,9 @@
 side, on real nodes over TLS, SQLite and PostgreSQL: the API token is refused as an unknown one
 is (401 problem+json), a console session already open is signed out at its next page, the console
 password is refused with the same page as a wrong one, and a long poll and a live inbox stop
-without handing out the next bulletin. `exchange users enable` gives a new token, the old one
-staying refused; the last enabled admin cannot be disabled; `users list` shows who is disabled.
+without handing out the next bulletin, and within seconds when none comes. `exchange users
+enable` gives a new token, the old one staying refused; the last enabled admin cannot be
+disabled; `users list` shows who is disabled.
 
 Before `disable` existed, none of this could be done: rotating the token left console sessions
 alive, setting a password left the token valid (found by a read-only review).
@@ -21,6 +22,7 @@ import aiohttp
 import sqlalchemy as sa
 
 from exchange.node.tls import client_context
+from exchange.service.follow import RECHECK
 from exchange.service.sessions import Sessions
 from exchange.service.users import User
 from exchange.store import audit_log
@@ -139,6 +141,34 @@ async def test_a_disabled_officer_is_locked_out_everywhere_at_once(make_federati
     code, out, _ = await users(fed, "list", "--json")
     shown = {u["name"]: u["disabled_at"] for u in json.loads(out)}
     assert shown["officer"] == entry["at"] and shown["admin"] is None
+
+
+async def test_a_disabled_officers_waiting_followers_stop_within_seconds_with_no_bulletin(
+    make_federation: MakeFederation,
+) -> None:
+    """Nothing is posted: the long poll (asked to wait 20 s) is answered 401 and the live inbox
+    says signed-out within RECHECK seconds of the disabling, not at the end of the wait."""
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    await nl.service.users.set_password("officer", PASSWORD, actor="test")
+    status, page, _ = await nl.api("GET", "/api/v1/follow?wait=0")
+    assert status == 200, page
+    async with (
+        console_session(nl, "officer", PASSWORD) as officer,
+        officer.get(f"/console/events?after={page['next']}") as live,
+    ):
+        assert await asyncio.wait_for(live.content.readuntil(b"\n\n"), 10) == b": keep-alive\n\n"
+        waiting = asyncio.create_task(nl.api("GET", f"/api/v1/follow?after={page['next']}&wait=20"))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        code, out, err = await users(fed, "disable", "officer")
+        assert (code, out) == (0, ""), err
+        disabled = asyncio.get_running_loop().time()
+        status, problem, ctype = await asyncio.wait_for(waiting, RECHECK + 5)
+        assert (status, ctype) == (401, "application/problem+json"), problem
+        rest = await asyncio.wait_for(live.content.read(), RECHECK + 5)
+        assert b"event: signed-out" in rest
+        assert asyncio.get_running_loop().time() - disabled < RECHECK + 5  # not the 20 s wait
 
 
 async def test_enable_gives_a_new_token_and_the_old_one_stays_refused(make_federation: MakeFederation) -> None:

@@ -9,8 +9,9 @@ page: `Listing`), so a follower costs the same whatever the store holds, and a b
 most `POLL` seconds after it is stored. Followers are bounded per user and per node (429).
 
 A follower's user is read again (`current`: the session and rights as they are now) before any
-bulletin is handed out, and with each keep-alive: a user taken off a channel, signed out or
-disabled gets nothing more, and an event stream whose session ended stops.
+bulletin is handed out, and every `RECHECK` seconds while it waits: a user taken off a channel
+gets nothing more, and a user signed out or disabled is told within `RECHECK` seconds (401 to a
+long poll; an event stream ends), not only when a bulletin comes or the wait ends.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ MAX_WAIT = 25  # seconds a long poll may wait (under proxies' usual 30 s idle li
 PAGE = 100  # lines in one answer at most: a follower behind pages on at once
 PER_USER = 4  # followers (long polls or event streams) of one user at a time
 PER_NODE = 256
+RECHECK = 5.0  # seconds between reads of a waiting follower's user (one indexed look-up each)
+KEEPALIVE = 15.0  # seconds of quiet before an event stream gets an empty page (its keep-alive)
 
 
 class Follow:
@@ -85,13 +88,18 @@ class Follow:
         """The bulletins after `after` (None: from now), waiting up to `wait` seconds for the first."""
         with self._slot(user):
             cursor = await self.head(user, channel) if after is None else after
-            deadline = time.monotonic() + max(0.0, min(wait, MAX_WAIT))
+            checked = time.monotonic()
+            deadline = checked + max(0.0, min(wait, MAX_WAIT))
             while True:
                 page = await self._page(user, channel, cursor)
-                if page.items and current is not None:  # the rights as they are now, before anything is sent
-                    user = await current()
-                    page = await self._page(user, channel, cursor)
-                if page.items or time.monotonic() >= deadline:
+                now = time.monotonic()
+                # The rights as they are now before anything is sent, at the end of the wait and
+                # every RECHECK seconds: a user disabled meanwhile gets 401, not an empty page.
+                if current is not None and (page.items or now >= deadline or now - checked >= RECHECK):
+                    user, checked = await current(), now
+                    if page.items:
+                        page = await self._page(user, channel, cursor)
+                if page.items or now >= deadline:
                     return page
                 cursor = page.next or cursor
                 await self._pause(min(self.poll, max(0.0, deadline - time.monotonic())))
@@ -101,21 +109,23 @@ class Follow:
     ) -> AsyncGenerator[LinePage, None]:
         """Pages of new bulletins for as long as the caller reads them (server-sent events): the
         first at once (rights checked), then one whenever bulletins come, and an empty one every
-        15 s, so the caller can send a keep-alive and notice a closed peer. With `current`, the
-        stream ends when the user's session has (Unauthorized) or the user was disabled."""
+        KEEPALIVE seconds, so the caller can send a keep-alive and notice a closed peer. With
+        `current`, the stream ends within RECHECK seconds of the user's session ending
+        (Unauthorized) or the user being disabled."""
         with self._slot(user):
             cursor = await self.head(user, channel) if after is None else after
-            quiet = 15.0
+            quiet = unchecked = KEEPALIVE
             while True:
                 page = await self._page(user, channel, cursor)
-                if current is not None and (page.items or quiet >= 15):
-                    try:  # before anything is sent, and with each keep-alive
+                if current is not None and (page.items or unchecked >= RECHECK):
+                    try:  # before anything is sent, and every RECHECK seconds
                         user = await current()
                     except (Unauthorized, Forbidden, NotFound):
                         return
+                    unchecked = 0.0
                     page = await self._page(user, channel, cursor)
                 cursor = page.next or cursor
-                if page.items or quiet >= 15:
+                if page.items or quiet >= KEEPALIVE:
                     quiet = 0.0
                     yield page
                 if len(page.items) < PAGE:
@@ -124,3 +134,4 @@ class Follow:
                     except Unavailable:
                         return  # the stream ends; the browser reconnects to the node's next run
                     quiet += self.poll
+                    unchecked += self.poll
