@@ -44,6 +44,7 @@ from exchange.service.transport import PeerTransport
 from exchange.store import (
     AuditBuffer,
     Store,
+    among,
     bulletins,
     channel_events,
     insert_rows,
@@ -261,7 +262,7 @@ class Outbox:
         small = sa.case((size <= SMALL_ENVELOPE, bulletins.c.envelope), else_=sa.null())
         for part in _chunks(envs, 500):
             for bid, length, raw in await conn.execute(
-                sa.select(bulletins.c.id, size, small).where(bulletins.c.id.in_(part))
+                sa.select(bulletins.c.id, size, small).where(among(conn.dialect, bulletins.c.id, part))
             ):
                 sizes[bid] = int(length)
                 if raw is not None:
@@ -278,7 +279,7 @@ class Outbox:
         envs = [r.bulletin for r in refs if isinstance(r, EnvelopeRef)]
         if envs:
             for bid, raw in await conn.execute(
-                sa.select(bulletins.c.id, bulletins.c.envelope).where(bulletins.c.id.in_(envs))
+                sa.select(bulletins.c.id, bulletins.c.envelope).where(among(conn.dialect, bulletins.c.id, envs))
             ):
                 data[EnvelopeRef(bid)] = bytes(raw)
         owed = [r for r in refs if isinstance(r, ReceiptRef)]
@@ -340,7 +341,7 @@ class Outbox:
                     (r.node, r.bulletin_id)
                     for r in await conn.execute(
                         sa.select(receipts.c.node, receipts.c.bulletin_id).where(
-                            receipts.c.bulletin_id.in_(bids),
+                            among(conn.dialect, receipts.c.bulletin_id, bids),
                             receipts.c.node.in_(dests),
                             receipts.c.status == "received",
                         )
@@ -360,7 +361,7 @@ class Outbox:
             # A row cancelled (its destination removed or revoked) or rejected meanwhile keeps its state.
             still = sa.case((outbox.c.state == "queued", "delivered"), else_=outbox.c.state)
             for ns in _chunks([i.n for _, sent, _ in kept for i in sent], IDS_PER_STATEMENT):
-                await conn.execute(sa.update(outbox).where(outbox.c.n.in_(ns)).values(state=still))
+                await conn.execute(sa.update(outbox).where(among(conn.dialect, outbox.c.n, ns)).values(state=still))
             delivered: dict[str, dict[str, str]] = {}  # one entry per bulletin, for every recipient
             for (dest, _, _), new in zip(asks, fresh, strict=True):
                 for r in new:
@@ -395,12 +396,12 @@ class Outbox:
             mark = sa.case((outbox.c.state == "queued", now), else_=outbox.c.sent_at)
             states: dict[int, str] = {}
             for part in _chunks(ns, IDS_PER_STATEMENT):
-                unsent = sa.and_(outbox.c.n.in_(part), outbox.c.sent_at.is_(None))
+                unsent = sa.and_(among(conn.dialect, outbox.c.n, part), outbox.c.sent_at.is_(None))
                 marked = sa.update(outbox).where(unsent).values(sent_at=mark).returning(outbox.c.n, outbox.c.state)
                 states.update((n, state) for n, state in await conn.execute(marked))
             fresh = {n for n, state in states.items() if state == "queued"}  # a first attempt
             for part in _chunks([n for n in ns if n not in states], IDS_PER_STATEMENT):  # retries
-                held = sa.select(outbox.c.n, outbox.c.state).where(outbox.c.n.in_(part))
+                held = sa.select(outbox.c.n, outbox.c.state).where(among(conn.dialect, outbox.c.n, part))
                 states.update((n, state) for n, state in await conn.execute(held))
             queued = {n for n, state in states.items() if state == "queued"}
             # One entry per bulletin for every recipient it went to in this job, not one per recipient.

@@ -10,7 +10,7 @@ Every name importable from `exchange.store` before it became a package still is.
 from __future__ import annotations
 
 from exchange.errors import ExchangeError
-from exchange.store.bulk import insert_rows
+from exchange.store.bulk import among, insert_rows
 from exchange.store.tables import (
     audit_checkpoints,
     audit_cosignatures,
@@ -39,6 +39,7 @@ __all__ = [
     "Job",
     "Store",
     "T",
+    "among",
     "audit_checkpoints",
     "audit_cosignatures",
     "audit_log",

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.store import AuditBuffer, Store, audit_log, insert_rows, outbox, receipts
+from exchange.store import AuditBuffer, Store, among, audit_log, insert_rows, outbox, receipts
 from exchange.store.bulk import _plan
 from exchange.store.tables import outbox_leases
 
@@ -104,5 +104,43 @@ async def test_no_rows_is_nothing_to_do(database: Callable[[str], Awaitable[str]
     store = await _open(database, tmp_path, "bulk-none")
     try:
         assert await _stored(store, receipts, [], ours=True) == []
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "values"),
+    [
+        (outbox, "n", [1, 5, 5, 299, 10_000]),  # integers, a repeat, one no row has
+        (receipts, "bulletin_id", [f"{i:064x}" for i in (3, 4, 77)] + ["x' OR 1=1 --", "é"]),
+        (receipts, "bulletin_id", []),
+    ],
+)
+async def test_among_selects_what_in_selects(
+    database: Callable[[str], Awaitable[str]], tmp_path: Path, table: sa.Table, column: str, values: list[Any]
+) -> None:
+    """`among` (one bound parameter) picks the rows `IN` picks, whatever the values hold, and an
+    update through it changes those rows only."""
+    store = await _open(database, tmp_path, "among")
+    rows = [_queued(i) for i in range(1, 300)] if table is outbox else [_receipt(i) for i in range(1, 300)]
+    try:
+        await _stored(store, table, rows, ours=True)
+        async with store.read() as conn:
+            col = table.c[column]
+            ours = sorted(await conn.scalars(sa.select(col).where(among(conn.dialect, col, values))))
+            theirs = sorted(await conn.scalars(sa.select(col).where(col.in_(values))))
+        assert ours == theirs and len(ours) == len({v for v in values if isinstance(v, int) and v < 300}) + sum(
+            1 for v in values if isinstance(v, str) and v.startswith("0")
+        )
+
+        if table is outbox:
+
+            async def job(conn: AsyncConnection, _: AuditBuffer) -> None:
+                await conn.execute(sa.update(outbox).where(among(conn.dialect, outbox.c.n, values)).values(state="x"))
+
+            await store.write(job)
+            async with store.read() as conn:
+                changed = sorted(await conn.scalars(sa.select(outbox.c.n).where(outbox.c.state == "x")))
+            assert changed == theirs
     finally:
         await store.close()
