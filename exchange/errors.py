@@ -331,6 +331,15 @@ class PeerError(ExchangeError):
     title = "Peer error"
 
 
+class AnswersFull(PeerError):
+    """A partner's answer would take this node past what it holds of all partners' answers at
+    once (exchange.node.peers.Answers) while its own share is within bounds: this node is busy,
+    the partner did nothing wrong. Asked again after the base delay, without counting as the
+    partner's failure (its backoff is left as it was)."""
+
+    title = "Busy reading partners' answers"
+
+
 class PeerRefused(PeerError):
     """A partner answered 4xx: the request, as it is, will never be accepted."""
 

@@ -17,7 +17,7 @@ import aiohttp
 from exchange.config import NodeConfig
 from exchange.crypto import strict_loads
 from exchange.crypto.encoding import MIN_VALUES
-from exchange.errors import InvalidInput, PeerError, PeerRefused
+from exchange.errors import AnswersFull, InvalidInput, PeerError, PeerRefused
 from exchange.keystore import NodeKeyFiles, TlsIdentity
 from exchange.model import NodeId, RosterNode
 from exchange.node.tls import peer_context
@@ -83,7 +83,8 @@ class Answers:
         """PeerError if `size` more bytes of `peer`'s answer would be past the budget now."""
         mine = self.by_peer.get(peer, 0)
         if size > 0 and (self.held + size > self.limit or mine + size > self.limit // 2):
-            raise PeerError(
+            # Past its own half, the partner's doing; else the others' answers fill the budget.
+            raise (PeerError if mine + size > self.limit // 2 else AnswersFull)(
                 f"{peer}: its answer would take this node past what it holds of partners' answers at once"
                 f" ({_mib(self.limit)}, {_mib(self.limit // 2)} of one partner's; {_mib(self.held)} now,"
                 f" {_mib(mine)} of them {peer}'s): asked again later"

@@ -2,8 +2,9 @@
 
 It retries with capped exponential backoff and jitter when the partner fails; any request from
 the partner wakes it at once. A failure of this node's own store (busy: every pooled connection
-taken) is not the partner's: it retries after the base delay and leaves the partner's backoff as
-it was.
+taken), or an answer refused because this node holds as much of all partners' answers as it may
+(`AnswersFull`), is not the partner's: it retries after the base delay and leaves the partner's
+backoff as it was.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import random
 import time
 
 from exchange.clock import stop_requested, timestamp, utc_now, wait_event
-from exchange.errors import PeerError, PeerRefused, Unavailable
+from exchange.errors import AnswersFull, PeerError, PeerRefused, Unavailable
 from exchange.model import NodeId
 from exchange.service.outbox import (
     FED_ENVELOPES,
@@ -167,7 +168,9 @@ class Sender:
     async def _back_off(self, exc: Exception, size: int) -> None:
         cfg = self.outbox.config
         self.status.last_error = f"{timestamp()} {type(exc).__name__}: {exc}"
-        if isinstance(exc, Unavailable):  # this node's store was busy: not the partner's failure
+        # This node's store was busy, or it holds as much of partners' answers as it may at once:
+        # not the partner's failure.
+        if isinstance(exc, (Unavailable, AnswersFull)):
             delay = cfg.retry_base_seconds  # (jittered below, so that busy senders do not retry together)
         else:
             self.status.failures += 1

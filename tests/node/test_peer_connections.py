@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from exchange.errors import InvalidInput, PeerError, PeerRefused
+from exchange.errors import AnswersFull, InvalidInput, PeerError, PeerRefused
 from exchange.keystore import NodeKeyFiles
 from exchange.model import NodeId
 from exchange.node import peers
@@ -439,6 +439,15 @@ async def test_what_a_node_holds_of_partners_answers_at_once_is_bounded(
     assert len((await slow)["pad"]) == 400 * 1024 - 11
     assert (answers.held, answers.by_peer) == (0, {})
     assert len((await transport.fetch(KE, "/fed/v1/big"))["pad"]) == 400 * 1024 - 11  # asked again: read
+    # Other partners' answers fill the budget: this one is within its own half, so the refusal is
+    # this node's state (AnswersFull, no backoff for KE), not KE's failure; read once they are parsed.
+    answers.take("gb-avsec", 400 * 1024)
+    answers.take("fr-customs", 300 * 1024)
+    with pytest.raises(AnswersFull, match="asked again later"):
+        await transport.fetch(KE, "/fed/v1/big")
+    answers.give("gb-avsec", 400 * 1024)
+    answers.give("fr-customs", 300 * 1024)
+    assert len((await transport.fetch(KE, "/fed/v1/big"))["pad"]) == 400 * 1024 - 11
     assert (await transport.fetch(KE, "/fed/v1/small"))["ok"] is True  # short ones are never counted
     assert answers.held == 0
 
@@ -446,11 +455,12 @@ async def test_what_a_node_holds_of_partners_answers_at_once_is_bounded(
 def test_the_answers_budget_counts_each_partner_and_all_of_them() -> None:
     answers = peers.Answers(limit=100)
     answers.take("a", 50)
-    with pytest.raises(PeerError, match="asked again later"):
-        answers.take("a", 1)  # one partner's half
+    with pytest.raises(PeerError, match="asked again later") as own:
+        answers.take("a", 1)  # one partner's half: that partner's failure
+    assert not isinstance(own.value, AnswersFull)
     answers.take("b", 40)
-    with pytest.raises(PeerError, match="asked again later"):
-        answers.take("c", 11)  # all of them
+    with pytest.raises(AnswersFull, match="asked again later"):
+        answers.take("c", 11)  # all of them: this node's state, not c's failure
     answers.take("c", 10)
     answers.give("a", 50)
     answers.take("c", 40)

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from exchange.clock import timestamp
-from exchange.errors import ExchangeError, PeerError, PeerRefused, Unavailable
+from exchange.errors import AnswersFull, ExchangeError, PeerError, PeerRefused, Unavailable
 from exchange.http.problem import status_for
 from exchange.model import Bulletin, NodeId
 from exchange.provision import init_federation
@@ -162,6 +162,9 @@ async def test_a_busy_store_here_is_not_counted_against_the_partner(pair: dict[s
     assert sender.status.failures == 1 and "unreachable" in (sender.status.last_error or "")
     await sender._back_off(Unavailable("the database is busy; try again shortly"), 1)
     assert sender.status.failures == 1 and "busy" in (sender.status.last_error or "")  # as it was
+    # This node holds as much of all partners' answers as it may (exchange.node.peers.Answers)
+    await sender._back_off(AnswersFull(f"{B}: its answer would take this node past ...: asked again later"), 1)
+    assert sender.status.failures == 1 and "AnswersFull" in (sender.status.last_error or "")  # as it was
 
 
 async def _held_back_by_a_full_page(pair: dict[str, NodeService]) -> tuple[MemoryTransport, int]:
