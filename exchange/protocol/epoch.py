@@ -186,6 +186,21 @@ def check_carried(record: EpochRecord, channel: str, prev: EpochRecord | None, f
     return record
 
 
+def check_stored(record: EpochRecord, prev: EpochRecord | None, fed: Federation) -> None:
+    """That a record read back from this node's store is one it checked when it came (15.12,
+    "Storage"): it extends `prev`, the record held just before it (None: it is epoch 0), and its
+    owner signed it with a key the roster lists or listed for the owner, in any state. EpochInvalid
+    if not: its row was edited outside the node. Whether the key may still sign new records is
+    not asked again (a record stored before its owner's key was retired or marked compromised
+    stays as it was taken)."""
+    if (record.n, record.prev) != ((prev.n + 1, epoch_hash(prev)) if prev is not None else (0, None)):
+        raise EpochInvalid(f"epoch {record.n} of {record.channel} does not extend the epoch before it")
+    key = fed.any_signing_key_of(record.owner, record.signer)
+    if key is None:
+        raise EpochInvalid("the epoch is not signed with a key the roster lists for its owner")
+    verify(EPOCH_DOMAIN, record.model_dump(mode="json", exclude={"signature"}), record.signature, key)
+
+
 def _check_state(ref: StateRef, channel: str, owner: str, state: ChannelState) -> None:
     if (channel, owner, ref.owner) != (state.channel, state.owner, state.owner):
         raise EpochInvalid("the channel or owner is not the channel's")

@@ -163,6 +163,16 @@ class Federation:
             self.node(node_id)  # UnknownPeer
         return self.former_signing_key(node_id, kid, stored=stored)
 
+    def any_signing_key_of(self, node_id: str, kid: str) -> VerifyKey | None:
+        """The key `kid` of `node_id` whatever its state now (current, retiring, verify-only or
+        compromised), or None if the roster never listed it: what checks that an item this node
+        checked when it came, and stored, is still the one that came (its row not edited since)."""
+        listed = self._index.by_id.get(node_id)
+        if listed is not None and listed.signing_kid == kid:
+            return self.verify_key(node_id)
+        entry = self._index.former.signing.get((node_id, kid))
+        return VerifyKey(entry[1]) if entry is not None else None
+
     def departed_signing_keys(self) -> dict[str, list[VerifyKey]]:
         """Each suspended or revoked node's signing keys but compromised ones, all verify-only: what
         it signed before (its audit log's checkpoints, its cosignatures) still verifies (6a.7)."""

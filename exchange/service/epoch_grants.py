@@ -145,4 +145,4 @@ async def _store(book: EpochBook, grant: HistoryGrant, keys: dict[int, EpochKey]
     stored, held = await store_grant(book.store, grant, ghash, keys, entry, made=made)
     book.hold_grants(stored)
     for n, k in held.items():
-        book.remember_key(grant.channel, n, k)
+        book.remember_key(grant.channel, n, k, keys.get(n))

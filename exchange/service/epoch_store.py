@@ -20,13 +20,22 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from exchange.audit.epoch_events import EPOCH_MADE
 from exchange.audit.events import AuditEntry
 from exchange.clock import timestamp
 from exchange.crypto import EpochKey
 from exchange.crypto.epoch import UnwrapKey
 from exchange.errors import ExchangeError
-from exchange.protocol.epoch import commitment_matches, epoch_hash, open_epoch, parse_epoch, parse_grant
+from exchange.protocol.epoch import (
+    check_stored,
+    commitment_matches,
+    epoch_hash,
+    open_epoch,
+    parse_epoch,
+    parse_grant,
+)
 from exchange.protocol.epoch_model import EpochRecord, HistoryGrant
+from exchange.protocol.roster import Federation
 from exchange.store import AuditBuffer, Store, cursors
 from exchange.store.tables import channel_epochs, epoch_grants, epoch_keys
 from exchange.store.workers import EPOCHS, notify
@@ -61,26 +70,68 @@ async def read_held(conn: AsyncConnection, channel: str | None = None, after: in
     return held
 
 
-def checked_key(record: EpochRecord, key: EpochKey, me: str, unwrap_key: Callable[[str], UnwrapKey]) -> EpochKey | None:
+def checked_key(
+    record: EpochRecord,
+    key: EpochKey,
+    me: str,
+    unwrap_key: Callable[[str], UnwrapKey],
+    given: EpochKey | None = None,
+) -> EpochKey | None:
     """`key` if it is the key `record` commits to. A stored key that is not (its row edited
-    outside the node) is never used: this node's key is opened again from its wrap in the record,
-    if it has one (a key taken from a grant has none: that epoch stays unreadable here)."""
+    outside the node) is never used: this node's key is `given` instead (the key a grant just
+    gave, checked against the grant) if that one is, else it is opened again from this node's wrap
+    in the record, if it has one (a key taken from a grant has none: that epoch stays unreadable
+    here until a grant gives it again)."""
     if commitment_matches(record, key):
         return key
-    wrap = record.wrap_for(me)
-    try:
-        again = open_epoch(record, me, unwrap_key(wrap.kid)) if wrap is not None else None
-    except ExchangeError:
-        again = None
+    if given is not None and commitment_matches(record, given):
+        again: EpochKey | None = given
+    else:
+        wrap = record.wrap_for(me)
+        try:
+            again = open_epoch(record, me, unwrap_key(wrap.kid)) if wrap is not None else None
+        except ExchangeError:
+            again = None
     log.error(
         "%s: the stored key of epoch %d of %s is not the key its record commits to (the database was"
         " changed outside the node); %s",
         me,
         record.n,
         record.channel,
-        "using the key opened again from the record's wrap" if again else "the epoch is not readable here",
+        "using the key opened again" if again else "the epoch is not readable here",
     )
     return again
+
+
+def checked_record(record: EpochRecord, prev: EpochRecord | None, me: str, fed: Federation) -> bool:
+    """Whether a stored record may be held (`check_stored`); one that may not (its row edited
+    outside the node) is logged and never used, nor any later epoch of its channel."""
+    try:
+        check_stored(record, prev, fed)
+    except ExchangeError as exc:
+        log.error(
+            "%s: the stored record of epoch %d of %s is not one this node took in (the database was changed"
+            " outside the node): %s; it and the channel's later epochs are not used",
+            me,
+            record.n,
+            record.channel,
+            exc.detail,
+        )
+        return False
+    return True
+
+
+def made_entry(record: EpochRecord) -> AuditEntry:
+    """The audit entry of an epoch this node made as the channel's owner."""
+    return {
+        "event": EPOCH_MADE,
+        "at": timestamp(),
+        "channel": record.channel,
+        "n": record.n,
+        "hash": epoch_hash(record),
+        "state": record.state.pos,
+        "readers": list(record.readers),
+    }
 
 
 async def store_epoch(

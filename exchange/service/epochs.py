@@ -18,19 +18,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from exchange.audit.epoch_events import EPOCH_KEY_TAKEN, EPOCH_MADE, equivocation
+from exchange.audit.epoch_events import EPOCH_KEY_TAKEN, equivocation
 from exchange.audit.events import AuditEntry
 from exchange.clock import timestamp
 from exchange.crypto import EpochKey, NodeKeys
 from exchange.crypto.epoch import HybridDecryptionKey
-from exchange.errors import (
-    EpochInvalid,
-    ExchangeError,
-    Forbidden,
-    NotFound,
-    PeerRefused,
-    StaleEpoch,
-)
+from exchange.errors import EpochInvalid, ExchangeError, Forbidden, NotFound, PeerRefused, StaleEpoch
 from exchange.model import NodeId
 from exchange.protocol.channel import ChannelState
 from exchange.protocol.envelope_v2 import check_epoch_of_state
@@ -49,7 +42,7 @@ from exchange.service.channels import ChannelBook
 from exchange.service.epoch_announcements import Announcements
 from exchange.service.epoch_demand import Misses
 from exchange.service.epoch_grants import accept_grants, ensure_grant
-from exchange.service.epoch_store import Held, checked_key, read_held, store_epoch
+from exchange.service.epoch_store import Held, checked_key, checked_record, made_entry, read_held, store_epoch
 from exchange.service.outbox import head_within
 from exchange.service.transport import PeerTransport
 from exchange.store import Store
@@ -86,6 +79,7 @@ class EpochBook(Announcements):
         self.channels = channels
         self._records: dict[str, list[EpochRecord]] = {}  # by channel; index = n
         self._keys: dict[tuple[str, int], EpochKey] = {}
+        self._unusable: set[tuple[str, int]] = set()  # stored keys that are not their record's
         self.grants: dict[str, list[HistoryGrant]] = {}  # by channel: made (owner) or taken (grantee)
         self._grant_hashes: set[str] = set()
         self._equivocations: set[str] = set()  # the hashes of the owners' second records audited
@@ -130,12 +124,17 @@ class EpochBook(Announcements):
         fresh = 0
         have = self._records.setdefault(record.channel, [])
         if record.n == len(have):
+            if not checked_record(record, have[-1] if have else None, self.me, self.fed):
+                return 0
             have.append(record)
             fresh = 1
         at = (record.channel, record.n)
-        if key is not None and at not in self._keys and (key := checked_key(record, key, self.me, self.unwrap_key)):
-            self._keys[at] = key
-            fresh = 1
+        if key is not None and at not in self._keys and at not in self._unusable:
+            if (key := checked_key(record, key, self.me, self.unwrap_key)) is None:
+                self._unusable.add(at)  # checked and logged once, not at each re-read
+            else:
+                self._keys[at] = key
+                fresh = 1
         return fresh
 
     def hold_grants(self, stored: Sequence[tuple[str, HistoryGrant]]) -> int:
@@ -164,9 +163,13 @@ class EpochBook(Announcements):
     def key(self, channel: str, n: int) -> EpochKey | None:
         return self._keys.get((channel, n))
 
-    def remember_key(self, channel: str, n: int, key: EpochKey) -> None:
-        """An epoch key this node stored (from a grant)."""
-        self._keys[channel, n] = key
+    def remember_key(self, channel: str, n: int, key: EpochKey, given: EpochKey | None = None) -> None:
+        """An epoch key this node stored (from a grant; `given`: the grant's): held if none is, and
+        only if it is the key the record commits to (`checked_key`)."""
+        record = self.record(channel, n)
+        usable = checked_key(record, key, self.me, self.unwrap_key, given) if record is not None else key
+        if (channel, n) not in self._keys and usable is not None:
+            self._keys[channel, n] = usable
 
     async def current(self, channel: str, state: ChannelState, *, strict: bool) -> EpochRecord | None:
         """The latest epoch held if it is the one for `state` (15.8 rule 10), else None."""
@@ -240,16 +243,7 @@ class EpochBook(Announcements):
                     owner_key=self.keys.signing,
                     created=timestamp(),
                 )
-                made: AuditEntry = {
-                    "event": EPOCH_MADE,
-                    "at": timestamp(),
-                    "channel": record.channel,
-                    "n": record.n,
-                    "hash": epoch_hash(record),
-                    "state": record.state.pos,
-                    "readers": list(record.readers),
-                }
-                if epoch_hash(await self._store(record, key, made)) == epoch_hash(record):
+                if epoch_hash(await self._store(record, key, made_entry(record))) == epoch_hash(record):
                     return record
                 log.info("%s: epoch %d of %s was made by another worker", self.me, record.n, record.channel)
             return await self.current(state.channel, state, strict=False)
@@ -259,6 +253,9 @@ class EpochBook(Announcements):
         stored epoch n first (exchange.service.epoch_store); hold and return what is stored."""
         stored, stored_key = await store_epoch(self.store, record, key, entry)
         self._hold(stored, stored_key)
+        held = self.record(stored.channel, stored.n)
+        if held is None or epoch_hash(held) != epoch_hash(stored):  # its row edited outside the node
+            raise EpochInvalid(f"the stored epoch {stored.n} of {stored.channel} is not usable (see the log)")
         return stored
 
     # -- serving and fetching ---------------------------------------------------------------
