@@ -85,11 +85,13 @@ def among(
     `json_each`, on PostgreSQL an array (`= ANY`). `column.in_(values)` renders one placeholder per
     value at every execution (SQLAlchemy's "expanding" parameter, a few microseconds of Python each),
     and the driver parses a statement as long; the senders mark thousands of outbox rows per
-    statement at 200 readers. Both forms seek the column's index for each value. Integers or
+    statement at 200 readers. Both forms seek the column's index for a list of the senders' size
+    (a very long one may be read by a scan on PostgreSQL, as with `IN`). Integers or
     strings only (what `json_each` gives back compares equal to the column's values)."""
     if dialect.name == "sqlite":
         listed = sa.func.json_each(sa.literal(json.dumps(list(values)), sa.Text)).table_valued("value")
         return column.in_(sa.select(listed.c.value))
-    if dialect.name == "postgresql":
-        return column == sa.any_(sa.literal(list(values), postgresql.ARRAY(column.type)))
+    if dialect.name == "postgresql":  # text[], not varchar(64)[]: a cast to varchar(64) cuts longer values
+        element = sa.Text() if isinstance(column.type, sa.String) else column.type
+        return column == sa.any_(sa.literal(list(values), postgresql.ARRAY(element)))
     return column.in_(values)
