@@ -46,6 +46,7 @@ ExchangeError
  │    └── SplitView         two signed histories that do not extend each other
  ├── BulletinUnverified     a stored bulletin that no longer verifies against its signed envelope: not shown
  └── PeerError              a partner node answered with an error or not at all
+      ├── AnswersFull       this node holds as much of partners' answers as it may at once
       ├── PeerRefused       a partner refused a request for good (4xx): do not retry it as is
       ├── StateUnavailable  a cited channel state is unknown and its owner cannot supply it
       └── ApiError          (CLI) the node's client API refused a request

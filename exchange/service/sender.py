@@ -31,6 +31,7 @@ from exchange.service.outbox import (
 )
 
 log = logging.getLogger("exchange.outbox")
+BUSY_RETRIES = 5  # AnswersFull retried after the base delay, in a row, before the sender backs off
 
 # How long after serving a partner a full catch-up page its sender holds back its pushes: the
 # partner is behind by more than a page and pulls what is queued for it; pushing the same
@@ -59,6 +60,7 @@ class Sender:
         # queue is read only then: a sender woken by one post reads it once, not after each send.
         self._stale = True
         self._contact = asyncio.Event()
+        self._busy = 0  # AnswersFull in a row (`_back_off`)
         self._single = False
         self._flight: asyncio.Task[int] | None = None  # the last batch sent: to the peer, then its receipts
         self._pulling_until = 0.0  # time.monotonic(): the peer pulls what is queued (PULL_HOLD_SECONDS)
@@ -153,7 +155,7 @@ class Sender:
 
     async def _landed(self, flight: asyncio.Task[int]) -> None:
         self.status.delivered += await flight
-        self.status.failures = 0
+        self.status.failures = self._busy = 0
         self.status.last_success = timestamp()
 
     async def _next_batch(self, after: int = 0) -> list[OutItem]:
@@ -169,8 +171,10 @@ class Sender:
         cfg = self.outbox.config
         self.status.last_error = f"{timestamp()} {type(exc).__name__}: {exc}"
         # This node's store was busy, or it holds as much of partners' answers as it may at once:
-        # not the partner's failure.
-        if isinstance(exc, (Unavailable, AnswersFull)):
+        # not the partner's failure; but a budget kept full (partners colluding) does not have a
+        # batch sent again every base delay for ever: past BUSY_RETRIES in a row, it backs off.
+        self._busy = self._busy + 1 if isinstance(exc, AnswersFull) else 0
+        if isinstance(exc, Unavailable) or (isinstance(exc, AnswersFull) and self._busy <= BUSY_RETRIES):
             delay = cfg.retry_base_seconds  # (jittered below, so that busy senders do not retry together)
         else:
             self.status.failures += 1
