@@ -93,9 +93,11 @@ class Follow:
             while True:
                 page = await self._page(user, channel, cursor)
                 now = time.monotonic()
-                # The rights as they are now before anything is sent, at the end of the wait and
-                # every RECHECK seconds: a user disabled meanwhile gets 401, not an empty page.
-                if current is not None and (page.items or now >= deadline or now - checked >= RECHECK):
+                # The rights as they are now before anything is sent, every RECHECK seconds and at
+                # the end of a wait that waited (the caller read the user as it began): a user
+                # disabled meanwhile gets 401, not an empty page.
+                due = page.items or now - checked >= RECHECK or (now >= deadline and now - checked >= self.poll)
+                if current is not None and due:
                     user, checked = await current(), now
                     if page.items:
                         page = await self._page(user, channel, cursor)

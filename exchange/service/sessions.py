@@ -149,7 +149,7 @@ class Sessions:
         """The live session behind a secret, or None if it is unknown, expired or idle too long.
 
         A request the person made is a use (`use`): the idle time starts again. A check the
-        console makes by itself, such as the live inbox's event stream at every keep-alive and
+        console makes by itself, such as the live inbox's event stream every few seconds and at each
         reconnection, passes `use=False`; otherwise a tab left open on an unattended
         workstation would keep its session alive until `session_max`.
         """

@@ -7,9 +7,10 @@ last event's id (`Last-Event-ID`), so the session is checked again and nothing i
 repeated.
 
 The stream is not use of the session: it opens and reconnects by itself and re-checks the session
-at every keep-alive, so none of that refreshes the idle time (`signed_in(use=False)`). An open
-inbox nobody touches is signed out after the idle timeout like any other page; the stream then
-sends a `signed-out` event and ends, and the page says so and stops reconnecting."""
+every `RECHECK` seconds (exchange.service.follow), so none of that refreshes the idle time
+(`signed_in(use=False)`). An open inbox nobody touches is signed out after the idle timeout like
+any other page; the stream then sends a `signed-out` event and ends, and the page says so and
+stops reconnecting."""
 
 from __future__ import annotations
 

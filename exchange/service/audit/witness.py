@@ -430,6 +430,7 @@ class Witness:
         try:
             while True:
                 await asyncio.sleep(interval)  # a timer between rounds, not a wait for another task
+                await self.prepared_sets()  # in every worker: a roster installed since moves them
                 self.new_round()  # workers that do not run the round are pushed to as witnesses too
                 try:
                     if await role.held():
