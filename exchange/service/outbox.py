@@ -289,7 +289,8 @@ class Outbox:
                 ReceiptRef(bid, status): raw
                 for bid, status, raw in await conn.execute(
                     sa.select(receipts.c.bulletin_id, receipts.c.status, receipts.c.receipt).where(
-                        receipts.c.node == self.me, receipts.c.bulletin_id.in_(sorted({r.bulletin for r in owed}))
+                        receipts.c.node == self.me,
+                        among(conn.dialect, receipts.c.bulletin_id, sorted({r.bulletin for r in owed})),
                     )
                 )
             }
