@@ -15,7 +15,7 @@ from exchange.crypto.epoch import SUITE_X25519, SUITE_XWING, WRAP_SIZES, HybridD
 from exchange.protocol.epoch_support import make_support
 from exchange.service.epoch_keyfile import HYBRID_KEY_FILE
 from exchange.store.tables import channel_epochs
-from tests.conftest import MakeFederation
+from tests.conftest import MakeFederation, eventually
 from tests.test_epoch_delivery import C2C, THREE, V2, arrives, post, reads, stored_envelope
 
 pytestmark = pytest.mark.skipif(not hybrid_supported(), reason="this cryptography cannot do ML-KEM-768 + X25519 HPKE")
@@ -72,6 +72,11 @@ async def test_a_relayed_older_announcement_does_not_downgrade_the_owners_wrap(
     # The owner holds no announcement of ke-customs yet, as for a new reader or one whose signing
     # key changed since (each is then asked for when it is needed, or taken from a relay).
     book = nl.service.epochs
+
+    async def announced() -> bool:  # ke-customs' announcement, taken as the nodes start (slow under load)
+        return "ke-customs" in book._support
+
+    await eventually(announced, timeout=30, what="ke-customs' announcement at the owner")
     book._support.pop("ke-customs")
     book._fetched.pop("ke-customs", None)
     book._author_memo.clear()
