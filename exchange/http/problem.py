@@ -59,6 +59,7 @@ STATUS: dict[type[errors.ExchangeError], int] = {
     errors.SplitView: 500,
     errors.BulletinUnverified: 500,
     errors.PeerError: 502,
+    errors.AnswersFull: 503,
     errors.PeerRefused: 502,
     errors.StateUnavailable: 503,
     errors.ApiError: 502,
