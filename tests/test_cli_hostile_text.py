@@ -77,6 +77,8 @@ async def test_inbox_follow_shows_a_partners_text_literally(make_federation: Mak
         stderr=asyncio.subprocess.PIPE,
         stdin=asyncio.subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        # Ctrl-C's SIGINT not ignored, as at a terminal (tests/service/test_follow.py says why).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         await by_partner(fed)
@@ -85,7 +87,12 @@ async def test_inbox_follow_shows_a_partners_text_literally(make_federation: Mak
     finally:
         with contextlib.suppress(ProcessLookupError):
             follower.send_signal(signal.SIGINT)
-        await follower.wait()
+        try:
+            await asyncio.wait_for(follower.wait(), 30)
+        except TimeoutError:
+            follower.kill()
+            await follower.wait()
+            raise AssertionError("inbox --follow went on after SIGINT") from None
     assert line.count("\n") == 1  # one bulletin, one line
     shown_literally(line)
 
