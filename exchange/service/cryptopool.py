@@ -267,6 +267,7 @@ class EnvelopeCrypto:
         self._pool: ProcessPoolExecutor | None = None
         self._queue: list[tuple[SealJob, asyncio.Future[Sealed]]] = []
         self._sealing = 0  # seal calls in flight
+        self._answered: asyncio.Future[None] | None = None  # set once the last batch launched is answered
         self.opened = 0  # envelopes checked and opened so far (bench/catchup.py prints it)
         self._tasks: set[asyncio.Task[None]] = set()
         self.worker_seconds = WORKER_SECONDS
@@ -420,8 +421,9 @@ class EnvelopeCrypto:
     # -- posting
 
     async def seal(self, job: SealJob, *, bulky: bool = False) -> Sealed:
-        """Seal one post. In workers, posts that come while they are busy are sealed together.
-        Here, a `bulky` one (megabytes of attachments) is sealed in a thread, the rest inline."""
+        """Seal one post. In workers, posts that come while they are busy are sealed together,
+        and answered in the order they came (`_seal_batch`). Here, a `bulky` one (megabytes of
+        attachments) is sealed in a thread, the rest inline."""
         if not self.workers:
             if bulky:
                 return await asyncio.to_thread(seal_one, self.ctx, job)
@@ -441,27 +443,43 @@ class EnvelopeCrypto:
                 break
         batch, self._queue = self._queue[:take], self._queue[take:]
         self._sealing += 1
-        task = asyncio.create_task(self._seal_batch(batch))
+        before, self._answered = self._answered, asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._seal_batch(batch, before, self._answered))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _seal_batch(self, batch: list[tuple[SealJob, asyncio.Future[Sealed]]]) -> None:
+    async def _seal_batch(
+        self,
+        batch: list[tuple[SealJob, asyncio.Future[Sealed]]],
+        before: asyncio.Future[None] | None,
+        answered: asyncio.Future[None],
+    ) -> None:
+        """Seal a batch in a worker; answer its posts once the batch launched before it is
+        answered. With several workers a later batch can be sealed first; answered first, its
+        posts would be stored, and queued for the readers, before lower sequence numbers of the
+        same stream, and each reader would take the gap for a loss and fetch it (`_fill_gaps`)."""
         try:
-            results: Sequence[Sealed | Exception] = await self._run(_seal_in_worker, [job for job, _ in batch])
+            try:
+                results: Sequence[Sealed | Exception] = await self._run(_seal_in_worker, [job for job, _ in batch])
+            except Exception as exc:
+                results = [exc] * len(batch)
+            finally:
+                self._sealing -= 1
+                if self._queue and self._sealing < self.workers:
+                    self._launch()
+            if before is not None:
+                await asyncio.shield(before)
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():  # the post was cancelled meanwhile
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()
             raise
-        except Exception as exc:
-            results = [exc] * len(batch)
         finally:
-            self._sealing -= 1
-            if self._queue and self._sealing < self.workers:
-                self._launch()
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():  # the post was cancelled meanwhile
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+            if not answered.done():
+                answered.set_result(None)
