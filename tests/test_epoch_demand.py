@@ -91,6 +91,31 @@ async def test_an_epoch_no_member_holds_is_asked_of_each_source_once_and_not_aga
     assert nl.service.epochs.latest("c2c") is not None
 
 
+async def test_a_flood_of_envelopes_each_citing_another_unknown_epoch_costs_one_round_of_fetches(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ke-customs, a member with post and read, signs envelopes each citing an epoch number of its
+    own that nobody holds. Before, each number cost de-customs a round of fetches from every
+    source. A round takes every record any source has after the latest held, so once one failed,
+    no later number is held either: the numbers after it are answered 503 at once, with no fetch,
+    nothing stored; and a bulletin under the epoch held still comes."""
+    fed = await started(make_federation, *FOUR)
+    ke, de = fed["ke-customs"], fed["de-customs"]
+    first = await post(ke, "first")
+    await arrives(de, first["id"])
+    latest = de.service.epochs.latest("c2c")
+    assert latest is not None
+    asked = epoch_fetches(de, monkeypatch)
+    before = await count(de)
+    for i, n in enumerate((latest.n + 5, latest.n + 1, latest.n + 6, 10**6, 10**12)):
+        status, body, _ = await de.fed_post(ke, batch(citing(ke, n, seq=100 + i)))
+        assert status == 503 and "StateUnavailable" in str(body), (n, status, body)
+    assert Counter(asked) == {"ke-customs": 1, "nl-customs": 1, "fr-customs": 1}, asked
+    assert await count(de) == before
+    later = await post(ke, "later")
+    await arrives(de, later["id"])
+
+
 async def test_an_author_without_post_in_the_cited_state_makes_no_fetch(
     make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
 ) -> None:

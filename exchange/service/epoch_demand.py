@@ -2,9 +2,13 @@
 one this node lacks, and it asks the pusher, the owner and the members, each once, for it.
 
 A failed find is remembered a while (`Misses`): the sender retries a 503, and each retry, or a
-flood of envelopes citing the same number nobody holds, would otherwise send this node round
-every member again. Catch-up (`EpochBook.pull_quietly`) does not go through here, so a node that
-missed an epoch change still gets it from any member at its next sweep.
+flood of envelopes citing numbers nobody holds, would otherwise send this node round every member
+again. A round takes every record any source has after the latest held (`EpochBook.pull`, and
+records are held in order from 0), so after a failed one no source had any later number either:
+what is remembered is the channel's first missing number, and an envelope citing it or any
+higher one is answered at once, whatever number it makes up. Catch-up (`EpochBook.pull_quietly`)
+and the epochs fetched ahead of posts (exchange.service.epoch_prefetch) do not go through here,
+so a node that missed an epoch change still gets it from any member.
 """
 
 from __future__ import annotations
@@ -24,30 +28,33 @@ if TYPE_CHECKING:
 log = logging.getLogger("exchange.epochs")
 
 MISS_SECONDS = 30.0  # how long a find that no source answered is not tried again
-MISS_SIZE = 1024  # (channel, n) remembered so at most: the oldest are forgotten first
+MISS_SIZE = 1024  # channels remembered so at most: the oldest are forgotten first
 
 
 class Misses:
-    """The (channel, n) of epochs that no source held when last asked, and when that was."""
+    """Per channel, the first epoch number that no source held when last asked, and when that was."""
 
     def __init__(self, seconds: float = MISS_SECONDS, size: int = MISS_SIZE) -> None:
         self.seconds = seconds
         self.size = size
-        self._at: OrderedDict[tuple[str, int], float] = OrderedDict()
+        self._at: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
     def recent(self, channel: str, n: int) -> bool:
-        """Whether a find of epoch `n` of `channel` failed less than `seconds` ago."""
-        at = self._at.get((channel, n))
-        if at is None:
+        """Whether a find of epoch `n` of `channel`, or of one before it, failed less than
+        `seconds` ago: then no source held `n` either."""
+        held = self._at.get(channel)
+        if held is None:
             return False
+        first, at = held
         if time.monotonic() - at < self.seconds:
-            return True
-        del self._at[channel, n]
+            return n >= first
+        del self._at[channel]
         return False
 
-    def add(self, channel: str, n: int) -> None:
-        self._at[channel, n] = time.monotonic()
-        self._at.move_to_end((channel, n))
+    def add(self, channel: str, first: int) -> None:
+        """No source held epoch `first` of `channel`, nor any after it."""
+        self._at[channel] = (first, time.monotonic())
+        self._at.move_to_end(channel)
         while len(self._at) > self.size:
             self._at.popitem(last=False)
 
@@ -62,8 +69,8 @@ async def find_epoch(book: EpochBook, channel: str, n: int, sources: Sequence[st
         return record
     if book.misses.recent(channel, n):
         raise StateUnavailable(
-            f"epoch {n} of channel {channel!r} is not held, and no member had it when last asked"
-            f" (asked again after {book.misses.seconds:g} s)"
+            f"epoch {n} of channel {channel!r} is not held, and no member had it, or one before it,"
+            f" when last asked (asked again after {book.misses.seconds:g} s)"
         )
     for source in dict.fromkeys(sources):
         if source == book.me:
@@ -75,6 +82,7 @@ async def find_epoch(book: EpochBook, channel: str, n: int, sources: Sequence[st
         record = book.record(channel, n)
         if record is not None:
             return record
-    book.misses.add(channel, n)
+    latest = book.latest(channel)  # what the round brought: none had a later one
+    book.misses.add(channel, latest.n + 1 if latest is not None else 0)
     log.info("%s: epoch %d of %s is held by none of %s", book.me, n, channel, ", ".join(dict.fromkeys(sources)))
     raise StateUnavailable(f"epoch {n} of channel {channel!r} is not held and could not be fetched")
