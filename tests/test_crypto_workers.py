@@ -90,8 +90,11 @@ async def test_with_two_workers_each_readers_queue_holds_the_stream_in_sequence_
     # The large post is sealed alone, and takes longer than the small one after it in the other worker.
     scan = {"name": "scan.bin", "media_type": "application/octet-stream", "data": b64e(os.urandom(2 << 20))}
     large = Bulletin.model_validate({**BULLETIN, "attachments": [scan]})
+    # One of them with an Idempotency-Key, as the CLI sends: a job that reads, in the same group commit.
     posted = await asyncio.gather(
-        a.service.post(officer, "c2c", large), *(a.service.post(officer, "c2c", small) for _ in range(8))
+        a.service.post(officer, "c2c", large),
+        a.service.post(officer, "c2c", small, idempotency_key="one-keyed-post-0001"),
+        *(a.service.post(officer, "c2c", small) for _ in range(7)),
     )
     # (On PostgreSQL, which several worker processes of a node may share, the numbers are taken
     # when the posts are stored, in that order: `Posting._post`.)

@@ -239,14 +239,15 @@ class Store:
         async with self._transaction() as conn:
             await self._begin(conn)
             buffer.next_idx, buffer.seqs = await _ends(conn, streams)
-            # The jobs that read nothing go first, so that all their rows share one executemany per
-            # table. Any order of a batch is a valid one: every caller waits for its own job, so no
-            # job in a batch can depend on another.
+            # In the order the jobs came: rows are added in that order (the outbox's numbers, a
+            # stream's posts as queued for its readers), and those of consecutive jobs that read
+            # nothing share one executemany per table. (Running those first, as before, put a post
+            # made with an Idempotency-Key behind the later posts of its batch in each reader's
+            # queue, and the reader took the gap for a loss.)
             for i, pending in enumerate(batch):
                 if pending.rows is not None:
                     results[i] = pending.rows(buffer)
-            for i, pending in enumerate(batch):
-                if pending.job is not None:
+                elif pending.job is not None:
                     await buffer.flush(conn)  # this job sees every row added before it
                     results[i] = await pending.job(conn, buffer)
             await buffer.flush(conn)
