@@ -267,7 +267,8 @@ class EnvelopeCrypto:
         self._pool: ProcessPoolExecutor | None = None
         self._queue: list[tuple[SealJob, asyncio.Future[Sealed]]] = []
         self._sealing = 0  # seal calls in flight
-        self._answered: asyncio.Future[None] | None = None  # set once the last batch launched is answered
+        # per channel, set once the last batch launched with posts to it is answered (`_seal_batch`)
+        self._answered: dict[str, asyncio.Future[None]] = {}
         self.opened = 0  # envelopes checked and opened so far (bench/catchup.py prints it)
         self._tasks: set[asyncio.Task[None]] = set()
         self.worker_seconds = WORKER_SECONDS
@@ -443,21 +444,25 @@ class EnvelopeCrypto:
                 break
         batch, self._queue = self._queue[:take], self._queue[take:]
         self._sealing += 1
-        before, self._answered = self._answered, asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(self._seal_batch(batch, before, self._answered))
+        channels = {job.state.channel for job, _ in batch}
+        before = [f for c in channels if (f := self._answered.get(c)) is not None]
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._answered |= dict.fromkeys(channels, answered)
+        task = asyncio.create_task(self._seal_batch(batch, before, answered))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _seal_batch(
         self,
         batch: list[tuple[SealJob, asyncio.Future[Sealed]]],
-        before: asyncio.Future[None] | None,
+        before: list[asyncio.Future[None]],
         answered: asyncio.Future[None],
     ) -> None:
-        """Seal a batch in a worker; answer its posts once the batch launched before it is
-        answered. With several workers a later batch can be sealed first; answered first, its
-        posts would be stored, and queued for the readers, before lower sequence numbers of the
-        same stream, and each reader would take the gap for a loss and fetch it (`_fill_gaps`)."""
+        """Seal a batch in a worker; answer its posts once the batches launched before it with
+        posts to the same channels are answered (`before`). With several workers a later batch
+        can be sealed first; answered first, its posts would be stored, and queued for the
+        readers, before lower sequence numbers of the same stream, and each reader would take the
+        gap for a loss and fetch it (`_fill_gaps`). Other channels' posts do not wait for it."""
         try:
             try:
                 results: Sequence[Sealed | Exception] = await self._run(_seal_in_worker, [job for job, _ in batch])
@@ -467,8 +472,8 @@ class EnvelopeCrypto:
                 self._sealing -= 1
                 if self._queue and self._sealing < self.workers:
                     self._launch()
-            if before is not None:
-                await asyncio.shield(before)
+            if before:
+                await asyncio.shield(asyncio.gather(*before))
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():  # the post was cancelled meanwhile
                     continue
@@ -483,3 +488,6 @@ class EnvelopeCrypto:
         finally:
             if not answered.done():
                 answered.set_result(None)
+            for channel in {job.state.channel for job, _ in batch}:
+                if self._answered.get(channel) is answered:
+                    del self._answered[channel]
