@@ -13,8 +13,9 @@ from exchange.crypto import b64d
 from exchange.model import NodeId
 from exchange.protocol.envelope_v2 import build_envelope_v2, envelope_v2_bytes, sign_envelope_v2
 from exchange.protocol.epoch_model import EnvelopeV2
+from exchange.service.epoch_demand import RECHECK_SECONDS
 from tests.conftest import MakeFederation, Member, eventually
-from tests.test_epoch_attacks import arrives, batch, count, note, post, refused, rejections, started
+from tests.test_epoch_attacks import admin, arrives, batch, count, note, post, refused, rejections, started
 
 FOUR = ("nl-customs", "ke-customs", "de-customs", "fr-customs")
 
@@ -67,6 +68,7 @@ async def test_an_epoch_no_member_holds_is_asked_of_each_source_once_and_not_aga
     first = await post(ke, "first")
     await arrives(de, first["id"])
     asked = epoch_fetches(de, monkeypatch)
+    de.service.epochs.misses.recheck = 3600.0  # the owner alone is asked again after this (below)
     env = citing(ke, 10**12, seq=77)
     before = await count(de)
     status, body, _ = await de.fed_post(ke, batch(env))
@@ -98,14 +100,17 @@ async def test_a_flood_of_envelopes_each_citing_another_unknown_epoch_costs_one_
     own that nobody holds. Before, each number cost de-customs a round of fetches from every
     source. A round takes every record any source has after the latest held, so once one failed,
     no later number is held either: the numbers after it are answered 503 at once, with no fetch,
-    nothing stored; and a bulletin under the epoch held still comes."""
+    nothing stored; and a bulletin under the epoch held still comes. An epoch the owner makes
+    next is not kept out by the made-up numbers: the owner alone is asked again, at most every
+    RECHECK_SECONDS, and the first bulletin under it comes (epochs are not fetched ahead here)."""
     fed = await started(make_federation, *FOUR)
-    ke, de = fed["ke-customs"], fed["de-customs"]
+    nl, ke, de = fed["nl-customs"], fed["ke-customs"], fed["de-customs"]
     first = await post(ke, "first")
     await arrives(de, first["id"])
     latest = de.service.epochs.latest("c2c")
     assert latest is not None
     asked = epoch_fetches(de, monkeypatch)
+    de.service.epochs.misses.recheck = 3600.0
     before = await count(de)
     for i, n in enumerate((latest.n + 5, latest.n + 1, latest.n + 6, 10**6, 10**12)):
         status, body, _ = await de.fed_post(ke, batch(citing(ke, n, seq=100 + i)))
@@ -114,6 +119,20 @@ async def test_a_flood_of_envelopes_each_citing_another_unknown_epoch_costs_one_
     assert await count(de) == before
     later = await post(ke, "later")
     await arrives(de, later["id"])
+    # The owner makes the next epoch (a reader removed), which the miss covers: asked of it alone.
+    de.service.epochs.misses.recheck = RECHECK_SECONDS
+    await admin(nl, "remove", "fr-customs")
+    pos = nl.service.channels.state("c2c").pos
+
+    async def removed() -> bool:
+        return ke.service.channels.state("c2c").pos == pos
+
+    await eventually(removed, what="fr-customs' removal at ke-customs")
+    after = await post(ke, "under the next epoch")
+    await arrives(de, after["id"])
+    held = de.service.epochs.latest("c2c")
+    assert held is not None and held.n == latest.n + 1
+    assert asked.count("nl-customs") >= 2 and asked.count("fr-customs") == 1, asked  # no second round
 
 
 async def test_an_author_without_post_in_the_cited_state_makes_no_fetch(

@@ -6,7 +6,10 @@ flood of envelopes citing numbers nobody holds, would otherwise send this node r
 again. A round takes every record any source has after the latest held (`EpochBook.pull`, and
 records are held in order from 0), so after a failed one no source had any later number either:
 what is remembered is the channel's first missing number, and an envelope citing it or any
-higher one is answered at once, whatever number it makes up. Catch-up (`EpochBook.pull_quietly`)
+higher one is answered without a round, whatever number it makes up: only the channel's owner is
+asked again, at most once each RECHECK_SECONDS, so that an epoch it makes meanwhile (which any
+member's made-up number would otherwise keep out for the whole interval) comes at its first
+envelope after that. Catch-up (`EpochBook.pull_quietly`)
 and the epochs fetched ahead of posts (exchange.service.epoch_prefetch) do not go through here,
 so a node that missed an epoch change still gets it from any member.
 """
@@ -29,15 +32,18 @@ log = logging.getLogger("exchange.epochs")
 
 MISS_SECONDS = 30.0  # how long a find that no source answered is not tried again
 MISS_SIZE = 1024  # channels remembered so at most: the oldest are forgotten first
+RECHECK_SECONDS = 2.0  # within a remembered miss, the owner alone is asked again at most this often
 
 
 class Misses:
     """Per channel, the first epoch number that no source held when last asked, and when that was."""
 
-    def __init__(self, seconds: float = MISS_SECONDS, size: int = MISS_SIZE) -> None:
+    def __init__(self, seconds: float = MISS_SECONDS, size: int = MISS_SIZE, recheck: float = RECHECK_SECONDS) -> None:
         self.seconds = seconds
         self.size = size
+        self.recheck = recheck
         self._at: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._rechecked: dict[str, float] = {}  # when the owner was last asked within a miss
 
     def recent(self, channel: str, n: int) -> bool:
         """Whether a find of epoch `n` of `channel`, or of one before it, failed less than
@@ -51,12 +57,21 @@ class Misses:
         del self._at[channel]
         return False
 
+    def recheck_due(self, channel: str) -> bool:
+        """Whether the owner of `channel` may be asked again now (and if so, it counts as asked)."""
+        now = time.monotonic()
+        if now - self._rechecked.get(channel, -self.recheck) < self.recheck:
+            return False
+        self._rechecked[channel] = now
+        return True
+
     def add(self, channel: str, first: int) -> None:
-        """No source held epoch `first` of `channel`, nor any after it."""
+        """No source held epoch `first` of `channel`, nor any after it (the owner was asked now)."""
         self._at[channel] = (first, time.monotonic())
+        self._rechecked[channel] = time.monotonic()
         self._at.move_to_end(channel)
         while len(self._at) > self.size:
-            self._at.popitem(last=False)
+            self._rechecked.pop(self._at.popitem(last=False)[0], None)
 
 
 async def find_epoch(book: EpochBook, channel: str, n: int, sources: Sequence[str]) -> EpochRecord:
@@ -68,6 +83,11 @@ async def find_epoch(book: EpochBook, channel: str, n: int, sources: Sequence[st
     if record is not None:
         return record
     if book.misses.recent(channel, n):
+        if book.misses.recheck_due(channel):  # the owner alone: one request, not a round
+            owner = book.channels.state(channel).owner
+            record = await _asked(book, owner, channel, n) if owner != book.me else None
+            if record is not None:
+                return record
         raise StateUnavailable(
             f"epoch {n} of channel {channel!r} is not held, and no member had it, or one before it,"
             f" when last asked (asked again after {book.misses.seconds:g} s)"
@@ -75,14 +95,19 @@ async def find_epoch(book: EpochBook, channel: str, n: int, sources: Sequence[st
     for source in dict.fromkeys(sources):
         if source == book.me:
             continue
-        try:
-            await book.pull(source, channel)
-        except PeerError as exc:
-            log.info("%s: epochs of %s from %s: %s", book.me, channel, source, exc.detail)
-        record = book.record(channel, n)
+        record = await _asked(book, source, channel, n)
         if record is not None:
             return record
     latest = book.latest(channel)  # what the round brought: none had a later one
     book.misses.add(channel, latest.n + 1 if latest is not None else 0)
     log.info("%s: epoch %d of %s is held by none of %s", book.me, n, channel, ", ".join(dict.fromkeys(sources)))
     raise StateUnavailable(f"epoch {n} of channel {channel!r} is not held and could not be fetched")
+
+
+async def _asked(book: EpochBook, source: str, channel: str, n: int) -> EpochRecord | None:
+    """Epoch `n` of `channel` once `source`'s records after the latest held are taken, if it had it."""
+    try:
+        await book.pull(source, channel)
+    except PeerError as exc:
+        log.info("%s: epochs of %s from %s: %s", book.me, channel, source, exc.detail)
+    return book.record(channel, n)
