@@ -423,7 +423,7 @@ class EnvelopeCrypto:
 
     async def seal(self, job: SealJob, *, bulky: bool = False) -> Sealed:
         """Seal one post. In workers, posts that come while they are busy are sealed together,
-        and answered in the order they came (`_seal_batch`). Here, a `bulky` one (megabytes of
+        and answered in the order they came within each channel (`_seal_batch`). Here, a `bulky` one (megabytes of
         attachments) is sealed in a thread, the rest inline."""
         if not self.workers:
             if bulky:

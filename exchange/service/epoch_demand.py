@@ -9,9 +9,9 @@ what is remembered is the channel's first missing number, and an envelope citing
 higher one is answered without a round, whatever number it makes up: only the channel's owner is
 asked again, at most once each RECHECK_SECONDS, so that an epoch it makes meanwhile (which any
 member's made-up number would otherwise keep out for the whole interval) comes at its first
-envelope after that. Catch-up (`EpochBook.pull_quietly`)
-and the epochs fetched ahead of posts (exchange.service.epoch_prefetch) do not go through here,
-so a node that missed an epoch change still gets it from any member.
+envelope after that. Catch-up (`EpochBook.pull_quietly`) and the epochs fetched ahead of posts
+(exchange.service.epoch_prefetch) do not go through here, so a node that missed an epoch change
+still gets it from any member.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class Misses:
         if time.monotonic() - at < self.seconds:
             return n >= first
         del self._at[channel]
+        self._rechecked.pop(channel, None)
         return False
 
     def recheck_due(self, channel: str) -> bool:
