@@ -23,6 +23,7 @@ from playwright.async_api import async_playwright
 from exchange.app import RunningNode, start_node
 from exchange.clock import timestamp
 from exchange.config import NodeConfig
+from exchange.errors import StateUnavailable
 from exchange.keystore import NodeKeyFiles
 from exchange.model import Bulletin, Envelope, NodeId
 from exchange.node.tls import client_context, peer_context
@@ -270,7 +271,12 @@ async def make_federation(tmp_path: Path, database: Callable[[str], Awaitable[st
         channels: list[dict[str, Any]] | None = None,
         start: bool = True,
         options: dict[str, Any] | None = None,
+        announced: bool = True,
     ) -> Federation:
+        """`announced` (with envelope_v2, once started): each channel's owner holds every reader's
+        v2 announcement before this returns. An owner's first post fetches them and falls back to
+        v1 if a fetch times out (as designed), which CI's load made happen to tests that take the
+        first post for epoch 0."""
         nodes = nodes or {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs")}
         if channels is None:
             channels = [
@@ -298,12 +304,30 @@ async def make_federation(tmp_path: Path, database: Callable[[str], Awaitable[st
         if start:
             for node_id in nodes:
                 await fed.start(node_id)
+            if announced and (options or {}).get("envelope_v2"):
+                for spec in channels:
+                    readers = [n for n, rights in spec["members"].items() if "read" in rights]
+                    await owner_holds_announcements(fed[spec["owner"]], readers)
         return fed
 
     yield make
     for fed in feds:
         for node_id in list(fed.members):
             await fed.stop(node_id)
+
+
+async def owner_holds_announcements(owner: Member, readers: list[str]) -> None:
+    """Wait until `owner` holds each reader's answer to its v2 announcement (support or none)."""
+    book = owner.service.epochs
+
+    async def held() -> bool:
+        try:
+            await book.wrap_key_ids(readers, strict=True)
+        except StateUnavailable:
+            return False
+        return True
+
+    await eventually(held, timeout=30, what=f"every reader's v2 announcement at {owner.service.me}")
 
 
 def authored(

@@ -17,7 +17,7 @@ from exchange.clock import timestamp
 from exchange.config import NodeConfig
 from exchange.crypto import b64d, b64e
 from exchange.crypto.epoch import unwrap_epoch_key
-from exchange.errors import BadSignature, DecryptionFailed, EpochInvalid, PeerRefused, StateUnavailable
+from exchange.errors import BadSignature, DecryptionFailed, EpochInvalid, PeerRefused
 from exchange.model import Bulletin, NodeId
 from exchange.protocol.envelope_v2 import (
     build_envelope_v2,
@@ -122,19 +122,7 @@ def note(title: str) -> Bulletin:
 
 
 async def started(make_federation: MakeFederation, *members: str) -> Federation:
-    """The federation, once the owner holds every member's v2 announcement: a first post made
-    before it could fetch one (a timeout under load) would go out as v1, with no epoch."""
-    fed = await make_federation(nodes={n: NODES[n] for n in members}, channels=[channel(*members)], options=V2)
-    book = fed["nl-customs"].service.epochs
-
-    async def announced() -> bool:
-        try:
-            return await book.wrap_key_ids(members, strict=True) is not None
-        except StateUnavailable:
-            return False
-
-    await eventually(announced, timeout=30, what="every member's announcement at the owner")
-    return fed
+    return await make_federation(nodes={n: NODES[n] for n in members}, channels=[channel(*members)], options=V2)
 
 
 async def test_a_removed_reader_cannot_decrypt_later_epochs(make_federation: MakeFederation) -> None:

@@ -106,7 +106,7 @@ class DroppingPartner:
 
 @pytest.fixture
 async def dropping_partner(make_federation: MakeFederation) -> AsyncIterator[DroppingPartner]:
-    fed = await make_federation(options={"envelope_v2": True, "epoch_prefetch_seconds": 0})
+    fed = await make_federation(options={"envelope_v2": True, "epoch_prefetch_seconds": 0}, announced=False)
     ke = fed["ke-customs"]
     await fed.stop("ke-customs")
     files = NodeKeyFiles(ke.config.keys_dir)
