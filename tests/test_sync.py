@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from exchange.errors import Unavailable
+from exchange.model import NodeId
 from exchange.store import audit_log, bulletins, outbox, receipts, user_reads
 from tests.conftest import DEFAULT_NODES, MakeFederation, Member, eventually
 from tests.standin import StandIn
@@ -251,3 +252,45 @@ async def test_an_admin_command_writing_next_to_a_running_node_does_not_wedge_it
     await a.service.store.close()
     with pytest.raises(Unavailable):
         await a.service.store.audit({"event": "late"})  # type: ignore[arg-type]
+
+
+async def test_a_node_that_is_not_a_member_now_is_served_no_markers(make_federation: MakeFederation) -> None:
+    """A removed member may still ask for catch-up pages (the log names it, so that it can learn of
+    its removal), and is served what was addressed to it. It was also served a marker of every
+    later bulletin (its id, author and seq): who posts, and how much, after it left. Now a node
+    that is not a member of the channel's current state, removed or invited and not yet accepted,
+    is served no markers; once it is a member again, it is."""
+    fed = await make_federation(nodes=THREE, channels=[C2C])
+    nl, ke, de = fed["nl-customs"], fed["ke-customs"], fed["de-customs"]
+    before = await post_many(nl, 2, "before")
+    await all_at(de, before)
+    status, body, _ = await nl.api("POST", "/api/v1/channels/c2c/remove", user="admin", body={"node": de.id})
+    assert status == 200, body
+    after = await post_many(nl, 3, "after")
+    await all_at(ke, after)
+
+    async def served(query: str) -> list[tuple[str, bool]]:
+        page = await de.service.transport.fetch(NodeId(nl.id), f"/fed/v1/channels/c2c/envelopes?{query}")
+        return [(i["id"], i["envelope"] is not None) for i in page["items"]]
+
+    mine = [(b, True) for b in before]
+    assert await served("after=0&limit=200") == mine
+    assert await served("author=nl-customs&after_seq=0&limit=10") == mine
+    status, body, _ = await nl.api(
+        "POST", "/api/v1/channels/c2c/invite", user="admin", body={"node": de.id, "rights": ["read"]}
+    )
+    assert status == 200, body
+    assert await served("after=0&limit=200") == mine  # invited, not a member yet
+
+    async def invited() -> bool:
+        return NodeId(de.id) in de.service.channels.state("c2c").invited
+
+    await eventually(invited, what="the invitation at de-customs")
+    status, body, _ = await de.api("POST", "/api/v1/channels/c2c/accept", user="admin")
+    assert status == 200, body
+
+    async def member_again() -> bool:
+        return NodeId(de.id) in nl.service.channels.state("c2c").members
+
+    await eventually(member_again, what="de-customs a member again at nl-customs")
+    assert await served("after=0&limit=200") == [*mine, *((a, False) for a in after)]

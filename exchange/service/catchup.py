@@ -189,7 +189,10 @@ class CatchUp:
         """A page of a channel's envelopes for catch-up, for a node the channel's log names.
 
         Envelopes not addressed to `peer` appear as markers with a null envelope, so the peer
-        can tell a gap that is not meant for it from one that is.
+        can tell a gap that is not meant for it from one that is; only to a member of the
+        channel's current state. A node the log names but that is not one (removed, or invited
+        and not yet accepted) is served only what is addressed to it: markers would tell it the
+        id, author and sequence number of every later bulletin (11.6).
         """
         state = self.channels.state(channel)
         if NodeId(peer) not in state.involved:
@@ -219,16 +222,12 @@ class CatchUp:
         rows = rows[:cut]
         epochs = self.receiving.epochs  # v2: a grantee gets the envelopes of the epochs granted to it
         granted = granted_to(epochs, peer, channel) if epochs is not None else frozenset()
+        member = NodeId(peer) in state.members
         items = [
             b'{"n":%d,"id":"%s","author":"%s","seq":%d,"envelope":%s}'
-            % (
-                r.n,
-                r.id.encode(),
-                r.author.encode(),
-                r.seq,
-                bytes(r.envelope) if served_to(peer, r.recipients, bytes(r.envelope), granted) else b"null",
-            )
+            % (r.n, r.id.encode(), r.author.encode(), r.seq, bytes(r.envelope) if served else b"null")
             for r in rows
+            if (served := served_to(peer, r.recipients, bytes(r.envelope), granted)) or member
         ]
         next_ = rows[-1].n if rows else after
         self.outbox.peer_pulled(peer, more)  # a full page: it pulls what this node would push it
