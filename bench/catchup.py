@@ -49,7 +49,7 @@ from exchange.protocol.channel import ChannelState, apply_event
 from exchange.protocol.envelope import build_envelope, bulletin_id, parse_envelope, wrap_info
 from exchange.protocol.signing import signing_input
 from exchange.service.records import bulletin_row
-from exchange.store import AuditBuffer, Store, bulletins, outbox
+from exchange.store import AuditBuffer, Store, bulletins, insert_rows, outbox
 from tests.conftest import write_federation
 
 A, C = "nl-customs", "de-customs"
@@ -106,7 +106,7 @@ async def seed_author(folder: Path, count: int) -> float:
         for rows in pool.imap(_build, chunks):
 
             async def job(conn: AsyncConnection, audit: AuditBuffer, rows: list[dict[str, Any]] = rows) -> None:
-                await conn.execute(sa.insert(bulletins), rows)
+                await insert_rows(conn, bulletins, rows)
                 await conn.execute(
                     sa.insert(outbox),
                     [{"dest": C, "kind": "envelope", "ref": r["id"], "state": "queued"} for r in rows],

@@ -43,7 +43,7 @@ from cpu_profile import own_cpu_seconds, worker_pids
 
 from exchange.app import start_node
 from exchange.config import NodeConfig
-from exchange.store import Store
+from exchange.store import Store, insert_rows
 from tests.conftest import write_federation
 
 A, C = catchup.A, catchup.C
@@ -67,6 +67,7 @@ COLUMNS = (
     "content",
     "summary",
     "search_text",
+    "channel_pos",  # = seq: the stores hold nothing else of the channel (revision 0012)
 )
 
 
@@ -86,7 +87,7 @@ def prefill(path: str, template: dict[str, Any], size: int) -> None:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=OFF")
     marks = ", ".join("?" for _ in COLUMNS)
-    rows = ((f"{seq:064x}", CHANNEL, A, seq, *(template[c] for c in COLUMNS[4:])) for seq in range(1, size + 1))
+    rows = ((f"{seq:064x}", CHANNEL, A, seq, *(template[c] for c in COLUMNS[4:-1]), seq) for seq in range(1, size + 1))
     with db:
         db.executemany(f"INSERT INTO bulletins ({', '.join(COLUMNS)}) VALUES ({marks})", rows)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -126,7 +127,7 @@ async def seed_new(folder: Path, size: int, new: int) -> float:
         for rows in pool.imap(catchup._build, chunks):
 
             async def job(conn: AsyncConnection, audit: AuditBuffer, rows: list[dict[str, Any]] = rows) -> None:
-                await conn.execute(sa.insert(bulletins), rows)
+                await insert_rows(conn, bulletins, rows)
                 queued = [{"dest": C, "kind": "envelope", "ref": r["id"], "state": "queued"} for r in rows]
                 await conn.execute(sa.insert(outbox), queued)
 

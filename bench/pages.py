@@ -57,6 +57,7 @@ from tests.conftest import PG_ADMIN_URL, write_federation
 
 A = "nl-customs"
 CHANNELS = [f"c2c-{i}" for i in range(8)]
+SYNTHETIC_POSITIONS = 1000  # the synthetic rows' channel positions start past the few real bulletins
 GOAL = 0.050  # seconds of server time per page
 REPEAT = 15
 SMALL = 1000
@@ -78,6 +79,7 @@ COLUMNS = (
     "content",
     "summary",
     "search_text",
+    "channel_pos",  # past the real bulletins' positions, rising with n in each channel (revision 0012)
 )
 
 SERVER_TIMES: list[float] = []
@@ -129,6 +131,7 @@ def synthetic(template: dict[str, Any], start: int, stop: int) -> Iterator[tuple
             content.replace(TITLE, number),
             summary.replace(TITLE, number),
             search.replace(TITLE.casefold(), number.casefold()),
+            SYNTHETIC_POSITIONS + i,
         )
 
 

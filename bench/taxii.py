@@ -93,6 +93,7 @@ def rows(template: dict[str, Any], start: int, stop: int) -> Iterator[dict[str, 
             **template,
             "id": f"{i:064x}",
             "seq": i + 1,
+            "channel_pos": 1000 + i,  # past the real bulletin's position, rising with n (revision 0012)
             "tlp": tlp,
             "stored_at": stamp(i),
             "content": template["content"].replace(TITLE, number),

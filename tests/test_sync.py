@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -11,6 +12,7 @@ from aiohttp import web
 
 from exchange.errors import Unavailable
 from exchange.model import NodeId
+from exchange.service.catchup import POSITIONS
 from exchange.store import audit_log, bulletins, outbox, receipts, user_reads
 from tests.conftest import DEFAULT_NODES, MakeFederation, Member, eventually
 from tests.standin import StandIn
@@ -294,3 +296,37 @@ async def test_a_node_that_is_not_a_member_now_is_served_no_markers(make_federat
 
     await eventually(member_again, what="de-customs a member again at nl-customs")
     assert await served("after=0&limit=200") == [*mine, *((a, False) for a in after)]
+
+
+async def test_catch_up_numbers_count_one_channel_and_old_cursors_are_honoured(make_federation: MakeFederation) -> None:
+    """A page's numbers and cursor were `bulletins.n`, which counts every channel the server holds:
+    between two items of one channel a member learnt how many bulletins the server had stored in
+    channels it is not in. They are now positions in the channel (revision 0012), and a cursor
+    served before (an `n`) still gives what follows it."""
+    other = {**C2C, "id": "c2c-other", "members": {"nl-customs": ["read", "post", "admin"], "ke-customs": ["read"]}}
+    fed = await make_federation(nodes=THREE, channels=[C2C, other])
+    nl, de = fed["nl-customs"], fed["de-customs"]
+    [first] = await post_many(nl, 1, "first")
+    for i in range(5):  # five bulletins de is not told about, in a channel it is not in
+        status, body, _ = await nl.api(
+            "POST", "/api/v1/channels/c2c-other/bulletins", body={"kind": "alert", "title": f"other {i}"}
+        )
+        assert status == 201, body
+    [second] = await post_many(nl, 1, "second")
+
+    async def page(after: int) -> dict[str, Any]:
+        got = await de.service.transport.fetch(NodeId(nl.id), f"/fed/v1/channels/c2c/envelopes?after={after}&limit=10")
+        assert isinstance(got, dict)
+        return got
+
+    served = await page(0)
+    numbers = [i["n"] for i in served["items"]]
+    assert [i["id"] for i in served["items"]] == [first, second]
+    assert numbers == [POSITIONS + 1, POSITIONS + 2] and served["next"] == POSITIONS + 2
+    assert (await page(POSITIONS + 1))["items"][0]["id"] == second
+    assert (await page(POSITIONS + 2))["items"] == []
+    async with nl.service.store.read() as conn:
+        old = await conn.scalar(sa.select(bulletins.c.n).where(bulletins.c.id == first))
+    assert old is not None and old < POSITIONS
+    resumed = await page(old)  # a cursor this node served before revision 0012
+    assert [i["id"] for i in resumed["items"]] == [second] and resumed["next"] == POSITIONS + 2

@@ -38,6 +38,10 @@ PAGE = 1000
 # past these, the pull stops until the next sweep, so a member serving refused envelopes page
 # after page costs at most this many `catchup.refused` entries per sweep.
 MAX_REFUSING_PAGES = 4
+# The cursors this node serves are POSITIONS + a bulletin's position in its channel (revision 0012),
+# so that they count one channel; a cursor below it is one served before, a `bulletins.n`, and is
+# honoured as such (11.6: `after` is at most 2**31 - 1, so a channel's positions go to 2**30 - 1).
+POSITIONS = 1 << 30
 
 
 class CatchUp:
@@ -199,7 +203,7 @@ class CatchUp:
             raise Forbidden(f"{peer!r} takes no part in channel {channel!r}")
         limit = max(1, min(limit, 1000))
         query = sa.select(
-            bulletins.c.n,
+            bulletins.c.channel_pos,
             bulletins.c.id,
             bulletins.c.author,
             bulletins.c.seq,
@@ -208,7 +212,9 @@ class CatchUp:
         ).where(bulletins.c.channel == channel)
         if author is not None:
             query = query.where(bulletins.c.author == author, bulletins.c.seq > after_seq).order_by(bulletins.c.seq)
-        else:
+        elif after >= POSITIONS:
+            query = query.where(bulletins.c.channel_pos > after - POSITIONS).order_by(bulletins.c.channel_pos)
+        else:  # a cursor given before revision 0012: an `n`, which the channel's positions follow
             query = query.where(bulletins.c.n > after).order_by(bulletins.c.n)
         async with self.store.read() as conn:
             rows = (await conn.execute(query.limit(limit))).all()
@@ -225,11 +231,17 @@ class CatchUp:
         member = NodeId(peer) in state.members
         items = [
             b'{"n":%d,"id":"%s","author":"%s","seq":%d,"envelope":%s}'
-            % (r.n, r.id.encode(), r.author.encode(), r.seq, bytes(r.envelope) if served else b"null")
+            % (
+                POSITIONS + r.channel_pos,
+                r.id.encode(),
+                r.author.encode(),
+                r.seq,
+                bytes(r.envelope) if served else b"null",
+            )
             for r in rows
             if (served := served_to(peer, r.recipients, bytes(r.envelope), granted)) or member
         ]
-        next_ = rows[-1].n if rows else after
+        next_ = POSITIONS + rows[-1].channel_pos if rows else after
         self.outbox.peer_pulled(peer, more)  # a full page: it pulls what this node would push it
         return b'{"items":[' + b",".join(items) + b'],"next":%d,"more":%s}' % (next_, b"true" if more else b"false")
 

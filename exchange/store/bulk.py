@@ -29,6 +29,8 @@ async def insert_rows(conn: AsyncConnection, table: sa.Table, rows: Sequence[dic
     """INSERT `rows` (dicts with the same keys) into `table` in one executemany."""
     if not rows:
         return
+    if table.name == "bulletins":
+        rows = await _positioned(conn, table, rows)
     first = rows[0].keys()
     plan = _plan(table, tuple(first), conn.dialect)
     if plan is None or any(row.keys() != first for row in rows):  # a row with other keys: SQLAlchemy's way
@@ -37,6 +39,23 @@ async def insert_rows(conn: AsyncConnection, table: sa.Table, rows: Sequence[dic
     sql, values, defaults = plan
     params = [values({**defaults, **row}) for row in rows] if defaults else [values(row) for row in rows]
     await conn.exec_driver_sql(sql, params)
+
+
+async def _positioned(conn: AsyncConnection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Bulletin rows with their positions in their channels (`channel_pos`, revision 0012): one past
+    the channel's highest, in the rows' order. Read in the inserting transaction, which holds the
+    node's write lock, so positions are gap-free and in commit order; the database's trigger numbers
+    a row inserted without one the same way, at the cost of rewriting it (SQLite)."""
+    tops: dict[str, int] = {}
+    out = []
+    for row in rows:
+        channel = row["channel"]
+        if channel not in tops:
+            top = await conn.scalar(sa.select(sa.func.max(table.c.channel_pos)).where(table.c.channel == channel))
+            tops[channel] = int(top or 0)
+        tops[channel] += 1
+        out.append({**row, "channel_pos": tops[channel]})
+    return out
 
 
 @functools.lru_cache(maxsize=256)

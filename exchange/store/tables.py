@@ -32,8 +32,13 @@ bulletins = sa.Table(
     # " a b c ": the recipient node ids, so catch-up pages are filtered in SQL
     sa.Column("recipients", sa.Text, nullable=False),
     sa.Column("content", sa.Text, nullable=True),
+    # 1, 2, 3, … per channel, in the order stored (revision 0012; set by `insert_rows`, else by the
+    # database's trigger): catch-up pages are numbered with it, so that a page's numbers count one
+    # channel, not every channel this node holds (docs/protocol.md 11.6)
+    sa.Column("channel_pos", sa.BigInteger, nullable=True),
     sa.UniqueConstraint("author", "channel", "seq", name="uq_bulletin_stream"),
     sa.Index("ix_bulletins_channel", "channel", "n"),
+    sa.Index("ix_bulletins_channel_pos", "channel", "channel_pos", unique=True),
 )
 
 # How many bulletins each channel holds, and how many of them each user has opened: kept by
