@@ -138,7 +138,7 @@ async def twin(member: Member, bid: str, tail: str) -> str:
         row = (await conn.execute(sa.select(bulletins).where(bulletins.c.id == bid))).one()._asdict()
 
     async def job(conn: Any, audit: Any) -> None:
-        copy = {k: v for k, v in row.items() if k != "n"} | {"id": other, "seq": row["seq"] + 1000}
+        copy = {k: v for k, v in row.items() if k not in ("n", "channel_pos")} | {"id": other, "seq": row["seq"] + 1000}
         await conn.execute(sa.insert(bulletins).values(copy))
 
     await member.service.store.write(job)
