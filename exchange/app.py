@@ -188,7 +188,7 @@ async def start_node(config: NodeConfig, *, reuse_port: bool = False) -> Running
 
     from exchange.http.appkeys import SERVICE
     from exchange.http.server import ConnectionGuard, GuardedSite, ServerLimits
-    from exchange.node.tls import ServerTls, roster_identity
+    from exchange.node.tls import ServerTls, roster_addresses, roster_identity
 
     app = build_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
@@ -198,7 +198,10 @@ async def start_node(config: NodeConfig, *, reuse_port: bool = False) -> Running
     service.on_install(tls.install)  # each handshake checks the pins of the version held then
     ssl_ctx = tls.context
     guard = ConnectionGuard(
-        ServerLimits.from_config(config), refused=service.refusals.count, identify=roster_identity(service.fed)
+        ServerLimits.from_config(config),
+        refused=service.refusals.count,
+        identify=roster_identity(service.fed),
+        listed=roster_addresses(service.fed),
     )
     site = GuardedSite(runner, config.host, config.port, ssl_context=ssl_ctx, guard=guard, reuse_port=reuse_port)
     try:

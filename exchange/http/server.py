@@ -44,6 +44,8 @@ from exchange.service.rejections import client_key
 log = logging.getLogger("exchange.node")
 
 Refused = Callable[[str | None, int, str, str], None]  # (client address, status, reason, sample)
+# Client addresses (`client_key`) a roster partner connected from, remembered; the oldest forgotten.
+PARTNER_ADDRESSES = 4096
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class ConnectionGuard:
         limits: ServerLimits | None = None,
         refused: Refused | None = None,
         identify: Callable[[bytes], str | None] | None = None,
+        listed: Callable[[], frozenset[str]] | None = None,
     ) -> None:
         self.limits = limits or ServerLimits()
         self.refused: Refused = refused or (lambda address, status, reason, sample: None)
@@ -96,13 +99,34 @@ class ConnectionGuard:
         # whether they are a partner's, so partners' count here too, and a flood of clients that
         # never finish theirs holds a place no longer than the handshake timeout.
         self._shaking: Counter[str] = Counter()
+        # Handshakes from partners' addresses (`partner_address`): not held to `max_connections`,
+        # so a flood from many other addresses cannot keep a partner from reaching this node; each
+        # such address is still held to `max_connections_per_address`.
+        self._partner_shaking: Counter[str] = Counter()
+        self._partner_addresses: dict[str, None] = {}  # where partners connected from, oldest first
+        self._listed = listed or frozenset  # the addresses the roster's endpoints name
+
+    def partner_address(self, key: str) -> bool:
+        """Whether a roster partner connected from `key`, or the roster names it as an endpoint."""
+        return key in self._partner_addresses or key in self._listed()
+
+    def partner_seen(self, key: str) -> None:
+        """A roster partner's connection came from `key`: its handshakes get a place from now on."""
+        self._partner_addresses.pop(key, None)
+        self._partner_addresses[key] = None
+        if len(self._partner_addresses) > PARTNER_ADDRESSES:
+            del self._partner_addresses[next(iter(self._partner_addresses))]
 
     def shake(self, key: str) -> bool:
         """Count one more connection in its TLS handshake from `key`, or False past a limit."""
         limits = self.limits
-        if self._shaking[key] >= limits.max_connections_per_address or self._shaking.total() >= limits.max_connections:
+        if self._shaking[key] >= limits.max_connections_per_address:
+            return False
+        partner = self.partner_address(key)
+        if not partner and self._shaking.total() - self._partner_shaking.total() >= limits.max_connections:
             return False
         self._shaking[key] += 1
+        self._partner_shaking[key] += partner
         return True
 
     def shaken(self, key: str) -> None:
@@ -110,6 +134,10 @@ class ConnectionGuard:
         self._shaking[key] -= 1
         if self._shaking[key] <= 0:
             del self._shaking[key]
+        if self._partner_shaking[key] > 0:
+            self._partner_shaking[key] -= 1
+        if self._partner_shaking[key] <= 0:
+            del self._partner_shaking[key]
 
     def handshakes(self, key: str | None = None) -> int:
         """How many connections are in their TLS handshake from `key`, or in all."""
@@ -203,6 +231,7 @@ class GuardedHandler(web.RequestHandler):
                 self._refuse(403, "certificate not in the roster", "the client certificate is not one the roster lists")
                 return
             peer = f"peer:{node}"  # a node's active and retiring certificates share its budget
+            self._guard.partner_seen(client_key(self._address))
         self.peer_key = peer
         self._peer = peer is not None
         key = peer or client_key(self._address)

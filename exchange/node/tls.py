@@ -8,15 +8,20 @@ A node's accepted certificates are its active one and, during a rotation's overl
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import ssl
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 from exchange.crypto import spki_pin
 from exchange.errors import UnknownPeer
 from exchange.keystore import TlsIdentity
 from exchange.model import RosterNode
 from exchange.protocol.roster import Federation
+from exchange.service.rejections import client_key
 
 
 def server_context(cert: Path, key: Path, fed: Federation) -> ssl.SSLContext:
@@ -90,6 +95,26 @@ def roster_identity(fed: Federation) -> Callable[[bytes], str | None]:
             return None
 
     return identify
+
+
+def roster_addresses(fed: Federation) -> Callable[[], frozenset[str]]:
+    """For the server's connection guard: the client addresses (`client_key`) that the held
+    roster's endpoints name as IP addresses, computed again when the roster changes. A partner
+    whose endpoint is a host name is known by its address from its first connection on."""
+    held: list[Any] = [None, frozenset()]
+
+    def listed() -> frozenset[str]:
+        roster = fed.roster
+        if held[0] is not roster:
+            addresses = set()
+            for node in roster.nodes:
+                host = urlsplit(node.endpoint).hostname or ""
+                with contextlib.suppress(ValueError):
+                    addresses.add(client_key(str(ipaddress.ip_address(host))))
+            held[:] = [roster, frozenset(addresses)]
+        return cast(frozenset[str], held[1])
+
+    return listed
 
 
 def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, fed: Federation) -> RosterNode:

@@ -80,6 +80,45 @@ async def test_silent_connections_past_the_limits_are_closed_at_once_and_counted
     assert refused["127.0.0.4"]["reasons"] == {"429 too many TLS handshakes": 1}
 
 
+async def test_a_flood_of_handshakes_from_many_addresses_does_not_shut_out_a_partner(
+    make_federation: MakeFederation, http: Any
+) -> None:
+    """Partners are known only once their handshake is done, so handshakes from enough addresses,
+    each under its own limit, took every place (`max_connections`) and a partner's new connection
+    was closed with theirs. An address a partner connected from (or that the roster names as an
+    endpoint) now gets a place past that total, still held to its own per-address limit."""
+    fed = await make_federation(
+        options={"max_connections_per_address": 3, "max_connections": 4, "header_timeout_seconds": 60}
+    )
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    assert nl.node is not None
+    guard, host, port = nl.node.guard, nl.config.host, nl.config.port
+    async with http(nl, "127.0.0.5", peer=ke).get("/fed/v1/channels/c2c/events") as resp:
+        assert resp.status == 200  # ke-customs connects from 127.0.0.5: remembered
+    flood = [await silent(host, port, "127.0.0.2") for _ in range(3)] + [await silent(host, port, "127.0.0.3")]
+
+    async def full() -> bool:
+        return guard.handshakes() == 4
+
+    await eventually(full, what="four handshakes from two addresses")
+    reader, writer = await silent(host, port, "127.0.0.4")  # a fifth address: no place
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+    async with http(nl, "127.0.0.5", peer=ke).get("/fed/v1/channels/c2c/events") as resp:
+        assert resp.status == 200  # a new connection from the partner's address gets through
+    # The partner's address is still held to its own limit.
+    mine = [await silent(host, port, "127.0.0.5") for _ in range(3)]
+
+    async def three() -> bool:
+        return guard.handshakes("127.0.0.5") == 3
+
+    await eventually(three, what="three handshakes from 127.0.0.5")
+    reader, writer = await silent(host, port, "127.0.0.5")
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    for _, w in [*flood, *mine, (reader, writer)]:
+        w.close()
+
+
 async def test_a_handshake_refused_or_timed_out_is_counted(make_federation: MakeFederation, tmp_path: Path) -> None:
     fed = await make_federation(options={"header_timeout_seconds": 1})
     nl = fed["nl-customs"]
