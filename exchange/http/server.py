@@ -44,8 +44,9 @@ from exchange.service.rejections import client_key
 log = logging.getLogger("exchange.node")
 
 Refused = Callable[[str | None, int, str, str], None]  # (client address, status, reason, sample)
-# Client addresses (`client_key`) a roster partner connected from, remembered; the oldest forgotten.
-PARTNER_ADDRESSES = 4096
+# Client addresses (`client_key`) each roster partner connected from, remembered (the oldest
+# forgotten): a partner's stolen key used from many addresses makes no more of them than this.
+PARTNER_ADDRESSES = 8
 
 
 @dataclass(frozen=True)
@@ -103,19 +104,28 @@ class ConnectionGuard:
         # so a flood from many other addresses cannot keep a partner from reaching this node; each
         # such address is still held to `max_connections_per_address`.
         self._partner_shaking: Counter[str] = Counter()
-        self._partner_addresses: dict[str, None] = {}  # where partners connected from, oldest first
+        self._seen_from: dict[str, dict[str, None]] = {}  # per partner, where it connected from, oldest first
+        self._seen: Counter[str] = Counter()  # those addresses, and by how many partners
         self._listed = listed or frozenset  # the addresses the roster's endpoints name
 
     def partner_address(self, key: str) -> bool:
         """Whether a roster partner connected from `key`, or the roster names it as an endpoint."""
-        return key in self._partner_addresses or key in self._listed()
+        return key in self._seen or key in self._listed()
 
-    def partner_seen(self, key: str) -> None:
-        """A roster partner's connection came from `key`: its handshakes get a place from now on."""
-        self._partner_addresses.pop(key, None)
-        self._partner_addresses[key] = None
-        if len(self._partner_addresses) > PARTNER_ADDRESSES:
-            del self._partner_addresses[next(iter(self._partner_addresses))]
+    def partner_seen(self, node: str, key: str) -> None:
+        """Partner `node` connected from `key`: handshakes from there get a place from now on."""
+        mine = self._seen_from.setdefault(node, {})
+        if key in mine:
+            del mine[key]
+        else:
+            self._seen[key] += 1
+        mine[key] = None
+        if len(mine) > PARTNER_ADDRESSES:
+            oldest = next(iter(mine))
+            del mine[oldest]
+            self._seen[oldest] -= 1
+            if self._seen[oldest] <= 0:
+                del self._seen[oldest]
 
     def shake(self, key: str) -> bool:
         """Count one more connection in its TLS handshake from `key`, or False past a limit."""
@@ -231,7 +241,7 @@ class GuardedHandler(web.RequestHandler):
                 self._refuse(403, "certificate not in the roster", "the client certificate is not one the roster lists")
                 return
             peer = f"peer:{node}"  # a node's active and retiring certificates share its budget
-            self._guard.partner_seen(client_key(self._address))
+            self._guard.partner_seen(node, client_key(self._address))
         self.peer_key = peer
         self._peer = peer is not None
         key = peer or client_key(self._address)
