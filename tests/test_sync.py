@@ -278,6 +278,16 @@ async def test_a_node_that_is_not_a_member_now_is_served_no_markers(make_federat
     mine = [(b, True) for b in before]
     assert await served("after=0&limit=200") == mine
     assert await served("author=nl-customs&after_seq=0&limit=10") == mine
+    # Nor do `next` and `more` count what it is not served: an empty page saying `more` would tell
+    # it that the author posted past seq 2, and `next` how many bulletins the channel holds.
+    probe = await de.service.transport.fetch(
+        NodeId(nl.id), "/fed/v1/channels/c2c/envelopes?author=nl-customs&after_seq=2&limit=1"
+    )
+    assert probe == {"items": [], "next": 0, "more": False}
+    whole = await de.service.transport.fetch(NodeId(nl.id), "/fed/v1/channels/c2c/envelopes?after=0&limit=2")
+    assert whole["next"] == POSITIONS + 2 and whole["more"] is True  # its own two, a full page
+    rest = await de.service.transport.fetch(NodeId(nl.id), f"/fed/v1/channels/c2c/envelopes?after={POSITIONS + 2}")
+    assert rest == {"items": [], "next": POSITIONS + 2, "more": False}
     status, body, _ = await nl.api(
         "POST", "/api/v1/channels/c2c/invite", user="admin", body={"node": de.id, "rights": ["read"]}
     )

@@ -195,8 +195,9 @@ class CatchUp:
         Envelopes not addressed to `peer` appear as markers with a null envelope, so the peer
         can tell a gap that is not meant for it from one that is; only to a member of the
         channel's current state. A node the log names but that is not one (removed, or invited
-        and not yet accepted) is served only what is addressed to it: markers would tell it the
-        id, author and sequence number of every later bulletin (11.6).
+        and not yet accepted) is served only what is addressed to it, and the page's `next` and
+        `more` count only that: markers, or a cursor past what it was not served, would tell it
+        how many bulletins each author posted after it left (11.6).
         """
         state = self.channels.state(channel)
         if NodeId(peer) not in state.involved:
@@ -216,6 +217,10 @@ class CatchUp:
             query = query.where(bulletins.c.channel_pos > after - POSITIONS).order_by(bulletins.c.channel_pos)
         else:  # a cursor given before revision 0012: an `n`, which the channel's positions follow
             query = query.where(bulletins.c.n > after).order_by(bulletins.c.n)
+        member = NodeId(peer) in state.members
+        if not member:  # only what was addressed to it, chosen before the limit: `next` and `more`
+            # then count nothing else either (a node that is no member holds no grant, 7.2)
+            query = query.where(bulletins.c.recipients.contains(f" {peer} ", autoescape=True))
         async with self.store.read() as conn:
             rows = (await conn.execute(query.limit(limit))).all()
         size, cut = 0, len(rows)
@@ -227,8 +232,7 @@ class CatchUp:
         more = len(rows) == limit or cut < len(rows)
         rows = rows[:cut]
         epochs = self.receiving.epochs  # v2: a grantee gets the envelopes of the epochs granted to it
-        granted = granted_to(epochs, peer, channel) if epochs is not None else frozenset()
-        member = NodeId(peer) in state.members
+        granted = granted_to(epochs, peer, channel) if epochs is not None and member else frozenset()
         items = [
             b'{"n":%d,"id":"%s","author":"%s","seq":%d,"envelope":%s}'
             % (

@@ -47,6 +47,8 @@ END $$""",
 
 def upgrade() -> None:
     bind = op.get_bind()
+    if bind.dialect.name == "sqlite" and sqlite3.sqlite_version_info < (3, 25):
+        raise RuntimeError(f"revision 0012 needs SQLite 3.25 or later (window functions), not {sqlite3.sqlite_version}")
     op.add_column("bulletins", sa.Column("channel_pos", sa.BigInteger, nullable=True))
     bind.execute(
         sa.text(
@@ -55,9 +57,14 @@ def upgrade() -> None:
         )
     )
     bind.execute(sa.text("CREATE UNIQUE INDEX ix_channel_positions_n ON channel_positions (n)"))
-    bind.execute(
-        sa.text("UPDATE bulletins SET channel_pos = (SELECT pos FROM channel_positions p WHERE p.n = bulletins.n)")
-    )
+    if bind.dialect.name == "postgresql":  # a join; SQLite before 3.33 has no UPDATE ... FROM
+        bind.execute(
+            sa.text("UPDATE bulletins SET channel_pos = p.pos FROM channel_positions p WHERE p.n = bulletins.n")
+        )
+    else:
+        bind.execute(
+            sa.text("UPDATE bulletins SET channel_pos = (SELECT pos FROM channel_positions p WHERE p.n = bulletins.n)")
+        )
     bind.execute(sa.text("DROP TABLE channel_positions"))
     # After the numbering, so the index is built once rather than updated row by row.
     op.create_index("ix_bulletins_channel_pos", "bulletins", ["channel", "channel_pos"], unique=True)
@@ -69,17 +76,17 @@ def downgrade() -> None:
     """Drop the positions, their index and their trigger: 0011 numbers catch-up pages with `n`. A
     partner's cursor saved under the positions then reads as an `n` past the end of what the node
     holds (2**30 and above), and that partner is served nothing more from this node until an
-    administrator resets its cursor (docs/operations.md, "Followers")."""
+    administrator resets its cursor (docs/operations.md, "Revision 0012")."""
     bind = op.get_bind()
+    # Not a batch operation: on SQLite it would rebuild the table without 0003's triggers.
+    if bind.dialect.name == "sqlite" and sqlite3.sqlite_version_info < (3, 35):
+        raise RuntimeError(
+            f"downgrading below 0012 needs SQLite 3.35 or later (DROP COLUMN), not {sqlite3.sqlite_version}"
+        )
     if bind.dialect.name == "postgresql":
         bind.execute(sa.text("DROP TRIGGER tr_bulletins_positioned ON bulletins"))
         bind.execute(sa.text("DROP FUNCTION exchange_bulletins_positioned()"))
     else:
         bind.execute(sa.text("DROP TRIGGER tr_bulletins_positioned"))
     op.drop_index("ix_bulletins_channel_pos", table_name="bulletins")
-    # Not a batch operation: on SQLite it would rebuild the table without 0003's triggers.
-    if bind.dialect.name == "sqlite" and sqlite3.sqlite_version_info < (3, 35):
-        raise RuntimeError(
-            f"downgrading below 0012 needs SQLite 3.35 or later (DROP COLUMN), not {sqlite3.sqlite_version}"
-        )
     bind.execute(sa.text("ALTER TABLE bulletins DROP COLUMN channel_pos"))
