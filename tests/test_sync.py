@@ -12,6 +12,7 @@ from aiohttp import web
 
 from exchange.errors import Unavailable
 from exchange.model import NodeId
+from exchange.service import catchup as catchup_module
 from exchange.service.catchup import POSITIONS
 from exchange.store import audit_log, bulletins, outbox, receipts, user_reads
 from tests.conftest import DEFAULT_NODES, MakeFederation, Member, eventually
@@ -256,7 +257,9 @@ async def test_an_admin_command_writing_next_to_a_running_node_does_not_wedge_it
         await a.service.store.audit({"event": "late"})  # type: ignore[arg-type]
 
 
-async def test_a_node_that_is_not_a_member_now_is_served_no_markers(make_federation: MakeFederation) -> None:
+async def test_a_node_that_is_not_a_member_now_is_served_no_markers(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A removed member may still ask for catch-up pages (the log names it, so that it can learn of
     its removal), and is served what was addressed to it. It was also served a marker of every
     later bulletin (its id, author and seq): who posts, and how much, after it left. Now a node
@@ -288,6 +291,10 @@ async def test_a_node_that_is_not_a_member_now_is_served_no_markers(make_federat
     assert whole["next"] == POSITIONS + 2 and whole["more"] is True  # its own two, a full page
     rest = await de.service.transport.fetch(NodeId(nl.id), f"/fed/v1/channels/c2c/envelopes?after={POSITIONS + 2}")
     assert rest == {"items": [], "next": POSITIONS + 2, "more": False}
+    # It is looked for among the next NON_MEMBER_SCAN bulletins past its cursor only: a bounded read.
+    monkeypatch.setattr(catchup_module, "NON_MEMBER_SCAN", 1)
+    assert await served("after=0&limit=200") == mine[:1]
+    monkeypatch.undo()
     status, body, _ = await nl.api(
         "POST", "/api/v1/channels/c2c/invite", user="admin", body={"node": de.id, "rights": ["read"]}
     )

@@ -42,6 +42,9 @@ MAX_REFUSING_PAGES = 4
 # so that they count one channel; a cursor below it is one served before, a `bulletins.n`, and is
 # honoured as such (11.6: `after` is at most 2**31 - 1, so a channel's positions go to 2**30 - 1).
 POSITIONS = 1 << 30
+# Bulletins past its cursor among which a node that is no member of the channel is looked for
+# (`served_envelopes`): what is addressed to it further on, it is not served.
+NON_MEMBER_SCAN = 10_000
 
 
 class CatchUp:
@@ -203,24 +206,39 @@ class CatchUp:
         if NodeId(peer) not in state.involved:
             raise Forbidden(f"{peer!r} takes no part in channel {channel!r}")
         limit = max(1, min(limit, 1000))
-        query = sa.select(
-            bulletins.c.channel_pos,
-            bulletins.c.id,
-            bulletins.c.author,
-            bulletins.c.seq,
-            bulletins.c.recipients,
-            bulletins.c.envelope,
-        ).where(bulletins.c.channel == channel)
+        where: list[sa.ColumnElement[bool]] = [bulletins.c.channel == channel]
         if author is not None:
-            query = query.where(bulletins.c.author == author, bulletins.c.seq > after_seq).order_by(bulletins.c.seq)
+            where += [bulletins.c.author == author, bulletins.c.seq > after_seq]
+            order = bulletins.c.seq
         elif after >= POSITIONS:
-            query = query.where(bulletins.c.channel_pos > after - POSITIONS).order_by(bulletins.c.channel_pos)
+            where.append(bulletins.c.channel_pos > after - POSITIONS)
+            order = bulletins.c.channel_pos
         else:  # a cursor given before revision 0012: an `n`, which the channel's positions follow
-            query = query.where(bulletins.c.n > after).order_by(bulletins.c.n)
+            where.append(bulletins.c.n > after)
+            order = bulletins.c.n
         member = NodeId(peer) in state.members
-        if not member:  # only what was addressed to it, chosen before the limit: `next` and `more`
-            # then count nothing else either (a node that is no member holds no grant, 7.2)
-            query = query.where(bulletins.c.recipients.contains(f" {peer} ", autoescape=True))
+        if not member:
+            # Only what was addressed to it, chosen before the limit, so that `next` and `more`
+            # count nothing else either (a node that is no member holds no grant, 7.2); looked
+            # for among the next NON_MEMBER_SCAN bulletins only, so that each such request costs
+            # a bounded read however much the channel holds past its cursor.
+            window = sa.select(bulletins.c.n).where(*where).order_by(order).limit(NON_MEMBER_SCAN)
+            where = [
+                bulletins.c.n.in_(window.scalar_subquery()),
+                bulletins.c.recipients.contains(f" {peer} ", autoescape=True),
+            ]
+        query = (
+            sa.select(
+                bulletins.c.channel_pos,
+                bulletins.c.id,
+                bulletins.c.author,
+                bulletins.c.seq,
+                bulletins.c.recipients,
+                bulletins.c.envelope,
+            )
+            .where(*where)
+            .order_by(order)
+        )
         async with self.store.read() as conn:
             rows = (await conn.execute(query.limit(limit))).all()
         size, cut = 0, len(rows)
