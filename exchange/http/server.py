@@ -47,6 +47,10 @@ Refused = Callable[[str | None, int, str, str], None]  # (client address, status
 # Client addresses (`client_key`) each roster partner connected from, remembered (the oldest
 # forgotten): a partner's stolen key used from many addresses makes no more of them than this.
 PARTNER_ADDRESSES = 8
+# What the roster names (exchange.node.tls.roster_addresses): the client addresses of its endpoints
+# given as IP addresses, and the nodes it lists as active; the same object until the roster changes.
+Listed = tuple[frozenset[str], frozenset[str]]
+_NOBODY: Listed = (frozenset(), frozenset())
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ class ConnectionGuard:
         limits: ServerLimits | None = None,
         refused: Refused | None = None,
         identify: Callable[[bytes], str | None] | None = None,
-        listed: Callable[[], frozenset[str]] | None = None,
+        listed: Callable[[], Listed] | None = None,
     ) -> None:
         self.limits = limits or ServerLimits()
         self.refused: Refused = refused or (lambda address, status, reason, sample: None)
@@ -100,20 +104,40 @@ class ConnectionGuard:
         # whether they are a partner's, so partners' count here too, and a flood of clients that
         # never finish theirs holds a place no longer than the handshake timeout.
         self._shaking: Counter[str] = Counter()
+        self._total = 0
         # Handshakes from partners' addresses (`partner_address`): not held to `max_connections`,
         # so a flood from many other addresses cannot keep a partner from reaching this node; each
-        # such address is still held to `max_connections_per_address`.
+        # such address is still held to `max_connections_per_address`. An address that stops
+        # being a partner's has its handshakes under way counted as strangers' from then on.
         self._partner_shaking: Counter[str] = Counter()
+        self._partner_total = 0
         self._seen_from: dict[str, dict[str, None]] = {}  # per partner, where it connected from, oldest first
         self._seen: Counter[str] = Counter()  # those addresses, and by how many partners
-        self._listed = listed or frozenset  # the addresses the roster's endpoints name
+        self._listed = listed or (lambda: _NOBODY)
+        self._held: Listed = _NOBODY  # the roster's endpoint addresses and listed nodes, as last read
+
+    def _roster(self) -> Listed:
+        """The roster's endpoint addresses and listed nodes; on a change, partners no longer
+        listed and their addresses are forgotten."""
+        listed = self._listed()
+        if listed is not self._held:
+            before, self._held = self._held, listed
+            for node in [n for n in self._seen_from if n not in listed[1]]:
+                for address in self._seen_from.pop(node):
+                    self._unseen(address)
+            for address in before[0] - listed[0]:
+                self._forget(address)
+        return listed
 
     def partner_address(self, key: str) -> bool:
-        """Whether a roster partner connected from `key`, or the roster names it as an endpoint."""
-        return key in self._seen or key in self._listed()
+        """Whether a listed roster partner connected from `key`, or the roster names it as an endpoint."""
+        endpoints = self._roster()[0]  # first: a roster change forgets partners no longer listed
+        return key in self._seen or key in endpoints
 
     def partner_seen(self, node: str, key: str) -> None:
         """Partner `node` connected from `key`: handshakes from there get a place from now on."""
+        if node not in self._roster()[1]:
+            return
         mine = self._seen_from.setdefault(node, {})
         if key in mine:
             del mine[key]
@@ -123,9 +147,18 @@ class ConnectionGuard:
         if len(mine) > PARTNER_ADDRESSES:
             oldest = next(iter(mine))
             del mine[oldest]
-            self._seen[oldest] -= 1
-            if self._seen[oldest] <= 0:
-                del self._seen[oldest]
+            self._unseen(oldest)
+
+    def _unseen(self, address: str) -> None:
+        self._seen[address] -= 1
+        if self._seen[address] <= 0:
+            del self._seen[address]
+            self._forget(address)
+
+    def _forget(self, address: str) -> None:
+        """`address` may no longer be a partner's: its handshakes under way count as strangers'."""
+        if address not in self._seen and address not in self._held[0]:
+            self._partner_total -= self._partner_shaking.pop(address, 0)
 
     def shake(self, key: str) -> bool:
         """Count one more connection in its TLS handshake from `key`, or False past a limit."""
@@ -133,25 +166,30 @@ class ConnectionGuard:
         if self._shaking[key] >= limits.max_connections_per_address:
             return False
         partner = self.partner_address(key)
-        if not partner and self._shaking.total() - self._partner_shaking.total() >= limits.max_connections:
+        if not partner and self._total - self._partner_total >= limits.max_connections:
             return False
         self._shaking[key] += 1
-        self._partner_shaking[key] += partner
+        self._total += 1
+        if partner:
+            self._partner_shaking[key] += 1
+            self._partner_total += 1
         return True
 
     def shaken(self, key: str) -> None:
         """A handshake from `key` ended: the connection is counted as `open` from now on, or is gone."""
         self._shaking[key] -= 1
+        self._total -= 1
         if self._shaking[key] <= 0:
             del self._shaking[key]
         if self._partner_shaking[key] > 0:
             self._partner_shaking[key] -= 1
+            self._partner_total -= 1
         if self._partner_shaking[key] <= 0:
             del self._partner_shaking[key]
 
     def handshakes(self, key: str | None = None) -> int:
         """How many connections are in their TLS handshake from `key`, or in all."""
-        return self._shaking.total() if key is None else self._shaking[key]
+        return self._total if key is None else self._shaking[key]
 
     def open(self, key: str, peer: bool) -> bool:
         """Count one more connection under `key`, or False if that is past a limit."""

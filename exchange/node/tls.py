@@ -97,22 +97,26 @@ def roster_identity(fed: Federation) -> Callable[[bytes], str | None]:
     return identify
 
 
-def roster_addresses(fed: Federation) -> Callable[[], frozenset[str]]:
+def roster_addresses(fed: Federation) -> Callable[[], tuple[frozenset[str], frozenset[str]]]:
     """For the server's connection guard: the client addresses (`client_key`) that the held
-    roster's endpoints name as IP addresses, computed again when the roster changes. A partner
-    whose endpoint is a host name is known by its address from its first connection on."""
-    held: list[Any] = [None, frozenset()]
+    roster's endpoints name as IP addresses, and the nodes it lists as active, computed again
+    (a new object) when the roster changes. A partner whose endpoint is a host name is known by
+    its address from its first connection on."""
+    held: list[Any] = [None, (frozenset(), frozenset())]
 
-    def listed() -> frozenset[str]:
+    def listed() -> tuple[frozenset[str], frozenset[str]]:
         roster = fed.roster
         if held[0] is not roster:
-            addresses = set()
+            addresses, nodes = set(), set()
             for node in roster.nodes:
+                if not fed.listed(node.id):
+                    continue
+                nodes.add(str(node.id))
                 host = urlsplit(node.endpoint).hostname or ""
                 with contextlib.suppress(ValueError):
                     addresses.add(client_key(str(ipaddress.ip_address(host))))
-            held[:] = [roster, frozenset(addresses)]
-        return cast(frozenset[str], held[1])
+            held[:] = [roster, (frozenset(addresses), frozenset(nodes))]
+        return cast(tuple[frozenset[str], frozenset[str]], held[1])
 
     return listed
 

@@ -25,7 +25,7 @@ from exchange.service.epoch_grants import granted_to, served_to
 from exchange.service.outbox import Outbox
 from exchange.service.receiving import Receiving, Refused, Screened, save_cursor
 from exchange.service.transport import PeerTransport
-from exchange.store import AuditBuffer, Store, bulletins, cursors
+from exchange.store import AuditBuffer, Store, among, bulletins, cursors
 from exchange.store.workers import Role
 
 log = logging.getLogger("exchange.catchup")
@@ -217,16 +217,6 @@ class CatchUp:
             where.append(bulletins.c.n > after)
             order = bulletins.c.n
         member = NodeId(peer) in state.members
-        if not member:
-            # Only what was addressed to it, chosen before the limit, so that `next` and `more`
-            # count nothing else either (a node that is no member holds no grant, 7.2); looked
-            # for among the next NON_MEMBER_SCAN bulletins only, so that each such request costs
-            # a bounded read however much the channel holds past its cursor.
-            window = sa.select(bulletins.c.n).where(*where).order_by(order).limit(NON_MEMBER_SCAN)
-            where = [
-                bulletins.c.n.in_(window.scalar_subquery()),
-                bulletins.c.recipients.contains(f" {peer} ", autoescape=True),
-            ]
         query = (
             sa.select(
                 bulletins.c.channel_pos,
@@ -240,7 +230,22 @@ class CatchUp:
             .order_by(order)
         )
         async with self.store.read() as conn:
-            rows = (await conn.execute(query.limit(limit))).all()
+            if member:
+                rows = (await conn.execute(query.limit(limit))).all()
+            else:
+                # Only what was addressed to it, chosen before the limit, so that `next` and `more`
+                # count nothing else either (a node that is no member holds no grant, 7.2); looked
+                # for among the next NON_MEMBER_SCAN bulletins only, by their numbers and
+                # recipients (an index range, then what it names), so that each such request costs
+                # a bounded read however much the channel or the store holds.
+                window = sa.select(bulletins.c.n, bulletins.c.recipients).where(*where).order_by(order)
+                mine = [n for n, to in await conn.execute(window.limit(NON_MEMBER_SCAN)) if f" {peer} " in to]
+                chosen = mine[:limit]
+                rows = (
+                    (await conn.execute(query.where(among(conn.dialect, bulletins.c.n, chosen)))).all()
+                    if chosen
+                    else []
+                )
         size, cut = 0, len(rows)
         for i, r in enumerate(rows):  # big attachments: keep a page under 32 MiB
             size += len(r.envelope)

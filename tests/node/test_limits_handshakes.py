@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from exchange.crypto.tls import generate_tls_identity
-from exchange.http.server import PARTNER_ADDRESSES, ConnectionGuard, ServerLimits
+from exchange.http.server import PARTNER_ADDRESSES, ConnectionGuard, Listed, ServerLimits
 from tests.conftest import MakeFederation, eventually
 from tests.node.test_limits import (
     WHOAMI,
@@ -159,18 +159,32 @@ async def test_a_handshake_refused_or_timed_out_is_counted(make_federation: Make
 
 def test_a_partner_frees_at_most_a_few_of_its_addresses_from_the_total() -> None:
     """A partner's key used from many addresses (stolen, or a botnet behind it) would otherwise
-    free each of them from `max_connections`: only its latest PARTNER_ADDRESSES are remembered."""
-    guard = ConnectionGuard(ServerLimits(max_connections_per_address=2, max_connections=1))
+    free each of them from `max_connections`: only its latest PARTNER_ADDRESSES are remembered,
+    an address forgotten has its handshakes under way counted as strangers' again, and a node the
+    roster no longer lists frees none (found by review)."""
+    roster: list[Listed] = [(frozenset(), frozenset({"ke-customs", "gb-customs"}))]
+    guard = ConnectionGuard(ServerLimits(max_connections_per_address=2, max_connections=1), listed=lambda: roster[0])
     for i in range(20):
         guard.partner_seen("ke-customs", f"10.0.0.{i}")
     freed = [f"10.0.0.{i}" for i in range(20) if guard.partner_address(f"10.0.0.{i}")]
     assert freed == [f"10.0.0.{i}" for i in range(20 - PARTNER_ADDRESSES, 20)]
     guard.partner_seen("gb-customs", "10.0.0.19")  # another partner at the same address
+    assert guard.shake("10.0.0.12") and guard.shake("10.0.0.12")  # past the total of 1: a partner's address
     for i in range(20, 40):
         guard.partner_seen("ke-customs", f"10.0.0.{i}")
     assert guard.partner_address("10.0.0.19") and not guard.partner_address("10.0.0.18")
+    # 10.0.0.12 was forgotten: its two handshakes under way now fill the strangers' total.
+    assert not guard.shake("192.0.2.1")
+    guard.shaken("10.0.0.12")
+    guard.shaken("10.0.0.12")
     # Past the total, only a remembered address gets a place, and only up to its own limit.
     assert guard.shake("192.0.2.1") and not guard.shake("192.0.2.2")
     assert guard.shake("10.0.0.39") and guard.shake("10.0.0.39") and not guard.shake("10.0.0.39")
     guard.shaken("10.0.0.39")
     assert guard.handshakes() == 2 and guard.shake("10.0.0.39")
+    # ke-customs leaves the roster (revoked): its addresses are forgotten; gb-customs's stays.
+    roster[0] = (frozenset({"10.9.9.9"}), frozenset({"gb-customs"}))
+    assert not guard.partner_address("10.0.0.39") and guard.partner_address("10.0.0.19")
+    assert guard.partner_address("10.9.9.9")  # an endpoint the roster names by its address
+    guard.partner_seen("ke-customs", "10.0.0.50")
+    assert not guard.partner_address("10.0.0.50")
