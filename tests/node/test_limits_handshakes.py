@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from exchange.crypto.tls import generate_tls_identity
-from exchange.http.server import PARTNER_ADDRESSES, ConnectionGuard, Listed, ServerLimits
+from exchange.http.guard import PARTNER_ADDRESSES, ConnectionGuard, Listed, ServerLimits
 from tests.conftest import MakeFederation, eventually
 from tests.node.test_limits import (
     WHOAMI,
