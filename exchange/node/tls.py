@@ -21,7 +21,6 @@ from exchange.errors import UnknownPeer
 from exchange.keystore import TlsIdentity
 from exchange.model import RosterNode
 from exchange.protocol.roster import Federation
-from exchange.service.rejections import client_key
 
 
 def server_context(cert: Path, key: Path, fed: Federation) -> ssl.SSLContext:
@@ -102,6 +101,10 @@ def roster_addresses(fed: Federation) -> Callable[[], tuple[frozenset[str], froz
     roster's endpoints name as IP addresses, and the nodes it lists as active, computed again
     (a new object) when the roster changes. A partner whose endpoint is a host name is known by
     its address from its first connection on."""
+    # Here, not at the top: the offline verifier imports this module, and the service layer with
+    # the database's code must stay out of it (tests/test_audit.py).
+    from exchange.service.rejections import client_key
+
     held: list[Any] = [None, (frozenset(), frozenset())]
 
     def listed() -> tuple[frozenset[str], frozenset[str]]:
