@@ -21,6 +21,16 @@ _NOBODY: Listed = (frozenset(), frozenset())
 
 
 @dataclass(frozen=True)
+class Shake:
+    """One connection in its TLS handshake, as counted (`ConnectionGuard.shake`): from `key`, as a
+    partner's address's or not, in that address's `generation` of being a partner's."""
+
+    key: str
+    partner: bool
+    generation: int
+
+
+@dataclass(frozen=True)
 class ServerLimits:
     """Timeouts, sizes and connection counts of the node's HTTP server (see NodeConfig)."""
 
@@ -78,6 +88,9 @@ class ConnectionGuard:
         # being a partner's has its handshakes under way counted as strangers' from then on.
         self._partner_shaking: Counter[str] = Counter()
         self._partner_total = 0
+        # Per address with handshakes under way, how many times it stopped being a partner's
+        # meanwhile: a handshake counted as a partner's before that is a stranger's when it ends.
+        self._generation: Counter[str] = Counter()
         self._seen_from: dict[str, dict[str, None]] = {}  # per partner, where it connected from, oldest first
         self._seen: Counter[str] = Counter()  # those addresses, and by how many partners
         self._listed = listed or (lambda: _NOBODY)
@@ -124,35 +137,38 @@ class ConnectionGuard:
 
     def _forget(self, address: str) -> None:
         """`address` may no longer be a partner's: its handshakes under way count as strangers'."""
-        if address not in self._seen and address not in self._held[0]:
-            self._partner_total -= self._partner_shaking.pop(address, 0)
+        if address not in self._seen and address not in self._held[0] and address in self._partner_shaking:
+            self._partner_total -= self._partner_shaking.pop(address)
+            self._generation[address] += 1
 
-    def shake(self, key: str) -> bool:
-        """Count one more connection in its TLS handshake from `key`, or False past a limit."""
+    def shake(self, key: str) -> Shake | None:
+        """Count one more connection in its TLS handshake from `key`; None past a limit."""
         limits = self.limits
         if self._shaking[key] >= limits.max_connections_per_address:
-            return False
+            return None
         partner = self.partner_address(key)
         if not partner and self._total - self._partner_total >= limits.max_connections:
-            return False
+            return None
         self._shaking[key] += 1
         self._total += 1
         if partner:
             self._partner_shaking[key] += 1
             self._partner_total += 1
-        return True
+        return Shake(key, partner, self._generation[key])
 
-    def shaken(self, key: str) -> None:
-        """A handshake from `key` ended: the connection is counted as `open` from now on, or is gone."""
+    def shaken(self, shake: Shake) -> None:
+        """A handshake ended: the connection is counted as `open` from now on, or is gone."""
+        key = shake.key
         self._shaking[key] -= 1
         self._total -= 1
-        if self._shaking[key] <= 0:
-            del self._shaking[key]
-        if self._partner_shaking[key] > 0:
+        if shake.partner and shake.generation == self._generation[key]:
             self._partner_shaking[key] -= 1
             self._partner_total -= 1
-        if self._partner_shaking[key] <= 0:
-            del self._partner_shaking[key]
+            if self._partner_shaking[key] <= 0:
+                del self._partner_shaking[key]
+        if self._shaking[key] <= 0:  # none under way: nothing counted under an older generation
+            del self._shaking[key]
+            self._generation.pop(key, None)
 
     def handshakes(self, key: str | None = None) -> int:
         """How many connections are in their TLS handshake from `key`, or in all."""

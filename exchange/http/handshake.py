@@ -17,6 +17,7 @@ import ssl
 from collections.abc import Callable
 from typing import Protocol
 
+from exchange.http.guard import Shake
 from exchange.service.rejections import client_key
 
 log = logging.getLogger("exchange.node")
@@ -27,9 +28,9 @@ class HandshakeGuard(Protocol):
 
     refused: Callable[[str | None, int, str, str], None]
 
-    def shake(self, key: str) -> bool: ...
+    def shake(self, key: str) -> Shake | None: ...
 
-    def shaken(self, key: str) -> None: ...
+    def shaken(self, shake: Shake) -> None: ...
 
 
 class Handshakes:
@@ -53,16 +54,17 @@ class Handshakes:
         peername = transport.get_extra_info("peername")
         address = str(peername[0]) if peername else None
         key = client_key(address)
-        if not self._guard.shake(key):
+        shake = self._guard.shake(key)
+        if shake is None:
             self._guard.refused(address, 429, "too many TLS handshakes", "")
             log.debug("closed a connection from %s: too many TLS handshakes", address)
             transport.abort()
             return
-        task = asyncio.get_running_loop().create_task(self._upgrade(transport, address, key))
+        task = asyncio.get_running_loop().create_task(self._upgrade(transport, address, shake))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _upgrade(self, transport: asyncio.Transport, address: str | None, key: str) -> None:
+    async def _upgrade(self, transport: asyncio.Transport, address: str | None, shake: Shake) -> None:
         guard, held = self._guard, _Held()
         try:
             # Our own deadline, not start_tls's (whose expiry is a ConnectionAbortedError like any
@@ -82,7 +84,7 @@ class Handshakes:
             guard.refused(address, 400, "TLS handshake abandoned", "")
             return
         finally:
-            guard.shaken(key)  # and, below, the handler counts the connection as a client's or partner's
+            guard.shaken(shake)  # and, below, the handler counts the connection as a client's or partner's
         if held.lost or tls is None:
             return
         # start_tls passes on what follows the handshake before it returns, and never calls the

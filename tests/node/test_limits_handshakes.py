@@ -169,18 +169,21 @@ def test_a_partner_frees_at_most_a_few_of_its_addresses_from_the_total() -> None
     freed = [f"10.0.0.{i}" for i in range(20) if guard.partner_address(f"10.0.0.{i}")]
     assert freed == [f"10.0.0.{i}" for i in range(20 - PARTNER_ADDRESSES, 20)]
     guard.partner_seen("gb-customs", "10.0.0.19")  # another partner at the same address
-    assert guard.shake("10.0.0.12") and guard.shake("10.0.0.12")  # past the total of 1: a partner's address
+    twelve = [guard.shake("10.0.0.12"), guard.shake("10.0.0.12")]  # past the total of 1: a partner's address
+    assert None not in twelve
     for i in range(20, 40):
         guard.partner_seen("ke-customs", f"10.0.0.{i}")
     assert guard.partner_address("10.0.0.19") and not guard.partner_address("10.0.0.18")
     # 10.0.0.12 was forgotten: its two handshakes under way now fill the strangers' total.
     assert not guard.shake("192.0.2.1")
-    guard.shaken("10.0.0.12")
-    guard.shaken("10.0.0.12")
+    for shake in twelve:
+        assert shake is not None
+        guard.shaken(shake)
     # Past the total, only a remembered address gets a place, and only up to its own limit.
     assert guard.shake("192.0.2.1") and not guard.shake("192.0.2.2")
-    assert guard.shake("10.0.0.39") and guard.shake("10.0.0.39") and not guard.shake("10.0.0.39")
-    guard.shaken("10.0.0.39")
+    first = guard.shake("10.0.0.39")
+    assert first is not None and guard.shake("10.0.0.39") and not guard.shake("10.0.0.39")
+    guard.shaken(first)
     assert guard.handshakes() == 2 and guard.shake("10.0.0.39")
     # ke-customs leaves the roster (revoked): its addresses are forgotten; gb-customs's stays.
     roster[0] = (frozenset({"10.9.9.9"}), frozenset({"gb-customs"}))
@@ -188,3 +191,18 @@ def test_a_partner_frees_at_most_a_few_of_its_addresses_from_the_total() -> None
     assert guard.partner_address("10.9.9.9")  # an endpoint the roster names by its address
     guard.partner_seen("ke-customs", "10.0.0.50")
     assert not guard.partner_address("10.0.0.50")
+
+
+def test_each_handshake_ends_as_it_was_counted() -> None:
+    """A stranger's handshake from an address that later became a partner's, ending before the
+    partner's from there, counted the partner's against the total from then on (found by review):
+    each handshake now ends as what it was counted as."""
+    roster: list[Listed] = [(frozenset(), frozenset({"ke-customs"}))]
+    guard = ConnectionGuard(ServerLimits(max_connections_per_address=4, max_connections=1), listed=lambda: roster[0])
+    stranger = guard.shake("10.0.0.1")  # not a partner's address yet: fills the total of 1
+    assert stranger is not None and not stranger.partner and not guard.shake("192.0.2.1")
+    guard.partner_seen("ke-customs", "10.0.0.1")
+    partner = guard.shake("10.0.0.1")
+    assert partner is not None and partner.partner
+    guard.shaken(stranger)
+    assert guard.shake("192.0.2.1")  # the total holds the one stranger's place free again
