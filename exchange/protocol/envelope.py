@@ -253,6 +253,10 @@ def check_signature(
     if not listed or h.signer != fed.node(h.author).signing_kid:
         former = fed.former_signing_key(h.author, h.signer, stored=stored)
         if former is None:
+            if fed.former_key_state(h.author, h.signer) == "compromised":
+                raise InvalidEnvelope(
+                    f"envelope is signed with key {h.signer} of {h.author}, which the roster marks compromised"
+                )
             if not listed:
                 fed.node(h.author)  # UnknownPeer, as before
             raise InvalidEnvelope("envelope is not signed with the author's roster key")

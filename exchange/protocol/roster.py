@@ -153,6 +153,12 @@ class Federation:
             return None
         return VerifyKey(entry[1])
 
+    def former_key_state(self, node_id: str, kid: str) -> str | None:
+        """The state the held version gives signing key `kid` of `node_id` if it is a former one
+        (retiring, verify-only or compromised: 6a.7), else None."""
+        entry = self._index.former.signing.get((node_id, kid))
+        return entry[0] if entry is not None else None
+
     def signing_key_of(self, node_id: str, kid: str, *, stored: bool = False) -> VerifyKey | None:
         """The key `kid` of `node_id` if it checks the node's signatures: its current signing key,
         or a former one as `former_signing_key` says; None otherwise."""

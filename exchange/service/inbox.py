@@ -89,6 +89,11 @@ def _verified_bulletin(row: Any, me: NodeId, fed: Federation, key: NodeKeys) -> 
     except ExchangeError as exc:
         raise BulletinUnverified(f"its stored envelope does not parse ({exc.detail[:120]})") from exc
     h = env.header
+    if fed.former_key_state(h.author, h.signer) == "compromised":  # not a change to the envelope: say so
+        raise BulletinUnverified(
+            f"{h.author} signed it with key {h.signer}, which the roster now marks compromised "
+            "(docs/protocol.md 6a.7): its signature is no longer trusted"
+        )
     try:
         check_signature(env, fed, stored=True)  # taken in earlier: a key since verify-only still checks it
     except ExchangeError as exc:
