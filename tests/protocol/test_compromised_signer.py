@@ -6,13 +6,17 @@ envelope was changed", which was not what happened. Recorded roster chain (tests
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from exchange.clock import timestamp
-from exchange.errors import InvalidEnvelope
+from exchange.crypto import NodeKeys
+from exchange.errors import BulletinUnverified, InvalidEnvelope
 from exchange.model import Bulletin, NodeId
-from exchange.protocol.envelope import build_envelope, check_signature
+from exchange.protocol.envelope import build_envelope, check_signature, envelope_bytes
 from exchange.protocol.rosterview import federation_view
+from exchange.service.inbox import _verified_bulletin
 from tests.protocol.test_roster_chain import trusted
 from tests.vectors.make_vectors import load, recorded_federation, recorded_state, signing_key
 
@@ -43,3 +47,8 @@ def test_an_envelope_signed_with_a_key_since_marked_compromised_is_refused_as_su
         with pytest.raises(InvalidEnvelope, match="which the roster marks compromised"):
             check_signature(env, compromised, stored=stored)
     assert compromised.former_key_state(AUTHOR, "0000000000000000") is None
+    # A stored bulletin so signed is shown as not verified, for that reason (exchange.service.inbox).
+    row = SimpleNamespace(envelope=envelope_bytes(env))
+    with pytest.raises(BulletinUnverified, match="which the roster now marks compromised") as shown:
+        _verified_bulletin(row, NodeId("nl-customs"), compromised, NodeKeys.generate())
+    assert "changed" not in shown.value.detail
