@@ -5,10 +5,12 @@ channel the user reads now (`Access`: contact points, their assigned channels); 
 TLP:AMBER+STRICT and no-onward-sharing bulletins are never served; every read is audited
 (`taxii.read`: who, which channel, what, how many objects).
 
-Paging is by storage order (`bulletins.n`) and stateless: `next` names the storage position and
-the index of the object within that bulletin's objects, so it holds across restarts and across
-several workers. `date_added` is made from the row (`date_added`): unique, and increasing in
-storage order as long as `stored_at` is (docs/stix.md says when it is not).
+Paging is by the bulletins' positions in their channel (`bulletins.channel_pos`, revision 0012)
+and stateless: `next` names the position and the index of the object within that bulletin's
+objects, so it holds across restarts and across several workers, and it counts the collection's
+own bulletins only, not what the node stores in channels the reader cannot read. `date_added`
+is made from the row (`date_added`): unique, and increasing in storage order as long as
+`stored_at` is (docs/stix.md says when it is not).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from exchange.protocol.stix import (
     node_identity_id,
 )
 from exchange.service.access import Access
+from exchange.service.catchup import POSITIONS
 from exchange.service.records import summary_of
 from exchange.service.sharing import onward_forbidden, served_tlp
 from exchange.service.users import User
@@ -51,10 +54,11 @@ MAX_EXPORT = 100_000  # objects in one STIX export (a bundle is one JSON documen
 MAX_SCAN = 5000  # rows one request looks at, whatever its filters: then `more` with a `next`
 _NEXT = re.compile(r"^([0-9]{1,18})-([0-9]{1,5})$")
 _TIME = re.compile(r"^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,13}))?Z$")
+START = (POSITIONS, 0)  # the first object of the first bulletin: a `next` as `parse_next` reads it
 FRACTION = 13  # digits of a date_added's fraction: milliseconds, storage position, object index
 
 ROW = (
-    bulletins.c.n,
+    bulletins.c.channel_pos,
     bulletins.c.id,
     bulletins.c.channel,
     bulletins.c.author,
@@ -67,10 +71,18 @@ ROW = (
 )
 
 
-def date_added(stored_at: str, n: int, k: int) -> str:
-    """The date_added of object `k` of the bulletin stored at position `n`: its `stored_at` (ms),
-    then six digits of the position and four of the object index, so that no two are equal."""
-    return f"{stored_at[:19]}.{stored_at[20:23]}{n % 1_000_000:06d}{k:04d}Z"
+def date_added(stored_at: str, pos: int, k: int) -> str:
+    """The date_added of object `k` of the bulletin at position `pos` of its channel: its
+    `stored_at` (ms), then six digits of the position and four of the object index, so that no
+    two in a collection are equal."""
+    return f"{stored_at[:19]}.{stored_at[20:23]}{pos % 1_000_000:06d}{k:04d}Z"
+
+
+def next_token(pos: int, k: int) -> str:
+    """The `next` that goes on from object `k` of the bulletin at position `pos` of its channel:
+    POSITIONS + `pos`, as catch-up cursors are (a token below POSITIONS is one given before
+    revision 0012, a `bulletins.n`: `parse_next`)."""
+    return f"{POSITIONS + pos}-{k}"
 
 
 def _time_key(value: str) -> tuple[str, str]:
@@ -82,9 +94,10 @@ def _time_key(value: str) -> tuple[str, str]:
 
 
 def parse_next(token: str | None) -> tuple[int, int]:
-    """A `next` token: the storage position and object index to go on from."""
+    """A `next` token as given: a number (POSITIONS + a position in the channel, or below
+    POSITIONS a storage position `bulletins.n` given before revision 0012) and an object index."""
     if token is None:
-        return 0, 0
+        return POSITIONS, 0
     found = _NEXT.fullmatch(token)
     if found is None or int(found.group(1)) > INT32_MAX:  # no storage position is past INT32_MAX
         raise InvalidInput("next must be a token this server gave")
@@ -229,10 +242,10 @@ class Taxii:
             added_after=filters.added_after,
         )
         if object_id in self._shared_ids():  # in every bulletin's objects: the first that has it
-            page = await self._scan(coll.channel, (0, 0), 1, only)
+            page = await self._scan(coll.channel, START, 1, only)
         elif prefix is not None:
             where = sa.and_(bulletins.c.id >= prefix, bulletins.c.id < prefix + "g")
-            page = await self._scan(coll.channel, (0, 0), 1, only, where=where)
+            page = await self._scan(coll.channel, START, 1, only, where=where)
         else:
             page = Page([])
         if not page.items:
@@ -249,7 +262,7 @@ class Taxii:
             raise NotFound(f"no channel {channel[:64]} you may export")
         where = None if bid is None else bulletins.c.id == bid
         out: dict[str, dict[str, Any]] = {}
-        start = (0, 0)
+        start = START
         while True:
             page = await self._scan(channel, start, MAX_LIMIT, Filters(), where=where)
             for item in page.items:
@@ -277,48 +290,69 @@ class Taxii:
         *,
         where: Any = None,
     ) -> Page:
-        pos, skip = start
-        if filters.after_key is not None and start == (0, 0) and where is None:
+        token, skip = start
+        if filters.after_key is not None and start == START and where is None:
             first = await self._first_after(channel, filters.after_key)
             if first is None:
                 return Page([])  # nothing stored at or after added_after
             pos = first
+        elif token >= POSITIONS:
+            pos = token - POSITIONS
+        else:  # a `next` given before revision 0012, by storage position
+            found = await self._position_of(channel, token, skip)
+            if found is None:
+                return Page([])
+            pos, skip = found
         served = self.served_tlp(channel)
         items: list[Served] = []
         scanned = 0
         keep: Callable[[Served], bool] = filters.keep
         while True:
             query = sa.select(*ROW).where(
-                bulletins.c.channel == channel, bulletins.c.n >= pos, bulletins.c.tlp.in_(served)
+                bulletins.c.channel == channel, bulletins.c.channel_pos >= pos, bulletins.c.tlp.in_(served)
             )
             if where is not None:
                 query = query.where(where)
             async with self.store.read() as conn:
-                rows: Sequence[Any] = (await conn.execute(query.order_by(bulletins.c.n).limit(CHUNK))).all()
+                rows: Sequence[Any] = (await conn.execute(query.order_by(bulletins.c.channel_pos).limit(CHUNK))).all()
             for row in rows:
                 objects = self._objects_of(row, served) or []
                 for k, obj in enumerate(objects):
-                    if row.n == pos and k < skip:
+                    if row.channel_pos == pos and k < skip:
                         continue
-                    item = Served(date_added(row.stored_at, row.n, k), obj)
+                    item = Served(date_added(row.stored_at, row.channel_pos, k), obj)
                     if not keep(item):
                         continue
                     if len(items) == limit:
-                        return Page(items, more=True, next=f"{row.n}-{k}")
+                        return Page(items, more=True, next=next_token(row.channel_pos, k))
                     items.append(item)
                 scanned += 1
                 if scanned >= MAX_SCAN:
-                    return Page(items, more=True, next=f"{row.n + 1}-0")
+                    return Page(items, more=True, next=next_token(row.channel_pos + 1, 0))
             if len(rows) < CHUNK:
                 return Page(items)
-            pos, skip = rows[-1].n + 1, 0
+            pos, skip = rows[-1].channel_pos + 1, 0
+
+    async def _position_of(self, channel: str, n: int, k: int) -> tuple[int, int] | None:
+        """Where a `next` given before revision 0012 (object `k` of the bulletin at storage
+        position `n`) goes on: that bulletin's position and `k`, or the channel's first bulletin
+        stored after it, from its first object (None: there is none)."""
+        query = (
+            sa.select(bulletins.c.channel_pos, bulletins.c.n)
+            .where(bulletins.c.channel == channel, bulletins.c.n >= n)
+            .order_by(bulletins.c.n)
+            .limit(1)
+        )
+        async with self.store.read() as conn:
+            first = (await conn.execute(query)).first()
+        return None if first is None else (int(first.channel_pos), k if first.n == n else 0)
 
     async def _first_after(self, channel: str, after: tuple[str, str]) -> int | None:
-        """The first storage position whose stored_at (ms) is not before `added_after`'s (None: no
-        row is): the rows before it hold no object added after it (a scan of the channel's rows,
-        not an index seek)."""
+        """The first position in the channel whose stored_at (ms) is not before `added_after`'s
+        (None: no row is): the rows before it hold no object added after it (a scan of the
+        channel's rows, not an index seek)."""
         floor = f"{after[0]}.{after[1][:3]}Z"
-        query = sa.select(sa.func.min(bulletins.c.n)).where(
+        query = sa.select(sa.func.min(bulletins.c.channel_pos)).where(
             bulletins.c.channel == channel, bulletins.c.stored_at >= floor
         )
         async with self.store.read() as conn:

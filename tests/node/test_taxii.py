@@ -21,7 +21,8 @@ from taxii2client.common import TokenAuth
 from taxii2client.v21 import Server, as_pages
 
 from exchange.protocol.stix import TLP_IDS, collection_id
-from exchange.store import audit_log
+from exchange.service.catchup import POSITIONS
+from exchange.store import audit_log, bulletins
 from tests.conftest import Federation, MakeFederation
 
 T = TypeVar("T")
@@ -489,3 +490,52 @@ async def test_a_next_token_past_int32_is_a_400(make_federation: MakeFederation)
     bearer = {"Authorization": f"Bearer {nl.tokens['officer']}"}
     resp = await asyncio.to_thread(hostile_get, fed, coll + "objects/?next=4294967296-0", bearer)
     assert resp.status_code < 500, (resp.status_code, resp.text)
+
+
+async def test_paging_counts_the_collections_own_bulletins_only(make_federation: MakeFederation) -> None:
+    """`next` and the position digits of `date_added` were `bulletins.n`, which counts every
+    channel of the node: between two objects of one collection a reader learnt how many bulletins
+    the node stored meanwhile in channels it may not read. They now count the collection's own
+    (revision 0012's positions), and a `next` given before (an `n`) still goes on from its object."""
+    other = {
+        "id": "c2c-other",
+        "owner": "nl-customs",
+        "agencies": ["customs"],
+        "members": {"nl-customs": ["read", "post", "admin"], "ke-customs": ["read"]},
+    }
+    c2c = {**other, "id": "c2c", "members": {"nl-customs": ["read", "post", "admin"], "ke-customs": ["read", "post"]}}
+    fed = await make_federation(channels=[c2c, other])
+    nl = fed["nl-customs"]
+    first = await post(fed, bulletin(1))
+    for i in range(5):  # stored between the two, in another channel
+        status, body, _ = await nl.api("POST", "/api/v1/channels/c2c-other/bulletins", body=bulletin(10 + i))
+        assert status == 201, body
+    second = await post(fed, bulletin(2))
+    bearer = {"Authorization": f"Bearer {nl.tokens['officer']}"}
+    coll = f"/taxii2/exchange/collections/{collection_id('nl-customs', 'c2c')}/"
+
+    def manifest(query: str) -> dict[str, Any]:
+        resp = get(fed, coll + "manifest/" + query, headers=bearer)
+        assert resp.status_code == 200, resp.text
+        return dict(resp.json())
+
+    whole = (await off_loop(lambda: manifest("?limit=1000")))["objects"]
+    report_of = {m["id"]: i for i, m in enumerate(whole) if m["id"].startswith("report--")}
+    assert len(report_of) == 2
+    per_bulletin = sorted(report_of.values())[1] - sorted(report_of.values())[0]
+    positions = [m["date_added"][23:29] for m in whole]  # the six digits after the milliseconds
+    assert set(positions[:per_bulletin]) == {"000001"} and set(positions[per_bulletin:]) == {"000002"}
+
+    page = await off_loop(lambda: manifest(f"?limit={per_bulletin}"))
+    assert page["more"] is True and page["next"] == f"{POSITIONS + 2}-0"
+    rest = await off_loop(lambda: manifest(f"?next={page['next']}"))
+    assert [m["id"] for m in rest["objects"]] == [m["id"] for m in whole[per_bulletin:]]
+
+    async with nl.service.store.read() as conn:
+        ns = {bid: int(n) for bid, n in await conn.execute(sa.select(bulletins.c.id, bulletins.c.n))}
+    assert ns[second] - ns[first] == 6 and ns[second] < POSITIONS
+    # A `next` this node gave before revision 0012 (storage position and object index) goes on.
+    old = await off_loop(lambda: manifest(f"?next={ns[second]}-1"))
+    assert [m["id"] for m in old["objects"]] == [m["id"] for m in whole[per_bulletin + 1 :]]
+    past = await off_loop(lambda: manifest(f"?next={ns[second] + 1}-0"))
+    assert past.get("objects", []) == [] and past["more"] is False
