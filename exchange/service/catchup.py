@@ -39,8 +39,8 @@ PAGE = 1000
 # after page costs at most this many `catchup.refused` entries per sweep.
 MAX_REFUSING_PAGES = 4
 # The cursors this node serves are POSITIONS + a bulletin's position in its channel (revision 0012),
-# so that they count one channel; a cursor below it is one served before, a `bulletins.n`, and is
-# honoured as such (11.6: `after` is at most 2**31 - 1, so a channel's positions go to 2**30 - 1).
+# so that they count one channel; a cursor below it (one served before, a `bulletins.n`) is served
+# as the channel's start (11.6: `after` is at most 2**31 - 1, so a channel's positions go to 2**30 - 1).
 POSITIONS = 1 << 30
 # Bulletins past its cursor among which a node that is no member of the channel is looked for
 # (`served_envelopes`): what is addressed to it further on, it is not served.
@@ -210,12 +210,13 @@ class CatchUp:
         if author is not None:
             where += [bulletins.c.author == author, bulletins.c.seq > after_seq]
             order = bulletins.c.seq
-        elif after >= POSITIONS:
+        else:
+            # A cursor below POSITIONS (one served before revision 0012, a `bulletins.n`) is served
+            # as the channel's start: honoured, it would let a member find each bulletin's `n` by
+            # trying cursors, and so what this node stored between them in other channels (11.6).
+            after = max(after, POSITIONS)
             where.append(bulletins.c.channel_pos > after - POSITIONS)
             order = bulletins.c.channel_pos
-        else:  # a cursor given before revision 0012: an `n`, which the channel's positions follow
-            where.append(bulletins.c.n > after)
-            order = bulletins.c.n
         member = NodeId(peer) in state.members
         query = (
             sa.select(

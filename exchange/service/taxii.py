@@ -80,8 +80,7 @@ def date_added(stored_at: str, pos: int, k: int) -> str:
 
 def next_token(pos: int, k: int) -> str:
     """The `next` that goes on from object `k` of the bulletin at position `pos` of its channel:
-    POSITIONS + `pos`, as catch-up cursors are (a token below POSITIONS is one given before
-    revision 0012, a `bulletins.n`: `parse_next`)."""
+    POSITIONS + `pos`, as catch-up cursors are."""
     return f"{POSITIONS + pos}-{k}"
 
 
@@ -94,12 +93,18 @@ def _time_key(value: str) -> tuple[str, str]:
 
 
 def parse_next(token: str | None) -> tuple[int, int]:
-    """A `next` token as given: a number (POSITIONS + a position in the channel, or below
-    POSITIONS a storage position `bulletins.n` given before revision 0012) and an object index."""
+    """A `next` token: POSITIONS + a position in the channel, and an object index.
+
+    One below POSITIONS was given before revision 0012 (a storage position `bulletins.n`, which
+    counts every channel) and is refused: honoured, it would let a reader find the storage
+    position of each bulletin of the collection by trying tokens, and so what the node stored
+    between them in channels the reader may not read."""
     if token is None:
-        return POSITIONS, 0
+        return START
     found = _NEXT.fullmatch(token)
-    if found is None or int(found.group(1)) > INT32_MAX:  # no storage position is past INT32_MAX
+    if found is not None and int(found.group(1)) < POSITIONS:
+        raise InvalidInput("next was given before this node was upgraded: page again from the start, or by added_after")
+    if found is None or int(found.group(1)) > INT32_MAX:
         raise InvalidInput("next must be a token this server gave")
     return int(found.group(1)), int(found.group(2))
 
@@ -291,18 +296,12 @@ class Taxii:
         where: Any = None,
     ) -> Page:
         token, skip = start
+        pos = token - POSITIONS
         if filters.after_key is not None and start == START and where is None:
             first = await self._first_after(channel, filters.after_key)
             if first is None:
                 return Page([])  # nothing stored at or after added_after
             pos = first
-        elif token >= POSITIONS:
-            pos = token - POSITIONS
-        else:  # a `next` given before revision 0012, by storage position
-            found = await self._position_of(channel, token, skip)
-            if found is None:
-                return Page([])
-            pos, skip = found
         served = self.served_tlp(channel)
         items: list[Served] = []
         scanned = 0
@@ -332,20 +331,6 @@ class Taxii:
             if len(rows) < CHUNK:
                 return Page(items)
             pos, skip = rows[-1].channel_pos + 1, 0
-
-    async def _position_of(self, channel: str, n: int, k: int) -> tuple[int, int] | None:
-        """Where a `next` given before revision 0012 (object `k` of the bulletin at storage
-        position `n`) goes on: that bulletin's position and `k`, or the channel's first bulletin
-        stored after it, from its first object (None: there is none)."""
-        query = (
-            sa.select(bulletins.c.channel_pos, bulletins.c.n)
-            .where(bulletins.c.channel == channel, bulletins.c.n >= n)
-            .order_by(bulletins.c.n)
-            .limit(1)
-        )
-        async with self.store.read() as conn:
-            first = (await conn.execute(query)).first()
-        return None if first is None else (int(first.channel_pos), k if first.n == n else 0)
 
     async def _first_after(self, channel: str, after: tuple[str, str]) -> int | None:
         """The first position in the channel whose stored_at (ms) is not before `added_after`'s
