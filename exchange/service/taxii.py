@@ -55,7 +55,7 @@ MAX_SCAN = 5000  # rows one request looks at, whatever its filters: then `more` 
 _NEXT = re.compile(r"^([0-9]{1,18})-([0-9]{1,5})$")
 _TIME = re.compile(r"^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,13}))?Z$")
 START = (POSITIONS, 0)  # the first object of the first bulletin: a `next` as `parse_next` reads it
-FRACTION = 13  # digits of a date_added's fraction: milliseconds, storage position, object index
+FRACTION = 13  # digits of a date_added's fraction: milliseconds, position in the channel, object index
 
 ROW = (
     bulletins.c.channel_pos,
