@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from exchange.http.server import ConnectionGuard
+    from exchange.node.endpoint_names import EndpointNames
     from exchange.service.node import NodeService
 
 # The server's parts (aiohttp's server, the routes, the console, the application layer) are
@@ -165,6 +166,7 @@ class RunningNode:
     app: web.Application
     runner: web.AppRunner
     guard: ConnectionGuard  # its open connections per client, and the limits they are held to
+    names: EndpointNames | None = None  # the partners' host-name endpoints' addresses, for the guard
 
     @property
     def service(self) -> NodeService:
@@ -177,6 +179,8 @@ class RunningNode:
         return self.config.endpoint
 
     async def stop(self) -> None:
+        if self.names is not None:
+            await self.names.close()
         await self.runner.cleanup()
 
 
@@ -188,6 +192,7 @@ async def start_node(config: NodeConfig, *, reuse_port: bool = False) -> Running
 
     from exchange.http.appkeys import SERVICE
     from exchange.http.server import ConnectionGuard, GuardedSite, ServerLimits
+    from exchange.node.endpoint_names import EndpointNames
     from exchange.node.tls import ServerTls, roster_addresses, roster_identity
 
     app = build_app(config)
@@ -197,11 +202,12 @@ async def start_node(config: NodeConfig, *, reuse_port: bool = False) -> Running
     tls = ServerTls(service.own_keys.tls_identity(), service.fed)
     service.on_install(tls.install)  # each handshake checks the pins of the version held then
     ssl_ctx = tls.context
+    names = EndpointNames(service.fed)  # partners' host-name endpoints, resolved in the background
     guard = ConnectionGuard(
         ServerLimits.from_config(config),
         refused=service.refusals.count,
         identify=roster_identity(service.fed),
-        listed=roster_addresses(service.fed),
+        listed=roster_addresses(service.fed, names),
     )
     site = GuardedSite(runner, config.host, config.port, ssl_context=ssl_ctx, guard=guard, reuse_port=reuse_port)
     try:
@@ -209,8 +215,9 @@ async def start_node(config: NodeConfig, *, reuse_port: bool = False) -> Running
     except OSError as exc:
         await runner.cleanup()
         raise ConfigError(f"{config.id} cannot listen on {config.host}:{config.port}: {exc.strerror}") from exc
+    names.start()
     log.info("node %s listening on %s", config.id, config.endpoint)
-    return RunningNode(config, app, runner, guard)
+    return RunningNode(config, app, runner, guard, names)
 
 
 def keep_what_started() -> None:

@@ -96,21 +96,24 @@ def roster_identity(fed: Federation) -> Callable[[bytes], str | None]:
     return identify
 
 
-def roster_addresses(fed: Federation) -> Callable[[], tuple[frozenset[str], frozenset[str]]]:
+def roster_addresses(
+    fed: Federation, resolved: Callable[[], frozenset[str]] | None = None
+) -> Callable[[], tuple[frozenset[str], frozenset[str]]]:
     """For the server's connection guard: the client addresses (`client_key`) that the held
-    roster's endpoints name as IP addresses, and the nodes it lists as active, computed again
-    (a new object) when the roster changes. A partner whose endpoint is a host name is known by
-    its address from its first connection on."""
+    roster's endpoints name as IP addresses, with those its host-name endpoints resolve to
+    (`resolved`: exchange.node.endpoint_names, looked up in the background), and the nodes it
+    lists as active; computed again (a new object) when either changes."""
     # Here, not at the top: the offline verifier imports this module, and the service layer with
     # the database's code must stay out of it (tests/test_audit.py).
     from exchange.service.rejections import client_key
 
-    held: list[Any] = [None, (frozenset(), frozenset())]
+    held: list[Any] = [None, None, (frozenset(), frozenset())]
 
     def listed() -> tuple[frozenset[str], frozenset[str]]:
         roster = fed.roster
-        if held[0] is not roster:
-            addresses, nodes = set(), set()
+        names = resolved() if resolved is not None else frozenset()
+        if held[0] is not roster or held[1] is not names:
+            addresses, nodes = set(names), set()
             for node in roster.nodes:
                 if not fed.listed(node.id):
                     continue
@@ -118,8 +121,8 @@ def roster_addresses(fed: Federation) -> Callable[[], tuple[frozenset[str], froz
                 host = urlsplit(node.endpoint).hostname or ""
                 with contextlib.suppress(ValueError):
                     addresses.add(client_key(str(ipaddress.ip_address(host))))
-            held[:] = [roster, (frozenset(addresses), frozenset(nodes))]
-        return cast(tuple[frozenset[str], frozenset[str]], held[1])
+            held[:] = [roster, names, (frozenset(addresses), frozenset(nodes))]
+        return cast(tuple[frozenset[str], frozenset[str]], held[2])
 
     return listed
 

@@ -16,6 +16,9 @@ from typing import Any
 
 from exchange.crypto.tls import generate_tls_identity
 from exchange.http.guard import PARTNER_ADDRESSES, ConnectionGuard, Listed, ServerLimits
+from exchange.node.endpoint_names import EndpointNames
+from exchange.node.tls import roster_addresses
+from exchange.protocol.roster import Federation
 from tests.conftest import MakeFederation, eventually
 from tests.node.test_limits import (
     WHOAMI,
@@ -206,3 +209,39 @@ def test_each_handshake_ends_as_it_was_counted() -> None:
     assert partner is not None and partner.partner
     guard.shaken(stranger)
     assert guard.shake("192.0.2.1")  # the total holds the one stranger's place free again
+
+
+async def test_a_partners_host_name_endpoint_gives_its_addresses_a_place_from_the_start(
+    make_federation: MakeFederation,
+) -> None:
+    """Listed as left in earlier notes: a partner whose endpoint is a host name (as most are) was
+    known only from its first connection on, so after a restart during a flood of handshakes it
+    waited like any client. The addresses its endpoint resolves to now get a place past the total
+    from the start, looked up in the background, at most PARTNER_ADDRESSES per name."""
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    assert nl.node is not None and nl.node.names is not None
+    assert nl.node.names.names() == []  # the test roster names its endpoints by address
+    held = nl.service.fed.roster
+    host = {"ke-customs": "localhost"}  # and a name that does not resolve for the other
+    renamed = [n.model_copy(update={"endpoint": f"https://{host.get(n.id, 'x.invalid')}:8442"}) for n in held.nodes]
+    roster = Federation.index(held.model_copy(update={"nodes": renamed}))
+    names = EndpointNames(roster, check=0.01, timeout=2)
+    guard = ConnectionGuard(
+        ServerLimits(max_connections_per_address=2, max_connections=1), listed=roster_addresses(roster, names)
+    )
+    assert sorted(names.names()) == ["localhost", "x.invalid"] and not guard.partner_address("127.0.0.1")
+    names.start()
+    try:
+
+        async def resolved() -> bool:
+            return guard.partner_address("127.0.0.1")
+
+        await eventually(resolved, what="localhost resolved in the background")
+    finally:
+        await names.close()
+    assert len(names()) <= PARTNER_ADDRESSES
+    assert guard.shake("192.0.2.1") is not None and guard.shake("192.0.2.2") is None  # the total is taken
+    assert guard.shake("127.0.0.1") is not None  # the partner's endpoint address still gets a place
+    # The name that does not resolve (or not in time) added nothing.
+    assert all(a == "127.0.0.1" or ":" in a for a in names())
