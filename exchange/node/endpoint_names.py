@@ -6,9 +6,10 @@ the partner connected from since this node started. A partner whose endpoint is 
 most are, was known only from its first connection on, so after a restart during a flood of
 handshakes it waited like any client. Its endpoint's addresses, looked up here in the background,
 give it a place from the start: they are where a partner that serves from the host it connects
-from connects from. At most PARTNER_ADDRESSES addresses per name are kept, so a name that resolves
-to many (or a forged answer) frees no more of them from the total than a partner's own
-connections do; each stays held to its per-address limit.
+from connects from. DNS is not authenticated: whoever answers for a partner's name can name
+addresses that get such places. At most PARTNER_ADDRESSES addresses per name are kept (an IPv6
+/64 each, as `client_key` counts them), beside the as many a partner may be remembered
+connecting from, and each stays held to its per-address limit.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from exchange.protocol.roster import Federation
 log = logging.getLogger("exchange.node")
 
 RESOLVE_EVERY = 600.0  # seconds between two look-ups of the same roster version's names
+RETRY_EVERY = 30.0  # ... when a name did not resolve at the last one
 CHECK_EVERY = 5.0  # how often the roster is looked at for a new version
-RESOLVE_TIMEOUT = 5.0  # per name
+RESOLVE_TIMEOUT = 5.0  # per name, once its look-up has begun
+AT_ONCE = 4  # look-ups under way at a time: they take threads of the loop's default executor
 
 
 class EndpointNames:
@@ -49,6 +52,8 @@ class EndpointNames:
         self.check = check
         self.timeout = timeout
         self.addresses: frozenset[str] = frozenset()
+        self.failed = 0  # names that did not resolve at the last look-up (their last answer is kept)
+        self._by_name: dict[str, list[str]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def __call__(self) -> frozenset[str]:
@@ -68,33 +73,44 @@ class EndpointNames:
         return list(out)
 
     async def resolve(self) -> frozenset[str]:
-        """Look every name up now, each within `timeout`; a name that fails adds nothing."""
-        # Here, not at the top: the offline verifier imports exchange.node.tls, which names this
-        # module's type only, and the service layer must stay out of it (tests/test_audit.py).
+        """Look every name up now, a few at a time, each within `timeout`. A name that does not
+        resolve keeps the addresses of its last answer (a resolver down for a moment takes no
+        partner's place away); one never resolved adds nothing."""
+        # Here, not at the top: the service layer must stay out of the offline verifier, which
+        # imports exchange.node.tls (tests/test_audit.py); this module is the node's only.
         from exchange.service.rejections import client_key
 
         loop = asyncio.get_running_loop()
+        turns = asyncio.Semaphore(AT_ONCE)
 
-        async def one(host: str) -> list[str]:
-            try:
-                found = await asyncio.wait_for(loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), self.timeout)
-            except (OSError, TimeoutError, UnicodeError) as exc:
-                log.info("endpoint %s not resolved: %s", host, exc)
-                return []
+        async def one(host: str) -> list[str] | None:
+            async with turns:
+                try:
+                    found = await asyncio.wait_for(loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), self.timeout)
+                except (OSError, TimeoutError, UnicodeError) as exc:
+                    log.info("endpoint %s not resolved: %s", host, exc)
+                    return None
             keys = dict.fromkeys(client_key(str(info[4][0])) for info in found)
             return list(keys)[:PARTNER_ADDRESSES]
 
-        got = await asyncio.gather(*(one(host) for host in self.names()))
-        addresses = frozenset(a for each in got for a in each)
+        names = self.names()
+        got = await asyncio.gather(*(one(host) for host in names))
+        self.failed = sum(found is None for found in got)
+        kept = self._by_name
+        answers = (found if found is not None else kept.get(host, []) for host, found in zip(names, got, strict=True))
+        self._by_name = {host: found for host, found in zip(names, answers, strict=True) if found}
+        addresses = frozenset(a for found in self._by_name.values() for a in found)
         if addresses != self.addresses:
             self.addresses = addresses
         return self.addresses
 
     async def run(self) -> None:
-        """Resolve at start, when the roster changes, and every `every` seconds."""
+        """Resolve at start, when the roster changes, and every `every` seconds (every RETRY_EVERY
+        while a name does not resolve)."""
         roster, at = None, 0.0
         while True:
-            if self.fed.roster is not roster or time.monotonic() - at >= self.every:
+            every = min(self.every, RETRY_EVERY) if self.failed else self.every
+            if self.fed.roster is not roster or time.monotonic() - at >= every:
                 roster, at = self.fed.roster, time.monotonic()
                 try:
                     await self.resolve()

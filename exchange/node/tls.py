@@ -96,6 +96,9 @@ def roster_identity(fed: Federation) -> Callable[[bytes], str | None]:
     return identify
 
 
+_NONE: frozenset[str] = frozenset()  # one object: `roster_addresses` compares what it is given by identity
+
+
 def roster_addresses(
     fed: Federation, resolved: Callable[[], frozenset[str]] | None = None
 ) -> Callable[[], tuple[frozenset[str], frozenset[str]]]:
@@ -111,7 +114,7 @@ def roster_addresses(
 
     def listed() -> tuple[frozenset[str], frozenset[str]]:
         roster = fed.roster
-        names = resolved() if resolved is not None else frozenset()
+        names = resolved() if resolved is not None else _NONE
         if held[0] is not roster or held[1] is not names:
             addresses, nodes = set(names), set()
             for node in roster.nodes:
