@@ -12,6 +12,7 @@ re-verify signatures (docs/stix.md says so), so the shared envelope changes noth
 It times, over HTTPS from a client on the same machine, --pages pages of --limit objects:
   - from the start of the collection (`next` after the first page);
   - deep: added_after the date_added of a bulletin 90% into the store, then by `next`;
+  - poll: added_after the newest bulletin's date_added (nothing newer), --pages requests;
 and prints objects/s (client wall clock) and the server's time per page (a middleware outermost
 in the app), next to the ceiling measured in the same run: the STIX mapping and JSON encoding
 alone, in process, with no database and no HTTP. With each figure, the load average.
@@ -203,6 +204,17 @@ async def main(total: int, pages: int, limit: int) -> None:
             deep = f"&added_after={stamp(int(total * 0.9))[:-1]}999Z"
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http:
                 await run_pages(http, url, token, 1, limit, "")  # warm
+                # A client polling with the last date_added it holds, and nothing newer: one request, each time.
+                load = os.getloadavg()
+                newest = f"&added_after={stamp(total)[:-1]}999Z"
+                polls = [await run_pages(http, url, token, 1, limit, newest) for _ in range(pages)]
+                assert all(got == 0 for got, _, _ in polls)
+                waits = [server[0] for _, _, server in polls]
+                print(
+                    f"{'poll (added_after: newest)':<28} {len(polls)} requests, none with objects: server per request "
+                    f"median {statistics.median(waits) * 1000:.1f} ms, max {max(waits) * 1000:.1f} ms "
+                    f"(load {load[0]:.2f} before, {os.getloadavg()[0]:.2f} after)"
+                )
                 for name, first in (("from the start", ""), ("deep (added_after at 90%)", deep)):
                     load = os.getloadavg()
                     got, wall, server = await run_pages(http, url, token, pages, limit, first)

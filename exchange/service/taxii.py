@@ -15,6 +15,7 @@ is made from the row (`date_added`): unique, and increasing in storage order as 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -55,6 +56,10 @@ MAX_SCAN = 5000  # rows one request looks at, whatever its filters: then `more` 
 _NEXT = re.compile(r"^([0-9]{1,18})-([0-9]{1,5})$")
 _TIME = re.compile(r"^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,13}))?Z$")
 START = (POSITIONS, 0)  # the first object of the first bulletin: a `next` as `parse_next` reads it
+# How far out of storage order two bulletins' `stored_at` may be (`_first_after`): the time a
+# writer may hold a row before its commit, with room to spare; a node's clock stepping back by
+# more than this could make a read by `added_after` alone miss what was stored before the step.
+STAMP_SLACK = dt.timedelta(minutes=1)
 FRACTION = 13  # digits of a date_added's fraction: milliseconds, position in the channel, object index
 
 ROW = (
@@ -334,14 +339,28 @@ class Taxii:
 
     async def _first_after(self, channel: str, after: tuple[str, str]) -> int | None:
         """The first position in the channel whose stored_at (ms) is not before `added_after`'s
-        (None: no row is): the rows before it hold no object added after it (a scan of the
-        channel's rows, not an index seek)."""
+        (None: no row is), found within the bulletins stored since STAMP_SLACK before it: read
+        back from the newest to the last one stored before that, then on to the first one stored
+        at or after `added_after`. Two index ranges over what came since, not the whole channel:
+        a client polling with its last `date_added` reads what came since, whatever the channel
+        holds. Positions follow the order bulletins were stored in, and their `stored_at` that
+        order but for a moment's race between writers, far under STAMP_SLACK."""
         floor = f"{after[0]}.{after[1][:3]}Z"
-        query = sa.select(sa.func.min(bulletins.c.channel_pos)).where(
-            bulletins.c.channel == channel, bulletins.c.stored_at >= floor
-        )
+        try:
+            early = timestamp(dt.datetime.fromisoformat(floor) - STAMP_SLACK)
+        except (ValueError, OverflowError):  # not a calendar time, or near the year 1
+            early = ""
+        mine = bulletins.c.channel == channel
+        before = sa.select(bulletins.c.channel_pos).where(mine, bulletins.c.stored_at < early)
         async with self.store.read() as conn:
-            first = await conn.scalar(query)
+            last = await conn.scalar(before.order_by(bulletins.c.channel_pos.desc()).limit(1))
+            since = bulletins.c.channel_pos > last if last is not None else sa.true()
+            first = await conn.scalar(
+                sa.select(bulletins.c.channel_pos)
+                .where(mine, since, bulletins.c.stored_at >= floor)
+                .order_by(bulletins.c.channel_pos)
+                .limit(1)
+            )
         return int(first) if first is not None else None
 
     async def _audit(self, user: User, channel: str, resource: str, count: int) -> None:

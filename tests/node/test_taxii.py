@@ -541,3 +541,32 @@ async def test_paging_counts_the_collections_own_bulletins_only(make_federation:
     for token in (f"{ns[second]}-1", f"{ns[second] - 1}-1", f"{ns[second] + 1}-0", f"{POSITIONS - 1}-0"):
         refused = await off_loop(functools.partial(manifest, f"?next={token}", 400))
         assert "before this node was upgraded" in refused["description"], refused
+
+
+async def test_added_after_finds_its_start_among_what_came_since(make_federation: MakeFederation) -> None:
+    """A read by added_after alone (the everyday poll) found where to start with a scan of the whole
+    channel (`min(n) where stored_at >= ...`). It now reads back from the newest bulletin to the
+    last one stored a minute (STAMP_SLACK) before added_after, then on: the same start, as long
+    as stored_at follows the storage order to within that minute, which this checks with
+    bulletins whose stored_at a hand edit set out of order by 30 s."""
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    ids = [await post(fed, bulletin(i)) for i in range(4)]
+    # Stored (positions 1-4) at 10:00:00, 10:01:30, 10:01:00 (30 s out of order) and 10:05:00.
+    stamps = ["2026-12-01T10:00:00.000Z", "2026-12-01T10:01:30.000Z", "2026-12-01T10:01:00.000Z"]
+    stamps.append("2026-12-01T10:05:00.000Z")
+    async with nl.service.store.engine.begin() as conn:
+        for bid, at in zip(ids, stamps, strict=True):
+            await conn.execute(sa.update(bulletins).where(bulletins.c.id == bid).values(stored_at=at))
+    bearer = {"Authorization": f"Bearer {nl.tokens['officer']}"}
+    coll = f"/taxii2/exchange/collections/{collection_id('nl-customs', 'c2c')}/"
+
+    def reports(added_after: str) -> list[str]:
+        resp = get(fed, coll + f"objects/?added_after={added_after}", headers=bearer)
+        assert resp.status_code == 200, resp.text
+        return bulletin_ids(resp.json().get("objects", []))
+
+    assert await off_loop(lambda: reports("2026-12-01T10:01:00.000Z")) == ids[1:]  # positions 2, 3, 4
+    assert await off_loop(lambda: reports("2026-12-01T10:01:10.000Z")) == [ids[1], ids[3]]
+    assert await off_loop(lambda: reports("2026-12-01T09:00:00.000Z")) == ids
+    assert await off_loop(lambda: reports("2026-12-01T10:05:00.001Z")) == []
