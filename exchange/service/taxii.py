@@ -347,13 +347,23 @@ class Taxii:
         order but for a moment's race between writers, far under STAMP_SLACK."""
         floor = f"{after[0]}.{after[1][:3]}Z"
         try:
-            early = timestamp(dt.datetime.fromisoformat(floor) - STAMP_SLACK)
+            e = dt.datetime.fromisoformat(floor) - STAMP_SLACK
+            early = f"{e.year:04d}-{e:%m-%dT%H:%M:%S}.{e.microsecond // 1000:03d}Z"  # as `timestamp`, any year
         except (ValueError, OverflowError):  # not a calendar time, or near the year 1
             early = ""
         mine = bulletins.c.channel == channel
-        before = sa.select(bulletins.c.channel_pos).where(mine, bulletins.c.stored_at < early)
+        oldest = sa.select(bulletins.c.stored_at).where(mine).order_by(bulletins.c.channel_pos).limit(1)
         async with self.store.read() as conn:
-            last = await conn.scalar(before.order_by(bulletins.c.channel_pos.desc()).limit(1))
+            last = None
+            # Read back only if a row is older than `early`, so that the walk stops at it (an
+            # `added_after` before the channel's first bulletin, a first sync, reads none of it).
+            if early and (await conn.scalar(oldest) or early) < early:
+                last = await conn.scalar(
+                    sa.select(bulletins.c.channel_pos)
+                    .where(mine, bulletins.c.stored_at < early)
+                    .order_by(bulletins.c.channel_pos.desc())
+                    .limit(1)
+                )
             since = bulletins.c.channel_pos > last if last is not None else sa.true()
             first = await conn.scalar(
                 sa.select(bulletins.c.channel_pos)
