@@ -34,7 +34,7 @@ from exchange.protocol.rosterchain import TrustedRoster
 from exchange.service.outbox import EventRef
 from exchange.service.transport import PeerTransport
 from exchange.service.users import User
-from exchange.store import AuditBuffer, Store, bulletins, channel_events, outbox
+from exchange.store import OUTBOX_QUEUED, AuditBuffer, Store, bulletins, channel_events, outbox
 
 Wake = Callable[[Sequence[str]], None]  # new outbox items for these destinations
 Held = Callable[[], TrustedRoster | None]  # the roster v2 version this node holds now, if any
@@ -313,7 +313,7 @@ class ChannelBook:
                     queued = sa.select(bulletins.c.id).where(bulletins.c.channel == event.channel)
                     await conn.execute(
                         sa.update(outbox)
-                        .where(outbox.c.dest == gone, outbox.c.state == "queued", outbox.c.ref.in_(queued))
+                        .where(outbox.c.dest == gone, OUTBOX_QUEUED, outbox.c.ref.in_(queued))
                         .values(state="cancelled", detail=f"removed from {event.channel}")
                     )
                 if queue:

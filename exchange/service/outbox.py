@@ -42,6 +42,7 @@ from exchange.service.outbox_sql import READS_PER_STATEMENT, Queued, kept_batche
 from exchange.service.records import receipt_row
 from exchange.service.transport import PeerTransport
 from exchange.store import (
+    OUTBOX_QUEUED,
     AuditBuffer,
     Store,
     among,
@@ -391,9 +392,9 @@ class Outbox:
             lost = await self.leases.check_many(conn, {dest for dest, _ in asks})
             now = timestamp()
             ns = sorted({i.n for dest, items in asks if dest not in lost for i in items})
-            # Marked only if still queued, the state compared in the SET: with `state = 'queued'`
-            # in the WHERE, SQLite (no statistics) seeks ix_outbox_done for a long list of numbers
-            # and reads every item queued for every partner.
+            # Marked only if still queued, the state compared in the SET: with the state in the
+            # WHERE, SQLite (no statistics) may seek a state index rather than the numbers' key for
+            # a long list of numbers, and read every item queued for every partner.
             mark = sa.case((outbox.c.state == "queued", now), else_=outbox.c.sent_at)
             states: dict[int, str] = {}
             for part in _chunks(ns, IDS_PER_STATEMENT):
@@ -450,7 +451,7 @@ class Outbox:
         """How many items wait for each destination."""
         async with self.store.read() as conn:
             rows = await conn.execute(
-                sa.select(outbox.c.dest, sa.func.count()).where(outbox.c.state == "queued").group_by(outbox.c.dest)
+                sa.select(outbox.c.dest, sa.func.count()).where(OUTBOX_QUEUED).group_by(outbox.c.dest)
             )
             return {r[0]: int(r[1]) for r in rows}
 

@@ -25,7 +25,7 @@ Queued = tuple[str, int, OutKind, OutRef]
 @functools.lru_cache(maxsize=READS_PER_STATEMENT)
 def queue_heads(count: int) -> sa.TextualSelect:
     """The heads of `count` queues in one statement: for queue i, at most :l{i} items for :d{i}
-    queued after item :a{i}, each a seek on ix_outbox_pending however long a dead partner's
+    queued after item :a{i}, each a seek on ix_outbox_queued however long a dead partner's
     queue is. Written as text, made once per count: built with SQLAlchemy's constructs, the 200
     subqueries cost more to build and to key for the compiled cache than to run."""
     heads = " UNION ALL ".join(

@@ -87,7 +87,7 @@ class PushedReceipts:
             received = [r.bulletin for r in got if r.status == "received"]
             if received:
                 # The rows found by their unique key, the state compared here: with `state =
-                # 'queued'` in SQL, SQLite (no statistics) seeks ix_outbox_pending and reads every
+                # 'queued'` in SQL, SQLite (no statistics) may seek ix_outbox_queued and read every
                 # item still queued for the peer, per batch (a catch-up of N: N²/2000 rows).
                 found = await conn.execute(
                     sa.select(outbox.c.n, outbox.c.state).where(
@@ -95,7 +95,7 @@ class PushedReceipts:
                     )
                 )
                 if queued := [r.n for r in found if r.state == "queued"]:
-                    # By number alone (`state = 'queued'` there would seek ix_outbox_done the same
+                    # By number alone (the state in the WHERE could pick a state index the same
                     # way); a row another worker finished meanwhile keeps its state.
                     still = sa.case((outbox.c.state == "queued", "delivered"), else_=outbox.c.state)
                     await conn.execute(sa.update(outbox).where(outbox.c.n.in_(queued)).values(state=still))

@@ -23,11 +23,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.clock import stop_requested, timestamp, utc_now
-from exchange.store import AuditBuffer, Store, outbox
+from exchange.store import OUTBOX_FINISHED, AuditBuffer, Store, outbox
 
 log = logging.getLogger("exchange.retention")
 
-FINISHED = ("delivered", "rejected", "cancelled")
 BATCH = 1000  # rows per transaction, so a pass never holds the writer for long
 INTERVAL_SECONDS = 3600.0  # between two passes (and a first one soon after the start)
 FIRST_PASS_SECONDS = 60.0
@@ -73,18 +72,16 @@ class Retention:
 
     @staticmethod
     async def _mark(conn: AsyncConnection, now: str) -> int:
-        # Seeks on ix_outbox_done (state, done_at): finished rows not yet marked.
+        # Seeks on ix_outbox_finished (done_at), which holds the finished rows only: those not yet marked.
         batch = (
-            sa.select(outbox.c.n).where(outbox.c.state.in_(FINISHED), outbox.c.done_at.is_(None)).limit(BATCH)
+            sa.select(outbox.c.n).where(OUTBOX_FINISHED, outbox.c.done_at.is_(None)).limit(BATCH)
         ).scalar_subquery()
         done = await conn.execute(sa.update(outbox).where(outbox.c.n.in_(batch)).values(done_at=now))
         return int(done.rowcount)
 
     @staticmethod
     async def _delete(conn: AsyncConnection, cutoff: str) -> int:
-        batch = (
-            sa.select(outbox.c.n).where(outbox.c.state.in_(FINISHED), outbox.c.done_at < cutoff).limit(BATCH)
-        ).scalar_subquery()
+        batch = (sa.select(outbox.c.n).where(OUTBOX_FINISHED, outbox.c.done_at < cutoff).limit(BATCH)).scalar_subquery()
         done = await conn.execute(sa.delete(outbox).where(outbox.c.n.in_(batch)))
         return int(done.rowcount)
 

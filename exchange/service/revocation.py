@@ -21,7 +21,7 @@ from exchange.model import NodeId
 from exchange.protocol.rosterchain import TrustedRoster
 from exchange.service.channels import ChannelBook
 from exchange.store import AuditBuffer, Store
-from exchange.store.tables import outbox
+from exchange.store.tables import OUTBOX_QUEUED, outbox
 
 log = logging.getLogger("exchange.roster")
 
@@ -65,7 +65,7 @@ async def cancel_queued(store: Store, reasons: Mapping[str, str], *, events_kept
     """Cancel what is queued for each node of `reasons`, with its reason, one audit entry per
     item, but the channel events queued for the nodes of `events_kept`; how many."""
     kept = sa.and_(outbox.c.dest.in_(list(events_kept)), outbox.c.kind == "event")
-    pending = sa.and_(outbox.c.dest.in_(list(reasons)), outbox.c.state == "queued", sa.not_(kept))
+    pending = sa.and_(outbox.c.dest.in_(list(reasons)), OUTBOX_QUEUED, sa.not_(kept))
 
     async def job(conn: AsyncConnection, audit: AuditBuffer) -> int:
         rows = (await conn.execute(sa.select(outbox.c.dest, outbox.c.kind, outbox.c.ref).where(pending))).all()

@@ -12,6 +12,8 @@ from __future__ import annotations
 from exchange.errors import ExchangeError
 from exchange.store.bulk import among, insert_rows
 from exchange.store.tables import (
+    OUTBOX_FINISHED,
+    OUTBOX_QUEUED,
     audit_checkpoints,
     audit_cosignatures,
     audit_log,
@@ -34,6 +36,8 @@ from exchange.store.tables import (
 from exchange.store.writer import AuditBuffer, Job, Store, T, is_unique_violation
 
 __all__ = [
+    "OUTBOX_FINISHED",
+    "OUTBOX_QUEUED",
     "AuditBuffer",
     "ExchangeError",
     "Job",

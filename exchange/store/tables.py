@@ -104,9 +104,18 @@ outbox = sa.Table(
     # or cancelled; the row is deleted once that is older than the outbox retention
     sa.Column("done_at", sa.String(32), nullable=True),
     sa.UniqueConstraint("dest", "kind", "ref", name="uq_outbox_item"),
-    sa.Index("ix_outbox_pending", "dest", "state", "n"),
-    sa.Index("ix_outbox_done", "state", "done_at"),
 )
+# A row is queued until it finishes (delivered, rejected or cancelled), never back. Each index
+# below holds the rows of one side (revision 0013): an item queued enters one index besides the
+# key and the unique one, and one that finishes moves from the first to the second. A query is
+# served by one of them only if its WHERE holds the index's term as written (SQLite and PostgreSQL
+# prove it from the statement's text, not from a bound value): compare with these two.
+OUTBOX_QUEUED = outbox.c.state == sa.literal_column("'queued'")
+OUTBOX_FINISHED = outbox.c.state != sa.literal_column("'queued'")
+# The heads of the queues (exchange.service.outbox_sql.queue_heads) and their lengths.
+sa.Index("ix_outbox_queued", outbox.c.dest, outbox.c.n, sqlite_where=OUTBOX_QUEUED, postgresql_where=OUTBOX_QUEUED)
+# The retention's passes: finished rows not yet marked (NULL), then those marked before a cutoff.
+sa.Index("ix_outbox_finished", outbox.c.done_at, sqlite_where=OUTBOX_FINISHED, postgresql_where=OUTBOX_FINISHED)
 
 # Which worker process sends to a destination, until when (exchange.store.workers); PostgreSQL only.
 outbox_leases = sa.Table(

@@ -287,7 +287,7 @@ async def test_what_a_partner_pulled_and_receipted_is_delivered_and_a_finished_i
         for statement, parameters in seen:  # SQLite has no statistics: it must not pick a state index
             rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
             plan = " ".join(str(r[-1]) for r in rows)
-            assert "ix_outbox_pending" not in plan and "ix_outbox_done" not in plan, (statement, plan)
+            assert "ix_outbox_queued" not in plan and "ix_outbox_finished" not in plan, (statement, plan)
     # what the operator's status and /metrics count delivered: the four, though none was pushed
     # (counted once the receipts' job returns, a moment after its commit shows them)
     await eventually(lambda: _is(a.outbox.senders[B].status.delivered, 4), what="four delivered in B's status")

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -20,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from exchange.audit import events as ev
+from exchange.clock import utc_now
 from exchange.errors import LeaseLost, Unavailable
 from exchange.model import Bulletin, NodeId
 from exchange.protocol.receipt import make_receipts
@@ -29,6 +32,7 @@ from exchange.service.leases import Leases
 from exchange.service.node import NodeService
 from exchange.service.outbox import Ask, transaction_id
 from exchange.service.outbox_sql import READS_PER_STATEMENT as READ_LIMIT, queue_heads
+from exchange.service.retention import Pruned, Retention
 from exchange.store import audit_log, outbox, receipts
 from exchange.store.tables import outbox_leases
 from tests.conftest import eventually, write_federation
@@ -155,11 +159,11 @@ async def test_senders_read_and_mark_sent_together_and_each_reader_still_gets_it
         assert await delivered_to(a, bid) == READERS
 
 
-async def test_each_queues_head_is_a_seek_on_the_pending_index(
+async def test_each_queues_head_is_a_seek_on_the_queued_index(
     federation: tuple[dict[str, NodeService], StealingTransport],
 ) -> None:
-    """The queues' heads are read in one statement whose every branch seeks `ix_outbox_pending`
-    (dest, state, n), so a dead partner's long queue costs its head only. PostgreSQL with few
+    """The queues' heads are read in one statement whose every branch seeks `ix_outbox_queued`
+    (dest, n; the queued rows only), so a dead partner's long queue costs its head only. PostgreSQL with few
     rows prefers a scan: there, with scans switched off, the plan shows the index can serve."""
     services, _ = federation
     a = services[AUTHOR]
@@ -171,14 +175,57 @@ async def test_each_queues_head_is_a_seek_on_the_pending_index(
             await conn.exec_driver_sql("SET enable_seqscan = off")
             await conn.exec_driver_sql("SET enable_bitmapscan = off")
             plan = " ".join(str(r[0]) for r in await conn.execute(sa.text("EXPLAIN " + sql), params))
-            assert plan.count("Index Scan using ix_outbox_pending") == 3, plan
+            assert plan.count("Index Scan using ix_outbox_queued") == 3, plan
             assert "Sort" not in plan and "Bitmap" not in plan, plan
         else:
             rows = await conn.execute(sa.text("EXPLAIN QUERY PLAN " + sql), params)
             steps = [str(r[-1]) for r in rows if "outbox" in str(r[-1])]
-            assert len(steps) == 3 and all("ix_outbox_pending (dest=? AND state=? AND n>?)" in p for p in steps), steps
+            assert len(steps) == 3 and all("ix_outbox_queued (dest=? AND n>?)" in p for p in steps), steps
         got = (await conn.execute(queue_heads(3), params)).all()
     assert sorted(r.ask for r in got) == [0, 1, 2]
+
+
+async def test_queue_lengths_and_the_retention_read_one_side_of_the_outbox_each(
+    federation: tuple[dict[str, NodeService], StealingTransport],
+) -> None:
+    """The queues' lengths (the peers' view, /metrics) read `ix_outbox_queued`, which holds the
+    queued rows only, and the retention's two passes `ix_outbox_finished`, which holds the finished
+    ones only (revision 0013): each statement names the state as the index does, or the database
+    could not use it. PostgreSQL with few rows prefers a scan: there, with scans switched off."""
+    services, _ = federation
+    a = services[AUTHOR]
+    await post(a, "one")
+    async with a.store.engine.begin() as conn:  # one of them finished
+        first = await conn.scalar(sa.select(sa.func.min(outbox.c.n)))
+        await conn.execute(sa.update(outbox).where(outbox.c.n == first).values(state="delivered"))
+        queued = Counter((await conn.scalars(sa.select(outbox.c.dest).where(outbox.c.state == "queued"))).all())
+    assert sum(queued.values()) >= len(READERS) - 1
+    seen: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, _ctx: Any, _many: bool) -> None:
+        if "FROM outbox" in statement and statement.lstrip().startswith(("SELECT", "UPDATE", "DELETE")):
+            seen.append((statement, parameters))
+
+    engine = a.store.engine.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert await a.outbox.queued_counts() == queued
+        keeper, now = Retention(a.store, dt.timedelta(0)), utc_now()
+        assert await keeper.prune(now) == Pruned(marked=1, deleted=0)
+        assert await keeper.prune(now + dt.timedelta(days=1)) == Pruned(marked=0, deleted=1)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    assert len(seen) == 5, seen  # the lengths; marked, then the marks and deletions of two passes
+    async with a.store.engine.connect() as conn:
+        for statement, parameters in seen:
+            index = "ix_outbox_queued" if "count(" in statement else "ix_outbox_finished"
+            if a.store.shared:
+                await conn.exec_driver_sql("SET enable_seqscan = off")
+                plan = " ".join(str(r[0]) for r in await conn.exec_driver_sql("EXPLAIN " + statement, parameters))
+            else:
+                rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+                plan = " ".join(str(r[-1]) for r in rows)
+            assert index in plan, (statement, plan)
 
 
 async def test_the_gathered_read_answers_each_ask_as_a_read_of_its_queue_alone(
