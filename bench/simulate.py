@@ -176,14 +176,6 @@ def relaunch(netns: bool, script: Path | None = None) -> None:
     finally:
         shutil.rmtree(code, ignore_errors=True)
     sys.exit(status)
-    try:
-        ok = subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
-    except OSError:
-        ok = False
-    if ok:
-        argv = ["unshare", "-n", sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]
-        sys.exit(subprocess.run(argv, env={**os.environ, NETNS_ENV: "1"}).returncode)
-    return False
 
 
 def loopback_up() -> None:
