@@ -107,9 +107,9 @@ outbox = sa.Table(
 )
 # A row is queued until it finishes (delivered, rejected or cancelled), never back. Each index
 # below holds the rows of one side (revision 0013): an item queued enters one index besides the
-# key and the unique one, and one that finishes moves from the first to the second. A query is
-# served by one of them only if its WHERE holds the index's term as written (SQLite and PostgreSQL
-# prove it from the statement's text, not from a bound value): compare with these two.
+# key and the unique one, and one that finishes moves from the first to the second. A query that
+# should use one names its term as written, a literal: PostgreSQL's generic plans (a statement
+# prepared and run often) prove the index's term from the statement's text, not from a bound value.
 OUTBOX_QUEUED = outbox.c.state == sa.literal_column("'queued'")
 OUTBOX_FINISHED = outbox.c.state != sa.literal_column("'queued'")
 # The heads of the queues (exchange.service.outbox_sql.queue_heads) and their lengths.
