@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from exchange.crypto import b64e
 from exchange.crypto.content import os_random
 from exchange.crypto.epoch import SUITE_X25519, SUITE_XWING, WRAP_SIZES, HybridDecryptionKey, hybrid_supported
+from exchange.errors import EpochInvalid
 from exchange.protocol.epoch_support import make_support
 from exchange.service.epoch_keyfile import HYBRID_KEY_FILE
 from exchange.store.tables import channel_epochs
@@ -130,3 +131,51 @@ async def test_a_relayed_older_announcement_does_not_downgrade_a_history_grant(
     grants = [g for g in book.grants.get("c2c", []) if g.node == "ke-customs"]
     assert grants and {(g.suite, g.kid) for g in grants} == {(SUITE_XWING, hybrid.kid)}, grants
     assert ke.service.epochs.key("c2c", 0) is not None
+
+
+async def test_an_owner_with_a_hybrid_key_wraps_its_own_copy_for_it_and_makes_one_epoch(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The channel's owner holds the hybrid key. It wrapped its own copy of each epoch for its X25519
+    key, since its own announcement is not among those it holds of others; it then refused that
+    epoch as not the state's (its wrap should be hybrid), posted v1, and made a new epoch at each
+    post and at each member's fetch: a member could grow the owner's store, log and memory without
+    end (found by a read-only review). Now its wrap is hybrid, the channel goes to v2, and fetches
+    make nothing more; and an epoch the owner would not take as current is never stored."""
+    fed = await make_federation(nodes=THREE, channels=[C2C], options=V2, start=False)
+    hybrid = HybridDecryptionKey.generate(os_random)
+    (fed["nl-customs"].config.keys_dir / HYBRID_KEY_FILE).write_text(b64e(hybrid.private_bytes()) + "\n")
+    for n in fed.members:
+        await fed.start(n)
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    sent = await post(nl, "from a hybrid owner")
+    await arrives(ke, sent["id"])
+    env = await stored_envelope(nl, sent["id"])
+    assert env is not None and env["header"]["v"] == 2
+    book = nl.service.epochs
+    record = book.latest("c2c")
+    assert record is not None
+    own = record.wrap_for("nl-customs")
+    assert own is not None and (own.suite, own.kid) == (SUITE_XWING, hybrid.kid), own
+    made = len(book.records("c2c"))
+    for _ in range(5):  # a member asks again and again
+        await book.serve("ke-customs", "c2c", -1)
+    assert len(book.records("c2c")) == made
+    back = await post(ke, "from a classic member")
+    await arrives(nl, back["id"])
+    assert (await reads(nl, back["id"]))["bulletin"]["title"] == "from a classic member"
+
+    # Should the owner's wraps and its own check of them ever disagree again, it stores no epoch.
+    async with nl.service.store.read() as conn:
+        stored = await conn.scalar(sa.select(sa.func.count()).select_from(channel_epochs))
+    monkeypatch.setattr(type(book), "wrap_key", lambda self, node: self.fed.encryption_key(node))
+    status, _, _ = await nl.api(
+        "POST", "/api/v1/channels/c2c/remove", user="admin", body={"node": "de-customs"}
+    )  # one reader fewer: the state needs an epoch of its own
+    assert status == 200
+    state = nl.service.channels.state("c2c")
+    with pytest.raises(EpochInvalid, match="does not check"):
+        await book.make_current(state)
+    await book.serve("ke-customs", "c2c", -1)  # served what is held, without a new epoch
+    async with nl.service.store.read() as conn:
+        assert await conn.scalar(sa.select(sa.func.count()).select_from(channel_epochs)) == stored

@@ -280,8 +280,9 @@ class Announcements:
         return ids
 
     def wrap_key(self, node: str) -> WrapKey:
-        """The public key the owner wraps for `node` (call after `wrap_key_ids` found its support)."""
-        support = self._support.get(node)
+        """The public key the owner wraps for `node` (call after `wrap_key_ids` found its support),
+        itself included: its own announcement, as `support_of` gives it, is not among those held."""
+        support = (self.announcement if self.announce else None) if node == self.me else self._support.get(node)
         if support is not None and support.hybrid_key is not None:
             return HybridEncryptionKey(b64d(support.hybrid_key))
         return self.fed.encryption_key(node)

@@ -231,7 +231,7 @@ class EpochBook(Announcements):
                 if prev is not None and prev.state.pos > state.pos:
                     return None  # another worker made one for a later state than this one holds yet
                 try:
-                    if await self.wrap_key_ids(state.readers, strict=False, owner=True) is None:
+                    if (ids := await self.wrap_key_ids(state.readers, strict=False, owner=True)) is None:
                         return None
                 except Forbidden:  # UnknownPeer: a reader the roster suspended or revoked, until removed
                     return None
@@ -243,6 +243,12 @@ class EpochBook(Announcements):
                     owner_key=self.keys.signing,
                     created=timestamp(),
                 )
+                # Never stored unless this node takes it as the state's own: one it would not take
+                # would be made again at each post and each member's fetch, without end.
+                try:
+                    check_epoch_of_state(record, state, ids, None)
+                except StaleEpoch as exc:
+                    raise EpochInvalid(f"the epoch this node made for {state.channel} does not check: {exc}") from exc
                 if epoch_hash(await self._store(record, key, made_entry(record))) == epoch_hash(record):
                     return record
                 log.info("%s: epoch %d of %s was made by another worker", self.me, record.n, record.channel)
