@@ -5,6 +5,10 @@ no-onward-sharing never leaves, whatever its TLP."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import sqlalchemy as sa
+
 from exchange.protocol.channel import ChannelState
 
 SERVED_TLP = ("CLEAR", "GREEN", "AMBER")
@@ -22,4 +26,13 @@ def onward_forbidden(envelope: bytes) -> bool:
     return NO_ONWARD in envelope
 
 
-__all__ = ["NO_ONWARD", "OPT_IN_TLP", "SERVED_TLP", "onward_forbidden", "served_tlp"]
+def onward_forbidden_sql(envelope: Any, dialect: str) -> sa.ColumnElement[bool]:
+    """`onward_forbidden` of a stored envelope column (bytes), searched in the database: a read of
+    many rows is then not sent their envelopes, megabytes each with attachments."""
+    needle = sa.literal(NO_ONWARD, sa.LargeBinary())
+    if dialect == "postgresql":  # position(bytea, bytea): where the second begins in the first, or 0
+        return sa.func.pg_catalog.position(envelope, needle) > 0
+    return sa.func.instr(envelope, needle) > 0
+
+
+__all__ = ["NO_ONWARD", "OPT_IN_TLP", "SERVED_TLP", "onward_forbidden", "onward_forbidden_sql", "served_tlp"]

@@ -43,7 +43,7 @@ from exchange.protocol.stix import (
 from exchange.service.access import Access
 from exchange.service.catchup import POSITIONS
 from exchange.service.records import summary_of
-from exchange.service.sharing import onward_forbidden, served_tlp
+from exchange.service.sharing import onward_forbidden_sql, served_tlp
 from exchange.service.users import User
 from exchange.store import Store, bulletins
 
@@ -62,6 +62,9 @@ START = (POSITIONS, 0)  # the first object of the first bulletin: a `next` as `p
 STAMP_SLACK = dt.timedelta(minutes=1)
 FRACTION = 13  # digits of a date_added's fraction: milliseconds, position in the channel, object index
 
+# What a scan reads of a row: its summary, and its content only where it has none (a row that
+# revision 0003 could not summarise); never the envelope, whose no-onward mark is looked for in
+# the database (`onward_forbidden_sql`). A row of megabytes (attachments) costs its summary.
 ROW = (
     bulletins.c.channel_pos,
     bulletins.c.id,
@@ -71,8 +74,7 @@ ROW = (
     bulletins.c.created,
     bulletins.c.stored_at,
     bulletins.c.summary,
-    bulletins.c.content,
-    bulletins.c.envelope,
+    sa.case((bulletins.c.summary.is_(None), bulletins.c.content), else_=sa.null()).label("content"),
 )
 
 
@@ -223,7 +225,7 @@ class Taxii:
 
     def _objects_of(self, row: Any, served: tuple[str, ...]) -> list[dict[str, Any]] | None:
         """The STIX objects of a stored row, or None if it may not leave the node."""
-        if row.tlp not in served or onward_forbidden(bytes(row.envelope)):
+        if row.tlp not in served or row.no_onward:
             return None
         content = json.loads(row.summary) if row.summary is not None else summary_of(json.loads(row.content))
         facts = BulletinFacts(
@@ -308,11 +310,12 @@ class Taxii:
                 return Page([])  # nothing stored at or after added_after
             pos = first
         served = self.served_tlp(channel)
+        dialect = self.store.engine.dialect.name
         items: list[Served] = []
         scanned = 0
         keep: Callable[[Served], bool] = filters.keep
         while True:
-            query = sa.select(*ROW).where(
+            query = sa.select(*ROW, onward_forbidden_sql(bulletins.c.envelope, dialect).label("no_onward")).where(
                 bulletins.c.channel == channel, bulletins.c.channel_pos >= pos, bulletins.c.tlp.in_(served)
             )
             if where is not None:

@@ -10,6 +10,8 @@ import asyncio
 import base64
 import functools
 import json
+import os
+import tracemalloc
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -21,10 +23,13 @@ import stix2validator
 from taxii2client.common import TokenAuth
 from taxii2client.v21 import Server, as_pages
 
+from exchange.crypto import b64e
 from exchange.protocol.stix import TLP_IDS, collection_id
 from exchange.service.catchup import POSITIONS
+from exchange.service.taxii import Filters
 from exchange.store import audit_log, bulletins
 from tests.conftest import Federation, MakeFederation
+from tests.node.test_hostile_input import delivered
 
 T = TypeVar("T")
 TAXII = "application/taxii+json;version=2.1"
@@ -575,3 +580,31 @@ async def test_added_after_finds_its_start_among_what_came_since(make_federation
     assert await off_loop(lambda: reports("1970-01-01T00:00:00Z")) == ids
     assert await off_loop(lambda: reports("0999-01-01T00:00:00Z")) == ids
     assert await off_loop(lambda: reports("2026-12-01T10:05:00.001Z")) == []
+
+
+async def test_a_read_of_large_bulletins_is_sent_their_summaries_not_their_envelopes(
+    make_federation: MakeFederation,
+) -> None:
+    """A page of objects needs each bulletin's summary and marks, not its envelope and content
+    (megabytes with attachments). Each scan read 200 rows whole, whatever the page's limit: a
+    contact point who posted large bulletins could make every `limit=1` read hold gigabytes
+    (found by a read-only review). The no-onward mark is now looked for in the database."""
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    big = {"name": "scan.bin", "media_type": "application/octet-stream", "data": b64e(os.urandom(1 << 20))}
+    ids = [await post(fed, {**bulletin(i), "attachments": [big]}) for i in range(4)]
+    withheld = await post(fed, {**bulletin(9, onward=True), "attachments": [big]})
+    for bid in (*ids, withheld):
+        await delivered(nl, bid)
+    user = await nl.service.users.authenticate(nl.tokens["officer"])
+    cid = collection_id("nl-customs", "c2c")
+    tracemalloc.start()
+    try:
+        page = await nl.service.taxii.read(
+            user, cid, resource="objects", limit=1000, next_token=None, filters=Filters()
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert bulletin_ids([s.obj for s in page.items]) == ids  # the no-onward one withheld, as before
+    assert peak < 1 << 20, peak  # five rows of over 2.6 MiB each (envelope and content) were read whole
