@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
@@ -29,13 +30,15 @@ from exchange.cli.main import cli
 from exchange.clock import timestamp, utc_now
 from exchange.config import NodeConfig
 from exchange.crypto import SigningKey, b64d
+from exchange.errors import HeldRosterExpired
 from exchange.keystore import NodeKeyFiles, read_file
-from exchange.model import SignedRoster
+from exchange.model import NodeId, SignedRoster
 from exchange.node.tls import client_context
 from exchange.protocol.roster2_model import RosterV2, SignedRosterV2
 from exchange.protocol.rosterchain import combine, sign_roster_v2
 from exchange.protocol.rostermigration import admit, authority, from_v1, propose, sign_join_request
 from exchange.provision import InitReport, sample_users
+from exchange.service.gossip import ROSTER_PATH
 from exchange.store import audit_log, bulletins
 from tests.conftest import DEFAULT_NODES, Federation, MakeFederation, Member, eventually, free_port
 
@@ -255,6 +258,17 @@ async def test_an_expired_roster_stops_traffic_until_a_fresh_version_resumes_it(
     assert status == 503 and kind == "application/problem+json" and "expired" in problem["detail"], problem
     status, read, _ = await nl.api("GET", f"/api/v1/bulletins/{first['id']}")
     assert status == 200 and read["id"] == first["id"]  # reading what is held goes on
+    # Nor does it make federation requests of its own but the roster's: a node kept from the
+    # version that revokes a partner would else still pull from it and push to it (found by review).
+    gated = nl.service.outbox.transport
+    assert gated is nl.service.catchup.transport is nl.service.epochs.transport
+    for request in (
+        gated.fetch(NodeId("ke-customs"), "/fed/v1/channels/c2c/envelopes?after=0"),
+        gated.send(NodeId("ke-customs"), "/fed/v1/envelopes", b'{"txn": "t2", "envelopes": []}'),
+    ):
+        with pytest.raises(HeldRosterExpired, match="expired"):
+            await request
+    assert await gated.fetch(NodeId("ke-customs"), f"{ROSTER_PATH}?after=0") is not None
 
     # A fresh version imported at one node: it posts again, the other takes it by gossip, and
     # what was posted meanwhile is delivered.

@@ -32,7 +32,7 @@ from exchange.service.epoch_prefetch import EpochPrefetch
 from exchange.service.epochs import EpochBook
 from exchange.service.federation import FederationRoster
 from exchange.service.follow import Follow
-from exchange.service.gossip import RosterGossip
+from exchange.service.gossip import ROSTER_PATH, RosterGossip
 from exchange.service.ids import BulletinIds
 from exchange.service.inbox import Inbox
 from exchange.service.listing import Listing
@@ -47,7 +47,7 @@ from exchange.service.revocation import leave_departed
 from exchange.service.rfis import RequestsForInformation
 from exchange.service.senders import SenderLoops
 from exchange.service.taxii import Taxii
-from exchange.service.transport import PeerTransport
+from exchange.service.transport import PeerTransport, WhileRosterHolds
 from exchange.service.users import User, Users
 from exchange.service.views import BulletinSummary, BulletinView, Posted
 from exchange.service.webhooks import Webhooks, WebhookSender
@@ -80,7 +80,8 @@ class NodeService:
         self.store = store
         self.fed = fed
         self.keys = keys
-        self.transport = transport
+        self.transport = transport  # the adapter's; the parts below get it gated on the roster's expiry
+        transport = WhileRosterHolds(transport, lambda: self.check_roster(), ROSTER_PATH)
         self.outbox = Outbox(config, store, fed, transport)
         self.sending = SenderLoops(self.outbox)  # its senders' loops, following the roster
         self.channels = ChannelBook(
