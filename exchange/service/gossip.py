@@ -100,6 +100,10 @@ class RosterGossip:
         self._offers: dict[str, float] = {}  # source -> when it last offered
         self._offering = asyncio.Lock()
         self._pulling: asyncio.Task[None] | None = None
+        # peer -> the highest version it named while a pull from another was under way: asked in
+        # turn once that pull ends, so that one partner that names a version it never serves, and
+        # answers slowly, holds up the others' news for one request at most, not until the timer
+        self._named: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._announced = 0  # the version last announced
 
@@ -119,10 +123,28 @@ class RosterGossip:
         if version <= self.version() or self._transport is None or peer == self.me:
             return
         if self._pulling is not None and not self._pulling.done():
+            if self.fed.listed(peer):  # partners only: one entry each
+                self._named[peer] = max(version, self._named.get(peer, 0))
             return
         if self._clock() - self._tried.get(peer, -1e9) < self.pull_interval:
             return
-        self._pulling = self._spawn(self.pull(NodeId(peer)))
+        self._pulling = self._spawn(self._pulls(NodeId(peer)))
+
+    async def _pulls(self, peer: NodeId) -> None:
+        """Pull from `peer`, then from the peer that named the highest version meanwhile and was
+        not refused of late, as long as one names a version above the one held."""
+        while True:
+            await self.pull(peer)
+            now, held = self._clock(), self.version()
+            named = {
+                p: v
+                for p, v in self._named.items()
+                if v > held and p != peer and now - self._tried.get(p, -1e9) >= self.pull_interval
+            }
+            self._named.clear()
+            if not named:
+                return
+            peer = NodeId(max(named, key=lambda p: named[p]))
 
     def check_peer(self, peer: str, version: int | None) -> None:
         """RosterBehind (503) if `peer`'s request names a newer version than the one this node runs

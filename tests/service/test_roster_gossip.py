@@ -22,6 +22,7 @@ from exchange.protocol.rosterview import federation_view
 from exchange.service import federation
 from exchange.service.gossip import OFFER_VERSIONS, RosterGossip, header_version, offer_source
 from exchange.store import Store
+from tests.conftest import eventually
 from tests.protocol.test_roster_chain import CHAIN
 from tests.service.test_federation_roster import as_file, audited, equivocating, holding, stored, under_threshold
 
@@ -308,3 +309,45 @@ async def test_a_long_offer_is_parsed_off_the_event_loop(store: Store, monkeypat
     assert (await gossip.take_offer(json.dumps(docs(2, 3)).encode(), "offer:192.0.2.7")).version == 3
     loop = threading.get_ident()
     assert [t != loop for t in threads] == [True, False]
+
+
+async def test_a_partner_that_names_a_version_it_never_serves_holds_up_the_others_for_one_pull(
+    store: Store,
+) -> None:
+    """A partner names a version far ahead and answers its pull slowly. One pull runs at a time,
+    and the others' news was dropped meanwhile: an honest partner that holds the next version was
+    not asked until the 10-minute announce (found by a read-only review). Now the partner that
+    named the highest version meanwhile is asked as soon as the slow pull ends."""
+    roster = await holding(store, 1)
+    fed = federation_view(roster.held)  # type: ignore[arg-type]
+    gossip = RosterGossip("nl-customs", roster, fed)
+    slow, honest = (n.id for n in fed.roster.nodes if n.id != "nl-customs")
+    release = asyncio.Event()
+
+    class Partners(Peer):
+        async def fetch(self, node: NodeId, path: str) -> Any:
+            self.asked.append((node, path))
+            if node == slow:
+                await release.wait()
+                raise errors.PeerError(f"{slow}: timed out")
+            return {"version": 2, "versions": self.versions}
+
+    async def install() -> None:
+        return None
+
+    peer = Partners(docs(2))
+    gossip.attach(peer, install)
+    gossip.seen(slow, 999_999)
+    await asyncio.sleep(0)
+    for _ in range(3):
+        gossip.seen(honest, 2)
+        gossip.seen("not-a-partner", 3)  # not kept: only listed partners are
+    assert gossip._named == {honest: 2}
+    release.set()
+
+    async def taken() -> bool:
+        return gossip.version() == 2
+
+    await eventually(taken, what="version 2, from the honest partner")
+    assert [node for node, _ in peer.asked][:2] == [slow, honest], peer.asked  # (then the peers are told)
+    await gossip.close()
