@@ -184,9 +184,15 @@ def check_successor(held: RosterV2, new: RosterV2) -> None:
         if old.status == "revoked" and node.status != "revoked":
             raise RosterInvalid(f"{old.id} was revoked and stays revoked")
         _check_key_history(old, node, held.version, new.version)
+    listed = {o.id for o in held.nodes}
     for node in new.nodes:
-        if node.id not in {o.id for o in held.nodes} and (node.status, node.since) != ("active", new.version):
+        if node.id in listed:
+            continue
+        if (node.status, node.since) != ("active", new.version):
             raise RosterInvalid(f"{node.id}: a new node is active from version {new.version}")
+        for key in node.keys:  # as a listed node's new keys (6a.5): none has a history before it joined
+            if (key.valid_from, key.valid_until, key.state) != (new.version, None, "active"):
+                raise RosterInvalid(f"{node.id}: a new node's {key.use} key is active from version {new.version}")
 
 
 def _check_key_history(old: RosterNodeV2, node: RosterNodeV2, held: int, version: int) -> None:

@@ -23,7 +23,7 @@ from exchange.crypto import VerifyKey, b64d, b64e, canonical_json, spki_pin, str
 from exchange.crypto.encoding import BYTES_PER_VALUE, MIN_VALUES
 from exchange.errors import InvalidInput
 from exchange.model import SignedRoster
-from exchange.protocol.roster2_model import MAX_ROSTER_BYTES, Authority, SignedRosterV2
+from exchange.protocol.roster2_model import MAX_ROSTER_BYTES, Authority, NodeKey, SignedRosterV2
 from exchange.protocol.rosterchain import (
     MAX_CHAIN,
     TrustedRoster,
@@ -302,7 +302,27 @@ HISTORY_BREAKS: dict[str, Callable[[dict[str, Any]], None]] = {
     ),
     "valid-until-moved": lambda n: _ke(n, "encryption", "verify-only").update(valid_until=1),
     "compromise-moved-later": lambda n: _ke(n, "signing", "compromised").update(valid_until=2),
+    # A node added in this version lists keys with a history before it joined (found by review):
+    # one valid from version 1, and one verify-only (a "former" key that would check stored items).
+    "new-node-key-from-before-it-joined": lambda n: _add_node(n, key_entry("signing", _XX.verify_key.raw, 1)),
+    "new-node-key-not-active": lambda n: _add_node(
+        n, key_entry("signing", _XX.verify_key.raw, 4), key_entry("signing", _XY.verify_key.raw, 1, "verify-only", 2)
+    ),
 }
+_XX, _XY = signing_key("xx-customs/1"), signing_key("xx-customs/0")
+
+
+def _add_node(n: dict[str, Any], signing: NodeKey, *former: NodeKey) -> None:
+    """Version 4 adds xx-customs, with `signing`, `former` keys, and its other keys from version 4."""
+    new = {k: v for k, v in n["nl-customs"].items() if k != "keys"}
+    new.update(id="xx-customs", name="XX", country="XX", endpoint="https://xx.example.test", since=4, status="active")
+    new["keys"] = [
+        signing.model_dump(),
+        *(k.model_dump() for k in former),
+        key_entry("encryption", decryption_key("xx-customs/1").public.raw, 4).model_dump(),
+        key_entry("tls", tls_cert("xx-customs").encode(), 4).model_dump(),
+    ]
+    n["xx-customs"] = new
 
 
 def _retire_signing_key(n: dict[str, Any], valid_until: int) -> None:
@@ -326,6 +346,8 @@ def test_history_allows_what_a_federation_does() -> None:
         )
 
     assert accept_chain(trusted(3), [v4(change)], NOW).version == 4
+    joined = accept_chain(trusted(3), [v4(lambda n: _add_node(n, key_entry("signing", _XX.verify_key.raw, 4)))], NOW)
+    assert joined.version == 4 and joined.node("xx-customs").since == 4
     refused(trusted(3), [v4(federation="another federation")], errors.RosterInvalid)
     refused(trusted(3), [v4(issued="2025-05-01T00:00:00Z")], errors.RosterInvalid)  # before version 3's
 
