@@ -288,6 +288,8 @@ def _ke(n: dict[str, Any], use: str, state: str) -> dict[str, Any]:
     return next(k for k in n["ke-customs"]["keys"] if k["use"] == use and k["state"] == state)
 
 
+_XX, _XY = signing_key("xx-customs/1"), signing_key("xx-customs/0")
+
 HISTORY_BREAKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "drops-a-node": lambda n: n.pop("nl-customs"),
     "drops-a-key": lambda n: n["ke-customs"]["keys"].remove(_ke(n, "encryption", "verify-only")),
@@ -309,7 +311,6 @@ HISTORY_BREAKS: dict[str, Callable[[dict[str, Any]], None]] = {
         n, key_entry("signing", _XX.verify_key.raw, 4), key_entry("signing", _XY.verify_key.raw, 1, "verify-only", 2)
     ),
 }
-_XX, _XY = signing_key("xx-customs/1"), signing_key("xx-customs/0")
 
 
 def _add_node(n: dict[str, Any], signing: NodeKey, *former: NodeKey) -> None:
