@@ -33,7 +33,8 @@ class User:
     def require(self, *roles: Role) -> None:
         """Return None if this user has one of `roles`, else raise Forbidden."""
         if self.role not in roles:
-            raise Forbidden(f"user {self.name!r} ({self.role}) may not do this")
+            needs = " or ".join(roles)
+            raise Forbidden(f"user {self.name!r} ({self.role}) may not do this: it needs the {needs} role")
 
     def require_channel(self, channel: str) -> None:
         """A contact point works only in the channels assigned to them."""
