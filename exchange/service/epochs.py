@@ -243,8 +243,7 @@ class EpochBook(Announcements):
                     owner_key=self.keys.signing,
                     created=timestamp(),
                 )
-                # Never stored unless this node takes it as the state's own: one it would not take
-                # would be made again at each post and each member's fetch, without end.
+                # Stored only if this node takes it as the state's own, else made anew at every fetch.
                 try:
                     check_epoch_of_state(record, state, ids, None)
                 except StaleEpoch as exc:

@@ -177,7 +177,7 @@ async def _held_back_by_a_full_page(pair: dict[str, NodeService]) -> tuple[Memor
     catch-up page; B is reachable again and has been in touch. Returns A's transport and the
     page's cursor."""
     a = pair[A]
-    transport = a.outbox.transport
+    transport = a.transport  # the adapter; the outbox holds it gated on the roster
     assert isinstance(transport, MemoryTransport)
     transport.down.add(B)
     await a.start()
@@ -249,7 +249,7 @@ async def test_what_a_partner_pulled_and_receipted_is_delivered_and_a_finished_i
     every item queued for the partner); an item already finished otherwise (here cancelled)
     keeps its state."""
     a, b = pair[A], pair[B]
-    transport = a.outbox.transport
+    transport = a.transport
     assert isinstance(transport, MemoryTransport)
     transport.down.add(B)
     await a.start()

@@ -150,6 +150,6 @@ async def test_a_queued_receipt_or_channel_event_whose_row_was_deleted_is_reject
         ("receipt", f"{x}:opened", A, "its stored receipt is missing from this node's database")
     ]
     for service in (a, b):
-        transport = service.outbox.transport
+        transport = service.transport
         assert isinstance(transport, Recording)
         assert all(json.loads(body) for body in transport.bodies)  # `None` is no JSON
