@@ -41,7 +41,8 @@ from exchange.audit import events as ev
 from exchange.clock import stop_requested, timestamp, utc_now, wait_event
 from exchange.errors import Forbidden, InvalidInput, NotFound
 from exchange.service.access import Access
-from exchange.service.sharing import onward_forbidden, served_tlp
+from exchange.service.catchup import POSITIONS
+from exchange.service.sharing import onward_forbidden_sql, served_tlp
 from exchange.service.summaries import SUMMARY, summarised
 from exchange.service.users import User
 from exchange.service.views import View
@@ -317,7 +318,8 @@ class Webhooks:
     async def _deliver(self, hook: Any) -> int:
         assert self.sender is not None
         served = self._served_tlp(hook.channel)
-        query = sa.select(*SUMMARY).where(
+        no_onward = onward_forbidden_sql(bulletins.c.envelope, self.store.engine.dialect.name).label("no_onward")
+        query = sa.select(*SUMMARY, bulletins.c.channel_pos, no_onward).where(
             bulletins.c.channel == hook.channel, bulletins.c.n > hook.cursor, bulletins.c.tlp.in_(served)
         )
         async with self.store.read() as conn:
@@ -325,7 +327,7 @@ class Webhooks:
             items = list(await summarised(conn, rows))
         cursor, sent, error = int(hook.cursor), 0, None
         for row, content in items:
-            if await self._not_for_sharing(row.n):
+            if row.no_onward:
                 cursor = int(row.n)  # passed over, as TAXII does: never announced outside the node
                 continue
             body = self._body(row, content)
@@ -351,17 +353,12 @@ class Webhooks:
         TAXII (RED never; AMBER+STRICT where the channel's owner allows its export)."""
         return served_tlp(self.access.channels.state(channel))
 
-    async def _not_for_sharing(self, n: int) -> bool:
-        """Whether the author marked the bulletin at `n` no-onward-sharing (only its envelope's
-        header says so): read one envelope at a time, as one may be megabytes."""
-        async with self.store.read() as conn:
-            raw = await conn.scalar(sa.select(bulletins.c.envelope).where(bulletins.c.n == n))
-        return raw is not None and onward_forbidden(bytes(raw))
-
     def _body(self, row: Any, content: dict[str, Any]) -> bytes:
         meta = {
             "id": row.id,
-            "cursor": int(row.n),
+            # its position in the channel, above those of `n` sent before revision 0012: `n` counts
+            # every channel, and told the receiver how many bulletins the node stored in the others
+            "cursor": POSITIONS + int(row.channel_pos or 0),
             "author": row.author,
             "seq": int(row.seq),
             "kind": content.get("kind"),

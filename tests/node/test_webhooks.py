@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from exchange.service import webhooks
+from exchange.service.catchup import POSITIONS
 from exchange.service.webhooks import verify_signature
 from exchange.store import audit_log
 from tests.conftest import Federation, MakeFederation, eventually, free_port
@@ -204,3 +205,39 @@ async def test_a_removed_webhooks_id_is_not_given_to_the_next_one(make_federatio
     assert answer["webhook"]["id"] not in ids
     named = [(e["webhook"], e["url"]) for e in await events(fed) if e["event"] == "webhook.changed"]
     assert len({webhook for webhook, _ in named}) == len({url for _, url in named}) == 3, named
+
+
+async def test_the_cursor_counts_the_channels_own_bulletins_only(make_federation: MakeFederation) -> None:
+    """A notification's `cursor` was the node's storage position, one count for every channel: a
+    receiver of one channel's webhook learnt how many bulletins the node stored meanwhile in the
+    others (found by a read-only review). It is now the bulletin's position in the channel, above
+    every cursor sent before (2^30 + position, as catch-up numbers its pages)."""
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    other = {
+        "id": "c2c-other",
+        "title": "Another channel",
+        "policy": {"agencies": ["customs"]},
+        "default_handling": {"tlp": "AMBER", "no_onward_sharing": False},
+    }
+    assert (await nl.api("POST", "/api/v1/channels", user="admin", body=other))[0] == 201
+    assert (await nl.api("POST", "/api/v1/channels/c2c-other/users", user="admin", body={"user": "officer"}))[0] == 200
+    receiver = Receiver(free_port())
+    await receiver.start()
+    try:
+        url = f"http://127.0.0.1:{receiver.port}/hook"
+        assert (await nl.api("POST", "/api/v1/channels/c2c/webhooks", user="admin", body={"url": url}))[0] == 201
+        await post(fed, "nl-customs", 0)
+        for i in range(3):
+            body = {"kind": "alert", "title": f"elsewhere {i}"}
+            assert (await nl.api("POST", "/api/v1/channels/c2c-other/bulletins", body=body))[0] == 201
+        await post(fed, "nl-customs", 1)
+
+        async def arrived() -> bool:
+            return len(receiver.got) >= 2
+
+        await eventually(arrived, 30, "two notifications")
+        cursors = [json.loads(body)["bulletin"]["cursor"] for body, _ in receiver.got]
+        assert cursors == [POSITIONS + 1, POSITIONS + 2]
+    finally:
+        await receiver.stop()
