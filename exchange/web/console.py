@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from exchange.errors import ExchangeError, InvalidInput, Unauthorized
+from exchange.errors import ExchangeError, Forbidden, InvalidInput, Unauthorized
 from exchange.http.appkeys import SERVICE, USER
 from exchange.http.problem import status_for
 from exchange.web import admin, auditor, contact, live, signin
@@ -51,6 +51,22 @@ def _is_console(path: str) -> bool:
     return path == PREFIX or path.startswith(PREFIX + "/")
 
 
+def _from_elsewhere(request: web.Request) -> bool:
+    """Whether a browser says another site, or a sibling host of the same site, made this request
+    in the background (Fetch Metadata: an image, a script, a fetch, a form it posts). Such a
+    request is refused before anything is done: opening a bulletin or an attachment sends its
+    author an "opened" receipt, and a page on a sibling host (SameSite cookies do not tell it from
+    this one) could otherwise have an officer's browser send one with a hidden image. A link
+    followed to a page is let through, and so is a request without these headers (older browsers,
+    other clients), which the session cookie and the CSRF checks still hold to."""
+    if request.headers.get("Sec-Fetch-Site") in (None, "same-origin", "none"):
+        return False
+    navigation = (
+        request.headers.get("Sec-Fetch-Mode") == "navigate" and request.headers.get("Sec-Fetch-Dest") == "document"
+    )
+    return not (navigation and request.method in ("GET", "HEAD"))
+
+
 def _secure(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.update(SECURITY_HEADERS)
     if not request.path.startswith(PREFIX + "/static/"):
@@ -74,6 +90,7 @@ EXPLAIN = {
 }
 SERVER_FAULT = N_("The node could not handle this request.")
 SESSION_ENDED = N_("Your session has ended. Please sign in again.")
+FROM_ELSEWHERE = N_("this page may be opened from a link, not fetched by another site's page")
 # The titles an error page may have (aiohttp's reasons and the errors' own titles), so the page can
 # show them in the reader's language; a title not listed here is shown as it is.
 TITLES = (
@@ -125,6 +142,8 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         if "\x00" in request.path or any("\x00" in k or "\x00" in v for k, v in request.query.items()):
             raise InvalidInput(NUL_REFUSED)
+        if _from_elsewhere(request):
+            raise Forbidden(FROM_ELSEWHERE)
         if (request.content_length or 0) > MAX_FORM_BYTES:
             raise web.HTTPRequestEntityTooLarge(MAX_FORM_BYTES, request.content_length or 0)
         if request.content_length is None and request.body_exists:

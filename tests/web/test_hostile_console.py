@@ -548,3 +548,49 @@ async def test_every_changing_form_without_its_sessions_csrf_token_changes_nothi
     for user, path, fields in sorted(CHANGING_FORMS, key=lambda f: (f[0] == "admin", f[1] == "/console/sign-out")):
         status, page, _ = await people[user].post(path, {"csrf": people[user].csrf, **fields})
         assert status in (200, 302, 303), (path, status, page[-300:])
+
+
+async def test_a_page_on_another_host_cannot_have_a_browser_open_a_bulletin(fed: Federation, console: Any) -> None:
+    """Opening a bulletin or an attachment records an open and sends its author an "opened"
+    receipt. A page on a sibling host of the same site (SameSite cookies do not tell it apart)
+    could have a signed-in officer's browser do so with a hidden image (found by a read-only
+    review). A request that the browser says another site or host made in the background is now
+    refused and records nothing; a link followed to the page still opens it."""
+    nl = fed["nl-customs"]
+    officer = await console("officer")
+    data = {"name": "manifest.pdf", "media_type": "application/pdf", "data": "TVo"}
+    status, posted, _ = await nl.api(
+        "POST", "/api/v1/channels/c2c/bulletins", body={"kind": "alert", "title": "One file", "attachments": [data]}
+    )
+    assert status == 201, posted
+
+    async def opens() -> int:
+        async with nl.service.store.read() as conn:
+            rows = (await conn.execute(sa.select(audit_log.c.entry))).scalars()
+            return sum(json.loads(r)["event"] == "bulletin.opened" for r in rows)
+
+    before, page = await opens(), f"/console/bulletins/{posted['id']}"
+    background = [
+        {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
+        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
+        {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"},
+        {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"},
+    ]
+    for headers in background:
+        for path in (page, page + "/attachments/0"):
+            async with officer.http.get(officer.url + path, headers=headers, allow_redirects=False) as resp:
+                assert resp.status == 403 and resp.content_type == "text/html", (path, headers)
+                assert "another site" in await resp.text()
+    assert await opens() == before
+    post_from_elsewhere = {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    form = {"csrf": officer.csrf, "channel": "c2c", "kind": "alert", "tlp": "AMBER", "title": "From a sibling host"}
+    before_rows = await stored(nl)
+    async with officer.http.post(officer.url + "/console/compose", data=form, headers=post_from_elsewhere) as resp:
+        assert resp.status == 403  # a form another host's page posts, even with the right token
+    assert await stored(nl) == before_rows
+    link = {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    async with officer.http.get(officer.url + page, headers=link) as resp:
+        assert resp.status == 200
+    async with officer.http.get(officer.url + page, headers={"Sec-Fetch-Site": "same-origin"}) as resp:
+        assert resp.status == 200
+    assert await opens() == before + 2
