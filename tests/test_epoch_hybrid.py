@@ -16,20 +16,26 @@ from exchange.errors import EpochInvalid
 from exchange.protocol.epoch_support import make_support
 from exchange.service.epoch_keyfile import HYBRID_KEY_FILE
 from exchange.store.tables import channel_epochs
-from tests.conftest import MakeFederation, eventually
+from tests.conftest import Federation, MakeFederation, eventually
 from tests.test_epoch_delivery import C2C, THREE, V2, arrives, post, reads, stored_envelope
 
 pytestmark = pytest.mark.skipif(not hybrid_supported(), reason="this cryptography cannot do ML-KEM-768 + X25519 HPKE")
 
 
+async def started_with_hybrid_key(make_federation: MakeFederation, node: str) -> tuple[Federation, HybridDecryptionKey]:
+    """Three nodes and channel c2c on envelope v2, `node` with a hybrid wrap key, started."""
+    fed = await make_federation(nodes=THREE, channels=[C2C], options=V2, start=False)
+    hybrid = HybridDecryptionKey.generate(os_random)
+    (fed[node].config.keys_dir / HYBRID_KEY_FILE).write_text(b64e(hybrid.private_bytes()) + "\n")
+    for n in fed.members:
+        await fed.start(n)
+    return fed, hybrid
+
+
 async def test_a_channel_mixing_a_hybrid_node_and_x25519_nodes_delivers_to_both(
     make_federation: MakeFederation,
 ) -> None:
-    fed = await make_federation(nodes=THREE, channels=[C2C], options=V2, start=False)
-    hybrid = HybridDecryptionKey.generate(os_random)
-    (fed["ke-customs"].config.keys_dir / HYBRID_KEY_FILE).write_text(b64e(hybrid.private_bytes()) + "\n")
-    for n in fed.members:
-        await fed.start(n)
+    fed, hybrid = await started_with_hybrid_key(make_federation, "ke-customs")
     nl, ke, de = fed["nl-customs"], fed["ke-customs"], fed["de-customs"]
     sent = await post(nl, "to a hybrid and two classic readers")
     for member in (ke, de):
@@ -64,11 +70,7 @@ async def test_a_relayed_older_announcement_does_not_downgrade_the_owners_wrap(
     owner kept it as if it had asked ke-customs itself, for an hour, and wrapped the next epoch
     for ke-customs with X25519 alone, the downgrade 15.4 rules out (found by a read-only review).
     A relayed announcement now serves readers checking wraps; the owner asks the node itself."""
-    fed = await make_federation(nodes=THREE, channels=[C2C], options=V2, start=False)
-    hybrid = HybridDecryptionKey.generate(os_random)
-    (fed["ke-customs"].config.keys_dir / HYBRID_KEY_FILE).write_text(b64e(hybrid.private_bytes()) + "\n")
-    for n in fed.members:
-        await fed.start(n)
+    fed, hybrid = await started_with_hybrid_key(make_federation, "ke-customs")
     nl, ke = fed["nl-customs"], fed["ke-customs"]
     # The owner holds no announcement of ke-customs yet, as for a new reader or one whose signing
     # key changed since (each is then asked for when it is needed, or taken from a relay).
@@ -142,11 +144,7 @@ async def test_an_owner_with_a_hybrid_key_wraps_its_own_copy_for_it_and_makes_on
     post and at each member's fetch: a member could grow the owner's store, log and memory without
     end (found by a read-only review). Now its wrap is hybrid, the channel goes to v2, and fetches
     make nothing more; and an epoch the owner would not take as current is never stored."""
-    fed = await make_federation(nodes=THREE, channels=[C2C], options=V2, start=False)
-    hybrid = HybridDecryptionKey.generate(os_random)
-    (fed["nl-customs"].config.keys_dir / HYBRID_KEY_FILE).write_text(b64e(hybrid.private_bytes()) + "\n")
-    for n in fed.members:
-        await fed.start(n)
+    fed, hybrid = await started_with_hybrid_key(make_federation, "nl-customs")
     nl, ke = fed["nl-customs"], fed["ke-customs"]
     sent = await post(nl, "from a hybrid owner")
     await arrives(ke, sent["id"])

@@ -352,22 +352,33 @@ async def test_attachment_names_lose_their_direction_controls(fed: Federation, c
         assert resp.headers["Content-Disposition"] == "attachment; filename*=UTF-8''evil%EF%BF%BDfdp.exe"
 
 
+async def post_one_file(nl: Member) -> dict[str, Any]:
+    """A bulletin with one attachment, posted at `nl`."""
+    data = {"name": "manifest.pdf", "media_type": "application/pdf", "data": "TVo"}
+    status, posted, _ = await nl.api(
+        "POST", "/api/v1/channels/c2c/bulletins", body={"kind": "alert", "title": "One file", "attachments": [data]}
+    )
+    assert status == 201, posted
+    return dict(posted)
+
+
+async def opened(nl: Member) -> int:
+    """How many opens `nl`'s audit log records."""
+    async with nl.service.store.read() as conn:
+        rows = (await conn.execute(sa.select(audit_log.c.entry))).scalars()
+        return sum(json.loads(r)["event"] == "bulletin.opened" for r in rows)
+
+
 async def test_an_attachment_that_does_not_exist_records_no_open(fed: Federation, console: Any) -> None:
     """The download of attachment 99 of a bulletin with one was refused 404 after the open was
     recorded (an audit entry, a read mark, a signed receipt queued): a refused request stores
     nothing (found by a read-only review)."""
     nl = fed["nl-customs"]
     officer = await console("officer")
-    data = {"name": "manifest.pdf", "media_type": "application/pdf", "data": "TVo"}
-    status, posted, _ = await nl.api(
-        "POST", "/api/v1/channels/c2c/bulletins", body={"kind": "alert", "title": "One file", "attachments": [data]}
-    )
-    assert status == 201, posted
+    posted = await post_one_file(nl)
 
     async def opens() -> int:
-        async with nl.service.store.read() as conn:
-            rows = (await conn.execute(sa.select(audit_log.c.entry))).scalars()
-            return sum(json.loads(r)["event"] == "bulletin.opened" for r in rows)
+        return await opened(nl)
 
     before = await opens()
     async with officer.http.get(officer.url + f"/console/bulletins/{posted['id']}/attachments/99") as resp:
@@ -558,16 +569,10 @@ async def test_a_page_on_another_host_cannot_have_a_browser_open_a_bulletin(fed:
     refused and records nothing; a link followed to the page still opens it."""
     nl = fed["nl-customs"]
     officer = await console("officer")
-    data = {"name": "manifest.pdf", "media_type": "application/pdf", "data": "TVo"}
-    status, posted, _ = await nl.api(
-        "POST", "/api/v1/channels/c2c/bulletins", body={"kind": "alert", "title": "One file", "attachments": [data]}
-    )
-    assert status == 201, posted
+    posted = await post_one_file(nl)
 
     async def opens() -> int:
-        async with nl.service.store.read() as conn:
-            rows = (await conn.execute(sa.select(audit_log.c.entry))).scalars()
-            return sum(json.loads(r)["event"] == "bulletin.opened" for r in rows)
+        return await opened(nl)
 
     before, page = await opens(), f"/console/bulletins/{posted['id']}"
     background = [
