@@ -399,6 +399,43 @@ async def test_handling_forbids_forwarding_red_strict_and_no_onward(make_federat
     assert len(listed["items"]) == 2  # only the AMBER and GREEN forwards
 
 
+async def test_a_contact_point_cannot_forward_into_or_export_from_a_channel_it_is_not_assigned_to(
+    make_federation: MakeFederation,
+) -> None:
+    """A contact point works only in the channels assigned to it: assigned to c2c alone, it cannot
+    forward a c2c bulletin into `other`, nor read `other`'s STIX export or RFI board, though its
+    node reads and posts there; nothing is stored (tests for the refusals a review found missing)."""
+    both = {"nl-customs": ["read", "post", "admin"], "ke-customs": ["read", "post"]}
+    channels = [{"id": c, "owner": "nl-customs", "agencies": ["customs"], "members": both} for c in ("c2c", "other")]
+    fed = await make_federation(channels=channels)
+    nl = fed["nl-customs"]
+    nl.tokens["clerk"] = await add_user(nl.service.store, "clerk", "contact-point")
+    status, body, _ = await nl.api("POST", "/api/v1/channels/c2c/users", user="admin", body={"user": "clerk"})
+    assert status == 200, body
+    status, posted = await post(nl, handling={"tlp": "GREEN", "no_onward_sharing": False})
+    assert status == 201, posted
+
+    async def held() -> int:
+        async with nl.service.store.read() as conn:
+            return int(await conn.scalar(sa.select(sa.func.count()).select_from(bulletins)) or 0)
+
+    before = await held()
+    refused = [  # the export says only that there is no channel it may export (as for one that does not exist)
+        ("POST", f"/api/v1/bulletins/{posted['id']}/forward", {"channel": "other"}, 403),
+        ("GET", "/api/v1/channels/other/stix", None, 404),
+        ("GET", "/api/v1/channels/other/rfis", None, 403),
+    ]
+    for method, path, body, expected in refused:
+        status, problem, ctype = await nl.api(method, path, user="clerk", body=body)
+        assert (status, ctype) == (expected, "application/problem+json"), (path, status, problem)
+    assert await held() == before
+    # The same requests in its own channel, and the forward by a user assigned to both, go through.
+    assert (await nl.api("GET", "/api/v1/channels/c2c/rfis", user="clerk"))[0] == 200
+    assert (await nl.api("GET", "/api/v1/channels/c2c/stix", user="clerk"))[0] == 200
+    forwarded = await nl.api("POST", f"/api/v1/bulletins/{posted['id']}/forward", body={"channel": "other"})
+    assert forwarded[0] == 201, forwarded[1]
+
+
 async def test_forwarding_a_bulletin_that_holds_the_most_references_is_refused(make_federation: MakeFederation) -> None:
     """The copy names the original too: one reference past the most a bulletin holds is a 422
     that says so, and nothing is stored (it was a 500)."""
