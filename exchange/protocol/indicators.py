@@ -167,7 +167,11 @@ def indicator_problems(indicators: Indicators) -> list[Problem]:
     """Every indicator that breaks its rule, in member order: for a form to show next to its field."""
     out = []
     for field, (noun, rule) in RULES.items():
-        values: Iterable[str] = getattr(indicators, field, ())
+        # A member the model lacks (`countries`) is skipped by name: pydantic's __getattr__ would
+        # make and raise an AttributeError for it on every post.
+        if field not in Indicators.model_fields:
+            continue
+        values: Iterable[str] = getattr(indicators, field)
         for value in values:
             why = rule(value)
             if why is not None:
