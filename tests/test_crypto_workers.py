@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -21,9 +22,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from exchange.crypto import b64d, b64e
+from exchange.errors import InvalidEnvelope
 from exchange.model import Bulletin, EnvelopeHeader, NodeId
-from exchange.protocol.envelope import envelope_bytes, sign_envelope
-from exchange.service.cryptopool import WORKER_SECONDS, EnvelopeCrypto, Opening
+from exchange.protocol.envelope import CitedHeader, CitedRecipient, CitedState, envelope_bytes, sign_envelope
+from exchange.service.cryptopool import WORKER_SECONDS, EnvelopeCrypto, Opening, Sealed
 from exchange.store import bulletins, outbox, receipts
 from tests.conftest import MakeFederation, Member, eventually, free_port
 from tests.test_federation_security import batch, envelope_from, stored, tampered_variants
@@ -315,3 +317,20 @@ def test_a_crypto_worker_of_the_installed_command_loads_no_database_or_web_code(
     assert "/sqlalchemy/" in own and "/aiohttp/" in own  # what the check looks for is there to see
     assert "/cryptography/" in mapped
     assert "/sqlalchemy/" not in mapped and "/aiohttp/" not in mapped
+
+
+def test_what_goes_to_and_from_the_workers_pickles_to_an_equal_value() -> None:
+    """Openings, sealed posts and the headers they cite pickle as their fields' values
+    (`pickled_by_fields`): what comes back equals what went, refusals included."""
+    header = CitedHeader("c2c", "nl-customs", 7, CitedState("nl-customs", 3, "ab" * 32), (CitedRecipient("gb-avsec"),))
+    values = [
+        header,
+        Opening(0, "cd" * 32, header, None, None, None, None, {"id": "cd" * 32, "seq": 7}),
+        Sealed("ef" * 32, {"id": "ef" * 32}),
+    ]
+    for value in values:
+        back = pickle.loads(pickle.dumps(value))
+        assert back == value and type(back) is type(value)
+    why = InvalidEnvelope("a peer may push only envelopes it authored")
+    refused = pickle.loads(pickle.dumps(Opening(1, None, None, why, None, None, None, None)))
+    assert refused.index == 1 and isinstance(refused.refused, InvalidEnvelope) and refused.refused.detail == why.detail

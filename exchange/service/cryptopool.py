@@ -38,6 +38,7 @@ from exchange.protocol.envelope import (
     check_signature,
     open_envelope,
     parse_envelope,
+    pickled_by_fields,
 )
 from exchange.protocol.roster import Federation
 from exchange.service.records import bulletin_row, posted_row
@@ -58,6 +59,7 @@ def _size(bulletin: Bulletin) -> int:
     return len(bulletin.body) + sum(len(a.data) for a in bulletin.attachments)
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Opening:
     """One received envelope after every check that needs no channel state, opened if it passed.
@@ -86,6 +88,7 @@ class Context:
     verify_keys: dict[tuple[str, str], VerifyKey] = field(default_factory=dict)  # by (node, kid), made once
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Sealed:
     """A post, sealed: its bulletin id and its bulletins row."""
@@ -94,6 +97,7 @@ class Sealed:
     row: dict[str, Any]
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class SealJob:
     """A post to seal: the bulletin, the state it is posted under, its readers' keys (raw)."""
