@@ -28,7 +28,7 @@ from exchange.audit.log import BundleCheck, KeyRing
 from exchange.audit.note import parse_note
 from exchange.crypto import SigningKey, VerifyKey, b64d, canonical_json
 from exchange.errors import AuditTampered, BadEntry
-from exchange.merkle import leaf_hash, verify_inclusion
+from exchange.merkle import Frontier, leaf_hash, verify_inclusion
 from exchange.service.audit.entries import LogEntries
 from exchange.service.audit.keeper import LogKeeper
 from exchange.service.audit.views import EntryFilter
@@ -253,3 +253,39 @@ def test_the_byte_prefilter_of_a_kind_or_a_prefix_of_kinds_keeps_every_entry_tha
         where = EntryFilter(event=event)
         assert where.needle is not None
         assert [e["idx"] for e, raw in zip(entries, stored, strict=True) if where.needle in raw and where(e)] == wanted
+
+
+async def table_leaves(store: Store) -> list[bytes]:
+    async with store.read() as conn:
+        return [bytes(h) for h in (await conn.scalars(sa.select(audit_log.c.leaf_hash).order_by(audit_log.c.idx)))]
+
+
+async def test_the_keeper_takes_in_its_writers_entries_as_hashed_and_reads_the_rest_from_the_table(url: str) -> None:
+    """What this process's writer committed reaches the keeper as the writer hashed it, not read
+    back: a row changed in the table in between is not what the next checkpoint signs. Entries
+    another process appended (an admin command beside the node) are read from the table."""
+    store, keeper = await started(url)
+    try:
+        await keeper.close()  # no follower: catch_up below is the only one taking entries in
+        await append(store, 5, "c")
+        written = await table_leaves(store)
+        await rewrite(url, 62)  # after the commit, before the keeper took it in
+        assert (await table_leaves(store))[62] != written[62]
+        assert await keeper.catch_up() == 5
+        cp = await keeper.checkpoint()
+        assert cp is not None and cp.size == 65 and cp.root == Frontier.from_hashes(written).root()
+
+        other = await Store.open(url)  # a second process's store on the same file
+        try:
+            await append(other, 3, "d")
+        finally:
+            await other.close()
+        await append(store, 2, "e")  # the writer finds the log's end moved and appends after it
+        assert await keeper.catch_up() == 5
+        now = await table_leaves(store)
+        assert len(now) == 70 and keeper.size == 70
+        cp = await keeper.checkpoint()
+        assert cp is not None and cp.root == Frontier.from_hashes(written + now[65:]).root()
+    finally:
+        await keeper.close()
+        await store.close()

@@ -100,6 +100,11 @@ class _Pending:
     stream: Stream | None = None  # the stream whose numbers it takes (`AuditBuffer.take_seq`)
 
 
+# Leaf hashes held for the log keeper at most: one that does not follow (a CLI command's store)
+# leaves them to the table.
+MAX_HANDED_LEAVES = 50_000
+
+
 class Store:
     """One node's database, shared by the HTTP handlers, the outbox senders and the CLI."""
 
@@ -110,6 +115,10 @@ class Store:
         self._max_batch = max_batch
         self._linger = linger
         self._audit_size = 0
+        # The leaf hashes of the entries this process committed last, from index _handed_from, until
+        # the log keeper takes them (`committed_leaves`): it need not read back what was just written.
+        self._handed_from = 0
+        self._handed: list[bytes] = []
         self._closed = False
         self.audit_appended = asyncio.Event()
         # PostgreSQL may be shared by several worker processes (exchange.store.workers): each
@@ -147,6 +156,20 @@ class Store:
     @property
     def audit_size(self) -> int:
         return self._audit_size
+
+    def _hand_over(self, first: int, leaves: list[bytes]) -> None:
+        if first != self._handed_from + len(self._handed) or len(self._handed) + len(leaves) > MAX_HANDED_LEAVES:
+            self._handed_from, self._handed = first, []  # not contiguous, or not taken: the table has them
+        self._handed.extend(leaves)
+
+    def committed_leaves(self, lo: int, hi: int) -> list[bytes]:
+        """The leaf hashes of entries lo, lo + 1, ... (below hi) as this process committed them, as
+        many as it still holds from lo (none if it holds not lo); those before lo are let go."""
+        if lo < self._handed_from or lo > self._handed_from + len(self._handed):
+            return []
+        del self._handed[: lo - self._handed_from]
+        self._handed_from = lo
+        return self._handed[: max(0, hi - lo)]
 
     async def appended(self, event: asyncio.Event) -> None:
         """Wait for `event` (an `audit_appended`); shared by workers, for at most POLL_SECONDS,
@@ -253,6 +276,8 @@ class Store:
             await buffer.flush(conn)
             if buffer.rows:
                 await insert_rows(conn, audit_log, buffer.rows)
+        if buffer.rows:
+            self._hand_over(buffer.next_idx, [row["leaf_hash"] for row in buffer.rows])
         moved = buffer.next_idx != self._audit_size
         # Never backwards: another worker's commit may have moved it on (refresh_audit_size) meanwhile.
         self._audit_size = max(self._audit_size, buffer.next_idx + len(buffer.rows))

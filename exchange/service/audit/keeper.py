@@ -1,8 +1,9 @@
 """This node's own audit log: follow the audit table, sign checkpoints, give proofs.
 
-The keeper holds the log's frontier (O(log n) hashes) in memory and extends it from the table
-as soon as the store's writer commits new entries, so what it signs is what this process wrote,
-whatever happens to the table later. On start it checks the table against the checkpoints it
+The keeper holds the log's frontier (O(log n) hashes) in memory and extends it as soon as the
+store's writer commits new entries: with the leaf hashes the writer made (`Store.committed_leaves`),
+not read back, and from the table for entries another process appended. So what it signs is what
+this process wrote, whatever happens to the table later. On start it checks the table against the checkpoints it
 signed since the last one a witness co-signed, resumes from there, and refuses (AuditTampered) a
 table that does not hold that log, before anything is written under a reused index. Proofs come
 from `TreeLevels`, built from the whole table in the background after start (hashed in a worker
@@ -303,6 +304,13 @@ class LogKeeper:
             start = self._frontier.size
             while self._frontier.size < target:
                 lo = self._frontier.size
+                # What this process's writer committed, as it hashed it; the table for the rest
+                # (other processes' entries, or more than the writer holds).
+                handed = self.store.committed_leaves(lo, target)
+                if handed:
+                    for leaf in handed:
+                        self._take(leaf)
+                    continue
                 for leaf in _leaves(await rows(self.store, lo, min(target, lo + PAGE), audit_log.c.leaf_hash), lo):
                     self._take(leaf)
                 if self._frontier.size == lo or self._frontier.size < min(target, lo + PAGE):
