@@ -1,10 +1,11 @@
-"""Wall-clock time for the shell. Only timestamps for people come from here; sync never uses it."""
+"""Wall-clock time and waiting for the shell. Only timestamps for people come from here; sync never uses it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import datetime as dt
+from typing import Any
 
 
 def utc_now() -> dt.datetime:
@@ -40,3 +41,27 @@ def stop_requested() -> bool:
     waits for it for ever)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+async def cancel_and_wait(task: asyncio.Future[Any] | None, *, quiet: bool = False) -> None:
+    """Cancel `task` (None: nothing to do) and wait until it has ended.
+
+    Its own CancelledError is swallowed, but not a cancellation of the caller that arrives while it
+    waits (`Task.cancelling`): a close() that is cancelled meanwhile stops, rather than going on as
+    if it had finished. A task that had failed raises its error here, unless `quiet`.
+    """
+    if task is None:
+        return
+    current = asyncio.current_task()
+    # Counted from here: a caller already being cancelled (a node's shutdown runs in the cancelled
+    # main task's `finally`) still closes everything; only a new cancellation stops it.
+    before = current.cancelling() if current is not None else 0
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        if current is not None and current.cancelling() > before:
+            raise
+    except Exception:
+        if not quiet:
+            raise

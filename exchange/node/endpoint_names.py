@@ -15,13 +15,13 @@ connecting from, and each stays held to its per-address limit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import socket
 import time
 from urllib.parse import urlsplit
 
+from exchange.clock import cancel_and_wait
 from exchange.http.guard import PARTNER_ADDRESSES
 from exchange.protocol.roster import Federation
 
@@ -124,10 +124,7 @@ class EndpointNames:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
 
 __all__ = ["EndpointNames"]

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import logging
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.clock import stop_requested, wait_event
+from exchange.clock import cancel_and_wait, stop_requested, wait_event
 from exchange.errors import ExchangeError, Forbidden, InvalidInput
 from exchange.model import NodeId
 from exchange.protocol.pages import checked_page
@@ -162,9 +161,7 @@ class CatchUp:
                     return fresh
         finally:
             if not ahead.done():
-                ahead.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await ahead
+                await cancel_and_wait(ahead, quiet=True)
 
     async def _fetch(self, peer: str, channel: str, after: int) -> tuple[dict[str, Any], Screened | None]:
         """One page after `after`, and its envelopes this node lacks, screened (None if none)."""

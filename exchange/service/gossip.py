@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from exchange.clock import stop_requested
+from exchange.clock import cancel_and_wait, stop_requested
 from exchange.crypto import canonical_json
 from exchange.errors import ExchangeError, InvalidInput, PeerError, RateLimited, RequestTimeout, RosterBehind
 from exchange.model import NodeId
@@ -325,8 +325,7 @@ class RosterGossip:
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_and_wait(task, quiet=True)
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)

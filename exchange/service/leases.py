@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Iterable
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.clock import utc_now, wait_event
+from exchange.clock import cancel_and_wait, utc_now, wait_event
 from exchange.errors import LeaseLost
 from exchange.store import Store
 from exchange.store.workers import PEERS, POLL_SECONDS, claim_lease, notify, release_leases, renew_lease, renew_leases
@@ -138,9 +138,7 @@ class Leases:
         try:
             yield
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            await cancel_and_wait(keeper)
 
     def seen(self, dest: str) -> None:
         """`dest` talked to this worker, which does not hold its lease: tell the other workers

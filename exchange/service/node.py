@@ -8,12 +8,12 @@ that adapters name one object.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from exchange.clock import cancel_and_wait
 from exchange.config import NodeConfig
 from exchange.crypto import NodeKeys
 from exchange.errors import ExchangeError, HeldRosterExpired
@@ -196,11 +196,10 @@ class NodeService:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                try:
-                    await task
-                except Exception:
-                    log.exception("background task %s had failed", task.get_name())
+            try:
+                await cancel_and_wait(task)
+            except Exception:
+                log.exception("background task %s had failed", task.get_name())
         self._tasks = []
         await self.outbox.leases.release()  # other workers take its partners (exchange.service.leases)
         try:

@@ -20,7 +20,6 @@ formatting characters replaced, so that no entry exceeds `MAX_ENTRY_BYTES`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import unicodedata
@@ -31,7 +30,7 @@ from http import HTTPStatus
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.audit import events as ev
-from exchange.clock import timestamp
+from exchange.clock import cancel_and_wait, timestamp
 from exchange.config import NodeConfig
 from exchange.store import AuditBuffer, Store
 
@@ -251,11 +250,8 @@ class Refusals:
 
     async def close(self) -> None:
         """Stop the loop and write what is counted (once the node stops, nothing more is)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         try:
             await self.flush()
         except Exception:

@@ -13,7 +13,6 @@ Idempotency keys have a retention of their own, pruned as posts are made (exchan
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.clock import stop_requested, timestamp, utc_now
+from exchange.clock import cancel_and_wait, stop_requested, timestamp, utc_now
 from exchange.store import OUTBOX_FINISHED, AuditBuffer, Store, outbox
 
 log = logging.getLogger("exchange.retention")
@@ -103,8 +102,5 @@ class Retention:
             self._task = asyncio.create_task(self.run(), name="retention")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None

@@ -16,7 +16,7 @@ import logging
 import random
 import time
 
-from exchange.clock import stop_requested, timestamp, utc_now, wait_event
+from exchange.clock import cancel_and_wait, stop_requested, timestamp, utc_now, wait_event
 from exchange.errors import AnswersFull, PeerError, PeerRefused, Unavailable
 from exchange.model import NodeId
 from exchange.service.outbox import (
@@ -254,10 +254,7 @@ class Sender:
 
 async def _discard(task: asyncio.Task[list[OutItem]] | None) -> None:
     """Stop a read-ahead that is no longer wanted (what it read goes again later)."""
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    await cancel_and_wait(task, quiet=True)
 
 
 __all__ = ["Sender"]

@@ -21,7 +21,6 @@ the node POSTs each new bulletin's metadata there, signed, in storage order, ret
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -38,7 +37,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 
 from exchange.audit import events as ev
-from exchange.clock import stop_requested, timestamp, utc_now, wait_event
+from exchange.clock import cancel_and_wait, stop_requested, timestamp, utc_now, wait_event
 from exchange.errors import Forbidden, InvalidInput, NotFound
 from exchange.service.access import Access
 from exchange.service.catchup import POSITIONS
@@ -264,11 +263,8 @@ class Webhooks:
             self._task = asyncio.create_task(self._run(), name="webhooks")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         role = Role(self.store.engine, "webhooks")  # one worker delivers (exchange.store.workers)

@@ -16,7 +16,6 @@ SQLite has one process per database and takes none of these (`Store.shared` is F
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import zlib
@@ -26,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from exchange.clock import cancel_and_wait
 from exchange.store.tables import audit_log, outbox_leases
 
 log = logging.getLogger("exchange.workers")
@@ -139,10 +139,7 @@ class Changes:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     def _deliver(self, _conn: Any, _pid: int, topic: str, payload: str) -> None:
         for callback in self._callbacks.get(topic, []):

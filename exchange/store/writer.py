@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exchange.audit.events import AuditEntry
-from exchange.clock import wait_event
+from exchange.clock import cancel_and_wait, wait_event
 from exchange.crypto import canonical_json
 from exchange.errors import ConfigError, Unavailable
 from exchange.merkle import leaf_hash
@@ -191,11 +191,8 @@ class Store:
 
     async def close(self) -> None:
         self._closed = True
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
+        await cancel_and_wait(self._writer)
+        self._writer = None
         await self.engine.dispose()
 
     async def write(self, job: Job[T], *, stream: Stream | None = None) -> T:

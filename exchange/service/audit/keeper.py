@@ -41,7 +41,7 @@ from exchange.audit.keeper import (
 )
 from exchange.audit.logkeys import key_that_signed
 from exchange.audit.tree import TreeLevels, consistency_path, inclusion_path
-from exchange.clock import timestamp
+from exchange.clock import cancel_and_wait, timestamp
 from exchange.crypto import SigningKey, VerifyKey
 from exchange.errors import AuditTampered, BadSignature, InvalidInput, NotFound
 from exchange.merkle import HASH_SIZE, Frontier
@@ -146,9 +146,7 @@ class LogKeeper:
         """Stop following the table and building the proof levels."""
         for task in (self._follower, self._building):
             if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task)
         self._follower = None
 
     async def end(self) -> int:

@@ -32,7 +32,7 @@ from exchange.audit.keeper import BundleRecord, EvidenceJSON, StoredCheckpoint
 from exchange.audit.log import KeyRing, LogVerifier
 from exchange.audit.witness import CHECKPOINT_INTERVAL
 from exchange.audit.witness_sets import DEFAULT_WITNESSES
-from exchange.clock import timestamp
+from exchange.clock import cancel_and_wait, timestamp
 from exchange.config import TlogLogConfig, TlogWitnessConfig
 from exchange.crypto import SigningKey, b64e, canonical_json, sha256
 from exchange.errors import (
@@ -167,11 +167,8 @@ class AuditService:
     async def close(self) -> None:
         """Refuse further requests, stop the round and the keeper (before the store closes)."""
         self.stopped.set()
-        if self._round is not None:
-            self._round.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._round
-            self._round = None
+        await cancel_and_wait(self._round)
+        self._round = None
         await self.keeper.close()
 
     async def sign_at_stop(self) -> StoredCheckpoint | None:
