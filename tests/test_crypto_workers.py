@@ -16,9 +16,11 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from exchange.crypto import b64d, b64e
@@ -26,6 +28,7 @@ from exchange.errors import InvalidEnvelope
 from exchange.model import Bulletin, EnvelopeHeader, NodeId
 from exchange.protocol.envelope import CitedHeader, CitedRecipient, CitedState, envelope_bytes, sign_envelope
 from exchange.service.cryptopool import WORKER_SECONDS, EnvelopeCrypto, Opening, Sealed
+from exchange.service.envelopes_v2 import OpeningV2
 from exchange.store import bulletins, outbox, receipts
 from tests.conftest import MakeFederation, Member, eventually, free_port
 from tests.test_federation_security import batch, envelope_from, stored, tampered_variants
@@ -334,3 +337,17 @@ def test_what_goes_to_and_from_the_workers_pickles_to_an_equal_value() -> None:
     why = InvalidEnvelope("a peer may push only envelopes it authored")
     refused = pickle.loads(pickle.dumps(Opening(1, None, None, why, None, None, None, None)))
     assert refused.index == 1 and isinstance(refused.refused, InvalidEnvelope) and refused.refused.detail == why.detail
+
+
+def test_a_subclass_not_pickled_by_its_own_fields_is_refused_not_narrowed() -> None:
+    """A subclass of a class pickled by its fields would come back as its parent, without its own
+    fields: it is refused, unless decorated itself (as OpeningV2 is)."""
+
+    @dataclass(frozen=True, slots=True)
+    class Wider(Sealed):
+        extra: int
+
+    with pytest.raises(TypeError, match="not pickled by its own fields"):
+        pickle.dumps(Wider("ef" * 32, {}, 1))
+    v2 = OpeningV2(0, "cd" * 32, None, None, None, None, None, None, None)
+    assert pickle.loads(pickle.dumps(v2)) == v2

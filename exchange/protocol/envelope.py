@@ -330,10 +330,15 @@ def pickled_by_fields(cls: type[D]) -> type[D]:
     """Pickle a frozen dataclass as its class and its fields' values, in order. The default of a
     dataclass with slots calls `dataclasses.fields` for every object, both ways: a few µs each for
     the thousands that go to and from the crypto workers every second (exchange.service.cryptopool)."""
-    names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    if any(not f.init or f.kw_only for f in fields):
+        raise TypeError(f"{cls.__name__}: every field must be an __init__ argument by position")
+    names = tuple(f.name for f in fields)
     values = operator.attrgetter(*names)
 
     def __reduce__(self: D) -> tuple[type[D], tuple[Any, ...]]:
+        if type(self) is not cls:  # a subclass must be decorated itself, or it would come back as cls
+            raise TypeError(f"{type(self).__name__} is not pickled by its own fields")
         got = values(self)
         return cls, got if len(names) > 1 else (got,)
 

@@ -20,7 +20,7 @@ from exchange.crypto import EpochKey, SigningKey, b64d, canonical_json, sha256
 from exchange.errors import BulletinUnverified, ExchangeError, InvalidEnvelope, InvalidInput, NotFound, StaleEpoch
 from exchange.model import Bulletin, BulletinId, ChannelId, NodeId, StateRef
 from exchange.protocol.channel import ChannelState
-from exchange.protocol.envelope import CitedHeader, CitedRecipient, CitedState
+from exchange.protocol.envelope import CitedHeader, CitedRecipient, CitedState, pickled_by_fields
 from exchange.protocol.envelope_v2 import (
     build_envelope_v2,
     bulletin_id_v2,
@@ -52,6 +52,7 @@ def stored_v2(wire: bytes) -> bool:
     return b',"v":2},"signature":"' in wire
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class OpeningV2(Opening):
     """A received v2 envelope after parsing and its signature check; opened with state later."""

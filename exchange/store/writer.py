@@ -100,8 +100,7 @@ class _Pending:
     stream: Stream | None = None  # the stream whose numbers it takes (`AuditBuffer.take_seq`)
 
 
-# Leaf hashes held for the log keeper at most: one that does not follow (a CLI command's store)
-# leaves them to the table.
+# Leaf hashes held for the log keeper at most, if it falls behind: the table has the rest.
 MAX_HANDED_LEAVES = 50_000
 
 
@@ -119,6 +118,7 @@ class Store:
         # the log keeper takes them (`committed_leaves`): it need not read back what was just written.
         self._handed_from = 0
         self._handed: list[bytes] = []
+        self.hand_over_leaves = False  # set once a log keeper takes this store's entries (LogKeeper.start)
         self._closed = False
         self.audit_appended = asyncio.Event()
         # PostgreSQL may be shared by several worker processes (exchange.store.workers): each
@@ -158,9 +158,12 @@ class Store:
         return self._audit_size
 
     def _hand_over(self, first: int, leaves: list[bytes]) -> None:
+        if not self.hand_over_leaves:
+            return
         if first != self._handed_from + len(self._handed) or len(self._handed) + len(leaves) > MAX_HANDED_LEAVES:
             self._handed_from, self._handed = first, []  # not contiguous, or not taken: the table has them
-        self._handed.extend(leaves)
+        if len(leaves) <= MAX_HANDED_LEAVES:
+            self._handed.extend(leaves)
 
     def committed_leaves(self, lo: int, hi: int) -> list[bytes]:
         """The leaf hashes of entries lo, lo + 1, ... (below hi) as this process committed them, as

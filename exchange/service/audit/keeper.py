@@ -133,6 +133,7 @@ class LogKeeper:
         `exchange audit verify`, entry by entry.
         """
         await self._resume()
+        self.store.hand_over_leaves = True
         self._follower = asyncio.create_task(self._follow(), name=f"audit-follow-{self.me}")
         self._start_building()
 
