@@ -134,7 +134,7 @@ def node_ids(readers: int) -> list[str]:
 
 
 async def provision(
-    folder: Path, readers: int, batch_size: int, crypto_workers: int | None = None
+    folder: Path, readers: int, batch_size: int | None, crypto_workers: int | None = None
 ) -> dict[str, NodeConfig]:
     """Write a federation folder (as tests/conftest.py does) with free loopback ports, and init it."""
     folder.mkdir(parents=True)
@@ -162,7 +162,8 @@ async def provision(
     for i, node_id in enumerate(ids):
         (folder / f"{node_id}.toml").write_text(
             f'[node]\nid = "{node_id}"\nname = "Bench {node_id}"\ncountry = "X{chr(65 + i % 26)}"\n'
-            f'agency = "customs"\nport = {free_port()}\nbatch_size = {batch_size}\n'
+            f'agency = "customs"\nport = {free_port()}\n'
+            + ("" if batch_size is None else f"batch_size = {batch_size}\n")
             + ("" if crypto_workers is None else f"crypto_workers = {crypto_workers}\n")
             + "retry_base_seconds = 0.05\nretry_max_seconds = 1.0\nrequest_timeout_seconds = 30\n"
             + limits
@@ -508,7 +509,7 @@ class Run:
     via: str
     readers: int
     count: int
-    batch_size: int
+    batch_size: int | None
     post_s: float = float("nan")  # all N posts returned at A
     stored_s: float = float("nan")  # every reader stores all N
     receipts_s: float = float("nan")  # A holds every reader's receipt for all N
@@ -1162,7 +1163,8 @@ async def main(args: argparse.Namespace) -> None:
     console.print(
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {code_state()}, {os.cpu_count()} CPUs, "
         f"load average {fmt_load(load())}; N={args.count} per run after {args.warmup} warm-up posts, batch "
-        f"{args.batch_size}, {args.concurrency} concurrent posters, crypto_workers "
+        f"{NodeConfig.model_fields['batch_size'].default if args.batch_size is None else args.batch_size}, "
+        f"{args.concurrency} concurrent posters, crypto_workers "
         f"{NodeConfig.model_fields['crypto_workers'].default if args.crypto_workers is None else args.crypto_workers}"
     )
     if args.profile:
@@ -1198,7 +1200,9 @@ def parse_args() -> argparse.Namespace:
         "--layout", choices=["loop", "processes", "both"], default="both", help="loop, processes or both (default)"
     )
     p.add_argument("--via", choices=["service", "http"], default="service", help="loop layout: how A is posted to")
-    p.add_argument("--batch-size", type=int, default=100, help="node batch_size: envelopes per push (default 100)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="node batch_size: envelopes per push (default: the node default)"
+    )
     p.add_argument("--concurrency", type=int, default=64, help="concurrent posters at A (default 64)")
     p.add_argument(
         "--crypto-workers", type=int, help="each node's crypto_workers (default: the node's default, NodeConfig)"

@@ -110,7 +110,11 @@ class NodeConfig(BaseModel):
     # PostgreSQL: connections this node (each of its worker processes) keeps open at most; budget
     # workers x this under the server's max_connections (docs/operations.md, "PostgreSQL").
     database_connections: Annotated[int, Field(ge=2, le=500)] = 15
-    batch_size: Annotated[int, Field(ge=1, le=1000)] = 100
+    # Items per push at most (and at most 32 MiB). What a push costs whatever its size (the request,
+    # its receipt statement's signature, the write jobs of its send and delivery, two audit entries)
+    # is shared by more bulletins under a backlog: 100 against 500 cost about 8% more CPU per
+    # bulletin end to end (bench/README.md, throughput.py). A short queue goes as it is.
+    batch_size: Annotated[int, Field(ge=1, le=1000)] = 500
     retry_base_seconds: float = 0.5
     retry_max_seconds: float = 60.0
     request_timeout_seconds: float = 30.0
