@@ -169,7 +169,7 @@ def _encryption_key(raw: bytes) -> EncryptionKey:
 
 def seal_one(ctx: Context, job: SealJob) -> Sealed:
     """Encrypt a post for its readers, sign it, and make its row (`Posting` stores it)."""
-    payload = canonical_json(job.bulletin.payload())
+    payload = job.bulletin.payload_bytes  # kept on the bulletin, for its row's summary below
     built = build_envelope_bytes(
         payload,
         job.bulletin.handling,

@@ -39,14 +39,41 @@ def search_text_of(content: Mapping[str, Any]) -> str:
     return "\n".join(parts).casefold().replace("\x00", "")
 
 
+_HEAD = b'{"attachments":'
+_BODY = b',"body":'
+
+
 def _derived(bulletin: Bulletin) -> dict[str, str]:
-    """`summary_of` and `search_text_of` the bulletin's content, made without copying the attachments."""
-    summary = bulletin.model_dump(mode="json", exclude={"handling", "body", "attachments"})
-    summary["attachments"] = [
-        {"name": a.name, "media_type": a.media_type, "size": a.size} for a in bulletin.attachments
-    ]
-    search = search_text_of({**summary, "body": bulletin.body})
-    return {"summary": canonical_json(summary).decode(), "search_text": search}
+    """`summary_of` and `search_text_of` the bulletin's content, made without copying the attachments
+    and, most of the time, without writing its members again (`_summary_from_payload`)."""
+    attachments = [{"name": a.name, "media_type": a.media_type, "size": a.size} for a in bulletin.attachments]
+    summary = _summary_from_payload(bulletin.payload_bytes, bulletin.body, attachments)
+    if summary is None:
+        members = bulletin.model_dump(mode="json", exclude={"handling", "body", "attachments"})
+        summary = canonical_json({**members, "attachments": attachments})
+    indicators = {name: getattr(bulletin.indicators, name) for name in type(bulletin.indicators).model_fields}
+    content = {"title": bulletin.title, "body": bulletin.body, "kind": bulletin.kind, "indicators": indicators}
+    return {"summary": summary.decode(), "search_text": search_text_of(content)}
+
+
+def _summary_from_payload(payload: bytes, body: str, attachments: list[dict[str, Any]]) -> bytes | None:
+    """The summary's canonical JSON cut from the payload's, or None if the payload is not laid out
+    as expected (then the caller writes it whole).
+
+    The payload is the canonical JSON of an object whose members are sorted: "attachments" first,
+    "body" next, then the others. The summary is the same object with the attachments replaced and
+    no body, so its canonical JSON is `{"attachments":` + the new attachments + what follows the
+    body's value. The first `,"body":` is the top-level member: inside a JSON string a quote is
+    always escaped, so a comma and a quote never meet there, and an attachment has no "body".
+    """
+    value = canonical_json(body)
+    start = payload.find(_BODY)
+    end = start + len(_BODY) + len(value)
+    if not payload.startswith(_HEAD) or start < 0 or payload[start + len(_BODY) : end] != value:
+        return None
+    if payload[end : end + 1] != b",":  # the body is the last member: never, expires and others follow
+        return None
+    return _HEAD + canonical_json(attachments) + payload[end:]
 
 
 def bulletin_row(env: Envelope, bid: str, bulletin: Bulletin, now: str) -> dict[str, Any]:
