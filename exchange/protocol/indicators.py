@@ -163,13 +163,17 @@ RULES: dict[str, tuple[str, Callable[[str], Why | None]]] = {
 }
 
 
+# Read once: `model_fields` on the class goes through a descriptor of pydantic's, a few µs a time.
+_MEMBERS = frozenset(Indicators.model_fields)
+
+
 def indicator_problems(indicators: Indicators) -> list[Problem]:
     """Every indicator that breaks its rule, in member order: for a form to show next to its field."""
     out = []
     for field, (noun, rule) in RULES.items():
         # A member the model lacks (`countries`) is skipped by name: pydantic's __getattr__ would
         # make and raise an AttributeError for it on every post.
-        if field not in Indicators.model_fields:
+        if field not in _MEMBERS:
             continue
         values: Iterable[str] = getattr(indicators, field)
         for value in values:
