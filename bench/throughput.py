@@ -1197,7 +1197,7 @@ async def main(args: argparse.Namespace) -> None:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--readers", default="2,10", help="channel sizes to run, comma-separated (default 2,10)")
-    p.add_argument("--count", type=int, default=2000, help="bulletins posted at A per run (default 2000)")
+    p.add_argument("--count", type=int, default=10_000, help="bulletins posted at A per run (default 10000)")
     p.add_argument("--warmup", type=int, default=50, help="bulletins posted and delivered before timing (default 50)")
     p.add_argument(
         "--layout", choices=["loop", "processes", "both"], default="both", help="loop, processes or both (default)"
@@ -1206,7 +1206,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--batch-size", type=int, default=None, help="node batch_size: envelopes per push (default: the node default)"
     )
-    p.add_argument("--concurrency", type=int, default=64, help="concurrent posters at A (default 64)")
+    p.add_argument("--concurrency", type=int, default=256, help="concurrent posters at A (default 256)")
     p.add_argument(
         "--crypto-workers", type=int, help="each node's crypto_workers (default: the node's default, NodeConfig)"
     )
