@@ -105,6 +105,18 @@ def as_bytes(value: Any) -> bytes:
     return value.encode("utf-8", "replace") if isinstance(value, str) else repr(value).encode()
 
 
+def page_leaves(page: Sequence[Any], first: int) -> list[bytes]:
+    """The leaf hashes of a page of (idx, leaf_hash) rows that should hold entries first, first + 1, ...:
+    cut at the first one that is missing or malformed."""
+    leaves = [raw if type(raw) is bytes else as_bytes(raw) for _, raw in page]
+    if [row[0] for row in page] == list(range(first, first + len(page))) and set(map(len, leaves)) <= {HASH_SIZE}:
+        return leaves
+    for n, (idx, _) in enumerate(page):
+        if idx != first + n or len(leaves[n]) != HASH_SIZE:
+            return leaves[:n]
+    return leaves
+
+
 def mentions(body: Mapping[str, Any], bulletin: str) -> bool:
     """Is this entry about `bulletin` (as the bulletin it records, or the outbox item it refused)?"""
     return bulletin in (body.get("bulletin"), body.get("ref"))

@@ -35,6 +35,7 @@ from exchange.audit.keeper import (
     as_bytes,
     checked_cosignatures,
     first_unmatched,
+    page_leaves,
     resumed_frontier,
     shorter_than_signed,
     unsigned_entry_problem,
@@ -44,7 +45,7 @@ from exchange.audit.tree import TreeLevels, consistency_path, inclusion_path
 from exchange.clock import cancel_and_wait, timestamp
 from exchange.crypto import SigningKey, VerifyKey
 from exchange.errors import AuditTampered, BadSignature, InvalidInput, NotFound
-from exchange.merkle import HASH_SIZE, Frontier
+from exchange.merkle import Frontier
 from exchange.service.audit.table import PAGE, cosignature_lines, keep_cosignature, rows, stream
 from exchange.store import AuditBuffer, Store, audit_checkpoints, audit_cosignatures, audit_log
 
@@ -61,18 +62,6 @@ _CHECKPOINT_COLUMNS = (
     audit_checkpoints.c.note,
     audit_checkpoints.c.at,
 )
-
-
-def _leaves(page: Sequence[Any], first: int) -> list[bytes]:
-    """The leaf hashes of a page of (idx, leaf_hash) rows that should hold entries first, first + 1, ...:
-    cut at the first one that is missing or malformed."""
-    leaves = [raw if type(raw) is bytes else as_bytes(raw) for _, raw in page]
-    if [row[0] for row in page] == list(range(first, first + len(page))) and set(map(len, leaves)) <= {HASH_SIZE}:
-        return leaves
-    for n, (idx, _) in enumerate(page):
-        if idx != first + n or len(leaves[n]) != HASH_SIZE:
-            return leaves[:n]
-    return leaves
 
 
 def _missing(index: int) -> AuditTampered:
@@ -231,7 +220,7 @@ class LogKeeper:
         roots = {lo: self._frontier.root()}
         async with contextlib.aclosing(stream(self.store, lo, latest.size, audit_log.c.leaf_hash)) as chunks:
             async for chunk in chunks:
-                leaves = _leaves(chunk, self._frontier.size)
+                leaves = page_leaves(chunk, self._frontier.size)
                 cut = len(leaves) < len(chunk)
                 while leaves:
                     stop = min(len(leaves), sizes[0] - self._frontier.size)
@@ -310,7 +299,7 @@ class LogKeeper:
                     for leaf in handed:
                         self._take(leaf)
                     continue
-                for leaf in _leaves(await rows(self.store, lo, min(target, lo + PAGE), audit_log.c.leaf_hash), lo):
+                for leaf in page_leaves(await rows(self.store, lo, min(target, lo + PAGE), audit_log.c.leaf_hash), lo):
                     self._take(leaf)
                 if self._frontier.size == lo or self._frontier.size < min(target, lo + PAGE):
                     raise _missing(self._frontier.size)
@@ -351,7 +340,7 @@ class LogKeeper:
         try:
             async with contextlib.aclosing(stream(self.store, 0, size, audit_log.c.leaf_hash)) as chunks:
                 async for chunk in chunks:
-                    leaves = _leaves(chunk, levels.size)
+                    leaves = page_leaves(chunk, levels.size)
                     await asyncio.to_thread(levels.extend, leaves)
                     if len(leaves) < len(chunk):
                         raise _missing(levels.size)
