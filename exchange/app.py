@@ -18,6 +18,7 @@ from exchange.crypto import strict_loads
 from exchange.errors import ConfigError, ExchangeError
 from exchange.keystore import (
     NodeKeyFiles,
+    RosterPin,
     load_authority_public,
     load_federation,
     read_file,
@@ -70,7 +71,7 @@ def build_app(config: NodeConfig) -> web.Application:
         v1 = _v1_trust(config)
         store = await Store.open(config.database_url, node=config.id, connections=config.database_connections)
         try:
-            roster = FederationRoster(store, v1=v1)
+            roster = FederationRoster(store, v1=v1, pin=RosterPin(config.keys_dir))
             fed, signed_roster = _runs_on(config, roster, await roster.load())
             _check_listed(config, roster, fed)
             me = fed.node(config.id)
@@ -256,7 +257,7 @@ async def local_roster(config: NodeConfig, *, create: bool = False) -> AsyncIter
         config.database_url, node=config.id, connections=config.database_connections, create=create
     )
     try:
-        roster = FederationRoster(store, v1=v1)
+        roster = FederationRoster(store, v1=v1, pin=RosterPin(config.keys_dir))
         await roster.load()
         yield roster
     finally:

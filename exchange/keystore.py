@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ TLS_KEY = "tls.key"
 TLS_CERT = "tls.crt"
 PRESENTED = "presented.crt"  # a copy of the certificate the node presents now
 PUBLIC = "public.json"
+ROSTER_PIN = "roster-pin.json"
 
 
 def write_private(path: Path, data: bytes, *, force: bool = False) -> None:
@@ -220,3 +222,46 @@ def read_provisioned_channels(folder: Path) -> list[list[ChannelEvent]]:
         data = path.read_bytes()
         out.append([ChannelEvent.model_validate(e) for e in strict_loads(data, min_values=len(data))])
     return out
+
+
+_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class RosterPin:
+    """The highest roster v2 version this node took, kept beside its keys, outside its database
+    (`roster-pin.json`: `{"version": n, "hash": "<64 hex>"}`). At start the node's stored chain must
+    reach that version with that hash (exchange.service.federation): a database rolled back to an
+    older chain, which may still trust a node since revoked, or given another chain, is refused
+    rather than trusted. A lower bound: written after the version is stored, never lowered."""
+
+    keys_dir: Path
+
+    @property
+    def path(self) -> Path:
+        return self.keys_dir / ROSTER_PIN
+
+    def read(self) -> tuple[int, str] | None:
+        """The pinned (version, hash), or None if nothing is pinned yet."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            doc = strict_loads(raw)
+            version, digest = doc["version"], doc["hash"]
+        except (InvalidInput, KeyError, TypeError) as exc:
+            raise ConfigError(f"{self.path} is not a roster pin: {exc}") from exc
+        if type(version) is not int or version < 1 or not isinstance(digest, str) or not _HASH.fullmatch(digest):
+            raise ConfigError(f'{self.path} is not a roster pin: expected {{"version": n, "hash": "<64 hex>"}}')
+        return version, digest
+
+    def write(self, version: int, digest: str) -> None:
+        """Pin `version` unless a later one is pinned already; the file is replaced whole."""
+        pinned = self.read()
+        if pinned is not None and pinned[0] >= version:
+            return
+        tmp = self.path.with_name(ROSTER_PIN + ".tmp")
+        self.keys_dir.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(json.dumps({"version": version, "hash": digest}).encode() + b"\n")
+        os.replace(tmp, self.path)

@@ -33,6 +33,7 @@ from exchange.errors import (
     RosterRefused,
     RosterRollback,
 )
+from exchange.keystore import RosterPin
 from exchange.protocol.roster import Federation
 from exchange.protocol.roster2_model import MAX_ROSTER_BYTES, SignedRosterV2, roster_values
 from exchange.protocol.rosterchain import (
@@ -46,7 +47,7 @@ from exchange.protocol.rosterchain import (
 from exchange.protocol.rostermigration import check_migration
 from exchange.protocol.rosterview import federation_view, roster_view
 from exchange.service.refusal_budget import RefusalBudget
-from exchange.service.roster_restore import restore_chain
+from exchange.service.roster_restore import check_pin, restore_chain
 from exchange.store import AuditBuffer, Store
 from exchange.store.tables import roster_versions
 
@@ -140,9 +141,11 @@ class FederationRoster:
         v1: V1Trust | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
         budget: RefusalBudget | None = None,
+        pin: RosterPin | None = None,
     ) -> None:
         self.store = store
         self.v1 = v1
+        self.pin = pin  # the highest version taken, kept outside the database (check_pin)
         self._clock = clock
         self._budget = budget or RefusalBudget()
         self._held: TrustedRoster | None = None
@@ -156,6 +159,8 @@ class FederationRoster:
         expiry (6a.6: an expired one is kept, and the node refuses traffic until a fresh one)."""
         async with self.store.read() as conn:
             self._held = await restore_chain(conn)
+            if self.pin is not None:
+                await check_pin(conn, self._held, self.pin)
         return self._held
 
     async def reload(self) -> bool:
@@ -283,6 +288,8 @@ class FederationRoster:
             if added:
                 await self._persist(held, added, now)  # 1. persist
                 self._held = new  # 2. install, in one assignment
+                if self.pin is not None:
+                    self.pin.write(new.version, new.hash)
                 self._view = (new, view) if view is not None else None
                 entry: RosterInstalled = {  # 3. audit
                     "event": "roster.installed",
@@ -318,6 +325,8 @@ class FederationRoster:
             if held is not None and top.version == held.version:
                 raise ConfigError(f"the stored roster version {top.version} is not the one this node holds")
             self._held = await restore_chain(conn, held)
+            if self.pin is not None and self._held is not None:
+                self.pin.write(self._held.version, self._held.hash)
         return self._held
 
     def _decide(

@@ -1,6 +1,7 @@
 """A node's roster chain read back from its database (exchange.service.federation): every stored
 version checked against the one before it, so that the database alone cannot make the node trust
-keys and pins no authority signed for."""
+keys and pins no authority signed for; and reaching the version the node pinned outside it
+(`check_pin`), so that the database alone cannot take it back to an older chain either."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.errors import InvalidInput, RosterRefused, StoredRosterInvalid
+from exchange.keystore import RosterPin
 from exchange.protocol.rosterchain import TrustedRoster, parse_roster_v2
 from exchange.store.tables import roster_versions
 
@@ -43,4 +45,32 @@ async def restore_chain(conn: AsyncConnection, held: TrustedRoster | None = None
     return trusted
 
 
-__all__ = ["restore_chain"]
+async def check_pin(conn: AsyncConnection, held: TrustedRoster | None, pin: RosterPin) -> None:
+    """The chain `held` was restored from must reach the version this node pinned (`RosterPin`),
+    with the pinned hash, else StoredRosterInvalid: the database was rolled back to an older chain
+    (which may still trust a node revoked since) or given another one. Then the held version is
+    pinned, if later (or first: a node's first start with a pin pins what its database holds)."""
+    pinned = pin.read()
+    if pinned is not None:
+        version, digest = pinned
+        fix = (
+            f"restore the database from a backup taken after version {version}; or, if this database is the "
+            f"one to trust, remove {pin.path} (the node then pins what it holds and takes newer versions "
+            "from its partners)"
+        )
+        if held is None or held.version < version:
+            top = f"version {held.version}" if held is not None else "no version"
+            raise StoredRosterInvalid(
+                f"the database holds roster {top}, but this node took version {version} ({pin.path}): {fix}"
+            )
+        stored = await conn.scalar(sa.select(roster_versions.c.hash).where(roster_versions.c.version == version))
+        if stored != digest:
+            raise StoredRosterInvalid(
+                f"the database's roster version {version} is not the one this node took (hash {digest}, "
+                f"{pin.path}): its chain was replaced; {fix}"
+            )
+    if held is not None:
+        pin.write(held.version, held.hash)
+
+
+__all__ = ["check_pin", "restore_chain"]
