@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,21 +250,38 @@ class RosterPin:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return None
+        fix = "restore it from the keys' backup, or remove it (the node then pins what its database holds)"
         try:
             doc = strict_loads(raw)
             version, digest = doc["version"], doc["hash"]
         except (InvalidInput, KeyError, TypeError) as exc:
-            raise ConfigError(f"{self.path} is not a roster pin: {exc}") from exc
+            raise ConfigError(f"{self.path} is not a roster pin ({exc}): {fix}") from exc
         if type(version) is not int or version < 1 or not isinstance(digest, str) or not _HASH.fullmatch(digest):
-            raise ConfigError(f'{self.path} is not a roster pin: expected {{"version": n, "hash": "<64 hex>"}}')
+            raise ConfigError(f'{self.path} is not a roster pin (not {{"version": n, "hash": "<64 hex>"}}): {fix}')
         return version, digest
 
     def write(self, version: int, digest: str) -> None:
-        """Pin `version` unless a later one is pinned already; the file is replaced whole."""
-        pinned = self.read()
-        if pinned is not None and pinned[0] >= version:
-            return
-        tmp = self.path.with_name(ROSTER_PIN + ".tmp")
+        """Pin `version` unless a later one is pinned already. Under a lock on the keys folder (the
+        workers of one node share it), the file is written whole to a temporary file of its own,
+        synced, and renamed over the pin: a crash leaves the old pin or the new one."""
         self.keys_dir.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(json.dumps({"version": version, "hash": digest}).encode() + b"\n")
-        os.replace(tmp, self.path)
+        lock = os.open(self.keys_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            pinned = self.read()
+            if pinned is not None and pinned[0] >= version:
+                return
+            fd, tmp = tempfile.mkstemp(prefix=ROSTER_PIN + ".", dir=self.keys_dir)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(json.dumps({"version": version, "hash": digest}).encode() + b"\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            os.fsync(lock)  # the rename, in the folder
+        finally:
+            os.close(lock)

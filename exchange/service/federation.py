@@ -47,7 +47,7 @@ from exchange.protocol.rosterchain import (
 from exchange.protocol.rostermigration import check_migration
 from exchange.protocol.rosterview import federation_view, roster_view
 from exchange.service.refusal_budget import RefusalBudget
-from exchange.service.roster_restore import check_pin, restore_chain
+from exchange.service.roster_restore import keep_pin, restore_chain
 from exchange.store import AuditBuffer, Store
 from exchange.store.tables import roster_versions
 
@@ -158,10 +158,16 @@ class FederationRoster:
         """Read back the highest version stored, with the checks of a first version but not its
         expiry (6a.6: an expired one is kept, and the node refuses traffic until a fresh one)."""
         async with self.store.read() as conn:
-            self._held = await restore_chain(conn)
-            if self.pin is not None:
-                await check_pin(conn, self._held, self.pin)
+            self._held = await restore_chain(conn, first=self._first, pin=self.pin)
+        keep_pin(self.pin, self._held)
         return self._held
+
+    def _first(self, signed: SignedRosterV2) -> TrustedRoster:
+        """The first stored version: on a node of release 0.1.0, the migration of its v1 roster (a
+        database given another chain is refused); else as stored (the pin guards it)."""
+        if self.v1 is not None:
+            return check_migration(self.v1.fed, self.v1.authority, signed)
+        return TrustedRoster.restore(signed)
 
     async def reload(self) -> bool:
         """Take the highest stored version if another process (`exchange roster import` beside the
@@ -288,8 +294,6 @@ class FederationRoster:
             if added:
                 await self._persist(held, added, now)  # 1. persist
                 self._held = new  # 2. install, in one assignment
-                if self.pin is not None:
-                    self.pin.write(new.version, new.hash)
                 self._view = (new, view) if view is not None else None
                 entry: RosterInstalled = {  # 3. audit
                     "event": "roster.installed",
@@ -302,6 +306,7 @@ class FederationRoster:
                     "source": source,
                 }
                 await self.store.audit(entry)
+                keep_pin(self.pin, new)  # 4. pin
                 log.info("roster version %d installed (%s), from %d", new.version, new.hash, before)
             return Imported(before, new.version, new.hash, new.roster.expires, len(added))
 
@@ -324,9 +329,8 @@ class FederationRoster:
                 raise ConfigError(f"the database holds roster version {top.version}, below {held.version}")
             if held is not None and top.version == held.version:
                 raise ConfigError(f"the stored roster version {top.version} is not the one this node holds")
-            self._held = await restore_chain(conn, held)
-            if self.pin is not None and self._held is not None:
-                self.pin.write(self._held.version, self._held.hash)
+            self._held = await restore_chain(conn, held, first=self._first)
+            keep_pin(self.pin, self._held)
         return self._held
 
     def _decide(

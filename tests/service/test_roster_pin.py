@@ -1,8 +1,9 @@
 """The roster pin (`RosterPin`, exchange.keystore): the highest roster version a node took, kept
-beside its keys, outside its database. Someone who can write the database alone cannot take the
-node back to an older chain (one that still trusts a node revoked since) or give it another chain
-of their own making: the node does not start, and one line says why and what to do. Both
-databases.
+beside its keys, outside its database. Someone who can write the database alone cannot take a
+pinned node back to an older chain (one that still trusts a node revoked since) or give it another
+chain of their own making: the node does not start, and one line says why and what to do. A node
+of release 0.1.0, which has no pin before its first version, takes only the migration of its v1
+roster as the first stored version. Both databases.
 
 The versions are the golden ones of tests/vectors/roster-v2.json (a 2-of-3 authority).
 """
@@ -20,14 +21,17 @@ import sqlalchemy as sa
 from exchange import errors
 from exchange.crypto import canonical_json
 from exchange.keystore import RosterPin
+from exchange.protocol.roster import Federation
 from exchange.protocol.roster2_model import SignedRosterV2
-from exchange.protocol.rosterchain import roster_hash, sign_roster_v2
+from exchange.protocol.rosterchain import TrustedRoster, roster_hash, sign_roster_v2
 from exchange.protocol.rostermigration import authority
-from exchange.service.federation import FederationRoster
+from exchange.service.federation import FederationRoster, V1Trust
+from exchange.service.roster_restore import keep_pin
 from exchange.store import Store
 from exchange.store.tables import roster_versions
-from tests.protocol.test_roster_chain import CHAIN
+from tests.protocol.test_roster_chain import CHAIN, V1_FORMAT
 from tests.service.test_federation_roster import NOW, as_file
+from tests.vectors import make_roster_vectors as mrv
 from tests.vectors.make_roster_vectors import alter
 from tests.vectors.make_vectors import signing_key
 
@@ -146,3 +150,52 @@ async def test_a_pin_file_that_is_not_a_pin_is_a_clear_error(tmp_path: Path) -> 
         pin.path.write_bytes(bad)
         with pytest.raises(errors.ConfigError, match="is not a roster pin"):
             pin.read()
+
+
+async def test_a_v1_node_with_no_version_refuses_a_stored_chain_that_is_not_its_migration(
+    store: Store, tmp_path: Path
+) -> None:
+    """A node of release 0.1.0 (a v1 roster file) has no pin until it takes a version: a chain
+    written into its database by hand must start with the migration of its v1 roster, as an
+    import must, or the node would trust (and then pin) an authority of the writer's own."""
+    v1_key = signing_key(mrv.V1_AUTHORITY).verify_key
+    v1 = V1Trust(Federation.verify(V1_FORMAT, v1_key), v1_key)
+    attacker = signing_key("attacker/ed25519")
+    doc = alter(CHAIN[1].roster, authority=authority([("attacker", attacker.verify_key)], 1).model_dump())
+    forged = SignedRosterV2(roster=doc, signatures=[sign_roster_v2(doc, attacker)])
+
+    async def plant(conn: Any) -> None:
+        row = {
+            "version": 1,
+            "hash": roster_hash(doc),
+            "signed": canonical_json(forged.model_dump(mode="json")),
+            "installed_at": "2026-12-04T00:00:00.000Z",
+        }
+        await conn.execute(sa.insert(roster_versions).values(**row))
+
+    await edit(store, plant)
+    pin = pinned(tmp_path)
+    roster = FederationRoster(store, v1=v1, clock=lambda: NOW, pin=pin)
+    with pytest.raises(errors.StoredRosterInvalid, match="stored roster version 1 does not verify"):
+        await roster.load()
+    assert pin.read() is None  # nothing of it pinned
+
+    async def unplant(conn: Any) -> None:
+        await conn.execute(sa.delete(roster_versions))
+
+    await edit(store, unplant)
+    await roster.load()
+    await roster.import_chain(as_file(1, 2))  # its real migration, then the chain: taken and pinned
+    again = FederationRoster(store, v1=v1, clock=lambda: NOW, pin=pin)
+    await again.load()
+    assert again.held is not None and again.held.version == 2 and pin.read() == (2, roster_hash(CHAIN[2].roster))
+
+
+def test_a_pin_that_cannot_be_written_is_logged_not_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The version is stored and installed before it is pinned: a keys folder that cannot be
+    written leaves the pin behind (a lower bound), and says so, rather than failing the import."""
+    blocked = tmp_path / "keys"
+    blocked.write_text("a file where the keys folder should be")
+    held = TrustedRoster.restore(CHAIN[1])
+    keep_pin(RosterPin(blocked), held)
+    assert "could not be written" in caplog.text
