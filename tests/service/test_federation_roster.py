@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -38,18 +37,6 @@ def as_file(*versions: int) -> bytes:
     """Versions of the recorded chain as a file: one signed roster, or a JSON array of them."""
     docs = [CHAIN[v].model_dump(mode="json") for v in versions]
     return json.dumps(docs[0] if len(docs) == 1 else docs, indent=2).encode()
-
-
-@pytest.fixture
-async def url(tmp_path: Path, database: Callable[[str], Awaitable[str]]) -> str:
-    return await database("roster") or f"sqlite+aiosqlite:///{tmp_path / 'roster.db'}"
-
-
-@pytest.fixture
-async def store(url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(url)
-    yield opened
-    await opened.close()
 
 
 async def stored(store: Store) -> list[tuple[int, str, bytes]]:

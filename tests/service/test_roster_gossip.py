@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,13 +23,6 @@ from exchange.store import Store
 from tests.conftest import eventually
 from tests.protocol.test_roster_chain import CHAIN
 from tests.service.test_federation_roster import as_file, audited, equivocating, holding, stored, under_threshold
-
-
-@pytest.fixture
-async def store(tmp_path: Path, database: Callable[[str], Awaitable[str]]) -> AsyncIterator[Store]:
-    opened = await Store.open(await database("gossip") or f"sqlite+aiosqlite:///{tmp_path / 'gossip.db'}")
-    yield opened
-    await opened.close()
 
 
 class Peer:

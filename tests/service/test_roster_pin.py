@@ -11,7 +11,7 @@ The versions are the golden ones of tests/vectors/roster-v2.json (a 2-of-3 autho
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +34,6 @@ from tests.service.test_federation_roster import NOW, as_file
 from tests.vectors import make_roster_vectors as mrv
 from tests.vectors.make_roster_vectors import alter
 from tests.vectors.make_vectors import signing_key
-
-
-@pytest.fixture
-async def url(tmp_path: Path, database: Callable[[str], Awaitable[str]]) -> str:
-    return await database("pin") or f"sqlite+aiosqlite:///{tmp_path / 'pin.db'}"
-
-
-@pytest.fixture
-async def store(url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(url)
-    yield opened
-    await opened.close()
 
 
 def pinned(tmp_path: Path) -> RosterPin:

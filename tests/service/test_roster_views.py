@@ -14,8 +14,7 @@ import base64
 import datetime as dt
 import json
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -35,13 +34,6 @@ from tests.vectors.make_vectors import signing_key
 
 MADE = dt.datetime(2025, 5, 1, tzinfo=dt.UTC)
 ISSUED, EXPIRES = "2025-05-10T00:00:00.000Z", "2025-12-01T00:00:00.000Z"
-
-
-@pytest.fixture
-async def store(tmp_path: Path, database: Callable[[str], Awaitable[str]]) -> AsyncIterator[Store]:
-    opened = await Store.open(await database("views") or f"sqlite+aiosqlite:///{tmp_path / 'views.db'}")
-    yield opened
-    await opened.close()
 
 
 def der_with(names: int) -> bytes:
