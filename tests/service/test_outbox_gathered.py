@@ -252,7 +252,7 @@ async def test_the_gathered_read_answers_each_ask_as_a_read_of_its_queue_alone(
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # with workers, leases and polls part the reads
 async def test_one_post_to_five_readers_costs_one_read_and_one_mark(
-    federation: tuple[dict[str, NodeService], StealingTransport],
+    federation: tuple[dict[str, NodeService], StealingTransport], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """End to end on SQLite (with workers, leases and polls make reads arrive apart): the five
     senders one post wakes read the queue in one statement, not one (or three) each."""
@@ -266,6 +266,10 @@ async def test_one_post_to_five_readers_costs_one_read_and_one_mark(
 
     await post(a, "warm-up")
     await eventually(delivered, what="the warm-up's delivery")
+    # A reader's request to the author (a catch-up pull, an audit round) wakes the author's sender
+    # for it, which reads its (empty) queue: under load such a read fell into the measured window
+    # (CI, once). Only the post's wake is measured here.
+    monkeypatch.setattr(a.outbox, "peer_seen", lambda peer, *, tell=True: None)
     with statements(a) as seen:
         bid = await post(a, "measured")
         await eventually(delivered, what="delivery to the five readers")
