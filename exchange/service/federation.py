@@ -145,7 +145,7 @@ class FederationRoster:
     ) -> None:
         self.store = store
         self.v1 = v1
-        self.pin = pin  # the highest version taken, kept outside the database (check_pin)
+        self.pin = pin  # the highest version taken, kept outside the database (restore_chain, keep_pin)
         self._clock = clock
         self._budget = budget or RefusalBudget()
         self._held: TrustedRoster | None = None
@@ -163,8 +163,9 @@ class FederationRoster:
         return self._held
 
     def _first(self, signed: SignedRosterV2) -> TrustedRoster:
-        """The first stored version: on a node of release 0.1.0, the migration of its v1 roster (a
-        database given another chain is refused); else as stored (the pin guards it)."""
+        """The first version, imported or stored: on a node of release 0.1.0, the migration of its
+        v1 roster (a database given another chain is refused); else on its own authority (taken on
+        trust as given; once stored, the pin guards it)."""
         if self.v1 is not None:
             return check_migration(self.v1.fed, self.v1.authority, signed)
         return TrustedRoster.restore(signed)
@@ -361,13 +362,7 @@ class FederationRoster:
         now: dt.datetime,
     ) -> tuple[TrustedRoster, list[SignedRosterV2]]:
         if held is None:
-            first = offered[0]
-            trusted = (
-                check_migration(self.v1.fed, self.v1.authority, first)
-                if self.v1 is not None
-                else TrustedRoster.restore(first)
-            )
-            new = accept_first(trusted, offered[1:], now)
+            new = accept_first(self._first(offered[0]), offered[1:], now)
             return new, _newer(offered, 0)
         if offered[-1].roster.version >= held.version:
             # A whole history may be offered: the versions before the held one are left out once
