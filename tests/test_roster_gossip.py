@@ -35,12 +35,13 @@ from exchange.keystore import NodeKeyFiles, read_file
 from exchange.model import NodeId, SignedRoster
 from exchange.node.tls import client_context
 from exchange.protocol.roster2_model import RosterV2, SignedRosterV2
-from exchange.protocol.rosterchain import combine, sign_roster_v2
+from exchange.protocol.rosterchain import combine, roster_hash, sign_roster_v2
 from exchange.protocol.rostermigration import admit, authority, from_v1, propose, sign_join_request
 from exchange.provision import InitReport, sample_users
 from exchange.service.gossip import ROSTER_PATH
 from exchange.store import audit_log, bulletins
 from tests.conftest import DEFAULT_NODES, Federation, MakeFederation, Member, eventually, free_port
+from tests.node.test_metrics import samples, scrape
 
 NOTE = {"kind": "alert", "title": "Undeclared lithium batteries", "body": "AWB 176-12345675"}
 THREE = {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs", "gb-avsec")}
@@ -348,3 +349,49 @@ async def test_a_revoked_node_is_cut_off_its_queue_cancelled_and_removed_from_ch
     assert not await holds(ke, after["id"])
     held = ke.service.roster.held
     assert held is not None and held.version == 1
+
+
+async def test_two_nodes_given_two_versions_with_one_number_each_find_the_fork_from_the_other(
+    make_federation: MakeFederation,
+) -> None:
+    """The authority signs two different versions 2 (a split view: each node is shown its own).
+    Both nodes run on theirs, so no pull ever happens (neither is behind); the hash beside the
+    version in every federation request and answer (6a.11) makes each ask the other for its copy,
+    refuse it as an equivocation with both hashes audited, and show the fork in its roster's
+    status and its metrics. Neither installs the other's version."""
+    fed = await make_federation(start=False)
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    auth = Authority.of(fed)
+    version1 = auth.migration()
+    expires = version1.roster.expires
+    one = auth.sign(propose(version1.roster, timestamp(), expires))
+    other = auth.sign(propose(version1.roster, timestamp(utc_now() + dt.timedelta(seconds=1)), expires))
+    for member, two in ((nl, one), (ke, other)):
+        await import_at(member.config, version1, two)
+        await fed.start(member.id)
+    hashes = {nl.id: roster_hash(one.roster), ke.id: roster_hash(other.roster)}
+    assert hashes[nl.id] != hashes[ke.id]
+
+    async def refused(member: Member) -> list[dict[str, Any]]:
+        return [e for e in await audited(member, "roster.refused") if e["error"] == "RosterEquivocation"]
+
+    def forked(member: Member) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:  # recorded, then audited
+            return 2 in member.service.roster.equivocations and bool(await refused(member))
+
+        return check
+
+    for member, peer in ((nl, ke), (ke, nl)):
+        await eventually(forked(member), timeout=CONVERGE, what=f"the fork seen at {member.id}")
+        assert member.service.roster.equivocations[2] == (hashes[member.id], hashes[peer.id], f"peer:{peer.id}")
+        held = member.service.roster.held
+        assert held is not None and held.hash == hashes[member.id]  # its own version, still
+        entries = await refused(member)
+        assert (entries[-1]["held_hash"], entries[-1]["offered_hash"]) == (
+            hashes[member.id],
+            hashes[peer.id],
+        )
+        status = member.service.roster.status()
+        assert status is not None and status.warning is not None and hashes[peer.id] in status.warning
+        code, text = await scrape(member)
+        assert code == 200 and samples(text)[("exchange_roster_equivocations", ())] == 1

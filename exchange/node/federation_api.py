@@ -16,7 +16,15 @@ from exchange.model import NodeId
 from exchange.node.bodies import CATCHUP_LIMIT, MAX_BATCH
 from exchange.node.tls import peer_identity
 from exchange.protocol.receipt_batches import BATCHES, RECEIPT_FORM_HEADER, batch_form
-from exchange.service.gossip import OFFER_BYTES, ROSTER_HEADER, ROSTER_PATH, header_version, offer_source
+from exchange.service.gossip import (
+    OFFER_BYTES,
+    ROSTER_HASH_HEADER,
+    ROSTER_HEADER,
+    ROSTER_PATH,
+    header_hash,
+    header_version,
+    offer_source,
+)
 
 # The transaction body: what a sender's batch can need (exchange.service.outbox keeps a batch
 # under MAX_TRANSACTION_BYTES, 32 MiB), plus room for the JSON around the items.
@@ -139,11 +147,11 @@ async def roster_gossip(request: web.Request, handler: Handler) -> web.StreamRes
         return await handler(request)
     response = await handler(request)
     if not response.prepared:
-        response.headers[ROSTER_HEADER] = str(service.gossip.version())
+        response.headers.update(service.gossip.headers())
     version = header_version(request.headers.get(ROSTER_HEADER))
     peer = request.get(PEER)
     if version is not None and peer is not None:
-        service.gossip.seen(peer, version)
+        service.gossip.seen(peer, version, header_hash(request.headers.get(ROSTER_HASH_HEADER)))
     return response
 
 

@@ -153,6 +153,11 @@ class _Snapshot(Collector):
                 "When the held roster expires (Unix time)",
                 value=s.roster_expires,
             )
+        yield GaugeMetricFamily(
+            "exchange_roster_equivocations",
+            "Roster versions seen signed twice by the authority since the node started (a fork: alert)",
+            value=s.roster_equivocations,
+        )
 
 
 async def metrics(request: web.Request) -> web.Response:

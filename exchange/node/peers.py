@@ -23,7 +23,14 @@ from exchange.model import NodeId, RosterNode
 from exchange.node.tls import peer_context
 from exchange.protocol.receipt_batches import BATCHES, RECEIPT_FORM_HEADER
 from exchange.protocol.roster import Federation
-from exchange.service.gossip import ROSTER_HEADER, ROSTER_PATH, RosterGossip, header_version
+from exchange.service.gossip import (
+    ROSTER_HASH_HEADER,
+    ROSTER_HEADER,
+    ROSTER_PATH,
+    RosterGossip,
+    header_hash,
+    header_version,
+)
 
 # The most of a partner's answer this node reads: above the largest a node gives (a roster page,
 # gossip.PAGE_BYTES = 64 MiB; a catch-up page, 32 MiB; an epoch page, 32 MiB and one record past
@@ -161,7 +168,7 @@ class HttpTransport:
         task.add_done_callback(self._closing.discard)
 
     def _headers(self) -> dict[str, str]:
-        return {ROSTER_HEADER: str(self._gossip.version())} if self._gossip is not None else {}
+        return self._gossip.headers() if self._gossip is not None else {}
 
     def _partner(self, node: str) -> tuple[aiohttp.ClientSession, str]:
         if node not in self._sessions:
@@ -171,7 +178,7 @@ class HttpTransport:
     def _observe(self, node: str, resp: aiohttp.ClientResponse) -> None:
         version = header_version(resp.headers.get(ROSTER_HEADER))
         if version is not None and self._gossip is not None:
-            self._gossip.seen(node, version)
+            self._gossip.seen(node, version, header_hash(resp.headers.get(ROSTER_HASH_HEADER)))
 
     async def fetch(self, node: NodeId, path: str) -> Any:
         return await self._request(node, "GET", path, None)

@@ -443,3 +443,22 @@ def _pem_body(pem: bytes) -> bytes:
         return base64.b64decode(b"".join(line for line in lines if not line.startswith(b"-----")), validate=True)
     except binascii.Error as exc:
         raise InvalidInput("not a PEM certificate") from exc
+
+
+def equivocating_hash(exc: Exception, held: TrustedRoster | None, offered: list[SignedRosterV2]) -> str | None:
+    """In an equivocation refused, the hash of the other version with the held one's number."""
+    if not isinstance(exc, RosterEquivocation) or held is None:
+        return None
+    hashes = (roster_hash(s.roster) for s in offered if s.roster.version == held.version)
+    return next((h for h in hashes if h != held.hash), None)
+
+
+def newer_versions(chain: list[SignedRosterV2], than: int) -> list[SignedRosterV2]:
+    """The versions of an accepted chain above `than`, each once: its first copy, the one whose
+    signatures `TrustedRoster.accept` checked. (A later copy of the same document is taken
+    without a check, as nothing changes, so its signatures may not count: it is never kept.)"""
+    first: dict[int, SignedRosterV2] = {}
+    for signed in chain:
+        if signed.roster.version > than:
+            first.setdefault(signed.roster.version, signed)
+    return list(first.values())

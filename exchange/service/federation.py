@@ -29,7 +29,6 @@ from exchange.errors import (
     Conflict,
     InvalidInput,
     NotFound,
-    RosterEquivocation,
     RosterRefused,
     RosterRollback,
 )
@@ -41,6 +40,8 @@ from exchange.protocol.rosterchain import (
     TrustedRoster,
     accept_chain,
     accept_first,
+    equivocating_hash,
+    newer_versions,
     parse_roster_v2,
     roster_hash,
 )
@@ -77,7 +78,7 @@ class RosterStatus:
     threshold: int
     holders: tuple[str, ...]
     nodes: dict[str, int]  # how many nodes are active, suspended, revoked
-    warning: str | None  # when it has expired, or expires within EXPIRY_WARNING
+    warning: str | None  # an equivocation seen; else when it has expired, or expires within EXPIRY_WARNING
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,9 @@ class FederationRoster:
         self._held: TrustedRoster | None = None
         self._view: tuple[TrustedRoster, Federation] | None = None
         self._lock = asyncio.Lock()
+        # version -> (the hash held, the other hash, who offered it): two versions with one number
+        # signed by the authority, seen since the node started (its evidence is audited)
+        self.equivocations: dict[int, tuple[str, str, str]] = {}
 
     # -- the held version ------------------------------------------------------------------
 
@@ -207,7 +211,12 @@ class FederationRoster:
         counts = {s: len(held.node_ids(s)) for s in ("active", "suspended", "revoked")}
         left = held.expires_at - self._clock()
         warning = None
-        if left <= dt.timedelta(0):
+        if forked := self.equivocations.get(doc.version):
+            warning = (
+                f"the authority signed two roster versions {doc.version}: {held.hash} held here, {forked[1]} "
+                f"at {forked[2]}; ask the authority which is genuine"
+            )
+        elif left <= dt.timedelta(0):
             warning = f"roster version {doc.version} has expired: import a fresh version"
         elif left <= EXPIRY_WARNING:
             warning = f"roster version {doc.version} expires in {left.days} days: import a fresh version before"
@@ -363,7 +372,7 @@ class FederationRoster:
     ) -> tuple[TrustedRoster, list[SignedRosterV2]]:
         if held is None:
             new = accept_first(self._first(offered[0]), offered[1:], now)
-            return new, _newer(offered, 0)
+            return new, newer_versions(offered, 0)
         if offered[-1].roster.version >= held.version:
             # A whole history may be offered: the versions before the held one are left out once
             # they are found to be the ones stored (an unknown one is not this node's to judge).
@@ -376,7 +385,7 @@ class FederationRoster:
                     )
             offered = [s for s in offered if s.roster.version >= held.version]
         new = accept_chain(held, offered, now)
-        return new, _newer(offered, held.version)
+        return new, newer_versions(offered, held.version)
 
     async def _persist(self, held: TrustedRoster | None, added: list[SignedRosterV2], now: dt.datetime) -> None:
         rows = [
@@ -412,6 +421,10 @@ class FederationRoster:
         source: str,
         now: dt.datetime,
     ) -> None:
+        other = equivocating_hash(exc, held, offered)
+        if other is not None and held is not None:  # kept whatever the budget: the status shows it
+            self.equivocations[held.version] = (held.hash, other, source[:64])
+            log.error("roster version %d signed twice: %s held, %s from %s", held.version, held.hash, other, source)
         suppressed = self._budget.admit(source, now)
         if suppressed is None:
             return
@@ -424,12 +437,8 @@ class FederationRoster:
             "source": source[:64],
             "detail": " ".join(exc.detail.split())[:MAX_DETAIL],
         }
-        if isinstance(exc, RosterEquivocation) and held is not None:
-            other = next(
-                (s for s in offered if s.roster.version == held.version and roster_hash(s.roster) != held.hash), None
-            )
-            if other is not None:  # the evidence: two hashes of one version, both signed by its authority
-                entry["held_hash"], entry["offered_hash"] = held.hash, roster_hash(other.roster)
+        if other is not None and held is not None:  # the evidence: two hashes of one version, both signed
+            entry["held_hash"], entry["offered_hash"] = held.hash, other
         if suppressed:
             entry["suppressed"] = suppressed
         await self.store.audit(entry)
@@ -458,17 +467,6 @@ def _parse_chain(blobs: Sequence[bytes], max_versions: int = MAX_CHAIN + 1) -> l
     if not chain:
         raise InvalidInput("no roster version to import")
     return sorted(chain, key=lambda s: s.roster.version)
-
-
-def _newer(chain: list[SignedRosterV2], than: int) -> list[SignedRosterV2]:
-    """The versions of an accepted chain above `than`, each once: its first copy, the one whose
-    signatures `TrustedRoster.accept` checked. (A later copy of the same document is taken
-    without a check, as nothing changes, so its signatures may not count: it is never kept.)"""
-    first: dict[int, SignedRosterV2] = {}
-    for signed in chain:
-        if signed.roster.version > than:
-            first.setdefault(signed.roster.version, signed)
-    return list(first.values())
 
 
 async def _hashes(conn: AsyncConnection, below: int) -> dict[int, str]:

@@ -28,7 +28,15 @@ from typing import Any
 
 from exchange.clock import cancel_and_wait, stop_requested
 from exchange.crypto import canonical_json
-from exchange.errors import ExchangeError, InvalidInput, PeerError, RateLimited, RequestTimeout, RosterBehind
+from exchange.errors import (
+    ExchangeError,
+    InvalidInput,
+    PeerError,
+    RateLimited,
+    RequestTimeout,
+    RosterBehind,
+    RosterChainBroken,
+)
 from exchange.model import NodeId
 from exchange.protocol.roster import Federation
 from exchange.protocol.roster2_model import MAX_ROSTER_BYTES
@@ -39,6 +47,7 @@ from exchange.service.transport import PeerTransport
 log = logging.getLogger("exchange.roster")
 
 ROSTER_HEADER = "Exchange-Roster-Version"
+ROSTER_HASH_HEADER = "Exchange-Roster-Hash"  # the held version's hash (6a.2), beside its number
 ROSTER_PATH = "/fed/v1/roster"
 PAGE_VERSIONS = 32  # versions in one answer to a pull; a node further behind pulls again
 PAGE_BYTES = 4 * MAX_ROSTER_BYTES  # and about as many bytes as one import takes, at least one version
@@ -58,6 +67,13 @@ def header_version(value: str | None) -> int | None:
     if value is None or not value.isascii() or not value.isdigit() or len(value) > 12:
         return None
     return int(value)
+
+
+def header_hash(value: str | None) -> str | None:
+    """The hash a peer's `Exchange-Roster-Hash` header names (64 lowercase hex), or None."""
+    if value is None or len(value) != 64 or not all(c in "0123456789abcdef" for c in value):
+        return None
+    return value
 
 
 def offer_source(peer: NodeId | None, address: str | None) -> str:
@@ -106,6 +122,9 @@ class RosterGossip:
         self._named: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._announced = 0  # the version last announced
+        # (peer, version): a peer whose chain differs from this node's at that version, asked once
+        # for its copy (`_compare`), which an import then judges (RosterEquivocation, audited)
+        self._compared: set[tuple[str, int]] = set()
 
     def version(self) -> int:
         """The version this node holds (0 before its first), for the header of every request and answer."""
@@ -116,10 +135,21 @@ class RosterGossip:
         """Given by NodeService when it starts: how to reach peers, and how to install a version."""
         self._transport, self._install = transport, install
 
+    def headers(self) -> dict[str, str]:
+        """The headers of every federation request and answer: the version held, and its hash."""
+        held = self.roster.held
+        if held is None:
+            return {ROSTER_HEADER: "0"}
+        return {ROSTER_HEADER: str(held.version), ROSTER_HASH_HEADER: held.hash}
+
     # -- what peers say -------------------------------------------------------------------
 
-    def seen(self, peer: str, version: int) -> None:
-        """`peer` named `version` in a request or an answer: pull from it if it is newer than ours."""
+    def seen(self, peer: str, version: int, digest: str | None = None) -> None:
+        """`peer` named `version` (with its hash, `digest`) in a request or an answer: pull from it
+        if it is newer than ours; ask it for its copy if it is ours with another hash."""
+        held = self.roster.held
+        if digest is not None and held is not None and version == held.version and digest != held.hash:
+            self._diverged(peer)
         if version <= self.version() or self._transport is None or peer == self.me:
             return
         if self._pulling is not None and not self._pulling.done():
@@ -178,6 +208,8 @@ class RosterGossip:
         except (PeerError, ExchangeError) as exc:
             self._tried[peer] = self._clock()
             log.warning("no roster versions taken from %s: %s: %s", peer, type(exc).__name__, exc)
+            if isinstance(exc, RosterChainBroken):  # its chain went another way: from which version?
+                self._diverged(peer)
             return None
         if imported is None or not imported.changed:
             self._tried[peer] = self._clock()
@@ -186,6 +218,33 @@ class RosterGossip:
         if imported is not None:
             await self.took(imported)
         return imported
+
+    def _diverged(self, peer: str) -> None:
+        """`peer`'s chain is not this node's at the version held (another hash, or a successor that
+        does not follow it): ask it once for its copy of that version (`_compare`)."""
+        held = self.roster.held
+        if held is None or self._transport is None or peer == self.me or not self.fed.listed(peer):
+            return
+        if (peer, held.version) not in self._compared:
+            self._compared.add((peer, held.version))
+            self._spawn(self._compare(NodeId(peer), held.version))
+
+    async def _compare(self, peer: NodeId, version: int) -> None:
+        """Fetch `peer`'s versions from `version` on and import them: the authority's signature on
+        another version `version` is refused as RosterEquivocation, its evidence audited and shown
+        in the roster's status (FederationRoster.equivocations); anything else it sends is judged
+        as any import is (what continues this node's chain is taken)."""
+        assert self._transport is not None
+        try:
+            answer = await self._transport.fetch(peer, f"{ROSTER_PATH}?after={version - 1}")
+            versions = answer.get("versions") if isinstance(answer, dict) else None
+            if not isinstance(versions, list) or not versions:
+                raise InvalidInput(f"{peer} named another roster version {version} but sent none")
+            await self.took(
+                await self.roster.import_chain([canonical_json(v) for v in versions], source=f"peer:{peer}")
+            )
+        except (PeerError, ExchangeError) as exc:
+            log.warning("roster version %d compared with %s's: %s: %s", version, peer, type(exc).__name__, exc)
 
     async def serve(self, after: int) -> bytes:
         """The answer to a pull: the version held and the signed versions after `after`, as stored."""
@@ -336,8 +395,10 @@ class RosterGossip:
 
 __all__ = [
     "OFFER_BYTES",
+    "ROSTER_HASH_HEADER",
     "ROSTER_HEADER",
     "ROSTER_PATH",
     "RosterGossip",
+    "header_hash",
     "header_version",
 ]

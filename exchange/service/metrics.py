@@ -17,6 +17,7 @@ from exchange.clock import utc_now
 from exchange.errors import NotFound
 from exchange.protocol.roster import Federation
 from exchange.service.audit.service import AuditService
+from exchange.service.federation import FederationRoster
 from exchange.service.outbox import Outbox
 from exchange.store import Store
 from exchange.store.tables import channel_counts
@@ -68,6 +69,8 @@ class MetricsSnapshot:
     bulletins: dict[str, int] = field(default_factory=dict)  # per channel
     roster_version: int = 0
     roster_expires: float | None = None  # Unix time (roster v2), None when the roster has no expiry
+    # roster versions seen signed twice by the authority since the process started (6a.11)
+    roster_equivocations: int = 0
     # failed pulls and pushes since the process started: (partner, direction, kind) -> count
     witnessing_failures: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
@@ -75,8 +78,17 @@ class MetricsSnapshot:
 class NodeMetrics:
     """Reads a node's figures for its operators."""
 
-    def __init__(self, me: str, store: Store, fed: Federation, outbox: Outbox, audit: AuditService) -> None:
+    def __init__(
+        self,
+        me: str,
+        store: Store,
+        fed: Federation,
+        outbox: Outbox,
+        audit: AuditService,
+        roster: FederationRoster | None = None,
+    ) -> None:
         self.me = me
+        self.roster = roster
         self.store = store
         self.fed = fed
         self.outbox = outbox
@@ -102,6 +114,7 @@ class NodeMetrics:
             WitnessFigures(c.node, c.size, _age(newest.get(c.node), now))
             for c in await self.audit.cosigned_by(partners)
         ]
+        held = self.roster.held if self.roster is not None else None
         async with self.store.read() as conn:
             counts = {r.channel: int(r.bulletins) for r in await conn.execute(sa.select(channel_counts))}
         return MetricsSnapshot(
@@ -113,5 +126,7 @@ class NodeMetrics:
             witnesses=witnesses,
             bulletins=counts,
             roster_version=int(getattr(self.fed.roster, "version", 0) or 0),
+            roster_expires=held.expires_at.timestamp() if held is not None else None,
+            roster_equivocations=len(self.roster.equivocations) if self.roster is not None else 0,
             witnessing_failures=self.audit.witness.failures.counts(),
         )

@@ -138,7 +138,7 @@ class NodeService:
         self.taxii = Taxii(self.me, store, fed, self.access)  # TAXII reads and STIX exports
         self.follow = Follow(store, self.listing)  # long polls and the console's live inbox
         self.rfis = RequestsForInformation(store, self.access)
-        self.metrics = NodeMetrics(self.me, store, fed, self.outbox, self.audit)  # GET /metrics
+        self.metrics = NodeMetrics(self.me, store, fed, self.outbox, self.audit, self.roster)  # GET /metrics
         self.batch = BatchPosting(self.posting)  # many posts in one request, each on its own
         self.webhooks = Webhooks(self.me, store, self.access, webhook_sender)  # metadata to administrations' URLs
         # Other workers' commits (PostgreSQL): queued items, channel events, audit entries, epochs.

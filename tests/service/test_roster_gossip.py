@@ -9,20 +9,23 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from exchange import errors
 from exchange.model import NodeId
-from exchange.protocol.rosterchain import TrustedRoster, parse_roster_v2
+from exchange.protocol.rosterchain import TrustedRoster, parse_roster_v2, roster_hash
 from exchange.protocol.rosterview import federation_view
 from exchange.service import federation
-from exchange.service.gossip import OFFER_VERSIONS, RosterGossip, header_version, offer_source
+from exchange.service.gossip import OFFER_VERSIONS, RosterGossip, header_hash, header_version, offer_source
 from exchange.store import Store
 from tests.conftest import eventually
 from tests.protocol.test_roster_chain import CHAIN
 from tests.service.test_federation_roster import as_file, audited, equivocating, holding, stored, under_threshold
+from tests.vectors import make_roster_vectors as mrv
+from tests.vectors.make_roster_vectors import alter, signed
 
 
 class Peer:
@@ -341,4 +344,103 @@ async def test_a_partner_that_names_a_version_it_never_serves_holds_up_the_other
 
     await eventually(taken, what="version 2, from the honest partner")
     assert [node for node, _ in peer.asked][:2] == [slow, honest], peer.asked  # (then the peers are told)
+    await gossip.close()
+
+
+def test_the_hash_header_is_64_lowercase_hex_or_ignored() -> None:
+    good = "ab" * 32
+    assert header_hash(good) == good
+    for bad in (None, "", "AB" * 32, "ab" * 31, "ab" * 33, "zz" * 32, " " + good[1:]):
+        assert header_hash(bad) is None, bad
+
+
+def forked(roster: Any, store: Store) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:  # recorded, then audited
+        return bool(roster.equivocations) and any(e.get("error") == "RosterEquivocation" for e in await audited(store))
+
+    return check
+
+
+class Branch(Peer):
+    """A peer on another branch of the chain: its version 2 is `equivocating()`, and with `ahead`
+    it holds a version 3 that follows that one (both signed by the authority's threshold)."""
+
+    def __init__(self, ahead: bool = False) -> None:
+        two = parse_roster_v2(equivocating())
+        self.two = roster_hash(two.roster)
+        three = signed(alter(CHAIN[3].roster, previous=self.two), mrv.SIGNERS[3])
+        super().__init__([two.model_dump(mode="json")] + ([three.model_dump(mode="json")] if ahead else []))
+
+    async def fetch(self, node: NodeId, path: str) -> Any:
+        self.asked.append((node, path))
+        after = int(path.rsplit("=", 1)[1])
+        return {"version": 2 + (len(self.versions) > 1), "versions": self.versions[max(after - 1, 0) :]}
+
+
+async def _forked(store: Store, peer: Branch) -> tuple[federation.FederationRoster, RosterGossip, list[int]]:
+    roster = await holding(store, 1, 2)
+    gossip = RosterGossip("nl-customs", roster, federation_view(roster.held), clock=lambda: 100.0)  # type: ignore[arg-type]
+    installs: list[int] = []
+
+    async def install() -> None:
+        installs.append(1)
+
+    gossip.attach(peer, install)
+    return roster, gossip, installs
+
+
+async def test_a_peer_naming_the_held_version_with_another_hash_is_asked_for_it_and_the_fork_is_shown(
+    store: Store,
+) -> None:
+    """Two versions 2, both signed by the authority: a node that holds one and hears a partner name
+    the other's hash asks that partner for its copy once, refuses it as an equivocation, stores
+    nothing, audits both hashes, and shows the fork in its roster's status."""
+    peer = Branch()
+    roster, gossip, installs = await _forked(store, peer)
+    before, held = await stored(store), roster.held.hash  # type: ignore[union-attr]
+    assert gossip.headers() == {"Exchange-Roster-Version": "2", "Exchange-Roster-Hash": held}
+    gossip.seen("ke-customs", 2, held)  # the same version, the same hash: nothing to ask
+    gossip.seen("ke-customs", 1, "00" * 32)  # an older version: the peer pulls from us (6a.11)
+    assert peer.asked == [] and roster.equivocations == {}
+    gossip.seen("ke-customs", 2, peer.two)
+    await eventually(forked(roster, store), what="the fork recorded")
+    assert peer.asked == [("ke-customs", "/fed/v1/roster?after=1")]
+    assert roster.equivocations == {2: (held, peer.two, "peer:ke-customs")}
+    assert await stored(store) == before and roster.held.hash == held and not installs  # type: ignore[union-attr]
+    entry = (await audited(store))[-1]
+    assert (entry["event"], entry["error"], entry["held_hash"], entry["offered_hash"]) == (
+        "roster.refused",
+        "RosterEquivocation",
+        held,
+        peer.two,
+    )
+    warning = roster.status().warning  # type: ignore[union-attr]
+    assert warning is not None and held in warning and peer.two in warning and "ke-customs" in warning
+    gossip.seen("ke-customs", 2, peer.two)  # asked once a version
+    await asyncio.sleep(0.05)
+    assert len(peer.asked) == 1
+    await gossip.close()
+
+
+async def test_a_peer_ahead_on_another_branch_is_asked_where_it_went_another_way(store: Store) -> None:
+    """The partner holds a version 3 that follows its own version 2: the pull is refused (its 3 does
+    not follow the 2 held here), and the node then asks for the partner's 2, the evidence."""
+    peer = Branch(ahead=True)
+    roster, gossip, installs = await _forked(store, peer)
+    before = await stored(store)
+    assert await gossip.pull(NodeId("ke-customs")) is None
+    await eventually(forked(roster, store), what="the fork recorded")
+    assert peer.asked == [("ke-customs", "/fed/v1/roster?after=2"), ("ke-customs", "/fed/v1/roster?after=1")]
+    assert roster.equivocations[2][1:] == (peer.two, "peer:ke-customs")
+    assert [e.get("error") for e in await audited(store)][-2:] == ["RosterChainBroken", "RosterEquivocation"]
+    assert await stored(store) == before and not installs
+    await gossip.close()
+
+
+async def test_a_hash_header_from_a_node_outside_the_roster_asks_nothing(store: Store) -> None:
+    peer = Branch()
+    roster, gossip, _ = await _forked(store, peer)
+    gossip.seen("xx-nobody", 2, peer.two)
+    await asyncio.sleep(0.05)
+    assert peer.asked == [] and roster.equivocations == {}
     await gossip.close()
