@@ -383,7 +383,8 @@ async def test_two_nodes_given_two_versions_with_one_number_each_find_the_fork_f
 
     for member, peer in ((nl, ke), (ke, nl)):
         await eventually(forked(member), timeout=CONVERGE, what=f"the fork seen at {member.id}")
-        assert member.service.roster.equivocations[2] == (hashes[member.id], hashes[peer.id], f"peer:{peer.id}")
+        fork = member.service.roster.equivocations[2]
+        assert (fork.held_hash, fork.other_hash, fork.source) == (hashes[member.id], hashes[peer.id], f"peer:{peer.id}")
         held = member.service.roster.held
         assert held is not None and held.hash == hashes[member.id]  # its own version, still
         entries = await refused(member)
@@ -394,4 +395,6 @@ async def test_two_nodes_given_two_versions_with_one_number_each_find_the_fork_f
         status = member.service.roster.status()
         assert status is not None and status.warning is not None and hashes[peer.id] in status.warning
         code, text = await scrape(member)
-        assert code == 200 and samples(text)[("exchange_roster_equivocations", ())] == 1
+        figures = samples(text)
+        assert code == 200 and figures[("exchange_roster_equivocations", ())] == 1
+        assert figures[("exchange_roster_expiry_timestamp_seconds", ())] == held.expires_at.timestamp()

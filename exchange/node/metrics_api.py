@@ -155,7 +155,7 @@ class _Snapshot(Collector):
             )
         yield GaugeMetricFamily(
             "exchange_roster_equivocations",
-            "Roster versions seen signed twice by the authority since the node started (a fork: alert)",
+            "Roster versions this node found signed twice by the authority (a fork: alert)",
             value=s.roster_equivocations,
         )
 

@@ -445,12 +445,13 @@ def _pem_body(pem: bytes) -> bytes:
         raise InvalidInput("not a PEM certificate") from exc
 
 
-def equivocating_hash(exc: Exception, held: TrustedRoster | None, offered: list[SignedRosterV2]) -> str | None:
-    """In an equivocation refused, the hash of the other version with the held one's number."""
+def equivocating_version(
+    exc: Exception, held: TrustedRoster | None, offered: Sequence[SignedRosterV2]
+) -> SignedRosterV2 | None:
+    """In an equivocation refused, the other version offered with the held one's number."""
     if not isinstance(exc, RosterEquivocation) or held is None:
         return None
-    hashes = (roster_hash(s.roster) for s in offered if s.roster.version == held.version)
-    return next((h for h in hashes if h != held.hash), None)
+    return next((s for s in offered if s.roster.version == held.version and roster_hash(s.roster) != held.hash), None)
 
 
 def newer_versions(chain: list[SignedRosterV2], than: int) -> list[SignedRosterV2]:

@@ -40,7 +40,7 @@ from exchange.protocol.rosterchain import (
     TrustedRoster,
     accept_chain,
     accept_first,
-    equivocating_hash,
+    equivocating_version,
     newer_versions,
     parse_roster_v2,
     roster_hash,
@@ -48,6 +48,7 @@ from exchange.protocol.rosterchain import (
 from exchange.protocol.rostermigration import check_migration
 from exchange.protocol.rosterview import federation_view, roster_view
 from exchange.service.refusal_budget import RefusalBudget
+from exchange.service.roster_forks import Fork, fork_warning, read_forks, record_fork
 from exchange.service.roster_restore import keep_pin, restore_chain
 from exchange.store import AuditBuffer, Store
 from exchange.store.tables import roster_versions
@@ -78,7 +79,7 @@ class RosterStatus:
     threshold: int
     holders: tuple[str, ...]
     nodes: dict[str, int]  # how many nodes are active, suspended, revoked
-    warning: str | None  # an equivocation seen; else when it has expired, or expires within EXPIRY_WARNING
+    warning: str | None  # a fork at the held version; its expiry, or one within EXPIRY_WARNING
 
 
 @dataclass(frozen=True)
@@ -152,9 +153,7 @@ class FederationRoster:
         self._held: TrustedRoster | None = None
         self._view: tuple[TrustedRoster, Federation] | None = None
         self._lock = asyncio.Lock()
-        # version -> (the hash held, the other hash, who offered it): two versions with one number
-        # signed by the authority, seen since the node started (its evidence is audited)
-        self.equivocations: dict[int, tuple[str, str, str]] = {}
+        self.equivocations: dict[int, Fork] = {}  # versions signed twice, as recorded (roster_forks)
 
     # -- the held version ------------------------------------------------------------------
 
@@ -163,6 +162,7 @@ class FederationRoster:
         expiry (6a.6: an expired one is kept, and the node refuses traffic until a fresh one)."""
         async with self.store.read() as conn:
             self._held = await restore_chain(conn, first=self._first, pin=self.pin)
+            self.equivocations = await read_forks(conn)
         keep_pin(self.pin, self._held)
         return self._held
 
@@ -181,6 +181,7 @@ class FederationRoster:
             before = self._held
             async with self.store.read() as conn:
                 await self._refresh(conn)
+                self.equivocations = await read_forks(conn)  # another worker's, or an import's beside it
             return self._held is not before
 
     def expired(self) -> bool:
@@ -210,16 +211,12 @@ class FederationRoster:
         doc = held.roster
         counts = {s: len(held.node_ids(s)) for s in ("active", "suspended", "revoked")}
         left = held.expires_at - self._clock()
-        warning = None
-        if forked := self.equivocations.get(doc.version):
-            warning = (
-                f"the authority signed two roster versions {doc.version}: {held.hash} held here, {forked[1]} "
-                f"at {forked[2]}; ask the authority which is genuine"
-            )
-        elif left <= dt.timedelta(0):
-            warning = f"roster version {doc.version} has expired: import a fresh version"
+        fork = self.equivocations.get(doc.version)
+        warnings = [fork_warning(fork)] if fork is not None and fork.held_hash == held.hash else []
+        if left <= dt.timedelta(0):
+            warnings.append(f"roster version {doc.version} has expired: import a fresh version")
         elif left <= EXPIRY_WARNING:
-            warning = f"roster version {doc.version} expires in {left.days} days: import a fresh version before"
+            warnings.append(f"roster version {doc.version} expires in {left.days} days: import a fresh version before")
         return RosterStatus(
             federation=doc.federation,
             version=doc.version,
@@ -230,7 +227,7 @@ class FederationRoster:
             threshold=doc.authority.threshold,
             holders=tuple(k.holder for k in doc.authority.keys),
             nodes=counts,
-            warning=warning,
+            warning="; ".join(warnings) or None,
         )
 
     def node(self, node_id: str) -> NodeView:
@@ -421,10 +418,9 @@ class FederationRoster:
         source: str,
         now: dt.datetime,
     ) -> None:
-        other = equivocating_hash(exc, held, offered)
-        if other is not None and held is not None:  # kept whatever the budget: the status shows it
-            self.equivocations[held.version] = (held.hash, other, source[:64])
-            log.error("roster version %d signed twice: %s held, %s from %s", held.version, held.hash, other, source)
+        other = equivocating_version(exc, held, offered)
+        if other is not None and held is not None:  # recorded whatever the budget (roster_forks)
+            self.equivocations[held.version] = await record_fork(self.store, held.hash, other, source, now)
         suppressed = self._budget.admit(source, now)
         if suppressed is None:
             return
@@ -438,7 +434,7 @@ class FederationRoster:
             "detail": " ".join(exc.detail.split())[:MAX_DETAIL],
         }
         if other is not None and held is not None:  # the evidence: two hashes of one version, both signed
-            entry["held_hash"], entry["offered_hash"] = held.hash, other
+            entry["held_hash"], entry["offered_hash"] = held.hash, roster_hash(other.roster)
         if suppressed:
             entry["suppressed"] = suppressed
         await self.store.audit(entry)

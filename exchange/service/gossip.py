@@ -122,9 +122,10 @@ class RosterGossip:
         self._named: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._announced = 0  # the version last announced
-        # (peer, version): a peer whose chain differs from this node's at that version, asked once
-        # for its copy (`_compare`), which an import then judges (RosterEquivocation, audited)
+        # (peer, version): a peer whose chain differs from this node's at that version, asked for
+        # its copy (`_compare`) until an answer is judged (RosterEquivocation: recorded, audited)
         self._compared: set[tuple[str, int]] = set()
+        self._unanswered: dict[str, float] = {}  # peer -> when it last did not answer a compare
 
     def version(self) -> int:
         """The version this node holds (0 before its first), for the header of every request and answer."""
@@ -225,9 +226,12 @@ class RosterGossip:
         held = self.roster.held
         if held is None or self._transport is None or peer == self.me or not self.fed.listed(peer):
             return
-        if (peer, held.version) not in self._compared:
-            self._compared.add((peer, held.version))
-            self._spawn(self._compare(NodeId(peer), held.version))
+        if (peer, held.version) in self._compared:
+            return
+        if self._clock() - self._unanswered.get(peer, -1e9) < self.pull_interval:
+            return
+        self._compared.add((peer, held.version))
+        self._spawn(self._compare(NodeId(peer), held.version))
 
     async def _compare(self, peer: NodeId, version: int) -> None:
         """Fetch `peer`'s versions from `version` on and import them: the authority's signature on
@@ -243,7 +247,11 @@ class RosterGossip:
             await self.took(
                 await self.roster.import_chain([canonical_json(v) for v in versions], source=f"peer:{peer}")
             )
-        except (PeerError, ExchangeError) as exc:
+        except PeerError as exc:  # not answered: asked again when it next names another hash
+            self._unanswered[peer] = self._clock()
+            self._compared.discard((peer, version))
+            log.warning("roster version %d not compared with %s's: %s", version, peer, exc)
+        except ExchangeError as exc:  # judged: an equivocation is recorded and audited by the import
             log.warning("roster version %d compared with %s's: %s: %s", version, peer, type(exc).__name__, exc)
 
     async def serve(self, after: int) -> bytes:

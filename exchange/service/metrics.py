@@ -20,7 +20,7 @@ from exchange.service.audit.service import AuditService
 from exchange.service.federation import FederationRoster
 from exchange.service.outbox import Outbox
 from exchange.store import Store
-from exchange.store.tables import channel_counts
+from exchange.store.tables import channel_counts, roster_forks
 
 CHECKPOINTS_LOOKED_AT = 50  # of the newest checkpoints, for each witness's latest cosignature
 
@@ -69,7 +69,7 @@ class MetricsSnapshot:
     bulletins: dict[str, int] = field(default_factory=dict)  # per channel
     roster_version: int = 0
     roster_expires: float | None = None  # Unix time (roster v2), None when the roster has no expiry
-    # roster versions seen signed twice by the authority since the process started (6a.11)
+    # roster versions found signed twice by the authority (6a.11), as recorded in the database
     roster_equivocations: int = 0
     # failed pulls and pushes since the process started: (partner, direction, kind) -> count
     witnessing_failures: dict[tuple[str, str, str], int] = field(default_factory=dict)
@@ -117,6 +117,7 @@ class NodeMetrics:
         held = self.roster.held if self.roster is not None else None
         async with self.store.read() as conn:
             counts = {r.channel: int(r.bulletins) for r in await conn.execute(sa.select(channel_counts))}
+            forks = int(await conn.scalar(sa.select(sa.func.count()).select_from(roster_forks)) or 0)
         return MetricsSnapshot(
             node=self.me,
             peers=sorted(peers, key=lambda p: p.peer),
@@ -127,6 +128,6 @@ class NodeMetrics:
             bulletins=counts,
             roster_version=int(getattr(self.fed.roster, "version", 0) or 0),
             roster_expires=held.expires_at.timestamp() if held is not None else None,
-            roster_equivocations=len(self.roster.equivocations) if self.roster is not None else 0,
+            roster_equivocations=forks,
             witnessing_failures=self.audit.witness.failures.counts(),
         )

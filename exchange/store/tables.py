@@ -301,6 +301,20 @@ roster_versions = sa.Table(
     sa.UniqueConstraint("hash", name="uq_roster_versions_hash"),
 )
 
+# Roster versions this node found signed twice by the authority (revision 0014; docs/protocol.md
+# 6a.11): for a version number, the first other version seen with it, as signed, beside the hash
+# this node holds for it. Written by exchange.service.roster_forks, never changed after.
+roster_forks = sa.Table(
+    "roster_forks",
+    metadata,
+    sa.Column("version", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("held_hash", sa.String(64), nullable=False),
+    sa.Column("other_hash", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),  # who offered it: peer:<id>, offer:<address>, import
+    sa.Column("seen_at", sa.String(32), nullable=False),
+    sa.Column("other", sa.LargeBinary, nullable=False),  # the other version as signed (JCS): the evidence
+)
+
 # exchange.service.webhooks: per channel, a URL each new bulletin's metadata is POSTed to, signed
 # with the webhook's secret (HMAC-SHA256), from `cursor` (the last bulletins.n delivered), which
 # moves only when the receiver answered 2xx (revision 0005). On SQLite, AUTOINCREMENT (revision 0009):

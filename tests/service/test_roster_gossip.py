@@ -7,20 +7,25 @@ from a peer that changes nothing and is audited, the bounds on pulls and offers;
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from exchange import errors
+from exchange.crypto import canonical_json
 from exchange.model import NodeId
+from exchange.protocol.roster2_model import parse_timestamp
 from exchange.protocol.rosterchain import TrustedRoster, parse_roster_v2, roster_hash
 from exchange.protocol.rosterview import federation_view
 from exchange.service import federation
 from exchange.service.gossip import OFFER_VERSIONS, RosterGossip, header_hash, header_version, offer_source
 from exchange.store import Store
+from exchange.store.tables import roster_forks
 from tests.conftest import eventually
 from tests.protocol.test_roster_chain import CHAIN
 from tests.service.test_federation_roster import as_file, audited, equivocating, holding, stored, under_threshold
@@ -377,9 +382,12 @@ class Branch(Peer):
         return {"version": 2 + (len(self.versions) > 1), "versions": self.versions[max(after - 1, 0) :]}
 
 
-async def _forked(store: Store, peer: Branch) -> tuple[federation.FederationRoster, RosterGossip, list[int]]:
+async def _forked(
+    store: Store, peer: Branch, clock: list[float] | None = None
+) -> tuple[federation.FederationRoster, RosterGossip, list[int]]:
     roster = await holding(store, 1, 2)
-    gossip = RosterGossip("nl-customs", roster, federation_view(roster.held), clock=lambda: 100.0)  # type: ignore[arg-type]
+    now = clock or [100.0]
+    gossip = RosterGossip("nl-customs", roster, federation_view(roster.held), clock=lambda: now[0])  # type: ignore[arg-type]
     installs: list[int] = []
 
     async def install() -> None:
@@ -405,7 +413,9 @@ async def test_a_peer_naming_the_held_version_with_another_hash_is_asked_for_it_
     gossip.seen("ke-customs", 2, peer.two)
     await eventually(forked(roster, store), what="the fork recorded")
     assert peer.asked == [("ke-customs", "/fed/v1/roster?after=1")]
-    assert roster.equivocations == {2: (held, peer.two, "peer:ke-customs")}
+    fork = roster.equivocations[2]
+    assert (fork.held_hash, fork.other_hash, fork.source) == (held, peer.two, "peer:ke-customs")
+    assert await forks(store) == [(2, held, peer.two, "peer:ke-customs", canonical_json(peer.versions[0]))]
     assert await stored(store) == before and roster.held.hash == held and not installs  # type: ignore[union-attr]
     entry = (await audited(store))[-1]
     assert (entry["event"], entry["error"], entry["held_hash"], entry["offered_hash"]) == (
@@ -420,6 +430,9 @@ async def test_a_peer_naming_the_held_version_with_another_hash_is_asked_for_it_
     await asyncio.sleep(0.05)
     assert len(peer.asked) == 1
     await gossip.close()
+    # Recorded in the database: a restart, another worker or `exchange roster status` reads it.
+    again = await holding(store)
+    assert again.equivocations == roster.equivocations and again.status().warning == warning  # type: ignore[union-attr]
 
 
 async def test_a_peer_ahead_on_another_branch_is_asked_where_it_went_another_way(store: Store) -> None:
@@ -431,7 +444,7 @@ async def test_a_peer_ahead_on_another_branch_is_asked_where_it_went_another_way
     assert await gossip.pull(NodeId("ke-customs")) is None
     await eventually(forked(roster, store), what="the fork recorded")
     assert peer.asked == [("ke-customs", "/fed/v1/roster?after=2"), ("ke-customs", "/fed/v1/roster?after=1")]
-    assert roster.equivocations[2][1:] == (peer.two, "peer:ke-customs")
+    assert (roster.equivocations[2].other_hash, roster.equivocations[2].source) == (peer.two, "peer:ke-customs")
     assert [e.get("error") for e in await audited(store)][-2:] == ["RosterChainBroken", "RosterEquivocation"]
     assert await stored(store) == before and not installs
     await gossip.close()
@@ -444,3 +457,83 @@ async def test_a_hash_header_from_a_node_outside_the_roster_asks_nothing(store: 
     await asyncio.sleep(0.05)
     assert peer.asked == [] and roster.equivocations == {}
     await gossip.close()
+
+
+async def forks(store: Store) -> list[tuple[Any, ...]]:
+    async with store.read() as conn:
+        f = roster_forks.c
+        query = sa.select(f.version, f.held_hash, f.other_hash, f.source, f.other).order_by(f.version)
+        return [(*r[:4], bytes(r[4])) for r in await conn.execute(query)]
+
+
+class Unsigned(Branch):
+    """A peer that names another hash for version 2 and sends a version 2 the authority's threshold did not sign."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        raw = json.loads(equivocating())
+        raw["signatures"] = raw["signatures"][:1]
+        self.versions = [raw]
+
+
+async def test_another_version_that_the_threshold_did_not_sign_is_no_fork(store: Store) -> None:
+    """Only the authority's signatures make a fork: a peer's unsigned version 2 is refused as
+    RosterThreshold (audited), and nothing is recorded or stored."""
+    peer = Unsigned()
+    roster, gossip, installs = await _forked(store, peer)
+    before = await stored(store)
+    gossip.seen("ke-customs", 2, peer.two)
+
+    async def judged() -> bool:
+        return any(e.get("error") == "RosterThreshold" for e in await audited(store))
+
+    await eventually(judged, what="the unsigned version refused")
+    assert roster.equivocations == {} and await forks(store) == []
+    assert await stored(store) == before and not installs and roster.status().warning is None  # type: ignore[union-attr]
+    await gossip.close()
+
+
+class Unreachable(Branch):
+    """A peer on another branch whose first answer does not come (a reset connection, a restart)."""
+
+    async def fetch(self, node: NodeId, path: str) -> Any:
+        if not self.asked:
+            self.asked.append((node, path))
+            raise errors.PeerError(f"{node} did not answer")
+        return await super().fetch(node, path)
+
+
+async def test_a_compare_that_was_not_answered_is_asked_again_after_the_pull_interval(store: Store) -> None:
+    peer = Unreachable()
+    clock = [100.0]
+    roster, gossip, _ = await _forked(store, peer, clock)
+    gossip.seen("ke-customs", 2, peer.two)
+    await eventually(lambda: _asked(peer, 1), what="the first ask")
+    await asyncio.sleep(0.05)
+    gossip.seen("ke-customs", 2, peer.two)  # within the pull interval: not yet
+    await asyncio.sleep(0.05)
+    assert len(peer.asked) == 1 and roster.equivocations == {}
+    clock[0] += gossip.pull_interval
+    gossip.seen("ke-customs", 2, peer.two)
+    await eventually(forked(roster, store), what="the fork recorded on the second ask")
+    assert len(peer.asked) == 2
+    await gossip.close()
+
+
+async def _asked(peer: Peer, count: int) -> bool:
+    return len(peer.asked) >= count
+
+
+async def test_a_fork_recorded_keeps_its_first_source_and_its_warning_joins_the_expiry_warning(store: Store) -> None:
+    """A second offer of the same other version (from another address) changes nothing recorded; a
+    held version that expires soon says both."""
+    late = parse_timestamp(CHAIN[2].roster.expires) - dt.timedelta(hours=1)
+    roster = await holding(store, 1, 2)
+    for source in ("peer:ke-customs", "offer:192.0.2.1"):
+        with pytest.raises(errors.RosterEquivocation):
+            await roster.import_chain(equivocating(), source=source)
+    assert roster.equivocations[2].source == "peer:ke-customs" and len(await forks(store)) == 1
+    expiring = federation.FederationRoster(store, clock=lambda: late)
+    await expiring.load()
+    warning = expiring.status().warning  # type: ignore[union-attr]
+    assert warning is not None and "signed two roster versions 2" in warning and "expires in 0 days" in warning
