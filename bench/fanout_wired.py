@@ -88,6 +88,7 @@ def alert(i: int) -> dict[str, Any]:
 
 
 SENT = [0]  # bytes written to TCP sockets by this process (TLS records included)
+TLS = [0, 0]  # TLS connections this process began: as a client, as a server
 
 
 def count_socket_writes() -> None:
@@ -102,6 +103,24 @@ def count_socket_writes() -> None:
         write(self, data)
 
     cls.write = counted
+    from asyncio import sslproto
+
+    init = sslproto.SSLProtocol.__init__
+
+    def begun(
+        self: Any,
+        loop: Any,
+        app_protocol: Any,
+        sslcontext: Any,
+        waiter: Any,
+        server_side: bool = False,
+        *a: Any,
+        **kw: Any,
+    ) -> None:
+        TLS[1 if server_side else 0] += 1
+        init(self, loop, app_protocol, sslcontext, waiter, server_side, *a, **kw)
+
+    sslproto.SSLProtocol.__init__ = begun  # type: ignore[method-assign]
 
 
 async def post_many(service: Any, user: Any, numbers: range, concurrency: int) -> list[str]:
@@ -159,7 +178,7 @@ async def author(folder: Path, node: str) -> None:
                 PROFILE[0] = None
                 print(json.dumps({}), flush=True)
             else:
-                print(json.dumps({"sent": SENT[0]}), flush=True)
+                print(json.dumps({"sent": SENT[0], "tls": TLS}), flush=True)
     finally:
         await running.stop()
 
@@ -275,7 +294,9 @@ async def phase(
         idle_cpu, idle_sent = (c1 - c0) / (w1 - w0), (s1 - s0) / (w1 - w0)
         # measured
         load0 = load1()
-        c0, s0, lo0, w0 = sim.tree_cpu([pid]), (await a.ask(op="bytes"))["sent"], sim.loopback_bytes(), time.monotonic()
+        counted = await a.ask(op="bytes")
+        c0, s0, lo0, w0 = sim.tree_cpu([pid]), counted["sent"], sim.loopback_bytes(), time.monotonic()
+        tls0 = counted["tls"]
         r0, log0 = sim.tree_cpu(readers.pids), await asyncio.to_thread(db.audit_size)
         sampler = None
         if args.profile:
@@ -296,7 +317,8 @@ async def phase(
         if args.cprofile:
             args.cprofile.mkdir(parents=True, exist_ok=True)
             await a.ask(op="cprofile_stop", file=str(args.cprofile / f"author-K{k}-{version}.prof"))
-        s1 = (await a.ask(op="bytes"))["sent"]
+        counted = await a.ask(op="bytes")
+        s1, tls1 = counted["sent"], counted["tls"]
         r1, log1 = sim.tree_cpu(readers.pids), await asyncio.to_thread(db.audit_size)
         span, m = w1 - w0, args.count
         envelope = db.envelope_mean(posted["ids"])
@@ -319,6 +341,7 @@ async def phase(
             "log_entries": (log1 - log0) / m,
             "per_push": m * (k - 1) / max(pushes, 1),
             "lo_kb": (lo1 - lo0) / m / 1e3,
+            "tls": f"{tls1[0] - tls0[0]}/{tls1[1] - tls0[1]}",
             "load": f"{load0:.2f}→{load1():.2f}",
         }
     finally:
@@ -403,7 +426,7 @@ async def run_k(k: int, args: argparse.Namespace) -> list[dict[str, Any]]:
 HEAD = (
     f"{'K':>4} {'env':>3} | {'CPU ms':>7} {'net':>6} {'idle':>5} | {'up KB':>8} {'net':>8} {'env*K-1':>8} | "
     f"{'env KB':>6} {'epochs':>6} {'log/b':>6} {'b/push':>6} | {'post s':>6} {'rcpt s':>6} | "
-    f"{'readers':>8} {'lo KB':>8} | load"
+    f"{'readers':>8} {'lo KB':>8} | {'TLS c/s':>7} | load"
 )
 
 
@@ -412,7 +435,7 @@ def row(r: dict[str, Any]) -> str:
         f"{r['k']:>4} {r['version']:>3} | {r['cpu_ms']:7.2f} {r['cpu_net_ms']:6.2f} {r['idle_cpu_ms_s']:5.1f} | "
         f"{r['sent_kb']:8.1f} {r['sent_net_kb']:8.1f} {r['payload_up_kb']:8.1f} | {r['envelope_kb']:6.2f} "
         f"{r['epochs']:>6} {r['log_entries']:6.1f} {r['per_push']:6.1f} | {r['post_s']:6.1f} {r['receipts_s']:6.1f} | "
-        f"{r['readers_cpu_ms']:8.1f} {r['lo_kb']:8.1f} | {r['load']}"
+        f"{r['readers_cpu_ms']:8.1f} {r['lo_kb']:8.1f} | {r['tls']:>7} | {r['load']}"
     )
 
 
@@ -436,8 +459,8 @@ async def main(args: argparse.Namespace) -> None:
         "per bulletin: author CPU gross / above its idle rate (ms), its idle rate (ms/s); author's socket writes "
         "gross / above idle (KB), envelope x (K-1) (KB); stored envelope (KB); epochs made; author's audit entries; "
         "bulletins per push; "
-        "posting and to-last-receipt time (s, for all posts); readers' CPU (ms); loopback (KB); 1-min load "
-        "before→after",
+        "posting and to-last-receipt time (s, for all posts); readers' CPU (ms); loopback (KB); TLS connections "
+        "the author began during the phase, as a client / as a server; 1-min load before→after",
         flush=True,
     )
     print(HEAD)
