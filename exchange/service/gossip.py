@@ -389,6 +389,9 @@ class RosterGossip:
                 raise asyncio.CancelledError
 
     async def close(self) -> None:
+        """Cancel what it began; from now on what peers say begins nothing (a sender's answer can
+        still come in while the node stops, after this)."""
+        self._transport = None
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

@@ -537,3 +537,15 @@ async def test_a_fork_recorded_keeps_its_first_source_and_its_warning_joins_the_
     await expiring.load()
     warning = expiring.status().warning  # type: ignore[union-attr]
     assert warning is not None and "signed two roster versions 2" in warning and "expires in 0 days" in warning
+
+
+async def test_what_a_peer_says_after_the_gossip_closed_begins_nothing(store: Store) -> None:
+    """A sender's answer can come in while the node stops, after the gossip closed: it neither
+    pulls nor compares (a task begun then would outlive the node)."""
+    peer = Branch(ahead=True)
+    _, gossip, _ = await _forked(store, peer)
+    await gossip.close()
+    gossip.seen("ke-customs", 3)
+    gossip.seen("ke-customs", 2, peer.two)
+    await asyncio.sleep(0.05)
+    assert peer.asked == [] and not gossip._tasks
