@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,14 @@ import sqlalchemy as sa
 from exchange.crypto import b64d, b64e
 from exchange.errors import InvalidEnvelope
 from exchange.model import Bulletin, EnvelopeHeader, NodeId
-from exchange.protocol.envelope import CitedHeader, CitedRecipient, CitedState, envelope_bytes, sign_envelope
+from exchange.protocol.envelope import (
+    CitedHeader,
+    CitedRecipient,
+    CitedState,
+    envelope_bytes,
+    pickled_by_fields,
+    sign_envelope,
+)
 from exchange.service.cryptopool import WORKER_SECONDS, EnvelopeCrypto, Opening, Sealed
 from exchange.service.envelopes_v2 import OpeningV2
 from exchange.store import bulletins, outbox, receipts
@@ -351,3 +358,25 @@ def test_a_subclass_not_pickled_by_its_own_fields_is_refused_not_narrowed() -> N
         pickle.dumps(Wider("ef" * 32, {}, 1))
     v2 = OpeningV2(0, "cd" * 32, None, None, None, None, None, None, None)
     assert pickle.loads(pickle.dumps(v2)) == v2
+
+
+def test_a_class_whose_init_is_not_its_fields_is_not_pickled_by_them() -> None:
+    """Unpickled through __init__: an InitVar would shift the values after it, and a __post_init__
+    would run again on values it already changed, so neither is taken (found by review)."""
+
+    @dataclass(frozen=True, slots=True)
+    class WithInitVar:
+        a: int
+        scale: InitVar[int]
+        b: int
+
+    @dataclass(frozen=True, slots=True)
+    class Normalised:
+        xs: tuple[str, ...]
+
+        def __post_init__(self) -> None:
+            object.__setattr__(self, "xs", (*self.xs, "!"))
+
+    for cls in (WithInitVar, Normalised):
+        with pytest.raises(TypeError, match="exactly its fields"):
+            pickled_by_fields(cls)

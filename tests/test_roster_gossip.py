@@ -398,3 +398,39 @@ async def test_two_nodes_given_two_versions_with_one_number_each_find_the_fork_f
         figures = samples(text)
         assert code == 200 and figures[("exchange_roster_equivocations", ())] == 1
         assert figures[("exchange_roster_expiry_timestamp_seconds", ())] == held.expires_at.timestamp()
+
+
+async def test_a_fork_between_branches_of_different_lengths_is_found_on_both_sides(
+    make_federation: MakeFederation,
+) -> None:
+    """nl-customs holds 1, 2 and 3 of one branch; ke-customs 1 and another 2 (both 2s signed by the
+    authority). ke-customs, behind, pulls 3, which does not follow its 2, and asks for nl-customs'
+    2; nl-customs, ahead, hears ke-customs name version 2 with a hash it did not store for it and
+    asks for ke-customs' 2. Each records the fork at version 2 and keeps its own chain."""
+    fed = await make_federation(start=False)
+    nl, ke = fed["nl-customs"], fed["ke-customs"]
+    auth = Authority.of(fed)
+    version1 = auth.migration()
+    expires = version1.roster.expires
+    two = auth.sign(propose(version1.roster, timestamp(), expires))
+    three = auth.sign(propose(two.roster, timestamp(), expires))
+    other = auth.sign(propose(version1.roster, timestamp(utc_now() + dt.timedelta(seconds=1)), expires))
+    await import_at(nl.config, version1, two, three)
+    await import_at(ke.config, version1, other)
+    for member in (nl, ke):
+        await fed.start(member.id)
+    hashes = {nl.id: roster_hash(two.roster), ke.id: roster_hash(other.roster)}
+
+    def forked(member: Member) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            audited_fork = [e for e in await audited(member, "roster.refused") if e["error"] == "RosterEquivocation"]
+            return 2 in member.service.roster.equivocations and bool(audited_fork)
+
+        return check
+
+    for member, peer, holds_version in ((nl, ke, 3), (ke, nl, 2)):
+        await eventually(forked(member), timeout=CONVERGE, what=f"the fork seen at {member.id}")
+        fork = member.service.roster.equivocations[2]
+        assert (fork.held_hash, fork.other_hash, fork.source) == (hashes[member.id], hashes[peer.id], f"peer:{peer.id}")
+        held = member.service.roster.held
+        assert held is not None and held.version == holds_version

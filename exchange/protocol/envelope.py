@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hmac
+import inspect
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -333,6 +334,11 @@ def pickled_by_fields(cls: type[D]) -> type[D]:
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     if any(not f.init or f.kw_only for f in fields):
         raise TypeError(f"{cls.__name__}: every field must be an __init__ argument by position")
+    # Unpickled through __init__: an InitVar would shift the values after it, and a __post_init__
+    # would run again on values it already changed (found by review).
+    params = [n for n in inspect.signature(cls).parameters]
+    if params != [f.name for f in fields] or hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__name__}: __init__ must take exactly its fields, with no __post_init__")
     names = tuple(f.name for f in fields)
     values = operator.attrgetter(*names)
 

@@ -420,7 +420,7 @@ class FederationRoster:
     ) -> None:
         other = equivocating_version(exc, held, offered)
         if other is not None and held is not None:  # recorded whatever the budget (roster_forks)
-            self.equivocations[held.version] = await record_fork(self.store, held.hash, other, source, now)
+            self.equivocations[held.version] = (await record_fork(self.store, held.hash, other, source, now))[0]
         suppressed = self._budget.admit(source, now)
         if suppressed is None:
             return

@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from exchange.clock import cancel_and_wait, stop_requested
+from exchange.clock import cancel_and_wait, stop_requested, utc_now
 from exchange.crypto import canonical_json
 from exchange.errors import (
     ExchangeError,
@@ -42,6 +42,7 @@ from exchange.protocol.roster import Federation
 from exchange.protocol.roster2_model import MAX_ROSTER_BYTES
 from exchange.service.federation import FederationRoster, Imported
 from exchange.service.rejections import client_key
+from exchange.service.roster_forks import judge_below, stored_hashes
 from exchange.service.transport import PeerTransport
 
 log = logging.getLogger("exchange.roster")
@@ -126,6 +127,10 @@ class RosterGossip:
         # its copy (`_compare`) until an answer is judged (RosterEquivocation: recorded, audited)
         self._compared: set[tuple[str, int]] = set()
         self._unanswered: dict[str, float] = {}  # peer -> when it last did not answer a compare
+        # the hashes of the versions stored here, read for the held version `_hashes_at`: a peer
+        # that names a lower version with another hash is on another branch (`_compare`)
+        self._hashes: dict[int, str] = {}
+        self._hashes_at = -1
 
     def version(self) -> int:
         """The version this node holds (0 before its first), for the header of every request and answer."""
@@ -147,10 +152,12 @@ class RosterGossip:
 
     def seen(self, peer: str, version: int, digest: str | None = None) -> None:
         """`peer` named `version` (with its hash, `digest`) in a request or an answer: pull from it
-        if it is newer than ours; ask it for its copy if it is ours with another hash."""
+        if it is newer than ours; ask it for its copy if ours of that version has another hash."""
         held = self.roster.held
-        if digest is not None and held is not None and version == held.version and digest != held.hash:
-            self._diverged(peer)
+        if digest is not None and held is not None and 0 < version <= held.version:
+            ours = held.hash if version == held.version else self._stored_hash(held.version, version)
+            if ours is not None and ours != digest:
+                self._diverged(peer, version)
         if version <= self.version() or self._transport is None or peer == self.me:
             return
         if self._pulling is not None and not self._pulling.done():
@@ -209,8 +216,8 @@ class RosterGossip:
         except (PeerError, ExchangeError) as exc:
             self._tried[peer] = self._clock()
             log.warning("no roster versions taken from %s: %s: %s", peer, type(exc).__name__, exc)
-            if isinstance(exc, RosterChainBroken):  # its chain went another way: from which version?
-                self._diverged(peer)
+            if isinstance(exc, RosterChainBroken):  # its chain went another way at ours, or before
+                self._diverged(peer, self.version())
             return None
         if imported is None or not imported.changed:
             self._tried[peer] = self._clock()
@@ -220,30 +227,42 @@ class RosterGossip:
             await self.took(imported)
         return imported
 
-    def _diverged(self, peer: str) -> None:
-        """`peer`'s chain is not this node's at the version held (another hash, or a successor that
-        does not follow it): ask it once for its copy of that version (`_compare`)."""
-        held = self.roster.held
-        if held is None or self._transport is None or peer == self.me or not self.fed.listed(peer):
+    def _stored_hash(self, held: int, version: int) -> str | None:
+        """The hash of the stored `version`, or None while they are read (once per held version)."""
+        if self._hashes_at != held and self._transport is not None:
+            self._hashes_at = held
+            self._spawn(self._read_hashes())
+        return self._hashes.get(version)
+
+    async def _read_hashes(self) -> None:
+        self._hashes = await stored_hashes(self.roster.store)
+
+    def _diverged(self, peer: str, version: int) -> None:
+        """`peer`'s chain is not this node's at `version` (another hash, or a successor that does
+        not follow it): ask it once for its copy of that version (`_compare`)."""
+        if self._transport is None or peer == self.me or not self.fed.listed(peer):
             return
-        if (peer, held.version) in self._compared:
+        if (peer, version) in self._compared:
             return
         if self._clock() - self._unanswered.get(peer, -1e9) < self.pull_interval:
             return
-        self._compared.add((peer, held.version))
-        self._spawn(self._compare(NodeId(peer), held.version))
+        self._compared.add((peer, version))
+        self._spawn(self._compare(NodeId(peer), version))
 
     async def _compare(self, peer: NodeId, version: int) -> None:
-        """Fetch `peer`'s versions from `version` on and import them: the authority's signature on
-        another version `version` is refused as RosterEquivocation, its evidence audited and shown
-        in the roster's status (FederationRoster.equivocations); anything else it sends is judged
-        as any import is (what continues this node's chain is taken)."""
+        """Fetch `peer`'s versions from `version` on and judge its copy of `version`. Of the version
+        held: imported, so that the authority's signature on another version `version` is refused
+        as RosterEquivocation (recorded and audited; anything else it sends is judged as any import
+        is). Of one below it (the peer is behind on another branch): `judge_below`."""
         assert self._transport is not None
         try:
             answer = await self._transport.fetch(peer, f"{ROSTER_PATH}?after={version - 1}")
             versions = answer.get("versions") if isinstance(answer, dict) else None
             if not isinstance(versions, list) or not versions:
                 raise InvalidInput(f"{peer} named another roster version {version} but sent none")
+            if version < self.version():
+                await judge_below(self.roster, versions, version, f"peer:{peer}", utc_now())
+                return
             await self.took(
                 await self.roster.import_chain([canonical_json(v) for v in versions], source=f"peer:{peer}")
             )

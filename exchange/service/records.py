@@ -42,6 +42,10 @@ def search_text_of(content: Mapping[str, Any]) -> str:
 _INDICATORS = tuple(Indicators.model_fields)  # read once: pydantic's class attribute costs µs a time
 _HEAD = b'{"attachments":'
 _BODY = b',"body":'
+# `_summary_from_payload` cuts the payload after its first two members in canonical (sorted) order:
+# a member added to the bulletin that sorted between them would be dropped from every summary.
+if sorted(Bulletin.model_fields)[:2] != ["attachments", "body"]:  # pragma: no cover - a change to Bulletin
+    raise RuntimeError("a bulletin's payload no longer begins with attachments and body: see _summary_from_payload")
 
 
 def _derived(bulletin: Bulletin) -> dict[str, str]:

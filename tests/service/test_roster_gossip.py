@@ -549,3 +549,39 @@ async def test_what_a_peer_says_after_the_gossip_closed_begins_nothing(store: St
     gossip.seen("ke-customs", 2, peer.two)
     await asyncio.sleep(0.05)
     assert peer.asked == [] and not gossip._tasks
+
+
+async def test_a_peer_behind_on_another_branch_is_found_by_the_node_ahead(store: Store) -> None:
+    """The node holds 1, 2, 3; the partner holds 1 and another 2, signed by the authority, and
+    names it. The node, ahead, compares the hash named with the one it stored for version 2, asks
+    the partner for its copy, checks it as a successor of its own version 1, and records and
+    audits the fork; a partner on the same branch, or one whose other 2 is not signed, is no fork."""
+    roster = await holding(store, 1, 2, 3)
+    gossip = RosterGossip("nl-customs", roster, federation_view(roster.held), clock=lambda: 100.0)  # type: ignore[arg-type]
+    peer = Branch()
+    gossip.attach(peer, _nothing)
+    ours = (await stored(store))[1][1]
+    for _ in range(2):  # the first look reads the stored hashes
+        gossip.seen("ke-customs", 2, ours)  # the same branch: nothing to ask
+        await asyncio.sleep(0.05)
+    assert peer.asked == []
+    unsigned = Unsigned()
+    gossip.attach(unsigned, _nothing)
+    gossip.seen("za-customs", 2, unsigned.two)
+    await eventually(lambda: _asked(unsigned, 1), what="the ask of the unsigned branch")
+    await asyncio.sleep(0.05)
+    assert roster.equivocations == {} and await forks(store) == []
+    gossip.attach(peer, _nothing)
+    gossip.seen("ke-customs", 2, peer.two)
+    await eventually(forked(roster, store), what="the fork recorded")
+    assert peer.asked == [("ke-customs", "/fed/v1/roster?after=1")]
+    fork = roster.equivocations[2]
+    assert (fork.held_hash, fork.other_hash, fork.source) == (ours, peer.two, "peer:ke-customs")
+    entry = [e for e in await audited(store) if e.get("error") == "RosterEquivocation"][-1]
+    assert (entry["held"], entry["offered"], entry["held_hash"], entry["offered_hash"]) == (3, 2, ours, peer.two)
+    assert roster.held.version == 3 and roster.status().warning is None  # type: ignore[union-attr]
+    await gossip.close()
+
+
+async def _nothing() -> None:
+    return None
