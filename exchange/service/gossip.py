@@ -131,6 +131,7 @@ class RosterGossip:
         # that names a lower version with another hash is on another branch (`_compare`)
         self._hashes: dict[int, str] = {}
         self._hashes_at = -1
+        self._comparing: asyncio.Task[None] | None = None
 
     def version(self) -> int:
         """The version this node holds (0 before its first), for the header of every request and answer."""
@@ -154,7 +155,7 @@ class RosterGossip:
         """`peer` named `version` (with its hash, `digest`) in a request or an answer: pull from it
         if it is newer than ours; ask it for its copy if ours of that version has another hash."""
         held = self.roster.held
-        if digest is not None and held is not None and 0 < version <= held.version:
+        if digest is not None and held is not None and (version == held.version or 2 <= version < held.version):
             ours = held.hash if version == held.version else self._stored_hash(held.version, version)
             if ours is not None and ours != digest:
                 self._diverged(peer, version)
@@ -235,19 +236,23 @@ class RosterGossip:
         return self._hashes.get(version)
 
     async def _read_hashes(self) -> None:
-        self._hashes = await stored_hashes(self.roster.store)
+        try:
+            self._hashes = await stored_hashes(self.roster.store)
+        except Exception as exc:  # read again at the next naming
+            self._hashes_at = -1
+            log.warning("the stored roster hashes were not read: %s: %s", type(exc).__name__, exc)
 
     def _diverged(self, peer: str, version: int) -> None:
         """`peer`'s chain is not this node's at `version` (another hash, or a successor that does
         not follow it): ask it once for its copy of that version (`_compare`)."""
         if self._transport is None or peer == self.me or not self.fed.listed(peer):
             return
-        if (peer, version) in self._compared:
-            return
+        if (peer, version) in self._compared or (self._comparing is not None and not self._comparing.done()):
+            return  # one compare at a time: a peer that names another hash again is asked after it
         if self._clock() - self._unanswered.get(peer, -1e9) < self.pull_interval:
             return
         self._compared.add((peer, version))
-        self._spawn(self._compare(NodeId(peer), version))
+        self._comparing = self._spawn(self._compare(NodeId(peer), version))
 
     async def _compare(self, peer: NodeId, version: int) -> None:
         """Fetch `peer`'s versions from `version` on and judge its copy of `version`. Of the version
@@ -261,7 +266,7 @@ class RosterGossip:
             if not isinstance(versions, list) or not versions:
                 raise InvalidInput(f"{peer} named another roster version {version} but sent none")
             if version < self.version():
-                await judge_below(self.roster, versions, version, f"peer:{peer}", utc_now())
+                await self._judge_below(peer, versions, version)
                 return
             await self.took(
                 await self.roster.import_chain([canonical_json(v) for v in versions], source=f"peer:{peer}")
@@ -272,6 +277,29 @@ class RosterGossip:
             log.warning("roster version %d not compared with %s's: %s", version, peer, exc)
         except ExchangeError as exc:  # judged: an equivocation is recorded and audited by the import
             log.warning("roster version %d compared with %s's: %s: %s", version, peer, type(exc).__name__, exc)
+
+    async def _judge_below(self, peer: NodeId, versions: list[Any], version: int) -> None:
+        """`judge_below`, and the version before when the peer's does not follow this node's (its
+        branch left this node's further down): one request per version, down to version 2."""
+        assert self._transport is not None
+        while True:
+            try:
+                await judge_below(self.roster, versions, version, f"peer:{peer}", utc_now())
+                return
+            except RosterChainBroken:
+                version -= 1
+                if version < 2 or (peer, version) in self._compared:
+                    return
+                self._compared.add((peer, version))
+            try:
+                answer = await self._transport.fetch(peer, f"{ROSTER_PATH}?after={version - 1}")
+            except PeerError:
+                self._compared.discard((peer, version))  # this step is asked again, as the first
+                raise
+            got = answer.get("versions") if isinstance(answer, dict) else None
+            if not isinstance(got, list):
+                raise InvalidInput(f"{peer} answered a roster pull without a list of versions")
+            versions = got
 
     async def serve(self, after: int) -> bytes:
         """The answer to a pull: the version held and the signed versions after `after`, as stored."""

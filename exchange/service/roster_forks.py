@@ -10,6 +10,7 @@ fork at the version it holds, and `exchange_roster_equivocations` counts the ver
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import Sequence
@@ -61,13 +62,19 @@ async def read_forks(conn: AsyncConnection) -> dict[int, Fork]:
 
 
 async def record_fork(
-    store: Store, held_hash: str, other: SignedRosterV2, source: str, now: dt.datetime
+    store: Store,
+    held_hash: str,
+    other: SignedRosterV2,
+    source: str,
+    now: dt.datetime,
+    entry: RosterRefusedEntry | None = None,
 ) -> tuple[Fork, bool]:
     """Record `other` as the second version of its number (the held one has `held_hash`), unless
     one is recorded for that number already: the fork recorded (the first one kept), and whether
     it was recorded now. The first
     record of a version is logged as an error; the ones after it are not (an offer of the same
-    version from each address would else log one error each)."""
+    version from each address would else log one error each). `entry`: audited with the record,
+    in its transaction, if it is recorded now."""
     version, other_hash = other.roster.version, roster_hash(other.roster)
     fork = Fork(version, held_hash, other_hash, source[:64], timestamp(now))
 
@@ -77,6 +84,8 @@ async def record_fork(
             return held
         row = {**fork.__dict__, "other": canonical_json(other.model_dump(mode="json"))}
         await conn.execute(sa.insert(roster_forks).values(**row))
+        if entry is not None:
+            audit.add(entry)
         return None
 
     kept = await store.write(job)
@@ -101,33 +110,53 @@ async def judge_below(
     this node's `version`, a fork, recorded and audited (a `roster.refused` entry, as an import's
     equivocation is, once per version); else None. What does not parse or follow is the peer's
     fault (RosterRefused, InvalidInput), not evidence: raised, nothing recorded."""
-    stored = await roster.chain(after=version - 2) if version >= 2 else []
-    if len(stored) < 2:  # a fork of version 1 has no parent here to be judged by: not compared
+    if version < 2:  # a fork of version 1 has no version before it to be judged by: not compared
         return None
-    parent, ours = parse_roster_v2(stored[0]), parse_roster_v2(stored[1])
-    theirs = [parse_roster_v2(canonical_json(v)) for v in offered[:PAGE] if isinstance(v, dict)]
-    other = next((t for t in theirs if t.roster.version == version), None)
-    if other is None or roster_hash(other.roster) == roster_hash(ours.roster):
+    raw = next((v for v in offered[:PAGE] if _version_of(v) == version), None)
+    async with roster.store.read() as conn:
+        rows = await conn.execute(
+            sa.select(roster_versions.c.signed)
+            .where(roster_versions.c.version.in_((version - 1, version)))
+            .order_by(roster_versions.c.version)
+        )
+        stored = [bytes(r.signed) for r in rows]
+    if raw is None or len(stored) < 2:
         return None
-    TrustedRoster.restore(parent).accept(other)  # signed and well formed, as a successor (6a.4)
-    held_hash = roster_hash(ours.roster)
-    fork, new = await record_fork(roster.store, held_hash, other, source, now)
-    if new:
-        held = roster.held
-        entry: RosterRefusedEntry = {
-            "event": "roster.refused",
-            "at": timestamp(now),
-            "error": "RosterEquivocation",
-            "held": held.version if held is not None else 0,
-            "offered": version,
-            "source": source[:64],
-            "detail": f"roster version {version}: hash {fork.other_hash} signed by the authority, {held_hash} held",
-            "held_hash": held_hash,
-            "offered_hash": fork.other_hash,
-        }
-        await roster.store.audit(entry)
+    judged = await asyncio.to_thread(_successor, stored[0], stored[1], raw)  # up to MiBs of JSON each
+    if judged is None:
+        return None
+    ours, other = judged
+    held_hash, other_hash, held = roster_hash(ours.roster), roster_hash(other.roster), roster.held
+    entry: RosterRefusedEntry = {  # as an import's equivocation is audited (its `offered`: `version`)
+        "event": "roster.refused",
+        "at": timestamp(now),
+        "error": "RosterEquivocation",
+        "held": held.version if held is not None else 0,
+        "offered": version,
+        "source": source[:64],
+        "detail": f"roster version {version}: hash {other_hash} signed by the authority, {held_hash} held",
+        "held_hash": held_hash,
+        "offered_hash": other_hash,
+    }
+    fork, _ = await record_fork(roster.store, held_hash, other, source, now, entry)
     roster.equivocations[version] = fork
     return fork
+
+
+def _version_of(raw: Any) -> Any:
+    roster = raw.get("roster") if isinstance(raw, dict) else None
+    return roster.get("version") if isinstance(roster, dict) else None
+
+
+def _successor(parent: bytes, ours: bytes, raw: Any) -> tuple[SignedRosterV2, SignedRosterV2] | None:
+    """This node's version and the peer's, if the peer's is another successor of `parent` that
+    the authority signed (6a.4, rules 4 to 8); None if it is this node's own; else RosterRefused
+    or InvalidInput."""
+    mine, other = parse_roster_v2(ours), parse_roster_v2(canonical_json(raw))
+    if roster_hash(other.roster) == roster_hash(mine.roster):
+        return None
+    TrustedRoster.restore(parse_roster_v2(parent)).accept(other)
+    return mine, other
 
 
 def fork_warning(fork: Fork) -> str:

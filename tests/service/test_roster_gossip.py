@@ -21,6 +21,7 @@ from exchange.crypto import canonical_json
 from exchange.model import NodeId
 from exchange.protocol.roster2_model import parse_timestamp
 from exchange.protocol.rosterchain import TrustedRoster, parse_roster_v2, roster_hash
+from exchange.protocol.rostermigration import propose
 from exchange.protocol.rosterview import federation_view
 from exchange.service import federation
 from exchange.service.gossip import OFFER_VERSIONS, RosterGossip, header_hash, header_version, offer_source
@@ -585,3 +586,64 @@ async def test_a_peer_behind_on_another_branch_is_found_by_the_node_ahead(store:
 
 async def _nothing() -> None:
     return None
+
+
+def version_4() -> dict[str, Any]:
+    """A version 4 after the recorded 3, signed by its authority."""
+    doc = propose(CHAIN[3].roster, CHAIN[3].roster.issued, CHAIN[3].roster.expires)
+    return signed(doc, mrv.SIGNERS[3]).model_dump(mode="json")
+
+
+async def test_a_peer_behind_that_went_on_along_its_branch_is_walked_back_to_the_fork(store: Store) -> None:
+    """The node holds 1 to 4; the partner 1 and another 2 and 3, and names its 3. Its 3 does not
+    follow the node's 2, so the node asks for its 2, which does follow the node's 1: the fork is at
+    2, recorded there. One request per version, and nothing stored."""
+    roster = await holding(store, 1, 2, 3)
+    await roster.import_chain(json.dumps(version_4()).encode())
+    before = await stored(store)
+    gossip = RosterGossip("nl-customs", roster, federation_view(roster.held), clock=lambda: 100.0)  # type: ignore[arg-type]
+    peer = Branch(ahead=True)
+    gossip.attach(peer, _nothing)
+    three = roster_hash(parse_roster_v2(peer.versions[1]).roster)
+    for _ in range(2):  # the first look reads the stored hashes
+        gossip.seen("ke-customs", 3, three)
+        await asyncio.sleep(0.05)
+    await eventually(forked(roster, store), what="the fork recorded")
+    assert peer.asked == [("ke-customs", "/fed/v1/roster?after=2"), ("ke-customs", "/fed/v1/roster?after=1")]
+    assert list(roster.equivocations) == [2] and roster.equivocations[2].other_hash == peer.two
+    assert await stored(store) == before
+    await gossip.close()
+
+
+async def test_below_the_held_version_version_1_and_a_first_stored_version_are_not_judged(store: Store) -> None:
+    """A fork of version 1 has nothing before it to be judged by, nor has a version that is the
+    first this node stored (it took it out of band): neither is asked for nor recorded, even by a
+    partner that names another hash for it and serves this node's own copy (found by review)."""
+    roster = await holding(store, 2, 3)  # a node that took version 2 out of band
+    gossip = RosterGossip("nl-customs", roster, federation_view(roster.held), clock=lambda: 100.0)  # type: ignore[arg-type]
+    peer = Peer(docs(1, 2, 3))
+    gossip.attach(peer, _nothing)
+    for _ in range(2):
+        gossip.seen("ke-customs", 1, "00" * 32)
+        gossip.seen("ke-customs", 2, "00" * 32)
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.1)
+    assert ("ke-customs", "/fed/v1/roster?after=0") not in peer.asked  # version 1: never asked
+    assert roster.equivocations == {} and await forks(store) == []
+    assert not [e for e in await audited(store) if e.get("error") == "RosterEquivocation"]
+    await gossip.close()
+
+
+async def test_below_the_held_version_an_unsigned_copy_is_no_fork_and_not_audited(store: Store) -> None:
+    roster = await holding(store, 1, 2, 3)
+    gossip = RosterGossip("nl-customs", roster, federation_view(roster.held), clock=lambda: 100.0)  # type: ignore[arg-type]
+    peer = Unsigned()
+    gossip.attach(peer, _nothing)
+    entries = len(await audited(store))
+    for _ in range(2):
+        gossip.seen("ke-customs", 2, peer.two)
+        await asyncio.sleep(0.05)
+    await eventually(lambda: _asked(peer, 1), what="the ask")
+    await asyncio.sleep(0.1)
+    assert roster.equivocations == {} and await forks(store) == [] and len(await audited(store)) == entries
+    await gossip.close()
