@@ -514,6 +514,8 @@ async def test_the_partners_page_says_when_a_partner_is_catching_up(fed: Federat
             return next(r for r in page.split("<tr") if f"<code>{peer}</code>" in r)
 
         assert "in sync" in await row_of("ke-customs")
+        async with http.get("/console/peers") as resp:  # no roster v2 version held: said so
+            assert "runs on its version 1 roster file" in await resp.text()
         nl.service.outbox.peer_pulled("ke-customs", more=True)  # served a full catch-up page
         held = await row_of("ke-customs")
         assert "catching up" in held and "pushes resume by" in held and "in sync" not in held

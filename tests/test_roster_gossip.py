@@ -39,12 +39,22 @@ from exchange.protocol.rosterchain import combine, roster_hash, sign_roster_v2
 from exchange.protocol.rostermigration import admit, authority, from_v1, propose, sign_join_request
 from exchange.provision import InitReport, sample_users
 from exchange.service.gossip import ROSTER_PATH
+from exchange.service.users import set_password
 from exchange.store import audit_log, bulletins
-from tests.conftest import DEFAULT_NODES, Federation, MakeFederation, Member, eventually, free_port
+from tests.conftest import (
+    DEFAULT_NODES,
+    Federation,
+    MakeFederation,
+    Member,
+    console_session,
+    eventually,
+    free_port,
+)
 from tests.node.test_metrics import samples, scrape
 
 NOTE = {"kind": "alert", "title": "Undeclared lithium batteries", "body": "AWB 176-12345675"}
 THREE = {k: DEFAULT_NODES[k] for k in ("nl-customs", "ke-customs", "gb-avsec")}
+PASSWORD = "correct horse battery staple"  # a console password (12 characters or more)
 CONVERGE = 30.0  # seconds: the bound within which every node holds the version
 
 
@@ -398,6 +408,14 @@ async def test_two_nodes_given_two_versions_with_one_number_each_find_the_fork_f
         figures = samples(text)
         assert code == 200 and figures[("exchange_roster_equivocations", ())] == 1
         assert figures[("exchange_roster_expiry_timestamp_seconds", ())] == held.expires_at.timestamp()
+        # The console's partners page says so too, to an administrator, in English and French.
+        await set_password(member.service.store, "admin", PASSWORD, actor="test")
+        async with console_session(member, "admin", PASSWORD) as http:
+            for lang, said in (("en", "The authority signed two roster versions 2"), ("fr", "deux versions 2")):
+                async with http.get("/console/peers", headers={"Accept-Language": lang}) as resp:
+                    page = await resp.text()
+                assert resp.status == 200 and said in page and hashes[peer.id] in page, page
+                assert held.hash in page and 'role="alert"' in page
 
 
 async def test_a_fork_between_branches_of_different_lengths_is_found_on_both_sides(

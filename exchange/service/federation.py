@@ -80,6 +80,7 @@ class RosterStatus:
     holders: tuple[str, ...]
     nodes: dict[str, int]  # how many nodes are active, suspended, revoked
     warning: str | None  # a fork at the held version; its expiry, or one within EXPIRY_WARNING
+    expiring: bool = False  # it expires within EXPIRY_WARNING (and has not yet)
 
 
 @dataclass(frozen=True)
@@ -211,8 +212,8 @@ class FederationRoster:
         doc = held.roster
         counts = {s: len(held.node_ids(s)) for s in ("active", "suspended", "revoked")}
         left = held.expires_at - self._clock()
-        fork = self.equivocations.get(doc.version)
-        warnings = [fork_warning(fork)] if fork is not None and fork.held_hash == held.hash else []
+        fork = self.fork()
+        warnings = [fork_warning(fork)] if fork is not None else []
         if left <= dt.timedelta(0):
             warnings.append(f"roster version {doc.version} has expired: import a fresh version")
         elif left <= EXPIRY_WARNING:
@@ -228,7 +229,14 @@ class FederationRoster:
             holders=tuple(k.holder for k in doc.authority.keys),
             nodes=counts,
             warning="; ".join(warnings) or None,
+            expiring=dt.timedelta(0) < left <= EXPIRY_WARNING,
         )
+
+    def fork(self) -> Fork | None:
+        """The fork recorded at the version held (roster_forks), if any."""
+        held = self._held
+        fork = self.equivocations.get(held.version) if held is not None else None
+        return fork if fork is not None and held is not None and fork.held_hash == held.hash else None
 
     def node(self, node_id: str) -> NodeView:
         """One node of the held version (NotFound if no version is held; UnknownPeer if it is not listed)."""

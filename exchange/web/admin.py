@@ -123,7 +123,9 @@ async def peers_page(request: web.Request) -> web.StreamResponse:
     session.user.require("admin", "auditor", "contact-point")
     service = request.app[SERVICE]
     peers = [{**s.as_dict(), "roster": service.fed.node(s.peer)} for s in await service.peer_statuses()]
-    return render(request, "peers.html", session=session, peers=peers)
+    # the roster v2 version held, its expiry and a fork found at it (None: the node runs on its v1 roster)
+    roster, fork = service.roster.status(), service.roster.fork()
+    return render(request, "peers.html", session=session, peers=peers, roster=roster, fork=fork)
 
 
 def routes(prefix: str) -> list[web.RouteDef]:
