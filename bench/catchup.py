@@ -170,14 +170,17 @@ def count(db: sqlite3.Connection, sql: str) -> int:
     return int(db.execute(sql).fetchone()[0] or 0)
 
 
-async def main(total: int, workers: int | None, layout: str) -> None:
+async def main(total: int, workers: int | None, layout: str, batch_size: int | None = None) -> None:
     from exchange.provision import init_federation
 
     with tempfile.TemporaryDirectory(prefix="exchange-catchup-") as tmp:
         folder = Path(tmp)
         options: dict[str, Any] = {"catchup_interval_seconds": 3600}
         options["crypto_workers"] = NodeConfig.model_fields["crypto_workers"].default if workers is None else workers
-        print(f"crypto_workers = {options['crypto_workers']} per node; layout {layout}")
+        if batch_size is not None:
+            options["batch_size"] = batch_size
+        batch = options.get("batch_size", NodeConfig.model_fields["batch_size"].default)
+        print(f"crypto_workers = {options['crypto_workers']} per node; layout {layout}; batch_size {batch}")
         write_federation(folder / "nodes", NODES, [CHANNEL], {}, options)
         await init_federation(folder / "nodes")
         seeding = await seed_author(folder, total)
@@ -283,5 +286,6 @@ if __name__ == "__main__":
         default="loop",
         help="both nodes on this process's event loop, or A as its own `exchange node run` process",
     )
+    parser.add_argument("--batch-size", type=int, help="each node's batch_size (pushes; default: NodeConfig's)")
     args = parser.parse_args()
-    asyncio.run(main(args.count, args.crypto_workers, args.layout))
+    asyncio.run(main(args.count, args.crypto_workers, args.layout, args.batch_size))

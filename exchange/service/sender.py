@@ -105,6 +105,8 @@ class Sender:
             batch: list[OutItem] = []
             try:
                 batch, ahead = ahead, []
+                if batch and self._pulling():  # it began to pull meanwhile: what was read ahead stays queued
+                    batch, self._stale = [], True
                 if not batch:
                     await self._drain()  # what is in flight, before the queue is read afresh
                     if hold := self._pulling():

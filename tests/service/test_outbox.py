@@ -319,3 +319,34 @@ async def test_a_backlog_is_read_one_requests_worth_at_a_time(
     head = await author.outbox.pending(B, 100)
     assert [i.n for i in head] == sorted(i.n for i in head) and len(head) == 2, head
     assert read == [2]  # two envelopes read, not five
+
+
+async def test_a_partner_served_a_full_page_during_a_push_is_not_pushed_the_batch_read_ahead(
+    pair: dict[str, NodeService], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sender reads its next batch while the last is in flight. A partner served a full catch-up
+    page meanwhile pulls what is queued: the batch read ahead is not pushed to it, but stays queued
+    (seen in bench/catchup.py: every envelope of a long catch-up received twice, pulled and pushed)."""
+    a = pair[A]
+    transport, _ = await _held_back_by_a_full_page(pair)
+    monkeypatch.setattr(a.outbox, "config", a.outbox.config.model_copy(update={"batch_size": 1}))
+    sender = a.outbox.senders[B]
+    sender._pulling_until = 0.0  # the hold over: the sender pushes one at a time
+    read = a.outbox.queued
+
+    async def read_ahead(dest: str, limit: int, *, after: int = 0) -> list[Any]:
+        got = await read(dest, limit, after=after)
+        if after:  # the read ahead, with a push in flight: the partner is served a full page now
+            a.outbox.peer_pulled(B, more=True)
+        return got
+
+    monkeypatch.setattr(a.outbox, "queued", read_ahead)
+    sender.wake()
+
+    async def one_pushed() -> bool:
+        return len([path for node, path in transport.sent if node == B]) >= 1
+
+    await eventually(one_pushed, what="the first push")
+    await asyncio.sleep(0.5)
+    assert len([path for node, path in transport.sent if node == B]) == 1
+    assert (await a.queued_counts())[B] == 2
