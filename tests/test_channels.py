@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -147,6 +148,12 @@ async def check_row(fed: Federation, bid: str, actor: str, action: str, allowed:
             return "read the wrong bulletin"
         if action == "list" and bid not in [i["id"] for i in body["items"]]:
             return "the bulletin is missing from the list"
+        # The rows after it count the members' bulletins and channel events: not while this one arrives.
+        if action == "change membership":
+            await _members_at(fed, owner.service.channels.state("c2c").pos)
+        if action == "post":
+            for other in sorted({"nl-customs", "ke-customs", "de-customs"} - {node}):
+                await eventually(_holding(fed[other], body["id"]), what=f"the post at {other}")
         return None
     if not 400 <= status < 500 or ctype != "application/problem+json" or body.get("status") != status:
         return f"expected a 4xx problem+json, got {status} {ctype} {body}"
@@ -164,6 +171,23 @@ async def check_row(fed: Federation, bid: str, actor: str, action: str, allowed:
     if not any(e["event"] == "request.rejected" and e["status"] == status for e in since):
         return "the refusal was not audited"
     return None
+
+
+def _holding(member: Member, bid: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await holds(member, bid)
+
+    return check
+
+
+async def _members_at(fed: Federation, pos: int) -> None:
+    """Wait until the channel's other members hold its log up to `pos` (a change pushed to them)."""
+    for node in ("ke-customs", "de-customs"):
+
+        async def holds_it(node: str = node) -> bool:
+            return bool(fed[node].service.channels.state("c2c").pos >= pos)
+
+        await eventually(holds_it, what=f"{node} to hold the channel's log up to {pos}")
 
 
 async def test_access_table(access_federation: tuple[Federation, str]) -> None:
