@@ -361,6 +361,18 @@ async def test_a_revoked_node_is_cut_off_its_queue_cancelled_and_removed_from_ch
     assert held is not None and held.version == 1
 
 
+async def refused(member: Member) -> list[dict[str, Any]]:
+    """The equivocations `member` audited."""
+    return [e for e in await audited(member, "roster.refused") if e["error"] == "RosterEquivocation"]
+
+
+def forked(member: Member, version: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:  # recorded, then audited
+        return version in member.service.roster.equivocations and bool(await refused(member))
+
+    return check
+
+
 async def test_two_nodes_given_two_versions_with_one_number_each_find_the_fork_from_the_other(
     make_federation: MakeFederation,
 ) -> None:
@@ -382,17 +394,8 @@ async def test_two_nodes_given_two_versions_with_one_number_each_find_the_fork_f
     hashes = {nl.id: roster_hash(one.roster), ke.id: roster_hash(other.roster)}
     assert hashes[nl.id] != hashes[ke.id]
 
-    async def refused(member: Member) -> list[dict[str, Any]]:
-        return [e for e in await audited(member, "roster.refused") if e["error"] == "RosterEquivocation"]
-
-    def forked(member: Member) -> Callable[[], Awaitable[bool]]:
-        async def check() -> bool:  # recorded, then audited
-            return 2 in member.service.roster.equivocations and bool(await refused(member))
-
-        return check
-
     for member, peer in ((nl, ke), (ke, nl)):
-        await eventually(forked(member), timeout=CONVERGE, what=f"the fork seen at {member.id}")
+        await eventually(forked(member, 2), timeout=CONVERGE, what=f"the fork seen at {member.id}")
         fork = member.service.roster.equivocations[2]
         assert (fork.held_hash, fork.other_hash, fork.source) == (hashes[member.id], hashes[peer.id], f"peer:{peer.id}")
         held = member.service.roster.held
@@ -439,15 +442,8 @@ async def test_a_fork_between_branches_of_different_lengths_is_found_on_both_sid
         await fed.start(member.id)
     hashes = {nl.id: roster_hash(two.roster), ke.id: roster_hash(other.roster)}
 
-    def forked(member: Member) -> Callable[[], Awaitable[bool]]:
-        async def check() -> bool:
-            audited_fork = [e for e in await audited(member, "roster.refused") if e["error"] == "RosterEquivocation"]
-            return 2 in member.service.roster.equivocations and bool(audited_fork)
-
-        return check
-
     for member, peer, holds_version in ((nl, ke, 3), (ke, nl, 2)):
-        await eventually(forked(member), timeout=CONVERGE, what=f"the fork seen at {member.id}")
+        await eventually(forked(member, 2), timeout=CONVERGE, what=f"the fork seen at {member.id}")
         fork = member.service.roster.equivocations[2]
         assert (fork.held_hash, fork.other_hash, fork.source) == (hashes[member.id], hashes[peer.id], f"peer:{peer.id}")
         held = member.service.roster.held
