@@ -48,7 +48,7 @@ from exchange.protocol.rosterchain import (
 from exchange.protocol.rostermigration import check_migration
 from exchange.protocol.rosterview import federation_view, roster_view
 from exchange.service.refusal_budget import RefusalBudget
-from exchange.service.roster_forks import Fork, fork_warning, read_forks, record_fork
+from exchange.service.roster_forks import Fork, fork_warning, read_forks, record_fork, stored_hashes
 from exchange.service.roster_restore import keep_pin, restore_chain
 from exchange.store import AuditBuffer, Store
 from exchange.store.tables import roster_versions
@@ -295,7 +295,7 @@ class FederationRoster:
             try:
                 async with self.store.read() as conn:
                     held = await self._refresh(conn)
-                    known = await _hashes(conn, held.version if held else 0)
+                    known = await stored_hashes(conn, below=held.version if held else 0)
                 offered = await _parsed([raw] if isinstance(raw, bytes) else raw, max_versions)
                 new, added, view = await asyncio.to_thread(self._decide, held, offered, known, now)
                 if expect_hash is not None and new.hash != expect_hash:
@@ -471,13 +471,6 @@ def _parse_chain(blobs: Sequence[bytes], max_versions: int = MAX_CHAIN + 1) -> l
     if not chain:
         raise InvalidInput("no roster version to import")
     return sorted(chain, key=lambda s: s.roster.version)
-
-
-async def _hashes(conn: AsyncConnection, below: int) -> dict[int, str]:
-    rows = await conn.execute(
-        sa.select(roster_versions.c.version, roster_versions.c.hash).where(roster_versions.c.version < below)
-    )
-    return {int(r.version): str(r.hash) for r in rows}
 
 
 __all__ = [

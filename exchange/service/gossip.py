@@ -237,7 +237,8 @@ class RosterGossip:
 
     async def _read_hashes(self) -> None:
         try:
-            self._hashes = await stored_hashes(self.roster.store)
+            async with self.roster.store.read() as conn:
+                self._hashes = await stored_hashes(conn)
         except Exception as exc:  # read again at the next naming
             self._hashes_at = -1
             log.warning("the stored roster hashes were not read: %s: %s", type(exc).__name__, exc)

@@ -71,10 +71,9 @@ async def record_fork(
 ) -> tuple[Fork, bool]:
     """Record `other` as the second version of its number (the held one has `held_hash`), unless
     one is recorded for that number already: the fork recorded (the first one kept), and whether
-    it was recorded now. The first
-    record of a version is logged as an error; the ones after it are not (an offer of the same
-    version from each address would else log one error each). `entry`: audited with the record,
-    in its transaction, if it is recorded now."""
+    it was recorded now. The first record of a version is logged as an error; the ones after it
+    are not (an offer of the same version from each address would else log one error each).
+    `entry`: audited with the record, in its transaction, if it is recorded now."""
     version, other_hash = other.roster.version, roster_hash(other.roster)
     fork = Fork(version, held_hash, other_hash, source[:64], timestamp(now))
 
@@ -95,11 +94,12 @@ async def record_fork(
     return fork, True
 
 
-async def stored_hashes(store: Store) -> dict[int, str]:
-    """The hash of every version this node stored, by version."""
-    async with store.read() as conn:
-        rows = await conn.execute(sa.select(roster_versions.c.version, roster_versions.c.hash))
-        return {int(r.version): str(r.hash) for r in rows}
+async def stored_hashes(conn: AsyncConnection, below: int | None = None) -> dict[int, str]:
+    """The hash of every version this node stored (below `below`), by version."""
+    query = sa.select(roster_versions.c.version, roster_versions.c.hash)
+    if below is not None:
+        query = query.where(roster_versions.c.version < below)
+    return {int(r.version): str(r.hash) for r in await conn.execute(query)}
 
 
 async def judge_below(
