@@ -309,11 +309,14 @@ class ChannelBook:
                 )
                 if event.change.type == "remove":
                     # Nothing more goes to a removed member, including what was queued for it.
+                    # Each of its queued items looked up by its bulletin (a seek each), not each of
+                    # the channel's bulletins in the outbox: as many as it has queued, however many
+                    # the channel holds.
                     gone = event.change.node
-                    queued = sa.select(bulletins.c.id).where(bulletins.c.channel == event.channel)
+                    of_channel = sa.exists().where(bulletins.c.id == outbox.c.ref, bulletins.c.channel == event.channel)
                     await conn.execute(
                         sa.update(outbox)
-                        .where(outbox.c.dest == gone, OUTBOX_QUEUED, outbox.c.ref.in_(queued))
+                        .where(outbox.c.dest == gone, OUTBOX_QUEUED, of_channel)
                         .values(state="cancelled", detail=f"removed from {event.channel}")
                     )
                 if queue:

@@ -103,7 +103,9 @@ outbox = sa.Table(
     # when the retention loop (exchange.service.retention) first found the row delivered, rejected
     # or cancelled; the row is deleted once that is older than the outbox retention
     sa.Column("done_at", sa.String(32), nullable=True),
-    sa.UniqueConstraint("dest", "kind", "ref", name="uq_outbox_item"),
+    # Led by the item (revision 0015): a post's rows, one per reader, all name its bulletin and go
+    # side by side in the key, not in as many places as it has readers.
+    sa.UniqueConstraint("ref", "dest", "kind", name="uq_outbox_item"),
 )
 # A row is queued until it finishes (delivered, rejected or cancelled), never back. Each index
 # below holds the rows of one side (revision 0013): an item queued enters one index besides the
