@@ -17,7 +17,7 @@ from exchange.protocol.epoch import EPOCH_DOMAIN, epoch_hash, parse_epoch
 from exchange.protocol.epoch_model import EpochRecord
 from exchange.protocol.signing import sign
 from exchange.service import epochs as epochs_module
-from exchange.store.tables import channel_epochs
+from exchange.store.tables import channel_epochs, epoch_support
 from tests.conftest import Federation, MakeFederation, eventually
 from tests.test_epoch_attacks import admin_invite_and_accept, arrives, post
 from tests.test_epoch_history import NODES, QUIET, channel
@@ -262,3 +262,43 @@ async def test_records_held_over_are_capped_in_bytes(
         await fr.service.epochs.pull("nl-customs", "c2c")
     assert len(asked) == 1, asked
     assert [r.n for r in fr.service.epochs.records("c2c")] == [0]
+
+
+async def support_held(node: Any, of: str) -> tuple[bool, bool]:
+    """Whether `node` holds `of`'s v2 announcement: in memory, and stored."""
+    async with node.service.store.read() as conn:
+        stored = (await conn.scalar(sa.select(sa.func.count()).where(epoch_support.c.node == of))) == 1
+    return of in node.service.epochs._support, stored
+
+
+async def test_announcements_relayed_with_a_refused_page_are_not_kept(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member relays readers' announcements with the epoch records it serves (15.12). A page
+    refused (here its first record, altered after the owner signed it) leaves none of them kept,
+    in memory or stored: before, each was stored before the page was checked, so a member could
+    have a node keep, for an hour, an older announcement that came with a page it refused. With
+    the page as the owner signed it, the relayed announcement is kept once the records are taken."""
+    fed = await two_epochs(make_federation)
+    fr = fed["fr-customs"]
+    book = fr.service.epochs
+    book._support.pop("gb-customs", None)  # as for a reader fr never asked, nor had relayed
+    async with fr.service.store.engine.begin() as conn:
+        await conn.execute(sa.delete(epoch_support).where(epoch_support.c.node == "gb-customs"))
+    relayed: list[list[str]] = []
+
+    def altered(n: int, real: dict[str, Any]) -> dict[str, Any]:
+        relayed.append([s["node"] for s in real["support"]])
+        first = {**real["epochs"][0], "created": "2020-01-01T00:00:00Z"}  # no longer what the owner signed
+        return {**real, "epochs": [first, *real["epochs"][1:]]}
+
+    answered_by(fed, monkeypatch, altered)
+    with pytest.raises(BadSignature):
+        await book.pull("nl-customs", "c2c")
+    assert "gb-customs" in relayed[0], relayed  # it came with the page
+    assert await support_held(fr, "gb-customs") == (False, False)
+    assert book.records("c2c") == []
+
+    monkeypatch.undo()
+    assert await book.pull("nl-customs", "c2c") == 2
+    assert await support_held(fr, "gb-customs") == (True, True)

@@ -7,9 +7,12 @@ The base of `exchange.service.epochs.EpochBook`: the one place that says which k
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import sqlalchemy as sa
@@ -35,6 +38,13 @@ SLOW_ASK = 1.0  # seconds: a failed ask that took longer is a timeout, not a ref
 SUPPORT_REFRESH = 3600.0  # seconds after which the owner asks a node for its announcement again
 ASK_AT_ONCE = 16  # announcements asked for at the same time (wrap_key_ids)
 MEMO_SIZE = 64  # epochs' reader lists whose wrap keys a receiver keeps (wrap_key_ids)
+
+# Announcements relayed with a page of epoch records while that page is checked (`offering`): seen
+# by the checks of the pull that fetched it (its task and those it starts) as if held, and kept only
+# once the page is taken (`keep_relayed`), so that a page refused leaves nothing stored.
+_OFFERED: contextvars.ContextVar[Mapping[str, EpochSupport]] = contextvars.ContextVar(
+    "offered", default=MappingProxyType({})
+)
 
 
 class Announcements:
@@ -109,6 +119,9 @@ class Announcements:
             return self.announcement if self.announce else None
         now = time.monotonic()
         held = self._support.get(node)
+        offered = _OFFERED.get().get(node)
+        if offered is not None and (held is None or held.signer != self.fed.node(node).signing_kid):
+            held = offered  # relayed with the page being checked: what `keep_relayed` would keep
         if (
             held is not None
             and not refresh
@@ -165,10 +178,15 @@ class Announcements:
             self._unreachable[node] = time.monotonic() + UNREACHABLE_RECHECK
 
     async def take_relayed_support(self, raws: Sequence[Any]) -> None:
-        """Announcements relayed by a member with epoch records: each is checked against its own
-        node's roster key, and kept if none is held for that node (a held one is asked for again
-        directly when an epoch's wrap disagrees with it: `record_key_ids`). One of a node that the
-        held version does not list as active is skipped: no epoch is made for it (15.6 rule 7)."""
+        """`relayed_support`, kept at once (`keep_relayed`)."""
+        await self.keep_relayed(self.relayed_support(raws))
+
+    def relayed_support(self, raws: Sequence[Any]) -> dict[str, EpochSupport]:
+        """Announcements relayed by a member with epoch records, by node: each checked against its
+        own node's roster key, and taken if none is held for that node (a held one is asked for
+        again directly when an epoch's wrap disagrees with it: `record_key_ids`). One of a node
+        that the held version does not list as active is skipped: no epoch is made for it (15.6
+        rule 7). Nothing is kept here: the page they came with is checked first (`offering`)."""
         fresh: dict[str, EpochSupport] = {}
         for raw in raws[: len(self.fed.roster.nodes)]:
             support = parse_support(raw)
@@ -179,6 +197,19 @@ class Announcements:
                 continue
             verify_support(support, self.fed, support.node)
             fresh[support.node] = support
+        return fresh
+
+    @contextlib.contextmanager
+    def offering(self, offered: Mapping[str, EpochSupport]) -> Iterator[None]:
+        """While the page that relayed `offered` is checked: its checks take them as held."""
+        token = _OFFERED.set(MappingProxyType(dict(offered)))
+        try:
+            yield
+        finally:
+            _OFFERED.reset(token)
+
+    async def keep_relayed(self, fresh: Mapping[str, EpochSupport]) -> None:
+        """Keep relayed announcements (`relayed_support`), once the page they came with is taken."""
         if not fresh:
             return
         now = timestamp()
@@ -213,6 +244,9 @@ class Announcements:
         the next envelope of the same epoch until either changes."""
         nodes = tuple(nodes)
         generation, roster = self._generation, self.fed.roster
+        offered = _OFFERED.get()
+        if offered:  # not kept yet: what is found with them is remembered for no one
+            generation = -1
         if strict and (memo := self._memo.get(nodes)) is not None and memo[0] is roster and memo[1] == generation:
             return dict(memo[2])
         if (
@@ -224,7 +258,11 @@ class Announcements:
             and time.monotonic() < kept[2]
         ):
             return dict(kept[3])
-        missing = [n for n in nodes if n != self.me and (n not in self._support or (owner and n in self._relayed))]
+        missing = [
+            n
+            for n in nodes
+            if n != self.me and n not in offered and (n not in self._support or (owner and n in self._relayed))
+        ]
         if len(missing) > 1:
             gate = asyncio.Semaphore(ASK_AT_ONCE)
 
@@ -242,6 +280,8 @@ class Announcements:
             if support is None:
                 return None
             out[node] = wrap_key_id(self.fed, node, support)
+        if generation < 0:
+            return out
         if strict:
             if len(self._memo) >= MEMO_SIZE:
                 self._memo.clear()

@@ -1,6 +1,5 @@
-"""Channel epochs on a node (docs/protocol.md, 15): the epoch records it holds, makes as owner,
-serves to members and fetches from them, and the epoch keys it opened (which partners take v2:
-its base, `exchange.service.epoch_announcements`).
+"""Channel epochs on a node (docs/protocol.md, 15): the epoch records it holds, makes as owner, serves to members and
+fetches from them, and the epoch keys it opened (which partners take v2: `exchange.service.epoch_announcements`).
 
 Distribution is by pull, from any member (records are owner-signed). The owner makes the next
 epoch when first needed once the readers or their wrap keys changed, and only when every reader
@@ -323,8 +322,7 @@ class EpochBook(Announcements):
                 relayed = list(page.get("support") or [])
             except (KeyError, TypeError) as exc:
                 raise EpochInvalid(f"{peer} sent a malformed page of epoch records") from exc
-            if raws and relayed:
-                await self.take_relayed_support(relayed)
+            offered = self.relayed_support(relayed) if raws and relayed else {}  # kept once the page is taken
             carried_before = carried
             raws, carried = carried + raws, []
             keep = len(raws)
@@ -337,7 +335,8 @@ class EpochBook(Announcements):
                     raise EpochInvalid(f"{peer} sent more than {MAX_CARRIED} epoch records without a current signature")
                 if parse_epoch(carried[-1]).n <= after:
                     raise EpochInvalid(f"{peer} sent a page of epoch records that does not go past epoch {after}")
-            fresh += await self.accept(channel, raws, final=not more, keep=keep)
+            with self.offering(offered):
+                fresh += await self.accept(channel, raws, final=not more, keep=keep)
             if more:  # what is held over is checked now as far as it can be, not held unchecked page after page
                 new = max(keep, len(carried_before))  # the first carried record not checked yet
                 before = parse_epoch(raws[new - 1]) if new else self.record(channel, after) if after >= 0 else None
@@ -346,6 +345,7 @@ class EpochBook(Announcements):
                     raise EpochInvalid(f"{peer} sent over {MAX_CARRIED_BYTES} bytes of epoch records not pinned yet")
                 for raw in raws[new:]:
                     before = check_carried(parse_epoch(raw), channel, before, self.fed)
+            await self.keep_relayed(offered)
             if not more:
                 grants = page.get("grants") or []
                 if not isinstance(grants, list):
