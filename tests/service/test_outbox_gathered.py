@@ -264,12 +264,16 @@ async def test_one_post_to_five_readers_costs_one_read_and_one_mark(
     async def delivered() -> bool:
         return await a.queued_counts() == {}
 
-    await post(a, "warm-up")
-    await eventually(delivered, what="the warm-up's delivery")
+    async def parked() -> bool:  # every sender waits for work, none between a wake and its read
+        return all(not s._stale and not s._work.is_set() and s._flight is None for s in a.outbox.senders.values())
+
     # A reader's request to the author (a catch-up pull, an audit round) wakes the author's sender
     # for it, which reads its (empty) queue: under load such a read fell into the measured window
-    # (CI, once). Only the post's wake is measured here.
+    # (CI, twice). Only the post's wake is measured here, once every sender is back waiting for work.
     monkeypatch.setattr(a.outbox, "peer_seen", lambda peer, *, tell=True: None)
+    await post(a, "warm-up")
+    await eventually(delivered, what="the warm-up's delivery")
+    await eventually(parked, what="every sender waiting for work")
     with statements(a) as seen:
         bid = await post(a, "measured")
         await eventually(delivered, what="delivery to the five readers")
