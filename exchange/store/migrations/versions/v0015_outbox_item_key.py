@@ -4,8 +4,9 @@ instead of (dest, kind, ref) (exchange.store.tables).
 A post queues one row per reader, all with the bulletin's id as `ref`. Keyed by destination first,
 those rows went to as many places of the key's index as the channel has readers, each in the
 middle of that reader's run of random bulletin ids; keyed by the reference first, they go side by
-side. On SQLite, the key's share of queueing a row fell from about 6 to about 1.5 µs, at 199
-readers about 0.9 ms of the author's CPU per bulletin (bench/outbox_rows.py, bench/README.md). The
+side. In sqlite3 alone the key's share of queueing a row fell from about 5 to about 1.5 µs; as
+the node queues them, about 14 to 8 µs a row, at 199 readers about 1.2 ms of the author's CPU per
+bulletin (bench/outbox_rows.py, bench/README.md). The
 statements that look a row up by its key name its reference (a receipt, a channel's bulletins,
 an event), and those that read a destination's queue use `ix_outbox_queued`.
 
