@@ -17,6 +17,7 @@ from exchange.protocol.epoch import EPOCH_DOMAIN, epoch_hash, parse_epoch
 from exchange.protocol.epoch_model import EpochRecord
 from exchange.protocol.signing import sign
 from exchange.service import epochs as epochs_module
+from exchange.service.epoch_announcements import SUPPORT_PATH
 from exchange.store.tables import channel_epochs, epoch_support
 from tests.conftest import Federation, MakeFederation, eventually
 from tests.test_epoch_attacks import admin_invite_and_accept, arrives, post
@@ -271,14 +272,17 @@ async def support_held(node: Any, of: str) -> tuple[bool, bool]:
     return of in node.service.epochs._support, stored
 
 
+@pytest.mark.parametrize("refused", ["altered record", "broken after a page held over"])
 async def test_announcements_relayed_with_a_refused_page_are_not_kept(
-    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch, refused: str
 ) -> None:
-    """A member relays readers' announcements with the epoch records it serves (15.12). A page
-    refused (here its first record, altered after the owner signed it) leaves none of them kept,
-    in memory or stored: before, each was stored before the page was checked, so a member could
-    have a node keep, for an hour, an older announcement that came with a page it refused. With
-    the page as the owner signed it, the relayed announcement is kept once the records are taken."""
+    """A member relays readers' announcements with the epoch records it serves (15.12). An answer
+    refused (its first record altered after the owner signed it; or a first page whose only record
+    is held over for the next, then a malformed page) leaves none of them kept, in memory or
+    stored: before, each was stored before its page was checked, so a member could have a node
+    keep, for an hour, an older announcement that came with a page it refused. With the answer as
+    the owner signed it, the relayed announcement serves the checks (gb is not asked for its own)
+    and is kept once the records are taken."""
     fed = await two_epochs(make_federation)
     fr = fed["fr-customs"]
     book = fr.service.epochs
@@ -288,17 +292,24 @@ async def test_announcements_relayed_with_a_refused_page_are_not_kept(
     relayed: list[list[str]] = []
 
     def altered(n: int, real: dict[str, Any]) -> dict[str, Any]:
-        relayed.append([s["node"] for s in real["support"]])
-        first = {**real["epochs"][0], "created": "2020-01-01T00:00:00Z"}  # no longer what the owner signed
-        return {**real, "epochs": [first, *real["epochs"][1:]]}
+        if "support" in real:
+            relayed.append([s["node"] for s in real["support"]])
+        if refused == "altered record":
+            first = {**real["epochs"][0], "created": "2020-01-01T00:00:00Z"}  # no longer what the owner signed
+            return {**real, "epochs": [first, *real["epochs"][1:]]}
+        if n == 1:
+            return {**real, "epochs": real["epochs"][:1], "more": True}  # its one record waits for the next page
+        return {"more": False}  # no records member: malformed
 
     answered_by(fed, monkeypatch, altered)
-    with pytest.raises(BadSignature):
+    with pytest.raises(BadSignature if refused == "altered record" else EpochInvalid):
         await book.pull("nl-customs", "c2c")
     assert "gb-customs" in relayed[0], relayed  # it came with the page
     assert await support_held(fr, "gb-customs") == (False, False)
     assert book.records("c2c") == []
 
     monkeypatch.undo()
+    asked = answered_by(fed, monkeypatch, lambda n, real: real)
     assert await book.pull("nl-customs", "c2c") == 2
+    assert SUPPORT_PATH not in asked, asked  # the checks used what was relayed
     assert await support_held(fr, "gb-customs") == (True, True)

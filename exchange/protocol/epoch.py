@@ -8,7 +8,7 @@ earlier epoch keys for a member that was granted the channel's history.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,6 +184,16 @@ def check_carried(record: EpochRecord, channel: str, prev: EpochRecord | None, f
     current = fed.listed(record.owner) and fed.signing_key_of(record.owner, record.signer) is not None
     check_signed_by_owner(record, fed, history=not current)
     return record
+
+
+def pinned_end(raws: Sequence[Any], signed_now: Callable[[EpochRecord], bool], *, unsigned: int = 0) -> int:
+    """How many of `raws` end with a record signed with a current key (`signed_now`; the rest,
+    history not pinned yet, waits for the next page); the first `unsigned` are known not to be
+    (held over from the pages before), so each record is looked at once however many pages hold it."""
+    for i in range(len(raws) - 1, unsigned - 1, -1):
+        if signed_now(parse_epoch(raws[i])):
+            return i + 1
+    return 0
 
 
 def check_stored(record: EpochRecord, prev: EpochRecord | None, fed: Federation) -> None:

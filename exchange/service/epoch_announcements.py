@@ -11,7 +11,7 @@ import contextlib
 import contextvars
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -39,9 +39,9 @@ SUPPORT_REFRESH = 3600.0  # seconds after which the owner asks a node for its an
 ASK_AT_ONCE = 16  # announcements asked for at the same time (wrap_key_ids)
 MEMO_SIZE = 64  # epochs' reader lists whose wrap keys a receiver keeps (wrap_key_ids)
 
-# Announcements relayed with a page of epoch records while that page is checked (`offering`): seen
-# by the checks of the pull that fetched it (its task and those it starts) as if held, and kept only
-# once the page is taken (`keep_relayed`), so that a page refused leaves nothing stored.
+# Announcements relayed with pages of epoch records while a pull checks them (`relayed_for`): seen
+# by that pull's checks (its task and those it starts) as if held, and kept at its end only for the
+# readers of the records it took (`keep_relayed`), so that a page refused leaves nothing of its own.
 _OFFERED: contextvars.ContextVar[Mapping[str, EpochSupport]] = contextvars.ContextVar(
     "offered", default=MappingProxyType({})
 )
@@ -186,7 +186,7 @@ class Announcements:
         own node's roster key, and taken if none is held for that node (a held one is asked for
         again directly when an epoch's wrap disagrees with it: `record_key_ids`). One of a node
         that the held version does not list as active is skipped: no epoch is made for it (15.6
-        rule 7). Nothing is kept here: the page they came with is checked first (`offering`)."""
+        rule 7). Nothing is kept here: the pages they came with are checked first (`relayed_for`)."""
         fresh: dict[str, EpochSupport] = {}
         for raw in raws[: len(self.fed.roster.nodes)]:
             support = parse_support(raw)
@@ -199,17 +199,35 @@ class Announcements:
             fresh[support.node] = support
         return fresh
 
-    @contextlib.contextmanager
-    def offering(self, offered: Mapping[str, EpochSupport]) -> Iterator[None]:
-        """While the page that relayed `offered` is checked: its checks take them as held."""
-        token = _OFFERED.set(MappingProxyType(dict(offered)))
+    @contextlib.asynccontextmanager
+    async def relayed_for(self, taken: Callable[[], set[str]]) -> AsyncIterator[dict[str, EpochSupport]]:
+        """A pull of epoch records: the announcements its pages relay (`relayed_support`, added to
+        the dict given) are seen by its checks as if held (this task and those it starts), and kept
+        at its end, failed or not, only for the readers of the records it took (`taken`): a page
+        refused leaves none of its own kept."""
+        offered: dict[str, EpochSupport] = {}
+        token = _OFFERED.set(MappingProxyType(offered))
         try:
-            yield
-        finally:
+            yield offered
+        except Exception:
             _OFFERED.reset(token)
+            await self.keep_relayed({n: s for n, s in offered.items() if n in taken()})
+            raise
+        except BaseException:
+            _OFFERED.reset(token)
+            raise
+        _OFFERED.reset(token)
+        await self.keep_relayed({n: s for n, s in offered.items() if n in taken()})
 
     async def keep_relayed(self, fresh: Mapping[str, EpochSupport]) -> None:
-        """Keep relayed announcements (`relayed_support`), once the page they came with is taken."""
+        """Keep relayed announcements (`relayed_support`), but not over one held that is signed with
+        its node's current key: one the node gave itself meanwhile (asked when a wrap disagreed)."""
+        fresh = {
+            n: s
+            for n, s in fresh.items()
+            if self.fed.listed(n)
+            and ((held := self._support.get(n)) is None or held.signer != self.fed.node(n).signing_kid)
+        }
         if not fresh:
             return
         now = timestamp()

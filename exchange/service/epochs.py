@@ -33,9 +33,11 @@ from exchange.protocol.epoch import (
     make_epoch,
     open_epoch,
     parse_epoch,
+    pinned_end,
     verify_epoch,
 )
 from exchange.protocol.epoch_model import EpochRecord, HistoryGrant
+from exchange.protocol.epoch_support import EpochSupport
 from exchange.protocol.roster import Federation
 from exchange.service.channels import ChannelBook
 from exchange.service.epoch_announcements import Announcements
@@ -308,8 +310,16 @@ class EpochBook(Announcements):
 
     async def pull(self, peer: str, channel: str) -> int:
         """Fetch the epoch records this node lacks from `peer` (any member); return how many were new."""
-        fresh = 0
         await self.refresh(channel)  # ask only for what no worker of this node holds
+        start = max((e.n for e in self.records(channel)), default=-1)
+        # The readers' announcements the peer relays, kept for the records taken (`relayed_for`).
+        async with self.relayed_for(
+            lambda: {r for e in self.records(channel) if e.n > start for r in e.readers}
+        ) as offered:
+            return await self._pages(peer, channel, offered)
+
+    async def _pages(self, peer: str, channel: str, offered: dict[str, EpochSupport]) -> int:
+        fresh = 0
         carried: list[Any] = []  # history at a page's end, not pinned yet (15.6 rule 2): taken with the next page
         sizes: list[int] = []  # the bytes of each carried record
         while True:
@@ -322,21 +332,21 @@ class EpochBook(Announcements):
                 relayed = list(page.get("support") or [])
             except (KeyError, TypeError) as exc:
                 raise EpochInvalid(f"{peer} sent a malformed page of epoch records") from exc
-            offered = self.relayed_support(relayed) if raws and relayed else {}  # kept once the page is taken
+            if raws and relayed:
+                offered.update(self.relayed_support(relayed))
             carried_before = carried
             raws, carried = carried + raws, []
             keep = len(raws)
             if more:
                 # The answer's last record always waits for the next page, so that it is judged as
                 # the last (rule 7), however the answer ends; with it, the history it pins.
-                keep = self._pinned_end(raws[:-1], unsigned=max(len(carried_before) - 1, 0))
+                keep = pinned_end(raws[:-1], self._signed_now, unsigned=max(len(carried_before) - 1, 0))
                 carried = raws[keep:]
                 if len(carried) > MAX_CARRIED:
                     raise EpochInvalid(f"{peer} sent more than {MAX_CARRIED} epoch records without a current signature")
                 if parse_epoch(carried[-1]).n <= after:
                     raise EpochInvalid(f"{peer} sent a page of epoch records that does not go past epoch {after}")
-            with self.offering(offered):
-                fresh += await self.accept(channel, raws, final=not more, keep=keep)
+            fresh += await self.accept(channel, raws, final=not more, keep=keep)
             if more:  # what is held over is checked now as far as it can be, not held unchecked page after page
                 new = max(keep, len(carried_before))  # the first carried record not checked yet
                 before = parse_epoch(raws[new - 1]) if new else self.record(channel, after) if after >= 0 else None
@@ -345,21 +355,11 @@ class EpochBook(Announcements):
                     raise EpochInvalid(f"{peer} sent over {MAX_CARRIED_BYTES} bytes of epoch records not pinned yet")
                 for raw in raws[new:]:
                     before = check_carried(parse_epoch(raw), channel, before, self.fed)
-            await self.keep_relayed(offered)
             if not more:
                 grants = page.get("grants") or []
                 if not isinstance(grants, list):
                     raise EpochInvalid(f"{peer} sent a malformed list of history grants")
                 return fresh + await accept_grants(self, channel, grants)
-
-    def _pinned_end(self, raws: Sequence[Any], *, unsigned: int = 0) -> int:
-        """How many of `raws` end with a record signed with a current key (the rest, history not
-        pinned yet, waits for the next page); the first `unsigned` are known not to be (held over
-        from the pages before), so each record is looked at once however many pages hold it over."""
-        for i in range(len(raws) - 1, unsigned - 1, -1):
-            if self._signed_now(parse_epoch(raws[i])):
-                return i + 1
-        return 0
 
     async def pull_quietly(self, peer: str, channel: str) -> int:
         """`pull` at catch-up: a member of a release before v2 (404) has none; other failures
