@@ -266,7 +266,10 @@ class Sampler:
                     "-o",
                     str(self.out),
                 ]
-                + ([] if self.pause else ["--nonblocking"]),
+                + ([] if self.pause else ["--nonblocking"])
+                # PYSPY_GIL=1: sample only the thread holding the GIL, so a thread waiting to take it
+                # back (after a C call that released it) is not charged to the line it waits at
+                + (["--gil"] if os.environ.get("PYSPY_GIL") == "1" else []),
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
