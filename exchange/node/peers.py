@@ -38,6 +38,9 @@ from exchange.service.gossip import (
 MAX_ANSWER_BYTES = 96 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 OFF_LOOP_FROM = 1024 * 1024  # answers this long or longer are parsed in a thread (`_parsed`)
+# Bodies up to this size go as bytes, written in one piece; larger ones (attachments) are streamed
+# from a BytesIO, which copies the body once more (aiohttp warns of bytes above 1 MiB).
+STREAMED_FROM = 1024 * 1024
 # Every POST says so: a push is answered with whole receipt batches in the batch form
 # (docs/protocol.md 10.4); the other federation requests have no receipts to answer with.
 POSTED = {"Content-Type": "application/json", RECEIPT_FORM_HEADER: BATCHES}
@@ -195,8 +198,7 @@ class HttpTransport:
         headers = self._headers() if body is None else {**POSTED, **self._headers()}
         for last in (False, True) if body is not None else (True,):
             try:
-                # BytesIO: aiohttp streams it rather than warn about a large body (attachments)
-                data = io.BytesIO(body) if body is not None else None
+                data = io.BytesIO(body) if body is not None and len(body) > STREAMED_FROM else body
                 # No redirects: a partner must not send this node's requests anywhere else.
                 request = session.request(method, endpoint + path, data=data, headers=headers, allow_redirects=False)
                 async with request as resp:

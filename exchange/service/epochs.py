@@ -44,7 +44,7 @@ from exchange.service.epoch_announcements import Announcements
 from exchange.service.epoch_demand import Misses
 from exchange.service.epoch_grants import accept_grants, ensure_grant
 from exchange.service.epoch_store import Held, checked_key, checked_record, made_entry, read_held, store_epoch
-from exchange.service.outbox import head_within
+from exchange.service.outbox_txn import head_within
 from exchange.service.transport import PeerTransport
 from exchange.store import Store
 

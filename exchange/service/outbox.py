@@ -11,9 +11,8 @@ delays nobody else and a test can stand in for a peer without a TLS server.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -37,8 +36,23 @@ from exchange.protocol.receipt_batches import checked_batches
 from exchange.protocol.roster import Federation
 from exchange.service.coalesce import Coalesced
 from exchange.service.leases import Leases
-from exchange.service.outbox_refs import EnvelopeRef, EventRef, OutKind, OutRef, ReceiptRef, parse_ref, queued_row
+from exchange.service.outbox_refs import (
+    EnvelopeRef,
+    EventRef,
+    OutItem,
+    OutRef,
+    ReceiptRef,
+    parse_ref,
+    queued_row,
+)
 from exchange.service.outbox_sql import READS_PER_STATEMENT, Queued, kept_batches, queue_heads, rejected
+from exchange.service.outbox_txn import (
+    MAX_TRANSACTION_BYTES,
+    Bodies,
+    head_within,
+    transaction_id,
+    within_bytes,
+)
 from exchange.service.records import receipt_row
 from exchange.service.transport import PeerTransport
 from exchange.store import (
@@ -61,7 +75,6 @@ log = logging.getLogger("exchange.outbox")
 FED_ENVELOPES = "/fed/v1/envelopes"
 # Row numbers or ids in one IN list: SQLite and asyncpg take at most 32,766 parameters a statement.
 IDS_PER_STATEMENT = 10_000
-MAX_TRANSACTION_BYTES = 32 * 1024 * 1024  # half the receiver's request limit
 SMALL_ENVELOPE = 256 * 1024  # envelopes up to this size are read with their sizes, in one statement
 SMALL_ITEM = 4096  # what a queued receipt or channel event is counted as before it is read (`within_bytes` checks)
 # 4xx answers that say "not now" rather than "never": the batch is retried as it is.
@@ -77,21 +90,6 @@ class Ask:
     dest: str
     limit: int
     after: int = 0
-
-
-@dataclass(frozen=True)
-class OutItem:
-    """One queued item for a destination, with its wire bytes."""
-
-    n: int
-    kind: OutKind
-    ref: OutRef
-    data: bytes
-
-    @property
-    def key(self) -> str:
-        """`kind:ref`, as transaction ids are computed from."""
-        return f"{self.kind}:{self.ref.encode()}"
 
 
 # A batch about to be sent: to whom, its items.
@@ -120,41 +118,6 @@ class PeerStatus:
         return asdict(self)
 
 
-def within_bytes(batch: list[OutItem], limit: int = MAX_TRANSACTION_BYTES) -> list[OutItem]:
-    """The longest head of `batch` that fits in one request (always at least one item)."""
-    return batch[: head_within((len(item.data) for item in batch), limit)]
-
-
-def head_within(sizes: Iterable[int], limit: int) -> int:
-    """How many items of these sizes go in one request of `limit` bytes (at least one, if any)."""
-    total = count = 0
-    for size in sizes:
-        total += size + 1
-        if total > limit and count:
-            break
-        count += 1
-    return count
-
-
-def transaction_id(item_keys: list[str]) -> str:
-    """The same batch always gets the same id, so a retried transaction is recognisable."""
-    return hashlib.sha256("\n".join(item_keys).encode()).hexdigest()[:32]
-
-
-def transaction_body(txn: str, batch: Sequence[OutItem]) -> bytes:
-    """The federation transaction: events, then envelopes, then pushed receipts."""
-
-    def joined(kind: str) -> bytes:
-        return b",".join(i.data for i in batch if i.kind == kind)
-
-    return b'{"txn":"%s","events":[%s],"envelopes":[%s],"receipts":[%s]}' % (
-        txn.encode(),
-        joined("event"),
-        joined("envelope"),
-        joined("receipt"),
-    )
-
-
 class Outbox:
     """The durable queue of what this node owes its partners, and the loops that deliver it."""
 
@@ -170,6 +133,7 @@ class Outbox:
         self._reads = Coalesced(self._pending_many, "outbox-reads", _everyones)
         self._sent = Coalesced(self._mark_sent_many, "outbox-sent", _everyones)
         self._delivered = Coalesced(self._delivered_many, "outbox-delivered", _everyones)
+        self.bodies = Bodies()
 
     def tasks(self) -> list[asyncio.Task[None]]:
         """The gathered reads and writes under way, for the node to cancel when it stops."""
@@ -236,14 +200,19 @@ class Outbox:
     ) -> tuple[list[list[tuple[int, Any, OutRef]]], dict[OutRef, bytes]]:
         """Each ask's head, in order, and the wire bytes of what of it is stored."""
         got: list[list[tuple[int, Any, OutRef]]] = [[] for _ in asks]
+        refs: dict[tuple[str, str], OutRef] = {}
         async with self.store.read() as conn:
             for first in range(0, len(asks), READS_PER_STATEMENT):
                 part = asks[first : first + READS_PER_STATEMENT]
                 params: dict[str, Any] = {}
                 for i, a in enumerate(part):
                     params |= {f"d{i}": a.dest, f"a{i}": a.after, f"l{i}": a.limit}
-                for ask, n, kind, ref in await conn.execute(queue_heads(len(part)), params):
-                    got[first + ask].append((n, kind, parse_ref(kind, ref)))
+                # One ref per item for every queue that holds it (at 200 readers a post is in 199):
+                # the look-ups of its bytes below then find it by identity.
+                for ask, n, kind, ref in (await conn.execute(queue_heads(len(part)), params)).all():
+                    if (parsed := refs.get((kind, ref))) is None:
+                        parsed = refs[kind, ref] = parse_ref(kind, ref)
+                    got[first + ask].append((n, kind, parsed))
             got, data = await self._within_bytes(conn, got)
             data |= await self._wire_bytes(
                 conn, [r for r in {ref for refs in got for _, _, ref in refs} if r not in data]
@@ -256,7 +225,8 @@ class Outbox:
         """Each queue's head cut to one request (`within_bytes`) by the envelopes' stored sizes, the
         small ones read with them: a backlog of large envelopes (up to 8 MiB) costs a read of one
         request's worth per partner, not of `batch_size` of them; larger ones are read after."""
-        envs = sorted({ref.bulletin for refs in got for _, _, ref in refs if isinstance(ref, EnvelopeRef)})
+        held = {ref.bulletin: ref for refs in got for _, _, ref in refs if isinstance(ref, EnvelopeRef)}
+        envs = sorted(held)
         sizes: dict[str, int] = {}
         data: dict[OutRef, bytes] = {}
         size = sa.func.length(bulletins.c.envelope)
@@ -267,7 +237,7 @@ class Outbox:
             ):
                 sizes[bid] = int(length)
                 if raw is not None:
-                    data[EnvelopeRef(bid)] = bytes(raw)
+                    data[held[bid]] = bytes(raw)  # the queues' own ref: found by identity
 
         def size_of(ref: OutRef) -> int:
             return sizes.get(ref.bulletin, 0) if isinstance(ref, EnvelopeRef) else SMALL_ITEM
@@ -400,7 +370,7 @@ class Outbox:
             for part in _chunks(ns, IDS_PER_STATEMENT):
                 unsent = sa.and_(among(conn.dialect, outbox.c.n, part), outbox.c.sent_at.is_(None))
                 marked = sa.update(outbox).where(unsent).values(sent_at=mark).returning(outbox.c.n, outbox.c.state)
-                states.update((n, state) for n, state in await conn.execute(marked))
+                states.update((n, state) for n, state in (await conn.execute(marked)).all())
             fresh = {n for n, state in states.items() if state == "queued"}  # a first attempt
             for part in _chunks([n for n in ns if n not in states], IDS_PER_STATEMENT):  # retries
                 held = sa.select(outbox.c.n, outbox.c.state).where(among(conn.dialect, outbox.c.n, part))

@@ -25,7 +25,6 @@ from exchange.service.outbox import (
     Outbox,
     OutItem,
     PeerStatus,
-    transaction_body,
     transaction_id,
     within_bytes,
 )
@@ -238,7 +237,7 @@ class Sender:
         self.status.in_flight = len(batch)
         try:
             async with self.outbox.leases.kept(self.peer):  # however long the partner takes to answer
-                answer = await self.outbox.transport.send(self.peer, FED_ENVELOPES, transaction_body(txn, batch))
+                answer = await self.outbox.transport.send(self.peer, FED_ENVELOPES, self.outbox.bodies.body(txn, batch))
         except PeerRefused as exc:
             if exc.status in RETRYABLE_REFUSALS:
                 raise

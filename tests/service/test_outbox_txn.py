@@ -1,0 +1,56 @@
+"""A push's transaction body (exchange.service.outbox_txn): joined once for the readers that are
+sent the same batch, and always the bytes `transaction_body` makes for that batch."""
+
+from __future__ import annotations
+
+import json
+
+from exchange.service.outbox_refs import EnvelopeRef, EventRef, OutItem
+from exchange.service.outbox_txn import Bodies, transaction_body, transaction_id
+
+
+def _envelopes(tag: str, count: int, size: int = 100, first: int = 1) -> list[OutItem]:
+    return [
+        OutItem(first + k, "envelope", EnvelopeRef(f"{tag}{k:063d}"), json.dumps({"e": "x" * size}).encode())
+        for k in range(count)
+    ]
+
+
+def _txn(batch: list[OutItem]) -> str:
+    return transaction_id([i.key for i in batch])
+
+
+def test_the_readers_of_one_batch_are_sent_one_body_and_it_is_the_batch_s() -> None:
+    bodies = Bodies()
+    for_one, for_another = _envelopes("a", 50), _envelopes("a", 50, first=1001)  # two readers' rows, one batch
+    sent = bodies.body(_txn(for_one), for_one)
+    assert sent == transaction_body(_txn(for_one), for_one)
+    again = bodies.body(_txn(for_another), for_another)
+    assert again is sent  # joined once
+    body = json.loads(sent)
+    assert body["txn"] == _txn(for_one) and len(body["envelopes"]) == 50 and body["events"] == []
+
+
+def test_another_batch_or_other_bytes_under_one_id_get_their_own_body() -> None:
+    bodies = Bodies()
+    one, other = _envelopes("a", 3), _envelopes("b", 3)
+    assert bodies.body(_txn(one), one) != bodies.body(_txn(other), other)
+    # The same keys with other bytes (a row edited by hand): the size differs, so it is joined anew.
+    edited = [OutItem(i.n, i.kind, i.ref, i.data + b" ") for i in one]
+    assert bodies.body(_txn(edited), edited) == transaction_body(_txn(edited), edited)
+    mixed = [OutItem(9, "event", EventRef("c", 1), b'{"ev":1}'), *one]
+    assert json.loads(bodies.body(_txn(mixed), mixed))["events"] == [{"ev": 1}]
+
+
+def test_the_bodies_kept_stay_within_their_bound_and_a_large_one_is_not_kept() -> None:
+    bodies = Bodies(limit=40_000)
+    batches = [_envelopes(f"{k:x}", 10, size=900) for k in range(10)]  # about 9 KB each
+    for batch in batches:
+        bodies.body(_txn(batch), batch)
+    assert bodies._bytes <= 40_000 and len(bodies._kept) < 10
+    assert bodies._bytes == sum(len(b) for b in bodies._kept.values())
+    newest = batches[-1]
+    assert bodies.body(_txn(newest), newest) is bodies.body(_txn(newest), newest)  # the newest is kept
+    large = _envelopes("f", 20, size=900)  # about 18 KB: over a quarter of the bound
+    assert bodies.body(_txn(large), large) is not bodies.body(_txn(large), large)
+    assert bodies._bytes <= 40_000
