@@ -134,6 +134,7 @@ class Outbox:
         self._sent = Coalesced(self._mark_sent_many, "outbox-sent", _everyones)
         self._delivered = Coalesced(self._delivered_many, "outbox-delivered", _everyones)
         self.bodies = Bodies()
+        self.pushes_under_way = 0  # batches sent and not yet landed, to every partner (exchange.service.sender)
 
     def tasks(self) -> list[asyncio.Task[None]]:
         """The gathered reads and writes under way, for the node to cancel when it stops."""

@@ -19,6 +19,7 @@ from exchange.model import Bulletin, NodeId
 from exchange.provision import init_federation
 from exchange.service.node import NodeService
 from exchange.service.outbox import OutItem
+from exchange.service.sender import PIPELINE_FROM, PIPELINE_PARTNERS
 from tests.conftest import DEFAULT_NODES, eventually, write_federation
 from tests.service.lone_node import joined
 from tests.service.test_outbox import MemoryTransport
@@ -98,3 +99,42 @@ async def test_after_a_small_push_what_was_queued_meanwhile_goes_as_one_push_aft
 
 async def _true(value: bool) -> bool:
     return value
+
+
+@pytest.mark.parametrize("others", [0, PIPELINE_PARTNERS + 1], ids=["few partners", "many partners"])
+async def test_a_large_push_has_the_next_sent_while_it_travels_only_while_few_partners_are_pushed_to(
+    pair: tuple[dict[str, NodeService], HeldTransport], monkeypatch: pytest.MonkeyPatch, others: int
+) -> None:
+    services, transport = pair
+    a = services[A]
+    officer = await a.users.get("officer")
+
+    async def post(i: int) -> str:
+        return (await a.post(officer, "c2c", Bulletin.model_validate({**BULLETIN, "title": f"Report {i}"}))).id
+
+    # A large first push (PIPELINE_FROM), and more posted while it is being marked sent: the
+    # sender was woken after its read, so it reads them ahead and sends them while the first
+    # travels, unless `others` pushes to other partners are under way.
+    later: list[str] = []
+    mark_sent = a.outbox.mark_sent
+
+    async def marking(dest: str, items: Sequence[OutItem]) -> list[OutItem]:
+        if not later:
+            later.extend([await post(i) for i in range(PIPELINE_FROM, PIPELINE_FROM + 5)])
+        return await mark_sent(dest, items)
+
+    monkeypatch.setattr(a.outbox, "mark_sent", marking)
+    first = [await post(i) for i in range(PIPELINE_FROM)]
+    a.outbox.pushes_under_way += others  # as if pushes to `others` partners were under way
+    await a.start()
+    await eventually(lambda: _true(transport.under_way >= 1 and len(later) == 5), what="the first push under way")
+    await asyncio.sleep(0.5)  # time enough for a read-ahead and a second push, were there one
+    assert transport.most_under_way == (1 if others else 2)
+    transport.release.set()
+
+    async def delivered() -> bool:
+        return await a.queued_counts() == {}
+
+    await eventually(delivered, what="delivery of both pushes")
+    assert [sorted(ids) for _, ids, _ in transport.pushes] == [sorted(first), sorted(later)]
+    assert a.outbox.pushes_under_way == others  # every push counted out as it landed
