@@ -9,7 +9,7 @@ batch, or one of PIPELINE_FROM or more, still has the next one sent while it tra
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,22 +63,9 @@ async def test_after_a_small_push_what_was_queued_meanwhile_goes_as_one_push_aft
 ) -> None:
     services, transport = pair
     a = services[A]
-    officer = await a.users.get("officer")
-
-    async def post(i: int) -> str:
-        return (await a.post(officer, "c2c", Bulletin.model_validate({**BULLETIN, "title": f"Report {i}"}))).id
-
     # Five more posts come while the first push is being marked sent, so the sender was woken
     # after it read its queue: before, it read them ahead and sent them while the first travelled.
-    later: list[str] = []
-    mark_sent = a.outbox.mark_sent
-
-    async def marking(dest: str, items: Sequence[OutItem]) -> list[OutItem]:
-        if not later:
-            later.extend([await post(i) for i in range(1, 6)])
-        return await mark_sent(dest, items)
-
-    monkeypatch.setattr(a.outbox, "mark_sent", marking)
+    post, later = await _posting_while_marked(a, monkeypatch, range(1, 6))
     first = await post(0)
     # B is not started: it pulls nothing, and holds only what A pushes. (Started, it could pull
     # `first` and receipt it before A marks it sent, and A, finding it delivered, would not push it.)
@@ -101,29 +88,38 @@ async def _true(value: bool) -> bool:
     return value
 
 
+async def _posting_while_marked(
+    a: NodeService, monkeypatch: pytest.MonkeyPatch, numbers: range
+) -> tuple[Callable[[int], Awaitable[str]], list[str]]:
+    """A poster of report i at A, and the ids of the reports `numbers`, posted the first time a
+    push is marked sent (before it goes)."""
+    officer = await a.users.get("officer")
+
+    async def post(i: int) -> str:
+        return (await a.post(officer, "c2c", Bulletin.model_validate({**BULLETIN, "title": f"Report {i}"}))).id
+
+    later: list[str] = []
+    mark_sent = a.outbox.mark_sent
+
+    async def marking(dest: str, items: Sequence[OutItem]) -> list[OutItem]:
+        if not later:
+            later.extend([await post(i) for i in numbers])
+        return await mark_sent(dest, items)
+
+    monkeypatch.setattr(a.outbox, "mark_sent", marking)
+    return post, later
+
+
 @pytest.mark.parametrize("others", [0, PIPELINE_PARTNERS + 1], ids=["few partners", "many partners"])
 async def test_a_large_push_has_the_next_sent_while_it_travels_only_while_few_partners_are_pushed_to(
     pair: tuple[dict[str, NodeService], HeldTransport], monkeypatch: pytest.MonkeyPatch, others: int
 ) -> None:
     services, transport = pair
     a = services[A]
-    officer = await a.users.get("officer")
-
-    async def post(i: int) -> str:
-        return (await a.post(officer, "c2c", Bulletin.model_validate({**BULLETIN, "title": f"Report {i}"}))).id
-
     # A large first push (PIPELINE_FROM), and more posted while it is being marked sent: the
     # sender was woken after its read, so it reads them ahead and sends them while the first
     # travels, unless `others` pushes to other partners are under way.
-    later: list[str] = []
-    mark_sent = a.outbox.mark_sent
-
-    async def marking(dest: str, items: Sequence[OutItem]) -> list[OutItem]:
-        if not later:
-            later.extend([await post(i) for i in range(PIPELINE_FROM, PIPELINE_FROM + 5)])
-        return await mark_sent(dest, items)
-
-    monkeypatch.setattr(a.outbox, "mark_sent", marking)
+    post, later = await _posting_while_marked(a, monkeypatch, range(PIPELINE_FROM, PIPELINE_FROM + 5))
     first = [await post(i) for i in range(PIPELINE_FROM)]
     a.outbox.pushes_under_way += others  # as if pushes to `others` partners were under way
     await a.start()
