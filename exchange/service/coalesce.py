@@ -3,12 +3,14 @@ read their queues and record what they sent and what was delivered in one statem
 one per partner (bench/README.md, fanout_wired.py).
 
 One call runs at a time; the requests that arrive meanwhile wait and go in the next one, so calls
-grow with load, as the store's group commits do.
+grow with load, as the store's group commits do. A caller that knows more requests are on their
+way (`more`) has a call wait for them, for at most `window` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -19,6 +21,8 @@ R = TypeVar("R")
 
 # A call answers each request in order, with its result or the exception that request raises.
 Many = Callable[[Sequence[A]], Awaitable[Sequence[R | Exception]]]
+# Whether more requests are on their way, given how many are gathered.
+More = Callable[[int], bool]
 
 
 class Coalesced(Generic[A, R]):
@@ -27,18 +31,34 @@ class Coalesced(Generic[A, R]):
     A call that fails is made again for each of its requests alone, so that one request that
     spoils it (a malformed row, a conflict) does not fail the others; unless `shared(exc)` says
     the failure is everyone's (the store busy or down), which each request then raises as it is.
+
+    While `more(gathered)` says more requests are on their way, a call waits for them, for at
+    most `window` seconds from its first request: one call (one transaction, one audit entry per
+    bulletin) for many partners' answers that arrive a few milliseconds apart, rather than one each.
     """
 
-    def __init__(self, many: Many[A, R], name: str, shared: Callable[[Exception], bool] = lambda _: False) -> None:
+    def __init__(
+        self,
+        many: Many[A, R],
+        name: str,
+        shared: Callable[[Exception], bool] = lambda _: False,
+        *,
+        more: More = lambda _: False,
+        window: float = 0.0,
+    ) -> None:
         self._many = many
         self._name = name
         self._shared = shared
+        self._more = more
+        self._window = window
         self._asks: list[tuple[A, asyncio.Future[R]]] = []
         self._task: asyncio.Task[None] | None = None
+        self._arrived = asyncio.Event()
 
     async def __call__(self, request: A) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._asks.append((request, future))
+        self._arrived.set()
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=self._name)
         return await future
@@ -52,6 +72,7 @@ class Coalesced(Generic[A, R]):
         try:
             while self._asks:
                 await asyncio.sleep(0)  # the other tasks woken with the first ask theirs too
+                await self._gather()
                 asks, self._asks = [a for a in self._asks if not a[1].done()], []
                 if not asks:
                     continue
@@ -73,6 +94,17 @@ class Coalesced(Generic[A, R]):
             for _, future in left:
                 if not future.done():
                     future.set_exception(Unavailable("the node is stopping"))
+
+    async def _gather(self) -> None:
+        """Wait, at most the window, while more requests are said to be on their way."""
+        if self._window <= 0 or not self._more(len(self._asks)):
+            return
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self._window
+        while self._more(len(self._asks)) and (left := until - loop.time()) > 0:
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), left)
 
     async def _alone(self, request: A) -> R | Exception:
         try:
