@@ -43,12 +43,13 @@ class Bodies:
 
     def __init__(self, limit: int = BODIES_KEPT) -> None:
         self.limit = limit
-        self._kept: dict[tuple[str, int], bytes] = {}  # oldest first
+        self._kept: dict[tuple[str, int], bytes] = {}  # least recently used first
         self._bytes = 0
 
     def body(self, txn: str, batch: Sequence[OutItem]) -> bytes:
         key = (txn, sum(len(i.data) for i in batch))
-        if (kept := self._kept.get(key)) is not None:
+        if (kept := self._kept.pop(key, None)) is not None:
+            self._kept[key] = kept  # the most recently used is dropped last
             return kept
         made = transaction_body(txn, batch)
         if len(made) <= self.limit // 4:

@@ -54,3 +54,15 @@ def test_the_bodies_kept_stay_within_their_bound_and_a_large_one_is_not_kept() -
     large = _envelopes("f", 20, size=900)  # about 18 KB: over a quarter of the bound
     assert bodies.body(_txn(large), large) is not bodies.body(_txn(large), large)
     assert bodies._bytes <= 40_000
+
+
+def test_a_body_sent_again_is_kept_longer_than_one_not_used_since() -> None:
+    """Least recently used first out: a body still being sent to readers outlives older ones."""
+    bodies = Bodies(limit=40_000)
+    batches = [_envelopes(f"{k:x}", 10, size=900) for k in range(4)]  # about 9 KB each: four fit
+    sent = [bodies.body(_txn(b), b) for b in batches]
+    assert bodies.body(_txn(batches[0]), batches[0]) is sent[0]  # used again: now the most recent
+    extra = _envelopes("e", 10, size=900)
+    bodies.body(_txn(extra), extra)  # one must go: the least recently used, batches[1]
+    assert bodies.body(_txn(batches[0]), batches[0]) is sent[0]
+    assert bodies.body(_txn(batches[1]), batches[1]) is not sent[1]
