@@ -10,10 +10,10 @@ way (`more`) has a call wait for them, for at most `window` seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from exchange.clock import stop_requested, wait_event
 from exchange.errors import Unavailable
 
 A = TypeVar("A")
@@ -33,7 +33,7 @@ class Coalesced(Generic[A, R]):
     the failure is everyone's (the store busy or down), which each request then raises as it is.
 
     While `more(gathered)` says more requests are on their way, a call waits for them, for at
-    most `window` seconds from its first request: one call (one transaction, one audit entry per
+    most `window` seconds once it is ready to be made: one call (one transaction, one audit entry per
     bulletin) for many partners' answers that arrive a few milliseconds apart, rather than one each.
     """
 
@@ -103,8 +103,14 @@ class Coalesced(Generic[A, R]):
         until = loop.time() + self._window
         while self._more(len(self._asks)) and (left := until - loop.time()) > 0:
             self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), left)
+            await wait_event(self._arrived, left)
+            if stop_requested():  # cancelled as the wait ended: the asks are failed, not run
+                raise asyncio.CancelledError
+
+    def nudge(self) -> None:
+        """What `more` says may have changed otherwise than by a request (a push ended without
+        answering): a call waiting for more looks again."""
+        self._arrived.set()
 
     async def _alone(self, request: A) -> R | Exception:
         try:

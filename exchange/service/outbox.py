@@ -145,6 +145,14 @@ class Outbox:
         self.bodies = Bodies()
         self.pushes_under_way = 0  # batches sent and not yet landed, to every partner (exchange.service.sender)
 
+    def push_started(self) -> None:
+        self.pushes_under_way += 1
+
+    def push_ended(self) -> None:
+        """A push landed or failed: answers gathered waiting for it no longer wait (`_more_answers`)."""
+        self.pushes_under_way -= 1
+        self._delivered.nudge()
+
     def _more_answers(self, gathered: int) -> bool:
         """Whether other partners' answers are on their way while `gathered` wait to be stored:
         while more than GATHERED_PARTNERS pushes are under way (a post to a large channel), the

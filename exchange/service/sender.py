@@ -246,11 +246,11 @@ class Sender:
     async def _deliver(self, batch: list[OutItem]) -> int:
         """One transaction to the peer, then its receipts checked and stored; how many were new.
         Counted in the outbox's pushes under way meanwhile (PIPELINE_PARTNERS)."""
-        self.outbox.pushes_under_way += 1
+        self.outbox.push_started()
         try:
             return await self._push(batch)
         finally:
-            self.outbox.pushes_under_way -= 1
+            self.outbox.push_ended()
 
     async def _push(self, batch: list[OutItem]) -> int:
         txn = transaction_id([i.key for i in batch])

@@ -373,6 +373,33 @@ async def test_a_call_waits_for_requests_said_to_be_on_their_way_and_no_longer_t
     assert calls == [[6]]
 
 
+async def test_a_call_waiting_for_more_goes_when_told_none_will_come_or_is_stopped() -> None:
+    """A push that ends without answering wakes the call waiting for its answer (`nudge`), which
+    then goes with what it has; a call stopped while it waits fails its requests, none is run."""
+    calls: list[list[int]] = []
+    expected = [2]
+
+    async def many(asks: Sequence[int]) -> list[int | Exception]:
+        calls.append(list(asks))
+        return list(asks)
+
+    coalesced = Coalesced(many, "test", more=lambda gathered: gathered < expected[0], window=3600.0)
+    waiting = asyncio.ensure_future(coalesced(1))
+    await asyncio.sleep(0.01)
+    assert not waiting.done() and calls == []  # waiting for the second
+    expected[0] = 1  # the other push failed: nothing more will come
+    coalesced.nudge()
+    assert await asyncio.wait_for(waiting, 60) == 1 and calls == [[1]]
+
+    expected[0] = 2
+    stopped = asyncio.gather(coalesced(2), return_exceptions=True)
+    await asyncio.sleep(0.01)
+    task = coalesced.task()
+    assert task is not None
+    task.cancel()
+    assert [type(r) for r in await stopped] == [Unavailable] and calls == [[1]]
+
+
 async def test_callers_waiting_when_the_call_is_cancelled_are_told_the_node_stops() -> None:
     started = asyncio.Event()
 
