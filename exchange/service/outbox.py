@@ -79,13 +79,14 @@ SMALL_ENVELOPE = 256 * 1024  # envelopes up to this size are read with their siz
 SMALL_ITEM = 4096  # what a queued receipt or channel event is counted as before it is read (`within_bytes` checks)
 # 4xx answers that say "not now" rather than "never": the batch is retried as it is.
 RETRYABLE_REFUSALS = (401, 403, 408, 429)
-# Partners' answers are stored together, waiting up to GATHER_WINDOW seconds for one another, while
-# more than GATHERED_PARTNERS pushes are under way (`Outbox._more_answers`). A post's rows lie
-# together in the outbox's and the receipts' pages, a partner's are spread over every post: at 200
-# readers, stored a few answers at a time, each transaction rewrote the same bulletins' pages, with
-# an audit entry per bulletin each (bench/README.md, "2026-12-05: partners' answers stored together").
+# While more than MANY_PUSHES pushes are under way (a post to a large channel: `Outbox.many_pushes`),
+# a partner gets no read-ahead (exchange.service.sender) and the partners' answers are stored
+# together, waiting up to GATHER_WINDOW seconds for one another (`Outbox._more_answers`). A post's
+# rows lie together in the outbox's and the receipts' pages, a partner's are spread over every post:
+# at 200 readers, stored a few answers at a time, each transaction rewrote the same bulletins' pages,
+# with an audit entry per bulletin each (bench/README.md, "2026-12-05: partners' answers stored together").
+MANY_PUSHES = 4
 GATHER_WINDOW = 0.25
-GATHERED_PARTNERS = 4
 
 T = TypeVar("T")
 
@@ -153,11 +154,14 @@ class Outbox:
         self.pushes_under_way -= 1
         self._delivered.nudge()
 
+    def many_pushes(self) -> bool:
+        """Whether more than MANY_PUSHES pushes are under way, to as many partners (a post to a large channel)."""
+        return self.pushes_under_way > MANY_PUSHES
+
     def _more_answers(self, gathered: int) -> bool:
-        """Whether other partners' answers are on their way while `gathered` wait to be stored:
-        while more than GATHERED_PARTNERS pushes are under way (a post to a large channel), the
-        answers that land within GATHER_WINDOW of each other are stored in one transaction."""
-        return self.pushes_under_way > GATHERED_PARTNERS and gathered < self.pushes_under_way
+        """Whether other partners' answers are on their way while `gathered` wait to be stored: while
+        `many_pushes`, the answers that land within GATHER_WINDOW of each other go in one transaction."""
+        return self.many_pushes() and gathered < self.pushes_under_way
 
     def tasks(self) -> list[asyncio.Task[None]]:
         """The gathered reads and writes under way, for the node to cancel when it stops."""

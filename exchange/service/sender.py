@@ -44,12 +44,11 @@ PULL_HOLD_SECONDS = 10.0
 # two in flight, which cost the author more than their bulletins did), and pipelined when one
 # partner's queue is long (bench/README.md, fanout_wired.py).
 PIPELINE_FROM = 16
-# ... and only while at most this many other partners' pushes are under way. When many partners
-# share one author (a burst to a channel of 200), their pushes keep its CPU busy already: a second
-# one in flight to each of them opened a second connection to each (a TLS handshake apiece) and
-# split the gathered reads and writes into more, smaller jobs, for no earlier delivery
-# (bench/README.md, 2026-12-05: 300 posts, 18.7-22.7 ms per bulletin pipelined, 13.5 not).
-PIPELINE_PARTNERS = 4
+# ... and not while many partners are pushed to (`Outbox.many_pushes`). When many partners share
+# one author (a burst to a channel of 200), their pushes keep its CPU busy already: a second one in
+# flight to each of them opened a second connection to each (a TLS handshake apiece) and split the
+# gathered reads and writes into more, smaller jobs, for no earlier delivery (bench/README.md,
+# 2026-12-05: 300 posts, 18.7-22.7 ms per bulletin pipelined, 13.5 not).
 
 
 class Sender:
@@ -219,12 +218,12 @@ class Sender:
         previous, self._flight = self._flight, flight
         # Read ahead only if something may be queued after this batch (woken since it was read),
         # and the batch was large: after a small one, what is queued while it travels goes next;
-        # and not while many other partners are being pushed to (PIPELINE_PARTNERS).
+        # and not while many partners are being pushed to (`Outbox.many_pushes`).
         ready = (
             not self._single
             and self._stale
             and len(batch) >= min(PIPELINE_FROM, self.outbox.config.batch_size)
-            and self.outbox.pushes_under_way <= PIPELINE_PARTNERS
+            and not self.outbox.many_pushes()
         )
         prepared = asyncio.create_task(self._next_batch(after=batch[-1].n)) if ready else None
         try:
@@ -245,7 +244,7 @@ class Sender:
 
     async def _deliver(self, batch: list[OutItem]) -> int:
         """One transaction to the peer, then its receipts checked and stored; how many were new.
-        Counted in the outbox's pushes under way meanwhile (PIPELINE_PARTNERS)."""
+        Counted in the outbox's pushes under way meanwhile (`Outbox.many_pushes`)."""
         self.outbox.push_started()
         try:
             return await self._push(batch)

@@ -256,7 +256,7 @@ async def test_one_post_to_five_readers_costs_one_read_one_mark_and_one_store_of
 ) -> None:
     """End to end on SQLite (with workers, leases and polls make reads arrive apart): the five
     senders one post wakes read the queue in one statement, not one (or three) each; and, five
-    pushes being under way (more than GATHERED_PARTNERS), the five answers are stored together,
+    pushes being under way (more than MANY_PUSHES), the five answers are stored together,
     with one 'delivered' entry for the bulletin. The window is made long here, so that a loaded
     machine does not split them; the store goes as soon as all five are in."""
     services, _ = federation

@@ -18,8 +18,8 @@ import pytest
 from exchange.model import Bulletin, NodeId
 from exchange.provision import init_federation
 from exchange.service.node import NodeService
-from exchange.service.outbox import OutItem
-from exchange.service.sender import PIPELINE_FROM, PIPELINE_PARTNERS
+from exchange.service.outbox import MANY_PUSHES, OutItem
+from exchange.service.sender import PIPELINE_FROM
 from tests.conftest import DEFAULT_NODES, eventually, write_federation
 from tests.service.lone_node import joined
 from tests.service.test_outbox import MemoryTransport
@@ -110,7 +110,7 @@ async def _posting_while_marked(
     return post, later
 
 
-@pytest.mark.parametrize("others", [0, PIPELINE_PARTNERS + 1], ids=["few partners", "many partners"])
+@pytest.mark.parametrize("others", [0, MANY_PUSHES + 1], ids=["few partners", "many partners"])
 async def test_a_large_push_has_the_next_sent_while_it_travels_only_while_few_partners_are_pushed_to(
     pair: tuple[dict[str, NodeService], HeldTransport], monkeypatch: pytest.MonkeyPatch, others: int
 ) -> None:
