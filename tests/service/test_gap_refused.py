@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from exchange.errors import ExchangeError, PeerError, PeerRefused
+from exchange.errors import ExchangeError, InvalidEnvelope, PeerError, PeerRefused
 from exchange.model import Bulletin, NodeId
 from exchange.provision import init_federation
 from exchange.service.node import NodeService
@@ -107,3 +108,57 @@ async def test_a_refused_envelope_in_a_pushed_streams_gap_is_left_out_and_the_pu
     (entry,) = await audited(b, "catchup.refused")
     assert (entry["peer"], entry["channel"], entry["count"], entry["bulletins"]) == (A, "c2c", 1, [two]), entry
     assert entry["reasons"] == {"BadSignature": 1}, entry
+
+
+async def test_a_stream_pushed_with_a_huge_jump_in_its_numbers_is_taken_without_listing_the_gap(pair: Any) -> None:
+    """Found by a read-only review: the gap between the highest number held and the highest
+    pushed was made as a set of every number between. A member whose stream this node holds
+    could push one signed envelope at seq 2**31 - 1 and have the reader build a set of two
+    billion numbers on its event loop (about 200 GB), at every sweep of every member."""
+    a, b = pair
+    officer = await a.users.get("officer")
+    one = (await a.post(officer, "c2c", Bulletin.model_validate({**BULLETIN, "title": "One"}))).id
+    await b.receive(NodeId(A), [], [await envelope_of(a, one)])
+    # The author's own node numbers its next bulletin 2**31 - 1 (an attacker controls its node).
+    async with a.store.engine.begin() as conn:
+        await conn.execute(sa.update(bulletins).where(bulletins.c.id == one).values(seq=2**31 - 2))
+    a.posting._seqs.pop("c2c", None)
+    far = await a.post(officer, "c2c", Bulletin.model_validate({**BULLETIN, "title": "Far"}))
+    assert far.seq == 2**31 - 1
+
+    tracemalloc.start()
+    try:
+        got = await b.receive(NodeId(A), [], [await envelope_of(a, far.id)])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [r.bulletin for r in got] == [far.id]
+    assert await held(b) == [one, far.id]
+    assert peak < 50 * 2**20, peak  # the old code ran out of memory here
+
+
+async def test_a_push_that_waited_for_its_gap_is_refused_if_the_author_may_no_longer_post(
+    pair: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The author's right to post (9.8 rule 15) was checked before the push's gap was filled, and
+    not again: a partner answering the fill slowly on purpose had its batch stored after this node
+    had taken in the channel's closing, or the author's removal (found by a read-only review).
+    The rule is checked again where the batch is stored."""
+    a, b = pair
+    officer = await a.users.get("officer")
+    one, _, three = [
+        (await a.post(officer, "c2c", Bulletin.model_validate({**BULLETIN, "title": t}))).id
+        for t in ("One", "Two", "Three")
+    ]
+    await b.receive(NodeId(A), [], [await envelope_of(a, one)])
+    served = b.receiving.transport.fetch
+
+    async def closed_while_asked(node: NodeId, path: str) -> Any:
+        await a.channels.change(None, "c2c", {"type": "close"})
+        await b.channels.import_events(a.channels.events("c2c"))
+        return await served(node, path)
+
+    monkeypatch.setattr(b.receiving.transport, "fetch", closed_while_asked)
+    with pytest.raises(InvalidEnvelope, match="no longer holds the post right"):
+        await b.receive(NodeId(A), [], [await envelope_of(a, three)])  # before: stored
+    assert await held(b) == [one]
