@@ -684,3 +684,33 @@ async def test_a_member_with_the_admin_right_changes_nothing_while_the_owner_is_
                 (e := json.loads(raw))["event"] == "request.rejected" and e["status"] == 403 for raw in rows.scalars()
             ), action
     assert ke.service.channels.state("c2c").pos == nl.service.channels.state("c2c").pos == pos
+
+
+async def test_a_forged_event_past_a_gap_is_refused_before_its_owner_is_asked_for_the_log(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event past a gap had the receiver fetch the missing part of the log from the owner it
+    names before its signature was checked: a partner pushing forged events made this node fetch
+    whole logs from third parties, up to a thousand a transaction (found by a read-only review).
+    The signature is now checked first."""
+    fed = await make_federation(nodes=SIX, channels=[C2C])
+    nl, ke, de = fed["nl-customs"], fed["ke-customs"], fed["de-customs"]
+    async with nl.service.store.read() as conn:
+        top = (await conn.execute(sa.select(channel_events.c.event).order_by(channel_events.c.pos.desc()))).first()
+    assert top is not None
+    event = json.loads(top.event)
+    held_events = await count(de, channel_events)
+    asked: list[str] = []
+    real_fetch = de.service.channels.transport.fetch
+
+    async def fetch(node: NodeId, path: str) -> Any:
+        asked.append(f"{node} {path}")
+        return await real_fetch(node, path)
+
+    monkeypatch.setattr(de.service.channels.transport, "fetch", fetch)
+    forged_event = {**event, "pos": event["pos"] + 5, "signature": "A" * len(event["signature"])}
+    body = json.dumps({"txn": "y", "events": [forged_event], "envelopes": []}).encode()
+    status, answer, ctype = await de.fed_post(ke, body)
+    assert status == 422 and ctype == "application/problem+json", answer
+    assert asked == []  # before: the log fetched from nl-customs first
+    assert await count(de, channel_events) == held_events

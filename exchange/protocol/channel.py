@@ -106,6 +106,16 @@ def _admitted(fed: Federation, policy: ChannelPolicy, node: str, roster: Trusted
         raise InvalidInput(f"channel policy excludes {node!r} ({kind})")
 
 
+def check_signature(event: ChannelEvent, fed: Federation, roster: TrustedRoster | None = None) -> None:
+    """That the owner the event names signed it, with a key of its in the roster (`signing_key`):
+    InvalidInput or BadSignature otherwise. Whether that owner may sign it is `apply_event`'s."""
+    body = event.model_dump(mode="json", exclude={"signature"})
+    key = signing_key(event.owner, event.signer, fed, roster)  # a log is replayed from its start (6a.13)
+    if key is None:
+        raise InvalidInput("channel event is not signed with the owner's roster key")
+    verify(DOMAIN, body, event.signature, key)
+
+
 def apply_event(
     state: ChannelState | None, event: ChannelEvent, fed: Federation, roster: TrustedRoster | None = None
 ) -> ChannelState:
@@ -114,11 +124,7 @@ def apply_event(
     `roster`: the held roster v2 version, if any: it keeps the keys of nodes no longer active
     (what they signed stays valid) and says which owners are revoked (a handover, 7.5).
     """
-    body = event.model_dump(mode="json", exclude={"signature"})
-    key = signing_key(event.owner, event.signer, fed, roster)  # a log is replayed from its start (6a.13)
-    if key is None:
-        raise InvalidInput("channel event is not signed with the owner's roster key")
-    verify(DOMAIN, body, event.signature, key)
+    check_signature(event, fed, roster)
     change = event.change
     new_hash = event_hash(event)
     if state is None:

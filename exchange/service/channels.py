@@ -27,7 +27,14 @@ from exchange.errors import (
     StateUnavailable,
 )
 from exchange.model import Acceptance, ChannelEvent, NodeId, StateRef
-from exchange.protocol.channel import ChannelState, apply_event, event_hash, sign_acceptance, sign_event
+from exchange.protocol.channel import (
+    ChannelState,
+    apply_event,
+    check_signature,
+    event_hash,
+    sign_acceptance,
+    sign_event,
+)
 from exchange.protocol.handover import revoked_as_of, successor
 from exchange.protocol.roster import Federation
 from exchange.protocol.rosterchain import TrustedRoster
@@ -147,6 +154,9 @@ class ChannelBook:
                 if event.pos > len(known):
                     if not self.fed.listed(event.owner):  # no node to ask: a refusal, not an outage to retry
                         raise InvalidInput(f"channel {event.channel}: its owner {event.owner} is not in the roster")
+                    # Signed by the owner it names before that owner is asked for anything: else
+                    # a partner pushing forged events had this node fetch logs from third parties.
+                    check_signature(event, self.fed, self.held())
                     await self._fetch_missing(event.owner, event.channel, len(known) - 1, event.pos - 1, fresh)
                 try:
                     fresh.append((event, self._append(event)))
