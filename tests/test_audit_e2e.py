@@ -380,3 +380,43 @@ async def test_trace_follows_a_bulletin_across_customs_and_aviation_nodes_and_sh
     )
     assert code == 2 and "GAP" in out and "receipt" in out, (out, err)
     assert NONE not in [s.status for s in legs["gb-avsec"].steps]
+
+
+async def test_a_partner_asking_for_a_bulletins_evidence_in_a_loop_grows_the_log_once(
+    make_federation: MakeFederation,
+) -> None:
+    """Each request for a bulletin's evidence wrote an `audit.trace_served` entry, and the next
+    request, finding that entry past the latest checkpoint, signed a checkpoint for it and put it
+    to the witnesses: a partner asking in a loop grew the log, the checkpoints and the answers
+    without bound (found by a read-only review). The first answer is proven as before."""
+    fed = await make_federation(nodes=C2A_NODES, channels=[C2A])
+    nl = fed["nl-customs"]
+    bid = await post(nl, "c2a")
+    for node in ("ke-customs", "gb-avsec"):
+        await wait_for(nl, "bulletin.delivered", bid, to=node)
+    audit = nl.service.audit
+
+    async def sizes() -> tuple[int, int]:
+        async with nl.service.store.read() as conn:
+            entries = await conn.scalar(sa.select(sa.func.count()).select_from(audit_log))
+            checkpoints = await conn.scalar(sa.select(sa.func.count()).select_from(audit_checkpoints))
+        return int(entries or 0), int(checkpoints or 0)
+
+    first = await audit.serve_evidence("ke-customs", bid)
+    assert first["entries"] and first["checkpoint"]
+    entries, checkpoints = await sizes()
+    for _ in range(20):
+        answer = await audit.serve_evidence("ke-customs", bid)
+    after_entries, after_checkpoints = await sizes()
+    served = [e for e in answer["entries"] if '"audit.trace_served"' in e["entry"]]
+    assert len(served) <= 1, served
+    assert after_checkpoints - checkpoints <= 1, (checkpoints, after_checkpoints)  # before: 20
+    # Other nodes' requests go on (the periodic rounds may add their own entries meanwhile).
+    assert after_entries - entries <= 3, (entries, after_entries)  # before: 20 or more
+    # Another partner's first request is audited.
+    await audit.serve_evidence("gb-avsec", bid)
+    async with nl.service.store.read() as conn:
+        traced = [
+            json.loads(e) for e in await conn.scalars(sa.select(audit_log.c.entry).where(audit_log.c.bulletin == bid))
+        ]
+    assert sorted(e["peer"] for e in traced if e["event"] == ev.AUDIT_TRACE_SERVED) == ["gb-avsec", "ke-customs"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -32,7 +33,7 @@ from exchange.audit.keeper import BundleRecord, EvidenceJSON, StoredCheckpoint
 from exchange.audit.log import KeyRing, LogVerifier
 from exchange.audit.witness import CHECKPOINT_INTERVAL
 from exchange.audit.witness_sets import DEFAULT_WITNESSES
-from exchange.clock import cancel_and_wait, timestamp
+from exchange.clock import cancel_and_wait, timestamp, utc_now
 from exchange.config import TlogLogConfig, TlogWitnessConfig
 from exchange.crypto import SigningKey, b64e, canonical_json, sha256
 from exchange.errors import (
@@ -78,6 +79,7 @@ from exchange.store import Store
 log = logging.getLogger("exchange.audit")
 
 WITNESS_WAIT = 5.0  # seconds a trace waits for witnesses to co-sign a checkpoint made for it
+TRACE_SERVED_EVERY = dt.timedelta(hours=1)  # a partner's requests for one bulletin's evidence: audited once in this
 RECENT_PAGE = 50  # entries on one page of the console's log, newest first
 RECENT_CHUNK = 2000  # entries read per step when looking back through the log
 RECENT_BUDGET = 50_000  # entries one such page may look through before it offers to go on
@@ -385,8 +387,18 @@ class AuditService:
         if peer not in {header.author, *header.readers}:
             raise Forbidden(f"{peer} is neither the author nor a recipient of bulletin {bid}")
         evidence = await self.evidence(bid)
-        served: AuditTraceServed = {"event": AUDIT_TRACE_SERVED, "at": timestamp(), "bulletin": bid, "peer": peer}
-        await self.store.audit(served)
+
+        # Audited once per partner and bulletin per TRACE_SERVED_EVERY: a partner asking in a loop
+        # added an entry (and, through `evidence`, a checkpoint put to the witnesses) per request.
+        def this_peer(entry: dict[str, Any]) -> bool:
+            return entry.get("event") == AUDIT_TRACE_SERVED and entry.get("peer") == peer
+
+        last, _ = await self.log_entries.of_bulletin(bid, this_peer, limit=1, newest_first=True)
+        now = utc_now()
+        if not last or str(last[0][2].get("at", "")) <= timestamp(now - TRACE_SERVED_EVERY):
+            at = timestamp(now)
+            served: AuditTraceServed = {"event": AUDIT_TRACE_SERVED, "at": at, "bulletin": bid, "peer": peer}
+            await self.store.audit(served)
         return evidence
 
     async def collect_trace(self, bid: str) -> CollectedTrace:
