@@ -153,7 +153,9 @@ class NodeService:
     # -- life cycle -------------------------------------------------------------------------
 
     async def load(self, provisioned: Sequence[Sequence[ChannelEvent]] = ()) -> None:
-        """Load the channel logs, and import those `federation init` provisioned for this node."""
+        """Load the channel logs, and import those `federation init` provisioned for this node; not
+        on an audit log shorter than this node signed (AuditTampered): importing writes entries."""
+        await self.audit.keeper.refuse_if_shorter()
         await self.roster.load()
         await self.channels.load()
         await self.epochs.load()

@@ -146,11 +146,11 @@ class LogKeeper:
             top = await conn.scalar(sa.select(sa.func.max(audit_log.c.idx)))
         return 0 if top is None else int(top) + 1
 
-    async def _resume(self) -> None:
-        """Resume from the latest own checkpoint: check the table from the last checkpoint a witness
-        co-signed up to it, which gives the frontier it signed; then take in the entries after it,
-        which no signature covers yet, each checked against its leaf hash and index (after a clean
-        stop, only those that admin commands wrote since)."""
+    async def refuse_if_shorter(self) -> StoredCheckpoint | None:
+        """AuditTampered if the table holds fewer entries than the latest checkpoint this node
+        signed: nothing may be written before this holds, since a new entry would go under a lost
+        index (`NodeService.load` asks before it imports provisioned channel logs). The latest
+        checkpoint, if any."""
         latest = await self.latest()
         if latest is not None:
             end = await self.end()
@@ -160,6 +160,15 @@ class LogKeeper:
                     f"{shorter}; the node does not start, since it would write new entries under their "
                     "indices: restore the audit_log table from a backup"
                 )
+        return latest
+
+    async def _resume(self) -> None:
+        """Resume from the latest own checkpoint: check the table from the last checkpoint a witness
+        co-signed up to it, which gives the frontier it signed; then take in the entries after it,
+        which no signature covers yet, each checked against its leaf hash and index (after a clean
+        stop, only those that admin commands wrote since)."""
+        latest = await self.refuse_if_shorter()
+        if latest is not None:
             try:
                 own = key_that_signed(latest.note, self.origin, self._own)
                 cp, _ = open_checkpoint(latest.note, own, self.origin, self._own)
