@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import re
+import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,16 +39,32 @@ ROSTER_PIN = "roster-pin.json"
 
 
 def write_private(path: Path, data: bytes, *, force: bool = False) -> None:
-    """Create `path` with mode 0600; refuse to replace an existing file unless `force`."""
+    """Create `path` with mode 0600; refuse to replace an existing file unless `force`.
+
+    Always written to a new file, never through an existing one or a symbolic link: a file left
+    with mode 0644 (a restored or copied keys folder) kept that mode while `--force` wrote the new
+    key into it, and a link had the key written where it pointed. With `force` the new file (0600
+    from its creation) then replaces the old one, which readers see whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    if not force and (path.exists() or path.is_symlink()):
+        raise Conflict(f"{path} exists; use --force to replace it")
+    target = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp") if force else path
     try:
-        fd = os.open(path, flags, 0o600)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError as exc:
         raise Conflict(f"{path} exists; use --force to replace it") from exc
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(path, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o600)  # whatever the umask made of the mode
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if force:
+            os.replace(target, path)
+    except BaseException:
+        if force:
+            target.unlink(missing_ok=True)
+        raise
 
 
 def write_public(path: Path, data: bytes) -> None:
