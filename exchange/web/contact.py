@@ -59,7 +59,10 @@ async def inbox_page(request: web.Request) -> web.StreamResponse:
     user, service = session.user, request.app[SERVICE]
     channel = request.match_info["channel"]
     before = _int_query(request, "before")
-    head = await service.follow.head(user, channel)  # before the page: the live inbox takes up from here
+    # Before the page, and of every channel the user reads: the live inbox follows them all and
+    # takes up from here (of this channel alone, it replayed the others' newer bulletins as new).
+    service.access.require_readable(user, channel)
+    head = await service.follow.head(user)
     page = await service.inbox.page(user, channel, before)
     posted = request.query.get("posted")
     return render(
@@ -72,7 +75,8 @@ async def inbox_page(request: web.Request) -> web.StreamResponse:
         older=page.older,
         newest=before is not None,
         head=head,
-        posted=posted if posted and HEX64.fullmatch(posted) else None,
+        # Only for a bulletin of this node's on the page: a link cannot make it claim a post.
+        posted=posted if posted and any(i.id == posted and i.author == service.me for i in page.items) else None,
     )
 
 

@@ -25,6 +25,9 @@ from exchange.web.i18n import N_
 
 SESSION_COOKIE = "__Host-exchange-console"
 SIGNIN_COOKIE = "__Host-exchange-signin"
+# What a POST just did, for the page it redirects to to say so: set by this console's answer, so a
+# link cannot make a page claim it (a query parameter could: "?done=1" said a password was changed).
+DONE_COOKIE = "__Host-exchange-done"
 CSRF_FIELD = "csrf"
 
 ConsoleSettings = SessionSettings  # the console's session lifetime and sign-in limits
@@ -102,6 +105,20 @@ def clear_session_cookie(response: web.StreamResponse) -> None:
     _cookie(response, SESSION_COOKIE, "", 0)
 
 
+def set_done(response: web.StreamResponse, what: str) -> None:
+    """Tell the page this response redirects to that `what` was done (`was_done`), for a minute."""
+    _cookie(response, DONE_COOKIE, what, 60)
+
+
+def was_done(request: web.Request, what: str) -> bool:
+    """Whether the POST before this request did `what` (`set_done`); `spend_done` once it is said."""
+    return request.cookies.get(DONE_COOKIE) == what
+
+
+def spend_done(response: web.StreamResponse) -> None:
+    _cookie(response, DONE_COOKIE, "", 0)
+
+
 async def signed_in(request: web.Request, *, use: bool = True) -> Session:
     """The request's session; Unauthorized (the console redirects to sign-in) if there is none.
 
@@ -134,9 +151,10 @@ async def check_csrf(request: web.Request, session: Session) -> None:
 
 
 async def posted_form(request: web.Request) -> tuple[Session, dict[str, str]]:
-    """The session and text fields of a CSRF-checked form POST."""
-    session = await signed_in(request)
-    await check_csrf(request, session)
+    """The session and text fields of a CSRF-checked form POST. A POST refused for its token does
+    not count as use of the session: a page elsewhere posting forms could keep it alive."""
+    await check_csrf(request, await signed_in(request, use=False))
+    session = await signed_in(request)  # the person's own request: its idle time starts again
     form = await read_form(request)
     return session, {k: v for k, v in form.items() if isinstance(v, str)}
 
@@ -181,8 +199,11 @@ __all__ = [
     "posted_form",
     "read_form",
     "sessions",
+    "set_done",
     "set_session_cookie",
     "set_signin_cookie",
     "signed_in",
     "signin_token",
+    "spend_done",
+    "was_done",
 ]

@@ -23,10 +23,13 @@ from exchange.web.session import (
     find_session,
     posted_form,
     sessions,
+    set_done,
     set_session_cookie,
     set_signin_cookie,
     signed_in,
     signin_token,
+    spend_done,
+    was_done,
 )
 
 
@@ -101,18 +104,25 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
     return response
 
 
+CHANGED_DONE = "changed"  # the account page says "Your password is changed" (`set_done`)
+
+
 def _account(request: web.Request, session: Session, *, status: int = 200, error: str | None = None) -> web.Response:
     chosen = request.cookies.get(LANG_COOKIE)
-    return render(
+    done = error is None and was_done(request, CHANGED_DONE)
+    response = render(
         request,
         "account.html",
         status=status,
         session=session,
         error=error,
-        done=request.query.get("done") == "1",
+        done=done,
         language_saved=request.query.get("language") == "1",
         chosen_language=chosen if chosen in LANGUAGES else "",
     )
+    if done:
+        spend_done(response)  # said once
+    return response
 
 
 async def account_page(request: web.Request) -> web.StreamResponse:
@@ -153,7 +163,9 @@ async def change_password(request: web.Request) -> web.StreamResponse:
             error = exc.detail[:1].upper() + exc.detail[1:] + "."
     if error is not None:
         return _account(request, session, status=422, error=error)
-    return redirect("/console/account?done=1")
+    response = redirect("/console/account")
+    set_done(response, CHANGED_DONE)
+    return response
 
 
 def routes(prefix: str) -> list[web.RouteDef]:

@@ -180,6 +180,12 @@ async def test_a_channel_past_its_end_date_is_refused_by_the_api_and_the_console
     )
     assert rows == {"Accepted by the console": "read", "Accepted by the API": "unread"}
 
+    # The banner "posted, signed and queued" shows for that post; a link naming an id that is no
+    # post of this node's does not make the page claim one (found by a read-only review).
+    banner = "Your bulletin is posted, signed and queued"
+    assert banner in (await console.get(location))[1]
+    assert banner not in (await console.get(f"/console/channels/{OPEN}?posted={'ab' * 32}"))[1]
+
 
 # -- the live inbox follows the rights as they are now ---------------------------------------------
 
@@ -293,3 +299,42 @@ async def test_an_open_live_inbox_does_not_keep_an_idle_session_alive(node: Memb
     assert status == 303  # to the sign-in page
     async with console.http.get(console.url + "/console/events", allow_redirects=False) as resp:
         assert resp.status == 303  # a reconnection is refused: the page does not look live any more
+
+
+async def test_a_channels_live_inbox_takes_up_from_the_newest_of_all_the_officers_channels(
+    node: Member, console: Console
+) -> None:
+    """The inbox of a channel with nothing newer than the others' bulletins (here: none at all)
+    started its live stream, which follows every channel the officer reads, at that channel's
+    newest: 0 for an empty one. Each load of the page then replayed the other channels' bulletins
+    as "New alert", the whole store's for an empty channel (found by a read-only review)."""
+    await _second_officer_posts(node, "Older than the page")
+    await _second_officer_posts(node, "Also older than the page")
+    newest = int(await node.service.follow.head(await node.service.users.get("officer")))
+    assert newest > 0
+
+    status, page = await console.get(f"/console/channels/{ENDED}")  # no bulletin in it
+    assert status == 200, page
+    after = re.search(r'data-live-after="(\d+)"', page)
+    assert after is not None and int(after.group(1)) == newest  # before: 0
+
+    # What the stream sends from there: a keep-alive, not the older bulletins as new.
+    async with console.http.get(console.url + f"/console/events?after={after.group(1)}") as resp:
+        assert resp.status == 200
+        assert await asyncio.wait_for(resp.content.readline(), 20) == b": keep-alive\n"
+
+
+async def test_a_form_refused_for_its_token_does_not_keep_the_session_alive(node: Member, console: Console) -> None:
+    """A POST with a wrong CSRF token refreshed the session's idle time before it was refused, so
+    a page on a sibling host auto-posting forms kept an officer's idle session alive (found by a
+    read-only review). Refused, it changes nothing; with the token, it is the officer's use."""
+    aged = await unused_for(node, dt.timedelta(minutes=10))
+    form = {"csrf": "0" * 64}
+    async with console.http.post(console.url + "/console/sign-out", data=form, allow_redirects=False) as resp:
+        assert resp.status == 403, await resp.text()
+    assert await last_seen(node) == aged  # before: refreshed
+
+    async with console.http.post(
+        console.url + "/console/sign-out", data={"csrf": console.csrf}, allow_redirects=False
+    ) as resp:
+        assert resp.status in (200, 303), await resp.text()

@@ -424,6 +424,19 @@ async def test_a_witness_claim_in_the_url_is_shown_only_if_the_checkpoint_says_s
     assert "<bdi>ke-customs</bdi> did not co-sign" in page and "nowhere" not in page
 
 
+async def test_a_password_change_is_claimed_only_after_one(fed: Federation, console: Any) -> None:
+    """ "Your password is changed" showed for any link to /console/account?done=1 (found by a
+    read-only review). The page now says it only right after the change, once."""
+    officer = await console("officer")
+    said = "Your password is changed."
+    assert said not in (await officer.get("/console/account?done=1"))[1]
+    form = {"csrf": officer.csrf, "current": PASSWORD, "new": PASSWORD + " renewed", "again": PASSWORD + " renewed"}
+    async with officer.http.post(officer.url + "/console/account/password", data=form) as resp:  # redirects
+        assert resp.status == 200 and resp.url.path == "/console/account"
+        assert said in await resp.text()
+    assert said not in (await officer.get("/console/account"))[1]  # said once
+
+
 # Whether the text of an element shows in its own (logical) order, left to right: the left edge of
 # each character, measured in the page as laid out, against the one before it.
 IN_ORDER = """(el, [from, to]) => {
