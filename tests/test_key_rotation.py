@@ -167,6 +167,12 @@ async def test_a_node_rotates_its_keys_while_bulletins_are_in_flight(make_federa
     await _receipts_verify(nl, before[1])
     _, read, _ = await nl.api("GET", f"/api/v1/bulletins/{before[1]}")
     assert old_signing.kid in {r["signer"] for r in read["receipts"] if r["node"] == "ke-customs"}, read
+    # A reader is shown the key that signed a bulletin, not the author's key of now (the console's
+    # "Signed by ... with its roster key" named the current one; found by a read-only review).
+    _, read, _ = await nl.api("GET", f"/api/v1/bulletins/{before[0]}")
+    assert read["signer"] == old_signing.kid != new_signing, read
+    _, read, _ = await nl.api("GET", f"/api/v1/bulletins/{after}")
+    assert read["signer"] == new_signing, read
 
     # The attacker's side: the old signing key signs nothing new now, and nothing new may be
     # wrapped for the old encryption key; both are refused, nothing stored.

@@ -245,6 +245,7 @@ def view_v2(v: VerifiedV2, fed: Federation, stored_receipts: Sequence[str]) -> B
         seq=h.seq,
         created=h.created,
         signature_verified=True,  # by verified_v2, for this request
+        signer=h.signer,
         recipients=[NodeId(r) for r in v.readers],
         bulletin=v.bulletin.model_dump(mode="json"),
         receipts=[json.loads(r) for r in stored_receipts],

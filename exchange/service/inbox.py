@@ -224,6 +224,7 @@ class Inbox:
             seq=env.header.seq,
             created=env.header.created,
             signature_verified=True,  # by _verified_bulletin, for this request
+            signer=env.header.signer,
             recipients=[NodeId(r.node) for r in env.header.recipients],
             bulletin=bulletin.model_dump(mode="json"),
             receipts=[json.loads(r.receipt) for r in got],

@@ -56,6 +56,9 @@ class BulletinView(View):
     seq: int
     created: str
     signature_verified: bool
+    # the author's roster key id that the signature verified under: a former key of its for a
+    # bulletin signed before a rotation, not the key the roster lists now
+    signer: str
     recipients: list[NodeId]
     bulletin: dict[str, Any]
     receipts: list[dict[str, Any]]
