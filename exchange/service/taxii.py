@@ -52,6 +52,9 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 CHUNK = 200  # rows read at a time
 MAX_EXPORT = 100_000  # objects in one STIX export (a bundle is one JSON document)
+# Bulletins one STIX export of a whole channel looks through, whatever it keeps: a channel of a
+# million withheld bulletins (no-onward-sharing, RED) had one request read every row.
+MAX_EXPORT_SCAN = 500_000
 MAX_SCAN = 5000  # rows one request looks at, whatever its filters: then `more` with a `next`
 _NEXT = re.compile(r"^([0-9]{1,18})-([0-9]{1,5})$")
 _TIME = re.compile(r"^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,13}))?Z$")
@@ -268,7 +271,8 @@ class Taxii:
     async def export(self, user: User, channel: str, bid: str | None = None) -> dict[str, Any]:
         """A STIX 2.1 bundle of the channel's servable objects (each id once), or of one bulletin's,
         under the TAXII policy; audited as one `taxii.read` of resource `export`. NotFound for a
-        bulletin that is not servable here; InvalidInput past MAX_EXPORT objects (page by TAXII then)."""
+        bulletin that is not servable here; InvalidInput past MAX_EXPORT objects, or past MAX_EXPORT_SCAN
+        bulletins looked through (page by TAXII then)."""
         coll = next((c for c in self.collections(user) if c.channel == channel), None)
         if coll is None:
             raise NotFound(f"no channel {channel[:64]} you may export")
@@ -284,6 +288,10 @@ class Taxii:
             if not page.more or page.next is None:
                 break
             start = parse_next(page.next)
+            if start[0] - POSITIONS > MAX_EXPORT_SCAN:  # a channel's positions count its bulletins
+                raise InvalidInput(
+                    f"more than {MAX_EXPORT_SCAN} bulletins to look through: page through the TAXII collection instead"
+                )
         if bid is not None and not out:
             raise NotFound("no such bulletin that may leave this node in this channel")
         await self._audit(user, channel, "export", len(out))

@@ -24,7 +24,9 @@ from taxii2client.common import TokenAuth
 from taxii2client.v21 import Server, as_pages
 
 from exchange.crypto import b64e
+from exchange.errors import InvalidInput
 from exchange.protocol.stix import TLP_IDS, collection_id
+from exchange.service import taxii as taxii_service
 from exchange.service.catchup import POSITIONS
 from exchange.service.taxii import Filters
 from exchange.store import audit_log, bulletins
@@ -312,6 +314,27 @@ async def test_export_stix_bundles_under_the_same_policy(make_federation: MakeFe
     refused = await off_loop(lambda: run("--bulletin", withheld[0]))
     assert refused.exit_code != 0 and withheld[0] not in refused.output
     assert {r["resource"] for r in await taxii_reads(fed)} == {"export"}
+
+
+async def test_an_export_of_a_whole_channel_looks_through_a_bounded_number_of_bulletins(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole channel's export read every row of the channel in one request, however few it kept:
+    a channel of a million withheld bulletins made one request look through all of them (found by
+    a read-only review). Past MAX_EXPORT_SCAN bulletins it is refused, as past MAX_EXPORT objects;
+    here both scan steps are made small."""
+    fed = await make_federation()
+    servable, _ = await post_mix(fed, 4)
+    nl = fed["nl-customs"]
+    user = await nl.service.users.authenticate(nl.tokens["officer"])
+    monkeypatch.setattr(taxii_service, "MAX_SCAN", 2)
+    whole = await nl.service.taxii.export(user, "c2c")
+    assert bulletin_ids(whole["objects"]) == servable  # paged two rows at a time, all there
+    monkeypatch.setattr(taxii_service, "MAX_EXPORT_SCAN", 3)
+    with pytest.raises(InvalidInput, match="page through the TAXII collection"):
+        await nl.service.taxii.export(user, "c2c")
+    one = await nl.service.taxii.export(user, "c2c", servable[-1])  # one bulletin: not a scan of the channel
+    assert bulletin_ids(one["objects"]) == [servable[-1]]
 
 
 async def test_refused_taxii_requests_are_audited(make_federation: MakeFederation) -> None:
