@@ -43,6 +43,7 @@ from cpu_profile import own_cpu_seconds, worker_pids
 
 from exchange.app import start_node
 from exchange.config import NodeConfig
+from exchange.service.catchup import POSITIONS
 from exchange.store import Store, insert_rows
 from tests.conftest import write_federation
 
@@ -177,7 +178,12 @@ async def one_size(size: int, new: int) -> dict[str, float]:
         for p in fills:
             p.join()
         with sqlite3.connect(db_path(folder, C)) as db:
-            db.execute("INSERT INTO cursors (peer, channel, cursor) VALUES (?, ?, ?)", (A, CHANNEL, size))
+            # C has pulled A's first `size` of the channel: a position A served (POSITIONS + the
+            # channel's own count, revision 0012). A bare `size` is below POSITIONS, which A serves
+            # as the channel's start (11.6): C then pulled the whole store again, which made the
+            # figures at 1,000,000 grow with it (2026-12-05).
+            cursor = POSITIONS + size
+            db.execute("INSERT INTO cursors (peer, channel, cursor) VALUES (?, ?, ?)", (A, CHANNEL, cursor))
         db.close()
         filled = time.perf_counter() - started
         seeded = await seed_new(folder, size, new)
