@@ -10,10 +10,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from exchange.protocol.channel import ChannelState
+from exchange.store import no_onward
 
 SERVED_TLP = ("CLEAR", "GREEN", "AMBER")
 OPT_IN_TLP = "AMBER+STRICT"
-NO_ONWARD = b'"no_onward_sharing":true'  # in the canonical (JCS) envelope: only the header has it
+NO_ONWARD = b'"no_onward_sharing":true'  # in the canonical (JCS) envelope: only the header has it (and v0016)
 
 
 def served_tlp(state: ChannelState) -> tuple[str, ...]:
@@ -26,13 +27,11 @@ def onward_forbidden(envelope: bytes) -> bool:
     return NO_ONWARD in envelope
 
 
-def onward_forbidden_sql(envelope: Any, dialect: str) -> sa.ColumnElement[bool]:
-    """`onward_forbidden` of a stored envelope column (bytes), searched in the database: a read of
-    many rows is then not sent their envelopes, megabytes each with attachments."""
-    needle = sa.literal(NO_ONWARD, sa.LargeBinary())
-    if dialect == "postgresql":  # position(bytea, bytea): where the second begins in the first, or 0
-        return sa.func.pg_catalog.position(envelope, needle) > 0
-    return sa.func.instr(envelope, needle) > 0
+def onward_forbidden_sql(bulletin_id: Any) -> sa.ColumnElement[bool]:
+    """`onward_forbidden` of a stored bulletin, by its id: a seek on the `no_onward` table, which
+    the database keeps from each stored envelope (revision 0016). A read of many rows then reads
+    none of their envelopes, megabytes each with attachments."""
+    return sa.exists().where(no_onward.c.bulletin_id == bulletin_id)
 
 
 __all__ = ["NO_ONWARD", "OPT_IN_TLP", "SERVED_TLP", "onward_forbidden", "onward_forbidden_sql", "served_tlp"]

@@ -66,8 +66,8 @@ STAMP_SLACK = dt.timedelta(minutes=1)
 FRACTION = 13  # digits of a date_added's fraction: milliseconds, position in the channel, object index
 
 # What a scan reads of a row: its summary, and its content only where it has none (a row that
-# revision 0003 could not summarise); never the envelope, whose no-onward mark is looked for in
-# the database (`onward_forbidden_sql`). A row of megabytes (attachments) costs its summary.
+# revision 0003 could not summarise); never the envelope, whose no-onward mark the database keeps
+# apart (`onward_forbidden_sql`, revision 0016). A row of megabytes (attachments) costs its summary.
 ROW = (
     bulletins.c.channel_pos,
     bulletins.c.id,
@@ -318,12 +318,11 @@ class Taxii:
                 return Page([])  # nothing stored at or after added_after
             pos = first
         served = self.served_tlp(channel)
-        dialect = self.store.engine.dialect.name
         items: list[Served] = []
         scanned = 0
         keep: Callable[[Served], bool] = filters.keep
         while True:
-            query = sa.select(*ROW, onward_forbidden_sql(bulletins.c.envelope, dialect).label("no_onward")).where(
+            query = sa.select(*ROW, onward_forbidden_sql(bulletins.c.id).label("no_onward")).where(
                 bulletins.c.channel == channel, bulletins.c.channel_pos >= pos, bulletins.c.tlp.in_(served)
             )
             if where is not None:

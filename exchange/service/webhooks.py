@@ -314,7 +314,7 @@ class Webhooks:
     async def _deliver(self, hook: Any) -> int:
         assert self.sender is not None
         served = self._served_tlp(hook.channel)
-        no_onward = onward_forbidden_sql(bulletins.c.envelope, self.store.engine.dialect.name).label("no_onward")
+        no_onward = onward_forbidden_sql(bulletins.c.id).label("no_onward")
         query = sa.select(*SUMMARY, bulletins.c.channel_pos, no_onward).where(
             bulletins.c.channel == hook.channel, bulletins.c.n > hook.cursor, bulletins.c.tlp.in_(served)
         )

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version"
 FIRST = "0001"
-HEAD = "0015"  # the revision this code needs: the newest in migrations/versions
+HEAD = "0016"  # the revision this code needs: the newest in migrations/versions
 
 # An upgrade holds a lock from its first statement to its commit, so that two upgrades of one
 # database take turns: the second waits, then finds the schema current. SQLite: the database's

@@ -41,6 +41,11 @@ bulletins = sa.Table(
     sa.Index("ix_bulletins_channel_pos", "channel", "channel_pos", unique=True),
 )
 
+# The bulletins whose author marked them no-onward-sharing (revision 0016): kept by a trigger on
+# bulletins from the stored envelope, so that what leaves the node finds the mark by a seek
+# (exchange.service.sharing) rather than by reading each envelope.
+no_onward = sa.Table("no_onward", metadata, sa.Column("bulletin_id", sa.String(64), primary_key=True))
+
 # How many bulletins each channel holds, and how many of them each user has opened: kept by
 # triggers on bulletins and user_reads (revision 0003), so unread counts cost one row per channel
 # whatever the store holds.

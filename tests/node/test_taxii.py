@@ -29,7 +29,7 @@ from exchange.protocol.stix import TLP_IDS, collection_id
 from exchange.service import taxii as taxii_service
 from exchange.service.catchup import POSITIONS
 from exchange.service.taxii import Filters
-from exchange.store import audit_log, bulletins
+from exchange.store import audit_log, bulletins, no_onward
 from tests.conftest import Federation, MakeFederation
 from tests.node.test_hostile_input import delivered
 
@@ -314,6 +314,35 @@ async def test_export_stix_bundles_under_the_same_policy(make_federation: MakeFe
     refused = await off_loop(lambda: run("--bulletin", withheld[0]))
     assert refused.exit_code != 0 and withheld[0] not in refused.output
     assert {r["resource"] for r in await taxii_reads(fed)} == {"export"}
+
+
+async def test_the_no_onward_mark_is_looked_up_in_the_list_the_database_keeps_not_in_each_envelope(
+    make_federation: MakeFederation,
+) -> None:
+    """A read searched every row's envelope for the mark (megabytes a row with attachments; found by
+    a read-only review). The database now lists the marked bulletins as it stores them (revision
+    0016) and the read looks there: a bulletin listed by hand is withheld though its envelope
+    bears no mark, so the envelope is not what the read consults."""
+    fed = await make_federation()
+    servable, withheld = await post_mix(fed, 3)
+    nl = fed["nl-customs"]
+    async with nl.service.store.read() as conn:
+        listed = set(await conn.scalars(sa.select(no_onward.c.bulletin_id)))
+    onward = [b for b in withheld if b in listed]
+    assert len(onward) == 1 and not listed & set(servable)  # the one marked, listed at its store
+    user = await nl.service.users.authenticate(nl.tokens["officer"])
+    cid = collection_id("nl-customs", "c2c")
+
+    async def read() -> list[str]:
+        page = await nl.service.taxii.read(
+            user, cid, resource="objects", limit=1000, next_token=None, filters=Filters()
+        )
+        return bulletin_ids([s.obj for s in page.items])
+
+    assert await read() == servable
+    async with nl.service.store.engine.begin() as conn:
+        await conn.execute(sa.insert(no_onward).values(bulletin_id=servable[0]))
+    assert await read() == servable[1:]
 
 
 async def test_an_export_of_a_whole_channel_looks_through_a_bounded_number_of_bulletins(

@@ -317,7 +317,12 @@ async def test_upgrade_keeps_every_bulletin_and_extends_the_audit_log(deployed: 
     # that 0003 makes of what is stored, and columns, which 0003 fills (test_v0003_flat_store).
     release_columns = await snapshot(deployed.url, only=schema.RELEASE_0_1_0)
     assert {t: r for t, r in release_columns.items() if t in before} == before
-    assert all(after[t] == [] for t in set(after) - set(before) - {"channel_counts", "user_channel_reads"})
+    assert all(after[t] == [] for t in set(after) - set(before) - {"channel_counts", "user_channel_reads", "no_onward"})
+    # 0016 lists the bulletins marked no-onward-sharing, from their envelopes.
+    columns = schema.RELEASE_0_1_0["bulletins"]
+    bid, envelope = columns.index("id"), columns.index("envelope")
+    marked = sorted((r[bid],) for r in before["bulletins"] if b'"no_onward_sharing":true' in bytes(r[envelope]))
+    assert after["no_onward"] == marked
 
     # Twice: the second run changes nothing.
     again = await invoke(db, "upgrade", "--node", str(deployed.node_file))
