@@ -16,6 +16,7 @@ SQLite has one process per database and takes none of these (`Store.shared` is F
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import zlib
@@ -139,7 +140,7 @@ class Changes:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        await cancel_and_wait(task)
+        await cancel_and_wait(task, quiet=True)  # it never ends on its own: a failure is not the stop's
 
     def _deliver(self, _conn: Any, _pid: int, topic: str, payload: str) -> None:
         for callback in self._callbacks.get(topic, []):
@@ -149,25 +150,39 @@ class Changes:
                 log.exception("a follower of %s failed", topic)
 
     async def _listen(self) -> None:
+        """Listen until cancelled, whatever the connection does. asyncpg's own errors (a server
+        restarted, a backend terminated, a connection dropped) are neither OSError nor SQLAlchemy's:
+        caught as those alone, they ended the task for good, and this worker heard no other
+        worker's change again (a partner removed there still got its posts; found by a read-only
+        review). A check that gets no answer (a partition) times out and is a failure too."""
         while True:
             try:
                 async with self.engine.connect() as conn:
-                    raw = (await conn.get_raw_connection()).driver_connection  # asyncpg's
-                    assert raw is not None, "an open connection has its driver's"
-                    for topic in self._callbacks:
-                        await raw.add_listener(topic, self._deliver)
-                    # The first time too: what other workers committed between this worker's
-                    # load and now (its audit check, its start) was notified to no listener.
-                    for callback in self._reconnected:
-                        callback()
-                    while True:  # the session lives: notifications arrive on it
-                        await asyncio.sleep(LISTEN_CHECK_SECONDS)
-                        # On the driver's connection, outside any transaction: SQLAlchemy would
-                        # begin one, and PostgreSQL holds a session's notifications until it ends.
-                        await raw.fetchval("SELECT 1")
-            except (OSError, sa.exc.DBAPIError, sa.exc.InterfaceError) as exc:
-                log.warning("listening for other workers' commits failed (%s); listening again", exc)
+                    try:
+                        await self._session(conn)
+                    except Exception:
+                        with contextlib.suppress(Exception):
+                            await conn.invalidate()  # not back to the pool: it may be dead
+                        raise
+            except Exception as exc:
+                log.warning("listening for other workers' commits failed (%r); listening again", exc)
                 await asyncio.sleep(LISTEN_CHECK_SECONDS)
+
+    async def _session(self, conn: AsyncConnection) -> None:
+        raw = (await conn.get_raw_connection()).driver_connection  # asyncpg's
+        assert raw is not None, "an open connection has its driver's"
+        for topic in self._callbacks:
+            await raw.add_listener(topic, self._deliver)
+        # The first time too: what other workers committed between this worker's
+        # load and now (its audit check, its start) was notified to no listener.
+        for callback in self._reconnected:
+            callback()
+        while True:  # the session lives: notifications arrive on it
+            await asyncio.sleep(LISTEN_CHECK_SECONDS)
+            # On the driver's connection, outside any transaction: SQLAlchemy would
+            # begin one, and PostgreSQL holds a session's notifications until it ends.
+            async with asyncio.timeout(LISTEN_CHECK_SECONDS):
+                await raw.fetchval("SELECT 1")
 
 
 async def claim_lease(
