@@ -13,8 +13,15 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
-from exchange.crypto import SigningKey, b64d, b64e, strict_loads
-from exchange.crypto.epoch import SUITE_X25519, SUITE_XWING, HybridDecryptionKey, HybridEncryptionKey
+from exchange.crypto import SigningKey, b64d, b64e, epoch as suites, strict_loads
+from exchange.crypto.epoch import (
+    SUITE_X25519,
+    SUITE_XWING,
+    XWING_PUBLIC_SIZE,
+    HybridDecryptionKey,
+    HybridEncryptionKey,
+)
+from exchange.crypto.keys import key_id
 from exchange.errors import ConfigError, EpochInvalid, InvalidInput, SuiteUnsupported
 from exchange.model import B64Signature, Kid, NodeIdStr, Version2, first_error
 from exchange.protocol.epoch import WrapKeyId
@@ -66,9 +73,14 @@ def parse_support(data: bytes | dict[str, Any]) -> EpochSupport:
 
 
 def verify_support(support: EpochSupport, fed: Federation, node: str) -> HybridEncryptionKey | None:
-    """Check `node`'s announcement against the roster; return its hybrid key (None: X25519 only).
+    """Check `node`'s announcement against the roster; return its hybrid key (None: X25519 only,
+    or a hybrid key this node cannot use).
 
-    A hybrid key needs this node's `cryptography` to do the hybrid suite: else SuiteUnsupported.
+    Checking an announced hybrid key needs no hybrid suite here: on a `cryptography` or backend
+    without ML-KEM its size and kid are checked, and None returned. Only wrapping for it needs the
+    suite (`HybridEncryptionKey`, SuiteUnsupported). Before, the check itself raised
+    SuiteUnsupported, and such a node, announcing X25519 alone, took no v2 bulletin of a channel
+    that had a hybrid reader (found by a read-only review; docs/protocol.md 15.4).
     """
     if support.node != node:
         raise EpochInvalid(f"the v2 support announcement is {support.node}'s, not {node}'s")
@@ -79,6 +91,13 @@ def verify_support(support: EpochSupport, fed: Federation, node: str) -> HybridE
     if (support.hybrid_key is None) != (support.hybrid_kid is None):
         raise EpochInvalid("a hybrid key comes with its kid")
     if support.hybrid_key is None:
+        return None
+    if not suites.hybrid_supported():
+        raw = b64d(support.hybrid_key)
+        if len(raw) != XWING_PUBLIC_SIZE:
+            raise EpochInvalid(f"malformed hybrid key: an ML-KEM-768 + X25519 public key has {XWING_PUBLIC_SIZE} bytes")
+        if key_id(HybridEncryptionKey.alg, raw) != support.hybrid_kid:
+            raise EpochInvalid("the hybrid key's kid is not the one announced")
         return None
     try:
         key = HybridEncryptionKey(b64d(support.hybrid_key))

@@ -23,6 +23,7 @@ from exchange.crypto import (
     HybridEncryptionKey,
     b64d,
     b64e,
+    epoch as crypto_epoch,
     strict_loads,
     unwrap_epoch_key,
 )
@@ -124,3 +125,30 @@ def test_a_partners_malformed_hybrid_key_is_an_invalid_announcement_not_a_config
     with pytest.raises(errors.EpochInvalid, match="malformed hybrid key"):
         verify_support(support, fed, node)
     assert STATUS[errors.EpochInvalid] == 422
+
+
+def test_a_node_without_the_hybrid_suite_checks_a_partners_hybrid_announcement_all_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a `cryptography` or backend without ML-KEM, checking a partner's announced hybrid key
+    raised SuiteUnsupported (it built the key to read its kid): such a node, announcing X25519
+    alone, then took no v2 bulletin of a channel with a hybrid reader, and after an hour could not
+    post there (found by a read-only review; 15.4). The size and the kid are checked without it."""
+    fed, _ = rosters(RECORDED).at(1)
+    node, key = "ke-customs", signing_key("ke-customs")
+    hybrid = HybridDecryptionKey(bytes(32)).public
+
+    def announced(raw: bytes, kid: str) -> EpochSupport:
+        body = {"v": 2, "node": node, "hybrid_key": b64e(raw), "hybrid_kid": kid, "signer": key.kid}
+        return EpochSupport.model_validate({**body, "signature": sign(SUPPORT_DOMAIN, body, key)})
+
+    good = announced(hybrid.raw, hybrid.kid)
+    assert verify_support(good, fed, node) is not None  # with the suite: the key, to wrap for
+    monkeypatch.setattr(crypto_epoch, "hybrid_supported", lambda: False)
+    assert verify_support(good, fed, node) is None  # before: SuiteUnsupported
+    with pytest.raises(errors.EpochInvalid, match="kid is not the one announced"):
+        verify_support(announced(hybrid.raw, "0" * 16), fed, node)
+    with pytest.raises(errors.EpochInvalid, match="malformed hybrid key"):
+        verify_support(announced(hybrid.raw[:-1], hybrid.kid), fed, node)
+    with pytest.raises(errors.SuiteUnsupported):  # wrapping for it still needs the suite
+        HybridEncryptionKey(hybrid.raw)
