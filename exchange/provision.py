@@ -196,7 +196,7 @@ async def init_federation(path: Path, *, with_users: bool = True, sample_passwor
             report.add(f"keys for {cfg.id}")
     fed = write_roster(fed_cfg, nodes, authority, report)
     write_channels(fed_cfg, fed, {c.id: c for c in nodes}, report)
-    fed_cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    fed_cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the nodes' databases (Store.open)
     if with_users:
         for cfg in nodes:
             mine = [c.id for c in fed_cfg.channels if cfg.id in c.members]

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -104,6 +106,18 @@ class _Pending:
 MAX_HANDED_LEAVES = 50_000
 
 
+def private_file(path: Path) -> None:
+    """Make a new SQLite database file readable by this node's user alone (0600; its folder 0700
+    if it is made too): it holds the decrypted bulletins and the channels' epoch keys, and SQLite
+    would make it, and its -wal and -shm files after it, with the umask's mode (often 0644)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    except FileExistsError:  # made meanwhile: SQLite opens it as it is
+        return
+    os.chmod(path, 0o600)  # whatever the umask made of it
+
+
 class Store:
     """One node's database, shared by the HTTP handlers, the outbox senders and the CLI."""
 
@@ -133,8 +147,10 @@ class Store:
         An older schema raises SchemaOutdated, whose one line names `exchange db upgrade`: a
         deployed database only changes through that command (`node` names it in the message).
         """
-        if not create and schema.missing_file(url) is not None:
-            raise schema.holds_no_node(url, node)
+        if (missing := schema.missing_file(url)) is not None:
+            if not create:
+                raise schema.holds_no_node(url, node)
+            private_file(missing)
         engine = make_engine(url, connections=connections)
         try:
             await schema.require_current(engine, url, node=node, create=create)
