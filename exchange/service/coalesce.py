@@ -61,7 +61,20 @@ class Coalesced(Generic[A, R]):
         self._arrived.set()
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=self._name)
+            self._task.add_done_callback(self._ended)
         return await future
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A call cancelled before it began never ran its `finally`: it is done all the same, and
+        its requests are failed, or every later request would wait for it for ever (found by a
+        read-only review). A call that ran has cleared `_task` itself, and is left alone."""
+        if self._task is not task:
+            return
+        self._task = None
+        left, self._asks = self._asks, []
+        for _, future in left:
+            if not future.done():
+                future.set_exception(Unavailable("the node is stopping"))
 
     def task(self) -> asyncio.Task[None] | None:
         """The call under way, if any (for the node to cancel when it stops)."""

@@ -400,6 +400,24 @@ async def test_a_call_waiting_for_more_goes_when_told_none_will_come_or_is_stopp
     assert [type(r) for r in await stopped] == [Unavailable] and calls == [[1]]
 
 
+async def test_a_call_cancelled_before_it_began_fails_its_requests_and_the_next_call_runs() -> None:
+    """A call's task cancelled before its first step never ran its `finally`: `_task` stayed set to
+    a finished task, its requests were never answered, and every later request waited for ever
+    (found by a read-only review)."""
+
+    async def many(asks: Sequence[int]) -> list[int | Exception]:
+        return list(asks)
+
+    coalesced = Coalesced(many, "test")
+    first = asyncio.ensure_future(coalesced(1))
+    await asyncio.sleep(0)  # the request is in, its call's task made and not yet begun
+    task = coalesced.task()
+    assert task is not None
+    task.cancel()
+    assert [type(r) for r in await asyncio.gather(first, return_exceptions=True)] == [Unavailable]
+    assert await asyncio.wait_for(coalesced(2), 10) == 2  # before: waited for ever
+
+
 async def test_callers_waiting_when_the_call_is_cancelled_are_told_the_node_stops() -> None:
     started = asyncio.Event()
 
