@@ -3,8 +3,10 @@ request, its id and its body, and the bodies kept to be sent again to the channe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from exchange.service.outbox_refs import OutItem
 
@@ -45,6 +47,25 @@ class Bodies:
         self.limit = limit
         self._kept: dict[tuple[str, int], bytes] = {}  # least recently used first
         self._bytes = 0
+        self._sending: dict[tuple[str, int], list[Any]] = {}  # body, pushes sending it
+
+    @contextlib.contextmanager
+    def sending(self, txn: str, batch: Sequence[OutItem]) -> Iterator[bytes]:
+        """The body of a push, shared with every push sending the same batch meanwhile, whatever its
+        size. A body over a quarter of the bound is not kept (`body`), and was joined for each reader:
+        a post of an 8 MiB envelope to a channel of 200 held 199 copies at once, 1.6 GiB (found by a
+        read-only review). It is now joined once for the pushes under way, and dropped with the last."""
+        key = (txn, sum(len(i.data) for i in batch))
+        held = self._sending.get(key)
+        if held is None:
+            held = self._sending[key] = [self.body(txn, batch), 0]
+        held[1] += 1
+        try:
+            yield held[0]
+        finally:
+            held[1] -= 1
+            if not held[1]:
+                del self._sending[key]
 
     def body(self, txn: str, batch: Sequence[OutItem]) -> bytes:
         key = (txn, sum(len(i.data) for i in batch))

@@ -256,7 +256,8 @@ class Sender:
         self.status.in_flight = len(batch)
         try:
             async with self.outbox.leases.kept(self.peer):  # however long the partner takes to answer
-                answer = await self.outbox.transport.send(self.peer, FED_ENVELOPES, self.outbox.bodies.body(txn, batch))
+                with self.outbox.bodies.sending(txn, batch) as body:
+                    answer = await self.outbox.transport.send(self.peer, FED_ENVELOPES, body)
         except PeerRefused as exc:
             if exc.status in RETRYABLE_REFUSALS:
                 raise

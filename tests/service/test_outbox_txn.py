@@ -66,3 +66,18 @@ def test_a_body_sent_again_is_kept_longer_than_one_not_used_since() -> None:
     bodies.body(_txn(extra), extra)  # one must go: the least recently used, batches[1]
     assert bodies.body(_txn(batches[0]), batches[0]) is sent[0]
     assert bodies.body(_txn(batches[1]), batches[1]) is not sent[1]
+
+
+def test_pushes_under_way_share_one_body_whatever_its_size_and_it_goes_with_the_last() -> None:
+    """A body over a quarter of the bound is not kept, and each reader's push joined its own: a
+    post of an 8 MiB envelope to 199 readers held 199 copies at once (found by a read-only review)."""
+    bodies = Bodies(limit=40_000)
+    large = _envelopes("f", 20, size=900)  # about 18 KB: not kept
+    txn = _txn(large)
+    with bodies.sending(txn, large) as one, bodies.sending(txn, large) as two:
+        assert one is two and one == transaction_body(txn, large)  # before: a copy each
+        with bodies.sending(txn, large) as three:
+            assert three is one
+    assert bodies._sending == {}  # dropped with the last push sending it
+    with bodies.sending(txn, large) as later:
+        assert later == one and later is not one  # joined again: it was not kept
