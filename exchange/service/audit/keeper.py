@@ -147,26 +147,21 @@ class LogKeeper:
         return 0 if top is None else int(top) + 1
 
     async def refuse_if_shorter(self) -> StoredCheckpoint | None:
-        """AuditTampered if the table holds fewer entries than the latest checkpoint this node
-        signed: nothing may be written before this holds, since a new entry would go under a lost
-        index (`NodeService.load` asks before it imports provisioned channel logs). The latest
-        checkpoint, if any."""
+        """The latest own checkpoint; AuditTampered if the table is shorter: nothing may be written
+        before this holds, a new entry would go under a lost index (`NodeService.load` too)."""
         latest = await self.latest()
-        if latest is not None:
-            end = await self.end()
-            shorter = shorter_than_signed(end, end, latest.size)
-            if shorter is not None:
-                raise AuditTampered(
-                    f"{shorter}; the node does not start, since it would write new entries under their "
-                    "indices: restore the audit_log table from a backup"
-                )
+        end = await self.end() if latest is not None else 0
+        if latest is not None and (shorter := shorter_than_signed(end, end, latest.size)) is not None:
+            raise AuditTampered(
+                f"{shorter}; the node does not start, since it would write new entries under their "
+                "indices: restore the audit_log table from a backup"
+            )
         return latest
 
     async def _resume(self) -> None:
-        """Resume from the latest own checkpoint: check the table from the last checkpoint a witness
-        co-signed up to it, which gives the frontier it signed; then take in the entries after it,
-        which no signature covers yet, each checked against its leaf hash and index (after a clean
-        stop, only those that admin commands wrote since)."""
+        """Resume from the latest own checkpoint: check the table from the last one a witness co-signed
+        up to it (the frontier it signed); then take in the entries after it, each checked against
+        its leaf hash and index (after a clean stop, only those admin commands wrote since)."""
         latest = await self.refuse_if_shorter()
         if latest is not None:
             try:
