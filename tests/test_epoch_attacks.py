@@ -524,3 +524,47 @@ async def test_a_readers_junk_announcement_does_not_stop_the_owner_serving_its_e
     assert junk.asked >= 1
     assert [r["n"] for r in page["epochs"]] == [held.n]
     assert "ke-customs" not in book._support  # the junk was not kept
+
+
+async def test_an_author_behind_does_not_post_under_an_epoch_whose_key_a_removed_grantee_holds(
+    make_federation: MakeFederation,
+) -> None:
+    """Readers changed and changed back (de-customs joined, was given the history, then removed):
+    an author that had not pulled the epochs made meanwhile held epoch 0, whose readers are again
+    the state's, and posted under it, though de-customs holds its key from the grant (found by a
+    read-only review). The author now takes the next epoch (or posts v1), never epoch 0."""
+    fed = await make_federation(
+        nodes={n: NODES[n] for n in ("nl-customs", "ke-customs", "de-customs")},
+        channels=[channel("nl-customs", "ke-customs")],
+        options=V2,
+    )
+    nl, ke, de = fed["nl-customs"], fed["ke-customs"], fed["de-customs"]
+    first = await post(nl, "under epoch 0")
+    await arrives(ke, first["id"])
+    await admin_invite_and_accept(nl, de)
+    status, body, _ = await nl.api(
+        "POST", "/api/v1/channels/c2c/grant-history", user="admin", body={"node": "de-customs"}
+    )
+    assert status == 200, body
+
+    async def granted() -> bool:
+        de.service.catchup.wake()
+        return de.service.epochs.key("c2c", 0) is not None
+
+    await eventually(granted, timeout=30, what="epoch 0's key at de-customs, granted")
+    await admin(nl, "remove", "de-customs")
+
+    async def removed_at_ke() -> bool:
+        return "de-customs" not in ke.service.channels.state("c2c").members
+
+    await eventually(removed_at_ke, what="the removal at ke-customs")
+    # ke-customs is behind on epochs: it holds epoch 0 alone, as if it never pulled the later ones.
+    ke.service.epochs._records["c2c"] = ke.service.epochs._records["c2c"][:1]
+    state = ke.service.channels.state("c2c")
+    held = ke.service.epochs.latest("c2c")
+    assert held is not None and held.n == 0 and held.readers == state.readers  # rule 10 alone: fine
+    assert await ke.service.epochs.current("c2c", state, strict=False) is None  # before: epoch 0
+
+    late = await post(ke, "after de-customs left")
+    env = await envelope_at(ke, late["id"]) if await version_at(ke, late["id"]) == 2 else None
+    assert env is None or env.header.epoch.n > 0, env  # v1, or a later epoch: never epoch 0

@@ -8,7 +8,7 @@ signature before any other rule, and the state the header cites before it trusts
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -182,6 +182,16 @@ def check_epoch_of_state(
             raise StaleEpoch(f"the epoch wraps for a key of {w.node} that its roster entry no longer lists")
     if next_epoch is not None and next_epoch.n > epoch.n and next_epoch.state.pos <= state.pos:
         raise StaleEpoch(f"epoch {next_epoch.n} replaces epoch {epoch.n} for the cited channel state")
+
+
+def readers_steady(epoch: EpochRecord, between: Iterable[ChannelState]) -> bool:
+    """Whether every state `between` the epoch's and the one an author cites has the epoch's readers.
+
+    Rule 10 asks it of the cited state alone. An author holds no later epoch when readers changed and
+    changed back (a member given history, then removed, while the author was behind): the epoch it
+    holds has the cited state's readers, and the removed member holds its key. An author posts under
+    an epoch only if this holds too, else it takes the next one (found by a read-only review)."""
+    return all(state.readers == epoch.readers for state in between)
 
 
 def open_envelope_v2(env: EnvelopeV2, epoch_key: EpochKey) -> Bulletin:

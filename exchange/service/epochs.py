@@ -25,7 +25,7 @@ from exchange.crypto.epoch import HybridDecryptionKey
 from exchange.errors import EpochInvalid, ExchangeError, Forbidden, NotFound, PeerRefused, StaleEpoch
 from exchange.model import NodeId
 from exchange.protocol.channel import ChannelState
-from exchange.protocol.envelope_v2 import check_epoch_of_state
+from exchange.protocol.envelope_v2 import check_epoch_of_state, readers_steady
 from exchange.protocol.epoch import (
     check_carried,
     check_signed_by_owner,
@@ -178,16 +178,13 @@ class EpochBook(Announcements):
         if latest is None or latest.state.pos > state.pos:
             return None
         try:
-            ids = await self.wrap_key_ids(latest.readers, strict=strict)
-        except Forbidden:  # UnknownPeer: a reader no longer in the roster (revoked): not this state's epoch
-            return None
-        if ids is None:
-            return None
-        try:
+            if (ids := await self.wrap_key_ids(latest.readers, strict=strict)) is None:
+                return None
             check_epoch_of_state(latest, state, ids, None)
-        except StaleEpoch:
+        except (Forbidden, StaleEpoch):  # Forbidden: a reader no longer in the roster (revoked)
             return None
-        return latest
+        between = (self.channels.state(channel, pos) for pos in range(latest.state.pos + 1, state.pos))
+        return latest if readers_steady(latest, between) else None  # else: the next epoch, pulled or made
 
     async def for_post(self, state: ChannelState) -> tuple[EpochRecord, EpochKey] | None:
         """The epoch this node posts under in `state`, and its key; None: post a v1 envelope.

@@ -36,6 +36,7 @@ from exchange.protocol.envelope_v2 import (
     envelope_v2_bytes,
     open_envelope_v2,
     parse_envelope_v2,
+    readers_steady,
     sign_envelope_v2,
     verify_envelope_v2,
 )
@@ -487,3 +488,14 @@ def test_an_epoch_missed_is_caught_up_from_any_member(
     # An epoch record checked against another state than the one it cites is refused.
     with pytest.raises(errors.EpochInvalid):
         verify_epoch(served, fed, states[5], ids, records[0])
+
+
+def test_an_author_takes_an_epoch_only_if_the_readers_held_steady_since_it_was_made(
+    states: list[ChannelState],
+) -> None:
+    """Rule 10 judges the cited state alone; an author also asks that no state between the epoch's
+    and the cited one had other readers (`readers_steady`, 15.8, after the rule)."""
+    first, second = epochs()
+    assert readers_steady(first, states[3:3]) and readers_steady(first, states[3:4])  # none, or the same
+    assert not readers_steady(first, states[3:5])  # gb-avsec joined at state 4
+    assert readers_steady(second, states[5:6])
