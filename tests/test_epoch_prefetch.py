@@ -136,3 +136,32 @@ async def test_an_epoch_that_cannot_be_made_is_tried_a_few_times_a_state_then_le
     latest = nl.service.epochs.latest("c2c")
     assert latest is not None and latest.n == 0 and "de-customs" not in latest.readers
     assert await owner.look(t + 10_000) == 0 and await owner.look(t + 20_000) == 0  # made: nothing more to do
+
+
+async def test_readers_changed_and_changed_back_have_the_owner_make_the_next_epoch_ahead_of_posts(
+    make_federation: MakeFederation,
+) -> None:
+    """A member joined and was removed before any epoch was made for it: the latest epoch's readers
+    are the state's again, but an author no longer posts under an epoch whose readers did not hold
+    steady since (a grantee of its key may have been removed meanwhile). The owner's prefetch makes
+    the next one, so members go on posting v2 under it rather than falling back to v1."""
+    fed = await make_federation(
+        nodes={n: NODES[n] for n in THREE},
+        channels=[channel("nl-customs", "ke-customs")],
+        options={"envelope_v2": True, "epoch_prefetch_seconds": 100},  # looked at by hand below
+    )
+    nl, ke, de = (fed[n] for n in THREE)
+    first = await post(nl, "under epoch 0")
+    await arrives(ke, first["id"])
+    await admin_invite_and_accept(nl, de)
+    await admin(nl, "remove", "de-customs")
+    latest = nl.service.epochs.latest("c2c")
+    assert latest is not None and latest.n == 0 and latest.readers == nl.service.channels.state("c2c").readers
+    t = time.monotonic()
+    assert await nl.service.epoch_prefetch.look(t) == 0  # new: it waits for the state to hold still
+    assert await nl.service.epoch_prefetch.look(t + 10_000) == 1  # it held still: before, none needed
+    made = nl.service.epochs.latest("c2c")
+    assert made is not None and made.n == 1 and "de-customs" not in made.readers  # before: none made
+    after = await post(ke, "after de-customs left")
+    env = await envelope_at(ke, after["id"])
+    assert env is not None and env.header.epoch.n == 1

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from exchange.errors import ExchangeError
 from exchange.model import NodeId
 from exchange.protocol.channel import ChannelState
+from exchange.protocol.envelope_v2 import readers_steady
 from exchange.service.channels import ChannelBook
 from exchange.service.epochs import EpochBook
 from exchange.store import Store
@@ -117,9 +118,14 @@ class EpochPrefetch:
         return self.settle + random.uniform(0.0, spread)
 
     def _needed(self, state: ChannelState) -> bool:
-        """Whether this node lacks an epoch for `state`'s readers."""
+        """Whether this node lacks an epoch for `state`'s readers: its latest has other readers, or
+        readers changed and changed back since it was made (`readers_steady`: an author does not
+        post under it then, so the owner makes the next one; else members would post v1)."""
         latest = self.epochs.latest(state.channel)
-        return latest is None or tuple(latest.readers) != tuple(state.readers)
+        if latest is None or tuple(latest.readers) != tuple(state.readers):
+            return True
+        between = range(latest.state.pos + 1, state.pos)
+        return not readers_steady(latest, (self.channels.state(state.channel, pos) for pos in between))
 
     async def _try(self, state: ChannelState) -> None:
         if state.owner == self.me:
