@@ -413,8 +413,9 @@ async def test_a_partner_asking_for_a_bulletins_evidence_in_a_loop_grows_the_log
     assert after_checkpoints - checkpoints <= 1, (checkpoints, after_checkpoints)  # before: 20
     # Other nodes' requests go on (the periodic rounds may add their own entries meanwhile).
     assert after_entries - entries <= 3, (entries, after_entries)  # before: 20 or more
-    # Another partner's first request is audited.
-    await audit.serve_evidence("gb-avsec", bid)
+    # Another partner's first request is audited, once for ten at the same moment (a review of
+    # the fix: each read the log before any wrote).
+    await asyncio.gather(*(audit.serve_evidence("gb-avsec", bid) for _ in range(10)))
     async with nl.service.store.read() as conn:
         traced = [
             json.loads(e) for e in await conn.scalars(sa.select(audit_log.c.entry).where(audit_log.c.bulletin == bid))

@@ -350,7 +350,7 @@ class Receiving:
         # Rule 15 again, under the write lock: a removal taken in while this batch waited (for its
         # gap to be filled by a partner that may answer as slowly as it likes) refuses the batch,
         # as it would have had the removal come first.
-        gone = [c.bid for c in fresh if c.bid not in clashes and not self._still_posts(c.header)]
+        gone = list(dict.fromkeys(c.bid for c in fresh if c.bid not in clashes and not self._still_posts(c.header)))
         if gone and page is None:
             raise InvalidEnvelope(NO_LONGER_POSTS)
         if page is not None:

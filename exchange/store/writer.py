@@ -112,10 +112,13 @@ def private_file(path: Path) -> None:
     would make it, and its -wal and -shm files after it, with the umask's mode (often 0644)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:  # made meanwhile: SQLite opens it as it is
         return
-    os.chmod(path, 0o600)  # whatever the umask made of it
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask made of it
+    finally:
+        os.close(fd)
 
 
 class Store:

@@ -138,6 +138,7 @@ class AuditService:
         self.stopped = asyncio.Event()
         self._round: asyncio.Task[None] | None = None
         self._started = False
+        self._serving = asyncio.Lock()  # one look-up and write of `audit.trace_served` at a time
 
     # -- start and stop ---------------------------------------------------------------------
 
@@ -393,12 +394,13 @@ class AuditService:
         def this_peer(entry: dict[str, Any]) -> bool:
             return entry.get("event") == AUDIT_TRACE_SERVED and entry.get("peer") == peer
 
-        last, _ = await self.log_entries.of_bulletin(bid, this_peer, limit=1, newest_first=True)
-        now = utc_now()
-        if not last or str(last[0][2].get("at", "")) <= timestamp(now - TRACE_SERVED_EVERY):
-            at = timestamp(now)
-            served: AuditTraceServed = {"event": AUDIT_TRACE_SERVED, "at": at, "bulletin": bid, "peer": peer}
-            await self.store.audit(served)
+        async with self._serving:  # requests at once: the first writes, the others then find it
+            last, _ = await self.log_entries.of_bulletin(bid, this_peer, limit=1, newest_first=True)
+            now = utc_now()
+            if not last or str(last[0][2].get("at", "")) <= timestamp(now - TRACE_SERVED_EVERY):
+                at = timestamp(now)
+                served: AuditTraceServed = {"event": AUDIT_TRACE_SERVED, "at": at, "bulletin": bid, "peer": peer}
+                await self.store.audit(served)
         return evidence
 
     async def collect_trace(self, bid: str) -> CollectedTrace:
