@@ -38,6 +38,12 @@ async def two_epochs(make_federation: MakeFederation) -> Federation:
         return record is not None and record.n == 1
 
     await eventually(made, what="epoch 1 at nl")
+
+    async def member_at_gb() -> bool:  # the tests pull from gb too, which serves members only
+        return "fr-customs" in gb.service.channels.state("c2c").members
+
+    # The CI run at cf80f2c (PostgreSQL): gb had not yet taken fr's acceptance, and refused its pull.
+    await eventually(member_at_gb, what="fr-customs a member at gb-customs")
     assert fr.service.epochs.records("c2c") == []
     return fed
 
