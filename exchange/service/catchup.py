@@ -44,6 +44,36 @@ POSITIONS = 1 << 30
 # Bulletins past its cursor among which a node that is no member of the channel is looked for
 # (`served_envelopes`): what is addressed to it further on, it is not served.
 NON_MEMBER_SCAN = 10_000
+# Pages fetched and being screened while one is stored (`CatchUp.pull`); the one fetched after them
+# waits for room. Each page is at most 32 MiB.
+AHEAD = 1
+
+
+async def _next_page(
+    pages: asyncio.Queue[tuple[dict[str, Any], asyncio.Task[Screened | None]]], fetching: asyncio.Task[None]
+) -> tuple[dict[str, Any], asyncio.Task[Screened | None]]:
+    """The next page the fetching task put, or its failure: a fetch that failed or ended early ends the pull."""
+    if pages.empty():
+        getting = asyncio.ensure_future(pages.get())
+        try:
+            await asyncio.wait([getting, fetching], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getting.done():
+                await cancel_and_wait(getting, quiet=True)
+        if not getting.done() or getting.cancelled():
+            fetching.result()  # raises what the fetch raised
+            raise InvalidInput("the pages ended before the last one said so")
+        return getting.result()
+    return pages.get_nowait()
+
+
+def _drain(
+    pages: asyncio.Queue[tuple[dict[str, Any], asyncio.Task[Screened | None]]],
+) -> list[tuple[dict[str, Any], asyncio.Task[Screened | None]]]:
+    out = []
+    while not pages.empty():
+        out.append(pages.get_nowait())
+    return out
 
 
 class CatchUp:
@@ -129,21 +159,24 @@ class CatchUp:
     async def pull(self, peer: str, channel: str) -> int:
         """Pull one channel from one member from our cursor to its end.
 
-        Pipelined: the next page is fetched and screened (parsed, checked and decrypted in the
-        crypto workers, or here) while this one is stored. Pages are still stored
-        in order, each with its cursor, so a failure anywhere resumes after the last stored page.
+        Pipelined in three stages: while one page is stored, the next is screened (parsed, checked
+        and decrypted in the crypto workers, or here) and the one after it is fetched, as soon as
+        the page before it has come (its `next` is where it starts). At most AHEAD pages wait
+        beside the one stored. Pages are still stored in order, each with its cursor, so a failure
+        anywhere resumes after the last stored page.
         """
         if self.receiving.epochs is not None:  # epoch records and grants first: its v2 envelopes open
             await self.receiving.epochs.pull_quietly(peer, channel)
         after = await self.cursor(peer, channel)
         fresh = refusing = 0
-        ahead = asyncio.create_task(self._fetch(peer, channel, after))
+        pages: asyncio.Queue[tuple[dict[str, Any], asyncio.Task[Screened | None]]] = asyncio.Queue(AHEAD)
+        fetching = asyncio.create_task(self._fetch_pages(peer, channel, after, pages))
+        screening: asyncio.Task[Screened | None] | None = None
         try:
             while True:
-                page, screened = await ahead
+                page, screening = await _next_page(pages, fetching)
+                screened = await screening
                 position = int(page["next"])
-                if page["more"]:
-                    ahead = asyncio.create_task(self._fetch(peer, channel, position))
                 if screened is not None:
                     refused: list[Refused] = []  # left out of the page, audited with it
                     await self.receiving.ingest_screened(screened, cursor=(channel, position), refused=refused)
@@ -160,23 +193,39 @@ class CatchUp:
                 if not page["more"]:
                     return fresh
         finally:
-            if not ahead.done():
-                await cancel_and_wait(ahead, quiet=True)
+            await cancel_and_wait(fetching, quiet=True)
+            waiting = [s for _, s in _drain(pages)] + ([screening] if screening is not None else [])
+            for task in waiting:  # a page given up on: its screening stopped, or its failure retrieved
+                await cancel_and_wait(task, quiet=True)
 
-    async def _fetch(self, peer: str, channel: str, after: int) -> tuple[dict[str, Any], Screened | None]:
-        """One page after `after`, and its envelopes this node lacks, screened (None if none)."""
-        page = checked_page(
-            await self.transport.fetch(
-                NodeId(peer), f"/fed/v1/channels/{channel}/envelopes?after={after}&limit={PAGE}"
-            ),
-            peer,
-            after,
-            PAGE,
-        )
+    async def _fetch_pages(
+        self,
+        peer: str,
+        channel: str,
+        after: int,
+        pages: asyncio.Queue[tuple[dict[str, Any], asyncio.Task[Screened | None]]],
+    ) -> None:
+        """Fetch pages from `after` to the channel's end, each put in `pages` with its screening begun."""
+        while True:
+            page = checked_page(
+                await self.transport.fetch(
+                    NodeId(peer), f"/fed/v1/channels/{channel}/envelopes?after={after}&limit={PAGE}"
+                ),
+                peer,
+                after,
+                PAGE,
+            )
+            await pages.put((page, asyncio.create_task(self._screen(peer, page))))
+            if not page["more"]:
+                return
+            after = int(page["next"])
+
+    async def _screen(self, peer: str, page: dict[str, Any]) -> Screened | None:
+        """A page's envelopes this node lacks, screened (None if none)."""
         offered = [i for i in page["items"] if i["envelope"] is not None]
         held = await self.receiving.held([i["id"] for i in offered]) if offered else set()
         new = [i["envelope"] for i in offered if i["id"] not in held]
-        return page, (await self.receiving.screen(NodeId(peer), new, relayed=True, unheld=True) if new else None)
+        return await self.receiving.screen(NodeId(peer), new, relayed=True, unheld=True) if new else None
 
     # -- serving partners --------------------------------------------------------------------
 
