@@ -18,6 +18,7 @@ from exchange.audit.epoch_events import EPOCH_GRANT_TAKEN, EPOCH_GRANTED
 from exchange.audit.events import AuditEntry
 from exchange.clock import timestamp
 from exchange.crypto import EpochKey, sha256
+from exchange.crypto.epoch import suite_of
 from exchange.errors import EpochInvalid, NotFound
 from exchange.protocol.channel import ChannelState
 from exchange.protocol.epoch import (
@@ -69,7 +70,15 @@ async def ensure_grant(book: EpochBook, state: ChannelState, peer: str) -> None:
         return
     if await book.support_of(peer, owner=True) is None:  # never a relayed announcement (15.12)
         return
-    have = {e.n for g in book.grants.get(state.channel, []) if g.node == peer for e in g.epochs}
+    wrap_key = book.wrap_key(peer)
+    # Only grants for its current key count: one made for a key it has rotated since is refused
+    # (15.7 rule 3), and it could not open it; its epochs are granted again for the new key.
+    have = {
+        e.n
+        for g in book.grants.get(state.channel, [])
+        if g.node == peer and (g.suite, g.kid) == (suite_of(wrap_key), wrap_key.kid)
+        for e in g.epochs
+    }
     wanted: list[tuple[EpochRecord, EpochKey]] = []
     for record in book.records(state.channel):
         key = book.key(state.channel, record.n)
@@ -79,7 +88,7 @@ async def ensure_grant(book: EpochBook, state: ChannelState, peer: str) -> None:
         grant = make_grant(
             state,
             node=peer,
-            key=book.wrap_key(peer),
+            key=wrap_key,
             epochs=wanted[i : i + MAX_GRANT_EPOCHS],
             owner_key=book.keys.signing,
             created=timestamp(),
@@ -106,6 +115,11 @@ async def accept_grants(book: EpochBook, channel: str, raws: Sequence[Any]) -> i
         ids = await book.wrap_key_ids([grant.node], strict=True)
         if ids is None:
             raise EpochInvalid("a history grant for a node that takes no v2")
+        if (grant.suite, grant.kid) != (ids[book.me].suite, ids[book.me].kid):
+            # Made for a key of this node's that the roster no longer lists (rotated since): skipped,
+            # neither kept nor an error, so that the grant the owner makes for the current key is taken.
+            log.info("%s: a grant of %s for its former key %s skipped", book.me, channel, grant.kid)
+            continue
         held = {r.n: r for r in book.records(channel)}
         verify_grant(grant, book.fed, state, ids, held)
         keys = open_grant(grant, held, book.me, book.unwrap_key(grant.kid))  # DecryptionFailed: not kept

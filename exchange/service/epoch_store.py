@@ -197,7 +197,8 @@ async def store_grant(
             .order_by(epoch_grants.c.id)
         )
         stored = [(row.hash, parse_grant(bytes(row.grant))) for row in rows]
-        covered = {e.n for _, g in stored for e in g.epochs}
+        # Granted for the key this grant is for (another worker's; one for a key since rotated does not count).
+        covered = {e.n for _, g in stored if (g.suite, g.kid) == (grant.suite, grant.kid) for e in g.epochs}
         held = {
             int(row.n): EpochKey(bytes(row.key))
             for row in await conn.execute(
