@@ -25,6 +25,7 @@ from exchange.crypto import b64e, canonical_json
 from exchange.errors import BadEntry, PeerError, SplitView
 from exchange.keystore import read_file
 from exchange.merkle import leaf_hash
+from exchange.service.audit import service as audit_service
 from exchange.service.audit.witness import MAX_SPLIT_VIEWS
 from exchange.store import Store, audit_checkpoints, audit_cosignatures, audit_log
 from tests.conftest import Federation, MakeFederation, Member, eventually
@@ -421,3 +422,33 @@ async def test_a_partner_asking_for_a_bulletins_evidence_in_a_loop_grows_the_log
             json.loads(e) for e in await conn.scalars(sa.select(audit_log.c.entry).where(audit_log.c.bulletin == bid))
         ]
     assert sorted(e["peer"] for e in traced if e["event"] == ev.AUDIT_TRACE_SERVED) == ["gb-avsec", "ke-customs"]
+
+
+async def test_a_partner_asking_for_evidence_while_the_witnesses_are_silent_puts_the_checkpoint_to_them_once(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint made for a trace is put to the witnesses, and the answer waits up to
+    WITNESS_WAIT for their cosignatures. While they did not answer, every request for the evidence
+    put the same checkpoint to every witness again and waited again: a partner asking in a loop
+    turned each of its requests into k requests to the witnesses (found by a read-only review).
+    Now a trace puts one checkpoint to them once per WITNESS_RETRY."""
+    fed = await make_federation(nodes=C2A_NODES, channels=[C2A], options={"audit_checkpoint_seconds": 3600})
+    nl = fed["nl-customs"]
+    bid = await post(nl, "c2a")
+    await wait_for(nl, "bulletin.delivered", bid, to="ke-customs")
+    audit = nl.service.audit
+    put: list[int] = []
+
+    async def silent(cp: Any) -> None:
+        put.append(cp.size)
+        await asyncio.sleep(60)  # witnesses that never answer
+
+    monkeypatch.setattr(audit.witness, "request_cosignatures", silent)
+    monkeypatch.setattr(audit_service, "WITNESS_WAIT", 0.2)
+    first = await audit.serve_evidence("ke-customs", bid)
+    assert first["entries"] and first["checkpoint"]
+    assert len(put) == 1
+    for _ in range(5):
+        answer = await asyncio.wait_for(audit.serve_evidence("ke-customs", bid), 0.15)  # no wait for witnesses
+        assert answer["checkpoint"] == first["checkpoint"]
+    assert len(put) == 1  # before: 6, each waiting WITNESS_WAIT

@@ -79,6 +79,8 @@ from exchange.store import Store
 log = logging.getLogger("exchange.audit")
 
 WITNESS_WAIT = 5.0  # seconds a trace waits for witnesses to co-sign a checkpoint made for it
+WITNESS_RETRY = 60.0  # seconds before a trace puts the same checkpoint to the witnesses again
+WITNESS_ASKS_KEPT = 1024  # checkpoints remembered as put to the witnesses by a trace
 TRACE_SERVED_EVERY = dt.timedelta(hours=1)  # a partner's requests for one bulletin's evidence: audited once in this
 RECENT_PAGE = 50  # entries on one page of the console's log, newest first
 RECENT_CHUNK = 2000  # entries read per step when looking back through the log
@@ -139,6 +141,7 @@ class AuditService:
         self._round: asyncio.Task[None] | None = None
         self._started = False
         self._serving = asyncio.Lock()  # one look-up and write of `audit.trace_served` at a time
+        self._put_to_witnesses: dict[int, float] = {}  # checkpoint size -> when a trace last put it to them
 
     # -- start and stop ---------------------------------------------------------------------
 
@@ -375,12 +378,25 @@ class AuditService:
         size = evidence.get("size")
         if size:
             cp = await self.keeper.checkpoint_at(size)
-            if not cp.witnesses:
+            if not cp.witnesses and self._may_ask_witnesses(cp.size):
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(WITNESS_WAIT):
                         await self.witness.request_cosignatures(cp)
                 evidence["checkpoint"] = (await self.keeper.checkpoint_at(cp.size)).full_note()
         return evidence
+
+    def _may_ask_witnesses(self, size: int) -> bool:
+        """Whether a trace may put the checkpoint of `size` to the witnesses now: once per
+        WITNESS_RETRY. A partner asking for evidence in a loop while the witnesses do not answer
+        put it to every witness at each request, and each answer waited WITNESS_WAIT."""
+        now = asyncio.get_running_loop().time()
+        last = self._put_to_witnesses.get(size)
+        if last is not None and now - last < WITNESS_RETRY:
+            return False
+        self._put_to_witnesses[size] = now
+        if len(self._put_to_witnesses) > WITNESS_ASKS_KEPT:  # the oldest forgotten
+            del self._put_to_witnesses[min(self._put_to_witnesses, key=self._put_to_witnesses.__getitem__)]
+        return True
 
     async def serve_evidence(self, peer: str, bid: str) -> EvidenceJSON:
         """Our evidence about a bulletin, for the nodes its envelope names as author or recipient."""
