@@ -161,8 +161,8 @@ class CatchUp:
 
         Pipelined in three stages: while one page is stored, the next is screened (parsed, checked
         and decrypted in the crypto workers, or here) and the one after it is fetched, as soon as
-        the page before it has come (its `next` is where it starts). At most AHEAD pages wait
-        beside the one stored. Pages are still stored in order, each with its cursor, so a failure
+        the page before it has come (its `next` is where it starts). Beside the one stored, at
+        most AHEAD pages wait in the queue and one more, fetched, for room in it. Pages are still stored in order, each with its cursor, so a failure
         anywhere resumes after the last stored page.
         """
         if self.receiving.epochs is not None:  # epoch records and grants first: its v2 envelopes open
