@@ -162,8 +162,9 @@ class CatchUp:
         Pipelined in three stages: while one page is stored, the next is screened (parsed, checked
         and decrypted in the crypto workers, or here) and the one after it is fetched, as soon as
         the page before it has come (its `next` is where it starts). Beside the one stored, at
-        most AHEAD pages wait in the queue and one more, fetched, for room in it. Pages are still stored in order, each with its cursor, so a failure
-        anywhere resumes after the last stored page.
+        most AHEAD pages wait in the queue and one more, fetched, for room in it. Pages are still
+        stored in order, each with its cursor, so a failure anywhere resumes after the last stored
+        page.
         """
         if self.receiving.epochs is not None:  # epoch records and grants first: its v2 envelopes open
             await self.receiving.epochs.pull_quietly(peer, channel)
@@ -215,7 +216,12 @@ class CatchUp:
                 after,
                 PAGE,
             )
-            await pages.put((page, asyncio.create_task(self._screen(peer, page))))
+            screening = asyncio.create_task(self._screen(peer, page))
+            try:
+                await pages.put((page, screening))
+            except BaseException:  # the pull ended while this page waited for room: its screening too
+                await cancel_and_wait(screening, quiet=True)
+                raise
             if not page["more"]:
                 return
             after = int(page["next"])

@@ -85,7 +85,21 @@ async def test_a_partner_serving_pages_for_ever_is_fetched_a_bounded_way_ahead(
         stored.set()
         await release.wait()  # the first page's store never ends while we look
 
+    screens: list[str] = []
+
+    async def screen(peer: str, page: dict[str, Any]) -> None:
+        """The first page screened at once, the others for as long as the pull lasts."""
+        if screens:
+            screens.append("started")
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                screens.append("stopped")
+                raise
+        screens.append("done")
+
     node.save_cursor = slow_save  # type: ignore[method-assign]
+    node._screen = screen  # type: ignore[method-assign]
     pulling = asyncio.create_task(node.pull("ke-customs", "c2c"))
     await asyncio.wait_for(stored.wait(), 10)
     for _ in range(50):
@@ -95,3 +109,5 @@ async def test_a_partner_serving_pages_for_ever_is_fetched_a_bounded_way_ahead(
     pulling.cancel()
     with pytest.raises(asyncio.CancelledError):
         await pulling
+    # Every screening begun is stopped with the pull, the page waiting for room too.
+    assert screens.count("started") == AHEAD + 1 and screens.count("stopped") == AHEAD + 1, screens
