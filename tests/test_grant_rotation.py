@@ -9,12 +9,14 @@ new one. Found by a read-only review. Real nodes over HTTPS, on SQLite and Postg
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from exchange.clock import timestamp
 from exchange.protocol.rostermigration import propose
 from exchange.protocol.rotation import rotate
-from exchange.service.epoch_grants import ensure_grant
+from exchange.service.epoch_grants import accept_grants, ensure_grant
 from tests.conftest import MakeFederation, eventually
 from tests.test_epoch_attacks import admin_invite_and_accept, arrives, post, stored_wire
 from tests.test_epoch_history import NODES, QUIET, channel, on_version_1_with_epoch_0
@@ -60,7 +62,13 @@ async def test_a_grant_for_the_grantees_rotated_key_is_made_again_for_its_new_ke
     await fr.service.epochs.pull(nl.id, "c2c")  # before: EpochInvalid, at every pull, for ever
     kids = sorted(g.kid for g in nl.service.epochs.grants["c2c"] if g.node == fr.id)
     assert kids == sorted([old.kid, new_kid])  # the owner made one for the new key
-    assert [g.kid for g in fr.service.epochs.grants["c2c"]] == [new_kid]  # the old one skipped, not kept
+    assert [g.kid for g in fr.service.epochs.grants["c2c"]] == [new_kid]
+    # The owner's answer carries only the grant for the current key; the old one, given anyway, is
+    # skipped: neither kept nor an error.
+    served = json.loads(await nl.service.epochs.serve(fr.id, "c2c", -1))
+    assert [g["kid"] for g in served["grants"]] == [new_kid]
+    assert await accept_grants(fr.service.epochs, "c2c", [old.model_dump(mode="json")]) == 0
+    assert [g.kid for g in fr.service.epochs.grants["c2c"]] == [new_kid]
     assert fr.service.epochs.key("c2c", 0) is not None
 
     async def caught_up() -> bool:

@@ -18,10 +18,10 @@ from exchange.audit.epoch_events import EPOCH_GRANT_TAKEN, EPOCH_GRANTED
 from exchange.audit.events import AuditEntry
 from exchange.clock import timestamp
 from exchange.crypto import EpochKey, sha256
-from exchange.crypto.epoch import suite_of
 from exchange.errors import EpochInvalid, NotFound
 from exchange.protocol.channel import ChannelState
 from exchange.protocol.epoch import (
+    WrapKeyId,
     check_signed_by_owner,
     grant_digest,
     make_grant,
@@ -30,6 +30,7 @@ from exchange.protocol.epoch import (
     verify_grant,
 )
 from exchange.protocol.epoch_model import MAX_GRANT_EPOCHS, EpochRecord, HistoryGrant
+from exchange.protocol.epoch_support import wrap_key_id
 from exchange.service.epoch_store import store_grant
 
 if TYPE_CHECKING:
@@ -64,27 +65,26 @@ def granted_to(book: EpochBook, peer: str, channel: str) -> frozenset[str]:
     return frozenset(e.hash for g in book.grants.get(channel, []) if g.node == peer for e in g.epochs)
 
 
-async def ensure_grant(book: EpochBook, state: ChannelState, peer: str) -> None:
-    """As owner: grant `peer` (granted the history in `state`) every earlier epoch it has no key of."""
+async def ensure_grant(book: EpochBook, state: ChannelState, peer: str) -> WrapKeyId | None:
+    """As owner: grant `peer` (granted the history in `state`) every earlier epoch it has no key of;
+    return the key its grants are for now (None: it is granted nothing)."""
     if peer not in state.history_grants or "read" not in state.rights(peer):
-        return
-    if await book.support_of(peer, owner=True) is None:  # never a relayed announcement (15.12)
-        return
-    wrap_key = book.wrap_key(peer)
-    # Only grants for its current key count: one made for a key it has rotated since is refused
+        return None
+    support = await book.support_of(peer, owner=True)  # never a relayed announcement (15.12)
+    if support is None:
+        return None
+    current = wrap_key_id(book.fed, peer, support)
+    # Only grants for its current wrap key count: one made for a key it has changed since is refused
     # (15.7 rule 3), and it could not open it; its epochs are granted again for the new key.
-    have = {
-        e.n
-        for g in book.grants.get(state.channel, [])
-        if g.node == peer and (g.suite, g.kid) == (suite_of(wrap_key), wrap_key.kid)
-        for e in g.epochs
-    }
+    have = {e.n for g in book.grants.get(state.channel, []) if g.node == peer and _for(g, current) for e in g.epochs}
     wanted: list[tuple[EpochRecord, EpochKey]] = []
     for record in book.records(state.channel):
         key = book.key(state.channel, record.n)
         if record.wrap_for(peer) is None and record.n not in have and record.state.pos <= state.pos and key:
             wanted.append((record, key))
+    wrap_key = book.wrap_key(peer) if wanted else None  # made only when there is something to wrap
     for i in range(0, len(wanted), MAX_GRANT_EPOCHS):
+        assert wrap_key is not None
         grant = make_grant(
             state,
             node=peer,
@@ -95,31 +95,47 @@ async def ensure_grant(book: EpochBook, state: ChannelState, peer: str) -> None:
         )
         await _store(book, grant, {}, made=True)
         log.info("%s: granted %s %d epochs of %s", book.me, peer, len(grant.epochs), state.channel)
+    return current
+
+
+def grants_served(book: EpochBook, peer: str, channel: str, current: WrapKeyId | None) -> list[dict[str, Any]]:
+    """The grants of `channel` for `peer` that an epochs answer carries: as owner (`current`, from
+    `ensure_grant`), only those for its current wrap key; the grants of its former keys it could not use."""
+    return [
+        g.model_dump(mode="json")
+        for g in book.grants.get(channel, [])
+        if g.node == peer and (current is None or _for(g, current))
+    ]
+
+
+def _for(grant: HistoryGrant, key: WrapKeyId) -> bool:
+    return (grant.suite, grant.kid) == (key.suite, key.kid)
 
 
 async def accept_grants(book: EpochBook, channel: str, raws: Sequence[Any]) -> int:
     """Check grants addressed to this node (15.7) and keep them with the keys they open."""
     fresh = 0
     known = {grant_hash(g) for g in book.grants.get(channel, [])}
+    ids = await book.wrap_key_ids([book.me], strict=True) if raws else None  # this node's own wrap key
     for raw in raws:
         grant = parse_grant(raw)
         if grant.channel != channel or grant.node != book.me:
             raise EpochInvalid("a history grant of another channel or for another node")
         if grant_hash(grant) in known:
             continue
+        if ids is None:
+            raise EpochInvalid("a history grant for a node that takes no v2")
+        if not _for(grant, ids[book.me]):
+            # For a wrap key this node no longer has as its current one (changed since), or does not
+            # have yet (the owner's roster ahead): skipped before anything else is checked, neither
+            # kept nor an error, so that a grant for its current key in the same list is taken.
+            log.info("%s: a grant of %s for a key other than its current one (%s) skipped", book.me, channel, grant.kid)
+            continue
         check_signed_by_owner(grant, book.fed)  # before the state it cites is fetched
         try:
             state = await book.channels.ensure(channel, grant.state)
         except NotFound as exc:
             raise EpochInvalid(f"the grant cites an unknown channel state: {exc.detail}") from exc
-        ids = await book.wrap_key_ids([grant.node], strict=True)
-        if ids is None:
-            raise EpochInvalid("a history grant for a node that takes no v2")
-        if (grant.suite, grant.kid) != (ids[book.me].suite, ids[book.me].kid):
-            # Made for a key of this node's that the roster no longer lists (rotated since): skipped,
-            # neither kept nor an error, so that the grant the owner makes for the current key is taken.
-            log.info("%s: a grant of %s for its former key %s skipped", book.me, channel, grant.kid)
-            continue
         held = {r.n: r for r in book.records(channel)}
         verify_grant(grant, book.fed, state, ids, held)
         keys = open_grant(grant, held, book.me, book.unwrap_key(grant.kid))  # DecryptionFailed: not kept

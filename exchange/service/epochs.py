@@ -42,7 +42,7 @@ from exchange.protocol.roster import Federation
 from exchange.service.channels import ChannelBook
 from exchange.service.epoch_announcements import Announcements
 from exchange.service.epoch_demand import Misses
-from exchange.service.epoch_grants import accept_grants, ensure_grant
+from exchange.service.epoch_grants import accept_grants, ensure_grant, grants_served
 from exchange.service.epoch_store import Held, checked_key, checked_record, made_entry, read_held, store_epoch
 from exchange.service.outbox_txn import head_within
 from exchange.service.transport import PeerTransport
@@ -281,8 +281,9 @@ class EpochBook(Announcements):
                 await self.make_current(state)  # which first takes in what other workers stored
             except ExchangeError as exc:  # a reader's announcement, say: the records held still serve
                 log.warning("%s: no current epoch of %s now (%s); serving those held", self.me, channel, exc.detail)
-            await ensure_grant(self, state, peer)
+            current = await ensure_grant(self, state, peer)
         else:
+            current = None
             await self.refresh(channel)
         held = self._records.get(channel, [])
         page = held[max(after + 1, 0) : max(after + 1, 0) + EPOCH_PAGE]
@@ -290,7 +291,7 @@ class EpochBook(Announcements):
         records = records[: head_within(map(len, records), EPOCH_PAGE_BYTES)]  # a page is read whole (MAX_ANSWER_BYTES)
         page = page[: len(records)]
         more = after + 1 + len(page) < len(held)
-        grants = [g.model_dump(mode="json") for g in self.grants.get(channel, []) if g.node == peer]
+        grants = grants_served(self, peer, channel, current)
         # The readers' announcements, which verify themselves (15.12): one fetch, not one per reader.
         readers = sorted({n for r in page for n in r.readers} - {peer})
         support = [
