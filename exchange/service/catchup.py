@@ -182,6 +182,7 @@ class CatchUp:
                     refused: list[Refused] = []  # left out of the page, audited with it
                     await self.receiving.ingest_screened(screened, cursor=(channel, position), refused=refused)
                     fresh += max(0, len(screened.items) - len(refused))  # a gap fill may refuse more
+                    screened = None  # stored: not held while the next is awaited
                     refusing += bool(refused)
                     if refusing >= MAX_REFUSING_PAGES and page["more"]:
                         raise InvalidInput(
@@ -194,9 +195,13 @@ class CatchUp:
                 if not page["more"]:
                     return fresh
         finally:
-            await cancel_and_wait(fetching, quiet=True)
+            # Every task told to stop before any is waited for: a second cancellation that cuts the
+            # waiting short still leaves none of them running.
+            fetching.cancel()
             waiting = [s for _, s in _drain(pages)] + ([screening] if screening is not None else [])
-            for task in waiting:  # a page given up on: its screening stopped, or its failure retrieved
+            for task in waiting:
+                task.cancel()
+            for task in [fetching, *waiting]:  # a page given up on: its failure retrieved
                 await cancel_and_wait(task, quiet=True)
 
     async def _fetch_pages(
@@ -206,7 +211,10 @@ class CatchUp:
         after: int,
         pages: asyncio.Queue[tuple[dict[str, Any], asyncio.Task[Screened | None]]],
     ) -> None:
-        """Fetch pages from `after` to the channel's end, each put in `pages` with its screening begun."""
+        """Fetch pages from `after` to the channel's end, each put in `pages` with its screening, which
+        begins once the page before it is screened: one page is screened at a time (the crypto
+        workers take one page at once), so the page waiting for room is held as it came."""
+        before: asyncio.Task[Screened | None] | None = None
         while True:
             page = checked_page(
                 await self.transport.fetch(
@@ -216,7 +224,7 @@ class CatchUp:
                 after,
                 PAGE,
             )
-            screening = asyncio.create_task(self._screen(peer, page))
+            screening = before = asyncio.create_task(self._screen_after(before, peer, page))
             try:
                 await pages.put((page, screening))
             except BaseException:  # the pull ended while this page waited for room: its screening too
@@ -225,6 +233,15 @@ class CatchUp:
             if not page["more"]:
                 return
             after = int(page["next"])
+
+    async def _screen_after(
+        self, before: asyncio.Task[Screened | None] | None, peer: str, page: dict[str, Any]
+    ) -> Screened | None:
+        """`_screen`, once `before` (the page before's screening) has ended, however it ended (its
+        result and failure are the pull's, which awaits it first)."""
+        if before is not None and not before.done():
+            await asyncio.wait([before])
+        return await self._screen(peer, page)
 
     async def _screen(self, peer: str, page: dict[str, Any]) -> Screened | None:
         """A page's envelopes this node lacks, screened (None if none)."""
