@@ -9,13 +9,18 @@ new one. Found by a read-only review. Real nodes over HTTPS, on SQLite and Postg
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
 
 from exchange.clock import timestamp
+from exchange.crypto import DecryptionKey
+from exchange.crypto.epoch import SUITE_X25519
+from exchange.protocol.epoch import WrapKeyId
 from exchange.protocol.rostermigration import propose
 from exchange.protocol.rotation import rotate
+from exchange.service import epoch_grants
 from exchange.service.epoch_grants import accept_grants, ensure_grant
 from tests.conftest import MakeFederation, eventually
 from tests.test_epoch_attacks import admin_invite_and_accept, arrives, post, stored_wire
@@ -78,3 +83,15 @@ async def test_a_grant_for_the_grantees_rotated_key_is_made_again_for_its_new_ke
     await eventually(caught_up, timeout=30, what="the earlier bulletin at fr-customs")
     status, shown, _ = await fr.api("GET", f"/api/v1/bulletins/{early}")
     assert status == 200, shown
+
+    # A grantee changing its wrap key again and again (it announces its hybrid key at will) is
+    # granted the history for a newer key at most once in REGRANT_EVERY after its second change.
+    other = DecryptionKey.generate().public
+    monkeypatch.setattr(epoch_grants, "wrap_key_id", lambda fed, node, support: WrapKeyId(SUITE_X25519, other.kid))
+    monkeypatch.setattr(nl.service.epochs, "wrap_key", lambda node: other)
+    state = nl.service.channels.state("c2c")
+    await ensure_grant(nl.service.epochs, state, fr.id)
+    assert sorted(g.kid for g in nl.service.epochs.grants["c2c"] if g.node == fr.id) == kids  # none made
+    monkeypatch.setattr(epoch_grants, "REGRANT_EVERY", dt.timedelta(0))
+    await ensure_grant(nl.service.epochs, state, fr.id)
+    assert [g.kid for g in nl.service.epochs.grants["c2c"] if g.node == fr.id][-1] == other.kid

@@ -9,6 +9,7 @@ granted (`served_to`).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from exchange.audit.epoch_events import EPOCH_GRANT_TAKEN, EPOCH_GRANTED
 from exchange.audit.events import AuditEntry
-from exchange.clock import timestamp
+from exchange.clock import timestamp, utc_now
 from exchange.crypto import EpochKey, sha256
 from exchange.errors import EpochInvalid, NotFound
 from exchange.protocol.channel import ChannelState
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
     from exchange.service.epochs import EpochBook
 
 log = logging.getLogger("exchange.epochs")
+
+# After the grantee's wrap key changed twice, its history is granted for a newer key at most once in this.
+REGRANT_EVERY = dt.timedelta(days=1)
 
 # The epoch a stored v2 envelope is under: its JCS header holds `"epoch":{"hash":"<hex>","n":...}`,
 # and nothing before it can hold a brace or a quote (base64url ciphertext, then sorted members).
@@ -76,12 +80,19 @@ async def ensure_grant(book: EpochBook, state: ChannelState, peer: str) -> WrapK
     current = wrap_key_id(book.fed, peer, support)
     # Only grants for its current wrap key count: one made for a key it has changed since is refused
     # (15.7 rule 3), and it could not open it; its epochs are granted again for the new key.
-    have = {e.n for g in book.grants.get(state.channel, []) if g.node == peer and _for(g, current) for e in g.epochs}
+    mine = [g for g in book.grants.get(state.channel, []) if g.node == peer]
+    have = {e.n for g in mine if _for(g, current) for e in g.epochs}
     wanted: list[tuple[EpochRecord, EpochKey]] = []
     for record in book.records(state.channel):
         key = book.key(state.channel, record.n)
         if record.wrap_for(peer) is None and record.n not in have and record.state.pos <= state.pos and key:
             wanted.append((record, key))
+    former = {(g.suite, g.kid) for g in mine if not _for(g, current)}
+    if wanted and len(former) >= 2 and max(g.created for g in mine) > timestamp(utc_now() - REGRANT_EVERY):
+        # Granted again for a second key change within REGRANT_EVERY of the last grant: it waits. A
+        # grantee changes its announced key at will; each change would cost the owner the whole
+        # history wrapped, stored and audited again.
+        return current
     wrap_key = book.wrap_key(peer) if wanted else None  # made only when there is something to wrap
     for i in range(0, len(wanted), MAX_GRANT_EPOCHS):
         assert wrap_key is not None
