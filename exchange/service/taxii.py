@@ -63,6 +63,7 @@ START = (POSITIONS, 0)  # the first object of the first bulletin: a `next` as `p
 # writer may hold a row before its commit, with room to spare; a node's clock stepping back by
 # more than this could make a read by `added_after` alone miss what was stored before the step.
 STAMP_SLACK = dt.timedelta(minutes=1)
+ADDED_AFTER = "added_after must be an RFC 3339 UTC timestamp, such as 2026-01-31T12:00:00.000Z"
 FRACTION = 13  # digits of a date_added's fraction: milliseconds, position in the channel, object index
 
 # What a scan reads of a row: its summary, and its content only where it has none (a row that
@@ -98,7 +99,7 @@ def _time_key(value: str) -> tuple[str, str]:
     """A TAXII timestamp as a comparable key; InvalidInput unless it is UTC ("Z") RFC 3339."""
     found = _TIME.fullmatch(value)
     if found is None:
-        raise InvalidInput("added_after must be an RFC 3339 UTC timestamp, such as 2026-01-31T12:00:00.000Z")
+        raise InvalidInput(ADDED_AFTER)
     return found.group(1), (found.group(2) or "").ljust(FRACTION, "0")
 
 
@@ -177,7 +178,12 @@ class Filters:
 
     def __post_init__(self) -> None:
         if self.added_after is not None:
-            object.__setattr__(self, "after_key", _time_key(self.added_after))
+            key = _time_key(self.added_after)
+            try:  # a time of the calendar too: one that is none (month 19) matched no row and read the whole channel
+                dt.datetime.fromisoformat(key[0])
+            except ValueError:
+                raise InvalidInput(ADDED_AFTER) from None
+            object.__setattr__(self, "after_key", key)
 
     def keep(self, item: Served) -> bool:
         o = item.obj
@@ -322,8 +328,10 @@ class Taxii:
         scanned = 0
         keep: Callable[[Served], bool] = filters.keep
         while True:
+            # The TLP judged here, not in SQL (`_objects_of`): a withheld row then counts towards
+            # MAX_SCAN, where with `tlp IN` the database walked every withheld row to fill a chunk.
             query = sa.select(*ROW, onward_forbidden_sql(bulletins.c.id).label("no_onward")).where(
-                bulletins.c.channel == channel, bulletins.c.channel_pos >= pos, bulletins.c.tlp.in_(served)
+                bulletins.c.channel == channel, bulletins.c.channel_pos >= pos
             )
             if where is not None:
                 query = query.where(where)

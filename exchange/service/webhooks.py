@@ -315,15 +315,18 @@ class Webhooks:
         assert self.sender is not None
         served = self._served_tlp(hook.channel)
         no_onward = onward_forbidden_sql(bulletins.c.id).label("no_onward")
+        # The TLP judged below, not in SQL: a withheld row is then passed over (the cursor moves past
+        # it), where with `tlp IN` a channel ending in withheld bulletins was walked to its end at
+        # every pass, each second, and never passed.
         query = sa.select(*SUMMARY, bulletins.c.channel_pos, no_onward).where(
-            bulletins.c.channel == hook.channel, bulletins.c.n > hook.cursor, bulletins.c.tlp.in_(served)
+            bulletins.c.channel == hook.channel, bulletins.c.n > hook.cursor
         )
         async with self.store.read() as conn:
             rows = (await conn.execute(query.order_by(bulletins.c.n).limit(BATCH))).all()
             items = list(await summarised(conn, rows))
         cursor, sent, error = int(hook.cursor), 0, None
         for row, content in items:
-            if row.no_onward:
+            if row.no_onward or row.tlp not in served:
                 cursor = int(row.n)  # passed over, as TAXII does: never announced outside the node
                 continue
             body = self._body(row, content)

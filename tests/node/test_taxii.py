@@ -366,6 +366,38 @@ async def test_an_export_of_a_whole_channel_looks_through_a_bounded_number_of_bu
     assert bulletin_ids(one["objects"]) == [servable[-1]]
 
 
+async def test_withheld_bulletins_count_towards_what_one_read_looks_through(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The TLP levels that may leave were picked in SQL (`tlp IN`), so a read's MAX_SCAN counted
+    only the rows that could be served: behind a run of TLP:RED bulletins the database walked every
+    one of them to fill a chunk, a million RED bulletins in one request (found by a read-only
+    review). They now count: a read stops after MAX_SCAN rows with a `next`, and paging on finds
+    the GREEN bulletin after them. An `added_after` that is no time of the calendar is a 400."""
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    first = await post(fed, bulletin(0))
+    for i in range(1, 7):
+        await post(fed, bulletin(i, "RED"))
+    last = await post(fed, bulletin(7))
+    user = await nl.service.users.authenticate(nl.tokens["officer"])
+    cid = collection_id("nl-customs", "c2c")
+    monkeypatch.setattr(taxii_service, "MAX_SCAN", 3)
+    page = await nl.service.taxii.read(user, cid, resource="objects", limit=1000, next_token=None, filters=Filters())
+    assert bulletin_ids([i.obj for i in page.items]) == [first] and page.more and page.next is not None
+    seen: list[str] = [first]
+    token: str | None = page.next
+    while token is not None:
+        page = await nl.service.taxii.read(
+            user, cid, resource="objects", limit=1000, next_token=token, filters=Filters()
+        )
+        seen += bulletin_ids([i.obj for i in page.items])
+        token = page.next if page.more else None
+    assert seen == [first, last]
+    with pytest.raises(InvalidInput, match="added_after"):
+        Filters(added_after="2026-19-99T00:00:00Z")
+
+
 async def test_refused_taxii_requests_are_audited(make_federation: MakeFederation) -> None:
     fed = await make_federation()
     objects = f"/taxii2/exchange/collections/{collection_id('nl-customs', 'c2c')}/objects/"
