@@ -11,12 +11,14 @@ gives.
 
 A witness answers 200 with one or more cosignature/v1 lines, 409 with `<size>\\n`
 (`text/x.tlog.size`) when the old size is not the size it last co-signed, 409 when a checkpoint of
-that size has another root, 422 when the proof fails, 400 when the old size exceeds the checkpoint's,
-404 for an unknown origin and 403 when no signature of a trusted key verifies. Base64 is standard
-and padded, as everywhere in C2SP. Beside today's JSON witnessing (`exchange.audit.witness`); the
-node serves it (`exchange.service.audit.tlog_witnessing`) and pushes its own checkpoints to C2SP
-witnesses with it (`exchange.service.audit.tlog_push`). Keys are configured as note verifier keys
-(c2sp.org/signed-note, "<name>+<hex key ID>+<base64(type || public key)>"). Pure: no I/O, no clock.
+that size has another root (a split view: the log signed both), 422 when the proof fails (the
+caller's bad request: the proof is not signed by the log), 400 when the old size exceeds the
+checkpoint's, 404 for an unknown origin and 403 when no signature of a trusted key verifies. Base64
+is standard and padded, as everywhere in C2SP. Beside today's JSON witnessing
+(`exchange.audit.witness`); the node serves it (`exchange.service.audit.tlog_witnessing`) and pushes
+its own checkpoints to C2SP witnesses with it (`exchange.service.audit.tlog_push`). Keys are
+configured as note verifier keys (c2sp.org/signed-note, "<name>+<hex key ID>+<base64(type || public
+key)>"). Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -140,12 +142,18 @@ class AddCheckpoint:
 
 @dataclass(frozen=True)
 class Refusal:
-    """A witness's refusal: the HTTP status, the body, its content type, and why (for logs)."""
+    """A witness's refusal: the HTTP status, the body, its content type, and why (for logs).
+
+    `split_view` is set only when the refusal is evidence against the log (it signed two
+    checkpoints that cannot both be true); every other refusal is about the request, which anyone
+    may send.
+    """
 
     status: int
     reason: str
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
+    split_view: bool = False
 
 
 def add_checkpoint_body(old_size: int, proof: list[bytes], note: str) -> bytes:
@@ -202,8 +210,12 @@ def judge(old_size: int, proof: list[bytes], checkpoint: Head, seen: tuple[int, 
     """What a witness that last co-signed `seen` (size, root; None: never) answers a request whose
     log signature verified: None to co-sign, or the refusal (tlog-witness, "add-checkpoint").
 
-    A refusal with status 422, or 409 for the same size with another root, is evidence that the
-    log misbehaved (a split view), which the caller keeps.
+    Only a checkpoint of the size co-signed with another root is a split view (`split_view` set,
+    409): the witness holds the log's signed note of the one and the request carries the other.
+    A consistency proof that fails, or one that is not empty between equal sizes, is refused with
+    the 422 the specification gives, but as the caller's bad request, not as evidence against the
+    log: the proof is not signed by the log, and the route takes requests from anyone, so whoever
+    holds two honest checkpoints of the log can send a wrong proof between them.
     """
     if old_size > checkpoint.size:
         return Refusal(400, f"old size {old_size} is larger than the checkpoint's size {checkpoint.size}")
@@ -215,13 +227,13 @@ def judge(old_size: int, proof: list[bytes], checkpoint: Head, seen: tuple[int, 
             return Refusal(400, "the proof must be empty when the old size is 0")
         return None  # trust on first use
     if checkpoint.size == seen[0] and checkpoint.root != seen[1]:
-        return Refusal(409, f"a checkpoint of size {seen[0]} with another root: a split view")
+        return Refusal(409, f"a checkpoint of size {seen[0]} with another root: a split view", split_view=True)
     if old_size == 0:  # a log of size 0 co-signed before proves nothing; take the new one as a first
         return Refusal(400, "the proof must be empty when the old size is 0") if proof else None
     try:
         verify_consistency(old_size, checkpoint.size, proof, seen[1], checkpoint.root)
     except ProofError as exc:
-        return Refusal(422, f"the consistency proof does not verify: {exc}: a split view")
+        return Refusal(422, f"the consistency proof from size {old_size} to {checkpoint.size} does not verify: {exc}")
     return None
 
 

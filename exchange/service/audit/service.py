@@ -206,9 +206,11 @@ class AuditService:
 
     def use_key(self, key: SigningKey) -> None:
         """This node signs with `key` from now on (its roster version lists it as the current one,
-        docs/protocol.md 6a.13): checkpoints and cosignatures alike."""
+        docs/protocol.md 6a.13): checkpoints and cosignatures alike, those of the foreign C2SP logs
+        it witnesses included."""
         self.keeper.use_key(key, [k for k in self.fed.signing_keys(self.me) if k.kid != key.kid])
         self.witness.use_key(key)
+        self.tlog_witnessing.use_key(key)
 
     def ensure_running(self) -> None:
         """Raise StateUnavailable once the node is stopping (a late request must not write)."""

@@ -4,9 +4,10 @@
 The text protocol and the witness's rules are pure (`exchange.audit.tlog_witness`); this is the part
 that remembers the latest checkpoint it co-signed of each log (`tlog_witnessed`) and co-signs with
 the node's roster Ed25519 key under its witness name `exchange/witness/<node>` (cosignature/v1,
-type 0x04). A checkpoint is recorded before its cosignature is returned, by compare-and-swap on the
-size and root read, so two requests racing for one log cannot both advance it (the loser gets 409
-with the size the winner recorded).
+type 0x04); after a live rotation of that key, with the new one (`use_key`), so its verifier key
+changes and the logs' operators configure the new one. A checkpoint is recorded before its
+cosignature is returned, by compare-and-swap on the size and root read, so two requests racing for
+one log cannot both advance it (the loser gets 409 with the size the winner recorded).
 """
 
 from __future__ import annotations
@@ -96,6 +97,11 @@ class TlogWitnessing:
         self._key = key
         self._logs = foreign_logs(logs)
 
+    def use_key(self, key: SigningKey) -> None:
+        """Co-sign with `key` from now on, and show its verifier key (this node's signing key after a
+        rotation, docs/protocol.md 6a.13): the roster no longer lists the old one as current."""
+        self._key = key
+
     @property
     def vkey(self) -> str:
         """This node's witness verifier key, for the operators of the logs it witnesses."""
@@ -120,8 +126,10 @@ class TlogWitnessing:
         note = Note(request.note.text, tuple(request.note.by(name)))  # the log's lines only
         verdict = await self.store.write(self._advance(request.old_size, request.proof, opened, note.render()))
         if verdict is not None:
-            if verdict.status == 422 or "split view" in verdict.reason:
+            if verdict.split_view:  # the log signed both notes: evidence against it, whoever sent them
                 log.error("tlog-witness: log %r: %s", opened.origin, verdict.reason)
+            elif verdict.status == 422:  # a proof anyone can get wrong: the request's fault, not the log's
+                log.warning("tlog-witness: log %r: a request refused: %s", opened.origin, verdict.reason)
             return _answer(verdict)
         line = cosign(note.text, self.name, self._key, int(utc_now().timestamp()))
         return TlogAnswer(200, cosignature_body([line]), TEXT, "cosigned")
