@@ -38,7 +38,7 @@ from exchange.protocol.roster2_model import RosterV2, SignedRosterV2
 from exchange.protocol.rosterchain import combine, roster_hash, sign_roster_v2
 from exchange.protocol.rostermigration import admit, authority, from_v1, propose, sign_join_request
 from exchange.provision import InitReport, sample_users
-from exchange.service.gossip import ROSTER_PATH
+from exchange.service.gossip import ROSTER_PATH, RosterGossip
 from exchange.service.users import set_password
 from exchange.store import audit_log, bulletins
 from tests.conftest import (
@@ -448,3 +448,40 @@ async def test_a_fork_between_branches_of_different_lengths_is_found_on_both_sid
         assert (fork.held_hash, fork.other_hash, fork.source) == (hashes[member.id], hashes[peer.id], f"peer:{peer.id}")
         held = member.service.roster.held
         assert held is not None and held.version == holds_version
+
+
+async def test_the_gossip_loop_goes_on_when_its_announcement_at_start_fails(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The announcement a node makes at start ran before the loop's guard: a database error then (a
+    PostgreSQL failover at start) ended the loop for good, silently until the node stopped, and no
+    version imported beside the node was taken again, no expiry warned of (a read-only review)."""
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    real = nl.service.gossip
+    gossip = RosterGossip(real.me, real.roster, real.fed, refresh_seconds=0.05)
+    monkeypatch.setattr(gossip, "version", lambda: 1)  # a node that holds a version announces it at start
+
+    async def failover(*, everyone: bool = False) -> None:
+        raise sa.exc.OperationalError("SELECT", {}, Exception("the database failed over"))
+
+    monkeypatch.setattr(gossip, "announce", failover)
+    reloads = 0
+
+    async def reload() -> bool:
+        nonlocal reloads
+        reloads += 1
+        return False
+
+    monkeypatch.setattr(real.roster, "reload", reload)
+    async def rounds() -> bool:
+        return reloads >= 2
+
+    running = asyncio.create_task(gossip.run())
+    try:
+        await eventually(rounds, timeout=10, what="the loop's rounds")
+        assert not running.done()
+    finally:
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running

@@ -416,7 +416,13 @@ class RosterGossip:
         last_announce = self._clock()
         self._announced = self.version()
         if self._announced:  # a node that holds a version says so at start: it may be new, or behind
-            await self.announce()
+            try:
+                await self.announce()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a database that failed over at start, say: the loop goes on all the same
+                if not stop_requested():
+                    log.exception("the roster announcement at start failed; the rounds go on")
         while True:
             await asyncio.sleep(self.refresh_seconds)
             try:
