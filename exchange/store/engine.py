@@ -34,6 +34,9 @@ def make_engine(
         # (each request's token lookup) opened and closed a connection each (TCP, startup,
         # statements prepared again): a quarter of a worker's CPU (bench/workers.py).
         kwargs |= {"pool_size": connections, "max_overflow": 0}
+    # A failed statement's error names no parameters: they hold decrypted bulletins, webhook secrets
+    # and token hashes, and the error reaches the log (`log.exception`) and messages.
+    kwargs["hide_parameters"] = True
     try:
         engine = create_async_engine(url, **kwargs)
     except (sa.exc.ArgumentError, ImportError) as exc:
