@@ -60,6 +60,7 @@ PARALLEL = 8  # webhooks delivered to at once in one run
 MAX_BACKOFF = 600.0
 MAX_WEBHOOKS = 100  # per node
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # the well-known prefix: an IPv4 address in its last 32 bits
 
 
 class WebhookSender(Protocol):
@@ -98,9 +99,30 @@ def unreachable_address(host: str) -> bool:
         ip = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and (int(ip) >> 32 == 0 or ip in NAT64):  # IPv4-compatible (::a.b.c.d), NAT64
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None and unreachable_address(str(embedded)):
+            return True
     return ip.is_link_local or ip.is_unspecified or ip.is_multicast
+
+
+def _numeric_host(host: str) -> bool:
+    """Whether a URL's host is an IPv4 address by the URL standard (its last label a number: no
+    top-level domain is one), in whatever form: 2852039166, 0251.0376.0251.0376 and 169.254.43518
+    all name 169.254.169.254 to some parsers."""
+    if ":" in host:  # an IPv6 literal, judged as one
+        return False
+    last = host.rstrip(".").rsplit(".", 1)[-1].lower()
+    return last.isdigit() or (last.startswith("0x") and all(c in "0123456789abcdef" for c in last[2:]))
+
+
+def _canonical_ipv4(host: str) -> bool:
+    try:
+        return str(ipaddress.IPv4Address(host)) == host
+    except ValueError:
+        return False
 
 
 def check_url(url: str) -> str:
@@ -119,6 +141,10 @@ def check_url(url: str) -> str:
         # separator by some parsers and not by others, so the host checked might not be the one
         # reached.
         raise InvalidInput("url must not carry a user or password (user@host) nor a backslash")
+    if parts.hostname and _numeric_host(parts.hostname) and not _canonical_ipv4(parts.hostname):
+        raise InvalidInput(
+            "url must name its host by a DNS name or an IP address in its usual form (such as 192.0.2.1)"
+        )
     if parts.hostname and unreachable_address(parts.hostname):
         raise InvalidInput(
             "url must not name a link-local, unspecified or multicast address (such as a cloud metadata service)"
