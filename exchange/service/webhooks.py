@@ -56,6 +56,10 @@ INTERVAL = 1.0  # seconds between looks for new bulletins, while the node has a 
 # through another worker of the node, it is noticed within this time): an idle node's cost.
 IDLE_INTERVAL = 30.0
 BATCH = 100  # bulletins one run delivers to one webhook at most
+# Seconds after which a run starts no further POST to its webhook (the rest wait for the next pass):
+# a pass waits for every webhook's run, so a receiver that answered each POST just inside its 10 s
+# held every other webhook's deliveries for up to BATCH of them (about 16 minutes).
+RUN_SECONDS = 5.0
 PARALLEL = 8  # webhooks delivered to at once in one run
 MAX_BACKOFF = 600.0
 MAX_WEBHOOKS = 100  # per node
@@ -328,7 +332,7 @@ class Webhooks:
         gate = asyncio.Semaphore(PARALLEL)
 
         async def one(hook: Any) -> int:
-            async with gate:  # a slow receiver holds up its own webhook, not the others'
+            async with gate:  # a slow receiver holds up its own webhook, the others' for RUN_SECONDS at most
                 try:
                     return await self._deliver(hook)
                 except Exception:  # one webhook's failure (its store write, a bug) stops no other
@@ -351,10 +355,14 @@ class Webhooks:
             rows = (await conn.execute(query.order_by(bulletins.c.n).limit(BATCH))).all()
             items = list(await summarised(conn, rows))
         cursor, sent, error = int(hook.cursor), 0, None
+        clock = asyncio.get_running_loop().time
+        until = clock() + RUN_SECONDS
         for row, content in items:
             if row.no_onward or row.tlp not in served:
                 cursor = int(row.n)  # passed over, as TAXII does: never announced outside the node
                 continue
+            if sent and clock() > until:
+                break  # the rest at the next pass, after the other webhooks' runs
             body = self._body(row, content)
             headers = {
                 "Content-Type": "application/json",

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from exchange.errors import PeerError
 from exchange.node.webhook_client import HttpWebhookSender, ReachableOnly
+from exchange.service import webhooks as webhooks_service
 from exchange.service.webhooks import signature, verify_signature
 from exchange.store import Store, bulletins
 from exchange.store.tables import webhooks
@@ -237,3 +238,41 @@ async def test_a_webhook_never_reaches_a_link_local_address(make_federation: Mak
         await resolver.resolve("metadata.example", 443)
     resolver._resolver = Points("169.254.169.254", "10.0.0.5")  # type: ignore[assignment]
     assert [r["host"] for r in await resolver.resolve("siem.example", 443)] == ["10.0.0.5"]
+
+
+async def test_a_slow_receiver_holds_the_other_webhooks_for_one_run_at_most(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery pass waits for every webhook's run, and a run went on through its whole batch: a
+    receiver answering each POST just inside its timeout held every other webhook's next delivery
+    for up to 100 of them, about 16 minutes (a read-only review). A run now starts no POST after
+    RUN_SECONDS, and the rest go at the next pass."""
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    port = free_port()
+    answered: list[float] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(0.5)
+        answered.append(asyncio.get_running_loop().time())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    monkeypatch.setattr(webhooks_service, "RUN_SECONDS", 0.2, raising=False)
+    try:
+        hook = await register(fed, f"http://127.0.0.1:{port}/hook")
+        await nl.service.webhooks.close()  # passes only when this test asks for one
+        for i in range(4):
+            await post(fed, f"queued {i}")
+        assert await nl.service.webhooks.deliver_due() == 1  # before: 4, the pass as long as all four
+        assert int((await hook_row(fed, hook)).delivered) == 1
+        for _ in range(3):
+            assert await nl.service.webhooks.deliver_due() == 1
+        assert await nl.service.webhooks.deliver_due() == 0 and len(answered) == 4
+    finally:
+        await runner.cleanup()
