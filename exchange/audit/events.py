@@ -324,6 +324,7 @@ class TaxiiRead(TypedDict):
     channel: str
     resource: str
     objects: int
+    bulletin: NotRequired[str]  # an export of one bulletin: which (its trace then shows that it left)
 
 
 class RosterInstalled(TypedDict):

@@ -300,7 +300,7 @@ class Taxii:
                 )
         if bid is not None and not out:
             raise NotFound("no such bulletin that may leave this node in this channel")
-        await self._audit(user, channel, "export", len(out))
+        await self._audit(user, channel, "export", len(out), bulletin=bid)
         return bundle(list(out.values()), f"{self.me}:{channel}:{bid or 'all'}")
 
     def _shared_ids(self) -> set[str]:
@@ -391,9 +391,10 @@ class Taxii:
             )
         return int(first) if first is not None else None
 
-    async def _audit(self, user: User, channel: str, resource: str, count: int) -> None:
-        await self.store.audit(
-            ev.TaxiiRead(
-                event=ev.TAXII_READ, at=timestamp(), user=user.name, channel=channel, resource=resource, objects=count
-            )
+    async def _audit(self, user: User, channel: str, resource: str, count: int, *, bulletin: str | None = None) -> None:
+        entry = ev.TaxiiRead(
+            event=ev.TAXII_READ, at=timestamp(), user=user.name, channel=channel, resource=resource, objects=count
         )
+        if bulletin is not None:
+            entry["bulletin"] = bulletin
+        await self.store.audit(entry)

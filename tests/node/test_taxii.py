@@ -314,6 +314,12 @@ async def test_export_stix_bundles_under_the_same_policy(make_federation: MakeFe
     refused = await off_loop(lambda: run("--bulletin", withheld[0]))
     assert refused.exit_code != 0 and withheld[0] not in refused.output
     assert {r["resource"] for r in await taxii_reads(fed)} == {"export"}
+    # An export of one bulletin names it, so its trace shows that it left (a read-only review: the
+    # entry named the channel only, and an auditor could not tell whether a mis-marked bulletin left).
+    assert [r.get("bulletin") for r in await taxii_reads(fed)] == [None, servable[1]]
+    async with fed["nl-customs"].service.store.read() as conn:
+        indexed = await conn.scalars(sa.select(audit_log.c.entry).where(audit_log.c.bulletin == servable[1]))
+        assert any(json.loads(bytes(e))["event"] == "taxii.read" for e in indexed)
 
 
 async def test_the_no_onward_mark_is_looked_up_in_the_list_the_database_keeps_not_in_each_envelope(
