@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from exchange.errors import ExchangeError, InvalidInput
+from exchange.errors import ExchangeError, Forbidden, InvalidInput
 from exchange.http import params
 from exchange.http.appkeys import SERVICE, USER
 from exchange.http.problem import status_for
@@ -48,10 +48,13 @@ CHANNEL_BODY = ESCAPED * (MAX_PURPOSE + MAX_SHORT) + 4096  # a purpose and a tit
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
-async def current_user(request: web.Request) -> User:
-    """The local user the bearer token belongs to, or Unauthorized (401)."""
+async def current_user(request: web.Request, *, feed: bool = False) -> User:
+    """The local user the bearer token belongs to, or Unauthorized (401). A `feed` user (an analysts'
+    platform) is Forbidden (403) but where `feed` says its route serves what may leave the node."""
     user = await request.app[SERVICE].users.authenticate(params.bearer_token(request.headers))
     request[USER] = user.name
+    if user.role == "feed" and not feed:
+        raise Forbidden(f"user {user.name!r} is a feed: it takes TAXII collections and STIX exports only")
     return user
 
 
@@ -299,7 +302,7 @@ async def peers(request: web.Request) -> web.Response:
 
 async def export_stix(request: web.Request) -> web.Response:
     """A STIX 2.1 bundle of the channel (or of `bulletin=<id>` in it), under the TAXII policy, audited."""
-    user = await current_user(request)
+    user = await current_user(request, feed=True)
     channel = params.channel_id(request.match_info["channel"])
     raw = request.query.get("bulletin")
     bid = None if raw is None else params.bulletin_id(raw)

@@ -191,7 +191,7 @@ def components() -> dict[str, Any]:
     schemas["WhoAmI"] = closed(
         ["user", "role", "channels", "node"],
         user={"type": "string"},
-        role={"type": "string", "enum": ["contact-point", "auditor", "admin"]},
+        role={"type": "string", "enum": ["contact-point", "auditor", "admin", "feed"]},
         channels={"type": "array", "items": ID},
         node=ID,
     )

@@ -33,8 +33,8 @@ class Access:
             raise Forbidden(f"this node does not (or no longer) read channel {channel!r}")
 
     def readable_channels(self, user: User) -> list[str]:
-        """The channels a contact point reads now, sorted."""
-        user.require("contact-point")
+        """The channels a contact point (or a feed, by TAXII) reads now, sorted."""
+        user.require("contact-point", "feed")
         return [c for c in sorted(user.channels) if self.node_reads(c)]
 
     def may_read(self, user: User, channel: str) -> bool:

@@ -35,7 +35,7 @@ from exchange.audit import events as ev
 from exchange.clock import timestamp, utc_now
 from exchange.crypto import hash_token
 from exchange.crypto.passwords import check_strength
-from exchange.errors import InvalidInput, NotFound, TooManyFailures, Unauthorized, WeakPassword
+from exchange.errors import Forbidden, InvalidInput, NotFound, TooManyFailures, Unauthorized, WeakPassword
 from exchange.service.rejections import Refusals, client_key
 from exchange.service.users import (
     User,
@@ -114,6 +114,8 @@ class Sessions:
     async def sign_in(self, name: str, password: str, address: str) -> ConsoleSession:
         """Check a name and password under the failure limits: a new session, or an audited refusal."""
         user = await self.check_password(name, password, address)
+        if user.role == "feed":  # a platform's user: TAXII and STIX exports only, no console
+            raise Forbidden(f"user {user.name!r} is a feed: it has no console")
         return await self.open(user, address)
 
     async def open(self, user: User, address: str) -> ConsoleSession:

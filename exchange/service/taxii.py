@@ -210,7 +210,7 @@ class Taxii:
 
     def collections(self, user: User) -> list[Collection]:
         """One collection per channel the user reads now; none for administrators and auditors."""
-        if user.role != "contact-point":
+        if user.role not in ("contact-point", "feed"):
             return []
         out = []
         for channel in self.access.readable_channels(user):

@@ -156,8 +156,8 @@ async def assign(store: Store, name: str, channel: str, *, assigned: bool, actor
         role = await conn.scalar(sa.select(users.c.role).where(users.c.name == name))
         if role is None:
             raise NotFound(f"no user {name!r}")
-        if role != "contact-point":
-            raise InvalidInput("only contact points are assigned to channels")
+        if role not in ("contact-point", "feed"):
+            raise InvalidInput("only contact points and feeds are assigned to channels")
         where = sa.and_(user_channels.c.user == name, user_channels.c.channel == channel)
         present = await conn.scalar(sa.select(user_channels.c.user).where(where))
         if assigned and present is None:

@@ -79,6 +79,7 @@ WORDS = (
     N_("contact-point"),
     N_("auditor"),
     N_("admin"),
+    N_("feed"),
     N_("read"),
     N_("post"),
     N_("not available to you"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from exchange.errors import InvalidInput, TooManyFailures, Unauthorized
+from exchange.errors import Forbidden, InvalidInput, TooManyFailures, Unauthorized
 from exchange.http.appkeys import SERVICE
 from exchange.service.sessions import Sessions
 from exchange.web.i18n import LANG_COOKIE, LANGUAGES, N_, set_language_cookie
@@ -89,6 +89,8 @@ async def sign_in_post(request: web.Request) -> web.StreamResponse:
         return response
     except Unauthorized:
         return _sign_in_form(request, status=401, error=N_("Wrong user name or password."), name=name)
+    except Forbidden:  # a feed's user: TAXII and STIX exports only
+        return _sign_in_form(request, status=403, error=N_("This user is a feed: it has no console."), name=name)
     target = _next(str(form.get("next", ""))) or LANDING.get(session.user.role, "/console/peers")
     response = redirect(target)
     set_session_cookie(response, session)
