@@ -111,6 +111,6 @@ async def test_a_partner_serving_pages_for_ever_is_fetched_a_bounded_way_ahead(
         await pulling
     for _ in range(20):
         await asyncio.sleep(0.01)
-    # One page screened at a time; every screening begun or waiting to begin is stopped with the
-    # pull, that of the page waiting for room in the queue too (it would begin once the one before ended).
-    assert screens == ["done", "started", "stopped"], screens
+    # Two pages screened at once at most (the third waits for the first's to end); every screening
+    # begun is stopped with the pull, that of the page waiting for room in the queue too.
+    assert screens.count("started") == 2 and screens.count("stopped") == 2 and screens[0] == "done", screens
