@@ -213,9 +213,9 @@ class CatchUp:
     ) -> None:
         """Fetch pages from `after` to the channel's end, each put in `pages` with its screening, which
         begins once the screening of the page two before it has ended: two pages are screened at
-        once at most (the one the pull waits for and the next), so the page waiting for room is
-        held as it came. One at a time left the crypto workers idle while a page's results came
-        back (about 9% slower, bench/README.md); three at once held three pages decrypted."""
+        once at most, beside the one being stored. One at a time left the crypto workers idle while
+        a page's results came back (about 9% slower, bench/README.md); three at once held a third
+        page decrypted."""
         screenings: list[asyncio.Task[Screened | None]] = []
         while True:
             page = checked_page(
