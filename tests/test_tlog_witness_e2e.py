@@ -252,6 +252,41 @@ async def test_a_c2sp_witness_cosigns_a_running_nodes_checkpoints(make_federatio
         await runner.cleanup()
 
 
+async def test_a_witness_that_named_a_size_beyond_the_log_is_asked_again_once_it_recovers(
+    make_federation: MakeFederation,
+) -> None:
+    """A witness that once named, in a 409, a size beyond the log's (its own error, or a reset) was
+    remembered so: every later round answered "refused" without asking it, unlogged and uncounted,
+    until the node restarted (a read-only review). The refusal is now a counted failure, and the
+    next round asks the witness again."""
+    port = free_port()
+    witness = TinyWitness("witness.test/tiny", {})
+    runner = web.AppRunner(witness.app())
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        configured = TlogWitnessConfig(
+            url=f"http://127.0.0.1:{port}/tiny", vkey=vkey(witness.name, 0x04, witness.public)
+        )
+        fed = await start_node(make_federation, witnesses=(configured,))
+        service = fed["nl-customs"].service
+        origin = "exchange/audit/nl-customs"
+        witness.logs[origin] = service.fed.verify_key("nl-customs").raw
+        audit = service.audit
+        witness.seen[origin] = (10**6, b"\0" * 32)  # a size this log never reached
+        refused = (await audit.witness.tick())["c2sp"][witness.name]
+        assert "beyond" in refused, refused
+        assert (witness.name, "push", "refused") in {k[:3] for k in audit.tlog_push.failures.counts()}
+        asked = len(witness.requests)
+
+        witness.seen.pop(origin)  # the witness recovers (its state reset)
+        await grow(fed)
+        assert (await audit.witness.tick())["c2sp"] == {witness.name: "cosigned"}
+        assert len(witness.requests) > asked  # before: "refused" again, the witness never asked
+    finally:
+        await runner.cleanup()
+
+
 # -- the node as a witness of foreign C2SP logs ------------------------------------------------------
 
 SIGSUM_KEY = bytes.fromhex("ffdc2d4d98e4124d3feaf788c0c2f9abfd796083d1f0495437f302ec79cf100f")

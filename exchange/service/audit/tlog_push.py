@@ -156,7 +156,11 @@ class TlogPush:
         old = max(self._held.get(witness.name, 0), await self.keeper.cosigned_size(witness.name))
         for _ in range(ATTEMPTS):
             if old > cp.size:
-                return f"refused: {witness.name} holds size {old}, beyond {cp.size}"
+                # Not kept for the next rounds: a witness that named a size beyond this log's (its
+                # own error, or a reset) is asked again then, not skipped for good until a restart;
+                # and the refusal is a failure, logged and counted (GET /metrics), not a quiet outcome.
+                self._held.pop(witness.name, None)
+                raise PeerRefused(f"{witness.name} holds size {old}, beyond this log's {cp.size}", 409)
             proof = await self.keeper.consistency(old, cp.size) if 0 < old < cp.size else []
             reply = await self._client.post(witness.endpoint, add_checkpoint_body(old, proof, cp.note), witness.ca_file)
             if reply.status == 200:
