@@ -13,6 +13,7 @@ It times, over HTTPS from a client on the same machine, --pages pages of --limit
   - from the start of the collection (`next` after the first page);
   - deep: added_after the date_added of a bulletin 90% into the store, then by `next`;
   - poll: added_after the newest bulletin's date_added (nothing newer), --pages requests;
+  - first page: added_after the date_added of a bulletin 10% into the store, --pages requests;
 and prints objects/s (client wall clock) and the server's time per page (a middleware outermost
 in the app), next to the ceiling measured in the same run: the STIX mapping and JSON encoding
 alone, in process, with no database and no HTTP. With each figure, the load average.
@@ -212,6 +213,16 @@ async def main(total: int, pages: int, limit: int) -> None:
                 waits = [server[0] for _, _, server in polls]
                 print(
                     f"{'poll (added_after: newest)':<28} {len(polls)} requests, none with objects: server per request "
+                    f"median {statistics.median(waits) * 1000:.1f} ms, max {max(waits) * 1000:.1f} ms "
+                    f"(load {load[0]:.2f} before, {os.getloadavg()[0]:.2f} after)"
+                )
+                # A sync from a date early in the channel (10% in): where to start is found, then one page.
+                load = os.getloadavg()
+                early = f"&added_after={stamp(int(total * 0.1))[:-1]}999Z"
+                firsts = [await run_pages(http, url, token, 1, limit, early) for _ in range(pages)]
+                waits = [server[0] for _, _, server in firsts]
+                print(
+                    f"{'first page (added_after 10%)':<28} {len(firsts)} requests: server per request "
                     f"median {statistics.median(waits) * 1000:.1f} ms, max {max(waits) * 1000:.1f} ms "
                     f"(load {load[0]:.2f} before, {os.getloadavg()[0]:.2f} after)"
                 )

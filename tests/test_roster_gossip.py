@@ -474,6 +474,7 @@ async def test_the_gossip_loop_goes_on_when_its_announcement_at_start_fails(
         return False
 
     monkeypatch.setattr(real.roster, "reload", reload)
+
     async def rounds() -> bool:
         return reloads >= 2
 

@@ -357,12 +357,11 @@ class Taxii:
 
     async def _first_after(self, channel: str, after: tuple[str, str]) -> int | None:
         """The first position in the channel whose stored_at (ms) is not before `added_after`'s
-        (None: no row is), found within the bulletins stored since STAMP_SLACK before it: read
-        back from the newest to the last one stored before that, then on to the first one stored
-        at or after `added_after`. Two index ranges over what came since, not the whole channel:
-        a client polling with its last `date_added` reads what came since, whatever the channel
-        holds. Positions follow the order bulletins were stored in, and their `stored_at` that
-        order but for a moment's race between writers, far under STAMP_SLACK."""
+        (None: no row is): from a position stored more than STAMP_SLACK before it
+        (`_last_stored_before`, a binary search), on to the first one stored at or after
+        `added_after`. A few seeks and the rows of about STAMP_SLACK, whatever the channel holds.
+        Positions follow the order bulletins were stored in, and their `stored_at` that order but
+        for a moment's race between writers, far under STAMP_SLACK."""
         floor = f"{after[0]}.{after[1][:3]}Z"
         try:
             e = dt.datetime.fromisoformat(floor) - STAMP_SLACK
@@ -370,18 +369,8 @@ class Taxii:
         except (ValueError, OverflowError):  # not a calendar time, or near the year 1
             early = ""
         mine = bulletins.c.channel == channel
-        oldest = sa.select(bulletins.c.stored_at).where(mine).order_by(bulletins.c.channel_pos).limit(1)
         async with self.store.read() as conn:
-            last = None
-            # Read back only if a row is older than `early`, so that the walk stops at it (an
-            # `added_after` before the channel's first bulletin, a first sync, reads none of it).
-            if early and (await conn.scalar(oldest) or early) < early:
-                last = await conn.scalar(
-                    sa.select(bulletins.c.channel_pos)
-                    .where(mine, bulletins.c.stored_at < early)
-                    .order_by(bulletins.c.channel_pos.desc())
-                    .limit(1)
-                )
+            last = await _last_stored_before(conn, mine, early) if early else None
             since = bulletins.c.channel_pos > last if last is not None else sa.true()
             first = await conn.scalar(
                 sa.select(bulletins.c.channel_pos)
@@ -398,3 +387,24 @@ class Taxii:
         if bulletin is not None:
             entry["bulletin"] = bulletin
         await self.store.audit(entry)
+
+
+async def _last_stored_before(conn: Any, mine: Any, early: str) -> int | None:
+    """A position of the channel stored before `early` such that none before it was stored at or
+    after `early` + STAMP_SLACK (None: no row was stored before `early`): a binary search over the
+    positions, a seek each, as they follow storage order but for writers' races far under
+    STAMP_SLACK. Walking back from the newest to it read every bulletin stored since `early`: an
+    `added_after` early in a channel of a million read the million, at every first page."""
+    pos, at = bulletins.c.channel_pos, bulletins.c.stored_at
+    low, high = (await conn.execute(sa.select(sa.func.min(pos), sa.func.max(pos)).where(mine))).one()
+    found = None
+    while low is not None and high is not None and low <= high:
+        middle = (low + high) // 2
+        row = (await conn.execute(sa.select(pos, at).where(mine, pos >= middle).order_by(pos).limit(1))).first()
+        if row is None or row.channel_pos > high:
+            high = middle - 1
+        elif row.stored_at < early:
+            found, low = int(row.channel_pos), int(row.channel_pos) + 1
+        else:
+            high = middle - 1
+    return found

@@ -640,10 +640,10 @@ async def test_paging_counts_the_collections_own_bulletins_only(make_federation:
 
 async def test_added_after_finds_its_start_among_what_came_since(make_federation: MakeFederation) -> None:
     """A read by added_after alone (the everyday poll) found where to start with a scan of the whole
-    channel (`min(n) where stored_at >= ...`). It now reads back from the newest bulletin to the
-    last one stored a minute (STAMP_SLACK) before added_after, then on: the same start, as long
-    as stored_at follows the storage order to within that minute, which this checks with
-    bulletins whose stored_at a hand edit set out of order by 30 s."""
+    channel (`min(n) where stored_at >= ...`). It now searches the positions for one stored a
+    minute (STAMP_SLACK) before added_after, then reads on: the same start, as long as stored_at
+    follows the storage order to within that minute, which this checks with bulletins whose
+    stored_at a hand edit set out of order by 30 s."""
     fed = await make_federation()
     nl = fed["nl-customs"]
     ids = [await post(fed, bulletin(i)) for i in range(4)]
