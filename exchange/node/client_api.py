@@ -84,6 +84,8 @@ async def list_channels(request: web.Request) -> web.Response:
     states = book.all()
     if user.role == "contact-point":
         states = [s for s in states if s.channel in user.channels]
+    else:
+        user.require("admin", "auditor")  # every channel: never a role added later by default
     return web.json_response([channel_view(s) for s in states])
 
 
@@ -92,6 +94,8 @@ async def show_channel(request: web.Request) -> web.Response:
     channel = params.channel_id(request.match_info["channel"])
     if user.role == "contact-point":
         user.require_channel(channel)
+    else:
+        user.require("admin", "auditor")
     return web.json_response(channel_view(request.app[SERVICE].channels.state(channel)))
 
 

@@ -57,6 +57,10 @@ async def _next_page(
         getting = asyncio.ensure_future(pages.get())
         try:
             await asyncio.wait([getting, fetching], return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the pull stopped just as a page came: its screening goes nowhere now
+            if getting.done() and not getting.cancelled():
+                getting.result()[1].cancel()
+            raise
         finally:
             if not getting.done():
                 await cancel_and_wait(getting, quiet=True)
@@ -177,6 +181,7 @@ class CatchUp:
             while True:
                 page, screening = await _next_page(pages, fetching)
                 screened = await screening
+                screening = None  # its result is `screened`, dropped once stored
                 position = int(page["next"])
                 if screened is not None:
                     refused: list[Refused] = []  # left out of the page, audited with it
@@ -226,7 +231,7 @@ class CatchUp:
                 after,
                 PAGE,
             )
-            before = screenings[-2] if len(screenings) >= 2 else None
+            before = screenings[-2] if len(screenings) >= 2 and not screenings[-2].done() else None
             screening = asyncio.create_task(self._screen_after(before, peer, page))
             screenings = [*screenings[-1:], screening]
             try:
@@ -245,6 +250,7 @@ class CatchUp:
         result and failure are the pull's, which awaits it first)."""
         if before is not None and not before.done():
             await asyncio.wait([before])
+        del before  # its result (a page decrypted) is not held while this one is screened
         return await self._screen(peer, page)
 
     async def _screen(self, peer: str, page: dict[str, Any]) -> Screened | None:

@@ -88,7 +88,8 @@ async def ensure_grant(book: EpochBook, state: ChannelState, peer: str) -> WrapK
         if record.wrap_for(peer) is None and record.n not in have and record.state.pos <= state.pos and key:
             wanted.append((record, key))
     former = {(g.suite, g.kid) for g in mine if not _for(g, current)}
-    if wanted and len(former) >= 2 and max(g.created for g in mine) > timestamp(utc_now() - REGRANT_EVERY):
+    regrant = not any(_for(g, current) for g in mine)  # a new key: its whole history to wrap again
+    if wanted and regrant and len(former) >= 2 and max(g.created for g in mine) > timestamp(utc_now() - REGRANT_EVERY):
         # Granted again for a second key change within REGRANT_EVERY of the last grant: it waits. A
         # grantee changes its announced key at will; each change would cost the owner the whole
         # history wrapped, stored and audited again.

@@ -1,7 +1,7 @@
 """TAXII 2.1 reads of a node's channels (docs/stix.md): collections, objects, manifest, versions.
 
 A TAXII read is plaintext leaving the node, so the rules live here, once: a collection is a
-channel the user reads now (`Access`: contact points, their assigned channels); TLP:RED,
+channel the user reads now (`Access`: contact points and feeds, their assigned channels); TLP:RED,
 TLP:AMBER+STRICT and no-onward-sharing bulletins are never served; every read is audited
 (`taxii.read`: who, which channel, what, how many objects).
 
@@ -56,6 +56,7 @@ MAX_EXPORT = 100_000  # objects in one STIX export (a bundle is one JSON documen
 # million withheld bulletins (no-onward-sharing, RED) had one request read every row.
 MAX_EXPORT_SCAN = 500_000
 MAX_SCAN = 5000  # rows one request looks at, whatever its filters: then `more` with a `next`
+SHARED_SCANS = 20  # scans of MAX_SCAN rows a request for a shared object (a TLP marking) goes through
 _NEXT = re.compile(r"^([0-9]{1,18})-([0-9]{1,5})$")
 _TIME = re.compile(r"^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,13}))?Z$")
 START = (POSITIONS, 0)  # the first object of the first bulletin: a `next` as `parse_next` reads it
@@ -264,6 +265,10 @@ class Taxii:
         )
         if object_id in self._shared_ids():  # in every bulletin's objects: the first that has it
             page = await self._scan(coll.channel, START, 1, only)
+            for _ in range(SHARED_SCANS):  # past a run of withheld bulletins (each scan stops at MAX_SCAN)
+                if page.items or not page.more or page.next is None:
+                    break
+                page = await self._scan(coll.channel, parse_next(page.next), 1, only)
         elif prefix is not None:
             where = sa.and_(bulletins.c.id >= prefix, bulletins.c.id < prefix + "g")
             page = await self._scan(coll.channel, START, 1, only, where=where)
@@ -396,7 +401,10 @@ async def _last_stored_before(conn: Any, mine: Any, early: str) -> int | None:
     STAMP_SLACK. Walking back from the newest to it read every bulletin stored since `early`: an
     `added_after` early in a channel of a million read the million, at every first page."""
     pos, at = bulletins.c.channel_pos, bulletins.c.stored_at
-    low, high = (await conn.execute(sa.select(sa.func.min(pos), sa.func.max(pos)).where(mine))).one()
+    # Two subqueries: SQLite answers min() or max() alone from the index's end, both in one SELECT by
+    # walking every entry of the channel.
+    ends = (sa.select(f(pos)).where(mine).scalar_subquery() for f in (sa.func.min, sa.func.max))
+    low, high = (await conn.execute(sa.select(*ends))).one()
     found = None
     while low is not None and high is not None and low <= high:
         middle = (low + high) // 2

@@ -8,14 +8,20 @@ by a read-only review). Real nodes over HTTPS, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import re
+
+import aiohttp
 import pytest
 
 from exchange.errors import Forbidden
+from exchange.node.tls import client_context
 from exchange.protocol.stix import collection_id
 from exchange.service.sessions import Sessions
 from exchange.service.taxii import Filters
-from tests.conftest import MakeFederation
+from tests.conftest import MakeFederation, console_session
 from tests.node.test_taxii import bulletin, bulletin_ids, post
+
+PASSWORD = "a long and secret passphrase 42"
 
 
 async def test_a_feed_takes_what_may_leave_the_node_and_nothing_else(make_federation: MakeFederation) -> None:
@@ -50,7 +56,24 @@ async def test_a_feed_takes_what_may_leave_the_node_and_nothing_else(make_federa
         status, answer, _ = await nl.api(method, path, token=token, body=body)
         assert status == 403 and "feed" in answer["detail"], (path, status, answer)
 
-    # Nor the console, whatever its password.
-    await users.set_password("platform", "a long and secret passphrase 42", actor="test")
+    # Nor the console, whatever its password: the sign-in form says why (403).
+    await users.set_password("platform", PASSWORD, actor="test")
     with pytest.raises(Forbidden, match="no console"):
-        await Sessions(nl.service.store).sign_in("platform", "a long and secret passphrase 42", "127.0.0.1")
+        await Sessions(nl.service.store).sign_in("platform", PASSWORD, "127.0.0.1")
+    ctx = client_context((nl.config.keys_dir / "tls.crt").read_text())
+    async with aiohttp.ClientSession(
+        base_url=nl.config.endpoint, connector=aiohttp.TCPConnector(ssl=ctx), cookie_jar=aiohttp.CookieJar(unsafe=True)
+    ) as http:
+        async with http.get("/console/sign-in") as resp:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', await resp.text())
+        assert csrf is not None
+        form = {"csrf": csrf.group(1), "user": "platform", "password": PASSWORD, "next": ""}
+        async with http.post("/console/sign-in", data=form, allow_redirects=False) as resp:
+            assert resp.status == 403 and "has no console" in await resp.text()
+
+    # The administrator's console shows it with its channels, not as one who administers the node.
+    await users.set_password("admin", PASSWORD, actor="test")
+    async with console_session(nl, "admin", PASSWORD) as http, http.get("/console/admin") as resp:
+        admin_page = await resp.text()
+    row = admin_page.split('id="user-platform"', 1)[1].split("</tr>", 1)[0]
+    assert "c2c" in row and "administers the node" not in row, row

@@ -24,7 +24,7 @@ from taxii2client.common import TokenAuth
 from taxii2client.v21 import Server, as_pages
 
 from exchange.crypto import b64e
-from exchange.errors import InvalidInput
+from exchange.errors import InvalidInput, NotFound
 from exchange.protocol.stix import TLP_IDS, collection_id
 from exchange.service import taxii as taxii_service
 from exchange.service.catchup import POSITIONS
@@ -402,6 +402,28 @@ async def test_withheld_bulletins_count_towards_what_one_read_looks_through(
     assert seen == [first, last]
     with pytest.raises(InvalidInput, match="added_after"):
         Filters(added_after="2026-19-99T00:00:00Z")
+
+
+async def test_a_shared_object_is_found_past_a_run_of_withheld_bulletins(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared object (a TLP marking, an identity) is served from the first bulletin that carries
+    it. With withheld rows counting towards MAX_SCAN (above), a collection that began with more than
+    MAX_SCAN withheld bulletins answered 404 for it (a read-only review of that change): the request
+    now scans on, SHARED_SCANS times at most."""
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    for i in range(4):
+        await post(fed, bulletin(i, "RED"))
+    await post(fed, bulletin(4))
+    user = await nl.service.users.authenticate(nl.tokens["officer"])
+    cid = collection_id("nl-customs", "c2c")
+    monkeypatch.setattr(taxii_service, "MAX_SCAN", 3)
+    found = await nl.service.taxii.one(user, cid, TLP_IDS["GREEN"], resource="object", filters=Filters())
+    assert [i.obj["id"] for i in found.items] == [TLP_IDS["GREEN"]]
+    monkeypatch.setattr(taxii_service, "SHARED_SCANS", 0)
+    with pytest.raises(NotFound):
+        await nl.service.taxii.one(user, cid, TLP_IDS["GREEN"], resource="object", filters=Filters())
 
 
 async def test_refused_taxii_requests_are_audited(make_federation: MakeFederation) -> None:
