@@ -4,6 +4,7 @@ never to a link-local, unspecified or multicast address, whatever the host name 
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,16 +24,22 @@ class ReachableOnly(AbstractResolver):
     administrator (or its DNS) points at 169.254.169.254 is refused where the connection is made,
     so a later answer of the DNS cannot change what was checked."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, loopback_only: bool = False) -> None:
         self._resolver = ThreadedResolver()  # the system's resolver (getaddrinfo), as aiohttp's default
+        # A plain-http URL is taken for `localhost` only (exchange.service.webhooks.check_url): its
+        # addresses must be loopback ones, whatever /etc/hosts or the DNS answer for the name.
+        self.loopback_only = loopback_only
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         found = [r for r in await self._resolver.resolve(host, port, family) if not unreachable_address(r["host"])]
+        if self.loopback_only:
+            found = [r for r in found if ipaddress.ip_address(r["host"].split("%", 1)[0]).is_loopback]
         if not found:
             raise OSError(
-                f"{host} resolves only to addresses no webhook may reach (link-local, unspecified, multicast)"
+                f"{host} resolves only to addresses no webhook may reach (link-local, unspecified, multicast"
+                + (", or not loopback for plain http)" if self.loopback_only else ")")
             )
         return found
 
@@ -45,7 +52,8 @@ class HttpWebhookSender:
         host = urlsplit(url).hostname or ""
         if unreachable_address(host):  # a literal address is not resolved: judged here (a URL stored before this check)
             raise PeerError(f"webhook {url[:200]} names an address no webhook may reach")
-        connector: Any = aiohttp.TCPConnector(resolver=ReachableOnly())
+        plain = urlsplit(url).scheme == "http"
+        connector: Any = aiohttp.TCPConnector(resolver=ReachableOnly(loopback_only=plain))
         try:
             async with (
                 aiohttp.ClientSession(timeout=TIMEOUT, connector=connector) as session,
