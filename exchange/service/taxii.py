@@ -15,6 +15,7 @@ is made from the row (`date_added`): unique, and increasing in storage order as 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import re
@@ -56,6 +57,8 @@ MAX_EXPORT = 100_000  # objects in one STIX export (a bundle is one JSON documen
 # million withheld bulletins (no-onward-sharing, RED) had one request read every row.
 MAX_EXPORT_SCAN = 500_000
 MAX_SCAN = 5000  # rows one request looks at, whatever its filters: then `more` with a `next`
+EMPTY_READS_EVERY = 3600.0  # seconds: a read that served nothing is audited once in this per user, channel, resource
+EMPTY_READS_KEPT = 4096  # (user, channel, resource) remembered for that
 SHARED_SCANS = 20  # scans of MAX_SCAN rows a request for a shared object (a TLP marking) goes through
 _NEXT = re.compile(r"^([0-9]{1,18})-([0-9]{1,5})$")
 _TIME = re.compile(r"^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,13}))?Z$")
@@ -208,6 +211,7 @@ class Taxii:
         self.store = store
         self.fed = fed
         self.access = access
+        self._quiet: dict[tuple[str, str, str], float] = {}  # (user, channel, resource) -> its last empty read audited
 
     def collections(self, user: User) -> list[Collection]:
         """One collection per channel the user reads now; none for administrators and auditors."""
@@ -385,13 +389,32 @@ class Taxii:
             )
         return int(first) if first is not None else None
 
+    def _empty_read_due(self, key: tuple[str, str, str]) -> bool:
+        """Whether a read that served nothing is audited: once per user, channel and resource per
+        EMPTY_READS_EVERY (in this process). A platform polling at its rate limit (200 a second)
+        added an entry per poll, about 17 million a day, though nothing left the node."""
+        now = asyncio.get_running_loop().time()
+        last = self._quiet.get(key)
+        if last is not None and now - last < EMPTY_READS_EVERY:
+            return False
+        self._quiet[key] = now
+        if len(self._quiet) > EMPTY_READS_KEPT:
+            _forget_oldest(self._quiet)
+        return True
+
     async def _audit(self, user: User, channel: str, resource: str, count: int, *, bulletin: str | None = None) -> None:
+        if count == 0 and not self._empty_read_due((user.name, channel, resource)):
+            return  # nothing left the node, and the like was audited within EMPTY_READS_EVERY
         entry = ev.TaxiiRead(
             event=ev.TAXII_READ, at=timestamp(), user=user.name, channel=channel, resource=resource, objects=count
         )
         if bulletin is not None:
             entry["bulletin"] = bulletin
         await self.store.audit(entry)
+
+
+def _forget_oldest(held: dict[tuple[str, str, str], float]) -> None:
+    del held[min(held, key=held.__getitem__)]
 
 
 async def _last_stored_before(conn: Any, mine: Any, early: str) -> int | None:

@@ -426,6 +426,34 @@ async def test_a_shared_object_is_found_past_a_run_of_withheld_bulletins(
         await nl.service.taxii.one(user, cid, TLP_IDS["GREEN"], resource="object", filters=Filters())
 
 
+async def test_polls_that_serve_nothing_are_audited_once_an_hour(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each TAXII read wrote a `taxii.read` entry, those that served nothing too: a platform polling
+    at its token's rate limit (200 a second) added about 17 million entries a day for nothing that
+    left the node (a read-only review). A read that serves nothing is now audited once per user,
+    channel and resource per EMPTY_READS_EVERY; every read that serves objects is, as before."""
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    user = await nl.service.users.authenticate(nl.tokens["officer"])
+    cid = collection_id("nl-customs", "c2c")
+    newest = Filters(added_after="2999-01-01T00:00:00Z")  # nothing is newer
+
+    async def poll(filters: Filters = newest) -> int:
+        page = await nl.service.taxii.read(user, cid, resource="objects", limit=10, next_token=None, filters=filters)
+        return len(page.items)
+
+    for _ in range(5):
+        assert await poll() == 0
+    assert [r["objects"] for r in await taxii_reads(fed)] == [0]  # before: five entries
+    await post(fed, bulletin(1))
+    assert await poll(Filters()) > 0
+    assert [r["objects"] > 0 for r in await taxii_reads(fed)] == [False, True]
+    monkeypatch.setattr(taxii_service, "EMPTY_READS_EVERY", 0.0)
+    assert await poll() == 0
+    assert len(await taxii_reads(fed)) == 3
+
+
 async def test_refused_taxii_requests_are_audited(make_federation: MakeFederation) -> None:
     fed = await make_federation()
     objects = f"/taxii2/exchange/collections/{collection_id('nl-customs', 'c2c')}/objects/"
