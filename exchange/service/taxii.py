@@ -59,6 +59,9 @@ MAX_EXPORT_SCAN = 500_000
 MAX_SCAN = 5000  # rows one request looks at, whatever its filters: then `more` with a `next`
 EMPTY_READS_EVERY = 3600.0  # seconds: a read that served nothing is audited once in this per user, channel, resource
 EMPTY_READS_KEPT = 4096  # (user, channel, resource) remembered for that
+# Whole-channel exports built at once (each holds its bundle, up to MAX_EXPORT objects, hundreds of
+# MB): the others wait. Ten at once from one token (128 connections allowed) could fill the memory.
+EXPORTS_AT_ONCE = 2
 SHARED_SCANS = 20  # scans of MAX_SCAN rows a request for a shared object (a TLP marking) goes through
 _NEXT = re.compile(r"^([0-9]{1,18})-([0-9]{1,5})$")
 _TIME = re.compile(r"^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,13}))?Z$")
@@ -211,6 +214,7 @@ class Taxii:
         self.store = store
         self.fed = fed
         self.access = access
+        self._exporting = asyncio.Semaphore(EXPORTS_AT_ONCE)
         self._quiet: dict[tuple[str, str, str], float] = {}  # (user, channel, resource) -> its last empty read audited
 
     def collections(self, user: User) -> list[Collection]:
@@ -291,6 +295,12 @@ class Taxii:
         coll = next((c for c in self.collections(user) if c.channel == channel), None)
         if coll is None:
             raise NotFound(f"no channel {channel[:64]} you may export")
+        if bid is None:  # a whole channel's bundle is held in memory (up to MAX_EXPORT objects): a few at once
+            async with self._exporting:
+                return await self._export(user, channel, None)
+        return await self._export(user, channel, bid)
+
+    async def _export(self, user: User, channel: str, bid: str | None) -> dict[str, Any]:
         where = None if bid is None else bulletins.c.id == bid
         out: dict[str, dict[str, Any]] = {}
         start = START

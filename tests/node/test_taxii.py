@@ -454,6 +454,36 @@ async def test_polls_that_serve_nothing_are_audited_once_an_hour(
     assert len(await taxii_reads(fed)) == 3
 
 
+async def test_whole_channel_exports_are_built_a_few_at_a_time(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole channel's export holds its bundle in memory (up to 100,000 objects, hundreds of MB),
+    and one token may hold 128 connections: ten exports at once could fill the node's memory (a
+    read-only review). At most EXPORTS_AT_ONCE are built at once; the others wait, and all answer."""
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    servable, _ = await post_mix(fed, 2)
+    user = await nl.service.users.authenticate(nl.tokens["officer"])
+    taxii = nl.service.taxii
+    building, most = 0, 0
+    real_scan = taxii._scan
+
+    async def slow_scan(*args: Any, **kwargs: Any) -> Any:
+        nonlocal building, most
+        building += 1
+        most = max(most, building)
+        try:
+            await asyncio.sleep(0.05)
+            return await real_scan(*args, **kwargs)
+        finally:
+            building -= 1
+
+    monkeypatch.setattr(taxii, "_scan", slow_scan)
+    bundles = await asyncio.gather(*(taxii.export(user, "c2c") for _ in range(6)))
+    assert all(bulletin_ids(b["objects"]) == servable for b in bundles)
+    assert most == taxii_service.EXPORTS_AT_ONCE, most  # before: 6
+
+
 async def test_refused_taxii_requests_are_audited(make_federation: MakeFederation) -> None:
     fed = await make_federation()
     objects = f"/taxii2/exchange/collections/{collection_id('nl-customs', 'c2c')}/objects/"
