@@ -16,6 +16,7 @@ from exchange.errors import InvalidInput, StateUnavailable
 from exchange.model import Bulletin, NodeId
 from exchange.service.catchup import PAGE, CatchUp
 from exchange.service.receiving import GAP_DEPTH
+from exchange.service.transport import PeerTransport
 from exchange.store import bulletins
 from tests.conftest import MakeFederation, Member, authored
 
@@ -38,7 +39,8 @@ class Hostile:
         raise AssertionError("not used")
 
 
-def puller(member: Member, transport: Hostile) -> CatchUp:
+def puller(member: Member, transport: PeerTransport) -> CatchUp:
+    """A catch-up of `member`'s node that asks `transport` instead of its partners."""
     assert member.node is not None
     real = member.node.service.catchup
     return CatchUp(real.me, real.store, real.channels, real.receiving, transport, real.outbox, 3600)

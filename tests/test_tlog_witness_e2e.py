@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -184,7 +186,10 @@ async def grow(fed: Federation) -> None:
     assert status == 400
 
 
-async def test_a_c2sp_witness_cosigns_a_running_nodes_checkpoints(make_federation: MakeFederation) -> None:
+@contextlib.asynccontextmanager
+async def witnessed_node(make_federation: MakeFederation) -> AsyncIterator[tuple[TinyWitness, Federation, str]]:
+    """A TinyWitness on a free port, nl-customs configured to push its checkpoints to it, and the
+    witness's URL."""
     port = free_port()
     witness = TinyWitness("witness.test/tiny", {})
     runner = web.AppRunner(witness.app())
@@ -195,8 +200,15 @@ async def test_a_c2sp_witness_cosigns_a_running_nodes_checkpoints(make_federatio
             url=f"http://127.0.0.1:{port}/tiny", vkey=vkey(witness.name, 0x04, witness.public)
         )
         fed = await start_node(make_federation, witnesses=(configured,))
+        witness.logs["exchange/audit/nl-customs"] = fed["nl-customs"].service.fed.verify_key("nl-customs").raw
+        yield witness, fed, configured.url
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_c2sp_witness_cosigns_a_running_nodes_checkpoints(make_federation: MakeFederation) -> None:
+    async with witnessed_node(make_federation) as (witness, fed, url):
         service = fed["nl-customs"].service
-        witness.logs["exchange/audit/nl-customs"] = service.fed.verify_key("nl-customs").raw
         audit = service.audit
 
         # First contact: old size 0, no proof; the node verifies the line and keeps it.
@@ -229,7 +241,7 @@ async def test_a_c2sp_witness_cosigns_a_running_nodes_checkpoints(make_federatio
         assert third is not None
         proof = await audit.keeper.consistency(second.size, third.size)
         body = "".join(f"{line}\n" for line in [f"old {second.size}", *map(b64, proof), ""]) + third.note
-        async with aiohttp.ClientSession() as session, session.post(configured.url + "/add-checkpoint", data=body) as r:
+        async with aiohttp.ClientSession() as session, session.post(url + "/add-checkpoint", data=body) as r:
             assert r.status == 200
         await grow(fed)
         assert (await audit.witness.tick())["c2sp"] == {witness.name: "cosigned"}
@@ -248,8 +260,6 @@ async def test_a_c2sp_witness_cosigns_a_running_nodes_checkpoints(make_federatio
             assert latest is not None
             assert witness.name not in latest.witnesses
             assert await audit.keeper.cosigned_size(witness.name) == fourth.size
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_witness_that_named_a_size_beyond_the_log_is_asked_again_once_it_recovers(
@@ -259,20 +269,9 @@ async def test_a_witness_that_named_a_size_beyond_the_log_is_asked_again_once_it
     remembered so: every later round answered "refused" without asking it, unlogged and uncounted,
     until the node restarted (a read-only review). The refusal is now a counted failure, and the
     next round asks the witness again."""
-    port = free_port()
-    witness = TinyWitness("witness.test/tiny", {})
-    runner = web.AppRunner(witness.app())
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        configured = TlogWitnessConfig(
-            url=f"http://127.0.0.1:{port}/tiny", vkey=vkey(witness.name, 0x04, witness.public)
-        )
-        fed = await start_node(make_federation, witnesses=(configured,))
-        service = fed["nl-customs"].service
+    async with witnessed_node(make_federation) as (witness, fed, _):
+        audit = fed["nl-customs"].service.audit
         origin = "exchange/audit/nl-customs"
-        witness.logs[origin] = service.fed.verify_key("nl-customs").raw
-        audit = service.audit
         witness.seen[origin] = (10**6, b"\0" * 32)  # a size this log never reached
         refused = (await audit.witness.tick())["c2sp"][witness.name]
         assert "beyond" in refused, refused
@@ -283,8 +282,6 @@ async def test_a_witness_that_named_a_size_beyond_the_log_is_asked_again_once_it
         await grow(fed)
         assert (await audit.witness.tick())["c2sp"] == {witness.name: "cosigned"}
         assert len(witness.requests) > asked  # before: "refused" again, the witness never asked
-    finally:
-        await runner.cleanup()
 
 
 # -- the node as a witness of foreign C2SP logs ------------------------------------------------------

@@ -13,8 +13,9 @@ import pytest
 
 from exchange.errors import StateUnavailable
 from exchange.model import NodeId
-from exchange.service.catchup import AHEAD, POSITIONS, CatchUp
-from tests.conftest import MakeFederation, Member
+from exchange.service.catchup import AHEAD, POSITIONS
+from tests.conftest import MakeFederation
+from tests.test_catchup_hostile import puller
 
 
 class Pages:
@@ -38,12 +39,6 @@ class Pages:
 
     async def send(self, node: NodeId, path: str, body: bytes) -> Any:
         raise AssertionError("not used")
-
-
-def puller(member: Member, transport: Pages) -> CatchUp:
-    assert member.node is not None
-    real = member.node.service.catchup
-    return CatchUp(real.me, real.store, real.channels, real.receiving, transport, real.outbox, 3600)
 
 
 async def test_pages_are_stored_in_order_each_with_its_cursor(make_federation: MakeFederation) -> None:
