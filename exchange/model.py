@@ -36,9 +36,8 @@ AgencyKind = Literal["customs", "aviation-security", "police", "international"]
 AGENCY_KINDS: tuple[AgencyKind, ...] = ("customs", "aviation-security", "police", "international")
 Tlp = Literal["CLEAR", "GREEN", "AMBER", "AMBER+STRICT", "RED"]
 BulletinKind = Literal["alert", "threat-bulletin", "seizure-report", "feedback", "request-for-information"]
-Role = Literal["contact-point", "auditor", "admin", "feed"]  # a local user's role at its node
-# `feed`: an analysts' platform. It reads the channels assigned to it by TAXII and STIX export only
-# (what may leave the node: docs/stix.md), never the client API or the console, which show all.
+# A local user's role at its node; `feed`: an analysts' platform, TAXII and STIX exports only (docs/stix.md).
+Role = Literal["contact-point", "auditor", "admin", "feed"]
 ROLES: tuple[str, ...] = get_args(Role)
 
 BULLETIN_KINDS: tuple[BulletinKind, ...] = get_args(BulletinKind)

@@ -137,13 +137,13 @@ async def accept_grants(book: EpochBook, channel: str, raws: Sequence[Any]) -> i
             continue
         if ids is None:
             raise EpochInvalid("a history grant for a node that takes no v2")
+        check_signed_by_owner(grant, book.fed)  # before the state it cites is fetched: a forgery is refused
         if not _for(grant, ids[book.me]):
-            # For a wrap key this node no longer has as its current one (changed since), or does not
-            # have yet (the owner's roster ahead): skipped before anything else is checked, neither
-            # kept nor an error, so that a grant for its current key in the same list is taken.
+            # The owner's, for a wrap key this node no longer has as its current one (changed since),
+            # or does not have yet (the owner's roster ahead): skipped, neither kept nor an error, so
+            # that a grant for its current key in the same list is taken.
             log.info("%s: a grant of %s for a key other than its current one (%s) skipped", book.me, channel, grant.kid)
             continue
-        check_signed_by_owner(grant, book.fed)  # before the state it cites is fetched
         try:
             state = await book.channels.ensure(channel, grant.state)
         except NotFound as exc:
