@@ -184,7 +184,7 @@ def channels_export(
 def channels_assign(
     node_path: Path, user: str, token: str | None, channel: str, contact_point: str, remove: bool
 ) -> None:
-    """Let a local contact point work in a channel (or stop them)."""
+    """Let a local contact point work in a channel, or a feed take it by TAXII (or stop them)."""
     body = {"user": contact_point, "assigned": not remove}
     run_async(call(Target.from_node(node_path, user, token), "POST", f"/api/v1/channels/{channel}/users", body))
     click.echo(f"{contact_point} {'removed from' if remove else 'assigned to'} {channel}")

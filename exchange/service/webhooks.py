@@ -21,6 +21,7 @@ the node POSTs each new bulletin's metadata there, signed, in storage order, ret
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -335,8 +336,12 @@ class Webhooks:
             async with gate:  # a slow receiver holds up its own webhook, the others' for RUN_SECONDS at most
                 try:
                     return await self._deliver(hook)
-                except Exception:  # one webhook's failure (its store write, a bug) stops no other
+                except Exception as exc:  # one webhook's failure (its store write, a bug) stops no other
                     log.exception("webhook %s: delivery run failed", hook.id)
+                    # Backed off as a receiver's failure is: a run that failed the same way every
+                    # second (a stored row it cannot read) logged a traceback each time, for ever.
+                    with contextlib.suppress(Exception):
+                        await self._record(hook, int(hook.cursor), 0, f"{type(exc).__name__} in this node"[:300])
                     return 0
 
         return sum(await asyncio.gather(*(one(hook) for hook in ready)))
@@ -412,7 +417,9 @@ class Webhooks:
 
         async def job(conn: Any, audit: Any) -> None:
             values = {
-                "cursor": cursor,
+                # Never back: with several workers (PostgreSQL), a pass of one that lost its role midway
+                # must not undo what another recorded since.
+                "cursor": sa.case((webhooks.c.cursor > cursor, webhooks.c.cursor), else_=cursor),
                 "delivered": webhooks.c.delivered + sent,
                 "failures": failures,
                 "next_try_at": next_try,

@@ -282,3 +282,34 @@ async def test_a_slow_receiver_holds_the_other_webhooks_for_one_run_at_most(
         assert await nl.service.webhooks.deliver_due() == 0 and len(answered) == 4
     finally:
         await runner.cleanup()
+
+
+async def test_a_failing_run_backs_off_and_a_recorded_cursor_never_goes_back(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that failed inside the node (a stored row it cannot read, say) was logged and tried
+    again at the next pass, each second, for ever; and a pass recorded its cursor as it was, so a
+    worker that lost its role midway (PostgreSQL) could set back what another recorded since,
+    which sends bulletins again (a read-only review). The failure now backs off as a receiver's
+    does, and a cursor is only ever moved forward."""
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    hook = await register(fed, "https://siem.example/hook")
+    await nl.service.webhooks.close()  # passes only when this test asks for one
+    runs = 0
+
+    async def broken(row: Any) -> int:
+        nonlocal runs
+        runs += 1
+        raise ValueError("a stored row this node cannot read")
+
+    monkeypatch.setattr(nl.service.webhooks, "_deliver", broken)
+    assert await nl.service.webhooks.deliver_due() == 0
+    row = await hook_row(fed, hook)
+    assert int(row.failures) == 1 and row.next_try_at is not None and "ValueError" in row.last_error
+    assert await nl.service.webhooks.deliver_due() == 0 and runs == 1  # backing off: not run again yet
+
+    async with nl.service.store.engine.begin() as conn:
+        await conn.execute(sa.update(webhooks).where(webhooks.c.id == hook).values(cursor=10))
+    await nl.service.webhooks._record(row, 3, 1, None)  # a pass that began before the cursor moved to 10
+    assert int((await hook_row(fed, hook)).cursor) == 10
