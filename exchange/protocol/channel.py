@@ -7,6 +7,7 @@ is valid only at the position right after the one it chains to.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from pydantic import ValidationError
@@ -87,8 +88,10 @@ class ChannelState:
     # The owner's set-export rule: may TLP:AMBER+STRICT bulletins leave a member's node as STIX?
     export_amber_strict: bool = False
 
-    @property
+    @cached_property
     def readers(self) -> list[NodeId]:
+        # Asked several times per post (at 200 members, 200 steps each): made once per state,
+        # which is never changed after it is made (`apply` makes a new one). Not to be mutated.
         return sorted(n for n, rights in self.members.items() if "read" in rights)
 
     def rights(self, node: str) -> frozenset[Right]:
