@@ -14,7 +14,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
 from exchange.errors import PeerError
-from exchange.service.webhooks import unreachable_address
+from exchange.service.webhooks import shown_url, unreachable_address
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 
@@ -51,7 +51,7 @@ class HttpWebhookSender:
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
         host = urlsplit(url).hostname or ""
         if unreachable_address(host):  # a literal address is not resolved: judged here (a URL stored before this check)
-            raise PeerError(f"webhook {url[:200]} names an address no webhook may reach")
+            raise PeerError(f"webhook {shown_url(url)[:200]} names an address no webhook may reach")
         plain = urlsplit(url).scheme == "http"
         connector: Any = aiohttp.TCPConnector(resolver=ReachableOnly(loopback_only=plain))
         try:
@@ -63,4 +63,4 @@ class HttpWebhookSender:
                 # gigabytes of it within the timeout), and the connection is closed with the session.
                 return resp.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise PeerError(f"webhook {url[:200]} unreachable: {type(exc).__name__}") from exc
+            raise PeerError(f"webhook {shown_url(url)[:200]} unreachable: {type(exc).__name__}") from exc

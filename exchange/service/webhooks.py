@@ -161,6 +161,29 @@ def check_url(url: str) -> str:
     raise InvalidInput("url must be https:// (or http:// to this machine's loopback, for a local relay)")
 
 
+def shown_url(url: str) -> str:
+    """A webhook's URL as the audit log, the list and errors show it: its scheme, host and port,
+    with any path or query (where many receivers put their token, as in
+    `https://hooks.example/services/T0/B0/secret`) replaced by "…" and the first 12 hex digits of
+    the SHA-256 of the whole URL, which tells webhooks apart and lets whoever knows a URL match it."""
+    parts = urlsplit(url)
+    if parts.path in ("", "/") and not parts.query and not parts.fragment:
+        return url
+    digest = hashlib.sha256(url.encode()).hexdigest()[:12]
+    return f"{parts.scheme}://{parts.netloc}/… (sha256 {digest})"
+
+
+def redacted(text: str, url: str) -> str:
+    """`text` (an error's) without the URL's path and query: the client's errors may name the URL,
+    whole or as it parsed it."""
+    parts = urlsplit(url)
+    text = text.replace(url, shown_url(url))
+    for secret in (parts.path + (f"?{parts.query}" if parts.query else ""), parts.query, parts.path):
+        if len(secret) > 1:
+            text = text.replace(secret, "/…")
+    return text
+
+
 @dataclass(frozen=True)
 class Webhook(View):
     id: int
@@ -187,7 +210,7 @@ def _view(row: Any) -> Webhook:
     return Webhook(
         row.id,
         row.channel,
-        row.url,
+        shown_url(row.url),
         int(row.cursor),
         int(row.delivered),
         int(row.failures),
@@ -239,7 +262,7 @@ class Webhooks:
                     user=user.name,
                     webhook=new_id,
                     channel=channel,
-                    url=url,
+                    url=shown_url(url),
                     change="registered",
                 )
             )
@@ -376,7 +399,7 @@ class Webhooks:
             try:
                 status = await self.sender.post(hook.url, body, headers)
             except Exception as exc:  # unreachable, TLS, timeout: try again later
-                error = f"{type(exc).__name__}: {exc}"[:300]
+                error = redacted(f"{type(exc).__name__}: {exc}", hook.url)[:300]
                 break
             if not 200 <= status < 300:
                 error = f"HTTP {status}"

@@ -18,7 +18,7 @@ from exchange.errors import PeerError
 from exchange.node.webhook_client import HttpWebhookSender, ReachableOnly
 from exchange.service import webhooks as webhooks_service
 from exchange.service.webhooks import signature, verify_signature
-from exchange.store import Store, bulletins
+from exchange.store import Store, audit_log, bulletins
 from exchange.store.tables import webhooks
 from tests.conftest import Federation, MakeFederation, eventually, free_port
 from tests.node.test_webhooks import Receiver
@@ -313,3 +313,40 @@ async def test_a_failing_run_backs_off_and_a_recorded_cursor_never_goes_back(
         await conn.execute(sa.update(webhooks).where(webhooks.c.id == hook).values(cursor=10))
     await nl.service.webhooks._record(row, 3, 1, None)  # a pass that began before the cursor moved to 10
     assert int((await hook_row(fed, hook)).cursor) == 10
+
+
+async def test_a_token_in_a_webhooks_url_is_shown_nowhere(make_federation: MakeFederation) -> None:
+    """Many receivers take their token in the URL's path or query (`/services/T0/B0/<token>`). The
+    whole URL was kept in the audit log (which auditors and trace answers read), shown by the list
+    to every administrator, and named by the errors a failing receiver left. Each now shows its
+    scheme, host and port and a digest of the whole URL; the node still posts to the whole URL."""
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    url = f"http://127.0.0.1:{free_port()}/relay/T0/B0/tok3nPATH?key=s3cr3tQUERY"  # nothing listens there
+    shown = webhooks_service.shown_url(url)
+    assert shown.startswith("http://127.0.0.1:") and "tok3n" not in shown and "s3cr3t" not in shown
+    status, answer, _ = await nl.api("POST", "/api/v1/channels/c2c/webhooks", user="admin", body={"url": url})
+    assert status == 201 and answer["webhook"]["url"] == shown, answer
+    hook = int(answer["webhook"]["id"])
+    await post(fed, "an alert to announce")
+    await eventually(lambda: _failed(fed, hook))
+    status, listed, _ = await nl.api("GET", "/api/v1/webhooks", user="admin")
+    assert status == 200 and [w["url"] for w in listed] == [shown], listed
+    assert (await nl.api("DELETE", f"/api/v1/webhooks/{hook}", user="admin"))[0] == 200
+    async with nl.service.store.read() as conn:
+        log = [bytes(r.entry).decode() for r in await conn.execute(sa.select(audit_log.c.entry))]
+    changed = [json.loads(e) for e in log if '"webhook.changed"' in e]
+    assert [e["url"] for e in changed] == [shown, shown], changed
+    assert not [e for e in log if "tok3n" in e or "s3cr3t" in e]
+    # a URL without a path or query is shown whole; two URLs differing in their token differ as shown
+    assert webhooks_service.shown_url("https://siem.example") == "https://siem.example"
+    assert shown != webhooks_service.shown_url(url.replace("s3cr3t", "other"))
+    assert "tok3n" not in webhooks_service.redacted(f"failed at {url[:60]} and {url}", url)
+
+
+async def _failed(fed: Federation, hook: int) -> bool:
+    row = await hook_row(fed, hook)
+    if row.last_error is None:
+        return False
+    assert "tok3n" not in row.last_error and "s3cr3t" not in row.last_error, row.last_error
+    return True
