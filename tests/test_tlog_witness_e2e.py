@@ -457,6 +457,12 @@ async def test_a_malformed_verifier_key_stops_the_node_at_start(make_federation:
         {"tlog_logs": (TlogLogConfig(origin="x", vkey=SUMDB_VKEY.replace("033de0ae", "033de0af")),)},
         {"tlog_logs": (TlogLogConfig(origin="x", vkey=SUMDB_VKEY + "A"),)},
         {"tlog_logs": (TlogLogConfig(origin="x", vkey=witness_vkey),)},  # a witness key for a log
+        # a federation member's log, as a foreign one: co-signed under a key the roster does not hold
+        {
+            "tlog_logs": (
+                TlogLogConfig(origin="exchange/audit/gb-avsec", vkey=vkey("exchange/audit/gb-avsec", 1, bytes(32))),
+            )
+        },
         {"tlog_witnesses": (TlogWitnessConfig(url="https://w.test", vkey=SUMDB_VKEY),)},  # a log key
         {"tlog_witnesses": (TlogWitnessConfig(url="https://w.test", vkey=vkey("exchange/witness/x", 4, bytes(32))),)},
     ]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.audit.checkpoint import cosign, witness_name
+from exchange.audit.checkpoint import ORIGIN_PREFIX, cosign, witness_name
 from exchange.audit.keeper import as_bytes
 from exchange.audit.note import Note
 from exchange.audit.tlog_witness import (
@@ -79,6 +79,14 @@ def foreign_logs(configs: Sequence[TlogLogConfig]) -> dict[str, tuple[str, Verif
             raise ConfigError(f"tlog_logs: the log {config.origin!r}: {exc.detail}") from exc
         if config.origin in logs:
             raise ConfigError(f"tlog_logs: the log {config.origin!r} is configured twice")
+        if config.origin.startswith(ORIGIN_PREFIX):
+            # A federation member's log is witnessed by the federation's own rules (its roster key,
+            # forks kept as evidence): co-signed here under another key, this node's cosignature
+            # would vouch for whatever checkpoints that key signs of the member's log.
+            raise ConfigError(
+                f"tlog_logs: {config.origin!r} names a federation member's audit log ({ORIGIN_PREFIX}...),"
+                " which this node witnesses through the federation, not as a foreign log"
+            )
         logs[config.origin] = (vkey.name, vkey.key)
     return logs
 
