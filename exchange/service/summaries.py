@@ -6,16 +6,19 @@ of storage positions that are index seeks per channel, and summaries read from `
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.model import BulletinId, ChannelId, NodeId
+from exchange.model import BULLETIN_KINDS, BulletinId, ChannelId, NodeId
 from exchange.service.records import search_text_of, summary_of
 from exchange.service.views import BulletinSummary
 from exchange.store import bulletins
+
+log = logging.getLogger("exchange.summaries")
 
 # The columns a bulletin summary is made from: no envelope and no content, so lists stay light.
 SUMMARY = (
@@ -72,6 +75,36 @@ async def newest_start(conn: AsyncConnection, channels: Sequence[str], size: int
     return int(oldest or 0), count == size
 
 
+# What a listing shows of a row whose stored summary cannot be read (the database edited by hand, or
+# damaged): its kind says so, and TAXII, webhooks and exports withhold it. Opening the bulletin
+# checks it against its signed envelope and names what is wrong (exchange.service.inbox).
+UNREADABLE = "unreadable"
+_warned: set[str] = set()  # bulletins whose unreadable summary was logged, once each (bounded below)
+
+
+def unreadable(content: dict[str, Any]) -> bool:
+    """Whether `content` is the stand-in for a summary that could not be read."""
+    return content.get("kind") == UNREADABLE
+
+
+def read_summary(row: Any, text: str | None) -> dict[str, Any]:
+    """`text` (a stored summary, or the content it is made from where the row has none) parsed,
+    if it is an object with a known kind and a title; else the stand-in, logged once per bulletin.
+    One damaged row then costs its own line, not the whole list (it was an internal error)."""
+    try:
+        parsed = json.loads(text) if text is not None else None
+        if row.summary is None and isinstance(parsed, dict):
+            parsed = summary_of(parsed)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        parsed = None
+    if isinstance(parsed, dict) and parsed.get("kind") in BULLETIN_KINDS and isinstance(parsed.get("title"), str):
+        return parsed
+    if row.id not in _warned and len(_warned) < 1000:
+        _warned.add(row.id)
+        log.warning("bulletin %s: its stored summary cannot be read; it is listed as unreadable", row.id)
+    return {"kind": UNREADABLE, "title": f"{str(row.id)[:8]}…"}
+
+
 async def summarised(conn: AsyncConnection, rows: Sequence[Any]) -> Iterator[tuple[Any, dict[str, Any]]]:
     """Each row with its summary, parsed as it is reached (a search stops at a page of matches); a
     row stored before summaries were kept (summary NULL) gets one made from its content, read for
@@ -81,9 +114,7 @@ async def summarised(conn: AsyncConnection, rows: Sequence[Any]) -> Iterator[tup
     if missing:
         query = sa.select(bulletins.c.n, bulletins.c.content).where(bulletins.c.n.in_(missing))
         contents = {r.n: r.content for r in await conn.execute(query)}
-    return (
-        (r, json.loads(r.summary) if r.summary is not None else summary_of(json.loads(contents[r.n]))) for r in rows
-    )
+    return ((r, read_summary(r, r.summary if r.summary is not None else contents.get(r.n))) for r in rows)
 
 
 async def search_texts(conn: AsyncConnection, rows: Sequence[Any]) -> dict[int, str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,8 +42,8 @@ from exchange.protocol.stix import (
 )
 from exchange.service.access import Access
 from exchange.service.catchup import POSITIONS
-from exchange.service.records import summary_of
 from exchange.service.sharing import onward_forbidden_sql, served_tlp
+from exchange.service.summaries import read_summary, unreadable
 from exchange.service.users import User
 from exchange.store import Store, bulletins
 
@@ -245,7 +244,9 @@ class Taxii:
         """The STIX objects of a stored row, or None if it may not leave the node."""
         if row.tlp not in served or row.no_onward:
             return None
-        content = json.loads(row.summary) if row.summary is not None else summary_of(json.loads(row.content))
+        content = read_summary(row, row.summary if row.summary is not None else row.content)
+        if unreadable(content):  # nothing leaves the node that it cannot read (the database edited)
+            return None
         facts = BulletinFacts(
             row.id, row.channel, row.author, self._author_name(row.author), row.tlp, row.created, content
         )

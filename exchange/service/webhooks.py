@@ -43,7 +43,7 @@ from exchange.errors import Forbidden, InvalidInput, NotFound
 from exchange.service.access import Access
 from exchange.service.catchup import POSITIONS
 from exchange.service.sharing import onward_forbidden_sql, served_tlp
-from exchange.service.summaries import SUMMARY, summarised
+from exchange.service.summaries import SUMMARY, summarised, unreadable
 from exchange.service.users import User
 from exchange.service.views import View
 from exchange.store import Store, bulletins
@@ -386,7 +386,7 @@ class Webhooks:
         clock = asyncio.get_running_loop().time
         until = clock() + RUN_SECONDS
         for row, content in items:
-            if row.no_onward or row.tlp not in served:
+            if row.no_onward or row.tlp not in served or unreadable(content):
                 cursor = int(row.n)  # passed over, as TAXII does: never announced outside the node
                 continue
             if sent and clock() > until:

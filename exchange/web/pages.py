@@ -50,6 +50,7 @@ KINDS = {
     "seizure-report": N_("Seizure report"),
     "feedback": N_("Feedback"),
     "request-for-information": N_("Request for information"),
+    "unreadable": N_("Unreadable summary"),  # a stored summary that cannot be read (exchange.service.summaries)
 }
 NAV = {
     "contact-point": [

@@ -1,0 +1,72 @@
+"""A bulletin row whose stored summary cannot be read (the database edited by hand, or damaged), on
+real nodes, SQLite and PostgreSQL. One such row made the whole inbox, search and client API list an
+internal error for every user. It is now listed as an unreadable summary (its kind says so), the
+other rows as before; TAXII, webhooks and STIX exports withhold it, since the node cannot say what
+it is; opening it checks it against its signed envelope as any read does."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from exchange.protocol.stix import collection_id
+from exchange.store import bulletins
+from tests.conftest import MakeFederation, console_session, eventually, free_port
+from tests.node.test_taxii import bulletin, bulletin_ids, get, off_loop, post
+from tests.node.test_webhooks import Receiver
+
+PASSWORD = "a long passphrase for tests"
+DAMAGE = {
+    "not JSON": "{not json",
+    "not an object": "[1, 2]",
+    "an unknown kind": json.dumps({"kind": "memo", "title": "x"}),
+    "a title that is not text": json.dumps({"kind": "alert", "title": ["x"]}),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+async def test_a_row_whose_summary_cannot_be_read_is_listed_as_such_and_never_leaves(
+    make_federation: MakeFederation, damage: str
+) -> None:
+    fed = await make_federation()
+    nl = fed["nl-customs"]
+    receiver = Receiver(free_port())
+    await receiver.start()
+    try:
+        url = f"http://127.0.0.1:{receiver.port}/hook"
+        status, _, _ = await nl.api("POST", "/api/v1/channels/c2c/webhooks", user="admin", body={"url": url})
+        assert status == 201
+        bids = [await post(fed, bulletin(i)) for i in range(3)]
+        async with nl.service.store.engine.begin() as conn:
+            await conn.execute(sa.update(bulletins).where(bulletins.c.id == bids[1]).values(summary=DAMAGE[damage]))
+
+        status, listed, _ = await nl.api("GET", "/api/v1/bulletins")
+        assert status == 200, listed
+        kinds = {b["id"]: b["kind"] for b in listed["items"]}
+        assert kinds == {bids[0]: "alert", bids[1]: "unreadable", bids[2]: "alert"}, listed
+        status, found, _ = await nl.api("GET", "/api/v1/bulletins?q=bulletin")
+        assert status == 200, found
+
+        await nl.service.users.set_password("officer", PASSWORD, actor="test")
+        async with console_session(nl, "officer", PASSWORD) as http:
+            for page in ("/console/channels", "/console/channels/c2c", "/console/search?q=bulletin"):
+                async with http.get(page) as resp:
+                    text = await resp.text()
+                    assert resp.status == 200 and (page == "/console/channels" or "Unreadable summary" in text), page
+
+        auth = {"Authorization": f"Bearer {nl.tokens['officer']}"}
+        objects = f"/taxii2/exchange/collections/{collection_id('nl-customs', 'c2c')}/objects/"
+        r = await off_loop(lambda: get(fed, objects, headers=auth))
+        assert r.status_code == 200 and bulletin_ids(r.json()["objects"]) == [bids[0], bids[2]], r.text
+        status, bundle, _ = await nl.api("GET", "/api/v1/channels/c2c/stix")
+        assert status == 200 and bulletin_ids(bundle["objects"]) == [bids[0], bids[2]]
+
+        async def announced() -> bool:
+            return bids[2] in receiver.ids()
+
+        await eventually(announced)
+        assert bids[1] not in receiver.ids()
+    finally:
+        await receiver.stop()
