@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -245,8 +246,10 @@ GC_YOUNG = 10_000
 
 
 def tune_collector() -> None:
-    """The collector's thresholds for a long-running server (above)."""
-    gc.set_threshold(GC_YOUNG, 10, 10)
+    """The collector's thresholds for a long-running server (above), on Python 3.11 and 3.12, whose
+    default this replaces; later versions changed the collector and what its thresholds mean."""
+    if sys.version_info < (3, 13):
+        gc.set_threshold(GC_YOUNG, 10, 10)
 
 
 @contextlib.asynccontextmanager

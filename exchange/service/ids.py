@@ -7,7 +7,6 @@ case hex, and "g" sorts after "f"), at most CANDIDATES + 1 rows, whatever the st
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ import sqlalchemy as sa
 from exchange.errors import InvalidInput
 from exchange.model import BulletinId, ChannelId, NodeId
 from exchange.service.access import Access
+from exchange.service.summaries import read_summary
 from exchange.service.users import User
 from exchange.service.views import View
 from exchange.store import Store, bulletins
@@ -84,7 +84,8 @@ class BulletinIds:
             rows = (await conn.execute(query)).all()
         found = []
         for r in rows[:CANDIDATES]:
-            summary = json.loads(r.summary) if readable is not None and r.summary is not None else {}
+            # What a contact point may see of it; the stand-in where its summary cannot be read.
+            summary = read_summary(r, r.summary) if readable is not None and r.summary is not None else {}
             found.append(
                 IdMatch(
                     id=BulletinId(r.id),

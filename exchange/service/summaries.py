@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -87,6 +87,35 @@ def unreadable(content: dict[str, Any]) -> bool:
     return content.get("kind") == UNREADABLE
 
 
+def _texts(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def well_formed(summary: Any) -> bool:
+    """Whether `summary` has the shape every reader of summaries relies on: a known kind, a title,
+    indicators as lists of text by name, references as text, dates as text, attachments as name,
+    media type and size. What it says is not checked (opening the bulletin does that)."""
+    if not isinstance(summary, dict) or summary.get("kind") not in BULLETIN_KINDS:
+        return False
+    indicators = summary.get("indicators", {})
+    attachments = summary.get("attachments", [])
+    return (
+        isinstance(summary.get("title"), str)
+        and isinstance(indicators, dict)
+        and all(isinstance(k, str) and _texts(v) for k, v in indicators.items())
+        and _texts(summary.get("references", []))
+        and all(isinstance(summary.get(k), str | None) for k in ("language", "expires", "due"))
+        and isinstance(attachments, list)
+        and all(
+            isinstance(a, dict)
+            and isinstance(a.get("name"), str)
+            and isinstance(a.get("media_type"), str)
+            and type(a.get("size")) is int
+            for a in attachments
+        )
+    )
+
+
 def read_summary(row: Any, text: str | None) -> dict[str, Any]:
     """`text` (a stored summary, or the content it is made from where the row has none) parsed,
     if it is an object with a known kind and a title; else the stand-in, logged once per bulletin.
@@ -95,10 +124,10 @@ def read_summary(row: Any, text: str | None) -> dict[str, Any]:
         parsed = json.loads(text) if text is not None else None
         if row.summary is None and isinstance(parsed, dict):
             parsed = summary_of(parsed)
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         parsed = None
-    if isinstance(parsed, dict) and parsed.get("kind") in BULLETIN_KINDS and isinstance(parsed.get("title"), str):
-        return parsed
+    if well_formed(parsed):
+        return cast(dict[str, Any], parsed)
     if row.id not in _warned and len(_warned) < 1000:
         _warned.add(row.id)
         log.warning("bulletin %s: its stored summary cannot be read; it is listed as unreadable", row.id)
@@ -123,8 +152,18 @@ async def search_texts(conn: AsyncConnection, rows: Sequence[Any]) -> dict[int, 
     missing = [r.n for r in rows if r.search_text is None]
     if missing:
         query = sa.select(bulletins.c.n, bulletins.c.content).where(bulletins.c.n.in_(missing))
-        texts |= {r.n: search_text_of(json.loads(r.content)) for r in await conn.execute(query)}
+        texts |= {r.n: _search_text(r.content) for r in await conn.execute(query)}
     return texts
+
+
+def _search_text(content: str | None) -> str:
+    """The search text made from a row's content; none (it matches nothing) where the content
+    cannot be read: the row is listed as unreadable (`read_summary`), and a search goes on."""
+    try:
+        parsed = json.loads(content) if content is not None else None
+        return search_text_of(parsed) if isinstance(parsed, dict) else ""
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        return ""
 
 
 def summary_line(row: Any, content: dict[str, Any]) -> BulletinSummary:

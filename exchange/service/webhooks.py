@@ -39,7 +39,7 @@ import sqlalchemy as sa
 
 from exchange.audit import events as ev
 from exchange.clock import cancel_and_wait, stop_requested, timestamp, utc_now, wait_event
-from exchange.errors import Forbidden, InvalidInput, NotFound
+from exchange.errors import Forbidden, InvalidInput, NotFound, PeerError
 from exchange.service.access import Access
 from exchange.service.catchup import POSITIONS
 from exchange.service.sharing import onward_forbidden_sql, served_tlp
@@ -177,7 +177,7 @@ def redacted(text: str, url: str) -> str:
     """`text` (an error's) without the URL's path and query: the client's errors may name the URL,
     whole or as it parsed it."""
     parts = urlsplit(url)
-    text = text.replace(url, shown_url(url))
+    text = text.replace(url, shown_url(url)).replace(url[:200], shown_url(url))  # as errors before cut it
     for secret in (parts.path + (f"?{parts.query}" if parts.query else ""), parts.query, parts.path):
         if len(secret) > 1:
             text = text.replace(secret, "/…")
@@ -215,7 +215,7 @@ def _view(row: Any) -> Webhook:
         int(row.delivered),
         int(row.failures),
         row.next_try_at,
-        row.last_error,
+        redacted(row.last_error, row.url) if row.last_error else None,  # one recorded before URLs were shown so
         row.created_at,
         row.created_by,
     )
@@ -399,7 +399,10 @@ class Webhooks:
             try:
                 status = await self.sender.post(hook.url, body, headers)
             except Exception as exc:  # unreachable, TLS, timeout: try again later
-                error = redacted(f"{type(exc).__name__}: {exc}", hook.url)[:300]
+                # This node's own client names the URL as shown; another error's text may hold the
+                # URL in any form (normalised, cut short), so only its type is kept.
+                said = f": {exc}" if isinstance(exc, PeerError) else " while posting"
+                error = redacted(f"{type(exc).__name__}{said}", hook.url)[:300]
                 break
             if not 200 <= status < 300:
                 error = f"HTTP {status}"

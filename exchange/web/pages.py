@@ -94,6 +94,7 @@ NEWS = {
     "seizure-report": N_("New seizure report"),
     "feedback": N_("New feedback"),
     "request-for-information": N_("New request for information"),
+    "unreadable": N_("New bulletin, its summary unreadable"),
 }
 
 
