@@ -215,7 +215,8 @@ def _view(row: Any) -> Webhook:
         int(row.delivered),
         int(row.failures),
         row.next_try_at,
-        redacted(row.last_error, row.url) if row.last_error else None,  # one recorded before URLs were shown so
+        # an error recorded before this release may name the whole URL
+        redacted(row.last_error, row.url) if row.last_error else None,
         row.created_at,
         row.created_by,
     )
