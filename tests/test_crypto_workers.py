@@ -332,7 +332,8 @@ def test_a_crypto_worker_of_the_installed_command_loads_no_database_or_web_code(
 def test_what_goes_to_and_from_the_workers_pickles_to_an_equal_value() -> None:
     """Openings, sealed posts and the headers they cite pickle as their fields' values
     (`pickled_by_fields`): what comes back equals what went, refusals included."""
-    header = CitedHeader("c2c", "nl-customs", 7, CitedState("nl-customs", 3, "ab" * 32), (CitedRecipient("gb-avsec"),))
+    state = CitedState("nl-customs", 3, "ab" * 32)
+    header = CitedHeader("c2c", "nl-customs", 7, state, (CitedRecipient("gb-avsec"),), "0011223344556677")
     values = [
         header,
         Opening(0, "cd" * 32, header, None, None, None, None, {"id": "cd" * 32, "seq": 7}),

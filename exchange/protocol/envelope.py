@@ -250,19 +250,8 @@ def check_signature(
     row this node took in earlier, checked again) verify-only.
     """
     h = env.header
-    # An author the held version no longer lists (revoked, suspended) has only former keys: what
-    # it signed verifies where it is stored, and anything else is refused as from an unknown node.
-    listed = fed.listed(h.author)
-    if not listed or h.signer != fed.node(h.author).signing_kid:
-        former = fed.former_signing_key(h.author, h.signer, stored=stored)
-        if former is None:
-            if fed.former_key_state(h.author, h.signer) == "compromised":
-                raise InvalidEnvelope(
-                    f"envelope is signed with key {h.signer} of {h.author}, which the roster marks compromised"
-                )
-            if not listed:
-                fed.node(h.author)  # UnknownPeer, as before
-            raise InvalidEnvelope("envelope is not signed with the author's roster key")
+    former = _former_signer(h.author, h.signer, fed, stored=stored)
+    if former is not None:
         former.verify(_b64(env.signature), _signed_input(h, env.wraps))
         return
     key = None if keys is None else keys.get((h.author, h.signer))
@@ -271,6 +260,36 @@ def check_signature(
         if keys is not None:
             keys[h.author, h.signer] = key
     key.verify(_b64(env.signature), _signed_input(h, env.wraps))
+
+
+def _former_signer(author: str, signer: str, fed: Federation, *, stored: bool) -> VerifyKey | None:
+    """None if `signer` is the author's current key in `fed`; else the former key (6a.13) that
+    checks its signature (retiring, or with `stored` verify-only), or the refusal.
+
+    An author the held version no longer lists (revoked, suspended) has only former keys: what it
+    signed verifies where it is stored, and anything else is refused as from an unknown node."""
+    listed = fed.listed(author)
+    if listed and signer == fed.node(author).signing_kid:
+        return None
+    former = fed.former_signing_key(author, signer, stored=stored)
+    if former is None:
+        if fed.former_key_state(author, signer) == "compromised":
+            raise InvalidEnvelope(
+                f"envelope is signed with key {signer} of {author}, which the roster marks compromised"
+            )
+        if not listed:
+            fed.node(author)  # UnknownPeer, as before
+        raise InvalidEnvelope("envelope is not signed with the author's roster key")
+    return former
+
+
+def check_signer(h: CitedHeader, fed: Federation) -> None:
+    """The key rule of `check_signature` for a new item, without the signature: the key that
+    signed `h` (checked when it came, under the roster held then) still signs new items under
+    `fed`. A receiver applies it again when it stores what it checked earlier (docs/protocol.md
+    9.8, rule 18): a version installed meanwhile that revokes or suspends the author, or marks
+    the key compromised or verify-only, refuses the item as it would have had it come first."""
+    _former_signer(h.author, h.signer, fed, stored=False)
 
 
 def check_rules(env: Envelope, fed: Federation, state: ChannelState) -> BulletinId:
@@ -377,6 +396,7 @@ class CitedHeader:
     seq: int
     state: CitedState
     recipients: tuple[CitedRecipient, ...]
+    signer: str  # the key id that signed the header (checked again at storing: `check_signer`)
 
     @classmethod
     def of(cls, h: EnvelopeHeader) -> CitedHeader:
@@ -386,6 +406,7 @@ class CitedHeader:
             h.seq,
             CitedState(h.state.owner, h.state.pos, h.state.hash),
             tuple(CitedRecipient(r.node) for r in h.recipients),
+            h.signer,
         )
 
 

@@ -68,6 +68,7 @@ def cited(h: EnvelopeHeaderV2, readers: tuple[str, ...] = ()) -> CitedHeader:
         h.seq,
         CitedState(h.state.owner, h.state.pos, h.state.hash),
         _recipients(readers),
+        h.signer,
     )
 
 

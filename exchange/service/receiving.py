@@ -22,9 +22,10 @@ from exchange.errors import (
     NotFound,
     PeerError,
     Unavailable,
+    UnknownPeer,
 )
 from exchange.model import ChannelEvent, NodeId, Receipt, StateRef
-from exchange.protocol.envelope import CitedHeader, check_cited_state
+from exchange.protocol.envelope import CitedHeader, check_cited_state, check_signer
 from exchange.protocol.pages import gap_items
 from exchange.protocol.receipt import make_receipts, parse_receipt
 from exchange.protocol.roster import Federation
@@ -356,6 +357,18 @@ class Receiving:
         if page is not None:
             page.extend((bid, InvalidEnvelope.__name__, NO_LONGER_POSTS) for bid in gone)
         clashes |= dict.fromkeys(gone, NO_LONGER_POSTS)
+        # Rule 4's key, again under the roster held now (9.8 rule 18): a version installed since
+        # the batch was screened that revokes the author or marks its key compromised refuses it.
+        for c in fresh:
+            if c.bid in clashes:
+                continue
+            try:
+                check_signer(c.header, self.fed)
+            except (InvalidEnvelope, UnknownPeer) as exc:
+                if page is None:
+                    raise
+                page.append((c.bid, type(exc).__name__, exc.detail))
+                clashes[c.bid] = exc.detail
         answer: dict[str, Receipt | None] = {}  # bulletin -> its receipt, in the order received
         by_author: dict[str, list[str]] = {}  # fresh bulletins, to receipt in one batch per author
         rows: list[dict[str, Any]] = []
