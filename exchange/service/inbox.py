@@ -43,6 +43,7 @@ from exchange.service.epochs import EpochBook
 from exchange.service.held_receipts import checked_receipts
 from exchange.service.outbox import Outbox, ReceiptRef, queued_row
 from exchange.service.records import receipt_row
+from exchange.service.sharing import onward_forbidden_sql
 from exchange.service.summaries import SUMMARY, newest_start, positions, search_texts, summarised, summary_line
 from exchange.service.users import User
 from exchange.service.views import (
@@ -53,6 +54,7 @@ from exchange.service.views import (
     InboxPage,
     RecipientStatus,
     Reference,
+    ReplyTo,
     SearchResults,
     channel_view,
 )
@@ -375,6 +377,23 @@ class Inbox:
                     Reference(id=bid, visible=True, channel=s.channel, title=s.title, kind=s.kind, created=s.created)
                 )
         return out
+
+    async def reply_to(self, user: User, bid: str) -> ReplyTo | None:
+        """What an answer to `bid` starts from, if the user may read it (None otherwise, whether
+        this node holds it or not)."""
+        readable = self.access.readable_channels(user)
+        if not readable:
+            return None
+        no_onward = onward_forbidden_sql(bulletins.c.id).label("no_onward")
+        where = sa.and_(bulletins.c.id == bid, bulletins.c.channel.in_(readable))
+        async with self.store.read() as conn:
+            found = (await conn.execute(sa.select(*SUMMARY, no_onward).where(where))).all()
+            rows = list(await summarised(conn, found))
+        if not rows:
+            return None
+        row, content = rows[0]
+        s = summary_line(row, content)
+        return ReplyTo(id=bid, channel=s.channel, title=s.title, tlp=s.tlp, no_onward_sharing=bool(row.no_onward))
 
     async def referrers(self, user: User, bid: str) -> list[BulletinSummary]:
         """Bulletins in the user's readable channels that refer to `bid` (answers, feedback, forwards),

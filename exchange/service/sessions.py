@@ -311,8 +311,7 @@ class Sessions:
             check_strength(password)  # before the user exists, so no user is left without one
         except WeakPassword as exc:
             raise InvalidInput(exc.detail) from exc
-        await add_user(self.store, name, role, actor=actor.name)
-        await set_password(self.store, name, password, actor=actor.name)
+        await add_user(self.store, name, role, actor=actor.name, password=password)  # one transaction
 
     async def set_disabled(self, actor: User, name: str, *, disabled: bool) -> None:
         """An administrator locks a user out (`disable_user`: token, password and sessions end; the

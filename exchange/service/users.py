@@ -49,8 +49,9 @@ class User:
 USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 
 
-async def add_user(store: Store, name: str, role: str, *, actor: str = "cli") -> str:
-    """Create a user and return its new token (shown once, stored hashed)."""
+async def add_user(store: Store, name: str, role: str, *, actor: str = "cli", password: str | None = None) -> str:
+    """Create a user and return its new token (shown once, stored hashed); with `password`, its
+    console password too, in the same transaction: a password that fails leaves no user behind."""
     if not USER_NAME.fullmatch(name):
         raise InvalidInput(
             "a user name is 1 to 64 letters, digits and . _ @ + - (starting with a letter or a digit), "
@@ -59,15 +60,18 @@ async def add_user(store: Store, name: str, role: str, *, actor: str = "cli") ->
     if role not in ROLES:
         raise InvalidInput(f"role must be one of {', '.join(ROLES)}")
     token = new_token()
+    hashed = None if password is None else await _hashed(password)
 
     async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
         exists = await conn.scalar(sa.select(users.c.name).where(users.c.name == name))
         if exists:
             raise Conflict(f"user {name!r} already exists")
-        await conn.execute(
-            sa.insert(users).values(name=name, role=role, token_hash=hash_token(token), created=timestamp())
-        )
-        audit.add(ev.UserCreated(event=ev.USER_CREATED, at=timestamp(), user=name, role=role, actor=actor))
+        now = timestamp()
+        await conn.execute(sa.insert(users).values(name=name, role=role, token_hash=hash_token(token), created=now))
+        audit.add(ev.UserCreated(event=ev.USER_CREATED, at=now, user=name, role=role, actor=actor))
+        if hashed is not None:
+            await conn.execute(sa.insert(user_passwords).values(user=name, hash=hashed, set_at=now))
+            audit.add(ev.UserPasswordSet(event=ev.USER_PASSWORD_SET, at=now, user=name, actor=actor))
 
     await store.write(job)
     return token
@@ -207,15 +211,20 @@ async def get_user(store: Store, name: str) -> User:
         return User(name, role, frozenset(channels))
 
 
+async def _hashed(password: str) -> str:
+    """A password's argon2id hash, made off the event loop; InvalidInput if it is too weak."""
+    try:
+        return await asyncio.to_thread(hash_password, password)
+    except WeakPassword as exc:
+        raise InvalidInput(str(exc)) from exc
+
+
 async def set_password(store: Store, name: str, password: str, *, actor: str, keep: str | None = None) -> None:
     """Give a user a console password (stored as an argon2id hash); audited, never the password.
     The user's console sessions end in the same transaction, whoever sets it (the console, the
     CLI, provisioning), but the one whose id hash is `keep` (the person changing their own).
     Refused for a disabled user: it holds no credential until `enable_user`."""
-    try:
-        hashed = await asyncio.to_thread(hash_password, password)
-    except WeakPassword as exc:
-        raise InvalidInput(str(exc)) from exc
+    hashed = await _hashed(password)
 
     async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
         if (await _account(conn, name))[1] is not None:

@@ -147,6 +147,18 @@ class Reference(View):
 
 
 @dataclass(frozen=True)
+class ReplyTo(View):
+    """What an answer to a bulletin starts from: its place and title, and its handling, which the
+    answer takes unless its author chooses otherwise (its title goes into the answer's)."""
+
+    id: str
+    channel: str
+    title: str
+    tlp: str
+    no_onward_sharing: bool
+
+
+@dataclass(frozen=True)
 class RecipientStatus(View):
     """What this node knows of one recipient node's receipts for a bulletin."""
 

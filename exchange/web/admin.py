@@ -18,7 +18,7 @@ from exchange.model import ROLES
 from exchange.service.views import MemberChange, channel_view
 from exchange.web.i18n import N_
 from exchange.web.pages import redirect, render
-from exchange.web.session import posted_form, read_form, sessions, signed_in
+from exchange.web.session import posted_form, read_form, sessions, set_done, signed_in, spend_done, was_done
 
 RIGHTS = ("read", "post", "admin")
 ACTIONS = {"invite": "invite", "rights": "set-rights", "remove": "remove"}
@@ -41,7 +41,12 @@ async def admin_page(request: web.Request) -> web.StreamResponse:
         view["owned"] = s.owner == service.me
         view["invited_here"] = service.me in s.invited
         channels.append(view)
-    return render(
+    # Said only after this user's own change (`_changed`): a link naming a channel does not make
+    # the page claim a change that nobody made (found by a read-only review).
+    changed = request.query.get("changed")
+    if changed not in {s.channel for s in states} or not was_done(request, _done(changed)):
+        changed = None
+    response = render(
         request,
         "admin.html",
         session=session,
@@ -50,8 +55,22 @@ async def admin_page(request: web.Request) -> web.StreamResponse:
         channel_ids=[s.channel for s in states],
         roles=ROLES,
         rights=RIGHTS,
-        changed=changed if (changed := request.query.get("changed")) in {s.channel for s in states} else None,
+        changed=changed,
     )
+    if changed is not None:
+        spend_done(response)
+    return response
+
+
+def _done(channel: str) -> str:
+    return f"channel-changed.{channel}"
+
+
+def _changed(channel: str) -> web.StreamResponse:
+    """The admin page after a change of `channel` that this user made, which it then says."""
+    response = redirect(f"/console/admin?changed={quote(channel)}#channel-{quote(channel)}")
+    set_done(response, _done(channel))
+    return response
 
 
 async def change_membership(request: web.Request) -> web.StreamResponse:
@@ -62,7 +81,7 @@ async def change_membership(request: web.Request) -> web.StreamResponse:
     channel, action = request.match_info["channel"], request.match_info["action"]
     if action == "accept":
         await book.accept(user, channel)
-        return redirect(f"/console/admin?changed={quote(channel)}#channel-{quote(channel)}")
+        return _changed(channel)
     if action not in ACTIONS:
         raise web.HTTPNotFound()
     form = await read_form(request)
@@ -79,7 +98,7 @@ async def change_membership(request: web.Request) -> web.StreamResponse:
     if spec.rights is not None:
         change["rights"] = spec.rights
     await book.change(user, channel, change)
-    return redirect(f"/console/admin?changed={quote(channel)}#channel-{quote(channel)}")
+    return _changed(channel)
 
 
 async def add_person(request: web.Request) -> web.StreamResponse:

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from exchange.crypto import b64d, b64e
 from exchange.errors import InvalidInput
 from exchange.http.appkeys import SERVICE
-from exchange.model import BULLETIN_KINDS, MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS, Bulletin
+from exchange.model import BULLETIN_KINDS, MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS, TLP_ORDER, Bulletin
 from exchange.protocol.indicators import Problem, indicator_problems
 from exchange.service.node import NodeService
 from exchange.service.users import User
@@ -280,12 +280,18 @@ async def compose_page(request: web.Request) -> web.StreamResponse:
     channels = _postable(service, user)
     form = {"channel": request.query.get("channel", ""), "kind": "alert"}
     reply = request.query.get("reply", "")
-    if HEX64.fullmatch(reply):
-        (ref,) = await service.inbox.references(user, [reply])
-        if ref.visible:
-            form.update(channel=ref.channel, kind="feedback", references=reply, title=f"Re: {ref.title}"[:200])
+    answered = await service.inbox.reply_to(user, reply) if HEX64.fullmatch(reply) else None
+    if answered is not None:
+        form.update(channel=answered.channel, kind="feedback", references=reply, title=f"Re: {answered.title}"[:200])
     chosen = next((c for c in channels if c["id"] == form["channel"]), channels[0] if channels else None)
     form["tlp"] = chosen["tlp"] if chosen else "AMBER"
+    if answered is not None:
+        # The answer carries the answered bulletin's title: it starts with that bulletin's handling
+        # where it is stricter than the channel's default, else a TLP:RED or no-onward title went
+        # out, as offered, under the channel's TLP:AMBER, to every feed (found by a read-only review).
+        form["tlp"] = max(form["tlp"], answered.tlp, key=TLP_ORDER.index)
+        if answered.no_onward_sharing:
+            form["no_onward_sharing"] = "on"
     return _compose(request, session, form, {})
 
 

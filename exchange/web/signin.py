@@ -22,6 +22,7 @@ from exchange.web.session import (
     client_address,
     find_session,
     posted_form,
+    read_form,
     sessions,
     set_done,
     set_session_cookie,
@@ -79,7 +80,7 @@ async def sign_in_page(request: web.Request) -> web.StreamResponse:
 
 async def sign_in_post(request: web.Request) -> web.StreamResponse:
     await check_signin_token(request)
-    form = await request.post()
+    form = await read_form(request)
     name, password = str(form.get("user", "")).strip()[:64], str(form.get("password", ""))
     try:
         session = await throttled_sessions(request).sign_in(name, password, client_address(request))
@@ -89,7 +90,18 @@ async def sign_in_post(request: web.Request) -> web.StreamResponse:
         return response
     except Unauthorized:
         return _sign_in_form(request, status=401, error=N_("Wrong user name or password."), name=name)
-    except Forbidden:  # a feed's user: TAXII and STIX exports only
+    except Forbidden as exc:  # a feed's user: TAXII and STIX exports only
+        # Answered with the form, not raised, so audited here as the middleware audits what is
+        # raised (found by a read-only review: a feed's refused sign-in was audited nowhere).
+        await request.app[SERVICE].audit_rejection(
+            method=request.method,
+            path=request.path,
+            status=403,
+            reason=exc.audited,
+            peer=None,
+            user=name,
+            address=client_address(request),
+        )
         return _sign_in_form(request, status=403, error=N_("This user is a feed: it has no console."), name=name)
     target = _next(str(form.get("next", ""))) or LANDING.get(session.user.role, "/console/peers")
     response = redirect(target)
