@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -71,6 +72,10 @@ async def _next_page(
     return pages.get_nowait()
 
 
+def _any_source(peer: str) -> None:
+    """Every member's pages taken as they come (a node without a roster chain: no versions)."""
+
+
 def _drain(
     pages: asyncio.Queue[tuple[dict[str, Any], asyncio.Task[Screened | None]]],
 ) -> list[tuple[dict[str, Any], asyncio.Task[Screened | None]]]:
@@ -113,6 +118,9 @@ class CatchUp:
         self._turn: dict[str, int] = {}  # channel -> where its next sweep starts in the member list
         self._wake = asyncio.Event()
         self.sweeps = 0
+        # RosterBehind if a member runs on a newer roster version than this node: what it serves
+        # waits for this node to hold that version (exchange.service.gossip.RosterGossip.check_source).
+        self.check_source: Callable[[str], None] = _any_source
 
     def wake(self) -> None:
         self._wake.set()
@@ -254,7 +262,10 @@ class CatchUp:
         return await self._screen(peer, page)
 
     async def _screen(self, peer: str, page: dict[str, Any]) -> Screened | None:
-        """A page's envelopes this node lacks, screened (None if none)."""
+        """A page's envelopes this node lacks, screened (None if none). Not before this node runs
+        on the roster version the member named (`check_source`): the page fails, and is asked
+        again at the next sweep, its cursor where it was."""
+        self.check_source(peer)
         offered = [i for i in page["items"] if i["envelope"] is not None]
         held = await self.receiving.held([i["id"] for i in offered]) if offered else set()
         new = [i["envelope"] for i in offered if i["id"] not in held]

@@ -121,6 +121,7 @@ class RosterGossip:
         # turn once that pull ends, so that one partner that names a version it never serves, and
         # answers slowly, holds up the others' news for one request at most, not until the timer
         self._named: dict[str, int] = {}
+        self._last_named: dict[str, int] = {}  # peer -> the version it named last (`check_source`)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._announced = 0  # the version last announced
         # (peer, version): a peer whose chain differs from this node's at that version, asked for
@@ -154,6 +155,8 @@ class RosterGossip:
     def seen(self, peer: str, version: int, digest: str | None = None) -> None:
         """`peer` named `version` (with its hash, `digest`) in a request or an answer: pull from it
         if it is newer than ours; ask it for its copy if ours of that version has another hash."""
+        if peer != self.me and (peer in self._last_named or self.fed.listed(peer)):  # partners: one entry each
+            self._last_named[peer] = version
         held = self.roster.held
         if digest is not None and held is not None and (version == held.version or 2 <= version < held.version):
             ours = held.hash if version == held.version else self._stored_hash(held.version, version)
@@ -195,6 +198,13 @@ class RosterGossip:
             return
         self.seen(peer, version)
         raise RosterBehind(f"{peer} runs on roster version {version}, this node on {running}: fetching it; retry")
+
+    def check_source(self, peer: str) -> None:
+        """`check_peer` for what `peer` serves (a catch-up page) by the version it named last, in
+        a request or an answer: judged under an older version, an envelope signed with a key only
+        the newer one lists is refused for good and passed over, at every member that is ahead
+        (found by a read-only review). The page is asked again once this node holds it."""
+        self.check_peer(peer, self._last_named.get(peer))
 
     async def pull(self, peer: NodeId) -> Imported | None:
         """Fetch the versions after ours from `peer`, and take them if they check (else audited).

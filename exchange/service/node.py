@@ -133,6 +133,7 @@ class NodeService:
         self.roster = roster or FederationRoster(store)
         # roster versions to and from peers
         self.gossip = gossip or RosterGossip(config.id, self.roster, fed, peers=config.gossip_peers)
+        self.catchup.check_source = self.gossip.check_source
         self._installs: list[Callable[[Federation], None]] = []  # adapters that follow the roster live
         self.retention = Retention(store, dt.timedelta(days=config.outbox_retention_days))
         self.taxii = Taxii(self.me, store, fed, self.access)  # TAXII reads and STIX exports
