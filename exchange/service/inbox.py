@@ -33,7 +33,7 @@ from exchange.audit.keeper import as_bytes
 from exchange.clock import timestamp
 from exchange.crypto import NodeKeys, b64d, sha256
 from exchange.errors import BulletinUnverified, ExchangeError, InvalidInput, NotFound
-from exchange.model import Bulletin, BulletinId, ChannelId, Envelope, NodeId
+from exchange.model import TLP_ORDER, Bulletin, BulletinId, ChannelId, Envelope, NodeId
 from exchange.protocol.envelope import bulletin_id, check_signature, open_envelope, parse_envelope
 from exchange.protocol.receipt import make_receipt
 from exchange.protocol.roster import Federation
@@ -393,7 +393,8 @@ class Inbox:
             return None
         row, content = rows[0]
         s = summary_line(row, content)
-        return ReplyTo(id=bid, channel=s.channel, title=s.title, tlp=s.tlp, no_onward_sharing=bool(row.no_onward))
+        tlp = s.tlp if s.tlp in TLP_ORDER else "RED"  # a stored label that is none (edited by hand): the strictest
+        return ReplyTo(id=bid, channel=s.channel, title=s.title, tlp=tlp, no_onward_sharing=bool(row.no_onward))
 
     async def referrers(self, user: User, bid: str) -> list[BulletinSummary]:
         """Bulletins in the user's readable channels that refer to `bid` (answers, feedback, forwards),

@@ -24,7 +24,7 @@ from exchange.errors import InvalidInput
 from exchange.model import Bulletin
 from exchange.service.sessions import Sessions
 from exchange.service.users import add_user, set_password
-from exchange.store import user_passwords, users
+from exchange.store import bulletins, user_passwords, users
 from tests.conftest import Federation
 from tests.node.test_taxii import bulletin
 from tests.web import test_hostile_console as hostile
@@ -109,6 +109,11 @@ async def test_an_answer_starts_with_the_stricter_handling_of_what_it_answers(fe
     default = nl.service.channels.state("c2c").default_handling.tlp
     assert default in ("AMBER", "AMBER+STRICT")  # stricter than GREEN: the channel's is kept
     assert status == 200 and offered(page) == (default, False)
+    # A stored label that is no TLP (the row edited by hand): the answer starts at the strictest.
+    async with nl.service.store.engine.begin() as conn:
+        await conn.execute(sa.update(bulletins).where(bulletins.c.id == green.id).values(tlp="PURPLE"))
+    status, page, _ = await officer.get(f"/console/compose?reply={green.id}")
+    assert status == 200 and offered(page) == ("RED", False)
 
 
 async def test_a_feeds_refused_sign_in_is_audited(fed: Federation) -> None:
