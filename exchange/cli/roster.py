@@ -24,7 +24,7 @@ from exchange.cli.rotation import read_rotation
 from exchange.clock import timestamp, utc_now
 from exchange.config import NodeConfig
 from exchange.crypto import SigningKey, VerifyKey, b64d, b64e, strict_loads
-from exchange.errors import ConfigError, ExchangeError, InvalidInput
+from exchange.errors import ConfigError, Conflict, ExchangeError, InvalidInput
 from exchange.keystore import NodeKeyFiles, load_authority_public, read_file, write_private, write_public
 from exchange.model import AGENCY_KINDS, SignedRoster, first_error
 from exchange.protocol.roster2_model import (
@@ -50,6 +50,7 @@ from exchange.protocol.rostermigration import (
     V1_HOLDER,
     admit,
     authority,
+    check_join_details,
     from_v1,
     join_hash,
     parse_join_request,
@@ -155,8 +156,6 @@ def node_init(
 ) -> None:
     """Make this node's keys in FOLDER (private files 0600, never to leave this host) and a join
     request signed with them for the federation authority; print the fingerprints to compare."""
-    files = NodeKeyFiles(folder)
-    keys = files.generate(node_id, force=force)
     details = {
         "federation": federation_name,
         "id": node_id,
@@ -165,6 +164,9 @@ def node_init(
         "agency": agency,
         "endpoint": endpoint,
     }
+    check_join_details(details)  # before any key is written (or, with --force, replaced)
+    files = NodeKeyFiles(folder)
+    keys = files.generate(node_id, force=force)
     request = sign_join_request(details, timestamp(), keys.signing, keys.decryption.public, read_file(files.tls_cert))
     path = folder / JOIN_REQUEST
     _write_json(path, request.model_dump(mode="json"))
@@ -192,6 +194,9 @@ def roster() -> None:
 def roster_keygen(folder: Path, holder: str) -> None:
     """Make one authority holder's signing key in FOLDER (kept offline) and its public file."""
     key = SigningKey.generate()
+    if (folder / HOLDER_KEY).exists() or (folder / HOLDER_KEY).is_symlink():
+        # (write_private's own message names a --force this command does not have)
+        raise Conflict(f"{folder / HOLDER_KEY} exists: a holder's key is not replaced here; choose another folder")
     write_private(folder / HOLDER_KEY, b64e(key.private_bytes()).encode() + b"\n")
     _write_json(folder / HOLDER_PUBLIC, {"kid": key.kid, "key": b64e(key.verify_key.raw), "holder": holder})
     click.echo(f"{holder}: authority key {key.kid}; give {folder / HOLDER_PUBLIC} to the proposer")

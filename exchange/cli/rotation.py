@@ -65,18 +65,36 @@ def node_rotate(node_path: Path, use: str, out: Path | None) -> None:
         kid, tls_key, cert = files.new_tls(config.id)
         request = sign_rotation_request(doc.federation, config.id, timestamp(), keys.signing, cert, old=current[use])
         verify_rotation_request(request, doc)  # what the proposer checks: refused here first
-        where = files.write_tls(kid, tls_key, cert)
+
+        def save() -> Path:
+            return files.write_tls(kid, tls_key, cert)
+
     else:
         new: SigningKey | DecryptionKey = SigningKey.generate() if use == "signing" else DecryptionKey.generate()
         public = new if isinstance(new, SigningKey) else new.public
         request = sign_rotation_request(doc.federation, config.id, timestamp(), keys.signing, public, old=current[use])
         verify_rotation_request(request, doc)
-        kid, where = new.kid, files.rotated(use, new.kid)
-        write_private(where, b64e(new.private_bytes()).encode() + b"\n")
+        kid = new.kid
+
+        def save() -> Path:
+            where = files.rotated(use, new.kid)
+            write_private(where, b64e(new.private_bytes()).encode() + b"\n")
+            return where
+
+    # The request first, then the key: a request that cannot be written (the file exists, its
+    # folder does not) left a new private key behind that no request named, at every try (found by
+    # a read-only review); a key that cannot be written takes its request away again.
     path = out or config.keys_dir / f"rotate-{use}-{kid}.json"
-    if path.exists():
-        raise ConfigError(f"{path} exists")
-    path.write_text(json.dumps(request.model_dump(mode="json"), indent=2) + "\n")
+    try:
+        with path.open("x") as fh:
+            fh.write(json.dumps(request.model_dump(mode="json"), indent=2) + "\n")
+    except FileExistsError as exc:
+        raise ConfigError(f"{path} exists") from exc
+    try:
+        where = save()
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
     click.echo(f"{config.id}: new {use} key {kid} in {where} (replaces {current[use]})")
     click.echo(f"wrote {path}: send it to the federation authority (exchange roster propose --rotate)")
     click.echo(f"  request hash {rotation_hash(request)}  (read it to them out of band)")

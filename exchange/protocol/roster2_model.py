@@ -232,17 +232,23 @@ class JoinKey(BaseModel):
     key: B64Text  # as in a roster key entry: raw public key, for tls the certificate's DER
 
 
-class JoinRequestBody(BaseModel):
-    """What an administration asks the authority to list: who it is and its three public keys."""
+class JoinDetails(BaseModel):
+    """Who a joining administration says it is: checked before its keys are made (`exchange node
+    init`), so that a detail refused does not leave keys behind that no request names."""
 
     model_config = _WIRE
-    v: Version2
     federation: Short
     id: NodeIdStr
     name: Short
     country: Country
     agency: AgencyKind
     endpoint: Endpoint
+
+
+class JoinRequestBody(JoinDetails):
+    """What an administration asks the authority to list: who it is and its three public keys."""
+
+    v: Version2
     made: Timestamp
     keys: Annotated[list[JoinKey], Field(min_length=3, max_length=3)]
 

@@ -16,6 +16,7 @@ from exchange.protocol.roster import Federation
 from exchange.protocol.roster2_model import (
     KEY_USES,
     Authority,
+    JoinDetails,
     JoinRequest,
     JoinRequestBody,
     NodeStatus,
@@ -166,6 +167,14 @@ def sign_join_request(
     except ValidationError as exc:
         raise InvalidInput(f"join request does not match the schema: {first_error(exc)}") from exc
     return JoinRequest(request=body, signature=b64e(signing.sign(signing_input_prefix(JOIN_DOMAIN) + body.canonical)))
+
+
+def check_join_details(details: Mapping[str, str]) -> None:
+    """The details of a join request alone, as `sign_join_request` checks them (InvalidInput)."""
+    try:
+        JoinDetails.model_validate(details)
+    except ValidationError as exc:
+        raise InvalidInput(f"join request does not match the schema: {first_error(exc)}") from exc
 
 
 def parse_join_request(raw: bytes | object) -> JoinRequest:

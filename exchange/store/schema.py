@@ -323,15 +323,19 @@ async def current(url: str) -> State:
 
 
 async def upgrade_node(config: NodeConfig) -> list[str]:
-    """`exchange db upgrade`: bring the node's database to this release's schema; what was done."""
+    """`exchange db upgrade`: bring the node's database to this release's schema; what was done.
+    A database that holds no node (a SQLite file not there, or a database without exchange's
+    tables: another application's, say) is refused and left as it is: it upgrades a node, and a
+    mistyped --node or database URL made a new one (a SQLite file with the umask's mode) or wrote
+    exchange's tables into another's database (found by a read-only review). A new node's
+    database gets its schema when the node first starts."""
+    if (await current(config.database_url)).kind == "empty":
+        raise holds_no_node(config.database_url, config.id)
     done = await upgrade(config.database_url, node=config.id)
     lines = []
     if done.adopted:
         lines.append(f"adopted the release 0.1.0 database as schema {describe(FIRST)}")
-    if done.before is None and not done.adopted:
-        lines.append(f"the database was empty; created schema {describe(done.after)}")
-    else:
-        lines += [f"applied {describe(revision)}" for revision in done.applied]
+    lines += [f"applied {describe(revision)}" for revision in done.applied]
     if done.changed:
         lines.append(f"the database is at schema {describe(done.after)}, this release's")
     else:
