@@ -35,7 +35,6 @@ BulletinId = NewType("BulletinId", str)
 AgencyKind = Literal["customs", "aviation-security", "police", "international"]
 AGENCY_KINDS: tuple[AgencyKind, ...] = ("customs", "aviation-security", "police", "international")
 Tlp = Literal["CLEAR", "GREEN", "AMBER", "AMBER+STRICT", "RED"]
-TLP_ORDER: tuple[str, ...] = get_args(Tlp)  # least to most restricted
 BulletinKind = Literal["alert", "threat-bulletin", "seizure-report", "feedback", "request-for-information"]
 # A local user's role at its node; `feed`: an analysts' platform, TAXII and STIX exports only (docs/stix.md).
 Role = Literal["contact-point", "auditor", "admin", "feed"]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import secrets
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -21,7 +19,7 @@ from exchange.audit import quorum as policy
 from exchange.audit.log import BundleCheck, KeyRing, LogReport
 from exchange.audit.tlog_witness import WITNESS_KEY_TYPE, parse_verifier_key
 from exchange.audit.trace import GAP, NONE, OK, REFUSED, Step, Trace, assemble
-from exchange.cli.bundles import stream_lines
+from exchange.cli.bundles import export_to, stream_lines
 from exchange.cli.client import Target, call
 from exchange.cli.ids import resolve_id
 from exchange.cli.lines import read_lines
@@ -345,25 +343,6 @@ def audit_verify(
         ),
         as_json,
     )
-
-
-async def export_to(target: Target, out: Path, bulletin: str | None = None) -> int:
-    """Write a node's export bundle to `out`; return the number of lines. Written beside it and
-    put in its place only once whole: an export that fails (the node down, a refused token, a
-    stream that broke off) leaves a file that was there before as it was, not emptied or cut
-    (found by a read-only review)."""
-    path = "/api/v1/audit/export" + (f"?bulletin={bulletin}" if bulletin else "")
-    count = 0
-    part = out.with_name(f".{out.name}.{secrets.token_hex(8)}.part")
-    try:
-        with part.open("xb") as fh:
-            async for lines in stream_lines(target, path):
-                fh.write(b"\n".join(lines) + b"\n")
-                count += len(lines)
-        os.replace(part, out)
-    finally:
-        part.unlink(missing_ok=True)
-    return count
 
 
 @audit.command("export")

@@ -33,7 +33,7 @@ from exchange.audit.keeper import as_bytes
 from exchange.clock import timestamp
 from exchange.crypto import NodeKeys, b64d, sha256
 from exchange.errors import BulletinUnverified, ExchangeError, InvalidInput, NotFound
-from exchange.model import TLP_ORDER, Bulletin, BulletinId, ChannelId, Envelope, NodeId
+from exchange.model import Bulletin, BulletinId, ChannelId, Envelope, NodeId
 from exchange.protocol.envelope import bulletin_id, check_signature, open_envelope, parse_envelope
 from exchange.protocol.receipt import make_receipt
 from exchange.protocol.roster import Federation
@@ -43,7 +43,7 @@ from exchange.service.epochs import EpochBook
 from exchange.service.held_receipts import checked_receipts
 from exchange.service.outbox import Outbox, ReceiptRef, queued_row
 from exchange.service.records import receipt_row
-from exchange.service.sharing import onward_forbidden_sql
+from exchange.service.sharing import TLP_ORDER, onward_forbidden_sql
 from exchange.service.summaries import SUMMARY, newest_start, positions, search_texts, summarised, summary_line
 from exchange.service.users import User
 from exchange.service.views import (

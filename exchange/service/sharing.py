@@ -5,13 +5,15 @@ no-onward-sharing never leaves, whatever its TLP."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import sqlalchemy as sa
 
+from exchange.model import Tlp
 from exchange.protocol.channel import ChannelState
 from exchange.store import no_onward
 
+TLP_ORDER: tuple[str, ...] = get_args(Tlp)  # least to most restricted
 SERVED_TLP = ("CLEAR", "GREEN", "AMBER")
 OPT_IN_TLP = "AMBER+STRICT"
 NO_ONWARD = b'"no_onward_sharing":true'  # in the canonical (JCS) envelope: only the header has it (and v0016)
@@ -34,4 +36,12 @@ def onward_forbidden_sql(bulletin_id: Any) -> sa.ColumnElement[bool]:
     return sa.exists().where(no_onward.c.bulletin_id == bulletin_id)
 
 
-__all__ = ["NO_ONWARD", "OPT_IN_TLP", "SERVED_TLP", "onward_forbidden", "onward_forbidden_sql", "served_tlp"]
+__all__ = [
+    "NO_ONWARD",
+    "OPT_IN_TLP",
+    "SERVED_TLP",
+    "TLP_ORDER",
+    "onward_forbidden",
+    "onward_forbidden_sql",
+    "served_tlp",
+]

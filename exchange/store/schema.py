@@ -261,15 +261,19 @@ def _lock_not_taken(exc: BaseException) -> bool:
     return getattr(orig, "sqlite_errorname", None) == "SQLITE_BUSY" or getattr(orig, "pgcode", None) == "55P03"
 
 
-def _upgrade(conn: sa.Connection, whose: str, wait: float) -> Upgrade:
-    """Adopt a release-0.1.0 database if need be, then apply every later revision; one transaction."""
+def _upgrade(conn: sa.Connection, whose: str, wait: float, empty: ConfigError | None) -> Upgrade:
+    """Adopt a release-0.1.0 database if need be, then apply every later revision; one transaction.
+    A database that holds none of exchange's tables is refused with `empty`, if given."""
     from alembic import command
     from alembic.runtime.migration import MigrationContext
 
     _lock(conn, wait)
     before = MigrationContext.configure(conn).get_current_revision()
     adopted = False
-    if before is None and set(sa.inspect(conn).get_table_names()) & OUR_TABLES:
+    ours = set(sa.inspect(conn).get_table_names()) & OUR_TABLES
+    if before is None and not ours and empty is not None:
+        raise empty
+    if before is None and ours:
         check_release_0_1_0(conn, whose)
         command.stamp(alembic_config(conn), FIRST)
         before, adopted = FIRST, True
@@ -283,16 +287,20 @@ def _upgrade(conn: sa.Connection, whose: str, wait: float) -> Upgrade:
     return Upgrade(None if adopted else before, after, adopted, tuple(reversed(pending)))
 
 
-async def upgrade(url: str, *, node: str | None = None) -> Upgrade:
+async def upgrade(url: str, *, node: str | None = None, create: bool = True) -> Upgrade:
     """Bring the database at `url` to the current revision, in one transaction; a database already
     there is left as it is. Errors come as ConfigError (SchemaOutdated never: this is the cure).
-    Two upgrades of one database take turns (LOCK_KEY); one that waits LOCK_WAIT in vain gives up."""
+    Two upgrades of one database take turns (LOCK_KEY); one that waits LOCK_WAIT in vain gives up.
+    Without `create`, a database that holds no node is refused as it is (`holds_no_node`)."""
     whose = database_name(url, node)
+    empty = None if create else holds_no_node(url, node)
+    if empty is not None and missing_file(url) is not None:
+        raise empty  # (connecting would create the file)
     wait = LOCK_WAIT
     engine = make_engine(url, transactional_ddl=True, lock_wait=wait)
     try:
         async with engine.begin() as conn:
-            return await conn.run_sync(_upgrade, whose, wait)
+            return await conn.run_sync(_upgrade, whose, wait, empty)
     except (OSError, sa.exc.DBAPIError) as exc:
         if _lock_not_taken(exc):
             raise ConfigError(
@@ -329,9 +337,7 @@ async def upgrade_node(config: NodeConfig) -> list[str]:
     mistyped --node or database URL made a new one (a SQLite file with the umask's mode) or wrote
     exchange's tables into another's database (found by a read-only review). A new node's
     database gets its schema when the node first starts."""
-    if (await current(config.database_url)).kind == "empty":
-        raise holds_no_node(config.database_url, config.id)
-    done = await upgrade(config.database_url, node=config.id)
+    done = await upgrade(config.database_url, node=config.id, create=False)
     lines = []
     if done.adopted:
         lines.append(f"adopted the release 0.1.0 database as schema {describe(FIRST)}")

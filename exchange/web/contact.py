@@ -19,9 +19,10 @@ from pydantic import ValidationError
 from exchange.crypto import b64d, b64e
 from exchange.errors import InvalidInput
 from exchange.http.appkeys import SERVICE
-from exchange.model import BULLETIN_KINDS, MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS, TLP_ORDER, Bulletin
+from exchange.model import BULLETIN_KINDS, MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS, Bulletin
 from exchange.protocol.indicators import Problem, indicator_problems
 from exchange.service.node import NodeService
+from exchange.service.sharing import TLP_ORDER
 from exchange.service.users import User
 from exchange.service.views import channel_view
 from exchange.web.i18n import N_, Text
