@@ -75,6 +75,17 @@ def _hybrid_suite() -> hpke.Suite:
     return hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
 
+def check_hybrid_order(raw: bytes) -> None:
+    """SmallOrderKey if the X25519 half of an X-Wing public key is of small order: every wrap for
+    it fails (RFC 7748, 6.1). Accepted before, one reader's announcement of such a key made its
+    channel's owner fail each epoch it made, and answer 500 (found by a read-only review)."""
+    try:
+        half = EncryptionKey(raw[1184:])
+    except ConfigError:
+        return  # not an X25519 key at all: the caller's own check says so
+    half.check_order("the X25519 half of an ML-KEM-768 + X25519 key")
+
+
 class HybridEncryptionKey:
     """An X-Wing public key: the ML-KEM-768 encapsulation key followed by the X25519 public key."""
 
@@ -85,6 +96,7 @@ class HybridEncryptionKey:
         if len(raw) != XWING_PUBLIC_SIZE:
             raise ConfigError(f"an ML-KEM-768 + X25519 public key has {XWING_PUBLIC_SIZE} bytes, not {len(raw)}")
         require_hybrid()
+        check_hybrid_order(raw)
         try:
             self._key = hpke.MLKEM768X25519PublicKey(
                 mlkem.MLKEM768PublicKey.from_public_bytes(raw[:1184]),

@@ -20,6 +20,7 @@ from exchange.crypto.epoch import (
     XWING_PUBLIC_SIZE,
     HybridDecryptionKey,
     HybridEncryptionKey,
+    check_hybrid_order,
 )
 from exchange.crypto.keys import key_id
 from exchange.errors import ConfigError, EpochInvalid, InvalidInput, SuiteUnsupported
@@ -98,6 +99,10 @@ def verify_support(support: EpochSupport, fed: Federation, node: str) -> HybridE
             raise EpochInvalid(f"malformed hybrid key: an ML-KEM-768 + X25519 public key has {XWING_PUBLIC_SIZE} bytes")
         if key_id(HybridEncryptionKey.alg, raw) != support.hybrid_kid:
             raise EpochInvalid("the hybrid key's kid is not the one announced")
+        try:
+            check_hybrid_order(raw)
+        except InvalidInput as exc:
+            raise EpochInvalid(f"malformed hybrid key: {exc.detail}") from exc
         return None
     try:
         key = HybridEncryptionKey(b64d(support.hybrid_key))

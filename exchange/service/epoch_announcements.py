@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -30,6 +31,8 @@ from exchange.protocol.roster import Federation
 from exchange.service.transport import PeerTransport
 from exchange.store import AuditBuffer, Store
 from exchange.store.tables import epoch_support
+
+log = logging.getLogger("exchange.epochs")
 
 SUPPORT_PATH = "/fed/v1/epochs/support"
 UNSUPPORTED_RECHECK = 300.0  # seconds before asking again a node that announced no v2 support
@@ -157,8 +160,19 @@ class Announcements:
             self._slow(node, now)
             return held
         self._unreachable.pop(node, None)
-        support = parse_support(raw)
-        verify_support(support, self.fed, node)
+        try:
+            support = parse_support(raw)
+            verify_support(support, self.fed, node)
+        except ExchangeError as exc:
+            # An answer that is no valid announcement (junk, another's, a key that cannot be
+            # wrapped for) is the reader's fault: taken as an unreachable reader's, not as this
+            # node's failure. Before, it failed every author's post in the channel (422), and the
+            # owner's next epoch even once the reader was removed (found by a read-only review).
+            if strict:
+                raise
+            log.warning("%s gave a v2 support announcement that does not check: %s", node, exc.detail)
+            self._unreachable[node] = now + UNREACHABLE_RECHECK
+            return held
         wire = support.model_dump_json().encode()
 
         async def job(conn: AsyncConnection, audit: AuditBuffer) -> None:
@@ -195,7 +209,13 @@ class Announcements:
             held = self._support.get(support.node)
             if held is not None and held.signer == self.fed.node(support.node).signing_kid:
                 continue
-            verify_support(support, self.fed, support.node)
+            try:
+                verify_support(support, self.fed, support.node)
+            except ExchangeError:
+                # Not taken, and the page not failed for it: one signed with a key the node has
+                # rotated since is what an honest member still holds (found by a read-only
+                # review). What the page's records need of that node is asked of the node itself.
+                continue
             fresh[support.node] = support
         return fresh
 
