@@ -39,6 +39,16 @@ async def try_post(member: Member, title: str) -> tuple[int, Any]:
     return status, answer
 
 
+async def three_under_epoch_0(make_federation: MakeFederation) -> tuple[Any, tuple[Member, Member, Member]]:
+    """The owner nl-customs and readers ke-customs and de-customs on v2, with de-customs's first
+    bulletin (epoch 0) at the owner; each test then has ke-customs answer for itself."""
+    fed = await make_federation(nodes=NODES, channels=[channel("nl-customs", "ke-customs", "de-customs")], options=V2)
+    nl, ke, de = fed["nl-customs"], fed["ke-customs"], fed["de-customs"]
+    sent = await post(de, "under epoch 0")
+    await arrives(nl, sent["id"])
+    return fed, (nl, ke, de)
+
+
 def due(member: Member, node: str) -> None:
     """`member`'s held announcement of `node` is due to be asked for again (after an hour, or a restart)."""
     book = member.service.epochs
@@ -47,10 +57,7 @@ def due(member: Member, node: str) -> None:
 
 
 async def test_a_readers_junk_announcement_leaves_every_author_posting(make_federation: MakeFederation) -> None:
-    fed = await make_federation(nodes=NODES, channels=[channel("nl-customs", "ke-customs", "de-customs")], options=V2)
-    nl, ke, de = fed["nl-customs"], fed["ke-customs"], fed["de-customs"]
-    sent = await post(de, "under epoch 0")
-    await arrives(nl, sent["id"])
+    fed, (nl, ke, de) = await three_under_epoch_0(make_federation)
     due(de, "ke-customs")
     due(nl, "ke-customs")
     junk = JunkAnnouncement(ke)
@@ -62,10 +69,7 @@ async def test_a_readers_junk_announcement_leaves_every_author_posting(make_fede
 
 
 async def test_the_owner_makes_the_next_epoch_once_the_junk_reader_is_removed(make_federation: MakeFederation) -> None:
-    fed = await make_federation(nodes=NODES, channels=[channel("nl-customs", "ke-customs", "de-customs")], options=V2)
-    nl, ke, de = fed["nl-customs"], fed["ke-customs"], fed["de-customs"]
-    sent = await post(de, "under epoch 0")
-    await arrives(nl, sent["id"])
+    fed, (nl, ke, _) = await three_under_epoch_0(make_federation)
     due(nl, "ke-customs")
     junk = JunkAnnouncement(ke)
     await fed.stop("ke-customs")
@@ -106,10 +110,7 @@ class LowOrderAnnouncement(StandIn):
 async def test_a_low_order_hybrid_key_is_refused_and_the_owner_serves_its_epochs(
     make_federation: MakeFederation,
 ) -> None:
-    fed = await make_federation(nodes=NODES, channels=[channel("nl-customs", "ke-customs", "de-customs")], options=V2)
-    nl, ke, de = fed["nl-customs"], fed["ke-customs"], fed["de-customs"]
-    sent = await post(de, "under epoch 0")
-    await arrives(nl, sent["id"])
+    fed, (nl, ke, de) = await three_under_epoch_0(make_federation)
     due(nl, "ke-customs")
     bad = LowOrderAnnouncement(ke)
     await fed.stop("ke-customs")
@@ -126,10 +127,7 @@ async def test_a_low_order_hybrid_key_is_refused_and_the_owner_serves_its_epochs
 
 async def test_after_a_restart_a_member_posts_while_a_reader_serves_junk(make_federation: MakeFederation) -> None:
     """No test hooks: de-customs restarts (its stored announcements are asked again when next needed)."""
-    fed = await make_federation(nodes=NODES, channels=[channel("nl-customs", "ke-customs", "de-customs")], options=V2)
-    nl, ke, de = fed["nl-customs"], fed["ke-customs"], fed["de-customs"]
-    sent = await post(de, "under epoch 0")
-    await arrives(nl, sent["id"])
+    fed, (_, ke, de) = await three_under_epoch_0(make_federation)
     junk = JunkAnnouncement(ke)
     await fed.stop("ke-customs")
     await fed.stop("de-customs")
