@@ -80,7 +80,7 @@ log = logging.getLogger("exchange.audit")
 
 WITNESS_WAIT = 5.0  # seconds a trace waits for witnesses to co-sign a checkpoint made for it
 WITNESS_RETRY = 60.0  # seconds before a trace puts the same checkpoint to the witnesses again
-WITNESS_ASKS_KEPT = 1024  # checkpoints remembered as put to the witnesses by a trace
+WITNESS_ASKS_KEPT = 1024  # bulletins remembered as traced with a checkpoint put to the witnesses
 TRACE_SERVED_EVERY = dt.timedelta(hours=1)  # a partner's requests for one bulletin's evidence: audited once in this
 RECENT_PAGE = 50  # entries on one page of the console's log, newest first
 RECENT_CHUNK = 2000  # entries read per step when looking back through the log
@@ -141,7 +141,7 @@ class AuditService:
         self._round: asyncio.Task[None] | None = None
         self._started = False
         self._serving = asyncio.Lock()  # one look-up and write of `audit.trace_served` at a time
-        self._put_to_witnesses: dict[int, float] = {}  # checkpoint size -> when a trace last put it to them
+        self._put_to_witnesses: dict[str, float] = {}  # bulletin -> when a trace of it last asked them
 
     # -- start and stop ---------------------------------------------------------------------
 
@@ -380,22 +380,25 @@ class AuditService:
         size = evidence.get("size")
         if size:
             cp = await self.keeper.checkpoint_at(size)
-            if not cp.witnesses and self._may_ask_witnesses(cp.size):
+            if not cp.witnesses and self._may_ask_witnesses(bid):
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(WITNESS_WAIT):
                         await self.witness.request_cosignatures(cp)
                 evidence["checkpoint"] = (await self.keeper.checkpoint_at(cp.size)).full_note()
         return evidence
 
-    def _may_ask_witnesses(self, size: int) -> bool:
-        """Whether a trace may put the checkpoint of `size` to the witnesses now: once per
+    def _may_ask_witnesses(self, bid: str) -> bool:
+        """Whether a trace of `bid` may put its checkpoint to the witnesses now: once per
         WITNESS_RETRY. A partner asking for evidence in a loop while the witnesses do not answer
-        put it to every witness at each request, and each answer waited WITNESS_WAIT."""
+        put it to every witness at each request, and each answer waited WITNESS_WAIT. Counted by
+        bulletin, not by checkpoint: the `trace.served` entry the first answer audits is about the
+        bulletin too, so the next request's evidence needs a larger checkpoint, which was put to
+        the witnesses and waited for again (CI: an intermittent 20 s wait in the test of this)."""
         now = asyncio.get_running_loop().time()
-        last = self._put_to_witnesses.get(size)
+        last = self._put_to_witnesses.get(bid)
         if last is not None and now - last < WITNESS_RETRY:
             return False
-        self._put_to_witnesses[size] = now
+        self._put_to_witnesses[bid] = now
         if len(self._put_to_witnesses) > WITNESS_ASKS_KEPT:  # the oldest forgotten
             del self._put_to_witnesses[min(self._put_to_witnesses, key=self._put_to_witnesses.__getitem__)]
         return True
